@@ -1,0 +1,21 @@
+/** The one module that reads the process environment (STYLE.md). */
+export interface Env {
+  /** Path of the YAML config file. */
+  TERN_CONFIG?: string;
+  /** PostgreSQL URL that overrides persistence.datastore. */
+  TERN_DATABASE_URL?: string;
+  /** Overrides log.level. */
+  TERN_LOG_LEVEL?: string;
+}
+
+/** Reads tern's variables from the environment of whichever runtime runs us. */
+export function readEnv(): Env {
+  const source: Record<string, string | undefined> =
+    typeof process !== "undefined" && process.env ? process.env : {};
+  const pick = (k: string) => (source[k] && source[k]!.length > 0 ? source[k] : undefined);
+  return {
+    TERN_CONFIG: pick("TERN_CONFIG"),
+    TERN_DATABASE_URL: pick("TERN_DATABASE_URL"),
+    TERN_LOG_LEVEL: pick("TERN_LOG_LEVEL"),
+  };
+}

@@ -1,0 +1,59 @@
+import { readFileSync } from "node:fs";
+import { parse as parseYaml } from "yaml";
+import type { Env } from "./env";
+import { Config, LogLevel } from "./schema";
+import { checkClusterRules } from "./validate";
+
+/** A config that cannot be used; the message is one line naming the key and the rule. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+/** Parses YAML text into a validated Config, applying env overrides. */
+export function parseConfig(text: string, env: Env = {}, source = "config"): Config {
+  let raw: unknown;
+  try {
+    raw = parseYaml(text);
+  } catch (e) {
+    throw new ConfigError(`${source}: not valid YAML: ${(e as Error).message.split("\n")[0]}`);
+  }
+  const result = Config.safeParse(raw ?? {});
+  if (!result.success) {
+    const issue = result.error.issues[0]!;
+    const key = issue.path.map(String).join(".") || "(root)";
+    throw new ConfigError(`${source}: ${key}: ${issue.message}`);
+  }
+  const config = result.data;
+  if (env.TERN_DATABASE_URL) config.persistence.datastore = { postgres: { url: env.TERN_DATABASE_URL } };
+  if (env.TERN_LOG_LEVEL) {
+    const level = LogLevel.safeParse(env.TERN_LOG_LEVEL);
+    if (!level.success) throw new ConfigError(`TERN_LOG_LEVEL: must be one of debug, info, warn, error`);
+    config.log.level = level.data;
+  }
+  const broken = checkClusterRules(config);
+  if (broken) throw new ConfigError(`${source}: ${broken}`);
+  return config;
+}
+
+/** Reads and validates the config file at path. */
+export function loadConfig(path: string, env: Env = {}): Config {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (e) {
+    throw new ConfigError(`cannot read config file ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  return parseConfig(text, env, path);
+}
+
+/** The config path: `--config PATH` wins over TERN_CONFIG, then config/development.yaml. */
+export function resolveConfigPath(argv: readonly string[], env: Env): string {
+  const i = argv.findIndex((a) => a === "--config" || a.startsWith("--config="));
+  if (i >= 0) {
+    const arg = argv[i]!;
+    const value = arg.includes("=") ? arg.slice(arg.indexOf("=") + 1) : argv[i + 1];
+    if (!value) throw new ConfigError("--config needs a path");
+    return value;
+  }
+  return env.TERN_CONFIG ?? "config/development.yaml";
+}

@@ -1,0 +1,68 @@
+import { z } from "zod";
+
+const ClusterInformation = z.strictObject({
+  enabled: z.boolean().default(true),
+  initialFailoverVersion: z.number().int().positive(),
+  rpcAddress: z.string().min(1),
+});
+
+const ClusterMetadata = z.strictObject({
+  enableGlobalNamespace: z.boolean().default(false),
+  failoverVersionIncrement: z.number().int().min(2),
+  masterClusterName: z.string().min(1),
+  currentClusterName: z.string().min(1),
+  clusterInformation: z.record(z.string(), ClusterInformation),
+});
+
+const Datastore = z.union([
+  z.strictObject({ pglite: z.strictObject({ dataDir: z.string().min(1) }) }),
+  z.strictObject({ postgres: z.strictObject({ url: z.string().min(1) }) }),
+]);
+
+const Persistence = z.strictObject({
+  numHistoryShards: z.number().int().min(1).max(16384).default(4),
+  datastore: Datastore.default({ pglite: { dataDir: "./data" } }),
+});
+
+const Rpc = z.strictObject({
+  bindOnIP: z.string().default("127.0.0.1"),
+  port: z.number().int().min(0).max(65535).default(7233),
+  /** Native gRPC (h2c). Omitted: sniffed on `port`. */
+  grpcPort: z.number().int().min(0).max(65535).optional(),
+});
+
+const RateLimit = z.strictObject({
+  /** Requests per second; 0 disables the limit. */
+  rps: z.number().min(0),
+  burst: z.number().int().min(1),
+});
+
+const Limits = z.strictObject({
+  blobSizeLimitError: z.number().int().positive().default(2 * 1024 * 1024),
+  blobSizeLimitWarn: z.number().int().positive().default(512 * 1024),
+  historyCountLimitError: z.number().int().positive().default(51_200),
+  historyCountLimitWarn: z.number().int().positive().default(10_240),
+  hostRps: RateLimit.default({ rps: 2400, burst: 4800 }),
+  namespaceRps: RateLimit.default({ rps: 2400, burst: 4800 }),
+});
+
+export const LogLevel = z.enum(["debug", "info", "warn", "error"]);
+export type LogLevel = z.infer<typeof LogLevel>;
+
+export const RedirectionPolicy = z.enum(["noop", "selected-apis-forwarding", "all-apis-forwarding"]);
+export type RedirectionPolicy = z.infer<typeof RedirectionPolicy>;
+
+/** The whole server config, as read from YAML; cross-field rules are in validate.ts. */
+export const Config = z.strictObject({
+  clusterMetadata: ClusterMetadata,
+  persistence: Persistence.default({ numHistoryShards: 4, datastore: { pglite: { dataDir: "./data" } } }),
+  services: z
+    .strictObject({ frontend: z.strictObject({ rpc: Rpc.default({ bindOnIP: "127.0.0.1", port: 7233 }) }) })
+    .default({ frontend: { rpc: { bindOnIP: "127.0.0.1", port: 7233 } } }),
+  dcRedirectionPolicy: z.strictObject({ policy: RedirectionPolicy.default("noop") }).default({ policy: "noop" }),
+  limits: Limits.default(Limits.parse({})),
+  log: z.strictObject({ level: LogLevel.default("info") }).default({ level: "info" }),
+});
+export type Config = z.infer<typeof Config>;
+export type DatastoreConfig = Config["persistence"]["datastore"];
+export type LimitsConfig = Config["limits"];

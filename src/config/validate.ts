@@ -1,0 +1,31 @@
+import type { Config } from "./schema";
+
+/** Cross-field rules of clusterMetadata (DESIGN.md section 1); returns the first broken rule. */
+export function checkClusterRules(config: Config): string | undefined {
+  const meta = config.clusterMetadata;
+  const inc = meta.failoverVersionIncrement;
+  const info = meta.clusterInformation;
+  if (!info[meta.currentClusterName]) {
+    return `clusterMetadata.currentClusterName ${meta.currentClusterName} must be a key of clusterMetadata.clusterInformation`;
+  }
+  const seen = new Map<number, string>();
+  for (const [name, cluster] of Object.entries(info)) {
+    const key = `clusterMetadata.clusterInformation.${name}.initialFailoverVersion`;
+    if (cluster.initialFailoverVersion >= inc) {
+      return `${key} must be < failoverVersionIncrement (${inc})`;
+    }
+    const other = seen.get(cluster.initialFailoverVersion);
+    if (other) return `${key} must differ from ${other}'s (${cluster.initialFailoverVersion})`;
+    seen.set(cluster.initialFailoverVersion, name);
+  }
+  const rpc = config.services.frontend.rpc;
+  if (rpc.grpcPort !== undefined && rpc.grpcPort !== 0 && rpc.grpcPort === rpc.port) {
+    return `services.frontend.rpc.grpcPort must differ from port (${rpc.port}); omit it to serve gRPC on port`;
+  }
+  const limits = config.limits;
+  if (limits.blobSizeLimitWarn > limits.blobSizeLimitError) return "limits.blobSizeLimitWarn must be <= limits.blobSizeLimitError";
+  if (limits.historyCountLimitWarn > limits.historyCountLimitError) {
+    return "limits.historyCountLimitWarn must be <= limits.historyCountLimitError";
+  }
+  return undefined;
+}

@@ -1,0 +1,96 @@
+import { PGlite } from "@electric-sql/pglite";
+import type { PgDatabase, PgQueryResultHKT } from "drizzle-orm/pg-core";
+import { drizzle as drizzlePglite } from "drizzle-orm/pglite";
+import { drizzle as drizzlePostgres } from "drizzle-orm/postgres-js";
+import postgres from "postgres";
+import type { DatastoreConfig } from "../config/schema";
+import { acquireDataDirLock, type DataDirLock } from "./lock";
+import * as schema from "./schema";
+
+/** Drizzle over either driver; verbs only use what both share. */
+export type Db = PgDatabase<PgQueryResultHKT, typeof schema>;
+export type Tx = Parameters<Parameters<Db["transaction"]>[0]>[0];
+
+/** An open datastore: the drizzle handle plus how to close it. */
+export interface Database {
+  db: Db;
+  kind: "pglite" | "postgres";
+  /** Runs fn holding a cluster-wide lock (migrations), on PostgreSQL an advisory lock. */
+  withExclusiveLock<T>(fn: (db: Db) => Promise<T>): Promise<T>;
+  close(): Promise<void>;
+}
+
+export interface OpenOptions {
+  /** postgres.js pool size. */
+  maxConnections?: number;
+  /** A PGlite data dir snapshot (tar from dumpDataDir) to start from, for tests. */
+  loadDataDir?: Blob;
+}
+
+/** Opens the configured datastore; a PGlite dir is locked against a second process. */
+export async function openDatabase(store: DatastoreConfig, opts: OpenOptions = {}): Promise<Database> {
+  if ("postgres" in store) return openPostgres(store.postgres.url, opts);
+  return openPglite(store.pglite.dataDir, opts);
+}
+
+async function openPglite(dataDir: string, opts: OpenOptions): Promise<Database> {
+  const inMemory = dataDir.startsWith("memory://");
+  const lock: DataDirLock | undefined = inMemory ? undefined : acquireDataDirLock(dataDir);
+  try {
+    const client = await PGlite.create(inMemory ? undefined : dataDir, { loadDataDir: opts.loadDataDir });
+    const db = drizzlePglite(client, { schema }) as unknown as Db;
+    return {
+      db,
+      kind: "pglite",
+      withExclusiveLock: (fn) => fn(db),
+      async close() {
+        await client.close();
+        lock?.release();
+      },
+    };
+  } catch (e) {
+    lock?.release();
+    throw e;
+  }
+}
+
+async function openPostgres(url: string, opts: OpenOptions): Promise<Database> {
+  const client = postgres(url, {
+    max: opts.maxConnections ?? 20,
+    onnotice: () => {},
+    connection: { application_name: "tern" },
+  });
+  try {
+    await client`select 1`;
+  } catch (e) {
+    await client.end({ timeout: 1 });
+    throw new Error(`cannot connect to PostgreSQL at ${redactUrl(url)}: ${(e as Error).message}`);
+  }
+  const db = drizzlePostgres(client, { schema }) as unknown as Db;
+  return {
+    db,
+    kind: "postgres",
+    async withExclusiveLock(fn) {
+      const reserved = await client.reserve();
+      try {
+        await reserved`select pg_advisory_lock(727376)`;
+        return await fn(drizzlePostgres(reserved, { schema }) as unknown as Db);
+      } finally {
+        await reserved`select pg_advisory_unlock(727376)`.catch(() => {});
+        reserved.release();
+      }
+    },
+    close: () => client.end({ timeout: 5 }),
+  };
+}
+
+/** The URL without its password, for messages. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = "***";
+    return u.toString();
+  } catch {
+    return "(unparseable url)";
+  }
+}

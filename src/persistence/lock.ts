@@ -1,0 +1,60 @@
+import { closeSync, mkdirSync, openSync, readFileSync, unlinkSync, writeSync } from "node:fs";
+import { join } from "node:path";
+
+/** A held lock on a PGlite data dir. */
+export interface DataDirLock {
+  path: string;
+  release(): void;
+}
+
+/** Thrown when another live process holds the data dir. */
+export class DataDirLockedError extends Error {
+  override name = "DataDirLockedError";
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/**
+ * PGlite takes no lock of its own: two processes on one dir corrupt it. The lock is a
+ * file holding the owner's pid, created exclusively; a lock whose pid is gone is stale
+ * and taken over.
+ */
+export function acquireDataDirLock(dataDir: string): DataDirLock {
+  mkdirSync(dataDir, { recursive: true });
+  const path = join(dataDir, "tern.lock");
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      const fd = openSync(path, "wx");
+      writeSync(fd, String(process.pid));
+      closeSync(fd);
+      let released = false;
+      return {
+        path,
+        release() {
+          if (released) return;
+          released = true;
+          try {
+            if (readFileSync(path, "utf8").trim() === String(process.pid)) unlinkSync(path);
+          } catch {}
+        },
+      };
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+      const owner = Number.parseInt(readFileSync(path, "utf8").trim(), 10);
+      if (Number.isFinite(owner) && owner !== process.pid && isAlive(owner)) {
+        throw new DataDirLockedError(`data dir ${dataDir} is in use by process ${owner} (lock ${path})`);
+      }
+      try {
+        unlinkSync(path); // stale: its owner is gone
+      } catch {}
+    }
+  }
+  throw new DataDirLockedError(`could not lock data dir ${dataDir}`);
+}

@@ -1,0 +1,77 @@
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { sql } from "drizzle-orm";
+import { readMigrationFiles } from "drizzle-orm/migrator";
+import { migrate as migratePglite } from "drizzle-orm/pglite/migrator";
+import { migrate as migratePostgres } from "drizzle-orm/postgres-js/migrator";
+import type { Database, Db } from "./database";
+
+/** Where the applied-migration journal lives (drizzle's default). */
+const JOURNAL = `"drizzle"."__drizzle_migrations"`;
+
+export interface SchemaStatus {
+  /** Migration tags this build knows, oldest first. */
+  known: string[];
+  /** Known tags already applied. */
+  applied: string[];
+  /** Known tags not yet applied. */
+  pending: string[];
+  /** Applied migrations this build does not know: the schema is newer than the code. */
+  unknownApplied: number;
+}
+
+/** Reads which migrations in folder are applied to the database. */
+export async function schemaStatus(database: Database, migrationsFolder: string): Promise<SchemaStatus> {
+  const files = readMigrationFiles({ migrationsFolder });
+  const known = readTags(migrationsFolder);
+  const rows = await appliedMillis(database.db);
+  const appliedSet = new Set(rows);
+  const applied: string[] = [];
+  const pending: string[] = [];
+  files.forEach((m, i) => (appliedSet.has(m.folderMillis) ? applied : pending).push(known[i] ?? String(m.folderMillis)));
+  const knownMillis = new Set(files.map((m) => m.folderMillis));
+  return { known, applied, pending, unknownApplied: rows.filter((r) => !knownMillis.has(r)).length };
+}
+
+/** Applies pending migrations under an exclusive lock; refuses a schema newer than the code. */
+export async function migrateSchema(database: Database, migrationsFolder: string): Promise<string[]> {
+  return database.withExclusiveLock(async (db) => {
+    const before = await schemaStatus({ ...database, db }, migrationsFolder);
+    if (before.unknownApplied > 0) throw new SchemaTooNewError(before.unknownApplied);
+    if (before.pending.length === 0) return [];
+    if (database.kind === "pglite") await migratePglite(db as never, { migrationsFolder });
+    else await migratePostgres(db as never, { migrationsFolder });
+    return before.pending;
+  });
+}
+
+/** The database holds migrations this build does not know. */
+export class SchemaTooNewError extends Error {
+  override name = "SchemaTooNewError";
+  constructor(count: number) {
+    super(`database schema is newer than this tern build (${count} unknown migration(s) applied); upgrade tern`);
+  }
+}
+
+async function appliedMillis(db: Db): Promise<number[]> {
+  const exists = await db.execute(sql`select to_regclass('drizzle.__drizzle_migrations') is not null as ok`);
+  if (!rowsOf(exists)[0]?.ok) return [];
+  const rows = rowsOf(await db.execute(sql.raw(`select created_at from ${JOURNAL} order by created_at`)));
+  return rows.map((r) => Number(r.created_at));
+}
+
+/** Both drivers' execute results, as plain rows. */
+export function rowsOf(result: unknown): Record<string, unknown>[] {
+  const r = result as { rows?: Record<string, unknown>[] };
+  return Array.isArray(r.rows) ? r.rows : (result as Record<string, unknown>[]);
+}
+
+function readTags(folder: string): string[] {
+  // readMigrationFiles does not return tags; the journal beside it does.
+  const { entries } = JSON.parse(readJournal(folder)) as { entries: { tag: string }[] };
+  return entries.map((e) => e.tag);
+}
+
+function readJournal(folder: string): string {
+  return readFileSync(join(folder, "meta", "_journal.json"), "utf8");
+}

@@ -1,0 +1,151 @@
+import { sql } from "drizzle-orm";
+import {
+  bigint,
+  boolean,
+  index,
+  integer,
+  jsonb,
+  pgTable,
+  primaryKey,
+  text,
+  timestamp,
+  uniqueIndex,
+} from "drizzle-orm/pg-core";
+
+const big = (name: string) => bigint(name, { mode: "number" });
+const ts = (name: string) => timestamp(name, { withTimezone: true, mode: "date" });
+
+/** This cluster's persisted identity and, later, its remote clusters (one row each). */
+export const clusterMetadata = pgTable("cluster_metadata", {
+  clusterName: text("cluster_name").primaryKey(),
+  clusterId: text("cluster_id").notNull(),
+  isCurrent: boolean("is_current").notNull(),
+  rpcAddress: text("rpc_address").notNull(),
+  historyShardCount: integer("history_shard_count").notNull(),
+  failoverVersionIncrement: big("failover_version_increment").notNull(),
+  initialFailoverVersion: big("initial_failover_version").notNull(),
+  isGlobalNamespaceEnabled: boolean("is_global_namespace_enabled").notNull(),
+  enableConnection: boolean("enable_connection").notNull().default(true),
+  createdAt: ts("created_at").notNull().defaultNow(),
+  updatedAt: ts("updated_at").notNull().defaultNow(),
+});
+
+export type FailoverHistoryEntry = { time: string; version: number; from: string; to: string };
+
+export const namespaces = pgTable("namespaces", {
+  id: text("id").primaryKey(),
+  name: text("name").notNull().unique("namespaces_name_key"),
+  state: text("state").notNull(),
+  description: text("description").notNull().default(""),
+  ownerEmail: text("owner_email").notNull().default(""),
+  data: jsonb("data").$type<Record<string, string>>().notNull().default({}),
+  retentionSeconds: big("retention_seconds").notNull(),
+  isGlobal: boolean("is_global").notNull(),
+  activeClusterName: text("active_cluster_name").notNull(),
+  clusters: jsonb("clusters").$type<string[]>().notNull(),
+  replicationState: text("replication_state").notNull().default("NORMAL"),
+  configVersion: big("config_version").notNull(),
+  failoverVersion: big("failover_version").notNull(),
+  failoverHistory: jsonb("failover_history").$type<FailoverHistoryEntry[]>().notNull().default([]),
+  createdAt: ts("created_at").notNull().defaultNow(),
+  updatedAt: ts("updated_at").notNull().defaultNow(),
+});
+
+/** Per-shard counters; locking a shard row orders the shard's replicated writes. */
+export const shards = pgTable("shards", {
+  shardId: integer("shard_id").primaryKey(),
+  nextTaskId: big("next_task_id").notNull().default(1),
+});
+
+export type VersionHistoryItem = { eventId: number; version: number };
+
+export const executions = pgTable(
+  "executions",
+  {
+    namespaceId: text("namespace_id").notNull(),
+    workflowId: text("workflow_id").notNull(),
+    runId: text("run_id").notNull(),
+    shardId: integer("shard_id").notNull(),
+    workflowType: text("workflow_type").notNull(),
+    taskQueue: text("task_queue").notNull(),
+    status: text("status").notNull(),
+    startTime: ts("start_time").notNull(),
+    closeTime: ts("close_time"),
+    executionTimeoutMs: big("execution_timeout_ms").notNull().default(0),
+    nextEventId: big("next_event_id").notNull(),
+    lastWriteVersion: big("last_write_version").notNull(),
+    versionHistory: jsonb("version_history").$type<VersionHistoryItem[]>().notNull(),
+    cancelRequested: boolean("cancel_requested").notNull().default(false),
+    /** Bumped by every write; writes compare it (optimistic concurrency). */
+    dbVersion: big("db_version").notNull().default(1),
+  },
+  (t) => [
+    primaryKey({ columns: [t.namespaceId, t.workflowId, t.runId] }),
+    uniqueIndex("executions_one_open_run").on(t.namespaceId, t.workflowId).where(sql`${t.status} = 'RUNNING'`),
+    index("executions_ns_start").on(t.namespaceId, t.startTime),
+  ],
+);
+
+export const historyEvents = pgTable(
+  "history_events",
+  {
+    namespaceId: text("namespace_id").notNull(),
+    workflowId: text("workflow_id").notNull(),
+    runId: text("run_id").notNull(),
+    eventId: big("event_id").notNull(),
+    version: big("version").notNull(),
+    eventTime: ts("event_time").notNull(),
+    eventType: text("event_type").notNull(),
+    /** Protobuf JSON of the event's attributes. */
+    attributes: jsonb("attributes").$type<Record<string, unknown>>().notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.namespaceId, t.workflowId, t.runId, t.eventId] })],
+);
+
+/** Idempotency: the first result of each request id, written with its events. */
+export const requestIds = pgTable(
+  "request_ids",
+  {
+    namespaceId: text("namespace_id").notNull(),
+    requestId: text("request_id").notNull(),
+    workflowId: text("workflow_id").notNull(),
+    runId: text("run_id").notNull(),
+    eventId: big("event_id").notNull(),
+    createdAt: ts("created_at").notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.namespaceId, t.requestId] })],
+);
+
+/** Transactional outbox of history replication (DESIGN.md section 3). */
+export const replicationTasks = pgTable(
+  "replication_tasks",
+  {
+    shardId: integer("shard_id").notNull(),
+    taskId: big("task_id").notNull(),
+    namespaceId: text("namespace_id").notNull(),
+    workflowId: text("workflow_id").notNull(),
+    runId: text("run_id").notNull(),
+    firstEventId: big("first_event_id").notNull(),
+    nextEventId: big("next_event_id").notNull(),
+    version: big("version").notNull(),
+    versionHistory: jsonb("version_history").$type<VersionHistoryItem[]>().notNull(),
+    createdAt: ts("created_at").notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.shardId, t.taskId] })],
+);
+
+/** Durable timers (execution timeouts); deleted once fired or moot. */
+export const timerTasks = pgTable(
+  "timer_tasks",
+  {
+    id: text("id").primaryKey(),
+    shardId: integer("shard_id").notNull(),
+    fireAt: ts("fire_at").notNull(),
+    kind: text("kind").notNull(),
+    namespaceId: text("namespace_id").notNull(),
+    workflowId: text("workflow_id").notNull(),
+    runId: text("run_id").notNull(),
+    version: big("version").notNull(),
+  },
+  (t) => [index("timer_tasks_fire_at").on(t.fireAt)],
+);
