@@ -84,7 +84,7 @@ CREATE TABLE "request_ids" (
 	"run_id" text NOT NULL,
 	"event_id" bigint NOT NULL,
 	"created_at" timestamp with time zone DEFAULT now() NOT NULL,
-	CONSTRAINT "request_ids_namespace_id_request_id_pk" PRIMARY KEY("namespace_id","request_id")
+	CONSTRAINT "request_ids_namespace_id_workflow_id_request_id_pk" PRIMARY KEY("namespace_id","workflow_id","request_id")
 );
 --> statement-breakpoint
 CREATE TABLE "shards" (

@@ -2,8 +2,10 @@ import { z } from "zod";
 
 const ClusterInformation = z.strictObject({
   enabled: z.boolean().default(true),
-  initialFailoverVersion: z.number().int().positive(),
-  rpcAddress: z.string().min(1),
+  /** 0 is allowed only while global namespaces are disabled (the seed's single cluster). */
+  initialFailoverVersion: z.number().int().min(0),
+  /** Empty: the frontend's bindOnIP:port. */
+  rpcAddress: z.string().default(""),
 });
 
 const ClusterMetadata = z.strictObject({

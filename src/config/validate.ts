@@ -11,6 +11,9 @@ export function checkClusterRules(config: Config): string | undefined {
   const seen = new Map<number, string>();
   for (const [name, cluster] of Object.entries(info)) {
     const key = `clusterMetadata.clusterInformation.${name}.initialFailoverVersion`;
+    if (cluster.initialFailoverVersion === 0 && meta.enableGlobalNamespace) {
+      return `${key} must be > 0 when clusterMetadata.enableGlobalNamespace is true`;
+    }
     if (cluster.initialFailoverVersion >= inc) {
       return `${key} must be < failoverVersionIncrement (${inc})`;
     }

@@ -113,7 +113,7 @@ export const requestIds = pgTable(
     eventId: big("event_id").notNull(),
     createdAt: ts("created_at").notNull().defaultNow(),
   },
-  (t) => [primaryKey({ columns: [t.namespaceId, t.requestId] })],
+  (t) => [primaryKey({ columns: [t.namespaceId, t.workflowId, t.requestId] })],
 );
 
 /** Transactional outbox of history replication (DESIGN.md section 3). */

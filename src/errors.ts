@@ -1,0 +1,44 @@
+/** Domain errors; frontend/errors.ts maps each kind to one Connect code. */
+export type ErrorKind =
+  | "not_found"
+  | "already_exists"
+  | "invalid_argument"
+  | "failed_precondition"
+  | "resource_exhausted"
+  | "unavailable";
+
+/** An error whose message is safe to show to the caller. */
+export class TernError extends Error {
+  override name = "TernError";
+  constructor(
+    readonly kind: ErrorKind,
+    message: string,
+    /** Extra response headers, e.g. retry hints. */
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+  }
+}
+
+export const notFound = (msg: string) => new TernError("not_found", msg);
+export const alreadyExists = (msg: string) => new TernError("already_exists", msg);
+export const invalidArgument = (msg: string) => new TernError("invalid_argument", msg);
+export const failedPrecondition = (msg: string) => new TernError("failed_precondition", msg);
+export const unavailable = (msg: string) => new TernError("unavailable", msg);
+export const resourceExhausted = (msg: string, retryAfterMs: number) =>
+  new TernError("resource_exhausted", `${msg}; retry after ${retryAfterMs}ms`, {
+    "retry-after-ms": String(retryAfterMs),
+  });
+
+/** The database error code and constraint of a failed statement, from either driver. */
+export function pgErrorOf(e: unknown): { code?: string; constraint?: string } {
+  let cur: unknown = e;
+  for (let i = 0; i < 4 && cur; i++) {
+    const c = cur as { code?: unknown; constraint?: string; constraint_name?: string; cause?: unknown };
+    if (typeof c.code === "string" && /^[0-9A-Z]{5}$/.test(c.code)) {
+      return { code: c.code, constraint: c.constraint ?? c.constraint_name };
+    }
+    cur = c.cause;
+  }
+  return {};
+}

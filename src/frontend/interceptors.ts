@@ -1,0 +1,52 @@
+import { Code, createContextKey, type Interceptor } from "@connectrpc/connect";
+import { ulid } from "ulid";
+import { resourceExhausted } from "../errors";
+import type { Logger } from "../observability/log";
+import type { Metrics } from "../observability/metrics";
+import { toConnectError } from "./errors";
+import type { createRateLimiter } from "./rate-limiter";
+
+/** The request id of the call being handled (x-request-id, or a new ULID). */
+export const requestIdKey = createContextKey<string>("", { description: "tern request id" });
+
+/** The namespace a request names, if its message has a namespace field. */
+const namespaceOf = (message: unknown): string | undefined => {
+  const ns = (message as { namespace?: unknown })?.namespace;
+  return typeof ns === "string" && ns ? ns : undefined;
+};
+
+/** Request id, rate limits, metrics, logs and error mapping around every RPC. */
+export function createFrontendInterceptor(deps: {
+  metrics: Metrics;
+  log: Logger;
+  limiter: ReturnType<typeof createRateLimiter>;
+}): Interceptor {
+  const { metrics, log, limiter } = deps;
+  return (next) => async (req) => {
+    const requestId = req.header.get("x-request-id") || ulid();
+    req.contextValues.set(requestIdKey, requestId);
+    const operation = req.method.name;
+    const namespace = req.stream ? undefined : namespaceOf(req.message);
+    const labels = { operation, namespace: namespace ?? "" };
+    const started = performance.now();
+    metrics.inc("service_requests", labels);
+    try {
+      if (operation !== "Check" && operation !== "Watch") {
+        const { waitMs, scope } = limiter.take(namespace);
+        if (waitMs > 0) throw resourceExhausted(`rate limit of ${scope} exceeded`, waitMs);
+      }
+      const res = await next(req);
+      res.header.set("x-request-id", requestId);
+      log.debug("rpc", { requestId, operation, namespace, ms: Math.round(performance.now() - started) });
+      return res;
+    } catch (e) {
+      const err = toConnectError(e, requestId, log);
+      err.metadata.set("x-request-id", requestId);
+      metrics.inc("service_errors", { ...labels, code: Code[err.code] ?? String(err.code) });
+      log.info("rpc failed", { requestId, operation, namespace, code: err.code, error: err.rawMessage });
+      throw err;
+    } finally {
+      metrics.observe("service_latency", labels, (performance.now() - started) / 1000);
+    }
+  };
+}

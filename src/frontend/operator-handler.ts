@@ -1,0 +1,64 @@
+import { create } from "@bufbuild/protobuf";
+import type { ServiceImpl } from "@connectrpc/connect";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type { CurrentCluster } from "../cluster/bootstrap";
+import type { ClusterDirectory } from "../cluster/directory";
+import { OperatorService, ClusterInfoSchema, type ClusterInfo } from "../gen/tern/operator/v1/service_pb";
+import { deleteNamespace } from "../namespace/delete";
+import type { NamespaceRegistry } from "../namespace/registry";
+import type { Db } from "../persistence/database";
+import type { clusterMetadata } from "../persistence/schema";
+import { decodeToken, encodeToken } from "../persistence/page-token";
+import { clampPage } from "../namespace/registry";
+
+export interface OperatorHandlerDeps {
+  db: Db;
+  clusters: ClusterDirectory;
+  namespaces: NamespaceRegistry;
+  version: string;
+}
+
+function clusterToProto(row: typeof clusterMetadata.$inferSelect, current: CurrentCluster, version: string): ClusterInfo {
+  const isCurrent = row.clusterName === current.clusterName;
+  return create(ClusterInfoSchema, {
+    clusterName: row.clusterName,
+    clusterId: row.clusterId,
+    rpcAddress: row.rpcAddress,
+    failoverVersionIncrement: BigInt(row.failoverVersionIncrement),
+    initialFailoverVersion: BigInt(row.initialFailoverVersion),
+    historyShardCount: row.historyShardCount,
+    isGlobalNamespaceEnabled: row.isGlobalNamespaceEnabled,
+    isCurrentCluster: isCurrent,
+    enableConnection: row.enableConnection,
+    masterClusterName: isCurrent ? current.masterClusterName : "",
+    serverVersion: isCurrent ? version : "",
+    createTime: timestampFromDate(row.createdAt),
+  });
+}
+
+/** OperatorService: clusters and namespace deletion. */
+export function createOperatorHandler({ db, clusters, namespaces, version }: OperatorHandlerDeps): ServiceImpl<typeof OperatorService> {
+  const current = clusters.current();
+  return {
+    async describeCluster(r) {
+      const name = r.clusterName || current.clusterName;
+      await clusters.require(name);
+      const row = (await clusters.list()).find((c) => c.clusterName === name)!;
+      return { cluster: clusterToProto(row, current, version) };
+    },
+    async listClusters(r) {
+      const size = clampPage(r.pageSize);
+      const after = r.nextPageToken.length ? decodeToken<{ name: string }>(r.nextPageToken).name : "";
+      const rows = (await clusters.list()).filter((c) => c.clusterName > after);
+      const page = rows.slice(0, size);
+      return {
+        clusters: page.map((row) => clusterToProto(row, current, version)),
+        nextPageToken: rows.length > size ? encodeToken({ name: page.at(-1)!.clusterName }) : new Uint8Array(),
+      };
+    },
+    async deleteNamespace(r) {
+      const { executions } = await deleteNamespace(db, namespaces, r.namespace);
+      return { deletedNamespace: r.namespace, deletedExecutions: BigInt(executions) };
+    },
+  };
+}

@@ -1,0 +1,152 @@
+import type { ServiceImpl } from "@connectrpc/connect";
+import { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
+import type { HistoryEngine, RunRef } from "../history/engine";
+import type { HistoryQueries } from "../history/queries";
+import type { NamespaceRegistry } from "../namespace/registry";
+import { invalidArgument } from "../errors";
+import { dateOf, durationMs, executionToProto, namespaceToProto, statusFromProto } from "./convert";
+
+export interface WorkflowHandlerDeps {
+  namespaces: NamespaceRegistry;
+  engine: HistoryEngine;
+  queries: HistoryQueries;
+}
+
+const LONG_POLL_DEFAULT_MS = 20_000;
+const LONG_POLL_MAX_MS = 60_000;
+
+const ref = (namespace: string, e: { workflowId: string; runId: string } | undefined, requestId: string, identity = ""): RunRef => ({
+  namespace,
+  workflowId: e?.workflowId ?? "",
+  runId: e?.runId ?? "",
+  requestId,
+  identity,
+});
+
+/** WorkflowService: convert proto to input, call a verb, convert back. */
+export function createWorkflowHandler({ namespaces, engine, queries }: WorkflowHandlerDeps): ServiceImpl<typeof WorkflowService> {
+  return {
+    async registerNamespace(r) {
+      const ns = await namespaces.register({
+        name: r.namespace,
+        description: r.description,
+        ownerEmail: r.ownerEmail,
+        retentionSeconds: r.workflowExecutionRetentionPeriod ? durationMs(r.workflowExecutionRetentionPeriod, "retention") / 1000 : undefined,
+        data: r.data,
+        isGlobal: r.isGlobalNamespace,
+        clusters: r.clusters,
+        activeClusterName: r.activeClusterName,
+      });
+      return { namespace: namespaceToProto(ns) };
+    },
+    async describeNamespace(r) {
+      return { namespace: namespaceToProto(await namespaces.describe({ name: r.namespace, id: r.id })) };
+    },
+    async listNamespaces(r) {
+      const page = await namespaces.list(r.pageSize, r.nextPageToken);
+      return { namespaces: page.items.map(namespaceToProto), nextPageToken: page.nextPageToken };
+    },
+    async updateNamespace(r) {
+      const ns = await namespaces.update({
+        name: r.namespace,
+        description: r.description,
+        ownerEmail: r.ownerEmail,
+        retentionSeconds: r.workflowExecutionRetentionPeriod ? durationMs(r.workflowExecutionRetentionPeriod, "retention") / 1000 : undefined,
+        data: r.data,
+        clusters: r.clusters,
+        activeClusterName: r.activeClusterName,
+      });
+      return { namespace: namespaceToProto(ns) };
+    },
+    async deprecateNamespace(r) {
+      return { namespace: namespaceToProto(await namespaces.deprecate(r.namespace)) };
+    },
+    async startWorkflowExecution(r) {
+      return engine.start({
+        namespace: r.namespace,
+        workflowId: r.workflowId,
+        workflowType: r.workflowType,
+        taskQueue: r.taskQueue,
+        input: r.input,
+        executionTimeoutMs: durationMs(r.workflowExecutionTimeout, "workflow execution timeout"),
+        requestId: r.requestId,
+        reusePolicy: r.workflowIdReusePolicy,
+        identity: r.identity,
+      });
+    },
+    async signalWorkflowExecution(r) {
+      const res = await engine.signal(ref(r.namespace, r.workflowExecution, r.requestId, r.identity), r.signalName, r.input);
+      return { runId: res.runId, eventId: BigInt(res.eventId) };
+    },
+    async signalWithStartWorkflowExecution(r) {
+      if (!r.signalName) throw invalidArgument("signal name is required");
+      return engine.start({
+        namespace: r.namespace,
+        workflowId: r.workflowId,
+        workflowType: r.workflowType,
+        taskQueue: r.taskQueue,
+        input: r.input,
+        executionTimeoutMs: durationMs(r.workflowExecutionTimeout, "workflow execution timeout"),
+        requestId: r.requestId,
+        reusePolicy: r.workflowIdReusePolicy,
+        identity: r.identity,
+        signal: { name: r.signalName, input: r.signalInput },
+      });
+    },
+    async requestCancelWorkflowExecution(r) {
+      await engine.requestCancel(ref(r.namespace, r.workflowExecution, r.requestId, r.identity), r.reason);
+      return {};
+    },
+    async terminateWorkflowExecution(r) {
+      await engine.terminate(ref(r.namespace, r.workflowExecution, r.requestId, r.identity), r.reason, r.details);
+      return {};
+    },
+    async completeWorkflowExecution(r) {
+      await engine.complete(ref(r.namespace, r.workflowExecution, r.requestId), r.result);
+      return {};
+    },
+    async failWorkflowExecution(r) {
+      await engine.fail(ref(r.namespace, r.workflowExecution, r.requestId), r.failure);
+      return {};
+    },
+    async recordMarker(r) {
+      const expected = r.expectedNextEventId === undefined ? undefined : Number(r.expectedNextEventId);
+      const res = await engine.recordMarker(ref(r.namespace, r.workflowExecution, r.requestId), r.markerName, r.details, expected);
+      return { eventId: BigInt(res.eventId) };
+    },
+    async describeWorkflowExecution(r) {
+      const run = await queries.describe(r.namespace, r.execution?.workflowId ?? "", r.execution?.runId ?? "");
+      return {
+        workflowExecutionInfo: executionToProto(run),
+        shardId: run.shardId,
+        nextEventId: BigInt(run.nextEventId),
+        lastWriteVersion: BigInt(run.lastWriteVersion),
+        versionHistory: { items: run.versionHistory.map((i) => ({ eventId: BigInt(i.eventId), version: BigInt(i.version) })) },
+      };
+    },
+    async getWorkflowExecutionHistory(r, ctx) {
+      const waitMs = Math.min(durationMs(r.waitTimeout, "wait timeout", LONG_POLL_DEFAULT_MS), LONG_POLL_MAX_MS);
+      const page = await queries.getHistory({
+        namespace: r.namespace,
+        workflowId: r.execution?.workflowId ?? "",
+        runId: r.execution?.runId ?? "",
+        pageSize: r.maximumPageSize,
+        token: r.nextPageToken,
+        waitNewEvent: r.waitNewEvent,
+        waitMs,
+        signal: ctx.signal,
+      });
+      return { history: { events: page.events }, nextPageToken: page.nextPageToken, runId: page.runId };
+    },
+    async listWorkflowExecutions(r) {
+      const page = await queries.list(r.namespace, r.pageSize, r.nextPageToken, {
+        status: statusFromProto(r.status),
+        workflowType: r.workflowType || undefined,
+        workflowIdPrefix: r.workflowIdPrefix || undefined,
+        startTimeMin: dateOf(r.startTimeMin),
+        startTimeMax: dateOf(r.startTimeMax),
+      });
+      return { executions: page.items.map(executionToProto), nextPageToken: page.nextPageToken };
+    },
+  };
+}

@@ -1,0 +1,258 @@
+import { create } from "@bufbuild/protobuf";
+import { ulid } from "ulid";
+import {
+  FailureSchema,
+  WorkflowIdReusePolicy,
+  type Failure,
+  type Payloads,
+} from "../gen/tern/common/v1/common_pb";
+import { alreadyExists, failedPrecondition, invalidArgument, notFound, pgErrorOf } from "../errors";
+import type { NamespaceRecord, NamespaceRegistry } from "../namespace/registry";
+import type { Tx } from "../persistence/database";
+import { executions, timerTasks } from "../persistence/schema";
+import { payloadBytes } from "./events";
+import { claimRequest, findRequest, insertEvents, lockRun, type ExecutionRow, type NewEvent } from "./execution-store";
+import type { EventNotifier } from "./notifier";
+import { reuseRefusal } from "./reuse-policy";
+import { shardFor } from "./shard";
+import type { Append, Writer, WriterDeps } from "./writer";
+
+/** A run addressed by the caller: runId empty means the workflow's current run. */
+export interface RunRef {
+  namespace: string;
+  workflowId: string;
+  runId: string;
+  requestId?: string;
+  identity?: string;
+}
+
+export interface StartInput {
+  namespace: string;
+  workflowId: string;
+  workflowType: string;
+  taskQueue: string;
+  input?: Payloads;
+  executionTimeoutMs: number;
+  requestId?: string;
+  reusePolicy: WorkflowIdReusePolicy;
+  identity?: string;
+  /** SignalWithStart: a signal written right after the started event. */
+  signal?: { name: string; input?: Payloads };
+}
+
+export interface EngineDeps extends WriterDeps {
+  namespaces: NamespaceRegistry;
+  notifier: EventNotifier;
+  writer: Writer;
+  /** Told of every new timer so the timer queue can wake in time. */
+  onTimerCreated: (fireAt: Date) => void;
+}
+
+/** A run that can take events, or the reason it cannot. */
+function requireOpen(run: ExecutionRow | undefined, ref: RunRef): ExecutionRow {
+  if (!run) throw notFound(`workflow execution ${ref.workflowId}${ref.runId ? ` run ${ref.runId}` : ""} not found in namespace ${ref.namespace}`);
+  if (run.status !== "RUNNING") {
+    throw failedPrecondition(`workflow execution ${run.workflowId} run ${run.runId} is already closed (${run.status})`);
+  }
+  return run;
+}
+
+/** Creates the history engine: every mutation of workflow executions. */
+export function createHistoryEngine(deps: EngineDeps) {
+  const { namespaces, writer, notifier, metrics, cluster } = deps;
+
+  /** The namespace, if this cluster may write to it now. */
+  async function writableNamespace(name: string): Promise<NamespaceRecord> {
+    const ns = await namespaces.getByName(name);
+    if (ns.state === "DELETED") throw notFound(`namespace ${name} not found`);
+    if (ns.isGlobal && ns.activeClusterName !== cluster.clusterName) {
+      throw failedPrecondition(`namespace ${name} is active in cluster ${ns.activeClusterName}`);
+    }
+    return ns;
+  }
+
+  /** Appends to an open run, idempotent per requestId; returns the run and first new event id. */
+  async function appendTo(
+    operation: string,
+    ref: RunRef,
+    build: (run: ExecutionRow) => Append | undefined,
+    payloadSize = 0,
+  ): Promise<{ runId: string; eventId: number; appended: boolean }> {
+    if (!ref.workflowId) throw invalidArgument("workflow id is required");
+    const ns = await writableNamespace(ref.namespace);
+    writer.checkBlob(payloadSize, operation, ns.name);
+    const result = await writer.transact(operation, async (tx) => {
+      const run = requireOpen(await lockRun(tx, ns.id, ref.workflowId, ref.runId), ref);
+      if (ref.requestId) {
+        const claim = { namespaceId: ns.id, workflowId: run.workflowId, requestId: ref.requestId, runId: run.runId, eventId: run.nextEventId };
+        if (!(await claimRequest(tx, claim))) {
+          const first = (await findRequest(tx, ns.id, run.workflowId, ref.requestId))!;
+          return { runId: first.runId, eventId: first.eventId, appended: false };
+        }
+      }
+      const change = build(run);
+      if (!change) return { runId: run.runId, eventId: run.nextEventId - 1, appended: false };
+      const { firstEventId } = await writer.append(tx, ns, run, change);
+      return { runId: run.runId, eventId: firstEventId, appended: true, status: change.status };
+    });
+    if (result.appended) notifier.notify(result.runId);
+    if ("status" in result && result.status) countClose(result.status as string, ns.name);
+    return result;
+  }
+
+  function countClose(status: string, namespace: string): void {
+    const metric = { COMPLETED: "workflow_success", FAILED: "workflow_failed", TERMINATED: "workflow_terminate", TIMED_OUT: "workflow_timeout" }[status];
+    if (metric) metrics.inc(metric, { namespace });
+  }
+
+  /** Inserts a new run (with its started event, optional signal, timer and outbox task). */
+  async function insertRun(tx: Tx, ns: NamespaceRecord, input: StartInput, runId: string, previous?: ExecutionRow) {
+    const time = deps.now();
+    const shardId = shardFor(ns.id, input.workflowId, cluster.historyShardCount);
+    const key = { namespaceId: ns.id, workflowId: input.workflowId, runId };
+    const events: NewEvent[] = [
+      {
+        attributes: {
+          case: "workflowExecutionStartedEventAttributes",
+          value: {
+            workflowType: input.workflowType,
+            taskQueue: input.taskQueue,
+            input: input.input,
+            executionTimeoutMs: BigInt(input.executionTimeoutMs),
+            requestId: input.requestId ?? "",
+            identity: input.identity ?? "",
+            previousRunId: previous?.runId ?? "",
+          } as never,
+        },
+      },
+    ];
+    if (input.signal) events.push(signalEvent(input.signal.name, input.signal.input, input.identity, input.requestId));
+    await tx.insert(executions).values({
+      ...key,
+      shardId,
+      workflowType: input.workflowType,
+      taskQueue: input.taskQueue,
+      status: "RUNNING",
+      startTime: time,
+      executionTimeoutMs: input.executionTimeoutMs,
+      nextEventId: 1 + events.length,
+      lastWriteVersion: ns.failoverVersion,
+      versionHistory: [{ eventId: events.length, version: ns.failoverVersion }],
+    });
+    const history = await insertEvents(tx, key, 1, ns.failoverVersion, time, events, []);
+    if (input.executionTimeoutMs > 0) {
+      const fireAt = new Date(time.getTime() + input.executionTimeoutMs);
+      await tx.insert(timerTasks).values({ id: ulid(), shardId, fireAt, kind: "WORKFLOW_TIMEOUT", ...key, version: ns.failoverVersion });
+    }
+    await writer.outbox(tx, ns, { ...key, shardId }, 1, 1 + events.length, history);
+    return { fireAt: input.executionTimeoutMs > 0 ? new Date(time.getTime() + input.executionTimeoutMs) : undefined };
+  }
+
+  /** Starts a run, or, with signal set and a run open, signals it (SignalWithStart). */
+  async function start(input: StartInput): Promise<{ runId: string; started: boolean }> {
+    validateStart(input);
+    const ns = await writableNamespace(input.namespace);
+    if (ns.state === "DEPRECATED") throw failedPrecondition(`namespace ${ns.name} is deprecated: it takes no new workflows`);
+    writer.checkBlob(payloadBytes(input.input, input.signal?.input), input.signal ? "SignalWithStartWorkflowExecution" : "StartWorkflowExecution", ns.name);
+    const requestId = input.requestId || ulid();
+    const operation = input.signal ? "SignalWithStartWorkflowExecution" : "CreateWorkflowExecution";
+    const runId = ulid();
+    try {
+      const result = await writer.transact(operation, async (tx) => {
+        const previous = await lockRun(tx, ns.id, input.workflowId, "");
+        const open = previous?.status === "RUNNING";
+        // The request id records where this request's first event went.
+        const target = open && input.signal ? { runId: previous.runId, eventId: previous.nextEventId } : { runId, eventId: 1 };
+        if (!(await claimRequest(tx, { namespaceId: ns.id, workflowId: input.workflowId, requestId, ...target }))) {
+          const first = (await findRequest(tx, ns.id, input.workflowId, requestId))!;
+          return { runId: first.runId, started: false };
+        }
+        if (open) {
+          if (input.signal) return signalOpen(tx, ns, previous, input, requestId);
+          throw alreadyExists(`workflow execution ${input.workflowId} is already running (run ${previous.runId})`);
+        }
+        const refusal = reuseRefusal(input.reusePolicy, previous?.status);
+        if (refusal) throw alreadyExists(`workflow execution ${input.workflowId} cannot start: ${refusal}`);
+        const { fireAt } = await insertRun(tx, ns, { ...input, requestId }, runId, previous);
+        return { runId, started: true, fireAt };
+      });
+      if ("fireAt" in result && result.fireAt) deps.onTimerCreated(result.fireAt);
+      notifier.notify(result.runId);
+      return { runId: result.runId, started: result.started };
+    } catch (e) {
+      const pg = pgErrorOf(e);
+      if (pg.code === "23505" && pg.constraint?.startsWith("executions")) {
+        throw alreadyExists(`workflow execution ${input.workflowId} is already running`);
+      }
+      throw e;
+    }
+  }
+
+  /** SignalWithStart on an open run: claim the request id on that run's event and append. */
+  async function signalOpen(tx: Tx, ns: NamespaceRecord, run: ExecutionRow, input: StartInput, requestId: string) {
+    await writer.append(tx, ns, run, { events: [signalEvent(input.signal!.name, input.signal!.input, input.identity, requestId)] });
+    return { runId: run.runId, started: false };
+  }
+
+  return {
+    start,
+    signal: (ref: RunRef, name: string, input?: Payloads) => {
+      if (!name) throw invalidArgument("signal name is required");
+      return appendTo("SignalWorkflowExecution", ref, () => ({ events: [signalEvent(name, input, ref.identity, ref.requestId)] }), payloadBytes(input));
+    },
+    requestCancel: (ref: RunRef, reason: string) =>
+      appendTo("RequestCancelWorkflowExecution", ref, (run) => {
+        if (run.cancelRequested) return undefined; // already requested: nothing new to say
+        metrics.inc("workflow_cancel", { namespace: ref.namespace });
+        return {
+          cancelRequested: true,
+          events: [{ attributes: { case: "workflowExecutionCancelRequestedEventAttributes", value: { reason, identity: ref.identity ?? "", requestId: ref.requestId ?? "" } as never } }],
+        };
+      }),
+    terminate: (ref: RunRef, reason: string, details?: Payloads) =>
+      appendTo("TerminateWorkflowExecution", ref, () => ({
+        status: "TERMINATED",
+        events: [{ attributes: { case: "workflowExecutionTerminatedEventAttributes", value: { reason, details, identity: ref.identity ?? "" } as never } }],
+      }), payloadBytes(details)),
+    complete: (ref: RunRef, result?: Payloads) =>
+      appendTo("CompleteWorkflowExecution", ref, () => ({
+        status: "COMPLETED",
+        events: [{ attributes: { case: "workflowExecutionCompletedEventAttributes", value: { result } as never } }],
+      }), payloadBytes(result)),
+    fail: (ref: RunRef, failure: Failure | undefined) =>
+      appendTo("FailWorkflowExecution", ref, () => ({
+        status: "FAILED",
+        events: [{ attributes: { case: "workflowExecutionFailedEventAttributes", value: { failure: failure ?? create(FailureSchema) } as never } }],
+      }), payloadBytes(failure?.details)),
+    recordMarker: (ref: RunRef, name: string, details?: Payloads, expectedNextEventId?: number) => {
+      if (!name) throw invalidArgument("marker name is required");
+      return appendTo("RecordMarker", ref, (run) => {
+        if (expectedNextEventId !== undefined && run.nextEventId !== expectedNextEventId) {
+          throw failedPrecondition(`expected next event id ${expectedNextEventId} but the run's is ${run.nextEventId}`);
+        }
+        return { events: [{ attributes: { case: "markerRecordedEventAttributes", value: { markerName: name, details } as never } }] };
+      }, payloadBytes(details));
+    },
+  };
+}
+
+export type HistoryEngine = ReturnType<typeof createHistoryEngine>;
+
+function signalEvent(name: string, input: Payloads | undefined, identity?: string, requestId?: string): NewEvent {
+  return {
+    attributes: {
+      case: "workflowExecutionSignaledEventAttributes",
+      value: { signalName: name, input, identity: identity ?? "", requestId: requestId ?? "" } as never,
+    },
+  };
+}
+
+const MAX_ID = 1000;
+function validateStart(input: StartInput): void {
+  if (!input.workflowId) throw invalidArgument("workflow id is required");
+  if (input.workflowId.length > MAX_ID) throw invalidArgument(`workflow id is longer than ${MAX_ID} characters`);
+  if (!input.workflowType) throw invalidArgument("workflow type is required");
+  if (!input.taskQueue) throw invalidArgument("task queue is required");
+  if (input.executionTimeoutMs < 0) throw invalidArgument("execution timeout must not be negative");
+  if (input.signal && !input.signal.name) throw invalidArgument("signal name is required");
+}

@@ -1,0 +1,138 @@
+import { and, asc, desc, eq, gte, like, lt, lte, or, sql } from "drizzle-orm";
+import { invalidArgument, notFound } from "../errors";
+import type { NamespaceRecord, NamespaceRegistry } from "../namespace/registry";
+import { clampPage } from "../namespace/registry";
+import type { Db } from "../persistence/database";
+import { decodeToken, encodeToken } from "../persistence/page-token";
+import { executions, historyEvents } from "../persistence/schema";
+import { eventFromRow } from "./events";
+import type { ExecutionRow } from "./execution-store";
+import type { EventNotifier } from "./notifier";
+
+export interface ListFilter {
+  status?: string;
+  workflowType?: string;
+  workflowIdPrefix?: string;
+  startTimeMin?: Date;
+  startTimeMax?: Date;
+}
+
+export interface QueryDeps {
+  db: Db;
+  namespaces: NamespaceRegistry;
+  notifier: EventNotifier;
+}
+
+/** Reads of executions and histories; serve active and passive clusters alike. */
+export function createHistoryQueries({ db, namespaces, notifier }: QueryDeps) {
+  async function readableNamespace(name: string): Promise<NamespaceRecord> {
+    const ns = await namespaces.getByName(name);
+    if (ns.state === "DELETED") throw notFound(`namespace ${name} not found`);
+    return ns;
+  }
+
+  async function findRun(ns: NamespaceRecord, workflowId: string, runId: string): Promise<ExecutionRow> {
+    if (!workflowId) throw invalidArgument("workflow id is required");
+    const key = and(eq(executions.namespaceId, ns.id), eq(executions.workflowId, workflowId));
+    const [row] = await db
+      .select()
+      .from(executions)
+      .where(runId ? and(key, eq(executions.runId, runId)) : key)
+      .orderBy(desc(sql`${executions.status} = 'RUNNING'`), desc(executions.startTime), desc(executions.runId))
+      .limit(1);
+    if (!row) throw notFound(`workflow execution ${workflowId}${runId ? ` run ${runId}` : ""} not found in namespace ${ns.name}`);
+    return row;
+  }
+
+  async function readEvents(ns: NamespaceRecord, run: ExecutionRow, from: number, limit: number) {
+    const rows = await db
+      .select()
+      .from(historyEvents)
+      .where(
+        and(
+          eq(historyEvents.namespaceId, ns.id),
+          eq(historyEvents.workflowId, run.workflowId),
+          eq(historyEvents.runId, run.runId),
+          gte(historyEvents.eventId, from),
+        ),
+      )
+      .orderBy(asc(historyEvents.eventId))
+      .limit(limit);
+    return rows.map(eventFromRow);
+  }
+
+  /**
+   * One page of a run's history from the token's event id. Without waitNewEvent the
+   * token is set only while more events exist now; with it, until the run is closed and
+   * every event returned, and an empty page first waits up to waitMs for a new event.
+   */
+  async function getHistory(req: {
+    namespace: string;
+    workflowId: string;
+    runId: string;
+    pageSize: number;
+    token: Uint8Array;
+    waitNewEvent: boolean;
+    waitMs: number;
+    signal?: AbortSignal;
+  }) {
+    const ns = await readableNamespace(req.namespace);
+    const size = clampPage(req.pageSize);
+    const pos = req.token.length ? decodeToken<{ runId: string; next: number }>(req.token) : undefined;
+    if (pos && (typeof pos.next !== "number" || typeof pos.runId !== "string")) throw invalidArgument("next_page_token is not valid");
+    const runId = pos?.runId ?? req.runId;
+    const from = pos?.next ?? 1;
+    const deadline = Date.now() + req.waitMs;
+    for (;;) {
+      const run = await findRun(ns, req.workflowId, runId);
+      const events = await readEvents(ns, run, from, size);
+      const next = from + events.length;
+      const more = next < run.nextEventId;
+      const open = run.status === "RUNNING";
+      const keepToken = more || (req.waitNewEvent && open);
+      const page = { events, runId: run.runId, nextPageToken: keepToken ? encodeToken({ runId: run.runId, next }) : new Uint8Array() };
+      const left = deadline - Date.now();
+      if (events.length > 0 || !req.waitNewEvent || !open || left <= 0 || req.signal?.aborted) return page;
+      // Re-read at least every second: writers in other processes do not notify us.
+      await notifier.wait(run.runId, Math.min(left, 1000), req.signal);
+    }
+  }
+
+  async function list(namespace: string, pageSize: number, token: Uint8Array, filter: ListFilter) {
+    const ns = await readableNamespace(namespace);
+    const size = clampPage(pageSize);
+    const after = token.length ? decodeToken<{ t: string; r: string }>(token) : undefined;
+    const conditions = [eq(executions.namespaceId, ns.id)];
+    if (filter.status) conditions.push(eq(executions.status, filter.status));
+    if (filter.workflowType) conditions.push(eq(executions.workflowType, filter.workflowType));
+    if (filter.workflowIdPrefix) conditions.push(like(executions.workflowId, `${escapeLike(filter.workflowIdPrefix)}%`));
+    if (filter.startTimeMin) conditions.push(gte(executions.startTime, filter.startTimeMin));
+    if (filter.startTimeMax) conditions.push(lte(executions.startTime, filter.startTimeMax));
+    if (after) {
+      const t = new Date(after.t);
+      if (Number.isNaN(t.getTime())) throw invalidArgument("next_page_token is not valid");
+      conditions.push(or(lt(executions.startTime, t), and(eq(executions.startTime, t), lt(executions.runId, after.r)))!);
+    }
+    const rows = await db
+      .select()
+      .from(executions)
+      .where(and(...conditions))
+      .orderBy(desc(executions.startTime), desc(executions.runId))
+      .limit(size + 1);
+    const items = rows.slice(0, size);
+    const last = items.at(-1);
+    const nextPageToken = rows.length > size && last ? encodeToken({ t: last.startTime.toISOString(), r: last.runId }) : new Uint8Array();
+    return { items, nextPageToken };
+  }
+
+  return {
+    describe: async (namespace: string, workflowId: string, runId: string) =>
+      findRun(await readableNamespace(namespace), workflowId, runId),
+    getHistory,
+    list,
+  };
+}
+
+export type HistoryQueries = ReturnType<typeof createHistoryQueries>;
+
+const escapeLike = (s: string) => s.replace(/[\\%_]/g, (c) => `\\${c}`);

@@ -1,0 +1,111 @@
+import { asc, eq, lte } from "drizzle-orm";
+import type { NamespaceRegistry } from "../namespace/registry";
+import type { Logger } from "../observability/log";
+import type { Metrics } from "../observability/metrics";
+import { timerTasks } from "../persistence/schema";
+import type { Db } from "../persistence/database";
+import { lockRun } from "./execution-store";
+import type { EventNotifier } from "./notifier";
+import type { Writer } from "./writer";
+
+export interface TimerQueueDeps {
+  db: Db;
+  writer: Writer;
+  namespaces: NamespaceRegistry;
+  notifier: EventNotifier;
+  metrics: Metrics;
+  log: Logger;
+  currentCluster: string;
+  now: () => Date;
+  /** Upper bound between scans, so timers written by other processes fire too. */
+  pollMs?: number;
+}
+
+/** The durable timer queue: fires due execution timeouts, surviving restarts. */
+export interface TimerQueue {
+  start(): void;
+  /** A timer was written for fireAt: wake in time for it. */
+  scheduled(fireAt: Date): void;
+  stop(): Promise<void>;
+}
+
+/** Creates the timer queue over the timer_tasks table. */
+export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
+  const { db, writer, log } = deps;
+  const pollMs = deps.pollMs ?? 5000;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let wakeAt = Infinity;
+  let running: Promise<void> | undefined;
+  let stopped = true;
+
+  const arm = (at: number) => {
+    if (stopped || at >= wakeAt) return;
+    if (timer) clearTimeout(timer);
+    wakeAt = at;
+    timer = setTimeout(() => {
+      wakeAt = Infinity;
+      void scan();
+    }, Math.max(0, at - Date.now()));
+  };
+
+  async function scan(): Promise<void> {
+    if (stopped) return;
+    if (running) return void (await running);
+    running = (async () => {
+      try {
+        for (;;) {
+          const due = await db.select().from(timerTasks).where(lte(timerTasks.fireAt, deps.now())).orderBy(asc(timerTasks.fireAt)).limit(100);
+          for (const task of due) await fire(task);
+          if (due.length < 100) break;
+        }
+        const [next] = await db.select({ fireAt: timerTasks.fireAt }).from(timerTasks).orderBy(asc(timerTasks.fireAt)).limit(1);
+        arm(Math.min(Date.now() + pollMs, next ? next.fireAt.getTime() : Infinity));
+      } catch (e) {
+        log.error("timer queue scan failed", { error: (e as Error).message });
+        arm(Date.now() + 1000);
+      }
+    })();
+    try {
+      await running;
+    } finally {
+      running = undefined;
+    }
+  }
+
+  async function fire(task: typeof timerTasks.$inferSelect): Promise<void> {
+    const ns = await deps.namespaces.getById(task.namespaceId).catch(() => undefined);
+    // Timers fire only where the namespace is active; the new active fires them after a failover.
+    if (ns && ns.isGlobal && ns.activeClusterName !== deps.currentCluster) return;
+    const closed = await writer.transact("FireTimer", async (tx) => {
+      const gone = await tx.delete(timerTasks).where(eq(timerTasks.id, task.id)).returning({ id: timerTasks.id });
+      if (gone.length === 0 || !ns) return false; // another process fired it, or the namespace is gone
+      const run = await lockRun(tx, task.namespaceId, task.workflowId, task.runId);
+      if (!run || run.status !== "RUNNING") return false;
+      await writer.append(tx, ns, run, {
+        status: "TIMED_OUT",
+        events: [{ attributes: { case: "workflowExecutionTimedOutEventAttributes", value: { executionTimeoutMs: BigInt(run.executionTimeoutMs) } as never } }],
+      });
+      return true;
+    });
+    if (closed) {
+      deps.notifier.notify(task.runId);
+      deps.metrics.inc("workflow_timeout", { namespace: ns!.name });
+    }
+  }
+
+  return {
+    start() {
+      stopped = false;
+      void scan();
+    },
+    scheduled(fireAt) {
+      arm(fireAt.getTime());
+    },
+    async stop() {
+      stopped = true;
+      if (timer) clearTimeout(timer);
+      await running;
+    },
+  };
+}
+

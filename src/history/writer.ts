@@ -1,0 +1,124 @@
+import { appendReplicationTask } from "../../replication/outbox";
+import type { CurrentCluster } from "../cluster/bootstrap";
+import type { LimitsConfig } from "../config/schema";
+import { failedPrecondition, invalidArgument, pgErrorOf } from "../errors";
+import type { NamespaceRecord } from "../namespace/registry";
+import type { Logger } from "../observability/log";
+import type { Metrics } from "../observability/metrics";
+import type { Db, Tx } from "../persistence/database";
+import type { VersionHistoryItem } from "../persistence/schema";
+import { deleteTimers, insertEvents, saveRun, type ExecutionRow, type NewEvent } from "./execution-store";
+
+/** Shared plumbing of every history write: transactions, limits, outbox, metrics. */
+export interface WriterDeps {
+  db: Db;
+  cluster: CurrentCluster;
+  limits: LimitsConfig;
+  metrics: Metrics;
+  log: Logger;
+  now: () => Date;
+  /** Test hook, called inside the transaction just before it commits. */
+  beforeCommit?: (operation: string) => Promise<void> | void;
+}
+
+/** The events and state change to append to an open run. */
+export interface Append {
+  events: NewEvent[];
+  status?: string;
+  cancelRequested?: boolean;
+}
+
+/** True when writes to ns must leave a replication task (DESIGN.md section 3). */
+export const isReplicated = (ns: NamespaceRecord) => ns.isGlobal;
+
+/** Creates the writer used by the engine and the timer queue. */
+export function createWriter(deps: WriterDeps) {
+  const { db, metrics, limits, log } = deps;
+
+  /** Runs fn in a transaction, retrying serialization failures, with persistence metrics. */
+  async function transact<T>(operation: string, fn: (tx: Tx) => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      const started = performance.now();
+      metrics.inc("persistence_requests", { operation });
+      try {
+        const result = await db.transaction(async (tx) => {
+          const r = await fn(tx);
+          await deps.beforeCommit?.(operation);
+          return r;
+        });
+        metrics.observe("persistence_latency", { operation }, (performance.now() - started) / 1000);
+        return result;
+      } catch (e) {
+        const code = pgErrorOf(e).code;
+        if ((code === "40001" || code === "40P01") && attempt < 5) continue;
+        if (code) metrics.inc("persistence_errors", { operation });
+        throw e;
+      }
+    }
+  }
+
+  /** Rejects payloads over the blob size limit; logs those over the warning size. */
+  function checkBlob(bytes: number, what: string, ns: string): void {
+    if (bytes > limits.blobSizeLimitError) {
+      throw invalidArgument(`${what} payload of ${bytes} bytes exceeds the limit of ${limits.blobSizeLimitError} bytes`);
+    }
+    if (bytes > limits.blobSizeLimitWarn) log.warn("large payload", { namespace: ns, operation: what, bytes });
+  }
+
+  /** Rejects a write that would grow the run's history past the event count limit. */
+  function checkHistorySize(run: ExecutionRow, adding: number): void {
+    const after = run.nextEventId - 1 + adding;
+    if (after > limits.historyCountLimitError) {
+      throw failedPrecondition(
+        `workflow ${run.workflowId} run ${run.runId} would have ${after} events, over the history limit of ${limits.historyCountLimitError}`,
+      );
+    }
+    if (after > limits.historyCountLimitWarn && run.nextEventId - 1 <= limits.historyCountLimitWarn) {
+      log.warn("history size over warning limit", { workflowId: run.workflowId, runId: run.runId, events: after });
+    }
+  }
+
+  /** Appends events to a locked open run, saves its state and writes the outbox task. */
+  async function append(tx: Tx, ns: NamespaceRecord, run: ExecutionRow, change: Append): Promise<{ firstEventId: number }> {
+    checkHistorySize(run, change.events.length);
+    const time = deps.now();
+    const first = run.nextEventId;
+    const key = { namespaceId: run.namespaceId, workflowId: run.workflowId, runId: run.runId };
+    const history = await insertEvents(tx, key, first, ns.failoverVersion, time, change.events, run.versionHistory);
+    const closing = change.status !== undefined && change.status !== "RUNNING";
+    await saveRun(tx, run, {
+      nextEventId: first + change.events.length,
+      lastWriteVersion: ns.failoverVersion,
+      versionHistory: history,
+      ...(change.status ? { status: change.status } : {}),
+      ...(closing ? { closeTime: time } : {}),
+      ...(change.cancelRequested ? { cancelRequested: true } : {}),
+    });
+    if (closing) await deleteTimers(tx, key);
+    await outbox(tx, ns, { ...key, shardId: run.shardId }, first, first + change.events.length, history);
+    return { firstEventId: first };
+  }
+
+  /** Writes the replication task for events [first, next) when ns replicates. */
+  async function outbox(
+    tx: Tx,
+    ns: NamespaceRecord,
+    key: { namespaceId: string; workflowId: string; runId: string; shardId: number },
+    first: number,
+    next: number,
+    history: VersionHistoryItem[],
+  ): Promise<void> {
+    if (!isReplicated(ns)) return;
+    await appendReplicationTask(tx, {
+      ...key,
+      firstEventId: first,
+      nextEventId: next,
+      version: ns.failoverVersion,
+      versionHistory: history,
+    });
+  }
+
+  return { transact, checkBlob, append, outbox, checkHistorySize };
+}
+
+export type Writer = ReturnType<typeof createWriter>;

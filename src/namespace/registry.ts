@@ -1,0 +1,256 @@
+import { and, asc, eq, gt, sql } from "drizzle-orm";
+import { ulid } from "ulid";
+import { nextFailoverVersion } from "../cluster/metadata";
+import type { ClusterDirectory } from "../cluster/directory";
+import { alreadyExists, failedPrecondition, invalidArgument, notFound, pgErrorOf } from "../errors";
+import type { Db, Tx } from "../persistence/database";
+import { namespaces, type FailoverHistoryEntry } from "../persistence/schema";
+import { decodeToken, encodeToken } from "../persistence/page-token";
+import { checkNamespaceName, checkOwnerEmail, checkRetentionSeconds } from "./validate";
+
+export type NamespaceRecord = typeof namespaces.$inferSelect;
+
+export const DEFAULT_RETENTION_SECONDS = 72 * 3600;
+const FAILOVER_HISTORY_LIMIT = 10;
+
+export interface RegisterInput {
+  name: string;
+  description?: string;
+  ownerEmail?: string;
+  retentionSeconds?: number;
+  data?: Record<string, string>;
+  isGlobal?: boolean;
+  clusters?: string[];
+  activeClusterName?: string;
+}
+
+export interface UpdateInput {
+  name: string;
+  description?: string;
+  ownerEmail?: string;
+  retentionSeconds?: number;
+  data?: Record<string, string>;
+  clusters?: string[];
+  activeClusterName?: string;
+}
+
+/** Namespace verbs plus a lookup cache that every write here invalidates. */
+export interface NamespaceRegistry {
+  register(input: RegisterInput): Promise<NamespaceRecord>;
+  describe(ref: { name?: string; id?: string }): Promise<NamespaceRecord>;
+  list(pageSize: number, token: Uint8Array): Promise<{ items: NamespaceRecord[]; nextPageToken: Uint8Array }>;
+  update(input: UpdateInput): Promise<NamespaceRecord>;
+  deprecate(name: string): Promise<NamespaceRecord>;
+  /** Cached lookup by name; NOT_FOUND when absent. */
+  getByName(name: string): Promise<NamespaceRecord>;
+  getById(id: string): Promise<NamespaceRecord>;
+  /** Drops cached entries (after deletes or changes made elsewhere). */
+  invalidate(record?: NamespaceRecord): void;
+}
+
+export interface NamespaceRegistryDeps {
+  db: Db;
+  clusters: ClusterDirectory;
+  /** How long a cached entry may serve reads of changes made by other processes. */
+  cacheTtlMs?: number;
+  now?: () => Date;
+}
+
+/** Creates the namespace registry over the namespaces table. */
+export function createNamespaceRegistry({ db, clusters, cacheTtlMs = 2000, now = () => new Date() }: NamespaceRegistryDeps): NamespaceRegistry {
+  const byName = new Map<string, { record: NamespaceRecord; at: number }>();
+  const byId = new Map<string, { record: NamespaceRecord; at: number }>();
+  const remember = (r: NamespaceRecord) => {
+    const entry = { record: r, at: Date.now() };
+    byName.set(r.name, entry);
+    byId.set(r.id, entry);
+    return r;
+  };
+  const forget = (r?: NamespaceRecord) => {
+    if (!r) return byName.clear(), byId.clear();
+    byName.delete(r.name);
+    byId.delete(r.id);
+  };
+  const fresh = (e?: { record: NamespaceRecord; at: number }) => (e && Date.now() - e.at < cacheTtlMs ? e.record : undefined);
+
+  async function load(where: ReturnType<typeof eq>, what: string): Promise<NamespaceRecord> {
+    const [row] = await db.select().from(namespaces).where(where);
+    if (!row) throw notFound(`namespace ${what} not found`);
+    return remember(row);
+  }
+
+  async function register(input: RegisterInput): Promise<NamespaceRecord> {
+    checkNamespaceName(input.name);
+    checkOwnerEmail(input.ownerEmail ?? "");
+    const retentionSeconds = input.retentionSeconds ?? DEFAULT_RETENTION_SECONDS;
+    checkRetentionSeconds(retentionSeconds);
+    const current = clusters.current();
+    let active = current.clusterName;
+    let members = [current.clusterName];
+    let failoverVersion = 0;
+    if (input.isGlobal) {
+      if (!current.isGlobalNamespaceEnabled) {
+        throw failedPrecondition("global namespaces are disabled on this cluster (clusterMetadata.enableGlobalNamespace is false)");
+      }
+      if (current.masterClusterName !== current.clusterName) {
+        throw failedPrecondition(
+          `global namespaces are registered on the master cluster ${current.masterClusterName}, not on ${current.clusterName}`,
+        );
+      }
+      active = input.activeClusterName || current.clusterName;
+      members = dedupe(input.clusters?.length ? input.clusters : [active]);
+      if (!members.includes(active)) throw invalidArgument(`active cluster ${active} must be one of the namespace's clusters`);
+      const activeInfo = await clusters.require(active);
+      for (const c of members) await clusters.require(c);
+      failoverVersion = nextFailoverVersion(activeInfo.initialFailoverVersion, 0, current.failoverVersionIncrement);
+    } else if (input.clusters?.length || input.activeClusterName) {
+      const extra = input.clusters?.find((c) => c !== current.clusterName);
+      if (extra || (input.activeClusterName && input.activeClusterName !== current.clusterName)) {
+        throw invalidArgument("a local namespace lives only in the current cluster; pass --global to list other clusters");
+      }
+    }
+    try {
+      const [row] = await db
+        .insert(namespaces)
+        .values({
+          id: ulid(),
+          name: input.name,
+          state: "REGISTERED",
+          description: input.description ?? "",
+          ownerEmail: input.ownerEmail ?? "",
+          data: input.data ?? {},
+          retentionSeconds,
+          isGlobal: !!input.isGlobal,
+          activeClusterName: active,
+          clusters: members,
+          configVersion: 0,
+          failoverVersion,
+        })
+        .returning();
+      return remember(row!);
+    } catch (e) {
+      if (pgErrorOf(e).code === "23505") throw alreadyExists(`namespace ${input.name} already exists`);
+      throw e;
+    }
+  }
+
+  async function update(input: UpdateInput): Promise<NamespaceRecord> {
+    checkNamespaceName(input.name);
+    if (input.ownerEmail !== undefined) checkOwnerEmail(input.ownerEmail);
+    if (input.retentionSeconds !== undefined) checkRetentionSeconds(input.retentionSeconds);
+    const updated = await db.transaction(async (tx) => {
+      const [row] = await tx.select().from(namespaces).where(eq(namespaces.name, input.name)).for("update");
+      if (!row) throw notFound(`namespace ${input.name} not found`);
+      const next = await applyUpdate(row, input);
+      if (!next) return row;
+      const [saved] = await tx
+        .update(namespaces)
+        .set({ ...next, configVersion: row.configVersion + 1, updatedAt: now() })
+        .where(and(eq(namespaces.id, row.id), eq(namespaces.configVersion, row.configVersion)))
+        .returning();
+      if (!saved) throw failedPrecondition(`namespace ${input.name} changed concurrently; retry`);
+      return saved;
+    });
+    forget(updated);
+    return remember(updated);
+  }
+
+  /** The changed columns, or undefined when the update changes nothing. */
+  async function applyUpdate(row: NamespaceRecord, input: UpdateInput): Promise<Partial<NamespaceRecord> | undefined> {
+    const next: Partial<NamespaceRecord> = {};
+    if (input.description !== undefined && input.description !== row.description) next.description = input.description;
+    if (input.ownerEmail !== undefined && input.ownerEmail !== row.ownerEmail) next.ownerEmail = input.ownerEmail;
+    if (input.retentionSeconds !== undefined && input.retentionSeconds !== row.retentionSeconds) {
+      next.retentionSeconds = input.retentionSeconds;
+    }
+    if (input.data && Object.keys(input.data).length) {
+      const data = { ...row.data };
+      for (const [k, v] of Object.entries(input.data)) v === "" ? delete data[k] : (data[k] = v);
+      next.data = data;
+    }
+    const wantsClusters = !!input.clusters?.length;
+    const wantsActive = !!input.activeClusterName && input.activeClusterName !== row.activeClusterName;
+    if ((wantsClusters || input.activeClusterName) && !row.isGlobal) {
+      throw invalidArgument(`namespace ${row.name} is local: clusters and active cluster apply to global namespaces only`);
+    }
+    const members = wantsClusters ? dedupe(input.clusters!) : row.clusters;
+    if (wantsClusters) {
+      for (const c of members) await clusters.require(c);
+      if (!sameSet(members, row.clusters)) next.clusters = members;
+    }
+    const active = input.activeClusterName || row.activeClusterName;
+    if (!members.includes(active)) throw invalidArgument(`active cluster ${active} must be one of the namespace's clusters`);
+    if (wantsActive) {
+      if (row.replicationState === "HANDOVER") throw failedPrecondition(`namespace ${row.name} is in a graceful failover (HANDOVER)`);
+      const target = await clusters.require(active);
+      const inc = clusters.current().failoverVersionIncrement;
+      next.activeClusterName = active;
+      next.failoverVersion = nextFailoverVersion(target.initialFailoverVersion, row.failoverVersion, inc);
+      const entry: FailoverHistoryEntry = {
+        time: now().toISOString(),
+        version: next.failoverVersion,
+        from: row.activeClusterName,
+        to: active,
+      };
+      next.failoverHistory = [entry, ...row.failoverHistory].slice(0, FAILOVER_HISTORY_LIMIT);
+    }
+    return Object.keys(next).length ? next : undefined;
+  }
+
+  async function setState(name: string, state: string): Promise<NamespaceRecord> {
+    checkNamespaceName(name);
+    const [row] = await db
+      .update(namespaces)
+      .set({ state, configVersion: sql`${namespaces.configVersion} + 1`, updatedAt: now() })
+      .where(eq(namespaces.name, name))
+      .returning();
+    if (!row) throw notFound(`namespace ${name} not found`);
+    forget(row);
+    return remember(row);
+  }
+
+  return {
+    register,
+    update,
+    deprecate: (name) => setState(name, "DEPRECATED"),
+    async describe({ name, id }) {
+      if (name) {
+        checkNamespaceName(name);
+        return load(eq(namespaces.name, name), name);
+      }
+      if (id) return load(eq(namespaces.id, id), `with id ${id}`);
+      throw invalidArgument("namespace name or id is required");
+    },
+    async list(pageSize, token) {
+      const size = clampPage(pageSize);
+      const after = token.length ? decodeToken<{ name: string }>(token).name : undefined;
+      const rows = await db
+        .select()
+        .from(namespaces)
+        .where(after !== undefined ? gt(namespaces.name, after) : undefined)
+        .orderBy(asc(namespaces.name))
+        .limit(size + 1);
+      const items = rows.slice(0, size);
+      const more = rows.length > size;
+      return { items, nextPageToken: more ? encodeToken({ name: items.at(-1)!.name }) : new Uint8Array() };
+    },
+    async getByName(name) {
+      return fresh(byName.get(name)) ?? (checkNamespaceName(name), load(eq(namespaces.name, name), name));
+    },
+    async getById(id) {
+      return fresh(byId.get(id)) ?? load(eq(namespaces.id, id), `with id ${id}`);
+    },
+    invalidate: forget,
+  };
+}
+
+/** Page sizes: default 100, at most 1000. */
+export function clampPage(size: number): number {
+  if (!size || size <= 0) return 100;
+  return Math.min(size, 1000);
+}
+
+const dedupe = (xs: string[]) => [...new Set(xs.filter(Boolean))];
+const sameSet = (a: string[], b: string[]) => a.length === b.length && a.every((x) => b.includes(x));
+
+export type { Tx };

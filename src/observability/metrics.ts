@@ -1,0 +1,109 @@
+/** A small Prometheus registry: counters, gauges and histograms with labels. */
+export type Labels = Record<string, string>;
+
+const BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+interface Series {
+  labels: Labels;
+  value: number;
+  buckets?: number[];
+  sum?: number;
+}
+
+interface Family {
+  name: string;
+  help: string;
+  type: "counter" | "gauge" | "histogram";
+  series: Map<string, Series>;
+}
+
+/** Metrics registry; render() is the /metrics body. */
+export interface Metrics {
+  inc(name: string, labels?: Labels, by?: number): void;
+  set(name: string, labels: Labels, value: number): void;
+  observe(name: string, labels: Labels, seconds: number): void;
+  render(): string;
+}
+
+const HELP: Record<string, [Family["type"], string]> = {
+  service_requests: ["counter", "RPC requests received by the frontend"],
+  service_errors: ["counter", "RPC requests that failed"],
+  service_latency: ["histogram", "RPC latency in seconds"],
+  persistence_requests: ["counter", "Persistence operations"],
+  persistence_errors: ["counter", "Persistence operations that failed"],
+  persistence_latency: ["histogram", "Persistence operation latency in seconds"],
+  workflow_success: ["counter", "Workflow runs completed"],
+  workflow_failed: ["counter", "Workflow runs failed"],
+  workflow_timeout: ["counter", "Workflow runs timed out"],
+  workflow_terminate: ["counter", "Workflow runs terminated"],
+  workflow_cancel: ["counter", "Workflow cancel requests"],
+};
+
+const key = (labels: Labels) =>
+  Object.keys(labels)
+    .sort()
+    .map((k) => `${k}=${labels[k]}`)
+    .join(",");
+
+const escape = (v: string) => v.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
+const fmt = (labels: Labels, extra: Labels = {}) => {
+  const all = { ...labels, ...extra };
+  const parts = Object.keys(all).map((k) => `${k}="${escape(all[k]!)}"`);
+  return parts.length ? `{${parts.join(",")}}` : "";
+};
+
+/** Creates an empty registry; families of the seed names are pre-declared. */
+export function createMetrics(): Metrics {
+  const families = new Map<string, Family>();
+  const family = (name: string, type: Family["type"]): Family => {
+    let f = families.get(name);
+    if (!f) {
+      f = { name, type: HELP[name]?.[0] ?? type, help: HELP[name]?.[1] ?? name, series: new Map() };
+      families.set(name, f);
+    }
+    return f;
+  };
+  for (const [name, [type]] of Object.entries(HELP)) family(name, type);
+  const series = (f: Family, labels: Labels) => {
+    const k = key(labels);
+    let s = f.series.get(k);
+    if (!s) {
+      s = { labels, value: 0 };
+      if (f.type === "histogram") Object.assign(s, { buckets: BUCKETS.map(() => 0), sum: 0 });
+      f.series.set(k, s);
+    }
+    return s;
+  };
+  return {
+    inc(name, labels = {}, by = 1) {
+      series(family(name, "counter"), labels).value += by;
+    },
+    set(name, labels, value) {
+      series(family(name, "gauge"), labels).value = value;
+    },
+    observe(name, labels, seconds) {
+      const s = series(family(name, "histogram"), labels);
+      s.value += 1;
+      s.sum! += seconds;
+      BUCKETS.forEach((b, i) => {
+        if (seconds <= b) s.buckets![i]! += 1;
+      });
+    },
+    render() {
+      const out: string[] = [];
+      for (const f of families.values()) {
+        out.push(`# HELP ${f.name} ${f.help}`, `# TYPE ${f.name} ${f.type}`);
+        for (const s of f.series.values()) {
+          if (f.type !== "histogram") {
+            out.push(`${f.name}${fmt(s.labels)} ${s.value}`);
+            continue;
+          }
+          BUCKETS.forEach((b, i) => out.push(`${f.name}_bucket${fmt(s.labels, { le: String(b) })} ${s.buckets![i]}`));
+          out.push(`${f.name}_bucket${fmt(s.labels, { le: "+Inf" })} ${s.value}`);
+          out.push(`${f.name}_sum${fmt(s.labels)} ${s.sum}`, `${f.name}_count${fmt(s.labels)} ${s.value}`);
+        }
+      }
+      return out.join("\n") + "\n";
+    },
+  };
+}
