@@ -82,7 +82,11 @@ export function createHistoryEngine(deps: EngineDeps) {
     const ns = await writableNamespace(ref.namespace);
     writer.checkBlob(payloadSize, operation, ns.name);
     const result = await writer.transact(operation, async (tx) => {
-      const run = requireOpen(await lockRun(tx, ns.id, ref.workflowId, ref.runId), ref);
+      const found = await lockRun(tx, ns.id, ref.workflowId, ref.runId);
+      // A retry of a request that already took effect answers as the first did, even once the run closed.
+      const earlier = found && ref.requestId ? await findRequest(tx, ns.id, found.workflowId, ref.requestId) : undefined;
+      if (earlier) return { runId: earlier.runId, eventId: earlier.eventId, appended: false };
+      const run = requireOpen(found, ref);
       if (ref.requestId) {
         const claim = { namespaceId: ns.id, workflowId: run.workflowId, requestId: ref.requestId, runId: run.runId, eventId: run.nextEventId };
         if (!(await claimRequest(tx, claim))) {

@@ -71,13 +71,13 @@ async function openPostgres(url: string, opts: OpenOptions): Promise<Database> {
     db,
     kind: "postgres",
     async withExclusiveLock(fn) {
-      const reserved = await client.reserve();
+      // A session advisory lock on a connection of its own excludes other processes.
+      const locker = postgres(url, { max: 1, onnotice: () => {} });
       try {
-        await reserved`select pg_advisory_lock(727376)`;
-        return await fn(drizzlePostgres(reserved, { schema }) as unknown as Db);
+        await locker`select pg_advisory_lock(727376)`;
+        return await fn(db);
       } finally {
-        await reserved`select pg_advisory_unlock(727376)`.catch(() => {});
-        reserved.release();
+        await locker.end({ timeout: 1 });
       }
     },
     close: () => client.end({ timeout: 5 }),

@@ -1,0 +1,47 @@
+import { fileURLToPath } from "node:url";
+import type { Env } from "../config/env";
+import type { Config, DatastoreConfig } from "../config/schema";
+import type { Database } from "../persistence/database";
+import type { SchemaStatus } from "../persistence/migrate";
+
+/** The database operations behind `tern admin db`; injected so tests need no database. */
+export interface AdminDbBackend {
+  readEnv(): Env;
+  resolveConfigPath(argv: readonly string[], env: Env): string;
+  loadConfig(path: string, env: Env): Config;
+  openDatabase(store: DatastoreConfig): Promise<Database>;
+  migrateSchema(database: Database, migrationsFolder: string): Promise<string[]>;
+  schemaStatus(database: Database, migrationsFolder: string): Promise<SchemaStatus>;
+  /** A database URL without its password, for messages. */
+  redactUrl(url: string): string;
+  /** The repo's drizzle/ folder. */
+  migrationsFolder: string;
+}
+
+/** The repo's migrations, found relative to this file (src/cli/ → drizzle/). */
+export function defaultMigrationsFolder(): string {
+  return fileURLToPath(new URL("../../drizzle", import.meta.url));
+}
+
+/**
+ * The real backend. Imported lazily so that RPC commands never load the database
+ * drivers (PGlite's WebAssembly is slow to start).
+ */
+export async function loadAdminDbBackend(): Promise<AdminDbBackend> {
+  const [env, load, database, migrate] = await Promise.all([
+    import("../config/env"),
+    import("../config/load"),
+    import("../persistence/database"),
+    import("../persistence/migrate"),
+  ]);
+  return {
+    readEnv: env.readEnv,
+    resolveConfigPath: load.resolveConfigPath,
+    loadConfig: load.loadConfig,
+    openDatabase: (store) => database.openDatabase(store, { maxConnections: 2 }),
+    migrateSchema: migrate.migrateSchema,
+    schemaStatus: migrate.schemaStatus,
+    redactUrl: database.redactUrl,
+    migrationsFolder: defaultMigrationsFolder(),
+  };
+}

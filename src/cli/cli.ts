@@ -1,0 +1,160 @@
+import { type Client, createClient, type Transport } from "@connectrpc/connect";
+import { OperatorService } from "../gen/tern/operator/v1/service_pb";
+import { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
+import { DEFAULT_ADDRESS, normalizeAddress } from "./address";
+import type { AdminDbBackend } from "./admin-db-backend";
+import { getBoolean, getString, isFlagToken, parseArgs, splitFlagToken, findFlag } from "./args";
+import { type Command, type CommandContext, GLOBAL_FLAGS, type LeafCommand } from "./command";
+import { rootCommand } from "./commands/root";
+import { CliError, ExitCode, formatError, isAbort, UsageError, usageHint } from "./errors";
+import { renderHelp } from "./help";
+import type { OutputFormat, Writer } from "./output";
+
+/** Everything the CLI touches outside itself; main.ts wires the real ones, tests fakes. */
+export interface CliDeps {
+  /** Builds the transport for a base URL (tests return a router transport). */
+  createTransport(baseUrl: string): Transport;
+  stdout: Writer;
+  stderr: Writer;
+  /** Aborted on Ctrl-C. */
+  signal?: AbortSignal;
+  /** True when stdin and stdout are a terminal, so prompts can be answered. */
+  interactive?: boolean;
+  /** Reads one answer line from the terminal. */
+  prompt?(question: string): Promise<string>;
+  /** The database operations for `admin db`. */
+  loadAdminDb?(): Promise<AdminDbBackend>;
+  /** The command tree (tests may pass a smaller one). */
+  root?: Command;
+}
+
+/** The CLI as a function of argv to exit code. */
+export interface Cli {
+  run(argv: readonly string[]): Promise<number>;
+}
+
+/** Where argv led in the command tree. */
+export interface Resolved {
+  command: Command;
+  /** The command words after "tern". */
+  path: string[];
+  /** argv without the command words and --help. */
+  rest: string[];
+  help: boolean;
+  /** Set when a word names no subcommand. */
+  unknown?: string;
+}
+
+/** Walks argv down the command tree; global flags may appear anywhere. */
+export function resolveCommand(root: Command, argv: readonly string[]): Resolved {
+  let command = root;
+  const path: string[] = [];
+  const rest: string[] = [];
+  let help = false;
+  for (let i = 0; i < argv.length; i++) {
+    const token = argv[i]!;
+    if (token === "--") {
+      rest.push(...argv.slice(i));
+      break;
+    }
+    if (isFlagToken(token)) {
+      const spec = findFlag(GLOBAL_FLAGS, splitFlagToken(token).flag);
+      if (spec?.name === "help") help = getBoolean(parseArgs([token], GLOBAL_FLAGS), "help");
+      else rest.push(token);
+      if (spec?.kind === "string" && !token.includes("=") && i + 1 < argv.length) rest.push(argv[++i]!);
+      continue;
+    }
+    if (command.kind === "group") {
+      const child = command.commands.find((c) => c.name === token);
+      if (!child) {
+        const where = ["tern", ...path].join(" ");
+        return { command, path, rest: [], help, unknown: `unknown command "${token}" for "${where}"` };
+      }
+      command = child;
+      path.push(token);
+    } else {
+      rest.push(token);
+    }
+  }
+  return { command, path, rest, help };
+}
+
+/** Creates the CLI over its dependencies. */
+export function createCli(deps: CliDeps): Cli {
+  const root = deps.root ?? rootCommand;
+  return {
+    async run(argv) {
+      let path: string[] = [];
+      let address = `http://${DEFAULT_ADDRESS}`;
+      try {
+        const resolved = resolveCommand(root, argv);
+        path = resolved.path;
+        const unknown = resolved.unknown;
+        if (resolved.help && !unknown) {
+          deps.stdout(renderHelp(resolved.command, path));
+          return ExitCode.ok;
+        }
+        if (unknown) throw new UsageError(unknown);
+        if (resolved.command.kind === "group") return runGroup(resolved, deps);
+        const leaf = resolved.command;
+        const args = parseArgs(resolved.rest, [...GLOBAL_FLAGS, ...leaf.flags]);
+        address = normalizeAddress(getString(args, "address") ?? DEFAULT_ADDRESS);
+        const ctx = buildContext(deps, address, parseFormat(getString(args, "output")));
+        checkPositionals(leaf, args.positionals);
+        return (await leaf.run(ctx, args)) ?? ExitCode.ok;
+      } catch (err) {
+        return report(err, deps, path, address);
+      }
+    },
+  };
+}
+
+function runGroup(resolved: Resolved, deps: CliDeps): number {
+  const stray = resolved.rest.find((t) => isFlagToken(t) && !findFlag(GLOBAL_FLAGS, splitFlagToken(t).flag));
+  if (stray) throw new UsageError(`unknown flag ${splitFlagToken(stray).flag} (choose a subcommand first)`);
+  deps.stdout(renderHelp(resolved.command, resolved.path));
+  return ExitCode.ok;
+}
+
+function report(err: unknown, deps: CliDeps, path: readonly string[], address: string): number {
+  if (isAbort(err) && deps.signal?.aborted) return ExitCode.interrupted;
+  deps.stderr(formatError(err, address) + "\n");
+  if (err instanceof UsageError) {
+    deps.stderr(usageHint(path) + "\n");
+    return ExitCode.usage;
+  }
+  return ExitCode.failure;
+}
+
+function parseFormat(value: string | undefined): OutputFormat {
+  if (value === undefined || value === "table") return "table";
+  if (value === "json") return "json";
+  throw new UsageError(`--output must be table or json, got "${value}"`);
+}
+
+function checkPositionals(leaf: LeafCommand, positionals: readonly string[]): void {
+  const max = leaf.maxPositionals ?? 0;
+  if (positionals.length > max) throw new UsageError(`unexpected argument "${positionals[max]}"`);
+}
+
+function buildContext(deps: CliDeps, address: string, format: OutputFormat): CommandContext {
+  let transport: Transport | undefined;
+  const clients = new Map<unknown, unknown>();
+  const client = <S extends typeof WorkflowService | typeof OperatorService>(service: S): Client<S> => {
+    transport ??= deps.createTransport(address);
+    if (!clients.has(service)) clients.set(service, createClient(service, transport));
+    return clients.get(service) as Client<S>;
+  };
+  return {
+    workflow: () => client(WorkflowService),
+    operator: () => client(OperatorService),
+    address,
+    format,
+    out: deps.stdout,
+    err: deps.stderr,
+    signal: deps.signal ?? new AbortController().signal,
+    interactive: deps.interactive ?? false,
+    prompt: deps.prompt ?? (() => Promise.reject(new CliError("no terminal to ask for confirmation"))),
+    adminDb: deps.loadAdminDb ?? (() => Promise.reject(new CliError("database commands are not available here"))),
+  };
+}

@@ -1,0 +1,70 @@
+import type { Client } from "@connectrpc/connect";
+import type { OperatorService } from "../gen/tern/operator/v1/service_pb";
+import type { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
+import type { FlagSpec, ParsedArgs } from "./args";
+import type { AdminDbBackend } from "./admin-db-backend";
+import type { OutputFormat, Writer } from "./output";
+
+/** What a command gets to do its work; built per run by createCli. */
+export interface CommandContext {
+  /** The WorkflowService client (created on first use). */
+  workflow(): Client<typeof WorkflowService>;
+  /** The OperatorService client (created on first use). */
+  operator(): Client<typeof OperatorService>;
+  /** Base URL of the server, for messages. */
+  address: string;
+  format: OutputFormat;
+  /** Standard output. */
+  out: Writer;
+  /** Standard error, for progress and warnings. */
+  err: Writer;
+  /** Aborted on Ctrl-C; pass to every RPC. */
+  signal: AbortSignal;
+  /** True when a person can answer a prompt. */
+  interactive: boolean;
+  /** Asks a question on the terminal and returns the answer line. */
+  prompt(question: string): Promise<string>;
+  /** Loads the database operations (only admin db commands need them). */
+  adminDb(): Promise<AdminDbBackend>;
+}
+
+/** A runnable command (a leaf of the tree). */
+export interface LeafCommand {
+  kind: "leaf";
+  name: string;
+  /** One line for listings. */
+  summary: string;
+  /** Extra paragraphs for --help (output shapes, examples). */
+  details?: string;
+  flags: FlagSpec[];
+  /** Usage text for positionals, e.g. "[NAMESPACE]". */
+  positionals?: string;
+  /** How many positionals are accepted (default 0). */
+  maxPositionals?: number;
+  /** Runs the command; returns an exit code or nothing for 0. */
+  run(ctx: CommandContext, args: ParsedArgs): Promise<number | void>;
+}
+
+/** A command with subcommands (`tern workflow`, `tern operator namespace`). */
+export interface GroupCommand {
+  kind: "group";
+  name: string;
+  summary: string;
+  commands: Command[];
+}
+
+/** A node of the command tree. */
+export type Command = LeafCommand | GroupCommand;
+
+/** The flags every command accepts, anywhere on the line. */
+export const GLOBAL_FLAGS: FlagSpec[] = [
+  {
+    name: "address",
+    kind: "string",
+    valueName: "HOST:PORT|URL",
+    description: "Frontend address of the tern cluster",
+    defaultText: "127.0.0.1:7233",
+  },
+  { name: "output", alias: "o", kind: "string", valueName: "FORMAT", description: "Output format: table or json", defaultText: "table" },
+  { name: "help", alias: "h", kind: "boolean", description: "Show help for the command" },
+];

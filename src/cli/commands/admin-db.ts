@@ -1,0 +1,103 @@
+import type { DatastoreConfig } from "../../config/schema";
+import type { Database } from "../../persistence/database";
+import type { AdminDbBackend } from "../admin-db-backend";
+import { type FlagSpec, getString, type ParsedArgs } from "../args";
+import type { CommandContext, GroupCommand, LeafCommand } from "../command";
+import { UsageError } from "../errors";
+import { formatTable } from "../output";
+
+const dbFlags: FlagSpec[] = [
+  {
+    name: "config",
+    kind: "string",
+    valueName: "PATH",
+    description: "Server config file (default: $TERN_CONFIG, then config/development.yaml)",
+  },
+  {
+    name: "database-url",
+    kind: "string",
+    valueName: "URL",
+    description: "PostgreSQL URL to use instead of the config's datastore (no config file needed)",
+  },
+];
+
+/** The datastore the flags name: --database-url, else the config file's (with env overrides). */
+export function datastoreFromArgs(backend: AdminDbBackend, args: ParsedArgs): DatastoreConfig {
+  const url = getString(args, "database-url");
+  if (url !== undefined) {
+    if (!/^postgres(ql)?:\/\//.test(url)) throw new UsageError("--database-url must be a postgres:// or postgresql:// URL");
+    return { postgres: { url } };
+  }
+  const env = backend.readEnv();
+  const config = getString(args, "config");
+  const path = backend.resolveConfigPath(config === undefined ? [] : ["--config", config], env);
+  return backend.loadConfig(path, env).persistence.datastore;
+}
+
+function describeStore(backend: AdminDbBackend, store: DatastoreConfig): string {
+  return "postgres" in store ? `PostgreSQL ${backend.redactUrl(store.postgres.url)}` : `PGlite data dir ${store.pglite.dataDir}`;
+}
+
+/** Opens the datastore, runs fn, and always closes it. */
+async function withDatabase<T>(
+  ctx: CommandContext,
+  args: ParsedArgs,
+  fn: (backend: AdminDbBackend, database: Database, where: string) => Promise<T>,
+): Promise<T> {
+  const backend = await ctx.adminDb();
+  const store = datastoreFromArgs(backend, args);
+  const database = await backend.openDatabase(store);
+  try {
+    return await fn(backend, database, describeStore(backend, store));
+  } finally {
+    await database.close();
+  }
+}
+
+const migrate: LeafCommand = {
+  kind: "leaf",
+  name: "migrate",
+  summary: "Apply pending schema migrations (run before starting a new server version)",
+  details: 'With -o json, prints { "datastore": "...", "applied": ["<tag>", ...] }.',
+  flags: dbFlags,
+  async run(ctx, args) {
+    await withDatabase(ctx, args, async (backend, database, where) => {
+      const applied = await backend.migrateSchema(database, backend.migrationsFolder);
+      if (ctx.format === "json") return ctx.out(JSON.stringify({ datastore: where, applied }, null, 2) + "\n");
+      ctx.out(`Datastore: ${where}\n`);
+      for (const tag of applied) ctx.out(`Applied ${tag}\n`);
+      ctx.out(applied.length === 0 ? "Schema already up to date\n" : `Schema up to date (${applied.length} migration(s) applied)\n`);
+    });
+  },
+};
+
+const status: LeafCommand = {
+  kind: "leaf",
+  name: "status",
+  summary: "Show which schema migrations are applied and which are pending",
+  details:
+    'With -o json, prints { "datastore", "known", "applied", "pending", "unknownApplied" }.\n' +
+    "unknownApplied > 0 means the database schema is newer than this tern build.",
+  flags: dbFlags,
+  async run(ctx, args) {
+    await withDatabase(ctx, args, async (backend, database, where) => {
+      const s = await backend.schemaStatus(database, backend.migrationsFolder);
+      if (ctx.format === "json") return ctx.out(JSON.stringify({ datastore: where, ...s }, null, 2) + "\n");
+      const pending = new Set(s.pending);
+      ctx.out(`Datastore: ${where}\n`);
+      ctx.out(formatTable(["MIGRATION", "STATE"], s.known.map((tag) => [tag, pending.has(tag) ? "pending" : "applied"])));
+      if (s.unknownApplied > 0) {
+        ctx.out(`warning: ${s.unknownApplied} applied migration(s) unknown to this build: the schema is newer than this tern\n`);
+      }
+      ctx.out(s.pending.length === 0 ? "Schema up to date\n" : `${s.pending.length} pending: run 'tern admin db migrate'\n`);
+    });
+  },
+};
+
+/** `tern admin db ...`: schema upgrades, straight against the database (no server needed). */
+export const adminDbCommand: GroupCommand = {
+  kind: "group",
+  name: "db",
+  summary: "Migrate the database schema and show its status",
+  commands: [migrate, status],
+};

@@ -1,0 +1,101 @@
+import { create } from "@bufbuild/protobuf";
+import { type WorkflowExecution, WorkflowExecutionSchema } from "../../gen/tern/common/v1/common_pb";
+import { type FlagSpec, getString, type ParsedArgs, requireString } from "../args";
+import { UsageError } from "../errors";
+
+/** -n/--namespace for workflow commands, defaulting like the Temporal CLI. */
+export const workflowNamespaceFlag: FlagSpec = {
+  name: "namespace",
+  alias: "n",
+  kind: "string",
+  valueName: "NS",
+  description: "Namespace",
+  defaultText: "default",
+};
+
+/** -n/--namespace for namespace commands (required there; may be positional). */
+export const namespaceFlag: FlagSpec = {
+  name: "namespace",
+  alias: "n",
+  kind: "string",
+  valueName: "NS",
+  description: "Namespace name (or give it as the argument)",
+};
+
+/** -w/--workflow-id. */
+export const workflowIdFlag: FlagSpec = {
+  name: "workflow-id",
+  alias: "w",
+  kind: "string",
+  valueName: "ID",
+  description: "Workflow id (required)",
+};
+
+/** -r/--run-id. */
+export const runIdFlag: FlagSpec = {
+  name: "run-id",
+  alias: "r",
+  kind: "string",
+  valueName: "ID",
+  description: "Run id (default: the current run)",
+};
+
+/** --request-id, the idempotency key of a write. */
+export const requestIdFlag: FlagSpec = {
+  name: "request-id",
+  kind: "string",
+  valueName: "ID",
+  description: "Idempotency key; a retry with the same id is applied once (default: random)",
+};
+
+/** The identity the CLI writes into history events. */
+export const CLI_IDENTITY = "tern-cli";
+
+/** The namespace of a workflow command (default "default"). */
+export function workflowNamespace(args: ParsedArgs): string {
+  return getString(args, "namespace") || "default";
+}
+
+/** The namespace of a namespace command: -n or the single positional, required. */
+export function namespaceArg(args: ParsedArgs): string {
+  const flag = getString(args, "namespace");
+  const positional = args.positionals[0];
+  if (flag && positional && flag !== positional) {
+    throw new UsageError(`namespace given twice ("${flag}" and "${positional}")`);
+  }
+  const name = flag || positional;
+  if (!name) throw new UsageError("--namespace is required");
+  return name;
+}
+
+/** The (workflow id, run id) an execution command targets. */
+export function executionArg(args: ParsedArgs): WorkflowExecution {
+  return create(WorkflowExecutionSchema, {
+    workflowId: requireString(args, "workflow-id"),
+    runId: getString(args, "run-id") ?? "",
+  });
+}
+
+/** --request-id or a fresh UUID, so each CLI call is one idempotent write. */
+export function requestIdArg(args: ParsedArgs): string {
+  return getString(args, "request-id") || crypto.randomUUID();
+}
+
+/** Parses an integer flag (int64 as bigint); throws UsageError naming the flag. */
+export function bigintArg(args: ParsedArgs, name: string): bigint | undefined {
+  const text = getString(args, name);
+  if (text === undefined) return undefined;
+  if (!/^-?\d+$/.test(text)) throw new UsageError(`--${name} must be an integer, got "${text}"`);
+  return BigInt(text);
+}
+
+/** Parses a positive integer flag; throws UsageError naming the flag. */
+export function positiveIntArg(args: ParsedArgs, name: string): number | undefined {
+  const text = getString(args, name);
+  if (text === undefined) return undefined;
+  const n = Number(text);
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(n) || n <= 0) {
+    throw new UsageError(`--${name} must be a positive integer, got "${text}"`);
+  }
+  return n;
+}

@@ -1,0 +1,198 @@
+import {
+  DeleteNamespaceResponseSchema,
+} from "../../gen/tern/operator/v1/service_pb";
+import {
+  DeprecateNamespaceResponseSchema,
+  DescribeNamespaceResponseSchema,
+  NamespaceDescriptionSchema,
+  RegisterNamespaceResponseSchema,
+  UpdateNamespaceResponseSchema,
+} from "../../gen/tern/workflow/v1/namespace_pb";
+import { type FlagSpec, getBoolean, getString, getStrings, parseKeyValues, type ParsedArgs } from "../args";
+import type { CommandContext, GroupCommand, LeafCommand } from "../command";
+import { parseDuration } from "../duration";
+import { CliError, UsageError } from "../errors";
+import { describeNamespace, namespaceSummary, namespaceTable } from "../format-namespace";
+import { listJson, messageJson } from "../output";
+import { collectPages } from "../paging";
+import { namespaceArg, namespaceFlag } from "./common-flags";
+
+const description: FlagSpec = { name: "description", kind: "string", valueName: "TEXT", description: "Description" };
+const email: FlagSpec = { name: "email", kind: "string", valueName: "EMAIL", description: "Owner email" };
+const retention: FlagSpec = {
+  name: "retention",
+  kind: "string",
+  valueName: "DURATION",
+  description: "Workflow execution retention, e.g. 72h or 3d",
+};
+const data: FlagSpec = {
+  name: "data",
+  kind: "string",
+  repeated: true,
+  valueName: "KEY=VALUE",
+  description: "Namespace data entry",
+};
+const cluster: FlagSpec = {
+  name: "cluster",
+  kind: "string",
+  repeated: true,
+  valueName: "NAME",
+  description: "Cluster that holds the global namespace",
+};
+const activeCluster: FlagSpec = {
+  name: "active-cluster",
+  kind: "string",
+  valueName: "NAME",
+  description: "Active cluster of the global namespace",
+};
+
+function retentionArg(args: ParsedArgs) {
+  const text = getString(args, "retention");
+  return text === undefined ? undefined : parseDuration(text, "retention");
+}
+
+const create: LeafCommand = {
+  kind: "leaf",
+  name: "create",
+  summary: "Register a namespace",
+  positionals: "[NAMESPACE]",
+  maxPositionals: 1,
+  flags: [
+    namespaceFlag,
+    { name: "global", kind: "boolean", description: "Register a global (replicated) namespace" },
+    cluster,
+    { ...activeCluster, description: "Active cluster (default: the cluster that answers)" },
+    { ...retention, defaultText: "72h" },
+    description,
+    email,
+    data,
+  ],
+  async run(ctx, args) {
+    const namespace = namespaceArg(args);
+    const isGlobal = getBoolean(args, "global");
+    if (!isGlobal && (getStrings(args, "cluster").length > 0 || getString(args, "active-cluster"))) {
+      throw new UsageError("--cluster and --active-cluster need --global");
+    }
+    const res = await ctx.workflow().registerNamespace(
+      {
+        namespace,
+        description: getString(args, "description") ?? "",
+        ownerEmail: getString(args, "email") ?? "",
+        workflowExecutionRetentionPeriod: retentionArg(args),
+        data: parseKeyValues(getStrings(args, "data"), "data"),
+        isGlobalNamespace: isGlobal,
+        clusters: getStrings(args, "cluster"),
+        activeClusterName: getString(args, "active-cluster") ?? "",
+      },
+      { signal: ctx.signal },
+    );
+    if (ctx.format === "json") return ctx.out(messageJson(RegisterNamespaceResponseSchema, res));
+    ctx.out(`Registered namespace ${namespace} (${namespaceSummary(res.namespace)})\n`);
+  },
+};
+
+const describe: LeafCommand = {
+  kind: "leaf",
+  name: "describe",
+  summary: "Describe a namespace",
+  positionals: "[NAMESPACE]",
+  maxPositionals: 1,
+  flags: [namespaceFlag, { name: "namespace-id", kind: "string", valueName: "ID", description: "Namespace id (instead of the name)" }],
+  async run(ctx, args) {
+    const id = getString(args, "namespace-id") ?? "";
+    const namespace = id && !getString(args, "namespace") && args.positionals.length === 0 ? "" : namespaceArg(args);
+    const res = await ctx.workflow().describeNamespace({ namespace, id }, { signal: ctx.signal });
+    if (ctx.format === "json") return ctx.out(messageJson(DescribeNamespaceResponseSchema, res));
+    if (res.namespace) ctx.out(describeNamespace(res.namespace));
+  },
+};
+
+const list: LeafCommand = {
+  kind: "leaf",
+  name: "list",
+  summary: "List all namespaces",
+  details: 'With -o json, prints { "namespaces": [NamespaceDescription, ...] } with every page merged.',
+  flags: [],
+  async run(ctx) {
+    const items = await collectPages(async (nextPageToken) => {
+      const res = await ctx.workflow().listNamespaces({ nextPageToken }, { signal: ctx.signal });
+      return { items: res.namespaces, nextPageToken: res.nextPageToken };
+    });
+    ctx.out(ctx.format === "json" ? listJson("namespaces", NamespaceDescriptionSchema, items) : namespaceTable(items));
+  },
+};
+
+const update: LeafCommand = {
+  kind: "leaf",
+  name: "update",
+  summary: "Update a namespace; --active-cluster fails it over (forced)",
+  positionals: "[NAMESPACE]",
+  maxPositionals: 1,
+  flags: [namespaceFlag, description, email, retention, { ...data, description: "Data entry to merge (KEY= removes KEY)" }, cluster, activeCluster],
+  async run(ctx, args) {
+    const namespace = namespaceArg(args);
+    const res = await ctx.workflow().updateNamespace(
+      {
+        namespace,
+        description: getString(args, "description"),
+        ownerEmail: getString(args, "email"),
+        workflowExecutionRetentionPeriod: retentionArg(args),
+        data: parseKeyValues(getStrings(args, "data"), "data"),
+        clusters: getStrings(args, "cluster"),
+        activeClusterName: getString(args, "active-cluster") ?? "",
+      },
+      { signal: ctx.signal },
+    );
+    if (ctx.format === "json") return ctx.out(messageJson(UpdateNamespaceResponseSchema, res));
+    ctx.out(`Updated namespace ${namespace} (${namespaceSummary(res.namespace)})\n`);
+  },
+};
+
+const deprecate: LeafCommand = {
+  kind: "leaf",
+  name: "deprecate",
+  summary: "Deprecate a namespace (no new workflows can start)",
+  positionals: "[NAMESPACE]",
+  maxPositionals: 1,
+  flags: [namespaceFlag],
+  async run(ctx, args) {
+    const namespace = namespaceArg(args);
+    const res = await ctx.workflow().deprecateNamespace({ namespace }, { signal: ctx.signal });
+    if (ctx.format === "json") return ctx.out(messageJson(DeprecateNamespaceResponseSchema, res));
+    ctx.out(`Deprecated namespace ${namespace}\n`);
+  },
+};
+
+async function confirmDelete(ctx: CommandContext, namespace: string): Promise<void> {
+  if (!ctx.interactive) {
+    throw new UsageError(`refusing to delete namespace ${namespace} without confirmation: pass --yes`);
+  }
+  const answer = await ctx.prompt(
+    `Delete namespace ${namespace} and all its workflow executions? Type the namespace name to confirm: `,
+  );
+  if (answer.trim() !== namespace) throw new CliError("delete aborted: the name typed did not match");
+}
+
+const remove: LeafCommand = {
+  kind: "leaf",
+  name: "delete",
+  summary: "Delete a namespace and all its workflow executions",
+  positionals: "[NAMESPACE]",
+  maxPositionals: 1,
+  flags: [namespaceFlag, { name: "yes", alias: "y", kind: "boolean", description: "Do not ask for confirmation" }],
+  async run(ctx, args) {
+    const namespace = namespaceArg(args);
+    if (!getBoolean(args, "yes")) await confirmDelete(ctx, namespace);
+    const res = await ctx.operator().deleteNamespace({ namespace }, { signal: ctx.signal });
+    if (ctx.format === "json") return ctx.out(messageJson(DeleteNamespaceResponseSchema, res));
+    ctx.out(`Deleted namespace ${res.deletedNamespace || namespace} (${res.deletedExecutions} workflow executions)\n`);
+  },
+};
+
+/** `tern operator namespace ...`. */
+export const operatorNamespaceCommand: GroupCommand = {
+  kind: "group",
+  name: "namespace",
+  summary: "Register, describe, update, fail over and delete namespaces",
+  commands: [create, describe, list, update, deprecate, remove],
+};

@@ -1,0 +1,40 @@
+import type { GroupCommand } from "../command";
+import { adminDbCommand } from "./admin-db";
+import { operatorClusterCommand } from "./operator-cluster";
+import { operatorNamespaceCommand } from "./operator-namespace";
+import { actionCommands } from "./workflow-actions";
+import { queryCommands } from "./workflow-query";
+import { showCommand } from "./workflow-show";
+import { startCommands } from "./workflow-start";
+
+/** `tern workflow ...`, named as in the Temporal CLI. */
+export const workflowCommand: GroupCommand = {
+  kind: "group",
+  name: "workflow",
+  summary: "Start, signal, inspect and close workflow executions",
+  commands: [...startCommands, ...actionCommands, ...queryCommands, showCommand],
+};
+
+/** `tern operator ...`. */
+export const operatorCommand: GroupCommand = {
+  kind: "group",
+  name: "operator",
+  summary: "Manage clusters and namespaces",
+  commands: [operatorClusterCommand, operatorNamespaceCommand],
+};
+
+/** `tern admin ...`. */
+export const adminCommand: GroupCommand = {
+  kind: "group",
+  name: "admin",
+  summary: "Administer the database behind a cluster",
+  commands: [adminDbCommand],
+};
+
+/** The whole command tree. */
+export const rootCommand: GroupCommand = {
+  kind: "group",
+  name: "tern",
+  summary: "tern: command-line client of the tern multi-cluster replication gateway",
+  commands: [workflowCommand, operatorCommand, adminCommand],
+};

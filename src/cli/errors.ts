@@ -1,0 +1,66 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import { codeToString } from "@connectrpc/connect/protocol-connect";
+
+/** A mistake on the command line: exit code 2 and a hint to --help. */
+export class UsageError extends Error {
+  override name = "UsageError";
+}
+
+/** A failure the user should read as-is: exit code 1, no stack. */
+export class CliError extends Error {
+  override name = "CliError";
+}
+
+/** Exit codes: 0 ok, 1 failure, 2 usage, 130 interrupted (Ctrl-C). */
+export const ExitCode = { ok: 0, failure: 1, usage: 2, interrupted: 130 } as const;
+
+const networkReasons: Record<string, string> = {
+  ECONNREFUSED: "connection refused",
+  ConnectionRefused: "connection refused",
+  ENOTFOUND: "host not found",
+  EAI_AGAIN: "host not found",
+  ECONNRESET: "connection reset",
+  ConnectionClosed: "connection closed",
+  ETIMEDOUT: "connection timed out",
+  EHOSTUNREACH: "host unreachable",
+  ENETUNREACH: "network unreachable",
+};
+
+/** The errno-like code of a fetch failure wrapped in a ConnectError, if any. */
+function networkCode(err: ConnectError): string | undefined {
+  if (err.code !== Code.Unknown && err.code !== Code.Unavailable) return undefined;
+  const cause = err.cause as { code?: unknown; cause?: { code?: unknown } } | undefined;
+  const code = cause?.code ?? cause?.cause?.code;
+  return typeof code === "string" && code in networkReasons ? code : undefined;
+}
+
+/** The one stderr line for an error, e.g. `error: not_found: namespace orders not found`. */
+export function formatError(err: unknown, address: string): string {
+  if (err instanceof ConnectError) {
+    const net = networkCode(err);
+    if (net) return `error: cannot reach tern at ${address} (${networkReasons[net]})`;
+    return `error: ${codeToString(err.code)}: ${firstLine(err.rawMessage) || "(no message)"}`;
+  }
+  if (err instanceof Error) {
+    if (err.name === "DataDirLockedError") {
+      return `error: ${firstLine(err.message)}; stop the tern server using it first`;
+    }
+    return `error: ${firstLine(err.message) || err.name}`;
+  }
+  return `error: ${String(err)}`;
+}
+
+/** The hint printed under a usage error. */
+export function usageHint(commandPath: readonly string[]): string {
+  return `(run '${["tern", ...commandPath].join(" ")} --help' for usage)`;
+}
+
+/** True when err comes from an aborted call (Ctrl-C). */
+export function isAbort(err: unknown): boolean {
+  if (err instanceof ConnectError) return err.code === Code.Canceled;
+  return err instanceof Error && err.name === "AbortError";
+}
+
+function firstLine(text: string): string {
+  return text.split("\n")[0]!.trim();
+}

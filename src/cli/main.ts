@@ -1,0 +1,37 @@
+// Composition root of the CLI: the only place that touches process, the terminal and the network stack.
+import { createInterface } from "node:readline/promises";
+import { createConnectTransport } from "@connectrpc/connect-web";
+import { loadAdminDbBackend } from "./admin-db-backend";
+import { createCli } from "./cli";
+
+/** Asks one question on the terminal. */
+async function prompt(question: string): Promise<string> {
+  const rl = createInterface({ input: process.stdin, output: process.stderr });
+  try {
+    return await rl.question(question);
+  } finally {
+    rl.close();
+  }
+}
+
+/** A Writer over a process stream. */
+function writer(stream: NodeJS.WriteStream): (text: string) => void {
+  return (text) => void stream.write(text);
+}
+
+async function main(): Promise<number> {
+  const interrupt = new AbortController();
+  process.once("SIGINT", () => interrupt.abort());
+  const cli = createCli({
+    createTransport: (baseUrl) => createConnectTransport({ baseUrl, useBinaryFormat: true }),
+    stdout: writer(process.stdout),
+    stderr: writer(process.stderr),
+    signal: interrupt.signal,
+    interactive: Boolean(process.stdin.isTTY && process.stderr.isTTY),
+    prompt,
+    loadAdminDb: loadAdminDbBackend,
+  });
+  return cli.run(process.argv.slice(2));
+}
+
+process.exitCode = await main();

@@ -1,0 +1,78 @@
+import { type DescMessage, type MessageShape, toJson } from "@bufbuild/protobuf";
+import { type Timestamp, timestampDate } from "@bufbuild/protobuf/wkt";
+
+/** Output format chosen with -o/--output. */
+export type OutputFormat = "table" | "json";
+
+/** Where a command writes; each call is one chunk of text (include the newline). */
+export type Writer = (text: string) => void;
+
+/** Aligned columns with a header row; cells are single-line (newlines become spaces). */
+export function formatTable(headers: readonly string[], rows: readonly (readonly string[])[]): string {
+  const clean = rows.map((r) => headers.map((_, i) => oneLine(r[i] ?? "")));
+  const widths = headers.map((h, i) => Math.max(h.length, ...clean.map((r) => r[i]!.length)));
+  const line = (cells: readonly string[]) =>
+    cells
+      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!)))
+      .join("  ")
+      .trimEnd();
+  return [line(headers), ...clean.map(line)].join("\n") + "\n";
+}
+
+/** One row padded to fixed widths, for output that streams (show --follow). */
+export function formatFixedRow(cells: readonly string[], widths: readonly number[]): string {
+  return (
+    cells
+      .map((c, i) => (i < widths.length ? oneLine(c).padEnd(widths[i]!) : oneLine(c)))
+      .join("  ")
+      .trimEnd() + "\n"
+  );
+}
+
+/** `key: value` lines with values aligned; entries whose value is undefined are skipped. */
+export function formatKeyValues(entries: readonly (readonly [string, string | undefined])[]): string {
+  const shown = entries.filter((e): e is readonly [string, string] => e[1] !== undefined);
+  const width = Math.max(0, ...shown.map(([k]) => k.length + 1));
+  return shown.map(([k, v]) => `${(k + ":").padEnd(width)}  ${v}`.trimEnd() + "\n").join("");
+}
+
+/** The protobuf JSON form of a message (camelCase names), pretty-printed. */
+export function messageJson<Desc extends DescMessage>(schema: Desc, msg: MessageShape<Desc>): string {
+  return JSON.stringify(toJson(schema, msg), null, 2) + "\n";
+}
+
+/** `{ "<key>": [ ...protobuf JSON of each item ] }`, the shape of every list command's -o json. */
+export function listJson<Desc extends DescMessage>(key: string, schema: Desc, items: readonly MessageShape<Desc>[]): string {
+  return JSON.stringify({ [key]: items.map((m) => toJson(schema, m)) }, null, 2) + "\n";
+}
+
+/** One message as a single JSON line (NDJSON), for streaming output. */
+export function messageJsonLine<Desc extends DescMessage>(schema: Desc, msg: MessageShape<Desc>): string {
+  return JSON.stringify(toJson(schema, msg)) + "\n";
+}
+
+/** A timestamp as ISO-8601 UTC, or "" when unset. */
+export function formatTime(ts: Timestamp | undefined): string {
+  if (!ts || (ts.seconds === 0n && ts.nanos === 0)) return "";
+  return timestampDate(ts).toISOString();
+}
+
+/** `SOME_ENUM_NAME` → `SomeEnumName`; unknown numbers render as the number. */
+export function enumLabel(enumObject: Record<number, string>, value: number): string {
+  const name = enumObject[value];
+  if (!name) return String(value);
+  return name
+    .toLowerCase()
+    .split("_")
+    .map((w) => w.charAt(0).toUpperCase() + w.slice(1))
+    .join("");
+}
+
+/** Shortens text to max characters, marking the cut with "…". */
+export function truncate(text: string, max: number): string {
+  return text.length <= max ? text : text.slice(0, Math.max(0, max - 1)) + "…";
+}
+
+function oneLine(text: string): string {
+  return text.replace(/\s*\n\s*/g, " ");
+}

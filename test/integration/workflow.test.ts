@@ -1,0 +1,201 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { Code } from "@connectrpc/connect";
+import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { EventType, WorkflowExecutionStatus, WorkflowIdReusePolicy } from "../../src/gen/tern/common/v1/common_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { json, unjson } from "../support/payload";
+import { startTestCluster, type TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+import { rejects } from "./namespace.test";
+
+const T = { workflowType: "order", taskQueue: "q" };
+
+for (const store of await testStores()) {
+  describe(`workflow executions on ${store}`, () => {
+    let cluster: TestCluster;
+    let wf: ReturnType<typeof cluster.client<typeof WorkflowService>>;
+    const ns = "wf";
+    beforeAll(async () => {
+      cluster = await startTestCluster({ store });
+      wf = cluster.client(WorkflowService);
+      await wf.registerNamespace({ namespace: ns });
+    });
+    afterAll(() => cluster.destroy());
+
+    const history = async (workflowId: string, runId = "") =>
+      (await wf.getWorkflowExecutionHistory({ namespace: ns, execution: { workflowId, runId }, maximumPageSize: 1000 })).history!.events;
+
+    test("start, signal, cancel, marker and complete write events 1..n in order", async () => {
+      const { runId, started } = await wf.startWorkflowExecution({ namespace: ns, workflowId: "a", ...T, input: json({ n: 1 }) });
+      expect(started).toBe(true);
+      const sig = await wf.signalWorkflowExecution({ namespace: ns, workflowExecution: { workflowId: "a" }, signalName: "go", input: json("x") });
+      expect(sig).toMatchObject({ runId, eventId: 2n });
+      await wf.requestCancelWorkflowExecution({ namespace: ns, workflowExecution: { workflowId: "a", runId }, reason: "r" });
+      const marker = await wf.recordMarker({ namespace: ns, workflowExecution: { workflowId: "a" }, markerName: "m", expectedNextEventId: 4n });
+      expect(marker.eventId).toBe(4n);
+      await rejects(
+        wf.recordMarker({ namespace: ns, workflowExecution: { workflowId: "a" }, markerName: "m", expectedNextEventId: 4n }),
+        Code.FailedPrecondition,
+        "expected next event id 4 but the run's is 5",
+      );
+      await wf.completeWorkflowExecution({ namespace: ns, workflowExecution: { workflowId: "a" }, result: json({ ok: true }) });
+      const events = await history("a");
+      expect(events.map((e) => e.eventType)).toEqual([
+        EventType.WORKFLOW_EXECUTION_STARTED,
+        EventType.WORKFLOW_EXECUTION_SIGNALED,
+        EventType.WORKFLOW_EXECUTION_CANCEL_REQUESTED,
+        EventType.MARKER_RECORDED,
+        EventType.WORKFLOW_EXECUTION_COMPLETED,
+      ]);
+      expect(events.map((e) => e.eventId)).toEqual([1n, 2n, 3n, 4n, 5n]);
+      expect(events.every((e) => e.version === 0n && e.eventTime)).toBe(true);
+      const started1 = events[0]!.attributes;
+      expect(started1.case === "workflowExecutionStartedEventAttributes" && unjson(started1.value.input)).toEqual({ n: 1 });
+      const d = await wf.describeWorkflowExecution({ namespace: ns, execution: { workflowId: "a" } });
+      expect(d.workflowExecutionInfo!.status).toBe(WorkflowExecutionStatus.COMPLETED);
+      expect(d.workflowExecutionInfo!.historyLength).toBe(5n);
+      expect(d.workflowExecutionInfo!.cancelRequested).toBe(true);
+      expect(d.workflowExecutionInfo!.closeTime).toBeDefined();
+    });
+
+    test("a closed run takes no new events (FAILED_PRECONDITION)", async () => {
+      await wf.startWorkflowExecution({ namespace: ns, workflowId: "closed", ...T });
+      await wf.terminateWorkflowExecution({ namespace: ns, workflowExecution: { workflowId: "closed" }, reason: "stop" });
+      for (const call of [
+        () => wf.signalWorkflowExecution({ namespace: ns, workflowExecution: { workflowId: "closed" }, signalName: "s" }),
+        () => wf.terminateWorkflowExecution({ namespace: ns, workflowExecution: { workflowId: "closed" }, reason: "again" }),
+        () => wf.failWorkflowExecution({ namespace: ns, workflowExecution: { workflowId: "closed" }, failure: { message: "x" } }),
+      ]) {
+        await rejects(call(), Code.FailedPrecondition, "is already closed (TERMINATED)");
+      }
+      expect((await history("closed")).length).toBe(2);
+    });
+
+    test("a retried requestId returns the first result and writes no second event", async () => {
+      const first = await wf.startWorkflowExecution({ namespace: ns, workflowId: "idem", ...T, requestId: "start-1" });
+      const again = await wf.startWorkflowExecution({ namespace: ns, workflowId: "idem", ...T, requestId: "start-1" });
+      expect(again).toMatchObject({ runId: first.runId, started: false });
+      const s = { namespace: ns, workflowExecution: { workflowId: "idem" }, signalName: "s", requestId: "sig-1" };
+      const results = await Promise.all(Array.from({ length: 8 }, () => wf.signalWorkflowExecution(s)));
+      expect(new Set(results.map((r) => r.eventId))).toEqual(new Set([2n]));
+      await wf.terminateWorkflowExecution({ namespace: ns, workflowExecution: { workflowId: "idem" }, reason: "r", requestId: "t-1" });
+      await wf.terminateWorkflowExecution({ namespace: ns, workflowExecution: { workflowId: "idem" }, reason: "r", requestId: "t-1" });
+      expect((await history("idem")).map((e) => e.eventType)).toEqual([
+        EventType.WORKFLOW_EXECUTION_STARTED,
+        EventType.WORKFLOW_EXECUTION_SIGNALED,
+        EventType.WORKFLOW_EXECUTION_TERMINATED,
+      ]);
+    });
+
+    test("at most one open run per workflowId, even under concurrent starts", async () => {
+      const results = await Promise.allSettled(
+        Array.from({ length: 10 }, () => wf.startWorkflowExecution({ namespace: ns, workflowId: "race", ...T })),
+      );
+      expect(results.filter((r) => r.status === "fulfilled").length).toBe(1);
+      for (const r of results) if (r.status === "rejected") expect(String(r.reason)).toContain("already running");
+      const list = await wf.listWorkflowExecutions({ namespace: ns, workflowIdPrefix: "race" });
+      expect(list.executions.length).toBe(1);
+    });
+
+    test("workflow id reuse policies", async () => {
+      const start = (id: string, p: WorkflowIdReusePolicy) =>
+        wf.startWorkflowExecution({ namespace: ns, workflowId: id, ...T, workflowIdReusePolicy: p });
+      const close = (id: string, how: "complete" | "fail") =>
+        how === "complete"
+          ? wf.completeWorkflowExecution({ namespace: ns, workflowExecution: { workflowId: id } })
+          : wf.failWorkflowExecution({ namespace: ns, workflowExecution: { workflowId: id }, failure: { message: "boom" } });
+      await start("reuse-ok", WorkflowIdReusePolicy.ALLOW_DUPLICATE);
+      await close("reuse-ok", "complete");
+      const second = await start("reuse-ok", WorkflowIdReusePolicy.ALLOW_DUPLICATE);
+      const started = (await history("reuse-ok", second.runId))[0]!.attributes;
+      expect(started.case === "workflowExecutionStartedEventAttributes" && started.value.previousRunId).not.toBe("");
+      await start("reuse-fail", WorkflowIdReusePolicy.ALLOW_DUPLICATE);
+      await close("reuse-fail", "complete");
+      await rejects(start("reuse-fail", WorkflowIdReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY), Code.AlreadyExists, "previous run ended COMPLETED");
+      await start("reuse-f2", WorkflowIdReusePolicy.ALLOW_DUPLICATE);
+      await close("reuse-f2", "fail");
+      await start("reuse-f2", WorkflowIdReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY);
+      await start("reuse-no", WorkflowIdReusePolicy.REJECT_DUPLICATE);
+      await close("reuse-no", "fail");
+      await rejects(start("reuse-no", WorkflowIdReusePolicy.REJECT_DUPLICATE), Code.AlreadyExists, "reject-duplicate");
+    });
+
+    test("signal-with-start starts once, then signals the open run", async () => {
+      const req = { namespace: ns, workflowId: "sws", ...T, signalName: "hello", signalInput: json(1) };
+      const a = await wf.signalWithStartWorkflowExecution(req);
+      const b = await wf.signalWithStartWorkflowExecution({ ...req, signalInput: json(2) });
+      expect(a.started).toBe(true);
+      expect(b).toMatchObject({ runId: a.runId, started: false });
+      const events = await history("sws");
+      expect(events.map((e) => e.eventType)).toEqual([
+        EventType.WORKFLOW_EXECUTION_STARTED,
+        EventType.WORKFLOW_EXECUTION_SIGNALED,
+        EventType.WORKFLOW_EXECUTION_SIGNALED,
+      ]);
+    });
+
+    test("history pages with tokens; waitNewEvent long-polls until a new event", async () => {
+      await wf.startWorkflowExecution({ namespace: ns, workflowId: "pages", ...T });
+      for (let i = 0; i < 6; i++) await wf.signalWorkflowExecution({ namespace: ns, workflowExecution: { workflowId: "pages" }, signalName: `s${i}` });
+      const ids: bigint[] = [];
+      let token = new Uint8Array();
+      do {
+        const page = await wf.getWorkflowExecutionHistory({ namespace: ns, execution: { workflowId: "pages" }, maximumPageSize: 3, nextPageToken: token });
+        ids.push(...page.history!.events.map((e) => e.eventId));
+        token = page.nextPageToken;
+      } while (token.length);
+      expect(ids).toEqual([1n, 2n, 3n, 4n, 5n, 6n, 7n]);
+      const tail = await wf.getWorkflowExecutionHistory({ namespace: ns, execution: { workflowId: "pages" }, waitNewEvent: true, maximumPageSize: 100 });
+      expect(tail.history!.events.length).toBe(7);
+      const poll = wf.getWorkflowExecutionHistory({
+        namespace: ns, execution: { workflowId: "pages" }, waitNewEvent: true, nextPageToken: tail.nextPageToken, waitTimeout: durationFromMs(10_000),
+      });
+      const began = Date.now();
+      await new Promise((r) => setTimeout(r, 150));
+      await wf.completeWorkflowExecution({ namespace: ns, workflowExecution: { workflowId: "pages" } });
+      const woke = await poll;
+      expect(Date.now() - began).toBeLessThan(5000);
+      expect(woke.history!.events.map((e) => e.eventType)).toEqual([EventType.WORKFLOW_EXECUTION_COMPLETED]);
+      expect(woke.nextPageToken.length).toBe(0); // closed and every event returned: the follow ends
+    });
+
+    test("list filters by status, type, id prefix and start time, and pages", async () => {
+      const lns = "listing";
+      await wf.registerNamespace({ namespace: lns });
+      const before = new Date();
+      for (let i = 0; i < 5; i++) await wf.startWorkflowExecution({ namespace: lns, workflowId: `job-${i}`, workflowType: i % 2 ? "odd" : "even", taskQueue: "q" });
+      await wf.startWorkflowExecution({ namespace: lns, workflowId: "other", workflowType: "even", taskQueue: "q" });
+      await wf.completeWorkflowExecution({ namespace: lns, workflowExecution: { workflowId: "job-0" } });
+      const all = async (req: Parameters<typeof wf.listWorkflowExecutions>[0]) => {
+        const ids: string[] = [];
+        let token = new Uint8Array();
+        do {
+          const r = await wf.listWorkflowExecutions({ namespace: lns, pageSize: 2, ...req, nextPageToken: token });
+          ids.push(...r.executions.map((e) => e.execution!.workflowId));
+          token = r.nextPageToken;
+        } while (token.length);
+        return ids.sort();
+      };
+      expect(await all({})).toEqual(["job-0", "job-1", "job-2", "job-3", "job-4", "other"]);
+      expect(await all({ status: WorkflowExecutionStatus.COMPLETED })).toEqual(["job-0"]);
+      expect(await all({ status: WorkflowExecutionStatus.RUNNING, workflowType: "even" })).toEqual(["job-2", "job-4", "other"]);
+      expect(await all({ workflowIdPrefix: "job-" })).toHaveLength(5);
+      expect(await all({ startTimeMin: timestampFromDate(new Date(Date.now() + 60_000)) })).toEqual([]);
+      expect(await all({ startTimeMin: timestampFromDate(before) })).toHaveLength(6);
+      expect(await all({ workflowIdPrefix: "job_" })).toEqual([]); // "_" is literal, not a wildcard
+    });
+
+    test("bad requests are INVALID_ARGUMENT or NOT_FOUND with clear messages", async () => {
+      await rejects(wf.startWorkflowExecution({ namespace: ns, workflowId: "", ...T }), Code.InvalidArgument, "workflow id is required");
+      await rejects(wf.startWorkflowExecution({ namespace: ns, workflowId: "x", workflowType: "", taskQueue: "q" }), Code.InvalidArgument, "workflow type is required");
+      await rejects(wf.startWorkflowExecution({ namespace: "nope", workflowId: "x", ...T }), Code.NotFound, "namespace nope not found");
+      await rejects(wf.signalWorkflowExecution({ namespace: ns, workflowExecution: { workflowId: "ghost" }, signalName: "s" }), Code.NotFound, "workflow execution ghost not found");
+      await rejects(wf.signalWorkflowExecution({ namespace: ns, workflowExecution: { workflowId: "a" }, signalName: "" }), Code.InvalidArgument, "signal name is required");
+      await rejects(
+        wf.getWorkflowExecutionHistory({ namespace: ns, execution: { workflowId: "a" }, nextPageToken: new TextEncoder().encode("garbage") }),
+        Code.InvalidArgument,
+        "next_page_token is not valid",
+      );
+    });
+  });
+}

@@ -1,0 +1,46 @@
+import postgres from "postgres";
+import { ulid } from "ulid";
+import { testEnv } from "./env";
+
+let reachable: Promise<boolean> | undefined;
+
+/** Whether the test PostgreSQL answers (checked once per process). */
+export function postgresReachable(): Promise<boolean> {
+  if (testEnv.postgresUrl === "off") return Promise.resolve(false);
+  reachable ??= (async () => {
+    const sql = postgres(testEnv.postgresUrl, { max: 1, connect_timeout: 3, onnotice: () => {} });
+    try {
+      await sql`select 1`;
+      return true;
+    } catch {
+      return false;
+    } finally {
+      await sql.end({ timeout: 1 });
+    }
+  })();
+  return reachable;
+}
+
+/** A fresh, empty database for one test cluster; drop() removes it. */
+export async function createTestDatabase(prefix = "tern_test"): Promise<{ url: string; drop(): Promise<void> }> {
+  const name = `${prefix}_${ulid().toLowerCase()}`;
+  const admin = postgres(testEnv.postgresUrl, { max: 1, onnotice: () => {} });
+  try {
+    await admin.unsafe(`create database ${name}`);
+  } finally {
+    await admin.end({ timeout: 1 });
+  }
+  const url = new URL(testEnv.postgresUrl);
+  url.pathname = `/${name}`;
+  return {
+    url: url.toString(),
+    async drop() {
+      const a = postgres(testEnv.postgresUrl, { max: 1, onnotice: () => {} });
+      try {
+        await a.unsafe(`drop database if exists ${name} with (force)`);
+      } finally {
+        await a.end({ timeout: 1 });
+      }
+    },
+  };
+}

@@ -1,0 +1,111 @@
+import { createClient, type Client } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-web";
+import type { DescService } from "@bufbuild/protobuf";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseConfig } from "../../src/config/load";
+import type { Config } from "../../src/config/schema";
+import { createLogger } from "../../src/observability/log";
+import { createTernServer, type ServerOptions, type TernServer } from "../../src/server";
+import { createTestDatabase } from "./postgres";
+import type { StoreKind } from "./stores";
+
+export const migrationsFolder = fileURLToPath(new URL("../../drizzle", import.meta.url));
+
+export interface TestClusterOptions {
+  store: StoreKind;
+  name?: string;
+  initialFailoverVersion?: number;
+  failoverVersionIncrement?: number;
+  enableGlobalNamespace?: boolean;
+  shards?: number;
+  /** Extra YAML merged over the generated config (top-level keys). */
+  extraYaml?: string;
+  /** Reuse this data location (restart tests): a PGlite dir or a PostgreSQL URL. */
+  dataLocation?: string;
+  serverOptions?: Partial<ServerOptions>;
+}
+
+/** A real tern server in this process, listening on a free port. */
+export interface TestCluster {
+  name: string;
+  url: string;
+  server: TernServer;
+  config: Config;
+  /** Where its data lives, to restart on it. */
+  dataLocation: string;
+  client<S extends DescService>(service: S): Client<S>;
+  /** Stops the server; the data stays for a restart. */
+  stop(): Promise<void>;
+  /** Stops the server and removes its data. */
+  destroy(): Promise<void>;
+}
+
+/** YAML for one test cluster. */
+export function testConfigYaml(o: TestClusterOptions & { dataLocation: string; port?: number }): string {
+  const name = o.name ?? "active";
+  const store = o.store === "pglite" ? `pglite: { dataDir: "${o.dataLocation}" }` : `postgres: { url: "${o.dataLocation}" }`;
+  return `
+clusterMetadata:
+  enableGlobalNamespace: ${o.enableGlobalNamespace ?? true}
+  failoverVersionIncrement: ${o.failoverVersionIncrement ?? 100}
+  masterClusterName: ${name}
+  currentClusterName: ${name}
+  clusterInformation:
+    ${name}: { enabled: true, initialFailoverVersion: ${o.initialFailoverVersion ?? 1}, rpcAddress: "127.0.0.1:${o.port ?? 0}" }
+persistence:
+  numHistoryShards: ${o.shards ?? 4}
+  datastore: { ${store} }
+services:
+  frontend:
+    rpc: { bindOnIP: 127.0.0.1, port: ${o.port ?? 0} }
+log: { level: ${process.env.TERN_TEST_LOG ?? "error"} }
+${o.extraYaml ?? ""}`;
+}
+
+/** Makes a data location for a store: a temp PGlite dir or a new PostgreSQL database. */
+export async function newDataLocation(store: StoreKind): Promise<{ location: string; remove(): Promise<void> }> {
+  if (store === "pglite") {
+    const dir = mkdtempSync(join(tmpdir(), "tern-test-"));
+    return { location: dir, remove: async () => rmSync(dir, { recursive: true, force: true }) };
+  }
+  const db = await createTestDatabase();
+  return { location: db.url, remove: db.drop };
+}
+
+/** Starts a real server (Bun.serve on a free port) over a fresh or given datastore. */
+export async function startTestCluster(o: TestClusterOptions): Promise<TestCluster> {
+  const owned = o.dataLocation ? undefined : await newDataLocation(o.store);
+  const dataLocation = o.dataLocation ?? owned!.location;
+  const config = parseConfig(testConfigYaml({ ...o, dataLocation }));
+  const server = await createTernServer(config, {
+    migrationsFolder,
+    log: createLogger({ level: config.log.level }),
+    ...o.serverOptions,
+  });
+  const http = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: server.fetch, idleTimeout: 0 });
+  const url = `http://127.0.0.1:${http.port}`;
+  const transport = createConnectTransport({ baseUrl: url });
+  let stopped = false;
+  const stop = async () => {
+    if (stopped) return;
+    stopped = true;
+    await http.stop(true);
+    await server.close();
+  };
+  return {
+    name: config.clusterMetadata.currentClusterName,
+    url,
+    server,
+    config,
+    dataLocation,
+    client: (service) => createClient(service, transport),
+    stop,
+    async destroy() {
+      await stop();
+      await owned?.remove();
+    },
+  };
+}

@@ -1,0 +1,83 @@
+import { describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
+import { ConfigError, parseConfig, resolveConfigPath } from "../../src/config/load";
+
+const base = (meta: string, rest = "") => `
+clusterMetadata:
+${meta}
+${rest}`;
+const good = `  enableGlobalNamespace: true
+  failoverVersionIncrement: 100
+  masterClusterName: clusterA
+  currentClusterName: clusterA
+  clusterInformation:
+    clusterA: { enabled: true, initialFailoverVersion: 1, rpcAddress: "127.0.0.1:7233" }`;
+
+const fails = (yaml: string, message: string) => {
+  expect(() => parseConfig(yaml)).toThrow(ConfigError);
+  expect(() => parseConfig(yaml)).toThrow(message);
+};
+
+describe("config", () => {
+  test("defaults: 4 shards, PGlite ./data, 7233, noop, Temporal's limits", () => {
+    const c = parseConfig(base(good));
+    expect(c.persistence.numHistoryShards).toBe(4);
+    expect(c.persistence.datastore).toEqual({ pglite: { dataDir: "./data" } });
+    expect(c.services.frontend.rpc.port).toBe(7233);
+    expect(c.dcRedirectionPolicy.policy).toBe("noop");
+    expect(c.limits.blobSizeLimitError).toBe(2 * 1024 * 1024);
+    expect(c.limits.blobSizeLimitWarn).toBe(512 * 1024);
+    expect(c.limits.historyCountLimitError).toBe(51_200);
+    expect(c.limits.historyCountLimitWarn).toBe(10_240);
+  });
+
+  test("the shipped configs parse", () => {
+    for (const f of ["development", "cluster-a", "cluster-b", "cluster-c"]) {
+      const c = parseConfig(readFileSync(`config/${f}.yaml`, "utf8"), {}, f);
+      expect(c.clusterMetadata.clusterInformation[c.clusterMetadata.currentClusterName]).toBeDefined();
+    }
+    const b = parseConfig(readFileSync("config/cluster-b.yaml", "utf8"));
+    expect(b.services.frontend.rpc.port).toBe(8233);
+    expect(b.clusterMetadata.clusterInformation.clusterB!.initialFailoverVersion).toBe(2);
+  });
+
+  test("initialFailoverVersion must be below the increment, naming the key", () => {
+    fails(base(good.replace("initialFailoverVersion: 1", "initialFailoverVersion: 100")),
+      "clusterMetadata.clusterInformation.clusterA.initialFailoverVersion must be < failoverVersionIncrement (100)");
+  });
+
+  test("initial version 0 only without global namespaces", () => {
+    fails(base(good.replace("initialFailoverVersion: 1", "initialFailoverVersion: 0")), "must be > 0 when");
+    const ok = good.replace("initialFailoverVersion: 1", "initialFailoverVersion: 0").replace("enableGlobalNamespace: true", "enableGlobalNamespace: false");
+    expect(parseConfig(base(ok)).clusterMetadata.clusterInformation.clusterA!.initialFailoverVersion).toBe(0);
+  });
+
+  test("distinct initial versions; current cluster listed", () => {
+    const two = good + `\n    clusterB: { enabled: true, initialFailoverVersion: 1, rpcAddress: "x:1" }`;
+    fails(base(two), "clusterMetadata.clusterInformation.clusterB.initialFailoverVersion must differ from clusterA's (1)");
+    fails(base(good.replace("currentClusterName: clusterA", "currentClusterName: nope")), "currentClusterName nope must be a key");
+  });
+
+  test("type errors and unknown keys name the key", () => {
+    fails(base(good, "persistence:\n  numHistoryShards: zero"), "persistence.numHistoryShards");
+    fails(base(good, "persistence:\n  numHistoryShard: 4"), "persistence");
+    fails(base(good, "dcRedirectionPolicy:\n  policy: sometimes"), "dcRedirectionPolicy.policy");
+    fails("clusterMetadata: [", "not valid YAML");
+    fails("log: { level: info }", "clusterMetadata");
+  });
+
+  test("TERN_DATABASE_URL overrides the datastore; TERN_LOG_LEVEL the level", () => {
+    const c = parseConfig(base(good), { TERN_DATABASE_URL: "postgres://u@h/db", TERN_LOG_LEVEL: "debug" });
+    expect(c.persistence.datastore).toEqual({ postgres: { url: "postgres://u@h/db" } });
+    expect(c.log.level).toBe("debug");
+    expect(() => parseConfig(base(good), { TERN_LOG_LEVEL: "loud" })).toThrow("TERN_LOG_LEVEL");
+  });
+
+  test("config path: --config wins over TERN_CONFIG, then the default", () => {
+    expect(resolveConfigPath(["--config", "a.yaml"], { TERN_CONFIG: "b.yaml" })).toBe("a.yaml");
+    expect(resolveConfigPath(["--config=c.yaml"], {})).toBe("c.yaml");
+    expect(resolveConfigPath([], { TERN_CONFIG: "b.yaml" })).toBe("b.yaml");
+    expect(resolveConfigPath([], {})).toBe("config/development.yaml");
+    expect(() => resolveConfigPath(["--config"], {})).toThrow("--config needs a path");
+  });
+});
