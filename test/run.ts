@@ -17,7 +17,7 @@ async function main(): Promise<number> {
   if (!pg) {
     console.warn(`\n!!! PostgreSQL not reachable at ${testEnv.postgresUrl}: PostgreSQL suites will be SKIPPED !!!\n`);
   }
-  const args = ["test", ...process.argv.slice(2)];
+  const args = ["test", "--timeout", "60000", ...process.argv.slice(2)];
   const child = spawn(process.execPath, args, {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, TERN_TEST_POSTGRES: pg ? "1" : "0" },

@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { setDefaultTimeout, afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
@@ -6,6 +6,8 @@ import { NamespaceState } from "../../src/gen/tern/workflow/v1/namespace_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
+
+setDefaultTimeout(60_000);
 
 /** Expects the call to fail with a Connect code and a message containing text. */
 export async function rejects(p: Promise<unknown>, code: Code, text: string) {

@@ -1,0 +1,95 @@
+import { describe, expect, test } from "bun:test";
+import { normalizeAddress } from "../../src/cli/address";
+import {
+  type FlagSpec,
+  getBoolean,
+  getString,
+  getStrings,
+  parseArgs,
+  parseKeyValues,
+  requireString,
+} from "../../src/cli/args";
+import { UsageError } from "../../src/cli/errors";
+
+const specs: FlagSpec[] = [
+  { name: "namespace", alias: "n", kind: "string", description: "" },
+  { name: "cluster", kind: "string", repeated: true, description: "" },
+  { name: "global", kind: "boolean", description: "" },
+  { name: "output", alias: "o", kind: "string", description: "" },
+  { name: "reason", kind: "string", description: "" },
+];
+
+describe("parseArgs", () => {
+  test("--flag value, --flag=value and short aliases", () => {
+    const a = parseArgs(["--namespace", "orders", "-o=json", "--reason=a=b"], specs);
+    expect(getString(a, "namespace")).toBe("orders");
+    expect(getString(a, "output")).toBe("json");
+    expect(getString(a, "reason")).toBe("a=b");
+    expect(getString(parseArgs(["-n", "x"], specs), "namespace")).toBe("x");
+  });
+
+  test("repeated flags keep every value in order; plain flags keep the last", () => {
+    const a = parseArgs(["--cluster", "A", "--cluster=B", "-n", "x", "-n", "y"], specs);
+    expect(getStrings(a, "cluster")).toEqual(["A", "B"]);
+    expect(getString(a, "namespace")).toBe("y");
+  });
+
+  test("booleans take no value and accept =false", () => {
+    expect(getBoolean(parseArgs(["--global", "pos"], specs), "global")).toBe(true);
+    expect(parseArgs(["--global", "pos"], specs).positionals).toEqual(["pos"]);
+    expect(getBoolean(parseArgs(["--global=false"], specs), "global")).toBe(false);
+    expect(getBoolean(parseArgs(["--global=true"], specs), "global")).toBe(true);
+    expect(getBoolean(parseArgs([], specs), "global")).toBe(false);
+    expect(() => parseArgs(["--global=maybe"], specs)).toThrow(UsageError);
+  });
+
+  test("a string flag takes the next token even when it starts with a dash", () => {
+    expect(getString(parseArgs(["--reason", "-x"], specs), "reason")).toBe("-x");
+    expect(getString(parseArgs(["--reason", "-5"], specs), "reason")).toBe("-5");
+  });
+
+  test("positionals, negative numbers and -- are kept", () => {
+    const a = parseArgs(["a", "-3", "--", "--global", "b"], specs);
+    expect(a.positionals).toEqual(["a", "-3", "--global", "b"]);
+    expect(getBoolean(a, "global")).toBe(false);
+  });
+
+  test("unknown flags and missing values are usage errors", () => {
+    expect(() => parseArgs(["--nope"], specs)).toThrow("unknown flag --nope");
+    expect(() => parseArgs(["-z"], specs)).toThrow("unknown flag -z");
+    expect(() => parseArgs(["--namespace"], specs)).toThrow("--namespace needs a value");
+  });
+
+  test("requireString rejects missing and empty values", () => {
+    expect(() => requireString(parseArgs([], specs), "namespace")).toThrow("--namespace is required");
+    expect(() => requireString(parseArgs(["-n="], specs), "namespace")).toThrow(UsageError);
+  });
+});
+
+describe("parseKeyValues", () => {
+  test("splits at the first = and allows empty values", () => {
+    expect(parseKeyValues(["a=1", "b=x=y", "c="], "data")).toEqual({ a: "1", b: "x=y", c: "" });
+  });
+  test("rejects entries without a key", () => {
+    expect(() => parseKeyValues(["novalue"], "data")).toThrow("--data takes KEY=VALUE");
+    expect(() => parseKeyValues(["=v"], "data")).toThrow(UsageError);
+  });
+});
+
+describe("normalizeAddress", () => {
+  test.each([
+    ["127.0.0.1:7233", "http://127.0.0.1:7233"],
+    ["localhost:8233", "http://localhost:8233"],
+    ["tern.internal", "http://tern.internal:7233"],
+    ["http://h:1/", "http://h:1"],
+    ["https://tern.example.com", "https://tern.example.com"],
+    ["[::1]:7233", "http://[::1]:7233"],
+  ])("%s -> %s", (input, expected) => {
+    expect(normalizeAddress(input)).toBe(expected);
+  });
+  test("rejects other schemes and garbage", () => {
+    expect(() => normalizeAddress("ftp://h:1")).toThrow(UsageError);
+    expect(() => normalizeAddress("h:notaport")).toThrow(UsageError);
+    expect(() => normalizeAddress("")).toThrow(UsageError);
+  });
+});

@@ -1,0 +1,98 @@
+import { describe, expect, test } from "bun:test";
+import type { AdminDbBackend } from "../../src/cli/admin-db-backend";
+import type { DatastoreConfig } from "../../src/config/schema";
+import { runCli } from "./harness";
+
+const cluster = { describeCluster: () => ({ cluster: { clusterName: "clusterA", historyShardCount: 4 } }) };
+
+describe("dispatch and global flags", () => {
+  test("global flags work before, between and after command words", async () => {
+    const r = await runCli(["--address", "10.0.0.5:8233", "operator", "-o", "json", "cluster", "describe"], { operator: cluster });
+    expect(r.code).toBe(0);
+    expect(r.addresses).toEqual(["http://10.0.0.5:8233"]);
+    expect(JSON.parse(r.stdout).cluster.clusterName).toBe("clusterA");
+    const after = await runCli(["operator", "cluster", "describe", "--address=http://h:1", "--output=json"], { operator: cluster });
+    expect(after.addresses).toEqual(["http://h:1"]);
+  });
+
+  test("default address is 127.0.0.1:7233", async () => {
+    const r = await runCli(["operator", "cluster", "describe"], { operator: cluster });
+    expect(r.addresses).toEqual(["http://127.0.0.1:7233"]);
+    expect(r.stdout).toMatch(/^HistoryShardCount: +4$/m);
+  });
+
+  test("--help at each level lists subcommands or flags and exits 0", async () => {
+    const root = await runCli(["--help"]);
+    expect(root.code).toBe(0);
+    expect(root.stdout).toContain("workflow");
+    expect(root.stdout).toContain("operator");
+    const group = await runCli(["operator", "namespace", "-h"]);
+    expect(group.stdout).toMatch(/^ {2}delete +Delete a namespace/m);
+    const leaf = await runCli(["workflow", "show", "--help", "-w"]);
+    expect(leaf.code).toBe(0);
+    expect(leaf.stdout).toContain("--follow");
+    expect(leaf.stdout).toContain('{ "events": [HistoryEvent, ...] }');
+  });
+
+  test("usage errors exit 2 with a hint to --help", async () => {
+    const unknown = await runCli(["workflow", "launch"]);
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toBe(`error: unknown command "launch" for "tern workflow"\n(run 'tern workflow --help' for usage)\n`);
+    const flag = await runCli(["workflow", "describe", "-w", "x", "--bogus"]);
+    expect(flag.code).toBe(2);
+    expect(flag.stderr).toContain("unknown flag --bogus");
+    const output = await runCli(["workflow", "list", "-o", "yaml"]);
+    expect(output.code).toBe(2);
+    const extra = await runCli(["workflow", "list", "stray"]);
+    expect(extra.stderr).toContain('unexpected argument "stray"');
+  });
+
+  test("a bare group prints its help", async () => {
+    const r = await runCli(["workflow"]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("signal-with-start");
+  });
+});
+
+describe("admin db", () => {
+  function fakeBackend(log: string[]): AdminDbBackend {
+    return {
+      readEnv: () => ({ TERN_CONFIG: "env.yaml" }),
+      resolveConfigPath: (argv, env) => (argv[0] === "--config" ? argv[1]! : env.TERN_CONFIG!),
+      loadConfig: (path) => {
+        log.push(`load ${path}`);
+        return { persistence: { datastore: { pglite: { dataDir: "/d" } } } } as never;
+      },
+      openDatabase: async (store: DatastoreConfig) => {
+        log.push(`open ${JSON.stringify(store)}`);
+        return { close: async () => void log.push("close") } as never;
+      },
+      migrateSchema: async () => ["0001_more"],
+      schemaStatus: async () => ({ known: ["0000_init", "0001_more"], applied: ["0000_init"], pending: ["0001_more"], unknownApplied: 0 }),
+      redactUrl: (u) => u.replace(/:[^:@/]*@/, ":***@"),
+      migrationsFolder: "/repo/drizzle",
+    };
+  }
+
+  test("migrate with --config loads that file, migrates and closes", async () => {
+    const log: string[] = [];
+    const r = await runCli(["admin", "db", "migrate", "--config", "c.yaml"], { adminDb: fakeBackend(log) });
+    expect(r.code).toBe(0);
+    expect(log).toEqual(["load c.yaml", 'open {"pglite":{"dataDir":"/d"}}', "close"]);
+    expect(r.stdout).toContain("Applied 0001_more");
+  });
+
+  test("--database-url skips the config file; status shows pending", async () => {
+    const log: string[] = [];
+    const r = await runCli(["admin", "db", "status", "--database-url", "postgres://u:pw@h/db"], { adminDb: fakeBackend(log) });
+    expect(log[0]).toBe('open {"postgres":{"url":"postgres://u:pw@h/db"}}');
+    expect(r.stdout).toContain("PostgreSQL postgres://u:***@h/db");
+    expect(r.stdout).toMatch(/^0001_more +pending$/m);
+    expect(r.stdout).not.toContain("pw");
+  });
+
+  test("a non-postgres --database-url is a usage error", async () => {
+    const r = await runCli(["admin", "db", "status", "--database-url", "mysql://x"], { adminDb: fakeBackend([]) });
+    expect(r.code).toBe(2);
+  });
+});

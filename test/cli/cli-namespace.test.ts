@@ -1,0 +1,129 @@
+import { describe, expect, test } from "bun:test";
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { UpdateNamespaceRequest } from "../../src/gen/tern/workflow/v1/namespace_pb";
+import {
+  NamespaceDescriptionSchema,
+  type RegisterNamespaceRequest,
+} from "../../src/gen/tern/workflow/v1/namespace_pb";
+import { runCli } from "./harness";
+
+function ns(name: string, failoverVersion = 1n) {
+  return create(NamespaceDescriptionSchema, {
+    namespaceInfo: { name, id: `id-${name}`, state: 1 },
+    isGlobalNamespace: true,
+    failoverVersion,
+    replicationConfig: { activeClusterName: "clusterA", clusters: ["clusterA", "clusterB"] },
+  });
+}
+
+describe("operator namespace", () => {
+  test("create --global sends clusters, active cluster, retention and data", async () => {
+    let seen: RegisterNamespaceRequest | undefined;
+    const r = await runCli(
+      ["operator", "namespace", "create", "-n", "orders", "--global", "--cluster", "clusterA", "--cluster=clusterB",
+        "--active-cluster", "clusterA", "--retention", "3d", "--data", "team=payments", "--description", "Orders"],
+      { workflow: { registerNamespace: (req) => ((seen = req), { namespace: ns("orders") }) } },
+    );
+    expect(r.code).toBe(0);
+    expect(seen!.namespace).toBe("orders");
+    expect(seen!.isGlobalNamespace).toBe(true);
+    expect(seen!.clusters).toEqual(["clusterA", "clusterB"]);
+    expect(seen!.activeClusterName).toBe("clusterA");
+    expect(seen!.workflowExecutionRetentionPeriod?.seconds).toBe(259_200n);
+    expect(seen!.data).toEqual({ team: "payments" });
+    expect(seen!.description).toBe("Orders");
+    expect(r.stdout).toContain("Registered namespace orders (global; active: clusterA");
+  });
+
+  test("--cluster without --global is a usage error", async () => {
+    const r = await runCli(["operator", "namespace", "create", "orders", "--cluster", "A"]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain("--cluster and --active-cluster need --global");
+  });
+
+  test("describe takes the namespace as a positional and prints key: value lines", async () => {
+    let asked = "";
+    const r = await runCli(["operator", "namespace", "describe", "orders"], {
+      workflow: { describeNamespace: (req) => ((asked = req.namespace), { namespace: ns("orders", 12n) }) },
+    });
+    expect(r.code).toBe(0);
+    expect(asked).toBe("orders");
+    expect(r.stdout).toMatch(/^Name: +orders$/m);
+    expect(r.stdout).toMatch(/^FailoverVersion: +12$/m);
+    expect(r.stdout).toMatch(/^Clusters: +clusterA, clusterB$/m);
+  });
+
+  test("list pages through every token and -o json merges the pages", async () => {
+    const tokens: string[] = [];
+    const pages = [["a", "b"], ["c"], ["d"]];
+    const r = await runCli(["-o", "json", "operator", "namespace", "list"], {
+      workflow: {
+        listNamespaces(req) {
+          const i = req.nextPageToken.length === 0 ? 0 : req.nextPageToken[0]!;
+          tokens.push(String(i));
+          const next = i + 1 < pages.length ? new Uint8Array([i + 1]) : new Uint8Array(0);
+          return { namespaces: pages[i]!.map((n) => ns(n)), nextPageToken: next };
+        },
+      },
+    });
+    expect(r.code).toBe(0);
+    expect(tokens).toEqual(["0", "1", "2"]);
+    const json = JSON.parse(r.stdout);
+    expect(Object.keys(json)).toEqual(["namespaces"]);
+    expect(json.namespaces.map((n: { namespaceInfo: { name: string } }) => n.namespaceInfo.name)).toEqual(["a", "b", "c", "d"]);
+  });
+
+  test("list table has the documented columns", async () => {
+    const r = await runCli(["operator", "namespace", "list"], {
+      workflow: { listNamespaces: () => ({ namespaces: [ns("orders")] }) },
+    });
+    expect(r.stdout.split("\n")[0]).toBe("NAME    ID         STATE       GLOBAL  ACTIVE    CLUSTERS           FAILOVER VERSION");
+    expect(r.stdout.split("\n")[1]).toMatch(/^orders +id-orders +Registered +yes +clusterA +clusterA,clusterB +1$/);
+  });
+
+  test("update leaves unset optional fields unset and fails over with --active-cluster", async () => {
+    let seen: UpdateNamespaceRequest | undefined;
+    const r = await runCli(["operator", "namespace", "update", "-n", "orders", "--active-cluster", "clusterB"], {
+      workflow: { updateNamespace: (req) => ((seen = req), { namespace: ns("orders", 2n) }) },
+    });
+    expect(r.code).toBe(0);
+    expect(seen!.activeClusterName).toBe("clusterB");
+    expect(seen!.description).toBeUndefined();
+    expect(seen!.ownerEmail).toBeUndefined();
+    expect(seen!.workflowExecutionRetentionPeriod).toBeUndefined();
+    expect(r.stdout).toContain("failover version: 2");
+  });
+
+  test("delete without --yes and without a terminal refuses before calling the server", async () => {
+    let called = false;
+    const r = await runCli(["operator", "namespace", "delete", "-n", "orders"], {
+      operator: { deleteNamespace: () => ((called = true), {}) },
+    });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain("pass --yes");
+    expect(called).toBe(false);
+  });
+
+  test("delete asks on a terminal and needs the name typed back", async () => {
+    const fake = { deleteNamespace: () => ({ deletedNamespace: "orders", deletedExecutions: 3n }) };
+    const wrong = await runCli(["operator", "namespace", "delete", "orders"], { operator: fake, interactive: true, answer: "nope" });
+    expect(wrong.code).toBe(1);
+    const right = await runCli(["operator", "namespace", "delete", "orders"], { operator: fake, interactive: true, answer: "orders\n" });
+    expect(right.code).toBe(0);
+    expect(right.stdout).toBe("Deleted namespace orders (3 workflow executions)\n");
+  });
+
+  test("a ConnectError prints code and message on one line, exit 1", async () => {
+    const r = await runCli(["operator", "namespace", "describe", "-n", "orders"], {
+      workflow: {
+        describeNamespace: () => {
+          throw new ConnectError("namespace orders not found", Code.NotFound);
+        },
+      },
+    });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe("error: not_found: namespace orders not found\n");
+    expect(r.stdout).toBe("");
+  });
+});

@@ -1,0 +1,235 @@
+import { describe, expect, test } from "bun:test";
+import { create } from "@bufbuild/protobuf";
+import {
+  EventType,
+  HistoryEventSchema,
+  WorkflowExecutionStatus,
+  WorkflowIdReusePolicy,
+} from "../../src/gen/tern/common/v1/common_pb";
+import type {
+  GetWorkflowExecutionHistoryRequest,
+  ListWorkflowExecutionsRequest,
+  StartWorkflowExecutionRequest,
+} from "../../src/gen/tern/workflow/v1/service_pb";
+import { runCli } from "./harness";
+
+const text = (b: Uint8Array) => new TextDecoder().decode(b);
+
+function event(id: number, type = EventType.MARKER_RECORDED) {
+  return create(HistoryEventSchema, { eventId: BigInt(id), version: 1n, eventType: type });
+}
+
+describe("workflow start", () => {
+  test("sends every field the flags name", async () => {
+    let seen: StartWorkflowExecutionRequest | undefined;
+    const r = await runCli(
+      ["workflow", "start", "-n", "orders", "-w", "order-1", "--type", "OrderFlow", "--input", '{"id": 1}',
+        "--execution-timeout", "1m30s", "--request-id", "req-1", "--id-reuse-policy", "reject-duplicate"],
+      { workflow: { startWorkflowExecution: (req) => ((seen = req), { runId: "run-1", started: true }) } },
+    );
+    expect(r.code).toBe(0);
+    expect(seen!.namespace).toBe("orders");
+    expect(seen!.workflowId).toBe("order-1");
+    expect(seen!.workflowType).toBe("OrderFlow");
+    expect(seen!.taskQueue).toBe("default");
+    expect(seen!.requestId).toBe("req-1");
+    expect(seen!.workflowIdReusePolicy).toBe(WorkflowIdReusePolicy.REJECT_DUPLICATE);
+    expect(seen!.workflowExecutionTimeout?.seconds).toBe(90n);
+    const payload = seen!.input!.payloads[0]!;
+    expect(text(payload.metadata["encoding"]!)).toBe("json/plain");
+    expect(text(payload.data)).toBe('{"id": 1}');
+    expect(r.stdout).toMatch(/^RunId: +run-1$/m);
+  });
+
+  test("defaults: namespace default, a fresh request id, no timeout; -o json prints the response", async () => {
+    let seen: StartWorkflowExecutionRequest | undefined;
+    const r = await runCli(["workflow", "start", "-w", "w", "--type", "T", "-o", "json"], {
+      workflow: { startWorkflowExecution: (req) => ((seen = req), { runId: "r", started: false }) },
+    });
+    expect(seen!.namespace).toBe("default");
+    expect(seen!.requestId).toMatch(/^[0-9a-f-]{36}$/);
+    expect(seen!.workflowExecutionTimeout).toBeUndefined();
+    expect(seen!.input).toBeUndefined();
+    expect(JSON.parse(r.stdout)).toEqual({ runId: "r" });
+  });
+
+  test("invalid --input never reaches the server", async () => {
+    let called = false;
+    const r = await runCli(["workflow", "start", "-w", "w", "--type", "T", "--input", "{nope"], {
+      workflow: { startWorkflowExecution: () => ((called = true), {}) },
+    });
+    expect(r.code).toBe(2);
+    expect(called).toBe(false);
+    expect(r.stderr).toContain("--input is not valid JSON");
+  });
+
+  test("signal-with-start takes --signal-name and --signal-input", async () => {
+    let name = "";
+    let input = "";
+    const r = await runCli(
+      ["workflow", "signal-with-start", "-w", "w", "--type", "T", "--name", "go", "--signal-input", "[1]"],
+      {
+        workflow: {
+          signalWithStartWorkflowExecution: (req) => {
+            name = req.signalName;
+            input = text(req.signalInput!.payloads[0]!.data);
+            return { runId: "r", started: true };
+          },
+        },
+      },
+    );
+    expect(r.code).toBe(0);
+    expect(name).toBe("go");
+    expect(input).toBe("[1]");
+  });
+});
+
+describe("workflow writes on one execution", () => {
+  test("fail puts --reason in failure.message; run id is passed through", async () => {
+    let message = "";
+    let runId = "";
+    const r = await runCli(["workflow", "fail", "-w", "w", "-r", "run-9", "--reason", "card declined"], {
+      workflow: {
+        failWorkflowExecution: (req) => {
+          message = req.failure!.message;
+          runId = req.workflowExecution!.runId;
+          return {};
+        },
+      },
+    });
+    expect(r.code).toBe(0);
+    expect(message).toBe("card declined");
+    expect(runId).toBe("run-9");
+  });
+
+  test("marker sends expected next event id as int64", async () => {
+    let expected: bigint | undefined;
+    const r = await runCli(["workflow", "marker", "-w", "w", "--name", "m", "--expected-next-event-id", "5"], {
+      workflow: { recordMarker: (req) => ((expected = req.expectedNextEventId), { eventId: 5n }) },
+    });
+    expect(r.code).toBe(0);
+    expect(expected).toBe(5n);
+    const bad = await runCli(["workflow", "marker", "-w", "w", "--name", "m", "--expected-next-event-id", "x"]);
+    expect(bad.code).toBe(2);
+  });
+
+  test("terminate requires --reason", async () => {
+    const r = await runCli(["workflow", "terminate", "-w", "w"]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain("--reason is required");
+  });
+});
+
+describe("workflow list", () => {
+  test("maps filters and stops at --limit", async () => {
+    const seen: ListWorkflowExecutionsRequest[] = [];
+    const r = await runCli(
+      ["workflow", "list", "--status", "timed-out", "--type", "T", "--start-after", "2024-05-01T00:00:00Z", "--limit", "3", "-o", "json"],
+      {
+        workflow: {
+          listWorkflowExecutions(req) {
+            seen.push(req);
+            const base = seen.length * 10;
+            const executions = [1, 2].map((i) => ({
+              execution: { workflowId: `w${base + i}`, runId: "r" },
+              status: WorkflowExecutionStatus.TIMED_OUT,
+            }));
+            return { executions, nextPageToken: new Uint8Array([seen.length]) };
+          },
+        },
+      },
+    );
+    expect(r.code).toBe(0);
+    expect(seen.length).toBe(2);
+    expect(seen[0]!.status).toBe(WorkflowExecutionStatus.TIMED_OUT);
+    expect(seen[0]!.workflowType).toBe("T");
+    expect(seen[0]!.startTimeMin?.seconds).toBe(BigInt(Date.UTC(2024, 4, 1) / 1000));
+    expect(seen[0]!.pageSize).toBe(3);
+    expect(Array.from(seen[1]!.nextPageToken)).toEqual([1]);
+    expect(JSON.parse(r.stdout).executions.length).toBe(3);
+  });
+
+  test("bad --status and --start-before are usage errors", async () => {
+    expect((await runCli(["workflow", "list", "--status", "sleeping"])).code).toBe(2);
+    expect((await runCli(["workflow", "list", "--start-before", "yesterday-ish"])).code).toBe(2);
+  });
+});
+
+describe("workflow show", () => {
+  test("pages through next_page_token and stops at the empty one", async () => {
+    const tokens: number[] = [];
+    const r = await runCli(["workflow", "show", "-w", "w", "-o", "json"], {
+      workflow: {
+        getWorkflowExecutionHistory(req) {
+          const page = req.nextPageToken.length === 0 ? 0 : req.nextPageToken[0]!;
+          tokens.push(page);
+          const next = page < 2 ? new Uint8Array([page + 1]) : new Uint8Array(0);
+          return { history: { events: [event(page * 2 + 1), event(page * 2 + 2)] }, nextPageToken: next, runId: "r1" };
+        },
+      },
+    });
+    expect(r.code).toBe(0);
+    expect(tokens).toEqual([0, 1, 2]);
+    expect(JSON.parse(r.stdout).events.map((e: { eventId: string }) => e.eventId)).toEqual(["1", "2", "3", "4", "5", "6"]);
+  });
+
+  test("a running run: stops when a page comes back empty", async () => {
+    let calls = 0;
+    const r = await runCli(["workflow", "show", "-w", "w"], {
+      workflow: {
+        getWorkflowExecutionHistory: () => {
+          calls++;
+          return { history: { events: calls === 1 ? [event(1, EventType.WORKFLOW_EXECUTION_STARTED)] : [] }, nextPageToken: new Uint8Array([9]) };
+        },
+      },
+    });
+    expect(r.code).toBe(0);
+    expect(calls).toBe(2);
+    expect(r.stdout.split("\n")[0]).toMatch(/^EVENT ID +VERSION +TIME +TYPE +DETAILS$/);
+    expect(r.stdout).toContain("WorkflowExecutionStarted");
+  });
+
+  test("--follow long-polls with the last token and ends when the token is empty", async () => {
+    const seen: GetWorkflowExecutionHistoryRequest[] = [];
+    const script = [
+      { events: [1, 2], token: [1] },
+      { events: [], token: [1] }, // long poll timed out without news
+      { events: [3], token: [2] },
+      { events: [4], token: [] }, // closed
+    ];
+    const r = await runCli(["workflow", "show", "-w", "w", "--follow", "-o", "json"], {
+      workflow: {
+        async getWorkflowExecutionHistory(req) {
+          seen.push(req);
+          const step = script[seen.length - 1]!;
+          if (step.events.length === 0) await Bun.sleep(250); // a real long poll takes time
+          return { history: { events: step.events.map((i) => event(i)) }, nextPageToken: new Uint8Array(step.token), runId: "r7" };
+        },
+      },
+    });
+    expect(r.code).toBe(0);
+    expect(seen.length).toBe(4);
+    expect(seen.every((s) => s.waitNewEvent)).toBe(true);
+    expect(seen.map((s) => Array.from(s.nextPageToken))).toEqual([[], [1], [1], [2]]);
+    expect(seen[0]!.execution!.runId).toBe("");
+    expect(seen[1]!.execution!.runId).toBe("r7"); // pinned to the run the server resolved
+    const lines = r.stdout.trimEnd().split("\n");
+    expect(lines.map((l) => JSON.parse(l).eventId)).toEqual(["1", "2", "3", "4"]);
+  });
+
+  test("--follow in table mode prints a header then one line per event", async () => {
+    let n = 0;
+    const r = await runCli(["workflow", "show", "-w", "w", "-f"], {
+      workflow: {
+        getWorkflowExecutionHistory: () => {
+          n++;
+          return { history: { events: [event(n)] }, nextPageToken: new Uint8Array(n < 3 ? [n] : []) };
+        },
+      },
+    });
+    const lines = r.stdout.trimEnd().split("\n");
+    expect(lines.length).toBe(4);
+    expect(lines[0]).toMatch(/^EVENT ID +VERSION/);
+    expect(lines[3]).toMatch(/^3 +1 +MarkerRecorded/);
+  });
+});

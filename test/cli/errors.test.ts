@@ -1,0 +1,50 @@
+import { describe, expect, test } from "bun:test";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { CliError, formatError, isAbort, UsageError, usageHint } from "../../src/cli/errors";
+
+const address = "http://127.0.0.1:7233";
+
+function fetchFailure(code: string): ConnectError {
+  const cause = Object.assign(new TypeError(`${code}: Unable to connect`), { code });
+  return new ConnectError(cause.message, Code.Unknown, undefined, undefined, cause);
+}
+
+describe("formatError", () => {
+  test("ConnectError: code in snake_case and the raw message", () => {
+    const err = new ConnectError("namespace orders not found", Code.NotFound);
+    expect(formatError(err, address)).toBe("error: not_found: namespace orders not found");
+    expect(formatError(new ConnectError("x", Code.FailedPrecondition), address)).toBe("error: failed_precondition: x");
+  });
+
+  test("only the first line of a multi-line message", () => {
+    expect(formatError(new ConnectError("a\nstack", Code.Internal), address)).toBe("error: internal: a");
+  });
+
+  test("connection refused names the address", () => {
+    expect(formatError(fetchFailure("ECONNREFUSED"), address)).toBe(
+      "error: cannot reach tern at http://127.0.0.1:7233 (connection refused)",
+    );
+    expect(formatError(fetchFailure("ConnectionRefused"), address)).toContain("(connection refused)");
+    expect(formatError(fetchFailure("ENOTFOUND"), "http://x:1")).toBe("error: cannot reach tern at http://x:1 (host not found)");
+  });
+
+  test("a server-sent Unknown error is not mistaken for a network failure", () => {
+    expect(formatError(new ConnectError("boom", Code.Unknown), address)).toBe("error: unknown: boom");
+  });
+
+  test("plain errors, usage errors and a locked PGlite data dir", () => {
+    expect(formatError(new UsageError("--type is required"), address)).toBe("error: --type is required");
+    expect(formatError(new CliError("nope"), address)).toBe("error: nope");
+    const locked = Object.assign(new Error("data dir ./data is in use by process 42"), { name: "DataDirLockedError" });
+    expect(formatError(locked, address)).toBe(
+      "error: data dir ./data is in use by process 42; stop the tern server using it first",
+    );
+  });
+
+  test("usageHint and isAbort", () => {
+    expect(usageHint(["workflow", "start"])).toBe("(run 'tern workflow start --help' for usage)");
+    expect(isAbort(new ConnectError("x", Code.Canceled))).toBe(true);
+    expect(isAbort(new DOMException("aborted", "AbortError"))).toBe(true);
+    expect(isAbort(new Error("x"))).toBe(false);
+  });
+});

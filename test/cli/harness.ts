@@ -1,0 +1,46 @@
+import { type ConnectRouter, createRouterTransport, type ServiceImpl } from "@connectrpc/connect";
+import type { AdminDbBackend } from "../../src/cli/admin-db-backend";
+import { createCli } from "../../src/cli/cli";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+
+/** Fakes for the two services; only the methods a test calls need to exist. */
+export interface Fakes {
+  workflow?: Partial<ServiceImpl<typeof WorkflowService>>;
+  operator?: Partial<ServiceImpl<typeof OperatorService>>;
+  interactive?: boolean;
+  answer?: string;
+  adminDb?: AdminDbBackend;
+}
+
+/** What one CLI run produced. */
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+  /** Base URLs the CLI asked a transport for. */
+  addresses: string[];
+}
+
+/** Runs the CLI in process against fake services over a router transport. */
+export async function runCli(argv: string[], fakes: Fakes = {}): Promise<RunResult> {
+  let stdout = "";
+  let stderr = "";
+  const addresses: string[] = [];
+  const cli = createCli({
+    createTransport: (baseUrl) => {
+      addresses.push(baseUrl);
+      return createRouterTransport((router: ConnectRouter) => {
+        router.service(WorkflowService, fakes.workflow ?? {});
+        router.service(OperatorService, fakes.operator ?? {});
+      });
+    },
+    stdout: (t) => void (stdout += t),
+    stderr: (t) => void (stderr += t),
+    interactive: fakes.interactive ?? false,
+    prompt: async () => fakes.answer ?? "",
+    loadAdminDb: fakes.adminDb ? async () => fakes.adminDb! : undefined,
+  });
+  const code = await cli.run(argv);
+  return { code, stdout, stderr, addresses };
+}

@@ -1,0 +1,85 @@
+import { describe, expect, test } from "bun:test";
+import { create } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import {
+  EventType,
+  HistoryEventSchema,
+  VersionHistorySchema,
+  WorkflowExecutionStatus,
+} from "../../src/gen/tern/common/v1/common_pb";
+import { eventDetails, eventTypeLabel, formatVersionHistory, statusLabel } from "../../src/cli/format-workflow";
+import { enumLabel, formatFixedRow, formatKeyValues, formatTable, formatTime, truncate } from "../../src/cli/output";
+import { encodeJsonPayload } from "../../src/cli/payload";
+
+describe("formatTable", () => {
+  test("aligns columns to the widest cell, two spaces apart, no trailing spaces", () => {
+    const out = formatTable(["NAME", "STATE"], [["orders", "Registered"], ["a", ""]]);
+    expect(out).toBe("NAME    STATE\norders  Registered\na\n");
+  });
+  test("headers wider than cells set the width; newlines in cells are flattened", () => {
+    expect(formatTable(["FAILOVER VERSION", "X"], [["1", "a\nb"]])).toBe("FAILOVER VERSION  X\n1                 a b\n");
+  });
+  test("an empty list prints only the header", () => {
+    expect(formatTable(["A", "B"], [])).toBe("A  B\n");
+  });
+});
+
+describe("formatKeyValues", () => {
+  test("aligns values and skips undefined ones", () => {
+    expect(formatKeyValues([["Name", "orders"], ["Skipped", undefined], ["FailoverVersion", "2"]])).toBe(
+      "Name:             orders\nFailoverVersion:  2\n",
+    );
+  });
+  test("empty values leave no trailing spaces", () => {
+    expect(formatKeyValues([["Description", ""]])).toBe("Description:\n");
+  });
+});
+
+describe("small formatters", () => {
+  test("formatFixedRow pads all but the last column", () => {
+    expect(formatFixedRow(["1", "2", "x"], [3, 3])).toBe("1    2    x\n");
+  });
+  test("formatTime is ISO UTC, empty when unset", () => {
+    expect(formatTime(timestampFromMs(Date.UTC(2024, 4, 1, 12, 0, 0, 5)))).toBe("2024-05-01T12:00:00.005Z");
+    expect(formatTime(undefined)).toBe("");
+  });
+  test("enum labels read like the Temporal CLI", () => {
+    expect(statusLabel(WorkflowExecutionStatus.TIMED_OUT)).toBe("TimedOut");
+    expect(eventTypeLabel(EventType.WORKFLOW_EXECUTION_CANCEL_REQUESTED)).toBe("WorkflowExecutionCancelRequested");
+    expect(enumLabel(WorkflowExecutionStatus, 99)).toBe("99");
+  });
+  test("truncate marks the cut", () => {
+    expect(truncate("abcdef", 4)).toBe("abc…");
+    expect(truncate("abc", 4)).toBe("abc");
+  });
+});
+
+describe("workflow formatting", () => {
+  test("version history reads as event ranges per version", () => {
+    const vh = create(VersionHistorySchema, {
+      items: [
+        { eventId: 3n, version: 1n },
+        { eventId: 4n, version: 2n },
+        { eventId: 9n, version: 102n },
+      ],
+    });
+    expect(formatVersionHistory(vh)).toBe("events 1-3 @ v1, events 4 @ v2, events 5-9 @ v102");
+    expect(formatVersionHistory(undefined)).toBe("");
+  });
+
+  test("event details decode json/plain payloads", () => {
+    const started = create(HistoryEventSchema, {
+      eventId: 1n,
+      eventType: EventType.WORKFLOW_EXECUTION_STARTED,
+      attributes: {
+        case: "workflowExecutionStartedEventAttributes",
+        value: { workflowType: "Order", taskQueue: "q", input: { payloads: [encodeJsonPayload('{"id": 7}')] }, executionTimeoutMs: 30_000n },
+      },
+    });
+    expect(eventDetails(started)).toBe('type=Order taskQueue=q input={"id":7} timeout=30s');
+    const signaled = create(HistoryEventSchema, {
+      attributes: { case: "workflowExecutionSignaledEventAttributes", value: { signalName: "go" } },
+    });
+    expect(eventDetails(signaled)).toBe("name=go");
+  });
+});

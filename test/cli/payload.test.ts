@@ -1,0 +1,66 @@
+import { describe, expect, test } from "bun:test";
+import { create, toJson } from "@bufbuild/protobuf";
+import { PayloadSchema, PayloadsSchema } from "../../src/gen/tern/common/v1/common_pb";
+import { UsageError } from "../../src/cli/errors";
+import { decodePayload, decodePayloads, encodeJsonPayload, jsonPayloads, payloadEncoding } from "../../src/cli/payload";
+
+const text = (b: Uint8Array) => new TextDecoder().decode(b);
+
+describe("encodeJsonPayload", () => {
+  test("json/plain metadata and the UTF-8 bytes of the JSON text as given", () => {
+    const p = encodeJsonPayload('{"order": "ü-1", "n": 2}');
+    expect(text(p.metadata["encoding"]!)).toBe("json/plain");
+    expect(text(p.data)).toBe('{"order": "ü-1", "n": 2}');
+    expect(Object.keys(p.metadata)).toEqual(["encoding"]);
+  });
+
+  test("scalars are JSON too", () => {
+    expect(text(encodeJsonPayload("42").data)).toBe("42");
+    expect(text(encodeJsonPayload('"hi"').data)).toBe('"hi"');
+  });
+
+  test("invalid JSON is a usage error naming the flag", () => {
+    expect(() => encodeJsonPayload("{bad", "signal-input")).toThrow(UsageError);
+    expect(() => encodeJsonPayload("hello", "input")).toThrow("--input is not valid JSON");
+  });
+
+  test("jsonPayloads wraps one payload, and is undefined when the flag is absent", () => {
+    expect(jsonPayloads(undefined)).toBeUndefined();
+    const ps = jsonPayloads("[1,2]")!;
+    expect(ps.payloads.length).toBe(1);
+    expect(toJson(PayloadsSchema, ps)).toEqual({
+      payloads: [{ metadata: { encoding: btoa("json/plain") }, data: btoa("[1,2]") }],
+    });
+  });
+});
+
+describe("decodePayload", () => {
+  test("round-trips json/plain as compact JSON", () => {
+    expect(decodePayload(encodeJsonPayload('{ "a" : [1, 2] }'))).toBe('{"a":[1,2]}');
+  });
+
+  test("other encodings show as base64 with their encoding", () => {
+    const p = create(PayloadSchema, {
+      metadata: { encoding: new TextEncoder().encode("binary/plain") },
+      data: new Uint8Array([1, 2, 3]),
+    });
+    expect(payloadEncoding(p)).toBe("binary/plain");
+    expect(decodePayload(p)).toBe("<binary/plain> base64:AQID");
+    expect(decodePayload(create(PayloadSchema, { data: new Uint8Array([255]) }))).toBe("<no encoding> base64:/w==");
+  });
+
+  test("json/plain with bytes that are not JSON falls back to base64", () => {
+    const p = create(PayloadSchema, {
+      metadata: { encoding: new TextEncoder().encode("json/plain") },
+      data: new Uint8Array([0xff, 0xfe]),
+    });
+    expect(decodePayload(p)).toBe("<json/plain> base64://4=");
+  });
+
+  test("decodePayloads: empty, one, several", () => {
+    expect(decodePayloads(undefined)).toBe("");
+    expect(decodePayloads(jsonPayloads('"x"'))).toBe('"x"');
+    const two = create(PayloadsSchema, { payloads: [encodeJsonPayload("1"), encodeJsonPayload("true")] });
+    expect(decodePayloads(two)).toBe("[1, true]");
+  });
+});

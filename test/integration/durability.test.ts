@@ -1,0 +1,138 @@
+import { setDefaultTimeout, afterAll, describe, expect, test } from "bun:test";
+import { Code } from "@connectrpc/connect";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { sql } from "drizzle-orm";
+import { EventType, WorkflowExecutionStatus } from "../../src/gen/tern/common/v1/common_pb";
+import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { eventually } from "../support/eventually";
+import { newDataLocation, startTestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+import { rejects } from "./namespace.test";
+
+setDefaultTimeout(60_000);
+
+const T = { workflowType: "t", taskQueue: "q" };
+const cleanups: (() => Promise<void>)[] = [];
+afterAll(async () => {
+  for (const c of cleanups.reverse()) await c();
+});
+
+for (const store of await testStores()) {
+  describe(`durability on ${store}`, () => {
+    test("an execution timeout fires through the timer queue, also after a restart", async () => {
+      const data = await newDataLocation(store);
+      cleanups.push(data.remove);
+      let cluster = await startTestCluster({ store, dataLocation: data.location });
+      let wf = cluster.client(WorkflowService);
+      await wf.registerNamespace({ namespace: "timers" });
+      await wf.startWorkflowExecution({ namespace: "timers", workflowId: "quick", ...T, workflowExecutionTimeout: durationFromMs(300) });
+      await wf.startWorkflowExecution({ namespace: "timers", workflowId: "later", ...T, workflowExecutionTimeout: durationFromMs(2500) });
+      await wf.startWorkflowExecution({ namespace: "timers", workflowId: "done", ...T, workflowExecutionTimeout: durationFromMs(400) });
+      await wf.completeWorkflowExecution({ namespace: "timers", workflowExecution: { workflowId: "done" } });
+      const status = async (id: string) =>
+        (await wf.describeWorkflowExecution({ namespace: "timers", execution: { workflowId: id } })).workflowExecutionInfo!.status;
+      await eventually(async () => expect(await status("quick")).toBe(WorkflowExecutionStatus.TIMED_OUT), { timeout: 5000 });
+      expect(await status("later")).toBe(WorkflowExecutionStatus.RUNNING);
+      await cluster.stop(); // "later" is due while the server is down
+      await new Promise((r) => setTimeout(r, 2600 - 300));
+      cluster = await startTestCluster({ store, dataLocation: data.location });
+      cleanups.push(cluster.stop);
+      wf = cluster.client(WorkflowService);
+      await eventually(async () => expect(await status("later")).toBe(WorkflowExecutionStatus.TIMED_OUT), { timeout: 8000 });
+      const events = (await wf.getWorkflowExecutionHistory({ namespace: "timers", execution: { workflowId: "later" } })).history!.events;
+      expect(events.map((e) => e.eventType)).toEqual([EventType.WORKFLOW_EXECUTION_STARTED, EventType.WORKFLOW_EXECUTION_TIMED_OUT]);
+      expect(await status("done")).toBe(WorkflowExecutionStatus.COMPLETED);
+      const timers = await cluster.server.database.db.execute(sql`select count(*)::int as n from timer_tasks`);
+      expect(JSON.stringify(timers)).toContain('"n":0');
+    });
+
+    test("a global namespace's writes leave replication tasks in the same transaction as their events", async () => {
+      let failNext = false;
+      const cluster = await startTestCluster({
+        store,
+        serverOptions: {
+          beforeCommit: () => {
+            if (failNext) throw new Error("injected failure before commit");
+          },
+        },
+      });
+      cleanups.push(cluster.destroy);
+      const wf = cluster.client(WorkflowService);
+      const admin = cluster.client(AdminService);
+      await wf.registerNamespace({ namespace: "glob", isGlobalNamespace: true });
+      await wf.registerNamespace({ namespace: "local" });
+      const { runId } = await wf.startWorkflowExecution({ namespace: "glob", workflowId: "g", ...T });
+      await wf.signalWorkflowExecution({ namespace: "glob", workflowExecution: { workflowId: "g" }, signalName: "s" });
+      await wf.startWorkflowExecution({ namespace: "local", workflowId: "l", ...T });
+      failNext = true;
+      await rejects(wf.signalWorkflowExecution({ namespace: "glob", workflowExecution: { workflowId: "g" }, signalName: "lost" }), Code.Internal, "internal error (request id");
+      failNext = false;
+      await wf.terminateWorkflowExecution({ namespace: "glob", workflowExecution: { workflowId: "g" }, reason: "end" });
+      const tasks = [];
+      for (let shard = 1; shard <= 4; shard++) {
+        const res = await admin.getReplicationTasks({ shardId: shard, includeEvents: true });
+        tasks.push(...res.tasks);
+        if (res.tasks.length) expect(res.maxTaskId).toBe(res.tasks.at(-1)!.taskId);
+      }
+      // Three writes to the global run, none for the local one, none for the failed write.
+      expect(tasks.map((t) => [t.workflowId, t.firstEventId, t.nextEventId])).toEqual([["g", 1n, 2n], ["g", 2n, 3n], ["g", 3n, 4n]]);
+      expect(tasks.map((t) => t.taskId)).toEqual([1n, 2n, 3n]);
+      expect(tasks.every((t) => t.runId === runId && t.version === 1n)).toBe(true);
+      expect(tasks.flatMap((t) => t.events.map((e) => e.eventType))).toEqual([
+        EventType.WORKFLOW_EXECUTION_STARTED,
+        EventType.WORKFLOW_EXECUTION_SIGNALED,
+        EventType.WORKFLOW_EXECUTION_TERMINATED,
+      ]);
+      expect(tasks.at(-1)!.versionHistory!.items.map((i) => [i.eventId, i.version])).toEqual([[3n, 1n]]);
+      const history = await wf.getWorkflowExecutionHistory({ namespace: "glob", execution: { workflowId: "g" } });
+      expect(history.history!.events.length).toBe(3); // the failed signal left nothing behind
+    });
+
+    test("a restart with a different shard count, name or increment is refused", async () => {
+      const data = await newDataLocation(store);
+      cleanups.push(data.remove);
+      const first = await startTestCluster({ store, dataLocation: data.location, name: "clusterA" });
+      const id = first.server.cluster.clusterId;
+      await first.stop();
+      const refused = async (o: Parameters<typeof startTestCluster>[0], text: string) => {
+        const e = await startTestCluster(o).then(async (c) => (await c.stop(), undefined), (err) => err as Error);
+        expect(e?.message).toContain(text);
+      };
+      await refused({ store, dataLocation: data.location, name: "clusterA", shards: 8 }, "persistence.numHistoryShards is 8 in the config but 4 in the database");
+      await refused({ store, dataLocation: data.location, name: "clusterZ" }, "clusterMetadata.currentClusterName is clusterZ in the config but clusterA");
+      await refused({ store, dataLocation: data.location, name: "clusterA", failoverVersionIncrement: 10 }, "failoverVersionIncrement is 10");
+      const again = await startTestCluster({ store, dataLocation: data.location, name: "clusterA" });
+      expect(again.server.cluster.clusterId).toBe(id);
+      await again.stop();
+    });
+
+    test("a schema newer than this build is refused", async () => {
+      const data = await newDataLocation(store);
+      cleanups.push(data.remove);
+      const c = await startTestCluster({ store, dataLocation: data.location });
+      await c.server.database.db.execute(sql`insert into drizzle.__drizzle_migrations (hash, created_at) values ('future', 99999999999999)`);
+      await c.stop();
+      const e = await startTestCluster({ store, dataLocation: data.location }).then(async (x) => (await x.stop(), undefined), (err) => err as Error);
+      expect(e?.message).toContain("database schema is newer than this tern build");
+    });
+  });
+}
+
+describe("PGlite data dir lock", () => {
+  test("a second process is refused; a stale lock is taken over", async () => {
+    const data = await newDataLocation("pglite");
+    cleanups.push(data.remove);
+    const c = await startTestCluster({ store: "pglite", dataLocation: data.location });
+    // Another live process holding the lock: this test process's parent stands in for it.
+    await c.stop();
+    writeFileSync(join(data.location, "tern.lock"), String(process.ppid));
+    const e = await startTestCluster({ store: "pglite", dataLocation: data.location }).then(async (x) => (await x.stop(), undefined), (err) => err as Error);
+    expect(e?.message).toContain(`is in use by process ${process.ppid}`);
+    writeFileSync(join(data.location, "tern.lock"), "999999999"); // no such process: stale
+    const again = await startTestCluster({ store: "pglite", dataLocation: data.location });
+    await again.stop();
+  });
+});
