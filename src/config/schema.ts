@@ -29,7 +29,7 @@ const Persistence = z.strictObject({
 const Rpc = z.strictObject({
   bindOnIP: z.string().default("127.0.0.1"),
   port: z.number().int().min(0).max(65535).default(7233),
-  /** Native gRPC (h2c). Omitted: sniffed on `port`. */
+  /** Native gRPC (h2c) port. Omitted: port + 1. Equal to port: both on one port (HTTP/2 preface sniffed). */
   grpcPort: z.number().int().min(0).max(65535).optional(),
 });
 

@@ -21,10 +21,6 @@ export function checkClusterRules(config: Config): string | undefined {
     if (other) return `${key} must differ from ${other}'s (${cluster.initialFailoverVersion})`;
     seen.set(cluster.initialFailoverVersion, name);
   }
-  const rpc = config.services.frontend.rpc;
-  if (rpc.grpcPort !== undefined && rpc.grpcPort !== 0 && rpc.grpcPort === rpc.port) {
-    return `services.frontend.rpc.grpcPort must differ from port (${rpc.port}); omit it to serve gRPC on port`;
-  }
   const limits = config.limits;
   if (limits.blobSizeLimitWarn > limits.blobSizeLimitError) return "limits.blobSizeLimitWarn must be <= limits.blobSizeLimitError";
   if (limits.historyCountLimitWarn > limits.historyCountLimitError) {

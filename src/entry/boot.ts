@@ -8,6 +8,7 @@ import type { Config } from "../config/schema";
 import { listenGrpc } from "../frontend/grpc-server";
 import { createTernServer, type TernServer } from "../server";
 import { findMigrationsFolder } from "./migrations-folder";
+import { listenSharedPort } from "./shared-port";
 
 /** A bound listener. */
 export interface Listener {
@@ -23,90 +24,92 @@ export interface EntryOptions {
   entryUrl: string;
   /** Serves tern.fetch (Connect, gRPC-web, JSON, /health, /metrics) on HTTP/1.1. */
   serveHttp(fetch: TernServer["fetch"], host: string, port: number): Promise<Listener>;
-  /** Why native gRPC (node:http2 h2c) is unavailable on this runtime, if it is. */
-  grpcUnavailable?: string;
   /** How long open requests may run after a stop signal. */
   graceMs?: number;
 }
 
-/** Boots tern under opts.runtime; exits the process on a startup failure or after a stop signal. */
+/** Boots tern under opts.runtime and serves until SIGTERM/SIGINT; then exits the process. */
 export async function runEntry(opts: EntryOptions): Promise<void> {
+  // Listen for signals first: one during startup stops tern once it is up, never mid-migration.
+  const stopSignal = nextStopSignal();
+  let tern: TernServer;
+  let listeners: Listener[];
   try {
-    await boot(opts);
+    ({ tern, listeners } = await boot(opts));
   } catch (e) {
     console.error(e instanceof ConfigError ? e.message : `tern server failed to start: ${(e as Error).message}`);
     process.exit(1);
   }
+  const signal = await stopSignal;
+  tern.log.info("stopping", { signal });
+  try {
+    // Listeners first so no request reaches a closed database; then the database (lock file).
+    await Promise.allSettled(listeners.map((l) => l.close(opts.graceMs ?? 5_000)));
+    await tern.close();
+  } catch (e) {
+    console.error(`tern server failed to stop cleanly: ${(e as Error).message}`);
+    process.exit(1);
+  }
+  tern.log.info("stopped", { signal });
+  process.exit(0);
 }
 
-async function boot({ runtime, entryUrl, serveHttp, grpcUnavailable, graceMs = 5_000 }: EntryOptions): Promise<void> {
+async function boot({ runtime, entryUrl, serveHttp }: EntryOptions): Promise<{ tern: TernServer; listeners: Listener[] }> {
   const env = readEnv();
   const config = loadConfig(resolveConfigPath(process.argv.slice(2), env), env);
   const tern = await createTernServer(config, { migrationsFolder: findMigrationsFolder(entryUrl) });
   const listeners: Listener[] = [];
-  const closeAll = async () => {
-    // Listeners first so no request reaches a closed database; then the database (lock file).
-    await Promise.allSettled(listeners.map((l) => l.close(graceMs)));
-    await tern.close();
-  };
   try {
     const rpc = config.services.frontend.rpc;
-    const http = await serveHttp(tern.fetch, rpc.bindOnIP, rpc.port);
-    listeners.push(http);
-    let grpcPort: number | undefined;
-    if (grpcUnavailable) {
-      tern.log.warn("native gRPC listener skipped", { runtime, reason: grpcUnavailable });
+    const readMaxBytes = config.limits.blobSizeLimitError * 2 + 1024 * 1024;
+    const grpcPort = grpcPortOf(config);
+    let http: Listener;
+    let grpc: Listener;
+    if (grpcPort === "shared") {
+      http = grpc = await listenSharedPort(tern, { host: rpc.bindOnIP, port: rpc.port, readMaxBytes });
+      listeners.push(http);
     } else {
-      const grpc = await listenGrpc({
-        routes: tern.routes,
-        interceptors: tern.interceptors,
-        host: rpc.bindOnIP,
-        port: grpcPortOf(config),
-        readMaxBytes: config.limits.blobSizeLimitError * 2 + 1024 * 1024,
-      });
-      listeners.push(grpc);
-      grpcPort = grpc.port;
+      listeners.push((http = await serveHttp(tern.fetch, rpc.bindOnIP, rpc.port)));
+      const { routes, interceptors } = tern;
+      listeners.push((grpc = await listenGrpc({ routes, interceptors, host: rpc.bindOnIP, port: grpcPort, readMaxBytes })));
     }
     tern.log.info("tern server started", {
       runtime,
       clusterId: tern.cluster.clusterId,
       address: `${rpc.bindOnIP}:${http.port}`,
       httpPort: http.port,
-      grpcPort,
+      grpcPort: grpc.port,
       database: tern.database.kind,
       shards: tern.cluster.historyShardCount,
     });
+    return { tern, listeners };
   } catch (e) {
-    await closeAll();
+    await Promise.allSettled(listeners.map((l) => l.close(0)));
+    await tern.close();
     throw e;
   }
-  onStopSignal(async (signal) => {
-    tern.log.info("stopping", { signal });
-    await closeAll();
-    tern.log.info("stopped", { signal });
-  });
 }
 
-/** grpcPort, else the HTTP port + 1; with HTTP on an ephemeral port, gRPC is ephemeral too. */
-export function grpcPortOf(config: Config): number {
+/**
+ * Where native gRPC listens: "shared" when grpcPort equals port (0 and 0 included: one
+ * ephemeral port for both), else grpcPort, else port + 1 (ephemeral when port is 0).
+ */
+export function grpcPortOf(config: Config): number | "shared" {
   const rpc = config.services.frontend.rpc;
+  if (rpc.grpcPort === rpc.port) return "shared";
   return rpc.grpcPort ?? (rpc.port === 0 ? 0 : rpc.port + 1);
 }
 
-/** Runs stop once on the first SIGTERM/SIGINT and exits 0; a second signal exits 1 at once. */
-function onStopSignal(stop: (signal: string) => Promise<void>): void {
-  let stopping = false;
-  const handle = (signal: string) => {
-    if (stopping) process.exit(1);
-    stopping = true;
-    stop(signal).then(
-      () => process.exit(0),
-      (e) => {
-        console.error(`tern server failed to stop cleanly: ${(e as Error).message}`);
-        process.exit(1);
-      },
-    );
-  };
-  process.on("SIGTERM", () => handle("SIGTERM"));
-  process.on("SIGINT", () => handle("SIGINT"));
+/** Resolves with the first SIGTERM/SIGINT; a second one exits 1 at once. */
+function nextStopSignal(): Promise<string> {
+  return new Promise((resolve) => {
+    let received = false;
+    const handle = (signal: string) => {
+      if (received) process.exit(1);
+      received = true;
+      resolve(signal);
+    };
+    process.on("SIGTERM", () => handle("SIGTERM"));
+    process.on("SIGINT", () => handle("SIGINT"));
+  });
 }

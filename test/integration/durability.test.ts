@@ -10,7 +10,7 @@ import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { eventually } from "../support/eventually";
 import { newDataLocation, startTestCluster } from "../support/server";
 import { testStores } from "../support/stores";
-import { rejects } from "./namespace.test";
+import { rejects } from "../support/rejects";
 
 setDefaultTimeout(60_000);
 

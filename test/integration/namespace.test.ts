@@ -1,5 +1,6 @@
 import { setDefaultTimeout, afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
+import { rejects } from "../support/rejects";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { NamespaceState } from "../../src/gen/tern/workflow/v1/namespace_pb";
@@ -9,13 +10,6 @@ import { testStores } from "../support/stores";
 
 setDefaultTimeout(60_000);
 
-/** Expects the call to fail with a Connect code and a message containing text. */
-export async function rejects(p: Promise<unknown>, code: Code, text: string) {
-  const e = await p.then(() => undefined, (err) => err);
-  expect(e).toBeInstanceOf(ConnectError);
-  expect(Code[(e as ConnectError).code]).toBe(Code[code]);
-  expect((e as ConnectError).rawMessage).toContain(text);
-}
 
 for (const store of await testStores()) {
   describe(`namespaces on ${store}`, () => {
@@ -93,7 +87,7 @@ for (const store of await testStores()) {
     test("list pages through every namespace in name order", async () => {
       for (let i = 0; i < 7; i++) await wf.registerNamespace({ namespace: `page-${i}` });
       const names: string[] = [];
-      let token = new Uint8Array();
+      let token: Uint8Array = new Uint8Array();
       let pages = 0;
       do {
         const res = await wf.listNamespaces({ pageSize: 3, nextPageToken: token });

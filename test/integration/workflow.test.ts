@@ -6,7 +6,7 @@ import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { json, unjson } from "../support/payload";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
-import { rejects } from "./namespace.test";
+import { rejects } from "../support/rejects";
 
 setDefaultTimeout(60_000);
 
@@ -140,7 +140,7 @@ for (const store of await testStores()) {
       await wf.startWorkflowExecution({ namespace: ns, workflowId: "pages", ...T });
       for (let i = 0; i < 6; i++) await wf.signalWorkflowExecution({ namespace: ns, workflowExecution: { workflowId: "pages" }, signalName: `s${i}` });
       const ids: bigint[] = [];
-      let token = new Uint8Array();
+      let token: Uint8Array = new Uint8Array();
       do {
         const page = await wf.getWorkflowExecutionHistory({ namespace: ns, execution: { workflowId: "pages" }, maximumPageSize: 3, nextPageToken: token });
         ids.push(...page.history!.events.map((e) => e.eventId));
@@ -170,7 +170,7 @@ for (const store of await testStores()) {
       await wf.completeWorkflowExecution({ namespace: lns, workflowExecution: { workflowId: "job-0" } });
       const all = async (req: Parameters<typeof wf.listWorkflowExecutions>[0]) => {
         const ids: string[] = [];
-        let token = new Uint8Array();
+        let token: Uint8Array = new Uint8Array();
         do {
           const r = await wf.listWorkflowExecutions({ namespace: lns, pageSize: 2, ...req, nextPageToken: token });
           ids.push(...r.executions.map((e) => e.execution!.workflowId));

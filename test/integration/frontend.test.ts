@@ -1,0 +1,115 @@
+import { setDefaultTimeout, afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { Code } from "@connectrpc/connect";
+import { create } from "@bufbuild/protobuf";
+import { PayloadsSchema } from "../../src/gen/tern/common/v1/common_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { startTestCluster, type TestCluster } from "../support/server";
+import { rejects } from "../support/rejects";
+
+setDefaultTimeout(60_000);
+
+const T = { workflowType: "t", taskQueue: "q" };
+const bytes = (n: number) => create(PayloadsSchema, { payloads: [{ metadata: {}, data: new Uint8Array(n) }] });
+
+describe("frontend limits, errors, health and metrics", () => {
+  let cluster: TestCluster;
+  let wf: ReturnType<typeof cluster.client<typeof WorkflowService>>;
+  const logs: string[] = [];
+  beforeAll(async () => {
+    cluster = await startTestCluster({
+      store: "pglite",
+      extraYaml: `limits:
+  blobSizeLimitError: 4096
+  blobSizeLimitWarn: 1024
+  historyCountLimitError: 5
+  historyCountLimitWarn: 3
+  hostRps: { rps: 1000, burst: 1000 }
+  namespaceRps: { rps: 50, burst: 25 }`,
+      serverOptions: {
+        log: (await import("../../src/observability/log")).createLogger({ level: "info", write: (l) => logs.push(l) }),
+      },
+    });
+    wf = cluster.client(WorkflowService);
+    await wf.registerNamespace({ namespace: "lim" });
+    await wf.registerNamespace({ namespace: "busy" });
+  });
+  afterAll(() => cluster.destroy());
+
+  test("payloads over the blob limit are rejected; over the warning size logged", async () => {
+    await rejects(
+      wf.startWorkflowExecution({ namespace: "lim", workflowId: "big", ...T, input: bytes(5000) }),
+      Code.InvalidArgument,
+      "payload of 5000 bytes exceeds the limit of 4096 bytes",
+    );
+    await wf.startWorkflowExecution({ namespace: "lim", workflowId: "big", ...T, input: bytes(2000) });
+    expect(logs.some((l) => l.includes('"msg":"large payload"') && l.includes('"bytes":2000'))).toBe(true);
+    await rejects(
+      wf.signalWorkflowExecution({ namespace: "lim", workflowExecution: { workflowId: "big" }, signalName: "s", input: bytes(4097) }),
+      Code.InvalidArgument,
+      "exceeds the limit",
+    );
+  });
+
+  test("a history over the event count limit is rejected", async () => {
+    await wf.startWorkflowExecution({ namespace: "lim", workflowId: "long", ...T });
+    for (let i = 0; i < 4; i++) await wf.signalWorkflowExecution({ namespace: "lim", workflowExecution: { workflowId: "long" }, signalName: "s" });
+    await rejects(
+      wf.signalWorkflowExecution({ namespace: "lim", workflowExecution: { workflowId: "long" }, signalName: "s" }),
+      Code.FailedPrecondition,
+      "would have 6 events, over the history limit of 5",
+    );
+    expect(logs.some((l) => l.includes("history size over warning limit"))).toBe(true);
+  });
+
+  test("per-namespace rate limit: RESOURCE_EXHAUSTED with a retry hint, other namespaces unaffected", async () => {
+    const results = await Promise.allSettled(
+      Array.from({ length: 60 }, () => wf.describeNamespace({ namespace: "busy" })),
+    );
+    const refused = results.filter((r) => r.status === "rejected").map((r) => (r as PromiseRejectedResult).reason);
+    expect(refused.length).toBeGreaterThan(0);
+    expect(refused[0].code).toBe(Code.ResourceExhausted);
+    expect(refused[0].rawMessage).toMatch(/rate limit of namespace busy exceeded; retry after \d+ms/);
+    expect(Number(refused[0].metadata.get("retry-after-ms"))).toBeGreaterThan(0);
+    await wf.describeNamespace({ namespace: "lim" });
+  });
+
+  test("unknown errors are INTERNAL with a request id and no SQL text; logs carry the id", async () => {
+    // A raw SQL failure the domain does not expect: a constraint no event can meet.
+    const { sql } = await import("drizzle-orm");
+    await cluster.server.database.db.execute(sql`alter table history_events add constraint no_events check (event_id < 0) not valid`);
+    try {
+      const e = await wf.startWorkflowExecution({ namespace: "lim", workflowId: "sql", ...T }).catch((x) => x);
+      expect(e.code).toBe(Code.Internal);
+      expect(e.rawMessage).toMatch(/^internal error \(request id [0-9A-Z]{26}\)$/);
+      expect(e.rawMessage).not.toContain("insert");
+      const id = e.rawMessage.match(/request id ([0-9A-Z]{26})/)[1];
+      expect(e.metadata.get("x-request-id")).toBe(id);
+      expect(logs.some((l) => l.includes(id) && l.includes('"level":"error"'))).toBe(true);
+    } finally {
+      await cluster.server.database.db.execute(sql`alter table history_events drop constraint no_events`);
+    }
+  });
+
+  test("GET /health and /metrics", async () => {
+    const health = await fetch(`${cluster.url}/health`);
+    expect(health.status).toBe(200);
+    expect(await health.json()).toEqual({ status: "SERVING" });
+    const metrics = await (await fetch(`${cluster.url}/metrics`)).text();
+    expect(metrics).toMatch(/service_requests\{operation="StartWorkflowExecution",namespace="lim"\} \d+/);
+    expect(metrics).toMatch(/service_errors\{operation="StartWorkflowExecution",namespace="lim",code="InvalidArgument"\} \d+/);
+    expect(metrics).toContain("service_latency_bucket");
+    expect(metrics).toMatch(/persistence_requests\{operation="CreateWorkflowExecution"\} \d+/);
+    expect(metrics).toContain("# TYPE workflow_timeout counter");
+  });
+
+  test("JSON over HTTP/1.1 and a caller's x-request-id are honoured", async () => {
+    const res = await fetch(`${cluster.url}/tern.workflow.v1.WorkflowService/DescribeNamespace`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "x-request-id": "my-id-1" },
+      body: JSON.stringify({ namespace: "nope" }),
+    });
+    expect(res.status).toBe(404);
+    expect(res.headers.get("x-request-id")).toBe("my-id-1");
+    expect(await res.json()).toEqual({ code: "not_found", message: "namespace nope not found" });
+  });
+});

@@ -1,0 +1,104 @@
+/**
+ * A tern server in a child process (any runtime), on ephemeral ports over a fresh
+ * PGlite dir. Ports come from the "tern server started" log line, so no port is
+ * guessed and none can be taken in between.
+ */
+import { existsSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { eventually } from "../support/eventually";
+import { newDataLocation, testConfigYaml } from "../support/server";
+
+export const repoRoot = fileURLToPath(new URL("../..", import.meta.url));
+
+/** A running server process. */
+export interface ServerProcess {
+  /** Base URL of the HTTP/1.1 listener (Connect, gRPC-web, JSON, /health). */
+  httpUrl: string;
+  /** Base URL of the native gRPC (h2c) listener, when the entry has one. */
+  grpcUrl?: string;
+  dataDir: string;
+  /** Everything the process wrote to stdout and stderr so far. */
+  output(): string;
+  /** Sends signal, waits for exit; resolves to the exit code. */
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+  /** Stops (SIGKILL if it must) and removes the data dir. */
+  destroy(): Promise<void>;
+}
+
+/**
+ * Starts `cmd --config <temp config>` and waits for its started line and GET /health 200.
+ * sharedPort: grpcPort equal to port, so HTTP/1.1 and gRPC share one listener.
+ */
+export async function startServerProcess(
+  cmd: string[],
+  { timeout = 30_000, sharedPort = false }: { timeout?: number; sharedPort?: boolean } = {},
+): Promise<ServerProcess> {
+  const data = await newDataLocation("pglite");
+  const configPath = join(data.location, "tern.yaml");
+  writeFileSync(configPath, configYaml(join(data.location, "db"), sharedPort));
+  const child = Bun.spawn([...cmd, "--config", configPath], {
+    cwd: repoRoot,
+    env: { ...process.env, TERN_LOG_LEVEL: "info", NO_COLOR: "1" },
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  let text = "";
+  const collect = async (stream: ReadableStream<Uint8Array>) => {
+    const reader = stream.getReader();
+    const decoder = new TextDecoder();
+    for (let r = await reader.read(); !r.done; r = await reader.read()) text += decoder.decode(r.value, { stream: true });
+  };
+  void collect(child.stdout);
+  void collect(child.stderr);
+  const kill = async (signal: NodeJS.Signals) => {
+    if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+    return child.exited;
+  };
+  const proc = {
+    dataDir: join(data.location, "db"),
+    output: () => text,
+    stop: (signal: NodeJS.Signals = "SIGTERM") => kill(signal),
+    async destroy() {
+      const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+      await kill("SIGTERM");
+      clearTimeout(timer);
+      await data.remove();
+    },
+  };
+  try {
+    const started = await eventually(
+      () => {
+        if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}`);
+        const line = text.split("\n").find((l) => l.includes(`"msg":"tern server started"`));
+        if (!line) throw new Error("no started line yet");
+        return JSON.parse(line) as { httpPort: number; grpcPort?: number };
+      },
+      { timeout, interval: 50 },
+    );
+    const httpUrl = `http://127.0.0.1:${started.httpPort}`;
+    await eventually(async () => {
+      const res = await fetch(`${httpUrl}/health`);
+      if (res.status !== 200) throw new Error(`/health ${res.status}`);
+    });
+    const grpcUrl = started.grpcPort ? `http://127.0.0.1:${started.grpcPort}` : undefined;
+    return { ...proc, httpUrl, grpcUrl };
+  } catch (e) {
+    const out = text;
+    await proc.destroy();
+    throw new Error(`${cmd.join(" ")} did not start: ${(e as Error).message}\n--- output ---\n${out}`);
+  }
+}
+
+/** True when the PGlite data dir lock was released. */
+export function lockReleased(dataDir: string): boolean {
+  return !existsSync(join(dataDir, "tern.lock"));
+}
+
+function configYaml(dataDir: string, sharedPort: boolean): string {
+  const yaml = testConfigYaml({ store: "pglite", dataLocation: dataDir });
+  if (!sharedPort) return yaml;
+  const rpc = "rpc: { bindOnIP: 127.0.0.1, port: 0 }";
+  if (!yaml.includes(rpc)) throw new Error("testConfigYaml changed: update configYaml in server-process.ts");
+  return yaml.replace(rpc, "rpc: { bindOnIP: 127.0.0.1, port: 0, grpcPort: 0 }");
+}
