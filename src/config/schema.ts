@@ -18,7 +18,9 @@ const ClusterMetadata = z.strictObject({
 
 const Datastore = z.union([
   z.strictObject({ pglite: z.strictObject({ dataDir: z.string().min(1) }) }),
-  z.strictObject({ postgres: z.strictObject({ url: z.string().min(1) }) }),
+  z.strictObject({
+    postgres: z.strictObject({ url: z.string().min(1), maxConnections: z.number().int().min(1).max(1000).optional() }),
+  }),
 ]);
 
 const Persistence = z.strictObject({

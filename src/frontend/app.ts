@@ -20,7 +20,15 @@ export function createApp({ routes, interceptors, metrics, isServing, readMaxByt
   const app = new Hono();
   for (const handler of router.handlers) {
     const fetchHandler = createFetchHandler(handler);
-    app.all(handler.requestPath, (c) => fetchHandler(c.req.raw));
+    if (handler.method.methodKind !== "unary") {
+      app.all(handler.requestPath, (c) => fetchHandler(c.req.raw));
+      continue;
+    }
+    // Unary bodies are tiny: a buffered body spares Bun's ReadableStream-to-socket path.
+    app.all(handler.requestPath, async (c) => {
+      const res = await fetchHandler(c.req.raw);
+      return new Response(await res.arrayBuffer(), { status: res.status, headers: res.headers });
+    });
   }
   app.get("/health", async (c) =>
     (await isServing()) ? c.json({ status: "SERVING" }) : c.json({ status: "NOT_SERVING" }, 503),

@@ -48,6 +48,9 @@ export interface EngineDeps extends WriterDeps {
   onTimerCreated: (fireAt: Date) => void;
 }
 
+/** Thrown to roll back a write whose request id a concurrent write claimed first. */
+class DuplicateRequest extends Error {}
+
 /** A run that can take events, or the reason it cannot. */
 function requireOpen(run: ExecutionRow | undefined, ref: RunRef): ExecutionRow {
   if (!run) throw notFound(`workflow execution ${ref.workflowId}${ref.runId ? ` run ${ref.runId}` : ""} not found in namespace ${ref.namespace}`);
@@ -82,22 +85,28 @@ export function createHistoryEngine(deps: EngineDeps) {
     const ns = await writableNamespace(ref.namespace);
     writer.checkBlob(payloadSize, operation, ns.name);
     const result = await writer.transact(operation, async (tx) => {
-      const found = await lockRun(tx, ns.id, ref.workflowId, ref.runId);
-      // A retry of a request that already took effect answers as the first did, even once the run closed.
-      const earlier = found && ref.requestId ? await findRequest(tx, ns.id, found.workflowId, ref.requestId) : undefined;
+      // Pipelined: the lock and the request-id lookup go out together.
+      const [found, earlier] = await Promise.all([
+        lockRun(tx, ns.id, ref.workflowId, ref.runId),
+        ref.requestId ? findRequest(tx, ns.id, ref.workflowId, ref.requestId) : undefined,
+      ]);
       if (earlier) return { runId: earlier.runId, eventId: earlier.eventId, appended: false };
       const run = requireOpen(found, ref);
-      if (ref.requestId) {
-        const claim = { namespaceId: ns.id, workflowId: run.workflowId, requestId: ref.requestId, runId: run.runId, eventId: run.nextEventId };
-        if (!(await claimRequest(tx, claim))) {
-          const first = (await findRequest(tx, ns.id, run.workflowId, ref.requestId))!;
-          return { runId: first.runId, eventId: first.eventId, appended: false };
-        }
-      }
       const change = build(run);
-      if (!change) return { runId: run.runId, eventId: run.nextEventId - 1, appended: false };
-      const { firstEventId } = await writer.append(tx, ns, run, change);
+      const claim = ref.requestId
+        ? claimRequest(tx, { namespaceId: ns.id, workflowId: run.workflowId, requestId: ref.requestId, runId: run.runId, eventId: run.nextEventId })
+        : true;
+      if (!change) {
+        if (!(await claim)) throw new DuplicateRequest();
+        return { runId: run.runId, eventId: run.nextEventId - 1, appended: false };
+      }
+      const [claimed, { firstEventId }] = await Promise.all([claim, writer.append(tx, ns, run, change)]);
+      if (!claimed) throw new DuplicateRequest();
       return { runId: run.runId, eventId: firstEventId, appended: true, status: change.status };
+    }).catch(async (e) => {
+      if (!(e instanceof DuplicateRequest)) throw e;
+      const first = (await findRequest(deps.db as never, ns.id, ref.workflowId, ref.requestId!))!;
+      return { runId: first.runId, eventId: first.eventId, appended: false };
     });
     if (result.appended) notifier.notify(result.runId);
     if ("status" in result && result.status) countClose(result.status as string, ns.name);

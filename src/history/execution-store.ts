@@ -14,8 +14,9 @@ export async function lockRun(tx: Tx, namespaceId: string, workflowId: string, r
     .where(runId ? and(key, eq(executions.runId, runId)) : key)
     .orderBy(desc(sql`${executions.status} = 'RUNNING'`), desc(executions.startTime), desc(executions.runId))
     .limit(1)
-    .for("update");
-  const [row] = await query;
+    .for("update")
+    .prepare("lock_run");
+  const [row] = await query.execute();
   return row;
 }
 
@@ -36,7 +37,7 @@ export async function claimRequest(
   tx: Tx,
   r: { namespaceId: string; workflowId: string; requestId: string; runId: string; eventId: number },
 ): Promise<boolean> {
-  const rows = await tx.insert(requestIds).values(r).onConflictDoNothing().returning({ id: requestIds.requestId });
+  const rows = await tx.insert(requestIds).values(r).onConflictDoNothing().returning({ id: requestIds.requestId }).prepare("claim_request").execute();
   return rows.length > 0;
 }
 
@@ -64,7 +65,7 @@ export async function insertEvents(
       eventType: eventTypeName(e.attributes),
       attributes: attributesToJson(e.attributes),
     })),
-  );
+  ).prepare("insert_events").execute();
   return extendVersionHistory(history, firstEventId + events.length - 1, version);
 }
 
@@ -89,7 +90,9 @@ export async function saveRun(tx: Tx, prev: ExecutionRow, next: Partial<Executio
         eq(executions.dbVersion, prev.dbVersion),
       ),
     )
-    .returning({ runId: executions.runId });
+    .returning({ runId: executions.runId })
+    .prepare("save_run")
+    .execute();
   if (rows.length !== 1) throw new Error(`execution ${prev.workflowId}/${prev.runId} changed concurrently`);
 }
 

@@ -7,7 +7,7 @@ import type { Logger } from "../observability/log";
 import type { Metrics } from "../observability/metrics";
 import type { Db, Tx } from "../persistence/database";
 import type { VersionHistoryItem } from "../persistence/schema";
-import { deleteTimers, insertEvents, saveRun, type ExecutionRow, type NewEvent } from "./execution-store";
+import { deleteTimers, extendVersionHistory, insertEvents, saveRun, type ExecutionRow, type NewEvent } from "./execution-store";
 
 /** Shared plumbing of every history write: transactions, limits, outbox, metrics. */
 export interface WriterDeps {
@@ -84,16 +84,19 @@ export function createWriter(deps: WriterDeps) {
     const time = deps.now();
     const first = run.nextEventId;
     const key = { namespaceId: run.namespaceId, workflowId: run.workflowId, runId: run.runId };
-    const history = await insertEvents(tx, key, first, ns.failoverVersion, time, change.events, run.versionHistory);
     const closing = change.status !== undefined && change.status !== "RUNNING";
-    await saveRun(tx, run, {
-      nextEventId: first + change.events.length,
-      lastWriteVersion: ns.failoverVersion,
-      versionHistory: history,
-      ...(change.status ? { status: change.status } : {}),
-      ...(closing ? { closeTime: time } : {}),
-      ...(change.cancelRequested ? { cancelRequested: true } : {}),
-    });
+    // Pipelined: events and run state go out together.
+    const [history] = await Promise.all([
+      insertEvents(tx, key, first, ns.failoverVersion, time, change.events, run.versionHistory),
+      saveRun(tx, run, {
+        nextEventId: first + change.events.length,
+        lastWriteVersion: ns.failoverVersion,
+        versionHistory: extendVersionHistory(run.versionHistory, first + change.events.length - 1, ns.failoverVersion),
+        ...(change.status ? { status: change.status } : {}),
+        ...(closing ? { closeTime: time } : {}),
+        ...(change.cancelRequested ? { cancelRequested: true } : {}),
+      }),
+    ]);
     if (closing) await deleteTimers(tx, key);
     await outbox(tx, ns, { ...key, shardId: run.shardId }, first, first + change.events.length, history);
     return { firstEventId: first };

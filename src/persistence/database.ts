@@ -29,7 +29,7 @@ export interface OpenOptions {
 
 /** Opens the configured datastore; a PGlite dir is locked against a second process. */
 export async function openDatabase(store: DatastoreConfig, opts: OpenOptions = {}): Promise<Database> {
-  if ("postgres" in store) return openPostgres(store.postgres.url, opts);
+  if ("postgres" in store) return openPostgres(store.postgres.url, { maxConnections: store.postgres.maxConnections, ...opts });
   return openPglite(store.pglite.dataDir, opts);
 }
 
@@ -56,7 +56,7 @@ async function openPglite(dataDir: string, opts: OpenOptions): Promise<Database>
 
 async function openPostgres(url: string, opts: OpenOptions): Promise<Database> {
   const client = postgres(url, {
-    max: opts.maxConnections ?? 20,
+    max: opts.maxConnections ?? 32,
     onnotice: () => {},
     connection: { application_name: "tern" },
   });
