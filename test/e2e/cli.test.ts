@@ -1,0 +1,94 @@
+import { setDefaultTimeout, afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { fileURLToPath } from "node:url";
+import { startTestCluster, type TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+
+setDefaultTimeout(60_000);
+
+const root = fileURLToPath(new URL("../..", import.meta.url));
+
+/** Runs bin/tern (the npm bin: Node launching Bun) as a subprocess. */
+async function tern(address: string, ...args: string[]): Promise<{ code: number; out: string; err: string }> {
+  const child = Bun.spawn(["node", "bin/tern", "--address", address, ...args], { cwd: root, stdout: "pipe", stderr: "pipe" });
+  const [out, err, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
+  return { code, out, err };
+}
+
+for (const store of await testStores()) {
+  describe(`tern CLI against a real server on ${store}`, () => {
+    let cluster: TestCluster;
+    let addr: string;
+    beforeAll(async () => {
+      cluster = await startTestCluster({ store, name: "clusterA" });
+      addr = cluster.url.replace("http://", "");
+    });
+    afterAll(() => cluster.destroy());
+
+    const ok = async (...args: string[]) => {
+      const r = await tern(addr, ...args);
+      if (r.code !== 0) throw new Error(`tern ${args.join(" ")} exited ${r.code}: ${r.err}`);
+      return r.out;
+    };
+
+    test("the README tour: create a namespace, start, signal, show and list", async () => {
+      await ok("operator", "namespace", "create", "--namespace", "orders", "--retention", "48h", "--description", "Orders");
+      const ns = JSON.parse(await ok("operator", "namespace", "describe", "-n", "orders", "-o", "json"));
+      expect(ns.namespace.namespaceInfo.name).toBe("orders");
+      expect(ns.namespace.config.workflowExecutionRetentionTtl).toBe("172800s");
+      const started = JSON.parse(await ok("workflow", "start", "-n", "orders", "-w", "order-1", "--type", "OrderFlow", "--input", '{"sku":"A1"}', "-o", "json"));
+      expect(started.runId).toMatch(/^[0-9A-Z]{26}$/);
+      await ok("workflow", "signal", "-n", "orders", "-w", "order-1", "--name", "paid", "--input", '{"amount":42}');
+      const shown = JSON.parse(await ok("workflow", "show", "-n", "orders", "-w", "order-1", "-o", "json"));
+      expect(shown.events.map((e: { eventType: string }) => e.eventType)).toEqual([
+        "EVENT_TYPE_WORKFLOW_EXECUTION_STARTED",
+        "EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED",
+      ]);
+      const table = await ok("workflow", "show", "-n", "orders", "-w", "order-1");
+      expect(table).toContain("WorkflowExecutionSignaled");
+      expect(table).toContain('{"amount":42}');
+      const list = JSON.parse(await ok("workflow", "list", "-n", "orders", "-o", "json"));
+      expect(list.executions.map((e: { execution: { workflowId: string } }) => e.execution.workflowId)).toEqual(["order-1"]);
+      const describe = JSON.parse(await ok("workflow", "describe", "-n", "orders", "-w", "order-1", "-o", "json"));
+      expect(describe.workflowExecutionInfo.status).toBe("WORKFLOW_EXECUTION_STATUS_RUNNING");
+      await ok("workflow", "terminate", "-n", "orders", "-w", "order-1", "--reason", "done");
+      expect(await ok("workflow", "list", "-n", "orders", "--status", "terminated")).toContain("order-1");
+    });
+
+    test("show --follow streams new events and ends when the run closes", async () => {
+      await ok("operator", "namespace", "create", "-n", "follow");
+      await ok("workflow", "start", "-n", "follow", "-w", "f", "--type", "T");
+      const child = Bun.spawn(["node", "bin/tern", "--address", addr, "workflow", "show", "-n", "follow", "-w", "f", "--follow", "-o", "json"], {
+        cwd: root, stdout: "pipe", stderr: "pipe",
+      });
+      await new Promise((r) => setTimeout(r, 1500));
+      await ok("workflow", "signal", "-n", "follow", "-w", "f", "--name", "late");
+      await ok("workflow", "complete", "-n", "follow", "-w", "f", "--result", '"fine"');
+      const code = await child.exited;
+      const lines = (await new Response(child.stdout).text()).trim().split("\n").map((l) => JSON.parse(l).eventType);
+      expect(code).toBe(0);
+      expect(lines).toEqual([
+        "EVENT_TYPE_WORKFLOW_EXECUTION_STARTED",
+        "EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED",
+        "EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED",
+      ]);
+    });
+
+    test("errors print one line and exit non-zero", async () => {
+      const missing = await tern(addr, "workflow", "describe", "-n", "nope", "-w", "x");
+      expect(missing.code).toBe(1);
+      expect(missing.err.trim()).toBe("error: not_found: namespace nope not found");
+      const bad = await tern(addr, "workflow", "start", "-n", "orders", "-w", "x", "--type", "T", "--input", "{nope");
+      expect(bad.code).toBe(2); // a usage error: the line, then a pointer to --help
+      expect(bad.err.split("\n")[0]).toStartWith("error: --input is not valid JSON");
+      const down = await tern("127.0.0.1:1", "operator", "cluster", "describe");
+      expect(down.code).toBe(1);
+      expect(down.err).toContain("cannot reach tern at http://127.0.0.1:1");
+    });
+
+    test("cluster describe and list", async () => {
+      const d = JSON.parse(await ok("operator", "cluster", "describe", "-o", "json"));
+      expect(d.cluster.clusterName).toBe("clusterA");
+      expect(await ok("operator", "cluster", "list")).toContain("clusterA");
+    });
+  });
+}
