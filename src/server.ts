@@ -3,6 +3,9 @@ import type { Hono } from "hono";
 import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
 import { bootstrapCluster, type CurrentCluster } from "./cluster/bootstrap";
 import { createClusterDirectory } from "./cluster/directory";
+import { createRemoteClientPool } from "./cluster/remote-client";
+import { createRemoteClusters } from "./cluster/remote-clusters";
+import { createReplicationManager } from "../replication/manager";
 import type { Config } from "./config/schema";
 import { createAdminHandler } from "./frontend/admin-handler";
 import { createApp } from "./frontend/app";
@@ -76,6 +79,9 @@ function wire(
   const { db } = database;
   const metrics = createMetrics();
   const clusters = createClusterDirectory(db, cluster);
+  const remoteClients = createRemoteClientPool();
+  const replication = createReplicationManager({ db, clients: remoteClients, log, streamsFor: () => [] });
+  const remotes = createRemoteClusters({ db, current: cluster, clients: remoteClients, onChanged: () => replication.refresh() });
   const namespaces = createNamespaceRegistry({ db, clusters, now });
   const notifier = createEventNotifier();
   const writer = createWriter({ db, cluster, limits: config.limits, metrics, log, now, beforeCommit: opts.beforeCommit });
@@ -89,7 +95,10 @@ function wire(
   const isServing = async () => !closed && (await db.execute(sql`select 1`).then(() => true, () => false));
   const routes = createRoutes({
     workflow: createWorkflowHandler({ namespaces, engine, queries }),
-    operator: createOperatorHandler({ db, clusters, namespaces, version: VERSION }),
+    operator: createOperatorHandler({
+      db, clusters, namespaces, remotes, version: VERSION,
+      connectionState: (name) => replication.connectionState(name),
+    }),
     admin: createAdminHandler({ db, cluster }),
     health: createHealthHandler(isServing),
   });
@@ -99,12 +108,14 @@ function wire(
   const readMaxBytes = config.limits.blobSizeLimitError * 2 + 1024 * 1024;
   const app = createApp({ routes, interceptors, metrics, isServing, readMaxBytes });
   timers.start();
+  void replication.start();
   return {
     config, cluster, database, metrics, log, app, routes, interceptors,
     fetch: (req) => app.fetch(req),
     async close() {
       if (closed) return;
       closed = true;
+      await replication.stop();
       await timers.stop();
       await database.close();
     },

@@ -9,16 +9,25 @@ import type { NamespaceRegistry } from "../namespace/registry";
 import type { Db } from "../persistence/database";
 import type { clusterMetadata } from "../persistence/schema";
 import { decodeToken, encodeToken } from "../persistence/page-token";
+import type { RemoteClusters } from "../cluster/remote-clusters";
 import { clampPage } from "../namespace/registry";
 
 export interface OperatorHandlerDeps {
   db: Db;
   clusters: ClusterDirectory;
   namespaces: NamespaceRegistry;
+  remotes: RemoteClusters;
+  /** Live connection state of a remote cluster. */
+  connectionState: (name: string) => string;
   version: string;
 }
 
-function clusterToProto(row: typeof clusterMetadata.$inferSelect, current: CurrentCluster, version: string): ClusterInfo {
+function clusterToProto(
+  row: typeof clusterMetadata.$inferSelect,
+  current: CurrentCluster,
+  version: string,
+  connectionState: (name: string) => string,
+): ClusterInfo {
   const isCurrent = row.clusterName === current.clusterName;
   return create(ClusterInfoSchema, {
     clusterName: row.clusterName,
@@ -33,18 +42,21 @@ function clusterToProto(row: typeof clusterMetadata.$inferSelect, current: Curre
     masterClusterName: isCurrent ? current.masterClusterName : "",
     serverVersion: isCurrent ? version : "",
     createTime: timestampFromDate(row.createdAt),
+    connectionState: isCurrent ? "" : connectionState(row.clusterName),
   });
 }
 
 /** OperatorService: clusters and namespace deletion. */
-export function createOperatorHandler({ db, clusters, namespaces, version }: OperatorHandlerDeps): ServiceImpl<typeof OperatorService> {
+export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<typeof OperatorService> {
+  const { db, clusters, namespaces, remotes, version, connectionState } = deps;
   const current = clusters.current();
+  const toProto = (row: typeof clusterMetadata.$inferSelect) => clusterToProto(row, current, version, connectionState);
   return {
     async describeCluster(r) {
       const name = r.clusterName || current.clusterName;
       await clusters.require(name);
       const row = (await clusters.list()).find((c) => c.clusterName === name)!;
-      return { cluster: clusterToProto(row, current, version) };
+      return { cluster: toProto(row) };
     },
     async listClusters(r) {
       const size = clampPage(r.pageSize);
@@ -52,13 +64,21 @@ export function createOperatorHandler({ db, clusters, namespaces, version }: Ope
       const rows = (await clusters.list()).filter((c) => c.clusterName > after);
       const page = rows.slice(0, size);
       return {
-        clusters: page.map((row) => clusterToProto(row, current, version)),
+        clusters: page.map((row) => toProto(row)),
         nextPageToken: rows.length > size ? encodeToken({ name: page.at(-1)!.clusterName }) : new Uint8Array(),
       };
     },
     async deleteNamespace(r) {
       const { executions } = await deleteNamespace(db, namespaces, r.namespace);
       return { deletedNamespace: r.namespace, deletedExecutions: BigInt(executions) };
+    },
+    async addOrUpdateRemoteCluster(r) {
+      const row = await remotes.upsert(r.frontendAddress, r.enableRemoteClusterConnection ?? true);
+      return { cluster: toProto(row) };
+    },
+    async removeRemoteCluster(r) {
+      await remotes.remove(r.clusterName);
+      return {};
     },
   };
 }

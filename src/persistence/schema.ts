@@ -149,3 +149,40 @@ export const timerTasks = pgTable(
   },
   (t) => [index("timer_tasks_fire_at").on(t.fireAt)],
 );
+
+/** Counters of queues that need gap-free ordering (e.g. "namespace"); the row lock orders writers. */
+export const queueCounters = pgTable("queue_counters", {
+  queue: text("queue").primaryKey(),
+  nextId: big("next_id").notNull().default(1),
+});
+
+/** Namespace changes made on this cluster, for the remote clusters to pull (DESIGN.md section 2). */
+export const namespaceReplicationTasks = pgTable("namespace_replication_tasks", {
+  taskId: big("task_id").primaryKey(),
+  namespaceId: text("namespace_id").notNull(),
+  /** The namespace as it was after the change (NamespaceRecord, dates as ISO strings). */
+  namespace: jsonb("namespace").$type<Record<string, unknown>>().notNull(),
+  createdAt: ts("created_at").notNull().defaultNow(),
+});
+
+/**
+ * Replication positions, persisted on both sides. inbound: how far this cluster applied
+ * a remote's queue; outbound: how far a remote acked this cluster's queue.
+ */
+export const replicationAckLevels = pgTable(
+  "replication_ack_levels",
+  {
+    remoteCluster: text("remote_cluster").notNull(),
+    direction: text("direction").notNull(),
+    /** "history" (per shard) or "namespace" (shard 0). */
+    queue: text("queue").notNull(),
+    shardId: integer("shard_id").notNull(),
+    ackLevel: big("ack_level").notNull().default(0),
+    /** Highest task id known on the producing side when last seen. */
+    maxTaskId: big("max_task_id").notNull().default(0),
+    /** Commit time on the source of the last applied task (inbound lag). */
+    lastAppliedCreatedAt: ts("last_applied_created_at"),
+    updatedAt: ts("updated_at").notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.remoteCluster, t.direction, t.queue, t.shardId] })],
+);

@@ -8,13 +8,15 @@ import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { HistoryEvent, VersionHistory } from "../../common/v1/common_pb";
 import { file_tern_common_v1_common } from "../../common/v1/common_pb";
+import type { NamespaceDescription } from "../../workflow/v1/namespace_pb";
+import { file_tern_workflow_v1_namespace } from "../../workflow/v1/namespace_pb";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file tern/admin/v1/service.proto.
  */
 export const file_tern_admin_v1_service: GenFile = /*@__PURE__*/
-  fileDesc("Cht0ZXJuL2FkbWluL3YxL3NlcnZpY2UucHJvdG8SDXRlcm4uYWRtaW4udjEixwIKD1JlcGxpY2F0aW9uVGFzaxIQCghzaGFyZF9pZBgBIAEoBRIPCgd0YXNrX2lkGAIgASgDEhQKDG5hbWVzcGFjZV9pZBgDIAEoCRITCgt3b3JrZmxvd19pZBgEIAEoCRIOCgZydW5faWQYBSABKAkSFgoOZmlyc3RfZXZlbnRfaWQYBiABKAMSFQoNbmV4dF9ldmVudF9pZBgHIAEoAxIPCgd2ZXJzaW9uGAggASgDEjcKD3ZlcnNpb25faGlzdG9yeRgJIAEoCzIeLnRlcm4uY29tbW9uLnYxLlZlcnNpb25IaXN0b3J5Ei8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgZldmVudHMYCyADKAsyHC50ZXJuLmNvbW1vbi52MS5IaXN0b3J5RXZlbnQicAoaR2V0UmVwbGljYXRpb25UYXNrc1JlcXVlc3QSEAoIc2hhcmRfaWQYASABKAUSFQoNYWZ0ZXJfdGFza19pZBgCIAEoAxIRCglwYWdlX3NpemUYAyABKAUSFgoOaW5jbHVkZV9ldmVudHMYBCABKAgiYQobR2V0UmVwbGljYXRpb25UYXNrc1Jlc3BvbnNlEi0KBXRhc2tzGAEgAygLMh4udGVybi5hZG1pbi52MS5SZXBsaWNhdGlvblRhc2sSEwoLbWF4X3Rhc2tfaWQYAiABKAMyfAoMQWRtaW5TZXJ2aWNlEmwKE0dldFJlcGxpY2F0aW9uVGFza3MSKS50ZXJuLmFkbWluLnYxLkdldFJlcGxpY2F0aW9uVGFza3NSZXF1ZXN0GioudGVybi5hZG1pbi52MS5HZXRSZXBsaWNhdGlvblRhc2tzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_tern_common_v1_common]);
+  fileDesc("Cht0ZXJuL2FkbWluL3YxL3NlcnZpY2UucHJvdG8SDXRlcm4uYWRtaW4udjEixwIKD1JlcGxpY2F0aW9uVGFzaxIQCghzaGFyZF9pZBgBIAEoBRIPCgd0YXNrX2lkGAIgASgDEhQKDG5hbWVzcGFjZV9pZBgDIAEoCRITCgt3b3JrZmxvd19pZBgEIAEoCRIOCgZydW5faWQYBSABKAkSFgoOZmlyc3RfZXZlbnRfaWQYBiABKAMSFQoNbmV4dF9ldmVudF9pZBgHIAEoAxIPCgd2ZXJzaW9uGAggASgDEjcKD3ZlcnNpb25faGlzdG9yeRgJIAEoCzIeLnRlcm4uY29tbW9uLnYxLlZlcnNpb25IaXN0b3J5Ei8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgZldmVudHMYCyADKAsyHC50ZXJuLmNvbW1vbi52MS5IaXN0b3J5RXZlbnQinwEKGkdldFJlcGxpY2F0aW9uVGFza3NSZXF1ZXN0EhAKCHNoYXJkX2lkGAEgASgFEhUKDWFmdGVyX3Rhc2tfaWQYAiABKAMSEQoJcGFnZV9zaXplGAMgASgFEhYKDmluY2x1ZGVfZXZlbnRzGAQgASgIEhQKDGNsdXN0ZXJfbmFtZRgFIAEoCRIXCg93YWl0X3RpbWVvdXRfbXMYBiABKAUidwobR2V0UmVwbGljYXRpb25UYXNrc1Jlc3BvbnNlEi0KBXRhc2tzGAEgAygLMh4udGVybi5hZG1pbi52MS5SZXBsaWNhdGlvblRhc2sSEwoLbWF4X3Rhc2tfaWQYAiABKAMSFAoMbGFzdF90YXNrX2lkGAMgASgDIpcBChhOYW1lc3BhY2VSZXBsaWNhdGlvblRhc2sSDwoHdGFza19pZBgBIAEoAxI5CgluYW1lc3BhY2UYAiABKAsyJi50ZXJuLndvcmtmbG93LnYxLk5hbWVzcGFjZURlc2NyaXB0aW9uEi8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ+CiNHZXROYW1lc3BhY2VSZXBsaWNhdGlvblRhc2tzUmVxdWVzdBIVCg1hZnRlcl90YXNrX2lkGAEgASgDEhEKCXBhZ2Vfc2l6ZRgCIAEoBRIUCgxjbHVzdGVyX25hbWUYAyABKAkSFwoPd2FpdF90aW1lb3V0X21zGAQgASgFIokBCiRHZXROYW1lc3BhY2VSZXBsaWNhdGlvblRhc2tzUmVzcG9uc2USNgoFdGFza3MYASADKAsyJy50ZXJuLmFkbWluLnYxLk5hbWVzcGFjZVJlcGxpY2F0aW9uVGFzaxITCgttYXhfdGFza19pZBgCIAEoAxIUCgxsYXN0X3Rhc2tfaWQYAyABKAMikQEKJUdldFdvcmtmbG93RXhlY3V0aW9uUmF3SGlzdG9yeVJlcXVlc3QSFAoMbmFtZXNwYWNlX2lkGAEgASgJEhMKC3dvcmtmbG93X2lkGAIgASgJEg4KBnJ1bl9pZBgDIAEoCRIWCg5maXJzdF9ldmVudF9pZBgEIAEoAxIVCg1uZXh0X2V2ZW50X2lkGAUgASgDIqYBCiZHZXRXb3JrZmxvd0V4ZWN1dGlvblJhd0hpc3RvcnlSZXNwb25zZRIsCgZldmVudHMYASADKAsyHC50ZXJuLmNvbW1vbi52MS5IaXN0b3J5RXZlbnQSNwoPdmVyc2lvbl9oaXN0b3J5GAIgASgLMh4udGVybi5jb21tb24udjEuVmVyc2lvbkhpc3RvcnkSFQoNbmV4dF9ldmVudF9pZBgDIAEoAyIdChtHZXRSZXBsaWNhdGlvblN0YXR1c1JlcXVlc3QieQoWU2hhcmRSZXBsaWNhdGlvblN0YXR1cxIQCghzaGFyZF9pZBgBIAEoBRITCgttYXhfdGFza19pZBgCIAEoAxIVCg1hY2tlZF90YXNrX2lkGAMgASgDEhEKCWxhZ190YXNrcxgEIAEoAxIOCgZsYWdfbXMYBSABKAMinAIKHlJlbW90ZUNsdXN0ZXJSZXBsaWNhdGlvblN0YXR1cxIUCgxjbHVzdGVyX25hbWUYASABKAkSGAoQY29ubmVjdGlvbl9zdGF0ZRgCIAEoCRIZChFlbmFibGVfY29ubmVjdGlvbhgDIAEoCBI2CgdpbmJvdW5kGAQgAygLMiUudGVybi5hZG1pbi52MS5TaGFyZFJlcGxpY2F0aW9uU3RhdHVzEjcKCG91dGJvdW5kGAUgAygLMiUudGVybi5hZG1pbi52MS5TaGFyZFJlcGxpY2F0aW9uU3RhdHVzEh0KFW5hbWVzcGFjZV9tYXhfdGFza19pZBgGIAEoAxIfChduYW1lc3BhY2VfYWNrZWRfdGFza19pZBgHIAEoAyJ0ChxHZXRSZXBsaWNhdGlvblN0YXR1c1Jlc3BvbnNlEhQKDGNsdXN0ZXJfbmFtZRgBIAEoCRI+CgdyZW1vdGVzGAIgAygLMi0udGVybi5hZG1pbi52MS5SZW1vdGVDbHVzdGVyUmVwbGljYXRpb25TdGF0dXMyhwQKDEFkbWluU2VydmljZRJsChNHZXRSZXBsaWNhdGlvblRhc2tzEikudGVybi5hZG1pbi52MS5HZXRSZXBsaWNhdGlvblRhc2tzUmVxdWVzdBoqLnRlcm4uYWRtaW4udjEuR2V0UmVwbGljYXRpb25UYXNrc1Jlc3BvbnNlEocBChxHZXROYW1lc3BhY2VSZXBsaWNhdGlvblRhc2tzEjIudGVybi5hZG1pbi52MS5HZXROYW1lc3BhY2VSZXBsaWNhdGlvblRhc2tzUmVxdWVzdBozLnRlcm4uYWRtaW4udjEuR2V0TmFtZXNwYWNlUmVwbGljYXRpb25UYXNrc1Jlc3BvbnNlEo0BCh5HZXRXb3JrZmxvd0V4ZWN1dGlvblJhd0hpc3RvcnkSNC50ZXJuLmFkbWluLnYxLkdldFdvcmtmbG93RXhlY3V0aW9uUmF3SGlzdG9yeVJlcXVlc3QaNS50ZXJuLmFkbWluLnYxLkdldFdvcmtmbG93RXhlY3V0aW9uUmF3SGlzdG9yeVJlc3BvbnNlEm8KFEdldFJlcGxpY2F0aW9uU3RhdHVzEioudGVybi5hZG1pbi52MS5HZXRSZXBsaWNhdGlvblN0YXR1c1JlcXVlc3QaKy50ZXJuLmFkbWluLnYxLkdldFJlcGxpY2F0aW9uU3RhdHVzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_tern_common_v1_common, file_tern_workflow_v1_namespace]);
 
 /**
  * @generated from message tern.admin.v1.ReplicationTask
@@ -106,6 +108,20 @@ export type GetReplicationTasksRequest = Message<"tern.admin.v1.GetReplicationTa
    * @generated from field: bool include_events = 4;
    */
   includeEvents: boolean;
+
+  /**
+   * The pulling cluster; empty for an operator's read.
+   *
+   * @generated from field: string cluster_name = 5;
+   */
+  clusterName: string;
+
+  /**
+   * Long poll: when nothing is past after_task_id, wait up to this long for a task.
+   *
+   * @generated from field: int32 wait_timeout_ms = 6;
+   */
+  waitTimeoutMs: number;
 };
 
 /**
@@ -130,6 +146,13 @@ export type GetReplicationTasksResponse = Message<"tern.admin.v1.GetReplicationT
    * @generated from field: int64 max_task_id = 2;
    */
   maxTaskId: bigint;
+
+  /**
+   * Highest task id this answer covers (tasks for other clusters are skipped): the next after_task_id.
+   *
+   * @generated from field: int64 last_task_id = 3;
+   */
+  lastTaskId: bigint;
 };
 
 /**
@@ -140,6 +163,285 @@ export const GetReplicationTasksResponseSchema: GenMessage<GetReplicationTasksRe
   messageDesc(file_tern_admin_v1_service, 2);
 
 /**
+ * @generated from message tern.admin.v1.NamespaceReplicationTask
+ */
+export type NamespaceReplicationTask = Message<"tern.admin.v1.NamespaceReplicationTask"> & {
+  /**
+   * @generated from field: int64 task_id = 1;
+   */
+  taskId: bigint;
+
+  /**
+   * @generated from field: tern.workflow.v1.NamespaceDescription namespace = 2;
+   */
+  namespace?: NamespaceDescription | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp create_time = 3;
+   */
+  createTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message tern.admin.v1.NamespaceReplicationTask.
+ * Use `create(NamespaceReplicationTaskSchema)` to create a new message.
+ */
+export const NamespaceReplicationTaskSchema: GenMessage<NamespaceReplicationTask> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_service, 3);
+
+/**
+ * @generated from message tern.admin.v1.GetNamespaceReplicationTasksRequest
+ */
+export type GetNamespaceReplicationTasksRequest = Message<"tern.admin.v1.GetNamespaceReplicationTasksRequest"> & {
+  /**
+   * @generated from field: int64 after_task_id = 1;
+   */
+  afterTaskId: bigint;
+
+  /**
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * @generated from field: string cluster_name = 3;
+   */
+  clusterName: string;
+
+  /**
+   * @generated from field: int32 wait_timeout_ms = 4;
+   */
+  waitTimeoutMs: number;
+};
+
+/**
+ * Describes the message tern.admin.v1.GetNamespaceReplicationTasksRequest.
+ * Use `create(GetNamespaceReplicationTasksRequestSchema)` to create a new message.
+ */
+export const GetNamespaceReplicationTasksRequestSchema: GenMessage<GetNamespaceReplicationTasksRequest> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_service, 4);
+
+/**
+ * @generated from message tern.admin.v1.GetNamespaceReplicationTasksResponse
+ */
+export type GetNamespaceReplicationTasksResponse = Message<"tern.admin.v1.GetNamespaceReplicationTasksResponse"> & {
+  /**
+   * @generated from field: repeated tern.admin.v1.NamespaceReplicationTask tasks = 1;
+   */
+  tasks: NamespaceReplicationTask[];
+
+  /**
+   * @generated from field: int64 max_task_id = 2;
+   */
+  maxTaskId: bigint;
+
+  /**
+   * @generated from field: int64 last_task_id = 3;
+   */
+  lastTaskId: bigint;
+};
+
+/**
+ * Describes the message tern.admin.v1.GetNamespaceReplicationTasksResponse.
+ * Use `create(GetNamespaceReplicationTasksResponseSchema)` to create a new message.
+ */
+export const GetNamespaceReplicationTasksResponseSchema: GenMessage<GetNamespaceReplicationTasksResponse> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_service, 5);
+
+/**
+ * @generated from message tern.admin.v1.GetWorkflowExecutionRawHistoryRequest
+ */
+export type GetWorkflowExecutionRawHistoryRequest = Message<"tern.admin.v1.GetWorkflowExecutionRawHistoryRequest"> & {
+  /**
+   * @generated from field: string namespace_id = 1;
+   */
+  namespaceId: string;
+
+  /**
+   * @generated from field: string workflow_id = 2;
+   */
+  workflowId: string;
+
+  /**
+   * @generated from field: string run_id = 3;
+   */
+  runId: string;
+
+  /**
+   * Inclusive; 1 when unset.
+   *
+   * @generated from field: int64 first_event_id = 4;
+   */
+  firstEventId: bigint;
+
+  /**
+   * Exclusive; the run's next event id when unset.
+   *
+   * @generated from field: int64 next_event_id = 5;
+   */
+  nextEventId: bigint;
+};
+
+/**
+ * Describes the message tern.admin.v1.GetWorkflowExecutionRawHistoryRequest.
+ * Use `create(GetWorkflowExecutionRawHistoryRequestSchema)` to create a new message.
+ */
+export const GetWorkflowExecutionRawHistoryRequestSchema: GenMessage<GetWorkflowExecutionRawHistoryRequest> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_service, 6);
+
+/**
+ * @generated from message tern.admin.v1.GetWorkflowExecutionRawHistoryResponse
+ */
+export type GetWorkflowExecutionRawHistoryResponse = Message<"tern.admin.v1.GetWorkflowExecutionRawHistoryResponse"> & {
+  /**
+   * @generated from field: repeated tern.common.v1.HistoryEvent events = 1;
+   */
+  events: HistoryEvent[];
+
+  /**
+   * @generated from field: tern.common.v1.VersionHistory version_history = 2;
+   */
+  versionHistory?: VersionHistory | undefined;
+
+  /**
+   * @generated from field: int64 next_event_id = 3;
+   */
+  nextEventId: bigint;
+};
+
+/**
+ * Describes the message tern.admin.v1.GetWorkflowExecutionRawHistoryResponse.
+ * Use `create(GetWorkflowExecutionRawHistoryResponseSchema)` to create a new message.
+ */
+export const GetWorkflowExecutionRawHistoryResponseSchema: GenMessage<GetWorkflowExecutionRawHistoryResponse> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_service, 7);
+
+/**
+ * @generated from message tern.admin.v1.GetReplicationStatusRequest
+ */
+export type GetReplicationStatusRequest = Message<"tern.admin.v1.GetReplicationStatusRequest"> & {
+};
+
+/**
+ * Describes the message tern.admin.v1.GetReplicationStatusRequest.
+ * Use `create(GetReplicationStatusRequestSchema)` to create a new message.
+ */
+export const GetReplicationStatusRequestSchema: GenMessage<GetReplicationStatusRequest> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_service, 8);
+
+/**
+ * @generated from message tern.admin.v1.ShardReplicationStatus
+ */
+export type ShardReplicationStatus = Message<"tern.admin.v1.ShardReplicationStatus"> & {
+  /**
+   * @generated from field: int32 shard_id = 1;
+   */
+  shardId: number;
+
+  /**
+   * Inbound: the remote's highest task id seen, and what this cluster applied.
+   *
+   * @generated from field: int64 max_task_id = 2;
+   */
+  maxTaskId: bigint;
+
+  /**
+   * @generated from field: int64 acked_task_id = 3;
+   */
+  ackedTaskId: bigint;
+
+  /**
+   * @generated from field: int64 lag_tasks = 4;
+   */
+  lagTasks: bigint;
+
+  /**
+   * @generated from field: int64 lag_ms = 5;
+   */
+  lagMs: bigint;
+};
+
+/**
+ * Describes the message tern.admin.v1.ShardReplicationStatus.
+ * Use `create(ShardReplicationStatusSchema)` to create a new message.
+ */
+export const ShardReplicationStatusSchema: GenMessage<ShardReplicationStatus> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_service, 9);
+
+/**
+ * @generated from message tern.admin.v1.RemoteClusterReplicationStatus
+ */
+export type RemoteClusterReplicationStatus = Message<"tern.admin.v1.RemoteClusterReplicationStatus"> & {
+  /**
+   * @generated from field: string cluster_name = 1;
+   */
+  clusterName: string;
+
+  /**
+   * @generated from field: string connection_state = 2;
+   */
+  connectionState: string;
+
+  /**
+   * @generated from field: bool enable_connection = 3;
+   */
+  enableConnection: boolean;
+
+  /**
+   * What this cluster pulls from the remote, per remote shard.
+   *
+   * @generated from field: repeated tern.admin.v1.ShardReplicationStatus inbound = 4;
+   */
+  inbound: ShardReplicationStatus[];
+
+  /**
+   * What the remote acked of this cluster's tasks, per local shard.
+   *
+   * @generated from field: repeated tern.admin.v1.ShardReplicationStatus outbound = 5;
+   */
+  outbound: ShardReplicationStatus[];
+
+  /**
+   * @generated from field: int64 namespace_max_task_id = 6;
+   */
+  namespaceMaxTaskId: bigint;
+
+  /**
+   * @generated from field: int64 namespace_acked_task_id = 7;
+   */
+  namespaceAckedTaskId: bigint;
+};
+
+/**
+ * Describes the message tern.admin.v1.RemoteClusterReplicationStatus.
+ * Use `create(RemoteClusterReplicationStatusSchema)` to create a new message.
+ */
+export const RemoteClusterReplicationStatusSchema: GenMessage<RemoteClusterReplicationStatus> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_service, 10);
+
+/**
+ * @generated from message tern.admin.v1.GetReplicationStatusResponse
+ */
+export type GetReplicationStatusResponse = Message<"tern.admin.v1.GetReplicationStatusResponse"> & {
+  /**
+   * @generated from field: string cluster_name = 1;
+   */
+  clusterName: string;
+
+  /**
+   * @generated from field: repeated tern.admin.v1.RemoteClusterReplicationStatus remotes = 2;
+   */
+  remotes: RemoteClusterReplicationStatus[];
+};
+
+/**
+ * Describes the message tern.admin.v1.GetReplicationStatusResponse.
+ * Use `create(GetReplicationStatusResponseSchema)` to create a new message.
+ */
+export const GetReplicationStatusResponseSchema: GenMessage<GetReplicationStatusResponse> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_service, 11);
+
+/**
  * Internal API between clusters and for operators' diagnostics.
  *
  * @generated from service tern.admin.v1.AdminService
@@ -147,6 +449,8 @@ export const GetReplicationTasksResponseSchema: GenMessage<GetReplicationTasksRe
 export const AdminService: GenService<{
   /**
    * Replication tasks of one shard, in task id order, after after_task_id.
+   * A peer pulling sets cluster_name: it gets only its namespaces' tasks, and
+   * after_task_id is recorded as its ack level.
    *
    * @generated from rpc tern.admin.v1.AdminService.GetReplicationTasks
    */
@@ -154,6 +458,36 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof GetReplicationTasksRequestSchema;
     output: typeof GetReplicationTasksResponseSchema;
+  },
+  /**
+   * Namespace changes made on this cluster, after after_task_id (same ack rules).
+   *
+   * @generated from rpc tern.admin.v1.AdminService.GetNamespaceReplicationTasks
+   */
+  getNamespaceReplicationTasks: {
+    methodKind: "unary";
+    input: typeof GetNamespaceReplicationTasksRequestSchema;
+    output: typeof GetNamespaceReplicationTasksResponseSchema;
+  },
+  /**
+   * Raw events of one run by event id range, to repair gaps.
+   *
+   * @generated from rpc tern.admin.v1.AdminService.GetWorkflowExecutionRawHistory
+   */
+  getWorkflowExecutionRawHistory: {
+    methodKind: "unary";
+    input: typeof GetWorkflowExecutionRawHistoryRequestSchema;
+    output: typeof GetWorkflowExecutionRawHistoryResponseSchema;
+  },
+  /**
+   * Replication positions per remote cluster and shard, both directions.
+   *
+   * @generated from rpc tern.admin.v1.AdminService.GetReplicationStatus
+   */
+  getReplicationStatus: {
+    methodKind: "unary";
+    input: typeof GetReplicationStatusRequestSchema;
+    output: typeof GetReplicationStatusResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tern_admin_v1_service, 0);

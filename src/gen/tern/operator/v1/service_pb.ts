@@ -4,15 +4,17 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { NamespaceDescription } from "../../workflow/v1/namespace_pb";
+import { file_tern_workflow_v1_namespace } from "../../workflow/v1/namespace_pb";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file tern/operator/v1/service.proto.
  */
 export const file_tern_operator_v1_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch50ZXJuL29wZXJhdG9yL3YxL3NlcnZpY2UucHJvdG8SEHRlcm4ub3BlcmF0b3IudjEi8QIKC0NsdXN0ZXJJbmZvEhQKDGNsdXN0ZXJfbmFtZRgBIAEoCRISCgpjbHVzdGVyX2lkGAIgASgJEhMKC3JwY19hZGRyZXNzGAMgASgJEiIKGmZhaWxvdmVyX3ZlcnNpb25faW5jcmVtZW50GAQgASgDEiAKGGluaXRpYWxfZmFpbG92ZXJfdmVyc2lvbhgFIAEoAxIbChNoaXN0b3J5X3NoYXJkX2NvdW50GAYgASgFEiMKG2lzX2dsb2JhbF9uYW1lc3BhY2VfZW5hYmxlZBgHIAEoCBIaChJpc19jdXJyZW50X2NsdXN0ZXIYCCABKAgSGQoRZW5hYmxlX2Nvbm5lY3Rpb24YCSABKAgSGwoTbWFzdGVyX2NsdXN0ZXJfbmFtZRgKIAEoCRIWCg5zZXJ2ZXJfdmVyc2lvbhgLIAEoCRIvCgtjcmVhdGVfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiLgoWRGVzY3JpYmVDbHVzdGVyUmVxdWVzdBIUCgxjbHVzdGVyX25hbWUYASABKAkiSQoXRGVzY3JpYmVDbHVzdGVyUmVzcG9uc2USLgoHY2x1c3RlchgBIAEoCzIdLnRlcm4ub3BlcmF0b3IudjEuQ2x1c3RlckluZm8iQQoTTGlzdENsdXN0ZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgMImAKFExpc3RDbHVzdGVyc1Jlc3BvbnNlEi8KCGNsdXN0ZXJzGAEgAygLMh0udGVybi5vcGVyYXRvci52MS5DbHVzdGVySW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAwiKwoWRGVsZXRlTmFtZXNwYWNlUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkiUAoXRGVsZXRlTmFtZXNwYWNlUmVzcG9uc2USGQoRZGVsZXRlZF9uYW1lc3BhY2UYASABKAkSGgoSZGVsZXRlZF9leGVjdXRpb25zGAIgASgDMsACCg9PcGVyYXRvclNlcnZpY2USZgoPRGVzY3JpYmVDbHVzdGVyEigudGVybi5vcGVyYXRvci52MS5EZXNjcmliZUNsdXN0ZXJSZXF1ZXN0GikudGVybi5vcGVyYXRvci52MS5EZXNjcmliZUNsdXN0ZXJSZXNwb25zZRJdCgxMaXN0Q2x1c3RlcnMSJS50ZXJuLm9wZXJhdG9yLnYxLkxpc3RDbHVzdGVyc1JlcXVlc3QaJi50ZXJuLm9wZXJhdG9yLnYxLkxpc3RDbHVzdGVyc1Jlc3BvbnNlEmYKD0RlbGV0ZU5hbWVzcGFjZRIoLnRlcm4ub3BlcmF0b3IudjEuRGVsZXRlTmFtZXNwYWNlUmVxdWVzdBopLnRlcm4ub3BlcmF0b3IudjEuRGVsZXRlTmFtZXNwYWNlUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("Ch50ZXJuL29wZXJhdG9yL3YxL3NlcnZpY2UucHJvdG8SEHRlcm4ub3BlcmF0b3IudjEiiwMKC0NsdXN0ZXJJbmZvEhQKDGNsdXN0ZXJfbmFtZRgBIAEoCRISCgpjbHVzdGVyX2lkGAIgASgJEhMKC3JwY19hZGRyZXNzGAMgASgJEiIKGmZhaWxvdmVyX3ZlcnNpb25faW5jcmVtZW50GAQgASgDEiAKGGluaXRpYWxfZmFpbG92ZXJfdmVyc2lvbhgFIAEoAxIbChNoaXN0b3J5X3NoYXJkX2NvdW50GAYgASgFEiMKG2lzX2dsb2JhbF9uYW1lc3BhY2VfZW5hYmxlZBgHIAEoCBIaChJpc19jdXJyZW50X2NsdXN0ZXIYCCABKAgSGQoRZW5hYmxlX2Nvbm5lY3Rpb24YCSABKAgSGwoTbWFzdGVyX2NsdXN0ZXJfbmFtZRgKIAEoCRIWCg5zZXJ2ZXJfdmVyc2lvbhgLIAEoCRIvCgtjcmVhdGVfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGAoQY29ubmVjdGlvbl9zdGF0ZRgNIAEoCSIuChZEZXNjcmliZUNsdXN0ZXJSZXF1ZXN0EhQKDGNsdXN0ZXJfbmFtZRgBIAEoCSJJChdEZXNjcmliZUNsdXN0ZXJSZXNwb25zZRIuCgdjbHVzdGVyGAEgASgLMh0udGVybi5vcGVyYXRvci52MS5DbHVzdGVySW5mbyJBChNMaXN0Q2x1c3RlcnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAwiYAoUTGlzdENsdXN0ZXJzUmVzcG9uc2USLwoIY2x1c3RlcnMYASADKAsyHS50ZXJuLm9wZXJhdG9yLnYxLkNsdXN0ZXJJbmZvEhcKD25leHRfcGFnZV90b2tlbhgCIAEoDCIrChZEZWxldGVOYW1lc3BhY2VSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCSJQChdEZWxldGVOYW1lc3BhY2VSZXNwb25zZRIZChFkZWxldGVkX25hbWVzcGFjZRgBIAEoCRIaChJkZWxldGVkX2V4ZWN1dGlvbnMYAiABKAMijwEKH0FkZE9yVXBkYXRlUmVtb3RlQ2x1c3RlclJlcXVlc3QSGAoQZnJvbnRlbmRfYWRkcmVzcxgBIAEoCRItCiBlbmFibGVfcmVtb3RlX2NsdXN0ZXJfY29ubmVjdGlvbhgCIAEoCEgAiAEBQiMKIV9lbmFibGVfcmVtb3RlX2NsdXN0ZXJfY29ubmVjdGlvbiJSCiBBZGRPclVwZGF0ZVJlbW90ZUNsdXN0ZXJSZXNwb25zZRIuCgdjbHVzdGVyGAEgASgLMh0udGVybi5vcGVyYXRvci52MS5DbHVzdGVySW5mbyIyChpSZW1vdmVSZW1vdGVDbHVzdGVyUmVxdWVzdBIUCgxjbHVzdGVyX25hbWUYASABKAkiHQobUmVtb3ZlUmVtb3RlQ2x1c3RlclJlc3BvbnNlInEKGEZhaWxvdmVyTmFtZXNwYWNlUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSFgoOdGFyZ2V0X2NsdXN0ZXIYAiABKAkSKgoHdGltZW91dBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiLrAQoZRmFpbG92ZXJOYW1lc3BhY2VSZXNwb25zZRI5CgluYW1lc3BhY2UYASABKAsyJi50ZXJuLndvcmtmbG93LnYxLk5hbWVzcGFjZURlc2NyaXB0aW9uElsKEWhhbmRvdmVyX3Rhc2tfaWRzGAIgAygLMkAudGVybi5vcGVyYXRvci52MS5GYWlsb3Zlck5hbWVzcGFjZVJlc3BvbnNlLkhhbmRvdmVyVGFza0lkc0VudHJ5GjYKFEhhbmRvdmVyVGFza0lkc0VudHJ5EgsKA2tleRgBIAEoBRINCgV2YWx1ZRgCIAEoAzoCOAEypgUKD09wZXJhdG9yU2VydmljZRJmCg9EZXNjcmliZUNsdXN0ZXISKC50ZXJuLm9wZXJhdG9yLnYxLkRlc2NyaWJlQ2x1c3RlclJlcXVlc3QaKS50ZXJuLm9wZXJhdG9yLnYxLkRlc2NyaWJlQ2x1c3RlclJlc3BvbnNlEl0KDExpc3RDbHVzdGVycxIlLnRlcm4ub3BlcmF0b3IudjEuTGlzdENsdXN0ZXJzUmVxdWVzdBomLnRlcm4ub3BlcmF0b3IudjEuTGlzdENsdXN0ZXJzUmVzcG9uc2USZgoPRGVsZXRlTmFtZXNwYWNlEigudGVybi5vcGVyYXRvci52MS5EZWxldGVOYW1lc3BhY2VSZXF1ZXN0GikudGVybi5vcGVyYXRvci52MS5EZWxldGVOYW1lc3BhY2VSZXNwb25zZRKBAQoYQWRkT3JVcGRhdGVSZW1vdGVDbHVzdGVyEjEudGVybi5vcGVyYXRvci52MS5BZGRPclVwZGF0ZVJlbW90ZUNsdXN0ZXJSZXF1ZXN0GjIudGVybi5vcGVyYXRvci52MS5BZGRPclVwZGF0ZVJlbW90ZUNsdXN0ZXJSZXNwb25zZRJyChNSZW1vdmVSZW1vdGVDbHVzdGVyEiwudGVybi5vcGVyYXRvci52MS5SZW1vdmVSZW1vdGVDbHVzdGVyUmVxdWVzdBotLnRlcm4ub3BlcmF0b3IudjEuUmVtb3ZlUmVtb3RlQ2x1c3RlclJlc3BvbnNlEmwKEUZhaWxvdmVyTmFtZXNwYWNlEioudGVybi5vcGVyYXRvci52MS5GYWlsb3Zlck5hbWVzcGFjZVJlcXVlc3QaKy50ZXJuLm9wZXJhdG9yLnYxLkZhaWxvdmVyTmFtZXNwYWNlUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_tern_workflow_v1_namespace]);
 
 /**
  * @generated from message tern.operator.v1.ClusterInfo
@@ -77,6 +79,13 @@ export type ClusterInfo = Message<"tern.operator.v1.ClusterInfo"> & {
    * @generated from field: google.protobuf.Timestamp create_time = 12;
    */
   createTime?: Timestamp | undefined;
+
+  /**
+   * Remote clusters: "connected", "connecting", "disabled" or "error: ...".
+   *
+   * @generated from field: string connection_state = 13;
+   */
+  connectionState: string;
 };
 
 /**
@@ -206,6 +215,130 @@ export const DeleteNamespaceResponseSchema: GenMessage<DeleteNamespaceResponse> 
   messageDesc(file_tern_operator_v1_service, 6);
 
 /**
+ * @generated from message tern.operator.v1.AddOrUpdateRemoteClusterRequest
+ */
+export type AddOrUpdateRemoteClusterRequest = Message<"tern.operator.v1.AddOrUpdateRemoteClusterRequest"> & {
+  /**
+   * @generated from field: string frontend_address = 1;
+   */
+  frontendAddress: string;
+
+  /**
+   * Unset means true.
+   *
+   * @generated from field: optional bool enable_remote_cluster_connection = 2;
+   */
+  enableRemoteClusterConnection?: boolean | undefined;
+};
+
+/**
+ * Describes the message tern.operator.v1.AddOrUpdateRemoteClusterRequest.
+ * Use `create(AddOrUpdateRemoteClusterRequestSchema)` to create a new message.
+ */
+export const AddOrUpdateRemoteClusterRequestSchema: GenMessage<AddOrUpdateRemoteClusterRequest> = /*@__PURE__*/
+  messageDesc(file_tern_operator_v1_service, 7);
+
+/**
+ * @generated from message tern.operator.v1.AddOrUpdateRemoteClusterResponse
+ */
+export type AddOrUpdateRemoteClusterResponse = Message<"tern.operator.v1.AddOrUpdateRemoteClusterResponse"> & {
+  /**
+   * @generated from field: tern.operator.v1.ClusterInfo cluster = 1;
+   */
+  cluster?: ClusterInfo | undefined;
+};
+
+/**
+ * Describes the message tern.operator.v1.AddOrUpdateRemoteClusterResponse.
+ * Use `create(AddOrUpdateRemoteClusterResponseSchema)` to create a new message.
+ */
+export const AddOrUpdateRemoteClusterResponseSchema: GenMessage<AddOrUpdateRemoteClusterResponse> = /*@__PURE__*/
+  messageDesc(file_tern_operator_v1_service, 8);
+
+/**
+ * @generated from message tern.operator.v1.RemoveRemoteClusterRequest
+ */
+export type RemoveRemoteClusterRequest = Message<"tern.operator.v1.RemoveRemoteClusterRequest"> & {
+  /**
+   * @generated from field: string cluster_name = 1;
+   */
+  clusterName: string;
+};
+
+/**
+ * Describes the message tern.operator.v1.RemoveRemoteClusterRequest.
+ * Use `create(RemoveRemoteClusterRequestSchema)` to create a new message.
+ */
+export const RemoveRemoteClusterRequestSchema: GenMessage<RemoveRemoteClusterRequest> = /*@__PURE__*/
+  messageDesc(file_tern_operator_v1_service, 9);
+
+/**
+ * @generated from message tern.operator.v1.RemoveRemoteClusterResponse
+ */
+export type RemoveRemoteClusterResponse = Message<"tern.operator.v1.RemoveRemoteClusterResponse"> & {
+};
+
+/**
+ * Describes the message tern.operator.v1.RemoveRemoteClusterResponse.
+ * Use `create(RemoveRemoteClusterResponseSchema)` to create a new message.
+ */
+export const RemoveRemoteClusterResponseSchema: GenMessage<RemoveRemoteClusterResponse> = /*@__PURE__*/
+  messageDesc(file_tern_operator_v1_service, 10);
+
+/**
+ * @generated from message tern.operator.v1.FailoverNamespaceRequest
+ */
+export type FailoverNamespaceRequest = Message<"tern.operator.v1.FailoverNamespaceRequest"> & {
+  /**
+   * @generated from field: string namespace = 1;
+   */
+  namespace: string;
+
+  /**
+   * @generated from field: string target_cluster = 2;
+   */
+  targetCluster: string;
+
+  /**
+   * Defaults to 10s.
+   *
+   * @generated from field: google.protobuf.Duration timeout = 3;
+   */
+  timeout?: Duration | undefined;
+};
+
+/**
+ * Describes the message tern.operator.v1.FailoverNamespaceRequest.
+ * Use `create(FailoverNamespaceRequestSchema)` to create a new message.
+ */
+export const FailoverNamespaceRequestSchema: GenMessage<FailoverNamespaceRequest> = /*@__PURE__*/
+  messageDesc(file_tern_operator_v1_service, 11);
+
+/**
+ * @generated from message tern.operator.v1.FailoverNamespaceResponse
+ */
+export type FailoverNamespaceResponse = Message<"tern.operator.v1.FailoverNamespaceResponse"> & {
+  /**
+   * @generated from field: tern.workflow.v1.NamespaceDescription namespace = 1;
+   */
+  namespace?: NamespaceDescription | undefined;
+
+  /**
+   * Per shard, the task id the target had to ack before the switch.
+   *
+   * @generated from field: map<int32, int64> handover_task_ids = 2;
+   */
+  handoverTaskIds: { [key: number]: bigint };
+};
+
+/**
+ * Describes the message tern.operator.v1.FailoverNamespaceResponse.
+ * Use `create(FailoverNamespaceResponseSchema)` to create a new message.
+ */
+export const FailoverNamespaceResponseSchema: GenMessage<FailoverNamespaceResponse> = /*@__PURE__*/
+  messageDesc(file_tern_operator_v1_service, 12);
+
+/**
  * Operator API: clusters and namespace lifecycle.
  *
  * @generated from service tern.operator.v1.OperatorService
@@ -234,6 +367,34 @@ export const OperatorService: GenService<{
     methodKind: "unary";
     input: typeof DeleteNamespaceRequestSchema;
     output: typeof DeleteNamespaceResponseSchema;
+  },
+  /**
+   * Connects (or updates the connection to) the cluster at frontend_address.
+   *
+   * @generated from rpc tern.operator.v1.OperatorService.AddOrUpdateRemoteCluster
+   */
+  addOrUpdateRemoteCluster: {
+    methodKind: "unary";
+    input: typeof AddOrUpdateRemoteClusterRequestSchema;
+    output: typeof AddOrUpdateRemoteClusterResponseSchema;
+  },
+  /**
+   * @generated from rpc tern.operator.v1.OperatorService.RemoveRemoteCluster
+   */
+  removeRemoteCluster: {
+    methodKind: "unary";
+    input: typeof RemoveRemoteClusterRequestSchema;
+    output: typeof RemoveRemoteClusterResponseSchema;
+  },
+  /**
+   * Graceful failover: HANDOVER, wait until the target acked every shard, switch.
+   *
+   * @generated from rpc tern.operator.v1.OperatorService.FailoverNamespace
+   */
+  failoverNamespace: {
+    methodKind: "unary";
+    input: typeof FailoverNamespaceRequestSchema;
+    output: typeof FailoverNamespaceResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tern_operator_v1_service, 0);

@@ -1,0 +1,154 @@
+import { eq } from "drizzle-orm";
+import type { RemoteClientPool, RemoteClients } from "../src/cluster/remote-client";
+import type { Logger } from "../src/observability/log";
+import type { Db } from "../src/persistence/database";
+import { clusterMetadata } from "../src/persistence/schema";
+
+/** A connected remote cluster as the replication streams see it. */
+export interface RemoteCluster {
+  name: string;
+  address: string;
+  shardCount: number;
+  initialFailoverVersion: number;
+  clients: RemoteClients;
+}
+
+/** What a stream tells the manager about its connection. */
+export interface StreamReport {
+  /** A round trip to the remote succeeded. */
+  ok(): void;
+  /** A round trip failed; the stream will retry. */
+  failed(error: unknown): void;
+}
+
+/**
+ * One replication loop towards a remote (e.g. history shard 3, or namespaces). run()
+ * loops until signal aborts; if it throws, the manager restarts it after a backoff.
+ */
+export interface ReplicationStream {
+  name: string;
+  run(remote: RemoteCluster, signal: AbortSignal, report: StreamReport): Promise<void>;
+}
+
+export interface ReplicationManagerDeps {
+  db: Db;
+  clients: RemoteClientPool;
+  /** The streams to run for one enabled remote. */
+  streamsFor: (remote: RemoteCluster) => ReplicationStream[];
+  log: Logger;
+}
+
+interface Running {
+  key: string;
+  abort: AbortController;
+  done: Promise<unknown>;
+  state: string;
+}
+
+/**
+ * Runs the replication streams of every enabled remote cluster and restarts them when
+ * remote clusters change: refresh() is called by every change, so nothing waits for a
+ * periodic reload.
+ */
+export function createReplicationManager({ db, clients, streamsFor, log }: ReplicationManagerDeps) {
+  const running = new Map<string, Running>();
+  const disabled = new Set<string>();
+  let stopped = false;
+  let refreshing: Promise<void> = Promise.resolve();
+
+  function startRemote(row: typeof clusterMetadata.$inferSelect): Running {
+    const remote: RemoteCluster = {
+      name: row.clusterName,
+      address: row.rpcAddress,
+      shardCount: row.historyShardCount,
+      initialFailoverVersion: row.initialFailoverVersion,
+      clients: clients.get(row.rpcAddress),
+    };
+    const abort = new AbortController();
+    const entry: Running = { key: keyOf(row), abort, done: Promise.resolve(), state: "connecting" };
+    const report: StreamReport = {
+      ok: () => void (entry.state = "connected"),
+      failed: (e) => {
+        const msg = (e as Error)?.message ?? String(e);
+        if (entry.state !== `error: ${msg}`) log.warn("replication stream failed", { remote: remote.name, error: msg });
+        entry.state = `error: ${msg}`;
+      },
+    };
+    entry.done = Promise.all(streamsFor(remote).map((s) => loop(s, remote, abort.signal, report)));
+    log.info("replication started", { remote: remote.name, address: remote.address });
+    return entry;
+  }
+
+  async function loop(stream: ReplicationStream, remote: RemoteCluster, signal: AbortSignal, report: StreamReport) {
+    let backoff = 100;
+    while (!signal.aborted) {
+      try {
+        await stream.run(remote, signal, report);
+        backoff = 100;
+      } catch (e) {
+        if (signal.aborted) break;
+        report.failed(e);
+        await sleep(backoff, signal);
+        backoff = Math.min(backoff * 2, 5000);
+      }
+    }
+  }
+
+  async function reload(): Promise<void> {
+    if (stopped) return;
+    const rows = await db.select().from(clusterMetadata).where(eq(clusterMetadata.isCurrent, false));
+    const wanted = new Map(rows.filter((r) => r.enableConnection).map((r) => [r.clusterName, r]));
+    disabled.clear();
+    for (const r of rows) if (!r.enableConnection) disabled.add(r.clusterName);
+    for (const [name, entry] of running) {
+      const row = wanted.get(name);
+      if (row && keyOf(row) === entry.key) continue;
+      entry.abort.abort();
+      running.delete(name);
+      await entry.done;
+      log.info("replication stopped", { remote: name });
+    }
+    for (const [name, row] of wanted) if (!running.has(name)) running.set(name, startRemote(row));
+  }
+
+  return {
+    /** Starts streams for the enabled remotes. */
+    start: () => (refreshing = refreshing.then(reload)),
+    /** Re-reads remote clusters now and starts or stops streams to match. */
+    refresh(): Promise<void> {
+      refreshing = refreshing.then(reload, reload);
+      return refreshing;
+    },
+    /** "connected", "connecting", "disabled", "error: ..." or "unknown". */
+    connectionState(name: string): string {
+      if (disabled.has(name)) return "disabled";
+      return running.get(name)?.state ?? "unknown";
+    },
+    async stop(): Promise<void> {
+      stopped = true;
+      await refreshing.catch(() => {});
+      const all = [...running.values()];
+      running.clear();
+      for (const r of all) r.abort.abort();
+      await Promise.all(all.map((r) => r.done));
+    },
+  };
+}
+
+export type ReplicationManager = ReturnType<typeof createReplicationManager>;
+
+const keyOf = (r: typeof clusterMetadata.$inferSelect) => `${r.rpcAddress}|${r.historyShardCount}|${r.clusterId}`;
+
+/** Resolves after ms, or at once when signal aborts. */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
+    const t = setTimeout(done, ms);
+    function done() {
+      clearTimeout(t);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    }
+    signal?.addEventListener("abort", done);
+  });
+}

@@ -1,0 +1,43 @@
+import { createClient, type Client } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-web";
+import { AdminService } from "../gen/tern/admin/v1/service_pb";
+import { OperatorService } from "../gen/tern/operator/v1/service_pb";
+import { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
+
+/** Clients of one remote cluster's frontend. */
+export interface RemoteClients {
+  baseUrl: string;
+  operator: Client<typeof OperatorService>;
+  admin: Client<typeof AdminService>;
+  workflow: Client<typeof WorkflowService>;
+}
+
+/** "host:port" or a URL, as a base URL. */
+export function frontendUrl(address: string): string {
+  const a = address.trim();
+  return /^https?:\/\//.test(a) ? a.replace(/\/+$/, "") : `http://${a}`;
+}
+
+/** Creates clients for each address once and reuses them (web-standard fetch transport). */
+export function createRemoteClientPool(fetchImpl: typeof fetch = globalThis.fetch) {
+  const pool = new Map<string, RemoteClients>();
+  return {
+    get(address: string): RemoteClients {
+      const baseUrl = frontendUrl(address);
+      let c = pool.get(baseUrl);
+      if (!c) {
+        const transport = createConnectTransport({ baseUrl, useBinaryFormat: true, fetch: fetchImpl });
+        c = {
+          baseUrl,
+          operator: createClient(OperatorService, transport),
+          admin: createClient(AdminService, transport),
+          workflow: createClient(WorkflowService, transport),
+        };
+        pool.set(baseUrl, c);
+      }
+      return c;
+    },
+  };
+}
+
+export type RemoteClientPool = ReturnType<typeof createRemoteClientPool>;

@@ -1,0 +1,122 @@
+import { and, eq, sql } from "drizzle-orm";
+import { ConnectError } from "@connectrpc/connect";
+import { alreadyExists, failedPrecondition, invalidArgument, notFound, unavailable } from "../errors";
+import type { Db } from "../persistence/database";
+import { clusterMetadata, namespaces, replicationAckLevels } from "../persistence/schema";
+import type { CurrentCluster } from "./bootstrap";
+import type { RemoteClientPool } from "./remote-client";
+
+export type ClusterRow = typeof clusterMetadata.$inferSelect;
+
+export interface RemoteClustersDeps {
+  db: Db;
+  current: CurrentCluster;
+  clients: RemoteClientPool;
+  /** Called after every change, so replication reacts at once (no refresh delay). */
+  onChanged: () => Promise<void> | void;
+  describeTimeoutMs?: number;
+}
+
+/** Connecting and disconnecting remote clusters (the admin API behind `cluster upsert`). */
+export function createRemoteClusters({ db, current, clients, onChanged, describeTimeoutMs = 5000 }: RemoteClustersDeps) {
+  /** Describes the remote, checks the connection rules, and stores what it answered. */
+  async function upsert(frontendAddress: string, enableConnection = true): Promise<ClusterRow> {
+    if (!frontendAddress.trim()) throw invalidArgument("frontend address is required");
+    const remote = await describeRemote(frontendAddress);
+    const rows = await db.select().from(clusterMetadata);
+    const broken = connectionRule(current, remote, rows);
+    if (broken) throw failedPrecondition(`cannot connect cluster ${remote.clusterName} at ${frontendAddress}: ${broken}`);
+    const values = {
+      clusterName: remote.clusterName,
+      clusterId: remote.clusterId,
+      isCurrent: false,
+      rpcAddress: frontendAddress.trim(),
+      historyShardCount: remote.historyShardCount,
+      failoverVersionIncrement: Number(remote.failoverVersionIncrement),
+      initialFailoverVersion: Number(remote.initialFailoverVersion),
+      isGlobalNamespaceEnabled: remote.isGlobalNamespaceEnabled,
+      enableConnection,
+      updatedAt: new Date(),
+    };
+    const [row] = await db
+      .insert(clusterMetadata)
+      .values(values)
+      .onConflictDoUpdate({ target: clusterMetadata.clusterName, set: values, where: eq(clusterMetadata.isCurrent, false) })
+      .returning();
+    if (!row) throw alreadyExists(`cluster ${remote.clusterName} is this cluster`);
+    await onChanged();
+    return row;
+  }
+
+  async function describeRemote(address: string) {
+    const { operator, baseUrl } = clients.get(address);
+    try {
+      const res = await operator.describeCluster({}, { timeoutMs: describeTimeoutMs });
+      if (!res.cluster) throw new Error("empty answer");
+      return res.cluster;
+    } catch (e) {
+      const why = e instanceof ConnectError ? e.rawMessage : (e as Error).message;
+      throw unavailable(`cannot reach a tern cluster at ${baseUrl}: ${why}`);
+    }
+  }
+
+  /** Disconnects a remote; refused while a namespace lists both clusters. */
+  async function remove(name: string): Promise<void> {
+    if (!name) throw invalidArgument("cluster name is required");
+    if (name === current.clusterName) throw invalidArgument(`${name} is this cluster; it cannot be removed`);
+    await db.transaction(async (tx) => {
+      const [row] = await tx.select().from(clusterMetadata).where(eq(clusterMetadata.clusterName, name)).for("update");
+      if (!row) throw notFound(`cluster ${name} is not known to cluster ${current.clusterName}`);
+      const users = await tx
+        .select({ name: namespaces.name })
+        .from(namespaces)
+        .where(sql`${namespaces.clusters} @> ${JSON.stringify([name])}::jsonb and ${namespaces.clusters} @> ${JSON.stringify([current.clusterName])}::jsonb`)
+        .limit(5);
+      if (users.length) {
+        throw failedPrecondition(
+          `cluster ${name} is still listed by namespace(s) ${users.map((u) => u.name).join(", ")}; remove it from their clusters first`,
+        );
+      }
+      await tx.delete(replicationAckLevels).where(eq(replicationAckLevels.remoteCluster, name));
+      await tx.delete(clusterMetadata).where(and(eq(clusterMetadata.clusterName, name), eq(clusterMetadata.isCurrent, false)));
+    });
+    await onChanged();
+  }
+
+  return { upsert, remove };
+}
+
+export type RemoteClusters = ReturnType<typeof createRemoteClusters>;
+
+/** The first connection rule the remote breaks (DESIGN.md section 1), or undefined. */
+export function connectionRule(
+  current: CurrentCluster,
+  remote: {
+    clusterName: string;
+    clusterId: string;
+    failoverVersionIncrement: bigint;
+    initialFailoverVersion: bigint;
+    historyShardCount: number;
+    isGlobalNamespaceEnabled: boolean;
+  },
+  known: { clusterName: string; clusterId: string; initialFailoverVersion: number }[],
+): string | undefined {
+  if (remote.clusterName === current.clusterName) return `it has this cluster's name (${current.clusterName})`;
+  if (!current.isGlobalNamespaceEnabled) return `global namespaces are disabled on ${current.clusterName} (enableGlobalNamespace)`;
+  if (!remote.isGlobalNamespaceEnabled) return `global namespaces are disabled on ${remote.clusterName} (enableGlobalNamespace)`;
+  const inc = Number(remote.failoverVersionIncrement);
+  if (inc !== current.failoverVersionIncrement) {
+    return `its failoverVersionIncrement (${inc}) differs from this cluster's (${current.failoverVersionIncrement})`;
+  }
+  const initial = Number(remote.initialFailoverVersion);
+  const clash = known.find((k) => k.clusterName !== remote.clusterName && k.initialFailoverVersion === initial);
+  if (clash) return `its initialFailoverVersion ${initial} is already used by cluster ${clash.clusterName}`;
+  const a = remote.historyShardCount;
+  const b = current.historyShardCount;
+  if (a % b !== 0 && b % a !== 0) return `shard counts ${a} and ${b} are not multiples of each other`;
+  const same = known.find((k) => k.clusterName === remote.clusterName);
+  if (same && same.clusterId !== remote.clusterId) {
+    return `cluster ${remote.clusterName} is known with id ${same.clusterId} but the remote has id ${remote.clusterId}; remove it first`;
+  }
+  return undefined;
+}

@@ -1,0 +1,78 @@
+import { setDefaultTimeout, afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { Code } from "@connectrpc/connect";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { rejects } from "../support/rejects";
+import { startTestCluster, type TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+
+setDefaultTimeout(60_000);
+
+for (const store of await testStores()) {
+  describe(`connecting clusters on ${store}`, () => {
+    let a: TestCluster, b: TestCluster, c: TestCluster;
+    const addr = (x: TestCluster) => x.url.replace("http://", "");
+    beforeAll(async () => {
+      [a, b, c] = await Promise.all([
+        startTestCluster({ store, name: "clusterA", initialFailoverVersion: 1 }),
+        startTestCluster({ store, name: "clusterB", initialFailoverVersion: 2, shards: 8 }),
+        startTestCluster({ store, name: "clusterC", initialFailoverVersion: 3, shards: 2 }),
+      ]);
+    });
+    afterAll(() => Promise.all([a, b, c].map((x) => x.destroy())));
+
+    test("connect both ways (either side first) and describe with the remote's own facts", async () => {
+      const up = await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
+      expect(up.cluster).toMatchObject({ clusterName: "clusterA", initialFailoverVersion: 1n, historyShardCount: 4, enableConnection: true });
+      expect(up.cluster!.clusterId).toBe(a.server.cluster.clusterId);
+      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
+      const list = await a.client(OperatorService).listClusters({});
+      expect(list.clusters.map((x) => [x.clusterName, x.isCurrentCluster, x.historyShardCount])).toEqual([
+        ["clusterA", true, 4],
+        ["clusterB", false, 8],
+      ]);
+      expect(list.clusters[1]!.rpcAddress).toBe(addr(b));
+      const d = await a.client(OperatorService).describeCluster({ clusterName: "clusterB" });
+      expect(d.cluster!.initialFailoverVersion).toBe(2n);
+    });
+
+    test("disable and enable a connection; the change shows at once", async () => {
+      const op = a.client(OperatorService);
+      const off = await op.addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: false });
+      expect(off.cluster!.enableConnection).toBe(false);
+      expect((await op.describeCluster({ clusterName: "clusterB" })).cluster!.connectionState).toBe("disabled");
+      const on = await op.addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: true });
+      expect(on.cluster!.enableConnection).toBe(true);
+    });
+
+    test("upsert refuses a remote that breaks a rule, naming it", async () => {
+      const op = a.client(OperatorService);
+      await rejects(op.addOrUpdateRemoteCluster({ frontendAddress: addr(a) }), Code.FailedPrecondition, "it has this cluster's name (clusterA)");
+      await rejects(op.addOrUpdateRemoteCluster({ frontendAddress: "127.0.0.1:1" }), Code.Unavailable, "cannot reach a tern cluster at http://127.0.0.1:1");
+      await rejects(op.addOrUpdateRemoteCluster({ frontendAddress: "" }), Code.InvalidArgument, "frontend address is required");
+      const clash = await startTestCluster({ store: "pglite", name: "clusterD", initialFailoverVersion: 2 });
+      const odd = await startTestCluster({ store: "pglite", name: "clusterG", initialFailoverVersion: 7, shards: 3 });
+      const inc = await startTestCluster({ store: "pglite", name: "clusterE", initialFailoverVersion: 5, failoverVersionIncrement: 10 });
+      const local = await startTestCluster({ store: "pglite", name: "clusterF", initialFailoverVersion: 6, enableGlobalNamespace: false });
+      try {
+        await rejects(op.addOrUpdateRemoteCluster({ frontendAddress: addr(clash) }), Code.FailedPrecondition, "initialFailoverVersion 2 is already used by cluster clusterB");
+        await rejects(op.addOrUpdateRemoteCluster({ frontendAddress: addr(inc) }), Code.FailedPrecondition, "failoverVersionIncrement (10) differs from this cluster's (100)");
+        await rejects(op.addOrUpdateRemoteCluster({ frontendAddress: addr(local) }), Code.FailedPrecondition, "global namespaces are disabled on clusterF");
+        await rejects(op.addOrUpdateRemoteCluster({ frontendAddress: addr(odd) }), Code.FailedPrecondition, "shard counts 3 and 4 are not multiples");
+        expect((await c.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) })).cluster!.historyShardCount).toBe(8);
+      } finally {
+        await Promise.all([clash.destroy(), odd.destroy(), inc.destroy(), local.destroy()]);
+      }
+    });
+
+    test("remove is refused while a namespace lists both clusters", async () => {
+      const op = a.client(OperatorService);
+      await a.client(WorkflowService).registerNamespace({ namespace: "both", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
+      await rejects(op.removeRemoteCluster({ clusterName: "clusterB" }), Code.FailedPrecondition, "still listed by namespace(s) both");
+      await a.client(WorkflowService).updateNamespace({ namespace: "both", clusters: ["clusterA"] });
+      await op.removeRemoteCluster({ clusterName: "clusterB" });
+      expect((await op.listClusters({})).clusters.map((x) => x.clusterName)).toEqual(["clusterA"]);
+      await rejects(op.removeRemoteCluster({ clusterName: "clusterB" }), Code.NotFound, "cluster clusterB is not known");
+    });
+  });
+}
