@@ -1,6 +1,10 @@
 import type { ServiceImpl } from "@connectrpc/connect";
-import { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
-import type { HistoryEngine, RunRef } from "../history/engine";
+import {
+  WorkflowService,
+  type SignalWithStartWorkflowExecutionRequest,
+  type StartWorkflowExecutionRequest,
+} from "../gen/tern/workflow/v1/service_pb";
+import type { HistoryEngine, RunRef, StartInput } from "../history/engine";
 import type { HistoryQueries } from "../history/queries";
 import type { NamespaceRegistry } from "../namespace/registry";
 import { invalidArgument } from "../errors";
@@ -22,6 +26,21 @@ const ref = (namespace: string, e: { workflowId: string; runId: string } | undef
   requestId,
   identity,
 });
+
+/** The start fields shared by Start and SignalWithStart. */
+function startInput(r: StartWorkflowExecutionRequest | SignalWithStartWorkflowExecutionRequest): StartInput {
+  return {
+    namespace: r.namespace,
+    workflowId: r.workflowId,
+    workflowType: r.workflowType,
+    taskQueue: r.taskQueue,
+    input: r.input,
+    executionTimeoutMs: durationMs(r.workflowExecutionTimeout, "workflow execution timeout"),
+    requestId: r.requestId,
+    reusePolicy: r.workflowIdReusePolicy,
+    identity: r.identity,
+  };
+}
 
 /** WorkflowService: convert proto to input, call a verb, convert back. */
 export function createWorkflowHandler({ namespaces, engine, queries }: WorkflowHandlerDeps): ServiceImpl<typeof WorkflowService> {
@@ -62,17 +81,7 @@ export function createWorkflowHandler({ namespaces, engine, queries }: WorkflowH
       return { namespace: namespaceToProto(await namespaces.deprecate(r.namespace)) };
     },
     async startWorkflowExecution(r) {
-      return engine.start({
-        namespace: r.namespace,
-        workflowId: r.workflowId,
-        workflowType: r.workflowType,
-        taskQueue: r.taskQueue,
-        input: r.input,
-        executionTimeoutMs: durationMs(r.workflowExecutionTimeout, "workflow execution timeout"),
-        requestId: r.requestId,
-        reusePolicy: r.workflowIdReusePolicy,
-        identity: r.identity,
-      });
+      return engine.start(startInput(r));
     },
     async signalWorkflowExecution(r) {
       const res = await engine.signal(ref(r.namespace, r.workflowExecution, r.requestId, r.identity), r.signalName, r.input);
@@ -80,18 +89,7 @@ export function createWorkflowHandler({ namespaces, engine, queries }: WorkflowH
     },
     async signalWithStartWorkflowExecution(r) {
       if (!r.signalName) throw invalidArgument("signal name is required");
-      return engine.start({
-        namespace: r.namespace,
-        workflowId: r.workflowId,
-        workflowType: r.workflowType,
-        taskQueue: r.taskQueue,
-        input: r.input,
-        executionTimeoutMs: durationMs(r.workflowExecutionTimeout, "workflow execution timeout"),
-        requestId: r.requestId,
-        reusePolicy: r.workflowIdReusePolicy,
-        identity: r.identity,
-        signal: { name: r.signalName, input: r.signalInput },
-      });
+      return engine.start({ ...startInput(r), signal: { name: r.signalName, input: r.signalInput } });
     },
     async requestCancelWorkflowExecution(r) {
       await engine.requestCancel(ref(r.namespace, r.workflowExecution, r.requestId, r.identity), r.reason);
