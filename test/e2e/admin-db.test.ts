@@ -1,0 +1,43 @@
+import { setDefaultTimeout, expect, test } from "bun:test";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { newDataLocation, testConfigYaml } from "../support/server";
+import { testStores } from "../support/stores";
+
+setDefaultTimeout(60_000);
+
+const root = fileURLToPath(new URL("../..", import.meta.url));
+const tern = async (...args: string[]) => {
+  const child = Bun.spawn(["node", "bin/tern", ...args], { cwd: root, stdout: "pipe", stderr: "pipe" });
+  const [out, err, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
+  return { out, err, code };
+};
+
+for (const store of await testStores()) {
+  test(`admin db status and migrate on ${store}: pending, then applied, then nothing to do`, async () => {
+    const data = await newDataLocation(store);
+    try {
+      const target = store === "postgres" ? ["--database-url", data.location] : (() => {
+        const config = join(data.location, "tern.yaml");
+        writeFileSync(config, testConfigYaml({ store, dataLocation: join(data.location, "db") }));
+        return ["--config", config];
+      })();
+      const before = await tern("admin", "db", "status", ...target, "-o", "json");
+      expect(before.code).toBe(0);
+      const s0 = JSON.parse(before.out);
+      expect(s0.applied).toEqual([]);
+      expect(s0.pending.length).toBeGreaterThanOrEqual(2);
+      expect(s0.pending[0]).toBe("0000_init");
+      const migrate = await tern("admin", "db", "migrate", ...target, "-o", "json");
+      expect(migrate.code).toBe(0);
+      expect(JSON.parse(migrate.out).applied).toEqual(s0.pending);
+      const after = JSON.parse((await tern("admin", "db", "status", ...target, "-o", "json")).out);
+      expect(after).toMatchObject({ applied: s0.pending, pending: [], unknownApplied: 0 });
+      const again = await tern("admin", "db", "migrate", ...target);
+      expect(again.code).toBe(0);
+    } finally {
+      await data.remove();
+    }
+  });
+}
