@@ -89,7 +89,7 @@ export function createReplicationManager({ db, clients, streamsFor, log }: Repli
         if (signal.aborted) break;
         report.failed(e);
         await sleep(backoff, signal);
-        backoff = Math.min(backoff * 2, 5000);
+        backoff = Math.min(backoff * 2, 1000); // short: a peer that just connected us back should be seen promptly
       }
     }
   }

@@ -5,11 +5,20 @@ import { bootstrapCluster, type CurrentCluster } from "./cluster/bootstrap";
 import { createClusterDirectory } from "./cluster/directory";
 import { createRemoteClientPool } from "./cluster/remote-client";
 import { createRemoteClusters } from "./cluster/remote-clusters";
+import { createHistoryApplier } from "../replication/applier";
+import { createReplicationCleanup } from "../replication/cleanup";
+import { createGracefulFailover, resetAbandonedHandovers } from "../replication/failover";
 import { createReplicationManager } from "../replication/manager";
+import { createNamespaceReceiver } from "../replication/namespace-receiver";
+import { createNamespaceSender, NAMESPACE_QUEUE_KEY } from "../replication/namespace-sender";
+import { createHistoryReceiver } from "../replication/receiver";
+import { createReplicationSender } from "../replication/sender";
+import { createReplicationStatus } from "../replication/status";
 import type { Config } from "./config/schema";
 import { createAdminHandler } from "./frontend/admin-handler";
 import { createApp } from "./frontend/app";
 import { createHealthHandler } from "./frontend/health-handler";
+import { createForwardingWorkflowService } from "./frontend/forwarding";
 import { createFrontendInterceptor } from "./frontend/interceptors";
 import { createOperatorHandler } from "./frontend/operator-handler";
 import { createRateLimiter } from "./frontend/rate-limiter";
@@ -64,6 +73,7 @@ export async function createTernServer(config: Config, opts: ServerOptions): Pro
     const applied = await migrateSchema(database, opts.migrationsFolder);
     if (applied.length) log.info("applied migrations", { migrations: applied });
     const cluster = await bootstrapCluster(database.db, config);
+    await resetAbandonedHandovers(database.db, log);
     return wire(config, opts, { log, now, database, cluster });
   } catch (e) {
     await database.close();
@@ -80,11 +90,27 @@ function wire(
   const metrics = createMetrics();
   const clusters = createClusterDirectory(db, cluster);
   const remoteClients = createRemoteClientPool();
-  const replication = createReplicationManager({ db, clients: remoteClients, log, streamsFor: () => [] });
-  const remotes = createRemoteClusters({ db, current: cluster, clients: remoteClients, onChanged: () => replication.refresh() });
-  const namespaces = createNamespaceRegistry({ db, clusters, now });
+  const namespaces = createNamespaceRegistry({
+    db, clusters, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY), onActivated: () => timers.scheduled(now()),
+  });
+  const namespaceReceiver = createNamespaceReceiver({
+    db, currentCluster: cluster.clusterName, namespaces, log, now, onActivated: () => timers.scheduled(now()),
+  });
   const notifier = createEventNotifier();
-  const writer = createWriter({ db, cluster, limits: config.limits, metrics, log, now, beforeCommit: opts.beforeCommit });
+  const writer = createWriter({ db, cluster, limits: config.limits, metrics, log, now, beforeCommit: opts.beforeCommit, notifier });
+  const historyReceiver = createHistoryReceiver({
+    db, cluster, writer, notifier, metrics, log, applier: createHistoryApplier({ cluster, namespaces }),
+  });
+  const replication = createReplicationManager({
+    db, clients: remoteClients, log,
+    streamsFor: (remote) => [namespaceReceiver, ...historyReceiver.streamsFor(remote)],
+  });
+  const remotes = createRemoteClusters({ db, current: cluster, clients: remoteClients, onChanged: () => replication.refresh() });
+  const replicationCleanup = createReplicationCleanup({ db, log });
+  const replicationSender = createReplicationSender({ db, cluster, notifier });
+  const replicationStatus = createReplicationStatus({
+    db, cluster, connectionState: (name) => replication.connectionState(name), inboundProgress: historyReceiver.progress,
+  });
   const timers = createTimerQueue({ db, writer, namespaces, notifier, metrics, log, currentCluster: cluster.clusterName, now });
   const engine = createHistoryEngine({
     db, cluster, limits: config.limits, metrics, log, now, namespaces, notifier, writer,
@@ -94,12 +120,19 @@ function wire(
   let closed = false;
   const isServing = async () => !closed && (await db.execute(sql`select 1`).then(() => true, () => false));
   const routes = createRoutes({
-    workflow: createWorkflowHandler({ namespaces, engine, queries }),
+    workflow: createForwardingWorkflowService({
+      inner: createWorkflowHandler({ namespaces, engine, queries }),
+      policy: config.dcRedirectionPolicy.policy, namespaces, clusters, clients: remoteClients,
+    }),
     operator: createOperatorHandler({
       db, clusters, namespaces, remotes, version: VERSION,
       connectionState: (name) => replication.connectionState(name),
+      clients: remoteClients,
+      failover: createGracefulFailover({ db, namespaces, clusters, notifier, log, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY) }),
     }),
-    admin: createAdminHandler({ db, cluster }),
+    admin: createAdminHandler({ db, cluster, sender: replicationSender, status: replicationStatus,
+      namespaceSender: createNamespaceSender({ db, wake: notifier }),
+    }),
     health: createHealthHandler(isServing),
   });
   const limiter = createRateLimiter(config.limits.hostRps, config.limits.namespaceRps);
@@ -108,6 +141,7 @@ function wire(
   const readMaxBytes = config.limits.blobSizeLimitError * 2 + 1024 * 1024;
   const app = createApp({ routes, interceptors, metrics, isServing, readMaxBytes });
   timers.start();
+  replicationCleanup.start();
   void replication.start();
   return {
     config, cluster, database, metrics, log, app, routes, interceptors,
@@ -116,6 +150,8 @@ function wire(
       if (closed) return;
       closed = true;
       await replication.stop();
+      await replicationCleanup.stop();
+      await replicationSender.stop();
       await timers.stop();
       await database.close();
     },

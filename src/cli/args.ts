@@ -6,7 +6,7 @@ export interface FlagSpec {
   name: string;
   /** One-letter alias without the dash, e.g. "n". */
   alias?: string;
-  /** Booleans take no separate value (`--global`, `--global=false`). */
+  /** Booleans need no value (`--global`); `--global=false` and `--global false` also work. */
   kind: "string" | "boolean";
   /** May be given several times; all values are kept in order. */
   repeated?: boolean;
@@ -27,11 +27,26 @@ export interface ParsedArgs {
   positionals: string[];
 }
 
-/** Finds the spec named by a token's flag part (`--name` or `-n`), or undefined. */
+/** A long flag name as written (`frontend_address`) in the spelling specs use (`frontend-address`). */
+function canonicalName(name: string): string {
+  return name.replaceAll("_", "-");
+}
+
+/**
+ * Finds the spec named by a token's flag part, or undefined. Besides `--name` and `-n`,
+ * accepts tctl's spellings: underscores for dashes (`--frontend_address`) and one dash
+ * before a long name (`-address`), as Go's flag package and urfave/cli do.
+ */
 export function findFlag(specs: readonly FlagSpec[], token: string): FlagSpec | undefined {
-  if (token.startsWith("--")) return specs.find((s) => s.name === token.slice(2));
-  if (token.startsWith("-") && token.length === 2) return specs.find((s) => s.alias === token.slice(1));
-  return undefined;
+  if (token.startsWith("--")) return specs.find((s) => s.name === canonicalName(token.slice(2)));
+  if (!token.startsWith("-")) return undefined;
+  if (token.length === 2) return specs.find((s) => s.alias === token.slice(1));
+  return specs.find((s) => s.name === canonicalName(token.slice(1)));
+}
+
+/** True for the words a boolean flag takes as a separate value (`--enable_connection false`). */
+export function isBooleanWord(token: string | undefined): boolean {
+  return token !== undefined && /^(true|false)$/i.test(token);
 }
 
 /** Splits `--flag=value` into its flag and inline value. */
@@ -54,8 +69,9 @@ function parseBoolean(flag: string, text: string): boolean {
 
 /**
  * Parses argv against specs. Supports `--flag value`, `--flag=value`, `-f value`,
- * `-f=value`, repeated flags, booleans (`--global`, `--global=false`) and `--`
- * (everything after it is positional). Unknown flags are usage errors.
+ * `-f=value`, repeated flags, booleans (`--global`, `--global=false`, `--global false`;
+ * only a literal true/false is taken as the value) and `--` (everything after it is
+ * positional). Unknown flags are usage errors.
  */
 export function parseArgs(argv: readonly string[], specs: readonly FlagSpec[]): ParsedArgs {
   const parsed: ParsedArgs = { values: new Map(), booleans: new Map(), positionals: [] };
@@ -73,7 +89,9 @@ export function parseArgs(argv: readonly string[], specs: readonly FlagSpec[]): 
     const spec = findFlag(specs, flag);
     if (!spec) throw new UsageError(`unknown flag ${flag}`);
     if (spec.kind === "boolean") {
-      parsed.booleans.set(spec.name, inline === undefined ? true : parseBoolean(flag, inline));
+      let text = inline;
+      if (text === undefined && isBooleanWord(argv[i + 1])) text = argv[++i]!;
+      parsed.booleans.set(spec.name, text === undefined ? true : parseBoolean(flag, text));
       continue;
     }
     let value = inline;

@@ -1,9 +1,10 @@
 import { type Client, createClient, type Transport } from "@connectrpc/connect";
+import { AdminService } from "../gen/tern/admin/v1/service_pb";
 import { OperatorService } from "../gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
 import { DEFAULT_ADDRESS, normalizeAddress } from "./address";
 import type { AdminDbBackend } from "./admin-db-backend";
-import { getBoolean, getString, isFlagToken, parseArgs, splitFlagToken, findFlag } from "./args";
+import { findFlag, getBoolean, getString, isBooleanWord, isFlagToken, parseArgs, splitFlagToken } from "./args";
 import { type Command, type CommandContext, GLOBAL_FLAGS, type LeafCommand } from "./command";
 import { rootCommand } from "./commands/root";
 import { CliError, ExitCode, formatError, isAbort, UsageError, usageHint } from "./errors";
@@ -59,9 +60,11 @@ export function resolveCommand(root: Command, argv: readonly string[]): Resolved
     }
     if (isFlagToken(token)) {
       const spec = findFlag(GLOBAL_FLAGS, splitFlagToken(token).flag);
-      if (spec?.name === "help") help = getBoolean(parseArgs([token], GLOBAL_FLAGS), "help");
-      else rest.push(token);
-      if (spec?.kind === "string" && !token.includes("=") && i + 1 < argv.length) rest.push(argv[++i]!);
+      const next = token.includes("=") ? undefined : argv[i + 1];
+      const takesNext = next !== undefined && (spec?.kind === "string" || (spec?.kind === "boolean" && isBooleanWord(next)));
+      const tokens = takesNext ? [token, argv[++i]!] : [token];
+      if (spec?.name === "help") help = getBoolean(parseArgs(tokens, GLOBAL_FLAGS), "help");
+      else rest.push(...tokens);
       continue;
     }
     if (command.kind === "group") {
@@ -140,7 +143,7 @@ function checkPositionals(leaf: LeafCommand, positionals: readonly string[]): vo
 function buildContext(deps: CliDeps, address: string, format: OutputFormat): CommandContext {
   let transport: Transport | undefined;
   const clients = new Map<unknown, unknown>();
-  const client = <S extends typeof WorkflowService | typeof OperatorService>(service: S): Client<S> => {
+  const client = <S extends typeof WorkflowService | typeof OperatorService | typeof AdminService>(service: S): Client<S> => {
     transport ??= deps.createTransport(address);
     if (!clients.has(service)) clients.set(service, createClient(service, transport));
     return clients.get(service) as Client<S>;
@@ -148,6 +151,7 @@ function buildContext(deps: CliDeps, address: string, format: OutputFormat): Com
   return {
     workflow: () => client(WorkflowService),
     operator: () => client(OperatorService),
+    admin: () => client(AdminService),
     address,
     format,
     out: deps.stdout,

@@ -1,4 +1,5 @@
 import type { Client } from "@connectrpc/connect";
+import type { AdminService } from "../gen/tern/admin/v1/service_pb";
 import type { OperatorService } from "../gen/tern/operator/v1/service_pb";
 import type { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
 import type { FlagSpec, ParsedArgs } from "./args";
@@ -11,6 +12,8 @@ export interface CommandContext {
   workflow(): Client<typeof WorkflowService>;
   /** The OperatorService client (created on first use). */
   operator(): Client<typeof OperatorService>;
+  /** The AdminService client (created on first use). */
+  admin(): Client<typeof AdminService>;
   /** Base URL of the server, for messages. */
   address: string;
   format: OutputFormat;

@@ -1,4 +1,10 @@
-import { NamespaceState, type NamespaceDescription, ReplicationState } from "../gen/tern/workflow/v1/namespace_pb";
+import {
+  type FailoverStatus,
+  NamespaceState,
+  type NamespaceDescription,
+  ReplicationState,
+} from "../gen/tern/workflow/v1/namespace_pb";
+import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { formatDuration } from "./duration";
 import { enumLabel, formatKeyValues, formatTable, formatTime } from "./output";
 
@@ -26,11 +32,22 @@ export function describeNamespace(ns: NamespaceDescription): string {
     ["CreateTime", formatTime(ns.createTime)],
     ["UpdateTime", formatTime(ns.updateTime)],
   ];
-  ns.failoverHistory.forEach((f, i) => {
-    const when = formatTime(f.failoverTime);
-    entries.push([`FailoverHistory[${i}]`, `${when} ${f.fromCluster} -> ${f.toCluster} (version ${f.failoverVersion})`]);
-  });
-  return formatKeyValues(entries);
+  if (!ns.isGlobalNamespace) return formatKeyValues(entries);
+  entries.push(["FailoverHistory", ns.failoverHistory.length === 0 ? "(none)" : ""]);
+  return formatKeyValues(entries) + failoverHistoryLines(ns.failoverHistory);
+}
+
+/** How many failovers describe shows; older ones are counted, not listed. */
+const FAILOVERS_SHOWN = 5;
+
+/** The latest failovers, newest first, one indented line each: `  <time>  clusterA → clusterB @101`. */
+export function failoverHistoryLines(history: readonly FailoverStatus[]): string {
+  const millis = (f: FailoverStatus) => (f.failoverTime ? timestampMs(f.failoverTime) : 0);
+  const newestFirst = [...history].sort((x, y) => millis(y) - millis(x));
+  const shown = newestFirst.slice(0, FAILOVERS_SHOWN);
+  const lines = shown.map((f) => `  ${formatTime(f.failoverTime)}  ${f.fromCluster || "?"} → ${f.toCluster} @${f.failoverVersion}\n`);
+  const earlier = history.length - shown.length;
+  return lines.join("") + (earlier > 0 ? `  (${earlier} earlier)\n` : "");
 }
 
 /** The namespace list table: NAME, ID, STATE, GLOBAL, ACTIVE, CLUSTERS, FAILOVER VERSION. */

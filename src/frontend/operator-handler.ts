@@ -11,6 +11,10 @@ import type { clusterMetadata } from "../persistence/schema";
 import { decodeToken, encodeToken } from "../persistence/page-token";
 import type { RemoteClusters } from "../cluster/remote-clusters";
 import { clampPage } from "../namespace/registry";
+import type { GracefulFailover } from "../../replication/failover";
+import type { RemoteClientPool } from "../cluster/remote-client";
+import { durationMs, namespaceToProto } from "./convert";
+import { FORWARDED_HEADER, forwardOptions, frontendOf } from "./forwarding";
 
 export interface OperatorHandlerDeps {
   db: Db;
@@ -20,7 +24,13 @@ export interface OperatorHandlerDeps {
   /** Live connection state of a remote cluster. */
   connectionState: (name: string) => string;
   version: string;
+  /** Graceful failover (replication/failover.ts). */
+  failover: GracefulFailover;
+  /** Clients of remote frontends: a failover asked of a passive cluster goes to the active one. */
+  clients: RemoteClientPool;
 }
+
+const FAILOVER_TIMEOUT_MS = 10_000;
 
 function clusterToProto(
   row: typeof clusterMetadata.$inferSelect,
@@ -79,6 +89,16 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
     async removeRemoteCluster(r) {
       await remotes.remove(r.clusterName);
       return {};
+    },
+    async failoverNamespace(r, ctx) {
+      const ns = await namespaces.describe({ name: r.namespace });
+      if (ns.isGlobal && ns.activeClusterName !== current.clusterName && !ctx.requestHeader.get(FORWARDED_HEADER)) {
+        const active = await frontendOf(clusters, deps.clients, ns.activeClusterName);
+        return active.operator.failoverNamespace(r, forwardOptions(ctx, current.clusterName));
+      }
+      const res = await deps.failover.run(r.namespace, r.targetCluster, durationMs(r.timeout, "timeout", FAILOVER_TIMEOUT_MS));
+      const ids = [...res.handover.shards].map(([shard, id]) => [shard, BigInt(id)] as const);
+      return { namespace: namespaceToProto(res.namespace), handoverTaskIds: Object.fromEntries(ids) };
     },
   };
 }

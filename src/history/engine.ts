@@ -6,11 +6,12 @@ import {
   type Failure,
   type Payloads,
 } from "../gen/tern/common/v1/common_pb";
-import { alreadyExists, failedPrecondition, invalidArgument, notFound, pgErrorOf } from "../errors";
+import { alreadyExists, failedPrecondition, invalidArgument, notFound, pgErrorOf, unavailable } from "../errors";
 import type { NamespaceRecord, NamespaceRegistry } from "../namespace/registry";
 import type { Tx } from "../persistence/database";
 import { executions, timerTasks } from "../persistence/schema";
 import { payloadBytes } from "./events";
+import { NamespaceChanged } from "./namespace-guard";
 import { claimRequest, findRequest, insertEvents, lockRun, type ExecutionRow, type NewEvent } from "./execution-store";
 import type { EventNotifier } from "./notifier";
 import { reuseRefusal } from "./reuse-policy";
@@ -46,6 +47,8 @@ export interface EngineDeps extends WriterDeps {
   writer: Writer;
   /** Told of every new timer so the timer queue can wake in time. */
   onTimerCreated: (fireAt: Date) => void;
+  /** How long a write waits out a graceful failover's HANDOVER before UNAVAILABLE. */
+  handoverWaitMs?: number;
 }
 
 /** Thrown to roll back a write whose request id a concurrent write claimed first. */
@@ -64,14 +67,35 @@ function requireOpen(run: ExecutionRow | undefined, ref: RunRef): ExecutionRow {
 export function createHistoryEngine(deps: EngineDeps) {
   const { namespaces, writer, notifier, metrics, cluster } = deps;
 
-  /** The namespace, if this cluster may write to it now. */
-  async function writableNamespace(name: string): Promise<NamespaceRecord> {
-    const ns = await namespaces.getByName(name);
-    if (ns.state === "DELETED") throw notFound(`namespace ${name} not found`);
-    if (ns.isGlobal && ns.activeClusterName !== cluster.clusterName) {
-      throw failedPrecondition(`namespace ${name} is active in cluster ${ns.activeClusterName}`);
+  const handoverWaitMs = deps.handoverWaitMs ?? 5000;
+
+  /** The namespace, if this cluster may write to it now; waits out a HANDOVER until deadline. */
+  async function writableNamespace(name: string, deadline = 0): Promise<NamespaceRecord> {
+    for (let fresh = false; ; fresh = true) {
+      const ns = fresh ? await namespaces.describe({ name }) : await namespaces.getByName(name);
+      if (ns.state === "DELETED") throw notFound(`namespace ${name} not found`);
+      if (ns.isGlobal && ns.activeClusterName !== cluster.clusterName) {
+        throw failedPrecondition(`namespace ${name} is active in cluster ${ns.activeClusterName}`);
+      }
+      if (ns.replicationState !== "HANDOVER") return ns;
+      if (Date.now() >= deadline) throw unavailable(`namespace ${name} is in handover (a graceful failover is in progress); retry`);
+      await new Promise((r) => setTimeout(r, 50));
     }
-    return ns;
+  }
+
+  /** Runs a write against the namespace, again with a fresh read when it changed under the write (failover). */
+  async function withWritable<T>(name: string, write: (ns: NamespaceRecord) => Promise<T>): Promise<T> {
+    const deadline = Date.now() + handoverWaitMs;
+    for (;;) {
+      const ns = await writableNamespace(name, deadline);
+      try {
+        return await write(ns);
+      } catch (e) {
+        if (!(e instanceof NamespaceChanged)) throw e;
+        namespaces.invalidate(ns);
+        if (Date.now() >= deadline) throw unavailable(`namespace ${name} changed during the write (${e.message}); retry`);
+      }
+    }
   }
 
   /** Appends to an open run, idempotent per requestId; returns the run and first new event id. */
@@ -82,35 +106,36 @@ export function createHistoryEngine(deps: EngineDeps) {
     payloadSize = 0,
   ): Promise<{ runId: string; eventId: number; appended: boolean }> {
     if (!ref.workflowId) throw invalidArgument("workflow id is required");
-    const ns = await writableNamespace(ref.namespace);
-    writer.checkBlob(payloadSize, operation, ns.name);
-    const result = await writer.transact(operation, async (tx) => {
-      // Pipelined: the lock and the request-id lookup go out together.
-      const [found, earlier] = await Promise.all([
-        lockRun(tx, ns.id, ref.workflowId, ref.runId),
-        ref.requestId ? findRequest(tx, ns.id, ref.workflowId, ref.requestId) : undefined,
-      ]);
-      if (earlier) return { runId: earlier.runId, eventId: earlier.eventId, appended: false };
-      const run = requireOpen(found, ref);
-      const change = build(run);
-      const claim = ref.requestId
-        ? claimRequest(tx, { namespaceId: ns.id, workflowId: run.workflowId, requestId: ref.requestId, runId: run.runId, eventId: run.nextEventId })
-        : true;
-      if (!change) {
-        if (!(await claim)) throw new DuplicateRequest();
-        return { runId: run.runId, eventId: run.nextEventId - 1, appended: false };
-      }
-      const [claimed, { firstEventId }] = await Promise.all([claim, writer.append(tx, ns, run, change)]);
-      if (!claimed) throw new DuplicateRequest();
-      return { runId: run.runId, eventId: firstEventId, appended: true, status: change.status };
-    }).catch(async (e) => {
-      if (!(e instanceof DuplicateRequest)) throw e;
-      const first = (await findRequest(deps.db as never, ns.id, ref.workflowId, ref.requestId!))!;
-      return { runId: first.runId, eventId: first.eventId, appended: false };
+    return withWritable(ref.namespace, async (ns) => {
+      writer.checkBlob(payloadSize, operation, ns.name);
+      const result = await writer.transact(operation, async (tx) => {
+        // Pipelined: the lock and the request-id lookup go out together.
+        const [found, earlier] = await Promise.all([
+          lockRun(tx, ns.id, ref.workflowId, ref.runId),
+          ref.requestId ? findRequest(tx, ns.id, ref.workflowId, ref.requestId) : undefined,
+        ]);
+        if (earlier) return { runId: earlier.runId, eventId: earlier.eventId, appended: false };
+        const run = requireOpen(found, ref);
+        const change = build(run);
+        const claim = ref.requestId
+          ? claimRequest(tx, { namespaceId: ns.id, workflowId: run.workflowId, requestId: ref.requestId, runId: run.runId, eventId: run.nextEventId })
+          : true;
+        if (!change) {
+          if (!(await claim)) throw new DuplicateRequest();
+          return { runId: run.runId, eventId: run.nextEventId - 1, appended: false };
+        }
+        const [claimed, { firstEventId }] = await Promise.all([claim, writer.append(tx, ns, run, change)]);
+        if (!claimed) throw new DuplicateRequest();
+        return { runId: run.runId, eventId: firstEventId, appended: true, status: change.status };
+      }).catch(async (e) => {
+        if (!(e instanceof DuplicateRequest)) throw e;
+        const first = (await findRequest(deps.db as never, ns.id, ref.workflowId, ref.requestId!))!;
+        return { runId: first.runId, eventId: first.eventId, appended: false };
+      });
+      if (result.appended) notifier.notify(result.runId);
+      if ("status" in result && result.status) countClose(result.status as string, ns.name);
+      return result;
     });
-    if (result.appended) notifier.notify(result.runId);
-    if ("status" in result && result.status) countClose(result.status as string, ns.name);
-    return result;
   }
 
   function countClose(status: string, namespace: string): void {
@@ -164,7 +189,10 @@ export function createHistoryEngine(deps: EngineDeps) {
   /** Starts a run, or, with signal set and a run open, signals it (SignalWithStart). */
   async function start(input: StartInput): Promise<{ runId: string; started: boolean }> {
     validateStart(input);
-    const ns = await writableNamespace(input.namespace);
+    return withWritable(input.namespace, (ns) => startIn(ns, input));
+  }
+
+  async function startIn(ns: NamespaceRecord, input: StartInput): Promise<{ runId: string; started: boolean }> {
     if (ns.state === "DEPRECATED") throw failedPrecondition(`namespace ${ns.name} is deprecated: it takes no new workflows`);
     writer.checkBlob(payloadBytes(input.input, input.signal?.input), input.signal ? "SignalWithStartWorkflowExecution" : "StartWorkflowExecution", ns.name);
     const requestId = input.requestId || ulid();
@@ -172,7 +200,7 @@ export function createHistoryEngine(deps: EngineDeps) {
     const runId = ulid();
     try {
       const result = await writer.transact(operation, async (tx) => {
-        const previous = await lockRun(tx, ns.id, input.workflowId, "");
+        const [previous] = await Promise.all([lockRun(tx, ns.id, input.workflowId, ""), writer.guard(tx, ns)]);
         const open = previous?.status === "RUNNING";
         // The request id records where this request's first event went.
         const target = open && input.signal ? { runId: previous.runId, eventId: previous.nextEventId } : { runId, eventId: 1 };

@@ -1,8 +1,8 @@
-import { asc, eq, lte } from "drizzle-orm";
+import { and, asc, eq, gt, isNull, lte, or } from "drizzle-orm";
 import type { NamespaceRegistry } from "../namespace/registry";
 import type { Logger } from "../observability/log";
 import type { Metrics } from "../observability/metrics";
-import { timerTasks } from "../persistence/schema";
+import { namespaces as namespaceRows, timerTasks } from "../persistence/schema";
 import type { Db } from "../persistence/database";
 import { lockRun } from "./execution-store";
 import type { EventNotifier } from "./notifier";
@@ -26,8 +26,12 @@ export interface TimerQueue {
   start(): void;
   /** A timer was written for fireAt: wake in time for it. */
   scheduled(fireAt: Date): void;
+  /** Scans now, e.g. after a namespace became active here (failover): its due timers fire promptly. */
+  rescan(): Promise<void>;
   stop(): Promise<void>;
 }
+
+const PAGE = 100;
 
 /** Creates the timer queue over the timer_tasks table. */
 export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
@@ -37,6 +41,8 @@ export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
   let wakeAt = Infinity;
   let running: Promise<void> | undefined;
   let stopped = true;
+  // A rescan asked for while a scan runs: run once more after it.
+  let again = false;
 
   const arm = (at: number) => {
     if (stopped || at >= wakeAt) return;
@@ -48,22 +54,55 @@ export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
     }, Math.max(0, at - Date.now()));
   };
 
+  // Only timers of namespaces active here (or local, or gone: fire() drops those) are due here.
+  const firesHere = or(isNull(namespaceRows.id), eq(namespaceRows.isGlobal, false), eq(namespaceRows.activeClusterName, deps.currentCluster));
+
+  /** Fires every due timer once, paging by (fire_at, id) so skipped ones are never re-read. */
+  async function fireDue(): Promise<void> {
+    const now = deps.now();
+    let after: { fireAt: Date; id: string } | undefined;
+    for (;;) {
+      const past = after ? or(gt(timerTasks.fireAt, after.fireAt), and(eq(timerTasks.fireAt, after.fireAt), gt(timerTasks.id, after.id))) : undefined;
+      const due = (
+        await db
+          .select({ task: timerTasks })
+          .from(timerTasks)
+          .leftJoin(namespaceRows, eq(namespaceRows.id, timerTasks.namespaceId))
+          .where(and(lte(timerTasks.fireAt, now), firesHere, past))
+          .orderBy(asc(timerTasks.fireAt), asc(timerTasks.id))
+          .limit(PAGE)
+      ).map((r) => r.task);
+      for (const task of due) await fire(task);
+      if (due.length < PAGE) break;
+      after = due.at(-1)!;
+    }
+    // Due timers fire() skipped wait for the next poll or rescan(), not a hot loop.
+    const [next] = await db
+      .select({ fireAt: timerTasks.fireAt })
+      .from(timerTasks)
+      .leftJoin(namespaceRows, eq(namespaceRows.id, timerTasks.namespaceId))
+      .where(and(gt(timerTasks.fireAt, now), firesHere))
+      .orderBy(asc(timerTasks.fireAt))
+      .limit(1);
+    arm(Math.min(Date.now() + pollMs, next ? next.fireAt.getTime() : Infinity));
+  }
+
   async function scan(): Promise<void> {
     if (stopped) return;
-    if (running) return void (await running);
+    if (running) {
+      again = true;
+      return void (await running);
+    }
     running = (async () => {
-      try {
-        for (;;) {
-          const due = await db.select().from(timerTasks).where(lte(timerTasks.fireAt, deps.now())).orderBy(asc(timerTasks.fireAt)).limit(100);
-          for (const task of due) await fire(task);
-          if (due.length < 100) break;
+      do {
+        again = false;
+        try {
+          await fireDue();
+        } catch (e) {
+          log.error("timer queue scan failed", { error: (e as Error).message });
+          arm(Date.now() + 1000);
         }
-        const [next] = await db.select({ fireAt: timerTasks.fireAt }).from(timerTasks).orderBy(asc(timerTasks.fireAt)).limit(1);
-        arm(Math.min(Date.now() + pollMs, next ? next.fireAt.getTime() : Infinity));
-      } catch (e) {
-        log.error("timer queue scan failed", { error: (e as Error).message });
-        arm(Date.now() + 1000);
-      }
+      } while (again && !stopped);
     })();
     try {
       await running;
@@ -101,6 +140,7 @@ export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
     scheduled(fireAt) {
       arm(fireAt.getTime());
     },
+    rescan: () => scan(),
     async stop() {
       stopped = true;
       if (timer) clearTimeout(timer);

@@ -1,3 +1,4 @@
+import { shardKey } from "../../replication/ack-levels";
 import { appendReplicationTask } from "../../replication/outbox";
 import type { CurrentCluster } from "../cluster/bootstrap";
 import type { LimitsConfig } from "../config/schema";
@@ -7,7 +8,9 @@ import type { Logger } from "../observability/log";
 import type { Metrics } from "../observability/metrics";
 import type { Db, Tx } from "../persistence/database";
 import type { VersionHistoryItem } from "../persistence/schema";
+import { guardNamespace } from "./namespace-guard";
 import { deleteTimers, extendVersionHistory, insertEvents, saveRun, type ExecutionRow, type NewEvent } from "./execution-store";
+import type { EventNotifier } from "./notifier";
 
 /** Shared plumbing of every history write: transactions, limits, outbox, metrics. */
 export interface WriterDeps {
@@ -19,6 +22,8 @@ export interface WriterDeps {
   now: () => Date;
   /** Test hook, called inside the transaction just before it commits. */
   beforeCommit?: (operation: string) => Promise<void> | void;
+  /** Told `shard:N` after a transaction that wrote a replication task of shard N commits. */
+  notifier?: EventNotifier;
 }
 
 /** The events and state change to append to an open run. */
@@ -34,6 +39,8 @@ export const isReplicated = (ns: NamespaceRecord) => ns.isGlobal;
 /** Creates the writer used by the engine and the timer queue. */
 export function createWriter(deps: WriterDeps) {
   const { db, metrics, limits, log } = deps;
+  // Shards that got a replication task in an open transaction: woken once it commits.
+  const taskShards = new WeakMap<Tx, Set<number>>();
 
   /** Runs fn in a transaction, retrying serialization failures, with persistence metrics. */
   async function transact<T>(operation: string, fn: (tx: Tx) => Promise<T>): Promise<T> {
@@ -41,11 +48,14 @@ export function createWriter(deps: WriterDeps) {
       const started = performance.now();
       metrics.inc("persistence_requests", { operation });
       try {
+        let written: Set<number> | undefined;
         const result = await db.transaction(async (tx) => {
           const r = await fn(tx);
           await deps.beforeCommit?.(operation);
+          written = taskShards.get(tx);
           return r;
         });
+        for (const shardId of written ?? []) deps.notifier?.notify(shardKey(shardId));
         metrics.observe("persistence_latency", { operation }, (performance.now() - started) / 1000);
         return result;
       } catch (e) {
@@ -85,7 +95,7 @@ export function createWriter(deps: WriterDeps) {
     const first = run.nextEventId;
     const key = { namespaceId: run.namespaceId, workflowId: run.workflowId, runId: run.runId };
     const closing = change.status !== undefined && change.status !== "RUNNING";
-    // Pipelined: events and run state go out together.
+    // Pipelined: events, run state and the namespace check go out together.
     const [history] = await Promise.all([
       insertEvents(tx, key, first, ns.failoverVersion, time, change.events, run.versionHistory),
       saveRun(tx, run, {
@@ -96,6 +106,7 @@ export function createWriter(deps: WriterDeps) {
         ...(closing ? { closeTime: time } : {}),
         ...(change.cancelRequested ? { cancelRequested: true } : {}),
       }),
+      guardNamespace(tx, ns, deps.cluster.clusterName),
     ]);
     if (closing) await deleteTimers(tx, key);
     await outbox(tx, ns, { ...key, shardId: run.shardId }, first, first + change.events.length, history);
@@ -112,6 +123,9 @@ export function createWriter(deps: WriterDeps) {
     history: VersionHistoryItem[],
   ): Promise<void> {
     if (!isReplicated(ns)) return;
+    let written = taskShards.get(tx);
+    if (!written) taskShards.set(tx, (written = new Set()));
+    written.add(key.shardId);
     await appendReplicationTask(tx, {
       ...key,
       firstEventId: first,
@@ -121,7 +135,10 @@ export function createWriter(deps: WriterDeps) {
     });
   }
 
-  return { transact, checkBlob, append, outbox, checkHistorySize };
+  /** Checks, inside tx, that ns may still take this write here (see namespace-guard.ts). */
+  const guard = (tx: Tx, ns: NamespaceRecord) => guardNamespace(tx, ns, deps.cluster.clusterName);
+
+  return { transact, checkBlob, append, outbox, checkHistorySize, guard };
 }
 
 export type Writer = ReturnType<typeof createWriter>;

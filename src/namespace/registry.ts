@@ -1,5 +1,6 @@
 import { and, asc, eq, gt, sql } from "drizzle-orm";
 import { ulid } from "ulid";
+import { appendNamespaceTask } from "../../replication/namespace-queue";
 import { nextFailoverVersion } from "../cluster/metadata";
 import type { ClusterDirectory } from "../cluster/directory";
 import { alreadyExists, failedPrecondition, invalidArgument, notFound, pgErrorOf } from "../errors";
@@ -54,10 +55,15 @@ export interface NamespaceRegistryDeps {
   /** How long a cached entry may serve reads of changes made by other processes. */
   cacheTtlMs?: number;
   now?: () => Date;
+  /** A namespace replication task committed: wakes the namespace sender's long polls. */
+  onReplicated?: () => void;
+  /** A change made this cluster active for ns (the timer queue fires what became due). */
+  onActivated?: (ns: NamespaceRecord) => void;
 }
 
 /** Creates the namespace registry over the namespaces table. */
-export function createNamespaceRegistry({ db, clusters, cacheTtlMs = 2000, now = () => new Date() }: NamespaceRegistryDeps): NamespaceRegistry {
+export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceRegistry {
+  const { db, clusters, cacheTtlMs = 2000, now = () => new Date() } = deps;
   const byName = new Map<string, { record: NamespaceRecord; at: number }>();
   const byId = new Map<string, { record: NamespaceRecord; at: number }>();
   const remember = (r: NamespaceRecord) => {
@@ -109,27 +115,34 @@ export function createNamespaceRegistry({ db, clusters, cacheTtlMs = 2000, now =
         throw invalidArgument("a local namespace lives only in the current cluster; pass --global to list other clusters");
       }
     }
+    return insert({
+      id: ulid(),
+      name: input.name,
+      state: "REGISTERED",
+      description: input.description ?? "",
+      ownerEmail: input.ownerEmail ?? "",
+      data: input.data ?? {},
+      retentionSeconds,
+      isGlobal: !!input.isGlobal,
+      activeClusterName: active,
+      clusters: members,
+      configVersion: 0,
+      failoverVersion,
+    });
+  }
+
+  /** Inserts a new namespace; a global one leaves its replication task in the same transaction. */
+  async function insert(values: typeof namespaces.$inferInsert): Promise<NamespaceRecord> {
     try {
-      const [row] = await db
-        .insert(namespaces)
-        .values({
-          id: ulid(),
-          name: input.name,
-          state: "REGISTERED",
-          description: input.description ?? "",
-          ownerEmail: input.ownerEmail ?? "",
-          data: input.data ?? {},
-          retentionSeconds,
-          isGlobal: !!input.isGlobal,
-          activeClusterName: active,
-          clusters: members,
-          configVersion: 0,
-          failoverVersion,
-        })
-        .returning();
-      return remember(row!);
+      const row = await db.transaction(async (tx) => {
+        const [row] = await tx.insert(namespaces).values(values).returning();
+        if (row!.isGlobal) await appendNamespaceTask(tx, row!, []);
+        return row!;
+      });
+      if (row.isGlobal) deps.onReplicated?.();
+      return remember(row);
     } catch (e) {
-      if (pgErrorOf(e).code === "23505") throw alreadyExists(`namespace ${input.name} already exists`);
+      if (pgErrorOf(e).code === "23505") throw alreadyExists(`namespace ${values.name} already exists`);
       throw e;
     }
   }
@@ -138,25 +151,37 @@ export function createNamespaceRegistry({ db, clusters, cacheTtlMs = 2000, now =
     checkNamespaceName(input.name);
     if (input.ownerEmail !== undefined) checkOwnerEmail(input.ownerEmail);
     if (input.retentionSeconds !== undefined) checkRetentionSeconds(input.retentionSeconds);
+    const known = await knownClusters(input);
     const updated = await db.transaction(async (tx) => {
       const [row] = await tx.select().from(namespaces).where(eq(namespaces.name, input.name)).for("update");
       if (!row) throw notFound(`namespace ${input.name} not found`);
-      const next = await applyUpdate(row, input);
-      if (!next) return row;
+      const next = applyUpdate(row, input, known);
+      if (!next) return { saved: row, activated: false };
       const [saved] = await tx
         .update(namespaces)
         .set({ ...next, configVersion: row.configVersion + 1, updatedAt: now() })
         .where(and(eq(namespaces.id, row.id), eq(namespaces.configVersion, row.configVersion)))
         .returning();
       if (!saved) throw failedPrecondition(`namespace ${input.name} changed concurrently; retry`);
-      return saved;
+      if (saved.isGlobal) await appendNamespaceTask(tx, saved, row.clusters);
+      return { saved, activated: saved.activeClusterName !== row.activeClusterName && saved.activeClusterName === clusters.current().clusterName };
     });
-    forget(updated);
-    return remember(updated);
+    forget(updated.saved);
+    remember(updated.saved);
+    if (updated.saved.isGlobal) deps.onReplicated?.();
+    if (updated.activated) deps.onActivated?.(updated.saved);
+    return updated.saved;
   }
 
   /** The changed columns, or undefined when the update changes nothing. */
-  async function applyUpdate(row: NamespaceRecord, input: UpdateInput): Promise<Partial<NamespaceRecord> | undefined> {
+  /** Initial failover versions of the clusters an update names, read before its transaction (PGlite has one connection). */
+  async function knownClusters(input: UpdateInput): Promise<Map<string, number>> {
+    const names = dedupe([...(input.clusters ?? []), input.activeClusterName ?? ""]);
+    const infos = await Promise.all(names.map((n) => clusters.require(n)));
+    return new Map(infos.map((c) => [c.clusterName, c.initialFailoverVersion]));
+  }
+
+  function applyUpdate(row: NamespaceRecord, input: UpdateInput, known: Map<string, number>): Partial<NamespaceRecord> | undefined {
     const next: Partial<NamespaceRecord> = {};
     if (input.description !== undefined && input.description !== row.description) next.description = input.description;
     if (input.ownerEmail !== undefined && input.ownerEmail !== row.ownerEmail) next.ownerEmail = input.ownerEmail;
@@ -175,37 +200,31 @@ export function createNamespaceRegistry({ db, clusters, cacheTtlMs = 2000, now =
     }
     const members = wantsClusters ? dedupe(input.clusters!) : row.clusters;
     if (wantsClusters) {
-      for (const c of members) await clusters.require(c);
       if (!sameSet(members, row.clusters)) next.clusters = members;
     }
     const active = input.activeClusterName || row.activeClusterName;
     if (!members.includes(active)) throw invalidArgument(`active cluster ${active} must be one of the namespace's clusters`);
     if (wantsActive) {
       if (row.replicationState === "HANDOVER") throw failedPrecondition(`namespace ${row.name} is in a graceful failover (HANDOVER)`);
-      const target = await clusters.require(active);
-      const inc = clusters.current().failoverVersionIncrement;
-      next.activeClusterName = active;
-      next.failoverVersion = nextFailoverVersion(target.initialFailoverVersion, row.failoverVersion, inc);
-      const entry: FailoverHistoryEntry = {
-        time: now().toISOString(),
-        version: next.failoverVersion,
-        from: row.activeClusterName,
-        to: active,
-      };
-      next.failoverHistory = [entry, ...row.failoverHistory].slice(0, FAILOVER_HISTORY_LIMIT);
+      Object.assign(next, failoverTo(row, active, known.get(active)!, clusters.current().failoverVersionIncrement, now()));
     }
     return Object.keys(next).length ? next : undefined;
   }
 
   async function setState(name: string, state: string): Promise<NamespaceRecord> {
     checkNamespaceName(name);
-    const [row] = await db
-      .update(namespaces)
-      .set({ state, configVersion: sql`${namespaces.configVersion} + 1`, updatedAt: now() })
-      .where(eq(namespaces.name, name))
-      .returning();
-    if (!row) throw notFound(`namespace ${name} not found`);
+    const row = await db.transaction(async (tx) => {
+      const [row] = await tx
+        .update(namespaces)
+        .set({ state, configVersion: sql`${namespaces.configVersion} + 1`, updatedAt: now() })
+        .where(eq(namespaces.name, name))
+        .returning();
+      if (!row) throw notFound(`namespace ${name} not found`);
+      if (row.isGlobal) await appendNamespaceTask(tx, row, row.clusters);
+      return row;
+    });
     forget(row);
+    if (row.isGlobal) deps.onReplicated?.();
     return remember(row);
   }
 
@@ -241,6 +260,17 @@ export function createNamespaceRegistry({ db, clusters, cacheTtlMs = 2000, now =
       return fresh(byId.get(id)) ?? load(eq(namespaces.id, id), `with id ${id}`);
     },
     invalidate: forget,
+  };
+}
+
+/** The columns a failover of row to target sets: next failover version and a bounded failover history. */
+export function failoverTo(row: NamespaceRecord, target: string, targetInitial: number, increment: number, time: Date) {
+  const failoverVersion = nextFailoverVersion(targetInitial, row.failoverVersion, increment);
+  const entry: FailoverHistoryEntry = { time: time.toISOString(), version: failoverVersion, from: row.activeClusterName, to: target };
+  return {
+    activeClusterName: target,
+    failoverVersion,
+    failoverHistory: [entry, ...row.failoverHistory].slice(0, FAILOVER_HISTORY_LIMIT),
   };
 }
 

@@ -37,6 +37,10 @@ const HELP: Record<string, [Family["type"], string]> = {
   workflow_timeout: ["counter", "Workflow runs timed out"],
   workflow_terminate: ["counter", "Workflow runs terminated"],
   workflow_cancel: ["counter", "Workflow cancel requests"],
+  replication_latency: ["histogram", "Seconds from a history write's commit on the source to its apply here"],
+  replication_tasks_lag: ["gauge", "History replication tasks of a remote shard not yet applied here"],
+  replication_tasks_applied: ["counter", "History replication tasks applied from a remote cluster"],
+  replication_tasks_failed: ["counter", "History replication task applies that failed (retried)"],
 };
 
 const key = (labels: Labels) =>

@@ -17,6 +17,8 @@ const specs: FlagSpec[] = [
   { name: "global", kind: "boolean", description: "" },
   { name: "output", alias: "o", kind: "string", description: "" },
   { name: "reason", kind: "string", description: "" },
+  { name: "frontend-address", kind: "string", description: "" },
+  { name: "enable-connection", kind: "boolean", description: "" },
 ];
 
 describe("parseArgs", () => {
@@ -41,6 +43,27 @@ describe("parseArgs", () => {
     expect(getBoolean(parseArgs(["--global=true"], specs), "global")).toBe(true);
     expect(getBoolean(parseArgs([], specs), "global")).toBe(false);
     expect(() => parseArgs(["--global=maybe"], specs)).toThrow(UsageError);
+  });
+
+  test("booleans take a following true or false, and nothing else", () => {
+    expect(getBoolean(parseArgs(["--global", "false"], specs), "global")).toBe(false);
+    expect(getBoolean(parseArgs(["--global", "TRUE"], specs), "global")).toBe(true);
+    const a = parseArgs(["--global", "no", "x"], specs);
+    expect(getBoolean(a, "global")).toBe(true);
+    expect(a.positionals).toEqual(["no", "x"]);
+  });
+
+  test("tctl spellings: underscores for dashes and one dash before a long name", () => {
+    const a = parseArgs(["-address", "--frontend_address", "localhost:8233", "--enable_connection", "false"], [
+      ...specs,
+      { name: "address", kind: "string", description: "" },
+    ]);
+    expect(getString(a, "address")).toBe("--frontend_address");
+    const b = parseArgs(["--frontend_address=localhost:8233", "--enable_connection", "false", "-namespace", "x"], specs);
+    expect(getString(b, "frontend-address")).toBe("localhost:8233");
+    expect(getBoolean(b, "enable-connection")).toBe(false);
+    expect(getString(b, "namespace")).toBe("x");
+    expect(() => parseArgs(["-bogus"], specs)).toThrow("unknown flag -bogus");
   });
 
   test("a string flag takes the next token even when it starts with a dash", () => {

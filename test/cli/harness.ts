@@ -1,13 +1,15 @@
 import { type ConnectRouter, createRouterTransport, type ServiceImpl } from "@connectrpc/connect";
 import type { AdminDbBackend } from "../../src/cli/admin-db-backend";
 import { createCli } from "../../src/cli/cli";
+import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 
-/** Fakes for the two services; only the methods a test calls need to exist. */
+/** Fakes for the services; only the methods a test calls need to exist. */
 export interface Fakes {
   workflow?: Partial<ServiceImpl<typeof WorkflowService>>;
   operator?: Partial<ServiceImpl<typeof OperatorService>>;
+  admin?: Partial<ServiceImpl<typeof AdminService>>;
   interactive?: boolean;
   answer?: string;
   adminDb?: AdminDbBackend;
@@ -33,6 +35,7 @@ export async function runCli(argv: string[], fakes: Fakes = {}): Promise<RunResu
       return createRouterTransport((router: ConnectRouter) => {
         router.service(WorkflowService, fakes.workflow ?? {});
         router.service(OperatorService, fakes.operator ?? {});
+        router.service(AdminService, fakes.admin ?? {});
       });
     },
     stdout: (t) => void (stdout += t),

@@ -1,46 +1,11 @@
-import {
-  type ClusterInfo,
-  ClusterInfoSchema,
-  DescribeClusterResponseSchema,
-} from "../../gen/tern/operator/v1/service_pb";
+import { ClusterInfoSchema, DescribeClusterResponseSchema } from "../../gen/tern/operator/v1/service_pb";
 import { getString } from "../args";
 import type { GroupCommand, LeafCommand } from "../command";
 import { UsageError } from "../errors";
-import { formatKeyValues, formatTable, formatTime, listJson, messageJson } from "../output";
+import { clusterTable, describeCluster } from "../format-cluster";
+import { listJson, messageJson } from "../output";
 import { collectPages } from "../paging";
-
-/** `key: value` lines describing one cluster. */
-export function describeCluster(c: ClusterInfo): string {
-  return formatKeyValues([
-    ["ClusterName", c.clusterName],
-    ["ClusterId", c.clusterId],
-    ["RpcAddress", c.rpcAddress],
-    ["IsCurrentCluster", String(c.isCurrentCluster)],
-    ["MasterClusterName", c.masterClusterName],
-    ["EnableConnection", String(c.enableConnection)],
-    ["IsGlobalNamespaceEnabled", String(c.isGlobalNamespaceEnabled)],
-    ["FailoverVersionIncrement", String(c.failoverVersionIncrement)],
-    ["InitialFailoverVersion", String(c.initialFailoverVersion)],
-    ["HistoryShardCount", String(c.historyShardCount)],
-    ["ServerVersion", c.serverVersion],
-    ["CreateTime", formatTime(c.createTime)],
-  ]);
-}
-
-/** The cluster list table. */
-export function clusterTable(list: readonly ClusterInfo[]): string {
-  const headers = ["NAME", "ID", "ADDRESS", "INITIAL VERSION", "SHARDS", "CONNECTION", "CURRENT"];
-  const rows = list.map((c) => [
-    c.clusterName,
-    c.clusterId,
-    c.rpcAddress,
-    String(c.initialFailoverVersion),
-    String(c.historyShardCount),
-    c.enableConnection ? "enabled" : "disabled",
-    c.isCurrentCluster ? "yes" : "",
-  ]);
-  return formatTable(headers, rows);
-}
+import { removeRemoteClusterCommand, upsertRemoteClusterCommand } from "./remote-cluster";
 
 const describe: LeafCommand = {
   kind: "leaf",
@@ -65,7 +30,11 @@ const list: LeafCommand = {
   kind: "leaf",
   name: "list",
   summary: "List this cluster and the clusters connected to it",
-  details: 'With -o json, prints { "clusters": [ClusterInfo, ...] } with every page merged.',
+  details: [
+    "Columns: NAME, ID, ADDRESS, CURRENT (this cluster), ENABLED (enable_connection),",
+    "CONNECTION (connected, connecting, disabled or error: ...), INITIAL VERSION, SHARDS.",
+    'With -o json, prints { "clusters": [ClusterInfo, ...] } with every page merged.',
+  ].join("\n"),
   flags: [],
   async run(ctx) {
     const items = await collectPages(async (nextPageToken) => {
@@ -80,6 +49,19 @@ const list: LeafCommand = {
 export const operatorClusterCommand: GroupCommand = {
   kind: "group",
   name: "cluster",
-  summary: "Describe and list clusters",
-  commands: [describe, list],
+  summary: "Describe, list, connect and disconnect clusters",
+  commands: [describe, list, upsertRemoteClusterCommand("upsert"), removeRemoteClusterCommand("remove", "name")],
+};
+
+/** `tern admin cluster ...`: tctl's spelling of the same commands, so its runbooks work verbatim. */
+export const adminClusterCommand: GroupCommand = {
+  kind: "group",
+  name: "cluster",
+  summary: "Connect and disconnect remote clusters (tctl spelling)",
+  commands: [
+    upsertRemoteClusterCommand("upsert-remote-cluster"),
+    removeRemoteClusterCommand("remove-remote-cluster", "cluster"),
+    describe,
+    list,
+  ],
 };

@@ -16,6 +16,7 @@ import { describeNamespace, namespaceSummary, namespaceTable } from "../format-n
 import { listJson, messageJson } from "../output";
 import { collectPages } from "../paging";
 import { namespaceArg, namespaceFlag } from "./common-flags";
+import { failoverCommand } from "./namespace-failover";
 
 const description: FlagSpec = { name: "description", kind: "string", valueName: "TEXT", description: "Description" };
 const email: FlagSpec = { name: "email", kind: "string", valueName: "EMAIL", description: "Owner email" };
@@ -95,6 +96,11 @@ const describe: LeafCommand = {
   kind: "leaf",
   name: "describe",
   summary: "Describe a namespace",
+  details: [
+    "Shows the active cluster, failover version, replication state (Normal or Handover) and,",
+    "for a global namespace, its latest failovers as `time from → to @version`.",
+    'With -o json, prints the DescribeNamespaceResponse { "namespace": NamespaceDescription }.',
+  ].join("\n"),
   positionals: "[NAMESPACE]",
   maxPositionals: 1,
   flags: [namespaceFlag, { name: "namespace-id", kind: "string", valueName: "ID", description: "Namespace id (instead of the name)" }],
@@ -126,6 +132,11 @@ const update: LeafCommand = {
   kind: "leaf",
   name: "update",
   summary: "Update a namespace; --active-cluster fails it over (forced)",
+  details: [
+    "--active-cluster switches the active cluster at once: a forced failover, with no handover",
+    "and no wait for replication (for when the active cluster is down). While both clusters",
+    "are up, prefer 'tern operator namespace failover --to NAME'.",
+  ].join("\n"),
   positionals: "[NAMESPACE]",
   maxPositionals: 1,
   flags: [namespaceFlag, description, email, retention, { ...data, description: "Data entry to merge (KEY= removes KEY)" }, cluster, activeCluster],
@@ -194,5 +205,5 @@ export const operatorNamespaceCommand: GroupCommand = {
   kind: "group",
   name: "namespace",
   summary: "Register, describe, update, fail over and delete namespaces",
-  commands: [create, describe, list, update, deprecate, remove],
+  commands: [create, describe, list, update, failoverCommand, deprecate, remove],
 };

@@ -1,7 +1,8 @@
 import type { GroupCommand } from "../command";
 import { adminDbCommand } from "./admin-db";
-import { operatorClusterCommand } from "./operator-cluster";
+import { adminClusterCommand, operatorClusterCommand } from "./operator-cluster";
 import { operatorNamespaceCommand } from "./operator-namespace";
+import { replicationCommand } from "./replication";
 import { actionCommands } from "./workflow-actions";
 import { queryCommands } from "./workflow-query";
 import { showCommand } from "./workflow-show";
@@ -27,8 +28,8 @@ export const operatorCommand: GroupCommand = {
 export const adminCommand: GroupCommand = {
   kind: "group",
   name: "admin",
-  summary: "Administer the database behind a cluster",
-  commands: [adminDbCommand],
+  summary: "Administer the database behind a cluster; connect clusters (tctl spelling)",
+  commands: [adminDbCommand, adminClusterCommand],
 };
 
 /** The whole command tree. */
@@ -36,5 +37,5 @@ export const rootCommand: GroupCommand = {
   kind: "group",
   name: "tern",
   summary: "tern: command-line client of the tern multi-cluster replication gateway",
-  commands: [workflowCommand, operatorCommand, adminCommand],
+  commands: [workflowCommand, operatorCommand, replicationCommand, adminCommand],
 };

@@ -1,0 +1,145 @@
+import { ulid } from "ulid";
+import type { CurrentCluster } from "../src/cluster/bootstrap";
+import { TernError } from "../src/errors";
+import { EventType, type HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
+import { attributesToJson, eventTypeOf } from "../src/history/events";
+import { deleteTimers, lockRun, saveRun, type ExecutionRow } from "../src/history/execution-store";
+import { shardFor } from "../src/history/shard";
+import type { NamespaceRecord, NamespaceRegistry } from "../src/namespace/registry";
+import type { Tx } from "../src/persistence/database";
+import { executions, historyEvents, requestIds, timerTasks, type VersionHistoryItem } from "../src/persistence/schema";
+import { applyEvents, eventTime, initialRunState, type EventRequestId, type RunState } from "./run-state";
+import { firstDivergence, lastEventIdOf, versionAt } from "./version-history";
+
+/** One replication task as received from the source: events [firstEventId, nextEventId) of a run. */
+export interface IncomingTask {
+  namespaceId: string;
+  workflowId: string;
+  runId: string;
+  firstEventId: number;
+  nextEventId: number;
+  versionHistory: VersionHistoryItem[];
+  events: HistoryEvent[];
+}
+
+/** Fetches events [first, next) of the task's run from the source (gap repair). */
+export type RawHistoryFetcher = (task: IncomingTask, first: number, next: number) => Promise<HistoryEvent[]>;
+
+/** The incoming branch disagrees with the local one: conflict resolution, not an append. */
+export class HistoryDivergenceError extends Error {
+  override name = "HistoryDivergenceError";
+}
+
+export interface HistoryApplierDeps {
+  cluster: CurrentCluster;
+  namespaces: NamespaceRegistry;
+}
+
+type RunKey = { namespaceId: string; workflowId: string; runId: string };
+
+/**
+ * Applies replicated history on the passive side (DESIGN.md section 4): creates or
+ * appends to the local copy, skips duplicates, repairs gaps through raw history, and
+ * refuses divergent branches. It writes no replication task: a passive copy is not
+ * re-replicated.
+ */
+export function createHistoryApplier({ cluster, namespaces }: HistoryApplierDeps) {
+  /**
+   * The namespaces of tasks, looked up before the apply transaction opens (PGlite runs
+   * one transaction at a time: a lookup on the pool inside it would wait for itself).
+   */
+  async function namespacesOf(tasks: { namespaceId: string }[]): Promise<Map<string, NamespaceRecord>> {
+    const found = new Map<string, NamespaceRecord>();
+    for (const { namespaceId: id } of tasks) {
+      if (found.has(id)) continue;
+      try {
+        found.set(id, await namespaces.getById(id));
+      } catch (e) {
+        // Namespace replication is a separate stream and may deliver it later: retry, never drop.
+        if (e instanceof TernError && e.kind === "not_found") throw new Error(`namespace ${id} is not known on ${cluster.clusterName} yet; retrying`);
+        throw e;
+      }
+    }
+    return found;
+  }
+
+  /** The task's events this cluster lacks, with any gap before them filled from the source. */
+  async function newEvents(task: IncomingTask, run: ExecutionRow | undefined, fetchRaw: RawHistoryFetcher): Promise<HistoryEvent[]> {
+    const last = run ? run.nextEventId - 1 : 0;
+    const local = run?.versionHistory ?? [];
+    const diverged = firstDivergence(local, task.versionHistory);
+    const stale = task.events.find((e) => Number(e.eventId) <= last && versionAt(local, Number(e.eventId)) !== Number(e.version));
+    if (diverged !== undefined || stale) {
+      throw new HistoryDivergenceError(
+        `history of ${task.workflowId} run ${task.runId} diverges at event ${diverged ?? Number(stale!.eventId)}: ` +
+          `local ${JSON.stringify(local)}, incoming ${JSON.stringify(task.versionHistory)} (conflict resolution required)`,
+      );
+    }
+    const fresh = task.events.filter((e) => Number(e.eventId) > last);
+    const from = fresh.length ? Number(fresh[0]!.eventId) : task.nextEventId;
+    if (from <= last + 1) return fresh;
+    if (lastEventIdOf(task.versionHistory) <= last) return fresh;
+    const missing = await fetchRaw(task, last + 1, from);
+    return [...missing, ...fresh];
+  }
+
+  /** Applies one task inside tx; returns how many events it added (0 for a duplicate). */
+  async function applyTask(tx: Tx, ns: NamespaceRecord, task: IncomingTask, fetchRaw: RawHistoryFetcher): Promise<number> {
+    const key: RunKey = { namespaceId: ns.id, workflowId: task.workflowId, runId: task.runId };
+    const run = await lockRun(tx, key.namespaceId, key.workflowId, key.runId);
+    const events = await newEvents(task, run, fetchRaw);
+    if (events.length === 0) return 0;
+    if (run) await appendToRun(tx, run, events);
+    else await createRun(tx, key, events);
+    return events.length;
+  }
+
+  async function createRun(tx: Tx, key: RunKey, events: HistoryEvent[]): Promise<void> {
+    const { state, requestIds: ids } = applyEvents(initialRunState(events[0]!), events);
+    const shardId = shardFor(key.namespaceId, key.workflowId, cluster.historyShardCount);
+    await tx.insert(executions).values({ ...key, shardId, ...state });
+    await writeEvents(tx, key, events, ids);
+    // The timer is stored on the passive side too, so the new active fires it after a failover.
+    if (state.status === "RUNNING" && state.executionTimeoutMs > 0) {
+      const fireAt = new Date(state.startTime.getTime() + state.executionTimeoutMs);
+      await tx.insert(timerTasks).values({ id: ulid(), shardId, fireAt, kind: "WORKFLOW_TIMEOUT", ...key, version: Number(events[0]!.version) });
+    }
+  }
+
+  async function appendToRun(tx: Tx, run: ExecutionRow, events: HistoryEvent[]): Promise<void> {
+    const { state, requestIds: ids } = applyEvents(stateOf(run), events);
+    await Promise.all([saveRun(tx, run, state), writeEvents(tx, run, events, ids)]);
+    if (run.status === "RUNNING" && state.status !== "RUNNING") await deleteTimers(tx, run);
+  }
+
+  return { namespacesOf, applyTask };
+}
+
+export type HistoryApplier = ReturnType<typeof createHistoryApplier>;
+
+function stateOf(run: ExecutionRow): RunState {
+  const { workflowType, taskQueue, executionTimeoutMs, startTime, status, closeTime, cancelRequested, nextEventId, lastWriteVersion, versionHistory } = run;
+  return { workflowType, taskQueue, executionTimeoutMs, startTime, status, closeTime, cancelRequested, nextEventId, lastWriteVersion, versionHistory };
+}
+
+/** Inserts the events as the source wrote them (own versions and times) and their request ids. */
+async function writeEvents(tx: Tx, key: RunKey, events: HistoryEvent[], ids: EventRequestId[]): Promise<void> {
+  const { namespaceId, workflowId, runId } = key;
+  // Pipelined: events and request ids go out together.
+  const claimed = ids.length
+    ? tx.insert(requestIds).values(ids.map((r) => ({ namespaceId, workflowId, runId, ...r }))).onConflictDoNothing() // first holder wins, as in the engine
+    : undefined;
+  const inserted = tx.insert(historyEvents).values(
+    events.map((e) => ({
+      namespaceId,
+      workflowId,
+      runId,
+      eventId: Number(e.eventId),
+      version: Number(e.version),
+      eventTime: eventTime(e),
+      eventType: EventType[eventTypeOf(e.attributes)]!,
+      attributes: attributesToJson(e.attributes),
+    })),
+  );
+  await Promise.all([inserted, claimed]);
+}

@@ -1,0 +1,147 @@
+import { and, eq } from "drizzle-orm";
+import type { ClusterDirectory } from "../src/cluster/directory";
+import { failedPrecondition, invalidArgument, unavailable } from "../src/errors";
+import type { EventNotifier } from "../src/history/notifier";
+import { failoverTo, type NamespaceRecord, type NamespaceRegistry } from "../src/namespace/registry";
+import type { Logger } from "../src/observability/log";
+import type { Db } from "../src/persistence/database";
+import { namespaces, shards } from "../src/persistence/schema";
+import { outboundAcks, waitForAckChange } from "./ack-levels";
+import { appendNamespaceTask, namespaceQueueMax, readAckLevel } from "./namespace-queue";
+
+export interface GracefulFailoverDeps {
+  db: Db;
+  namespaces: NamespaceRegistry;
+  clusters: ClusterDirectory;
+  /** Woken with ackKey(remote) when a remote's outbound ack moves. */
+  notifier: EventNotifier;
+  log: Logger;
+  /** A namespace task committed (wakes the namespace sender). */
+  onReplicated?: () => void;
+  now?: () => Date;
+}
+
+/** Where the target had to be before the switch: per local shard, and in the namespace queue. */
+export interface HandoverPoint {
+  shards: Map<number, number>;
+  namespaceTaskId: number;
+}
+
+/**
+ * Graceful failover (DESIGN.md section 5): HANDOVER, record the handover point, wait
+ * until the target acked it, then switch in one transaction. Whatever happens, the
+ * namespace leaves HANDOVER before this returns.
+ */
+export function createGracefulFailover(deps: GracefulFailoverDeps) {
+  const { db, log, now = () => new Date() } = deps;
+  const current = deps.clusters.current();
+
+  async function enterHandover(ns: NamespaceRecord): Promise<void> {
+    // Waits on the row's share locks: every write that read NORMAL commits first (namespace-guard.ts).
+    const [row] = await db
+      .update(namespaces)
+      .set({ replicationState: "HANDOVER", updatedAt: now() })
+      .where(and(eq(namespaces.id, ns.id), eq(namespaces.replicationState, "NORMAL"), eq(namespaces.failoverVersion, ns.failoverVersion), eq(namespaces.activeClusterName, current.clusterName)))
+      .returning({ id: namespaces.id });
+    deps.namespaces.invalidate(ns);
+    if (!row) throw failedPrecondition(`namespace ${ns.name} changed or is already in a graceful failover; retry`);
+  }
+
+  async function leaveHandover(ns: NamespaceRecord, why: string): Promise<void> {
+    await db.update(namespaces).set({ replicationState: "NORMAL", updatedAt: now() }).where(and(eq(namespaces.id, ns.id), eq(namespaces.replicationState, "HANDOVER")));
+    deps.namespaces.invalidate(ns);
+    log.warn("graceful failover abandoned; namespace back to NORMAL", { namespace: ns.name, reason: why });
+  }
+
+  async function handoverPoint(): Promise<HandoverPoint> {
+    const rows = await db.select().from(shards);
+    return { shards: new Map(rows.map((r) => [r.shardId, Number(r.nextTaskId) - 1])), namespaceTaskId: await namespaceQueueMax(db) };
+  }
+
+  /** What the target still lacks, or undefined once it acked the whole handover point. */
+  async function lag(target: string, point: HandoverPoint): Promise<string | undefined> {
+    const acks = await outboundAcks(db, target);
+    for (const [shardId, max] of [...point.shards].sort((a, b) => a[0] - b[0])) {
+      const acked = Number(acks.get(shardId) ?? 0);
+      if (acked < max) return `cluster ${target} acked history shard ${shardId} up to task ${acked} of ${max}`;
+    }
+    const nsAck = await readAckLevel(db, { remote: target, direction: "outbound", queue: "namespace", shardId: 0 });
+    if (nsAck < point.namespaceTaskId) return `cluster ${target} acked the namespace queue up to task ${nsAck} of ${point.namespaceTaskId}`;
+    return undefined;
+  }
+
+  async function waitCaughtUp(ns: NamespaceRecord, target: string, point: HandoverPoint, timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const behind = await lag(target, point);
+      if (!behind) return;
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        throw unavailable(
+          `graceful failover of namespace ${ns.name} to ${target} timed out after ${timeoutMs}ms: ${behind}; ` +
+            `${ns.name} stays active in ${current.clusterName} (replication state NORMAL); retry once ${target} has caught up`,
+        );
+      }
+      await waitForAckChange(deps.notifier, target, Math.min(left, 200));
+    }
+  }
+
+  /** The switch: active = target at the next failover version, NORMAL, with its namespace task, in one transaction. */
+  async function switchActive(ns: NamespaceRecord, target: string, targetInitial: number): Promise<NamespaceRecord> {
+    const saved = await db.transaction(async (tx) => {
+      const [row] = await tx.select().from(namespaces).where(eq(namespaces.id, ns.id)).for("update");
+      if (!row || row.replicationState !== "HANDOVER" || row.failoverVersion !== ns.failoverVersion) {
+        throw failedPrecondition(`namespace ${ns.name} changed during the graceful failover (now active in ${row?.activeClusterName} at version ${row?.failoverVersion}); nothing was switched`);
+      }
+      const change = failoverTo(row, target, targetInitial, current.failoverVersionIncrement, now());
+      const [saved] = await tx
+        .update(namespaces)
+        .set({ ...change, replicationState: "NORMAL", configVersion: row.configVersion + 1, updatedAt: now() })
+        .where(and(eq(namespaces.id, row.id), eq(namespaces.configVersion, row.configVersion)))
+        .returning();
+      await appendNamespaceTask(tx, saved!, row.clusters);
+      return saved!;
+    });
+    deps.namespaces.invalidate(saved);
+    deps.onReplicated?.();
+    return saved;
+  }
+
+  /** Fails namespace over to target gracefully; must run on the namespace's active cluster. */
+  async function run(name: string, target: string, timeoutMs: number): Promise<{ namespace: NamespaceRecord; handover: HandoverPoint }> {
+    if (!target) throw invalidArgument("target cluster is required");
+    const ns = await deps.namespaces.describe({ name });
+    if (!ns.isGlobal) throw failedPrecondition(`namespace ${name} is local: only global namespaces fail over`);
+    if (!ns.clusters.includes(target)) throw invalidArgument(`cluster ${target} is not one of namespace ${name}'s clusters (${ns.clusters.join(", ")})`);
+    if (ns.activeClusterName === target) throw failedPrecondition(`namespace ${name} is already active in cluster ${target}`);
+    if (ns.activeClusterName !== current.clusterName) throw failedPrecondition(`namespace ${name} is active in cluster ${ns.activeClusterName}`);
+    const targetInfo = await deps.clusters.require(target);
+    await enterHandover(ns);
+    let switched: NamespaceRecord | undefined;
+    try {
+      const point = await handoverPoint();
+      log.info("graceful failover: handover point recorded", { namespace: name, target, shards: Object.fromEntries(point.shards), namespaceTaskId: point.namespaceTaskId });
+      await waitCaughtUp(ns, target, point, timeoutMs);
+      switched = await switchActive(ns, target, targetInfo.initialFailoverVersion);
+      log.info("graceful failover done", { namespace: name, target, failoverVersion: switched.failoverVersion });
+      return { namespace: switched, handover: point };
+    } finally {
+      if (!switched) await leaveHandover(ns, "timed out or failed").catch((e) => log.error("cannot leave HANDOVER", { namespace: name, error: String(e) }));
+    }
+  }
+
+  return { run };
+}
+
+export type GracefulFailover = ReturnType<typeof createGracefulFailover>;
+
+/** At startup: a HANDOVER found here was left by a crashed failover; put it back to NORMAL. */
+export async function resetAbandonedHandovers(db: Db, log: Logger): Promise<string[]> {
+  const rows = await db
+    .update(namespaces)
+    .set({ replicationState: "NORMAL", updatedAt: new Date() })
+    .where(eq(namespaces.replicationState, "HANDOVER"))
+    .returning({ name: namespaces.name });
+  for (const r of rows) log.warn("namespace was left in HANDOVER by an interrupted graceful failover; reset to NORMAL", { namespace: r.name });
+  return rows.map((r) => r.name);
+}

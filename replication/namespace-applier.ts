@@ -1,0 +1,86 @@
+import { and, eq } from "drizzle-orm";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { NamespaceState, type NamespaceDescription } from "../src/gen/tern/workflow/v1/namespace_pb";
+import type { Tx } from "../src/persistence/database";
+import { namespaces, type FailoverHistoryEntry } from "../src/persistence/schema";
+
+type NamespaceRow = typeof namespaces.$inferSelect;
+
+/** What applying one namespace task did here. */
+export interface AppliedNamespace {
+  outcome: "created" | "updated" | "skipped";
+  record?: NamespaceRow;
+  /** The task made this cluster the namespace's active cluster. */
+  activated: boolean;
+}
+
+/** The replicated part of a namespace (never replicationState: HANDOVER is local). */
+function fieldsOf(d: NamespaceDescription) {
+  const info = d.namespaceInfo!;
+  const ttl = d.config?.workflowExecutionRetentionTtl;
+  return {
+    config: {
+      name: info.name,
+      state: NamespaceState[info.state] ?? "REGISTERED",
+      description: info.description,
+      ownerEmail: info.ownerEmail,
+      data: { ...info.data },
+      retentionSeconds: ttl ? Number(ttl.seconds) : 0,
+      clusters: [...(d.replicationConfig?.clusters ?? [])],
+      configVersion: Number(d.configVersion),
+    },
+    failover: {
+      activeClusterName: d.replicationConfig?.activeClusterName ?? "",
+      failoverVersion: Number(d.failoverVersion),
+      failoverHistory: d.failoverHistory.map(
+        (f): FailoverHistoryEntry => ({
+          time: f.failoverTime ? timestampDate(f.failoverTime).toISOString() : new Date(0).toISOString(),
+          version: Number(f.failoverVersion),
+          from: f.fromCluster,
+          to: f.toCluster,
+        }),
+      ),
+    },
+  };
+}
+
+/**
+ * Applies one namespace task in the caller's transaction, idempotent and gated by
+ * version (DESIGN.md section 2): config only if its configVersion is newer, the active
+ * cluster only if its failoverVersion is newer; created (same id) only where listed.
+ */
+export async function applyNamespaceTask(tx: Tx, currentCluster: string, d: NamespaceDescription, now: Date): Promise<AppliedNamespace> {
+  const id = d.namespaceInfo?.id;
+  if (!id || !d.isGlobalNamespace) return { outcome: "skipped", activated: false };
+  const { config, failover } = fieldsOf(d);
+  const [local] = await tx.select().from(namespaces).where(eq(namespaces.id, id)).for("update");
+  if (!local) {
+    if (!config.clusters.includes(currentCluster)) return { outcome: "skipped", activated: false };
+    const [clash] = await tx.select({ id: namespaces.id }).from(namespaces).where(eq(namespaces.name, config.name));
+    if (clash) throw new Error(`cannot create replicated namespace ${config.name} (id ${id}): a namespace of that name exists here with id ${clash.id}`);
+    const [created] = await tx
+      .insert(namespaces)
+      .values({
+        id,
+        ...config,
+        ...failover,
+        isGlobal: true,
+        replicationState: "NORMAL",
+        createdAt: d.createTime ? timestampDate(d.createTime) : now,
+        updatedAt: now,
+      })
+      .returning();
+    return { outcome: "created", record: created, activated: failover.activeClusterName === currentCluster };
+  }
+  const takeConfig = config.configVersion > local.configVersion;
+  const takeFailover = failover.failoverVersion > local.failoverVersion;
+  if (!takeConfig && !takeFailover) return { outcome: "skipped", record: local, activated: false };
+  const [saved] = await tx
+    .update(namespaces)
+    .set({ ...(takeConfig ? config : {}), ...(takeFailover ? failover : {}), updatedAt: now })
+    .where(and(eq(namespaces.id, id), eq(namespaces.configVersion, local.configVersion), eq(namespaces.failoverVersion, local.failoverVersion)))
+    .returning();
+  if (!saved) throw new Error(`namespace ${local.name} changed while a replicated change was applied; will retry`);
+  const activated = takeFailover && failover.activeClusterName === currentCluster && local.activeClusterName !== currentCluster;
+  return { outcome: "updated", record: saved, activated };
+}

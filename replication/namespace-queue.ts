@@ -1,0 +1,95 @@
+import { and, eq, sql } from "drizzle-orm";
+import type { Db, Tx } from "../src/persistence/database";
+import { namespaceReplicationTasks, queueCounters, replicationAckLevels, type namespaces } from "../src/persistence/schema";
+
+type NamespaceRow = typeof namespaces.$inferSelect;
+
+/** The counter row of the namespace queue in queue_counters. */
+export const NAMESPACE_QUEUE = "namespace";
+
+/** A namespace replication task as stored: the namespace after the change, plus the clusters it listed before. */
+export type StoredNamespace = Omit<NamespaceRow, "createdAt" | "updatedAt"> & {
+  createdAt: string;
+  updatedAt: string;
+  previousClusters: string[];
+};
+
+/**
+ * Appends a namespace replication task inside the caller's transaction. The counter
+ * row's lock is held until commit, so ids are gap-free and commit in id order: a
+ * reader that sees task n has seen every task below it.
+ */
+export async function appendNamespaceTask(tx: Tx, ns: NamespaceRow, previousClusters: string[]): Promise<number> {
+  const [row] = await tx
+    .insert(queueCounters)
+    .values({ queue: NAMESPACE_QUEUE, nextId: 2 })
+    .onConflictDoUpdate({ target: queueCounters.queue, set: { nextId: sql`${queueCounters.nextId} + 1` } })
+    .returning({ taskId: sql<number>`${queueCounters.nextId} - 1` });
+  const taskId = Number(row!.taskId);
+  // HANDOVER is local to the cluster running a graceful failover: never replicated.
+  const stored: StoredNamespace = {
+    ...ns,
+    replicationState: "NORMAL",
+    createdAt: ns.createdAt.toISOString(),
+    updatedAt: ns.updatedAt.toISOString(),
+    previousClusters,
+  };
+  await tx.insert(namespaceReplicationTasks).values({ taskId, namespaceId: ns.id, namespace: stored });
+  return taskId;
+}
+
+/** The highest committed namespace task id (0 when none). */
+export async function namespaceQueueMax(db: Db | Tx): Promise<number> {
+  const [row] = await db.select({ nextId: queueCounters.nextId }).from(queueCounters).where(eq(queueCounters.queue, NAMESPACE_QUEUE));
+  return row ? Number(row.nextId) - 1 : 0;
+}
+
+/** Key of one replication position in replication_ack_levels. */
+export interface AckKey {
+  remote: string;
+  direction: "inbound" | "outbound";
+  queue: "history" | "namespace";
+  shardId: number;
+}
+
+/** Reads one replication position (0 when never recorded). */
+export async function readAckLevel(db: Db | Tx, k: AckKey): Promise<number> {
+  const [row] = await db
+    .select({ ackLevel: replicationAckLevels.ackLevel })
+    .from(replicationAckLevels)
+    .where(
+      and(
+        eq(replicationAckLevels.remoteCluster, k.remote),
+        eq(replicationAckLevels.direction, k.direction),
+        eq(replicationAckLevels.queue, k.queue),
+        eq(replicationAckLevels.shardId, k.shardId),
+      ),
+    );
+  return row ? Number(row.ackLevel) : 0;
+}
+
+/** Moves a replication position forward only: a late or repeated writer never moves it back. */
+export async function advanceAckLevel(db: Db | Tx, k: AckKey, ackLevel: number, maxTaskId: number, appliedAt?: Date): Promise<void> {
+  const now = new Date();
+  await db
+    .insert(replicationAckLevels)
+    .values({
+      remoteCluster: k.remote,
+      direction: k.direction,
+      queue: k.queue,
+      shardId: k.shardId,
+      ackLevel,
+      maxTaskId,
+      lastAppliedCreatedAt: appliedAt,
+      updatedAt: now,
+    })
+    .onConflictDoUpdate({
+      target: [replicationAckLevels.remoteCluster, replicationAckLevels.direction, replicationAckLevels.queue, replicationAckLevels.shardId],
+      set: {
+        ackLevel: sql`greatest(${replicationAckLevels.ackLevel}, excluded.ack_level)`,
+        maxTaskId: sql`greatest(${replicationAckLevels.maxTaskId}, excluded.max_task_id)`,
+        lastAppliedCreatedAt: sql`coalesce(excluded.last_applied_created_at, ${replicationAckLevels.lastAppliedCreatedAt})`,
+        updatedAt: now,
+      },
+    });
+}

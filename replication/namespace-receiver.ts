@@ -1,0 +1,67 @@
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import type { NamespaceReplicationTask } from "../src/gen/tern/admin/v1/service_pb";
+import type { NamespaceRecord, NamespaceRegistry } from "../src/namespace/registry";
+import type { Logger } from "../src/observability/log";
+import type { Db } from "../src/persistence/database";
+import type { RemoteCluster, ReplicationStream } from "./manager";
+import { applyNamespaceTask } from "./namespace-applier";
+import { advanceAckLevel, readAckLevel, type AckKey } from "./namespace-queue";
+
+export interface NamespaceReceiverDeps {
+  db: Db;
+  currentCluster: string;
+  namespaces: NamespaceRegistry;
+  log: Logger;
+  /** A replicated change made this cluster active for ns (timers due there must fire now). */
+  onActivated?: (ns: NamespaceRecord) => void;
+  /** How long the sender may hold one poll open. */
+  waitTimeoutMs?: number;
+  now?: () => Date;
+}
+
+/**
+ * Pulls a remote's namespace replication queue (served by replication/namespace-sender.ts)
+ * from the persisted inbound ack and applies each task with its ack in one transaction,
+ * so a restart of either side resumes with no gap and no duplicate.
+ */
+export function createNamespaceReceiver(deps: NamespaceReceiverDeps): ReplicationStream {
+  const { db, currentCluster, log, waitTimeoutMs = 20_000, now = () => new Date() } = deps;
+
+  async function apply(key: AckKey, task: NamespaceReplicationTask, maxTaskId: number): Promise<void> {
+    const result = await db.transaction(async (tx) => {
+      const r = await applyNamespaceTask(tx, currentCluster, task.namespace!, now());
+      await advanceAckLevel(tx, key, Number(task.taskId), maxTaskId, task.createTime ? timestampDate(task.createTime) : undefined);
+      return r;
+    });
+    if (result.outcome === "skipped") return;
+    deps.namespaces.invalidate(result.record);
+    log.info("namespace replicated", { remote: key.remote, namespace: result.record?.name, outcome: result.outcome, taskId: Number(task.taskId) });
+    if (result.activated) deps.onActivated?.(result.record!);
+  }
+
+  async function run(remote: RemoteCluster, signal: AbortSignal, report: { ok(): void }): Promise<void> {
+    const key: AckKey = { remote: remote.name, direction: "inbound", queue: "namespace", shardId: 0 };
+    let ack = await readAckLevel(db, key);
+    while (!signal.aborted) {
+      const res = await remote.clients.admin.getNamespaceReplicationTasks(
+        { afterTaskId: BigInt(ack), clusterName: currentCluster, waitTimeoutMs, pageSize: 100 },
+        { signal, timeoutMs: waitTimeoutMs + 10_000 },
+      );
+      report.ok();
+      const max = Number(res.maxTaskId);
+      for (const task of res.tasks) {
+        if (Number(task.taskId) <= ack) continue; // already applied (a repeated page)
+        await apply(key, task, max);
+        ack = Number(task.taskId);
+      }
+      // Tasks for namespaces not listing this cluster were skipped by the sender: move past them.
+      const last = Number(res.lastTaskId);
+      if (last > ack) {
+        await advanceAckLevel(db, key, last, max);
+        ack = last;
+      }
+    }
+  }
+
+  return { name: "namespace", run };
+}

@@ -1,0 +1,89 @@
+import { and, asc, eq, gt, lte, or, sql } from "drizzle-orm";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type { GetNamespaceReplicationTasksRequest, GetNamespaceReplicationTasksResponseSchema } from "../src/gen/tern/admin/v1/service_pb";
+import { unavailable } from "../src/errors";
+import { namespaceToProto } from "../src/frontend/convert";
+import type { EventNotifier } from "../src/history/notifier";
+import type { Db } from "../src/persistence/database";
+import { clusterMetadata, namespaceReplicationTasks } from "../src/persistence/schema";
+import { ackKey } from "./ack-levels";
+import { advanceAckLevel, namespaceQueueMax, type StoredNamespace } from "./namespace-queue";
+
+/** Notifier key the registry wakes after committing a namespace task. */
+export const NAMESPACE_QUEUE_KEY = "namespace-queue";
+
+const MAX_WAIT_MS = 30_000;
+
+export interface NamespaceSenderDeps {
+  db: Db;
+  /** Woken (key NAMESPACE_QUEUE_KEY) when a namespace task commits here; notified with ackKey(peer) on acks. */
+  wake: EventNotifier;
+  /** Re-reads the queue this often while long-polling, for tasks committed by other processes. */
+  pollMs?: number;
+}
+
+type Response = MessageInitShape<typeof GetNamespaceReplicationTasksResponseSchema>;
+
+/**
+ * Serves this cluster's namespace replication queue to the remote clusters'
+ * namespace receivers (replication/namespace-receiver.ts): long poll, filtered to the
+ * receiver's namespaces, and the request's after_task_id recorded as its outbound ack.
+ */
+export function createNamespaceSender({ db, wake, pollMs = 1000 }: NamespaceSenderDeps) {
+  /** Waits until a task past after exists, the wait ends, or signal aborts; returns the queue's max. */
+  async function waitPast(after: number, waitMs: number, signal?: AbortSignal): Promise<number> {
+    const deadline = Date.now() + Math.min(Math.max(waitMs, 0), MAX_WAIT_MS);
+    for (;;) {
+      const max = await namespaceQueueMax(db);
+      const left = deadline - Date.now();
+      if (max > after || left <= 0 || signal?.aborted) return max;
+      await wake.wait(NAMESPACE_QUEUE_KEY, Math.min(left, pollMs), signal);
+    }
+  }
+
+  async function refuseDisabled(clusterName: string): Promise<void> {
+    const [row] = await db.select({ enabled: clusterMetadata.enableConnection }).from(clusterMetadata).where(eq(clusterMetadata.clusterName, clusterName));
+    if (row && !row.enabled) throw unavailable(`replication to cluster ${clusterName} is disabled here (enable_connection is false)`);
+  }
+
+  async function getTasks(r: GetNamespaceReplicationTasksRequest, signal?: AbortSignal): Promise<Response> {
+    const after = Number(r.afterTaskId);
+    const size = r.pageSize > 0 ? Math.min(r.pageSize, 1000) : 100;
+    if (r.clusterName) {
+      await refuseDisabled(r.clusterName);
+      // The receiver asks after what it has applied: that is its ack.
+      await advanceAckLevel(db, { remote: r.clusterName, direction: "outbound", queue: "namespace", shardId: 0 }, after, await namespaceQueueMax(db));
+      wake.notify(ackKey(r.clusterName));
+    }
+    // Read the max first: ids commit in order, so every task up to it is visible below.
+    const max = await waitPast(after, r.waitTimeoutMs, signal);
+    const t = namespaceReplicationTasks;
+    const listed = (key: string) => sql`(${t.namespace}->${key}) @> ${JSON.stringify([r.clusterName])}::jsonb`;
+    const rows = await db
+      .select()
+      .from(t)
+      .where(and(gt(t.taskId, after), lte(t.taskId, max), r.clusterName ? or(listed("clusters"), listed("previousClusters")) : undefined))
+      .orderBy(asc(t.taskId))
+      .limit(size);
+    const last = rows.length === size ? Number(rows.at(-1)!.taskId) : Math.max(max, after);
+    return {
+      tasks: rows.map((row) => ({
+        taskId: BigInt(row.taskId),
+        namespace: namespaceToProto(recordOf(row.namespace as StoredNamespace)),
+        createTime: timestampFromDate(row.createdAt),
+      })),
+      maxTaskId: BigInt(max),
+      lastTaskId: BigInt(last),
+    };
+  }
+
+  return { getTasks };
+}
+
+export type NamespaceSender = ReturnType<typeof createNamespaceSender>;
+
+function recordOf(s: StoredNamespace) {
+  const { previousClusters: _, ...rest } = s;
+  return { ...rest, createdAt: new Date(s.createdAt), updatedAt: new Date(s.updatedAt) };
+}

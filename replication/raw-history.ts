@@ -1,0 +1,46 @@
+import { create } from "@bufbuild/protobuf";
+import { and, asc, eq, gte, lt } from "drizzle-orm";
+import { invalidArgument, notFound } from "../src/errors";
+import {
+  GetWorkflowExecutionRawHistoryResponseSchema,
+  type GetWorkflowExecutionRawHistoryRequest,
+  type GetWorkflowExecutionRawHistoryResponse,
+} from "../src/gen/tern/admin/v1/service_pb";
+import { eventFromRow } from "../src/history/events";
+import type { Db } from "../src/persistence/database";
+import { executions, historyEvents } from "../src/persistence/schema";
+
+/**
+ * AdminService.GetWorkflowExecutionRawHistory: the events of one run by event id range
+ * with its version history, so a passive cluster can repair a gap (DESIGN.md section 4).
+ */
+export async function readRawHistory(db: Db, req: GetWorkflowExecutionRawHistoryRequest): Promise<GetWorkflowExecutionRawHistoryResponse> {
+  if (!req.namespaceId || !req.workflowId || !req.runId) throw invalidArgument("namespace id, workflow id and run id are required");
+  const key = and(
+    eq(executions.namespaceId, req.namespaceId),
+    eq(executions.workflowId, req.workflowId),
+    eq(executions.runId, req.runId),
+  );
+  const [run] = await db.select().from(executions).where(key);
+  if (!run) throw notFound(`workflow execution ${req.workflowId} run ${req.runId} not found in namespace id ${req.namespaceId}`);
+  const first = Number(req.firstEventId) || 1;
+  const next = Number(req.nextEventId) || run.nextEventId;
+  const rows = await db
+    .select()
+    .from(historyEvents)
+    .where(
+      and(
+        eq(historyEvents.namespaceId, req.namespaceId),
+        eq(historyEvents.workflowId, req.workflowId),
+        eq(historyEvents.runId, req.runId),
+        gte(historyEvents.eventId, first),
+        lt(historyEvents.eventId, next),
+      ),
+    )
+    .orderBy(asc(historyEvents.eventId));
+  return create(GetWorkflowExecutionRawHistoryResponseSchema, {
+    events: rows.map(eventFromRow),
+    versionHistory: { items: run.versionHistory.map((i) => ({ eventId: BigInt(i.eventId), version: BigInt(i.version) })) },
+    nextEventId: BigInt(run.nextEventId),
+  });
+}

@@ -1,0 +1,191 @@
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import type { CurrentCluster } from "../src/cluster/bootstrap";
+import type { ReplicationTask } from "../src/gen/tern/admin/v1/service_pb";
+import type { EventNotifier } from "../src/history/notifier";
+import type { Writer } from "../src/history/writer";
+import type { Logger } from "../src/observability/log";
+import type { Metrics } from "../src/observability/metrics";
+import type { Db } from "../src/persistence/database";
+import { advanceInboundAck, loadInboundAck } from "./ack-levels";
+import type { HistoryApplier, IncomingTask, RawHistoryFetcher } from "./applier";
+import type { RemoteCluster, ReplicationStream, StreamReport } from "./manager";
+import { versionHistoryFromProto } from "./version-history";
+
+export interface HistoryReceiverDeps {
+  db: Db;
+  cluster: CurrentCluster;
+  applier: HistoryApplier;
+  /** Transactions with retries and persistence metrics. */
+  writer: Pick<Writer, "transact">;
+  /** Woken per run after an apply commits, for history long polls on this cluster. */
+  notifier: EventNotifier;
+  metrics: Metrics;
+  log: Logger;
+  pageSize?: number;
+  /** Long-poll wait asked of the source. */
+  waitMs?: number;
+}
+
+/** What this process last saw of one remote shard, for status (not persisted). */
+export interface InboundProgress {
+  maxTaskId: number;
+  ackLevel: number;
+  /** Commit time on the source of the oldest task known to be unapplied. */
+  oldestUnapplied?: Date;
+}
+
+/** One pulled page, ready to apply. */
+interface Batch {
+  remote: RemoteCluster;
+  shardId: number;
+  from: number;
+  to: number;
+  maxTaskId: number;
+  tasks: ReplicationTask[];
+  signal: AbortSignal;
+}
+
+/**
+ * The receiving side of history replication (its counterpart is sender.ts): one stream
+ * per remote shard pulls after the persisted inbound ack and applies each page in one
+ * transaction that also moves the ack, so restarts give no gap and no duplicate.
+ */
+export function createHistoryReceiver(deps: HistoryReceiverDeps) {
+  const { db, cluster, applier, writer, metrics, log } = deps;
+  const pageSize = deps.pageSize ?? 200;
+  const waitMs = deps.waitMs ?? 10_000;
+  const progress = new Map<string, InboundProgress>();
+
+  function rawFetcher(remote: RemoteCluster, signal: AbortSignal): RawHistoryFetcher {
+    return async (task, first, next) => {
+      log.info("repairing history gap from source", { remote: remote.name, workflowId: task.workflowId, runId: task.runId, first, next });
+      const res = await remote.clients.admin.getWorkflowExecutionRawHistory(
+        { namespaceId: task.namespaceId, workflowId: task.workflowId, runId: task.runId, firstEventId: BigInt(first), nextEventId: BigInt(next) },
+        { signal, timeoutMs: 30_000 },
+      );
+      if (res.events.length !== next - first || Number(res.events[0]?.eventId) !== first) {
+        throw new Error(`source ${remote.name} returned ${res.events.length} events for ${task.workflowId} run ${task.runId} [${first}, ${next})`);
+      }
+      return res.events;
+    };
+  }
+
+  /** Applies tasks and moves the ack from..to in one transaction; returns the runs that grew. */
+  async function applyAll(b: Batch, tasks: ReplicationTask[], from: number, to: number): Promise<string[]> {
+    const fetchRaw = rawFetcher(b.remote, b.signal);
+    const namespaces = await applier.namespacesOf(tasks);
+    const lastCreate = tasks.at(-1)?.createTime;
+    return writer.transact("ReplicateHistory", async (tx) => {
+      const grown: string[] = [];
+      const apply = async () => {
+        for (const t of tasks) {
+          if ((await applier.applyTask(tx, namespaces.get(t.namespaceId)!, incoming(t), fetchRaw)) > 0) grown.push(t.runId);
+        }
+      };
+      // Pipelined: the ack moves with the apply, and a failure of either rolls back both.
+      await Promise.all([
+        apply(),
+        advanceInboundAck(tx, b.remote.name, b.shardId, {
+          from, to, maxTaskId: b.maxTaskId, lastAppliedCreatedAt: lastCreate ? timestampDate(lastCreate) : undefined,
+        }),
+      ]);
+      return grown;
+    });
+  }
+
+  /**
+   * Applies a page at once; if that fails, task by task so the tasks before the bad one
+   * still land, then rethrows (the manager retries the stream with backoff).
+   */
+  async function applyBatch(b: Batch): Promise<void> {
+    const labels = { remote_cluster: b.remote.name };
+    let grown: string[];
+    try {
+      grown = await applyAll(b, b.tasks, b.from, b.to);
+    } catch (batchError) {
+      if (b.tasks.length <= 1) throw failed(b, b.tasks[0], batchError);
+      grown = [];
+      let at = b.from;
+      for (const t of b.tasks) {
+        try {
+          grown.push(...(await applyAll(b, [t], at, Number(t.taskId))));
+        } catch (e) {
+          throw failed(b, t, e);
+        }
+        at = progressOf(b.remote.name, b.shardId).ackLevel = Number(t.taskId);
+      }
+      grown.push(...(await applyAll(b, [], at, b.to)));
+    }
+    const now = Date.now();
+    for (const t of b.tasks) if (t.createTime) metrics.observe("replication_latency", labels, (now - timestampDate(t.createTime).getTime()) / 1000);
+    metrics.inc("replication_tasks_applied", labels, b.tasks.length);
+    for (const runId of new Set(grown)) deps.notifier.notify(runId);
+  }
+
+  /** Counts and logs a failed apply (divergence, unknown namespace, ...) and returns the error to rethrow. */
+  function failed(b: Batch, t: ReplicationTask | undefined, e: unknown): unknown {
+    metrics.inc("replication_tasks_failed", { remote_cluster: b.remote.name });
+    log.warn("replication task failed; retrying", {
+      remote: b.remote.name, shard: b.shardId, taskId: t ? Number(t.taskId) : undefined, workflowId: t?.workflowId, runId: t?.runId,
+      error: (e as Error)?.message ?? String(e),
+    });
+    return e;
+  }
+
+  function progressOf(remote: string, shardId: number): InboundProgress {
+    const k = `${remote}/${shardId}`;
+    let p = progress.get(k);
+    if (!p) progress.set(k, (p = { maxTaskId: 0, ackLevel: 0 }));
+    return p;
+  }
+
+  /** Pulls and applies one remote shard until signal aborts. */
+  async function pull(remote: RemoteCluster, shardId: number, signal: AbortSignal, report: StreamReport): Promise<void> {
+    let ack = await loadInboundAck(db, remote.name, shardId);
+    const p = progressOf(remote.name, shardId);
+    p.ackLevel = ack;
+    while (!signal.aborted) {
+      const res = await remote.clients.admin.getReplicationTasks(
+        { shardId, afterTaskId: BigInt(ack), pageSize, includeEvents: true, clusterName: cluster.clusterName, waitTimeoutMs: waitMs },
+        { signal, timeoutMs: waitMs + 15_000 },
+      );
+      report.ok();
+      const to = Number(res.lastTaskId);
+      p.maxTaskId = Number(res.maxTaskId);
+      if (res.tasks[0]?.createTime) p.oldestUnapplied = timestampDate(res.tasks[0].createTime);
+      if (to > ack) {
+        await applyBatch({ remote, shardId, from: ack, to, maxTaskId: p.maxTaskId, tasks: res.tasks, signal });
+        ack = p.ackLevel = to;
+        const lastCreate = res.tasks.at(-1)?.createTime;
+        p.oldestUnapplied = ack >= p.maxTaskId ? undefined : lastCreate ? timestampDate(lastCreate) : p.oldestUnapplied;
+      }
+      metrics.set("replication_tasks_lag", { remote_cluster: remote.name, shard: String(shardId) }, Math.max(0, p.maxTaskId - ack));
+    }
+  }
+
+  return {
+    /** One stream per remote shard: shard counts that are multiples of each other route by hash on apply. */
+    streamsFor(remote: RemoteCluster): ReplicationStream[] {
+      return Array.from({ length: remote.shardCount }, (_, i) => ({
+        name: `history-shard-${i + 1}`,
+        run: (r: RemoteCluster, signal: AbortSignal, report: StreamReport) => pull(r, i + 1, signal, report),
+      }));
+    },
+    /** What this process last saw of remote's shard, if it pulled it. */
+    progress: (remote: string, shardId: number): InboundProgress | undefined => progress.get(`${remote}/${shardId}`),
+  };
+}
+
+export type HistoryReceiver = ReturnType<typeof createHistoryReceiver>;
+
+function incoming(t: ReplicationTask): IncomingTask {
+  return {
+    namespaceId: t.namespaceId,
+    workflowId: t.workflowId,
+    runId: t.runId,
+    firstEventId: Number(t.firstEventId),
+    nextEventId: Number(t.nextEventId),
+    versionHistory: versionHistoryFromProto(t.versionHistory?.items),
+    events: t.events,
+  };
+}

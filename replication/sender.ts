@@ -1,0 +1,166 @@
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { and, asc, eq, getTableName, gt, lte, sql, type SQL } from "drizzle-orm";
+import type { CurrentCluster } from "../src/cluster/bootstrap";
+import { failedPrecondition, invalidArgument, unavailable } from "../src/errors";
+import {
+  GetReplicationTasksResponseSchema,
+  type GetReplicationTasksRequest,
+  type GetReplicationTasksResponse,
+  type ReplicationTaskSchema,
+} from "../src/gen/tern/admin/v1/service_pb";
+import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
+import { eventFromRow } from "../src/history/events";
+import type { EventNotifier } from "../src/history/notifier";
+import type { Db } from "../src/persistence/database";
+import { clusterMetadata, historyEvents, namespaces, replicationTasks, shards } from "../src/persistence/schema";
+import { saveOutboundAck, ackKey, shardKey } from "./ack-levels";
+
+export interface ReplicationSenderDeps {
+  db: Db;
+  cluster: CurrentCluster;
+  /** Woken with `shard:N` after a task of shard N commits in this process. */
+  notifier: EventNotifier;
+  /** Cap of a long poll. */
+  maxWaitMs?: number;
+  /** Re-read at least this often while waiting: writers in other processes do not notify us. */
+  recheckMs?: number;
+}
+
+type TaskRow = typeof replicationTasks.$inferSelect;
+/** An event as json_build_object renders it inside the page query. */
+type EventJson = { eventId: number; version: number; eventTime: string; attributes: Record<string, unknown> };
+
+/**
+ * The sending side of history replication (its counterpart is receiver.ts): serves a
+ * pulling peer its namespaces' tasks of one shard, long-polls for new ones, and records
+ * the peer's after_task_id as its outbound ack.
+ */
+export function createReplicationSender({ db, cluster, notifier, maxWaitMs = 20_000, recheckMs = 1000 }: ReplicationSenderDeps) {
+  const recorded = new Map<string, number>();
+  // Ends long polls at shutdown, before the database closes under them.
+  const closing = new AbortController();
+  const inflight = new Set<Promise<unknown>>();
+
+  /** Refuses a peer this cluster does not know or has disabled: a disabled connection pauses both ways. */
+  async function checkPeer(name: string): Promise<void> {
+    const [row] = await db.select().from(clusterMetadata).where(and(eq(clusterMetadata.clusterName, name), eq(clusterMetadata.isCurrent, false)));
+    if (!row) throw failedPrecondition(`cluster ${name} is not connected to ${cluster.clusterName}; add it there with cluster upsert`);
+    if (!row.enableConnection) throw failedPrecondition(`replication with cluster ${name} is disabled on ${cluster.clusterName}`);
+  }
+
+  async function recordAck(peer: string, shardId: number, ack: number): Promise<void> {
+    const k = `${peer}/${shardId}`;
+    if (recorded.get(k) === ack) return;
+    await saveOutboundAck(db, peer, shardId, ack);
+    recorded.set(k, ack);
+    notifier.notify(ackKey(peer));
+  }
+
+  /**
+   * Tasks after `after` and at or below `bound`, for peer's namespaces (all with no peer),
+   * each with its events and the bound's value, in one statement.
+   */
+  async function queryTasks(shardId: number, after: number, bound: SQL | number, size: number, peer: string, withEvents: boolean) {
+    const t = replicationTasks;
+    const e = historyEvents;
+    // Correlated by explicit names: drizzle leaves columns unqualified in a one-table select.
+    const outer = (c: { name: string }) => sql`${sql.identifier(getTableName(t))}.${sql.identifier(c.name)}`;
+    const inner = (c: { name: string }) => sql`ev.${sql.identifier(c.name)}`;
+    const events = sql<EventJson[] | null>`(select json_agg(json_build_object('eventId', ${inner(e.eventId)}, 'version', ${inner(e.version)},
+      'eventTime', ${inner(e.eventTime)}, 'attributes', ${inner(e.attributes)}) order by ${inner(e.eventId)}) from ${e} ev
+      where ${inner(e.namespaceId)} = ${outer(t.namespaceId)} and ${inner(e.workflowId)} = ${outer(t.workflowId)}
+      and ${inner(e.runId)} = ${outer(t.runId)} and ${inner(e.eventId)} >= ${outer(t.firstEventId)} and ${inner(e.eventId)} < ${outer(t.nextEventId)})`;
+    const wanted = peer
+      ? sql`exists (select 1 from ${namespaces} ns where ns.id = ${outer(t.namespaceId)} and ns.clusters @> ${JSON.stringify([peer])}::jsonb)`
+      : undefined;
+    return db
+      .select({ task: t, max: sql<number>`${bound}`.mapWith(Number), events: withEvents ? events : sql<null>`null` })
+      .from(t)
+      .where(and(eq(t.shardId, shardId), gt(t.taskId, after), lte(t.taskId, bound), wanted))
+      .orderBy(asc(t.taskId))
+      .limit(size);
+  }
+
+  /** One page after `after` and how far it covers (tasks for other clusters are passed over). */
+  async function readPage(shardId: number, after: number, size: number, peer: string, withEvents: boolean) {
+    // Bounded by the shard counter read in the same statement: every id at or below a
+    // committed counter is committed too, so nothing below `last` can still appear.
+    const counter = sql`(select ${shards.nextTaskId} - 1 from ${shards} where ${shards.shardId} = ${shardId})`;
+    let rows = await queryTasks(shardId, after, counter, size, peer, withEvents);
+    let max = rows[0]?.max;
+    if (max === undefined) {
+      // Nothing wanted: learn the counter first, then look once more below it.
+      const [shard] = await db.select({ next: shards.nextTaskId }).from(shards).where(eq(shards.shardId, shardId));
+      max = (shard?.next ?? 1) - 1;
+      rows = await queryTasks(shardId, after, max, size, peer, withEvents);
+    }
+    const last = rows.length === size ? rows.at(-1)!.task.taskId : max;
+    const tasks = rows.map((r) => taskToProto(r.task, (r.events ?? []).map(eventFromJson)));
+    return { tasks, max, last: Math.max(last, after) };
+  }
+
+  /** AdminService.GetReplicationTasks: a page now, or a long poll until a task commits. */
+  function getReplicationTasks(req: GetReplicationTasksRequest, signal?: AbortSignal): Promise<GetReplicationTasksResponse> {
+    if (closing.signal.aborted) return Promise.reject(unavailable(`cluster ${cluster.clusterName} is shutting down`));
+    const p = serve(req, signal ? AbortSignal.any([signal, closing.signal]) : closing.signal);
+    inflight.add(p);
+    return p.finally(() => inflight.delete(p));
+  }
+
+  async function serve(req: GetReplicationTasksRequest, signal: AbortSignal): Promise<GetReplicationTasksResponse> {
+    if (req.shardId < 1 || req.shardId > cluster.historyShardCount) {
+      throw invalidArgument(`shard id must be 1..${cluster.historyShardCount}`);
+    }
+    const size = req.pageSize > 0 ? Math.min(req.pageSize, 1000) : 100;
+    const after = Number(req.afterTaskId);
+    const deadline = Date.now() + Math.min(Math.max(req.waitTimeoutMs, 0), maxWaitMs);
+    if (req.clusterName) await checkPeer(req.clusterName);
+    for (;;) {
+      // Listen before reading, so a commit between the read and the wait still wakes us.
+      const stop = new AbortController();
+      const left = deadline - Date.now();
+      const woke = left > 0 ? notifier.wait(shardKey(req.shardId), Math.min(left, recheckMs), AbortSignal.any([signal, stop.signal])) : undefined;
+      const [page] = await Promise.all([
+        readPage(req.shardId, after, size, req.clusterName, req.includeEvents),
+        req.clusterName ? recordAck(req.clusterName, req.shardId, after) : undefined,
+      ]);
+      if (page.tasks.length || !woke || signal.aborted) {
+        stop.abort();
+        return create(GetReplicationTasksResponseSchema, { tasks: page.tasks, maxTaskId: BigInt(page.max), lastTaskId: BigInt(page.last) });
+      }
+      await woke;
+    }
+  }
+
+  return {
+    getReplicationTasks,
+    /** Ends open long polls and refuses new ones; resolves once none runs. */
+    async stop(): Promise<void> {
+      closing.abort();
+      await Promise.allSettled([...inflight]);
+    },
+  };
+}
+
+export type ReplicationSender = ReturnType<typeof createReplicationSender>;
+
+function eventFromJson(e: EventJson): HistoryEvent {
+  return eventFromRow({ eventId: Number(e.eventId), version: Number(e.version), eventTime: new Date(e.eventTime), attributes: e.attributes });
+}
+
+function taskToProto(t: TaskRow, events: HistoryEvent[]): MessageInitShape<typeof ReplicationTaskSchema> {
+  return {
+    shardId: t.shardId,
+    taskId: BigInt(t.taskId),
+    namespaceId: t.namespaceId,
+    workflowId: t.workflowId,
+    runId: t.runId,
+    firstEventId: BigInt(t.firstEventId),
+    nextEventId: BigInt(t.nextEventId),
+    version: BigInt(t.version),
+    versionHistory: { items: t.versionHistory.map((i) => ({ eventId: BigInt(i.eventId), version: BigInt(i.version) })) },
+    createTime: timestampFromDate(t.createdAt),
+    events,
+  };
+}

@@ -1,0 +1,92 @@
+import { create } from "@bufbuild/protobuf";
+import { and, asc, eq, gt, sql } from "drizzle-orm";
+import type { CurrentCluster } from "../src/cluster/bootstrap";
+import {
+  GetReplicationStatusResponseSchema,
+  type GetReplicationStatusResponse,
+  type ShardReplicationStatus,
+} from "../src/gen/tern/admin/v1/service_pb";
+import type { Db } from "../src/persistence/database";
+import { clusterMetadata, replicationAckLevels, replicationTasks, shards } from "../src/persistence/schema";
+import type { InboundProgress } from "./receiver";
+
+export interface ReplicationStatusDeps {
+  db: Db;
+  cluster: CurrentCluster;
+  /** The manager's live state of a remote ("connected", "disabled", "error: ..."). */
+  connectionState: (remote: string) => string;
+  /** What this process's receiver last saw of a remote shard. */
+  inboundProgress: (remote: string, shardId: number) => InboundProgress | undefined;
+  now?: () => number;
+}
+
+type AckRow = typeof replicationAckLevels.$inferSelect;
+type ShardStatus = Omit<ShardReplicationStatus, "$typeName">;
+
+/** AdminService.GetReplicationStatus: positions and lag per remote cluster, both directions. */
+export function createReplicationStatus({ db, cluster, connectionState, inboundProgress, now = Date.now }: ReplicationStatusDeps) {
+  /** What this cluster applied of the remote's shards. */
+  function inbound(remote: typeof clusterMetadata.$inferSelect, acks: AckRow[]): ShardStatus[] {
+    return Array.from({ length: remote.historyShardCount }, (_, i) => {
+      const shardId = i + 1;
+      const row = acks.find((a) => a.direction === "inbound" && a.queue === "history" && a.shardId === shardId);
+      const seen = inboundProgress(remote.clusterName, shardId);
+      const max = Math.max(seen?.maxTaskId ?? 0, row?.maxTaskId ?? 0);
+      const acked = Math.max(seen?.ackLevel ?? 0, row?.ackLevel ?? 0);
+      const lag = Math.max(0, max - acked);
+      const since = seen?.oldestUnapplied ?? row?.lastAppliedCreatedAt ?? undefined;
+      const lagMs = lag > 0 && since ? Math.max(0, now() - since.getTime()) : 0;
+      return shardStatus(shardId, max, acked, lag, lagMs);
+    });
+  }
+
+  /** What the remote acked of this cluster's shards, with the age of its oldest unacked task. */
+  async function outbound(remote: string, acks: AckRow[], maxima: Map<number, number>): Promise<ShardStatus[]> {
+    const t = replicationTasks;
+    const a = replicationAckLevels;
+    const oldest = await db
+      .select({ shardId: t.shardId, at: sql<number>`extract(epoch from min(${t.createdAt})) * 1000`.mapWith(Number) })
+      .from(t)
+      .leftJoin(a, and(eq(a.remoteCluster, remote), eq(a.direction, "outbound"), eq(a.queue, "history"), eq(a.shardId, t.shardId)))
+      .where(gt(t.taskId, sql`coalesce(${a.ackLevel}, 0)`))
+      .groupBy(t.shardId);
+    return [...maxima].map(([shardId, max]) => {
+      const acked = acks.find((r) => r.direction === "outbound" && r.queue === "history" && r.shardId === shardId)?.ackLevel ?? 0;
+      const lag = Math.max(0, max - acked);
+      const at = oldest.find((o) => o.shardId === shardId)?.at;
+      return shardStatus(shardId, max, acked, lag, lag > 0 && at ? Math.max(0, Math.round(now() - at)) : 0);
+    });
+  }
+
+  async function get(): Promise<GetReplicationStatusResponse> {
+    const [remotes, acks, shardRows] = await Promise.all([
+      db.select().from(clusterMetadata).where(eq(clusterMetadata.isCurrent, false)).orderBy(asc(clusterMetadata.clusterName)),
+      db.select().from(replicationAckLevels),
+      db.select().from(shards).orderBy(asc(shards.shardId)),
+    ]);
+    const maxima = new Map(shardRows.map((s) => [s.shardId, s.nextTaskId - 1]));
+    const out = [];
+    for (const remote of remotes) {
+      const mine = acks.filter((a) => a.remoteCluster === remote.clusterName);
+      const ns = mine.find((a) => a.direction === "inbound" && a.queue === "namespace");
+      out.push({
+        clusterName: remote.clusterName,
+        connectionState: connectionState(remote.clusterName),
+        enableConnection: remote.enableConnection,
+        inbound: inbound(remote, mine),
+        outbound: await outbound(remote.clusterName, mine, maxima),
+        namespaceMaxTaskId: BigInt(ns?.maxTaskId ?? 0),
+        namespaceAckedTaskId: BigInt(ns?.ackLevel ?? 0),
+      });
+    }
+    return create(GetReplicationStatusResponseSchema, { clusterName: cluster.clusterName, remotes: out });
+  }
+
+  return { get };
+}
+
+export type ReplicationStatus = ReturnType<typeof createReplicationStatus>;
+
+function shardStatus(shardId: number, max: number, acked: number, lag: number, lagMs: number): ShardStatus {
+  return { shardId, maxTaskId: BigInt(max), ackedTaskId: BigInt(acked), lagTasks: BigInt(lag), lagMs: BigInt(Math.round(lagMs)) };
+}

@@ -1,0 +1,40 @@
+import { FailoverNamespaceResponseSchema } from "../../gen/tern/operator/v1/service_pb";
+import { getString, requireString } from "../args";
+import type { LeafCommand } from "../command";
+import { parseDuration } from "../duration";
+import { messageJson } from "../output";
+import { namespaceArg, namespaceFlag } from "./common-flags";
+
+/** `tern operator namespace failover`: the graceful failover (HANDOVER, drain, switch). */
+export const failoverCommand: LeafCommand = {
+  kind: "leaf",
+  name: "failover",
+  summary: "Fail a global namespace over to another cluster gracefully",
+  details: [
+    "The active cluster puts the namespace in HANDOVER (new writes wait), waits until the",
+    "target cluster has applied every replication task of the namespace, then makes the",
+    "target active with a higher failover version. If the target does not catch up within",
+    "--timeout, the namespace goes back to NORMAL on the current cluster and nothing changes.",
+    "For a forced failover (the active cluster is down), use",
+    "'tern operator namespace update -n NS --active-cluster NAME' on the target cluster.",
+    'With -o json, prints the FailoverNamespaceResponse { "namespace", "handoverTaskIds" }.',
+  ].join("\n"),
+  positionals: "[NAMESPACE]",
+  maxPositionals: 1,
+  flags: [
+    namespaceFlag,
+    { name: "to", kind: "string", valueName: "CLUSTER", description: "Cluster to make active (required)" },
+    { name: "timeout", kind: "string", valueName: "DURATION", description: "How long to wait for the target to catch up", defaultText: "10s" },
+  ],
+  async run(ctx, args) {
+    const namespace = namespaceArg(args);
+    const targetCluster = requireString(args, "to");
+    const timeoutText = getString(args, "timeout");
+    const timeout = timeoutText === undefined ? undefined : parseDuration(timeoutText, "timeout");
+    const res = await ctx.operator().failoverNamespace({ namespace, targetCluster, timeout }, { signal: ctx.signal });
+    if (ctx.format === "json") return ctx.out(messageJson(FailoverNamespaceResponseSchema, res));
+    const ns = res.namespace;
+    const active = ns?.replicationConfig?.activeClusterName ?? targetCluster;
+    ctx.out(`Namespace ${namespace} is active in ${active} (failover version ${ns?.failoverVersion ?? 0n})\n`);
+  },
+};

@@ -1,0 +1,82 @@
+import {
+  GetReplicationStatusResponseSchema,
+  type GetReplicationStatusResponse,
+  type RemoteClusterReplicationStatus,
+  type ShardReplicationStatus,
+} from "../../gen/tern/admin/v1/service_pb";
+import type { GroupCommand, LeafCommand } from "../command";
+import { formatTable, messageJson } from "../output";
+
+/** The connection column: the live state, or "disabled" when enable_connection is off. */
+function connectionOf(remote: RemoteClusterReplicationStatus): string {
+  if (!remote.enableConnection) return "disabled";
+  return remote.connectionState || "unknown";
+}
+
+function shardRow(remote: RemoteClusterReplicationStatus, direction: string, s: ShardReplicationStatus): string[] {
+  return [
+    remote.clusterName,
+    direction,
+    String(s.shardId),
+    String(s.maxTaskId),
+    String(s.ackedTaskId),
+    String(s.lagTasks),
+    String(s.lagMs),
+    connectionOf(remote),
+  ];
+}
+
+/** Namespace replication as one more inbound row, shard "ns". */
+function namespaceRow(remote: RemoteClusterReplicationStatus): string[] {
+  const lag = remote.namespaceMaxTaskId - remote.namespaceAckedTaskId;
+  return [
+    remote.clusterName,
+    "inbound",
+    "ns",
+    String(remote.namespaceMaxTaskId),
+    String(remote.namespaceAckedTaskId),
+    String(lag > 0n ? lag : 0n),
+    "",
+    connectionOf(remote),
+  ];
+}
+
+/** The status table: one row per remote cluster, direction and shard. */
+export function replicationStatusTable(res: GetReplicationStatusResponse): string {
+  const headers = ["REMOTE", "DIRECTION", "SHARD", "MAX TASK ID", "ACKED TASK ID", "LAG (TASKS)", "LAG (MS)", "CONNECTION"];
+  const rows = res.remotes.flatMap((remote) => [
+    ...remote.inbound.map((s) => shardRow(remote, "inbound", s)),
+    namespaceRow(remote),
+    ...remote.outbound.map((s) => shardRow(remote, "outbound", s)),
+  ]);
+  const title = `Cluster ${res.clusterName || "(unnamed)"}`;
+  if (rows.length === 0) return `${title}: no remote clusters (connect one with 'tern operator cluster upsert')\n`;
+  return `${title}\n${formatTable(headers, rows)}`;
+}
+
+const status: LeafCommand = {
+  kind: "leaf",
+  name: "status",
+  summary: "Show replication positions and lag per remote cluster and shard",
+  details: [
+    "inbound rows: what this cluster pulls from the remote, per remote shard (MAX TASK ID is",
+    "the highest task id the remote has, ACKED TASK ID what this cluster applied); the row",
+    'with shard "ns" is namespace replication.',
+    "outbound rows: what the remote acked of this cluster's tasks, per local shard.",
+    "LAG (TASKS) is MAX TASK ID minus ACKED TASK ID; LAG (MS) is the delay the server measures.",
+    "With -o json, prints the GetReplicationStatusResponse as protobuf JSON.",
+  ].join("\n"),
+  flags: [],
+  async run(ctx) {
+    const res = await ctx.admin().getReplicationStatus({}, { signal: ctx.signal });
+    ctx.out(ctx.format === "json" ? messageJson(GetReplicationStatusResponseSchema, res) : replicationStatusTable(res));
+  },
+};
+
+/** `tern replication ...`. */
+export const replicationCommand: GroupCommand = {
+  kind: "group",
+  name: "replication",
+  summary: "Inspect replication between clusters",
+  commands: [status],
+};

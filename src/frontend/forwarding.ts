@@ -1,0 +1,87 @@
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { ulid } from "ulid";
+import type { ClusterDirectory } from "../cluster/directory";
+import type { RemoteClientPool, RemoteClients } from "../cluster/remote-client";
+import type { RedirectionPolicy } from "../config/schema";
+import { unavailable } from "../errors";
+import type { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
+import type { NamespaceRegistry } from "../namespace/registry";
+
+/** Marks a forwarded call; a call carrying it is never forwarded again (no loops). */
+export const FORWARDED_HEADER = "x-tern-forwarded-from";
+
+type Workflow = ServiceImpl<typeof WorkflowService>;
+type MethodName = keyof Workflow;
+
+/** The writes selected-apis-forwarding forwards (as Temporal's selected-apis-forwarding). */
+const SELECTED: MethodName[] = [
+  "startWorkflowExecution",
+  "signalWorkflowExecution",
+  "signalWithStartWorkflowExecution",
+  "requestCancelWorkflowExecution",
+  "terminateWorkflowExecution",
+];
+
+/** Every namespace-scoped execution API, writes and reads; namespace verbs always run locally. */
+const ALL: MethodName[] = [
+  ...SELECTED,
+  "completeWorkflowExecution",
+  "failWorkflowExecution",
+  "recordMarker",
+  "describeWorkflowExecution",
+  "getWorkflowExecutionHistory",
+  "listWorkflowExecutions",
+];
+
+/** The frontend clients of a connected cluster, by name. */
+export async function frontendOf(clusters: ClusterDirectory, pool: RemoteClientPool, name: string): Promise<RemoteClients> {
+  const row = (await clusters.list()).find((c) => c.clusterName === name && !c.isCurrent);
+  if (!row) throw unavailable(`cannot forward to cluster ${name}: it is not connected to ${clusters.current().clusterName}`);
+  return pool.get(row.rpcAddress);
+}
+
+/** Call options of a forwarded call: the marker header, and the caller's deadline and cancellation. */
+export function forwardOptions(ctx: HandlerContext, from: string) {
+  return { headers: { [FORWARDED_HEADER]: from }, signal: ctx.signal, timeoutMs: ctx.timeoutMs() };
+}
+
+export interface ForwardingDeps {
+  inner: Workflow;
+  policy: RedirectionPolicy;
+  namespaces: NamespaceRegistry;
+  clusters: ClusterDirectory;
+  clients: RemoteClientPool;
+}
+
+/**
+ * Wraps the WorkflowService (DESIGN.md section 5): a call on a global namespace that is
+ * active elsewhere goes to the active cluster's frontend when the policy covers it. The
+ * request keeps its requestId (one is made first when empty, so retrying the forwarded
+ * call stays idempotent); the remote's error codes come back unchanged.
+ */
+export function createForwardingWorkflowService({ inner, policy, namespaces, clusters, clients }: ForwardingDeps): Workflow {
+  if (policy === "noop") return inner;
+  const current = clusters.current().clusterName;
+
+  /** The active cluster to forward to, or undefined to serve here. */
+  async function forwardTarget(namespace: string, ctx: HandlerContext): Promise<string | undefined> {
+    if (!namespace || ctx.requestHeader.get(FORWARDED_HEADER)) return undefined;
+    const ns = await namespaces.getByName(namespace).catch(() => undefined);
+    if (!ns || !ns.isGlobal || ns.activeClusterName === current) return undefined;
+    return ns.activeClusterName;
+  }
+
+  const wrapped: Record<string, unknown> = { ...inner };
+  for (const name of policy === "all-apis-forwarding" ? ALL : SELECTED) {
+    const local = inner[name] as (req: never, ctx: HandlerContext) => unknown;
+    wrapped[name] = async (req: { namespace: string; requestId?: string }, ctx: HandlerContext) => {
+      const target = await forwardTarget(req.namespace, ctx);
+      if (!target) return local.call(inner, req as never, ctx);
+      const message = "requestId" in req && !req.requestId ? { ...req, requestId: ulid() } : req;
+      const remote = (await frontendOf(clusters, clients, target)).workflow;
+      const call = remote[name as keyof typeof remote] as (m: unknown, o: unknown) => Promise<unknown>;
+      return call(message, forwardOptions(ctx, current));
+    };
+  }
+  return wrapped as Workflow;
+}

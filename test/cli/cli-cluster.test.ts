@@ -1,0 +1,154 @@
+import { describe, expect, test } from "bun:test";
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import {
+  type AddOrUpdateRemoteClusterRequest,
+  ClusterInfoSchema,
+  type RemoveRemoteClusterRequest,
+} from "../../src/gen/tern/operator/v1/service_pb";
+import { runCli } from "./harness";
+
+const clusterA = create(ClusterInfoSchema, {
+  clusterName: "clusterA",
+  clusterId: "id-a",
+  rpcAddress: "127.0.0.1:7233",
+  isCurrentCluster: true,
+  enableConnection: true,
+  initialFailoverVersion: 1n,
+  historyShardCount: 4,
+});
+const clusterB = create(ClusterInfoSchema, {
+  clusterName: "clusterB",
+  clusterId: "id-b",
+  rpcAddress: "localhost:8233",
+  enableConnection: true,
+  connectionState: "connected",
+  initialFailoverVersion: 2n,
+  historyShardCount: 8,
+});
+
+/** A fake upsert that records each request and answers with clusterB as asked. */
+function upsertFake(seen: AddOrUpdateRemoteClusterRequest[]) {
+  return {
+    addOrUpdateRemoteCluster(req: AddOrUpdateRemoteClusterRequest) {
+      seen.push(req);
+      const enable = req.enableRemoteClusterConnection ?? true;
+      const cluster = { ...clusterB, enableConnection: enable, connectionState: enable ? "connecting" : "disabled" };
+      return { cluster: create(ClusterInfoSchema, { ...cluster, rpcAddress: req.frontendAddress }) };
+    },
+  };
+}
+
+describe("the seed runbook's tctl spelling works verbatim", () => {
+  test("upsert-remote-cluster with -address and --frontend_address leaves enable unset", async () => {
+    const seen: AddOrUpdateRemoteClusterRequest[] = [];
+    const r = await runCli(
+      ["-address", "127.0.0.1:7233", "admin", "cluster", "upsert-remote-cluster", "--frontend_address", "localhost:8233"],
+      { operator: upsertFake(seen) },
+    );
+    expect(r.code).toBe(0);
+    expect(r.addresses).toEqual(["http://127.0.0.1:7233"]);
+    expect(seen[0]!.frontendAddress).toBe("localhost:8233");
+    expect(seen[0]!.enableRemoteClusterConnection).toBeUndefined();
+    expect(r.stdout).toBe(
+      "Cluster clusterB at localhost:8233: connection enabled (connecting); initial failover version 2, 8 shards\n",
+    );
+  });
+
+  test("--enable_connection false as a separate value disables the connection", async () => {
+    const seen: AddOrUpdateRemoteClusterRequest[] = [];
+    const argv = ["-address", "127.0.0.1:8233", "admin", "cluster", "upsert-remote-cluster", "--frontend_address", "localhost:7233", "--enable_connection", "false"];
+    const r = await runCli(argv, { operator: upsertFake(seen) });
+    expect(r.code).toBe(0);
+    expect(r.addresses).toEqual(["http://127.0.0.1:8233"]);
+    expect(seen[0]!.enableRemoteClusterConnection).toBe(false);
+    expect(r.stdout).toContain("connection disabled");
+  });
+
+  test("remove-remote-cluster --cluster sends the name", async () => {
+    const seen: RemoveRemoteClusterRequest[] = [];
+    const r = await runCli(["-address", "127.0.0.1:7233", "admin", "cluster", "remove-remote-cluster", "--cluster", "clusterB"], {
+      operator: { removeRemoteCluster: (req) => (seen.push(req), {}) },
+    });
+    expect(r.code).toBe(0);
+    expect(seen[0]!.clusterName).toBe("clusterB");
+    expect(r.stdout).toBe("Removed remote cluster clusterB\n");
+  });
+});
+
+describe("operator cluster", () => {
+  test("upsert --frontend-address and --enable-connection=false", async () => {
+    const seen: AddOrUpdateRemoteClusterRequest[] = [];
+    const on = await runCli(["operator", "cluster", "upsert", "--frontend-address", "localhost:8233", "--enable-connection"], {
+      operator: upsertFake(seen),
+    });
+    const off = await runCli(["--address", "h:1", "operator", "cluster", "upsert", "--frontend-address=h:2", "--enable-connection=false", "-o", "json"], {
+      operator: upsertFake(seen),
+    });
+    expect([on.code, off.code]).toEqual([0, 0]);
+    expect(seen.map((s) => s.enableRemoteClusterConnection)).toEqual([true, false]);
+    const json = JSON.parse(off.stdout);
+    expect(json.cluster.clusterName).toBe("clusterB");
+    expect(json.cluster.connectionState).toBe("disabled");
+  });
+
+  test("upsert without --frontend-address is a usage error and calls nothing", async () => {
+    const seen: AddOrUpdateRemoteClusterRequest[] = [];
+    const r = await runCli(["operator", "cluster", "upsert"], { operator: upsertFake(seen) });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain("--frontend-address is required");
+    expect(seen).toEqual([]);
+  });
+
+  test("remove --name (or positional); a refusal prints one error line", async () => {
+    const r = await runCli(["operator", "cluster", "remove", "--name", "clusterB"], {
+      operator: {
+        removeRemoteCluster: () => {
+          throw new ConnectError("cluster clusterB is still listed by namespace(s) orders; remove it from their clusters first", Code.FailedPrecondition);
+        },
+      },
+    });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe(
+      "error: failed_precondition: cluster clusterB is still listed by namespace(s) orders; remove it from their clusters first\n",
+    );
+    const both = await runCli(["operator", "cluster", "remove", "clusterB", "--name", "clusterC"]);
+    expect(both.code).toBe(2);
+  });
+
+  test("list shows address, enable flag, connection state, initial version and shards", async () => {
+    const disabledC = create(ClusterInfoSchema, { ...clusterB, clusterName: "clusterC", clusterId: "id-c", enableConnection: false, connectionState: "disabled", initialFailoverVersion: 3n });
+    const r = await runCli(["operator", "cluster", "list"], {
+      operator: { listClusters: () => ({ clusters: [clusterA, clusterB, disabledC] }) },
+    });
+    expect(r.code).toBe(0);
+    const lines = r.stdout.trimEnd().split("\n");
+    expect(lines[0]).toMatch(/^NAME +ID +ADDRESS +CURRENT +ENABLED +CONNECTION +INITIAL VERSION +SHARDS$/);
+    expect(lines[1]).toMatch(/^clusterA +id-a +127\.0\.0\.1:7233 +yes +current +1 +4$/);
+    expect(lines[2]).toMatch(/^clusterB +id-b +localhost:8233 +true +connected +2 +8$/);
+    expect(lines[3]).toMatch(/^clusterC +id-c +localhost:8233 +false +disabled +3 +8$/);
+  });
+
+  test("describe of a remote shows its connection state", async () => {
+    let asked = "";
+    const r = await runCli(["operator", "cluster", "describe", "clusterB"], {
+      operator: { describeCluster: (req) => ((asked = req.clusterName), { cluster: clusterB }) },
+    });
+    expect(asked).toBe("clusterB");
+    expect(r.stdout).toMatch(/^ConnectionState: +connected$/m);
+    expect(r.stdout).toMatch(/^RpcAddress: +localhost:8233$/m);
+    expect(r.stdout).toMatch(/^InitialFailoverVersion: +2$/m);
+    expect(r.stdout).not.toContain("ServerVersion");
+  });
+
+  test("--help documents the tctl spelling and the columns", async () => {
+    const upsert = await runCli(["admin", "cluster", "upsert-remote-cluster", "--help"]);
+    expect(upsert.code).toBe(0);
+    expect(upsert.stdout).toContain("--frontend-address HOST:PORT");
+    expect(upsert.stdout).toContain("--enable_connection false");
+    const list = await runCli(["operator", "cluster", "list", "-h"]);
+    expect(list.stdout).toContain("CONNECTION (connected, connecting, disabled or error: ...)");
+    const group = await runCli(["admin", "cluster"]);
+    expect(group.stdout).toMatch(/^ {2}remove-remote-cluster +Disconnect a remote cluster/m);
+  });
+});

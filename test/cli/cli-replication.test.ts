@@ -1,0 +1,155 @@
+import { describe, expect, test } from "bun:test";
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { GetReplicationStatusResponseSchema } from "../../src/gen/tern/admin/v1/service_pb";
+import type { FailoverNamespaceRequest } from "../../src/gen/tern/operator/v1/service_pb";
+import { NamespaceDescriptionSchema, ReplicationState } from "../../src/gen/tern/workflow/v1/namespace_pb";
+import { runCli } from "./harness";
+
+const status = create(GetReplicationStatusResponseSchema, {
+  clusterName: "clusterA",
+  remotes: [
+    {
+      clusterName: "clusterB",
+      connectionState: "connected",
+      enableConnection: true,
+      inbound: [{ shardId: 1, maxTaskId: 10n, ackedTaskId: 10n }],
+      outbound: [{ shardId: 1, maxTaskId: 42n, ackedTaskId: 40n, lagTasks: 2n, lagMs: 150n }],
+      namespaceMaxTaskId: 3n,
+      namespaceAckedTaskId: 3n,
+    },
+  ],
+});
+
+function orders(active: string, failoverVersion: bigint) {
+  return create(NamespaceDescriptionSchema, {
+    namespaceInfo: { name: "orders", id: "id-orders", state: 1 },
+    isGlobalNamespace: true,
+    failoverVersion,
+    replicationConfig: { activeClusterName: active, clusters: ["clusterA", "clusterB"], state: ReplicationState.NORMAL },
+    failoverHistory: [
+      { failoverTime: timestampFromDate(new Date("2025-01-02T03:04:05Z")), fromCluster: "clusterA", toCluster: "clusterB", failoverVersion: 102n },
+      { failoverTime: timestampFromDate(new Date("2025-01-02T03:09:00Z")), fromCluster: "clusterB", toCluster: "clusterA", failoverVersion: 201n },
+    ],
+  });
+}
+
+describe("replication status", () => {
+  test("table: one row per remote, direction and shard, plus namespace replication", async () => {
+    const r = await runCli(["replication", "status"], { admin: { getReplicationStatus: () => status } });
+    expect(r.code).toBe(0);
+    const lines = r.stdout.trimEnd().split("\n");
+    expect(lines[0]).toBe("Cluster clusterA");
+    expect(lines[1]).toMatch(/^REMOTE +DIRECTION +SHARD +MAX TASK ID +ACKED TASK ID +LAG \(TASKS\) +LAG \(MS\) +CONNECTION$/);
+    expect(lines[2]).toMatch(/^clusterB +inbound +1 +10 +10 +0 +0 +connected$/);
+    expect(lines[3]).toMatch(/^clusterB +inbound +ns +3 +3 +0 +connected$/);
+    expect(lines[4]).toMatch(/^clusterB +outbound +1 +42 +40 +2 +150 +connected$/);
+  });
+
+  test("-o json is the protobuf JSON of the response", async () => {
+    const r = await runCli(["replication", "status", "-o", "json"], { admin: { getReplicationStatus: () => status } });
+    const json = JSON.parse(r.stdout);
+    expect(json.clusterName).toBe("clusterA");
+    expect(json.remotes[0].outbound[0]).toEqual({ shardId: 1, maxTaskId: "42", ackedTaskId: "40", lagTasks: "2", lagMs: "150" });
+  });
+
+  test("no remotes: says how to connect one; a disabled remote reads disabled", async () => {
+    const none = await runCli(["replication", "status"], { admin: { getReplicationStatus: () => ({ clusterName: "clusterA" }) } });
+    expect(none.stdout).toBe("Cluster clusterA: no remote clusters (connect one with 'tern operator cluster upsert')\n");
+    const off = create(GetReplicationStatusResponseSchema, { clusterName: "clusterA", remotes: [{ clusterName: "clusterB", connectionState: "connected", enableConnection: false }] });
+    const r = await runCli(["replication", "status"], { admin: { getReplicationStatus: () => off } });
+    expect(r.stdout).toMatch(/^clusterB +inbound +ns +0 +0 +0 +disabled$/m);
+  });
+});
+
+describe("namespace failover", () => {
+  test("failover --to sends the target and timeout and prints the new active cluster", async () => {
+    let seen: FailoverNamespaceRequest | undefined;
+    const r = await runCli(["operator", "namespace", "failover", "--namespace", "orders", "--to", "clusterB", "--timeout", "30s"], {
+      operator: { failoverNamespace: (req) => ((seen = req), { namespace: orders("clusterB", 102n), handoverTaskIds: { 1: 7n } }) },
+    });
+    expect(r.code).toBe(0);
+    expect(seen!.namespace).toBe("orders");
+    expect(seen!.targetCluster).toBe("clusterB");
+    expect(seen!.timeout?.seconds).toBe(30n);
+    expect(r.stdout).toBe("Namespace orders is active in clusterB (failover version 102)\n");
+  });
+
+  test("without --timeout the server's default applies; -o json shows the handover task ids", async () => {
+    let seen: FailoverNamespaceRequest | undefined;
+    const r = await runCli(["operator", "namespace", "failover", "orders", "--to", "clusterB", "-o", "json"], {
+      operator: { failoverNamespace: (req) => ((seen = req), { namespace: orders("clusterB", 102n), handoverTaskIds: { 1: 7n } }) },
+    });
+    expect(seen!.timeout).toBeUndefined();
+    expect(JSON.parse(r.stdout).handoverTaskIds).toEqual({ "1": "7" });
+  });
+
+  test("a failover that times out prints one error line and exits 1", async () => {
+    const r = await runCli(["operator", "namespace", "failover", "-n", "orders", "--to", "clusterB"], {
+      operator: {
+        failoverNamespace: () => {
+          throw new ConnectError("clusterB did not catch up within 10s\n(shard 1: acked 5 of 7)", Code.DeadlineExceeded);
+        },
+      },
+    });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe("error: deadline_exceeded: clusterB did not catch up within 10s\n");
+  });
+
+  test("--to is required and the timeout must be a duration", async () => {
+    const noTarget = await runCli(["operator", "namespace", "failover", "-n", "orders"]);
+    expect(noTarget.code).toBe(2);
+    expect(noTarget.stderr).toContain("--to is required");
+    const badTimeout = await runCli(["operator", "namespace", "failover", "-n", "orders", "--to", "B", "--timeout", "soon"]);
+    expect(badTimeout.code).toBe(2);
+  });
+
+  test("the failover history lists the latest five, newest first", async () => {
+    const many = orders("clusterA", 701n);
+    many.failoverHistory = Array.from({ length: 7 }, (_, i) => ({
+      ...many.failoverHistory[0]!,
+      failoverTime: timestampFromDate(new Date(Date.UTC(2025, 0, 1 + i))),
+      failoverVersion: BigInt(100 * i + 1),
+    }));
+    const r = await runCli(["operator", "namespace", "describe", "orders"], {
+      workflow: { describeNamespace: () => ({ namespace: many }) },
+    });
+    const lines = r.stdout.slice(r.stdout.indexOf("FailoverHistory:")).trimEnd().split("\n");
+    expect(lines.slice(1).map((l) => l.trim())).toEqual([
+      "2025-01-07T00:00:00.000Z  clusterA → clusterB @601",
+      "2025-01-06T00:00:00.000Z  clusterA → clusterB @501",
+      "2025-01-05T00:00:00.000Z  clusterA → clusterB @401",
+      "2025-01-04T00:00:00.000Z  clusterA → clusterB @301",
+      "2025-01-03T00:00:00.000Z  clusterA → clusterB @201",
+      "(2 earlier)",
+    ]);
+  });
+
+  test("describe shows active cluster, version, replication state and the failover history", async () => {
+    const r = await runCli(["operator", "namespace", "describe", "orders"], {
+      workflow: { describeNamespace: () => ({ namespace: orders("clusterA", 201n) }) },
+    });
+    expect(r.stdout).toMatch(/^ActiveClusterName: +clusterA$/m);
+    expect(r.stdout).toMatch(/^FailoverVersion: +201$/m);
+    expect(r.stdout).toMatch(/^ReplicationState: +Normal$/m);
+    expect(r.stdout).toContain(
+      "FailoverHistory:\n  2025-01-02T03:09:00.000Z  clusterB → clusterA @201\n  2025-01-02T03:04:05.000Z  clusterA → clusterB @102\n",
+    );
+  });
+
+  test("the forced failover (update --active-cluster) still works and help points to both", async () => {
+    let active = "";
+    const r = await runCli(["operator", "namespace", "update", "-n", "orders", "--active-cluster", "clusterA"], {
+      workflow: { updateNamespace: (req) => ((active = req.activeClusterName), { namespace: orders("clusterA", 201n) }) },
+    });
+    expect(r.code).toBe(0);
+    expect(active).toBe("clusterA");
+    const help = await runCli(["operator", "namespace", "failover", "--help"]);
+    expect(help.stdout).toContain("--to CLUSTER");
+    expect(help.stdout).toContain('--timeout DURATION');
+    expect(help.stdout).toContain("--active-cluster NAME");
+    const status = await runCli(["replication", "status", "--help"]);
+    expect(status.stdout).toContain("outbound rows");
+  });
+});

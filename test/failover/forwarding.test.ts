@@ -1,0 +1,76 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { Code } from "@connectrpc/connect";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { rejects } from "../support/rejects";
+import type { TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+import { connectAll, eventuallyOn, startClusters } from "./mesh";
+
+setDefaultTimeout(90_000);
+
+const policy = (p: string) => ({ extraYaml: `dcRedirectionPolicy: { policy: ${p} }` });
+const run = (workflowId: string) => ({ workflowId, runId: "" });
+
+for (const store of await testStores()) {
+  describe(`forwarding to the active cluster on ${store}`, () => {
+    let a: TestCluster, noop: TestCluster, selected: TestCluster, all: TestCluster;
+    beforeAll(async () => {
+      [a, noop, selected, all] = await startClusters(store, [{}, {}, policy("selected-apis-forwarding"), policy("all-apis-forwarding")]);
+      await connectAll([a, noop, selected, all]);
+      await a.client(WorkflowService).registerNamespace({
+        namespace: "orders", isGlobalNamespace: true, clusters: ["clusterA", "clusterB", "clusterC", "clusterD"],
+      });
+      for (const x of [noop, selected, all]) await eventuallyOn(x, "orders", () => {});
+      await a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "w1", workflowType: "t", taskQueue: "q" });
+    });
+    afterAll(() => Promise.all([a, noop, selected, all].map((x) => x.destroy())));
+
+    test("TestSignalOnPassiveRefusedUnderNoop", async () => {
+      await rejects(
+        noop.client(WorkflowService).signalWorkflowExecution({ namespace: "orders", workflowExecution: run("w1"), signalName: "s" }),
+        Code.FailedPrecondition,
+        "namespace orders is active in cluster clusterA",
+      );
+    });
+
+    test("TestSignalOnPassiveForwardedUnderSelectedApisAndRetryIsIdempotent", async () => {
+      const wf = selected.client(WorkflowService);
+      const first = await wf.signalWorkflowExecution({ namespace: "orders", workflowExecution: run("w1"), signalName: "s", requestId: "sig-1" });
+      const again = await wf.signalWorkflowExecution({ namespace: "orders", workflowExecution: run("w1"), signalName: "s", requestId: "sig-1" });
+      expect(again.eventId).toBe(first.eventId);
+      const noId = await wf.signalWorkflowExecution({ namespace: "orders", workflowExecution: run("w1"), signalName: "s2" });
+      expect(noId.eventId).toBe(first.eventId + 1n);
+      const history = await a.client(WorkflowService).getWorkflowExecutionHistory({ namespace: "orders", execution: run("w1") });
+      expect(history.history!.events.length).toBe(3); // started + two signals: the retry added nothing
+    });
+
+    test("TestStartOnPassiveForwardedUnderSelectedApis", async () => {
+      const started = await selected.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "w2", workflowType: "t", taskQueue: "q" });
+      const onA = await a.client(WorkflowService).describeWorkflowExecution({ namespace: "orders", execution: run("w2") });
+      expect(onA.workflowExecutionInfo!.execution!.runId).toBe(started.runId);
+    });
+
+    test("TestForwardedErrorsKeepTheirCodes", async () => {
+      await rejects(
+        selected.client(WorkflowService).signalWorkflowExecution({ namespace: "orders", workflowExecution: run("missing"), signalName: "s" }),
+        Code.NotFound,
+        "workflow execution missing not found",
+      );
+    });
+
+    test("TestCompleteNotForwardedUnderSelectedButForwardedUnderAllApis", async () => {
+      await rejects(
+        selected.client(WorkflowService).recordMarker({ namespace: "orders", workflowExecution: run("w1"), markerName: "m" }),
+        Code.FailedPrecondition,
+        "active in cluster clusterA",
+      );
+      const marker = await all.client(WorkflowService).recordMarker({ namespace: "orders", workflowExecution: run("w1"), markerName: "m" });
+      expect(marker.eventId).toBe(4n);
+      const described = await all.client(WorkflowService).describeWorkflowExecution({ namespace: "orders", execution: run("w1") });
+      expect(described.nextEventId).toBe(5n);
+      await all.client(WorkflowService).completeWorkflowExecution({ namespace: "orders", workflowExecution: run("w1") });
+      const closed = await a.client(WorkflowService).describeWorkflowExecution({ namespace: "orders", execution: run("w1") });
+      expect(closed.workflowExecutionInfo!.closeTime).toBeDefined();
+    });
+  });
+}

@@ -1,0 +1,125 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { Code } from "@connectrpc/connect";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
+import { ReplicationState } from "../../src/gen/tern/workflow/v1/namespace_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { eventually } from "../support/eventually";
+import { rejects } from "../support/rejects";
+import { eq } from "drizzle-orm";
+import { namespaces } from "../../src/persistence/schema";
+import { startTestCluster, type TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+import { addr, connectAll, describeOn, eventuallyOn, expectActiveOn, startClusters } from "./mesh";
+
+setDefaultTimeout(90_000);
+
+const failover = (x: TestCluster, target: string, seconds = 10) =>
+  x.client(OperatorService).failoverNamespace({ namespace: "orders", targetCluster: target, timeout: { seconds: BigInt(seconds) } });
+const start = (x: TestCluster, workflowId: string) =>
+  x.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId, workflowType: "t", taskQueue: "q" });
+const state = async (x: TestCluster) => (await describeOn(x, "orders")).replicationConfig!.state;
+const setConnection = (x: TestCluster, to: TestCluster, enabled: boolean) =>
+  x.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(to), enableRemoteClusterConnection: enabled });
+
+for (const store of await testStores()) {
+  describe(`graceful failover on ${store}`, () => {
+    let a: TestCluster, b: TestCluster;
+    beforeAll(async () => {
+      [a, b] = await startClusters(store, [{}, {}]);
+      await connectAll([a, b]);
+      await a.client(WorkflowService).registerNamespace({ namespace: "orders", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
+      await eventuallyOn(b, "orders", () => {});
+    });
+    afterAll(() => Promise.all([a, b].map((x) => x.destroy())));
+
+    test("TestGracefulFailoverSwitchesWhenTargetCaughtUp", async () => {
+      const res = await failover(a, "clusterB");
+      expect(res.namespace!.replicationConfig).toMatchObject({ activeClusterName: "clusterB", state: ReplicationState.NORMAL });
+      expect(res.namespace!.failoverVersion).toBe(2n);
+      await expectActiveOn(b, "orders", "clusterB", 2n);
+    });
+
+    test("TestGracefulFailoverAskedOfPassiveIsForwardedToActive", async () => {
+      const res = await failover(a, "clusterA"); // a is passive now: B runs it
+      expect(res.namespace!.failoverVersion).toBe(101n);
+      await expectActiveOn(a, "orders", "clusterA", 101n);
+      await expectActiveOn(b, "orders", "clusterA", 101n);
+    });
+
+    // Needs history replication (replication/sender.ts + receiver.ts): B must ack A's history tasks.
+    test("TestGracefulFailoverWithHistoriesMovingLosesNoWrite", async () => {
+      for (let i = 0; i < 5; i++) await start(a, `moving-${i}`);
+      const res = await failover(a, "clusterB");
+      expect(Object.values(res.handoverTaskIds).some((id) => id > 0n)).toBe(true);
+      for (let i = 0; i < 5; i++) {
+        const run = await b.client(WorkflowService).describeWorkflowExecution({ namespace: "orders", execution: { workflowId: `moving-${i}` } });
+        expect(run.lastWriteVersion).toBe(101n);
+      }
+      await b.client(WorkflowService).signalWorkflowExecution({ namespace: "orders", workflowExecution: { workflowId: "moving-0" }, signalName: "after" });
+      await failover(b, "clusterA"); // back, for the tests below
+      await expectActiveOn(a, "orders", "clusterA", 201n);
+    });
+
+    test("TestGracefulFailoverTimesOutAndReturnsToNormal", async () => {
+      await setConnection(a, b, false);
+      try {
+        await start(a, "unshipped");
+        const err = await rejects(failover(a, "clusterB", 1), Code.Unavailable, "graceful failover of namespace orders to clusterB timed out");
+        expect(err.rawMessage).toMatch(/acked history shard \d+ up to task \d+ of \d+/);
+        expect(err.rawMessage).toContain("stays active in clusterA");
+        expect(await state(a)).toBe(ReplicationState.NORMAL);
+        expect((await describeOn(a, "orders")).replicationConfig!.activeClusterName).toBe("clusterA");
+        await start(a, "after-timeout"); // writes go on
+      } finally {
+        await setConnection(a, b, true);
+      }
+    });
+
+    test("TestWritesDuringHandoverWaitForItToEnd", async () => {
+      await setConnection(a, b, false);
+      try {
+        await start(a, "before-wait");
+        const failing = failover(a, "clusterB", 2).catch((e) => e);
+        await eventually(async () => expect(await state(a)).toBe(ReplicationState.HANDOVER));
+        const started = Date.now();
+        const res = await start(a, "during-handover");
+        expect(res.runId).not.toBe("");
+        expect(Date.now() - started).toBeGreaterThan(200); // it waited for the handover to end
+        expect(await failing).toBeInstanceOf(Error);
+        expect(await state(a)).toBe(ReplicationState.NORMAL);
+      } finally {
+        await setConnection(a, b, true);
+      }
+    });
+
+    test("TestWritesDuringLongHandoverGetUnavailable", async () => {
+      await setConnection(a, b, false);
+      try {
+        await start(a, "before-long");
+        const failing = failover(a, "clusterB", 8).catch((e) => e);
+        await eventually(async () => expect(await state(a)).toBe(ReplicationState.HANDOVER));
+        await rejects(start(a, "refused-during-handover"), Code.Unavailable, "namespace orders is in handover");
+        await failing;
+      } finally {
+        await setConnection(a, b, true);
+      }
+    });
+
+    test("TestReplicationStateNormalOnAllClustersAfterSeriesOfFailovers", async () => {
+      for (const x of [a, b]) expect(await state(x)).toBe(ReplicationState.NORMAL);
+    });
+
+    test("TestHandoverLeftByACrashIsResetOnStartup", async () => {
+      // As if the process died mid-failover: HANDOVER is in the database, nobody will leave it.
+      await a.server.database.db.update(namespaces).set({ replicationState: "HANDOVER" }).where(eq(namespaces.name, "orders"));
+      await a.stop();
+      const restarted = await startTestCluster({ store, name: "clusterA", initialFailoverVersion: 1, dataLocation: a.dataLocation });
+      try {
+        expect(await state(restarted)).toBe(ReplicationState.NORMAL);
+        await start(restarted, "after-restart");
+      } finally {
+        await restarted.stop();
+      }
+    });
+  });
+}

@@ -1,0 +1,46 @@
+import { expect } from "bun:test";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { eventually } from "../support/eventually";
+import { startTestCluster, type TestCluster, type TestClusterOptions } from "../support/server";
+import type { StoreKind } from "../support/stores";
+
+/** "host:port" of a test cluster's frontend. */
+export const addr = (x: TestCluster) => x.url.replace("http://", "");
+
+/** Starts clusterA (initial 1), clusterB (2), clusterC (3)... on store, each with its options. */
+export async function startClusters<N extends Partial<TestClusterOptions>[]>(store: StoreKind, options: [...N]): Promise<{ [K in keyof N]: TestCluster }> {
+  const started = await Promise.all(
+    options.map((o, i) => startTestCluster({ store, name: `cluster${"ABCDEFG"[i]}`, initialFailoverVersion: i + 1, ...o })),
+  );
+  return started as { [K in keyof N]: TestCluster };
+}
+
+/** Connects every pair both ways (what `cluster upsert` does on each side). */
+export async function connectAll(clusters: TestCluster[]): Promise<void> {
+  for (const x of clusters) {
+    for (const y of clusters) if (x !== y) await x.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(y) });
+  }
+}
+
+/** The namespace as cluster x describes it. */
+export async function describeOn(x: TestCluster, namespace: string) {
+  return (await x.client(WorkflowService).describeNamespace({ namespace })).namespace!;
+}
+
+/** Waits until x describes namespace and check passes on it. */
+export function eventuallyOn(x: TestCluster, namespace: string, check: (ns: Awaited<ReturnType<typeof describeOn>>) => void, timeout = 10_000) {
+  return eventually(async () => {
+    const ns = await describeOn(x, namespace);
+    check(ns);
+    return ns;
+  }, { timeout });
+}
+
+/** Expects the namespace's active cluster and failover version on x to become these. */
+export function expectActiveOn(x: TestCluster, namespace: string, active: string, version: bigint) {
+  return eventuallyOn(x, namespace, (ns) => {
+    expect(ns.replicationConfig!.activeClusterName).toBe(active);
+    expect(ns.failoverVersion).toBe(version);
+  });
+}

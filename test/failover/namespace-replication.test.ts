@@ -1,0 +1,78 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { NamespaceState, ReplicationState } from "../../src/gen/tern/workflow/v1/namespace_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { startTestCluster, type TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+import { connectAll, describeOn, eventuallyOn, startClusters } from "./mesh";
+
+setDefaultTimeout(90_000);
+
+for (const store of await testStores()) {
+  describe(`namespace replication on ${store}`, () => {
+    let a: TestCluster, b: TestCluster, c: TestCluster;
+    beforeAll(async () => {
+      [a, b, c] = await startClusters(store, [{}, {}, { shards: 2 }]);
+      await connectAll([a, b, c]);
+    });
+    afterAll(() => Promise.all([a, b, c].map((x) => x.destroy())));
+
+    test("TestNamespaceCreatedOnMasterShowsUpOnAllClusters", async () => {
+      const reg = await a.client(WorkflowService).registerNamespace({
+        namespace: "orders", isGlobalNamespace: true, clusters: ["clusterA", "clusterB", "clusterC"], description: "orders",
+      });
+      const id = reg.namespace!.namespaceInfo!.id;
+      for (const x of [b, c]) {
+        const ns = await eventuallyOn(x, "orders", () => {});
+        expect(ns.namespaceInfo!.id).toBe(id);
+        expect(ns.isGlobalNamespace).toBe(true);
+        expect(ns.failoverVersion).toBe(1n);
+        expect(ns.replicationConfig).toMatchObject({ activeClusterName: "clusterA", clusters: ["clusterA", "clusterB", "clusterC"], state: ReplicationState.NORMAL });
+        expect(ns.namespaceInfo!.description).toBe("orders");
+      }
+    });
+
+    test("TestNamespaceUpdateAndDeprecatePropagate", async () => {
+      await a.client(WorkflowService).registerNamespace({ namespace: "billing", isGlobalNamespace: true, clusters: ["clusterA", "clusterB", "clusterC"] });
+      const up = await a.client(WorkflowService).updateNamespace({ namespace: "billing", description: "v2", ownerEmail: "ops@example.com", data: { team: "pay" } });
+      for (const x of [b, c]) {
+        await eventuallyOn(x, "billing", (ns) => {
+          expect(ns.namespaceInfo!.description).toBe("v2");
+          expect(ns.namespaceInfo!.data).toEqual({ team: "pay" });
+          expect(ns.configVersion).toBe(up.namespace!.configVersion);
+        });
+      }
+      await a.client(WorkflowService).deprecateNamespace({ namespace: "billing" });
+      for (const x of [b, c]) await eventuallyOn(x, "billing", (ns) => expect(ns.namespaceInfo!.state).toBe(NamespaceState.DEPRECATED));
+    });
+
+    test("TestLocalNamespaceNeverReplicates", async () => {
+      await a.client(WorkflowService).registerNamespace({ namespace: "scratch" });
+      await a.client(WorkflowService).registerNamespace({ namespace: "marker", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
+      await eventuallyOn(b, "marker", () => {}); // queued after "scratch": B has seen past it
+      expect(describeOn(b, "scratch")).rejects.toThrow("not found");
+      expect(describeOn(c, "marker")).rejects.toThrow("not found");
+    });
+
+    test("TestClusterAddedToTheListLaterGetsTheNamespace", async () => {
+      await a.client(WorkflowService).registerNamespace({ namespace: "late", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
+      await eventuallyOn(b, "late", () => {});
+      expect(describeOn(c, "late")).rejects.toThrow("not found");
+      await a.client(WorkflowService).updateNamespace({ namespace: "late", clusters: ["clusterA", "clusterB", "clusterC"] });
+      await eventuallyOn(c, "late", (ns) => expect(ns.replicationConfig!.clusters).toEqual(["clusterA", "clusterB", "clusterC"]));
+      await eventuallyOn(b, "late", (ns) => expect(ns.replicationConfig!.clusters).toContain("clusterC"));
+    });
+
+    test("TestNamespaceQueueResumesAfterReceiverRestart", async () => {
+      await b.stop();
+      await a.client(WorkflowService).registerNamespace({ namespace: "while-down", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
+      await a.client(WorkflowService).updateNamespace({ namespace: "orders", description: "changed while B was down" });
+      const restarted = await startTestCluster({ store, name: "clusterB", initialFailoverVersion: 2, dataLocation: b.dataLocation });
+      try {
+        await eventuallyOn(restarted, "while-down", () => {});
+        await eventuallyOn(restarted, "orders", (ns) => expect(ns.namespaceInfo!.description).toBe("changed while B was down"));
+      } finally {
+        await restarted.stop();
+      }
+    });
+  });
+}

@@ -1,0 +1,190 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { create } from "@bufbuild/protobuf";
+import { DurationSchema } from "@bufbuild/protobuf/wkt";
+import { Code } from "@connectrpc/connect";
+import { and, asc, eq, inArray } from "drizzle-orm";
+import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
+import { WorkflowExecutionStatus } from "../../src/gen/tern/common/v1/common_pb";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { createReplicationCleanup } from "../../replication/cleanup";
+import { shardFor } from "../../src/history/shard";
+import { executions, historyEvents, replicationTasks, requestIds, timerTasks } from "../../src/persistence/schema";
+import { eventually } from "../support/eventually";
+import { json } from "../support/payload";
+import { rejects } from "../support/rejects";
+import { newDataLocation, startTestCluster, type TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+import { addr, connectBothWays, expectSameHistories, globalNamespace } from "./support";
+
+setDefaultTimeout(60_000);
+
+const NS = "orders";
+const hour = create(DurationSchema, { seconds: 3600n });
+
+for (const store of await testStores()) {
+  describe(`history replication on ${store} (clusterA 4 shards -> clusterB 8 shards)`, () => {
+    let a: TestCluster, b: TestCluster;
+    let bData: Awaited<ReturnType<typeof newDataLocation>>;
+    let nsId: string;
+    const startB = () => startTestCluster({ store, name: "clusterB", initialFailoverVersion: 2, shards: 8, dataLocation: bData.location });
+    const run = (workflowId: string) => ({ workflowId, runId: "" });
+
+    beforeAll(async () => {
+      bData = await newDataLocation(store);
+      [a, b] = await Promise.all([startTestCluster({ store, name: "clusterA", initialFailoverVersion: 1, shards: 4 }), startB()]);
+      await connectBothWays(a, b);
+      nsId = await globalNamespace(a, b, NS);
+    });
+    afterAll(async () => {
+      await Promise.all([a.destroy(), b.destroy()]);
+      await bData.remove();
+    });
+
+    test("StartAndSignalReplicate: B holds A's histories and serves reads of them", async () => {
+      const wf = a.client(WorkflowService);
+      const ids = Array.from({ length: 12 }, (_, i) => `order-${i}`);
+      for (const [i, workflowId] of ids.entries()) {
+        await wf.startWorkflowExecution({
+          namespace: NS, workflowId, workflowType: "Order", taskQueue: "q", input: json({ i }), requestId: `start-${i}`,
+          workflowExecutionTimeout: i % 2 ? hour : undefined,
+        });
+        await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: run(workflowId), signalName: "pay", input: json(i), requestId: `pay-${i}` });
+      }
+      await wf.completeWorkflowExecution({ namespace: NS, workflowExecution: run("order-0"), result: json("done") });
+      await wf.requestCancelWorkflowExecution({ namespace: NS, workflowExecution: run("order-1"), reason: "changed mind", requestId: "cancel-1" });
+      await wf.terminateWorkflowExecution({ namespace: NS, workflowExecution: run("order-3"), reason: "stop" });
+
+      expect(await eventually(() => expectSameHistories(a, b, nsId), { timeout: 15_000 })).toBe(12 * 2 + 3);
+
+      const bw = b.client(WorkflowService);
+      const d = await bw.describeWorkflowExecution({ namespace: NS, execution: run("order-1") });
+      expect(d.workflowExecutionInfo!.cancelRequested).toBe(true);
+      expect(d.workflowExecutionInfo!.historyLength).toBe(3n);
+      expect(d.shardId).toBe(shardFor(nsId, "order-1", 8));
+      const closed = await bw.describeWorkflowExecution({ namespace: NS, execution: run("order-0") });
+      expect(closed.workflowExecutionInfo!.status).toBe(WorkflowExecutionStatus.COMPLETED);
+      const h = await bw.getWorkflowExecutionHistory({ namespace: NS, execution: run("order-5") });
+      expect(h.history!.events.map((e) => [e.eventId, e.version])).toEqual([[1n, 1n], [2n, 1n]]);
+      expect((await bw.listWorkflowExecutions({ namespace: NS, pageSize: 100 })).executions).toHaveLength(12);
+
+      // A client retry after a failover stays idempotent; the new active fires the timeouts.
+      const rows = async (x: TestCluster) => ({
+        ids: (await x.server.database.db.select().from(requestIds).where(eq(requestIds.namespaceId, nsId)).orderBy(asc(requestIds.requestId)))
+          .map(({ createdAt: _c, ...r }) => r),
+        timers: (await x.server.database.db.select().from(timerTasks).where(eq(timerTasks.namespaceId, nsId)).orderBy(asc(timerTasks.workflowId)))
+          .map(({ id: _i, shardId: _s, ...t }) => t),
+      });
+      const [onA, onB] = await Promise.all([rows(a), rows(b)]);
+      expect(onB).toEqual(onA);
+      expect(onB.timers.map((t) => t.workflowId)).toEqual(["order-1", "order-11", "order-5", "order-7", "order-9"]);
+
+      // The passive copy is not re-replicated, and B refuses writes to A's namespace.
+      expect(await b.server.database.db.select().from(replicationTasks)).toEqual([]);
+      await rejects(bw.signalWorkflowExecution({ namespace: NS, workflowExecution: run("order-5"), signalName: "x" }), Code.FailedPrecondition, "clusterA");
+    });
+
+    test("ReplicationStatusLagGoesToZero: both sides report caught-up positions", async () => {
+      await eventually(async () => {
+        const onB = (await b.client(AdminService).getReplicationStatus({})).remotes.find((r) => r.clusterName === "clusterA")!;
+        expect(onB.connectionState).toBe("connected");
+        expect(onB.inbound.map((s) => s.shardId)).toEqual([1, 2, 3, 4]);
+        expect(onB.inbound.map((s) => [s.lagTasks, s.lagMs])).toEqual(Array(4).fill([0n, 0n]));
+        expect(onB.inbound.reduce((n, s) => n + s.ackedTaskId, 0n)).toBeGreaterThan(0n);
+        const onA = (await a.client(AdminService).getReplicationStatus({})).remotes.find((r) => r.clusterName === "clusterB")!;
+        expect(onA.outbound.map((s) => s.lagTasks)).toEqual(Array(4).fill(0n));
+        expect(onA.inbound).toHaveLength(8);
+      }, { timeout: 15_000 });
+      expect(a.server.metrics.render()).toContain("replication_tasks_lag");
+      expect(b.server.metrics.render()).toMatch(/replication_tasks_applied\{remote_cluster="clusterA"\} [1-9]/);
+    });
+
+    test("DisabledConnectionCatchesUp: B resumes from its position and repairs gaps through raw history", async () => {
+      const wf = a.client(WorkflowService);
+      const op = b.client(OperatorService);
+      await wf.startWorkflowExecution({ namespace: NS, workflowId: "gap-1", workflowType: "Order", taskQueue: "q" });
+      await eventually(() => expectSameHistories(a, b, nsId));
+      await op.addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: false });
+      expect((await op.describeCluster({ clusterName: "clusterA" })).cluster!.connectionState).toBe("disabled");
+
+      for (const s of ["s1", "s2", "s3"]) await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: run("gap-1"), signalName: s });
+      await wf.startWorkflowExecution({ namespace: NS, workflowId: "gap-2", workflowType: "Order", taskQueue: "q", workflowExecutionTimeout: hour });
+      await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: run("gap-2"), signalName: "s1" });
+      // Lost tasks: gap-1's second signal (event 3) and gap-2's start (no local run yet on B).
+      const t = replicationTasks;
+      await a.server.database.db.delete(t).where(and(eq(t.namespaceId, nsId), eq(t.workflowId, "gap-1"), eq(t.firstEventId, 3)));
+      await a.server.database.db.delete(t).where(and(eq(t.namespaceId, nsId), eq(t.workflowId, "gap-2"), eq(t.firstEventId, 1)));
+
+      const lagOnA = async () =>
+        (await a.client(AdminService).getReplicationStatus({})).remotes.find((r) => r.clusterName === "clusterB")!.outbound.reduce((n, s) => n + s.lagTasks, 0n);
+      expect(await lagOnA()).toBeGreaterThan(0n);
+      await op.addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: true });
+      await eventually(() => expectSameHistories(a, b, nsId), { timeout: 15_000 });
+      await eventually(async () => expect(await lagOnA()).toBe(0n));
+      const [timer] = await b.server.database.db.select().from(timerTasks).where(eq(timerTasks.workflowId, "gap-2"));
+      expect(timer?.kind).toBe("WORKFLOW_TIMEOUT");
+    });
+
+    test("PassiveRestartResumes: B stopped mid-stream comes back with no gap and no duplicate", async () => {
+      const wf = a.client(WorkflowService);
+      const ids = ["r-0", "r-1", "r-2", "r-3"];
+      for (const workflowId of ids) await wf.startWorkflowExecution({ namespace: NS, workflowId, workflowType: "Order", taskQueue: "q" });
+      let done = 0;
+      const writes = (async () => {
+        for (let i = 0; i < 40; i++, done++) {
+          await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: run(ids[i % 4]!), signalName: `s${i}` });
+        }
+      })();
+      await eventually(() => expect(done).toBeGreaterThanOrEqual(10));
+      await b.stop();
+      await eventually(() => expect(done).toBeGreaterThanOrEqual(25));
+      b = await startB();
+      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
+      await writes;
+      await eventually(() => expectSameHistories(a, b, nsId), { timeout: 15_000 });
+      const ev = await b.server.database.db.select().from(executions).where(and(eq(executions.namespaceId, nsId), inArray(executions.workflowId, ids)));
+      expect(ev.map((e) => e.nextEventId).sort()).toEqual([12, 12, 12, 12]);
+      expect(b.server.metrics.render()).not.toMatch(/replication_tasks_failed\{[^}]*\} [1-9]/);
+    });
+
+    test("AckedTasksAreCleanedUp: the source keeps only what a connected remote has not acked", async () => {
+      const cleanup = createReplicationCleanup({ db: a.server.database.db, log: a.server.log });
+      const left = () => a.server.database.db.$count(replicationTasks);
+      await eventually(async () => {
+        await cleanup.runOnce();
+        expect(await left()).toBe(0);
+      });
+      const op = b.client(OperatorService);
+      await op.addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: false });
+      await a.client(WorkflowService).signalWorkflowExecution({ namespace: NS, workflowExecution: run("r-0"), signalName: "held" });
+      await cleanup.runOnce();
+      expect(await left()).toBe(1);
+      await op.addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: true });
+      await eventually(async () => {
+        await cleanup.runOnce();
+        expect(await left()).toBe(0);
+      });
+      await expectSameHistories(a, b, nsId);
+    });
+
+    test("DivergentHistoryIsRefused: B keeps its branch, fails the task, and resumes once it matches", async () => {
+      const wf = a.client(WorkflowService);
+      await wf.startWorkflowExecution({ namespace: NS, workflowId: "div-1", workflowType: "Order", taskQueue: "q" });
+      await eventually(() => expectSameHistories(a, b, nsId));
+      // B's copy as if B had written event 1 at its own version (a forced failover).
+      const setVersion = async (version: number) => {
+        const db = b.server.database.db;
+        await db.update(historyEvents).set({ version }).where(and(eq(historyEvents.namespaceId, nsId), eq(historyEvents.workflowId, "div-1")));
+        await db.update(executions).set({ versionHistory: [{ eventId: 1, version }], lastWriteVersion: version })
+          .where(and(eq(executions.namespaceId, nsId), eq(executions.workflowId, "div-1")));
+      };
+      await setVersion(2);
+      await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: run("div-1"), signalName: "late" });
+      await eventually(() => expect(b.server.metrics.render()).toMatch(/replication_tasks_failed\{remote_cluster="clusterA"\} [1-9]/));
+      const [copy] = await b.server.database.db.select().from(executions).where(and(eq(executions.namespaceId, nsId), eq(executions.workflowId, "div-1")));
+      expect(copy!.nextEventId).toBe(2);
+      await setVersion(1);
+      await eventually(() => expectSameHistories(a, b, nsId), { timeout: 15_000 });
+    });
+  });
+}

@@ -1,0 +1,54 @@
+import { expect } from "bun:test";
+import { asc, eq } from "drizzle-orm";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { executions, historyEvents, namespaces } from "../../src/persistence/schema";
+import type { TestCluster } from "../support/server";
+
+/** "host:port" of a test cluster, as `cluster upsert` takes it. */
+export const addr = (x: TestCluster) => x.url.replace("http://", "");
+
+/** Connects each cluster to the other. */
+export async function connectBothWays(a: TestCluster, b: TestCluster): Promise<void> {
+  await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
+  await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
+}
+
+/**
+ * Registers a global namespace on a and makes sure b has it with the same id. Namespace
+ * replication may deliver it; until it does, the row is copied into b's database.
+ */
+export async function globalNamespace(a: TestCluster, b: TestCluster, name: string): Promise<string> {
+  await a.client(WorkflowService).registerNamespace({ namespace: name, isGlobalNamespace: true, clusters: [a.name, b.name] });
+  const [row] = await a.server.database.db.select().from(namespaces).where(eq(namespaces.name, name));
+  await b.server.database.db.insert(namespaces).values(row!).onConflictDoNothing();
+  return row!.id;
+}
+
+/** Every event of a namespace, in a form two clusters must agree on exactly. */
+export async function historiesOf(x: TestCluster, namespaceId: string) {
+  const rows = await x.server.database.db
+    .select()
+    .from(historyEvents)
+    .where(eq(historyEvents.namespaceId, namespaceId))
+    .orderBy(asc(historyEvents.workflowId), asc(historyEvents.runId), asc(historyEvents.eventId));
+  return rows.map((r) => ({ ...r, eventTime: r.eventTime.getTime() }));
+}
+
+/** Every execution's replicated state (shard and db version are per cluster). */
+export async function executionsOf(x: TestCluster, namespaceId: string) {
+  const rows = await x.server.database.db
+    .select()
+    .from(executions)
+    .where(eq(executions.namespaceId, namespaceId))
+    .orderBy(asc(executions.workflowId), asc(executions.runId));
+  return rows.map(({ shardId: _s, dbVersion: _v, ...rest }) => rest);
+}
+
+/** Passes once b holds exactly a's histories and execution states of the namespace. */
+export async function expectSameHistories(a: TestCluster, b: TestCluster, namespaceId: string): Promise<number> {
+  const [ha, hb] = await Promise.all([historiesOf(a, namespaceId), historiesOf(b, namespaceId)]);
+  expect(hb).toEqual(ha);
+  expect(await executionsOf(b, namespaceId)).toEqual(await executionsOf(a, namespaceId));
+  return ha.length;
+}
