@@ -42,12 +42,15 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
   async function run(remote: RemoteCluster, signal: AbortSignal, report: { ok(): void }): Promise<void> {
     const key: AckKey = { remote: remote.name, direction: "inbound", queue: "namespace", shardId: 0 };
     let ack = await readAckLevel(db, key);
+    // The first pull answers at once, so a (re)connection shows as connected without waiting out a long poll.
+    let wait = 0;
     while (!signal.aborted) {
       const res = await remote.clients.admin.getNamespaceReplicationTasks(
-        { afterTaskId: BigInt(ack), clusterName: currentCluster, waitTimeoutMs, pageSize: 100 },
+        { afterTaskId: BigInt(ack), clusterName: currentCluster, waitTimeoutMs: wait, pageSize: 100 },
         { signal, timeoutMs: waitTimeoutMs + 10_000 },
       );
       report.ok();
+      wait = waitTimeoutMs;
       const max = Number(res.maxTaskId);
       for (const task of res.tasks) {
         if (Number(task.taskId) <= ack) continue; // already applied (a repeated page)

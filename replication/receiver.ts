@@ -144,12 +144,15 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     let ack = await loadInboundAck(db, remote.name, shardId);
     const p = progressOf(remote.name, shardId);
     p.ackLevel = ack;
+    // The first pull answers at once, so a (re)connection shows as connected without waiting out a long poll.
+    let wait = 0;
     while (!signal.aborted) {
       const res = await remote.clients.admin.getReplicationTasks(
-        { shardId, afterTaskId: BigInt(ack), pageSize, includeEvents: true, clusterName: cluster.clusterName, waitTimeoutMs: waitMs },
+        { shardId, afterTaskId: BigInt(ack), pageSize, includeEvents: true, clusterName: cluster.clusterName, waitTimeoutMs: wait },
         { signal, timeoutMs: waitMs + 15_000 },
       );
       report.ok();
+      wait = waitMs;
       const to = Number(res.lastTaskId);
       p.maxTaskId = Number(res.maxTaskId);
       if (res.tasks[0]?.createTime) p.oldestUnapplied = timestampDate(res.tasks[0].createTime);
