@@ -90,13 +90,13 @@ function wire(
   const metrics = createMetrics();
   const clusters = createClusterDirectory(db, cluster);
   const remoteClients = createRemoteClientPool();
-  const namespaces = createNamespaceRegistry({
-    db, clusters, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY), onActivated: () => timers.scheduled(now()),
-  });
-  const namespaceReceiver = createNamespaceReceiver({
-    db, currentCluster: cluster.clusterName, namespaces, log, now, onActivated: () => timers.scheduled(now()),
-  });
   const notifier = createEventNotifier();
+  // Becoming active (a failover here or replicated from a peer): due timers fire here now.
+  const onActivated = () => void timers.rescan();
+  const namespaces = createNamespaceRegistry({
+    db, clusters, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY), onActivated,
+  });
+  const namespaceReceiver = createNamespaceReceiver({ db, currentCluster: cluster.clusterName, namespaces, log, now, onActivated });
   const writer = createWriter({ db, cluster, limits: config.limits, metrics, log, now, beforeCommit: opts.beforeCommit, notifier });
   const historyReceiver = createHistoryReceiver({
     db, cluster, writer, notifier, metrics, log, applier: createHistoryApplier({ cluster, namespaces }),
