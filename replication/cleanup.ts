@@ -1,7 +1,7 @@
 import { and, eq, lt, lte } from "drizzle-orm";
 import type { Logger } from "../src/observability/log";
 import type { Db } from "../src/persistence/database";
-import { clusterMetadata, replicationAckLevels, replicationTasks, shards } from "../src/persistence/schema";
+import { clusterMetadata, namespaceReplicationTasks, replicationAckLevels, replicationTasks, shards } from "../src/persistence/schema";
 
 export interface ReplicationCleanupDeps {
   db: Db;
@@ -13,7 +13,7 @@ export interface ReplicationCleanupDeps {
 }
 
 /**
- * Deletes history replication tasks every known remote acked: per shard, at or below
+ * Deletes history and namespace replication tasks every known remote acked: per shard, at or below
  * the minimum outbound ack over all remotes, enabled or not (a disabled connection keeps
  * its position, so its tasks stay).
  */
@@ -26,7 +26,9 @@ export function createReplicationCleanup({ db, log, intervalMs = 10_000, graceMs
   async function runOnce(): Promise<number> {
     const remotes = await db.select({ name: clusterMetadata.clusterName }).from(clusterMetadata).where(eq(clusterMetadata.isCurrent, false));
     if (remotes.length === 0) {
-      const gone = await db.delete(replicationTasks).where(lt(replicationTasks.createdAt, new Date(now().getTime() - graceMs))).returning({ id: replicationTasks.taskId });
+      const before = new Date(now().getTime() - graceMs);
+      const gone = await db.delete(replicationTasks).where(lt(replicationTasks.createdAt, before)).returning({ id: replicationTasks.taskId });
+      await db.delete(namespaceReplicationTasks).where(lt(namespaceReplicationTasks.createdAt, before));
       return gone.length;
     }
     const [shardRows, acks] = await Promise.all([
@@ -34,12 +36,16 @@ export function createReplicationCleanup({ db, log, intervalMs = 10_000, graceMs
       db
         .select()
         .from(replicationAckLevels)
-        .where(and(eq(replicationAckLevels.direction, "outbound"), eq(replicationAckLevels.queue, "history"))),
+        .where(eq(replicationAckLevels.direction, "outbound")),
     ]);
+    const ackOf = (queue: string, remote: string, shardId: number) =>
+      acks.find((a) => a.queue === queue && a.remoteCluster === remote && a.shardId === shardId)?.ackLevel ?? 0;
+    const nsMin = Math.min(...remotes.map((r) => ackOf("namespace", r.name, 0)));
+    if (nsMin > 0) await db.delete(namespaceReplicationTasks).where(lte(namespaceReplicationTasks.taskId, nsMin));
     let deleted = 0;
     for (const { shardId } of shardRows) {
       // A remote without an ack row for the shard has acked nothing: it holds everything.
-      const levels = remotes.map((r) => acks.find((a) => a.remoteCluster === r.name && a.shardId === shardId)?.ackLevel ?? 0);
+      const levels = remotes.map((r) => ackOf("history", r.name, shardId));
       const min = Math.min(...levels);
       if (min <= 0) continue;
       const gone = await db

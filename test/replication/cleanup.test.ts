@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { eq } from "drizzle-orm";
 import { createReplicationCleanup } from "../../replication/cleanup";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
-import { clusterMetadata, replicationTasks } from "../../src/persistence/schema";
+import { clusterMetadata, namespaceReplicationTasks, replicationAckLevels, replicationTasks } from "../../src/persistence/schema";
 import { startTestCluster, type TestCluster } from "../support/server";
 
 setDefaultTimeout(30_000);
@@ -28,5 +28,23 @@ describe("replication task cleanup without a peer pulling", () => {
     expect(await createReplicationCleanup({ db, log: c.server.log, graceMs: 3_600_000 }).runOnce()).toBe(0);
     expect(await createReplicationCleanup({ db, log: c.server.log, graceMs: 0, now: () => new Date(Date.now() + 1000) }).runOnce()).toBe(3);
     expect(await db.$count(replicationTasks)).toBe(0);
+  });
+
+  test("NamespaceTasksGoOnceEveryRemoteAckedThem", async () => {
+    const db = c.server.database.db;
+    await c.client(WorkflowService).registerNamespace({ namespace: "n1", isGlobalNamespace: true });
+    await c.client(WorkflowService).updateNamespace({ namespace: "n1", description: "two" });
+    const ids = (await db.select({ id: namespaceReplicationTasks.taskId }).from(namespaceReplicationTasks)).map((r) => r.id).sort((x, y) => x - y);
+    expect(ids.length).toBeGreaterThanOrEqual(2);
+    const [self] = await db.select().from(clusterMetadata).where(eq(clusterMetadata.isCurrent, true));
+    await db.insert(clusterMetadata).values({ ...self!, clusterName: "clusterY", clusterId: "y", isCurrent: false, initialFailoverVersion: 8 });
+    const cleanup = createReplicationCleanup({ db, log: c.server.log, graceMs: 0 });
+    await cleanup.runOnce();
+    expect(await db.$count(namespaceReplicationTasks)).toBe(ids.length); // Y acked nothing yet
+    await db.insert(replicationAckLevels).values({ remoteCluster: "clusterY", direction: "outbound", queue: "namespace", shardId: 0, ackLevel: ids.at(-2)! });
+    await cleanup.runOnce();
+    expect((await db.select({ id: namespaceReplicationTasks.taskId }).from(namespaceReplicationTasks)).map((r) => r.id)).toEqual([ids.at(-1)!]);
+    await db.delete(replicationAckLevels).where(eq(replicationAckLevels.remoteCluster, "clusterY"));
+    await db.delete(clusterMetadata).where(eq(clusterMetadata.clusterName, "clusterY"));
   });
 });
