@@ -1,6 +1,7 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { NamespaceReplicationTask } from "../src/gen/tern/admin/v1/service_pb";
 import type { NamespaceRecord, NamespaceRegistry } from "../src/namespace/registry";
+import type { Metrics } from "../src/observability/metrics";
 import type { Logger } from "../src/observability/log";
 import type { Db } from "../src/persistence/database";
 import type { RemoteCluster, ReplicationStream } from "./manager";
@@ -12,6 +13,7 @@ export interface NamespaceReceiverDeps {
   currentCluster: string;
   namespaces: NamespaceRegistry;
   log: Logger;
+  metrics?: Metrics;
   /** A replicated change made this cluster active for ns (timers due there must fire now). */
   onActivated?: (ns: NamespaceRecord) => void;
   /** How long the sender may hold one poll open. */
@@ -63,6 +65,7 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
         await advanceAckLevel(db, key, last, max);
         ack = last;
       }
+      deps.metrics?.set("namespace_replication_task_ack_level", { remote_cluster: remote.name }, ack);
     }
   }
 

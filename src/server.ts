@@ -96,7 +96,7 @@ function wire(
   const namespaces = createNamespaceRegistry({
     db, clusters, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY), onActivated,
   });
-  const namespaceReceiver = createNamespaceReceiver({ db, currentCluster: cluster.clusterName, namespaces, log, now, onActivated });
+  const namespaceReceiver = createNamespaceReceiver({ db, currentCluster: cluster.clusterName, namespaces, log, metrics, now, onActivated });
   const writer = createWriter({ db, cluster, limits: config.limits, metrics, log, now, beforeCommit: opts.beforeCommit, notifier });
   const historyReceiver = createHistoryReceiver({
     db, cluster, writer, notifier, metrics, log, applier: createHistoryApplier({ cluster, namespaces }),

@@ -55,6 +55,10 @@ for (const store of await testStores()) {
       }
       const onC = await wf(c).listWorkflowExecutions({ namespace: "orders", status: WorkflowExecutionStatus.COMPLETED });
       expect(onC.executions.map((e) => e.execution!.workflowId)).toEqual(["o-0"]);
+      const metrics = await (await fetch(`${b.url}/metrics`)).text();
+      expect(metrics).toMatch(/namespace_replication_task_ack_level\{remote_cluster="clusterA"\} [1-9]/);
+      expect(metrics).toMatch(/replication_tasks_applied\{[^}]*remote_cluster="clusterA"[^}]*\} [1-9]/);
+      expect(metrics).toContain("replication_latency_bucket");
     });
 
     test("TestForcedFailoverToBThenWritesReplicateAtVersion2AndBackGives101", async () => {
