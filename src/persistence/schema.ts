@@ -186,3 +186,46 @@ export const replicationAckLevels = pgTable(
   },
   (t) => [primaryKey({ columns: [t.remoteCluster, t.direction, t.queue, t.shardId] })],
 );
+
+/**
+ * Replication DLQ (DESIGN.md section 6): a history task that failed past its retry budget,
+ * written in the same transaction that moves the inbound ack past it.
+ */
+export const replicationDlq = pgTable(
+  "replication_dlq",
+  {
+    sourceCluster: text("source_cluster").notNull(),
+    /** The source's shard the task came from. */
+    shardId: integer("shard_id").notNull(),
+    taskId: big("task_id").notNull(),
+    namespaceId: text("namespace_id").notNull(),
+    workflowId: text("workflow_id").notNull(),
+    runId: text("run_id").notNull(),
+    firstEventId: big("first_event_id").notNull(),
+    nextEventId: big("next_event_id").notNull(),
+    version: big("version").notNull(),
+    attempts: integer("attempts").notNull(),
+    lastError: text("last_error").notNull(),
+    createdAt: ts("created_at").notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.sourceCluster, t.shardId, t.taskId] })],
+);
+
+/** Backfill of a namespace's existing executions from a source cluster (progress survives restarts). */
+export const backfillJobs = pgTable(
+  "backfill_jobs",
+  {
+    namespaceId: text("namespace_id").notNull(),
+    sourceCluster: text("source_cluster").notNull(),
+    /** RUNNING, DONE or FAILED. */
+    status: text("status").notNull(),
+    /** Position in the source's execution listing (opaque to the database). */
+    cursor: jsonb("cursor").$type<Record<string, unknown>>(),
+    total: big("total").notNull().default(0),
+    done: big("done").notNull().default(0),
+    lastError: text("last_error"),
+    startedAt: ts("started_at").notNull().defaultNow(),
+    updatedAt: ts("updated_at").notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.namespaceId, t.sourceCluster] })],
+);
