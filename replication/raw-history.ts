@@ -1,14 +1,14 @@
 import { create } from "@bufbuild/protobuf";
-import { and, asc, eq, gte, lt } from "drizzle-orm";
+import { and, eq } from "drizzle-orm";
 import { invalidArgument, notFound } from "../src/errors";
 import {
   GetWorkflowExecutionRawHistoryResponseSchema,
   type GetWorkflowExecutionRawHistoryRequest,
   type GetWorkflowExecutionRawHistoryResponse,
 } from "../src/gen/tern/admin/v1/service_pb";
-import { eventFromRow } from "../src/history/events";
+import { readRunEvents } from "../src/history/execution-store";
 import type { Db } from "../src/persistence/database";
-import { executions, historyEvents } from "../src/persistence/schema";
+import { executions } from "../src/persistence/schema";
 
 /**
  * AdminService.GetWorkflowExecutionRawHistory: the events of one run by event id range
@@ -25,21 +25,9 @@ export async function readRawHistory(db: Db, req: GetWorkflowExecutionRawHistory
   if (!run) throw notFound(`workflow execution ${req.workflowId} run ${req.runId} not found in namespace id ${req.namespaceId}`);
   const first = Number(req.firstEventId) || 1;
   const next = Number(req.nextEventId) || run.nextEventId;
-  const rows = await db
-    .select()
-    .from(historyEvents)
-    .where(
-      and(
-        eq(historyEvents.namespaceId, req.namespaceId),
-        eq(historyEvents.workflowId, req.workflowId),
-        eq(historyEvents.runId, req.runId),
-        gte(historyEvents.eventId, first),
-        lt(historyEvents.eventId, next),
-      ),
-    )
-    .orderBy(asc(historyEvents.eventId));
+  const events = await readRunEvents(db, run, first, { before: next });
   return create(GetWorkflowExecutionRawHistoryResponseSchema, {
-    events: rows.map(eventFromRow),
+    events,
     versionHistory: { items: run.versionHistory.map((i) => ({ eventId: BigInt(i.eventId), version: BigInt(i.version) })) },
     nextEventId: BigInt(run.nextEventId),
   });

@@ -1,7 +1,7 @@
-import { and, desc, eq, sql } from "drizzle-orm";
-import type { Tx } from "../persistence/database";
+import { and, asc, desc, eq, gte, lt, sql } from "drizzle-orm";
+import type { Db, Tx } from "../persistence/database";
 import { executions, historyEvents, requestIds, timerTasks, type VersionHistoryItem } from "../persistence/schema";
-import { attributesToJson, eventTypeOf, type EventAttributes } from "./events";
+import { attributesToJson, eventFromRow, eventTypeOf, type EventAttributes } from "./events";
 
 export type ExecutionRow = typeof executions.$inferSelect;
 
@@ -18,6 +18,29 @@ export async function lockRun(tx: Tx, namespaceId: string, workflowId: string, r
     .prepare("lock_run");
   const [row] = await query.execute();
   return row;
+}
+
+/** Events of one run with ids in [from, before), in order, at most limit of them. */
+export async function readRunEvents(
+  db: Db | Tx,
+  run: { namespaceId: string; workflowId: string; runId: string },
+  from: number,
+  { before, limit }: { before?: number; limit?: number } = {},
+) {
+  const query = db
+    .select()
+    .from(historyEvents)
+    .where(
+      and(
+        eq(historyEvents.namespaceId, run.namespaceId),
+        eq(historyEvents.workflowId, run.workflowId),
+        eq(historyEvents.runId, run.runId),
+        gte(historyEvents.eventId, from),
+        before === undefined ? undefined : lt(historyEvents.eventId, before),
+      ),
+    )
+    .orderBy(asc(historyEvents.eventId));
+  return (limit === undefined ? query : query.limit(limit)).then((rows) => rows.map(eventFromRow));
 }
 
 /** The first result stored for requestId on this workflow, if any. */

@@ -1,12 +1,11 @@
-import { and, asc, desc, eq, gte, like, lt, lte, or, sql } from "drizzle-orm";
+import { and, desc, eq, gte, like, lt, lte, or, sql } from "drizzle-orm";
 import { invalidArgument, notFound } from "../errors";
 import type { NamespaceRecord, NamespaceRegistry } from "../namespace/registry";
 import { clampPage } from "../namespace/registry";
 import type { Db } from "../persistence/database";
 import { decodeToken, encodeToken } from "../persistence/page-token";
-import { executions, historyEvents } from "../persistence/schema";
-import { eventFromRow } from "./events";
-import type { ExecutionRow } from "./execution-store";
+import { executions } from "../persistence/schema";
+import { readRunEvents, type ExecutionRow } from "./execution-store";
 import type { EventNotifier } from "./notifier";
 
 export interface ListFilter {
@@ -44,23 +43,6 @@ export function createHistoryQueries({ db, namespaces, notifier }: QueryDeps) {
     return row;
   }
 
-  async function readEvents(ns: NamespaceRecord, run: ExecutionRow, from: number, limit: number) {
-    const rows = await db
-      .select()
-      .from(historyEvents)
-      .where(
-        and(
-          eq(historyEvents.namespaceId, ns.id),
-          eq(historyEvents.workflowId, run.workflowId),
-          eq(historyEvents.runId, run.runId),
-          gte(historyEvents.eventId, from),
-        ),
-      )
-      .orderBy(asc(historyEvents.eventId))
-      .limit(limit);
-    return rows.map(eventFromRow);
-  }
-
   /**
    * One page of a run's history from the token's event id. Without waitNewEvent the
    * token is set only while more events exist now; with it, until the run is closed and
@@ -85,7 +67,7 @@ export function createHistoryQueries({ db, namespaces, notifier }: QueryDeps) {
     const deadline = Date.now() + req.waitMs;
     for (;;) {
       const run = await findRun(ns, req.workflowId, runId);
-      const events = await readEvents(ns, run, from, size);
+      const events = await readRunEvents(db, run, from, { limit: size });
       const next = from + events.length;
       const more = next < run.nextEventId;
       const open = run.status === "RUNNING";
