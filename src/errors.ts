@@ -42,3 +42,14 @@ export function pgErrorOf(e: unknown): { code?: string; constraint?: string } {
   }
   return {};
 }
+
+/** A write reached a cluster that is passive for the namespace (DESIGN.md section 5). */
+export class NamespaceNotActiveError extends TernError {
+  override name = "NamespaceNotActiveError";
+  constructor(
+    readonly namespace: string,
+    readonly activeCluster: string,
+  ) {
+    super("failed_precondition", `namespace ${namespace} is active in cluster ${activeCluster}`);
+  }
+}

@@ -3,7 +3,7 @@ import { ulid } from "ulid";
 import type { ClusterDirectory } from "../cluster/directory";
 import type { RemoteClientPool, RemoteClients } from "../cluster/remote-client";
 import type { RedirectionPolicy } from "../config/schema";
-import { unavailable } from "../errors";
+import { NamespaceNotActiveError, unavailable } from "../errors";
 import type { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
 import type { NamespaceRegistry } from "../namespace/registry";
 
@@ -75,8 +75,16 @@ export function createForwardingWorkflowService({ inner, policy, namespaces, clu
   for (const name of policy === "all-apis-forwarding" ? ALL : SELECTED) {
     const local = inner[name] as (req: never, ctx: HandlerContext) => unknown;
     wrapped[name] = async (req: { namespace: string; requestId?: string }, ctx: HandlerContext) => {
-      const target = await forwardTarget(req.namespace, ctx);
-      if (!target) return local.call(inner, req as never, ctx);
+      let target = await forwardTarget(req.namespace, ctx);
+      if (!target) {
+        try {
+          return await local.call(inner, req as never, ctx);
+        } catch (e) {
+          // The namespace failed over after our cached read: forward to the cluster now active.
+          if (!(e instanceof NamespaceNotActiveError) || ctx.requestHeader.get(FORWARDED_HEADER)) throw e;
+          target = e.activeCluster;
+        }
+      }
       const message = "requestId" in req && !req.requestId ? { ...req, requestId: ulid() } : req;
       const remote = (await frontendOf(clusters, clients, target)).workflow;
       const call = remote[name as keyof typeof remote] as (m: unknown, o: unknown) => Promise<unknown>;

@@ -6,7 +6,7 @@ import {
   type Failure,
   type Payloads,
 } from "../gen/tern/common/v1/common_pb";
-import { alreadyExists, failedPrecondition, invalidArgument, notFound, pgErrorOf, unavailable } from "../errors";
+import { NamespaceNotActiveError, alreadyExists, failedPrecondition, invalidArgument, notFound, pgErrorOf, unavailable } from "../errors";
 import type { NamespaceRecord, NamespaceRegistry } from "../namespace/registry";
 import type { Tx } from "../persistence/database";
 import { executions, timerTasks } from "../persistence/schema";
@@ -75,7 +75,7 @@ export function createHistoryEngine(deps: EngineDeps) {
       const ns = fresh ? await namespaces.describe({ name }) : await namespaces.getByName(name);
       if (ns.state === "DELETED") throw notFound(`namespace ${name} not found`);
       if (ns.isGlobal && ns.activeClusterName !== cluster.clusterName) {
-        throw failedPrecondition(`namespace ${name} is active in cluster ${ns.activeClusterName}`);
+        throw new NamespaceNotActiveError(name, ns.activeClusterName);
       }
       if (ns.replicationState !== "HANDOVER") return ns;
       if (Date.now() >= deadline) throw unavailable(`namespace ${name} is in handover (a graceful failover is in progress); retry`);

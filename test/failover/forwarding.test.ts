@@ -1,6 +1,9 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { Code } from "@connectrpc/connect";
+import { eq } from "drizzle-orm";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { namespaces } from "../../src/persistence/schema";
+import { eventually } from "../support/eventually";
 import { rejects } from "../support/rejects";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
@@ -71,6 +74,25 @@ for (const store of await testStores()) {
       await all.client(WorkflowService).completeWorkflowExecution({ namespace: "orders", workflowExecution: run("w1") });
       const closed = await a.client(WorkflowService).describeWorkflowExecution({ namespace: "orders", execution: run("w1") });
       expect(closed.workflowExecutionInfo!.closeTime).toBeDefined();
+    });
+
+    test("TestWriteOnStaleActiveCacheIsForwardedToTheClusterNowActive", async () => {
+      // clusterC's cache says C is active while its database already says A (a failover
+      // that landed after the cached read): the write is refused by the namespace guard
+      // inside its transaction, then forwarded to A instead of failing.
+      const db = selected.server.database.db;
+      await a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "w9", workflowType: "t", taskQueue: "q" });
+      await eventually(() => selected.client(WorkflowService).describeWorkflowExecution({ namespace: "orders", execution: run("w9") }));
+      await db.update(namespaces).set({ activeClusterName: "clusterC" }).where(eq(namespaces.name, "orders"));
+      await selected.client(WorkflowService).describeNamespace({ namespace: "orders" }); // caches "active in C"
+      await db.update(namespaces).set({ activeClusterName: "clusterA" }).where(eq(namespaces.name, "orders"));
+      const res = await selected.client(WorkflowService).signalWorkflowExecution({
+        namespace: "orders", workflowExecution: run("w9"), signalName: "after-stale-cache", requestId: "stale-1",
+      });
+      const onA = await a.client(WorkflowService).getWorkflowExecutionHistory({ namespace: "orders", execution: run("w9") });
+      const last = onA.history!.events.at(-1)!;
+      expect(last.eventId).toBe(res.eventId);
+      expect(last.attributes.case === "workflowExecutionSignaledEventAttributes" && last.attributes.value.signalName).toBe("after-stale-cache");
     });
   });
 }
