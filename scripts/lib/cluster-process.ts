@@ -25,11 +25,17 @@ export interface ClusterProcessOptions {
   port?: number;
   /** PostgreSQL database URL; default: PGlite under the cluster's dir. */
   databaseUrl?: string;
+  /** log.level of the server; default info. */
+  logLevel?: string;
+  /** Top-level YAML appended to the config (keys the generated config does not set, e.g. `limits:`). */
+  extraYaml?: string;
 }
 
 /** A running cluster process. */
 export interface ClusterProcess {
   name: string;
+  /** The server's process id (e.g. for /proc/<pid>/status). */
+  pid: number;
   /** `127.0.0.1:PORT`, what `tern --address` and `--frontend_address` take. */
   address: string;
   port: number;
@@ -84,8 +90,8 @@ services:
 dcRedirectionPolicy:
   policy: selected-apis-forwarding
 log:
-  level: info
-`;
+  level: ${o.logLevel ?? "info"}
+${o.extraYaml ?? ""}`;
 }
 
 /** The environment of a child: ours without the variables that would override its config. */
@@ -143,6 +149,7 @@ export async function startClusterProcess(o: ClusterProcessOptions): Promise<Clu
   const exited = () => child.exitCode !== null || child.signalCode !== null;
   const proc: ClusterProcess = {
     name: o.name,
+    pid: child.pid,
     address,
     port,
     configPath,

@@ -1,0 +1,102 @@
+import { chmodSync, chownSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import postgres from "postgres";
+import { freePort } from "./free-port";
+import { runPaced, type PacedResult } from "./paced-load";
+import { lagSummary, type LagSummary } from "./replication-report";
+
+const BIN = "/usr/lib/postgresql/15/bin";
+
+/** A PostgreSQL instance started for one bench run. */
+export interface PrivatePostgres {
+  url: (db: string) => string;
+  stop(): Promise<void>;
+}
+
+async function sh(cmd: string): Promise<string> {
+  const p = Bun.spawn(["su", "postgres", "-s", "/bin/sh", "-c", cmd], { stdout: "pipe", stderr: "pipe" });
+  const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  if (code !== 0) throw new Error(`${cmd}: exit ${code}\n${err || out}`);
+  return out;
+}
+
+/** initdb + pg_ctl start as user postgres in a temp dir, wal_level=logical, on a free port (STACK.md). */
+export async function startPrivatePostgres(): Promise<PrivatePostgres> {
+  const dir = mkdtempSync(join(tmpdir(), "tern-bench-pg-"));
+  const pw = Number((await Bun.$`id -u postgres`.text()).trim());
+  chownSync(dir, pw, pw);
+  chmodSync(dir, 0o700);
+  const port = await freePort();
+  let started = false;
+  const stop = async () => {
+    if (started) await sh(`${BIN}/pg_ctl -D ${dir}/data -m immediate -w stop`).catch(() => {});
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    await sh(`${BIN}/initdb -D ${dir}/data --auth=trust -U postgres >/dev/null`);
+    const opts = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c wal_level=logical -c max_wal_senders=10 -c max_replication_slots=10 -c shared_buffers=128MB`;
+    started = true;
+    await sh(`${BIN}/pg_ctl -D ${dir}/data -l ${dir}/log -o '${opts}' -w start >/dev/null`);
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+  return { url: (db) => `postgres://postgres@127.0.0.1:${port}/${db}`, stop };
+}
+
+const COLUMNS = `namespace_id text not null, workflow_id text not null, run_id text not null, event_id bigint not null,
+  version bigint not null, event_time timestamptz not null, event_type text not null, attributes jsonb not null`;
+const ATTRIBUTES = { signalName: "bench", input: { payloads: [{ metadata: { encoding: "anNvbi9wbGFpbg==" }, data: "eyJvcmRlcklkIjoiby0xMjM0NTYiLCJxdHkiOjF9" }] }, identity: "bench" };
+
+export interface LogicalResult {
+  load: PacedResult;
+  /** Insert (clock_timestamp on the publisher) → applied (subscriber trigger), ms. */
+  lagMs: LagSummary;
+  rows: number;
+}
+
+/**
+ * PostgreSQL's own logical replication of a history_events-like table between two
+ * databases of `pg`: single-row inserts at `rate` on the publisher, each stamped with
+ * clock_timestamp(); the subscriber's ALWAYS trigger stamps applied_at.
+ */
+export async function runLogicalBaseline(pg: PrivatePostgres, o: { rate: number; clients: number; durationMs: number }): Promise<LogicalResult> {
+  const admin = postgres(pg.url("postgres"), { max: 1, onnotice: () => {} });
+  await admin.unsafe("create database bench_pub");
+  await admin.unsafe("create database bench_sub");
+  await admin.end();
+  const pub = postgres(pg.url("bench_pub"), { max: o.clients, onnotice: () => {} });
+  const sub = postgres(pg.url("bench_sub"), { max: 1, onnotice: () => {} });
+  try {
+    await pub.unsafe(`create table events (${COLUMNS}, primary key (namespace_id, workflow_id, run_id, event_id));
+      create publication bench_pub for table events;`);
+    // In one instance CREATE SUBSCRIPTION cannot create its own slot (it would wait on itself).
+    await pub`select pg_create_logical_replication_slot('bench_sub', 'pgoutput')`;
+    await sub.unsafe(`create table events (${COLUMNS}, applied_at timestamptz, primary key (namespace_id, workflow_id, run_id, event_id));
+      create function stamp() returns trigger language plpgsql as $$ begin new.applied_at := clock_timestamp(); return new; end $$;
+      create trigger stamp before insert on events for each row execute function stamp();
+      alter table events enable always trigger stamp;`);
+    await sub.unsafe(`create subscription bench_sub connection '${pg.url("bench_pub")}' publication bench_pub with (create_slot = false, slot_name = 'bench_sub', copy_data = false)`);
+    await Promise.all(Array.from({ length: o.clients }, () => pub`select 1`));
+    const runId = crypto.randomUUID();
+    const load = await runPaced({
+      ...o,
+      op: (client, seq) => pub`insert into events values ('bench', ${`wf-${client}`}, ${runId}, ${seq + 1}, 1, clock_timestamp(),
+        'EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED', ${pub.json(ATTRIBUTES)})`,
+    });
+    const [total] = await pub<{ n: string }[]>`select count(*) as n from events`;
+    const t0 = performance.now();
+    while (performance.now() - t0 < 30_000) {
+      const [got] = await sub<{ m: string }[]>`select count(*) as m from events`;
+      if (Number(got!.m) >= Number(total!.n)) break;
+      await Bun.sleep(50);
+    }
+    const lags = await sub<{ ms: number }[]>`select extract(epoch from applied_at - event_time) * 1000 as ms from events`;
+    const values = lags.map((r) => Number(r.ms));
+    return { load, rows: values.length, lagMs: lagSummary(values) };
+  } finally {
+    // No DROP SUBSCRIPTION: with its slot in the same instance it can hang; the instance is removed whole.
+    await Promise.all([pub.end({ timeout: 2 }), sub.end({ timeout: 2 })]);
+  }
+}

@@ -1,0 +1,44 @@
+/** The command line of bench/replication.ts. */
+export interface ReplicationArgs {
+  /** Seconds of each measured load phase. */
+  durationS: number;
+  /** Seconds B's connection stays disabled in the catch-up phase. */
+  catchupS: number;
+  /** Steady write rate on A, ops/s. */
+  rate: number;
+  /** Writers of the saturated phase (and of baselines at that concurrency). */
+  clients: number;
+  skipLogical: boolean;
+  /** Leave the cluster directories (configs, server logs) behind. */
+  keepLogs: boolean;
+  shards: number;
+}
+
+const USAGE =
+  "usage: bun bench/replication.ts [--duration S] [--catchup-seconds S] [--rate OPS] [--clients N] [--shards N] [--skip-logical] [--keep-logs]";
+
+/** Parses `--flag value` and `--flag=value`; throws with the usage line on bad input. */
+export function parseReplicationArgs(argv: readonly string[]): ReplicationArgs {
+  const args: ReplicationArgs = { durationS: 10, catchupS: 30, rate: 500, clients: 32, skipLogical: false, keepLogs: false, shards: 4 };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === "--help" || arg === "-h") throw new Error(USAGE);
+    if (arg === "--skip-logical" || arg === "--keep-logs") {
+      args[arg === "--skip-logical" ? "skipLogical" : "keepLogs"] = true;
+      continue;
+    }
+    const eq = arg.indexOf("=");
+    const flag = eq > 0 ? arg.slice(0, eq) : arg;
+    const value = eq > 0 ? arg.slice(eq + 1) : argv[++i];
+    if (value === undefined) throw new Error(`${flag} needs a value\n${USAGE}`);
+    const n = Number(value);
+    if (!Number.isFinite(n) || n <= 0) throw new Error(`${flag}: ${JSON.stringify(value)} is not a positive number\n${USAGE}`);
+    if (flag === "--duration") args.durationS = n;
+    else if (flag === "--catchup-seconds") args.catchupS = n;
+    else if (flag === "--rate") args.rate = n;
+    else if (flag === "--clients") args.clients = Math.round(n);
+    else if (flag === "--shards") args.shards = Math.round(n);
+    else throw new Error(`unknown flag ${flag}\n${USAGE}`);
+  }
+  return args;
+}

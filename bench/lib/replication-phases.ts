@@ -1,0 +1,177 @@
+import { FORWARDED_HEADER } from "../../src/frontend/forwarding";
+import { backlogDrain, catchUpFrom, lagsOfWrittenIn, readApplyStamps, type BacklogDrain, type CatchUp } from "./apply-stamps";
+import { runLagProbe } from "./lag-probe";
+import { runLoad } from "./load";
+import { runPaced } from "./paced-load";
+import { diffHistogram, histogramMaxBound, histogramQuantile, parseHistogram, type Histogram } from "./prom-histogram";
+import { eventCount, scrape, until, type BenchCluster } from "./replication-clusters";
+import { lagSummary, type LagSummary } from "./replication-report";
+import { writeOp, type AckedSignal } from "./replication-workload";
+
+/** What every phase needs. */
+export interface PhaseContext {
+  a: BenchCluster;
+  b: BenchCluster;
+  namespace: string;
+  log: (line: string) => void;
+}
+
+/** A load phase on A and how B followed it. */
+export interface FlowResult {
+  ops: number;
+  errors: number;
+  firstError?: string;
+  /** Acknowledged writes per second on A (a paced phase falls short of its rate when A cannot keep up). */
+  opsPerSec: number;
+  aWriteEventsPerSec: number;
+  /** Events written in the phase / (last apply on B − phase start). */
+  bApplyEventsPerSec: number;
+  /** Per event, event_time on A → trigger stamp on B. */
+  stampLagMs: LagSummary;
+  /** replication_latency observations of the phase (bucket resolution, interpolated). */
+  histogramLagMs: { count: number; p50: number; p95: number; p99: number; maxBound: number };
+  drainMs: number;
+}
+
+const latency = async (c: BenchCluster): Promise<Histogram> => parseHistogram(await scrape(c), "replication_latency");
+
+/** Waits until B holds as many history events as A (every write so far applied). */
+export async function drain(ctx: PhaseContext, timeoutMs = 120_000): Promise<number> {
+  return until("B applied every event of A", async () => (await eventCount(ctx.b)) >= (await eventCount(ctx.a)), { timeoutMs, intervalMs: 25 });
+}
+
+/** Runs `load` on A and measures B following it: throughput, per-event lag, the latency histogram. */
+export async function measureFlow(ctx: PhaseContext, load: () => Promise<{ ops: number; errors: number; elapsedS: number; firstError?: string }>): Promise<FlowResult> {
+  const [h0, n0] = [await latency(ctx.b), await eventCount(ctx.a)];
+  const t0 = Date.now();
+  const r = await load();
+  const t1 = Date.now();
+  const n1 = await eventCount(ctx.a);
+  const drainMs = await drain(ctx);
+  const stamps = await readApplyStamps(ctx.b.sql, t0);
+  const lags = lagsOfWrittenIn(stamps, t0, t1);
+  const lastApply = Math.max(...stamps.filter((s) => s.eventTimeMs < t1).map((s) => s.appliedAtMs));
+  const h = diffHistogram(await latency(ctx.b), h0);
+  const ms = (q: number) => histogramQuantile(h, q) * 1000;
+  return {
+    ops: r.ops, errors: r.errors, firstError: r.firstError, opsPerSec: r.ops / r.elapsedS,
+    aWriteEventsPerSec: (n1 - n0) / r.elapsedS,
+    bApplyEventsPerSec: lags.length / ((lastApply - t0) / 1000),
+    stampLagMs: lagSummary(lags),
+    histogramLagMs: { count: h.count, p50: ms(0.5), p95: ms(0.95), p99: ms(0.99), maxBound: histogramMaxBound(h) * 1000 },
+    drainMs,
+  };
+}
+
+/** Steady paced load with the end-to-end probe running beside it. */
+export async function steadyPhase(ctx: PhaseContext, o: { rate: number; clients: number; durationMs: number }) {
+  const stop = new AbortController();
+  const probe = runLagProbe({ a: ctx.a.clients, b: ctx.b.clients, namespace: ctx.namespace, workflowId: "probe-steady", intervalMs: 100, signal: stop.signal });
+  await Bun.sleep(300);
+  const flow = await measureFlow(ctx, () => runPaced({ ...o, op: writeOp(ctx.a.clients, ctx.namespace, "steady") }));
+  stop.abort();
+  const p = await probe;
+  return {
+    flow,
+    probe: { ackToVisibleMs: lagSummary(p.samples.map((s) => s.ackToVisibleMs)), writeMs: lagSummary(p.samples.map((s) => s.writeMs)), errors: p.errors, firstError: p.firstError },
+  };
+}
+
+/** Closed loop: `clients` back-to-back writers, A as fast as it goes. */
+export function saturatedPhase(ctx: PhaseContext, o: { clients: number; durationMs: number }): Promise<FlowResult> {
+  return measureFlow(ctx, () => runLoad({ clients: o.clients, warmupMs: 0, durationMs: o.durationMs, op: writeOp(ctx.a.clients, ctx.namespace, "sat") }));
+}
+
+const setConnection = (ctx: PhaseContext, enable: boolean) =>
+  ctx.b.clients.operator.addOrUpdateRemoteCluster({ frontendAddress: ctx.a.proc.address, enableRemoteClusterConnection: enable });
+
+/** What the catch-up phase measured. */
+export interface CatchUpResult {
+  pausedS: number;
+  backlogEvents: number;
+  /** Resume → every event written before the resume applied on B. */
+  drain: BacklogDrain | null;
+  /** Resume → lag stays below 1 s (null if not within 30 s of the drain: steady lag itself is higher). */
+  lagBelow1s: CatchUp;
+}
+
+/** B's connection to A disabled for `pauseMs` under paced load, then re-enabled; load runs on through the catch-up. */
+export async function catchUpPhase(ctx: PhaseContext, o: { rate: number; clients: number; pauseMs: number }): Promise<CatchUpResult> {
+  const stop = new AbortController();
+  const load = runPaced({ ...o, durationMs: o.pauseMs + 300_000, signal: stop.signal, op: writeOp(ctx.a.clients, ctx.namespace, "catchup") });
+  try {
+    await setConnection(ctx, false);
+    const t0 = Date.now();
+    const b0 = await eventCount(ctx.b);
+    await Bun.sleep(o.pauseMs);
+    const backlogEvents = (await eventCount(ctx.a)) - b0;
+    await setConnection(ctx, true);
+    const resumedAt = Date.now();
+    const pausedS = (resumedAt - t0) / 1000;
+    ctx.log(`  paused ${pausedS.toFixed(1)} s, backlog ~${backlogEvents} events; re-enabled`);
+    const target = await eventCount(ctx.a);
+    await until("B applied the backlog", async () => (await eventCount(ctx.b)) >= target, { timeoutMs: 180_000, intervalMs: 100 });
+    const drain = backlogDrain(await readApplyStamps(ctx.b.sql, resumedAt), resumedAt);
+    let lagBelow1s: CatchUp = { seconds: null, eventsPerSec: Number.NaN, events: 0 };
+    await until("lag < 1 s for 1 s", async () => {
+      lagBelow1s = catchUpFrom(await readApplyStamps(ctx.b.sql, resumedAt), resumedAt);
+      return lagBelow1s.seconds !== null && Date.now() - resumedAt > (lagBelow1s.seconds + 1) * 1000;
+    }, { timeoutMs: 30_000, intervalMs: 250 }).catch(() => {});
+    return { pausedS, backlogEvents, drain, lagBelow1s };
+  } finally {
+    stop.abort();
+    await load;
+    await setConnection(ctx, true).catch(() => {});
+  }
+}
+
+/** Resolves with the ms until `cluster` itself (no forwarding) accepts a signal to workflowId. */
+async function firstLocalWrite(ctx: PhaseContext, cluster: BenchCluster, workflowId: string, since: number, timeoutMs = 60_000): Promise<number> {
+  for (;;) {
+    const ok = await cluster.clients.workflow.signalWorkflowExecution(
+      { namespace: ctx.namespace, workflowExecution: { workflowId }, signalName: "failover-probe", requestId: crypto.randomUUID() },
+      { headers: { [FORWARDED_HEADER]: "bench" }, timeoutMs: 5_000 },
+    ).then(() => true, () => false);
+    const now = performance.now();
+    if (ok) return now - since;
+    if (now - since > timeoutMs) throw new Error(`${cluster.name} accepted no write within ${timeoutMs / 1000}s`);
+    await Bun.sleep(5);
+  }
+}
+
+/** Acked signals not (yet) in cluster's database after waiting up to waitMs for them. */
+async function missingOn(cluster: BenchCluster, prefix: string, acked: readonly AckedSignal[], waitMs: number): Promise<number> {
+  let missing = acked.length;
+  await until(`every acked signal is on ${cluster.name}`, async () => {
+    const rows = await cluster.sql<{ k: string }[]>`select run_id || '/' || event_id as k from history_events where workflow_id like ${`${prefix}-%`}`;
+    const have = new Set(rows.map((r) => r.k));
+    missing = acked.filter((s) => !have.has(`${s.runId}/${s.eventId}`)).length;
+    return missing === 0;
+  }, { timeoutMs: waitMs, intervalMs: 250 }).catch(() => {});
+  return missing;
+}
+
+/** A failover under paced load on A: ms from the call to the first write `to` accepts itself, and acked writes missing on `to`. */
+export async function failoverPhase(ctx: PhaseContext, o: { rate: number; clients: number; kind: "graceful" | "forced"; from: BenchCluster; to: BenchCluster; prefix: string }) {
+  const probeId = `${o.prefix}-probe`;
+  await o.from.clients.workflow.startWorkflowExecution({ namespace: ctx.namespace, workflowId: probeId, workflowType: "Probe", taskQueue: "probe" });
+  await drain(ctx).catch(() => {});
+  const acked: AckedSignal[] = [];
+  const stop = new AbortController();
+  const load = runPaced({ ...o, durationMs: 60_000, signal: stop.signal, op: writeOp(ctx.a.clients, ctx.namespace, `failover-${o.prefix}`, acked) });
+  await Bun.sleep(2_000);
+  // How far the target was behind when the call went out ("when caught up" is the goal's premise).
+  const behindAtIssue = Math.abs((await eventCount(ctx.a)) - (await eventCount(ctx.b)));
+  const issued = performance.now();
+  const accepted = firstLocalWrite(ctx, o.to, probeId, issued);
+  const call = o.kind === "graceful"
+    ? o.from.clients.operator.failoverNamespace({ namespace: ctx.namespace, targetCluster: o.to.name, timeout: { seconds: 30n } })
+    : o.to.clients.workflow.updateNamespace({ namespace: ctx.namespace, activeClusterName: o.to.name });
+  const callMs = await call.then(() => performance.now() - issued);
+  const acceptedMs = await accepted;
+  await Bun.sleep(2_000);
+  stop.abort();
+  const l = await load;
+  const lost = await missingOn(o.to, `failover-${o.prefix}`, acked, 20_000);
+  return { behindAtIssue, callMs, acceptedMs, ackedWrites: acked.length, lostAckedWrites: lost, loadErrors: l.errors, firstError: l.firstError };
+}

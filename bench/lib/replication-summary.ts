@@ -1,0 +1,84 @@
+import type { LogicalResult } from "./logical-baseline";
+import type { LoadResult } from "./load";
+import type { ReplicationArgs } from "./replication-args";
+import type { CatchUpResult, FlowResult } from "./replication-phases";
+import { evaluateGoals, formatFigures, ratioOf, type FigureRow, type LagSummary } from "./replication-report";
+
+type Failover = { behindAtIssue: number; callMs: number; acceptedMs: number; ackedWrites: number; lostAckedWrites: number; loadErrors: number; firstError?: string };
+
+/** Everything one run measured. */
+export interface RunResults {
+  args: ReplicationArgs;
+  startedAt: Date;
+  loadAverage: number[];
+  steady: { flow: FlowResult; probe: { ackToVisibleMs: LagSummary; writeMs: LagSummary; errors: number; firstError?: string } };
+  saturated: FlowResult;
+  catchUp: CatchUpResult;
+  graceful: Failover;
+  gracefulBack: Failover;
+  forced: Failover;
+  memory: Record<string, { peakMb: number; rssMb: number } | undefined>;
+  insert: LoadResult;
+  logical?: LogicalResult;
+}
+
+/** The figures table, the goals and the JSON written to bench/results. */
+export function buildReport(r: RunResults): { text: string; json: unknown } {
+  const lg = r.logical?.lagMs;
+  const base = (name: string, value: number | undefined) => (value === undefined ? undefined : { name, value });
+  const lagRows = (label: string, l: { p50: number; p95: number; p99: number }, max: number, maxLabel = "max"): FigureRow[] => [
+    { figure: `${label} p50`, value: l.p50, unit: "ms", baseline: base("logical", lg?.p50) },
+    { figure: `${label} p95`, value: l.p95, unit: "ms", baseline: base("logical", lg?.p95) },
+    { figure: `${label} p99`, value: l.p99, unit: "ms", baseline: base("logical", lg?.p99) },
+    { figure: `${label} ${maxLabel}`, value: max, unit: "ms", baseline: base("logical", lg?.max) },
+  ];
+  const s = r.steady.flow;
+  const h = s.histogramLagMs;
+  const steadyWrite = s.aWriteEventsPerSec;
+  const rows: FigureRow[] = [
+    ...lagRows("lag, per-event stamps", s.stampLagMs, s.stampLagMs.max),
+    ...lagRows("lag, replication_latency histogram", h, h.maxBound, "max (bucket bound)"),
+    ...lagRows("lag, probe ack on A -> visible on B", r.steady.probe.ackToVisibleMs, r.steady.probe.ackToVisibleMs.max),
+    { figure: `A acked ops/s, paced at ${r.args.rate}/s`, value: s.opsPerSec, unit: "ops/s", baseline: { name: "target", value: r.args.rate } },
+    { figure: `A write @${r.args.rate} ops/s`, value: steadyWrite, unit: "events/s" },
+    { figure: `B apply @${r.args.rate} ops/s`, value: s.bApplyEventsPerSec, unit: "events/s", baseline: { name: "A write", value: steadyWrite } },
+    { figure: `A write saturated (${r.args.clients} clients)`, value: r.saturated.aWriteEventsPerSec, unit: "events/s", baseline: { name: "raw INSERT", value: r.insert.opsPerSec } },
+    { figure: "B apply saturated", value: r.saturated.bApplyEventsPerSec, unit: "events/s", baseline: { name: "A saturated", value: r.saturated.aWriteEventsPerSec } },
+    { figure: "lag p99 saturated (stamps)", value: r.saturated.stampLagMs.p99, unit: "ms", baseline: base("logical @rate", lg?.p99) },
+    { figure: `catch-up after ${r.args.catchupS}s pause: backlog (${r.catchUp.backlogEvents} events) applied`, value: r.catchUp.drain?.seconds ?? Number.NaN, unit: "s" },
+    { figure: "catch-up: time to lag < 1 s", value: r.catchUp.lagBelow1s.seconds ?? Number.NaN, unit: "s" },
+    { figure: "catch-up apply rate", value: r.catchUp.drain?.eventsPerSec ?? Number.NaN, unit: "events/s", baseline: { name: "steady A write", value: steadyWrite } },
+    { figure: `graceful failover A->B: call -> B accepts (B ${r.graceful.behindAtIssue} events behind)`, value: r.graceful.acceptedMs, unit: "ms", baseline: { name: "1 s goal", value: 1000 } },
+    { figure: "graceful failover B->A: call -> A accepts", value: r.gracefulBack.acceptedMs, unit: "ms", baseline: { name: "1 s goal", value: 1000 } },
+    { figure: "forced failover: UpdateNamespace -> B accepts", value: r.forced.acceptedMs, unit: "ms" },
+    { figure: "acked writes lost, graceful A->B", value: r.graceful.lostAckedWrites, unit: `of ${r.graceful.ackedWrites}` },
+    { figure: "acked writes lost, graceful B->A", value: r.gracefulBack.lostAckedWrites, unit: `of ${r.gracefulBack.ackedWrites}` },
+    { figure: "acked writes missing on B after forced", value: r.forced.lostAckedWrites, unit: `of ${r.forced.ackedWrites}` },
+    ...Object.entries(r.memory).map(([name, m]) => ({ figure: `peak RSS ${name} (VmHWM)`, value: m?.peakMb ?? Number.NaN, unit: "MB" })),
+  ];
+  const goals = evaluateGoals({
+    lagP99Ms: Number.isFinite(s.stampLagMs.p99) ? s.stampLagMs.p99 : h.p99,
+    logicalLagP99Ms: lg?.p99,
+    bApplyPerSec: Math.max(r.saturated.bApplyEventsPerSec, r.catchUp.drain?.eventsPerSec || 0),
+    aSaturatedWritePerSec: r.saturated.aWriteEventsPerSec,
+    catchUpPerSec: r.catchUp.drain?.eventsPerSec,
+    steadyPerSec: steadyWrite,
+    gracefulFailoverMs: r.graceful.acceptedMs,
+    lostAckedWrites: r.graceful.lostAckedWrites + r.gracefulBack.lostAckedWrites,
+  });
+  const la = r.loadAverage.map((l) => l.toFixed(2)).join(" ");
+  const text = [
+    formatFigures(rows),
+    "",
+    "goals:",
+    ...goals.map((g) => `  ${g.verdict.padEnd(4)}  ${g.goal}  (${g.detail})`),
+    "",
+    `load average at end: ${la}`,
+  ].join("\n");
+  const json = {
+    startedAt: r.startedAt.toISOString(), args: r.args, loadAverageAtEnd: r.loadAverage,
+    figures: rows.map((row) => ({ ...row, ratio: ratioOf(row) })), goals,
+    raw: { steady: r.steady, saturated: r.saturated, catchUp: r.catchUp, graceful: r.graceful, gracefulBack: r.gracefulBack, forced: r.forced, memory: r.memory, insert: r.insert, logical: r.logical },
+  };
+  return { text, json };
+}
