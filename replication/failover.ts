@@ -1,6 +1,7 @@
-import { and, eq } from "drizzle-orm";
+import { and, eq, sql } from "drizzle-orm";
 import type { ClusterDirectory } from "../src/cluster/directory";
 import { failedPrecondition, invalidArgument, unavailable } from "../src/errors";
+import { handoverLockKey } from "../src/history/namespace-guard";
 import type { EventNotifier } from "../src/history/notifier";
 import { failoverTo, type NamespaceRecord, type NamespaceRegistry } from "../src/namespace/registry";
 import type { Logger } from "../src/observability/log";
@@ -37,12 +38,15 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
   const current = deps.clusters.current();
 
   async function enterHandover(ns: NamespaceRecord): Promise<void> {
-    // Waits on the row's share locks: every write that read NORMAL commits first (namespace-guard.ts).
-    const [row] = await db
-      .update(namespaces)
-      .set({ replicationState: "HANDOVER", updatedAt: now() })
-      .where(and(eq(namespaces.id, ns.id), eq(namespaces.replicationState, "NORMAL"), eq(namespaces.failoverVersion, ns.failoverVersion), eq(namespaces.activeClusterName, current.clusterName)))
-      .returning({ id: namespaces.id });
+    // The exclusive barrier lock waits for every write that read NORMAL to commit (namespace-guard.ts).
+    const [row] = await db.transaction(async (tx) => {
+      await tx.execute(sql`select pg_advisory_xact_lock(${handoverLockKey(ns.id)})`);
+      return tx
+        .update(namespaces)
+        .set({ replicationState: "HANDOVER", updatedAt: now() })
+        .where(and(eq(namespaces.id, ns.id), eq(namespaces.replicationState, "NORMAL"), eq(namespaces.failoverVersion, ns.failoverVersion), eq(namespaces.activeClusterName, current.clusterName)))
+        .returning({ id: namespaces.id });
+    });
     deps.namespaces.invalidate(ns);
     if (!row) throw failedPrecondition(`namespace ${ns.name} changed or is already in a graceful failover; retry`);
   }

@@ -1,4 +1,4 @@
-import { eq } from "drizzle-orm";
+import { eq, sql } from "drizzle-orm";
 import type { NamespaceRecord } from "../namespace/registry";
 import type { Tx } from "../persistence/database";
 import { namespaces } from "../persistence/schema";
@@ -8,19 +8,27 @@ export class NamespaceChanged extends Error {
   override name = "NamespaceChanged";
 }
 
+/** The advisory lock key of a namespace's HANDOVER barrier. */
+export const handoverLockKey = (namespaceId: string) => sql`hashtextextended(${namespaceId}, 7233)`;
+
 /**
- * Share-locks a global namespace's row for the rest of the write's transaction and checks
- * the write still holds: active here, NORMAL, at the failover version it stamps. The lock
- * is the HANDOVER barrier: a graceful failover's switch to HANDOVER waits for every write
- * holding it, and every later write sees HANDOVER (across all processes on the database).
+ * Takes a global namespace's barrier lock, shared, for the rest of the write's transaction
+ * and checks the write still holds: active here, NORMAL, at the failover version it stamps.
+ * A graceful failover's switch to HANDOVER takes the lock exclusively, so it waits for every
+ * write holding it and every later write sees HANDOVER (across all processes on the
+ * database). An advisory lock, not a row share lock: its queue is first come, first served,
+ * so a steady stream of writes cannot starve the switch.
  */
 export async function guardNamespace(tx: Tx, ns: NamespaceRecord, currentCluster: string): Promise<void> {
   if (!ns.isGlobal) return;
-  const [row] = await tx
-    .select({ state: namespaces.replicationState, version: namespaces.failoverVersion, active: namespaces.activeClusterName })
-    .from(namespaces)
-    .where(eq(namespaces.id, ns.id))
-    .for("share");
+  // Two statements, pipelined: the read's snapshot must be taken after the lock is granted.
+  const [, [row]] = await Promise.all([
+    tx.execute(sql`select pg_advisory_xact_lock_shared(${handoverLockKey(ns.id)})`),
+    tx
+      .select({ state: namespaces.replicationState, version: namespaces.failoverVersion, active: namespaces.activeClusterName })
+      .from(namespaces)
+      .where(eq(namespaces.id, ns.id)),
+  ]);
   if (!row) throw new NamespaceChanged(`namespace ${ns.name} was deleted`);
   if (row.state !== "NORMAL" || row.version !== ns.failoverVersion || row.active !== currentCluster) {
     throw new NamespaceChanged(`namespace ${ns.name} is now ${row.state} at version ${row.version} in ${row.active}`);
