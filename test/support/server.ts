@@ -46,7 +46,7 @@ export interface TestCluster {
 /** YAML for one test cluster. */
 export function testConfigYaml(o: TestClusterOptions & { dataLocation: string; port?: number }): string {
   const name = o.name ?? "active";
-  const store = o.store === "pglite" ? `pglite: { dataDir: "${o.dataLocation}" }` : `postgres: { url: "${o.dataLocation}" }`;
+  const store = o.store === "pglite" ? `pglite: { dataDir: "${o.dataLocation}" }` : `postgres: { url: "${o.dataLocation}", maxConnections: 8 }`;
   return `
 clusterMetadata:
   enableGlobalNamespace: ${o.enableGlobalNamespace ?? true}
