@@ -2,6 +2,7 @@ import { and, eq, sql } from "drizzle-orm";
 import type { EventNotifier } from "../src/history/notifier";
 import type { Db, Tx } from "../src/persistence/database";
 import { replicationAckLevels } from "../src/persistence/schema";
+import { RetryableReplicationError } from "./applier";
 
 /** Notifier key woken whenever a remote's outbound ack moves (graceful failover waits on it). */
 export const ackKey = (remoteCluster: string) => `ack:${remoteCluster}`;
@@ -80,6 +81,6 @@ export async function advanceInboundAck(
     .where(and(history(remoteCluster, "inbound"), eq(replicationAckLevels.shardId, shardId), eq(replicationAckLevels.ackLevel, move.from)))
     .returning({ shardId: replicationAckLevels.shardId });
   if (rows.length !== 1) {
-    throw new Error(`inbound ack of ${remoteCluster} shard ${shardId} moved from ${move.from} concurrently (another process applies it)`);
+    throw new RetryableReplicationError(`inbound ack of ${remoteCluster} shard ${shardId} moved from ${move.from} concurrently (another process applies it)`);
   }
 }

@@ -1,3 +1,5 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import { sql } from "drizzle-orm";
 import { ulid } from "ulid";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
 import { TernError } from "../src/errors";
@@ -24,6 +26,21 @@ export interface IncomingTask {
 
 /** Fetches events [first, next) of the task's run from the source (gap repair). */
 export type RawHistoryFetcher = (task: IncomingTask, first: number, next: number) => Promise<HistoryEvent[]>;
+
+/** A failure that is not the task's fault (its namespace has not arrived yet, ...): retried forever, never DLQ'd. */
+export class RetryableReplicationError extends Error {
+  override name = "RetryableReplicationError";
+}
+
+/**
+ * Whether an apply failure counts against the task's retry budget (and may send it to the
+ * DLQ). An unreachable source or a namespace not replicated yet is not the task's fault.
+ */
+export function isTaskFailure(e: unknown): boolean {
+  if (e instanceof RetryableReplicationError) return false;
+  if (e instanceof ConnectError) return ![Code.Unavailable, Code.DeadlineExceeded, Code.Canceled, Code.ResourceExhausted, Code.Aborted].includes(e.code);
+  return true;
+}
 
 /** The incoming branch disagrees with the local one: conflict resolution, not an append. */
 export class HistoryDivergenceError extends Error {
@@ -56,7 +73,7 @@ export function createHistoryApplier({ cluster, namespaces }: HistoryApplierDeps
         found.set(id, await namespaces.getById(id));
       } catch (e) {
         // Namespace replication is a separate stream and may deliver it later: retry, never drop.
-        if (e instanceof TernError && e.kind === "not_found") throw new Error(`namespace ${id} is not known on ${cluster.clusterName} yet; retrying`);
+        if (e instanceof TernError && e.kind === "not_found") throw new RetryableReplicationError(`namespace ${id} is not known on ${cluster.clusterName} yet; retrying`);
         throw e;
       }
     }
@@ -86,7 +103,10 @@ export function createHistoryApplier({ cluster, namespaces }: HistoryApplierDeps
   /** Applies one task inside tx; returns how many events it added (0 for a duplicate). */
   async function applyTask(tx: Tx, ns: NamespaceRecord, task: IncomingTask, fetchRaw: RawHistoryFetcher): Promise<number> {
     const key: RunKey = { namespaceId: ns.id, workflowId: task.workflowId, runId: task.runId };
-    const run = await lockRun(tx, key.namespaceId, key.workflowId, key.runId);
+    // Replication and backfill may apply the same run at once: a run that does not exist
+    // yet has no row to lock, so the run's key is locked for the transaction first.
+    const locked = tx.execute(sql`select pg_advisory_xact_lock(hashtextextended(${`${key.namespaceId}/${key.workflowId}/${key.runId}`}, 0))`);
+    const [, run] = await Promise.all([locked, lockRun(tx, key.namespaceId, key.workflowId, key.runId)]);
     const events = await newEvents(task, run, fetchRaw);
     if (events.length === 0) return 0;
     if (run) await appendToRun(tx, run, events);

@@ -12,6 +12,12 @@ export interface AppliedNamespace {
   record?: NamespaceRow;
   /** The task made this cluster the namespace's active cluster. */
   activated: boolean;
+  /**
+   * This cluster was added to the namespace after it was registered: executions that
+   * existed before reach it only through backfill (a member since registration, config
+   * version 0, got every write through replication).
+   */
+  joined?: boolean;
 }
 
 /** The replicated part of a namespace (never replicationState: HANDOVER is local). */
@@ -70,7 +76,7 @@ export async function applyNamespaceTask(tx: Tx, currentCluster: string, d: Name
         updatedAt: now,
       })
       .returning();
-    return { outcome: "created", record: created, activated: failover.activeClusterName === currentCluster };
+    return { outcome: "created", record: created, activated: failover.activeClusterName === currentCluster, joined: config.configVersion > 0 };
   }
   const takeConfig = config.configVersion > local.configVersion;
   const takeFailover = failover.failoverVersion > local.failoverVersion;
@@ -82,5 +88,6 @@ export async function applyNamespaceTask(tx: Tx, currentCluster: string, d: Name
     .returning();
   if (!saved) throw new Error(`namespace ${local.name} changed while a replicated change was applied; will retry`);
   const activated = takeFailover && failover.activeClusterName === currentCluster && local.activeClusterName !== currentCluster;
-  return { outcome: "updated", record: saved, activated };
+  const joined = takeConfig && !local.clusters.includes(currentCluster) && config.clusters.includes(currentCluster);
+  return { outcome: "updated", record: saved, activated, joined };
 }

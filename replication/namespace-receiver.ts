@@ -5,6 +5,7 @@ import type { Metrics } from "../src/observability/metrics";
 import type { Logger } from "../src/observability/log";
 import type { Db } from "../src/persistence/database";
 import type { RemoteCluster, ReplicationStream } from "./manager";
+import { startBackfillJob } from "./backfill-jobs";
 import { applyNamespaceTask } from "./namespace-applier";
 import { advanceAckLevel, readAckLevel, type AckKey } from "./namespace-queue";
 
@@ -16,6 +17,8 @@ export interface NamespaceReceiverDeps {
   metrics?: Metrics;
   /** A replicated change made this cluster active for ns (timers due there must fire now). */
   onActivated?: (ns: NamespaceRecord) => void;
+  /** A backfill job was committed (wakes the backfill streams). */
+  onBackfillStarted?: () => void;
   /** How long the sender may hold one poll open. */
   waitTimeoutMs?: number;
   now?: () => Date;
@@ -32,6 +35,9 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
   async function apply(key: AckKey, task: NamespaceReplicationTask, maxTaskId: number): Promise<void> {
     const result = await db.transaction(async (tx) => {
       const r = await applyNamespaceTask(tx, currentCluster, task.namespace!, now());
+      const source = r.record?.activeClusterName;
+      // Executions from before this cluster joined: backfilled from the active cluster, recorded with the join.
+      if (r.joined && source && source !== currentCluster) await startBackfillJob(tx, { namespaceId: r.record!.id, sourceCluster: source }, now());
       await advanceAckLevel(tx, key, Number(task.taskId), maxTaskId, task.createTime ? timestampDate(task.createTime) : undefined);
       return r;
     });
@@ -39,6 +45,7 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
     deps.namespaces.invalidate(result.record);
     log.info("namespace replicated", { remote: key.remote, namespace: result.record?.name, outcome: result.outcome, taskId: Number(task.taskId) });
     if (result.activated) deps.onActivated?.(result.record!);
+    if (result.joined) deps.onBackfillStarted?.();
   }
 
   async function run(remote: RemoteCluster, signal: AbortSignal, report: { ok(): void }): Promise<void> {

@@ -1,5 +1,6 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
+import type { RemoteClients } from "../src/cluster/remote-client";
 import type { ReplicationTask } from "../src/gen/tern/admin/v1/service_pb";
 import type { EventNotifier } from "../src/history/notifier";
 import type { Writer } from "../src/history/writer";
@@ -7,8 +8,9 @@ import type { Logger } from "../src/observability/log";
 import type { Metrics } from "../src/observability/metrics";
 import type { Db } from "../src/persistence/database";
 import { advanceInboundAck, loadInboundAck } from "./ack-levels";
-import type { HistoryApplier, IncomingTask, RawHistoryFetcher } from "./applier";
-import type { RemoteCluster, ReplicationStream, StreamReport } from "./manager";
+import { isTaskFailure, type HistoryApplier, type IncomingTask, type RawHistoryFetcher } from "./applier";
+import { HELD_BEHIND, runKey, type ReplicationDlq } from "./dlq";
+import { sleep, type RemoteCluster, type ReplicationStream, type StreamReport } from "./manager";
 import { versionHistoryFromProto } from "./version-history";
 
 export interface HistoryReceiverDeps {
@@ -21,10 +23,33 @@ export interface HistoryReceiverDeps {
   notifier: EventNotifier;
   metrics: Metrics;
   log: Logger;
+  /** Where tasks that fail past the retry budget go. */
+  dlq: ReplicationDlq;
+  /** Retry budget of one failing task before it goes to the DLQ. */
+  retry?: Partial<RetryPolicy>;
   pageSize?: number;
   /** Long-poll wait asked of the source. */
   waitMs?: number;
 }
+
+/** How often and how patiently a failing task is retried before it goes to the DLQ. */
+export interface RetryPolicy {
+  /** Attempts in all (the last failure sends the task to the DLQ). */
+  attempts: number;
+  backoffMs: number;
+  maxBackoffMs: number;
+}
+
+/** What an apply did: runs that grew, and tasks that went to the DLQ. */
+interface Applied {
+  grown: string[];
+  held: number;
+}
+
+const add = (into: Applied, more: Applied) => {
+  into.grown.push(...more.grown);
+  into.held += more.held;
+};
 
 /** What this process last saw of one remote shard, for status (not persisted). */
 export interface InboundProgress {
@@ -51,35 +76,30 @@ interface Batch {
  * transaction that also moves the ack, so restarts give no gap and no duplicate.
  */
 export function createHistoryReceiver(deps: HistoryReceiverDeps) {
-  const { db, cluster, applier, writer, metrics, log } = deps;
+  const { db, cluster, applier, writer, metrics, log, dlq } = deps;
+  const retry: RetryPolicy = { attempts: 5, backoffMs: 200, maxBackoffMs: 2_000, ...deps.retry };
   const pageSize = deps.pageSize ?? 200;
   const waitMs = deps.waitMs ?? 10_000;
   const progress = new Map<string, InboundProgress>();
 
-  function rawFetcher(remote: RemoteCluster, signal: AbortSignal): RawHistoryFetcher {
-    return async (task, first, next) => {
-      log.info("repairing history gap from source", { remote: remote.name, workflowId: task.workflowId, runId: task.runId, first, next });
-      const res = await remote.clients.admin.getWorkflowExecutionRawHistory(
-        { namespaceId: task.namespaceId, workflowId: task.workflowId, runId: task.runId, firstEventId: BigInt(first), nextEventId: BigInt(next) },
-        { signal, timeoutMs: 30_000 },
-      );
-      if (res.events.length !== next - first || Number(res.events[0]?.eventId) !== first) {
-        throw new Error(`source ${remote.name} returned ${res.events.length} events for ${task.workflowId} run ${task.runId} [${first}, ${next})`);
-      }
-      return res.events;
-    };
-  }
-
-  /** Applies tasks and moves the ack from..to in one transaction; returns the runs that grew. */
-  async function applyAll(b: Batch, tasks: ReplicationTask[], from: number, to: number): Promise<string[]> {
-    const fetchRaw = rawFetcher(b.remote, b.signal);
+  /**
+   * Applies tasks and moves the ack from..to in one transaction; returns the runs that grew.
+   * Tasks of a run that already has a DLQ entry from this shard go to the DLQ too, so the
+   * run never gets a gap: the merge re-applies them in order.
+   */
+  async function applyAll(b: Batch, tasks: ReplicationTask[], from: number, to: number): Promise<Applied> {
+    const fetchRaw = rawFetcher(b.remote.name, b.remote.clients, log, b.signal);
     const namespaces = await applier.namespacesOf(tasks);
     const lastCreate = tasks.at(-1)?.createTime;
     return writer.transact("ReplicateHistory", async (tx) => {
-      const grown: string[] = [];
+      const held = tasks.length ? await dlq.heldRuns(tx, b.remote.name, b.shardId) : new Set<string>();
+      const done: Applied = { grown: [], held: 0 };
       const apply = async () => {
         for (const t of tasks) {
-          if ((await applier.applyTask(tx, namespaces.get(t.namespaceId)!, incoming(t), fetchRaw)) > 0) grown.push(t.runId);
+          if (held.has(runKey(t))) {
+            await dlq.add(tx, b.remote.name, t, 0, HELD_BEHIND);
+            done.held++;
+          } else if ((await applier.applyTask(tx, namespaces.get(t.namespaceId)!, incoming(t), fetchRaw)) > 0) done.grown.push(t.runId);
         }
       };
       // Pipelined: the ack moves with the apply, and a failure of either rolls back both.
@@ -89,44 +109,72 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
           from, to, maxTaskId: b.maxTaskId, lastAppliedCreatedAt: lastCreate ? timestampDate(lastCreate) : undefined,
         }),
       ]);
-      return grown;
+      return done;
     });
   }
 
+  /** Stores t in the DLQ in the transaction that moves the ack from..t past it. */
+  async function deadLetter(b: Batch, t: ReplicationTask, from: number, attempts: number, e: unknown): Promise<Applied> {
+    const error = (e as Error)?.message ?? String(e);
+    await writer.transact("ReplicateHistoryDlq", (tx) =>
+      Promise.all([
+        dlq.add(tx, b.remote.name, t, attempts, error),
+        advanceInboundAck(tx, b.remote.name, b.shardId, { from, to: Number(t.taskId), maxTaskId: b.maxTaskId }),
+      ]),
+    );
+    log.error("replication task moved to the DLQ", {
+      remote: b.remote.name, shard: b.shardId, taskId: Number(t.taskId), workflowId: t.workflowId, runId: t.runId, attempts, error,
+    });
+    return { grown: [], held: 1 };
+  }
+
+  /** Applies one task with retries and backoff; past the budget it goes to the DLQ. Transient failures rethrow. */
+  async function applyOne(b: Batch, t: ReplicationTask, from: number): Promise<Applied> {
+    let backoff = retry.backoffMs;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await applyAll(b, [t], from, Number(t.taskId));
+      } catch (e) {
+        failed(b, t, e, attempt);
+        if (b.signal.aborted || !isTaskFailure(e)) throw e;
+        if (attempt >= retry.attempts) return deadLetter(b, t, from, attempt, e);
+        await sleep(backoff, b.signal);
+        backoff = Math.min(backoff * 2, retry.maxBackoffMs);
+      }
+    }
+  }
+
   /**
-   * Applies a page at once; if that fails, task by task so the tasks before the bad one
-   * still land, then rethrows (the manager retries the stream with backoff).
+   * Applies a page at once; if that fails, task by task with a retry budget each, so the
+   * tasks before a bad one land and the ones after it are not stalled by it.
    */
   async function applyBatch(b: Batch): Promise<void> {
     const labels = { remote_cluster: b.remote.name };
-    let grown: string[];
+    let done: Applied;
     try {
-      grown = await applyAll(b, b.tasks, b.from, b.to);
+      done = await applyAll(b, b.tasks, b.from, b.to);
     } catch (batchError) {
-      if (b.tasks.length <= 1) throw failed(b, b.tasks[0], batchError);
-      grown = [];
+      if (b.signal.aborted || !isTaskFailure(batchError)) throw failed(b, b.tasks[0], batchError);
+      done = { grown: [], held: 0 };
       let at = b.from;
       for (const t of b.tasks) {
-        try {
-          grown.push(...(await applyAll(b, [t], at, Number(t.taskId))));
-        } catch (e) {
-          throw failed(b, t, e);
-        }
+        add(done, await applyOne(b, t, at));
         at = progressOf(b.remote.name, b.shardId).ackLevel = Number(t.taskId);
       }
-      grown.push(...(await applyAll(b, [], at, b.to)));
+      add(done, await applyAll(b, [], at, b.to));
     }
+    if (done.held) await dlq.refreshGauge([b.remote.name]);
     const now = Date.now();
     for (const t of b.tasks) if (t.createTime) metrics.observe("replication_latency", labels, (now - timestampDate(t.createTime).getTime()) / 1000);
-    metrics.inc("replication_tasks_applied", labels, b.tasks.length);
-    for (const runId of new Set(grown)) deps.notifier.notify(runId);
+    metrics.inc("replication_tasks_applied", labels, b.tasks.length - done.held);
+    for (const runId of new Set(done.grown)) deps.notifier.notify(runId);
   }
 
   /** Counts and logs a failed apply (divergence, unknown namespace, ...) and returns the error to rethrow. */
-  function failed(b: Batch, t: ReplicationTask | undefined, e: unknown): unknown {
+  function failed(b: Batch, t: ReplicationTask | undefined, e: unknown, attempt?: number): unknown {
     metrics.inc("replication_tasks_failed", { remote_cluster: b.remote.name });
     log.warn("replication task failed; retrying", {
-      remote: b.remote.name, shard: b.shardId, taskId: t ? Number(t.taskId) : undefined, workflowId: t?.workflowId, runId: t?.runId,
+      remote: b.remote.name, shard: b.shardId, taskId: t ? Number(t.taskId) : undefined, workflowId: t?.workflowId, runId: t?.runId, attempt,
       error: (e as Error)?.message ?? String(e),
     });
     return e;
@@ -181,7 +229,23 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
 
 export type HistoryReceiver = ReturnType<typeof createHistoryReceiver>;
 
-function incoming(t: ReplicationTask): IncomingTask {
+/** Gap repair (and DLQ merge) through the source's GetWorkflowExecutionRawHistory. */
+export function rawFetcher(source: string, clients: RemoteClients, log: Logger, signal?: AbortSignal): RawHistoryFetcher {
+  return async (task, first, next) => {
+    log.info("repairing history gap from source", { remote: source, workflowId: task.workflowId, runId: task.runId, first, next });
+    const res = await clients.admin.getWorkflowExecutionRawHistory(
+      { namespaceId: task.namespaceId, workflowId: task.workflowId, runId: task.runId, firstEventId: BigInt(first), nextEventId: BigInt(next) },
+      { signal, timeoutMs: 30_000 },
+    );
+    if (res.events.length !== next - first || Number(res.events[0]?.eventId) !== first) {
+      throw new Error(`source ${source} returned ${res.events.length} events for ${task.workflowId} run ${task.runId} [${first}, ${next})`);
+    }
+    return res.events;
+  };
+}
+
+/** The applier's form of a task. */
+export function incoming(t: ReplicationTask): IncomingTask {
   return {
     namespaceId: t.namespaceId,
     workflowId: t.workflowId,

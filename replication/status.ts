@@ -17,6 +17,8 @@ export interface ReplicationStatusDeps {
   connectionState: (remote: string) => string;
   /** What this process's receiver last saw of a remote shard. */
   inboundProgress: (remote: string, shardId: number) => InboundProgress | undefined;
+  /** DLQ entries per source cluster. */
+  dlqSizes: () => Promise<Map<string, number>>;
   now?: () => number;
 }
 
@@ -24,7 +26,7 @@ type AckRow = typeof replicationAckLevels.$inferSelect;
 type ShardStatus = Omit<ShardReplicationStatus, "$typeName">;
 
 /** AdminService.GetReplicationStatus: positions and lag per remote cluster, both directions. */
-export function createReplicationStatus({ db, cluster, connectionState, inboundProgress, now = Date.now }: ReplicationStatusDeps) {
+export function createReplicationStatus({ db, cluster, connectionState, inboundProgress, dlqSizes, now = Date.now }: ReplicationStatusDeps) {
   /** What this cluster applied of the remote's shards. */
   function inbound(remote: typeof clusterMetadata.$inferSelect, acks: AckRow[]): ShardStatus[] {
     return Array.from({ length: remote.historyShardCount }, (_, i) => {
@@ -59,10 +61,11 @@ export function createReplicationStatus({ db, cluster, connectionState, inboundP
   }
 
   async function get(): Promise<GetReplicationStatusResponse> {
-    const [remotes, acks, shardRows] = await Promise.all([
+    const [remotes, acks, shardRows, dlq] = await Promise.all([
       db.select().from(clusterMetadata).where(eq(clusterMetadata.isCurrent, false)).orderBy(asc(clusterMetadata.clusterName)),
       db.select().from(replicationAckLevels),
       db.select().from(shards).orderBy(asc(shards.shardId)),
+      dlqSizes(),
     ]);
     const maxima = new Map(shardRows.map((s) => [s.shardId, s.nextTaskId - 1]));
     const out = [];
@@ -77,6 +80,7 @@ export function createReplicationStatus({ db, cluster, connectionState, inboundP
         outbound: await outbound(remote.clusterName, mine, maxima),
         namespaceMaxTaskId: BigInt(ns?.maxTaskId ?? 0),
         namespaceAckedTaskId: BigInt(ns?.ackLevel ?? 0),
+        dlqSize: BigInt(dlq.get(remote.clusterName) ?? 0),
       });
     }
     return create(GetReplicationStatusResponseSchema, { clusterName: cluster.clusterName, remotes: out });

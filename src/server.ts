@@ -5,17 +5,22 @@ import { bootstrapCluster, type CurrentCluster } from "./cluster/bootstrap";
 import { createClusterDirectory } from "./cluster/directory";
 import { createRemoteClientPool } from "./cluster/remote-client";
 import { createRemoteClusters } from "./cluster/remote-clusters";
-import { createHistoryApplier } from "../replication/applier";
+import { createHistoryApplier, type HistoryApplier } from "../replication/applier";
+import { createReplicationDlq } from "../replication/dlq";
+import { createDlqMerge } from "../replication/dlq-merge";
+import { createReplicationVerifier } from "../replication/verification";
+import { createBackfillReceiver } from "../replication/backfill-receiver";
 import { createReplicationCleanup } from "../replication/cleanup";
 import { createGracefulFailover, resetAbandonedHandovers } from "../replication/failover";
 import { createReplicationManager } from "../replication/manager";
 import { createNamespaceReceiver } from "../replication/namespace-receiver";
 import { createNamespaceSender, NAMESPACE_QUEUE_KEY } from "../replication/namespace-sender";
-import { createHistoryReceiver } from "../replication/receiver";
+import { createHistoryReceiver, type RetryPolicy } from "../replication/receiver";
 import { createReplicationSender } from "../replication/sender";
 import { createReplicationStatus } from "../replication/status";
 import type { Config } from "./config/schema";
 import { createAdminHandler } from "./frontend/admin-handler";
+import { createBackfillHandler } from "./frontend/backfill-handler";
 import { createApp } from "./frontend/app";
 import { createHealthHandler } from "./frontend/health-handler";
 import { createForwardingWorkflowService } from "./frontend/forwarding";
@@ -45,6 +50,13 @@ export interface ServerOptions {
   /** Test hook inside every history write transaction, just before commit. */
   beforeCommit?: (operation: string) => Promise<void> | void;
   database?: OpenOptions;
+  /** Replication knobs and fault injection (tests). */
+  replication?: {
+    /** Retry budget of a failing history task before it goes to the DLQ. */
+    retry?: Partial<RetryPolicy>;
+    /** Wraps the history applier, e.g. to fail one execution on purpose. */
+    wrapApplier?: (applier: HistoryApplier) => HistoryApplier;
+  };
 }
 
 /** A running tern cluster minus its listeners: the entry point binds `fetch` and `routes`. */
@@ -96,20 +108,25 @@ function wire(
   const namespaces = createNamespaceRegistry({
     db, clusters, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY), onActivated,
   });
-  const namespaceReceiver = createNamespaceReceiver({ db, currentCluster: cluster.clusterName, namespaces, log, metrics, now, onActivated });
   const writer = createWriter({ db, cluster, limits: config.limits, metrics, log, now, beforeCommit: opts.beforeCommit, notifier });
-  const historyReceiver = createHistoryReceiver({
-    db, cluster, writer, notifier, metrics, log, applier: createHistoryApplier({ cluster, namespaces }),
+  const baseApplier = createHistoryApplier({ cluster, namespaces });
+  const applier = opts.replication?.wrapApplier?.(baseApplier) ?? baseApplier;
+  const dlq = createReplicationDlq({ db, metrics });
+  const historyReceiver = createHistoryReceiver({ db, cluster, writer, notifier, metrics, log, applier, dlq, retry: opts.replication?.retry });
+  const backfill = createBackfillReceiver({ db, applier, namespaces, writer, notifier, log, now });
+  const namespaceReceiver = createNamespaceReceiver({
+    db, currentCluster: cluster.clusterName, namespaces, log, metrics, now, onActivated, onBackfillStarted: backfill.wake,
   });
   const replication = createReplicationManager({
     db, clients: remoteClients, log,
-    streamsFor: (remote) => [namespaceReceiver, ...historyReceiver.streamsFor(remote)],
+    streamsFor: (remote) => [namespaceReceiver, ...historyReceiver.streamsFor(remote), backfill.stream],
   });
   const remotes = createRemoteClusters({ db, current: cluster, clients: remoteClients, onChanged: () => replication.refresh() });
   const replicationCleanup = createReplicationCleanup({ db, log });
   const replicationSender = createReplicationSender({ db, cluster, notifier });
   const replicationStatus = createReplicationStatus({
     db, cluster, connectionState: (name) => replication.connectionState(name), inboundProgress: historyReceiver.progress,
+    dlqSizes: dlq.sizes,
   });
   const timers = createTimerQueue({ db, writer, namespaces, notifier, metrics, log, currentCluster: cluster.clusterName, now });
   const engine = createHistoryEngine({
@@ -132,7 +149,11 @@ function wire(
     }),
     admin: createAdminHandler({ db, cluster, sender: replicationSender, status: replicationStatus,
       namespaceSender: createNamespaceSender({ db, wake: notifier }),
+      dlq,
+      dlqMerge: createDlqMerge({ db, dlq, applier, writer, clients: remoteClients, notifier, log }),
+      verifier: createReplicationVerifier({ db, cluster, clients: remoteClients }),
     }),
+    backfill: createBackfillHandler({ db, namespaces }),
     health: createHealthHandler(isServing),
   });
   const limiter = createRateLimiter(config.limits.hostRps, config.limits.namespaceRps);
@@ -142,6 +163,7 @@ function wire(
   const app = createApp({ routes, interceptors, metrics, isServing, readMaxBytes });
   timers.start();
   replicationCleanup.start();
+  void dlq.refreshGauge().catch((e) => log.warn("reading the replication DLQ size failed", { error: String(e) }));
   void replication.start();
   return {
     config, cluster, database, metrics, log, app, routes, interceptors,

@@ -1,4 +1,5 @@
 import { type Client, createClient, type Transport } from "@connectrpc/connect";
+import { BackfillService } from "../gen/tern/admin/v1/backfill_pb";
 import { AdminService } from "../gen/tern/admin/v1/service_pb";
 import { OperatorService } from "../gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
@@ -143,7 +144,7 @@ function checkPositionals(leaf: LeafCommand, positionals: readonly string[]): vo
 function buildContext(deps: CliDeps, address: string, format: OutputFormat): CommandContext {
   let transport: Transport | undefined;
   const clients = new Map<unknown, unknown>();
-  const client = <S extends typeof WorkflowService | typeof OperatorService | typeof AdminService>(service: S): Client<S> => {
+  const client = <S extends typeof WorkflowService | typeof OperatorService | typeof AdminService | typeof BackfillService>(service: S): Client<S> => {
     transport ??= deps.createTransport(address);
     if (!clients.has(service)) clients.set(service, createClient(service, transport));
     return clients.get(service) as Client<S>;
@@ -152,6 +153,7 @@ function buildContext(deps: CliDeps, address: string, format: OutputFormat): Com
     workflow: () => client(WorkflowService),
     operator: () => client(OperatorService),
     admin: () => client(AdminService),
+    backfill: () => client(BackfillService),
     address,
     format,
     out: deps.stdout,

@@ -1,4 +1,5 @@
 import type { Client } from "@connectrpc/connect";
+import type { BackfillService } from "../gen/tern/admin/v1/backfill_pb";
 import type { AdminService } from "../gen/tern/admin/v1/service_pb";
 import type { OperatorService } from "../gen/tern/operator/v1/service_pb";
 import type { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
@@ -14,6 +15,8 @@ export interface CommandContext {
   operator(): Client<typeof OperatorService>;
   /** The AdminService client (created on first use). */
   admin(): Client<typeof AdminService>;
+  /** The BackfillService client (created on first use). */
+  backfill(): Client<typeof BackfillService>;
   /** Base URL of the server, for messages. */
   address: string;
   format: OutputFormat;

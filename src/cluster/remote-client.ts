@@ -1,5 +1,6 @@
 import { createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
+import { BackfillService } from "../gen/tern/admin/v1/backfill_pb";
 import { AdminService } from "../gen/tern/admin/v1/service_pb";
 import { OperatorService } from "../gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
@@ -9,6 +10,7 @@ export interface RemoteClients {
   baseUrl: string;
   operator: Client<typeof OperatorService>;
   admin: Client<typeof AdminService>;
+  backfill: Client<typeof BackfillService>;
   workflow: Client<typeof WorkflowService>;
 }
 
@@ -31,6 +33,7 @@ export function createRemoteClientPool(fetchImpl: typeof fetch = globalThis.fetc
           baseUrl,
           operator: createClient(OperatorService, transport),
           admin: createClient(AdminService, transport),
+          backfill: createClient(BackfillService, transport),
           workflow: createClient(WorkflowService, transport),
         };
         pool.set(baseUrl, c);

@@ -6,6 +6,9 @@ import { readRawHistory } from "../../replication/raw-history";
 import type { ReplicationSender } from "../../replication/sender";
 import type { ReplicationStatus } from "../../replication/status";
 import type { NamespaceSender } from "../../replication/namespace-sender";
+import type { ReplicationDlq } from "../../replication/dlq";
+import type { DlqMerge } from "../../replication/dlq-merge";
+import type { ReplicationVerifier } from "../../replication/verification";
 
 export interface AdminHandlerDeps {
   db: Db;
@@ -15,14 +18,22 @@ export interface AdminHandlerDeps {
   status: ReplicationStatus;
   /** Namespace replication tasks for pulling peers. */
   namespaceSender: NamespaceSender;
+  dlq: ReplicationDlq;
+  dlqMerge: DlqMerge;
+  verifier: ReplicationVerifier;
 }
 
 /** AdminService: replication internals for peers and operators; the logic lives in replication/. */
-export function createAdminHandler({ db, sender, status, namespaceSender }: AdminHandlerDeps): ServiceImpl<typeof AdminService> {
+export function createAdminHandler({ db, sender, status, namespaceSender, dlq, dlqMerge, verifier }: AdminHandlerDeps): ServiceImpl<typeof AdminService> {
   return {
     getReplicationTasks: (r, ctx) => sender.getReplicationTasks(r, ctx.signal),
     getNamespaceReplicationTasks: (r, ctx) => namespaceSender.getTasks(r, ctx.signal),
     getWorkflowExecutionRawHistory: (r) => readRawHistory(db, r),
     getReplicationStatus: () => status.get(),
+    listReplicationDlq: (r) => dlq.list(r),
+    mergeReplicationDlq: (r, ctx) => dlqMerge.merge(r, ctx.signal),
+    purgeReplicationDlq: async (r) => ({ purged: BigInt(await dlq.purge(r)) }),
+    getExecutionChecksums: (r) => verifier.checksums(r),
+    verifyReplication: (r, ctx) => verifier.verify(r, ctx.signal),
   };
 }

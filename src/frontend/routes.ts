@@ -1,5 +1,6 @@
 import type { ConnectRouter, ServiceImpl } from "@connectrpc/connect";
 import { Health } from "../gen/grpc/health/v1/health_pb";
+import { BackfillService } from "../gen/tern/admin/v1/backfill_pb";
 import { AdminService } from "../gen/tern/admin/v1/service_pb";
 import { OperatorService } from "../gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
@@ -9,6 +10,7 @@ export interface Services {
   workflow: ServiceImpl<typeof WorkflowService>;
   operator: ServiceImpl<typeof OperatorService>;
   admin: ServiceImpl<typeof AdminService>;
+  backfill: ServiceImpl<typeof BackfillService>;
   health: ServiceImpl<typeof Health>;
 }
 
@@ -18,6 +20,7 @@ export function createRoutes(services: Services): (router: ConnectRouter) => voi
     router.service(WorkflowService, services.workflow);
     router.service(OperatorService, services.operator);
     router.service(AdminService, services.admin);
+    router.service(BackfillService, services.backfill);
     router.service(Health, services.health);
   };
 }

@@ -74,6 +74,7 @@ export function createWorkflowHandler({ namespaces, engine, queries }: WorkflowH
         data: r.data,
         clusters: r.clusters,
         activeClusterName: r.activeClusterName,
+        promote: r.promoteNamespace,
       });
       return { namespace: namespaceToProto(ns) };
     },

@@ -33,6 +33,8 @@ export interface UpdateInput {
   data?: Record<string, string>;
   clusters?: string[];
   activeClusterName?: string;
+  /** Makes a local namespace global, active here (a no-op on a global one). */
+  promote?: boolean;
 }
 
 /** Namespace verbs plus a lookup cache that every write here invalidates. */
@@ -155,7 +157,10 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
     const updated = await db.transaction(async (tx) => {
       const [row] = await tx.select().from(namespaces).where(eq(namespaces.name, input.name)).for("update");
       if (!row) throw notFound(`namespace ${input.name} not found`);
-      const next = applyUpdate(row, input, known);
+      const promoted = input.promote && !row.isGlobal ? promotion() : undefined;
+      const base = promoted ? { ...row, ...promoted } : row;
+      const changes = applyUpdate(base, input, known);
+      const next = promoted ? { ...promoted, ...changes } : changes;
       if (!next) return { saved: row, activated: false };
       const [saved] = await tx
         .update(namespaces)
@@ -173,7 +178,24 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
     return updated.saved;
   }
 
-  /** The changed columns, or undefined when the update changes nothing. */
+  /**
+   * The columns that make a local namespace global (DESIGN.md section 2): active here,
+   * listed in this cluster only, failover version next(current, 0). Its existing events
+   * keep version 0; new writes get replication tasks from now on.
+   */
+  function promotion(): Partial<NamespaceRecord> {
+    const current = clusters.current();
+    if (!current.isGlobalNamespaceEnabled) {
+      throw failedPrecondition("global namespaces are disabled on this cluster (clusterMetadata.enableGlobalNamespace is false)");
+    }
+    return {
+      isGlobal: true,
+      activeClusterName: current.clusterName,
+      clusters: [current.clusterName],
+      failoverVersion: nextFailoverVersion(current.initialFailoverVersion, 0, current.failoverVersionIncrement),
+    };
+  }
+
   /** Initial failover versions of the clusters an update names, read before its transaction (PGlite has one connection). */
   async function knownClusters(input: UpdateInput): Promise<Map<string, number>> {
     const names = dedupe([...(input.clusters ?? []), input.activeClusterName ?? ""]);
@@ -181,6 +203,7 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
     return new Map(infos.map((c) => [c.clusterName, c.initialFailoverVersion]));
   }
 
+  /** The changed columns, or undefined when the update changes nothing. */
   function applyUpdate(row: NamespaceRecord, input: UpdateInput, known: Map<string, number>): Partial<NamespaceRecord> | undefined {
     const next: Partial<NamespaceRecord> = {};
     if (input.description !== undefined && input.description !== row.description) next.description = input.description;

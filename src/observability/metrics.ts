@@ -42,6 +42,7 @@ const HELP: Record<string, [Family["type"], string]> = {
   replication_tasks_applied: ["counter", "History replication tasks applied from a remote cluster"],
   namespace_replication_task_ack_level: ["gauge", "Namespace replication task applied here, per remote cluster"],
   replication_tasks_failed: ["counter", "History replication task applies that failed (retried)"],
+  replication_dlq_size: ["gauge", "History replication tasks in this cluster's DLQ, per source cluster"],
 };
 
 const key = (labels: Labels) =>

@@ -55,6 +55,8 @@ for (const store of await testStores()) {
         const run = await b.client(WorkflowService).describeWorkflowExecution({ namespace: "orders", execution: { workflowId: `moving-${i}` } });
         expect(run.lastWriteVersion).toBe(101n);
       }
+      // The switch reaches B through namespace replication: wait for it before writing there.
+      await expectActiveOn(b, "orders", "clusterB", res.namespace!.failoverVersion);
       await b.client(WorkflowService).signalWorkflowExecution({ namespace: "orders", workflowExecution: { workflowId: "moving-0" }, signalName: "after" });
       await failover(b, "clusterA"); // back, for the tests below
       await expectActiveOn(a, "orders", "clusterA", 201n);

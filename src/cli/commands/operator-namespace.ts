@@ -16,6 +16,7 @@ import { describeNamespace, namespaceSummary, namespaceTable } from "../format-n
 import { listJson, messageJson } from "../output";
 import { collectPages } from "../paging";
 import { namespaceArg, namespaceFlag } from "./common-flags";
+import { backfillLines, backfillStatusCommand } from "./namespace-backfill";
 import { failoverCommand } from "./namespace-failover";
 
 const description: FlagSpec = { name: "description", kind: "string", valueName: "TEXT", description: "Description" };
@@ -109,7 +110,7 @@ const describe: LeafCommand = {
     const namespace = id && !getString(args, "namespace") && args.positionals.length === 0 ? "" : namespaceArg(args);
     const res = await ctx.workflow().describeNamespace({ namespace, id }, { signal: ctx.signal });
     if (ctx.format === "json") return ctx.out(messageJson(DescribeNamespaceResponseSchema, res));
-    if (res.namespace) ctx.out(describeNamespace(res.namespace));
+    if (res.namespace) ctx.out(describeNamespace(res.namespace) + (res.namespace.isGlobalNamespace ? await backfillLines(ctx, res.namespace.namespaceInfo!.name) : ""));
   },
 };
 
@@ -136,10 +137,15 @@ const update: LeafCommand = {
     "--active-cluster switches the active cluster at once: a forced failover, with no handover",
     "and no wait for replication (for when the active cluster is down). While both clusters",
     "are up, prefer 'tern operator namespace failover --to NAME'.",
+    "--promote-global makes a local namespace global, active here; then add clusters with",
+    "--cluster: their copies get the existing executions by backfill.",
   ].join("\n"),
   positionals: "[NAMESPACE]",
   maxPositionals: 1,
-  flags: [namespaceFlag, description, email, retention, { ...data, description: "Data entry to merge (KEY= removes KEY)" }, cluster, activeCluster],
+  flags: [
+    namespaceFlag, description, email, retention, { ...data, description: "Data entry to merge (KEY= removes KEY)" }, cluster, activeCluster,
+    { name: "promote-global", kind: "boolean", description: "Make a local namespace global (active on this cluster)" },
+  ],
   async run(ctx, args) {
     const namespace = namespaceArg(args);
     const res = await ctx.workflow().updateNamespace(
@@ -151,6 +157,7 @@ const update: LeafCommand = {
         data: parseKeyValues(getStrings(args, "data"), "data"),
         clusters: getStrings(args, "cluster"),
         activeClusterName: getString(args, "active-cluster") ?? "",
+        promoteNamespace: getBoolean(args, "promote-global"),
       },
       { signal: ctx.signal },
     );
@@ -205,5 +212,5 @@ export const operatorNamespaceCommand: GroupCommand = {
   kind: "group",
   name: "namespace",
   summary: "Register, describe, update, fail over and delete namespaces",
-  commands: [create, describe, list, update, failoverCommand, deprecate, remove],
+  commands: [create, describe, list, update, failoverCommand, backfillStatusCommand, deprecate, remove],
 };

@@ -6,6 +6,8 @@ import {
 } from "../../gen/tern/admin/v1/service_pb";
 import type { GroupCommand, LeafCommand } from "../command";
 import { formatTable, messageJson } from "../output";
+import { dlqCommand } from "./replication-dlq";
+import { verifyCommand } from "./replication-verify";
 
 /** The connection column: the live state, or "disabled" when enable_connection is off. */
 function connectionOf(remote: RemoteClusterReplicationStatus): string {
@@ -51,7 +53,8 @@ export function replicationStatusTable(res: GetReplicationStatusResponse): strin
   ]);
   const title = `Cluster ${res.clusterName || "(unnamed)"}`;
   if (rows.length === 0) return `${title}: no remote clusters (connect one with 'tern operator cluster upsert')\n`;
-  return `${title}\n${formatTable(headers, rows)}`;
+  const dlq = res.remotes.map((r) => `${r.clusterName} ${r.dlqSize}`).join(", ");
+  return `${title}\n${formatTable(headers, rows)}DLQ (tasks per source): ${dlq}\n`;
 }
 
 const status: LeafCommand = {
@@ -64,6 +67,7 @@ const status: LeafCommand = {
     'with shard "ns" is namespace replication.',
     "outbound rows: what the remote acked of this cluster's tasks, per local shard.",
     "LAG (TASKS) is MAX TASK ID minus ACKED TASK ID; LAG (MS) is the delay the server measures.",
+    "The last line counts the tasks from each remote held in the DLQ ('tern replication dlq list').",
     "With -o json, prints the GetReplicationStatusResponse as protobuf JSON.",
   ].join("\n"),
   flags: [],
@@ -77,6 +81,6 @@ const status: LeafCommand = {
 export const replicationCommand: GroupCommand = {
   kind: "group",
   name: "replication",
-  summary: "Inspect replication between clusters",
-  commands: [status],
+  summary: "Inspect, repair and verify replication between clusters",
+  commands: [status, dlqCommand, verifyCommand],
 };

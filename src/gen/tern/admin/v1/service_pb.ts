@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tern/admin/v1/service.proto.
  */
 export const file_tern_admin_v1_service: GenFile = /*@__PURE__*/
-  fileDesc("Cht0ZXJuL2FkbWluL3YxL3NlcnZpY2UucHJvdG8SDXRlcm4uYWRtaW4udjEixwIKD1JlcGxpY2F0aW9uVGFzaxIQCghzaGFyZF9pZBgBIAEoBRIPCgd0YXNrX2lkGAIgASgDEhQKDG5hbWVzcGFjZV9pZBgDIAEoCRITCgt3b3JrZmxvd19pZBgEIAEoCRIOCgZydW5faWQYBSABKAkSFgoOZmlyc3RfZXZlbnRfaWQYBiABKAMSFQoNbmV4dF9ldmVudF9pZBgHIAEoAxIPCgd2ZXJzaW9uGAggASgDEjcKD3ZlcnNpb25faGlzdG9yeRgJIAEoCzIeLnRlcm4uY29tbW9uLnYxLlZlcnNpb25IaXN0b3J5Ei8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgZldmVudHMYCyADKAsyHC50ZXJuLmNvbW1vbi52MS5IaXN0b3J5RXZlbnQinwEKGkdldFJlcGxpY2F0aW9uVGFza3NSZXF1ZXN0EhAKCHNoYXJkX2lkGAEgASgFEhUKDWFmdGVyX3Rhc2tfaWQYAiABKAMSEQoJcGFnZV9zaXplGAMgASgFEhYKDmluY2x1ZGVfZXZlbnRzGAQgASgIEhQKDGNsdXN0ZXJfbmFtZRgFIAEoCRIXCg93YWl0X3RpbWVvdXRfbXMYBiABKAUidwobR2V0UmVwbGljYXRpb25UYXNrc1Jlc3BvbnNlEi0KBXRhc2tzGAEgAygLMh4udGVybi5hZG1pbi52MS5SZXBsaWNhdGlvblRhc2sSEwoLbWF4X3Rhc2tfaWQYAiABKAMSFAoMbGFzdF90YXNrX2lkGAMgASgDIpcBChhOYW1lc3BhY2VSZXBsaWNhdGlvblRhc2sSDwoHdGFza19pZBgBIAEoAxI5CgluYW1lc3BhY2UYAiABKAsyJi50ZXJuLndvcmtmbG93LnYxLk5hbWVzcGFjZURlc2NyaXB0aW9uEi8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ+CiNHZXROYW1lc3BhY2VSZXBsaWNhdGlvblRhc2tzUmVxdWVzdBIVCg1hZnRlcl90YXNrX2lkGAEgASgDEhEKCXBhZ2Vfc2l6ZRgCIAEoBRIUCgxjbHVzdGVyX25hbWUYAyABKAkSFwoPd2FpdF90aW1lb3V0X21zGAQgASgFIokBCiRHZXROYW1lc3BhY2VSZXBsaWNhdGlvblRhc2tzUmVzcG9uc2USNgoFdGFza3MYASADKAsyJy50ZXJuLmFkbWluLnYxLk5hbWVzcGFjZVJlcGxpY2F0aW9uVGFzaxITCgttYXhfdGFza19pZBgCIAEoAxIUCgxsYXN0X3Rhc2tfaWQYAyABKAMikQEKJUdldFdvcmtmbG93RXhlY3V0aW9uUmF3SGlzdG9yeVJlcXVlc3QSFAoMbmFtZXNwYWNlX2lkGAEgASgJEhMKC3dvcmtmbG93X2lkGAIgASgJEg4KBnJ1bl9pZBgDIAEoCRIWCg5maXJzdF9ldmVudF9pZBgEIAEoAxIVCg1uZXh0X2V2ZW50X2lkGAUgASgDIqYBCiZHZXRXb3JrZmxvd0V4ZWN1dGlvblJhd0hpc3RvcnlSZXNwb25zZRIsCgZldmVudHMYASADKAsyHC50ZXJuLmNvbW1vbi52MS5IaXN0b3J5RXZlbnQSNwoPdmVyc2lvbl9oaXN0b3J5GAIgASgLMh4udGVybi5jb21tb24udjEuVmVyc2lvbkhpc3RvcnkSFQoNbmV4dF9ldmVudF9pZBgDIAEoAyIdChtHZXRSZXBsaWNhdGlvblN0YXR1c1JlcXVlc3QieQoWU2hhcmRSZXBsaWNhdGlvblN0YXR1cxIQCghzaGFyZF9pZBgBIAEoBRITCgttYXhfdGFza19pZBgCIAEoAxIVCg1hY2tlZF90YXNrX2lkGAMgASgDEhEKCWxhZ190YXNrcxgEIAEoAxIOCgZsYWdfbXMYBSABKAMinAIKHlJlbW90ZUNsdXN0ZXJSZXBsaWNhdGlvblN0YXR1cxIUCgxjbHVzdGVyX25hbWUYASABKAkSGAoQY29ubmVjdGlvbl9zdGF0ZRgCIAEoCRIZChFlbmFibGVfY29ubmVjdGlvbhgDIAEoCBI2CgdpbmJvdW5kGAQgAygLMiUudGVybi5hZG1pbi52MS5TaGFyZFJlcGxpY2F0aW9uU3RhdHVzEjcKCG91dGJvdW5kGAUgAygLMiUudGVybi5hZG1pbi52MS5TaGFyZFJlcGxpY2F0aW9uU3RhdHVzEh0KFW5hbWVzcGFjZV9tYXhfdGFza19pZBgGIAEoAxIfChduYW1lc3BhY2VfYWNrZWRfdGFza19pZBgHIAEoAyJ0ChxHZXRSZXBsaWNhdGlvblN0YXR1c1Jlc3BvbnNlEhQKDGNsdXN0ZXJfbmFtZRgBIAEoCRI+CgdyZW1vdGVzGAIgAygLMi0udGVybi5hZG1pbi52MS5SZW1vdGVDbHVzdGVyUmVwbGljYXRpb25TdGF0dXMyhwQKDEFkbWluU2VydmljZRJsChNHZXRSZXBsaWNhdGlvblRhc2tzEikudGVybi5hZG1pbi52MS5HZXRSZXBsaWNhdGlvblRhc2tzUmVxdWVzdBoqLnRlcm4uYWRtaW4udjEuR2V0UmVwbGljYXRpb25UYXNrc1Jlc3BvbnNlEocBChxHZXROYW1lc3BhY2VSZXBsaWNhdGlvblRhc2tzEjIudGVybi5hZG1pbi52MS5HZXROYW1lc3BhY2VSZXBsaWNhdGlvblRhc2tzUmVxdWVzdBozLnRlcm4uYWRtaW4udjEuR2V0TmFtZXNwYWNlUmVwbGljYXRpb25UYXNrc1Jlc3BvbnNlEo0BCh5HZXRXb3JrZmxvd0V4ZWN1dGlvblJhd0hpc3RvcnkSNC50ZXJuLmFkbWluLnYxLkdldFdvcmtmbG93RXhlY3V0aW9uUmF3SGlzdG9yeVJlcXVlc3QaNS50ZXJuLmFkbWluLnYxLkdldFdvcmtmbG93RXhlY3V0aW9uUmF3SGlzdG9yeVJlc3BvbnNlEm8KFEdldFJlcGxpY2F0aW9uU3RhdHVzEioudGVybi5hZG1pbi52MS5HZXRSZXBsaWNhdGlvblN0YXR1c1JlcXVlc3QaKy50ZXJuLmFkbWluLnYxLkdldFJlcGxpY2F0aW9uU3RhdHVzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_tern_common_v1_common, file_tern_workflow_v1_namespace]);
+  fileDesc("Cht0ZXJuL2FkbWluL3YxL3NlcnZpY2UucHJvdG8SDXRlcm4uYWRtaW4udjEixwIKD1JlcGxpY2F0aW9uVGFzaxIQCghzaGFyZF9pZBgBIAEoBRIPCgd0YXNrX2lkGAIgASgDEhQKDG5hbWVzcGFjZV9pZBgDIAEoCRITCgt3b3JrZmxvd19pZBgEIAEoCRIOCgZydW5faWQYBSABKAkSFgoOZmlyc3RfZXZlbnRfaWQYBiABKAMSFQoNbmV4dF9ldmVudF9pZBgHIAEoAxIPCgd2ZXJzaW9uGAggASgDEjcKD3ZlcnNpb25faGlzdG9yeRgJIAEoCzIeLnRlcm4uY29tbW9uLnYxLlZlcnNpb25IaXN0b3J5Ei8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgZldmVudHMYCyADKAsyHC50ZXJuLmNvbW1vbi52MS5IaXN0b3J5RXZlbnQinwEKGkdldFJlcGxpY2F0aW9uVGFza3NSZXF1ZXN0EhAKCHNoYXJkX2lkGAEgASgFEhUKDWFmdGVyX3Rhc2tfaWQYAiABKAMSEQoJcGFnZV9zaXplGAMgASgFEhYKDmluY2x1ZGVfZXZlbnRzGAQgASgIEhQKDGNsdXN0ZXJfbmFtZRgFIAEoCRIXCg93YWl0X3RpbWVvdXRfbXMYBiABKAUidwobR2V0UmVwbGljYXRpb25UYXNrc1Jlc3BvbnNlEi0KBXRhc2tzGAEgAygLMh4udGVybi5hZG1pbi52MS5SZXBsaWNhdGlvblRhc2sSEwoLbWF4X3Rhc2tfaWQYAiABKAMSFAoMbGFzdF90YXNrX2lkGAMgASgDIpcBChhOYW1lc3BhY2VSZXBsaWNhdGlvblRhc2sSDwoHdGFza19pZBgBIAEoAxI5CgluYW1lc3BhY2UYAiABKAsyJi50ZXJuLndvcmtmbG93LnYxLk5hbWVzcGFjZURlc2NyaXB0aW9uEi8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ+CiNHZXROYW1lc3BhY2VSZXBsaWNhdGlvblRhc2tzUmVxdWVzdBIVCg1hZnRlcl90YXNrX2lkGAEgASgDEhEKCXBhZ2Vfc2l6ZRgCIAEoBRIUCgxjbHVzdGVyX25hbWUYAyABKAkSFwoPd2FpdF90aW1lb3V0X21zGAQgASgFIokBCiRHZXROYW1lc3BhY2VSZXBsaWNhdGlvblRhc2tzUmVzcG9uc2USNgoFdGFza3MYASADKAsyJy50ZXJuLmFkbWluLnYxLk5hbWVzcGFjZVJlcGxpY2F0aW9uVGFzaxITCgttYXhfdGFza19pZBgCIAEoAxIUCgxsYXN0X3Rhc2tfaWQYAyABKAMikQEKJUdldFdvcmtmbG93RXhlY3V0aW9uUmF3SGlzdG9yeVJlcXVlc3QSFAoMbmFtZXNwYWNlX2lkGAEgASgJEhMKC3dvcmtmbG93X2lkGAIgASgJEg4KBnJ1bl9pZBgDIAEoCRIWCg5maXJzdF9ldmVudF9pZBgEIAEoAxIVCg1uZXh0X2V2ZW50X2lkGAUgASgDIqYBCiZHZXRXb3JrZmxvd0V4ZWN1dGlvblJhd0hpc3RvcnlSZXNwb25zZRIsCgZldmVudHMYASADKAsyHC50ZXJuLmNvbW1vbi52MS5IaXN0b3J5RXZlbnQSNwoPdmVyc2lvbl9oaXN0b3J5GAIgASgLMh4udGVybi5jb21tb24udjEuVmVyc2lvbkhpc3RvcnkSFQoNbmV4dF9ldmVudF9pZBgDIAEoAyIdChtHZXRSZXBsaWNhdGlvblN0YXR1c1JlcXVlc3QieQoWU2hhcmRSZXBsaWNhdGlvblN0YXR1cxIQCghzaGFyZF9pZBgBIAEoBRITCgttYXhfdGFza19pZBgCIAEoAxIVCg1hY2tlZF90YXNrX2lkGAMgASgDEhEKCWxhZ190YXNrcxgEIAEoAxIOCgZsYWdfbXMYBSABKAMirgIKHlJlbW90ZUNsdXN0ZXJSZXBsaWNhdGlvblN0YXR1cxIUCgxjbHVzdGVyX25hbWUYASABKAkSGAoQY29ubmVjdGlvbl9zdGF0ZRgCIAEoCRIZChFlbmFibGVfY29ubmVjdGlvbhgDIAEoCBI2CgdpbmJvdW5kGAQgAygLMiUudGVybi5hZG1pbi52MS5TaGFyZFJlcGxpY2F0aW9uU3RhdHVzEjcKCG91dGJvdW5kGAUgAygLMiUudGVybi5hZG1pbi52MS5TaGFyZFJlcGxpY2F0aW9uU3RhdHVzEh0KFW5hbWVzcGFjZV9tYXhfdGFza19pZBgGIAEoAxIfChduYW1lc3BhY2VfYWNrZWRfdGFza19pZBgHIAEoAxIQCghkbHFfc2l6ZRgIIAEoAyJ0ChxHZXRSZXBsaWNhdGlvblN0YXR1c1Jlc3BvbnNlEhQKDGNsdXN0ZXJfbmFtZRgBIAEoCRI+CgdyZW1vdGVzGAIgAygLMi0udGVybi5hZG1pbi52MS5SZW1vdGVDbHVzdGVyUmVwbGljYXRpb25TdGF0dXMiogIKE1JlcGxpY2F0aW9uRGxxRW50cnkSFgoOc291cmNlX2NsdXN0ZXIYASABKAkSEAoIc2hhcmRfaWQYAiABKAUSDwoHdGFza19pZBgDIAEoAxIUCgxuYW1lc3BhY2VfaWQYBCABKAkSEwoLd29ya2Zsb3dfaWQYBSABKAkSDgoGcnVuX2lkGAYgASgJEhYKDmZpcnN0X2V2ZW50X2lkGAcgASgDEhUKDW5leHRfZXZlbnRfaWQYCCABKAMSDwoHdmVyc2lvbhgJIAEoAxIQCghhdHRlbXB0cxgKIAEoBRISCgpsYXN0X2Vycm9yGAsgASgJEi8KC2NyZWF0ZV90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJxChlMaXN0UmVwbGljYXRpb25EbHFSZXF1ZXN0EhYKDnNvdXJjZV9jbHVzdGVyGAEgASgJEhAKCHNoYXJkX2lkGAIgASgFEhEKCXBhZ2Vfc2l6ZRgDIAEoBRIXCg9uZXh0X3BhZ2VfdG9rZW4YBCABKAwiagoaTGlzdFJlcGxpY2F0aW9uRGxxUmVzcG9uc2USMwoHZW50cmllcxgBIAMoCzIiLnRlcm4uYWRtaW4udjEuUmVwbGljYXRpb25EbHFFbnRyeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAwiRgoaTWVyZ2VSZXBsaWNhdGlvbkRscVJlcXVlc3QSFgoOc291cmNlX2NsdXN0ZXIYASABKAkSEAoIc2hhcmRfaWQYAiABKAUiYQobTWVyZ2VSZXBsaWNhdGlvbkRscVJlc3BvbnNlEg4KBm1lcmdlZBgBIAEoAxIyCgZmYWlsZWQYAiADKAsyIi50ZXJuLmFkbWluLnYxLlJlcGxpY2F0aW9uRGxxRW50cnkiRgoaUHVyZ2VSZXBsaWNhdGlvbkRscVJlcXVlc3QSFgoOc291cmNlX2NsdXN0ZXIYASABKAkSEAoIc2hhcmRfaWQYAiABKAUiLQobUHVyZ2VSZXBsaWNhdGlvbkRscVJlc3BvbnNlEg4KBnB1cmdlZBgBIAEoAyJfChFFeGVjdXRpb25DaGVja3N1bRITCgt3b3JrZmxvd19pZBgBIAEoCRIOCgZydW5faWQYAiABKAkSEwoLZXZlbnRfY291bnQYAyABKAMSEAoIY2hlY2tzdW0YBCABKAkiXQocR2V0RXhlY3V0aW9uQ2hlY2tzdW1zUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhcKD25leHRfcGFnZV90b2tlbhgDIAEoDCJuCh1HZXRFeGVjdXRpb25DaGVja3N1bXNSZXNwb25zZRI0CgpleGVjdXRpb25zGAEgAygLMiAudGVybi5hZG1pbi52MS5FeGVjdXRpb25DaGVja3N1bRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAwiPgoYVmVyaWZ5UmVwbGljYXRpb25SZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIPCgdjbHVzdGVyGAIgASgJIp0BChNFeGVjdXRpb25EaWZmZXJlbmNlEhMKC3dvcmtmbG93X2lkGAEgASgJEg4KBnJ1bl9pZBgCIAEoCRIvCgVsb2NhbBgDIAEoCzIgLnRlcm4uYWRtaW4udjEuRXhlY3V0aW9uQ2hlY2tzdW0SMAoGcmVtb3RlGAQgASgLMiAudGVybi5hZG1pbi52MS5FeGVjdXRpb25DaGVja3N1bSKdAgoZVmVyaWZ5UmVwbGljYXRpb25SZXNwb25zZRIUCgxjbHVzdGVyX25hbWUYASABKAkSFgoOcmVtb3RlX2NsdXN0ZXIYAiABKAkSGAoQbG9jYWxfZXhlY3V0aW9ucxgDIAEoAxIZChFyZW1vdGVfZXhlY3V0aW9ucxgEIAEoAxIzCgdtaXNzaW5nGAUgAygLMiIudGVybi5hZG1pbi52MS5FeGVjdXRpb25EaWZmZXJlbmNlEjEKBWV4dHJhGAYgAygLMiIudGVybi5hZG1pbi52MS5FeGVjdXRpb25EaWZmZXJlbmNlEjUKCWRpdmVyZ2luZxgHIAMoCzIiLnRlcm4uYWRtaW4udjEuRXhlY3V0aW9uRGlmZmVyZW5jZTKqCAoMQWRtaW5TZXJ2aWNlEmwKE0dldFJlcGxpY2F0aW9uVGFza3MSKS50ZXJuLmFkbWluLnYxLkdldFJlcGxpY2F0aW9uVGFza3NSZXF1ZXN0GioudGVybi5hZG1pbi52MS5HZXRSZXBsaWNhdGlvblRhc2tzUmVzcG9uc2UShwEKHEdldE5hbWVzcGFjZVJlcGxpY2F0aW9uVGFza3MSMi50ZXJuLmFkbWluLnYxLkdldE5hbWVzcGFjZVJlcGxpY2F0aW9uVGFza3NSZXF1ZXN0GjMudGVybi5hZG1pbi52MS5HZXROYW1lc3BhY2VSZXBsaWNhdGlvblRhc2tzUmVzcG9uc2USjQEKHkdldFdvcmtmbG93RXhlY3V0aW9uUmF3SGlzdG9yeRI0LnRlcm4uYWRtaW4udjEuR2V0V29ya2Zsb3dFeGVjdXRpb25SYXdIaXN0b3J5UmVxdWVzdBo1LnRlcm4uYWRtaW4udjEuR2V0V29ya2Zsb3dFeGVjdXRpb25SYXdIaXN0b3J5UmVzcG9uc2USbwoUR2V0UmVwbGljYXRpb25TdGF0dXMSKi50ZXJuLmFkbWluLnYxLkdldFJlcGxpY2F0aW9uU3RhdHVzUmVxdWVzdBorLnRlcm4uYWRtaW4udjEuR2V0UmVwbGljYXRpb25TdGF0dXNSZXNwb25zZRJpChJMaXN0UmVwbGljYXRpb25EbHESKC50ZXJuLmFkbWluLnYxLkxpc3RSZXBsaWNhdGlvbkRscVJlcXVlc3QaKS50ZXJuLmFkbWluLnYxLkxpc3RSZXBsaWNhdGlvbkRscVJlc3BvbnNlEmwKE01lcmdlUmVwbGljYXRpb25EbHESKS50ZXJuLmFkbWluLnYxLk1lcmdlUmVwbGljYXRpb25EbHFSZXF1ZXN0GioudGVybi5hZG1pbi52MS5NZXJnZVJlcGxpY2F0aW9uRGxxUmVzcG9uc2USbAoTUHVyZ2VSZXBsaWNhdGlvbkRscRIpLnRlcm4uYWRtaW4udjEuUHVyZ2VSZXBsaWNhdGlvbkRscVJlcXVlc3QaKi50ZXJuLmFkbWluLnYxLlB1cmdlUmVwbGljYXRpb25EbHFSZXNwb25zZRJyChVHZXRFeGVjdXRpb25DaGVja3N1bXMSKy50ZXJuLmFkbWluLnYxLkdldEV4ZWN1dGlvbkNoZWNrc3Vtc1JlcXVlc3QaLC50ZXJuLmFkbWluLnYxLkdldEV4ZWN1dGlvbkNoZWNrc3Vtc1Jlc3BvbnNlEmYKEVZlcmlmeVJlcGxpY2F0aW9uEicudGVybi5hZG1pbi52MS5WZXJpZnlSZXBsaWNhdGlvblJlcXVlc3QaKC50ZXJuLmFkbWluLnYxLlZlcmlmeVJlcGxpY2F0aW9uUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_tern_common_v1_common, file_tern_workflow_v1_namespace]);
 
 /**
  * @generated from message tern.admin.v1.ReplicationTask
@@ -410,6 +410,13 @@ export type RemoteClusterReplicationStatus = Message<"tern.admin.v1.RemoteCluste
    * @generated from field: int64 namespace_acked_task_id = 7;
    */
   namespaceAckedTaskId: bigint;
+
+  /**
+   * History replication tasks from this remote held in this cluster's DLQ.
+   *
+   * @generated from field: int64 dlq_size = 8;
+   */
+  dlqSize: bigint;
 };
 
 /**
@@ -440,6 +447,419 @@ export type GetReplicationStatusResponse = Message<"tern.admin.v1.GetReplication
  */
 export const GetReplicationStatusResponseSchema: GenMessage<GetReplicationStatusResponse> = /*@__PURE__*/
   messageDesc(file_tern_admin_v1_service, 11);
+
+/**
+ * @generated from message tern.admin.v1.ReplicationDlqEntry
+ */
+export type ReplicationDlqEntry = Message<"tern.admin.v1.ReplicationDlqEntry"> & {
+  /**
+   * @generated from field: string source_cluster = 1;
+   */
+  sourceCluster: string;
+
+  /**
+   * The source's shard the task came from.
+   *
+   * @generated from field: int32 shard_id = 2;
+   */
+  shardId: number;
+
+  /**
+   * @generated from field: int64 task_id = 3;
+   */
+  taskId: bigint;
+
+  /**
+   * @generated from field: string namespace_id = 4;
+   */
+  namespaceId: string;
+
+  /**
+   * @generated from field: string workflow_id = 5;
+   */
+  workflowId: string;
+
+  /**
+   * @generated from field: string run_id = 6;
+   */
+  runId: string;
+
+  /**
+   * @generated from field: int64 first_event_id = 7;
+   */
+  firstEventId: bigint;
+
+  /**
+   * @generated from field: int64 next_event_id = 8;
+   */
+  nextEventId: bigint;
+
+  /**
+   * @generated from field: int64 version = 9;
+   */
+  version: bigint;
+
+  /**
+   * @generated from field: int32 attempts = 10;
+   */
+  attempts: number;
+
+  /**
+   * @generated from field: string last_error = 11;
+   */
+  lastError: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp create_time = 12;
+   */
+  createTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message tern.admin.v1.ReplicationDlqEntry.
+ * Use `create(ReplicationDlqEntrySchema)` to create a new message.
+ */
+export const ReplicationDlqEntrySchema: GenMessage<ReplicationDlqEntry> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_service, 12);
+
+/**
+ * @generated from message tern.admin.v1.ListReplicationDlqRequest
+ */
+export type ListReplicationDlqRequest = Message<"tern.admin.v1.ListReplicationDlqRequest"> & {
+  /**
+   * Empty: every source cluster.
+   *
+   * @generated from field: string source_cluster = 1;
+   */
+  sourceCluster: string;
+
+  /**
+   * 0: every shard.
+   *
+   * @generated from field: int32 shard_id = 2;
+   */
+  shardId: number;
+
+  /**
+   * @generated from field: int32 page_size = 3;
+   */
+  pageSize: number;
+
+  /**
+   * @generated from field: bytes next_page_token = 4;
+   */
+  nextPageToken: Uint8Array;
+};
+
+/**
+ * Describes the message tern.admin.v1.ListReplicationDlqRequest.
+ * Use `create(ListReplicationDlqRequestSchema)` to create a new message.
+ */
+export const ListReplicationDlqRequestSchema: GenMessage<ListReplicationDlqRequest> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_service, 13);
+
+/**
+ * @generated from message tern.admin.v1.ListReplicationDlqResponse
+ */
+export type ListReplicationDlqResponse = Message<"tern.admin.v1.ListReplicationDlqResponse"> & {
+  /**
+   * @generated from field: repeated tern.admin.v1.ReplicationDlqEntry entries = 1;
+   */
+  entries: ReplicationDlqEntry[];
+
+  /**
+   * @generated from field: bytes next_page_token = 2;
+   */
+  nextPageToken: Uint8Array;
+};
+
+/**
+ * Describes the message tern.admin.v1.ListReplicationDlqResponse.
+ * Use `create(ListReplicationDlqResponseSchema)` to create a new message.
+ */
+export const ListReplicationDlqResponseSchema: GenMessage<ListReplicationDlqResponse> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_service, 14);
+
+/**
+ * @generated from message tern.admin.v1.MergeReplicationDlqRequest
+ */
+export type MergeReplicationDlqRequest = Message<"tern.admin.v1.MergeReplicationDlqRequest"> & {
+  /**
+   * @generated from field: string source_cluster = 1;
+   */
+  sourceCluster: string;
+
+  /**
+   * @generated from field: int32 shard_id = 2;
+   */
+  shardId: number;
+};
+
+/**
+ * Describes the message tern.admin.v1.MergeReplicationDlqRequest.
+ * Use `create(MergeReplicationDlqRequestSchema)` to create a new message.
+ */
+export const MergeReplicationDlqRequestSchema: GenMessage<MergeReplicationDlqRequest> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_service, 15);
+
+/**
+ * @generated from message tern.admin.v1.MergeReplicationDlqResponse
+ */
+export type MergeReplicationDlqResponse = Message<"tern.admin.v1.MergeReplicationDlqResponse"> & {
+  /**
+   * Entries applied and deleted.
+   *
+   * @generated from field: int64 merged = 1;
+   */
+  merged: bigint;
+
+  /**
+   * Entries that still fail (kept), with the error of this attempt.
+   *
+   * @generated from field: repeated tern.admin.v1.ReplicationDlqEntry failed = 2;
+   */
+  failed: ReplicationDlqEntry[];
+};
+
+/**
+ * Describes the message tern.admin.v1.MergeReplicationDlqResponse.
+ * Use `create(MergeReplicationDlqResponseSchema)` to create a new message.
+ */
+export const MergeReplicationDlqResponseSchema: GenMessage<MergeReplicationDlqResponse> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_service, 16);
+
+/**
+ * @generated from message tern.admin.v1.PurgeReplicationDlqRequest
+ */
+export type PurgeReplicationDlqRequest = Message<"tern.admin.v1.PurgeReplicationDlqRequest"> & {
+  /**
+   * @generated from field: string source_cluster = 1;
+   */
+  sourceCluster: string;
+
+  /**
+   * @generated from field: int32 shard_id = 2;
+   */
+  shardId: number;
+};
+
+/**
+ * Describes the message tern.admin.v1.PurgeReplicationDlqRequest.
+ * Use `create(PurgeReplicationDlqRequestSchema)` to create a new message.
+ */
+export const PurgeReplicationDlqRequestSchema: GenMessage<PurgeReplicationDlqRequest> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_service, 17);
+
+/**
+ * @generated from message tern.admin.v1.PurgeReplicationDlqResponse
+ */
+export type PurgeReplicationDlqResponse = Message<"tern.admin.v1.PurgeReplicationDlqResponse"> & {
+  /**
+   * @generated from field: int64 purged = 1;
+   */
+  purged: bigint;
+};
+
+/**
+ * Describes the message tern.admin.v1.PurgeReplicationDlqResponse.
+ * Use `create(PurgeReplicationDlqResponseSchema)` to create a new message.
+ */
+export const PurgeReplicationDlqResponseSchema: GenMessage<PurgeReplicationDlqResponse> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_service, 18);
+
+/**
+ * @generated from message tern.admin.v1.ExecutionChecksum
+ */
+export type ExecutionChecksum = Message<"tern.admin.v1.ExecutionChecksum"> & {
+  /**
+   * @generated from field: string workflow_id = 1;
+   */
+  workflowId: string;
+
+  /**
+   * @generated from field: string run_id = 2;
+   */
+  runId: string;
+
+  /**
+   * @generated from field: int64 event_count = 3;
+   */
+  eventCount: bigint;
+
+  /**
+   * Hex digest over the events' ids, versions, types and attributes, in event id order.
+   *
+   * @generated from field: string checksum = 4;
+   */
+  checksum: string;
+};
+
+/**
+ * Describes the message tern.admin.v1.ExecutionChecksum.
+ * Use `create(ExecutionChecksumSchema)` to create a new message.
+ */
+export const ExecutionChecksumSchema: GenMessage<ExecutionChecksum> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_service, 19);
+
+/**
+ * @generated from message tern.admin.v1.GetExecutionChecksumsRequest
+ */
+export type GetExecutionChecksumsRequest = Message<"tern.admin.v1.GetExecutionChecksumsRequest"> & {
+  /**
+   * @generated from field: string namespace = 1;
+   */
+  namespace: string;
+
+  /**
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * @generated from field: bytes next_page_token = 3;
+   */
+  nextPageToken: Uint8Array;
+};
+
+/**
+ * Describes the message tern.admin.v1.GetExecutionChecksumsRequest.
+ * Use `create(GetExecutionChecksumsRequestSchema)` to create a new message.
+ */
+export const GetExecutionChecksumsRequestSchema: GenMessage<GetExecutionChecksumsRequest> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_service, 20);
+
+/**
+ * @generated from message tern.admin.v1.GetExecutionChecksumsResponse
+ */
+export type GetExecutionChecksumsResponse = Message<"tern.admin.v1.GetExecutionChecksumsResponse"> & {
+  /**
+   * @generated from field: repeated tern.admin.v1.ExecutionChecksum executions = 1;
+   */
+  executions: ExecutionChecksum[];
+
+  /**
+   * @generated from field: bytes next_page_token = 2;
+   */
+  nextPageToken: Uint8Array;
+};
+
+/**
+ * Describes the message tern.admin.v1.GetExecutionChecksumsResponse.
+ * Use `create(GetExecutionChecksumsResponseSchema)` to create a new message.
+ */
+export const GetExecutionChecksumsResponseSchema: GenMessage<GetExecutionChecksumsResponse> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_service, 21);
+
+/**
+ * @generated from message tern.admin.v1.VerifyReplicationRequest
+ */
+export type VerifyReplicationRequest = Message<"tern.admin.v1.VerifyReplicationRequest"> & {
+  /**
+   * @generated from field: string namespace = 1;
+   */
+  namespace: string;
+
+  /**
+   * The remote cluster to compare with.
+   *
+   * @generated from field: string cluster = 2;
+   */
+  cluster: string;
+};
+
+/**
+ * Describes the message tern.admin.v1.VerifyReplicationRequest.
+ * Use `create(VerifyReplicationRequestSchema)` to create a new message.
+ */
+export const VerifyReplicationRequestSchema: GenMessage<VerifyReplicationRequest> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_service, 22);
+
+/**
+ * @generated from message tern.admin.v1.ExecutionDifference
+ */
+export type ExecutionDifference = Message<"tern.admin.v1.ExecutionDifference"> & {
+  /**
+   * @generated from field: string workflow_id = 1;
+   */
+  workflowId: string;
+
+  /**
+   * @generated from field: string run_id = 2;
+   */
+  runId: string;
+
+  /**
+   * Unset (null) where the side lacks the execution.
+   *
+   * @generated from field: tern.admin.v1.ExecutionChecksum local = 3;
+   */
+  local?: ExecutionChecksum | undefined;
+
+  /**
+   * @generated from field: tern.admin.v1.ExecutionChecksum remote = 4;
+   */
+  remote?: ExecutionChecksum | undefined;
+};
+
+/**
+ * Describes the message tern.admin.v1.ExecutionDifference.
+ * Use `create(ExecutionDifferenceSchema)` to create a new message.
+ */
+export const ExecutionDifferenceSchema: GenMessage<ExecutionDifference> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_service, 23);
+
+/**
+ * @generated from message tern.admin.v1.VerifyReplicationResponse
+ */
+export type VerifyReplicationResponse = Message<"tern.admin.v1.VerifyReplicationResponse"> & {
+  /**
+   * @generated from field: string cluster_name = 1;
+   */
+  clusterName: string;
+
+  /**
+   * @generated from field: string remote_cluster = 2;
+   */
+  remoteCluster: string;
+
+  /**
+   * @generated from field: int64 local_executions = 3;
+   */
+  localExecutions: bigint;
+
+  /**
+   * @generated from field: int64 remote_executions = 4;
+   */
+  remoteExecutions: bigint;
+
+  /**
+   * On this cluster, not on the remote.
+   *
+   * @generated from field: repeated tern.admin.v1.ExecutionDifference missing = 5;
+   */
+  missing: ExecutionDifference[];
+
+  /**
+   * Only on the remote.
+   *
+   * @generated from field: repeated tern.admin.v1.ExecutionDifference extra = 6;
+   */
+  extra: ExecutionDifference[];
+
+  /**
+   * On both, with different event counts or checksums.
+   *
+   * @generated from field: repeated tern.admin.v1.ExecutionDifference diverging = 7;
+   */
+  diverging: ExecutionDifference[];
+};
+
+/**
+ * Describes the message tern.admin.v1.VerifyReplicationResponse.
+ * Use `create(VerifyReplicationResponseSchema)` to create a new message.
+ */
+export const VerifyReplicationResponseSchema: GenMessage<VerifyReplicationResponse> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_service, 24);
 
 /**
  * Internal API between clusters and for operators' diagnostics.
@@ -488,6 +908,56 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof GetReplicationStatusRequestSchema;
     output: typeof GetReplicationStatusResponseSchema;
+  },
+  /**
+   * History replication tasks that failed past their retry budget (DLQ), in task id order.
+   *
+   * @generated from rpc tern.admin.v1.AdminService.ListReplicationDlq
+   */
+  listReplicationDlq: {
+    methodKind: "unary";
+    input: typeof ListReplicationDlqRequestSchema;
+    output: typeof ListReplicationDlqResponseSchema;
+  },
+  /**
+   * Re-fetches the DLQ entries' events from their source and re-applies them; keeps and reports what still fails.
+   *
+   * @generated from rpc tern.admin.v1.AdminService.MergeReplicationDlq
+   */
+  mergeReplicationDlq: {
+    methodKind: "unary";
+    input: typeof MergeReplicationDlqRequestSchema;
+    output: typeof MergeReplicationDlqResponseSchema;
+  },
+  /**
+   * Deletes DLQ entries without applying them.
+   *
+   * @generated from rpc tern.admin.v1.AdminService.PurgeReplicationDlq
+   */
+  purgeReplicationDlq: {
+    methodKind: "unary";
+    input: typeof PurgeReplicationDlqRequestSchema;
+    output: typeof PurgeReplicationDlqResponseSchema;
+  },
+  /**
+   * Event count and checksum of every execution of a namespace, ordered by workflow id and run id.
+   *
+   * @generated from rpc tern.admin.v1.AdminService.GetExecutionChecksums
+   */
+  getExecutionChecksums: {
+    methodKind: "unary";
+    input: typeof GetExecutionChecksumsRequestSchema;
+    output: typeof GetExecutionChecksumsResponseSchema;
+  },
+  /**
+   * Compares this cluster's executions of a namespace with a remote cluster's.
+   *
+   * @generated from rpc tern.admin.v1.AdminService.VerifyReplication
+   */
+  verifyReplication: {
+    methodKind: "unary";
+    input: typeof VerifyReplicationRequestSchema;
+    output: typeof VerifyReplicationResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tern_admin_v1_service, 0);

@@ -1,0 +1,75 @@
+import { and, eq, ne, sql } from "drizzle-orm";
+import type { Db, Tx } from "../src/persistence/database";
+import { backfillJobs } from "../src/persistence/schema";
+
+export type BackfillJob = typeof backfillJobs.$inferSelect;
+
+/** Where a job stands in the source's listing: after this run (exclusive). */
+export interface BackfillCursor {
+  workflowId: string;
+  runId: string;
+}
+
+type Key = { namespaceId: string; sourceCluster: string };
+const where = (k: Key) => and(eq(backfillJobs.namespaceId, k.namespaceId), eq(backfillJobs.sourceCluster, k.sourceCluster));
+
+/**
+ * Starts (or restarts from the beginning) a backfill of namespaceId from sourceCluster,
+ * in the caller's transaction: written with the namespace change that made it needed,
+ * so a crash cannot lose it.
+ */
+export async function startBackfillJob(tx: Tx, k: Key, now: Date): Promise<void> {
+  const fresh = { status: "RUNNING", cursor: null, total: 0, done: 0, lastError: null, startedAt: now, updatedAt: now };
+  await tx.insert(backfillJobs).values({ ...k, ...fresh }).onConflictDoUpdate({ target: [backfillJobs.namespaceId, backfillJobs.sourceCluster], set: fresh });
+}
+
+/** The unfinished jobs pulling from source. */
+export function pendingBackfillJobs(db: Db, source: string): Promise<BackfillJob[]> {
+  return db.select().from(backfillJobs).where(and(eq(backfillJobs.sourceCluster, source), ne(backfillJobs.status, "DONE")));
+}
+
+/** Every job of a namespace, for status. */
+export function backfillJobsOf(db: Db, namespaceId: string): Promise<BackfillJob[]> {
+  return db.select().from(backfillJobs).where(eq(backfillJobs.namespaceId, namespaceId)).orderBy(backfillJobs.sourceCluster);
+}
+
+/**
+ * Records a finished page: the cursor moves only after every run before it is applied,
+ * so a restart redoes at most one page (idempotent). Compares the previous cursor so a
+ * job restarted meanwhile (startBackfillJob) is not overwritten by a stale runner.
+ */
+export async function recordBackfillPage(
+  db: Db,
+  job: BackfillJob,
+  page: { cursor: BackfillCursor | null; applied: number; total: number; finished: boolean; lastError?: string },
+  now: Date,
+): Promise<BackfillJob> {
+  const done = job.done + page.applied;
+  const [saved] = await db
+    .update(backfillJobs)
+    .set({
+      cursor: page.cursor as Record<string, unknown> | null,
+      done,
+      // The source keeps growing while we page: the final total is what was walked.
+      total: page.finished ? done : Math.max(page.total, done),
+      status: page.finished ? "DONE" : "RUNNING",
+      lastError: page.lastError ?? job.lastError,
+      updatedAt: now,
+    })
+    .where(and(where(job), eq(backfillJobs.done, job.done), eq(backfillJobs.startedAt, job.startedAt)))
+    .returning();
+  if (!saved) throw new Error(`backfill of namespace id ${job.namespaceId} from ${job.sourceCluster} changed underneath; restarting it`);
+  return saved;
+}
+
+/** Notes why the job cannot progress: it stays RUNNING and is retried, or ends FAILED when it never can. */
+export async function recordBackfillError(db: Db, job: Key, error: string, now: Date, final = false): Promise<void> {
+  const status = final ? { status: "FAILED" } : {};
+  await db.update(backfillJobs).set({ lastError: error, updatedAt: now, ...status }).where(and(where(job), eq(backfillJobs.status, "RUNNING")));
+}
+
+/** Counts of jobs by status (for metrics and tests). */
+export async function countBackfillJobs(db: Db): Promise<Record<string, number>> {
+  const rows = await db.select({ status: backfillJobs.status, n: sql<number>`count(*)::int` }).from(backfillJobs).groupBy(backfillJobs.status);
+  return Object.fromEntries(rows.map((r) => [r.status, Number(r.n)]));
+}

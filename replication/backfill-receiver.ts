@@ -1,0 +1,184 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
+import type { ExecutionForReplication } from "../src/gen/tern/admin/v1/backfill_pb";
+import { and, eq, inArray } from "drizzle-orm";
+import type { EventNotifier } from "../src/history/notifier";
+import type { Writer } from "../src/history/writer";
+import type { NamespaceRecord, NamespaceRegistry } from "../src/namespace/registry";
+import type { Logger } from "../src/observability/log";
+import type { Db } from "../src/persistence/database";
+import { TernError } from "../src/errors";
+import { encodeToken } from "../src/persistence/page-token";
+import { executions } from "../src/persistence/schema";
+import { HistoryDivergenceError, type HistoryApplier, type IncomingTask } from "./applier";
+import { pendingBackfillJobs, recordBackfillError, recordBackfillPage, type BackfillCursor, type BackfillJob } from "./backfill-jobs";
+import type { RemoteCluster, ReplicationStream, StreamReport } from "./manager";
+import { versionHistoryFromProto } from "./version-history";
+
+export interface BackfillReceiverDeps {
+  db: Db;
+  applier: HistoryApplier;
+  namespaces: NamespaceRegistry;
+  /** Transactions with retries and persistence metrics. */
+  writer: Pick<Writer, "transact">;
+  /** Woken per run that grew, for history long polls here. */
+  notifier: EventNotifier;
+  log: Logger;
+  now?: () => Date;
+  pageSize?: number;
+  /** Runs fetched and applied at once. */
+  concurrency?: number;
+  /** How long an idle stream waits before looking for jobs again (wake() cuts it short). */
+  idleMs?: number;
+}
+
+/**
+ * The receiving side of backfill (its counterpart is backfill-sender.ts): one stream per
+ * remote runs the unfinished jobs whose source is that remote. Each page of the source's
+ * runs is applied through the normal history applier (one transaction per run, so the
+ * same rules and locks as replication apply: present runs are skipped, shorter ones
+ * extended) and then the job's cursor moves, so a restart resumes at the page it was on.
+ * It stops with the connection (the manager aborts it) and resumes when re-enabled.
+ */
+export function createBackfillReceiver(deps: BackfillReceiverDeps) {
+  const { db, applier, writer, log, now = () => new Date(), pageSize = 200, concurrency = 8, idleMs = 30_000 } = deps;
+  let generation = 0;
+  const waiters = new Set<() => void>();
+
+  function wake(): void {
+    generation++;
+    for (const w of waiters) w();
+    waiters.clear();
+  }
+
+  function idle(signal: AbortSignal): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        signal.removeEventListener("abort", done);
+        waiters.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, idleMs);
+      signal.addEventListener("abort", done);
+      waiters.add(done);
+    });
+  }
+
+  /** The listed runs this cluster lacks or holds fewer events of. */
+  async function lacking(ns: NamespaceRecord, page: ExecutionForReplication[]): Promise<ExecutionForReplication[]> {
+    if (page.length === 0) return [];
+    const local = await db
+      .select({ runId: executions.runId, nextEventId: executions.nextEventId })
+      .from(executions)
+      .where(and(eq(executions.namespaceId, ns.id), inArray(executions.runId, page.map((e) => e.runId))));
+    const have = new Map(local.map((r) => [r.runId, r.nextEventId]));
+    return page.filter((e) => (have.get(e.runId) ?? 0) < Number(e.nextEventId));
+  }
+
+  /** Fetches one run's history and applies it; returns the divergence message when it conflicts. */
+  async function applyRun(remote: RemoteCluster, ns: NamespaceRecord, e: ExecutionForReplication, signal: AbortSignal): Promise<string | undefined> {
+    const ref = { namespaceId: ns.id, workflowId: e.workflowId, runId: e.runId };
+    const raw = await remote.clients.admin.getWorkflowExecutionRawHistory(ref, { signal, timeoutMs: 30_000 }).catch((err) => {
+      // Deleted on the source since it was listed (retention): nothing to bring.
+      if (err instanceof ConnectError && err.code === Code.NotFound) return undefined;
+      throw err;
+    });
+    if (!raw) return undefined;
+    const task: IncomingTask = {
+      ...ref,
+      firstEventId: 1,
+      nextEventId: Number(raw.nextEventId),
+      versionHistory: versionHistoryFromProto(raw.versionHistory?.items),
+      events: raw.events,
+    };
+    const noGap = async (): Promise<HistoryEvent[]> => {
+      throw new Error(`backfill of ${e.workflowId} run ${e.runId} found a gap in a full history`);
+    };
+    try {
+      const added = await writer.transact("BackfillHistory", (tx) => applier.applyTask(tx, ns, task, noGap));
+      if (added > 0) deps.notifier.notify(e.runId);
+      return undefined;
+    } catch (err) {
+      // A divergent run is conflict resolution's business; it must not stall the other runs.
+      if (!(err instanceof HistoryDivergenceError)) throw err;
+      log.warn("backfill skipped a divergent run", { remote: remote.name, workflowId: e.workflowId, runId: e.runId, error: err.message });
+      return err.message;
+    }
+  }
+
+  /** Applies runs with at most `concurrency` in flight; the first failure rejects. */
+  async function applyPage(remote: RemoteCluster, ns: NamespaceRecord, runs: ExecutionForReplication[], signal: AbortSignal): Promise<string[]> {
+    const problems: string[] = [];
+    let next = 0;
+    const worker = async () => {
+      while (next < runs.length && !signal.aborted) {
+        const problem = await applyRun(remote, ns, runs[next++]!, signal);
+        if (problem) problems.push(problem);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(concurrency, runs.length) }, worker));
+    if (signal.aborted) throw new Error("backfill stopped");
+    return problems;
+  }
+
+  async function runJob(remote: RemoteCluster, start: BackfillJob, signal: AbortSignal, report: StreamReport): Promise<void> {
+    let job = start;
+    const ns = await deps.namespaces.getById(job.namespaceId);
+    log.info("backfill running", { remote: remote.name, namespace: ns.name, done: job.done, resumed: !!job.cursor });
+    while (!signal.aborted) {
+      const cursor = job.cursor as BackfillCursor | null;
+      const res = await remote.clients.backfill.listExecutionsForReplication(
+        { namespaceId: ns.id, pageSize, nextPageToken: cursor ? encodeToken(cursor) : new Uint8Array() },
+        { signal, timeoutMs: 30_000 },
+      );
+      report.ok();
+      const problems = await applyPage(remote, ns, await lacking(ns, res.executions), signal);
+      const last = res.executions.at(-1);
+      const finished = res.nextPageToken.length === 0;
+      job = await recordBackfillPage(
+        db,
+        job,
+        {
+          cursor: last ? { workflowId: last.workflowId, runId: last.runId } : cursor,
+          applied: res.executions.length,
+          total: Number(res.total),
+          finished,
+          lastError: problems[0],
+        },
+        now(),
+      );
+      if (finished) {
+        log.info("backfill done", { remote: remote.name, namespace: ns.name, runs: job.done });
+        return;
+      }
+    }
+  }
+
+  async function run(remote: RemoteCluster, signal: AbortSignal, report: StreamReport): Promise<void> {
+    while (!signal.aborted) {
+      const seen = generation;
+      for (const job of await pendingBackfillJobs(db, remote.name)) {
+        try {
+          await runJob(remote, job, signal, report);
+        } catch (e) {
+          if (signal.aborted) return;
+          // The namespace was deleted here: nothing left to fill.
+          const gone = e instanceof TernError && e.kind === "not_found";
+          await recordBackfillError(db, job, (e as Error)?.message ?? String(e), now(), gone).catch(() => {});
+          if (!gone) throw e;
+        }
+      }
+      if (generation === seen) await idle(signal);
+    }
+  }
+
+  return {
+    /** The backfill stream of one remote (add it to the manager's streams). */
+    stream: { name: "backfill", run } satisfies ReplicationStream,
+    /** A job was started: streams look for work now. */
+    wake,
+  };
+}
+
+export type BackfillReceiver = ReturnType<typeof createBackfillReceiver>;

@@ -1,0 +1,44 @@
+import { create } from "@bufbuild/protobuf";
+import { and, asc, count, eq, gt, or } from "drizzle-orm";
+import { invalidArgument } from "../src/errors";
+import {
+  ListExecutionsForReplicationResponseSchema,
+  type ListExecutionsForReplicationRequest,
+  type ListExecutionsForReplicationResponse,
+} from "../src/gen/tern/admin/v1/backfill_pb";
+import type { Db } from "../src/persistence/database";
+import { decodeToken, encodeToken } from "../src/persistence/page-token";
+import { executions } from "../src/persistence/schema";
+import type { BackfillCursor } from "./backfill-jobs";
+
+/**
+ * BackfillService.ListExecutionsForReplication, the source side of backfill (its
+ * counterpart is backfill-receiver.ts): every run of a namespace, open or closed, in
+ * (workflowId, runId) order, with its next event id so the receiver fetches only what
+ * it lacks.
+ */
+export async function listExecutionsForReplication(db: Db, req: ListExecutionsForReplicationRequest): Promise<ListExecutionsForReplicationResponse> {
+  if (!req.namespaceId) throw invalidArgument("namespace id is required");
+  const size = req.pageSize > 0 ? Math.min(req.pageSize, 1000) : 100;
+  const after = req.nextPageToken.length ? decodeToken<BackfillCursor>(req.nextPageToken) : undefined;
+  const inNamespace = eq(executions.namespaceId, req.namespaceId);
+  const past = after
+    ? or(gt(executions.workflowId, after.workflowId), and(eq(executions.workflowId, after.workflowId), gt(executions.runId, after.runId)))
+    : undefined;
+  const [rows, [total]] = await Promise.all([
+    db
+      .select({ workflowId: executions.workflowId, runId: executions.runId, nextEventId: executions.nextEventId })
+      .from(executions)
+      .where(and(inNamespace, past))
+      .orderBy(asc(executions.workflowId), asc(executions.runId))
+      .limit(size + 1),
+    db.select({ n: count() }).from(executions).where(inNamespace),
+  ]);
+  const page = rows.slice(0, size);
+  const last = page.at(-1);
+  return create(ListExecutionsForReplicationResponseSchema, {
+    executions: page.map((r) => ({ workflowId: r.workflowId, runId: r.runId, nextEventId: BigInt(r.nextEventId) })),
+    nextPageToken: rows.length > size && last ? encodeToken({ workflowId: last.workflowId, runId: last.runId }) : new Uint8Array(),
+    total: BigInt(total?.n ?? 0),
+  });
+}

@@ -1,0 +1,95 @@
+import { create } from "@bufbuild/protobuf";
+import { and, eq, sql } from "drizzle-orm";
+import type { RemoteClientPool, RemoteClients } from "../src/cluster/remote-client";
+import { notFound } from "../src/errors";
+import { MergeReplicationDlqResponseSchema, type MergeReplicationDlqResponse, type ReplicationDlqEntry } from "../src/gen/tern/admin/v1/service_pb";
+import type { EventNotifier } from "../src/history/notifier";
+import type { Writer } from "../src/history/writer";
+import type { Logger } from "../src/observability/log";
+import type { Db } from "../src/persistence/database";
+import { clusterMetadata, replicationDlq } from "../src/persistence/schema";
+import type { HistoryApplier, IncomingTask } from "./applier";
+import { entryOf, HELD_BEHIND, runKey, type DlqFilter, type DlqRow, type ReplicationDlq } from "./dlq";
+import { rawFetcher } from "./receiver";
+import { versionHistoryFromProto } from "./version-history";
+
+export interface DlqMergeDeps {
+  db: Db;
+  dlq: ReplicationDlq;
+  applier: HistoryApplier;
+  writer: Pick<Writer, "transact">;
+  clients: RemoteClientPool;
+  notifier: EventNotifier;
+  log: Logger;
+}
+
+/**
+ * AdminService.MergeReplicationDlq: re-fetches each entry's events from its source and
+ * re-applies them through the normal applier (gap repair included), in task order. An
+ * entry that applies is deleted in the same transaction; one that fails is kept, and so
+ * are the later entries of its run, so a run is never applied out of order.
+ */
+export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, log }: DlqMergeDeps) {
+  async function sourceClients(name: string): Promise<RemoteClients> {
+    const [row] = await db.select().from(clusterMetadata).where(and(eq(clusterMetadata.clusterName, name), eq(clusterMetadata.isCurrent, false)));
+    if (!row) throw notFound(`source cluster ${name} is not a remote cluster of this one`);
+    return clients.get(row.rpcAddress);
+  }
+
+  /** Applies one entry and deletes it in one transaction. */
+  async function mergeOne(e: DlqRow, source: RemoteClients, signal?: AbortSignal): Promise<void> {
+    const res = await source.admin.getWorkflowExecutionRawHistory(
+      { namespaceId: e.namespaceId, workflowId: e.workflowId, runId: e.runId, firstEventId: BigInt(e.firstEventId), nextEventId: BigInt(e.nextEventId) },
+      { signal, timeoutMs: 30_000 },
+    );
+    const task: IncomingTask = {
+      namespaceId: e.namespaceId, workflowId: e.workflowId, runId: e.runId, firstEventId: e.firstEventId, nextEventId: e.nextEventId,
+      versionHistory: versionHistoryFromProto(res.versionHistory?.items), events: res.events,
+    };
+    const namespaces = await applier.namespacesOf([task]);
+    const fetchRaw = rawFetcher(e.sourceCluster, source, log, signal);
+    const grown = await writer.transact("MergeReplicationDlq", async (tx) => {
+      const n = await applier.applyTask(tx, namespaces.get(e.namespaceId)!, task, fetchRaw);
+      await tx.delete(replicationDlq).where(keyOf(e));
+      return n;
+    });
+    if (grown > 0) notifier.notify(e.runId);
+  }
+
+  async function merge(filter: DlqFilter, signal?: AbortSignal): Promise<MergeReplicationDlqResponse> {
+    const entries = await dlq.all(filter);
+    const stuck = new Map<string, string>();
+    const sources = new Map<string, Promise<RemoteClients>>();
+    const failed: ReplicationDlqEntry[] = [];
+    let merged = 0;
+    for (const e of entries) {
+      const run = runKey(e);
+      const before = stuck.get(run);
+      if (before !== undefined) {
+        failed.push(entryOf({ ...e, lastError: HELD_BEHIND }));
+        continue;
+      }
+      try {
+        if (!sources.has(e.sourceCluster)) sources.set(e.sourceCluster, sourceClients(e.sourceCluster));
+        await mergeOne(e, await sources.get(e.sourceCluster)!, signal);
+        merged++;
+      } catch (err) {
+        const error = ((err as Error)?.message ?? String(err)).slice(0, 2000);
+        stuck.set(run, error);
+        await db.update(replicationDlq).set({ attempts: sql`${replicationDlq.attempts} + 1`, lastError: error }).where(keyOf(e));
+        failed.push(entryOf({ ...e, attempts: e.attempts + 1, lastError: error }));
+        log.warn("DLQ entry still fails", { source: e.sourceCluster, shard: e.shardId, taskId: e.taskId, workflowId: e.workflowId, error });
+      }
+    }
+    await dlq.refreshGauge();
+    if (merged) log.info("merged DLQ entries", { merged, failed: failed.length });
+    return create(MergeReplicationDlqResponseSchema, { merged: BigInt(merged), failed });
+  }
+
+  return { merge };
+}
+
+export type DlqMerge = ReturnType<typeof createDlqMerge>;
+
+const keyOf = (e: DlqRow) =>
+  and(eq(replicationDlq.sourceCluster, e.sourceCluster), eq(replicationDlq.shardId, e.shardId), eq(replicationDlq.taskId, e.taskId));

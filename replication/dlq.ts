@@ -1,0 +1,128 @@
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { and, asc, count, eq, gt, or, sql, type SQL } from "drizzle-orm";
+import {
+  ListReplicationDlqResponseSchema,
+  ReplicationDlqEntrySchema,
+  type ListReplicationDlqRequest,
+  type ListReplicationDlqResponse,
+  type ReplicationDlqEntry,
+  type ReplicationTask,
+} from "../src/gen/tern/admin/v1/service_pb";
+import type { Metrics } from "../src/observability/metrics";
+import type { Db, Tx } from "../src/persistence/database";
+import { decodeToken, encodeToken } from "../src/persistence/page-token";
+import { replicationDlq } from "../src/persistence/schema";
+
+export type DlqRow = typeof replicationDlq.$inferSelect;
+
+/** Which entries an operation covers: a source cluster and/or one of its shards, or all. */
+export interface DlqFilter {
+  sourceCluster?: string;
+  shardId?: number;
+}
+
+export interface ReplicationDlqDeps {
+  db: Db;
+  metrics: Metrics;
+}
+
+/** Why a task whose run already has a DLQ entry is held back instead of applied out of order. */
+export const HELD_BEHIND = "held: an earlier task of this run is in the DLQ (merge it first)";
+
+/**
+ * The replication DLQ (DESIGN.md section 6): history tasks that failed past their retry
+ * budget, written in the apply transaction that moves the inbound ack past them, and the
+ * later tasks of the same run, held until a merge so a run never gets a gap.
+ */
+export function createReplicationDlq({ db, metrics }: ReplicationDlqDeps) {
+  const seenSources = new Set<string>();
+
+  /** Stores a task inside the transaction that acks it. */
+  async function add(tx: Tx, source: string, t: ReplicationTask, attempts: number, error: string): Promise<void> {
+    await tx
+      .insert(replicationDlq)
+      .values({
+        sourceCluster: source, shardId: t.shardId, taskId: Number(t.taskId), namespaceId: t.namespaceId, workflowId: t.workflowId,
+        runId: t.runId, firstEventId: Number(t.firstEventId), nextEventId: Number(t.nextEventId), version: Number(t.version),
+        attempts, lastError: error.slice(0, 2000),
+      })
+      .onConflictDoNothing();
+  }
+
+  /** Runs ("namespaceId/workflowId/runId") of a source shard with an entry: their later tasks go to the DLQ too. */
+  async function heldRuns(tx: Tx, source: string, shardId: number): Promise<Set<string>> {
+    const rows = await tx
+      .selectDistinct({ namespaceId: replicationDlq.namespaceId, workflowId: replicationDlq.workflowId, runId: replicationDlq.runId })
+      .from(replicationDlq)
+      .where(and(eq(replicationDlq.sourceCluster, source), eq(replicationDlq.shardId, shardId)));
+    return new Set(rows.map(runKey));
+  }
+
+  /** Entries matching filter, in (source, shard, task id) order after the page token. */
+  async function list(req: Pick<ListReplicationDlqRequest, "sourceCluster" | "shardId" | "pageSize" | "nextPageToken">): Promise<ListReplicationDlqResponse> {
+    const pageSize = Math.min(Math.max(req.pageSize || 100, 1), 1000);
+    const after = req.nextPageToken.length ? decodeToken<{ s: string; h: number; t: number }>(req.nextPageToken) : undefined;
+    const d = replicationDlq;
+    const rows = await db
+      .select()
+      .from(d)
+      .where(and(where(req), after ? or(gt(d.sourceCluster, after.s), and(eq(d.sourceCluster, after.s), sql`(${d.shardId}, ${d.taskId}) > (${after.h}, ${after.t})`)) : undefined))
+      .orderBy(asc(d.sourceCluster), asc(d.shardId), asc(d.taskId))
+      .limit(pageSize + 1);
+    const more = rows.length > pageSize;
+    const page = rows.slice(0, pageSize);
+    const last = page.at(-1);
+    return create(ListReplicationDlqResponseSchema, {
+      entries: page.map(entryOf),
+      nextPageToken: more && last ? encodeToken({ s: last.sourceCluster, h: last.shardId, t: last.taskId }) : new Uint8Array(0),
+    });
+  }
+
+  /** Every entry matching filter, in task order (merge walks them all). */
+  const all = (filter: DlqFilter) =>
+    db.select().from(replicationDlq).where(where(filter)).orderBy(asc(replicationDlq.sourceCluster), asc(replicationDlq.shardId), asc(replicationDlq.taskId));
+
+  async function purge(filter: DlqFilter): Promise<number> {
+    const rows = await db.delete(replicationDlq).where(where(filter)).returning({ taskId: replicationDlq.taskId });
+    await refreshGauge();
+    return rows.length;
+  }
+
+  /** Entries per source cluster. */
+  async function sizes(): Promise<Map<string, number>> {
+    const rows = await db.select({ source: replicationDlq.sourceCluster, n: count() }).from(replicationDlq).groupBy(replicationDlq.sourceCluster);
+    return new Map(rows.map((r) => [r.source, Number(r.n)]));
+  }
+
+  /** Sets replication_dlq_size per source cluster (0 for sources whose entries are gone). */
+  async function refreshGauge(sources: string[] = []): Promise<void> {
+    for (const s of sources) seenSources.add(s);
+    const now = await sizes();
+    for (const s of now.keys()) seenSources.add(s);
+    for (const s of seenSources) metrics.set("replication_dlq_size", { source_cluster: s }, now.get(s) ?? 0);
+  }
+
+  return { add, heldRuns, list, all, purge, sizes, refreshGauge };
+}
+
+export type ReplicationDlq = ReturnType<typeof createReplicationDlq>;
+
+/** The key heldRuns uses. */
+export const runKey = (r: { namespaceId: string; workflowId: string; runId: string }) => `${r.namespaceId}/${r.workflowId}/${r.runId}`;
+
+function where(f: DlqFilter): SQL | undefined {
+  return and(
+    f.sourceCluster ? eq(replicationDlq.sourceCluster, f.sourceCluster) : undefined,
+    f.shardId ? eq(replicationDlq.shardId, f.shardId) : undefined,
+  );
+}
+
+/** The protobuf form of a row. */
+export function entryOf(r: DlqRow): ReplicationDlqEntry {
+  return create(ReplicationDlqEntrySchema, {
+    sourceCluster: r.sourceCluster, shardId: r.shardId, taskId: BigInt(r.taskId), namespaceId: r.namespaceId, workflowId: r.workflowId,
+    runId: r.runId, firstEventId: BigInt(r.firstEventId), nextEventId: BigInt(r.nextEventId), version: BigInt(r.version),
+    attempts: r.attempts, lastError: r.lastError, createTime: timestampFromDate(r.createdAt),
+  });
+}

@@ -1,0 +1,49 @@
+import { GetBackfillStatusResponseSchema, type GetBackfillStatusResponse } from "../../gen/tern/admin/v1/backfill_pb";
+import type { CommandContext, LeafCommand } from "../command";
+import { formatTable, formatTime, messageJson } from "../output";
+import { namespaceArg, namespaceFlag } from "./common-flags";
+
+/** One row per source cluster: status, progress, times. */
+export function backfillTable(res: GetBackfillStatusResponse): string {
+  if (res.jobs.length === 0) return `Namespace ${res.namespace}: no backfill (every execution arrived through replication)\n`;
+  const rows = res.jobs.map((j) => [
+    j.sourceCluster,
+    j.status,
+    `${j.done}/${j.total}`,
+    formatTime(j.startedTime),
+    formatTime(j.updatedTime),
+    j.lastError,
+  ]);
+  return formatTable(["SOURCE", "STATUS", "DONE/TOTAL", "STARTED", "UPDATED", "LAST ERROR"], rows);
+}
+
+/** Backfill lines for `namespace describe`; empty when there is none or the server cannot tell. */
+export async function backfillLines(ctx: CommandContext, namespace: string): Promise<string> {
+  try {
+    const res = await ctx.backfill().getBackfillStatus({ namespace }, { signal: ctx.signal });
+    return res.jobs.map((j) => `Backfill from ${j.sourceCluster}: ${j.status} ${j.done}/${j.total}\n`).join("");
+  } catch {
+    return "";
+  }
+}
+
+/** `tern operator namespace backfill-status`: progress of bringing pre-existing executions here. */
+export const backfillStatusCommand: LeafCommand = {
+  kind: "leaf",
+  name: "backfill-status",
+  summary: "Show the backfill of a namespace's existing executions into this cluster",
+  details: [
+    "When this cluster is added to a global namespace, executions that existed before are",
+    "copied from the active cluster by a backfill job; this shows each job (per source",
+    "cluster) with its status (RUNNING, DONE, FAILED), runs done/total and times.",
+    'With -o json, prints the GetBackfillStatusResponse { "namespace", "namespaceId", "jobs" }.',
+  ].join("\n"),
+  positionals: "[NAMESPACE]",
+  maxPositionals: 1,
+  flags: [namespaceFlag],
+  async run(ctx, args) {
+    const namespace = namespaceArg(args);
+    const res = await ctx.backfill().getBackfillStatus({ namespace }, { signal: ctx.signal });
+    ctx.out(ctx.format === "json" ? messageJson(GetBackfillStatusResponseSchema, res) : backfillTable(res));
+  },
+};

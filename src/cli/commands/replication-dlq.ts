@@ -1,0 +1,95 @@
+import {
+  MergeReplicationDlqResponseSchema,
+  PurgeReplicationDlqResponseSchema,
+  ReplicationDlqEntrySchema,
+  type ReplicationDlqEntry,
+} from "../../gen/tern/admin/v1/service_pb";
+import { getBoolean, getString, type ParsedArgs } from "../args";
+import type { CommandContext, GroupCommand, LeafCommand } from "../command";
+import { UsageError } from "../errors";
+import { formatTable, formatTime, listJson, messageJson } from "../output";
+import { collectPages } from "../paging";
+import { positiveIntArg } from "./common-flags";
+
+const filterFlags = [
+  { name: "source-cluster", kind: "string", valueName: "CLUSTER", description: "Only entries from this source cluster" },
+  { name: "shard", kind: "string", valueName: "N", description: "Only entries from this shard of the source" },
+] as const;
+
+function filterOf(args: ParsedArgs): { sourceCluster: string; shardId: number } {
+  return { sourceCluster: getString(args, "source-cluster") ?? "", shardId: positiveIntArg(args, "shard") ?? 0 };
+}
+
+/** The DLQ table: one row per entry. */
+export function dlqTable(entries: readonly ReplicationDlqEntry[]): string {
+  if (entries.length === 0) return "The replication DLQ is empty\n";
+  const headers = ["SOURCE", "SHARD", "TASK ID", "WORKFLOW ID", "RUN ID", "EVENTS", "ATTEMPTS", "CREATED", "LAST ERROR"];
+  return formatTable(
+    headers,
+    entries.map((e) => [
+      e.sourceCluster, String(e.shardId), String(e.taskId), e.workflowId, e.runId, `[${e.firstEventId}, ${e.nextEventId})`,
+      String(e.attempts), formatTime(e.createTime), e.lastError,
+    ]),
+  );
+}
+
+const list: LeafCommand = {
+  kind: "leaf",
+  name: "list",
+  summary: "List history replication tasks held in this cluster's DLQ",
+  details: "With -o json, prints { \"entries\": [ReplicationDlqEntry...] } as protobuf JSON.",
+  flags: [...filterFlags],
+  async run(ctx, args) {
+    const filter = filterOf(args);
+    const entries = await collectPages(async (nextPageToken) => {
+      const res = await ctx.admin().listReplicationDlq({ ...filter, pageSize: 500, nextPageToken }, { signal: ctx.signal });
+      return { items: res.entries, nextPageToken: res.nextPageToken };
+    });
+    ctx.out(ctx.format === "json" ? listJson("entries", ReplicationDlqEntrySchema, entries) : dlqTable(entries));
+  },
+};
+
+const merge: LeafCommand = {
+  kind: "leaf",
+  name: "merge",
+  summary: "Re-fetch DLQ entries from their source and apply them; entries that still fail stay",
+  details: "Exits 1 when some entries still fail (they are listed with this attempt's error).",
+  flags: [...filterFlags],
+  async run(ctx, args) {
+    const res = await ctx.admin().mergeReplicationDlq(filterOf(args), { signal: ctx.signal, timeoutMs: 600_000 });
+    if (ctx.format === "json") ctx.out(messageJson(MergeReplicationDlqResponseSchema, res));
+    else {
+      ctx.out(`Merged ${res.merged} DLQ entries; ${res.failed.length} still fail\n`);
+      if (res.failed.length) ctx.out(dlqTable(res.failed));
+    }
+    return res.failed.length ? 1 : 0;
+  },
+};
+
+async function confirmPurge(ctx: CommandContext, what: string): Promise<void> {
+  if (!ctx.interactive) throw new UsageError(`refusing to purge ${what} without confirmation: pass --yes`);
+  const answer = await ctx.prompt(`Delete ${what} without applying it? Type "purge" to confirm: `);
+  if (answer.trim() !== "purge") throw new UsageError("purge aborted: confirmation did not match");
+}
+
+const purge: LeafCommand = {
+  kind: "leaf",
+  name: "purge",
+  summary: "Delete DLQ entries without applying them",
+  flags: [...filterFlags, { name: "yes", alias: "y", kind: "boolean", description: "Do not ask for confirmation" }],
+  async run(ctx, args) {
+    const filter = filterOf(args);
+    const what = `the replication DLQ${filter.sourceCluster ? ` of ${filter.sourceCluster}` : ""}${filter.shardId ? ` shard ${filter.shardId}` : ""}`;
+    if (!getBoolean(args, "yes")) await confirmPurge(ctx, what);
+    const res = await ctx.admin().purgeReplicationDlq(filter, { signal: ctx.signal });
+    ctx.out(ctx.format === "json" ? messageJson(PurgeReplicationDlqResponseSchema, res) : `Purged ${res.purged} DLQ entries\n`);
+  },
+};
+
+/** `tern replication dlq ...`. */
+export const dlqCommand: GroupCommand = {
+  kind: "group",
+  name: "dlq",
+  summary: "List, merge and purge the replication DLQ",
+  commands: [list, merge, purge],
+};

@@ -1,0 +1,49 @@
+import { describe, expect, test } from "bun:test";
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { type ConnectRouter, createRouterTransport } from "@connectrpc/connect";
+import { createCli } from "../../src/cli/cli";
+import { BackfillService } from "../../src/gen/tern/admin/v1/backfill_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { UpdateNamespaceResponseSchema, type UpdateNamespaceRequest } from "../../src/gen/tern/workflow/v1/namespace_pb";
+
+async function run(argv: string[], router: (r: ConnectRouter) => void) {
+  let out = "";
+  const cli = createCli({ createTransport: () => createRouterTransport(router), stdout: (t) => void (out += t), stderr: (t) => void (out += t) });
+  return { code: await cli.run(argv), out };
+}
+
+describe("tern operator namespace backfill-status / update --promote-global", () => {
+  test("backfill-status prints one row per source with done/total", async () => {
+    const at = timestampFromDate(new Date("2026-01-02T03:04:05Z"));
+    const { code, out } = await run(["operator", "namespace", "backfill-status", "-n", "orders"], (r) =>
+      r.service(BackfillService, {
+        getBackfillStatus: (req) => ({
+          namespace: req.namespace,
+          jobs: [{ sourceCluster: "clusterA", status: "RUNNING", done: 200n, total: 1000n, startedTime: at, updatedTime: at }],
+        }),
+      }),
+    );
+    expect(code).toBe(0);
+    expect(out).toMatch(/SOURCE\s+STATUS\s+DONE\/TOTAL/);
+    expect(out).toMatch(/clusterA\s+RUNNING\s+200\/1000/);
+  });
+
+  test("backfill-status without jobs says so", async () => {
+    const { out } = await run(["operator", "namespace", "backfill-status", "orders"], (r) =>
+      r.service(BackfillService, { getBackfillStatus: (req) => ({ namespace: req.namespace, jobs: [] }) }),
+    );
+    expect(out).toContain("no backfill");
+  });
+
+  test("update --promote-global sends promote_namespace", async () => {
+    let seen: UpdateNamespaceRequest | undefined;
+    const { code } = await run(["operator", "namespace", "update", "-n", "orders", "--promote-global"], (r) =>
+      r.service(WorkflowService, {
+        updateNamespace: (req) => ((seen = req), create(UpdateNamespaceResponseSchema, {})),
+      }),
+    );
+    expect(code).toBe(0);
+    expect(seen?.promoteNamespace).toBe(true);
+  });
+});

@@ -1,0 +1,96 @@
+import { describe, expect, test } from "bun:test";
+import type { ListReplicationDlqRequest, MergeReplicationDlqRequest, PurgeReplicationDlqRequest } from "../../src/gen/tern/admin/v1/service_pb";
+import { runCli } from "./harness";
+
+const entry = {
+  sourceCluster: "clusterA", shardId: 2, taskId: 17n, namespaceId: "ns-1", workflowId: "bad", runId: "run-1",
+  firstEventId: 3n, nextEventId: 5n, version: 1n, attempts: 5, lastError: "history diverges at event 3",
+};
+
+describe("replication dlq", () => {
+  test("list pages through the DLQ with the filter and prints one row per entry", async () => {
+    const seen: ListReplicationDlqRequest[] = [];
+    const r = await runCli(["replication", "dlq", "list", "--source-cluster", "clusterA", "--shard", "2"], {
+      admin: {
+        listReplicationDlq: (req) => {
+          seen.push(req);
+          return req.nextPageToken.length ? { entries: [{ ...entry, taskId: 18n, attempts: 0 }] } : { entries: [entry], nextPageToken: new Uint8Array([1]) };
+        },
+      },
+    });
+    expect(r.code).toBe(0);
+    expect(seen.map((s) => [s.sourceCluster, s.shardId])).toEqual([["clusterA", 2], ["clusterA", 2]]);
+    const lines = r.stdout.trimEnd().split("\n");
+    expect(lines[0]).toMatch(/^SOURCE +SHARD +TASK ID +WORKFLOW ID +RUN ID +EVENTS +ATTEMPTS +CREATED +LAST ERROR$/);
+    expect(lines[1]).toMatch(/^clusterA +2 +17 +bad +run-1 +\[3, 5\) +5 +history diverges at event 3$/);
+    expect(lines).toHaveLength(3);
+    const empty = await runCli(["replication", "dlq", "list"], { admin: { listReplicationDlq: () => ({}) } });
+    expect(empty.stdout).toBe("The replication DLQ is empty\n");
+  });
+
+  test("merge reports what still fails and exits 1; a clean merge exits 0", async () => {
+    let seen: MergeReplicationDlqRequest | undefined;
+    const r = await runCli(["replication", "dlq", "merge", "--shard", "2"], {
+      admin: { mergeReplicationDlq: (req) => ((seen = req), { merged: 3n, failed: [entry] }) },
+    });
+    expect(seen!.shardId).toBe(2);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toStartWith("Merged 3 DLQ entries; 1 still fail\n");
+    const ok = await runCli(["replication", "dlq", "merge", "-o", "json"], { admin: { mergeReplicationDlq: () => ({ merged: 2n }) } });
+    expect([ok.code, JSON.parse(ok.stdout)]).toEqual([0, { merged: "2" }]);
+  });
+
+  test("purge needs --yes when not a TTY, asks a person, and sends the filter", async () => {
+    let calls: PurgeReplicationDlqRequest[] = [];
+    const admin = { purgeReplicationDlq: (req: PurgeReplicationDlqRequest) => (calls.push(req), { purged: 4n }) };
+    const refused = await runCli(["replication", "dlq", "purge"], { admin });
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toContain("refusing to purge the replication DLQ without confirmation: pass --yes");
+    expect(calls).toEqual([]);
+    const asked = await runCli(["replication", "dlq", "purge", "--source-cluster", "clusterA"], { admin, interactive: true, answer: "purge" });
+    expect([asked.code, asked.stdout]).toEqual([0, "Purged 4 DLQ entries\n"]);
+    expect(calls.map((c) => c.sourceCluster)).toEqual(["clusterA"]);
+    calls = [];
+    const yes = await runCli(["replication", "dlq", "purge", "--yes"], { admin });
+    expect(yes.code).toBe(0);
+    expect(calls).toHaveLength(1);
+  });
+});
+
+describe("replication verify", () => {
+  const same = { clusterName: "clusterA", remoteCluster: "clusterB", localExecutions: 2n, remoteExecutions: 2n };
+  test("identical histories exit 0; any difference exits 1 with one row each", async () => {
+    const ok = await runCli(["replication", "verify", "-n", "orders", "--cluster", "clusterB"], { admin: { verifyReplication: () => same } });
+    expect([ok.code, ok.stdout]).toEqual([0, "clusterA: 2 executions, clusterB: 2 executions; histories are identical\n"]);
+    const c = (n: bigint, sum: string) => ({ workflowId: "w", runId: "r", eventCount: n, checksum: sum });
+    const bad = await runCli(["replication", "verify", "-n", "orders", "--cluster", "clusterB"], {
+      admin: {
+        verifyReplication: () => ({
+          ...same,
+          missing: [{ workflowId: "gone", runId: "r1", local: c(3n, "aaaaaaaaaaaaaaaa") }],
+          diverging: [{ workflowId: "w", runId: "r", local: c(3n, "abcdef0123456789"), remote: c(2n, "0123456789abcdef") }],
+        }),
+      },
+    });
+    expect(bad.code).toBe(1);
+    const lines = bad.stdout.trimEnd().split("\n");
+    expect(lines[0]).toBe("clusterA: 2 executions, clusterB: 2 executions; 1 missing, 0 extra, 1 diverging");
+    expect(lines[2]).toMatch(/^missing +gone +r1 +3 events aaaaaaaaaaaa +absent$/);
+    expect(lines[3]).toMatch(/^diverging +w +r +3 events abcdef012345 +2 events 0123456789ab$/);
+  });
+
+  test("--namespace and --cluster are required", async () => {
+    const r = await runCli(["replication", "verify", "-n", "orders"], {});
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain("--cluster is required");
+  });
+});
+
+describe("replication status", () => {
+  test("the last line counts DLQ entries per source", async () => {
+    const r = await runCli(["replication", "status"], {
+      admin: { getReplicationStatus: () => ({ clusterName: "clusterB", remotes: [{ clusterName: "clusterA", enableConnection: true, connectionState: "connected", dlqSize: 3n }] }) },
+    });
+    expect(r.stdout.trimEnd().split("\n").at(-1)).toBe("DLQ (tasks per source): clusterA 3");
+  });
+});

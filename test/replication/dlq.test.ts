@@ -1,0 +1,136 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { fileURLToPath } from "node:url";
+import { and, eq } from "drizzle-orm";
+import type { HistoryApplier } from "../../replication/applier";
+import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { replicationAckLevels, replicationDlq } from "../../src/persistence/schema";
+import { connectAll, startClusters } from "../failover/mesh";
+import { eventually } from "../support/eventually";
+import type { TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+import { addr, expectSameHistories, globalNamespace, historiesOf } from "./support";
+
+setDefaultTimeout(90_000);
+
+const root = fileURLToPath(new URL("../..", import.meta.url));
+const NS = "payments";
+
+/** Runs bin/tern against x as a subprocess (not a TTY). */
+async function tern(x: TestCluster, ...args: string[]): Promise<{ code: number; out: string; err: string }> {
+  const child = Bun.spawn(["node", "bin/tern", "--address", addr(x), ...args], { cwd: root, stdout: "pipe", stderr: "pipe" });
+  const [out, err, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
+  return { code, out, err };
+}
+
+/** Fault injection through the server's deps: applies of the poisoned workflow ids throw. */
+function faultyApplier(poisoned: Set<string>) {
+  return (inner: HistoryApplier): HistoryApplier => ({
+    ...inner,
+    async applyTask(tx, ns, task, fetchRaw) {
+      if (poisoned.has(task.workflowId)) throw new Error(`injected fault for ${task.workflowId}`);
+      return inner.applyTask(tx, ns, task, fetchRaw);
+    },
+  });
+}
+
+for (const store of await testStores()) {
+  describe(`replication DLQ on ${store} (clusterA -> clusterB, one shard)`, () => {
+    let a: TestCluster, b: TestCluster;
+    let nsId: string;
+    const poisoned = new Set<string>();
+    const run = (workflowId: string) => ({ workflowId, runId: "" });
+    const dlqRows = () => b.server.database.db.select().from(replicationDlq).orderBy(replicationDlq.taskId);
+    const inboundAck = async () => {
+      const [row] = await b.server.database.db
+        .select()
+        .from(replicationAckLevels)
+        .where(and(eq(replicationAckLevels.remoteCluster, "clusterA"), eq(replicationAckLevels.direction, "inbound"), eq(replicationAckLevels.queue, "history")));
+      return row?.ackLevel ?? 0;
+    };
+    const sourceMaxTask = async () => Number((await a.client(AdminService).getReplicationTasks({ shardId: 1 })).maxTaskId);
+
+    beforeAll(async () => {
+      [a, b] = await startClusters(store, [
+        { shards: 1 },
+        { shards: 1, serverOptions: { replication: { retry: { attempts: 3, backoffMs: 5 }, wrapApplier: faultyApplier(poisoned) } } },
+      ]);
+      await connectAll([a, b]);
+      nsId = await globalNamespace(a, b, NS);
+    });
+    afterAll(() => Promise.all([a.destroy(), b.destroy()]));
+
+    test("PoisonedExecutionGoesToDlq: the others in its shard replicate and the ack moves past it", async () => {
+      poisoned.add("bad");
+      const wf = a.client(WorkflowService);
+      await wf.startWorkflowExecution({ namespace: NS, workflowId: "bad", workflowType: "Pay", taskQueue: "q" });
+      for (const i of [1, 2, 3]) await wf.startWorkflowExecution({ namespace: NS, workflowId: `good-${i}`, workflowType: "Pay", taskQueue: "q" });
+      await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: run("bad"), signalName: "s1" });
+      await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: run("good-1"), signalName: "s1" });
+      await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: run("bad"), signalName: "s2" });
+
+      const max = await sourceMaxTask();
+      await eventually(async () => expect(await inboundAck()).toBe(max), { timeout: 20_000 });
+      const onB = (await historiesOf(b, nsId)).map((e) => `${e.workflowId}:${e.eventId}`);
+      expect(onB).toEqual(["good-1:1", "good-1:2", "good-2:1", "good-3:1"]);
+      // The first task failed its budget; the later tasks of the run are held behind it, never applied out of order.
+      expect((await dlqRows()).map((r) => [r.workflowId, r.firstEventId, r.nextEventId, r.attempts])).toEqual([
+        ["bad", 1, 2, 3], ["bad", 2, 3, 0], ["bad", 3, 4, 0],
+      ]);
+      expect((await dlqRows())[0]!.lastError).toContain("injected fault for bad");
+      expect(b.server.metrics.render()).toContain('replication_dlq_size{source_cluster="clusterA"} 3');
+      const status = (await b.client(AdminService).getReplicationStatus({})).remotes.find((r) => r.clusterName === "clusterA")!;
+      expect(status.dlqSize).toBe(3n);
+      expect((await tern(b, "replication", "status")).out).toContain("DLQ (tasks per source): clusterA 3");
+
+      const listed = await tern(b, "replication", "dlq", "list", "--source-cluster", "clusterA", "--shard", "1", "-o", "json");
+      expect(listed.code).toBe(0);
+      expect(JSON.parse(listed.out).entries.map((e: { workflowId: string; taskId: string }) => e.workflowId)).toEqual(["bad", "bad", "bad"]);
+      expect((await tern(b, "replication", "dlq", "list")).out).toMatch(/^clusterA +1 +\d+ +bad +\S+ +\[1, 2\) +3 /m);
+    });
+
+    test("MergeBringsItLevel: after the fault is gone, merge applies the held run in order and verify finds no difference", async () => {
+      poisoned.delete("bad");
+      // Still held while its earlier tasks sit in the DLQ, although the fault is gone.
+      await a.client(WorkflowService).signalWorkflowExecution({ namespace: NS, workflowExecution: run("bad"), signalName: "s3" });
+      await eventually(async () => expect(await dlqRows()).toHaveLength(4));
+
+      const merged = await tern(b, "replication", "dlq", "merge", "-o", "json");
+      expect(merged.code).toBe(0);
+      expect(JSON.parse(merged.out).merged).toBe("4");
+      expect(await dlqRows()).toEqual([]);
+      expect(b.server.metrics.render()).toContain('replication_dlq_size{source_cluster="clusterA"} 0');
+      await expectSameHistories(a, b, nsId);
+      const verified = await tern(b, "replication", "verify", "--namespace", NS, "--cluster", "clusterA");
+      expect(verified.code).toBe(0);
+      expect(verified.out).toContain("histories are identical");
+
+      // Once merged, new tasks of the run replicate normally again.
+      await a.client(WorkflowService).signalWorkflowExecution({ namespace: NS, workflowExecution: run("bad"), signalName: "s4" });
+      await eventually(() => expectSameHistories(a, b, nsId));
+      expect(await dlqRows()).toEqual([]);
+    });
+
+    test("MergeKeepsWhatStillFails and PurgeEmptiesIt: purge asks for --yes when not a TTY", async () => {
+      poisoned.add("worse");
+      await a.client(WorkflowService).startWorkflowExecution({ namespace: NS, workflowId: "worse", workflowType: "Pay", taskQueue: "q" });
+      await a.client(WorkflowService).signalWorkflowExecution({ namespace: NS, workflowExecution: run("worse"), signalName: "s1" });
+      await eventually(async () => expect(await dlqRows()).toHaveLength(2), { timeout: 20_000 });
+
+      const stillFails = await b.client(AdminService).mergeReplicationDlq({});
+      expect(stillFails.merged).toBe(0n);
+      expect(stillFails.failed.map((e) => [e.workflowId, e.lastError.includes("injected fault")])).toEqual([["worse", true], ["worse", false]]);
+      expect((await dlqRows())[0]!.attempts).toBe(4);
+
+      const refused = await tern(b, "replication", "dlq", "purge");
+      expect(refused.code).toBe(2);
+      expect(refused.err).toContain("--yes");
+      expect(await dlqRows()).toHaveLength(2);
+      const purged = await tern(b, "replication", "dlq", "purge", "--source-cluster", "clusterA", "--yes");
+      expect(purged.code).toBe(0);
+      expect(purged.out).toBe("Purged 2 DLQ entries\n");
+      expect(await dlqRows()).toEqual([]);
+      expect(b.server.metrics.render()).toContain('replication_dlq_size{source_cluster="clusterA"} 0');
+    });
+  });
+}
