@@ -93,15 +93,20 @@ export async function createTernServer(config: Config, opts: ServerOptions): Pro
   }
 }
 
-function wire(
-  config: Config,
-  opts: ServerOptions,
-  { log, now, database, cluster }: { log: Logger; now: () => Date; database: Database; cluster: CurrentCluster },
-): TernServer {
+interface Base {
+  config: Config;
+  opts: ServerOptions;
+  log: Logger;
+  now: () => Date;
+  database: Database;
+  cluster: CurrentCluster;
+}
+
+/** One cluster's own parts: namespaces, history writes and reads, timers. */
+function wireCore({ config, opts, log, now, database, cluster }: Base) {
   const { db } = database;
   const metrics = createMetrics();
   const clusters = createClusterDirectory(db, cluster);
-  const remoteClients = createRemoteClientPool();
   const notifier = createEventNotifier();
   // Becoming active (a failover here or replicated from a peer): due timers fire here now.
   const onActivated = () => void timers.rescan();
@@ -109,6 +114,21 @@ function wire(
     db, clusters, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY), onActivated,
   });
   const writer = createWriter({ db, cluster, limits: config.limits, metrics, log, now, beforeCommit: opts.beforeCommit, notifier });
+  const timers = createTimerQueue({ db, writer, namespaces, notifier, metrics, log, currentCluster: cluster.clusterName, now });
+  const engine = createHistoryEngine({
+    db, cluster, limits: config.limits, metrics, log, now, namespaces, notifier, writer,
+    onTimerCreated: (at) => timers.scheduled(at),
+  });
+  const queries = createHistoryQueries({ db, namespaces, notifier });
+  return { db, metrics, clusters, notifier, onActivated, namespaces, writer, timers, engine, queries };
+}
+
+type Core = ReturnType<typeof wireCore>;
+
+/** Replication towards and from remote clusters (replication/). */
+function wireReplication({ opts, log, now, cluster }: Base, core: Core) {
+  const { db, metrics, notifier, namespaces, writer, onActivated } = core;
+  const clients = createRemoteClientPool();
   const baseApplier = createHistoryApplier({ cluster, namespaces });
   const applier = opts.replication?.wrapApplier?.(baseApplier) ?? baseApplier;
   const dlq = createReplicationDlq({ db, metrics });
@@ -117,64 +137,79 @@ function wire(
   const namespaceReceiver = createNamespaceReceiver({
     db, currentCluster: cluster.clusterName, namespaces, log, metrics, now, onActivated, onBackfillStarted: backfill.wake,
   });
-  const replication = createReplicationManager({
-    db, clients: remoteClients, log,
+  const manager = createReplicationManager({
+    db, clients, log,
     streamsFor: (remote) => [namespaceReceiver, ...historyReceiver.streamsFor(remote), backfill.stream],
   });
-  const remotes = createRemoteClusters({ db, current: cluster, clients: remoteClients, onChanged: () => replication.refresh() });
-  const replicationCleanup = createReplicationCleanup({ db, log });
-  const replicationSender = createReplicationSender({ db, cluster, notifier });
-  const replicationStatus = createReplicationStatus({
-    db, cluster, connectionState: (name) => replication.connectionState(name), inboundProgress: historyReceiver.progress,
-    dlqSizes: dlq.sizes,
-  });
-  const timers = createTimerQueue({ db, writer, namespaces, notifier, metrics, log, currentCluster: cluster.clusterName, now });
-  const engine = createHistoryEngine({
-    db, cluster, limits: config.limits, metrics, log, now, namespaces, notifier, writer,
-    onTimerCreated: (at) => timers.scheduled(at),
-  });
-  const queries = createHistoryQueries({ db, namespaces, notifier });
-  let closed = false;
-  const isServing = async () => !closed && (await db.execute(sql`select 1`).then(() => true, () => false));
-  const routes = createRoutes({
+  return {
+    clients, applier, dlq, manager,
+    remotes: createRemoteClusters({ db, current: cluster, clients, onChanged: () => manager.refresh() }),
+    cleanup: createReplicationCleanup({ db, log }),
+    sender: createReplicationSender({ db, cluster, notifier }),
+    status: createReplicationStatus({
+      db, cluster, connectionState: (name) => manager.connectionState(name), inboundProgress: historyReceiver.progress,
+      dlqSizes: dlq.sizes,
+    }),
+  };
+}
+
+type Replication = ReturnType<typeof wireReplication>;
+
+/** The RPC services, behind forwarding where the policy asks for it. */
+function wireRoutes({ config, log, now, cluster }: Base, core: Core, repl: Replication, isServing: () => Promise<boolean>) {
+  const { db, clusters, namespaces, notifier, engine, queries } = core;
+  const { clients, dlq, applier, manager } = repl;
+  return createRoutes({
     workflow: createForwardingWorkflowService({
       inner: createWorkflowHandler({ namespaces, engine, queries }),
-      policy: config.dcRedirectionPolicy.policy, namespaces, clusters, clients: remoteClients,
+      policy: config.dcRedirectionPolicy.policy, namespaces, clusters, clients,
     }),
     operator: createOperatorHandler({
-      db, clusters, namespaces, remotes, version: VERSION,
-      connectionState: (name) => replication.connectionState(name),
-      clients: remoteClients,
+      db, clusters, namespaces, remotes: repl.remotes, version: VERSION, clients,
+      connectionState: (name) => manager.connectionState(name),
       failover: createGracefulFailover({ db, namespaces, clusters, notifier, log, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY) }),
     }),
-    admin: createAdminHandler({ db, cluster, sender: replicationSender, status: replicationStatus,
+    admin: createAdminHandler({
+      db, cluster, sender: repl.sender, status: repl.status, dlq,
       namespaceSender: createNamespaceSender({ db, wake: notifier }),
-      dlq,
-      dlqMerge: createDlqMerge({ db, dlq, applier, writer, clients: remoteClients, notifier, log }),
-      verifier: createReplicationVerifier({ db, cluster, clients: remoteClients }),
+      dlqMerge: createDlqMerge({ db, dlq, applier, writer: core.writer, clients, notifier, log }),
+      verifier: createReplicationVerifier({ db, cluster, clients }),
     }),
     backfill: createBackfillHandler({ db, namespaces }),
     health: createHealthHandler(isServing),
   });
+}
+
+function wire(
+  config: Config,
+  opts: ServerOptions,
+  { log, now, database, cluster }: { log: Logger; now: () => Date; database: Database; cluster: CurrentCluster },
+): TernServer {
+  const base: Base = { config, opts, log, now, database, cluster };
+  const core = wireCore(base);
+  const repl = wireReplication(base, core);
+  let closed = false;
+  const isServing = async () => !closed && (await core.db.execute(sql`select 1`).then(() => true, () => false));
+  const routes = wireRoutes(base, core, repl, isServing);
   const limiter = createRateLimiter(config.limits.hostRps, config.limits.namespaceRps);
-  const interceptors = [createFrontendInterceptor({ metrics, log, limiter })];
+  const interceptors = [createFrontendInterceptor({ metrics: core.metrics, log, limiter })];
   // Room for a maximal payload plus the rest of the request.
   const readMaxBytes = config.limits.blobSizeLimitError * 2 + 1024 * 1024;
-  const app = createApp({ routes, interceptors, metrics, isServing, readMaxBytes });
-  timers.start();
-  replicationCleanup.start();
-  void dlq.refreshGauge().catch((e) => log.warn("reading the replication DLQ size failed", { error: String(e) }));
-  void replication.start();
+  const app = createApp({ routes, interceptors, metrics: core.metrics, isServing, readMaxBytes });
+  core.timers.start();
+  repl.cleanup.start();
+  void repl.dlq.refreshGauge().catch((e) => log.warn("reading the replication DLQ size failed", { error: String(e) }));
+  void repl.manager.start();
   return {
-    config, cluster, database, metrics, log, app, routes, interceptors,
+    config, cluster, database, metrics: core.metrics, log, app, routes, interceptors,
     fetch: (req) => app.fetch(req),
     async close() {
       if (closed) return;
       closed = true;
-      await replication.stop();
-      await replicationCleanup.stop();
-      await replicationSender.stop();
-      await timers.stop();
+      await repl.manager.stop();
+      await repl.cleanup.stop();
+      await repl.sender.stop(); // ends open long polls before the database closes
+      await core.timers.stop();
       await database.close();
     },
   };
