@@ -9,6 +9,7 @@ import {
 import { readRunEvents } from "../src/history/execution-store";
 import type { Db } from "../src/persistence/database";
 import { executions } from "../src/persistence/schema";
+import { versionHistoryToProto } from "./version-history";
 
 /**
  * AdminService.GetWorkflowExecutionRawHistory: the events of one run by event id range
@@ -28,7 +29,7 @@ export async function readRawHistory(db: Db, req: GetWorkflowExecutionRawHistory
   const events = await readRunEvents(db, run, first, { before: next });
   return create(GetWorkflowExecutionRawHistoryResponseSchema, {
     events,
-    versionHistory: { items: run.versionHistory.map((i) => ({ eventId: BigInt(i.eventId), version: BigInt(i.version) })) },
+    versionHistory: versionHistoryToProto(run.versionHistory),
     nextEventId: BigInt(run.nextEventId),
   });
 }

@@ -15,6 +15,7 @@ import type { EventNotifier } from "../src/history/notifier";
 import type { Db } from "../src/persistence/database";
 import { clusterMetadata, historyEvents, namespaces, replicationTasks, shards } from "../src/persistence/schema";
 import { saveOutboundAck, ackKey, shardKey } from "./ack-levels";
+import { versionHistoryToProto } from "./version-history";
 
 export interface ReplicationSenderDeps {
   db: Db;
@@ -159,7 +160,7 @@ function taskToProto(t: TaskRow, events: HistoryEvent[]): MessageInitShape<typeo
     firstEventId: BigInt(t.firstEventId),
     nextEventId: BigInt(t.nextEventId),
     version: BigInt(t.version),
-    versionHistory: { items: t.versionHistory.map((i) => ({ eventId: BigInt(i.eventId), version: BigInt(i.version) })) },
+    versionHistory: versionHistoryToProto(t.versionHistory),
     createTime: timestampFromDate(t.createdAt),
     events,
   };

@@ -37,3 +37,8 @@ function firstMismatch(history: VersionHistoryItem[], version: number, from: num
 export function versionHistoryFromProto(items: { eventId: bigint; version: bigint }[] | undefined): VersionHistoryItem[] {
   return (items ?? []).map((i) => ({ eventId: Number(i.eventId), version: Number(i.version) }));
 }
+
+/** A stored version history in its protobuf form. */
+export function versionHistoryToProto(history: VersionHistoryItem[]): { items: { eventId: bigint; version: bigint }[] } {
+  return { items: history.map((i) => ({ eventId: BigInt(i.eventId), version: BigInt(i.version) })) };
+}

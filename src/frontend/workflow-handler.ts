@@ -1,3 +1,4 @@
+import type { Duration } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
 import {
   WorkflowService,
@@ -9,6 +10,7 @@ import type { HistoryQueries } from "../history/queries";
 import type { NamespaceRegistry } from "../namespace/registry";
 import { invalidArgument } from "../errors";
 import { dateOf, durationMs, executionToProto, namespaceToProto, statusFromProto } from "./convert";
+import { versionHistoryToProto } from "../../replication/version-history";
 
 export interface WorkflowHandlerDeps {
   namespaces: NamespaceRegistry;
@@ -26,6 +28,9 @@ const ref = (namespace: string, e: { workflowId: string; runId: string } | undef
   requestId,
   identity,
 });
+
+/** A requested retention in seconds; undefined keeps the default (register) or the current one (update). */
+const retentionSecondsOf = (d: Duration | undefined) => (d ? durationMs(d, "retention") / 1000 : undefined);
 
 /** The start fields shared by Start and SignalWithStart. */
 function startInput(r: StartWorkflowExecutionRequest | SignalWithStartWorkflowExecutionRequest): StartInput {
@@ -50,7 +55,7 @@ export function createWorkflowHandler({ namespaces, engine, queries }: WorkflowH
         name: r.namespace,
         description: r.description,
         ownerEmail: r.ownerEmail,
-        retentionSeconds: r.workflowExecutionRetentionPeriod ? durationMs(r.workflowExecutionRetentionPeriod, "retention") / 1000 : undefined,
+        retentionSeconds: retentionSecondsOf(r.workflowExecutionRetentionPeriod),
         data: r.data,
         isGlobal: r.isGlobalNamespace,
         clusters: r.clusters,
@@ -70,7 +75,7 @@ export function createWorkflowHandler({ namespaces, engine, queries }: WorkflowH
         name: r.namespace,
         description: r.description,
         ownerEmail: r.ownerEmail,
-        retentionSeconds: r.workflowExecutionRetentionPeriod ? durationMs(r.workflowExecutionRetentionPeriod, "retention") / 1000 : undefined,
+        retentionSeconds: retentionSecondsOf(r.workflowExecutionRetentionPeriod),
         data: r.data,
         clusters: r.clusters,
         activeClusterName: r.activeClusterName,
@@ -120,7 +125,7 @@ export function createWorkflowHandler({ namespaces, engine, queries }: WorkflowH
         shardId: run.shardId,
         nextEventId: BigInt(run.nextEventId),
         lastWriteVersion: BigInt(run.lastWriteVersion),
-        versionHistory: { items: run.versionHistory.map((i) => ({ eventId: BigInt(i.eventId), version: BigInt(i.version) })) },
+        versionHistory: versionHistoryToProto(run.versionHistory),
       };
     },
     async getWorkflowExecutionHistory(r, ctx) {
