@@ -6,10 +6,11 @@ import {
   type GetWorkflowExecutionRawHistoryRequest,
   type GetWorkflowExecutionRawHistoryResponse,
 } from "../src/gen/tern/admin/v1/service_pb";
+import { readEventsOf } from "../src/history/branch-store";
 import { readRunEvents } from "../src/history/execution-store";
 import type { Db } from "../src/persistence/database";
 import { executions } from "../src/persistence/schema";
-import { versionHistoryToProto } from "./version-history";
+import { versionHistoryFromProto, versionHistoryToProto } from "./version-history";
 
 /**
  * AdminService.GetWorkflowExecutionRawHistory: the events of one run by event id range
@@ -26,10 +27,12 @@ export async function readRawHistory(db: Db, req: GetWorkflowExecutionRawHistory
   if (!run) throw notFound(`workflow execution ${req.workflowId} run ${req.runId} not found in namespace id ${req.namespaceId}`);
   const first = Number(req.firstEventId) || 1;
   const next = Number(req.nextEventId) || run.nextEventId;
-  const events = await readRunEvents(db, run, first, { before: next });
+  const wanted = req.versionHistory ? versionHistoryFromProto(req.versionHistory.items) : undefined;
+  // A peer repairing a branch that lost a conflict here asks for that branch's events.
+  const events = wanted ? await readEventsOf(db, run, wanted, first, next) : await readRunEvents(db, run, first, { before: next });
   return create(GetWorkflowExecutionRawHistoryResponseSchema, {
     events,
-    versionHistory: versionHistoryToProto(run.versionHistory),
+    versionHistory: versionHistoryToProto(wanted ?? run.versionHistory),
     nextEventId: BigInt(run.nextEventId),
   });
 }

@@ -10,6 +10,7 @@ import {
   type ReplicationTaskSchema,
 } from "../src/gen/tern/admin/v1/service_pb";
 import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
+import { readEventsOf } from "../src/history/branch-store";
 import { eventFromRow } from "../src/history/events";
 import type { EventNotifier } from "../src/history/notifier";
 import type { Db } from "../src/persistence/database";
@@ -71,7 +72,8 @@ export function createReplicationSender({ db, cluster, notifier, maxWaitMs = 20_
     const events = sql<EventJson[] | null>`(select json_agg(json_build_object('eventId', ${inner(e.eventId)}, 'version', ${inner(e.version)},
       'eventTime', ${inner(e.eventTime)}, 'attributes', ${inner(e.attributes)}) order by ${inner(e.eventId)}) from ${e} ev
       where ${inner(e.namespaceId)} = ${outer(t.namespaceId)} and ${inner(e.workflowId)} = ${outer(t.workflowId)}
-      and ${inner(e.runId)} = ${outer(t.runId)} and ${inner(e.eventId)} >= ${outer(t.firstEventId)} and ${inner(e.eventId)} < ${outer(t.nextEventId)})`;
+      and ${inner(e.runId)} = ${outer(t.runId)} and ${inner(e.eventId)} >= ${outer(t.firstEventId)} and ${inner(e.eventId)} < ${outer(t.nextEventId)}
+      and ${inner(e.version)} = ${outer(t.version)})`;
     const wanted = peer
       ? sql`exists (select 1 from ${namespaces} ns where ns.id = ${outer(t.namespaceId)} and ns.clusters @> ${JSON.stringify([peer])}::jsonb)`
       : undefined;
@@ -97,7 +99,7 @@ export function createReplicationSender({ db, cluster, notifier, maxWaitMs = 20_
       rows = await queryTasks(shardId, after, max, size, peer, withEvents);
     }
     const last = rows.length === size ? rows.at(-1)!.task.taskId : max;
-    const tasks = rows.map((r) => taskToProto(r.task, (r.events ?? []).map(eventFromJson)));
+    const tasks = await Promise.all(rows.map(async (r) => taskToProto(r.task, withEvents ? await eventsOf(db, r.task, r.events ?? []) : [])));
     return { tasks, max, last: Math.max(last, after) };
   }
 
@@ -145,6 +147,15 @@ export function createReplicationSender({ db, cluster, notifier, maxWaitMs = 20_
 }
 
 export type ReplicationSender = ReturnType<typeof createReplicationSender>;
+
+/**
+ * The task's events: as read with the page, or, when the run has since switched to
+ * another branch (it lost a conflict here), from the branch they are kept on.
+ */
+async function eventsOf(db: Db, t: TaskRow, found: EventJson[]): Promise<HistoryEvent[]> {
+  if (found.length === t.nextEventId - t.firstEventId) return found.map(eventFromJson);
+  return readEventsOf(db, t, t.versionHistory, t.firstEventId, t.nextEventId);
+}
 
 function eventFromJson(e: EventJson): HistoryEvent {
   return eventFromRow({ eventId: Number(e.eventId), version: Number(e.version), eventTime: new Date(e.eventTime), attributes: e.attributes });

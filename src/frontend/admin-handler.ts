@@ -2,6 +2,7 @@ import type { ServiceImpl } from "@connectrpc/connect";
 import { AdminService } from "../gen/tern/admin/v1/service_pb";
 import type { CurrentCluster } from "../cluster/bootstrap";
 import type { Db } from "../persistence/database";
+import { listHistoryBranches } from "../../replication/branches";
 import { readRawHistory } from "../../replication/raw-history";
 import type { ReplicationSender } from "../../replication/sender";
 import type { ReplicationStatus } from "../../replication/status";
@@ -35,5 +36,6 @@ export function createAdminHandler({ db, sender, status, namespaceSender, dlq, d
     purgeReplicationDlq: async (r) => ({ purged: BigInt(await dlq.purge(r)) }),
     getExecutionChecksums: (r) => verifier.checksums(r),
     verifyReplication: (r, ctx) => verifier.verify(r, ctx.signal),
+    listHistoryBranches: (r) => listHistoryBranches(db, r),
   };
 }

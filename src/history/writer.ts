@@ -2,7 +2,7 @@ import { shardKey } from "../../replication/ack-levels";
 import { appendReplicationTask } from "../../replication/outbox";
 import type { CurrentCluster } from "../cluster/bootstrap";
 import type { LimitsConfig } from "../config/schema";
-import { failedPrecondition, invalidArgument, pgErrorOf } from "../errors";
+import { failedPrecondition, invalidArgument, pgErrorOf, unavailable } from "../errors";
 import type { NamespaceRecord } from "../namespace/registry";
 import type { Logger } from "../observability/log";
 import type { Metrics } from "../observability/metrics";
@@ -91,6 +91,14 @@ export function createWriter(deps: WriterDeps) {
   /** Appends events to a locked open run, saves its state and writes the outbox task. */
   async function append(tx: Tx, ns: NamespaceRecord, run: ExecutionRow, change: Append): Promise<{ firstEventId: number }> {
     checkHistorySize(run, change.events.length);
+    if (run.lastWriteVersion > ns.failoverVersion) {
+      // The run holds a newer cluster's events (a forced failover this cluster has not
+      // heard of yet): writing at a lower version would order this write before them.
+      throw unavailable(
+        `workflow ${run.workflowId} run ${run.runId} has events at failover version ${run.lastWriteVersion}, ` +
+          `above namespace ${ns.name}'s ${ns.failoverVersion} here: the namespace failed over elsewhere; retry`,
+      );
+    }
     const time = deps.now();
     const first = run.nextEventId;
     const key = { namespaceId: run.namespaceId, workflowId: run.workflowId, runId: run.runId };

@@ -229,3 +229,40 @@ export const backfillJobs = pgTable(
   },
   (t) => [primaryKey({ columns: [t.namespaceId, t.sourceCluster] })],
 );
+
+/**
+ * Non-current branches of a run's history (DESIGN.md section 4): after a divergence the
+ * branch with the higher last version is current (history_events); each other branch is a
+ * row here, with its version history and its events after the fork in historyBranchEvents.
+ */
+export const historyBranches = pgTable(
+  "history_branches",
+  {
+    namespaceId: text("namespace_id").notNull(),
+    workflowId: text("workflow_id").notNull(),
+    runId: text("run_id").notNull(),
+    branchId: integer("branch_id").notNull(),
+    /** The last event this branch shares with the current branch when it was forked. */
+    forkEventId: big("fork_event_id").notNull(),
+    versionHistory: jsonb("version_history").$type<VersionHistoryItem[]>().notNull(),
+    createdAt: ts("created_at").notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.namespaceId, t.workflowId, t.runId, t.branchId] })],
+);
+
+/** Events of non-current branches after their fork point (same columns as history_events). */
+export const historyBranchEvents = pgTable(
+  "history_branch_events",
+  {
+    namespaceId: text("namespace_id").notNull(),
+    workflowId: text("workflow_id").notNull(),
+    runId: text("run_id").notNull(),
+    branchId: integer("branch_id").notNull(),
+    eventId: big("event_id").notNull(),
+    version: big("version").notNull(),
+    eventTime: ts("event_time").notNull(),
+    eventType: text("event_type").notNull(),
+    attributes: jsonb("attributes").$type<Record<string, unknown>>().notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.namespaceId, t.workflowId, t.runId, t.branchId, t.eventId] })],
+);
