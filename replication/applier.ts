@@ -1,8 +1,9 @@
-import { Code, ConnectError } from "@connectrpc/connect";
 import { sql } from "drizzle-orm";
 import { ulid } from "ulid";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
 import { TernError } from "../src/errors";
+import type { Writer } from "../src/history/writer";
+import type { Logger } from "../src/observability/log";
 import { EventType, type HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
 import { attributesToJson, eventTypeOf } from "../src/history/events";
 import { deleteTimers, lockRun, saveRun, type ExecutionRow } from "../src/history/execution-store";
@@ -11,56 +12,30 @@ import type { NamespaceRecord, NamespaceRegistry } from "../src/namespace/regist
 import type { Tx } from "../src/persistence/database";
 import { executions, historyEvents, requestIds, timerTasks, type VersionHistoryItem } from "../src/persistence/schema";
 import { applyEvents, eventTime, initialRunState, type EventRequestId, type RunState } from "./run-state";
-import { firstDivergence, lastEventIdOf, versionAt } from "./version-history";
+import { HistoryDivergenceError, RetryableReplicationError, type IncomingTask, type RawHistoryFetcher } from "./apply-errors";
+import { createConflictResolver } from "./conflict";
+import { firstDivergence, lastEventIdOf } from "./version-history";
 
-/** One replication task as received from the source: events [firstEventId, nextEventId) of a run. */
-export interface IncomingTask {
-  namespaceId: string;
-  workflowId: string;
-  runId: string;
-  firstEventId: number;
-  nextEventId: number;
-  versionHistory: VersionHistoryItem[];
-  events: HistoryEvent[];
-}
-
-/** Fetches events [first, next) of the task's run from the source (gap repair). */
-export type RawHistoryFetcher = (task: IncomingTask, first: number, next: number) => Promise<HistoryEvent[]>;
-
-/** A failure that is not the task's fault (its namespace has not arrived yet, ...): retried forever, never DLQ'd. */
-export class RetryableReplicationError extends Error {
-  override name = "RetryableReplicationError";
-}
-
-/**
- * Whether an apply failure counts against the task's retry budget (and may send it to the
- * DLQ). An unreachable source or a namespace not replicated yet is not the task's fault.
- */
-export function isTaskFailure(e: unknown): boolean {
-  if (e instanceof RetryableReplicationError) return false;
-  if (e instanceof ConnectError) return ![Code.Unavailable, Code.DeadlineExceeded, Code.Canceled, Code.ResourceExhausted, Code.Aborted].includes(e.code);
-  return true;
-}
-
-/** The incoming branch disagrees with the local one: conflict resolution, not an append. */
-export class HistoryDivergenceError extends Error {
-  override name = "HistoryDivergenceError";
-}
+export { HistoryDivergenceError, isTaskFailure, RetryableReplicationError, type IncomingTask, type RawHistoryFetcher } from "./apply-errors";
 
 export interface HistoryApplierDeps {
   cluster: CurrentCluster;
   namespaces: NamespaceRegistry;
+  /** Writes of the active cluster: re-applied signals and cancel requests after a conflict. */
+  writer: Pick<Writer, "append">;
+  log: Logger;
 }
 
 type RunKey = { namespaceId: string; workflowId: string; runId: string };
 
 /**
  * Applies replicated history on the passive side (DESIGN.md section 4): creates or
- * appends to the local copy, skips duplicates, repairs gaps through raw history, and
- * refuses divergent branches. It writes no replication task: a passive copy is not
- * re-replicated.
+ * appends to the local copy, skips duplicates, repairs gaps through raw history, and hands
+ * divergent branches to conflict resolution (conflict.ts). It writes no replication task
+ * of its own: a passive copy is not re-replicated (re-applied requests are new writes).
  */
-export function createHistoryApplier({ cluster, namespaces }: HistoryApplierDeps) {
+export function createHistoryApplier({ cluster, namespaces, writer, log }: HistoryApplierDeps) {
+  const conflicts = createConflictResolver({ cluster, writer, log, writeEvents });
   /**
    * The namespaces of tasks, looked up before the apply transaction opens (PGlite runs
    * one transaction at a time: a lookup on the pool inside it would wait for itself).
@@ -80,18 +55,10 @@ export function createHistoryApplier({ cluster, namespaces }: HistoryApplierDeps
     return found;
   }
 
-  /** The task's events this cluster lacks, with any gap before them filled from the source. */
-  async function newEvents(task: IncomingTask, run: ExecutionRow | undefined, fetchRaw: RawHistoryFetcher): Promise<HistoryEvent[]> {
+  /** The task's events this cluster lacks, with any gap before them filled from the source; undefined on divergence. */
+  async function newEvents(task: IncomingTask, run: ExecutionRow | undefined, fetchRaw: RawHistoryFetcher): Promise<HistoryEvent[] | undefined> {
     const last = run ? run.nextEventId - 1 : 0;
-    const local = run?.versionHistory ?? [];
-    const diverged = firstDivergence(local, task.versionHistory);
-    const stale = task.events.find((e) => Number(e.eventId) <= last && versionAt(local, Number(e.eventId)) !== Number(e.version));
-    if (diverged !== undefined || stale) {
-      throw new HistoryDivergenceError(
-        `history of ${task.workflowId} run ${task.runId} diverges at event ${diverged ?? Number(stale!.eventId)}: ` +
-          `local ${JSON.stringify(local)}, incoming ${JSON.stringify(task.versionHistory)} (conflict resolution required)`,
-      );
-    }
+    if (run && firstDivergence(run.versionHistory, task.versionHistory) !== undefined) return undefined;
     const fresh = task.events.filter((e) => Number(e.eventId) > last);
     const from = fresh.length ? Number(fresh[0]!.eventId) : task.nextEventId;
     if (from <= last + 1) return fresh;
@@ -108,6 +75,7 @@ export function createHistoryApplier({ cluster, namespaces }: HistoryApplierDeps
     const locked = tx.execute(sql`select pg_advisory_xact_lock(hashtextextended(${`${key.namespaceId}/${key.workflowId}/${key.runId}`}, 0))`);
     const [, run] = await Promise.all([locked, lockRun(tx, key.namespaceId, key.workflowId, key.runId)]);
     const events = await newEvents(task, run, fetchRaw);
+    if (!events) return conflicts.resolve(tx, ns, run!, task, fetchRaw);
     if (events.length === 0) return 0;
     if (run) await appendToRun(tx, run, events);
     else await createRun(tx, key, events);

@@ -11,7 +11,7 @@ import { advanceInboundAck, loadInboundAck } from "./ack-levels";
 import { isTaskFailure, type HistoryApplier, type IncomingTask, type RawHistoryFetcher } from "./applier";
 import { HELD_BEHIND, runKey, type ReplicationDlq } from "./dlq";
 import { sleep, type RemoteCluster, type ReplicationStream, type StreamReport } from "./manager";
-import { versionHistoryFromProto } from "./version-history";
+import { versionHistoryFromProto, versionHistoryToProto } from "./version-history";
 
 export interface HistoryReceiverDeps {
   db: Db;
@@ -234,7 +234,11 @@ export function rawFetcher(source: string, clients: RemoteClients, log: Logger, 
   return async (task, first, next) => {
     log.info("repairing history gap from source", { remote: source, workflowId: task.workflowId, runId: task.runId, first, next });
     const res = await clients.admin.getWorkflowExecutionRawHistory(
-      { namespaceId: task.namespaceId, workflowId: task.workflowId, runId: task.runId, firstEventId: BigInt(first), nextEventId: BigInt(next) },
+      {
+        namespaceId: task.namespaceId, workflowId: task.workflowId, runId: task.runId, firstEventId: BigInt(first), nextEventId: BigInt(next),
+        // The task's branch, which need not be the source's current one any more.
+        versionHistory: versionHistoryToProto(task.versionHistory),
+      },
       { signal, timeoutMs: 30_000 },
     );
     if (res.events.length !== next - first || Number(res.events[0]?.eventId) !== first) {

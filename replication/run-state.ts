@@ -73,7 +73,8 @@ export function applyEvents(state: RunState, events: HistoryEvent[]): { state: R
   return { state: next, requestIds };
 }
 
-function requestIdOf(e: HistoryEvent): string {
+/** The request id an event carries (signal, cancel request, start), or "". */
+export function requestIdOf(e: HistoryEvent): string {
   const a = e.attributes;
   switch (a.case) {
     case "workflowExecutionStartedEventAttributes":

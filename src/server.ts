@@ -129,7 +129,7 @@ type Core = ReturnType<typeof wireCore>;
 function wireReplication({ opts, log, now, cluster }: Base, core: Core) {
   const { db, metrics, notifier, namespaces, writer, onActivated } = core;
   const clients = createRemoteClientPool();
-  const baseApplier = createHistoryApplier({ cluster, namespaces });
+  const baseApplier = createHistoryApplier({ cluster, namespaces, writer, log });
   const applier = opts.replication?.wrapApplier?.(baseApplier) ?? baseApplier;
   const dlq = createReplicationDlq({ db, metrics });
   const historyReceiver = createHistoryReceiver({ db, cluster, writer, notifier, metrics, log, applier, dlq, retry: opts.replication?.retry });

@@ -167,24 +167,29 @@ for (const store of await testStores()) {
       await expectSameHistories(a, b, nsId);
     });
 
-    test("DivergentHistoryIsRefused: B keeps its branch, fails the task, and resumes once it matches", async () => {
+    test("DivergentLowerBranchIsKeptAside: B keeps its higher-version branch current and A's as a branch, without stalling", async () => {
       const wf = a.client(WorkflowService);
       await wf.startWorkflowExecution({ namespace: NS, workflowId: "div-1", workflowType: "Order", taskQueue: "q" });
       await eventually(() => expectSameHistories(a, b, nsId));
       // B's copy as if B had written event 1 at its own version (a forced failover).
-      const setVersion = async (version: number) => {
-        const db = b.server.database.db;
-        await db.update(historyEvents).set({ version }).where(and(eq(historyEvents.namespaceId, nsId), eq(historyEvents.workflowId, "div-1")));
-        await db.update(executions).set({ versionHistory: [{ eventId: 1, version }], lastWriteVersion: version })
-          .where(and(eq(executions.namespaceId, nsId), eq(executions.workflowId, "div-1")));
-      };
-      await setVersion(2);
+      const db = b.server.database.db;
+      await db.update(historyEvents).set({ version: 2 }).where(and(eq(historyEvents.namespaceId, nsId), eq(historyEvents.workflowId, "div-1")));
+      await db.update(executions).set({ versionHistory: [{ eventId: 1, version: 2 }], lastWriteVersion: 2 })
+        .where(and(eq(executions.namespaceId, nsId), eq(executions.workflowId, "div-1")));
       await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: run("div-1"), signalName: "late" });
-      await eventually(() => expect(b.server.metrics.render()).toMatch(/replication_tasks_failed\{remote_cluster="clusterA"\} [1-9]/));
-      const [copy] = await b.server.database.db.select().from(executions).where(and(eq(executions.namespaceId, nsId), eq(executions.workflowId, "div-1")));
-      expect(copy!.nextEventId).toBe(2);
-      await setVersion(1);
-      await eventually(() => expectSameHistories(a, b, nsId), { timeout: 15_000 });
+      await wf.startWorkflowExecution({ namespace: NS, workflowId: "div-after", workflowType: "Order", taskQueue: "q" });
+      // The stream goes on past the divergent run; B keeps its branch (version 2 > 1) current.
+      const branches = await eventually(async () => {
+        const res = await b.client(AdminService).listHistoryBranches({ namespace: NS, workflowId: "div-1" });
+        expect(res.branches).toHaveLength(2);
+        return res.branches;
+      });
+      expect(branches.map((br) => br.events.map((e) => `${e.eventId}@${e.version}`))).toEqual([["1@2"], ["1@1", "2@1"]]);
+      expect(branches[1]!.forkEventId).toBe(0n);
+      await eventually(async () => {
+        const [copy] = await db.select().from(executions).where(and(eq(executions.namespaceId, nsId), eq(executions.workflowId, "div-after")));
+        expect(copy?.nextEventId).toBe(2);
+      });
     });
   });
 }

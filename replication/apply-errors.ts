@@ -1,0 +1,38 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
+import type { VersionHistoryItem } from "../src/persistence/schema";
+
+/** One replication task as received from the source: events [firstEventId, nextEventId) of a run. */
+export interface IncomingTask {
+  namespaceId: string;
+  workflowId: string;
+  runId: string;
+  firstEventId: number;
+  nextEventId: number;
+  versionHistory: VersionHistoryItem[];
+  events: HistoryEvent[];
+}
+
+/** Fetches events [first, next) of the branch the task's version history describes from the source (gap repair). */
+export type RawHistoryFetcher = (task: IncomingTask, first: number, next: number) => Promise<HistoryEvent[]>;
+
+/** A failure that is not the task's fault (its namespace has not arrived yet, ...): retried forever, never DLQ'd. */
+export class RetryableReplicationError extends Error {
+  override name = "RetryableReplicationError";
+}
+
+/**
+ * Whether an apply failure counts against the task's retry budget (and may send it to the
+ * DLQ). An unreachable source or a namespace not replicated yet is not the task's fault.
+ */
+export function isTaskFailure(e: unknown): boolean {
+  if (e instanceof RetryableReplicationError) return false;
+  if (e instanceof ConnectError) return ![Code.Unavailable, Code.DeadlineExceeded, Code.Canceled, Code.ResourceExhausted, Code.Aborted].includes(e.code);
+  return true;
+}
+
+/** Two branches that conflict resolution cannot order (they end at the same failover version). */
+export class HistoryDivergenceError extends Error {
+  override name = "HistoryDivergenceError";
+}
+

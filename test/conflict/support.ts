@@ -1,0 +1,109 @@
+import { expect } from "bun:test";
+import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
+import type { HistoryEvent, VersionHistory } from "../../src/gen/tern/common/v1/common_pb";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { addr } from "../failover/mesh";
+import { unjson } from "../support/payload";
+import type { TestCluster } from "../support/server";
+
+/** Enables or disables replication between x and y on both ends (pauses both ways, keeps positions). */
+export async function setLink(x: TestCluster, y: TestCluster, enabled: boolean): Promise<void> {
+  await x.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(y), enableRemoteClusterConnection: enabled });
+  await y.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(x), enableRemoteClusterConnection: enabled });
+}
+
+/** The current branch of a run as x serves it (the workflow's latest run when runId is empty). */
+export async function historyOf(x: TestCluster, namespace: string, workflowId: string, runId = ""): Promise<HistoryEvent[]> {
+  const res = await x.client(WorkflowService).getWorkflowExecutionHistory({ namespace, execution: { workflowId, runId }, maximumPageSize: 1000 });
+  return res.history!.events;
+}
+
+/** How a signal is recognised on any branch: its name and payload (a re-applied signal may get a new request id). */
+export const signalKey = (name: string, payload: unknown) => `${name}=${JSON.stringify(payload)}`;
+
+/** signalKey -> how many times the events hold that signal. */
+export function signalCounts(events: HistoryEvent[]): Map<string, number> {
+  const counts = new Map<string, number>();
+  for (const e of events) {
+    if (e.attributes.case !== "workflowExecutionSignaledEventAttributes") continue;
+    const key = signalKey(e.attributes.value.signalName, unjson(e.attributes.value.input));
+    counts.set(key, (counts.get(key) ?? 0) + 1);
+  }
+  return counts;
+}
+
+/** The request ids of the cancel requests among the events. */
+export function cancelRequestIds(events: HistoryEvent[]): string[] {
+  return events.flatMap((e) => (e.attributes.case === "workflowExecutionCancelRequestedEventAttributes" ? [e.attributes.value.requestId] : []));
+}
+
+/**
+ * Breaches of "failover versions only grow": event ids 1, 2, 3... with non-decreasing
+ * versions, and a version history whose items grow in event id and never shrink in
+ * version and describe the events.
+ */
+export function versionBreaches(events: HistoryEvent[], history: VersionHistory | undefined): string[] {
+  const out: string[] = [];
+  events.forEach((e, i) => {
+    if (e.eventId !== BigInt(i + 1)) out.push(`event #${i + 1} has id ${e.eventId}`);
+    const prev = events[i - 1];
+    if (prev && e.version < prev.version) out.push(`event ${e.eventId} has version ${e.version} after version ${prev.version}`);
+  });
+  const items = history?.items ?? [];
+  items.forEach((item, i) => {
+    const prev = items[i - 1];
+    if (prev && (item.eventId <= prev.eventId || item.version < prev.version)) {
+      out.push(`version history item ${i} {${item.eventId}, ${item.version}} after {${prev.eventId}, ${prev.version}}`);
+    }
+  });
+  for (const e of events) {
+    const covering = items.find((item) => item.eventId >= e.eventId);
+    if (!covering || covering.version !== e.version) out.push(`event ${e.eventId} at version ${e.version} but version history says ${covering?.version}`);
+  }
+  return out;
+}
+
+/** Version breaches of a run's current branch on x, each naming the cluster and workflow. */
+export async function versionBreachesOn(x: TestCluster, namespace: string, workflowId: string): Promise<string[]> {
+  const [events, described] = await Promise.all([
+    historyOf(x, namespace, workflowId),
+    x.client(WorkflowService).describeWorkflowExecution({ namespace, execution: { workflowId } }),
+  ]);
+  return versionBreaches(events, described.versionHistory).map((b) => `${x.name} ${workflowId}: ${b}`);
+}
+
+/** What verifyReplication on x reports against y, one line per difference (empty: identical). */
+export async function replicationDiff(x: TestCluster, y: TestCluster, namespace: string): Promise<string[]> {
+  const res = await x.client(AdminService).verifyReplication({ namespace, cluster: y.name });
+  const line = (kind: string) => (d: { workflowId: string; runId: string; local?: { eventCount: bigint }; remote?: { eventCount: bigint } }) =>
+    `${x.name} vs ${y.name}: ${kind} ${d.workflowId}/${d.runId} (${d.local?.eventCount ?? "-"} events here, ${d.remote?.eventCount ?? "-"} there)`;
+  return [...res.missing.map(line("missing")), ...res.extra.map(line("extra")), ...res.diverging.map(line("diverging"))];
+}
+
+/** Expects verifyReplication to find no difference between any two of the clusters. */
+export async function expectNoDifference(clusters: TestCluster[], namespace: string): Promise<void> {
+  const diffs: string[] = [];
+  for (let i = 0; i < clusters.length; i++) {
+    for (let j = i + 1; j < clusters.length; j++) diffs.push(...(await replicationDiff(clusters[i]!, clusters[j]!, namespace)));
+  }
+  expect(diffs).toEqual([]);
+}
+
+/** Entries of x's replication DLQ, one line each (for failure messages). */
+export async function dlqLines(x: TestCluster): Promise<string[]> {
+  const res = await x.client(AdminService).listReplicationDlq({ pageSize: 20 });
+  return res.entries.map((e) => `${x.name} DLQ from ${e.sourceCluster}: ${e.workflowId} [${e.firstEventId}, ${e.nextEventId}) v${e.version}: ${e.lastError}`);
+}
+
+/** A small seeded PRNG (mulberry32): the same seed gives the same sequence. */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
