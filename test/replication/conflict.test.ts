@@ -4,6 +4,7 @@ import { WorkflowExecutionStatus } from "../../src/gen/tern/common/v1/common_pb"
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { addr, connectAll, expectActiveOn, startClusters } from "../failover/mesh";
+import { tern } from "../backfill/support";
 import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
@@ -81,6 +82,11 @@ for (const store of await testStores()) {
         expect(res.branches.map((br) => [br.current, br.events.length])).toEqual([[true, 6], [false, 5]]);
         expect(res.branches[1]!.events.slice(2).map((e) => `${e.eventId}@${e.version}`)).toEqual(["3@1", "4@1", "5@1"]);
       }
+      const cli = await tern(a, "workflow", "show", "-n", NS, "-w", "w1", "--all-branches");
+      expect(cli.code).toBe(0);
+      expect(cli.out).toContain("current branch (run ");
+      expect(cli.out).toContain("events 1-2 @ v1, events 3-6 @ v2");
+      expect(cli.out).toContain("branch 1, lost a conflict, forked after event 2: events 1-5 @ v1");
       // w2 closed on B's branch: A's signal is not re-applied to a closed run but kept on its branch.
       const w2 = await eventually(async () => {
         const [ha, hb] = await Promise.all([historyOf(a, "w2"), historyOf(b, "w2")]);

@@ -2,8 +2,10 @@ import { HistoryEventSchema, type HistoryEvent, type WorkflowExecution } from ".
 import type { GetWorkflowExecutionHistoryResponse } from "../../gen/tern/workflow/v1/service_pb";
 import { getBoolean } from "../args";
 import type { CommandContext, LeafCommand } from "../command";
-import { eventHeaderLine, eventLine, eventTable } from "../format-workflow";
-import { listJson, messageJsonLine } from "../output";
+import { ListHistoryBranchesResponseSchema, type ListHistoryBranchesResponse } from "../../gen/tern/admin/v1/service_pb";
+import { UsageError } from "../errors";
+import { eventHeaderLine, eventLine, eventTable, formatVersionHistory } from "../format-workflow";
+import { listJson, messageJson, messageJsonLine } from "../output";
 import { executionArg, runIdFlag, workflowIdFlag, workflowNamespace, workflowNamespaceFlag } from "./common-flags";
 
 /** An empty long-poll answer faster than this means the server does not wait; back off. */
@@ -71,6 +73,18 @@ export async function followHistory(
   }
 }
 
+/** Each branch as a heading line and its event table, the current branch first. */
+export function branchesText(res: ListHistoryBranchesResponse): string {
+  return res.branches
+    .map((b) => {
+      const head = b.current
+        ? `current branch (run ${res.runId}): ${formatVersionHistory(b.versionHistory)}`
+        : `branch ${b.branchId}, lost a conflict, forked after event ${b.forkEventId}: ${formatVersionHistory(b.versionHistory)}`;
+      return `${head}\n${eventTable(b.events)}`;
+    })
+    .join("\n");
+}
+
 const show: LeafCommand = {
   kind: "leaf",
   name: "show",
@@ -79,12 +93,16 @@ const show: LeafCommand = {
     'With -o json, prints { "events": [HistoryEvent, ...] }.',
     "With --follow, prints events as they are written until the run closes (or Ctrl-C);",
     "with --follow -o json, prints one HistoryEvent JSON object per line (NDJSON).",
+    "With --all-branches, prints every branch of the run's history: the current one, then",
+    "each branch that lost a conflict after a forced failover (from event 1, with its fork",
+    "point and version history); -o json prints the ListHistoryBranchesResponse.",
   ].join("\n"),
   flags: [
     workflowNamespaceFlag,
     workflowIdFlag,
     runIdFlag,
     { name: "follow", alias: "f", kind: "boolean", description: "Keep printing new events until the run closes" },
+    { name: "all-branches", kind: "boolean", description: "Also print the branches that lost a conflict" },
   ],
   async run(ctx, args) {
     const cursor: HistoryCursor = {
@@ -92,6 +110,15 @@ const show: LeafCommand = {
       execution: executionArg(args),
       token: new Uint8Array(0),
     };
+    if (getBoolean(args, "all-branches")) {
+      if (getBoolean(args, "follow")) throw new UsageError("--all-branches and --follow cannot be combined");
+      const res = await ctx.admin().listHistoryBranches(
+        { namespace: cursor.namespace, workflowId: cursor.execution.workflowId, runId: cursor.execution.runId },
+        { signal: ctx.signal },
+      );
+      ctx.out(ctx.format === "json" ? messageJson(ListHistoryBranchesResponseSchema, res) : branchesText(res));
+      return;
+    }
     if (!getBoolean(args, "follow")) {
       const events = await readHistory(ctx, cursor);
       ctx.out(ctx.format === "json" ? listJson("events", HistoryEventSchema, events) : eventTable(events));
