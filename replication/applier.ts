@@ -14,7 +14,7 @@ import { executions, historyEvents, requestIds, timerTasks, type VersionHistoryI
 import { applyEvents, eventTime, initialRunState, type EventRequestId, type RunState } from "./run-state";
 import { HistoryDivergenceError, RetryableReplicationError, type IncomingTask, type RawHistoryFetcher } from "./apply-errors";
 import { createConflictResolver } from "./conflict";
-import { firstDivergence, lastEventIdOf } from "./version-history";
+import { firstDivergence, lastEventIdOf, lastVersionOf } from "./version-history";
 
 export { HistoryDivergenceError, isTaskFailure, RetryableReplicationError, type IncomingTask, type RawHistoryFetcher } from "./apply-errors";
 
@@ -78,15 +78,25 @@ export function createHistoryApplier({ cluster, namespaces, writer, log }: Histo
     if (!events) return conflicts.resolve(tx, ns, run!, task, fetchRaw);
     if (events.length === 0) return 0;
     if (run) await appendToRun(tx, run, events);
-    else await createRun(tx, key, events);
+    else await createRun(tx, ns, key, task, events);
     return events.length;
   }
 
-  async function createRun(tx: Tx, key: RunKey, events: HistoryEvent[]): Promise<void> {
+  /**
+   * Creates the local copy of a run. When another run of the workflow is open here (both
+   * were started while the clusters were apart), the one last written at the higher
+   * failover version stays open and the other becomes a ZOMBIE (conflict.ts).
+   */
+  async function createRun(tx: Tx, ns: NamespaceRecord, key: RunKey, task: IncomingTask, events: HistoryEvent[]): Promise<void> {
     const { state, requestIds: ids } = applyEvents(initialRunState(events[0]!), events);
+    const rival = state.status === "RUNNING" ? await conflicts.openRival(tx, key) : undefined;
+    const loses = rival !== undefined && lastVersionOf(task.versionHistory) <= rival.lastWriteVersion;
+    if (rival && !loses) await conflicts.demote(tx, rival);
+    if (loses) state.status = "ZOMBIE";
     const shardId = shardFor(key.namespaceId, key.workflowId, cluster.historyShardCount);
     await tx.insert(executions).values({ ...key, shardId, ...state });
     await writeEvents(tx, key, events, ids);
+    if (rival) await (loses ? conflicts.retire(tx, ns, key, rival) : conflicts.retire(tx, ns, rival, key));
     // The timer is stored on the passive side too, so the new active fires it after a failover.
     if (state.status === "RUNNING" && state.executionTimeoutMs > 0) {
       const fireAt = new Date(state.startTime.getTime() + state.executionTimeoutMs);

@@ -1,11 +1,12 @@
-import { and, eq, gt } from "drizzle-orm";
+import { and, eq, gt, inArray, sql } from "drizzle-orm";
 import { ulid } from "ulid";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
 import { TernError } from "../src/errors";
 import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
 import { insertBranchEvents, loadBranches, nextBranchId, readEventsOf, type RunKey } from "../src/history/branch-store";
-import { deleteTimers, findRequest, lockRun, readRunEvents, saveRun, type ExecutionRow, type NewEvent } from "../src/history/execution-store";
+import { deleteTimers, lockRun, readRunEvents, saveRun, type ExecutionRow, type NewEvent } from "../src/history/execution-store";
 import { NamespaceChanged } from "../src/history/namespace-guard";
+import { eventFromRow } from "../src/history/events";
 import type { Writer } from "../src/history/writer";
 import type { NamespaceRecord } from "../src/namespace/registry";
 import type { Logger } from "../src/observability/log";
@@ -13,7 +14,7 @@ import type { Tx } from "../src/persistence/database";
 import { historyBranchEvents, historyBranches, historyEvents, requestIds, timerTasks, type VersionHistoryItem } from "../src/persistence/schema";
 import { HistoryDivergenceError, RetryableReplicationError, type IncomingTask, type RawHistoryFetcher } from "./apply-errors";
 import { applyEvents, initialRunState, requestIdOf } from "./run-state";
-import { firstDivergence, lastEventIdOf } from "./version-history";
+import { firstDivergence, lastEventIdOf, lastVersionOf } from "./version-history";
 
 export interface ConflictResolverDeps {
   cluster: CurrentCluster;
@@ -24,7 +25,8 @@ export interface ConflictResolverDeps {
   writeEvents: (tx: Tx, key: RunKey, events: HistoryEvent[], ids: { requestId: string; eventId: number }[]) => Promise<void>;
 }
 
-const lastVersionOf = (history: VersionHistoryItem[]) => history.at(-1)?.version ?? 0;
+/** The reason a run that lost to another open run of its workflow is terminated with. */
+export const VERSION_CONFLICT = "version conflict";
 
 /** Events that carry an outside request and must survive a lost branch (DESIGN.md section 4). */
 const REAPPLIED = new Set(["workflowExecutionSignaledEventAttributes", "workflowExecutionCancelRequestedEventAttributes"]);
@@ -141,15 +143,69 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
     }
   }
 
+  /** True when this cluster may write ns's histories at versions up to `version` (it is active, and not behind). */
+  const activeFor = (ns: NamespaceRecord, version: number) =>
+    ns.isGlobal && ns.activeClusterName === cluster.clusterName && ns.failoverVersion >= version;
+
+  /** Another open run of key's workflow on this cluster, locked. */
+  async function openRival(tx: Tx, key: RunKey): Promise<ExecutionRow | undefined> {
+    const run = await lockRun(tx, key.namespaceId, key.workflowId, "");
+    return run && run.status === "RUNNING" && run.runId !== key.runId ? run : undefined;
+  }
+
+  /** Turns a local open run that lost to another run of its workflow into a ZOMBIE. */
+  async function demote(tx: Tx, run: ExecutionRow): Promise<void> {
+    await Promise.all([saveRun(tx, run, { status: "ZOMBIE" }), deleteTimers(tx, run)]);
+    log.warn("run lost a conflict with another open run of its workflow", { workflowId: run.workflowId, runId: run.runId });
+  }
+
+  /**
+   * On the active cluster, ends a ZOMBIE run: terminated with reason "version conflict",
+   * its signals and cancel requests re-applied to the run that won. Elsewhere nothing: the
+   * terminate event replicates from the active cluster.
+   */
+  async function retire(tx: Tx, ns: NamespaceRecord, zombieKey: RunKey, winnerKey: RunKey): Promise<void> {
+    const zombie = await lockRun(tx, zombieKey.namespaceId, zombieKey.workflowId, zombieKey.runId);
+    const winner = await lockRun(tx, winnerKey.namespaceId, winnerKey.workflowId, winnerKey.runId);
+    if (!zombie || !winner || zombie.status !== "ZOMBIE" || !activeFor(ns, Math.max(zombie.lastWriteVersion, winner.lastWriteVersion))) return;
+    const reason = `${VERSION_CONFLICT}: run ${winner.runId} of this workflow was written at a higher failover version`;
+    await writeAsActive(tx, ns, zombie, {
+      events: [{ attributes: { case: "workflowExecutionTerminatedEventAttributes", value: { reason, identity: `tern/${cluster.clusterName}` } } as NewEvent["attributes"] }],
+      status: "TERMINATED",
+    });
+    log.warn("terminated a run that lost a conflict with another open run", { workflowId: zombie.workflowId, runId: zombie.runId, winner: winner.runId });
+    await reapply(tx, ns, winnerKey, await readRunEvents(tx, zombie, 1));
+  }
+
+  /** Whether run was closed because another run of its workflow won a conflict. */
+  async function retiredByConflict(tx: Tx, run: ExecutionRow): Promise<boolean> {
+    if (run.status === "ZOMBIE") return true;
+    if (run.status !== "TERMINATED") return false;
+    const [last] = await readRunEvents(tx, run, run.nextEventId - 1);
+    const a = last?.attributes;
+    return a?.case === "workflowExecutionTerminatedEventAttributes" && a.value.reason.startsWith(VERSION_CONFLICT);
+  }
+
+  /** The request ids of the signals and cancel requests on a run's current branch. */
+  async function requestsOn(tx: Tx, run: ExecutionRow): Promise<Set<string>> {
+    const rows = await tx
+      .select()
+      .from(historyEvents)
+      .where(and(runOf(historyEvents, run), inArray(historyEvents.eventType, ["WORKFLOW_EXECUTION_SIGNALED", "WORKFLOW_EXECUTION_CANCEL_REQUESTED"])));
+    return new Set(rows.map((r) => requestIdOf(eventFromRow(r))).filter(Boolean));
+  }
+
   /**
    * On the namespace's active cluster, appends the signals and cancel requests of lost
    * events that the current branch lacks (by request id). Elsewhere nothing: the active
-   * cluster does it when the lost branch reaches it.
+   * cluster does it when the lost branch reaches it. Requests of a run retired by a
+   * version conflict go to the workflow's run that won.
    */
   async function reapply(tx: Tx, ns: NamespaceRecord, key: RunKey, lost: HistoryEvent[]): Promise<void> {
     const candidates = lost.filter((e) => e.attributes.case && REAPPLIED.has(e.attributes.case));
     if (!candidates.length || !ns.isGlobal || ns.activeClusterName !== cluster.clusterName) return;
-    const run = await lockRun(tx, key.namespaceId, key.workflowId, key.runId);
+    let run = await lockRun(tx, key.namespaceId, key.workflowId, key.runId);
+    if (run && run.status !== "RUNNING" && (await retiredByConflict(tx, run))) run = await lockRun(tx, key.namespaceId, key.workflowId, "");
     if (!run || run.status !== "RUNNING") {
       // A closed run takes no more events: the lost requests stay readable on their branch.
       log.warn("lost signals and cancel requests not re-applied: the run is closed on the current branch", {
@@ -157,31 +213,43 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
       });
       return;
     }
+    const present = await requestsOn(tx, run);
     const events: NewEvent[] = [];
     const ids: { requestId: string; eventId: number }[] = [];
-    let cancel = false;
+    let cancel = run.cancelRequested;
     for (const e of candidates) {
       const requestId = requestIdOf(e) || `reapply:${key.runId}:${e.eventId}:${e.version}`;
-      if (ids.some((r) => r.requestId === requestId) || (await findRequest(tx, key.namespaceId, key.workflowId, requestId))) continue;
+      if (present.has(requestId)) continue;
       const isCancel = e.attributes.case === "workflowExecutionCancelRequestedEventAttributes";
-      if (isCancel && (run.cancelRequested || cancel)) continue;
+      if (isCancel && cancel) continue;
       cancel ||= isCancel;
+      present.add(requestId);
       ids.push({ requestId, eventId: run.nextEventId + events.length });
       events.push({ attributes: { case: e.attributes.case, value: { ...e.attributes.value, requestId } } as NewEvent["attributes"] });
     }
     if (!events.length) return;
+    await writeAsActive(tx, ns, run, { events, ...(cancel && !run.cancelRequested ? { cancelRequested: true } : {}) });
+    const target = { namespaceId: run.namespaceId, workflowId: run.workflowId, runId: run.runId };
+    // A client retrying one of these requests is answered with the re-applied event.
+    await tx
+      .insert(requestIds)
+      .values(ids.map((r) => ({ ...target, ...r })))
+      .onConflictDoUpdate({ target: [requestIds.namespaceId, requestIds.workflowId, requestIds.requestId], set: { runId: run.runId, eventId: sql`excluded.event_id` } });
+    log.info("re-applied lost signals and cancel requests", { workflowId: run.workflowId, runId: run.runId, events: ids });
+  }
+
+  /** A write of the active cluster from inside an apply; refused writes are retried, not dead-lettered. */
+  async function writeAsActive(tx: Tx, ns: NamespaceRecord, run: ExecutionRow, change: Parameters<Writer["append"]>[3]): Promise<void> {
     try {
-      await writer.append(tx, ns, run, { events, ...(cancel ? { cancelRequested: true } : {}) });
+      await writer.append(tx, ns, run, change);
     } catch (e) {
       // Not this cluster's to write after all (it failed over meanwhile): retried until the namespace settles.
       if (e instanceof NamespaceChanged || (e instanceof TernError && e.kind === "unavailable")) throw new RetryableReplicationError(e.message);
       throw e;
     }
-    await tx.insert(requestIds).values(ids.map((r) => ({ ...key, ...r }))).onConflictDoNothing();
-    log.info("re-applied lost signals and cancel requests", { workflowId: key.workflowId, runId: key.runId, events: ids });
   }
 
-  return { resolve };
+  return { resolve, openRival, demote, retire };
 }
 
 export type ConflictResolver = ReturnType<typeof createConflictResolver>;

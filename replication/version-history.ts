@@ -3,6 +3,9 @@ import type { VersionHistoryItem } from "../src/persistence/schema";
 /** The last event id a version history covers (0 when empty). */
 export const lastEventIdOf = (history: VersionHistoryItem[]) => history.at(-1)?.eventId ?? 0;
 
+/** The version of a history's last event (0 when empty). */
+export const lastVersionOf = (history: VersionHistoryItem[]) => history.at(-1)?.version ?? 0;
+
 /** The version event eventId was written at, or undefined past the history's end. */
 export function versionAt(history: VersionHistoryItem[], eventId: number): number | undefined {
   if (eventId < 1) return undefined;

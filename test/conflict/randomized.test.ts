@@ -7,7 +7,7 @@ import { eventually } from "../support/eventually";
 import { json } from "../support/payload";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores, type StoreKind } from "../support/stores";
-import { dlqLines, expectNoDifference, historyOf, mulberry32, setLink, signalCounts, signalKey, versionBreachesOn } from "./support";
+import { branchLines, dlqLines, expectNoDifference, historyOf, mulberry32, setLink, signalCounts, signalKey, versionBreachesOn } from "./support";
 
 setDefaultTimeout(240_000);
 
@@ -196,8 +196,11 @@ for (const store of await testStores()) {
         expect({ seed: SEED, violations: await violations() }).toEqual({ seed: SEED, violations: [] });
       }, { timeout: 90_000 }).catch(async (e) => {
         const dlq = (await Promise.all(clusters.map(dlqLines))).flat();
+        const message = (e as Error).message;
+        const broken = [...new Set([...message.matchAll(/ to (r-\d+) recorded/g)].map((m) => m[1]!))].slice(0, 4);
+        const branches = (await Promise.all(clusters.flatMap((x) => broken.map((id) => branchLines(x, NS, id).catch((err) => [`${x.name} ${id}: ${err}`]))))).flat();
         console.log(`seed ${SEED}: operation log\n${log.map((op) => `${op.n} ${op.kind} on ${op.on} ${op.detail}: ${op.outcome}${op.error ? ` (${op.error})` : ""}`).join("\n")}`);
-        throw new Error(`seed ${SEED} (replay with TERN_SEED=${SEED}): ${(e as Error).message}\n${dlq.join("\n")}`);
+        throw new Error(`seed ${SEED} (replay with TERN_SEED=${SEED}): ${message}\n${[...dlq, ...branches].join("\n")}`);
       });
     });
 

@@ -96,6 +96,16 @@ export async function dlqLines(x: TestCluster): Promise<string[]> {
   return res.entries.map((e) => `${x.name} DLQ from ${e.sourceCluster}: ${e.workflowId} [${e.firstEventId}, ${e.nextEventId}) v${e.version}: ${e.lastError}`);
 }
 
+/** Every branch of a run on x, one line each: version history and the signals it holds (for failure messages). */
+export async function branchLines(x: TestCluster, namespace: string, workflowId: string): Promise<string[]> {
+  const res = await x.client(AdminService).listHistoryBranches({ namespace, workflowId });
+  return res.branches.map((br) => {
+    const items = (br.versionHistory?.items ?? []).map((i) => `${i.eventId}@${i.version}`).join(" ");
+    const signals = br.events.flatMap((e) => (e.attributes.case === "workflowExecutionSignaledEventAttributes" ? [`${e.eventId}:${e.attributes.value.signalName}@${e.version}`] : []));
+    return `${x.name} ${workflowId} branch ${br.branchId}${br.current ? " (current)" : ""} fork ${br.forkEventId} [${items}]: ${signals.join(" ")}`;
+  });
+}
+
 /** A small seeded PRNG (mulberry32): the same seed gives the same sequence. */
 export function mulberry32(seed: number): () => number {
   let a = seed >>> 0;

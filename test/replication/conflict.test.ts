@@ -103,5 +103,39 @@ for (const store of await testStores()) {
       const report = await a.client(AdminService).verifyReplication({ namespace: NS, cluster: "clusterB" });
       expect([report.missing, report.extra, report.diverging]).toEqual([[], [], []]);
     });
+
+    test("TestSameWorkflowStartedOnBothSidesKeepsTheHigherVersionRunAndTerminatesTheOther", async () => {
+      await link(a, b, false);
+      // Forced back to A while cut off: A writes at 101, B still believes itself active at 2.
+      await wf(a).updateNamespace({ namespace: NS, activeClusterName: "clusterA" });
+      const onA = await wf(a).startWorkflowExecution({ namespace: NS, workflowId: "w3", workflowType: "order", taskQueue: "q", requestId: "start-a" });
+      const onB = await wf(b).startWorkflowExecution({ namespace: NS, workflowId: "w3", workflowType: "order", taskQueue: "q", requestId: "start-b" });
+      await signal(b, "w3", "b-w3");
+      await signal(a, "w3", "a-w3");
+      await link(a, b, true);
+
+      await expectActiveOn(b, NS, "clusterA", 101n);
+      const status = (x: TestCluster, runId: string) =>
+        wf(x).describeWorkflowExecution({ namespace: NS, execution: { workflowId: "w3", runId } }).then((d) => d.workflowExecutionInfo!.status);
+      await eventually(async () => {
+        for (const x of [a, b]) {
+          expect(await status(x, onA.runId)).toBe(WorkflowExecutionStatus.RUNNING);
+          expect(await status(x, onB.runId)).toBe(WorkflowExecutionStatus.TERMINATED);
+        }
+        // B's acknowledged signal moved to the run that won, once; the current run is A's.
+        const [ha, hb] = await Promise.all([historyOf(a, "w3"), historyOf(b, "w3")]);
+        expect(ha).toEqual(hb);
+        expect(ha.filter((l) => l.includes("Signaled")).map((l) => l.split(" ").at(-1))).toEqual(["a-w3", "b-w3"]);
+      }, { timeout: 30_000 });
+      const lost = await wf(b).getWorkflowExecutionHistory({ namespace: NS, execution: { workflowId: "w3", runId: onB.runId } });
+      const end = lost.history!.events.at(-1)!;
+      expect(end.attributes.case).toBe("workflowExecutionTerminatedEventAttributes");
+      expect((end.attributes.value as { reason: string }).reason).toStartWith("version conflict");
+      expect(end.version).toBe(101n);
+      for (const [x, y] of [[a, "clusterB"], [b, "clusterA"]] as const) {
+        const report = await x.client(AdminService).verifyReplication({ namespace: NS, cluster: y });
+        expect([report.missing, report.extra, report.diverging]).toEqual([[], [], []]);
+      }
+    });
   });
 }
