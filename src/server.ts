@@ -142,7 +142,7 @@ function wireReplication({ opts, log, now, cluster }: Base, core: Core) {
     streamsFor: (remote) => [namespaceReceiver, ...historyReceiver.streamsFor(remote), backfill.stream],
   });
   return {
-    clients, applier, dlq, manager,
+    clients, applier, dlq, manager, backfill,
     remotes: createRemoteClusters({ db, current: cluster, clients, onChanged: () => manager.refresh() }),
     cleanup: createReplicationCleanup({ db, log }),
     sender: createReplicationSender({ db, cluster, notifier }),
@@ -175,7 +175,7 @@ function wireRoutes({ config, log, now, cluster }: Base, core: Core, repl: Repli
       dlqMerge: createDlqMerge({ db, dlq, applier, writer: core.writer, clients, notifier, log }),
       verifier: createReplicationVerifier({ db, cluster, clients }),
     }),
-    backfill: createBackfillHandler({ db, namespaces }),
+    backfill: createBackfillHandler({ db, namespaces, clusters, now, wake: repl.backfill.wake }),
     health: createHealthHandler(isServing),
   });
 }

@@ -3,18 +3,39 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { BackfillService } from "../gen/tern/admin/v1/backfill_pb";
 import type { NamespaceRegistry } from "../namespace/registry";
 import type { Db } from "../persistence/database";
-import { backfillJobsOf } from "../../replication/backfill-jobs";
+import { backfillJobsOf, startBackfillJob } from "../../replication/backfill-jobs";
+import type { ClusterDirectory } from "../cluster/directory";
+import { failedPrecondition, invalidArgument } from "../errors";
 import { listExecutionsForReplication } from "../../replication/backfill-sender";
 
 export interface BackfillHandlerDeps {
   db: Db;
   namespaces: NamespaceRegistry;
+  clusters: ClusterDirectory;
+  now: () => Date;
+  /** Tells the backfill streams a job was started. */
+  wake: () => void;
 }
 
 /** BackfillService: the source's run listing and the receiver's job status; logic in replication/backfill-*. */
-export function createBackfillHandler({ db, namespaces }: BackfillHandlerDeps): ServiceImpl<typeof BackfillService> {
+export function createBackfillHandler({ db, namespaces, clusters, now, wake }: BackfillHandlerDeps): ServiceImpl<typeof BackfillService> {
   return {
     listExecutionsForReplication: (r) => listExecutionsForReplication(db, r),
+    async startBackfill(r) {
+      const ns = await namespaces.describe({ name: r.namespace });
+      const here = clusters.current().clusterName;
+      const source = r.sourceCluster || ns.activeClusterName;
+      if (!ns.isGlobal) throw failedPrecondition(`namespace ${ns.name} is not global: there is nothing to backfill from another cluster`);
+      if (source === here) throw invalidArgument(`cluster ${here} cannot backfill namespace ${ns.name} from itself; name the source with --from`);
+      for (const c of [here, source]) {
+        if (!ns.clusters.includes(c)) throw failedPrecondition(`namespace ${ns.name} does not list cluster ${c} (its clusters: ${ns.clusters.join(", ")})`);
+      }
+      const remote = (await clusters.list()).find((c) => c.clusterName === source && !c.isCurrent);
+      if (!remote) throw failedPrecondition(`cluster ${source} is not connected to ${here}; add it with cluster upsert first`);
+      await db.transaction((tx) => startBackfillJob(tx, { namespaceId: ns.id, sourceCluster: source }, now()));
+      wake();
+      return { namespace: ns.name, sourceCluster: source };
+    },
     async getBackfillStatus(r) {
       const ns = await namespaces.describe({ name: r.namespace });
       const jobs = await backfillJobsOf(db, ns.id);

@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { sql } from "drizzle-orm";
 import { BackfillService } from "../../src/gen/tern/admin/v1/backfill_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
@@ -95,6 +96,25 @@ for (const store of await testStores()) {
       await backfillDone(b, "local-first", "clusterA");
       await wf(a).signalWorkflowExecution({ namespace: "local-first", workflowExecution: { workflowId: "old-0002" }, signalName: "after-join" });
       expect(await eventually(() => expectSameRuns(a, b, "local-first", 1))).toBe(31 + 1);
+    });
+
+    test("TestOperatorStartsBackfillForAClusterThatJoinedWithoutOne", async () => {
+      // As if B had joined before joining started backfills: no job, and executions missing.
+      const db = b.server.database.db;
+      const ns = (await wf(b).describeNamespace({ namespace: "local-first" })).namespace!.namespaceInfo!.id;
+      await db.execute(sql`delete from backfill_jobs where namespace_id = ${ns}`);
+      for (const table of ["history_events", "request_ids", "executions"]) {
+        await db.execute(sql`delete from ${sql.identifier(table)} where namespace_id = ${ns} and workflow_id between 'old-0005' and 'old-0014'`);
+      }
+      expect((await runsOf(b, "local-first")).length).toBe(32 - 10);
+      const refused = await tern(a, "operator", "namespace", "backfill", "local-first");
+      expect([refused.code, refused.err]).toEqual([1, expect.stringContaining("cannot backfill namespace local-first from itself")]);
+      const unknown = await tern(b, "operator", "namespace", "backfill", "local-first", "--from", "clusterC");
+      expect([unknown.code, unknown.err]).toEqual([1, expect.stringContaining("does not list cluster clusterC")]);
+      const started = await tern(b, "operator", "namespace", "backfill", "local-first");
+      expect([started.code, started.out]).toEqual([0, "Backfill of namespace local-first from clusterA started\n"]);
+      await backfillDone(b, "local-first", "clusterA");
+      expect(await eventually(() => expectSameRuns(a, b, "local-first", 1))).toBe(32);
     });
   });
 }

@@ -1,4 +1,5 @@
-import { GetBackfillStatusResponseSchema, type GetBackfillStatusResponse } from "../../gen/tern/admin/v1/backfill_pb";
+import { GetBackfillStatusResponseSchema, StartBackfillResponseSchema, type GetBackfillStatusResponse } from "../../gen/tern/admin/v1/backfill_pb";
+import { getString } from "../args";
 import type { CommandContext, LeafCommand } from "../command";
 import { formatTable, formatTime, messageJson } from "../output";
 import { namespaceArg, namespaceFlag } from "./common-flags";
@@ -45,5 +46,27 @@ export const backfillStatusCommand: LeafCommand = {
     const namespace = namespaceArg(args);
     const res = await ctx.backfill().getBackfillStatus({ namespace }, { signal: ctx.signal });
     ctx.out(ctx.format === "json" ? messageJson(GetBackfillStatusResponseSchema, res) : backfillTable(res));
+  },
+};
+
+/** `tern operator namespace backfill`: (re)starts copying a namespace's existing executions here. */
+export const backfillStartCommand: LeafCommand = {
+  kind: "leaf",
+  name: "backfill",
+  summary: "Copy a namespace's existing executions from another cluster to this one",
+  details: [
+    "Starts (or restarts from the beginning) a backfill job on this cluster that copies every",
+    "execution of the namespace, open and closed, from the source cluster (the namespace's",
+    "active cluster unless --from names another). Joining a namespace starts one by itself;",
+    "use this for a cluster that joined before that, or to redo a FAILED job. Safe to repeat:",
+    "executions already here are skipped. Follow it with backfill-status.",
+  ].join("\n"),
+  positionals: "[NAMESPACE]",
+  maxPositionals: 1,
+  flags: [namespaceFlag, { name: "from", kind: "string", valueName: "CLUSTER", description: "Source cluster (default: the active cluster)" }],
+  async run(ctx, args) {
+    const namespace = namespaceArg(args);
+    const res = await ctx.backfill().startBackfill({ namespace, sourceCluster: getString(args, "from") ?? "" }, { signal: ctx.signal });
+    ctx.out(ctx.format === "json" ? messageJson(StartBackfillResponseSchema, res) : `Backfill of namespace ${res.namespace} from ${res.sourceCluster} started\n`);
   },
 };

@@ -16,7 +16,7 @@ import { describeNamespace, namespaceSummary, namespaceTable } from "../format-n
 import { listJson, messageJson } from "../output";
 import { collectPages } from "../paging";
 import { namespaceArg, namespaceFlag } from "./common-flags";
-import { backfillLines, backfillStatusCommand } from "./namespace-backfill";
+import { backfillLines, backfillStartCommand, backfillStatusCommand } from "./namespace-backfill";
 import { failoverCommand } from "./namespace-failover";
 
 const description: FlagSpec = { name: "description", kind: "string", valueName: "TEXT", description: "Description" };
@@ -212,5 +212,5 @@ export const operatorNamespaceCommand: GroupCommand = {
   kind: "group",
   name: "namespace",
   summary: "Register, describe, update, fail over and delete namespaces",
-  commands: [create, describe, list, update, failoverCommand, backfillStatusCommand, deprecate, remove],
+  commands: [create, describe, list, update, failoverCommand, backfillStartCommand, backfillStatusCommand, deprecate, remove],
 };

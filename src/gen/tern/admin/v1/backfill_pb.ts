@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tern/admin/v1/backfill.proto.
  */
 export const file_tern_admin_v1_backfill: GenFile = /*@__PURE__*/
-  fileDesc("Chx0ZXJuL2FkbWluL3YxL2JhY2tmaWxsLnByb3RvEg10ZXJuLmFkbWluLnYxImcKI0xpc3RFeGVjdXRpb25zRm9yUmVwbGljYXRpb25SZXF1ZXN0EhQKDG5hbWVzcGFjZV9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgMIlUKF0V4ZWN1dGlvbkZvclJlcGxpY2F0aW9uEhMKC3dvcmtmbG93X2lkGAEgASgJEg4KBnJ1bl9pZBgCIAEoCRIVCg1uZXh0X2V2ZW50X2lkGAMgASgDIooBCiRMaXN0RXhlY3V0aW9uc0ZvclJlcGxpY2F0aW9uUmVzcG9uc2USOgoKZXhlY3V0aW9ucxgBIAMoCzImLnRlcm4uYWRtaW4udjEuRXhlY3V0aW9uRm9yUmVwbGljYXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgMEg0KBXRvdGFsGAMgASgDIi0KGEdldEJhY2tmaWxsU3RhdHVzUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkiygEKC0JhY2tmaWxsSm9iEhYKDnNvdXJjZV9jbHVzdGVyGAEgASgJEg4KBnN0YXR1cxgCIAEoCRIMCgRkb25lGAMgASgDEg0KBXRvdGFsGAQgASgDEhIKCmxhc3RfZXJyb3IYBSABKAkSMAoMc3RhcnRlZF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgx1cGRhdGVkX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIm4KGUdldEJhY2tmaWxsU3RhdHVzUmVzcG9uc2USEQoJbmFtZXNwYWNlGAEgASgJEhQKDG5hbWVzcGFjZV9pZBgCIAEoCRIoCgRqb2JzGAMgAygLMhoudGVybi5hZG1pbi52MS5CYWNrZmlsbEpvYjKDAgoPQmFja2ZpbGxTZXJ2aWNlEocBChxMaXN0RXhlY3V0aW9uc0ZvclJlcGxpY2F0aW9uEjIudGVybi5hZG1pbi52MS5MaXN0RXhlY3V0aW9uc0ZvclJlcGxpY2F0aW9uUmVxdWVzdBozLnRlcm4uYWRtaW4udjEuTGlzdEV4ZWN1dGlvbnNGb3JSZXBsaWNhdGlvblJlc3BvbnNlEmYKEUdldEJhY2tmaWxsU3RhdHVzEicudGVybi5hZG1pbi52MS5HZXRCYWNrZmlsbFN0YXR1c1JlcXVlc3QaKC50ZXJuLmFkbWluLnYxLkdldEJhY2tmaWxsU3RhdHVzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("Chx0ZXJuL2FkbWluL3YxL2JhY2tmaWxsLnByb3RvEg10ZXJuLmFkbWluLnYxImcKI0xpc3RFeGVjdXRpb25zRm9yUmVwbGljYXRpb25SZXF1ZXN0EhQKDG5hbWVzcGFjZV9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgMIlUKF0V4ZWN1dGlvbkZvclJlcGxpY2F0aW9uEhMKC3dvcmtmbG93X2lkGAEgASgJEg4KBnJ1bl9pZBgCIAEoCRIVCg1uZXh0X2V2ZW50X2lkGAMgASgDIooBCiRMaXN0RXhlY3V0aW9uc0ZvclJlcGxpY2F0aW9uUmVzcG9uc2USOgoKZXhlY3V0aW9ucxgBIAMoCzImLnRlcm4uYWRtaW4udjEuRXhlY3V0aW9uRm9yUmVwbGljYXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgMEg0KBXRvdGFsGAMgASgDIi0KGEdldEJhY2tmaWxsU3RhdHVzUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkiygEKC0JhY2tmaWxsSm9iEhYKDnNvdXJjZV9jbHVzdGVyGAEgASgJEg4KBnN0YXR1cxgCIAEoCRIMCgRkb25lGAMgASgDEg0KBXRvdGFsGAQgASgDEhIKCmxhc3RfZXJyb3IYBSABKAkSMAoMc3RhcnRlZF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgx1cGRhdGVkX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIm4KGUdldEJhY2tmaWxsU3RhdHVzUmVzcG9uc2USEQoJbmFtZXNwYWNlGAEgASgJEhQKDG5hbWVzcGFjZV9pZBgCIAEoCRIoCgRqb2JzGAMgAygLMhoudGVybi5hZG1pbi52MS5CYWNrZmlsbEpvYiJBChRTdGFydEJhY2tmaWxsUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSFgoOc291cmNlX2NsdXN0ZXIYAiABKAkiQgoVU3RhcnRCYWNrZmlsbFJlc3BvbnNlEhEKCW5hbWVzcGFjZRgBIAEoCRIWCg5zb3VyY2VfY2x1c3RlchgCIAEoCTLfAgoPQmFja2ZpbGxTZXJ2aWNlEocBChxMaXN0RXhlY3V0aW9uc0ZvclJlcGxpY2F0aW9uEjIudGVybi5hZG1pbi52MS5MaXN0RXhlY3V0aW9uc0ZvclJlcGxpY2F0aW9uUmVxdWVzdBozLnRlcm4uYWRtaW4udjEuTGlzdEV4ZWN1dGlvbnNGb3JSZXBsaWNhdGlvblJlc3BvbnNlEmYKEUdldEJhY2tmaWxsU3RhdHVzEicudGVybi5hZG1pbi52MS5HZXRCYWNrZmlsbFN0YXR1c1JlcXVlc3QaKC50ZXJuLmFkbWluLnYxLkdldEJhY2tmaWxsU3RhdHVzUmVzcG9uc2USWgoNU3RhcnRCYWNrZmlsbBIjLnRlcm4uYWRtaW4udjEuU3RhcnRCYWNrZmlsbFJlcXVlc3QaJC50ZXJuLmFkbWluLnYxLlN0YXJ0QmFja2ZpbGxSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message tern.admin.v1.ListExecutionsForReplicationRequest
@@ -191,6 +191,52 @@ export const GetBackfillStatusResponseSchema: GenMessage<GetBackfillStatusRespon
   messageDesc(file_tern_admin_v1_backfill, 5);
 
 /**
+ * @generated from message tern.admin.v1.StartBackfillRequest
+ */
+export type StartBackfillRequest = Message<"tern.admin.v1.StartBackfillRequest"> & {
+  /**
+   * @generated from field: string namespace = 1;
+   */
+  namespace: string;
+
+  /**
+   * The cluster to copy from; the namespace's active cluster when unset.
+   *
+   * @generated from field: string source_cluster = 2;
+   */
+  sourceCluster: string;
+};
+
+/**
+ * Describes the message tern.admin.v1.StartBackfillRequest.
+ * Use `create(StartBackfillRequestSchema)` to create a new message.
+ */
+export const StartBackfillRequestSchema: GenMessage<StartBackfillRequest> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_backfill, 6);
+
+/**
+ * @generated from message tern.admin.v1.StartBackfillResponse
+ */
+export type StartBackfillResponse = Message<"tern.admin.v1.StartBackfillResponse"> & {
+  /**
+   * @generated from field: string namespace = 1;
+   */
+  namespace: string;
+
+  /**
+   * @generated from field: string source_cluster = 2;
+   */
+  sourceCluster: string;
+};
+
+/**
+ * Describes the message tern.admin.v1.StartBackfillResponse.
+ * Use `create(StartBackfillResponseSchema)` to create a new message.
+ */
+export const StartBackfillResponseSchema: GenMessage<StartBackfillResponse> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_backfill, 7);
+
+/**
  * Backfill: brings a namespace's executions that existed before this cluster joined
  * it (replication only carries new writes). The receiver pages through the source's
  * executions and applies each run's raw history through the normal applier.
@@ -218,6 +264,18 @@ export const BackfillService: GenService<{
     methodKind: "unary";
     input: typeof GetBackfillStatusRequestSchema;
     output: typeof GetBackfillStatusResponseSchema;
+  },
+  /**
+   * On the receiver: (re)starts a backfill of the namespace from a source cluster, from
+   * the beginning (applies are idempotent). For clusters that joined a namespace before
+   * joining started backfills, or to redo one that FAILED.
+   *
+   * @generated from rpc tern.admin.v1.BackfillService.StartBackfill
+   */
+  startBackfill: {
+    methodKind: "unary";
+    input: typeof StartBackfillRequestSchema;
+    output: typeof StartBackfillResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tern_admin_v1_backfill, 0);
