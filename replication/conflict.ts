@@ -94,7 +94,8 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
     const losing = await readRunEvents(tx, run, lca + 1);
     if (known) await dropBranch(tx, run, known.branchId);
     await keepBranch(tx, run, lca, local, losing);
-    await switchTo(tx, run, lca, branch);
+    const rival = await switchTo(tx, run, lca, branch);
+    if (rival) await (rival.loses ? retire(tx, ns, run, rival.run) : retire(tx, ns, rival.run, run));
     log.warn("replicated branch won a conflict and is now current", {
       workflowId: run.workflowId, runId: run.runId, forkEventId: lca, local, incoming,
     });
@@ -118,8 +119,12 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
     ]);
   }
 
-  /** Replaces the run's events after lca with branch and recomputes its state and timer. */
-  async function switchTo(tx: Tx, run: ExecutionRow, lca: number, branch: HistoryEvent[]): Promise<void> {
+  /**
+   * Replaces the run's events after lca with branch and recomputes its state and timer.
+   * A run the switch reopens may meet another open run of its workflow (started here
+   * meanwhile): returned, with which of the two lost, for the caller to retire.
+   */
+  async function switchTo(tx: Tx, run: ExecutionRow, lca: number, branch: HistoryEvent[]): Promise<{ run: ExecutionRow; loses: boolean } | undefined> {
     await Promise.all([
       tx.delete(historyEvents).where(and(runOf(historyEvents, run), gt(historyEvents.eventId, lca))),
       // Request ids of the losing events no longer name an event of the current branch.
@@ -129,6 +134,10 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
     const prefix = lca > 0 ? await readRunEvents(tx, run, 1, { before: lca + 1 }) : [];
     const all = [...prefix, ...branch];
     const { state } = applyEvents(initialRunState(all[0]!), all);
+    const rival = state.status === "RUNNING" && run.status !== "RUNNING" ? await openRival(tx, run) : undefined;
+    const loses = rival !== undefined && state.lastWriteVersion <= rival.lastWriteVersion;
+    if (rival && !loses) await demote(tx, rival);
+    if (loses) state.status = "ZOMBIE";
     const ids = branch.flatMap((e) => (requestIdOf(e) ? [{ requestId: requestIdOf(e), eventId: Number(e.eventId) }] : []));
     await Promise.all([
       saveRun(tx, run, state),
@@ -141,6 +150,7 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
         namespaceId: run.namespaceId, workflowId: run.workflowId, runId: run.runId, version: Number(all[0]!.version),
       });
     }
+    return rival && { run: rival, loses };
   }
 
   /** True when this cluster may write ns's histories at versions up to `version` (it is active, and not behind). */
