@@ -2,6 +2,7 @@ import { sql } from "drizzle-orm";
 import { ulid } from "ulid";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
 import { TernError } from "../src/errors";
+import { lockRunKey } from "../src/history/branch-store";
 import type { Writer } from "../src/history/writer";
 import type { Logger } from "../src/observability/log";
 import { EventType, type HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
@@ -72,7 +73,7 @@ export function createHistoryApplier({ cluster, namespaces, writer, log }: Histo
     const key: RunKey = { namespaceId: ns.id, workflowId: task.workflowId, runId: task.runId };
     // Replication and backfill may apply the same run at once: a run that does not exist
     // yet has no row to lock, so the run's key is locked for the transaction first.
-    const locked = tx.execute(sql`select pg_advisory_xact_lock(hashtextextended(${`${key.namespaceId}/${key.workflowId}/${key.runId}`}, 0))`);
+    const locked = lockRunKey(tx, key);
     const [, run] = await Promise.all([locked, lockRun(tx, key.namespaceId, key.workflowId, key.runId)]);
     const events = await newEvents(task, run, fetchRaw);
     if (!events) return conflicts.resolve(tx, ns, run!, task, fetchRaw);
@@ -110,7 +111,7 @@ export function createHistoryApplier({ cluster, namespaces, writer, log }: Histo
     if (run.status === "RUNNING" && state.status !== "RUNNING") await deleteTimers(tx, run);
   }
 
-  return { namespacesOf, applyTask };
+  return { namespacesOf, applyTask, settle: conflicts.settle };
 }
 
 export type HistoryApplier = ReturnType<typeof createHistoryApplier>;

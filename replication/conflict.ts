@@ -3,9 +3,9 @@ import { ulid } from "ulid";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
 import { TernError } from "../src/errors";
 import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
-import { insertBranchEvents, loadBranches, nextBranchId, readEventsOf, type RunKey } from "../src/history/branch-store";
+import { insertBranchEvents, loadBranches, lockRunKey, nextBranchId, readBranchEvents, readEventsOf, type RunKey } from "../src/history/branch-store";
 import { deleteTimers, lockRun, readRunEvents, saveRun, type ExecutionRow, type NewEvent } from "../src/history/execution-store";
-import { NamespaceChanged } from "../src/history/namespace-guard";
+import { NamespaceChanged, readNamespaceUnderBarrier } from "../src/history/namespace-guard";
 import { eventFromRow } from "../src/history/events";
 import type { Writer } from "../src/history/writer";
 import type { NamespaceRecord } from "../src/namespace/registry";
@@ -174,16 +174,18 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
    * its signals and cancel requests re-applied to the run that won. Elsewhere nothing: the
    * terminate event replicates from the active cluster.
    */
-  async function retire(tx: Tx, ns: NamespaceRecord, zombieKey: RunKey, winnerKey: RunKey): Promise<void> {
+  async function retire(tx: Tx, cached: NamespaceRecord, zombieKey: RunKey, winnerKey: RunKey): Promise<void> {
     const zombie = await lockRun(tx, zombieKey.namespaceId, zombieKey.workflowId, zombieKey.runId);
     const winner = await lockRun(tx, winnerKey.namespaceId, winnerKey.workflowId, winnerKey.runId);
-    if (!zombie || !winner || zombie.status !== "ZOMBIE" || !activeFor(ns, Math.max(zombie.lastWriteVersion, winner.lastWriteVersion))) return;
-    const reason = `${VERSION_CONFLICT}: run ${winner.runId} of this workflow was written at a higher failover version`;
+    if (!zombie || zombie.status !== "ZOMBIE" || !cached.isGlobal) return;
+    const ns = await readNamespaceUnderBarrier(tx, cached);
+    if (!ns || !activeFor(ns, Math.max(zombie.lastWriteVersion, winner?.lastWriteVersion ?? 0))) return;
+    const reason = `${VERSION_CONFLICT}: run ${winnerKey.runId} of this workflow was written at a higher failover version`;
     await writeAsActive(tx, ns, zombie, {
       events: [{ attributes: { case: "workflowExecutionTerminatedEventAttributes", value: { reason, identity: `tern/${cluster.clusterName}` } } as NewEvent["attributes"] }],
       status: "TERMINATED",
     });
-    log.warn("terminated a run that lost a conflict with another open run", { workflowId: zombie.workflowId, runId: zombie.runId, winner: winner.runId });
+    log.warn("terminated a run that lost a conflict with another open run", { workflowId: zombie.workflowId, runId: zombie.runId, winner: winnerKey.runId });
     await reapply(tx, ns, winnerKey, await readRunEvents(tx, zombie, 1));
   }
 
@@ -211,9 +213,13 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
    * cluster does it when the lost branch reaches it. Requests of a run retired by a
    * version conflict go to the workflow's run that won.
    */
-  async function reapply(tx: Tx, ns: NamespaceRecord, key: RunKey, lost: HistoryEvent[]): Promise<void> {
+  async function reapply(tx: Tx, cached: NamespaceRecord, key: RunKey, lost: HistoryEvent[]): Promise<void> {
     const candidates = lost.filter((e) => e.attributes.case && REAPPLIED.has(e.attributes.case));
-    if (!candidates.length || !ns.isGlobal || ns.activeClusterName !== cluster.clusterName) return;
+    if (!candidates.length || !cached.isGlobal) return;
+    // Read now, not from the cache: a namespace activated here after this apply read it would
+    // otherwise be missed both here and by the activation's sweep (conflict-sweep.ts).
+    const ns = await readNamespaceUnderBarrier(tx, cached);
+    if (!ns || ns.activeClusterName !== cluster.clusterName) return;
     let run = await lockRun(tx, key.namespaceId, key.workflowId, key.runId);
     if (run && run.status !== "RUNNING" && (await retiredByConflict(tx, run))) run = await lockRun(tx, key.namespaceId, key.workflowId, "");
     if (!run || run.status !== "RUNNING") {
@@ -259,7 +265,26 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
     }
   }
 
-  return { resolve, openRival, demote, retire };
+  /**
+   * What the active cluster owes a run after conflicts it may not have been active for:
+   * a ZOMBIE run is retired, and the requests on every kept branch that the current one
+   * lacks are re-applied (by request id, so repeating this is harmless). Run when a
+   * namespace becomes active here and at start.
+   */
+  async function settle(tx: Tx, ns: NamespaceRecord, key: RunKey): Promise<void> {
+    await lockRunKey(tx, key);
+    const run = await lockRun(tx, key.namespaceId, key.workflowId, key.runId);
+    if (!run) return;
+    if (run.status === "ZOMBIE") {
+      const current = await lockRun(tx, key.namespaceId, key.workflowId, "");
+      await retire(tx, ns, key, current && current.runId !== key.runId ? current : key);
+    }
+    for (const b of await loadBranches(tx, key)) {
+      await reapply(tx, ns, key, await readBranchEvents(tx, key, b.branchId, b.forkEventId + 1, lastEventIdOf(b.versionHistory) + 1));
+    }
+  }
+
+  return { resolve, openRival, demote, retire, settle };
 }
 
 export type ConflictResolver = ReturnType<typeof createConflictResolver>;

@@ -1,6 +1,7 @@
 import { and, eq } from "drizzle-orm";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { NamespaceState, type NamespaceDescription } from "../src/gen/tern/workflow/v1/namespace_pb";
+import { lockNamespaceBarrier } from "../src/history/namespace-guard";
 import type { Tx } from "../src/persistence/database";
 import { namespaces, type FailoverHistoryEntry } from "../src/persistence/schema";
 
@@ -81,6 +82,8 @@ export async function applyNamespaceTask(tx: Tx, currentCluster: string, d: Name
   const takeConfig = config.configVersion > local.configVersion;
   const takeFailover = failover.failoverVersion > local.failoverVersion;
   if (!takeConfig && !takeFailover) return { outcome: "skipped", record: local, activated: false };
+  // A change of the active cluster is ordered against writes and conflict resolution here.
+  if (takeFailover) await lockNamespaceBarrier(tx, id);
   const [saved] = await tx
     .update(namespaces)
     .set({ ...(takeConfig ? config : {}), ...(takeFailover ? failover : {}), updatedAt: now })

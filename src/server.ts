@@ -6,6 +6,7 @@ import { createClusterDirectory } from "./cluster/directory";
 import { createRemoteClientPool } from "./cluster/remote-client";
 import { createRemoteClusters } from "./cluster/remote-clusters";
 import { createHistoryApplier, type HistoryApplier } from "../replication/applier";
+import { createConflictSweep } from "../replication/conflict-sweep";
 import { createReplicationDlq } from "../replication/dlq";
 import { createDlqMerge } from "../replication/dlq-merge";
 import { createReplicationVerifier } from "../replication/verification";
@@ -34,7 +35,7 @@ import { createEventNotifier } from "./history/notifier";
 import { createHistoryQueries } from "./history/queries";
 import { createTimerQueue } from "./history/timer-queue";
 import { createWriter } from "./history/writer";
-import { createNamespaceRegistry } from "./namespace/registry";
+import { createNamespaceRegistry, type NamespaceRecord } from "./namespace/registry";
 import { createLogger, type Logger } from "./observability/log";
 import { createMetrics, type Metrics } from "./observability/metrics";
 import { openDatabase, type Database, type OpenOptions } from "./persistence/database";
@@ -109,7 +110,11 @@ function wireCore({ config, opts, log, now, database, cluster }: Base) {
   const clusters = createClusterDirectory(db, cluster);
   const notifier = createEventNotifier();
   // Becoming active (a failover here or replicated from a peer): due timers fire here now.
-  const onActivated = () => void timers.rescan();
+  const activatedHooks: ((ns: NamespaceRecord) => void)[] = [];
+  const onActivated = (ns: NamespaceRecord) => {
+    void timers.rescan();
+    for (const hook of activatedHooks) hook(ns);
+  };
   const namespaces = createNamespaceRegistry({
     db, clusters, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY), onActivated,
   });
@@ -120,14 +125,14 @@ function wireCore({ config, opts, log, now, database, cluster }: Base) {
     onTimerCreated: (at) => timers.scheduled(at),
   });
   const queries = createHistoryQueries({ db, namespaces, notifier });
-  return { db, metrics, clusters, notifier, onActivated, namespaces, writer, timers, engine, queries };
+  return { db, metrics, clusters, notifier, onActivated, activatedHooks, namespaces, writer, timers, engine, queries };
 }
 
 type Core = ReturnType<typeof wireCore>;
 
 /** Replication towards and from remote clusters (replication/). */
 function wireReplication({ opts, log, now, cluster }: Base, core: Core) {
-  const { db, metrics, notifier, namespaces, writer, onActivated } = core;
+  const { db, metrics, notifier, namespaces, writer, onActivated, activatedHooks } = core;
   const clients = createRemoteClientPool();
   const baseApplier = createHistoryApplier({ cluster, namespaces, writer, log });
   const applier = opts.replication?.wrapApplier?.(baseApplier) ?? baseApplier;
@@ -137,12 +142,15 @@ function wireReplication({ opts, log, now, cluster }: Base, core: Core) {
   const namespaceReceiver = createNamespaceReceiver({
     db, currentCluster: cluster.clusterName, namespaces, log, metrics, now, onActivated, onBackfillStarted: backfill.wake,
   });
+  // Becoming active: settle the conflicts resolved while this cluster was passive.
+  const sweep = createConflictSweep({ db, cluster, namespaces, writer, applier, log });
+  activatedHooks.push((ns) => sweep.trigger(ns.id));
   const manager = createReplicationManager({
     db, clients, log,
     streamsFor: (remote) => [namespaceReceiver, ...historyReceiver.streamsFor(remote), backfill.stream],
   });
   return {
-    clients, applier, dlq, manager, backfill,
+    clients, applier, dlq, manager, backfill, sweep,
     remotes: createRemoteClusters({ db, current: cluster, clients, onChanged: () => manager.refresh() }),
     cleanup: createReplicationCleanup({ db, log }),
     sender: createReplicationSender({ db, cluster, notifier }),
@@ -200,12 +208,14 @@ function wire(
   repl.cleanup.start();
   void repl.dlq.refreshGauge().catch((e) => log.warn("reading the replication DLQ size failed", { error: String(e) }));
   void repl.manager.start();
+  repl.sweep.trigger();
   return {
     config, cluster, database, metrics: core.metrics, log, app, routes, interceptors,
     fetch: (req) => app.fetch(req),
     async close() {
       if (closed) return;
       closed = true;
+      await repl.sweep.stop();
       await repl.manager.stop();
       await repl.cleanup.stop();
       await repl.sender.stop(); // ends open long polls before the database closes

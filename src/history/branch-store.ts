@@ -83,3 +83,11 @@ export async function nextBranchId(tx: Tx, key: RunKey): Promise<number> {
     .where(runOf(historyBranches, key));
   return (row?.max ?? 0) + 1;
 }
+
+/**
+ * Locks a run's key for the transaction, whether or not its row exists yet: replication,
+ * backfill and conflict settling may work on one run at once.
+ */
+export async function lockRunKey(tx: Tx, key: RunKey): Promise<void> {
+  await tx.execute(sql`select pg_advisory_xact_lock(hashtextextended(${`${key.namespaceId}/${key.workflowId}/${key.runId}`}, 0))`);
+}

@@ -34,3 +34,24 @@ export async function guardNamespace(tx: Tx, ns: NamespaceRecord, currentCluster
     throw new NamespaceChanged(`namespace ${ns.name} is now ${row.state} at version ${row.version} in ${row.active}`);
   }
 }
+
+/**
+ * The namespace as it stands now, read under its barrier lock (shared): a change of its
+ * active cluster takes the lock exclusively, so it is ordered wholly before or after the
+ * caller's transaction. Undefined if it was deleted.
+ */
+export async function readNamespaceUnderBarrier(tx: Tx, ns: NamespaceRecord): Promise<NamespaceRecord | undefined> {
+  const [, [row]] = await Promise.all([
+    tx.execute(sql`select pg_advisory_xact_lock_shared(${handoverLockKey(ns.id)})`),
+    tx
+      .select({ state: namespaces.replicationState, version: namespaces.failoverVersion, active: namespaces.activeClusterName })
+      .from(namespaces)
+      .where(eq(namespaces.id, ns.id)),
+  ]);
+  return row && { ...ns, replicationState: row.state, failoverVersion: row.version, activeClusterName: row.active };
+}
+
+/** Takes a namespace's barrier lock exclusively: for changes of its active cluster (see readNamespaceUnderBarrier). */
+export async function lockNamespaceBarrier(tx: Tx, namespaceId: string): Promise<void> {
+  await tx.execute(sql`select pg_advisory_xact_lock(${handoverLockKey(namespaceId)})`);
+}

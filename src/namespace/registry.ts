@@ -2,6 +2,7 @@ import { and, asc, eq, gt, sql } from "drizzle-orm";
 import { ulid } from "ulid";
 import { appendNamespaceTask } from "../../replication/namespace-queue";
 import { nextFailoverVersion } from "../cluster/metadata";
+import { lockNamespaceBarrier } from "../history/namespace-guard";
 import type { ClusterDirectory } from "../cluster/directory";
 import { alreadyExists, failedPrecondition, invalidArgument, notFound, pgErrorOf } from "../errors";
 import type { Db, Tx } from "../persistence/database";
@@ -162,6 +163,8 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
       const changes = applyUpdate(base, input, known);
       const next = promoted ? { ...promoted, ...changes } : changes;
       if (!next) return { saved: row, activated: false };
+      // Ordered against writes and conflict resolution, which read the namespace under the barrier.
+      if (row.isGlobal || promoted) await lockNamespaceBarrier(tx, row.id);
       const [saved] = await tx
         .update(namespaces)
         .set({ ...next, configVersion: row.configVersion + 1, updatedAt: now() })

@@ -79,9 +79,9 @@ for (const store of await testStores()) {
     afterAll(() => Promise.all([a, b, c].map((x) => x?.destroy())));
 
     /** A's losing branch of a run as x lists it (the non-current branch holding version-1 events past the split). */
-    async function losingBranchOn(x: TestCluster, workflowId: string) {
-      const res = await x.client(AdminService).listHistoryBranches({ namespace: NS, workflowId });
-      return res.branches.find((br) => !br.current && br.events.some((e) => e.eventId > BigInt(PREFIX) && e.version === 1n));
+    async function losingBranchOn(x: TestCluster, workflowId: string, { namespace = NS, version = 1n, after = PREFIX } = {}) {
+      const res = await x.client(AdminService).listHistoryBranches({ namespace, workflowId });
+      return res.branches.find((br) => !br.current && br.events.some((e) => e.eventId > BigInt(after) && e.version === version));
     }
 
     let converged: Promise<void> | undefined;
@@ -159,9 +159,12 @@ for (const store of await testStores()) {
       expect(breaches).toEqual([]);
     });
 
-    test("TestOldActiveLearnsOfTheFailoverAndKeepsItsLosingBranch", async () => {
-      await convergence();
+    test("TestOldActiveLearnsOfTheForcedFailoverOnceReconnected", async () => {
       await expectActiveOn(a, NS, "clusterB", 2n);
+    });
+
+    test("TestOldActiveKeepsItsLosingBranchVisible", async () => {
+      await convergence();
       const res = await a.client(AdminService).listHistoryBranches({ namespace: NS, workflowId: "w-0" });
       expect(res.branches[0]!.current).toBe(true);
       expect(res.branches[0]!.events.map((e) => e.eventId)).toEqual((await historyOf(a, NS, "w-0")).map((e) => e.eventId));
@@ -177,17 +180,19 @@ for (const store of await testStores()) {
     });
 
     test("TestWorkflowsStartedOnOneSideDuringTheSplitReplicate", async () => {
-      await convergence();
-      for (const x of [a, b, c]) {
-        expect([x.name, (await historyOf(x, NS, "only-a"))[0]!.version]).toEqual([x.name, 1n]);
-        expect([x.name, (await historyOf(x, NS, "only-b"))[0]!.version]).toEqual([x.name, 2n]);
-      }
+      // No conflict here, and the conflicting runs must not hold these up.
+      await eventually(async () => {
+        for (const x of [a, b, c]) {
+          expect([x.name, (await historyOf(x, NS, "only-a")).map((e) => e.version)]).toEqual([x.name, [1n, 1n]]);
+          expect([x.name, (await historyOf(x, NS, "only-b")).map((e) => e.version)]).toEqual([x.name, [2n, 2n]]);
+        }
+      }, { timeout: 20_000 });
     });
 
     test("TestOldActiveRefusesWritesBelowTheRunsVersionWithUnavailable", async () => {
-      await convergence();
+      await eventually(async () => expect((await historyOf(a, NS, "only-b")).length).toBe(2), { timeout: 20_000 });
       // The window before namespace replication reaches A: its namespace row still says
-      // A is active at version 1, while w-0 already holds B's version-2 events.
+      // A is active at version 1, while only-b already holds B's version-2 events.
       const db = a.server.database.db;
       const [saved] = await db.select().from(namespaces).where(eq(namespaces.name, NS));
       await db.update(namespaces).set({ activeClusterName: "clusterA", failoverVersion: 1 }).where(eq(namespaces.name, NS));
@@ -195,7 +200,7 @@ for (const store of await testStores()) {
         let wrote = false;
         const refused = await eventually(async () => {
           const e = await wf(a)
-            .signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "w-0" }, signalName: "stale", requestId: "stale-on-a" })
+            .signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "only-b" }, signalName: "stale", requestId: "stale-on-a" })
             .then(() => { wrote = true; }, (err: unknown) => err);
           if (wrote) return undefined;
           // FAILED_PRECONDITION (not active) until A's namespace cache expires.
@@ -207,7 +212,40 @@ for (const store of await testStores()) {
       } finally {
         await db.update(namespaces).set({ activeClusterName: saved!.activeClusterName, failoverVersion: saved!.failoverVersion }).where(eq(namespaces.name, NS));
       }
-      expect(signalCounts(await historyOf(a, NS, "w-0")).get(signalKey("stale", undefined))).toBeUndefined();
+      expect(signalCounts(await historyOf(a, NS, "only-b")).get(signalKey("stale", undefined))).toBeUndefined();
+    });
+
+    test("TestBranchLostOnlyWhereItsNamespaceWasPassiveIsStillReappliedOnce", async () => {
+      // Its own namespace: every link is up again here, and "orders" is done with.
+      const ns = "relay";
+      const key = signalKey("on-b", "relay");
+      await wf(a).registerNamespace({ namespace: ns, isGlobalNamespace: true, clusters: ["clusterA", "clusterB", "clusterC"] });
+      await Promise.all([b, c].map((x) => expectActiveOn(x, ns, "clusterA", 1n)));
+      await wf(a).startWorkflowExecution({ namespace: ns, workflowId: "relay", ...T });
+      await eventually(async () => {
+        for (const x of [b, c]) expect((await historyOf(x, ns, "relay")).length).toBe(1);
+      });
+      // B, cut off, is forced active and acknowledges a signal at version 2.
+      await Promise.all([setLink(b, a, false), setLink(b, c, false)]);
+      await wf(b).updateNamespace({ namespace: ns, activeClusterName: "clusterB" });
+      await wf(b).signalWorkflowExecution({ namespace: ns, workflowExecution: { workflowId: "relay" }, signalName: "on-b", input: json("relay"), requestId: "relay-on-b" });
+      // C is forced active too (version 3) and writes the same event id: B's branch will lose.
+      await wf(c).updateNamespace({ namespace: ns, activeClusterName: "clusterC" });
+      await expectActiveOn(a, ns, "clusterC", 3n);
+      await wf(c).signalWorkflowExecution({ namespace: ns, workflowExecution: { workflowId: "relay" }, signalName: "on-c", input: json("relay"), requestId: "relay-on-c" });
+      await eventually(async () => expect((await historyOf(a, ns, "relay")).length).toBe(2));
+      // B's branch reaches A while C is active: A keeps it as a losing branch.
+      await setLink(a, b, true);
+      await eventually(async () => expect(signalCounts((await losingBranchOn(a, "relay", { namespace: ns, version: 2n, after: 1 }))?.events ?? []).get(key)).toBe(1));
+      // A becomes active, then C (passive now) meets B's branch last.
+      await wf(a).updateNamespace({ namespace: ns, activeClusterName: "clusterA" });
+      await setLink(b, c, true);
+      await Promise.all([a, b, c].map((x) => expectActiveOn(x, ns, "clusterA", 101n)));
+      // The acknowledged signal must still land on the current branch, once, everywhere.
+      await eventually(async () => {
+        await expectNoDifference([a, b, c], ns);
+        for (const x of [a, b, c]) expect([x.name, signalCounts(await historyOf(x, ns, "relay")).get(key)]).toEqual([x.name, 1]);
+      }, { timeout: 20_000 });
     });
   });
 }

@@ -4,5 +4,7 @@ export const testEnv = {
   postgresUrl: process.env.TERN_TEST_POSTGRES_URL ?? "postgres://postgres@127.0.0.1:5432/postgres",
   /** Set by test/run.ts after it checked PostgreSQL is reachable. */
   postgresChecked: process.env.TERN_TEST_POSTGRES === "1",
+  /** Seed of the randomized conflict test (test/conflict/randomized.test.ts), to replay a failure. */
+  seed: process.env.TERN_SEED,
   requirePostgres: process.env.CI === "true" || process.env.TERN_TEST_REQUIRE_POSTGRES === "1",
 };

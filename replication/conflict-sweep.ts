@@ -1,0 +1,83 @@
+import { and, eq } from "drizzle-orm";
+import type { CurrentCluster } from "../src/cluster/bootstrap";
+import type { Writer } from "../src/history/writer";
+import type { NamespaceRegistry } from "../src/namespace/registry";
+import type { Logger } from "../src/observability/log";
+import type { Db } from "../src/persistence/database";
+import { executions, historyBranches } from "../src/persistence/schema";
+import type { HistoryApplier } from "./applier";
+import { sleep } from "./manager";
+
+export interface ConflictSweepDeps {
+  db: Db;
+  cluster: CurrentCluster;
+  namespaces: NamespaceRegistry;
+  writer: Pick<Writer, "transact">;
+  applier: Pick<HistoryApplier, "settle">;
+  log: Logger;
+  /** Pause before a failed sweep is tried again. */
+  retryMs?: number;
+}
+
+/**
+ * Settles conflicts on the cluster that becomes active for a namespace (conflict.ts): a
+ * branch that lost while this cluster was passive had nobody to re-apply its signals and
+ * cancel requests, and a ZOMBIE run nobody to terminate it. Swept when a namespace becomes
+ * active here and at start; idempotent, so sweeping twice does no harm.
+ */
+export function createConflictSweep({ db, cluster, namespaces, writer, applier, log, retryMs = 1000 }: ConflictSweepDeps) {
+  const stopping = new AbortController();
+  let queue: Promise<void> = Promise.resolve();
+
+  /** The runs of a namespace (all namespaces when undefined) with kept branches or in ZOMBIE state. */
+  async function runsToSettle(namespaceId?: string) {
+    const [branched, zombies] = await Promise.all([
+      db.selectDistinct({ namespaceId: historyBranches.namespaceId, workflowId: historyBranches.workflowId, runId: historyBranches.runId })
+        .from(historyBranches)
+        .where(namespaceId ? eq(historyBranches.namespaceId, namespaceId) : undefined),
+      db.select({ namespaceId: executions.namespaceId, workflowId: executions.workflowId, runId: executions.runId })
+        .from(executions)
+        .where(and(eq(executions.status, "ZOMBIE"), namespaceId ? eq(executions.namespaceId, namespaceId) : undefined)),
+    ]);
+    const unique = new Map([...branched, ...zombies].map((r) => [`${r.namespaceId}/${r.workflowId}/${r.runId}`, r]));
+    return [...unique.values()];
+  }
+
+  async function sweep(namespaceId?: string): Promise<void> {
+    for (let attempt = 1; !stopping.signal.aborted; attempt++) {
+      try {
+        let settled = 0;
+        for (const key of await runsToSettle(namespaceId)) {
+          if (stopping.signal.aborted) return;
+          const ns = await namespaces.getById(key.namespaceId);
+          if (!ns.isGlobal || ns.activeClusterName !== cluster.clusterName) continue;
+          await writer.transact("SettleConflicts", (tx) => applier.settle(tx, ns, key));
+          settled++;
+        }
+        if (settled) log.info("settled conflicts of runs with kept branches", { namespaceId, runs: settled });
+        return;
+      } catch (e) {
+        if (stopping.signal.aborted) return;
+        // A handover in progress or a failover meanwhile: the next activation sweeps again, but try a few more times.
+        log.warn("settling conflicts failed; retrying", { namespaceId, attempt, error: (e as Error)?.message ?? String(e) });
+        if (attempt >= 10) return;
+        await sleep(retryMs, stopping.signal);
+      }
+    }
+  }
+
+  return {
+    /** Sweeps a namespace (every namespace when none is given) after the sweeps already asked for. */
+    trigger(namespaceId?: string): void {
+      queue = queue.then(() => sweep(namespaceId));
+    },
+    /** Waits for the sweeps asked for so far (tests). */
+    idle: () => queue,
+    async stop(): Promise<void> {
+      stopping.abort();
+      await queue;
+    },
+  };
+}
+
+export type ConflictSweep = ReturnType<typeof createConflictSweep>;
