@@ -36,7 +36,7 @@ type EventJson = { eventId: number; version: number; eventTime: string; attribut
 /**
  * The sending side of history replication (its counterpart is receiver.ts): serves a
  * pulling peer its namespaces' tasks of one shard, long-polls for new ones, and records
- * the peer's after_task_id as its outbound ack.
+ * the peer's acked_task_id (or, unset, its after_task_id) as its outbound ack.
  */
 export function createReplicationSender({ db, cluster, notifier, maxWaitMs = 20_000, recheckMs = 1000 }: ReplicationSenderDeps) {
   const recorded = new Map<string, number>();
@@ -117,6 +117,8 @@ export function createReplicationSender({ db, cluster, notifier, maxWaitMs = 20_
     }
     const size = req.pageSize > 0 ? Math.min(req.pageSize, 1000) : 100;
     const after = Number(req.afterTaskId);
+    // A pipelined puller asks past what it applied: only what it says it applied is acked.
+    const acked = req.ackedTaskId === undefined ? after : Math.min(Number(req.ackedTaskId), after);
     const deadline = Date.now() + Math.min(Math.max(req.waitTimeoutMs, 0), maxWaitMs);
     if (req.clusterName) await checkPeer(req.clusterName);
     for (;;) {
@@ -126,7 +128,7 @@ export function createReplicationSender({ db, cluster, notifier, maxWaitMs = 20_
       const woke = left > 0 ? notifier.wait(shardKey(req.shardId), Math.min(left, recheckMs), AbortSignal.any([signal, stop.signal])) : undefined;
       const [page] = await Promise.all([
         readPage(req.shardId, after, size, req.clusterName, req.includeEvents),
-        req.clusterName ? recordAck(req.clusterName, req.shardId, after) : undefined,
+        req.clusterName ? recordAck(req.clusterName, req.shardId, acked) : undefined,
       ]);
       if (page.tasks.length || !woke || signal.aborted) {
         stop.abort();
