@@ -26,10 +26,107 @@ export async function outboundAcks(db: Db, remoteCluster: string): Promise<Map<n
   return new Map(rows.map((r) => [r.shardId, r.ackLevel]));
 }
 
-/** Resolves when remoteCluster's outbound ack moves in this process, or after timeoutMs. */
+/** Notifier key of a waiter that wants remoteCluster's outbound acks saved now, not after the debounce. */
+export const ackDemandKey = (remoteCluster: string) => `ack-demand:${remoteCluster}`;
+
+/**
+ * Resolves when remoteCluster's outbound ack moves in this process, or after timeoutMs.
+ * It also asks the sender to save the acks it holds back (createOutboundAckRecorder), so a
+ * graceful failover waiting here sees them at once.
+ */
 export function waitForAckChange(notifier: EventNotifier, remoteCluster: string, timeoutMs: number, signal?: AbortSignal): Promise<void> {
-  return notifier.wait(ackKey(remoteCluster), timeoutMs, signal);
+  const changed = notifier.wait(ackKey(remoteCluster), timeoutMs, signal);
+  notifier.notify(ackDemandKey(remoteCluster));
+  return changed;
 }
+
+/** One peer shard's outbound ack: what is saved, and what arrived since. */
+interface AckSlot {
+  peer: string;
+  shardId: number;
+  saved?: number;
+  savedAt: number;
+  pending?: number;
+  timer?: ReturnType<typeof setTimeout>;
+  /** Saves of one slot run one after another, so the stored ack never goes back. */
+  chain: Promise<void>;
+}
+
+/**
+ * Saves the acks pulling peers send with every poll, at most once per intervalMs per peer
+ * shard (the last one received wins; a held-back ack is saved when the interval ends).
+ * A stored ack that lags a little is safe: cleanup then keeps tasks longer, status shows
+ * an older position. A graceful failover that waits for a peer (waitForAckChange) gets its
+ * held-back acks saved at once, and every ack of that peer saved on arrival for
+ * demandWindowMs after.
+ */
+export function createOutboundAckRecorder({ db, notifier, intervalMs = 250, demandWindowMs = 2_000 }: {
+  db: Db;
+  notifier: EventNotifier;
+  intervalMs?: number;
+  demandWindowMs?: number;
+}) {
+  const slots = new Map<string, AckSlot>();
+  const demandedUntil = new Map<string, number>();
+  const closing = new AbortController();
+
+  /** Waits for demands on peer's acks for as long as the recorder runs (one loop per peer). */
+  async function listen(peer: string): Promise<void> {
+    while (!closing.signal.aborted) {
+      await notifier.wait(ackDemandKey(peer), 3_600_000, closing.signal);
+      if (closing.signal.aborted) return;
+      // A wake by timeout once an hour only saves early for a moment: harmless.
+      demandedUntil.set(peer, Date.now() + demandWindowMs);
+      await Promise.allSettled([...slots.values()].filter((s) => s.peer === peer).map(flush));
+    }
+  }
+
+  function flush(slot: AckSlot): Promise<void> {
+    clearTimeout(slot.timer);
+    slot.timer = undefined;
+    const saving = slot.chain.then(async () => {
+      const ack = slot.pending;
+      slot.pending = undefined;
+      if (ack === undefined || ack === slot.saved) return;
+      try {
+        await saveOutboundAck(db, slot.peer, slot.shardId, ack);
+      } catch (e) {
+        slot.pending ??= ack; // the next poll or flush tries again
+        throw e;
+      }
+      slot.saved = ack;
+      slot.savedAt = Date.now();
+      notifier.notify(ackKey(slot.peer));
+    });
+    slot.chain = saving.catch(() => {});
+    return saving;
+  }
+
+  return {
+    /** Records the ack peer sent for shardId; resolves once saved, or at once when held back. */
+    record(peer: string, shardId: number, ack: number): Promise<void> {
+      const k = `${peer}/${shardId}`;
+      let slot = slots.get(k);
+      if (!slot) {
+        if (![...slots.values()].some((s) => s.peer === peer)) void listen(peer);
+        slots.set(k, (slot = { peer, shardId, savedAt: 0, chain: Promise.resolve() }));
+      }
+      if (ack === (slot.pending ?? slot.saved)) return Promise.resolve();
+      slot.pending = ack;
+      const now = Date.now();
+      if (now < (demandedUntil.get(peer) ?? 0) || now - slot.savedAt >= intervalMs) return flush(slot);
+      slot.timer ??= setTimeout(() => flush(slot).catch(() => {}), slot.savedAt + intervalMs - now);
+      return Promise.resolve();
+    },
+    /** Saves what is held back and stops listening; call before the database closes. */
+    async stop(): Promise<void> {
+      closing.abort();
+      await Promise.allSettled([...slots.values()].map(flush));
+    },
+  };
+}
+
+export type OutboundAckRecorder = ReturnType<typeof createOutboundAckRecorder>;
 
 /** Records the ack a pulling peer sent; the peer is the only writer of its own position. */
 export async function saveOutboundAck(db: Db, remoteCluster: string, shardId: number, ackLevel: number): Promise<void> {

@@ -28,6 +28,8 @@ export interface HistoryReceiverDeps {
   /** Retry budget of one failing task before it goes to the DLQ. */
   retry?: Partial<RetryPolicy>;
   pageSize?: number;
+  /** Page size while more than a page behind (the source caps it at 1000). */
+  catchUpPageSize?: number;
   /** Long-poll wait asked of the source. */
   waitMs?: number;
 }
@@ -70,22 +72,44 @@ interface Batch {
   signal: AbortSignal;
 }
 
+/** Awaits every promise (none is left running), then throws the first failure. */
+async function settleAll(all: Promise<unknown>[]): Promise<void> {
+  const failed = (await Promise.allSettled(all)).find((r) => r.status === "rejected");
+  if (failed) throw (failed as PromiseRejectedResult).reason;
+}
+
+/** Tasks grouped by workflow, each group in task order. */
+function byWorkflow(tasks: ReplicationTask[]): ReplicationTask[][] {
+  const groups = new Map<string, ReplicationTask[]>();
+  for (const t of tasks) {
+    const k = `${t.namespaceId}/${t.workflowId}`;
+    const g = groups.get(k);
+    if (g) g.push(t);
+    else groups.set(k, [t]);
+  }
+  return [...groups.values()];
+}
+
 /**
  * The receiving side of history replication (its counterpart is sender.ts): one stream
  * per remote shard pulls after the persisted inbound ack and applies each page in one
- * transaction that also moves the ack, so restarts give no gap and no duplicate.
+ * transaction that also moves the ack, so restarts give no gap and no duplicate. The next
+ * page is fetched while one applies; the source is told the applied position apart
+ * (acked_task_id), so it never counts a fetched but unapplied task as acked.
  */
 export function createHistoryReceiver(deps: HistoryReceiverDeps) {
   const { db, cluster, applier, writer, metrics, log, dlq } = deps;
   const retry: RetryPolicy = { attempts: 5, backoffMs: 200, maxBackoffMs: 2_000, ...deps.retry };
   const pageSize = deps.pageSize ?? 200;
+  const catchUpPageSize = Math.max(pageSize, deps.catchUpPageSize ?? 1000);
   const waitMs = deps.waitMs ?? 10_000;
   const progress = new Map<string, InboundProgress>();
 
   /**
    * Applies tasks and moves the ack from..to in one transaction; returns the runs that grew.
    * Tasks of a run that already has a DLQ entry from this shard go to the DLQ too, so the
-   * run never gets a gap: the merge re-applies them in order.
+   * run never gets a gap: the merge re-applies them in order. Workflows apply side by side,
+   * their statements pipelined on the transaction's connection; a workflow's tasks in order.
    */
   async function applyAll(b: Batch, tasks: ReplicationTask[], from: number, to: number): Promise<Applied> {
     const fetchRaw = rawFetcher(b.remote.name, b.remote.clients, log, b.signal);
@@ -94,17 +118,26 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     return writer.transact("ReplicateHistory", async (tx) => {
       const held = tasks.length ? await dlq.heldRuns(tx, b.remote.name, b.shardId) : new Set<string>();
       const done: Applied = { grown: [], held: 0 };
-      const apply = async () => {
-        for (const t of tasks) {
-          if (held.has(runKey(t))) {
-            await dlq.add(tx, b.remote.name, t, 0, HELD_BEHIND);
-            done.held++;
-          } else if ((await applier.applyTask(tx, namespaces.get(t.namespaceId)!, incoming(t), fetchRaw)) > 0) done.grown.push(t.runId);
+      let failed = false;
+      const apply = async (workflowTasks: ReplicationTask[]) => {
+        try {
+          for (const t of workflowTasks) {
+            if (failed) return; // the transaction rolls back: issue nothing more on it
+            if (held.has(runKey(t))) {
+              await dlq.add(tx, b.remote.name, t, 0, HELD_BEHIND);
+              done.held++;
+            } else if ((await applier.applyTask(tx, namespaces.get(t.namespaceId)!, incoming(t), fetchRaw)) > 0) done.grown.push(t.runId);
+          }
+        } catch (e) {
+          failed = true;
+          throw e;
         }
       };
       // Pipelined: the ack moves with the apply, and a failure of either rolls back both.
-      await Promise.all([
-        apply(),
+      // Everything settles before the callback returns: no statement may reach the
+      // connection after the rollback, when it serves another transaction.
+      await settleAll([
+        ...byWorkflow(tasks).map(apply),
         advanceInboundAck(tx, b.remote.name, b.shardId, {
           from, to, maxTaskId: b.maxTaskId, lastAppliedCreatedAt: lastCreate ? timestampDate(lastCreate) : undefined,
         }),
@@ -117,7 +150,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
   async function deadLetter(b: Batch, t: ReplicationTask, from: number, attempts: number, e: unknown): Promise<Applied> {
     const error = (e as Error)?.message ?? String(e);
     await writer.transact("ReplicateHistoryDlq", (tx) =>
-      Promise.all([
+      settleAll([
         dlq.add(tx, b.remote.name, t, attempts, error),
         advanceInboundAck(tx, b.remote.name, b.shardId, { from, to: Number(t.taskId), maxTaskId: b.maxTaskId }),
       ]),
@@ -187,29 +220,47 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     return p;
   }
 
+  /** A page of remote's shard after `after`; the source records `acked` as applied here. */
+  function fetchPage(remote: RemoteCluster, shardId: number, page: { after: number; acked: number; size: number; wait: number }, signal: AbortSignal) {
+    const { after, acked, size, wait } = page;
+    const res = remote.clients.admin.getReplicationTasks(
+      { shardId, afterTaskId: BigInt(after), ackedTaskId: BigInt(acked), pageSize: size, includeEvents: true, clusterName: cluster.clusterName, waitTimeoutMs: wait },
+      { signal, timeoutMs: waitMs + 15_000 },
+    );
+    // Awaited by the pull loop, unless it stops first (aborted, or an apply failed): then nobody needs the answer.
+    res.catch(() => {});
+    return res;
+  }
+
   /** Pulls and applies one remote shard until signal aborts. */
   async function pull(remote: RemoteCluster, shardId: number, signal: AbortSignal, report: StreamReport): Promise<void> {
     let ack = await loadInboundAck(db, remote.name, shardId);
     const p = progressOf(remote.name, shardId);
     p.ackLevel = ack;
     // The first pull answers at once, so a (re)connection shows as connected without waiting out a long poll.
-    let wait = 0;
+    let next = fetchPage(remote, shardId, { after: ack, acked: ack, size: pageSize, wait: 0 }, signal);
     while (!signal.aborted) {
-      const res = await remote.clients.admin.getReplicationTasks(
-        { shardId, afterTaskId: BigInt(ack), pageSize, includeEvents: true, clusterName: cluster.clusterName, waitTimeoutMs: wait },
-        { signal, timeoutMs: waitMs + 15_000 },
-      );
+      const res = await next;
       report.ok();
-      wait = waitMs;
       const to = Number(res.lastTaskId);
       p.maxTaskId = Number(res.maxTaskId);
-      if (res.tasks[0]?.createTime) p.oldestUnapplied = timestampDate(res.tasks[0].createTime);
-      if (to > ack) {
-        await applyBatch({ remote, shardId, from: ack, to, maxTaskId: p.maxTaskId, tasks: res.tasks, signal });
-        ack = p.ackLevel = to;
-        const lastCreate = res.tasks.at(-1)?.createTime;
-        p.oldestUnapplied = ack >= p.maxTaskId ? undefined : lastCreate ? timestampDate(lastCreate) : p.oldestUnapplied;
+      if (to <= ack) {
+        // Caught up: long-poll, which also tells the source the last applied page.
+        metrics.set("replication_tasks_lag", { remote_cluster: remote.name, shard: String(shardId) }, Math.max(0, p.maxTaskId - ack));
+        next = fetchPage(remote, shardId, { after: ack, acked: ack, size: pageSize, wait: waitMs }, signal);
+        continue;
       }
+      if (res.tasks[0]?.createTime) p.oldestUnapplied = timestampDate(res.tasks[0].createTime);
+      // Behind, the next page is fetched while this one applies, without a long poll (the
+      // source must hear of this page's apply soon: a graceful failover waits for it).
+      // Caught up, it is asked for after the apply: a fetch per page, not two.
+      const behind = p.maxTaskId - to;
+      const prefetched = behind > 0 ? fetchPage(remote, shardId, { after: to, acked: ack, size: behind > pageSize ? catchUpPageSize : pageSize, wait: 0 }, signal) : undefined;
+      await applyBatch({ remote, shardId, from: ack, to, maxTaskId: p.maxTaskId, tasks: res.tasks, signal });
+      ack = p.ackLevel = to;
+      next = prefetched ?? fetchPage(remote, shardId, { after: ack, acked: ack, size: pageSize, wait: waitMs }, signal);
+      const lastCreate = res.tasks.at(-1)?.createTime;
+      p.oldestUnapplied = ack >= p.maxTaskId ? undefined : lastCreate ? timestampDate(lastCreate) : p.oldestUnapplied;
       metrics.set("replication_tasks_lag", { remote_cluster: remote.name, shard: String(shardId) }, Math.max(0, p.maxTaskId - ack));
     }
   }

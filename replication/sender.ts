@@ -15,7 +15,7 @@ import { eventFromRow } from "../src/history/events";
 import type { EventNotifier } from "../src/history/notifier";
 import type { Db } from "../src/persistence/database";
 import { clusterMetadata, historyEvents, namespaces, replicationTasks, shards } from "../src/persistence/schema";
-import { saveOutboundAck, ackKey, shardKey } from "./ack-levels";
+import { createOutboundAckRecorder, shardKey } from "./ack-levels";
 import { versionHistoryToProto } from "./version-history";
 
 export interface ReplicationSenderDeps {
@@ -27,6 +27,8 @@ export interface ReplicationSenderDeps {
   maxWaitMs?: number;
   /** Re-read at least this often while waiting: writers in other processes do not notify us. */
   recheckMs?: number;
+  /** Least time between two saves of one peer shard's outbound ack (a waiting failover gets them at once). */
+  ackSaveIntervalMs?: number;
 }
 
 type TaskRow = typeof replicationTasks.$inferSelect;
@@ -36,10 +38,10 @@ type EventJson = { eventId: number; version: number; eventTime: string; attribut
 /**
  * The sending side of history replication (its counterpart is receiver.ts): serves a
  * pulling peer its namespaces' tasks of one shard, long-polls for new ones, and records
- * the peer's after_task_id as its outbound ack.
+ * the peer's acked_task_id (or, unset, its after_task_id) as its outbound ack.
  */
-export function createReplicationSender({ db, cluster, notifier, maxWaitMs = 20_000, recheckMs = 1000 }: ReplicationSenderDeps) {
-  const recorded = new Map<string, number>();
+export function createReplicationSender({ db, cluster, notifier, maxWaitMs = 20_000, recheckMs = 1000, ackSaveIntervalMs }: ReplicationSenderDeps) {
+  const acks = createOutboundAckRecorder({ db, notifier, intervalMs: ackSaveIntervalMs });
   // Ends long polls at shutdown, before the database closes under them.
   const closing = new AbortController();
   const inflight = new Set<Promise<unknown>>();
@@ -49,14 +51,6 @@ export function createReplicationSender({ db, cluster, notifier, maxWaitMs = 20_
     const [row] = await db.select().from(clusterMetadata).where(and(eq(clusterMetadata.clusterName, name), eq(clusterMetadata.isCurrent, false)));
     if (!row) throw failedPrecondition(`cluster ${name} is not connected to ${cluster.clusterName}; add it there with cluster upsert`);
     if (!row.enableConnection) throw failedPrecondition(`replication with cluster ${name} is disabled on ${cluster.clusterName}`);
-  }
-
-  async function recordAck(peer: string, shardId: number, ack: number): Promise<void> {
-    const k = `${peer}/${shardId}`;
-    if (recorded.get(k) === ack) return;
-    await saveOutboundAck(db, peer, shardId, ack);
-    recorded.set(k, ack);
-    notifier.notify(ackKey(peer));
   }
 
   /**
@@ -117,6 +111,8 @@ export function createReplicationSender({ db, cluster, notifier, maxWaitMs = 20_
     }
     const size = req.pageSize > 0 ? Math.min(req.pageSize, 1000) : 100;
     const after = Number(req.afterTaskId);
+    // A pipelined puller asks past what it applied: only what it says it applied is acked.
+    const acked = req.ackedTaskId === undefined ? after : Math.min(Number(req.ackedTaskId), after);
     const deadline = Date.now() + Math.min(Math.max(req.waitTimeoutMs, 0), maxWaitMs);
     if (req.clusterName) await checkPeer(req.clusterName);
     for (;;) {
@@ -126,7 +122,7 @@ export function createReplicationSender({ db, cluster, notifier, maxWaitMs = 20_
       const woke = left > 0 ? notifier.wait(shardKey(req.shardId), Math.min(left, recheckMs), AbortSignal.any([signal, stop.signal])) : undefined;
       const [page] = await Promise.all([
         readPage(req.shardId, after, size, req.clusterName, req.includeEvents),
-        req.clusterName ? recordAck(req.clusterName, req.shardId, after) : undefined,
+        req.clusterName ? acks.record(req.clusterName, req.shardId, acked) : undefined,
       ]);
       if (page.tasks.length || !woke || signal.aborted) {
         stop.abort();
@@ -142,6 +138,7 @@ export function createReplicationSender({ db, cluster, notifier, maxWaitMs = 20_
     async stop(): Promise<void> {
       closing.abort();
       await Promise.allSettled([...inflight]);
+      await acks.stop();
     },
   };
 }

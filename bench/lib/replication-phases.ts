@@ -1,4 +1,5 @@
 import { FORWARDED_HEADER } from "../../src/frontend/forwarding";
+import { cpuOf, cpuPerEvent, type CpuSample, type CpuUsed } from "./cpu-usage";
 import { backlogDrain, catchUpFrom, lagsOfWrittenIn, readApplyStamps, type BacklogDrain, type CatchUp } from "./apply-stamps";
 import { runLagProbe } from "./lag-probe";
 import { runLoad } from "./load";
@@ -31,7 +32,11 @@ export interface FlowResult {
   /** replication_latency observations of the phase (bucket resolution, interpolated). */
   histogramLagMs: { count: number; p50: number; p95: number; p99: number; maxBound: number };
   drainMs: number;
+  /** CPU ms per event written in the phase, per cluster: server process and PostgreSQL backends (load to drain). */
+  cpuMsPerEvent: Record<string, CpuUsed>;
 }
+
+const cpuOfBoth = async (ctx: PhaseContext): Promise<Record<string, CpuSample>> => ({ [ctx.a.name]: await cpuOf(ctx.a), [ctx.b.name]: await cpuOf(ctx.b) });
 
 const latency = async (c: BenchCluster): Promise<Histogram> => parseHistogram(await scrape(c), "replication_latency");
 
@@ -42,12 +47,13 @@ export async function drain(ctx: PhaseContext, timeoutMs = 120_000): Promise<num
 
 /** Runs `load` on A and measures B following it: throughput, per-event lag, the latency histogram. */
 export async function measureFlow(ctx: PhaseContext, load: () => Promise<{ ops: number; errors: number; elapsedS: number; firstError?: string }>): Promise<FlowResult> {
-  const [h0, n0] = [await latency(ctx.b), await eventCount(ctx.a)];
+  const [h0, n0, cpu0] = [await latency(ctx.b), await eventCount(ctx.a), await cpuOfBoth(ctx)];
   const t0 = Date.now();
   const r = await load();
   const t1 = Date.now();
   const n1 = await eventCount(ctx.a);
   const drainMs = await drain(ctx);
+  const cpuMsPerEvent = cpuPerEvent(cpu0, await cpuOfBoth(ctx), n1 - n0);
   const stamps = await readApplyStamps(ctx.b.sql, t0);
   const lags = lagsOfWrittenIn(stamps, t0, t1);
   const lastApply = Math.max(...stamps.filter((s) => s.eventTimeMs < t1).map((s) => s.appliedAtMs));
@@ -60,6 +66,7 @@ export async function measureFlow(ctx: PhaseContext, load: () => Promise<{ ops: 
     stampLagMs: lagSummary(lags),
     histogramLagMs: { count: h.count, p50: ms(0.5), p95: ms(0.95), p99: ms(0.99), maxBound: histogramMaxBound(h) * 1000 },
     drainMs,
+    cpuMsPerEvent,
   };
 }
 
@@ -93,6 +100,8 @@ export interface CatchUpResult {
   drain: BacklogDrain | null;
   /** Resume → lag stays below 1 s (null if not within 30 s of the drain: steady lag itself is higher). */
   lagBelow1s: CatchUp;
+  /** B's CPU ms per event applied from the resume until the backlog was applied. */
+  bCpuMsPerEvent: CpuUsed;
 }
 
 /** B's connection to A disabled for `pauseMs` under paced load, then re-enabled; load runs on through the catch-up. */
@@ -105,19 +114,21 @@ export async function catchUpPhase(ctx: PhaseContext, o: { rate: number; clients
     const b0 = await eventCount(ctx.b);
     await Bun.sleep(o.pauseMs);
     const backlogEvents = (await eventCount(ctx.a)) - b0;
+    const [cpu0, applied0] = [await cpuOf(ctx.b), await eventCount(ctx.b)];
     await setConnection(ctx, true);
     const resumedAt = Date.now();
     const pausedS = (resumedAt - t0) / 1000;
     ctx.log(`  paused ${pausedS.toFixed(1)} s, backlog ~${backlogEvents} events; re-enabled`);
     const target = await eventCount(ctx.a);
     await until("B applied the backlog", async () => (await eventCount(ctx.b)) >= target, { timeoutMs: 180_000, intervalMs: 100 });
+    const bCpuMsPerEvent = cpuPerEvent({ b: cpu0 }, { b: await cpuOf(ctx.b) }, (await eventCount(ctx.b)) - applied0).b!;
     const drain = backlogDrain(await readApplyStamps(ctx.b.sql, resumedAt), resumedAt);
     let lagBelow1s: CatchUp = { seconds: null, eventsPerSec: Number.NaN, events: 0 };
     await until("lag < 1 s for 1 s", async () => {
       lagBelow1s = catchUpFrom(await readApplyStamps(ctx.b.sql, resumedAt), resumedAt);
       return lagBelow1s.seconds !== null && Date.now() - resumedAt > (lagBelow1s.seconds + 1) * 1000;
     }, { timeoutMs: 30_000, intervalMs: 250 }).catch(() => {});
-    return { pausedS, backlogEvents, drain, lagBelow1s };
+    return { pausedS, backlogEvents, drain, lagBelow1s, bCpuMsPerEvent };
   } finally {
     stop.abort();
     await load;

@@ -22,6 +22,13 @@ export interface RunResults {
   logical?: LogicalResult;
 }
 
+/** CPU ms per event of each cluster's server and PostgreSQL in a phase. */
+const cpuRows = (phase: string, cpu: FlowResult["cpuMsPerEvent"]): FigureRow[] =>
+  Object.entries(cpu).flatMap(([name, c]) => [
+    { figure: `CPU per event, ${name} server (${phase})`, value: c.tern, unit: "ms" },
+    { figure: `CPU per event, ${name} PostgreSQL (${phase})`, value: c.pg, unit: "ms" },
+  ]);
+
 /** The figures table, the goals and the JSON written to bench/results. */
 export function buildReport(r: RunResults): { text: string; json: unknown } {
   const lg = r.logical?.lagMs;
@@ -54,6 +61,10 @@ export function buildReport(r: RunResults): { text: string; json: unknown } {
     { figure: "acked writes lost, graceful A->B", value: r.graceful.lostAckedWrites, unit: `of ${r.graceful.ackedWrites}` },
     { figure: "acked writes lost, graceful B->A", value: r.gracefulBack.lostAckedWrites, unit: `of ${r.gracefulBack.ackedWrites}` },
     { figure: "acked writes missing on B after forced", value: r.forced.lostAckedWrites, unit: `of ${r.forced.ackedWrites}` },
+    ...cpuRows("steady", s.cpuMsPerEvent),
+    ...cpuRows("saturated", r.saturated.cpuMsPerEvent),
+    { figure: "CPU per event, B server (catch-up apply)", value: r.catchUp.bCpuMsPerEvent.tern, unit: "ms" },
+    { figure: "CPU per event, B PostgreSQL (catch-up apply)", value: r.catchUp.bCpuMsPerEvent.pg, unit: "ms" },
     ...Object.entries(r.memory).map(([name, m]) => ({ figure: `peak RSS ${name} (VmHWM)`, value: m?.peakMb ?? Number.NaN, unit: "MB" })),
   ];
   const goals = evaluateGoals({

@@ -109,14 +109,10 @@ export function createHistoryEngine(deps: EngineDeps) {
     return withWritable(ref.namespace, async (ns) => {
       writer.checkBlob(payloadSize, operation, ns.name);
       const result = await writer.transact(operation, async (tx) => {
-        // Pipelined: the lock and the request-id lookup go out together.
-        const [found, earlier] = await Promise.all([
-          lockRun(tx, ns.id, ref.workflowId, ref.runId),
-          ref.requestId ? findRequest(tx, ns.id, ref.workflowId, ref.requestId) : undefined,
-        ]);
-        if (earlier) return { runId: earlier.runId, eventId: earlier.eventId, appended: false };
-        const run = requireOpen(found, ref);
+        const run = requireOpen(await lockRun(tx, ns.id, ref.workflowId, ref.runId), ref);
         const change = build(run);
+        // The claim fails for a retry of a request that went through before: the write rolls back
+        // and the catch below answers with where it went (a retry is rare, a lookup per write is not).
         const claim = ref.requestId
           ? claimRequest(tx, { namespaceId: ns.id, workflowId: run.workflowId, requestId: ref.requestId, runId: run.runId, eventId: run.nextEventId })
           : true;
@@ -128,8 +124,10 @@ export function createHistoryEngine(deps: EngineDeps) {
         if (!claimed) throw new DuplicateRequest();
         return { runId: run.runId, eventId: firstEventId, appended: true, status: change.status };
       }).catch(async (e) => {
-        if (!(e instanceof DuplicateRequest)) throw e;
-        const first = (await findRequest(deps.db as never, ns.id, ref.workflowId, ref.requestId!))!;
+        // A retry answers with the first attempt's result, whatever this attempt ran into
+        // (the run closed since, a marker's expected id moved on, a duplicate claim).
+        const first = ref.requestId ? await findRequest(deps.db as never, ns.id, ref.workflowId, ref.requestId) : undefined;
+        if (!first) throw e instanceof DuplicateRequest ? new Error(`request id ${ref.requestId} was claimed but its write is not found`) : e;
         return { runId: first.runId, eventId: first.eventId, appended: false };
       });
       if (result.appended) notifier.notify(result.runId);

@@ -3,6 +3,11 @@ export type Labels = Record<string, string>;
 
 const BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
+/** Histograms that need their own bounds: replication lag is judged at 50 ms, so it needs steps around it. */
+const BUCKETS_OF: Record<string, number[]> = {
+  replication_latency: [0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30, 60],
+};
+
 interface Series {
   labels: Labels;
   value: number;
@@ -14,6 +19,8 @@ interface Family {
   name: string;
   help: string;
   type: "counter" | "gauge" | "histogram";
+  /** Upper bounds of a histogram's buckets. */
+  buckets: number[];
   series: Map<string, Series>;
 }
 
@@ -64,7 +71,7 @@ export function createMetrics(): Metrics {
   const family = (name: string, type: Family["type"]): Family => {
     let f = families.get(name);
     if (!f) {
-      f = { name, type: HELP[name]?.[0] ?? type, help: HELP[name]?.[1] ?? name, series: new Map() };
+      f = { name, type: HELP[name]?.[0] ?? type, help: HELP[name]?.[1] ?? name, buckets: BUCKETS_OF[name] ?? BUCKETS, series: new Map() };
       families.set(name, f);
     }
     return f;
@@ -75,7 +82,7 @@ export function createMetrics(): Metrics {
     let s = f.series.get(k);
     if (!s) {
       s = { labels, value: 0 };
-      if (f.type === "histogram") Object.assign(s, { buckets: BUCKETS.map(() => 0), sum: 0 });
+      if (f.type === "histogram") Object.assign(s, { buckets: f.buckets.map(() => 0), sum: 0 });
       f.series.set(k, s);
     }
     return s;
@@ -88,10 +95,11 @@ export function createMetrics(): Metrics {
       series(family(name, "gauge"), labels).value = value;
     },
     observe(name, labels, seconds) {
-      const s = series(family(name, "histogram"), labels);
+      const f = family(name, "histogram");
+      const s = series(f, labels);
       s.value += 1;
       s.sum! += seconds;
-      BUCKETS.forEach((b, i) => {
+      f.buckets.forEach((b, i) => {
         if (seconds <= b) s.buckets![i]! += 1;
       });
     },
@@ -104,7 +112,7 @@ export function createMetrics(): Metrics {
             out.push(`${f.name}${fmt(s.labels)} ${s.value}`);
             continue;
           }
-          BUCKETS.forEach((b, i) => out.push(`${f.name}_bucket${fmt(s.labels, { le: String(b) })} ${s.buckets![i]}`));
+          f.buckets.forEach((b, i) => out.push(`${f.name}_bucket${fmt(s.labels, { le: String(b) })} ${s.buckets![i]}`));
           out.push(`${f.name}_bucket${fmt(s.labels, { le: "+Inf" })} ${s.value}`);
           out.push(`${f.name}_sum${fmt(s.labels)} ${s.sum}`, `${f.name}_count${fmt(s.labels)} ${s.value}`);
         }
