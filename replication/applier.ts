@@ -1,19 +1,17 @@
-import { sql } from "drizzle-orm";
 import { ulid } from "ulid";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
 import { TernError } from "../src/errors";
-import { lockRunKey } from "../src/history/branch-store";
+import { lockRunKey, storedEvent, type RunKey } from "../src/history/branch-store";
 import type { Writer } from "../src/history/writer";
 import type { Logger } from "../src/observability/log";
-import { EventType, type HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
-import { attributesToJson, eventTypeOf } from "../src/history/events";
+import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
 import { deleteTimers, lockRun, saveRun, type ExecutionRow } from "../src/history/execution-store";
 import { shardFor } from "../src/history/shard";
 import type { NamespaceRecord, NamespaceRegistry } from "../src/namespace/registry";
 import type { Tx } from "../src/persistence/database";
-import { executions, historyEvents, requestIds, timerTasks, type VersionHistoryItem } from "../src/persistence/schema";
-import { applyEvents, eventTime, initialRunState, type EventRequestId, type RunState } from "./run-state";
-import { HistoryDivergenceError, RetryableReplicationError, type IncomingTask, type RawHistoryFetcher } from "./apply-errors";
+import { executions, historyEvents, requestIds, timerTasks } from "../src/persistence/schema";
+import { applyEvents, initialRunState, type EventRequestId, type RunState } from "./run-state";
+import { RetryableReplicationError, type IncomingTask, type RawHistoryFetcher } from "./apply-errors";
 import { createConflictResolver } from "./conflict";
 import { firstDivergence, lastEventIdOf, lastVersionOf } from "./version-history";
 
@@ -26,8 +24,6 @@ export interface HistoryApplierDeps {
   writer: Pick<Writer, "append">;
   log: Logger;
 }
-
-type RunKey = { namespaceId: string; workflowId: string; runId: string };
 
 /**
  * Applies replicated history on the passive side (DESIGN.md section 4): creates or
@@ -128,17 +124,6 @@ async function writeEvents(tx: Tx, key: RunKey, events: HistoryEvent[], ids: Eve
   const claimed = ids.length
     ? tx.insert(requestIds).values(ids.map((r) => ({ namespaceId, workflowId, runId, ...r }))).onConflictDoNothing() // first holder wins, as in the engine
     : undefined;
-  const inserted = tx.insert(historyEvents).values(
-    events.map((e) => ({
-      namespaceId,
-      workflowId,
-      runId,
-      eventId: Number(e.eventId),
-      version: Number(e.version),
-      eventTime: eventTime(e),
-      eventType: EventType[eventTypeOf(e.attributes)]!,
-      attributes: attributesToJson(e.attributes),
-    })),
-  );
+  const inserted = tx.insert(historyEvents).values(events.map((e) => ({ namespaceId, workflowId, runId, ...storedEvent(e) })));
   await Promise.all([inserted, claimed]);
 }

@@ -71,8 +71,6 @@ export function createConflictSweep({ db, cluster, namespaces, writer, applier, 
     trigger(namespaceId?: string): void {
       queue = queue.then(() => sweep(namespaceId));
     },
-    /** Waits for the sweeps asked for so far (tests). */
-    idle: () => queue,
     async stop(): Promise<void> {
       stopping.abort();
       await queue;

@@ -3,7 +3,7 @@ import { ulid } from "ulid";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
 import { TernError } from "../src/errors";
 import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
-import { insertBranchEvents, loadBranches, lockRunKey, nextBranchId, readBranchEvents, readEventsOf, type RunKey } from "../src/history/branch-store";
+import { insertBranchEvents, loadBranches, lockRunKey, nextBranchId, readBranchEvents, readEventsOf, runOf, type RunKey } from "../src/history/branch-store";
 import { deleteTimers, lockRun, readRunEvents, saveRun, type ExecutionRow, type NewEvent } from "../src/history/execution-store";
 import { NamespaceChanged, readNamespaceUnderBarrier } from "../src/history/namespace-guard";
 import { eventFromRow } from "../src/history/events";
@@ -288,9 +288,5 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
 }
 
 export type ConflictResolver = ReturnType<typeof createConflictResolver>;
-
-function runOf(t: typeof historyBranches | typeof historyBranchEvents | typeof historyEvents, k: RunKey) {
-  return and(eq(t.namespaceId, k.namespaceId), eq(t.workflowId, k.workflowId), eq(t.runId, k.runId));
-}
 
 const branchKey = (k: RunKey, branchId: number) => and(runOf(historyBranches, k), eq(historyBranches.branchId, branchId));

@@ -11,8 +11,20 @@ export type RunKey = { namespaceId: string; workflowId: string; runId: string };
 
 export type BranchRow = typeof historyBranches.$inferSelect;
 
-const runOf = (t: typeof historyBranches | typeof historyBranchEvents | typeof historyEvents, k: RunKey) =>
+/** The rows of one run in a table keyed by run. */
+export const runOf = (t: typeof historyBranches | typeof historyBranchEvents | typeof historyEvents, k: RunKey) =>
   and(eq(t.namespaceId, k.namespaceId), eq(t.workflowId, k.workflowId), eq(t.runId, k.runId));
+
+/** The stored columns of a replicated event, as its writer wrote it (own version and time). */
+export function storedEvent(e: HistoryEvent) {
+  return {
+    eventId: Number(e.eventId),
+    version: Number(e.version),
+    eventTime: eventTime(e),
+    eventType: EventType[eventTypeOf(e.attributes)]!,
+    attributes: attributesToJson(e.attributes),
+  };
+}
 
 /** The run's non-current branches, oldest first. */
 export function loadBranches(db: Db | Tx, key: RunKey): Promise<BranchRow[]> {
@@ -63,15 +75,7 @@ export async function readEventsOf(db: Db | Tx, key: RunKey, history: VersionHis
 export async function insertBranchEvents(tx: Tx, key: RunKey, branchId: number, events: HistoryEvent[]): Promise<void> {
   if (!events.length) return;
   await tx.insert(historyBranchEvents).values(
-    events.map((e) => ({
-      ...key,
-      branchId,
-      eventId: Number(e.eventId),
-      version: Number(e.version),
-      eventTime: eventTime(e),
-      eventType: EventType[eventTypeOf(e.attributes)]!,
-      attributes: attributesToJson(e.attributes),
-    })),
+    events.map((e) => ({ ...key, branchId, ...storedEvent(e) })),
   );
 }
 

@@ -21,17 +21,10 @@ export const handoverLockKey = (namespaceId: string) => sql`hashtextextended(${n
  */
 export async function guardNamespace(tx: Tx, ns: NamespaceRecord, currentCluster: string): Promise<void> {
   if (!ns.isGlobal) return;
-  // Two statements, pipelined: the read's snapshot must be taken after the lock is granted.
-  const [, [row]] = await Promise.all([
-    tx.execute(sql`select pg_advisory_xact_lock_shared(${handoverLockKey(ns.id)})`),
-    tx
-      .select({ state: namespaces.replicationState, version: namespaces.failoverVersion, active: namespaces.activeClusterName })
-      .from(namespaces)
-      .where(eq(namespaces.id, ns.id)),
-  ]);
+  const row = await readNamespaceUnderBarrier(tx, ns);
   if (!row) throw new NamespaceChanged(`namespace ${ns.name} was deleted`);
-  if (row.state !== "NORMAL" || row.version !== ns.failoverVersion || row.active !== currentCluster) {
-    throw new NamespaceChanged(`namespace ${ns.name} is now ${row.state} at version ${row.version} in ${row.active}`);
+  if (row.replicationState !== "NORMAL" || row.failoverVersion !== ns.failoverVersion || row.activeClusterName !== currentCluster) {
+    throw new NamespaceChanged(`namespace ${ns.name} is now ${row.replicationState} at version ${row.failoverVersion} in ${row.activeClusterName}`);
   }
 }
 
@@ -41,6 +34,7 @@ export async function guardNamespace(tx: Tx, ns: NamespaceRecord, currentCluster
  * caller's transaction. Undefined if it was deleted.
  */
 export async function readNamespaceUnderBarrier(tx: Tx, ns: NamespaceRecord): Promise<NamespaceRecord | undefined> {
+  // Two statements, pipelined: the read's snapshot must be taken after the lock is granted.
   const [, [row]] = await Promise.all([
     tx.execute(sql`select pg_advisory_xact_lock_shared(${handoverLockKey(ns.id)})`),
     tx
