@@ -5,11 +5,11 @@ import { lockRunKey, storedEvent, type RunKey } from "../src/history/branch-stor
 import type { Writer } from "../src/history/writer";
 import type { Logger } from "../src/observability/log";
 import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
-import { deleteTimers, lockRun, saveRun, type ExecutionRow } from "../src/history/execution-store";
+import { deleteTimers, insertEventRows, insertRequestIds, lockRun, saveRun, type ExecutionRow } from "../src/history/execution-store";
 import { shardFor } from "../src/history/shard";
 import type { NamespaceRecord, NamespaceRegistry } from "../src/namespace/registry";
 import type { Tx } from "../src/persistence/database";
-import { executions, historyEvents, requestIds, timerTasks } from "../src/persistence/schema";
+import { executions, timerTasks } from "../src/persistence/schema";
 import { applyEvents, initialRunState, type EventRequestId, type RunState } from "./run-state";
 import { RetryableReplicationError, type IncomingTask, type RawHistoryFetcher } from "./apply-errors";
 import { createConflictResolver } from "./conflict";
@@ -119,11 +119,6 @@ function stateOf(run: ExecutionRow): RunState {
 
 /** Inserts the events as the source wrote them (own versions and times) and their request ids. */
 async function writeEvents(tx: Tx, key: RunKey, events: HistoryEvent[], ids: EventRequestId[]): Promise<void> {
-  const { namespaceId, workflowId, runId } = key;
   // Pipelined: events and request ids go out together.
-  const claimed = ids.length
-    ? tx.insert(requestIds).values(ids.map((r) => ({ namespaceId, workflowId, runId, ...r }))).onConflictDoNothing() // first holder wins, as in the engine
-    : undefined;
-  const inserted = tx.insert(historyEvents).values(events.map((e) => ({ namespaceId, workflowId, runId, ...storedEvent(e) })));
-  await Promise.all([inserted, claimed]);
+  await Promise.all([insertEventRows(tx, key, events.map(storedEvent)), insertRequestIds(tx, key, ids)]);
 }

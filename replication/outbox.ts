@@ -1,5 +1,5 @@
-import { sql } from "drizzle-orm";
 import type { Tx } from "../src/persistence/database";
+import { runStatement, tableCodec } from "../src/persistence/raw-statements";
 import { replicationTasks, shards, type VersionHistoryItem } from "../src/persistence/schema";
 
 /** What changed in one execution write, for the passive clusters (DESIGN.md section 3). */
@@ -20,26 +20,24 @@ export interface ReplicationTaskInput {
  * sees task n+1 committed before task n.
  */
 export async function appendReplicationTask(tx: Tx, task: ReplicationTaskInput): Promise<number> {
-  const t = replicationTasks;
-  const col = (c: { name: string }) => sql.identifier(c.name);
-  const result = await tx.execute(sql`
-    with next as (
-      update ${shards} set ${col(shards.nextTaskId)} = ${col(shards.nextTaskId)} + 1
-      where ${col(shards.shardId)} = ${task.shardId}
-      returning ${col(shards.nextTaskId)} - 1 as task_id
-    )
-    insert into ${t} (${col(t.shardId)}, ${col(t.taskId)}, ${col(t.namespaceId)}, ${col(t.workflowId)}, ${col(t.runId)},
-      ${col(t.firstEventId)}, ${col(t.nextEventId)}, ${col(t.version)}, ${col(t.versionHistory)})
-    select ${task.shardId}, task_id, ${task.namespaceId}, ${task.workflowId}, ${task.runId},
-      ${task.firstEventId}, ${task.nextEventId}, ${task.version}, ${JSON.stringify(task.versionHistory)}::jsonb
-    from next
-    returning ${col(t.taskId)} as task_id`);
-  const [row] = rowsOf<{ task_id: number | string }>(result);
+  const [row] = await runStatement(tx, APPEND_TEXT, [
+    task.shardId, task.namespaceId, task.workflowId, task.runId, task.firstEventId, task.nextEventId, task.version,
+    t.param("versionHistory", task.versionHistory),
+  ]);
   if (!row) throw new Error(`shard ${task.shardId} does not exist`);
   return Number(row.task_id);
 }
 
-/** The rows of a raw statement's result: postgres.js returns them as the result, PGlite under rows. */
-function rowsOf<T>(result: unknown): T[] {
-  return ((result as { rows?: T[] }).rows ?? (result as T[])) as T[];
-}
+const t = tableCodec(replicationTasks);
+const s = tableCodec(shards);
+const APPEND_TEXT = `
+  with next as (
+    update ${s.table} set ${s.name("nextTaskId")} = ${s.name("nextTaskId")} + 1
+    where ${s.name("shardId")} = $1
+    returning ${s.name("nextTaskId")} - 1 as task_id
+  )
+  insert into ${t.table} (${t.name("shardId")}, ${t.name("taskId")}, ${t.name("namespaceId")}, ${t.name("workflowId")}, ${t.name("runId")},
+    ${t.name("firstEventId")}, ${t.name("nextEventId")}, ${t.name("version")}, ${t.name("versionHistory")})
+  select $1, task_id, $2, $3, $4, $5, $6, $7, $8::jsonb
+  from next
+  returning ${t.name("taskId")} as task_id`;

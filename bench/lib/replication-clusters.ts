@@ -20,6 +20,15 @@ const EXTRA_YAML = `limits:
   namespaceRps: { rps: 0, burst: 1 }
 `;
 
+/**
+ * TERN_BENCH_CPU_PROF=DIR: each server writes a CPU profile (markdown, Bun's --cpu-prof-md)
+ * to DIR when it stops, for finding where a phase's time went.
+ */
+const profileArgs = (name: string) => {
+  const dir = process.env.TERN_BENCH_CPU_PROF;
+  return dir ? ["--cpu-prof-md", `--cpu-prof-dir=${dir}`, `--cpu-prof-name=${name}.md`] : undefined;
+};
+
 /** Two clusters (A initial version 1, B initial 2, increment 100) on their own databases, connected both ways. */
 export async function startClusterPair(o: { adminUrl: string; dir: string; shards: number; own: (c: () => Promise<unknown>) => void }): Promise<[BenchCluster, BenchCluster]> {
   const start = async (name: string, initialFailoverVersion: number): Promise<BenchCluster> => {
@@ -27,6 +36,7 @@ export async function startClusterPair(o: { adminUrl: string; dir: string; shard
     o.own(() => db.drop());
     const proc = await startClusterProcess({
       name, initialFailoverVersion, dir: o.dir, databaseUrl: db.url, shards: o.shards, logLevel: "info", extraYaml: EXTRA_YAML, startTimeoutMs: 60_000,
+      runtimeArgs: profileArgs(name),
     });
     o.own(() => proc.stop(5_000));
     const sql = postgres(db.url, { max: 2, onnotice: () => {} });

@@ -29,6 +29,8 @@ export interface ClusterProcessOptions {
   logLevel?: string;
   /** Top-level YAML appended to the config (keys the generated config does not set, e.g. `limits:`). */
   extraYaml?: string;
+  /** Runtime flags before the script, e.g. ["--cpu-prof-md", "--cpu-prof-dir=DIR"] (profiling a bench). */
+  runtimeArgs?: string[];
 }
 
 /** A running cluster process. */
@@ -131,7 +133,7 @@ export async function startClusterProcess(o: ClusterProcessOptions): Promise<Clu
   writeFileSync(configPath, clusterConfigYaml({ ...o, port, dataDir: join(home, "data") }));
   const log = createWriteStream(logPath);
   let recent = "";
-  const child = Bun.spawn([process.execPath, "src/main.ts", "--config", configPath], {
+  const child = Bun.spawn([process.execPath, ...(o.runtimeArgs ?? []), "src/main.ts", "--config", configPath], {
     cwd: repoRoot,
     env: childEnv(),
     stdout: "pipe",

@@ -4,10 +4,11 @@ import { versionAt } from "../../replication/version-history";
 import { EventType, type HistoryEvent } from "../gen/tern/common/v1/common_pb";
 import type { Db, Tx } from "../persistence/database";
 import { historyBranchEvents, historyBranches, historyEvents, type VersionHistoryItem } from "../persistence/schema";
+import { runStatement } from "../persistence/raw-statements";
 import { attributesToJson, eventFromRow, eventTypeOf } from "./events";
+import type { EventColumns, RunKey } from "./execution-store";
 
-/** A run's key. */
-export type RunKey = { namespaceId: string; workflowId: string; runId: string };
+export type { RunKey };
 
 export type BranchRow = typeof historyBranches.$inferSelect;
 
@@ -16,7 +17,7 @@ export const runOf = (t: typeof historyBranches | typeof historyBranchEvents | t
   and(eq(t.namespaceId, k.namespaceId), eq(t.workflowId, k.workflowId), eq(t.runId, k.runId));
 
 /** The stored columns of a replicated event, as its writer wrote it (own version and time). */
-export function storedEvent(e: HistoryEvent) {
+export function storedEvent(e: HistoryEvent): EventColumns {
   return {
     eventId: Number(e.eventId),
     version: Number(e.version),
@@ -93,5 +94,5 @@ export async function nextBranchId(tx: Tx, key: RunKey): Promise<number> {
  * backfill and conflict settling may work on one run at once.
  */
 export async function lockRunKey(tx: Tx, key: RunKey): Promise<void> {
-  await tx.execute(sql`select pg_advisory_xact_lock(hashtextextended(${`${key.namespaceId}/${key.workflowId}/${key.runId}`}, 0))`);
+  await runStatement(tx, "select pg_advisory_xact_lock(hashtextextended($1, 0))", [`${key.namespaceId}/${key.workflowId}/${key.runId}`]);
 }

@@ -1,23 +1,29 @@
-import { and, asc, desc, eq, gte, lt, sql } from "drizzle-orm";
+import { and, asc, eq, gte, lt } from "drizzle-orm";
 import type { Db, Tx } from "../persistence/database";
+import { runStatement, tableCodec, textCache, valuesList } from "../persistence/raw-statements";
 import { executions, historyEvents, requestIds, timerTasks, type VersionHistoryItem } from "../persistence/schema";
 import { attributesToJson, eventFromRow, eventTypeOf, type EventAttributes } from "./events";
 
 export type ExecutionRow = typeof executions.$inferSelect;
+/** A run's key. */
+export type RunKey = { namespaceId: string; workflowId: string; runId: string };
+
+const executionsSql = tableCodec(executions);
+const eventsSql = tableCodec(historyEvents);
+const requestsSql = tableCodec(requestIds);
+const timersSql = tableCodec(timerTasks);
+const runKeyWhere = (first: number) =>
+  `${executionsSql.name("namespaceId")} = $${first} and ${executionsSql.name("workflowId")} = $${first + 1} and ${executionsSql.name("runId")} = $${first + 2}`;
+
+const lockRunText = textCache((byRunId: boolean) =>
+  `select ${executionsSql.all} from ${executionsSql.table} where ${executionsSql.name("namespaceId")} = $1 and ${executionsSql.name("workflowId")} = $2` +
+  (byRunId ? ` and ${executionsSql.name("runId")} = $3` : "") +
+  ` order by (${executionsSql.name("status")} = 'RUNNING') desc, ${executionsSql.name("startTime")} desc, ${executionsSql.name("runId")} desc limit 1 for update`);
 
 /** The run to act on, locked for the transaction: runId's, or the workflow's current run. */
 export async function lockRun(tx: Tx, namespaceId: string, workflowId: string, runId: string): Promise<ExecutionRow | undefined> {
-  const key = and(eq(executions.namespaceId, namespaceId), eq(executions.workflowId, workflowId));
-  const query = tx
-    .select()
-    .from(executions)
-    .where(runId ? and(key, eq(executions.runId, runId)) : key)
-    .orderBy(desc(sql`${executions.status} = 'RUNNING'`), desc(executions.startTime), desc(executions.runId))
-    .limit(1)
-    .for("update")
-    .prepare("lock_run");
-  const [row] = await query.execute();
-  return row;
+  const [row] = await runStatement(tx, lockRunText(Boolean(runId)), runId ? [namespaceId, workflowId, runId] : [namespaceId, workflowId]);
+  return row && executionsSql.fromRow(row);
 }
 
 /** Events of one run with ids in [from, before), in order, at most limit of them. */
@@ -52,6 +58,10 @@ export async function findRequest(tx: Tx, namespaceId: string, workflowId: strin
   return row;
 }
 
+const claimText =
+  `insert into ${requestsSql.table} (${requestsSql.name("namespaceId")}, ${requestsSql.name("workflowId")}, ${requestsSql.name("requestId")}, ${requestsSql.name("runId")}, ${requestsSql.name("eventId")}) ` +
+  `values ($1, $2, $3, $4, $5) on conflict do nothing returning ${requestsSql.name("requestId")}`;
+
 /**
  * Claims requestId for this write. Returns false when an earlier write holds it; a
  * concurrent holder makes this wait for its commit (the primary key serializes them).
@@ -60,7 +70,7 @@ export async function claimRequest(
   tx: Tx,
   r: { namespaceId: string; workflowId: string; requestId: string; runId: string; eventId: number },
 ): Promise<boolean> {
-  const rows = await tx.insert(requestIds).values(r).onConflictDoNothing().returning({ id: requestIds.requestId }).prepare("claim_request").execute();
+  const rows = await runStatement(tx, claimText, [r.namespaceId, r.workflowId, r.requestId, r.runId, r.eventId]);
   return rows.length > 0;
 }
 
@@ -69,27 +79,52 @@ export interface NewEvent {
   attributes: EventAttributes;
 }
 
-/** Inserts events numbered from firstEventId and returns the version history after them. */
+/** An event's stored columns, the run's key apart. */
+export interface EventColumns {
+  eventId: number;
+  version: number;
+  eventTime: Date;
+  eventType: string;
+  attributes: Record<string, unknown>;
+}
+
+const EVENT_COLUMNS = ["namespaceId", "workflowId", "runId", "eventId", "version", "eventTime", "eventType", "attributes"] as const;
+const insertEventsText = textCache((rows: number) =>
+  `insert into ${eventsSql.table} (${EVENT_COLUMNS.map(eventsSql.name).join(", ")}) values ${valuesList(rows, EVENT_COLUMNS.length)}`);
+
+/** Inserts a run's event rows in one statement. */
+export async function insertEventRows(tx: Tx, key: RunKey, rows: EventColumns[]): Promise<void> {
+  if (!rows.length) return;
+  const params = rows.flatMap((e) => [
+    key.namespaceId, key.workflowId, key.runId, e.eventId, e.version, eventsSql.param("eventTime", e.eventTime), e.eventType, eventsSql.param("attributes", e.attributes),
+  ]);
+  await runStatement(tx, insertEventsText(rows.length), params);
+}
+
+/** Inserts new events numbered from firstEventId, at the write's version and time; returns the version history after them. */
 export async function insertEvents(
   tx: Tx,
-  run: { namespaceId: string; workflowId: string; runId: string },
+  key: RunKey,
   firstEventId: number,
   version: number,
   time: Date,
   events: NewEvent[],
   history: VersionHistoryItem[],
 ): Promise<VersionHistoryItem[]> {
-  await tx.insert(historyEvents).values(
-    events.map((e, i) => ({
-      ...run,
-      eventId: firstEventId + i,
-      version,
-      eventTime: time,
-      eventType: eventTypeName(e.attributes),
-      attributes: attributesToJson(e.attributes),
-    })),
-  ).prepare("insert_events").execute();
+  await insertEventRows(tx, key, events.map((e, i) => ({
+    eventId: firstEventId + i, version, eventTime: time, eventType: eventTypeName(e.attributes), attributes: attributesToJson(e.attributes),
+  })));
   return extendVersionHistory(history, firstEventId + events.length - 1, version);
+}
+
+const REQUEST_COLUMNS = ["namespaceId", "workflowId", "runId", "requestId", "eventId"] as const;
+const insertRequestIdsText = textCache((rows: number) =>
+  `insert into ${requestsSql.table} (${REQUEST_COLUMNS.map(requestsSql.name).join(", ")}) values ${valuesList(rows, REQUEST_COLUMNS.length)} on conflict do nothing`);
+
+/** Records where requests' events went; the first holder of a request id keeps it (as a claim does). */
+export async function insertRequestIds(tx: Tx, key: RunKey, ids: { requestId: string; eventId: number }[]): Promise<void> {
+  if (!ids.length) return;
+  await runStatement(tx, insertRequestIdsText(ids.length), ids.flatMap((r) => [key.namespaceId, key.workflowId, key.runId, r.requestId, r.eventId]));
 }
 
 /** Version history after appending events up to lastEventId at version (DESIGN.md section 4). */
@@ -100,32 +135,31 @@ export function extendVersionHistory(history: VersionHistoryItem[], lastEventId:
   return [...history, { eventId: lastEventId, version }];
 }
 
+type RunField = keyof ExecutionRow & string;
+const saveRunText = textCache((fields: string) => {
+  const set = fields.split(",") as RunField[];
+  const assignments = [...set, "dbVersion" as const].map((k, i) => `${executionsSql.name(k)} = $${i + 1}`).join(", ");
+  const n = set.length + 1;
+  return `update ${executionsSql.table} set ${assignments} where ${runKeyWhere(n + 1)} and ${executionsSql.name("dbVersion")} = $${n + 4} returning ${executionsSql.name("runId")}`;
+});
+
 /** Saves the run's new state if nobody else wrote it since it was read. */
 export async function saveRun(tx: Tx, prev: ExecutionRow, next: Partial<ExecutionRow>): Promise<void> {
-  const rows = await tx
-    .update(executions)
-    .set({ ...next, dbVersion: prev.dbVersion + 1 })
-    .where(
-      and(
-        eq(executions.namespaceId, prev.namespaceId),
-        eq(executions.workflowId, prev.workflowId),
-        eq(executions.runId, prev.runId),
-        eq(executions.dbVersion, prev.dbVersion),
-      ),
-    )
-    .returning({ runId: executions.runId })
-    .prepare("save_run")
-    .execute();
+  const fields = (Object.keys(next) as RunField[]).filter((k) => k !== "dbVersion" && next[k] !== undefined);
+  const params = [
+    ...fields.map((k) => executionsSql.param(k, next[k])),
+    prev.dbVersion + 1, prev.namespaceId, prev.workflowId, prev.runId, prev.dbVersion,
+  ];
+  const rows = await runStatement(tx, saveRunText(fields.join(",")), params);
   if (rows.length !== 1) throw new Error(`execution ${prev.workflowId}/${prev.runId} changed concurrently`);
 }
 
+const deleteTimersText =
+  `delete from ${timersSql.table} where ${timersSql.name("namespaceId")} = $1 and ${timersSql.name("workflowId")} = $2 and ${timersSql.name("runId")} = $3`;
+
 /** Removes the run's pending timers (the run closed). */
-export async function deleteTimers(tx: Tx, run: { namespaceId: string; workflowId: string; runId: string }): Promise<void> {
-  await tx
-    .delete(timerTasks)
-    .where(
-      and(eq(timerTasks.namespaceId, run.namespaceId), eq(timerTasks.workflowId, run.workflowId), eq(timerTasks.runId, run.runId)),
-    );
+export async function deleteTimers(tx: Tx, key: { namespaceId: string; workflowId: string; runId: string }): Promise<void> {
+  await runStatement(tx, deleteTimersText, [key.namespaceId, key.workflowId, key.runId]);
 }
 
 function eventTypeName(attributes: EventAttributes): string {

@@ -1,6 +1,7 @@
-import { eq, sql } from "drizzle-orm";
+import { sql } from "drizzle-orm";
 import type { NamespaceRecord } from "../namespace/registry";
 import type { Tx } from "../persistence/database";
+import { runStatement, tableCodec } from "../persistence/raw-statements";
 import { namespaces } from "../persistence/schema";
 
 /** Thrown inside a write transaction when the namespace moved on since the write read it; the write is retried. */
@@ -9,7 +10,8 @@ export class NamespaceChanged extends Error {
 }
 
 /** The advisory lock key of a namespace's HANDOVER barrier. */
-export const handoverLockKey = (namespaceId: string) => sql`hashtextextended(${namespaceId}, 7233)`;
+const HANDOVER_LOCK_SEED = 7233;
+export const handoverLockKey = (namespaceId: string) => sql`hashtextextended(${namespaceId}, ${sql.raw(String(HANDOVER_LOCK_SEED))})`;
 
 /**
  * Takes a global namespace's barrier lock, shared, for the rest of the write's transaction
@@ -35,15 +37,20 @@ export async function guardNamespace(tx: Tx, ns: NamespaceRecord, currentCluster
  */
 export async function readNamespaceUnderBarrier(tx: Tx, ns: NamespaceRecord): Promise<NamespaceRecord | undefined> {
   // Two statements, pipelined: the read's snapshot must be taken after the lock is granted.
-  const [, [row]] = await Promise.all([
-    tx.execute(sql`select pg_advisory_xact_lock_shared(${handoverLockKey(ns.id)})`),
-    tx
-      .select({ state: namespaces.replicationState, version: namespaces.failoverVersion, active: namespaces.activeClusterName })
-      .from(namespaces)
-      .where(eq(namespaces.id, ns.id)),
-  ]);
-  return row && { ...ns, replicationState: row.state, failoverVersion: row.version, activeClusterName: row.active };
+  const [, [row]] = await Promise.all([runStatement(tx, LOCK_SHARED_TEXT, [ns.id]), runStatement(tx, READ_TEXT, [ns.id])]);
+  return row && {
+    ...ns,
+    replicationState: row.replication_state as NamespaceRecord["replicationState"],
+    failoverVersion: Number(row.failover_version),
+    activeClusterName: row.active_cluster_name as string,
+  };
 }
+
+const n = tableCodec(namespaces);
+const LOCK_SHARED_TEXT = `select pg_advisory_xact_lock_shared(hashtextextended($1, ${HANDOVER_LOCK_SEED}))`;
+const READ_TEXT =
+  `select ${n.name("replicationState")} as replication_state, ${n.name("failoverVersion")} as failover_version, ` +
+  `${n.name("activeClusterName")} as active_cluster_name from ${n.table} where ${n.name("id")} = $1`;
 
 /** Takes a namespace's barrier lock exclusively: for changes of its active cluster (see readNamespaceUnderBarrier). */
 export async function lockNamespaceBarrier(tx: Tx, namespaceId: string): Promise<void> {

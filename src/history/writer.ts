@@ -103,21 +103,24 @@ export function createWriter(deps: WriterDeps) {
     const first = run.nextEventId;
     const key = { namespaceId: run.namespaceId, workflowId: run.workflowId, runId: run.runId };
     const closing = change.status !== undefined && change.status !== "RUNNING";
-    // Pipelined: events, run state and the namespace check go out together.
-    const [history] = await Promise.all([
+    const next = first + change.events.length;
+    const history = extendVersionHistory(run.versionHistory, next - 1, ns.failoverVersion);
+    // Pipelined: events, run state, the namespace check and the outbox task go out together
+    // (one round trip); a failure of any rolls back all.
+    await Promise.all([
       insertEvents(tx, key, first, ns.failoverVersion, time, change.events, run.versionHistory),
       saveRun(tx, run, {
-        nextEventId: first + change.events.length,
+        nextEventId: next,
         lastWriteVersion: ns.failoverVersion,
-        versionHistory: extendVersionHistory(run.versionHistory, first + change.events.length - 1, ns.failoverVersion),
+        versionHistory: history,
         ...(change.status ? { status: change.status } : {}),
         ...(closing ? { closeTime: time } : {}),
         ...(change.cancelRequested ? { cancelRequested: true } : {}),
       }),
       guardNamespace(tx, ns, deps.cluster.clusterName),
+      closing ? deleteTimers(tx, key) : undefined,
+      outbox(tx, ns, { ...key, shardId: run.shardId }, first, next, history),
     ]);
-    if (closing) await deleteTimers(tx, key);
-    await outbox(tx, ns, { ...key, shardId: run.shardId }, first, first + change.events.length, history);
     return { firstEventId: first };
   }
 

@@ -1,0 +1,67 @@
+import { getTableColumns, getTableName, type Column, type Table } from "drizzle-orm";
+import type { Db, Tx } from "./database";
+
+/** A row as the driver returns it: database column names, driver values. */
+export type DriverRow = Record<string, unknown>;
+
+/**
+ * Runs fixed SQL text on db or tx without drizzle's query builder. The hot write path's
+ * statements are built once per shape: building them per call with the builder was a
+ * fifth of a write's CPU. Named, so postgres.js prepares each text once per connection.
+ */
+export async function runStatement(db: Db | Tx, text: string, params: unknown[]): Promise<DriverRow[]> {
+  const result = await db._.session.prepareQuery({ sql: text, params }, undefined, "tern", false).execute();
+  // postgres.js returns the rows as the result, PGlite under rows.
+  return ((result as { rows?: DriverRow[] }).rows ?? (result as DriverRow[])) as DriverRow[];
+}
+
+/**
+ * A table's columns for hand-written statements: quoted names, and values converted the
+ * way drizzle converts them (dates, jsonb, bigint as number), so rows read here equal
+ * rows read through the query builder.
+ */
+export function tableCodec<T extends Table>(table: T) {
+  type Key = keyof T["$inferSelect"] & string;
+  const columns = Object.entries(getTableColumns(table)) as [Key, Column][];
+  const byKey = new Map(columns);
+  const column = (key: Key): Column => {
+    const c = byKey.get(key);
+    if (!c) throw new Error(`table ${getTableName(table)} has no column ${key}`);
+    return c;
+  };
+  return {
+    table: quote(getTableName(table)),
+    /** Every column, quoted, in declaration order: a select list. */
+    all: columns.map(([, c]) => quote(c.name)).join(", "),
+    /** The quoted database name of key's column. */
+    name: (key: Key) => quote(column(key).name),
+    /** value as a parameter of key's column. */
+    param: (key: Key, value: unknown): unknown => (value === null || value === undefined ? null : column(key).mapToDriverValue(value)),
+    /** A driver row as drizzle's select of the whole table would give it. */
+    fromRow(row: DriverRow): T["$inferSelect"] {
+      const out: Record<string, unknown> = {};
+      for (const [key, c] of columns) {
+        const v = row[c.name];
+        out[key] = v === null || v === undefined ? null : c.mapFromDriverValue(v);
+      }
+      return out as T["$inferSelect"];
+    },
+  };
+}
+
+const quote = (identifier: string) => `"${identifier.replaceAll('"', '""')}"`;
+
+/** `($1, $2), ($3, $4)`: rows placeholders for a multi-row insert, numbered from first. */
+export function valuesList(rows: number, width: number, first = 1): string {
+  return Array.from({ length: rows }, (_, r) => `(${Array.from({ length: width }, (_, c) => `$${first + r * width + c}`).join(", ")})`).join(", ");
+}
+
+/** Memoizes a statement text by its shape (e.g. the number of rows or the set columns). */
+export function textCache<K>(build: (shape: K) => string): (shape: K) => string {
+  const texts = new Map<K, string>();
+  return (shape) => {
+    let t = texts.get(shape);
+    if (t === undefined) texts.set(shape, (t = build(shape)));
+    return t;
+  };
+}
