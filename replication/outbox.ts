@@ -19,13 +19,16 @@ export interface ReplicationTaskInput {
  * id comes from the shard row, whose lock also orders the shard's writes: a reader never
  * sees task n+1 committed before task n.
  */
-export async function appendReplicationTask(tx: Tx, task: ReplicationTaskInput): Promise<number> {
-  const [row] = await runStatement(tx, APPEND_TEXT, [
+export function appendReplicationTask(tx: Tx, task: ReplicationTaskInput): Promise<number> {
+  // Parameters are prepared before the statement goes out (see pipelined-tx.ts).
+  const params = [
     task.shardId, task.namespaceId, task.workflowId, task.runId, task.firstEventId, task.nextEventId, task.version,
     t.param("versionHistory", task.versionHistory),
-  ]);
-  if (!row) throw new Error(`shard ${task.shardId} does not exist`);
-  return Number(row.task_id);
+  ];
+  return runStatement(tx, APPEND_TEXT, params).then(([row]) => {
+    if (!row) throw new Error(`shard ${task.shardId} does not exist`);
+    return Number(row.task_id);
+  });
 }
 
 const t = tableCodec(replicationTasks);

@@ -12,7 +12,7 @@ import type { Tx } from "../persistence/database";
 import { executions, timerTasks } from "../persistence/schema";
 import { payloadBytes } from "./events";
 import { NamespaceChanged } from "./namespace-guard";
-import { claimRequest, findRequest, insertEvents, lockRun, type ExecutionRow, type NewEvent } from "./execution-store";
+import { claimRequest, claimRequestOrFail, findRequest, insertEvents, lockRun, type ExecutionRow, type NewEvent } from "./execution-store";
 import type { EventNotifier } from "./notifier";
 import { reuseRefusal } from "./reuse-policy";
 import { shardFor } from "./shard";
@@ -50,9 +50,6 @@ export interface EngineDeps extends WriterDeps {
   /** How long a write waits out a graceful failover's HANDOVER before UNAVAILABLE. */
   handoverWaitMs?: number;
 }
-
-/** Thrown to roll back a write whose request id a concurrent write claimed first. */
-class DuplicateRequest extends Error {}
 
 /** A run that can take events, or the reason it cannot. */
 function requireOpen(run: ExecutionRow | undefined, ref: RunRef): ExecutionRow {
@@ -108,26 +105,27 @@ export function createHistoryEngine(deps: EngineDeps) {
     if (!ref.workflowId) throw invalidArgument("workflow id is required");
     return withWritable(ref.namespace, async (ns) => {
       writer.checkBlob(payloadSize, operation, ns.name);
-      const result = await writer.transact(operation, async (tx) => {
-        const run = requireOpen(await lockRun(tx, ns.id, ref.workflowId, ref.runId), ref);
+      const result = await writer.transactPipelined(operation, async (tx, commit) => {
+        // With BEGIN: the run's row lock and the namespace check.
+        const [found] = await Promise.all([lockRun(tx, ns.id, ref.workflowId, ref.runId), writer.guard(tx, ns)]);
+        const run = requireOpen(found, ref);
         const change = build(run);
-        // The claim fails for a retry of a request that went through before: the write rolls back
-        // and the catch below answers with where it went (a retry is rare, a lookup per write is not).
+        // With COMMIT: the claim fails for a retry of a request that went through before, which
+        // rolls the write back; the catch below answers with where it went (a retry is rare, a
+        // lookup per write is not).
         const claim = ref.requestId
-          ? claimRequest(tx, { namespaceId: ns.id, workflowId: run.workflowId, requestId: ref.requestId, runId: run.runId, eventId: run.nextEventId })
-          : true;
-        if (!change) {
-          if (!(await claim)) throw new DuplicateRequest();
-          return { runId: run.runId, eventId: run.nextEventId - 1, appended: false };
-        }
-        const [claimed, { firstEventId }] = await Promise.all([claim, writer.append(tx, ns, run, change)]);
-        if (!claimed) throw new DuplicateRequest();
-        return { runId: run.runId, eventId: firstEventId, appended: true, status: change.status };
+          ? claimRequestOrFail(tx, { namespaceId: ns.id, workflowId: run.workflowId, requestId: ref.requestId, runId: run.runId, eventId: run.nextEventId })
+          : undefined;
+        const appended = change ? writer.append(tx, ns, run, change, { guarded: true }) : undefined;
+        commit();
+        const [, written] = await Promise.all([claim, appended]);
+        if (!change || !written) return { runId: run.runId, eventId: run.nextEventId - 1, appended: false };
+        return { runId: run.runId, eventId: written.firstEventId, appended: true, status: change.status };
       }).catch(async (e) => {
         // A retry answers with the first attempt's result, whatever this attempt ran into
         // (the run closed since, a marker's expected id moved on, a duplicate claim).
         const first = ref.requestId ? await findRequest(deps.db as never, ns.id, ref.workflowId, ref.requestId) : undefined;
-        if (!first) throw e instanceof DuplicateRequest ? new Error(`request id ${ref.requestId} was claimed but its write is not found`) : e;
+        if (!first) throw e;
         return { runId: first.runId, eventId: first.eventId, appended: false };
       });
       if (result.appended) notifier.notify(result.runId);

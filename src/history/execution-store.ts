@@ -58,9 +58,10 @@ export async function findRequest(tx: Tx, namespaceId: string, workflowId: strin
   return row;
 }
 
-const claimText =
+const claimOrFailText =
   `insert into ${requestsSql.table} (${requestsSql.name("namespaceId")}, ${requestsSql.name("workflowId")}, ${requestsSql.name("requestId")}, ${requestsSql.name("runId")}, ${requestsSql.name("eventId")}) ` +
-  `values ($1, $2, $3, $4, $5) on conflict do nothing returning ${requestsSql.name("requestId")}`;
+  `values ($1, $2, $3, $4, $5)`;
+const claimText = `${claimOrFailText} on conflict do nothing returning ${requestsSql.name("requestId")}`;
 
 /**
  * Claims requestId for this write. Returns false when an earlier write holds it; a
@@ -72,6 +73,17 @@ export async function claimRequest(
 ): Promise<boolean> {
   const rows = await runStatement(tx, claimText, [r.namespaceId, r.workflowId, r.requestId, r.runId, r.eventId]);
   return rows.length > 0;
+}
+
+/**
+ * Claims requestId with a statement that fails (unique violation, 23505) when an earlier
+ * write holds it, so the claim vetoes its transaction's commit from inside (see pipelined-tx.ts).
+ */
+export function claimRequestOrFail(
+  tx: Tx,
+  r: { namespaceId: string; workflowId: string; requestId: string; runId: string; eventId: number },
+): Promise<unknown> {
+  return runStatement(tx, claimOrFailText, [r.namespaceId, r.workflowId, r.requestId, r.runId, r.eventId]);
 }
 
 /** One event to append; version and time are the write's. */
@@ -88,21 +100,23 @@ export interface EventColumns {
   attributes: Record<string, unknown>;
 }
 
+// Writers below prepare their parameters before returning, so a failure throws before any
+// statement is issued: a pipelined transaction (pipelined-tx.ts) must never commit half a write.
 const EVENT_COLUMNS = ["namespaceId", "workflowId", "runId", "eventId", "version", "eventTime", "eventType", "attributes"] as const;
 const insertEventsText = textCache((rows: number) =>
   `insert into ${eventsSql.table} (${EVENT_COLUMNS.map(eventsSql.name).join(", ")}) values ${valuesList(rows, EVENT_COLUMNS.length)}`);
 
 /** Inserts a run's event rows in one statement. */
-export async function insertEventRows(tx: Tx, key: RunKey, rows: EventColumns[]): Promise<void> {
-  if (!rows.length) return;
+export function insertEventRows(tx: Tx, key: RunKey, rows: EventColumns[]): Promise<unknown> {
+  if (!rows.length) return Promise.resolve();
   const params = rows.flatMap((e) => [
     key.namespaceId, key.workflowId, key.runId, e.eventId, e.version, eventsSql.param("eventTime", e.eventTime), e.eventType, eventsSql.param("attributes", e.attributes),
   ]);
-  await runStatement(tx, insertEventsText(rows.length), params);
+  return runStatement(tx, insertEventsText(rows.length), params);
 }
 
 /** Inserts new events numbered from firstEventId, at the write's version and time; returns the version history after them. */
-export async function insertEvents(
+export function insertEvents(
   tx: Tx,
   key: RunKey,
   firstEventId: number,
@@ -111,10 +125,11 @@ export async function insertEvents(
   events: NewEvent[],
   history: VersionHistoryItem[],
 ): Promise<VersionHistoryItem[]> {
-  await insertEventRows(tx, key, events.map((e, i) => ({
+  const after = extendVersionHistory(history, firstEventId + events.length - 1, version);
+  const rows = events.map((e, i) => ({
     eventId: firstEventId + i, version, eventTime: time, eventType: eventTypeName(e.attributes), attributes: attributesToJson(e.attributes),
-  })));
-  return extendVersionHistory(history, firstEventId + events.length - 1, version);
+  }));
+  return insertEventRows(tx, key, rows).then(() => after);
 }
 
 const REQUEST_COLUMNS = ["namespaceId", "workflowId", "runId", "requestId", "eventId"] as const;
@@ -144,22 +159,24 @@ const saveRunText = textCache((fields: string) => {
 });
 
 /** Saves the run's new state if nobody else wrote it since it was read. */
-export async function saveRun(tx: Tx, prev: ExecutionRow, next: Partial<ExecutionRow>): Promise<void> {
+export function saveRun(tx: Tx, prev: ExecutionRow, next: Partial<ExecutionRow>): Promise<void> {
   const fields = (Object.keys(next) as RunField[]).filter((k) => k !== "dbVersion" && next[k] !== undefined);
   const params = [
     ...fields.map((k) => executionsSql.param(k, next[k])),
     prev.dbVersion + 1, prev.namespaceId, prev.workflowId, prev.runId, prev.dbVersion,
   ];
-  const rows = await runStatement(tx, saveRunText(fields.join(",")), params);
-  if (rows.length !== 1) throw new Error(`execution ${prev.workflowId}/${prev.runId} changed concurrently`);
+  return runStatement(tx, saveRunText(fields.join(",")), params).then((rows) => {
+    // Never under the row lock every writer takes first (lockRun); a veto here would come after a pipelined COMMIT.
+    if (rows.length !== 1) throw new Error(`execution ${prev.workflowId}/${prev.runId} changed concurrently`);
+  });
 }
 
 const deleteTimersText =
   `delete from ${timersSql.table} where ${timersSql.name("namespaceId")} = $1 and ${timersSql.name("workflowId")} = $2 and ${timersSql.name("runId")} = $3`;
 
 /** Removes the run's pending timers (the run closed). */
-export async function deleteTimers(tx: Tx, key: { namespaceId: string; workflowId: string; runId: string }): Promise<void> {
-  await runStatement(tx, deleteTimersText, [key.namespaceId, key.workflowId, key.runId]);
+export function deleteTimers(tx: Tx, key: { namespaceId: string; workflowId: string; runId: string }): Promise<unknown> {
+  return runStatement(tx, deleteTimersText, [key.namespaceId, key.workflowId, key.runId]);
 }
 
 function eventTypeName(attributes: EventAttributes): string {

@@ -7,6 +7,7 @@ import type { NamespaceRecord } from "../namespace/registry";
 import type { Logger } from "../observability/log";
 import type { Metrics } from "../observability/metrics";
 import type { Db, Tx } from "../persistence/database";
+import type { PipelinedTransactions } from "../persistence/pipelined-tx";
 import type { VersionHistoryItem } from "../persistence/schema";
 import { guardNamespace } from "./namespace-guard";
 import { deleteTimers, extendVersionHistory, insertEvents, saveRun, type ExecutionRow, type NewEvent } from "./execution-store";
@@ -20,6 +21,8 @@ export interface WriterDeps {
   metrics: Metrics;
   log: Logger;
   now: () => Date;
+  /** PostgreSQL only: transactions in two round trips, for transactPipelined. */
+  pipelined?: PipelinedTransactions;
   /** Test hook, called inside the transaction just before it commits. */
   beforeCommit?: (operation: string) => Promise<void> | void;
   /** Told `shard:N` after a transaction that wrote a replication task of shard N commits. */
@@ -43,24 +46,53 @@ export function createWriter(deps: WriterDeps) {
   const taskShards = new WeakMap<Tx, Set<number>>();
 
   /** Runs fn in a transaction, retrying serialization failures, with persistence metrics. */
-  async function transact<T>(operation: string, fn: (tx: Tx) => Promise<T>): Promise<T> {
-    for (let attempt = 1; ; attempt++) {
+  function transact<T>(operation: string, fn: (tx: Tx) => Promise<T>): Promise<T> {
+    return withRetries(operation, (done) =>
+      db.transaction(async (tx) => {
+        const r = await fn(tx);
+        await deps.beforeCommit?.(operation);
+        done(tx);
+        return r;
+      }),
+    );
+  }
+
+  /**
+   * transact for callbacks that use hand-written statements only (see pipelined-tx.ts): on
+   * PostgreSQL BEGIN travels with the first reads and COMMIT with the writes, once fn calls
+   * commit(); on PGlite it is an ordinary transaction and commit() does nothing.
+   */
+  function transactPipelined<T>(operation: string, fn: (tx: Tx, commit: () => void) => Promise<T>): Promise<T> {
+    const pipelined = deps.pipelined;
+    if (!pipelined) return transact(operation, (tx) => fn(tx, () => {}));
+    const hook = deps.beforeCommit && (() => deps.beforeCommit!(operation));
+    return withRetries(operation, (done) =>
+      pipelined.run(async (tx, commit) => {
+        const r = await fn(tx, () => {
+          done(tx);
+          commit();
+        });
+        done(tx);
+        return r;
+      }, hook),
+    );
+  }
+
+  /** Runs one transaction attempt after another while they fail with a serialization failure or deadlock. */
+  async function withRetries<T>(operation: string, attempt: (done: (tx: Tx) => void) => Promise<T>): Promise<T> {
+    for (let n = 1; ; n++) {
       const started = performance.now();
       metrics.inc("persistence_requests", { operation });
       try {
         let written: Set<number> | undefined;
-        const result = await db.transaction(async (tx) => {
-          const r = await fn(tx);
-          await deps.beforeCommit?.(operation);
-          written = taskShards.get(tx);
-          return r;
-        });
+        // Called with the transaction once its writes are issued: the shards to wake after commit.
+        const result = await attempt((tx) => void (written ??= taskShards.get(tx)));
         for (const shardId of written ?? []) deps.notifier?.notify(shardKey(shardId));
         metrics.observe("persistence_latency", { operation }, (performance.now() - started) / 1000);
         return result;
       } catch (e) {
         const code = pgErrorOf(e).code;
-        if ((code === "40001" || code === "40P01") && attempt < 5) continue;
+        if ((code === "40001" || code === "40P01") && n < 5) continue;
         if (code) metrics.inc("persistence_errors", { operation });
         throw e;
       }
@@ -88,8 +120,9 @@ export function createWriter(deps: WriterDeps) {
     }
   }
 
-  /** Appends events to a locked open run, saves its state and writes the outbox task. */
-  async function append(tx: Tx, ns: NamespaceRecord, run: ExecutionRow, change: Append): Promise<{ firstEventId: number }> {
+  /** Appends events to a locked open run, saves its state and writes the outbox task; guarded: the caller ran guard in tx. */
+  function append(tx: Tx, ns: NamespaceRecord, run: ExecutionRow, change: Append, opts: { guarded?: boolean } = {}): Promise<{ firstEventId: number }> {
+    // Not async: a refusal throws before any statement is issued (pipelined-tx.ts).
     checkHistorySize(run, change.events.length);
     if (run.lastWriteVersion > ns.failoverVersion) {
       // The run holds a newer cluster's events (a forced failover this cluster has not
@@ -107,7 +140,7 @@ export function createWriter(deps: WriterDeps) {
     const history = extendVersionHistory(run.versionHistory, next - 1, ns.failoverVersion);
     // Pipelined: events, run state, the namespace check and the outbox task go out together
     // (one round trip); a failure of any rolls back all.
-    await Promise.all([
+    return Promise.all([
       insertEvents(tx, key, first, ns.failoverVersion, time, change.events, run.versionHistory),
       saveRun(tx, run, {
         nextEventId: next,
@@ -117,27 +150,26 @@ export function createWriter(deps: WriterDeps) {
         ...(closing ? { closeTime: time } : {}),
         ...(change.cancelRequested ? { cancelRequested: true } : {}),
       }),
-      guardNamespace(tx, ns, deps.cluster.clusterName),
+      opts.guarded ? undefined : guardNamespace(tx, ns, deps.cluster.clusterName),
       closing ? deleteTimers(tx, key) : undefined,
       outbox(tx, ns, { ...key, shardId: run.shardId }, first, next, history),
-    ]);
-    return { firstEventId: first };
+    ]).then(() => ({ firstEventId: first }));
   }
 
   /** Writes the replication task for events [first, next) when ns replicates. */
-  async function outbox(
+  function outbox(
     tx: Tx,
     ns: NamespaceRecord,
     key: { namespaceId: string; workflowId: string; runId: string; shardId: number },
     first: number,
     next: number,
     history: VersionHistoryItem[],
-  ): Promise<void> {
-    if (!isReplicated(ns)) return;
+  ): Promise<unknown> {
+    if (!isReplicated(ns)) return Promise.resolve();
     let written = taskShards.get(tx);
     if (!written) taskShards.set(tx, (written = new Set()));
     written.add(key.shardId);
-    await appendReplicationTask(tx, {
+    return appendReplicationTask(tx, {
       ...key,
       firstEventId: first,
       nextEventId: next,
@@ -149,7 +181,7 @@ export function createWriter(deps: WriterDeps) {
   /** Checks, inside tx, that ns may still take this write here (see namespace-guard.ts). */
   const guard = (tx: Tx, ns: NamespaceRecord) => guardNamespace(tx, ns, deps.cluster.clusterName);
 
-  return { transact, checkBlob, append, outbox, checkHistorySize, guard };
+  return { transact, transactPipelined, checkBlob, append, outbox, checkHistorySize, guard };
 }
 
 export type Writer = ReturnType<typeof createWriter>;

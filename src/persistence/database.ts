@@ -5,6 +5,7 @@ import { drizzle as drizzlePostgres } from "drizzle-orm/postgres-js";
 import postgres from "postgres";
 import type { DatastoreConfig } from "../config/schema";
 import { acquireDataDirLock, type DataDirLock } from "./lock";
+import { createPipelinedTransactions, type PipelinedTransactions } from "./pipelined-tx";
 import * as schema from "./schema";
 
 /** Drizzle over either driver; verbs only use what both share. */
@@ -15,6 +16,8 @@ export type Tx = Parameters<Parameters<Db["transaction"]>[0]>[0];
 export interface Database {
   db: Db;
   kind: "pglite" | "postgres";
+  /** PostgreSQL: transactions in two round trips (pipelined-tx.ts); PGlite has no round trips to save. */
+  pipelined?: PipelinedTransactions;
   /** Runs fn holding a cluster-wide lock (migrations), on PostgreSQL an advisory lock. */
   withExclusiveLock<T>(fn: (db: Db) => Promise<T>): Promise<T>;
   close(): Promise<void>;
@@ -70,6 +73,7 @@ async function openPostgres(url: string, opts: OpenOptions): Promise<Database> {
   return {
     db,
     kind: "postgres",
+    pipelined: createPipelinedTransactions(client),
     async withExclusiveLock(fn) {
       // A session advisory lock on a connection of its own excludes other processes.
       const locker = postgres(url, { max: 1, onnotice: () => {} });

@@ -56,12 +56,13 @@ export function valuesList(rows: number, width: number, first = 1): string {
   return Array.from({ length: rows }, (_, r) => `(${Array.from({ length: width }, (_, c) => `$${first + r * width + c}`).join(", ")})`).join(", ");
 }
 
-/** Memoizes a statement text by its shape (e.g. the number of rows or the set columns). */
-export function textCache<K>(build: (shape: K) => string): (shape: K) => string {
-  const texts = new Map<K, string>();
+/** Memoizes a statement text by its shape (e.g. the number of rows or the set columns), keyed by keyOf. */
+export function textCache<K>(build: (shape: K) => string, keyOf: (shape: K) => unknown = (shape) => shape): (shape: K) => string {
+  const texts = new Map<unknown, string>();
   return (shape) => {
-    let t = texts.get(shape);
-    if (t === undefined) texts.set(shape, (t = build(shape)));
+    const key = keyOf(shape);
+    let t = texts.get(key);
+    if (t === undefined) texts.set(key, (t = build(shape)));
     return t;
   };
 }

@@ -1,0 +1,59 @@
+import type { Sql } from "postgres";
+import type { Tx } from "./database";
+
+/**
+ * Transactions whose statements travel in two batches on PostgreSQL: BEGIN goes out with
+ * the first reads, COMMIT right behind the writes (`commit()` is called once every write
+ * is issued). A write is then two round trips, not four or more: loopback socket writes
+ * were the largest single cost of a write on A.
+ *
+ * The callback's tx serves hand-written statements only (runStatement); a query builder
+ * call on it fails. Whatever must veto the commit has to fail as a statement before it
+ * (a failed statement aborts the transaction, and the COMMIT behind it then rolls back):
+ * checks in JavaScript belong before `commit()`.
+ */
+export interface PipelinedTransactions {
+  run<T>(fn: (tx: Tx, commit: () => void) => Promise<T>, beforeCommit?: () => Promise<void> | void): Promise<T>;
+}
+
+export function createPipelinedTransactions(client: Sql): PipelinedTransactions {
+  return {
+    async run(fn, beforeCommit) {
+      const c = await client.reserve();
+      // Each statement is handed to the connection when issued, so the connection sends
+      // them in issue order; a rejection nobody awaits (after an earlier failure) is expected.
+      const issue = (text: string, params: unknown[] = []) => {
+        const q = c.unsafe(text, params as never[], { prepare: true }).execute();
+        q.catch(() => {});
+        return q;
+      };
+      const begun = issue("begin");
+      let committed: ReturnType<typeof issue> | undefined;
+      // With a test hook before commit, COMMIT waits for fn and the hook.
+      const commit = () => void (beforeCommit ? undefined : (committed ??= issue("commit")));
+      const tx = {
+        _: { session: { prepareQuery: (q: { sql: string; params: unknown[] }) => ({ execute: () => issue(q.sql, q.params) }) } },
+      } as unknown as Tx;
+      try {
+        const result = await fn(tx, commit);
+        await begun;
+        if (!committed) {
+          await beforeCommit?.();
+          committed = issue("commit");
+        }
+        const done = await committed;
+        // COMMIT of an aborted transaction answers ROLLBACK: a statement fn did not await failed.
+        if (done.command !== "COMMIT") throw new Error(`transaction rolled back (${done.command}): a statement in it failed`);
+        return result;
+      } catch (e) {
+        // Before COMMIT went out: roll back. After: the failed statement aborted the
+        // transaction and the COMMIT rolled it back (or, for a check in JavaScript that
+        // should have run before commit(), committed it: see above).
+        await (committed ?? issue("rollback")).catch(() => {});
+        throw e;
+      } finally {
+        c.release();
+      }
+    },
+  };
+}
