@@ -1,6 +1,7 @@
 import { and, eq, sql } from "drizzle-orm";
 import type { EventNotifier } from "../src/history/notifier";
 import type { Db, Tx } from "../src/persistence/database";
+import { runStatement, tableCodec } from "../src/persistence/raw-statements";
 import { replicationAckLevels } from "../src/persistence/schema";
 import { RetryableReplicationError } from "./applier";
 
@@ -167,17 +168,18 @@ export async function advanceInboundAck(
   shardId: number,
   move: { from: number; to: number; maxTaskId: number; lastAppliedCreatedAt?: Date },
 ): Promise<void> {
-  const rows = await tx
-    .update(replicationAckLevels)
-    .set({
-      ackLevel: move.to,
-      maxTaskId: move.maxTaskId,
-      ...(move.lastAppliedCreatedAt ? { lastAppliedCreatedAt: move.lastAppliedCreatedAt } : {}),
-      updatedAt: sql`now()`,
-    })
-    .where(and(history(remoteCluster, "inbound"), eq(replicationAckLevels.shardId, shardId), eq(replicationAckLevels.ackLevel, move.from)))
-    .returning({ shardId: replicationAckLevels.shardId });
+  const rows = await runStatement(tx, ADVANCE_INBOUND_TEXT, [
+    move.to, move.maxTaskId, acks.param("lastAppliedCreatedAt", move.lastAppliedCreatedAt), remoteCluster, shardId, move.from,
+  ]);
   if (rows.length !== 1) {
     throw new RetryableReplicationError(`inbound ack of ${remoteCluster} shard ${shardId} moved from ${move.from} concurrently (another process applies it)`);
   }
 }
+
+const acks = tableCodec(replicationAckLevels);
+// Once per applied page: fixed text. A page without a commit time keeps the one stored.
+const ADVANCE_INBOUND_TEXT =
+  `update ${acks.table} set ${acks.name("ackLevel")} = $1, ${acks.name("maxTaskId")} = $2, ` +
+  `${acks.name("lastAppliedCreatedAt")} = coalesce($3::timestamptz, ${acks.name("lastAppliedCreatedAt")}), ${acks.name("updatedAt")} = now() ` +
+  `where ${acks.name("remoteCluster")} = $4 and ${acks.name("direction")} = 'inbound' and ${acks.name("queue")} = 'history' ` +
+  `and ${acks.name("shardId")} = $5 and ${acks.name("ackLevel")} = $6 returning ${acks.name("shardId")}`;

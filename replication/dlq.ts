@@ -11,6 +11,7 @@ import {
 } from "../src/gen/tern/admin/v1/service_pb";
 import type { Metrics } from "../src/observability/metrics";
 import type { Db, Tx } from "../src/persistence/database";
+import { runStatement, tableCodec } from "../src/persistence/raw-statements";
 import { decodeToken, encodeToken } from "../src/persistence/page-token";
 import { replicationDlq } from "../src/persistence/schema";
 
@@ -52,11 +53,9 @@ export function createReplicationDlq({ db, metrics }: ReplicationDlqDeps) {
 
   /** Runs ("namespaceId/workflowId/runId") of a source shard with an entry: their later tasks go to the DLQ too. */
   async function heldRuns(tx: Tx, source: string, shardId: number): Promise<Set<string>> {
-    const rows = await tx
-      .selectDistinct({ namespaceId: replicationDlq.namespaceId, workflowId: replicationDlq.workflowId, runId: replicationDlq.runId })
-      .from(replicationDlq)
-      .where(and(eq(replicationDlq.sourceCluster, source), eq(replicationDlq.shardId, shardId)));
-    return new Set(rows.map(runKey));
+    // Once per applied page: fixed text.
+    const rows = await runStatement(tx, HELD_RUNS_TEXT, [source, shardId]);
+    return new Set(rows.map((r) => runKey({ namespaceId: r.namespace_id as string, workflowId: r.workflow_id as string, runId: r.run_id as string })));
   }
 
   /** Entries matching filter, in (source, shard, task id) order after the page token. */
@@ -126,3 +125,8 @@ export function entryOf(r: DlqRow): ReplicationDlqEntry {
     attempts: r.attempts, lastError: r.lastError, createTime: timestampFromDate(r.createdAt),
   });
 }
+
+const dlqSql = tableCodec(replicationDlq);
+const HELD_RUNS_TEXT =
+  `select distinct ${dlqSql.name("namespaceId")} as namespace_id, ${dlqSql.name("workflowId")} as workflow_id, ${dlqSql.name("runId")} as run_id ` +
+  `from ${dlqSql.table} where ${dlqSql.name("sourceCluster")} = $1 and ${dlqSql.name("shardId")} = $2`;

@@ -1,6 +1,5 @@
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { and, asc, eq, getTableName, gt, lte, sql, type SQL } from "drizzle-orm";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
 import { failedPrecondition, invalidArgument, unavailable } from "../src/errors";
 import {
@@ -14,6 +13,7 @@ import { readEventsOf } from "../src/history/branch-store";
 import { eventFromRow } from "../src/history/events";
 import type { EventNotifier } from "../src/history/notifier";
 import type { Db } from "../src/persistence/database";
+import { runStatement, tableCodec, textCache } from "../src/persistence/raw-statements";
 import { clusterMetadata, historyEvents, namespaces, replicationTasks, shards } from "../src/persistence/schema";
 import { createOutboundAckRecorder, shardKey } from "./ack-levels";
 import { versionHistoryToProto } from "./version-history";
@@ -48,48 +48,35 @@ export function createReplicationSender({ db, cluster, notifier, maxWaitMs = 20_
 
   /** Refuses a peer this cluster does not know or has disabled: a disabled connection pauses both ways. */
   async function checkPeer(name: string): Promise<void> {
-    const [row] = await db.select().from(clusterMetadata).where(and(eq(clusterMetadata.clusterName, name), eq(clusterMetadata.isCurrent, false)));
+    const [row] = await runStatement(db, PEER_TEXT, [name]);
     if (!row) throw failedPrecondition(`cluster ${name} is not connected to ${cluster.clusterName}; add it there with cluster upsert`);
-    if (!row.enableConnection) throw failedPrecondition(`replication with cluster ${name} is disabled on ${cluster.clusterName}`);
+    if (!row.enabled) throw failedPrecondition(`replication with cluster ${name} is disabled on ${cluster.clusterName}`);
   }
 
   /**
-   * Tasks after `after` and at or below `bound`, for peer's namespaces (all with no peer),
-   * each with its events and the bound's value, in one statement.
+   * Tasks after `after` and at or below the bound (the shard counter, or `max` once known),
+   * for peer's namespaces (all with no peer), each with its events and the bound's value,
+   * in one statement.
    */
-  async function queryTasks(shardId: number, after: number, bound: SQL | number, size: number, peer: string, withEvents: boolean) {
-    const t = replicationTasks;
-    const e = historyEvents;
-    // Correlated by explicit names: drizzle leaves columns unqualified in a one-table select.
-    const outer = (c: { name: string }) => sql`${sql.identifier(getTableName(t))}.${sql.identifier(c.name)}`;
-    const inner = (c: { name: string }) => sql`ev.${sql.identifier(c.name)}`;
-    const events = sql<EventJson[] | null>`(select json_agg(json_build_object('eventId', ${inner(e.eventId)}, 'version', ${inner(e.version)},
-      'eventTime', ${inner(e.eventTime)}, 'attributes', ${inner(e.attributes)}) order by ${inner(e.eventId)}) from ${e} ev
-      where ${inner(e.namespaceId)} = ${outer(t.namespaceId)} and ${inner(e.workflowId)} = ${outer(t.workflowId)}
-      and ${inner(e.runId)} = ${outer(t.runId)} and ${inner(e.eventId)} >= ${outer(t.firstEventId)} and ${inner(e.eventId)} < ${outer(t.nextEventId)}
-      and ${inner(e.version)} = ${outer(t.version)})`;
-    const wanted = peer
-      ? sql`exists (select 1 from ${namespaces} ns where ns.id = ${outer(t.namespaceId)} and ns.clusters @> ${JSON.stringify([peer])}::jsonb)`
-      : undefined;
-    return db
-      .select({ task: t, max: sql<number>`${bound}`.mapWith(Number), events: withEvents ? events : sql<null>`null` })
-      .from(t)
-      .where(and(eq(t.shardId, shardId), gt(t.taskId, after), lte(t.taskId, bound), wanted))
-      .orderBy(asc(t.taskId))
-      .limit(size);
+  async function queryTasks(shardId: number, after: number, max: number | undefined, size: number, peer: string, withEvents: boolean) {
+    const text = pageText({ counter: max === undefined, peer: Boolean(peer), withEvents });
+    const params: unknown[] = [shardId, after, size];
+    if (max !== undefined) params.push(max);
+    if (peer) params.push(JSON.stringify([peer]));
+    const rows = await runStatement(db, text, params);
+    return rows.map((r) => ({ task: tasksSql.fromRow(r), max: Number(r.page_max), events: (r.page_events ?? null) as EventJson[] | null }));
   }
 
   /** One page after `after` and how far it covers (tasks for other clusters are passed over). */
   async function readPage(shardId: number, after: number, size: number, peer: string, withEvents: boolean) {
     // Bounded by the shard counter read in the same statement: every id at or below a
     // committed counter is committed too, so nothing below `last` can still appear.
-    const counter = sql`(select ${shards.nextTaskId} - 1 from ${shards} where ${shards.shardId} = ${shardId})`;
-    let rows = await queryTasks(shardId, after, counter, size, peer, withEvents);
+    let rows = await queryTasks(shardId, after, undefined, size, peer, withEvents);
     let max = rows[0]?.max;
     if (max === undefined) {
       // Nothing wanted: learn the counter first, then look once more below it.
-      const [shard] = await db.select({ next: shards.nextTaskId }).from(shards).where(eq(shards.shardId, shardId));
-      max = (shard?.next ?? 1) - 1;
+      const [shard] = await runStatement(db, COUNTER_TEXT, [shardId]);
+      max = Number(shard?.next ?? 1) - 1;
       rows = await queryTasks(shardId, after, max, size, peer, withEvents);
     }
     const last = rows.length === size ? rows.at(-1)!.task.taskId : max;
@@ -173,3 +160,40 @@ function taskToProto(t: TaskRow, events: HistoryEvent[]): MessageInitShape<typeo
     events,
   };
 }
+
+const tasksSql = tableCodec(replicationTasks);
+const eventsSql = tableCodec(historyEvents);
+const shardsSql = tableCodec(shards);
+const namespacesSql = tableCodec(namespaces);
+const peersSql = tableCodec(clusterMetadata);
+
+const PEER_TEXT =
+  `select ${peersSql.name("enableConnection")} as enabled from ${peersSql.table} ` +
+  `where ${peersSql.name("clusterName")} = $1 and ${peersSql.name("isCurrent")} = false`;
+const COUNTER_TEXT = `select ${shardsSql.name("nextTaskId")} as next from ${shardsSql.table} where ${shardsSql.name("shardId")} = $1`;
+
+/**
+ * The page statement of one shape. $1 shard, $2 after, $3 page size, then the bound
+ * when given ($4), then the peer as a jsonb array.
+ */
+const pageText = textCache((shape: { counter: boolean; peer: boolean; withEvents: boolean }) => {
+  const t = (k: Parameters<typeof tasksSql.name>[0]) => `t.${tasksSql.name(k)}`;
+  const e = (k: Parameters<typeof eventsSql.name>[0]) => `ev.${eventsSql.name(k)}`;
+  const bound = shape.counter
+    ? `(select ${shardsSql.name("nextTaskId")} - 1 from ${shardsSql.table} where ${shardsSql.name("shardId")} = $1)`
+    : "$4::bigint";
+  const peerParam = shape.counter ? "$4" : "$5";
+  const events = shape.withEvents
+    ? `(select json_agg(json_build_object('eventId', ${e("eventId")}, 'version', ${e("version")}, 'eventTime', ${e("eventTime")}, ` +
+      `'attributes', ${e("attributes")}) order by ${e("eventId")}) from ${eventsSql.table} ev ` +
+      `where ${e("namespaceId")} = ${t("namespaceId")} and ${e("workflowId")} = ${t("workflowId")} and ${e("runId")} = ${t("runId")} ` +
+      `and ${e("eventId")} >= ${t("firstEventId")} and ${e("eventId")} < ${t("nextEventId")} and ${e("version")} = ${t("version")})`
+    : "null";
+  const wanted = shape.peer
+    ? ` and exists (select 1 from ${namespacesSql.table} ns where ns.${namespacesSql.name("id")} = ${t("namespaceId")} ` +
+      `and ns.${namespacesSql.name("clusters")} @> ${peerParam}::jsonb)`
+    : "";
+  return `select ${tasksSql.all.split(", ").map((c) => `t.${c}`).join(", ")}, ${bound} as page_max, ${events} as page_events ` +
+    `from ${tasksSql.table} t where ${t("shardId")} = $1 and ${t("taskId")} > $2 and ${t("taskId")} <= ${bound}${wanted} ` +
+    `order by ${t("taskId")} limit $3`;
+}, (shape) => `${shape.counter}/${shape.peer}/${shape.withEvents}`);
