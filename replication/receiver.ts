@@ -11,6 +11,7 @@ import { advanceInboundAck, loadInboundAck } from "./ack-levels";
 import { isTaskFailure, type HistoryApplier, type IncomingTask, type RawHistoryFetcher } from "./applier";
 import { HELD_BEHIND, runKey, type ReplicationDlq } from "./dlq";
 import { sleep, type RemoteCluster, type ReplicationStream, type StreamReport } from "./manager";
+import { mergeRunTasks } from "./task-merge";
 import { versionHistoryFromProto, versionHistoryToProto } from "./version-history";
 
 export interface HistoryReceiverDeps {
@@ -121,12 +122,15 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
       let failed = false;
       const apply = async (workflowTasks: ReplicationTask[]) => {
         try {
-          for (const t of workflowTasks) {
+          for (const t of workflowTasks.filter((t) => held.has(runKey(t)))) {
             if (failed) return; // the transaction rolls back: issue nothing more on it
-            if (held.has(runKey(t))) {
-              await dlq.add(tx, b.remote.name, t, 0, HELD_BEHIND);
-              done.held++;
-            } else if ((await applier.applyTask(tx, namespaces.get(t.namespaceId)!, incoming(t), fetchRaw)) > 0) done.grown.push(t.runId);
+            await dlq.add(tx, b.remote.name, t, 0, HELD_BEHIND);
+            done.held++;
+          }
+          // Held runs are held whole, so the others apply apart from them, in order, merged per run.
+          for (const t of mergeRunTasks(workflowTasks.filter((t) => !held.has(runKey(t))).map(incoming))) {
+            if (failed) return;
+            if ((await applier.applyTask(tx, namespaces.get(t.namespaceId)!, t, fetchRaw)) > 0) done.grown.push(t.runId);
           }
         } catch (e) {
           failed = true;

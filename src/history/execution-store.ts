@@ -106,13 +106,20 @@ const EVENT_COLUMNS = ["namespaceId", "workflowId", "runId", "eventId", "version
 const insertEventsText = textCache((rows: number) =>
   `insert into ${eventsSql.table} (${EVENT_COLUMNS.map(eventsSql.name).join(", ")}) values ${valuesList(rows, EVENT_COLUMNS.length)}`);
 
-/** Inserts a run's event rows in one statement. */
+/** Rows per insert statement: a statement takes at most 65534 parameters. */
+const INSERT_CHUNK = 1000;
+
+/** Inserts a run's event rows, in one statement per thousand. */
 export function insertEventRows(tx: Tx, key: RunKey, rows: EventColumns[]): Promise<unknown> {
-  if (!rows.length) return Promise.resolve();
-  const params = rows.flatMap((e) => [
-    key.namespaceId, key.workflowId, key.runId, e.eventId, e.version, eventsSql.param("eventTime", e.eventTime), e.eventType, eventsSql.param("attributes", e.attributes),
-  ]);
-  return runStatement(tx, insertEventsText(rows.length), params);
+  const statements: Promise<unknown>[] = [];
+  for (let i = 0; i < rows.length; i += INSERT_CHUNK) {
+    const chunk = rows.slice(i, i + INSERT_CHUNK);
+    const params = chunk.flatMap((e) => [
+      key.namespaceId, key.workflowId, key.runId, e.eventId, e.version, eventsSql.param("eventTime", e.eventTime), e.eventType, eventsSql.param("attributes", e.attributes),
+    ]);
+    statements.push(runStatement(tx, insertEventsText(chunk.length), params));
+  }
+  return Promise.all(statements);
 }
 
 /** Inserts new events numbered from firstEventId, at the write's version and time; returns the version history after them. */
@@ -137,9 +144,13 @@ const insertRequestIdsText = textCache((rows: number) =>
   `insert into ${requestsSql.table} (${REQUEST_COLUMNS.map(requestsSql.name).join(", ")}) values ${valuesList(rows, REQUEST_COLUMNS.length)} on conflict do nothing`);
 
 /** Records where requests' events went; the first holder of a request id keeps it (as a claim does). */
-export async function insertRequestIds(tx: Tx, key: RunKey, ids: { requestId: string; eventId: number }[]): Promise<void> {
-  if (!ids.length) return;
-  await runStatement(tx, insertRequestIdsText(ids.length), ids.flatMap((r) => [key.namespaceId, key.workflowId, key.runId, r.requestId, r.eventId]));
+export function insertRequestIds(tx: Tx, key: RunKey, ids: { requestId: string; eventId: number }[]): Promise<unknown> {
+  const statements: Promise<unknown>[] = [];
+  for (let i = 0; i < ids.length; i += INSERT_CHUNK) {
+    const chunk = ids.slice(i, i + INSERT_CHUNK);
+    statements.push(runStatement(tx, insertRequestIdsText(chunk.length), chunk.flatMap((r) => [key.namespaceId, key.workflowId, key.runId, r.requestId, r.eventId])));
+  }
+  return Promise.all(statements);
 }
 
 /** Version history after appending events up to lastEventId at version (DESIGN.md section 4). */
