@@ -46,41 +46,25 @@ export function createReplicationSender({ db, cluster, notifier, maxWaitMs = 20_
   const closing = new AbortController();
   const inflight = new Set<Promise<unknown>>();
 
-  /** Refuses a peer this cluster does not know or has disabled: a disabled connection pauses both ways. */
-  async function checkPeer(name: string): Promise<void> {
-    const [row] = await runStatement(db, PEER_TEXT, [name]);
-    if (!row) throw failedPrecondition(`cluster ${name} is not connected to ${cluster.clusterName}; add it there with cluster upsert`);
-    if (!row.enabled) throw failedPrecondition(`replication with cluster ${name} is disabled on ${cluster.clusterName}`);
-  }
-
   /**
-   * Tasks after `after` and at or below the bound (the shard counter, or `max` once known),
-   * for peer's namespaces (all with no peer), each with its events and the bound's value,
-   * in one statement.
+   * One page after `after` and how far it covers (tasks for other clusters are passed
+   * over), in one statement: the shard counter bounds the page (every id at or below a
+   * committed counter is committed too, so nothing below `last` can still appear), and
+   * the peer's connection row says whether it may pull at all.
    */
-  async function queryTasks(shardId: number, after: number, max: number | undefined, size: number, peer: string, withEvents: boolean) {
-    const text = pageText({ counter: max === undefined, peer: Boolean(peer), withEvents });
-    const params: unknown[] = [shardId, after, size];
-    if (max !== undefined) params.push(max);
-    if (peer) params.push(JSON.stringify([peer]));
-    const rows = await runStatement(db, text, params);
-    return rows.map((r) => ({ task: tasksSql.fromRow(r), max: Number(r.page_max), events: (r.page_events ?? null) as EventJson[] | null }));
-  }
-
-  /** One page after `after` and how far it covers (tasks for other clusters are passed over). */
   async function readPage(shardId: number, after: number, size: number, peer: string, withEvents: boolean) {
-    // Bounded by the shard counter read in the same statement: every id at or below a
-    // committed counter is committed too, so nothing below `last` can still appear.
-    let rows = await queryTasks(shardId, after, undefined, size, peer, withEvents);
-    let max = rows[0]?.max;
-    if (max === undefined) {
-      // Nothing wanted: learn the counter first, then look once more below it.
-      const [shard] = await runStatement(db, COUNTER_TEXT, [shardId]);
-      max = Number(shard?.next ?? 1) - 1;
-      rows = await queryTasks(shardId, after, max, size, peer, withEvents);
-    }
-    const last = rows.length === size ? rows.at(-1)!.task.taskId : max;
-    const tasks = await Promise.all(rows.map(async (r) => taskToProto(r.task, withEvents ? await eventsOf(db, r.task, r.events ?? []) : [])));
+    const params: unknown[] = [shardId, after, size];
+    if (peer) params.push(peer, JSON.stringify([peer]));
+    const rows = await runStatement(db, pageText({ peer: Boolean(peer), withEvents }), params);
+    const head = rows[0];
+    if (!head) throw new Error(`shard ${shardId} does not exist`);
+    // A disabled connection pauses both ways: refused here too, on every read of a long poll.
+    if (peer && head.peer_enabled === null) throw failedPrecondition(`cluster ${peer} is not connected to ${cluster.clusterName}; add it there with cluster upsert`);
+    if (peer && !head.peer_enabled) throw failedPrecondition(`replication with cluster ${peer} is disabled on ${cluster.clusterName}`);
+    const max = Number(head.page_max);
+    const found = rows.filter((r) => r.task_id !== null).map((r) => ({ task: tasksSql.fromRow(r), events: (r.page_events ?? null) as EventJson[] | null }));
+    const last = found.length === size ? found.at(-1)!.task.taskId : max;
+    const tasks = await Promise.all(found.map(async (r) => taskToProto(r.task, withEvents ? await eventsOf(db, r.task, r.events ?? []) : [])));
     return { tasks, max, last: Math.max(last, after) };
   }
 
@@ -101,7 +85,6 @@ export function createReplicationSender({ db, cluster, notifier, maxWaitMs = 20_
     // A pipelined puller asks past what it applied: only what it says it applied is acked.
     const acked = req.ackedTaskId === undefined ? after : Math.min(Number(req.ackedTaskId), after);
     const deadline = Date.now() + Math.min(Math.max(req.waitTimeoutMs, 0), maxWaitMs);
-    if (req.clusterName) await checkPeer(req.clusterName);
     for (;;) {
       // Listen before reading, so a commit between the read and the wait still wakes us.
       const stop = new AbortController();
@@ -167,22 +150,14 @@ const shardsSql = tableCodec(shards);
 const namespacesSql = tableCodec(namespaces);
 const peersSql = tableCodec(clusterMetadata);
 
-const PEER_TEXT =
-  `select ${peersSql.name("enableConnection")} as enabled from ${peersSql.table} ` +
-  `where ${peersSql.name("clusterName")} = $1 and ${peersSql.name("isCurrent")} = false`;
-const COUNTER_TEXT = `select ${shardsSql.name("nextTaskId")} as next from ${shardsSql.table} where ${shardsSql.name("shardId")} = $1`;
-
 /**
- * The page statement of one shape. $1 shard, $2 after, $3 page size, then the bound
- * when given ($4), then the peer as a jsonb array.
+ * The page statement of one shape: $1 shard, $2 after, $3 page size, then the peer's
+ * name ($4) and the peer as a jsonb array ($5). Always one row at least: the counter
+ * and the peer's flag, with null task columns when no task is due.
  */
-const pageText = textCache((shape: { counter: boolean; peer: boolean; withEvents: boolean }) => {
-  const t = (k: Parameters<typeof tasksSql.name>[0]) => `t.${tasksSql.name(k)}`;
+const pageText = textCache((shape: { peer: boolean; withEvents: boolean }) => {
+  const t = (k: Parameters<typeof tasksSql.name>[0]) => `rt.${tasksSql.name(k)}`;
   const e = (k: Parameters<typeof eventsSql.name>[0]) => `ev.${eventsSql.name(k)}`;
-  const bound = shape.counter
-    ? `(select ${shardsSql.name("nextTaskId")} - 1 from ${shardsSql.table} where ${shardsSql.name("shardId")} = $1)`
-    : "$4::bigint";
-  const peerParam = shape.counter ? "$4" : "$5";
   const events = shape.withEvents
     ? `(select json_agg(json_build_object('eventId', ${e("eventId")}, 'version', ${e("version")}, 'eventTime', ${e("eventTime")}, ` +
       `'attributes', ${e("attributes")}) order by ${e("eventId")}) from ${eventsSql.table} ev ` +
@@ -191,9 +166,14 @@ const pageText = textCache((shape: { counter: boolean; peer: boolean; withEvents
     : "null";
   const wanted = shape.peer
     ? ` and exists (select 1 from ${namespacesSql.table} ns where ns.${namespacesSql.name("id")} = ${t("namespaceId")} ` +
-      `and ns.${namespacesSql.name("clusters")} @> ${peerParam}::jsonb)`
+      `and ns.${namespacesSql.name("clusters")} @> $5::jsonb)`
     : "";
-  return `select ${tasksSql.all.split(", ").map((c) => `t.${c}`).join(", ")}, ${bound} as page_max, ${events} as page_events ` +
-    `from ${tasksSql.table} t where ${t("shardId")} = $1 and ${t("taskId")} > $2 and ${t("taskId")} <= ${bound}${wanted} ` +
-    `order by ${t("taskId")} limit $3`;
-}, (shape) => `${shape.counter}/${shape.peer}/${shape.withEvents}`);
+  const peerFlag = shape.peer
+    ? `(select ${peersSql.name("enableConnection")} from ${peersSql.table} where ${peersSql.name("clusterName")} = $4 and ${peersSql.name("isCurrent")} = false)`
+    : "true";
+  return `with counter as (select ${shardsSql.name("nextTaskId")} - 1 as page_max from ${shardsSql.table} where ${shardsSql.name("shardId")} = $1) ` +
+    `select counter.page_max, ${peerFlag} as peer_enabled, page.* from counter left join lateral (` +
+    `select ${tasksSql.all.split(", ").map((c) => `rt.${c}`).join(", ")}, ${events} as page_events ` +
+    `from ${tasksSql.table} rt where ${t("shardId")} = $1 and ${t("taskId")} > $2 and ${t("taskId")} <= counter.page_max${wanted} ` +
+    `order by ${t("taskId")} limit $3) page on true`;
+}, (shape) => `${shape.peer}/${shape.withEvents}`);
