@@ -125,6 +125,22 @@ for (const store of await testStores()) {
       expect(timer?.kind).toBe("WORKFLOW_TIMEOUT");
     });
 
+    test("SenderRefusesAnUnknownOrDisabledPeer: a disabled connection stops serving pulls at the source too", async () => {
+      const admin = a.client(AdminService);
+      const pull = (clusterName: string) => admin.getReplicationTasks({ shardId: 1, afterTaskId: 0n, pageSize: 10, includeEvents: true, clusterName, waitTimeoutMs: 0 });
+      await rejects(pull("clusterZ"), Code.FailedPrecondition, "cluster clusterZ is not connected to clusterA");
+      const op = a.client(OperatorService);
+      await op.addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: false });
+      try {
+        await rejects(pull("clusterB"), Code.FailedPrecondition, "replication with cluster clusterB is disabled on clusterA");
+      } finally {
+        await op.addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: true });
+      }
+      const page = await pull("clusterB");
+      expect(page.maxTaskId).toBeGreaterThan(0n);
+      expect(page.tasks.length).toBeGreaterThan(0);
+    });
+
     test("PassiveRestartResumes: B stopped mid-stream comes back with no gap and no duplicate", async () => {
       const wf = a.client(WorkflowService);
       const ids = ["r-0", "r-1", "r-2", "r-3"];
