@@ -38,7 +38,8 @@ export async function startClusterPair(o: { adminUrl: string; dir: string; shard
       name, initialFailoverVersion, dir: o.dir, databaseUrl: db.url, shards: o.shards, logLevel: "info", extraYaml: EXTRA_YAML, startTimeoutMs: 60_000,
       runtimeArgs: profileArgs(name),
     });
-    o.own(() => proc.stop(5_000));
+    // A profiling server writes its profile on exit: give it time.
+    o.own(() => proc.stop(process.env.TERN_BENCH_CPU_PROF ? 60_000 : 5_000));
     const sql = postgres(db.url, { max: 2, onnotice: () => {} });
     o.own(() => sql.end({ timeout: 2 }));
     return { name, proc, clients: clusterClients(proc.address), db, sql };
