@@ -61,8 +61,8 @@ try {
   // Enough writers that A's latency, not the pool, limits a paced phase.
   const steadyClients = args.clients;
 
-  log(`\n== steady: ${args.rate} ops/s paced on A (${steadyClients} clients), probe every 100 ms`);
-  const steady = await steadyPhase(ctx, { rate: args.rate, clients: steadyClients, durationMs: ms(args.durationS) });
+  log(`\n== steady: ${args.rate} ops/s paced on A (${steadyClients} clients) after ${args.warmupS}s of warm-up, probe every 100 ms`);
+  const steady = await steadyPhase(ctx, { rate: args.rate, clients: steadyClients, durationMs: ms(args.durationS), warmupMs: ms(args.warmupS) });
   log(`  ${JSON.stringify(steady.flow)}\n  probe ${JSON.stringify(steady.probe)}  load avg ${load()}`);
 
   log(`\n== saturated: ${args.clients} closed-loop clients on A`);
@@ -99,7 +99,7 @@ try {
     log(`\n== baseline: PostgreSQL logical replication at ${args.rate} rows/s (private instance, wal_level=logical)`);
     const pg = await startPrivatePostgres();
     own(() => pg.stop());
-    logical = await runLogicalBaseline(pg, { rate: args.rate, clients: steadyClients, durationMs: ms(args.durationS) });
+    logical = await runLogicalBaseline(pg, { rate: args.rate, clients: steadyClients, durationMs: ms(args.durationS), warmupMs: ms(args.warmupS) });
     log(`  ${JSON.stringify(logical.lagMs)} rows ${logical.rows}`);
   }
 

@@ -2,6 +2,8 @@
 export interface ReplicationArgs {
   /** Seconds of each measured load phase. */
   durationS: number;
+  /** Seconds of paced load before the steady phase (and the logical baseline) is measured: connections, prepared statements and JIT warm up. */
+  warmupS: number;
   /** Seconds B's connection stays disabled in the catch-up phase. */
   catchupS: number;
   /** Steady write rate on A, ops/s. */
@@ -15,11 +17,11 @@ export interface ReplicationArgs {
 }
 
 const USAGE =
-  "usage: bun bench/replication.ts [--duration S] [--catchup-seconds S] [--rate OPS] [--clients N] [--shards N] [--skip-logical] [--keep-logs]";
+  "usage: bun bench/replication.ts [--duration S] [--warmup-seconds S] [--catchup-seconds S] [--rate OPS] [--clients N] [--shards N] [--skip-logical] [--keep-logs]";
 
 /** Parses `--flag value` and `--flag=value`; throws with the usage line on bad input. */
 export function parseReplicationArgs(argv: readonly string[]): ReplicationArgs {
-  const args: ReplicationArgs = { durationS: 10, catchupS: 30, rate: 500, clients: 32, skipLogical: false, keepLogs: false, shards: 4 };
+  const args: ReplicationArgs = { durationS: 10, warmupS: 3, catchupS: 30, rate: 500, clients: 32, skipLogical: false, keepLogs: false, shards: 4 };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (arg === "--help" || arg === "-h") throw new Error(USAGE);
@@ -35,6 +37,7 @@ export function parseReplicationArgs(argv: readonly string[]): ReplicationArgs {
     if (!Number.isFinite(n) || n <= 0) throw new Error(`${flag}: ${JSON.stringify(value)} is not a positive number\n${USAGE}`);
     if (flag === "--duration") args.durationS = n;
     else if (flag === "--catchup-seconds") args.catchupS = n;
+    else if (flag === "--warmup-seconds") args.warmupS = n;
     else if (flag === "--rate") args.rate = n;
     else if (flag === "--clients") args.clients = Math.round(n);
     else if (flag === "--shards") args.shards = Math.round(n);

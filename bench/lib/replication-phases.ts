@@ -70,12 +70,18 @@ export async function measureFlow(ctx: PhaseContext, load: () => Promise<{ ops: 
   };
 }
 
-/** Steady paced load with the end-to-end probe running beside it. */
-export async function steadyPhase(ctx: PhaseContext, o: { rate: number; clients: number; durationMs: number }) {
+/**
+ * Steady paced load with the end-to-end probe running beside it, measured after `warmupMs`
+ * of the same load (new connections, statements prepared per connection and JIT
+ * compilation make the first second after start slower; that is start-up, not steady state).
+ */
+export async function steadyPhase(ctx: PhaseContext, o: { rate: number; clients: number; durationMs: number; warmupMs: number }) {
+  await runPaced({ rate: o.rate, clients: o.clients, durationMs: o.warmupMs, op: writeOp(ctx.a.clients, ctx.namespace, "warmup") });
+  await drain(ctx);
   const stop = new AbortController();
   const probe = runLagProbe({ a: ctx.a.clients, b: ctx.b.clients, namespace: ctx.namespace, workflowId: "probe-steady", intervalMs: 100, signal: stop.signal });
   await Bun.sleep(300);
-  const flow = await measureFlow(ctx, () => runPaced({ ...o, op: writeOp(ctx.a.clients, ctx.namespace, "steady") }));
+  const flow = await measureFlow(ctx, () => runPaced({ rate: o.rate, clients: o.clients, durationMs: o.durationMs, op: writeOp(ctx.a.clients, ctx.namespace, "steady") }));
   stop.abort();
   const p = await probe;
   return {
