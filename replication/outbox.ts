@@ -44,3 +44,21 @@ const APPEND_TEXT = `
   select $1, task_id, $2, $3, $4, $5, $6, $7, $8::jsonb
   from next
   returning ${t.name("taskId")} as task_id`;
+
+/**
+ * The highest replication task id known committed per shard, in this process: from its
+ * own commits and from the counter each page read sees. A long poll already past it
+ * waits for the next commit without reading first (writers in other processes are seen
+ * at the sender's periodic re-read).
+ */
+export function createOutboxMarks() {
+  const marks = new Map<number, number>();
+  return {
+    advance(shardId: number, taskId: number): void {
+      if (taskId > (marks.get(shardId) ?? 0)) marks.set(shardId, taskId);
+    },
+    latest: (shardId: number): number | undefined => marks.get(shardId),
+  };
+}
+
+export type OutboxMarks = ReturnType<typeof createOutboxMarks>;

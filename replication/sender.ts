@@ -16,6 +16,7 @@ import type { Db } from "../src/persistence/database";
 import { runStatement, tableCodec, textCache } from "../src/persistence/raw-statements";
 import { clusterMetadata, historyEvents, namespaces, replicationTasks, shards } from "../src/persistence/schema";
 import { createOutboundAckRecorder, shardKey } from "./ack-levels";
+import type { OutboxMarks } from "./outbox";
 import { versionHistoryToProto } from "./version-history";
 
 export interface ReplicationSenderDeps {
@@ -29,6 +30,8 @@ export interface ReplicationSenderDeps {
   recheckMs?: number;
   /** Least time between two saves of one peer shard's outbound ack (a waiting failover gets them at once). */
   ackSaveIntervalMs?: number;
+  /** Task ids known committed (shared with the writer): a caught-up long poll waits without reading first. */
+  outboxMarks?: OutboxMarks;
 }
 
 type TaskRow = typeof replicationTasks.$inferSelect;
@@ -40,7 +43,7 @@ type EventJson = { eventId: number; version: number; eventTime: string; attribut
  * pulling peer its namespaces' tasks of one shard, long-polls for new ones, and records
  * the peer's acked_task_id (or, unset, its after_task_id) as its outbound ack.
  */
-export function createReplicationSender({ db, cluster, notifier, maxWaitMs = 20_000, recheckMs = 1000, ackSaveIntervalMs }: ReplicationSenderDeps) {
+export function createReplicationSender({ db, cluster, notifier, maxWaitMs = 20_000, recheckMs = 1000, ackSaveIntervalMs, outboxMarks }: ReplicationSenderDeps) {
   const acks = createOutboundAckRecorder({ db, notifier, intervalMs: ackSaveIntervalMs });
   // Ends long polls at shutdown, before the database closes under them.
   const closing = new AbortController();
@@ -85,16 +88,21 @@ export function createReplicationSender({ db, cluster, notifier, maxWaitMs = 20_
     // A pipelined puller asks past what it applied: only what it says it applied is acked.
     const acked = req.ackedTaskId === undefined ? after : Math.min(Number(req.ackedTaskId), after);
     const deadline = Date.now() + Math.min(Math.max(req.waitTimeoutMs, 0), maxWaitMs);
-    for (;;) {
+    for (let first = true; ; first = false) {
       // Listen before reading, so a commit between the read and the wait still wakes us.
       const stop = new AbortController();
       const left = deadline - Date.now();
       const woke = left > 0 ? notifier.wait(shardKey(req.shardId), Math.min(left, recheckMs), AbortSignal.any([signal, stop.signal])) : undefined;
+      // A poller past every commit known here (the usual caught-up peer) waits before it reads:
+      // a wake or the periodic re-read reads. The marks move before the notifier wakes us.
+      const known = outboxMarks?.latest(req.shardId);
+      const read = !(first && woke && known !== undefined && after >= known);
       const [page] = await Promise.all([
-        readPage(req.shardId, after, size, req.clusterName, req.includeEvents),
+        read ? readPage(req.shardId, after, size, req.clusterName, req.includeEvents) : undefined,
         req.clusterName ? acks.record(req.clusterName, req.shardId, acked) : undefined,
       ]);
-      if (page.tasks.length || !woke || signal.aborted) {
+      if (page) outboxMarks?.advance(req.shardId, page.max);
+      if (page && (page.tasks.length || !woke || signal.aborted)) {
         stop.abort();
         return create(GetReplicationTasksResponseSchema, { tasks: page.tasks, maxTaskId: BigInt(page.max), lastTaskId: BigInt(page.last) });
       }

@@ -18,6 +18,7 @@ import { createNamespaceReceiver } from "../replication/namespace-receiver";
 import { createNamespaceSender, NAMESPACE_QUEUE_KEY } from "../replication/namespace-sender";
 import { createHistoryReceiver, type RetryPolicy } from "../replication/receiver";
 import { createReplicationSender } from "../replication/sender";
+import { createOutboxMarks } from "../replication/outbox";
 import { createReplicationStatus } from "../replication/status";
 import type { Config } from "./config/schema";
 import { createAdminHandler } from "./frontend/admin-handler";
@@ -118,14 +119,16 @@ function wireCore({ config, opts, log, now, database, cluster }: Base) {
   const namespaces = createNamespaceRegistry({
     db, clusters, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY), onActivated,
   });
-  const writer = createWriter({ db, pipelined: database.pipelined, cluster, limits: config.limits, metrics, log, now, beforeCommit: opts.beforeCommit, notifier });
+  // Task ids committed per shard: the writer records them, the sender's long polls read them.
+  const outboxMarks = createOutboxMarks();
+  const writer = createWriter({ db, pipelined: database.pipelined, cluster, limits: config.limits, metrics, log, now, beforeCommit: opts.beforeCommit, notifier, outboxMarks });
   const timers = createTimerQueue({ db, writer, namespaces, notifier, metrics, log, currentCluster: cluster.clusterName, now });
   const engine = createHistoryEngine({
     db, cluster, limits: config.limits, metrics, log, now, namespaces, notifier, writer,
     onTimerCreated: (at) => timers.scheduled(at),
   });
   const queries = createHistoryQueries({ db, namespaces, notifier });
-  return { db, metrics, clusters, notifier, onActivated, activatedHooks, namespaces, writer, timers, engine, queries };
+  return { db, metrics, clusters, notifier, outboxMarks, onActivated, activatedHooks, namespaces, writer, timers, engine, queries };
 }
 
 type Core = ReturnType<typeof wireCore>;
@@ -153,7 +156,7 @@ function wireReplication({ opts, log, now, cluster }: Base, core: Core) {
     clients, applier, dlq, manager, backfill, sweep,
     remotes: createRemoteClusters({ db, current: cluster, clients, onChanged: () => manager.refresh() }),
     cleanup: createReplicationCleanup({ db, log }),
-    sender: createReplicationSender({ db, cluster, notifier }),
+    sender: createReplicationSender({ db, cluster, notifier, outboxMarks: core.outboxMarks }),
     status: createReplicationStatus({
       db, cluster, connectionState: (name) => manager.connectionState(name), inboundProgress: historyReceiver.progress,
       dlqSizes: dlq.sizes,

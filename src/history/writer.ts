@@ -1,5 +1,5 @@
 import { shardKey } from "../../replication/ack-levels";
-import { appendReplicationTask } from "../../replication/outbox";
+import { appendReplicationTask, type OutboxMarks } from "../../replication/outbox";
 import type { CurrentCluster } from "../cluster/bootstrap";
 import type { LimitsConfig } from "../config/schema";
 import { failedPrecondition, invalidArgument, pgErrorOf, unavailable } from "../errors";
@@ -27,6 +27,8 @@ export interface WriterDeps {
   beforeCommit?: (operation: string) => Promise<void> | void;
   /** Told `shard:N` after a transaction that wrote a replication task of shard N commits. */
   notifier?: EventNotifier;
+  /** Told the task ids such a transaction committed, before the notifier. */
+  outboxMarks?: OutboxMarks;
 }
 
 /** The events and state change to append to an open run. */
@@ -42,8 +44,8 @@ export const isReplicated = (ns: NamespaceRecord) => ns.isGlobal;
 /** Creates the writer used by the engine and the timer queue. */
 export function createWriter(deps: WriterDeps) {
   const { db, metrics, limits, log } = deps;
-  // Shards that got a replication task in an open transaction: woken once it commits.
-  const taskShards = new WeakMap<Tx, Set<number>>();
+  // Shards that got a replication task in an open transaction, with its id once written: woken once it commits.
+  const taskShards = new WeakMap<Tx, Map<number, number>>();
 
   /** Runs fn in a transaction, retrying serialization failures, with persistence metrics. */
   function transact<T>(operation: string, fn: (tx: Tx) => Promise<T>): Promise<T> {
@@ -84,10 +86,13 @@ export function createWriter(deps: WriterDeps) {
       const started = performance.now();
       metrics.inc("persistence_requests", { operation });
       try {
-        let written: Set<number> | undefined;
+        let written: Map<number, number> | undefined;
         // Called with the transaction once its writes are issued: the shards to wake after commit.
         const result = await attempt((tx) => void (written ??= taskShards.get(tx)));
-        for (const shardId of written ?? []) deps.notifier?.notify(shardKey(shardId));
+        for (const [shardId, taskId] of written ?? []) {
+          deps.outboxMarks?.advance(shardId, taskId);
+          deps.notifier?.notify(shardKey(shardId));
+        }
         metrics.observe("persistence_latency", { operation }, (performance.now() - started) / 1000);
         return result;
       } catch (e) {
@@ -167,15 +172,16 @@ export function createWriter(deps: WriterDeps) {
   ): Promise<unknown> {
     if (!isReplicated(ns)) return Promise.resolve();
     let written = taskShards.get(tx);
-    if (!written) taskShards.set(tx, (written = new Set()));
-    written.add(key.shardId);
+    if (!written) taskShards.set(tx, (written = new Map()));
+    const shard = written;
+    shard.set(key.shardId, shard.get(key.shardId) ?? 0);
     return appendReplicationTask(tx, {
       ...key,
       firstEventId: first,
       nextEventId: next,
       version: ns.failoverVersion,
       versionHistory: history,
-    });
+    }).then((taskId) => void shard.set(key.shardId, Math.max(taskId, shard.get(key.shardId) ?? 0)));
   }
 
   /** Checks, inside tx, that ns may still take this write here (see namespace-guard.ts). */

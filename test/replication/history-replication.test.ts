@@ -141,6 +141,23 @@ for (const store of await testStores()) {
       expect(page.tasks.length).toBeGreaterThan(0);
     });
 
+    test("CaughtUpLongPollWakesOnCommit: a poll past every task waits, and a commit on its shard answers it at once", async () => {
+      const wf = a.client(WorkflowService);
+      await wf.startWorkflowExecution({ namespace: NS, workflowId: "poll-1", workflowType: "Order", taskQueue: "q" });
+      const shardId = shardFor(nsId, "poll-1", 4);
+      const admin = a.client(AdminService);
+      const pull = (after: bigint, waitTimeoutMs: number) =>
+        admin.getReplicationTasks({ shardId, afterTaskId: after, pageSize: 10, includeEvents: true, clusterName: "clusterB", waitTimeoutMs });
+      const { maxTaskId } = await pull(0n, 0);
+      const waiting = pull(maxTaskId, 15_000).then((page) => ({ page, at: performance.now() }));
+      await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: run("poll-1"), signalName: "wake" });
+      const acked = performance.now();
+      const { page, at } = await waiting;
+      // Woken by the commit, not found by the sender's re-read a second into the poll.
+      expect(at - acked).toBeLessThan(500);
+      expect(page.tasks.map((t) => [t.workflowId, Number(t.firstEventId)])).toEqual([["poll-1", 2]]);
+    });
+
     test("PassiveRestartResumes: B stopped mid-stream comes back with no gap and no duplicate", async () => {
       const wf = a.client(WorkflowService);
       const ids = ["r-0", "r-1", "r-2", "r-3"];
