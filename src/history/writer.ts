@@ -96,9 +96,11 @@ export function createWriter(deps: WriterDeps) {
         metrics.observe("persistence_latency", { operation }, (performance.now() - started) / 1000);
         return result;
       } catch (e) {
-        const code = pgErrorOf(e).code;
+        const { code, constraint } = pgErrorOf(e);
         if ((code === "40001" || code === "40P01") && n < 5) continue;
-        if (code) metrics.inc("persistence_errors", { operation });
+        // A retried request's claim failing is an answer (the first write's), not a failure.
+        const retried = code === "23505" && constraint?.startsWith("request_ids");
+        if (code && !retried) metrics.inc("persistence_errors", { operation });
         throw e;
       }
     }

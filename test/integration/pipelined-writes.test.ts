@@ -57,6 +57,9 @@ for (const store of stores) {
       expect(new Set(answers.map((a) => a.eventId))).toEqual(new Set([2n]));
       const events = (await wf.getWorkflowExecutionHistory({ namespace: "p", execution: { workflowId: "retried" } })).history!.events;
       expect(events).toHaveLength(2);
+      // The retries were answered, not failed: no persistence error is counted for them.
+      const metrics = await (await fetch(`${cluster.url}/metrics`)).text();
+      expect(metrics).not.toMatch(/persistence_errors\{operation="SignalWorkflowExecution"\} [1-9]/);
     });
   });
 }
