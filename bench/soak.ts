@@ -1,32 +1,30 @@
 /**
- * Soak: two tern clusters on PostgreSQL under paced load on A for several minutes; samples
- * both servers' RSS and says whether it stayed flat (bench/lib/soak-summary.ts).
- *
- *   bun bench/soak.ts [--seconds 300] [--rate 500] [--clients 32] [--sample-seconds 5]
+ * Soak: two tern clusters on PostgreSQL under paced load on A for minutes; samples both
+ * servers' RSS (and peak), A's acked writes and B's applied events, and says whether RSS
+ * stayed flat (bench/lib/soak-summary.ts). `bun run bench:soak`.
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
+import { runPaced, type PacedResult } from "./lib/paced-load";
 import { unreachableReason } from "./lib/pg-database";
-import { runPaced } from "./lib/paced-load";
-import { eventCount, memoryOf, registerGlobalNamespace, startClusterPair } from "./lib/replication-clusters";
+import { eventCount, memoryOf, registerGlobalNamespace, startClusterPair, type BenchCluster } from "./lib/replication-clusters";
+import { measureFlow, type PhaseContext } from "./lib/replication-phases";
 import { writeOp } from "./lib/replication-workload";
 import { writeJsonReport } from "./lib/report";
-import { FLAT_DRIFT, FLAT_SLOPE_MB_PER_MIN, rssVerdict, type RssSample } from "./lib/soak-summary";
+import { parseSoakArgs, type SoakArgs } from "./lib/soak-args";
+import { FLAT_DRIFT, FLAT_SLOPE_MB_PER_MIN, formatMinutes, perMinute, rssGoal, rssVerdict, WARMUP_S, WARMUP_SHARE, type SoakSample } from "./lib/soak-summary";
 
-const USAGE = "usage: bun bench/soak.ts [--seconds 300] [--rate 500] [--clients 32] [--sample-seconds 5]";
-const opts: Record<string, number> = { seconds: 300, rate: 500, clients: 32, "sample-seconds": 5 };
-for (let i = 2; i < process.argv.length; i += 2) {
-  const name = process.argv[i]!.replace(/^--/, "");
-  const n = Number(process.argv[i + 1]);
-  if (!(name in opts) || !Number.isFinite(n) || n <= 0) {
-    console.error(`bad flag ${process.argv[i]} ${process.argv[i + 1] ?? ""}\n${USAGE}`);
-    process.exit(2);
-  }
-  opts[name] = n;
+const log = (line: string) => console.log(line);
+const load = () => loadavg().map((l) => l.toFixed(2)).join(" ");
+
+let args: SoakArgs;
+try {
+  args = parseSoakArgs(process.argv.slice(2));
+} catch (e) {
+  console.error((e as Error).message);
+  process.exit(2);
 }
-const { seconds, rate, clients } = opts as { seconds: number; rate: number; clients: number };
-const sampleMs = opts["sample-seconds"]! * 1000;
 const adminUrl = process.env.TERN_BENCH_PG_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
 const why = await unreachableReason(adminUrl);
 if (why) {
@@ -34,49 +32,91 @@ if (why) {
   process.exit(1);
 }
 
-const load = () => loadavg().map((l) => l.toFixed(2)).join(" ");
+// Clean-ups run last-registered first, once, on success, failure and Ctrl-C alike.
 const cleanups: (() => Promise<unknown>)[] = [];
-const dir = mkdtempSync(join(tmpdir(), "tern-bench-soak-"));
-const cleanUp = async () => {
+let cleaning = Promise.resolve();
+const cleanUp = () => (cleaning = cleaning.then(async () => {
   for (const c of cleanups.splice(0).reverse()) await c().catch((e) => console.error(`clean-up: ${(e as Error).message}`));
-  rmSync(dir, { recursive: true, force: true });
+}));
+for (const sig of ["SIGINT", "SIGTERM"] as const) process.on(sig, () => void cleanUp().finally(() => process.exit(130)));
+
+const memory = (c: BenchCluster) => {
+  const m = memoryOf(c.proc.pid);
+  if (!m) throw new Error(`${c.name}'s server exited during the soak`);
+  return m;
 };
-process.on("SIGINT", () => void cleanUp().finally(() => process.exit(130)));
-try {
-  console.log(`tern soak: ${seconds}s at ${rate} ops/s paced on A (${clients} clients), RSS every ${sampleMs / 1000}s; load average ${load()}`);
-  const [a, b] = await startClusterPair({ adminUrl, dir, shards: 4, own: (c) => void cleanups.push(c) });
-  await registerGlobalNamespace(a, b, "bench-global");
-  const samples: { t: number; a: number; b: number; aEvents: number; bEvents: number }[] = [];
+
+/** Paced writes on A for the whole run; a reading of both servers every sample interval and once at the end. */
+async function soak(ctx: PhaseContext, samples: SoakSample[]): Promise<PacedResult> {
   const stop = new AbortController();
-  const t0 = Date.now();
-  const paced = runPaced({ rate, clients, durationMs: seconds * 1000, signal: stop.signal, op: writeOp(a.clients, "bench-global", "soak") });
-  let running = true;
-  void paced.finally(() => (running = false));
-  while (running) {
-    const [ma, mb] = [memoryOf(a.proc.pid), memoryOf(b.proc.pid)];
-    if (!ma || !mb) throw new Error("a server exited during the soak");
-    const s = { t: (Date.now() - t0) / 1000, a: ma.rssMb, b: mb.rssMb, aEvents: await eventCount(a), bEvents: await eventCount(b) };
-    samples.push(s);
-    if (samples.length % Math.max(1, Math.round(60_000 / sampleMs)) === 1) {
-      console.log(`  t=${s.t.toFixed(0)}s  RSS A ${s.a.toFixed(0)} MB, B ${s.b.toFixed(0)} MB  events A ${s.aEvents}, B ${s.bEvents}`);
+  const write = writeOp(ctx.a.clients, ctx.namespace, "soak");
+  let acked = 0;
+  const t0 = performance.now();
+  const paced = runPaced({
+    rate: args.rate, clients: args.clients, durationMs: args.seconds * 1000, signal: stop.signal,
+    op: async (client, seq) => {
+      await write(client, seq);
+      acked++;
+    },
+  });
+  let ended = false;
+  void paced.then(() => (ended = true));
+  try {
+    for (;;) {
+      const [a, b] = [memory(ctx.a), memory(ctx.b)];
+      const s = { t: (performance.now() - t0) / 1000, aRssMb: a.rssMb, aPeakMb: a.peakMb, bRssMb: b.rssMb, bPeakMb: b.peakMb, aAckedOps: acked, bEvents: await eventCount(ctx.b) };
+      samples.push(s);
+      if (ended) break;
+      if (samples.length % Math.max(1, Math.round(60 / args.sampleSeconds)) === 1) {
+        log(`  t=${s.t.toFixed(0)}s  RSS A ${s.aRssMb.toFixed(0)} MB, B ${s.bRssMb.toFixed(0)} MB  A acked ${s.aAckedOps}, B applied ${s.bEvents} events  load avg ${load()}`);
+      }
+      await Promise.race([paced, Bun.sleep(args.sampleSeconds * 1000)]);
     }
-    await Promise.race([Bun.sleep(sampleMs), paced]);
+  } finally {
+    stop.abort();
   }
-  const result = await paced;
-  const verdict = (pick: (s: (typeof samples)[number]) => number): ReturnType<typeof rssVerdict> =>
-    rssVerdict(samples.map((s): RssSample => ({ t: s.t, rssMb: pick(s) })), seconds);
-  const verdicts = { clusterA: verdict((s) => s.a), clusterB: verdict((s) => s.b) };
-  console.log(`\nA acked ${result.opsPerSec.toFixed(0)} ops/s (target ${rate}), ${result.errors} errors; load average ${load()}`);
-  for (const [name, v] of Object.entries(verdicts)) {
-    console.log(
-      `${v.flat ? "PASS" : "MISS"}  RSS flat, ${name}: first minute after ${v.warmupS}s warm-up ${v.firstMinuteMedianMb.toFixed(0)} MB, ` +
-        `last minute ${v.lastMinuteMedianMb.toFixed(0)} MB (${((v.driftRatio - 1) * 100).toFixed(1)}%, limit ±${FLAT_DRIFT * 100}%), ` +
-        `slope ${v.slopeMbPerMin.toFixed(2)} MB/min (limit ${FLAT_SLOPE_MB_PER_MIN}); lowest reading ${v.firstMinuteFloorMb.toFixed(0)} -> ${v.lastMinuteFloorMb.toFixed(0)} MB`,
-    );
-  }
+  return paced;
+}
+
+const dir = mkdtempSync(join(tmpdir(), "tern-bench-soak-"));
+cleanups.push(async () => rmSync(dir, { recursive: true, force: true }));
+const startedAt = new Date();
+const loadAverageAtStart = loadavg();
+try {
+  log(`tern soak: ${args.seconds}s at ${args.rate} ops/s paced on A (${args.clients} clients), memory every ${args.sampleSeconds}s`);
+  log(`load average at start: ${load()} (2-core machine, shared)`);
+  const [a, b] = await startClusterPair({ adminUrl, dir, shards: 4, own: (c) => void cleanups.push(c) });
+  const ctx: PhaseContext = { a, b, namespace: "bench-global", log };
+  await registerGlobalNamespace(a, b, ctx.namespace);
+  const samples: SoakSample[] = [];
+  let paced!: PacedResult;
+  // measureFlow adds the lag of the whole run (apply stamps, B's histogram) once B has drained.
+  const flow = await measureFlow(ctx, async () => (paced = await soak(ctx, samples)));
+  const loadAverageAtEnd = loadavg();
+  const verdicts = {
+    [a.name]: rssVerdict(samples.map((s) => ({ t: s.t, rssMb: s.aRssMb })), args.seconds),
+    [b.name]: rssVerdict(samples.map((s) => ({ t: s.t, rssMb: s.bRssMb })), args.seconds),
+  };
+  const goals = Object.entries(verdicts).map(([name, v]) => rssGoal(name, v));
+  const minutes = perMinute(samples, args.seconds);
+  const last = samples.at(-1)!;
+  const ms = (l: { p50: number; p99: number; max: number }) => `p50 ${l.p50.toFixed(0)} ms, p99 ${l.p99.toFixed(0)} ms, max ${l.max.toFixed(0)} ms`;
+
+  log(`\n${formatMinutes(minutes)}`);
+  log(`\nA acked ${flow.opsPerSec.toFixed(1)} ops/s (target ${args.rate}), ${flow.errors} errors, ${paced.late} started >100 ms late; B applied ${flow.bApplyEventsPerSec.toFixed(0)} events/s`);
+  log(`lag A commit -> B apply, whole run: ${ms(flow.stampLagMs)} (${flow.stampLagMs.count} events); drained ${flow.drainMs.toFixed(0)} ms after the load`);
+  log(`peak RSS (VmHWM): A ${last.aPeakMb.toFixed(0)} MB, B ${last.bPeakMb.toFixed(0)} MB`);
+  log(`\ngoals:\n${goals.map((g) => `  ${g.verdict.padEnd(4)}  ${g.goal}  (${g.detail})`).join("\n")}`);
+  log(`\nload average at end: ${load()}`);
+
   const path = join(import.meta.dir, "results", "soak-latest.json");
-  writeJsonReport(path, { startedAt: new Date(t0).toISOString(), seconds, rate, clients, achievedOpsPerSec: result.opsPerSec, errors: result.errors, loadAverageEnd: loadavg(), verdicts, samples });
-  console.log(`wrote ${path}`);
+  writeJsonReport(path, {
+    startedAt: startedAt.toISOString(), args, loadAverageAtStart, loadAverageAtEnd,
+    thresholds: { warmupS: WARMUP_S, warmupShare: WARMUP_SHARE, flatDrift: FLAT_DRIFT, flatSlopeMbPerMin: FLAT_SLOPE_MB_PER_MIN },
+    achievedOpsPerSec: flow.opsPerSec, late: paced.late, writeLatencyMs: paced.latencyMs,
+    flow, goals, verdicts, minutes, samples,
+  });
+  log(`wrote ${path}`);
 } catch (e) {
   console.error(`soak failed: ${(e as Error).stack ?? e}`);
   process.exitCode = 1;
