@@ -6,9 +6,10 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
+import { argsOrExit, benchPostgresOrExit, createCleanups } from "./lib/bench-process";
 import { runInsertBaseline } from "./lib/insert-baseline";
 import { runLogicalBaseline, startPrivatePostgres, type LogicalResult } from "./lib/logical-baseline";
-import { createTempDatabase, unreachableReason } from "./lib/pg-database";
+import { createTempDatabase } from "./lib/pg-database";
 import { writeJsonReport } from "./lib/report";
 import { parseReplicationArgs } from "./lib/replication-args";
 import { memoryOf, registerGlobalNamespace, startClusterPair } from "./lib/replication-clusters";
@@ -18,34 +19,11 @@ import { buildReport } from "./lib/replication-summary";
 const log = (line: string) => console.log(line);
 const load = () => loadavg().map((l) => l.toFixed(2)).join(" ");
 
-let args;
-try {
-  args = parseReplicationArgs(process.argv.slice(2));
-} catch (e) {
-  console.error((e as Error).message);
-  process.exit(2);
-}
-const adminUrl = process.env.TERN_BENCH_PG_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
-const why = await unreachableReason(adminUrl);
-if (why) {
-  console.error(`PostgreSQL is not reachable (${why}); set TERN_BENCH_PG_URL`);
-  process.exit(1);
-}
+const args = argsOrExit(parseReplicationArgs);
+const adminUrl = await benchPostgresOrExit();
 
-// Clean-ups run last-registered first, on success, failure and Ctrl-C alike.
-const cleanups: (() => Promise<unknown>)[] = [];
-const own = (c: () => Promise<unknown>) => void cleanups.push(c);
-let cleaning = Promise.resolve();
-const cleanUp = () =>
-  (cleaning = cleaning.then(async () => {
-    for (const c of cleanups.splice(0).reverse()) await c().catch((e) => console.error(`clean-up: ${(e as Error).message}`));
-  }));
-for (const sig of ["SIGINT", "SIGTERM"] as const) {
-  process.on(sig, () => {
-    console.error(`\n${sig}: cleaning up`);
-    void cleanUp().finally(() => process.exit(130));
-  });
-}
+// Clean-ups run last-registered first, once, on success, failure and Ctrl-C alike.
+const { own, cleanUp } = createCleanups();
 
 const dir = mkdtempSync(join(tmpdir(), "tern-bench-repl-"));
 // --keep-logs leaves the servers' logs (JSON lines, info level) for reading where the time went.

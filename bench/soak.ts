@@ -6,39 +6,23 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
+import { argsOrExit, benchPostgresOrExit, createCleanups } from "./lib/bench-process";
 import { runPaced, type PacedResult } from "./lib/paced-load";
-import { unreachableReason } from "./lib/pg-database";
 import { eventCount, memoryOf, registerGlobalNamespace, startClusterPair, type BenchCluster } from "./lib/replication-clusters";
 import { measureFlow, type PhaseContext } from "./lib/replication-phases";
 import { writeOp } from "./lib/replication-workload";
 import { writeJsonReport } from "./lib/report";
-import { parseSoakArgs, type SoakArgs } from "./lib/soak-args";
+import { parseSoakArgs } from "./lib/soak-args";
 import { FLAT_DRIFT, FLAT_SLOPE_MB_PER_MIN, formatMinutes, perMinute, rssGoal, rssVerdict, WARMUP_S, WARMUP_SHARE, type SoakSample } from "./lib/soak-summary";
 
 const log = (line: string) => console.log(line);
 const load = () => loadavg().map((l) => l.toFixed(2)).join(" ");
 
-let args: SoakArgs;
-try {
-  args = parseSoakArgs(process.argv.slice(2));
-} catch (e) {
-  console.error((e as Error).message);
-  process.exit(2);
-}
-const adminUrl = process.env.TERN_BENCH_PG_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
-const why = await unreachableReason(adminUrl);
-if (why) {
-  console.error(`PostgreSQL is not reachable (${why}); set TERN_BENCH_PG_URL`);
-  process.exit(1);
-}
+const args = argsOrExit(parseSoakArgs);
+const adminUrl = await benchPostgresOrExit();
 
 // Clean-ups run last-registered first, once, on success, failure and Ctrl-C alike.
-const cleanups: (() => Promise<unknown>)[] = [];
-let cleaning = Promise.resolve();
-const cleanUp = () => (cleaning = cleaning.then(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c().catch((e) => console.error(`clean-up: ${(e as Error).message}`));
-}));
-for (const sig of ["SIGINT", "SIGTERM"] as const) process.on(sig, () => void cleanUp().finally(() => process.exit(130)));
+const { own, cleanUp } = createCleanups();
 
 const memory = (c: BenchCluster) => {
   const m = memoryOf(c.proc.pid);
@@ -79,13 +63,13 @@ async function soak(ctx: PhaseContext, samples: SoakSample[]): Promise<PacedResu
 }
 
 const dir = mkdtempSync(join(tmpdir(), "tern-bench-soak-"));
-cleanups.push(async () => rmSync(dir, { recursive: true, force: true }));
+own(async () => rmSync(dir, { recursive: true, force: true }));
 const startedAt = new Date();
 const loadAverageAtStart = loadavg();
 try {
   log(`tern soak: ${args.seconds}s at ${args.rate} ops/s paced on A (${args.clients} clients), memory every ${args.sampleSeconds}s`);
   log(`load average at start: ${load()} (2-core machine, shared)`);
-  const [a, b] = await startClusterPair({ adminUrl, dir, shards: 4, own: (c) => void cleanups.push(c) });
+  const [a, b] = await startClusterPair({ adminUrl, dir, shards: 4, own });
   const ctx: PhaseContext = { a, b, namespace: "bench-global", log };
   await registerGlobalNamespace(a, b, ctx.namespace);
   const samples: SoakSample[] = [];
