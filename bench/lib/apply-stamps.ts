@@ -83,7 +83,7 @@ export interface BacklogDrain {
  */
 export function backlogDrain(stamps: readonly ApplyStamp[], resumedAtMs: number): BacklogDrain | null {
   const after = stamps.filter((s) => s.appliedAtMs >= resumedAtMs);
-  const end = Math.max(...after.filter((s) => s.eventTimeMs < resumedAtMs).map((s) => s.appliedAtMs));
+  const end = after.reduce((m, s) => (s.eventTimeMs < resumedAtMs && s.appliedAtMs > m ? s.appliedAtMs : m), Number.NEGATIVE_INFINITY);
   if (!Number.isFinite(end)) return null;
   const events = after.filter((s) => s.appliedAtMs <= end).length;
   const seconds = (end - resumedAtMs) / 1000;

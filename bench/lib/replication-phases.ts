@@ -56,7 +56,8 @@ export async function measureFlow(ctx: PhaseContext, load: () => Promise<{ ops: 
   const cpuMsPerEvent = cpuPerEvent(cpu0, await cpuOfBoth(ctx), n1 - n0);
   const stamps = await readApplyStamps(ctx.b.sql, t0);
   const lags = lagsOfWrittenIn(stamps, t0, t1);
-  const lastApply = Math.max(...stamps.filter((s) => s.eventTimeMs < t1).map((s) => s.appliedAtMs));
+  // A loop, not a spread: a long soak has millions of stamps, past what a spread takes.
+  const lastApply = stamps.reduce((m, s) => (s.eventTimeMs < t1 && s.appliedAtMs > m ? s.appliedAtMs : m), Number.NEGATIVE_INFINITY);
   const h = diffHistogram(await latency(ctx.b), h0);
   const ms = (q: number) => histogramQuantile(h, q) * 1000;
   return {
