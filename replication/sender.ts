@@ -181,7 +181,7 @@ const pageText = textCache((shape: { peer: boolean; withEvents: boolean }) => {
     : "true";
   return `with counter as (select ${shardsSql.name("nextTaskId")} - 1 as page_max from ${shardsSql.table} where ${shardsSql.name("shardId")} = $1) ` +
     `select counter.page_max, ${peerFlag} as peer_enabled, page.* from counter left join lateral (` +
-    `select ${tasksSql.all.split(", ").map((c) => `rt.${c}`).join(", ")}, ${events} as page_events ` +
+    `select ${tasksSql.all("rt")}, ${events} as page_events ` +
     `from ${tasksSql.table} rt where ${t("shardId")} = $1 and ${t("taskId")} > $2 and ${t("taskId")} <= counter.page_max${wanted} ` +
     `order by ${t("taskId")} limit $3) page on true`;
 }, (shape) => `${shape.peer}/${shape.withEvents}`);

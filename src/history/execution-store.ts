@@ -16,7 +16,7 @@ const runKeyWhere = (first: number) =>
   `${executionsSql.name("namespaceId")} = $${first} and ${executionsSql.name("workflowId")} = $${first + 1} and ${executionsSql.name("runId")} = $${first + 2}`;
 
 const lockRunText = textCache((byRunId: boolean) =>
-  `select ${executionsSql.all} from ${executionsSql.table} where ${executionsSql.name("namespaceId")} = $1 and ${executionsSql.name("workflowId")} = $2` +
+  `select ${executionsSql.all()} from ${executionsSql.table} where ${executionsSql.name("namespaceId")} = $1 and ${executionsSql.name("workflowId")} = $2` +
   (byRunId ? ` and ${executionsSql.name("runId")} = $3` : "") +
   ` order by (${executionsSql.name("status")} = 'RUNNING') desc, ${executionsSql.name("startTime")} desc, ${executionsSql.name("runId")} desc limit 1 for update`);
 
@@ -109,17 +109,21 @@ const insertEventsText = textCache((rows: number) =>
 /** Rows per insert statement: a statement takes at most 65534 parameters. */
 const INSERT_CHUNK = 1000;
 
-/** Inserts a run's event rows, in one statement per thousand. */
-export function insertEventRows(tx: Tx, key: RunKey, rows: EventColumns[]): Promise<unknown> {
+/** Inserts rows with one statement per thousand: textOf(n) inserts n rows, paramsOf gives a row's parameters. */
+function insertInChunks<R>(tx: Tx, rows: R[], textOf: (n: number) => string, paramsOf: (row: R) => unknown[]): Promise<unknown> {
   const statements: Promise<unknown>[] = [];
   for (let i = 0; i < rows.length; i += INSERT_CHUNK) {
     const chunk = rows.slice(i, i + INSERT_CHUNK);
-    const params = chunk.flatMap((e) => [
-      key.namespaceId, key.workflowId, key.runId, e.eventId, e.version, eventsSql.param("eventTime", e.eventTime), e.eventType, eventsSql.param("attributes", e.attributes),
-    ]);
-    statements.push(runStatement(tx, insertEventsText(chunk.length), params));
+    statements.push(runStatement(tx, textOf(chunk.length), chunk.flatMap(paramsOf)));
   }
   return Promise.all(statements);
+}
+
+/** Inserts a run's event rows. */
+export function insertEventRows(tx: Tx, key: RunKey, rows: EventColumns[]): Promise<unknown> {
+  return insertInChunks(tx, rows, insertEventsText, (e) => [
+    key.namespaceId, key.workflowId, key.runId, e.eventId, e.version, eventsSql.param("eventTime", e.eventTime), e.eventType, eventsSql.param("attributes", e.attributes),
+  ]);
 }
 
 /** Inserts new events numbered from firstEventId, at the write's version and time; returns the version history after them. */
@@ -145,12 +149,7 @@ const insertRequestIdsText = textCache((rows: number) =>
 
 /** Records where requests' events went; the first holder of a request id keeps it (as a claim does). */
 export function insertRequestIds(tx: Tx, key: RunKey, ids: { requestId: string; eventId: number }[]): Promise<unknown> {
-  const statements: Promise<unknown>[] = [];
-  for (let i = 0; i < ids.length; i += INSERT_CHUNK) {
-    const chunk = ids.slice(i, i + INSERT_CHUNK);
-    statements.push(runStatement(tx, insertRequestIdsText(chunk.length), chunk.flatMap((r) => [key.namespaceId, key.workflowId, key.runId, r.requestId, r.eventId])));
-  }
-  return Promise.all(statements);
+  return insertInChunks(tx, ids, insertRequestIdsText, (r) => [key.namespaceId, key.workflowId, key.runId, r.requestId, r.eventId]);
 }
 
 /** Version history after appending events up to lastEventId at version (DESIGN.md section 4). */

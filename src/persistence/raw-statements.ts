@@ -31,8 +31,8 @@ export function tableCodec<T extends Table>(table: T) {
   };
   return {
     table: quote(getTableName(table)),
-    /** Every column, quoted, in declaration order: a select list. */
-    all: columns.map(([, c]) => quote(c.name)).join(", "),
+    /** Every column, quoted, in declaration order, qualified by alias when given: a select list. */
+    all: (alias?: string) => columns.map(([, c]) => (alias ? `${alias}.${quote(c.name)}` : quote(c.name))).join(", "),
     /** The quoted database name of key's column. */
     name: (key: Key) => quote(column(key).name),
     /** value as a parameter of key's column. */
@@ -51,9 +51,9 @@ export function tableCodec<T extends Table>(table: T) {
 
 const quote = (identifier: string) => `"${identifier.replaceAll('"', '""')}"`;
 
-/** `($1, $2), ($3, $4)`: rows placeholders for a multi-row insert, numbered from first. */
-export function valuesList(rows: number, width: number, first = 1): string {
-  return Array.from({ length: rows }, (_, r) => `(${Array.from({ length: width }, (_, c) => `$${first + r * width + c}`).join(", ")})`).join(", ");
+/** `($1, $2), ($3, $4)`: rows placeholders for a multi-row insert. */
+export function valuesList(rows: number, width: number): string {
+  return Array.from({ length: rows }, (_, r) => `(${Array.from({ length: width }, (_, c) => `$${1 + r * width + c}`).join(", ")})`).join(", ");
 }
 
 /** Memoizes a statement text by its shape (e.g. the number of rows or the set columns), keyed by keyOf. */
