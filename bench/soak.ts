@@ -10,6 +10,7 @@ import { argsOrExit, benchPostgresOrExit, createCleanups } from "./lib/bench-pro
 import { runPaced, type PacedResult } from "./lib/paced-load";
 import { eventCount, memoryOf, registerGlobalNamespace, startClusterPair, type BenchCluster } from "./lib/replication-clusters";
 import { measureFlow, type PhaseContext } from "./lib/replication-phases";
+import { formatGoals } from "./lib/replication-report";
 import { writeOp } from "./lib/replication-workload";
 import { writeJsonReport } from "./lib/report";
 import { parseSoakArgs } from "./lib/soak-args";
@@ -90,7 +91,7 @@ try {
   log(`\nA acked ${flow.opsPerSec.toFixed(1)} ops/s (target ${args.rate}), ${flow.errors} errors, ${paced.late} started >100 ms late; B applied ${flow.bApplyEventsPerSec.toFixed(0)} events/s`);
   log(`lag A commit -> B apply, whole run: ${ms(flow.stampLagMs)} (${flow.stampLagMs.count} events); drained ${flow.drainMs.toFixed(0)} ms after the load`);
   log(`peak RSS (VmHWM): A ${last.aPeakMb.toFixed(0)} MB, B ${last.bPeakMb.toFixed(0)} MB`);
-  log(`\ngoals:\n${goals.map((g) => `  ${g.verdict.padEnd(4)}  ${g.goal}  (${g.detail})`).join("\n")}`);
+  log(`\ngoals:\n${formatGoals(goals)}`);
   log(`\nload average at end: ${load()}`);
 
   const path = join(import.meta.dir, "results", "soak-latest.json");

@@ -62,6 +62,11 @@ export interface GoalInputs {
 
 const ok = (...xs: (number | undefined)[]) => xs.every((x) => x !== undefined && Number.isFinite(x));
 
+/** The goal lines of a bench's output, one a goal: verdict, goal, detail. */
+export function formatGoals(goals: readonly GoalResult[]): string {
+  return goals.map((g) => `  ${g.verdict.padEnd(4)}  ${g.goal}  (${g.detail})`).join("\n");
+}
+
 function judge(goal: string, inputs: (number | undefined)[], pass: () => boolean, detail: () => string): GoalResult {
   if (!ok(...inputs)) return { goal, verdict: "N/A", detail: "not measured in this run" };
   return { goal, verdict: pass() ? "PASS" : "MISS", detail: detail() };

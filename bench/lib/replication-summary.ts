@@ -2,7 +2,7 @@ import type { LogicalResult } from "./logical-baseline";
 import type { LoadResult } from "./load";
 import type { ReplicationArgs } from "./replication-args";
 import type { CatchUpResult, FlowResult } from "./replication-phases";
-import { evaluateGoals, formatFigures, ratioOf, type FigureRow, type LagSummary } from "./replication-report";
+import { evaluateGoals, formatFigures, formatGoals, ratioOf, type FigureRow, type LagSummary } from "./replication-report";
 
 type Failover = { behindAtIssue: number; callMs: number; acceptedMs: number; ackedWrites: number; lostAckedWrites: number; loadErrors: number; firstError?: string };
 
@@ -82,7 +82,7 @@ export function buildReport(r: RunResults): { text: string; json: unknown } {
     formatFigures(rows),
     "",
     "goals:",
-    ...goals.map((g) => `  ${g.verdict.padEnd(4)}  ${g.goal}  (${g.detail})`),
+    formatGoals(goals),
     "",
     `load average at end: ${la}`,
   ].join("\n");
