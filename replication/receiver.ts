@@ -6,6 +6,7 @@ import type { EventNotifier } from "../src/history/notifier";
 import type { Writer } from "../src/history/writer";
 import type { Logger } from "../src/observability/log";
 import type { Metrics } from "../src/observability/metrics";
+import type { NamespaceRecord } from "../src/namespace/registry";
 import type { Db } from "../src/persistence/database";
 import { advanceInboundAck, loadInboundAck } from "./ack-levels";
 import { isTaskFailure, type HistoryApplier, type IncomingTask, type RawHistoryFetcher } from "./applier";
@@ -19,7 +20,7 @@ export interface HistoryReceiverDeps {
   cluster: CurrentCluster;
   applier: HistoryApplier;
   /** Transactions with retries and persistence metrics. */
-  writer: Pick<Writer, "transact">;
+  writer: Pick<Writer, "transact" | "transactPipelined">;
   /** Woken per run after an apply commits, for history long polls on this cluster. */
   notifier: EventNotifier;
   metrics: Metrics;
@@ -73,6 +74,12 @@ interface Batch {
   signal: AbortSignal;
 }
 
+/** Where an apply moves a shard's inbound ack. */
+type AckMove = Parameters<typeof advanceInboundAck>[3];
+
+/** Thrown inside applyPipelined when the page needs applyInFull: rolls the attempt back. */
+class NeedsFullApply extends Error {}
+
 /** Awaits every promise (none is left running), then throws the first failure. */
 async function settleAll(all: Promise<unknown>[]): Promise<void> {
   const failed = (await Promise.allSettled(all)).find((r) => r.status === "rejected");
@@ -108,14 +115,63 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
 
   /**
    * Applies tasks and moves the ack from..to in one transaction; returns the runs that grew.
-   * Tasks of a run that already has a DLQ entry from this shard go to the DLQ too, so the
-   * run never gets a gap: the merge re-applies them in order. Workflows apply side by side,
-   * their statements pipelined on the transaction's connection; a workflow's tasks in order.
+   * Tried in two round trips first (applyPipelined), else in full (applyInFull).
    */
   async function applyAll(b: Batch, tasks: ReplicationTask[], from: number, to: number): Promise<Applied> {
-    const fetchRaw = rawFetcher(b.remote.name, b.remote.clients, log, b.signal);
     const namespaces = await applier.namespacesOf(tasks);
     const lastCreate = tasks.at(-1)?.createTime;
+    const move = { from, to, maxTaskId: b.maxTaskId, lastAppliedCreatedAt: lastCreate ? timestampDate(lastCreate) : undefined };
+    const labels = { remote_cluster: b.remote.name };
+    const done = await applyPipelined(b, tasks, namespaces, move);
+    if (done) {
+      metrics.inc("replication_pages_applied", { ...labels, path: "pipelined" });
+      return done;
+    }
+    metrics.inc("replication_pages_applied", { ...labels, path: "full" });
+    return applyInFull(b, tasks, namespaces, move);
+  }
+
+  /**
+   * The usual page in two round trips (see pipelined-tx.ts): BEGIN goes out with the ack's
+   * move, the shard's held runs and every run's locks and reads; COMMIT right behind the
+   * writes, planned in between. Undefined, rolled back before any write, when the page needs
+   * applyInFull: a held run, a run twice in the page, a divergence, a gap or a rival run.
+   */
+  async function applyPipelined(b: Batch, tasks: ReplicationTask[], namespaces: Map<string, NamespaceRecord>, move: AckMove): Promise<Applied | undefined> {
+    // Per workflow in task order, merged per run (a page interleaves runs); a run left twice switched branches.
+    const merged = byWorkflow(tasks).flatMap((g) => mergeRunTasks(g.map(incoming)));
+    if (new Set(merged.map(runKey)).size !== merged.length) return undefined;
+    try {
+      return await writer.transactPipelined("ReplicateHistory", async (tx, commit) => {
+        // The ack first: it moves only from where this page starts (another process may apply the
+        // shard), and must fail before COMMIT goes out, not after.
+        const acked = advanceInboundAck(tx, b.remote.name, b.shardId, move);
+        const held = merged.length ? dlq.heldRuns(tx, b.remote.name, b.shardId) : new Set<string>();
+        const reads = merged.map((t) => applier.readForApply(tx, namespaces.get(t.namespaceId)!, t));
+        const [heldRuns, found] = await Promise.all([held, Promise.all(reads), acked]);
+        if (merged.some((t) => heldRuns.has(runKey(t)))) throw new NeedsFullApply();
+        const plans = merged.map((t, i) => applier.planApply(namespaces.get(t.namespaceId)!, t, found[i]!));
+        if (plans.some((p) => !p)) throw new NeedsFullApply();
+        const writes = plans.map((p) => p!.write(tx));
+        commit();
+        await Promise.all(writes);
+        return { grown: merged.filter((_, i) => plans[i]!.events > 0).map((t) => t.runId), held: 0 };
+      });
+    } catch (e) {
+      if (e instanceof NeedsFullApply) return undefined;
+      throw e;
+    }
+  }
+
+  /**
+   * Applies tasks in an ordinary transaction: tasks of a run that already has a DLQ entry
+   * from this shard go to the DLQ too, so the run never gets a gap (the merge re-applies
+   * them in order); conflicts are resolved and gaps fetched from the source. Workflows
+   * apply side by side, their statements pipelined on the transaction's connection; a
+   * workflow's tasks in order.
+   */
+  async function applyInFull(b: Batch, tasks: ReplicationTask[], namespaces: Map<string, NamespaceRecord>, move: AckMove): Promise<Applied> {
+    const fetchRaw = rawFetcher(b.remote.name, b.remote.clients, log, b.signal);
     return writer.transact("ReplicateHistory", async (tx) => {
       const held = tasks.length ? await dlq.heldRuns(tx, b.remote.name, b.shardId) : new Set<string>();
       const done: Applied = { grown: [], held: 0 };
@@ -140,12 +196,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
       // Pipelined: the ack moves with the apply, and a failure of either rolls back both.
       // Everything settles before the callback returns: no statement may reach the
       // connection after the rollback, when it serves another transaction.
-      await settleAll([
-        ...byWorkflow(tasks).map(apply),
-        advanceInboundAck(tx, b.remote.name, b.shardId, {
-          from, to, maxTaskId: b.maxTaskId, lastAppliedCreatedAt: lastCreate ? timestampDate(lastCreate) : undefined,
-        }),
-      ]);
+      await settleAll([...byWorkflow(tasks).map(apply), advanceInboundAck(tx, b.remote.name, b.shardId, move)]);
       return done;
     });
   }

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { diffHistogram, histogramMaxBound, histogramQuantile, parseHistogram } from "./prom-histogram";
+import { diffHistogram, histogramMaxBound, histogramQuantile, parseCounter, parseHistogram } from "./prom-histogram";
 
 const body = (a: number[], sum: number) => `# TYPE replication_latency histogram
 replication_latency_bucket{remote_cluster="clusterA",le="0.01"} ${a[0]}
@@ -15,6 +15,18 @@ service_latency_bucket{le="0.01"} 5
 `;
 
 describe("prom-histogram", () => {
+  test("sums a counter's matching series, and not a longer name that starts with it", () => {
+    const text = `replication_pages_applied{remote_cluster="clusterA",path="pipelined"} 40
+replication_pages_applied{remote_cluster="clusterA",path="full"} 2
+replication_pages_applied{remote_cluster="clusterC",path="pipelined"} 7
+replication_pages_applied_total 1000
+replication_tasks_applied 9
+`;
+    expect(parseCounter(text, "replication_pages_applied")).toBe(49);
+    expect(parseCounter(text, "replication_pages_applied", { remote_cluster: "clusterA", path: "full" })).toBe(2);
+    expect(parseCounter(text, "replication_tasks_applied")).toBe(9);
+    expect(parseCounter(text, "replication_dlq_size")).toBe(0);
+  });
   test("parses only the matching series", () => {
     const h = parseHistogram(body([10, 20, 30, 30], 1.5), "replication_latency", { remote_cluster: "clusterA" });
     expect(h).toEqual({ le: [0.01, 0.05, 0.1, Infinity], cumulative: [10, 20, 30, 30], count: 30, sum: 1.5 });

@@ -21,8 +21,8 @@ export function parseHistogram(text: string, name: string, match: Record<string,
   for (const line of text.split("\n")) {
     const m = LINE.exec(line);
     if (!m || m[1] !== name) continue;
-    const labels = Object.fromEntries([...(m[3] ?? "").matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((l) => [l[1]!, l[2]!]));
-    if (!Object.entries(match).every(([k, v]) => labels[k] === v)) continue;
+    const labels = labelsOf(m[3]);
+    if (!matches(labels, match)) continue;
     const value = Number(m[4]);
     if (m[2] === "_count") count += value;
     else if (m[2] === "_sum") sum += value;
@@ -34,6 +34,22 @@ export function parseHistogram(text: string, name: string, match: Record<string,
   const le = [...byLe.keys()].sort((a, b) => a - b);
   return { le, cumulative: le.map((b) => byLe.get(b)!), count, sum };
 }
+
+const COUNTER = /^(\w+)(\{[^}]*\})?\s+(\S+)/;
+
+/** Counter (or gauge) `name` from a /metrics body, summed over every series whose labels contain all of `match`; 0 if none. */
+export function parseCounter(text: string, name: string, match: Record<string, string> = {}): number {
+  let total = 0;
+  for (const line of text.split("\n")) {
+    const m = COUNTER.exec(line);
+    if (m && m[1] === name && matches(labelsOf(m[2]), match)) total += Number(m[3]);
+  }
+  return total;
+}
+
+const labelsOf = (braced: string | undefined): Record<string, string> =>
+  Object.fromEntries([...(braced ?? "").matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((l) => [l[1]!, l[2]!]));
+const matches = (labels: Record<string, string>, match: Record<string, string>) => Object.entries(match).every(([k, v]) => labels[k] === v);
 
 /** after − before, bucket by bucket: the observations made between two scrapes. */
 export function diffHistogram(after: Histogram, before: Histogram): Histogram {

@@ -4,7 +4,7 @@ import { backlogDrain, catchUpFrom, lagsOfWrittenIn, readApplyStamps, type Backl
 import { runLagProbe } from "./lag-probe";
 import { runLoad } from "./load";
 import { runPaced } from "./paced-load";
-import { diffHistogram, histogramMaxBound, histogramQuantile, parseHistogram, type Histogram } from "./prom-histogram";
+import { diffHistogram, histogramMaxBound, histogramQuantile, parseCounter, parseHistogram, type Histogram } from "./prom-histogram";
 import { eventCount, scrape, until, type BenchCluster } from "./replication-clusters";
 import { lagSummary, type LagSummary } from "./replication-report";
 import { writeOp, type AckedSignal } from "./replication-workload";
@@ -34,11 +34,20 @@ export interface FlowResult {
   drainMs: number;
   /** CPU ms per event written in the phase, per cluster: server process and PostgreSQL backends (load to drain). */
   cpuMsPerEvent: Record<string, CpuUsed>;
+  /** B's applied pages in the phase: tasks per page (fixed costs are per page), and pages that needed the full apply path. */
+  bPages: { pages: number; tasks: number; tasksPerPage: number; full: number };
 }
+
+/** What B's counters say of its applies so far. */
+const applyCounters = (metrics: string) => ({
+  pages: parseCounter(metrics, "replication_pages_applied"),
+  full: parseCounter(metrics, "replication_pages_applied", { path: "full" }),
+  tasks: parseCounter(metrics, "replication_tasks_applied"),
+});
 
 const cpuOfBoth = async (ctx: PhaseContext): Promise<Record<string, CpuSample>> => ({ [ctx.a.name]: await cpuOf(ctx.a), [ctx.b.name]: await cpuOf(ctx.b) });
 
-const latency = async (c: BenchCluster): Promise<Histogram> => parseHistogram(await scrape(c), "replication_latency");
+const latency = (metrics: string): Histogram => parseHistogram(metrics, "replication_latency");
 
 /** Waits until B holds as many history events as A (every write so far applied). */
 export async function drain(ctx: PhaseContext, timeoutMs = 120_000): Promise<number> {
@@ -47,7 +56,7 @@ export async function drain(ctx: PhaseContext, timeoutMs = 120_000): Promise<num
 
 /** Runs `load` on A and measures B following it: throughput, per-event lag, the latency histogram. */
 export async function measureFlow(ctx: PhaseContext, load: () => Promise<{ ops: number; errors: number; elapsedS: number; firstError?: string }>): Promise<FlowResult> {
-  const [h0, n0, cpu0] = [await latency(ctx.b), await eventCount(ctx.a), await cpuOfBoth(ctx)];
+  const [m0, n0, cpu0] = [await scrape(ctx.b), await eventCount(ctx.a), await cpuOfBoth(ctx)];
   const t0 = Date.now();
   const r = await load();
   const t1 = Date.now();
@@ -58,7 +67,11 @@ export async function measureFlow(ctx: PhaseContext, load: () => Promise<{ ops: 
   const lags = lagsOfWrittenIn(stamps, t0, t1);
   // A loop, not a spread: a long soak has millions of stamps, past what a spread takes.
   const lastApply = stamps.reduce((m, s) => (s.eventTimeMs < t1 && s.appliedAtMs > m ? s.appliedAtMs : m), Number.NEGATIVE_INFINITY);
-  const h = diffHistogram(await latency(ctx.b), h0);
+  const m1 = await scrape(ctx.b);
+  const h = diffHistogram(latency(m1), latency(m0));
+  const [c0, c1] = [applyCounters(m0), applyCounters(m1)];
+  const pages = c1.pages - c0.pages;
+  const tasks = c1.tasks - c0.tasks;
   const ms = (q: number) => histogramQuantile(h, q) * 1000;
   return {
     ops: r.ops, errors: r.errors, firstError: r.firstError, opsPerSec: r.ops / r.elapsedS,
@@ -68,6 +81,7 @@ export async function measureFlow(ctx: PhaseContext, load: () => Promise<{ ops: 
     histogramLagMs: { count: h.count, p50: ms(0.5), p95: ms(0.95), p99: ms(0.99), maxBound: histogramMaxBound(h) * 1000 },
     drainMs,
     cpuMsPerEvent,
+    bPages: { pages, tasks, tasksPerPage: tasks / pages, full: c1.full - c0.full },
   };
 }
 

@@ -61,6 +61,8 @@ export function buildReport(r: RunResults): { text: string; json: unknown } {
     { figure: "acked writes lost, graceful A->B", value: r.graceful.lostAckedWrites, unit: `of ${r.graceful.ackedWrites}` },
     { figure: "acked writes lost, graceful B->A", value: r.gracefulBack.lostAckedWrites, unit: `of ${r.gracefulBack.ackedWrites}` },
     { figure: "acked writes missing on B after forced", value: r.forced.lostAckedWrites, unit: `of ${r.forced.ackedWrites}` },
+    { figure: `B tasks per applied page @${r.args.rate} ops/s`, value: s.bPages.tasksPerPage, unit: `tasks (${s.bPages.full} of ${s.bPages.pages} pages in full)` },
+    { figure: "B tasks per applied page saturated", value: r.saturated.bPages.tasksPerPage, unit: `tasks (${r.saturated.bPages.full} of ${r.saturated.bPages.pages} pages in full)` },
     ...cpuRows("steady", s.cpuMsPerEvent),
     ...cpuRows("saturated", r.saturated.cpuMsPerEvent),
     { figure: "CPU per event, B server (catch-up apply)", value: r.catchUp.bCpuMsPerEvent.tern, unit: "ms" },

@@ -47,6 +47,7 @@ const HELP: Record<string, [Family["type"], string]> = {
   replication_latency: ["histogram", "Seconds from a history write's commit on the source to its apply here"],
   replication_tasks_lag: ["gauge", "History replication tasks of a remote shard not yet applied here"],
   replication_tasks_applied: ["counter", "History replication tasks applied from a remote cluster"],
+  replication_pages_applied: ["counter", "History replication pages applied, by path: pipelined (two round trips) or full (conflicts, gaps, held runs)"],
   namespace_replication_task_ack_level: ["gauge", "Namespace replication task applied here, per remote cluster"],
   replication_tasks_failed: ["counter", "History replication task applies that failed (retried)"],
   replication_dlq_size: ["gauge", "History replication tasks in this cluster's DLQ, per source cluster"],

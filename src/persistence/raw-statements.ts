@@ -29,6 +29,11 @@ export function tableCodec<T extends Table>(table: T) {
     if (!c) throw new Error(`table ${getTableName(table)} has no column ${key}`);
     return c;
   };
+  const param = (key: Key, value: unknown): unknown => (value === null || value === undefined ? null : column(key).mapToDriverValue(value));
+  const insertText = textCache((keys: string) => {
+    const names = keys.split(",").map((k) => quote(column(k as Key).name));
+    return `insert into ${quote(getTableName(table))} (${names.join(", ")}) values ${valuesList(1, names.length)}`;
+  });
   return {
     table: quote(getTableName(table)),
     /** Every column, quoted, in declaration order, qualified by alias when given: a select list. */
@@ -36,7 +41,16 @@ export function tableCodec<T extends Table>(table: T) {
     /** The quoted database name of key's column. */
     name: (key: Key) => quote(column(key).name),
     /** value as a parameter of key's column. */
-    param: (key: Key, value: unknown): unknown => (value === null || value === undefined ? null : column(key).mapToDriverValue(value)),
+    param,
+    /**
+     * Inserts row (its defined fields; the others take their column defaults) with a
+     * statement built once per set of fields. Issued at once, for pipelined transactions.
+     */
+    insert(db: Db | Tx, row: Partial<T["$inferInsert"]>): Promise<DriverRow[]> {
+      const keys = (Object.keys(row) as Key[]).filter((k) => (row as Record<string, unknown>)[k] !== undefined);
+      const text = insertText(keys.join(","));
+      return runStatement(db, text, keys.map((k) => param(k, (row as Record<string, unknown>)[k])));
+    },
     /** A driver row as drizzle's select of the whole table would give it. */
     fromRow(row: DriverRow): T["$inferSelect"] {
       const out: Record<string, unknown> = {};

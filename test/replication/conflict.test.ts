@@ -67,6 +67,9 @@ for (const store of await testStores()) {
         expect(ha.filter((l) => l.includes("Signaled"))).toHaveLength(5);
         return ha;
       }, { timeout: 30_000 });
+      // A applies B's divergent branch in full (conflict resolution); B applied A's ordinary pages in two round trips.
+      expect(a.server.metrics.render()).toMatch(/replication_pages_applied\{[^}]*path="full"[^}]*\} [1-9]/);
+      expect(b.server.metrics.render()).toMatch(/replication_pages_applied\{[^}]*path="pipelined"[^}]*\} [1-9]/);
       // B's branch (version 2) won on both; A's lost signals follow it at version 2, each once.
       expect(w1).toEqual([
         "1@1 workflowExecutionStartedEventAttributes start-w1",

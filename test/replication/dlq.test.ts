@@ -23,13 +23,20 @@ async function tern(x: TestCluster, ...args: string[]): Promise<{ code: number; 
   return { code, out, err };
 }
 
-/** Fault injection through the server's deps: applies of the poisoned workflow ids throw. */
+/** Fault injection through the server's deps: applies of the poisoned workflow ids throw, on either apply path. */
 function faultyApplier(poisoned: Set<string>) {
+  const check = (workflowId: string) => {
+    if (poisoned.has(workflowId)) throw new Error(`injected fault for ${workflowId}`);
+  };
   return (inner: HistoryApplier): HistoryApplier => ({
     ...inner,
     async applyTask(tx, ns, task, fetchRaw) {
-      if (poisoned.has(task.workflowId)) throw new Error(`injected fault for ${task.workflowId}`);
+      check(task.workflowId);
       return inner.applyTask(tx, ns, task, fetchRaw);
+    },
+    planApply(ns, task, reads) {
+      check(task.workflowId);
+      return inner.planApply(ns, task, reads);
     },
   });
 }
