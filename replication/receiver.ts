@@ -34,6 +34,8 @@ export interface HistoryReceiverDeps {
   catchUpPageSize?: number;
   /** Long-poll wait asked of the source. */
   waitMs?: number;
+  /** Wait asked of the source for the page after one being applied (see pull). */
+  prefetchWaitMs?: number;
 }
 
 /** How often and how patiently a failing task is retried before it goes to the DLQ. */
@@ -111,6 +113,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
   const pageSize = deps.pageSize ?? 200;
   const catchUpPageSize = Math.max(pageSize, deps.catchUpPageSize ?? 1000);
   const waitMs = deps.waitMs ?? 10_000;
+  const prefetchWaitMs = Math.min(waitMs, deps.prefetchWaitMs ?? 50);
   const progress = new Map<string, InboundProgress>();
 
   /**
@@ -306,14 +309,15 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
         continue;
       }
       if (res.tasks[0]?.createTime) p.oldestUnapplied = timestampDate(res.tasks[0].createTime);
-      // Behind, the next page is fetched while this one applies, without a long poll (the
-      // source must hear of this page's apply soon: a graceful failover waits for it).
-      // Caught up, it is asked for after the apply: a fetch per page, not two.
+      // The next page is asked for while this one applies, so that tasks committed meanwhile are
+      // here when it ends: behind, at once; caught up, as a short long poll that the next commit
+      // answers. It carries the previous ack, not this page's (not applied yet): the short wait
+      // bounds how long the source goes without hearing of this apply when nothing follows it
+      // (the caught-up poll after it tells; a graceful failover waits for that).
       const behind = p.maxTaskId - to;
-      const prefetched = behind > 0 ? fetchPage(remote, shardId, { after: to, acked: ack, size: behind > pageSize ? catchUpPageSize : pageSize, wait: 0 }, signal) : undefined;
+      next = fetchPage(remote, shardId, { after: to, acked: ack, size: behind > pageSize ? catchUpPageSize : pageSize, wait: behind > 0 ? 0 : prefetchWaitMs }, signal);
       await applyBatch({ remote, shardId, from: ack, to, maxTaskId: p.maxTaskId, tasks: res.tasks, signal });
       ack = p.ackLevel = to;
-      next = prefetched ?? fetchPage(remote, shardId, { after: ack, acked: ack, size: pageSize, wait: waitMs }, signal);
       const lastCreate = res.tasks.at(-1)?.createTime;
       p.oldestUnapplied = ack >= p.maxTaskId ? undefined : lastCreate ? timestampDate(lastCreate) : p.oldestUnapplied;
       metrics.set("replication_tasks_lag", { remote_cluster: remote.name, shard: String(shardId) }, Math.max(0, p.maxTaskId - ack));
