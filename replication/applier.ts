@@ -5,12 +5,10 @@ import { lockRunKey, storedEvent, type RunKey } from "../src/history/branch-stor
 import type { Writer } from "../src/history/writer";
 import type { Logger } from "../src/observability/log";
 import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
-import { deleteTimers, insertEventRows, insertRequestIds, lockRun, saveRun, type ExecutionRow } from "../src/history/execution-store";
+import { deleteTimers, insertEventRows, insertExecution, insertRequestIds, insertTimer, lockRun, saveRun, type ExecutionRow } from "../src/history/execution-store";
 import { shardFor } from "../src/history/shard";
 import type { NamespaceRecord, NamespaceRegistry } from "../src/namespace/registry";
 import type { Tx } from "../src/persistence/database";
-import { tableCodec } from "../src/persistence/raw-statements";
-import { executions, timerTasks } from "../src/persistence/schema";
 import { applyEvents, initialRunState, type EventRequestId, type RunState } from "./run-state";
 import { RetryableReplicationError, type IncomingTask, type RawHistoryFetcher } from "./apply-errors";
 import { createConflictResolver } from "./conflict";
@@ -131,7 +129,7 @@ export function createHistoryApplier({ cluster, namespaces, writer, log }: Histo
         ? { id: ulid(), shardId, fireAt: new Date(state.startTime.getTime() + state.executionTimeoutMs), kind: "WORKFLOW_TIMEOUT", ...key, version: Number(events[0]!.version) }
         : undefined;
     // Pipelined, in this order: the run's row, its events, its timer.
-    return (tx: Tx) => Promise.all([executionsSql.insert(tx, { ...key, shardId, ...state }), writeEvents(tx, key, events, ids), timer && timersSql.insert(tx, timer)]);
+    return (tx: Tx) => Promise.all([insertExecution(tx, { ...key, shardId, ...state }), writeEvents(tx, key, events, ids), timer && insertTimer(tx, timer)]);
   }
 
   /** Writes of events appended to an existing run: its state, the events, and its timers gone if they close it. */
@@ -173,9 +171,6 @@ function needed(task: IncomingTask, run: ExecutionRow | undefined): "diverged" |
   if (from <= last + 1 || lastEventIdOf(task.versionHistory) <= last) return { fresh };
   return { fresh, missing: { first: last + 1, next: from } };
 }
-
-const executionsSql = tableCodec(executions);
-const timersSql = tableCodec(timerTasks);
 
 function stateOf(run: ExecutionRow): RunState {
   const { workflowType, taskQueue, executionTimeoutMs, startTime, status, closeTime, cancelRequested, nextEventId, lastWriteVersion, versionHistory } = run;

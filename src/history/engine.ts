@@ -9,10 +9,9 @@ import {
 import { NamespaceNotActiveError, alreadyExists, failedPrecondition, invalidArgument, notFound, pgErrorOf, unavailable } from "../errors";
 import type { NamespaceRecord, NamespaceRegistry } from "../namespace/registry";
 import type { Tx } from "../persistence/database";
-import { executions, timerTasks } from "../persistence/schema";
 import { payloadBytes } from "./events";
 import { NamespaceChanged } from "./namespace-guard";
-import { claimRequest, claimRequestOrFail, findRequest, insertEvents, lockRun, type ExecutionRow, type NewEvent } from "./execution-store";
+import { claimRequestOrFail, findRequest, insertEvents, insertExecution, insertTimer, lockRun, type ExecutionRow, type NewEvent } from "./execution-store";
 import type { EventNotifier } from "./notifier";
 import { reuseRefusal } from "./reuse-policy";
 import { shardFor } from "./shard";
@@ -139,8 +138,11 @@ export function createHistoryEngine(deps: EngineDeps) {
     if (metric) metrics.inc(metric, { namespace });
   }
 
-  /** Inserts a new run (with its started event, optional signal, timer and outbox task). */
-  async function insertRun(tx: Tx, ns: NamespaceRecord, input: StartInput, runId: string, previous?: ExecutionRow) {
+  /**
+   * Inserts a new run (with its started event, optional signal, timer and outbox task). Not
+   * async: every statement is issued before it returns (pipelined-tx.ts).
+   */
+  function insertRun(tx: Tx, ns: NamespaceRecord, input: StartInput, runId: string, previous?: ExecutionRow): Promise<{ fireAt?: Date }> {
     const time = deps.now();
     const shardId = shardFor(ns.id, input.workflowId, cluster.historyShardCount);
     const key = { namespaceId: ns.id, workflowId: input.workflowId, runId };
@@ -161,7 +163,10 @@ export function createHistoryEngine(deps: EngineDeps) {
       },
     ];
     if (input.signal) events.push(signalEvent(input.signal.name, input.signal.input, input.identity, input.requestId));
-    await tx.insert(executions).values({
+    const history = [{ eventId: events.length, version: ns.failoverVersion }];
+    const fireAt = input.executionTimeoutMs > 0 ? new Date(time.getTime() + input.executionTimeoutMs) : undefined;
+    // Pipelined: the run's row, its events, its timer and the outbox task go out together.
+    const row = insertExecution(tx, {
       ...key,
       shardId,
       workflowType: input.workflowType,
@@ -171,15 +176,14 @@ export function createHistoryEngine(deps: EngineDeps) {
       executionTimeoutMs: input.executionTimeoutMs,
       nextEventId: 1 + events.length,
       lastWriteVersion: ns.failoverVersion,
-      versionHistory: [{ eventId: events.length, version: ns.failoverVersion }],
+      versionHistory: history,
     });
-    const history = await insertEvents(tx, key, 1, ns.failoverVersion, time, events, []);
-    if (input.executionTimeoutMs > 0) {
-      const fireAt = new Date(time.getTime() + input.executionTimeoutMs);
-      await tx.insert(timerTasks).values({ id: ulid(), shardId, fireAt, kind: "WORKFLOW_TIMEOUT", ...key, version: ns.failoverVersion });
-    }
-    await writer.outbox(tx, ns, { ...key, shardId }, 1, 1 + events.length, history);
-    return { fireAt: input.executionTimeoutMs > 0 ? new Date(time.getTime() + input.executionTimeoutMs) : undefined };
+    return Promise.all([
+      row,
+      insertEvents(tx, key, 1, ns.failoverVersion, time, events, []),
+      fireAt && insertTimer(tx, { id: ulid(), shardId, fireAt, kind: "WORKFLOW_TIMEOUT", ...key, version: ns.failoverVersion }),
+      writer.outbox(tx, ns, { ...key, shardId }, 1, 1 + events.length, history),
+    ]).then(() => ({ fireAt }));
   }
 
   /** Starts a run, or, with signal set and a run open, signals it (SignalWithStart). */
@@ -195,23 +199,31 @@ export function createHistoryEngine(deps: EngineDeps) {
     const operation = input.signal ? "SignalWithStartWorkflowExecution" : "CreateWorkflowExecution";
     const runId = ulid();
     try {
-      const result = await writer.transact(operation, async (tx) => {
+      const result = await writer.transactPipelined(operation, async (tx, commit): Promise<{ runId: string; started: boolean; fireAt?: Date }> => {
+        // With BEGIN: the workflow's current run, locked, and the namespace check.
         const [previous] = await Promise.all([lockRun(tx, ns.id, input.workflowId, ""), writer.guard(tx, ns)]);
         const open = previous?.status === "RUNNING";
-        // The request id records where this request's first event went.
-        const target = open && input.signal ? { runId: previous.runId, eventId: previous.nextEventId } : { runId, eventId: 1 };
-        if (!(await claimRequest(tx, { namespaceId: ns.id, workflowId: input.workflowId, requestId, ...target }))) {
-          const first = (await findRequest(tx, ns.id, input.workflowId, requestId))!;
-          return { runId: first.runId, started: false };
-        }
-        if (open) {
-          if (input.signal) return signalOpen(tx, ns, previous, input, requestId);
-          throw alreadyExists(`workflow execution ${input.workflowId} is already running (run ${previous.runId})`);
-        }
-        const refusal = reuseRefusal(input.reusePolicy, previous?.status);
+        if (open && !input.signal) throw alreadyExists(`workflow execution ${input.workflowId} is already running (run ${previous.runId})`);
+        const refusal = open ? undefined : reuseRefusal(input.reusePolicy, previous?.status);
         if (refusal) throw alreadyExists(`workflow execution ${input.workflowId} cannot start: ${refusal}`);
-        const { fireAt } = await insertRun(tx, ns, { ...input, requestId }, runId, previous);
-        return { runId, started: true, fireAt };
+        // With COMMIT: the request id records where this request's first event went; its claim
+        // fails for a retry of a request that went through before, which rolls the write back
+        // (the catch below answers with the first).
+        const target = open ? { runId: previous.runId, eventId: previous.nextEventId } : { runId, eventId: 1 };
+        const claim = claimRequestOrFail(tx, { namespaceId: ns.id, workflowId: input.workflowId, requestId, ...target });
+        // SignalWithStart on an open run signals it.
+        const written = open
+          ? writer.append(tx, ns, previous, { events: [signalEvent(input.signal!.name, input.signal!.input, input.identity, requestId)] }, { guarded: true })
+          : insertRun(tx, ns, { ...input, requestId }, runId, previous);
+        commit();
+        const [, w] = await Promise.all([claim, written]);
+        return open ? { runId: previous.runId, started: false } : { runId, started: true, fireAt: (w as { fireAt?: Date }).fireAt };
+      }).catch(async (e) => {
+        // A retry answers with the first attempt's result, whatever this attempt ran into
+        // (the run started by it is open, or closed since and refuses reuse, a duplicate claim).
+        const first = await findRequest(deps.db as never, ns.id, input.workflowId, requestId);
+        if (!first) throw e;
+        return { runId: first.runId, started: false };
       });
       if ("fireAt" in result && result.fireAt) deps.onTimerCreated(result.fireAt);
       notifier.notify(result.runId);
@@ -223,12 +235,6 @@ export function createHistoryEngine(deps: EngineDeps) {
       }
       throw e;
     }
-  }
-
-  /** SignalWithStart on an open run: claim the request id on that run's event and append. */
-  async function signalOpen(tx: Tx, ns: NamespaceRecord, run: ExecutionRow, input: StartInput, requestId: string) {
-    await writer.append(tx, ns, run, { events: [signalEvent(input.signal!.name, input.signal!.input, input.identity, requestId)] });
-    return { runId: run.runId, started: false };
   }
 
   return {

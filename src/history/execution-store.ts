@@ -61,19 +61,6 @@ export async function findRequest(tx: Tx, namespaceId: string, workflowId: strin
 const claimOrFailText =
   `insert into ${requestsSql.table} (${requestsSql.name("namespaceId")}, ${requestsSql.name("workflowId")}, ${requestsSql.name("requestId")}, ${requestsSql.name("runId")}, ${requestsSql.name("eventId")}) ` +
   `values ($1, $2, $3, $4, $5)`;
-const claimText = `${claimOrFailText} on conflict do nothing returning ${requestsSql.name("requestId")}`;
-
-/**
- * Claims requestId for this write. Returns false when an earlier write holds it; a
- * concurrent holder makes this wait for its commit (the primary key serializes them).
- */
-export async function claimRequest(
-  tx: Tx,
-  r: { namespaceId: string; workflowId: string; requestId: string; runId: string; eventId: number },
-): Promise<boolean> {
-  const rows = await runStatement(tx, claimText, [r.namespaceId, r.workflowId, r.requestId, r.runId, r.eventId]);
-  return rows.length > 0;
-}
 
 /**
  * Claims requestId with a statement that fails (unique violation, 23505) when an earlier
@@ -179,6 +166,16 @@ export function saveRun(tx: Tx, prev: ExecutionRow, next: Partial<ExecutionRow>)
     // Never under the row lock every writer takes first (lockRun); a veto here would come after a pipelined COMMIT.
     if (rows.length !== 1) throw new Error(`execution ${prev.workflowId}/${prev.runId} changed concurrently`);
   });
+}
+
+/** Inserts a run's row; issued at once (pipelined transactions). */
+export function insertExecution(tx: Tx, row: typeof executions.$inferInsert): Promise<unknown> {
+  return executionsSql.insert(tx, row);
+}
+
+/** Inserts a timer task; issued at once (pipelined transactions). */
+export function insertTimer(tx: Tx, row: typeof timerTasks.$inferInsert): Promise<unknown> {
+  return timersSql.insert(tx, row);
 }
 
 const deleteTimersText =

@@ -15,10 +15,10 @@ setDefaultTimeout(60_000);
 const T = { workflowType: "t", taskQueue: "q" };
 const stores = await testStores();
 
-// Appends send BEGIN with the run lock and COMMIT right behind the writes on PostgreSQL
-// (src/persistence/pipelined-tx.ts): a refusal must still leave nothing behind.
+// Appends and starts send BEGIN with the run lock and COMMIT right behind the writes on
+// PostgreSQL (src/persistence/pipelined-tx.ts): a refusal must still leave nothing behind.
 for (const store of stores) {
-  describe(`appends on ${store}`, () => {
+  describe(`appends and starts on ${store}`, () => {
     let cluster: TestCluster;
     let wf: ReturnType<typeof cluster.client<typeof WorkflowService>>;
     beforeAll(async () => {
@@ -60,6 +60,41 @@ for (const store of stores) {
       // The retries were answered, not failed: no persistence error is counted for them.
       const metrics = await (await fetch(`${cluster.url}/metrics`)).text();
       expect(metrics).not.toMatch(/persistence_errors\{operation="SignalWorkflowExecution"\} [1-9]/);
+    });
+
+    test("TestConcurrentRetriesOfOneStartStartOneRunAndAllAnswerIt", async () => {
+      const answers = await Promise.all(
+        Array.from({ length: 8 }, () => wf.startWorkflowExecution({ namespace: "p", workflowId: "start-retried", ...T, requestId: "one-start" })),
+      );
+      expect(new Set(answers.map((a) => a.runId)).size).toBe(1);
+      expect(answers.filter((a) => a.started)).toHaveLength(1);
+      const runs = await cluster.server.database.db.execute(sql`select count(*)::int as n from executions where workflow_id = 'start-retried'`);
+      expect(JSON.stringify(runs)).toContain('"n":1');
+      const metrics = await (await fetch(`${cluster.url}/metrics`)).text();
+      expect(metrics).not.toMatch(/persistence_errors\{operation="CreateWorkflowExecution"\} [1-9]/);
+    });
+
+    test("TestConcurrentStartsOfOneWorkflowStartOneRunAndTheLosersLeaveNoRequestId", async () => {
+      const tries = await Promise.allSettled(
+        Array.from({ length: 6 }, (_, i) => wf.startWorkflowExecution({ namespace: "p", workflowId: "raced", ...T, requestId: `race-${i}` })),
+      );
+      const won = tries.flatMap((t, i) => (t.status === "fulfilled" ? [i] : []));
+      expect(won).toHaveLength(1);
+      for (const t of tries) if (t.status === "rejected") expect(String(t.reason)).toContain("already running");
+      // A loser's claim went out before its run insert failed: the rollback took it too.
+      const ids = await cluster.server.database.db.execute(sql`select request_id from request_ids where workflow_id = 'raced'`);
+      expect(JSON.stringify(ids)).toBe(JSON.stringify(await cluster.server.database.db.execute(sql`select ${`race-${won[0]}`}::text as request_id`)));
+    });
+
+    test("TestARetriedStartAfterTheRunClosedAnswersWithTheFirstRun", async () => {
+      const first = await wf.startWorkflowExecution({ namespace: "p", workflowId: "closed-retry", ...T, requestId: "start-once" });
+      await wf.completeWorkflowExecution({ namespace: "p", workflowExecution: { workflowId: "closed-retry" } });
+      const again = await wf.startWorkflowExecution({ namespace: "p", workflowId: "closed-retry", ...T, requestId: "start-once" });
+      expect([again.runId, again.started]).toEqual([first.runId, false]);
+      // Without the request id it is a new start of a closed workflow.
+      const fresh = await wf.startWorkflowExecution({ namespace: "p", workflowId: "closed-retry", ...T, requestId: "start-twice" });
+      expect(fresh.started).toBe(true);
+      expect(fresh.runId).not.toBe(first.runId);
     });
   });
 }
