@@ -12,6 +12,7 @@ import { createDlqMerge } from "../replication/dlq-merge";
 import { createReplicationVerifier } from "../replication/verification";
 import { createBackfillReceiver } from "../replication/backfill-receiver";
 import { createReplicationCleanup } from "../replication/cleanup";
+import { createPlannerStats } from "./persistence/planner-stats";
 import { createGracefulFailover, resetAbandonedHandovers } from "../replication/failover";
 import { createReplicationManager } from "../replication/manager";
 import { createNamespaceReceiver } from "../replication/namespace-receiver";
@@ -207,8 +208,13 @@ function wire(
   // Room for a maximal payload plus the rest of the request.
   const readMaxBytes = config.limits.blobSizeLimitError * 2 + 1024 * 1024;
   const app = createApp({ routes, interceptors, metrics: core.metrics, isServing, readMaxBytes });
+  const store = config.persistence.datastore;
+  const plannerStats = database.kind === "postgres" && "postgres" in store
+    ? createPlannerStats({ db: core.db, log, intervalMs: store.postgres.analyzeIntervalMs })
+    : undefined;
   core.timers.start();
   repl.cleanup.start();
+  plannerStats?.start();
   void repl.dlq.refreshGauge().catch((e) => log.warn("reading the replication DLQ size failed", { error: String(e) }));
   void repl.manager.start();
   repl.sweep.trigger();
@@ -221,6 +227,7 @@ function wire(
       await repl.sweep.stop();
       await repl.manager.stop();
       await repl.cleanup.stop();
+      await plannerStats?.stop();
       await repl.sender.stop(); // ends open long polls before the database closes
       await core.timers.stop();
       await database.close();

@@ -19,7 +19,12 @@ const ClusterMetadata = z.strictObject({
 const Datastore = z.union([
   z.strictObject({ pglite: z.strictObject({ dataDir: z.string().min(1) }) }),
   z.strictObject({
-    postgres: z.strictObject({ url: z.string().min(1), maxConnections: z.number().int().min(1).max(1000).optional() }),
+    postgres: z.strictObject({
+      url: z.string().min(1),
+      maxConnections: z.number().int().min(1).max(1000).optional(),
+      /** How often tern checks its tables' planner statistics and analyzes those that changed a tenth (persistence/planner-stats.ts); 0 never; default 5 s. */
+      analyzeIntervalMs: z.number().int().min(0).optional(),
+    }),
   }),
 ]);
 

@@ -1,0 +1,79 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import postgres from "postgres";
+import { lockRun } from "../../src/history/execution-store";
+import { createLogger } from "../../src/observability/log";
+import { openDatabase, type Database, type Tx } from "../../src/persistence/database";
+import { migrateSchema } from "../../src/persistence/migrate";
+import { createPlannerStats } from "../../src/persistence/planner-stats";
+import { migrationsFolder, newDataLocation } from "../support/server";
+import { testStores } from "../support/stores";
+
+setDefaultTimeout(60_000);
+
+// PostgreSQL's planner and statistics; PGlite plans each query anew.
+for (const store of (await testStores()).filter((s) => s === "postgres")) {
+  describe(`planner statistics on ${store}`, () => {
+    let location: Awaited<ReturnType<typeof newDataLocation>>;
+    let database: Database;
+    // One connection: the statements it prepares, and the plans PostgreSQL keeps for them, are the ones measured.
+    let direct: postgres.Sql;
+    const stats = () => createPlannerStats({ db: database.db, log: createLogger({ level: "error" }), intervalMs: 0 });
+
+    beforeAll(async () => {
+      location = await newDataLocation(store);
+      database = await openDatabase({ postgres: { url: location.location } }, { maxConnections: 1 });
+      await migrateSchema(database, migrationsFolder);
+      direct = postgres(location.location, { max: 1, onnotice: () => {} });
+      // What this test shows must not hang on the server's autovacuum settings.
+      for (const t of ["executions", "history_events"]) await direct.unsafe(`alter table ${t} set (autovacuum_enabled = false)`);
+    });
+    afterAll(async () => {
+      await direct.end();
+      await database.close();
+      await location.remove();
+    });
+
+    /** Makes the counters of what the direct connection did visible (PostgreSQL flushes them up to seconds later). */
+    async function flushDirect(): Promise<void> {
+      await direct`select pg_stat_force_next_flush()`;
+      await direct`select 1`;
+    }
+
+    /** Index tuples executions' scans fetched so far (this connection's counters flushed first). */
+    async function fetched(): Promise<number> {
+      await database.db.execute("select pg_stat_force_next_flush()" as never).catch(() => {});
+      await database.db.execute("select 1" as never);
+      const [row] = await direct`select coalesce(idx_tup_fetch, 0)::int as n from pg_stat_user_tables where relname = 'executions'`;
+      return row!.n as number;
+    }
+
+    test("ARunLookupPlannedOnAnEmptyTableStaysOnTheRunKeyOnceTernAnalyzedIt", async () => {
+      const lookup = (wf: string, run: string) => lockRun(database.db as unknown as Tx, "ns", wf, run);
+      // Planned, and kept, while executions is empty.
+      for (let i = 0; i < 8; i++) expect(await lookup("w1", "r1")).toBeUndefined();
+      await direct`insert into executions (namespace_id, workflow_id, run_id, shard_id, workflow_type, task_queue, status, start_time, next_event_id, last_write_version, version_history)
+        select 'ns', 'w' || i, 'r' || i, 1, 'T', 'q', 'RUNNING', now() - i * interval '1 second', 2, 1, '[]' from generate_series(1, 3000) i`;
+      await flushDirect();
+      const perLookup = async () => {
+        const before = await fetched();
+        for (let i = 1; i <= 20; i++) expect((await lookup(`w${i * 100}`, `r${i * 100}`))?.runId).toBe(`r${i * 100}`);
+        return ((await fetched()) - before) / 20;
+      };
+      // The kept plan reads the namespace's runs through the start-time index: some per lookup, all at worst.
+      const without = await perLookup();
+      expect(without).toBeGreaterThan(100);
+
+      expect(await stats().runOnce()).toContain("executions");
+      expect(await perLookup()).toBeLessThanOrEqual(2);
+    });
+
+    test("LeavesUnchangedTablesAndThoseWithOneIndexToAutovacuum", async () => {
+      await direct`insert into history_events (namespace_id, workflow_id, run_id, event_id, version, event_time, event_type, attributes)
+        select 'ns', 'w1', 'r1', i, 1, now(), 'T', '{}' from generate_series(1, 3000) i`;
+      await flushDirect();
+      expect(await stats().runOnce()).toEqual([]);
+      const [row] = await direct`select last_analyze from pg_stat_user_tables where relname = 'history_events'`;
+      expect(row!.last_analyze).toBeNull();
+    });
+  });
+}
