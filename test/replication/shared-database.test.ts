@@ -1,0 +1,38 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { startClusters } from "../failover/mesh";
+import { eventually } from "../support/eventually";
+import { startTestCluster, type TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+import { connectBothWays, expectSameHistories, globalNamespace } from "./support";
+
+setDefaultTimeout(60_000);
+
+// PGlite is one process's database; PostgreSQL may serve several servers of one cluster.
+for (const store of (await testStores()).filter((s) => s === "postgres")) {
+  describe(`two servers of one cluster on one ${store} database`, () => {
+    let a: TestCluster, a2: TestCluster, b: TestCluster;
+
+    beforeAll(async () => {
+      [a, b] = await startClusters(store, [{ shards: 1 }, { shards: 1 }]);
+      a2 = await startTestCluster({ store, name: "clusterA", initialFailoverVersion: 1, shards: 1, dataLocation: a.dataLocation });
+      await connectBothWays(a, b);
+    });
+    afterAll(async () => {
+      await a2.stop();
+      await Promise.all([a.destroy(), b.destroy()]);
+    });
+
+    test("WritesThroughTheOtherServerReachThePeer: the server B pulls from is not told of those commits and still serves them", async () => {
+      const nsId = await globalNamespace(a, b, "shared");
+      // Interleaved: the server B pulls from knows only its own commits, with the others' ids between.
+      const on = (i: number) => (i % 3 === 1 ? a2 : a).client(WorkflowService);
+      for (let i = 0; i < 4; i++) await on(i).startWorkflowExecution({ namespace: "shared", workflowId: `x${i}`, workflowType: "T", taskQueue: "q" });
+      for (let i = 0; i < 12; i++) await on(i).signalWorkflowExecution({ namespace: "shared", workflowExecution: { workflowId: `x${i % 4}` }, signalName: `s${i}` });
+      await eventually(async () => expect(await expectSameHistories(a, b, nsId)).toBe(16), { timeout: 15_000 });
+      // The last writes went through a2 alone: found by the re-read, not by a wake-up.
+      for (let i = 0; i < 3; i++) await a2.client(WorkflowService).signalWorkflowExecution({ namespace: "shared", workflowExecution: { workflowId: "x1" }, signalName: `late${i}` });
+      await eventually(async () => expect(await expectSameHistories(a, b, nsId)).toBe(19), { timeout: 15_000 });
+    });
+  });
+}
