@@ -35,10 +35,20 @@ export function createNamespaceSender({ db, wake, pollMs = 1000 }: NamespaceSend
   async function waitPast(after: number, waitMs: number, signal?: AbortSignal): Promise<number> {
     const deadline = Date.now() + Math.min(Math.max(waitMs, 0), MAX_WAIT_MS);
     for (;;) {
-      const max = await namespaceQueueMax(db);
+      // Listen before reading: a task committed between the read and the wait still wakes us
+      // (else the poll would sleep until the next re-read, and a graceful failover's switch with it).
+      const stop = new AbortController();
       const left = deadline - Date.now();
-      if (max > after || left <= 0 || signal?.aborted) return max;
-      await wake.wait(NAMESPACE_QUEUE_KEY, Math.min(left, pollMs), signal);
+      const woke = left > 0 ? wake.wait(NAMESPACE_QUEUE_KEY, Math.min(left, pollMs), signal ? AbortSignal.any([signal, stop.signal]) : stop.signal) : undefined;
+      const max = await namespaceQueueMax(db).catch((e: unknown) => {
+        stop.abort();
+        throw e;
+      });
+      if (max > after || !woke || signal?.aborted) {
+        stop.abort();
+        return max;
+      }
+      await woke;
     }
   }
 
