@@ -147,7 +147,8 @@ export const timerTasks = pgTable(
     runId: text("run_id").notNull(),
     version: big("version").notNull(),
   },
-  (t) => [index("timer_tasks_fire_at").on(t.fireAt)],
+  // By run too: a run that closes deletes its timers (deleteTimers), which otherwise read them all.
+  (t) => [index("timer_tasks_fire_at").on(t.fireAt), index("timer_tasks_run").on(t.namespaceId, t.workflowId, t.runId)],
 );
 
 /** Counters of queues that need gap-free ordering (e.g. "namespace"); the row lock orders writers. */

@@ -1,0 +1,1 @@
+CREATE INDEX "timer_tasks_run" ON "timer_tasks" USING btree ("namespace_id","workflow_id","run_id");
