@@ -34,6 +34,10 @@ export interface FlowResult {
   drainMs: number;
   /** CPU ms per event written in the phase, per cluster: server process and PostgreSQL backends (load to drain). */
   cpuMsPerEvent: Record<string, CpuUsed>;
+  /** The same for this bench process: its load clients, probe and counting (they share the machine). */
+  benchCpuMsPerEvent: number;
+  /** Cores busy from load start to drain: both clusters' servers and PostgreSQL backends, and this process. */
+  coresBusy: number;
   /** B's applied pages in the phase: tasks per page (fixed costs are per page), and pages that needed the full apply path. */
   bPages: { pages: number; tasks: number; tasksPerPage: number; full: number };
 }
@@ -57,12 +61,18 @@ export async function drain(ctx: PhaseContext, timeoutMs = 120_000): Promise<num
 /** Runs `load` on A and measures B following it: throughput, per-event lag, the latency histogram. */
 export async function measureFlow(ctx: PhaseContext, load: () => Promise<{ ops: number; errors: number; elapsedS: number; firstError?: string }>): Promise<FlowResult> {
   const [m0, n0, cpu0] = [await scrape(ctx.b), await eventCount(ctx.a), await cpuOfBoth(ctx)];
+  const bench0 = process.cpuUsage();
   const t0 = Date.now();
   const r = await load();
   const t1 = Date.now();
   const n1 = await eventCount(ctx.a);
   const drainMs = await drain(ctx);
+  const benchUsed = process.cpuUsage(bench0);
+  const busyUntil = Date.now();
   const cpuMsPerEvent = cpuPerEvent(cpu0, await cpuOfBoth(ctx), n1 - n0);
+  const benchCpuMsPerEvent = (benchUsed.user + benchUsed.system) / 1000 / Math.max(n1 - n0, 1);
+  const perEvent = Object.values(cpuMsPerEvent).reduce((sum, c) => sum + c.tern + c.pg, benchCpuMsPerEvent);
+  const coresBusy = (perEvent * (n1 - n0)) / (busyUntil - t0);
   const stamps = await readApplyStamps(ctx.b.sql, t0);
   const lags = lagsOfWrittenIn(stamps, t0, t1);
   // A loop, not a spread: a long soak has millions of stamps, past what a spread takes.
@@ -81,6 +91,8 @@ export async function measureFlow(ctx: PhaseContext, load: () => Promise<{ ops: 
     histogramLagMs: { count: h.count, p50: ms(0.5), p95: ms(0.95), p99: ms(0.99), maxBound: histogramMaxBound(h) * 1000 },
     drainMs,
     cpuMsPerEvent,
+    benchCpuMsPerEvent,
+    coresBusy,
     bPages: { pages, tasks, tasksPerPage: tasks / pages, full: c1.full - c0.full },
   };
 }

@@ -1,3 +1,4 @@
+import { availableParallelism } from "node:os";
 import type { LogicalResult } from "./logical-baseline";
 import type { LoadResult } from "./load";
 import type { ReplicationArgs } from "./replication-args";
@@ -64,6 +65,8 @@ export function buildReport(r: RunResults): { text: string; json: unknown } {
     { figure: `B tasks per applied page @${r.args.rate} ops/s`, value: s.bPages.tasksPerPage, unit: `tasks (${s.bPages.full} of ${s.bPages.pages} pages in full)` },
     { figure: "B tasks per applied page saturated", value: r.saturated.bPages.tasksPerPage, unit: `tasks (${r.saturated.bPages.full} of ${r.saturated.bPages.pages} pages in full)` },
     ...cpuRows("steady", s.cpuMsPerEvent),
+    { figure: "CPU per event, bench process: load clients, probe (steady)", value: s.benchCpuMsPerEvent, unit: "ms" },
+    { figure: "cores busy @steady rate (servers, PostgreSQL, bench)", value: s.coresBusy, unit: `of ${availableParallelism()}` },
     ...cpuRows("saturated", r.saturated.cpuMsPerEvent),
     { figure: "CPU per event, B server (catch-up apply)", value: r.catchUp.bCpuMsPerEvent.tern, unit: "ms" },
     { figure: "CPU per event, B PostgreSQL (catch-up apply)", value: r.catchUp.bCpuMsPerEvent.pg, unit: "ms" },
