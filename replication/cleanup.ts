@@ -1,5 +1,6 @@
 import { and, eq, lt, lte } from "drizzle-orm";
 import type { Logger } from "../src/observability/log";
+import { createPeriodic } from "../src/periodic";
 import type { Db } from "../src/persistence/database";
 import { clusterMetadata, namespaceReplicationTasks, replicationAckLevels, replicationTasks, shards } from "../src/persistence/schema";
 
@@ -18,10 +19,6 @@ export interface ReplicationCleanupDeps {
  * its position, so its tasks stay).
  */
 export function createReplicationCleanup({ db, log, intervalMs = 10_000, graceMs = 60_000, now = () => new Date() }: ReplicationCleanupDeps) {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  let running: Promise<number> | undefined;
-  let stopped = true;
-
   /** One pass; returns how many tasks it deleted. */
   async function runOnce(): Promise<number> {
     const remotes = await db.select({ name: clusterMetadata.clusterName }).from(clusterMetadata).where(eq(clusterMetadata.isCurrent, false));
@@ -57,31 +54,15 @@ export function createReplicationCleanup({ db, log, intervalMs = 10_000, graceMs
     return deleted;
   }
 
-  async function tick(): Promise<void> {
-    try {
-      running = runOnce();
-      const n = await running;
+  const periodic = createPeriodic(runOnce, {
+    intervalMs,
+    onDone: (n) => {
       if (n) log.debug("replication tasks cleaned up", { deleted: n });
-    } catch (e) {
-      log.warn("replication task cleanup failed", { error: (e as Error).message });
-    } finally {
-      running = undefined;
-      if (!stopped) timer = setTimeout(tick, intervalMs);
-    }
-  }
+    },
+    onError: (e) => log.warn("replication task cleanup failed", { error: (e as Error).message }),
+  });
 
-  return {
-    runOnce,
-    start(): void {
-      stopped = false;
-      timer = setTimeout(tick, intervalMs);
-    },
-    async stop(): Promise<void> {
-      stopped = true;
-      if (timer) clearTimeout(timer);
-      await running?.catch(() => {});
-    },
-  };
+  return { runOnce, start: periodic.start, stop: periodic.stop };
 }
 
 export type ReplicationCleanup = ReturnType<typeof createReplicationCleanup>;

@@ -12,9 +12,9 @@ import { createDlqMerge } from "../replication/dlq-merge";
 import { createReplicationVerifier } from "../replication/verification";
 import { createBackfillReceiver } from "../replication/backfill-receiver";
 import { createReplicationCleanup } from "../replication/cleanup";
-import { createPlannerStats } from "./persistence/planner-stats";
 import { createGracefulFailover, resetAbandonedHandovers } from "../replication/failover";
 import { createReplicationManager } from "../replication/manager";
+import { createPlannerStats } from "./persistence/planner-stats";
 import { createNamespaceReceiver } from "../replication/namespace-receiver";
 import { createNamespaceSender, NAMESPACE_QUEUE_KEY } from "../replication/namespace-sender";
 import { createHistoryReceiver, type RetryPolicy } from "../replication/receiver";
@@ -209,7 +209,7 @@ function wire(
   const readMaxBytes = config.limits.blobSizeLimitError * 2 + 1024 * 1024;
   const app = createApp({ routes, interceptors, metrics: core.metrics, isServing, readMaxBytes });
   const store = config.persistence.datastore;
-  const plannerStats = database.kind === "postgres" && "postgres" in store
+  const plannerStats = "postgres" in store
     ? createPlannerStats({ db: core.db, log, intervalMs: store.postgres.analyzeIntervalMs })
     : undefined;
   core.timers.start();

@@ -1,6 +1,8 @@
 import { sql } from "drizzle-orm";
 import type { Logger } from "../observability/log";
+import { createPeriodic } from "../periodic";
 import type { Db } from "./database";
+import { runStatement } from "./raw-statements";
 
 export interface PlannerStatsDeps {
   db: Db;
@@ -11,11 +13,6 @@ export interface PlannerStatsDeps {
   minChangedRows?: number;
   /** ...and at least this fraction of them. */
   changedFraction?: number;
-}
-
-/** A table that changed enough since PostgreSQL last gathered its statistics. */
-interface StaleTable {
-  relname: string;
 }
 
 /**
@@ -29,53 +26,39 @@ interface StaleTable {
  * large event and request tables) are left to autovacuum: their plans have no such choice.
  */
 export function createPlannerStats({ db, log, intervalMs = 5_000, minChangedRows = 1000, changedFraction = 0.1 }: PlannerStatsDeps) {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  let running: Promise<string[]> | undefined;
-  let stopped = true;
-
   /** One pass: analyzes the tables that changed enough; returns their names. */
   async function runOnce(): Promise<string[]> {
-    const result = await db.execute(sql`
-      select relname from pg_stat_user_tables t
-      where schemaname = current_schema() and (select count(*) from pg_index i where i.indrelid = t.relid) > 1
-        and n_mod_since_analyze >= greatest(${minChangedRows}::bigint, (${changedFraction}::float8 * n_live_tup)::bigint)
-      order by relname`);
-    // postgres.js answers the rows, PGlite { rows }.
-    const stale = ((result as { rows?: StaleTable[] }).rows ?? (result as unknown as StaleTable[]));
+    const stale = await runStatement(db, STALE_TABLES_TEXT, [minChangedRows, changedFraction]);
     const done: string[] = [];
-    for (const t of stale) {
-      await db.execute(sql`analyze ${sql.identifier(t.relname)}`);
-      done.push(t.relname);
+    for (const { relname } of stale) {
+      await db.execute(sql`analyze ${sql.identifier(relname as string)}`);
+      done.push(relname as string);
     }
     return done;
   }
 
-  async function tick(): Promise<void> {
-    try {
-      running = runOnce();
-      const analyzed = await running;
+  const periodic = createPeriodic(runOnce, {
+    intervalMs,
+    onDone: (analyzed) => {
       if (analyzed.length) log.debug("planner statistics gathered", { tables: analyzed });
-    } catch (e) {
-      log.warn("gathering planner statistics failed", { error: (e as Error).message });
-    } finally {
-      running = undefined;
-      if (!stopped) timer = setTimeout(tick, intervalMs);
-    }
-  }
+    },
+    onError: (e) => log.warn("gathering planner statistics failed", { error: (e as Error).message }),
+  });
 
   return {
     runOnce,
     start(): void {
-      if (intervalMs <= 0) return;
-      stopped = false;
-      timer = setTimeout(tick, intervalMs);
+      if (intervalMs > 0) periodic.start();
     },
-    async stop(): Promise<void> {
-      stopped = true;
-      if (timer) clearTimeout(timer);
-      await running?.catch(() => {});
-    },
+    stop: periodic.stop,
   };
 }
+
+/** This schema's tables with more than one index that changed by at least $1 rows and $2 of their rows since their last analyze. */
+const STALE_TABLES_TEXT = `
+  select relname from pg_stat_user_tables t
+  where schemaname = current_schema() and (select count(*) from pg_index i where i.indrelid = t.relid) > 1
+    and n_mod_since_analyze >= greatest($1::bigint, ($2::float8 * n_live_tup)::bigint)
+  order by relname`;
 
 export type PlannerStats = ReturnType<typeof createPlannerStats>;
