@@ -23,12 +23,17 @@ for (const store of await testStores()) {
   describe(`backfill on ${store}`, () => {
     let a: TestCluster, b: TestCluster, c: TestCluster;
     const others: TestCluster[] = [];
+    // Stopped servers whose data a restarted server took over: their data goes once it stopped.
+    const dataOwners: TestCluster[] = [];
     const wf = (x: TestCluster) => x.client(WorkflowService);
     beforeAll(async () => {
       [a, b, c] = await startClusters(store, [{}, {}, {}]);
       await connectAll([a, b]);
     });
-    afterAll(() => Promise.all([a, b, c, ...others].map((x) => x.destroy())));
+    afterAll(async () => {
+      await Promise.all([a, b, c, ...others].map((x) => x.destroy()));
+      for (const x of dataOwners) await x.destroy();
+    });
 
     test("TestThousandExecutionsReachClusterCAddedLater", async () => {
       await wf(a).registerNamespace({ namespace: "big", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
@@ -71,6 +76,7 @@ for (const store of await testStores()) {
       }, { timeout: 30_000, interval: 50 });
       expect(midway.done).toBeLessThan(1011n);
       await d1.stop();
+      dataOwners.push(d1);
       const d = await startTestCluster({ store, name: "clusterD", initialFailoverVersion: 4, dataLocation: d1.dataLocation });
       others.push(d);
       const job = await backfillDone(d, "big", "clusterA");
