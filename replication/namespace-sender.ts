@@ -4,6 +4,7 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { GetNamespaceReplicationTasksRequest, GetNamespaceReplicationTasksResponseSchema } from "../src/gen/tern/admin/v1/service_pb";
 import { unavailable } from "../src/errors";
 import { namespaceToProto } from "../src/frontend/convert";
+import { createLongPolls } from "../src/long-polls";
 import type { EventNotifier } from "../src/history/notifier";
 import type { Db } from "../src/persistence/database";
 import { clusterMetadata, namespaceReplicationTasks } from "../src/persistence/schema";
@@ -31,20 +32,21 @@ type Response = MessageInitShape<typeof GetNamespaceReplicationTasksResponseSche
  * receiver's namespaces, and the request's after_task_id recorded as its outbound ack.
  */
 export function createNamespaceSender({ db, wake, pollMs = 1000 }: NamespaceSenderDeps) {
+  const polls = createLongPolls(() => unavailable("this server is shutting down; retry"));
   /** Waits until a task past after exists, the wait ends, or signal aborts; returns the queue's max. */
-  async function waitPast(after: number, waitMs: number, signal?: AbortSignal): Promise<number> {
+  async function waitPast(after: number, waitMs: number, signal: AbortSignal): Promise<number> {
     const deadline = Date.now() + Math.min(Math.max(waitMs, 0), MAX_WAIT_MS);
     for (;;) {
       // Listen before reading: a task committed between the read and the wait still wakes us
       // (else the poll would sleep until the next re-read, and a graceful failover's switch with it).
       const stop = new AbortController();
       const left = deadline - Date.now();
-      const woke = left > 0 ? wake.wait(NAMESPACE_QUEUE_KEY, Math.min(left, pollMs), signal ? AbortSignal.any([signal, stop.signal]) : stop.signal) : undefined;
+      const woke = left > 0 ? wake.wait(NAMESPACE_QUEUE_KEY, Math.min(left, pollMs), AbortSignal.any([signal, stop.signal])) : undefined;
       const max = await namespaceQueueMax(db).catch((e: unknown) => {
         stop.abort();
         throw e;
       });
-      if (max > after || !woke || signal?.aborted) {
+      if (max > after || !woke || signal.aborted) {
         stop.abort();
         return max;
       }
@@ -57,7 +59,7 @@ export function createNamespaceSender({ db, wake, pollMs = 1000 }: NamespaceSend
     if (row && !row.enabled) throw unavailable(`replication to cluster ${clusterName} is disabled here (enable_connection is false)`);
   }
 
-  async function getTasks(r: GetNamespaceReplicationTasksRequest, signal?: AbortSignal): Promise<Response> {
+  async function serve(r: GetNamespaceReplicationTasksRequest, signal: AbortSignal): Promise<Response> {
     const after = Number(r.afterTaskId);
     const size = r.pageSize > 0 ? Math.min(r.pageSize, 1000) : 100;
     if (r.clusterName) {
@@ -88,7 +90,11 @@ export function createNamespaceSender({ db, wake, pollMs = 1000 }: NamespaceSend
     };
   }
 
-  return { getTasks };
+  return {
+    getTasks: (r: GetNamespaceReplicationTasksRequest, signal?: AbortSignal): Promise<Response> => polls.run(signal, (s) => serve(r, s)),
+    /** Ends open long polls (they answer at once) and refuses new ones; resolves once none runs. */
+    stop: polls.end,
+  };
 }
 
 export type NamespaceSender = ReturnType<typeof createNamespaceSender>;

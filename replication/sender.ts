@@ -13,6 +13,7 @@ import { readEventsOf } from "../src/history/branch-store";
 import { eventFromRow } from "../src/history/events";
 import type { EventNotifier } from "../src/history/notifier";
 import type { Db } from "../src/persistence/database";
+import { createLongPolls } from "../src/long-polls";
 import { runStatement, tableCodec, textCache } from "../src/persistence/raw-statements";
 import { clusterMetadata, historyEvents, namespaces, replicationTasks, shards } from "../src/persistence/schema";
 import { createOutboundAckRecorder, shardKey } from "./ack-levels";
@@ -45,9 +46,7 @@ type EventJson = { eventId: number; version: number; eventTime: string; attribut
  */
 export function createReplicationSender({ db, cluster, notifier, maxWaitMs = 20_000, recheckMs = 1000, ackSaveIntervalMs, outboxMarks }: ReplicationSenderDeps) {
   const acks = createOutboundAckRecorder({ db, notifier, intervalMs: ackSaveIntervalMs });
-  // Ends long polls at shutdown, before the database closes under them.
-  const closing = new AbortController();
-  const inflight = new Set<Promise<unknown>>();
+  const polls = createLongPolls(() => unavailable(`cluster ${cluster.clusterName} is shutting down`));
 
   /**
    * One page after `after` and how far it covers (tasks for other clusters are passed
@@ -73,10 +72,7 @@ export function createReplicationSender({ db, cluster, notifier, maxWaitMs = 20_
 
   /** AdminService.GetReplicationTasks: a page now, or a long poll until a task commits. */
   function getReplicationTasks(req: GetReplicationTasksRequest, signal?: AbortSignal): Promise<GetReplicationTasksResponse> {
-    if (closing.signal.aborted) return Promise.reject(unavailable(`cluster ${cluster.clusterName} is shutting down`));
-    const p = serve(req, signal ? AbortSignal.any([signal, closing.signal]) : closing.signal);
-    inflight.add(p);
-    return p.finally(() => inflight.delete(p));
+    return polls.run(signal, (s) => serve(req, s));
   }
 
   async function serve(req: GetReplicationTasksRequest, signal: AbortSignal): Promise<GetReplicationTasksResponse> {
@@ -112,10 +108,9 @@ export function createReplicationSender({ db, cluster, notifier, maxWaitMs = 20_
 
   return {
     getReplicationTasks,
-    /** Ends open long polls and refuses new ones; resolves once none runs. */
+    /** Ends open long polls (they answer at once) and refuses new ones; resolves once none runs. */
     async stop(): Promise<void> {
-      closing.abort();
-      await Promise.allSettled([...inflight]);
+      await polls.end();
       await acks.stop();
     },
   };

@@ -76,6 +76,12 @@ export interface TernServer {
   routes: (router: ConnectRouter) => void;
   /** The interceptors every listener must use. */
   interceptors: Interceptor[];
+  /**
+   * Ends the open long polls (peers' replication pulls, history waits): each answers at
+   * once with what it has, and new ones are refused as unavailable. A stopping entry calls
+   * it before its listeners drain, which would otherwise wait the grace period out on them.
+   */
+  endLongPolls(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -158,6 +164,7 @@ function wireReplication({ opts, log, now, cluster }: Base, core: Core) {
     remotes: createRemoteClusters({ db, current: cluster, clients, onChanged: () => manager.refresh() }),
     cleanup: createReplicationCleanup({ db, log }),
     sender: createReplicationSender({ db, cluster, notifier, outboxMarks: core.outboxMarks }),
+    namespaceSender: createNamespaceSender({ db, wake: notifier }),
     status: createReplicationStatus({
       db, cluster, connectionState: (name) => manager.connectionState(name), inboundProgress: historyReceiver.progress,
       dlqSizes: dlq.sizes,
@@ -183,7 +190,7 @@ function wireRoutes({ config, log, now, cluster }: Base, core: Core, repl: Repli
     }),
     admin: createAdminHandler({
       db, cluster, sender: repl.sender, status: repl.status, dlq,
-      namespaceSender: createNamespaceSender({ db, wake: notifier }),
+      namespaceSender: repl.namespaceSender,
       dlqMerge: createDlqMerge({ db, dlq, applier, writer: core.writer, clients, notifier, log }),
       verifier: createReplicationVerifier({ db, cluster, clients }),
     }),
@@ -218,9 +225,13 @@ function wire(
   void repl.dlq.refreshGauge().catch((e) => log.warn("reading the replication DLQ size failed", { error: String(e) }));
   void repl.manager.start();
   repl.sweep.trigger();
+  const endLongPolls = async () => {
+    await Promise.all([repl.sender.stop(), repl.namespaceSender.stop(), core.queries.stopLongPolls()]);
+  };
   return {
     config, cluster, database, metrics: core.metrics, log, app, routes, interceptors,
     fetch: (req) => app.fetch(req),
+    endLongPolls,
     async close() {
       if (closed) return;
       closed = true;
@@ -228,7 +239,7 @@ function wire(
       await repl.manager.stop();
       await repl.cleanup.stop();
       await plannerStats?.stop();
-      await repl.sender.stop(); // ends open long polls before the database closes
+      await endLongPolls(); // before the database closes under them
       await core.timers.stop();
       await database.close();
     },

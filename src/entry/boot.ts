@@ -43,7 +43,9 @@ export async function runEntry(opts: EntryOptions): Promise<void> {
   const signal = await stopSignal;
   tern.log.info("stopping", { signal });
   try {
-    // Listeners first so no request reaches a closed database; then the database (lock file).
+    // Long polls answer now, so the listeners drain without waiting the grace out on a peer's
+    // pull; listeners next, so no request reaches a closed database; then the database (lock file).
+    await tern.endLongPolls();
     await Promise.allSettled(listeners.map((l) => l.close(opts.graceMs ?? 5_000)));
     await tern.close();
   } catch (e) {

@@ -1,5 +1,6 @@
 import { and, desc, eq, gte, like, lt, lte, or, sql } from "drizzle-orm";
-import { invalidArgument, notFound } from "../errors";
+import { invalidArgument, notFound, unavailable } from "../errors";
+import { createLongPolls } from "../long-polls";
 import type { NamespaceRecord, NamespaceRegistry } from "../namespace/registry";
 import { clampPage } from "../namespace/registry";
 import type { Db } from "../persistence/database";
@@ -24,6 +25,7 @@ export interface QueryDeps {
 
 /** Reads of executions and histories; serve active and passive clusters alike. */
 export function createHistoryQueries({ db, namespaces, notifier }: QueryDeps) {
+  const polls = createLongPolls(() => unavailable("this server is shutting down; retry"));
   async function readableNamespace(name: string): Promise<NamespaceRecord> {
     const ns = await namespaces.getByName(name);
     if (ns.state === "DELETED") throw notFound(`namespace ${name} not found`);
@@ -48,7 +50,7 @@ export function createHistoryQueries({ db, namespaces, notifier }: QueryDeps) {
    * token is set only while more events exist now; with it, until the run is closed and
    * every event returned, and an empty page first waits up to waitMs for a new event.
    */
-  async function getHistory(req: {
+  async function readHistory(req: {
     namespace: string;
     workflowId: string;
     runId: string;
@@ -110,8 +112,12 @@ export function createHistoryQueries({ db, namespaces, notifier }: QueryDeps) {
   return {
     describe: async (namespace: string, workflowId: string, runId: string) =>
       findRun(await readableNamespace(namespace), workflowId, runId),
-    getHistory,
+    /** A page of history; a long poll (waitNewEvent) ends early, with what it has, when the server stops. */
+    getHistory: (req: Parameters<typeof readHistory>[0]) =>
+      req.waitNewEvent ? polls.run(req.signal, (signal) => readHistory({ ...req, signal })) : readHistory(req),
     list,
+    /** Ends open history long polls and refuses new ones; resolves once none runs. */
+    stopLongPolls: polls.end,
   };
 }
 

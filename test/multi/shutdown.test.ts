@@ -1,0 +1,70 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-web";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { runTern, startClusterProcess, type ClusterProcess } from "../../scripts/lib/cluster-process";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { eventually } from "../support/eventually";
+import { createTestDatabase } from "../support/postgres";
+import { testStores } from "../support/stores";
+
+setDefaultTimeout(120_000);
+
+/** The entry's grace for open requests after a stop signal (src/entry/boot.ts). */
+const GRACE_MS = 5_000;
+
+const client = (p: ClusterProcess) => createClient(WorkflowService, createConnectTransport({ baseUrl: `http://${p.address}` }));
+
+for (const store of await testStores()) {
+  describe(`stopping a server that peers long-poll, on ${store}`, () => {
+    const dir = mkdtempSync(join(tmpdir(), "tern-shutdown-"));
+    const dbs: { url: string; drop(): Promise<void> }[] = [];
+    let a: ClusterProcess, b: ClusterProcess;
+    beforeAll(async () => {
+      if (store === "postgres") dbs.push(await createTestDatabase(), await createTestDatabase());
+      [a, b] = await Promise.all([
+        startClusterProcess({ name: "clusterA", initialFailoverVersion: 1, dir, databaseUrl: dbs[0]?.url }),
+        startClusterProcess({ name: "clusterB", initialFailoverVersion: 2, dir, databaseUrl: dbs[1]?.url }),
+      ]);
+      for (const [x, y] of [[a, b], [b, a]] as const) {
+        expect((await runTern(["-address", x.address, "admin", "cluster", "upsert-remote-cluster", "--frontend_address", y.address])).code).toBe(0);
+      }
+    });
+    afterAll(async () => {
+      await Promise.all([a?.stop(), b?.stop()]);
+      for (const d of dbs) await d.drop();
+      rmSync(dir, { recursive: true, force: true });
+    });
+
+    test("SIGTERM answers open long polls at once: exit 0 well inside the grace, no error logged", async () => {
+      await client(a).registerNamespace({ namespace: "orders", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"], activeClusterName: "clusterA" });
+      await client(a).startWorkflowExecution({ namespace: "orders", workflowId: "w", workflowType: "t", taskQueue: "q" });
+      // B pulls A's history shards and namespace queue: its long polls are open on A now.
+      await eventually(async () => {
+        const res = await client(b).getWorkflowExecutionHistory({ namespace: "orders", execution: { workflowId: "w" } });
+        expect(res.history!.events.length).toBe(1);
+      }, { timeout: 20_000 });
+      // A client's history long poll on A, too, asked to wait 30 s for a new event.
+      const first = await client(a).getWorkflowExecutionHistory({ namespace: "orders", execution: { workflowId: "w" }, waitNewEvent: true });
+      expect(first.history!.events.length).toBe(1);
+      const waiting = client(a).getWorkflowExecutionHistory({
+        namespace: "orders", execution: { workflowId: "w" }, waitNewEvent: true, nextPageToken: first.nextPageToken, waitTimeout: { seconds: 30n },
+      });
+      await Bun.sleep(300); // the poll reaches A and waits (nothing to observe from here)
+
+      const t0 = performance.now();
+      const code = await a.stop(30_000);
+      const stoppedMs = performance.now() - t0;
+      expect(code).toBe(0);
+      // Without ending the long polls first, the listener waits the whole grace out on them.
+      expect(stoppedMs).toBeLessThan(GRACE_MS * 0.6);
+      // The waiting client got an answer (no new event), not a cut connection.
+      const answered = await waiting;
+      expect(answered.history?.events ?? []).toEqual([]);
+      const errors = readFileSync(a.logPath, "utf8").split("\n").filter((l) => /"level":"error"/.test(l));
+      expect(errors).toEqual([]);
+    });
+  });
+}
