@@ -21,10 +21,12 @@ export interface QueryDeps {
   db: Db;
   namespaces: NamespaceRegistry;
   notifier: EventNotifier;
+  /** How often a history long poll re-reads while it waits (writers in other processes do not notify). */
+  recheckMs?: number;
 }
 
 /** Reads of executions and histories; serve active and passive clusters alike. */
-export function createHistoryQueries({ db, namespaces, notifier }: QueryDeps) {
+export function createHistoryQueries({ db, namespaces, notifier, recheckMs = 1000 }: QueryDeps) {
   const polls = createLongPolls(() => unavailable("this server is shutting down; retry"));
   async function readableNamespace(name: string): Promise<NamespaceRecord> {
     const ns = await namespaces.getByName(name);
@@ -68,17 +70,27 @@ export function createHistoryQueries({ db, namespaces, notifier }: QueryDeps) {
     const from = pos?.next ?? 1;
     const deadline = Date.now() + req.waitMs;
     for (;;) {
-      const run = await findRun(ns, req.workflowId, runId);
-      const events = await readRunEvents(db, run, from, { limit: size });
-      const next = from + events.length;
-      const more = next < run.nextEventId;
-      const open = run.status === "RUNNING";
-      const keepToken = more || (req.waitNewEvent && open);
-      const page = { events, runId: run.runId, nextPageToken: keepToken ? encodeToken({ runId: run.runId, next }) : new Uint8Array() };
-      const left = deadline - Date.now();
-      if (events.length > 0 || !req.waitNewEvent || !open || left <= 0 || req.signal?.aborted) return page;
-      // Re-read at least every second: writers in other processes do not notify us.
-      await notifier.wait(run.runId, Math.min(left, 1000), req.signal);
+      // Listen before reading (the run is known from the token or the request): an event
+      // committed between the read and the wait still wakes us, not the re-read. Re-read at
+      // least every recheckMs: writers in other processes do not notify us.
+      const stop = new AbortController();
+      const waitFor = (key: string) =>
+        notifier.wait(key, Math.min(Math.max(deadline - Date.now(), 0), recheckMs), req.signal ? AbortSignal.any([req.signal, stop.signal]) : stop.signal);
+      const woke = req.waitNewEvent && runId ? waitFor(runId) : undefined;
+      try {
+        const run = await findRun(ns, req.workflowId, runId);
+        const events = await readRunEvents(db, run, from, { limit: size });
+        const next = from + events.length;
+        const more = next < run.nextEventId;
+        const open = run.status === "RUNNING";
+        const keepToken = more || (req.waitNewEvent && open);
+        const page = { events, runId: run.runId, nextPageToken: keepToken ? encodeToken({ runId: run.runId, next }) : new Uint8Array() };
+        const left = deadline - Date.now();
+        if (events.length > 0 || !req.waitNewEvent || !open || left <= 0 || req.signal?.aborted) return page;
+        await (woke ?? waitFor(run.runId));
+      } finally {
+        stop.abort();
+      }
     }
   }
 

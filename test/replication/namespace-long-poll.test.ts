@@ -4,46 +4,12 @@ import { create } from "@bufbuild/protobuf";
 import { GetNamespaceReplicationTasksRequestSchema } from "../../src/gen/tern/admin/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { createEventNotifier } from "../../src/history/notifier";
-import type { Db } from "../../src/persistence/database";
 import { eventually } from "../support/eventually";
+import { holdingReads } from "../support/holding-reads";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 
 setDefaultTimeout(60_000);
-
-/**
- * db, whose selects, while `hold.on`, keep their result for `hold.ms` after the database
- * answered: the time between a read and what the reader does next, made long.
- */
-function holdingReads(db: Db, hold: { on: boolean; ms: number; held: number }): Db {
-  return new Proxy(db, {
-    get(target, prop, receiver) {
-      const value = Reflect.get(target, prop, receiver);
-      if (prop !== "select" || typeof value !== "function") return value;
-      return (...args: unknown[]) => {
-        const selection = value.apply(target, args) as { from: (...a: unknown[]) => PromiseLike<unknown> };
-        const from = selection.from.bind(selection);
-        selection.from = (...a: unknown[]) => {
-          // The query's methods return the query itself: its own `then` is what gets awaited.
-          const query = from(...a);
-          const then = query.then.bind(query);
-          Object.defineProperty(query, "then", {
-            value: (ok: (v: unknown) => unknown, fail: (e: unknown) => unknown) =>
-              then(async (rows) => {
-                if (hold.on) {
-                  hold.held++;
-                  await new Promise((r) => setTimeout(r, hold.ms));
-                }
-                return rows;
-              }).then(ok, fail),
-          });
-          return query;
-        };
-        return selection;
-      };
-    },
-  });
-}
 
 for (const store of await testStores()) {
   describe(`namespace long poll on ${store}`, () => {

@@ -1,0 +1,56 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { createClusterDirectory } from "../../src/cluster/directory";
+import { createEventNotifier } from "../../src/history/notifier";
+import { createHistoryQueries } from "../../src/history/queries";
+import { createNamespaceRegistry } from "../../src/namespace/registry";
+import { historyEvents } from "../../src/persistence/schema";
+import { eventually } from "../support/eventually";
+import { holdingReads } from "../support/holding-reads";
+import { startTestCluster, type TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+
+setDefaultTimeout(60_000);
+
+for (const store of await testStores()) {
+  describe(`history long poll on ${store}`, () => {
+    let a: TestCluster;
+    beforeAll(async () => {
+      a = await startTestCluster({ store, name: "clusterA" });
+    });
+    afterAll(() => a.destroy());
+
+    test("AnEventCommittedWhileThePollReadsTheHistoryWakesIt (no wait for the re-read)", async () => {
+      const wf = a.client(WorkflowService);
+      await wf.registerNamespace({ namespace: "orders" });
+      const { runId } = await wf.startWorkflowExecution({ namespace: "orders", workflowId: "w", workflowType: "t", taskQueue: "q" });
+      const db = a.server.database.db;
+      const wake = createEventNotifier();
+      const hold = { on: false, ms: 400, held: 0 };
+      // Only the events read is held: the last read before the poll decides to wait.
+      const queries = createHistoryQueries({
+        db: holdingReads(db, hold, (table) => table === historyEvents),
+        namespaces: createNamespaceRegistry({ db, clusters: createClusterDirectory(db, a.server.cluster) }),
+        notifier: wake,
+        recheckMs: 10_000,
+      });
+      const read = (token: Uint8Array, waitMs: number) =>
+        queries.getHistory({ namespace: "orders", workflowId: "w", runId: "", pageSize: 100, token, waitNewEvent: true, waitMs });
+      const first = await read(new Uint8Array(), 0);
+      expect(first.events.map((e) => Number(e.eventId))).toEqual([1]);
+
+      hold.on = true;
+      const t0 = performance.now();
+      const polled = read(first.nextPageToken, 15_000).then((page) => ({ page, at: performance.now() - t0 }));
+      // The poll's read of the events has its answer (none new) and holds it: commit one now.
+      await eventually(() => expect(hold.held).toBeGreaterThan(0), { interval: 5 });
+      hold.on = false;
+      await wf.signalWorkflowExecution({ namespace: "orders", workflowExecution: { workflowId: "w" }, signalName: "paid" });
+      wake.notify(runId);
+      const { page, at } = await polled;
+      expect(page.events.map((e) => Number(e.eventId))).toEqual([2]);
+      // Not the 10 s re-read.
+      expect(at).toBeLessThan(3_000);
+    });
+  });
+}
