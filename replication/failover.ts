@@ -20,6 +20,8 @@ export interface GracefulFailoverDeps {
   /** A namespace task committed (wakes the namespace sender). */
   onReplicated?: () => void;
   now?: () => Date;
+  /** Longest wait between two reads of the target's acks (an ack saved by another process wakes nobody here). */
+  recheckMs?: number;
 }
 
 /** Where the target had to be before the switch: per local shard, and in the namespace queue. */
@@ -34,7 +36,7 @@ export interface HandoverPoint {
  * namespace leaves HANDOVER before this returns.
  */
 export function createGracefulFailover(deps: GracefulFailoverDeps) {
-  const { db, log, now = () => new Date() } = deps;
+  const { db, log, now = () => new Date(), recheckMs = 200 } = deps;
   const current = deps.clusters.current();
 
   async function enterHandover(ns: NamespaceRecord): Promise<void> {
@@ -77,16 +79,22 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
   async function waitCaughtUp(ns: NamespaceRecord, target: string, point: HandoverPoint, timeoutMs: number): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      const behind = await lag(target, point);
-      if (!behind) return;
-      const left = deadline - Date.now();
-      if (left <= 0) {
-        throw unavailable(
-          `graceful failover of namespace ${ns.name} to ${target} timed out after ${timeoutMs}ms: ${behind}; ` +
-            `${ns.name} stays active in ${current.clusterName} (replication state NORMAL); retry once ${target} has caught up`,
-        );
+      // Listen before reading: an ack saved between the read and the wait still wakes us.
+      const stop = new AbortController();
+      const changed = waitForAckChange(deps.notifier, target, Math.min(Math.max(deadline - Date.now(), 0), recheckMs), stop.signal);
+      try {
+        const behind = await lag(target, point);
+        if (!behind) return;
+        if (deadline - Date.now() <= 0) {
+          throw unavailable(
+            `graceful failover of namespace ${ns.name} to ${target} timed out after ${timeoutMs}ms: ${behind}; ` +
+              `${ns.name} stays active in ${current.clusterName} (replication state NORMAL); retry once ${target} has caught up`,
+          );
+        }
+        await changed;
+      } finally {
+        stop.abort();
       }
-      await waitForAckChange(deps.notifier, target, Math.min(left, 200));
     }
   }
 

@@ -5,7 +5,7 @@ import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { rejects } from "../support/rejects";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
-import { connectAll, describeOn, eventuallyOn, expectActiveOn, startClusters } from "./mesh";
+import { describeOn, expectActiveOn, startOrdersPair } from "./mesh";
 
 setDefaultTimeout(90_000);
 
@@ -18,10 +18,7 @@ for (const store of await testStores()) {
   describe(`forced failover on ${store}`, () => {
     let a: TestCluster, b: TestCluster;
     beforeAll(async () => {
-      [a, b] = await startClusters(store, [{}, {}]);
-      await connectAll([a, b]);
-      await a.client(WorkflowService).registerNamespace({ namespace: "orders", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
-      await eventuallyOn(b, "orders", () => {});
+      [a, b] = await startOrdersPair(store);
     });
     afterAll(() => Promise.all([a, b].map((x) => x.destroy())));
 

@@ -9,7 +9,7 @@ import { eq } from "drizzle-orm";
 import { namespaces } from "../../src/persistence/schema";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
-import { addr, connectAll, describeOn, eventuallyOn, expectActiveOn, startClusters } from "./mesh";
+import { addr, describeOn, expectActiveOn, startOrdersPair } from "./mesh";
 
 setDefaultTimeout(90_000);
 
@@ -25,10 +25,7 @@ for (const store of await testStores()) {
   describe(`graceful failover on ${store}`, () => {
     let a: TestCluster, b: TestCluster;
     beforeAll(async () => {
-      [a, b] = await startClusters(store, [{}, {}]);
-      await connectAll([a, b]);
-      await a.client(WorkflowService).registerNamespace({ namespace: "orders", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
-      await eventuallyOn(b, "orders", () => {});
+      [a, b] = await startOrdersPair(store);
     });
     afterAll(() => Promise.all([a, b].map((x) => x.destroy())));
 

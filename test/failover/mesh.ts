@@ -44,3 +44,12 @@ export function expectActiveOn(x: TestCluster, namespace: string, active: string
     expect(ns.failoverVersion).toBe(version);
   });
 }
+
+/** clusterA and clusterB on store, connected, with global namespace "orders" (active in A) known to both. */
+export async function startOrdersPair(store: StoreKind): Promise<[TestCluster, TestCluster]> {
+  const [a, b] = await startClusters(store, [{}, {}]);
+  await connectAll([a, b]);
+  await a.client(WorkflowService).registerNamespace({ namespace: "orders", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
+  await eventuallyOn(b, "orders", () => {});
+  return [a, b];
+}

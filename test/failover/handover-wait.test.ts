@@ -1,0 +1,58 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { ackKey, saveOutboundAck } from "../../replication/ack-levels";
+import { createGracefulFailover } from "../../replication/failover";
+import { advanceAckLevel, namespaceQueueMax } from "../../replication/namespace-queue";
+import { createClusterDirectory } from "../../src/cluster/directory";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { createEventNotifier } from "../../src/history/notifier";
+import { createNamespaceRegistry } from "../../src/namespace/registry";
+import { replicationAckLevels, shards } from "../../src/persistence/schema";
+import { eventually } from "../support/eventually";
+import { holdingReads } from "../support/holding-reads";
+import type { TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+import { addr, startOrdersPair } from "./mesh";
+
+setDefaultTimeout(60_000);
+
+for (const store of await testStores()) {
+  describe(`graceful failover's wait for the target on ${store}`, () => {
+    let a: TestCluster, b: TestCluster;
+    beforeAll(async () => {
+      [a, b] = await startOrdersPair(store);
+    });
+    afterAll(() => Promise.all([a, b].map((x) => x.destroy())));
+
+    test("AnAckSavedWhileTheWaitReadsTheAcksWakesIt (no wait for the re-read)", async () => {
+      // B pulls no more: its acks stay behind the write below until this test saves them.
+      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: false });
+      await a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "w", workflowType: "t", taskQueue: "q" });
+      const db = a.server.database.db;
+      const wake = createEventNotifier();
+      const hold = { on: false, ms: 400, held: 0 };
+      const failover = createGracefulFailover({
+        db: holdingReads(db, hold, (table) => table === replicationAckLevels),
+        namespaces: createNamespaceRegistry({ db, clusters: createClusterDirectory(db, a.server.cluster) }),
+        clusters: createClusterDirectory(db, a.server.cluster),
+        notifier: wake,
+        log: a.server.log,
+        recheckMs: 10_000,
+      });
+      hold.on = true;
+      const t0 = performance.now();
+      const running = failover.run("orders", "clusterB", 20_000).then((r) => ({ r, at: performance.now() - t0 }));
+      // The wait's read of B's acks has its answer (behind) and holds it: B acks everything now.
+      await eventually(() => expect(hold.held).toBeGreaterThan(0), { interval: 5 });
+      hold.on = false;
+      for (const s of await db.select().from(shards)) await saveOutboundAck(db, "clusterB", s.shardId, Number(s.nextTaskId) - 1);
+      const nsMax = await namespaceQueueMax(db);
+      await advanceAckLevel(db, { remote: "clusterB", direction: "outbound", queue: "namespace", shardId: 0 }, nsMax, nsMax);
+      wake.notify(ackKey("clusterB"));
+      const { r, at } = await running;
+      expect(r.namespace.activeClusterName).toBe("clusterB");
+      // Not the 10 s re-read.
+      expect(at).toBeLessThan(3_000);
+    });
+  });
+}
