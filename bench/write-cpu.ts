@@ -10,6 +10,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { cpuOf, cpuPerEvent } from "./lib/cpu-usage";
+import { median } from "./lib/percentiles";
 import { registerGlobalNamespace, startClusterPair } from "./lib/replication-clusters";
 import { writeOp } from "./lib/replication-workload";
 
@@ -21,7 +22,6 @@ const [rounds, writes, clients] = [flag("rounds", 5), flag("writes", 2000), flag
 const adminUrl = process.env.TERN_BENCH_PG_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
 const cleanups: (() => Promise<unknown>)[] = [];
 const dir = mkdtempSync(join(tmpdir(), "tern-bench-cpu-"));
-const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
 try {
   const [a, b] = await startClusterPair({ adminUrl, dir, shards: 4, own: (c) => void cleanups.push(c) });
   await registerGlobalNamespace(a, b, "bench-global");

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { percentile, summarize } from "./percentiles";
+import { median, percentile, summarize } from "./percentiles";
 
 const oneToHundred = Array.from({ length: 100 }, (_, i) => i + 1);
 
@@ -44,4 +44,10 @@ describe("summarize", () => {
     expect(s.p50).toBeNaN();
     expect(s.p99).toBeNaN();
   });
+});
+
+test("median: middle value, mean of the two middle ones for an even count, NaN for none", () => {
+  expect(median([3, 1, 2])).toBe(2);
+  expect(median([4, 1, 3, 2])).toBe(2.5);
+  expect(median([])).toBeNaN();
 });

@@ -19,6 +19,14 @@ export function percentile(sorted: readonly number[], p: number): number {
   return sorted[rank - 1]!;
 }
 
+/** The middle value of xs; the mean of the two middle ones for an even count; NaN for none. */
+export function median(xs: readonly number[]): number {
+  if (xs.length === 0) return Number.NaN;
+  const s = [...xs].sort((x, y) => x - y);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
 /** Sorts a copy of the samples and summarizes them. */
 export function summarize(samples: readonly number[]): LatencySummary {
   const sorted = Float64Array.from(samples).sort();

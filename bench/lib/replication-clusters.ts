@@ -30,13 +30,20 @@ const profileArgs = (name: string) => {
 };
 
 /** Two clusters (A initial version 1, B initial 2, increment 100) on their own databases, connected both ways. */
-export async function startClusterPair(o: { adminUrl: string; dir: string; shards: number; own: (c: () => Promise<unknown>) => void }): Promise<[BenchCluster, BenchCluster]> {
+export async function startClusterPair(o: {
+  adminUrl: string;
+  dir: string;
+  shards: number;
+  own: (c: () => Promise<unknown>) => void;
+  /** Checkout whose servers run (see ClusterProcessOptions.root). */
+  root?: string;
+}): Promise<[BenchCluster, BenchCluster]> {
   const start = async (name: string, initialFailoverVersion: number): Promise<BenchCluster> => {
     const db = await createTempDatabase(o.adminUrl);
     o.own(() => db.drop());
     const proc = await startClusterProcess({
       name, initialFailoverVersion, dir: o.dir, databaseUrl: db.url, shards: o.shards, logLevel: "info", extraYaml: EXTRA_YAML, startTimeoutMs: 60_000,
-      runtimeArgs: profileArgs(name),
+      runtimeArgs: profileArgs(name), root: o.root,
     });
     // A profiling server writes its profile on exit: give it time.
     o.own(() => proc.stop(process.env.TERN_BENCH_CPU_PROF ? 60_000 : 5_000));

@@ -31,6 +31,8 @@ export interface ClusterProcessOptions {
   extraYaml?: string;
   /** Runtime flags before the script, e.g. ["--cpu-prof-md", "--cpu-prof-dir=DIR"] (profiling a bench). */
   runtimeArgs?: string[];
+  /** Checkout whose server runs (another revision's worktree, for A/B runs); default this one. */
+  root?: string;
 }
 
 /** A running cluster process. */
@@ -134,7 +136,7 @@ export async function startClusterProcess(o: ClusterProcessOptions): Promise<Clu
   const log = createWriteStream(logPath);
   let recent = "";
   const child = Bun.spawn([process.execPath, ...(o.runtimeArgs ?? []), "src/main.ts", "--config", configPath], {
-    cwd: repoRoot,
+    cwd: o.root ?? repoRoot,
     env: childEnv(),
     stdout: "pipe",
     stderr: "pipe",

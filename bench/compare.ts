@@ -1,0 +1,106 @@
+/**
+ * A/B of the replication path on a noisy machine: the steady phase of bench:replication
+ * (paced load on A, per-event lag to B, CPU per event) run alternately on the servers of a
+ * base revision (a git worktree) and of this checkout, in ABBA order, with the same bench
+ * code driving both. Prints every run, each side's medians and head/base ratios, and
+ * writes bench/results/compare-latest.json. `bun run bench:compare --base REV`.
+ */
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, rmSync, symlinkSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { repoRoot } from "../scripts/lib/cluster-process";
+import { argsOrExit, benchPostgresOrExit, createCleanups } from "./lib/bench-process";
+import { parseCompareArgs, runOrder } from "./lib/compare-args";
+import { median } from "./lib/percentiles";
+import { registerGlobalNamespace, startClusterPair } from "./lib/replication-clusters";
+import { steadyPhase } from "./lib/replication-phases";
+import { writeJsonReport } from "./lib/report";
+
+const args = argsOrExit(parseCompareArgs);
+const adminUrl = await benchPostgresOrExit();
+const { own, cleanUp } = createCleanups();
+const git = (...a: string[]) => execFileSync("git", a, { cwd: repoRoot, encoding: "utf8" }).trim();
+
+/** One measured run of one side. */
+interface Run {
+  side: "base" | "head";
+  p50: number;
+  p95: number;
+  p99: number;
+  /** Server + PostgreSQL CPU ms per event, both clusters. */
+  cpuMsPerEvent: number;
+  aServerCpuMs: number;
+  bServerCpuMs: number;
+}
+
+
+
+try {
+  const baseRev = git("rev-parse", "--verify", `${args.base}^{commit}`);
+  const headRev = git("rev-parse", "HEAD");
+  const dirty = git("status", "--porcelain", "--untracked-files=no") !== "";
+  const dir = mkdtempSync(join(tmpdir(), "tern-bench-compare-"));
+  own(async () => rmSync(dir, { recursive: true, force: true }));
+  const baseRoot = join(dir, "base");
+  git("worktree", "add", "--detach", baseRoot, baseRev);
+  own(async () => git("worktree", "remove", "--force", baseRoot));
+  // Same dependencies: the base runs on this checkout's node_modules (a changed lock file is reported).
+  symlinkSync(join(repoRoot, "node_modules"), join(baseRoot, "node_modules"));
+  const lockChanged = git("diff", "--name-only", baseRev, "--", "package-lock.json") !== "";
+  console.log(`compare: base ${args.base} (${baseRev.slice(0, 10)}) against this checkout (${headRev.slice(0, 10)}${dirty ? ", with uncommitted changes" : ""})`);
+  if (lockChanged) console.log("  note: package-lock.json differs; the base runs on this checkout's node_modules");
+  console.log(`  ${args.pairs} runs each, ABBA order; steady ${args.rate} ops/s, ${args.clients} clients, ${args.durationS}s after ${args.warmupS}s warm-up, ${args.shards} shards\n`);
+
+  // The current run's servers and databases: stopped after the run, or first on Ctrl-C.
+  const current: (() => Promise<unknown>)[] = [];
+  const cleanRun = async () => {
+    for (const c of current.splice(0).reverse()) await c().catch((e) => console.error(`clean-up: ${(e as Error).message}`));
+  };
+  own(cleanRun);
+
+  const runs: Run[] = [];
+  for (const [i, side] of runOrder(args.pairs).entries()) {
+    try {
+      const root = side === "base" ? baseRoot : repoRoot;
+      const runDir = mkdtempSync(join(dir, `run-${i + 1}-`));
+      const [a, b] = await startClusterPair({ adminUrl, dir: runDir, shards: args.shards, own: (c) => void current.push(c), root });
+      await registerGlobalNamespace(a, b, "bench-global");
+      const { flow } = await steadyPhase({ a, b, namespace: "bench-global", log: () => {} }, {
+        rate: args.rate, clients: args.clients, durationMs: args.durationS * 1000, warmupMs: args.warmupS * 1000,
+      });
+      const cpu = Object.values(flow.cpuMsPerEvent).reduce((s, c) => s + c.tern + c.pg, 0);
+      const run: Run = {
+        side, p50: flow.stampLagMs.p50, p95: flow.stampLagMs.p95, p99: flow.stampLagMs.p99, cpuMsPerEvent: cpu,
+        aServerCpuMs: flow.cpuMsPerEvent[a.name]!.tern, bServerCpuMs: flow.cpuMsPerEvent[b.name]!.tern,
+      };
+      runs.push(run);
+      console.log(
+        `run ${i + 1} ${side.padEnd(4)}  lag p50 ${run.p50.toFixed(1)} p95 ${run.p95.toFixed(1)} p99 ${run.p99.toFixed(1)} ms` +
+          `  CPU/event ${cpu.toFixed(2)} ms (A server ${run.aServerCpuMs.toFixed(2)}, B server ${run.bServerCpuMs.toFixed(2)})` +
+          (flow.errors ? `  ${flow.errors} errors: ${flow.firstError}` : ""),
+      );
+    } finally {
+      await cleanRun();
+    }
+  }
+
+  const keys = ["p50", "p95", "p99", "cpuMsPerEvent", "aServerCpuMs", "bServerCpuMs"] as const;
+  const sideOf = (side: Run["side"]) => Object.fromEntries(keys.map((k) => [k, median(runs.filter((r) => r.side === side).map((r) => r[k]))])) as Record<(typeof keys)[number], number>;
+  const base = sideOf("base");
+  const head = sideOf("head");
+  // Runs k of each side, in run order: head lower than base in how many of them.
+  const bases = runs.filter((r) => r.side === "base");
+  const heads = runs.filter((r) => r.side === "head");
+  const lowerIn = (k: (typeof keys)[number]) => heads.filter((h, i) => h[k] < bases[i]![k]).length;
+  console.log(`\n${"figure (median)".padEnd(28)}${"base".padStart(10)}${"head".padStart(10)}${"head/base".padStart(11)}  head lower in`);
+  for (const k of keys) {
+    const label = { p50: "lag p50 ms", p95: "lag p95 ms", p99: "lag p99 ms", cpuMsPerEvent: "CPU ms/event (all)", aServerCpuMs: "A server CPU ms/event", bServerCpuMs: "B server CPU ms/event" }[k];
+    console.log(`${label.padEnd(28)}${base[k].toFixed(2).padStart(10)}${head[k].toFixed(2).padStart(10)}${(head[k] / base[k]).toFixed(2).padStart(10)}x  ${lowerIn(k)} of ${args.pairs}`);
+  }
+  const path = join(repoRoot, "bench/results/compare-latest.json");
+  writeJsonReport(path, { startedAt: new Date().toISOString(), args, baseRev, headRev, dirty, runs, medians: { base, head } });
+  console.log(`\nwrote ${path}`);
+} finally {
+  await cleanUp();
+}
