@@ -34,8 +34,6 @@ interface Run {
   bServerCpuMs: number;
 }
 
-
-
 try {
   const baseRev = git("rev-parse", "--verify", `${args.base}^{commit}`);
   const headRev = git("rev-parse", "HEAD");

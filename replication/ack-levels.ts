@@ -1,5 +1,5 @@
 import { and, eq, sql } from "drizzle-orm";
-import type { EventNotifier } from "../src/history/notifier";
+import { listen, type EventNotifier, type Listening } from "../src/history/notifier";
 import type { Db, Tx } from "../src/persistence/database";
 import { runStatement, tableCodec } from "../src/persistence/raw-statements";
 import { replicationAckLevels } from "../src/persistence/schema";
@@ -31,14 +31,14 @@ export async function outboundAcks(db: Db, remoteCluster: string): Promise<Map<n
 export const ackDemandKey = (remoteCluster: string) => `ack-demand:${remoteCluster}`;
 
 /**
- * Resolves when remoteCluster's outbound ack moves in this process, or after timeoutMs.
- * It also asks the sender to save the acks it holds back (createOutboundAckRecorder), so a
- * graceful failover waiting here sees them at once.
+ * Listens for remoteCluster's outbound ack to move in this process (see listen: start it
+ * before reading the acks). It also asks the sender to save the acks it holds back
+ * (createOutboundAckRecorder), so a graceful failover waiting here sees them at once.
  */
-export function waitForAckChange(notifier: EventNotifier, remoteCluster: string, timeoutMs: number, signal?: AbortSignal): Promise<void> {
-  const changed = notifier.wait(ackKey(remoteCluster), timeoutMs, signal);
+export function listenForAckChange(notifier: EventNotifier, remoteCluster: string, timeoutMs: number): Listening {
+  const listening = listen(notifier, ackKey(remoteCluster), timeoutMs);
   notifier.notify(ackDemandKey(remoteCluster));
-  return changed;
+  return listening;
 }
 
 /** One peer shard's outbound ack: what is saved, and what arrived since. */
@@ -57,7 +57,7 @@ interface AckSlot {
  * Saves the acks pulling peers send with every poll, at most once per intervalMs per peer
  * shard (the last one received wins; a held-back ack is saved when the interval ends).
  * A stored ack that lags a little is safe: cleanup then keeps tasks longer, status shows
- * an older position. A graceful failover that waits for a peer (waitForAckChange) gets its
+ * an older position. A graceful failover that waits for a peer (listenForAckChange) gets its
  * held-back acks saved at once, and every ack of that peer saved on arrival for
  * demandWindowMs after.
  */

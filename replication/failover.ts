@@ -7,7 +7,7 @@ import { failoverTo, type NamespaceRecord, type NamespaceRegistry } from "../src
 import type { Logger } from "../src/observability/log";
 import type { Db } from "../src/persistence/database";
 import { namespaces, shards } from "../src/persistence/schema";
-import { outboundAcks, waitForAckChange } from "./ack-levels";
+import { listenForAckChange, outboundAcks } from "./ack-levels";
 import { appendNamespaceTask, namespaceQueueMax, readAckLevel } from "./namespace-queue";
 
 export interface GracefulFailoverDeps {
@@ -79,9 +79,7 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
   async function waitCaughtUp(ns: NamespaceRecord, target: string, point: HandoverPoint, timeoutMs: number): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      // Listen before reading: an ack saved between the read and the wait still wakes us.
-      const stop = new AbortController();
-      const changed = waitForAckChange(deps.notifier, target, Math.min(Math.max(deadline - Date.now(), 0), recheckMs), stop.signal);
+      const changed = listenForAckChange(deps.notifier, target, Math.min(Math.max(deadline - Date.now(), 0), recheckMs));
       try {
         const behind = await lag(target, point);
         if (!behind) return;
@@ -91,9 +89,9 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
               `${ns.name} stays active in ${current.clusterName} (replication state NORMAL); retry once ${target} has caught up`,
           );
         }
-        await changed;
+        await changed.woke;
       } finally {
-        stop.abort();
+        changed.cancel();
       }
     }
   }

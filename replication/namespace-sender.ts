@@ -5,7 +5,7 @@ import type { GetNamespaceReplicationTasksRequest, GetNamespaceReplicationTasksR
 import { unavailable } from "../src/errors";
 import { namespaceToProto } from "../src/frontend/convert";
 import { createLongPolls } from "../src/long-polls";
-import type { EventNotifier } from "../src/history/notifier";
+import { listen, type EventNotifier } from "../src/history/notifier";
 import type { Db } from "../src/persistence/database";
 import { clusterMetadata, namespaceReplicationTasks } from "../src/persistence/schema";
 import { ackKey } from "./ack-levels";
@@ -37,20 +37,17 @@ export function createNamespaceSender({ db, wake, pollMs = 1000 }: NamespaceSend
   async function waitPast(after: number, waitMs: number, signal: AbortSignal): Promise<number> {
     const deadline = Date.now() + Math.min(Math.max(waitMs, 0), MAX_WAIT_MS);
     for (;;) {
-      // Listen before reading: a task committed between the read and the wait still wakes us
-      // (else the poll would sleep until the next re-read, and a graceful failover's switch with it).
-      const stop = new AbortController();
+      // Listening before the read: a graceful failover's switch committed in between would
+      // otherwise sleep until the next re-read.
       const left = deadline - Date.now();
-      const woke = left > 0 ? wake.wait(NAMESPACE_QUEUE_KEY, Math.min(left, pollMs), AbortSignal.any([signal, stop.signal])) : undefined;
-      const max = await namespaceQueueMax(db).catch((e: unknown) => {
-        stop.abort();
-        throw e;
-      });
-      if (max > after || !woke || signal.aborted) {
-        stop.abort();
-        return max;
+      const listening = left > 0 ? listen(wake, NAMESPACE_QUEUE_KEY, Math.min(left, pollMs), signal) : undefined;
+      try {
+        const max = await namespaceQueueMax(db);
+        if (max > after || !listening || signal.aborted) return max;
+        await listening.woke;
+      } finally {
+        listening?.cancel();
       }
-      await woke;
     }
   }
 

@@ -11,7 +11,7 @@ import {
 import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
 import { readEventsOf } from "../src/history/branch-store";
 import { eventFromRow } from "../src/history/events";
-import type { EventNotifier } from "../src/history/notifier";
+import { listen, type EventNotifier } from "../src/history/notifier";
 import type { Db } from "../src/persistence/database";
 import { createLongPolls } from "../src/long-polls";
 import { runStatement, tableCodec, textCache } from "../src/persistence/raw-statements";
@@ -85,24 +85,25 @@ export function createReplicationSender({ db, cluster, notifier, maxWaitMs = 20_
     const acked = req.ackedTaskId === undefined ? after : Math.min(Number(req.ackedTaskId), after);
     const deadline = Date.now() + Math.min(Math.max(req.waitTimeoutMs, 0), maxWaitMs);
     for (let first = true; ; first = false) {
-      // Listen before reading, so a commit between the read and the wait still wakes us.
-      const stop = new AbortController();
       const left = deadline - Date.now();
-      const woke = left > 0 ? notifier.wait(shardKey(req.shardId), Math.min(left, recheckMs), AbortSignal.any([signal, stop.signal])) : undefined;
-      // A poller past every commit known here (the usual caught-up peer) waits before it reads:
-      // a wake or the periodic re-read reads. The marks move before the notifier wakes us.
-      const known = outboxMarks?.latest(req.shardId);
-      const read = !(first && woke && known !== undefined && after >= known);
-      const [page] = await Promise.all([
-        read ? readPage(req.shardId, after, size, req.clusterName, req.includeEvents) : undefined,
-        req.clusterName ? acks.record(req.clusterName, req.shardId, acked) : undefined,
-      ]);
-      if (page) outboxMarks?.advance(req.shardId, page.max);
-      if (page && (page.tasks.length || !woke || signal.aborted)) {
-        stop.abort();
-        return create(GetReplicationTasksResponseSchema, { tasks: page.tasks, maxTaskId: BigInt(page.max), lastTaskId: BigInt(page.last) });
+      const listening = left > 0 ? listen(notifier, shardKey(req.shardId), Math.min(left, recheckMs), signal) : undefined;
+      try {
+        // A poller past every commit known here (the usual caught-up peer) waits before it reads:
+        // a wake or the periodic re-read reads. The marks move before the notifier wakes us.
+        const known = outboxMarks?.latest(req.shardId);
+        const read = !(first && listening && known !== undefined && after >= known);
+        const [page] = await Promise.all([
+          read ? readPage(req.shardId, after, size, req.clusterName, req.includeEvents) : undefined,
+          req.clusterName ? acks.record(req.clusterName, req.shardId, acked) : undefined,
+        ]);
+        if (page) outboxMarks?.advance(req.shardId, page.max);
+        if (page && (page.tasks.length || !listening || signal.aborted)) {
+          return create(GetReplicationTasksResponseSchema, { tasks: page.tasks, maxTaskId: BigInt(page.max), lastTaskId: BigInt(page.last) });
+        }
+        await listening!.woke;
+      } finally {
+        listening?.cancel();
       }
-      await woke;
     }
   }
 

@@ -33,3 +33,21 @@ export function createEventNotifier(): EventNotifier {
     },
   };
 }
+
+/** A wait registered before the read it guards; see listen. */
+export interface Listening {
+  /** Resolves on a notify of the key (also one between the read and the await), the timeout, or an abort. */
+  woke: Promise<void>;
+  /** Drops the wait once the read made it moot (it answered, or failed). */
+  cancel(): void;
+}
+
+/**
+ * Starts waiting on key now, before the read that decides whether to wait: a notify that
+ * lands between that read and the await still wakes the waiter (a wait registered after the
+ * read would miss it and sleep until its timeout).
+ */
+export function listen(notifier: EventNotifier, key: string, timeoutMs: number, signal?: AbortSignal): Listening {
+  const stop = new AbortController();
+  return { woke: notifier.wait(key, timeoutMs, signal ? AbortSignal.any([signal, stop.signal]) : stop.signal), cancel: () => stop.abort() };
+}

@@ -7,7 +7,7 @@ import type { Db } from "../persistence/database";
 import { decodeToken, encodeToken } from "../persistence/page-token";
 import { executions } from "../persistence/schema";
 import { readRunEvents, type ExecutionRow } from "./execution-store";
-import type { EventNotifier } from "./notifier";
+import { listen, type EventNotifier } from "./notifier";
 
 export interface ListFilter {
   status?: string;
@@ -70,13 +70,10 @@ export function createHistoryQueries({ db, namespaces, notifier, recheckMs = 100
     const from = pos?.next ?? 1;
     const deadline = Date.now() + req.waitMs;
     for (;;) {
-      // Listen before reading (the run is known from the token or the request): an event
-      // committed between the read and the wait still wakes us, not the re-read. Re-read at
-      // least every recheckMs: writers in other processes do not notify us.
-      const stop = new AbortController();
-      const waitFor = (key: string) =>
-        notifier.wait(key, Math.min(Math.max(deadline - Date.now(), 0), recheckMs), req.signal ? AbortSignal.any([req.signal, stop.signal]) : stop.signal);
-      const woke = req.waitNewEvent && runId ? waitFor(runId) : undefined;
+      // Listening before the read when the run is known (from the token or the request).
+      // Re-read at least every recheckMs: writers in other processes do not notify us.
+      const listenFor = (key: string) => listen(notifier, key, Math.min(Math.max(deadline - Date.now(), 0), recheckMs), req.signal);
+      let listening = req.waitNewEvent && runId ? listenFor(runId) : undefined;
       try {
         const run = await findRun(ns, req.workflowId, runId);
         const events = await readRunEvents(db, run, from, { limit: size });
@@ -87,9 +84,10 @@ export function createHistoryQueries({ db, namespaces, notifier, recheckMs = 100
         const page = { events, runId: run.runId, nextPageToken: keepToken ? encodeToken({ runId: run.runId, next }) : new Uint8Array() };
         const left = deadline - Date.now();
         if (events.length > 0 || !req.waitNewEvent || !open || left <= 0 || req.signal?.aborted) return page;
-        await (woke ?? waitFor(run.runId));
+        listening ??= listenFor(run.runId);
+        await listening.woke;
       } finally {
-        stop.abort();
+        listening?.cancel();
       }
     }
   }

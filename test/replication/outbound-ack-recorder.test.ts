@@ -1,7 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { createEventNotifier } from "../../src/history/notifier";
 import type { Db } from "../../src/persistence/database";
-import { createOutboundAckRecorder, waitForAckChange } from "../../replication/ack-levels";
+import { createOutboundAckRecorder, listenForAckChange } from "../../replication/ack-levels";
 import { eventually } from "../support/eventually";
 
 /** A database that only records the outbound ack upserts. */
@@ -38,7 +38,7 @@ describe("outbound ack recorder", () => {
     await acks.record("clusterB", 1, 10);
     await acks.record("clusterB", 1, 20); // held back for a minute
     const t0 = performance.now();
-    await waitForAckChange(notifier, "clusterB", 5_000);
+    await listenForAckChange(notifier, "clusterB", 5_000).woke;
     expect(performance.now() - t0).toBeLessThan(1_000);
     expect(saved.at(-1)).toEqual({ shardId: 1, ackLevel: 20 });
     // While the failover waits, acks are saved on arrival.
