@@ -19,7 +19,7 @@ export interface ReplicationTaskInput {
  * id comes from the shard row, whose lock also orders the shard's writes: a reader never
  * sees task n+1 committed before task n.
  */
-export function appendReplicationTask(tx: Tx, task: ReplicationTaskInput): Promise<number> {
+export function appendReplicationTask(tx: Tx, task: ReplicationTaskInput): Promise<{ taskId: number; createdAt: Date }> {
   // Parameters are prepared before the statement goes out (see pipelined-tx.ts).
   const params = [
     task.shardId, task.namespaceId, task.workflowId, task.runId, task.firstEventId, task.nextEventId, task.version,
@@ -27,7 +27,8 @@ export function appendReplicationTask(tx: Tx, task: ReplicationTaskInput): Promi
   ];
   return runStatement(tx, APPEND_TEXT, params).then(([row]) => {
     if (!row) throw new Error(`shard ${task.shardId} does not exist`);
-    return Number(row.task_id);
+    const { taskId, createdAt } = t.fromRow(row);
+    return { taskId, createdAt };
   });
 }
 
@@ -43,7 +44,7 @@ const APPEND_TEXT = `
     ${t.name("firstEventId")}, ${t.name("nextEventId")}, ${t.name("version")}, ${t.name("versionHistory")})
   select $1, task_id, $2, $3, $4, $5, $6, $7, $8::jsonb
   from next
-  returning ${t.name("taskId")} as task_id`;
+  returning ${t.name("taskId")} as task_id, ${t.name("createdAt")} as created_at`;
 
 /**
  * The highest replication task id known committed per shard, in this process: from its

@@ -12,12 +12,14 @@ import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
 import { readEventsOf } from "../src/history/branch-store";
 import { eventFromRow } from "../src/history/events";
 import { listen, type EventNotifier } from "../src/history/notifier";
+import type { Metrics } from "../src/observability/metrics";
 import type { Db } from "../src/persistence/database";
 import { createLongPolls } from "../src/long-polls";
 import { runStatement, tableCodec, textCache } from "../src/persistence/raw-statements";
 import { clusterMetadata, historyEvents, namespaces, replicationTasks, shards } from "../src/persistence/schema";
 import { createOutboundAckRecorder, shardKey } from "./ack-levels";
 import type { OutboxMarks } from "./outbox";
+import type { OutboxTail } from "./outbox-tail";
 import { versionHistoryToProto } from "./version-history";
 
 export interface ReplicationSenderDeps {
@@ -33,6 +35,9 @@ export interface ReplicationSenderDeps {
   ackSaveIntervalMs?: number;
   /** Task ids known committed (shared with the writer): a caught-up long poll waits without reading first. */
   outboxMarks?: OutboxMarks;
+  /** Tasks this process committed lately, with their events: a peer's page from memory (see outbox-tail.ts). */
+  outboxTail?: OutboxTail;
+  metrics?: Metrics;
 }
 
 type TaskRow = typeof replicationTasks.$inferSelect;
@@ -44,9 +49,23 @@ type EventJson = { eventId: number; version: number; eventTime: string; attribut
  * pulling peer its namespaces' tasks of one shard, long-polls for new ones, and records
  * the peer's acked_task_id (or, unset, its after_task_id) as its outbound ack.
  */
-export function createReplicationSender({ db, cluster, notifier, maxWaitMs = 20_000, recheckMs = 1000, ackSaveIntervalMs, outboxMarks }: ReplicationSenderDeps) {
+export function createReplicationSender(deps: ReplicationSenderDeps) {
+  const { db, cluster, notifier, maxWaitMs = 20_000, recheckMs = 1000, ackSaveIntervalMs, outboxMarks, outboxTail, metrics } = deps;
   const acks = createOutboundAckRecorder({ db, notifier, intervalMs: ackSaveIntervalMs });
   const polls = createLongPolls(() => unavailable(`cluster ${cluster.clusterName} is shutting down`));
+  /** When a database page last found each peer connected and enabled: pages from memory rely on it for recheckMs. */
+  const peerChecked = new Map<string, number>();
+
+  /**
+   * A page from the outbox tail, if it holds the next tasks and the database said lately
+   * that the peer may pull (a change made in this process clears that at once, one made
+   * by another process on the database is seen within recheckMs).
+   */
+  function tailPage(shardId: number, after: number, size: number, peer: string, withEvents: boolean) {
+    if (!outboxTail || !peer || !withEvents || Date.now() - (peerChecked.get(peer) ?? -Infinity) >= recheckMs) return undefined;
+    const page = outboxTail.page(shardId, after, size, peer);
+    return page && { tasks: page.tasks, max: Math.max(page.last, outboxMarks?.latest(shardId) ?? 0), last: page.last, source: "memory" };
+  }
 
   /**
    * One page after `after` and how far it covers (tasks for other clusters are passed
@@ -63,11 +82,12 @@ export function createReplicationSender({ db, cluster, notifier, maxWaitMs = 20_
     // A disabled connection pauses both ways: refused here too, on every read of a long poll.
     if (peer && head.peer_enabled === null) throw failedPrecondition(`cluster ${peer} is not connected to ${cluster.clusterName}; add it there with cluster upsert`);
     if (peer && !head.peer_enabled) throw failedPrecondition(`replication with cluster ${peer} is disabled on ${cluster.clusterName}`);
+    if (peer) peerChecked.set(peer, Date.now());
     const max = Number(head.page_max);
     const found = rows.filter((r) => r.task_id !== null).map((r) => ({ task: tasksSql.fromRow(r), events: (r.page_events ?? null) as EventJson[] | null }));
     const last = found.length === size ? found.at(-1)!.task.taskId : max;
     const tasks = await Promise.all(found.map(async (r) => taskToProto(r.task, withEvents ? await eventsOf(db, r.task, r.events ?? []) : [])));
-    return { tasks, max, last: Math.max(last, after) };
+    return { tasks, max, last: Math.max(last, after), source: "database" };
   }
 
   /** AdminService.GetReplicationTasks: a page now, or a long poll until a task commits. */
@@ -93,11 +113,12 @@ export function createReplicationSender({ db, cluster, notifier, maxWaitMs = 20_
         const known = outboxMarks?.latest(req.shardId);
         const read = !(first && listening && known !== undefined && after >= known);
         const [page] = await Promise.all([
-          read ? readPage(req.shardId, after, size, req.clusterName, req.includeEvents) : undefined,
+          read ? (tailPage(req.shardId, after, size, req.clusterName, req.includeEvents) ?? readPage(req.shardId, after, size, req.clusterName, req.includeEvents)) : undefined,
           req.clusterName ? acks.record(req.clusterName, req.shardId, acked) : undefined,
         ]);
         if (page) outboxMarks?.advance(req.shardId, page.max);
         if (page && (page.tasks.length || !listening || signal.aborted)) {
+          if (req.clusterName && page.tasks.length) metrics?.inc("replication_pages_sent", { remote_cluster: req.clusterName, source: page.source });
           return create(GetReplicationTasksResponseSchema, { tasks: page.tasks, maxTaskId: BigInt(page.max), lastTaskId: BigInt(page.last) });
         }
         await listening!.woke;
@@ -109,6 +130,8 @@ export function createReplicationSender({ db, cluster, notifier, maxWaitMs = 20_
 
   return {
     getReplicationTasks,
+    /** Forgets which peers a database page found enabled: after this process changed a connection. */
+    forgetPeers: () => peerChecked.clear(),
     /** Ends open long polls (they answer at once) and refuses new ones; resolves once none runs. */
     async stop(): Promise<void> {
       await polls.end();

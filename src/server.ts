@@ -20,6 +20,7 @@ import { createNamespaceSender, NAMESPACE_QUEUE_KEY } from "../replication/names
 import { createHistoryReceiver, type RetryPolicy } from "../replication/receiver";
 import { createReplicationSender } from "../replication/sender";
 import { createOutboxMarks } from "../replication/outbox";
+import { createOutboxTail } from "../replication/outbox-tail";
 import { createReplicationStatus } from "../replication/status";
 import type { Config } from "./config/schema";
 import { createAdminHandler } from "./frontend/admin-handler";
@@ -128,14 +129,18 @@ function wireCore({ config, opts, log, now, database, cluster }: Base) {
   });
   // Task ids committed per shard: the writer records them, the sender's long polls read them.
   const outboxMarks = createOutboxMarks();
-  const writer = createWriter({ db, pipelined: database.pipelined, cluster, limits: config.limits, metrics, log, now, beforeCommit: opts.beforeCommit, notifier, outboxMarks });
+  // The tasks committed here lately, with their events: a caught-up peer is sent them without a read back.
+  const outboxTail = createOutboxTail();
+  const writer = createWriter({
+    db, pipelined: database.pipelined, cluster, limits: config.limits, metrics, log, now, beforeCommit: opts.beforeCommit, notifier, outboxMarks, outboxTail,
+  });
   const timers = createTimerQueue({ db, writer, namespaces, notifier, metrics, log, currentCluster: cluster.clusterName, now });
   const engine = createHistoryEngine({
     db, cluster, limits: config.limits, metrics, log, now, namespaces, notifier, writer,
     onTimerCreated: (at) => timers.scheduled(at),
   });
   const queries = createHistoryQueries({ db, namespaces, notifier });
-  return { db, metrics, clusters, notifier, outboxMarks, onActivated, activatedHooks, namespaces, writer, timers, engine, queries };
+  return { db, metrics, clusters, notifier, outboxMarks, outboxTail, onActivated, activatedHooks, namespaces, writer, timers, engine, queries };
 }
 
 type Core = ReturnType<typeof wireCore>;
@@ -159,11 +164,15 @@ function wireReplication({ opts, log, now, cluster }: Base, core: Core) {
     db, clients, log,
     streamsFor: (remote) => [namespaceReceiver, ...historyReceiver.streamsFor(remote), backfill.stream],
   });
+  const sender = createReplicationSender({ db, cluster, notifier, metrics, outboxMarks: core.outboxMarks, outboxTail: core.outboxTail });
+  const onChanged = () => {
+    sender.forgetPeers();
+    return manager.refresh();
+  };
   return {
-    clients, applier, dlq, manager, backfill, sweep,
-    remotes: createRemoteClusters({ db, current: cluster, clients, onChanged: () => manager.refresh() }),
+    clients, applier, dlq, manager, backfill, sweep, sender,
+    remotes: createRemoteClusters({ db, current: cluster, clients, onChanged }),
     cleanup: createReplicationCleanup({ db, log }),
-    sender: createReplicationSender({ db, cluster, notifier, outboxMarks: core.outboxMarks }),
     namespaceSender: createNamespaceSender({ db, wake: notifier }),
     status: createReplicationStatus({
       db, cluster, connectionState: (name) => manager.connectionState(name), inboundProgress: historyReceiver.progress,

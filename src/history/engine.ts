@@ -182,7 +182,7 @@ export function createHistoryEngine(deps: EngineDeps) {
       row,
       insertEvents(tx, key, 1, ns.failoverVersion, time, events, []),
       fireAt && insertTimer(tx, { id: ulid(), shardId, fireAt, kind: "WORKFLOW_TIMEOUT", ...key, version: ns.failoverVersion }),
-      writer.outbox(tx, ns, { ...key, shardId }, 1, 1 + events.length, history),
+      writer.outbox(tx, ns, { ...key, shardId }, 1, events, time, history),
     ]).then(() => ({ fireAt }));
   }
 

@@ -1,5 +1,6 @@
 import { shardKey } from "../../replication/ack-levels";
 import { appendReplicationTask, type OutboxMarks } from "../../replication/outbox";
+import type { CommittedTask, OutboxTail } from "../../replication/outbox-tail";
 import type { CurrentCluster } from "../cluster/bootstrap";
 import type { LimitsConfig } from "../config/schema";
 import { failedPrecondition, invalidArgument, pgErrorOf, unavailable } from "../errors";
@@ -29,6 +30,8 @@ export interface WriterDeps {
   notifier?: EventNotifier;
   /** Told the task ids such a transaction committed, before the notifier. */
   outboxMarks?: OutboxMarks;
+  /** Given the tasks (with their events) such a transaction committed, before the notifier. */
+  outboxTail?: OutboxTail;
 }
 
 /** The events and state change to append to an open run. */
@@ -44,8 +47,9 @@ export const isReplicated = (ns: NamespaceRecord) => ns.isGlobal;
 /** Creates the writer used by the engine and the timer queue. */
 export function createWriter(deps: WriterDeps) {
   const { db, metrics, limits, log } = deps;
-  // Shards that got a replication task in an open transaction, with its id once written: woken once it commits.
-  const taskShards = new WeakMap<Tx, Map<number, number>>();
+  // Shards that got a replication task in an open transaction, with its id once written, and
+  // the tasks: woken and kept in the outbox tail once it commits.
+  const taskShards = new WeakMap<Tx, TxTasks>();
 
   /** Runs fn in a transaction, retrying serialization failures, with persistence metrics. */
   function transact<T>(operation: string, fn: (tx: Tx) => Promise<T>): Promise<T> {
@@ -86,12 +90,15 @@ export function createWriter(deps: WriterDeps) {
       const started = performance.now();
       metrics.inc("persistence_requests", { operation });
       try {
-        let written: Map<number, number> | undefined;
+        let written: TxTasks | undefined;
         // Called with the transaction once its writes are issued: the shards to wake after commit.
         const result = await attempt((tx) => void (written ??= taskShards.get(tx)));
-        for (const [shardId, taskId] of written ?? []) {
-          deps.outboxMarks?.advance(shardId, taskId);
-          deps.notifier?.notify(shardKey(shardId));
+        if (written) {
+          deps.outboxTail?.committed(written.tasks);
+          for (const [shardId, taskId] of written.shards) {
+            deps.outboxMarks?.advance(shardId, taskId);
+            deps.notifier?.notify(shardKey(shardId));
+          }
         }
         metrics.observe("persistence_latency", { operation }, (performance.now() - started) / 1000);
         return result;
@@ -159,31 +166,30 @@ export function createWriter(deps: WriterDeps) {
       }),
       opts.guarded ? undefined : guardNamespace(tx, ns, deps.cluster.clusterName),
       closing ? deleteTimers(tx, key) : undefined,
-      outbox(tx, ns, { ...key, shardId: run.shardId }, first, next, history),
+      outbox(tx, ns, { ...key, shardId: run.shardId }, first, change.events, time, history),
     ]).then(() => ({ firstEventId: first }));
   }
 
-  /** Writes the replication task for events [first, next) when ns replicates. */
+  /** Writes the replication task for events written at time from first on, when ns replicates. */
   function outbox(
     tx: Tx,
     ns: NamespaceRecord,
     key: { namespaceId: string; workflowId: string; runId: string; shardId: number },
     first: number,
-    next: number,
+    events: NewEvent[],
+    time: Date,
     history: VersionHistoryItem[],
   ): Promise<unknown> {
     if (!isReplicated(ns)) return Promise.resolve();
     let written = taskShards.get(tx);
-    if (!written) taskShards.set(tx, (written = new Map()));
-    const shard = written;
-    shard.set(key.shardId, shard.get(key.shardId) ?? 0);
-    return appendReplicationTask(tx, {
-      ...key,
-      firstEventId: first,
-      nextEventId: next,
-      version: ns.failoverVersion,
-      versionHistory: history,
-    }).then((taskId) => void shard.set(key.shardId, Math.max(taskId, shard.get(key.shardId) ?? 0)));
+    if (!written) taskShards.set(tx, (written = { shards: new Map(), tasks: [] }));
+    const { shards, tasks } = written;
+    shards.set(key.shardId, shards.get(key.shardId) ?? 0);
+    const task = { ...key, firstEventId: first, nextEventId: first + events.length, version: ns.failoverVersion, versionHistory: history };
+    return appendReplicationTask(tx, task).then(({ taskId, createdAt }) => {
+      shards.set(key.shardId, Math.max(taskId, shards.get(key.shardId) ?? 0));
+      tasks.push({ ...task, taskId, createdAt, clusters: ns.clusters, eventTime: time, events });
+    });
   }
 
   /** Checks, inside tx, that ns may still take this write here (see namespace-guard.ts). */
@@ -193,3 +199,9 @@ export function createWriter(deps: WriterDeps) {
 }
 
 export type Writer = ReturnType<typeof createWriter>;
+
+/** The replication tasks one transaction wrote: the highest id per shard, and each task. */
+interface TxTasks {
+  shards: Map<number, number>;
+  tasks: CommittedTask[];
+}
