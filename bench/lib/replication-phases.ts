@@ -40,6 +40,8 @@ export interface FlowResult {
   coresBusy: number;
   /** B's applied pages in the phase: tasks per page (fixed costs are per page), and pages that needed the full apply path. */
   bPages: { pages: number; tasks: number; tasksPerPage: number; full: number };
+  /** A's pages sent to B in the phase, by source: its outbox tail (memory) or a database read. */
+  aPagesSent: { memory: number; database: number };
 }
 
 /** What B's counters say of its applies so far. */
@@ -47,6 +49,12 @@ const applyCounters = (metrics: string) => ({
   pages: parseCounter(metrics, "replication_pages_applied"),
   full: parseCounter(metrics, "replication_pages_applied", { path: "full" }),
   tasks: parseCounter(metrics, "replication_tasks_applied"),
+});
+
+/** What A's counters say of the pages it sent so far. */
+const sentCounters = (metrics: string) => ({
+  memory: parseCounter(metrics, "replication_pages_sent", { source: "memory" }),
+  database: parseCounter(metrics, "replication_pages_sent", { source: "database" }),
 });
 
 const cpuOfBoth = async (ctx: PhaseContext): Promise<Record<string, CpuSample>> => ({ [ctx.a.name]: await cpuOf(ctx.a), [ctx.b.name]: await cpuOf(ctx.b) });
@@ -60,7 +68,7 @@ export async function drain(ctx: PhaseContext, timeoutMs = 120_000): Promise<num
 
 /** Runs `load` on A and measures B following it: throughput, per-event lag, the latency histogram. */
 export async function measureFlow(ctx: PhaseContext, load: () => Promise<{ ops: number; errors: number; elapsedS: number; firstError?: string }>): Promise<FlowResult> {
-  const [m0, n0, cpu0] = [await scrape(ctx.b), await eventCount(ctx.a), await cpuOfBoth(ctx)];
+  const [m0, a0, n0, cpu0] = [await scrape(ctx.b), await scrape(ctx.a), await eventCount(ctx.a), await cpuOfBoth(ctx)];
   const bench0 = process.cpuUsage();
   const t0 = Date.now();
   const r = await load();
@@ -77,7 +85,8 @@ export async function measureFlow(ctx: PhaseContext, load: () => Promise<{ ops: 
   const lags = lagsOfWrittenIn(stamps, t0, t1);
   // A loop, not a spread: a long soak has millions of stamps, past what a spread takes.
   const lastApply = stamps.reduce((m, s) => (s.eventTimeMs < t1 && s.appliedAtMs > m ? s.appliedAtMs : m), Number.NEGATIVE_INFINITY);
-  const m1 = await scrape(ctx.b);
+  const [m1, a1] = [await scrape(ctx.b), await scrape(ctx.a)];
+  const [s0, s1] = [sentCounters(a0), sentCounters(a1)];
   const h = diffHistogram(latency(m1), latency(m0));
   const [c0, c1] = [applyCounters(m0), applyCounters(m1)];
   const pages = c1.pages - c0.pages;
@@ -94,6 +103,7 @@ export async function measureFlow(ctx: PhaseContext, load: () => Promise<{ ops: 
     benchCpuMsPerEvent,
     coresBusy,
     bPages: { pages, tasks, tasksPerPage: tasks / pages, full: c1.full - c0.full },
+    aPagesSent: { memory: s1.memory - s0.memory, database: s1.database - s0.database },
   };
 }
 

@@ -63,6 +63,7 @@ export function buildReport(r: RunResults): { text: string; json: unknown } {
     { figure: "acked writes lost, graceful B->A", value: r.gracefulBack.lostAckedWrites, unit: `of ${r.gracefulBack.ackedWrites}` },
     { figure: "acked writes missing on B after forced", value: r.forced.lostAckedWrites, unit: `of ${r.forced.ackedWrites}` },
     { figure: `B tasks per applied page @${r.args.rate} ops/s`, value: s.bPages.tasksPerPage, unit: `tasks (${s.bPages.full} of ${s.bPages.pages} pages in full)` },
+    { figure: `A pages sent from memory @${r.args.rate} ops/s`, value: s.aPagesSent.memory, unit: `pages (${s.aPagesSent.database} read from the database)` },
     { figure: "B tasks per applied page saturated", value: r.saturated.bPages.tasksPerPage, unit: `tasks (${r.saturated.bPages.full} of ${r.saturated.bPages.pages} pages in full)` },
     ...cpuRows("steady", s.cpuMsPerEvent),
     { figure: "CPU per event, bench process: load clients, probe (steady)", value: s.benchCpuMsPerEvent, unit: "ms" },
