@@ -35,6 +35,8 @@ interface Entry {
 }
 
 export interface OutboxTailOptions {
+  /** This cluster: a task is let go once every other cluster of its namespace has asked past it. */
+  currentCluster: string;
   /** Most bytes (payload estimate) held over all shards. */
   maxBytes?: number;
   /** Longest a task is held: a peer later than this reads it from the database. */
@@ -51,19 +53,25 @@ export interface OutboxTailOptions {
  * sends the poll to the database as before; and only tasks of namespaces whose clusters
  * included the peer when they were written (the database decides every skip).
  */
-export function createOutboxTail({ maxBytes = 16 << 20, maxAgeMs = 5_000, now = Date.now }: OutboxTailOptions = {}) {
+export function createOutboxTail({ currentCluster, maxBytes = 16 << 20, maxAgeMs = 5_000, now = Date.now }: OutboxTailOptions) {
   const shards = new Map<number, Map<number, Entry>>();
   /** Every entry, oldest first: evicted from the front. */
   const order = new Map<string, Entry>();
+  /** Per shard, the position each peer last asked after: it will not ask for what lies below again. */
+  const asked = new Map<number, Map<string, number>>();
   let bytes = 0;
+
+  function drop(e: Entry): void {
+    order.delete(`${e.task.shardId}/${e.task.taskId}`);
+    shards.get(e.task.shardId)?.delete(e.task.taskId);
+    bytes -= e.bytes;
+  }
 
   function evict(): void {
     const oldest = now() - maxAgeMs;
-    for (const [key, e] of order) {
+    for (const e of order.values()) {
       if (bytes <= maxBytes && e.at >= oldest) break;
-      order.delete(key);
-      shards.get(e.task.shardId)?.delete(e.task.taskId);
-      bytes -= e.bytes;
+      drop(e);
     }
   }
 
@@ -98,6 +106,22 @@ export function createOutboxTail({ maxBytes = 16 << 20, maxAgeMs = 5_000, now = 
         tasks.push((e.proto ??= toProto(e.task)));
       }
       return tasks.length ? { tasks, last: id - 1 } : undefined;
+    },
+
+    /**
+     * peer asked for shardId's tasks after `after`: the shard's oldest tasks that every other
+     * cluster of their namespace has asked past are let go (the others wait out the age limit).
+     */
+    passed(shardId: number, peer: string, after: number): void {
+      let peers = asked.get(shardId);
+      if (!peers) asked.set(shardId, (peers = new Map()));
+      if (after <= (peers.get(peer) ?? 0)) return;
+      peers.set(peer, after);
+      for (const e of shards.get(shardId)?.values() ?? []) {
+        const done = e.task.clusters.every((c) => c === currentCluster || (peers.get(c) ?? 0) >= e.task.taskId);
+        if (!done) break;
+        drop(e);
+      }
     },
 
     /** Bytes held, for tests and metrics. */

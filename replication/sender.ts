@@ -104,6 +104,7 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     // A pipelined puller asks past what it applied: only what it says it applied is acked.
     const acked = req.ackedTaskId === undefined ? after : Math.min(Number(req.ackedTaskId), after);
     const deadline = Date.now() + Math.min(Math.max(req.waitTimeoutMs, 0), maxWaitMs);
+    if (req.clusterName) outboxTail?.passed(req.shardId, req.clusterName, after);
     for (let first = true; ; first = false) {
       const left = deadline - Date.now();
       const listening = left > 0 ? listen(notifier, shardKey(req.shardId), Math.min(left, recheckMs), signal) : undefined;

@@ -130,7 +130,7 @@ function wireCore({ config, opts, log, now, database, cluster }: Base) {
   // Task ids committed per shard: the writer records them, the sender's long polls read them.
   const outboxMarks = createOutboxMarks();
   // The tasks committed here lately, with their events: a caught-up peer is sent them without a read back.
-  const outboxTail = createOutboxTail();
+  const outboxTail = createOutboxTail({ currentCluster: cluster.clusterName });
   const writer = createWriter({
     db, pipelined: database.pipelined, cluster, limits: config.limits, metrics, log, now, beforeCommit: opts.beforeCommit, notifier, outboxMarks, outboxTail,
   });

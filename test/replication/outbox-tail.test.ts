@@ -24,7 +24,7 @@ const ids = (page?: { tasks: { taskId?: bigint }[] }) => page?.tasks.map((t) => 
 
 describe("outbox tail", () => {
   test("ServesOnlyAnUnbrokenRunOfIdsAfterThePosition", () => {
-    const tail = createOutboxTail();
+    const tail = createOutboxTail({ currentCluster: "clusterA" });
     tail.committed([task(1), task(2), task(4)]);
     expect(ids(tail.page(1, 0, 10, "clusterB"))).toEqual([1, 2]);
     expect(tail.page(1, 0, 10, "clusterB")?.last).toBe(2);
@@ -38,16 +38,35 @@ describe("outbox tail", () => {
   });
 
   test("LeavesATaskThePeerMayNotHaveToTheDatabase", () => {
-    const tail = createOutboxTail();
+    const tail = createOutboxTail({ currentCluster: "clusterA" });
     tail.committed([task(1), task(2, { clusters: ["clusterA", "clusterC"] })]);
     expect(tail.page(1, 0, 10, "clusterB")).toBeUndefined();
     expect(ids(tail.page(1, 0, 10, "clusterC"))).toBeUndefined();
     expect(ids(tail.page(1, 1, 10, "clusterC"))).toEqual([2]);
   });
 
+  test("LetsATaskGoOnceEveryOtherClusterOfItsNamespaceAskedPastIt", () => {
+    const tail = createOutboxTail({ currentCluster: "clusterA" });
+    tail.committed([task(1, { clusters: ["clusterA", "clusterB", "clusterC"] }), task(2), task(3)]);
+    tail.passed(1, "clusterB", 2);
+    // Task 1 is clusterC's too: it holds the shard's front until C asks past it.
+    expect(tail.size().tasks).toBe(3);
+    expect(ids(tail.page(1, 0, 10, "clusterC"))).toBeUndefined(); // task 2 is not C's: the database decides
+    tail.passed(1, "clusterC", 1);
+    expect(tail.size().tasks).toBe(1);
+    expect(ids(tail.page(1, 2, 10, "clusterB"))).toEqual([3]);
+    // Asking from further back (a restart) keeps nothing back that is gone, and drops nothing more.
+    tail.passed(1, "clusterB", 0);
+    expect(tail.size().tasks).toBe(1);
+    tail.passed(2, "clusterB", 9);
+    expect(tail.size().tasks).toBe(1);
+    tail.passed(1, "clusterB", 3);
+    expect(tail.size()).toEqual({ tasks: 0, bytes: 0 });
+  });
+
   test("DropsTasksPastItsAgeAndByteBudgets", () => {
     let now = 0;
-    const tail = createOutboxTail({ maxAgeMs: 1000, maxBytes: 10_000, now: () => now });
+    const tail = createOutboxTail({ currentCluster: "clusterA", maxAgeMs: 1000, maxBytes: 10_000, now: () => now });
     tail.committed([task(1)]);
     now = 600;
     tail.committed([task(2)]);
@@ -80,9 +99,10 @@ for (const store of await testStores()) {
       const admin = a.client(AdminService);
       const pull = (after: bigint, waitTimeoutMs = 0) =>
         admin.getReplicationTasks({ shardId: 1, afterTaskId: after, pageSize: 100, includeEvents: true, clusterName: "clusterB", waitTimeoutMs });
-      const start = (await pull(0n)).maxTaskId;
       const wf = a.client(WorkflowService);
       const run = (workflowId: string) => ({ workflowId, runId: "" });
+      await wf.startWorkflowExecution({ namespace: "orders", workflowId: "o-0", workflowType: "Order", taskQueue: "q" });
+      const start = (await pull(0n)).maxTaskId;
       // A caught-up long poll, woken by the first commit.
       const woken = pull(start, 15_000);
       await wf.startWorkflowExecution({ namespace: "orders", workflowId: "o-1", workflowType: "Order", taskQueue: "q", input: json({ total: 12.5, items: ["a", "b"] }), workflowExecutionTimeout: { seconds: 3600n } });
@@ -94,8 +114,9 @@ for (const store of await testStores()) {
       await wf.terminateWorkflowExecution({ namespace: "orders", workflowExecution: run("o-1"), reason: "done" });
       await wf.completeWorkflowExecution({ namespace: "orders", workflowExecution: run("o-2"), result: json([1, 2]) });
 
-      // Past every task: read from the database, which also shows the peer enabled afresh.
-      const end = (await pull(start + 100n)).maxTaskId;
+      // From the start: o-0's task is gone from the tail (the poll asked past it), so this page is
+      // read from the database, which also finds the peer enabled afresh.
+      const end = (await pull(0n)).maxTaskId;
       const before = sent("memory");
       const fromMemory = await pull(start);
       expect(sent("memory")).toBe(before + 1);

@@ -1,10 +1,14 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { Code } from "@connectrpc/connect";
+import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
 import { startTestCluster, type TestCluster } from "../support/server";
+import { rejects } from "../support/rejects";
 import { testStores } from "../support/stores";
-import { connectBothWays, expectSameHistories, globalNamespace } from "./support";
+import { addr, connectBothWays, expectSameHistories, globalNamespace } from "./support";
 
 setDefaultTimeout(60_000);
 
@@ -33,6 +37,30 @@ for (const store of (await testStores()).filter((s) => s === "postgres")) {
       // The last writes went through a2 alone: found by the re-read, not by a wake-up.
       for (let i = 0; i < 3; i++) await a2.client(WorkflowService).signalWorkflowExecution({ namespace: "shared", workflowExecution: { workflowId: "x1" }, signalName: `late${i}` });
       await eventually(async () => expect(await expectSameHistories(a, b, nsId)).toBe(19), { timeout: 15_000 });
+    });
+
+    test("ADisableThroughTheOtherServerEndsPagesFromMemoryWithinASecond: its commits are held there, not its connection row", async () => {
+      const pull = (after: bigint) =>
+        a.client(AdminService).getReplicationTasks({ shardId: 1, afterTaskId: after, clusterName: "clusterB", includeEvents: true, waitTimeoutMs: 0 });
+      // B stops pulling, so that only this test asks a for clusterB's tasks.
+      await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: false });
+      let last = (await pull(0n)).maxTaskId;
+      await a2.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: false });
+      const disabled = performance.now();
+      try {
+        // Each round commits a task through a (its tail holds it) and asks a for it: sent from
+        // memory until a's last database page that found clusterB enabled is a second old.
+        await eventually(async () => {
+          await a.client(WorkflowService).signalWorkflowExecution({ namespace: "shared", workflowExecution: { workflowId: "x0" }, signalName: "after-disable" });
+          const page = pull(last);
+          last += 1n;
+          await rejects(page, Code.FailedPrecondition, "replication with cluster clusterB is disabled on clusterA");
+        }, { timeout: 10_000, interval: 50 });
+        expect(performance.now() - disabled).toBeLessThan(3_000);
+      } finally {
+        await a2.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: true });
+        await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: true });
+      }
     });
   });
 }
