@@ -36,6 +36,8 @@ interface Run {
   bServerCpuMs: number;
   /** A's pages sent from its outbox tail and read from the database (0 and 0 on revisions that do not count them). */
   pagesSent: { memory: number; database: number };
+  /** B's tasks per applied page: its fixed costs are per page. */
+  bTasksPerPage: number;
 }
 
 try {
@@ -75,13 +77,13 @@ try {
       const run: Run = {
         side, p50: flow.stampLagMs.p50, p95: flow.stampLagMs.p95, p99: flow.stampLagMs.p99, cpuMsPerEvent: cpu,
         aServerCpuMs: flow.cpuMsPerEvent[a.name]!.tern, aPgCpuMs: flow.cpuMsPerEvent[a.name]!.pg, bServerCpuMs: flow.cpuMsPerEvent[b.name]!.tern,
-        pagesSent: flow.aPagesSent,
+        pagesSent: flow.aPagesSent, bTasksPerPage: flow.bPages.tasksPerPage,
       };
       runs.push(run);
       console.log(
         `run ${i + 1} ${side.padEnd(4)}  lag p50 ${run.p50.toFixed(1)} p95 ${run.p95.toFixed(1)} p99 ${run.p99.toFixed(1)} ms` +
           `  CPU/event ${cpu.toFixed(2)} ms (A server ${run.aServerCpuMs.toFixed(2)}, A pg ${run.aPgCpuMs.toFixed(2)}, B server ${run.bServerCpuMs.toFixed(2)})` +
-          `  pages sent ${run.pagesSent.memory} from memory, ${run.pagesSent.database} read` +
+          `  pages sent ${run.pagesSent.memory} from memory, ${run.pagesSent.database} read; B ${run.bTasksPerPage.toFixed(2)} tasks/page` +
           (flow.errors ? `  ${flow.errors} errors: ${flow.firstError}` : ""),
       );
     } finally {

@@ -35,8 +35,8 @@ export const ackDemandKey = (remoteCluster: string) => `ack-demand:${remoteClust
  * before reading the acks). It also asks the sender to save the acks it holds back
  * (createOutboundAckRecorder), so a graceful failover waiting here sees them at once.
  */
-export function listenForAckChange(notifier: EventNotifier, remoteCluster: string, timeoutMs: number): Listening {
-  const listening = listen(notifier, ackKey(remoteCluster), timeoutMs);
+export function listenForAckChange(notifier: EventNotifier, remoteCluster: string, timeoutMs: number, signal?: AbortSignal): Listening {
+  const listening = listen(notifier, ackKey(remoteCluster), timeoutMs, signal);
   notifier.notify(ackDemandKey(remoteCluster));
   return listening;
 }

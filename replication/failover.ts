@@ -3,6 +3,7 @@ import type { ClusterDirectory } from "../src/cluster/directory";
 import { failedPrecondition, invalidArgument, unavailable } from "../src/errors";
 import { handoverLockKey } from "../src/history/namespace-guard";
 import type { EventNotifier } from "../src/history/notifier";
+import { createLongPolls } from "../src/long-polls";
 import { failoverTo, type NamespaceRecord, type NamespaceRegistry } from "../src/namespace/registry";
 import type { Logger } from "../src/observability/log";
 import type { Db } from "../src/persistence/database";
@@ -38,6 +39,8 @@ export interface HandoverPoint {
 export function createGracefulFailover(deps: GracefulFailoverDeps) {
   const { db, log, now = () => new Date(), recheckMs = 200 } = deps;
   const current = deps.clusters.current();
+  // A stopping server abandons the failovers still waiting, while its database is open to leave HANDOVER.
+  const running = createLongPolls(() => unavailable(`cluster ${current.clusterName} is shutting down: no graceful failover starts here now; retry on a running server`));
 
   async function enterHandover(ns: NamespaceRecord): Promise<void> {
     // The exclusive barrier lock waits for every write that read NORMAL to commit (namespace-guard.ts).
@@ -76,13 +79,19 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
     return undefined;
   }
 
-  async function waitCaughtUp(ns: NamespaceRecord, target: string, point: HandoverPoint, timeoutMs: number): Promise<void> {
+  async function waitCaughtUp(ns: NamespaceRecord, target: string, point: HandoverPoint, timeoutMs: number, signal: AbortSignal): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      const changed = listenForAckChange(deps.notifier, target, Math.min(Math.max(deadline - Date.now(), 0), recheckMs));
+      const changed = listenForAckChange(deps.notifier, target, Math.min(Math.max(deadline - Date.now(), 0), recheckMs), signal);
       try {
         const behind = await lag(target, point);
         if (!behind) return;
+        if (signal.aborted) {
+          throw unavailable(
+            `cluster ${current.clusterName} is shutting down: graceful failover of namespace ${ns.name} to ${target} abandoned (${behind}); ` +
+              `${ns.name} stays active in ${current.clusterName} (replication state NORMAL); retry on a running server`,
+          );
+        }
         if (deadline - Date.now() <= 0) {
           throw unavailable(
             `graceful failover of namespace ${ns.name} to ${target} timed out after ${timeoutMs}ms: ${behind}; ` +
@@ -118,7 +127,7 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
   }
 
   /** Fails namespace over to target gracefully; must run on the namespace's active cluster. */
-  async function run(name: string, target: string, timeoutMs: number): Promise<{ namespace: NamespaceRecord; handover: HandoverPoint }> {
+  async function failover(name: string, target: string, timeoutMs: number, signal: AbortSignal): Promise<{ namespace: NamespaceRecord; handover: HandoverPoint }> {
     if (!target) throw invalidArgument("target cluster is required");
     const ns = await deps.namespaces.describe({ name });
     if (!ns.isGlobal) throw failedPrecondition(`namespace ${name} is local: only global namespaces fail over`);
@@ -131,7 +140,7 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
     try {
       const point = await handoverPoint();
       log.info("graceful failover: handover point recorded", { namespace: name, target, shards: Object.fromEntries(point.shards), namespaceTaskId: point.namespaceTaskId });
-      await waitCaughtUp(ns, target, point, timeoutMs);
+      await waitCaughtUp(ns, target, point, timeoutMs, signal);
       switched = await switchActive(ns, target, targetInfo.initialFailoverVersion);
       log.info("graceful failover done", { namespace: name, target, failoverVersion: switched.failoverVersion });
       return { namespace: switched, handover: point };
@@ -140,7 +149,11 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
     }
   }
 
-  return { run };
+  return {
+    run: (name: string, target: string, timeoutMs: number) => running.run(undefined, (signal) => failover(name, target, timeoutMs, signal)),
+    /** Abandons the failovers waiting for their target (each leaves HANDOVER and answers UNAVAILABLE) and refuses new ones. */
+    stop: () => running.end(),
+  };
 }
 
 export type GracefulFailover = ReturnType<typeof createGracefulFailover>;

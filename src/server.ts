@@ -79,7 +79,8 @@ export interface TernServer {
   interceptors: Interceptor[];
   /**
    * Ends the open long polls (peers' replication pulls, history waits): each answers at
-   * once with what it has, and new ones are refused as unavailable. A stopping entry calls
+   * once with what it has, and new ones are refused as unavailable. Graceful failovers
+   * still waiting for their target are abandoned (back to NORMAL) and answer unavailable. A stopping entry calls
    * it before its listeners drain, which would otherwise wait the grace period out on them.
    */
   endLongPolls(): Promise<void>;
@@ -164,13 +165,16 @@ function wireReplication({ opts, log, now, cluster }: Base, core: Core) {
     db, clients, log,
     streamsFor: (remote) => [namespaceReceiver, ...historyReceiver.streamsFor(remote), backfill.stream],
   });
+  const failover = createGracefulFailover({
+    db, namespaces, clusters: core.clusters, notifier, log, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY),
+  });
   const sender = createReplicationSender({ db, cluster, notifier, metrics, outboxMarks: core.outboxMarks, outboxTail: core.outboxTail });
   const onChanged = () => {
     sender.forgetPeers();
     return manager.refresh();
   };
   return {
-    clients, applier, dlq, manager, backfill, sweep, sender,
+    clients, applier, dlq, manager, backfill, sweep, sender, failover,
     remotes: createRemoteClusters({ db, current: cluster, clients, onChanged }),
     cleanup: createReplicationCleanup({ db, log }),
     namespaceSender: createNamespaceSender({ db, wake: notifier }),
@@ -195,7 +199,7 @@ function wireRoutes({ config, log, now, cluster }: Base, core: Core, repl: Repli
     operator: createOperatorHandler({
       db, clusters, namespaces, remotes: repl.remotes, version: VERSION, clients,
       connectionState: (name) => manager.connectionState(name),
-      failover: createGracefulFailover({ db, namespaces, clusters, notifier, log, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY) }),
+      failover: repl.failover,
     }),
     admin: createAdminHandler({
       db, cluster, sender: repl.sender, status: repl.status, dlq,
@@ -235,7 +239,7 @@ function wire(
   void repl.manager.start();
   repl.sweep.trigger();
   const endLongPolls = async () => {
-    await Promise.all([repl.sender.stop(), repl.namespaceSender.stop(), core.queries.stopLongPolls()]);
+    await Promise.all([repl.sender.stop(), repl.namespaceSender.stop(), core.queries.stopLongPolls(), repl.failover.stop()]);
   };
   return {
     config, cluster, database, metrics: core.metrics, log, app, routes, interceptors,

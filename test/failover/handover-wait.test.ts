@@ -1,4 +1,6 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { Code } from "@connectrpc/connect";
+import { eq } from "drizzle-orm";
 import { ackKey, saveOutboundAck } from "../../replication/ack-levels";
 import { createGracefulFailover } from "../../replication/failover";
 import { advanceAckLevel, namespaceQueueMax } from "../../replication/namespace-queue";
@@ -7,9 +9,10 @@ import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { createEventNotifier } from "../../src/history/notifier";
 import { createNamespaceRegistry } from "../../src/namespace/registry";
-import { replicationAckLevels, shards } from "../../src/persistence/schema";
+import { namespaces, replicationAckLevels, shards } from "../../src/persistence/schema";
 import { eventually } from "../support/eventually";
 import { holdingReads } from "../support/holding-reads";
+import { rejects } from "../support/rejects";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { addr, startOrdersPair } from "./mesh";
@@ -53,6 +56,31 @@ for (const store of await testStores()) {
       expect(r.namespace.activeClusterName).toBe("clusterB");
       // Not the 10 s re-read.
       expect(at).toBeLessThan(3_000);
+    });
+  });
+
+  describe(`a stopping server and a graceful failover still waiting for its target, on ${store}`, () => {
+    let a: TestCluster, b: TestCluster;
+    beforeAll(async () => {
+      [a, b] = await startOrdersPair(store);
+    });
+    afterAll(() => Promise.all([a, b].map((x) => x.destroy())));
+
+    test("TheFailoverIsAbandonedBeforeTheDatabaseCloses: back to NORMAL, the caller told why", async () => {
+      // B pulls no more: the failover waits for acks that do not come.
+      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: false });
+      await a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "w", workflowType: "t", taskQueue: "q" });
+      const op = a.client(OperatorService);
+      const state = async () => (await a.server.database.db.select().from(namespaces).where(eq(namespaces.name, "orders")))[0]!.replicationState;
+      const failing = op.failoverNamespace({ namespace: "orders", targetCluster: "clusterB", timeout: { seconds: 60n } });
+      failing.catch(() => {});
+      await eventually(async () => expect(await state()).toBe("HANDOVER"));
+      const t0 = performance.now();
+      await a.server.endLongPolls();
+      expect(performance.now() - t0).toBeLessThan(3_000);
+      await rejects(failing, Code.Unavailable, "cluster clusterA is shutting down: graceful failover of namespace orders to clusterB abandoned");
+      expect(await state()).toBe("NORMAL");
+      await rejects(op.failoverNamespace({ namespace: "orders", targetCluster: "clusterB" }), Code.Unavailable, "no graceful failover starts here now");
     });
   });
 }
