@@ -3,19 +3,13 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { HistoryEventSchema, type HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
 import type { ReplicationTaskSchema } from "../src/gen/tern/admin/v1/service_pb";
 import { eventTypeOf, type EventAttributes } from "../src/history/events";
-import type { VersionHistoryItem } from "../src/persistence/schema";
+import type { replicationTasks } from "../src/persistence/schema";
+import type { ReplicationTaskInput } from "./outbox";
 import { versionHistoryToProto } from "./version-history";
 
 /** A replication task as its transaction wrote it, with the events it carries. */
-export interface CommittedTask {
-  shardId: number;
+export interface CommittedTask extends ReplicationTaskInput {
   taskId: number;
-  namespaceId: string;
-  workflowId: string;
-  runId: string;
-  firstEventId: number;
-  version: number;
-  versionHistory: VersionHistoryItem[];
   createdAt: Date;
   /** The namespace's clusters when the task was written: who may be sent it from here. */
   clusters: readonly string[];
@@ -131,7 +125,24 @@ export function createOutboxTail({ currentCluster, maxBytes = 16 << 20, maxAgeMs
 
 export type OutboxTail = ReturnType<typeof createOutboxTail>;
 
-/** The task as the database page gives it (sender.ts taskToProto of the stored row and events). */
+/** A task row (stored, or as committed here) and its events as a page carries them. */
+export function taskToProto(t: typeof replicationTasks.$inferSelect, events: HistoryEvent[]): TaskInit {
+  return {
+    shardId: t.shardId,
+    taskId: BigInt(t.taskId),
+    namespaceId: t.namespaceId,
+    workflowId: t.workflowId,
+    runId: t.runId,
+    firstEventId: BigInt(t.firstEventId),
+    nextEventId: BigInt(t.nextEventId),
+    version: BigInt(t.version),
+    versionHistory: versionHistoryToProto(t.versionHistory),
+    createTime: timestampFromDate(t.createdAt),
+    events,
+  };
+}
+
+/** The task as the database page gives it: its events built as eventFromRow builds them from stored rows. */
 function toProto(t: CommittedTask): TaskInit {
   const eventTime = timestampFromDate(t.eventTime);
   const events: HistoryEvent[] = t.events.map((e, i) =>
@@ -143,19 +154,7 @@ function toProto(t: CommittedTask): TaskInit {
       attributes: e.attributes,
     }),
   );
-  return {
-    shardId: t.shardId,
-    taskId: BigInt(t.taskId),
-    namespaceId: t.namespaceId,
-    workflowId: t.workflowId,
-    runId: t.runId,
-    firstEventId: BigInt(t.firstEventId),
-    nextEventId: BigInt(t.firstEventId + t.events.length),
-    version: BigInt(t.version),
-    versionHistory: versionHistoryToProto(t.versionHistory),
-    createTime: timestampFromDate(t.createdAt),
-    events,
-  };
+  return taskToProto(t, events);
 }
 
 /** A cheap size estimate of a task: its strings and byte arrays, walked without serialising. */

@@ -1,12 +1,10 @@
-import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { create } from "@bufbuild/protobuf";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
 import { failedPrecondition, invalidArgument, unavailable } from "../src/errors";
 import {
   GetReplicationTasksResponseSchema,
   type GetReplicationTasksRequest,
   type GetReplicationTasksResponse,
-  type ReplicationTaskSchema,
 } from "../src/gen/tern/admin/v1/service_pb";
 import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
 import { readEventsOf } from "../src/history/branch-store";
@@ -19,8 +17,7 @@ import { runStatement, tableCodec, textCache } from "../src/persistence/raw-stat
 import { clusterMetadata, historyEvents, namespaces, replicationTasks, shards } from "../src/persistence/schema";
 import { createOutboundAckRecorder, shardKey } from "./ack-levels";
 import type { OutboxMarks } from "./outbox";
-import type { OutboxTail } from "./outbox-tail";
-import { versionHistoryToProto } from "./version-history";
+import { taskToProto, type OutboxTail } from "./outbox-tail";
 
 export interface ReplicationSenderDeps {
   db: Db;
@@ -156,21 +153,6 @@ function eventFromJson(e: EventJson): HistoryEvent {
   return eventFromRow({ eventId: Number(e.eventId), version: Number(e.version), eventTime: new Date(e.eventTime), attributes: e.attributes });
 }
 
-function taskToProto(t: TaskRow, events: HistoryEvent[]): MessageInitShape<typeof ReplicationTaskSchema> {
-  return {
-    shardId: t.shardId,
-    taskId: BigInt(t.taskId),
-    namespaceId: t.namespaceId,
-    workflowId: t.workflowId,
-    runId: t.runId,
-    firstEventId: BigInt(t.firstEventId),
-    nextEventId: BigInt(t.nextEventId),
-    version: BigInt(t.version),
-    versionHistory: versionHistoryToProto(t.versionHistory),
-    createTime: timestampFromDate(t.createdAt),
-    events,
-  };
-}
 
 const tasksSql = tableCodec(replicationTasks);
 const eventsSql = tableCodec(historyEvents);

@@ -15,7 +15,7 @@ import { addr } from "./support";
 setDefaultTimeout(60_000);
 
 const task = (taskId: number, o: Partial<CommittedTask> = {}): CommittedTask => ({
-  shardId: 1, taskId, namespaceId: "ns", workflowId: `w${taskId}`, runId: `r${taskId}`, firstEventId: 1, version: 1,
+  shardId: 1, taskId, namespaceId: "ns", workflowId: `w${taskId}`, runId: `r${taskId}`, firstEventId: 1, nextEventId: 2, version: 1,
   versionHistory: [{ eventId: 1, version: 1 }], createdAt: new Date(0), clusters: ["clusterA", "clusterB"], eventTime: new Date(0),
   events: [{ attributes: { case: "markerRecordedEventAttributes", value: { markerName: "m" } as never } }],
   ...o,
