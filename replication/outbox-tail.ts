@@ -46,6 +46,13 @@ export interface OutboxTailOptions {
  * task committed by another process on the same database, or one it never heard of,
  * sends the poll to the database as before; and only tasks of namespaces whose clusters
  * included the peer when they were written (the database decides every skip).
+ *
+ * Where the two answers can differ: a peer removed from a namespace's clusters (or the
+ * namespace deleted) just after a write may still be sent that write's task from here,
+ * which a database page read after the change would pass over. That is the answer a
+ * database page read just before the change gives, so the peer gets nothing it could not
+ * have got anyway. A write stamped with a namespace record the registry cached before such
+ * a change made by another process widens that window to the registry's cache time (2 s).
  */
 export function createOutboxTail({ currentCluster, maxBytes = 16 << 20, maxAgeMs = 5_000, now = Date.now }: OutboxTailOptions) {
   const shards = new Map<number, Map<number, Entry>>();
