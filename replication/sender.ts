@@ -153,7 +153,6 @@ function eventFromJson(e: EventJson): HistoryEvent {
   return eventFromRow({ eventId: Number(e.eventId), version: Number(e.version), eventTime: new Date(e.eventTime), attributes: e.attributes });
 }
 
-
 const tasksSql = tableCodec(replicationTasks);
 const eventsSql = tableCodec(historyEvents);
 const shardsSql = tableCodec(shards);

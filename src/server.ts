@@ -80,8 +80,9 @@ export interface TernServer {
   /**
    * Ends the open long polls (peers' replication pulls, history waits): each answers at
    * once with what it has, and new ones are refused as unavailable. Graceful failovers
-   * still waiting for their target are abandoned (back to NORMAL) and answer unavailable. A stopping entry calls
-   * it before its listeners drain, which would otherwise wait the grace period out on them.
+   * still waiting for their target are abandoned (back to NORMAL) and answer unavailable.
+   * A stopping entry calls it before its listeners drain, which would otherwise wait the
+   * grace period out on them.
    */
   endLongPolls(): Promise<void>;
   close(): Promise<void>;

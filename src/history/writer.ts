@@ -47,9 +47,9 @@ export const isReplicated = (ns: NamespaceRecord) => ns.isGlobal;
 /** Creates the writer used by the engine and the timer queue. */
 export function createWriter(deps: WriterDeps) {
   const { db, metrics, limits, log } = deps;
-  // Shards that got a replication task in an open transaction, with its id once written, and
-  // the tasks: woken and kept in the outbox tail once it commits.
-  const taskShards = new WeakMap<Tx, TxTasks>();
+  // The replication tasks an open transaction wrote: kept in the outbox tail, and their shards
+  // woken, once it commits.
+  const txTasks = new WeakMap<Tx, CommittedTask[]>();
 
   /** Runs fn in a transaction, retrying serialization failures, with persistence metrics. */
   function transact<T>(operation: string, fn: (tx: Tx) => Promise<T>): Promise<T> {
@@ -90,15 +90,13 @@ export function createWriter(deps: WriterDeps) {
       const started = performance.now();
       metrics.inc("persistence_requests", { operation });
       try {
-        let written: TxTasks | undefined;
-        // Called with the transaction once its writes are issued: the shards to wake after commit.
-        const result = await attempt((tx) => void (written ??= taskShards.get(tx)));
+        let written: CommittedTask[] | undefined;
+        // Called with the transaction once its writes are issued: the tasks to announce after commit.
+        const result = await attempt((tx) => void (written ??= txTasks.get(tx)));
         if (written) {
-          deps.outboxTail?.committed(written.tasks);
-          for (const [shardId, taskId] of written.shards) {
-            deps.outboxMarks?.advance(shardId, taskId);
-            deps.notifier?.notify(shardKey(shardId));
-          }
+          deps.outboxTail?.committed(written);
+          for (const t of written) deps.outboxMarks?.advance(t.shardId, t.taskId);
+          for (const shardId of new Set(written.map((t) => t.shardId))) deps.notifier?.notify(shardKey(shardId));
         }
         metrics.observe("persistence_latency", { operation }, (performance.now() - started) / 1000);
         return result;
@@ -181,14 +179,11 @@ export function createWriter(deps: WriterDeps) {
     history: VersionHistoryItem[],
   ): Promise<unknown> {
     if (!isReplicated(ns)) return Promise.resolve();
-    let written = taskShards.get(tx);
-    if (!written) taskShards.set(tx, (written = { shards: new Map(), tasks: [] }));
-    const { shards, tasks } = written;
-    shards.set(key.shardId, shards.get(key.shardId) ?? 0);
+    const written = txTasks.get(tx) ?? [];
+    txTasks.set(tx, written);
     const task = { ...key, firstEventId: first, nextEventId: first + events.length, version: ns.failoverVersion, versionHistory: history };
     return appendReplicationTask(tx, task).then(({ taskId, createdAt }) => {
-      shards.set(key.shardId, Math.max(taskId, shards.get(key.shardId) ?? 0));
-      tasks.push({ ...task, taskId, createdAt, clusters: ns.clusters, eventTime: time, events });
+      written.push({ ...task, taskId, createdAt, clusters: ns.clusters, eventTime: time, events });
     });
   }
 
@@ -199,9 +194,3 @@ export function createWriter(deps: WriterDeps) {
 }
 
 export type Writer = ReturnType<typeof createWriter>;
-
-/** The replication tasks one transaction wrote: the highest id per shard, and each task. */
-interface TxTasks {
-  shards: Map<number, number>;
-  tasks: CommittedTask[];
-}
