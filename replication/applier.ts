@@ -1,14 +1,16 @@
 import { ulid } from "ulid";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
 import { TernError } from "../src/errors";
-import { lockRunKey, storedEvent, type RunKey } from "../src/history/branch-store";
+import { lockRunKey, runKeyText, storedEvent, type RunKey } from "../src/history/branch-store";
 import type { Writer } from "../src/history/writer";
 import type { Logger } from "../src/observability/log";
 import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
-import { deleteTimers, insertEventRows, insertExecution, insertRequestIds, insertTimer, lockRun, saveRun, type ExecutionRow } from "../src/history/execution-store";
+import { deleteTimers, insertExecution, insertRunsEventRows, insertRunsRequestIds, insertTimer, lockRun, type EventColumns, type ExecutionRow } from "../src/history/execution-store";
+import { lockRunKeys, lockRuns, saveRuns } from "../src/history/run-batches";
 import { shardFor } from "../src/history/shard";
 import type { NamespaceRecord, NamespaceRegistry } from "../src/namespace/registry";
 import type { Tx } from "../src/persistence/database";
+import type { executions, timerTasks } from "../src/persistence/schema";
 import { applyEvents, initialRunState, type EventRequestId, type RunState } from "./run-state";
 import { RetryableReplicationError, type IncomingTask, type RawHistoryFetcher } from "./apply-errors";
 import { createConflictResolver } from "./conflict";
@@ -69,28 +71,28 @@ export function createHistoryApplier({ cluster, namespaces, writer, log }: Histo
     const events = await newEvents(task, run, fetchRaw);
     if (!events) return conflicts.resolve(tx, ns, run!, task, fetchRaw);
     if (events.length === 0) return 0;
-    if (run) await appendWrites(run, events)(tx);
+    if (run) await writeAll(tx, [appendWrites(run, events)]);
     else await createRun(tx, ns, key, task, events);
     return events.length;
   }
 
   /**
    * For an apply in two round trips (the receiver's pipelined page): issues at once, without
-   * waiting, the locks and reads applying task needs, as applyTask takes them, and for a
-   * task that may start its run, the workflow's current run (a rival open run).
+   * waiting, the locks and reads applying the tasks (of distinct runs) needs, as applyTask
+   * takes them but in two statements for the whole page, and for a task that may start its
+   * run, the workflow's current run (a rival open run).
    */
-  function readForApply(tx: Tx, ns: NamespaceRecord, task: IncomingTask): Promise<RunReads> {
-    const key: RunKey = { namespaceId: ns.id, workflowId: task.workflowId, runId: task.runId };
-    return Promise.all([
-      lockRunKey(tx, key),
-      lockRun(tx, key.namespaceId, key.workflowId, key.runId),
-      task.firstEventId === 1 ? lockRun(tx, key.namespaceId, key.workflowId, "") : undefined,
-    ]).then(([, run, current]) => ({ run, current }));
+  function readForApply(tx: Tx, tasks: { ns: NamespaceRecord; task: IncomingTask }[]): Promise<RunReads[]> {
+    const keys: RunKey[] = tasks.map(({ ns, task }) => ({ namespaceId: ns.id, workflowId: task.workflowId, runId: task.runId }));
+    const currents = tasks.map(({ ns, task }) => (task.firstEventId === 1 ? lockRun(tx, ns.id, task.workflowId, "") : undefined));
+    return Promise.all([lockRunKeys(tx, keys), lockRuns(tx, keys), Promise.all(currents)]).then(([, runs, current]) =>
+      keys.map((k, i) => ({ run: runs.get(runKeyText(k)), current: current[i] })),
+    );
   }
 
   /**
    * What applying task onto what readForApply found writes, planned without touching the
-   * database: how many events it adds, and a function that issues the writes at once.
+   * database: how many events it adds, and the rows (writeAll issues a page's together).
    * Undefined when the task needs applyTask instead: a divergence (conflict resolution),
    * a gap (a fetch from the source) or another open run of the workflow.
    */
@@ -98,7 +100,7 @@ export function createHistoryApplier({ cluster, namespaces, writer, log }: Histo
     const n = needed(task, run);
     if (n === "diverged" || n.missing) return undefined;
     const events = n.fresh;
-    if (events.length === 0) return { events: 0, write: async () => {} };
+    if (events.length === 0) return { events: 0 };
     if (run) return { events: events.length, write: appendWrites(run, events) };
     if (current && current.status === "RUNNING" && current.runId !== task.runId) return undefined;
     const key: RunKey = { namespaceId: ns.id, workflowId: task.workflowId, runId: task.runId };
@@ -117,7 +119,7 @@ export function createHistoryApplier({ cluster, namespaces, writer, log }: Histo
     const loses = rival !== undefined && lastVersionOf(task.versionHistory) <= rival.lastWriteVersion;
     if (rival && !loses) await conflicts.demote(tx, rival);
     if (loses) state.status = "ZOMBIE";
-    await newRunWrites(key, state, events, ids)(tx);
+    await writeAll(tx, [newRunWrites(key, state, events, ids)]);
     if (rival) await (loses ? conflicts.retire(tx, ns, key, rival) : conflicts.retire(tx, ns, rival, key));
   }
 
@@ -128,18 +130,17 @@ export function createHistoryApplier({ cluster, namespaces, writer, log }: Histo
       state.status === "RUNNING" && state.executionTimeoutMs > 0
         ? { id: ulid(), shardId, fireAt: new Date(state.startTime.getTime() + state.executionTimeoutMs), kind: "WORKFLOW_TIMEOUT", ...key, version: Number(events[0]!.version) }
         : undefined;
-    // Pipelined, in this order: the run's row, its events, its timer.
-    return (tx: Tx) => Promise.all([insertExecution(tx, { ...key, shardId, ...state }), writeEvents(tx, key, events, ids), timer && insertTimer(tx, timer)]);
+    return { insert: { ...key, shardId, ...state }, ...eventRows(key, events, ids), timer };
   }
 
   /** Writes of events appended to an existing run: its state, the events, and its timers gone if they close it. */
-  function appendWrites(run: ExecutionRow, events: HistoryEvent[]) {
+  function appendWrites(run: ExecutionRow, events: HistoryEvent[]): RunWrites {
     const { state, requestIds: ids } = applyEvents(stateOf(run), events);
     const closes = run.status === "RUNNING" && state.status !== "RUNNING";
-    return (tx: Tx) => Promise.all([saveRun(tx, run, state), writeEvents(tx, run, events, ids), closes ? deleteTimers(tx, run) : undefined]);
+    return { save: { prev: run, next: state }, ...eventRows(run, events, ids), clearTimers: closes ? run : undefined };
   }
 
-  return { namespacesOf, applyTask, readForApply, planApply, settle: conflicts.settle };
+  return { namespacesOf, applyTask, readForApply, planApply, writeAll, settle: conflicts.settle };
 }
 
 export type HistoryApplier = ReturnType<typeof createHistoryApplier>;
@@ -154,8 +155,42 @@ export interface RunReads {
 export interface PlannedApply {
   /** Events the apply adds (0 for a duplicate). */
   events: number;
-  /** Issues the apply's writes on tx at once; settles when they have run. */
-  write: (tx: Tx) => Promise<unknown>;
+  /** Its rows, for writeAll; none for a duplicate. */
+  write?: RunWrites;
+}
+
+/** What applying events to one run writes. */
+export interface RunWrites {
+  /** A new run's row. */
+  insert?: typeof executions.$inferInsert;
+  /** An existing run's state: prev as read (its db_version), next as the events leave it. */
+  save?: { prev: ExecutionRow; next: RunState };
+  events: (EventColumns & { key: RunKey })[];
+  requestIds: { key: RunKey; requestId: string; eventId: number }[];
+  timer?: typeof timerTasks.$inferInsert;
+  /** A run the events close: its pending timers go. */
+  clearTimers?: RunKey;
+}
+
+/**
+ * Issues the writes of several runs' applies at once, in a few statements whatever their
+ * number (run rows, states, events, request ids); settles when they have run.
+ */
+function writeAll(tx: Tx, writes: RunWrites[]): Promise<unknown> {
+  // Pipelined, in this order: new runs' rows, saved states, events, request ids, timers.
+  return Promise.all([
+    ...writes.flatMap((w) => (w.insert ? [insertExecution(tx, w.insert)] : [])),
+    saveRuns(tx, writes.flatMap((w) => (w.save ? [w.save] : []))),
+    insertRunsEventRows(tx, writes.flatMap((w) => w.events)),
+    insertRunsRequestIds(tx, writes.flatMap((w) => w.requestIds)),
+    ...writes.flatMap((w) => [w.timer && insertTimer(tx, w.timer), w.clearTimers && deleteTimers(tx, w.clearTimers)]),
+  ]);
+}
+
+/** The stored rows of events added to a run, and of the request ids they carry. */
+function eventRows(key: RunKey, events: HistoryEvent[], ids: EventRequestId[]): Pick<RunWrites, "events" | "requestIds"> {
+  const k = { namespaceId: key.namespaceId, workflowId: key.workflowId, runId: key.runId };
+  return { events: events.map((e) => ({ ...storedEvent(e), key: k })), requestIds: ids.map((r) => ({ ...r, key: k })) };
 }
 
 /**
@@ -179,6 +214,7 @@ function stateOf(run: ExecutionRow): RunState {
 
 /** Inserts the events as the source wrote them (own versions and times) and their request ids. */
 async function writeEvents(tx: Tx, key: RunKey, events: HistoryEvent[], ids: EventRequestId[]): Promise<void> {
+  const rows = eventRows(key, events, ids);
   // Pipelined: events and request ids go out together.
-  await Promise.all([insertEventRows(tx, key, events.map(storedEvent)), insertRequestIds(tx, key, ids)]);
+  await Promise.all([insertRunsEventRows(tx, rows.events), insertRunsRequestIds(tx, rows.requestIds)]);
 }

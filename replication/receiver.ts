@@ -150,14 +150,14 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
         // shard), and must fail before COMMIT goes out, not after.
         const acked = advanceInboundAck(tx, b.remote.name, b.shardId, move);
         const held = merged.length ? dlq.heldRuns(tx, b.remote.name, b.shardId) : new Set<string>();
-        const reads = merged.map((t) => applier.readForApply(tx, namespaces.get(t.namespaceId)!, t));
-        const [heldRuns, found] = await Promise.all([held, Promise.all(reads), acked]);
+        const reads = applier.readForApply(tx, merged.map((task) => ({ ns: namespaces.get(task.namespaceId)!, task })));
+        const [heldRuns, found] = await Promise.all([held, reads, acked]);
         if (merged.some((t) => heldRuns.has(runKey(t)))) throw new NeedsFullApply();
         const plans = merged.map((t, i) => applier.planApply(namespaces.get(t.namespaceId)!, t, found[i]!));
         if (plans.some((p) => !p)) throw new NeedsFullApply();
-        const writes = plans.map((p) => p!.write(tx));
+        const writes = applier.writeAll(tx, plans.flatMap((p) => (p!.write ? [p!.write] : [])));
         commit();
-        await Promise.all(writes);
+        await writes;
         return { grown: merged.filter((_, i) => plans[i]!.events > 0).map((t) => t.runId), held: 0 };
       });
     } catch (e) {

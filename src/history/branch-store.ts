@@ -94,5 +94,8 @@ export async function nextBranchId(tx: Tx, key: RunKey): Promise<number> {
  * backfill and conflict settling may work on one run at once.
  */
 export async function lockRunKey(tx: Tx, key: RunKey): Promise<void> {
-  await runStatement(tx, "select pg_advisory_xact_lock(hashtextextended($1, 0))", [`${key.namespaceId}/${key.workflowId}/${key.runId}`]);
+  await runStatement(tx, "select pg_advisory_xact_lock(hashtextextended($1, 0))", [runKeyText(key)]);
 }
+
+/** A run's key as one string: what lockRunKey locks, and a map key. */
+export const runKeyText = (key: RunKey) => `${key.namespaceId}/${key.workflowId}/${key.runId}`;

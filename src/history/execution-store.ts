@@ -108,8 +108,13 @@ function insertInChunks<R>(tx: Tx, rows: R[], textOf: (n: number) => string, par
 
 /** Inserts a run's event rows. */
 export function insertEventRows(tx: Tx, key: RunKey, rows: EventColumns[]): Promise<unknown> {
+  return insertRunsEventRows(tx, rows.map((e) => ({ ...e, key })));
+}
+
+/** Inserts event rows of any runs (one statement per thousand). */
+export function insertRunsEventRows(tx: Tx, rows: (EventColumns & { key: RunKey })[]): Promise<unknown> {
   return insertInChunks(tx, rows, insertEventsText, (e) => [
-    key.namespaceId, key.workflowId, key.runId, e.eventId, e.version, eventsSql.param("eventTime", e.eventTime), e.eventType, eventsSql.param("attributes", e.attributes),
+    e.key.namespaceId, e.key.workflowId, e.key.runId, e.eventId, e.version, eventsSql.param("eventTime", e.eventTime), e.eventType, eventsSql.param("attributes", e.attributes),
   ]);
 }
 
@@ -136,7 +141,12 @@ const insertRequestIdsText = textCache((rows: number) =>
 
 /** Records where requests' events went; the first holder of a request id keeps it (as a claim does). */
 export function insertRequestIds(tx: Tx, key: RunKey, ids: { requestId: string; eventId: number }[]): Promise<unknown> {
-  return insertInChunks(tx, ids, insertRequestIdsText, (r) => [key.namespaceId, key.workflowId, key.runId, r.requestId, r.eventId]);
+  return insertRunsRequestIds(tx, ids.map((r) => ({ ...r, key })));
+}
+
+/** insertRequestIds for request ids of any runs. */
+export function insertRunsRequestIds(tx: Tx, ids: { key: RunKey; requestId: string; eventId: number }[]): Promise<unknown> {
+  return insertInChunks(tx, ids, insertRequestIdsText, (r) => [r.key.namespaceId, r.key.workflowId, r.key.runId, r.requestId, r.eventId]);
 }
 
 /** Version history after appending events up to lastEventId at version (DESIGN.md section 4). */

@@ -40,6 +40,8 @@ export function tableCodec<T extends Table>(table: T) {
     all: (alias?: string) => columns.map(([, c]) => (alias ? `${alias}.${quote(c.name)}` : quote(c.name))).join(", "),
     /** The quoted database name of key's column. */
     name: (key: Key) => quote(column(key).name),
+    /** The SQL type of key's column, for casts. */
+    sqlType: (key: Key) => column(key).getSQLType(),
     /** value as a parameter of key's column. */
     param,
     /**

@@ -1,0 +1,66 @@
+import type { Tx } from "../persistence/database";
+import { runStatement, tableCodec, textCache, valuesList } from "../persistence/raw-statements";
+import { executions } from "../persistence/schema";
+import { runKeyText } from "./branch-store";
+import type { ExecutionRow, RunKey } from "./execution-store";
+
+/**
+ * Statements that act on many runs at once, for a replicated page: its cost on both sides
+ * of the connection goes with the statements it issues more than with the rows they touch.
+ * Locks are taken in key order, so two such statements never wait on each other in a cycle.
+ */
+
+const executionsSql = tableCodec(executions);
+const KEY = ["namespaceId", "workflowId", "runId"] as const;
+const keyList = (alias?: string) => KEY.map((k) => (alias ? `${alias}.` : "") + executionsSql.name(k)).join(", ");
+const keyParams = (keys: RunKey[]) => keys.flatMap((k) => [k.namespaceId, k.workflowId, k.runId]);
+
+const lockKeysText = textCache((n: number) =>
+  `select pg_advisory_xact_lock(hashtextextended(k, 0)) from (select k from (values ${valuesList(n, 1)}) as v(k) order by k) as s`);
+
+/** lockRunKey for every key, in one statement. */
+export function lockRunKeys(tx: Tx, keys: RunKey[]): Promise<unknown> {
+  return keys.length ? runStatement(tx, lockKeysText(keys.length), keys.map(runKeyText)) : Promise.resolve();
+}
+
+const lockRunsText = textCache((n: number) =>
+  `select ${executionsSql.all()} from ${executionsSql.table} where (${keyList()}) in (values ${valuesList(n, KEY.length)}) order by ${keyList()} for update`);
+
+/** The rows of the runs that exist among keys, locked for the transaction, by runKeyText; one statement. */
+export async function lockRuns(tx: Tx, keys: RunKey[]): Promise<Map<string, ExecutionRow>> {
+  if (!keys.length) return new Map();
+  const rows = await runStatement(tx, lockRunsText(keys.length), keyParams(keys));
+  return new Map(rows.map((r) => {
+    const run = executionsSql.fromRow(r);
+    return [runKeyText(run), run];
+  }));
+}
+
+type RunField = keyof ExecutionRow & string;
+const saveRunsText = textCache(({ fields, n }: { fields: RunField[]; n: number }) => {
+  const columns: RunField[] = [...KEY, "dbVersion", ...fields];
+  const width = columns.length;
+  const rows = Array.from({ length: n }, (_, r) => `(${columns.map((c, i) => `$${1 + r * width + i}::${executionsSql.sqlType(c)}`).join(", ")})`);
+  const v = (c: RunField) => `v.${executionsSql.name(c)}`;
+  const set = [...fields.map((c) => `${executionsSql.name(c)} = ${v(c)}`), `${executionsSql.name("dbVersion")} = ${v("dbVersion")} + 1`];
+  return `update ${executionsSql.table} as e set ${set.join(", ")} from (values ${rows.join(", ")}) as v(${columns.map(executionsSql.name).join(", ")}) ` +
+    `where (${keyList("e")}) = (${KEY.map(v).join(", ")}) and e.${executionsSql.name("dbVersion")} = ${v("dbVersion")} returning e.${executionsSql.name("runId")}`;
+}, ({ fields, n }) => `${fields.join(",")}/${n}`);
+
+/**
+ * saveRun for many runs that set the same fields, in one statement: each saves its new
+ * state if nobody wrote it since it was read (its db_version).
+ */
+export function saveRuns(tx: Tx, saves: { prev: ExecutionRow; next: Partial<ExecutionRow> }[]): Promise<void> {
+  if (!saves.length) return Promise.resolve();
+  const fields = (Object.keys(saves[0]!.next) as RunField[]).filter((k) => k !== "dbVersion" && saves[0]!.next[k] !== undefined).sort();
+  const same = saves.every(({ next }) => Object.keys(next).filter((k) => k !== "dbVersion" && next[k as RunField] !== undefined).length === fields.length && fields.every((k) => next[k] !== undefined));
+  if (!same) throw new Error("saveRuns: every run must set the same fields");
+  const params = saves.flatMap(({ prev, next }) => [
+    prev.namespaceId, prev.workflowId, prev.runId, prev.dbVersion, ...fields.map((k) => executionsSql.param(k, next[k])),
+  ]);
+  return runStatement(tx, saveRunsText({ fields, n: saves.length }), params).then((rows) => {
+    // Never under the row locks every writer takes first; a veto here would come after a pipelined COMMIT.
+    if (rows.length !== saves.length) throw new Error(`${saves.length - rows.length} of ${saves.length} executions changed concurrently`);
+  });
+}

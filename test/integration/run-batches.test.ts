@@ -1,0 +1,114 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { and, eq } from "drizzle-orm";
+import { createHistoryApplier } from "../../replication/applier";
+import type { CurrentCluster } from "../../src/cluster/bootstrap";
+import { eventFromRow } from "../../src/history/events";
+import { insertExecution, type ExecutionRow } from "../../src/history/execution-store";
+import { lockRunKeys, lockRuns, saveRuns } from "../../src/history/run-batches";
+import type { NamespaceRecord, NamespaceRegistry } from "../../src/namespace/registry";
+import { createLogger } from "../../src/observability/log";
+import { openDatabase, type Database, type Tx } from "../../src/persistence/database";
+import { migrateSchema } from "../../src/persistence/migrate";
+import { executions, historyEvents, requestIds } from "../../src/persistence/schema";
+import { migrationsFolder, newDataLocation } from "../support/server";
+import { testStores } from "../support/stores";
+
+setDefaultTimeout(60_000);
+
+/** tx, counting the statements issued on it (every statement here goes through prepareQuery). */
+function counting(tx: Tx) {
+  let statements = 0;
+  const session = tx._.session;
+  const wrapped = { _: { session: { prepareQuery: (...a: Parameters<typeof session.prepareQuery>) => (statements++, session.prepareQuery(...a)) } } };
+  return { tx: wrapped as unknown as Tx, statements: () => statements };
+}
+
+const NS = "ns-1";
+const run = (i: number) => ({
+  namespaceId: NS, workflowId: `wf-${i}`, runId: `run-${i}`, shardId: 1, workflowType: "T", taskQueue: "q", status: "RUNNING",
+  startTime: new Date(Date.UTC(2026, 0, 1, 0, 0, i)), nextEventId: 2, lastWriteVersion: 1, versionHistory: [{ eventId: 1, version: 1 }],
+});
+
+for (const store of await testStores()) {
+  describe(`statements over many runs at once on ${store}`, () => {
+    let location: Awaited<ReturnType<typeof newDataLocation>>;
+    let database: Database;
+    const rowOf = async (i: number) => (await database.db.select().from(executions).where(and(eq(executions.workflowId, `wf-${i}`), eq(executions.runId, `run-${i}`))))[0]!;
+
+    beforeAll(async () => {
+      location = await newDataLocation(store);
+      database = await openDatabase(store === "postgres" ? { postgres: { url: location.location } } : { pglite: { dataDir: `${location.location}/data` } });
+      await migrateSchema(database, migrationsFolder);
+      await database.db.transaction((tx) => Promise.all([1, 2, 3].map((i) => insertExecution(tx, run(i)))));
+    });
+    afterAll(async () => {
+      await database.close();
+      await location.remove();
+    });
+
+    test("ManyRunsLockInTwoStatements: the runs that exist come back by key, a missing one is absent", async () => {
+      const keys = [3, 1, 4, 2].map((i) => ({ namespaceId: NS, workflowId: `wf-${i}`, runId: `run-${i}` }));
+      const found = await database.db.transaction(async (tx) => {
+        const c = counting(tx);
+        const [, runs] = await Promise.all([lockRunKeys(c.tx, keys), lockRuns(c.tx, keys)]);
+        expect(c.statements()).toBe(2);
+        return runs;
+      });
+      expect([...found.keys()].sort()).toEqual([`${NS}/wf-1/run-1`, `${NS}/wf-2/run-2`, `${NS}/wf-3/run-3`]);
+      expect(found.get(`${NS}/wf-2/run-2`)).toEqual(await rowOf(2));
+    });
+
+    test("SaveRunsWritesEachRunsOwnState: one statement, every field as given, db_version bumped", async () => {
+      const prev = await Promise.all([1, 2].map(rowOf));
+      const next = (r: ExecutionRow, i: number) => ({
+        status: i ? "COMPLETED" : "RUNNING", closeTime: i ? new Date(Date.UTC(2026, 0, 2)) : null, nextEventId: 5 + i, lastWriteVersion: 101,
+        versionHistory: [...r.versionHistory, { eventId: 4 + i, version: 101 }], cancelRequested: i === 0,
+      });
+      await database.db.transaction(async (tx) => {
+        const c = counting(tx);
+        await saveRuns(c.tx, prev.map((r, i) => ({ prev: r, next: next(r, i) })));
+        expect(c.statements()).toBe(1);
+      });
+      for (const [i, r] of prev.entries()) expect(await rowOf(i + 1)).toEqual({ ...r, ...next(r, i), dbVersion: r.dbVersion + 1 });
+    });
+
+    test("SaveRunsRefusesAStaleRun: one run written since it was read fails the statement, and nothing is saved", async () => {
+      const [one, two] = await Promise.all([1, 2].map(rowOf));
+      const stale = { ...two!, dbVersion: two!.dbVersion - 1 };
+      const saving = database.db.transaction((tx) => saveRuns(tx, [one!, stale].map((prev) => ({ prev, next: { nextEventId: 99 } }))));
+      await expect(saving).rejects.toThrow("1 of 2 executions changed concurrently");
+      expect(await rowOf(1)).toEqual(one!);
+    });
+
+    test("APageOfRunsWritesInThreeStatements: signals to four runs apply as the runs' states, events and request ids", async () => {
+      await database.db.transaction((tx) => Promise.all([5, 6, 7, 8].map((i) => insertExecution(tx, run(i)))));
+      const applier = createHistoryApplier({
+        cluster: { clusterName: "b", historyShardCount: 1 } as CurrentCluster, namespaces: {} as NamespaceRegistry, writer: {} as never, log: createLogger({ level: "error" }),
+      });
+      const ns = { id: NS } as NamespaceRecord;
+      const signal = (i: number) => eventFromRow({
+        eventId: 2, version: 1, eventTime: new Date(Date.UTC(2026, 0, 1, 1)),
+        attributes: { workflowExecutionSignaledEventAttributes: { signalName: "s", requestId: `req-${i}`, identity: "" } },
+      });
+      const tasks = [5, 6, 7, 8].map((i) => ({
+        namespaceId: NS, workflowId: `wf-${i}`, runId: `run-${i}`, firstEventId: 2, nextEventId: 3, versionHistory: [{ eventId: 2, version: 1 }], events: [signal(i)],
+      }));
+      await database.db.transaction(async (tx) => {
+        const reads = await applier.readForApply(tx, tasks.map((task) => ({ ns, task })));
+        const plans = tasks.map((t, i) => applier.planApply(ns, t, reads[i]!)!);
+        expect(plans.map((p) => p.events)).toEqual([1, 1, 1, 1]);
+        const c = counting(tx);
+        await applier.writeAll(c.tx, plans.map((p) => p.write!));
+        expect(c.statements()).toBe(3);
+      });
+      for (const i of [5, 6, 7, 8]) {
+        const r = await rowOf(i);
+        expect([r.nextEventId, r.dbVersion, r.versionHistory]).toEqual([3, 2, [{ eventId: 2, version: 1 }]]);
+        const events = await database.db.select().from(historyEvents).where(eq(historyEvents.workflowId, `wf-${i}`));
+        expect(events.map((e) => [e.eventId, e.eventType, e.runId])).toEqual([[2, "WORKFLOW_EXECUTION_SIGNALED", `run-${i}`]]);
+        const ids = await database.db.select().from(requestIds).where(eq(requestIds.workflowId, `wf-${i}`));
+        expect(ids.map((r) => [r.requestId, r.eventId, r.runId])).toEqual([[`req-${i}`, 2, `run-${i}`]]);
+      }
+    });
+  });
+}
