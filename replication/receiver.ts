@@ -9,10 +9,12 @@ import type { Metrics } from "../src/observability/metrics";
 import type { NamespaceRecord } from "../src/namespace/registry";
 import type { Db } from "../src/persistence/database";
 import { advanceInboundAck, loadInboundAck } from "./ack-levels";
-import { isTaskFailure, type HistoryApplier, type IncomingTask, type RawHistoryFetcher } from "./applier";
+import { isTaskFailure, type HistoryApplier, type IncomingTask, type PlannedApply, type RawHistoryFetcher } from "./applier";
 import { HELD_BEHIND, runKey, type ReplicationDlq } from "./dlq";
 import { sleep, type RemoteCluster, type ReplicationStream, type StreamReport } from "./manager";
+import { createRunCache } from "./run-cache";
 import { mergeRunTasks } from "./task-merge";
+import { lockRunKeys } from "../src/history/run-batches";
 import { versionHistoryFromProto, versionHistoryToProto } from "./version-history";
 
 export interface HistoryReceiverDeps {
@@ -88,6 +90,12 @@ async function settleAll(all: Promise<unknown>[]): Promise<void> {
   if (failed) throw (failed as PromiseRejectedResult).reason;
 }
 
+/** Per workflow in task order, merged per run (a page interleaves runs); undefined when a run is left twice (it switched branches). */
+function mergedRuns(tasks: ReplicationTask[]): IncomingTask[] | undefined {
+  const merged = byWorkflow(tasks).flatMap((g) => mergeRunTasks(g.map(incoming)));
+  return new Set(merged.map(runKey)).size === merged.length ? merged : undefined;
+}
+
 /** Tasks grouped by workflow, each group in task order. */
 function byWorkflow(tasks: ReplicationTask[]): ReplicationTask[][] {
   const groups = new Map<string, ReplicationTask[]>();
@@ -115,6 +123,9 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
   const waitMs = deps.waitMs ?? 10_000;
   const prefetchWaitMs = Math.min(waitMs, deps.prefetchWaitMs ?? 50);
   const progress = new Map<string, InboundProgress>();
+  const runs = createRunCache();
+  /** Remote shards ("remote/shard") whose last page read found no DLQ entry and whose last one-trip apply held: applyOneTrip may try. */
+  const oneTripShards = new Set<string>();
 
   /**
    * Applies tasks and moves the ack from..to in one transaction; returns the runs that grew.
@@ -125,13 +136,57 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     const lastCreate = tasks.at(-1)?.createTime;
     const move = { from, to, maxTaskId: b.maxTaskId, lastAppliedCreatedAt: lastCreate ? timestampDate(lastCreate) : undefined };
     const labels = { remote_cluster: b.remote.name };
-    const done = await applyPipelined(b, tasks, namespaces, move);
-    if (done) {
-      metrics.inc("replication_pages_applied", { ...labels, path: "pipelined" });
+    for (const [path, apply] of [["one-trip", applyOneTrip], ["pipelined", applyPipelined]] as const) {
+      const done = await apply(b, tasks, namespaces, move);
+      if (!done) continue;
+      metrics.inc("replication_pages_applied", { ...labels, path });
       return done;
     }
     metrics.inc("replication_pages_applied", { ...labels, path: "full" });
+    // Conflicts, rivals and gaps change runs in ways the cache does not follow.
+    runs.forget(tasks.map(incoming));
     return applyInFull(b, tasks, namespaces, move);
+  }
+
+  /**
+   * A page of runs this process applied lately, in one round trip: planned from their rows
+   * as its commits left them (the run cache), and sent with BEGIN, the ack's move, the
+   * guards and COMMIT. A guard rolls it back, and the page is applied from fresh reads,
+   * when a run's row moved on (db_version), a new run's row exists or rivals an open run
+   * (the insert's unique indexes), the shard has DLQ entries or its ack moved. Undefined
+   * then, and when a run's row is not cached (or the last try here failed).
+   */
+  async function applyOneTrip(b: Batch, tasks: ReplicationTask[], namespaces: Map<string, NamespaceRecord>, move: AckMove): Promise<Applied | undefined> {
+    const shard = `${b.remote.name}/${b.shardId}`;
+    const merged = mergedRuns(tasks);
+    if (!merged || !oneTripShards.has(shard)) return undefined;
+    const plans: PlannedApply[] = [];
+    for (const t of merged) {
+      const run = runs.get(t);
+      const plan = run || t.firstEventId === 1 ? applier.planApply(namespaces.get(t.namespaceId)!, t, { run }) : undefined;
+      if (!plan) return undefined;
+      plans.push(plan);
+    }
+    const writes = plans.flatMap((p) => (p.write ? [p.write] : []));
+    try {
+      await writer.transactPipelined("ReplicateHistory", async (tx, commit) => {
+        const all = [
+          advanceInboundAck(tx, b.remote.name, b.shardId, move),
+          dlq.guardNoneHeld(tx, b.remote.name, b.shardId),
+          lockRunKeys(tx, merged),
+          applier.writeAll(tx, writes),
+        ];
+        commit();
+        await settleAll(all);
+      });
+    } catch {
+      // The next page of the shard reads first (and finds out whether one trip may work again).
+      oneTripShards.delete(shard);
+      runs.forget(merged);
+      return undefined;
+    }
+    runs.committed(writes);
+    return { grown: merged.filter((_, i) => plans[i]!.events > 0).map((t) => t.runId), held: 0 };
   }
 
   /**
@@ -141,11 +196,10 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
    * applyInFull: a held run, a run twice in the page, a divergence, a gap or a rival run.
    */
   async function applyPipelined(b: Batch, tasks: ReplicationTask[], namespaces: Map<string, NamespaceRecord>, move: AckMove): Promise<Applied | undefined> {
-    // Per workflow in task order, merged per run (a page interleaves runs); a run left twice switched branches.
-    const merged = byWorkflow(tasks).flatMap((g) => mergeRunTasks(g.map(incoming)));
-    if (new Set(merged.map(runKey)).size !== merged.length) return undefined;
+    const merged = mergedRuns(tasks);
+    if (!merged) return undefined;
     try {
-      return await writer.transactPipelined("ReplicateHistory", async (tx, commit) => {
+      const { done, writes, held } = await writer.transactPipelined("ReplicateHistory", async (tx, commit) => {
         // The ack first: it moves only from where this page starts (another process may apply the
         // shard), and must fail before COMMIT goes out, not after.
         const acked = advanceInboundAck(tx, b.remote.name, b.shardId, move);
@@ -155,11 +209,15 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
         if (merged.some((t) => heldRuns.has(runKey(t)))) throw new NeedsFullApply();
         const plans = merged.map((t, i) => applier.planApply(namespaces.get(t.namespaceId)!, t, found[i]!));
         if (plans.some((p) => !p)) throw new NeedsFullApply();
-        const writes = applier.writeAll(tx, plans.flatMap((p) => (p!.write ? [p!.write] : [])));
+        const writes = plans.flatMap((p) => (p!.write ? [p!.write] : []));
+        const written = applier.writeAll(tx, writes);
         commit();
-        await writes;
-        return { grown: merged.filter((_, i) => plans[i]!.events > 0).map((t) => t.runId), held: 0 };
+        await written;
+        return { done: { grown: merged.filter((_, i) => plans[i]!.events > 0).map((t) => t.runId), held: 0 }, writes, held: heldRuns.size };
       });
+      runs.committed(writes);
+      if (held === 0) oneTripShards.add(`${b.remote.name}/${b.shardId}`);
+      return done;
     } catch (e) {
       if (e instanceof NeedsFullApply) return undefined;
       throw e;
