@@ -7,12 +7,10 @@ import type { Logger } from "../src/observability/log";
 import type { Metrics } from "../src/observability/metrics";
 import type { NamespaceRecord } from "../src/namespace/registry";
 import { advanceInboundAck } from "./ack-levels";
-import type { HistoryApplier, IncomingTask, PlannedApply, RawHistoryFetcher, RunWrites } from "./applier";
+import type { HistoryApplier, IncomingTask, PlannedApply, RawHistoryFetcher } from "./applier";
 import { HELD_BEHIND, runKey, type ReplicationDlq } from "./dlq";
 import type { RemoteCluster } from "./manager";
-import { runKeyText } from "../src/history/branch-store";
-import type { ExecutionRow } from "../src/history/execution-store";
-import { createRunCache, insertedRow, savedRow } from "../src/history/run-cache";
+import { createRunCache } from "./run-cache";
 import { mergeRunTasks } from "./task-merge";
 import { versionHistoryFromProto, versionHistoryToProto } from "./version-history";
 
@@ -94,7 +92,7 @@ export function createPageApplier(deps: {
     }
     metrics.inc("replication_pages_applied", { ...labels, path: "full" });
     // Conflicts, rivals and gaps change runs in ways the cache does not follow.
-    for (const t of tasks) runs.forget(runKeyText(t));
+    runs.forget(tasks.map(incoming));
     return applyInFull(b, tasks, namespaces, move);
   }
 
@@ -112,7 +110,7 @@ export function createPageApplier(deps: {
     if (!merged || !oneTripShards.has(shard)) return undefined;
     const plans: PlannedApply[] = [];
     for (const t of merged) {
-      const run = runs.get(runKeyText(t));
+      const run = runs.get(t);
       const plan = run || t.firstEventId === 1 ? applier.planApply(namespaces.get(t.namespaceId)!, t, { run }) : undefined;
       if (!plan) return undefined;
       plans.push(plan);
@@ -132,10 +130,10 @@ export function createPageApplier(deps: {
     } catch {
       // The next page of the shard reads first (and finds out whether one trip may work again).
       oneTripShards.delete(shard);
-      for (const t of merged) runs.forget(runKeyText(t));
+      runs.forget(merged);
       return undefined;
     }
-    committed(writes);
+    runs.committed(writes);
     return { grown: merged.filter((_, i) => plans[i]!.events > 0).map((t) => t.runId), held: 0 };
   }
 
@@ -165,7 +163,7 @@ export function createPageApplier(deps: {
         await written;
         return { done: { grown: merged.filter((_, i) => plans[i]!.events > 0).map((t) => t.runId), held: 0 }, writes, held: heldRuns.size };
       });
-      committed(writes);
+      runs.committed(writes);
       if (held === 0) oneTripShards.add(`${b.remote.name}/${b.shardId}`);
       return done;
     } catch (e) {
@@ -212,14 +210,6 @@ export function createPageApplier(deps: {
     });
   }
 
-
-  /** Keeps the rows committed writes left, for the next page of the same runs. */
-  function committed(writes: RunWrites[]): void {
-    for (const w of writes) {
-      const row: ExecutionRow | undefined = w.save ? savedRow(w.save.prev, w.save.next) : w.insert && insertedRow(w.insert);
-      if (row) runs.put(runKeyText(row), row);
-    }
-  }
 
   return { apply };
 }

@@ -14,7 +14,6 @@ import { NamespaceChanged } from "./namespace-guard";
 import { claimRequestOrFail, findRequest, insertEvents, insertExecution, insertTimer, lockRun, type ExecutionRow, type NewEvent } from "./execution-store";
 import type { EventNotifier } from "./notifier";
 import { reuseRefusal } from "./reuse-policy";
-import { createRunCache, insertedRow } from "./run-cache";
 import { shardFor } from "./shard";
 import type { Append, Writer, WriterDeps } from "./writer";
 
@@ -65,8 +64,6 @@ export function createHistoryEngine(deps: EngineDeps) {
   const { namespaces, writer, notifier, metrics, cluster } = deps;
 
   const handoverWaitMs = deps.handoverWaitMs ?? 5000;
-  /** Each workflow's current run ("namespaceId/workflowId") as this process's last write of it left it. */
-  const runs = createRunCache();
 
   /** The namespace, if this cluster may write to it now; waits out a HANDOVER until deadline. */
   async function writableNamespace(name: string, deadline = 0): Promise<NamespaceRecord> {
@@ -107,9 +104,7 @@ export function createHistoryEngine(deps: EngineDeps) {
     if (!ref.workflowId) throw invalidArgument("workflow id is required");
     return withWritable(ref.namespace, async (ns) => {
       writer.checkBlob(payloadSize, operation, ns.name);
-      const key = `${ns.id}/${ref.workflowId}`;
-      const oneTrip = await appendInOneTrip(operation, ns, ref, build);
-      const result = oneTrip ?? await writer.transactPipelined(operation, async (tx, commit) => {
+      const result = await writer.transactPipelined(operation, async (tx, commit) => {
         // With BEGIN: the run's row lock and the namespace check.
         const [found] = await Promise.all([lockRun(tx, ns.id, ref.workflowId, ref.runId), writer.guard(tx, ns)]);
         const run = requireOpen(found, ref);
@@ -124,64 +119,18 @@ export function createHistoryEngine(deps: EngineDeps) {
         commit();
         const [, written] = await Promise.all([claim, appended]);
         if (!change || !written) return { runId: run.runId, eventId: run.nextEventId - 1, appended: false };
-        return { runId: run.runId, eventId: written.firstEventId, appended: true, status: change.status, row: written.row };
-      }).then((r) => {
-        if ("row" in r && r.row) runs.put(key, r.row);
-        return r;
-      }, async (e) => {
-        runs.forget(key);
+        return { runId: run.runId, eventId: written.firstEventId, appended: true, status: change.status };
+      }).catch(async (e) => {
         // A retry answers with the first attempt's result, whatever this attempt ran into
         // (the run closed since, a marker's expected id moved on, a duplicate claim).
         const first = ref.requestId ? await findRequest(deps.db as never, ns.id, ref.workflowId, ref.requestId) : undefined;
         if (!first) throw e;
         return { runId: first.runId, eventId: first.eventId, appended: false };
       });
-      if (result.appended) {
-        notifier.notify(result.runId);
-        metrics.inc("history_appends", { operation, path: oneTrip ? "one-trip" : "read-first" });
-      }
+      if (result.appended) notifier.notify(result.runId);
       if ("status" in result && result.status) countClose(result.status as string, ns.name);
       return result;
     });
-  }
-
-  /**
-   * appendTo's write in one round trip, from the workflow's current run as this process's
-   * last write of it left it (the run cache): BEGIN, the namespace check, the request id
-   * claim, the events, the run's state and the outbox task go out with COMMIT. The
-   * namespace check and the state's db_version comparison fail it from inside, as does a
-   * claim taken before; the write is then made again from a fresh read, which also gives
-   * every refusal. Undefined then, and when the cached row cannot decide the write alone
-   * (none, closed, another run asked for, nothing to write, a refusal).
-   */
-  async function appendInOneTrip(
-    operation: string,
-    ns: NamespaceRecord,
-    ref: RunRef,
-    build: (run: ExecutionRow) => Append | undefined,
-  ): Promise<{ runId: string; eventId: number; appended: boolean; status?: string } | undefined> {
-    const key = `${ns.id}/${ref.workflowId}`;
-    const run = runs.get(key);
-    if (!run || run.status !== "RUNNING" || (ref.runId && ref.runId !== run.runId)) return undefined;
-    try {
-      const change = build(run);
-      if (!change) return undefined;
-      const written = await writer.transactPipelined(operation, async (tx, commit) => {
-        const guarded = writer.guardInSql(tx, ns);
-        const claim = ref.requestId
-          ? claimRequestOrFail(tx, { namespaceId: ns.id, workflowId: run.workflowId, requestId: ref.requestId, runId: run.runId, eventId: run.nextEventId })
-          : undefined;
-        const appended = writer.append(tx, ns, run, change, { guarded: true });
-        commit();
-        const [, , w] = await Promise.all([guarded, claim, appended]);
-        return w;
-      });
-      runs.put(key, written.row);
-      return { runId: run.runId, eventId: written.firstEventId, appended: true, status: change.status };
-    } catch {
-      runs.forget(key);
-      return undefined;
-    }
   }
 
   function countClose(status: string, namespace: string): void {
@@ -193,7 +142,7 @@ export function createHistoryEngine(deps: EngineDeps) {
    * Inserts a new run (with its started event, optional signal, timer and outbox task). Not
    * async: every statement is issued before it returns (pipelined-tx.ts).
    */
-  function insertRun(tx: Tx, ns: NamespaceRecord, input: StartInput, runId: string, previous?: ExecutionRow): Promise<{ fireAt?: Date; row: ExecutionRow }> {
+  function insertRun(tx: Tx, ns: NamespaceRecord, input: StartInput, runId: string, previous?: ExecutionRow): Promise<{ fireAt?: Date }> {
     const time = deps.now();
     const shardId = shardFor(ns.id, input.workflowId, cluster.historyShardCount);
     const key = { namespaceId: ns.id, workflowId: input.workflowId, runId };
@@ -217,7 +166,7 @@ export function createHistoryEngine(deps: EngineDeps) {
     const history = [{ eventId: events.length, version: ns.failoverVersion }];
     const fireAt = input.executionTimeoutMs > 0 ? new Date(time.getTime() + input.executionTimeoutMs) : undefined;
     // Pipelined: the run's row, its events, its timer and the outbox task go out together.
-    const row = insertedRow({
+    const row = insertExecution(tx, {
       ...key,
       shardId,
       workflowType: input.workflowType,
@@ -230,11 +179,11 @@ export function createHistoryEngine(deps: EngineDeps) {
       versionHistory: history,
     });
     return Promise.all([
-      insertExecution(tx, row),
+      row,
       insertEvents(tx, key, 1, ns.failoverVersion, time, events, []),
       fireAt && insertTimer(tx, { id: ulid(), shardId, fireAt, kind: "WORKFLOW_TIMEOUT", ...key, version: ns.failoverVersion }),
       writer.outbox(tx, ns, { ...key, shardId }, 1, events, time, history),
-    ]).then(() => ({ fireAt, row }));
+    ]).then(() => ({ fireAt }));
   }
 
   /** Starts a run, or, with signal set and a run open, signals it (SignalWithStart). */
@@ -250,7 +199,7 @@ export function createHistoryEngine(deps: EngineDeps) {
     const operation = input.signal ? "SignalWithStartWorkflowExecution" : "CreateWorkflowExecution";
     const runId = ulid();
     try {
-      const result = await writer.transactPipelined(operation, async (tx, commit): Promise<{ runId: string; started: boolean; fireAt?: Date; row?: ExecutionRow }> => {
+      const result = await writer.transactPipelined(operation, async (tx, commit): Promise<{ runId: string; started: boolean; fireAt?: Date }> => {
         // With BEGIN: the workflow's current run, locked, and the namespace check.
         const [previous] = await Promise.all([lockRun(tx, ns.id, input.workflowId, ""), writer.guard(tx, ns)]);
         const open = previous?.status === "RUNNING";
@@ -268,7 +217,7 @@ export function createHistoryEngine(deps: EngineDeps) {
           : insertRun(tx, ns, { ...input, requestId }, runId, previous);
         commit();
         const [, w] = await Promise.all([claim, written]);
-        return open ? { runId: previous.runId, started: false, row: w.row } : { runId, started: true, fireAt: (w as { fireAt?: Date }).fireAt, row: w.row };
+        return open ? { runId: previous.runId, started: false } : { runId, started: true, fireAt: (w as { fireAt?: Date }).fireAt };
       }).catch(async (e) => {
         // A retry answers with the first attempt's result, whatever this attempt ran into
         // (the run started by it is open, or closed since and refuses reuse, a duplicate claim).
@@ -276,7 +225,6 @@ export function createHistoryEngine(deps: EngineDeps) {
         if (!first) throw e;
         return { runId: first.runId, started: false };
       });
-      if ("row" in result && result.row) runs.put(`${ns.id}/${input.workflowId}`, result.row);
       if ("fireAt" in result && result.fireAt) deps.onTimerCreated(result.fireAt);
       notifier.notify(result.runId);
       return { runId: result.runId, started: result.started };
@@ -298,14 +246,11 @@ export function createHistoryEngine(deps: EngineDeps) {
     requestCancel: (ref: RunRef, reason: string) =>
       appendTo("RequestCancelWorkflowExecution", ref, (run) => {
         if (run.cancelRequested) return undefined; // already requested: nothing new to say
+        metrics.inc("workflow_cancel", { namespace: ref.namespace });
         return {
           cancelRequested: true,
           events: [{ attributes: { case: "workflowExecutionCancelRequestedEventAttributes", value: { reason, identity: ref.identity ?? "", requestId: ref.requestId ?? "" } as never } }],
         };
-      }).then((r) => {
-        // Counted once written: a build may run more than once (a write from memory made again).
-        if (r.appended) metrics.inc("workflow_cancel", { namespace: ref.namespace });
-        return r;
       }),
     terminate: (ref: RunRef, reason: string, details?: Payloads) =>
       appendTo("TerminateWorkflowExecution", ref, () => ({

@@ -3,7 +3,6 @@ import type { Db, Tx } from "../persistence/database";
 import { runStatement, tableCodec, textCache, valuesList } from "../persistence/raw-statements";
 import { executions, historyEvents, requestIds, timerTasks, type VersionHistoryItem } from "../persistence/schema";
 import { attributesToJson, eventFromRow, eventTypeOf, type EventAttributes } from "./events";
-import { saveRuns } from "./run-batches";
 
 export type ExecutionRow = typeof executions.$inferSelect;
 /** A run's key. */
@@ -13,6 +12,8 @@ const executionsSql = tableCodec(executions);
 const eventsSql = tableCodec(historyEvents);
 const requestsSql = tableCodec(requestIds);
 const timersSql = tableCodec(timerTasks);
+const runKeyWhere = (first: number) =>
+  `${executionsSql.name("namespaceId")} = $${first} and ${executionsSql.name("workflowId")} = $${first + 1} and ${executionsSql.name("runId")} = $${first + 2}`;
 
 const lockRunText = textCache((byRunId: boolean) =>
   `select ${executionsSql.all()} from ${executionsSql.table} where ${executionsSql.name("namespaceId")} = $1 and ${executionsSql.name("workflowId")} = $2` +
@@ -156,12 +157,25 @@ export function extendVersionHistory(history: VersionHistoryItem[], lastEventId:
   return [...history, { eventId: lastEventId, version }];
 }
 
-/**
- * Saves the run's new state if nobody else wrote it since it was read: the statement fails
- * otherwise (StaleRunError), so a write sent in one round trip rolls back.
- */
+type RunField = keyof ExecutionRow & string;
+const saveRunText = textCache((fields: string) => {
+  const set = fields.split(",") as RunField[];
+  const assignments = [...set, "dbVersion" as const].map((k, i) => `${executionsSql.name(k)} = $${i + 1}`).join(", ");
+  const n = set.length + 1;
+  return `update ${executionsSql.table} set ${assignments} where ${runKeyWhere(n + 1)} and ${executionsSql.name("dbVersion")} = $${n + 4} returning ${executionsSql.name("runId")}`;
+});
+
+/** Saves the run's new state if nobody else wrote it since it was read. */
 export function saveRun(tx: Tx, prev: ExecutionRow, next: Partial<ExecutionRow>): Promise<void> {
-  return saveRuns(tx, [{ prev, next }]);
+  const fields = (Object.keys(next) as RunField[]).filter((k) => k !== "dbVersion" && next[k] !== undefined);
+  const params = [
+    ...fields.map((k) => executionsSql.param(k, next[k])),
+    prev.dbVersion + 1, prev.namespaceId, prev.workflowId, prev.runId, prev.dbVersion,
+  ];
+  return runStatement(tx, saveRunText(fields.join(",")), params).then((rows) => {
+    // Never under the row lock every writer takes first (lockRun); a veto here would come after a pipelined COMMIT.
+    if (rows.length !== 1) throw new Error(`execution ${prev.workflowId}/${prev.runId} changed concurrently`);
+  });
 }
 
 /** Inserts a run's row; issued at once (pipelined transactions). */

@@ -52,20 +52,6 @@ const READ_TEXT =
   `select ${n.name("replicationState")} as replication_state, ${n.name("failoverVersion")} as failover_version, ` +
   `${n.name("activeClusterName")} as active_cluster_name from ${n.table} where ${n.name("id")} = $1`;
 
-/**
- * guardNamespace for a write sent in one round trip: the barrier lock, then a statement that
- * fails (DIVISION_BY_ZERO) unless the namespace is still NORMAL, at ns's failover version and
- * active in currentCluster, so the write rolls back even though its COMMIT is on the way.
- */
-export function guardNamespaceInSql(tx: Tx, ns: NamespaceRecord, currentCluster: string): Promise<unknown> {
-  if (!ns.isGlobal) return Promise.resolve();
-  return Promise.all([runStatement(tx, LOCK_SHARED_TEXT, [ns.id]), runStatement(tx, STILL_WRITABLE_TEXT, [ns.id, ns.failoverVersion, currentCluster])]);
-}
-
-const STILL_WRITABLE_TEXT =
-  `select 1 / (exists (select 1 from ${n.table} where ${n.name("id")} = $1 and ${n.name("replicationState")} = 'NORMAL' ` +
-  `and ${n.name("failoverVersion")} = $2 and ${n.name("activeClusterName")} = $3))::int as writable`;
-
 /** Takes a namespace's barrier lock exclusively: for changes of its active cluster (see readNamespaceUnderBarrier). */
 export async function lockNamespaceBarrier(tx: Tx, namespaceId: string): Promise<void> {
   await tx.execute(sql`select pg_advisory_xact_lock(${handoverLockKey(namespaceId)})`);

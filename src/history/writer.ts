@@ -10,8 +10,7 @@ import type { Metrics } from "../observability/metrics";
 import type { Db, Tx } from "../persistence/database";
 import type { PipelinedTransactions } from "../persistence/pipelined-tx";
 import type { VersionHistoryItem } from "../persistence/schema";
-import { guardNamespace, guardNamespaceInSql } from "./namespace-guard";
-import { savedRow } from "./run-cache";
+import { guardNamespace } from "./namespace-guard";
 import { deleteTimers, extendVersionHistory, insertEvents, saveRun, type ExecutionRow, type NewEvent } from "./execution-store";
 import type { EventNotifier } from "./notifier";
 
@@ -133,12 +132,8 @@ export function createWriter(deps: WriterDeps) {
     }
   }
 
-  /**
-   * Appends events to a locked open run (or one whose row a write from memory compares),
-   * saves its state and writes the outbox task; guarded: the caller ran guard in tx.
-   * Resolves to the first new event's id and the run's row as the write leaves it.
-   */
-  function append(tx: Tx, ns: NamespaceRecord, run: ExecutionRow, change: Append, opts: { guarded?: boolean } = {}): Promise<{ firstEventId: number; row: ExecutionRow }> {
+  /** Appends events to a locked open run, saves its state and writes the outbox task; guarded: the caller ran guard in tx. */
+  function append(tx: Tx, ns: NamespaceRecord, run: ExecutionRow, change: Append, opts: { guarded?: boolean } = {}): Promise<{ firstEventId: number }> {
     // Not async: a refusal throws before any statement is issued (pipelined-tx.ts).
     checkHistorySize(run, change.events.length);
     if (run.lastWriteVersion > ns.failoverVersion) {
@@ -155,23 +150,22 @@ export function createWriter(deps: WriterDeps) {
     const closing = change.status !== undefined && change.status !== "RUNNING";
     const next = first + change.events.length;
     const history = extendVersionHistory(run.versionHistory, next - 1, ns.failoverVersion);
-    const state: Partial<ExecutionRow> = {
-      nextEventId: next,
-      lastWriteVersion: ns.failoverVersion,
-      versionHistory: history,
-      ...(change.status ? { status: change.status } : {}),
-      ...(closing ? { closeTime: time } : {}),
-      ...(change.cancelRequested ? { cancelRequested: true } : {}),
-    };
     // Pipelined: events, run state, the namespace check and the outbox task go out together
     // (one round trip); a failure of any rolls back all.
     return Promise.all([
       insertEvents(tx, key, first, ns.failoverVersion, time, change.events, run.versionHistory),
-      saveRun(tx, run, state),
+      saveRun(tx, run, {
+        nextEventId: next,
+        lastWriteVersion: ns.failoverVersion,
+        versionHistory: history,
+        ...(change.status ? { status: change.status } : {}),
+        ...(closing ? { closeTime: time } : {}),
+        ...(change.cancelRequested ? { cancelRequested: true } : {}),
+      }),
       opts.guarded ? undefined : guardNamespace(tx, ns, deps.cluster.clusterName),
       closing ? deleteTimers(tx, key) : undefined,
       outbox(tx, ns, { ...key, shardId: run.shardId }, first, change.events, time, history),
-    ]).then(() => ({ firstEventId: first, row: savedRow(run, state) }));
+    ]).then(() => ({ firstEventId: first }));
   }
 
   /** Writes the replication task for events written at time from first on, when ns replicates. */
@@ -195,10 +189,8 @@ export function createWriter(deps: WriterDeps) {
 
   /** Checks, inside tx, that ns may still take this write here (see namespace-guard.ts). */
   const guard = (tx: Tx, ns: NamespaceRecord) => guardNamespace(tx, ns, deps.cluster.clusterName);
-  /** guard for a write sent in one round trip: fails the transaction from inside. */
-  const guardInSql = (tx: Tx, ns: NamespaceRecord) => guardNamespaceInSql(tx, ns, deps.cluster.clusterName);
 
-  return { transact, transactPipelined, checkBlob, append, outbox, checkHistorySize, guard, guardInSql };
+  return { transact, transactPipelined, checkBlob, append, outbox, checkHistorySize, guard };
 }
 
 export type Writer = ReturnType<typeof createWriter>;
