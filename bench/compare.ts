@@ -25,6 +25,8 @@ const git = (...a: string[]) => execFileSync("git", a, { cwd: repoRoot, encoding
 /** One measured run of one side. */
 interface Run {
   side: "base" | "head";
+  /** Writes A acknowledged per second: at a rate A cannot hold, the lag of a faster side is measured under more load. */
+  opsPerSec: number;
   p50: number;
   p95: number;
   p99: number;
@@ -78,13 +80,13 @@ try {
       });
       const cpu = Object.values(flow.cpuMsPerEvent).reduce((s, c) => s + c.tern + c.pg, 0);
       const run: Run = {
-        side, p50: flow.stampLagMs.p50, p95: flow.stampLagMs.p95, p99: flow.stampLagMs.p99, cpuMsPerEvent: cpu,
+        side, opsPerSec: flow.opsPerSec, p50: flow.stampLagMs.p50, p95: flow.stampLagMs.p95, p99: flow.stampLagMs.p99, cpuMsPerEvent: cpu,
         aServerCpuMs: flow.cpuMsPerEvent[a.name]!.tern, aPgCpuMs: flow.cpuMsPerEvent[a.name]!.pg, bServerCpuMs: flow.cpuMsPerEvent[b.name]!.tern,
         bPgCpuMs: flow.cpuMsPerEvent[b.name]!.pg, pagesSent: flow.aPagesSent, bTasksPerPage: flow.bPages.tasksPerPage, bOneTripPages: flow.bPages.oneTrip / flow.bPages.pages,
       };
       runs.push(run);
       console.log(
-        `run ${i + 1} ${side.padEnd(4)}  lag p50 ${run.p50.toFixed(1)} p95 ${run.p95.toFixed(1)} p99 ${run.p99.toFixed(1)} ms` +
+        `run ${i + 1} ${side.padEnd(4)}  ${run.opsPerSec.toFixed(0)} ops/s  lag p50 ${run.p50.toFixed(1)} p95 ${run.p95.toFixed(1)} p99 ${run.p99.toFixed(1)} ms` +
           `  CPU/event ${cpu.toFixed(2)} ms (A server ${run.aServerCpuMs.toFixed(2)}, A pg ${run.aPgCpuMs.toFixed(2)}, B server ${run.bServerCpuMs.toFixed(2)}, B pg ${run.bPgCpuMs.toFixed(2)})` +
           `  pages sent ${run.pagesSent.memory} from memory, ${run.pagesSent.database} read; B ${run.bTasksPerPage.toFixed(2)} tasks/page, ${(run.bOneTripPages * 100).toFixed(0)}% in one trip` +
           (flow.errors ? `  ${flow.errors} errors: ${flow.firstError}` : ""),
@@ -94,7 +96,7 @@ try {
     }
   }
 
-  const keys = ["p50", "p95", "p99", "cpuMsPerEvent", "aServerCpuMs", "aPgCpuMs", "bServerCpuMs", "bPgCpuMs"] as const;
+  const keys = ["opsPerSec", "p50", "p95", "p99", "cpuMsPerEvent", "aServerCpuMs", "aPgCpuMs", "bServerCpuMs", "bPgCpuMs"] as const;
   const sideOf = (side: Run["side"]) => Object.fromEntries(keys.map((k) => [k, median(runs.filter((r) => r.side === side).map((r) => r[k]))])) as Record<(typeof keys)[number], number>;
   const base = sideOf("base");
   const head = sideOf("head");
@@ -104,7 +106,7 @@ try {
   const lowerIn = (k: (typeof keys)[number]) => heads.filter((h, i) => h[k] < bases[i]![k]).length;
   console.log(`\n${"figure (median)".padEnd(28)}${"base".padStart(10)}${"head".padStart(10)}${"head/base".padStart(11)}  head lower in`);
   for (const k of keys) {
-    const label = { p50: "lag p50 ms", p95: "lag p95 ms", p99: "lag p99 ms", cpuMsPerEvent: "CPU ms/event (all)", aServerCpuMs: "A server CPU ms/event", aPgCpuMs: "A PostgreSQL CPU ms/event", bServerCpuMs: "B server CPU ms/event", bPgCpuMs: "B PostgreSQL CPU ms/event" }[k];
+    const label = { opsPerSec: "A acked ops/s", p50: "lag p50 ms", p95: "lag p95 ms", p99: "lag p99 ms", cpuMsPerEvent: "CPU ms/event (all)", aServerCpuMs: "A server CPU ms/event", aPgCpuMs: "A PostgreSQL CPU ms/event", bServerCpuMs: "B server CPU ms/event", bPgCpuMs: "B PostgreSQL CPU ms/event" }[k];
     console.log(`${label.padEnd(28)}${base[k].toFixed(2).padStart(10)}${head[k].toFixed(2).padStart(10)}${(head[k] / base[k]).toFixed(2).padStart(10)}x  ${lowerIn(k)} of ${args.pairs}`);
   }
   const path = join(repoRoot, "bench/results/compare-latest.json");
