@@ -41,8 +41,6 @@ interface Run {
   pagesSent: { memory: number; database: number };
   /** B's tasks per applied page: its fixed costs are per page. */
   bTasksPerPage: number;
-  /** Share of B's pages applied in one round trip (0 on revisions without it). */
-  bOneTripPages: number;
 }
 
 try {
@@ -82,13 +80,13 @@ try {
       const run: Run = {
         side, opsPerSec: flow.opsPerSec, p50: flow.stampLagMs.p50, p95: flow.stampLagMs.p95, p99: flow.stampLagMs.p99, cpuMsPerEvent: cpu,
         aServerCpuMs: flow.cpuMsPerEvent[a.name]!.tern, aPgCpuMs: flow.cpuMsPerEvent[a.name]!.pg, bServerCpuMs: flow.cpuMsPerEvent[b.name]!.tern,
-        bPgCpuMs: flow.cpuMsPerEvent[b.name]!.pg, pagesSent: flow.aPagesSent, bTasksPerPage: flow.bPages.tasksPerPage, bOneTripPages: flow.bPages.oneTrip / flow.bPages.pages,
+        bPgCpuMs: flow.cpuMsPerEvent[b.name]!.pg, pagesSent: flow.aPagesSent, bTasksPerPage: flow.bPages.tasksPerPage,
       };
       runs.push(run);
       console.log(
         `run ${i + 1} ${side.padEnd(4)}  ${run.opsPerSec.toFixed(0)} ops/s  lag p50 ${run.p50.toFixed(1)} p95 ${run.p95.toFixed(1)} p99 ${run.p99.toFixed(1)} ms` +
           `  CPU/event ${cpu.toFixed(2)} ms (A server ${run.aServerCpuMs.toFixed(2)}, A pg ${run.aPgCpuMs.toFixed(2)}, B server ${run.bServerCpuMs.toFixed(2)}, B pg ${run.bPgCpuMs.toFixed(2)})` +
-          `  pages sent ${run.pagesSent.memory} from memory, ${run.pagesSent.database} read; B ${run.bTasksPerPage.toFixed(2)} tasks/page, ${(run.bOneTripPages * 100).toFixed(0)}% in one trip` +
+          `  pages sent ${run.pagesSent.memory} from memory, ${run.pagesSent.database} read; B ${run.bTasksPerPage.toFixed(2)} tasks/page` +
           (flow.errors ? `  ${flow.errors} errors: ${flow.firstError}` : ""),
       );
     } finally {

@@ -10,7 +10,7 @@ import type { Db } from "../src/persistence/database";
 import { clusterMetadata, replicationDlq } from "../src/persistence/schema";
 import type { HistoryApplier, IncomingTask } from "./applier";
 import { entryOf, HELD_BEHIND, runKey, type DlqFilter, type DlqRow, type ReplicationDlq } from "./dlq";
-import { rawFetcher } from "./page-apply";
+import { rawFetcher } from "./receiver";
 import { versionHistoryFromProto } from "./version-history";
 
 export interface DlqMergeDeps {

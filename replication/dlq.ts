@@ -102,15 +102,7 @@ export function createReplicationDlq({ db, metrics }: ReplicationDlqDeps) {
     for (const s of seenSources) metrics.set("replication_dlq_size", { source_cluster: s }, now.get(s) ?? 0);
   }
 
-  /**
-   * Fails the transaction (a guard, see DIVISION_BY_ZERO) when the source shard has any
-   * entry: for a page applied without reading heldRuns first.
-   */
-  function guardNoneHeld(tx: Tx, source: string, shardId: number): Promise<unknown> {
-    return runStatement(tx, NONE_HELD_TEXT, [source, shardId]);
-  }
-
-  return { add, heldRuns, guardNoneHeld, list, all, purge, sizes, refreshGauge };
+  return { add, heldRuns, list, all, purge, sizes, refreshGauge };
 }
 
 export type ReplicationDlq = ReturnType<typeof createReplicationDlq>;
@@ -135,8 +127,6 @@ export function entryOf(r: DlqRow): ReplicationDlqEntry {
 }
 
 const dlqSql = tableCodec(replicationDlq);
-const NONE_HELD_TEXT =
-  `select 1 / (not exists (select 1 from ${dlqSql.table} where ${dlqSql.name("sourceCluster")} = $1 and ${dlqSql.name("shardId")} = $2))::int as none_held`;
 const HELD_RUNS_TEXT =
   `select distinct ${dlqSql.name("namespaceId")} as namespace_id, ${dlqSql.name("workflowId")} as workflow_id, ${dlqSql.name("runId")} as run_id ` +
   `from ${dlqSql.table} where ${dlqSql.name("sourceCluster")} = $1 and ${dlqSql.name("shardId")} = $2`;

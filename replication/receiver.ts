@@ -1,16 +1,19 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
+import type { RemoteClients } from "../src/cluster/remote-client";
 import type { ReplicationTask } from "../src/gen/tern/admin/v1/service_pb";
 import type { EventNotifier } from "../src/history/notifier";
 import type { Writer } from "../src/history/writer";
 import type { Logger } from "../src/observability/log";
 import type { Metrics } from "../src/observability/metrics";
+import type { NamespaceRecord } from "../src/namespace/registry";
 import type { Db } from "../src/persistence/database";
 import { advanceInboundAck, loadInboundAck } from "./ack-levels";
-import { isTaskFailure, type HistoryApplier } from "./applier";
-import type { ReplicationDlq } from "./dlq";
+import { isTaskFailure, type HistoryApplier, type IncomingTask, type RawHistoryFetcher } from "./applier";
+import { HELD_BEHIND, runKey, type ReplicationDlq } from "./dlq";
 import { sleep, type RemoteCluster, type ReplicationStream, type StreamReport } from "./manager";
-import { createPageApplier, settleAll, type Applied } from "./page-apply";
+import { mergeRunTasks } from "./task-merge";
+import { versionHistoryFromProto, versionHistoryToProto } from "./version-history";
 
 export interface HistoryReceiverDeps {
   db: Db;
@@ -43,6 +46,12 @@ export interface RetryPolicy {
   maxBackoffMs: number;
 }
 
+/** What an apply did: runs that grew, and tasks that went to the DLQ. */
+interface Applied {
+  grown: string[];
+  held: number;
+}
+
 const add = (into: Applied, more: Applied) => {
   into.grown.push(...more.grown);
   into.held += more.held;
@@ -67,6 +76,30 @@ interface Batch {
   signal: AbortSignal;
 }
 
+/** Where an apply moves a shard's inbound ack. */
+type AckMove = Parameters<typeof advanceInboundAck>[3];
+
+/** Thrown inside applyPipelined when the page needs applyInFull: rolls the attempt back. */
+class NeedsFullApply extends Error {}
+
+/** Awaits every promise (none is left running), then throws the first failure. */
+async function settleAll(all: Promise<unknown>[]): Promise<void> {
+  const failed = (await Promise.allSettled(all)).find((r) => r.status === "rejected");
+  if (failed) throw (failed as PromiseRejectedResult).reason;
+}
+
+/** Tasks grouped by workflow, each group in task order. */
+function byWorkflow(tasks: ReplicationTask[]): ReplicationTask[][] {
+  const groups = new Map<string, ReplicationTask[]>();
+  for (const t of tasks) {
+    const k = `${t.namespaceId}/${t.workflowId}`;
+    const g = groups.get(k);
+    if (g) g.push(t);
+    else groups.set(k, [t]);
+  }
+  return [...groups.values()];
+}
+
 /**
  * The receiving side of history replication (its counterpart is sender.ts): one stream
  * per remote shard pulls after the persisted inbound ack and applies each page in one
@@ -82,7 +115,94 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
   const waitMs = deps.waitMs ?? 10_000;
   const prefetchWaitMs = Math.min(waitMs, deps.prefetchWaitMs ?? 50);
   const progress = new Map<string, InboundProgress>();
-  const pages = createPageApplier({ applier, writer, dlq, metrics, log });
+
+  /**
+   * Applies tasks and moves the ack from..to in one transaction; returns the runs that grew.
+   * Tried in two round trips first (applyPipelined), else in full (applyInFull).
+   */
+  async function applyAll(b: Batch, tasks: ReplicationTask[], from: number, to: number): Promise<Applied> {
+    const namespaces = await applier.namespacesOf(tasks);
+    const lastCreate = tasks.at(-1)?.createTime;
+    const move = { from, to, maxTaskId: b.maxTaskId, lastAppliedCreatedAt: lastCreate ? timestampDate(lastCreate) : undefined };
+    const labels = { remote_cluster: b.remote.name };
+    const done = await applyPipelined(b, tasks, namespaces, move);
+    if (done) {
+      metrics.inc("replication_pages_applied", { ...labels, path: "pipelined" });
+      return done;
+    }
+    metrics.inc("replication_pages_applied", { ...labels, path: "full" });
+    return applyInFull(b, tasks, namespaces, move);
+  }
+
+  /**
+   * The usual page in two round trips (see pipelined-tx.ts): BEGIN goes out with the ack's
+   * move, the shard's held runs and every run's locks and reads; COMMIT right behind the
+   * writes, planned in between. Undefined, rolled back before any write, when the page needs
+   * applyInFull: a held run, a run twice in the page, a divergence, a gap or a rival run.
+   */
+  async function applyPipelined(b: Batch, tasks: ReplicationTask[], namespaces: Map<string, NamespaceRecord>, move: AckMove): Promise<Applied | undefined> {
+    // Per workflow in task order, merged per run (a page interleaves runs); a run left twice switched branches.
+    const merged = byWorkflow(tasks).flatMap((g) => mergeRunTasks(g.map(incoming)));
+    if (new Set(merged.map(runKey)).size !== merged.length) return undefined;
+    try {
+      return await writer.transactPipelined("ReplicateHistory", async (tx, commit) => {
+        // The ack first: it moves only from where this page starts (another process may apply the
+        // shard), and must fail before COMMIT goes out, not after.
+        const acked = advanceInboundAck(tx, b.remote.name, b.shardId, move);
+        const held = merged.length ? dlq.heldRuns(tx, b.remote.name, b.shardId) : new Set<string>();
+        const reads = applier.readForApply(tx, merged.map((task) => ({ ns: namespaces.get(task.namespaceId)!, task })));
+        const [heldRuns, found] = await Promise.all([held, reads, acked]);
+        if (merged.some((t) => heldRuns.has(runKey(t)))) throw new NeedsFullApply();
+        const plans = merged.map((t, i) => applier.planApply(namespaces.get(t.namespaceId)!, t, found[i]!));
+        if (plans.some((p) => !p)) throw new NeedsFullApply();
+        const writes = applier.writeAll(tx, plans.flatMap((p) => (p!.write ? [p!.write] : [])));
+        commit();
+        await writes;
+        return { grown: merged.filter((_, i) => plans[i]!.events > 0).map((t) => t.runId), held: 0 };
+      });
+    } catch (e) {
+      if (e instanceof NeedsFullApply) return undefined;
+      throw e;
+    }
+  }
+
+  /**
+   * Applies tasks in an ordinary transaction: tasks of a run that already has a DLQ entry
+   * from this shard go to the DLQ too, so the run never gets a gap (the merge re-applies
+   * them in order); conflicts are resolved and gaps fetched from the source. Workflows
+   * apply side by side, their statements pipelined on the transaction's connection; a
+   * workflow's tasks in order.
+   */
+  async function applyInFull(b: Batch, tasks: ReplicationTask[], namespaces: Map<string, NamespaceRecord>, move: AckMove): Promise<Applied> {
+    const fetchRaw = rawFetcher(b.remote.name, b.remote.clients, log, b.signal);
+    return writer.transact("ReplicateHistory", async (tx) => {
+      const held = tasks.length ? await dlq.heldRuns(tx, b.remote.name, b.shardId) : new Set<string>();
+      const done: Applied = { grown: [], held: 0 };
+      let failed = false;
+      const apply = async (workflowTasks: ReplicationTask[]) => {
+        try {
+          for (const t of workflowTasks.filter((t) => held.has(runKey(t)))) {
+            if (failed) return; // the transaction rolls back: issue nothing more on it
+            await dlq.add(tx, b.remote.name, t, 0, HELD_BEHIND);
+            done.held++;
+          }
+          // Held runs are held whole, so the others apply apart from them, in order, merged per run.
+          for (const t of mergeRunTasks(workflowTasks.filter((t) => !held.has(runKey(t))).map(incoming))) {
+            if (failed) return;
+            if ((await applier.applyTask(tx, namespaces.get(t.namespaceId)!, t, fetchRaw)) > 0) done.grown.push(t.runId);
+          }
+        } catch (e) {
+          failed = true;
+          throw e;
+        }
+      };
+      // Pipelined: the ack moves with the apply, and a failure of either rolls back both.
+      // Everything settles before the callback returns: no statement may reach the
+      // connection after the rollback, when it serves another transaction.
+      await settleAll([...byWorkflow(tasks).map(apply), advanceInboundAck(tx, b.remote.name, b.shardId, move)]);
+      return done;
+    });
+  }
 
   /** Stores t in the DLQ in the transaction that moves the ack from..t past it. */
   async function deadLetter(b: Batch, t: ReplicationTask, from: number, attempts: number, e: unknown): Promise<Applied> {
@@ -104,7 +224,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     let backoff = retry.backoffMs;
     for (let attempt = 1; ; attempt++) {
       try {
-        return await pages.apply(b, [t], from, Number(t.taskId));
+        return await applyAll(b, [t], from, Number(t.taskId));
       } catch (e) {
         failed(b, t, e, attempt);
         if (b.signal.aborted || !isTaskFailure(e)) throw e;
@@ -123,7 +243,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     const labels = { remote_cluster: b.remote.name };
     let done: Applied;
     try {
-      done = await pages.apply(b, b.tasks, b.from, b.to);
+      done = await applyAll(b, b.tasks, b.from, b.to);
     } catch (batchError) {
       if (b.signal.aborted || !isTaskFailure(batchError)) throw failed(b, b.tasks[0], batchError);
       done = { grown: [], held: 0 };
@@ -132,7 +252,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
         add(done, await applyOne(b, t, at));
         at = progressOf(b.remote.name, b.shardId).ackLevel = Number(t.taskId);
       }
-      add(done, await pages.apply(b, [], at, b.to));
+      add(done, await applyAll(b, [], at, b.to));
     }
     if (done.held) await dlq.refreshGauge([b.remote.name]);
     const now = Date.now();
@@ -218,3 +338,35 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
 }
 
 export type HistoryReceiver = ReturnType<typeof createHistoryReceiver>;
+
+/** Gap repair (and DLQ merge) through the source's GetWorkflowExecutionRawHistory. */
+export function rawFetcher(source: string, clients: RemoteClients, log: Logger, signal?: AbortSignal): RawHistoryFetcher {
+  return async (task, first, next) => {
+    log.info("repairing history gap from source", { remote: source, workflowId: task.workflowId, runId: task.runId, first, next });
+    const res = await clients.admin.getWorkflowExecutionRawHistory(
+      {
+        namespaceId: task.namespaceId, workflowId: task.workflowId, runId: task.runId, firstEventId: BigInt(first), nextEventId: BigInt(next),
+        // The task's branch, which need not be the source's current one any more.
+        versionHistory: versionHistoryToProto(task.versionHistory),
+      },
+      { signal, timeoutMs: 30_000 },
+    );
+    if (res.events.length !== next - first || Number(res.events[0]?.eventId) !== first) {
+      throw new Error(`source ${source} returned ${res.events.length} events for ${task.workflowId} run ${task.runId} [${first}, ${next})`);
+    }
+    return res.events;
+  };
+}
+
+/** The applier's form of a task. */
+export function incoming(t: ReplicationTask): IncomingTask {
+  return {
+    namespaceId: t.namespaceId,
+    workflowId: t.workflowId,
+    runId: t.runId,
+    firstEventId: Number(t.firstEventId),
+    nextEventId: Number(t.nextEventId),
+    versionHistory: versionHistoryFromProto(t.versionHistory?.items),
+    events: t.events,
+  };
+}
