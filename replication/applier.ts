@@ -214,7 +214,5 @@ function stateOf(run: ExecutionRow): RunState {
 
 /** Inserts the events as the source wrote them (own versions and times) and their request ids. */
 async function writeEvents(tx: Tx, key: RunKey, events: HistoryEvent[], ids: EventRequestId[]): Promise<void> {
-  const rows = eventRows(key, events, ids);
-  // Pipelined: events and request ids go out together.
-  await Promise.all([insertRunsEventRows(tx, rows.events), insertRunsRequestIds(tx, rows.requestIds)]);
+  await writeAll(tx, [eventRows(key, events, ids)]);
 }

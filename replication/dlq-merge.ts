@@ -9,9 +9,10 @@ import type { Logger } from "../src/observability/log";
 import type { Db } from "../src/persistence/database";
 import { clusterMetadata, replicationDlq } from "../src/persistence/schema";
 import type { HistoryApplier, IncomingTask } from "./applier";
-import { entryOf, HELD_BEHIND, runKey, type DlqFilter, type DlqRow, type ReplicationDlq } from "./dlq";
+import { entryOf, HELD_BEHIND, type DlqFilter, type DlqRow, type ReplicationDlq } from "./dlq";
 import { rawFetcher } from "./receiver";
 import { versionHistoryFromProto } from "./version-history";
+import { runKeyText } from "../src/history/branch-store";
 
 export interface DlqMergeDeps {
   db: Db;
@@ -63,7 +64,7 @@ export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, lo
     const failed: ReplicationDlqEntry[] = [];
     let merged = 0;
     for (const e of entries) {
-      const run = runKey(e);
+      const run = runKeyText(e);
       const before = stuck.get(run);
       if (before !== undefined) {
         failed.push(entryOf({ ...e, lastError: HELD_BEHIND }));

@@ -14,6 +14,7 @@ import type { Db, Tx } from "../src/persistence/database";
 import { runStatement, tableCodec } from "../src/persistence/raw-statements";
 import { decodeToken, encodeToken } from "../src/persistence/page-token";
 import { replicationDlq } from "../src/persistence/schema";
+import { runKeyText } from "../src/history/branch-store";
 
 export type DlqRow = typeof replicationDlq.$inferSelect;
 
@@ -55,7 +56,7 @@ export function createReplicationDlq({ db, metrics }: ReplicationDlqDeps) {
   async function heldRuns(tx: Tx, source: string, shardId: number): Promise<Set<string>> {
     // Once per applied page: fixed text.
     const rows = await runStatement(tx, HELD_RUNS_TEXT, [source, shardId]);
-    return new Set(rows.map((r) => runKey({ namespaceId: r.namespace_id as string, workflowId: r.workflow_id as string, runId: r.run_id as string })));
+    return new Set(rows.map((r) => runKeyText({ namespaceId: r.namespace_id as string, workflowId: r.workflow_id as string, runId: r.run_id as string })));
   }
 
   /** Entries matching filter, in (source, shard, task id) order after the page token. */
@@ -106,9 +107,6 @@ export function createReplicationDlq({ db, metrics }: ReplicationDlqDeps) {
 }
 
 export type ReplicationDlq = ReturnType<typeof createReplicationDlq>;
-
-/** The key heldRuns uses. */
-export const runKey = (r: { namespaceId: string; workflowId: string; runId: string }) => `${r.namespaceId}/${r.workflowId}/${r.runId}`;
 
 function where(f: DlqFilter): SQL | undefined {
   return and(

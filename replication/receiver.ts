@@ -10,10 +10,11 @@ import type { NamespaceRecord } from "../src/namespace/registry";
 import type { Db } from "../src/persistence/database";
 import { advanceInboundAck, loadInboundAck } from "./ack-levels";
 import { isTaskFailure, type HistoryApplier, type IncomingTask, type RawHistoryFetcher } from "./applier";
-import { HELD_BEHIND, runKey, type ReplicationDlq } from "./dlq";
+import { HELD_BEHIND, type ReplicationDlq } from "./dlq";
 import { sleep, type RemoteCluster, type ReplicationStream, type StreamReport } from "./manager";
 import { mergeRunTasks } from "./task-merge";
 import { versionHistoryFromProto, versionHistoryToProto } from "./version-history";
+import { runKeyText } from "../src/history/branch-store";
 
 export interface HistoryReceiverDeps {
   db: Db;
@@ -143,7 +144,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
   async function applyPipelined(b: Batch, tasks: ReplicationTask[], namespaces: Map<string, NamespaceRecord>, move: AckMove): Promise<Applied | undefined> {
     // Per workflow in task order, merged per run (a page interleaves runs); a run left twice switched branches.
     const merged = byWorkflow(tasks).flatMap((g) => mergeRunTasks(g.map(incoming)));
-    if (new Set(merged.map(runKey)).size !== merged.length) return undefined;
+    if (new Set(merged.map(runKeyText)).size !== merged.length) return undefined;
     try {
       return await writer.transactPipelined("ReplicateHistory", async (tx, commit) => {
         // The ack first: it moves only from where this page starts (another process may apply the
@@ -152,7 +153,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
         const held = merged.length ? dlq.heldRuns(tx, b.remote.name, b.shardId) : new Set<string>();
         const reads = applier.readForApply(tx, merged.map((task) => ({ ns: namespaces.get(task.namespaceId)!, task })));
         const [heldRuns, found] = await Promise.all([held, reads, acked]);
-        if (merged.some((t) => heldRuns.has(runKey(t)))) throw new NeedsFullApply();
+        if (merged.some((t) => heldRuns.has(runKeyText(t)))) throw new NeedsFullApply();
         const plans = merged.map((t, i) => applier.planApply(namespaces.get(t.namespaceId)!, t, found[i]!));
         if (plans.some((p) => !p)) throw new NeedsFullApply();
         const writes = applier.writeAll(tx, plans.flatMap((p) => (p!.write ? [p!.write] : [])));
@@ -181,13 +182,13 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
       let failed = false;
       const apply = async (workflowTasks: ReplicationTask[]) => {
         try {
-          for (const t of workflowTasks.filter((t) => held.has(runKey(t)))) {
+          for (const t of workflowTasks.filter((t) => held.has(runKeyText(t)))) {
             if (failed) return; // the transaction rolls back: issue nothing more on it
             await dlq.add(tx, b.remote.name, t, 0, HELD_BEHIND);
             done.held++;
           }
           // Held runs are held whole, so the others apply apart from them, in order, merged per run.
-          for (const t of mergeRunTasks(workflowTasks.filter((t) => !held.has(runKey(t))).map(incoming))) {
+          for (const t of mergeRunTasks(workflowTasks.filter((t) => !held.has(runKeyText(t))).map(incoming))) {
             if (failed) return;
             if ((await applier.applyTask(tx, namespaces.get(t.namespaceId)!, t, fetchRaw)) > 0) done.grown.push(t.runId);
           }

@@ -139,12 +139,7 @@ const REQUEST_COLUMNS = ["namespaceId", "workflowId", "runId", "requestId", "eve
 const insertRequestIdsText = textCache((rows: number) =>
   `insert into ${requestsSql.table} (${REQUEST_COLUMNS.map(requestsSql.name).join(", ")}) values ${valuesList(rows, REQUEST_COLUMNS.length)} on conflict do nothing`);
 
-/** Records where requests' events went; the first holder of a request id keeps it (as a claim does). */
-export function insertRequestIds(tx: Tx, key: RunKey, ids: { requestId: string; eventId: number }[]): Promise<unknown> {
-  return insertRunsRequestIds(tx, ids.map((r) => ({ ...r, key })));
-}
-
-/** insertRequestIds for request ids of any runs. */
+/** Records where requests' events went, for any runs; the first holder of a request id keeps it (as a claim does). */
 export function insertRunsRequestIds(tx: Tx, ids: { key: RunKey; requestId: string; eventId: number }[]): Promise<unknown> {
   return insertInChunks(tx, ids, insertRequestIdsText, (r) => [r.key.namespaceId, r.key.workflowId, r.key.runId, r.requestId, r.eventId]);
 }

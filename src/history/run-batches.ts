@@ -53,9 +53,9 @@ const saveRunsText = textCache(({ fields, n }: { fields: RunField[]; n: number }
  */
 export function saveRuns(tx: Tx, saves: { prev: ExecutionRow; next: Partial<ExecutionRow> }[]): Promise<void> {
   if (!saves.length) return Promise.resolve();
-  const fields = (Object.keys(saves[0]!.next) as RunField[]).filter((k) => k !== "dbVersion" && saves[0]!.next[k] !== undefined).sort();
-  const same = saves.every(({ next }) => Object.keys(next).filter((k) => k !== "dbVersion" && next[k as RunField] !== undefined).length === fields.length && fields.every((k) => next[k] !== undefined));
-  if (!same) throw new Error("saveRuns: every run must set the same fields");
+  const fieldsOf = (next: Partial<ExecutionRow>) => (Object.keys(next) as RunField[]).filter((k) => k !== "dbVersion" && next[k] !== undefined).sort();
+  const fields = fieldsOf(saves[0]!.next);
+  if (saves.some(({ next }) => fieldsOf(next).join() !== fields.join())) throw new Error("saveRuns: every run must set the same fields");
   const params = saves.flatMap(({ prev, next }) => [
     prev.namespaceId, prev.workflowId, prev.runId, prev.dbVersion, ...fields.map((k) => executionsSql.param(k, next[k])),
   ]);
