@@ -52,10 +52,10 @@ export function createReplicationDlq({ db, metrics }: ReplicationDlqDeps) {
       .onConflictDoNothing();
   }
 
-  /** Runs ("namespaceId/workflowId/runId") of a source shard with an entry: their later tasks go to the DLQ too. */
-  async function heldRuns(tx: Tx, source: string, shardId: number): Promise<Set<string>> {
+  /** Runs ("namespaceId/workflowId/runId") of the source's shards with an entry: their later tasks go to the DLQ too. */
+  async function heldRuns(tx: Tx, source: string, shardIds: readonly number[]): Promise<Set<string>> {
     // Once per applied page: fixed text.
-    const rows = await runStatement(tx, HELD_RUNS_TEXT, [source, shardId]);
+    const rows = await runStatement(tx, HELD_RUNS_TEXT, [source, JSON.stringify(shardIds)]);
     return new Set(rows.map((r) => runKeyText({ namespaceId: r.namespace_id as string, workflowId: r.workflow_id as string, runId: r.run_id as string })));
   }
 
@@ -127,4 +127,5 @@ export function entryOf(r: DlqRow): ReplicationDlqEntry {
 const dlqSql = tableCodec(replicationDlq);
 const HELD_RUNS_TEXT =
   `select distinct ${dlqSql.name("namespaceId")} as namespace_id, ${dlqSql.name("workflowId")} as workflow_id, ${dlqSql.name("runId")} as run_id ` +
-  `from ${dlqSql.table} where ${dlqSql.name("sourceCluster")} = $1 and ${dlqSql.name("shardId")} = $2`;
+  `from ${dlqSql.table} where ${dlqSql.name("sourceCluster")} = $1 ` +
+  `and ${dlqSql.name("shardId")} in (select value::int from jsonb_array_elements_text($2::jsonb))`;

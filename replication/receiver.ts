@@ -77,8 +77,14 @@ interface Batch {
   signal: AbortSignal;
 }
 
-/** Where an apply moves a shard's inbound ack. */
-type AckMove = Parameters<typeof advanceInboundAck>[3];
+/** Where an apply moves one shard's inbound ack. */
+type AckMove = Parameters<typeof advanceInboundAck>[3] & { shardId: number };
+
+/** The move of b's shard's ack from..to by tasks (the last one's commit time is kept). */
+function moveOf(b: Batch, from: number, to: number, tasks: ReplicationTask[]): AckMove {
+  const lastCreate = tasks.at(-1)?.createTime;
+  return { shardId: b.shardId, from, to, maxTaskId: b.maxTaskId, lastAppliedCreatedAt: lastCreate ? timestampDate(lastCreate) : undefined };
+}
 
 /** Thrown inside applyPipelined when the page needs applyInFull: rolls the attempt back. */
 class NeedsFullApply extends Error {}
@@ -103,10 +109,11 @@ function byWorkflow(tasks: ReplicationTask[]): ReplicationTask[][] {
 
 /**
  * The receiving side of history replication (its counterpart is sender.ts): one stream
- * per remote shard pulls after the persisted inbound ack and applies each page in one
- * transaction that also moves the ack, so restarts give no gap and no duplicate. The next
- * page is fetched while one applies; the source is told the applied position apart
- * (acked_task_id), so it never counts a fetched but unapplied task as acked.
+ * per remote pulls all its shards after their persisted inbound acks, a page of each shard
+ * per call, and applies the pages of a call in one transaction that also moves their
+ * acks, so restarts give no gap and no duplicate. The next pages are fetched while those
+ * apply; the source is told the applied positions apart (acked_task_id), so it never
+ * counts a fetched but unapplied task as acked.
  */
 export function createHistoryReceiver(deps: HistoryReceiverDeps) {
   const { db, cluster, applier, writer, metrics, log, dlq } = deps;
@@ -118,21 +125,20 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
   const progress = new Map<string, InboundProgress>();
 
   /**
-   * Applies tasks and moves the ack from..to in one transaction; returns the runs that grew.
-   * Tried in two round trips first (applyPipelined), else in full (applyInFull).
+   * Applies tasks (of remote's shards that moves name) and makes the moves in one
+   * transaction; returns the runs that grew. Tried in two round trips first
+   * (applyPipelined), else in full (applyInFull).
    */
-  async function applyAll(b: Batch, tasks: ReplicationTask[], from: number, to: number): Promise<Applied> {
+  async function applyAll(remote: RemoteCluster, signal: AbortSignal, tasks: ReplicationTask[], moves: AckMove[]): Promise<Applied> {
     const namespaces = await applier.namespacesOf(tasks);
-    const lastCreate = tasks.at(-1)?.createTime;
-    const move = { from, to, maxTaskId: b.maxTaskId, lastAppliedCreatedAt: lastCreate ? timestampDate(lastCreate) : undefined };
-    const labels = { remote_cluster: b.remote.name };
-    const done = await applyPipelined(b, tasks, namespaces, move);
+    const labels = { remote_cluster: remote.name };
+    const done = await applyPipelined(remote, tasks, namespaces, moves);
     if (done) {
       metrics.inc("replication_pages_applied", { ...labels, path: "pipelined" });
       return done;
     }
     metrics.inc("replication_pages_applied", { ...labels, path: "full" });
-    return applyInFull(b, tasks, namespaces, move);
+    return applyInFull(remote, signal, tasks, namespaces, moves);
   }
 
   /**
@@ -141,16 +147,16 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
    * writes, planned in between. Undefined, rolled back before any write, when the page needs
    * applyInFull: a held run, a run twice in the page, a divergence, a gap or a rival run.
    */
-  async function applyPipelined(b: Batch, tasks: ReplicationTask[], namespaces: Map<string, NamespaceRecord>, move: AckMove): Promise<Applied | undefined> {
+  async function applyPipelined(remote: RemoteCluster, tasks: ReplicationTask[], namespaces: Map<string, NamespaceRecord>, moves: AckMove[]): Promise<Applied | undefined> {
     // Per workflow in task order, merged per run (a page interleaves runs); a run left twice switched branches.
     const merged = byWorkflow(tasks).flatMap((g) => mergeRunTasks(g.map(incoming)));
     if (new Set(merged.map(runKeyText)).size !== merged.length) return undefined;
     try {
       return await writer.transactPipelined("ReplicateHistory", async (tx, commit) => {
-        // The ack first: it moves only from where this page starts (another process may apply the
-        // shard), and must fail before COMMIT goes out, not after.
-        const acked = advanceInboundAck(tx, b.remote.name, b.shardId, move);
-        const held = merged.length ? dlq.heldRuns(tx, b.remote.name, b.shardId) : new Set<string>();
+        // The acks first: each moves only from where its page starts (another process may apply
+        // the shard), and must fail before COMMIT goes out, not after.
+        const acked = Promise.all(moves.map((m) => advanceInboundAck(tx, remote.name, m.shardId, m)));
+        const held = merged.length ? dlq.heldRuns(tx, remote.name, moves.map((m) => m.shardId)) : new Set<string>();
         const reads = applier.readForApply(tx, merged.map((task) => ({ ns: namespaces.get(task.namespaceId)!, task })));
         const [heldRuns, found] = await Promise.all([held, reads, acked]);
         if (merged.some((t) => heldRuns.has(runKeyText(t)))) throw new NeedsFullApply();
@@ -174,17 +180,23 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
    * apply side by side, their statements pipelined on the transaction's connection; a
    * workflow's tasks in order.
    */
-  async function applyInFull(b: Batch, tasks: ReplicationTask[], namespaces: Map<string, NamespaceRecord>, move: AckMove): Promise<Applied> {
-    const fetchRaw = rawFetcher(b.remote.name, b.remote.clients, log, b.signal);
+  async function applyInFull(
+    remote: RemoteCluster,
+    signal: AbortSignal,
+    tasks: ReplicationTask[],
+    namespaces: Map<string, NamespaceRecord>,
+    moves: AckMove[],
+  ): Promise<Applied> {
+    const fetchRaw = rawFetcher(remote.name, remote.clients, log, signal);
     return writer.transact("ReplicateHistory", async (tx) => {
-      const held = tasks.length ? await dlq.heldRuns(tx, b.remote.name, b.shardId) : new Set<string>();
+      const held = tasks.length ? await dlq.heldRuns(tx, remote.name, moves.map((m) => m.shardId)) : new Set<string>();
       const done: Applied = { grown: [], held: 0 };
       let failed = false;
       const apply = async (workflowTasks: ReplicationTask[]) => {
         try {
           for (const t of workflowTasks.filter((t) => held.has(runKeyText(t)))) {
             if (failed) return; // the transaction rolls back: issue nothing more on it
-            await dlq.add(tx, b.remote.name, t, 0, HELD_BEHIND);
+            await dlq.add(tx, remote.name, t, 0, HELD_BEHIND);
             done.held++;
           }
           // Held runs are held whole, so the others apply apart from them, in order, merged per run.
@@ -197,10 +209,10 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
           throw e;
         }
       };
-      // Pipelined: the ack moves with the apply, and a failure of either rolls back both.
+      // Pipelined: the acks move with the apply, and a failure of any rolls back all.
       // Everything settles before the callback returns: no statement may reach the
       // connection after the rollback, when it serves another transaction.
-      await settleAll([...byWorkflow(tasks).map(apply), advanceInboundAck(tx, b.remote.name, b.shardId, move)]);
+      await settleAll([...byWorkflow(tasks).map(apply), ...moves.map((m) => advanceInboundAck(tx, remote.name, m.shardId, m))]);
       return done;
     });
   }
@@ -225,7 +237,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     let backoff = retry.backoffMs;
     for (let attempt = 1; ; attempt++) {
       try {
-        return await applyAll(b, [t], from, Number(t.taskId));
+        return await applyAll(b.remote, b.signal, [t], [moveOf(b, from, Number(t.taskId), [t])]);
       } catch (e) {
         failed(b, t, e, attempt);
         if (b.signal.aborted || !isTaskFailure(e)) throw e;
@@ -241,10 +253,9 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
    * tasks before a bad one land and the ones after it are not stalled by it.
    */
   async function applyBatch(b: Batch): Promise<void> {
-    const labels = { remote_cluster: b.remote.name };
     let done: Applied;
     try {
-      done = await applyAll(b, b.tasks, b.from, b.to);
+      done = await applyAll(b.remote, b.signal, b.tasks, [moveOf(b, b.from, b.to, b.tasks)]);
     } catch (batchError) {
       if (b.signal.aborted || !isTaskFailure(batchError)) throw failed(b, b.tasks[0], batchError);
       done = { grown: [], held: 0 };
@@ -253,12 +264,39 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
         add(done, await applyOne(b, t, at));
         at = progressOf(b.remote.name, b.shardId).ackLevel = Number(t.taskId);
       }
-      add(done, await applyAll(b, [], at, b.to));
+      add(done, await applyAll(b.remote, b.signal, [], [moveOf(b, at, b.to, [])]));
     }
-    if (done.held) await dlq.refreshGauge([b.remote.name]);
+    await applied(b.remote, b.tasks, done);
+  }
+
+  /**
+   * Applies the pages of one pull (one per shard) in one transaction; if that fails, page
+   * by page as applyBatch applies them, so a bad task holds up neither its page's other
+   * tasks nor the other shards.
+   */
+  async function applyPages(pages: Batch[]): Promise<void> {
+    const [first] = pages;
+    if (!first) return;
+    if (pages.length === 1) return applyBatch(first);
+    const tasks = pages.flatMap((b) => b.tasks);
+    let done: Applied;
+    try {
+      done = await applyAll(first.remote, first.signal, tasks, pages.map((b) => moveOf(b, b.from, b.to, b.tasks)));
+    } catch (e) {
+      if (first.signal.aborted || !isTaskFailure(e)) throw failed(first, first.tasks[0], e);
+      for (const b of pages) await applyBatch(b);
+      return;
+    }
+    await applied(first.remote, tasks, done);
+  }
+
+  /** After tasks applied: the DLQ gauge, latency and count metrics, and history long polls of the runs that grew. */
+  async function applied(remote: RemoteCluster, tasks: ReplicationTask[], done: Applied): Promise<void> {
+    const labels = { remote_cluster: remote.name };
+    if (done.held) await dlq.refreshGauge([remote.name]);
     const now = Date.now();
-    for (const t of b.tasks) if (t.createTime) metrics.observe("replication_latency", labels, (now - timestampDate(t.createTime).getTime()) / 1000);
-    metrics.inc("replication_tasks_applied", labels, b.tasks.length - done.held);
+    for (const t of tasks) if (t.createTime) metrics.observe("replication_latency", labels, (now - timestampDate(t.createTime).getTime()) / 1000);
+    metrics.inc("replication_tasks_applied", labels, tasks.length - done.held);
     for (const runId of new Set(done.grown)) deps.notifier.notify(runId);
   }
 
@@ -279,11 +317,15 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     return p;
   }
 
-  /** A page of remote's shard after `after`; the source records `acked` as applied here. */
-  function fetchPage(remote: RemoteCluster, shardId: number, page: { after: number; acked: number; size: number; wait: number }, signal: AbortSignal) {
-    const { after, acked, size, wait } = page;
-    const res = remote.clients.admin.getReplicationTasks(
-      { shardId, afterTaskId: BigInt(after), ackedTaskId: BigInt(acked), pageSize: size, includeEvents: true, clusterName: cluster.clusterName, waitTimeoutMs: wait },
+  /** A page of each of remote's shards after its cursor; the source records each `acked` as applied here. */
+  function fetchPages(remote: RemoteCluster, cursors: { shardId: number; after: number; acked: number }[], page: { size: number; wait: number }, signal: AbortSignal) {
+    const res = remote.clients.admin.pullReplicationTasks(
+      {
+        clusterName: cluster.clusterName,
+        shards: cursors.map((c) => ({ shardId: c.shardId, afterTaskId: BigInt(c.after), ackedTaskId: BigInt(c.acked) })),
+        pageSize: page.size,
+        waitTimeoutMs: page.wait,
+      },
       { signal, timeoutMs: waitMs + 15_000 },
     );
     // Awaited by the pull loop, unless it stops first (aborted, or an apply failed): then nobody needs the answer.
@@ -291,47 +333,63 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     return res;
   }
 
-  /** Pulls and applies one remote shard until signal aborts. */
-  async function pull(remote: RemoteCluster, shardId: number, signal: AbortSignal, report: StreamReport): Promise<void> {
-    let ack = await loadInboundAck(db, remote.name, shardId);
-    const p = progressOf(remote.name, shardId);
-    p.ackLevel = ack;
+  /** Pulls and applies all of remote's shards until signal aborts. */
+  async function pull(remote: RemoteCluster, signal: AbortSignal, report: StreamReport): Promise<void> {
+    const shardIds = Array.from({ length: remote.shardCount }, (_, i) => i + 1);
+    const acks = new Map(await Promise.all(shardIds.map(async (id) => [id, await loadInboundAck(db, remote.name, id)] as const)));
+    for (const [id, ack] of acks) progressOf(remote.name, id).ackLevel = ack;
+    const lag = (shardId: number, p: InboundProgress) =>
+      metrics.set("replication_tasks_lag", { remote_cluster: remote.name, shard: String(shardId) }, Math.max(0, p.maxTaskId - p.ackLevel));
+    const cursors = (after: Map<number, number>) => shardIds.map((id) => ({ shardId: id, after: after.get(id)!, acked: acks.get(id)! }));
     // The first pull answers at once, so a (re)connection shows as connected without waiting out a long poll.
-    let next = fetchPage(remote, shardId, { after: ack, acked: ack, size: pageSize, wait: 0 }, signal);
+    let next = fetchPages(remote, cursors(acks), { size: pageSize, wait: 0 }, signal);
     while (!signal.aborted) {
       const res = await next;
       report.ok();
-      const to = Number(res.lastTaskId);
-      p.maxTaskId = Number(res.maxTaskId);
-      if (to <= ack) {
-        // Caught up: long-poll, which also tells the source the last applied page.
-        metrics.set("replication_tasks_lag", { remote_cluster: remote.name, shard: String(shardId) }, Math.max(0, p.maxTaskId - ack));
-        next = fetchPage(remote, shardId, { after: ack, acked: ack, size: pageSize, wait: waitMs }, signal);
+      const pages: Batch[] = [];
+      const after = new Map(acks);
+      let behind = 0;
+      for (const sp of res.shards) {
+        const ack = acks.get(sp.shardId);
+        if (ack === undefined) throw new Error(`remote ${remote.name} answered for shard ${sp.shardId}, which was not asked for`);
+        const p = progressOf(remote.name, sp.shardId);
+        const to = Number(sp.lastTaskId);
+        p.maxTaskId = Number(sp.maxTaskId);
+        if (to <= ack) {
+          lag(sp.shardId, p);
+          continue;
+        }
+        if (sp.tasks[0]?.createTime) p.oldestUnapplied = timestampDate(sp.tasks[0].createTime);
+        pages.push({ remote, shardId: sp.shardId, from: ack, to, maxTaskId: p.maxTaskId, tasks: sp.tasks, signal });
+        after.set(sp.shardId, to);
+        behind = Math.max(behind, p.maxTaskId - to);
+      }
+      if (!pages.length) {
+        // Caught up: long-poll, which also tells the source the last applied pages.
+        next = fetchPages(remote, cursors(acks), { size: pageSize, wait: waitMs }, signal);
         continue;
       }
-      if (res.tasks[0]?.createTime) p.oldestUnapplied = timestampDate(res.tasks[0].createTime);
-      // The next page is asked for while this one applies, so that tasks committed meanwhile are
-      // here when it ends: behind, at once; caught up, as a short long poll that the next commit
-      // answers. It carries the previous ack, not this page's (not applied yet): the short wait
+      // The next pages are asked for while these apply, so that tasks committed meanwhile are
+      // here when they end: behind, at once; caught up, as a short long poll that the next commit
+      // answers. It carries the previous acks, not these pages' (not applied yet): the short wait
       // bounds how long the source goes without hearing of this apply when nothing follows it
       // (the caught-up poll after it tells; a graceful failover waits for that).
-      const behind = p.maxTaskId - to;
-      next = fetchPage(remote, shardId, { after: to, acked: ack, size: behind > pageSize ? catchUpPageSize : pageSize, wait: behind > 0 ? 0 : prefetchWaitMs }, signal);
-      await applyBatch({ remote, shardId, from: ack, to, maxTaskId: p.maxTaskId, tasks: res.tasks, signal });
-      ack = p.ackLevel = to;
-      const lastCreate = res.tasks.at(-1)?.createTime;
-      p.oldestUnapplied = ack >= p.maxTaskId ? undefined : lastCreate ? timestampDate(lastCreate) : p.oldestUnapplied;
-      metrics.set("replication_tasks_lag", { remote_cluster: remote.name, shard: String(shardId) }, Math.max(0, p.maxTaskId - ack));
+      next = fetchPages(remote, cursors(after), { size: behind > pageSize ? catchUpPageSize : pageSize, wait: behind > 0 ? 0 : prefetchWaitMs }, signal);
+      await applyPages(pages);
+      for (const b of pages) {
+        const p = progressOf(remote.name, b.shardId);
+        acks.set(b.shardId, (p.ackLevel = b.to));
+        const lastCreate = b.tasks.at(-1)?.createTime;
+        p.oldestUnapplied = b.to >= p.maxTaskId ? undefined : lastCreate ? timestampDate(lastCreate) : p.oldestUnapplied;
+        lag(b.shardId, p);
+      }
     }
   }
 
   return {
-    /** One stream per remote shard: shard counts that are multiples of each other route by hash on apply. */
-    streamsFor(remote: RemoteCluster): ReplicationStream[] {
-      return Array.from({ length: remote.shardCount }, (_, i) => ({
-        name: `history-shard-${i + 1}`,
-        run: (r: RemoteCluster, signal: AbortSignal, report: StreamReport) => pull(r, i + 1, signal, report),
-      }));
+    /** One stream per remote, for all its shards: shard counts that are multiples of each other route by hash on apply. */
+    streamsFor(_remote: RemoteCluster): ReplicationStream[] {
+      return [{ name: "history", run: pull }];
     },
     /** What this process last saw of remote's shard, if it pulled it. */
     progress: (remote: string, shardId: number): InboundProgress | undefined => progress.get(`${remote}/${shardId}`),

@@ -3,13 +3,16 @@ import type { CurrentCluster } from "../src/cluster/bootstrap";
 import { failedPrecondition, invalidArgument, unavailable } from "../src/errors";
 import {
   GetReplicationTasksResponseSchema,
+  PullReplicationTasksResponseSchema,
   type GetReplicationTasksRequest,
   type GetReplicationTasksResponse,
+  type PullReplicationTasksRequest,
+  type PullReplicationTasksResponse,
 } from "../src/gen/tern/admin/v1/service_pb";
 import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
 import { readEventsOf } from "../src/history/branch-store";
 import { eventFromRow } from "../src/history/events";
-import { listen, type EventNotifier } from "../src/history/notifier";
+import { listen, listenAny, type EventNotifier } from "../src/history/notifier";
 import type { Metrics } from "../src/observability/metrics";
 import type { Db } from "../src/persistence/database";
 import { createLongPolls } from "../src/long-polls";
@@ -126,8 +129,65 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     }
   }
 
+  /** AdminService.PullReplicationTasks: a page of each shard asked for, once any has a task (or the wait ends). */
+  function pullReplicationTasks(req: PullReplicationTasksRequest, signal?: AbortSignal): Promise<PullReplicationTasksResponse> {
+    return polls.run(signal, (s) => servePull(req, s));
+  }
+
+  async function servePull(req: PullReplicationTasksRequest, signal: AbortSignal): Promise<PullReplicationTasksResponse> {
+    const peer = req.clusterName;
+    if (!peer) throw invalidArgument("cluster_name is required: PullReplicationTasks serves a pulling cluster");
+    if (!req.shards.length) throw invalidArgument("shards must name at least one shard");
+    const ids = new Set<number>();
+    for (const c of req.shards) {
+      if (c.shardId < 1 || c.shardId > cluster.historyShardCount) throw invalidArgument(`shard id must be 1..${cluster.historyShardCount}, not ${c.shardId}`);
+      if (ids.has(c.shardId)) throw invalidArgument(`shard ${c.shardId} is asked for twice`);
+      ids.add(c.shardId);
+    }
+    const size = req.pageSize > 0 ? Math.min(req.pageSize, 1000) : 100;
+    const cursors = req.shards.map((c) => ({ shardId: c.shardId, after: Number(c.afterTaskId), acked: Math.min(Number(c.ackedTaskId), Number(c.afterTaskId)) }));
+    const deadline = Date.now() + Math.min(Math.max(req.waitTimeoutMs, 0), maxWaitMs);
+    for (const c of cursors) outboxTail?.passed(c.shardId, peer, c.after);
+    const keys = cursors.map((c) => shardKey(c.shardId));
+    // A shard past every commit known here is read only this often (writers in other processes do not wake us).
+    let lastFullRead = -Infinity;
+    for (let first = true; ; first = false) {
+      const left = deadline - Date.now();
+      const listening = left > 0 ? listenAny(notifier, keys, Math.min(left, recheckMs), signal) : undefined;
+      try {
+        const full = Date.now() - lastFullRead >= recheckMs;
+        if (full) lastFullRead = Date.now();
+        // Caught up by what this process committed: answered empty without a read, but on a full read.
+        const skip = (c: (typeof cursors)[number]) => {
+          const known = outboxMarks?.latest(c.shardId);
+          return known !== undefined && c.after >= known && (!full || (first && listening !== undefined)) ? known : undefined;
+        };
+        const [pages] = await Promise.all([
+          Promise.all(cursors.map((c) => {
+            const known = skip(c);
+            if (known !== undefined) return { tasks: [], max: known, last: c.after, source: "none" };
+            return tailPage(c.shardId, c.after, size, peer, true) ?? readPage(c.shardId, c.after, size, peer, true);
+          })),
+          Promise.all(cursors.map((c) => acks.record(peer, c.shardId, c.acked))),
+        ]);
+        pages.forEach((p, i) => outboxMarks?.advance(cursors[i]!.shardId, p.max));
+        const found = pages.filter((p) => p.tasks.length);
+        if (found.length || !listening || signal.aborted) {
+          for (const p of found) metrics?.inc("replication_pages_sent", { remote_cluster: peer, source: p.source });
+          return create(PullReplicationTasksResponseSchema, {
+            shards: pages.map((p, i) => ({ shardId: cursors[i]!.shardId, tasks: p.tasks, maxTaskId: BigInt(p.max), lastTaskId: BigInt(p.last) })),
+          });
+        }
+        await listening.woke;
+      } finally {
+        listening?.cancel();
+      }
+    }
+  }
+
   return {
     getReplicationTasks,
+    pullReplicationTasks,
     /** Forgets which peers a database page found enabled: after this process changed a connection. */
     forgetPeers: () => peerChecked.clear(),
     /** Ends open long polls (they answer at once) and refuses new ones; resolves once none runs. */

@@ -28,6 +28,7 @@ export interface AdminHandlerDeps {
 export function createAdminHandler({ db, sender, status, namespaceSender, dlq, dlqMerge, verifier }: AdminHandlerDeps): ServiceImpl<typeof AdminService> {
   return {
     getReplicationTasks: (r, ctx) => sender.getReplicationTasks(r, ctx.signal),
+    pullReplicationTasks: (r, ctx) => sender.pullReplicationTasks(r, ctx.signal),
     getNamespaceReplicationTasks: (r, ctx) => namespaceSender.getTasks(r, ctx.signal),
     getWorkflowExecutionRawHistory: (r) => readRawHistory(db, r),
     getReplicationStatus: () => status.get(),

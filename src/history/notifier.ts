@@ -48,6 +48,14 @@ export interface Listening {
  * read would miss it and sleep until its timeout).
  */
 export function listen(notifier: EventNotifier, key: string, timeoutMs: number, signal?: AbortSignal): Listening {
+  return listenAny(notifier, [key], timeoutMs, signal);
+}
+
+/** listen on several keys at once: a notify of any wakes it. */
+export function listenAny(notifier: EventNotifier, keys: readonly string[], timeoutMs: number, signal?: AbortSignal): Listening {
   const stop = new AbortController();
-  return { woke: notifier.wait(key, timeoutMs, signal ? AbortSignal.any([signal, stop.signal]) : stop.signal), cancel: () => stop.abort() };
+  const s = signal ? AbortSignal.any([signal, stop.signal]) : stop.signal;
+  const woke = keys.length === 1 ? notifier.wait(keys[0]!, timeoutMs, s) : Promise.race(keys.map((k) => notifier.wait(k, timeoutMs, s)));
+  // Every wait ends with the first: the others are dropped, not left until their timeout.
+  return { woke: woke.finally(() => stop.abort()), cancel: () => stop.abort() };
 }

@@ -1,0 +1,175 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { and, eq } from "drizzle-orm";
+import { outboundAcks } from "../../replication/ack-levels";
+import type { HistoryApplier } from "../../replication/applier";
+import { AdminService, type PullReplicationTasksRequestSchema } from "../../src/gen/tern/admin/v1/service_pb";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { shardFor } from "../../src/history/shard";
+import { replicationAckLevels, replicationDlq } from "../../src/persistence/schema";
+import { startClusters } from "../failover/mesh";
+import { eventually } from "../support/eventually";
+import type { TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+import { addr, globalNamespace, historiesOf } from "./support";
+
+setDefaultTimeout(90_000);
+
+const SHARDS = 4;
+const NS = "orders";
+
+/** A workflow id of the namespace in each shard 1..SHARDS, named prefix-N. */
+function idsByShard(nsId: string, prefix: string): Map<number, string> {
+  const ids = new Map<number, string>();
+  for (let i = 0; ids.size < SHARDS; i++) {
+    const s = shardFor(nsId, `${prefix}-${i}`, SHARDS);
+    if (!ids.has(s)) ids.set(s, `${prefix}-${i}`);
+  }
+  return ids;
+}
+
+const start = (x: TestCluster, workflowId: string) =>
+  x.client(WorkflowService).startWorkflowExecution({ namespace: NS, workflowId, workflowType: "T", taskQueue: "q" });
+
+for (const store of await testStores()) {
+  describe(`PullReplicationTasks on ${store}: a page of every shard asked for in one call`, () => {
+    let a: TestCluster, b: TestCluster;
+    let nsId: string;
+    const pull = (req: MessageInitShape<typeof PullReplicationTasksRequestSchema>) => a.client(AdminService).pullReplicationTasks({ clusterName: "clusterB", pageSize: 100, ...req });
+    const perShard = (shardId: number, after = 0n) =>
+      a.client(AdminService).getReplicationTasks({ shardId, afterTaskId: after, pageSize: 100, includeEvents: true, clusterName: "clusterB" });
+    const cursor = (shardId: number, after: bigint, acked = 0n) => ({ shardId, afterTaskId: after, ackedTaskId: acked });
+
+    beforeAll(async () => {
+      [a, b] = await startClusters(store, [{ shards: SHARDS }, { shards: SHARDS }]);
+      // One way only: clusterB does not pull, the test pulls in its name.
+      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
+      nsId = await globalNamespace(a, b, NS);
+      for (const id of idsByShard(nsId, "w").values()) await start(a, id);
+      for (const id of idsByShard(nsId, "v").values()) await start(a, id);
+    });
+    afterAll(() => Promise.all([a.destroy(), b.destroy()]));
+
+    test("AnswersEveryShardAskedFor, in the order asked, as GetReplicationTasks would shard by shard", async () => {
+      const order = [3, 1, 4, 2];
+      const res = await pull({ shards: order.map((s) => cursor(s, 0n)) });
+      expect(res.shards.map((p) => p.shardId)).toEqual(order);
+      for (const page of res.shards) {
+        const alone = await perShard(page.shardId);
+        expect(page.tasks.length).toBe(2);
+        expect(page.tasks.map((t) => [t.shardId, t.taskId, t.workflowId, t.events.length])).toEqual(alone.tasks.map((t) => [t.shardId, t.taskId, t.workflowId, t.events.length]));
+        expect([page.maxTaskId, page.lastTaskId]).toEqual([alone.maxTaskId, alone.lastTaskId]);
+      }
+    });
+
+    test("ALongPollWakesOnACommitInAnyShard; the other shards answer empty at their cursors", async () => {
+      const lasts = new Map<number, bigint>();
+      for (let s = 1; s <= SHARDS; s++) lasts.set(s, (await perShard(s)).lastTaskId);
+      const polling = pull({ shards: [...lasts].map(([s, last]) => cursor(s, last)), waitTimeoutMs: 20_000 });
+      const id = idsByShard(nsId, "late").get(3)!;
+      const started = performance.now();
+      await start(a, id);
+      const res = await polling;
+      // Woken by the commit, not by the end of the 20 s wait.
+      expect(performance.now() - started).toBeLessThan(10_000);
+      for (const page of res.shards) {
+        expect(page.tasks.map((t) => t.workflowId)).toEqual(page.shardId === 3 ? [id] : []);
+        if (page.shardId !== 3) expect(page.lastTaskId).toBe(lasts.get(page.shardId)!);
+      }
+    });
+
+    test("AcksEachShardAtItsAckedTaskId, never past what the peer says it applied", async () => {
+      const [one, two] = [await perShard(1), await perShard(2)];
+      // Shard 1 fetched but not applied (acked 0), shard 2 applied through its last task.
+      await pull({ shards: [cursor(1, one.lastTaskId, 0n), cursor(2, two.lastTaskId, two.lastTaskId)] });
+      await eventually(async () => expect((await outboundAcks(a.server.database.db, "clusterB")).get(2)).toBe(Number(two.lastTaskId)), { timeout: 5_000 });
+      expect((await outboundAcks(a.server.database.db, "clusterB")).get(1) ?? 0).toBe(0);
+    });
+
+    test("RefusesBadRequests with InvalidArgument and says why", async () => {
+      const refusal = async (req: MessageInitShape<typeof PullReplicationTasksRequestSchema>) => {
+        const e = await pull(req).then(() => undefined, (x: unknown) => x);
+        expect(e).toBeInstanceOf(ConnectError);
+        expect((e as ConnectError).code).toBe(Code.InvalidArgument);
+        return (e as ConnectError).rawMessage;
+      };
+      expect(await refusal({ clusterName: "", shards: [cursor(1, 0n)] })).toContain("cluster_name is required");
+      expect(await refusal({ shards: [] })).toContain("at least one shard");
+      expect(await refusal({ shards: [cursor(0, 0n)] })).toContain(`shard id must be 1..${SHARDS}`);
+      expect(await refusal({ shards: [cursor(SHARDS + 1, 0n)] })).toContain(`shard id must be 1..${SHARDS}`);
+      expect(await refusal({ shards: [cursor(2, 0n), cursor(2, 5n)] })).toContain("shard 2 is asked for twice");
+    });
+  });
+
+  describe(`pulling all shards on ${store}: one transaction for the pages of a pull, a bad task holds up no other shard`, () => {
+    let a: TestCluster, b: TestCluster;
+    let nsId: string;
+    const poisoned = new Set<string>();
+    const pagesApplied = () =>
+      [...b.server.metrics.render().matchAll(/replication_pages_applied\{[^}]*\} (\d+)/g)].reduce((n, m) => n + Number(m[1]), 0);
+    const inboundAcks = async () => {
+      const rows = await b.server.database.db
+        .select()
+        .from(replicationAckLevels)
+        .where(and(eq(replicationAckLevels.remoteCluster, "clusterA"), eq(replicationAckLevels.direction, "inbound"), eq(replicationAckLevels.queue, "history")));
+      return new Map(rows.map((r) => [r.shardId, r.ackLevel]));
+    };
+    const sourceMax = async () => {
+      const max = new Map<number, number>();
+      for (let s = 1; s <= SHARDS; s++) max.set(s, Number((await a.client(AdminService).getReplicationTasks({ shardId: s })).maxTaskId));
+      return max;
+    };
+    const connectB = (enabled: boolean) => b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: enabled });
+
+    beforeAll(async () => {
+      // Every failure of the poisoned workflow is a task failure: 3 attempts, then the DLQ.
+      const faulty = (inner: HistoryApplier): HistoryApplier => {
+        const check = (workflowId: string) => {
+          if (poisoned.has(workflowId)) throw new Error(`injected fault for ${workflowId}`);
+        };
+        return {
+          ...inner,
+          applyTask: (tx, ns, task, fetchRaw) => (check(task.workflowId), inner.applyTask(tx, ns, task, fetchRaw)),
+          planApply: (ns, task, reads) => (check(task.workflowId), inner.planApply(ns, task, reads)),
+        };
+      };
+      [a, b] = await startClusters(store, [
+        { shards: SHARDS },
+        { shards: SHARDS, serverOptions: { replication: { retry: { attempts: 3, backoffMs: 5 }, wrapApplier: faulty } } },
+      ]);
+      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
+      await connectB(false);
+      nsId = await globalNamespace(a, b, NS);
+    });
+    afterAll(() => Promise.all([a.destroy(), b.destroy()]));
+
+    test("PagesOfEveryShardApplyInOneTransaction: four shards behind, one page applied", async () => {
+      for (const id of idsByShard(nsId, "x").values()) await start(a, id);
+      const before = pagesApplied();
+      await connectB(true);
+      const max = await sourceMax();
+      await eventually(async () => expect(await inboundAcks()).toEqual(max), { timeout: 15_000 });
+      expect(pagesApplied() - before).toBe(1);
+      expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId));
+    });
+
+    test("APoisonedTaskGoesToTheDlq; its shard's other tasks and the other shards apply", async () => {
+      await connectB(false);
+      const ids = idsByShard(nsId, "y");
+      const bad = ids.get(2)!;
+      poisoned.add(bad);
+      for (const id of ids.values()) await start(a, id);
+      await start(a, idsByShard(nsId, "z").get(2)!);
+      await connectB(true);
+      const max = await sourceMax();
+      await eventually(async () => expect(await inboundAcks()).toEqual(max), { timeout: 20_000 });
+      const dlq = await b.server.database.db.select().from(replicationDlq);
+      expect(dlq.map((r) => [r.shardId, r.workflowId])).toEqual([[2, bad]]);
+      const good = (rows: Awaited<ReturnType<typeof historiesOf>>) => rows.filter((r) => r.workflowId !== bad);
+      expect(good(await historiesOf(b, nsId))).toEqual(good(await historiesOf(a, nsId)));
+      expect((await historiesOf(b, nsId)).some((r) => r.workflowId === bad)).toBe(false);
+    });
+  });
+}
