@@ -1,5 +1,5 @@
 import { createConnectRouter, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
-import { createFetchHandler } from "@connectrpc/connect/protocol";
+import { createAsyncIterable, createFetchHandler, type UniversalServerResponse } from "@connectrpc/connect/protocol";
 import { Hono } from "hono";
 import type { Metrics } from "../observability/metrics";
 
@@ -26,7 +26,13 @@ export function createApp({ routes, interceptors, metrics, isServing, readMaxByt
     }
     // Unary bodies are tiny: a buffered body spares Bun's ReadableStream-to-socket path.
     app.all(handler.requestPath, async (c) => {
-      const res = await fetchHandler(c.req.raw);
+      const req = c.req.raw;
+      if (plainConnectUnary(req.method, req.headers, readMaxBytes)) {
+        // The body read whole up front, handed over as one chunk: no stream to adapt either way.
+        const body = createAsyncIterable([new Uint8Array(await req.arrayBuffer())]);
+        return bufferedResponse(await handler({ httpVersion: "", method: req.method, url: req.url, header: req.headers, body, signal: req.signal }));
+      }
+      const res = await fetchHandler(req);
       return new Response(await res.arrayBuffer(), { status: res.status, headers: res.headers });
     });
   }
@@ -36,4 +42,33 @@ export function createApp({ routes, interceptors, metrics, isServing, readMaxByt
   app.get("/metrics", (c) => c.text(metrics.render(), 200, { "content-type": "text/plain; version=0.0.4" }));
   app.notFound((c) => c.json({ code: "not_found", message: `no route for ${c.req.method} ${c.req.path}` }, 404));
   return app;
+}
+
+/**
+ * True for a Connect unary POST (binary or JSON) with an uncompressed body of a declared
+ * length within readMaxBytes, which may be read whole before Connect's handler runs (it
+ * checks the limit again). Anything else (gRPC, gRPC-web, a compressed or unsized body, one
+ * over the limit, to be refused as Connect refuses it) goes through createFetchHandler's streams.
+ */
+function plainConnectUnary(method: string, header: Headers, readMaxBytes: number): boolean {
+  if (method !== "POST") return false;
+  const type = header.get("content-type");
+  if (type !== "application/proto" && type !== "application/json" && type !== "application/json; charset=utf-8") return false;
+  const encoding = header.get("content-encoding");
+  if (encoding && encoding !== "identity") return false;
+  const length = Number(header.get("content-length") ?? NaN);
+  return Number.isInteger(length) && length >= 0 && length <= readMaxBytes;
+}
+
+/** A universal handler's answer as one buffered Response. */
+async function bufferedResponse(res: UniversalServerResponse): Promise<Response> {
+  const chunks: Uint8Array[] = [];
+  if (res.body) for await (const chunk of res.body) chunks.push(chunk);
+  let body = chunks[0] ?? new Uint8Array(0);
+  if (chunks.length > 1) {
+    body = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
+    let at = 0;
+    for (const c of chunks) body.set(c, (at += c.byteLength) - c.byteLength);
+  }
+  return new Response(body as Uint8Array<ArrayBuffer>, { status: res.status, headers: res.header });
 }

@@ -1,0 +1,70 @@
+import { describe, expect, test } from "bun:test";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { createApp } from "../../src/frontend/app";
+import { Health, HealthCheckRequestSchema, HealthCheckResponse_ServingStatus } from "../../src/gen/grpc/health/v1/health_pb";
+import { createMetrics } from "../../src/observability/metrics";
+
+/** The app with a Health service that refuses service "bad" and says which service it was asked about in a header. */
+function app(readMaxBytes = 1 << 20) {
+  return createApp({
+    routes: (r) =>
+      r.service(Health, {
+        check(req, ctx) {
+          if (req.service === "bad") throw new ConnectError("service bad is not known", Code.InvalidArgument);
+          ctx.responseHeader.set("x-asked", req.service);
+          return { status: HealthCheckResponse_ServingStatus.SERVING };
+        },
+        async *watch() {},
+      }),
+    interceptors: [],
+    metrics: createMetrics(),
+    isServing: async () => true,
+    readMaxBytes,
+  });
+}
+
+const URL_CHECK = "http://tern.test/grpc.health.v1.Health/Check";
+
+/** A Connect unary POST with a declared length (read whole up front) or streamed without one. */
+function post(body: Uint8Array<ArrayBuffer>, type: string, sized: boolean): Request {
+  const headers: Record<string, string> = { "content-type": type, "connect-protocol-version": "1" };
+  if (sized) return new Request(URL_CHECK, { method: "POST", headers: { ...headers, "content-length": String(body.byteLength) }, body });
+  const stream = new ReadableStream<Uint8Array>({ start: (c) => (c.enqueue(body), c.close()) });
+  return new Request(URL_CHECK, { method: "POST", headers, body: stream, duplex: "half" } as RequestInit);
+}
+
+const binary = (service: string) => toBinary(HealthCheckRequestSchema, create(HealthCheckRequestSchema, { service })) as Uint8Array<ArrayBuffer>;
+const json = (service: string) => new TextEncoder().encode(JSON.stringify({ service }));
+
+async function answer(res: Response) {
+  return { status: res.status, type: res.headers.get("content-type"), asked: res.headers.get("x-asked"), body: new Uint8Array(await res.arrayBuffer()) };
+}
+
+describe("Connect unary calls read whole up front answer as through Connect's streams", () => {
+  for (const [format, type, encode] of [["binary", "application/proto", binary], ["JSON", "application/json", json]] as const) {
+    test(`AnswersAndHeadersAreTheSame (${format})`, async () => {
+      const [sized, streamed] = [await answer(await app().fetch(post(encode("orders"), type, true))), await answer(await app().fetch(post(encode("orders"), type, false)))];
+      expect(sized.status).toBe(200);
+      expect(sized.asked).toBe("orders");
+      expect(sized).toEqual(streamed);
+    });
+
+    test(`ErrorsKeepTheirHttpStatusAndJsonBody (${format})`, async () => {
+      const [sized, streamed] = [await answer(await app().fetch(post(encode("bad"), type, true))), await answer(await app().fetch(post(encode("bad"), type, false)))];
+      expect(sized.status).toBe(400);
+      expect(sized.type).toBe("application/json");
+      expect(JSON.parse(new TextDecoder().decode(sized.body))).toEqual({ code: "invalid_argument", message: "service bad is not known" });
+      expect(sized).toEqual(streamed);
+    });
+  }
+
+  test("ABodyOverTheReadLimitIsRefusedAsConnectRefusesIt", async () => {
+    const big = binary("x".repeat(200));
+    const [sized, streamed] = [await answer(await app(64).fetch(post(big, "application/proto", true))), await answer(await app(64).fetch(post(big, "application/proto", false)))];
+    expect(sized.status).toBe(429);
+    // Connect names the size when the request declared it.
+    expect(JSON.parse(new TextDecoder().decode(sized.body))).toEqual({ code: "resource_exhausted", message: `message size ${big.byteLength} is larger than configured readMaxBytes 64` });
+    expect([streamed.status, JSON.parse(new TextDecoder().decode(streamed.body)).code]).toEqual([429, "resource_exhausted"]);
+  });
+});
