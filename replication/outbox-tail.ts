@@ -18,7 +18,7 @@ export interface CommittedTask extends ReplicationTaskInput {
   events: readonly { attributes: EventAttributes }[];
 }
 
-type TaskInit = MessageInitShape<typeof ReplicationTaskSchema>;
+export type TaskInit = MessageInitShape<typeof ReplicationTaskSchema>;
 
 interface Entry {
   task: CommittedTask;

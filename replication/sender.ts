@@ -12,7 +12,7 @@ import {
 import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
 import { readEventsOf } from "../src/history/branch-store";
 import { eventFromRow } from "../src/history/events";
-import { listen, listenAny, type EventNotifier } from "../src/history/notifier";
+import { listenAny, type EventNotifier } from "../src/history/notifier";
 import type { Metrics } from "../src/observability/metrics";
 import type { Db } from "../src/persistence/database";
 import { createLongPolls } from "../src/long-polls";
@@ -20,7 +20,7 @@ import { runStatement, tableCodec, textCache } from "../src/persistence/raw-stat
 import { clusterMetadata, historyEvents, namespaces, replicationTasks, shards } from "../src/persistence/schema";
 import { createOutboundAckRecorder, shardKey } from "./ack-levels";
 import type { OutboxMarks } from "./outbox";
-import { taskToProto, type OutboxTail } from "./outbox-tail";
+import { taskToProto, type OutboxTail, type TaskInit } from "./outbox-tail";
 
 export interface ReplicationSenderDeps {
   db: Db;
@@ -41,6 +41,8 @@ export interface ReplicationSenderDeps {
 }
 
 type TaskRow = typeof replicationTasks.$inferSelect;
+/** One shard's answer: its tasks, the shard's highest task id, the last id the page covers, and where it came from. */
+type Page = { tasks: TaskInit[]; max: number; last: number; source: string };
 /** An event as json_build_object renders it inside the page query. */
 type EventJson = { eventId: number; version: number; eventTime: string; attributes: Record<string, unknown> };
 
@@ -91,63 +93,55 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
   }
 
   /** AdminService.GetReplicationTasks: a page now, or a long poll until a task commits. */
-  function getReplicationTasks(req: GetReplicationTasksRequest, signal?: AbortSignal): Promise<GetReplicationTasksResponse> {
-    return polls.run(signal, (s) => serve(req, s));
-  }
-
-  async function serve(req: GetReplicationTasksRequest, signal: AbortSignal): Promise<GetReplicationTasksResponse> {
-    if (req.shardId < 1 || req.shardId > cluster.historyShardCount) {
-      throw invalidArgument(`shard id must be 1..${cluster.historyShardCount}`);
-    }
-    const size = req.pageSize > 0 ? Math.min(req.pageSize, 1000) : 100;
+  async function getReplicationTasks(req: GetReplicationTasksRequest, signal?: AbortSignal): Promise<GetReplicationTasksResponse> {
+    checkShard(req.shardId);
     const after = Number(req.afterTaskId);
     // A pipelined puller asks past what it applied: only what it says it applied is acked.
     const acked = req.ackedTaskId === undefined ? after : Math.min(Number(req.ackedTaskId), after);
-    const deadline = Date.now() + Math.min(Math.max(req.waitTimeoutMs, 0), maxWaitMs);
-    if (req.clusterName) outboxTail?.passed(req.shardId, req.clusterName, after);
-    for (let first = true; ; first = false) {
-      const left = deadline - Date.now();
-      const listening = left > 0 ? listen(notifier, shardKey(req.shardId), Math.min(left, recheckMs), signal) : undefined;
-      try {
-        // A poller past every commit known here (the usual caught-up peer) waits before it reads:
-        // a wake or the periodic re-read reads. The marks move before the notifier wakes us.
-        const known = outboxMarks?.latest(req.shardId);
-        const read = !(first && listening && known !== undefined && after >= known);
-        const [page] = await Promise.all([
-          read ? (tailPage(req.shardId, after, size, req.clusterName, req.includeEvents) ?? readPage(req.shardId, after, size, req.clusterName, req.includeEvents)) : undefined,
-          req.clusterName ? acks.record(req.clusterName, req.shardId, acked) : undefined,
-        ]);
-        if (page) outboxMarks?.advance(req.shardId, page.max);
-        if (page && (page.tasks.length || !listening || signal.aborted)) {
-          if (req.clusterName && page.tasks.length) metrics?.inc("replication_pages_sent", { remote_cluster: req.clusterName, source: page.source });
-          return create(GetReplicationTasksResponseSchema, { tasks: page.tasks, maxTaskId: BigInt(page.max), lastTaskId: BigInt(page.last) });
-        }
-        await listening!.woke;
-      } finally {
-        listening?.cancel();
-      }
-    }
+    const ask = { peer: req.clusterName, withEvents: req.includeEvents, size: req.pageSize, waitMs: req.waitTimeoutMs };
+    return polls.run(signal, async (s) => {
+      const [page] = await servePages({ ...ask, cursors: [{ shardId: req.shardId, after, acked }] }, s);
+      return create(GetReplicationTasksResponseSchema, { tasks: page!.tasks, maxTaskId: BigInt(page!.max), lastTaskId: BigInt(page!.last) });
+    });
   }
 
   /** AdminService.PullReplicationTasks: a page of each shard asked for, once any has a task (or the wait ends). */
-  function pullReplicationTasks(req: PullReplicationTasksRequest, signal?: AbortSignal): Promise<PullReplicationTasksResponse> {
-    return polls.run(signal, (s) => servePull(req, s));
-  }
-
-  async function servePull(req: PullReplicationTasksRequest, signal: AbortSignal): Promise<PullReplicationTasksResponse> {
+  async function pullReplicationTasks(req: PullReplicationTasksRequest, signal?: AbortSignal): Promise<PullReplicationTasksResponse> {
     const peer = req.clusterName;
     if (!peer) throw invalidArgument("cluster_name is required: PullReplicationTasks serves a pulling cluster");
     if (!req.shards.length) throw invalidArgument("shards must name at least one shard");
     const ids = new Set<number>();
     for (const c of req.shards) {
-      if (c.shardId < 1 || c.shardId > cluster.historyShardCount) throw invalidArgument(`shard id must be 1..${cluster.historyShardCount}, not ${c.shardId}`);
+      checkShard(c.shardId);
       if (ids.has(c.shardId)) throw invalidArgument(`shard ${c.shardId} is asked for twice`);
       ids.add(c.shardId);
     }
-    const size = req.pageSize > 0 ? Math.min(req.pageSize, 1000) : 100;
     const cursors = req.shards.map((c) => ({ shardId: c.shardId, after: Number(c.afterTaskId), acked: Math.min(Number(c.ackedTaskId), Number(c.afterTaskId)) }));
-    const deadline = Date.now() + Math.min(Math.max(req.waitTimeoutMs, 0), maxWaitMs);
-    for (const c of cursors) outboxTail?.passed(c.shardId, peer, c.after);
+    return polls.run(signal, async (s) => {
+      const pages = await servePages({ peer, withEvents: true, size: req.pageSize, waitMs: req.waitTimeoutMs, cursors }, s);
+      return create(PullReplicationTasksResponseSchema, {
+        shards: pages.map((p, i) => ({ shardId: cursors[i]!.shardId, tasks: p.tasks, maxTaskId: BigInt(p.max), lastTaskId: BigInt(p.last) })),
+      });
+    });
+  }
+
+  function checkShard(shardId: number): void {
+    if (shardId < 1 || shardId > cluster.historyShardCount) throw invalidArgument(`shard id must be 1..${cluster.historyShardCount}, not ${shardId}`);
+  }
+
+  /**
+   * A page of each cursor's shard, in cursor order, as soon as one has a task or the wait
+   * ends. peer (empty for an operator's read) gets only its namespaces' tasks, and each
+   * cursor's `acked` is recorded as its ack.
+   */
+  async function servePages(
+    ask: { peer: string; withEvents: boolean; size: number; waitMs: number; cursors: { shardId: number; after: number; acked: number }[] },
+    signal: AbortSignal,
+  ): Promise<Page[]> {
+    const { peer, withEvents, cursors } = ask;
+    const size = ask.size > 0 ? Math.min(ask.size, 1000) : 100;
+    const deadline = Date.now() + Math.min(Math.max(ask.waitMs, 0), maxWaitMs);
+    if (peer) for (const c of cursors) outboxTail?.passed(c.shardId, peer, c.after);
     const keys = cursors.map((c) => shardKey(c.shardId));
     // A shard past every commit known here is read only this often (writers in other processes do not wake us).
     let lastFullRead = -Infinity;
@@ -157,26 +151,26 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
       try {
         const full = Date.now() - lastFullRead >= recheckMs;
         if (full) lastFullRead = Date.now();
-        // Caught up by what this process committed: answered empty without a read, but on a full read.
-        const skip = (c: (typeof cursors)[number]) => {
+        // Past every commit known here (the usual caught-up peer): answered empty without a read,
+        // but on a full read, and never on the first round of a poll that may wait (the wake or
+        // the periodic re-read reads). The marks move before the notifier wakes us.
+        const caughtUp = (c: (typeof cursors)[number]) => {
           const known = outboxMarks?.latest(c.shardId);
-          return known !== undefined && c.after >= known && (!full || (first && listening !== undefined)) ? known : undefined;
+          return known !== undefined && c.after >= known && (first ? listening !== undefined : !full) ? known : undefined;
         };
         const [pages] = await Promise.all([
-          Promise.all(cursors.map((c) => {
-            const known = skip(c);
+          Promise.all(cursors.map((c): Page | Promise<Page> => {
+            const known = caughtUp(c);
             if (known !== undefined) return { tasks: [], max: known, last: c.after, source: "none" };
-            return tailPage(c.shardId, c.after, size, peer, true) ?? readPage(c.shardId, c.after, size, peer, true);
+            return tailPage(c.shardId, c.after, size, peer, withEvents) ?? readPage(c.shardId, c.after, size, peer, withEvents);
           })),
-          Promise.all(cursors.map((c) => acks.record(peer, c.shardId, c.acked))),
+          peer ? Promise.all(cursors.map((c) => acks.record(peer, c.shardId, c.acked))) : undefined,
         ]);
         pages.forEach((p, i) => outboxMarks?.advance(cursors[i]!.shardId, p.max));
         const found = pages.filter((p) => p.tasks.length);
         if (found.length || !listening || signal.aborted) {
-          for (const p of found) metrics?.inc("replication_pages_sent", { remote_cluster: peer, source: p.source });
-          return create(PullReplicationTasksResponseSchema, {
-            shards: pages.map((p, i) => ({ shardId: cursors[i]!.shardId, tasks: p.tasks, maxTaskId: BigInt(p.max), lastTaskId: BigInt(p.last) })),
-          });
+          if (peer) for (const p of found) metrics?.inc("replication_pages_sent", { remote_cluster: peer, source: p.source });
+          return pages;
         }
         await listening.woke;
       } finally {
