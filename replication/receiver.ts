@@ -1,7 +1,8 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
 import type { RemoteClients } from "../src/cluster/remote-client";
-import type { ReplicationTask } from "../src/gen/tern/admin/v1/service_pb";
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { ReplicationTask, ShardPage } from "../src/gen/tern/admin/v1/service_pb";
 import type { EventNotifier } from "../src/history/notifier";
 import type { Writer } from "../src/history/writer";
 import type { Logger } from "../src/observability/log";
@@ -317,9 +318,12 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     return p;
   }
 
+  type Cursor = { shardId: number; after: number; acked: number };
+  type Pulled = { shards: Pick<ShardPage, "shardId" | "tasks" | "maxTaskId" | "lastTaskId">[] };
+
   /** A page of each of remote's shards after its cursor; the source records each `acked` as applied here. */
-  function fetchPages(remote: RemoteCluster, cursors: { shardId: number; after: number; acked: number }[], page: { size: number; wait: number }, signal: AbortSignal) {
-    const res = remote.clients.admin.pullReplicationTasks(
+  function fetchPages(remote: RemoteCluster, cursors: Cursor[], page: { size: number; wait: number }, signal: AbortSignal): Promise<Pulled> {
+    return remote.clients.admin.pullReplicationTasks(
       {
         clusterName: cluster.clusterName,
         shards: cursors.map((c) => ({ shardId: c.shardId, afterTaskId: BigInt(c.after), ackedTaskId: BigInt(c.acked) })),
@@ -328,9 +332,38 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
       },
       { signal, timeoutMs: waitMs + 15_000 },
     );
-    // Awaited by the pull loop, unless it stops first (aborted, or an apply failed): then nobody needs the answer.
-    res.catch(() => {});
-    return res;
+  }
+
+  /**
+   * fetchPages from a source that lacks PullReplicationTasks (a tern from before it): each
+   * shard's GetReplicationTasks side by side, answered with the first page that has tasks
+   * (and any others in by then) or, with none, once all have answered; the rest are dropped,
+   * their shards answered empty at their cursors (asked again next time).
+   */
+  async function fetchShardByShard(remote: RemoteCluster, cursors: Cursor[], page: { size: number; wait: number }, signal: AbortSignal): Promise<Pulled> {
+    const stop = new AbortController();
+    const s = AbortSignal.any([signal, stop.signal]);
+    const got = new Map<number, Pulled["shards"][number]>();
+    const calls = cursors.map((c) =>
+      remote.clients.admin
+        .getReplicationTasks(
+          {
+            shardId: c.shardId, afterTaskId: BigInt(c.after), ackedTaskId: BigInt(c.acked), pageSize: page.size, includeEvents: true,
+            clusterName: cluster.clusterName, waitTimeoutMs: page.wait,
+          },
+          { signal: s, timeoutMs: waitMs + 15_000 },
+        )
+        .then((res) => {
+          got.set(c.shardId, { shardId: c.shardId, tasks: res.tasks, maxTaskId: res.maxTaskId, lastTaskId: res.lastTaskId });
+          if (res.tasks.length) stop.abort();
+        }),
+    );
+    try {
+      await Promise.all(calls.map((p) => p.catch((e) => (stop.signal.aborted && !signal.aborted ? undefined : Promise.reject(e)))));
+    } finally {
+      stop.abort();
+    }
+    return { shards: cursors.map((c) => got.get(c.shardId) ?? { shardId: c.shardId, tasks: [], maxTaskId: BigInt(c.after), lastTaskId: BigInt(c.after) }) };
   }
 
   /** Pulls and applies all of remote's shards until signal aborts. */
@@ -340,9 +373,22 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     for (const [id, ack] of acks) progressOf(remote.name, id).ackLevel = ack;
     const lag = (shardId: number, p: InboundProgress) =>
       metrics.set("replication_tasks_lag", { remote_cluster: remote.name, shard: String(shardId) }, Math.max(0, p.maxTaskId - p.ackLevel));
-    const cursors = (after: Map<number, number>) => shardIds.map((id) => ({ shardId: id, after: after.get(id)!, acked: acks.get(id)! }));
+    const cursors = (after: Map<number, number>): Cursor[] => shardIds.map((id) => ({ shardId: id, after: after.get(id)!, acked: acks.get(id)! }));
+    let fetch: typeof fetchPages = fetchPages;
+    const ask = (after: Map<number, number>, page: { size: number; wait: number }) => {
+      const res = fetch(remote, cursors(after), page, signal);
+      // Awaited by the loop, unless it stops first (aborted, or an apply failed): then nobody needs the answer.
+      res.catch(() => {});
+      return res;
+    };
     // The first pull answers at once, so a (re)connection shows as connected without waiting out a long poll.
-    let next = fetchPages(remote, cursors(acks), { size: pageSize, wait: 0 }, signal);
+    let next = ask(acks, { size: pageSize, wait: 0 }).catch((e) => {
+      if (ConnectError.from(e).code !== Code.Unimplemented) throw e;
+      log.warn("remote cluster does not serve PullReplicationTasks (a tern before it); pulling its shards one call each", { remote: remote.name });
+      fetch = fetchShardByShard;
+      return ask(acks, { size: pageSize, wait: 0 });
+    });
+    next.catch(() => {}); // as ask's: the loop may not run at all (aborted while the acks loaded)
     while (!signal.aborted) {
       const res = await next;
       report.ok();
@@ -366,7 +412,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
       }
       if (!pages.length) {
         // Caught up: long-poll, which also tells the source the last applied pages.
-        next = fetchPages(remote, cursors(acks), { size: pageSize, wait: waitMs }, signal);
+        next = ask(acks, { size: pageSize, wait: waitMs });
         continue;
       }
       // The next pages are asked for while these apply, so that tasks committed meanwhile are
@@ -374,7 +420,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
       // answers. It carries the previous acks, not these pages' (not applied yet): the short wait
       // bounds how long the source goes without hearing of this apply when nothing follows it
       // (the caught-up poll after it tells; a graceful failover waits for that).
-      next = fetchPages(remote, cursors(after), { size: behind > pageSize ? catchUpPageSize : pageSize, wait: behind > 0 ? 0 : prefetchWaitMs }, signal);
+      next = ask(after, { size: behind > pageSize ? catchUpPageSize : pageSize, wait: behind > 0 ? 0 : prefetchWaitMs });
       await applyPages(pages);
       for (const b of pages) {
         const p = progressOf(remote.name, b.shardId);

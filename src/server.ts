@@ -60,6 +60,8 @@ export interface ServerOptions {
     retry?: Partial<RetryPolicy>;
     /** Wraps the history applier, e.g. to fail one execution on purpose. */
     wrapApplier?: (applier: HistoryApplier) => HistoryApplier;
+    /** false: AdminService.PullReplicationTasks answers Unimplemented, as a tern from before it does (tests of mixed versions). */
+    servePull?: boolean;
   };
 }
 
@@ -189,7 +191,7 @@ function wireReplication({ opts, log, now, cluster }: Base, core: Core) {
 type Replication = ReturnType<typeof wireReplication>;
 
 /** The RPC services, behind forwarding where the policy asks for it. */
-function wireRoutes({ config, log, now, cluster }: Base, core: Core, repl: Replication, isServing: () => Promise<boolean>) {
+function wireRoutes({ config, opts, log, now, cluster }: Base, core: Core, repl: Replication, isServing: () => Promise<boolean>) {
   const { db, clusters, namespaces, notifier, engine, queries } = core;
   const { clients, dlq, applier, manager } = repl;
   return createRoutes({
@@ -202,12 +204,16 @@ function wireRoutes({ config, log, now, cluster }: Base, core: Core, repl: Repli
       connectionState: (name) => manager.connectionState(name),
       failover: repl.failover,
     }),
-    admin: createAdminHandler({
-      db, cluster, sender: repl.sender, status: repl.status, dlq,
-      namespaceSender: repl.namespaceSender,
-      dlqMerge: createDlqMerge({ db, dlq, applier, writer: core.writer, clients, notifier, log }),
-      verifier: createReplicationVerifier({ db, cluster, clients }),
-    }),
+    admin: {
+      ...createAdminHandler({
+        db, cluster, sender: repl.sender, status: repl.status, dlq,
+        namespaceSender: repl.namespaceSender,
+        dlqMerge: createDlqMerge({ db, dlq, applier, writer: core.writer, clients, notifier, log }),
+        verifier: createReplicationVerifier({ db, cluster, clients }),
+      }),
+      // Connect answers a method left undefined with Unimplemented.
+      ...(opts.replication?.servePull === false ? { pullReplicationTasks: undefined as never } : {}),
+    },
     backfill: createBackfillHandler({ db, namespaces, clusters, now, wake: repl.backfill.wake }),
     health: createHealthHandler(isServing),
   });

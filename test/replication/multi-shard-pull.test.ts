@@ -172,4 +172,28 @@ for (const store of await testStores()) {
       expect((await historiesOf(b, nsId)).some((r) => r.workflowId === bad)).toBe(false);
     });
   });
+
+  describe(`pulling from a source without PullReplicationTasks on ${store}: shard by shard, as before it`, () => {
+    let a: TestCluster, b: TestCluster;
+    let nsId: string;
+
+    beforeAll(async () => {
+      [a, b] = await startClusters(store, [{ shards: SHARDS, serverOptions: { replication: { servePull: false } } }, { shards: SHARDS }]);
+      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
+      nsId = await globalNamespace(a, b, NS);
+      await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
+    });
+    afterAll(() => Promise.all([a.destroy(), b.destroy()]));
+
+    test("EveryShardReplicates, behind and then by long poll", async () => {
+      for (const id of idsByShard(nsId, "old").values()) await start(a, id);
+      await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 15_000 });
+      // Caught up: B's calls wait at A, and a commit in any shard answers them.
+      for (const id of idsByShard(nsId, "later").values()) await start(a, id);
+      await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 15_000 });
+      expect((await historiesOf(b, nsId)).length).toBe(2 * SHARDS);
+      // B asked for the new call first and was refused.
+      expect(a.server.metrics.render()).toMatch(/service_errors\{operation="PullReplicationTasks"[^}]*code="Unimplemented"\} [1-9]/);
+    });
+  });
 }
