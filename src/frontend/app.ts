@@ -1,5 +1,6 @@
 import { createConnectRouter, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
-import { createAsyncIterable, createFetchHandler, type UniversalServerResponse } from "@connectrpc/connect/protocol";
+// createAsyncIterable and readAllBytes are among connect's private exports: fine under package.json's exact version pin, as connect asks.
+import { createAsyncIterable, createFetchHandler, readAllBytes, type UniversalServerResponse } from "@connectrpc/connect/protocol";
 import { Hono } from "hono";
 import type { Metrics } from "../observability/metrics";
 
@@ -60,15 +61,8 @@ function plainConnectUnary(method: string, header: Headers, readMaxBytes: number
   return Number.isInteger(length) && length >= 0 && length <= readMaxBytes;
 }
 
-/** A universal handler's answer as one buffered Response. */
+/** A universal handler's answer as one buffered Response (our own answer: no read limit). */
 async function bufferedResponse(res: UniversalServerResponse): Promise<Response> {
-  const chunks: Uint8Array[] = [];
-  if (res.body) for await (const chunk of res.body) chunks.push(chunk);
-  let body = chunks[0] ?? new Uint8Array(0);
-  if (chunks.length > 1) {
-    body = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
-    let at = 0;
-    for (const c of chunks) body.set(c, (at += c.byteLength) - c.byteLength);
-  }
+  const body = res.body ? await readAllBytes(res.body, Number.POSITIVE_INFINITY) : new Uint8Array(0);
   return new Response(body as Uint8Array<ArrayBuffer>, { status: res.status, headers: res.header });
 }
