@@ -3,6 +3,7 @@ import { and, eq, sql } from "drizzle-orm";
 import type { RemoteClientPool, RemoteClients } from "../src/cluster/remote-client";
 import { notFound } from "../src/errors";
 import { MergeReplicationDlqResponseSchema, type MergeReplicationDlqResponse, type ReplicationDlqEntry } from "../src/gen/tern/admin/v1/service_pb";
+import { runKeyText } from "../src/history/branch-store";
 import type { EventNotifier } from "../src/history/notifier";
 import type { Writer } from "../src/history/writer";
 import type { Logger } from "../src/observability/log";
@@ -12,7 +13,6 @@ import type { HistoryApplier, IncomingTask } from "./applier";
 import { entryOf, HELD_BEHIND, type DlqFilter, type DlqRow, type ReplicationDlq } from "./dlq";
 import { rawFetcher } from "./receiver";
 import { versionHistoryFromProto } from "./version-history";
-import { runKeyText } from "../src/history/branch-store";
 
 export interface DlqMergeDeps {
   db: Db;

@@ -9,12 +9,12 @@ import {
   type ReplicationDlqEntry,
   type ReplicationTask,
 } from "../src/gen/tern/admin/v1/service_pb";
+import { runKeyText } from "../src/history/branch-store";
 import type { Metrics } from "../src/observability/metrics";
 import type { Db, Tx } from "../src/persistence/database";
 import { runStatement, tableCodec } from "../src/persistence/raw-statements";
 import { decodeToken, encodeToken } from "../src/persistence/page-token";
 import { replicationDlq } from "../src/persistence/schema";
-import { runKeyText } from "../src/history/branch-store";
 
 export type DlqRow = typeof replicationDlq.$inferSelect;
 

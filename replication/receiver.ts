@@ -1,8 +1,9 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
 import type { RemoteClients } from "../src/cluster/remote-client";
-import { Code, ConnectError } from "@connectrpc/connect";
 import type { ReplicationTask, ShardPage } from "../src/gen/tern/admin/v1/service_pb";
+import { runKeyText } from "../src/history/branch-store";
 import type { EventNotifier } from "../src/history/notifier";
 import type { Writer } from "../src/history/writer";
 import type { Logger } from "../src/observability/log";
@@ -15,7 +16,6 @@ import { HELD_BEHIND, type ReplicationDlq } from "./dlq";
 import { sleep, type RemoteCluster, type ReplicationStream, type StreamReport } from "./manager";
 import { mergeRunTasks } from "./task-merge";
 import { versionHistoryFromProto, versionHistoryToProto } from "./version-history";
-import { runKeyText } from "../src/history/branch-store";
 
 export interface HistoryReceiverDeps {
   db: Db;
@@ -278,6 +278,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
   async function applyPages(pages: Batch[]): Promise<void> {
     const [first] = pages;
     if (!first) return;
+    // One page: applyBatch's own fallback (trying the page whole again first would be wasted).
     if (pages.length === 1) return applyBatch(first);
     const tasks = pages.flatMap((b) => b.tasks);
     let done: Applied;
