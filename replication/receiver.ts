@@ -38,6 +38,8 @@ export interface HistoryReceiverDeps {
   waitMs?: number;
   /** Wait asked of the source for the page after one being applied (see pull). */
   prefetchWaitMs?: number;
+  /** How long a source that refused PullReplicationTasks is pulled shard by shard before the call is tried again. */
+  reprobeMs?: number;
 }
 
 /** How often and how patiently a failing task is retried before it goes to the DLQ. */
@@ -123,6 +125,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
   const catchUpPageSize = Math.max(pageSize, deps.catchUpPageSize ?? 1000);
   const waitMs = deps.waitMs ?? 10_000;
   const prefetchWaitMs = Math.min(waitMs, deps.prefetchWaitMs ?? 50);
+  const reprobeMs = deps.reprobeMs ?? 60_000;
   const progress = new Map<string, InboundProgress>();
 
   /**
@@ -375,21 +378,34 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     const lag = (shardId: number, p: InboundProgress) =>
       metrics.set("replication_tasks_lag", { remote_cluster: remote.name, shard: String(shardId) }, Math.max(0, p.maxTaskId - p.ackLevel));
     const cursors = (after: Map<number, number>): Cursor[] => shardIds.map((id) => ({ shardId: id, after: after.get(id)!, acked: acks.get(id)! }));
-    let fetch: typeof fetchPages = fetchPages;
+    // When the source last refused PullReplicationTasks (a tern before it): until reprobeMs
+    // later, its shards are pulled one call each; then the call is tried again, so a source
+    // upgraded without this stream noticing a restart is pulled in one call again.
+    let refusedAt: number | undefined;
+    const fetch = async (cs: Cursor[], page: { size: number; wait: number }): Promise<Pulled> => {
+      if (refusedAt !== undefined && performance.now() - refusedAt < reprobeMs) return fetchShardByShard(remote, cs, page, signal);
+      try {
+        const res = await fetchPages(remote, cs, page, signal);
+        if (refusedAt !== undefined) log.info("remote cluster serves PullReplicationTasks now; pulling all its shards in one call", { remote: remote.name });
+        refusedAt = undefined;
+        return res;
+      } catch (e) {
+        if (ConnectError.from(e).code !== Code.Unimplemented) throw e;
+        if (refusedAt === undefined) {
+          log.warn("remote cluster does not serve PullReplicationTasks (a tern before it); pulling its shards one call each", { remote: remote.name });
+        }
+        refusedAt = performance.now();
+        return fetchShardByShard(remote, cs, page, signal);
+      }
+    };
     const ask = (after: Map<number, number>, page: { size: number; wait: number }) => {
-      const res = fetch(remote, cursors(after), page, signal);
+      const res = fetch(cursors(after), page);
       // Awaited by the loop, unless it stops first (aborted, or an apply failed): then nobody needs the answer.
       res.catch(() => {});
       return res;
     };
     // The first pull answers at once, so a (re)connection shows as connected without waiting out a long poll.
-    let next = ask(acks, { size: pageSize, wait: 0 }).catch((e) => {
-      if (ConnectError.from(e).code !== Code.Unimplemented) throw e;
-      log.warn("remote cluster does not serve PullReplicationTasks (a tern before it); pulling its shards one call each", { remote: remote.name });
-      fetch = fetchShardByShard;
-      return ask(acks, { size: pageSize, wait: 0 });
-    });
-    next.catch(() => {}); // as ask's: the loop may not run at all (aborted while the acks loaded)
+    let next = ask(acks, { size: pageSize, wait: 0 });
     while (!signal.aborted) {
       const res = await next;
       report.ok();

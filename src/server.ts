@@ -1,6 +1,6 @@
 import { sql } from "drizzle-orm";
 import type { Hono } from "hono";
-import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, type ConnectRouter, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
 import { bootstrapCluster, type CurrentCluster } from "./cluster/bootstrap";
 import { createClusterDirectory } from "./cluster/directory";
 import { createRemoteClientPool } from "./cluster/remote-client";
@@ -23,6 +23,7 @@ import { createOutboxMarks } from "../replication/outbox";
 import { createOutboxTail } from "../replication/outbox-tail";
 import { createReplicationStatus } from "../replication/status";
 import type { Config } from "./config/schema";
+import type { AdminService } from "./gen/tern/admin/v1/service_pb";
 import { createAdminHandler } from "./frontend/admin-handler";
 import { createBackfillHandler } from "./frontend/backfill-handler";
 import { createApp } from "./frontend/app";
@@ -60,8 +61,13 @@ export interface ServerOptions {
     retry?: Partial<RetryPolicy>;
     /** Wraps the history applier, e.g. to fail one execution on purpose. */
     wrapApplier?: (applier: HistoryApplier) => HistoryApplier;
-    /** false: AdminService.PullReplicationTasks answers Unimplemented, as a tern from before it does (tests of mixed versions). */
-    servePull?: boolean;
+    /**
+     * Asked on each AdminService.PullReplicationTasks call: false answers Unimplemented, as a
+     * tern from before the call does (tests of mixed versions).
+     */
+    servePull?: () => boolean;
+    /** How long a source that refused PullReplicationTasks is pulled shard by shard before the call is tried again. */
+    reprobeMs?: number;
   };
 }
 
@@ -156,7 +162,7 @@ function wireReplication({ opts, log, now, cluster }: Base, core: Core) {
   const baseApplier = createHistoryApplier({ cluster, namespaces, writer, log });
   const applier = opts.replication?.wrapApplier?.(baseApplier) ?? baseApplier;
   const dlq = createReplicationDlq({ db, metrics });
-  const historyReceiver = createHistoryReceiver({ db, cluster, writer, notifier, metrics, log, applier, dlq, retry: opts.replication?.retry });
+  const historyReceiver = createHistoryReceiver({ db, cluster, writer, notifier, metrics, log, applier, dlq, retry: opts.replication?.retry, reprobeMs: opts.replication?.reprobeMs });
   const backfill = createBackfillReceiver({ db, applier, namespaces, writer, notifier, log, now });
   const namespaceReceiver = createNamespaceReceiver({
     db, currentCluster: cluster.clusterName, namespaces, log, metrics, now, onActivated, onBackfillStarted: backfill.wake,
@@ -204,19 +210,30 @@ function wireRoutes({ config, opts, log, now, cluster }: Base, core: Core, repl:
       connectionState: (name) => manager.connectionState(name),
       failover: repl.failover,
     }),
-    admin: {
-      ...createAdminHandler({
+    admin: refusingPull(
+      createAdminHandler({
         db, cluster, sender: repl.sender, status: repl.status, dlq,
         namespaceSender: repl.namespaceSender,
         dlqMerge: createDlqMerge({ db, dlq, applier, writer: core.writer, clients, notifier, log }),
         verifier: createReplicationVerifier({ db, cluster, clients }),
       }),
-      // Connect answers a method left undefined with Unimplemented.
-      ...(opts.replication?.servePull === false ? { pullReplicationTasks: undefined as never } : {}),
-    },
+      opts.replication?.servePull,
+    ),
     backfill: createBackfillHandler({ db, namespaces, clusters, now, wake: repl.backfill.wake }),
     health: createHealthHandler(isServing),
   });
+}
+
+/** admin, its PullReplicationTasks answering Unimplemented (as from a tern before it) while servePull says false. */
+function refusingPull(admin: ServiceImpl<typeof AdminService>, servePull?: () => boolean): ServiceImpl<typeof AdminService> {
+  if (!servePull) return admin;
+  return {
+    ...admin,
+    pullReplicationTasks(r, ctx) {
+      if (!servePull()) throw new ConnectError("PullReplicationTasks is not served here", Code.Unimplemented);
+      return admin.pullReplicationTasks(r, ctx);
+    },
+  };
 }
 
 function wire(

@@ -176,9 +176,17 @@ for (const store of await testStores()) {
   describe(`pulling from a source without PullReplicationTasks on ${store}: shard by shard, as before it`, () => {
     let a: TestCluster, b: TestCluster;
     let nsId: string;
+    // Whether A serves PullReplicationTasks: off, as a tern from before it, until A is "upgraded".
+    let serving = false;
+    /** The sum of A's counter `name` over the series of operation op. */
+    const counted = (name: string, op: string) =>
+      [...a.server.metrics.render().matchAll(new RegExp(`^${name}\\{operation="${op}"[^}]*\\} (\\d+)$`, "gm"))].reduce((n, m) => n + Number(m[1]), 0);
 
     beforeAll(async () => {
-      [a, b] = await startClusters(store, [{ shards: SHARDS, serverOptions: { replication: { servePull: false } } }, { shards: SHARDS }]);
+      [a, b] = await startClusters(store, [
+        { shards: SHARDS, serverOptions: { replication: { servePull: () => serving } } },
+        { shards: SHARDS, serverOptions: { replication: { reprobeMs: 300 } } },
+      ]);
       await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
       nsId = await globalNamespace(a, b, NS);
       await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
@@ -194,6 +202,28 @@ for (const store of await testStores()) {
       expect((await historiesOf(b, nsId)).length).toBe(2 * SHARDS);
       // B asked for the new call first and was refused.
       expect(a.server.metrics.render()).toMatch(/service_errors\{operation="PullReplicationTasks"[^}]*code="Unimplemented"\} [1-9]/);
+    });
+
+    test("PullsInOneCallAgainOnceTheSourceServesIt", async () => {
+      const refused = counted("service_errors", "PullReplicationTasks");
+      serving = true;
+      // A commit answers B's per-shard long polls; its first pull past the reprobe interval
+      // (300 ms here) tries the one call again.
+      let nudges = 0;
+      await eventually(
+        async () => {
+          await start(a, `nudge-${nudges++}`);
+          expect(counted("service_requests", "PullReplicationTasks")).toBeGreaterThan(refused);
+        },
+        { timeout: 15_000 },
+      );
+      // And keeps to it: no per-shard call for what follows.
+      const perShardCalls = counted("service_requests", "GetReplicationTasks");
+      for (const id of idsByShard(nsId, "after").values()) await start(a, id);
+      await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 15_000 });
+      expect((await historiesOf(b, nsId)).length).toBe(3 * SHARDS + nudges);
+      expect(counted("service_requests", "GetReplicationTasks")).toBe(perShardCalls);
+      expect(counted("service_errors", "PullReplicationTasks")).toBe(refused);
     });
   });
 }
