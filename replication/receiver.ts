@@ -367,7 +367,11 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     } finally {
       stop.abort();
     }
-    return { shards: cursors.map((c) => got.get(c.shardId) ?? { shardId: c.shardId, tasks: [], maxTaskId: BigInt(c.after), lastTaskId: BigInt(c.after) }) };
+    // A dropped shard keeps the max task id last heard of, so its lag still shows.
+    const unanswered = (c: Cursor) => ({
+      shardId: c.shardId, tasks: [], maxTaskId: BigInt(Math.max(c.after, progressOf(remote.name, c.shardId).maxTaskId)), lastTaskId: BigInt(c.after),
+    });
+    return { shards: cursors.map((c) => got.get(c.shardId) ?? unanswered(c)) };
   }
 
   /** Pulls and applies all of remote's shards until signal aborts. */
