@@ -403,7 +403,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
       }
     };
     const ask = (after: Map<number, number>, page: { size: number; wait: number }) => {
-      const res = fetch(cursors(after), page);
+      const res = fetch(cursors(after), page).then((pulled) => ({ ...pulled, arrivedAt: Date.now() }));
       // Awaited by the loop, unless it stops first (aborted, or an apply failed): then nobody needs the answer.
       res.catch(() => {});
       return res;
@@ -413,6 +413,10 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     while (!signal.aborted) {
       const res = await next;
       report.ok();
+      const labels = { remote_cluster: remote.name };
+      for (const sp of res.shards) {
+        for (const t of sp.tasks) if (t.createTime) metrics.observe("replication_fetch_latency", labels, (res.arrivedAt - timestampDate(t.createTime).getTime()) / 1000);
+      }
       const pages: Batch[] = [];
       const after = new Map(acks);
       let behind = 0;
@@ -443,6 +447,8 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
       // (the caught-up poll after it tells; a graceful failover waits for that).
       next = ask(after, { size: behind > pageSize ? catchUpPageSize : pageSize, wait: behind > 0 ? 0 : prefetchWaitMs });
       await applyPages(pages);
+      const applyS = (Date.now() - res.arrivedAt) / 1000;
+      for (const b of pages) for (let i = 0; i < b.tasks.length; i++) metrics.observe("replication_apply_latency", labels, applyS);
       for (const b of pages) {
         const p = progressOf(remote.name, b.shardId);
         acks.set(b.shardId, (p.ackLevel = b.to));

@@ -31,6 +31,8 @@ export interface FlowResult {
   stampLagMs: LagSummary;
   /** replication_latency observations of the phase (bucket resolution, interpolated). */
   histogramLagMs: { count: number; p50: number; p95: number; p99: number; maxBound: number };
+  /** The same lag in two parts (histograms, interpolated): until a task's page arrived on B, and from then until applied. */
+  lagSplitMs: { fetch: { p50: number; p99: number }; apply: { p50: number; p99: number } };
   drainMs: number;
   /** CPU ms per event written in the phase, per cluster: server process and PostgreSQL backends (load to drain). */
   cpuMsPerEvent: Record<string, CpuUsed>;
@@ -92,12 +94,17 @@ export async function measureFlow(ctx: PhaseContext, load: () => Promise<{ ops: 
   const pages = c1.pages - c0.pages;
   const tasks = c1.tasks - c0.tasks;
   const ms = (q: number) => histogramQuantile(h, q) * 1000;
+  const part = (name: string) => {
+    const d = diffHistogram(parseHistogram(m1, name), parseHistogram(m0, name));
+    return { p50: histogramQuantile(d, 0.5) * 1000, p99: histogramQuantile(d, 0.99) * 1000 };
+  };
   return {
     ops: r.ops, errors: r.errors, firstError: r.firstError, opsPerSec: r.ops / r.elapsedS,
     aWriteEventsPerSec: (n1 - n0) / r.elapsedS,
     bApplyEventsPerSec: lags.length / ((lastApply - t0) / 1000),
     stampLagMs: lagSummary(lags),
     histogramLagMs: { count: h.count, p50: ms(0.5), p95: ms(0.95), p99: ms(0.99), maxBound: histogramMaxBound(h) * 1000 },
+    lagSplitMs: { fetch: part("replication_fetch_latency"), apply: part("replication_apply_latency") },
     drainMs,
     cpuMsPerEvent,
     benchCpuMsPerEvent,

@@ -46,6 +46,10 @@ export function buildReport(r: RunResults): { text: string; json: unknown } {
   const rows: FigureRow[] = [
     ...lagRows("lag, per-event stamps", s.stampLagMs, s.stampLagMs.max),
     ...lagRows("lag, replication_latency histogram", h, h.maxBound, "max (bucket bound)"),
+    { figure: "lag part, write on A -> page arrived on B (fetch histogram) p50", value: s.lagSplitMs.fetch.p50, unit: "ms" },
+    { figure: "lag part, write on A -> page arrived on B (fetch histogram) p99", value: s.lagSplitMs.fetch.p99, unit: "ms" },
+    { figure: "lag part, page arrived on B -> applied (apply histogram) p50", value: s.lagSplitMs.apply.p50, unit: "ms" },
+    { figure: "lag part, page arrived on B -> applied (apply histogram) p99", value: s.lagSplitMs.apply.p99, unit: "ms" },
     ...lagRows("lag, probe ack on A -> visible on B", r.steady.probe.ackToVisibleMs, r.steady.probe.ackToVisibleMs.max),
     { figure: `A acked ops/s, paced at ${r.args.rate}/s`, value: s.opsPerSec, unit: "ops/s", baseline: { name: "target", value: r.args.rate } },
     { figure: `A write @${r.args.rate} ops/s`, value: steadyWrite, unit: "events/s" },

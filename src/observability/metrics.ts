@@ -3,9 +3,13 @@ export type Labels = Record<string, string>;
 
 const BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
+const LAG_BUCKETS = [0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30, 60];
+
 /** Histograms that need their own bounds: replication lag is judged at 50 ms, so it needs steps around it. */
 const BUCKETS_OF: Record<string, number[]> = {
-  replication_latency: [0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30, 60],
+  replication_latency: LAG_BUCKETS,
+  replication_fetch_latency: LAG_BUCKETS,
+  replication_apply_latency: LAG_BUCKETS,
 };
 
 interface Series {
@@ -45,6 +49,8 @@ const HELP: Record<string, [Family["type"], string]> = {
   workflow_terminate: ["counter", "Workflow runs terminated"],
   workflow_cancel: ["counter", "Workflow cancel requests"],
   replication_latency: ["histogram", "Seconds from a history write's commit on the source to its apply here"],
+  replication_fetch_latency: ["histogram", "Seconds from a history write on the source to its page arriving here: the source's commit and answer, and the network"],
+  replication_apply_latency: ["histogram", "Seconds from a history page arriving here to its apply: the wait for the apply before it, then its own"],
   replication_tasks_lag: ["gauge", "History replication tasks of a remote shard not yet applied here"],
   replication_tasks_applied: ["counter", "History replication tasks applied from a remote cluster"],
   replication_pages_applied: ["counter", "History replication pages applied, by path: pipelined (two round trips) or full (conflicts, gaps, held runs)"],

@@ -7,6 +7,7 @@ import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { WorkflowExecutionStatus } from "../../src/gen/tern/common/v1/common_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { parseHistogram } from "../../bench/lib/prom-histogram";
 import { createReplicationCleanup } from "../../replication/cleanup";
 import { shardFor } from "../../src/history/shard";
 import { executions, historyEvents, replicationTasks, requestIds, timerTasks } from "../../src/persistence/schema";
@@ -97,6 +98,20 @@ for (const store of await testStores()) {
       }, { timeout: 15_000 });
       expect(a.server.metrics.render()).toContain("replication_tasks_lag");
       expect(b.server.metrics.render()).toMatch(/replication_tasks_applied\{remote_cluster="clusterA"\} [1-9]/);
+    });
+
+    test("LatencySplitsIntoFetchAndApply: every applied task's lag is its time to arrive here plus its time to apply", () => {
+      const text = b.server.metrics.render();
+      const [lag, fetched, applied] = ["replication_latency", "replication_fetch_latency", "replication_apply_latency"].map((name) =>
+        parseHistogram(text, name, { remote_cluster: "clusterA" }),
+      );
+      expect(lag!.count).toBeGreaterThan(0);
+      expect(fetched!.count).toBe(lag!.count);
+      expect(applied!.count).toBe(lag!.count);
+      // The lag is taken inside the apply, the split just after it: the parts add up to a bit more.
+      const parts = fetched!.sum + applied!.sum;
+      expect(parts).toBeGreaterThanOrEqual(lag!.sum);
+      expect(parts - lag!.sum).toBeLessThan(0.05 * lag!.count);
     });
 
     test("DisabledConnectionCatchesUp: B resumes from its position and repairs gaps through raw history", async () => {
