@@ -3,7 +3,31 @@
  * APIs; the core (createTernServer) is web-standard: src/entry/node.ts and
  * src/entry/deno.ts run it on Node and Deno.
  */
-import { runEntry } from "./entry/boot";
+
+/**
+ * Bun's native allocator (mimalloc) hands pages back to the OS 100 ms after they empty
+ * (madvise), and the next request's buffers fault them back in. A server allocates and
+ * frees buffers on every request and statement, so at a few hundred writes per second
+ * that churn cost this machine's servers about a fifth of their CPU (TLB flushes are
+ * costly on a virtual machine). Unless the operator chose a delay, the server re-executes
+ * itself at once (same pid, arguments and runtime flags) with a 1 s delay: memory freed
+ * after a burst still goes back to the OS a second later. Read at process start only,
+ * hence the re-exec; README, "Configuration".
+ */
+const PURGE_DELAY_MS = "1000";
+if (process.env.MIMALLOC_PURGE_DELAY === undefined && process.platform !== "win32" && process.execve) {
+  try {
+    process.execve(process.execPath, [process.execPath, ...process.execArgv, ...process.argv.slice(1)], {
+      ...process.env,
+      MIMALLOC_PURGE_DELAY: PURGE_DELAY_MS,
+    });
+  } catch (e) {
+    console.warn(`tern: could not restart with MIMALLOC_PURGE_DELAY=${PURGE_DELAY_MS} (${(e as Error).message}); running with Bun's default`);
+  }
+}
+
+// Imported after the re-exec: the process that re-executes itself loads nothing more.
+const { runEntry } = await import("./entry/boot");
 
 await runEntry({
   runtime: "bun",

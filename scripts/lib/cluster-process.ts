@@ -33,6 +33,8 @@ export interface ClusterProcessOptions {
   runtimeArgs?: string[];
   /** Checkout whose server runs (another revision's worktree, for A/B runs); default this one. */
   root?: string;
+  /** Variables set in the server's environment, over this process's. */
+  env?: Record<string, string>;
 }
 
 /** A running cluster process. */
@@ -137,7 +139,7 @@ export async function startClusterProcess(o: ClusterProcessOptions): Promise<Clu
   let recent = "";
   const child = Bun.spawn([process.execPath, ...(o.runtimeArgs ?? []), "src/main.ts", "--config", configPath], {
     cwd: o.root ?? repoRoot,
-    env: childEnv(),
+    env: { ...childEnv(), ...o.env },
     stdout: "pipe",
     stderr: "pipe",
   });

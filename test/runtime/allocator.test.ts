@@ -1,0 +1,49 @@
+import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { startClusterProcess } from "../../scripts/lib/cluster-process";
+
+setDefaultTimeout(60_000);
+
+/** The environment of a running process, from /proc. */
+const environOf = (pid: number) => new Map(readFileSync(`/proc/${pid}/environ`, "utf8").split("\0").filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)]));
+
+// /proc and execve: Linux (the Bun server does not re-execute itself on Windows).
+describe.skipIf(process.platform !== "linux")("the Bun server process's allocator purge delay (src/main.ts)", () => {
+  const dir = mkdtempSync(join(tmpdir(), "tern-alloc-"));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  /** A --preload script that appends `<MIMALLOC_PURGE_DELAY> <pid>` to marks each time a process loads it. */
+  const marking = (name: string) => {
+    const marks = join(dir, `${name}.marks`);
+    const preload = join(dir, `${name}.preload.ts`);
+    writeFileSync(preload, `require("node:fs").appendFileSync(${JSON.stringify(marks)}, \`\${process.env.MIMALLOC_PURGE_DELAY} \${process.pid}\\n\`);\n`);
+    return { preload, marks: () => readFileSync(marks, "utf8").trim().split("\n") };
+  };
+
+  // With a delay set in this process's environment, the server inherits it: nothing to re-execute for.
+  test.skipIf(process.env.MIMALLOC_PURGE_DELAY !== undefined)("ServesWithASecondsDelay: re-executed as the same process, runtime flags kept", async () => {
+    const m = marking("default");
+    const p = await startClusterProcess({ name: "default", initialFailoverVersion: 1, dir, runtimeArgs: ["--preload", m.preload] });
+    try {
+      expect(environOf(p.pid).get("MIMALLOC_PURGE_DELAY")).toBe("1000");
+      // The preload ran before the re-exec (no delay set) and in the server after it: one pid.
+      expect(m.marks()).toEqual([`undefined ${p.pid}`, `1000 ${p.pid}`]);
+      expect((await fetch(`http://${p.address}/health`)).status).toBe(200);
+    } finally {
+      expect(await p.stop()).toBe(0);
+    }
+  });
+
+  test("KeepsTheOperatorsDelay: no re-exec when MIMALLOC_PURGE_DELAY is set", async () => {
+    const m = marking("operator");
+    const p = await startClusterProcess({ name: "operator", initialFailoverVersion: 1, dir, runtimeArgs: ["--preload", m.preload], env: { MIMALLOC_PURGE_DELAY: "250" } });
+    try {
+      expect(environOf(p.pid).get("MIMALLOC_PURGE_DELAY")).toBe("250");
+      expect(m.marks()).toEqual([`250 ${p.pid}`]);
+    } finally {
+      expect(await p.stop()).toBe(0);
+    }
+  });
+});
