@@ -410,10 +410,10 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     };
     // The first pull answers at once, so a (re)connection shows as connected without waiting out a long poll.
     let next = ask(acks, { size: pageSize, wait: 0 });
+    const labels = { remote_cluster: remote.name };
     while (!signal.aborted) {
       const res = await next;
       report.ok();
-      const labels = { remote_cluster: remote.name };
       for (const sp of res.shards) {
         for (const t of sp.tasks) if (t.createTime) metrics.observe("replication_fetch_latency", labels, (res.arrivedAt - timestampDate(t.createTime).getTime()) / 1000);
       }
