@@ -7,8 +7,8 @@
 /**
  * Bun's native allocator (mimalloc) hands pages back to the OS 100 ms after they empty
  * (madvise), and the next request's buffers fault them back in. A server allocates and
- * frees buffers on every request and statement, so at a few hundred writes per second
- * that churn cost this machine's servers about a fifth of their CPU (TLB flushes are
+ * frees buffers on every request and statement: at 250 writes per second, perf put that
+ * churn at about an eighth of a passive server's CPU on this machine (TLB flushes are
  * costly on a virtual machine). Unless the operator chose a delay, the server re-executes
  * itself at once (same pid, arguments and runtime flags) with a 1 s delay: memory freed
  * after a burst still goes back to the OS a second later. Read at process start only,

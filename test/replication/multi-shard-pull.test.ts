@@ -9,6 +9,7 @@ import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { shardFor } from "../../src/history/shard";
 import { replicationAckLevels, replicationDlq } from "../../src/persistence/schema";
+import { parseCounter } from "../../bench/lib/prom-histogram";
 import { startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
@@ -179,8 +180,7 @@ for (const store of await testStores()) {
     // Whether A serves PullReplicationTasks: off, as a tern from before it, until A is "upgraded".
     let serving = false;
     /** The sum of A's counter `name` over the series of operation op. */
-    const counted = (name: string, op: string) =>
-      [...a.server.metrics.render().matchAll(new RegExp(`^${name}\\{operation="${op}"[^}]*\\} (\\d+)$`, "gm"))].reduce((n, m) => n + Number(m[1]), 0);
+    const counted = (name: string, op: string) => parseCounter(a.server.metrics.render(), name, { operation: op });
 
     beforeAll(async () => {
       [a, b] = await startClusters(store, [
