@@ -44,6 +44,12 @@ export interface FlowResult {
   bPages: { pages: number; tasks: number; tasksPerPage: number; full: number };
   /** A's pages sent to B in the phase, by source: its outbox tail (memory) or a database read. */
   aPagesSent: { memory: number; database: number };
+  /**
+   * B's apply transactions (persistence_latency of ReplicateHistory): p50 and p99 (ms), and
+   * the share of the phase (load start to drain) spent in them; the stream applies one page
+   * at a time, so a share near 1 means pages queue behind the apply.
+   */
+  bApplyTx: { p50: number; p99: number; busy: number };
 }
 
 /** What B's counters say of its applies so far. */
@@ -94,10 +100,11 @@ export async function measureFlow(ctx: PhaseContext, load: () => Promise<{ ops: 
   const pages = c1.pages - c0.pages;
   const tasks = c1.tasks - c0.tasks;
   const ms = (q: number) => histogramQuantile(h, q) * 1000;
-  const part = (name: string) => {
-    const d = diffHistogram(parseHistogram(m1, name), parseHistogram(m0, name));
-    return { p50: histogramQuantile(d, 0.5) * 1000, p99: histogramQuantile(d, 0.99) * 1000 };
+  const part = (name: string, match: Record<string, string> = {}) => {
+    const d = diffHistogram(parseHistogram(m1, name, match), parseHistogram(m0, name, match));
+    return { p50: histogramQuantile(d, 0.5) * 1000, p99: histogramQuantile(d, 0.99) * 1000, sumS: d.sum };
   };
+  const applyTx = part("persistence_latency", { operation: "ReplicateHistory" });
   return {
     ops: r.ops, errors: r.errors, firstError: r.firstError, opsPerSec: r.ops / r.elapsedS,
     aWriteEventsPerSec: (n1 - n0) / r.elapsedS,
@@ -106,6 +113,7 @@ export async function measureFlow(ctx: PhaseContext, load: () => Promise<{ ops: 
     histogramLagMs: { count: h.count, p50: ms(0.5), p95: ms(0.95), p99: ms(0.99), maxBound: histogramMaxBound(h) * 1000 },
     lagSplitMs: { fetch: part("replication_fetch_latency"), apply: part("replication_apply_latency") },
     drainMs,
+    bApplyTx: { p50: applyTx.p50, p99: applyTx.p99, busy: applyTx.sumS / ((busyUntil - t0) / 1000) },
     cpuMsPerEvent,
     benchCpuMsPerEvent,
     coresBusy,

@@ -67,6 +67,8 @@ export function buildReport(r: RunResults): { text: string; json: unknown } {
     { figure: "acked writes lost, graceful B->A", value: r.gracefulBack.lostAckedWrites, unit: `of ${r.gracefulBack.ackedWrites}` },
     { figure: "acked writes missing on B after forced", value: r.forced.lostAckedWrites, unit: `of ${r.forced.ackedWrites}` },
     { figure: `B tasks per applied page @${r.args.rate} ops/s`, value: s.bPages.tasksPerPage, unit: `tasks (${s.bPages.full} of ${s.bPages.pages} pages in full)` },
+    { figure: `B apply transaction p50 / p99 @${r.args.rate} ops/s`, value: s.bApplyTx.p50, unit: `ms / ${s.bApplyTx.p99.toFixed(2)} ms` },
+    { figure: `B apply stream busy in transactions @${r.args.rate} ops/s`, value: s.bApplyTx.busy * 100, unit: "% of the phase" },
     { figure: `A pages sent from memory @${r.args.rate} ops/s`, value: s.aPagesSent.memory, unit: `pages (${s.aPagesSent.database} read from the database)` },
     { figure: "B tasks per applied page saturated", value: r.saturated.bPages.tasksPerPage, unit: `tasks (${r.saturated.bPages.full} of ${r.saturated.bPages.pages} pages in full)` },
     ...cpuRows("steady", s.cpuMsPerEvent),
