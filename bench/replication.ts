@@ -20,10 +20,16 @@ const log = (line: string) => console.log(line);
 const load = () => loadavg().map((l) => l.toFixed(2)).join(" ");
 
 const args = argsOrExit(parseReplicationArgs);
-const adminUrl = await benchPostgresOrExit();
-
 // Clean-ups run last-registered first, once, on success, failure and Ctrl-C alike.
 const { own, cleanUp } = createCleanups();
+const adminUrl = args.ownPostgres ? await ownPostgres() : await benchPostgresOrExit();
+
+/** A private instance for the clusters (--own-postgres), stopped last. */
+async function ownPostgres(): Promise<string> {
+  const pg = await startPrivatePostgres();
+  own(() => pg.stop());
+  return pg.url("postgres");
+}
 
 const dir = mkdtempSync(join(tmpdir(), "tern-bench-repl-"));
 // --keep-logs leaves the servers' logs (JSON lines, info level) for reading where the time went.
@@ -32,7 +38,7 @@ const startedAt = new Date();
 const ms = (s: number) => s * 1000;
 try {
   log(`tern replication bench: duration ${args.durationS}s, rate ${args.rate}/s, clients ${args.clients}, catch-up pause ${args.catchupS}s, shards ${args.shards}`);
-  log(`load average at start: ${load()} (2-core machine, shared)`);
+  log(`load average at start: ${load()} (2-core machine, shared); clusters on ${args.ownPostgres ? "a private PostgreSQL instance (track_commit_timestamp=on)" : "the PostgreSQL at 127.0.0.1:5432"}`);
   const [a, b] = await startClusterPair({ adminUrl, dir, shards: args.shards, own });
   const ctx: PhaseContext = { a, b, namespace: "bench-global", log };
   await registerGlobalNamespace(a, b, ctx.namespace);
@@ -63,8 +69,9 @@ try {
   log(`  ${JSON.stringify(forced)}  load avg ${load()}`);
 
   const memory = { [a.name]: memoryOf(a.proc.pid), [b.name]: memoryOf(b.proc.pid) };
-  // The clusters stop before the baselines so they do not compete with them for the CPU.
-  await cleanUp();
+  // The clusters stop before the baselines so they do not compete with them for the CPU (a
+  // private instance, registered first, stays for the raw INSERT baseline).
+  await cleanUp(args.ownPostgres ? 1 : 0);
 
   log(`\n== baseline: raw single-row INSERTs, ${args.clients} clients`);
   const db = await createTempDatabase(adminUrl);

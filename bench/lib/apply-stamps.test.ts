@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { backlogDrain, catchUpFrom, lagsOfWrittenIn, type ApplyStamp } from "./apply-stamps";
+import { backlogDrain, catchUpFrom, lagsByKey, lagsOfWrittenIn, type ApplyStamp } from "./apply-stamps";
 
 const s = (eventTimeMs: number, appliedAtMs: number): ApplyStamp => ({ eventTimeMs, appliedAtMs });
 
@@ -37,5 +37,14 @@ describe("backlogDrain", () => {
   });
   test("null before any backlog event is applied", () => {
     expect(backlogDrain([s(10_100, 10_200)], 10_000)).toBeNull();
+  });
+});
+
+describe("lagsByKey", () => {
+  test("applied minus committed, per key found on both sides", () => {
+    const committed = [{ k: "r1/1", ms: 1000 }, { k: "r1/2", ms: "1002.5" }, { k: "r2/1", ms: null }, { k: "r3/1", ms: 1010 }];
+    const applied = [{ k: "r1/2", ms: 1006 }, { k: "r1/1", ms: 1003 }, { k: "r2/1", ms: 1020 }, { k: "r4/1", ms: 1030 }];
+    // r2/1 has no commit timestamp (committed before it was kept), r3/1 is not applied yet, r4/1 was not committed in the window.
+    expect(lagsByKey(committed, applied)).toEqual([3.5, 3]);
   });
 });

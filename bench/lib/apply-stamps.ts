@@ -34,6 +34,39 @@ export async function readApplyStamps(sql: Sql, fromMs: number, toMs = Date.now(
   return rows.map((r) => ({ eventTimeMs: Number(r.e), appliedAtMs: Number(r.a) }));
 }
 
+/** A row's key and a time (epoch ms), as the commit-lag queries read them. */
+export interface KeyedMs {
+  k: string;
+  ms: number | string | null;
+}
+
+/** applied − committed (ms) per key found in both; rows without a time (no commit timestamp kept) are left out. */
+export function lagsByKey(committed: readonly KeyedMs[], applied: readonly KeyedMs[]): number[] {
+  const at = new Map(committed.filter((r) => r.ms !== null).map((r) => [r.k, Number(r.ms)]));
+  return applied.flatMap((r) => {
+    const c = at.get(r.k);
+    return c === undefined || r.ms === null ? [] : [Number(r.ms) - c];
+  });
+}
+
+/**
+ * Lags (ms) from each event's commit on the source (PostgreSQL's commit timestamp of the
+ * row, so only with track_commit_timestamp=on there: undefined otherwise) to its apply
+ * stamp here, for events written on the source in [fromMs, toMs).
+ */
+export async function commitLagsOfWrittenIn(source: Sql, here: Sql, fromMs: number, toMs: number): Promise<number[] | undefined> {
+  const [setting] = await source<{ track_commit_timestamp: string }[]>`show track_commit_timestamp`;
+  if (setting?.track_commit_timestamp !== "on") return undefined;
+  const [from, to] = [new Date(fromMs), new Date(toMs)];
+  const committed = await source<KeyedMs[]>`
+    select run_id || '/' || event_id as k, extract(epoch from pg_xact_commit_timestamp(xmin)) * 1000 as ms
+    from history_events where event_time >= ${from} and event_time < ${to}`;
+  const applied = await here<KeyedMs[]>`
+    select run_id || '/' || event_id as k, extract(epoch from applied_at) * 1000 as ms
+    from bench_applied where event_time >= ${from} and event_time < ${to}`;
+  return lagsByKey(committed, applied);
+}
+
 /** Lags (ms) of the events written on the source in [fromMs, toMs). */
 export function lagsOfWrittenIn(stamps: readonly ApplyStamp[], fromMs: number, toMs: number): number[] {
   return stamps.filter((s) => s.eventTimeMs >= fromMs && s.eventTimeMs < toMs).map((s) => s.appliedAtMs - s.eventTimeMs);

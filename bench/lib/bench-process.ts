@@ -28,9 +28,10 @@ export async function benchPostgresOrExit(): Promise<string> {
 export function createCleanups() {
   const cleanups: (() => Promise<unknown>)[] = [];
   let cleaning = Promise.resolve();
-  const cleanUp = () =>
+  // keep: how many of the first registered to leave for a later call (a server the rest ran on).
+  const cleanUp = (keep = 0) =>
     (cleaning = cleaning.then(async () => {
-      for (const c of cleanups.splice(0).reverse()) await c().catch((e) => console.error(`clean-up: ${(e as Error).message}`));
+      for (const c of cleanups.splice(keep).reverse()) await c().catch((e) => console.error(`clean-up: ${(e as Error).message}`));
     }));
   for (const sig of ["SIGINT", "SIGTERM"] as const) {
     process.on(sig, () => {

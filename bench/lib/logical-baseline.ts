@@ -4,6 +4,7 @@ import { join } from "node:path";
 import postgres from "postgres";
 import { freePort } from "./free-port";
 import { runPaced, type PacedResult } from "./paced-load";
+import { lagsByKey, type KeyedMs } from "./apply-stamps";
 import { lagSummary, type LagSummary } from "./replication-report";
 
 const BIN = "/usr/lib/postgresql/15/bin";
@@ -21,7 +22,11 @@ async function sh(cmd: string): Promise<string> {
   return out;
 }
 
-/** initdb + pg_ctl start as user postgres in a temp dir, wal_level=logical, on a free port (STACK.md). */
+/**
+ * initdb + pg_ctl start as user postgres in a temp dir, on a free port (STACK.md), with
+ * wal_level=logical and track_commit_timestamp=on (each row's commit time, for lag measured
+ * from the commit).
+ */
 export async function startPrivatePostgres(): Promise<PrivatePostgres> {
   const dir = mkdtempSync(join(tmpdir(), "tern-bench-pg-"));
   const pw = Number((await Bun.$`id -u postgres`.text()).trim());
@@ -35,7 +40,7 @@ export async function startPrivatePostgres(): Promise<PrivatePostgres> {
   };
   try {
     await sh(`${BIN}/initdb -D ${dir}/data --auth=trust -U postgres >/dev/null`);
-    const opts = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c wal_level=logical -c max_wal_senders=10 -c max_replication_slots=10 -c shared_buffers=128MB`;
+    const opts = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c wal_level=logical -c max_wal_senders=10 -c max_replication_slots=10 -c shared_buffers=128MB -c track_commit_timestamp=on`;
     started = true;
     await sh(`${BIN}/pg_ctl -D ${dir}/data -l ${dir}/log -o '${opts}' -w start >/dev/null`);
   } catch (e) {
@@ -53,6 +58,8 @@ export interface LogicalResult {
   load: PacedResult;
   /** Insert (clock_timestamp on the publisher) → applied (subscriber trigger), ms. */
   lagMs: LagSummary;
+  /** Commit on the publisher (its commit timestamp) → applied (subscriber trigger), ms. */
+  commitLagMs: LagSummary;
   rows: number;
 }
 
@@ -95,7 +102,9 @@ export async function runLogicalBaseline(pg: PrivatePostgres, o: { rate: number;
     }
     const lags = await sub<{ ms: number }[]>`select extract(epoch from applied_at - event_time) * 1000 as ms from events where run_id = ${runId}`;
     const values = lags.map((r) => Number(r.ms));
-    return { load, rows: values.length, lagMs: lagSummary(values) };
+    const committed = await pub<KeyedMs[]>`select workflow_id || '/' || event_id as k, extract(epoch from pg_xact_commit_timestamp(xmin)) * 1000 as ms from events where run_id = ${runId}`;
+    const applied = await sub<KeyedMs[]>`select workflow_id || '/' || event_id as k, extract(epoch from applied_at) * 1000 as ms from events where run_id = ${runId}`;
+    return { load, rows: values.length, lagMs: lagSummary(values), commitLagMs: lagSummary(lagsByKey(committed, applied)) };
   } finally {
     // No DROP SUBSCRIPTION: with its slot in the same instance it can hang; the instance is removed whole.
     await Promise.all([pub.end({ timeout: 2 }), sub.end({ timeout: 2 })]);

@@ -1,6 +1,6 @@
 import { FORWARDED_HEADER } from "../../src/frontend/forwarding";
 import { cpuOf, cpuPerEvent, type CpuSample, type CpuUsed } from "./cpu-usage";
-import { backlogDrain, catchUpFrom, lagsOfWrittenIn, readApplyStamps, type BacklogDrain, type CatchUp } from "./apply-stamps";
+import { backlogDrain, catchUpFrom, commitLagsOfWrittenIn, lagsOfWrittenIn, readApplyStamps, type BacklogDrain, type CatchUp } from "./apply-stamps";
 import { runLagProbe } from "./lag-probe";
 import { runLoad } from "./load";
 import { runPaced } from "./paced-load";
@@ -27,8 +27,10 @@ export interface FlowResult {
   aWriteEventsPerSec: number;
   /** Events written in the phase / (last apply on B − phase start). */
   bApplyEventsPerSec: number;
-  /** Per event, event_time on A → trigger stamp on B. */
+  /** Per event, event_time on A (set before its transaction) → trigger stamp on B. */
   stampLagMs: LagSummary;
+  /** Per event, its commit on A (commit timestamp) → trigger stamp on B; only where A's PostgreSQL keeps commit timestamps. */
+  commitLagMs?: LagSummary;
   /** replication_latency observations of the phase (bucket resolution, interpolated). */
   histogramLagMs: { count: number; p50: number; p95: number; p99: number; maxBound: number };
   /** The same lag in two parts (histograms, interpolated): until a task's page arrived on B, and from then until applied. */
@@ -91,6 +93,7 @@ export async function measureFlow(ctx: PhaseContext, load: () => Promise<{ ops: 
   const coresBusy = (perEvent * (n1 - n0)) / (busyUntil - t0);
   const stamps = await readApplyStamps(ctx.b.sql, t0);
   const lags = lagsOfWrittenIn(stamps, t0, t1);
+  const commitLags = await commitLagsOfWrittenIn(ctx.a.sql, ctx.b.sql, t0, t1);
   // A loop, not a spread: a long soak has millions of stamps, past what a spread takes.
   const lastApply = stamps.reduce((m, s) => (s.eventTimeMs < t1 && s.appliedAtMs > m ? s.appliedAtMs : m), Number.NEGATIVE_INFINITY);
   const [m1, a1] = [await scrape(ctx.b), await scrape(ctx.a)];
@@ -104,14 +107,16 @@ export async function measureFlow(ctx: PhaseContext, load: () => Promise<{ ops: 
     const d = diffHistogram(parseHistogram(m1, name, match), parseHistogram(m0, name, match));
     return { p50: histogramQuantile(d, 0.5) * 1000, p99: histogramQuantile(d, 0.99) * 1000, sumS: d.sum };
   };
+  const quantiles = ({ p50, p99 }: { p50: number; p99: number }) => ({ p50, p99 });
   const applyTx = part("persistence_latency", { operation: "ReplicateHistory" });
   return {
     ops: r.ops, errors: r.errors, firstError: r.firstError, opsPerSec: r.ops / r.elapsedS,
     aWriteEventsPerSec: (n1 - n0) / r.elapsedS,
     bApplyEventsPerSec: lags.length / ((lastApply - t0) / 1000),
     stampLagMs: lagSummary(lags),
+    commitLagMs: commitLags && lagSummary(commitLags),
     histogramLagMs: { count: h.count, p50: ms(0.5), p95: ms(0.95), p99: ms(0.99), maxBound: histogramMaxBound(h) * 1000 },
-    lagSplitMs: { fetch: part("replication_fetch_latency"), apply: part("replication_apply_latency") },
+    lagSplitMs: { fetch: quantiles(part("replication_fetch_latency")), apply: quantiles(part("replication_apply_latency")) },
     drainMs,
     bApplyTx: { p50: applyTx.p50, p99: applyTx.p99, busy: applyTx.sumS / ((busyUntil - t0) / 1000) },
     cpuMsPerEvent,

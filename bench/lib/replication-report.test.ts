@@ -25,6 +25,12 @@ describe("replication-report", () => {
   ])("goals %p -> #%p %p", (inputs, index, verdict) => {
     expect(evaluateGoals(inputs)[index]!.verdict).toBe(verdict as "PASS");
   });
+  test("the lag goals say where the lag is measured from", () => {
+    const [p99, vsLogical] = evaluateGoals({ lagP99Ms: 12, logicalLagP99Ms: 1, lagFrom: "both from the commit" });
+    expect(p99!.detail).toBe("p99 12.0 ms, both from the commit");
+    expect(vsLogical!.detail).toBe("12.0 ms vs 2 x 1.00 ms, both from the commit");
+    expect(evaluateGoals({ lagP99Ms: 12 })[0]!.detail).toBe("p99 12.0 ms");
+  });
   test("table shows value, baseline and ratio", () => {
     const t = formatFigures([{ figure: "lag p99", value: 20, unit: "ms", baseline: { name: "logical", value: 10 } }]);
     expect(t).toContain("20.0 ms");

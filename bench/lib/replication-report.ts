@@ -52,6 +52,8 @@ export interface GoalResult {
 export interface GoalInputs {
   lagP99Ms?: number;
   logicalLagP99Ms?: number;
+  /** Where both lags are measured from, when said in the goal lines (e.g. "from each side's commit"). */
+  lagFrom?: string;
   bApplyPerSec?: number;
   aSaturatedWritePerSec?: number;
   catchUpPerSec?: number;
@@ -76,9 +78,9 @@ function judge(goal: string, inputs: (number | undefined)[], pass: () => boolean
 export function evaluateGoals(g: GoalInputs): GoalResult[] {
   const f = (n: number | undefined) => num(n!);
   return [
-    judge("lag p99 <= 50 ms at the steady rate", [g.lagP99Ms], () => g.lagP99Ms! <= 50, () => `p99 ${f(g.lagP99Ms)} ms`),
+    judge("lag p99 <= 50 ms at the steady rate", [g.lagP99Ms], () => g.lagP99Ms! <= 50, () => `p99 ${f(g.lagP99Ms)} ms${g.lagFrom ? `, ${g.lagFrom}` : ""}`),
     judge("lag p99 <= 2x logical replication p99", [g.lagP99Ms, g.logicalLagP99Ms], () => g.lagP99Ms! <= 2 * g.logicalLagP99Ms!,
-      () => `${f(g.lagP99Ms)} ms vs 2 x ${f(g.logicalLagP99Ms)} ms`),
+      () => `${f(g.lagP99Ms)} ms vs 2 x ${f(g.logicalLagP99Ms)} ms${g.lagFrom ? `, ${g.lagFrom}` : ""}`),
     judge("B apply throughput >= A saturated write throughput", [g.bApplyPerSec, g.aSaturatedWritePerSec], () => g.bApplyPerSec! >= g.aSaturatedWritePerSec!,
       () => `${f(g.bApplyPerSec)} vs ${f(g.aSaturatedWritePerSec)} events/s`),
     judge("catch-up >= 5x steady rate", [g.catchUpPerSec, g.steadyPerSec], () => g.catchUpPerSec! >= 5 * g.steadyPerSec!,
