@@ -89,7 +89,7 @@ try {
 
   log(`\n${formatMinutes(minutes)}`);
   log(`\nA acked ${flow.opsPerSec.toFixed(1)} ops/s (target ${args.rate}), ${flow.errors} errors, ${paced.late} started >100 ms late; B applied ${flow.bApplyEventsPerSec.toFixed(0)} events/s`);
-  log(`lag A commit -> B apply, whole run: ${ms(flow.stampLagMs)} (${flow.stampLagMs.count} events); drained ${flow.drainMs.toFixed(0)} ms after the load`);
+  log(`lag, event time on A (before its commit) -> B apply, whole run: ${ms(flow.stampLagMs)} (${flow.stampLagMs.count} events); drained ${flow.drainMs.toFixed(0)} ms after the load`);
   log(`peak RSS (VmHWM): A ${last.aPeakMb.toFixed(0)} MB, B ${last.bPeakMb.toFixed(0)} MB`);
   log(`\ngoals:\n${formatGoals(goals)}`);
   log(`\nload average at end: ${load()}`);

@@ -52,7 +52,7 @@ export interface GoalResult {
 export interface GoalInputs {
   lagP99Ms?: number;
   logicalLagP99Ms?: number;
-  /** Where both lags are measured from, when said in the goal lines (e.g. "from each side's commit"). */
+  /** Where both lags are measured from, when said in the goal lines (e.g. "both from the commit"). */
   lagFrom?: string;
   bApplyPerSec?: number;
   aSaturatedWritePerSec?: number;
