@@ -12,14 +12,16 @@ import { join } from "node:path";
 import { repoRoot } from "../scripts/lib/cluster-process";
 import { argsOrExit, benchPostgresOrExit, createCleanups } from "./lib/bench-process";
 import { parseCompareArgs, runOrder } from "./lib/compare-args";
+import { startPrivatePostgres } from "./lib/logical-baseline";
 import { median } from "./lib/percentiles";
 import { registerGlobalNamespace, startClusterPair } from "./lib/replication-clusters";
 import { steadyPhase } from "./lib/replication-phases";
 import { writeJsonReport } from "./lib/report";
 
 const args = argsOrExit(parseCompareArgs);
-const adminUrl = await benchPostgresOrExit();
 const { own, cleanUp } = createCleanups();
+// --own-postgres: one private instance for every run (stopped last), so lag is measured from A's commit.
+const adminUrl = args.ownPostgres ? await startPrivatePostgres().then((pg) => (own(() => pg.stop()), pg.url("postgres"))) : await benchPostgresOrExit();
 const git = (...a: string[]) => execFileSync("git", a, { cwd: repoRoot, encoding: "utf8" }).trim();
 
 /** One measured run of one side. */
@@ -57,7 +59,7 @@ try {
   const lockChanged = git("diff", "--name-only", baseRev, "--", "package-lock.json") !== "";
   console.log(`compare: base ${args.base} (${baseRev.slice(0, 10)}) against this checkout (${headRev.slice(0, 10)}${dirty ? ", with uncommitted changes" : ""})`);
   if (lockChanged) console.log("  note: package-lock.json differs; the base runs on this checkout's node_modules");
-  console.log(`  ${args.pairs} runs each, ABBA order; steady ${args.rate} ops/s, ${args.clients} clients, ${args.durationS}s after ${args.warmupS}s warm-up, ${args.shards} shards\n`);
+  console.log(`  ${args.pairs} runs each, ABBA order; steady ${args.rate} ops/s, ${args.clients} clients, ${args.durationS}s after ${args.warmupS}s warm-up, ${args.shards} shards; lag from ${args.ownPostgres ? "A's commit (private PostgreSQL)" : "the event time on A"}\n`);
 
   // The current run's servers and databases: stopped after the run, or first on Ctrl-C.
   const current: (() => Promise<unknown>)[] = [];
@@ -76,9 +78,10 @@ try {
       const { flow } = await steadyPhase({ a, b, namespace: "bench-global", log: () => {} }, {
         rate: args.rate, clients: args.clients, durationMs: args.durationS * 1000, warmupMs: args.warmupS * 1000,
       });
+      const lag = flow.commitLagMs ?? flow.stampLagMs;
       const cpu = Object.values(flow.cpuMsPerEvent).reduce((s, c) => s + c.tern + c.pg, 0);
       const run: Run = {
-        side, opsPerSec: flow.opsPerSec, p50: flow.stampLagMs.p50, p95: flow.stampLagMs.p95, p99: flow.stampLagMs.p99, cpuMsPerEvent: cpu,
+        side, opsPerSec: flow.opsPerSec, p50: lag.p50, p95: lag.p95, p99: lag.p99, cpuMsPerEvent: cpu,
         aServerCpuMs: flow.cpuMsPerEvent[a.name]!.tern, aPgCpuMs: flow.cpuMsPerEvent[a.name]!.pg, bServerCpuMs: flow.cpuMsPerEvent[b.name]!.tern,
         bPgCpuMs: flow.cpuMsPerEvent[b.name]!.pg, pagesSent: flow.aPagesSent, bTasksPerPage: flow.bPages.tasksPerPage,
       };

@@ -3,7 +3,9 @@ import { parseCompareArgs, runOrder } from "./compare-args";
 
 test("parseCompareArgs: --base is required; defaults; numbers checked", () => {
   expect(() => parseCompareArgs([])).toThrow("--base is required");
-  expect(parseCompareArgs(["--base", "HEAD~1"])).toEqual({ base: "HEAD~1", pairs: 4, rate: 500, clients: 32, durationS: 10, warmupS: 3, shards: 4 });
+  expect(parseCompareArgs(["--base", "HEAD~1"])).toEqual({ base: "HEAD~1", pairs: 4, rate: 500, clients: 32, durationS: 10, warmupS: 3, shards: 4, ownPostgres: false });
+  expect(parseCompareArgs(["--base", "x", "--own-postgres"]).ownPostgres).toBe(true);
+  expect(() => parseCompareArgs(["--base", "x", "--own-postgres=yes"])).toThrow("usage:");
   expect(parseCompareArgs(["--base=abc", "--pairs", "4", "--rate=250", "--duration", "5"])).toMatchObject({ base: "abc", pairs: 4, rate: 250, durationS: 5 });
   expect(() => parseCompareArgs(["--base", "x", "--pairs", "1.5"])).toThrow("not a positive whole number");
   expect(() => parseCompareArgs(["--base", "x", "--rate", "0"])).toThrow("not a positive number");

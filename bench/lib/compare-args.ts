@@ -14,25 +14,28 @@ export interface CompareArgs {
   /** Seconds of the same load before each measurement. */
   warmupS: number;
   shards: number;
+  /** Both sides on a PostgreSQL instance started for the run (track_commit_timestamp=on): lag from A's commit. */
+  ownPostgres: boolean;
 }
 
 const USAGE =
-  "usage: bun bench/compare.ts --base REV [--pairs 4] [--rate 500] [--clients 32] [--duration 10] [--warmup-seconds 3] [--shards 4]";
+  "usage: bun bench/compare.ts --base REV [--pairs 4] [--rate 500] [--clients 32] [--duration 10] [--warmup-seconds 3] [--shards 4] [--own-postgres]";
 const NUMBERS = { pairs: "pairs", rate: "rate", clients: "clients", duration: "durationS", "warmup-seconds": "warmupS", shards: "shards" } as const;
 
 /** Parses `--flag value` and `--flag=value`; throws with the usage line on bad input. */
 export function parseCompareArgs(argv: readonly string[]): CompareArgs {
-  const args: CompareArgs = { base: "", pairs: 4, rate: 500, clients: 32, durationS: 10, warmupS: 3, shards: 4 };
+  const args: CompareArgs = { base: "", pairs: 4, rate: 500, clients: 32, durationS: 10, warmupS: 3, shards: 4, ownPostgres: false };
   let values: Record<string, string | boolean | undefined>;
   try {
     const options = Object.fromEntries(["base", ...Object.keys(NUMBERS)].map((f) => [f, { type: "string" as const }]));
-    ({ values } = parseArgs({ args: [...argv], options: { ...options, help: { type: "boolean", short: "h" } }, strict: true, allowPositionals: false }));
+    ({ values } = parseArgs({ args: [...argv], options: { ...options, "own-postgres": { type: "boolean" }, help: { type: "boolean", short: "h" } }, strict: true, allowPositionals: false }));
   } catch (e) {
     throw new Error(`${(e as Error).message}\n${USAGE}`);
   }
   if (values.help) throw new Error(USAGE);
   if (typeof values.base !== "string" || !values.base) throw new Error(`--base is required: the revision to compare this checkout against\n${USAGE}`);
   args.base = values.base;
+  args.ownPostgres = values["own-postgres"] === true;
   for (const [flag, key] of Object.entries(NUMBERS)) {
     const value = values[flag];
     if (typeof value !== "string") continue;
