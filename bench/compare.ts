@@ -10,9 +10,8 @@ import { mkdtempSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { repoRoot } from "../scripts/lib/cluster-process";
-import { argsOrExit, benchPostgresOrExit, createCleanups } from "./lib/bench-process";
+import { argsOrExit, clusterPostgres, createCleanups } from "./lib/bench-process";
 import { parseCompareArgs, runOrder } from "./lib/compare-args";
-import { startPrivatePostgres } from "./lib/logical-baseline";
 import { median } from "./lib/percentiles";
 import { registerGlobalNamespace, startClusterPair } from "./lib/replication-clusters";
 import { steadyPhase } from "./lib/replication-phases";
@@ -21,7 +20,7 @@ import { writeJsonReport } from "./lib/report";
 const args = argsOrExit(parseCompareArgs);
 const { own, cleanUp } = createCleanups();
 // --own-postgres: one private instance for every run (stopped last), so lag is measured from A's commit.
-const adminUrl = args.ownPostgres ? await startPrivatePostgres().then((pg) => (own(() => pg.stop()), pg.url("postgres"))) : await benchPostgresOrExit();
+const adminUrl = await clusterPostgres(args.ownPostgres, own);
 const git = (...a: string[]) => execFileSync("git", a, { cwd: repoRoot, encoding: "utf8" }).trim();
 
 /** One measured run of one side. */

@@ -6,7 +6,7 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
-import { argsOrExit, benchPostgresOrExit, createCleanups } from "./lib/bench-process";
+import { argsOrExit, clusterPostgres, createCleanups } from "./lib/bench-process";
 import { runInsertBaseline } from "./lib/insert-baseline";
 import { runLogicalBaseline, startPrivatePostgres, type LogicalResult } from "./lib/logical-baseline";
 import { createTempDatabase } from "./lib/pg-database";
@@ -22,14 +22,8 @@ const load = () => loadavg().map((l) => l.toFixed(2)).join(" ");
 const args = argsOrExit(parseReplicationArgs);
 // Clean-ups run last-registered first, once, on success, failure and Ctrl-C alike.
 const { own, cleanUp } = createCleanups();
-const adminUrl = args.ownPostgres ? await ownPostgres() : await benchPostgresOrExit();
-
-/** A private instance for the clusters (--own-postgres), stopped last. */
-async function ownPostgres(): Promise<string> {
-  const pg = await startPrivatePostgres();
-  own(() => pg.stop());
-  return pg.url("postgres");
-}
+// With --own-postgres a private instance, registered first so it is stopped last.
+const adminUrl = await clusterPostgres(args.ownPostgres, own);
 
 const dir = mkdtempSync(join(tmpdir(), "tern-bench-repl-"));
 // --keep-logs leaves the servers' logs (JSON lines, info level) for reading where the time went.

@@ -1,3 +1,4 @@
+import { startPrivatePostgres } from "./logical-baseline";
 import { unreachableReason } from "./pg-database";
 
 /** The command line parsed by parse, or the process exits 2 with parse's message (the usage). */
@@ -19,6 +20,17 @@ export async function benchPostgresOrExit(): Promise<string> {
     process.exit(1);
   }
   return adminUrl;
+}
+
+/**
+ * The admin URL the clusters run on: with `ownPostgres`, a PostgreSQL instance started for
+ * the run (track_commit_timestamp=on), its stop registered with `own`; else benchPostgresOrExit's.
+ */
+export async function clusterPostgres(ownPostgres: boolean, own: (cleanup: () => Promise<unknown>) => void): Promise<string> {
+  if (!ownPostgres) return benchPostgresOrExit();
+  const pg = await startPrivatePostgres();
+  own(() => pg.stop());
+  return pg.url("postgres");
 }
 
 /**

@@ -100,10 +100,12 @@ export async function runLogicalBaseline(pg: PrivatePostgres, o: { rate: number;
       if (Number(got!.m) >= Number(total!.n)) break;
       await Bun.sleep(50);
     }
-    const lags = await sub<{ ms: number }[]>`select extract(epoch from applied_at - event_time) * 1000 as ms from events where run_id = ${runId}`;
-    const values = lags.map((r) => Number(r.ms));
+    // Each applied row once: its lag from the insert's stamp, and its apply time for the lag from the publisher's commit.
+    const applied = await sub<(KeyedMs & { lag: number })[]>`
+      select workflow_id || '/' || event_id as k, extract(epoch from applied_at) * 1000 as ms, extract(epoch from applied_at - event_time) * 1000 as lag
+      from events where run_id = ${runId}`;
+    const values = applied.map((r) => Number(r.lag));
     const committed = await pub<KeyedMs[]>`select workflow_id || '/' || event_id as k, extract(epoch from pg_xact_commit_timestamp(xmin)) * 1000 as ms from events where run_id = ${runId}`;
-    const applied = await sub<KeyedMs[]>`select workflow_id || '/' || event_id as k, extract(epoch from applied_at) * 1000 as ms from events where run_id = ${runId}`;
     return { load, rows: values.length, lagMs: lagSummary(values), commitLagMs: lagSummary(lagsByKey(committed, applied)) };
   } finally {
     // No DROP SUBSCRIPTION: with its slot in the same instance it can hang; the instance is removed whole.

@@ -103,12 +103,10 @@ export async function measureFlow(ctx: PhaseContext, load: () => Promise<{ ops: 
   const pages = c1.pages - c0.pages;
   const tasks = c1.tasks - c0.tasks;
   const ms = (q: number) => histogramQuantile(h, q) * 1000;
-  const part = (name: string, match: Record<string, string> = {}) => {
-    const d = diffHistogram(parseHistogram(m1, name, match), parseHistogram(m0, name, match));
-    return { p50: histogramQuantile(d, 0.5) * 1000, p99: histogramQuantile(d, 0.99) * 1000, sumS: d.sum };
-  };
-  const quantiles = ({ p50, p99 }: { p50: number; p99: number }) => ({ p50, p99 });
-  const applyTx = part("persistence_latency", { operation: "ReplicateHistory" });
+  // A histogram's observations of the phase, and their p50 and p99 in ms.
+  const observed = (name: string, match: Record<string, string> = {}) => diffHistogram(parseHistogram(m1, name, match), parseHistogram(m0, name, match));
+  const quantiles = (d: Histogram) => ({ p50: histogramQuantile(d, 0.5) * 1000, p99: histogramQuantile(d, 0.99) * 1000 });
+  const applyTx = observed("persistence_latency", { operation: "ReplicateHistory" });
   return {
     ops: r.ops, errors: r.errors, firstError: r.firstError, opsPerSec: r.ops / r.elapsedS,
     aWriteEventsPerSec: (n1 - n0) / r.elapsedS,
@@ -116,9 +114,9 @@ export async function measureFlow(ctx: PhaseContext, load: () => Promise<{ ops: 
     stampLagMs: lagSummary(lags),
     commitLagMs: commitLags && lagSummary(commitLags),
     histogramLagMs: { count: h.count, p50: ms(0.5), p95: ms(0.95), p99: ms(0.99), maxBound: histogramMaxBound(h) * 1000 },
-    lagSplitMs: { fetch: quantiles(part("replication_fetch_latency")), apply: quantiles(part("replication_apply_latency")) },
+    lagSplitMs: { fetch: quantiles(observed("replication_fetch_latency")), apply: quantiles(observed("replication_apply_latency")) },
     drainMs,
-    bApplyTx: { p50: applyTx.p50, p99: applyTx.p99, busy: applyTx.sumS / ((busyUntil - t0) / 1000) },
+    bApplyTx: { ...quantiles(applyTx), busy: applyTx.sum / ((busyUntil - t0) / 1000) },
     cpuMsPerEvent,
     benchCpuMsPerEvent,
     coresBusy,
