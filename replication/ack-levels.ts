@@ -1,7 +1,8 @@
 import { and, eq, sql } from "drizzle-orm";
 import { listen, type EventNotifier, type Listening } from "../src/history/notifier";
 import type { Db, Tx } from "../src/persistence/database";
-import { runStatement, tableCodec } from "../src/persistence/raw-statements";
+import { pgErrorOf } from "../src/errors";
+import { DIVISION_BY_ZERO, runStatement, tableCodec } from "../src/persistence/raw-statements";
 import { replicationAckLevels } from "../src/persistence/schema";
 import { RetryableReplicationError } from "./applier";
 
@@ -168,18 +169,20 @@ export async function advanceInboundAck(
   shardId: number,
   move: { from: number; to: number; maxTaskId: number; lastAppliedCreatedAt?: Date },
 ): Promise<void> {
-  const rows = await runStatement(tx, ADVANCE_INBOUND_TEXT, [
+  // The statement itself fails when the ack is not at move.from: a transaction whose COMMIT
+  // already went out (one round trip, page-applier.ts) must roll back, not commit the page.
+  await runStatement(tx, ADVANCE_INBOUND_TEXT, [
     move.to, move.maxTaskId, acks.param("lastAppliedCreatedAt", move.lastAppliedCreatedAt), remoteCluster, shardId, move.from,
-  ]);
-  if (rows.length !== 1) {
+  ]).catch((e) => {
+    if (pgErrorOf(e).code !== DIVISION_BY_ZERO) throw e;
     throw new RetryableReplicationError(`inbound ack of ${remoteCluster} shard ${shardId} moved from ${move.from} concurrently (another process applies it)`);
-  }
+  });
 }
 
 const acks = tableCodec(replicationAckLevels);
 // Once per applied page: fixed text. A page without a commit time keeps the one stored.
 const ADVANCE_INBOUND_TEXT =
-  `update ${acks.table} set ${acks.name("ackLevel")} = $1, ${acks.name("maxTaskId")} = $2, ` +
+  `with moved as (update ${acks.table} set ${acks.name("ackLevel")} = $1, ${acks.name("maxTaskId")} = $2, ` +
   `${acks.name("lastAppliedCreatedAt")} = coalesce($3::timestamptz, ${acks.name("lastAppliedCreatedAt")}), ${acks.name("updatedAt")} = now() ` +
   `where ${acks.name("remoteCluster")} = $4 and ${acks.name("direction")} = 'inbound' and ${acks.name("queue")} = 'history' ` +
-  `and ${acks.name("shardId")} = $5 and ${acks.name("ackLevel")} = $6 returning ${acks.name("shardId")}`;
+  `and ${acks.name("shardId")} = $5 and ${acks.name("ackLevel")} = $6 returning 1) select 1 / count(*)::int as moved from moved`;

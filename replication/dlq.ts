@@ -103,7 +103,15 @@ export function createReplicationDlq({ db, metrics }: ReplicationDlqDeps) {
     for (const s of seenSources) metrics.set("replication_dlq_size", { source_cluster: s }, now.get(s) ?? 0);
   }
 
-  return { add, heldRuns, list, all, purge, sizes, refreshGauge };
+  /**
+   * Fails the transaction (a guard, see DIVISION_BY_ZERO) when any of the source's shards
+   * has an entry: for pages applied without reading heldRuns first.
+   */
+  function guardNoneHeld(tx: Tx, source: string, shardIds: readonly number[]): Promise<unknown> {
+    return runStatement(tx, NONE_HELD_TEXT, [source, JSON.stringify(shardIds)]);
+  }
+
+  return { add, heldRuns, guardNoneHeld, list, all, purge, sizes, refreshGauge };
 }
 
 export type ReplicationDlq = ReturnType<typeof createReplicationDlq>;
@@ -125,7 +133,9 @@ export function entryOf(r: DlqRow): ReplicationDlqEntry {
 }
 
 const dlqSql = tableCodec(replicationDlq);
+const IN_SHARDS = `${dlqSql.name("shardId")} in (select value::int from jsonb_array_elements_text($2::jsonb))`;
+const NONE_HELD_TEXT =
+  `select 1 / (not exists (select 1 from ${dlqSql.table} where ${dlqSql.name("sourceCluster")} = $1 and ${IN_SHARDS}))::int as none_held`;
 const HELD_RUNS_TEXT =
   `select distinct ${dlqSql.name("namespaceId")} as namespace_id, ${dlqSql.name("workflowId")} as workflow_id, ${dlqSql.name("runId")} as run_id ` +
-  `from ${dlqSql.table} where ${dlqSql.name("sourceCluster")} = $1 ` +
-  `and ${dlqSql.name("shardId")} in (select value::int from jsonb_array_elements_text($2::jsonb))`;
+  `from ${dlqSql.table} where ${dlqSql.name("sourceCluster")} = $1 and ${IN_SHARDS}`;

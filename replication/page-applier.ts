@@ -2,16 +2,18 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { RemoteClients } from "../src/cluster/remote-client";
 import type { ReplicationTask } from "../src/gen/tern/admin/v1/service_pb";
 import { runKeyText } from "../src/history/branch-store";
+import { lockRunKeys } from "../src/history/run-batches";
 import type { EventNotifier } from "../src/history/notifier";
 import type { Writer } from "../src/history/writer";
 import type { Logger } from "../src/observability/log";
 import type { Metrics } from "../src/observability/metrics";
 import type { NamespaceRecord } from "../src/namespace/registry";
 import { advanceInboundAck } from "./ack-levels";
-import { isTaskFailure, type HistoryApplier, type IncomingTask, type RawHistoryFetcher } from "./applier";
+import { isTaskFailure, type HistoryApplier, type IncomingTask, type PlannedApply, type RawHistoryFetcher } from "./applier";
 import { HELD_BEHIND, type ReplicationDlq } from "./dlq";
 import { sleep, type RemoteCluster } from "./manager";
 import type { InboundProgress } from "./receiver";
+import { createRunCache } from "./run-cache";
 import { mergeRunTasks } from "./task-merge";
 import { versionHistoryFromProto, versionHistoryToProto } from "./version-history";
 
@@ -80,6 +82,21 @@ async function settleAll(all: Promise<unknown>[]): Promise<void> {
   if (failed) throw (failed as PromiseRejectedResult).reason;
 }
 
+/** Per workflow in task order, merged per run (a page interleaves runs); undefined when a run is left twice (it switched branches). */
+function mergedRuns(tasks: ReplicationTask[]): IncomingTask[] | undefined {
+  const merged = byWorkflow(tasks).flatMap((g) => mergeRunTasks(g.map(incoming)));
+  return new Set(merged.map(runKeyText)).size === merged.length ? merged : undefined;
+}
+
+/** fn's result, or undefined if it throws. */
+function attempt<T>(fn: () => T): T | undefined {
+  try {
+    return fn();
+  } catch {
+    return undefined;
+  }
+}
+
 /** Tasks grouped by workflow, each group in task order. */
 function byWorkflow(tasks: ReplicationTask[]): ReplicationTask[][] {
   const groups = new Map<string, ReplicationTask[]>();
@@ -100,22 +117,71 @@ function byWorkflow(tasks: ReplicationTask[]): ReplicationTask[][] {
 export function createPageApplier(deps: PageApplierDeps) {
   const { applier, writer, metrics, log, dlq, progressOf } = deps;
   const retry: RetryPolicy = { attempts: 5, backoffMs: 200, maxBackoffMs: 2_000, ...deps.retry };
+  const runs = createRunCache();
+  /** Remote shards ("remote/shard") whose last read found no DLQ entry and whose last one-trip apply held: applyOneTrip may try them. */
+  const oneTripShards = new Set<string>();
+  const shardText = (remote: RemoteCluster, shardId: number) => `${remote.name}/${shardId}`;
 
   /**
    * Applies tasks (of remote's shards that moves name) and makes the moves in one
-   * transaction; returns the runs that grew. Tried in two round trips first
-   * (applyPipelined), else in full (applyInFull).
+   * transaction; returns the runs that grew. Tried in one round trip first (applyOneTrip),
+   * then in two (applyPipelined), else in full (applyInFull).
    */
   async function applyAll(remote: RemoteCluster, signal: AbortSignal, tasks: ReplicationTask[], moves: AckMove[]): Promise<Applied> {
     const namespaces = await applier.namespacesOf(tasks);
     const labels = { remote_cluster: remote.name };
-    const done = await applyPipelined(remote, tasks, namespaces, moves);
-    if (done) {
-      metrics.inc("replication_pages_applied", { ...labels, path: "pipelined" });
+    for (const [path, apply] of [["one-trip", applyOneTrip], ["pipelined", applyPipelined]] as const) {
+      const done = await apply(remote, tasks, namespaces, moves);
+      if (!done) continue;
+      metrics.inc("replication_pages_applied", { ...labels, path });
       return done;
     }
     metrics.inc("replication_pages_applied", { ...labels, path: "full" });
+    // Conflicts, rivals and gaps change runs in ways the cache does not follow.
+    runs.forget(tasks.map(incoming));
     return applyInFull(remote, signal, tasks, namespaces, moves);
+  }
+
+  /**
+   * Pages of runs this process applied lately, in one round trip: planned from their rows as
+   * its commits left them (the run cache), and sent with BEGIN, the acks' moves, the guards
+   * and COMMIT. A guard rolls it back, and the pages are applied from fresh reads, when a
+   * run's row moved on (db_version), a new run's row exists or rivals an open run (the
+   * insert's unique indexes), a shard has DLQ entries or an ack moved. Undefined then, and
+   * when a run's row is not cached (or the last try for one of the shards failed).
+   */
+  async function applyOneTrip(remote: RemoteCluster, tasks: ReplicationTask[], namespaces: Map<string, NamespaceRecord>, moves: AckMove[]): Promise<Applied | undefined> {
+    const merged = mergedRuns(tasks);
+    if (!merged || !moves.every((m) => oneTripShards.has(shardText(remote, m.shardId)))) return undefined;
+    const plans: PlannedApply[] = [];
+    for (const t of merged) {
+      const run = runs.get(t);
+      // A task whose events do not follow the cached row throws here: it is read afresh.
+      const plan = run || t.firstEventId === 1 ? attempt(() => applier.planApply(namespaces.get(t.namespaceId)!, t, { run })) : undefined;
+      if (!plan) return undefined;
+      plans.push(plan);
+    }
+    const writes = plans.flatMap((p) => (p.write ? [p.write] : []));
+    const shardIds = moves.map((m) => m.shardId);
+    try {
+      await writer.transactPipelined("ReplicateHistory", async (tx, commit) => {
+        const all = [
+          ...moves.map((m) => advanceInboundAck(tx, remote.name, m.shardId, m)),
+          dlq.guardNoneHeld(tx, remote.name, shardIds),
+          lockRunKeys(tx, merged),
+          applier.writeAll(tx, writes),
+        ];
+        commit();
+        await settleAll(all);
+      });
+    } catch {
+      // The shards' next pages read first (and find out whether one trip may work again).
+      for (const id of shardIds) oneTripShards.delete(shardText(remote, id));
+      runs.forget(merged);
+      return undefined;
+    }
+    runs.committed(writes);
+    return { grown: merged.filter((_, i) => plans[i]!.events > 0).map((t) => t.runId), held: 0 };
   }
 
   /**
@@ -125,11 +191,10 @@ export function createPageApplier(deps: PageApplierDeps) {
    * applyInFull: a held run, a run twice in the page, a divergence, a gap or a rival run.
    */
   async function applyPipelined(remote: RemoteCluster, tasks: ReplicationTask[], namespaces: Map<string, NamespaceRecord>, moves: AckMove[]): Promise<Applied | undefined> {
-    // Per workflow in task order, merged per run (a page interleaves runs); a run left twice switched branches.
-    const merged = byWorkflow(tasks).flatMap((g) => mergeRunTasks(g.map(incoming)));
-    if (new Set(merged.map(runKeyText)).size !== merged.length) return undefined;
+    const merged = mergedRuns(tasks);
+    if (!merged) return undefined;
     try {
-      return await writer.transactPipelined("ReplicateHistory", async (tx, commit) => {
+      const { done, writes, held } = await writer.transactPipelined("ReplicateHistory", async (tx, commit) => {
         // The acks first: each moves only from where its page starts (another process may apply
         // the shard), and must fail before COMMIT goes out, not after.
         const acked = Promise.all(moves.map((m) => advanceInboundAck(tx, remote.name, m.shardId, m)));
@@ -139,11 +204,15 @@ export function createPageApplier(deps: PageApplierDeps) {
         if (merged.some((t) => heldRuns.has(runKeyText(t)))) throw new NeedsFullApply();
         const plans = merged.map((t, i) => applier.planApply(namespaces.get(t.namespaceId)!, t, found[i]!));
         if (plans.some((p) => !p)) throw new NeedsFullApply();
-        const writes = applier.writeAll(tx, plans.flatMap((p) => (p!.write ? [p!.write] : [])));
+        const writes = plans.flatMap((p) => (p!.write ? [p!.write] : []));
+        const written = applier.writeAll(tx, writes);
         commit();
-        await writes;
-        return { grown: merged.filter((_, i) => plans[i]!.events > 0).map((t) => t.runId), held: 0 };
+        await written;
+        return { done: { grown: merged.filter((_, i) => plans[i]!.events > 0).map((t) => t.runId), held: 0 }, writes, held: heldRuns.size };
       });
+      runs.committed(writes);
+      if (held === 0) for (const m of moves) oneTripShards.add(shardText(remote, m.shardId));
+      return done;
     } catch (e) {
       if (e instanceof NeedsFullApply) return undefined;
       throw e;

@@ -42,8 +42,8 @@ export interface FlowResult {
   benchCpuMsPerEvent: number;
   /** Cores busy from load start to drain: both clusters' servers and PostgreSQL backends, and this process. */
   coresBusy: number;
-  /** B's applied pages in the phase: tasks per page (fixed costs are per page), and pages that needed the full apply path. */
-  bPages: { pages: number; tasks: number; tasksPerPage: number; full: number };
+  /** B's applied pages in the phase: tasks per page (fixed costs are per page), pages applied in one round trip, and pages that needed the full apply path. */
+  bPages: { pages: number; tasks: number; tasksPerPage: number; oneTrip: number; full: number };
   /** A's pages sent to B in the phase, by source: its outbox tail (memory) or a database read. */
   aPagesSent: { memory: number; database: number };
   /**
@@ -57,6 +57,7 @@ export interface FlowResult {
 /** What B's counters say of its applies so far. */
 const applyCounters = (metrics: string) => ({
   pages: parseCounter(metrics, "replication_pages_applied"),
+  oneTrip: parseCounter(metrics, "replication_pages_applied", { path: "one-trip" }),
   full: parseCounter(metrics, "replication_pages_applied", { path: "full" }),
   tasks: parseCounter(metrics, "replication_tasks_applied"),
 });
@@ -120,7 +121,7 @@ export async function measureFlow(ctx: PhaseContext, load: () => Promise<{ ops: 
     cpuMsPerEvent,
     benchCpuMsPerEvent,
     coresBusy,
-    bPages: { pages, tasks, tasksPerPage: tasks / pages, full: c1.full - c0.full },
+    bPages: { pages, tasks, tasksPerPage: tasks / pages, oneTrip: c1.oneTrip - c0.oneTrip, full: c1.full - c0.full },
     aPagesSent: { memory: s1.memory - s0.memory, database: s1.database - s0.database },
   };
 }

@@ -1,5 +1,6 @@
 import type { Tx } from "../persistence/database";
-import { runStatement, tableCodec, textCache, valuesList } from "../persistence/raw-statements";
+import { pgErrorOf } from "../errors";
+import { DIVISION_BY_ZERO, runStatement, tableCodec, textCache, valuesList } from "../persistence/raw-statements";
 import { executions } from "../persistence/schema";
 import { runKeyText } from "./branch-store";
 import type { ExecutionRow, RunKey } from "./execution-store";
@@ -36,6 +37,11 @@ export async function lockRuns(tx: Tx, keys: RunKey[]): Promise<Map<string, Exec
   }));
 }
 
+/** A saved run had changed since it was read (its db_version moved on). */
+export class StaleRunError extends Error {
+  override name = "StaleRunError";
+}
+
 type RunField = keyof ExecutionRow & string;
 const saveRunsText = textCache(({ fields, n }: { fields: RunField[]; n: number }) => {
   const columns: RunField[] = [...KEY, "dbVersion", ...fields];
@@ -43,13 +49,16 @@ const saveRunsText = textCache(({ fields, n }: { fields: RunField[]; n: number }
   const rows = Array.from({ length: n }, (_, r) => `(${columns.map((c, i) => `$${1 + r * width + i}::${executionsSql.sqlType(c)}`).join(", ")})`);
   const v = (c: RunField) => `v.${executionsSql.name(c)}`;
   const set = [...fields.map((c) => `${executionsSql.name(c)} = ${v(c)}`), `${executionsSql.name("dbVersion")} = ${v("dbVersion")} + 1`];
-  return `update ${executionsSql.table} as e set ${set.join(", ")} from (values ${rows.join(", ")}) as v(${columns.map(executionsSql.name).join(", ")}) ` +
-    `where (${keyList("e")}) = (${KEY.map(v).join(", ")}) and e.${executionsSql.name("dbVersion")} = ${v("dbVersion")} returning e.${executionsSql.name("runId")}`;
+  return `with saved as (update ${executionsSql.table} as e set ${set.join(", ")} from (values ${rows.join(", ")}) as v(${columns.map(executionsSql.name).join(", ")}) ` +
+    `where (${keyList("e")}) = (${KEY.map(v).join(", ")}) and e.${executionsSql.name("dbVersion")} = ${v("dbVersion")} returning 1) ` +
+    `select 1 / (count(*) = ${n})::int as saved from saved`;
 }, ({ fields, n }) => `${fields.join(",")}/${n}`);
 
 /**
  * saveRun for many runs that set the same fields, in one statement: each saves its new
- * state if nobody wrote it since it was read (its db_version).
+ * state if nobody wrote it since it was read (its db_version). If one was, the statement
+ * fails (a guard, see DIVISION_BY_ZERO), so a transaction committed in one round trip
+ * from rows kept in memory rolls back instead.
  */
 export function saveRuns(tx: Tx, saves: { prev: ExecutionRow; next: Partial<ExecutionRow> }[]): Promise<void> {
   if (!saves.length) return Promise.resolve();
@@ -59,8 +68,11 @@ export function saveRuns(tx: Tx, saves: { prev: ExecutionRow; next: Partial<Exec
   const params = saves.flatMap(({ prev, next }) => [
     prev.namespaceId, prev.workflowId, prev.runId, prev.dbVersion, ...fields.map((k) => executionsSql.param(k, next[k])),
   ]);
-  return runStatement(tx, saveRunsText({ fields, n: saves.length }), params).then((rows) => {
-    // Never under the row locks every writer takes first; a veto here would come after a pipelined COMMIT.
-    if (rows.length !== saves.length) throw new Error(`${saves.length - rows.length} of ${saves.length} executions changed concurrently`);
-  });
+  return runStatement(tx, saveRunsText({ fields, n: saves.length }), params).then(
+    () => undefined,
+    (e) => {
+      if (pgErrorOf(e).code === DIVISION_BY_ZERO) throw new StaleRunError(`one or more of ${saves.length} executions changed since they were read`);
+      throw e;
+    },
+  );
 }

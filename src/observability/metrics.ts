@@ -53,7 +53,7 @@ const HELP: Record<string, [Family["type"], string]> = {
   replication_apply_latency: ["histogram", "Seconds from a history page arriving here to its apply: the wait for the apply before it, then its own"],
   replication_tasks_lag: ["gauge", "History replication tasks of a remote shard not yet applied here"],
   replication_tasks_applied: ["counter", "History replication tasks applied from a remote cluster"],
-  replication_pages_applied: ["counter", "History replication pages applied, by path: pipelined (two round trips) or full (conflicts, gaps, held runs)"],
+  replication_pages_applied: ["counter", "History replication pages applied, by path: one-trip (from rows kept in memory), pipelined (two round trips) or full (conflicts, gaps, held runs)"],
   replication_pages_sent: ["counter", "History replication pages sent to a pulling peer, by source: memory (the outbox tail) or database"],
   namespace_replication_task_ack_level: ["gauge", "Namespace replication task applied here, per remote cluster"],
   replication_tasks_failed: ["counter", "History replication task applies that failed (retried)"],

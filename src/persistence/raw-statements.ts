@@ -1,6 +1,13 @@
 import { getTableColumns, getTableName, type Column, type Table } from "drizzle-orm";
 import type { Db, Tx } from "./database";
 
+/**
+ * SQLSTATE of a guard that failed: statements whose condition must hold divide by zero
+ * when it does not (`select 1 / (condition)::int`), so the failure aborts the transaction
+ * from inside, even when its COMMIT is already on the way (pipelined-tx.ts).
+ */
+export const DIVISION_BY_ZERO = "22012";
+
 /** A row as the driver returns it: database column names, driver values. */
 export type DriverRow = Record<string, unknown>;
 

@@ -76,7 +76,7 @@ for (const store of await testStores()) {
       const [one, two] = await Promise.all([1, 2].map(rowOf));
       const stale = { ...two!, dbVersion: two!.dbVersion - 1 };
       const saving = database.db.transaction((tx) => saveRuns(tx, [one!, stale].map((prev) => ({ prev, next: { nextEventId: 99 } }))));
-      await expect(saving).rejects.toThrow("1 of 2 executions changed concurrently");
+      await expect(saving).rejects.toThrow("one or more of 2 executions changed since they were read");
       expect(await rowOf(1)).toEqual(one!);
     });
 

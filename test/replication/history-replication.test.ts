@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { create } from "@bufbuild/protobuf";
 import { DurationSchema } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
-import { and, asc, eq, inArray } from "drizzle-orm";
+import { and, asc, eq, inArray, sql } from "drizzle-orm";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { WorkflowExecutionStatus } from "../../src/gen/tern/common/v1/common_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
@@ -220,10 +220,11 @@ for (const store of await testStores()) {
       const wf = a.client(WorkflowService);
       await wf.startWorkflowExecution({ namespace: NS, workflowId: "div-1", workflowType: "Order", taskQueue: "q" });
       await eventually(() => expectSameHistories(a, b, nsId));
-      // B's copy as if B had written event 1 at its own version (a forced failover).
+      // B's copy as if B had written event 1 at its own version (a forced failover): as every
+      // write of a run does, this one moves its db_version on.
       const db = b.server.database.db;
       await db.update(historyEvents).set({ version: 2 }).where(and(eq(historyEvents.namespaceId, nsId), eq(historyEvents.workflowId, "div-1")));
-      await db.update(executions).set({ versionHistory: [{ eventId: 1, version: 2 }], lastWriteVersion: 2 })
+      await db.update(executions).set({ versionHistory: [{ eventId: 1, version: 2 }], lastWriteVersion: 2, dbVersion: sql`${executions.dbVersion} + 1` })
         .where(and(eq(executions.namespaceId, nsId), eq(executions.workflowId, "div-1")));
       await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: run("div-1"), signalName: "late" });
       await wf.startWorkflowExecution({ namespace: NS, workflowId: "div-after", workflowType: "Order", taskQueue: "q" });

@@ -1,9 +1,9 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { create } from "@bufbuild/protobuf";
 import { DurationSchema } from "@bufbuild/protobuf/wkt";
-import { and, asc, eq } from "drizzle-orm";
+import { and, asc, eq, sql } from "drizzle-orm";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
-import { historyEvents, replicationAckLevels, timerTasks } from "../../src/persistence/schema";
+import { executions, historyEvents, replicationAckLevels, replicationDlq, timerTasks } from "../../src/persistence/schema";
 import { startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
@@ -31,6 +31,12 @@ for (const store of await testStores()) {
     const eventsOnB = async (workflowId: string) =>
       (await b.server.database.db.select().from(historyEvents).where(and(eq(historyEvents.namespaceId, nsId), eq(historyEvents.workflowId, workflowId))).orderBy(asc(historyEvents.eventId)))
         .map((e) => e.eventType);
+    const runRow = async (x: TestCluster, workflowId: string) =>
+      (await x.server.database.db.select().from(executions).where(and(eq(executions.namespaceId, nsId), eq(executions.workflowId, workflowId))))[0]!;
+    const signalAndWait = async (workflowId: string) => {
+      await wf().signalWorkflowExecution({ namespace: NS, workflowExecution: run(workflowId), signalName: "next" });
+      await eventually(() => expectSameHistories(a, b, nsId), { timeout: 15_000 });
+    };
 
     beforeAll(async () => {
       [a, b] = await startClusters(store, [{ shards: 1 }, { shards: 1 }]);
@@ -54,6 +60,38 @@ for (const store of await testStores()) {
       expect(pages(b, "full")).toBe(0);
     });
 
+    test("SteadyPagesApplyInOneTrip: a run this process applied takes its next pages in one round trip, from its row as the last commit left it", async () => {
+      await wf().startWorkflowExecution({ namespace: NS, workflowId: "o1", workflowType: "T", taskQueue: "q" });
+      await eventually(() => expectSameHistories(a, b, nsId), { timeout: 15_000 });
+      const oneTrip = pages(b, "one-trip");
+      for (let i = 0; i < 3; i++) await signalAndWait("o1");
+      expect(pages(b, "one-trip")).toBe(oneTrip + 3);
+      const [onA, onB] = [await runRow(a, "o1"), await runRow(b, "o1")];
+      expect([onB.nextEventId, onB.versionHistory, onB.lastWriteVersion, onB.status]).toEqual([onA.nextEventId, onA.versionHistory, onA.lastWriteVersion, onA.status]);
+      expect(onB.nextEventId).toBe(5);
+      // A new run starts in one trip too (nothing to read: its insert is the guard).
+      await wf().startWorkflowExecution({ namespace: NS, workflowId: "o2", workflowType: "T", taskQueue: "q", workflowExecutionTimeout: hour });
+      await eventually(() => expectSameHistories(a, b, nsId), { timeout: 15_000 });
+      expect(pages(b, "one-trip")).toBe(oneTrip + 4);
+      expect(pages(b, "full")).toBe(0);
+    });
+
+    test("AStaleCachedRunIsReadAgain: a run another writer changed since (its db_version moved) rolls the one trip back and applies from a fresh read", async () => {
+      await wf().startWorkflowExecution({ namespace: NS, workflowId: "s1", workflowType: "T", taskQueue: "q" });
+      await signalAndWait("s1");
+      // Another writer's save of B's copy (of the same state): as every write of a run does, it moves db_version on.
+      const before = await runRow(b, "s1");
+      await b.server.database.db.update(executions).set({ dbVersion: sql`${executions.dbVersion} + 1` })
+        .where(and(eq(executions.namespaceId, nsId), eq(executions.workflowId, "s1")));
+      const [oneTrip, pipelined] = [pages(b, "one-trip"), pages(b, "pipelined")];
+      await signalAndWait("s1");
+      expect([pages(b, "one-trip"), pages(b, "pipelined")]).toEqual([oneTrip, pipelined + 1]);
+      // Applied onto the row as it stands (expectSameHistories compared the states).
+      expect((await runRow(b, "s1")).dbVersion).toBe(before.dbVersion + 2);
+      await signalAndWait("s1");
+      expect(pages(b, "one-trip")).toBe(oneTrip + 1);
+    });
+
     test("APageWhoseAckMovedElsewhereWritesNothing: the ack check fails before COMMIT goes out", async () => {
       for (const id of ["m1", "m2", "m3"]) await wf().startWorkflowExecution({ namespace: NS, workflowId: id, workflowType: "T", taskQueue: "q" });
       await eventually(() => expectSameHistories(a, b, nsId), { timeout: 15_000 });
@@ -66,6 +104,22 @@ for (const store of await testStores()) {
       expect(await inboundAck()).toBe(at + 3);
       expect(await eventsOnB("m1")).toEqual(["WORKFLOW_EXECUTION_STARTED"]);
       expect(await eventsOnB("m2")).toEqual(["WORKFLOW_EXECUTION_STARTED"]);
+    });
+
+    // Last: it leaves B behind A on purpose (and the one before left m1 and m2 behind).
+    test("AHeldRunIsNotAppliedInOneTrip: a run with a DLQ entry from the shard (put there by another process) sends its next task there too", async () => {
+      await wf().startWorkflowExecution({ namespace: NS, workflowId: "h1", workflowType: "T", taskQueue: "q" });
+      await wf().signalWorkflowExecution({ namespace: NS, workflowExecution: run("h1"), signalName: "next" });
+      await eventually(async () => expect(await eventsOnB("h1")).toEqual(["WORKFLOW_EXECUTION_STARTED", "WORKFLOW_EXECUTION_SIGNALED"]), { timeout: 15_000 });
+      const { runId } = await runRow(b, "h1");
+      const db = b.server.database.db;
+      await db.insert(replicationDlq).values({
+        sourceCluster: "clusterA", shardId: 1, taskId: 1_000_000, namespaceId: nsId, workflowId: "h1", runId, firstEventId: 99, nextEventId: 100, version: 1, attempts: 1, lastError: "another process",
+      });
+      await wf().signalWorkflowExecution({ namespace: NS, workflowExecution: run("h1"), signalName: "held" });
+      const held = async () => (await db.select().from(replicationDlq).where(eq(replicationDlq.workflowId, "h1"))).length;
+      await eventually(async () => expect(await held()).toBe(2), { timeout: 15_000 });
+      expect(await eventsOnB("h1")).toEqual(["WORKFLOW_EXECUTION_STARTED", "WORKFLOW_EXECUTION_SIGNALED"]);
     });
   });
 }
