@@ -170,7 +170,7 @@ export async function advanceInboundAck(
   move: { from: number; to: number; maxTaskId: number; lastAppliedCreatedAt?: Date },
 ): Promise<void> {
   // The statement itself fails when the ack is not at move.from: a transaction whose COMMIT
-  // already went out (one round trip, page-applier.ts) must roll back, not commit the page.
+  // already went out (one round trip, page-transactions.ts) must roll back, not commit the page.
   await runStatement(tx, ADVANCE_INBOUND_TEXT, [
     move.to, move.maxTaskId, acks.param("lastAppliedCreatedAt", move.lastAppliedCreatedAt), remoteCluster, shardId, move.from,
   ]).catch((e) => {

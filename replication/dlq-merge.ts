@@ -11,7 +11,7 @@ import type { Db } from "../src/persistence/database";
 import { clusterMetadata, replicationDlq } from "../src/persistence/schema";
 import type { HistoryApplier, IncomingTask } from "./applier";
 import { entryOf, HELD_BEHIND, type DlqFilter, type DlqRow, type ReplicationDlq } from "./dlq";
-import { rawFetcher } from "./page-applier";
+import { rawFetcher } from "./page-transactions";
 import { versionHistoryFromProto } from "./version-history";
 
 export interface DlqMergeDeps {

@@ -1,21 +1,15 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import type { RemoteClients } from "../src/cluster/remote-client";
 import type { ReplicationTask } from "../src/gen/tern/admin/v1/service_pb";
-import { runKeyText } from "../src/history/branch-store";
-import { lockRunKeys } from "../src/history/run-batches";
 import type { EventNotifier } from "../src/history/notifier";
 import type { Writer } from "../src/history/writer";
 import type { Logger } from "../src/observability/log";
 import type { Metrics } from "../src/observability/metrics";
-import type { NamespaceRecord } from "../src/namespace/registry";
 import { advanceInboundAck } from "./ack-levels";
-import { isTaskFailure, type HistoryApplier, type IncomingTask, type PlannedApply, type RawHistoryFetcher } from "./applier";
-import { HELD_BEHIND, type ReplicationDlq } from "./dlq";
+import { isTaskFailure, type HistoryApplier } from "./applier";
+import type { ReplicationDlq } from "./dlq";
 import { sleep, type RemoteCluster } from "./manager";
+import { createPageTransactions, settleAll, type AckMove, type Applied } from "./page-transactions";
 import type { InboundProgress } from "./receiver";
-import { createRunCache } from "./run-cache";
-import { mergeRunTasks } from "./task-merge";
-import { versionHistoryFromProto, versionHistoryToProto } from "./version-history";
 
 /** What the receiver's page applier needs. */
 export interface PageApplierDeps {
@@ -42,12 +36,6 @@ export interface RetryPolicy {
   maxBackoffMs: number;
 }
 
-/** What an apply did: runs that grew, and tasks that went to the DLQ. */
-interface Applied {
-  grown: string[];
-  held: number;
-}
-
 const add = (into: Applied, more: Applied) => {
   into.grown.push(...more.grown);
   into.held += more.held;
@@ -64,49 +52,10 @@ export interface Batch {
   signal: AbortSignal;
 }
 
-/** Where an apply moves one shard's inbound ack. */
-type AckMove = Parameters<typeof advanceInboundAck>[3] & { shardId: number };
-
 /** The move of b's shard's ack from..to by tasks (the last one's commit time is kept). */
 function moveOf(b: Batch, from: number, to: number, tasks: ReplicationTask[]): AckMove {
   const lastCreate = tasks.at(-1)?.createTime;
   return { shardId: b.shardId, from, to, maxTaskId: b.maxTaskId, lastAppliedCreatedAt: lastCreate ? timestampDate(lastCreate) : undefined };
-}
-
-/** Thrown inside applyPipelined when the page needs applyInFull: rolls the attempt back. */
-class NeedsFullApply extends Error {}
-
-/** Awaits every promise (none is left running), then throws the first failure. */
-async function settleAll(all: Promise<unknown>[]): Promise<void> {
-  const failed = (await Promise.allSettled(all)).find((r) => r.status === "rejected");
-  if (failed) throw (failed as PromiseRejectedResult).reason;
-}
-
-/** Per workflow in task order, merged per run (a page interleaves runs); undefined when a run is left twice (it switched branches). */
-function mergedRuns(tasks: ReplicationTask[]): IncomingTask[] | undefined {
-  const merged = byWorkflow(tasks).flatMap((g) => mergeRunTasks(g.map(incoming)));
-  return new Set(merged.map(runKeyText)).size === merged.length ? merged : undefined;
-}
-
-/** fn's result, or undefined if it throws. */
-function attempt<T>(fn: () => T): T | undefined {
-  try {
-    return fn();
-  } catch {
-    return undefined;
-  }
-}
-
-/** Tasks grouped by workflow, each group in task order. */
-function byWorkflow(tasks: ReplicationTask[]): ReplicationTask[][] {
-  const groups = new Map<string, ReplicationTask[]>();
-  for (const t of tasks) {
-    const k = `${t.namespaceId}/${t.workflowId}`;
-    const g = groups.get(k);
-    if (g) g.push(t);
-    else groups.set(k, [t]);
-  }
-  return [...groups.values()];
 }
 
 /**
@@ -115,153 +64,9 @@ function byWorkflow(tasks: ReplicationTask[]): ReplicationTask[][] {
  * task with a retry budget each, past which a task goes to the DLQ.
  */
 export function createPageApplier(deps: PageApplierDeps) {
-  const { applier, writer, metrics, log, dlq, progressOf } = deps;
+  const { writer, metrics, log, dlq, progressOf } = deps;
   const retry: RetryPolicy = { attempts: 5, backoffMs: 200, maxBackoffMs: 2_000, ...deps.retry };
-  const runs = createRunCache();
-  /** Remote shards ("remote/shard") whose last read found no DLQ entry and whose last one-trip apply held: applyOneTrip may try them. */
-  const oneTripShards = new Set<string>();
-  const shardText = (remote: RemoteCluster, shardId: number) => `${remote.name}/${shardId}`;
-
-  /**
-   * Applies tasks (of remote's shards that moves name) and makes the moves in one
-   * transaction; returns the runs that grew. Tried in one round trip first (applyOneTrip),
-   * then in two (applyPipelined), else in full (applyInFull).
-   */
-  async function applyAll(remote: RemoteCluster, signal: AbortSignal, tasks: ReplicationTask[], moves: AckMove[]): Promise<Applied> {
-    const namespaces = await applier.namespacesOf(tasks);
-    const labels = { remote_cluster: remote.name };
-    for (const [path, apply] of [["one-trip", applyOneTrip], ["pipelined", applyPipelined]] as const) {
-      const done = await apply(remote, tasks, namespaces, moves);
-      if (!done) continue;
-      metrics.inc("replication_pages_applied", { ...labels, path });
-      return done;
-    }
-    metrics.inc("replication_pages_applied", { ...labels, path: "full" });
-    // Conflicts, rivals and gaps change runs in ways the cache does not follow.
-    runs.forget(tasks.map(incoming));
-    return applyInFull(remote, signal, tasks, namespaces, moves);
-  }
-
-  /**
-   * Pages of runs this process applied lately, in one round trip: planned from their rows as
-   * its commits left them (the run cache), and sent with BEGIN, the acks' moves, the guards
-   * and COMMIT. A guard rolls it back, and the pages are applied from fresh reads, when a
-   * run's row moved on (db_version), a new run's row exists or rivals an open run (the
-   * insert's unique indexes), a shard has DLQ entries or an ack moved. Undefined then, and
-   * when a run's row is not cached (or the last try for one of the shards failed).
-   */
-  async function applyOneTrip(remote: RemoteCluster, tasks: ReplicationTask[], namespaces: Map<string, NamespaceRecord>, moves: AckMove[]): Promise<Applied | undefined> {
-    const merged = mergedRuns(tasks);
-    if (!merged || !moves.every((m) => oneTripShards.has(shardText(remote, m.shardId)))) return undefined;
-    const plans: PlannedApply[] = [];
-    for (const t of merged) {
-      const run = runs.get(t);
-      // A task whose events do not follow the cached row throws here: it is read afresh.
-      const plan = run || t.firstEventId === 1 ? attempt(() => applier.planApply(namespaces.get(t.namespaceId)!, t, { run })) : undefined;
-      if (!plan) return undefined;
-      plans.push(plan);
-    }
-    const writes = plans.flatMap((p) => (p.write ? [p.write] : []));
-    const shardIds = moves.map((m) => m.shardId);
-    try {
-      await writer.transactPipelined("ReplicateHistory", async (tx, commit) => {
-        const all = [
-          ...moves.map((m) => advanceInboundAck(tx, remote.name, m.shardId, m)),
-          dlq.guardNoneHeld(tx, remote.name, shardIds),
-          lockRunKeys(tx, merged),
-          applier.writeAll(tx, writes),
-        ];
-        commit();
-        await settleAll(all);
-      });
-    } catch {
-      // The shards' next pages read first (and find out whether one trip may work again).
-      for (const id of shardIds) oneTripShards.delete(shardText(remote, id));
-      runs.forget(merged);
-      return undefined;
-    }
-    runs.committed(writes);
-    return { grown: merged.filter((_, i) => plans[i]!.events > 0).map((t) => t.runId), held: 0 };
-  }
-
-  /**
-   * The usual page in two round trips (see pipelined-tx.ts): BEGIN goes out with the ack's
-   * move, the shard's held runs and every run's locks and reads; COMMIT right behind the
-   * writes, planned in between. Undefined, rolled back before any write, when the page needs
-   * applyInFull: a held run, a run twice in the page, a divergence, a gap or a rival run.
-   */
-  async function applyPipelined(remote: RemoteCluster, tasks: ReplicationTask[], namespaces: Map<string, NamespaceRecord>, moves: AckMove[]): Promise<Applied | undefined> {
-    const merged = mergedRuns(tasks);
-    if (!merged) return undefined;
-    try {
-      const { done, writes, held } = await writer.transactPipelined("ReplicateHistory", async (tx, commit) => {
-        // The acks first: each moves only from where its page starts (another process may apply
-        // the shard), and must fail before COMMIT goes out, not after.
-        const acked = Promise.all(moves.map((m) => advanceInboundAck(tx, remote.name, m.shardId, m)));
-        const held = merged.length ? dlq.heldRuns(tx, remote.name, moves.map((m) => m.shardId)) : new Set<string>();
-        const reads = applier.readForApply(tx, merged.map((task) => ({ ns: namespaces.get(task.namespaceId)!, task })));
-        const [heldRuns, found] = await Promise.all([held, reads, acked]);
-        if (merged.some((t) => heldRuns.has(runKeyText(t)))) throw new NeedsFullApply();
-        const plans = merged.map((t, i) => applier.planApply(namespaces.get(t.namespaceId)!, t, found[i]!));
-        if (plans.some((p) => !p)) throw new NeedsFullApply();
-        const writes = plans.flatMap((p) => (p!.write ? [p!.write] : []));
-        const written = applier.writeAll(tx, writes);
-        commit();
-        await written;
-        return { done: { grown: merged.filter((_, i) => plans[i]!.events > 0).map((t) => t.runId), held: 0 }, writes, held: heldRuns.size };
-      });
-      runs.committed(writes);
-      if (held === 0) for (const m of moves) oneTripShards.add(shardText(remote, m.shardId));
-      return done;
-    } catch (e) {
-      if (e instanceof NeedsFullApply) return undefined;
-      throw e;
-    }
-  }
-
-  /**
-   * Applies tasks in an ordinary transaction: tasks of a run that already has a DLQ entry
-   * from this shard go to the DLQ too, so the run never gets a gap (the merge re-applies
-   * them in order); conflicts are resolved and gaps fetched from the source. Workflows
-   * apply side by side, their statements pipelined on the transaction's connection; a
-   * workflow's tasks in order.
-   */
-  async function applyInFull(
-    remote: RemoteCluster,
-    signal: AbortSignal,
-    tasks: ReplicationTask[],
-    namespaces: Map<string, NamespaceRecord>,
-    moves: AckMove[],
-  ): Promise<Applied> {
-    const fetchRaw = rawFetcher(remote.name, remote.clients, log, signal);
-    return writer.transact("ReplicateHistory", async (tx) => {
-      const held = tasks.length ? await dlq.heldRuns(tx, remote.name, moves.map((m) => m.shardId)) : new Set<string>();
-      const done: Applied = { grown: [], held: 0 };
-      let failed = false;
-      const apply = async (workflowTasks: ReplicationTask[]) => {
-        try {
-          for (const t of workflowTasks.filter((t) => held.has(runKeyText(t)))) {
-            if (failed) return; // the transaction rolls back: issue nothing more on it
-            await dlq.add(tx, remote.name, t, 0, HELD_BEHIND);
-            done.held++;
-          }
-          // Held runs are held whole, so the others apply apart from them, in order, merged per run.
-          for (const t of mergeRunTasks(workflowTasks.filter((t) => !held.has(runKeyText(t))).map(incoming))) {
-            if (failed) return;
-            if ((await applier.applyTask(tx, namespaces.get(t.namespaceId)!, t, fetchRaw)) > 0) done.grown.push(t.runId);
-          }
-        } catch (e) {
-          failed = true;
-          throw e;
-        }
-      };
-      // Pipelined: the acks move with the apply, and a failure of any rolls back all.
-      // Everything settles before the callback returns: no statement may reach the
-      // connection after the rollback, when it serves another transaction.
-      await settleAll([...byWorkflow(tasks).map(apply), ...moves.map((m) => advanceInboundAck(tx, remote.name, m.shardId, m))]);
-      return done;
-    });
-  }
+  const { applyAll } = createPageTransactions(deps);
 
   /** Stores t in the DLQ in the transaction that moves the ack from..t past it. */
   async function deadLetter(b: Batch, t: ReplicationTask, from: number, attempts: number, e: unknown): Promise<Applied> {
@@ -358,38 +163,4 @@ export function createPageApplier(deps: PageApplierDeps) {
   }
 
   return { applyPages };
-}
-
-export type PageApplier = ReturnType<typeof createPageApplier>;
-
-/** Gap repair (and DLQ merge) through the source's GetWorkflowExecutionRawHistory. */
-export function rawFetcher(source: string, clients: RemoteClients, log: Logger, signal?: AbortSignal): RawHistoryFetcher {
-  return async (task, first, next) => {
-    log.info("repairing history gap from source", { remote: source, workflowId: task.workflowId, runId: task.runId, first, next });
-    const res = await clients.admin.getWorkflowExecutionRawHistory(
-      {
-        namespaceId: task.namespaceId, workflowId: task.workflowId, runId: task.runId, firstEventId: BigInt(first), nextEventId: BigInt(next),
-        // The task's branch, which need not be the source's current one any more.
-        versionHistory: versionHistoryToProto(task.versionHistory),
-      },
-      { signal, timeoutMs: 30_000 },
-    );
-    if (res.events.length !== next - first || Number(res.events[0]?.eventId) !== first) {
-      throw new Error(`source ${source} returned ${res.events.length} events for ${task.workflowId} run ${task.runId} [${first}, ${next})`);
-    }
-    return res.events;
-  };
-}
-
-/** The applier's form of a task. */
-export function incoming(t: ReplicationTask): IncomingTask {
-  return {
-    namespaceId: t.namespaceId,
-    workflowId: t.workflowId,
-    runId: t.runId,
-    firstEventId: Number(t.firstEventId),
-    nextEventId: Number(t.nextEventId),
-    versionHistory: versionHistoryFromProto(t.versionHistory?.items),
-    events: t.events,
-  };
 }

@@ -5,7 +5,7 @@ import type { RunWrites } from "./applier";
 /**
  * The rows of runs this process applied lately, as its commits left them, so that the next
  * page of the same runs can be applied without reading them first (one round trip,
- * page-applier.ts). A row here may be stale (another process or writer changed the run): every
+ * page-transactions.ts). A row here may be stale (another process or writer changed the run): every
  * write planned from it compares the row's db_version, and fails and rolls back if it moved.
  * Least recently used rows go past `limit`.
  */
