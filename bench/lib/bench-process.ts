@@ -1,4 +1,4 @@
-import { startPrivatePostgres } from "./logical-baseline";
+import { startPrivatePostgres } from "./private-postgres";
 import { unreachableReason } from "./pg-database";
 
 /** The command line parsed by parse, or the process exits 2 with parse's message (the usage). */
