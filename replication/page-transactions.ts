@@ -90,15 +90,17 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
   async function applyAll(remote: RemoteCluster, signal: AbortSignal, tasks: ReplicationTask[], moves: AckMove[]): Promise<Applied> {
     const namespaces = await applier.namespacesOf(tasks);
     const labels = { remote_cluster: remote.name };
-    for (const [path, apply] of [["one-trip", applyOneTrip], ["pipelined", applyPipelined]] as const) {
-      const done = await apply(remote, tasks, namespaces, moves);
+    // A run left twice in the pages (it switched branches) takes the full path.
+    const merged = mergedRuns(tasks);
+    for (const [path, apply] of merged ? ([["one-trip", applyOneTrip], ["pipelined", applyPipelined]] as const) : []) {
+      const done = await apply(remote, merged!, namespaces, moves);
       if (!done) continue;
       metrics.inc("replication_pages_applied", { ...labels, path });
       return done;
     }
     metrics.inc("replication_pages_applied", { ...labels, path: "full" });
     // Conflicts, rivals and gaps change runs in ways the cache does not follow.
-    runs.forget(tasks.map(incoming));
+    runs.forget(tasks);
     return applyInFull(remote, signal, tasks, namespaces, moves);
   }
 
@@ -108,11 +110,11 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
    * and COMMIT. A guard rolls it back, and the pages are applied from fresh reads, when a
    * run's row moved on (db_version), a new run's row exists or rivals an open run (the
    * insert's unique indexes), a shard has DLQ entries or an ack moved. Undefined then, and
-   * when a run's row is not cached (or the last try for one of the shards failed).
+   * when a run's row is not cached (or the last try for one of the shards failed). merged:
+   * the pages' tasks merged per run.
    */
-  async function applyOneTrip(remote: RemoteCluster, tasks: ReplicationTask[], namespaces: Map<string, NamespaceRecord>, moves: AckMove[]): Promise<Applied | undefined> {
-    const merged = mergedRuns(tasks);
-    if (!merged || !moves.every((m) => oneTripShards.has(shardText(remote, m.shardId)))) return undefined;
+  async function applyOneTrip(remote: RemoteCluster, merged: IncomingTask[], namespaces: Map<string, NamespaceRecord>, moves: AckMove[]): Promise<Applied | undefined> {
+    if (!moves.every((m) => oneTripShards.has(shardText(remote, m.shardId)))) return undefined;
     const plans: PlannedApply[] = [];
     for (const t of merged) {
       const run = runs.get(t);
@@ -148,11 +150,9 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
    * The usual page in two round trips (see pipelined-tx.ts): BEGIN goes out with the ack's
    * move, the shard's held runs and every run's locks and reads; COMMIT right behind the
    * writes, planned in between. Undefined, rolled back before any write, when the page needs
-   * applyInFull: a held run, a run twice in the page, a divergence, a gap or a rival run.
+   * applyInFull: a held run, a divergence, a gap or a rival run. merged: as for applyOneTrip.
    */
-  async function applyPipelined(remote: RemoteCluster, tasks: ReplicationTask[], namespaces: Map<string, NamespaceRecord>, moves: AckMove[]): Promise<Applied | undefined> {
-    const merged = mergedRuns(tasks);
-    if (!merged) return undefined;
+  async function applyPipelined(remote: RemoteCluster, merged: IncomingTask[], namespaces: Map<string, NamespaceRecord>, moves: AckMove[]): Promise<Applied | undefined> {
     try {
       const { done, writes, held } = await writer.transactPipelined("ReplicateHistory", async (tx, commit) => {
         // The acks first: each moves only from where its page starts (another process may apply

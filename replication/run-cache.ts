@@ -13,14 +13,16 @@ import type { RunWrites } from "./applier";
  */
 export function createRunCache(limit = 1024) {
   const rows = new Map<string, ExecutionRow>();
+  // A Map iterates in insertion order: re-inserting a row makes it the most recently used.
+  const use = (k: string, row: ExecutionRow) => {
+    rows.delete(k);
+    rows.set(k, row);
+  };
   return {
     get(key: RunKey): ExecutionRow | undefined {
       const k = runKeyText(key);
       const row = rows.get(k);
-      if (row) {
-        rows.delete(k);
-        rows.set(k, row);
-      }
+      if (row) use(k, row);
       return row;
     },
     /** Records the rows a committed apply left. */
@@ -28,9 +30,7 @@ export function createRunCache(limit = 1024) {
       for (const w of writes) {
         const row = rowAfter(w);
         if (!row) continue;
-        const k = runKeyText(row);
-        rows.delete(k);
-        rows.set(k, row);
+        use(runKeyText(row), row);
         if (rows.size > limit) rows.delete(rows.keys().next().value!);
       }
     },
@@ -43,8 +43,6 @@ export function createRunCache(limit = 1024) {
     },
   };
 }
-
-export type RunCache = ReturnType<typeof createRunCache>;
 
 /** A run's row after w committed: a saved state bumps db_version; a new run starts at the column defaults. */
 function rowAfter(w: RunWrites): ExecutionRow | undefined {
