@@ -69,6 +69,10 @@ export interface ServerOptions {
     servePull?: () => boolean;
     /** How long a source that refused PullReplicationTasks is pulled shard by shard before the call is tried again. */
     reprobeMs?: number;
+    /** Tasks per shard page this cluster asks its remotes for (default 200). */
+    pageSize?: number;
+    /** Awaited by each AdminService.GetReplicationTasks call before it reads: holds a shard's per-shard pulls (tests). */
+    beforeShardPage?: (shardId: number, signal: AbortSignal) => Promise<void>;
   };
 }
 
@@ -163,7 +167,7 @@ function wireReplication({ opts, log, now, cluster }: Base, core: Core) {
   const baseApplier = createHistoryApplier({ cluster, namespaces, writer, log });
   const applier = opts.replication?.wrapApplier?.(baseApplier) ?? baseApplier;
   const dlq = createReplicationDlq({ db, metrics });
-  const historyReceiver = createHistoryReceiver({ db, cluster, writer, notifier, metrics, log, applier, dlq, retry: opts.replication?.retry, reprobeMs: opts.replication?.reprobeMs });
+  const historyReceiver = createHistoryReceiver({ db, cluster, writer, notifier, metrics, log, applier, dlq, retry: opts.replication?.retry, reprobeMs: opts.replication?.reprobeMs, pageSize: opts.replication?.pageSize });
   const backfill = createBackfillReceiver({ db, applier, namespaces, writer, notifier, log, now });
   const namespaceReceiver = createNamespaceReceiver({
     db, currentCluster: cluster.clusterName, namespaces, log, metrics, now, onActivated, onBackfillStarted: backfill.wake,
@@ -211,29 +215,43 @@ function wireRoutes({ config, opts, log, now, cluster }: Base, core: Core, repl:
       connectionState: (name) => manager.connectionState(name),
       failover: repl.failover,
     }),
-    admin: refusingPull(
+    admin: withPullHooks(
       createAdminHandler({
         db, cluster, sender: repl.sender, status: repl.status, dlq,
         namespaceSender: repl.namespaceSender,
         dlqMerge: createDlqMerge({ db, dlq, applier, writer: core.writer, clients, notifier, log }),
         verifier: createReplicationVerifier({ db, cluster, clients }),
       }),
-      opts.replication?.servePull,
+      opts.replication,
     ),
     backfill: createBackfillHandler({ db, namespaces, clusters, now, wake: repl.backfill.wake }),
     health: createHealthHandler(isServing),
   });
 }
 
-/** admin, its PullReplicationTasks answering Unimplemented (as from a tern before it) while servePull says false. */
-function refusingPull(admin: ServiceImpl<typeof AdminService>, servePull?: () => boolean): ServiceImpl<typeof AdminService> {
-  if (!servePull) return admin;
+/**
+ * admin with the pull test hooks: PullReplicationTasks answers Unimplemented (as from a tern
+ * before it) while servePull says false; GetReplicationTasks waits for beforeShardPage.
+ */
+function withPullHooks(
+  admin: ServiceImpl<typeof AdminService>,
+  hooks: Pick<NonNullable<ServerOptions["replication"]>, "servePull" | "beforeShardPage"> = {},
+): ServiceImpl<typeof AdminService> {
+  const { servePull, beforeShardPage } = hooks;
   return {
     ...admin,
-    pullReplicationTasks(r, ctx) {
-      if (!servePull()) throw new ConnectError("PullReplicationTasks is not served here", Code.Unimplemented);
-      return admin.pullReplicationTasks(r, ctx);
-    },
+    ...(servePull && {
+      pullReplicationTasks(r, ctx) {
+        if (!servePull()) throw new ConnectError("PullReplicationTasks is not served here", Code.Unimplemented);
+        return admin.pullReplicationTasks(r, ctx);
+      },
+    }),
+    ...(beforeShardPage && {
+      async getReplicationTasks(r, ctx) {
+        await beforeShardPage(r.shardId, ctx.signal);
+        return admin.getReplicationTasks(r, ctx);
+      },
+    }),
   };
 }
 

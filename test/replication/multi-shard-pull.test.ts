@@ -226,4 +226,62 @@ for (const store of await testStores()) {
       expect(counted("service_errors", "PullReplicationTasks")).toBe(refused);
     });
   });
+
+  describe(`pulling shard by shard on ${store}: a shard dropped from a round`, () => {
+    let a: TestCluster, b: TestCluster;
+    let nsId: string;
+    // Shards x and y of the namespace; y gets three tasks, B pulls a task a page.
+    let x: number, y: number;
+    const calls = new Map<number, number>();
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    /**
+     * A's GetReplicationTasks hook. x's first call waits until B drops it, so y alone answers
+     * B's first round (B learns y's max task id). Every later call for y waits until released:
+     * B's second round is answered by x, with y dropped while it is behind.
+     */
+    const gate = async (shardId: number, signal: AbortSignal) => {
+      const n = (calls.get(shardId) ?? 0) + 1;
+      calls.set(shardId, n);
+      if ((shardId === x && n === 1) || (shardId === y && n >= 2)) {
+        await Promise.race([released, new Promise((r) => signal.addEventListener("abort", r, { once: true }))]);
+      }
+    };
+    const lagOf = (shardId: number) =>
+      parseCounter(b.server.metrics.render(), "replication_tasks_lag", { remote_cluster: "clusterA", shard: String(shardId) });
+
+    beforeAll(async () => {
+      [a, b] = await startClusters(store, [
+        { shards: SHARDS, serverOptions: { replication: { servePull: () => false, beforeShardPage: (s, signal) => gate(s, signal) } } },
+        { shards: SHARDS, serverOptions: { replication: { pageSize: 1 } } },
+      ]);
+      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
+      nsId = await globalNamespace(a, b, NS);
+    });
+    afterAll(async () => {
+      release();
+      await Promise.all([a.destroy(), b.destroy()]);
+    });
+
+    test("KeepsTheMaxTaskIdLastHeardOf, so its lag still shows", async () => {
+      const ids = [...idsByShard(nsId, "p").entries()];
+      [x, y] = [ids[0]![0], ids[1]![0]];
+      const ys = [...Array(3).keys()].map((i) => idsByShard(nsId, `y${i}`).get(y)!);
+      for (const id of ys) await start(a, id);
+      const xs = idsByShard(nsId, "x").get(x)!;
+      await start(a, xs);
+      // B connects after the writes: its first round answers at once.
+      await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
+      // x's task arrives in the second round, while y's second call is held and dropped.
+      await eventually(async () => expect((await historiesOf(b, nsId)).some((r) => r.workflowId === xs)).toBe(true), { timeout: 15_000 });
+      expect(calls.get(y)).toBeGreaterThanOrEqual(2);
+      const applied = new Set((await historiesOf(b, nsId)).map((r) => r.workflowId));
+      expect(ys.filter((id) => applied.has(id))).toEqual([ys[0]!]);
+      // y is two tasks behind and was not heard from in that round: its lag still shows.
+      expect(lagOf(y)).toBeGreaterThan(0);
+      release();
+      await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 15_000 });
+      await eventually(() => expect(lagOf(y)).toBe(0), { timeout: 15_000 });
+    });
+  });
 }
