@@ -57,8 +57,28 @@ async function openPglite(dataDir: string, opts: OpenOptions): Promise<Database>
   }
 }
 
-async function openPostgres(url: string, opts: OpenOptions): Promise<Database> {
+/**
+ * url for postgres.js, and the Unix socket directory its libpq-style `host` query parameter
+ * names (`postgres://tern@localhost/tern?host=/var/run/postgresql`): postgres.js reads a
+ * socket directory only from its host option, and would send the parameter to the server
+ * as a setting, which refuses it.
+ */
+export function socketTarget(url: string): { url: string; host?: string } {
+  const q = url.indexOf("?");
+  if (q < 0) return { url };
+  const params = new URLSearchParams(url.slice(q + 1));
+  const host = params.get("host");
+  if (host === null) return { url };
+  if (!host.startsWith("/")) throw new Error(`the host parameter of a PostgreSQL URL must be a Unix socket directory (an absolute path), not ${JSON.stringify(host)}`);
+  params.delete("host");
+  const rest = params.toString();
+  return { url: url.slice(0, q) + (rest ? `?${rest}` : ""), host };
+}
+
+async function openPostgres(configured: string, opts: OpenOptions): Promise<Database> {
+  const { url, host } = socketTarget(configured);
   const client = postgres(url, {
+    ...(host && { host }),
     max: opts.maxConnections ?? 32,
     onnotice: () => {},
     connection: { application_name: "tern" },
@@ -67,7 +87,7 @@ async function openPostgres(url: string, opts: OpenOptions): Promise<Database> {
     await client`select 1`;
   } catch (e) {
     await client.end({ timeout: 1 });
-    throw new Error(`cannot connect to PostgreSQL at ${redactUrl(url)}: ${(e as Error).message}`);
+    throw new Error(`cannot connect to PostgreSQL at ${redactUrl(configured)}: ${(e as Error).message}`);
   }
   const db = drizzlePostgres(client, { schema }) as unknown as Db;
   return {
@@ -76,7 +96,7 @@ async function openPostgres(url: string, opts: OpenOptions): Promise<Database> {
     pipelined: createPipelinedTransactions(client),
     async withExclusiveLock(fn) {
       // A session advisory lock on a connection of its own excludes other processes.
-      const locker = postgres(url, { max: 1, onnotice: () => {} });
+      const locker = postgres(url, { ...(host && { host }), max: 1, onnotice: () => {} });
       try {
         await locker`select pg_advisory_lock(727376)`;
         return await fn(db);

@@ -1,0 +1,53 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { sql } from "drizzle-orm";
+import postgres from "postgres";
+import { openDatabase, socketTarget, type Database } from "../../src/persistence/database";
+import { testEnv } from "../support/env";
+import { createTestDatabase, postgresReachable } from "../support/postgres";
+
+describe("a PostgreSQL URL's libpq-style host parameter (a Unix socket directory)", () => {
+  test("BecomesTheSocketDirectory and leaves the URL's other parameters", () => {
+    expect(socketTarget("postgres://tern@localhost:5433/tern")).toEqual({ url: "postgres://tern@localhost:5433/tern" });
+    expect(socketTarget("postgres://tern@localhost/tern?host=/var/run/postgresql")).toEqual({ url: "postgres://tern@localhost/tern", host: "/var/run/postgresql" });
+    expect(socketTarget("postgres://tern@localhost/tern?sslmode=disable&host=%2Frun%2Fpg&connect_timeout=5")).toEqual({
+      url: "postgres://tern@localhost/tern?sslmode=disable&connect_timeout=5",
+      host: "/run/pg",
+    });
+  });
+
+  test("RefusesAHostParameterThatIsNotAnAbsolutePath, saying why", () => {
+    expect(() => socketTarget("postgres://tern@localhost/tern?host=db.internal")).toThrow(/must be a Unix socket directory \(an absolute path\), not "db.internal"/);
+  });
+});
+
+describe.if(await postgresReachable())("opening PostgreSQL through its Unix socket", () => {
+  let target: { url: string; drop(): Promise<void> };
+  let socketDir: string;
+  let database: Database | undefined;
+
+  beforeAll(async () => {
+    target = await createTestDatabase();
+    const admin = postgres(testEnv.postgresUrl, { max: 1, onnotice: () => {} });
+    try {
+      const [row] = await admin<{ dirs: string }[]>`select current_setting('unix_socket_directories') as dirs`;
+      socketDir = row!.dirs.split(",")[0]!.trim();
+    } finally {
+      await admin.end({ timeout: 1 });
+    }
+  });
+  afterAll(async () => {
+    await database?.close();
+    await target.drop();
+  });
+
+  test("ConnectsOverTheSocket, not TCP", async () => {
+    expect(socketDir).toStartWith("/");
+    const url = new URL(target.url);
+    // A host that does not resolve: only the socket directory can reach the server.
+    url.hostname = "tern-no-such-host.invalid";
+    url.searchParams.set("host", socketDir);
+    database = await openDatabase({ postgres: { url: url.toString() } });
+    const rows = await database.db.execute<{ unix: boolean }>(sql`select client_addr is null as unix from pg_stat_activity where pid = pg_backend_pid()`);
+    expect([...rows].map((r) => r.unix)).toEqual([true]);
+  });
+});
