@@ -58,25 +58,24 @@ async function openPglite(dataDir: string, opts: OpenOptions): Promise<Database>
 }
 
 /**
- * url for postgres.js, and the Unix socket directory its libpq-style `host` query parameter
- * names (`postgres://tern@localhost/tern?host=/var/run/postgresql`): postgres.js reads a
- * socket directory only from its host option, and would send the parameter to the server
- * as a setting, which refuses it.
+ * url for postgres.js, and the host its libpq-style `host` query parameter names: a Unix
+ * socket directory (`postgres://tern@localhost/tern?host=/var/run/postgresql`) or a host
+ * name, which overrides the URL's. postgres.js reads a host only from the URL's authority or
+ * its host option, and would send the parameter to the server as a setting, which refuses it.
  */
-export function socketTarget(url: string): { url: string; host?: string } {
+export function hostParameter(url: string): { url: string; host?: string } {
   const q = url.indexOf("?");
   if (q < 0) return { url };
   const params = new URLSearchParams(url.slice(q + 1));
   const host = params.get("host");
   if (host === null) return { url };
-  if (!host.startsWith("/")) throw new Error(`the host parameter of a PostgreSQL URL must be a Unix socket directory (an absolute path), not ${JSON.stringify(host)}`);
   params.delete("host");
   const rest = params.toString();
-  return { url: url.slice(0, q) + (rest ? `?${rest}` : ""), host };
+  return { url: url.slice(0, q) + (rest ? `?${rest}` : ""), ...(host && { host }) };
 }
 
 async function openPostgres(configured: string, opts: OpenOptions): Promise<Database> {
-  const { url, host } = socketTarget(configured);
+  const { url, host } = hostParameter(configured);
   const client = postgres(url, {
     ...(host && { host }),
     max: opts.maxConnections ?? 32,
