@@ -1,8 +1,7 @@
 import { and, eq, sql } from "drizzle-orm";
 import { listen, type EventNotifier, type Listening } from "../src/history/notifier";
 import type { Db, Tx } from "../src/persistence/database";
-import { pgErrorOf } from "../src/errors";
-import { DIVISION_BY_ZERO, runStatement, tableCodec } from "../src/persistence/raw-statements";
+import { runGuard, tableCodec } from "../src/persistence/raw-statements";
 import { replicationAckLevels } from "../src/persistence/schema";
 import { RetryableReplicationError } from "./applier";
 
@@ -171,12 +170,12 @@ export async function advanceInboundAck(
 ): Promise<void> {
   // The statement itself fails when the ack is not at move.from: a transaction whose COMMIT
   // already went out (one round trip, page-transactions.ts) must roll back, not commit the page.
-  await runStatement(tx, ADVANCE_INBOUND_TEXT, [
-    move.to, move.maxTaskId, acks.param("lastAppliedCreatedAt", move.lastAppliedCreatedAt), remoteCluster, shardId, move.from,
-  ]).catch((e) => {
-    if (pgErrorOf(e).code !== DIVISION_BY_ZERO) throw e;
-    throw new RetryableReplicationError(`inbound ack of ${remoteCluster} shard ${shardId} moved from ${move.from} concurrently (another process applies it)`);
-  });
+  await runGuard(
+    tx,
+    ADVANCE_INBOUND_TEXT,
+    [move.to, move.maxTaskId, acks.param("lastAppliedCreatedAt", move.lastAppliedCreatedAt), remoteCluster, shardId, move.from],
+    () => new RetryableReplicationError(`inbound ack of ${remoteCluster} shard ${shardId} moved from ${move.from} concurrently (another process applies it)`),
+  );
 }
 
 const acks = tableCodec(replicationAckLevels);

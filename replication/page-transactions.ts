@@ -58,6 +58,11 @@ function attempt<T>(fn: () => T): T | undefined {
   }
 }
 
+/** What applying merged by plans (one each, in order) did: the runs that got events. */
+function appliedOf(merged: IncomingTask[], plans: PlannedApply[]): Applied {
+  return { grown: merged.filter((_, i) => plans[i]!.events > 0).map((t) => t.runId), held: 0 };
+}
+
 /** Tasks grouped by workflow, each group in task order. */
 function byWorkflow(tasks: ReplicationTask[]): ReplicationTask[][] {
   const groups = new Map<string, ReplicationTask[]>();
@@ -143,7 +148,7 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
       return undefined;
     }
     runs.committed(writes);
-    return { grown: merged.filter((_, i) => plans[i]!.events > 0).map((t) => t.runId), held: 0 };
+    return appliedOf(merged, plans);
   }
 
   /**
@@ -162,13 +167,14 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
         const reads = applier.readForApply(tx, merged.map((task) => ({ ns: namespaces.get(task.namespaceId)!, task })));
         const [heldRuns, found] = await Promise.all([held, reads, acked]);
         if (merged.some((t) => heldRuns.has(runKeyText(t)))) throw new NeedsFullApply();
-        const plans = merged.map((t, i) => applier.planApply(namespaces.get(t.namespaceId)!, t, found[i]!));
-        if (plans.some((p) => !p)) throw new NeedsFullApply();
-        const writes = plans.flatMap((p) => (p!.write ? [p!.write] : []));
+        const planned = merged.map((t, i) => applier.planApply(namespaces.get(t.namespaceId)!, t, found[i]!));
+        if (planned.some((p) => !p)) throw new NeedsFullApply();
+        const plans = planned as PlannedApply[];
+        const writes = plans.flatMap((p) => (p.write ? [p.write] : []));
         const written = applier.writeAll(tx, writes);
         commit();
         await written;
-        return { done: { grown: merged.filter((_, i) => plans[i]!.events > 0).map((t) => t.runId), held: 0 }, writes, held: heldRuns.size };
+        return { done: appliedOf(merged, plans), writes, held: heldRuns.size };
       });
       runs.committed(writes);
       if (held === 0) for (const m of moves) oneTripShards.add(shardText(remote, m.shardId));

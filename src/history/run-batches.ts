@@ -1,6 +1,5 @@
 import type { Tx } from "../persistence/database";
-import { pgErrorOf } from "../errors";
-import { DIVISION_BY_ZERO, runStatement, tableCodec, textCache, valuesList } from "../persistence/raw-statements";
+import { runGuard, runStatement, tableCodec, textCache, valuesList } from "../persistence/raw-statements";
 import { executions } from "../persistence/schema";
 import { runKeyText } from "./branch-store";
 import type { ExecutionRow, RunKey } from "./execution-store";
@@ -68,11 +67,5 @@ export function saveRuns(tx: Tx, saves: { prev: ExecutionRow; next: Partial<Exec
   const params = saves.flatMap(({ prev, next }) => [
     prev.namespaceId, prev.workflowId, prev.runId, prev.dbVersion, ...fields.map((k) => executionsSql.param(k, next[k])),
   ]);
-  return runStatement(tx, saveRunsText({ fields, n: saves.length }), params).then(
-    () => undefined,
-    (e) => {
-      if (pgErrorOf(e).code === DIVISION_BY_ZERO) throw new StaleRunError(`one or more of ${saves.length} executions changed since they were read`);
-      throw e;
-    },
-  );
+  return runGuard(tx, saveRunsText({ fields, n: saves.length }), params, () => new StaleRunError(`one or more of ${saves.length} executions changed since they were read`));
 }

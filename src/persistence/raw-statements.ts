@@ -1,4 +1,5 @@
 import { getTableColumns, getTableName, type Column, type Table } from "drizzle-orm";
+import { pgErrorOf } from "../errors";
 import type { Db, Tx } from "./database";
 
 /**
@@ -20,6 +21,18 @@ export async function runStatement(db: Db | Tx, text: string, params: unknown[])
   const result = await db._.session.prepareQuery({ sql: text, params }, undefined, "tern", false).execute();
   // postgres.js returns the rows as the result, PGlite under rows.
   return ((result as { rows?: DriverRow[] }).rows ?? (result as DriverRow[])) as DriverRow[];
+}
+
+/**
+ * runStatement for a guard (see DIVISION_BY_ZERO): when its condition does not hold, it
+ * rejects with failure() in place of the driver's error; other errors pass through.
+ */
+export async function runGuard(db: Db | Tx, text: string, params: unknown[], failure: () => Error): Promise<void> {
+  try {
+    await runStatement(db, text, params);
+  } catch (e) {
+    throw pgErrorOf(e).code === DIVISION_BY_ZERO ? failure() : e;
+  }
 }
 
 /**
