@@ -65,6 +65,22 @@ export function tableCodec<T extends Table>(table: T) {
     /** value as a parameter of key's column. */
     param,
     /**
+     * Rows sent as two parameters, $param (rowParams: JSON) and $param+1 (their number), as
+     * a subquery of keys' columns. A statement over many rows then has one text whatever
+     * their number, prepared once per connection: a text per row count had a busy
+     * receiver's connections preparing (a round trip, parsed and planned) new statements for
+     * most pages. The LIMIT is for the planner: it takes json_to_recordset for 100 rows, and
+     * joined a table of a few thousand runs by reading all of it.
+     */
+    recordset: (keys: readonly Key[], param: number, alias: string) =>
+      `(select * from json_to_recordset($${param}::json) as r(${keys.map((k) => `${quote(column(k).name)} ${column(k).getSQLType()}`).join(", ")}) ` +
+      `limit $${param + 1}) as ${alias}`,
+    /** The two parameters of recordset(keys): keys' values under their column names (dates as ISO text, jsonb values as JSON), and the number of rows. */
+    rowParams: (keys: readonly Key[], rows: readonly Partial<T["$inferSelect"]>[]): [string, number] => [
+      JSON.stringify(rows.map((r) => Object.fromEntries(keys.map((k) => [column(k).name, (r as Record<string, unknown>)[k] ?? null])))),
+      rows.length,
+    ],
+    /**
      * Inserts row (its defined fields; the others take their column defaults) with a
      * statement built once per set of fields. Issued at once, for pipelined transactions.
      */

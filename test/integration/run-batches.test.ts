@@ -15,12 +15,12 @@ import { testStores } from "../support/stores";
 
 setDefaultTimeout(60_000);
 
-/** tx, counting the statements issued on it (every statement here goes through prepareQuery). */
+/** tx, counting the statements issued on it and keeping their texts (every statement here goes through prepareQuery). */
 function counting(tx: Tx) {
-  let statements = 0;
+  const texts: string[] = [];
   const session = tx._.session;
-  const wrapped = { _: { session: { prepareQuery: (...a: Parameters<typeof session.prepareQuery>) => (statements++, session.prepareQuery(...a)) } } };
-  return { tx: wrapped as unknown as Tx, statements: () => statements };
+  const wrapped = { _: { session: { prepareQuery: (...a: Parameters<typeof session.prepareQuery>) => (texts.push(a[0].sql), session.prepareQuery(...a)) } } };
+  return { tx: wrapped as unknown as Tx, statements: () => texts.length, texts };
 }
 
 const NS = "ns-1";
@@ -80,19 +80,21 @@ for (const store of await testStores()) {
       expect(await rowOf(1)).toEqual(one!);
     });
 
+    const applier = createHistoryApplier({
+      cluster: { clusterName: "b", historyShardCount: 1 } as CurrentCluster, namespaces: {} as NamespaceRegistry, writer: {} as never, log: createLogger({ level: "error" }),
+    });
+    const ns = { id: NS } as NamespaceRecord;
+    const signal = (i: number) => eventFromRow({
+      eventId: 2, version: 1, eventTime: new Date(Date.UTC(2026, 0, 1, 1)),
+      attributes: { workflowExecutionSignaledEventAttributes: { signalName: "s", requestId: `req-${i}`, identity: "" } },
+    });
+    const signalTask = (i: number) => ({
+      namespaceId: NS, workflowId: `wf-${i}`, runId: `run-${i}`, firstEventId: 2, nextEventId: 3, versionHistory: [{ eventId: 2, version: 1 }], events: [signal(i)],
+    });
+
     test("APageOfRunsWritesInThreeStatements: signals to four runs apply as the runs' states, events and request ids", async () => {
       await database.db.transaction((tx) => Promise.all([5, 6, 7, 8].map((i) => insertExecution(tx, run(i)))));
-      const applier = createHistoryApplier({
-        cluster: { clusterName: "b", historyShardCount: 1 } as CurrentCluster, namespaces: {} as NamespaceRegistry, writer: {} as never, log: createLogger({ level: "error" }),
-      });
-      const ns = { id: NS } as NamespaceRecord;
-      const signal = (i: number) => eventFromRow({
-        eventId: 2, version: 1, eventTime: new Date(Date.UTC(2026, 0, 1, 1)),
-        attributes: { workflowExecutionSignaledEventAttributes: { signalName: "s", requestId: `req-${i}`, identity: "" } },
-      });
-      const tasks = [5, 6, 7, 8].map((i) => ({
-        namespaceId: NS, workflowId: `wf-${i}`, runId: `run-${i}`, firstEventId: 2, nextEventId: 3, versionHistory: [{ eventId: 2, version: 1 }], events: [signal(i)],
-      }));
+      const tasks = [5, 6, 7, 8].map(signalTask);
       await database.db.transaction(async (tx) => {
         const reads = await applier.readForApply(tx, tasks.map((task) => ({ ns, task })));
         const plans = tasks.map((t, i) => applier.planApply(ns, t, reads[i]!)!);
@@ -109,6 +111,22 @@ for (const store of await testStores()) {
         const ids = await database.db.select().from(requestIds).where(eq(requestIds.workflowId, `wf-${i}`));
         expect(ids.map((r) => [r.requestId, r.eventId, r.runId])).toEqual([[`req-${i}`, 2, `run-${i}`]]);
       }
+    });
+
+    test("APageIssuesTheSameTextsWhateverItsRunCount: pages of one run and of three read and write with one set of prepared statements", async () => {
+      await database.db.transaction((tx) => Promise.all([11, 12, 13, 14].map((i) => insertExecution(tx, run(i)))));
+      const applyPage = (runs: number[]) => database.db.transaction(async (tx) => {
+        const c = counting(tx);
+        const tasks = runs.map(signalTask);
+        const reads = await applier.readForApply(c.tx, tasks.map((task) => ({ ns, task })));
+        await applier.writeAll(c.tx, tasks.map((t, i) => applier.planApply(ns, t, reads[i]!)!.write!));
+        return c.texts;
+      });
+      const one = await applyPage([11]);
+      const three = await applyPage([12, 13, 14]);
+      expect(one).toHaveLength(5);
+      expect(three).toEqual(one);
+      for (const i of [11, 12, 13, 14]) expect((await rowOf(i)).nextEventId).toBe(3);
     });
   });
 }
