@@ -1,6 +1,6 @@
 import { and, asc, eq, gte, lt } from "drizzle-orm";
 import type { Db, Tx } from "../persistence/database";
-import { runStatement, tableCodec, textCache, valuesList } from "../persistence/raw-statements";
+import { paddedRows, padRows, runStatement, tableCodec, textCache, valuesList } from "../persistence/raw-statements";
 import { executions, historyEvents, requestIds, timerTasks, type VersionHistoryItem } from "../persistence/schema";
 import { attributesToJson, eventFromRow, eventTypeOf, type EventAttributes } from "./events";
 
@@ -90,37 +90,52 @@ export interface EventColumns {
 // Writers below prepare their parameters before returning, so a failure throws before any
 // statement is issued: a pipelined transaction (pipelined-tx.ts) must never commit half a write.
 const EVENT_COLUMNS = ["namespaceId", "workflowId", "runId", "eventId", "version", "eventTime", "eventType", "attributes"] as const;
-const eventParams = (key: RunKey, e: EventColumns) => [
-  key.namespaceId, key.workflowId, key.runId, e.eventId, e.version, eventsSql.param("eventTime", e.eventTime), e.eventType, eventsSql.param("attributes", e.attributes),
-];
 const insertEventsText = textCache((rows: number) =>
   `insert into ${eventsSql.table} (${EVENT_COLUMNS.map(eventsSql.name).join(", ")}) values ${valuesList(rows, EVENT_COLUMNS.length)}`);
+const eventParams = (e: EventColumns & { key: RunKey }) => [
+  e.key.namespaceId, e.key.workflowId, e.key.runId, e.eventId, e.version, eventsSql.param("eventTime", e.eventTime), e.eventType, eventsSql.param("attributes", e.attributes),
+];
 
 /** Rows per insert statement: a statement takes at most 65534 parameters. */
 const INSERT_CHUNK = 1000;
 
-/**
- * Inserts a run's event rows: a write's few, one statement per thousand. Parameters, not
- * recordset's JSON: A/B runs of the write path put its PostgreSQL CPU per write 1.18x
- * with the JSON (bench:compare, 4 of 4), for statement texts it prepares only a few of.
- */
+/** Inserts a run's event rows (a write's few), one statement per thousand. */
 export function insertEventRows(tx: Tx, key: RunKey, rows: EventColumns[]): Promise<unknown> {
   const statements: Promise<unknown>[] = [];
   for (let i = 0; i < rows.length; i += INSERT_CHUNK) {
     const chunk = rows.slice(i, i + INSERT_CHUNK);
-    statements.push(runStatement(tx, insertEventsText(chunk.length), chunk.flatMap((e) => eventParams(key, e))));
+    statements.push(runStatement(tx, insertEventsText(chunk.length), chunk.flatMap((e) => eventParams({ ...e, key }))));
   }
   return Promise.all(statements);
 }
 
-// Rows of many runs go in one JSON parameter (tableCodec's recordset): one text whatever their number.
-const INSERT_RUNS_EVENTS_TEXT =
-  `insert into ${eventsSql.table} (${EVENT_COLUMNS.map(eventsSql.name).join(", ")}) select * from ${eventsSql.recordset(EVENT_COLUMNS, 1, "v")}`;
+/** Rows per statement of paddedInsert: a power of two, and at most 65534 parameters. */
+const PADDED_CHUNK = 1024;
 
-/** Inserts event rows of any runs (a replicated page's), in one statement. */
+/**
+ * Inserts rows of any number, written for paddedRows(n) of them (a replicated page's: its
+ * count changes from page to page), one statement per 1,024 rows. textOf(rows) selects the
+ * rows' non-null ones; paramsOf gives a row's width parameters.
+ */
+function paddedInsert<R>(tx: Tx, rows: R[], width: number, textOf: (rows: number) => string, paramsOf: (row: R) => unknown[]): Promise<unknown> {
+  const statements: Promise<unknown>[] = [];
+  for (let i = 0; i < rows.length; i += PADDED_CHUNK) {
+    const chunk = rows.slice(i, i + PADDED_CHUNK);
+    const padded = paddedRows(chunk.length);
+    statements.push(runStatement(tx, textOf(padded), padRows(chunk.flatMap(paramsOf), padded, width)));
+  }
+  return Promise.all(statements);
+}
+
+const insertRunsEventsText = textCache((rows: number) => {
+  const names = EVENT_COLUMNS.map(eventsSql.name).join(", ");
+  return `insert into ${eventsSql.table} (${names}) select * from (values ${valuesList(rows, EVENT_COLUMNS.length, EVENT_COLUMNS.map(eventsSql.sqlType))}) as v(${names}) ` +
+    `where v.${eventsSql.name("namespaceId")} is not null`;
+});
+
+/** Inserts event rows of any runs (a replicated page's). */
 export function insertRunsEventRows(tx: Tx, rows: (EventColumns & { key: RunKey })[]): Promise<unknown> {
-  if (!rows.length) return Promise.resolve();
-  return runStatement(tx, INSERT_RUNS_EVENTS_TEXT, eventsSql.rowParams(EVENT_COLUMNS, rows.map((e) => ({ ...e, ...e.key }))));
+  return paddedInsert(tx, rows, EVENT_COLUMNS.length, insertRunsEventsText, eventParams);
 }
 
 /** Inserts new events numbered from firstEventId, at the write's version and time; returns the version history after them. */
@@ -141,13 +156,15 @@ export function insertEvents(
 }
 
 const REQUEST_COLUMNS = ["namespaceId", "workflowId", "runId", "requestId", "eventId"] as const;
-const INSERT_REQUEST_IDS_TEXT =
-  `insert into ${requestsSql.table} (${REQUEST_COLUMNS.map(requestsSql.name).join(", ")}) select * from ${requestsSql.recordset(REQUEST_COLUMNS, 1, "v")} on conflict do nothing`;
+const insertRequestIdsText = textCache((rows: number) => {
+  const names = REQUEST_COLUMNS.map(requestsSql.name).join(", ");
+  return `insert into ${requestsSql.table} (${names}) select * from (values ${valuesList(rows, REQUEST_COLUMNS.length, REQUEST_COLUMNS.map(requestsSql.sqlType))}) as v(${names}) ` +
+    `where v.${requestsSql.name("namespaceId")} is not null on conflict do nothing`;
+});
 
 /** Records where requests' events went, for any runs; the first holder of a request id keeps it (as a claim does). */
 export function insertRunsRequestIds(tx: Tx, ids: { key: RunKey; requestId: string; eventId: number }[]): Promise<unknown> {
-  if (!ids.length) return Promise.resolve();
-  return runStatement(tx, INSERT_REQUEST_IDS_TEXT, requestsSql.rowParams(REQUEST_COLUMNS, ids.map((r) => ({ ...r, ...r.key }))));
+  return paddedInsert(tx, ids, REQUEST_COLUMNS.length, insertRequestIdsText, (r) => [r.key.namespaceId, r.key.workflowId, r.key.runId, r.requestId, r.eventId]);
 }
 
 /** Version history after appending events up to lastEventId at version (DESIGN.md section 4). */

@@ -1,5 +1,5 @@
 import type { Tx } from "../persistence/database";
-import { runGuard, runStatement, tableCodec, textCache } from "../persistence/raw-statements";
+import { paddedRows, padRows, runGuard, runStatement, tableCodec, textCache, valuesList } from "../persistence/raw-statements";
 import { executions } from "../persistence/schema";
 import { runKeyText } from "./branch-store";
 import type { ExecutionRow, RunKey } from "./execution-store";
@@ -13,24 +13,27 @@ import type { ExecutionRow, RunKey } from "./execution-store";
 const executionsSql = tableCodec(executions);
 const KEY = ["namespaceId", "workflowId", "runId"] as const;
 const keyList = (alias?: string) => KEY.map((k) => (alias ? `${alias}.` : "") + executionsSql.name(k)).join(", ");
+const keyParams = (keys: RunKey[]) => keys.flatMap((k) => [k.namespaceId, k.workflowId, k.runId]);
 
-// Each statement's text is fixed: the rows go in one JSON parameter (tableCodec's recordset).
-const LOCK_KEYS_TEXT =
-  "select pg_advisory_xact_lock(hashtextextended(k, 0)) from (select k from json_array_elements_text($1::json) as v(k) order by k) as s";
+// Written for paddedRows(n) rows: the null rows after the n lock nothing and match no run.
+const lockKeysText = textCache((rows: number) =>
+  `select pg_advisory_xact_lock(hashtextextended(k, 0)) from (select k from (values ${valuesList(rows, 1, ["text"])}) as v(k) where k is not null order by k) as s`);
 
 /** lockRunKey for every key, in one statement. */
 export function lockRunKeys(tx: Tx, keys: RunKey[]): Promise<unknown> {
-  return keys.length ? runStatement(tx, LOCK_KEYS_TEXT, [JSON.stringify(keys.map(runKeyText))]) : Promise.resolve();
+  if (!keys.length) return Promise.resolve();
+  const rows = paddedRows(keys.length);
+  return runStatement(tx, lockKeysText(rows), padRows(keys.map(runKeyText), rows, 1));
 }
 
-const LOCK_RUNS_TEXT =
-  `select ${executionsSql.all()} from ${executionsSql.table} where (${keyList()}) in (select ${keyList("v")} from ${executionsSql.recordset(KEY, 1, "v")}) ` +
-  `order by ${keyList()} for update`;
+const lockRunsText = textCache((rows: number) =>
+  `select ${executionsSql.all()} from ${executionsSql.table} where (${keyList()}) in (values ${valuesList(rows, KEY.length)}) order by ${keyList()} for update`);
 
 /** The rows of the runs that exist among keys, locked for the transaction, by runKeyText; one statement. */
 export async function lockRuns(tx: Tx, keys: RunKey[]): Promise<Map<string, ExecutionRow>> {
   if (!keys.length) return new Map();
-  const rows = await runStatement(tx, LOCK_RUNS_TEXT, executionsSql.rowParams(KEY, keys));
+  const padded = paddedRows(keys.length);
+  const rows = await runStatement(tx, lockRunsText(padded), padRows(keyParams(keys), padded, KEY.length));
   return new Map(rows.map((r) => {
     const run = executionsSql.fromRow(r);
     return [runKeyText(run), run];
@@ -43,13 +46,14 @@ export class StaleRunError extends Error {
 }
 
 type RunField = keyof ExecutionRow & string;
-const saveRunsText = textCache((fields: RunField[]) => {
+const saveRunsText = textCache(({ fields, rows }: { fields: RunField[]; rows: number }) => {
+  const columns: RunField[] = [...KEY, "dbVersion", ...fields];
   const v = (c: RunField) => `v.${executionsSql.name(c)}`;
   const set = [...fields.map((c) => `${executionsSql.name(c)} = ${v(c)}`), `${executionsSql.name("dbVersion")} = ${v("dbVersion")} + 1`];
-  return `with saved as (update ${executionsSql.table} as e set ${set.join(", ")} from ${executionsSql.recordset([...KEY, "dbVersion", ...fields], 1, "v")} ` +
-    `where (${keyList("e")}) = (${KEY.map(v).join(", ")}) and e.${executionsSql.name("dbVersion")} = ${v("dbVersion")} returning 1) ` +
-    `select 1 / (count(*) = $2)::int as saved from saved`;
-}, (fields) => fields.join(","));
+  return `with saved as (update ${executionsSql.table} as e set ${set.join(", ")} from (values ${valuesList(rows, columns.length, columns.map(executionsSql.sqlType))}) ` +
+    `as v(${columns.map(executionsSql.name).join(", ")}) where (${keyList("e")}) = (${KEY.map(v).join(", ")}) and e.${executionsSql.name("dbVersion")} = ${v("dbVersion")} returning 1) ` +
+    `select 1 / (count(*) = $${rows * columns.length + 1})::int as saved from saved`;
+}, ({ fields, rows }) => `${fields.join(",")}/${rows}`);
 
 /**
  * saveRun for many runs that set the same fields, in one statement: each saves its new
@@ -62,8 +66,10 @@ export function saveRuns(tx: Tx, saves: { prev: ExecutionRow; next: Partial<Exec
   const fieldsOf = (next: Partial<ExecutionRow>) => (Object.keys(next) as RunField[]).filter((k) => k !== "dbVersion" && next[k] !== undefined).sort();
   const fields = fieldsOf(saves[0]!.next);
   if (saves.some(({ next }) => fieldsOf(next).join() !== fields.join())) throw new Error("saveRuns: every run must set the same fields");
-  const params = executionsSql.rowParams([...KEY, "dbVersion", ...fields], saves.map(({ prev, next }) => ({
-    ...next, namespaceId: prev.namespaceId, workflowId: prev.workflowId, runId: prev.runId, dbVersion: prev.dbVersion,
-  })));
-  return runGuard(tx, saveRunsText(fields), params, () => new StaleRunError(`one or more of ${saves.length} executions changed since they were read`));
+  const params = saves.flatMap(({ prev, next }) => [
+    prev.namespaceId, prev.workflowId, prev.runId, prev.dbVersion, ...fields.map((k) => executionsSql.param(k, next[k])),
+  ]);
+  const rows = paddedRows(saves.length);
+  const padded = padRows(params, rows, KEY.length + 1 + fields.length);
+  return runGuard(tx, saveRunsText({ fields, rows }), [...padded, saves.length], () => new StaleRunError(`one or more of ${saves.length} executions changed since they were read`));
 }

@@ -65,22 +65,6 @@ export function tableCodec<T extends Table>(table: T) {
     /** value as a parameter of key's column. */
     param,
     /**
-     * Rows sent as two parameters, $param (rowParams: JSON) and $param+1 (their number), as
-     * a subquery of keys' columns. A statement over many rows then has one text whatever
-     * their number, prepared once per connection: a text per row count had a busy
-     * receiver's connections preparing (a round trip, parsed and planned) new statements for
-     * most pages. The LIMIT is for the planner: it takes json_to_recordset for 100 rows, and
-     * joined a table of a few thousand runs by reading all of it.
-     */
-    recordset: (keys: readonly Key[], param: number, alias: string) =>
-      `(select * from json_to_recordset($${param}::json) as r(${keys.map((k) => `${quote(column(k).name)} ${column(k).getSQLType()}`).join(", ")}) ` +
-      `limit $${param + 1}) as ${alias}`,
-    /** The two parameters of recordset(keys): keys' values under their column names (dates as ISO text, jsonb values as JSON), and the number of rows. */
-    rowParams: (keys: readonly Key[], rows: readonly Partial<T["$inferSelect"]>[]): [string, number] => [
-      JSON.stringify(rows.map((r) => Object.fromEntries(keys.map((k) => [column(k).name, (r as Record<string, unknown>)[k] ?? null])))),
-      rows.length,
-    ],
-    /**
      * Inserts row (its defined fields; the others take their column defaults) with a
      * statement built once per set of fields. Issued at once, for pipelined transactions.
      */
@@ -103,9 +87,28 @@ export function tableCodec<T extends Table>(table: T) {
 
 const quote = (identifier: string) => `"${identifier.replaceAll('"', '""')}"`;
 
-/** `($1, $2), ($3, $4)`: rows placeholders for a multi-row insert. */
-export function valuesList(rows: number, width: number): string {
-  return Array.from({ length: rows }, (_, r) => `(${Array.from({ length: width }, (_, c) => `$${1 + r * width + c}`).join(", ")})`).join(", ");
+/**
+ * `($1, $2), ($3, $4)`: rows placeholders for a multi-row insert. With types, the first
+ * row's are cast (`$1::text`), which types the columns of a VALUES list that no INSERT
+ * column list types.
+ */
+export function valuesList(rows: number, width: number, types?: readonly string[]): string {
+  return Array.from({ length: rows }, (_, r) =>
+    `(${Array.from({ length: width }, (_, c) => `$${1 + r * width + c}${r === 0 && types ? `::${types[c]}` : ""}`).join(", ")})`).join(", ");
+}
+
+/**
+ * The rows a statement over many rows is written for: n rounded up to a power of two, the
+ * rest null rows the statement passes over (padRows). A text per row count had the
+ * connections of a busy receiver preparing a new statement for most pages (a round trip,
+ * parsed and planned), and every PostgreSQL backend keeping each one: their memory grew
+ * without end. Now a connection prepares about a dozen texts per statement.
+ */
+export const paddedRows = (n: number): number => 2 ** Math.ceil(Math.log2(Math.max(n, 1)));
+
+/** params (whole rows of width values) and null rows after them, up to rows. */
+export function padRows(params: unknown[], rows: number, width: number): unknown[] {
+  return params.concat(new Array(rows * width - params.length).fill(null));
 }
 
 /** Memoizes a statement text by its shape (e.g. the number of rows or the set columns), keyed by keyOf. */

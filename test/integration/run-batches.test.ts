@@ -113,8 +113,9 @@ for (const store of await testStores()) {
       }
     });
 
-    test("APageIssuesTheSameTextsWhateverItsRunCount: pages of one run and of three read and write with one set of prepared statements", async () => {
-      await database.db.transaction((tx) => Promise.all([11, 12, 13, 14].map((i) => insertExecution(tx, run(i)))));
+    test("APageIsWrittenForAPowerOfTwoRuns: pages of three runs and of four issue the same statement texts, and the padding writes nothing", async () => {
+      const all = [11, 12, 13, 14, 15, 16, 17];
+      await database.db.transaction((tx) => Promise.all(all.map((i) => insertExecution(tx, run(i)))));
       const applyPage = (runs: number[]) => database.db.transaction(async (tx) => {
         const c = counting(tx);
         const tasks = runs.map(signalTask);
@@ -122,11 +123,15 @@ for (const store of await testStores()) {
         await applier.writeAll(c.tx, tasks.map((t, i) => applier.planApply(ns, t, reads[i]!)!.write!));
         return c.texts;
       });
-      const one = await applyPage([11]);
-      const three = await applyPage([12, 13, 14]);
-      expect(one).toHaveLength(5);
-      expect(three).toEqual(one);
-      for (const i of [11, 12, 13, 14]) expect((await rowOf(i)).nextEventId).toBe(3);
+      const three = await applyPage([11, 12, 13]);
+      const four = await applyPage([14, 15, 16, 17]);
+      expect(three).toHaveLength(5);
+      expect(four).toEqual(three);
+      for (const i of all) expect((await rowOf(i)).nextEventId).toBe(3);
+      const events = await database.db.select().from(historyEvents).where(eq(historyEvents.namespaceId, NS));
+      const ids = await database.db.select().from(requestIds).where(eq(requestIds.namespaceId, NS));
+      expect(events.filter((e) => all.includes(Number(e.workflowId.slice(3)))).map((e) => e.workflowId).sort()).toEqual(all.map((i) => `wf-${i}`).sort());
+      expect(ids.filter((r) => all.includes(Number(r.workflowId.slice(3)))).map((r) => r.requestId).sort()).toEqual(all.map((i) => `req-${i}`).sort());
     });
   });
 }
