@@ -1,6 +1,6 @@
 import { and, asc, eq, gte, lt } from "drizzle-orm";
 import type { Db, Tx } from "../persistence/database";
-import { paddedRows, padRows, runStatement, tableCodec, textCache, valuesList } from "../persistence/raw-statements";
+import { paddedChunks, padRows, runStatement, tableCodec, textCache, valuesList } from "../persistence/raw-statements";
 import { executions, historyEvents, requestIds, timerTasks, type VersionHistoryItem } from "../persistence/schema";
 import { attributesToJson, eventFromRow, eventTypeOf, type EventAttributes } from "./events";
 
@@ -109,22 +109,13 @@ export function insertEventRows(tx: Tx, key: RunKey, rows: EventColumns[]): Prom
   return Promise.all(statements);
 }
 
-/** Rows per statement of paddedInsert: a power of two, and at most 65534 parameters. */
-const PADDED_CHUNK = 1024;
-
 /**
- * Inserts rows of any number, written for paddedRows(n) of them (a replicated page's: its
- * count changes from page to page), one statement per 1,024 rows. textOf(rows) selects the
- * rows' non-null ones; paramsOf gives a row's width parameters.
+ * Inserts rows of any number (a replicated page's: its count changes from page to page),
+ * written for paddedRows of them (see paddedChunks). textOf(rows) inserts the rows' non-null
+ * ones; paramsOf gives a row's width parameters.
  */
 function paddedInsert<R>(tx: Tx, rows: R[], width: number, textOf: (rows: number) => string, paramsOf: (row: R) => unknown[]): Promise<unknown> {
-  const statements: Promise<unknown>[] = [];
-  for (let i = 0; i < rows.length; i += PADDED_CHUNK) {
-    const chunk = rows.slice(i, i + PADDED_CHUNK);
-    const padded = paddedRows(chunk.length);
-    statements.push(runStatement(tx, textOf(padded), padRows(chunk.flatMap(paramsOf), padded, width)));
-  }
-  return Promise.all(statements);
+  return Promise.all(paddedChunks(rows).map(({ chunk, rows: padded }) => runStatement(tx, textOf(padded), padRows(chunk.flatMap(paramsOf), padded, width))));
 }
 
 const insertRunsEventsText = textCache((rows: number) => {

@@ -1,5 +1,5 @@
 import type { Tx } from "../persistence/database";
-import { paddedRows, padRows, runGuard, runStatement, tableCodec, textCache, valuesList } from "../persistence/raw-statements";
+import { paddedChunks, paddedRows, padRows, runGuard, runStatement, tableCodec, textCache, valuesList } from "../persistence/raw-statements";
 import { executions } from "../persistence/schema";
 import { runKeyText } from "./branch-store";
 import type { ExecutionRow, RunKey } from "./execution-store";
@@ -19,7 +19,11 @@ const keyParams = (keys: RunKey[]) => keys.flatMap((k) => [k.namespaceId, k.work
 const lockKeysText = textCache((rows: number) =>
   `select pg_advisory_xact_lock(hashtextextended(k, 0)) from (select k from (values ${valuesList(rows, 1, ["text"])}) as v(k) where k is not null order by k) as s`);
 
-/** lockRunKey for every key, in one statement. */
+/**
+ * lockRunKey for every key, in one statement: the order that keeps two pages from waiting on
+ * each other in a cycle is the statement's. The other statements here, issued after it, may
+ * take their rows in several (paddedChunks).
+ */
 export function lockRunKeys(tx: Tx, keys: RunKey[]): Promise<unknown> {
   if (!keys.length) return Promise.resolve();
   const rows = paddedRows(keys.length);
@@ -29,12 +33,10 @@ export function lockRunKeys(tx: Tx, keys: RunKey[]): Promise<unknown> {
 const lockRunsText = textCache((rows: number) =>
   `select ${executionsSql.all()} from ${executionsSql.table} where (${keyList()}) in (values ${valuesList(rows, KEY.length)}) order by ${keyList()} for update`);
 
-/** The rows of the runs that exist among keys, locked for the transaction, by runKeyText; one statement. */
+/** The rows of the runs that exist among keys, locked for the transaction, by runKeyText; one statement (per 1,024 keys). */
 export async function lockRuns(tx: Tx, keys: RunKey[]): Promise<Map<string, ExecutionRow>> {
-  if (!keys.length) return new Map();
-  const padded = paddedRows(keys.length);
-  const rows = await runStatement(tx, lockRunsText(padded), padRows(keyParams(keys), padded, KEY.length));
-  return new Map(rows.map((r) => {
+  const found = await Promise.all(paddedChunks(keys).map(({ chunk, rows }) => runStatement(tx, lockRunsText(rows), padRows(keyParams(chunk), rows, KEY.length))));
+  return new Map(found.flat().map((r) => {
     const run = executionsSql.fromRow(r);
     return [runKeyText(run), run];
   }));
@@ -56,7 +58,7 @@ const saveRunsText = textCache(({ fields, rows }: { fields: RunField[]; rows: nu
 }, ({ fields, rows }) => `${fields.join(",")}/${rows}`);
 
 /**
- * saveRun for many runs that set the same fields, in one statement: each saves its new
+ * saveRun for many runs that set the same fields, in one statement (per 1,024): each saves its new
  * state if nobody wrote it since it was read (its db_version). If one was, the statement
  * fails (a guard, see DIVISION_BY_ZERO), so a transaction committed in one round trip
  * from rows kept in memory rolls back instead.
@@ -66,10 +68,11 @@ export function saveRuns(tx: Tx, saves: { prev: ExecutionRow; next: Partial<Exec
   const fieldsOf = (next: Partial<ExecutionRow>) => (Object.keys(next) as RunField[]).filter((k) => k !== "dbVersion" && next[k] !== undefined).sort();
   const fields = fieldsOf(saves[0]!.next);
   if (saves.some(({ next }) => fieldsOf(next).join() !== fields.join())) throw new Error("saveRuns: every run must set the same fields");
-  const params = saves.flatMap(({ prev, next }) => [
+  const paramsOf = ({ prev, next }: (typeof saves)[number]) => [
     prev.namespaceId, prev.workflowId, prev.runId, prev.dbVersion, ...fields.map((k) => executionsSql.param(k, next[k])),
-  ]);
-  const rows = paddedRows(saves.length);
-  const padded = padRows(params, rows, KEY.length + 1 + fields.length);
-  return runGuard(tx, saveRunsText({ fields, rows }), [...padded, saves.length], () => new StaleRunError(`one or more of ${saves.length} executions changed since they were read`));
+  ];
+  const stale = () => new StaleRunError(`one or more of ${saves.length} executions changed since they were read`);
+  return Promise.all(paddedChunks(saves).map(({ chunk, rows }) =>
+    runGuard(tx, saveRunsText({ fields, rows }), [...padRows(chunk.flatMap(paramsOf), rows, KEY.length + 1 + fields.length), chunk.length], stale),
+  )).then(() => undefined);
 }

@@ -111,6 +111,22 @@ export function padRows(params: unknown[], rows: number, width: number): unknown
   return params.concat(new Array(rows * width - params.length).fill(null));
 }
 
+/** Most rows per padded statement: a power of two, and with up to 63 values a row, within the 65,534 parameters a statement takes. */
+const PADDED_CHUNK = 1024;
+
+/**
+ * items in order, a statement's worth at a time: chunks of at most 1,024, each with the
+ * padded row count its statement is written for (paddedRows).
+ */
+export function paddedChunks<R>(items: readonly R[]): { chunk: R[]; rows: number }[] {
+  const out: { chunk: R[]; rows: number }[] = [];
+  for (let i = 0; i < items.length; i += PADDED_CHUNK) {
+    const chunk = items.slice(i, i + PADDED_CHUNK);
+    out.push({ chunk, rows: paddedRows(chunk.length) });
+  }
+  return out;
+}
+
 /** Memoizes a statement text by its shape (e.g. the number of rows or the set columns), keyed by keyOf. */
 export function textCache<K>(build: (shape: K) => string, keyOf: (shape: K) => unknown = (shape) => shape): (shape: K) => string {
   const texts = new Map<unknown, string>();

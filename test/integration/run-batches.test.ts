@@ -113,6 +113,25 @@ for (const store of await testStores()) {
       }
     });
 
+    test("APageOfMoreThan1024Runs: 1,100 signals read, save and write in statements of at most 1,024 rows", async () => {
+      const many = Array.from({ length: 1100 }, (_, i) => 1000 + i);
+      await database.db.transaction((tx) => Promise.all(many.map((i) => insertExecution(tx, run(i)))));
+      const texts = await database.db.transaction(async (tx) => {
+        const c = counting(tx);
+        const tasks = many.map(signalTask);
+        const reads = await applier.readForApply(c.tx, tasks.map((task) => ({ ns, task })));
+        expect(reads.every((r) => r.run !== undefined)).toBe(true);
+        await applier.writeAll(c.tx, tasks.map((t, i) => applier.planApply(ns, t, reads[i]!)!.write!));
+        return c.texts;
+      });
+      // The key locks in one statement; the rows, the states, the events and the request ids in two each.
+      expect(texts).toHaveLength(9);
+      const rows = await database.db.select().from(executions).where(eq(executions.namespaceId, NS));
+      expect(rows.filter((r) => many.includes(Number(r.workflowId.slice(3)))).map((r) => [r.nextEventId, r.dbVersion])).toEqual(many.map(() => [3, 2]));
+      const events = await database.db.select().from(historyEvents).where(eq(historyEvents.eventId, 2));
+      expect(events.filter((e) => many.includes(Number(e.workflowId.slice(3))))).toHaveLength(1100);
+    });
+
     test("APageIsWrittenForAPowerOfTwoRuns: pages of three runs and of four issue the same statement texts, and the padding writes nothing", async () => {
       const all = [11, 12, 13, 14, 15, 16, 17];
       await database.db.transaction((tx) => Promise.all(all.map((i) => insertExecution(tx, run(i)))));
