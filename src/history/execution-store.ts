@@ -1,6 +1,6 @@
 import { and, asc, eq, gte, lt } from "drizzle-orm";
 import type { Db, Tx } from "../persistence/database";
-import { paddedChunks, padRows, runStatement, tableCodec, textCache, valuesList } from "../persistence/raw-statements";
+import { chunksOf, paddedChunks, padRows, runStatement, tableCodec, textCache, valuesList } from "../persistence/raw-statements";
 import { executions, historyEvents, requestIds, timerTasks, type VersionHistoryItem } from "../persistence/schema";
 import { attributesToJson, eventFromRow, eventTypeOf, type EventAttributes } from "./events";
 
@@ -92,8 +92,8 @@ export interface EventColumns {
 const EVENT_COLUMNS = ["namespaceId", "workflowId", "runId", "eventId", "version", "eventTime", "eventType", "attributes"] as const;
 const insertEventsText = textCache((rows: number) =>
   `insert into ${eventsSql.table} (${EVENT_COLUMNS.map(eventsSql.name).join(", ")}) values ${valuesList(rows, EVENT_COLUMNS.length)}`);
-const eventParams = (e: EventColumns & { key: RunKey }) => [
-  e.key.namespaceId, e.key.workflowId, e.key.runId, e.eventId, e.version, eventsSql.param("eventTime", e.eventTime), e.eventType, eventsSql.param("attributes", e.attributes),
+const eventParams = (key: RunKey, e: EventColumns) => [
+  key.namespaceId, key.workflowId, key.runId, e.eventId, e.version, eventsSql.param("eventTime", e.eventTime), e.eventType, eventsSql.param("attributes", e.attributes),
 ];
 
 /** Rows per insert statement: a statement takes at most 65534 parameters. */
@@ -101,12 +101,7 @@ const INSERT_CHUNK = 1000;
 
 /** Inserts a run's event rows (a write's few), one statement per thousand. */
 export function insertEventRows(tx: Tx, key: RunKey, rows: EventColumns[]): Promise<unknown> {
-  const statements: Promise<unknown>[] = [];
-  for (let i = 0; i < rows.length; i += INSERT_CHUNK) {
-    const chunk = rows.slice(i, i + INSERT_CHUNK);
-    statements.push(runStatement(tx, insertEventsText(chunk.length), chunk.flatMap((e) => eventParams({ ...e, key }))));
-  }
-  return Promise.all(statements);
+  return Promise.all(chunksOf(rows, INSERT_CHUNK).map((chunk) => runStatement(tx, insertEventsText(chunk.length), chunk.flatMap((e) => eventParams(key, e)))));
 }
 
 /**
@@ -126,7 +121,7 @@ const insertRunsEventsText = textCache((rows: number) => {
 
 /** Inserts event rows of any runs (a replicated page's). */
 export function insertRunsEventRows(tx: Tx, rows: (EventColumns & { key: RunKey })[]): Promise<unknown> {
-  return paddedInsert(tx, rows, EVENT_COLUMNS.length, insertRunsEventsText, eventParams);
+  return paddedInsert(tx, rows, EVENT_COLUMNS.length, insertRunsEventsText, (e) => eventParams(e.key, e));
 }
 
 /** Inserts new events numbered from firstEventId, at the write's version and time; returns the version history after them. */

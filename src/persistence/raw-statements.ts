@@ -114,17 +114,16 @@ export function padRows(params: unknown[], rows: number, width: number): unknown
 /** Most rows per padded statement: a power of two, and with up to 63 values a row, within the 65,534 parameters a statement takes. */
 const PADDED_CHUNK = 1024;
 
-/**
- * items in order, a statement's worth at a time: chunks of at most 1,024, each with the
- * padded row count its statement is written for (paddedRows).
- */
-export function paddedChunks<R>(items: readonly R[]): { chunk: R[]; rows: number }[] {
-  const out: { chunk: R[]; rows: number }[] = [];
-  for (let i = 0; i < items.length; i += PADDED_CHUNK) {
-    const chunk = items.slice(i, i + PADDED_CHUNK);
-    out.push({ chunk, rows: paddedRows(chunk.length) });
-  }
+/** items in order, at most size at a time: a statement's worth each. */
+export function chunksOf<R>(items: readonly R[], size: number): R[][] {
+  const out: R[][] = [];
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
   return out;
+}
+
+/** chunksOf at most 1,024 items, each with the padded row count its statement is written for (paddedRows). */
+export function paddedChunks<R>(items: readonly R[]): { chunk: R[]; rows: number }[] {
+  return chunksOf(items, PADDED_CHUNK).map((chunk) => ({ chunk, rows: paddedRows(chunk.length) }));
 }
 
 /** Memoizes a statement text by its shape (e.g. the number of rows or the set columns), keyed by keyOf. */
