@@ -10,7 +10,10 @@ import type { Tx } from "./database";
  * The callback's tx serves hand-written statements only (runStatement); a query builder
  * call on it fails. Whatever must veto the commit has to fail as a statement before it
  * (a failed statement aborts the transaction, and the COMMIT behind it then rolls back):
- * checks in JavaScript belong before `commit()`.
+ * checks in JavaScript belong before `commit()`. A statement runStatement refuses
+ * (paramsRefusal) never reaches the connection and fails the transaction: the statements
+ * issued before it roll back, and COMMIT is not sent (a refusal after `commit()` is a check
+ * in JavaScript after it).
  */
 export interface PipelinedTransactions {
   run<T>(fn: (tx: Tx, commit: () => void) => Promise<T>, beforeCommit?: () => Promise<void> | void): Promise<T>;
@@ -29,14 +32,21 @@ export function createPipelinedTransactions(client: Sql): PipelinedTransactions 
       };
       const begun = issue("begin");
       let committed: ReturnType<typeof issue> | undefined;
+      let refused: Error | undefined;
       // With a test hook before commit, COMMIT waits for fn and the hook.
-      const commit = () => void (beforeCommit ? undefined : (committed ??= issue("commit")));
+      const commit = () => void (beforeCommit || refused ? undefined : (committed ??= issue("commit")));
       const tx = {
-        _: { session: { prepareQuery: (q: { sql: string; params: unknown[] }) => ({ execute: () => issue(q.sql, q.params) }) } },
+        _: {
+          session: {
+            prepareQuery: (q: { sql: string; params: unknown[] }) => ({ execute: () => issue(q.sql, q.params) }),
+            refuse: (e: Error) => void (refused ??= e),
+          },
+        },
       } as unknown as Tx;
       try {
         const result = await fn(tx, commit);
         await begun;
+        if (refused) throw refused;
         if (!committed) {
           await beforeCommit?.();
           committed = issue("commit");

@@ -18,9 +18,32 @@ export type DriverRow = Record<string, unknown>;
  * fifth of a write's CPU. Named, so postgres.js prepares each text once per connection.
  */
 export async function runStatement(db: Db | Tx, text: string, params: unknown[]): Promise<DriverRow[]> {
+  const refused = paramsRefusal(params);
+  if (refused) {
+    (db._.session as { refuse?: (e: Error) => void }).refuse?.(refused);
+    throw refused;
+  }
   const result = await db._.session.prepareQuery({ sql: text, params }, undefined, "tern", false).execute();
   // postgres.js returns the rows as the result, PGlite under rows.
   return ((result as { rows?: DriverRow[] }).rows ?? (result as DriverRow[])) as DriverRow[];
+}
+
+/** Most parameters postgres.js takes in one statement. */
+export const MAX_PARAMETERS = 65_533;
+
+/**
+ * Why postgres.js would refuse params, if it would: more than MAX_PARAMETERS, or an undefined
+ * one. It finds out while it builds the statement, after the statement took its place in the
+ * connection's queue, and then fails the statement ahead of it, and never settles the ones
+ * behind (porsager/postgres#1082, open in 3.4.9): in a pipelined transaction the statements
+ * after it, COMMIT included, would go out and commit without it. So runStatement refuses them
+ * first, before the driver sees them, and tells a pipelined transaction (its session's
+ * refuse), which then rolls back.
+ */
+export function paramsRefusal(params: readonly unknown[]): Error | undefined {
+  if (params.length > MAX_PARAMETERS) return new Error(`statement not sent: ${params.length} parameters, more than the ${MAX_PARAMETERS} a statement takes`);
+  const i = params.indexOf(undefined);
+  return i < 0 ? undefined : new Error(`statement not sent: parameter $${i + 1} is undefined`);
 }
 
 /**

@@ -4,7 +4,7 @@ import { sql } from "drizzle-orm";
 import postgres from "postgres";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { createPipelinedTransactions } from "../../src/persistence/pipelined-tx";
-import { runStatement } from "../../src/persistence/raw-statements";
+import { MAX_PARAMETERS, runStatement } from "../../src/persistence/raw-statements";
 import { createTestDatabase } from "../support/postgres";
 import { rejects } from "../support/rejects";
 import { startTestCluster, type TestCluster } from "../support/server";
@@ -149,6 +149,31 @@ if (stores.includes("postgres")) {
       await txs().run(async (tx) => void (await insert(tx, 6)));
       expect(await rows()).toEqual([6]);
     });
+
+    // postgres.js fails such a statement while building it, after it joined the connection's
+    // queue: it then rejected BEGIN, committed the inserts around it and never settled COMMIT.
+    for (const [name, params] of [
+      ["TestAStatementWithAnUndefinedParameterIsRefusedAndRollsBackItsTransaction", [undefined]],
+      ["TestAStatementWithTooManyParametersIsRefusedAndRollsBackItsTransaction", Array.from({ length: MAX_PARAMETERS + 1 }, () => 1)],
+    ] as const) {
+      test(name, async () => {
+        await client`truncate pipelined`;
+        const failed = txs().run(async (tx, commit) => {
+          const done = Promise.all([insert(tx, 8), runStatement(tx, "select $1::int", [...params]), insert(tx, 9)]);
+          commit();
+          await done;
+        });
+        await expect(failed).rejects.toThrow(/statement not sent/);
+        expect(await rows()).toEqual([]);
+        // Its connection is back in the pool and answers the right statements.
+        await txs().run(async (tx, commit) => {
+          const done = Promise.all([insert(tx, 10), insert(tx, 11)]);
+          commit();
+          await done;
+        });
+        expect(await rows()).toEqual([10, 11]);
+      });
+    }
 
     test("TestAHookBeforeCommitThatThrowsRollsBack", async () => {
       await client`truncate pipelined`;
