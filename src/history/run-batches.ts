@@ -22,7 +22,8 @@ const lockKeysText = textCache((rows: number) =>
 /**
  * lockRunKey for every key, in one statement: the order that keeps two pages from waiting on
  * each other in a cycle is the statement's. The other statements here, issued after it, may
- * take their rows in several (paddedChunks).
+ * take their rows in several (paddedChunks). Padded, it takes at most 32,768 keys: runStatement
+ * refuses more (paramsRefusal), and a pull of that many runs is then applied page by page.
  */
 export function lockRunKeys(tx: Tx, keys: RunKey[]): Promise<unknown> {
   if (!keys.length) return Promise.resolve();
