@@ -1,3 +1,4 @@
+import { z } from "zod";
 import { create } from "@bufbuild/protobuf";
 import { and, asc, count, eq, gt, or } from "drizzle-orm";
 import { invalidArgument } from "../src/errors";
@@ -11,6 +12,9 @@ import { decodeToken, encodeToken } from "../src/persistence/page-token";
 import { executions } from "../src/persistence/schema";
 import type { BackfillCursor } from "./backfill-jobs";
 
+/** ListExecutionsForReplication's token: the last run (a BackfillCursor). */
+const CURSOR_TOKEN: z.ZodType<BackfillCursor> = z.object({ workflowId: z.string(), runId: z.string() });
+
 /**
  * BackfillService.ListExecutionsForReplication, the source side of backfill (its
  * counterpart is backfill-receiver.ts): every run of a namespace, open or closed, in
@@ -20,7 +24,7 @@ import type { BackfillCursor } from "./backfill-jobs";
 export async function listExecutionsForReplication(db: Db, req: ListExecutionsForReplicationRequest): Promise<ListExecutionsForReplicationResponse> {
   if (!req.namespaceId) throw invalidArgument("namespace id is required");
   const size = req.pageSize > 0 ? Math.min(req.pageSize, 1000) : 100;
-  const after = req.nextPageToken.length ? decodeToken<BackfillCursor>(req.nextPageToken) : undefined;
+  const after = req.nextPageToken.length ? decodeToken(req.nextPageToken, CURSOR_TOKEN) : undefined;
   const inNamespace = eq(executions.namespaceId, req.namespaceId);
   const past = after
     ? or(gt(executions.workflowId, after.workflowId), and(eq(executions.workflowId, after.workflowId), gt(executions.runId, after.runId)))

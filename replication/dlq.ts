@@ -1,3 +1,4 @@
+import { z } from "zod";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { and, asc, count, eq, gt, or, sql, type SQL } from "drizzle-orm";
@@ -15,6 +16,9 @@ import type { Db, Tx } from "../src/persistence/database";
 import { runStatement, tableCodec } from "../src/persistence/raw-statements";
 import { decodeToken, encodeToken } from "../src/persistence/page-token";
 import { replicationDlq } from "../src/persistence/schema";
+
+/** ListReplicationDlq's token: the last entry's source cluster, shard and task id. */
+const DLQ_TOKEN = z.object({ s: z.string(), h: z.number().int(), t: z.number().int() });
 
 export type DlqRow = typeof replicationDlq.$inferSelect;
 
@@ -62,7 +66,7 @@ export function createReplicationDlq({ db, metrics }: ReplicationDlqDeps) {
   /** Entries matching filter, in (source, shard, task id) order after the page token. */
   async function list(req: Pick<ListReplicationDlqRequest, "sourceCluster" | "shardId" | "pageSize" | "nextPageToken">): Promise<ListReplicationDlqResponse> {
     const pageSize = Math.min(Math.max(req.pageSize || 100, 1), 1000);
-    const after = req.nextPageToken.length ? decodeToken<{ s: string; h: number; t: number }>(req.nextPageToken) : undefined;
+    const after = req.nextPageToken.length ? decodeToken(req.nextPageToken, DLQ_TOKEN) : undefined;
     const d = replicationDlq;
     const rows = await db
       .select()

@@ -1,3 +1,4 @@
+import { z } from "zod";
 import { create } from "@bufbuild/protobuf";
 import { and, asc, eq, sql } from "drizzle-orm";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
@@ -17,6 +18,9 @@ import {
 import type { Db } from "../src/persistence/database";
 import { decodeToken, encodeToken } from "../src/persistence/page-token";
 import { clusterMetadata, executions, historyEvents, namespaces } from "../src/persistence/schema";
+
+/** GetExecutionChecksums' token: the last run's workflow id and run id. */
+const RUN_TOKEN = z.object({ w: z.string(), r: z.string() });
 
 export interface ReplicationVerifierDeps {
   db: Db;
@@ -42,7 +46,7 @@ export function createReplicationVerifier({ db, cluster, clients }: ReplicationV
     const [ns] = await db.select({ id: namespaces.id }).from(namespaces).where(eq(namespaces.name, req.namespace));
     if (!ns) throw notFound(`namespace ${req.namespace} not found`);
     const pageSize = Math.min(Math.max(req.pageSize || PAGE, 1), 5000);
-    const after = req.nextPageToken.length ? decodeToken<{ w: string; r: string }>(req.nextPageToken) : undefined;
+    const after = req.nextPageToken.length ? decodeToken(req.nextPageToken, RUN_TOKEN) : undefined;
     const e = executions;
     const h = historyEvents;
     // jsonb renders canonically (sorted keys, fixed spacing), so equal attributes give equal text on both clusters.

@@ -1,3 +1,4 @@
+import { z } from "zod";
 import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
@@ -15,6 +16,9 @@ import type { GracefulFailover } from "../../replication/failover";
 import type { RemoteClientPool } from "../cluster/remote-client";
 import { durationMs, namespaceToProto } from "./convert";
 import { FORWARDED_HEADER, forwardOptions, frontendOf } from "./forwarding";
+
+/** ListClusters' token: the last cluster's name. */
+const NAME_TOKEN = z.object({ name: z.string() });
 
 export interface OperatorHandlerDeps {
   db: Db;
@@ -70,7 +74,7 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
     },
     async listClusters(r) {
       const size = clampPage(r.pageSize);
-      const after = r.nextPageToken.length ? decodeToken<{ name: string }>(r.nextPageToken).name : "";
+      const after = r.nextPageToken.length ? decodeToken(r.nextPageToken, NAME_TOKEN).name : "";
       const rows = (await clusters.list()).filter((c) => c.clusterName > after);
       const page = rows.slice(0, size);
       return {

@@ -1,3 +1,4 @@
+import { z } from "zod";
 import { and, desc, eq, gte, like, lt, lte, or, sql } from "drizzle-orm";
 import { invalidArgument, notFound, unavailable } from "../errors";
 import { createLongPolls } from "../long-polls";
@@ -8,6 +9,11 @@ import { decodeToken, encodeToken } from "../persistence/page-token";
 import { executions } from "../persistence/schema";
 import { readRunEvents, type ExecutionRow } from "./execution-store";
 import { listen, type EventNotifier } from "./notifier";
+
+/** GetWorkflowExecutionHistory's token: the run and the next event id. */
+const HISTORY_TOKEN = z.object({ runId: z.string(), next: z.number().int().min(1) });
+/** ListWorkflowExecutions' token: the last run's start time and id. */
+const LIST_TOKEN = z.object({ t: z.string(), r: z.string() });
 
 export interface ListFilter {
   status?: string;
@@ -64,8 +70,7 @@ export function createHistoryQueries({ db, namespaces, notifier, recheckMs = 100
   }) {
     const ns = await readableNamespace(req.namespace);
     const size = clampPage(req.pageSize);
-    const pos = req.token.length ? decodeToken<{ runId: string; next: number }>(req.token) : undefined;
-    if (pos && (typeof pos.next !== "number" || typeof pos.runId !== "string")) throw invalidArgument("next_page_token is not valid");
+    const pos = req.token.length ? decodeToken(req.token, HISTORY_TOKEN) : undefined;
     const runId = pos?.runId ?? req.runId;
     const from = pos?.next ?? 1;
     const deadline = Date.now() + req.waitMs;
@@ -95,7 +100,7 @@ export function createHistoryQueries({ db, namespaces, notifier, recheckMs = 100
   async function list(namespace: string, pageSize: number, token: Uint8Array, filter: ListFilter) {
     const ns = await readableNamespace(namespace);
     const size = clampPage(pageSize);
-    const after = token.length ? decodeToken<{ t: string; r: string }>(token) : undefined;
+    const after = token.length ? decodeToken(token, LIST_TOKEN) : undefined;
     const conditions = [eq(executions.namespaceId, ns.id)];
     if (filter.status) conditions.push(eq(executions.status, filter.status));
     if (filter.workflowType) conditions.push(eq(executions.workflowType, filter.workflowType));

@@ -1,3 +1,4 @@
+import { z } from "zod";
 import { and, asc, eq, gt, sql } from "drizzle-orm";
 import { ulid } from "ulid";
 import { appendNamespaceTask } from "../../replication/namespace-queue";
@@ -9,6 +10,9 @@ import type { Db, Tx } from "../persistence/database";
 import { namespaces, type FailoverHistoryEntry } from "../persistence/schema";
 import { decodeToken, encodeToken } from "../persistence/page-token";
 import { checkNamespaceName, checkOwnerEmail, checkRetentionSeconds } from "./validate";
+
+/** ListNamespaces' token: the last namespace's name. */
+const NAME_TOKEN = z.object({ name: z.string() });
 
 export type NamespaceRecord = typeof namespaces.$inferSelect;
 
@@ -268,7 +272,7 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
     },
     async list(pageSize, token) {
       const size = clampPage(pageSize);
-      const after = token.length ? decodeToken<{ name: string }>(token).name : undefined;
+      const after = token.length ? decodeToken(token, NAME_TOKEN).name : undefined;
       const rows = await db
         .select()
         .from(namespaces)

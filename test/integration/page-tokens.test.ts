@@ -1,0 +1,71 @@
+import { setDefaultTimeout, afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { Code } from "@connectrpc/connect";
+import { BackfillService } from "../../src/gen/tern/admin/v1/backfill_pb";
+import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { rejects } from "../support/rejects";
+import { startTestCluster, type TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+
+setDefaultTimeout(60_000);
+
+const T = { workflowType: "t", taskQueue: "q" };
+const token = (value: unknown) => new TextEncoder().encode(JSON.stringify(value));
+
+// A page token is the client's to send back: one that is JSON but not of the shape its
+// endpoint wrote (a field missing or of another type) is INVALID_ARGUMENT, like garbage. On
+// PostgreSQL a missing field used to reach the query as an undefined parameter, which the
+// driver refuses only after the query joined a connection's queue: INTERNAL on an idle
+// connection, the query ahead of it failed in its place on a busy one.
+for (const store of await testStores()) {
+  describe(`page tokens on ${store}`, () => {
+    let cluster: TestCluster;
+    let namespaceId: string;
+    beforeAll(async () => {
+      cluster = await startTestCluster({ store });
+      const wf = cluster.client(WorkflowService);
+      await wf.registerNamespace({ namespace: "p" });
+      await wf.startWorkflowExecution({ namespace: "p", workflowId: "a", ...T });
+      namespaceId = (await wf.describeNamespace({ namespace: "p" })).namespace!.namespaceInfo!.id;
+    });
+    afterAll(() => cluster.destroy());
+
+    test("TestATokenOfAnotherShapeIsInvalidArgumentOnEveryListingThatTakesOne", async () => {
+      const wf = cluster.client(WorkflowService);
+      const admin = cluster.client(AdminService);
+      const calls: [string, (t: Uint8Array) => Promise<unknown>, unknown][] = [
+        ["GetWorkflowExecutionHistory", (t) => wf.getWorkflowExecutionHistory({ namespace: "p", execution: { workflowId: "a" }, nextPageToken: t }), { runId: "x" }],
+        ["ListWorkflowExecutions", (t) => wf.listWorkflowExecutions({ namespace: "p", nextPageToken: t }), { t: "2026-01-01T00:00:00Z" }],
+        ["ListNamespaces", (t) => wf.listNamespaces({ nextPageToken: t }), { name: 7 }],
+        ["ListClusters", (t) => cluster.client(OperatorService).listClusters({ nextPageToken: t }), {}],
+        ["GetExecutionChecksums", (t) => admin.getExecutionChecksums({ namespace: "p", nextPageToken: t }), { w: "a" }],
+        ["ListReplicationDlq", (t) => admin.listReplicationDlq({ nextPageToken: t }), { s: "x", h: 1 }],
+        ["ListExecutionsForReplication", (t) => cluster.client(BackfillService).listExecutionsForReplication({ namespaceId, nextPageToken: t }), { workflowId: "a" }],
+      ];
+      for (const [name, call, shape] of calls) {
+        for (const bad of [shape, [1], "x"]) {
+          try {
+            await rejects(call(token(bad)), Code.InvalidArgument, "next_page_token is not valid");
+          } catch (e) {
+            throw new Error(`${name} with ${JSON.stringify(bad)}: ${(e as Error).message}`);
+          }
+        }
+      }
+    });
+
+    test("TestTokensTheServerWroteStillPage", async () => {
+      const wf = cluster.client(WorkflowService);
+      await wf.startWorkflowExecution({ namespace: "p", workflowId: "b", ...T });
+      const first = await wf.listWorkflowExecutions({ namespace: "p", pageSize: 1 });
+      const second = await wf.listWorkflowExecutions({ namespace: "p", pageSize: 1, nextPageToken: first.nextPageToken });
+      expect([...first.executions, ...second.executions].map((e) => e.execution!.workflowId).sort()).toEqual(["a", "b"]);
+      const checksums = await cluster.client(AdminService).getExecutionChecksums({ namespace: "p", pageSize: 1 });
+      const rest = await cluster.client(AdminService).getExecutionChecksums({ namespace: "p", pageSize: 1, nextPageToken: checksums.nextPageToken });
+      expect(checksums.executions.length + rest.executions.length).toBe(2);
+      const runs = await cluster.client(BackfillService).listExecutionsForReplication({ namespaceId, pageSize: 1 });
+      const more = await cluster.client(BackfillService).listExecutionsForReplication({ namespaceId, pageSize: 1, nextPageToken: runs.nextPageToken });
+      expect([...runs.executions, ...more.executions].map((e) => e.workflowId).sort()).toEqual(["a", "b"]);
+    });
+  });
+}
