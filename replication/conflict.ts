@@ -11,6 +11,7 @@ import type { Writer } from "../src/history/writer";
 import type { NamespaceRecord } from "../src/namespace/registry";
 import type { Logger } from "../src/observability/log";
 import type { Tx } from "../src/persistence/database";
+import { chunksOf, ROWS_PER_INSERT } from "../src/persistence/raw-statements";
 import { historyBranchEvents, historyBranches, historyEvents, requestIds, timerTasks, type VersionHistoryItem } from "../src/persistence/schema";
 import { HistoryDivergenceError, RetryableReplicationError, type IncomingTask, type RawHistoryFetcher } from "./apply-errors";
 import { applyEvents, initialRunState, requestIdOf } from "./run-state";
@@ -247,10 +248,10 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
     await writeAsActive(tx, ns, run, { events, ...(cancel && !run.cancelRequested ? { cancelRequested: true } : {}) });
     const target = { namespaceId: run.namespaceId, workflowId: run.workflowId, runId: run.runId };
     // A client retrying one of these requests is answered with the re-applied event.
-    await tx
+    await Promise.all(chunksOf(ids, ROWS_PER_INSERT).map((chunk) => tx
       .insert(requestIds)
-      .values(ids.map((r) => ({ ...target, ...r })))
-      .onConflictDoUpdate({ target: [requestIds.namespaceId, requestIds.workflowId, requestIds.requestId], set: { runId: run.runId, eventId: sql`excluded.event_id` } });
+      .values(chunk.map((r) => ({ ...target, ...r })))
+      .onConflictDoUpdate({ target: [requestIds.namespaceId, requestIds.workflowId, requestIds.requestId], set: { runId: run.runId, eventId: sql`excluded.event_id` } })));
     log.info("re-applied lost signals and cancel requests", { workflowId: run.workflowId, runId: run.runId, events: ids });
   }
 

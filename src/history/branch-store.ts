@@ -4,7 +4,7 @@ import { versionAt } from "../../replication/version-history";
 import { EventType, type HistoryEvent } from "../gen/tern/common/v1/common_pb";
 import type { Db, Tx } from "../persistence/database";
 import { historyBranchEvents, historyBranches, historyEvents, type VersionHistoryItem } from "../persistence/schema";
-import { runStatement } from "../persistence/raw-statements";
+import { chunksOf, ROWS_PER_INSERT, runStatement } from "../persistence/raw-statements";
 import { attributesToJson, eventFromRow, eventTypeOf } from "./events";
 import type { EventColumns, RunKey } from "./execution-store";
 
@@ -72,12 +72,10 @@ export async function readEventsOf(db: Db | Tx, key: RunKey, history: VersionHis
   return events;
 }
 
-/** Stores events (after the fork) of a non-current branch. */
+/** Stores events (after the fork) of a non-current branch, a statement per ROWS_PER_INSERT. */
 export async function insertBranchEvents(tx: Tx, key: RunKey, branchId: number, events: HistoryEvent[]): Promise<void> {
-  if (!events.length) return;
-  await tx.insert(historyBranchEvents).values(
-    events.map((e) => ({ ...key, branchId, ...storedEvent(e) })),
-  );
+  await Promise.all(chunksOf(events, ROWS_PER_INSERT).map((chunk) =>
+    tx.insert(historyBranchEvents).values(chunk.map((e) => ({ ...key, branchId, ...storedEvent(e) })))));
 }
 
 /** The next free branch id of a run (branch 0 is the run's first history). */

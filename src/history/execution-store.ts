@@ -1,6 +1,6 @@
 import { and, asc, eq, gte, lt } from "drizzle-orm";
 import type { Db, Tx } from "../persistence/database";
-import { chunksOf, paddedChunks, padRows, runStatement, tableCodec, textCache, valuesList } from "../persistence/raw-statements";
+import { chunksOf, paddedChunks, padRows, ROWS_PER_INSERT, runStatement, tableCodec, textCache, valuesList } from "../persistence/raw-statements";
 import { executions, historyEvents, requestIds, timerTasks, type VersionHistoryItem } from "../persistence/schema";
 import { attributesToJson, eventFromRow, eventTypeOf, type EventAttributes } from "./events";
 
@@ -96,12 +96,9 @@ const eventParams = (key: RunKey, e: EventColumns) => [
   key.namespaceId, key.workflowId, key.runId, e.eventId, e.version, eventsSql.param("eventTime", e.eventTime), e.eventType, eventsSql.param("attributes", e.attributes),
 ];
 
-/** Rows per insert statement: a statement takes at most 65534 parameters. */
-const INSERT_CHUNK = 1000;
-
 /** Inserts a run's event rows (a write's few), one statement per thousand. */
 export function insertEventRows(tx: Tx, key: RunKey, rows: EventColumns[]): Promise<unknown> {
-  return Promise.all(chunksOf(rows, INSERT_CHUNK).map((chunk) => runStatement(tx, insertEventsText(chunk.length), chunk.flatMap((e) => eventParams(key, e)))));
+  return Promise.all(chunksOf(rows, ROWS_PER_INSERT).map((chunk) => runStatement(tx, insertEventsText(chunk.length), chunk.flatMap((e) => eventParams(key, e)))));
 }
 
 /**

@@ -137,6 +137,13 @@ export function padRows(params: unknown[], rows: number, width: number): unknown
 /** Most rows per padded statement: a power of two, and with up to 63 values a row, within the 65,534 parameters a statement takes. */
 const PADDED_CHUNK = 1024;
 
+/**
+ * Rows per multi-row insert that is not padded: with up to 65 columns, within MAX_PARAMETERS.
+ * A history can hold tens of thousands of events (limits.historyCountLimitError), so an
+ * insert of a run's events, or of what they carry, goes in chunks of this many.
+ */
+export const ROWS_PER_INSERT = 1000;
+
 /** items in order, at most size at a time: a statement's worth each. */
 export function chunksOf<R>(items: readonly R[], size: number): R[][] {
   const out: R[][] = [];
