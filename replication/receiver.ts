@@ -6,6 +6,7 @@ import type { Db } from "../src/persistence/database";
 import { loadInboundAck } from "./ack-levels";
 import type { RemoteCluster, ReplicationStream, StreamReport } from "./manager";
 import { createPageApplier, type Batch, type PageApplierDeps } from "./page-applier";
+import { PULL_BUDGET, shardPageSizes } from "./pull-budget";
 
 export interface HistoryReceiverDeps extends Omit<PageApplierDeps, "progressOf"> {
   db: Db;
@@ -55,17 +56,19 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
 
   const { applyPages } = createPageApplier({ ...deps, progressOf });
 
-  type Cursor = { shardId: number; after: number; acked: number };
+  /** A shard's place in a pull: where its page starts, what was applied, and how many tasks to ask (shardPageSizes). */
+  type Cursor = { shardId: number; after: number; acked: number; size: number };
   type Pulled = { shards: Pick<ShardPage, "shardId" | "tasks" | "maxTaskId" | "lastTaskId">[] };
 
   /** A page of each of remote's shards after its cursor; the source records each `acked` as applied here. */
-  function fetchPages(remote: RemoteCluster, cursors: Cursor[], page: { size: number; wait: number }, signal: AbortSignal): Promise<Pulled> {
+  function fetchPages(remote: RemoteCluster, cursors: Cursor[], wait: number, signal: AbortSignal): Promise<Pulled> {
     return remote.clients.admin.pullReplicationTasks(
       {
         clusterName: cluster.clusterName,
-        shards: cursors.map((c) => ({ shardId: c.shardId, afterTaskId: BigInt(c.after), ackedTaskId: BigInt(c.acked) })),
-        pageSize: page.size,
-        waitTimeoutMs: page.wait,
+        shards: cursors.map((c) => ({ shardId: c.shardId, afterTaskId: BigInt(c.after), ackedTaskId: BigInt(c.acked), pageSize: c.size })),
+        // For a source that reads no per-shard size (one from before it): a uniform page within the budget.
+        pageSize: Math.min(Math.max(...cursors.map((c) => c.size)), Math.max(1, Math.floor(PULL_BUDGET / cursors.length))),
+        waitTimeoutMs: wait,
       },
       { signal, timeoutMs: waitMs + 15_000 },
     );
@@ -77,7 +80,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
    * (and any others in by then) or, with none, once all have answered; the rest are dropped,
    * their shards answered empty at their cursors (asked again next time).
    */
-  async function fetchShardByShard(remote: RemoteCluster, cursors: Cursor[], page: { size: number; wait: number }, signal: AbortSignal): Promise<Pulled> {
+  async function fetchShardByShard(remote: RemoteCluster, cursors: Cursor[], wait: number, signal: AbortSignal): Promise<Pulled> {
     const stop = new AbortController();
     const s = AbortSignal.any([signal, stop.signal]);
     const got = new Map<number, Pulled["shards"][number]>();
@@ -85,8 +88,8 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
       remote.clients.admin
         .getReplicationTasks(
           {
-            shardId: c.shardId, afterTaskId: BigInt(c.after), ackedTaskId: BigInt(c.acked), pageSize: page.size, includeEvents: true,
-            clusterName: cluster.clusterName, waitTimeoutMs: page.wait,
+            shardId: c.shardId, afterTaskId: BigInt(c.after), ackedTaskId: BigInt(c.acked), pageSize: c.size, includeEvents: true,
+            clusterName: cluster.clusterName, waitTimeoutMs: wait,
           },
           { signal: s, timeoutMs: waitMs + 15_000 },
         )
@@ -114,15 +117,19 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     for (const [id, ack] of acks) progressOf(remote.name, id).ackLevel = ack;
     const lag = (shardId: number, p: InboundProgress) =>
       metrics.set("replication_tasks_lag", { remote_cluster: remote.name, shard: String(shardId) }, Math.max(0, p.maxTaskId - p.ackLevel));
-    const cursors = (after: Map<number, number>): Cursor[] => shardIds.map((id) => ({ shardId: id, after: after.get(id)!, acked: acks.get(id)! }));
+    // Each shard's page by its backlog as last heard, the pull within PULL_BUDGET tasks (pull-budget.ts).
+    const cursors = (after: Map<number, number>): Cursor[] => {
+      const sizes = shardPageSizes(shardIds.map((id) => progressOf(remote.name, id).maxTaskId - after.get(id)!), pageSize, catchUpPageSize);
+      return shardIds.map((id, i) => ({ shardId: id, after: after.get(id)!, acked: acks.get(id)!, size: sizes[i]! }));
+    };
     // When the source last refused PullReplicationTasks (a tern before it): until reprobeMs
     // later, its shards are pulled one call each; then the call is tried again, so a source
     // upgraded without this stream noticing a restart is pulled in one call again.
     let refusedAt: number | undefined;
-    const fetch = async (cs: Cursor[], page: { size: number; wait: number }): Promise<Pulled> => {
-      if (refusedAt !== undefined && performance.now() - refusedAt < reprobeMs) return fetchShardByShard(remote, cs, page, signal);
+    const fetch = async (cs: Cursor[], wait: number): Promise<Pulled> => {
+      if (refusedAt !== undefined && performance.now() - refusedAt < reprobeMs) return fetchShardByShard(remote, cs, wait, signal);
       try {
-        const res = await fetchPages(remote, cs, page, signal);
+        const res = await fetchPages(remote, cs, wait, signal);
         if (refusedAt !== undefined) log.info("remote cluster serves PullReplicationTasks now; pulling all its shards in one call", { remote: remote.name });
         refusedAt = undefined;
         return res;
@@ -132,17 +139,17 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
           log.warn("remote cluster does not serve PullReplicationTasks (a tern before it); pulling its shards one call each", { remote: remote.name });
         }
         refusedAt = performance.now();
-        return fetchShardByShard(remote, cs, page, signal);
+        return fetchShardByShard(remote, cs, wait, signal);
       }
     };
-    const ask = (after: Map<number, number>, page: { size: number; wait: number }) => {
-      const res = fetch(cursors(after), page).then((pulled) => ({ ...pulled, arrivedAt: Date.now() }));
+    const ask = (after: Map<number, number>, wait: number) => {
+      const res = fetch(cursors(after), wait).then((pulled) => ({ ...pulled, arrivedAt: Date.now() }));
       // Awaited by the loop, unless it stops first (aborted, or an apply failed): then nobody needs the answer.
       res.catch(() => {});
       return res;
     };
     // The first pull answers at once, so a (re)connection shows as connected without waiting out a long poll.
-    let next = ask(acks, { size: pageSize, wait: 0 });
+    let next = ask(acks, 0);
     const labels = { remote_cluster: remote.name };
     while (!signal.aborted) {
       const res = await next;
@@ -170,7 +177,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
       }
       if (!pages.length) {
         // Caught up: long-poll, which also tells the source the last applied pages.
-        next = ask(acks, { size: pageSize, wait: waitMs });
+        next = ask(acks, waitMs);
         continue;
       }
       // The next pages are asked for while these apply, so that tasks committed meanwhile are
@@ -178,7 +185,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
       // answers. It carries the previous acks, not these pages' (not applied yet): the short wait
       // bounds how long the source goes without hearing of this apply when nothing follows it
       // (the caught-up poll after it tells; a graceful failover waits for that).
-      next = ask(after, { size: behind > pageSize ? catchUpPageSize : pageSize, wait: behind > 0 ? 0 : prefetchWaitMs });
+      next = ask(after, behind > 0 ? 0 : prefetchWaitMs);
       await applyPages(pages);
       const applyS = (Date.now() - res.arrivedAt) / 1000;
       for (const b of pages) for (let i = 0; i < b.tasks.length; i++) metrics.observe("replication_apply_latency", labels, applyS);

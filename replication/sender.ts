@@ -21,6 +21,7 @@ import { clusterMetadata, historyEvents, namespaces, replicationTasks, shards } 
 import { createOutboundAckRecorder, shardKey } from "./ack-levels";
 import type { OutboxMarks } from "./outbox";
 import { taskToProto, type OutboxTail, type TaskInit } from "./outbox-tail";
+import { withinBudget } from "./pull-budget";
 
 export interface ReplicationSenderDeps {
   db: Db;
@@ -98,9 +99,10 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     const after = Number(req.afterTaskId);
     // A pipelined puller asks past what it applied: only what it says it applied is acked.
     const acked = req.ackedTaskId === undefined ? after : Math.min(Number(req.ackedTaskId), after);
-    const ask = { peer: req.clusterName, withEvents: req.includeEvents, size: req.pageSize, waitMs: req.waitTimeoutMs };
+    const ask = { peer: req.clusterName, withEvents: req.includeEvents, waitMs: req.waitTimeoutMs };
+    const [size] = withinBudget([req.pageSize], 100);
     return polls.run(signal, async (s) => {
-      const [page] = await servePages({ ...ask, cursors: [{ shardId: req.shardId, after, acked }] }, s);
+      const [page] = await servePages({ ...ask, cursors: [{ shardId: req.shardId, after, acked, size: size! }] }, s);
       return create(GetReplicationTasksResponseSchema, { tasks: page!.tasks, maxTaskId: BigInt(page!.max), lastTaskId: BigInt(page!.last) });
     });
   }
@@ -116,9 +118,13 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
       if (ids.has(c.shardId)) throw invalidArgument(`shard ${c.shardId} is asked for twice`);
       ids.add(c.shardId);
     }
-    const cursors = req.shards.map((c) => ({ shardId: c.shardId, after: Number(c.afterTaskId), acked: Math.min(Number(c.ackedTaskId), Number(c.afterTaskId)) }));
+    // Within PULL_BUDGET tasks in all, whatever the sizes asked add up to (pull-budget.ts).
+    const sizes = withinBudget(req.shards.map((c) => c.pageSize), req.pageSize);
+    const cursors = req.shards.map((c, i) => ({
+      shardId: c.shardId, after: Number(c.afterTaskId), acked: Math.min(Number(c.ackedTaskId), Number(c.afterTaskId)), size: sizes[i]!,
+    }));
     return polls.run(signal, async (s) => {
-      const pages = await servePages({ peer, withEvents: true, size: req.pageSize, waitMs: req.waitTimeoutMs, cursors }, s);
+      const pages = await servePages({ peer, withEvents: true, waitMs: req.waitTimeoutMs, cursors }, s);
       return create(PullReplicationTasksResponseSchema, {
         shards: pages.map((p, i) => ({ shardId: cursors[i]!.shardId, tasks: p.tasks, maxTaskId: BigInt(p.max), lastTaskId: BigInt(p.last) })),
       });
@@ -130,16 +136,15 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
   }
 
   /**
-   * A page of each cursor's shard, in cursor order, as soon as one has a task or the wait
-   * ends. peer (empty for an operator's read) gets only its namespaces' tasks, and each
-   * cursor's `acked` is recorded as its ack.
+   * A page of each cursor's shard (at most its size), in cursor order, as soon as one has a
+   * task or the wait ends. peer (empty for an operator's read) gets only its namespaces'
+   * tasks, and each cursor's `acked` is recorded as its ack.
    */
   async function servePages(
-    ask: { peer: string; withEvents: boolean; size: number; waitMs: number; cursors: { shardId: number; after: number; acked: number }[] },
+    ask: { peer: string; withEvents: boolean; waitMs: number; cursors: { shardId: number; after: number; acked: number; size: number }[] },
     signal: AbortSignal,
   ): Promise<Page[]> {
     const { peer, withEvents, cursors } = ask;
-    const size = ask.size > 0 ? Math.min(ask.size, 1000) : 100;
     const deadline = Date.now() + Math.min(Math.max(ask.waitMs, 0), maxWaitMs);
     if (peer) for (const c of cursors) outboxTail?.passed(c.shardId, peer, c.after);
     const keys = cursors.map((c) => shardKey(c.shardId));
@@ -162,7 +167,7 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
           Promise.all(cursors.map((c): Page | Promise<Page> => {
             const known = caughtUp(c);
             if (known !== undefined) return { tasks: [], max: known, last: c.after, source: "none" };
-            return tailPage(c.shardId, c.after, size, peer, withEvents) ?? readPage(c.shardId, c.after, size, peer, withEvents);
+            return tailPage(c.shardId, c.after, c.size, peer, withEvents) ?? readPage(c.shardId, c.after, c.size, peer, withEvents);
           })),
           peer ? Promise.all(cursors.map((c) => acks.record(peer, c.shardId, c.acked))) : undefined,
         ]);

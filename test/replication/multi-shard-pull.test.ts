@@ -65,6 +65,15 @@ for (const store of await testStores()) {
       }
     });
 
+    test("AShardsOwnPageSizeBoundsItsPage; a shard that names none takes the request's", async () => {
+      const res = await pull({ pageSize: 100, shards: [{ ...cursor(3, 0n), pageSize: 1 }, cursor(1, 0n)] });
+      const [three, one] = res.shards;
+      expect(three!.tasks.length).toBe(1);
+      // The next page starts after the one task sent.
+      expect(three!.lastTaskId).toBe(three!.tasks[0]!.taskId);
+      expect(one!.tasks.length).toBe(2);
+    });
+
     test("ALongPollWakesOnACommitInAnyShard; the other shards answer empty at their cursors", async () => {
       const lasts = new Map<number, bigint>();
       for (let s = 1; s <= SHARDS; s++) lasts.set(s, (await perShard(s)).lastTaskId);
@@ -224,6 +233,30 @@ for (const store of await testStores()) {
       expect((await historiesOf(b, nsId)).length).toBe(3 * SHARDS + nudges);
       expect(counted("service_requests", "GetReplicationTasks")).toBe(perShardCalls);
       expect(counted("service_errors", "PullReplicationTasks")).toBe(refused);
+    });
+  });
+
+  // 520 shards: a uniform catch-up page each would ask for 520,000 tasks in one pull; each
+  // shard now asks its share of 8,192 (replication/pull-budget.ts, whose sizes the unit tests
+  // check): 7 tasks while caught up as far as B knows, a page or more once known behind.
+  describe(`pulling ${store} clusters of 520 shards: each shard's page within the pull's budget`, () => {
+    let a: TestCluster, b: TestCluster;
+    let nsId: string;
+    beforeAll(async () => {
+      [a, b] = await startClusters(store, [{ shards: 520 }, { shards: 520 }]);
+      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
+      nsId = await globalNamespace(a, b, NS);
+    });
+    afterAll(() => Promise.all([a.destroy(), b.destroy()]));
+
+    test("ABacklogInOneShardAndSingleTasksInOthersReplicate, through pages of 7 and then the rest", async () => {
+      const wf = a.client(WorkflowService);
+      await start(a, "hot");
+      for (let i = 0; i < 60; i++) await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "hot" }, signalName: "s" });
+      for (let i = 0; i < 20; i++) await start(a, `cold-${i}`);
+      await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
+      await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 30_000 });
+      expect((await historiesOf(b, nsId)).filter((e) => e.workflowId === "hot")).toHaveLength(61);
     });
   });
 

@@ -1,0 +1,35 @@
+/**
+ * How many tasks one PullReplicationTasks call carries. A pull asks for every shard of the
+ * source at once: with a uniform page per shard, a catch-up pull of a 512-shard cluster
+ * asked for 512,000 tasks (hundreds of MB on both sides, and more runs than one apply
+ * transaction locks). Both sides keep a pull within PULL_BUDGET tasks: the receiver shares it
+ * out among the shards it knows are behind (shardPageSizes), and the source scales down
+ * whatever a receiver asks (withinBudget), so a receiver from before this is bounded too.
+ */
+
+/** Most tasks in one pull, across its shards. */
+export const PULL_BUDGET = 8192;
+
+/** Most tasks of one shard in one answer (the source's cap). */
+export const MAX_SHARD_PAGE = 1000;
+
+/**
+ * Tasks to ask of each shard, by its backlog (the source's last max task id minus the
+ * cursor; 0 or less when caught up as far as this side knows). A caught-up shard asks
+ * pageSize, or less when there are so many shards that their pages would take over half the
+ * budget; the shards behind share the rest, each up to catchUpPageSize (pageSize when its
+ * backlog fits one page). Each asks at least 1.
+ */
+export function shardPageSizes(backlogs: readonly number[], pageSize: number, catchUpPageSize: number, budget = PULL_BUDGET): number[] {
+  const idle = Math.max(1, Math.min(pageSize, Math.floor(budget / (2 * Math.max(backlogs.length, 1)))));
+  const behind = backlogs.filter((b) => b > 0).length;
+  const share = behind ? Math.floor((budget - idle * (backlogs.length - behind)) / behind) : 0;
+  return backlogs.map((b) => (b > 0 ? Math.max(1, Math.min(share, b > pageSize ? catchUpPageSize : pageSize)) : idle));
+}
+
+/** sizes (0: dflt), each at most MAX_SHARD_PAGE, scaled down alike when they add up to more than budget; each at least 1. */
+export function withinBudget(sizes: readonly number[], dflt: number, budget = PULL_BUDGET): number[] {
+  const asked = sizes.map((s) => Math.min(s > 0 ? s : dflt > 0 ? dflt : 100, MAX_SHARD_PAGE));
+  const total = asked.reduce((a, b) => a + b, 0);
+  return total <= budget ? asked : asked.map((s) => Math.max(1, Math.floor((s * budget) / total)));
+}
