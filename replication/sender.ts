@@ -82,15 +82,38 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     const rows = await runStatement(db, pageText({ peer: Boolean(peer), withEvents }), params);
     const head = rows[0];
     if (!head) throw new Error(`shard ${shardId} does not exist`);
-    // A disabled connection pauses both ways: refused here too, on every read of a long poll.
-    if (peer && head.peer_enabled === null) throw failedPrecondition(`cluster ${peer} is not connected to ${cluster.clusterName}; add it there with cluster upsert`);
-    if (peer && !head.peer_enabled) throw failedPrecondition(`replication with cluster ${peer} is disabled on ${cluster.clusterName}`);
-    if (peer) peerChecked.set(peer, Date.now());
+    checkPeer(peer, head.peer_enabled);
     const max = Number(head.page_max);
     const found = rows.filter((r) => r.task_id !== null).map((r) => ({ task: tasksSql.fromRow(r), events: (r.page_events ?? null) as EventJson[] | null }));
     const last = found.length === size ? found.at(-1)!.task.taskId : max;
     const tasks = await Promise.all(found.map(async (r) => taskToProto(r.task, withEvents ? await eventsOf(db, r.task, r.events ?? []) : [])));
     return { tasks, max, last: Math.max(last, after), source: "database" };
+  }
+
+  /** A disabled connection pauses both ways: refused here too, on every read of a long poll. */
+  function checkPeer(peer: string, enabled: unknown): void {
+    if (!peer) return;
+    if (enabled === null || enabled === undefined) throw failedPrecondition(`cluster ${peer} is not connected to ${cluster.clusterName}; add it there with cluster upsert`);
+    if (!enabled) throw failedPrecondition(`replication with cluster ${peer} is disabled on ${cluster.clusterName}`);
+    peerChecked.set(peer, Date.now());
+  }
+
+  /**
+   * The pages of many shards that may have tasks: first every shard's counter (and the peer's
+   * flag) in one statement, then a page read only for the shards whose counter moved past
+   * their cursor; the others are answered empty. A puller of 512 shards had each of them read
+   * at every round (the long polls' re-read each second, and every pull that does not wait).
+   */
+  async function readPages(cursors: { shardId: number; after: number; size: number }[], peer: string, withEvents: boolean): Promise<Page[]> {
+    const rows = await runStatement(db, countersText(Boolean(peer)), peer ? [cursors.map((c) => c.shardId), peer] : [cursors.map((c) => c.shardId)]);
+    const maxOf = new Map(rows.map((r) => [Number(r.shard_id), Number(r.page_max)]));
+    const missing = cursors.find((c) => !maxOf.has(c.shardId));
+    if (missing) throw new Error(`shard ${missing.shardId} does not exist`);
+    checkPeer(peer, rows[0]!.peer_enabled);
+    return Promise.all(cursors.map((c): Page | Promise<Page> => {
+      const max = maxOf.get(c.shardId)!;
+      return max <= c.after ? { tasks: [], max, last: c.after, source: "none" } : readPage(c.shardId, c.after, c.size, peer, withEvents);
+    }));
   }
 
   /** AdminService.GetReplicationTasks: a page now, or a long poll until a task commits. */
@@ -163,19 +186,24 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
           const known = outboxMarks?.latest(c.shardId);
           return known !== undefined && c.after >= known && (first ? listening !== undefined : !full) ? known : undefined;
         };
-        const [pages] = await Promise.all([
-          Promise.all(cursors.map((c): Page | Promise<Page> => {
-            const known = caughtUp(c);
-            if (known !== undefined) return { tasks: [], max: known, last: c.after, source: "none" };
-            return tailPage(c.shardId, c.after, c.size, peer, withEvents) ?? readPage(c.shardId, c.after, c.size, peer, withEvents);
-          })),
-          peer ? Promise.all(cursors.map((c) => acks.record(peer, c.shardId, c.acked))) : undefined,
-        ]);
-        pages.forEach((p, i) => outboxMarks?.advance(cursors[i]!.shardId, p.max));
-        const found = pages.filter((p) => p.tasks.length);
+        const pages: (Page | undefined)[] = cursors.map((c) => {
+          const known = caughtUp(c);
+          if (known !== undefined) return { tasks: [], max: known, last: c.after, source: "none" };
+          return tailPage(c.shardId, c.after, c.size, peer, withEvents);
+        });
+        const unread = cursors.flatMap((c, i) => (pages[i] ? [] : [i]));
+        // Few shards: a page read each, side by side. Many: their counters first (readPages).
+        const read = unread.length > COUNTERS_FIRST
+          ? readPages(unread.map((i) => cursors[i]!), peer, withEvents)
+          : Promise.all(unread.map((i) => readPage(cursors[i]!.shardId, cursors[i]!.after, cursors[i]!.size, peer, withEvents)));
+        const [got] = await Promise.all([read, peer ? Promise.all(cursors.map((c) => acks.record(peer, c.shardId, c.acked))) : undefined]);
+        unread.forEach((i, k) => (pages[i] = got[k]));
+        const done = pages as Page[];
+        done.forEach((p, i) => outboxMarks?.advance(cursors[i]!.shardId, p.max));
+        const found = done.filter((p) => p.tasks.length);
         if (found.length || !listening || signal.aborted) {
           if (peer) for (const p of found) metrics?.inc("replication_pages_sent", { remote_cluster: peer, source: p.source });
-          return pages;
+          return done;
         }
         await listening.woke;
       } finally {
@@ -218,6 +246,18 @@ const shardsSql = tableCodec(shards);
 const namespacesSql = tableCodec(namespaces);
 const peersSql = tableCodec(clusterMetadata);
 
+/** More shards than this to read in one round have their counters read first (readPages): one statement, not one each. */
+const COUNTERS_FIRST = 16;
+
+/** The peer's connection flag (null when it is not a connected cluster), its name in param. */
+const peerFlagSql = (param: string) =>
+  `(select ${peersSql.name("enableConnection")} from ${peersSql.table} where ${peersSql.name("clusterName")} = ${param} and ${peersSql.name("isCurrent")} = false)`;
+
+/** Every shard's counter in $1 (an int array), with the peer's flag (peer: its name in $2). */
+const countersText = textCache((peer: boolean) =>
+  `select ${shardsSql.name("shardId")} as shard_id, ${shardsSql.name("nextTaskId")} - 1 as page_max, ${peer ? peerFlagSql("$2") : "true"} as peer_enabled ` +
+  `from ${shardsSql.table} where ${shardsSql.name("shardId")} = any($1::int[])`);
+
 /**
  * The page statement of one shape: $1 shard, $2 after, $3 page size, then the peer's
  * name ($4) and the peer as a jsonb array ($5). Always one row at least: the counter
@@ -236,9 +276,7 @@ const pageText = textCache((shape: { peer: boolean; withEvents: boolean }) => {
     ? ` and exists (select 1 from ${namespacesSql.table} ns where ns.${namespacesSql.name("id")} = ${t("namespaceId")} ` +
       `and ns.${namespacesSql.name("clusters")} @> $5::jsonb)`
     : "";
-  const peerFlag = shape.peer
-    ? `(select ${peersSql.name("enableConnection")} from ${peersSql.table} where ${peersSql.name("clusterName")} = $4 and ${peersSql.name("isCurrent")} = false)`
-    : "true";
+  const peerFlag = shape.peer ? peerFlagSql("$4") : "true";
   return `with counter as (select ${shardsSql.name("nextTaskId")} - 1 as page_max from ${shardsSql.table} where ${shardsSql.name("shardId")} = $1) ` +
     `select counter.page_max, ${peerFlag} as peer_enabled, page.* from counter left join lateral (` +
     `select ${tasksSql.all("rt")}, ${events} as page_events ` +

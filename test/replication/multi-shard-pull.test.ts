@@ -12,6 +12,7 @@ import { replicationAckLevels, replicationDlq } from "../../src/persistence/sche
 import { parseCounter } from "../../bench/lib/prom-histogram";
 import { startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
+import { rejects } from "../support/rejects";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { addr, globalNamespace, historiesOf } from "./support";
@@ -257,6 +258,30 @@ for (const store of await testStores()) {
       await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
       await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 30_000 });
       expect((await historiesOf(b, nsId)).filter((e) => e.workflowId === "hot")).toHaveLength(61);
+    });
+
+    // A round of more than 16 shards reads their counters in one statement, then pages only
+    // for the shards whose counter moved past their cursor (sender.ts, readPages).
+    test("APullOfEveryShardAnswersAsTheShardsOneByOne, and a disabled connection is refused", async () => {
+      const admin = a.client(AdminService);
+      const all = Array.from({ length: 520 }, (_, i) => ({ shardId: i + 1, afterTaskId: 0n, ackedTaskId: 0n }));
+      const res = await admin.pullReplicationTasks({ clusterName: "clusterB", pageSize: 100, shards: all });
+      expect(res.shards).toHaveLength(520);
+      const busy = res.shards.filter((p) => p.tasks.length);
+      expect(busy.length).toBeGreaterThan(1);
+      for (const page of [...busy.slice(0, 3), res.shards.find((p) => !p.tasks.length)!]) {
+        const alone = await admin.getReplicationTasks({ shardId: page.shardId, afterTaskId: 0n, pageSize: 100, includeEvents: true, clusterName: "clusterB" });
+        expect(page.tasks.map((t) => [t.taskId, t.workflowId, t.events.length])).toEqual(alone.tasks.map((t) => [t.taskId, t.workflowId, t.events.length]));
+        expect([page.maxTaskId, page.lastTaskId]).toEqual([alone.maxTaskId, alone.lastTaskId]);
+      }
+      const op = a.client(OperatorService);
+      await op.addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: false });
+      try {
+        const behind = all.map((c) => ({ ...c, afterTaskId: 1_000_000n }));
+        await rejects(admin.pullReplicationTasks({ clusterName: "clusterB", shards: behind }), Code.FailedPrecondition, "replication with cluster clusterB is disabled on clusterA");
+      } finally {
+        await op.addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: true });
+      }
     });
   });
 
