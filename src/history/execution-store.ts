@@ -102,6 +102,19 @@ export function insertEventRows(tx: Tx, key: RunKey, rows: EventColumns[]): Prom
 }
 
 /**
+ * The insert into codec's table of `rows` rows of columns, written for paddedRows of them:
+ * the padding's null rows are passed over (a real row's first column is never null). suffix
+ * follows the statement (e.g. its on conflict clause).
+ */
+function paddedInsertText<K extends string>(codec: { table: string; name: (k: K) => string; sqlType: (k: K) => string }, columns: readonly K[], suffix = "") {
+  return textCache((rows: number) => {
+    const names = columns.map(codec.name).join(", ");
+    return `insert into ${codec.table} (${names}) select * from (values ${valuesList(rows, columns.length, columns.map(codec.sqlType))}) as v(${names}) ` +
+      `where v.${codec.name(columns[0]!)} is not null${suffix}`;
+  });
+}
+
+/**
  * Inserts rows of any number (a replicated page's: its count changes from page to page),
  * written for paddedRows of them (see paddedChunks). textOf(rows) inserts the rows' non-null
  * ones; paramsOf gives a row's width parameters.
@@ -110,11 +123,7 @@ function paddedInsert<R>(tx: Tx, rows: R[], width: number, textOf: (rows: number
   return Promise.all(paddedChunks(rows).map(({ chunk, rows: padded }) => runStatement(tx, textOf(padded), padRows(chunk.flatMap(paramsOf), padded, width))));
 }
 
-const insertRunsEventsText = textCache((rows: number) => {
-  const names = EVENT_COLUMNS.map(eventsSql.name).join(", ");
-  return `insert into ${eventsSql.table} (${names}) select * from (values ${valuesList(rows, EVENT_COLUMNS.length, EVENT_COLUMNS.map(eventsSql.sqlType))}) as v(${names}) ` +
-    `where v.${eventsSql.name("namespaceId")} is not null`;
-});
+const insertRunsEventsText = paddedInsertText(eventsSql, EVENT_COLUMNS);
 
 /** Inserts event rows of any runs (a replicated page's). */
 export function insertRunsEventRows(tx: Tx, rows: (EventColumns & { key: RunKey })[]): Promise<unknown> {
@@ -139,11 +148,7 @@ export function insertEvents(
 }
 
 const REQUEST_COLUMNS = ["namespaceId", "workflowId", "runId", "requestId", "eventId"] as const;
-const insertRequestIdsText = textCache((rows: number) => {
-  const names = REQUEST_COLUMNS.map(requestsSql.name).join(", ");
-  return `insert into ${requestsSql.table} (${names}) select * from (values ${valuesList(rows, REQUEST_COLUMNS.length, REQUEST_COLUMNS.map(requestsSql.sqlType))}) as v(${names}) ` +
-    `where v.${requestsSql.name("namespaceId")} is not null on conflict do nothing`;
-});
+const insertRequestIdsText = paddedInsertText(requestsSql, REQUEST_COLUMNS, " on conflict do nothing");
 
 /** Records where requests' events went, for any runs; the first holder of a request id keeps it (as a claim does). */
 export function insertRunsRequestIds(tx: Tx, ids: { key: RunKey; requestId: string; eventId: number }[]): Promise<unknown> {

@@ -134,7 +134,7 @@ export function padRows(params: unknown[], rows: number, width: number): unknown
   return params.concat(new Array(rows * width - params.length).fill(null));
 }
 
-/** Most rows per padded statement: a power of two, and with up to 63 values a row, within the 65,534 parameters a statement takes. */
+/** Most rows per padded statement: a power of two, and with up to 63 values a row, within MAX_PARAMETERS. */
 const PADDED_CHUNK = 1024;
 
 /**
