@@ -45,12 +45,14 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
   const waitMs = deps.waitMs ?? 10_000;
   const prefetchWaitMs = Math.min(waitMs, deps.prefetchWaitMs ?? 50);
   const reprobeMs = deps.reprobeMs ?? 60_000;
-  const progress = new Map<string, InboundProgress>();
+  /** Per remote, per shard id (no key string to build for each of hundreds of shards per pull). */
+  const progress = new Map<string, Map<number, InboundProgress>>();
 
   function progressOf(remote: string, shardId: number): InboundProgress {
-    const k = `${remote}/${shardId}`;
-    let p = progress.get(k);
-    if (!p) progress.set(k, (p = { maxTaskId: 0, ackLevel: 0 }));
+    let shards = progress.get(remote);
+    if (!shards) progress.set(remote, (shards = new Map()));
+    let p = shards.get(shardId);
+    if (!p) shards.set(shardId, (p = { maxTaskId: 0, ackLevel: 0 }));
     return p;
   }
 
@@ -58,20 +60,39 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
 
   /** A shard's place in a pull: where its page starts, what was applied, and how many tasks to ask (shardPageSizes). */
   type Cursor = { shardId: number; after: number; acked: number; size: number };
-  type Pulled = { shards: Pick<ShardPage, "shardId" | "tasks" | "maxTaskId" | "lastTaskId">[] };
+  /**
+   * An answer: a page per shard, or with `sparse` only the shards with news (a shard left out
+   * has no task, and its max and last task ids are at its cursor); `readsCursorColumns`: the
+   * source takes the next request's cursors as columns.
+   */
+  type Pulled = { shards: Pick<ShardPage, "shardId" | "tasks" | "maxTaskId" | "lastTaskId">[]; sparse: boolean; readsCursorColumns: boolean };
 
-  /** A page of each of remote's shards after its cursor; the source records each `acked` as applied here. */
-  function fetchPages(remote: RemoteCluster, cursors: Cursor[], wait: number, signal: AbortSignal): Promise<Pulled> {
-    return remote.clients.admin.pullReplicationTasks(
+  /**
+   * A page of each of remote's shards after its cursor; the source records each `acked` as
+   * applied here. With `columns` (the source said it reads them) the cursors go as columns and
+   * the answer is sparse: for hundreds of shards, several times less encoding on both sides.
+   */
+  async function fetchPages(remote: RemoteCluster, cursors: Cursor[], wait: number, signal: AbortSignal, columns: boolean): Promise<Pulled> {
+    const res = await remote.clients.admin.pullReplicationTasks(
       {
         clusterName: cluster.clusterName,
-        shards: cursors.map((c) => ({ shardId: c.shardId, afterTaskId: BigInt(c.after), ackedTaskId: BigInt(c.acked), pageSize: c.size })),
+        ...(columns
+          ? {
+            cursorColumns: {
+              shardIds: cursors.map((c) => c.shardId),
+              afterTaskIds: cursors.map((c) => BigInt(c.after)),
+              ackedTaskIds: cursors.map((c) => BigInt(c.acked)),
+              pageSizes: cursors.map((c) => c.size),
+            },
+          }
+          : { shards: cursors.map((c) => ({ shardId: c.shardId, afterTaskId: BigInt(c.after), ackedTaskId: BigInt(c.acked), pageSize: c.size })) }),
         // For a source that reads no per-shard size (one from before it): a uniform page within the budget.
         pageSize: Math.min(Math.max(...cursors.map((c) => c.size)), Math.max(1, Math.floor(PULL_BUDGET / cursors.length))),
         waitTimeoutMs: wait,
       },
       { signal, timeoutMs: waitMs + 15_000 },
     );
+    return { shards: res.shards, sparse: columns, readsCursorColumns: res.readsCursorColumns };
   }
 
   /**
@@ -107,7 +128,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     const unanswered = (c: Cursor) => ({
       shardId: c.shardId, tasks: [], maxTaskId: BigInt(Math.max(c.after, progressOf(remote.name, c.shardId).maxTaskId)), lastTaskId: BigInt(c.after),
     });
-    return { shards: cursors.map((c) => got.get(c.shardId) ?? unanswered(c)) };
+    return { shards: cursors.map((c) => got.get(c.shardId) ?? unanswered(c)), sparse: false, readsCursorColumns: false };
   }
 
   /** Pulls and applies all of remote's shards until signal aborts. */
@@ -115,8 +136,14 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     const shardIds = Array.from({ length: remote.shardCount }, (_, i) => i + 1);
     const acks = new Map(await Promise.all(shardIds.map(async (id) => [id, await loadInboundAck(db, remote.name, id)] as const)));
     for (const [id, ack] of acks) progressOf(remote.name, id).ackLevel = ack;
-    const lag = (shardId: number, p: InboundProgress) =>
-      metrics.set("replication_tasks_lag", { remote_cluster: remote.name, shard: String(shardId) }, Math.max(0, p.maxTaskId - p.ackLevel));
+    // The lag gauge of each shard, set when it changes (a pull of 512 shards mostly changes none).
+    const shown = new Map<number, number>();
+    const lag = (shardId: number, p: InboundProgress) => {
+      const value = Math.max(0, p.maxTaskId - p.ackLevel);
+      if (shown.get(shardId) === value) return;
+      shown.set(shardId, value);
+      metrics.set("replication_tasks_lag", { remote_cluster: remote.name, shard: String(shardId) }, value);
+    };
     // Each shard's page by its backlog as last heard, the pull within PULL_BUDGET tasks (pull-budget.ts).
     const cursors = (after: Map<number, number>): Cursor[] => {
       const sizes = shardPageSizes(shardIds.map((id) => progressOf(remote.name, id).maxTaskId - after.get(id)!), pageSize, catchUpPageSize);
@@ -126,15 +153,25 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     // later, its shards are pulled one call each; then the call is tried again, so a source
     // upgraded without this stream noticing a restart is pulled in one call again.
     let refusedAt: number | undefined;
+    // Whether the source's last answer said it reads cursor columns: the first request of a
+    // stream (and so the first after a source is replaced by an older one) sends ShardCursors.
+    let columns = false;
     const fetch = async (cs: Cursor[], wait: number): Promise<Pulled> => {
       if (refusedAt !== undefined && performance.now() - refusedAt < reprobeMs) return fetchShardByShard(remote, cs, wait, signal);
       try {
-        const res = await fetchPages(remote, cs, wait, signal);
+        const res = await fetchPages(remote, cs, wait, signal, columns);
         if (refusedAt !== undefined) log.info("remote cluster serves PullReplicationTasks now; pulling all its shards in one call", { remote: remote.name });
         refusedAt = undefined;
         return res;
       } catch (e) {
-        if (ConnectError.from(e).code !== Code.Unimplemented) throw e;
+        const code = ConnectError.from(e).code;
+        if (columns && code === Code.InvalidArgument) {
+          // A source replaced by one from before cursor columns sees no cursors: ask it again as ShardCursors.
+          log.info("remote cluster does not read cursor columns (a tern before them); sending its cursors as ShardCursors", { remote: remote.name });
+          columns = false;
+          return fetch(cs, wait);
+        }
+        if (code !== Code.Unimplemented) throw e;
         if (refusedAt === undefined) {
           log.warn("remote cluster does not serve PullReplicationTasks (a tern before it); pulling its shards one call each", { remote: remote.name });
         }
@@ -143,7 +180,8 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
       }
     };
     const ask = (after: Map<number, number>, wait: number) => {
-      const res = fetch(cursors(after), wait).then((pulled) => ({ ...pulled, arrivedAt: Date.now() }));
+      const asked = cursors(after);
+      const res = fetch(asked, wait).then((pulled) => ({ ...pulled, asked, arrivedAt: Date.now() }));
       // Awaited by the loop, unless it stops first (aborted, or an apply failed): then nobody needs the answer.
       res.catch(() => {});
       return res;
@@ -154,6 +192,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     while (!signal.aborted) {
       const res = await next;
       report.ok();
+      columns = res.readsCursorColumns;
       for (const sp of res.shards) {
         for (const t of sp.tasks) if (t.createTime) metrics.observe("replication_fetch_latency", labels, (res.arrivedAt - timestampDate(t.createTime).getTime()) / 1000);
       }
@@ -174,6 +213,16 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
         pages.push({ remote, shardId: sp.shardId, from: ack, to, maxTaskId: p.maxTaskId, tasks: sp.tasks, signal });
         after.set(sp.shardId, to);
         behind = Math.max(behind, p.maxTaskId - to);
+      }
+      if (res.sparse) {
+        // A shard the answer left out has nothing new: its max task id is its cursor.
+        const listed = new Set(res.shards.map((sp) => sp.shardId));
+        for (const c of res.asked) {
+          if (listed.has(c.shardId)) continue;
+          const p = progressOf(remote.name, c.shardId);
+          p.maxTaskId = c.after;
+          lag(c.shardId, p);
+        }
       }
       if (!pages.length) {
         // Caught up: long-poll, which also tells the source the last applied pages.
@@ -205,7 +254,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
       return [{ name: "history", run: pull }];
     },
     /** What this process last saw of remote's shard, if it pulled it. */
-    progress: (remote: string, shardId: number): InboundProgress | undefined => progress.get(`${remote}/${shardId}`),
+    progress: (remote: string, shardId: number): InboundProgress | undefined => progress.get(remote)?.get(shardId),
   };
 }
 

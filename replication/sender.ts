@@ -1,9 +1,10 @@
-import { create } from "@bufbuild/protobuf";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
 import { failedPrecondition, invalidArgument, unavailable } from "../src/errors";
 import {
   GetReplicationTasksResponseSchema,
   PullReplicationTasksResponseSchema,
+  type ShardPageSchema,
   type GetReplicationTasksRequest,
   type GetReplicationTasksResponse,
   type PullReplicationTasksRequest,
@@ -130,28 +131,51 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     });
   }
 
-  /** AdminService.PullReplicationTasks: a page of each shard asked for, once any has a task (or the wait ends). */
+  /**
+   * AdminService.PullReplicationTasks: a page of each shard asked for, once any has a task (or
+   * the wait ends). A request with cursor_columns is answered sparse: only shards with news.
+   */
   async function pullReplicationTasks(req: PullReplicationTasksRequest, signal?: AbortSignal): Promise<PullReplicationTasksResponse> {
     const peer = req.clusterName;
     if (!peer) throw invalidArgument("cluster_name is required: PullReplicationTasks serves a pulling cluster");
-    if (!req.shards.length) throw invalidArgument("shards must name at least one shard");
+    const asked = cursorsOf(req);
+    if (!asked.length) throw invalidArgument("shards must name at least one shard");
     const ids = new Set<number>();
-    for (const c of req.shards) {
+    for (const c of asked) {
       checkShard(c.shardId);
       if (ids.has(c.shardId)) throw invalidArgument(`shard ${c.shardId} is asked for twice`);
       ids.add(c.shardId);
     }
     // Within PULL_BUDGET tasks in all, whatever the sizes asked add up to (pull-budget.ts).
-    const sizes = withinBudget(req.shards.map((c) => c.pageSize), req.pageSize);
-    const cursors = req.shards.map((c, i) => ({
-      shardId: c.shardId, after: Number(c.afterTaskId), acked: Math.min(Number(c.ackedTaskId), Number(c.afterTaskId)), size: sizes[i]!,
-    }));
+    const sizes = withinBudget(asked.map((c) => c.pageSize), req.pageSize);
+    const cursors = asked.map((c, i) => ({ shardId: c.shardId, after: c.after, acked: Math.min(c.acked, c.after), size: sizes[i]! }));
+    const sparse = req.cursorColumns !== undefined;
     return polls.run(signal, async (s) => {
       const pages = await servePages({ peer, withEvents: true, waitMs: req.waitTimeoutMs, cursors }, s);
-      return create(PullReplicationTasksResponseSchema, {
-        shards: pages.map((p, i) => ({ shardId: cursors[i]!.shardId, tasks: p.tasks, maxTaskId: BigInt(p.max), lastTaskId: BigInt(p.last) })),
+      const shards: MessageInitShape<typeof ShardPageSchema>[] = [];
+      pages.forEach((p, i) => {
+        const { shardId, after } = cursors[i]!;
+        if (!sparse || p.tasks.length || p.max !== after || p.last !== after) shards.push({ shardId, tasks: p.tasks, maxTaskId: BigInt(p.max), lastTaskId: BigInt(p.last) });
       });
+      return create(PullReplicationTasksResponseSchema, { shards, readsCursorColumns: true });
     });
+  }
+
+  /** The request's cursors, from shards or from cursor_columns (one of them). */
+  function cursorsOf(req: PullReplicationTasksRequest): { shardId: number; after: number; acked: number; pageSize: number }[] {
+    const cols = req.cursorColumns;
+    if (!cols) return req.shards.map((c) => ({ shardId: c.shardId, after: Number(c.afterTaskId), acked: Number(c.ackedTaskId), pageSize: c.pageSize }));
+    if (req.shards.length) throw invalidArgument("give the cursors as shards or as cursor_columns, not both");
+    const n = cols.shardIds.length;
+    if (cols.afterTaskIds.length !== n || cols.ackedTaskIds.length !== n || (cols.pageSizes.length && cols.pageSizes.length !== n)) {
+      throw invalidArgument(
+        `cursor_columns needs one entry per shard in each list: shard_ids has ${n}, after_task_ids ${cols.afterTaskIds.length}, ` +
+        `acked_task_ids ${cols.ackedTaskIds.length}, page_sizes ${cols.pageSizes.length} (page_sizes may be empty)`,
+      );
+    }
+    return cols.shardIds.map((shardId, i) => ({
+      shardId, after: Number(cols.afterTaskIds[i]), acked: Number(cols.ackedTaskIds[i]), pageSize: cols.pageSizes[i] ?? 0,
+    }));
   }
 
   function checkShard(shardId: number): void {

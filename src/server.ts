@@ -67,6 +67,11 @@ export interface ServerOptions {
      * tern from before the call does (tests of mixed versions).
      */
     servePull?: () => boolean;
+    /**
+     * Asked on each PullReplicationTasks call with whether it gave cursor_columns: false answers
+     * as a tern from before them does (it ignores the columns and does not say it reads them).
+     */
+    serveCursorColumns?: (asked: boolean) => boolean;
     /** How long a source that refused PullReplicationTasks is pulled shard by shard before the call is tried again. */
     reprobeMs?: number;
     /** Tasks per shard page this cluster asks its remotes for (default 200). */
@@ -231,19 +236,22 @@ function wireRoutes({ config, opts, log, now, cluster }: Base, core: Core, repl:
 
 /**
  * admin with the pull test hooks: PullReplicationTasks answers Unimplemented (as from a tern
- * before it) while servePull says false; GetReplicationTasks waits for beforeShardPage.
+ * before it) while servePull says false, and as a tern before cursor columns while
+ * serveCursorColumns says false; GetReplicationTasks waits for beforeShardPage.
  */
 function withPullHooks(
   admin: ServiceImpl<typeof AdminService>,
-  hooks: Pick<NonNullable<ServerOptions["replication"]>, "servePull" | "beforeShardPage"> = {},
+  hooks: Pick<NonNullable<ServerOptions["replication"]>, "servePull" | "serveCursorColumns" | "beforeShardPage"> = {},
 ): ServiceImpl<typeof AdminService> {
-  const { servePull, beforeShardPage } = hooks;
+  const { servePull, serveCursorColumns, beforeShardPage } = hooks;
   return {
     ...admin,
-    ...(servePull && {
-      pullReplicationTasks(r, ctx) {
-        if (!servePull()) throw new ConnectError("PullReplicationTasks is not served here", Code.Unimplemented);
-        return admin.pullReplicationTasks(r, ctx);
+    ...((servePull || serveCursorColumns) && {
+      async pullReplicationTasks(r, ctx) {
+        if (servePull && !servePull()) throw new ConnectError("PullReplicationTasks is not served here", Code.Unimplemented);
+        if (!serveCursorColumns || serveCursorColumns(r.cursorColumns !== undefined)) return admin.pullReplicationTasks(r, ctx);
+        const res = await admin.pullReplicationTasks({ ...r, cursorColumns: undefined }, ctx);
+        return { ...res, readsCursorColumns: false };
       },
     }),
     ...(beforeShardPage && {

@@ -3,11 +3,40 @@ export interface EventNotifier {
   notify(runId: string): void;
   /** Resolves when notify(runId) is called or timeoutMs passes. */
   wait(runId: string, timeoutMs: number, signal?: AbortSignal): Promise<void>;
+  /**
+   * Resolves when notify is called for any of keys, timeoutMs passes or signal aborts: one
+   * timer and one abort listener, however many keys (a pull of 512 shards waits on 512).
+   */
+  waitAny(keys: readonly string[], timeoutMs: number, signal?: AbortSignal): Promise<void>;
 }
 
-/** Creates a notifier; waiters are plain resolvers keyed by run id. */
-export function createEventNotifier(): EventNotifier {
+/** Creates a notifier; waiters are plain resolvers keyed by run id. keysWaited: how many keys have a waiter (tests, diagnostics). */
+export function createEventNotifier(): EventNotifier & { keysWaited(): number } {
   const waiters = new Map<string, Set<() => void>>();
+  function waitAny(keys: readonly string[], timeoutMs: number, signal?: AbortSignal): Promise<void> {
+    return new Promise<void>((resolve) => {
+      if (signal?.aborted) return resolve();
+      let settled = false;
+      const done = () => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", done);
+        for (const k of keys) {
+          const set = waiters.get(k);
+          if (set?.delete(done) && set.size === 0) waiters.delete(k);
+        }
+        resolve();
+      };
+      const timer = setTimeout(done, timeoutMs);
+      signal?.addEventListener("abort", done);
+      for (const k of keys) {
+        let set = waiters.get(k);
+        if (!set) waiters.set(k, (set = new Set()));
+        set.add(done);
+      }
+    });
+  }
   return {
     notify(runId) {
       const set = waiters.get(runId);
@@ -15,22 +44,9 @@ export function createEventNotifier(): EventNotifier {
       waiters.delete(runId);
       for (const wake of set) wake();
     },
-    wait(runId, timeoutMs, signal) {
-      return new Promise<void>((resolve) => {
-        let set = waiters.get(runId);
-        if (!set) waiters.set(runId, (set = new Set()));
-        const done = () => {
-          clearTimeout(timer);
-          signal?.removeEventListener("abort", done);
-          waiters.get(runId)?.delete(done);
-          if (waiters.get(runId)?.size === 0) waiters.delete(runId);
-          resolve();
-        };
-        const timer = setTimeout(done, timeoutMs);
-        signal?.addEventListener("abort", done);
-        set.add(done);
-      });
-    },
+    wait: (runId, timeoutMs, signal) => waitAny([runId], timeoutMs, signal),
+    waitAny,
+    keysWaited: () => waiters.size,
   };
 }
 
@@ -55,7 +71,6 @@ export function listen(notifier: EventNotifier, key: string, timeoutMs: number, 
 export function listenAny(notifier: EventNotifier, keys: readonly string[], timeoutMs: number, signal?: AbortSignal): Listening {
   const stop = new AbortController();
   const s = signal ? AbortSignal.any([signal, stop.signal]) : stop.signal;
-  const woke = keys.length === 1 ? notifier.wait(keys[0]!, timeoutMs, s) : Promise.race(keys.map((k) => notifier.wait(k, timeoutMs, s)));
-  // Every wait ends with the first: the others are dropped, not left until their timeout.
+  const woke = notifier.waitAny(keys, timeoutMs, s);
   return { woke: woke.finally(() => stop.abort()), cancel: () => stop.abort() };
 }

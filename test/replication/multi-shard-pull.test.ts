@@ -8,6 +8,7 @@ import { AdminService, type PullReplicationTasksRequestSchema } from "../../src/
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { shardFor } from "../../src/history/shard";
+import { createLogger } from "../../src/observability/log";
 import { replicationAckLevels, replicationDlq } from "../../src/persistence/schema";
 import { parseCounter } from "../../bench/lib/prom-histogram";
 import { startClusters } from "../failover/mesh";
@@ -111,6 +112,36 @@ for (const store of await testStores()) {
       expect(await refusal({ shards: [cursor(0, 0n)] })).toContain(`shard id must be 1..${SHARDS}`);
       expect(await refusal({ shards: [cursor(SHARDS + 1, 0n)] })).toContain(`shard id must be 1..${SHARDS}`);
       expect(await refusal({ shards: [cursor(2, 0n), cursor(2, 5n)] })).toContain("shard 2 is asked for twice");
+      const cols = (n: number) => ({ shardIds: [1, 2].slice(0, n), afterTaskIds: [0n, 0n], ackedTaskIds: [0n, 0n] });
+      expect(await refusal({ shards: [cursor(1, 0n)], cursorColumns: cols(1) })).toContain("not both");
+      expect(await refusal({ cursorColumns: cols(1) })).toContain("shard_ids has 1, after_task_ids 2");
+      expect(await refusal({ cursorColumns: { ...cols(2), pageSizes: [5] } })).toContain("page_sizes 1");
+      expect(await refusal({ cursorColumns: { shardIds: [], afterTaskIds: [], ackedTaskIds: [] } })).toContain("at least one shard");
+      expect(await refusal({ cursorColumns: { ...cols(2), shardIds: [2, 2] } })).toContain("shard 2 is asked for twice");
+    });
+
+    test("CursorColumnsAreAnsweredSparse: only the shards with news, each as its ShardCursor would be", async () => {
+      const all = await pull({ shards: [1, 2, 3, 4].map((s) => cursor(s, 0n)) });
+      expect(all.readsCursorColumns).toBe(true);
+      const at = new Map(all.shards.map((p) => [p.shardId, p]));
+      // Shards 1 and 3 at their last task (nothing new), 2 from the start, 4 with its own page size of 1.
+      const after = [at.get(1)!.lastTaskId, 0n, at.get(3)!.lastTaskId, 0n];
+      const res = await pull({
+        cursorColumns: { shardIds: [1, 2, 3, 4], afterTaskIds: after, ackedTaskIds: [0n, 0n, 0n, 0n], pageSizes: [0, 0, 0, 1] },
+      });
+      expect(res.readsCursorColumns).toBe(true);
+      expect(res.shards.map((p) => p.shardId)).toEqual([2, 4]);
+      const two = res.shards[0]!, four = res.shards[1]!;
+      expect(two.tasks.map((t) => t.taskId)).toEqual(at.get(2)!.tasks.map((t) => t.taskId));
+      expect([two.maxTaskId, two.lastTaskId]).toEqual([at.get(2)!.maxTaskId, at.get(2)!.lastTaskId]);
+      expect(four.tasks.map((t) => t.taskId)).toEqual([at.get(4)!.tasks[0]!.taskId]);
+      expect(four.lastTaskId).toBe(four.tasks[0]!.taskId);
+      // Nothing new anywhere: an empty answer once the wait ends.
+      const idle = await pull({
+        cursorColumns: { shardIds: [1, 2, 3, 4], afterTaskIds: [1, 2, 3, 4].map((s) => at.get(s)!.lastTaskId), ackedTaskIds: [0n, 0n, 0n, 0n] },
+        waitTimeoutMs: 50,
+      });
+      expect(idle.shards).toEqual([]);
     });
   });
 
@@ -234,6 +265,64 @@ for (const store of await testStores()) {
       expect((await historiesOf(b, nsId)).length).toBe(3 * SHARDS + nudges);
       expect(counted("service_requests", "GetReplicationTasks")).toBe(perShardCalls);
       expect(counted("service_errors", "PullReplicationTasks")).toBe(refused);
+    });
+  });
+
+  describe(`pulling from a source before cursor columns on ${store}: ShardCursors, as before them`, () => {
+    let a: TestCluster, b: TestCluster;
+    let nsId: string;
+    // Whether A reads cursor columns (off: as a tern before them), and what each of B's pulls gave.
+    let reads = false;
+    const gave: boolean[] = [];
+    // B's log lines of info and above: its stream must not fail over the switch.
+    const bLog: { level: string; msg: string }[] = [];
+
+    beforeAll(async () => {
+      const serveCursorColumns = (asked: boolean) => (gave.push(asked), reads);
+      const log = createLogger({ level: "info", write: (line) => bLog.push(JSON.parse(line)) });
+      [a, b] = await startClusters(store, [
+        { shards: SHARDS, serverOptions: { replication: { serveCursorColumns } } },
+        { shards: SHARDS, serverOptions: { log } },
+      ]);
+      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
+      nsId = await globalNamespace(a, b, NS);
+      await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
+    });
+    afterAll(() => Promise.all([a.destroy(), b.destroy()]));
+
+    const replicates = async (prefix: string) => {
+      for (const id of idsByShard(nsId, prefix).values()) await start(a, id);
+      await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 15_000 });
+    };
+
+    test("AnOldSourceGetsShardCursorsOnly, and every shard replicates", async () => {
+      await replicates("old");
+      expect(gave.length).toBeGreaterThan(0);
+      expect(gave.some(Boolean)).toBe(false);
+    });
+
+    test("OnceTheSourceSaysItReadsThem, the cursors go as columns", async () => {
+      reads = true;
+      // The next answer says so (a caught-up long poll ends within the commit below).
+      await replicates("new");
+      const from = gave.length;
+      await replicates("newer");
+      expect(gave.slice(from).length).toBeGreaterThan(0);
+      expect(gave.slice(from).every(Boolean)).toBe(true);
+    });
+
+    test("ASourceReplacedByAnOlderOne: the columns it cannot read are sent again as ShardCursors", async () => {
+      expect(gave.at(-1)).toBe(true);
+      reads = false;
+      const from = gave.length;
+      await replicates("downgraded");
+      // The columns were asked, refused (no cursors in them, for such a source), and asked again without.
+      expect(gave.slice(from)).toContain(true);
+      expect(gave.at(-1)).toBe(false);
+      expect(await historiesOf(b, nsId)).toHaveLength(4 * SHARDS);
+      // Without the stream failing and restarting.
+      expect(bLog.filter((l) => l.msg.includes("cursor columns")).length).toBe(1);
+      expect(bLog.filter((l) => l.msg === "replication stream failed")).toEqual([]);
     });
   });
 
