@@ -1,7 +1,7 @@
 import { and, eq, sql } from "drizzle-orm";
 import { listen, type EventNotifier, type Listening } from "../src/history/notifier";
 import type { Db, Tx } from "../src/persistence/database";
-import { runGuard, tableCodec } from "../src/persistence/raw-statements";
+import { runGuard, runStatement, tableCodec } from "../src/persistence/raw-statements";
 import { replicationAckLevels } from "../src/persistence/schema";
 import { RetryableReplicationError } from "./applier";
 
@@ -41,25 +41,25 @@ export function listenForAckChange(notifier: EventNotifier, remoteCluster: strin
   return listening;
 }
 
-/** One peer shard's outbound ack: what is saved, and what arrived since. */
-interface AckSlot {
+/** One peer's outbound acks: what is saved, and what arrived since, per shard. */
+interface PeerAcks {
   peer: string;
-  shardId: number;
-  saved?: number;
+  saved: Map<number, number>;
+  pending: Map<number, number>;
   savedAt: number;
-  pending?: number;
   timer?: ReturnType<typeof setTimeout>;
-  /** Saves of one slot run one after another, so the stored ack never goes back. */
+  /** Saves of one peer run one after another, so a stored ack never goes back. */
   chain: Promise<void>;
 }
 
 /**
- * Saves the acks pulling peers send with every poll, at most once per intervalMs per peer
- * shard (the last one received wins; a held-back ack is saved when the interval ends).
- * A stored ack that lags a little is safe: cleanup then keeps tasks longer, status shows
- * an older position. A graceful failover that waits for a peer (listenForAckChange) gets its
- * held-back acks saved at once, and every ack of that peer saved on arrival for
- * demandWindowMs after.
+ * Saves the acks pulling peers send with every poll: all of a peer's shards that moved in
+ * one statement, at most once per intervalMs per peer (the last ack received for a shard
+ * wins; what is held back is saved when the interval ends). Saving each shard on its own
+ * was about one statement per replicated event with 512 shards. A stored ack that lags a
+ * little is safe: cleanup then keeps tasks longer, status shows an older position. A
+ * graceful failover that waits for a peer (listenForAckChange) gets its held-back acks
+ * saved at once, and every ack of that peer saved on arrival for demandWindowMs after.
  */
 export function createOutboundAckRecorder({ db, notifier, intervalMs = 250, demandWindowMs = 2_000 }: {
   db: Db;
@@ -67,62 +67,72 @@ export function createOutboundAckRecorder({ db, notifier, intervalMs = 250, dema
   intervalMs?: number;
   demandWindowMs?: number;
 }) {
-  const slots = new Map<string, AckSlot>();
+  const peers = new Map<string, PeerAcks>();
   const demandedUntil = new Map<string, number>();
   const closing = new AbortController();
 
   /** Waits for demands on peer's acks for as long as the recorder runs (one loop per peer). */
-  async function listen(peer: string): Promise<void> {
+  async function listen(p: PeerAcks): Promise<void> {
     while (!closing.signal.aborted) {
-      await notifier.wait(ackDemandKey(peer), 3_600_000, closing.signal);
+      await notifier.wait(ackDemandKey(p.peer), 3_600_000, closing.signal);
       if (closing.signal.aborted) return;
       // A wake by timeout once an hour only saves early for a moment: harmless.
-      demandedUntil.set(peer, Date.now() + demandWindowMs);
-      await Promise.allSettled([...slots.values()].filter((s) => s.peer === peer).map(flush));
+      demandedUntil.set(p.peer, Date.now() + demandWindowMs);
+      await flush(p).catch(() => {});
     }
   }
 
-  function flush(slot: AckSlot): Promise<void> {
-    clearTimeout(slot.timer);
-    slot.timer = undefined;
-    const saving = slot.chain.then(async () => {
-      const ack = slot.pending;
-      slot.pending = undefined;
-      if (ack === undefined || ack === slot.saved) return;
+  function flush(p: PeerAcks): Promise<void> {
+    clearTimeout(p.timer);
+    p.timer = undefined;
+    const saving = p.chain.then(async () => {
+      const batch = p.pending;
+      p.pending = new Map();
+      for (const [shardId, ack] of batch) if (ack === p.saved.get(shardId)) batch.delete(shardId);
+      if (!batch.size) return;
       try {
-        await saveOutboundAck(db, slot.peer, slot.shardId, ack);
+        await saveOutboundAcks(db, p.peer, batch);
       } catch (e) {
-        slot.pending ??= ack; // the next poll or flush tries again
+        // The next poll or flush tries again; an ack that arrived since is newer.
+        for (const [shardId, ack] of batch) if (!p.pending.has(shardId)) p.pending.set(shardId, ack);
         throw e;
       }
-      slot.saved = ack;
-      slot.savedAt = Date.now();
-      notifier.notify(ackKey(slot.peer));
+      for (const [shardId, ack] of batch) p.saved.set(shardId, ack);
+      p.savedAt = Date.now();
+      notifier.notify(ackKey(p.peer));
     });
-    slot.chain = saving.catch(() => {});
+    p.chain = saving.catch(() => {});
     return saving;
   }
 
   return {
-    /** Records the ack peer sent for shardId; resolves once saved, or at once when held back. */
-    record(peer: string, shardId: number, ack: number): Promise<void> {
-      const k = `${peer}/${shardId}`;
-      let slot = slots.get(k);
-      if (!slot) {
-        if (![...slots.values()].some((s) => s.peer === peer)) void listen(peer);
-        slots.set(k, (slot = { peer, shardId, savedAt: 0, chain: Promise.resolve() }));
+    /**
+     * Records the acks peer sent, a shard each; resolves once saved when they go at once, or
+     * at once when held back (or when none moved).
+     */
+    record(peer: string, acks: readonly { shardId: number; acked: number }[]): Promise<void> {
+      let p = peers.get(peer);
+      if (!p) {
+        peers.set(peer, (p = { peer, saved: new Map(), pending: new Map(), savedAt: 0, chain: Promise.resolve() }));
+        void listen(p);
       }
-      if (ack === (slot.pending ?? slot.saved)) return Promise.resolve();
-      slot.pending = ack;
+      let moved = false;
+      for (const { shardId, acked } of acks) {
+        if (acked === (p.pending.get(shardId) ?? p.saved.get(shardId))) continue;
+        p.pending.set(shardId, acked);
+        moved = true;
+      }
+      if (!moved) return Promise.resolve();
       const now = Date.now();
-      if (now < (demandedUntil.get(peer) ?? 0) || now - slot.savedAt >= intervalMs) return flush(slot);
-      slot.timer ??= setTimeout(() => flush(slot).catch(() => {}), slot.savedAt + intervalMs - now);
+      if (now < (demandedUntil.get(peer) ?? 0) || now - p.savedAt >= intervalMs) return flush(p);
+      const held = p;
+      p.timer ??= setTimeout(() => flush(held).catch(() => {}), p.savedAt + intervalMs - now);
       return Promise.resolve();
     },
     /** Saves what is held back and stops listening; call before the database closes. */
     async stop(): Promise<void> {
       closing.abort();
-      await Promise.allSettled([...slots.values()].map(flush));
+      await Promise.allSettled([...peers.values()].map(flush));
     },
   };
 }
@@ -130,14 +140,13 @@ export function createOutboundAckRecorder({ db, notifier, intervalMs = 250, dema
 export type OutboundAckRecorder = ReturnType<typeof createOutboundAckRecorder>;
 
 /** Records the ack a pulling peer sent; the peer is the only writer of its own position. */
-export async function saveOutboundAck(db: Db, remoteCluster: string, shardId: number, ackLevel: number): Promise<void> {
-  await db
-    .insert(replicationAckLevels)
-    .values({ remoteCluster, direction: "outbound", queue: "history", shardId, ackLevel })
-    .onConflictDoUpdate({
-      target: [replicationAckLevels.remoteCluster, replicationAckLevels.direction, replicationAckLevels.queue, replicationAckLevels.shardId],
-      set: { ackLevel, updatedAt: sql`now()` },
-    });
+export function saveOutboundAck(db: Db, remoteCluster: string, shardId: number, ackLevel: number): Promise<void> {
+  return saveOutboundAcks(db, remoteCluster, new Map([[shardId, ackLevel]]));
+}
+
+/** saveOutboundAck for many shards (shard id to ack) in one statement. */
+export async function saveOutboundAcks(db: Db, remoteCluster: string, acks: ReadonlyMap<number, number>): Promise<void> {
+  await runStatement(db, SAVE_OUTBOUND_TEXT, [remoteCluster, [...acks.keys()], [...acks.values()]]);
 }
 
 /** This cluster's applied position in remoteCluster's shard, creating the row at 0 on first use. */
@@ -179,6 +188,11 @@ export async function advanceInboundAck(
 }
 
 const acks = tableCodec(replicationAckLevels);
+const SAVE_OUTBOUND_TEXT =
+  `insert into ${acks.table} (${acks.name("remoteCluster")}, ${acks.name("direction")}, ${acks.name("queue")}, ${acks.name("shardId")}, ${acks.name("ackLevel")}) ` +
+  `select $1, 'outbound', 'history', t.shard_id, t.ack_level from unnest($2::int[], $3::bigint[]) as t(shard_id, ack_level) ` +
+  `on conflict (${acks.name("remoteCluster")}, ${acks.name("direction")}, ${acks.name("queue")}, ${acks.name("shardId")}) ` +
+  `do update set ${acks.name("ackLevel")} = excluded.${acks.name("ackLevel")}, ${acks.name("updatedAt")} = now()`;
 // Once per applied page: fixed text. A page without a commit time keeps the one stored.
 const ADVANCE_INBOUND_TEXT =
   `with moved as (update ${acks.table} set ${acks.name("ackLevel")} = $1, ${acks.name("maxTaskId")} = $2, ` +

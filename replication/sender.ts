@@ -220,7 +220,7 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
         const read = unread.length > COUNTERS_FIRST
           ? readPages(unread.map((i) => cursors[i]!), peer, withEvents)
           : Promise.all(unread.map((i) => readPage(cursors[i]!.shardId, cursors[i]!.after, cursors[i]!.size, peer, withEvents)));
-        const [got] = await Promise.all([read, peer ? Promise.all(cursors.map((c) => acks.record(peer, c.shardId, c.acked))) : undefined]);
+        const [got] = await Promise.all([read, peer ? acks.record(peer, cursors) : undefined]);
         unread.forEach((i, k) => (pages[i] = got[k]));
         const done = pages as Page[];
         done.forEach((p, i) => outboxMarks?.advance(cursors[i]!.shardId, p.max));

@@ -1,58 +1,76 @@
-import { describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, beforeEach, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { eq } from "drizzle-orm";
 import { createEventNotifier } from "../../src/history/notifier";
-import type { Db } from "../../src/persistence/database";
-import { createOutboundAckRecorder, listenForAckChange } from "../../replication/ack-levels";
+import { openDatabase, type Database } from "../../src/persistence/database";
+import { migrateSchema } from "../../src/persistence/migrate";
+import { replicationAckLevels } from "../../src/persistence/schema";
+import { createOutboundAckRecorder, listenForAckChange, outboundAcks } from "../../replication/ack-levels";
 import { eventually } from "../support/eventually";
+import { migrationsFolder, newDataLocation } from "../support/server";
+import { testStores } from "../support/stores";
 
-/** A database that only records the outbound ack upserts. */
-function fakeDb() {
-  const saved: { shardId: number; ackLevel: number }[] = [];
-  const db = {
-    insert: () => ({
-      values: (v: { shardId: number; ackLevel: number }) => ({
-        onConflictDoUpdate: async () => void saved.push({ shardId: v.shardId, ackLevel: v.ackLevel }),
-      }),
-    }),
-  } as unknown as Db;
-  return { db, saved };
+setDefaultTimeout(60_000);
+
+for (const store of await testStores()) {
+  describe(`outbound ack recorder on ${store}`, () => {
+    let location: Awaited<ReturnType<typeof newDataLocation>>;
+    let database: Database;
+    beforeAll(async () => {
+      location = await newDataLocation(store);
+      database = await openDatabase(store === "postgres" ? { postgres: { url: location.location } } : { pglite: { dataDir: `${location.location}/data` } });
+      await migrateSchema(database, migrationsFolder);
+    });
+    afterAll(async () => {
+      await database.close();
+      await location.remove();
+    });
+    beforeEach(async () => {
+      await database.db.delete(replicationAckLevels);
+    });
+
+    const saved = async () => Object.fromEntries(await outboundAcks(database.db, "clusterB"));
+    /** When each shard's ack was last saved: rows saved by one statement share it (now() is the transaction's start). */
+    const savedAt = async () => {
+      const rows = await database.db.select().from(replicationAckLevels).where(eq(replicationAckLevels.remoteCluster, "clusterB"));
+      return Object.fromEntries(rows.map((r) => [r.shardId, r.updatedAt.getTime()]));
+    };
+    const acked = (pairs: [number, number][]) => pairs.map(([shardId, ack]) => ({ shardId, acked: ack }));
+
+    test("APeersMovedShardsAreSavedInOneStatement, at most once per interval; the last ack of a shard wins", async () => {
+      const acks = createOutboundAckRecorder({ db: database.db, notifier: createEventNotifier(), intervalMs: 300 });
+      await acks.record("clusterB", acked([[1, 10], [2, 5]]));
+      expect(await saved()).toEqual({ 1: 10, 2: 5 });
+      // Within the interval: held back, then saved together when it ends.
+      await acks.record("clusterB", acked([[1, 20], [2, 5]]));
+      await acks.record("clusterB", acked([[1, 30], [3, 4]]));
+      expect(await saved()).toEqual({ 1: 10, 2: 5 });
+      await eventually(async () => expect(await saved()).toEqual({ 1: 30, 2: 5, 3: 4 }), { timeout: 3_000 });
+      const at = await savedAt();
+      expect(at[1]).toBe(at[3]!);
+      expect(at[2]).toBeLessThan(at[1]!);
+      await acks.stop();
+    });
+
+    test("AFailoverWaitingForThePeerGetsHeldBackAcksAtOnce, and acks on arrival while it waits", async () => {
+      const notifier = createEventNotifier();
+      const acks = createOutboundAckRecorder({ db: database.db, notifier, intervalMs: 60_000 });
+      await acks.record("clusterB", acked([[1, 10]]));
+      await acks.record("clusterB", acked([[1, 20], [2, 7]])); // held back for a minute
+      const t0 = performance.now();
+      await listenForAckChange(notifier, "clusterB", 5_000).woke;
+      expect(performance.now() - t0).toBeLessThan(1_000);
+      expect(await saved()).toEqual({ 1: 20, 2: 7 });
+      await acks.record("clusterB", acked([[1, 25]]));
+      expect(await saved()).toEqual({ 1: 25, 2: 7 });
+      await acks.stop();
+    });
+
+    test("StopSavesWhatIsHeldBack", async () => {
+      const acks = createOutboundAckRecorder({ db: database.db, notifier: createEventNotifier(), intervalMs: 60_000 });
+      await acks.record("clusterB", acked([[3, 1]]));
+      await acks.record("clusterB", acked([[3, 7], [4, 2]]));
+      await acks.stop();
+      expect(await saved()).toEqual({ 3: 7, 4: 2 });
+    });
+  });
 }
-
-describe("outbound ack recorder", () => {
-  test("AcksOfEveryPollAreSavedAtMostOncePerInterval: the last one wins after the interval", async () => {
-    const { db, saved } = fakeDb();
-    const acks = createOutboundAckRecorder({ db, notifier: createEventNotifier(), intervalMs: 100 });
-    await acks.record("clusterB", 1, 10);
-    await acks.record("clusterB", 1, 20);
-    await acks.record("clusterB", 1, 30);
-    await acks.record("clusterB", 2, 5);
-    expect(saved).toEqual([{ shardId: 1, ackLevel: 10 }, { shardId: 2, ackLevel: 5 }]);
-    await eventually(() => expect(saved.at(-1)).toEqual({ shardId: 1, ackLevel: 30 }), { timeout: 2_000 });
-    expect(saved).toHaveLength(3);
-    await acks.stop();
-  });
-
-  test("AFailoverWaitingForThePeerGetsHeldBackAcksAtOnce", async () => {
-    const { db, saved } = fakeDb();
-    const notifier = createEventNotifier();
-    const acks = createOutboundAckRecorder({ db, notifier, intervalMs: 60_000 });
-    await acks.record("clusterB", 1, 10);
-    await acks.record("clusterB", 1, 20); // held back for a minute
-    const t0 = performance.now();
-    await listenForAckChange(notifier, "clusterB", 5_000).woke;
-    expect(performance.now() - t0).toBeLessThan(1_000);
-    expect(saved.at(-1)).toEqual({ shardId: 1, ackLevel: 20 });
-    // While the failover waits, acks are saved on arrival.
-    await acks.record("clusterB", 1, 25);
-    expect(saved.at(-1)).toEqual({ shardId: 1, ackLevel: 25 });
-    await acks.stop();
-  });
-
-  test("StopSavesWhatIsHeldBack", async () => {
-    const { db, saved } = fakeDb();
-    const acks = createOutboundAckRecorder({ db, notifier: createEventNotifier(), intervalMs: 60_000 });
-    await acks.record("clusterB", 3, 1);
-    await acks.record("clusterB", 3, 7);
-    await acks.stop();
-    expect(saved.at(-1)).toEqual({ shardId: 3, ackLevel: 7 });
-  });
-});
