@@ -55,8 +55,9 @@ const APPEND_TEXT = `
 export function createOutboxMarks() {
   const marks = new Map<number, number>();
   return {
+    /** taskId 0: the shard has no task yet, which is known too (else such a shard was read at every poll). */
     advance(shardId: number, taskId: number): void {
-      if (taskId > (marks.get(shardId) ?? 0)) marks.set(shardId, taskId);
+      if (taskId > (marks.get(shardId) ?? -1)) marks.set(shardId, taskId);
     },
     latest: (shardId: number): number | undefined => marks.get(shardId),
   };

@@ -59,6 +59,8 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
   const polls = createLongPolls(() => unavailable(`cluster ${cluster.clusterName} is shutting down`));
   /** When a database page last found each peer connected and enabled: pages from memory rely on it for recheckMs. */
   const peerChecked = new Map<string, number>();
+  /** When each peer's polls last read every shard they asked for (servePages). */
+  const fullReadAt = new Map<string, number>();
 
   /**
    * A page from the outbox tail, if it holds the next tasks and the database said lately
@@ -195,20 +197,25 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     const deadline = Date.now() + Math.min(Math.max(ask.waitMs, 0), maxWaitMs);
     if (peer) for (const c of cursors) outboxTail?.passed(c.shardId, peer, c.after);
     const keys = cursors.map((c) => shardKey(c.shardId));
-    // A shard past every commit known here is read only this often (writers in other processes do not wake us).
-    let lastFullRead = -Infinity;
+    // A shard past every commit known here is read only every recheckMs (writers in other
+    // processes do not wake us): a peer's polls share that clock, an operator's read has its own.
+    let ownFullRead = -Infinity;
     for (let first = true; ; first = false) {
       const left = deadline - Date.now();
       const listening = left > 0 ? listenAny(notifier, keys, Math.min(left, recheckMs), signal) : undefined;
       try {
-        const full = Date.now() - lastFullRead >= recheckMs;
-        if (full) lastFullRead = Date.now();
-        // Past every commit known here (the usual caught-up peer): answered empty without a read,
-        // but on a full read, and never on the first round of a poll that may wait (the wake or
-        // the periodic re-read reads). The marks move before the notifier wakes us.
+        const full = Date.now() - (peer ? fullReadAt.get(peer) ?? -Infinity : ownFullRead) >= recheckMs;
+        if (full && peer) fullReadAt.set(peer, Date.now());
+        else if (full) ownFullRead = Date.now();
+        // Past every commit known here (the usual caught-up peer): answered empty without a
+        // read, but on a full read, and for a peer only while a read said lately that it may
+        // pull (as pages from memory). An operator's read that does not wait still reads. The
+        // marks move before the notifier wakes us.
+        const peerFresh = Date.now() - (peerChecked.get(peer) ?? -Infinity) < recheckMs;
         const caughtUp = (c: (typeof cursors)[number]) => {
           const known = outboxMarks?.latest(c.shardId);
-          return known !== undefined && c.after >= known && (first ? listening !== undefined : !full) ? known : undefined;
+          const trusted = peer ? !full && peerFresh : first ? listening !== undefined : !full;
+          return known !== undefined && c.after >= known && trusted ? known : undefined;
         };
         const pages: (Page | undefined)[] = cursors.map((c) => {
           const known = caughtUp(c);
