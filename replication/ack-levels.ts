@@ -11,6 +11,9 @@ export const ackKey = (remoteCluster: string) => `ack:${remoteCluster}`;
 /** Notifier key woken after a replication task of a shard commits (the sender's long poll). */
 export const shardKey = (shardId: number) => `shard:${shardId}`;
 
+/** Notifier key woken after a replication task of any shard commits: a long poll of many shards waits on it alone. */
+export const anyShardKey = "shard:any";
+
 const history = (remoteCluster: string, direction: "inbound" | "outbound") =>
   and(
     eq(replicationAckLevels.remoteCluster, remoteCluster),

@@ -19,7 +19,7 @@ import type { Db } from "../src/persistence/database";
 import { createLongPolls } from "../src/long-polls";
 import { runStatement, tableCodec, textCache } from "../src/persistence/raw-statements";
 import { clusterMetadata, historyEvents, namespaces, replicationTasks, shards } from "../src/persistence/schema";
-import { createOutboundAckRecorder, shardKey } from "./ack-levels";
+import { anyShardKey, createOutboundAckRecorder, shardKey } from "./ack-levels";
 import type { OutboxMarks } from "./outbox";
 import { taskToProto, type OutboxTail, type TaskInit } from "./outbox-tail";
 import { withinBudget } from "./pull-budget";
@@ -196,7 +196,9 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     const { peer, withEvents, cursors } = ask;
     const deadline = Date.now() + Math.min(Math.max(ask.waitMs, 0), maxWaitMs);
     if (peer) for (const c of cursors) outboxTail?.passed(c.shardId, peer, c.after);
-    const keys = cursors.map((c) => shardKey(c.shardId));
+    // Many shards wait on any shard's commit: one key, not one each (a commit in a shard not
+    // asked for wakes the poll for a round answered from the marks).
+    const keys = cursors.length > MANY_SHARDS ? [anyShardKey] : cursors.map((c) => shardKey(c.shardId));
     // A shard past every commit known here is read only every recheckMs (writers in other
     // processes do not wake us): a peer's polls share that clock, an operator's read has its own.
     let ownFullRead = -Infinity;
@@ -224,7 +226,7 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
         });
         const unread = cursors.flatMap((c, i) => (pages[i] ? [] : [i]));
         // Few shards: a page read each, side by side. Many: their counters first (readPages).
-        const read = unread.length > COUNTERS_FIRST
+        const read = unread.length > MANY_SHARDS
           ? readPages(unread.map((i) => cursors[i]!), peer, withEvents)
           : Promise.all(unread.map((i) => readPage(cursors[i]!.shardId, cursors[i]!.after, cursors[i]!.size, peer, withEvents)));
         const [got] = await Promise.all([read, peer ? acks.record(peer, cursors) : undefined]);
@@ -277,8 +279,11 @@ const shardsSql = tableCodec(shards);
 const namespacesSql = tableCodec(namespaces);
 const peersSql = tableCodec(clusterMetadata);
 
-/** More shards than this to read in one round have their counters read first (readPages): one statement, not one each. */
-const COUNTERS_FIRST = 16;
+/**
+ * More shards than this in a poll wait on any shard's commit (anyShardKey), and more than this
+ * to read in one round have their counters read first (readPages): one statement, not one each.
+ */
+const MANY_SHARDS = 16;
 
 /** The peer's connection flag (null when it is not a connected cluster), its name in param. */
 const peerFlagSql = (param: string) =>

@@ -1,4 +1,4 @@
-import { shardKey } from "../../replication/ack-levels";
+import { anyShardKey, shardKey } from "../../replication/ack-levels";
 import { appendReplicationTask, type OutboxMarks } from "../../replication/outbox";
 import type { CommittedTask, OutboxTail } from "../../replication/outbox-tail";
 import type { CurrentCluster } from "../cluster/bootstrap";
@@ -97,6 +97,7 @@ export function createWriter(deps: WriterDeps) {
           deps.outboxTail?.committed(written);
           for (const t of written) deps.outboxMarks?.advance(t.shardId, t.taskId);
           for (const shardId of new Set(written.map((t) => t.shardId))) deps.notifier?.notify(shardKey(shardId));
+          if (written.length) deps.notifier?.notify(anyShardKey);
         }
         metrics.observe("persistence_latency", { operation }, (performance.now() - started) / 1000);
         return result;

@@ -1,12 +1,14 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import type { MessageInitShape } from "@bufbuild/protobuf";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { and, eq } from "drizzle-orm";
-import { outboundAcks } from "../../replication/ack-levels";
+import { anyShardKey, outboundAcks } from "../../replication/ack-levels";
+import { createReplicationSender } from "../../replication/sender";
 import type { HistoryApplier } from "../../replication/applier";
-import { AdminService, type PullReplicationTasksRequestSchema } from "../../src/gen/tern/admin/v1/service_pb";
+import { AdminService, PullReplicationTasksRequestSchema } from "../../src/gen/tern/admin/v1/service_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { createEventNotifier } from "../../src/history/notifier";
 import { shardFor } from "../../src/history/shard";
 import { createLogger } from "../../src/observability/log";
 import { replicationAckLevels, replicationDlq } from "../../src/persistence/schema";
@@ -347,6 +349,47 @@ for (const store of await testStores()) {
       await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
       await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 30_000 });
       expect((await historiesOf(b, nsId)).filter((e) => e.workflowId === "hot")).toHaveLength(61);
+    });
+
+    // A poll of more than 16 shards waits on any shard's commit (one notifier key, not 520).
+    test("ALongPollOfEveryShardWakesOnACommitInAnyOfThem, and its sparse answer lists that shard alone", async () => {
+      const admin = a.client(AdminService);
+      const ids = Array.from({ length: 520 }, (_, i) => i + 1);
+      const now = await admin.pullReplicationTasks({ clusterName: "clusterB", pageSize: 1, shards: ids.map((shardId) => ({ shardId, afterTaskId: 0n, ackedTaskId: 0n })) });
+      const max = new Map(now.shards.map((p) => [p.shardId, p.maxTaskId]));
+      const polling = admin.pullReplicationTasks({
+        clusterName: "clusterB",
+        cursorColumns: { shardIds: ids, afterTaskIds: ids.map((s) => max.get(s)!), ackedTaskIds: ids.map(() => 0n) },
+        waitTimeoutMs: 20_000,
+      });
+      const started = performance.now();
+      await start(a, "woken");
+      const res = await polling;
+      expect(performance.now() - started).toBeLessThan(10_000);
+      expect(res.shards.map((p) => p.tasks.map((t) => t.workflowId))).toEqual([["woken"]]);
+      expect(res.shards[0]!.shardId).toBe(shardFor(nsId, "woken", 520));
+    });
+
+    test("APollOfManyShardsWaitsOnOneKey, which any shard's commit wakes", async () => {
+      // A sender of its own on A's database, whose notifier the test holds: the commit below is
+      // announced to it by hand, and nothing else (its re-read is a minute away) wakes it.
+      const notifier = createEventNotifier();
+      const sender = createReplicationSender({ db: a.server.database.db, cluster: a.server.cluster, notifier, recheckMs: 60_000 });
+      try {
+        const ids = Array.from({ length: 520 }, (_, i) => i + 1);
+        const cols = (after: (s: number) => bigint) => ({ shardIds: ids, afterTaskIds: ids.map(after), ackedTaskIds: ids.map(() => 0n) });
+        const now = await sender.pullReplicationTasks(create(PullReplicationTasksRequestSchema, { clusterName: "clusterB", pageSize: 1, cursorColumns: cols(() => 0n) }));
+        const max = new Map(now.shards.map((p) => [p.shardId, p.maxTaskId]));
+        const polling = sender.pullReplicationTasks(create(PullReplicationTasksRequestSchema, { clusterName: "clusterB", cursorColumns: cols((s) => max.get(s) ?? 0n), waitTimeoutMs: 30_000 }));
+        // Two keys: the poll's (520 with a key a shard) and the peer's ack demands.
+        await eventually(() => expect(notifier.keysWaited()).toBe(2));
+        await start(a, "announced");
+        notifier.notify(anyShardKey);
+        const res = await polling;
+        expect(res.shards.map((p) => p.tasks.map((t) => t.workflowId))).toEqual([["announced"]]);
+      } finally {
+        await sender.stop();
+      }
     });
 
     // A round of more than 16 shards reads their counters in one statement, then pages only
