@@ -1,12 +1,10 @@
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { EventType, HistoryEventSchema } from "../../src/gen/tern/common/v1/common_pb";
 import { insertBranchEvents, readBranchEvents } from "../../src/history/branch-store";
-import { openDatabase, type Database } from "../../src/persistence/database";
-import { migrateSchema } from "../../src/persistence/migrate";
 import { historyBranches } from "../../src/persistence/schema";
-import { migrationsFolder, newDataLocation } from "../support/server";
+import { useTestDatabase } from "../support/server";
 import { testStores } from "../support/stores";
 
 setDefaultTimeout(60_000);
@@ -22,17 +20,7 @@ const signal = (eventId: number) =>
 
 for (const store of await testStores()) {
   describe(`branch store on ${store}`, () => {
-    let location: Awaited<ReturnType<typeof newDataLocation>>;
-    let database: Database;
-    beforeAll(async () => {
-      location = await newDataLocation(store);
-      database = await openDatabase(store === "postgres" ? { postgres: { url: location.location } } : { pglite: { dataDir: `${location.location}/data` } });
-      await migrateSchema(database, migrationsFolder);
-    });
-    afterAll(async () => {
-      await database.close();
-      await location.remove();
-    });
+    const opened = useTestDatabase(store);
 
     // A branch that lost a conflict keeps every event after the fork, and a history may hold
     // 51,200 (limits.historyCountLimitError): 8,000 events of 9 columns were one insert of
@@ -40,13 +28,13 @@ for (const store of await testStores()) {
     test("TestABranchOfMoreEventsThanOneStatementTakesIsKeptWhole", async () => {
       const key = { namespaceId: "ns", workflowId: "wf", runId: "run" };
       const events = Array.from({ length: 8_000 }, (_, i) => signal(i + 2));
-      await database.db.transaction((tx) =>
+      await opened.database.db.transaction((tx) =>
         Promise.all([
           tx.insert(historyBranches).values({ ...key, branchId: 1, forkEventId: 1, versionHistory: [{ eventId: 8_001, version: 1 }] }),
           insertBranchEvents(tx, key, 1, events),
         ]),
       );
-      const kept = await readBranchEvents(database.db, key, 1, 2, 8_002);
+      const kept = await readBranchEvents(opened.database.db, key, 1, 2, 8_002);
       expect(kept.map((e) => Number(e.eventId))).toEqual(events.map((e) => Number(e.eventId)));
       expect(kept.at(-1)).toEqual(events.at(-1)!);
     });

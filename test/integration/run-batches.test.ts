@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { and, eq } from "drizzle-orm";
 import { createHistoryApplier } from "../../replication/applier";
 import type { CurrentCluster } from "../../src/cluster/bootstrap";
@@ -7,10 +7,9 @@ import { insertExecution, type ExecutionRow } from "../../src/history/execution-
 import { lockRunKeys, lockRuns, saveRuns } from "../../src/history/run-batches";
 import type { NamespaceRecord, NamespaceRegistry } from "../../src/namespace/registry";
 import { createLogger } from "../../src/observability/log";
-import { openDatabase, type Database, type Tx } from "../../src/persistence/database";
-import { migrateSchema } from "../../src/persistence/migrate";
+import type { Tx } from "../../src/persistence/database";
 import { executions, historyEvents, requestIds } from "../../src/persistence/schema";
-import { migrationsFolder, newDataLocation } from "../support/server";
+import { useTestDatabase } from "../support/server";
 import { testStores } from "../support/stores";
 
 setDefaultTimeout(60_000);
@@ -31,24 +30,16 @@ const run = (i: number) => ({
 
 for (const store of await testStores()) {
   describe(`statements over many runs at once on ${store}`, () => {
-    let location: Awaited<ReturnType<typeof newDataLocation>>;
-    let database: Database;
-    const rowOf = async (i: number) => (await database.db.select().from(executions).where(and(eq(executions.workflowId, `wf-${i}`), eq(executions.runId, `run-${i}`))))[0]!;
+    const opened = useTestDatabase(store);
+    const rowOf = async (i: number) => (await opened.database.db.select().from(executions).where(and(eq(executions.workflowId, `wf-${i}`), eq(executions.runId, `run-${i}`))))[0]!;
 
     beforeAll(async () => {
-      location = await newDataLocation(store);
-      database = await openDatabase(store === "postgres" ? { postgres: { url: location.location } } : { pglite: { dataDir: `${location.location}/data` } });
-      await migrateSchema(database, migrationsFolder);
-      await database.db.transaction((tx) => Promise.all([1, 2, 3].map((i) => insertExecution(tx, run(i)))));
-    });
-    afterAll(async () => {
-      await database.close();
-      await location.remove();
+      await opened.database.db.transaction((tx) => Promise.all([1, 2, 3].map((i) => insertExecution(tx, run(i)))));
     });
 
     test("ManyRunsLockInTwoStatements: the runs that exist come back by key, a missing one is absent", async () => {
       const keys = [3, 1, 4, 2].map((i) => ({ namespaceId: NS, workflowId: `wf-${i}`, runId: `run-${i}` }));
-      const found = await database.db.transaction(async (tx) => {
+      const found = await opened.database.db.transaction(async (tx) => {
         const c = counting(tx);
         const [, runs] = await Promise.all([lockRunKeys(c.tx, keys), lockRuns(c.tx, keys)]);
         expect(c.statements()).toBe(2);
@@ -64,7 +55,7 @@ for (const store of await testStores()) {
         status: i ? "COMPLETED" : "RUNNING", closeTime: i ? new Date(Date.UTC(2026, 0, 2)) : null, nextEventId: 5 + i, lastWriteVersion: 101,
         versionHistory: [...r.versionHistory, { eventId: 4 + i, version: 101 }], cancelRequested: i === 0,
       });
-      await database.db.transaction(async (tx) => {
+      await opened.database.db.transaction(async (tx) => {
         const c = counting(tx);
         await saveRuns(c.tx, prev.map((r, i) => ({ prev: r, next: next(r, i) })));
         expect(c.statements()).toBe(1);
@@ -75,7 +66,7 @@ for (const store of await testStores()) {
     test("SaveRunsRefusesAStaleRun: one run written since it was read fails the statement, and nothing is saved", async () => {
       const [one, two] = await Promise.all([1, 2].map(rowOf));
       const stale = { ...two!, dbVersion: two!.dbVersion - 1 };
-      const saving = database.db.transaction((tx) => saveRuns(tx, [one!, stale].map((prev) => ({ prev, next: { nextEventId: 99 } }))));
+      const saving = opened.database.db.transaction((tx) => saveRuns(tx, [one!, stale].map((prev) => ({ prev, next: { nextEventId: 99 } }))));
       await expect(saving).rejects.toThrow("one or more of 2 executions changed since they were read");
       expect(await rowOf(1)).toEqual(one!);
     });
@@ -93,9 +84,9 @@ for (const store of await testStores()) {
     });
 
     test("APageOfRunsWritesInThreeStatements: signals to four runs apply as the runs' states, events and request ids", async () => {
-      await database.db.transaction((tx) => Promise.all([5, 6, 7, 8].map((i) => insertExecution(tx, run(i)))));
+      await opened.database.db.transaction((tx) => Promise.all([5, 6, 7, 8].map((i) => insertExecution(tx, run(i)))));
       const tasks = [5, 6, 7, 8].map(signalTask);
-      await database.db.transaction(async (tx) => {
+      await opened.database.db.transaction(async (tx) => {
         const reads = await applier.readForApply(tx, tasks.map((task) => ({ ns, task })));
         const plans = tasks.map((t, i) => applier.planApply(ns, t, reads[i]!)!);
         expect(plans.map((p) => p.events)).toEqual([1, 1, 1, 1]);
@@ -106,17 +97,17 @@ for (const store of await testStores()) {
       for (const i of [5, 6, 7, 8]) {
         const r = await rowOf(i);
         expect([r.nextEventId, r.dbVersion, r.versionHistory]).toEqual([3, 2, [{ eventId: 2, version: 1 }]]);
-        const events = await database.db.select().from(historyEvents).where(eq(historyEvents.workflowId, `wf-${i}`));
+        const events = await opened.database.db.select().from(historyEvents).where(eq(historyEvents.workflowId, `wf-${i}`));
         expect(events.map((e) => [e.eventId, e.eventType, e.runId])).toEqual([[2, "WORKFLOW_EXECUTION_SIGNALED", `run-${i}`]]);
-        const ids = await database.db.select().from(requestIds).where(eq(requestIds.workflowId, `wf-${i}`));
+        const ids = await opened.database.db.select().from(requestIds).where(eq(requestIds.workflowId, `wf-${i}`));
         expect(ids.map((r) => [r.requestId, r.eventId, r.runId])).toEqual([[`req-${i}`, 2, `run-${i}`]]);
       }
     });
 
     test("APageOfMoreThan1024Runs: 1,100 signals read, save and write in statements of at most 1,024 rows", async () => {
       const many = Array.from({ length: 1100 }, (_, i) => 1000 + i);
-      await database.db.transaction((tx) => Promise.all(many.map((i) => insertExecution(tx, run(i)))));
-      const texts = await database.db.transaction(async (tx) => {
+      await opened.database.db.transaction((tx) => Promise.all(many.map((i) => insertExecution(tx, run(i)))));
+      const texts = await opened.database.db.transaction(async (tx) => {
         const c = counting(tx);
         const tasks = many.map(signalTask);
         const reads = await applier.readForApply(c.tx, tasks.map((task) => ({ ns, task })));
@@ -126,16 +117,16 @@ for (const store of await testStores()) {
       });
       // The key locks in one statement; the rows, the states, the events and the request ids in two each.
       expect(texts).toHaveLength(9);
-      const rows = await database.db.select().from(executions).where(eq(executions.namespaceId, NS));
+      const rows = await opened.database.db.select().from(executions).where(eq(executions.namespaceId, NS));
       expect(rows.filter((r) => many.includes(Number(r.workflowId.slice(3)))).map((r) => [r.nextEventId, r.dbVersion])).toEqual(many.map(() => [3, 2]));
-      const events = await database.db.select().from(historyEvents).where(eq(historyEvents.eventId, 2));
+      const events = await opened.database.db.select().from(historyEvents).where(eq(historyEvents.eventId, 2));
       expect(events.filter((e) => many.includes(Number(e.workflowId.slice(3))))).toHaveLength(1100);
     });
 
     test("APageIsWrittenForAPowerOfTwoRuns: pages of three runs and of four issue the same statement texts, and the padding writes nothing", async () => {
       const all = [11, 12, 13, 14, 15, 16, 17];
-      await database.db.transaction((tx) => Promise.all(all.map((i) => insertExecution(tx, run(i)))));
-      const applyPage = (runs: number[]) => database.db.transaction(async (tx) => {
+      await opened.database.db.transaction((tx) => Promise.all(all.map((i) => insertExecution(tx, run(i)))));
+      const applyPage = (runs: number[]) => opened.database.db.transaction(async (tx) => {
         const c = counting(tx);
         const tasks = runs.map(signalTask);
         const reads = await applier.readForApply(c.tx, tasks.map((task) => ({ ns, task })));
@@ -147,8 +138,8 @@ for (const store of await testStores()) {
       expect(three).toHaveLength(5);
       expect(four).toEqual(three);
       for (const i of all) expect((await rowOf(i)).nextEventId).toBe(3);
-      const events = await database.db.select().from(historyEvents).where(eq(historyEvents.namespaceId, NS));
-      const ids = await database.db.select().from(requestIds).where(eq(requestIds.namespaceId, NS));
+      const events = await opened.database.db.select().from(historyEvents).where(eq(historyEvents.namespaceId, NS));
+      const ids = await opened.database.db.select().from(requestIds).where(eq(requestIds.namespaceId, NS));
       expect(events.filter((e) => all.includes(Number(e.workflowId.slice(3)))).map((e) => e.workflowId).sort()).toEqual(all.map((i) => `wf-${i}`).sort());
       expect(ids.filter((r) => all.includes(Number(r.workflowId.slice(3)))).map((r) => r.requestId).sort()).toEqual(all.map((i) => `req-${i}`).sort());
     });

@@ -1,43 +1,31 @@
-import { afterAll, beforeAll, beforeEach, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { beforeEach, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { eq } from "drizzle-orm";
 import { createEventNotifier } from "../../src/history/notifier";
-import { openDatabase, type Database } from "../../src/persistence/database";
-import { migrateSchema } from "../../src/persistence/migrate";
 import { replicationAckLevels } from "../../src/persistence/schema";
 import { createOutboundAckRecorder, listenForAckChange, outboundAcks } from "../../replication/ack-levels";
 import { eventually } from "../support/eventually";
-import { migrationsFolder, newDataLocation } from "../support/server";
+import { useTestDatabase } from "../support/server";
 import { testStores } from "../support/stores";
 
 setDefaultTimeout(60_000);
 
 for (const store of await testStores()) {
   describe(`outbound ack recorder on ${store}`, () => {
-    let location: Awaited<ReturnType<typeof newDataLocation>>;
-    let database: Database;
-    beforeAll(async () => {
-      location = await newDataLocation(store);
-      database = await openDatabase(store === "postgres" ? { postgres: { url: location.location } } : { pglite: { dataDir: `${location.location}/data` } });
-      await migrateSchema(database, migrationsFolder);
-    });
-    afterAll(async () => {
-      await database.close();
-      await location.remove();
-    });
+    const opened = useTestDatabase(store);
     beforeEach(async () => {
-      await database.db.delete(replicationAckLevels);
+      await opened.database.db.delete(replicationAckLevels);
     });
 
-    const saved = async () => Object.fromEntries(await outboundAcks(database.db, "clusterB"));
+    const saved = async () => Object.fromEntries(await outboundAcks(opened.database.db, "clusterB"));
     /** When each shard's ack was last saved: rows saved by one statement share it (now() is the transaction's start). */
     const savedAt = async () => {
-      const rows = await database.db.select().from(replicationAckLevels).where(eq(replicationAckLevels.remoteCluster, "clusterB"));
+      const rows = await opened.database.db.select().from(replicationAckLevels).where(eq(replicationAckLevels.remoteCluster, "clusterB"));
       return Object.fromEntries(rows.map((r) => [r.shardId, r.updatedAt.getTime()]));
     };
     const acked = (pairs: [number, number][]) => pairs.map(([shardId, ack]) => ({ shardId, acked: ack }));
 
     test("APeersMovedShardsAreSavedInOneStatement, at most once per interval; the last ack of a shard wins", async () => {
-      const acks = createOutboundAckRecorder({ db: database.db, notifier: createEventNotifier(), intervalMs: 300 });
+      const acks = createOutboundAckRecorder({ db: opened.database.db, notifier: createEventNotifier(), intervalMs: 300 });
       await acks.record("clusterB", acked([[1, 10], [2, 5]]));
       expect(await saved()).toEqual({ 1: 10, 2: 5 });
       // Within the interval: held back, then saved together when it ends.
@@ -53,7 +41,7 @@ for (const store of await testStores()) {
 
     test("AFailoverWaitingForThePeerGetsHeldBackAcksAtOnce, and acks on arrival while it waits", async () => {
       const notifier = createEventNotifier();
-      const acks = createOutboundAckRecorder({ db: database.db, notifier, intervalMs: 60_000 });
+      const acks = createOutboundAckRecorder({ db: opened.database.db, notifier, intervalMs: 60_000 });
       await acks.record("clusterB", acked([[1, 10]]));
       await acks.record("clusterB", acked([[1, 20], [2, 7]])); // held back for a minute
       const t0 = performance.now();
@@ -66,7 +54,7 @@ for (const store of await testStores()) {
     });
 
     test("StopSavesWhatIsHeldBack", async () => {
-      const acks = createOutboundAckRecorder({ db: database.db, notifier: createEventNotifier(), intervalMs: 60_000 });
+      const acks = createOutboundAckRecorder({ db: opened.database.db, notifier: createEventNotifier(), intervalMs: 60_000 });
       await acks.record("clusterB", acked([[3, 1]]));
       await acks.record("clusterB", acked([[3, 7], [4, 2]]));
       await acks.stop();

@@ -1,3 +1,4 @@
+import { afterAll, beforeAll } from "bun:test";
 import { createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
 import type { DescService } from "@bufbuild/protobuf";
@@ -8,6 +9,8 @@ import { fileURLToPath } from "node:url";
 import { parseConfig } from "../../src/config/load";
 import type { Config } from "../../src/config/schema";
 import { createLogger } from "../../src/observability/log";
+import { openDatabase, type Database } from "../../src/persistence/database";
+import { migrateSchema } from "../../src/persistence/migrate";
 import { createTernServer, type ServerOptions, type TernServer } from "../../src/server";
 import { createTestDatabase } from "./postgres";
 import type { StoreKind } from "./stores";
@@ -96,6 +99,38 @@ export async function newDataLocation(store: StoreKind): Promise<{ location: str
   }
   const db = await createTestDatabase();
   return { location: db.url, remove: db.drop };
+}
+
+/**
+ * In a describe: a migrated database of the store, opened directly (no server) before its
+ * tests and removed after them.
+ */
+export function useTestDatabase(store: StoreKind): { readonly database: Database } {
+  let opened: Awaited<ReturnType<typeof openTestDatabase>> | undefined;
+  beforeAll(async () => {
+    opened = await openTestDatabase(store);
+  });
+  afterAll(() => opened?.close());
+  return {
+    get database() {
+      if (!opened) throw new Error("the test database opens in beforeAll");
+      return opened.database;
+    },
+  };
+}
+
+/** A migrated database of the store, opened directly (no server); close() closes and removes it. */
+export async function openTestDatabase(store: StoreKind): Promise<{ database: Database; close(): Promise<void> }> {
+  const location = await newDataLocation(store);
+  const database = await openDatabase(store === "postgres" ? { postgres: { url: location.location } } : { pglite: { dataDir: `${location.location}/data` } });
+  await migrateSchema(database, migrationsFolder);
+  return {
+    database,
+    close: async () => {
+      await database.close();
+      await location.remove();
+    },
+  };
 }
 
 /** Starts a real server (Bun.serve on a free port) over a fresh or given datastore. */
