@@ -1,7 +1,8 @@
-import { and, eq, lt, lte } from "drizzle-orm";
+import { eq, lt, lte } from "drizzle-orm";
 import type { Logger } from "../src/observability/log";
 import { createPeriodic } from "../src/periodic";
 import type { Db } from "../src/persistence/database";
+import { runStatement, tableCodec } from "../src/persistence/raw-statements";
 import { clusterMetadata, namespaceReplicationTasks, replicationAckLevels, replicationTasks, shards } from "../src/persistence/schema";
 
 export interface ReplicationCleanupDeps {
@@ -35,23 +36,20 @@ export function createReplicationCleanup({ db, log, intervalMs = 10_000, graceMs
         .from(replicationAckLevels)
         .where(eq(replicationAckLevels.direction, "outbound")),
     ]);
-    const ackOf = (queue: string, remote: string, shardId: number) =>
-      acks.find((a) => a.queue === queue && a.remoteCluster === remote && a.shardId === shardId)?.ackLevel ?? 0;
+    const ackByKey = new Map(acks.map((a) => [`${a.queue}/${a.remoteCluster}/${a.shardId}`, a.ackLevel]));
+    const ackOf = (queue: string, remote: string, shardId: number) => ackByKey.get(`${queue}/${remote}/${shardId}`) ?? 0;
     const nsMin = Math.min(...remotes.map((r) => ackOf("namespace", r.name, 0)));
     if (nsMin > 0) await db.delete(namespaceReplicationTasks).where(lte(namespaceReplicationTasks.taskId, nsMin));
-    let deleted = 0;
+    // Per shard, the least ack of every remote (one without an ack row for the shard has acked
+    // nothing: it holds everything); every shard's acked tasks go in one statement, not one each.
+    const least = new Map<number, number>();
     for (const { shardId } of shardRows) {
-      // A remote without an ack row for the shard has acked nothing: it holds everything.
-      const levels = remotes.map((r) => ackOf("history", r.name, shardId));
-      const min = Math.min(...levels);
-      if (min <= 0) continue;
-      const gone = await db
-        .delete(replicationTasks)
-        .where(and(eq(replicationTasks.shardId, shardId), lte(replicationTasks.taskId, min)))
-        .returning({ id: replicationTasks.taskId });
-      deleted += gone.length;
+      const min = Math.min(...remotes.map((r) => ackOf("history", r.name, shardId)));
+      if (min > 0) least.set(shardId, min);
     }
-    return deleted;
+    if (!least.size) return 0;
+    const [row] = await runStatement(db, DELETE_ACKED_TEXT, [[...least.keys()], [...least.values()]]);
+    return Number(row!.deleted);
   }
 
   const periodic = createPeriodic(runOnce, {
@@ -66,3 +64,10 @@ export function createReplicationCleanup({ db, log, intervalMs = 10_000, graceMs
 }
 
 export type ReplicationCleanup = ReturnType<typeof createReplicationCleanup>;
+
+const tasks = tableCodec(replicationTasks);
+/** Deletes each shard's tasks at or below its least ack ($1 shard ids, $2 acks); answers how many. */
+const DELETE_ACKED_TEXT =
+  `with gone as (delete from ${tasks.table} t using unnest($1::int[], $2::bigint[]) as m(shard_id, acked) ` +
+  `where t.${tasks.name("shardId")} = m.shard_id and t.${tasks.name("taskId")} <= m.acked returning 1) ` +
+  `select count(*)::int as deleted from gone`;

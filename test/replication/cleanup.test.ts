@@ -30,6 +30,42 @@ describe("replication task cleanup without a peer pulling", () => {
     expect(await db.$count(replicationTasks)).toBe(0);
   });
 
+  test("HistoryTasksGoPerShardAtTheLeastAckOfEveryRemote", async () => {
+    const db = c.server.database.db;
+    await c.client(WorkflowService).registerNamespace({ namespace: "h", isGlobalNamespace: true });
+    for (let i = 0; i < 12; i++) await c.client(WorkflowService).startWorkflowExecution({ namespace: "h", workflowId: `h-${i}`, workflowType: "T", taskQueue: "q" });
+    const idsOf = async () => {
+      const byShard = new Map<number, number[]>();
+      for (const t of await db.select().from(replicationTasks)) byShard.set(t.shardId, [...(byShard.get(t.shardId) ?? []), t.taskId].sort((x, y) => x - y));
+      return byShard;
+    };
+    const before = await idsOf();
+    const [one, two, three] = [...before.keys()].filter((s) => before.get(s)!.length >= 2);
+    expect(three).toBeDefined();
+    const [self] = await db.select().from(clusterMetadata).where(eq(clusterMetadata.isCurrent, true));
+    for (const [name, v] of [["clusterY", 8], ["clusterZ", 9]] as const) {
+      await db.insert(clusterMetadata).values({ ...self!, clusterName: name, clusterId: name, isCurrent: false, initialFailoverVersion: v, enableConnection: false });
+    }
+    const ack = (remote: string, shardId: number, ackLevel: number) =>
+      db.insert(replicationAckLevels).values({ remoteCluster: remote, direction: "outbound", queue: "history", shardId, ackLevel });
+    const all = (s: number) => before.get(s)!.at(-1)!;
+    // one: Y acked all, Z the first task; two: Y acked all, Z nothing (no row); three: both acked all.
+    await ack("clusterY", one!, all(one!));
+    await ack("clusterZ", one!, before.get(one!)![0]!);
+    await ack("clusterY", two!, all(two!));
+    await ack("clusterY", three!, all(three!));
+    await ack("clusterZ", three!, all(three!));
+    const deleted = await createReplicationCleanup({ db, log: c.server.log, graceMs: 0 }).runOnce();
+    const after = await idsOf();
+    expect(after.get(one!)).toEqual(before.get(one!)!.slice(1));
+    expect(after.get(two!)).toEqual(before.get(two!));
+    expect(after.get(three!)).toBeUndefined();
+    expect(deleted).toBe(1 + before.get(three!)!.length);
+    for (const s of before.keys()) if (s !== one && s !== three) expect(after.get(s)).toEqual(before.get(s));
+    await db.delete(replicationAckLevels).where(eq(replicationAckLevels.direction, "outbound"));
+    for (const name of ["clusterY", "clusterZ"]) await db.delete(clusterMetadata).where(eq(clusterMetadata.clusterName, name));
+  });
+
   test("NamespaceTasksGoOnceEveryRemoteAckedThem", async () => {
     const db = c.server.database.db;
     await c.client(WorkflowService).registerNamespace({ namespace: "n1", isGlobalNamespace: true });
