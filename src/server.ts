@@ -74,6 +74,8 @@ export interface ServerOptions {
     serveCursorColumns?: (asked: boolean) => boolean;
     /** How long a source that refused PullReplicationTasks is pulled shard by shard before the call is tried again. */
     reprobeMs?: number;
+    /** How often the sender re-reads a peer's shards for commits of other processes (default 1 s; tests make it long to see wakes alone). */
+    senderRecheckMs?: number;
     /** Tasks per shard page this cluster asks its remotes for (default 200). */
     pageSize?: number;
     /** Awaited by each AdminService.GetReplicationTasks call before it reads: holds a shard's per-shard pulls (tests). */
@@ -187,7 +189,9 @@ function wireReplication({ opts, log, now, cluster }: Base, core: Core) {
   const failover = createGracefulFailover({
     db, namespaces, clusters: core.clusters, notifier, log, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY),
   });
-  const sender = createReplicationSender({ db, cluster, notifier, metrics, outboxMarks: core.outboxMarks, outboxTail: core.outboxTail });
+  const sender = createReplicationSender({
+    db, cluster, notifier, metrics, outboxMarks: core.outboxMarks, outboxTail: core.outboxTail, recheckMs: opts.replication?.senderRecheckMs,
+  });
   const onChanged = () => {
     sender.forgetPeers();
     return manager.refresh();

@@ -26,7 +26,7 @@ export interface WriterDeps {
   pipelined?: PipelinedTransactions;
   /** Test hook, called inside the transaction just before it commits. */
   beforeCommit?: (operation: string) => Promise<void> | void;
-  /** Told `shard:N` after a transaction that wrote a replication task of shard N commits. */
+  /** Told `shard:N` after a transaction that wrote a replication task of shard N commits, and `shard:any` (anyShardKey) once. */
   notifier?: EventNotifier;
   /** Told the task ids such a transaction committed, before the notifier. */
   outboxMarks?: OutboxMarks;

@@ -335,7 +335,8 @@ for (const store of await testStores()) {
     let a: TestCluster, b: TestCluster;
     let nsId: string;
     beforeAll(async () => {
-      [a, b] = await startClusters(store, [{ shards: 520 }, { shards: 520 }]);
+      // A's sender re-reads a minute apart: a long poll here ends on a wake, or on its wait.
+      [a, b] = await startClusters(store, [{ shards: 520, serverOptions: { replication: { senderRecheckMs: 60_000 } } }, { shards: 520 }]);
       await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
       nsId = await globalNamespace(a, b, NS);
     });
