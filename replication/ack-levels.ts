@@ -142,12 +142,7 @@ export function createOutboundAckRecorder({ db, notifier, intervalMs = 250, dema
 
 export type OutboundAckRecorder = ReturnType<typeof createOutboundAckRecorder>;
 
-/** Records the ack a pulling peer sent; the peer is the only writer of its own position. */
-export function saveOutboundAck(db: Db, remoteCluster: string, shardId: number, ackLevel: number): Promise<void> {
-  return saveOutboundAcks(db, remoteCluster, new Map([[shardId, ackLevel]]));
-}
-
-/** saveOutboundAck for many shards (shard id to ack) in one statement. */
+/** Records the acks a pulling peer sent (shard id to ack), in one statement; the peer is the only writer of its own position. */
 export async function saveOutboundAcks(db: Db, remoteCluster: string, acks: ReadonlyMap<number, number>): Promise<void> {
   await runStatement(db, SAVE_OUTBOUND_TEXT, [remoteCluster, [...acks.keys()], [...acks.values()]]);
 }

@@ -63,12 +63,15 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
   const fullReadAt = new Map<string, number>();
 
   /**
-   * A page from the outbox tail, if it holds the next tasks and the database said lately
-   * that the peer may pull (a change made in this process clears that at once, one made
-   * by another process on the database is seen within recheckMs).
+   * Whether a database read said within recheckMs that peer may pull: answers from memory rely
+   * on it (a change made in this process clears it at once, one made by another process on the
+   * database is seen within recheckMs).
    */
+  const peerFresh = (peer: string) => Date.now() - (peerChecked.get(peer) ?? -Infinity) < recheckMs;
+
+  /** A page from the outbox tail, if it holds the next tasks and the peer is fresh (peerFresh). */
   function tailPage(shardId: number, after: number, size: number, peer: string, withEvents: boolean) {
-    if (!outboxTail || !peer || !withEvents || Date.now() - (peerChecked.get(peer) ?? -Infinity) >= recheckMs) return undefined;
+    if (!outboxTail || !peer || !withEvents || !peerFresh(peer)) return undefined;
     const page = outboxTail.page(shardId, after, size, peer);
     return page && { tasks: page.tasks, max: Math.max(page.last, outboxMarks?.latest(shardId) ?? 0), last: page.last, source: "memory" };
   }
@@ -213,15 +216,10 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
         // read, but on a full read, and for a peer only while a read said lately that it may
         // pull (as pages from memory). An operator's read that does not wait still reads. The
         // marks move before the notifier wakes us.
-        const peerFresh = Date.now() - (peerChecked.get(peer) ?? -Infinity) < recheckMs;
-        const caughtUp = (c: (typeof cursors)[number]) => {
-          const known = outboxMarks?.latest(c.shardId);
-          const trusted = peer ? !full && peerFresh : first ? listening !== undefined : !full;
-          return known !== undefined && c.after >= known && trusted ? known : undefined;
-        };
+        const marksTrusted = peer ? !full && peerFresh(peer) : first ? listening !== undefined : !full;
         const pages: (Page | undefined)[] = cursors.map((c) => {
-          const known = caughtUp(c);
-          if (known !== undefined) return { tasks: [], max: known, last: c.after, source: "none" };
+          const known = marksTrusted ? outboxMarks?.latest(c.shardId) : undefined;
+          if (known !== undefined && c.after >= known) return { tasks: [], max: known, last: c.after, source: "none" };
           return tailPage(c.shardId, c.after, c.size, peer, withEvents);
         });
         const unread = cursors.flatMap((c, i) => (pages[i] ? [] : [i]));

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { Code } from "@connectrpc/connect";
 import { eq } from "drizzle-orm";
-import { ackKey, saveOutboundAck } from "../../replication/ack-levels";
+import { ackKey, saveOutboundAcks } from "../../replication/ack-levels";
 import { createGracefulFailover } from "../../replication/failover";
 import { advanceAckLevel, namespaceQueueMax } from "../../replication/namespace-queue";
 import { createClusterDirectory } from "../../src/cluster/directory";
@@ -48,7 +48,7 @@ for (const store of await testStores()) {
       // The wait's read of B's acks has its answer (behind) and holds it: B acks everything now.
       await eventually(() => expect(hold.held).toBeGreaterThan(0), { interval: 5 });
       hold.on = false;
-      for (const s of await db.select().from(shards)) await saveOutboundAck(db, "clusterB", s.shardId, Number(s.nextTaskId) - 1);
+      await saveOutboundAcks(db, "clusterB", new Map((await db.select().from(shards)).map((s) => [s.shardId, Number(s.nextTaskId) - 1])));
       const nsMax = await namespaceQueueMax(db);
       await advanceAckLevel(db, { remote: "clusterB", direction: "outbound", queue: "namespace", shardId: 0 }, nsMax, nsMax);
       wake.notify(ackKey("clusterB"));
