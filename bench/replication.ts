@@ -1,7 +1,7 @@
 /**
  * Replication bench: two tern cluster processes on PostgreSQL, a global namespace, a
  * write load on A; lag, throughput, catch-up, failover and memory, each beside a
- * PostgreSQL baseline (raw inserts; logical replication). `bun run bench:replication`.
+ * baseline (raw inserts; a minimal JavaScript relay; logical replication). `bun run bench:replication`.
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { loadavg, tmpdir } from "node:os";
@@ -12,6 +12,7 @@ import { runLogicalBaseline, type LogicalResult } from "./lib/logical-baseline";
 import { startPrivatePostgres } from "./lib/private-postgres";
 import { createTempDatabase } from "./lib/pg-database";
 import { writeJsonReport } from "./lib/report";
+import { runRelayBaseline, type RelayResult } from "./lib/relay-baseline";
 import { parseReplicationArgs } from "./lib/replication-args";
 import { memoryOf, registerGlobalNamespace, startClusterPair } from "./lib/replication-clusters";
 import { catchUpPhase, failoverPhase, saturatedPhase, steadyPhase, type PhaseContext } from "./lib/replication-phases";
@@ -74,6 +75,13 @@ try {
   const insert = await runInsertBaseline({ url: db.url, clients: args.clients, warmupMs: 1000, durationMs: ms(args.durationS) });
   log(`  ${insert.opsPerSec.toFixed(0)} rows/s, p99 ${insert.latencyMs.p99.toFixed(2)} ms`);
 
+  let relay: RelayResult | undefined;
+  if (!args.skipRelay) {
+    log(`\n== baseline: relay floor at ${args.rate} rows/s (two minimal JavaScript processes, a long poll over HTTP, same PostgreSQL as the clusters)`);
+    relay = await runRelayBaseline(adminUrl, { rate: args.rate, clients: steadyClients, durationMs: ms(args.durationS), warmupMs: ms(args.warmupS) });
+    log(`  ${JSON.stringify(relay.commitLagMs ?? relay.lagMs)} rows ${relay.rows}, CPU ms per row ${JSON.stringify(relay.cpuMsPerEvent)}`);
+  }
+
   let logical: LogicalResult | undefined;
   if (!args.skipLogical) {
     log(`\n== baseline: PostgreSQL logical replication at ${args.rate} rows/s (private instance, wal_level=logical)`);
@@ -83,7 +91,7 @@ try {
     log(`  ${JSON.stringify(logical.lagMs)} rows ${logical.rows}`);
   }
 
-  const report = buildReport({ args, startedAt, loadAverage: loadavg(), steady, saturated, catchUp, graceful, gracefulBack, forced, memory, insert, logical });
+  const report = buildReport({ args, startedAt, loadAverage: loadavg(), steady, saturated, catchUp, graceful, gracefulBack, forced, memory, insert, relay, logical });
   log(`\n${report.text}`);
   const path = join(import.meta.dir, "results", "replication-latest.json");
   writeJsonReport(path, report.json);

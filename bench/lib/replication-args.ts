@@ -11,6 +11,8 @@ export interface ReplicationArgs {
   /** Writers of the saturated phase (and of baselines at that concurrency). */
   clients: number;
   skipLogical: boolean;
+  /** Leave out the relay floor (relay-baseline.ts): two minimal JavaScript processes doing A → B over HTTP. */
+  skipRelay: boolean;
   /**
    * Run the clusters (and the raw INSERT baseline) on a PostgreSQL instance started for the
    * run, with track_commit_timestamp=on, so lag is measured from A's commit; else on the
@@ -23,15 +25,15 @@ export interface ReplicationArgs {
 }
 
 const USAGE =
-  "usage: bun bench/replication.ts [--duration S] [--warmup-seconds S] [--catchup-seconds S] [--rate OPS] [--clients N] [--shards N] [--skip-logical] [--own-postgres] [--keep-logs]";
+  "usage: bun bench/replication.ts [--duration S] [--warmup-seconds S] [--catchup-seconds S] [--rate OPS] [--clients N] [--shards N] [--skip-logical] [--skip-relay] [--own-postgres] [--keep-logs]";
 
 /** Parses `--flag value` and `--flag=value`; throws with the usage line on bad input. */
 export function parseReplicationArgs(argv: readonly string[]): ReplicationArgs {
-  const args: ReplicationArgs = { durationS: 10, warmupS: 3, catchupS: 30, rate: 500, clients: 32, skipLogical: false, ownPostgres: false, keepLogs: false, shards: 4 };
+  const args: ReplicationArgs = { durationS: 10, warmupS: 3, catchupS: 30, rate: 500, clients: 32, skipLogical: false, skipRelay: false, ownPostgres: false, keepLogs: false, shards: 4 };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (arg === "--help" || arg === "-h") throw new Error(USAGE);
-    const switches = { "--skip-logical": "skipLogical", "--own-postgres": "ownPostgres", "--keep-logs": "keepLogs" } as const;
+    const switches = { "--skip-logical": "skipLogical", "--skip-relay": "skipRelay", "--own-postgres": "ownPostgres", "--keep-logs": "keepLogs" } as const;
     if (arg in switches) {
       args[switches[arg as keyof typeof switches]] = true;
       continue;

@@ -1,6 +1,8 @@
 import { availableParallelism } from "node:os";
+import type { CpuUsed } from "./cpu-usage";
 import type { LogicalResult } from "./logical-baseline";
 import type { LoadResult } from "./load";
+import type { RelayResult } from "./relay-baseline";
 import type { ReplicationArgs } from "./replication-args";
 import type { CatchUpResult, FlowResult } from "./replication-phases";
 import { evaluateGoals, formatFigures, formatGoals, ratioOf, type FigureRow, type LagSummary } from "./replication-report";
@@ -20,8 +22,32 @@ export interface RunResults {
   forced: Failover;
   memory: Record<string, { peakMb: number; rssMb: number } | undefined>;
   insert: LoadResult;
+  relay?: RelayResult;
   logical?: LogicalResult;
 }
+
+/**
+ * The relay floor beside logical replication, and tern's lag beside the floor: from the
+ * commit where both sources keep commit timestamps, else from the event time.
+ */
+function relayRows(r: RunResults, lagRows: (label: string, l: LagSummary, max: number, maxLabel: string, against?: LagSummary, name?: string) => FigureRow[]): FigureRow[] {
+  const relay = r.relay;
+  if (!relay) return [];
+  const tern = r.steady.flow;
+  const fromCommit = relay.commitLagMs && tern.commitLagMs;
+  const [floor, ours, logical] = fromCommit ? [relay.commitLagMs!, tern.commitLagMs!, r.logical?.commitLagMs] : [relay.lagMs, tern.stampLagMs, r.logical?.lagMs];
+  const from = fromCommit ? "from the source's commit" : "from the event time";
+  return [
+    ...lagRows(`relay floor lag ${from}`, floor, floor.max, "max", logical, "logical"),
+    { figure: `tern lag ${from} p50, against the relay floor`, value: ours.p50, unit: "ms", baseline: { name: "relay", value: floor.p50 } },
+    { figure: `tern lag ${from} p99, against the relay floor`, value: ours.p99, unit: "ms", baseline: { name: "relay", value: floor.p99 } },
+    ...cpuRows("relay floor", { "relay source": relay.cpuMsPerEvent.source, "relay sink": relay.cpuMsPerEvent.sink }),
+    { figure: "CPU per event, both tern servers and their PostgreSQL (steady), against the relay floor's", value: totalCpu(tern.cpuMsPerEvent), unit: "ms", baseline: { name: "relay", value: totalCpu(relay.cpuMsPerEvent) } },
+  ];
+}
+
+/** CPU ms per event of every process and PostgreSQL backend in cpu. */
+const totalCpu = (cpu: Record<string, CpuUsed>): number => Object.values(cpu).reduce((sum, c) => sum + c.tern + c.pg, 0);
 
 /** CPU ms per event of each cluster's server and PostgreSQL in a phase. */
 const cpuRows = (phase: string, cpu: FlowResult["cpuMsPerEvent"]): FigureRow[] =>
@@ -47,6 +73,7 @@ export function buildReport(r: RunResults): { text: string; json: unknown } {
     ...lagRows("lag, per-event stamps", s.stampLagMs, s.stampLagMs.max),
     // Where A's PostgreSQL keeps commit timestamps (--own-postgres): from the commit, as logical replication's from its publisher's.
     ...(s.commitLagMs ? lagRows("lag from A's commit (commit timestamps)", s.commitLagMs, s.commitLagMs.max, "max", r.logical?.commitLagMs, "logical from commit") : []),
+    ...relayRows(r, lagRows),
     ...lagRows("lag, replication_latency histogram", h, h.maxBound, "max (bucket bound)"),
     { figure: "lag part, write on A -> page arrived on B (fetch histogram) p50", value: s.lagSplitMs.fetch.p50, unit: "ms" },
     { figure: "lag part, write on A -> page arrived on B (fetch histogram) p99", value: s.lagSplitMs.fetch.p99, unit: "ms" },
@@ -83,7 +110,7 @@ export function buildReport(r: RunResults): { text: string; json: unknown } {
   ];
   const goals = evaluateGoals({
     ...(s.commitLagMs
-      ? { lagP99Ms: s.commitLagMs.p99, logicalLagP99Ms: r.logical?.commitLagMs.p99, lagFrom: "both from the commit" }
+      ? { lagP99Ms: s.commitLagMs.p99, logicalLagP99Ms: r.logical?.commitLagMs?.p99, lagFrom: "both from the commit" }
       : { lagP99Ms: Number.isFinite(s.stampLagMs.p99) ? s.stampLagMs.p99 : h.p99, logicalLagP99Ms: lg?.p99, lagFrom: "from the event time, before A's commit" }),
     bApplyPerSec: Math.max(r.saturated.bApplyEventsPerSec, r.catchUp.drain?.eventsPerSec || 0),
     aSaturatedWritePerSec: r.saturated.aWriteEventsPerSec,
@@ -104,7 +131,7 @@ export function buildReport(r: RunResults): { text: string; json: unknown } {
   const json = {
     startedAt: r.startedAt.toISOString(), args: r.args, loadAverageAtEnd: r.loadAverage,
     figures: rows.map((row) => ({ ...row, ratio: ratioOf(row) })), goals,
-    raw: { steady: r.steady, saturated: r.saturated, catchUp: r.catchUp, graceful: r.graceful, gracefulBack: r.gracefulBack, forced: r.forced, memory: r.memory, insert: r.insert, logical: r.logical },
+    raw: { steady: r.steady, saturated: r.saturated, catchUp: r.catchUp, graceful: r.graceful, gracefulBack: r.gracefulBack, forced: r.forced, memory: r.memory, insert: r.insert, relay: r.relay, logical: r.logical },
   };
   return { text, json };
 }
