@@ -75,19 +75,22 @@ try {
   const insert = await runInsertBaseline({ url: db.url, clients: args.clients, warmupMs: 1000, durationMs: ms(args.durationS) });
   log(`  ${insert.opsPerSec.toFixed(0)} rows/s, p99 ${insert.latencyMs.p99.toFixed(2)} ms`);
 
+  // The relay floor and logical replication run on one private instance started fresh for them
+  // (wal_level=logical, track_commit_timestamp=on), the relay first, before the subscription exists.
+  const baselinePg = args.skipRelay && args.skipLogical ? undefined : await startPrivatePostgres();
+  if (baselinePg) own(() => baselinePg.stop());
+  const paced = { rate: args.rate, clients: steadyClients, durationMs: ms(args.durationS), warmupMs: ms(args.warmupS) };
   let relay: RelayResult | undefined;
-  if (!args.skipRelay) {
-    log(`\n== baseline: relay floor at ${args.rate} rows/s (two minimal JavaScript processes, a long poll over HTTP, same PostgreSQL as the clusters)`);
-    relay = await runRelayBaseline(adminUrl, { rate: args.rate, clients: steadyClients, durationMs: ms(args.durationS), warmupMs: ms(args.warmupS) });
+  if (baselinePg && !args.skipRelay) {
+    log(`\n== baseline: relay floor at ${args.rate} rows/s (two minimal JavaScript processes, a long poll over HTTP; private instance)`);
+    relay = await runRelayBaseline(baselinePg.url("postgres"), paced);
     log(`  ${JSON.stringify(relay.commitLagMs ?? relay.lagMs)} rows ${relay.rows}, CPU ms per row ${JSON.stringify(relay.cpuMsPerEvent)}`);
   }
 
   let logical: LogicalResult | undefined;
-  if (!args.skipLogical) {
-    log(`\n== baseline: PostgreSQL logical replication at ${args.rate} rows/s (private instance, wal_level=logical)`);
-    const pg = await startPrivatePostgres();
-    own(() => pg.stop());
-    logical = await runLogicalBaseline(pg, { rate: args.rate, clients: steadyClients, durationMs: ms(args.durationS), warmupMs: ms(args.warmupS) });
+  if (baselinePg && !args.skipLogical) {
+    log(`\n== baseline: PostgreSQL logical replication at ${args.rate} rows/s (the same private instance, wal_level=logical)`);
+    logical = await runLogicalBaseline(baselinePg, paced);
     log(`  ${JSON.stringify(logical.lagMs)} rows ${logical.rows}`);
   }
 
