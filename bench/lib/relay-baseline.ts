@@ -26,7 +26,10 @@ async function startRelayNode(args: string[]): Promise<RelayProcess> {
   const child: ChildProcess = spawn(process.execPath, [join(import.meta.dir, "relay-node.ts"), ...args], { stdio: ["ignore", "pipe", "pipe"] });
   let output = "";
   const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`relay ${args[0]} not ready within 30 s:\n${output}`)), 30_000);
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`relay ${args[0]} not ready within 30 s:\n${output}`));
+    }, 30_000);
     child.stderr!.on("data", (d: Buffer) => void (output += d.toString()));
     child.stdout!.on("data", (d: Buffer) => {
       output += d.toString();
