@@ -1,7 +1,10 @@
-import { expect, test } from "bun:test";
+import { expect, setDefaultTimeout, test } from "bun:test";
 import { testEnv } from "../../test/support/env";
 import { testStores } from "../../test/support/stores";
 import { runRelayBaseline } from "./relay-baseline";
+
+// Two processes, two databases and a second of load: more than bun test's default 5 s on a slow day.
+setDefaultTimeout(60_000);
 
 const onPostgres = (await testStores()).includes("postgres");
 
