@@ -26,11 +26,22 @@ export interface RunResults {
   logical?: LogicalResult;
 }
 
+/** A baseline named name, or none without a value. */
+const base = (name: string, value: number | undefined) => (value === undefined ? undefined : { name, value });
+
+/** A lag's p50, p95, p99 and max rows, each beside the same figure of `against` (called name) where there is one. */
+const lagRows = (label: string, l: { p50: number; p95: number; p99: number }, max: number, against: LagSummary | undefined, name: string, maxLabel = "max"): FigureRow[] => [
+  { figure: `${label} p50`, value: l.p50, unit: "ms", baseline: base(name, against?.p50) },
+  { figure: `${label} p95`, value: l.p95, unit: "ms", baseline: base(name, against?.p95) },
+  { figure: `${label} p99`, value: l.p99, unit: "ms", baseline: base(name, against?.p99) },
+  { figure: `${label} ${maxLabel}`, value: max, unit: "ms", baseline: base(name, against?.max) },
+];
+
 /**
  * The relay floor beside logical replication, and tern's lag beside the floor: from the
  * commit where both sources keep commit timestamps, else from the event time.
  */
-function relayRows(r: RunResults, lagRows: (label: string, l: LagSummary, max: number, maxLabel: string, against?: LagSummary, name?: string) => FigureRow[]): FigureRow[] {
+function relayRows(r: RunResults): FigureRow[] {
   const relay = r.relay;
   if (!relay) return [];
   const tern = r.steady.flow;
@@ -38,7 +49,7 @@ function relayRows(r: RunResults, lagRows: (label: string, l: LagSummary, max: n
   const [floor, ours, logical] = fromCommit ? [relay.commitLagMs!, tern.commitLagMs!, r.logical?.commitLagMs] : [relay.lagMs, tern.stampLagMs, r.logical?.lagMs];
   const from = fromCommit ? "from the source's commit" : "from the event time";
   return [
-    ...lagRows(`relay floor lag ${from}`, floor, floor.max, "max", logical, "logical"),
+    ...lagRows(`relay floor lag ${from}`, floor, floor.max, logical, "logical"),
     { figure: `tern lag ${from} p50, against the relay floor`, value: ours.p50, unit: "ms", baseline: { name: "relay", value: floor.p50 } },
     { figure: `tern lag ${from} p99, against the relay floor`, value: ours.p99, unit: "ms", baseline: { name: "relay", value: floor.p99 } },
     ...cpuRows("relay floor", { "relay source": relay.cpuMsPerEvent.source, "relay sink": relay.cpuMsPerEvent.sink }),
@@ -59,27 +70,20 @@ const cpuRows = (phase: string, cpu: FlowResult["cpuMsPerEvent"]): FigureRow[] =
 /** The figures table, the goals and the JSON written to bench/results. */
 export function buildReport(r: RunResults): { text: string; json: unknown } {
   const lg = r.logical?.lagMs;
-  const base = (name: string, value: number | undefined) => (value === undefined ? undefined : { name, value });
-  const lagRows = (label: string, l: { p50: number; p95: number; p99: number }, max: number, maxLabel = "max", against = lg, name = "logical"): FigureRow[] => [
-    { figure: `${label} p50`, value: l.p50, unit: "ms", baseline: base(name, against?.p50) },
-    { figure: `${label} p95`, value: l.p95, unit: "ms", baseline: base(name, against?.p95) },
-    { figure: `${label} p99`, value: l.p99, unit: "ms", baseline: base(name, against?.p99) },
-    { figure: `${label} ${maxLabel}`, value: max, unit: "ms", baseline: base(name, against?.max) },
-  ];
   const s = r.steady.flow;
   const h = s.histogramLagMs;
   const steadyWrite = s.aWriteEventsPerSec;
   const rows: FigureRow[] = [
-    ...lagRows("lag, per-event stamps", s.stampLagMs, s.stampLagMs.max),
+    ...lagRows("lag, per-event stamps", s.stampLagMs, s.stampLagMs.max, lg, "logical"),
     // Where A's PostgreSQL keeps commit timestamps (--own-postgres): from the commit, as logical replication's from its publisher's.
-    ...(s.commitLagMs ? lagRows("lag from A's commit (commit timestamps)", s.commitLagMs, s.commitLagMs.max, "max", r.logical?.commitLagMs, "logical from commit") : []),
-    ...relayRows(r, lagRows),
-    ...lagRows("lag, replication_latency histogram", h, h.maxBound, "max (bucket bound)"),
+    ...(s.commitLagMs ? lagRows("lag from A's commit (commit timestamps)", s.commitLagMs, s.commitLagMs.max, r.logical?.commitLagMs, "logical from commit") : []),
+    ...relayRows(r),
+    ...lagRows("lag, replication_latency histogram", h, h.maxBound, lg, "logical", "max (bucket bound)"),
     { figure: "lag part, write on A -> page arrived on B (fetch histogram) p50", value: s.lagSplitMs.fetch.p50, unit: "ms" },
     { figure: "lag part, write on A -> page arrived on B (fetch histogram) p99", value: s.lagSplitMs.fetch.p99, unit: "ms" },
     { figure: "lag part, page arrived on B -> applied (apply histogram) p50", value: s.lagSplitMs.apply.p50, unit: "ms" },
     { figure: "lag part, page arrived on B -> applied (apply histogram) p99", value: s.lagSplitMs.apply.p99, unit: "ms" },
-    ...lagRows("lag, probe ack on A -> visible on B", r.steady.probe.ackToVisibleMs, r.steady.probe.ackToVisibleMs.max),
+    ...lagRows("lag, probe ack on A -> visible on B", r.steady.probe.ackToVisibleMs, r.steady.probe.ackToVisibleMs.max, lg, "logical"),
     { figure: `A acked ops/s, paced at ${r.args.rate}/s`, value: s.opsPerSec, unit: "ops/s", baseline: { name: "target", value: r.args.rate } },
     { figure: `A write @${r.args.rate} ops/s`, value: steadyWrite, unit: "events/s" },
     { figure: `B apply @${r.args.rate} ops/s`, value: s.bApplyEventsPerSec, unit: "events/s", baseline: { name: "A write", value: steadyWrite } },
