@@ -1,4 +1,3 @@
-import { z } from "zod";
 import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
@@ -9,16 +8,13 @@ import { deleteNamespace } from "../namespace/delete";
 import type { NamespaceRegistry } from "../namespace/registry";
 import type { Db } from "../persistence/database";
 import type { clusterMetadata } from "../persistence/schema";
-import { decodeToken, encodeToken } from "../persistence/page-token";
+import { decodeToken, encodeToken, NAME_TOKEN } from "../persistence/page-token";
 import type { RemoteClusters } from "../cluster/remote-clusters";
 import { clampPage } from "../namespace/registry";
 import type { GracefulFailover } from "../../replication/failover";
 import type { RemoteClientPool } from "../cluster/remote-client";
 import { durationMs, namespaceToProto } from "./convert";
 import { FORWARDED_HEADER, forwardOptions, frontendOf } from "./forwarding";
-
-/** ListClusters' token: the last cluster's name. */
-const NAME_TOKEN = z.object({ name: z.string() });
 
 export interface OperatorHandlerDeps {
   db: Db;

@@ -1,4 +1,3 @@
-import { z } from "zod";
 import { and, asc, eq, gt, sql } from "drizzle-orm";
 import { ulid } from "ulid";
 import { appendNamespaceTask } from "../../replication/namespace-queue";
@@ -8,11 +7,8 @@ import type { ClusterDirectory } from "../cluster/directory";
 import { alreadyExists, failedPrecondition, invalidArgument, notFound, pgErrorOf } from "../errors";
 import type { Db, Tx } from "../persistence/database";
 import { namespaces, type FailoverHistoryEntry } from "../persistence/schema";
-import { decodeToken, encodeToken } from "../persistence/page-token";
+import { decodeToken, encodeToken, NAME_TOKEN } from "../persistence/page-token";
 import { checkNamespaceName, checkOwnerEmail, checkRetentionSeconds } from "./validate";
-
-/** ListNamespaces' token: the last namespace's name. */
-const NAME_TOKEN = z.object({ name: z.string() });
 
 export type NamespaceRecord = typeof namespaces.$inferSelect;
 

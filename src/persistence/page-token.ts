@@ -1,5 +1,8 @@
-import type { z } from "zod";
+import { z } from "zod";
 import { invalidArgument } from "../errors";
+
+/** The token of a list ordered by name (namespaces, clusters): the last name it gave. */
+export const NAME_TOKEN = z.object({ name: z.string() });
 
 /** Opaque page tokens: JSON inside bytes. */
 export function encodeToken(value: unknown): Uint8Array {
