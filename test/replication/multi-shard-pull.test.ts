@@ -341,12 +341,21 @@ for (const store of await testStores()) {
       nsId = await globalNamespace(a, b, NS);
     });
     afterAll(() => Promise.all([a.destroy(), b.destroy()]));
+    /**
+     * A's backlog, written once by whichever test needs it first (so a test run alone, or after
+     * a slow one timed out, finds it): 61 tasks of the hot workflow's shard, one each of 20 runs.
+     */
+    let backlog: Promise<void> | undefined;
+    const writeBacklog = () =>
+      (backlog ??= (async () => {
+        const wf = a.client(WorkflowService);
+        await start(a, "hot");
+        for (let i = 0; i < 60; i++) await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "hot" }, signalName: "s" });
+        for (let i = 0; i < 20; i++) await start(a, `cold-${i}`);
+      })());
 
     test("ABacklogInOneShardAndSingleTasksInOthersReplicate, through pages of 7 and then the rest", async () => {
-      const wf = a.client(WorkflowService);
-      await start(a, "hot");
-      for (let i = 0; i < 60; i++) await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "hot" }, signalName: "s" });
-      for (let i = 0; i < 20; i++) await start(a, `cold-${i}`);
+      await writeBacklog();
       await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
       await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 30_000 });
       expect((await historiesOf(b, nsId)).filter((e) => e.workflowId === "hot")).toHaveLength(61);
@@ -397,6 +406,7 @@ for (const store of await testStores()) {
     // for the shards whose counter moved past their cursor (sender.ts, readPages).
     test("APullOfEveryShardAnswersAsTheShardsOneByOne, and a disabled connection is refused", async () => {
       const admin = a.client(AdminService);
+      await writeBacklog();
       const all = Array.from({ length: 520 }, (_, i) => ({ shardId: i + 1, afterTaskId: 0n, ackedTaskId: 0n }));
       // 15 tasks a shard: 520 of them fit the 8,192-task budget, so the source scales nothing down.
       const res = await admin.pullReplicationTasks({ clusterName: "clusterB", pageSize: 15, shards: all });
