@@ -44,7 +44,8 @@ export async function startServerProcess(opts: ServerProcessOptions): Promise<Se
   const keep = (chunk: Buffer) => void (tail = (tail + chunk.toString()).slice(-4000));
   child.stdout!.on("data", keep);
   child.stderr!.on("data", keep);
-  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  // How it ended, for messages: a runtime killed by a signal may print nothing.
+  const exited = new Promise<string>((resolve) => child.once("exit", (code, signal) => resolve(signal ? `signal ${signal}` : `code ${code}`)));
   const baseUrl = `http://127.0.0.1:${port}`;
   const server: ServerProcess = { baseUrl, pid: child.pid!, output: () => tail, stop: () => stopChild(child, exited) };
   try {
@@ -56,12 +57,12 @@ export async function startServerProcess(opts: ServerProcessOptions): Promise<Se
   }
 }
 
-async function waitHealthy(baseUrl: string, exited: Promise<number | null>, timeoutMs: number): Promise<void> {
-  let exitCode: number | null | undefined;
-  void exited.then((code) => (exitCode = code));
+async function waitHealthy(baseUrl: string, exited: Promise<string>, timeoutMs: number): Promise<void> {
+  let ended: string | undefined;
+  void exited.then((how) => (ended = how));
   const deadline = performance.now() + timeoutMs;
   while (performance.now() < deadline) {
-    if (exitCode !== undefined) throw new Error(`server exited with code ${exitCode}`);
+    if (ended !== undefined) throw new Error(`server exited with ${ended}`);
     const ok = await fetch(`${baseUrl}/health`).then((r) => r.status === 200, () => false);
     if (ok) return;
     await Bun.sleep(100);
@@ -69,7 +70,7 @@ async function waitHealthy(baseUrl: string, exited: Promise<number | null>, time
   throw new Error(`no 200 from ${baseUrl}/health within ${timeoutMs} ms`);
 }
 
-async function stopChild(child: ChildProcess, exited: Promise<number | null>): Promise<void> {
+async function stopChild(child: ChildProcess, exited: Promise<string>): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
   child.kill("SIGTERM");
   const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);

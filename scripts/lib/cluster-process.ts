@@ -184,8 +184,11 @@ export async function startClusterProcess(o: ClusterProcessOptions): Promise<Clu
     await waitHealthy(address, exited, o.startTimeoutMs ?? 30_000);
     return proc;
   } catch (e) {
+    const died = exited();
     await proc.stop(2_000);
-    throw new Error(`${o.name} did not start: ${(e as Error).message}\n--- ${logPath} ---\n${proc.tail()}`);
+    // A runtime that dies on a signal may print nothing: its exit status is all there is to go on.
+    const status = !died ? "" : child.signalCode ? ` (signal ${child.signalCode})` : ` (exit code ${child.exitCode})`;
+    throw new Error(`${o.name} did not start: ${(e as Error).message}${status}\n--- ${logPath} ---\n${proc.tail()}`);
   }
 }
 
