@@ -30,6 +30,25 @@ export const resourceExhausted = (msg: string, retryAfterMs: number) =>
     "retry-after-ms": String(retryAfterMs),
   });
 
+/**
+ * Whether e, or an error it wraps (drizzle wraps the driver's as its cause), says the database
+ * connection was lost or could not be made: postgres.js's connection errors (CONNECTION_CLOSED,
+ * CONNECT_TIMEOUT, ...), a failed socket call (ECONNRESET, ECONNREFUSED: it names the system
+ * call), or a FATAL or PANIC from the server, which ends the connection after one (a restart,
+ * a failover, an operator's terminate). The request may be retried; what it wrote is either
+ * committed whole or not at all.
+ */
+export function connectionLost(e: unknown): boolean {
+  let cur: unknown = e;
+  for (let i = 0; i < 4 && cur && typeof cur === "object"; i++) {
+    const { code, severity, syscall, cause } = cur as { code?: unknown; severity?: unknown; syscall?: unknown; cause?: unknown };
+    if (typeof code === "string" && (code.startsWith("CONNECTION_") || code === "CONNECT_TIMEOUT")) return true;
+    if (typeof syscall === "string" || severity === "FATAL" || severity === "PANIC") return true;
+    cur = cause;
+  }
+  return false;
+}
+
 /** The database error code and constraint of a failed statement, from either driver. */
 export function pgErrorOf(e: unknown): { code?: string; constraint?: string } {
   let cur: unknown = e;

@@ -1,5 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { TernError, type ErrorKind } from "../errors";
+import { connectionLost, TernError, type ErrorKind } from "../errors";
 import type { Logger } from "../observability/log";
 
 /** The one table from domain error kinds to Connect codes. */
@@ -13,8 +13,9 @@ export const CODE_OF: Record<ErrorKind, Code> = {
 };
 
 /**
- * Maps any error to a ConnectError for the caller. Domain errors keep their message;
- * anything else is INTERNAL with only the request id (never SQL text), and is logged.
+ * Maps any error to a ConnectError for the caller. Domain errors keep their message; a lost
+ * database connection is UNAVAILABLE; anything else is INTERNAL. Those two carry only the
+ * request id (never SQL text or the database's address), and are logged.
  */
 export function toConnectError(e: unknown, requestId: string, log: Logger): ConnectError {
   if (e instanceof TernError) {
@@ -23,6 +24,11 @@ export function toConnectError(e: unknown, requestId: string, log: Logger): Conn
   if (e instanceof ConnectError) {
     // Errors connect raised itself (bad request encoding, deadline, a forwarded call): safe to pass.
     if (e.code !== Code.Internal && e.code !== Code.Unknown) return e;
+  }
+  if (connectionLost(e)) {
+    // Retryable, and said without the database's address.
+    log.warn("database connection lost", { requestId, error: String((e as Error)?.stack ?? e) });
+    return new ConnectError(`the database connection was lost or refused (request id ${requestId}); retry`, Code.Unavailable);
   }
   log.error("internal error", { requestId, error: String((e as Error)?.stack ?? e) });
   return new ConnectError(`internal error (request id ${requestId})`, Code.Internal);

@@ -76,10 +76,12 @@ export function hostParameter(url: string): { url: string; host?: string } {
 
 async function openPostgres(configured: string, opts: OpenOptions): Promise<Database> {
   const { url, host } = hostParameter(configured);
+  let closed = () => {};
   const client = postgres(url, {
     ...(host && { host }),
     max: opts.maxConnections ?? 32,
     onnotice: () => {},
+    onclose: () => closed(),
     connection: { application_name: "tern" },
   });
   try {
@@ -89,10 +91,12 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
     throw new Error(`cannot connect to PostgreSQL at ${redactUrl(configured)}: ${(e as Error).message}`);
   }
   const db = drizzlePostgres(client, { schema }) as unknown as Db;
+  const pipelined = createPipelinedTransactions(client);
+  closed = () => pipelined.connectionClosed();
   return {
     db,
     kind: "postgres",
-    pipelined: createPipelinedTransactions(client),
+    pipelined,
     async withExclusiveLock(fn) {
       // A session advisory lock on a connection of its own excludes other processes.
       const locker = postgres(url, { ...(host && { host }), max: 1, onnotice: () => {} });

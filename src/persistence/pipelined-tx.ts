@@ -1,4 +1,5 @@
 import type { Sql } from "postgres";
+import { connectionLost } from "../errors";
 import type { Tx } from "./database";
 
 /**
@@ -14,20 +15,71 @@ import type { Tx } from "./database";
  * (paramsRefusal) never reaches the connection and fails the transaction: the statements
  * issued before it roll back, and COMMIT is not sent (a refusal after `commit()` is a check
  * in JavaScript after it).
+ *
+ * A connection PostgreSQL ended (a restart, a failover, an operator's terminate) fails the
+ * transaction, and nothing more is sent on it, not even ROLLBACK: postgres.js would throw
+ * from a timer, outside any promise, on a query issued to a reserved connection after it
+ * closed, which ends the process (porsager/postgres#1208). Nor is it handed back to the
+ * pool, which reconnects it. That is known from a statement of the transaction failing, so
+ * fn must not wait on anything but its own statements (none of tern's does): a connection
+ * that closed while none was in flight would go unnoticed until the next one is sent.
  */
 export interface PipelinedTransactions {
   run<T>(fn: (tx: Tx, commit: () => void) => Promise<T>, beforeCommit?: () => Promise<void> | void): Promise<T>;
+  /** To be called from postgres.js's `onclose` option: a connection of client closed. */
+  connectionClosed(): void;
 }
 
+type Reserved = Awaited<ReturnType<Sql["reserve"]>>;
+
 export function createPipelinedTransactions(client: Sql): PipelinedTransactions {
+  /** The reservations waiting for a connection now: each asks again when asked to. */
+  const waiting = new Set<() => void>();
+
+  /**
+   * client.reserve(), asked again whenever a connection closes while it waits: postgres.js
+   * 3.4.9 drops a waiting reservation that it hands to a closed connection's reconnect, and
+   * its promise never settles. The first answer wins; a later one is released at once.
+   */
+  function reserve(): Promise<Reserved> {
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const ask = () =>
+        client.reserve().then(
+          (c) => {
+            if (settled) return c.release();
+            settled = true;
+            waiting.delete(ask);
+            resolve(c);
+          },
+          (e: unknown) => {
+            if (settled) return;
+            settled = true;
+            waiting.delete(ask);
+            reject(e);
+          },
+        );
+      waiting.add(ask);
+      void ask();
+    });
+  }
+
   return {
+    connectionClosed() {
+      // After postgres.js has finished with the closed connection (this is called from its
+      // close handler, before it hands the connection a waiting request).
+      if (waiting.size) setTimeout(() => waiting.forEach((ask) => void ask()), 0);
+    },
     async run(fn, beforeCommit) {
-      const c = await client.reserve();
+      const c = await reserve();
+      // Set, before anyone awaiting a statement hears of it, once one failed with the connection.
+      let lost: Error | undefined;
       // Each statement is handed to the connection when issued, so the connection sends
       // them in issue order; a rejection nobody awaits (after an earlier failure) is expected.
       const issue = (text: string, params: unknown[] = []) => {
+        if (lost) return Promise.reject(lost);
         const q = c.unsafe(text, params as never[], { prepare: true }).execute();
-        q.catch(() => {});
+        q.catch((e: unknown) => void (connectionLost(e) && (lost ??= e as Error)));
         return q;
       };
       const begun = issue("begin");
@@ -59,10 +111,11 @@ export function createPipelinedTransactions(client: Sql): PipelinedTransactions 
         // Before COMMIT went out: roll back. After: the failed statement aborted the
         // transaction and the COMMIT rolled it back (or, for a check in JavaScript that
         // should have run before commit(), committed it: see above).
-        await (committed ?? issue("rollback")).catch(() => {});
+        if (!lost) await (committed ?? issue("rollback")).catch(() => {});
         throw e;
       } finally {
-        c.release();
+        // A lost connection is the pool's again already (closed; it reconnects it on demand).
+        if (!lost) c.release();
       }
     },
   };

@@ -5,9 +5,11 @@ import postgres from "postgres";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { createPipelinedTransactions } from "../../src/persistence/pipelined-tx";
 import { MAX_PARAMETERS, runStatement } from "../../src/persistence/raw-statements";
+import { eventually } from "../support/eventually";
 import { createTestDatabase } from "../support/postgres";
 import { rejects } from "../support/rejects";
 import { startTestCluster, type TestCluster } from "../support/server";
+import { startTcpProxy } from "../support/tcp-proxy";
 import { testStores } from "../support/stores";
 
 setDefaultTimeout(60_000);
@@ -174,6 +176,56 @@ if (stores.includes("postgres")) {
         expect(await rows()).toEqual([10, 11]);
       });
     }
+
+    // postgres.js 3.4.9 throws from a timer, ending the process, on a statement issued to a
+    // reserved connection after its backend went away (porsager/postgres#1208).
+    test("TestABackendEndedInATransactionFailsItAndNothingMoreGoesToItsConnection", async () => {
+      await client`truncate pipelined`;
+      const failed = txs().run(async (tx, commit) => {
+        await insert(tx, 8);
+        await runStatement(tx, "select pg_terminate_backend(pg_backend_pid())", []);
+        commit();
+      });
+      await expect(failed).rejects.toThrow(/terminating connection|CONNECTION_CLOSED/);
+      // The pool reconnects; its connections all answer, and the transaction left nothing.
+      for (let i = 0; i < 4; i++) expect(await rows()).toEqual([]);
+    });
+
+    // postgres.js 3.4.9 drops a reservation waiting for a connection when it hands it to a
+    // closed connection's reconnect (porsager/postgres#1195): it is asked for again. The
+    // connection is cut in the network, so no error from the server comes first.
+    test("TestAReservationWaitingWhenAConnectionIsCutIsServed", async () => {
+      await client`truncate pipelined`;
+      const url = new URL(database.url);
+      const proxy = await startTcpProxy({ host: url.hostname, port: Number(url.port || 5432) });
+      url.host = `127.0.0.1:${proxy.port}`;
+      let one!: ReturnType<typeof createPipelinedTransactions>;
+      const single = postgres(url.toString(), { max: 1, onnotice: () => {}, onclose: () => one.connectionClosed() });
+      one = createPipelinedTransactions(single);
+      try {
+        let pid = 0;
+        // Holds the only connection with a statement in flight.
+        const first = one.run(async (tx) => {
+          pid = Number((await runStatement(tx, "select pg_backend_pid() as pid", []))[0]!.pid);
+          await runStatement(tx, "select pg_sleep(30)", []);
+        });
+        await eventually(() => expect(pid).toBeGreaterThan(0));
+        // The only connection is reserved: this one waits for it.
+        const second = one.run(async (tx, commit) => {
+          const done = insert(tx, 9);
+          commit();
+          await done;
+        });
+        proxy.cut();
+        await expect(first).rejects.toThrow();
+        await second;
+        expect(await rows()).toEqual([9]);
+        await client`select pg_terminate_backend(${pid})`;
+      } finally {
+        await single.end({ timeout: 1 });
+        await proxy.close();
+      }
+    });
 
     test("TestAHookBeforeCommitThatThrowsRollsBack", async () => {
       await client`truncate pipelined`;

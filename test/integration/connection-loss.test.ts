@@ -1,0 +1,78 @@
+import { setDefaultTimeout, afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { Code, ConnectError } from "@connectrpc/connect";
+import postgres from "postgres";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { eventually } from "../support/eventually";
+import { startTestCluster, type TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+
+setDefaultTimeout(60_000);
+
+const T = { workflowType: "t", taskQueue: "q" };
+
+// PostgreSQL ends a server's connections when it restarts, fails over or an operator
+// terminates them: the writes in flight then fail as retryable, the server stays up, and
+// retries (same request ids) land each signal exactly once.
+if ((await testStores()).includes("postgres")) {
+  describe("PostgreSQL ending the server's connections", () => {
+    let cluster: TestCluster;
+    let admin: postgres.Sql;
+    beforeAll(async () => {
+      cluster = await startTestCluster({ store: "postgres" });
+      admin = postgres(cluster.dataLocation, { max: 1, onnotice: () => {} });
+      await cluster.client(WorkflowService).registerNamespace({ namespace: "loss" });
+    });
+    afterAll(async () => {
+      await admin.end({ timeout: 1 });
+      await cluster.destroy();
+    });
+
+    /** Ends every other connection to the cluster's database; how many it ended. */
+    const terminateAll = async () =>
+      (await admin`select count(pg_terminate_backend(pid))::int as n from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()`)[0]!.n as number;
+
+    test("WritesInFlightFailAsUnavailableAndTheirRetriesLandOnce", async () => {
+      const wf = cluster.client(WorkflowService);
+      await wf.startWorkflowExecution({ namespace: "loss", workflowId: "w", ...T });
+      const codes = new Map<string, number>();
+      let acked = 0;
+      let ended = 0;
+      /** Signals until acknowledged, counting each failure's code. */
+      const signal = async (requestId: string) => {
+        let last = "";
+        for (let attempt = 0; attempt < 50; attempt++) {
+          try {
+            // A write must fail or succeed, never hang on a connection that is gone.
+            await wf.signalWorkflowExecution({ namespace: "loss", workflowExecution: { workflowId: "w" }, signalName: "s", requestId }, { timeoutMs: 10_000 });
+            acked++;
+            return;
+          } catch (e) {
+            const code = Code[ConnectError.from(e).code];
+            last = ConnectError.from(e).message;
+            codes.set(code, (codes.get(code) ?? 0) + 1);
+            await Bun.sleep(20);
+          }
+        }
+        throw new Error(`${requestId} never went through: ${last}`);
+      };
+      const writers = Array.from({ length: 6 }, async (_, w) => {
+        for (let i = 0; i < 40; i++) await signal(`r-${w}-${i}`);
+      });
+      // Three rounds of terminations while the writers run.
+      const killer = (async () => {
+        for (const at of [20, 80, 150]) {
+          await eventually(() => expect(acked).toBeGreaterThanOrEqual(at), { timeout: 30_000, interval: 5 });
+          ended += await terminateAll();
+        }
+      })();
+      await Promise.all([...writers, killer]);
+      expect(ended).toBeGreaterThan(0);
+      // Only ever a retryable code, never INTERNAL.
+      expect([...codes.keys()].filter((c) => c !== "Unavailable")).toEqual([]);
+      const events = (await wf.getWorkflowExecutionHistory({ namespace: "loss", execution: { workflowId: "w" }, maximumPageSize: 1000 })).history!.events;
+      const ids = events.flatMap((e) => (e.attributes.case === "workflowExecutionSignaledEventAttributes" ? [e.attributes.value.requestId] : []));
+      expect(ids).toHaveLength(240);
+      expect(new Set(ids).size).toBe(240);
+    });
+  });
+}

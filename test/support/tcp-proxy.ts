@@ -1,0 +1,37 @@
+import { connect, createServer, type Socket } from "node:net";
+
+/** A TCP proxy in front of a server whose connections a test can cut, as a network drop would. */
+export interface TcpProxy {
+  port: number;
+  /** Destroys every connection through the proxy, both ways; new ones go on being accepted. */
+  cut(): void;
+  close(): Promise<void>;
+}
+
+export async function startTcpProxy(target: { host: string; port: number }): Promise<TcpProxy> {
+  const sockets = new Set<Socket>();
+  const track = (s: Socket) => {
+    sockets.add(s);
+    s.on("close", () => sockets.delete(s));
+    s.on("error", () => {});
+  };
+  const server = createServer((client) => {
+    const upstream = connect(target.port, target.host);
+    track(client);
+    track(upstream);
+    client.pipe(upstream);
+    upstream.pipe(client);
+    client.on("close", () => upstream.destroy());
+    upstream.on("close", () => client.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as { port: number };
+  return {
+    port,
+    cut: () => sockets.forEach((s) => s.resetAndDestroy?.() ?? s.destroy()),
+    close: () => {
+      sockets.forEach((s) => s.destroy());
+      return new Promise((resolve) => server.close(() => resolve()));
+    },
+  };
+}
