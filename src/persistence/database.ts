@@ -82,6 +82,13 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
     max: opts.maxConnections ?? 32,
     onnotice: () => {},
     onclose: () => closed(),
+    // postgres.js counts every connection that closed with an error towards one shared retry
+    // count and waits (0.5-1) x min(3^count / 100, 20) s before reconnecting: a restart that
+    // resets the pool's connections could leave it 10-20 s without one, PostgreSQL long back.
+    backoff: reconnectDelaySeconds,
+    // A connection PostgreSQL ended during its startup can leave postgres.js waiting for the
+    // startup's answer until this timeout (default 30 s) gives up and reconnects.
+    connect_timeout: 10,
     connection: { application_name: "tern" },
   });
   try {
@@ -109,6 +116,11 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
     },
     close: () => client.end({ timeout: 5 }),
   };
+}
+
+/** Seconds postgres.js waits before reconnecting after `retries` connections closed with an error (none once one connects). */
+function reconnectDelaySeconds(retries: number): number {
+  return Math.min(0.05 * retries, 1);
 }
 
 /** The URL without its password, for messages. */

@@ -72,15 +72,26 @@ export function createPipelinedTransactions(client: Sql): PipelinedTransactions 
     },
     async run(fn, beforeCommit) {
       const c = await reserve();
-      // Set, before anyone awaiting a statement hears of it, once one failed with the connection.
+      // Set, before anyone awaiting a statement hears of it, once one failed with the connection;
+      // gone then fails every statement still pending: postgres.js leaves those it holds back
+      // on a busy reserved connection (behind a first statement's Parse) pending forever.
       let lost: Error | undefined;
+      let lose!: (e: Error) => void;
+      const gone = new Promise<never>((_, reject) => (lose = reject));
+      gone.catch(() => {});
       // Each statement is handed to the connection when issued, so the connection sends
       // them in issue order; a rejection nobody awaits (after an earlier failure) is expected.
       const issue = (text: string, params: unknown[] = []) => {
         if (lost) return Promise.reject(lost);
         const q = c.unsafe(text, params as never[], { prepare: true }).execute();
-        q.catch((e: unknown) => void (connectionLost(e) && (lost ??= e as Error)));
-        return q;
+        q.catch((e: unknown) => {
+          if (lost || !connectionLost(e)) return;
+          lost = e as Error;
+          lose(lost);
+        });
+        const settled = Promise.race([q, gone]);
+        settled.catch(() => {});
+        return settled;
       };
       const begun = issue("begin");
       let committed: ReturnType<typeof issue> | undefined;

@@ -2,13 +2,29 @@ import { setDefaultTimeout, afterAll, beforeAll, describe, expect, test } from "
 import { Code, ConnectError } from "@connectrpc/connect";
 import postgres from "postgres";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { connectAll, startClusters } from "../failover/mesh";
+import { expectSameHistories, globalNamespace } from "../replication/support";
 import { eventually } from "../support/eventually";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 
-setDefaultTimeout(60_000);
+setDefaultTimeout(120_000);
 
 const T = { workflowType: "t", taskQueue: "q" };
+
+/**
+ * What a failed attempt says: the server's answer code, or "reset" when the HTTP connection
+ * itself was reset (Bun.serve now and then resets a reused keep-alive connection, oven-sh/bun#42212:
+ * not an answer, and retried like one).
+ */
+const failureOf = (e: unknown) => {
+  const err = ConnectError.from(e);
+  return err.code === Code.Unknown && err.message.includes("ECONNRESET") ? "reset" : Code[err.code];
+};
+
+/** Ends every other connection to the database sql is connected to; how many it ended. */
+const terminateConnections = async (sql: postgres.Sql) =>
+  (await sql`select count(pg_terminate_backend(pid))::int as n from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()`)[0]!.n as number;
 
 // PostgreSQL ends a server's connections when it restarts, fails over or an operator
 // terminates them: the writes in flight then fail as retryable, the server stays up, and
@@ -27,9 +43,7 @@ if ((await testStores()).includes("postgres")) {
       await cluster.destroy();
     });
 
-    /** Ends every other connection to the cluster's database; how many it ended. */
-    const terminateAll = async () =>
-      (await admin`select count(pg_terminate_backend(pid))::int as n from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()`)[0]!.n as number;
+    const terminateAll = () => terminateConnections(admin);
 
     test("WritesInFlightFailAsUnavailableAndTheirRetriesLandOnce", async () => {
       const wf = cluster.client(WorkflowService);
@@ -43,11 +57,11 @@ if ((await testStores()).includes("postgres")) {
         for (let attempt = 0; attempt < 50; attempt++) {
           try {
             // A write must fail or succeed, never hang on a connection that is gone.
-            await wf.signalWorkflowExecution({ namespace: "loss", workflowExecution: { workflowId: "w" }, signalName: "s", requestId }, { timeoutMs: 10_000 });
+            await wf.signalWorkflowExecution({ namespace: "loss", workflowExecution: { workflowId: "w" }, signalName: "s", requestId }, { timeoutMs: 30_000 });
             acked++;
             return;
           } catch (e) {
-            const code = Code[ConnectError.from(e).code];
+            const code = failureOf(e);
             last = ConnectError.from(e).message;
             codes.set(code, (codes.get(code) ?? 0) + 1);
             await Bun.sleep(20);
@@ -67,12 +81,60 @@ if ((await testStores()).includes("postgres")) {
       })();
       await Promise.all([...writers, killer]);
       expect(ended).toBeGreaterThan(0);
-      // Only ever a retryable code, never INTERNAL.
-      expect([...codes.keys()].filter((c) => c !== "Unavailable")).toEqual([]);
+      // Only ever a retryable answer, never INTERNAL or a deadline.
+      expect([...codes.keys()].filter((c) => c !== "Unavailable" && c !== "reset")).toEqual([]);
       const events = (await wf.getWorkflowExecutionHistory({ namespace: "loss", execution: { workflowId: "w" }, maximumPageSize: 1000 })).history!.events;
       const ids = events.flatMap((e) => (e.attributes.case === "workflowExecutionSignaledEventAttributes" ? [e.attributes.value.requestId] : []));
       expect(ids).toHaveLength(240);
       expect(new Set(ids).size).toBe(240);
+    });
+  });
+
+  describe("PostgreSQL ending both clusters' connections during replication", () => {
+    let a: TestCluster, b: TestCluster;
+    let admins: postgres.Sql[];
+    beforeAll(async () => {
+      [a, b] = await startClusters("postgres", [{}, {}]);
+      admins = [a, b].map((x) => postgres(x.dataLocation, { max: 1, onnotice: () => {} }));
+      await connectAll([a, b]);
+    });
+    afterAll(async () => {
+      await Promise.all(admins.map((x) => x.end({ timeout: 1 })));
+      await Promise.all([a.destroy(), b.destroy()]);
+    });
+
+    test("EveryAcknowledgedWriteReachesThePassiveCluster", async () => {
+      const nsId = await globalNamespace(a, b, "lossy");
+      const wf = a.client(WorkflowService);
+      let acked = 0;
+      const writers = Array.from({ length: 4 }, async (_, w) => {
+        for (let i = 0; i < 30; i++) {
+          const workflowId = `w-${w}-${i}`;
+          for (let attempt = 0; ; attempt++) {
+            try {
+              await wf.startWorkflowExecution({ namespace: "lossy", workflowId, requestId: workflowId, ...T }, { timeoutMs: 30_000 });
+              acked++;
+              break;
+            } catch (e) {
+              expect(["Unavailable", "reset"]).toContain(failureOf(e));
+              if (attempt > 50) throw e;
+              await Bun.sleep(20);
+            }
+          }
+        }
+      });
+      let ended = 0;
+      // B's applies, A's writes and A's pages all lose their connections, twice.
+      const killer = (async () => {
+        for (const at of [15, 60]) {
+          await eventually(() => expect(acked).toBeGreaterThanOrEqual(at), { timeout: 30_000, interval: 5 });
+          for (const sql of admins) ended += await terminateConnections(sql);
+        }
+      })();
+      await Promise.all([...writers, killer]);
+      expect(ended).toBeGreaterThan(0);
+      const events = await eventually(() => expectSameHistories(a, b, nsId), { timeout: 45_000 });
+      expect(events).toBe(120);
     });
   });
 }
