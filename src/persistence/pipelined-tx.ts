@@ -82,7 +82,12 @@ export function createPipelinedTransactions(client: Sql): PipelinedTransactions 
       // Each statement is handed to the connection when issued, so the connection sends
       // them in issue order; a rejection nobody awaits (after an earlier failure) is expected.
       const issue = (text: string, params: unknown[] = []) => {
-        if (lost) return Promise.reject(lost);
+        if (lost) {
+          // Awaited by fn, or not at all (a COMMIT after the loss).
+          const refused = Promise.reject(lost);
+          refused.catch(() => {});
+          return refused;
+        }
         const q = c.unsafe(text, params as never[], { prepare: true }).execute();
         q.catch((e: unknown) => {
           if (lost || !connectionLost(e)) return;
