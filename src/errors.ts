@@ -39,27 +39,32 @@ export const resourceExhausted = (msg: string, retryAfterMs: number) =>
  * committed whole or not at all.
  */
 export function connectionLost(e: unknown): boolean {
-  let cur: unknown = e;
-  for (let i = 0; i < 4 && cur && typeof cur === "object"; i++) {
-    const { code, severity, syscall, cause } = cur as { code?: unknown; severity?: unknown; syscall?: unknown; cause?: unknown };
-    if (typeof code === "string" && (code.startsWith("CONNECTION_") || code === "CONNECT_TIMEOUT")) return true;
-    if (typeof syscall === "string" || severity === "FATAL" || severity === "PANIC") return true;
-    cur = cause;
-  }
-  return false;
+  return causeChain(e).some(({ code, severity, syscall }) =>
+    (typeof code === "string" && (code.startsWith("CONNECTION_") || code === "CONNECT_TIMEOUT")) ||
+    typeof syscall === "string" || severity === "FATAL" || severity === "PANIC");
 }
 
 /** The database error code and constraint of a failed statement, from either driver. */
 export function pgErrorOf(e: unknown): { code?: string; constraint?: string } {
-  let cur: unknown = e;
-  for (let i = 0; i < 4 && cur; i++) {
-    const c = cur as { code?: unknown; constraint?: string; constraint_name?: string; cause?: unknown };
-    if (typeof c.code === "string" && /^[0-9A-Z]{5}$/.test(c.code)) {
-      return { code: c.code, constraint: c.constraint ?? c.constraint_name };
-    }
-    cur = c.cause;
-  }
-  return {};
+  const c = causeChain(e).find((c) => typeof c.code === "string" && /^[0-9A-Z]{5}$/.test(c.code));
+  return c ? { code: c.code as string, constraint: c.constraint ?? c.constraint_name } : {};
+}
+
+/** An error's fields the checks above read. */
+interface ErrorFields {
+  code?: unknown;
+  severity?: unknown;
+  syscall?: unknown;
+  constraint?: string;
+  constraint_name?: string;
+  cause?: unknown;
+}
+
+/** e and the errors it wraps as their cause (drizzle wraps the driver's), at most four deep. */
+function causeChain(e: unknown): ErrorFields[] {
+  const chain: ErrorFields[] = [];
+  for (let cur = e; chain.length < 4 && cur && typeof cur === "object"; cur = (cur as ErrorFields).cause) chain.push(cur as ErrorFields);
+  return chain;
 }
 
 /** A write reached a cluster that is passive for the namespace (DESIGN.md section 5). */
