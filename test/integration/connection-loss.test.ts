@@ -22,6 +22,27 @@ const failureOf = (e: unknown) => {
   return err.code === Code.Unknown && err.message.includes("ECONNRESET") ? "reset" : Code[err.code];
 };
 
+/**
+ * Sends write until it is acknowledged (at most 50 attempts, 20 ms apart), recording in
+ * failures each kind of failure it met (failureOf) with its last message.
+ */
+async function untilAcked(write: () => Promise<unknown>, failures: Map<string, string>): Promise<void> {
+  let last = "";
+  for (let attempt = 0; attempt < 50; attempt++) {
+    try {
+      return void (await write());
+    } catch (e) {
+      last = ConnectError.from(e).message;
+      failures.set(failureOf(e), last);
+      await Bun.sleep(20);
+    }
+  }
+  throw new Error(`never went through: ${last}`);
+}
+
+/** The failures that are neither a retryable answer nor a reset connection: INTERNAL, a deadline, ... */
+const unexpected = (failures: Map<string, string>) => [...failures].filter(([kind]) => kind !== "Unavailable" && kind !== "reset");
+
 /** Ends every other connection to the database sql is connected to; how many it ended. */
 const terminateConnections = async (sql: postgres.Sql) =>
   (await sql`select count(pg_terminate_backend(pid))::int as n from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()`)[0]!.n as number;
@@ -43,32 +64,18 @@ if ((await testStores()).includes("postgres")) {
       await cluster.destroy();
     });
 
-    const terminateAll = () => terminateConnections(admin);
-
     test("WritesInFlightFailAsUnavailableAndTheirRetriesLandOnce", async () => {
       const wf = cluster.client(WorkflowService);
       await wf.startWorkflowExecution({ namespace: "loss", workflowId: "w", ...T });
-      const codes = new Map<string, number>();
+      const failures = new Map<string, string>();
       let acked = 0;
       let ended = 0;
-      /** Signals until acknowledged, counting each failure's code. */
-      const signal = async (requestId: string) => {
-        let last = "";
-        for (let attempt = 0; attempt < 50; attempt++) {
-          try {
-            // A write must fail or succeed, never hang on a connection that is gone.
-            await wf.signalWorkflowExecution({ namespace: "loss", workflowExecution: { workflowId: "w" }, signalName: "s", requestId }, { timeoutMs: 30_000 });
-            acked++;
-            return;
-          } catch (e) {
-            const code = failureOf(e);
-            last = ConnectError.from(e).message;
-            codes.set(code, (codes.get(code) ?? 0) + 1);
-            await Bun.sleep(20);
-          }
-        }
-        throw new Error(`${requestId} never went through: ${last}`);
-      };
+      // A write must fail or succeed, never hang on a connection that is gone.
+      const signal = (requestId: string) =>
+        untilAcked(
+          () => wf.signalWorkflowExecution({ namespace: "loss", workflowExecution: { workflowId: "w" }, signalName: "s", requestId }, { timeoutMs: 30_000 }).then(() => acked++),
+          failures,
+        );
       const writers = Array.from({ length: 6 }, async (_, w) => {
         for (let i = 0; i < 40; i++) await signal(`r-${w}-${i}`);
       });
@@ -76,13 +83,13 @@ if ((await testStores()).includes("postgres")) {
       const killer = (async () => {
         for (const at of [20, 80, 150]) {
           await eventually(() => expect(acked).toBeGreaterThanOrEqual(at), { timeout: 30_000, interval: 5 });
-          ended += await terminateAll();
+          ended += await terminateConnections(admin);
         }
       })();
       await Promise.all([...writers, killer]);
       expect(ended).toBeGreaterThan(0);
       // Only ever a retryable answer, never INTERNAL or a deadline.
-      expect([...codes.keys()].filter((c) => c !== "Unavailable" && c !== "reset")).toEqual([]);
+      expect(unexpected(failures)).toEqual([]);
       const events = (await wf.getWorkflowExecutionHistory({ namespace: "loss", execution: { workflowId: "w" }, maximumPageSize: 1000 })).history!.events;
       const ids = events.flatMap((e) => (e.attributes.case === "workflowExecutionSignaledEventAttributes" ? [e.attributes.value.requestId] : []));
       expect(ids).toHaveLength(240);
@@ -106,21 +113,12 @@ if ((await testStores()).includes("postgres")) {
     test("EveryAcknowledgedWriteReachesThePassiveCluster", async () => {
       const nsId = await globalNamespace(a, b, "lossy");
       const wf = a.client(WorkflowService);
+      const failures = new Map<string, string>();
       let acked = 0;
       const writers = Array.from({ length: 4 }, async (_, w) => {
         for (let i = 0; i < 30; i++) {
           const workflowId = `w-${w}-${i}`;
-          for (let attempt = 0; ; attempt++) {
-            try {
-              await wf.startWorkflowExecution({ namespace: "lossy", workflowId, requestId: workflowId, ...T }, { timeoutMs: 30_000 });
-              acked++;
-              break;
-            } catch (e) {
-              expect([failureOf(e), ConnectError.from(e).message]).toEqual([expect.stringMatching(/^(Unavailable|reset)$/), expect.any(String)]);
-              if (attempt > 50) throw e;
-              await Bun.sleep(20);
-            }
-          }
+          await untilAcked(() => wf.startWorkflowExecution({ namespace: "lossy", workflowId, requestId: workflowId, ...T }, { timeoutMs: 30_000 }).then(() => acked++), failures);
         }
       });
       let ended = 0;
@@ -133,6 +131,7 @@ if ((await testStores()).includes("postgres")) {
       })();
       await Promise.all([...writers, killer]);
       expect(ended).toBeGreaterThan(0);
+      expect(unexpected(failures)).toEqual([]);
       const events = await eventually(() => expectSameHistories(a, b, nsId), { timeout: 45_000 });
       expect(events).toBe(120);
     });
