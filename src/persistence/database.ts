@@ -86,8 +86,8 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
     // count and waits (0.5-1) x min(3^count / 100, 20) s before reconnecting: a restart that
     // resets the pool's connections could leave it 10-20 s without one, PostgreSQL long back.
     backoff: reconnectDelaySeconds,
-    // A connection PostgreSQL ended during its startup can leave postgres.js waiting for the
-    // startup's answer until this timeout (default 30 s) gives up and reconnects.
+    // How long a connection's startup may take (default 30 s). A startup that never got sent
+    // (scripts/patch-dependencies.mjs mends the postgres.js defect that did it) waited this long.
     connect_timeout: 10,
     connection: { application_name: "tern" },
   });

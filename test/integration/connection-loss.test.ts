@@ -1,10 +1,14 @@
 import { setDefaultTimeout, afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Code, ConnectError } from "@connectrpc/connect";
 import postgres from "postgres";
+import { sql } from "drizzle-orm";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { connectionLost } from "../../src/errors";
+import { openDatabase, type Database } from "../../src/persistence/database";
 import { connectAll, startClusters } from "../failover/mesh";
 import { expectSameHistories, globalNamespace } from "../replication/support";
 import { eventually } from "../support/eventually";
+import { createTestDatabase } from "../support/postgres";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 
@@ -51,6 +55,83 @@ const terminateConnections = async (sql: postgres.Sql) =>
 // terminates them: the writes in flight then fail as retryable, the server stays up, and
 // retries (same request ids) land each signal exactly once.
 if ((await testStores()).includes("postgres")) {
+  // tern's pool, as a server opens it, after PostgreSQL ended its connections. postgres 3.4.9
+  // has defects on that path that scripts/patch-dependencies.mjs mends at install; without
+  // the mends these tests fail (a query waiting out the 10 s connect timeout or for ever, an
+  // unhandled rejection, a query failed with another connection's error).
+  describe("the database pool after PostgreSQL ended its connections", () => {
+    let database: Awaited<ReturnType<typeof createTestDatabase>>;
+    let opened: Database;
+    let admin: postgres.Sql;
+    beforeAll(async () => {
+      database = await createTestDatabase();
+      opened = await openDatabase({ postgres: { url: database.url, maxConnections: 8 } });
+      admin = postgres(database.url, { max: 1, onnotice: () => {} });
+    });
+    afterAll(async () => {
+      await admin.end({ timeout: 1 });
+      await opened.close();
+      await database.drop();
+    });
+
+    // Reconnecting takes at most the reconnect backoff (1 s), never the connect timeout.
+    test("QueriesGoThroughWithinTheReconnectBackoff", async () => {
+      let stop = false;
+      let answered = 0;
+      let slowest = 0;
+      const others: string[] = [];
+      // Twice as many queries in flight as connections: a failed one is followed at once by
+      // the next, so writes are buffered on connections as PostgreSQL ends them.
+      const workers = Array.from({ length: 16 }, async () => {
+        while (!stop) {
+          const started = performance.now();
+          try {
+            await opened.db.execute(sql`select 1`);
+            answered++;
+          } catch (e) {
+            // Ended with its connection (the next query is what is measured); anything else is a failure.
+            if (!connectionLost(e)) others.push(String(e));
+          }
+          slowest = Math.max(slowest, performance.now() - started);
+        }
+      });
+      let ended = 0;
+      try {
+        for (let round = 0; round < 10; round++) {
+          const before = answered;
+          await eventually(() => expect(answered).toBeGreaterThan(before + 50), { timeout: 30_000, interval: 5 });
+          ended += await terminateConnections(admin);
+        }
+        // And after the last round.
+        const after = answered;
+        await eventually(() => expect(answered).toBeGreaterThan(after + 50), { timeout: 30_000, interval: 5 });
+      } finally {
+        stop = true;
+        await Promise.all(workers);
+      }
+      expect(ended).toBeGreaterThan(0);
+      expect(others).toEqual([]);
+      expect(slowest).toBeLessThan(5_000);
+    });
+
+    // postgres 3.4.9 kept a FATAL answer past its connection's close and failed the next
+    // connection's first query with it (mended at install, porsager/postgres#1223).
+    test("TheQueryAfterATerminatedOneRunsOnAFreshConnection", async () => {
+      const single = await openDatabase({ postgres: { url: database.url, maxConnections: 1 } });
+      try {
+        const [{ pid }] = (await single.db.execute(sql`select pg_backend_pid() as pid`)) as unknown as [{ pid: number }];
+        const sleeping = single.db.execute(sql`select pg_sleep(30)`).then(() => "answered", (e) => (connectionLost(e) ? "lost" : String(e)));
+        await eventually(async () => expect((await admin`select state from pg_stat_activity where pid = ${pid}`)[0]?.state).toBe("active"), { timeout: 10_000, interval: 10 });
+        await admin`select pg_terminate_backend(${pid})`;
+        expect(await sleeping).toBe("lost");
+        const [{ fresh }] = (await single.db.execute(sql`select pg_backend_pid() <> ${pid} as fresh`)) as unknown as [{ fresh: boolean }];
+        expect(fresh).toBe(true);
+      } finally {
+        await single.close();
+      }
+    });
+  });
+
   describe("PostgreSQL ending the server's connections", () => {
     let cluster: TestCluster;
     let admin: postgres.Sql;

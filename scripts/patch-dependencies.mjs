@@ -1,0 +1,104 @@
+#!/usr/bin/env node
+// Mends known defects of a pinned dependency in node_modules; package.json's postinstall
+// runs it after `npm install` and `bun install`. Plain Node, no dependencies: it runs before
+// anything else is known to work. Idempotent: a mended file is left as it is. A dependency
+// at another version, or a file that does not read as expected, fails the install with a
+// message, so that bumping the pin means checking whether the defects are still there.
+//
+// postgres 3.4.9 (src/connection.js, and its cjs and cf builds), where PostgreSQL ends a
+// connection under load (a restart, a failover, pg_terminate_backend):
+//
+// 1. A stale write timer (upstream: LanternOps/breeze#3225, porsager/postgres#1215). A
+//    connection buffers small writes and flushes them from a setImmediate, scheduled only
+//    while `nextWriteTimer` is null. closed() and terminate() cancel that immediate but
+//    leave `nextWriteTimer` and the buffered bytes set, so the connection's next socket
+//    never flushes a small write: its StartupMessage waits out `connect_timeout` (tern:
+//    10 s), and so does every query queued on it. Mended by clearing both where the
+//    immediate is cancelled, as nextWrite() does after a flush.
+// 2. A stale error response (porsager/postgres#1223). A FATAL error answering a statement
+//    is kept for the ReadyForQuery that never comes; the next socket's first ReadyForQuery
+//    then fails the connection's first query with the old backend's error. Mended by
+//    forgetting it when the socket closes (its queries fail as CONNECTION_CLOSED).
+// 3. Queries stranded by a reset (no upstream report found). On a reset socket 'error' comes
+//    before 'close': error() fails the queries in flight, and a query issued in between (a
+//    caller retrying at once) is queued behind the dead one. closed() fails what is queued
+//    only when the close had no error, so those queries stay queued and the next socket
+//    takes them for its own: they are never sent and never answered, and the connection
+//    serves nothing more. Mended by failing whatever is queued on every close, and
+//    forgetting the query in flight.
+// 4. The array-type fetch's rejection is unhandled (porsager/postgres#1192, #1205). Every
+//    new connection first reads the array types; when that statement fails, its promise
+//    is dropped and the rejection ends the process (Bun and Node end on an unhandled
+//    rejection). Mended by handling it: the same error has already failed the query that
+//    opened the connection.
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const MARK = " // mended by tern";
+
+const packages = [
+  {
+    name: "postgres",
+    version: "3.4.9",
+    files: ["src/connection.js", "cjs/src/connection.js", "cf/src/connection.js"],
+    mends: [
+      // 1: in terminate() and in closed()
+      { from: "    clearImmediate(nextWriteTimer)\n", to: "    clearImmediate(nextWriteTimer), nextWriteTimer = chunk = null", count: 2 },
+      // 2: the first line of closed()
+      { from: "    incoming = Buffer.alloc(0)\n    remaining = 0\n", to: "    incoming = Buffer.alloc(0), errorResponse = null", keep: "    remaining = 0\n", count: 1 },
+      // 3: in closed(), after a close during startup has returned to reconnect
+      {
+        from: "    !hadError && (query || sent.length) && error(Errors.connection('CONNECTION_CLOSED', options, socket))\n",
+        to: "    if (query || sent.length) error(Errors.connection('CONNECTION_CLOSED', options, socket)); query = null",
+        count: 1,
+      },
+      // 4: in ReadyForQuery
+      { from: "        return fetchArrayTypes()\n", to: "        return fetchArrayTypes().catch(() => {})", count: 1 },
+    ],
+  },
+];
+
+const occurrences = (text, s) => text.split(s).length - 1;
+
+let failed = false;
+const fail = (message) => {
+  console.error(`patch-dependencies: ${message}`);
+  failed = true;
+};
+
+for (const p of packages) {
+  const dir = join(root, "node_modules", p.name);
+  if (!existsSync(join(dir, "package.json"))) {
+    fail(`${p.name} is not installed under ${dir}; nothing mended`);
+    continue;
+  }
+  const { version } = JSON.parse(readFileSync(join(dir, "package.json"), "utf8"));
+  if (version !== p.version) {
+    fail(`${p.name} is ${version}, the mends are for ${p.version}: check whether ${version} still has the defects described in scripts/patch-dependencies.mjs, then update or drop them`);
+    continue;
+  }
+  for (const file of p.files) {
+    const path = join(dir, file);
+    let text = readFileSync(path, "utf8");
+    let changed = false;
+    for (const m of p.mends) {
+      const mended = `${m.to}${MARK}\n${m.keep ?? ""}`;
+      const found = occurrences(text, m.from);
+      const already = occurrences(text, mended);
+      if (found === 0 && already === m.count) continue;
+      if (found !== m.count || already !== 0) {
+        fail(`${p.name}/${file} does not read as expected (${found} places to mend, ${already} mended, want ${m.count}: ${JSON.stringify(m.from)}); not changed`);
+        continue;
+      }
+      text = text.split(m.from).join(mended);
+      changed = true;
+    }
+    if (changed) {
+      writeFileSync(path, text);
+      console.log(`patch-dependencies: mended ${p.name}/${file}`);
+    }
+  }
+}
+if (failed) process.exit(1);
