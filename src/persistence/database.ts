@@ -76,12 +76,10 @@ export function hostParameter(url: string): { url: string; host?: string } {
 
 async function openPostgres(configured: string, opts: OpenOptions): Promise<Database> {
   const { url, host } = hostParameter(configured);
-  let closed = () => {};
   const client = postgres(url, {
     ...(host && { host }),
     max: opts.maxConnections ?? 32,
     onnotice: () => {},
-    onclose: () => closed(),
     // postgres.js counts every connection that closed with an error towards one shared retry
     // count and waits (0.5-1) x min(3^count / 100, 20) s before reconnecting: a restart that
     // resets the pool's connections could leave it 10-20 s without one, PostgreSQL long back.
@@ -99,7 +97,6 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
   }
   const db = drizzlePostgres(client, { schema }) as unknown as Db;
   const pipelined = createPipelinedTransactions(client);
-  closed = () => pipelined.connectionClosed();
   return {
     db,
     kind: "postgres",

@@ -26,52 +26,12 @@ import type { Tx } from "./database";
  */
 export interface PipelinedTransactions {
   run<T>(fn: (tx: Tx, commit: () => void) => Promise<T>, beforeCommit?: () => Promise<void> | void): Promise<T>;
-  /** To be called from postgres.js's `onclose` option: a connection of client closed. */
-  connectionClosed(): void;
 }
 
-type Reserved = Awaited<ReturnType<Sql["reserve"]>>;
-
 export function createPipelinedTransactions(client: Sql): PipelinedTransactions {
-  /** The reservations waiting for a connection now: each asks again when asked to. */
-  const waiting = new Set<() => void>();
-
-  /**
-   * client.reserve(), asked again whenever a connection closes while it waits: postgres.js
-   * 3.4.9 drops a waiting reservation that it hands to a closed connection's reconnect, and
-   * its promise never settles. The first answer wins; a later one is released at once.
-   */
-  function reserve(): Promise<Reserved> {
-    return new Promise((resolve, reject) => {
-      let settled = false;
-      const ask = () =>
-        client.reserve().then(
-          (c) => {
-            if (settled) return c.release();
-            settled = true;
-            waiting.delete(ask);
-            resolve(c);
-          },
-          (e: unknown) => {
-            if (settled) return;
-            settled = true;
-            waiting.delete(ask);
-            reject(e);
-          },
-        );
-      waiting.add(ask);
-      void ask();
-    });
-  }
-
   return {
-    connectionClosed() {
-      // After postgres.js has finished with the closed connection (this is called from its
-      // close handler, before it hands the connection a waiting request).
-      if (waiting.size) setTimeout(() => waiting.forEach((ask) => void ask()), 0);
-    },
     async run(fn, beforeCommit) {
-      const c = await reserve();
+      const c = await client.reserve();
       // Set, before anyone awaiting a statement hears of it, once one failed with the connection;
       // gone then fails every statement still pending: postgres.js leaves those it holds back
       // on a busy reserved connection (behind a first statement's Parse) pending forever.

@@ -5,17 +5,24 @@ export interface TcpProxy {
   port: number;
   /** Destroys every connection through the proxy, both ways; new ones go on being accepted. */
   cut(): void;
+  /** While on, every connection is reset as it arrives, as when the server is down: with cut(), an outage. */
+  refuse(on: boolean): void;
   close(): Promise<void>;
 }
 
 export async function startTcpProxy(target: { host: string; port: number }): Promise<TcpProxy> {
   const sockets = new Set<Socket>();
+  let refusing = false;
   const track = (s: Socket) => {
     sockets.add(s);
     s.on("close", () => sockets.delete(s));
     s.on("error", () => {});
   };
   const server = createServer((client) => {
+    if (refusing) {
+      client.on("error", () => {});
+      return void (client.resetAndDestroy?.() ?? client.destroy());
+    }
     const upstream = connect(target.port, target.host);
     track(client);
     track(upstream);
@@ -29,6 +36,7 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
   return {
     port,
     cut: () => sockets.forEach((s) => s.resetAndDestroy?.() ?? s.destroy()),
+    refuse: (on) => void (refusing = on),
     close: () => {
       sockets.forEach((s) => s.destroy());
       return new Promise((resolve) => server.close(() => resolve()));
