@@ -1,5 +1,5 @@
 import { setDefaultTimeout, afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import postgres from "postgres";
 import { sql } from "drizzle-orm";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
@@ -47,6 +47,14 @@ async function untilAcked(write: () => Promise<unknown>, failures: Map<string, s
 
 /** The failures that are neither a retryable answer nor a reset connection: INTERNAL, a deadline, ... */
 const unexpected = (failures: Map<string, string>) => [...failures].filter(([kind]) => kind !== "Unavailable" && kind !== "reset");
+
+/** Workflow w in namespace holds n signals, each request id once. */
+async function expectEachSignalOnce(wf: Client<typeof WorkflowService>, namespace: string, n: number): Promise<void> {
+  const events = (await wf.getWorkflowExecutionHistory({ namespace, execution: { workflowId: "w" }, maximumPageSize: 1000 })).history!.events;
+  const ids = events.flatMap((e) => (e.attributes.case === "workflowExecutionSignaledEventAttributes" ? [e.attributes.value.requestId] : []));
+  expect(ids).toHaveLength(n);
+  expect(new Set(ids).size).toBe(n);
+}
 
 /** Ends every other connection to the database sql is connected to; how many it ended. */
 const terminateConnections = async (sql: postgres.Sql) =>
@@ -172,10 +180,7 @@ if ((await testStores()).includes("postgres")) {
       expect(ended).toBeGreaterThan(0);
       // Only ever a retryable answer, never INTERNAL or a deadline.
       expect(unexpected(failures)).toEqual([]);
-      const events = (await wf.getWorkflowExecutionHistory({ namespace: "loss", execution: { workflowId: "w" }, maximumPageSize: 1000 })).history!.events;
-      const ids = events.flatMap((e) => (e.attributes.case === "workflowExecutionSignaledEventAttributes" ? [e.attributes.value.requestId] : []));
-      expect(ids).toHaveLength(240);
-      expect(new Set(ids).size).toBe(240);
+      await expectEachSignalOnce(wf, "loss", 240);
     });
   });
 
@@ -238,10 +243,7 @@ if ((await testStores()).includes("postgres")) {
       expect(failures.has("Unavailable")).toBe(true);
       expect(unexpected(failures)).toEqual([]);
       expect(slowest).toBeLessThan(3_000);
-      const events = (await wf.getWorkflowExecutionHistory({ namespace: "outage", execution: { workflowId: "w" }, maximumPageSize: 1000 })).history!.events;
-      const ids = events.flatMap((e) => (e.attributes.case === "workflowExecutionSignaledEventAttributes" ? [e.attributes.value.requestId] : []));
-      expect(ids).toHaveLength(160);
-      expect(new Set(ids).size).toBe(160);
+      await expectEachSignalOnce(wf, "outage", 160);
     });
   });
 
