@@ -31,16 +31,22 @@
 //    is dropped and the rejection ends the process (Bun and Node end on an unhandled
 //    rejection). Mended by handling it: the same error has already failed the query that
 //    opened the connection.
+// 5. A clean close during startup spins (porsager/postgres#1193). A connection closed with
+//    no error (a FIN: a proxy or load balancer with no PostgreSQL behind it, say) while its
+//    first query waits reconnects at once, for ever, without failing the query: hundreds of
+//    connection attempts a second, and the query pending until something answers. Mended by
+//    failing the first query on such a close, unless the pool itself ended the connection
+//    (to try the next host); the next query then reconnects after the backoff.
 //
 // and in src/index.js (the pool), for reservations (sql.reserve(), which tern's pipelined
 // transactions use):
 //
-// 5. A waiting reservation dropped (porsager/postgres#1195). A reservation waits in the
+// 6. A waiting reservation dropped (porsager/postgres#1195). A reservation waits in the
 //    pool's queue; when a connection closes, the pool hands the queue's head to that
 //    connection's reconnect and takes it off the queue. Once the connection is up, it lets
 //    a reservation go, expecting to serve it from the queue, where it no longer is: its
 //    promise never settles. Mended by leaving a reservation on the queue when handing it on.
-// 6. A failed reservation left on the queue. A reservation whose connection attempt failed
+// 7. A failed reservation left on the queue. A reservation whose connection attempt failed
 //    is rejected but stays queued: every later close hands it another connection attempt,
 //    so while PostgreSQL is unreachable the live reservations wait behind dead ones until it
 //    is back, and once it is, a connection is handed to the dead one and lost to the pool.
@@ -70,6 +76,13 @@ const packages = [
       },
       // 4: in ReadyForQuery
       { from: "        return fetchArrayTypes()\n", to: "        return fetchArrayTypes().catch(() => {})", count: 1 },
+      // 5: in closed(), before a close during startup returns to reconnect
+      {
+        from: "    socket = null\n\n    if (initial)\n",
+        to: "    socket = null\n\n    initial && !hadError && !terminated && errored(Errors.connection('CONNECTION_CLOSED', options, socket))",
+        keep: "    if (initial)\n",
+        count: 1,
+      },
     ],
   },
   {
@@ -77,13 +90,13 @@ const packages = [
     version: "3.4.9",
     files: ["src/index.js", "cjs/src/index.js", "cf/src/index.js"],
     mends: [
-      // 5: in onclose()
+      // 6: in onclose()
       {
         from: "    queries.length && connect(c, queries.shift())\n",
         to: "    queries.length && connect(c, (q => (q.reserve && queries.push(q), q))(queries.shift()))",
         count: 1,
       },
-      // 6: in reserve()
+      // 7: in reserve()
       {
         from: "        const query = { reserve: resolve, reject }\n",
         to: "        const query = { reserve: resolve, reject: e => (queries.remove(query), reject(e)) }",

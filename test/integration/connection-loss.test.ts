@@ -1,5 +1,6 @@
 import { setDefaultTimeout, afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
+import { createServer, type AddressInfo } from "node:net";
 import postgres from "postgres";
 import { sql } from "drizzle-orm";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
@@ -121,6 +122,32 @@ if ((await testStores()).includes("postgres")) {
       expect(ended).toBeGreaterThan(0);
       expect(others).toEqual([]);
       expect(slowest).toBeLessThan(5_000);
+    });
+
+    // Something that accepts connections and closes them at once, cleanly (a proxy or load
+    // balancer with no PostgreSQL behind it): opening fails at once, with the address. postgres
+    // 3.4.9 reconnected for ever, hundreds of times a second, and the open never ended
+    // (porsager/postgres#1193; mended at install).
+    test("OpeningAgainstACleanCloseFailsAtOnce", async () => {
+      let connections = 0;
+      const closer = createServer((c) => {
+        connections++;
+        c.on("error", () => {});
+        c.end();
+      });
+      await new Promise<void>((resolve) => closer.listen(0, "127.0.0.1", resolve));
+      const { port } = closer.address() as AddressInfo;
+      try {
+        const opening = openDatabase({ postgres: { url: `postgres://postgres@127.0.0.1:${port}/tern` } }).then(
+          (d) => (void d.close(), "opened"),
+          (e: Error) => e.message,
+        );
+        const outcome = await Promise.race([opening, Bun.sleep(5_000).then(() => "still opening after 5 s")]);
+        expect(outcome).toContain(`cannot connect to PostgreSQL at postgres://postgres@127.0.0.1:${port}/tern`);
+        expect(connections).toBeLessThan(5);
+      } finally {
+        closer.close();
+      }
     });
 
     // postgres 3.4.9 kept a FATAL answer past its connection's close and failed the next
