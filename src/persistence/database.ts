@@ -96,11 +96,10 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
     throw new Error(`cannot connect to PostgreSQL at ${redactUrl(configured)}: ${(e as Error).message}`);
   }
   const db = drizzlePostgres(client, { schema }) as unknown as Db;
-  const pipelined = createPipelinedTransactions(client);
   return {
     db,
     kind: "postgres",
-    pipelined,
+    pipelined: createPipelinedTransactions(client),
     async withExclusiveLock(fn) {
       // A session advisory lock on a connection of its own excludes other processes.
       const locker = postgres(url, { ...(host && { host }), max: 1, onnotice: () => {} });

@@ -11,7 +11,7 @@ import { expectSameHistories, globalNamespace } from "../replication/support";
 import { eventually } from "../support/eventually";
 import { createTestDatabase } from "../support/postgres";
 import { startTestCluster, type TestCluster } from "../support/server";
-import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy";
+import { startTcpProxyFor, type TcpProxy } from "../support/tcp-proxy";
 import { testStores } from "../support/stores";
 
 setDefaultTimeout(120_000);
@@ -48,6 +48,16 @@ async function untilAcked(write: () => Promise<unknown>, failures: Map<string, s
 
 /** The failures that are neither a retryable answer nor a reset connection: INTERNAL, a deadline, ... */
 const unexpected = (failures: Map<string, string>) => [...failures].filter(([kind]) => kind !== "Unavailable" && kind !== "reset");
+
+/** Signals workflow w of namespace, with requestId, within 30 s. */
+const signalW = (wf: Client<typeof WorkflowService>, namespace: string, requestId: string) =>
+  wf.signalWorkflowExecution({ namespace, workflowExecution: { workflowId: "w" }, signalName: "s", requestId }, { timeoutMs: 30_000 });
+
+/** `writers` writers, each sending `each` signals one after another (request ids r-<writer>-<i>) through send. */
+const signalWriters = (writers: number, each: number, send: (requestId: string) => Promise<unknown>) =>
+  Array.from({ length: writers }, async (_, w) => {
+    for (let i = 0; i < each; i++) await send(`r-${w}-${i}`);
+  });
 
 /** Workflow w in namespace holds n signals, each request id once. */
 async function expectEachSignalOnce(wf: Client<typeof WorkflowService>, namespace: string, n: number): Promise<void> {
@@ -188,14 +198,7 @@ if ((await testStores()).includes("postgres")) {
       let acked = 0;
       let ended = 0;
       // A write must fail or succeed, never hang on a connection that is gone.
-      const signal = (requestId: string) =>
-        untilAcked(
-          () => wf.signalWorkflowExecution({ namespace: "loss", workflowExecution: { workflowId: "w" }, signalName: "s", requestId }, { timeoutMs: 30_000 }).then(() => acked++),
-          failures,
-        );
-      const writers = Array.from({ length: 6 }, async (_, w) => {
-        for (let i = 0; i < 40; i++) await signal(`r-${w}-${i}`);
-      });
+      const writers = signalWriters(6, 40, (requestId) => untilAcked(() => signalW(wf, "loss", requestId).then(() => acked++), failures));
       // Three rounds of terminations while the writers run.
       const killer = (async () => {
         for (const at of [20, 80, 150]) {
@@ -220,10 +223,9 @@ if ((await testStores()).includes("postgres")) {
     let cluster: TestCluster;
     beforeAll(async () => {
       database = await createTestDatabase();
-      const url = new URL(database.url);
-      proxy = await startTcpProxy({ host: url.hostname, port: Number(url.port || 5432) });
-      url.port = String(proxy.port);
-      cluster = await startTestCluster({ store: "postgres", dataLocation: url.toString() });
+      const proxied = await startTcpProxyFor(database.url);
+      proxy = proxied.proxy;
+      cluster = await startTestCluster({ store: "postgres", dataLocation: proxied.url });
       await cluster.client(WorkflowService).registerNamespace({ namespace: "outage" });
     });
     afterAll(async () => {
@@ -238,19 +240,17 @@ if ((await testStores()).includes("postgres")) {
       const failures = new Map<string, string>();
       let acked = 0;
       let slowest = 0;
-      const signal = (requestId: string) =>
+      const writers = signalWriters(4, 40, (requestId) =>
         untilAcked(async () => {
           const started = performance.now();
           try {
-            await wf.signalWorkflowExecution({ namespace: "outage", workflowExecution: { workflowId: "w" }, signalName: "s", requestId }, { timeoutMs: 30_000 });
+            await signalW(wf, "outage", requestId);
             acked++;
           } finally {
             slowest = Math.max(slowest, performance.now() - started);
           }
-        }, failures);
-      const writers = Array.from({ length: 4 }, async (_, w) => {
-        for (let i = 0; i < 40; i++) await signal(`r-${w}-${i}`);
-      });
+        }, failures),
+      );
       let during = 0;
       const outage = (async () => {
         await eventually(() => expect(acked).toBeGreaterThanOrEqual(40), { timeout: 30_000, interval: 5 });

@@ -9,7 +9,7 @@ import { eventually } from "../support/eventually";
 import { createTestDatabase } from "../support/postgres";
 import { rejects } from "../support/rejects";
 import { startTestCluster, type TestCluster } from "../support/server";
-import { startTcpProxy } from "../support/tcp-proxy";
+import { startTcpProxyFor } from "../support/tcp-proxy";
 import { testStores } from "../support/stores";
 
 setDefaultTimeout(60_000);
@@ -197,10 +197,8 @@ if (stores.includes("postgres")) {
     // the server comes first.
     test("TestAReservationWaitingWhenAConnectionIsCutIsServed", async () => {
       await client`truncate pipelined`;
-      const url = new URL(database.url);
-      const proxy = await startTcpProxy({ host: url.hostname, port: Number(url.port || 5432) });
-      url.host = `127.0.0.1:${proxy.port}`;
-      const single = postgres(url.toString(), { max: 1, onnotice: () => {} });
+      const { proxy, url } = await startTcpProxyFor(database.url);
+      const single = postgres(url, { max: 1, onnotice: () => {} });
       const one = createPipelinedTransactions(single);
       try {
         let pid = 0;

@@ -10,6 +10,17 @@ export interface TcpProxy {
   close(): Promise<void>;
 }
 
+/** Ends s with a TCP reset where the runtime can, else closes it. */
+const reset = (s: Socket) => void (s.resetAndDestroy?.() ?? s.destroy());
+
+/** A proxy in front of the server of a database URL, and the same URL through the proxy. */
+export async function startTcpProxyFor(databaseUrl: string): Promise<{ proxy: TcpProxy; url: string }> {
+  const url = new URL(databaseUrl);
+  const proxy = await startTcpProxy({ host: url.hostname, port: Number(url.port || 5432) });
+  url.host = `127.0.0.1:${proxy.port}`;
+  return { proxy, url: url.toString() };
+}
+
 export async function startTcpProxy(target: { host: string; port: number }): Promise<TcpProxy> {
   const sockets = new Set<Socket>();
   let refusing = false;
@@ -21,7 +32,7 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
   const server = createServer((client) => {
     if (refusing) {
       client.on("error", () => {});
-      return void (client.resetAndDestroy?.() ?? client.destroy());
+      return reset(client);
     }
     const upstream = connect(target.port, target.host);
     track(client);
@@ -35,7 +46,7 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
   const { port } = server.address() as { port: number };
   return {
     port,
-    cut: () => sockets.forEach((s) => s.resetAndDestroy?.() ?? s.destroy()),
+    cut: () => sockets.forEach(reset),
     refuse: (on) => void (refusing = on),
     close: () => {
       sockets.forEach((s) => s.destroy());
