@@ -62,47 +62,45 @@ const packages = [
   {
     name: "postgres",
     version: "3.4.9",
-    files: ["src/connection.js", "cjs/src/connection.js", "cf/src/connection.js"],
-    mends: [
-      // 1: in terminate() and in closed()
-      { from: "    clearImmediate(nextWriteTimer)\n", to: "    clearImmediate(nextWriteTimer), nextWriteTimer = chunk = null", count: 2 },
-      // 2: the first line of closed()
-      { from: "    incoming = Buffer.alloc(0)\n    remaining = 0\n", to: "    incoming = Buffer.alloc(0), errorResponse = null", keep: "    remaining = 0\n", count: 1 },
-      // 3: in closed(), after a close during startup has returned to reconnect
-      {
-        from: "    !hadError && (query || sent.length) && error(Errors.connection('CONNECTION_CLOSED', options, socket))\n",
-        to: "    if (query || sent.length) error(Errors.connection('CONNECTION_CLOSED', options, socket)); query = null",
-        count: 1,
-      },
-      // 4: in ReadyForQuery
-      { from: "        return fetchArrayTypes()\n", to: "        return fetchArrayTypes().catch(() => {})", count: 1 },
-      // 5: in closed(), before a close during startup returns to reconnect
-      {
-        from: "    socket = null\n\n    if (initial)\n",
-        to: "    socket = null\n\n    initial && !hadError && !terminated && errored(Errors.connection('CONNECTION_CLOSED', options, socket))",
-        keep: "    if (initial)\n",
-        count: 1,
-      },
-    ],
-  },
-  {
-    name: "postgres",
-    version: "3.4.9",
-    files: ["src/index.js", "cjs/src/index.js", "cf/src/index.js"],
-    mends: [
-      // 6: in onclose()
-      {
-        from: "    queries.length && connect(c, queries.shift())\n",
-        to: "    queries.length && connect(c, (q => (q.reserve && queries.push(q), q))(queries.shift()))",
-        count: 1,
-      },
-      // 7: in reserve()
-      {
-        from: "        const query = { reserve: resolve, reject }\n",
-        to: "        const query = { reserve: resolve, reject: e => (queries.remove(query), reject(e)) }",
-        count: 1,
-      },
-    ],
+    // The ES module source, and its CommonJS and Cloudflare builds: the same text in each.
+    builds: ["src", "cjs/src", "cf/src"],
+    mends: {
+      "connection.js": [
+        // 1: in terminate() and in closed()
+        { from: "    clearImmediate(nextWriteTimer)\n", to: "    clearImmediate(nextWriteTimer), nextWriteTimer = chunk = null", count: 2 },
+        // 2: the first line of closed()
+        { from: "    incoming = Buffer.alloc(0)\n    remaining = 0\n", to: "    incoming = Buffer.alloc(0), errorResponse = null", keep: "    remaining = 0\n", count: 1 },
+        // 3: in closed(), after a close during startup has returned to reconnect
+        {
+          from: "    !hadError && (query || sent.length) && error(Errors.connection('CONNECTION_CLOSED', options, socket))\n",
+          to: "    if (query || sent.length) error(Errors.connection('CONNECTION_CLOSED', options, socket)); query = null",
+          count: 1,
+        },
+        // 4: in ReadyForQuery
+        { from: "        return fetchArrayTypes()\n", to: "        return fetchArrayTypes().catch(() => {})", count: 1 },
+        // 5: in closed(), before a close during startup returns to reconnect
+        {
+          from: "    socket = null\n\n    if (initial)\n",
+          to: "    socket = null\n\n    initial && !hadError && !terminated && errored(Errors.connection('CONNECTION_CLOSED', options, socket))",
+          keep: "    if (initial)\n",
+          count: 1,
+        },
+      ],
+      "index.js": [
+        // 6: in onclose()
+        {
+          from: "    queries.length && connect(c, queries.shift())\n",
+          to: "    queries.length && connect(c, (q => (q.reserve && queries.push(q), q))(queries.shift()))",
+          count: 1,
+        },
+        // 7: in reserve()
+        {
+          from: "        const query = { reserve: resolve, reject }\n",
+          to: "        const query = { reserve: resolve, reject: e => (queries.remove(query), reject(e)) }",
+          count: 1,
+        },
+      ],
+    },
   },
 ];
 
@@ -125,11 +123,12 @@ for (const p of packages) {
     fail(`${p.name} is ${version}, the mends are for ${p.version}: check whether ${version} still has the defects described in scripts/patch-dependencies.mjs, then update or drop them`);
     continue;
   }
-  for (const file of p.files) {
+  const files = p.builds.flatMap((build) => Object.entries(p.mends).map(([name, mends]) => [`${build}/${name}`, mends]));
+  for (const [file, mends] of files) {
     const path = join(dir, file);
     let text = readFileSync(path, "utf8");
     let changed = false;
-    for (const m of p.mends) {
+    for (const m of mends) {
       const mended = `${m.to}${MARK}\n${m.keep ?? ""}`;
       const found = occurrences(text, m.from);
       const already = occurrences(text, mended);
