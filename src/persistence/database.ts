@@ -23,8 +23,11 @@ export interface Database {
   close(): Promise<void>;
 }
 
+/** Connections a server opens to PostgreSQL at most, unless `persistence.datastore.postgres.maxConnections` says otherwise. */
+const DEFAULT_MAX_CONNECTIONS = 8;
+
 export interface OpenOptions {
-  /** postgres.js pool size. */
+  /** postgres.js pool size (default DEFAULT_MAX_CONNECTIONS). */
   maxConnections?: number;
   /** A PGlite data dir snapshot (tar from dumpDataDir) to start from, for tests. */
   loadDataDir?: Blob;
@@ -78,7 +81,12 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
   const { url, host } = hostParameter(configured);
   const client = postgres(url, {
     ...(host && { host }),
-    max: opts.maxConnections ?? 32,
+    // Eight by default. With 32, at 250-500 writes/s, A's PostgreSQL spent 1.4x the CPU per
+    // write and the replication lag p99 was 1.5-1.9x as long, with no more writes at
+    // saturation (bench/README.md). Likely, not proven: postgres.js hands out its idle
+    // connections oldest first, so each write wakes a backend asleep since its last turn, and
+    // more writes queue inside PostgreSQL on a shard's row, where here they queue in the pool.
+    max: opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
     onnotice: () => {},
     // postgres.js counts every connection that closed with an error towards one shared retry
     // count and waits (0.5-1) x min(3^count / 100, 20) s before reconnecting: a restart that

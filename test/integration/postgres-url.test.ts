@@ -56,3 +56,33 @@ describe.if((await testStores()).includes("postgres"))("opening PostgreSQL throu
     expect(rows.map((r) => r.unix)).toEqual([true]);
   });
 });
+
+describe.if((await testStores()).includes("postgres"))("a server's PostgreSQL pool", () => {
+  let target: { url: string; drop(): Promise<void> };
+  beforeAll(async () => {
+    target = await createTestDatabase();
+  });
+  afterAll(() => target.drop());
+
+  /** The backends that served 20 statements issued at once, each holding its connection 50 ms. */
+  async function backendsServing(maxConnections?: number): Promise<number> {
+    const database = await openDatabase({ postgres: { url: target.url, ...(maxConnections && { maxConnections }) } });
+    try {
+      const answers = await Promise.all(
+        Array.from({ length: 20 }, () => database.db.execute(sql`select pg_backend_pid() as pid, pg_sleep(0.05)`) as unknown as Promise<{ pid: number }[]>),
+      );
+      return new Set(answers.map(([row]) => row!.pid)).size;
+    } finally {
+      await database.close();
+    }
+  }
+
+  test("OpensEightConnectionsAtMostByDefault", async () => {
+    expect(await backendsServing()).toBe(8);
+  });
+
+  test("OpensAsManyAsMaxConnectionsSays", async () => {
+    expect(await backendsServing(3)).toBe(3);
+    expect(await backendsServing(12)).toBe(12);
+  });
+});
