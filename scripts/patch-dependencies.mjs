@@ -56,53 +56,10 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
-const MARK = " // mended by tern";
 
-const packages = [
-  {
-    name: "postgres",
-    version: "3.4.9",
-    // The ES module source, and its CommonJS and Cloudflare builds: the same text in each.
-    builds: ["src", "cjs/src", "cf/src"],
-    mends: {
-      "connection.js": [
-        // 1: in terminate() and in closed()
-        { from: "    clearImmediate(nextWriteTimer)\n", to: "    clearImmediate(nextWriteTimer), nextWriteTimer = chunk = null", count: 2 },
-        // 2: the first line of closed()
-        { from: "    incoming = Buffer.alloc(0)\n    remaining = 0\n", to: "    incoming = Buffer.alloc(0), errorResponse = null", keep: "    remaining = 0\n", count: 1 },
-        // 3: in closed(), after a close during startup has returned to reconnect
-        {
-          from: "    !hadError && (query || sent.length) && error(Errors.connection('CONNECTION_CLOSED', options, socket))\n",
-          to: "    if (query || sent.length) error(Errors.connection('CONNECTION_CLOSED', options, socket)); query = null",
-          count: 1,
-        },
-        // 4: in ReadyForQuery
-        { from: "        return fetchArrayTypes()\n", to: "        return fetchArrayTypes().catch(() => {})", count: 1 },
-        // 5: in closed(), before a close during startup returns to reconnect
-        {
-          from: "    socket = null\n\n    if (initial)\n",
-          to: "    socket = null\n\n    initial && !hadError && !terminated && errored(Errors.connection('CONNECTION_CLOSED', options, socket))",
-          keep: "    if (initial)\n",
-          count: 1,
-        },
-      ],
-      "index.js": [
-        // 6: in onclose()
-        {
-          from: "    queries.length && connect(c, queries.shift())\n",
-          to: "    queries.length && connect(c, (q => (q.reserve && queries.push(q), q))(queries.shift()))",
-          count: 1,
-        },
-        // 7: in reserve()
-        {
-          from: "        const query = { reserve: resolve, reject }\n",
-          to: "        const query = { reserve: resolve, reject: e => (queries.remove(query), reject(e)) }",
-          count: 1,
-        },
-      ],
-    },
-  },
-];
+// What to mend, and where (the numbers above): dependency-mends.json, which the server reads
+// too, to refuse PostgreSQL with an unmended driver (src/persistence/driver-mends.ts).
+const { mark: MARK, packages } = JSON.parse(readFileSync(join(root, "scripts", "dependency-mends.json"), "utf8"));
 
 const occurrences = (text, s) => text.split(s).length - 1;
 

@@ -4,6 +4,7 @@ import { drizzle as drizzlePglite } from "drizzle-orm/pglite";
 import { drizzle as drizzlePostgres } from "drizzle-orm/postgres-js";
 import postgres from "postgres";
 import type { DatastoreConfig } from "../config/schema";
+import { requireMendedDriver } from "./driver-mends";
 import { acquireDataDirLock, type DataDirLock } from "./lock";
 import { createPipelinedTransactions, type PipelinedTransactions } from "./pipelined-tx";
 import * as schema from "./schema";
@@ -78,6 +79,7 @@ export function hostParameter(url: string): { url: string; host?: string } {
 }
 
 async function openPostgres(configured: string, opts: OpenOptions): Promise<Database> {
+  requireMendedDriver();
   const { url, host } = hostParameter(configured);
   const client = postgres(url, {
     ...(host && { host }),
