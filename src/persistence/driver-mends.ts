@@ -8,7 +8,7 @@ import mends from "../../scripts/dependency-mends.json";
  * mend of scripts/patch-dependencies.mjs (npm's postinstall). Without them, losing PostgreSQL
  * can leave queries waiting for good or end the process: an install with `--ignore-scripts`
  * goes without them, and so does a postgres bumped by hand. dir is the package's directory,
- * by default the one `import "postgres"` loads; undefined, when that cannot be found, is not checked.
+ * by default the one `import "postgres"` loads.
  */
 export function driverMendsMissing(dir: string | undefined = installedDir("postgres")): string | undefined {
   const pkg = mends.packages.find((p) => p.name === "postgres")!;
@@ -45,7 +45,7 @@ function installedDir(name: string): string | undefined {
 
 let checked: string | undefined | null = null;
 
-/** Throws, once per process and then on every call, when driverMendsMissing finds something. */
+/** Throws when driverMendsMissing finds something; it looks once per process. */
 export function requireMendedDriver(): void {
   if (checked === null) checked = driverMendsMissing();
   if (checked) {
