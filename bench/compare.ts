@@ -56,8 +56,11 @@ try {
   // Same dependencies: the base runs on this checkout's node_modules (a changed lock file is reported).
   symlinkSync(join(repoRoot, "node_modules"), join(baseRoot, "node_modules"));
   const lockChanged = git("diff", "--name-only", baseRev, "--", "package-lock.json") !== "";
+  // The mends are applied to node_modules, so the base runs with this checkout's (mend 8 changes the pool's order).
+  const mendsChanged = git("diff", "--name-only", baseRev, "--", "scripts/dependency-mends.json") !== "";
   console.log(`compare: base ${args.base} (${baseRev.slice(0, 10)}) against this checkout (${headRev.slice(0, 10)}${dirty ? ", with uncommitted changes" : ""})`);
   if (lockChanged) console.log("  note: package-lock.json differs; the base runs on this checkout's node_modules");
+  if (mendsChanged) console.log("  note: scripts/dependency-mends.json differs; the base runs with this checkout's mended postgres.js");
   console.log(`  ${args.pairs} runs each, ABBA order; steady ${args.rate} ops/s, ${args.clients} clients, ${args.durationS}s after ${args.warmupS}s warm-up, ${args.shards} shards; lag from ${args.ownPostgres ? "A's commit (private PostgreSQL)" : "the event time on A"}\n`);
 
   // The current run's servers and databases: stopped after the run, or first on Ctrl-C.

@@ -85,9 +85,10 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
     ...(host && { host }),
     // Eight by default. With 32, at 250-500 writes/s, A's PostgreSQL spent 1.4x the CPU per
     // write and the replication lag p99 was 1.5-1.9x as long, with no more writes at
-    // saturation (bench/README.md). Likely, not proven: postgres.js hands out its idle
-    // connections oldest first, so each write wakes a backend asleep since its last turn, and
-    // more writes queue inside PostgreSQL on a shard's row, where here they queue in the pool.
+    // saturation (bench/README.md). Likely, not proven: postgres.js handed out its idle
+    // connections oldest first (mended since: the last idle first, scripts/patch-dependencies.mjs,
+    // mend 8), so each write woke a backend asleep since its last turn, and more writes
+    // queue inside PostgreSQL on a shard's row, where here they queue in the pool.
     max: opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
     onnotice: () => {},
     // postgres.js counts every connection that closed with an error towards one shared retry

@@ -6,7 +6,8 @@ import mends from "../../scripts/dependency-mends.json";
 /**
  * What is wrong with the postgres.js tern would run with, or undefined when it carries every
  * mend of scripts/patch-dependencies.mjs (npm's postinstall). Without them, losing PostgreSQL
- * can leave queries waiting for good or end the process: an install with `--ignore-scripts`
+ * can leave queries waiting for good or end the process, and the pool wakes a backend asleep
+ * since its last turn for each statement: an install with `--ignore-scripts`
  * goes without them, and so does a postgres bumped by hand. dir is the package's directory,
  * by default the one `import "postgres"` loads.
  */
@@ -50,7 +51,7 @@ export function requireMendedDriver(): void {
   if (checked === null) checked = driverMendsMissing();
   if (checked) {
     throw new Error(
-      `${checked}: without them, losing PostgreSQL can leave requests waiting for good (scripts/patch-dependencies.mjs lists why). ` +
+      `${checked}: without them, losing PostgreSQL can leave requests waiting for good, and the pool wakes more PostgreSQL backends than it needs (scripts/patch-dependencies.mjs lists each). ` +
         "Run `node scripts/patch-dependencies.mjs` in tern's directory (npm runs it after `npm install`, unless with --ignore-scripts), then start again",
     );
   }

@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { sql } from "drizzle-orm";
 import postgres from "postgres";
 import { openDatabase, hostParameter, type Database } from "../../src/persistence/database";
+import { runStatement } from "../../src/persistence/raw-statements";
 import { testEnv } from "../support/env";
 import { createTestDatabase } from "../support/postgres";
 import { testStores } from "../support/stores";
@@ -84,5 +85,30 @@ describe.if((await testStores()).includes("postgres"))("a server's PostgreSQL po
   test("OpensAsManyAsMaxConnectionsSays", async () => {
     expect(await backendsServing(3)).toBe(3);
     expect(await backendsServing(12)).toBe(12);
+  });
+
+  // scripts/dependency-mends.json, mend 8: postgres.js handed out its idle connections oldest
+  // first, so one statement or transaction after another visited every backend of the pool.
+  test("HandsOutTheConnectionUsedLast, to statements and to pipelined transactions alike", async () => {
+    const database = await openDatabase({ postgres: { url: target.url } });
+    try {
+      const pidOf = async (q: Promise<unknown>) => ((await q) as { pid: number }[])[0]!.pid;
+      const statement = () => pidOf(database.db.execute(sql`select pg_backend_pid() as pid`));
+      const transaction = () => database.pipelined!.run(async (tx, commit) => {
+        const pid = pidOf(runStatement(tx, "select pg_backend_pid() as pid", []));
+        commit();
+        return pid;
+      });
+      // Every connection of the pool open and idle.
+      const opened = await Promise.all(
+        Array.from({ length: 20 }, () => pidOf(database.db.execute(sql`select pg_backend_pid() as pid, pg_sleep(0.05)`))),
+      );
+      expect(new Set(opened).size).toBe(8);
+      const served: number[] = [];
+      for (let i = 0; i < 8; i++) served.push(await statement(), await transaction());
+      expect(new Set(served).size).toBe(1);
+    } finally {
+      await database.close();
+    }
   });
 });
