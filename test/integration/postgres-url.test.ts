@@ -65,14 +65,18 @@ describe.if((await testStores()).includes("postgres"))("a server's PostgreSQL po
   });
   afterAll(() => target.drop());
 
-  /** The backends that served 20 statements issued at once, each holding its connection 50 ms. */
+  /** The backend that answered q, a `select pg_backend_pid() as pid ...`. */
+  const pidOf = async (q: Promise<unknown>) => ((await q) as { pid: number }[])[0]!.pid;
+
+  /** The backends of database's pool that served 20 statements issued at once, each holding its connection 50 ms. */
+  const backendsAtOnce = async (database: Database) =>
+    new Set(await Promise.all(Array.from({ length: 20 }, () => pidOf(database.db.execute(sql`select pg_backend_pid() as pid, pg_sleep(0.05)`))))).size;
+
+  /** backendsAtOnce of a fresh pool of maxConnections (default: tern's). */
   async function backendsServing(maxConnections?: number): Promise<number> {
     const database = await openDatabase({ postgres: { url: target.url, ...(maxConnections && { maxConnections }) } });
     try {
-      const answers = await Promise.all(
-        Array.from({ length: 20 }, () => database.db.execute(sql`select pg_backend_pid() as pid, pg_sleep(0.05)`) as unknown as Promise<{ pid: number }[]>),
-      );
-      return new Set(answers.map(([row]) => row!.pid)).size;
+      return await backendsAtOnce(database);
     } finally {
       await database.close();
     }
@@ -92,7 +96,6 @@ describe.if((await testStores()).includes("postgres"))("a server's PostgreSQL po
   test("HandsOutTheConnectionUsedLast, to statements and to pipelined transactions alike", async () => {
     const database = await openDatabase({ postgres: { url: target.url } });
     try {
-      const pidOf = async (q: Promise<unknown>) => ((await q) as { pid: number }[])[0]!.pid;
       const statement = () => pidOf(database.db.execute(sql`select pg_backend_pid() as pid`));
       const transaction = () => database.pipelined!.run(async (tx, commit) => {
         const pid = pidOf(runStatement(tx, "select pg_backend_pid() as pid", []));
@@ -100,10 +103,7 @@ describe.if((await testStores()).includes("postgres"))("a server's PostgreSQL po
         return pid;
       });
       // Every connection of the pool open and idle.
-      const opened = await Promise.all(
-        Array.from({ length: 20 }, () => pidOf(database.db.execute(sql`select pg_backend_pid() as pid, pg_sleep(0.05)`))),
-      );
-      expect(new Set(opened).size).toBe(8);
+      expect(await backendsAtOnce(database)).toBe(8);
       const served: number[] = [];
       for (let i = 0; i < 8; i++) served.push(await statement(), await transaction());
       expect(new Set(served).size).toBe(1);
