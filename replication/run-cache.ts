@@ -1,5 +1,5 @@
 import { runKeyText, type RunKey } from "../src/history/branch-store";
-import type { ExecutionRow } from "../src/history/execution-store";
+import { createRecentRows, insertedRow, savedRow } from "../src/history/recent-rows";
 import type { RunWrites } from "./applier";
 
 /**
@@ -12,41 +12,22 @@ import type { RunWrites } from "./applier";
  * two round trips, as without the cache).
  */
 export function createRunCache(limit = 1024) {
-  const rows = new Map<string, ExecutionRow>();
-  // A Map iterates in insertion order: re-inserting a row makes it the most recently used.
-  const use = (k: string, row: ExecutionRow) => {
-    rows.delete(k);
-    rows.set(k, row);
-  };
+  const rows = createRecentRows(limit);
   return {
-    get(key: RunKey): ExecutionRow | undefined {
-      const k = runKeyText(key);
-      const row = rows.get(k);
-      if (row) use(k, row);
-      return row;
-    },
-    /** Records the rows a committed apply left. */
+    get: (key: RunKey) => rows.get(runKeyText(key)),
+    /** Records the rows a committed apply left: a saved state bumps db_version; a new run starts at the column defaults. */
     committed(writes: RunWrites[]): void {
       for (const w of writes) {
-        const row = rowAfter(w);
-        if (!row) continue;
-        use(runKeyText(row), row);
-        if (rows.size > limit) rows.delete(rows.keys().next().value!);
+        const row = w.save ? savedRow(w.save.prev, w.save.next) : w.insert && insertedRow(w.insert);
+        if (row) rows.put(runKeyText(row), row);
       }
     },
     /** Forgets runs whose rows this process no longer knows (a failed or conflict-resolving apply). */
     forget(keys: RunKey[]): void {
-      for (const k of keys) rows.delete(runKeyText(k));
+      for (const k of keys) rows.forget(runKeyText(k));
     },
     get size() {
       return rows.size;
     },
   };
-}
-
-/** A run's row after w committed: a saved state bumps db_version; a new run starts at the column defaults. */
-function rowAfter(w: RunWrites): ExecutionRow | undefined {
-  if (w.save) return { ...w.save.prev, ...w.save.next, dbVersion: w.save.prev.dbVersion + 1 };
-  if (w.insert) return { closeTime: null, cancelRequested: false, executionTimeoutMs: 0, dbVersion: 1, ...w.insert } as ExecutionRow;
-  return undefined;
 }

@@ -6,13 +6,14 @@ import {
   type Failure,
   type Payloads,
 } from "../gen/tern/common/v1/common_pb";
-import { NamespaceNotActiveError, alreadyExists, failedPrecondition, invalidArgument, notFound, pgErrorOf, unavailable } from "../errors";
+import { NamespaceNotActiveError, alreadyExists, connectionLost, failedPrecondition, invalidArgument, notFound, pgErrorOf, unavailable } from "../errors";
 import type { NamespaceRecord, NamespaceRegistry } from "../namespace/registry";
 import type { Tx } from "../persistence/database";
 import { payloadBytes } from "./events";
 import { NamespaceChanged } from "./namespace-guard";
 import { claimRequestOrFail, findRequest, insertEvents, insertExecution, insertTimer, lockRun, type ExecutionRow, type NewEvent } from "./execution-store";
 import type { EventNotifier } from "./notifier";
+import { createRecentRows, insertedRow } from "./recent-rows";
 import { reuseRefusal } from "./reuse-policy";
 import { shardFor } from "./shard";
 import type { Append, Writer, WriterDeps } from "./writer";
@@ -64,6 +65,9 @@ export function createHistoryEngine(deps: EngineDeps) {
   const { namespaces, writer, notifier, metrics, cluster } = deps;
 
   const handoverWaitMs = deps.handoverWaitMs ?? 5000;
+  /** Each workflow's current run ("namespaceId/workflowId") as this process's last write of it left it. */
+  const runs = createRecentRows(4096);
+  const runKey = (namespaceId: string, workflowId: string) => `${namespaceId}/${workflowId}`;
 
   /** The namespace, if this cluster may write to it now; waits out a HANDOVER until deadline. */
   async function writableNamespace(name: string, deadline = 0): Promise<NamespaceRecord> {
@@ -104,7 +108,11 @@ export function createHistoryEngine(deps: EngineDeps) {
     if (!ref.workflowId) throw invalidArgument("workflow id is required");
     return withWritable(ref.namespace, async (ns) => {
       writer.checkBlob(payloadSize, operation, ns.name);
-      const result = await writer.transactPipelined(operation, async (tx, commit) => {
+      const key = runKey(ns.id, ref.workflowId);
+      const oneTrip = await appendInOneTrip(operation, ns, ref, build);
+      // The run's row as this write leaves it, kept once it committed.
+      let left: ExecutionRow | undefined;
+      const result = oneTrip ?? await writer.transactPipelined(operation, async (tx, commit) => {
         // With BEGIN: the run's row lock and the namespace check.
         const [found] = await Promise.all([lockRun(tx, ns.id, ref.workflowId, ref.runId), writer.guard(tx, ns)]);
         const run = requireOpen(found, ref);
@@ -119,18 +127,67 @@ export function createHistoryEngine(deps: EngineDeps) {
         commit();
         const [, written] = await Promise.all([claim, appended]);
         if (!change || !written) return { runId: run.runId, eventId: run.nextEventId - 1, appended: false };
+        // The current run only: a run addressed by id may be an older one.
+        if (!ref.runId) left = written.row;
         return { runId: run.runId, eventId: written.firstEventId, appended: true, status: change.status };
       }).catch(async (e) => {
+        left = undefined;
+        runs.forget(key);
         // A retry answers with the first attempt's result, whatever this attempt ran into
         // (the run closed since, a marker's expected id moved on, a duplicate claim).
         const first = ref.requestId ? await findRequest(deps.db as never, ns.id, ref.workflowId, ref.requestId) : undefined;
         if (!first) throw e;
         return { runId: first.runId, eventId: first.eventId, appended: false };
       });
-      if (result.appended) notifier.notify(result.runId);
+      if (left) runs.put(key, left);
+      if (result.appended) {
+        notifier.notify(result.runId);
+        metrics.inc("history_appends", { operation, path: oneTrip ? "one-trip" : "read-first" });
+      }
       if ("status" in result && result.status) countClose(result.status as string, ns.name);
       return result;
     });
+  }
+
+  /**
+   * appendTo's write in one round trip, from the workflow's current run as this process's
+   * last write of it left it (the recent rows): BEGIN, the namespace check, the request id
+   * claim, the run's state, the events and the outbox task go out with COMMIT. The namespace
+   * check and the state's db_version comparison fail it from inside, as does a claim taken
+   * before; the write is then made again from a fresh read, which also gives every refusal.
+   * Undefined then, and when the kept row cannot decide the write alone (none, closed, a run
+   * asked for by id, nothing to write, a refusal). A lost connection is not made again: its
+   * COMMIT may have gone through.
+   */
+  async function appendInOneTrip(
+    operation: string,
+    ns: NamespaceRecord,
+    ref: RunRef,
+    build: (run: ExecutionRow) => Append | undefined,
+  ): Promise<{ runId: string; eventId: number; appended: true; status?: string } | undefined> {
+    const key = runKey(ns.id, ref.workflowId);
+    const run = runs.get(key);
+    if (!run || run.status !== "RUNNING" || ref.runId) return undefined;
+    try {
+      const change = build(run);
+      if (!change) return undefined;
+      const written = await writer.transactPipelined(operation, async (tx, commit) => {
+        const guarded = writer.guardInSql(tx, ns);
+        const claim = ref.requestId
+          ? claimRequestOrFail(tx, { namespaceId: ns.id, workflowId: run.workflowId, requestId: ref.requestId, runId: run.runId, eventId: run.nextEventId })
+          : undefined;
+        const appended = writer.append(tx, ns, run, change, { guarded: true, fromMemory: true });
+        commit();
+        const [, , w] = await Promise.all([guarded, claim, appended]);
+        return w;
+      });
+      runs.put(key, written.row);
+      return { runId: run.runId, eventId: written.firstEventId, appended: true, status: change.status };
+    } catch (e) {
+      runs.forget(key);
+      if (connectionLost(e)) throw e;
+      return undefined;
+    }
   }
 
   function countClose(status: string, namespace: string): void {
@@ -142,7 +199,7 @@ export function createHistoryEngine(deps: EngineDeps) {
    * Inserts a new run (with its started event, optional signal, timer and outbox task). Not
    * async: every statement is issued before it returns (pipelined-tx.ts).
    */
-  function insertRun(tx: Tx, ns: NamespaceRecord, input: StartInput, runId: string, previous?: ExecutionRow): Promise<{ fireAt?: Date }> {
+  function insertRun(tx: Tx, ns: NamespaceRecord, input: StartInput, runId: string, previous?: ExecutionRow): Promise<{ fireAt?: Date; row: ExecutionRow }> {
     const time = deps.now();
     const shardId = shardFor(ns.id, input.workflowId, cluster.historyShardCount);
     const key = { namespaceId: ns.id, workflowId: input.workflowId, runId };
@@ -166,7 +223,7 @@ export function createHistoryEngine(deps: EngineDeps) {
     const history = [{ eventId: events.length, version: ns.failoverVersion }];
     const fireAt = input.executionTimeoutMs > 0 ? new Date(time.getTime() + input.executionTimeoutMs) : undefined;
     // Pipelined: the run's row, its events, its timer and the outbox task go out together.
-    const row = insertExecution(tx, {
+    const row = insertedRow({
       ...key,
       shardId,
       workflowType: input.workflowType,
@@ -179,11 +236,11 @@ export function createHistoryEngine(deps: EngineDeps) {
       versionHistory: history,
     });
     return Promise.all([
-      row,
+      insertExecution(tx, row),
       insertEvents(tx, key, 1, ns.failoverVersion, time, events, []),
       fireAt && insertTimer(tx, { id: ulid(), shardId, fireAt, kind: "WORKFLOW_TIMEOUT", ...key, version: ns.failoverVersion }),
       writer.outbox(tx, ns, { ...key, shardId }, 1, events, time, history),
-    ]).then(() => ({ fireAt }));
+    ]).then(() => ({ fireAt, row }));
   }
 
   /** Starts a run, or, with signal set and a run open, signals it (SignalWithStart). */
@@ -199,6 +256,8 @@ export function createHistoryEngine(deps: EngineDeps) {
     const operation = input.signal ? "SignalWithStartWorkflowExecution" : "CreateWorkflowExecution";
     const runId = ulid();
     try {
+      const key = runKey(ns.id, input.workflowId);
+      let left: ExecutionRow | undefined;
       const result = await writer.transactPipelined(operation, async (tx, commit): Promise<{ runId: string; started: boolean; fireAt?: Date }> => {
         // With BEGIN: the workflow's current run, locked, and the namespace check.
         const [previous] = await Promise.all([lockRun(tx, ns.id, input.workflowId, ""), writer.guard(tx, ns)]);
@@ -217,14 +276,18 @@ export function createHistoryEngine(deps: EngineDeps) {
           : insertRun(tx, ns, { ...input, requestId }, runId, previous);
         commit();
         const [, w] = await Promise.all([claim, written]);
+        left = w.row;
         return open ? { runId: previous.runId, started: false } : { runId, started: true, fireAt: (w as { fireAt?: Date }).fireAt };
       }).catch(async (e) => {
+        left = undefined;
+        runs.forget(key);
         // A retry answers with the first attempt's result, whatever this attempt ran into
         // (the run started by it is open, or closed since and refuses reuse, a duplicate claim).
         const first = await findRequest(deps.db as never, ns.id, input.workflowId, requestId);
         if (!first) throw e;
         return { runId: first.runId, started: false };
       });
+      if (left) runs.put(key, left);
       if ("fireAt" in result && result.fireAt) deps.onTimerCreated(result.fireAt);
       notifier.notify(result.runId);
       return { runId: result.runId, started: result.started };
@@ -246,11 +309,14 @@ export function createHistoryEngine(deps: EngineDeps) {
     requestCancel: (ref: RunRef, reason: string) =>
       appendTo("RequestCancelWorkflowExecution", ref, (run) => {
         if (run.cancelRequested) return undefined; // already requested: nothing new to say
-        metrics.inc("workflow_cancel", { namespace: ref.namespace });
         return {
           cancelRequested: true,
           events: [{ attributes: { case: "workflowExecutionCancelRequestedEventAttributes", value: { reason, identity: ref.identity ?? "", requestId: ref.requestId ?? "" } as never } }],
         };
+      }).then((r) => {
+        // Counted once written: a build may run twice (a write from a kept row made again).
+        if (r.appended) metrics.inc("workflow_cancel", { namespace: ref.namespace });
+        return r;
       }),
     terminate: (ref: RunRef, reason: string, details?: Payloads) =>
       appendTo("TerminateWorkflowExecution", ref, () => ({

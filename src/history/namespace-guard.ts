@@ -1,7 +1,7 @@
 import { sql } from "drizzle-orm";
 import type { NamespaceRecord } from "../namespace/registry";
 import type { Tx } from "../persistence/database";
-import { runStatement, tableCodec } from "../persistence/raw-statements";
+import { runGuard, runStatement, tableCodec } from "../persistence/raw-statements";
 import { namespaces } from "../persistence/schema";
 
 /** Thrown inside a write transaction when the namespace moved on since the write read it; the write is retried. */
@@ -51,6 +51,25 @@ const LOCK_SHARED_TEXT = `select pg_advisory_xact_lock_shared(hashtextextended($
 const READ_TEXT =
   `select ${n.name("replicationState")} as replication_state, ${n.name("failoverVersion")} as failover_version, ` +
   `${n.name("activeClusterName")} as active_cluster_name from ${n.table} where ${n.name("id")} = $1`;
+
+/**
+ * guardNamespace for a write sent in one round trip: the barrier lock, then a statement that
+ * fails (a guard, see DIVISION_BY_ZERO) unless the namespace is still NORMAL, at ns's failover
+ * version and active in currentCluster, so the write rolls back although its COMMIT is on the
+ * way (NamespaceChanged).
+ */
+export function guardNamespaceInSql(tx: Tx, ns: NamespaceRecord, currentCluster: string): Promise<unknown> {
+  if (!ns.isGlobal) return Promise.resolve();
+  return Promise.all([
+    runStatement(tx, LOCK_SHARED_TEXT, [ns.id]),
+    runGuard(tx, STILL_WRITABLE_TEXT, [ns.id, ns.failoverVersion, currentCluster], () =>
+      new NamespaceChanged(`namespace ${ns.name} is no longer NORMAL at version ${ns.failoverVersion} in ${currentCluster}`)),
+  ]);
+}
+
+const STILL_WRITABLE_TEXT =
+  `select 1 / (exists (select 1 from ${n.table} where ${n.name("id")} = $1 and ${n.name("replicationState")} = 'NORMAL' ` +
+  `and ${n.name("failoverVersion")} = $2 and ${n.name("activeClusterName")} = $3))::int as writable`;
 
 /** Takes a namespace's barrier lock exclusively: for changes of its active cluster (see readNamespaceUnderBarrier). */
 export async function lockNamespaceBarrier(tx: Tx, namespaceId: string): Promise<void> {

@@ -10,7 +10,9 @@ import type { Metrics } from "../observability/metrics";
 import type { Db, Tx } from "../persistence/database";
 import type { PipelinedTransactions } from "../persistence/pipelined-tx";
 import type { VersionHistoryItem } from "../persistence/schema";
-import { guardNamespace } from "./namespace-guard";
+import { guardNamespace, guardNamespaceInSql } from "./namespace-guard";
+import { savedRow } from "./recent-rows";
+import { saveRuns } from "./run-batches";
 import { deleteTimers, extendVersionHistory, insertEvents, saveRun, type ExecutionRow, type NewEvent } from "./execution-store";
 import type { EventNotifier } from "./notifier";
 
@@ -133,8 +135,20 @@ export function createWriter(deps: WriterDeps) {
     }
   }
 
-  /** Appends events to a locked open run, saves its state and writes the outbox task; guarded: the caller ran guard in tx. */
-  function append(tx: Tx, ns: NamespaceRecord, run: ExecutionRow, change: Append, opts: { guarded?: boolean } = {}): Promise<{ firstEventId: number }> {
+  /**
+   * Appends events to a locked open run, saves its state and writes the outbox task; guarded:
+   * the caller ran guard in tx. fromMemory: run is a row kept in memory, not read under its
+   * lock (a write in one round trip), so the state's save compares its db_version in SQL and
+   * fails the transaction (StaleRunError) if it moved on. Resolves to the first new event's id
+   * and the run's row as the write leaves it.
+   */
+  function append(
+    tx: Tx,
+    ns: NamespaceRecord,
+    run: ExecutionRow,
+    change: Append,
+    opts: { guarded?: boolean; fromMemory?: boolean } = {},
+  ): Promise<{ firstEventId: number; row: ExecutionRow }> {
     // Not async: a refusal throws before any statement is issued (pipelined-tx.ts).
     checkHistorySize(run, change.events.length);
     if (run.lastWriteVersion > ns.failoverVersion) {
@@ -151,22 +165,24 @@ export function createWriter(deps: WriterDeps) {
     const closing = change.status !== undefined && change.status !== "RUNNING";
     const next = first + change.events.length;
     const history = extendVersionHistory(run.versionHistory, next - 1, ns.failoverVersion);
-    // Pipelined: events, run state, the namespace check and the outbox task go out together
-    // (one round trip); a failure of any rolls back all.
+    const state: Partial<ExecutionRow> = {
+      nextEventId: next,
+      lastWriteVersion: ns.failoverVersion,
+      versionHistory: history,
+      ...(change.status ? { status: change.status } : {}),
+      ...(closing ? { closeTime: time } : {}),
+      ...(change.cancelRequested ? { cancelRequested: true } : {}),
+    };
+    // Pipelined: run state, events, the namespace check and the outbox task go out together
+    // (one round trip); a failure of any rolls back all. The state goes first: a row kept in
+    // memory that moved on fails there, before its events meet the ones written since.
     return Promise.all([
+      opts.fromMemory ? saveRuns(tx, [{ prev: run, next: state }]) : saveRun(tx, run, state),
       insertEvents(tx, key, first, ns.failoverVersion, time, change.events, run.versionHistory),
-      saveRun(tx, run, {
-        nextEventId: next,
-        lastWriteVersion: ns.failoverVersion,
-        versionHistory: history,
-        ...(change.status ? { status: change.status } : {}),
-        ...(closing ? { closeTime: time } : {}),
-        ...(change.cancelRequested ? { cancelRequested: true } : {}),
-      }),
       opts.guarded ? undefined : guardNamespace(tx, ns, deps.cluster.clusterName),
       closing ? deleteTimers(tx, key) : undefined,
       outbox(tx, ns, { ...key, shardId: run.shardId }, first, change.events, time, history),
-    ]).then(() => ({ firstEventId: first }));
+    ]).then(() => ({ firstEventId: first, row: savedRow(run, state) }));
   }
 
   /** Writes the replication task for events written at time from first on, when ns replicates. */
@@ -190,8 +206,10 @@ export function createWriter(deps: WriterDeps) {
 
   /** Checks, inside tx, that ns may still take this write here (see namespace-guard.ts). */
   const guard = (tx: Tx, ns: NamespaceRecord) => guardNamespace(tx, ns, deps.cluster.clusterName);
+  /** guard for a write sent in one round trip: fails the transaction from inside (NamespaceChanged). */
+  const guardInSql = (tx: Tx, ns: NamespaceRecord) => guardNamespaceInSql(tx, ns, deps.cluster.clusterName);
 
-  return { transact, transactPipelined, checkBlob, append, outbox, checkHistorySize, guard };
+  return { transact, transactPipelined, checkBlob, append, outbox, checkHistorySize, guard, guardInSql };
 }
 
 export type Writer = ReturnType<typeof createWriter>;

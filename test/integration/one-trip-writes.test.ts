@@ -1,0 +1,113 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { Code } from "@connectrpc/connect";
+import { asc, eq, sql } from "drizzle-orm";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { executions, historyEvents, namespaces } from "../../src/persistence/schema";
+import { rejects } from "../support/rejects";
+import { startTestCluster, type TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+
+setDefaultTimeout(60_000);
+
+const T = { workflowType: "t", taskQueue: "q" };
+
+// A signal to a run this process wrote last goes out in one round trip, from the run's row as
+// that write left it (src/history/recent-rows.ts); guards in SQL roll it back when the row or the
+// namespace moved on, and the write is made again from a fresh read.
+for (const store of await testStores()) {
+  describe(`client writes in one round trip on ${store}`, () => {
+    let cluster: TestCluster;
+    let wf: ReturnType<typeof cluster.client<typeof WorkflowService>>;
+    let nsId: string;
+    const db = () => cluster.server.database.db;
+    const counter = (name: string, labels: string) =>
+      Number(cluster.server.metrics.render().match(new RegExp(`${name}\\{${labels}\\} (\\d+)`))?.[1] ?? 0);
+    const appends = (path: string, operation = "SignalWorkflowExecution") => counter("history_appends", `operation="${operation}",path="${path}"`);
+    const signal = (workflowId: string, requestId?: string) =>
+      wf.signalWorkflowExecution({ namespace: "g", workflowExecution: { workflowId }, signalName: "s", requestId });
+    const eventIds = async (workflowId: string) =>
+      (await db().select().from(historyEvents).where(eq(historyEvents.workflowId, workflowId)).orderBy(asc(historyEvents.eventId))).map((e) => e.eventId);
+    const row = async (workflowId: string) => (await db().select().from(executions).where(eq(executions.workflowId, workflowId)))[0]!;
+    /** Another process's write of the run (of the same state): as every write of a run does, it moves db_version on. */
+    const writtenElsewhere = (workflowId: string, set: Partial<typeof executions.$inferInsert> = {}) =>
+      db().update(executions).set({ ...set, dbVersion: sql`${executions.dbVersion} + 1` }).where(eq(executions.workflowId, workflowId));
+
+    beforeAll(async () => {
+      cluster = await startTestCluster({ store });
+      wf = cluster.client(WorkflowService);
+      await wf.registerNamespace({ namespace: "g", isGlobalNamespace: true });
+      nsId = (await db().select().from(namespaces).where(eq(namespaces.name, "g")))[0]!.id;
+    });
+    afterAll(() => cluster.destroy());
+
+    test("TestSignalsToARunThisProcessWroteGoInOneTrip", async () => {
+      await wf.startWorkflowExecution({ namespace: "g", workflowId: "w1", ...T });
+      const before = appends("one-trip");
+      for (const id of ["a", "b", "c"]) await signal("w1", id);
+      expect(appends("one-trip")).toBe(before + 3);
+      expect(await eventIds("w1")).toEqual([1, 2, 3, 4]);
+      expect([(await row("w1")).nextEventId, (await row("w1")).dbVersion]).toEqual([5, 4]);
+    });
+
+    test("TestARunWrittenElsewhereIsReadAgain", async () => {
+      await wf.startWorkflowExecution({ namespace: "g", workflowId: "w2", ...T });
+      await signal("w2");
+      await writtenElsewhere("w2");
+      const [oneTrip, readFirst] = [appends("one-trip"), appends("read-first")];
+      const res = await signal("w2");
+      expect([appends("one-trip"), appends("read-first")]).toEqual([oneTrip, readFirst + 1]);
+      expect(Number(res.eventId)).toBe(3);
+      expect(await eventIds("w2")).toEqual([1, 2, 3]);
+      await signal("w2");
+      expect(appends("one-trip")).toBe(oneTrip + 1);
+    });
+
+    test("TestARunClosedElsewhereRefusesTheSignal", async () => {
+      await wf.startWorkflowExecution({ namespace: "g", workflowId: "w3", ...T });
+      await signal("w3");
+      await writtenElsewhere("w3", { status: "COMPLETED", closeTime: new Date() });
+      await rejects(signal("w3"), Code.FailedPrecondition, "already closed");
+      expect(await eventIds("w3")).toEqual([1, 2]);
+    });
+
+    test("TestARetriedSignalAnswersWithTheFirst", async () => {
+      await wf.startWorkflowExecution({ namespace: "g", workflowId: "w4", ...T });
+      const first = await signal("w4", "once");
+      const again = await signal("w4", "once");
+      expect(Number(again.eventId)).toBe(Number(first.eventId));
+      expect(await eventIds("w4")).toEqual([1, 2]);
+    });
+
+    test("TestARunClosedInOneTripTakesNoMoreSignals", async () => {
+      await wf.startWorkflowExecution({ namespace: "g", workflowId: "w6", ...T });
+      const before = appends("one-trip", "TerminateWorkflowExecution");
+      await wf.terminateWorkflowExecution({ namespace: "g", workflowExecution: { workflowId: "w6" }, reason: "done" });
+      expect(appends("one-trip", "TerminateWorkflowExecution")).toBe(before + 1);
+      expect((await row("w6")).status).toBe("TERMINATED");
+      await rejects(signal("w6"), Code.FailedPrecondition, "already closed");
+      expect(await eventIds("w6")).toEqual([1, 2]);
+    });
+
+    test("TestACancelRequestMadeAgainIsCountedOnce", async () => {
+      await wf.startWorkflowExecution({ namespace: "g", workflowId: "w7", ...T });
+      await signal("w7");
+      await writtenElsewhere("w7");
+      const [cancels, readFirst] = [counter("workflow_cancel", 'namespace="g"'), appends("read-first", "RequestCancelWorkflowExecution")];
+      await wf.requestCancelWorkflowExecution({ namespace: "g", workflowExecution: { workflowId: "w7" }, reason: "r" });
+      expect(appends("read-first", "RequestCancelWorkflowExecution")).toBe(readFirst + 1);
+      expect(counter("workflow_cancel", 'namespace="g"')).toBe(cancels + 1);
+      expect((await row("w7")).cancelRequested).toBe(true);
+    });
+    // Last: it leaves the namespace active elsewhere.
+    test("TestANamespaceFailedOverElsewhereRefusesTheSignal", async () => {
+      await wf.startWorkflowExecution({ namespace: "g", workflowId: "w5", ...T });
+      await signal("w5");
+      // Another process failed the namespace over to another cluster: this process's copy of it is stale.
+      await db().update(namespaces).set({ activeClusterName: "elsewhere", failoverVersion: sql`${namespaces.failoverVersion} + 100` }).where(eq(namespaces.id, nsId));
+      await rejects(signal("w5"), Code.FailedPrecondition, "elsewhere");
+      expect(await eventIds("w5")).toEqual([1, 2]);
+      expect((await row("w5")).nextEventId).toBe(3);
+    });
+
+  });
+}
