@@ -11,7 +11,7 @@ import type { NamespaceRecord, NamespaceRegistry } from "../namespace/registry";
 import type { Tx } from "../persistence/database";
 import { payloadBytes } from "./events";
 import { NamespaceChanged } from "./namespace-guard";
-import { claimRequestOrFail, findRequest, insertEvents, insertExecution, insertTimer, lockRun, type ExecutionRow, type NewEvent } from "./execution-store";
+import { claimRequestOrFail, findRequest, guardNoRun, insertEvents, insertExecution, insertTimer, lockRun, type ExecutionRow, type NewEvent } from "./execution-store";
 import type { EventNotifier } from "./notifier";
 import { createRecentRows, insertedRow } from "./recent-rows";
 import { reuseRefusal } from "./reuse-policy";
@@ -142,7 +142,7 @@ export function createHistoryEngine(deps: EngineDeps) {
       if (left) runs.put(key, left);
       if (result.appended) {
         notifier.notify(result.runId);
-        metrics.inc("history_appends", { operation, path: oneTrip ? "one-trip" : "read-first" });
+        metrics.inc("history_writes", { operation, path: oneTrip ? "one-trip" : "read-first" });
       }
       if ("status" in result && result.status) countClose(result.status as string, ns.name);
       return result;
@@ -185,6 +185,40 @@ export function createHistoryEngine(deps: EngineDeps) {
       return { runId: run.runId, eventId: written.firstEventId, appended: true, status: change.status };
     } catch (e) {
       runs.forget(key);
+      if (connectionLost(e)) throw e;
+      return undefined;
+    }
+  }
+
+  /**
+   * startIn's write in one round trip, for a workflow id this process knows no run of: BEGIN,
+   * the namespace check, a check that the id has no run at all, the request id claim, the
+   * run's row, its events, timer and outbox task go out with COMMIT. Undefined for
+   * SignalWithStart, for an id this process knows a run of, and when a check or the insert
+   * failed: the start is then made from a read, which gives every refusal and the reuse
+   * policy's answer. A lost connection is not made again: its COMMIT may have gone through.
+   */
+  async function startInOneTrip(
+    operation: string,
+    ns: NamespaceRecord,
+    input: StartInput,
+    requestId: string,
+    runId: string,
+  ): Promise<{ fireAt?: Date } | undefined> {
+    const key = runKey(ns.id, input.workflowId);
+    if (input.signal || runs.get(key)) return undefined;
+    try {
+      const written = await writer.transactPipelined(operation, async (tx, commit) => {
+        const checks = Promise.all([writer.guardInSql(tx, ns), guardNoRun(tx, ns.id, input.workflowId)]);
+        const claim = claimRequestOrFail(tx, { namespaceId: ns.id, workflowId: input.workflowId, requestId, runId, eventId: 1 });
+        const inserted = insertRun(tx, ns, { ...input, requestId }, runId);
+        commit();
+        const [, , w] = await Promise.all([checks, claim, inserted]);
+        return w;
+      });
+      runs.put(key, written.row);
+      return { fireAt: written.fireAt };
+    } catch (e) {
       if (connectionLost(e)) throw e;
       return undefined;
     }
@@ -255,6 +289,13 @@ export function createHistoryEngine(deps: EngineDeps) {
     const requestId = input.requestId || ulid();
     const operation = input.signal ? "SignalWithStartWorkflowExecution" : "CreateWorkflowExecution";
     const runId = ulid();
+    const oneTrip = await startInOneTrip(operation, ns, input, requestId, runId);
+    if (oneTrip) {
+      metrics.inc("history_writes", { operation, path: "one-trip" });
+      if (oneTrip.fireAt) deps.onTimerCreated(oneTrip.fireAt);
+      notifier.notify(runId);
+      return { runId, started: true };
+    }
     try {
       const key = runKey(ns.id, input.workflowId);
       let left: ExecutionRow | undefined;
@@ -287,7 +328,10 @@ export function createHistoryEngine(deps: EngineDeps) {
         if (!first) throw e;
         return { runId: first.runId, started: false };
       });
-      if (left) runs.put(key, left);
+      if (left) {
+        runs.put(key, left);
+        metrics.inc("history_writes", { operation, path: "read-first" });
+      }
       if ("fireAt" in result && result.fireAt) deps.onTimerCreated(result.fireAt);
       notifier.notify(result.runId);
       return { runId: result.runId, started: result.started };

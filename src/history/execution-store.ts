@@ -1,6 +1,6 @@
 import { and, asc, eq, gte, lt } from "drizzle-orm";
 import type { Db, Tx } from "../persistence/database";
-import { chunksOf, paddedChunks, padRows, ROWS_PER_INSERT, runStatement, tableCodec, textCache, valuesList } from "../persistence/raw-statements";
+import { chunksOf, paddedChunks, padRows, ROWS_PER_INSERT, runGuard, runStatement, tableCodec, textCache, valuesList } from "../persistence/raw-statements";
 import { executions, historyEvents, requestIds, timerTasks, type VersionHistoryItem } from "../persistence/schema";
 import { attributesToJson, eventFromRow, eventTypeOf, type EventAttributes } from "./events";
 
@@ -19,6 +19,23 @@ const lockRunText = textCache((byRunId: boolean) =>
   `select ${executionsSql.all()} from ${executionsSql.table} where ${executionsSql.name("namespaceId")} = $1 and ${executionsSql.name("workflowId")} = $2` +
   (byRunId ? ` and ${executionsSql.name("runId")} = $3` : "") +
   ` order by (${executionsSql.name("status")} = 'RUNNING') desc, ${executionsSql.name("startTime")} desc, ${executionsSql.name("runId")} desc limit 1 for update`);
+
+/** A start sent in one round trip met a run of its workflow id: it is made again from a read. */
+export class RunExistsError extends Error {
+  override name = "RunExistsError";
+}
+
+const noRunText =
+  `select 1 / (not exists (select 1 from ${executionsSql.table} where ${executionsSql.name("namespaceId")} = $1 and ${executionsSql.name("workflowId")} = $2))::int as none`;
+
+/**
+ * For a start sent in one round trip: fails the transaction (RunExistsError, a guard, see
+ * DIVISION_BY_ZERO) if the workflow id has any run, open or closed, committed before the
+ * statement began; a start committed meanwhile meets the insert's unique index instead.
+ */
+export function guardNoRun(tx: Tx, namespaceId: string, workflowId: string): Promise<void> {
+  return runGuard(tx, noRunText, [namespaceId, workflowId], () => new RunExistsError(`workflow ${workflowId} has a run`));
+}
 
 /** The run to act on, locked for the transaction: runId's, or the workflow's current run. */
 export async function lockRun(tx: Tx, namespaceId: string, workflowId: string, runId: string): Promise<ExecutionRow | undefined> {

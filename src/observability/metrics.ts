@@ -41,7 +41,7 @@ const HELP: Record<string, [Family["type"], string]> = {
   service_errors: ["counter", "RPC requests that failed"],
   service_latency: ["histogram", "RPC latency in seconds"],
   persistence_requests: ["counter", "Persistence operations"],
-  history_appends: ["counter", "Events appended to open runs by clients, by path: one-trip (from the run's row kept in memory) or read-first (the row read under its lock)"],
+  history_writes: ["counter", "Client writes of workflow runs (starts and appends), by path: one-trip (a start of an id without runs, an append from the run's row kept in memory) or read-first (the current run read under its lock)"],
   persistence_errors: ["counter", "Persistence operations that failed"],
   persistence_latency: ["histogram", "Persistence operation latency in seconds"],
   workflow_success: ["counter", "Workflow runs completed"],

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { Code } from "@connectrpc/connect";
-import { asc, eq, sql } from "drizzle-orm";
+import { and, asc, eq, sql } from "drizzle-orm";
+import { WorkflowIdReusePolicy } from "../../src/gen/tern/common/v1/common_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { executions, historyEvents, namespaces } from "../../src/persistence/schema";
 import { rejects } from "../support/rejects";
@@ -22,7 +23,7 @@ for (const store of await testStores()) {
     const db = () => cluster.server.database.db;
     const counter = (name: string, labels: string) =>
       Number(cluster.server.metrics.render().match(new RegExp(`${name}\\{${labels}\\} (\\d+)`))?.[1] ?? 0);
-    const appends = (path: string, operation = "SignalWorkflowExecution") => counter("history_appends", `operation="${operation}",path="${path}"`);
+    const appends = (path: string, operation = "SignalWorkflowExecution") => counter("history_writes", `operation="${operation}",path="${path}"`);
     const signal = (workflowId: string, requestId?: string) =>
       wf.signalWorkflowExecution({ namespace: "g", workflowExecution: { workflowId }, signalName: "s", requestId });
     const eventIds = async (workflowId: string) =>
@@ -98,6 +99,48 @@ for (const store of await testStores()) {
       expect(counter("workflow_cancel", 'namespace="g"')).toBe(cancels + 1);
       expect((await row("w7")).cancelRequested).toBe(true);
     });
+    test("TestAStartOfANewIdGoesInOneTrip", async () => {
+      const before = appends("one-trip", "CreateWorkflowExecution");
+      const { runId } = await wf.startWorkflowExecution({ namespace: "g", workflowId: "w8", ...T, requestId: "s8" });
+      expect(appends("one-trip", "CreateWorkflowExecution")).toBe(before + 1);
+      expect([(await row("w8")).runId, await eventIds("w8")]).toEqual([runId, [1]]);
+      // The started run takes its signals in one trip.
+      const signals = appends("one-trip");
+      await signal("w8");
+      expect(appends("one-trip")).toBe(signals + 1);
+      // Retried, the start answers with the first run.
+      const again = await wf.startWorkflowExecution({ namespace: "g", workflowId: "w8", ...T, requestId: "s8" });
+      expect([again.runId, again.started]).toEqual([runId, false]);
+    });
+
+    test("TestAStartOfAnIdWithARunWrittenElsewhereIsReadFirst", async () => {
+      // Runs this process never wrote (another process's): one closed, one open.
+      const other = (workflowId: string, status: string) => db().insert(executions).values({
+        namespaceId: nsId, workflowId, runId: `${workflowId}-elsewhere`, shardId: 1, workflowType: "t", taskQueue: "q", status,
+        startTime: new Date(), nextEventId: 2, lastWriteVersion: 1, versionHistory: [{ eventId: 1, version: 1 }],
+      });
+      await other("w9", "COMPLETED");
+      await other("w10", "RUNNING");
+      const before = appends("one-trip", "CreateWorkflowExecution");
+      await rejects(wf.startWorkflowExecution({ namespace: "g", workflowId: "w9", ...T, workflowIdReusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE }), Code.AlreadyExists, "reject-duplicate");
+      await rejects(wf.startWorkflowExecution({ namespace: "g", workflowId: "w10", ...T }), Code.AlreadyExists, "already running");
+      expect(appends("one-trip", "CreateWorkflowExecution")).toBe(before);
+      expect((await db().select().from(executions).where(eq(executions.workflowId, "w9"))).map((r) => r.runId)).toEqual(["w9-elsewhere"]);
+      // Allowed by its policy, the id's new run names the one before it.
+      const { runId } = await wf.startWorkflowExecution({ namespace: "g", workflowId: "w9", ...T });
+      const [started] = await db().select().from(historyEvents).where(and(eq(historyEvents.runId, runId), eq(historyEvents.eventId, 1)));
+      expect(JSON.stringify(started!.attributes)).toContain('"w9-elsewhere"');
+    });
+
+    test("TestANamespaceFailedOverElsewhereRefusesAStart", async () => {
+      await wf.registerNamespace({ namespace: "g2", isGlobalNamespace: true });
+      await wf.startWorkflowExecution({ namespace: "g2", workflowId: "w12", ...T });
+      // Another process failed the namespace over to another cluster: this process's copy of it is stale.
+      await db().update(namespaces).set({ activeClusterName: "elsewhere", failoverVersion: sql`${namespaces.failoverVersion} + 100` }).where(eq(namespaces.name, "g2"));
+      await rejects(wf.startWorkflowExecution({ namespace: "g2", workflowId: "w13", ...T }), Code.FailedPrecondition, "elsewhere");
+      expect(await db().select().from(executions).where(eq(executions.workflowId, "w13"))).toEqual([]);
+    });
+
     // Last: it leaves the namespace active elsewhere.
     test("TestANamespaceFailedOverElsewhereRefusesTheSignal", async () => {
       await wf.startWorkflowExecution({ namespace: "g", workflowId: "w5", ...T });
