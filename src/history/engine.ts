@@ -191,12 +191,13 @@ export function createHistoryEngine(deps: EngineDeps) {
   }
 
   /**
-   * startIn's write in one round trip, for a workflow id this process knows no run of: BEGIN,
+   * startIn's write in one round trip. For a workflow id this process knows no run of: BEGIN,
    * the namespace check, a check that the id has no run at all, the request id claim, the
-   * run's row, its events, timer and outbox task go out with COMMIT. Undefined for
-   * SignalWithStart, for an id this process knows a run of, and when a check or the insert
-   * failed: the start is then made from a read, which gives every refusal and the reuse
-   * policy's answer. A lost connection is not made again: its COMMIT may have gone through.
+   * run's row, its events, timer and outbox task go out with COMMIT. For SignalWithStart on
+   * the run this process wrote last: the signal, if appendInOneTrip can write it. Undefined
+   * for a plain start of an id this process knows a run of, and when a check failed: the
+   * start is then made from a read, which gives every refusal and the reuse policy's answer.
+   * A lost connection is not made again: its COMMIT may have gone through.
    */
   async function startInOneTrip(
     operation: string,
@@ -204,9 +205,16 @@ export function createHistoryEngine(deps: EngineDeps) {
     input: StartInput,
     requestId: string,
     runId: string,
-  ): Promise<{ fireAt?: Date } | undefined> {
+  ): Promise<{ runId: string; started: boolean; fireAt?: Date } | undefined> {
     const key = runKey(ns.id, input.workflowId);
-    if (input.signal || runs.get(key)) return undefined;
+    const known = runs.get(key);
+    if (known) {
+      const { signal } = input;
+      if (!signal) return undefined;
+      const ref = { namespace: input.namespace, workflowId: input.workflowId, runId: "", requestId };
+      const signalled = await appendInOneTrip(operation, ns, ref, () => ({ events: [signalEvent(signal.name, signal.input, input.identity, requestId)] }));
+      return signalled && { runId: signalled.runId, started: false };
+    }
     try {
       const written = await writer.transactPipelined(operation, async (tx, commit) => {
         const checks = Promise.all([writer.guardInSql(tx, ns), guardNoRun(tx, ns.id, input.workflowId)]);
@@ -217,7 +225,7 @@ export function createHistoryEngine(deps: EngineDeps) {
         return w;
       });
       runs.put(key, written.row);
-      return { fireAt: written.fireAt };
+      return { runId, started: true, fireAt: written.fireAt };
     } catch (e) {
       if (connectionLost(e)) throw e;
       return undefined;
@@ -293,8 +301,8 @@ export function createHistoryEngine(deps: EngineDeps) {
     if (oneTrip) {
       metrics.inc("history_writes", { operation, path: "one-trip" });
       if (oneTrip.fireAt) deps.onTimerCreated(oneTrip.fireAt);
-      notifier.notify(runId);
-      return { runId, started: true };
+      notifier.notify(oneTrip.runId);
+      return { runId: oneTrip.runId, started: oneTrip.started };
     }
     try {
       const key = runKey(ns.id, input.workflowId);

@@ -132,6 +132,25 @@ for (const store of await testStores()) {
       expect(JSON.stringify(started!.attributes)).toContain('"w9-elsewhere"');
     });
 
+    test("TestSignalWithStartGoesInOneTripAndStartsAfterARunClosedElsewhere", async () => {
+      const sws = (requestId?: string) => wf.signalWithStartWorkflowExecution({ namespace: "g", workflowId: "w14", ...T, signalName: "s", requestId });
+      const before = appends("one-trip", "SignalWithStartWorkflowExecution");
+      const first = await sws();
+      const second = await sws("again");
+      expect([first.started, second.started, second.runId]).toEqual([true, false, first.runId]);
+      expect(appends("one-trip", "SignalWithStartWorkflowExecution")).toBe(before + 2);
+      expect(await eventIds("w14")).toEqual([1, 2, 3]);
+      // Retried, the signal answers with the first.
+      expect((await sws("again")).runId).toBe(first.runId);
+      expect(await eventIds("w14")).toEqual([1, 2, 3]);
+      // Closed by another process, the run this process kept open is not signalled: a new run starts.
+      await writtenElsewhere("w14", { status: "COMPLETED", closeTime: new Date() });
+      const third = await sws();
+      expect(third.started).toBe(true);
+      expect(third.runId).not.toBe(first.runId);
+      expect(await eventIds("w14")).toEqual([1, 1, 2, 2, 3]); // both runs, by event id
+    });
+
     test("TestANamespaceFailedOverElsewhereRefusesAStart", async () => {
       await wf.registerNamespace({ namespace: "g2", isGlobalNamespace: true });
       await wf.startWorkflowExecution({ namespace: "g2", workflowId: "w12", ...T });
