@@ -127,8 +127,9 @@ export function createHistoryEngine(deps: EngineDeps) {
         commit();
         const [, written] = await Promise.all([claim, appended]);
         if (!change || !written) return { runId: run.runId, eventId: run.nextEventId - 1, appended: false };
-        // The current run only: a run addressed by id may be an older one.
-        if (!ref.runId) left = written.row;
+        // An open run is its workflow's current run (one open run per workflow id), whether
+        // addressed by id or not.
+        left = written.row;
         return { runId: run.runId, eventId: written.firstEventId, appended: true, status: change.status };
       }).catch(async (e) => {
         left = undefined;
@@ -155,8 +156,8 @@ export function createHistoryEngine(deps: EngineDeps) {
    * claim, the run's state, the events and the outbox task go out with COMMIT. The namespace
    * check and the state's db_version comparison fail it from inside, as does a claim taken
    * before; the write is then made again from a fresh read, which also gives every refusal.
-   * Undefined then, and when the kept row cannot decide the write alone (none, closed, a run
-   * asked for by id, nothing to write, a refusal). A lost connection is not made again: its
+   * Undefined then, and when the kept row cannot decide the write alone (none, closed, another
+   * run asked for by id, nothing to write, a refusal). A lost connection is not made again: its
    * COMMIT may have gone through.
    */
   async function appendInOneTrip(
@@ -167,7 +168,7 @@ export function createHistoryEngine(deps: EngineDeps) {
   ): Promise<{ runId: string; eventId: number; appended: true; status?: string } | undefined> {
     const key = runKey(ns.id, ref.workflowId);
     const run = runs.get(key);
-    if (!run || run.status !== "RUNNING" || ref.runId) return undefined;
+    if (!run || run.status !== "RUNNING" || (ref.runId && ref.runId !== run.runId)) return undefined;
     try {
       const change = build(run);
       if (!change) return undefined;

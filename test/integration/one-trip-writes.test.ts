@@ -48,6 +48,12 @@ for (const store of await testStores()) {
       expect(appends("one-trip")).toBe(before + 3);
       expect(await eventIds("w1")).toEqual([1, 2, 3, 4]);
       expect([(await row("w1")).nextEventId, (await row("w1")).dbVersion]).toEqual([5, 4]);
+      // Addressed by its run id too; another run id is read first (and not found).
+      const { runId } = await row("w1");
+      await wf.signalWorkflowExecution({ namespace: "g", workflowExecution: { workflowId: "w1", runId }, signalName: "s" });
+      expect(appends("one-trip")).toBe(before + 4);
+      await rejects(wf.signalWorkflowExecution({ namespace: "g", workflowExecution: { workflowId: "w1", runId: "other" }, signalName: "s" }), Code.NotFound, "run other");
+      expect(await eventIds("w1")).toEqual([1, 2, 3, 4, 5]);
     });
 
     test("TestARunWrittenElsewhereIsReadAgain", async () => {
