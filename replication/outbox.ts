@@ -1,5 +1,5 @@
 import type { Tx } from "../src/persistence/database";
-import { runStatement, tableCodec } from "../src/persistence/raw-statements";
+import { composite, runStatement, tableCodec, type DriverRow, type StatementPart } from "../src/persistence/raw-statements";
 import { replicationTasks, shards, type VersionHistoryItem } from "../src/persistence/schema";
 
 /** What changed in one execution write, for the passive clusters (DESIGN.md section 3). */
@@ -20,31 +20,49 @@ export interface ReplicationTaskInput {
  * sees task n+1 committed before task n.
  */
 export function appendReplicationTask(tx: Tx, task: ReplicationTaskInput): Promise<{ taskId: number; createdAt: Date }> {
-  // Parameters are prepared before the statement goes out (see pipelined-tx.ts).
+  const { text, params } = composite([replicationTaskPart(task)]);
+  return runStatement(tx, text, params).then(([row]) => replicationTaskOf(task, row));
+}
+
+/**
+ * appendReplicationTask as a part of a composite statement, written once the statement's
+ * expression named after (if any) has returned a row, so its write and locks come first;
+ * replicationTaskOf reads the task's id and time from the statement's row. Its parameters
+ * are prepared here, before any statement goes out (see pipelined-tx.ts).
+ */
+export function replicationTaskPart(task: ReplicationTaskInput, after?: string): StatementPart {
   const params = [
     task.shardId, task.namespaceId, task.workflowId, task.runId, task.firstEventId, task.nextEventId, task.version,
     t.param("versionHistory", task.versionHistory),
   ];
-  return runStatement(tx, APPEND_TEXT, params).then(([row]) => {
-    if (!row) throw new Error(`shard ${task.shardId} does not exist`);
-    const { taskId, createdAt } = t.fromRow(row);
-    return { taskId, createdAt };
-  });
+  return { ctes: appendCtes(after ?? ""), columns: APPEND_COLUMNS, params };
+}
+
+/** The task id and time a statement with replicationTaskPart gave task. */
+export function replicationTaskOf(task: ReplicationTaskInput, row: DriverRow | undefined): { taskId: number; createdAt: Date } {
+  if (row?.task_id === null || row?.task_id === undefined) throw new Error(`shard ${task.shardId} does not exist`);
+  const { taskId, createdAt } = t.fromRow(row);
+  return { taskId, createdAt };
 }
 
 const t = tableCodec(replicationTasks);
 const s = tableCodec(shards);
-const APPEND_TEXT = `
-  with next as (
-    update ${s.table} set ${s.name("nextTaskId")} = ${s.name("nextTaskId")} + 1
-    where ${s.name("shardId")} = $1
-    returning ${s.name("nextTaskId")} - 1 as task_id
-  )
-  insert into ${t.table} (${t.name("shardId")}, ${t.name("taskId")}, ${t.name("namespaceId")}, ${t.name("workflowId")}, ${t.name("runId")},
-    ${t.name("firstEventId")}, ${t.name("nextEventId")}, ${t.name("version")}, ${t.name("versionHistory")})
-  select $1, task_id, $2, $3, $4, $5, $6, $7, $8::jsonb
-  from next
-  returning ${t.name("taskId")} as task_id, ${t.name("createdAt")} as created_at`;
+type Ctes = StatementPart["ctes"];
+const appendCtesByAfter = new Map<string, Ctes>();
+const appendCtes = (after: string): Ctes => {
+  let ctes = appendCtesByAfter.get(after);
+  if (!ctes) appendCtesByAfter.set(after, (ctes = appendCtesText(after)));
+  return ctes;
+};
+const appendCtesText = (after: string): Ctes => [
+  ["next_task", `update ${s.table} set ${s.name("nextTaskId")} = ${s.name("nextTaskId")} + 1 where ${s.name("shardId")} = $1` +
+    `${after ? ` and exists (select 1 from ${after})` : ""} returning ${s.name("nextTaskId")} - 1 as task_id`],
+  ["task", `insert into ${t.table} (${t.name("shardId")}, ${t.name("taskId")}, ${t.name("namespaceId")}, ${t.name("workflowId")}, ${t.name("runId")}, ` +
+    `${t.name("firstEventId")}, ${t.name("nextEventId")}, ${t.name("version")}, ${t.name("versionHistory")}) ` +
+    `select $1, task_id, $2, $3, $4, $5, $6, $7, $8::jsonb from next_task ` +
+    `returning ${t.name("taskId")} as task_id, ${t.name("createdAt")} as created_at`],
+];
+const APPEND_COLUMNS = [["task_id", "(select task_id from task)"], ["created_at", "(select created_at from task)"]] as const;
 
 /**
  * The highest replication task id known committed per shard, in this process: from its

@@ -152,8 +152,9 @@ export function createHistoryEngine(deps: EngineDeps) {
 
   /**
    * appendTo's write in one round trip, from the workflow's current run as this process's
-   * last write of it left it (the recent rows): BEGIN, the namespace check, the request id
-   * claim, the run's state, the events and the outbox task go out with COMMIT. The namespace
+   * last write of it left it (the recent rows): BEGIN, the namespace's barrier lock, one
+   * statement (the namespace check, the request id claim, the run's state, the events and the
+   * outbox task, writer.append's fromMemory) and COMMIT go out together. The namespace
    * check and the state's db_version comparison fail it from inside, as does a claim taken
    * before; the write is then made again from a fresh read, which also gives every refusal.
    * Undefined then, and when the kept row cannot decide the write alone (none, closed, another
@@ -173,14 +174,10 @@ export function createHistoryEngine(deps: EngineDeps) {
       const change = build(run);
       if (!change) return undefined;
       const written = await writer.transactPipelined(operation, async (tx, commit) => {
-        const guarded = writer.guardInSql(tx, ns);
-        const claim = ref.requestId
-          ? claimRequestOrFail(tx, { namespaceId: ns.id, workflowId: run.workflowId, requestId: ref.requestId, runId: run.runId, eventId: run.nextEventId })
-          : undefined;
-        const appended = writer.append(tx, ns, run, change, { guarded: true, fromMemory: true });
+        // The namespace check and the request id's claim go in the write's one statement.
+        const appended = writer.append(tx, ns, run, change, { fromMemory: { requestId: ref.requestId || undefined } });
         commit();
-        const [, , w] = await Promise.all([guarded, claim, appended]);
-        return w;
+        return appended;
       });
       runs.put(key, written.row);
       return { runId: run.runId, eventId: written.firstEventId, appended: true, status: change.status };

@@ -1,6 +1,6 @@
 import { and, asc, eq, gte, lt } from "drizzle-orm";
 import type { Db, Tx } from "../persistence/database";
-import { chunksOf, paddedChunks, padRows, ROWS_PER_INSERT, runGuard, runStatement, tableCodec, textCache, valuesList } from "../persistence/raw-statements";
+import { chunksOf, paddedChunks, padRows, ROWS_PER_INSERT, runGuard, runStatement, tableCodec, textCache, valuesList, type StatementPart } from "../persistence/raw-statements";
 import { executions, historyEvents, requestIds, timerTasks, type VersionHistoryItem } from "../persistence/schema";
 import { attributesToJson, eventFromRow, eventTypeOf, type EventAttributes } from "./events";
 
@@ -33,7 +33,7 @@ const noRunText =
  * DIVISION_BY_ZERO) if the workflow id has any run, open or closed, committed before the
  * statement began; a start committed meanwhile meets the insert's unique index instead.
  */
-export function guardNoRun(tx: Tx, namespaceId: string, workflowId: string): Promise<void> {
+export function guardNoRun(tx: Tx, namespaceId: string, workflowId: string): Promise<unknown> {
   return runGuard(tx, noRunText, [namespaceId, workflowId], () => new RunExistsError(`workflow ${workflowId} has a run`));
 }
 
@@ -113,6 +113,28 @@ const eventParams = (key: RunKey, e: EventColumns) => [
   key.namespaceId, key.workflowId, key.runId, e.eventId, e.version, eventsSql.param("eventTime", e.eventTime), e.eventType, eventsSql.param("attributes", e.attributes),
 ];
 
+/**
+ * insertEvents of a write's few events (at most a thousand) as a part of a composite
+ * statement, inserted once the statement's expression named after has returned a row (so
+ * its write, and the locks it takes, come first); its parameters are prepared here.
+ */
+export function insertEventsPart(key: RunKey, firstEventId: number, version: number, time: Date, events: NewEvent[], after: string): StatementPart {
+  if (events.length > ROWS_PER_INSERT) throw new Error(`insertEventsPart: ${events.length} events, more than one statement takes`);
+  const rows = eventRows(firstEventId, version, time, events);
+  return { ctes: [["events", insertEventsAfterText({ rows: rows.length, after })]], columns: [], params: rows.flatMap((e) => eventParams(key, e)) };
+}
+
+const insertEventsAfterText = textCache(({ rows, after }: { rows: number; after: string }) => {
+  const names = EVENT_COLUMNS.map(eventsSql.name).join(", ");
+  return `insert into ${eventsSql.table} (${names}) select * from (values ${valuesList(rows, EVENT_COLUMNS.length, EVENT_COLUMNS.map(eventsSql.sqlType))}) ` +
+    `as v(${names}) where exists (select 1 from ${after})`;
+}, ({ rows, after }) => `${rows}/${after}`);
+
+/** claimRequestOrFail as a part of a composite statement: it fails the statement (unique violation) when an earlier write holds the request id. */
+export function claimRequestPart(r: { namespaceId: string; workflowId: string; requestId: string; runId: string; eventId: number }): StatementPart {
+  return { ctes: [["claim", claimOrFailText]], columns: [], params: [r.namespaceId, r.workflowId, r.requestId, r.runId, r.eventId] };
+}
+
 /** Inserts a run's event rows (a write's few), one statement per thousand. */
 export function insertEventRows(tx: Tx, key: RunKey, rows: EventColumns[]): Promise<unknown> {
   return Promise.all(chunksOf(rows, ROWS_PER_INSERT).map((chunk) => runStatement(tx, insertEventsText(chunk.length), chunk.flatMap((e) => eventParams(key, e)))));
@@ -158,11 +180,13 @@ export function insertEvents(
   history: VersionHistoryItem[],
 ): Promise<VersionHistoryItem[]> {
   const after = extendVersionHistory(history, firstEventId + events.length - 1, version);
-  const rows = events.map((e, i) => ({
+  return insertEventRows(tx, key, eventRows(firstEventId, version, time, events)).then(() => after);
+}
+
+const eventRows = (firstEventId: number, version: number, time: Date, events: NewEvent[]): EventColumns[] =>
+  events.map((e, i) => ({
     eventId: firstEventId + i, version, eventTime: time, eventType: eventTypeName(e.attributes), attributes: attributesToJson(e.attributes),
   }));
-  return insertEventRows(tx, key, rows).then(() => after);
-}
 
 const REQUEST_COLUMNS = ["namespaceId", "workflowId", "runId", "requestId", "eventId"] as const;
 const insertRequestIdsText = paddedInsertText(requestsSql, REQUEST_COLUMNS, " on conflict do nothing");

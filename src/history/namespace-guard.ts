@@ -1,7 +1,7 @@
 import { sql } from "drizzle-orm";
 import type { NamespaceRecord } from "../namespace/registry";
 import type { Tx } from "../persistence/database";
-import { runGuard, runStatement, tableCodec } from "../persistence/raw-statements";
+import { composite, runGuard, runStatement, tableCodec, type StatementPart } from "../persistence/raw-statements";
 import { namespaces } from "../persistence/schema";
 
 /** Thrown inside a write transaction when the namespace moved on since the write read it; the write is retried. */
@@ -60,16 +60,30 @@ const READ_TEXT =
  */
 export function guardNamespaceInSql(tx: Tx, ns: NamespaceRecord, currentCluster: string): Promise<unknown> {
   if (!ns.isGlobal) return Promise.resolve();
+  const { text, params } = composite([stillWritablePart(ns, currentCluster)]);
   return Promise.all([
-    runStatement(tx, LOCK_SHARED_TEXT, [ns.id]),
-    runGuard(tx, STILL_WRITABLE_TEXT, [ns.id, ns.failoverVersion, currentCluster], () =>
-      new NamespaceChanged(`namespace ${ns.name} is no longer NORMAL at version ${ns.failoverVersion} in ${currentCluster}`)),
+    lockNamespaceShared(tx, ns),
+    runGuard(tx, text, params, () => new NamespaceChanged(`namespace ${ns.name} is no longer NORMAL at version ${ns.failoverVersion} in ${currentCluster}`)),
   ]);
 }
 
-const STILL_WRITABLE_TEXT =
-  `select 1 / (exists (select 1 from ${n.table} where ${n.name("id")} = $1 and ${n.name("replicationState")} = 'NORMAL' ` +
-  `and ${n.name("failoverVersion")} = $2 and ${n.name("activeClusterName")} = $3))::int as writable`;
+/**
+ * guardNamespaceInSql in two parts, for a write whose statements go as one (composite): the
+ * barrier lock, a statement of its own (the check's snapshot must be taken after it is
+ * granted); undefined for a namespace that is not global.
+ */
+export function lockNamespaceShared(tx: Tx, ns: NamespaceRecord): Promise<unknown> | undefined {
+  return ns.isGlobal ? runStatement(tx, LOCK_SHARED_TEXT, [ns.id]) : undefined;
+}
+
+/** The check, a part of a statement issued after lockNamespaceShared: it fails the statement (division by zero) unless ns may still take the write here. */
+export function stillWritablePart(ns: NamespaceRecord, currentCluster: string): StatementPart {
+  return { ctes: [], columns: [["writable", STILL_WRITABLE]], params: [ns.id, ns.failoverVersion, currentCluster] };
+}
+
+const STILL_WRITABLE =
+  `1 / (exists (select 1 from ${n.table} where ${n.name("id")} = $1 and ${n.name("replicationState")} = 'NORMAL' ` +
+  `and ${n.name("failoverVersion")} = $2 and ${n.name("activeClusterName")} = $3))::int`;
 
 /** Takes a namespace's barrier lock exclusively: for changes of its active cluster (see readNamespaceUnderBarrier). */
 export async function lockNamespaceBarrier(tx: Tx, namespaceId: string): Promise<void> {

@@ -1,5 +1,5 @@
 import type { Tx } from "../persistence/database";
-import { paddedChunks, paddedRows, padRows, runGuard, runStatement, tableCodec, textCache, valuesList } from "../persistence/raw-statements";
+import { composite, paddedChunks, paddedRows, padRows, runGuard, runStatement, tableCodec, textCache, valuesList, type StatementPart } from "../persistence/raw-statements";
 import { executions } from "../persistence/schema";
 import { runKeyText } from "./branch-store";
 import type { ExecutionRow, RunKey } from "./execution-store";
@@ -49,13 +49,12 @@ export class StaleRunError extends Error {
 }
 
 type RunField = keyof ExecutionRow & string;
-const saveRunsText = textCache(({ fields, rows }: { fields: RunField[]; rows: number }) => {
+const saveRunsCte = textCache(({ fields, rows }: { fields: RunField[]; rows: number }) => {
   const columns: RunField[] = [...KEY, "dbVersion", ...fields];
   const v = (c: RunField) => `v.${executionsSql.name(c)}`;
   const set = [...fields.map((c) => `${executionsSql.name(c)} = ${v(c)}`), `${executionsSql.name("dbVersion")} = ${v("dbVersion")} + 1`];
-  return `with saved as (update ${executionsSql.table} as e set ${set.join(", ")} from (values ${valuesList(rows, columns.length, columns.map(executionsSql.sqlType))}) ` +
-    `as v(${columns.map(executionsSql.name).join(", ")}) where (${keyList("e")}) = (${KEY.map(v).join(", ")}) and e.${executionsSql.name("dbVersion")} = ${v("dbVersion")} returning 1) ` +
-    `select 1 / (count(*) = $${rows * columns.length + 1})::int as saved from saved`;
+  return `update ${executionsSql.table} as e set ${set.join(", ")} from (values ${valuesList(rows, columns.length, columns.map(executionsSql.sqlType))}) ` +
+    `as v(${columns.map(executionsSql.name).join(", ")}) where (${keyList("e")}) = (${KEY.map(v).join(", ")}) and e.${executionsSql.name("dbVersion")} = ${v("dbVersion")} returning 1`;
 }, ({ fields, rows }) => `${fields.join(",")}/${rows}`);
 
 /**
@@ -66,14 +65,34 @@ const saveRunsText = textCache(({ fields, rows }: { fields: RunField[]; rows: nu
  */
 export function saveRuns(tx: Tx, saves: { prev: ExecutionRow; next: Partial<ExecutionRow> }[]): Promise<void> {
   if (!saves.length) return Promise.resolve();
+  const stale = () => new StaleRunError(`one or more of ${saves.length} executions changed since they were read`);
+  // Every chunk's parameters are prepared before the first statement goes out.
+  const statements = paddedChunks(saves).map(({ chunk }) => composite([saveRunsPart(chunk)]));
+  return Promise.all(statements.map(({ text, params }) => runGuard(tx, text, params, stale))).then(() => undefined);
+}
+
+/** The expression of saveRunsPart that returns a row per run saved: other parts may wait for it. */
+export const SAVED_RUNS = "saved_runs";
+
+/**
+ * saveRuns of at most one chunk (1,024 runs) as a part of a composite statement: it fails the
+ * statement (division by zero) if a run's db_version moved on. Its parameters are prepared
+ * here, before any statement goes out (see pipelined-tx.ts).
+ */
+export function saveRunsPart(saves: { prev: ExecutionRow; next: Partial<ExecutionRow> }[]): StatementPart {
   const fieldsOf = (next: Partial<ExecutionRow>) => (Object.keys(next) as RunField[]).filter((k) => k !== "dbVersion" && next[k] !== undefined).sort();
   const fields = fieldsOf(saves[0]!.next);
   if (saves.some(({ next }) => fieldsOf(next).join() !== fields.join())) throw new Error("saveRuns: every run must set the same fields");
+  const [first, more] = paddedChunks(saves);
+  const { chunk, rows } = first!;
+  if (more) throw new Error(`saveRunsPart: ${saves.length} runs, more than one statement takes`);
+  const width = KEY.length + 1 + fields.length;
   const paramsOf = ({ prev, next }: (typeof saves)[number]) => [
     prev.namespaceId, prev.workflowId, prev.runId, prev.dbVersion, ...fields.map((k) => executionsSql.param(k, next[k])),
   ];
-  const stale = () => new StaleRunError(`one or more of ${saves.length} executions changed since they were read`);
-  return Promise.all(paddedChunks(saves).map(({ chunk, rows }) =>
-    runGuard(tx, saveRunsText({ fields, rows }), [...padRows(chunk.flatMap(paramsOf), rows, KEY.length + 1 + fields.length), chunk.length], stale),
-  )).then(() => undefined);
+  return {
+    ctes: [[SAVED_RUNS, saveRunsCte({ fields, rows })]],
+    columns: [["saved", `1 / ((select count(*) from ${SAVED_RUNS}) = $${rows * width + 1})::int`]],
+    params: [...padRows(chunk.flatMap(paramsOf), rows, width), chunk.length],
+  };
 }

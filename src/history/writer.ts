@@ -1,5 +1,5 @@
 import { anyShardKey, shardKey } from "../../replication/ack-levels";
-import { appendReplicationTask, type OutboxMarks } from "../../replication/outbox";
+import { appendReplicationTask, replicationTaskOf, replicationTaskPart, type OutboxMarks, type ReplicationTaskInput } from "../../replication/outbox";
 import type { CommittedTask, OutboxTail } from "../../replication/outbox-tail";
 import type { CurrentCluster } from "../cluster/bootstrap";
 import type { LimitsConfig } from "../config/schema";
@@ -9,11 +9,12 @@ import type { Logger } from "../observability/log";
 import type { Metrics } from "../observability/metrics";
 import type { Db, Tx } from "../persistence/database";
 import type { PipelinedTransactions } from "../persistence/pipelined-tx";
+import { composite, runGuard } from "../persistence/raw-statements";
 import type { VersionHistoryItem } from "../persistence/schema";
-import { guardNamespace, guardNamespaceInSql } from "./namespace-guard";
+import { guardNamespace, guardNamespaceInSql, lockNamespaceShared, stillWritablePart } from "./namespace-guard";
 import { savedRow } from "./recent-rows";
-import { saveRuns } from "./run-batches";
-import { deleteTimers, extendVersionHistory, insertEvents, saveRun, type ExecutionRow, type NewEvent } from "./execution-store";
+import { SAVED_RUNS, saveRunsPart, StaleRunError } from "./run-batches";
+import { claimRequestPart, deleteTimers, extendVersionHistory, insertEvents, insertEventsPart, saveRun, type ExecutionRow, type NewEvent } from "./execution-store";
 import type { EventNotifier } from "./notifier";
 
 /** Shared plumbing of every history write: transactions, limits, outbox, metrics. */
@@ -137,17 +138,22 @@ export function createWriter(deps: WriterDeps) {
 
   /**
    * Appends events to a locked open run, saves its state and writes the outbox task; guarded:
-   * the caller ran guard in tx. fromMemory: run is a row kept in memory, not read under its
-   * lock (a write in one round trip), so the state's save compares its db_version in SQL and
-   * fails the transaction (StaleRunError) if it moved on. Resolves to the first new event's id
-   * and the run's row as the write leaves it.
+   * the caller ran guard in tx. Resolves to the first new event's id and the run's row as the
+   * write leaves it.
+   *
+   * fromMemory: run is a row kept in memory, not read under its lock (a write in one round
+   * trip). The write then goes as one statement behind the namespace's barrier lock
+   * (composite): the namespace check (guarded is ignored), the request id's claim when
+   * fromMemory names one, the state's save with its db_version compared in SQL, the events
+   * and the task. Any of them failing fails the transaction: a row that moved on, a namespace
+   * no longer writable here, a request id already held.
    */
   function append(
     tx: Tx,
     ns: NamespaceRecord,
     run: ExecutionRow,
     change: Append,
-    opts: { guarded?: boolean; fromMemory?: boolean } = {},
+    opts: { guarded?: boolean; fromMemory?: boolean | { requestId?: string } } = {},
   ): Promise<{ firstEventId: number; row: ExecutionRow }> {
     // Not async: a refusal throws before any statement is issued (pipelined-tx.ts).
     checkHistorySize(run, change.events.length);
@@ -173,16 +179,36 @@ export function createWriter(deps: WriterDeps) {
       ...(closing ? { closeTime: time } : {}),
       ...(change.cancelRequested ? { cancelRequested: true } : {}),
     };
+    const task = taskOf(ns, { ...key, shardId: run.shardId }, first, change.events, history);
+    const done = () => ({ firstEventId: first, row: savedRow(run, state) });
+    if (opts.fromMemory) {
+      const requestId = typeof opts.fromMemory === "object" ? opts.fromMemory.requestId : undefined;
+      // Every part's parameters are prepared before the first statement goes out.
+      const { text, params } = composite([
+        ...(ns.isGlobal ? [stillWritablePart(ns, deps.cluster.clusterName)] : []),
+        ...(requestId ? [claimRequestPart({ ...key, requestId, eventId: first })] : []),
+        // The state first (the run's row lock, then the shard's, as a write from a read takes
+        // them): the events and the task wait for its row, and are not written without it.
+        saveRunsPart([{ prev: run, next: state }]),
+        insertEventsPart(key, first, ns.failoverVersion, time, change.events, SAVED_RUNS),
+        ...(task ? [replicationTaskPart(task, SAVED_RUNS)] : []),
+      ]);
+      return Promise.all([
+        lockNamespaceShared(tx, ns),
+        runGuard(tx, text, params, () => new StaleRunError(`workflow ${run.workflowId} run ${run.runId} changed since it was kept, or namespace ${ns.name} is no longer writable here`))
+          .then(([row]) => task && recordTask(tx, ns, task, time, change.events, replicationTaskOf(task, row))),
+        closing ? deleteTimers(tx, key) : undefined,
+      ]).then(done);
+    }
     // Pipelined: run state, events, the namespace check and the outbox task go out together
-    // (one round trip); a failure of any rolls back all. The state goes first: a row kept in
-    // memory that moved on fails there, before its events meet the ones written since.
+    // (one round trip); a failure of any rolls back all.
     return Promise.all([
-      opts.fromMemory ? saveRuns(tx, [{ prev: run, next: state }]) : saveRun(tx, run, state),
+      saveRun(tx, run, state),
       insertEvents(tx, key, first, ns.failoverVersion, time, change.events, run.versionHistory),
       opts.guarded ? undefined : guardNamespace(tx, ns, deps.cluster.clusterName),
       closing ? deleteTimers(tx, key) : undefined,
-      outbox(tx, ns, { ...key, shardId: run.shardId }, first, change.events, time, history),
-    ]).then(() => ({ firstEventId: first, row: savedRow(run, state) }));
+      task && appendReplicationTask(tx, task).then((written) => recordTask(tx, ns, task, time, change.events, written)),
+    ]).then(done);
   }
 
   /** Writes the replication task for events written at time from first on, when ns replicates. */
@@ -195,13 +221,28 @@ export function createWriter(deps: WriterDeps) {
     time: Date,
     history: VersionHistoryItem[],
   ): Promise<unknown> {
-    if (!isReplicated(ns)) return Promise.resolve();
+    const task = taskOf(ns, key, first, events, history);
+    if (!task) return Promise.resolve();
+    return appendReplicationTask(tx, task).then((written) => recordTask(tx, ns, task, time, events, written));
+  }
+
+  /** The replication task of events from first on, undefined when ns does not replicate. */
+  function taskOf(
+    ns: NamespaceRecord,
+    key: { namespaceId: string; workflowId: string; runId: string; shardId: number },
+    first: number,
+    events: NewEvent[],
+    history: VersionHistoryItem[],
+  ): ReplicationTaskInput | undefined {
+    if (!isReplicated(ns)) return undefined;
+    return { ...key, firstEventId: first, nextEventId: first + events.length, version: ns.failoverVersion, versionHistory: history };
+  }
+
+  /** Keeps a task tx wrote, for the outbox's marks, tail and notifier once tx commits. */
+  function recordTask(tx: Tx, ns: NamespaceRecord, task: ReplicationTaskInput, time: Date, events: NewEvent[], w: { taskId: number; createdAt: Date }): void {
     const written = txTasks.get(tx) ?? [];
     txTasks.set(tx, written);
-    const task = { ...key, firstEventId: first, nextEventId: first + events.length, version: ns.failoverVersion, versionHistory: history };
-    return appendReplicationTask(tx, task).then(({ taskId, createdAt }) => {
-      written.push({ ...task, taskId, createdAt, clusters: ns.clusters, eventTime: time, events });
-    });
+    written.push({ ...task, taskId: w.taskId, createdAt: w.createdAt, clusters: ns.clusters, eventTime: time, events });
   }
 
   /** Checks, inside tx, that ns may still take this write here (see namespace-guard.ts). */

@@ -50,12 +50,57 @@ export function paramsRefusal(params: readonly unknown[]): Error | undefined {
  * runStatement for a guard (see DIVISION_BY_ZERO): when its condition does not hold, it
  * rejects with failure() in place of the driver's error; other errors pass through.
  */
-export async function runGuard(db: Db | Tx, text: string, params: unknown[], failure: () => Error): Promise<void> {
+export async function runGuard(db: Db | Tx, text: string, params: unknown[], failure: () => Error): Promise<DriverRow[]> {
   try {
-    await runStatement(db, text, params);
+    return await runStatement(db, text, params);
   } catch (e) {
     throw pgErrorOf(e).code === DIVISION_BY_ZERO ? failure() : e;
   }
+}
+
+/**
+ * A part of a composite statement: common table expressions, and columns of the statement's
+ * one row (expressions, which may read them), written with placeholders $1.. of their own
+ * for params. A data-modifying expression runs to completion whether a column reads it or
+ * not; a select runs only where a column reads it, so a guard is a column.
+ */
+export interface StatementPart {
+  ctes: readonly (readonly [name: string, body: string])[];
+  columns: readonly (readonly [name: string, expression: string])[];
+  params: unknown[];
+}
+
+const compositeTexts = new Map<string, string>();
+
+/**
+ * The parts as one statement, their placeholders renumbered in order: a write of several
+ * statements costs PostgreSQL one Sync, and so one answer on the socket, where each
+ * statement of a transaction costs one (PostgreSQL flushes at every Sync). Every part sees
+ * the statement's one snapshot and none another's changes, so parts must not depend on each
+ * other's writes; any part's failure fails all. Names must be distinct across the parts.
+ */
+export function composite(parts: readonly StatementPart[]): { text: string; params: unknown[] } {
+  const key = parts.map((p) => p.ctes.map(([n, b]) => `${n}\u0000${b}`).join("\u0001") + "\u0002" + p.columns.map(([n, e]) => `${n}\u0000${e}`).join("\u0001") + `\u0002${p.params.length}`).join("\u0003");
+  let text = compositeTexts.get(key);
+  if (text === undefined) {
+    const ctes: string[] = [];
+    const columns: string[] = [];
+    const names = new Set<string>();
+    let offset = 0;
+    for (const p of parts) {
+      const renumber = (t: string) => t.replace(/\$(\d+)/g, (_, d: string) => `$${Number(d) + offset}`);
+      for (const [n, body] of [...p.ctes, ...p.columns]) {
+        if (names.has(n)) throw new Error(`composite: the name ${n} is taken by another part`);
+        names.add(n);
+      }
+      for (const [n, body] of p.ctes) ctes.push(`${n} as (${renumber(body)})`);
+      for (const [n, e] of p.columns) columns.push(`${renumber(e)} as ${n}`);
+      offset += p.params.length;
+    }
+    text = `${ctes.length ? `with ${ctes.join(", ")} ` : ""}select ${columns.length ? columns.join(", ") : "1 as done"}`;
+    compositeTexts.set(key, text);
+  }
+  return { text, params: parts.flatMap((p) => p.params) };
 }
 
 /**

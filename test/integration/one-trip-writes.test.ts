@@ -69,6 +69,21 @@ for (const store of await testStores()) {
       expect(appends("one-trip")).toBe(oneTrip + 1);
     });
 
+    test("TestARunOfALocalNamespaceWrittenElsewhereIsReadAgain", async () => {
+      // No namespace check and no replication task: the state's db_version alone stops the write.
+      await wf.registerNamespace({ namespace: "local" });
+      const local = (workflowId: string) => wf.signalWorkflowExecution({ namespace: "local", workflowExecution: { workflowId }, signalName: "s" });
+      await wf.startWorkflowExecution({ namespace: "local", workflowId: "l2", ...T });
+      await local("l2");
+      await writtenElsewhere("l2");
+      const [oneTrip, readFirst] = [appends("one-trip"), appends("read-first")];
+      expect(Number((await local("l2")).eventId)).toBe(3);
+      expect([appends("one-trip"), appends("read-first")]).toEqual([oneTrip, readFirst + 1]);
+      expect(await eventIds("l2")).toEqual([1, 2, 3]);
+      expect(Number((await local("l2")).eventId)).toBe(4);
+      expect(appends("one-trip")).toBe(oneTrip + 1);
+    });
+
     test("TestARunClosedElsewhereRefusesTheSignal", async () => {
       await wf.startWorkflowExecution({ namespace: "g", workflowId: "w3", ...T });
       await signal("w3");
