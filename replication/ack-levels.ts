@@ -1,7 +1,7 @@
 import { and, eq } from "drizzle-orm";
 import { listen, type EventNotifier, type Listening } from "../src/history/notifier";
 import type { Db, Tx } from "../src/persistence/database";
-import { runGuard, runStatement, tableCodec } from "../src/persistence/raw-statements";
+import { composite, runGuard, runStatement, tableCodec, type StatementPart } from "../src/persistence/raw-statements";
 import { replicationAckLevels } from "../src/persistence/schema";
 import { RetryableReplicationError } from "./applier";
 
@@ -177,12 +177,23 @@ export async function advanceInboundAck(
 ): Promise<void> {
   // The statement itself fails when the ack is not at move.from: a transaction whose COMMIT
   // already went out (one round trip, page-transactions.ts) must roll back, not commit the page.
-  await runGuard(
-    tx,
-    ADVANCE_INBOUND_TEXT,
-    [move.to, move.maxTaskId, acks.param("lastAppliedCreatedAt", move.lastAppliedCreatedAt), remoteCluster, shardId, move.from],
-    () => new RetryableReplicationError(`inbound ack of ${remoteCluster} shard ${shardId} moved from ${move.from} concurrently (another process applies it)`),
-  );
+  const { text, params } = composite([advanceInboundAckPart(remoteCluster, shardId, move, "moved")]);
+  await runGuard(tx, text, params, () =>
+    new RetryableReplicationError(`inbound ack of ${remoteCluster} shard ${shardId} moved from ${move.from} concurrently (another process applies it)`));
+}
+
+/** advanceInboundAck as a part of a composite statement, its expressions named name and name_moved: it fails the statement (division by zero) unless the ack was at move.from. */
+export function advanceInboundAckPart(
+  remoteCluster: string,
+  shardId: number,
+  move: { from: number; to: number; maxTaskId: number; lastAppliedCreatedAt?: Date },
+  name: string,
+): StatementPart {
+  return {
+    ctes: [[name, ADVANCE_INBOUND_TEXT]],
+    columns: [[`${name}_moved`, `1 / (select count(*) from ${name})::int`]],
+    params: [move.to, move.maxTaskId, acks.param("lastAppliedCreatedAt", move.lastAppliedCreatedAt), remoteCluster, shardId, move.from],
+  };
 }
 
 const acks = tableCodec(replicationAckLevels);
@@ -193,7 +204,7 @@ const SAVE_OUTBOUND_TEXT =
   `do update set ${acks.name("ackLevel")} = excluded.${acks.name("ackLevel")}, ${acks.name("updatedAt")} = now()`;
 // Once per applied page: fixed text. A page without a commit time keeps the one stored.
 const ADVANCE_INBOUND_TEXT =
-  `with moved as (update ${acks.table} set ${acks.name("ackLevel")} = $1, ${acks.name("maxTaskId")} = $2, ` +
+  `update ${acks.table} set ${acks.name("ackLevel")} = $1, ${acks.name("maxTaskId")} = $2, ` +
   `${acks.name("lastAppliedCreatedAt")} = coalesce($3::timestamptz, ${acks.name("lastAppliedCreatedAt")}), ${acks.name("updatedAt")} = now() ` +
   `where ${acks.name("remoteCluster")} = $4 and ${acks.name("direction")} = 'inbound' and ${acks.name("queue")} = 'history' ` +
-  `and ${acks.name("shardId")} = $5 and ${acks.name("ackLevel")} = $6 returning 1) select 1 / count(*)::int as moved from moved`;
+  `and ${acks.name("shardId")} = $5 and ${acks.name("ackLevel")} = $6 returning 1`;

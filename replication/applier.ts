@@ -5,11 +5,12 @@ import { lockRunKey, runKeyText, storedEvent, type RunKey } from "../src/history
 import type { Writer } from "../src/history/writer";
 import type { Logger } from "../src/observability/log";
 import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
-import { deleteTimers, insertExecution, insertRunsEventRows, insertRunsRequestIds, insertTimer, lockRun, type EventColumns, type ExecutionRow } from "../src/history/execution-store";
-import { lockRunKeys, lockRuns, saveRuns } from "../src/history/run-batches";
+import { deleteTimers, insertExecution, insertRunsEventRows, insertRunsEventRowsPart, insertRunsRequestIds, insertRunsRequestIdsPart, insertTimer, lockRun, type EventColumns, type ExecutionRow } from "../src/history/execution-store";
+import { lockRunKeys, lockRuns, saveRuns, saveRunsPart } from "../src/history/run-batches";
 import { shardFor } from "../src/history/shard";
 import type { NamespaceRecord, NamespaceRegistry } from "../src/namespace/registry";
 import type { Tx } from "../src/persistence/database";
+import { paddedChunks, type StatementPart } from "../src/persistence/raw-statements";
 import type { executions, timerTasks } from "../src/persistence/schema";
 import { applyEvents, initialRunState, type EventRequestId, type RunState } from "./run-state";
 import { RetryableReplicationError, type IncomingTask, type RawHistoryFetcher } from "./apply-errors";
@@ -140,7 +141,7 @@ export function createHistoryApplier({ cluster, namespaces, writer, log }: Histo
     return { save: { prev: run, next: state }, ...eventRows(run, events, ids), clearTimers: closes ? run : undefined };
   }
 
-  return { namespacesOf, applyTask, readForApply, planApply, writeAll, settle: conflicts.settle };
+  return { namespacesOf, applyTask, readForApply, planApply, writeAll, writeParts, settle: conflicts.settle };
 }
 
 export type HistoryApplier = ReturnType<typeof createHistoryApplier>;
@@ -185,6 +186,23 @@ function writeAll(tx: Tx, writes: RunWrites[]): Promise<unknown> {
     insertRunsRequestIds(tx, writes.flatMap((w) => w.requestIds)),
     ...writes.flatMap((w) => [w.timer && insertTimer(tx, w.timer), w.clearTimers && deleteTimers(tx, w.clearTimers)]),
   ]);
+}
+
+/**
+ * writeAll as parts of one composite statement, for writes that only append to existing
+ * runs (a state, events, request ids), at most 1,024 of each: undefined for any others (a
+ * new run, a timer made or cleared) and for more. The runs' key locks (lockRunKeys) order
+ * these writes among appliers, so the parts need no order of their own.
+ */
+function writeParts(writes: RunWrites[]): StatementPart[] | undefined {
+  if (!writes.length || writes.some((w) => w.insert || w.timer || w.clearTimers || !w.save)) return undefined;
+  const saves = writes.map((w) => w.save!);
+  if (paddedChunks(saves).length > 1) return undefined;
+  const events = insertRunsEventRowsPart(writes.flatMap((w) => w.events));
+  const ids = writes.flatMap((w) => w.requestIds);
+  const idsPart = ids.length ? insertRunsRequestIdsPart(ids) : undefined;
+  if (!events || (ids.length && !idsPart)) return undefined;
+  return [saveRunsPart(saves), events, ...(idsPart ? [idsPart] : [])];
 }
 
 /** The stored rows of events added to a run, and of the request ids they carry. */

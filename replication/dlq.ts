@@ -13,7 +13,7 @@ import {
 import { runKeyText } from "../src/history/branch-store";
 import type { Metrics } from "../src/observability/metrics";
 import type { Db, Tx } from "../src/persistence/database";
-import { runStatement, tableCodec } from "../src/persistence/raw-statements";
+import { runStatement, tableCodec, type StatementPart } from "../src/persistence/raw-statements";
 import { decodeToken, encodeToken } from "../src/persistence/page-token";
 import { replicationDlq } from "../src/persistence/schema";
 
@@ -107,15 +107,7 @@ export function createReplicationDlq({ db, metrics }: ReplicationDlqDeps) {
     for (const s of seenSources) metrics.set("replication_dlq_size", { source_cluster: s }, now.get(s) ?? 0);
   }
 
-  /**
-   * Fails the transaction (a guard, see DIVISION_BY_ZERO) when any of the source's shards
-   * has an entry: for pages applied without reading heldRuns first.
-   */
-  function guardNoneHeld(tx: Tx, source: string, shardIds: readonly number[]): Promise<unknown> {
-    return runStatement(tx, NONE_HELD_TEXT, [source, JSON.stringify(shardIds)]);
-  }
-
-  return { add, heldRuns, guardNoneHeld, list, all, purge, sizes, refreshGauge };
+  return { add, heldRuns, list, all, purge, sizes, refreshGauge };
 }
 
 export type ReplicationDlq = ReturnType<typeof createReplicationDlq>;
@@ -138,8 +130,16 @@ export function entryOf(r: DlqRow): ReplicationDlqEntry {
 
 const dlqSql = tableCodec(replicationDlq);
 const IN_SHARDS = `${dlqSql.name("shardId")} in (select value::int from jsonb_array_elements_text($2::jsonb))`;
-const NONE_HELD_TEXT =
-  `select 1 / (not exists (select 1 from ${dlqSql.table} where ${dlqSql.name("sourceCluster")} = $1 and ${IN_SHARDS}))::int as none_held`;
+const NONE_HELD =
+  `1 / (not exists (select 1 from ${dlqSql.table} where ${dlqSql.name("sourceCluster")} = $1 and ${IN_SHARDS}))::int`;
+
+/**
+ * A part of a composite statement that fails it (a guard, see DIVISION_BY_ZERO) when any of
+ * source's shards has an entry here: for pages applied without reading heldRuns first.
+ */
+export function noneHeldPart(source: string, shardIds: readonly number[]): StatementPart {
+  return { ctes: [], columns: [["none_held", NONE_HELD]], params: [source, JSON.stringify(shardIds)] };
+}
 const HELD_RUNS_TEXT =
   `select distinct ${dlqSql.name("namespaceId")} as namespace_id, ${dlqSql.name("workflowId")} as workflow_id, ${dlqSql.name("runId")} as run_id ` +
   `from ${dlqSql.table} where ${dlqSql.name("sourceCluster")} = $1 and ${IN_SHARDS}`;

@@ -162,11 +162,26 @@ function paddedInsert<R>(tx: Tx, rows: R[], width: number, textOf: (rows: number
   return Promise.all(paddedChunks(rows).map(({ chunk, rows: padded }) => runStatement(tx, textOf(padded), padRows(chunk.flatMap(paramsOf), padded, width))));
 }
 
+/**
+ * paddedInsert of at most one chunk (1,024 rows) as a part of a composite statement, its
+ * expression called name; undefined for more rows, or none.
+ */
+function paddedInsertPart<R>(name: string, rows: R[], width: number, textOf: (rows: number) => string, paramsOf: (row: R) => unknown[]): StatementPart | undefined {
+  const [first, more] = paddedChunks(rows);
+  if (!first || more) return undefined;
+  return { ctes: [[name, textOf(first.rows)]], columns: [], params: padRows(first.chunk.flatMap(paramsOf), first.rows, width) };
+}
+
 const insertRunsEventsText = paddedInsertText(eventsSql, EVENT_COLUMNS);
 
 /** Inserts event rows of any runs (a replicated page's). */
 export function insertRunsEventRows(tx: Tx, rows: (EventColumns & { key: RunKey })[]): Promise<unknown> {
   return paddedInsert(tx, rows, EVENT_COLUMNS.length, insertRunsEventsText, (e) => eventParams(e.key, e));
+}
+
+/** insertRunsEventRows of at most 1,024 rows as a part of a composite statement; undefined for more, or none. */
+export function insertRunsEventRowsPart(rows: (EventColumns & { key: RunKey })[]): StatementPart | undefined {
+  return paddedInsertPart("run_events", rows, EVENT_COLUMNS.length, insertRunsEventsText, (e) => eventParams(e.key, e));
 }
 
 /** Inserts new events numbered from firstEventId, at the write's version and time; returns the version history after them. */
@@ -193,8 +208,15 @@ const insertRequestIdsText = paddedInsertText(requestsSql, REQUEST_COLUMNS, " on
 
 /** Records where requests' events went, for any runs; the first holder of a request id keeps it (as a claim does). */
 export function insertRunsRequestIds(tx: Tx, ids: { key: RunKey; requestId: string; eventId: number }[]): Promise<unknown> {
-  return paddedInsert(tx, ids, REQUEST_COLUMNS.length, insertRequestIdsText, (r) => [r.key.namespaceId, r.key.workflowId, r.key.runId, r.requestId, r.eventId]);
+  return paddedInsert(tx, ids, REQUEST_COLUMNS.length, insertRequestIdsText, requestIdParams);
 }
+
+/** insertRunsRequestIds of at most 1,024 ids as a part of a composite statement; undefined for more, or none. */
+export function insertRunsRequestIdsPart(ids: { key: RunKey; requestId: string; eventId: number }[]): StatementPart | undefined {
+  return paddedInsertPart("run_request_ids", ids, REQUEST_COLUMNS.length, insertRequestIdsText, requestIdParams);
+}
+
+const requestIdParams = (r: { key: RunKey; requestId: string; eventId: number }) => [r.key.namespaceId, r.key.workflowId, r.key.runId, r.requestId, r.eventId];
 
 /** Version history after appending events up to lastEventId at version (DESIGN.md section 4). */
 export function extendVersionHistory(history: VersionHistoryItem[], lastEventId: number, version: number): VersionHistoryItem[] {
