@@ -4,9 +4,9 @@ import { runKeyText } from "../src/history/branch-store";
 import { lockRunKeys } from "../src/history/run-batches";
 import type { Writer } from "../src/history/writer";
 import type { Logger } from "../src/observability/log";
-import { composite, runStatement } from "../src/persistence/raw-statements";
 import type { Metrics } from "../src/observability/metrics";
 import type { NamespaceRecord } from "../src/namespace/registry";
+import { composite, runStatement } from "../src/persistence/raw-statements";
 import { advanceInboundAck, advanceInboundAckPart } from "./ack-levels";
 import type { HistoryApplier, IncomingTask, PlannedApply, RawHistoryFetcher } from "./applier";
 import { HELD_BEHIND, noneHeldPart, type ReplicationDlq } from "./dlq";
@@ -131,13 +131,13 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
     }
     const writes = plans.flatMap((p) => (p.write ? [p.write] : []));
     const shardIds = moves.map((m) => m.shardId);
-    // Three statements between BEGIN and COMMIT (PostgreSQL answers each on its own): the
-    // acks' moves with the DLQ check, the runs' key locks (which order appliers' writes of a
-    // run), and the writes, as one statement where they can be (applier.writeParts).
-    const checks = composite([...moves.map((m, i) => advanceInboundAckPart(remote.name, m.shardId, m, `ack_${i}`)), noneHeldPart(remote.name, shardIds)]);
-    const parts = applier.writeParts(writes);
-    const written = parts && composite(parts);
     try {
+      // Three statements between BEGIN and COMMIT (PostgreSQL answers each on its own): the
+      // acks' moves with the DLQ check, the runs' key locks (which order appliers' writes of a
+      // run), and the writes, as one statement where they can be (applier.writeParts).
+      const checks = composite([...moves.map((m, i) => advanceInboundAckPart(remote.name, m.shardId, m, `ack_${i}`)), noneHeldPart(remote.name, shardIds)]);
+      const parts = applier.writeParts(writes);
+      const written = parts && composite(parts);
       await writer.transactPipelined("ReplicateHistory", async (tx, commit) => {
         const all = [
           runStatement(tx, checks.text, checks.params),
