@@ -9,9 +9,10 @@ import {
 import { NamespaceNotActiveError, alreadyExists, connectionLost, failedPrecondition, invalidArgument, notFound, pgErrorOf, unavailable } from "../errors";
 import type { NamespaceRecord, NamespaceRegistry } from "../namespace/registry";
 import type { Tx } from "../persistence/database";
+import type { StatementPart } from "../persistence/raw-statements";
 import { payloadBytes } from "./events";
 import { NamespaceChanged } from "./namespace-guard";
-import { claimRequestOrFail, findRequest, guardNoRun, insertEvents, insertExecution, insertTimer, lockRun, type ExecutionRow, type NewEvent } from "./execution-store";
+import { claimRequestOrFail, claimRequestPart, findRequest, insertEvents, insertExecution, insertExecutionPart, insertTimer, insertTimerPart, lockRun, NEW_RUN, noRunPart, RunExistsError, type ExecutionRow, type NewEvent } from "./execution-store";
 import type { EventNotifier } from "./notifier";
 import { createRecentRows, insertedRow } from "./recent-rows";
 import { reuseRefusal } from "./reuse-policy";
@@ -215,12 +216,11 @@ export function createHistoryEngine(deps: EngineDeps) {
     }
     try {
       const written = await writer.transactPipelined(operation, async (tx, commit) => {
-        const checks = Promise.all([writer.guardInSql(tx, ns), guardNoRun(tx, ns.id, input.workflowId)]);
-        const claim = claimRequestOrFail(tx, { namespaceId: ns.id, workflowId: input.workflowId, requestId, runId, eventId: 1 });
-        const inserted = insertRun(tx, ns, { ...input, requestId }, runId);
+        // One statement behind the namespace's lock (writer.oneStatement): the id has no run, the claim, the run.
+        const checks = [noRunPart(ns.id, input.workflowId), claimRequestPart({ namespaceId: ns.id, workflowId: input.workflowId, requestId, runId, eventId: 1 })];
+        const inserted = insertRun(tx, ns, { ...input, requestId }, runId, undefined, checks);
         commit();
-        const [, , w] = await Promise.all([checks, claim, inserted]);
-        return w;
+        return inserted;
       });
       runs.put(key, written.row);
       return { runId, started: true, fireAt: written.fireAt };
@@ -237,9 +237,18 @@ export function createHistoryEngine(deps: EngineDeps) {
 
   /**
    * Inserts a new run (with its started event, optional signal, timer and outbox task). Not
-   * async: every statement is issued before it returns (pipelined-tx.ts).
+   * async: every statement is issued before it returns (pipelined-tx.ts). With checks, as one
+   * statement with them and the namespace check (writer.oneStatement), failing with
+   * RunExistsError when a check does.
    */
-  function insertRun(tx: Tx, ns: NamespaceRecord, input: StartInput, runId: string, previous?: ExecutionRow): Promise<{ fireAt?: Date; row: ExecutionRow }> {
+  function insertRun(
+    tx: Tx,
+    ns: NamespaceRecord,
+    input: StartInput,
+    runId: string,
+    previous?: ExecutionRow,
+    checks?: StatementPart[],
+  ): Promise<{ fireAt?: Date; row: ExecutionRow }> {
     const time = deps.now();
     const shardId = shardFor(ns.id, input.workflowId, cluster.historyShardCount);
     const key = { namespaceId: ns.id, workflowId: input.workflowId, runId };
@@ -275,10 +284,18 @@ export function createHistoryEngine(deps: EngineDeps) {
       lastWriteVersion: ns.failoverVersion,
       versionHistory: history,
     });
+    const timer = fireAt && { id: ulid(), shardId, fireAt, kind: "WORKFLOW_TIMEOUT", ...key, version: ns.failoverVersion };
+    if (checks) {
+      return writer.oneStatement(tx, ns, {
+        checks, row: insertExecutionPart(row), after: NEW_RUN, key: { ...key, shardId }, first: 1, events, time, history,
+        extra: timer ? [insertTimerPart(timer)] : [],
+        failure: () => new RunExistsError(`workflow ${input.workflowId} has a run, or namespace ${ns.name} is no longer writable here`),
+      }).then(() => ({ fireAt, row }));
+    }
     return Promise.all([
       insertExecution(tx, row),
       insertEvents(tx, key, 1, ns.failoverVersion, time, events, []),
-      fireAt && insertTimer(tx, { id: ulid(), shardId, fireAt, kind: "WORKFLOW_TIMEOUT", ...key, version: ns.failoverVersion }),
+      timer && insertTimer(tx, timer),
       writer.outbox(tx, ns, { ...key, shardId }, 1, events, time, history),
     ]).then(() => ({ fireAt, row }));
   }

@@ -1,6 +1,6 @@
 import { and, asc, eq, gte, lt } from "drizzle-orm";
 import type { Db, Tx } from "../persistence/database";
-import { chunksOf, paddedChunks, padRows, ROWS_PER_INSERT, runGuard, runStatement, tableCodec, textCache, valuesList, type StatementPart } from "../persistence/raw-statements";
+import { chunksOf, composite, paddedChunks, padRows, ROWS_PER_INSERT, runGuard, runStatement, tableCodec, textCache, valuesList, type StatementPart } from "../persistence/raw-statements";
 import { executions, historyEvents, requestIds, timerTasks, type VersionHistoryItem } from "../persistence/schema";
 import { attributesToJson, eventFromRow, eventTypeOf, type EventAttributes } from "./events";
 
@@ -25,17 +25,9 @@ export class RunExistsError extends Error {
   override name = "RunExistsError";
 }
 
-const noRunText =
-  `select 1 / (not exists (select 1 from ${executionsSql.table} where ${executionsSql.name("namespaceId")} = $1 and ${executionsSql.name("workflowId")} = $2))::int as none`;
+const NO_RUN =
+  `1 / (not exists (select 1 from ${executionsSql.table} where ${executionsSql.name("namespaceId")} = $1 and ${executionsSql.name("workflowId")} = $2))::int`;
 
-/**
- * For a start sent in one round trip: fails the transaction (RunExistsError, a guard, see
- * DIVISION_BY_ZERO) if the workflow id has any run, open or closed, committed before the
- * statement began; a start committed meanwhile meets the insert's unique index instead.
- */
-export function guardNoRun(tx: Tx, namespaceId: string, workflowId: string): Promise<unknown> {
-  return runGuard(tx, noRunText, [namespaceId, workflowId], () => new RunExistsError(`workflow ${workflowId} has a run`));
-}
 
 /** The run to act on, locked for the transaction: runId's, or the workflow's current run. */
 export async function lockRun(tx: Tx, namespaceId: string, workflowId: string, runId: string): Promise<ExecutionRow | undefined> {
@@ -130,9 +122,15 @@ const insertEventsAfterText = textCache(({ rows, after }: { rows: number; after:
     `as v(${names}) where exists (select 1 from ${after})`;
 }, ({ rows, after }) => `${rows}/${after}`);
 
-/** claimRequestOrFail as a part of a composite statement: it fails the statement (unique violation) when an earlier write holds the request id. */
+/**
+ * claimRequestOrFail as a part of a composite statement: it fails the statement (unique
+ * violation) when an earlier write holds the request id. Its column makes it run when the
+ * statement's row reaches it (PostgreSQL computes the columns in order), before the writes of
+ * the parts after it: a retried request then fails on its claim (an answer, the first
+ * write's), not on the rows the first write holds.
+ */
 export function claimRequestPart(r: { namespaceId: string; workflowId: string; requestId: string; runId: string; eventId: number }): StatementPart {
-  return { ctes: [["claim", claimOrFailText]], columns: [], params: [r.namespaceId, r.workflowId, r.requestId, r.runId, r.eventId] };
+  return { ctes: [["claim", `${claimOrFailText} returning 1`]], columns: [["claimed", "(select count(*) from claim)"]], params: [r.namespaceId, r.workflowId, r.requestId, r.runId, r.eventId] };
 }
 
 /** Inserts a run's event rows (a write's few), one statement per thousand. */
@@ -250,6 +248,29 @@ export function saveRun(tx: Tx, prev: ExecutionRow, next: Partial<ExecutionRow>)
 /** Inserts a run's row; issued at once (pipelined transactions). */
 export function insertExecution(tx: Tx, row: typeof executions.$inferInsert): Promise<unknown> {
   return executionsSql.insert(tx, row);
+}
+
+/** The expression of insertExecutionPart: a row when the run's row went in. */
+export const NEW_RUN = "new_run";
+
+/** insertExecution as a part of a composite statement (NEW_RUN). */
+export function insertExecutionPart(row: typeof executions.$inferInsert): StatementPart {
+  return executionsSql.insertPart(NEW_RUN, row);
+}
+
+/** insertTimer as a part of a composite statement. */
+export function insertTimerPart(row: typeof timerTasks.$inferInsert): StatementPart {
+  return timersSql.insertPart("new_timer", row);
+}
+
+/**
+ * For a start sent in one round trip, a part of its statement (composite) that fails it (a
+ * guard, see DIVISION_BY_ZERO) if the workflow id has any run, open or closed, committed
+ * before the statement began; a start committed meanwhile meets the insert's unique index
+ * instead.
+ */
+export function noRunPart(namespaceId: string, workflowId: string): StatementPart {
+  return { ctes: [], columns: [["no_run", NO_RUN]], params: [namespaceId, workflowId] };
 }
 
 /** Inserts a timer task; issued at once (pipelined transactions). */

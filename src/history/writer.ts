@@ -9,7 +9,7 @@ import type { Logger } from "../observability/log";
 import type { Metrics } from "../observability/metrics";
 import type { Db, Tx } from "../persistence/database";
 import type { PipelinedTransactions } from "../persistence/pipelined-tx";
-import { composite, runGuard } from "../persistence/raw-statements";
+import { composite, runGuard, type StatementPart } from "../persistence/raw-statements";
 import type { VersionHistoryItem } from "../persistence/schema";
 import { guardNamespace, guardNamespaceInSql, lockNamespaceShared, stillWritablePart } from "./namespace-guard";
 import { savedRow } from "./recent-rows";
@@ -179,27 +179,21 @@ export function createWriter(deps: WriterDeps) {
       ...(closing ? { closeTime: time } : {}),
       ...(change.cancelRequested ? { cancelRequested: true } : {}),
     };
-    const task = taskOf(ns, { ...key, shardId: run.shardId }, first, change.events, history);
     const done = () => ({ firstEventId: first, row: savedRow(run, state) });
     if (opts.fromMemory) {
       const requestId = typeof opts.fromMemory === "object" ? opts.fromMemory.requestId : undefined;
-      // Every part's parameters are prepared before the first statement goes out.
-      const { text, params } = composite([
-        ...(ns.isGlobal ? [stillWritablePart(ns, deps.cluster.clusterName)] : []),
-        ...(requestId ? [claimRequestPart({ ...key, requestId, eventId: first })] : []),
-        // The state first (the run's row lock, then the shard's, as a write from a read takes
-        // them): the events and the task wait for its row, and are not written without it.
-        saveRunsPart([{ prev: run, next: state }]),
-        insertEventsPart(key, first, ns.failoverVersion, time, change.events, SAVED_RUNS),
-        ...(task ? [replicationTaskPart(task, SAVED_RUNS)] : []),
-      ]);
-      return Promise.all([
-        lockNamespaceShared(tx, ns),
-        runGuard(tx, text, params, () => new StaleRunError(`workflow ${run.workflowId} run ${run.runId} changed since it was kept, or namespace ${ns.name} is no longer writable here`))
-          .then(([row]) => task && recordTask(tx, ns, task, time, change.events, replicationTaskOf(task, row))),
-        closing ? deleteTimers(tx, key) : undefined,
-      ]).then(done);
+      // The state first (the run's row lock, then the shard's, as a write from a read takes
+      // them): the events and the task wait for its row, and are not written without it.
+      const written = oneStatement(tx, ns, {
+        checks: requestId ? [claimRequestPart({ ...key, requestId, eventId: first })] : [],
+        row: saveRunsPart([{ prev: run, next: state }]),
+        after: SAVED_RUNS,
+        key: { ...key, shardId: run.shardId }, first, events: change.events, time, history,
+        failure: () => new StaleRunError(`workflow ${run.workflowId} run ${run.runId} changed since it was kept, or namespace ${ns.name} is no longer writable here`),
+      });
+      return Promise.all([written, closing ? deleteTimers(tx, key) : undefined]).then(done);
     }
+    const task = taskOf(ns, { ...key, shardId: run.shardId }, first, change.events, history);
     // Pipelined: run state, events, the namespace check and the outbox task go out together
     // (one round trip); a failure of any rolls back all.
     return Promise.all([
@@ -209,6 +203,45 @@ export function createWriter(deps: WriterDeps) {
       closing ? deleteTimers(tx, key) : undefined,
       task && appendReplicationTask(tx, task).then((written) => recordTask(tx, ns, task, time, change.events, written)),
     ]).then(done);
+  }
+
+  /**
+   * A write of a run as one statement behind the namespace's barrier lock (a statement of its
+   * own: the check's snapshot must come after it): the namespace check, checks, the run's row
+   * (row: its insert or its state's save, whose expression is named after), then its events
+   * and replication task, which wait for a row from after. A check that fails rejects with
+   * failure(). Not async: the parameters are prepared and both statements issued before it
+   * returns (pipelined-tx.ts).
+   */
+  function oneStatement(
+    tx: Tx,
+    ns: NamespaceRecord,
+    w: {
+      checks: StatementPart[];
+      row: StatementPart;
+      after: string;
+      key: { namespaceId: string; workflowId: string; runId: string; shardId: number };
+      first: number;
+      events: NewEvent[];
+      time: Date;
+      history: VersionHistoryItem[];
+      extra?: StatementPart[];
+      failure: () => Error;
+    },
+  ): Promise<unknown> {
+    const task = taskOf(ns, w.key, w.first, w.events, w.history);
+    const { text, params } = composite([
+      ...(ns.isGlobal ? [stillWritablePart(ns, deps.cluster.clusterName)] : []),
+      ...w.checks,
+      w.row,
+      insertEventsPart(w.key, w.first, ns.failoverVersion, w.time, w.events, w.after),
+      ...(w.extra ?? []),
+      ...(task ? [replicationTaskPart(task, w.after)] : []),
+    ]);
+    return Promise.all([
+      lockNamespaceShared(tx, ns),
+      runGuard(tx, text, params, w.failure).then(([row]) => task && recordTask(tx, ns, task, w.time, w.events, replicationTaskOf(task, row))),
+    ]);
   }
 
   /** Writes the replication task for events written at time from first on, when ns replicates. */
@@ -250,7 +283,7 @@ export function createWriter(deps: WriterDeps) {
   /** guard for a write sent in one round trip: fails the transaction from inside (NamespaceChanged). */
   const guardInSql = (tx: Tx, ns: NamespaceRecord) => guardNamespaceInSql(tx, ns, deps.cluster.clusterName);
 
-  return { transact, transactPipelined, checkBlob, append, outbox, checkHistorySize, guard, guardInSql };
+  return { transact, transactPipelined, checkBlob, append, oneStatement, outbox, checkHistorySize, guard, guardInSql };
 }
 
 export type Writer = ReturnType<typeof createWriter>;

@@ -141,6 +141,11 @@ export function tableCodec<T extends Table>(table: T) {
       const text = insertText(keys.join(","));
       return runStatement(db, text, keys.map((k) => param(k, (row as Record<string, unknown>)[k])));
     },
+    /** insert as a part of a composite statement, its expression called name (returning a row per row inserted). */
+    insertPart(name: string, row: Partial<T["$inferInsert"]>): StatementPart {
+      const keys = (Object.keys(row) as Key[]).filter((k) => (row as Record<string, unknown>)[k] !== undefined);
+      return { ctes: [[name, `${insertText(keys.join(","))} returning 1`]], columns: [], params: keys.map((k) => param(k, (row as Record<string, unknown>)[k])) };
+    },
     /** A driver row as drizzle's select of the whole table would give it. */
     fromRow(row: DriverRow): T["$inferSelect"] {
       const out: Record<string, unknown> = {};
