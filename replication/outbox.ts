@@ -1,5 +1,5 @@
 import type { Tx } from "../src/persistence/database";
-import { composite, runStatement, tableCodec, type DriverRow, type StatementPart } from "../src/persistence/raw-statements";
+import { composite, runStatement, tableCodec, textCache, type DriverRow, type StatementPart } from "../src/persistence/raw-statements";
 import { replicationTasks, shards, type VersionHistoryItem } from "../src/persistence/schema";
 
 /** What changed in one execution write, for the passive clusters (DESIGN.md section 3). */
@@ -47,21 +47,14 @@ export function replicationTaskOf(task: ReplicationTaskInput, row: DriverRow | u
 
 const t = tableCodec(replicationTasks);
 const s = tableCodec(shards);
-type Ctes = StatementPart["ctes"];
-const appendCtesByAfter = new Map<string, Ctes>();
-const appendCtes = (after: string): Ctes => {
-  let ctes = appendCtesByAfter.get(after);
-  if (!ctes) appendCtesByAfter.set(after, (ctes = appendCtesText(after)));
-  return ctes;
-};
-const appendCtesText = (after: string): Ctes => [
+const appendCtes = textCache((after: string): StatementPart["ctes"] => [
   ["next_task", `update ${s.table} set ${s.name("nextTaskId")} = ${s.name("nextTaskId")} + 1 where ${s.name("shardId")} = $1` +
     `${after ? ` and exists (select 1 from ${after})` : ""} returning ${s.name("nextTaskId")} - 1 as task_id`],
   ["task", `insert into ${t.table} (${t.name("shardId")}, ${t.name("taskId")}, ${t.name("namespaceId")}, ${t.name("workflowId")}, ${t.name("runId")}, ` +
     `${t.name("firstEventId")}, ${t.name("nextEventId")}, ${t.name("version")}, ${t.name("versionHistory")}) ` +
     `select $1, task_id, $2, $3, $4, $5, $6, $7, $8::jsonb from next_task ` +
     `returning ${t.name("taskId")} as task_id, ${t.name("createdAt")} as created_at`],
-];
+]);
 const APPEND_COLUMNS = [["task_id", "(select task_id from task)"], ["created_at", "(select created_at from task)"]] as const;
 
 /**

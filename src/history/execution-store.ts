@@ -113,14 +113,11 @@ const eventParams = (key: RunKey, e: EventColumns) => [
 export function insertEventsPart(key: RunKey, firstEventId: number, version: number, time: Date, events: NewEvent[], after: string): StatementPart {
   if (events.length > ROWS_PER_INSERT) throw new Error(`insertEventsPart: ${events.length} events, more than one statement takes`);
   const rows = eventRows(firstEventId, version, time, events);
-  return { ctes: [["events", insertEventsAfterText({ rows: rows.length, after })]], columns: [], params: rows.flatMap((e) => eventParams(key, e)) };
+  return { ctes: [["events", insertEventsAfterText(after)(rows.length)]], columns: [], params: rows.flatMap((e) => eventParams(key, e)) };
 }
 
-const insertEventsAfterText = textCache(({ rows, after }: { rows: number; after: string }) => {
-  const names = EVENT_COLUMNS.map(eventsSql.name).join(", ");
-  return `insert into ${eventsSql.table} (${names}) select * from (values ${valuesList(rows, EVENT_COLUMNS.length, EVENT_COLUMNS.map(eventsSql.sqlType))}) ` +
-    `as v(${names}) where exists (select 1 from ${after})`;
-}, ({ rows, after }) => `${rows}/${after}`);
+// The padded insert's text for exactly rows rows (no null rows), behind a condition.
+const insertEventsAfterText = textCache((after: string) => paddedInsertText(eventsSql, EVENT_COLUMNS, ` and exists (select 1 from ${after})`));
 
 /**
  * claimRequestOrFail as a part of a composite statement: it fails the statement (unique

@@ -1,7 +1,7 @@
 import { sql } from "drizzle-orm";
 import type { NamespaceRecord } from "../namespace/registry";
 import type { Tx } from "../persistence/database";
-import { composite, runGuard, runStatement, tableCodec, type StatementPart } from "../persistence/raw-statements";
+import { runStatement, tableCodec, type StatementPart } from "../persistence/raw-statements";
 import { namespaces } from "../persistence/schema";
 
 /** Thrown inside a write transaction when the namespace moved on since the write read it; the write is retried. */
@@ -53,30 +53,20 @@ const READ_TEXT =
   `${n.name("activeClusterName")} as active_cluster_name from ${n.table} where ${n.name("id")} = $1`;
 
 /**
- * guardNamespace for a write sent in one round trip: the barrier lock, then a statement that
- * fails (a guard, see DIVISION_BY_ZERO) unless the namespace is still NORMAL, at ns's failover
- * version and active in currentCluster, so the write rolls back although its COMMIT is on the
- * way (NamespaceChanged).
- */
-export function guardNamespaceInSql(tx: Tx, ns: NamespaceRecord, currentCluster: string): Promise<unknown> {
-  if (!ns.isGlobal) return Promise.resolve();
-  const { text, params } = composite([stillWritablePart(ns, currentCluster)]);
-  return Promise.all([
-    lockNamespaceShared(tx, ns),
-    runGuard(tx, text, params, () => new NamespaceChanged(`namespace ${ns.name} is no longer NORMAL at version ${ns.failoverVersion} in ${currentCluster}`)),
-  ]);
-}
-
-/**
- * guardNamespaceInSql in two parts, for a write whose statements go as one (composite): the
- * barrier lock, a statement of its own (the check's snapshot must be taken after it is
- * granted); undefined for a namespace that is not global.
+ * guardNamespace for a write sent in one round trip, in two parts, its statements going as
+ * one (composite): the barrier lock, a statement of its own (the check's snapshot must be
+ * taken after it is granted); undefined for a namespace that is not global.
  */
 export function lockNamespaceShared(tx: Tx, ns: NamespaceRecord): Promise<unknown> | undefined {
   return ns.isGlobal ? runStatement(tx, LOCK_SHARED_TEXT, [ns.id]) : undefined;
 }
 
-/** The check, a part of a statement issued after lockNamespaceShared: it fails the statement (division by zero) unless ns may still take the write here. */
+/**
+ * The check, a part of a statement issued after lockNamespaceShared: it fails the statement
+ * (a guard, see DIVISION_BY_ZERO) unless the namespace is still NORMAL, at ns's failover
+ * version and active in currentCluster, so the write rolls back although its COMMIT is on the
+ * way.
+ */
 export function stillWritablePart(ns: NamespaceRecord, currentCluster: string): StatementPart {
   return { ctes: [], columns: [["writable", STILL_WRITABLE]], params: [ns.id, ns.failoverVersion, currentCluster] };
 }

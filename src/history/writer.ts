@@ -11,7 +11,7 @@ import type { Db, Tx } from "../persistence/database";
 import type { PipelinedTransactions } from "../persistence/pipelined-tx";
 import { composite, runGuard, type StatementPart } from "../persistence/raw-statements";
 import type { VersionHistoryItem } from "../persistence/schema";
-import { guardNamespace, guardNamespaceInSql, lockNamespaceShared, stillWritablePart } from "./namespace-guard";
+import { guardNamespace, lockNamespaceShared, stillWritablePart } from "./namespace-guard";
 import { savedRow } from "./recent-rows";
 import { SAVED_RUNS, saveRunsPart, StaleRunError } from "./run-batches";
 import { claimRequestPart, deleteTimers, extendVersionHistory, insertEvents, insertEventsPart, saveRun, type ExecutionRow, type NewEvent } from "./execution-store";
@@ -280,10 +280,8 @@ export function createWriter(deps: WriterDeps) {
 
   /** Checks, inside tx, that ns may still take this write here (see namespace-guard.ts). */
   const guard = (tx: Tx, ns: NamespaceRecord) => guardNamespace(tx, ns, deps.cluster.clusterName);
-  /** guard for a write sent in one round trip: fails the transaction from inside (NamespaceChanged). */
-  const guardInSql = (tx: Tx, ns: NamespaceRecord) => guardNamespaceInSql(tx, ns, deps.cluster.clusterName);
 
-  return { transact, transactPipelined, checkBlob, append, oneStatement, outbox, checkHistorySize, guard, guardInSql };
+  return { transact, transactPipelined, checkBlob, append, oneStatement, outbox, checkHistorySize, guard };
 }
 
 export type Writer = ReturnType<typeof createWriter>;

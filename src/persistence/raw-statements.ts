@@ -89,7 +89,7 @@ export function composite(parts: readonly StatementPart[]): { text: string; para
     let offset = 0;
     for (const p of parts) {
       const renumber = (t: string) => t.replace(/\$(\d+)/g, (_, d: string) => `$${Number(d) + offset}`);
-      for (const [n, body] of [...p.ctes, ...p.columns]) {
+      for (const [n] of [...p.ctes, ...p.columns]) {
         if (names.has(n)) throw new Error(`composite: the name ${n} is taken by another part`);
         names.add(n);
       }
@@ -207,8 +207,8 @@ export function paddedChunks<R>(items: readonly R[]): { chunk: R[]; rows: number
 }
 
 /** Memoizes a statement text by its shape (e.g. the number of rows or the set columns), keyed by keyOf. */
-export function textCache<K>(build: (shape: K) => string, keyOf: (shape: K) => unknown = (shape) => shape): (shape: K) => string {
-  const texts = new Map<unknown, string>();
+export function textCache<K, T = string>(build: (shape: K) => T, keyOf: (shape: K) => unknown = (shape) => shape): (shape: K) => T {
+  const texts = new Map<unknown, T>();
   return (shape) => {
     const key = keyOf(shape);
     let t = texts.get(key);
