@@ -153,14 +153,15 @@ export function createHistoryEngine(deps: EngineDeps) {
 
   /**
    * appendTo's write in one round trip, from the workflow's current run as this process's
-   * last write of it left it (the recent rows): BEGIN, the namespace's barrier lock, one
-   * statement (the namespace check, the request id claim, the run's state, the events and the
-   * outbox task, writer.append's fromMemory) and COMMIT go out together. The namespace
+   * last write of it left it (the recent rows): one statement, a transaction of its own (the
+   * namespace's barrier lock and check, the request id claim, the run's state, the events, the
+   * timers' removal when it closes the run and the outbox task, writer.append's fromMemory,
+   * writer.transactOneStatement). The namespace
    * check and the state's db_version comparison fail it from inside, as does a claim taken
    * before; the write is then made again from a fresh read, which also gives every refusal.
    * Undefined then, and when the kept row cannot decide the write alone (none, closed, another
    * run asked for by id, nothing to write, a refusal). A lost connection is not made again: its
-   * COMMIT may have gone through.
+   * statement may have committed.
    */
   async function appendInOneTrip(
     operation: string,
@@ -174,12 +175,10 @@ export function createHistoryEngine(deps: EngineDeps) {
     try {
       const change = build(run);
       if (!change) return undefined;
-      const written = await writer.transactPipelined(operation, async (tx, commit) => {
-        // The namespace check and the request id's claim go in the write's one statement.
-        const appended = writer.append(tx, ns, run, change, { fromMemory: { requestId: ref.requestId || undefined } });
-        commit();
-        return appended;
-      });
+      // The namespace check and the request id's claim go in the write's one statement.
+      const written = await writer.transactOneStatement(operation, (tx) =>
+        writer.append(tx, ns, run, change, { fromMemory: { requestId: ref.requestId || undefined } }),
+      );
       runs.put(key, written.row);
       return { runId: run.runId, eventId: written.firstEventId, appended: true, status: change.status };
     } catch (e) {
@@ -190,13 +189,14 @@ export function createHistoryEngine(deps: EngineDeps) {
   }
 
   /**
-   * startIn's write in one round trip. For a workflow id this process knows no run of: BEGIN,
-   * the namespace check, a check that the id has no run at all, the request id claim, the
-   * run's row, its events, timer and outbox task go out with COMMIT. For SignalWithStart on
+   * startIn's write in one round trip. For a workflow id this process knows no run of, one
+   * statement, a transaction of its own: the namespace's barrier lock and check, a check that
+   * the id has no run at all, the request id claim, the run's row, its events, timer and outbox
+   * task. For SignalWithStart on
    * the run this process wrote last: the signal, if appendInOneTrip can write it. Undefined
    * for a plain start of an id this process knows a run of, and when a check failed: the
    * start is then made from a read, which gives every refusal and the reuse policy's answer.
-   * A lost connection is not made again: its COMMIT may have gone through.
+   * A lost connection is not made again: its statement may have committed.
    */
   async function startInOneTrip(
     operation: string,
@@ -215,12 +215,10 @@ export function createHistoryEngine(deps: EngineDeps) {
       return signalled && { runId: signalled.runId, started: false };
     }
     try {
-      const written = await writer.transactPipelined(operation, async (tx, commit) => {
-        // One statement behind the namespace's lock (writer.oneStatement): the id has no run, the claim, the run.
+      const written = await writer.transactOneStatement(operation, (tx) => {
+        // One statement (writer.oneStatement): the namespace check, the id has no run, the claim, the run.
         const checks = [noRunPart(ns.id, input.workflowId), claimRequestPart({ namespaceId: ns.id, workflowId: input.workflowId, requestId, runId, eventId: 1 })];
-        const inserted = insertRun(tx, ns, { ...input, requestId }, runId, undefined, checks);
-        commit();
-        return inserted;
+        return insertRun(tx, ns, { ...input, requestId }, runId, undefined, checks);
       });
       runs.put(key, written.row);
       return { runId, started: true, fireAt: written.fireAt };

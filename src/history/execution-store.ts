@@ -283,6 +283,15 @@ export function deleteTimers(tx: Tx, key: { namespaceId: string; workflowId: str
   return runStatement(tx, deleteTimersText, [key.namespaceId, key.workflowId, key.runId]);
 }
 
+/**
+ * deleteTimers as a part of a composite statement, run once the expression named after (the
+ * run's saved row) has a row: the run's row lock comes before the timers', as in a write
+ * from a read.
+ */
+export function deleteTimersPart(key: { namespaceId: string; workflowId: string; runId: string }, after: string): StatementPart {
+  return { ctes: [["gone_timers", `${deleteTimersText} and exists (select 1 from ${after})`]], columns: [], params: [key.namespaceId, key.workflowId, key.runId] };
+}
+
 function eventTypeName(attributes: EventAttributes): string {
   return EVENT_TYPE_NAMES[eventTypeOf(attributes)]!;
 }

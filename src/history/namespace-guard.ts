@@ -9,7 +9,7 @@ export class NamespaceChanged extends Error {
   override name = "NamespaceChanged";
 }
 
-/** The advisory lock key of a namespace's HANDOVER barrier. */
+/** The advisory lock key of a namespace's HANDOVER barrier (also in migration 0005's function). */
 const HANDOVER_LOCK_SEED = 7233;
 export const handoverLockKey = (namespaceId: string) => sql`hashtextextended(${namespaceId}, ${sql.raw(String(HANDOVER_LOCK_SEED))})`;
 
@@ -53,27 +53,22 @@ const READ_TEXT =
   `${n.name("activeClusterName")} as active_cluster_name from ${n.table} where ${n.name("id")} = $1`;
 
 /**
- * guardNamespace for a write sent in one round trip, in two parts, its statements going as
- * one (composite): the barrier lock, a statement of its own (the check's snapshot must be
- * taken after it is granted); undefined for a namespace that is not global.
- */
-export function lockNamespaceShared(tx: Tx, ns: NamespaceRecord): Promise<unknown> | undefined {
-  return ns.isGlobal ? runStatement(tx, LOCK_SHARED_TEXT, [ns.id]) : undefined;
-}
-
-/**
- * The check, a part of a statement issued after lockNamespaceShared: it fails the statement
- * (a guard, see DIVISION_BY_ZERO) unless the namespace is still NORMAL, at ns's failover
- * version and active in currentCluster, so the write rolls back although its COMMIT is on the
- * way.
+ * guardNamespace as a part of a write's one statement (composite), for a write sent in one
+ * round trip; it must be the statement's first part. Its column calls
+ * tern_namespace_still_writable (migration 0005), which takes the barrier lock shared for the
+ * rest of the transaction and then checks, in a query of its own whose snapshot is taken after
+ * the lock is granted, that the namespace is still NORMAL, at ns's failover version and active
+ * in currentCluster; else it fails the statement (a guard, see DIVISION_BY_ZERO), so the write
+ * rolls back. PostgreSQL computes a statement's columns in order and runs its writing
+ * expressions after them, so the lock is taken before any row lock of the write, as
+ * guardNamespace's is.
  */
 export function stillWritablePart(ns: NamespaceRecord, currentCluster: string): StatementPart {
   return { ctes: [], columns: [["writable", STILL_WRITABLE]], params: [ns.id, ns.failoverVersion, currentCluster] };
 }
 
-const STILL_WRITABLE =
-  `1 / (exists (select 1 from ${n.table} where ${n.name("id")} = $1 and ${n.name("replicationState")} = 'NORMAL' ` +
-  `and ${n.name("failoverVersion")} = $2 and ${n.name("activeClusterName")} = $3))::int`;
+// The function's lock key is handoverLockKey's: hashtextextended(id, HANDOVER_LOCK_SEED).
+const STILL_WRITABLE = "tern_namespace_still_writable($1, $2, $3)";
 
 /** Takes a namespace's barrier lock exclusively: for changes of its active cluster (see readNamespaceUnderBarrier). */
 export async function lockNamespaceBarrier(tx: Tx, namespaceId: string): Promise<void> {

@@ -8,13 +8,13 @@ import type { NamespaceRecord } from "../namespace/registry";
 import type { Logger } from "../observability/log";
 import type { Metrics } from "../observability/metrics";
 import type { Db, Tx } from "../persistence/database";
-import type { PipelinedTransactions } from "../persistence/pipelined-tx";
+import { singleStatement, type PipelinedTransactions } from "../persistence/pipelined-tx";
 import { composite, runGuard, type StatementPart } from "../persistence/raw-statements";
 import type { VersionHistoryItem } from "../persistence/schema";
-import { guardNamespace, lockNamespaceShared, stillWritablePart } from "./namespace-guard";
+import { guardNamespace, stillWritablePart } from "./namespace-guard";
 import { savedRow } from "./recent-rows";
 import { SAVED_RUNS, saveRunsPart, StaleRunError } from "./run-batches";
-import { claimRequestPart, deleteTimers, extendVersionHistory, insertEvents, insertEventsPart, saveRun, type ExecutionRow, type NewEvent } from "./execution-store";
+import { claimRequestPart, deleteTimers, deleteTimersPart, extendVersionHistory, insertEvents, insertEventsPart, saveRun, type ExecutionRow, type NewEvent } from "./execution-store";
 import type { EventNotifier } from "./notifier";
 
 /** Shared plumbing of every history write: transactions, limits, outbox, metrics. */
@@ -85,6 +85,30 @@ export function createWriter(deps: WriterDeps) {
         return r;
       }, hook),
     );
+  }
+
+  /**
+   * transact for a callback that issues exactly one statement (oneStatement): on PostgreSQL the
+   * statement goes alone, without BEGIN and COMMIT, and commits by itself, so the write costs
+   * PostgreSQL one Sync and one answer on the socket, where each statement of a transaction
+   * costs one; a second statement is refused (singleStatement). On PGlite, and with the
+   * beforeCommit test hook (a statement alone has no moment before its commit), in a
+   * transaction as transactPipelined.
+   */
+  function transactOneStatement<T>(operation: string, fn: (tx: Tx) => Promise<T>): Promise<T> {
+    if (!deps.pipelined || deps.beforeCommit) {
+      return transactPipelined(operation, (tx, commit) => {
+        const r = fn(tx);
+        commit();
+        return r;
+      });
+    }
+    return withRetries(operation, async (done) => {
+      const alone = singleStatement(db);
+      const r = await fn(alone);
+      done(alone);
+      return r;
+    });
   }
 
   /** Runs one transaction attempt after another while they fail with a serialization failure or deadlock. */
@@ -184,14 +208,14 @@ export function createWriter(deps: WriterDeps) {
       const requestId = typeof opts.fromMemory === "object" ? opts.fromMemory.requestId : undefined;
       // The state first (the run's row lock, then the shard's, as a write from a read takes
       // them): the events and the task wait for its row, and are not written without it.
-      const written = oneStatement(tx, ns, {
+      return oneStatement(tx, ns, {
         checks: requestId ? [claimRequestPart({ ...key, requestId, eventId: first })] : [],
         row: saveRunsPart([{ prev: run, next: state }]),
         after: SAVED_RUNS,
         key: { ...key, shardId: run.shardId }, first, events: change.events, time, history,
+        extra: closing ? [deleteTimersPart(key, SAVED_RUNS)] : [],
         failure: () => new StaleRunError(`workflow ${run.workflowId} run ${run.runId} changed since it was kept, or namespace ${ns.name} is no longer writable here`),
-      });
-      return Promise.all([written, closing ? deleteTimers(tx, key) : undefined]).then(done);
+      }).then(done);
     }
     const task = taskOf(ns, { ...key, shardId: run.shardId }, first, change.events, history);
     // Pipelined: run state, events, the namespace check and the outbox task go out together
@@ -206,12 +230,12 @@ export function createWriter(deps: WriterDeps) {
   }
 
   /**
-   * A write of a run as one statement behind the namespace's barrier lock (a statement of its
-   * own: the check's snapshot must come after it): the namespace check, checks, the run's row
-   * (row: its insert or its state's save, whose expression is named after), then its events
-   * and replication task, which wait for a row from after. A check that fails rejects with
-   * failure(). Not async: the parameters are prepared and both statements issued before it
-   * returns (pipelined-tx.ts).
+   * A write of a run as one statement: the namespace's barrier lock and check (first, see
+   * stillWritablePart), checks, the run's row (row: its insert or its state's save, whose
+   * expression is named after), then its events, extra and replication task, which wait for a
+   * row from after. A check that fails rejects with failure(). Not async: the parameters are
+   * prepared and the statement issued before it returns (pipelined-tx.ts); alone, it is a
+   * transaction of its own (transactOneStatement).
    */
   function oneStatement(
     tx: Tx,
@@ -238,10 +262,7 @@ export function createWriter(deps: WriterDeps) {
       ...(w.extra ?? []),
       ...(task ? [replicationTaskPart(task, w.after)] : []),
     ]);
-    return Promise.all([
-      lockNamespaceShared(tx, ns),
-      runGuard(tx, text, params, w.failure).then(([row]) => task && recordTask(tx, ns, task, w.time, w.events, replicationTaskOf(task, row))),
-    ]);
+    return runGuard(tx, text, params, w.failure).then(([row]) => task && recordTask(tx, ns, task, w.time, w.events, replicationTaskOf(task, row)));
   }
 
   /** Writes the replication task for events written at time from first on, when ns replicates. */
@@ -281,7 +302,7 @@ export function createWriter(deps: WriterDeps) {
   /** Checks, inside tx, that ns may still take this write here (see namespace-guard.ts). */
   const guard = (tx: Tx, ns: NamespaceRecord) => guardNamespace(tx, ns, deps.cluster.clusterName);
 
-  return { transact, transactPipelined, checkBlob, append, oneStatement, outbox, checkHistorySize, guard };
+  return { transact, transactPipelined, transactOneStatement, checkBlob, append, oneStatement, outbox, checkHistorySize, guard };
 }
 
 export type Writer = ReturnType<typeof createWriter>;

@@ -1,6 +1,6 @@
 import type { Sql } from "postgres";
 import { connectionLost } from "../errors";
-import type { Tx } from "./database";
+import type { Db, Tx } from "./database";
 
 /**
  * Transactions whose statements travel in two batches on PostgreSQL: BEGIN goes out with
@@ -95,4 +95,25 @@ export function createPipelinedTransactions(client: Sql): PipelinedTransactions 
       }
     },
   };
+}
+
+/**
+ * db as a Tx for exactly one hand-written statement (runStatement), which PostgreSQL runs as
+ * a transaction of its own: it commits when it succeeds and leaves nothing when it fails. A
+ * second statement is refused before it is sent: it would commit apart from the first.
+ */
+export function singleStatement(db: Db): Tx {
+  const session = db._.session;
+  let used = false;
+  return {
+    _: {
+      session: {
+        prepareQuery: (...args: Parameters<typeof session.prepareQuery>) => {
+          if (used) throw new Error("a single statement's write issued a second statement: it would not be atomic with the first");
+          used = true;
+          return session.prepareQuery(...args);
+        },
+      },
+    },
+  } as unknown as Tx;
 }

@@ -1,9 +1,11 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { Code } from "@connectrpc/connect";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { and, asc, eq, sql } from "drizzle-orm";
 import { WorkflowIdReusePolicy } from "../../src/gen/tern/common/v1/common_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
-import { executions, historyEvents, namespaces } from "../../src/persistence/schema";
+import { executions, historyEvents, namespaces, timerTasks } from "../../src/persistence/schema";
+import { eventually } from "../support/eventually";
 import { rejects } from "../support/rejects";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
@@ -101,11 +103,15 @@ for (const store of await testStores()) {
     });
 
     test("TestARunClosedInOneTripTakesNoMoreSignals", async () => {
-      await wf.startWorkflowExecution({ namespace: "g", workflowId: "w6", ...T });
+      await wf.startWorkflowExecution({ namespace: "g", workflowId: "w6", ...T, workflowExecutionTimeout: durationFromMs(3_600_000) });
+      const timers = async () => (await db().select().from(timerTasks).where(eq(timerTasks.workflowId, "w6"))).length;
+      expect(await timers()).toBe(1);
       const before = appends("one-trip", "TerminateWorkflowExecution");
       await wf.terminateWorkflowExecution({ namespace: "g", workflowExecution: { workflowId: "w6" }, reason: "done" });
       expect(appends("one-trip", "TerminateWorkflowExecution")).toBe(before + 1);
       expect((await row("w6")).status).toBe("TERMINATED");
+      // Its timeout timer went in the same statement.
+      expect(await timers()).toBe(0);
       await rejects(signal("w6"), Code.FailedPrecondition, "already closed");
       expect(await eventIds("w6")).toEqual([1, 2]);
     });
@@ -179,6 +185,29 @@ for (const store of await testStores()) {
       await db().update(namespaces).set({ activeClusterName: "elsewhere", failoverVersion: sql`${namespaces.failoverVersion} + 100` }).where(eq(namespaces.name, "g2"));
       await rejects(wf.startWorkflowExecution({ namespace: "g2", workflowId: "w13", ...T }), Code.FailedPrecondition, "elsewhere");
       expect(await db().select().from(executions).where(eq(executions.workflowId, "w13"))).toEqual([]);
+    });
+
+    // A failover holds the namespace's barrier lock exclusively while it changes the namespace:
+    // a write in one statement waits for it, and its check must then see the change, though the
+    // statement's snapshot is from before (the check is a query of its own, after the lock).
+    test.skipIf(store !== "postgres")("TestAOneStatementWriteWaitingOnTheBarrierSeesTheFailover", async () => {
+      await wf.registerNamespace({ namespace: "g3", isGlobalNamespace: true });
+      await wf.startWorkflowExecution({ namespace: "g3", workflowId: "w15", ...T });
+      await wf.signalWorkflowExecution({ namespace: "g3", workflowExecution: { workflowId: "w15" }, signalName: "s" });
+      const id = (await db().select().from(namespaces).where(eq(namespaces.name, "g3")))[0]!.id;
+      const waiting = async () => (await db().execute(sql`select count(*)::int as n from pg_locks where locktype = 'advisory' and not granted`)) as unknown as { n: number }[];
+      const before = appends("one-trip");
+      let signalled!: Promise<unknown>;
+      await db().transaction(async (tx) => {
+        await tx.execute(sql`select pg_advisory_xact_lock(hashtextextended(${id}, 7233))`);
+        await tx.update(namespaces).set({ activeClusterName: "elsewhere", failoverVersion: sql`${namespaces.failoverVersion} + 100` }).where(eq(namespaces.id, id));
+        signalled = wf.signalWorkflowExecution({ namespace: "g3", workflowExecution: { workflowId: "w15" }, signalName: "s" });
+        signalled.catch(() => {});
+        await eventually(async () => expect((await waiting())[0]!.n).toBe(1));
+      });
+      await rejects(signalled, Code.FailedPrecondition, "elsewhere");
+      expect(appends("one-trip")).toBe(before);
+      expect(await eventIds("w15")).toEqual([1, 2]);
     });
 
     // Last: it leaves the namespace active elsewhere.

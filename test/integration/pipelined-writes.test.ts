@@ -3,7 +3,9 @@ import { Code } from "@connectrpc/connect";
 import { sql } from "drizzle-orm";
 import postgres from "postgres";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
-import { createPipelinedTransactions } from "../../src/persistence/pipelined-tx";
+import { drizzle } from "drizzle-orm/postgres-js";
+import type { Db } from "../../src/persistence/database";
+import { createPipelinedTransactions, singleStatement } from "../../src/persistence/pipelined-tx";
 import { MAX_PARAMETERS, runStatement } from "../../src/persistence/raw-statements";
 import { eventually } from "../support/eventually";
 import { createTestDatabase } from "../support/postgres";
@@ -126,6 +128,14 @@ if (stores.includes("postgres")) {
         await done;
       });
       expect(await rows()).toEqual([1, 2]);
+    });
+
+    test("TestASingleStatementCommitsAloneAndRefusesASecond", async () => {
+      await client`truncate pipelined`;
+      const one = singleStatement(drizzle(client) as unknown as Db);
+      await insert(one, 1);
+      await expect(insert(one, 2)).rejects.toThrow("a second statement");
+      expect(await rows()).toEqual([1]);
     });
 
     test("TestAFailedStatementAheadOfAPipelinedCommitRollsEverythingBack", async () => {
