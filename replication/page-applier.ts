@@ -15,7 +15,7 @@ import type { InboundProgress } from "./receiver";
 export interface PageApplierDeps {
   applier: HistoryApplier;
   /** Transactions with retries and persistence metrics. */
-  writer: Pick<Writer, "transact" | "transactPipelined">;
+  writer: Pick<Writer, "transact" | "transactPipelined" | "transactOneStatement">;
   /** Woken per run after an apply commits, for history long polls on this cluster. */
   notifier: EventNotifier;
   metrics: Metrics;

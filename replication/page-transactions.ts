@@ -1,7 +1,7 @@
 import type { RemoteClients } from "../src/cluster/remote-client";
 import type { ReplicationTask } from "../src/gen/tern/admin/v1/service_pb";
 import { runKeyText } from "../src/history/branch-store";
-import { lockRunKeys } from "../src/history/run-batches";
+import { lockRunKeys, lockRunKeysPart } from "../src/history/run-batches";
 import type { Writer } from "../src/history/writer";
 import type { Logger } from "../src/observability/log";
 import type { Metrics } from "../src/observability/metrics";
@@ -19,7 +19,7 @@ import { versionHistoryFromProto, versionHistoryToProto } from "./version-histor
 export interface PageTransactionsDeps {
   applier: HistoryApplier;
   /** Transactions with retries and persistence metrics. */
-  writer: Pick<Writer, "transact" | "transactPipelined">;
+  writer: Pick<Writer, "transact" | "transactPipelined" | "transactOneStatement">;
   metrics: Metrics;
   log: Logger;
   /** Held runs: their tasks go to the DLQ too. */
@@ -112,8 +112,9 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
 
   /**
    * Pages of runs this process applied lately, in one round trip: planned from their rows as
-   * its commits left them (the run cache), and sent with BEGIN, the acks' moves, the guards
-   * and COMMIT. A guard rolls it back, and the pages are applied from fresh reads, when a
+   * its commits left them (the run cache), and sent whole with the acks' moves and the
+   * guards: as one statement, a transaction of its own, when the pages only append to runs
+   * (applier.writeParts), else between BEGIN and COMMIT. A guard rolls it back, and the pages are applied from fresh reads, when a
    * run's row moved on (db_version), a new run's row exists or rivals an open run (the
    * insert's unique indexes), a shard has DLQ entries or an ack moved. Undefined then, and
    * when a run's row is not cached (or the last try for one of the shards failed). merged:
@@ -132,21 +133,25 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
     const writes = plans.flatMap((p) => (p.write ? [p.write] : []));
     const shardIds = moves.map((m) => m.shardId);
     try {
-      // Three statements between BEGIN and COMMIT (PostgreSQL answers each on its own): the
-      // acks' moves with the DLQ check, the runs' key locks (which order appliers' writes of a
-      // run), and the writes, as one statement where they can be (applier.writeParts).
-      const checks = composite([...moves.map((m, i) => advanceInboundAckPart(remote.name, m.shardId, m, `ack_${i}`)), noneHeldPart(remote.name, shardIds)]);
+      const checkParts = [...moves.map((m, i) => advanceInboundAckPart(remote.name, m.shardId, m, `ack_${i}`)), noneHeldPart(remote.name, shardIds)];
       const parts = applier.writeParts(writes);
-      const written = parts && composite(parts);
-      await writer.transactPipelined("ReplicateHistory", async (tx, commit) => {
-        const all = [
-          runStatement(tx, checks.text, checks.params),
-          lockRunKeys(tx, merged),
-          written ? runStatement(tx, written.text, written.params) : applier.writeAll(tx, writes),
-        ];
-        commit();
-        await settleAll(all);
-      });
+      const locks = parts && lockRunKeysPart(merged);
+      if (parts && locks) {
+        // One statement, a transaction of its own (PostgreSQL answers each statement on its
+        // own): the acks' moves and the DLQ check, then the runs' key locks (which order
+        // appliers' writes of a run), then the writes (applier.writeParts), in the order of
+        // the pipelined path's statements.
+        const { text, params } = composite([...checkParts, locks, ...parts]);
+        await writer.transactOneStatement("ReplicateHistory", (tx) => runStatement(tx, text, params));
+      } else {
+        // Three statements between BEGIN and COMMIT: the checks, the key locks, the writes.
+        const checks = composite(checkParts);
+        await writer.transactPipelined("ReplicateHistory", async (tx, commit) => {
+          const all = [runStatement(tx, checks.text, checks.params), lockRunKeys(tx, merged), applier.writeAll(tx, writes)];
+          commit();
+          await settleAll(all);
+        });
+      }
     } catch {
       // The shards' next pages read first (and find out whether one trip may work again).
       for (const id of shardIds) oneTripShards.delete(shardText(remote, id));

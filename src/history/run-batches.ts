@@ -31,6 +31,22 @@ export function lockRunKeys(tx: Tx, keys: RunKey[]): Promise<unknown> {
   return runStatement(tx, lockKeysText(rows), padRows(keys.map(runKeyText), rows, 1));
 }
 
+const lockKeysColumn = textCache((rows: number) => `(select count(*) from (${lockKeysText(rows)}) as l)`);
+
+/**
+ * lockRunKeys as a part of a composite statement, for at most 1,024 keys (undefined for more):
+ * its column takes the locks, in key order, when PostgreSQL computes it (columns are computed
+ * in order, the writing expressions after them), so the parts whose columns come after it and
+ * the writes come after the locks. The statement's snapshot is older than the locks: parts
+ * after it must not rely on reads, as a save's db_version comparison and an insert's unique
+ * index do not (PostgreSQL checks both against the row as it stands when it gets the row).
+ */
+export function lockRunKeysPart(keys: RunKey[]): StatementPart | undefined {
+  if (!keys.length || keys.length > 1024) return undefined;
+  const rows = paddedRows(keys.length);
+  return { ctes: [], columns: [["run_keys_locked", lockKeysColumn(rows)]], params: padRows(keys.map(runKeyText), rows, 1) };
+}
+
 const lockRunsText = textCache((rows: number) =>
   `select ${executionsSql.all()} from ${executionsSql.table} where (${keyList()}) in (values ${valuesList(rows, KEY.length)}) order by ${keyList()} for update`);
 

@@ -3,6 +3,7 @@ import { create } from "@bufbuild/protobuf";
 import { DurationSchema } from "@bufbuild/protobuf/wkt";
 import { and, asc, eq, sql } from "drizzle-orm";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { runKeyText } from "../../src/history/branch-store";
 import { executions, historyEvents, replicationAckLevels, replicationDlq, timerTasks } from "../../src/persistence/schema";
 import { startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
@@ -89,6 +90,27 @@ for (const store of await testStores()) {
       // Applied onto the row as it stands (expectSameHistories compared the states).
       expect((await runRow(b, "s1")).dbVersion).toBe(before.dbVersion + 2);
       await signalAndWait("s1");
+      expect(pages(b, "one-trip")).toBe(oneTrip + 1);
+    });
+
+    // Another applier of the run (a process on the same database, reading it afresh) holds its
+    // key lock: a page applied in one statement waits for it before it writes.
+    test.skipIf(store !== "postgres")("AOneTripApplyWaitsForTheRunsKeyLock: its one statement takes the lock before its writes", async () => {
+      await wf().startWorkflowExecution({ namespace: NS, workflowId: "k1", workflowType: "T", taskQueue: "q" });
+      await signalAndWait("k1");
+      const { runId } = await runRow(b, "k1");
+      const waiting = async () =>
+        ((await b.server.database.db.execute(sql`select count(*)::int as n from pg_locks where locktype = 'advisory' and not granted
+          and database = (select oid from pg_database where datname = current_database())`)) as unknown as { n: number }[])[0]!.n;
+      const oneTrip = pages(b, "one-trip");
+      await b.server.database.db.transaction(async (tx) => {
+        await tx.execute(sql`select pg_advisory_xact_lock(hashtextextended(${runKeyText({ namespaceId: nsId, workflowId: "k1", runId })}, 0))`);
+        await wf().signalWorkflowExecution({ namespace: NS, workflowExecution: run("k1"), signalName: "held" });
+        await eventually(async () => expect(await waiting()).toBe(1), { timeout: 15_000 });
+        expect(await eventsOnB("k1")).toEqual(["WORKFLOW_EXECUTION_STARTED", "WORKFLOW_EXECUTION_SIGNALED"]);
+      });
+      await eventually(() => expectSameHistories(a, b, nsId), { timeout: 15_000 });
+      expect(await eventsOnB("k1")).toHaveLength(3);
       expect(pages(b, "one-trip")).toBe(oneTrip + 1);
     });
 
