@@ -156,9 +156,9 @@ export function createHistoryEngine(deps: EngineDeps) {
    * last write of it left it (the recent rows): one statement, a transaction of its own (the
    * namespace's barrier lock and check, the request id claim, the run's state, the events, the
    * timers' removal when it closes the run and the outbox task, writer.append's fromMemory,
-   * writer.transactOneStatement). The namespace
-   * check and the state's db_version comparison fail it from inside, as does a claim taken
-   * before; the write is then made again from a fresh read, which also gives every refusal.
+   * writer.transactOneStatement). The namespace check and the state's db_version comparison
+   * fail it from inside, as does a claim taken before; the write is then made again from a
+   * fresh read, which also gives every refusal.
    * Undefined then, and when the kept row cannot decide the write alone (none, closed, another
    * run asked for by id, nothing to write, a refusal). A lost connection is not made again: its
    * statement may have committed.
@@ -192,10 +192,10 @@ export function createHistoryEngine(deps: EngineDeps) {
    * startIn's write in one round trip. For a workflow id this process knows no run of, one
    * statement, a transaction of its own: the namespace's barrier lock and check, a check that
    * the id has no run at all, the request id claim, the run's row, its events, timer and outbox
-   * task. For SignalWithStart on
-   * the run this process wrote last: the signal, if appendInOneTrip can write it. Undefined
-   * for a plain start of an id this process knows a run of, and when a check failed: the
-   * start is then made from a read, which gives every refusal and the reuse policy's answer.
+   * task. For SignalWithStart on the run this process wrote last: the signal, if
+   * appendInOneTrip can write it. Undefined for a plain start of an id this process knows a
+   * run of, and when a check failed: the start is then made from a read, which gives every
+   * refusal and the reuse policy's answer.
    * A lost connection is not made again: its statement may have committed.
    */
   async function startInOneTrip(
