@@ -204,6 +204,8 @@ for (const store of await testStores()) {
         signalled = wf.signalWorkflowExecution({ namespace: "g3", workflowExecution: { workflowId: "w15" }, signalName: "s" });
         signalled.catch(() => {});
         await eventually(async () => expect((await waiting())[0]!.n).toBe(1));
+        // The waiting write took the barrier first: it holds no lock on the run's row yet.
+        await tx.execute(sql`select 1 from ${executions} where ${executions.workflowId} = 'w15' for update nowait`);
       });
       await rejects(signalled, Code.FailedPrecondition, "elsewhere");
       expect(appends("one-trip")).toBe(before);
