@@ -3,6 +3,7 @@ import { create } from "@bufbuild/protobuf";
 import { DurationSchema } from "@bufbuild/protobuf/wkt";
 import { and, asc, eq, sql } from "drizzle-orm";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { pgErrorOf } from "../../src/errors";
 import { runKeyText } from "../../src/history/branch-store";
 import { executions, historyEvents, replicationAckLevels, replicationDlq, timerTasks } from "../../src/persistence/schema";
 import { startClusters } from "../failover/mesh";
@@ -95,7 +96,7 @@ for (const store of await testStores()) {
 
     // Another applier of the run (a process on the same database, reading it afresh) holds its
     // key lock: a page applied in one statement waits for it before it writes.
-    test.skipIf(store !== "postgres")("AOneTripApplyWaitsForTheRunsKeyLock: its one statement takes the lock before its writes", async () => {
+    test.skipIf(store !== "postgres")("AOneTripApplyWaitsForTheRunsKeyLock: its one statement takes the lock after the ack's move and before its writes", async () => {
       await wf().startWorkflowExecution({ namespace: NS, workflowId: "k1", workflowType: "T", taskQueue: "q" });
       await signalAndWait("k1");
       const { runId } = await runRow(b, "k1");
@@ -108,6 +109,10 @@ for (const store of await testStores()) {
         await wf().signalWorkflowExecution({ namespace: NS, workflowExecution: run("k1"), signalName: "held" });
         await eventually(async () => expect(await waiting()).toBe(1), { timeout: 15_000 });
         expect(await eventsOnB("k1")).toEqual(["WORKFLOW_EXECUTION_STARTED", "WORKFLOW_EXECUTION_SIGNALED"]);
+        // It moved the shard's ack first, as the pipelined path does (one order among appliers, no cycle).
+        const ackLocked = await b.server.database.db.execute(sql`select 1 from ${replicationAckLevels} where ${ackRow} for update nowait`)
+          .then(() => false, (e) => pgErrorOf(e).code === "55P03");
+        expect(ackLocked).toBe(true);
       });
       await eventually(() => expectSameHistories(a, b, nsId), { timeout: 15_000 });
       expect(await eventsOnB("k1")).toHaveLength(3);
