@@ -5,11 +5,8 @@ import { lockRunKey, runKeyText, storedEvent, type RunKey } from "../src/history
 import type { Writer } from "../src/history/writer";
 import type { Logger } from "../src/observability/log";
 import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
-import {
-  deleteTimers, deleteTimersPart, insertExecution, insertExecutionPart, insertRunsEventRows, insertRunsEventRowsPart, insertRunsRequestIds,
-  insertRunsRequestIdsPart, insertTimer, insertTimerPart, lockRun, NEW_RUN, type EventColumns, type ExecutionRow,
-} from "../src/history/execution-store";
-import { lockRunKeys, lockRuns, saveRuns, saveRunsPart, SAVED_RUNS } from "../src/history/run-batches";
+import { deleteTimers, insertExecution, insertRunsEventRows, insertRunsEventRowsPart, insertRunsRequestIds, insertRunsRequestIdsPart, insertTimer, lockRun, type EventColumns, type ExecutionRow } from "../src/history/execution-store";
+import { lockRunKeys, lockRuns, saveRuns, saveRunsPart } from "../src/history/run-batches";
 import { shardFor } from "../src/history/shard";
 import type { NamespaceRecord, NamespaceRegistry } from "../src/namespace/registry";
 import type { Tx } from "../src/persistence/database";
@@ -192,33 +189,20 @@ function writeAll(tx: Tx, writes: RunWrites[]): Promise<unknown> {
 }
 
 /**
- * writeAll as parts of one composite statement, for writes to existing runs (a state,
- * events, request ids; at most 1,024 of each) and at most one new run, one timer made and one
- * run's timers cleared (each a part of its own, so a statement's texts stay few): undefined
- * for more. The runs' key locks (lockRunKeys) order these writes among appliers; a run's
- * timers go once its row is saved, as in a write from a read.
+ * writeAll as parts of one composite statement, for writes that only append to existing
+ * runs (a state, events, request ids), at most 1,024 of each: undefined for any others (a
+ * new run, a timer made or cleared) and for more. The runs' key locks (lockRunKeys) order
+ * these writes among appliers, so the parts need no order of their own.
  */
 function writeParts(writes: RunWrites[]): StatementPart[] | undefined {
-  const inserts = writes.flatMap((w) => (w.insert ? [w.insert] : []));
-  const timers = writes.flatMap((w) => (w.timer ? [w.timer] : []));
-  const clears = writes.filter((w) => w.clearTimers);
-  if (!writes.length || inserts.length > 1 || timers.length > 1 || clears.length > 1) return undefined;
-  if (writes.some((w) => !w.insert === !w.save)) return undefined;
-  const saves = writes.flatMap((w) => (w.save ? [w.save] : []));
+  if (!writes.length || writes.some((w) => w.insert || w.timer || w.clearTimers || !w.save)) return undefined;
+  const saves = writes.map((w) => w.save!);
   if (paddedChunks(saves).length > 1) return undefined;
   const events = insertRunsEventRowsPart(writes.flatMap((w) => w.events));
   const ids = writes.flatMap((w) => w.requestIds);
   const idsPart = ids.length ? insertRunsRequestIdsPart(ids) : undefined;
   if (!events || (ids.length && !idsPart)) return undefined;
-  const clear = clears[0];
-  return [
-    ...(inserts.length ? [insertExecutionPart(inserts[0]!)] : []),
-    ...(saves.length ? [saveRunsPart(saves)] : []),
-    events,
-    ...(idsPart ? [idsPart] : []),
-    ...(timers.length ? [insertTimerPart(timers[0]!)] : []),
-    ...(clear ? [deleteTimersPart(clear.clearTimers!, clear.save ? SAVED_RUNS : NEW_RUN)] : []),
-  ];
+  return [saveRunsPart(saves), events, ...(idsPart ? [idsPart] : [])];
 }
 
 /** The stored rows of events added to a run, and of the request ids they carry. */

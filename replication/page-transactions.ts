@@ -113,13 +113,12 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
   /**
    * Pages of runs this process applied lately, in one round trip: planned from their rows as
    * its commits left them (the run cache), and sent whole with the acks' moves and the
-   * guards: as one statement, a transaction of its own, when applier.writeParts can write the
-   * pages in one (at most one new run, one timer made and one cleared), else between BEGIN and
-   * COMMIT. A guard rolls it back, and the pages are applied from fresh reads, when a run's
-   * row moved on (db_version), a new run's row exists or rivals an open run (the insert's
-   * unique indexes), a shard has DLQ entries or an ack moved. Undefined then, and when a run's
-   * row is not cached (or the last try for one of the shards failed). merged: the pages'
-   * tasks merged per run.
+   * guards: as one statement, a transaction of its own, when the pages only append to runs
+   * (applier.writeParts), else between BEGIN and COMMIT. A guard rolls it back, and the pages
+   * are applied from fresh reads, when a run's row moved on (db_version), a new run's row
+   * exists or rivals an open run (the insert's unique indexes), a shard has DLQ entries or an
+   * ack moved. Undefined then, and when a run's row is not cached (or the last try for one of
+   * the shards failed). merged: the pages' tasks merged per run.
    */
   async function applyOneTrip(remote: RemoteCluster, merged: IncomingTask[], namespaces: Map<string, NamespaceRecord>, moves: AckMove[]): Promise<Applied | undefined> {
     if (!moves.every((m) => oneTripShards.has(shardText(remote, m.shardId)))) return undefined;
@@ -145,7 +144,7 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
         const { text, params } = composite([...checkParts, locks, ...parts]);
         await writer.transactOneStatement("ReplicateHistory", (tx) => runStatement(tx, text, params));
       } else {
-        // Between BEGIN and COMMIT: the checks, the key locks, the writes (applier.writeAll).
+        // Three statements between BEGIN and COMMIT: the checks, the key locks, the writes.
         const checks = composite(checkParts);
         await writer.transactPipelined("ReplicateHistory", async (tx, commit) => {
           const all = [runStatement(tx, checks.text, checks.params), lockRunKeys(tx, merged), applier.writeAll(tx, writes)];
