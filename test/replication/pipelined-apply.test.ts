@@ -75,6 +75,15 @@ for (const store of await testStores()) {
       await wf().startWorkflowExecution({ namespace: NS, workflowId: "o2", workflowType: "T", taskQueue: "q", workflowExecutionTimeout: hour });
       await eventually(() => expectSameHistories(a, b, nsId), { timeout: 15_000 });
       expect(pages(b, "one-trip")).toBe(oneTrip + 4);
+      // With its timeout timer, in the same statement; and a close in one trip clears it.
+      const timers = async (x: TestCluster) =>
+        (await x.server.database.db.select().from(timerTasks).where(and(eq(timerTasks.namespaceId, nsId), eq(timerTasks.workflowId, "o2")))).map((t) => t.fireAt.getTime());
+      expect(await timers(b)).toEqual(await timers(a));
+      expect(await timers(b)).toHaveLength(1);
+      await wf().completeWorkflowExecution({ namespace: NS, workflowExecution: run("o2") });
+      await eventually(() => expectSameHistories(a, b, nsId), { timeout: 15_000 });
+      expect(pages(b, "one-trip")).toBe(oneTrip + 5);
+      expect(await timers(b)).toEqual([]);
       expect(pages(b, "full")).toBe(0);
     });
 
