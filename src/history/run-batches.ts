@@ -1,5 +1,5 @@
 import type { Tx } from "../persistence/database";
-import { composite, paddedChunks, paddedRows, padRows, runGuard, runStatement, tableCodec, textCache, valuesList, type StatementPart } from "../persistence/raw-statements";
+import { composite, PADDED_CHUNK, paddedChunks, paddedRows, padRows, runGuard, runStatement, tableCodec, textCache, valuesList, type StatementPart } from "../persistence/raw-statements";
 import { executions } from "../persistence/schema";
 import { runKeyText } from "./branch-store";
 import type { ExecutionRow, RunKey } from "./execution-store";
@@ -34,15 +34,15 @@ export function lockRunKeys(tx: Tx, keys: RunKey[]): Promise<unknown> {
 const lockKeysColumn = textCache((rows: number) => `(select count(*) from (${lockKeysText(rows)}) as l)`);
 
 /**
- * lockRunKeys as a part of a composite statement, for at most 1,024 keys (undefined for more):
- * its column takes the locks, in key order, when PostgreSQL computes it (columns are computed
- * in order, the writing expressions after them), so the parts whose columns come after it and
- * the writes come after the locks. The statement's snapshot is older than the locks: parts
+ * lockRunKeys as a part of a composite statement, for at most one padded chunk of keys
+ * (PADDED_CHUNK, as saveRunsPart; undefined for more): its column takes the locks, in key
+ * order, when PostgreSQL computes it (columns are computed in order, the writing expressions
+ * after them), so the parts whose columns come after it and the writes come after the locks. The statement's snapshot is older than the locks: parts
  * after it must not rely on reads, as a save's db_version comparison and an insert's unique
  * index do not (PostgreSQL checks both against the row as it stands when it gets the row).
  */
 export function lockRunKeysPart(keys: RunKey[]): StatementPart | undefined {
-  if (!keys.length || keys.length > 1024) return undefined;
+  if (!keys.length || keys.length > PADDED_CHUNK) return undefined;
   const rows = paddedRows(keys.length);
   return { ctes: [], columns: [["run_keys_locked", lockKeysColumn(rows)]], params: padRows(keys.map(runKeyText), rows, 1) };
 }

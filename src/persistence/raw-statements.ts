@@ -185,7 +185,7 @@ export function padRows(params: unknown[], rows: number, width: number): unknown
 }
 
 /** Most rows per padded statement: a power of two, and with up to 63 values a row, within MAX_PARAMETERS. */
-const PADDED_CHUNK = 1024;
+export const PADDED_CHUNK = 1024;
 
 /**
  * Rows per multi-row insert that is not padded: with up to 65 columns, within MAX_PARAMETERS.
