@@ -4,6 +4,7 @@ import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { and, asc, eq, sql } from "drizzle-orm";
 import { WorkflowIdReusePolicy } from "../../src/gen/tern/common/v1/common_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { lockNamespaceBarrier } from "../../src/history/namespace-guard";
 import { executions, historyEvents, namespaces, timerTasks } from "../../src/persistence/schema";
 import { eventually } from "../support/eventually";
 import { rejects } from "../support/rejects";
@@ -199,7 +200,7 @@ for (const store of await testStores()) {
       const before = appends("one-trip");
       let signalled!: Promise<unknown>;
       await db().transaction(async (tx) => {
-        await tx.execute(sql`select pg_advisory_xact_lock(hashtextextended(${id}, 7233))`);
+        await lockNamespaceBarrier(tx, id);
         await tx.update(namespaces).set({ activeClusterName: "elsewhere", failoverVersion: sql`${namespaces.failoverVersion} + 100` }).where(eq(namespaces.id, id));
         signalled = wf.signalWorkflowExecution({ namespace: "g3", workflowExecution: { workflowId: "w15" }, signalName: "s" });
         signalled.catch(() => {});

@@ -4,7 +4,7 @@ import { DurationSchema } from "@bufbuild/protobuf/wkt";
 import { and, asc, eq, sql } from "drizzle-orm";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { pgErrorOf } from "../../src/errors";
-import { runKeyText } from "../../src/history/branch-store";
+import { lockRunKey } from "../../src/history/branch-store";
 import { executions, historyEvents, replicationAckLevels, replicationDlq, timerTasks } from "../../src/persistence/schema";
 import { startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
@@ -114,7 +114,7 @@ for (const store of await testStores()) {
           and database = (select oid from pg_database where datname = current_database())`)) as unknown as { n: number }[])[0]!.n;
       const oneTrip = pages(b, "one-trip");
       await b.server.database.db.transaction(async (tx) => {
-        await tx.execute(sql`select pg_advisory_xact_lock(hashtextextended(${runKeyText({ namespaceId: nsId, workflowId: "k1", runId })}, 0))`);
+        await lockRunKey(tx, { namespaceId: nsId, workflowId: "k1", runId });
         await wf().signalWorkflowExecution({ namespace: NS, workflowExecution: run("k1"), signalName: "held" });
         await eventually(async () => expect(await waiting()).toBe(1), { timeout: 15_000 });
         expect(await eventsOnB("k1")).toEqual(["WORKFLOW_EXECUTION_STARTED", "WORKFLOW_EXECUTION_SIGNALED"]);
