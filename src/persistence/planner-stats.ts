@@ -9,9 +9,9 @@ export interface PlannerStatsDeps {
   log: Logger;
   /** How often the tables are checked; 0 never. */
   intervalMs?: number;
-  /** A table is analyzed once at least this many of its rows changed since its last analyze... */
+  /** A table is analyzed once its row count moved by at least this many rows since its last analyze... */
   minChangedRows?: number;
-  /** ...and at least this fraction of them. */
+  /** ...and by at least this fraction of the rows that analyze counted. */
   changedFraction?: number;
 }
 
@@ -25,7 +25,7 @@ export interface PlannerStatsDeps {
  * table's real shape and invalidates the plans kept for it. Tables with one index (the
  * large event and request tables) are left to autovacuum: their plans have no such choice.
  */
-export function createPlannerStats({ db, log, intervalMs = 5_000, minChangedRows = 1000, changedFraction = 0.1 }: PlannerStatsDeps) {
+export function createPlannerStats({ db, log, intervalMs = 5_000, minChangedRows = 100, changedFraction = 0.1 }: PlannerStatsDeps) {
   /** One pass: analyzes the tables that changed enough; returns their names. */
   async function runOnce(): Promise<string[]> {
     const stale = await runStatement(db, STALE_TABLES_TEXT, [minChangedRows, changedFraction]);
@@ -54,11 +54,19 @@ export function createPlannerStats({ db, log, intervalMs = 5_000, minChangedRows
   };
 }
 
-/** This schema's tables with more than one index that changed by at least $1 rows and $2 of their rows since their last analyze. */
+/**
+ * This schema's tables with more than one index whose row count moved by at least $1 rows and
+ * $2 of the rows its statistics last counted (pg_class.reltuples: -1 before the first analyze
+ * or vacuum). Updates do not count: they leave the table's size, and so the plans' choice of
+ * index, as it was. Counting them (n_mod_since_analyze), a table of a few thousand runs that
+ * take hundreds of signals a second was analyzed at every check, and each analyze discards
+ * every plan PostgreSQL keeps for the statements that read the table, on every connection
+ * (see bench/README.md, 2026-12-04, night).
+ */
 const STALE_TABLES_TEXT = `
-  select relname from pg_stat_user_tables t
-  where schemaname = current_schema() and (select count(*) from pg_index i where i.indrelid = t.relid) > 1
-    and n_mod_since_analyze >= greatest($1::bigint, ($2::float8 * n_live_tup)::bigint)
-  order by relname`;
+  select t.relname from pg_stat_user_tables t join pg_class c on c.oid = t.relid
+  where t.schemaname = current_schema() and (select count(*) from pg_index i where i.indrelid = t.relid) > 1
+    and abs(t.n_live_tup - greatest(c.reltuples, 0)) >= greatest($1::float8, $2::float8 * greatest(c.reltuples, 0))
+  order by t.relname`;
 
 export type PlannerStats = ReturnType<typeof createPlannerStats>;
