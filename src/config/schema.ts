@@ -22,7 +22,7 @@ const Datastore = z.union([
     postgres: z.strictObject({
       url: z.string().min(1),
       maxConnections: z.number().int().min(1).max(1000).optional(),
-      /** How often tern checks its tables' planner statistics and analyzes those whose row count moved by a tenth (persistence/planner-stats.ts); 0 never; default 5 s. */
+      /** How often tern checks its tables' planner statistics and analyzes those whose row count doubled or halved (persistence/planner-stats.ts); 0 never; default 5 s. */
       analyzeIntervalMs: z.number().int().min(0).optional(),
     }),
   }),

@@ -11,8 +11,8 @@ export interface PlannerStatsDeps {
   intervalMs?: number;
   /** A table is analyzed once its row count moved by at least this many rows since its last analyze... */
   minChangedRows?: number;
-  /** ...and by at least this fraction of the rows that analyze counted. */
-  changedFraction?: number;
+  /** ...and grew or shrank by at least this factor. */
+  sizeFactor?: number;
 }
 
 /**
@@ -25,10 +25,10 @@ export interface PlannerStatsDeps {
  * table's real shape and invalidates the plans kept for it. Tables with one index (the
  * large event and request tables) are left to autovacuum: their plans have no such choice.
  */
-export function createPlannerStats({ db, log, intervalMs = 5_000, minChangedRows = 100, changedFraction = 0.1 }: PlannerStatsDeps) {
+export function createPlannerStats({ db, log, intervalMs = 5_000, minChangedRows = 100, sizeFactor = 2 }: PlannerStatsDeps) {
   /** One pass: analyzes the tables that changed enough; returns their names. */
   async function runOnce(): Promise<string[]> {
-    const stale = await runStatement(db, STALE_TABLES_TEXT, [minChangedRows, changedFraction]);
+    const stale = await runStatement(db, STALE_TABLES_TEXT, [minChangedRows, sizeFactor]);
     const done: string[] = [];
     for (const { relname } of stale) {
       await db.execute(sql`analyze ${sql.identifier(relname as string)}`);
@@ -55,18 +55,21 @@ export function createPlannerStats({ db, log, intervalMs = 5_000, minChangedRows
 }
 
 /**
- * This schema's tables with more than one index whose row count moved by at least $1 rows and
- * $2 of the rows its statistics last counted (pg_class.reltuples: -1 before the first analyze
- * or vacuum). Updates do not count: they leave the table's size, and so the plans' choice of
- * index, as it was. Counting them (n_mod_since_analyze), a table of a few thousand runs that
- * take hundreds of signals a second was analyzed at every check, and each analyze discards
- * every plan PostgreSQL keeps for the statements that read the table, on every connection
- * (see bench/README.md, 2026-12-04, night).
+ * This schema's tables with more than one index whose row count moved by at least $1 rows
+ * and grew or shrank by a factor of $2 since their statistics last counted it
+ * (pg_class.reltuples: -1 before the first analyze or vacuum). Between analyzes PostgreSQL
+ * scales the counted rows by the table's pages when it plans, so it is the first rows that
+ * matter, and a table's shape changing by a factor; updates leave its size as it was and do
+ * not count. Counting them (n_mod_since_analyze, at a tenth), a table of a thousand runs
+ * taking hundreds of signals a second was analyzed at every check, and each analyze discards
+ * the plans PostgreSQL keeps for every statement on the table, on every connection (see
+ * bench/README.md, 2026-12-04, night).
  */
 const STALE_TABLES_TEXT = `
   select t.relname from pg_stat_user_tables t join pg_class c on c.oid = t.relid
+  cross join lateral (select t.n_live_tup::float8 as n, greatest(c.reltuples, 0)::float8 as counted) s
   where t.schemaname = current_schema() and (select count(*) from pg_index i where i.indrelid = t.relid) > 1
-    and abs(t.n_live_tup - greatest(c.reltuples, 0)) >= greatest($1::float8, $2::float8 * greatest(c.reltuples, 0))
+    and abs(s.n - s.counted) >= $1::float8 and greatest(s.n, s.counted) >= $2::float8 * least(s.n, s.counted)
   order by t.relname`;
 
 export type PlannerStats = ReturnType<typeof createPlannerStats>;

@@ -104,18 +104,18 @@ for (const store of (await testStores()).filter((s) => s === "postgres")) {
       for (let i = 0; i < 2; i++) await direct`update executions set db_version = db_version + 1, next_event_id = next_event_id + 1`;
       await flushDirect();
       expect(await stats().runOnce()).not.toContain("executions");
-      // 250 more runs: fewer than a tenth of 3000.
+      // 250 more runs: far from twice the 3000 counted.
       const addRuns = (from: number, to: number) => direct`insert into executions (namespace_id, workflow_id, run_id, shard_id, workflow_type, task_queue, status, start_time, next_event_id, last_write_version, version_history)
         select 'ns', 'x' || i, 'r' || i, 1, 'T', 'q', 'COMPLETED', now(), 2, 1, '[]' from generate_series(${from}::int, ${to}::int) i`;
       await addRuns(1, 250);
       await flushDirect();
       expect(await stats().runOnce()).not.toContain("executions");
-      // 1000 in all: at least a tenth and at least minChangedRows.
-      await addRuns(251, 1000);
+      // 3000 more in all: twice the rows counted.
+      await addRuns(251, 3000);
       await flushDirect();
       expect(await stats().runOnce()).toContain("executions");
       expect(await stats().runOnce()).not.toContain("executions");
-      // Rows removed count as well.
+      // Back to half of the 6000 counted: shrinking counts as well.
       await direct`delete from executions where workflow_id like 'x%'`;
       await flushDirect();
       expect(await stats().runOnce()).toContain("executions");
