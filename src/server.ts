@@ -153,16 +153,21 @@ function wireCore({ config, opts, log, now, database, cluster }: Base) {
   const outboxMarks = createOutboxMarks();
   // The tasks committed here lately, with their events: a caught-up peer is sent them without a read back.
   const outboxTail = createOutboxTail({ currentCluster: cluster.clusterName });
-  const writer = createWriter({
+  const writerDeps = {
     db, pipelined: database.pipelined, cluster, limits: config.limits, metrics, log, now, beforeCommit: opts.beforeCommit, notifier, outboxMarks, outboxTail,
-  });
+  };
+  const writer = createWriter(writerDeps);
+  // The replication receiver's page transactions, on the applier's own connections (database.ts).
+  const applyWriter = database.applies
+    ? createWriter({ ...writerDeps, pipelined: database.applies.pipelined, oneStatementDb: database.applies.db })
+    : writer;
   const timers = createTimerQueue({ db, writer, namespaces, notifier, metrics, log, currentCluster: cluster.clusterName, now });
   const engine = createHistoryEngine({
     db, cluster, limits: config.limits, metrics, log, now, namespaces, notifier, writer,
     onTimerCreated: (at) => timers.scheduled(at),
   });
   const queries = createHistoryQueries({ db, namespaces, notifier });
-  return { db, metrics, clusters, notifier, outboxMarks, outboxTail, onActivated, activatedHooks, namespaces, writer, timers, engine, queries };
+  return { db, metrics, clusters, notifier, outboxMarks, outboxTail, onActivated, activatedHooks, namespaces, writer, applyWriter, timers, engine, queries };
 }
 
 type Core = ReturnType<typeof wireCore>;
@@ -174,7 +179,7 @@ function wireReplication({ opts, log, now, cluster }: Base, core: Core) {
   const baseApplier = createHistoryApplier({ cluster, namespaces, writer, log });
   const applier = opts.replication?.wrapApplier?.(baseApplier) ?? baseApplier;
   const dlq = createReplicationDlq({ db, metrics });
-  const historyReceiver = createHistoryReceiver({ db, cluster, writer, notifier, metrics, log, applier, dlq, retry: opts.replication?.retry, reprobeMs: opts.replication?.reprobeMs, pageSize: opts.replication?.pageSize });
+  const historyReceiver = createHistoryReceiver({ db, cluster, writer: core.applyWriter, notifier, metrics, log, applier, dlq, retry: opts.replication?.retry, reprobeMs: opts.replication?.reprobeMs, pageSize: opts.replication?.pageSize });
   const backfill = createBackfillReceiver({ db, applier, namespaces, writer, notifier, log, now });
   const namespaceReceiver = createNamespaceReceiver({
     db, currentCluster: cluster.clusterName, namespaces, log, metrics, now, onActivated, onBackfillStarted: backfill.wake,

@@ -27,6 +27,8 @@ export interface WriterDeps {
   now: () => Date;
   /** PostgreSQL only: transactions in two round trips, for transactPipelined. */
   pipelined?: PipelinedTransactions;
+  /** Where transactOneStatement's statement goes (PostgreSQL only; default db). */
+  oneStatementDb?: Db;
   /** Test hook, called inside the transaction just before it commits. */
   beforeCommit?: (operation: string) => Promise<void> | void;
   /** Told `shard:N` after a transaction that wrote a replication task of shard N commits, and `shard:any` (anyShardKey) once. */
@@ -104,7 +106,7 @@ export function createWriter(deps: WriterDeps) {
       });
     }
     return withRetries(operation, async (done) => {
-      const alone = singleStatement(db);
+      const alone = singleStatement(deps.oneStatementDb ?? db);
       const r = await fn(alone);
       done(alone);
       return r;

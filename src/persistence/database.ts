@@ -19,6 +19,11 @@ export interface Database {
   kind: "pglite" | "postgres";
   /** PostgreSQL: transactions in two round trips (pipelined-tx.ts); PGlite has no round trips to save. */
   pipelined?: PipelinedTransactions;
+  /**
+   * PostgreSQL: connections of the replication applier's own, for its hand-written statements
+   * (see openPostgres).
+   */
+  applies?: { db: Db; pipelined: PipelinedTransactions };
   /** Runs fn holding a cluster-wide lock (migrations), on PostgreSQL an advisory lock. */
   withExclusiveLock<T>(fn: (db: Db) => Promise<T>): Promise<T>;
   close(): Promise<void>;
@@ -81,7 +86,7 @@ export function hostParameter(url: string): { url: string; host?: string } {
 async function openPostgres(configured: string, opts: OpenOptions): Promise<Database> {
   requireMendedDriver();
   const { url, host } = hostParameter(configured);
-  const client = postgres(url, {
+  const options = {
     ...(host && { host }),
     // Eight by default. With 32, at 250-500 writes/s, A's PostgreSQL spent 1.4x the CPU per
     // write and the replication lag p99 was 1.5-1.9x as long, with no more writes at
@@ -99,6 +104,18 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
     // (scripts/patch-dependencies.mjs mends the postgres.js defect that did it) waited this long.
     connect_timeout: 10,
     connection: { application_name: "tern" },
+  };
+  const client = postgres(url, options);
+  // The applier's statements on connections of their own (opened at its first page): B applies
+  // one page at a time, and its some 40 apply texts (a page's shape, per power of two) were
+  // planned at their next call on each of the pool's connections after every ANALYZE, and
+  // custom-planned at every call where PostgreSQL kept to custom plans. Here the last idle of two
+  // connections serves each page, so a text is planned about once between analyzes, generic
+  // (the texts are fixed OLTP statements on keys; no drizzle statement goes here).
+  const applyClient = postgres(url, {
+    ...options,
+    max: 2,
+    connection: { application_name: "tern-apply", plan_cache_mode: "force_generic_plan" },
   });
   try {
     await client`select 1`;
@@ -111,6 +128,7 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
     db,
     kind: "postgres",
     pipelined: createPipelinedTransactions(client),
+    applies: { db: drizzlePostgres(applyClient, { schema }) as unknown as Db, pipelined: createPipelinedTransactions(applyClient) },
     async withExclusiveLock(fn) {
       // A session advisory lock on a connection of its own excludes other processes.
       const locker = postgres(url, { ...(host && { host }), max: 1, onnotice: () => {} });
@@ -121,7 +139,9 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
         await locker.end({ timeout: 1 });
       }
     },
-    close: () => client.end({ timeout: 5 }),
+    close: async () => {
+      await Promise.all([client.end({ timeout: 5 }), applyClient.end({ timeout: 5 })]);
+    },
   };
 }
 

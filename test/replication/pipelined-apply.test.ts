@@ -87,6 +87,26 @@ for (const store of await testStores()) {
       expect(pages(b, "full")).toBe(0);
     });
 
+    // B's page transactions go on connections of the applier's own (database.ts): there each
+    // apply text is planned about once, not once on each connection of the pool.
+    test.skipIf(store !== "postgres")("TheApplierHasConnectionsOfItsOwn: pages apply on at most two of them; ended by PostgreSQL, they come back and the next pages apply", async () => {
+      const applyBackends = async () =>
+        ((await b.server.database.db.execute(sql`select pid from pg_stat_activity where datname = current_database() and application_name = 'tern-apply'`)) as unknown as { pid: number }[])
+          .map((r) => r.pid);
+      await wf().startWorkflowExecution({ namespace: NS, workflowId: "c1", workflowType: "T", taskQueue: "q" });
+      await signalAndWait("c1");
+      const before = await applyBackends();
+      expect(before.length).toBeGreaterThanOrEqual(1);
+      expect(before.length).toBeLessThanOrEqual(2);
+      await b.server.database.db.execute(sql`select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and application_name = 'tern-apply'`);
+      await eventually(async () => expect(await applyBackends()).toEqual([]), { timeout: 15_000 });
+      for (let i = 0; i < 2; i++) await signalAndWait("c1");
+      const after = await applyBackends();
+      expect(after.length).toBeGreaterThanOrEqual(1);
+      expect(after.some((pid) => before.includes(pid))).toBe(false);
+      expect(await eventsOnB("c1")).toHaveLength(4);
+    });
+
     test("AStaleCachedRunIsReadAgain: a run another writer changed since (its db_version moved) rolls the one trip back and applies from a fresh read", async () => {
       await wf().startWorkflowExecution({ namespace: NS, workflowId: "s1", workflowType: "T", taskQueue: "q" });
       await signalAndWait("s1");
