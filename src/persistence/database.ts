@@ -120,7 +120,7 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
   try {
     await client`select 1`;
   } catch (e) {
-    await client.end({ timeout: 1 });
+    await Promise.all([client.end({ timeout: 1 }), applyClient.end({ timeout: 1 })]);
     throw new Error(`cannot connect to PostgreSQL at ${redactUrl(configured)}: ${(e as Error).message}`);
   }
   const db = drizzlePostgres(client, { schema }) as unknown as Db;
