@@ -110,7 +110,9 @@ export function createHistoryQueries({ db, namespaces, notifier, recheckMs = 100
     if (after) {
       const t = new Date(after.t);
       if (Number.isNaN(t.getTime())) throw invalidArgument("next_page_token is not valid");
-      conditions.push(or(lt(executions.startTime, t), and(eq(executions.startTime, t), lt(executions.runId, after.r)))!);
+      // start_time <= t, implied by the rest, bounds the namespace/start-time index scan, where
+      // the OR alone is a filter over every newer run (38 ms a page behind 43,000 of them).
+      conditions.push(lte(executions.startTime, t), or(lt(executions.startTime, t), and(eq(executions.startTime, t), lt(executions.runId, after.r)))!);
     }
     const rows = await db
       .select()
