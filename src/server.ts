@@ -42,6 +42,7 @@ import { createTimerQueue } from "./history/timer-queue";
 import { createWriter } from "./history/writer";
 import { createNamespaceRegistry, type NamespaceRecord } from "./namespace/registry";
 import { createLogger, type Logger } from "./observability/log";
+import { startLoopDelaySampler } from "./observability/loop-delay";
 import { createMetrics, type Metrics } from "./observability/metrics";
 import { openDatabase, type Database, type OpenOptions } from "./persistence/database";
 import { migrateSchema } from "./persistence/migrate";
@@ -292,6 +293,7 @@ function wire(
   const plannerStats = "postgres" in store
     ? createPlannerStats({ db: core.db, log, intervalMs: store.postgres.analyzeIntervalMs })
     : undefined;
+  const loopDelay = startLoopDelaySampler(core.metrics);
   core.timers.start();
   repl.cleanup.start();
   plannerStats?.start();
@@ -308,6 +310,7 @@ function wire(
     async close() {
       if (closed) return;
       closed = true;
+      loopDelay.stop();
       await repl.sweep.stop();
       await repl.manager.stop();
       await repl.cleanup.stop();

@@ -52,6 +52,12 @@ export interface FlowResult {
    * at a time, so a share near 1 means pages queue behind the apply.
    */
   bApplyTx: { p50: number; p99: number; busy: number };
+  /**
+   * Each server's event-loop delay samples of the phase (process_event_loop_delay_seconds,
+   * one every 100 ms): how many, p50 and p99 in ms (interpolated), and the share above 10 ms.
+   * No samples on revisions without the sampler.
+   */
+  loopDelayMs: Record<string, { samples: number; p50: number; p99: number; over10ms: number }>;
 }
 
 /** What B's counters say of its applies so far. */
@@ -108,6 +114,11 @@ export async function measureFlow(ctx: PhaseContext, load: () => Promise<{ ops: 
   const observed = (name: string, match: Record<string, string> = {}) => diffHistogram(parseHistogram(m1, name, match), parseHistogram(m0, name, match));
   const quantiles = (d: Histogram) => ({ p50: histogramQuantile(d, 0.5) * 1000, p99: histogramQuantile(d, 0.99) * 1000 });
   const applyTx = observed("persistence_latency", { operation: "ReplicateHistory" });
+  const loopDelay = (after: string, before: string) => {
+    const d = diffHistogram(parseHistogram(after, "process_event_loop_delay_seconds"), parseHistogram(before, "process_event_loop_delay_seconds"));
+    const atMost10ms = d.cumulative[d.le.indexOf(0.01)] ?? d.count;
+    return { samples: d.count, ...quantiles(d), over10ms: d.count ? (d.count - atMost10ms) / d.count : 0 };
+  };
   return {
     ops: r.ops, errors: r.errors, firstError: r.firstError, opsPerSec: r.ops / r.elapsedS,
     aWriteEventsPerSec: (n1 - n0) / r.elapsedS,
@@ -123,6 +134,7 @@ export async function measureFlow(ctx: PhaseContext, load: () => Promise<{ ops: 
     coresBusy,
     bPages: { pages, tasks, tasksPerPage: tasks / pages, oneTrip: c1.oneTrip - c0.oneTrip, full: c1.full - c0.full },
     aPagesSent: { memory: s1.memory - s0.memory, database: s1.database - s0.database },
+    loopDelayMs: { [ctx.a.name]: loopDelay(a1, a0), [ctx.b.name]: loopDelay(m1, m0) },
   };
 }
 

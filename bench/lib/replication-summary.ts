@@ -102,6 +102,10 @@ export function buildReport(r: RunResults): { text: string; json: unknown } {
     { figure: `B tasks per applied page @${r.args.rate} ops/s`, value: s.bPages.tasksPerPage, unit: `tasks (of ${s.bPages.pages} pages: ${s.bPages.oneTrip} in one trip, ${s.bPages.full} in full)` },
     { figure: `B apply transaction p50 / p99 @${r.args.rate} ops/s`, value: s.bApplyTx.p50, unit: `ms / ${s.bApplyTx.p99.toFixed(2)} ms` },
     { figure: `B apply stream busy in transactions @${r.args.rate} ops/s`, value: s.bApplyTx.busy * 100, unit: "% of the phase" },
+    ...Object.entries(s.loopDelayMs).map(([name, d]) => ({
+      figure: `event-loop delay ${name} p50 / p99 @${r.args.rate} ops/s`, value: d.p50,
+      unit: `ms / ${d.p99.toFixed(1)} ms (${d.samples} samples, ${(d.over10ms * 100).toFixed(0)}% over 10 ms)`,
+    })),
     { figure: `A pages sent from memory @${r.args.rate} ops/s`, value: s.aPagesSent.memory, unit: `pages (${s.aPagesSent.database} read from the database)` },
     { figure: "B tasks per applied page saturated", value: r.saturated.bPages.tasksPerPage, unit: `tasks (of ${r.saturated.bPages.pages} pages: ${r.saturated.bPages.oneTrip} in one trip, ${r.saturated.bPages.full} in full)` },
     ...cpuRows("steady", s.cpuMsPerEvent),

@@ -59,6 +59,7 @@ const HELP: Record<string, [Family["type"], string]> = {
   namespace_replication_task_ack_level: ["gauge", "Namespace replication task applied here, per remote cluster"],
   replication_tasks_failed: ["counter", "History replication task applies that failed (retried)"],
   replication_dlq_size: ["gauge", "History replication tasks in this cluster's DLQ, per source cluster"],
+  process_event_loop_delay_seconds: ["histogram", "Seconds a timer of this process fired past its due time, sampled every 100 ms: how long work arriving here waited for the event loop"],
 };
 
 const key = (labels: Labels) =>

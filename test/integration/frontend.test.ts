@@ -100,6 +100,8 @@ describe("frontend limits, errors, health and metrics", () => {
     expect(metrics).toContain("service_latency_bucket");
     expect(metrics).toMatch(/persistence_requests\{operation="CreateWorkflowExecution"\} \d+/);
     expect(metrics).toContain("# TYPE workflow_timeout counter");
+    // The server samples its event loop from the start: by now it has taken samples.
+    expect(metrics).toMatch(/^process_event_loop_delay_seconds_count [1-9]\d*$/m);
   });
 
   test("JSON over HTTP/1.1 and a caller's x-request-id are honoured", async () => {
