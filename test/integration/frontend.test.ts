@@ -5,6 +5,7 @@ import { PayloadsSchema } from "../../src/gen/tern/common/v1/common_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { rejects } from "../support/rejects";
+import { eventually } from "../support/eventually";
 
 setDefaultTimeout(60_000);
 
@@ -100,8 +101,11 @@ describe("frontend limits, errors, health and metrics", () => {
     expect(metrics).toContain("service_latency_bucket");
     expect(metrics).toMatch(/persistence_requests\{operation="CreateWorkflowExecution"\} \d+/);
     expect(metrics).toContain("# TYPE workflow_timeout counter");
-    // The server samples its event loop from the start: by now it has taken samples.
-    expect(metrics).toMatch(/^process_event_loop_delay_seconds_count [1-9]\d*$/m);
+    // The server samples its event loop from the start, every 100 ms.
+    await eventually(async () => {
+      const text = await (await fetch(`${cluster.url}/metrics`)).text();
+      expect(text).toMatch(/^process_event_loop_delay_seconds_count [1-9]\d*$/m);
+    });
   });
 
   test("JSON over HTTP/1.1 and a caller's x-request-id are honoured", async () => {
