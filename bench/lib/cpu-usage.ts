@@ -1,4 +1,4 @@
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import type { Sql } from "postgres";
 
 /** CPU time used so far, ms: a cluster's server process, and its database's PostgreSQL backends. */
@@ -6,21 +6,61 @@ export interface CpuSample {
   tern: number;
   /** Per backend pid. */
   pg: Map<number, number>;
+  /** The server's live threads by kind (threadKind). */
+  threads: Map<ThreadKind, number>;
 }
 
 /** CPU ms used between two samples. */
 export interface CpuUsed {
   tern: number;
   pg: number;
+  /** The server's by thread kind; the threads that ended between the samples are in `tern` only. */
+  threads: Partial<Record<ThreadKind, number>>;
+}
+
+/** What a Bun server's threads do: run JavaScript, compile it, collect garbage, run fetch's HTTP client, or else. */
+export type ThreadKind = "main" | "jit" | "gc" | "http client" | "other";
+
+/** The kind of thread `name` (its /proc comm, at most 15 characters) is; the one whose id is the pid's is main. */
+export function threadKind(name: string, tid: number, pid: number): ThreadKind {
+  if (tid === pid) return "main";
+  if (/JIT|JSCWarmUp|Wasm/.test(name)) return "jit";
+  if (/HeapHelper|ollector|GC/.test(name)) return "gc";
+  if (/HTTP Client/.test(name)) return "http client";
+  return "other";
+}
+
+/** user + system ms of each live thread of pid, summed by kind (empty once it is gone). */
+export function threadCpuMs(pid: number): Map<ThreadKind, number> {
+  const byKind = new Map<ThreadKind, number>();
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return byKind;
+  }
+  for (const tid of tids) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+      const kind = threadKind(stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")")), Number(tid), pid);
+      byKind.set(kind, (byKind.get(kind) ?? 0) + ticksMs(stat));
+    } catch {
+      // The thread ended between the listing and the read.
+    }
+  }
+  return byKind;
+}
+
+/** utime + stime of a /proc stat line, ms: the 12th and 13th fields after the command name. */
+function ticksMs(stat: string): number {
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // USER_HZ is 100 on Linux
 }
 
 /** user + system time of a process from /proc, ms (0 once it is gone). */
 export function processCpuMs(pid: number): number {
   try {
-    // Fields after the parenthesised command name: utime and stime are the 12th and 13th.
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // USER_HZ is 100 on Linux
+    return ticksMs(readFileSync(`/proc/${pid}/stat`, "utf8"));
   } catch {
     return 0;
   }
@@ -33,7 +73,7 @@ export function processCpuMs(pid: number): number {
  */
 export async function cpuOf(c: { proc: { pid: number }; sql: Sql }): Promise<CpuSample> {
   const rows = await c.sql<{ pid: number }[]>`select pid from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()`;
-  return { tern: processCpuMs(c.proc.pid), pg: new Map(rows.map((r) => [r.pid, processCpuMs(r.pid)])) };
+  return { tern: processCpuMs(c.proc.pid), pg: new Map(rows.map((r) => [r.pid, processCpuMs(r.pid)])), threads: threadCpuMs(c.proc.pid) };
 }
 
 /** CPU ms per event between two samples of each cluster (a backend new since `before` counts from 0). */
@@ -43,7 +83,8 @@ export function cpuPerEvent(before: Record<string, CpuSample>, after: Record<str
     Object.entries(after).map(([name, a]) => {
       const b = before[name]!;
       const pg = [...a.pg].reduce((sum, [pid, ms]) => sum + ms - (b.pg.get(pid) ?? 0), 0);
-      return [name, { tern: per(a.tern - b.tern), pg: per(pg) }];
+      const threads = Object.fromEntries([...a.threads].map(([kind, ms]) => [kind, per(ms - (b.threads.get(kind) ?? 0))]));
+      return [name, { tern: per(a.tern - b.tern), pg: per(pg), threads }];
     }),
   );
 }

@@ -52,7 +52,7 @@ function relayRows(r: RunResults): FigureRow[] {
     ...lagRows(`relay floor lag ${from}`, floor, floor.max, logical, "logical"),
     { figure: `tern lag ${from} p50, against the relay floor`, value: ours.p50, unit: "ms", baseline: { name: "relay", value: floor.p50 } },
     { figure: `tern lag ${from} p99, against the relay floor`, value: ours.p99, unit: "ms", baseline: { name: "relay", value: floor.p99 } },
-    ...cpuRows("relay floor", { "relay source": relay.cpuMsPerEvent.source, "relay sink": relay.cpuMsPerEvent.sink }),
+    ...cpuRows("relay floor", { "relay source": relay.cpuMsPerEvent.source, "relay sink": relay.cpuMsPerEvent.sink }, true),
     { figure: "CPU per event, both tern servers and their PostgreSQL (steady), against the relay floor's", value: totalCpu(tern.cpuMsPerEvent), unit: "ms", baseline: { name: "relay", value: totalCpu(relay.cpuMsPerEvent) } },
   ];
 }
@@ -60,12 +60,23 @@ function relayRows(r: RunResults): FigureRow[] {
 /** CPU ms per event of every process and PostgreSQL backend in cpu. */
 const totalCpu = (cpu: Record<string, CpuUsed>): number => Object.values(cpu).reduce((sum, c) => sum + c.tern + c.pg, 0);
 
-/** CPU ms per event of each cluster's server and PostgreSQL in a phase. */
-const cpuRows = (phase: string, cpu: FlowResult["cpuMsPerEvent"]): FigureRow[] =>
+/** CPU ms per event of each cluster's server and PostgreSQL in a phase; with `threads`, the server's by thread kind too. */
+const cpuRows = (phase: string, cpu: FlowResult["cpuMsPerEvent"], threads = false): FigureRow[] =>
   Object.entries(cpu).flatMap(([name, c]) => [
     { figure: `CPU per event, ${name} server (${phase})`, value: c.tern, unit: "ms" },
+    ...(threads ? [threadRow(`${name} server (${phase})`, c)] : []),
     { figure: `CPU per event, ${name} PostgreSQL (${phase})`, value: c.pg, unit: "ms" },
   ]);
+
+/** A server's CPU per event on its main thread, and beside it on the others (JIT compilers, collector helpers, fetch's HTTP client). */
+function threadRow(of: string, c: CpuUsed): FigureRow {
+  const others = (["jit", "gc", "http client", "other"] as const).filter((k) => c.threads?.[k] !== undefined).map((k) => [k, c.threads[k]] as const);
+  return {
+    figure: `  of which main thread, ${of}`,
+    value: c.threads?.main ?? Number.NaN,
+    unit: `ms; ${others.map(([kind, ms]) => `${kind} ${ms!.toFixed(3)}`).join(", ") || "no other threads"}`,
+  };
+}
 
 /** The figures table, the goals and the JSON written to bench/results. */
 export function buildReport(r: RunResults): { text: string; json: unknown } {
@@ -108,7 +119,7 @@ export function buildReport(r: RunResults): { text: string; json: unknown } {
     })),
     { figure: `A pages sent from memory @${r.args.rate} ops/s`, value: s.aPagesSent.memory, unit: `pages (${s.aPagesSent.database} read from the database)` },
     { figure: "B tasks per applied page saturated", value: r.saturated.bPages.tasksPerPage, unit: `tasks (of ${r.saturated.bPages.pages} pages: ${r.saturated.bPages.oneTrip} in one trip, ${r.saturated.bPages.full} in full)` },
-    ...cpuRows("steady", s.cpuMsPerEvent),
+    ...cpuRows("steady", s.cpuMsPerEvent, true),
     { figure: "CPU per event, bench process: load clients, probe (steady)", value: s.benchCpuMsPerEvent, unit: "ms" },
     { figure: "cores busy @steady rate (servers, PostgreSQL, bench)", value: s.coresBusy, unit: `of ${availableParallelism()}` },
     ...cpuRows("saturated", r.saturated.cpuMsPerEvent),

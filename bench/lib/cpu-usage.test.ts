@@ -1,0 +1,33 @@
+import { expect, test } from "bun:test";
+import { processCpuMs, threadCpuMs, threadKind } from "./cpu-usage";
+
+test("ThreadsAreToldApartByTheirNamesAndTheMainOneByItsId", () => {
+  const pid = 100;
+  expect(threadKind("bun", pid, pid)).toBe("main");
+  expect(threadKind("JITWorker", 101, pid)).toBe("jit");
+  expect(threadKind("JSCWarmUp", 102, pid)).toBe("jit");
+  expect(threadKind("HeapHelper", 103, pid)).toBe("gc");
+  // Linux keeps a thread name's first 15 bytes; Bun's collector thread shows its tail.
+  expect(threadKind("ollector Thread", 104, pid)).toBe("gc");
+  expect(threadKind("HTTP Client", 105, pid)).toBe("http client");
+  expect(threadKind("mi-scavenger", 106, pid)).toBe("other");
+  expect(threadKind("bun", 107, pid)).toBe("other");
+});
+
+test("CpuSpentOnTheMainThreadShowsAsMain", () => {
+  const [threads0, process0] = [threadCpuMs(process.pid), processCpuMs(process.pid)];
+  // 300 ms of work on this (the main) thread.
+  const until = performance.now() + 300;
+  let x = 0;
+  while (performance.now() < until) x += Math.sqrt(x + 1);
+  expect(x).toBeGreaterThan(0);
+  const [threads1, process1] = [threadCpuMs(process.pid), processCpuMs(process.pid)];
+  const main = threads1.get("main")! - threads0.get("main")!;
+  // Ticks are 10 ms; the machine may take some of the 300 ms for others.
+  expect(main).toBeGreaterThanOrEqual(150);
+  expect(main).toBeLessThanOrEqual(process1 - process0 + 10);
+});
+
+test("AProcessThatIsGoneHasNoThreads", () => {
+  expect(threadCpuMs(2 ** 22 + 12345).size).toBe(0);
+});
