@@ -38,6 +38,10 @@ interface Run {
   aPgCpuMs: number;
   bServerCpuMs: number;
   bPgCpuMs: number;
+  /** Of the servers' CPU: each one's main thread (where JavaScript runs), and both servers' JIT compiler threads. */
+  aMainCpuMs: number;
+  bMainCpuMs: number;
+  jitCpuMs: number;
   /** A's pages sent from its outbox tail and read from the database (0 and 0 on revisions that do not count them). */
   pagesSent: { memory: number; database: number };
   /** B's tasks per applied page: its fixed costs are per page. */
@@ -86,11 +90,13 @@ try {
         side, opsPerSec: flow.opsPerSec, p50: lag.p50, p95: lag.p95, p99: lag.p99, cpuMsPerEvent: cpu,
         aServerCpuMs: flow.cpuMsPerEvent[a.name]!.tern, aPgCpuMs: flow.cpuMsPerEvent[a.name]!.pg, bServerCpuMs: flow.cpuMsPerEvent[b.name]!.tern,
         bPgCpuMs: flow.cpuMsPerEvent[b.name]!.pg, pagesSent: flow.aPagesSent, bTasksPerPage: flow.bPages.tasksPerPage,
+        aMainCpuMs: flow.cpuMsPerEvent[a.name]!.threads.main ?? Number.NaN, bMainCpuMs: flow.cpuMsPerEvent[b.name]!.threads.main ?? Number.NaN,
+        jitCpuMs: (flow.cpuMsPerEvent[a.name]!.threads.jit ?? 0) + (flow.cpuMsPerEvent[b.name]!.threads.jit ?? 0),
       };
       runs.push(run);
       console.log(
         `run ${i + 1} ${side.padEnd(4)}  ${run.opsPerSec.toFixed(0)} ops/s  lag p50 ${run.p50.toFixed(1)} p95 ${run.p95.toFixed(1)} p99 ${run.p99.toFixed(1)} ms` +
-          `  CPU/event ${cpu.toFixed(2)} ms (A server ${run.aServerCpuMs.toFixed(2)}, A pg ${run.aPgCpuMs.toFixed(2)}, B server ${run.bServerCpuMs.toFixed(2)}, B pg ${run.bPgCpuMs.toFixed(2)})` +
+          `  CPU/event ${cpu.toFixed(2)} ms (A server ${run.aServerCpuMs.toFixed(2)}, A pg ${run.aPgCpuMs.toFixed(2)}, B server ${run.bServerCpuMs.toFixed(2)}, B pg ${run.bPgCpuMs.toFixed(2)}; main threads A ${run.aMainCpuMs.toFixed(2)}, B ${run.bMainCpuMs.toFixed(2)}, JIT ${run.jitCpuMs.toFixed(2)})` +
           `  pages sent ${run.pagesSent.memory} from memory, ${run.pagesSent.database} read; B ${run.bTasksPerPage.toFixed(2)} tasks/page` +
           (flow.errors ? `  ${flow.errors} errors: ${flow.firstError}` : ""),
       );
@@ -99,7 +105,7 @@ try {
     }
   }
 
-  const keys = ["opsPerSec", "p50", "p95", "p99", "cpuMsPerEvent", "aServerCpuMs", "aPgCpuMs", "bServerCpuMs", "bPgCpuMs"] as const;
+  const keys = ["opsPerSec", "p50", "p95", "p99", "cpuMsPerEvent", "aServerCpuMs", "aPgCpuMs", "bServerCpuMs", "bPgCpuMs", "aMainCpuMs", "bMainCpuMs", "jitCpuMs"] as const;
   const sideOf = (side: Run["side"]) => Object.fromEntries(keys.map((k) => [k, median(runs.filter((r) => r.side === side).map((r) => r[k]))])) as Record<(typeof keys)[number], number>;
   const base = sideOf("base");
   const head = sideOf("head");
@@ -109,7 +115,7 @@ try {
   const lowerIn = (k: (typeof keys)[number]) => heads.filter((h, i) => h[k] < bases[i]![k]).length;
   console.log(`\n${"figure (median)".padEnd(28)}${"base".padStart(10)}${"head".padStart(10)}${"head/base".padStart(11)}  head lower in`);
   for (const k of keys) {
-    const label = { opsPerSec: "A acked ops/s", p50: "lag p50 ms", p95: "lag p95 ms", p99: "lag p99 ms", cpuMsPerEvent: "CPU ms/event (all)", aServerCpuMs: "A server CPU ms/event", aPgCpuMs: "A PostgreSQL CPU ms/event", bServerCpuMs: "B server CPU ms/event", bPgCpuMs: "B PostgreSQL CPU ms/event" }[k];
+    const label = { opsPerSec: "A acked ops/s", p50: "lag p50 ms", p95: "lag p95 ms", p99: "lag p99 ms", cpuMsPerEvent: "CPU ms/event (all)", aServerCpuMs: "A server CPU ms/event", aPgCpuMs: "A PostgreSQL CPU ms/event", bServerCpuMs: "B server CPU ms/event", bPgCpuMs: "B PostgreSQL CPU ms/event", aMainCpuMs: "  A main thread", bMainCpuMs: "  B main thread", jitCpuMs: "  A and B JIT threads" }[k];
     console.log(`${label.padEnd(28)}${base[k].toFixed(2).padStart(10)}${head[k].toFixed(2).padStart(10)}${(head[k] / base[k]).toFixed(2).padStart(10)}x  ${lowerIn(k)} of ${args.pairs}`);
   }
   const path = join(repoRoot, "bench/results/compare-latest.json");
