@@ -1,5 +1,5 @@
 import { expect, test } from "bun:test";
-import { processCpuMs, threadCpuMs, threadKind } from "./cpu-usage";
+import { processCpuMs, threadCpuMs, threadCpuUsed, threadKind, type ThreadCpu } from "./cpu-usage";
 
 test("ThreadsAreToldApartByTheirNamesAndTheMainOneByItsId", () => {
   const pid = 100;
@@ -22,7 +22,7 @@ test("CpuSpentOnTheMainThreadShowsAsMain", () => {
   while (performance.now() < until) x += Math.sqrt(x + 1);
   expect(x).toBeGreaterThan(0);
   const [threads1, process1] = [threadCpuMs(process.pid), processCpuMs(process.pid)];
-  const main = threads1.get("main")! - threads0.get("main")!;
+  const main = threadCpuUsed(threads0, threads1).get("main")!;
   // Ticks are 10 ms; the machine may take some of the 300 ms for others.
   expect(main).toBeGreaterThanOrEqual(150);
   expect(main).toBeLessThanOrEqual(process1 - process0 + 10);
@@ -30,4 +30,12 @@ test("CpuSpentOnTheMainThreadShowsAsMain", () => {
 
 test("AProcessThatIsGoneHasNoThreads", () => {
   expect(threadCpuMs(2 ** 22 + 12345).size).toBe(0);
+});
+
+test("AThreadThatEndedBetweenTwoSamplesDropsOutAndANewOneCountsFromZero", () => {
+  const t = (kind: ThreadCpu["kind"], ms: number): ThreadCpu => ({ kind, ms });
+  // JIT thread 11 (900 ms so far) ended; JIT thread 13 started and used 40 ms; 12 used 60 more.
+  const before = new Map([[10, t("main", 5000)], [11, t("jit", 900)], [12, t("jit", 300)]]);
+  const after = new Map([[10, t("main", 5200)], [12, t("jit", 360)], [13, t("jit", 40)]]);
+  expect(Object.fromEntries(threadCpuUsed(before, after))).toEqual({ main: 200, jit: 100 });
 });

@@ -6,8 +6,8 @@ export interface CpuSample {
   tern: number;
   /** Per backend pid. */
   pg: Map<number, number>;
-  /** The server's live threads by kind (threadKind). */
-  threads: Map<ThreadKind, number>;
+  /** The server's live threads by id (threadCpuMs). */
+  threads: Map<number, ThreadCpu>;
 }
 
 /** CPU ms used between two samples. */
@@ -30,25 +30,41 @@ export function threadKind(name: string, tid: number, pid: number): ThreadKind {
   return "other";
 }
 
-/** user + system ms of each live thread of pid, summed by kind (empty once it is gone). */
-export function threadCpuMs(pid: number): Map<ThreadKind, number> {
-  const byKind = new Map<ThreadKind, number>();
+/** A thread's kind and the user + system ms it used so far. */
+export interface ThreadCpu {
+  kind: ThreadKind;
+  ms: number;
+}
+
+/** Each live thread of pid by id (empty once the process is gone). */
+export function threadCpuMs(pid: number): Map<number, ThreadCpu> {
+  const threads = new Map<number, ThreadCpu>();
   let tids: string[];
   try {
     tids = readdirSync(`/proc/${pid}/task`);
   } catch {
-    return byKind;
+    return threads;
   }
   for (const tid of tids) {
     try {
       const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
-      const kind = threadKind(stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")")), Number(tid), pid);
-      byKind.set(kind, (byKind.get(kind) ?? 0) + ticksMs(stat));
+      threads.set(Number(tid), { kind: threadKind(stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")")), Number(tid), pid), ms: ticksMs(stat) });
     } catch {
       // The thread ended between the listing and the read.
     }
   }
-  return byKind;
+  return threads;
+}
+
+/**
+ * The ms each kind of thread used between two samples: per thread alive at `after` (one new
+ * since `before` counts from 0), so a thread that ended in between drops out rather than
+ * taking its whole past off its kind.
+ */
+export function threadCpuUsed(before: Map<number, ThreadCpu>, after: Map<number, ThreadCpu>): Map<ThreadKind, number> {
+  const used = new Map<ThreadKind, number>();
+  for (const [tid, t] of after) used.set(t.kind, (used.get(t.kind) ?? 0) + t.ms - (before.get(tid)?.ms ?? 0));
+  return used;
 }
 
 /** utime + stime of a /proc stat line, ms: the 12th and 13th fields after the command name. */
@@ -83,7 +99,7 @@ export function cpuPerEvent(before: Record<string, CpuSample>, after: Record<str
     Object.entries(after).map(([name, a]) => {
       const b = before[name]!;
       const pg = [...a.pg].reduce((sum, [pid, ms]) => sum + ms - (b.pg.get(pid) ?? 0), 0);
-      const threads = Object.fromEntries([...a.threads].map(([kind, ms]) => [kind, per(ms - (b.threads.get(kind) ?? 0))]));
+      const threads = Object.fromEntries([...threadCpuUsed(b.threads, a.threads)].map(([kind, ms]) => [kind, per(ms)]));
       return [name, { tern: per(a.tern - b.tern), pg: per(pg), threads }];
     }),
   );
