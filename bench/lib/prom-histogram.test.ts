@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { diffHistogram, histogramMaxBound, histogramQuantile, parseCounter, parseHistogram } from "./prom-histogram";
+import { diffHistogram, histogramAbove, histogramMaxBound, histogramQuantile, parseCounter, parseHistogram } from "./prom-histogram";
 
 const body = (a: number[], sum: number) => `# TYPE replication_latency histogram
 replication_latency_bucket{remote_cluster="clusterA",le="0.01"} ${a[0]}
@@ -57,5 +57,12 @@ replication_tasks_applied 9
     expect(histogramQuantile(h, 0.99)).toBe(0.1);
     expect(histogramMaxBound(h)).toBe(Infinity);
     expect(histogramQuantile(parseHistogram("", "x"), 0.5)).toBeNaN();
+  });
+  test("counts the observations above a bucket bound, and none above a bound it has not", () => {
+    const h = parseHistogram(body([3, 7, 9, 10], 0.4), "replication_latency", { remote_cluster: "clusterA" });
+    expect(histogramAbove(h, 0.01)).toBe(7);
+    expect(histogramAbove(h, 0.1)).toBe(1);
+    expect(histogramAbove(h, 0.02)).toBe(0);
+    expect(histogramAbove(parseHistogram("", "replication_latency"), 0.01)).toBe(0);
   });
 });

@@ -83,6 +83,11 @@ export function histogramQuantile(h: Histogram, q: number): number {
   return h.le.filter(Number.isFinite).at(-1) ?? Number.NaN;
 }
 
+/** How many observations lie above `bound`, one of the histogram's bucket bounds (0 when it has no such bucket, as an empty histogram has none). */
+export function histogramAbove(h: Histogram, bound: number): number {
+  return h.count - (h.cumulative[h.le.indexOf(bound)] ?? h.count);
+}
+
 /** The smallest bucket bound with every observation at or below it (an upper bound of the max). */
 export function histogramMaxBound(h: Histogram): number {
   const total = h.cumulative.at(-1) ?? 0;

@@ -4,7 +4,7 @@ import { backlogDrain, catchUpFrom, commitLagsOfWrittenIn, lagsOfWrittenIn, read
 import { runLagProbe } from "./lag-probe";
 import { runLoad } from "./load";
 import { runPaced } from "./paced-load";
-import { diffHistogram, histogramMaxBound, histogramQuantile, parseCounter, parseHistogram, type Histogram } from "./prom-histogram";
+import { diffHistogram, histogramAbove, histogramMaxBound, histogramQuantile, parseCounter, parseHistogram, type Histogram } from "./prom-histogram";
 import { eventCount, scrape, until, type BenchCluster } from "./replication-clusters";
 import { lagSummary, type LagSummary } from "./replication-report";
 import { writeOp, type AckedSignal } from "./replication-workload";
@@ -116,8 +116,7 @@ export async function measureFlow(ctx: PhaseContext, load: () => Promise<{ ops: 
   const applyTx = observed("persistence_latency", { operation: "ReplicateHistory" });
   const loopDelay = (after: string, before: string) => {
     const d = diffHistogram(parseHistogram(after, "process_event_loop_delay_seconds"), parseHistogram(before, "process_event_loop_delay_seconds"));
-    const atMost10ms = d.cumulative[d.le.indexOf(0.01)] ?? d.count;
-    return { samples: d.count, ...quantiles(d), over10ms: d.count ? (d.count - atMost10ms) / d.count : 0 };
+    return { samples: d.count, ...quantiles(d), over10ms: d.count ? histogramAbove(d, 0.01) / d.count : 0 };
   };
   return {
     ops: r.ops, errors: r.errors, firstError: r.firstError, opsPerSec: r.ops / r.elapsedS,
