@@ -86,12 +86,11 @@ try {
       });
       const lag = flow.commitLagMs ?? flow.stampLagMs;
       const cpu = Object.values(flow.cpuMsPerEvent).reduce((s, c) => s + c.tern + c.pg, 0);
+      const [ca, cb] = [flow.cpuMsPerEvent[a.name]!, flow.cpuMsPerEvent[b.name]!];
       const run: Run = {
         side, opsPerSec: flow.opsPerSec, p50: lag.p50, p95: lag.p95, p99: lag.p99, cpuMsPerEvent: cpu,
-        aServerCpuMs: flow.cpuMsPerEvent[a.name]!.tern, aPgCpuMs: flow.cpuMsPerEvent[a.name]!.pg, bServerCpuMs: flow.cpuMsPerEvent[b.name]!.tern,
-        bPgCpuMs: flow.cpuMsPerEvent[b.name]!.pg, pagesSent: flow.aPagesSent, bTasksPerPage: flow.bPages.tasksPerPage,
-        aMainCpuMs: flow.cpuMsPerEvent[a.name]!.threads.main ?? Number.NaN, bMainCpuMs: flow.cpuMsPerEvent[b.name]!.threads.main ?? Number.NaN,
-        jitCpuMs: (flow.cpuMsPerEvent[a.name]!.threads.jit ?? 0) + (flow.cpuMsPerEvent[b.name]!.threads.jit ?? 0),
+        aServerCpuMs: ca.tern, aPgCpuMs: ca.pg, bServerCpuMs: cb.tern, bPgCpuMs: cb.pg, pagesSent: flow.aPagesSent, bTasksPerPage: flow.bPages.tasksPerPage,
+        aMainCpuMs: ca.threads.main ?? Number.NaN, bMainCpuMs: cb.threads.main ?? Number.NaN, jitCpuMs: (ca.threads.jit ?? 0) + (cb.threads.jit ?? 0),
       };
       runs.push(run);
       console.log(

@@ -70,10 +70,10 @@ const cpuRows = (phase: string, cpu: FlowResult["cpuMsPerEvent"], threads = fals
 
 /** A server's CPU per event on its main thread, and beside it on the others (JIT compilers, collector helpers, fetch's HTTP client). */
 function threadRow(of: string, c: CpuUsed): FigureRow {
-  const others = (["jit", "gc", "http client", "other"] as const).filter((k) => c.threads?.[k] !== undefined).map((k) => [k, c.threads[k]] as const);
+  const others = (["jit", "gc", "http client", "other"] as const).filter((k) => c.threads[k] !== undefined).map((k) => [k, c.threads[k]] as const);
   return {
     figure: `  of which main thread, ${of}`,
-    value: c.threads?.main ?? Number.NaN,
+    value: c.threads.main ?? Number.NaN,
     unit: `ms; ${others.map(([kind, ms]) => `${kind} ${ms!.toFixed(3)}`).join(", ") || "no other threads"}`,
   };
 }
