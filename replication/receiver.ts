@@ -18,8 +18,10 @@ export interface HistoryReceiverDeps extends Omit<PageApplierDeps, "progressOf">
   waitMs?: number;
   /** Wait asked of the source for the page after one being applied (see pull). */
   prefetchWaitMs?: number;
-  /** How long a source that refused PullReplicationTasks is pulled shard by shard before the call is tried again. */
+  /** How long a source that refused StreamReplicationTasks (or PullReplicationTasks) is pulled the older way before the call is tried again. */
   reprobeMs?: number;
+  /** Least time between two AckReplicationTasks calls of a stream (what was applied meanwhile goes in the next). */
+  ackIntervalMs?: number;
 }
 
 /** What this process last saw of one remote shard, for status (not persisted). */
@@ -32,11 +34,12 @@ export interface InboundProgress {
 
 /**
  * The receiving side of history replication (its counterpart is sender.ts): one stream
- * per remote pulls all its shards after their persisted inbound acks, a page of each shard
- * per call, and applies the pages of a call in one transaction that also moves their
- * acks, so restarts give no gap and no duplicate. The next pages are fetched while those
- * apply; the source is told the applied positions apart (acked_task_id), so it never
- * counts a fetched but unapplied task as acked.
+ * per remote takes all its shards after their persisted inbound acks, on one open
+ * StreamReplicationTasks call (or, from a source before it, a PullReplicationTasks call per
+ * page of each shard), and applies what came in one transaction that also moves their acks,
+ * so restarts give no gap and no duplicate. The next pages come while those apply; the source
+ * is told the applied positions apart (AckReplicationTasks, or a pull's acked_task_id), so it
+ * never counts a fetched but unapplied task as acked.
  */
 export function createHistoryReceiver(deps: HistoryReceiverDeps) {
   const { db, cluster, metrics, log } = deps;
@@ -45,6 +48,10 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
   const waitMs = deps.waitMs ?? 10_000;
   const prefetchWaitMs = Math.min(waitMs, deps.prefetchWaitMs ?? 50);
   const reprobeMs = deps.reprobeMs ?? 60_000;
+  const ackIntervalMs = deps.ackIntervalMs ?? 50;
+  /** When each remote last refused StreamReplicationTasks, and PullReplicationTasks (terns before them). */
+  const streamRefusedAt = new Map<string, number>();
+  const pullRefusedAt = new Map<string, number>();
   /** Per remote, per shard id (no key string to build for each of hundreds of shards per pull). */
   const progress = new Map<string, Map<number, InboundProgress>>();
 
@@ -131,12 +138,12 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     return { shards: cursors.map((c) => got.get(c.shardId) ?? unanswered(c)), sparse: false, readsCursorColumns: false };
   }
 
-  /** Pulls and applies all of remote's shards until signal aborts. */
-  async function pull(remote: RemoteCluster, signal: AbortSignal, report: StreamReport): Promise<void> {
+  /** remote's shard ids, their persisted inbound acks (also set as progress), and a setter of each shard's lag gauge. */
+  async function inbound(remote: RemoteCluster) {
     const shardIds = Array.from({ length: remote.shardCount }, (_, i) => i + 1);
     const acks = new Map(await Promise.all(shardIds.map(async (id) => [id, await loadInboundAck(db, remote.name, id)] as const)));
     for (const [id, ack] of acks) progressOf(remote.name, id).ackLevel = ack;
-    // The lag gauge of each shard, set when it changes (a pull of 512 shards mostly changes none).
+    // The lag gauge of each shard, set when it changes (an answer for 512 shards mostly changes none).
     const shown = new Map<number, number>();
     const lag = (shardId: number, p: InboundProgress) => {
       const value = Math.max(0, p.maxTaskId - p.ackLevel);
@@ -144,24 +151,209 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
       shown.set(shardId, value);
       metrics.set("replication_tasks_lag", { remote_cluster: remote.name, shard: String(shardId) }, value);
     };
+    return { shardIds, acks, lag };
+  }
+
+  /** After an apply: each page's shard acked to its end, its progress and lag gauge to match. */
+  function applied(remote: RemoteCluster, pages: Batch[], acks: Map<number, number>, lag: (shardId: number, p: InboundProgress) => void): void {
+    for (const b of pages) {
+      const p = progressOf(remote.name, b.shardId);
+      acks.set(b.shardId, (p.ackLevel = b.to));
+      const lastCreate = b.tasks.at(-1)?.createTime;
+      p.oldestUnapplied = b.to >= p.maxTaskId ? undefined : lastCreate ? timestampDate(lastCreate) : p.oldestUnapplied;
+      lag(b.shardId, p);
+    }
+  }
+
+  /**
+   * Takes remote's tasks from a StreamReplicationTasks call until signal aborts; from a source
+   * that refuses the call (a tern before it), by PullReplicationTasks until reprobeMs after the
+   * refusal, when the stream is tried again.
+   */
+  async function run(remote: RemoteCluster, signal: AbortSignal, report: StreamReport): Promise<void> {
+    const refused = streamRefusedAt.get(remote.name);
+    if (refused === undefined || performance.now() - refused >= reprobeMs) {
+      if ((await stream(remote, signal, report)) !== "refused") return;
+      if (refused === undefined) log.warn("remote cluster does not serve StreamReplicationTasks (a tern before it); pulling its tasks a call at a time", { remote: remote.name });
+      streamRefusedAt.set(remote.name, performance.now());
+    }
+    await pull(remote, signal, report, streamRefusedAt.get(remote.name)! + reprobeMs);
+  }
+
+  /**
+   * Applies remote's tasks from one StreamReplicationTasks call, what came during an apply
+   * applied together (up to PULL_BUDGET tasks), until signal aborts; "refused" when the source
+   * answered Unimplemented before anything else. The applied positions go back by
+   * AckReplicationTasks, one call at a time and at most one per ackIntervalMs (and as the
+   * next call's cursors). A call silent for waitMs and 15 s more (the source answers at least
+   * every waitMs) is given up.
+   */
+  async function stream(remote: RemoteCluster, signal: AbortSignal, report: StreamReport): Promise<"refused" | undefined> {
+    const { shardIds, acks, lag } = await inbound(remote);
+    const local = new AbortController();
+    const s = AbortSignal.any([signal, local.signal]);
+    const labels = { remote_cluster: remote.name };
+    const sizes = shardPageSizes(shardIds.map((id) => progressOf(remote.name, id).maxTaskId - acks.get(id)!), pageSize, catchUpPageSize);
+    const positions = shardIds.map((id) => BigInt(acks.get(id)!));
+    const call = remote.clients.admin.streamReplicationTasks(
+      { clusterName: cluster.clusterName, cursors: { shardIds, afterTaskIds: positions, ackedTaskIds: positions, pageSizes: sizes }, waitTimeoutMs: waitMs },
+      { signal: s },
+    );
+
+    // What came and is not applied yet, with when it came; the reader stops reading (so the
+    // source stops sending) while a budget's worth waits.
+    const queue: { shards: ShardPage[]; tasks: number; arrivedAt: number }[] = [];
+    let queued = 0;
+    let heard = false;
+    let ended: { error?: unknown } | undefined;
+    let wakeApplier: (() => void) | undefined;
+    let wakeReader: (() => void) | undefined;
+    const wakeBoth = () => (wakeApplier?.(), wakeReader?.());
+    s.addEventListener("abort", wakeBoth, { once: true });
+    const silentMs = waitMs + 15_000;
+    let lastHeard = performance.now();
+    const watch = () => {
+      const left = lastHeard + silentMs - performance.now();
+      if (left > 0) watchdog = setTimeout(watch, left);
+      else local.abort(new Error(`cluster ${remote.name} sent nothing on its replication stream for ${silentMs} ms`));
+    };
+    let watchdog = setTimeout(watch, silentMs);
+    const reading = (async () => {
+      try {
+        for await (const res of call) {
+          if (!heard && streamRefusedAt.delete(remote.name)) log.info("remote cluster serves StreamReplicationTasks now; taking its tasks on one stream", { remote: remote.name });
+          heard = true;
+          lastHeard = performance.now();
+          let tasks = 0;
+          for (const sp of res.shards) tasks += sp.tasks.length;
+          queue.push({ shards: res.shards, tasks, arrivedAt: Date.now() });
+          queued += tasks;
+          wakeApplier?.();
+          while (queued >= PULL_BUDGET && !s.aborted) await new Promise<void>((r) => (wakeReader = r));
+        }
+        ended = { error: s.aborted ? undefined : new Error(`cluster ${remote.name} ended its replication stream`) };
+      } catch (e) {
+        ended = { error: e };
+      }
+      wakeApplier?.();
+    })();
+
+    // Acks: what the source has heard of (the call's cursors, then each AckReplicationTasks).
+    const told = new Map(acks);
+    let ackTimer: ReturnType<typeof setTimeout> | undefined;
+    let acking = false;
+    let ackedAt = -Infinity;
+    const sendAcks = () => {
+      ackTimer = undefined;
+      const moved = shardIds.filter((id) => acks.get(id) !== told.get(id));
+      if (acking || s.aborted || !moved.length) return;
+      const values = moved.map((id) => acks.get(id)!);
+      acking = true;
+      ackedAt = performance.now();
+      remote.clients.admin
+        .ackReplicationTasks({ clusterName: cluster.clusterName, shardIds: moved, ackedTaskIds: values.map(BigInt) }, { signal: s, timeoutMs: 15_000 })
+        .then(
+          () => moved.forEach((id, i) => told.set(id, values[i]!)),
+          (e) => void (s.aborted || log.warn("sending replication acks failed; they go with the next", { remote: remote.name, error: String(e) })),
+        )
+        .finally(() => {
+          acking = false;
+          scheduleAcks();
+        });
+    };
+    const scheduleAcks = () => {
+      if (acking || ackTimer || s.aborted) return;
+      const wait = ackedAt + ackIntervalMs - performance.now();
+      if (wait <= 0) sendAcks();
+      else ackTimer = setTimeout(sendAcks, wait);
+    };
+
+    try {
+      while (!signal.aborted) {
+        if (!queue.length) {
+          if (ended) break;
+          await new Promise<void>((r) => (wakeApplier = r));
+          wakeApplier = undefined;
+          continue;
+        }
+        let n = 0;
+        let take = 0;
+        while (n < queue.length && (n === 0 || take + queue[n]!.tasks <= PULL_BUDGET)) take += queue[n++]!.tasks;
+        const got = queue.splice(0, n);
+        queued -= take;
+        wakeReader?.();
+        wakeReader = undefined;
+        report.ok();
+        // The pages of each shard, joined in the order they came: each starts where the one before it ended.
+        const pages = new Map<number, Batch>();
+        for (const { shards, arrivedAt } of got) {
+          for (const sp of shards) {
+            const ack = acks.get(sp.shardId);
+            if (ack === undefined) throw new Error(`remote ${remote.name} streamed shard ${sp.shardId}, which was not asked for`);
+            for (const t of sp.tasks) if (t.createTime) metrics.observe("replication_fetch_latency", labels, (arrivedAt - timestampDate(t.createTime).getTime()) / 1000);
+            const p = progressOf(remote.name, sp.shardId);
+            p.maxTaskId = Number(sp.maxTaskId);
+            const page = pages.get(sp.shardId);
+            const to = Number(sp.lastTaskId);
+            if (to <= (page ? page.to : ack)) {
+              lag(sp.shardId, p);
+              continue;
+            }
+            if (page) {
+              page.to = to;
+              page.maxTaskId = p.maxTaskId;
+              page.tasks.push(...sp.tasks);
+              continue;
+            }
+            if (sp.tasks[0]?.createTime) p.oldestUnapplied = timestampDate(sp.tasks[0].createTime);
+            pages.set(sp.shardId, { remote, shardId: sp.shardId, from: ack, to, maxTaskId: p.maxTaskId, tasks: [...sp.tasks], signal });
+          }
+        }
+        if (!pages.size) continue;
+        const batches = [...pages.values()];
+        await applyPages(batches);
+        const now = Date.now();
+        for (const { tasks, arrivedAt } of got) for (let i = 0; i < tasks; i++) metrics.observe("replication_apply_latency", labels, (now - arrivedAt) / 1000);
+        applied(remote, batches, acks, lag);
+        scheduleAcks();
+      }
+    } finally {
+      local.abort();
+      clearTimeout(watchdog);
+      clearTimeout(ackTimer);
+      s.removeEventListener("abort", wakeBoth);
+      await reading;
+    }
+    const error = ended?.error;
+    if (signal.aborted || !error) return undefined;
+    if (!heard && ConnectError.from(error).code === Code.Unimplemented) return "refused";
+    throw error;
+  }
+
+  /** Pulls and applies all of remote's shards until signal aborts (or, given `until`, the first round past it). */
+  async function pull(remote: RemoteCluster, outer: AbortSignal, report: StreamReport, until?: number): Promise<void> {
+    const { shardIds, acks, lag } = await inbound(remote);
+    // A call still out when the loop ends is not needed any more.
+    const local = new AbortController();
+    const signal = AbortSignal.any([outer, local.signal]);
     // Each shard's page by its backlog as last heard, the pull within PULL_BUDGET tasks (pull-budget.ts).
     const cursors = (after: Map<number, number>): Cursor[] => {
       const sizes = shardPageSizes(shardIds.map((id) => progressOf(remote.name, id).maxTaskId - after.get(id)!), pageSize, catchUpPageSize);
       return shardIds.map((id, i) => ({ shardId: id, after: after.get(id)!, acked: acks.get(id)!, size: sizes[i]! }));
     };
-    // When the source last refused PullReplicationTasks (a tern before it): until reprobeMs
-    // later, its shards are pulled one call each; then the call is tried again, so a source
-    // upgraded without this stream noticing a restart is pulled in one call again.
-    let refusedAt: number | undefined;
+    // When the source last refused PullReplicationTasks (a tern before it; pullRefusedAt): until
+    // reprobeMs later, its shards are pulled one call each; then the call is tried again, so a
+    // source upgraded without this stream noticing a restart is pulled in one call again.
     // Whether the source's last answer said it reads cursor columns: the first request of a
     // stream (and so the first after a source is replaced by an older one) sends ShardCursors.
     let columns = false;
     const fetch = async (cs: Cursor[], wait: number): Promise<Pulled> => {
+      const refusedAt = pullRefusedAt.get(remote.name);
       if (refusedAt !== undefined && performance.now() - refusedAt < reprobeMs) return fetchShardByShard(remote, cs, wait, signal);
       try {
         const res = await fetchPages(remote, cs, wait, signal, columns);
         if (refusedAt !== undefined) log.info("remote cluster serves PullReplicationTasks now; pulling all its shards in one call", { remote: remote.name });
-        refusedAt = undefined;
+        pullRefusedAt.delete(remote.name);
         return res;
       } catch (e) {
         const code = ConnectError.from(e).code;
@@ -175,7 +367,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
         if (refusedAt === undefined) {
           log.warn("remote cluster does not serve PullReplicationTasks (a tern before it); pulling its shards one call each", { remote: remote.name });
         }
-        refusedAt = performance.now();
+        pullRefusedAt.set(remote.name, performance.now());
         return fetchShardByShard(remote, cs, wait, signal);
       }
     };
@@ -189,69 +381,67 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     // The first pull answers at once, so a (re)connection shows as connected without waiting out a long poll.
     let next = ask(acks, 0);
     const labels = { remote_cluster: remote.name };
-    while (!signal.aborted) {
-      const res = await next;
-      report.ok();
-      columns = res.readsCursorColumns;
-      for (const sp of res.shards) {
-        for (const t of sp.tasks) if (t.createTime) metrics.observe("replication_fetch_latency", labels, (res.arrivedAt - timestampDate(t.createTime).getTime()) / 1000);
-      }
-      const pages: Batch[] = [];
-      const after = new Map(acks);
-      let behind = 0;
-      for (const sp of res.shards) {
-        const ack = acks.get(sp.shardId);
-        if (ack === undefined) throw new Error(`remote ${remote.name} answered for shard ${sp.shardId}, which was not asked for`);
-        const p = progressOf(remote.name, sp.shardId);
-        const to = Number(sp.lastTaskId);
-        p.maxTaskId = Number(sp.maxTaskId);
-        if (to <= ack) {
-          lag(sp.shardId, p);
+    try {
+      while (!signal.aborted && !(until !== undefined && performance.now() >= until)) {
+        const res = await next;
+        report.ok();
+        columns = res.readsCursorColumns;
+        for (const sp of res.shards) {
+          for (const t of sp.tasks) if (t.createTime) metrics.observe("replication_fetch_latency", labels, (res.arrivedAt - timestampDate(t.createTime).getTime()) / 1000);
+        }
+        const pages: Batch[] = [];
+        const after = new Map(acks);
+        let behind = 0;
+        for (const sp of res.shards) {
+          const ack = acks.get(sp.shardId);
+          if (ack === undefined) throw new Error(`remote ${remote.name} answered for shard ${sp.shardId}, which was not asked for`);
+          const p = progressOf(remote.name, sp.shardId);
+          const to = Number(sp.lastTaskId);
+          p.maxTaskId = Number(sp.maxTaskId);
+          if (to <= ack) {
+            lag(sp.shardId, p);
+            continue;
+          }
+          if (sp.tasks[0]?.createTime) p.oldestUnapplied = timestampDate(sp.tasks[0].createTime);
+          pages.push({ remote, shardId: sp.shardId, from: ack, to, maxTaskId: p.maxTaskId, tasks: sp.tasks, signal });
+          after.set(sp.shardId, to);
+          behind = Math.max(behind, p.maxTaskId - to);
+        }
+        if (res.sparse) {
+          // A shard the answer left out has nothing new: its max task id is its cursor.
+          const listed = new Set(res.shards.map((sp) => sp.shardId));
+          for (const c of res.asked) {
+            if (listed.has(c.shardId)) continue;
+            const p = progressOf(remote.name, c.shardId);
+            p.maxTaskId = c.after;
+            lag(c.shardId, p);
+          }
+        }
+        if (!pages.length) {
+          // Caught up: long-poll, which also tells the source the last applied pages.
+          next = ask(acks, waitMs);
           continue;
         }
-        if (sp.tasks[0]?.createTime) p.oldestUnapplied = timestampDate(sp.tasks[0].createTime);
-        pages.push({ remote, shardId: sp.shardId, from: ack, to, maxTaskId: p.maxTaskId, tasks: sp.tasks, signal });
-        after.set(sp.shardId, to);
-        behind = Math.max(behind, p.maxTaskId - to);
+        // The next pages are asked for while these apply, so that tasks committed meanwhile are
+        // here when they end: behind, at once; caught up, as a short long poll that the next commit
+        // answers. It carries the previous acks, not these pages' (not applied yet): the short wait
+        // bounds how long the source goes without hearing of this apply when nothing follows it
+        // (the caught-up poll after it tells; a graceful failover waits for that).
+        next = ask(after, behind > 0 ? 0 : prefetchWaitMs);
+        await applyPages(pages);
+        const applyS = (Date.now() - res.arrivedAt) / 1000;
+        for (const b of pages) for (let i = 0; i < b.tasks.length; i++) metrics.observe("replication_apply_latency", labels, applyS);
+        applied(remote, pages, acks, lag);
       }
-      if (res.sparse) {
-        // A shard the answer left out has nothing new: its max task id is its cursor.
-        const listed = new Set(res.shards.map((sp) => sp.shardId));
-        for (const c of res.asked) {
-          if (listed.has(c.shardId)) continue;
-          const p = progressOf(remote.name, c.shardId);
-          p.maxTaskId = c.after;
-          lag(c.shardId, p);
-        }
-      }
-      if (!pages.length) {
-        // Caught up: long-poll, which also tells the source the last applied pages.
-        next = ask(acks, waitMs);
-        continue;
-      }
-      // The next pages are asked for while these apply, so that tasks committed meanwhile are
-      // here when they end: behind, at once; caught up, as a short long poll that the next commit
-      // answers. It carries the previous acks, not these pages' (not applied yet): the short wait
-      // bounds how long the source goes without hearing of this apply when nothing follows it
-      // (the caught-up poll after it tells; a graceful failover waits for that).
-      next = ask(after, behind > 0 ? 0 : prefetchWaitMs);
-      await applyPages(pages);
-      const applyS = (Date.now() - res.arrivedAt) / 1000;
-      for (const b of pages) for (let i = 0; i < b.tasks.length; i++) metrics.observe("replication_apply_latency", labels, applyS);
-      for (const b of pages) {
-        const p = progressOf(remote.name, b.shardId);
-        acks.set(b.shardId, (p.ackLevel = b.to));
-        const lastCreate = b.tasks.at(-1)?.createTime;
-        p.oldestUnapplied = b.to >= p.maxTaskId ? undefined : lastCreate ? timestampDate(lastCreate) : p.oldestUnapplied;
-        lag(b.shardId, p);
-      }
+    } finally {
+      local.abort();
     }
   }
 
   return {
     /** One stream per remote, for all its shards: shard counts that are multiples of each other route by hash on apply. */
     streamsFor(_remote: RemoteCluster): ReplicationStream[] {
-      return [{ name: "history", run: pull }];
+      return [{ name: "history", run }];
     },
     /** What this process last saw of remote's shard, if it pulled it. */
     progress: (remote: string, shardId: number): InboundProgress | undefined => progress.get(remote)?.get(shardId),

@@ -2,13 +2,20 @@ import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
 import { failedPrecondition, invalidArgument, unavailable } from "../src/errors";
 import {
+  AckReplicationTasksResponseSchema,
   GetReplicationTasksResponseSchema,
   PullReplicationTasksResponseSchema,
+  StreamReplicationTasksResponseSchema,
+  type AckReplicationTasksRequest,
+  type AckReplicationTasksResponse,
+  type ShardCursorColumns,
   type ShardPageSchema,
   type GetReplicationTasksRequest,
   type GetReplicationTasksResponse,
   type PullReplicationTasksRequest,
   type PullReplicationTasksResponse,
+  type StreamReplicationTasksRequest,
+  type StreamReplicationTasksResponse,
 } from "../src/gen/tern/admin/v1/service_pb";
 import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
 import { readEventsOf } from "../src/history/branch-store";
@@ -143,7 +150,80 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
   async function pullReplicationTasks(req: PullReplicationTasksRequest, signal?: AbortSignal): Promise<PullReplicationTasksResponse> {
     const peer = req.clusterName;
     if (!peer) throw invalidArgument("cluster_name is required: PullReplicationTasks serves a pulling cluster");
-    const asked = cursorsOf(req);
+    if (req.cursorColumns && req.shards.length) throw invalidArgument("give the cursors as shards or as cursor_columns, not both");
+    const asked = req.cursorColumns
+      ? cursorsOfColumns(req.cursorColumns, "cursor_columns")
+      : req.shards.map((c) => ({ shardId: c.shardId, after: Number(c.afterTaskId), acked: Number(c.ackedTaskId), pageSize: c.pageSize }));
+    const cursors = pullCursors(asked, req.pageSize);
+    const sparse = req.cursorColumns !== undefined;
+    return polls.run(signal, async (s) => {
+      const pages = await servePages({ peer, withEvents: true, waitMs: req.waitTimeoutMs, cursors }, s);
+      return create(PullReplicationTasksResponseSchema, { shards: shardPages(cursors, pages, sparse), readsCursorColumns: true });
+    });
+  }
+
+  /**
+   * AdminService.StreamReplicationTasks: PullReplicationTasks's answers, sparse, on one open
+   * response. Each cursor moves on to the page just sent; the request's acks are recorded once
+   * (AckReplicationTasks brings later ones). The first answer comes at once, then each as soon
+   * as a shard has news, or without any after wait_timeout_ms, so the peer hears the stream is
+   * alive. Ends with the peer's call, or refuses to go on once this server stops.
+   */
+  async function* streamReplicationTasks(req: StreamReplicationTasksRequest, signal: AbortSignal): AsyncGenerator<StreamReplicationTasksResponse> {
+    const peer = req.clusterName;
+    if (!peer) throw invalidArgument("cluster_name is required: StreamReplicationTasks serves a pulling cluster");
+    if (!req.cursors) throw invalidArgument("cursors are required: where each shard's stream starts");
+    const cursors = pullCursors(cursorsOfColumns(req.cursors, "cursors"), 0);
+    for (let first = true; !signal.aborted; first = false) {
+      const waitMs = first ? 0 : req.waitTimeoutMs;
+      const pages = await polls.run(signal, (s) => servePages({ peer, withEvents: true, waitMs, cursors, recordAcks: first }, s));
+      if (signal.aborted) return;
+      const shards = shardPages(cursors, pages, true);
+      pages.forEach((p, i) => (cursors[i]!.after = p.last));
+      yield create(StreamReplicationTasksResponseSchema, { shards });
+    }
+  }
+
+  /** AdminService.AckReplicationTasks: a streaming peer's applied tasks, recorded as its acks. */
+  async function ackReplicationTasks(req: AckReplicationTasksRequest): Promise<AckReplicationTasksResponse> {
+    const peer = req.clusterName;
+    if (!peer) throw invalidArgument("cluster_name is required: AckReplicationTasks records a pulling cluster's acks");
+    if (req.ackedTaskIds.length !== req.shardIds.length) {
+      throw invalidArgument(`acked_task_ids needs one entry per shard: shard_ids has ${req.shardIds.length}, acked_task_ids ${req.ackedTaskIds.length}`);
+    }
+    const seen = new Set<number>();
+    const moved = req.shardIds.map((shardId, i) => {
+      checkShard(shardId);
+      if (seen.has(shardId)) throw invalidArgument(`shard ${shardId} is acked twice`);
+      seen.add(shardId);
+      const acked = Number(req.ackedTaskIds[i]);
+      if (acked < 0) throw invalidArgument(`shard ${shardId}'s acked task id must not be negative, not ${acked}`);
+      return { shardId, acked };
+    });
+    await acks.record(peer, moved);
+    return create(AckReplicationTasksResponseSchema, {});
+  }
+
+  /** Cursors given as columns (`field` names them in errors). */
+  function cursorsOfColumns(cols: ShardCursorColumns, field: string): { shardId: number; after: number; acked: number; pageSize: number }[] {
+    const n = cols.shardIds.length;
+    if (cols.afterTaskIds.length !== n || cols.ackedTaskIds.length !== n || (cols.pageSizes.length && cols.pageSizes.length !== n)) {
+      throw invalidArgument(
+        `${field} needs one entry per shard in each list: shard_ids has ${n}, after_task_ids ${cols.afterTaskIds.length}, ` +
+        `acked_task_ids ${cols.ackedTaskIds.length}, page_sizes ${cols.pageSizes.length} (page_sizes may be empty)`,
+      );
+    }
+    return cols.shardIds.map((shardId, i) => ({
+      shardId, after: Number(cols.afterTaskIds[i]), acked: Number(cols.ackedTaskIds[i]), pageSize: cols.pageSizes[i] ?? 0,
+    }));
+  }
+
+  /**
+   * A pull's cursors, checked (each shard once, at least one) and their pages sized within
+   * PULL_BUDGET tasks in all, whatever the sizes asked add up to (pull-budget.ts). A pipelined
+   * puller asks past what it applied: its ack is at most its cursor.
+   */
+  function pullCursors(asked: { shardId: number; after: number; acked: number; pageSize: number }[], pageSize: number) {
     if (!asked.length) throw invalidArgument("shards must name at least one shard");
     const ids = new Set<number>();
     for (const c of asked) {
@@ -151,36 +231,18 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
       if (ids.has(c.shardId)) throw invalidArgument(`shard ${c.shardId} is asked for twice`);
       ids.add(c.shardId);
     }
-    // Within PULL_BUDGET tasks in all, whatever the sizes asked add up to (pull-budget.ts).
-    const sizes = withinBudget(asked.map((c) => c.pageSize), req.pageSize);
-    const cursors = asked.map((c, i) => ({ shardId: c.shardId, after: c.after, acked: Math.min(c.acked, c.after), size: sizes[i]! }));
-    const sparse = req.cursorColumns !== undefined;
-    return polls.run(signal, async (s) => {
-      const pages = await servePages({ peer, withEvents: true, waitMs: req.waitTimeoutMs, cursors }, s);
-      const shards: MessageInitShape<typeof ShardPageSchema>[] = [];
-      pages.forEach((p, i) => {
-        const { shardId, after } = cursors[i]!;
-        if (!sparse || p.tasks.length || p.max !== after || p.last !== after) shards.push({ shardId, tasks: p.tasks, maxTaskId: BigInt(p.max), lastTaskId: BigInt(p.last) });
-      });
-      return create(PullReplicationTasksResponseSchema, { shards, readsCursorColumns: true });
-    });
+    const sizes = withinBudget(asked.map((c) => c.pageSize), pageSize);
+    return asked.map((c, i) => ({ shardId: c.shardId, after: c.after, acked: Math.min(c.acked, c.after), size: sizes[i]! }));
   }
 
-  /** The request's cursors, from shards or from cursor_columns (one of them). */
-  function cursorsOf(req: PullReplicationTasksRequest): { shardId: number; after: number; acked: number; pageSize: number }[] {
-    const cols = req.cursorColumns;
-    if (!cols) return req.shards.map((c) => ({ shardId: c.shardId, after: Number(c.afterTaskId), acked: Number(c.ackedTaskId), pageSize: c.pageSize }));
-    if (req.shards.length) throw invalidArgument("give the cursors as shards or as cursor_columns, not both");
-    const n = cols.shardIds.length;
-    if (cols.afterTaskIds.length !== n || cols.ackedTaskIds.length !== n || (cols.pageSizes.length && cols.pageSizes.length !== n)) {
-      throw invalidArgument(
-        `cursor_columns needs one entry per shard in each list: shard_ids has ${n}, after_task_ids ${cols.afterTaskIds.length}, ` +
-        `acked_task_ids ${cols.ackedTaskIds.length}, page_sizes ${cols.pageSizes.length} (page_sizes may be empty)`,
-      );
-    }
-    return cols.shardIds.map((shardId, i) => ({
-      shardId, after: Number(cols.afterTaskIds[i]), acked: Number(cols.ackedTaskIds[i]), pageSize: cols.pageSizes[i] ?? 0,
-    }));
+  /** The pages as a pull answers them; sparse, only the shards with news (tasks, or a max or last past the cursor). */
+  function shardPages(cursors: readonly { shardId: number; after: number }[], pages: Page[], sparse: boolean): MessageInitShape<typeof ShardPageSchema>[] {
+    const shards: MessageInitShape<typeof ShardPageSchema>[] = [];
+    pages.forEach((p, i) => {
+      const { shardId, after } = cursors[i]!;
+      if (!sparse || p.tasks.length || p.max !== after || p.last !== after) shards.push({ shardId, tasks: p.tasks, maxTaskId: BigInt(p.max), lastTaskId: BigInt(p.last) });
+    });
+    return shards;
   }
 
   function checkShard(shardId: number): void {
@@ -193,7 +255,7 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
    * tasks, and each cursor's `acked` is recorded as its ack.
    */
   async function servePages(
-    ask: { peer: string; withEvents: boolean; waitMs: number; cursors: { shardId: number; after: number; acked: number; size: number }[] },
+    ask: { peer: string; withEvents: boolean; waitMs: number; cursors: { shardId: number; after: number; acked: number; size: number }[]; recordAcks?: boolean },
     signal: AbortSignal,
   ): Promise<Page[]> {
     const { peer, withEvents, cursors } = ask;
@@ -227,7 +289,7 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
         const read = unread.length > MANY_SHARDS
           ? readPages(unread.map((i) => cursors[i]!), peer, withEvents)
           : Promise.all(unread.map((i) => readPage(cursors[i]!.shardId, cursors[i]!.after, cursors[i]!.size, peer, withEvents)));
-        const [got] = await Promise.all([read, peer ? acks.record(peer, cursors) : undefined]);
+        const [got] = await Promise.all([read, peer && ask.recordAcks !== false ? acks.record(peer, cursors) : undefined]);
         unread.forEach((i, k) => (pages[i] = got[k]));
         const done = pages as Page[];
         done.forEach((p, i) => outboxMarks?.advance(cursors[i]!.shardId, p.max));
@@ -246,6 +308,8 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
   return {
     getReplicationTasks,
     pullReplicationTasks,
+    streamReplicationTasks,
+    ackReplicationTasks,
     /** Forgets which peers a database page found enabled: after this process changed a connection. */
     forgetPeers: () => peerChecked.clear(),
     /** Ends open long polls (they answer at once) and refuses new ones; resolves once none runs. */

@@ -73,6 +73,12 @@ export interface ServerOptions {
      * as a tern from before them does (it ignores the columns and does not say it reads them).
      */
     serveCursorColumns?: (asked: boolean) => boolean;
+    /**
+     * Asked on each AdminService.StreamReplicationTasks call: false answers Unimplemented, as a
+     * tern from before the stream does. With servePull or serveCursorColumns set the stream is
+     * never served (those emulate terns from before it).
+     */
+    serveStream?: () => boolean;
     /** How long a source that refused PullReplicationTasks is pulled shard by shard before the call is tried again. */
     reprobeMs?: number;
     /** How often the sender re-reads a peer's shards for commits of other processes (default 1 s; tests make it long to see wakes alone). */
@@ -247,15 +253,23 @@ function wireRoutes({ config, opts, log, now, cluster }: Base, core: Core, repl:
 /**
  * admin with the pull test hooks: PullReplicationTasks answers Unimplemented (as from a tern
  * before it) while servePull says false, and as a tern before cursor columns while
- * serveCursorColumns says false; GetReplicationTasks waits for beforeShardPage.
+ * serveCursorColumns says false; StreamReplicationTasks answers Unimplemented while
+ * serveStream says false, and always with either of the others set; GetReplicationTasks waits
+ * for beforeShardPage.
  */
 function withPullHooks(
   admin: ServiceImpl<typeof AdminService>,
-  hooks: Pick<NonNullable<ServerOptions["replication"]>, "servePull" | "serveCursorColumns" | "beforeShardPage"> = {},
+  hooks: Pick<NonNullable<ServerOptions["replication"]>, "servePull" | "serveCursorColumns" | "serveStream" | "beforeShardPage"> = {},
 ): ServiceImpl<typeof AdminService> {
-  const { servePull, serveCursorColumns, beforeShardPage } = hooks;
+  const { servePull, serveCursorColumns, serveStream, beforeShardPage } = hooks;
   return {
     ...admin,
+    ...((servePull || serveCursorColumns || serveStream) && {
+      async *streamReplicationTasks(r, ctx) {
+        if (servePull || serveCursorColumns || !serveStream!()) throw new ConnectError("StreamReplicationTasks is not served here", Code.Unimplemented);
+        yield* admin.streamReplicationTasks(r, ctx);
+      },
+    }),
     ...((servePull || serveCursorColumns) && {
       async pullReplicationTasks(r, ctx) {
         if (servePull && !servePull()) throw new ConnectError("PullReplicationTasks is not served here", Code.Unimplemented);

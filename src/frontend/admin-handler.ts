@@ -29,6 +29,8 @@ export function createAdminHandler({ db, sender, status, namespaceSender, dlq, d
   return {
     getReplicationTasks: (r, ctx) => sender.getReplicationTasks(r, ctx.signal),
     pullReplicationTasks: (r, ctx) => sender.pullReplicationTasks(r, ctx.signal),
+    streamReplicationTasks: (r, ctx) => sender.streamReplicationTasks(r, ctx.signal),
+    ackReplicationTasks: (r) => sender.ackReplicationTasks(r),
     getNamespaceReplicationTasks: (r, ctx) => namespaceSender.getTasks(r, ctx.signal),
     getWorkflowExecutionRawHistory: (r) => readRawHistory(db, r),
     getReplicationStatus: () => status.get(),

@@ -22,6 +22,22 @@ export function createFrontendInterceptor(deps: {
   limiter: ReturnType<typeof createRateLimiter>;
 }): Interceptor {
   const { metrics, log, limiter } = deps;
+  /** The error as the caller gets it, counted and logged. */
+  const failed = (e: unknown, requestId: string, operation: string, labels: { operation: string; namespace: string }) => {
+    const err = toConnectError(e, requestId, log);
+    err.metadata.set("x-request-id", requestId);
+    metrics.inc("service_errors", { ...labels, code: Code[err.code] ?? String(err.code) });
+    log.info("rpc failed", { requestId, operation, namespace: labels.namespace || undefined, code: err.code, error: err.rawMessage });
+    return err;
+  };
+  /** A streamed answer's messages, an error among them mapped as a unary call's is (its latency is the stream's start). */
+  async function* mapped<T>(messages: AsyncIterable<T>, requestId: string, operation: string, labels: { operation: string; namespace: string }) {
+    try {
+      yield* messages;
+    } catch (e) {
+      throw failed(e, requestId, operation, labels);
+    }
+  }
   return (next) => async (req) => {
     const requestId = req.header.get("x-request-id") || ulid();
     req.contextValues.set(requestIdKey, requestId);
@@ -38,13 +54,9 @@ export function createFrontendInterceptor(deps: {
       const res = await next(req);
       res.header.set("x-request-id", requestId);
       log.debug("rpc", { requestId, operation, namespace, ms: Math.round(performance.now() - started) });
-      return res;
+      return res.stream ? { ...res, message: mapped(res.message, requestId, operation, labels) } : res;
     } catch (e) {
-      const err = toConnectError(e, requestId, log);
-      err.metadata.set("x-request-id", requestId);
-      metrics.inc("service_errors", { ...labels, code: Code[err.code] ?? String(err.code) });
-      log.info("rpc failed", { requestId, operation, namespace, code: err.code, error: err.rawMessage });
-      throw err;
+      throw failed(e, requestId, operation, labels);
     } finally {
       metrics.observe("service_latency", labels, (performance.now() - started) / 1000);
     }

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tern/admin/v1/service.proto.
  */
 export const file_tern_admin_v1_service: GenFile = /*@__PURE__*/
-  fileDesc("Cht0ZXJuL2FkbWluL3YxL3NlcnZpY2UucHJvdG8SDXRlcm4uYWRtaW4udjEixwIKD1JlcGxpY2F0aW9uVGFzaxIQCghzaGFyZF9pZBgBIAEoBRIPCgd0YXNrX2lkGAIgASgDEhQKDG5hbWVzcGFjZV9pZBgDIAEoCRITCgt3b3JrZmxvd19pZBgEIAEoCRIOCgZydW5faWQYBSABKAkSFgoOZmlyc3RfZXZlbnRfaWQYBiABKAMSFQoNbmV4dF9ldmVudF9pZBgHIAEoAxIPCgd2ZXJzaW9uGAggASgDEjcKD3ZlcnNpb25faGlzdG9yeRgJIAEoCzIeLnRlcm4uY29tbW9uLnYxLlZlcnNpb25IaXN0b3J5Ei8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgZldmVudHMYCyADKAsyHC50ZXJuLmNvbW1vbi52MS5IaXN0b3J5RXZlbnQizQEKGkdldFJlcGxpY2F0aW9uVGFza3NSZXF1ZXN0EhAKCHNoYXJkX2lkGAEgASgFEhUKDWFmdGVyX3Rhc2tfaWQYAiABKAMSEQoJcGFnZV9zaXplGAMgASgFEhYKDmluY2x1ZGVfZXZlbnRzGAQgASgIEhQKDGNsdXN0ZXJfbmFtZRgFIAEoCRIXCg93YWl0X3RpbWVvdXRfbXMYBiABKAUSGgoNYWNrZWRfdGFza19pZBgHIAEoA0gAiAEBQhAKDl9hY2tlZF90YXNrX2lkIncKG0dldFJlcGxpY2F0aW9uVGFza3NSZXNwb25zZRItCgV0YXNrcxgBIAMoCzIeLnRlcm4uYWRtaW4udjEuUmVwbGljYXRpb25UYXNrEhMKC21heF90YXNrX2lkGAIgASgDEhQKDGxhc3RfdGFza19pZBgDIAEoAyJgCgtTaGFyZEN1cnNvchIQCghzaGFyZF9pZBgBIAEoBRIVCg1hZnRlcl90YXNrX2lkGAIgASgDEhUKDWFja2VkX3Rhc2tfaWQYAyABKAMSEQoJcGFnZV9zaXplGAQgASgFIsYBChtQdWxsUmVwbGljYXRpb25UYXNrc1JlcXVlc3QSFAoMY2x1c3Rlcl9uYW1lGAEgASgJEioKBnNoYXJkcxgCIAMoCzIaLnRlcm4uYWRtaW4udjEuU2hhcmRDdXJzb3ISEQoJcGFnZV9zaXplGAMgASgFEhcKD3dhaXRfdGltZW91dF9tcxgEIAEoBRI5Cg5jdXJzb3JfY29sdW1ucxgFIAEoCzIhLnRlcm4uYWRtaW4udjEuU2hhcmRDdXJzb3JDb2x1bW5zImsKElNoYXJkQ3Vyc29yQ29sdW1ucxIRCglzaGFyZF9pZHMYASADKAUSFgoOYWZ0ZXJfdGFza19pZHMYAiADKAMSFgoOYWNrZWRfdGFza19pZHMYAyADKAMSEgoKcGFnZV9zaXplcxgEIAMoBSJ3CglTaGFyZFBhZ2USEAoIc2hhcmRfaWQYASABKAUSLQoFdGFza3MYAiADKAsyHi50ZXJuLmFkbWluLnYxLlJlcGxpY2F0aW9uVGFzaxITCgttYXhfdGFza19pZBgDIAEoAxIUCgxsYXN0X3Rhc2tfaWQYBCABKAMiZgocUHVsbFJlcGxpY2F0aW9uVGFza3NSZXNwb25zZRIoCgZzaGFyZHMYASADKAsyGC50ZXJuLmFkbWluLnYxLlNoYXJkUGFnZRIcChRyZWFkc19jdXJzb3JfY29sdW1ucxgCIAEoCCKXAQoYTmFtZXNwYWNlUmVwbGljYXRpb25UYXNrEg8KB3Rhc2tfaWQYASABKAMSOQoJbmFtZXNwYWNlGAIgASgLMiYudGVybi53b3JrZmxvdy52MS5OYW1lc3BhY2VEZXNjcmlwdGlvbhIvCgtjcmVhdGVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAifgojR2V0TmFtZXNwYWNlUmVwbGljYXRpb25UYXNrc1JlcXVlc3QSFQoNYWZ0ZXJfdGFza19pZBgBIAEoAxIRCglwYWdlX3NpemUYAiABKAUSFAoMY2x1c3Rlcl9uYW1lGAMgASgJEhcKD3dhaXRfdGltZW91dF9tcxgEIAEoBSKJAQokR2V0TmFtZXNwYWNlUmVwbGljYXRpb25UYXNrc1Jlc3BvbnNlEjYKBXRhc2tzGAEgAygLMicudGVybi5hZG1pbi52MS5OYW1lc3BhY2VSZXBsaWNhdGlvblRhc2sSEwoLbWF4X3Rhc2tfaWQYAiABKAMSFAoMbGFzdF90YXNrX2lkGAMgASgDIsoBCiVHZXRXb3JrZmxvd0V4ZWN1dGlvblJhd0hpc3RvcnlSZXF1ZXN0EhQKDG5hbWVzcGFjZV9pZBgBIAEoCRITCgt3b3JrZmxvd19pZBgCIAEoCRIOCgZydW5faWQYAyABKAkSFgoOZmlyc3RfZXZlbnRfaWQYBCABKAMSFQoNbmV4dF9ldmVudF9pZBgFIAEoAxI3Cg92ZXJzaW9uX2hpc3RvcnkYBiABKAsyHi50ZXJuLmNvbW1vbi52MS5WZXJzaW9uSGlzdG9yeSKmAQomR2V0V29ya2Zsb3dFeGVjdXRpb25SYXdIaXN0b3J5UmVzcG9uc2USLAoGZXZlbnRzGAEgAygLMhwudGVybi5jb21tb24udjEuSGlzdG9yeUV2ZW50EjcKD3ZlcnNpb25faGlzdG9yeRgCIAEoCzIeLnRlcm4uY29tbW9uLnYxLlZlcnNpb25IaXN0b3J5EhUKDW5leHRfZXZlbnRfaWQYAyABKAMiHQobR2V0UmVwbGljYXRpb25TdGF0dXNSZXF1ZXN0InkKFlNoYXJkUmVwbGljYXRpb25TdGF0dXMSEAoIc2hhcmRfaWQYASABKAUSEwoLbWF4X3Rhc2tfaWQYAiABKAMSFQoNYWNrZWRfdGFza19pZBgDIAEoAxIRCglsYWdfdGFza3MYBCABKAMSDgoGbGFnX21zGAUgASgDIq4CCh5SZW1vdGVDbHVzdGVyUmVwbGljYXRpb25TdGF0dXMSFAoMY2x1c3Rlcl9uYW1lGAEgASgJEhgKEGNvbm5lY3Rpb25fc3RhdGUYAiABKAkSGQoRZW5hYmxlX2Nvbm5lY3Rpb24YAyABKAgSNgoHaW5ib3VuZBgEIAMoCzIlLnRlcm4uYWRtaW4udjEuU2hhcmRSZXBsaWNhdGlvblN0YXR1cxI3CghvdXRib3VuZBgFIAMoCzIlLnRlcm4uYWRtaW4udjEuU2hhcmRSZXBsaWNhdGlvblN0YXR1cxIdChVuYW1lc3BhY2VfbWF4X3Rhc2tfaWQYBiABKAMSHwoXbmFtZXNwYWNlX2Fja2VkX3Rhc2tfaWQYByABKAMSEAoIZGxxX3NpemUYCCABKAMidAocR2V0UmVwbGljYXRpb25TdGF0dXNSZXNwb25zZRIUCgxjbHVzdGVyX25hbWUYASABKAkSPgoHcmVtb3RlcxgCIAMoCzItLnRlcm4uYWRtaW4udjEuUmVtb3RlQ2x1c3RlclJlcGxpY2F0aW9uU3RhdHVzIqICChNSZXBsaWNhdGlvbkRscUVudHJ5EhYKDnNvdXJjZV9jbHVzdGVyGAEgASgJEhAKCHNoYXJkX2lkGAIgASgFEg8KB3Rhc2tfaWQYAyABKAMSFAoMbmFtZXNwYWNlX2lkGAQgASgJEhMKC3dvcmtmbG93X2lkGAUgASgJEg4KBnJ1bl9pZBgGIAEoCRIWCg5maXJzdF9ldmVudF9pZBgHIAEoAxIVCg1uZXh0X2V2ZW50X2lkGAggASgDEg8KB3ZlcnNpb24YCSABKAMSEAoIYXR0ZW1wdHMYCiABKAUSEgoKbGFzdF9lcnJvchgLIAEoCRIvCgtjcmVhdGVfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAicQoZTGlzdFJlcGxpY2F0aW9uRGxxUmVxdWVzdBIWCg5zb3VyY2VfY2x1c3RlchgBIAEoCRIQCghzaGFyZF9pZBgCIAEoBRIRCglwYWdlX3NpemUYAyABKAUSFwoPbmV4dF9wYWdlX3Rva2VuGAQgASgMImoKGkxpc3RSZXBsaWNhdGlvbkRscVJlc3BvbnNlEjMKB2VudHJpZXMYASADKAsyIi50ZXJuLmFkbWluLnYxLlJlcGxpY2F0aW9uRGxxRW50cnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgMIkYKGk1lcmdlUmVwbGljYXRpb25EbHFSZXF1ZXN0EhYKDnNvdXJjZV9jbHVzdGVyGAEgASgJEhAKCHNoYXJkX2lkGAIgASgFImEKG01lcmdlUmVwbGljYXRpb25EbHFSZXNwb25zZRIOCgZtZXJnZWQYASABKAMSMgoGZmFpbGVkGAIgAygLMiIudGVybi5hZG1pbi52MS5SZXBsaWNhdGlvbkRscUVudHJ5IkYKGlB1cmdlUmVwbGljYXRpb25EbHFSZXF1ZXN0EhYKDnNvdXJjZV9jbHVzdGVyGAEgASgJEhAKCHNoYXJkX2lkGAIgASgFIi0KG1B1cmdlUmVwbGljYXRpb25EbHFSZXNwb25zZRIOCgZwdXJnZWQYASABKAMiXwoRRXhlY3V0aW9uQ2hlY2tzdW0SEwoLd29ya2Zsb3dfaWQYASABKAkSDgoGcnVuX2lkGAIgASgJEhMKC2V2ZW50X2NvdW50GAMgASgDEhAKCGNoZWNrc3VtGAQgASgJIl0KHEdldEV4ZWN1dGlvbkNoZWNrc3Vtc1JlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRIXCg9uZXh0X3BhZ2VfdG9rZW4YAyABKAwibgodR2V0RXhlY3V0aW9uQ2hlY2tzdW1zUmVzcG9uc2USNAoKZXhlY3V0aW9ucxgBIAMoCzIgLnRlcm4uYWRtaW4udjEuRXhlY3V0aW9uQ2hlY2tzdW0SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgMIj4KGFZlcmlmeVJlcGxpY2F0aW9uUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSDwoHY2x1c3RlchgCIAEoCSKdAQoTRXhlY3V0aW9uRGlmZmVyZW5jZRITCgt3b3JrZmxvd19pZBgBIAEoCRIOCgZydW5faWQYAiABKAkSLwoFbG9jYWwYAyABKAsyIC50ZXJuLmFkbWluLnYxLkV4ZWN1dGlvbkNoZWNrc3VtEjAKBnJlbW90ZRgEIAEoCzIgLnRlcm4uYWRtaW4udjEuRXhlY3V0aW9uQ2hlY2tzdW0inQIKGVZlcmlmeVJlcGxpY2F0aW9uUmVzcG9uc2USFAoMY2x1c3Rlcl9uYW1lGAEgASgJEhYKDnJlbW90ZV9jbHVzdGVyGAIgASgJEhgKEGxvY2FsX2V4ZWN1dGlvbnMYAyABKAMSGQoRcmVtb3RlX2V4ZWN1dGlvbnMYBCABKAMSMwoHbWlzc2luZxgFIAMoCzIiLnRlcm4uYWRtaW4udjEuRXhlY3V0aW9uRGlmZmVyZW5jZRIxCgVleHRyYRgGIAMoCzIiLnRlcm4uYWRtaW4udjEuRXhlY3V0aW9uRGlmZmVyZW5jZRI1CglkaXZlcmdpbmcYByADKAsyIi50ZXJuLmFkbWluLnYxLkV4ZWN1dGlvbkRpZmZlcmVuY2UiVAoaTGlzdEhpc3RvcnlCcmFuY2hlc1JlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEhMKC3dvcmtmbG93X2lkGAIgASgJEg4KBnJ1bl9pZBgDIAEoCSLiAQoNSGlzdG9yeUJyYW5jaBIRCglicmFuY2hfaWQYASABKAUSDwoHY3VycmVudBgCIAEoCBIVCg1mb3JrX2V2ZW50X2lkGAMgASgDEjcKD3ZlcnNpb25faGlzdG9yeRgEIAEoCzIeLnRlcm4uY29tbW9uLnYxLlZlcnNpb25IaXN0b3J5EiwKBmV2ZW50cxgFIAMoCzIcLnRlcm4uY29tbW9uLnYxLkhpc3RvcnlFdmVudBIvCgtjcmVhdGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiXQobTGlzdEhpc3RvcnlCcmFuY2hlc1Jlc3BvbnNlEg4KBnJ1bl9pZBgBIAEoCRIuCghicmFuY2hlcxgCIAMoCzIcLnRlcm4uYWRtaW4udjEuSGlzdG9yeUJyYW5jaDKJCgoMQWRtaW5TZXJ2aWNlEmwKE0dldFJlcGxpY2F0aW9uVGFza3MSKS50ZXJuLmFkbWluLnYxLkdldFJlcGxpY2F0aW9uVGFza3NSZXF1ZXN0GioudGVybi5hZG1pbi52MS5HZXRSZXBsaWNhdGlvblRhc2tzUmVzcG9uc2USbwoUUHVsbFJlcGxpY2F0aW9uVGFza3MSKi50ZXJuLmFkbWluLnYxLlB1bGxSZXBsaWNhdGlvblRhc2tzUmVxdWVzdBorLnRlcm4uYWRtaW4udjEuUHVsbFJlcGxpY2F0aW9uVGFza3NSZXNwb25zZRKHAQocR2V0TmFtZXNwYWNlUmVwbGljYXRpb25UYXNrcxIyLnRlcm4uYWRtaW4udjEuR2V0TmFtZXNwYWNlUmVwbGljYXRpb25UYXNrc1JlcXVlc3QaMy50ZXJuLmFkbWluLnYxLkdldE5hbWVzcGFjZVJlcGxpY2F0aW9uVGFza3NSZXNwb25zZRKNAQoeR2V0V29ya2Zsb3dFeGVjdXRpb25SYXdIaXN0b3J5EjQudGVybi5hZG1pbi52MS5HZXRXb3JrZmxvd0V4ZWN1dGlvblJhd0hpc3RvcnlSZXF1ZXN0GjUudGVybi5hZG1pbi52MS5HZXRXb3JrZmxvd0V4ZWN1dGlvblJhd0hpc3RvcnlSZXNwb25zZRJvChRHZXRSZXBsaWNhdGlvblN0YXR1cxIqLnRlcm4uYWRtaW4udjEuR2V0UmVwbGljYXRpb25TdGF0dXNSZXF1ZXN0GisudGVybi5hZG1pbi52MS5HZXRSZXBsaWNhdGlvblN0YXR1c1Jlc3BvbnNlEmkKEkxpc3RSZXBsaWNhdGlvbkRscRIoLnRlcm4uYWRtaW4udjEuTGlzdFJlcGxpY2F0aW9uRGxxUmVxdWVzdBopLnRlcm4uYWRtaW4udjEuTGlzdFJlcGxpY2F0aW9uRGxxUmVzcG9uc2USbAoTTWVyZ2VSZXBsaWNhdGlvbkRscRIpLnRlcm4uYWRtaW4udjEuTWVyZ2VSZXBsaWNhdGlvbkRscVJlcXVlc3QaKi50ZXJuLmFkbWluLnYxLk1lcmdlUmVwbGljYXRpb25EbHFSZXNwb25zZRJsChNQdXJnZVJlcGxpY2F0aW9uRGxxEikudGVybi5hZG1pbi52MS5QdXJnZVJlcGxpY2F0aW9uRGxxUmVxdWVzdBoqLnRlcm4uYWRtaW4udjEuUHVyZ2VSZXBsaWNhdGlvbkRscVJlc3BvbnNlEnIKFUdldEV4ZWN1dGlvbkNoZWNrc3VtcxIrLnRlcm4uYWRtaW4udjEuR2V0RXhlY3V0aW9uQ2hlY2tzdW1zUmVxdWVzdBosLnRlcm4uYWRtaW4udjEuR2V0RXhlY3V0aW9uQ2hlY2tzdW1zUmVzcG9uc2USZgoRVmVyaWZ5UmVwbGljYXRpb24SJy50ZXJuLmFkbWluLnYxLlZlcmlmeVJlcGxpY2F0aW9uUmVxdWVzdBooLnRlcm4uYWRtaW4udjEuVmVyaWZ5UmVwbGljYXRpb25SZXNwb25zZRJsChNMaXN0SGlzdG9yeUJyYW5jaGVzEikudGVybi5hZG1pbi52MS5MaXN0SGlzdG9yeUJyYW5jaGVzUmVxdWVzdBoqLnRlcm4uYWRtaW4udjEuTGlzdEhpc3RvcnlCcmFuY2hlc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_tern_common_v1_common, file_tern_workflow_v1_namespace]);
+  fileDesc("Cht0ZXJuL2FkbWluL3YxL3NlcnZpY2UucHJvdG8SDXRlcm4uYWRtaW4udjEixwIKD1JlcGxpY2F0aW9uVGFzaxIQCghzaGFyZF9pZBgBIAEoBRIPCgd0YXNrX2lkGAIgASgDEhQKDG5hbWVzcGFjZV9pZBgDIAEoCRITCgt3b3JrZmxvd19pZBgEIAEoCRIOCgZydW5faWQYBSABKAkSFgoOZmlyc3RfZXZlbnRfaWQYBiABKAMSFQoNbmV4dF9ldmVudF9pZBgHIAEoAxIPCgd2ZXJzaW9uGAggASgDEjcKD3ZlcnNpb25faGlzdG9yeRgJIAEoCzIeLnRlcm4uY29tbW9uLnYxLlZlcnNpb25IaXN0b3J5Ei8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgZldmVudHMYCyADKAsyHC50ZXJuLmNvbW1vbi52MS5IaXN0b3J5RXZlbnQizQEKGkdldFJlcGxpY2F0aW9uVGFza3NSZXF1ZXN0EhAKCHNoYXJkX2lkGAEgASgFEhUKDWFmdGVyX3Rhc2tfaWQYAiABKAMSEQoJcGFnZV9zaXplGAMgASgFEhYKDmluY2x1ZGVfZXZlbnRzGAQgASgIEhQKDGNsdXN0ZXJfbmFtZRgFIAEoCRIXCg93YWl0X3RpbWVvdXRfbXMYBiABKAUSGgoNYWNrZWRfdGFza19pZBgHIAEoA0gAiAEBQhAKDl9hY2tlZF90YXNrX2lkIncKG0dldFJlcGxpY2F0aW9uVGFza3NSZXNwb25zZRItCgV0YXNrcxgBIAMoCzIeLnRlcm4uYWRtaW4udjEuUmVwbGljYXRpb25UYXNrEhMKC21heF90YXNrX2lkGAIgASgDEhQKDGxhc3RfdGFza19pZBgDIAEoAyJgCgtTaGFyZEN1cnNvchIQCghzaGFyZF9pZBgBIAEoBRIVCg1hZnRlcl90YXNrX2lkGAIgASgDEhUKDWFja2VkX3Rhc2tfaWQYAyABKAMSEQoJcGFnZV9zaXplGAQgASgFIsYBChtQdWxsUmVwbGljYXRpb25UYXNrc1JlcXVlc3QSFAoMY2x1c3Rlcl9uYW1lGAEgASgJEioKBnNoYXJkcxgCIAMoCzIaLnRlcm4uYWRtaW4udjEuU2hhcmRDdXJzb3ISEQoJcGFnZV9zaXplGAMgASgFEhcKD3dhaXRfdGltZW91dF9tcxgEIAEoBRI5Cg5jdXJzb3JfY29sdW1ucxgFIAEoCzIhLnRlcm4uYWRtaW4udjEuU2hhcmRDdXJzb3JDb2x1bW5zImsKElNoYXJkQ3Vyc29yQ29sdW1ucxIRCglzaGFyZF9pZHMYASADKAUSFgoOYWZ0ZXJfdGFza19pZHMYAiADKAMSFgoOYWNrZWRfdGFza19pZHMYAyADKAMSEgoKcGFnZV9zaXplcxgEIAMoBSJ3CglTaGFyZFBhZ2USEAoIc2hhcmRfaWQYASABKAUSLQoFdGFza3MYAiADKAsyHi50ZXJuLmFkbWluLnYxLlJlcGxpY2F0aW9uVGFzaxITCgttYXhfdGFza19pZBgDIAEoAxIUCgxsYXN0X3Rhc2tfaWQYBCABKAMiZgocUHVsbFJlcGxpY2F0aW9uVGFza3NSZXNwb25zZRIoCgZzaGFyZHMYASADKAsyGC50ZXJuLmFkbWluLnYxLlNoYXJkUGFnZRIcChRyZWFkc19jdXJzb3JfY29sdW1ucxgCIAEoCCKCAQodU3RyZWFtUmVwbGljYXRpb25UYXNrc1JlcXVlc3QSFAoMY2x1c3Rlcl9uYW1lGAEgASgJEjIKB2N1cnNvcnMYAiABKAsyIS50ZXJuLmFkbWluLnYxLlNoYXJkQ3Vyc29yQ29sdW1ucxIXCg93YWl0X3RpbWVvdXRfbXMYAyABKAUiSgoeU3RyZWFtUmVwbGljYXRpb25UYXNrc1Jlc3BvbnNlEigKBnNoYXJkcxgBIAMoCzIYLnRlcm4uYWRtaW4udjEuU2hhcmRQYWdlIl0KGkFja1JlcGxpY2F0aW9uVGFza3NSZXF1ZXN0EhQKDGNsdXN0ZXJfbmFtZRgBIAEoCRIRCglzaGFyZF9pZHMYAiADKAUSFgoOYWNrZWRfdGFza19pZHMYAyADKAMiHQobQWNrUmVwbGljYXRpb25UYXNrc1Jlc3BvbnNlIpcBChhOYW1lc3BhY2VSZXBsaWNhdGlvblRhc2sSDwoHdGFza19pZBgBIAEoAxI5CgluYW1lc3BhY2UYAiABKAsyJi50ZXJuLndvcmtmbG93LnYxLk5hbWVzcGFjZURlc2NyaXB0aW9uEi8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ+CiNHZXROYW1lc3BhY2VSZXBsaWNhdGlvblRhc2tzUmVxdWVzdBIVCg1hZnRlcl90YXNrX2lkGAEgASgDEhEKCXBhZ2Vfc2l6ZRgCIAEoBRIUCgxjbHVzdGVyX25hbWUYAyABKAkSFwoPd2FpdF90aW1lb3V0X21zGAQgASgFIokBCiRHZXROYW1lc3BhY2VSZXBsaWNhdGlvblRhc2tzUmVzcG9uc2USNgoFdGFza3MYASADKAsyJy50ZXJuLmFkbWluLnYxLk5hbWVzcGFjZVJlcGxpY2F0aW9uVGFzaxITCgttYXhfdGFza19pZBgCIAEoAxIUCgxsYXN0X3Rhc2tfaWQYAyABKAMiygEKJUdldFdvcmtmbG93RXhlY3V0aW9uUmF3SGlzdG9yeVJlcXVlc3QSFAoMbmFtZXNwYWNlX2lkGAEgASgJEhMKC3dvcmtmbG93X2lkGAIgASgJEg4KBnJ1bl9pZBgDIAEoCRIWCg5maXJzdF9ldmVudF9pZBgEIAEoAxIVCg1uZXh0X2V2ZW50X2lkGAUgASgDEjcKD3ZlcnNpb25faGlzdG9yeRgGIAEoCzIeLnRlcm4uY29tbW9uLnYxLlZlcnNpb25IaXN0b3J5IqYBCiZHZXRXb3JrZmxvd0V4ZWN1dGlvblJhd0hpc3RvcnlSZXNwb25zZRIsCgZldmVudHMYASADKAsyHC50ZXJuLmNvbW1vbi52MS5IaXN0b3J5RXZlbnQSNwoPdmVyc2lvbl9oaXN0b3J5GAIgASgLMh4udGVybi5jb21tb24udjEuVmVyc2lvbkhpc3RvcnkSFQoNbmV4dF9ldmVudF9pZBgDIAEoAyIdChtHZXRSZXBsaWNhdGlvblN0YXR1c1JlcXVlc3QieQoWU2hhcmRSZXBsaWNhdGlvblN0YXR1cxIQCghzaGFyZF9pZBgBIAEoBRITCgttYXhfdGFza19pZBgCIAEoAxIVCg1hY2tlZF90YXNrX2lkGAMgASgDEhEKCWxhZ190YXNrcxgEIAEoAxIOCgZsYWdfbXMYBSABKAMirgIKHlJlbW90ZUNsdXN0ZXJSZXBsaWNhdGlvblN0YXR1cxIUCgxjbHVzdGVyX25hbWUYASABKAkSGAoQY29ubmVjdGlvbl9zdGF0ZRgCIAEoCRIZChFlbmFibGVfY29ubmVjdGlvbhgDIAEoCBI2CgdpbmJvdW5kGAQgAygLMiUudGVybi5hZG1pbi52MS5TaGFyZFJlcGxpY2F0aW9uU3RhdHVzEjcKCG91dGJvdW5kGAUgAygLMiUudGVybi5hZG1pbi52MS5TaGFyZFJlcGxpY2F0aW9uU3RhdHVzEh0KFW5hbWVzcGFjZV9tYXhfdGFza19pZBgGIAEoAxIfChduYW1lc3BhY2VfYWNrZWRfdGFza19pZBgHIAEoAxIQCghkbHFfc2l6ZRgIIAEoAyJ0ChxHZXRSZXBsaWNhdGlvblN0YXR1c1Jlc3BvbnNlEhQKDGNsdXN0ZXJfbmFtZRgBIAEoCRI+CgdyZW1vdGVzGAIgAygLMi0udGVybi5hZG1pbi52MS5SZW1vdGVDbHVzdGVyUmVwbGljYXRpb25TdGF0dXMiogIKE1JlcGxpY2F0aW9uRGxxRW50cnkSFgoOc291cmNlX2NsdXN0ZXIYASABKAkSEAoIc2hhcmRfaWQYAiABKAUSDwoHdGFza19pZBgDIAEoAxIUCgxuYW1lc3BhY2VfaWQYBCABKAkSEwoLd29ya2Zsb3dfaWQYBSABKAkSDgoGcnVuX2lkGAYgASgJEhYKDmZpcnN0X2V2ZW50X2lkGAcgASgDEhUKDW5leHRfZXZlbnRfaWQYCCABKAMSDwoHdmVyc2lvbhgJIAEoAxIQCghhdHRlbXB0cxgKIAEoBRISCgpsYXN0X2Vycm9yGAsgASgJEi8KC2NyZWF0ZV90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJxChlMaXN0UmVwbGljYXRpb25EbHFSZXF1ZXN0EhYKDnNvdXJjZV9jbHVzdGVyGAEgASgJEhAKCHNoYXJkX2lkGAIgASgFEhEKCXBhZ2Vfc2l6ZRgDIAEoBRIXCg9uZXh0X3BhZ2VfdG9rZW4YBCABKAwiagoaTGlzdFJlcGxpY2F0aW9uRGxxUmVzcG9uc2USMwoHZW50cmllcxgBIAMoCzIiLnRlcm4uYWRtaW4udjEuUmVwbGljYXRpb25EbHFFbnRyeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAwiRgoaTWVyZ2VSZXBsaWNhdGlvbkRscVJlcXVlc3QSFgoOc291cmNlX2NsdXN0ZXIYASABKAkSEAoIc2hhcmRfaWQYAiABKAUiYQobTWVyZ2VSZXBsaWNhdGlvbkRscVJlc3BvbnNlEg4KBm1lcmdlZBgBIAEoAxIyCgZmYWlsZWQYAiADKAsyIi50ZXJuLmFkbWluLnYxLlJlcGxpY2F0aW9uRGxxRW50cnkiRgoaUHVyZ2VSZXBsaWNhdGlvbkRscVJlcXVlc3QSFgoOc291cmNlX2NsdXN0ZXIYASABKAkSEAoIc2hhcmRfaWQYAiABKAUiLQobUHVyZ2VSZXBsaWNhdGlvbkRscVJlc3BvbnNlEg4KBnB1cmdlZBgBIAEoAyJfChFFeGVjdXRpb25DaGVja3N1bRITCgt3b3JrZmxvd19pZBgBIAEoCRIOCgZydW5faWQYAiABKAkSEwoLZXZlbnRfY291bnQYAyABKAMSEAoIY2hlY2tzdW0YBCABKAkiXQocR2V0RXhlY3V0aW9uQ2hlY2tzdW1zUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhcKD25leHRfcGFnZV90b2tlbhgDIAEoDCJuCh1HZXRFeGVjdXRpb25DaGVja3N1bXNSZXNwb25zZRI0CgpleGVjdXRpb25zGAEgAygLMiAudGVybi5hZG1pbi52MS5FeGVjdXRpb25DaGVja3N1bRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAwiPgoYVmVyaWZ5UmVwbGljYXRpb25SZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIPCgdjbHVzdGVyGAIgASgJIp0BChNFeGVjdXRpb25EaWZmZXJlbmNlEhMKC3dvcmtmbG93X2lkGAEgASgJEg4KBnJ1bl9pZBgCIAEoCRIvCgVsb2NhbBgDIAEoCzIgLnRlcm4uYWRtaW4udjEuRXhlY3V0aW9uQ2hlY2tzdW0SMAoGcmVtb3RlGAQgASgLMiAudGVybi5hZG1pbi52MS5FeGVjdXRpb25DaGVja3N1bSKdAgoZVmVyaWZ5UmVwbGljYXRpb25SZXNwb25zZRIUCgxjbHVzdGVyX25hbWUYASABKAkSFgoOcmVtb3RlX2NsdXN0ZXIYAiABKAkSGAoQbG9jYWxfZXhlY3V0aW9ucxgDIAEoAxIZChFyZW1vdGVfZXhlY3V0aW9ucxgEIAEoAxIzCgdtaXNzaW5nGAUgAygLMiIudGVybi5hZG1pbi52MS5FeGVjdXRpb25EaWZmZXJlbmNlEjEKBWV4dHJhGAYgAygLMiIudGVybi5hZG1pbi52MS5FeGVjdXRpb25EaWZmZXJlbmNlEjUKCWRpdmVyZ2luZxgHIAMoCzIiLnRlcm4uYWRtaW4udjEuRXhlY3V0aW9uRGlmZmVyZW5jZSJUChpMaXN0SGlzdG9yeUJyYW5jaGVzUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEwoLd29ya2Zsb3dfaWQYAiABKAkSDgoGcnVuX2lkGAMgASgJIuIBCg1IaXN0b3J5QnJhbmNoEhEKCWJyYW5jaF9pZBgBIAEoBRIPCgdjdXJyZW50GAIgASgIEhUKDWZvcmtfZXZlbnRfaWQYAyABKAMSNwoPdmVyc2lvbl9oaXN0b3J5GAQgASgLMh4udGVybi5jb21tb24udjEuVmVyc2lvbkhpc3RvcnkSLAoGZXZlbnRzGAUgAygLMhwudGVybi5jb21tb24udjEuSGlzdG9yeUV2ZW50Ei8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJdChtMaXN0SGlzdG9yeUJyYW5jaGVzUmVzcG9uc2USDgoGcnVuX2lkGAEgASgJEi4KCGJyYW5jaGVzGAIgAygLMhwudGVybi5hZG1pbi52MS5IaXN0b3J5QnJhbmNoMvALCgxBZG1pblNlcnZpY2USbAoTR2V0UmVwbGljYXRpb25UYXNrcxIpLnRlcm4uYWRtaW4udjEuR2V0UmVwbGljYXRpb25UYXNrc1JlcXVlc3QaKi50ZXJuLmFkbWluLnYxLkdldFJlcGxpY2F0aW9uVGFza3NSZXNwb25zZRJvChRQdWxsUmVwbGljYXRpb25UYXNrcxIqLnRlcm4uYWRtaW4udjEuUHVsbFJlcGxpY2F0aW9uVGFza3NSZXF1ZXN0GisudGVybi5hZG1pbi52MS5QdWxsUmVwbGljYXRpb25UYXNrc1Jlc3BvbnNlEncKFlN0cmVhbVJlcGxpY2F0aW9uVGFza3MSLC50ZXJuLmFkbWluLnYxLlN0cmVhbVJlcGxpY2F0aW9uVGFza3NSZXF1ZXN0Gi0udGVybi5hZG1pbi52MS5TdHJlYW1SZXBsaWNhdGlvblRhc2tzUmVzcG9uc2UwARJsChNBY2tSZXBsaWNhdGlvblRhc2tzEikudGVybi5hZG1pbi52MS5BY2tSZXBsaWNhdGlvblRhc2tzUmVxdWVzdBoqLnRlcm4uYWRtaW4udjEuQWNrUmVwbGljYXRpb25UYXNrc1Jlc3BvbnNlEocBChxHZXROYW1lc3BhY2VSZXBsaWNhdGlvblRhc2tzEjIudGVybi5hZG1pbi52MS5HZXROYW1lc3BhY2VSZXBsaWNhdGlvblRhc2tzUmVxdWVzdBozLnRlcm4uYWRtaW4udjEuR2V0TmFtZXNwYWNlUmVwbGljYXRpb25UYXNrc1Jlc3BvbnNlEo0BCh5HZXRXb3JrZmxvd0V4ZWN1dGlvblJhd0hpc3RvcnkSNC50ZXJuLmFkbWluLnYxLkdldFdvcmtmbG93RXhlY3V0aW9uUmF3SGlzdG9yeVJlcXVlc3QaNS50ZXJuLmFkbWluLnYxLkdldFdvcmtmbG93RXhlY3V0aW9uUmF3SGlzdG9yeVJlc3BvbnNlEm8KFEdldFJlcGxpY2F0aW9uU3RhdHVzEioudGVybi5hZG1pbi52MS5HZXRSZXBsaWNhdGlvblN0YXR1c1JlcXVlc3QaKy50ZXJuLmFkbWluLnYxLkdldFJlcGxpY2F0aW9uU3RhdHVzUmVzcG9uc2USaQoSTGlzdFJlcGxpY2F0aW9uRGxxEigudGVybi5hZG1pbi52MS5MaXN0UmVwbGljYXRpb25EbHFSZXF1ZXN0GikudGVybi5hZG1pbi52MS5MaXN0UmVwbGljYXRpb25EbHFSZXNwb25zZRJsChNNZXJnZVJlcGxpY2F0aW9uRGxxEikudGVybi5hZG1pbi52MS5NZXJnZVJlcGxpY2F0aW9uRGxxUmVxdWVzdBoqLnRlcm4uYWRtaW4udjEuTWVyZ2VSZXBsaWNhdGlvbkRscVJlc3BvbnNlEmwKE1B1cmdlUmVwbGljYXRpb25EbHESKS50ZXJuLmFkbWluLnYxLlB1cmdlUmVwbGljYXRpb25EbHFSZXF1ZXN0GioudGVybi5hZG1pbi52MS5QdXJnZVJlcGxpY2F0aW9uRGxxUmVzcG9uc2UScgoVR2V0RXhlY3V0aW9uQ2hlY2tzdW1zEisudGVybi5hZG1pbi52MS5HZXRFeGVjdXRpb25DaGVja3N1bXNSZXF1ZXN0GiwudGVybi5hZG1pbi52MS5HZXRFeGVjdXRpb25DaGVja3N1bXNSZXNwb25zZRJmChFWZXJpZnlSZXBsaWNhdGlvbhInLnRlcm4uYWRtaW4udjEuVmVyaWZ5UmVwbGljYXRpb25SZXF1ZXN0GigudGVybi5hZG1pbi52MS5WZXJpZnlSZXBsaWNhdGlvblJlc3BvbnNlEmwKE0xpc3RIaXN0b3J5QnJhbmNoZXMSKS50ZXJuLmFkbWluLnYxLkxpc3RIaXN0b3J5QnJhbmNoZXNSZXF1ZXN0GioudGVybi5hZG1pbi52MS5MaXN0SGlzdG9yeUJyYW5jaGVzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_tern_common_v1_common, file_tern_workflow_v1_namespace]);
 
 /**
  * @generated from message tern.admin.v1.ReplicationTask
@@ -361,6 +361,103 @@ export const PullReplicationTasksResponseSchema: GenMessage<PullReplicationTasks
   messageDesc(file_tern_admin_v1_service, 7);
 
 /**
+ * @generated from message tern.admin.v1.StreamReplicationTasksRequest
+ */
+export type StreamReplicationTasksRequest = Message<"tern.admin.v1.StreamReplicationTasksRequest"> & {
+  /**
+   * The pulling cluster: it gets only its namespaces' tasks.
+   *
+   * @generated from field: string cluster_name = 1;
+   */
+  clusterName: string;
+
+  /**
+   * Where each shard's stream starts (after_task_ids), what the peer applied (acked_task_ids,
+   * recorded as its acks) and the most tasks of a page (page_sizes, empty or 0: 200).
+   *
+   * @generated from field: tern.admin.v1.ShardCursorColumns cursors = 2;
+   */
+  cursors?: ShardCursorColumns | undefined;
+
+  /**
+   * How long the source waits for news before an answer without any.
+   *
+   * @generated from field: int32 wait_timeout_ms = 3;
+   */
+  waitTimeoutMs: number;
+};
+
+/**
+ * Describes the message tern.admin.v1.StreamReplicationTasksRequest.
+ * Use `create(StreamReplicationTasksRequestSchema)` to create a new message.
+ */
+export const StreamReplicationTasksRequestSchema: GenMessage<StreamReplicationTasksRequest> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_service, 8);
+
+/**
+ * As PullReplicationTasksResponse to a request with cursor_columns: only the shards with news.
+ *
+ * @generated from message tern.admin.v1.StreamReplicationTasksResponse
+ */
+export type StreamReplicationTasksResponse = Message<"tern.admin.v1.StreamReplicationTasksResponse"> & {
+  /**
+   * @generated from field: repeated tern.admin.v1.ShardPage shards = 1;
+   */
+  shards: ShardPage[];
+};
+
+/**
+ * Describes the message tern.admin.v1.StreamReplicationTasksResponse.
+ * Use `create(StreamReplicationTasksResponseSchema)` to create a new message.
+ */
+export const StreamReplicationTasksResponseSchema: GenMessage<StreamReplicationTasksResponse> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_service, 9);
+
+/**
+ * @generated from message tern.admin.v1.AckReplicationTasksRequest
+ */
+export type AckReplicationTasksRequest = Message<"tern.admin.v1.AckReplicationTasksRequest"> & {
+  /**
+   * The peer whose acks these are.
+   *
+   * @generated from field: string cluster_name = 1;
+   */
+  clusterName: string;
+
+  /**
+   * One entry per shard in each list, in the same order; each shard at most once.
+   *
+   * @generated from field: repeated int32 shard_ids = 2;
+   */
+  shardIds: number[];
+
+  /**
+   * @generated from field: repeated int64 acked_task_ids = 3;
+   */
+  ackedTaskIds: bigint[];
+};
+
+/**
+ * Describes the message tern.admin.v1.AckReplicationTasksRequest.
+ * Use `create(AckReplicationTasksRequestSchema)` to create a new message.
+ */
+export const AckReplicationTasksRequestSchema: GenMessage<AckReplicationTasksRequest> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_service, 10);
+
+/**
+ * @generated from message tern.admin.v1.AckReplicationTasksResponse
+ */
+export type AckReplicationTasksResponse = Message<"tern.admin.v1.AckReplicationTasksResponse"> & {
+};
+
+/**
+ * Describes the message tern.admin.v1.AckReplicationTasksResponse.
+ * Use `create(AckReplicationTasksResponseSchema)` to create a new message.
+ */
+export const AckReplicationTasksResponseSchema: GenMessage<AckReplicationTasksResponse> = /*@__PURE__*/
+  messageDesc(file_tern_admin_v1_service, 11);
+
+/**
  * @generated from message tern.admin.v1.NamespaceReplicationTask
  */
 export type NamespaceReplicationTask = Message<"tern.admin.v1.NamespaceReplicationTask"> & {
@@ -385,7 +482,7 @@ export type NamespaceReplicationTask = Message<"tern.admin.v1.NamespaceReplicati
  * Use `create(NamespaceReplicationTaskSchema)` to create a new message.
  */
 export const NamespaceReplicationTaskSchema: GenMessage<NamespaceReplicationTask> = /*@__PURE__*/
-  messageDesc(file_tern_admin_v1_service, 8);
+  messageDesc(file_tern_admin_v1_service, 12);
 
 /**
  * @generated from message tern.admin.v1.GetNamespaceReplicationTasksRequest
@@ -417,7 +514,7 @@ export type GetNamespaceReplicationTasksRequest = Message<"tern.admin.v1.GetName
  * Use `create(GetNamespaceReplicationTasksRequestSchema)` to create a new message.
  */
 export const GetNamespaceReplicationTasksRequestSchema: GenMessage<GetNamespaceReplicationTasksRequest> = /*@__PURE__*/
-  messageDesc(file_tern_admin_v1_service, 9);
+  messageDesc(file_tern_admin_v1_service, 13);
 
 /**
  * @generated from message tern.admin.v1.GetNamespaceReplicationTasksResponse
@@ -444,7 +541,7 @@ export type GetNamespaceReplicationTasksResponse = Message<"tern.admin.v1.GetNam
  * Use `create(GetNamespaceReplicationTasksResponseSchema)` to create a new message.
  */
 export const GetNamespaceReplicationTasksResponseSchema: GenMessage<GetNamespaceReplicationTasksResponse> = /*@__PURE__*/
-  messageDesc(file_tern_admin_v1_service, 10);
+  messageDesc(file_tern_admin_v1_service, 14);
 
 /**
  * @generated from message tern.admin.v1.GetWorkflowExecutionRawHistoryRequest
@@ -493,7 +590,7 @@ export type GetWorkflowExecutionRawHistoryRequest = Message<"tern.admin.v1.GetWo
  * Use `create(GetWorkflowExecutionRawHistoryRequestSchema)` to create a new message.
  */
 export const GetWorkflowExecutionRawHistoryRequestSchema: GenMessage<GetWorkflowExecutionRawHistoryRequest> = /*@__PURE__*/
-  messageDesc(file_tern_admin_v1_service, 11);
+  messageDesc(file_tern_admin_v1_service, 15);
 
 /**
  * @generated from message tern.admin.v1.GetWorkflowExecutionRawHistoryResponse
@@ -520,7 +617,7 @@ export type GetWorkflowExecutionRawHistoryResponse = Message<"tern.admin.v1.GetW
  * Use `create(GetWorkflowExecutionRawHistoryResponseSchema)` to create a new message.
  */
 export const GetWorkflowExecutionRawHistoryResponseSchema: GenMessage<GetWorkflowExecutionRawHistoryResponse> = /*@__PURE__*/
-  messageDesc(file_tern_admin_v1_service, 12);
+  messageDesc(file_tern_admin_v1_service, 16);
 
 /**
  * @generated from message tern.admin.v1.GetReplicationStatusRequest
@@ -533,7 +630,7 @@ export type GetReplicationStatusRequest = Message<"tern.admin.v1.GetReplicationS
  * Use `create(GetReplicationStatusRequestSchema)` to create a new message.
  */
 export const GetReplicationStatusRequestSchema: GenMessage<GetReplicationStatusRequest> = /*@__PURE__*/
-  messageDesc(file_tern_admin_v1_service, 13);
+  messageDesc(file_tern_admin_v1_service, 17);
 
 /**
  * @generated from message tern.admin.v1.ShardReplicationStatus
@@ -572,7 +669,7 @@ export type ShardReplicationStatus = Message<"tern.admin.v1.ShardReplicationStat
  * Use `create(ShardReplicationStatusSchema)` to create a new message.
  */
 export const ShardReplicationStatusSchema: GenMessage<ShardReplicationStatus> = /*@__PURE__*/
-  messageDesc(file_tern_admin_v1_service, 14);
+  messageDesc(file_tern_admin_v1_service, 18);
 
 /**
  * @generated from message tern.admin.v1.RemoteClusterReplicationStatus
@@ -630,7 +727,7 @@ export type RemoteClusterReplicationStatus = Message<"tern.admin.v1.RemoteCluste
  * Use `create(RemoteClusterReplicationStatusSchema)` to create a new message.
  */
 export const RemoteClusterReplicationStatusSchema: GenMessage<RemoteClusterReplicationStatus> = /*@__PURE__*/
-  messageDesc(file_tern_admin_v1_service, 15);
+  messageDesc(file_tern_admin_v1_service, 19);
 
 /**
  * @generated from message tern.admin.v1.GetReplicationStatusResponse
@@ -652,7 +749,7 @@ export type GetReplicationStatusResponse = Message<"tern.admin.v1.GetReplication
  * Use `create(GetReplicationStatusResponseSchema)` to create a new message.
  */
 export const GetReplicationStatusResponseSchema: GenMessage<GetReplicationStatusResponse> = /*@__PURE__*/
-  messageDesc(file_tern_admin_v1_service, 16);
+  messageDesc(file_tern_admin_v1_service, 20);
 
 /**
  * @generated from message tern.admin.v1.ReplicationDlqEntry
@@ -726,7 +823,7 @@ export type ReplicationDlqEntry = Message<"tern.admin.v1.ReplicationDlqEntry"> &
  * Use `create(ReplicationDlqEntrySchema)` to create a new message.
  */
 export const ReplicationDlqEntrySchema: GenMessage<ReplicationDlqEntry> = /*@__PURE__*/
-  messageDesc(file_tern_admin_v1_service, 17);
+  messageDesc(file_tern_admin_v1_service, 21);
 
 /**
  * @generated from message tern.admin.v1.ListReplicationDlqRequest
@@ -762,7 +859,7 @@ export type ListReplicationDlqRequest = Message<"tern.admin.v1.ListReplicationDl
  * Use `create(ListReplicationDlqRequestSchema)` to create a new message.
  */
 export const ListReplicationDlqRequestSchema: GenMessage<ListReplicationDlqRequest> = /*@__PURE__*/
-  messageDesc(file_tern_admin_v1_service, 18);
+  messageDesc(file_tern_admin_v1_service, 22);
 
 /**
  * @generated from message tern.admin.v1.ListReplicationDlqResponse
@@ -784,7 +881,7 @@ export type ListReplicationDlqResponse = Message<"tern.admin.v1.ListReplicationD
  * Use `create(ListReplicationDlqResponseSchema)` to create a new message.
  */
 export const ListReplicationDlqResponseSchema: GenMessage<ListReplicationDlqResponse> = /*@__PURE__*/
-  messageDesc(file_tern_admin_v1_service, 19);
+  messageDesc(file_tern_admin_v1_service, 23);
 
 /**
  * @generated from message tern.admin.v1.MergeReplicationDlqRequest
@@ -806,7 +903,7 @@ export type MergeReplicationDlqRequest = Message<"tern.admin.v1.MergeReplication
  * Use `create(MergeReplicationDlqRequestSchema)` to create a new message.
  */
 export const MergeReplicationDlqRequestSchema: GenMessage<MergeReplicationDlqRequest> = /*@__PURE__*/
-  messageDesc(file_tern_admin_v1_service, 20);
+  messageDesc(file_tern_admin_v1_service, 24);
 
 /**
  * @generated from message tern.admin.v1.MergeReplicationDlqResponse
@@ -832,7 +929,7 @@ export type MergeReplicationDlqResponse = Message<"tern.admin.v1.MergeReplicatio
  * Use `create(MergeReplicationDlqResponseSchema)` to create a new message.
  */
 export const MergeReplicationDlqResponseSchema: GenMessage<MergeReplicationDlqResponse> = /*@__PURE__*/
-  messageDesc(file_tern_admin_v1_service, 21);
+  messageDesc(file_tern_admin_v1_service, 25);
 
 /**
  * @generated from message tern.admin.v1.PurgeReplicationDlqRequest
@@ -854,7 +951,7 @@ export type PurgeReplicationDlqRequest = Message<"tern.admin.v1.PurgeReplication
  * Use `create(PurgeReplicationDlqRequestSchema)` to create a new message.
  */
 export const PurgeReplicationDlqRequestSchema: GenMessage<PurgeReplicationDlqRequest> = /*@__PURE__*/
-  messageDesc(file_tern_admin_v1_service, 22);
+  messageDesc(file_tern_admin_v1_service, 26);
 
 /**
  * @generated from message tern.admin.v1.PurgeReplicationDlqResponse
@@ -871,7 +968,7 @@ export type PurgeReplicationDlqResponse = Message<"tern.admin.v1.PurgeReplicatio
  * Use `create(PurgeReplicationDlqResponseSchema)` to create a new message.
  */
 export const PurgeReplicationDlqResponseSchema: GenMessage<PurgeReplicationDlqResponse> = /*@__PURE__*/
-  messageDesc(file_tern_admin_v1_service, 23);
+  messageDesc(file_tern_admin_v1_service, 27);
 
 /**
  * @generated from message tern.admin.v1.ExecutionChecksum
@@ -905,7 +1002,7 @@ export type ExecutionChecksum = Message<"tern.admin.v1.ExecutionChecksum"> & {
  * Use `create(ExecutionChecksumSchema)` to create a new message.
  */
 export const ExecutionChecksumSchema: GenMessage<ExecutionChecksum> = /*@__PURE__*/
-  messageDesc(file_tern_admin_v1_service, 24);
+  messageDesc(file_tern_admin_v1_service, 28);
 
 /**
  * @generated from message tern.admin.v1.GetExecutionChecksumsRequest
@@ -932,7 +1029,7 @@ export type GetExecutionChecksumsRequest = Message<"tern.admin.v1.GetExecutionCh
  * Use `create(GetExecutionChecksumsRequestSchema)` to create a new message.
  */
 export const GetExecutionChecksumsRequestSchema: GenMessage<GetExecutionChecksumsRequest> = /*@__PURE__*/
-  messageDesc(file_tern_admin_v1_service, 25);
+  messageDesc(file_tern_admin_v1_service, 29);
 
 /**
  * @generated from message tern.admin.v1.GetExecutionChecksumsResponse
@@ -954,7 +1051,7 @@ export type GetExecutionChecksumsResponse = Message<"tern.admin.v1.GetExecutionC
  * Use `create(GetExecutionChecksumsResponseSchema)` to create a new message.
  */
 export const GetExecutionChecksumsResponseSchema: GenMessage<GetExecutionChecksumsResponse> = /*@__PURE__*/
-  messageDesc(file_tern_admin_v1_service, 26);
+  messageDesc(file_tern_admin_v1_service, 30);
 
 /**
  * @generated from message tern.admin.v1.VerifyReplicationRequest
@@ -978,7 +1075,7 @@ export type VerifyReplicationRequest = Message<"tern.admin.v1.VerifyReplicationR
  * Use `create(VerifyReplicationRequestSchema)` to create a new message.
  */
 export const VerifyReplicationRequestSchema: GenMessage<VerifyReplicationRequest> = /*@__PURE__*/
-  messageDesc(file_tern_admin_v1_service, 27);
+  messageDesc(file_tern_admin_v1_service, 31);
 
 /**
  * @generated from message tern.admin.v1.ExecutionDifference
@@ -1012,7 +1109,7 @@ export type ExecutionDifference = Message<"tern.admin.v1.ExecutionDifference"> &
  * Use `create(ExecutionDifferenceSchema)` to create a new message.
  */
 export const ExecutionDifferenceSchema: GenMessage<ExecutionDifference> = /*@__PURE__*/
-  messageDesc(file_tern_admin_v1_service, 28);
+  messageDesc(file_tern_admin_v1_service, 32);
 
 /**
  * @generated from message tern.admin.v1.VerifyReplicationResponse
@@ -1065,7 +1162,7 @@ export type VerifyReplicationResponse = Message<"tern.admin.v1.VerifyReplication
  * Use `create(VerifyReplicationResponseSchema)` to create a new message.
  */
 export const VerifyReplicationResponseSchema: GenMessage<VerifyReplicationResponse> = /*@__PURE__*/
-  messageDesc(file_tern_admin_v1_service, 29);
+  messageDesc(file_tern_admin_v1_service, 33);
 
 /**
  * @generated from message tern.admin.v1.ListHistoryBranchesRequest
@@ -1094,7 +1191,7 @@ export type ListHistoryBranchesRequest = Message<"tern.admin.v1.ListHistoryBranc
  * Use `create(ListHistoryBranchesRequestSchema)` to create a new message.
  */
 export const ListHistoryBranchesRequestSchema: GenMessage<ListHistoryBranchesRequest> = /*@__PURE__*/
-  messageDesc(file_tern_admin_v1_service, 30);
+  messageDesc(file_tern_admin_v1_service, 34);
 
 /**
  * @generated from message tern.admin.v1.HistoryBranch
@@ -1140,7 +1237,7 @@ export type HistoryBranch = Message<"tern.admin.v1.HistoryBranch"> & {
  * Use `create(HistoryBranchSchema)` to create a new message.
  */
 export const HistoryBranchSchema: GenMessage<HistoryBranch> = /*@__PURE__*/
-  messageDesc(file_tern_admin_v1_service, 31);
+  messageDesc(file_tern_admin_v1_service, 35);
 
 /**
  * @generated from message tern.admin.v1.ListHistoryBranchesResponse
@@ -1162,7 +1259,7 @@ export type ListHistoryBranchesResponse = Message<"tern.admin.v1.ListHistoryBran
  * Use `create(ListHistoryBranchesResponseSchema)` to create a new message.
  */
 export const ListHistoryBranchesResponseSchema: GenMessage<ListHistoryBranchesResponse> = /*@__PURE__*/
-  messageDesc(file_tern_admin_v1_service, 32);
+  messageDesc(file_tern_admin_v1_service, 36);
 
 /**
  * Internal API between clusters and for operators' diagnostics.
@@ -1192,6 +1289,30 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof PullReplicationTasksRequestSchema;
     output: typeof PullReplicationTasksResponseSchema;
+  },
+  /**
+   * PullReplicationTasks as one open stream: an answer as soon as any shard has a task past
+   * its cursor, the source moving each cursor on to the page it sent (last_task_id), and an
+   * answer with no news after each wait_timeout_ms without one. The first answer comes at
+   * once. The request's acks are recorded once; the peer sends later ones by
+   * AckReplicationTasks.
+   *
+   * @generated from rpc tern.admin.v1.AdminService.StreamReplicationTasks
+   */
+  streamReplicationTasks: {
+    methodKind: "server_streaming";
+    input: typeof StreamReplicationTasksRequestSchema;
+    output: typeof StreamReplicationTasksResponseSchema;
+  },
+  /**
+   * The tasks a streaming peer applied, per shard: recorded as its acks.
+   *
+   * @generated from rpc tern.admin.v1.AdminService.AckReplicationTasks
+   */
+  ackReplicationTasks: {
+    methodKind: "unary";
+    input: typeof AckReplicationTasksRequestSchema;
+    output: typeof AckReplicationTasksResponseSchema;
   },
   /**
    * Namespace changes made on this cluster, after after_task_id (same ack rules).

@@ -1,0 +1,213 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { Code } from "@connectrpc/connect";
+import { outboundAcks } from "../../replication/ack-levels";
+import { AdminService, type StreamReplicationTasksResponse } from "../../src/gen/tern/admin/v1/service_pb";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { shardFor } from "../../src/history/shard";
+import { createLogger } from "../../src/observability/log";
+import { shards } from "../../src/persistence/schema";
+import { parseCounter } from "../../bench/lib/prom-histogram";
+import { startClusters } from "../failover/mesh";
+import { eventually } from "../support/eventually";
+import { rejects } from "../support/rejects";
+import type { TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+import { addr, globalNamespace, historiesOf } from "./support";
+
+setDefaultTimeout(90_000);
+
+const SHARDS = 4;
+const NS = "orders";
+const shardIds = [1, 2, 3, 4];
+
+const start = (x: TestCluster, workflowId: string) =>
+  x.client(WorkflowService).startWorkflowExecution({ namespace: NS, workflowId, workflowType: "T", taskQueue: "q" });
+
+/** The sum of x's counter `name` over the series of operation op. */
+const counted = (x: TestCluster, name: string, op: string) => parseCounter(x.server.metrics.render(), name, { operation: op });
+
+for (const store of await testStores()) {
+  describe(`StreamReplicationTasks on ${store}: one open answer, the cursors moved on by the source`, () => {
+    let a: TestCluster, b: TestCluster;
+    let nsId: string;
+    const admin = () => a.client(AdminService);
+    /** A stream in clusterB's name from `after` (and acked there), read by hand; end() closes it. */
+    const open = (after: bigint[], waitTimeoutMs: number, acked = after) => {
+      const stop = new AbortController();
+      const it = admin()
+        .streamReplicationTasks({ clusterName: "clusterB", cursors: { shardIds, afterTaskIds: after, ackedTaskIds: acked }, waitTimeoutMs }, { signal: stop.signal })
+        [Symbol.asyncIterator]();
+      const next = async () => {
+        const r = await it.next();
+        if (r.done) throw new Error("the stream ended");
+        return { res: r.value as StreamReplicationTasksResponse, at: performance.now() };
+      };
+      return { next, end: () => stop.abort() };
+    };
+
+    beforeAll(async () => {
+      [a, b] = await startClusters(store, [{ shards: SHARDS }, { shards: SHARDS }]);
+      // One way only: clusterB does not pull, the test streams in its name.
+      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
+      nsId = await globalNamespace(a, b, NS);
+      for (let i = 0; i < 6; i++) await start(a, `w-${i}`);
+    });
+    afterAll(() => Promise.all([a.destroy(), b.destroy()]));
+
+    test("AnswersAtOnce, then each commit as it comes after the last page sent, then news of nothing after the wait", async () => {
+      const s = open(shardIds.map(() => 0n), 400);
+      try {
+        const opened = performance.now();
+        const first = await s.next();
+        expect(first.at - opened).toBeLessThan(300);
+        // Every task so far, each shard's page ending at its max.
+        expect(first.res.shards.flatMap((p) => p.tasks.map((t) => t.workflowId)).sort()).toEqual([0, 1, 2, 3, 4, 5].map((i) => `w-${i}`));
+        for (const p of first.res.shards) expect(p.lastTaskId).toBe(p.maxTaskId);
+        const lastOf = new Map(first.res.shards.map((p) => [p.shardId, p.lastTaskId]));
+
+        // A commit: only its shard, only its task, starting after the page before.
+        const asked = performance.now();
+        await start(a, "later");
+        const second = await s.next();
+        expect(second.at - asked).toBeLessThan(300);
+        const shardId = shardFor(nsId, "later", SHARDS);
+        expect(second.res.shards.map((p) => [p.shardId, p.tasks.map((t) => t.workflowId)])).toEqual([[shardId, ["later"]]]);
+        const task = second.res.shards[0]!.tasks[0]!;
+        expect(task.taskId).toBeGreaterThan(lastOf.get(shardId) ?? 0n);
+
+        // Nothing new: an answer without shards once the wait ends, so the peer knows the stream lives.
+        const third = await s.next();
+        expect(third.res.shards).toEqual([]);
+        expect(third.at - second.at).toBeGreaterThanOrEqual(350);
+      } finally {
+        s.end();
+      }
+    });
+
+    test("RecordsTheRequestsAcksOnce, and AckReplicationTasks's after", async () => {
+      // A shard's ack is at most where its stream starts: shard 1's 2 is recorded as 1.
+      const s = open([1n, 2n, 0n, 0n], 10_000, [2n, 2n, 0n, 0n]);
+      try {
+        await s.next();
+        await eventually(async () => {
+          const acks = await outboundAcks(a.server.database.db, "clusterB");
+          expect([acks.get(1), acks.get(2)]).toEqual([1, 2]);
+        });
+        await admin().ackReplicationTasks({ clusterName: "clusterB", shardIds: [2, 3], ackedTaskIds: [3n, 1n] });
+        await eventually(async () => {
+          const acks = await outboundAcks(a.server.database.db, "clusterB");
+          expect([acks.get(1), acks.get(2), acks.get(3)]).toEqual([1, 3, 1]);
+        });
+        // A commit moves the stream on without recording the request's acks again.
+        await start(a, "after-ack");
+        await s.next();
+        await Bun.sleep(400); // past the recorder's 250 ms interval, which would have saved them
+        const acks = await outboundAcks(a.server.database.db, "clusterB");
+        expect([acks.get(1), acks.get(2), acks.get(3)]).toEqual([1, 3, 1]);
+      } finally {
+        s.end();
+      }
+    });
+
+    test("RefusesBadAcksAndCursors, and a peer it is not connected to", async () => {
+      const ack = (req: { clusterName?: string; shardIds?: number[]; ackedTaskIds?: bigint[] }) =>
+        admin().ackReplicationTasks({ clusterName: "clusterB", shardIds: [1], ackedTaskIds: [1n], ...req });
+      await rejects(ack({ clusterName: "" }), Code.InvalidArgument, "cluster_name is required");
+      await rejects(ack({ shardIds: [1, 2] }), Code.InvalidArgument, "acked_task_ids needs one entry per shard: shard_ids has 2, acked_task_ids 1");
+      await rejects(ack({ shardIds: [5] }), Code.InvalidArgument, "shard id must be 1..4, not 5");
+      await rejects(ack({ shardIds: [2, 2], ackedTaskIds: [1n, 1n] }), Code.InvalidArgument, "shard 2 is acked twice");
+      await rejects(ack({ ackedTaskIds: [-1n] }), Code.InvalidArgument, "must not be negative");
+
+      const first = (req: Parameters<ReturnType<typeof admin>["streamReplicationTasks"]>[0]) =>
+        admin().streamReplicationTasks(req)[Symbol.asyncIterator]().next();
+      await rejects(first({ clusterName: "clusterB" }), Code.InvalidArgument, "cursors are required");
+      await rejects(first({ clusterName: "clusterB", cursors: { shardIds: [1, 2], afterTaskIds: [0n], ackedTaskIds: [0n] } }), Code.InvalidArgument, "cursors needs one entry per shard");
+      await rejects(first({ clusterName: "clusterB", cursors: { shardIds: [1, 1], afterTaskIds: [0n, 0n], ackedTaskIds: [0n, 0n] } }), Code.InvalidArgument, "shard 1 is asked for twice");
+      await rejects(first({ clusterName: "clusterZ", cursors: { shardIds: [1], afterTaskIds: [0n], ackedTaskIds: [0n] } }), Code.FailedPrecondition, "cluster clusterZ is not connected");
+    });
+  });
+
+  describe(`a receiver on ${store}: A's tasks on one stream, acked apart`, () => {
+    let a: TestCluster, b: TestCluster;
+    let nsId: string;
+
+    beforeAll(async () => {
+      [a, b] = await startClusters(store, [{ shards: SHARDS }, { shards: SHARDS }]);
+      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
+      nsId = await globalNamespace(a, b, NS);
+      await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
+    });
+    afterAll(() => Promise.all([a.destroy(), b.destroy()]));
+
+    test("ReplicatesOnOneStream, never pulling, and A hears every shard acked to its end", async () => {
+      const wf = a.client(WorkflowService);
+      await Promise.all(Array.from({ length: 40 }, (_, i) => start(a, `s-${i}`)));
+      await Promise.all(
+        Array.from({ length: 120 }, (_, i) => wf.signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: `s-${i % 40}` }, signalName: `n${i}` })),
+      );
+      await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 15_000 });
+      expect(counted(a, "service_requests", "StreamReplicationTasks")).toBe(1);
+      expect(counted(a, "service_requests", "PullReplicationTasks")).toBe(0);
+      expect(counted(a, "service_requests", "GetReplicationTasks")).toBe(0);
+      // What B applied reaches A by AckReplicationTasks: each shard acked up to its last task.
+      const counters = await a.server.database.db.select().from(shards);
+      const maxOf = new Map(counters.map((r) => [r.shardId, r.nextTaskId - 1]));
+      expect([...maxOf.values()].every((m) => m > 0)).toBe(true);
+      await eventually(async () => {
+        const acks = await outboundAcks(a.server.database.db, "clusterB");
+        expect(shardIds.map((id) => acks.get(id))).toEqual(shardIds.map((id) => maxOf.get(id)));
+      });
+      const ackCalls = counted(a, "service_requests", "AckReplicationTasks");
+      expect(ackCalls).toBeGreaterThan(0);
+      expect(counted(a, "service_errors", "AckReplicationTasks")).toBe(0);
+    });
+  });
+
+  describe(`a receiver of a source without StreamReplicationTasks on ${store}: pulls, until the source serves it`, () => {
+    let a: TestCluster, b: TestCluster;
+    let nsId: string;
+    // Whether A serves the stream: off, as a tern from before it, until A is "upgraded".
+    let serving = false;
+    const bLog: { level: string; msg: string }[] = [];
+
+    beforeAll(async () => {
+      const log = createLogger({ level: "info", write: (line) => bLog.push(JSON.parse(line)) });
+      [a, b] = await startClusters(store, [
+        { shards: SHARDS, serverOptions: { replication: { serveStream: () => serving } } },
+        { shards: SHARDS, serverOptions: { log, replication: { reprobeMs: 300 } } },
+      ]);
+      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
+      nsId = await globalNamespace(a, b, NS);
+      await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
+    });
+    afterAll(() => Promise.all([a.destroy(), b.destroy()]));
+
+    test("PullsAnOldSource, and takes the stream once it is served", async () => {
+      for (let i = 0; i < 8; i++) await start(a, `old-${i}`);
+      await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 15_000 });
+      expect(counted(a, "service_requests", "PullReplicationTasks")).toBeGreaterThan(0);
+      expect(a.server.metrics.render()).toMatch(/service_errors\{operation="StreamReplicationTasks"[^}]*code="Unimplemented"\} [1-9]/);
+      expect(bLog.filter((l) => l.msg.includes("does not serve StreamReplicationTasks")).length).toBe(1);
+
+      serving = true;
+      // B's first round of pulls past the reprobe interval (300 ms) tries the stream again;
+      // a commit ends the long poll it may be waiting in.
+      let nudges = 0;
+      await eventually(
+        async () => {
+          await start(a, `nudge-${nudges++}`);
+          expect(bLog.some((l) => l.msg.includes("serves StreamReplicationTasks now"))).toBe(true);
+        },
+        { timeout: 15_000 },
+      );
+      await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 15_000 });
+      // And keeps to it: no pull for what follows.
+      const pulls = counted(a, "service_requests", "PullReplicationTasks");
+      for (let i = 0; i < 8; i++) await start(a, `new-${i}`);
+      await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 15_000 });
+      expect((await historiesOf(b, nsId)).filter((e) => e.eventId === 1).length).toBe(16 + nudges);
+      expect(counted(a, "service_requests", "PullReplicationTasks")).toBe(pulls);
+    });
+  });
+}
