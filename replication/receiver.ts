@@ -193,7 +193,9 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     const local = new AbortController();
     const s = AbortSignal.any([signal, local.signal]);
     const labels = { remote_cluster: remote.name };
-    const sizes = shardPageSizes(shardIds.map((id) => progressOf(remote.name, id).maxTaskId - acks.get(id)!), pageSize, catchUpPageSize);
+    // A stream's pages go as fast as this side reads them, and a page holds what is there: every
+    // shard asks a catch-up page (PULL_BUDGET shared among them), whatever its backlog now.
+    const sizes = shardPageSizes(shardIds.map(() => Number.POSITIVE_INFINITY), pageSize, catchUpPageSize);
     const positions = shardIds.map((id) => BigInt(acks.get(id)!));
     const call = remote.clients.admin.streamReplicationTasks(
       { clusterName: cluster.clusterName, cursors: { shardIds, afterTaskIds: positions, ackedTaskIds: positions, pageSizes: sizes }, waitTimeoutMs: waitMs },
