@@ -3,6 +3,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
 import type { ShardPage } from "../src/gen/tern/admin/v1/service_pb";
 import type { Db } from "../src/persistence/database";
+import { nextTurn } from "../src/next-turn";
 import { loadInboundAck } from "./ack-levels";
 import type { RemoteCluster, ReplicationStream, StreamReport } from "./manager";
 import { createPageApplier, type Batch, type PageApplierDeps } from "./page-applier";
@@ -276,6 +277,8 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
           if (ended) break;
           await new Promise<void>((r) => (wakeApplier = r));
           wakeApplier = undefined;
+          // The other messages read in the same chunk join this apply.
+          await nextTurn();
           continue;
         }
         let n = 0;

@@ -24,6 +24,7 @@ import { listenAny, type EventNotifier } from "../src/history/notifier";
 import type { Metrics } from "../src/observability/metrics";
 import type { Db } from "../src/persistence/database";
 import { createLongPolls } from "../src/long-polls";
+import { nextTurn } from "../src/next-turn";
 import { runStatement, tableCodec, textCache } from "../src/persistence/raw-statements";
 import { clusterMetadata, historyEvents, namespaces, replicationTasks, shards } from "../src/persistence/schema";
 import { anyShardKey, createOutboundAckRecorder, shardKey } from "./ack-levels";
@@ -176,7 +177,7 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     const cursors = pullCursors(cursorsOfColumns(req.cursors, "cursors"), 0);
     for (let first = true; !signal.aborted; first = false) {
       const waitMs = first ? 0 : req.waitTimeoutMs;
-      const pages = await polls.run(signal, (s) => servePages({ peer, withEvents: true, waitMs, cursors, recordAcks: first }, s));
+      const pages = await polls.run(signal, (s) => servePages({ peer, withEvents: true, waitMs, cursors, recordAcks: first, settle: true }, s));
       if (signal.aborted) return;
       const shards = shardPages(cursors, pages, true);
       pages.forEach((p, i) => (cursors[i]!.after = p.last));
@@ -255,7 +256,7 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
    * tasks, and each cursor's `acked` is recorded as its ack.
    */
   async function servePages(
-    ask: { peer: string; withEvents: boolean; waitMs: number; cursors: { shardId: number; after: number; acked: number; size: number }[]; recordAcks?: boolean },
+    ask: { peer: string; withEvents: boolean; waitMs: number; cursors: { shardId: number; after: number; acked: number; size: number }[]; recordAcks?: boolean; settle?: boolean },
     signal: AbortSignal,
   ): Promise<Page[]> {
     const { peer, withEvents, cursors } = ask;
@@ -299,6 +300,9 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
           return done;
         }
         await listening.woke;
+        // Woken by a commit: with `settle`, the commits answered in the same turn go too (and
+        // one handed over after the one that woke us is not missed, a hole sending us to the database).
+        if (ask.settle) await nextTurn();
       } finally {
         listening?.cancel();
       }
