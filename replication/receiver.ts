@@ -23,6 +23,8 @@ export interface HistoryReceiverDeps extends Omit<PageApplierDeps, "progressOf">
   reprobeMs?: number;
   /** Least time between two AckReplicationTasks calls of a stream (what was applied meanwhile goes in the next). */
   ackIntervalMs?: number;
+  /** How long past waitMs a stream may stay silent (the source sends at least every waitMs) before it is given up. */
+  silenceGraceMs?: number;
 }
 
 /** What this process last saw of one remote shard, for status (not persisted). */
@@ -50,6 +52,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
   const prefetchWaitMs = Math.min(waitMs, deps.prefetchWaitMs ?? 50);
   const reprobeMs = deps.reprobeMs ?? 60_000;
   const ackIntervalMs = deps.ackIntervalMs ?? 50;
+  const silenceGraceMs = deps.silenceGraceMs ?? 15_000;
   /** When each remote last refused StreamReplicationTasks, and PullReplicationTasks (terns before them). */
   const streamRefusedAt = new Map<string, number>();
   const pullRefusedAt = new Map<string, number>();
@@ -186,8 +189,8 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
    * applied together (up to PULL_BUDGET tasks), until signal aborts; "refused" when the source
    * answered Unimplemented before anything else. The applied positions go back by
    * AckReplicationTasks, one call at a time and at most one per ackIntervalMs (and as the
-   * next call's cursors). A call silent for waitMs and 15 s more (the source answers at least
-   * every waitMs) is given up.
+   * next call's cursors). A call silent for waitMs and silenceGraceMs more (the source answers
+   * at least every waitMs) is given up.
    */
   async function stream(remote: RemoteCluster, signal: AbortSignal, report: StreamReport): Promise<"refused" | undefined> {
     const { shardIds, acks, lag } = await inbound(remote);
@@ -213,7 +216,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     let wakeReader: (() => void) | undefined;
     const wakeBoth = () => (wakeApplier?.(), wakeReader?.());
     s.addEventListener("abort", wakeBoth, { once: true });
-    const silentMs = waitMs + 15_000;
+    const silentMs = waitMs + silenceGraceMs;
     let lastHeard = performance.now();
     const watch = () => {
       const left = lastHeard + silentMs - performance.now();

@@ -81,6 +81,12 @@ export interface ServerOptions {
     serveStream?: () => boolean;
     /** How long a source that refused PullReplicationTasks is pulled shard by shard before the call is tried again. */
     reprobeMs?: number;
+    /** How long this cluster's streams and long polls ask a source to wait for news (default 10 s). */
+    waitMs?: number;
+    /** How long past waitMs a stream may stay silent before it is given up and opened again (default 15 s). */
+    silenceGraceMs?: number;
+    /** Awaited by this source before each StreamReplicationTasks message goes out: holds a peer's stream (tests). */
+    beforeStreamMessage?: (signal: AbortSignal) => Promise<void>;
     /** How often the sender re-reads a peer's shards for commits of other processes (default 1 s; tests make it long to see wakes alone). */
     senderRecheckMs?: number;
     /** Tasks per shard page this cluster asks its remotes for (default 200). */
@@ -186,7 +192,9 @@ function wireReplication({ opts, log, now, cluster }: Base, core: Core) {
   const baseApplier = createHistoryApplier({ cluster, namespaces, writer, log });
   const applier = opts.replication?.wrapApplier?.(baseApplier) ?? baseApplier;
   const dlq = createReplicationDlq({ db, metrics });
-  const historyReceiver = createHistoryReceiver({ db, cluster, writer: core.applyWriter, notifier, metrics, log, applier, dlq, retry: opts.replication?.retry, reprobeMs: opts.replication?.reprobeMs, pageSize: opts.replication?.pageSize });
+  const historyReceiver = createHistoryReceiver({ db, cluster, writer: core.applyWriter, notifier, metrics, log, applier, dlq, retry: opts.replication?.retry, reprobeMs: opts.replication?.reprobeMs, pageSize: opts.replication?.pageSize,
+    waitMs: opts.replication?.waitMs, silenceGraceMs: opts.replication?.silenceGraceMs,
+  });
   const backfill = createBackfillReceiver({ db, applier, namespaces, writer, notifier, log, now });
   const namespaceReceiver = createNamespaceReceiver({
     db, currentCluster: cluster.clusterName, namespaces, log, metrics, now, onActivated, onBackfillStarted: backfill.wake,
@@ -254,20 +262,23 @@ function wireRoutes({ config, opts, log, now, cluster }: Base, core: Core, repl:
  * admin with the pull test hooks: PullReplicationTasks answers Unimplemented (as from a tern
  * before it) while servePull says false, and as a tern before cursor columns while
  * serveCursorColumns says false; StreamReplicationTasks answers Unimplemented while
- * serveStream says false, and always with either of the others set; GetReplicationTasks waits
- * for beforeShardPage.
+ * serveStream says false, and always with either of the others set, and each of its messages
+ * waits for beforeStreamMessage; GetReplicationTasks waits for beforeShardPage.
  */
 function withPullHooks(
   admin: ServiceImpl<typeof AdminService>,
-  hooks: Pick<NonNullable<ServerOptions["replication"]>, "servePull" | "serveCursorColumns" | "serveStream" | "beforeShardPage"> = {},
+  hooks: Pick<NonNullable<ServerOptions["replication"]>, "servePull" | "serveCursorColumns" | "serveStream" | "beforeStreamMessage" | "beforeShardPage"> = {},
 ): ServiceImpl<typeof AdminService> {
-  const { servePull, serveCursorColumns, serveStream, beforeShardPage } = hooks;
+  const { servePull, serveCursorColumns, serveStream, beforeStreamMessage, beforeShardPage } = hooks;
   return {
     ...admin,
-    ...((servePull || serveCursorColumns || serveStream) && {
+    ...((servePull || serveCursorColumns || serveStream || beforeStreamMessage) && {
       async *streamReplicationTasks(r, ctx) {
-        if (servePull || serveCursorColumns || !serveStream!()) throw new ConnectError("StreamReplicationTasks is not served here", Code.Unimplemented);
-        yield* admin.streamReplicationTasks(r, ctx);
+        if (servePull || serveCursorColumns || (serveStream && !serveStream())) throw new ConnectError("StreamReplicationTasks is not served here", Code.Unimplemented);
+        for await (const message of admin.streamReplicationTasks(r, ctx)) {
+          await beforeStreamMessage?.(ctx.signal);
+          yield message;
+        }
       },
     }),
     ...((servePull || serveCursorColumns) && {

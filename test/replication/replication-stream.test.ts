@@ -210,4 +210,48 @@ for (const store of await testStores()) {
       expect(counted(a, "service_requests", "PullReplicationTasks")).toBe(pulls);
     });
   });
+
+  describe(`a stream gone silent on ${store}: given up after the wait and its grace, and opened again`, () => {
+    let a: TestCluster, b: TestCluster;
+    let nsId: string;
+    // While held, A's stream messages wait (as from a source whose connection went dead without a word).
+    let held: Promise<void> | undefined;
+    let release = () => {};
+    const bLog: { level: string; msg: string; error?: string }[] = [];
+
+    beforeAll(async () => {
+      const beforeStreamMessage = (signal: AbortSignal) =>
+        held ? Promise.race([held, new Promise<void>((r) => signal.addEventListener("abort", () => r(), { once: true }))]) : Promise.resolve();
+      const log = createLogger({ level: "info", write: (line) => bLog.push(JSON.parse(line)) });
+      [a, b] = await startClusters(store, [
+        { shards: SHARDS, serverOptions: { replication: { beforeStreamMessage } } },
+        { shards: SHARDS, serverOptions: { log, replication: { waitMs: 200, silenceGraceMs: 300 } } },
+      ]);
+      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
+      nsId = await globalNamespace(a, b, NS);
+      await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
+    });
+    afterAll(async () => {
+      release();
+      await Promise.all([a.destroy(), b.destroy()]);
+    });
+
+    test("GivesUpAStreamSilentPastTheWait, and replicates on the next once the source answers", async () => {
+      await start(a, "before");
+      await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 15_000 });
+      // Not given up while the source answers (a message without news every 200 ms).
+      await Bun.sleep(1_000);
+      expect(counted(a, "service_requests", "StreamReplicationTasks")).toBe(1);
+
+      held = new Promise((r) => (release = () => (held = undefined, r())));
+      await start(a, "held");
+      // Nothing for 500 ms: B gives the call up and opens another, which is held too.
+      await eventually(() => expect(counted(a, "service_requests", "StreamReplicationTasks")).toBeGreaterThanOrEqual(3), { timeout: 15_000 });
+      expect(bLog.some((l) => l.msg === "replication stream failed" && String(l.error).includes("sent nothing on its replication stream for 500 ms"))).toBe(true);
+      expect((await historiesOf(b, nsId)).some((e) => e.workflowId === "held")).toBe(false);
+
+      release();
+      await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 15_000 });
+    });
+  });
 }
