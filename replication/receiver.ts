@@ -7,7 +7,7 @@ import { nextTurn } from "../src/next-turn";
 import { loadInboundAck } from "./ack-levels";
 import type { RemoteCluster, ReplicationStream, StreamReport } from "./manager";
 import { createPageApplier, type Batch, type PageApplierDeps } from "./page-applier";
-import { PULL_BUDGET, shardPageSizes } from "./pull-budget";
+import { MAX_SHARD_PAGE, PULL_BUDGET, shardPageSizes } from "./pull-budget";
 
 export interface HistoryReceiverDeps extends Omit<PageApplierDeps, "progressOf"> {
   db: Db;
@@ -207,7 +207,8 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     );
 
     // What came and is not applied yet, with when it came; the reader stops reading (so the
-    // source stops sending) while a budget's worth waits.
+    // source stops sending) while a shard page's worth waits: behind, one answer read ahead of
+    // the apply, as a pull had (reading on to a budget's worth held 40-60 MB more in catch-up).
     const queue: { shards: ShardPage[]; tasks: number; arrivedAt: number }[] = [];
     let queued = 0;
     let heard = false;
@@ -235,7 +236,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
           queue.push({ shards: res.shards, tasks, arrivedAt: Date.now() });
           queued += tasks;
           wakeApplier?.();
-          while (queued >= PULL_BUDGET && !s.aborted) await new Promise<void>((r) => (wakeReader = r));
+          while (queued >= MAX_SHARD_PAGE && !s.aborted) await new Promise<void>((r) => (wakeReader = r));
         }
         ended = { error: s.aborted ? undefined : new Error(`cluster ${remote.name} ended its replication stream`) };
       } catch (e) {
