@@ -170,6 +170,47 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
   }
 
   /**
+   * The pages of the answers (in the order they came) as one page per shard, from its applied
+   * position in acks: a shard's pages joined, each starting where the one before it ended, and a
+   * shard with nothing past that left out. Each shard's max task id, lag gauge and oldest
+   * unapplied task are updated as heard, each task's fetch latency observed.
+   */
+  function joinPages(
+    remote: RemoteCluster,
+    answers: readonly { shards: Pulled["shards"]; arrivedAt: number }[],
+    acks: ReadonlyMap<number, number>,
+    lag: (shardId: number, p: InboundProgress) => void,
+    signal: AbortSignal,
+  ): Batch[] {
+    const labels = { remote_cluster: remote.name };
+    const pages = new Map<number, Batch>();
+    for (const { shards, arrivedAt } of answers) {
+      for (const sp of shards) {
+        const ack = acks.get(sp.shardId);
+        if (ack === undefined) throw new Error(`remote ${remote.name} answered for shard ${sp.shardId}, which was not asked for`);
+        for (const t of sp.tasks) if (t.createTime) metrics.observe("replication_fetch_latency", labels, (arrivedAt - timestampDate(t.createTime).getTime()) / 1000);
+        const p = progressOf(remote.name, sp.shardId);
+        p.maxTaskId = Number(sp.maxTaskId);
+        const page = pages.get(sp.shardId);
+        const to = Number(sp.lastTaskId);
+        if (to <= (page ? page.to : ack)) {
+          lag(sp.shardId, p);
+          continue;
+        }
+        if (page) {
+          page.to = to;
+          page.maxTaskId = p.maxTaskId;
+          page.tasks = page.tasks.concat(sp.tasks);
+          continue;
+        }
+        if (sp.tasks[0]?.createTime) p.oldestUnapplied = timestampDate(sp.tasks[0].createTime);
+        pages.set(sp.shardId, { remote, shardId: sp.shardId, from: ack, to, maxTaskId: p.maxTaskId, tasks: sp.tasks, signal });
+      }
+    }
+    return [...pages.values()];
+  }
+
+  /**
    * Takes remote's tasks from a StreamReplicationTasks call until signal aborts; from a source
    * that refuses the call (a tern before it), by PullReplicationTasks until reprobeMs after the
    * refusal, when the stream is tried again.
@@ -293,33 +334,8 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
         wakeReader?.();
         wakeReader = undefined;
         report.ok();
-        // The pages of each shard, joined in the order they came: each starts where the one before it ended.
-        const pages = new Map<number, Batch>();
-        for (const { shards, arrivedAt } of got) {
-          for (const sp of shards) {
-            const ack = acks.get(sp.shardId);
-            if (ack === undefined) throw new Error(`remote ${remote.name} streamed shard ${sp.shardId}, which was not asked for`);
-            for (const t of sp.tasks) if (t.createTime) metrics.observe("replication_fetch_latency", labels, (arrivedAt - timestampDate(t.createTime).getTime()) / 1000);
-            const p = progressOf(remote.name, sp.shardId);
-            p.maxTaskId = Number(sp.maxTaskId);
-            const page = pages.get(sp.shardId);
-            const to = Number(sp.lastTaskId);
-            if (to <= (page ? page.to : ack)) {
-              lag(sp.shardId, p);
-              continue;
-            }
-            if (page) {
-              page.to = to;
-              page.maxTaskId = p.maxTaskId;
-              page.tasks.push(...sp.tasks);
-              continue;
-            }
-            if (sp.tasks[0]?.createTime) p.oldestUnapplied = timestampDate(sp.tasks[0].createTime);
-            pages.set(sp.shardId, { remote, shardId: sp.shardId, from: ack, to, maxTaskId: p.maxTaskId, tasks: [...sp.tasks], signal });
-          }
-        }
-        if (!pages.size) continue;
-        const batches = [...pages.values()];
+        const batches = joinPages(remote, got, acks, lag, signal);
+        if (!batches.length) continue;
         await applyPages(batches);
         const now = Date.now();
         for (const { tasks, arrivedAt } of got) for (let i = 0; i < tasks; i++) metrics.observe("replication_apply_latency", labels, (now - arrivedAt) / 1000);
@@ -350,12 +366,12 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
       const sizes = shardPageSizes(shardIds.map((id) => progressOf(remote.name, id).maxTaskId - after.get(id)!), pageSize, catchUpPageSize);
       return shardIds.map((id, i) => ({ shardId: id, after: after.get(id)!, acked: acks.get(id)!, size: sizes[i]! }));
     };
-    // When the source last refused PullReplicationTasks (a tern before it; pullRefusedAt): until
-    // reprobeMs later, its shards are pulled one call each; then the call is tried again, so a
-    // source upgraded without this stream noticing a restart is pulled in one call again.
     // Whether the source's last answer said it reads cursor columns: the first request of a
     // stream (and so the first after a source is replaced by an older one) sends ShardCursors.
     let columns = false;
+    // Until reprobeMs after the source last refused PullReplicationTasks (a tern before it;
+    // pullRefusedAt), its shards are pulled one call each; then the call is tried again, so a
+    // source upgraded without this stream noticing a restart is pulled in one call again.
     const fetch = async (cs: Cursor[], wait: number): Promise<Pulled> => {
       const refusedAt = pullRefusedAt.get(remote.name);
       if (refusedAt !== undefined && performance.now() - refusedAt < reprobeMs) return fetchShardByShard(remote, cs, wait, signal);
@@ -395,26 +411,12 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
         const res = await next;
         report.ok();
         columns = res.readsCursorColumns;
-        for (const sp of res.shards) {
-          for (const t of sp.tasks) if (t.createTime) metrics.observe("replication_fetch_latency", labels, (res.arrivedAt - timestampDate(t.createTime).getTime()) / 1000);
-        }
-        const pages: Batch[] = [];
+        const pages = joinPages(remote, [res], acks, lag, signal);
         const after = new Map(acks);
         let behind = 0;
-        for (const sp of res.shards) {
-          const ack = acks.get(sp.shardId);
-          if (ack === undefined) throw new Error(`remote ${remote.name} answered for shard ${sp.shardId}, which was not asked for`);
-          const p = progressOf(remote.name, sp.shardId);
-          const to = Number(sp.lastTaskId);
-          p.maxTaskId = Number(sp.maxTaskId);
-          if (to <= ack) {
-            lag(sp.shardId, p);
-            continue;
-          }
-          if (sp.tasks[0]?.createTime) p.oldestUnapplied = timestampDate(sp.tasks[0].createTime);
-          pages.push({ remote, shardId: sp.shardId, from: ack, to, maxTaskId: p.maxTaskId, tasks: sp.tasks, signal });
-          after.set(sp.shardId, to);
-          behind = Math.max(behind, p.maxTaskId - to);
+        for (const b of pages) {
+          after.set(b.shardId, b.to);
+          behind = Math.max(behind, b.maxTaskId - b.to);
         }
         if (res.sparse) {
           // A shard the answer left out has nothing new: its max task id is its cursor.

@@ -192,11 +192,8 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     if (req.ackedTaskIds.length !== req.shardIds.length) {
       throw invalidArgument(`acked_task_ids needs one entry per shard: shard_ids has ${req.shardIds.length}, acked_task_ids ${req.ackedTaskIds.length}`);
     }
-    const seen = new Set<number>();
+    checkShardsOnce(req.shardIds, "acked");
     const moved = req.shardIds.map((shardId, i) => {
-      checkShard(shardId);
-      if (seen.has(shardId)) throw invalidArgument(`shard ${shardId} is acked twice`);
-      seen.add(shardId);
       const acked = Number(req.ackedTaskIds[i]);
       if (acked < 0) throw invalidArgument(`shard ${shardId}'s acked task id must not be negative, not ${acked}`);
       return { shardId, acked };
@@ -226,12 +223,7 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
    */
   function pullCursors(asked: { shardId: number; after: number; acked: number; pageSize: number }[], pageSize: number) {
     if (!asked.length) throw invalidArgument("shards must name at least one shard");
-    const ids = new Set<number>();
-    for (const c of asked) {
-      checkShard(c.shardId);
-      if (ids.has(c.shardId)) throw invalidArgument(`shard ${c.shardId} is asked for twice`);
-      ids.add(c.shardId);
-    }
+    checkShardsOnce(asked.map((c) => c.shardId), "asked for");
     const sizes = withinBudget(asked.map((c) => c.pageSize), pageSize);
     return asked.map((c, i) => ({ shardId: c.shardId, after: c.after, acked: Math.min(c.acked, c.after), size: sizes[i]! }));
   }
@@ -244,6 +236,16 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
       if (!sparse || p.tasks.length || p.max !== after || p.last !== after) shards.push({ shardId, tasks: p.tasks, maxTaskId: BigInt(p.max), lastTaskId: BigInt(p.last) });
     });
     return shards;
+  }
+
+  /** Each shard id in range and given once (`what` says how it was given, in the error). */
+  function checkShardsOnce(shardIds: readonly number[], what: string): void {
+    const ids = new Set<number>();
+    for (const shardId of shardIds) {
+      checkShard(shardId);
+      if (ids.has(shardId)) throw invalidArgument(`shard ${shardId} is ${what} twice`);
+      ids.add(shardId);
+    }
   }
 
   function checkShard(shardId: number): void {

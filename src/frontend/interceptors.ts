@@ -23,19 +23,19 @@ export function createFrontendInterceptor(deps: {
 }): Interceptor {
   const { metrics, log, limiter } = deps;
   /** The error as the caller gets it, counted and logged. */
-  const failed = (e: unknown, requestId: string, operation: string, labels: { operation: string; namespace: string }) => {
+  const failed = (e: unknown, requestId: string, labels: { operation: string; namespace: string }) => {
     const err = toConnectError(e, requestId, log);
     err.metadata.set("x-request-id", requestId);
     metrics.inc("service_errors", { ...labels, code: Code[err.code] ?? String(err.code) });
-    log.info("rpc failed", { requestId, operation, namespace: labels.namespace || undefined, code: err.code, error: err.rawMessage });
+    log.info("rpc failed", { requestId, operation: labels.operation, namespace: labels.namespace || undefined, code: err.code, error: err.rawMessage });
     return err;
   };
   /** A streamed answer's messages, an error among them mapped as a unary call's is (its latency is the stream's start). */
-  async function* mapped<T>(messages: AsyncIterable<T>, requestId: string, operation: string, labels: { operation: string; namespace: string }) {
+  async function* mapped<T>(messages: AsyncIterable<T>, requestId: string, labels: { operation: string; namespace: string }) {
     try {
       yield* messages;
     } catch (e) {
-      throw failed(e, requestId, operation, labels);
+      throw failed(e, requestId, labels);
     }
   }
   return (next) => async (req) => {
@@ -54,9 +54,9 @@ export function createFrontendInterceptor(deps: {
       const res = await next(req);
       res.header.set("x-request-id", requestId);
       log.debug("rpc", { requestId, operation, namespace, ms: Math.round(performance.now() - started) });
-      return res.stream ? { ...res, message: mapped(res.message, requestId, operation, labels) } : res;
+      return res.stream ? { ...res, message: mapped(res.message, requestId, labels) } : res;
     } catch (e) {
-      throw failed(e, requestId, operation, labels);
+      throw failed(e, requestId, labels);
     } finally {
       metrics.observe("service_latency", labels, (performance.now() - started) / 1000);
     }
