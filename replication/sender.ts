@@ -175,9 +175,10 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     if (!peer) throw invalidArgument("cluster_name is required: StreamReplicationTasks serves a pulling cluster");
     if (!req.cursors) throw invalidArgument("cursors are required: where each shard's stream starts");
     const cursors = pullCursors(cursorsOfColumns(req.cursors, "cursors"), 0);
+    const linked = polls.link(signal);
     for (let first = true; !signal.aborted; first = false) {
       const waitMs = first ? 0 : req.waitTimeoutMs;
-      const pages = await polls.run(signal, (s) => servePages({ peer, withEvents: true, waitMs, cursors, recordAcks: first, settle: true }, s));
+      const pages = await polls.run(linked, (s) => servePages({ peer, withEvents: true, waitMs, cursors, recordAcks: first, settle: true }, s));
       if (signal.aborted) return;
       const shards = shardPages(cursors, pages, true);
       pages.forEach((p, i) => (cursors[i]!.after = p.last));

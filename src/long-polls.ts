@@ -8,10 +8,20 @@
 export function createLongPolls(refusal: () => Error) {
   const ending = new AbortController();
   const inflight = new Set<Promise<unknown>>();
+  const linked = new WeakSet<AbortSignal>();
   return {
+    /**
+     * signal, also aborted on `end`: for a caller that runs many polls under one request (a
+     * stream's rounds), made once and passed to each `run` rather than joined again at each.
+     */
+    link(signal: AbortSignal): AbortSignal {
+      const s = AbortSignal.any([signal, ending.signal]);
+      linked.add(s);
+      return s;
+    },
     run<T>(signal: AbortSignal | undefined, poll: (signal: AbortSignal) => Promise<T>): Promise<T> {
       if (ending.signal.aborted) return Promise.reject(refusal());
-      const p = poll(signal ? AbortSignal.any([signal, ending.signal]) : ending.signal);
+      const p = poll(!signal ? ending.signal : linked.has(signal) ? signal : AbortSignal.any([signal, ending.signal]));
       inflight.add(p);
       return p.finally(() => inflight.delete(p));
     },

@@ -8,13 +8,16 @@ export interface EventNotifier {
    * timer and one abort listener, however many keys (a pull of 512 shards waits on 512).
    */
   waitAny(keys: readonly string[], timeoutMs: number, signal?: AbortSignal): Promise<void>;
+  /** waitAny that its caller can drop (Listening.cancel ends it at once), without an AbortController of its own. */
+  listenAny(keys: readonly string[], timeoutMs: number, signal?: AbortSignal): Listening;
 }
 
 /** Creates a notifier; waiters are plain resolvers keyed by run id. keysWaited: how many keys have a waiter (tests, diagnostics). */
 export function createEventNotifier(): EventNotifier & { keysWaited(): number } {
   const waiters = new Map<string, Set<() => void>>();
-  function waitAny(keys: readonly string[], timeoutMs: number, signal?: AbortSignal): Promise<void> {
-    return new Promise<void>((resolve) => {
+  function listenAny(keys: readonly string[], timeoutMs: number, signal?: AbortSignal): Listening {
+    let cancel = () => {};
+    const woke = new Promise<void>((resolve) => {
       if (signal?.aborted) return resolve();
       let settled = false;
       const done = () => {
@@ -35,7 +38,9 @@ export function createEventNotifier(): EventNotifier & { keysWaited(): number } 
         if (!set) waiters.set(k, (set = new Set()));
         set.add(done);
       }
+      cancel = done;
     });
+    return { woke, cancel: () => cancel() };
   }
   return {
     notify(runId) {
@@ -44,8 +49,9 @@ export function createEventNotifier(): EventNotifier & { keysWaited(): number } 
       waiters.delete(runId);
       for (const wake of set) wake();
     },
-    wait: (runId, timeoutMs, signal) => waitAny([runId], timeoutMs, signal),
-    waitAny,
+    wait: (runId, timeoutMs, signal) => listenAny([runId], timeoutMs, signal).woke,
+    waitAny: (keys, timeoutMs, signal) => listenAny(keys, timeoutMs, signal).woke,
+    listenAny,
     keysWaited: () => waiters.size,
   };
 }
@@ -67,10 +73,11 @@ export function listen(notifier: EventNotifier, key: string, timeoutMs: number, 
   return listenAny(notifier, [key], timeoutMs, signal);
 }
 
-/** listen on several keys at once: a notify of any wakes it. */
+/**
+ * listen on several keys at once: a notify of any wakes it. Cancelled by a call, not an
+ * abort: a stream's source listens twice per message, and an abort makes an AbortError
+ * (with its stack) and an event each time.
+ */
 export function listenAny(notifier: EventNotifier, keys: readonly string[], timeoutMs: number, signal?: AbortSignal): Listening {
-  const stop = new AbortController();
-  const s = signal ? AbortSignal.any([signal, stop.signal]) : stop.signal;
-  const woke = notifier.waitAny(keys, timeoutMs, s);
-  return { woke: woke.finally(() => stop.abort()), cancel: () => stop.abort() };
+  return notifier.listenAny(keys, timeoutMs, signal);
 }

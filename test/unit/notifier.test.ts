@@ -51,4 +51,37 @@ describe("EventNotifier.waitAny: one wait on many keys", () => {
     other.cancel();
     expect(await settles(other.woke)).toBe(true);
   });
+
+  test("listenAny's cancel leaves nothing behind: no key waited, no listener on the signal, no abort", async () => {
+    // A stream's source listens and cancels twice per message it sends.
+    const n = createEventNotifier();
+    const stop = new AbortController();
+    let listeners = 0;
+    const { signal } = stop;
+    const [add, remove] = [signal.addEventListener.bind(signal), signal.removeEventListener.bind(signal)];
+    signal.addEventListener = (...a: Parameters<typeof add>) => (listeners++, add(...a));
+    signal.removeEventListener = (...a: Parameters<typeof remove>) => (listeners--, remove(...a));
+    // An abort makes an AbortError with its stack, and an event: none is wanted here.
+    const abort = AbortController.prototype.abort;
+    let aborts = 0;
+    AbortController.prototype.abort = function (this: AbortController, reason?: unknown) {
+      aborts++;
+      abort.call(this, reason);
+    };
+    try {
+      for (let i = 0; i < 1000; i++) {
+        const listening = listenAny(n, ["shard:1", "shard:2"], 10_000, signal);
+        if (i % 2) n.notify("shard:2");
+        listening.cancel();
+        listening.cancel();
+        await listening.woke;
+      }
+    } finally {
+      AbortController.prototype.abort = abort;
+    }
+    expect(n.keysWaited()).toBe(0);
+    expect(listeners).toBe(0);
+    expect(aborts).toBe(0);
+    expect(signal.aborted).toBe(false);
+  });
 });
