@@ -276,6 +276,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
           for (const sp of res.shards) tasks += sp.tasks.length;
           queue.push({ shards: res.shards, tasks, arrivedAt: Date.now() });
           queued += tasks;
+          metrics.set("replication_stream_received_tasks", labels, queued);
           wakeApplier?.();
           while (queued >= MAX_SHARD_PAGE && !s.aborted) await new Promise<void>((r) => (wakeReader = r));
         }
@@ -331,6 +332,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
         while (n < queue.length && (n === 0 || take + queue[n]!.tasks <= PULL_BUDGET)) take += queue[n++]!.tasks;
         const got = queue.splice(0, n);
         queued -= take;
+        metrics.set("replication_stream_received_tasks", labels, queued);
         wakeReader?.();
         wakeReader = undefined;
         report.ok();
@@ -348,6 +350,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
       clearTimeout(ackTimer);
       s.removeEventListener("abort", wakeBoth);
       await reading;
+      metrics.set("replication_stream_received_tasks", labels, 0);
     }
     const error = ended?.error;
     if (signal.aborted || !error) return undefined;

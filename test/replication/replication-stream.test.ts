@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { Code } from "@connectrpc/connect";
 import { outboundAcks } from "../../replication/ack-levels";
+import { MAX_SHARD_PAGE } from "../../replication/pull-budget";
 import { AdminService, type StreamReplicationTasksResponse } from "../../src/gen/tern/admin/v1/service_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
@@ -23,6 +24,9 @@ const shardIds = [1, 2, 3, 4];
 
 const start = (x: TestCluster, workflowId: string) =>
   x.client(WorkflowService).startWorkflowExecution({ namespace: NS, workflowId, workflowType: "T", taskQueue: "q" });
+
+/** How many tasks x's stream from `from` has read and not applied (a gauge). */
+const receivedOf = (x: TestCluster, from: string) => parseCounter(x.server.metrics.render(), "replication_stream_received_tasks", { remote_cluster: from });
 
 /** The sum of x's counter `name` over the series of operation op. */
 const counted = (x: TestCluster, name: string, op: string) => parseCounter(x.server.metrics.render(), name, { operation: op });
@@ -208,6 +212,50 @@ for (const store of await testStores()) {
       await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 15_000 });
       expect((await historiesOf(b, nsId)).filter((e) => e.eventId === 1).length).toBe(16 + nudges);
       expect(counted(a, "service_requests", "PullReplicationTasks")).toBe(pulls);
+    });
+  });
+
+  describe(`a stream's reader on ${store}: stops reading while a shard page's worth waits for the apply`, () => {
+    let a: TestCluster, b: TestCluster;
+    let nsId: string;
+    // While held, B's applies wait before their commit.
+    let held: Promise<void> | undefined;
+    let release = () => {};
+
+    beforeAll(async () => {
+      const beforeCommit = (operation: string) => (operation === "ReplicateHistory" ? held : undefined);
+      [a, b] = await startClusters(store, [{ shards: SHARDS }, { shards: SHARDS, serverOptions: { beforeCommit } }]);
+      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
+      nsId = await globalNamespace(a, b, NS);
+      await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
+    });
+    afterAll(async () => {
+      release();
+      await Promise.all([a.destroy(), b.destroy()]);
+    });
+
+    test("HoldsItsReadingAtAShardPagesWorth while the apply waits, and applies everything once it goes on", async () => {
+      const runs = Array.from({ length: 10 }, (_, i) => `r-${i}`);
+      for (const id of runs) await start(a, id);
+      await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 15_000 });
+
+      held = new Promise((r) => (release = () => ((held = undefined), r())));
+      // 1,400 tasks, ten writers at a time: the first apply waits, the reader reads on to a page's worth.
+      const wf = a.client(WorkflowService);
+      const perRun = 140;
+      await Promise.all(runs.map(async (workflowId) => {
+        for (let i = 0; i < perRun; i++) await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId }, signalName: `n${i}` });
+      }));
+      await eventually(() => expect(receivedOf(b, "clusterA")).toBeGreaterThanOrEqual(MAX_SHARD_PAGE), { timeout: 15_000 });
+      // Every task is on its way; a reader that did not hold would have the rest within moments.
+      await Bun.sleep(500);
+      const received = receivedOf(b, "clusterA");
+      expect(received).toBeGreaterThanOrEqual(MAX_SHARD_PAGE);
+      expect(received).toBeLessThan(MAX_SHARD_PAGE + 100);
+
+      release();
+      await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 30_000 });
+      expect(receivedOf(b, "clusterA")).toBe(0);
     });
   });
 
