@@ -25,6 +25,12 @@ export interface HistoryReceiverDeps extends Omit<PageApplierDeps, "progressOf">
   ackIntervalMs?: number;
   /** How long past waitMs a stream may stay silent (the source sends at least every waitMs) before it is given up. */
   silenceGraceMs?: number;
+  /**
+   * Makes every apply committed so far durable (on PostgreSQL the applies commit without
+   * waiting for their WAL flush: database.ts). Awaited before a source is told what was applied,
+   * since it may then drop those tasks. Unset: an apply is durable once committed.
+   */
+  durable?: () => Promise<void>;
 }
 
 /** What this process last saw of one remote shard, for status (not persisted). */
@@ -53,6 +59,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
   const reprobeMs = deps.reprobeMs ?? 60_000;
   const ackIntervalMs = deps.ackIntervalMs ?? 50;
   const silenceGraceMs = deps.silenceGraceMs ?? 15_000;
+  const durable = deps.durable ?? (() => Promise.resolve());
   /** When each remote last refused StreamReplicationTasks, and PullReplicationTasks (terns before them). */
   const streamRefusedAt = new Map<string, number>();
   const pullRefusedAt = new Map<string, number>();
@@ -235,6 +242,8 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
    */
   async function stream(remote: RemoteCluster, signal: AbortSignal, report: StreamReport): Promise<"refused" | undefined> {
     const { shardIds, acks, lag } = await inbound(remote);
+    // The call's cursors tell the source these positions as applied.
+    await durable();
     const local = new AbortController();
     const s = AbortSignal.any([signal, local.signal]);
     const labels = { remote_cluster: remote.name };
@@ -299,8 +308,8 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
       const values = moved.map((id) => acks.get(id)!);
       acking = true;
       ackedAt = performance.now();
-      remote.clients.admin
-        .ackReplicationTasks({ clusterName: cluster.clusterName, shardIds: moved, ackedTaskIds: values.map(BigInt) }, { signal: s, timeoutMs: 15_000 })
+      durable()
+        .then(() => remote.clients.admin.ackReplicationTasks({ clusterName: cluster.clusterName, shardIds: moved, ackedTaskIds: values.map(BigInt) }, { signal: s, timeoutMs: 15_000 }))
         .then(
           () => moved.forEach((id, i) => told.set(id, values[i]!)),
           (e) => void (s.aborted || log.warn("sending replication acks failed; they go with the next", { remote: remote.name, error: String(e) })),
@@ -399,9 +408,15 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
         return fetchShardByShard(remote, cs, wait, signal);
       }
     };
+    // What the source was told is applied, made durable first (durable), only when it moved.
+    const told = new Map<number, number>();
+    const tell = (asked: Cursor[]) => {
+      if (asked.every((c) => told.get(c.shardId) === c.acked)) return Promise.resolve();
+      return durable().then(() => asked.forEach((c) => told.set(c.shardId, c.acked)));
+    };
     const ask = (after: Map<number, number>, wait: number) => {
       const asked = cursors(after);
-      const res = fetch(asked, wait).then((pulled) => ({ ...pulled, asked, arrivedAt: Date.now() }));
+      const res = tell(asked).then(() => fetch(asked, wait)).then((pulled) => ({ ...pulled, asked, arrivedAt: Date.now() }));
       // Awaited by the loop, unless it stops first (aborted, or an apply failed): then nobody needs the answer.
       res.catch(() => {});
       return res;

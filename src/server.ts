@@ -93,6 +93,8 @@ export interface ServerOptions {
     pageSize?: number;
     /** Awaited by each AdminService.GetReplicationTasks call before it reads: holds a shard's per-shard pulls (tests). */
     beforeShardPage?: (shardId: number, signal: AbortSignal) => Promise<void>;
+    /** In place of the database's `applies.durable`: what the receiver awaits before it tells a source of its applies (tests). */
+    durable?: () => Promise<void>;
   };
 }
 
@@ -186,7 +188,7 @@ function wireCore({ config, opts, log, now, database, cluster }: Base) {
 type Core = ReturnType<typeof wireCore>;
 
 /** Replication towards and from remote clusters (replication/). */
-function wireReplication({ opts, log, now, cluster }: Base, core: Core) {
+function wireReplication({ opts, log, now, cluster, database }: Base, core: Core) {
   const { db, metrics, notifier, namespaces, writer, onActivated, activatedHooks } = core;
   const clients = createRemoteClientPool();
   const baseApplier = createHistoryApplier({ cluster, namespaces, writer, log });
@@ -194,6 +196,7 @@ function wireReplication({ opts, log, now, cluster }: Base, core: Core) {
   const dlq = createReplicationDlq({ db, metrics });
   const historyReceiver = createHistoryReceiver({ db, cluster, writer: core.applyWriter, notifier, metrics, log, applier, dlq, retry: opts.replication?.retry, reprobeMs: opts.replication?.reprobeMs, pageSize: opts.replication?.pageSize,
     waitMs: opts.replication?.waitMs, silenceGraceMs: opts.replication?.silenceGraceMs,
+    durable: opts.replication?.durable ?? database.applies?.durable,
   });
   const backfill = createBackfillReceiver({ db, applier, namespaces, writer, notifier, log, now });
   const namespaceReceiver = createNamespaceReceiver({

@@ -21,9 +21,11 @@ export interface Database {
   pipelined?: PipelinedTransactions;
   /**
    * PostgreSQL: connections of the replication applier's own, for its hand-written statements
-   * (see openPostgres).
+   * (see openPostgres). Their commits do not wait for the WAL flush; `durable` makes every
+   * apply committed before it durable, and the receiver calls it before it tells a source what
+   * was applied.
    */
-  applies?: { db: Db; pipelined: PipelinedTransactions };
+  applies?: { db: Db; pipelined: PipelinedTransactions; durable(): Promise<void> };
   /** Runs fn holding a cluster-wide lock (migrations), on PostgreSQL an advisory lock. */
   withExclusiveLock<T>(fn: (db: Db) => Promise<T>): Promise<T>;
   close(): Promise<void>;
@@ -112,10 +114,15 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
   // custom-planned at every call where PostgreSQL kept to custom plans. Here the last idle of two
   // connections serves each page, so a text is planned about once between analyzes, generic
   // (the texts are fixed OLTP statements on keys; no drizzle statement goes here).
+  // Their commits are asynchronous, as PostgreSQL's own logical replication applies by default:
+  // an apply does not wait for its WAL flush. Nothing is lost by it: an apply and its inbound
+  // ack commit together, and the source hears of an apply (and may drop its task) only after
+  // `durable`; a crash of PostgreSQL loses at most applies the source still holds, and this
+  // side takes them again from its inbound acks.
   const applyClient = postgres(url, {
     ...options,
     max: 2,
-    connection: { application_name: "tern-apply", plan_cache_mode: "force_generic_plan" },
+    connection: { application_name: "tern-apply", plan_cache_mode: "force_generic_plan", synchronous_commit: "off" },
   });
   try {
     await client`select 1`;
@@ -128,7 +135,14 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
     db,
     kind: "postgres",
     pipelined: createPipelinedTransactions(client),
-    applies: { db: drizzlePostgres(applyClient, { schema }) as unknown as Db, pipelined: createPipelinedTransactions(applyClient) },
+    applies: {
+      db: drizzlePostgres(applyClient, { schema }) as unknown as Db,
+      pipelined: createPipelinedTransactions(applyClient),
+      // A commit that wrote WAL, on a connection whose commits wait for their flush: the WAL is one
+      // stream, so every commit before it is flushed too. (A transaction that only takes an xid,
+      // `select txid_current()`, writes no WAL and commits without flushing.)
+      durable: async () => void (await client`select pg_logical_emit_message(true, 'tern', 'applies durable')`),
+    },
     async withExclusiveLock(fn) {
       // A session advisory lock on a connection of its own excludes other processes.
       const locker = postgres(url, { ...(host && { host }), max: 1, onnotice: () => {} });

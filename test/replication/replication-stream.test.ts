@@ -215,6 +215,70 @@ for (const store of await testStores()) {
     });
   });
 
+  for (const protocol of ["stream", "pull"] as const) {
+    describe(`a receiver on ${store} (${protocol}): the source hears of applies only once they are durable`, () => {
+      let a: TestCluster, b: TestCluster;
+      let nsId: string;
+      // While held, B's `durable` (on PostgreSQL, the WAL flush past its asynchronous applies) waits.
+      let held: Promise<void> | undefined;
+      let release = () => {};
+      let durableCalls = 0;
+
+      beforeAll(async () => {
+        const durable = () => (durableCalls++, held ?? Promise.resolve());
+        [a, b] = await startClusters(store, [
+          { shards: SHARDS, serverOptions: { replication: { serveStream: () => protocol === "stream" } } },
+          { shards: SHARDS, serverOptions: { replication: { durable } } },
+        ]);
+        await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
+        nsId = await globalNamespace(a, b, NS);
+        await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
+      });
+      afterAll(async () => {
+        release();
+        await Promise.all([a.destroy(), b.destroy()]);
+      });
+
+      /** Each shard's ack of clusterB on A, and each shard's last task. */
+      const acksOnA = async () => {
+        const acks = await outboundAcks(a.server.database.db, "clusterB");
+        return shardIds.map((id) => acks.get(id) ?? 0);
+      };
+      const maxesOnA = async () => {
+        const counters = await a.server.database.db.select().from(shards);
+        return shardIds.map((id) => counters.find((r) => r.shardId === id)!.nextTaskId - 1);
+      };
+
+      test("AcksOnlyOnceDurableResolves, and applies meanwhile on a stream", async () => {
+        for (let i = 0; i < 8; i++) await start(a, `d-${i}`);
+        await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 15_000 });
+        await eventually(async () => expect(await acksOnA()).toEqual(await maxesOnA()), { timeout: 15_000 });
+
+        held = new Promise((r) => (release = () => ((held = undefined), r())));
+        const calls = durableCalls;
+        const before = await acksOnA();
+        for (let i = 0; i < 8; i++) await start(a, `h-${i}`);
+        if (protocol === "stream") {
+          // B applies as before (its acks go apart from the stream)...
+          await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 15_000 });
+        } else {
+          // ...where a pull carries its acks: the pull after an apply waits for them to be durable
+          // (as it waited for the apply's own flush before applies were asynchronous).
+          await eventually(async () => expect((await historiesOf(b, nsId)).some((e) => e.workflowId === "h-0")).toBe(true), { timeout: 15_000 });
+        }
+        // ...and would have told A by now (acks go at most 50 ms apart, and with each pull).
+        await eventually(() => expect(durableCalls).toBeGreaterThan(calls), { timeout: 15_000 });
+        await Bun.sleep(300);
+        expect(await acksOnA()).toEqual(before);
+
+        release();
+        await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 15_000 });
+        await eventually(async () => expect(await acksOnA()).toEqual(await maxesOnA()), { timeout: 15_000 });
+        expect(await acksOnA()).not.toEqual(before);
+      });
+    });
+  }
+
   describe(`a stream's reader on ${store}: stops reading while a shard page's worth waits for the apply`, () => {
     let a: TestCluster, b: TestCluster;
     let nsId: string;
