@@ -176,6 +176,9 @@ function wireCore({ config, opts, log, now, database, cluster }: Base) {
   const applyWriter = database.applies
     ? createWriter({ ...writerDeps, pipelined: database.applies.pipelined, oneStatementDb: database.applies.db })
     : writer;
+  if (database.applies?.synchronousBecause) {
+    log.warn("replication applies commit synchronously (each waits for its WAL flush)", { reason: database.applies.synchronousBecause });
+  }
   const timers = createTimerQueue({ db, writer, namespaces, notifier, metrics, log, currentCluster: cluster.clusterName, now });
   const engine = createHistoryEngine({
     db, cluster, limits: config.limits, metrics, log, now, namespaces, notifier, writer,

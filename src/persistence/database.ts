@@ -25,7 +25,13 @@ export interface Database {
    * apply committed before it durable, and the receiver calls it before it tells a source what
    * was applied.
    */
-  applies?: { db: Db; pipelined: PipelinedTransactions; durable(): Promise<void> };
+  applies?: {
+    db: Db;
+    pipelined: PipelinedTransactions;
+    durable(): Promise<void>;
+    /** Set when the applies commit synchronously after all: why (the flush `durable` needs was refused). */
+    synchronousBecause?: string;
+  };
   /** Runs fn holding a cluster-wide lock (migrations), on PostgreSQL an advisory lock. */
   withExclusiveLock<T>(fn: (db: Db) => Promise<T>): Promise<T>;
   close(): Promise<void>;
@@ -108,6 +114,18 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
     connection: { application_name: "tern" },
   };
   const client = postgres(url, options);
+  try {
+    await client`select 1`;
+  } catch (e) {
+    await client.end({ timeout: 1 });
+    throw new Error(`cannot connect to PostgreSQL at ${redactUrl(configured)}: ${(e as Error).message}`);
+  }
+  // A commit that wrote WAL, on a connection whose commits wait for their flush: the WAL is one
+  // stream, so every commit before it is flushed too. (A transaction that only takes an xid,
+  // `select txid_current()`, writes no WAL and commits without flushing.) A role may have been
+  // denied the function: then the applies commit synchronously, as before they were not.
+  const flush = () => client`select pg_logical_emit_message(true, 'tern', 'applies durable')`;
+  const synchronousBecause = await flush().then(() => undefined, (e: Error) => `pg_logical_emit_message failed: ${e.message}`);
   // The applier's statements on connections of their own (opened at its first page): B applies
   // one page at a time, and its some 40 apply texts (a page's shape, per power of two) were
   // planned at their next call on each of the pool's connections after every ANALYZE, and
@@ -122,14 +140,12 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
   const applyClient = postgres(url, {
     ...options,
     max: 2,
-    connection: { application_name: "tern-apply", plan_cache_mode: "force_generic_plan", synchronous_commit: "off" },
+    connection: {
+      application_name: "tern-apply",
+      plan_cache_mode: "force_generic_plan",
+      ...(!synchronousBecause && { synchronous_commit: "off" }),
+    },
   });
-  try {
-    await client`select 1`;
-  } catch (e) {
-    await Promise.all([client.end({ timeout: 1 }), applyClient.end({ timeout: 1 })]);
-    throw new Error(`cannot connect to PostgreSQL at ${redactUrl(configured)}: ${(e as Error).message}`);
-  }
   const db = drizzlePostgres(client, { schema }) as unknown as Db;
   return {
     db,
@@ -138,10 +154,8 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
     applies: {
       db: drizzlePostgres(applyClient, { schema }) as unknown as Db,
       pipelined: createPipelinedTransactions(applyClient),
-      // A commit that wrote WAL, on a connection whose commits wait for their flush: the WAL is one
-      // stream, so every commit before it is flushed too. (A transaction that only takes an xid,
-      // `select txid_current()`, writes no WAL and commits without flushing.)
-      durable: async () => void (await client`select pg_logical_emit_message(true, 'tern', 'applies durable')`),
+      durable: synchronousBecause ? () => Promise.resolve() : async () => void (await flush()),
+      synchronousBecause,
     },
     async withExclusiveLock(fn) {
       // A session advisory lock on a connection of its own excludes other processes.
