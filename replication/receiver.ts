@@ -233,11 +233,48 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
   }
 
   /**
+   * A stream's acks to remote: the positions in acks that moved since the source last heard
+   * (from the call's cursors, then from each AckReplicationTasks), made durable first, one call
+   * at a time and at most one per ackIntervalMs. What moves meanwhile goes with the next call;
+   * a failed call's, too.
+   */
+  function ackSender(remote: RemoteCluster, shardIds: readonly number[], acks: ReadonlyMap<number, number>, signal: AbortSignal) {
+    const told = new Map(acks);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    let acking = false;
+    let sentAt = -Infinity;
+    const send = () => {
+      timer = undefined;
+      const moved = shardIds.filter((id) => acks.get(id) !== told.get(id));
+      if (acking || signal.aborted || !moved.length) return;
+      const values = moved.map((id) => acks.get(id)!);
+      acking = true;
+      sentAt = performance.now();
+      durable()
+        .then(() => remote.clients.admin.ackReplicationTasks({ clusterName: cluster.clusterName, shardIds: moved, ackedTaskIds: values.map(BigInt) }, { signal, timeoutMs: 15_000 }))
+        .then(
+          () => moved.forEach((id, i) => told.set(id, values[i]!)),
+          (e) => void (signal.aborted || log.warn("sending replication acks failed; they go with the next", { remote: remote.name, error: String(e) })),
+        )
+        .finally(() => {
+          acking = false;
+          schedule();
+        });
+    };
+    const schedule = () => {
+      if (acking || timer || signal.aborted) return;
+      const wait = sentAt + ackIntervalMs - performance.now();
+      if (wait <= 0) send();
+      else timer = setTimeout(send, wait);
+    };
+    return { schedule, stop: () => clearTimeout(timer) };
+  }
+
+  /**
    * Applies remote's tasks from one StreamReplicationTasks call, what came during an apply
    * applied together (up to PULL_BUDGET tasks), until signal aborts; "refused" when the source
    * answered Unimplemented before anything else. The applied positions go back by
-   * AckReplicationTasks, one call at a time and at most one per ackIntervalMs (and as the
-   * next call's cursors). A call silent for waitMs and silenceGraceMs more (the source answers
+   * AckReplicationTasks (ackSender), and as the next call's cursors. A call silent for waitMs and silenceGraceMs more (the source answers
    * at least every waitMs) is given up.
    */
   async function stream(remote: RemoteCluster, signal: AbortSignal, report: StreamReport): Promise<"refused" | undefined> {
@@ -296,35 +333,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
       wakeApplier?.();
     })();
 
-    // Acks: what the source has heard of (the call's cursors, then each AckReplicationTasks).
-    const told = new Map(acks);
-    let ackTimer: ReturnType<typeof setTimeout> | undefined;
-    let acking = false;
-    let ackedAt = -Infinity;
-    const sendAcks = () => {
-      ackTimer = undefined;
-      const moved = shardIds.filter((id) => acks.get(id) !== told.get(id));
-      if (acking || s.aborted || !moved.length) return;
-      const values = moved.map((id) => acks.get(id)!);
-      acking = true;
-      ackedAt = performance.now();
-      durable()
-        .then(() => remote.clients.admin.ackReplicationTasks({ clusterName: cluster.clusterName, shardIds: moved, ackedTaskIds: values.map(BigInt) }, { signal: s, timeoutMs: 15_000 }))
-        .then(
-          () => moved.forEach((id, i) => told.set(id, values[i]!)),
-          (e) => void (s.aborted || log.warn("sending replication acks failed; they go with the next", { remote: remote.name, error: String(e) })),
-        )
-        .finally(() => {
-          acking = false;
-          scheduleAcks();
-        });
-    };
-    const scheduleAcks = () => {
-      if (acking || ackTimer || s.aborted) return;
-      const wait = ackedAt + ackIntervalMs - performance.now();
-      if (wait <= 0) sendAcks();
-      else ackTimer = setTimeout(sendAcks, wait);
-    };
+    const acker = ackSender(remote, shardIds, acks, s);
 
     try {
       while (!signal.aborted) {
@@ -351,12 +360,12 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
         const now = Date.now();
         for (const { tasks, arrivedAt } of got) for (let i = 0; i < tasks; i++) metrics.observe("replication_apply_latency", labels, (now - arrivedAt) / 1000);
         applied(remote, batches, acks, lag);
-        scheduleAcks();
+        acker.schedule();
       }
     } finally {
       local.abort();
       clearTimeout(watchdog);
-      clearTimeout(ackTimer);
+      acker.stop();
       s.removeEventListener("abort", wakeBoth);
       await reading;
       metrics.set("replication_stream_received_tasks", labels, 0);
