@@ -274,8 +274,8 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
    * Applies remote's tasks from one StreamReplicationTasks call, what came during an apply
    * applied together (up to PULL_BUDGET tasks), until signal aborts; "refused" when the source
    * answered Unimplemented before anything else. The applied positions go back by
-   * AckReplicationTasks (ackSender), and as the next call's cursors. A call silent for waitMs and silenceGraceMs more (the source answers
-   * at least every waitMs) is given up.
+   * AckReplicationTasks (ackSender), and as the next call's cursors. A call silent for waitMs
+   * and silenceGraceMs more (the source answers at least every waitMs) is given up.
    */
   async function stream(remote: RemoteCluster, signal: AbortSignal, report: StreamReport): Promise<"refused" | undefined> {
     const { shardIds, acks, lag } = await inbound(remote);

@@ -123,7 +123,7 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
   // A commit that wrote WAL, on a connection whose commits wait for their flush: the WAL is one
   // stream, so every commit before it is flushed too. (A transaction that only takes an xid,
   // `select txid_current()`, writes no WAL and commits without flushing.) A role may have been
-  // denied the function: then the applies commit synchronously, as before they were not.
+  // denied the function: then the applies commit synchronously, each waiting for its flush.
   const flush = () => client`select pg_logical_emit_message(true, 'tern', 'applies durable')`;
   const synchronousBecause = await flush().then(() => undefined, (e: Error) => `pg_logical_emit_message failed: ${e.message}`);
   // The applier's statements on connections of their own (opened at its first page): B applies
