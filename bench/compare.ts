@@ -65,6 +65,8 @@ try {
   console.log(`compare: base ${args.base} (${baseRev.slice(0, 10)}) against this checkout (${headRev.slice(0, 10)}${dirty ? ", with uncommitted changes" : ""})`);
   if (lockChanged) console.log("  note: package-lock.json differs; the base runs on this checkout's node_modules");
   if (mendsChanged) console.log("  note: scripts/dependency-mends.json differs; the base runs with this checkout's mended postgres.js");
+  const headEnv = Object.entries(args.headEnv).map(([k, v]) => `${k}=${v}`).join(" ");
+  if (headEnv) console.log(`  head's servers run with ${headEnv}`);
   console.log(`  ${args.pairs} runs each, ABBA order; steady ${args.rate} ops/s, ${args.clients} clients, ${args.durationS}s after ${args.warmupS}s warm-up, ${args.shards} shards; lag from ${args.ownPostgres ? "A's commit (private PostgreSQL)" : "the event time on A"}\n`);
 
   // The current run's servers and databases: stopped after the run, or first on Ctrl-C.
@@ -79,7 +81,8 @@ try {
     try {
       const root = side === "base" ? baseRoot : repoRoot;
       const runDir = mkdtempSync(join(dir, `run-${i + 1}-`));
-      const [a, b] = await startClusterPair({ adminUrl, dir: runDir, shards: args.shards, own: (c) => void current.push(c), root });
+      const env = side === "head" ? args.headEnv : undefined;
+      const [a, b] = await startClusterPair({ adminUrl, dir: runDir, shards: args.shards, own: (c) => void current.push(c), root, env });
       await registerGlobalNamespace(a, b, "bench-global");
       const { flow } = await steadyPhase({ a, b, namespace: "bench-global", log: () => {} }, {
         rate: args.rate, clients: args.clients, durationMs: args.durationS * 1000, warmupMs: args.warmupS * 1000,

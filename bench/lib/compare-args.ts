@@ -16,19 +16,21 @@ export interface CompareArgs {
   shards: number;
   /** Both sides on a PostgreSQL instance started for the run (track_commit_timestamp=on): lag from A's commit. */
   ownPostgres: boolean;
+  /** Variables set in the head side's servers' environment only (`--head-env K=V`, repeatable): runtime settings compared on the same code. */
+  headEnv: Record<string, string>;
 }
 
 const USAGE =
-  "usage: bun bench/compare.ts --base REV [--pairs 4] [--rate 500] [--clients 32] [--duration 10] [--warmup-seconds 3] [--shards 4] [--own-postgres]";
+  "usage: bun bench/compare.ts --base REV [--pairs 4] [--rate 500] [--clients 32] [--duration 10] [--warmup-seconds 3] [--shards 4] [--own-postgres] [--head-env NAME=VALUE ...]";
 const NUMBERS = { pairs: "pairs", rate: "rate", clients: "clients", duration: "durationS", "warmup-seconds": "warmupS", shards: "shards" } as const;
 
 /** Parses `--flag value` and `--flag=value`; throws with the usage line on bad input. */
 export function parseCompareArgs(argv: readonly string[]): CompareArgs {
-  const args: CompareArgs = { base: "", pairs: 4, rate: 500, clients: 32, durationS: 10, warmupS: 3, shards: 4, ownPostgres: false };
-  let values: Record<string, string | boolean | undefined>;
+  const args: CompareArgs = { base: "", pairs: 4, rate: 500, clients: 32, durationS: 10, warmupS: 3, shards: 4, ownPostgres: false, headEnv: {} };
+  let values: Record<string, string | boolean | string[] | undefined>;
   try {
     const options = Object.fromEntries(["base", ...Object.keys(NUMBERS)].map((f) => [f, { type: "string" as const }]));
-    ({ values } = parseArgs({ args: [...argv], options: { ...options, "own-postgres": { type: "boolean" }, help: { type: "boolean", short: "h" } }, strict: true, allowPositionals: false }));
+    ({ values } = parseArgs({ args: [...argv], options: { ...options, "own-postgres": { type: "boolean" }, "head-env": { type: "string", multiple: true }, help: { type: "boolean", short: "h" } }, strict: true, allowPositionals: false }));
   } catch (e) {
     throw new Error(`${(e as Error).message}\n${USAGE}`);
   }
@@ -36,6 +38,11 @@ export function parseCompareArgs(argv: readonly string[]): CompareArgs {
   if (typeof values.base !== "string" || !values.base) throw new Error(`--base is required: the revision to compare this checkout against\n${USAGE}`);
   args.base = values.base;
   args.ownPostgres = values["own-postgres"] === true;
+  for (const pair of (values["head-env"] as string[] | undefined) ?? []) {
+    const m = /^([A-Za-z_][A-Za-z0-9_]*)=(.*)$/s.exec(pair);
+    if (!m) throw new Error(`--head-env: ${JSON.stringify(pair)} is not NAME=VALUE\n${USAGE}`);
+    args.headEnv[m[1]!] = m[2]!;
+  }
   for (const [flag, key] of Object.entries(NUMBERS)) {
     const value = values[flag];
     if (typeof value !== "string") continue;

@@ -37,13 +37,15 @@ export async function startClusterPair(o: {
   own: (c: () => Promise<unknown>) => void;
   /** Checkout whose servers run (see ClusterProcessOptions.root). */
   root?: string;
+  /** Variables set in both servers' environment. */
+  env?: Record<string, string>;
 }): Promise<[BenchCluster, BenchCluster]> {
   const start = async (name: string, initialFailoverVersion: number): Promise<BenchCluster> => {
     const db = await createTempDatabase(o.adminUrl);
     o.own(() => db.drop());
     const proc = await startClusterProcess({
       name, initialFailoverVersion, dir: o.dir, databaseUrl: db.url, shards: o.shards, logLevel: "info", extraYaml: EXTRA_YAML, startTimeoutMs: 60_000,
-      runtimeArgs: profileArgs(name), root: o.root,
+      runtimeArgs: profileArgs(name), root: o.root, env: o.env,
     });
     // A profiling server writes its profile on exit: give it time.
     o.own(() => proc.stop(process.env.TERN_BENCH_CPU_PROF ? 60_000 : 5_000));
