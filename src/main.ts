@@ -5,24 +5,35 @@
  */
 
 /**
+ * Settings the runtime reads at process start only, which the server wants unless the
+ * operator chose them: when any is missing, the server re-executes itself at once (same pid,
+ * arguments and runtime flags) with it set. README, "Configuration".
+ */
+const startSettings: Record<string, string> = {};
+/*
  * Bun's native allocator (mimalloc) hands pages back to the OS 100 ms after they empty
  * (madvise), and the next request's buffers fault them back in. A server allocates and
  * frees buffers on every request and statement: at 250 writes per second, perf put that
  * churn at about an eighth of a passive server's CPU on this machine (TLB flushes are
- * costly on a virtual machine). Unless the operator chose a delay, the server re-executes
- * itself at once (same pid, arguments and runtime flags) with a 1 s delay: memory freed
- * after a burst still goes back to the OS a second later. Read at process start only,
- * hence the re-exec; README, "Configuration".
+ * costly on a virtual machine). With a 1 s delay, memory freed after a burst still goes back
+ * to the OS a second later.
  */
-const PURGE_DELAY_MS = "1000";
-if (process.env.MIMALLOC_PURGE_DELAY === undefined && process.platform !== "win32" && process.execve) {
+if (process.env.MIMALLOC_PURGE_DELAY === undefined) startSettings.MIMALLOC_PURGE_DELAY = "1000";
+/*
+ * JavaScriptCore marks the heap in each collection on as many threads as there are cores,
+ * and the collection waits for all of them. On two cores shared with PostgreSQL and other
+ * processes the helper often waits for a CPU, and so does every request the pause holds: one
+ * marker cut the pauses (p90 2.3 against 2.8-3.0 ms) and the replication lag's p99 to
+ * 0.72-0.80x in A/B runs at 500 ops/s, CPU unchanged (bench/README.md, 2026-12-05).
+ */
+if (process.env.BUN_JSC_numberOfGCMarkers === undefined && navigator.hardwareConcurrency <= 2) startSettings.BUN_JSC_numberOfGCMarkers = "1";
+
+const missing = Object.entries(startSettings).map(([k, v]) => `${k}=${v}`).join(" ");
+if (missing && process.platform !== "win32" && process.execve) {
   try {
-    process.execve(process.execPath, [process.execPath, ...process.execArgv, ...process.argv.slice(1)], {
-      ...process.env,
-      MIMALLOC_PURGE_DELAY: PURGE_DELAY_MS,
-    });
+    process.execve(process.execPath, [process.execPath, ...process.execArgv, ...process.argv.slice(1)], { ...process.env, ...startSettings });
   } catch (e) {
-    console.warn(`tern: could not restart with MIMALLOC_PURGE_DELAY=${PURGE_DELAY_MS} (${(e as Error).message}); running with Bun's default`);
+    console.warn(`tern: could not restart with ${missing} (${(e as Error).message}); running with Bun's defaults`);
   }
 }
 
