@@ -149,10 +149,15 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     return { shards: cursors.map((c) => got.get(c.shardId) ?? unanswered(c)), sparse: false, readsCursorColumns: false };
   }
 
-  /** remote's shard ids, their persisted inbound acks (also set as progress), and a setter of each shard's lag gauge. */
+  /**
+   * remote's shard ids, their persisted inbound acks (also set as progress), and a setter of each
+   * shard's lag gauge. The acks are made durable first: they may be the last stream's applies,
+   * committed without their flush, and the first request tells them to the source.
+   */
   async function inbound(remote: RemoteCluster) {
     const shardIds = Array.from({ length: remote.shardCount }, (_, i) => i + 1);
     const acks = new Map(await Promise.all(shardIds.map(async (id) => [id, await loadInboundAck(db, remote.name, id)] as const)));
+    await durable();
     for (const [id, ack] of acks) progressOf(remote.name, id).ackLevel = ack;
     // The lag gauge of each shard, set when it changes (an answer for 512 shards mostly changes none).
     const shown = new Map<number, number>();
@@ -279,8 +284,6 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
    */
   async function stream(remote: RemoteCluster, signal: AbortSignal, report: StreamReport): Promise<"refused" | undefined> {
     const { shardIds, acks, lag } = await inbound(remote);
-    // The call's cursors tell the source these positions as applied.
-    await durable();
     const local = new AbortController();
     const s = AbortSignal.any([signal, local.signal]);
     const labels = { remote_cluster: remote.name };
@@ -417,8 +420,9 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
         return fetchShardByShard(remote, cs, wait, signal);
       }
     };
-    // What the source was told is applied, made durable first (durable), only when it moved.
-    const told = new Map<number, number>();
+    // What the source was told is applied, made durable first (durable), only when it moved
+    // (inbound made the persisted acks durable).
+    const told = new Map(acks);
     const tell = (asked: Cursor[]) => {
       if (asked.every((c) => told.get(c.shardId) === c.acked)) return Promise.resolve();
       return durable().then(() => asked.forEach((c) => told.set(c.shardId, c.acked)));
