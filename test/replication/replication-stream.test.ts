@@ -12,8 +12,8 @@ import { parseCounter } from "../../bench/lib/prom-histogram";
 import { startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
 import { rejects } from "../support/rejects";
-import type { TestCluster } from "../support/server";
-import { testStores } from "../support/stores";
+import type { TestCluster, TestClusterOptions } from "../support/server";
+import { testStores, type StoreKind } from "../support/stores";
 import { addr, globalNamespace, historiesOf } from "./support";
 
 setDefaultTimeout(90_000);
@@ -30,6 +30,22 @@ const receivedOf = (x: TestCluster, from: string) => parseCounter(x.server.metri
 
 /** The sum of x's counter `name` over the series of operation op. */
 const counted = (x: TestCluster, name: string, op: string) => parseCounter(x.server.metrics.render(), name, { operation: op });
+
+/**
+ * Clusters A and B on store with a global namespace: A connected to B first, then the
+ * namespace, then B to A, so B's receiver starts with the namespace in place.
+ */
+async function replicatingPair(store: StoreKind, options: [Partial<TestClusterOptions>, Partial<TestClusterOptions>]) {
+  const [a, b] = await startClusters(store, [{ shards: SHARDS, ...options[0] }, { shards: SHARDS, ...options[1] }]);
+  await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
+  const nsId = await globalNamespace(a, b, NS);
+  await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
+  return { a, b, nsId };
+}
+
+/** Waits until b holds exactly a's histories of the namespace. */
+const caughtUp = (a: TestCluster, b: TestCluster, nsId: string, timeout = 15_000) =>
+  eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout });
 
 for (const store of await testStores()) {
   describe(`StreamReplicationTasks on ${store}: one open answer, the cursors moved on by the source`, () => {
@@ -51,7 +67,7 @@ for (const store of await testStores()) {
     };
 
     beforeAll(async () => {
-      [a, b] = await startClusters(store, [{ shards: SHARDS }, { shards: SHARDS }]);
+      [a, b] = await startClusters(store, [{}, {}]);
       // One way only: clusterB does not pull, the test streams in its name.
       await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
       nsId = await globalNamespace(a, b, NS);
@@ -137,10 +153,7 @@ for (const store of await testStores()) {
     let nsId: string;
 
     beforeAll(async () => {
-      [a, b] = await startClusters(store, [{ shards: SHARDS }, { shards: SHARDS }]);
-      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
-      nsId = await globalNamespace(a, b, NS);
-      await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
+      ({ a, b, nsId } = await replicatingPair(store, [{}, {}]));
     });
     afterAll(() => Promise.all([a.destroy(), b.destroy()]));
 
@@ -150,7 +163,7 @@ for (const store of await testStores()) {
       await Promise.all(
         Array.from({ length: 120 }, (_, i) => wf.signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: `s-${i % 40}` }, signalName: `n${i}` })),
       );
-      await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 15_000 });
+      await caughtUp(a, b, nsId);
       expect(counted(a, "service_requests", "StreamReplicationTasks")).toBe(1);
       expect(counted(a, "service_requests", "PullReplicationTasks")).toBe(0);
       expect(counted(a, "service_requests", "GetReplicationTasks")).toBe(0);
@@ -177,19 +190,16 @@ for (const store of await testStores()) {
 
     beforeAll(async () => {
       const log = createLogger({ level: "info", write: (line) => bLog.push(JSON.parse(line)) });
-      [a, b] = await startClusters(store, [
-        { shards: SHARDS, serverOptions: { replication: { serveStream: () => serving } } },
-        { shards: SHARDS, serverOptions: { log, replication: { reprobeMs: 300 } } },
-      ]);
-      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
-      nsId = await globalNamespace(a, b, NS);
-      await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
+      ({ a, b, nsId } = await replicatingPair(store, [
+        { serverOptions: { replication: { serveStream: () => serving } } },
+        { serverOptions: { log, replication: { reprobeMs: 300 } } },
+      ]));
     });
     afterAll(() => Promise.all([a.destroy(), b.destroy()]));
 
     test("PullsAnOldSource, and takes the stream once it is served", async () => {
       for (let i = 0; i < 8; i++) await start(a, `old-${i}`);
-      await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 15_000 });
+      await caughtUp(a, b, nsId);
       expect(counted(a, "service_requests", "PullReplicationTasks")).toBeGreaterThan(0);
       expect(a.server.metrics.render()).toMatch(/service_errors\{operation="StreamReplicationTasks"[^}]*code="Unimplemented"\} [1-9]/);
       expect(bLog.filter((l) => l.msg.includes("does not serve StreamReplicationTasks")).length).toBe(1);
@@ -205,11 +215,11 @@ for (const store of await testStores()) {
         },
         { timeout: 15_000 },
       );
-      await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 15_000 });
+      await caughtUp(a, b, nsId);
       // And keeps to it: no pull for what follows.
       const pulls = counted(a, "service_requests", "PullReplicationTasks");
       for (let i = 0; i < 8; i++) await start(a, `new-${i}`);
-      await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 15_000 });
+      await caughtUp(a, b, nsId);
       expect((await historiesOf(b, nsId)).filter((e) => e.eventId === 1).length).toBe(16 + nudges);
       expect(counted(a, "service_requests", "PullReplicationTasks")).toBe(pulls);
     });
@@ -226,13 +236,10 @@ for (const store of await testStores()) {
 
       beforeAll(async () => {
         const durable = () => (durableCalls++, held ?? Promise.resolve());
-        [a, b] = await startClusters(store, [
-          { shards: SHARDS, serverOptions: { replication: { serveStream: () => protocol === "stream" } } },
-          { shards: SHARDS, serverOptions: { replication: { durable } } },
-        ]);
-        await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
-        nsId = await globalNamespace(a, b, NS);
-        await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
+        ({ a, b, nsId } = await replicatingPair(store, [
+          { serverOptions: { replication: { serveStream: () => protocol === "stream" } } },
+          { serverOptions: { replication: { durable } } },
+        ]));
       });
       afterAll(async () => {
         release();
@@ -251,7 +258,7 @@ for (const store of await testStores()) {
 
       test("AcksOnlyOnceDurableResolves, and applies meanwhile on a stream", async () => {
         for (let i = 0; i < 8; i++) await start(a, `d-${i}`);
-        await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 15_000 });
+        await caughtUp(a, b, nsId);
         await eventually(async () => expect(await acksOnA()).toEqual(await maxesOnA()), { timeout: 15_000 });
 
         held = new Promise((r) => (release = () => ((held = undefined), r())));
@@ -260,7 +267,7 @@ for (const store of await testStores()) {
         for (let i = 0; i < 8; i++) await start(a, `h-${i}`);
         if (protocol === "stream") {
           // B applies as before (its acks go apart from the stream)...
-          await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 15_000 });
+          await caughtUp(a, b, nsId);
         } else {
           // ...where a pull carries its acks: the pull after an apply waits for them to be durable
           // (as it waited for the apply's own flush before applies were asynchronous).
@@ -272,7 +279,7 @@ for (const store of await testStores()) {
         expect(await acksOnA()).toEqual(before);
 
         release();
-        await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 15_000 });
+        await caughtUp(a, b, nsId);
         await eventually(async () => expect(await acksOnA()).toEqual(await maxesOnA()), { timeout: 15_000 });
         expect(await acksOnA()).not.toEqual(before);
       });
@@ -288,10 +295,7 @@ for (const store of await testStores()) {
 
     beforeAll(async () => {
       const beforeCommit = (operation: string) => (operation === "ReplicateHistory" ? held : undefined);
-      [a, b] = await startClusters(store, [{ shards: SHARDS }, { shards: SHARDS, serverOptions: { beforeCommit } }]);
-      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
-      nsId = await globalNamespace(a, b, NS);
-      await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
+      ({ a, b, nsId } = await replicatingPair(store, [{}, { serverOptions: { beforeCommit } }]));
     });
     afterAll(async () => {
       release();
@@ -301,7 +305,7 @@ for (const store of await testStores()) {
     test("HoldsItsReadingAtAShardPagesWorth while the apply waits, and applies everything once it goes on", async () => {
       const runs = Array.from({ length: 10 }, (_, i) => `r-${i}`);
       for (const id of runs) await start(a, id);
-      await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 15_000 });
+      await caughtUp(a, b, nsId);
 
       held = new Promise((r) => (release = () => ((held = undefined), r())));
       // 1,400 tasks, ten writers at a time: the first apply waits, the reader reads on to a page's worth.
@@ -318,7 +322,7 @@ for (const store of await testStores()) {
       expect(received).toBeLessThan(MAX_SHARD_PAGE + 100);
 
       release();
-      await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 30_000 });
+      await caughtUp(a, b, nsId, 30_000);
       expect(receivedOf(b, "clusterA")).toBe(0);
     });
   });
@@ -335,13 +339,10 @@ for (const store of await testStores()) {
       const beforeStreamMessage = (signal: AbortSignal) =>
         held ? Promise.race([held, new Promise<void>((r) => signal.addEventListener("abort", () => r(), { once: true }))]) : Promise.resolve();
       const log = createLogger({ level: "info", write: (line) => bLog.push(JSON.parse(line)) });
-      [a, b] = await startClusters(store, [
-        { shards: SHARDS, serverOptions: { replication: { beforeStreamMessage } } },
-        { shards: SHARDS, serverOptions: { log, replication: { waitMs: 200, silenceGraceMs: 300 } } },
-      ]);
-      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
-      nsId = await globalNamespace(a, b, NS);
-      await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
+      ({ a, b, nsId } = await replicatingPair(store, [
+        { serverOptions: { replication: { beforeStreamMessage } } },
+        { serverOptions: { log, replication: { waitMs: 200, silenceGraceMs: 300 } } },
+      ]));
     });
     afterAll(async () => {
       release();
@@ -350,7 +351,7 @@ for (const store of await testStores()) {
 
     test("GivesUpAStreamSilentPastTheWait, and replicates on the next once the source answers", async () => {
       await start(a, "before");
-      await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 15_000 });
+      await caughtUp(a, b, nsId);
       // Not given up while the source answers (a message without news every 200 ms).
       await Bun.sleep(1_000);
       expect(counted(a, "service_requests", "StreamReplicationTasks")).toBe(1);
@@ -363,7 +364,7 @@ for (const store of await testStores()) {
       expect((await historiesOf(b, nsId)).some((e) => e.workflowId === "held")).toBe(false);
 
       release();
-      await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 15_000 });
+      await caughtUp(a, b, nsId);
     });
   });
 }
