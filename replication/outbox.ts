@@ -65,13 +65,36 @@ const APPEND_COLUMNS = [["task_id", "(select task_id from task)"], ["created_at"
  */
 export function createOutboxMarks() {
   const marks = new Map<number, number>();
+  /** Each open watch's shards moved since it last took them. */
+  const watches = new Set<Set<number>>();
   return {
     /** taskId 0: the shard has no task yet, which is known too (else such a shard was read at every poll). */
     advance(shardId: number, taskId: number): void {
-      if (taskId > (marks.get(shardId) ?? -1)) marks.set(shardId, taskId);
+      if (taskId <= (marks.get(shardId) ?? -1)) return;
+      marks.set(shardId, taskId);
+      for (const moved of watches) moved.add(shardId);
     },
     latest: (shardId: number): number | undefined => marks.get(shardId),
+    /**
+     * Collects the shards whose mark moves from now on, until closed: a stream of many shards
+     * looks again only at those (and its own unfinished ones), not at every shard per message.
+     */
+    watch() {
+      const moved = new Set<number>();
+      watches.add(moved);
+      return {
+        /** The shards moved since the last take, in no order. */
+        take(): number[] {
+          const out = [...moved];
+          moved.clear();
+          return out;
+        },
+        close: () => void watches.delete(moved),
+      };
+    },
   };
 }
+
+export type OutboxMarksWatch = ReturnType<OutboxMarks["watch"]>;
 
 export type OutboxMarks = ReturnType<typeof createOutboxMarks>;

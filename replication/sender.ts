@@ -53,6 +53,12 @@ export interface ReplicationSenderDeps {
 type TaskRow = typeof replicationTasks.$inferSelect;
 /** One shard's answer: its tasks, the shard's highest task id, the last id the page covers, and where it came from. */
 type Page = { tasks: TaskInit[]; max: number; last: number; source: string };
+/** Which of a stream's cursors each round looks at (streamWatch). */
+interface StreamWatch {
+  next(marksTrusted: boolean): number[];
+  looked(looked: readonly number[], pages: readonly Page[]): void;
+  close(): void;
+}
 /** An event as json_build_object renders it inside the page query. */
 type EventJson = { eventId: number; version: number; eventTime: string; attributes: Record<string, unknown> };
 
@@ -139,7 +145,7 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     const ask = { peer: req.clusterName, withEvents: req.includeEvents, waitMs: req.waitTimeoutMs };
     const [size] = withinBudget([req.pageSize], 100);
     return polls.run(signal, async (s) => {
-      const [page] = await servePages({ ...ask, cursors: [{ shardId: req.shardId, after, acked, size: size! }] }, s);
+      const { pages: [page] } = await servePages({ ...ask, cursors: [{ shardId: req.shardId, after, acked, size: size! }] }, s);
       return create(GetReplicationTasksResponseSchema, { tasks: page!.tasks, maxTaskId: BigInt(page!.max), lastTaskId: BigInt(page!.last) });
     });
   }
@@ -158,8 +164,8 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     const cursors = pullCursors(asked, req.pageSize);
     const sparse = req.cursorColumns !== undefined;
     return polls.run(signal, async (s) => {
-      const pages = await servePages({ peer, withEvents: true, waitMs: req.waitTimeoutMs, cursors }, s);
-      return create(PullReplicationTasksResponseSchema, { shards: shardPages(cursors, pages, sparse), readsCursorColumns: true });
+      const { looked, pages } = await servePages({ peer, withEvents: true, waitMs: req.waitTimeoutMs, cursors }, s);
+      return create(PullReplicationTasksResponseSchema, { shards: shardPages(cursors, looked, pages, sparse), readsCursorColumns: true });
     });
   }
 
@@ -176,13 +182,18 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     if (!req.cursors) throw invalidArgument("cursors are required: where each shard's stream starts");
     const cursors = pullCursors(cursorsOfColumns(req.cursors, "cursors"), 0);
     const linked = polls.link(signal);
-    for (let first = true; !signal.aborted; first = false) {
-      const waitMs = first ? 0 : req.waitTimeoutMs;
-      const pages = await polls.run(linked, (s) => servePages({ peer, withEvents: true, waitMs, cursors, recordAcks: first, settle: true }, s));
-      if (signal.aborted) return;
-      const shards = shardPages(cursors, pages, true);
-      pages.forEach((p, i) => (cursors[i]!.after = p.last));
-      yield create(StreamReplicationTasksResponseSchema, { shards });
+    const watch = streamWatch(cursors);
+    try {
+      for (let first = true; !signal.aborted; first = false) {
+        const waitMs = first ? 0 : req.waitTimeoutMs;
+        const { looked, pages } = await polls.run(linked, (s) => servePages({ peer, withEvents: true, waitMs, cursors, recordAcks: first, settle: true, watch }, s));
+        if (signal.aborted) return;
+        const shards = shardPages(cursors, looked, pages, true);
+        pages.forEach((p, k) => (cursors[looked[k]!]!.after = p.last));
+        yield create(StreamReplicationTasksResponseSchema, { shards });
+      }
+    } finally {
+      watch.close();
     }
   }
 
@@ -229,11 +240,11 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     return asked.map((c, i) => ({ shardId: c.shardId, after: c.after, acked: Math.min(c.acked, c.after), size: sizes[i]! }));
   }
 
-  /** The pages as a pull answers them; sparse, only the shards with news (tasks, or a max or last past the cursor). */
-  function shardPages(cursors: readonly { shardId: number; after: number }[], pages: Page[], sparse: boolean): MessageInitShape<typeof ShardPageSchema>[] {
+  /** The pages (of cursors `looked`) as a pull answers them; sparse, only the shards with news (tasks, or a max or last past the cursor). */
+  function shardPages(cursors: readonly { shardId: number; after: number }[], looked: readonly number[], pages: Page[], sparse: boolean): MessageInitShape<typeof ShardPageSchema>[] {
     const shards: MessageInitShape<typeof ShardPageSchema>[] = [];
-    pages.forEach((p, i) => {
-      const { shardId, after } = cursors[i]!;
+    pages.forEach((p, k) => {
+      const { shardId, after } = cursors[looked[k]!]!;
       if (!sparse || p.tasks.length || p.max !== after || p.last !== after) shards.push({ shardId, tasks: p.tasks, maxTaskId: BigInt(p.max), lastTaskId: BigInt(p.last) });
     });
     return shards;
@@ -256,15 +267,20 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
   /**
    * A page of each cursor's shard (at most its size), in cursor order, as soon as one has a
    * task or the wait ends. peer (empty for an operator's read) gets only its namespaces'
-   * tasks, and each cursor's `acked` is recorded as its ack.
+   * tasks, and each cursor's `acked` is recorded as its ack. With `watch` (a stream's), a
+   * round between full reads looks only at the shards whose mark moved and those its last
+   * round did not find caught up: the others are where the stream left them, and are not in
+   * the answer (`looked` says which cursors the pages are of; every cursor without `watch`).
    */
   async function servePages(
-    ask: { peer: string; withEvents: boolean; waitMs: number; cursors: { shardId: number; after: number; acked: number; size: number }[]; recordAcks?: boolean; settle?: boolean },
+    ask: {
+      peer: string; withEvents: boolean; waitMs: number; cursors: { shardId: number; after: number; acked: number; size: number }[];
+      recordAcks?: boolean; settle?: boolean; watch?: StreamWatch;
+    },
     signal: AbortSignal,
-  ): Promise<Page[]> {
-    const { peer, withEvents, cursors } = ask;
+  ): Promise<{ looked: number[]; pages: Page[] }> {
+    const { peer, withEvents, cursors, watch } = ask;
     const deadline = Date.now() + Math.min(Math.max(ask.waitMs, 0), maxWaitMs);
-    if (peer) for (const c of cursors) outboxTail?.passed(c.shardId, peer, c.after);
     // Many shards wait on any shard's commit: one key, not one each (a commit in a shard not
     // asked for wakes the poll for a round answered from the marks).
     const keys = cursors.length > MANY_SHARDS ? [anyShardKey] : cursors.map((c) => shardKey(c.shardId));
@@ -283,24 +299,31 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
         // pull (as pages from memory). An operator's read that does not wait still reads. The
         // marks move before the notifier wakes us.
         const marksTrusted = peer ? !full && peerFresh(peer) : first ? listening !== undefined : !full;
-        const pages: (Page | undefined)[] = cursors.map((c) => {
+        const looked = watch ? watch.next(marksTrusted) : cursors.map((_, i) => i);
+        // The peer will not ask below its cursors again (a stream's other cursors have not moved).
+        if (peer && first) for (const i of looked) outboxTail?.passed(cursors[i]!.shardId, peer, cursors[i]!.after);
+        const pages: (Page | undefined)[] = looked.map((i) => {
+          const c = cursors[i]!;
           const known = marksTrusted ? outboxMarks?.latest(c.shardId) : undefined;
           if (known !== undefined && c.after >= known) return { tasks: [], max: known, last: c.after, source: "none" };
           return tailPage(c.shardId, c.after, c.size, peer, withEvents);
         });
-        const unread = cursors.flatMap((c, i) => (pages[i] ? [] : [i]));
+        const unread: number[] = [];
+        pages.forEach((p, k) => p || unread.push(k));
         // Few shards: a page read each, side by side. Many: their counters first (readPages).
+        const unreadCursors = unread.map((k) => cursors[looked[k]!]!);
         const read = unread.length > MANY_SHARDS
-          ? readPages(unread.map((i) => cursors[i]!), peer, withEvents)
-          : Promise.all(unread.map((i) => readPage(cursors[i]!.shardId, cursors[i]!.after, cursors[i]!.size, peer, withEvents)));
+          ? readPages(unreadCursors, peer, withEvents)
+          : Promise.all(unreadCursors.map((c) => readPage(c.shardId, c.after, c.size, peer, withEvents)));
         const [got] = await Promise.all([read, peer && ask.recordAcks !== false ? acks.record(peer, cursors) : undefined]);
-        unread.forEach((i, k) => (pages[i] = got[k]));
+        unread.forEach((k, j) => (pages[k] = got[j]));
         const done = pages as Page[];
-        done.forEach((p, i) => outboxMarks?.advance(cursors[i]!.shardId, p.max));
+        done.forEach((p, k) => outboxMarks?.advance(cursors[looked[k]!]!.shardId, p.max));
+        watch?.looked(looked, done);
         const found = done.filter((p) => p.tasks.length);
         if (found.length || !listening || signal.aborted) {
           if (peer) for (const p of found) metrics?.inc("replication_pages_sent", { remote_cluster: peer, source: p.source });
-          return done;
+          return { looked, pages: done };
         }
         await listening.woke;
         // Woken by a commit: with `settle`, the commits answered in the same turn go too (and
@@ -310,6 +333,39 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
         listening?.cancel();
       }
     }
+  }
+
+  /**
+   * Which of a stream's cursors a round looks at. Every one at first and whenever the marks
+   * are not trusted (a full read, a peer not lately checked); between those, the shards whose
+   * mark moved since (taken from the marks' watch) and those the last look did not answer
+   * from the marks (a page sent or read: the cursor moved, or more may follow). Any other
+   * shard was answered from the marks, caught up, and neither its cursor nor its mark has
+   * moved since, so a look would answer it the same.
+   */
+  function streamWatch(cursors: readonly { shardId: number }[]): StreamWatch {
+    const moved = outboxMarks?.watch();
+    const indexOf = new Map(cursors.map((c, i) => [c.shardId, i]));
+    let again = new Set<number>();
+    let primed = false;
+    return {
+      next(marksTrusted: boolean): number[] {
+        const taken = moved?.take() ?? [];
+        if (!moved || !primed || !marksTrusted) return cursors.map((_, i) => i);
+        for (const shardId of taken) {
+          const i = indexOf.get(shardId);
+          if (i !== undefined) again.add(i);
+        }
+        return [...again].sort((x, y) => x - y);
+      },
+      looked(looked: readonly number[], pages: readonly Page[]): void {
+        if (looked.length === cursors.length) primed = true;
+        const next = new Set<number>();
+        pages.forEach((p, k) => p.source !== "none" && next.add(looked[k]!));
+        again = next;
+      },
+      close: () => moved?.close(),
+    };
   }
 
   return {

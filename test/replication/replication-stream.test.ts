@@ -148,6 +148,54 @@ for (const store of await testStores()) {
     });
   });
 
+  describe(`a stream of many shards on ${store}: each answer looks at the shards that moved and those not finished`, () => {
+    const MANY = 40;
+    let a: TestCluster, b: TestCluster;
+    let nsId: string;
+
+    beforeAll(async () => {
+      // No full read during the test (one a minute): what each answer looks at comes from the marks alone.
+      [a, b] = await startClusters(store, [{ shards: MANY, serverOptions: { replication: { senderRecheckMs: 60_000 } } }, { shards: MANY }]);
+      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
+      nsId = await globalNamespace(a, b, NS);
+    });
+    afterAll(() => Promise.all([a.destroy(), b.destroy()]));
+
+    test("GoesOnWithAShardItDidNotFinish, a page at a time, without a commit to wake it, then each new commit's shard", async () => {
+      const wf = a.client(WorkflowService);
+      const { runId } = await start(a, "busy");
+      for (let i = 0; i < 4; i++) await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "busy", runId }, signalName: `s${i}` });
+      const busyShard = shardFor(nsId, "busy", MANY);
+      const ids = Array.from({ length: MANY }, (_, i) => i + 1);
+      const stop = new AbortController();
+      const it = a.client(AdminService)
+        .streamReplicationTasks(
+          { clusterName: "clusterB", cursors: { shardIds: ids, afterTaskIds: ids.map(() => 0n), ackedTaskIds: ids.map(() => 0n), pageSizes: ids.map(() => 1) }, waitTimeoutMs: 30_000 },
+          { signal: stop.signal },
+        )[Symbol.asyncIterator]();
+      try {
+        // Five tasks in one shard, one a page: five answers in a row, no commit between them.
+        const sent: string[] = [];
+        for (let n = 0; n < 5; n++) {
+          const { value } = await it.next();
+          const pages = (value as StreamReplicationTasksResponse).shards.filter((p) => p.tasks.length);
+          expect(pages.map((p) => p.shardId)).toEqual([busyShard]);
+          sent.push(...pages[0]!.tasks.map((t) => `${t.firstEventId}`));
+        }
+        expect(sent).toHaveLength(5);
+        // Caught up: a commit in another shard is the next answer, that shard alone.
+        let other = 0;
+        while (shardFor(nsId, `other-${other}`, MANY) === busyShard) other++;
+        await start(a, `other-${other}`);
+        const { value } = await it.next();
+        const pages = (value as StreamReplicationTasksResponse).shards;
+        expect(pages.map((p) => [p.shardId, p.tasks.map((t) => t.workflowId)])).toEqual([[shardFor(nsId, `other-${other}`, MANY), [`other-${other}`]]]);
+      } finally {
+        stop.abort();
+      }
+    });
+  });
+
   describe(`a receiver on ${store}: A's tasks on one stream, acked apart`, () => {
     let a: TestCluster, b: TestCluster;
     let nsId: string;

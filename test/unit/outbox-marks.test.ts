@@ -18,4 +18,24 @@ describe("outbox marks: the highest task id known committed per shard", () => {
     marks.advance(2, 9);
     expect(marks.latest(2)).toBe(9);
   });
+
+  test("AWatchTakesTheShardsMovedSinceItsLastTake, not a mark that stayed, and nothing once closed", () => {
+    const marks = createOutboxMarks();
+    marks.advance(1, 5);
+    const watch = marks.watch();
+    expect(watch.take()).toEqual([]);
+    marks.advance(1, 6);
+    marks.advance(3, 0);
+    marks.advance(1, 7);
+    marks.advance(2, 0);
+    expect(watch.take().sort()).toEqual([1, 2, 3]);
+    expect(watch.take()).toEqual([]);
+    marks.advance(1, 4); // below its mark: not a move
+    expect(watch.take()).toEqual([]);
+    const other = marks.watch();
+    watch.close();
+    marks.advance(4, 1);
+    expect(watch.take()).toEqual([]);
+    expect(other.take()).toEqual([4]);
+  });
 });
