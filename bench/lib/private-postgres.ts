@@ -3,11 +3,17 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { freePort } from "./free-port";
 
-const BIN = "/usr/lib/postgresql/15/bin";
+/** Where PostgreSQL's server binaries are (initdb, pg_ctl): Debian's PostgreSQL 15, as STACK.md sets it up. */
+export const POSTGRES_BIN = "/usr/lib/postgresql/15/bin";
+const BIN = POSTGRES_BIN;
 
 /** A PostgreSQL instance started for one bench run. */
 export interface PrivatePostgres {
   url: (db: string) => string;
+  /** Ends the instance as a crash would (`pg_ctl stop -m immediate`: no checkpoint, no flush); `start` brings it back on the same data. */
+  crash(): Promise<void>;
+  /** Starts the instance again after `crash`, on the same port and data: it recovers from its WAL. */
+  start(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -21,27 +27,35 @@ async function sh(cmd: string): Promise<string> {
 /**
  * initdb + pg_ctl start as user postgres in a temp dir, on a free port (STACK.md), with
  * wal_level=logical and track_commit_timestamp=on (each row's commit time, for lag measured
- * from the commit).
+ * from the commit). `settings` are more `-c name=value` pairs (e.g. a test's wal_writer_delay).
  */
-export async function startPrivatePostgres(): Promise<PrivatePostgres> {
+export async function startPrivatePostgres(settings: Record<string, string | number> = {}): Promise<PrivatePostgres> {
   const dir = mkdtempSync(join(tmpdir(), "tern-bench-pg-"));
   const pw = Number((await Bun.$`id -u postgres`.text()).trim());
   chownSync(dir, pw, pw);
   chmodSync(dir, 0o700);
   const port = await freePort();
   let started = false;
+  const halt = () => sh(`${BIN}/pg_ctl -D ${dir}/data -m immediate -w stop`);
   const stop = async () => {
-    if (started) await sh(`${BIN}/pg_ctl -D ${dir}/data -m immediate -w stop`).catch(() => {});
+    if (started) await halt().catch(() => {});
     rmSync(dir, { recursive: true, force: true });
   };
+  const more = Object.entries(settings).map(([k, v]) => ` -c ${k}=${v}`).join("");
+  const opts = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c wal_level=logical -c max_wal_senders=10 -c max_replication_slots=10 -c shared_buffers=128MB -c track_commit_timestamp=on${more}`;
+  const start = () => sh(`${BIN}/pg_ctl -D ${dir}/data -l ${dir}/log -o '${opts}' -w start >/dev/null`);
   try {
     await sh(`${BIN}/initdb -D ${dir}/data --auth=trust -U postgres >/dev/null`);
-    const opts = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c wal_level=logical -c max_wal_senders=10 -c max_replication_slots=10 -c shared_buffers=128MB -c track_commit_timestamp=on`;
     started = true;
-    await sh(`${BIN}/pg_ctl -D ${dir}/data -l ${dir}/log -o '${opts}' -w start >/dev/null`);
+    await start();
   } catch (e) {
     await stop();
     throw e;
   }
-  return { url: (db) => `postgres://postgres@127.0.0.1:${port}/${db}`, stop };
+  return {
+    url: (db) => `postgres://postgres@127.0.0.1:${port}/${db}`,
+    crash: async () => void (await halt()),
+    start: async () => void (await start()),
+    stop,
+  };
 }

@@ -1,0 +1,124 @@
+import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { existsSync } from "node:fs";
+import { inboundAckRows, outboundAcks } from "../../replication/ack-levels";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { openDatabase } from "../../src/persistence/database";
+import { shards } from "../../src/persistence/schema";
+import { POSTGRES_BIN, startPrivatePostgres } from "../../bench/lib/private-postgres";
+import { startClusters } from "../failover/mesh";
+import { eventually } from "../support/eventually";
+import { startTestCluster, type TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+import { addr, expectSameHistories, globalNamespace } from "./support";
+
+setDefaultTimeout(120_000);
+
+const SHARDS = 4;
+const NS = "orders";
+const cleanups: (() => Promise<unknown>)[] = [];
+afterAll(async () => {
+  for (const c of cleanups.reverse()) await c().catch(() => {});
+});
+
+/** Each shard's last task id on x (0 for a shard without tasks). */
+async function lastTasks(x: TestCluster): Promise<Map<number, number>> {
+  const rows = await x.server.database.db.select({ shardId: shards.shardId, next: shards.nextTaskId }).from(shards);
+  return new Map(rows.map((r) => [r.shardId, Number(r.next) - 1]));
+}
+
+/** Starts `runs` workflows on a and signals each `signals` times. */
+async function write(a: TestCluster, prefix: string, runs: number, signals: number): Promise<void> {
+  const wf = a.client(WorkflowService);
+  for (let i = 0; i < runs; i++) {
+    const { runId } = await wf.startWorkflowExecution({ namespace: NS, workflowId: `${prefix}-${i}`, workflowType: "T", taskQueue: "q" });
+    for (let j = 0; j < signals; j++) {
+      await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: `${prefix}-${i}`, runId }, signalName: `s${j}` });
+    }
+  }
+}
+
+/**
+ * A (on the test PostgreSQL) replicating to B, whose database is a PostgreSQL instance of its
+ * own. B applies two batches of A's writes, A hearing of each in full, then a third; then B's
+ * PostgreSQL crashes (`pg_ctl stop -m immediate`: what its WAL buffers held is gone) and
+ * recovers. The WAL writer is slowed to once in 10 s, so an apply's commit record stays in
+ * those buffers until a synchronous commit on B writes it out.
+ * - gated (B's own `durable`): the flush is held through the third batch, so that batch is
+ *   applied, not durable, and A is not told of it; the crash takes it.
+ * - not gated (a no-op `durable`): A hears of the third batch as of the others.
+ */
+async function crashAfterApplies(gated: boolean) {
+  const pg = await startPrivatePostgres({ wal_writer_delay: "10s" });
+  cleanups.push(() => pg.stop());
+  const bUrl = pg.url("postgres");
+  let real: (() => Promise<void>) | undefined;
+  let held: Promise<void> | undefined;
+  let release = () => {};
+  const durable = gated ? async () => (await held, await real!()) : async () => {};
+  const [a, b] = await startClusters("postgres", [{ shards: SHARDS }, { shards: SHARDS, dataLocation: bUrl, serverOptions: { replication: { durable } } }]);
+  cleanups.push(() => a.destroy(), () => b.destroy());
+  real = b.server.database.applies!.durable;
+  await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
+  const nsId = await globalNamespace(a, b, NS);
+  await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
+
+  const toldOf = () => outboundAcks(a.server.database.db, "clusterB");
+  let acked = new Map<number, number>();
+  for (const batch of ["first", "second", "third"]) {
+    if (batch === "third" && gated) held = new Promise((r) => (release = r));
+    await write(a, batch, 4, 3);
+    await eventually(() => expectSameHistories(a, b, nsId), { timeout: 20_000 });
+    if (batch === "third" && gated) break;
+    acked = await lastTasks(a);
+    await eventually(async () => {
+      const told = await toldOf();
+      for (const [shardId, id] of acked) if (id > 0) expect(told.get(shardId)).toBe(id);
+    }, { timeout: 20_000 });
+  }
+
+  await pg.crash();
+  // B's calls to its database fail from here: it can tell A nothing it applied after this.
+  release();
+  await b.stop();
+  const told = await toldOf();
+  await pg.start();
+  const recovered = new Map<number, number>();
+  const database = await openDatabase({ postgres: { url: bUrl } });
+  try {
+    for (const r of await inboundAckRows(database.db)) if (r.remoteCluster === "clusterA" && r.queue === "history") recovered.set(r.shardId, r.ackLevel);
+  } finally {
+    await database.close();
+  }
+  return { a, bUrl, nsId, told, recovered, acked, last: await lastTasks(a) };
+}
+
+/** Shards whose ack on A is past where B's recovered database says B applied. */
+const toldPastRecovered = (told: Map<number, number>, recovered: Map<number, number>) =>
+  [...told].filter(([shardId, ack]) => ack > (recovered.get(shardId) ?? 0)).map(([shardId]) => shardId);
+
+// Needs PostgreSQL's binaries here (initdb, pg_ctl) as well as the test PostgreSQL: skipped where they are not, loudly.
+const binaries = existsSync(`${POSTGRES_BIN}/initdb`);
+if (!binaries) console.warn(`\n!!! no PostgreSQL binaries in ${POSTGRES_BIN}: the crash of B's PostgreSQL is SKIPPED !!!\n`);
+
+describe.if(binaries && (await testStores()).includes("postgres"))("a crash of B's PostgreSQL while its applies commit asynchronously", () => {
+  test("LosesOnlyAppliesTheSourceStillKeeps: A's acks stay within what B recovered, and B takes the rest from A again", async () => {
+    const { a, bUrl, nsId, told, recovered, acked, last } = await crashAfterApplies(true);
+    // A heard of the first two batches and nothing of the third; B lost some of the third.
+    for (const [shardId, id] of acked) expect(told.get(shardId) ?? 0).toBe(id);
+    expect([...last].filter(([shardId, id]) => (recovered.get(shardId) ?? 0) < id).length).toBeGreaterThan(0);
+    expect(toldPastRecovered(told, recovered)).toEqual([]);
+
+    // B again, on its recovered database: it takes what it lost from A, which kept it.
+    const b = await startTestCluster({ store: "postgres", name: "clusterB", initialFailoverVersion: 2, shards: SHARDS, dataLocation: bUrl });
+    cleanups.push(() => b.destroy());
+    await eventually(() => expectSameHistories(a, b, nsId), { timeout: 30_000 });
+  });
+
+  test("WithoutTheGate, the same crash loses applies A was told of (what the gate is for)", async () => {
+    const { told, recovered, last } = await crashAfterApplies(false);
+    // A heard of every task; B's database lost the last of them in some shard.
+    for (const [shardId, id] of last) if (id > 0) expect(told.get(shardId)).toBe(id);
+    expect(toldPastRecovered(told, recovered).length).toBeGreaterThan(0);
+  });
+});
