@@ -73,6 +73,8 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
   const polls = createLongPolls(() => unavailable(`cluster ${cluster.clusterName} is shutting down`));
   /** When a database page last found each peer connected and enabled: pages from memory rely on it for recheckMs. */
   const peerChecked = new Map<string, number>();
+  /** Streams open per peer (their gauge). */
+  const streamsServed = new Map<string, number>();
   /** When each peer's polls last read every shard they asked for (servePages). */
   const fullReadAt = new Map<string, number>();
 
@@ -183,6 +185,9 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     const cursors = pullCursors(cursorsOfColumns(req.cursors, "cursors"), 0);
     const linked = polls.link(signal);
     const watch = streamWatch(cursors);
+    const labels = { remote_cluster: peer };
+    streamsServed.set(peer, (streamsServed.get(peer) ?? 0) + 1);
+    metrics?.set("replication_streams_served", labels, streamsServed.get(peer)!);
     try {
       for (let first = true; !signal.aborted; first = false) {
         const waitMs = first ? 0 : req.waitTimeoutMs;
@@ -194,6 +199,8 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
       }
     } finally {
       watch.close();
+      streamsServed.set(peer, streamsServed.get(peer)! - 1);
+      metrics?.set("replication_streams_served", labels, streamsServed.get(peer)!);
     }
   }
 

@@ -53,6 +53,7 @@ const HELP: Record<string, [Family["type"], string]> = {
   replication_fetch_latency: ["histogram", "Seconds from a history write on the source to its page arriving here: the source's commit and answer, and the network"],
   replication_apply_latency: ["histogram", "Seconds from a history page arriving here to its apply: the wait for the apply before it, then its own"],
   replication_tasks_lag: ["gauge", "History replication tasks of a remote shard not yet applied here"],
+  replication_streams_served: ["gauge", "StreamReplicationTasks calls this cluster is serving, per pulling peer"],
   replication_stream_received_tasks: ["gauge", "History replication tasks read from a remote's stream and not applied yet: its reader stops reading while a shard page's worth waits"],
   replication_tasks_applied: ["counter", "History replication tasks applied from a remote cluster"],
   replication_pages_applied: ["counter", "History replication pages applied, by path: one-trip (from rows kept in memory), pipelined (two round trips) or full (conflicts, gaps, held runs)"],

@@ -105,6 +105,22 @@ for (const store of await testStores()) {
       }
     });
 
+    test("CountsTheStreamsItServes, and lets go of each (its shard watch too) once the peer ends it", async () => {
+      const served = () => parseCounter(a.server.metrics.render(), "replication_streams_served", { remote_cluster: "clusterB" });
+      const s = open(shardIds.map(() => 0n), 10_000);
+      const t = open(shardIds.map(() => 0n), 10_000);
+      try {
+        await Promise.all([s.next(), t.next()]);
+        expect(served()).toBe(2);
+        s.end();
+        await eventually(() => expect(served()).toBe(1));
+      } finally {
+        s.end();
+        t.end();
+      }
+      await eventually(() => expect(served()).toBe(0));
+    });
+
     test("RecordsTheRequestsAcksOnce, and AckReplicationTasks's after", async () => {
       // A shard's ack is at most where its stream starts: shard 1's 2 is recorded as 1.
       const s = open([1n, 2n, 0n, 0n], 10_000, [2n, 2n, 0n, 0n]);
