@@ -107,6 +107,8 @@ for (const store of await testStores()) {
 
     test("CountsTheStreamsItServes, and lets go of each (its shard watch too) once the peer ends it", async () => {
       const served = () => parseCounter(a.server.metrics.render(), "replication_streams_served", { remote_cluster: "clusterB" });
+      // The test before ended its stream: the source lets go of it a moment later.
+      await eventually(() => expect(served()).toBe(0));
       const s = open(shardIds.map(() => 0n), 10_000);
       const t = open(shardIds.map(() => 0n), 10_000);
       try {
