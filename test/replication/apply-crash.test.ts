@@ -10,7 +10,7 @@ import { startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
-import { addr, expectSameHistories, globalNamespace } from "./support";
+import { addr, expectSameHistories, globalNamespace, historiesOf } from "./support";
 
 setDefaultTimeout(120_000);
 
@@ -44,11 +44,12 @@ async function write(a: TestCluster, prefix: string, runs: number, signals: numb
  * PostgreSQL crashes (`pg_ctl stop -m immediate`: what its WAL buffers held is gone) and
  * recovers. The WAL writer is slowed to once in 10 s, so an apply's commit record stays in
  * those buffers until a synchronous commit on B writes it out.
- * - gated (B's own `durable`): the flush is held through the third batch, so that batch is
- *   applied, not durable, and A is not told of it; the crash takes it.
+ * - gated (B's own `durable`): the flush is held through the third batch, so what B applies of
+ *   it is not durable and A is not told of it; the crash takes it.
  * - not gated (a no-op `durable`): A hears of the third batch as of the others.
+ * B takes A's tasks on a stream, or, when A does not serve one, by pulls.
  */
-async function crashAfterApplies(gated: boolean) {
+async function crashAfterApplies(gated: boolean, protocol: "stream" | "pull" = "stream") {
   const pg = await startPrivatePostgres({ wal_writer_delay: "10s" });
   cleanups.push(() => pg.stop());
   const bUrl = pg.url("postgres");
@@ -56,7 +57,9 @@ async function crashAfterApplies(gated: boolean) {
   let held: Promise<void> | undefined;
   let release = () => {};
   const durable = gated ? async () => (await held, await real!()) : async () => {};
-  const [a, b] = await startClusters("postgres", [{ shards: SHARDS }, { shards: SHARDS, dataLocation: bUrl, serverOptions: { replication: { durable } } }]);
+  // A that refuses the stream is pulled from (a source from before it).
+  const aOptions = { shards: SHARDS, serverOptions: { replication: { serveStream: () => protocol === "stream" } } };
+  const [a, b] = await startClusters("postgres", [aOptions, { shards: SHARDS, dataLocation: bUrl, serverOptions: { replication: { durable } } }]);
   cleanups.push(() => a.destroy(), () => b.destroy());
   real = b.server.database.applies!.durable;
   await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
@@ -68,8 +71,13 @@ async function crashAfterApplies(gated: boolean) {
   for (const batch of ["first", "second", "third"]) {
     if (batch === "third" && gated) held = new Promise((r) => (release = r));
     await write(a, batch, 4, 3);
+    if (batch === "third" && gated) {
+      // Applied, not durable. A pull stops at its next request, which waits for the flush to tell
+      // A of the apply before it; a stream goes on applying. Either way: some of it is applied.
+      await eventually(async () => expect((await historiesOf(b, nsId)).some((e) => e.workflowId.startsWith("third-"))).toBe(true), { timeout: 20_000 });
+      break;
+    }
     await eventually(() => expectSameHistories(a, b, nsId), { timeout: 20_000 });
-    if (batch === "third" && gated) break;
     acked = await lastTasks(a);
     await eventually(async () => {
       const told = await toldOf();
@@ -102,8 +110,8 @@ const binaries = existsSync(`${POSTGRES_BIN}/initdb`);
 if (!binaries) console.warn(`\n!!! no PostgreSQL binaries in ${POSTGRES_BIN}: the crash of B's PostgreSQL is SKIPPED !!!\n`);
 
 describe.if(binaries && (await testStores()).includes("postgres"))("a crash of B's PostgreSQL while its applies commit asynchronously", () => {
-  test("LosesOnlyAppliesTheSourceStillKeeps: A's acks stay within what B recovered, and B takes the rest from A again", async () => {
-    const { a, bUrl, nsId, told, recovered, acked, last } = await crashAfterApplies(true);
+  test.each(["stream", "pull"] as const)("LosesOnlyAppliesTheSourceStillKeeps (%s): A's acks stay within what B recovered, and B takes the rest from A again", async (protocol) => {
+    const { a, bUrl, nsId, told, recovered, acked, last } = await crashAfterApplies(true, protocol);
     // A heard of the first two batches and nothing of the third; B lost some of the third.
     for (const [shardId, id] of acked) expect(told.get(shardId) ?? 0).toBe(id);
     expect([...last].filter(([shardId, id]) => (recovered.get(shardId) ?? 0) < id).length).toBeGreaterThan(0);
