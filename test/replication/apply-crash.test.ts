@@ -61,6 +61,8 @@ async function crashAfterApplies(gated: boolean, protocol: "stream" | "pull" = "
   const aOptions = { shards: SHARDS, serverOptions: { replication: { serveStream: () => protocol === "stream" } } };
   const [a, b] = await startClusters("postgres", [aOptions, { shards: SHARDS, dataLocation: bUrl, serverOptions: { replication: { durable } } }]);
   cleanups.push(() => a.destroy(), () => b.destroy());
+  // Run first (cleanups run last to first): a test failing with the flush held must not hold B's stop.
+  cleanups.push(async () => release());
   real = b.server.database.applies!.durable;
   await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
   const nsId = await globalNamespace(a, b, NS);
