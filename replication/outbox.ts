@@ -95,6 +95,4 @@ export function createOutboxMarks() {
   };
 }
 
-export type OutboxMarksWatch = ReturnType<OutboxMarks["watch"]>;
-
 export type OutboxMarks = ReturnType<typeof createOutboxMarks>;

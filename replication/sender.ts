@@ -73,8 +73,13 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
   const polls = createLongPolls(() => unavailable(`cluster ${cluster.clusterName} is shutting down`));
   /** When a database page last found each peer connected and enabled: pages from memory rely on it for recheckMs. */
   const peerChecked = new Map<string, number>();
-  /** Streams open per peer (their gauge). */
+  /** Streams open per peer, and their gauge. */
   const streamsServed = new Map<string, number>();
+  const countStreams = (peer: string, by: 1 | -1) => {
+    const n = (streamsServed.get(peer) ?? 0) + by;
+    streamsServed.set(peer, n);
+    metrics?.set("replication_streams_served", { remote_cluster: peer }, n);
+  };
   /** When each peer's polls last read every shard they asked for (servePages). */
   const fullReadAt = new Map<string, number>();
 
@@ -185,9 +190,7 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     const cursors = pullCursors(cursorsOfColumns(req.cursors, "cursors"), 0);
     const linked = polls.link(signal);
     const watch = streamWatch(cursors);
-    const labels = { remote_cluster: peer };
-    streamsServed.set(peer, (streamsServed.get(peer) ?? 0) + 1);
-    metrics?.set("replication_streams_served", labels, streamsServed.get(peer)!);
+    countStreams(peer, 1);
     try {
       for (let first = true; !signal.aborted; first = false) {
         const waitMs = first ? 0 : req.waitTimeoutMs;
@@ -199,8 +202,7 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
       }
     } finally {
       watch.close();
-      streamsServed.set(peer, streamsServed.get(peer)! - 1);
-      metrics?.set("replication_streams_served", labels, streamsServed.get(peer)!);
+      countStreams(peer, -1);
     }
   }
 

@@ -5,7 +5,6 @@ import { freePort } from "./free-port";
 
 /** Where PostgreSQL's server binaries are (initdb, pg_ctl): Debian's PostgreSQL 15, as STACK.md sets it up. */
 export const POSTGRES_BIN = "/usr/lib/postgresql/15/bin";
-const BIN = POSTGRES_BIN;
 
 /** A PostgreSQL instance started for one bench run. */
 export interface PrivatePostgres {
@@ -36,16 +35,16 @@ export async function startPrivatePostgres(settings: Record<string, string | num
   chmodSync(dir, 0o700);
   const port = await freePort();
   let started = false;
-  const halt = () => sh(`${BIN}/pg_ctl -D ${dir}/data -m immediate -w stop`);
+  const halt = () => sh(`${POSTGRES_BIN}/pg_ctl -D ${dir}/data -m immediate -w stop`);
   const stop = async () => {
     if (started) await halt().catch(() => {});
     rmSync(dir, { recursive: true, force: true });
   };
   const more = Object.entries(settings).map(([k, v]) => ` -c ${k}=${v}`).join("");
   const opts = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c wal_level=logical -c max_wal_senders=10 -c max_replication_slots=10 -c shared_buffers=128MB -c track_commit_timestamp=on${more}`;
-  const start = () => sh(`${BIN}/pg_ctl -D ${dir}/data -l ${dir}/log -o '${opts}' -w start >/dev/null`);
+  const start = () => sh(`${POSTGRES_BIN}/pg_ctl -D ${dir}/data -l ${dir}/log -o '${opts}' -w start >/dev/null`);
   try {
-    await sh(`${BIN}/initdb -D ${dir}/data --auth=trust -U postgres >/dev/null`);
+    await sh(`${POSTGRES_BIN}/initdb -D ${dir}/data --auth=trust -U postgres >/dev/null`);
     started = true;
     await start();
   } catch (e) {

@@ -4,13 +4,12 @@ import { inboundAckRows, outboundAcks } from "../../replication/ack-levels";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { openDatabase } from "../../src/persistence/database";
-import { shards } from "../../src/persistence/schema";
 import { POSTGRES_BIN, startPrivatePostgres } from "../../bench/lib/private-postgres";
 import { startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
-import { addr, expectSameHistories, globalNamespace, historiesOf } from "./support";
+import { addr, expectSameHistories, globalNamespace, historiesOf, lastTaskIds } from "./support";
 
 setDefaultTimeout(120_000);
 
@@ -20,12 +19,6 @@ const cleanups: (() => Promise<unknown>)[] = [];
 afterAll(async () => {
   for (const c of cleanups.reverse()) await c().catch(() => {});
 });
-
-/** Each shard's last task id on x (0 for a shard without tasks). */
-async function lastTasks(x: TestCluster): Promise<Map<number, number>> {
-  const rows = await x.server.database.db.select({ shardId: shards.shardId, next: shards.nextTaskId }).from(shards);
-  return new Map(rows.map((r) => [r.shardId, Number(r.next) - 1]));
-}
 
 /** Starts `runs` workflows on a and signals each `signals` times. */
 async function write(a: TestCluster, prefix: string, runs: number, signals: number): Promise<void> {
@@ -80,7 +73,7 @@ async function crashAfterApplies(gated: boolean, protocol: "stream" | "pull" = "
       break;
     }
     await eventually(() => expectSameHistories(a, b, nsId), { timeout: 20_000 });
-    acked = await lastTasks(a);
+    acked = await lastTaskIds(a);
     await eventually(async () => {
       const told = await toldOf();
       for (const [shardId, id] of acked) if (id > 0) expect(told.get(shardId)).toBe(id);
@@ -100,7 +93,7 @@ async function crashAfterApplies(gated: boolean, protocol: "stream" | "pull" = "
   } finally {
     await database.close();
   }
-  return { a, bUrl, nsId, told, recovered, acked, last: await lastTasks(a) };
+  return { a, bUrl, nsId, told, recovered, acked, last: await lastTaskIds(a) };
 }
 
 /** Shards whose ack on A is past where B's recovered database says B applied. */

@@ -7,14 +7,13 @@ import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { shardFor } from "../../src/history/shard";
 import { createLogger } from "../../src/observability/log";
-import { shards } from "../../src/persistence/schema";
 import { parseCounter } from "../../bench/lib/prom-histogram";
 import { startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
 import { rejects } from "../support/rejects";
 import type { TestCluster, TestClusterOptions } from "../support/server";
 import { testStores, type StoreKind } from "../support/stores";
-import { addr, globalNamespace, historiesOf } from "./support";
+import { addr, globalNamespace, historiesOf, lastTaskIds } from "./support";
 
 setDefaultTimeout(90_000);
 
@@ -234,8 +233,7 @@ for (const store of await testStores()) {
       expect(counted(a, "service_requests", "PullReplicationTasks")).toBe(0);
       expect(counted(a, "service_requests", "GetReplicationTasks")).toBe(0);
       // What B applied reaches A by AckReplicationTasks: each shard acked up to its last task.
-      const counters = await a.server.database.db.select().from(shards);
-      const maxOf = new Map(counters.map((r) => [r.shardId, r.nextTaskId - 1]));
+      const maxOf = await lastTaskIds(a);
       expect([...maxOf.values()].every((m) => m > 0)).toBe(true);
       await eventually(async () => {
         const acks = await outboundAcks(a.server.database.db, "clusterB");
@@ -318,8 +316,8 @@ for (const store of await testStores()) {
         return shardIds.map((id) => acks.get(id) ?? 0);
       };
       const maxesOnA = async () => {
-        const counters = await a.server.database.db.select().from(shards);
-        return shardIds.map((id) => counters.find((r) => r.shardId === id)!.nextTaskId - 1);
+        const last = await lastTaskIds(a);
+        return shardIds.map((id) => last.get(id)!);
       };
 
       test("AcksOnlyOnceDurableResolves, and applies meanwhile on a stream", async () => {

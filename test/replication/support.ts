@@ -2,7 +2,7 @@ import { expect } from "bun:test";
 import { asc, eq } from "drizzle-orm";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
-import { executions, historyEvents, namespaces } from "../../src/persistence/schema";
+import { executions, historyEvents, namespaces, shards } from "../../src/persistence/schema";
 import type { TestCluster } from "../support/server";
 
 /** "host:port" of a test cluster, as `cluster upsert` takes it. */
@@ -23,6 +23,12 @@ export async function globalNamespace(a: TestCluster, b: TestCluster, name: stri
   const [row] = await a.server.database.db.select().from(namespaces).where(eq(namespaces.name, name));
   await b.server.database.db.insert(namespaces).values(row!).onConflictDoNothing();
   return row!.id;
+}
+
+/** Each shard's last task id on x (0 for a shard without tasks). */
+export async function lastTaskIds(x: TestCluster): Promise<Map<number, number>> {
+  const rows = await x.server.database.db.select({ shardId: shards.shardId, next: shards.nextTaskId }).from(shards);
+  return new Map(rows.map((r) => [r.shardId, Number(r.next) - 1]));
 }
 
 /** Every event of a namespace, in a form two clusters must agree on exactly. */
