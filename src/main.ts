@@ -31,8 +31,8 @@ if (process.env.BUN_JSC_numberOfGCMarkers === undefined && navigator.hardwareCon
  * JavaScriptCore's top tier (FTL) compiles a server's hot code for a minute and more of load
  * after start, on threads that on two shared cores take the CPU the requests, PostgreSQL and
  * the replication stream wait for; the tier below it (DFG) compiles several times cheaper,
- * and a server's work is mostly native (sockets, protobuf, the driver), where FTL's faster
- * code gains little. Without FTL, A/B runs at 500 ops/s: the JIT threads' CPU 0.34x, all CPU
+ * and about half a server's main thread is Bun's own native code (sockets, HTTP, streams),
+ * where FTL's faster JavaScript gains nothing. Without FTL, A/B runs at 500 ops/s: the JIT threads' CPU 0.34x, all CPU
  * per event 0.90x, the replication lag's p50 / p95 / p99 0.61x / 0.75x / 0.79x; after a
  * minute of load first, CPU 0.93x, lag 0.72x / 0.90x / 0.87x; saturated writes unchanged
  * (bench/README.md, 2026-12-05, morning).
