@@ -32,10 +32,10 @@ if (process.env.BUN_JSC_numberOfGCMarkers === undefined && navigator.hardwareCon
  * after start, on threads that on two shared cores take the CPU the requests, PostgreSQL and
  * the replication stream wait for; the tier below it (DFG) compiles several times cheaper,
  * and about half a server's main thread is Bun's own native code (sockets, HTTP, streams),
- * where FTL's faster JavaScript gains nothing. Without FTL, A/B runs at 500 ops/s: the JIT threads' CPU 0.34x, all CPU
- * per event 0.90x, the replication lag's p50 / p95 / p99 0.61x / 0.75x / 0.79x; after a
- * minute of load first, CPU 0.93x, lag 0.72x / 0.90x / 0.87x; saturated writes unchanged
- * (bench/README.md, 2026-12-05, morning).
+ * where FTL's faster JavaScript gains nothing. Without FTL, A/B runs at 500 ops/s: the JIT
+ * threads' CPU 0.34x, all CPU per event 0.90x, the replication lag's p50 / p95 / p99 0.61x /
+ * 0.75x / 0.79x; after a minute of load first, CPU 0.93x, lag 0.72x / 0.90x / 0.87x;
+ * saturated writes unchanged (bench/README.md, 2026-12-05, morning).
  */
 if (process.env.BUN_JSC_useFTLJIT === undefined && navigator.hardwareConcurrency <= 2) startSettings.BUN_JSC_useFTLJIT = "0";
 
