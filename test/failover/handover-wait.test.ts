@@ -9,12 +9,13 @@ import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { createEventNotifier } from "../../src/history/notifier";
 import { createNamespaceRegistry } from "../../src/namespace/registry";
-import { namespaces, replicationAckLevels, shards } from "../../src/persistence/schema";
+import { namespaces, replicationAckLevels } from "../../src/persistence/schema";
 import { eventually } from "../support/eventually";
 import { holdingReads } from "../support/holding-reads";
 import { rejects } from "../support/rejects";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
+import { lastTaskIds } from "../replication/support";
 import { addr, startOrdersPair } from "./mesh";
 
 setDefaultTimeout(60_000);
@@ -48,7 +49,7 @@ for (const store of await testStores()) {
       // The wait's read of B's acks has its answer (behind) and holds it: B acks everything now.
       await eventually(() => expect(hold.held).toBeGreaterThan(0), { interval: 5 });
       hold.on = false;
-      await saveOutboundAcks(db, "clusterB", new Map((await db.select().from(shards)).map((s) => [s.shardId, Number(s.nextTaskId) - 1])));
+      await saveOutboundAcks(db, "clusterB", await lastTaskIds(a));
       const nsMax = await namespaceQueueMax(db);
       await advanceAckLevel(db, { remote: "clusterB", direction: "outbound", queue: "namespace", shardId: 0 }, nsMax, nsMax);
       wake.notify(ackKey("clusterB"));
