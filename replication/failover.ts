@@ -7,9 +7,10 @@ import { createLongPolls } from "../src/long-polls";
 import { failoverTo, type NamespaceRecord, type NamespaceRegistry } from "../src/namespace/registry";
 import type { Logger } from "../src/observability/log";
 import type { Db } from "../src/persistence/database";
-import { namespaces, shards } from "../src/persistence/schema";
+import { namespaces } from "../src/persistence/schema";
 import { listenForAckChange, outboundAcks } from "./ack-levels";
 import { appendNamespaceTask, namespaceQueueMax, readAckLevel } from "./namespace-queue";
+import { lastTaskIds } from "./outbox";
 
 export interface GracefulFailoverDeps {
   db: Db;
@@ -27,6 +28,7 @@ export interface GracefulFailoverDeps {
 
 /** Where the target had to be before the switch: per local shard, and in the namespace queue. */
 export interface HandoverPoint {
+  /** Each shard's last task id, by shard id in ascending order. */
   shards: Map<number, number>;
   namespaceTaskId: number;
 }
@@ -63,14 +65,13 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
   }
 
   async function handoverPoint(): Promise<HandoverPoint> {
-    const rows = await db.select().from(shards);
-    return { shards: new Map(rows.map((r) => [r.shardId, Number(r.nextTaskId) - 1])), namespaceTaskId: await namespaceQueueMax(db) };
+    return { shards: await lastTaskIds(db), namespaceTaskId: await namespaceQueueMax(db) };
   }
 
   /** What the target still lacks, or undefined once it acked the whole handover point. */
   async function lag(target: string, point: HandoverPoint): Promise<string | undefined> {
     const acks = await outboundAcks(db, target);
-    for (const [shardId, max] of [...point.shards].sort((a, b) => a[0] - b[0])) {
+    for (const [shardId, max] of point.shards) {
       const acked = Number(acks.get(shardId) ?? 0);
       if (acked < max) return `cluster ${target} acked history shard ${shardId} up to task ${acked} of ${max}`;
     }

@@ -1,4 +1,5 @@
-import type { Tx } from "../src/persistence/database";
+import { asc } from "drizzle-orm";
+import type { Db, Tx } from "../src/persistence/database";
 import { composite, runStatement, tableCodec, textCache, type DriverRow, type StatementPart } from "../src/persistence/raw-statements";
 import { replicationTasks, shards, type VersionHistoryItem } from "../src/persistence/schema";
 
@@ -12,6 +13,12 @@ export interface ReplicationTaskInput {
   nextEventId: number;
   version: number;
   versionHistory: VersionHistoryItem[];
+}
+
+/** Each shard's last task id (0 for a shard without tasks), by shard id in ascending order: the shard counter's next id less one. */
+export async function lastTaskIds(db: Db | Tx): Promise<Map<number, number>> {
+  const rows = await db.select({ shardId: shards.shardId, next: shards.nextTaskId }).from(shards).orderBy(asc(shards.shardId));
+  return new Map(rows.map((r) => [r.shardId, Number(r.next) - 1]));
 }
 
 /**

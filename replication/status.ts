@@ -7,7 +7,8 @@ import {
   type ShardReplicationStatus,
 } from "../src/gen/tern/admin/v1/service_pb";
 import type { Db } from "../src/persistence/database";
-import { clusterMetadata, replicationAckLevels, replicationTasks, shards } from "../src/persistence/schema";
+import { clusterMetadata, replicationAckLevels, replicationTasks } from "../src/persistence/schema";
+import { lastTaskIds } from "./outbox";
 import type { InboundProgress } from "./receiver";
 
 export interface ReplicationStatusDeps {
@@ -61,13 +62,12 @@ export function createReplicationStatus({ db, cluster, connectionState, inboundP
   }
 
   async function get(): Promise<GetReplicationStatusResponse> {
-    const [remotes, acks, shardRows, dlq] = await Promise.all([
+    const [remotes, acks, maxima, dlq] = await Promise.all([
       db.select().from(clusterMetadata).where(eq(clusterMetadata.isCurrent, false)).orderBy(asc(clusterMetadata.clusterName)),
       db.select().from(replicationAckLevels),
-      db.select().from(shards).orderBy(asc(shards.shardId)),
+      lastTaskIds(db),
       dlqSizes(),
     ]);
-    const maxima = new Map(shardRows.map((s) => [s.shardId, s.nextTaskId - 1]));
     const out = [];
     for (const remote of remotes) {
       const mine = acks.filter((a) => a.remoteCluster === remote.clusterName);

@@ -2,7 +2,8 @@ import { expect } from "bun:test";
 import { asc, eq } from "drizzle-orm";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
-import { executions, historyEvents, namespaces, shards } from "../../src/persistence/schema";
+import { lastTaskIds as shardLastTaskIds } from "../../replication/outbox";
+import { executions, historyEvents, namespaces } from "../../src/persistence/schema";
 import type { TestCluster } from "../support/server";
 
 /** "host:port" of a test cluster, as `cluster upsert` takes it. */
@@ -26,10 +27,7 @@ export async function globalNamespace(a: TestCluster, b: TestCluster, name: stri
 }
 
 /** Each shard's last task id on x (0 for a shard without tasks). */
-export async function lastTaskIds(x: TestCluster): Promise<Map<number, number>> {
-  const rows = await x.server.database.db.select({ shardId: shards.shardId, next: shards.nextTaskId }).from(shards);
-  return new Map(rows.map((r) => [r.shardId, Number(r.next) - 1]));
-}
+export const lastTaskIds = (x: TestCluster): Promise<Map<number, number>> => shardLastTaskIds(x.server.database.db);
 
 /** Every event of a namespace, in a form two clusters must agree on exactly. */
 export async function historiesOf(x: TestCluster, namespaceId: string) {
