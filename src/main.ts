@@ -4,51 +4,32 @@
  * src/entry/deno.ts run it on Node and Deno.
  */
 
+import { startSettings } from "./entry/start-settings";
+
 /**
  * Settings the runtime reads at process start only, which the server wants unless the
  * operator chose them: when any is missing, the server re-executes itself at once (same pid,
- * arguments and runtime flags) with it set. README, "Configuration".
+ * arguments and runtime flags) with it set (src/entry/start-settings.ts). README, "Configuration".
  */
-const startSettings: Record<string, string> = {};
+const settings = startSettings(process.env, navigator.hardwareConcurrency);
+const missing = Object.entries(settings).map(([k, v]) => `${k}=${v}`).join(" ");
 /*
- * Bun's native allocator (mimalloc) hands pages back to the OS 100 ms after they empty
- * (madvise), and the next request's buffers fault them back in. A server allocates and
- * frees buffers on every request and statement: at 250 writes per second, perf put that
- * churn at about an eighth of a passive server's CPU on this machine (TLB flushes are
- * costly on a virtual machine). With a 1 s delay, memory freed after a burst still goes back
- * to the OS a second later.
+ * Under Bun's CPU profiler (--cpu-prof, --cpu-prof-md) the server does not re-execute: the
+ * profiler's sampling signal (SIGPWR) could reach the process in execve, and the new
+ * program, whose handler is not installed yet, dies of it (1 start in 6 here).
  */
-if (process.env.MIMALLOC_PURGE_DELAY === undefined) startSettings.MIMALLOC_PURGE_DELAY = "1000";
-/*
- * JavaScriptCore marks the heap in each collection on as many threads as there are cores,
- * and the collection waits for all of them. On two cores shared with PostgreSQL and other
- * processes the helper often waits for a CPU, and so does every request the pause holds: one
- * marker cut the pauses (p90 2.3 against 2.8-3.0 ms) and the replication lag's p99 to
- * 0.72-0.80x in A/B runs at 500 ops/s, CPU unchanged (bench/README.md, 2026-12-05).
- */
-if (process.env.BUN_JSC_numberOfGCMarkers === undefined && navigator.hardwareConcurrency <= 2) startSettings.BUN_JSC_numberOfGCMarkers = "1";
-/*
- * JavaScriptCore's top tier (FTL) compiles a server's hot code for a minute and more of load
- * after start, on threads that on two shared cores take the CPU the requests, PostgreSQL and
- * the replication stream wait for; the tier below it (DFG) compiles several times cheaper,
- * and about half a server's main thread is Bun's own native code (sockets, HTTP, streams),
- * where FTL's faster JavaScript gains nothing. Without FTL, A/B runs at 500 ops/s: the JIT
- * threads' CPU 0.34x, all CPU per event 0.90x, the replication lag's p50 / p95 / p99 0.61x /
- * 0.75x / 0.79x; after a minute of load first, CPU 0.93x, lag 0.72x / 0.90x / 0.87x;
- * saturated writes unchanged (bench/README.md, 2026-12-05, morning).
- */
-if (process.env.BUN_JSC_useFTLJIT === undefined && navigator.hardwareConcurrency <= 2) startSettings.BUN_JSC_useFTLJIT = "0";
-
-const missing = Object.entries(startSettings).map(([k, v]) => `${k}=${v}`).join(" ");
-if (missing && process.platform !== "win32" && process.execve) {
+const profiled = process.execArgv.some((a) => a.startsWith("--cpu-prof"));
+if (missing && profiled) {
+  console.warn(`tern: under the CPU profiler, not restarting with ${missing}; set them in the environment to profile the server as it runs unprofiled`);
+} else if (missing && process.platform !== "win32" && process.execve) {
   try {
-    process.execve(process.execPath, [process.execPath, ...process.execArgv, ...process.argv.slice(1)], { ...process.env, ...startSettings });
+    process.execve(process.execPath, [process.execPath, ...process.execArgv, ...process.argv.slice(1)], { ...process.env, ...settings });
   } catch (e) {
     console.warn(`tern: could not restart with ${missing} (${(e as Error).message}); running with Bun's defaults`);
   }
 }
 
-// Imported after the re-exec: the process that re-executes itself loads nothing more.
+// Imported after the re-exec: the process that re-executes itself loads nothing more than the settings.
 const { runEntry } = await import("./entry/boot");
 
 await runEntry({

@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import postgres, { type Sql } from "postgres";
 import { startClusterProcess, type ClusterProcess } from "../../scripts/lib/cluster-process";
+import { startSettings } from "../../src/entry/start-settings";
 import { installApplyStamps } from "./apply-stamps";
 import { createTempDatabase, type TempDatabase } from "./pg-database";
 import { clusterClients, type ClusterClients } from "./replication-workload";
@@ -22,12 +23,14 @@ const EXTRA_YAML = `limits:
 
 /**
  * TERN_BENCH_CPU_PROF=DIR: each server writes a CPU profile (markdown, Bun's --cpu-prof-md)
- * to DIR when it stops, for finding where a phase's time went.
+ * to DIR when it stops, for finding where a phase's time went. A profiled server does not
+ * re-execute itself with its start settings (src/main.ts): they are set in its environment.
  */
 const profileArgs = (name: string) => {
   const dir = process.env.TERN_BENCH_CPU_PROF;
   return dir ? ["--cpu-prof-md", `--cpu-prof-dir=${dir}`, `--cpu-prof-name=${name}.md`] : undefined;
 };
+const profileEnv = () => (process.env.TERN_BENCH_CPU_PROF ? startSettings(process.env, navigator.hardwareConcurrency) : {});
 
 /** Two clusters (A initial version 1, B initial 2, increment 100) on their own databases, connected both ways. */
 export async function startClusterPair(o: {
@@ -45,7 +48,7 @@ export async function startClusterPair(o: {
     o.own(() => db.drop());
     const proc = await startClusterProcess({
       name, initialFailoverVersion, dir: o.dir, databaseUrl: db.url, shards: o.shards, logLevel: "info", extraYaml: EXTRA_YAML, startTimeoutMs: 60_000,
-      runtimeArgs: profileArgs(name), root: o.root, env: o.env,
+      runtimeArgs: profileArgs(name), root: o.root, env: { ...profileEnv(), ...o.env },
     });
     // A profiling server writes its profile on exit: give it time.
     o.own(() => proc.stop(process.env.TERN_BENCH_CPU_PROF ? 60_000 : 5_000));

@@ -43,6 +43,22 @@ describe.skipIf(process.platform !== "linux")("the Bun server process's start se
     }
   });
 
+  // The sampling profiler's signal could kill a process re-executing itself (src/main.ts).
+  test.skipIf(operatorSet || markers === undefined)("StaysPutUnderTheCpuProfiler: no re-exec, the settings it would set named in a warning", async () => {
+    const m = marking("profiled");
+    const runtimeArgs = ["--cpu-prof-md", `--cpu-prof-dir=${dir}`, "--cpu-prof-name=profiled.md", "--preload", m.preload];
+    const p = await startClusterProcess({ name: "profiled", initialFailoverVersion: 1, dir, runtimeArgs });
+    try {
+      expect(environOf(p.pid).get("BUN_JSC_useFTLJIT")).toBeUndefined();
+      expect(m.marks()).toEqual([`undefined ${p.pid}`]);
+      expect(readFileSync(p.logPath, "utf8")).toContain("under the CPU profiler, not restarting with MIMALLOC_PURGE_DELAY=1000 BUN_JSC_numberOfGCMarkers=1 BUN_JSC_useFTLJIT=0");
+      expect((await fetch(`http://${p.address}/health`)).status).toBe(200);
+    } finally {
+      expect(await p.stop(60_000)).toBe(0);
+    }
+    expect(readFileSync(join(dir, "profiled.md"), "utf8")).toContain("# CPU Profile");
+  });
+
   test("KeepsTheOperatorsSettings: no re-exec when all are set", async () => {
     const m = marking("operator");
     const env = { MIMALLOC_PURGE_DELAY: "250", BUN_JSC_numberOfGCMarkers: "2", BUN_JSC_useFTLJIT: "1" };
