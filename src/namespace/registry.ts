@@ -14,6 +14,8 @@ export type NamespaceRecord = typeof namespaces.$inferSelect;
 
 export const DEFAULT_RETENTION_SECONDS = 72 * 3600;
 const FAILOVER_HISTORY_LIMIT = 10;
+/** Most names the not-found cache holds. */
+const MAX_MISSING = 10_000;
 
 export interface RegisterInput {
   name: string;
@@ -45,7 +47,7 @@ export interface NamespaceRegistry {
   list(pageSize: number, token: Uint8Array): Promise<{ items: NamespaceRecord[]; nextPageToken: Uint8Array }>;
   update(input: UpdateInput): Promise<NamespaceRecord>;
   deprecate(name: string): Promise<NamespaceRecord>;
-  /** Cached lookup by name; NOT_FOUND when absent. */
+  /** Cached lookup by name; NOT_FOUND when absent (a name found missing stays so for missTtlMs, unless registered or invalidated here). */
   getByName(name: string): Promise<NamespaceRecord>;
   getById(id: string): Promise<NamespaceRecord>;
   /** Drops cached entries (after deletes or changes made elsewhere). */
@@ -57,6 +59,8 @@ export interface NamespaceRegistryDeps {
   clusters: ClusterDirectory;
   /** How long a cached entry may serve reads of changes made by other processes. */
   cacheTtlMs?: number;
+  /** How long a name found missing is answered NOT_FOUND without a read (at most cacheTtlMs). */
+  missTtlMs?: number;
   now?: () => Date;
   /** A namespace replication task committed: wakes the namespace sender's long polls. */
   onReplicated?: () => void;
@@ -67,19 +71,40 @@ export interface NamespaceRegistryDeps {
 /** Creates the namespace registry over the namespaces table. */
 export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceRegistry {
   const { db, clusters, cacheTtlMs = 2000, now = () => new Date() } = deps;
+  const missTtlMs = Math.min(deps.missTtlMs ?? 1000, cacheTtlMs);
   const byName = new Map<string, { record: NamespaceRecord; at: number }>();
   const byId = new Map<string, { record: NamespaceRecord; at: number }>();
+  /*
+   * Names looked up by getByName and not found, with when: a client that keeps asking for a
+   * namespace that does not exist (a typo in its configuration) is answered from here, not with
+   * a read per request, as Temporal's registry does with its not-found cache.
+   */
+  const missing = new Map<string, number>();
+  /** Moves with every record learnt or dropped: a read that began before one does not record its miss. */
+  let learnt = 0;
   const remember = (r: NamespaceRecord) => {
     const entry = { record: r, at: Date.now() };
     byName.set(r.name, entry);
     byId.set(r.id, entry);
+    missing.delete(r.name);
+    learnt++;
     return r;
   };
   const forget = (r?: NamespaceRecord) => {
-    if (!r) return byName.clear(), byId.clear();
+    learnt++;
+    if (!r) return byName.clear(), byId.clear(), missing.clear();
     byName.delete(r.name);
     byId.delete(r.id);
+    missing.delete(r.name);
   };
+  const missed = (name: string, readFrom: number) => {
+    if (readFrom !== learnt) return;
+    missing.delete(name);
+    missing.set(name, Date.now());
+    // Random names must not grow it without bound: the oldest go first.
+    if (missing.size > MAX_MISSING) missing.delete(missing.keys().next().value!);
+  };
+  const knownMissing = (name: string) => Date.now() - (missing.get(name) ?? -Infinity) < missTtlMs;
   const fresh = (e?: { record: NamespaceRecord; at: number }) => (e && Date.now() - e.at < cacheTtlMs ? e.record : undefined);
 
   async function load(where: ReturnType<typeof eq>, what: string): Promise<NamespaceRecord> {
@@ -280,7 +305,15 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
       return { items, nextPageToken: more ? encodeToken({ name: items.at(-1)!.name }) : new Uint8Array() };
     },
     async getByName(name) {
-      return fresh(byName.get(name)) ?? (checkNamespaceName(name), load(eq(namespaces.name, name), name));
+      const cached = fresh(byName.get(name));
+      if (cached) return cached;
+      checkNamespaceName(name);
+      if (knownMissing(name)) throw notFound(`namespace ${name} not found`);
+      const readFrom = learnt;
+      const [row] = await db.select().from(namespaces).where(eq(namespaces.name, name));
+      if (row) return remember(row);
+      missed(name, readFrom);
+      throw notFound(`namespace ${name} not found`);
     },
     async getById(id) {
       return fresh(byId.get(id)) ?? load(eq(namespaces.id, id), `with id ${id}`);
