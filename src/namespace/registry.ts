@@ -107,9 +107,12 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
   const knownMissing = (name: string) => Date.now() - (missing.get(name) ?? -Infinity) < missTtlMs;
   const fresh = (e?: { record: NamespaceRecord; at: number }) => (e && Date.now() - e.at < cacheTtlMs ? e.record : undefined);
 
-  async function load(where: ReturnType<typeof eq>, what: string): Promise<NamespaceRecord> {
+  async function load(where: ReturnType<typeof eq>, what: string, onMissing?: () => void): Promise<NamespaceRecord> {
     const [row] = await db.select().from(namespaces).where(where);
-    if (!row) throw notFound(`namespace ${what} not found`);
+    if (!row) {
+      onMissing?.();
+      throw notFound(`namespace ${what} not found`);
+    }
     return remember(row);
   }
 
@@ -310,10 +313,7 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
       checkNamespaceName(name);
       if (knownMissing(name)) throw notFound(`namespace ${name} not found`);
       const readFrom = learnt;
-      const [row] = await db.select().from(namespaces).where(eq(namespaces.name, name));
-      if (row) return remember(row);
-      missed(name, readFrom);
-      throw notFound(`namespace ${name} not found`);
+      return load(eq(namespaces.name, name), name, () => missed(name, readFrom));
     },
     async getById(id) {
       return fresh(byId.get(id)) ?? load(eq(namespaces.id, id), `with id ${id}`);
