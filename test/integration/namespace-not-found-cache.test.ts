@@ -63,6 +63,38 @@ for (const store of await testStores()) {
       expect((await looking.getByName("typo-4")).name).toBe("typo-4");
     });
 
+    test("a read that began before the namespace was learnt here does not record its miss", async () => {
+      // The registry's reads of the namespaces table are held after they ran (`ran`), until `open`.
+      let open = () => {};
+      const gate = new Promise<void>((r) => (open = r));
+      let readRan = () => {};
+      const ran = new Promise<void>((r) => (readRan = r));
+      const db = c.server.database.db;
+      const held = new Proxy(db, {
+        get(target, key, receiver) {
+          if (key !== "select") return Reflect.get(target, key, receiver);
+          return (...fields: Parameters<typeof db.select>) => {
+            const from = (table: Parameters<ReturnType<typeof db.select>["from"]>[0]) => ({
+              where: (w: Parameters<ReturnType<ReturnType<typeof db.select>["from"]>["where"]>[0]) => {
+                const rows = target.select(...fields).from(table).where(w).then(async (r) => (readRan(), await gate, r));
+                return { then: rows.then.bind(rows) };
+              },
+            });
+            return { from };
+          };
+        },
+      });
+      const looking = createNamespaceRegistry({ db: held, clusters: createClusterDirectory(db, c.server.cluster), cacheTtlMs: 60_000, missTtlMs: 60_000 });
+      const first = looking.getByName("typo-6");
+      // Its read has run (and found nothing) when the namespace arrives, as a replicated one does.
+      await ran;
+      const record = await registry().register({ name: "typo-6" });
+      looking.invalidate(record);
+      open();
+      await missing(first, "typo-6");
+      expect((await looking.getByName("typo-6")).name).toBe("typo-6");
+    });
+
     test("a miss is never kept longer than a found namespace is (cacheTtlMs)", async () => {
       const looking = registry({ cacheTtlMs: 100, missTtlMs: 60_000 });
       await missing(looking.getByName("typo-5"), "typo-5");
