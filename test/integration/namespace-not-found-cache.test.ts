@@ -2,7 +2,9 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { createClusterDirectory } from "../../src/cluster/directory";
 import { TernError } from "../../src/errors";
 import { createNamespaceRegistry, type NamespaceRecord } from "../../src/namespace/registry";
+import { namespaces } from "../../src/persistence/schema";
 import { eventually } from "../support/eventually";
+import { holdingReads } from "../support/holding-reads";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 
@@ -64,33 +66,19 @@ for (const store of await testStores()) {
     });
 
     test("a read that began before the namespace was learnt here does not record its miss", async () => {
-      // The registry's reads of the namespaces table are held after they ran (`ran`), until `open`.
-      let open = () => {};
-      const gate = new Promise<void>((r) => (open = r));
-      let readRan = () => {};
-      const ran = new Promise<void>((r) => (readRan = r));
       const db = c.server.database.db;
-      const held = new Proxy(db, {
-        get(target, key, receiver) {
-          if (key !== "select") return Reflect.get(target, key, receiver);
-          return (...fields: Parameters<typeof db.select>) => {
-            const from = (table: Parameters<ReturnType<typeof db.select>["from"]>[0]) => ({
-              where: (w: Parameters<ReturnType<ReturnType<typeof db.select>["from"]>["where"]>[0]) => {
-                const rows = target.select(...fields).from(table).where(w).then(async (r) => (readRan(), await gate, r));
-                return { then: rows.then.bind(rows) };
-              },
-            });
-            return { from };
-          };
-        },
+      // The registry's reads of the namespaces table keep their answer a second after it came.
+      const hold = { on: true, ms: 1_000, held: 0 };
+      const looking = createNamespaceRegistry({
+        db: holdingReads(db, hold, (table) => table === namespaces),
+        clusters: createClusterDirectory(db, c.server.cluster), cacheTtlMs: 60_000, missTtlMs: 60_000,
       });
-      const looking = createNamespaceRegistry({ db: held, clusters: createClusterDirectory(db, c.server.cluster), cacheTtlMs: 60_000, missTtlMs: 60_000 });
       const first = looking.getByName("typo-6");
       // Its read has run (and found nothing) when the namespace arrives, as a replicated one does.
-      await ran;
+      await eventually(() => expect(hold.held).toBeGreaterThan(0), { interval: 5 });
+      hold.on = false;
       const record = await registry().register({ name: "typo-6" });
       looking.invalidate(record);
-      open();
       await missing(first, "typo-6");
       expect((await looking.getByName("typo-6")).name).toBe("typo-6");
     });
