@@ -99,6 +99,8 @@ export function createOutboxMarks() {
         close: () => void watches.delete(moved),
       };
     },
+    /** How many watches are open (tests, diagnostics): a stream that ended has closed its own. */
+    watching: () => watches.size,
   };
 }
 

@@ -1,10 +1,14 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { create } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { outboundAcks } from "../../replication/ack-levels";
+import { createOutboxMarks } from "../../replication/outbox";
 import { MAX_SHARD_PAGE } from "../../replication/pull-budget";
-import { AdminService, type StreamReplicationTasksResponse } from "../../src/gen/tern/admin/v1/service_pb";
+import { createReplicationSender } from "../../replication/sender";
+import { AdminService, StreamReplicationTasksRequestSchema, type StreamReplicationTasksResponse } from "../../src/gen/tern/admin/v1/service_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { createEventNotifier } from "../../src/history/notifier";
 import { shardFor } from "../../src/history/shard";
 import { createLogger } from "../../src/observability/log";
 import { parseCounter } from "../../bench/lib/prom-histogram";
@@ -104,7 +108,7 @@ for (const store of await testStores()) {
       }
     });
 
-    test("CountsTheStreamsItServes, and lets go of each (its shard watch too) once the peer ends it", async () => {
+    test("CountsTheStreamsItServes, and lets go of each once the peer ends it (its shard watch: the test after)", async () => {
       const served = () => parseCounter(a.server.metrics.render(), "replication_streams_served", { remote_cluster: "clusterB" });
       // The test before ended its stream: the source lets go of it a moment later.
       await eventually(() => expect(served()).toBe(0));
@@ -120,6 +124,34 @@ for (const store of await testStores()) {
         t.end();
       }
       await eventually(() => expect(served()).toBe(0));
+    });
+
+    test("ClosesItsShardWatchOnceTheStreamEnds: aborted while it waits, or dropped by its reader", async () => {
+      // A sender of its own on A's database, with marks the test holds: each stream it serves
+      // watches them for the shards that move, and must stop once the stream is over (the
+      // marks notify every open watch of every commit from then on).
+      const marks = createOutboxMarks();
+      const sender = createReplicationSender({ db: a.server.database.db, cluster: a.server.cluster, notifier: createEventNotifier(), outboxMarks: marks });
+      const req = create(StreamReplicationTasksRequestSchema, {
+        clusterName: "clusterB", cursors: { shardIds, afterTaskIds: shardIds.map(() => 0n), ackedTaskIds: shardIds.map(() => 0n) }, waitTimeoutMs: 30_000,
+      });
+
+      const waiting = new AbortController();
+      const s = sender.streamReplicationTasks(req, waiting.signal);
+      const first = await s.next();
+      expect(first.done).toBe(false);
+      expect(marks.watching()).toBe(1);
+      // The next answer waits for a commit (30 s); the peer ends the call meanwhile.
+      const next = s.next();
+      waiting.abort();
+      await next.catch(() => undefined);
+      expect(marks.watching()).toBe(0);
+
+      const t = sender.streamReplicationTasks(req, new AbortController().signal);
+      await t.next();
+      expect(marks.watching()).toBe(1);
+      await t.return(undefined);
+      expect(marks.watching()).toBe(0);
     });
 
     test("RecordsTheRequestsAcksOnce, and AckReplicationTasks's after", async () => {
