@@ -136,22 +136,26 @@ for (const store of await testStores()) {
         clusterName: "clusterB", cursors: { shardIds, afterTaskIds: shardIds.map(() => 0n), ackedTaskIds: shardIds.map(() => 0n) }, waitTimeoutMs: 30_000,
       });
 
-      const waiting = new AbortController();
-      const s = sender.streamReplicationTasks(req, waiting.signal);
-      const first = await s.next();
-      expect(first.done).toBe(false);
-      expect(marks.watching()).toBe(1);
-      // The next answer waits for a commit (30 s); the peer ends the call meanwhile.
-      const next = s.next();
-      waiting.abort();
-      await next.catch(() => undefined);
-      expect(marks.watching()).toBe(0);
+      try {
+        const waiting = new AbortController();
+        const s = sender.streamReplicationTasks(req, waiting.signal);
+        const first = await s.next();
+        expect(first.done).toBe(false);
+        expect(marks.watching()).toBe(1);
+        // The next answer waits for a commit (30 s); the peer ends the call meanwhile.
+        const next = s.next();
+        waiting.abort();
+        await next.catch(() => undefined);
+        expect(marks.watching()).toBe(0);
 
-      const t = sender.streamReplicationTasks(req, new AbortController().signal);
-      await t.next();
-      expect(marks.watching()).toBe(1);
-      await t.return(undefined);
-      expect(marks.watching()).toBe(0);
+        const t = sender.streamReplicationTasks(req, new AbortController().signal);
+        await t.next();
+        expect(marks.watching()).toBe(1);
+        await t.return(undefined);
+        expect(marks.watching()).toBe(0);
+      } finally {
+        await sender.stop();
+      }
     });
 
     test("RecordsTheRequestsAcksOnce, and AckReplicationTasks's after", async () => {
