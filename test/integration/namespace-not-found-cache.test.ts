@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { createClusterDirectory } from "../../src/cluster/directory";
 import { TernError } from "../../src/errors";
 import { createNamespaceRegistry, type NamespaceRecord } from "../../src/namespace/registry";
+import type { Db } from "../../src/persistence/database";
 import { namespaces } from "../../src/persistence/schema";
 import { eventually } from "../support/eventually";
 import { holdingReads } from "../support/holding-reads";
@@ -25,8 +26,9 @@ async function missing(lookup: Promise<NamespaceRecord>, name: string): Promise<
 for (const store of await testStores()) {
   describe(`a namespace looked up and not found (${store})`, () => {
     let c: TestCluster;
-    const registry = (o: { cacheTtlMs?: number; missTtlMs?: number } = {}) =>
-      createNamespaceRegistry({ db: c.server.database.db, clusters: createClusterDirectory(c.server.database.db, c.server.cluster), ...o });
+    /** A registry on the cluster's database, or reading through `db` (the cluster directory reads the database itself). */
+    const registry = ({ db, ...o }: { db?: Db; cacheTtlMs?: number; missTtlMs?: number } = {}) =>
+      createNamespaceRegistry({ db: db ?? c.server.database.db, clusters: createClusterDirectory(c.server.database.db, c.server.cluster), ...o });
 
     beforeAll(async () => {
       c = await startTestCluster({ store, name: "clusterN" });
@@ -66,13 +68,9 @@ for (const store of await testStores()) {
     });
 
     test("a read that began before the namespace was learnt here does not record its miss", async () => {
-      const db = c.server.database.db;
       // The registry's reads of the namespaces table keep their answer a second after it came.
       const hold = { on: true, ms: 1_000, held: 0 };
-      const looking = createNamespaceRegistry({
-        db: holdingReads(db, hold, (table) => table === namespaces),
-        clusters: createClusterDirectory(db, c.server.cluster), cacheTtlMs: 60_000, missTtlMs: 60_000,
-      });
+      const looking = registry({ db: holdingReads(c.server.database.db, hold, (table) => table === namespaces), cacheTtlMs: 60_000, missTtlMs: 60_000 });
       const first = looking.getByName("typo-6");
       // Its read has run (and found nothing) when the namespace arrives, as a replicated one does.
       await eventually(() => expect(hold.held).toBeGreaterThan(0), { interval: 5 });
