@@ -16,6 +16,8 @@ export const DEFAULT_RETENTION_SECONDS = 72 * 3600;
 const FAILOVER_HISTORY_LIMIT = 10;
 /** Most names the not-found cache holds. */
 const MAX_MISSING = 10_000;
+/** The one answer for a namespace that is not there, whether read or remembered missing. */
+const namespaceNotFound = (what: string) => notFound(`namespace ${what} not found`);
 
 export interface RegisterInput {
   name: string;
@@ -111,7 +113,7 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
     const [row] = await db.select().from(namespaces).where(where);
     if (!row) {
       onMissing?.();
-      throw notFound(`namespace ${what} not found`);
+      throw namespaceNotFound(what);
     }
     return remember(row);
   }
@@ -185,7 +187,7 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
     const known = await knownClusters(input);
     const updated = await db.transaction(async (tx) => {
       const [row] = await tx.select().from(namespaces).where(eq(namespaces.name, input.name)).for("update");
-      if (!row) throw notFound(`namespace ${input.name} not found`);
+      if (!row) throw namespaceNotFound(input.name);
       const promoted = input.promote && !row.isGlobal ? promotion() : undefined;
       const base = promoted ? { ...row, ...promoted } : row;
       const changes = applyUpdate(base, input, known);
@@ -273,7 +275,7 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
         .set({ state, configVersion: sql`${namespaces.configVersion} + 1`, updatedAt: now() })
         .where(eq(namespaces.name, name))
         .returning();
-      if (!row) throw notFound(`namespace ${name} not found`);
+      if (!row) throw namespaceNotFound(name);
       if (row.isGlobal) await appendNamespaceTask(tx, row, row.clusters);
       return row;
     });
@@ -311,7 +313,7 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
       const cached = fresh(byName.get(name));
       if (cached) return cached;
       checkNamespaceName(name);
-      if (knownMissing(name)) throw notFound(`namespace ${name} not found`);
+      if (knownMissing(name)) throw namespaceNotFound(name);
       const readFrom = learnt;
       return load(eq(namespaces.name, name), name, () => missed(name, readFrom));
     },
