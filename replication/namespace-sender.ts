@@ -3,7 +3,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { GetNamespaceReplicationTasksRequest, GetNamespaceReplicationTasksResponseSchema } from "../src/gen/tern/admin/v1/service_pb";
 import { unavailable } from "../src/errors";
-import { namespaceToProto } from "../src/frontend/convert";
+import { exactNumber, namespaceToProto } from "../src/frontend/convert";
 import { createLongPolls } from "../src/long-polls";
 import { listen, type EventNotifier } from "../src/history/notifier";
 import type { Db } from "../src/persistence/database";
@@ -57,7 +57,7 @@ export function createNamespaceSender({ db, wake, pollMs = 1000 }: NamespaceSend
   }
 
   async function serve(r: GetNamespaceReplicationTasksRequest, signal: AbortSignal): Promise<Response> {
-    const after = Number(r.afterTaskId);
+    const after = exactNumber(r.afterTaskId, "after_task_id");
     const size = r.pageSize > 0 ? Math.min(r.pageSize, 1000) : 100;
     if (r.clusterName) {
       await refuseDisabled(r.clusterName);

@@ -1,6 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { and, eq } from "drizzle-orm";
 import { invalidArgument, notFound } from "../src/errors";
+import { exactNumber } from "../src/frontend/convert";
 import {
   GetWorkflowExecutionRawHistoryResponseSchema,
   type GetWorkflowExecutionRawHistoryRequest,
@@ -25,8 +26,8 @@ export async function readRawHistory(db: Db, req: GetWorkflowExecutionRawHistory
   );
   const [run] = await db.select().from(executions).where(key);
   if (!run) throw notFound(`workflow execution ${req.workflowId} run ${req.runId} not found in namespace id ${req.namespaceId}`);
-  const first = Number(req.firstEventId) || 1;
-  const next = Number(req.nextEventId) || run.nextEventId;
+  const first = exactNumber(req.firstEventId, "first_event_id") || 1;
+  const next = exactNumber(req.nextEventId, "next_event_id") || run.nextEventId;
   const wanted = req.versionHistory ? versionHistoryFromProto(req.versionHistory.items) : undefined;
   // A peer repairing a branch that lost a conflict here asks for that branch's events.
   const events = wanted ? await readEventsOf(db, run, wanted, first, next) : await readRunEvents(db, run, first, { before: next });

@@ -44,10 +44,10 @@ export function connectionLost(e: unknown): boolean {
     typeof syscall === "string" || severity === "FATAL" || severity === "PANIC");
 }
 
-/** The database error code and constraint of a failed statement, from either driver. */
-export function pgErrorOf(e: unknown): { code?: string; constraint?: string } {
+/** The database error code, constraint and message of a failed statement, from either driver. */
+export function pgErrorOf(e: unknown): { code?: string; constraint?: string; message?: string } {
   const c = causeChain(e).find((c) => typeof c.code === "string" && /^[0-9A-Z]{5}$/.test(c.code));
-  return c ? { code: c.code as string, constraint: c.constraint ?? c.constraint_name } : {};
+  return c ? { code: c.code as string, constraint: c.constraint ?? c.constraint_name, message: typeof c.message === "string" ? c.message : undefined } : {};
 }
 
 /** An error's fields the checks above read. */
@@ -57,6 +57,7 @@ interface ErrorFields {
   syscall?: unknown;
   constraint?: string;
   constraint_name?: string;
+  message?: unknown;
   cause?: unknown;
 }
 

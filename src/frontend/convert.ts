@@ -66,12 +66,27 @@ export function statusFromProto(status: WorkflowExecutionStatus): string | undef
   return name;
 }
 
-/** A Duration in whole milliseconds (undefined: fallback); negative spans are refused. */
+/** The longest span a request may give (100 years): every time it leads to stays a storable timestamp. */
+const MAX_DURATION_SECONDS = 100n * 365n * 24n * 3600n;
+
+/** A Duration in whole milliseconds (undefined: fallback); negative spans and spans over 100 years are refused. */
 export function durationMs(d: Duration | undefined, what: string, fallback = 0): number {
   if (!d) return fallback;
+  if (d.seconds > MAX_DURATION_SECONDS) throw invalidArgument(`${what} must be at most 100 years`);
   const ms = Number(d.seconds) * 1000 + Math.floor(d.nanos / 1e6);
   if (ms < 0) throw invalidArgument(`${what} must not be negative`);
   return ms;
+}
+
+/**
+ * An int64 of a request (an event or task id) as a number, refused when a number cannot hold
+ * it exactly (beyond 2^53 - 1): rounded, it would name another event or task.
+ */
+export function exactNumber(v: bigint, what: string): number {
+  if (v > BigInt(Number.MAX_SAFE_INTEGER) || v < -BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw invalidArgument(`${what} ${v} is out of range: at most ${Number.MAX_SAFE_INTEGER}`);
+  }
+  return Number(v);
 }
 
 /** A Timestamp as a Date, or undefined. */

@@ -1,5 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { connectionLost, TernError, type ErrorKind } from "../errors";
+import { connectionLost, pgErrorOf, TernError, type ErrorKind } from "../errors";
 import type { Logger } from "../observability/log";
 
 /** The one table from domain error kinds to Connect codes. */
@@ -25,6 +25,14 @@ export function toConnectError(e: unknown, requestId: string, log: Logger): Conn
     // Errors connect raised itself (bad request encoding, deadline, a forwarded call): safe to pass.
     if (e.code !== Code.Internal && e.code !== Code.Unknown) return e;
   }
+  const db = pgErrorOf(e);
+  if (db.code?.startsWith(DATA_EXCEPTION)) {
+    // A value the database cannot store (a NUL in a text, a number or time out of its type's
+    // range): the request's doing, and its write rolled back. The database's message names the
+    // value's problem, not the statement.
+    log.warn("request refused by the database's value checks", { requestId, error: String((e as Error)?.stack ?? e) });
+    return new ConnectError(`a value in the request cannot be stored: ${db.message ?? db.code}`, Code.InvalidArgument);
+  }
   if (connectionLost(e)) {
     // Retryable, and said without the database's address.
     log.warn("database connection lost", { requestId, error: String((e as Error)?.stack ?? e) });
@@ -33,3 +41,6 @@ export function toConnectError(e: unknown, requestId: string, log: Logger): Conn
   log.error("internal error", { requestId, error: String((e as Error)?.stack ?? e) });
   return new ConnectError(`internal error (request id ${requestId})`, Code.Internal);
 }
+
+/** PostgreSQL's class 22, "data exception": a value that does not fit its column or type. */
+const DATA_EXCEPTION = "22";

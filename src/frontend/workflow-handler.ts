@@ -9,7 +9,7 @@ import type { HistoryEngine, RunRef, StartInput } from "../history/engine";
 import type { HistoryQueries } from "../history/queries";
 import type { NamespaceRegistry } from "../namespace/registry";
 import { invalidArgument } from "../errors";
-import { dateOf, durationMs, executionToProto, namespaceToProto, statusFromProto } from "./convert";
+import { dateOf, durationMs, exactNumber, executionToProto, namespaceToProto, statusFromProto } from "./convert";
 import { versionHistoryToProto } from "../../replication/version-history";
 
 export interface WorkflowHandlerDeps {
@@ -114,7 +114,7 @@ export function createWorkflowHandler({ namespaces, engine, queries }: WorkflowH
       return {};
     },
     async recordMarker(r) {
-      const expected = r.expectedNextEventId === undefined ? undefined : Number(r.expectedNextEventId);
+      const expected = r.expectedNextEventId === undefined ? undefined : exactNumber(r.expectedNextEventId, "expected next event id");
       const res = await engine.recordMarker(ref(r.namespace, r.workflowExecution, r.requestId), r.markerName, r.details, expected);
       return { eventId: BigInt(res.eventId) };
     },

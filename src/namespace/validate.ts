@@ -10,9 +10,10 @@ export function checkNamespaceName(name: string): void {
   }
 }
 
-/** Retention: a positive span of at most 10 years. */
+/** Retention: a positive span of whole seconds, at most 10 years. */
 export function checkRetentionSeconds(seconds: number): void {
   if (!Number.isFinite(seconds) || seconds <= 0) throw invalidArgument("retention must be a positive duration");
+  if (!Number.isInteger(seconds)) throw invalidArgument(`retention must be a whole number of seconds, not ${seconds}s`);
   if (seconds > 10 * 365 * 24 * 3600) throw invalidArgument("retention must be at most 10 years");
 }
 

@@ -91,6 +91,32 @@ describe("frontend limits, errors, health and metrics", () => {
     }
   });
 
+  test("values the database cannot store, and numbers out of range, are INVALID_ARGUMENT; nothing is written", async () => {
+    const { sql } = await import("drizzle-orm");
+    const runs = async () => (await cluster.server.database.db.execute(sql`select count(*)::int as n from executions where workflow_id like 'nul%'`)) as unknown;
+    const before = JSON.stringify(await runs());
+    // PostgreSQL stores no NUL in a text: its check answers, and the write rolls back.
+    await rejects(wf.startWorkflowExecution({ namespace: "lim", workflowId: "nul\u0000", ...T }), Code.InvalidArgument, "a value in the request cannot be stored: invalid byte sequence");
+    await rejects(wf.startWorkflowExecution({ namespace: "lim", workflowId: "nul", ...T, identity: "x\u0000" }), Code.InvalidArgument, "a value in the request cannot be stored");
+    expect(JSON.stringify(await runs())).toBe(before);
+    await rejects(
+      wf.startWorkflowExecution({ namespace: "lim", workflowId: "far", ...T, workflowExecutionTimeout: { seconds: 315_576_000_000n } }),
+      Code.InvalidArgument,
+      "workflow execution timeout must be at most 100 years",
+    );
+    await rejects(
+      wf.registerNamespace({ namespace: "half", workflowExecutionRetentionPeriod: { seconds: 0n, nanos: 500_000_000 } }),
+      Code.InvalidArgument,
+      "retention must be a whole number of seconds, not 0.5s",
+    );
+    // Rounded to a number, an id past 2^53 - 1 would name another event.
+    await rejects(
+      wf.recordMarker({ namespace: "lim", workflowExecution: { workflowId: "far" }, markerName: "m", expectedNextEventId: 2n ** 63n - 1n }),
+      Code.InvalidArgument,
+      "expected next event id 9223372036854775807 is out of range",
+    );
+  });
+
   test("GET /health and /metrics", async () => {
     const health = await fetch(`${cluster.url}/health`);
     expect(health.status).toBe(200);
