@@ -1,6 +1,7 @@
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
 import { failedPrecondition, invalidArgument, unavailable } from "../src/errors";
+import { exactNumber } from "../src/frontend/convert";
 import {
   AckReplicationTasksResponseSchema,
   GetReplicationTasksResponseSchema,
@@ -146,9 +147,9 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
   /** AdminService.GetReplicationTasks: a page now, or a long poll until a task commits. */
   async function getReplicationTasks(req: GetReplicationTasksRequest, signal?: AbortSignal): Promise<GetReplicationTasksResponse> {
     checkShard(req.shardId);
-    const after = Number(req.afterTaskId);
+    const after = exactNumber(req.afterTaskId, "after_task_id");
     // A pipelined puller asks past what it applied: only what it says it applied is acked.
-    const acked = req.ackedTaskId === undefined ? after : Math.min(Number(req.ackedTaskId), after);
+    const acked = req.ackedTaskId === undefined ? after : Math.min(exactNumber(req.ackedTaskId, "acked_task_id"), after);
     const ask = { peer: req.clusterName, withEvents: req.includeEvents, waitMs: req.waitTimeoutMs };
     const [size] = withinBudget([req.pageSize], 100);
     return polls.run(signal, async (s) => {
@@ -167,7 +168,7 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     if (req.cursorColumns && req.shards.length) throw invalidArgument("give the cursors as shards or as cursor_columns, not both");
     const asked = req.cursorColumns
       ? cursorsOfColumns(req.cursorColumns, "cursor_columns")
-      : req.shards.map((c) => ({ shardId: c.shardId, after: Number(c.afterTaskId), acked: Number(c.ackedTaskId), pageSize: c.pageSize }));
+      : req.shards.map((c) => ({ shardId: c.shardId, after: exactNumber(c.afterTaskId, "after_task_id"), acked: exactNumber(c.ackedTaskId, "acked_task_id"), pageSize: c.pageSize }));
     const cursors = pullCursors(asked, req.pageSize);
     const sparse = req.cursorColumns !== undefined;
     return polls.run(signal, async (s) => {
@@ -215,10 +216,18 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     }
     checkShardsOnce(req.shardIds, "acked");
     const moved = req.shardIds.map((shardId, i) => {
-      const acked = Number(req.ackedTaskIds[i]);
+      const acked = exactNumber(req.ackedTaskIds[i]!, "acked_task_id");
       if (acked < 0) throw invalidArgument(`shard ${shardId}'s acked task id must not be negative, not ${acked}`);
       return { shardId, acked };
     });
+    if (!moved.length) return create(AckReplicationTasksResponseSchema, {});
+    // Only a connected peer's acks, and none past a shard's last task: an ack ahead of what the
+    // shard holds would let cleanup drop tasks before the peer has them.
+    const rows = await runStatement(db, countersText(true), [req.shardIds, peer]);
+    checkPeer(peer, rows[0]?.peer_enabled);
+    const maxOf = new Map(rows.map((r) => [Number(r.shard_id), Number(r.page_max)]));
+    const ahead = moved.find((m) => m.acked > (maxOf.get(m.shardId) ?? Infinity));
+    if (ahead) throw invalidArgument(`shard ${ahead.shardId}'s acked task id ${ahead.acked} is past its last task, ${maxOf.get(ahead.shardId)}`);
     await acks.record(peer, moved);
     return create(AckReplicationTasksResponseSchema, {});
   }
@@ -233,7 +242,7 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
       );
     }
     return cols.shardIds.map((shardId, i) => ({
-      shardId, after: Number(cols.afterTaskIds[i]), acked: Number(cols.ackedTaskIds[i]), pageSize: cols.pageSizes[i] ?? 0,
+      shardId, after: exactNumber(cols.afterTaskIds[i]!, "after_task_id"), acked: exactNumber(cols.ackedTaskIds[i]!, "acked_task_id"), pageSize: cols.pageSizes[i] ?? 0,
     }));
   }
 

@@ -159,6 +159,12 @@ for (const store of await testStores()) {
     });
 
     test("RecordsTheRequestsAcksOnce, and AckReplicationTasks's after", async () => {
+      // The acks below stay within each shard's tasks (the source refuses one past them).
+      for (let i = 0; ; i++) {
+        const last = await lastTaskIds(a);
+        if ((last.get(2) ?? 0) >= 3 && (last.get(3) ?? 0) >= 1) break;
+        await start(a, `fill-${i}`);
+      }
       // A shard's ack is at most where its stream starts: shard 1's 2 is recorded as 1.
       const s = open([1n, 2n, 0n, 0n], 10_000, [2n, 2n, 0n, 0n]);
       try {
@@ -191,6 +197,13 @@ for (const store of await testStores()) {
       await rejects(ack({ shardIds: [5] }), Code.InvalidArgument, "shard id must be 1..4, not 5");
       await rejects(ack({ shardIds: [2, 2], ackedTaskIds: [1n, 1n] }), Code.InvalidArgument, "shard 2 is acked twice");
       await rejects(ack({ ackedTaskIds: [-1n] }), Code.InvalidArgument, "must not be negative");
+      await rejects(ack({ ackedTaskIds: [2n ** 63n - 1n] }), Code.InvalidArgument, "acked_task_id 9223372036854775807 is out of range");
+      // Neither a peer that is not connected nor an ack past the shard's last task is recorded.
+      await rejects(ack({ clusterName: "clusterZ" }), Code.FailedPrecondition, "cluster clusterZ is not connected");
+      await rejects(ack({ shardIds: [4], ackedTaskIds: [1_000_000n] }), Code.InvalidArgument, "shard 4's acked task id 1000000 is past its last task");
+      await Bun.sleep(400); // past the recorder's 250 ms interval, which would have saved them
+      expect((await outboundAcks(a.server.database.db, "clusterZ")).size).toBe(0);
+      expect((await outboundAcks(a.server.database.db, "clusterB")).get(4)).not.toBe(1_000_000);
 
       const first = (req: Parameters<ReturnType<typeof admin>["streamReplicationTasks"]>[0]) =>
         admin().streamReplicationTasks(req)[Symbol.asyncIterator]().next();
