@@ -1,5 +1,6 @@
 import { readFileSync } from "node:fs";
 import { parse as parseYaml } from "yaml";
+import type { z } from "zod";
 import type { Env } from "./env";
 import { Config, LogLevel } from "./schema";
 import { checkClusterRules } from "./validate";
@@ -19,7 +20,7 @@ export function parseConfig(text: string, env: Env = {}, source = "config"): Con
   }
   const result = Config.safeParse(raw ?? {});
   if (!result.success) {
-    const issue = result.error.issues[0]!;
+    const issue = reported(result.error.issues[0]!);
     const key = issue.path.map(String).join(".") || "(root)";
     throw new ConfigError(`${source}: ${key}: ${issue.message}`);
   }
@@ -33,6 +34,17 @@ export function parseConfig(text: string, env: Env = {}, source = "config"): Con
   const broken = checkClusterRules(config);
   if (broken) throw new ConfigError(`${source}: ${broken}`);
   return config;
+}
+
+/**
+ * The issue to name. Where no form of a union matched (the datastore), the form the config
+ * chose when its key is there and something inside it is wrong (`pglite.dataDir` missing,
+ * say), else the union's own message, which lists the forms.
+ */
+function reported(issue: z.core.$ZodIssue): { path: PropertyKey[]; message: string } {
+  if (issue.code !== "invalid_union") return issue;
+  const inside = issue.errors.flat().find((i) => i.path.length >= 2);
+  return inside ? { path: [...issue.path, ...inside.path], message: inside.message } : issue;
 }
 
 /** Reads and validates the config file at path. */

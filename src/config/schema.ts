@@ -26,7 +26,7 @@ const Datastore = z.union([
       analyzeIntervalMs: z.number().int().min(0).optional(),
     }),
   }),
-]);
+], { error: "must hold one of pglite: { dataDir: PATH } or postgres: { url: URL }" });
 
 const Persistence = z.strictObject({
   numHistoryShards: z.number().int().min(1).max(16384).default(4),
@@ -34,7 +34,12 @@ const Persistence = z.strictObject({
 });
 
 const Rpc = z.strictObject({
-  bindOnIP: z.string().default("127.0.0.1"),
+  /** An IP address (a host name is taken too); dotted numbers must be a real IPv4 address. */
+  bindOnIP: z
+    .string()
+    .min(1)
+    .refine((ip) => !/^[\d.]+$/.test(ip) || /^((25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(25[0-5]|2[0-4]\d|1?\d?\d)$/.test(ip), "must be an IP address such as 127.0.0.1 or 0.0.0.0")
+    .default("127.0.0.1"),
   port: z.number().int().min(0).max(65535).default(7233),
   /** Native gRPC (h2c) port. Omitted: port + 1. Equal to port: both on one port (HTTP/2 preface sniffed). */
   grpcPort: z.number().int().min(0).max(65535).optional(),

@@ -66,6 +66,23 @@ describe("config", () => {
     fails("log: { level: info }", "clusterMetadata");
   });
 
+  test("a datastore matching neither form names the key inside the chosen one, or lists the forms", () => {
+    const store = (yaml: string) => base(good, `persistence:\n  datastore:\n${yaml}`);
+    fails(store("    pglite: { datadir: ./d }"), "config: persistence.datastore.pglite.dataDir: Invalid input: expected string, received undefined");
+    fails(store("    pglite: { dataDir: 42 }"), "config: persistence.datastore.pglite.dataDir: Invalid input: expected string, received number");
+    fails(store("    postgres: { uri: postgres://h/db }"), "config: persistence.datastore.postgres.url: Invalid input");
+    const forms = "persistence.datastore: must hold one of pglite: { dataDir: PATH } or postgres: { url: URL }";
+    fails(store("    sqlite: { dataDir: ./d }"), forms);
+    fails(store("    pglite: { dataDir: ./d }\n    postgres: { url: postgres://h/db }"), forms);
+  });
+
+  test("bindOnIP: dotted numbers must be an IPv4 address", () => {
+    const bind = (ip: string) => base(good, `services:\n  frontend:\n    rpc: { bindOnIP: "${ip}" }`);
+    fails(bind("999.1.1.1"), "config: services.frontend.rpc.bindOnIP: must be an IP address such as 127.0.0.1 or 0.0.0.0");
+    fails(bind("10.0.0"), "services.frontend.rpc.bindOnIP: must be an IP address");
+    for (const ok of ["0.0.0.0", "10.1.255.7", "::", "localhost"]) expect(parseConfig(bind(ok)).services.frontend.rpc.bindOnIP).toBe(ok);
+  });
+
   test("TERN_DATABASE_URL overrides the datastore; TERN_LOG_LEVEL the level", () => {
     const c = parseConfig(base(good), { TERN_DATABASE_URL: "postgres://u@h/db", TERN_LOG_LEVEL: "debug" });
     expect(c.persistence.datastore).toEqual({ postgres: { url: "postgres://u@h/db" } });
