@@ -5,7 +5,7 @@ import { drizzle as drizzlePostgres } from "drizzle-orm/postgres-js";
 import postgres from "postgres";
 import type { DatastoreConfig } from "../config/schema";
 import { requireMendedDriver } from "./driver-mends";
-import { acquireDataDirLock, type DataDirLock } from "./lock";
+import { acquireDataDirLock, checkDataDir, type DataDirLock } from "./lock";
 import { createPipelinedTransactions, type PipelinedTransactions } from "./pipelined-tx";
 import * as schema from "./schema";
 
@@ -55,9 +55,12 @@ export async function openDatabase(store: DatastoreConfig, opts: OpenOptions = {
 
 async function openPglite(dataDir: string, opts: OpenOptions): Promise<Database> {
   const inMemory = dataDir.startsWith("memory://");
+  if (!inMemory) checkDataDir(dataDir);
   const lock: DataDirLock | undefined = inMemory ? undefined : acquireDataDirLock(dataDir);
   try {
-    const client = await PGlite.create(inMemory ? undefined : dataDir, { loadDataDir: opts.loadDataDir });
+    const client = await PGlite.create(inMemory ? undefined : dataDir, { loadDataDir: opts.loadDataDir }).catch((e: Error) => {
+      throw new Error(`PGlite could not open its data directory ${dataDir} (persistence.datastore.pglite.dataDir): ${e.message}`);
+    });
     const db = drizzlePglite(client, { schema }) as unknown as Db;
     return {
       db,
@@ -93,6 +96,7 @@ export function hostParameter(url: string): { url: string; host?: string } {
 
 async function openPostgres(configured: string, opts: OpenOptions): Promise<Database> {
   requireMendedDriver();
+  checkPostgresUrl(configured);
   const { url, host } = hostParameter(configured);
   const options = {
     ...(host && { host }),
@@ -178,13 +182,26 @@ function reconnectDelaySeconds(retries: number): number {
   return Math.min(0.05 * retries, 1);
 }
 
-/** The URL without its password, for messages. */
+/** The URL without its password (in its authority or as a `password` parameter), for messages. */
 export function redactUrl(url: string): string {
   try {
     const u = new URL(url);
     if (u.password) u.password = "***";
+    if (u.searchParams.has("password")) u.searchParams.set("password", "***");
     return u.toString();
   } catch {
     return "(unparseable url)";
   }
+}
+
+/** Refuses, naming the setting, a datastore URL that is not a postgres:// or postgresql:// URL. */
+function checkPostgresUrl(url: string): void {
+  const setting = "the PostgreSQL URL (persistence.datastore.postgres.url, or TERN_DATABASE_URL)";
+  let scheme: string;
+  try {
+    scheme = new URL(url).protocol;
+  } catch {
+    throw new Error(`${setting} is not a valid URL (a port over 65535, say): ${JSON.stringify(url.replace(/:[^:@/]*@/, ":***@").replace(/password=[^&]*/g, "password=***"))}`);
+  }
+  if (scheme !== "postgres:" && scheme !== "postgresql:") throw new Error(`${setting} must start with postgres:// or postgresql://, not ${scheme}//`);
 }

@@ -1,4 +1,4 @@
-import { closeSync, mkdirSync, openSync, readFileSync, unlinkSync, writeSync } from "node:fs";
+import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, unlinkSync, writeSync } from "node:fs";
 import { join } from "node:path";
 
 /** A held lock on a PGlite data dir. */
@@ -57,4 +57,26 @@ export function acquireDataDirLock(dataDir: string): DataDirLock {
     }
   }
   throw new DataDirLockedError(`could not lock data dir ${dataDir}`);
+}
+
+/**
+ * Refuses a PGlite data directory that is not a directory, or that holds files but no
+ * database (no PG_VERSION, only perhaps tern's lock): PGlite would create its cluster among
+ * someone else's files. Missing is fine: it is created.
+ */
+export function checkDataDir(dataDir: string): void {
+  const what = `the PGlite data directory ${dataDir} (persistence.datastore.pglite.dataDir)`;
+  let entries: string[];
+  try {
+    entries = readdirSync(dataDir);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "ENOENT") return;
+    if (code === "ENOTDIR") throw new Error(`${what} is not a directory`);
+    throw new Error(`${what} cannot be read: ${(e as Error).message}`);
+  }
+  const others = entries.filter((f) => f !== "tern.lock");
+  if (others.length && !others.includes("PG_VERSION")) {
+    throw new Error(`${what} holds files but no database (no PG_VERSION): give an empty directory, or one tern created`);
+  }
 }

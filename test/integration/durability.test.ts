@@ -1,12 +1,13 @@
 import { setDefaultTimeout, afterAll, describe, expect, test } from "bun:test";
 import { Code } from "@connectrpc/connect";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
-import { writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { sql } from "drizzle-orm";
 import { EventType, WorkflowExecutionStatus } from "../../src/gen/tern/common/v1/common_pb";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { openDatabase } from "../../src/persistence/database";
 import { eventually } from "../support/eventually";
 import { newDataLocation, startTestCluster } from "../support/server";
 import { testStores } from "../support/stores";
@@ -134,5 +135,18 @@ describe("PGlite data dir lock", () => {
     writeFileSync(join(data.location, "tern.lock"), "999999999"); // no such process: stale
     const again = await startTestCluster({ store: "pglite", dataLocation: data.location });
     await again.stop();
+  });
+
+  test("a data dir that is a file, or holds files but no database, is refused by name; nothing is written to it", async () => {
+    const data = await newDataLocation("pglite");
+    cleanups.push(data.remove);
+    const file = join(data.location, "a-file");
+    writeFileSync(file, "not a directory");
+    await expect(openDatabase({ pglite: { dataDir: file } })).rejects.toThrow(`the PGlite data directory ${file} (persistence.datastore.pglite.dataDir) is not a directory`);
+    const notes = join(data.location, "notes");
+    mkdirSync(notes);
+    writeFileSync(join(notes, "todo.txt"), "mine");
+    await expect(openDatabase({ pglite: { dataDir: notes } })).rejects.toThrow(`the PGlite data directory ${notes} (persistence.datastore.pglite.dataDir) holds files but no database`);
+    expect(readdirSync(notes)).toEqual(["todo.txt"]);
   });
 });

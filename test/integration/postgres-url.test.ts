@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { sql } from "drizzle-orm";
 import postgres from "postgres";
-import { openDatabase, hostParameter, type Database } from "../../src/persistence/database";
+import { openDatabase, hostParameter, redactUrl, type Database } from "../../src/persistence/database";
 import { runStatement } from "../../src/persistence/raw-statements";
 import { testEnv } from "../support/env";
 import { createTestDatabase } from "../support/postgres";
@@ -21,6 +21,21 @@ describe("a PostgreSQL URL's libpq-style host parameter", () => {
     expect(hostParameter("postgres://tern@localhost/tern?host=db.internal")).toEqual({ url: "postgres://tern@localhost/tern", host: "db.internal" });
     // An empty parameter leaves the URL's host.
     expect(hostParameter("postgres://tern@localhost/tern?host=")).toEqual({ url: "postgres://tern@localhost/tern" });
+  });
+});
+
+describe("a PostgreSQL URL that cannot be one, and a password in messages", () => {
+  test("RefusesWhatIsNotAPostgresUrl, naming the setting, before connecting", async () => {
+    const open = (url: string) => openDatabase({ postgres: { url } });
+    const setting = "the PostgreSQL URL (persistence.datastore.postgres.url, or TERN_DATABASE_URL)";
+    await expect(open("garbage")).rejects.toThrow(`${setting} is not a valid URL (a port over 65535, say): "garbage"`);
+    await expect(open("postgres://u:s3cret@h:99999/x?password=s3cret")).rejects.toThrow(`is not a valid URL (a port over 65535, say): "postgres://u:***@h:99999/x?password=***"`);
+    await expect(open("mysql://u@h/x")).rejects.toThrow(`${setting} must start with postgres:// or postgresql://, not mysql://`);
+  });
+
+  test("HidesAPasswordGivenAsAParameterToo", () => {
+    expect(redactUrl("postgres://u:s3cret@h/db?password=s3cret&sslmode=require")).toBe("postgres://u:***@h/db?password=***&sslmode=require");
+    expect(redactUrl("postgres://u@h/db?sslmode=require")).toBe("postgres://u@h/db?sslmode=require");
   });
 });
 
