@@ -107,6 +107,7 @@ export function createHistoryEngine(deps: EngineDeps) {
     payloadSize = 0,
   ): Promise<{ runId: string; eventId: number; appended: boolean }> {
     if (!ref.workflowId) throw invalidArgument("workflow id is required");
+    checkIdLengths(["request id", ref.requestId], ["identity", ref.identity]);
     return withWritable(ref.namespace, async (ns) => {
       writer.checkBlob(payloadSize, operation, ns.name);
       const key = runKey(ns.id, ref.workflowId);
@@ -369,6 +370,7 @@ export function createHistoryEngine(deps: EngineDeps) {
     start,
     signal: (ref: RunRef, name: string, input?: Payloads) => {
       if (!name) throw invalidArgument("signal name is required");
+      checkIdLengths(["signal name", name]);
       return appendTo("SignalWorkflowExecution", ref, () => ({ events: [signalEvent(name, input, ref.identity, ref.requestId)] }), payloadBytes(input));
     },
     requestCancel: (ref: RunRef, reason: string) =>
@@ -378,7 +380,7 @@ export function createHistoryEngine(deps: EngineDeps) {
           cancelRequested: true,
           events: [{ attributes: { case: "workflowExecutionCancelRequestedEventAttributes", value: { reason, identity: ref.identity ?? "", requestId: ref.requestId ?? "" } as never } }],
         };
-      }).then((r) => {
+      }, textBytes(reason)).then((r) => {
         // Counted once written: a build may run twice (a write from a kept row made again).
         if (r.appended) metrics.inc("workflow_cancel", { namespace: ref.namespace });
         return r;
@@ -387,7 +389,7 @@ export function createHistoryEngine(deps: EngineDeps) {
       appendTo("TerminateWorkflowExecution", ref, () => ({
         status: "TERMINATED",
         events: [{ attributes: { case: "workflowExecutionTerminatedEventAttributes", value: { reason, details, identity: ref.identity ?? "" } as never } }],
-      }), payloadBytes(details)),
+      }), payloadBytes(details) + textBytes(reason)),
     complete: (ref: RunRef, result?: Payloads) =>
       appendTo("CompleteWorkflowExecution", ref, () => ({
         status: "COMPLETED",
@@ -397,9 +399,10 @@ export function createHistoryEngine(deps: EngineDeps) {
       appendTo("FailWorkflowExecution", ref, () => ({
         status: "FAILED",
         events: [{ attributes: { case: "workflowExecutionFailedEventAttributes", value: { failure: failure ?? create(FailureSchema) } as never } }],
-      }), payloadBytes(failure?.details)),
+      }), payloadBytes(failure?.details) + textBytes(failure?.message, failure?.type)),
     recordMarker: (ref: RunRef, name: string, details?: Payloads, expectedNextEventId?: number) => {
       if (!name) throw invalidArgument("marker name is required");
+      checkIdLengths(["marker name", name]);
       return appendTo("RecordMarker", ref, (run) => {
         if (expectedNextEventId !== undefined && run.nextEventId !== expectedNextEventId) {
           throw failedPrecondition(`expected next event id ${expectedNextEventId} but the run's is ${run.nextEventId}`);
@@ -421,12 +424,30 @@ function signalEvent(name: string, input: Payloads | undefined, identity?: strin
   };
 }
 
+/** The longest id or name a request may give (Temporal's limit.maxIDLength). */
 const MAX_ID = 1000;
+
+/** Each [what, value] no longer than MAX_ID characters. */
+function checkIdLengths(...fields: [string, string | undefined][]): void {
+  for (const [what, value] of fields) if (value && value.length > MAX_ID) throw invalidArgument(`${what} is longer than ${MAX_ID} characters`);
+}
+
+/** A text's size in UTF-8 bytes, counted toward the blob limit with the payloads it goes with. */
+function textBytes(...texts: (string | undefined)[]): number {
+  let n = 0;
+  for (const t of texts) for (let i = 0; t && i < t.length; i++) {
+    const c = t.charCodeAt(i);
+    n += c < 0x80 ? 1 : c < 0x800 ? 2 : c >= 0xd800 && c < 0xdc00 ? (i++, 4) : 3;
+  }
+  return n;
+}
+
 function validateStart(input: StartInput): void {
   if (!input.workflowId) throw invalidArgument("workflow id is required");
-  if (input.workflowId.length > MAX_ID) throw invalidArgument(`workflow id is longer than ${MAX_ID} characters`);
   if (!input.workflowType) throw invalidArgument("workflow type is required");
   if (!input.taskQueue) throw invalidArgument("task queue is required");
   if (input.executionTimeoutMs < 0) throw invalidArgument("execution timeout must not be negative");
   if (input.signal && !input.signal.name) throw invalidArgument("signal name is required");
+  checkIdLengths(["workflow id", input.workflowId], ["workflow type", input.workflowType], ["task queue", input.taskQueue],
+    ["request id", input.requestId], ["identity", input.identity], ["signal name", input.signal?.name]);
 }

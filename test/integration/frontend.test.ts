@@ -51,6 +51,22 @@ describe("frontend limits, errors, health and metrics", () => {
     );
   });
 
+  test("ids and names over 1000 characters are rejected; reasons and failure messages count toward the blob limit", async () => {
+    const long = "x".repeat(1001);
+    await rejects(wf.startWorkflowExecution({ namespace: "lim", workflowId: "ids", ...T, taskQueue: long }), Code.InvalidArgument, "task queue is longer than 1000 characters");
+    await rejects(wf.startWorkflowExecution({ namespace: "lim", workflowId: "ids", ...T, identity: long }), Code.InvalidArgument, "identity is longer than 1000 characters");
+    await wf.startWorkflowExecution({ namespace: "lim", workflowId: "ids", ...T });
+    const run = { workflowId: "ids" };
+    await rejects(wf.signalWorkflowExecution({ namespace: "lim", workflowExecution: run, signalName: long }), Code.InvalidArgument, "signal name is longer than 1000 characters");
+    await rejects(wf.signalWorkflowExecution({ namespace: "lim", workflowExecution: run, signalName: "s", requestId: long }), Code.InvalidArgument, "request id is longer than 1000 characters");
+    await rejects(wf.recordMarker({ namespace: "lim", workflowExecution: run, markerName: long }), Code.InvalidArgument, "marker name is longer than 1000 characters");
+    await rejects(wf.terminateWorkflowExecution({ namespace: "lim", workflowExecution: run, reason: "é".repeat(2049) }), Code.InvalidArgument, "payload of 4098 bytes exceeds the limit of 4096 bytes");
+    await rejects(wf.failWorkflowExecution({ namespace: "lim", workflowExecution: run, failure: { message: "m".repeat(4097) } }), Code.InvalidArgument, "payload of 4097 bytes exceeds the limit");
+    // Nothing was written: the run is still open, with its one start event.
+    const desc = await wf.describeWorkflowExecution({ namespace: "lim", execution: run });
+    expect(desc.workflowExecutionInfo!.historyLength).toBe(1n);
+  });
+
   test("a history over the event count limit is rejected", async () => {
     await wf.startWorkflowExecution({ namespace: "lim", workflowId: "long", ...T });
     for (let i = 0; i < 4; i++) await wf.signalWorkflowExecution({ namespace: "lim", workflowExecution: { workflowId: "long" }, signalName: "s" });
