@@ -20,6 +20,19 @@ export function frontendUrl(address: string): string {
   return /^https?:\/\//.test(a) ? a.replace(/\/+$/, "") : `http://${a}`;
 }
 
+/** Why address is neither host:port nor an http(s) URL with a host; undefined when it is one. */
+export function frontendAddressProblem(address: string): string | undefined {
+  const a = address.trim();
+  const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(a)?.[1];
+  if (scheme && !/^https?$/i.test(scheme)) return `scheme ${scheme} is not supported (use host:port, or an http or https URL)`;
+  try {
+    if (!new URL(frontendUrl(a)).hostname) return "names no host";
+  } catch {
+    return "is not host:port or an http(s) URL (a port must be 0-65535)";
+  }
+  return undefined;
+}
+
 /** Creates clients for each address once and reuses them (web-standard fetch transport). */
 export function createRemoteClientPool(fetchImpl: typeof fetch = globalThis.fetch) {
   const pool = new Map<string, RemoteClients>();

@@ -4,7 +4,7 @@ import { alreadyExists, failedPrecondition, invalidArgument, notFound, unavailab
 import type { Db } from "../persistence/database";
 import { clusterMetadata, namespaces, replicationAckLevels } from "../persistence/schema";
 import type { CurrentCluster } from "./bootstrap";
-import type { RemoteClientPool } from "./remote-client";
+import { frontendAddressProblem, type RemoteClientPool } from "./remote-client";
 
 export type ClusterRow = typeof clusterMetadata.$inferSelect;
 
@@ -22,6 +22,8 @@ export function createRemoteClusters({ db, current, clients, onChanged, describe
   /** Describes the remote, checks the connection rules, and stores what it answered. */
   async function upsert(frontendAddress: string, enableConnection = true): Promise<ClusterRow> {
     if (!frontendAddress.trim()) throw invalidArgument("frontend address is required");
+    const problem = frontendAddressProblem(frontendAddress);
+    if (problem) throw invalidArgument(`frontend address ${JSON.stringify(frontendAddress)} ${problem}`);
     const remote = await describeRemote(frontendAddress);
     const rows = await db.select().from(clusterMetadata);
     const broken = connectionRule(current, remote, rows);

@@ -50,6 +50,11 @@ for (const store of await testStores()) {
       await rejects(op.addOrUpdateRemoteCluster({ frontendAddress: addr(a) }), Code.FailedPrecondition, "it has this cluster's name (clusterA)");
       await rejects(op.addOrUpdateRemoteCluster({ frontendAddress: "127.0.0.1:1" }), Code.Unavailable, "cannot reach a tern cluster at http://127.0.0.1:1");
       await rejects(op.addOrUpdateRemoteCluster({ frontendAddress: "" }), Code.InvalidArgument, "frontend address is required");
+      // A malformed address is the caller's mistake, not a cluster out of reach (retryable).
+      for (const bad of ["127.0.0.1:99999", "[::1", "a b:1", "http://"]) {
+        await rejects(op.addOrUpdateRemoteCluster({ frontendAddress: bad }), Code.InvalidArgument, `frontend address ${JSON.stringify(bad)} is not host:port or an http(s) URL`);
+      }
+      await rejects(op.addOrUpdateRemoteCluster({ frontendAddress: "ftp://127.0.0.1:7233" }), Code.InvalidArgument, "scheme ftp is not supported");
       const clash = await startTestCluster({ store: "pglite", name: "clusterD", initialFailoverVersion: 2 });
       const odd = await startTestCluster({ store: "pglite", name: "clusterG", initialFailoverVersion: 7, shards: 3 });
       const inc = await startTestCluster({ store: "pglite", name: "clusterE", initialFailoverVersion: 5, failoverVersionIncrement: 10 });
