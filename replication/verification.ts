@@ -2,7 +2,7 @@ import { z } from "zod";
 import { create } from "@bufbuild/protobuf";
 import { and, asc, eq, sql } from "drizzle-orm";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
-import type { RemoteClientPool } from "../src/cluster/remote-client";
+import { peerUnreachable, type RemoteClientPool } from "../src/cluster/remote-client";
 import { invalidArgument, notFound } from "../src/errors";
 import {
   ExecutionChecksumSchema,
@@ -77,7 +77,9 @@ export function createReplicationVerifier({ db, cluster, clients }: ReplicationV
     const [local, theirs] = await Promise.all([
       collect((token) => checksums({ namespace: req.namespace, pageSize: PAGE, nextPageToken: token })),
       collect((token) => remote.getExecutionChecksums({ namespace: req.namespace, pageSize: PAGE, nextPageToken: token }, { signal, timeoutMs: 60_000 })),
-    ]);
+    ]).catch((e) => {
+      throw peerUnreachable(e, req.cluster);
+    });
     return create(VerifyReplicationResponseSchema, {
       clusterName: cluster.clusterName,
       remoteCluster: req.cluster,

@@ -1,9 +1,10 @@
-import { createClient, type Client } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
 import { BackfillService } from "../gen/tern/admin/v1/backfill_pb";
 import { AdminService } from "../gen/tern/admin/v1/service_pb";
 import { OperatorService } from "../gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
+import { unavailable } from "../errors";
 
 /** Clients of one remote cluster's frontend. */
 export interface RemoteClients {
@@ -18,6 +19,15 @@ export interface RemoteClients {
 export function frontendUrl(address: string): string {
   const a = address.trim();
   return /^https?:\/\//.test(a) ? a.replace(/\/+$/, "") : `http://${a}`;
+}
+
+/**
+ * A peer's call that got no answer (a connection refused or reset, a name that does not
+ * resolve: Connect's UNKNOWN, which a tern never answers) as UNAVAILABLE naming the cluster, so
+ * callers retry; the peer's own answers pass unchanged.
+ */
+export function peerUnreachable(e: unknown, cluster: string): unknown {
+  return e instanceof ConnectError && e.code === Code.Unknown ? unavailable(`cannot reach cluster ${cluster}: ${e.rawMessage}; retry`) : e;
 }
 
 /** Why address is neither host:port nor an http(s) URL with a host; undefined when it is one. */

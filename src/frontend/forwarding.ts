@@ -1,7 +1,7 @@
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { ulid } from "ulid";
 import type { ClusterDirectory } from "../cluster/directory";
-import type { RemoteClientPool, RemoteClients } from "../cluster/remote-client";
+import { peerUnreachable, type RemoteClientPool, type RemoteClients } from "../cluster/remote-client";
 import type { RedirectionPolicy } from "../config/schema";
 import { NamespaceNotActiveError, unavailable } from "../errors";
 import type { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
@@ -88,7 +88,9 @@ export function createForwardingWorkflowService({ inner, policy, namespaces, clu
       const message = "requestId" in req && !req.requestId ? { ...req, requestId: ulid() } : req;
       const remote = (await frontendOf(clusters, clients, target)).workflow;
       const call = remote[name as keyof typeof remote] as (m: unknown, o: unknown) => Promise<unknown>;
-      return call(message, forwardOptions(ctx, current));
+      return call(message, forwardOptions(ctx, current)).catch((e) => {
+        throw peerUnreachable(e, target);
+      });
     };
   }
   return wrapped as Workflow;

@@ -12,7 +12,7 @@ import { decodeToken, encodeToken, NAME_TOKEN } from "../persistence/page-token"
 import type { RemoteClusters } from "../cluster/remote-clusters";
 import { clampPage } from "../namespace/registry";
 import type { GracefulFailover } from "../../replication/failover";
-import type { RemoteClientPool } from "../cluster/remote-client";
+import { peerUnreachable, type RemoteClientPool } from "../cluster/remote-client";
 import { durationMs, namespaceToProto } from "./convert";
 import { FORWARDED_HEADER, forwardOptions, frontendOf } from "./forwarding";
 
@@ -94,7 +94,9 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
       const ns = await namespaces.describe({ name: r.namespace });
       if (ns.isGlobal && ns.activeClusterName !== current.clusterName && !ctx.requestHeader.get(FORWARDED_HEADER)) {
         const active = await frontendOf(clusters, deps.clients, ns.activeClusterName);
-        return active.operator.failoverNamespace(r, forwardOptions(ctx, current.clusterName));
+        return active.operator.failoverNamespace(r, forwardOptions(ctx, current.clusterName)).catch((e) => {
+          throw peerUnreachable(e, ns.activeClusterName);
+        });
       }
       const res = await deps.failover.run(r.namespace, r.targetCluster, durationMs(r.timeout, "timeout", FAILOVER_TIMEOUT_MS));
       const ids = [...res.handover.shards].map(([shard, id]) => [shard, BigInt(id)] as const);

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { Code } from "@connectrpc/connect";
 import { eq } from "drizzle-orm";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { namespaces } from "../../src/persistence/schema";
 import { eventually } from "../support/eventually";
@@ -93,6 +94,20 @@ for (const store of await testStores()) {
       const last = onA.history!.events.at(-1)!;
       expect(last.eventId).toBe(res.eventId);
       expect(last.attributes.case === "workflowExecutionSignaledEventAttributes" && last.attributes.value.signalName).toBe("after-stale-cache");
+    });
+
+    test("TestForwardingToAnActiveClusterThatIsDownIsUnavailable (last: it stops A)", async () => {
+      await a.stop();
+      await rejects(
+        selected.client(WorkflowService).signalWorkflowExecution({ namespace: "orders", workflowExecution: run("w1"), signalName: "s" }),
+        Code.Unavailable,
+        "cannot reach cluster clusterA",
+      );
+      await rejects(
+        noop.client(OperatorService).failoverNamespace({ namespace: "orders", targetCluster: "clusterB" }),
+        Code.Unavailable,
+        "cannot reach cluster clusterA",
+      );
     });
   });
 }
