@@ -14,9 +14,23 @@ async function prompt(question: string): Promise<string> {
   }
 }
 
-/** A Writer over a process stream. */
+/** A Writer over a process stream; a reader that went away (`tern ... | head`) ends the CLI quietly. */
 function writer(stream: NodeJS.WriteStream): (text: string) => void {
-  return (text) => void stream.write(text);
+  // Node reports a closed pipe as an error event, Bun by throwing from write().
+  stream.on("error", readerGone);
+  return (text) => {
+    try {
+      stream.write(text);
+    } catch (e) {
+      readerGone(e);
+    }
+  };
+}
+
+/** Exits 0 once nobody reads the output (EPIPE): what was asked for was taken. Other errors go on. */
+function readerGone(e: unknown): void {
+  if ((e as NodeJS.ErrnoException).code === "EPIPE") process.exit(0);
+  throw e;
 }
 
 async function main(): Promise<number> {

@@ -14,6 +14,14 @@ async function tern(address: string, ...args: string[]): Promise<{ code: number;
   return { code, out, err };
 }
 
+test("output into a pipe whose reader is gone ends quietly with 0 (tern ... | head)", async () => {
+  // `true` exits at once: every write of tern's finds the pipe closed (EPIPE).
+  const child = Bun.spawn(["bash", "-c", "set -o pipefail; node bin/tern --help | true"], { cwd: root, stdout: "pipe", stderr: "pipe" });
+  const [err, code] = await Promise.all([new Response(child.stderr).text(), child.exited]);
+  expect(err).toBe("");
+  expect(code).toBe(0);
+});
+
 for (const store of await testStores()) {
   describe(`tern CLI against a real server on ${store}`, () => {
     let cluster: TestCluster;
