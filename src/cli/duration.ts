@@ -34,8 +34,12 @@ export function parseDurationNanos(text: string, flag = "duration"): bigint {
     total += BigInt(whole!) * perUnit;
     if (fraction) total += (BigInt(fraction) * perUnit) / 10n ** BigInt(fraction.length);
   }
+  if (total > MAX_NANOS) throw new UsageError(`--${flag}: duration "${text}" is over 10,000 years, the most a duration holds`);
   return total;
 }
+
+/** google.protobuf.Duration's range: 315,576,000,000 seconds (10,000 years). */
+const MAX_NANOS = 315_576_000_000n * NANOS_PER_SECOND;
 
 /** Parses a duration flag value into a google.protobuf.Duration. */
 export function parseDuration(text: string, flag = "duration"): Duration {

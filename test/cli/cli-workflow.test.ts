@@ -53,6 +53,16 @@ describe("workflow start", () => {
     expect(JSON.parse(r.stdout)).toEqual({ runId: "r" });
   });
 
+  test("an empty --namespace is a usage error, not the namespace default", async () => {
+    let called = false;
+    const r = await runCli(["workflow", "start", "-n", "", "-w", "w", "--type", "T"], {
+      workflow: { startWorkflowExecution: () => ((called = true), { runId: "r", started: true }) },
+    });
+    expect(r.code).toBe(2);
+    expect(r.stderr.split("\n")[0]).toBe("error: --namespace is empty (leave it out for the namespace default)");
+    expect(called).toBe(false);
+  });
+
   test("invalid --input never reaches the server", async () => {
     let called = false;
     const r = await runCli(["workflow", "start", "-w", "w", "--type", "T", "--input", "{nope"], {

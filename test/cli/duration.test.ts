@@ -37,6 +37,12 @@ describe("parseDuration", () => {
     }
   });
 
+  test("a duration past google.protobuf.Duration's 10,000 years is a usage error, not an encoding failure", () => {
+    expect(parseDuration("87660000h").seconds).toBe(315_576_000_000n);
+    expect(() => parseDuration("87660001h", "retention")).toThrow('--retention: duration "87660001h" is over 10,000 years');
+    expect(() => parseDuration("99999999999999999999h", "execution-timeout")).toThrow(UsageError);
+  });
+
   test("fractions do not lose precision", () => {
     expect(parseDurationNanos("0.001s")).toBe(1_000_000n);
     expect(parseDurationNanos("1.000000001s")).toBe(1_000_000_001n);

@@ -51,9 +51,11 @@ export const requestIdFlag: FlagSpec = {
 /** The identity the CLI writes into history events. */
 export const CLI_IDENTITY = "tern-cli";
 
-/** The namespace of a workflow command (default "default"). */
+/** The namespace of a workflow command (default "default"; given empty, a usage error). */
 export function workflowNamespace(args: ParsedArgs): string {
-  return getString(args, "namespace") || "default";
+  const namespace = getString(args, "namespace");
+  if (namespace === "") throw new UsageError("--namespace is empty (leave it out for the namespace default)");
+  return namespace ?? "default";
 }
 
 /** The namespace of a namespace command: -n or the single positional, required. */
