@@ -2,6 +2,7 @@ import { z } from "zod";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { and, asc, count, eq, gt, or, sql, type SQL } from "drizzle-orm";
+import { notFound } from "../src/errors";
 import {
   ListReplicationDlqResponseSchema,
   ReplicationDlqEntrySchema,
@@ -15,7 +16,7 @@ import type { Metrics } from "../src/observability/metrics";
 import type { Db, Tx } from "../src/persistence/database";
 import { runStatement, tableCodec, type StatementPart } from "../src/persistence/raw-statements";
 import { decodeToken, encodeToken } from "../src/persistence/page-token";
-import { replicationDlq } from "../src/persistence/schema";
+import { clusterMetadata, replicationDlq } from "../src/persistence/schema";
 
 /** ListReplicationDlq's token: the last entry's source cluster, shard and task id. */
 const DLQ_TOKEN = z.object({ s: z.string(), h: z.number().int(), t: z.number().int() });
@@ -74,6 +75,7 @@ export function createReplicationDlq({ db, metrics }: ReplicationDlqDeps) {
       .where(and(where(req), after ? or(gt(d.sourceCluster, after.s), and(eq(d.sourceCluster, after.s), sql`(${d.shardId}, ${d.taskId}) > (${after.h}, ${after.t})`)) : undefined))
       .orderBy(asc(d.sourceCluster), asc(d.shardId), asc(d.taskId))
       .limit(pageSize + 1);
+    if (!rows.length && !after) await refuseUnknownSource(req);
     const more = rows.length > pageSize;
     const page = rows.slice(0, pageSize);
     const last = page.at(-1);
@@ -89,8 +91,16 @@ export function createReplicationDlq({ db, metrics }: ReplicationDlqDeps) {
 
   async function purge(filter: DlqFilter): Promise<number> {
     const rows = await db.delete(replicationDlq).where(where(filter)).returning({ taskId: replicationDlq.taskId });
+    if (!rows.length) await refuseUnknownSource(filter);
     await refreshGauge();
     return rows.length;
+  }
+
+  /** A source cluster named in a filter that found nothing must be one this cluster knows: a typo is not "empty". */
+  async function refuseUnknownSource(filter: DlqFilter): Promise<void> {
+    if (!filter.sourceCluster) return;
+    const [row] = await db.select({ name: clusterMetadata.clusterName }).from(clusterMetadata).where(eq(clusterMetadata.clusterName, filter.sourceCluster));
+    if (!row) throw notFound(`cluster ${filter.sourceCluster} is not known here: it has no DLQ entries and is no remote cluster of this one`);
   }
 
   /** Entries per source cluster. */

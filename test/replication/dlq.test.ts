@@ -133,6 +133,10 @@ for (const store of await testStores()) {
       expect(refused.code).toBe(2);
       expect(refused.err).toContain("--yes");
       expect(await dlqRows()).toHaveLength(2);
+      // A typo in the cluster's name is not an empty DLQ.
+      const typo = await tern(b, "replication", "dlq", "purge", "--source-cluster", "clusterAA", "--yes");
+      expect([typo.code, typo.err.trim()]).toEqual([1, "error: not_found: cluster clusterAA is not known here: it has no DLQ entries and is no remote cluster of this one"]);
+      expect((await tern(b, "replication", "dlq", "list", "--source-cluster", "clusterAA")).code).toBe(1);
       const purged = await tern(b, "replication", "dlq", "purge", "--source-cluster", "clusterA", "--yes");
       expect(purged.code).toBe(0);
       expect(purged.out).toBe("Purged 2 DLQ entries\n");
