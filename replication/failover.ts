@@ -136,6 +136,10 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
     if (ns.activeClusterName === target) throw failedPrecondition(`namespace ${name} is already active in cluster ${target}`);
     if (ns.activeClusterName !== current.clusterName) throw failedPrecondition(`namespace ${name} is active in cluster ${ns.activeClusterName}`);
     const targetInfo = await deps.clusters.require(target);
+    // A disabled connection pauses replication both ways: the target could never catch up.
+    if (targetInfo.enableConnection === false) {
+      throw failedPrecondition(`replication with cluster ${target} is disabled on ${current.clusterName} (enable_connection is false), so it cannot catch up: enable the connection first, or fail over forced`);
+    }
     await enterHandover(ns);
     let switched: NamespaceRecord | undefined;
     try {

@@ -8,7 +8,7 @@ import type { CurrentCluster } from "./bootstrap";
 export interface ClusterDirectory {
   current(): CurrentCluster;
   /** A known cluster by name; NOT_FOUND naming it otherwise. */
-  require(name: string): Promise<{ clusterName: string; initialFailoverVersion: number }>;
+  require(name: string): Promise<{ clusterName: string; initialFailoverVersion: number; enableConnection?: boolean }>;
   list(): Promise<(typeof clusterMetadata.$inferSelect)[]>;
 }
 

@@ -59,8 +59,22 @@ for (const store of await testStores()) {
       await expectActiveOn(a, "orders", "clusterA", 201n);
     });
 
-    test("TestGracefulFailoverTimesOutAndReturnsToNormal", async () => {
+    test("TestGracefulFailoverToAClusterItsConnectionDisablesIsRefusedAtOnce", async () => {
       await setConnection(a, b, false);
+      try {
+        const asked = performance.now();
+        await rejects(failover(a, "clusterB", 10), Code.FailedPrecondition, "replication with cluster clusterB is disabled on clusterA (enable_connection is false), so it cannot catch up");
+        expect(performance.now() - asked).toBeLessThan(5_000);
+        expect(await state(a)).toBe(ReplicationState.NORMAL);
+        expect((await describeOn(a, "orders")).replicationConfig!.activeClusterName).toBe("clusterA");
+      } finally {
+        await setConnection(a, b, true);
+      }
+    });
+
+    test("TestGracefulFailoverTimesOutAndReturnsToNormal", async () => {
+      // B stops pulling (its side of the connection disabled): A cannot tell, and waits out the timeout.
+      await setConnection(b, a, false);
       try {
         await start(a, "unshipped");
         const err = await rejects(failover(a, "clusterB", 1), Code.Unavailable, "graceful failover of namespace orders to clusterB timed out");
@@ -70,12 +84,12 @@ for (const store of await testStores()) {
         expect((await describeOn(a, "orders")).replicationConfig!.activeClusterName).toBe("clusterA");
         await start(a, "after-timeout"); // writes go on
       } finally {
-        await setConnection(a, b, true);
+        await setConnection(b, a, true);
       }
     });
 
     test("TestWritesDuringHandoverWaitForItToEnd", async () => {
-      await setConnection(a, b, false);
+      await setConnection(b, a, false); // B stops pulling: the handover waits
       try {
         await start(a, "before-wait");
         const failing = failover(a, "clusterB", 2).catch((e) => e);
@@ -87,12 +101,12 @@ for (const store of await testStores()) {
         expect(await failing).toBeInstanceOf(Error);
         expect(await state(a)).toBe(ReplicationState.NORMAL);
       } finally {
-        await setConnection(a, b, true);
+        await setConnection(b, a, true);
       }
     });
 
     test("TestWritesDuringLongHandoverGetUnavailable", async () => {
-      await setConnection(a, b, false);
+      await setConnection(b, a, false); // B stops pulling: the handover waits
       try {
         await start(a, "before-long");
         const failing = failover(a, "clusterB", 8).catch((e) => e);
@@ -100,7 +114,7 @@ for (const store of await testStores()) {
         await rejects(start(a, "refused-during-handover"), Code.Unavailable, "namespace orders is in handover");
         await failing;
       } finally {
-        await setConnection(a, b, true);
+        await setConnection(b, a, true);
       }
     });
 

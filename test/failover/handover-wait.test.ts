@@ -30,7 +30,7 @@ for (const store of await testStores()) {
 
     test("AnAckSavedWhileTheWaitReadsTheAcksWakesIt (no wait for the re-read)", async () => {
       // B pulls no more: its acks stay behind the write below until this test saves them.
-      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: false });
+      await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: false });
       await a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "w", workflowType: "t", taskQueue: "q" });
       const db = a.server.database.db;
       const wake = createEventNotifier();
@@ -69,7 +69,7 @@ for (const store of await testStores()) {
 
     test("TheFailoverIsAbandonedBeforeTheDatabaseCloses: back to NORMAL, the caller told why", async () => {
       // B pulls no more: the failover waits for acks that do not come.
-      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: false });
+      await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: false });
       await a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "w", workflowType: "t", taskQueue: "q" });
       const op = a.client(OperatorService);
       const state = async () => (await a.server.database.db.select().from(namespaces).where(eq(namespaces.name, "orders")))[0]!.replicationState;
