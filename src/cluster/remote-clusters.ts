@@ -4,7 +4,7 @@ import { alreadyExists, failedPrecondition, invalidArgument, notFound, unavailab
 import type { Db } from "../persistence/database";
 import { clusterMetadata, namespaces, replicationAckLevels } from "../persistence/schema";
 import type { CurrentCluster } from "./bootstrap";
-import { frontendAddressProblem, type RemoteClientPool } from "./remote-client";
+import { frontendAddressProblem, frontendUrl, type RemoteClientPool } from "./remote-client";
 
 export type ClusterRow = typeof clusterMetadata.$inferSelect;
 
@@ -24,6 +24,11 @@ export function createRemoteClusters({ db, current, clients, onChanged, describe
     if (!frontendAddress.trim()) throw invalidArgument("frontend address is required");
     const problem = frontendAddressProblem(frontendAddress);
     if (problem) throw invalidArgument(`frontend address ${JSON.stringify(frontendAddress)} ${problem}`);
+    if (!enableConnection) {
+      // Disabling a known remote needs no answer from it: it may be down, which is often why.
+      const disabled = await disableKnown(frontendAddress);
+      if (disabled) return disabled;
+    }
     const remote = await describeRemote(frontendAddress);
     const rows = await db.select().from(clusterMetadata);
     const broken = connectionRule(current, remote, rows);
@@ -46,6 +51,21 @@ export function createRemoteClusters({ db, current, clients, onChanged, describe
       .onConflictDoUpdate({ target: clusterMetadata.clusterName, set: values, where: eq(clusterMetadata.isCurrent, false) })
       .returning();
     if (!row) throw alreadyExists(`cluster ${remote.clusterName} is this cluster`);
+    await onChanged();
+    return row;
+  }
+
+  /** Turns off the connection of the remote stored at address (as given, or the same URL); undefined if none is. */
+  async function disableKnown(address: string): Promise<ClusterRow | undefined> {
+    const url = frontendUrl(address);
+    const known = (await db.select().from(clusterMetadata).where(eq(clusterMetadata.isCurrent, false))).find((r) => frontendUrl(r.rpcAddress) === url);
+    if (!known) return undefined;
+    const [row] = await db
+      .update(clusterMetadata)
+      .set({ enableConnection: false, updatedAt: new Date() })
+      .where(and(eq(clusterMetadata.clusterName, known.clusterName), eq(clusterMetadata.isCurrent, false)))
+      .returning();
+    if (!row) return undefined;
     await onChanged();
     return row;
   }

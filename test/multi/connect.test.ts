@@ -79,5 +79,15 @@ for (const store of await testStores()) {
       expect((await op.listClusters({})).clusters.map((x) => x.clusterName)).toEqual(["clusterA"]);
       await rejects(op.removeRemoteCluster({ clusterName: "clusterB" }), Code.NotFound, "cluster clusterB is not known");
     });
+
+    test("a known remote that is down can be disabled; enabling it, or disabling one not known, needs its answer (last: it stops B)", async () => {
+      const op = c.client(OperatorService); // C connected to B in the test before last
+      await b.stop();
+      const off = await op.addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: false });
+      expect(off.cluster).toMatchObject({ clusterName: "clusterB", enableConnection: false });
+      expect((await op.describeCluster({ clusterName: "clusterB" })).cluster!.enableConnection).toBe(false);
+      await rejects(op.addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: true }), Code.Unavailable, "cannot reach a tern cluster");
+      await rejects(op.addOrUpdateRemoteCluster({ frontendAddress: "127.0.0.1:1", enableRemoteClusterConnection: false }), Code.Unavailable, "cannot reach a tern cluster at http://127.0.0.1:1");
+    });
   });
 }
