@@ -34,11 +34,25 @@ function networkCode(err: ConnectError): string | undefined {
   return typeof code === "string" && code in networkReasons ? code : undefined;
 }
 
+/**
+ * Why the answer at --address is not tern's: a reply that is not HTTP/1.1 (the native gRPC
+ * port speaks HTTP/2 only) or a bare HTTP 404 (a tern answers an unknown path with a Connect
+ * error of its own); undefined for anything else.
+ */
+function notTernReason(err: ConnectError): string | undefined {
+  const cause = err.cause as { code?: unknown } | undefined;
+  if (err.code === Code.Unknown && (cause?.code === "Malformed_HTTP_Response" || err.rawMessage.startsWith("Malformed_HTTP_Response"))) return "its answer is not HTTP/1.1";
+  if (err.code === Code.Unimplemented && /^HTTP 404\b/.test(err.rawMessage)) return "it answered HTTP 404";
+  return undefined;
+}
+
 /** The one stderr line for an error, e.g. `error: not_found: namespace orders not found`. */
 export function formatError(err: unknown, address: string): string {
   if (err instanceof ConnectError) {
     const net = networkCode(err);
     if (net) return `error: cannot reach tern at ${address} (${networkReasons[net]})`;
+    const notTern = notTernReason(err);
+    if (notTern) return `error: ${address} is not tern's Connect port (${notTern}); --address takes services.frontend.rpc.port, not the gRPC port`;
     return `error: ${codeToString(err.code)}: ${firstLine(err.rawMessage) || "(no message)"}`;
   }
   if (err instanceof Error) {

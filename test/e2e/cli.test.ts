@@ -22,6 +22,24 @@ test("output into a pipe whose reader is gone ends quietly with 0 (tern ... | he
   expect(code).toBe(0);
 });
 
+test("an --address that is not tern's Connect port is named as such: an HTTP/2-only port, a server that answers 404", async () => {
+  // What the native gRPC port (h2c, HTTP/2 only) answers an HTTP/1.1 request with: a SETTINGS frame, then GOAWAY.
+  const h2 = Bun.listen({
+    hostname: "127.0.0.1", port: 0,
+    socket: { data(sock) { sock.write(new Uint8Array([0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])); sock.end(); } },
+  });
+  const web = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("nothing here", { status: 404 }) });
+  try {
+    const grpcPort = await tern(`127.0.0.1:${h2.port}`, "operator", "cluster", "describe");
+    expect([grpcPort.code, grpcPort.err.trim()]).toEqual([1, `error: http://127.0.0.1:${h2.port} is not tern's Connect port (its answer is not HTTP/1.1); --address takes services.frontend.rpc.port, not the gRPC port`]);
+    const other = await tern(`127.0.0.1:${web.port}`, "operator", "cluster", "describe");
+    expect([other.code, other.err.trim()]).toEqual([1, `error: http://127.0.0.1:${web.port} is not tern's Connect port (it answered HTTP 404); --address takes services.frontend.rpc.port, not the gRPC port`]);
+  } finally {
+    h2.stop(true);
+    await web.stop(true);
+  }
+});
+
 for (const store of await testStores()) {
   describe(`tern CLI against a real server on ${store}`, () => {
     let cluster: TestCluster;
