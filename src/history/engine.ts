@@ -448,6 +448,7 @@ function validateStart(input: StartInput): void {
   if (!input.taskQueue) throw invalidArgument("task queue is required");
   if (input.executionTimeoutMs < 0) throw invalidArgument("execution timeout must not be negative");
   if (input.signal && !input.signal.name) throw invalidArgument("signal name is required");
+  if (WorkflowIdReusePolicy[input.reusePolicy] === undefined) throw invalidArgument(`unknown workflow id reuse policy ${input.reusePolicy}`);
   checkIdLengths(["workflow id", input.workflowId], ["workflow type", input.workflowType], ["task queue", input.taskQueue],
     ["request id", input.requestId], ["identity", input.identity], ["signal name", input.signal?.name]);
 }
