@@ -145,7 +145,7 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
     } else if (input.clusters?.length || input.activeClusterName) {
       const extra = input.clusters?.find((c) => c !== current.clusterName);
       if (extra || (input.activeClusterName && input.activeClusterName !== current.clusterName)) {
-        throw invalidArgument("a local namespace lives only in the current cluster; pass --global to list other clusters");
+        throw invalidArgument("a local namespace lives only in the current cluster; register it global (is_global_namespace; tern: --global) to list other clusters");
       }
     }
     return insert({

@@ -58,6 +58,11 @@ for (const store of await testStores()) {
         "retention must not be negative",
       );
       await rejects(wf.registerNamespace({ namespace: "mail", ownerEmail: "nope" }), Code.InvalidArgument, "not an email");
+      await rejects(
+        wf.registerNamespace({ namespace: "elsewhere", activeClusterName: "clusterZ" }),
+        Code.InvalidArgument,
+        "a local namespace lives only in the current cluster; register it global (is_global_namespace; tern: --global) to list other clusters",
+      );
       await rejects(wf.describeNamespace({ namespace: "missing" }), Code.NotFound, "namespace missing not found");
     });
 
