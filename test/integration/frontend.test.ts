@@ -1,7 +1,7 @@
 import { setDefaultTimeout, afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Code } from "@connectrpc/connect";
 import { create } from "@bufbuild/protobuf";
-import { PayloadsSchema } from "../../src/gen/tern/common/v1/common_pb";
+import { PayloadsSchema, type WorkflowIdReusePolicy } from "../../src/gen/tern/common/v1/common_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { rejects } from "../support/rejects";
@@ -55,7 +55,7 @@ describe("frontend limits, errors, health and metrics", () => {
     const long = "x".repeat(1001);
     await rejects(wf.startWorkflowExecution({ namespace: "lim", workflowId: "ids", ...T, taskQueue: long }), Code.InvalidArgument, "task queue is longer than 1000 characters");
     await rejects(wf.startWorkflowExecution({ namespace: "lim", workflowId: "ids", ...T, identity: long }), Code.InvalidArgument, "identity is longer than 1000 characters");
-    await rejects(wf.startWorkflowExecution({ namespace: "lim", workflowId: "ids", ...T, workflowIdReusePolicy: 99 }), Code.InvalidArgument, "unknown workflow id reuse policy 99");
+    await rejects(wf.startWorkflowExecution({ namespace: "lim", workflowId: "ids", ...T, workflowIdReusePolicy: 99 as WorkflowIdReusePolicy }), Code.InvalidArgument, "unknown workflow id reuse policy 99");
     await wf.startWorkflowExecution({ namespace: "lim", workflowId: "ids", ...T });
     const run = { workflowId: "ids" };
     await rejects(wf.signalWorkflowExecution({ namespace: "lim", workflowExecution: run, signalName: long }), Code.InvalidArgument, "signal name is longer than 1000 characters");
