@@ -1,10 +1,10 @@
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
+import { unavailable } from "../errors";
 import { BackfillService } from "../gen/tern/admin/v1/backfill_pb";
 import { AdminService } from "../gen/tern/admin/v1/service_pb";
 import { OperatorService } from "../gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
-import { unavailable } from "../errors";
 
 /** Clients of one remote cluster's frontend. */
 export interface RemoteClients {
