@@ -62,7 +62,8 @@ export function acquireDataDirLock(dataDir: string): DataDirLock {
 /**
  * Refuses a PGlite data directory that is not a directory, or that holds files but no
  * database (no PG_VERSION, only perhaps tern's lock): PGlite would create its cluster among
- * someone else's files. Missing is fine: it is created.
+ * someone else's files. Missing is fine: it is created. Other tern data directories inside
+ * it are not someone else's files (the shipped configs put ./data/cluster-a in ./data).
  */
 export function checkDataDir(dataDir: string): void {
   const what = `the PGlite data directory ${dataDir} (persistence.datastore.pglite.dataDir)`;
@@ -75,8 +76,18 @@ export function checkDataDir(dataDir: string): void {
     if (code === "ENOTDIR") throw new Error(`${what} is not a directory`);
     throw new Error(`${what} cannot be read: ${(e as Error).message}`);
   }
-  const others = entries.filter((f) => f !== "tern.lock");
+  const others = entries.filter((f) => f !== "tern.lock" && !isDataDir(join(dataDir, f)));
   if (others.length && !others.includes("PG_VERSION")) {
     throw new Error(`${what} holds files but no database (no PG_VERSION): give an empty directory, or one tern created`);
+  }
+}
+
+/** Whether path is a directory a tern server made its own (a database, or its lock). */
+function isDataDir(path: string): boolean {
+  try {
+    const inside = readdirSync(path);
+    return inside.includes("PG_VERSION") || inside.includes("tern.lock");
+  } catch {
+    return false;
   }
 }

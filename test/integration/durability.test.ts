@@ -137,7 +137,7 @@ describe("PGlite data dir lock", () => {
     await again.stop();
   });
 
-  test("a data dir that is a file, or holds files but no database, is refused by name; nothing is written to it", async () => {
+  test("a data dir that is a file, or holds files but no database, is refused by name; nothing is written to it; one holding another tern data dir is not", async () => {
     const data = await newDataLocation("pglite");
     cleanups.push(data.remove);
     const file = join(data.location, "a-file");
@@ -148,5 +148,12 @@ describe("PGlite data dir lock", () => {
     writeFileSync(join(notes, "todo.txt"), "mine");
     await expect(openDatabase({ pglite: { dataDir: notes } })).rejects.toThrow(`the PGlite data directory ${notes} (persistence.datastore.pglite.dataDir) holds files but no database`);
     expect(readdirSync(notes)).toEqual(["todo.txt"]);
+    // Another tern data dir inside is no stranger's file: the shipped configs nest ./data/cluster-a in ./data.
+    const outer = join(data.location, "data");
+    mkdirSync(join(outer, "cluster-a"), { recursive: true });
+    writeFileSync(join(outer, "cluster-a", "PG_VERSION"), "17");
+    const opened = await openDatabase({ pglite: { dataDir: outer } });
+    await opened.close();
+    expect(readdirSync(outer)).toContain("PG_VERSION");
   });
 });
