@@ -79,7 +79,7 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
       };
     },
     async deleteNamespace(r) {
-      const { executions } = await deleteNamespace(db, namespaces, r.namespace);
+      const { executions } = await deleteNamespace(db, namespaces, r.namespace, current.clusterName);
       return { deletedNamespace: r.namespace, deletedExecutions: BigInt(executions) };
     },
     async addOrUpdateRemoteCluster(r) {

@@ -1,11 +1,22 @@
 import { eq } from "drizzle-orm";
+import { failedPrecondition } from "../errors";
 import type { Db } from "../persistence/database";
 import { executions, historyBranchEvents, historyBranches, historyEvents, namespaces, replicationTasks, requestIds, timerTasks } from "../persistence/schema";
 import type { NamespaceRegistry } from "./registry";
 
-/** Deletes a namespace with every execution, event and task it holds, in one transaction. */
-export async function deleteNamespace(db: Db, registry: NamespaceRegistry, name: string): Promise<{ executions: number }> {
+/**
+ * Deletes a namespace with every execution, event and task it holds, in one transaction, on
+ * this cluster only. A global namespace that lists this cluster is deleted on its active
+ * cluster only: a passive member would go on receiving its replication tasks, and apply none
+ * of them, nor any task behind them in their shards.
+ */
+export async function deleteNamespace(db: Db, registry: NamespaceRegistry, name: string, here: string): Promise<{ executions: number }> {
   const ns = await registry.describe({ name });
+  if (ns.isGlobal && ns.clusters.includes(here) && ns.activeClusterName !== here) {
+    throw failedPrecondition(
+      `namespace ${name} is global and active in cluster ${ns.activeClusterName}, and ${here} is one of its clusters: delete it on ${ns.activeClusterName}, or take ${here} out of its clusters there first`,
+    );
+  }
   const deleted = await db.transaction(async (tx) => {
     const runs = await tx.delete(executions).where(eq(executions.namespaceId, ns.id)).returning({ runId: executions.runId });
     await tx.delete(historyEvents).where(eq(historyEvents.namespaceId, ns.id));

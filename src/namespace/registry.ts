@@ -188,6 +188,8 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
     const updated = await db.transaction(async (tx) => {
       const [row] = await tx.select().from(namespaces).where(eq(namespaces.name, input.name)).for("update");
       if (!row) throw namespaceNotFound(input.name);
+      const forcedFailover = !!input.activeClusterName && input.activeClusterName !== row.activeClusterName;
+      if (!forcedFailover) requireConfigWriter(row, "update");
       const promoted = input.promote && !row.isGlobal ? promotion() : undefined;
       const base = promoted ? { ...row, ...promoted } : row;
       const changes = applyUpdate(base, input, known);
@@ -267,13 +269,29 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
     return Object.keys(next).length ? next : undefined;
   }
 
-  async function setState(name: string, state: string): Promise<NamespaceRecord> {
+  /**
+   * A global namespace's config has one writer, its active cluster; a forced failover (a new
+   * active cluster) is the one change taken elsewhere. Another cluster's change would never
+   * leave it (it is not listed) or race the active cluster's at the same config version, and
+   * each cluster would keep its own.
+   */
+  function requireConfigWriter(row: NamespaceRecord, what: string): void {
+    const here = clusters.current().clusterName;
+    if (row.isGlobal && row.activeClusterName !== here) {
+      throw failedPrecondition(`namespace ${row.name} is global and active in cluster ${row.activeClusterName}: ${what} it there (on ${here} only a forced failover, a new active cluster, is taken)`);
+    }
+  }
+
+  async function setState(name: string, state: string, what: string): Promise<NamespaceRecord> {
     checkNamespaceName(name);
     const row = await db.transaction(async (tx) => {
+      const [found] = await tx.select().from(namespaces).where(eq(namespaces.name, name)).for("update");
+      if (!found) throw namespaceNotFound(name);
+      requireConfigWriter(found, what);
       const [row] = await tx
         .update(namespaces)
         .set({ state, configVersion: sql`${namespaces.configVersion} + 1`, updatedAt: now() })
-        .where(eq(namespaces.name, name))
+        .where(eq(namespaces.id, found.id))
         .returning();
       if (!row) throw namespaceNotFound(name);
       if (row.isGlobal) await appendNamespaceTask(tx, row, row.clusters);
@@ -287,7 +305,7 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
   return {
     register,
     update,
-    deprecate: (name) => setState(name, "DEPRECATED"),
+    deprecate: (name) => setState(name, "DEPRECATED", "deprecate"),
     async describe({ name, id }) {
       if (name) {
         checkNamespaceName(name);

@@ -1,6 +1,9 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { Code } from "@connectrpc/connect";
 import { NamespaceState, ReplicationState } from "../../src/gen/tern/workflow/v1/namespace_pb";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { rejects } from "../support/rejects";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { connectAll, describeOn, eventuallyOn, startClusters } from "./mesh";
@@ -43,6 +46,21 @@ for (const store of await testStores()) {
       }
       await a.client(WorkflowService).deprecateNamespace({ namespace: "billing" });
       for (const x of [b, c]) await eventuallyOn(x, "billing", (ns) => expect(ns.namespaceInfo!.state).toBe(NamespaceState.DEPRECATED));
+    });
+
+    test("TestAGlobalNamespaceIsChangedOnItsActiveClusterOnly: a passive member refuses an update, a deprecate and a delete", async () => {
+      await a.client(WorkflowService).registerNamespace({ namespace: "owned", isGlobalNamespace: true, clusters: ["clusterA", "clusterB", "clusterC"], description: "v1" });
+      await eventuallyOn(b, "owned", () => {});
+      const onB = b.client(WorkflowService);
+      // Two clusters changing it at once would each keep their own at the same config version.
+      await rejects(onB.updateNamespace({ namespace: "owned", description: "fromB" }), Code.FailedPrecondition, "namespace owned is global and active in cluster clusterA: update it there (on clusterB only a forced failover, a new active cluster, is taken)");
+      await rejects(onB.deprecateNamespace({ namespace: "owned" }), Code.FailedPrecondition, "deprecate it there");
+      // B would go on receiving its tasks and apply none of them, nor any behind them.
+      await rejects(b.client(OperatorService).deleteNamespace({ namespace: "owned" }), Code.FailedPrecondition, "delete it on clusterA, or take clusterB out of its clusters there first");
+      expect((await describeOn(b, "owned")).namespaceInfo!.description).toBe("v1");
+      // On the active cluster it is changed as ever, and reaches B.
+      await a.client(WorkflowService).updateNamespace({ namespace: "owned", description: "v2" });
+      await eventuallyOn(b, "owned", (ns) => expect(ns.namespaceInfo!.description).toBe("v2"));
     });
 
     test("TestLocalNamespaceNeverReplicates", async () => {
