@@ -59,6 +59,7 @@ export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, lo
 
   async function merge(filter: DlqFilter, signal?: AbortSignal): Promise<MergeReplicationDlqResponse> {
     const entries = await dlq.all(filter);
+    if (!entries.length) await dlq.refuseUnknownSource(filter);
     const stuck = new Map<string, string>();
     const sources = new Map<string, Promise<RemoteClients>>();
     const failed: ReplicationDlqEntry[] = [];

@@ -117,7 +117,7 @@ export function createReplicationDlq({ db, metrics }: ReplicationDlqDeps) {
     for (const s of seenSources) metrics.set("replication_dlq_size", { source_cluster: s }, now.get(s) ?? 0);
   }
 
-  return { add, heldRuns, list, all, purge, sizes, refreshGauge };
+  return { add, heldRuns, list, all, purge, sizes, refreshGauge, refuseUnknownSource };
 }
 
 export type ReplicationDlq = ReturnType<typeof createReplicationDlq>;

@@ -137,6 +137,7 @@ for (const store of await testStores()) {
       const typo = await tern(b, "replication", "dlq", "purge", "--source-cluster", "clusterAA", "--yes");
       expect([typo.code, typo.err.trim()]).toEqual([1, "error: not_found: cluster clusterAA is not known here: it has no DLQ entries and is no remote cluster of this one"]);
       expect((await tern(b, "replication", "dlq", "list", "--source-cluster", "clusterAA")).code).toBe(1);
+      expect((await tern(b, "replication", "dlq", "merge", "--source-cluster", "clusterAA")).err.trim()).toStartWith("error: not_found: cluster clusterAA is not known here");
       const purged = await tern(b, "replication", "dlq", "purge", "--source-cluster", "clusterA", "--yes");
       expect(purged.code).toBe(0);
       expect(purged.out).toBe("Purged 2 DLQ entries\n");
