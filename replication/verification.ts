@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { and, asc, eq, sql } from "drizzle-orm";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
 import { peerUnreachable, type RemoteClientPool } from "../src/cluster/remote-client";
@@ -76,10 +77,12 @@ export function createReplicationVerifier({ db, cluster, clients }: ReplicationV
     const remote = clients.get(row.rpcAddress).admin;
     const [local, theirs] = await Promise.all([
       collect((token) => checksums({ namespace: req.namespace, pageSize: PAGE, nextPageToken: token })),
-      collect((token) => remote.getExecutionChecksums({ namespace: req.namespace, pageSize: PAGE, nextPageToken: token }, { signal, timeoutMs: 60_000 })),
-    ]).catch((e) => {
-      throw peerUnreachable(e, req.cluster);
-    });
+      collect((token) => remote.getExecutionChecksums({ namespace: req.namespace, pageSize: PAGE, nextPageToken: token }, { signal, timeoutMs: 60_000 })).catch((e) => {
+        // The remote's NOT_FOUND is of its copy: say whose it is.
+        if (e instanceof ConnectError && e.code === Code.NotFound) throw notFound(`namespace ${req.namespace} is not on cluster ${req.cluster} (is it one of the namespace's clusters?): ${e.rawMessage}`);
+        throw peerUnreachable(e, req.cluster);
+      }),
+    ]);
     return create(VerifyReplicationResponseSchema, {
       clusterName: cluster.clusterName,
       remoteCluster: req.cluster,

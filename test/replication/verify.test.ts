@@ -65,6 +65,12 @@ for (const store of await testStores()) {
       expect([cli.code, cli.out]).toEqual([0, `clusterA: ${COUNT + 1} executions, clusterB: ${COUNT + 1} executions; histories are identical\n`]);
     });
 
+    test("ANamespaceTheRemoteDoesNotHaveIsSaidToBeMissingThere, not here", async () => {
+      await a.client(WorkflowService).registerNamespace({ namespace: "only-a", isGlobalNamespace: true, clusters: ["clusterA"] });
+      const cli = await tern(a, "replication", "verify", "-n", "only-a", "--cluster", "clusterB");
+      expect([cli.code, cli.err.trim()]).toEqual([1, "error: not_found: namespace only-a is not on cluster clusterB (is it one of the namespace's clusters?): namespace only-a not found"]);
+    });
+
     test("DivergedClusterFails: a lost event, a lost execution and a stray one are reported, exit 1", async () => {
       const db = b.server.database.db;
       const run = (workflowId: string) => and(eq(historyEvents.namespaceId, nsId), eq(historyEvents.workflowId, workflowId));
