@@ -118,6 +118,16 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     return { tasks, max, last: Math.max(last, after), source: "database" };
   }
 
+  /** Each shard's last task id (its counter), in one statement, once peer (empty: an operator's read) is found allowed to pull. */
+  async function shardMaxes(shardIds: number[], peer: string): Promise<Map<number, number>> {
+    const rows = await runStatement(db, countersText(Boolean(peer)), peer ? [shardIds, peer] : [shardIds]);
+    const maxOf = new Map(rows.map((r) => [Number(r.shard_id), Number(r.page_max)]));
+    const missing = shardIds.find((id) => !maxOf.has(id));
+    if (missing !== undefined) throw new Error(`shard ${missing} does not exist`);
+    checkPeer(peer, rows[0]!.peer_enabled);
+    return maxOf;
+  }
+
   /** A disabled connection pauses both ways: refused here too, on every read of a long poll. */
   function checkPeer(peer: string, enabled: unknown): void {
     if (!peer) return;
@@ -133,11 +143,7 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
    * at every round (the long polls' re-read each second, and every pull that does not wait).
    */
   async function readPages(cursors: { shardId: number; after: number; size: number }[], peer: string, withEvents: boolean): Promise<Page[]> {
-    const rows = await runStatement(db, countersText(Boolean(peer)), peer ? [cursors.map((c) => c.shardId), peer] : [cursors.map((c) => c.shardId)]);
-    const maxOf = new Map(rows.map((r) => [Number(r.shard_id), Number(r.page_max)]));
-    const missing = cursors.find((c) => !maxOf.has(c.shardId));
-    if (missing) throw new Error(`shard ${missing.shardId} does not exist`);
-    checkPeer(peer, rows[0]!.peer_enabled);
+    const maxOf = await shardMaxes(cursors.map((c) => c.shardId), peer);
     return Promise.all(cursors.map((c): Page | Promise<Page> => {
       const max = maxOf.get(c.shardId)!;
       return max <= c.after ? { tasks: [], max, last: c.after, source: "none" } : readPage(c.shardId, c.after, c.size, peer, withEvents);
@@ -223,10 +229,8 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     if (!moved.length) return create(AckReplicationTasksResponseSchema, {});
     // Only a connected peer's acks, and none past a shard's last task: an ack ahead of what the
     // shard holds would let cleanup drop tasks before the peer has them.
-    const rows = await runStatement(db, countersText(true), [req.shardIds, peer]);
-    checkPeer(peer, rows[0]?.peer_enabled);
-    const maxOf = new Map(rows.map((r) => [Number(r.shard_id), Number(r.page_max)]));
-    const ahead = moved.find((m) => m.acked > (maxOf.get(m.shardId) ?? Infinity));
+    const maxOf = await shardMaxes(req.shardIds, peer);
+    const ahead = moved.find((m) => m.acked > maxOf.get(m.shardId)!);
     if (ahead) throw invalidArgument(`shard ${ahead.shardId}'s acked task id ${ahead.acked} is past its last task, ${maxOf.get(ahead.shardId)}`);
     await acks.record(peer, moved);
     return create(AckReplicationTasksResponseSchema, {});
