@@ -288,12 +288,12 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
       const [found] = await tx.select().from(namespaces).where(eq(namespaces.name, name)).for("update");
       if (!found) throw namespaceNotFound(name);
       requireConfigWriter(found, what);
-      const [row] = await tx
+      // Locked above: the update finds the row.
+      const [row] = (await tx
         .update(namespaces)
         .set({ state, configVersion: sql`${namespaces.configVersion} + 1`, updatedAt: now() })
         .where(eq(namespaces.id, found.id))
-        .returning();
-      if (!row) throw namespaceNotFound(name);
+        .returning()) as [NamespaceRecord];
       if (row.isGlobal) await appendNamespaceTask(tx, row, row.clusters);
       return row;
     });
