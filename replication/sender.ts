@@ -236,6 +236,25 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     return create(AckReplicationTasksResponseSchema, {});
   }
 
+  /**
+   * Refuses cursors past their shard's last task (pages[k] is of cursors[k]): the peer's acks
+   * are at most its cursors, and an ack ahead of what the shard holds would let cleanup drop
+   * tasks before the peer has them. A page's max may come from this process's marks, which can
+   * lag another writer's commit: a cursor past it is refused only once the counters agree.
+   */
+  async function checkCursorsHeld(cursors: readonly { shardId: number; after: number }[], pages: readonly Page[], peer: string): Promise<void> {
+    const past = cursors.filter((c, k) => c.after > pages[k]!.max);
+    if (!past.length) return;
+    const maxOf = await shardMaxes(past.map((c) => c.shardId), peer);
+    const ahead = past.find((c) => c.after > maxOf.get(c.shardId)!);
+    if (ahead) {
+      throw invalidArgument(
+        `shard ${ahead.shardId}'s after_task_id ${ahead.after} is past its last task, ${maxOf.get(ahead.shardId)}: ` +
+        `${cluster.clusterName} never sent tasks past it (was its database replaced?)`,
+      );
+    }
+  }
+
   /** Cursors given as columns (`field` names them in errors). */
   function cursorsOfColumns(cols: ShardCursorColumns, field: string): { shardId: number; after: number; acked: number; pageSize: number }[] {
     const n = cols.shardIds.length;
@@ -337,9 +356,13 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
         const read = unread.length > MANY_SHARDS
           ? readPages(unreadCursors, peer, withEvents)
           : Promise.all(unreadCursors.map((c) => readPage(c.shardId, c.after, c.size, peer, withEvents)));
-        const [got] = await Promise.all([read, peer && ask.recordAcks !== false ? acks.record(peer, cursors) : undefined]);
+        const got = await read;
         unread.forEach((k, j) => (pages[k] = got[j]));
         const done = pages as Page[];
+        if (peer && ask.recordAcks !== false) {
+          if (first) await checkCursorsHeld(looked.map((i) => cursors[i]!), done, peer);
+          await acks.record(peer, cursors);
+        }
         done.forEach((p, k) => outboxMarks?.advance(cursors[looked[k]!]!.shardId, p.max));
         watch?.looked(looked, done);
         const found = done.filter((p) => p.tasks.length);

@@ -201,12 +201,17 @@ for (const store of await testStores()) {
       // Neither a peer that is not connected nor an ack past the shard's last task is recorded.
       await rejects(ack({ clusterName: "clusterZ" }), Code.FailedPrecondition, "cluster clusterZ is not connected");
       await rejects(ack({ shardIds: [4], ackedTaskIds: [1_000_000n] }), Code.InvalidArgument, "shard 4's acked task id 1000000 is past its last task");
+      const first = (req: Parameters<ReturnType<typeof admin>["streamReplicationTasks"]>[0]) =>
+        admin().streamReplicationTasks(req)[Symbol.asyncIterator]().next();
+      // Nor is a pull's: its ack is at most its cursor, and a cursor past the shard's last task is refused.
+      const pastEnd = "shard 4's after_task_id 1000000 is past its last task";
+      await rejects(first({ clusterName: "clusterB", cursors: { shardIds: [4], afterTaskIds: [1_000_000n], ackedTaskIds: [1_000_000n] } }), Code.InvalidArgument, pastEnd);
+      await rejects(admin().pullReplicationTasks({ clusterName: "clusterB", shards: [{ shardId: 4, afterTaskId: 1_000_000n, ackedTaskId: 1_000_000n }] }), Code.InvalidArgument, pastEnd);
+      await rejects(admin().getReplicationTasks({ clusterName: "clusterB", shardId: 4, afterTaskId: 1_000_000n, ackedTaskId: 1_000_000n }), Code.InvalidArgument, pastEnd);
       await Bun.sleep(400); // past the recorder's 250 ms interval, which would have saved them
       expect((await outboundAcks(a.server.database.db, "clusterZ")).size).toBe(0);
       expect((await outboundAcks(a.server.database.db, "clusterB")).get(4)).not.toBe(1_000_000);
 
-      const first = (req: Parameters<ReturnType<typeof admin>["streamReplicationTasks"]>[0]) =>
-        admin().streamReplicationTasks(req)[Symbol.asyncIterator]().next();
       await rejects(first({ clusterName: "clusterB" }), Code.InvalidArgument, "cursors are required");
       await rejects(first({ clusterName: "clusterB", cursors: { shardIds: [1, 2], afterTaskIds: [0n], ackedTaskIds: [0n] } }), Code.InvalidArgument, "cursors needs one entry per shard");
       await rejects(first({ clusterName: "clusterB", cursors: { shardIds: [1, 1], afterTaskIds: [0n, 0n], ackedTaskIds: [0n, 0n] } }), Code.InvalidArgument, "shard 1 is asked for twice");
