@@ -8,7 +8,7 @@ import { alreadyExists, failedPrecondition, invalidArgument, notFound, pgErrorOf
 import type { Db, Tx } from "../persistence/database";
 import { namespaces, type FailoverHistoryEntry } from "../persistence/schema";
 import { decodeToken, encodeToken, NAME_TOKEN } from "../persistence/page-token";
-import { checkNamespaceName, checkOwnerEmail, checkRetentionSeconds } from "./validate";
+import { checkDataCount, checkDataEntries, checkDescription, checkNamespaceName, checkOwnerEmail, checkRetentionSeconds } from "./validate";
 
 export type NamespaceRecord = typeof namespaces.$inferSelect;
 
@@ -121,6 +121,9 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
   async function register(input: RegisterInput): Promise<NamespaceRecord> {
     checkNamespaceName(input.name);
     checkOwnerEmail(input.ownerEmail ?? "");
+    checkDescription(input.description ?? "");
+    checkDataEntries(Object.entries(input.data ?? {}));
+    checkDataCount(Object.keys(input.data ?? {}).length);
     const retentionSeconds = input.retentionSeconds ?? DEFAULT_RETENTION_SECONDS;
     checkRetentionSeconds(retentionSeconds);
     const current = clusters.current();
@@ -184,6 +187,9 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
     checkNamespaceName(input.name);
     if (input.ownerEmail !== undefined) checkOwnerEmail(input.ownerEmail);
     if (input.retentionSeconds !== undefined) checkRetentionSeconds(input.retentionSeconds);
+    if (input.description !== undefined) checkDescription(input.description);
+    // An empty value removes its key: a key too long to set may still be dropped.
+    checkDataEntries(Object.entries(input.data ?? {}).filter(([, v]) => v !== ""));
     const known = await knownClusters(input);
     const updated = await db.transaction(async (tx) => {
       const [row] = await tx.select().from(namespaces).where(eq(namespaces.name, input.name)).for("update");
@@ -249,6 +255,7 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
     if (input.data && Object.keys(input.data).length) {
       const data = { ...row.data };
       for (const [k, v] of Object.entries(input.data)) v === "" ? delete data[k] : (data[k] = v);
+      checkDataCount(Object.keys(data).length, Object.keys(row.data).length);
       next.data = data;
     }
     const wantsClusters = !!input.clusters?.length;

@@ -23,3 +23,36 @@ const EMAIL = /^[^\s@]+@[^\s@]+$/;
 export function checkOwnerEmail(email: string): void {
   if (email && !EMAIL.test(email)) throw invalidArgument(`owner email ${JSON.stringify(email)} is not an email address`);
 }
+
+/**
+ * Size limits of a namespace's description and data: Temporal's namespace handler caps
+ * neither, but every namespace task carries the whole record to each cluster and every
+ * cache holds it. Description and values take maxIDLength (1,000, as ids and names in
+ * the engine), keys a namespace name's 255.
+ */
+export const NAMESPACE_LIMITS = { description: 1000, dataEntries: 64, dataKey: 255, dataValue: 1000 } as const;
+
+/** Description: at most 1,000 characters. */
+export function checkDescription(description: string): void {
+  const max = NAMESPACE_LIMITS.description;
+  if (description.length > max) throw invalidArgument(`description is longer than ${max} characters (${description.length})`);
+}
+
+/** Data entries set by a request: keys at most 255 characters, values at most 1,000. */
+export function checkDataEntries(entries: [string, string][]): void {
+  const { dataKey, dataValue } = NAMESPACE_LIMITS;
+  for (const [key, value] of entries) {
+    const shown = JSON.stringify(key.length > 40 ? `${key.slice(0, 40)}…` : key);
+    if (key.length > dataKey) throw invalidArgument(`data key ${shown} is longer than ${dataKey} characters (${key.length})`);
+    if (value.length > dataValue) throw invalidArgument(`data value of key ${shown} is longer than ${dataValue} characters (${value.length})`);
+  }
+}
+
+/**
+ * Data holds at most 64 entries. A namespace over it (replicated from a source without
+ * the limit) may keep its entries and shed some; only growing it is refused.
+ */
+export function checkDataCount(count: number, before = 0): void {
+  const max = NAMESPACE_LIMITS.dataEntries;
+  if (count > max && count > before) throw invalidArgument(`data would hold ${count} entries; at most ${max}`);
+}

@@ -1,8 +1,10 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { Code } from "@connectrpc/connect";
+import { eq } from "drizzle-orm";
 import { NamespaceState, ReplicationState } from "../../src/gen/tern/workflow/v1/namespace_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { namespaces } from "../../src/persistence/schema";
 import { rejects } from "../support/rejects";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
@@ -61,6 +63,20 @@ for (const store of await testStores()) {
       // On the active cluster it is changed as ever, and reaches B.
       await a.client(WorkflowService).updateNamespace({ namespace: "owned", description: "v2" });
       await eventuallyOn(b, "owned", (ns) => expect(ns.namespaceInfo!.description).toBe("v2"));
+    });
+
+    test("TestANamespacePastTheLimitsAtItsSourceIsAppliedOnPassiveClusters (an older source took it)", async () => {
+      await a.client(WorkflowService).registerNamespace({ namespace: "roomy", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
+      await eventuallyOn(b, "roomy", () => {});
+      // What a source without the limits holds: written past the registry, which would refuse it.
+      const data = Object.fromEntries(Array.from({ length: 70 }, (_, i) => [`k${i}`, "v".repeat(2000)]));
+      await a.server.database.db.update(namespaces).set({ description: "d".repeat(5000), data }).where(eq(namespaces.name, "roomy"));
+      const up = await a.client(WorkflowService).updateNamespace({ namespace: "roomy", ownerEmail: "ops@example.com" });
+      await eventuallyOn(b, "roomy", (ns) => {
+        expect(ns.configVersion).toBe(up.namespace!.configVersion);
+        expect(ns.namespaceInfo!.description.length).toBe(5000);
+        expect(ns.namespaceInfo!.data).toEqual(data);
+      });
     });
 
     test("TestLocalNamespaceNeverReplicates", async () => {

@@ -2,9 +2,11 @@ import { setDefaultTimeout, afterAll, beforeAll, describe, expect, test } from "
 import { Code } from "@connectrpc/connect";
 import { rejects } from "../support/rejects";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { eq } from "drizzle-orm";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { NamespaceState } from "../../src/gen/tern/workflow/v1/namespace_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
+import { namespaces } from "../../src/persistence/schema";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 
@@ -64,6 +66,39 @@ for (const store of await testStores()) {
         "a local namespace lives only in the current cluster; register it global (is_global_namespace; tern: --global) to list other clusters",
       );
       await rejects(wf.describeNamespace({ namespace: "missing" }), Code.NotFound, "namespace missing not found");
+    });
+
+    test("description and data past their limits are INVALID_ARGUMENT on register and update, naming the field and the limit", async () => {
+      const full = Object.fromEntries(Array.from({ length: 64 }, (_, i) => [`k${i}`, "v"]));
+      // At the limits: accepted.
+      const { k63: _, ...long } = { ...full, k0: "v".repeat(1000), ["k".repeat(255)]: "v" };
+      const big = await wf.registerNamespace({ namespace: "big", description: "d".repeat(1000), data: long });
+      expect(Object.keys(big.namespace!.namespaceInfo!.data).length).toBe(64);
+      await rejects(wf.registerNamespace({ namespace: "big2", description: "d".repeat(1001) }), Code.InvalidArgument, "description is longer than 1000 characters (1001)");
+      await rejects(wf.registerNamespace({ namespace: "big2", data: { ...full, k64: "v" } }), Code.InvalidArgument, "data would hold 65 entries; at most 64");
+      await rejects(wf.registerNamespace({ namespace: "big2", data: { ["k".repeat(256)]: "v" } }), Code.InvalidArgument, "is longer than 255 characters (256)");
+      await rejects(wf.registerNamespace({ namespace: "big2", data: { team: "v".repeat(1001) } }), Code.InvalidArgument, 'data value of key "team" is longer than 1000 characters (1001)');
+      await rejects(wf.describeNamespace({ namespace: "big2" }), Code.NotFound, "not found");
+
+      await wf.registerNamespace({ namespace: "grow", data: full });
+      await rejects(wf.updateNamespace({ namespace: "grow", description: "d".repeat(1001) }), Code.InvalidArgument, "description is longer than 1000 characters");
+      await rejects(wf.updateNamespace({ namespace: "grow", data: { k64: "v" } }), Code.InvalidArgument, "data would hold 65 entries; at most 64");
+      await rejects(wf.updateNamespace({ namespace: "grow", data: { k1: "v".repeat(1001) } }), Code.InvalidArgument, 'data value of key "k1" is longer than 1000 characters');
+      await rejects(wf.updateNamespace({ namespace: "grow", data: { ["k".repeat(256)]: "v" } }), Code.InvalidArgument, "is longer than 255 characters");
+      // Replacing one entry with another keeps it at 64.
+      const swapped = await wf.updateNamespace({ namespace: "grow", data: { k0: "", k64: "v" } });
+      expect(Object.keys(swapped.namespace!.namespaceInfo!.data).length).toBe(64);
+      expect(swapped.namespace!.configVersion).toBe(1n);
+    });
+
+    test("a namespace already past the limits (written by a source without them) still takes updates that do not grow it", async () => {
+      await wf.registerNamespace({ namespace: "legacy" });
+      const data = Object.fromEntries(Array.from({ length: 70 }, (_, i) => [`k${i}`, "v".repeat(2000)]));
+      await cluster.server.database.db.update(namespaces).set({ description: "d".repeat(5000), data }).where(eq(namespaces.name, "legacy"));
+      const up = await wf.updateNamespace({ namespace: "legacy", ownerEmail: "ops@example.com", data: { k0: "", k1: "short" } });
+      expect(up.namespace!.namespaceInfo!.description.length).toBe(5000);
+      expect(Object.keys(up.namespace!.namespaceInfo!.data).length).toBe(69);
+      await rejects(wf.updateNamespace({ namespace: "legacy", data: { k0: "v" } }), Code.InvalidArgument, "data would hold 70 entries; at most 64");
     });
 
     test("update bumps configVersion and is read back at once (cache invalidated)", async () => {
