@@ -95,6 +95,25 @@ describe("operator namespace", () => {
     expect(r.stdout).toContain("failover version: 2");
   });
 
+  test("update with no flag that changes anything is a usage error naming those flags, before calling the server", async () => {
+    let called = false;
+    const fake = { updateNamespace: () => ((called = true), { namespace: ns("orders") }) };
+    for (const argv of [["-n", "orders"], ["orders", "--promote-global=false", "--active-cluster", ""]]) {
+      const r = await runCli(["operator", "namespace", "update", ...argv], { workflow: fake });
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain(
+        "error: nothing to update: give at least one of --description, --email, --retention, --data, --cluster, --active-cluster, --promote-global",
+      );
+      expect(r.stdout).toBe("");
+    }
+    expect(called).toBe(false);
+    // An empty description or a removed data key is a change.
+    for (const argv of [["--description", ""], ["--data", "team="]]) {
+      expect((await runCli(["operator", "namespace", "update", "orders", ...argv], { workflow: fake })).code).toBe(0);
+    }
+    expect(called).toBe(true);
+  });
+
   test("delete without --yes and without a terminal refuses before calling the server", async () => {
     let called = false;
     const r = await runCli(["operator", "namespace", "delete", "-n", "orders"], {

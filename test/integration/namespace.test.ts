@@ -119,6 +119,10 @@ for (const store of await testStores()) {
       const again = await wf.updateNamespace({ namespace: "upd", data: { tier: "" } });
       expect(again.namespace!.namespaceInfo!.data).toEqual({ team: "payments" });
       expect(again.namespace!.configVersion).toBe(2n);
+      // Nothing to change: nothing written, as Temporal's UpdateNamespace (no configVersion bump, no replication task).
+      const same = await wf.updateNamespace({ namespace: "upd" });
+      expect(same.namespace!.configVersion).toBe(2n);
+      expect(same.namespace!.namespaceInfo!.data).toEqual({ team: "payments" });
       const byId = await wf.describeNamespace({ id: read.namespaceInfo!.id });
       expect(byId.namespace!.namespaceInfo!.name).toBe("upd");
       await rejects(wf.updateNamespace({ namespace: "upd", activeClusterName: "clusterA" }), Code.InvalidArgument, "is local");

@@ -129,6 +129,31 @@ const list: LeafCommand = {
   },
 };
 
+/** The flags of `update` that change something: at least one is required. */
+const updateFlags: FlagSpec[] = [
+  description, email, retention, { ...data, description: "Data entry to merge (KEY= removes KEY)" }, cluster, activeCluster,
+  { name: "promote-global", kind: "boolean", description: "Make a local namespace global (active on this cluster)" },
+];
+
+/** The update the flags ask for; a usage error when they ask for none. */
+function updateRequest(namespace: string, args: ParsedArgs) {
+  const req = {
+    namespace,
+    description: getString(args, "description"),
+    ownerEmail: getString(args, "email"),
+    workflowExecutionRetentionPeriod: retentionArg(args),
+    data: parseKeyValues(getStrings(args, "data"), "data"),
+    clusters: getStrings(args, "cluster"),
+    activeClusterName: getString(args, "active-cluster") ?? "",
+    promoteNamespace: getBoolean(args, "promote-global"),
+  };
+  const asked = [req.description, req.ownerEmail, req.workflowExecutionRetentionPeriod].some((v) => v !== undefined) ||
+    Object.keys(req.data).length > 0 || req.clusters.length > 0 || req.activeClusterName !== "" || req.promoteNamespace;
+  // Sent anyway, the server changes nothing and "Updated namespace" would say otherwise.
+  if (!asked) throw new UsageError(`nothing to update: give at least one of ${updateFlags.map((f) => `--${f.name}`).join(", ")}`);
+  return req;
+}
+
 const update: LeafCommand = {
   kind: "leaf",
   name: "update",
@@ -142,25 +167,10 @@ const update: LeafCommand = {
   ].join("\n"),
   positionals: "[NAMESPACE]",
   maxPositionals: 1,
-  flags: [
-    namespaceFlag, description, email, retention, { ...data, description: "Data entry to merge (KEY= removes KEY)" }, cluster, activeCluster,
-    { name: "promote-global", kind: "boolean", description: "Make a local namespace global (active on this cluster)" },
-  ],
+  flags: [namespaceFlag, ...updateFlags],
   async run(ctx, args) {
     const namespace = namespaceArg(args);
-    const res = await ctx.workflow().updateNamespace(
-      {
-        namespace,
-        description: getString(args, "description"),
-        ownerEmail: getString(args, "email"),
-        workflowExecutionRetentionPeriod: retentionArg(args),
-        data: parseKeyValues(getStrings(args, "data"), "data"),
-        clusters: getStrings(args, "cluster"),
-        activeClusterName: getString(args, "active-cluster") ?? "",
-        promoteNamespace: getBoolean(args, "promote-global"),
-      },
-      { signal: ctx.signal },
-    );
+    const res = await ctx.workflow().updateNamespace(updateRequest(namespace, args), { signal: ctx.signal });
     if (ctx.format === "json") return ctx.out(messageJson(UpdateNamespaceResponseSchema, res));
     ctx.out(`Updated namespace ${namespace} (${namespaceSummary(res.namespace)})\n`);
   },
