@@ -4,9 +4,9 @@
  */
 import { ConfigError, loadConfig, resolveConfigPath } from "../config/load";
 import { readEnv } from "../config/env";
-import type { Config } from "../config/schema";
 import { listenGrpc } from "../frontend/grpc-server";
 import { createTernServer, type TernServer } from "../server";
+import { checkListenAddresses, grpcPortOf, listenAddressesOf } from "./listen-addresses";
 import { findMigrationsFolder } from "./migrations-folder";
 import { listenSharedPort } from "./shared-port";
 
@@ -59,6 +59,8 @@ export async function runEntry(opts: EntryOptions): Promise<void> {
 async function boot({ runtime, entryUrl, serveHttp }: EntryOptions): Promise<{ tern: TernServer; listeners: Listener[] }> {
   const env = readEnv();
   const config = loadConfig(resolveConfigPath(process.argv.slice(2), env), env);
+  // Before the database is opened: a start that cannot bind migrates nothing and pins no identity.
+  await checkListenAddresses(listenAddressesOf(config));
   const tern = await createTernServer(config, { migrationsFolder: findMigrationsFolder(entryUrl) });
   const listeners: Listener[] = [];
   try {
@@ -90,16 +92,6 @@ async function boot({ runtime, entryUrl, serveHttp }: EntryOptions): Promise<{ t
     await tern.close();
     throw e;
   }
-}
-
-/**
- * Where native gRPC listens: "shared" when grpcPort equals port (0 and 0 included: one
- * ephemeral port for both), else grpcPort, else port + 1 (ephemeral when port is 0).
- */
-export function grpcPortOf(config: Config): number | "shared" {
-  const rpc = config.services.frontend.rpc;
-  if (rpc.grpcPort === rpc.port) return "shared";
-  return rpc.grpcPort ?? (rpc.port === 0 ? 0 : rpc.port + 1);
 }
 
 /** Resolves with the first SIGTERM/SIGINT; a second one exits 1 at once. */
