@@ -6,7 +6,7 @@ import { ConfigError, loadConfig, resolveConfigPath } from "../config/load";
 import { readEnv } from "../config/env";
 import { listenGrpc } from "../frontend/grpc-server";
 import { createTernServer, type TernServer } from "../server";
-import { checkListenAddresses, grpcPortOf, listenAddressesOf } from "./listen-addresses";
+import { bindListener, checkListenAddresses, listenAddressesOf } from "./listen-addresses";
 import { findMigrationsFolder } from "./migrations-folder";
 import { listenSharedPort } from "./shared-port";
 
@@ -59,28 +59,29 @@ export async function runEntry(opts: EntryOptions): Promise<void> {
 async function boot({ runtime, entryUrl, serveHttp }: EntryOptions): Promise<{ tern: TernServer; listeners: Listener[] }> {
   const env = readEnv();
   const config = loadConfig(resolveConfigPath(process.argv.slice(2), env), env);
+  const addresses = listenAddressesOf(config);
   // Before the database is opened: a start that cannot bind migrates nothing and pins no identity.
-  await checkListenAddresses(listenAddressesOf(config));
+  await checkListenAddresses(addresses);
   const tern = await createTernServer(config, { migrationsFolder: findMigrationsFolder(entryUrl) });
   const listeners: Listener[] = [];
   try {
-    const rpc = config.services.frontend.rpc;
     const readMaxBytes = config.limits.blobSizeLimitError * 2 + 1024 * 1024;
-    const grpcPort = grpcPortOf(config);
+    const { http: httpAt, grpc: grpcAt } = addresses;
     let http: Listener;
     let grpc: Listener;
-    if (grpcPort === "shared") {
-      http = grpc = await listenSharedPort(tern, { host: rpc.bindOnIP, port: rpc.port, readMaxBytes });
+    if (!grpcAt) {
+      http = grpc = await bindListener(httpAt, () => listenSharedPort(tern, { host: httpAt.host, port: httpAt.port, readMaxBytes }));
       listeners.push(http);
     } else {
-      listeners.push((http = await serveHttp(tern.fetch, rpc.bindOnIP, rpc.port)));
+      listeners.push((http = await bindListener(httpAt, () => serveHttp(tern.fetch, httpAt.host, httpAt.port))));
       const { routes, interceptors } = tern;
-      listeners.push((grpc = await listenGrpc({ routes, interceptors, host: rpc.bindOnIP, port: grpcPort, readMaxBytes })));
+      const listen = () => listenGrpc({ routes, interceptors, host: grpcAt.host, port: grpcAt.port, readMaxBytes });
+      listeners.push((grpc = await bindListener(grpcAt, listen)));
     }
     tern.log.info("tern server started", {
       runtime,
       clusterId: tern.cluster.clusterId,
-      address: `${rpc.bindOnIP}:${http.port}`,
+      address: `${httpAt.host}:${http.port}`,
       httpPort: http.port,
       grpcPort: grpc.port,
       database: tern.database.kind,

@@ -31,7 +31,7 @@ export class ListenError extends Error {
  * Where native gRPC listens: "shared" when grpcPort equals port (0 and 0 included: one
  * ephemeral port for both), else grpcPort, else port + 1 (ephemeral when port is 0).
  */
-export function grpcPortOf(config: Config): number | "shared" {
+function grpcPortOf(config: Config): number | "shared" {
   const rpc = config.services.frontend.rpc;
   if (rpc.grpcPort === rpc.port) return "shared";
   return rpc.grpcPort ?? (rpc.port === 0 ? 0 : rpc.port + 1);
