@@ -2,7 +2,6 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { sql } from "drizzle-orm";
 import { readMigrationFiles } from "drizzle-orm/migrator";
-import { migrate as migratePglite } from "drizzle-orm/pglite/migrator";
 import { migrate as migratePostgres } from "drizzle-orm/postgres-js/migrator";
 import type { Database, Db } from "./database";
 
@@ -39,7 +38,7 @@ export async function migrateSchema(database: Database, migrationsFolder: string
     const before = await schemaStatus({ ...database, db }, migrationsFolder);
     if (before.unknownApplied > 0) throw new SchemaTooNewError(before.unknownApplied);
     if (before.pending.length === 0) return [];
-    if (database.kind === "pglite") await migratePglite(db as never, { migrationsFolder });
+    if (database.kind === "pglite") await (await import("drizzle-orm/pglite/migrator")).migrate(db as never, { migrationsFolder });
     else await migratePostgres(db as never, { migrationsFolder });
     return before.pending;
   });
