@@ -127,7 +127,10 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
       const run = runs.get(t);
       // A task whose events do not follow the cached row throws here: it is read afresh.
       const plan = run || t.firstEventId === 1 ? attempt(() => applier.planApply(namespaces.get(t.namespaceId)!, t, { run })) : undefined;
-      if (!plan) return undefined;
+      // A duplicate by the cached row writes nothing, so no db_version guard would notice a
+      // commit the cache remembers but the database lost (a crash before an asynchronous
+      // commit was flushed; the source sends its tasks again): read afresh.
+      if (!plan || (run && !plan.write)) return undefined;
       plans.push(plan);
     }
     const writes = plans.flatMap((p) => (p.write ? [p.write] : []));

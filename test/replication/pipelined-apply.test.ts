@@ -5,12 +5,13 @@ import { and, asc, eq, sql } from "drizzle-orm";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { pgErrorOf } from "../../src/errors";
 import { lockRunKey } from "../../src/history/branch-store";
-import { executions, historyEvents, replicationAckLevels, replicationDlq, timerTasks } from "../../src/persistence/schema";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
+import { executions, historyEvents, replicationAckLevels, replicationDlq, requestIds, timerTasks } from "../../src/persistence/schema";
 import { startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
-import { connectBothWays, expectSameHistories, globalNamespace } from "./support";
+import { addr, connectBothWays, expectSameHistories, globalNamespace } from "./support";
 
 setDefaultTimeout(60_000);
 
@@ -121,6 +122,29 @@ for (const store of await testStores()) {
       expect((await runRow(b, "s1")).dbVersion).toBe(before.dbVersion + 2);
       await signalAndWait("s1");
       expect(pages(b, "one-trip")).toBe(oneTrip + 1);
+    });
+
+    test("ALostCommitIsAppliedAgain: a task the run cache calls a duplicate is read afresh, since PostgreSQL may have lost the commit the cache remembers", async () => {
+      await wf().startWorkflowExecution({ namespace: NS, workflowId: "lost1", workflowType: "T", taskQueue: "q" });
+      await signalAndWait("lost1");
+      const db = b.server.database.db;
+      const row = await runRow(b, "lost1");
+      const ack = await inboundAck();
+      await signalAndWait("lost1");
+      expect(await eventsOnB("lost1")).toHaveLength(3);
+      // What a crash leaves of an asynchronous commit it did not flush (B applies with
+      // synchronous_commit off): the run's row, its third event and the shard's ack as before it.
+      const ofRun = (t: typeof historyEvents | typeof requestIds) => and(eq(t.namespaceId, nsId), eq(t.workflowId, "lost1"), eq(t.eventId, 3));
+      await db.delete(historyEvents).where(ofRun(historyEvents));
+      await db.delete(requestIds).where(ofRun(requestIds));
+      await db.update(executions).set(row).where(and(eq(executions.namespaceId, nsId), eq(executions.workflowId, "lost1")));
+      await db.update(replicationAckLevels).set({ ackLevel: ack }).where(ackRow);
+      // The stream starts again from the stored ack; the source sends the lost task again.
+      const op = b.client(OperatorService);
+      await op.addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: false });
+      await op.addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: true });
+      await eventually(() => expectSameHistories(a, b, nsId), { timeout: 15_000 });
+      expect(await eventsOnB("lost1")).toHaveLength(3);
     });
 
     // Another applier of the run (a process on the same database, reading it afresh) holds its
