@@ -22,9 +22,36 @@ function isAlive(pid: number): boolean {
 }
 
 /**
+ * A process told apart from a later one with the same pid, where /proc says (Linux): this
+ * boot's id and the process's start time, in clock ticks since boot. Undefined elsewhere,
+ * and for a zombie (dead, not yet reaped), which holds nothing open.
+ */
+function startOf(pid: number): { alive: boolean; identity?: string } {
+  let stat: string;
+  let boot: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    boot = readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim();
+  } catch {
+    return { alive: isAlive(pid) };
+  }
+  // "pid (comm) state ppid ...": comm may hold spaces and parentheses, the fields after it do not.
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return { alive: fields[0] !== "Z", identity: `${boot}/${fields[19]}` };
+}
+
+/** Whether the lock's owner (its file's "pid identity") still runs: the same process, not a later one given its pid. */
+function ownerRuns(owner: number, identity: string | undefined): boolean {
+  if (!Number.isFinite(owner) || owner === process.pid) return false;
+  const now = startOf(owner);
+  if (!now.alive) return false;
+  return identity === undefined || now.identity === undefined || identity === now.identity;
+}
+
+/**
  * PGlite takes no lock of its own: two processes on one dir corrupt it. The lock is a
- * file holding the owner's pid, created exclusively; a lock whose pid is gone is stale
- * and taken over.
+ * file holding the owner's pid (and, on Linux, what tells it from a later process with the
+ * same pid), created exclusively; a lock whose owner is gone is stale and taken over.
  */
 export function acquireDataDirLock(dataDir: string): DataDirLock {
   mkdirSync(dataDir, { recursive: true });
@@ -32,7 +59,8 @@ export function acquireDataDirLock(dataDir: string): DataDirLock {
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
       const fd = openSync(path, "wx");
-      writeSync(fd, String(process.pid));
+      const { identity } = startOf(process.pid);
+      writeSync(fd, identity ? `${process.pid} ${identity}` : String(process.pid));
       closeSync(fd);
       let released = false;
       return {
@@ -41,14 +69,17 @@ export function acquireDataDirLock(dataDir: string): DataDirLock {
           if (released) return;
           released = true;
           try {
-            if (readFileSync(path, "utf8").trim() === String(process.pid)) unlinkSync(path);
+            if (readFileSync(path, "utf8").trim().split(" ")[0] === String(process.pid)) unlinkSync(path);
           } catch {}
         },
       };
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
-      const owner = Number.parseInt(readFileSync(path, "utf8").trim(), 10);
-      if (Number.isFinite(owner) && owner !== process.pid && isAlive(owner)) {
+      // "pid", or "pid identity" (startOf): a pid alone may have been given to another process
+      // since (after a reboot, say), or be a zombie's.
+      const [pid, identity] = readFileSync(path, "utf8").trim().split(" ");
+      const owner = Number.parseInt(pid!, 10);
+      if (ownerRuns(owner, identity)) {
         throw new DataDirLockedError(`data dir ${dataDir} is in use by process ${owner} (lock ${path})`);
       }
       try {

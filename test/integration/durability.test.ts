@@ -1,7 +1,7 @@
 import { setDefaultTimeout, afterAll, describe, expect, test } from "bun:test";
 import { Code } from "@connectrpc/connect";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
-import { mkdirSync, readdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { sql } from "drizzle-orm";
 import { EventType, WorkflowExecutionStatus } from "../../src/gen/tern/common/v1/common_pb";
@@ -135,6 +135,28 @@ describe("PGlite data dir lock", () => {
     writeFileSync(join(data.location, "tern.lock"), "999999999"); // no such process: stale
     const again = await startTestCluster({ store: "pglite", dataLocation: data.location });
     await again.stop();
+  });
+
+  test.skipIf(!existsSync("/proc/self/stat"))("a lock whose pid now names another process (after a reboot, say), or a zombie, is stale and taken over", async () => {
+    const data = await newDataLocation("pglite");
+    cleanups.push(data.remove);
+    const lock = join(data.location, "tern.lock");
+    await (await startTestCluster({ store: "pglite", dataLocation: data.location })).stop();
+    // The parent runs, but it is not the process that took the lock (another boot, another start time).
+    writeFileSync(lock, `${process.ppid} 00000000-0000-0000-0000-000000000000/1`);
+    await (await startTestCluster({ store: "pglite", dataLocation: data.location })).stop();
+    // A child of a process that never reaps it: a zombie once it exits.
+    const parent = Bun.spawn(["sh", "-c", "sleep 0.05 & echo $!; exec sleep 30"], { stdout: "pipe" });
+    try {
+      const { value } = await parent.stdout.getReader().read();
+      const zombie = Number.parseInt(new TextDecoder().decode(value), 10);
+      expect(zombie).toBeGreaterThan(0);
+      await eventually(() => expect(readFileSync(`/proc/${zombie}/stat`, "utf8")).toMatch(/\) Z /));
+      writeFileSync(lock, String(zombie));
+      await (await startTestCluster({ store: "pglite", dataLocation: data.location })).stop();
+    } finally {
+      parent.kill();
+    }
   });
 
   test("a data dir that is a file, or holds files but no database, is refused by name; nothing is written to it; one holding another tern data dir is not", async () => {
