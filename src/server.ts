@@ -34,6 +34,7 @@ import { createFrontendInterceptor } from "./frontend/interceptors";
 import { createOperatorHandler } from "./frontend/operator-handler";
 import { createRateLimiter } from "./frontend/rate-limiter";
 import { createRoutes } from "./frontend/routes";
+import { createServingProbe } from "./frontend/serving-probe";
 import { createWorkflowHandler } from "./frontend/workflow-handler";
 import { createHistoryEngine } from "./history/engine";
 import { createEventNotifier } from "./history/notifier";
@@ -313,7 +314,8 @@ function wire(
   const core = wireCore(base);
   const repl = wireReplication(base, core);
   let closed = false;
-  const isServing = async () => !closed && (await core.db.execute(sql`select 1`).then(() => true, () => false));
+  const probe = createServingProbe({ ping: () => core.db.execute(sql`select 1`) });
+  const isServing = async () => !closed && (await probe());
   const routes = wireRoutes(base, core, repl, isServing);
   const limiter = createRateLimiter(config.limits.hostRps, config.limits.namespaceRps);
   const interceptors = [createFrontendInterceptor({ metrics: core.metrics, log, limiter })];

@@ -7,6 +7,12 @@ export interface TcpProxy {
   cut(): void;
   /** While on, every connection is reset as it arrives, as when the server is down: with cut(), an outage. */
   refuse(on: boolean): void;
+  /**
+   * While on, bytes are taken in both ways but none is passed on, and new connections are
+   * accepted but never answered, as with a frozen server (SIGSTOP) or a network that holds
+   * every packet; off passes on what was held, in order.
+   */
+  hold(on: boolean): void;
   close(): Promise<void>;
 }
 
@@ -24,6 +30,13 @@ export async function startTcpProxyFor(databaseUrl: string): Promise<{ proxy: Tc
 export async function startTcpProxy(target: { host: string; port: number }): Promise<TcpProxy> {
   const sockets = new Set<Socket>();
   let refusing = false;
+  // Writes held back while holding, in arrival order.
+  let held: (() => void)[] | undefined;
+  /** Passes from's bytes and end on to to, or keeps them back while holding. */
+  const forward = (from: Socket, to: Socket) => {
+    from.on("data", (chunk) => (held ? held.push(() => to.write(chunk)) : to.write(chunk)));
+    from.on("end", () => (held ? held.push(() => to.end()) : to.end()));
+  };
   const track = (s: Socket) => {
     sockets.add(s);
     s.on("close", () => sockets.delete(s));
@@ -37,8 +50,8 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
     const upstream = connect(target.port, target.host);
     track(client);
     track(upstream);
-    client.pipe(upstream);
-    upstream.pipe(client);
+    forward(client, upstream);
+    forward(upstream, client);
     client.on("close", () => upstream.destroy());
     upstream.on("close", () => client.destroy());
   });
@@ -48,6 +61,11 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
     port,
     cut: () => sockets.forEach(reset),
     refuse: (on) => void (refusing = on),
+    hold: (on) => {
+      const writes = held;
+      held = on ? (held ?? []) : undefined;
+      if (!on) writes?.forEach((write) => write());
+    },
     close: () => {
       sockets.forEach((s) => s.destroy());
       return new Promise((resolve) => server.close(() => resolve()));
