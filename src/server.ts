@@ -30,6 +30,7 @@ import { createBackfillHandler } from "./frontend/backfill-handler";
 import { createApp } from "./frontend/app";
 import { createHealthHandler } from "./frontend/health-handler";
 import { createForwardingWorkflowService } from "./frontend/forwarding";
+import { createDeadlineInterceptor } from "./frontend/deadline";
 import { createFrontendInterceptor } from "./frontend/interceptors";
 import { createOperatorHandler } from "./frontend/operator-handler";
 import { createRateLimiter } from "./frontend/rate-limiter";
@@ -318,7 +319,8 @@ function wire(
   const isServing = async () => !closed && (await probe());
   const routes = wireRoutes(base, core, repl, isServing);
   const limiter = createRateLimiter(config.limits.hostRps, config.limits.namespaceRps);
-  const interceptors = [createFrontendInterceptor({ metrics: core.metrics, log, limiter })];
+  // The deadline innermost: a call past its deadline is still counted, logged and mapped.
+  const interceptors = [createFrontendInterceptor({ metrics: core.metrics, log, limiter }), createDeadlineInterceptor()];
   // Room for a maximal payload plus the rest of the request.
   const readMaxBytes = config.limits.blobSizeLimitError * 2 + 1024 * 1024;
   const app = createApp({ routes, interceptors, metrics: core.metrics, isServing, readMaxBytes });

@@ -1,0 +1,31 @@
+import { ConnectError, type Interceptor } from "@connectrpc/connect";
+
+/**
+ * Answers a unary call when its signal aborts, not when its handler returns: at its deadline
+ * (Connect's connect-timeout-ms, gRPC's grpc-timeout) with DEADLINE_EXCEEDED, or CANCELED when
+ * its client went away.
+ *
+ * connect-es aborts the handler context's signal at the deadline but still awaits the handler,
+ * so a call waiting on a frozen database answered only when the database did, however short
+ * its deadline. The handler's work may still finish after the answer went out (a write may
+ * commit): its outcome is then unknown to the client, which retries with the same request id,
+ * and writes are idempotent by request id. Streams (replication streams, Health/Watch) are left
+ * alone: they end on their signal themselves.
+ */
+export function createDeadlineInterceptor(): Interceptor {
+  return (next) => async (req) => {
+    if (req.stream) return next(req);
+    const { signal } = req;
+    if (signal.aborted) throw ConnectError.from(signal.reason);
+    let onAbort: (() => void) | undefined;
+    const aborted = new Promise<never>((_, reject) => {
+      onAbort = () => reject(ConnectError.from(signal.reason));
+      signal.addEventListener("abort", onAbort, { once: true });
+    });
+    try {
+      return await Promise.race([next(req), aborted]);
+    } finally {
+      signal.removeEventListener("abort", onAbort!);
+    }
+  };
+}
