@@ -69,12 +69,15 @@ function causeChain(e: unknown): ErrorFields[] {
 }
 
 /** A write reached a cluster that is passive for the namespace (DESIGN.md section 5). */
+/** The cluster a NamespaceNotActiveError names, as a response header: a forwarding cluster reads it. */
+export const ACTIVE_CLUSTER_HEADER = "x-tern-active-cluster";
+
 export class NamespaceNotActiveError extends TernError {
   override name = "NamespaceNotActiveError";
   constructor(
     readonly namespace: string,
     readonly activeCluster: string,
   ) {
-    super("failed_precondition", `namespace ${namespace} is active in cluster ${activeCluster}`);
+    super("failed_precondition", `namespace ${namespace} is active in cluster ${activeCluster}`, { [ACTIVE_CLUSTER_HEADER]: activeCluster });
   }
 }

@@ -1,9 +1,9 @@
-import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { ulid } from "ulid";
 import type { ClusterDirectory } from "../cluster/directory";
 import { peerUnreachable, type RemoteClientPool, type RemoteClients } from "../cluster/remote-client";
 import type { RedirectionPolicy } from "../config/schema";
-import { NamespaceNotActiveError, unavailable } from "../errors";
+import { ACTIVE_CLUSTER_HEADER, NamespaceNotActiveError, unavailable } from "../errors";
 import type { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
 import type { NamespaceRegistry } from "../namespace/registry";
 
@@ -71,6 +71,19 @@ export function createForwardingWorkflowService({ inner, policy, namespaces, clu
     return ns.activeClusterName;
   }
 
+  /**
+   * The target's answer that this cluster is active: each names the other while a failover
+   * reaches them one after the other (the target handed over; this cluster has not heard
+   * yet). Retryable: the failover lands here within moments.
+   */
+  function handedBack(e: unknown, namespace: string, target: string): Error | undefined {
+    if (!(e instanceof ConnectError) || e.code !== Code.FailedPrecondition) return undefined;
+    // The header from a tern that sends it; the message from one before it.
+    const active = e.metadata.get(ACTIVE_CLUSTER_HEADER) ?? (e.rawMessage === `namespace ${namespace} is active in cluster ${current}` ? current : undefined);
+    if (active !== current) return undefined;
+    return unavailable(`namespace ${namespace} is failing over: cluster ${target} says ${current} is active, and ${current} has not heard yet; retry`);
+  }
+
   const wrapped: Record<string, unknown> = { ...inner };
   for (const name of policy === "all-apis-forwarding" ? ALL : SELECTED) {
     const local = inner[name] as (req: never, ctx: HandlerContext) => unknown;
@@ -89,7 +102,7 @@ export function createForwardingWorkflowService({ inner, policy, namespaces, clu
       const remote = (await frontendOf(clusters, clients, target)).workflow;
       const call = remote[name as keyof typeof remote] as (m: unknown, o: unknown) => Promise<unknown>;
       return call(message, forwardOptions(ctx, current)).catch((e) => {
-        throw peerUnreachable(e, target);
+        throw handedBack(e, req.namespace, target) ?? peerUnreachable(e, target);
       });
     };
   }

@@ -96,6 +96,21 @@ for (const store of await testStores()) {
       expect(last.attributes.case === "workflowExecutionSignaledEventAttributes" && last.attributes.value.signalName).toBe("after-stale-cache");
     });
 
+    test("TestAWriteForwardedToAClusterThatHandedOverHereIsUnavailable: each names the other while a failover reaches them in turn", async () => {
+      // A says C is active (it handed over), C has not heard yet and forwards to A.
+      const onA = a.server.database.db;
+      await onA.update(namespaces).set({ activeClusterName: "clusterC" }).where(eq(namespaces.name, "orders"));
+      try {
+        await rejects(
+          selected.client(WorkflowService).signalWorkflowExecution({ namespace: "orders", workflowExecution: run("w1"), signalName: "in-between" }),
+          Code.Unavailable,
+          "namespace orders is failing over: cluster clusterA says clusterC is active, and clusterC has not heard yet; retry",
+        );
+      } finally {
+        await onA.update(namespaces).set({ activeClusterName: "clusterA" }).where(eq(namespaces.name, "orders"));
+      }
+    });
+
     test("TestForwardingToAnActiveClusterThatIsDownIsUnavailable (last: it stops A)", async () => {
       await a.stop();
       await rejects(
