@@ -37,7 +37,7 @@ const Rpc = z.strictObject({
   /** An IP address (a host name is taken too); dotted numbers must be a real IPv4 address. */
   bindOnIP: z
     .string()
-    .min(1)
+    .min(1, "must be an IP address; to listen on every interface, 0.0.0.0 (or ::)")
     .refine((ip) => !/^[\d.]+$/.test(ip) || /^((25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(25[0-5]|2[0-4]\d|1?\d?\d)$/.test(ip), "must be an IP address such as 127.0.0.1 or 0.0.0.0")
     .default("127.0.0.1"),
   port: z.number().int().min(0).max(65535).default(7233),

@@ -80,6 +80,7 @@ describe("config", () => {
     const bind = (ip: string) => base(good, `services:\n  frontend:\n    rpc: { bindOnIP: "${ip}" }`);
     fails(bind("999.1.1.1"), "config: services.frontend.rpc.bindOnIP: must be an IP address such as 127.0.0.1 or 0.0.0.0");
     fails(bind("10.0.0"), "services.frontend.rpc.bindOnIP: must be an IP address");
+    fails(bind(""), "services.frontend.rpc.bindOnIP: must be an IP address; to listen on every interface, 0.0.0.0 (or ::)");
     for (const ok of ["0.0.0.0", "10.1.255.7", "::", "localhost"]) expect(parseConfig(bind(ok)).services.frontend.rpc.bindOnIP).toBe(ok);
   });
 
