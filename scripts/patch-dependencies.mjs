@@ -51,6 +51,12 @@
 //    so while PostgreSQL is unreachable the live reservations wait behind dead ones until it
 //    is back, and once it is, a connection is handed to the dead one and lost to the pool.
 //    Mended by taking a rejected reservation off the queue.
+// 9. Queued queries failed one per connection attempt. While PostgreSQL refuses connections,
+//    each failed attempt fails the one query it was opened for, and the pool hands the next
+//    queued one to the next attempt after the backoff: with 8 connections and a 1 s backoff,
+//    the 64th of 64 waiting writes was answered after about 8 s (6.3 s in the test). Mended by
+//    failing every queued query when a connection closes before it opened: the caller hears
+//    at once (UNAVAILABLE), and the next query opens a connection again.
 //
 // and one for speed, not a defect upstream would call one (src/index.js and src/queue.js):
 //

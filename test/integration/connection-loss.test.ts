@@ -272,6 +272,28 @@ if ((await testStores()).includes("postgres")) {
       expect(slowest).toBeLessThan(3_000);
       await expectEachSignalOnce(wf, "outage", 160);
     });
+
+    test("ManyWaitingWritesFailTogether: 64 writes queued for a connection are all answered UNAVAILABLE within about the backoff", async () => {
+      const wf = cluster.client(WorkflowService);
+      await wf.startWorkflowExecution({ namespace: "outage", workflowId: "many", ...T });
+      proxy.refuse(true);
+      proxy.cut();
+      try {
+        // Each failed connection attempt failed one queued query: with 8 connections and a
+        // backoff up to 1 s, the 64th waited about 8 s.
+        const answers = await Promise.all(Array.from({ length: 64 }, async (_, i) => {
+          const started = performance.now();
+          const code = await wf.signalWorkflowExecution({ namespace: "outage", workflowExecution: { workflowId: "many" }, signalName: "s", requestId: `many-${i}` })
+            .then(() => "acked", (e) => Code[ConnectError.from(e).code]);
+          return { code, ms: performance.now() - started };
+        }));
+        expect([...new Set(answers.map((a) => a.code))]).toEqual(["Unavailable"]);
+        expect(Math.max(...answers.map((a) => a.ms))).toBeLessThan(2_500);
+      } finally {
+        proxy.refuse(false);
+      }
+      await eventually(() => wf.signalWorkflowExecution({ namespace: "outage", workflowExecution: { workflowId: "many" }, signalName: "s", requestId: "after" }), { timeout: 15_000 });
+    });
   });
 
   describe("PostgreSQL ending both clusters' connections during replication", () => {
