@@ -1,4 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
+import { connectionLost } from "../src/errors";
 import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
 import type { VersionHistoryItem } from "../src/persistence/schema";
 
@@ -23,10 +24,11 @@ export class RetryableReplicationError extends Error {
 
 /**
  * Whether an apply failure counts against the task's retry budget (and may send it to the
- * DLQ). An unreachable source or a namespace not replicated yet is not the task's fault.
+ * DLQ). An unreachable source, a namespace not replicated yet, or this cluster's own database
+ * being down or restarting is not the task's fault.
  */
 export function isTaskFailure(e: unknown): boolean {
-  if (e instanceof RetryableReplicationError) return false;
+  if (e instanceof RetryableReplicationError || connectionLost(e)) return false;
   if (e instanceof ConnectError) return ![Code.Unavailable, Code.DeadlineExceeded, Code.Canceled, Code.ResourceExhausted, Code.Aborted].includes(e.code);
   return true;
 }

@@ -23,10 +23,19 @@ async function tern(x: TestCluster, ...args: string[]): Promise<{ code: number; 
   return { code, out, err };
 }
 
-/** Fault injection through the server's deps: applies of the poisoned workflow ids throw, on either apply path. */
-function faultyApplier(poisoned: Set<string>) {
+/**
+ * Fault injection through the server's deps, on either apply path: applies of the poisoned
+ * workflow ids throw; those of a workflow id in outage throw a lost database connection (as
+ * drizzle wraps postgres.js's) that many times.
+ */
+function faultyApplier(poisoned: Set<string>, outage: Map<string, number>) {
   const check = (workflowId: string) => {
     if (poisoned.has(workflowId)) throw new Error(`injected fault for ${workflowId}`);
+    const left = outage.get(workflowId) ?? 0;
+    if (left <= 0) return;
+    outage.set(workflowId, left - 1);
+    const cause = Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET", syscall: "read" });
+    throw new Error("Failed query: insert into history_events ...", { cause });
   };
   return (inner: HistoryApplier): HistoryApplier => ({
     ...inner,
@@ -46,6 +55,7 @@ for (const store of await testStores()) {
     let a: TestCluster, b: TestCluster;
     let nsId: string;
     const poisoned = new Set<string>();
+    const outage = new Map<string, number>();
     const run = (workflowId: string) => ({ workflowId, runId: "" });
     const dlqRows = () => b.server.database.db.select().from(replicationDlq).orderBy(replicationDlq.taskId);
     const inboundAck = async () => {
@@ -60,7 +70,7 @@ for (const store of await testStores()) {
     beforeAll(async () => {
       [a, b] = await startClusters(store, [
         { shards: 1 },
-        { shards: 1, serverOptions: { replication: { retry: { attempts: 3, backoffMs: 5 }, wrapApplier: faultyApplier(poisoned) } } },
+        { shards: 1, serverOptions: { replication: { retry: { attempts: 3, backoffMs: 5 }, wrapApplier: faultyApplier(poisoned, outage) } } },
       ]);
       await connectAll([a, b]);
       nsId = await globalNamespace(a, b, NS);
@@ -143,6 +153,18 @@ for (const store of await testStores()) {
       expect(purged.out).toBe("Purged 2 DLQ entries\n");
       expect(await dlqRows()).toEqual([]);
       expect(b.server.metrics.render()).toContain('replication_dlq_size{source_cluster="clusterA"} 0');
+    });
+
+    test("DatabaseOutageIsNotTheTasksFault: applies failing on a lost connection past the retry budget are retried, never DLQ'd", async () => {
+      outage.set("outage", 6);
+      const wf = a.client(WorkflowService);
+      await wf.startWorkflowExecution({ namespace: NS, workflowId: "outage", workflowType: "Pay", taskQueue: "q" });
+      await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: run("outage"), signalName: "s1" });
+      const outageRun = async (x: TestCluster) => (await historiesOf(x, nsId)).filter((e) => e.workflowId === "outage");
+      await eventually(async () => expect(await outageRun(b)).toEqual(await outageRun(a)), { timeout: 20_000 });
+      expect((await outageRun(b)).map((e) => e.eventId)).toEqual([1, 2]);
+      expect(outage.get("outage")).toBe(0);
+      expect(await dlqRows()).toEqual([]);
     });
   });
 }
