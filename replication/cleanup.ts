@@ -1,4 +1,5 @@
 import { eq, lt, lte } from "drizzle-orm";
+import { loggableError } from "../src/errors";
 import type { Logger } from "../src/observability/log";
 import { createPeriodic } from "../src/periodic";
 import type { Db } from "../src/persistence/database";
@@ -57,7 +58,7 @@ export function createReplicationCleanup({ db, log, intervalMs = 10_000, graceMs
     onDone: (n) => {
       if (n) log.debug("replication tasks cleaned up", { deleted: n });
     },
-    onError: (e) => log.warn("replication task cleanup failed", { error: (e as Error).message }),
+    onError: (e) => log.warn("replication task cleanup failed", { error: loggableError(e) }),
   });
 
   return { runOnce, start: periodic.start, stop: periodic.stop };

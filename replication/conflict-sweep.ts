@@ -1,5 +1,6 @@
 import { and, eq } from "drizzle-orm";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
+import { loggableError } from "../src/errors";
 import type { Writer } from "../src/history/writer";
 import type { NamespaceRegistry } from "../src/namespace/registry";
 import type { Logger } from "../src/observability/log";
@@ -59,7 +60,7 @@ export function createConflictSweep({ db, cluster, namespaces, writer, applier, 
       } catch (e) {
         if (stopping.signal.aborted) return;
         // A handover in progress or a failover meanwhile: the next activation sweeps again, but try a few more times.
-        log.warn("settling conflicts failed; retrying", { namespaceId, attempt, error: (e as Error)?.message ?? String(e) });
+        log.warn("settling conflicts failed; retrying", { namespaceId, attempt, error: loggableError(e) });
         if (attempt >= 10) return;
         await sleep(retryMs, stopping.signal);
       }

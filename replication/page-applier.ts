@@ -1,4 +1,5 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { loggableError } from "../src/errors";
 import type { ReplicationTask } from "../src/gen/tern/admin/v1/service_pb";
 import type { EventNotifier } from "../src/history/notifier";
 import type { Writer } from "../src/history/writer";
@@ -157,7 +158,7 @@ export function createPageApplier(deps: PageApplierDeps) {
     metrics.inc("replication_tasks_failed", { remote_cluster: b.remote.name });
     log.warn("replication task failed; retrying", {
       remote: b.remote.name, shard: b.shardId, taskId: t ? Number(t.taskId) : undefined, workflowId: t?.workflowId, runId: t?.runId, attempt,
-      error: (e as Error)?.message ?? String(e),
+      error: loggableError(e),
     });
     return e;
   }

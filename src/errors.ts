@@ -39,9 +39,26 @@ export const resourceExhausted = (msg: string, retryAfterMs: number) =>
  * committed whole or not at all.
  */
 export function connectionLost(e: unknown): boolean {
-  return causeChain(e).some(({ code, severity, syscall }) =>
+  return lostConnectionOf(e) !== undefined;
+}
+
+/** The error in e's cause chain that says the connection was lost (connectionLost), if any. */
+function lostConnectionOf(e: unknown): ErrorFields | undefined {
+  return causeChain(e).find(({ code, severity, syscall }) =>
     (typeof code === "string" && (code.startsWith("CONNECTION_") || code === "CONNECT_TIMEOUT")) ||
     typeof syscall === "string" || severity === "FATAL" || severity === "PANIC");
+}
+
+/**
+ * An error's message for a log line. For a lost connection, only the driver's code and message:
+ * drizzle's wrapper carries the whole statement and every bound parameter (user payloads), and
+ * an outage logs it for every request.
+ */
+export function loggableError(e: unknown): string {
+  const lost = lostConnectionOf(e);
+  if (!lost) return (e as Error)?.message ?? String(e);
+  const message = typeof lost.message === "string" ? lost.message : "connection lost";
+  return typeof lost.code === "string" && !message.includes(lost.code) ? `${lost.code}: ${message}` : message;
 }
 
 /** The database error code, constraint and message of a failed statement, from either driver. */

@@ -24,6 +24,7 @@ import { createOutboxMarks } from "../replication/outbox";
 import { createOutboxTail } from "../replication/outbox-tail";
 import { createReplicationStatus } from "../replication/status";
 import type { Config } from "./config/schema";
+import { loggableError } from "./errors";
 import type { AdminService } from "./gen/tern/admin/v1/service_pb";
 import { createAdminHandler } from "./frontend/admin-handler";
 import { createBackfillHandler } from "./frontend/backfill-handler";
@@ -332,7 +333,7 @@ function wire(
   core.timers.start();
   repl.cleanup.start();
   plannerStats?.start();
-  void repl.dlq.refreshGauge().catch((e) => log.warn("reading the replication DLQ size failed", { error: String(e) }));
+  void repl.dlq.refreshGauge().catch((e) => log.warn("reading the replication DLQ size failed", { error: loggableError(e) }));
   void repl.manager.start();
   repl.sweep.trigger();
   const endLongPolls = async () => {

@@ -1,5 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { connectionLost, pgErrorOf, TernError, type ErrorKind } from "../errors";
+import { connectionLost, loggableError, pgErrorOf, TernError, type ErrorKind } from "../errors";
 import type { Logger } from "../observability/log";
 
 /** The one table from domain error kinds to Connect codes. */
@@ -34,8 +34,9 @@ export function toConnectError(e: unknown, requestId: string, log: Logger): Conn
     return new ConnectError(`a value in the request cannot be stored: ${db.message ?? db.code}`, Code.InvalidArgument);
   }
   if (connectionLost(e)) {
-    // Retryable, and said without the database's address.
-    log.warn("database connection lost", { requestId, error: String((e as Error)?.stack ?? e) });
+    // Retryable, and said without the database's address. Logged without the statement, its
+    // parameters or a stack: an outage logs it for every request.
+    log.warn("database connection lost", { requestId, error: loggableError(e) });
     return new ConnectError(`the database connection was lost or refused (request id ${requestId}); retry`, Code.Unavailable);
   }
   log.error("internal error", { requestId, error: String((e as Error)?.stack ?? e) });

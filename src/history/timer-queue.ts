@@ -1,4 +1,5 @@
 import { and, asc, eq, gt, isNull, lte, or } from "drizzle-orm";
+import { connectionLost, loggableError } from "../errors";
 import type { NamespaceRegistry } from "../namespace/registry";
 import type { Logger } from "../observability/log";
 import type { Metrics } from "../observability/metrics";
@@ -99,7 +100,9 @@ export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
         try {
           await fireDue();
         } catch (e) {
-          log.error("timer queue scan failed", { error: (e as Error).message });
+          // A database outage is retried here, and said once a second without the statement.
+          if (connectionLost(e)) log.warn("timer queue scan failed", { error: loggableError(e) });
+          else log.error("timer queue scan failed", { error: (e as Error).message });
           arm(Date.now() + 1000);
         }
       } while (again && !stopped);

@@ -1,4 +1,5 @@
 import { sql } from "drizzle-orm";
+import { loggableError } from "../errors";
 import type { Logger } from "../observability/log";
 import { createPeriodic } from "../periodic";
 import type { Db } from "./database";
@@ -42,7 +43,7 @@ export function createPlannerStats({ db, log, intervalMs = 5_000, minChangedRows
     onDone: (analyzed) => {
       if (analyzed.length) log.debug("planner statistics gathered", { tables: analyzed });
     },
-    onError: (e) => log.warn("gathering planner statistics failed", { error: (e as Error).message }),
+    onError: (e) => log.warn("gathering planner statistics failed", { error: loggableError(e) }),
   });
 
   return {

@@ -1,0 +1,41 @@
+import { describe, expect, test } from "bun:test";
+import { Code } from "@connectrpc/connect";
+import { toConnectError } from "../../src/frontend/errors";
+import { createTimerQueue, type TimerQueueDeps } from "../../src/history/timer-queue";
+import { createLogger } from "../../src/observability/log";
+
+/** A logger keeping its lines. */
+function capture() {
+  const lines: Record<string, unknown>[] = [];
+  return { lines, log: createLogger({ level: "debug", write: (l) => lines.push(JSON.parse(l)) }) };
+}
+
+/** postgres.js's error as drizzle wraps it: the statement and every bound parameter in the message. */
+const drizzled = (cause: Error) =>
+  new Error('Failed query: insert into "history_events" ("payload") values ($1)\nparams: {"card":"4111-secret-signal-input"}', { cause });
+
+describe("toConnectError", () => {
+  test.each([
+    ["a socket reset", Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET", syscall: "read" }), "read ECONNRESET"],
+    ["a server shutting down", Object.assign(new Error("the database system is shutting down"), { code: "57P03", severity: "FATAL" }), "57P03: the database system is shutting down"],
+  ])("a lost connection (%s) is UNAVAILABLE and logged with the driver's message only: no statement, parameters or stack", (_, cause, logged) => {
+    const { lines, log } = capture();
+    const err = toConnectError(drizzled(cause), "req-1", log);
+    expect(err.code).toBe(Code.Unavailable);
+    expect(lines).toEqual([{ time: expect.any(String), level: "warn", msg: "database connection lost", requestId: "req-1", error: logged }]);
+    expect(JSON.stringify(lines)).not.toContain("secret-signal-input");
+  });
+});
+
+describe("timer queue", () => {
+  test("a scan failing on a lost connection is a warning with the driver's message, not an error with the statement", async () => {
+    const { lines, log } = capture();
+    const lost = drizzled(Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET", syscall: "read" }));
+    // Every query builder call returns the builder; awaiting it fails as the driver does.
+    const db: unknown = new Proxy(() => {}, { get: (_, k) => (k === "then" ? (_ok: unknown, fail: (e: unknown) => void) => fail(lost) : () => db) });
+    const queue = createTimerQueue({ db, log, currentCluster: "a", now: () => new Date(), pollMs: 60_000 } as unknown as TimerQueueDeps);
+    queue.start(); // scans at once
+    await queue.stop();
+    expect(lines.map(({ level, msg, error }) => ({ level, msg, error }))).toEqual([{ level: "warn", msg: "timer queue scan failed", error: "read ECONNRESET" }]);
+  });
+});
