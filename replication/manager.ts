@@ -1,5 +1,6 @@
 import { eq } from "drizzle-orm";
 import type { RemoteClientPool, RemoteClients } from "../src/cluster/remote-client";
+import { loggableError } from "../src/errors";
 import type { Logger } from "../src/observability/log";
 import type { Db } from "../src/persistence/database";
 import { clusterMetadata } from "../src/persistence/schema";
@@ -66,11 +67,17 @@ export function createReplicationManager({ db, clients, streamsFor, log }: Repli
     };
     const abort = new AbortController();
     const entry: Running = { key: keyOf(row), abort, done: Promise.resolve(), state: "connecting" };
+    // The failure last logged, until a round trip succeeds: each is logged once, not per retry.
+    let failing: string | undefined;
     const report: StreamReport = {
-      ok: () => void (entry.state = "connected"),
+      ok: () => {
+        entry.state = "connected";
+        failing = undefined;
+      },
       failed: (e) => {
-        const msg = (e as Error)?.message ?? String(e);
-        if (entry.state !== `error: ${msg}`) log.warn("replication stream failed", { remote: remote.name, error: msg });
+        const msg = loggableError(e);
+        if (failing !== failureKey(msg)) log.warn("replication stream failed", { remote: remote.name, error: msg });
+        failing = failureKey(msg);
         entry.state = `error: ${msg}`;
       },
     };
@@ -136,6 +143,9 @@ export function createReplicationManager({ db, clients, streamsFor, log }: Repli
 }
 
 export type ReplicationManager = ReturnType<typeof createReplicationManager>;
+
+/** A failure's message without the request id a remote's error names, which is new on every retry. */
+const failureKey = (msg: string) => msg.replace(/ ?\(request id [^)]*\)/g, "");
 
 const keyOf = (r: typeof clusterMetadata.$inferSelect) => `${r.rpcAddress}|${r.historyShardCount}|${r.clusterId}`;
 
