@@ -5,6 +5,7 @@ import type { ShardPage } from "../src/gen/tern/admin/v1/service_pb";
 import type { Db } from "../src/persistence/database";
 import { nextTurn } from "../src/next-turn";
 import { loadInboundAck } from "./ack-levels";
+import { createAckSender } from "./ack-sender";
 import type { RemoteCluster, ReplicationStream, StreamReport } from "./manager";
 import { createPageApplier, type Batch, type PageApplierDeps } from "./page-applier";
 import { MAX_SHARD_PAGE, PULL_BUDGET, shardPageSizes } from "./pull-budget";
@@ -238,48 +239,10 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
   }
 
   /**
-   * A stream's acks to remote: the positions in acks that moved since the source last heard
-   * (from the call's cursors, then from each AckReplicationTasks), made durable first, one call
-   * at a time and at most one per ackIntervalMs. What moves meanwhile goes with the next call;
-   * a failed call's, too.
-   */
-  function ackSender(remote: RemoteCluster, shardIds: readonly number[], acks: ReadonlyMap<number, number>, signal: AbortSignal) {
-    const told = new Map(acks);
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    let acking = false;
-    let sentAt = -Infinity;
-    const send = () => {
-      timer = undefined;
-      const moved = shardIds.filter((id) => acks.get(id) !== told.get(id));
-      if (acking || signal.aborted || !moved.length) return;
-      const values = moved.map((id) => acks.get(id)!);
-      acking = true;
-      sentAt = performance.now();
-      durable()
-        .then(() => remote.clients.admin.ackReplicationTasks({ clusterName: cluster.clusterName, shardIds: moved, ackedTaskIds: values.map(BigInt) }, { signal, timeoutMs: 15_000 }))
-        .then(
-          () => moved.forEach((id, i) => told.set(id, values[i]!)),
-          (e) => void (signal.aborted || log.warn("sending replication acks failed; they go with the next", { remote: remote.name, error: String(e) })),
-        )
-        .finally(() => {
-          acking = false;
-          schedule();
-        });
-    };
-    const schedule = () => {
-      if (acking || timer || signal.aborted) return;
-      const wait = sentAt + ackIntervalMs - performance.now();
-      if (wait <= 0) send();
-      else timer = setTimeout(send, wait);
-    };
-    return { schedule, stop: () => clearTimeout(timer) };
-  }
-
-  /**
    * Applies remote's tasks from one StreamReplicationTasks call, what came during an apply
    * applied together (up to PULL_BUDGET tasks), until signal aborts; "refused" when the source
    * answered Unimplemented before anything else. The applied positions go back by
-   * AckReplicationTasks (ackSender), and as the next call's cursors. A call silent for waitMs
+   * AckReplicationTasks (ack-sender.ts), and as the next call's cursors. A call silent for waitMs
    * and silenceGraceMs more (the source answers at least every waitMs) is given up.
    */
   async function stream(remote: RemoteCluster, signal: AbortSignal, report: StreamReport): Promise<"refused" | undefined> {
@@ -336,7 +299,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
       wakeApplier?.();
     })();
 
-    const acker = ackSender(remote, shardIds, acks, s);
+    const acker = createAckSender({ remote, clusterName: cluster.clusterName, shardIds, acks, signal: s, durable, log, ackIntervalMs });
 
     try {
       while (!signal.aborted) {

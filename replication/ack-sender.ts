@@ -1,0 +1,56 @@
+import type { Logger } from "../src/observability/log";
+import type { RemoteCluster } from "./manager";
+
+/** What a stream's ack sender needs. */
+export interface AckSenderDeps {
+  remote: RemoteCluster;
+  /** This cluster's name, which the source records the acks under. */
+  clusterName: string;
+  shardIds: readonly number[];
+  /** Each shard's applied position, moved by the receiver as applies commit. */
+  acks: ReadonlyMap<number, number>;
+  signal: AbortSignal;
+  /** Makes the applies committed so far durable, before the source is told of them. */
+  durable: () => Promise<void>;
+  log: Logger;
+  /** Least time between two calls. */
+  ackIntervalMs: number;
+}
+
+/**
+ * A receiver's (receiver.ts) acks to the source's sender (sender.ts): the positions in acks
+ * that moved since the source last heard (from the call's cursors, then from each
+ * AckReplicationTasks), made durable first, one call at a time and at most one per
+ * ackIntervalMs. What moves meanwhile goes with the next call; a failed call's, too.
+ */
+export function createAckSender({ remote, clusterName, shardIds, acks, signal, durable, log, ackIntervalMs }: AckSenderDeps) {
+  const told = new Map(acks);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let acking = false;
+  let sentAt = -Infinity;
+  const send = () => {
+    timer = undefined;
+    const moved = shardIds.filter((id) => acks.get(id) !== told.get(id));
+    if (acking || signal.aborted || !moved.length) return;
+    const values = moved.map((id) => acks.get(id)!);
+    acking = true;
+    sentAt = performance.now();
+    durable()
+      .then(() => remote.clients.admin.ackReplicationTasks({ clusterName, shardIds: moved, ackedTaskIds: values.map(BigInt) }, { signal, timeoutMs: 15_000 }))
+      .then(
+        () => moved.forEach((id, i) => told.set(id, values[i]!)),
+        (e) => void (signal.aborted || log.warn("sending replication acks failed; they go with the next", { remote: remote.name, error: String(e) })),
+      )
+      .finally(() => {
+        acking = false;
+        schedule();
+      });
+  };
+  const schedule = () => {
+    if (acking || timer || signal.aborted) return;
+    const wait = sentAt + ackIntervalMs - performance.now();
+    if (wait <= 0) send();
+    else timer = setTimeout(send, wait);
+  };
+  return { schedule, stop: () => clearTimeout(timer) };
+}
