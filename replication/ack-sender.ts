@@ -1,5 +1,6 @@
+import { loggableError } from "../src/errors";
 import type { Logger } from "../src/observability/log";
-import type { RemoteCluster } from "./manager";
+import { failureKey, type RemoteCluster } from "./manager";
 
 /** What a stream's ack sender needs. */
 export interface AckSenderDeps {
@@ -15,19 +16,32 @@ export interface AckSenderDeps {
   log: Logger;
   /** Least time between two calls. */
   ackIntervalMs: number;
+  /** Longest wait after failed calls (the wait doubles per failure, from 100 ms). */
+  maxRetryMs?: number;
 }
 
 /**
  * A receiver's (receiver.ts) acks to the source's sender (sender.ts): the positions in acks
  * that moved since the source last heard (from the call's cursors, then from each
  * AckReplicationTasks), made durable first, one call at a time and at most one per
- * ackIntervalMs. What moves meanwhile goes with the next call; a failed call's, too.
+ * ackIntervalMs. What moves meanwhile goes with the next call; a failed call's, too, after a
+ * backoff, since an outage of either database fails every call until it ends.
  */
-export function createAckSender({ remote, clusterName, shardIds, acks, signal, durable, log, ackIntervalMs }: AckSenderDeps) {
+export function createAckSender({ remote, clusterName, shardIds, acks, signal, durable, log, ackIntervalMs, maxRetryMs = 5_000 }: AckSenderDeps) {
   const told = new Map(acks);
   let timer: ReturnType<typeof setTimeout> | undefined;
   let acking = false;
   let sentAt = -Infinity;
+  let interval = ackIntervalMs;
+  // The failure last logged, until a call succeeds: each is logged once, not per retry.
+  let failing: string | undefined;
+  const failed = (e: unknown) => {
+    interval = Math.min(Math.max(interval * 2, 100), Math.max(maxRetryMs, ackIntervalMs));
+    if (signal.aborted) return;
+    const error = loggableError(e);
+    if (failing !== failureKey(error)) log.warn("sending replication acks failed; they go with the next", { remote: remote.name, error });
+    failing = failureKey(error);
+  };
   const send = () => {
     timer = undefined;
     const moved = shardIds.filter((id) => acks.get(id) !== told.get(id));
@@ -37,10 +51,11 @@ export function createAckSender({ remote, clusterName, shardIds, acks, signal, d
     sentAt = performance.now();
     durable()
       .then(() => remote.clients.admin.ackReplicationTasks({ clusterName, shardIds: moved, ackedTaskIds: values.map(BigInt) }, { signal, timeoutMs: 15_000 }))
-      .then(
-        () => moved.forEach((id, i) => told.set(id, values[i]!)),
-        (e) => void (signal.aborted || log.warn("sending replication acks failed; they go with the next", { remote: remote.name, error: String(e) })),
-      )
+      .then(() => {
+        moved.forEach((id, i) => told.set(id, values[i]!));
+        interval = ackIntervalMs;
+        failing = undefined;
+      }, failed)
       .finally(() => {
         acking = false;
         schedule();
@@ -48,7 +63,7 @@ export function createAckSender({ remote, clusterName, shardIds, acks, signal, d
   };
   const schedule = () => {
     if (acking || timer || signal.aborted) return;
-    const wait = sentAt + ackIntervalMs - performance.now();
+    const wait = sentAt + interval - performance.now();
     if (wait <= 0) send();
     else timer = setTimeout(send, wait);
   };

@@ -145,7 +145,7 @@ export function createReplicationManager({ db, clients, streamsFor, log }: Repli
 export type ReplicationManager = ReturnType<typeof createReplicationManager>;
 
 /** A failure's message without the request id a remote's error names, which is new on every retry. */
-const failureKey = (msg: string) => msg.replace(/ ?\(request id [^)]*\)/g, "");
+export const failureKey = (msg: string) => msg.replace(/ ?\(request id [^)]*\)/g, "");
 
 const keyOf = (r: typeof clusterMetadata.$inferSelect) => `${r.rpcAddress}|${r.historyShardCount}|${r.clusterId}`;
 
