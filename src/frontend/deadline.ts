@@ -1,9 +1,8 @@
-import { ConnectError, type Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 
 /**
- * Answers a unary call when its signal aborts, not when its handler returns: at its deadline
- * (Connect's connect-timeout-ms, gRPC's grpc-timeout) with DEADLINE_EXCEEDED, or CANCELED when
- * its client went away.
+ * Answers a unary call at its deadline, not when its handler returns
+ * (Connect's connect-timeout-ms, gRPC's grpc-timeout), with DEADLINE_EXCEEDED.
  *
  * connect-es aborts the handler context's signal at the deadline but still awaits the handler,
  * so a call waiting on a frozen database answered only when the database did, however short
@@ -16,10 +15,13 @@ export function createDeadlineInterceptor(): Interceptor {
   return (next) => async (req) => {
     if (req.stream) return next(req);
     const { signal } = req;
-    if (signal.aborted) throw ConnectError.from(signal.reason);
+    const passed = () => ConnectError.from(signal.reason).code === Code.DeadlineExceeded;
+    if (signal.aborted && passed()) throw ConnectError.from(signal.reason);
     let onAbort: (() => void) | undefined;
+    // Only the deadline: a call its client left (a puller's long poll it no longer needs) or
+    // that this server's stop ended is answered by its handler, which ends on the signal.
     const aborted = new Promise<never>((_, reject) => {
-      onAbort = () => reject(ConnectError.from(signal.reason));
+      onAbort = () => passed() && reject(ConnectError.from(signal.reason));
       signal.addEventListener("abort", onAbort, { once: true });
     });
     try {
