@@ -41,8 +41,21 @@ export function createApp({ routes, interceptors, metrics, isServing, readMaxByt
     (await isServing()) ? c.json({ status: "SERVING" }) : c.json({ status: "NOT_SERVING" }, 503),
   );
   app.get("/metrics", (c) => c.text(metrics.render(), 200, { "content-type": "text/plain; version=0.0.4" }));
-  app.notFound((c) => c.json({ code: "not_found", message: `no route for ${c.req.method} ${c.req.path}` }, 404));
+  app.notFound((c) =>
+    rpcPath(c.req.method, c.req.path)
+      ? c.json({ code: "unimplemented", message: `procedure ${c.req.path.slice(1)} is not served by this tern version` }, 404)
+      : c.json({ code: "not_found", message: `no route for ${c.req.method} ${c.req.path}` }, 404),
+  );
   return app;
+}
+
+/**
+ * True for a request to a procedure this build does not serve: any POST, or a path shaped as
+ * /package.Service/Method. Connect's answer to such a call is code unimplemented (how a newer
+ * peer detects an older one) on HTTP 404, which gRPC and gRPC-web clients read as UNIMPLEMENTED too.
+ */
+function rpcPath(method: string, path: string): boolean {
+  return method === "POST" || /^\/[\w.]+\.\w+\/\w+$/.test(path);
 }
 
 /**

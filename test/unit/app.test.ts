@@ -1,8 +1,10 @@
 import { describe, expect, test } from "bun:test";
 import { create, toBinary } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-web";
 import { createApp } from "../../src/frontend/app";
 import { Health, HealthCheckRequestSchema, HealthCheckResponse_ServingStatus } from "../../src/gen/grpc/health/v1/health_pb";
+import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { createMetrics } from "../../src/observability/metrics";
 
 /** The app with a Health service that refuses service "bad" and says which service it was asked about in a header. */
@@ -66,5 +68,37 @@ describe("Connect unary calls read whole up front answer as through Connect's st
     // Connect names the size when the request declared it.
     expect(JSON.parse(new TextDecoder().decode(sized.body))).toEqual({ code: "resource_exhausted", message: `message size ${big.byteLength} is larger than configured readMaxBytes 64` });
     expect([streamed.status, JSON.parse(new TextDecoder().decode(streamed.body)).code]).toEqual([429, "resource_exhausted"]);
+  });
+});
+
+describe("a procedure this build does not serve (a newer peer's), as Connect answers one", () => {
+  const fetch = ((input: RequestInfo | URL, init?: RequestInit) => app().fetch(new Request(input, init))) as typeof globalThis.fetch;
+  /** The code and message a call of a procedure the app has no route for fails with. */
+  const refusal = async (call: Promise<unknown>) => {
+    const e = ConnectError.from(await call.then(() => new Error("answered"), (e: unknown) => e));
+    return { code: e.code, message: e.rawMessage };
+  };
+
+  for (const [name, transport] of [
+    ["Connect, JSON", createConnectTransport({ baseUrl: "http://tern.test", fetch, useBinaryFormat: false })],
+    ["Connect, binary", createConnectTransport({ baseUrl: "http://tern.test", fetch, useBinaryFormat: true })],
+    ["gRPC-web", createGrpcWebTransport({ baseUrl: "http://tern.test", fetch })],
+  ] as const) {
+    test(`AnUnknownProcedureIsUnimplemented, so feature detection works against this build (${name})`, async () => {
+      const admin = createClient(AdminService, transport);
+      expect((await refusal(admin.pullReplicationTasks({ clusterName: "b" }))).code).toBe(Code.Unimplemented);
+      expect((await refusal((async () => { for await (const _ of admin.streamReplicationTasks({ clusterName: "b" })); })())).code).toBe(Code.Unimplemented);
+    });
+  }
+
+  test("TheConnectAnswerIsHttp404WithAnUnimplementedErrorNamingTheProcedure", async () => {
+    const res = await app().fetch(new Request("http://tern.test/tern.admin.v1.AdminService/PullReplicationTasks", { method: "POST", headers: { "content-type": "application/json" }, body: "{}" }));
+    expect([res.status, res.headers.get("content-type")]).toEqual([404, "application/json"]);
+    expect(await res.json()).toEqual({ code: "unimplemented", message: "procedure tern.admin.v1.AdminService/PullReplicationTasks is not served by this tern version" });
+  });
+
+  test("APathThatIsNoProcedureIsStillNotFound", async () => {
+    const res = await app().fetch(new Request("http://tern.test/nope"));
+    expect([res.status, await res.json()]).toEqual([404, { code: "not_found", message: "no route for GET /nope" }]);
   });
 });
