@@ -6,6 +6,7 @@ import type { Db } from "../src/persistence/database";
 import { nextTurn } from "../src/next-turn";
 import { loadInboundAck } from "./ack-levels";
 import { createAckSender } from "./ack-sender";
+import { notServed } from "./not-served";
 import type { RemoteCluster, ReplicationStream, StreamReport } from "./manager";
 import { createPageApplier, type Batch, type PageApplierDeps } from "./page-applier";
 import { MAX_SHARD_PAGE, PULL_BUDGET, shardPageSizes } from "./pull-budget";
@@ -241,7 +242,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
   /**
    * Applies remote's tasks from one StreamReplicationTasks call, what came during an apply
    * applied together (up to PULL_BUDGET tasks), until signal aborts; "refused" when the source
-   * answered Unimplemented before anything else. The applied positions go back by
+   * said it does not serve the call (notServed) before anything else. The applied positions go back by
    * AckReplicationTasks (ack-sender.ts), and as the next call's cursors. A call silent for waitMs
    * and silenceGraceMs more (the source answers at least every waitMs) is given up.
    */
@@ -338,7 +339,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     }
     const error = ended?.error;
     if (signal.aborted || !error) return undefined;
-    if (!heard && ConnectError.from(error).code === Code.Unimplemented) return "refused";
+    if (!heard && notServed(error)) return "refused";
     throw error;
   }
 
@@ -375,7 +376,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
           columns = false;
           return fetch(cs, wait);
         }
-        if (code !== Code.Unimplemented) throw e;
+        if (!notServed(e)) throw e;
         if (refusedAt === undefined) {
           log.warn("remote cluster does not serve PullReplicationTasks (a tern before it); pulling its shards one call each", { remote: remote.name });
         }

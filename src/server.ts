@@ -25,7 +25,7 @@ import { createOutboxTail } from "../replication/outbox-tail";
 import { createReplicationStatus } from "../replication/status";
 import type { Config } from "./config/schema";
 import { loggableError } from "./errors";
-import type { AdminService } from "./gen/tern/admin/v1/service_pb";
+import { AdminService } from "./gen/tern/admin/v1/service_pb";
 import { createAdminHandler } from "./frontend/admin-handler";
 import { createBackfillHandler } from "./frontend/backfill-handler";
 import { createApp } from "./frontend/app";
@@ -67,8 +67,8 @@ export interface ServerOptions {
     /** Wraps the history applier, e.g. to fail one execution on purpose. */
     wrapApplier?: (applier: HistoryApplier) => HistoryApplier;
     /**
-     * Asked on each AdminService.PullReplicationTasks call: false answers Unimplemented, as a
-     * tern from before the call does (tests of mixed versions).
+     * Asked on each AdminService.PullReplicationTasks call: false answers as a tern from before
+     * the call does, not_found "no route for POST ..." (tests of mixed versions).
      */
     servePull?: () => boolean;
     /**
@@ -268,8 +268,8 @@ function wireRoutes({ config, opts, log, now, cluster }: Base, core: Core, repl:
 }
 
 /**
- * admin with the pull test hooks: PullReplicationTasks answers Unimplemented (as from a tern
- * before it) while servePull says false, and as a tern before cursor columns while
+ * admin with the pull test hooks: PullReplicationTasks answers as a tern before it does
+ * (not_found "no route for ...") while servePull says false, and as a tern before cursor columns while
  * serveCursorColumns says false; StreamReplicationTasks answers Unimplemented while
  * serveStream says false, and always with either of the others set, and each of its messages
  * waits for beforeStreamMessage; GetReplicationTasks waits for beforeShardPage.
@@ -292,7 +292,8 @@ function withPullHooks(
     }),
     ...((servePull || serveCursorColumns) && {
       async pullReplicationTasks(r, ctx) {
-        if (servePull && !servePull()) throw new ConnectError("PullReplicationTasks is not served here", Code.Unimplemented);
+        // What a Connect client reads from a tern before the call: its 404 for an unknown path.
+        if (servePull && !servePull()) throw new ConnectError(`no route for POST /${AdminService.typeName}/PullReplicationTasks`, Code.NotFound);
         if (!serveCursorColumns || serveCursorColumns(r.cursorColumns !== undefined)) return admin.pullReplicationTasks(r, ctx);
         const res = await admin.pullReplicationTasks({ ...r, cursorColumns: undefined }, ctx);
         return { ...res, readsCursorColumns: false };
