@@ -55,7 +55,7 @@ describe("dispatch and global flags", () => {
 });
 
 describe("admin db", () => {
-  function fakeBackend(log: string[]): AdminDbBackend {
+  function fakeBackend(log: string[], unknownApplied = 0): AdminDbBackend {
     return {
       readEnv: () => ({ TERN_CONFIG: "env.yaml" }),
       resolveConfigPath: (argv, env) => (argv[0] === "--config" ? argv[1]! : env.TERN_CONFIG!),
@@ -68,7 +68,7 @@ describe("admin db", () => {
         return { close: async () => void log.push("close") } as never;
       },
       migrateSchema: async () => ["0001_more"],
-      schemaStatus: async () => ({ known: ["0000_init", "0001_more"], applied: ["0000_init"], pending: ["0001_more"], unknownApplied: 0 }),
+      schemaStatus: async () => ({ known: ["0000_init", "0001_more"], applied: ["0000_init"], pending: ["0001_more"], unknownApplied }),
       redactUrl: (u) => u.replace(/:[^:@/]*@/, ":***@"),
       migrationsFolder: "/repo/drizzle",
     };
@@ -90,6 +90,15 @@ describe("admin db", () => {
     expect(r.stdout).toMatch(/^0001_more +pending$/m);
     expect(r.stdout).not.toContain("pw");
   });
+
+  for (const format of ["table", "json"]) {
+    test(`status on a schema newer than this build (a downgrade) says so and exits 1 (${format})`, async () => {
+      const r = await runCli(["admin", "db", "status", "--config", "c.yaml", "-o", format], { adminDb: fakeBackend([], 1) });
+      expect(r.code).toBe(1);
+      expect(r.stderr).toBe("error: the database schema is newer than this tern build (1 applied migration(s) unknown to it): upgrade tern\n");
+      expect(r.stdout).not.toContain("up to date");
+    });
+  }
 
   test("a non-postgres --database-url is a usage error", async () => {
     const r = await runCli(["admin", "db", "status", "--database-url", "mysql://x"], { adminDb: fakeBackend([]) });

@@ -3,7 +3,7 @@ import type { Database } from "../../persistence/database";
 import type { AdminDbBackend } from "../admin-db-backend";
 import { type FlagSpec, getString, type ParsedArgs } from "../args";
 import type { CommandContext, GroupCommand, LeafCommand } from "../command";
-import { UsageError } from "../errors";
+import { CliError, UsageError } from "../errors";
 import { formatTable } from "../output";
 
 const dbFlags: FlagSpec[] = [
@@ -77,19 +77,22 @@ const status: LeafCommand = {
   summary: "Show which schema migrations are applied and which are pending",
   details:
     'With -o json, prints { "datastore", "known", "applied", "pending", "unknownApplied" }.\n' +
-    "unknownApplied > 0 means the database schema is newer than this tern build.",
+    "unknownApplied > 0 means the database schema is newer than this tern build: it exits 1.",
   flags: dbFlags,
   async run(ctx, args) {
     await withDatabase(ctx, args, async (backend, database, where) => {
       const s = await backend.schemaStatus(database, backend.migrationsFolder);
-      if (ctx.format === "json") return ctx.out(JSON.stringify({ datastore: where, ...s }, null, 2) + "\n");
-      const pending = new Set(s.pending);
-      ctx.out(`Datastore: ${where}\n`);
-      ctx.out(formatTable(["MIGRATION", "STATE"], s.known.map((tag) => [tag, pending.has(tag) ? "pending" : "applied"])));
-      if (s.unknownApplied > 0) {
-        ctx.out(`warning: ${s.unknownApplied} applied migration(s) unknown to this build: the schema is newer than this tern\n`);
+      if (ctx.format === "json") ctx.out(JSON.stringify({ datastore: where, ...s }, null, 2) + "\n");
+      else {
+        const pending = new Set(s.pending);
+        ctx.out(`Datastore: ${where}\n`);
+        ctx.out(formatTable(["MIGRATION", "STATE"], s.known.map((tag) => [tag, pending.has(tag) ? "pending" : "applied"])));
+        if (s.unknownApplied === 0) ctx.out(s.pending.length === 0 ? "Schema up to date\n" : `${s.pending.length} pending: run 'tern admin db migrate'\n`);
       }
-      ctx.out(s.pending.length === 0 ? "Schema up to date\n" : `${s.pending.length} pending: run 'tern admin db migrate'\n`);
+      // A downgrade: this build must not run against the schema, so a pre-upgrade check has to fail.
+      if (s.unknownApplied > 0) {
+        throw new CliError(`the database schema is newer than this tern build (${s.unknownApplied} applied migration(s) unknown to it): upgrade tern`);
+      }
     });
   },
 };
