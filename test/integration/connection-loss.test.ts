@@ -11,7 +11,8 @@ import { expectSameHistories, globalNamespace } from "../replication/support";
 import { eventually } from "../support/eventually";
 import { createTestDatabase } from "../support/postgres";
 import { startTestCluster, type TestCluster } from "../support/server";
-import { startTcpProxyFor, type TcpProxy } from "../support/tcp-proxy";
+import { startProxiedCluster } from "../support/proxied-cluster";
+import type { TcpProxy } from "../support/tcp-proxy";
 import { testStores } from "../support/stores";
 
 setDefaultTimeout(120_000);
@@ -218,21 +219,14 @@ if ((await testStores()).includes("postgres")) {
   // fail as retryable at once, none waits on a connection that will not come, and the server
   // takes writes again as soon as PostgreSQL answers.
   describe("PostgreSQL unreachable for five seconds", () => {
-    let database: Awaited<ReturnType<typeof createTestDatabase>>;
     let proxy: TcpProxy;
     let cluster: TestCluster;
+    let close: () => Promise<void>;
     beforeAll(async () => {
-      database = await createTestDatabase();
-      const proxied = await startTcpProxyFor(database.url);
-      proxy = proxied.proxy;
-      cluster = await startTestCluster({ store: "postgres", dataLocation: proxied.url });
+      ({ cluster, proxy, close } = await startProxiedCluster());
       await cluster.client(WorkflowService).registerNamespace({ namespace: "outage" });
     });
-    afterAll(async () => {
-      await cluster.destroy();
-      await proxy.close();
-      await database.drop();
-    });
+    afterAll(() => close?.());
 
     test("WritesFailAsUnavailableMeanwhileAndGoThroughAfter", async () => {
       const wf = cluster.client(WorkflowService);

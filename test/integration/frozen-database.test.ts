@@ -5,10 +5,10 @@ import { listenGrpc } from "../../src/frontend/grpc-server";
 import { Health, HealthCheckResponse_ServingStatus } from "../../src/gen/grpc/health/v1/health_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { eventually } from "../support/eventually";
-import { createTestDatabase } from "../support/postgres";
-import { startTestCluster, type TestCluster } from "../support/server";
+import { startProxiedCluster } from "../support/proxied-cluster";
+import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
-import { startTcpProxyFor, type TcpProxy } from "../support/tcp-proxy";
+import type { TcpProxy } from "../support/tcp-proxy";
 
 setDefaultTimeout(30_000);
 
@@ -39,22 +39,14 @@ async function timed<T>(p: Promise<T>): Promise<{ value: T; ms: number }> {
 // nothing and closes nothing: here a proxy between the server and its database holds the bytes.
 if ((await testStores()).includes("postgres")) {
   describe("a server whose PostgreSQL froze", () => {
-    let database: Awaited<ReturnType<typeof createTestDatabase>>;
     let proxy: TcpProxy;
     let cluster: TestCluster;
+    let close: () => Promise<void>;
     beforeAll(async () => {
-      database = await createTestDatabase();
-      const proxied = await startTcpProxyFor(database.url);
-      proxy = proxied.proxy;
-      cluster = await startTestCluster({ store: "postgres", dataLocation: proxied.url });
+      ({ cluster, proxy, close } = await startProxiedCluster());
     });
     afterEach(() => proxy.hold(false));
-    afterAll(async () => {
-      proxy?.hold(false);
-      await cluster?.stop();
-      await proxy?.close();
-      await database?.drop();
-    });
+    afterAll(() => close?.());
 
     const health = () => fetch(`${cluster.url}/health`).then(async (res) => ({ status: res.status, body: await res.json() }));
 
