@@ -85,10 +85,10 @@ function causeChain(e: unknown): ErrorFields[] {
   return chain;
 }
 
-/** A write reached a cluster that is passive for the namespace (DESIGN.md section 5). */
 /** The cluster a NamespaceNotActiveError names, as a response header: a forwarding cluster reads it. */
 export const ACTIVE_CLUSTER_HEADER = "x-tern-active-cluster";
 
+/** A write reached a cluster that is passive for the namespace (DESIGN.md section 5). */
 export class NamespaceNotActiveError extends TernError {
   override name = "NamespaceNotActiveError";
   constructor(
