@@ -56,10 +56,23 @@ function lostConnectionOf(e: unknown): ErrorFields | undefined {
  */
 export function loggableError(e: unknown): string {
   const lost = lostConnectionOf(e);
-  if (!lost) return (e as Error)?.message ?? String(e);
+  if (!lost) return withoutParameters((e as Error)?.message ?? String(e));
   const message = typeof lost.message === "string" ? lost.message : "connection lost";
   return typeof lost.code === "string" && !message.includes(lost.code) ? `${lost.code}: ${message}` : message;
 }
+
+/**
+ * An error's stack for a log line (its message where it has none), without the bound
+ * parameters drizzle's message lists after the statement: they are user payloads (a signal's
+ * input, a memo). A lost connection as loggableError says it.
+ */
+export function loggableStack(e: unknown): string {
+  if (lostConnectionOf(e)) return loggableError(e);
+  return withoutParameters(String((e as Error)?.stack ?? e));
+}
+
+/** text without drizzle's "params: ..." (up to the stack's first frame). */
+const withoutParameters = (text: string) => text.replace(/\nparams: [\s\S]*?(?=\n\s+at |$)/, "\nparams: (not logged)");
 
 /** The database error code, constraint and message of a failed statement, from either driver. */
 export function pgErrorOf(e: unknown): { code?: string; constraint?: string; message?: string } {

@@ -1,5 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { connectionLost, loggableError, pgErrorOf, TernError, type ErrorKind } from "../errors";
+import { connectionLost, loggableError, loggableStack, pgErrorOf, TernError, type ErrorKind } from "../errors";
 import type { Logger } from "../observability/log";
 
 /** The one table from domain error kinds to Connect codes. */
@@ -30,7 +30,7 @@ export function toConnectError(e: unknown, requestId: string, log: Logger): Conn
     // A value the database cannot store (a NUL in a text, a number or time out of its type's
     // range): the request's doing, and its write rolled back. The database's message names the
     // value's problem, not the statement.
-    log.warn("request refused by the database's value checks", { requestId, error: String((e as Error)?.stack ?? e) });
+    log.warn("request refused by the database's value checks", { requestId, error: loggableStack(e) });
     return new ConnectError(`a value in the request cannot be stored: ${db.message ?? db.code}`, Code.InvalidArgument);
   }
   if (connectionLost(e)) {
@@ -39,7 +39,7 @@ export function toConnectError(e: unknown, requestId: string, log: Logger): Conn
     log.warn("database connection lost", { requestId, error: loggableError(e) });
     return new ConnectError(`the database connection was lost or refused (request id ${requestId}); retry`, Code.Unavailable);
   }
-  log.error("internal error", { requestId, error: String((e as Error)?.stack ?? e) });
+  log.error("internal error", { requestId, error: loggableStack(e) });
   return new ConnectError(`internal error (request id ${requestId})`, Code.Internal);
 }
 

@@ -27,6 +27,23 @@ describe("toConnectError", () => {
   });
 });
 
+describe("toConnectError, any database error", () => {
+  test("an internal error and a value refused are logged with the statement and stack, not the bound parameters", () => {
+    const { lines, log } = capture();
+    const broken = drizzled(Object.assign(new Error("relation does not exist"), { code: "42P01" }));
+    expect(toConnectError(broken, "req-2", log).code).toBe(Code.Internal);
+    const nul = drizzled(Object.assign(new Error("invalid byte sequence"), { code: "22021" }));
+    expect(toConnectError(nul, "req-3", log).code).toBe(Code.InvalidArgument);
+    expect(lines.map((l) => l.msg)).toEqual(["internal error", "request refused by the database's value checks"]);
+    for (const { error } of lines) {
+      expect(error).toContain('Failed query: insert into "history_events"');
+      expect(error).toContain("params: (not logged)");
+      expect(error).toMatch(/\n\s+at /);
+    }
+    expect(JSON.stringify(lines)).not.toContain("secret-signal-input");
+  });
+});
+
 describe("timer queue", () => {
   test("a scan failing on a lost connection is a warning with the driver's message, not an error with the statement", async () => {
     const { lines, log } = capture();
