@@ -229,9 +229,7 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     if (!moved.length) return create(AckReplicationTasksResponseSchema, {});
     // Only a connected peer's acks, and none past a shard's last task: an ack ahead of what the
     // shard holds would let cleanup drop tasks before the peer has them.
-    const maxOf = await shardMaxes(req.shardIds, peer);
-    const ahead = moved.find((m) => m.acked > maxOf.get(m.shardId)!);
-    if (ahead) throw invalidArgument(`shard ${ahead.shardId}'s acked task id ${ahead.acked} is past its last task, ${maxOf.get(ahead.shardId)}`);
+    await refusePastLastTask(moved.map((m) => ({ shardId: m.shardId, id: m.acked })), peer, "acked task id");
     await acks.record(peer, moved);
     return create(AckReplicationTasksResponseSchema, {});
   }
@@ -245,14 +243,18 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
   async function checkCursorsHeld(cursors: readonly { shardId: number; after: number }[], pages: readonly Page[], peer: string): Promise<void> {
     const past = cursors.filter((c, k) => c.after > pages[k]!.max);
     if (!past.length) return;
-    const maxOf = await shardMaxes(past.map((c) => c.shardId), peer);
-    const ahead = past.find((c) => c.after > maxOf.get(c.shardId)!);
-    if (ahead) {
-      throw invalidArgument(
-        `shard ${ahead.shardId}'s after_task_id ${ahead.after} is past its last task, ${maxOf.get(ahead.shardId)}: ` +
-        `${cluster.clusterName} never sent tasks past it (was its database replaced?)`,
-      );
-    }
+    const why = `: ${cluster.clusterName} never sent tasks past it (was its database replaced?)`;
+    await refusePastLastTask(past.map((c) => ({ shardId: c.shardId, id: c.after })), peer, "after_task_id", why);
+  }
+
+  /**
+   * Refuses a task id (`field`, in the error) past its shard's last task, read from the shard
+   * counters (shardMaxes, which also checks that peer may pull).
+   */
+  async function refusePastLastTask(ids: readonly { shardId: number; id: number }[], peer: string, field: string, why = ""): Promise<void> {
+    const maxOf = await shardMaxes(ids.map((x) => x.shardId), peer);
+    const ahead = ids.find((x) => x.id > maxOf.get(x.shardId)!);
+    if (ahead) throw invalidArgument(`shard ${ahead.shardId}'s ${field} ${ahead.id} is past its last task, ${maxOf.get(ahead.shardId)}${why}`);
   }
 
   /** Cursors given as columns (`field` names them in errors). */
