@@ -1,6 +1,6 @@
 import { loggableError } from "../src/errors";
 import type { Logger } from "../src/observability/log";
-import { failureKey, type RemoteCluster } from "./manager";
+import { createFailureLog, type RemoteCluster } from "./manager";
 
 /** What a stream's ack sender needs. */
 export interface AckSenderDeps {
@@ -33,14 +33,12 @@ export function createAckSender({ remote, clusterName, shardIds, acks, signal, d
   let acking = false;
   let sentAt = -Infinity;
   let interval = ackIntervalMs;
-  // The failure last logged, until a call succeeds: each is logged once, not per retry.
-  let failing: string | undefined;
+  const failures = createFailureLog();
   const failed = (e: unknown) => {
     interval = Math.min(Math.max(interval * 2, 100), Math.max(maxRetryMs, ackIntervalMs));
     if (signal.aborted) return;
     const error = loggableError(e);
-    if (failing !== failureKey(error)) log.warn("sending replication acks failed; they go with the next", { remote: remote.name, error });
-    failing = failureKey(error);
+    if (failures.isNew(error)) log.warn("sending replication acks failed; they go with the next", { remote: remote.name, error });
   };
   const send = () => {
     timer = undefined;
@@ -54,7 +52,7 @@ export function createAckSender({ remote, clusterName, shardIds, acks, signal, d
       .then(() => {
         moved.forEach((id, i) => told.set(id, values[i]!));
         interval = ackIntervalMs;
-        failing = undefined;
+        failures.succeeded();
       }, failed)
       .finally(() => {
         acking = false;

@@ -67,17 +67,15 @@ export function createReplicationManager({ db, clients, streamsFor, log }: Repli
     };
     const abort = new AbortController();
     const entry: Running = { key: keyOf(row), abort, done: Promise.resolve(), state: "connecting" };
-    // The failure last logged, until a round trip succeeds: each is logged once, not per retry.
-    let failing: string | undefined;
+    const failures = createFailureLog();
     const report: StreamReport = {
       ok: () => {
         entry.state = "connected";
-        failing = undefined;
+        failures.succeeded();
       },
       failed: (e) => {
         const msg = loggableError(e);
-        if (failing !== failureKey(msg)) log.warn("replication stream failed", { remote: remote.name, error: msg });
-        failing = failureKey(msg);
+        if (failures.isNew(msg)) log.warn("replication stream failed", { remote: remote.name, error: msg });
         entry.state = `error: ${msg}`;
       },
     };
@@ -144,8 +142,24 @@ export function createReplicationManager({ db, clients, streamsFor, log }: Repli
 
 export type ReplicationManager = ReturnType<typeof createReplicationManager>;
 
-/** A failure's message without the request id a remote's error names, which is new on every retry. */
-export const failureKey = (msg: string) => msg.replace(/ ?\(request id [^)]*\)/g, "");
+/**
+ * Which failures of a retried call to log: each once, not per retry, until a call succeeds.
+ * Failures are told apart by message without the request id a remote's error names, which is
+ * new on every retry.
+ */
+export function createFailureLog() {
+  let last: string | undefined;
+  return {
+    /** Whether message is a failure other than the last one logged (and remembers it). */
+    isNew(message: string): boolean {
+      const key = message.replace(/ ?\(request id [^)]*\)/g, "");
+      const isNew = key !== last;
+      last = key;
+      return isNew;
+    },
+    succeeded: () => void (last = undefined),
+  };
+}
 
 const keyOf = (r: typeof clusterMetadata.$inferSelect) => `${r.rpcAddress}|${r.historyShardCount}|${r.clusterId}`;
 
