@@ -56,7 +56,7 @@ async function openPglite(dataDir: string, opts: OpenOptions): Promise<Database>
   if (!inMemory) checkDataDir(dataDir);
   const lock: DataDirLock | undefined = inMemory ? undefined : acquireDataDirLock(dataDir);
   try {
-    // Imported here: a server on PostgreSQL never loads PGlite (about 14 MB resident and 60-90 ms of start).
+    // Imported here: a server on PostgreSQL never loads PGlite (2.3 MB less resident after start; 60-90 ms of import).
     const [{ PGlite }, { drizzle: drizzlePglite }] = await Promise.all([import("@electric-sql/pglite"), import("drizzle-orm/pglite")]);
     const client = await PGlite.create(inMemory ? undefined : dataDir, { loadDataDir: opts.loadDataDir }).catch((e: Error) => {
       throw new Error(`PGlite could not open its data directory ${dataDir} (persistence.datastore.pglite.dataDir): ${e.message}`);
