@@ -8,6 +8,7 @@ import {
 } from "../gen/tern/common/v1/common_pb";
 import { NamespaceNotActiveError, alreadyExists, connectionLost, failedPrecondition, invalidArgument, notFound, pgErrorOf, unavailable } from "../errors";
 import type { NamespaceRecord, NamespaceRegistry } from "../namespace/registry";
+import { MAX_ID_LENGTH } from "../namespace/validate";
 import type { Tx } from "../persistence/database";
 import type { StatementPart } from "../persistence/raw-statements";
 import { payloadBytes } from "./events";
@@ -424,12 +425,9 @@ function signalEvent(name: string, input: Payloads | undefined, identity?: strin
   };
 }
 
-/** The longest id or name a request may give (Temporal's limit.maxIDLength). */
-const MAX_ID = 1000;
-
-/** Each [what, value] no longer than MAX_ID characters. */
+/** Each [what, value] no longer than MAX_ID_LENGTH characters. */
 function checkIdLengths(...fields: [string, string | undefined][]): void {
-  for (const [what, value] of fields) if (value && value.length > MAX_ID) throw invalidArgument(`${what} is longer than ${MAX_ID} characters`);
+  for (const [what, value] of fields) if (value && value.length > MAX_ID_LENGTH) throw invalidArgument(`${what} is longer than ${MAX_ID_LENGTH} characters`);
 }
 
 /** A text's size in UTF-8 bytes, counted toward the blob limit with the payloads it goes with. */

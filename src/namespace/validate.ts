@@ -24,13 +24,16 @@ export function checkOwnerEmail(email: string): void {
   if (email && !EMAIL.test(email)) throw invalidArgument(`owner email ${JSON.stringify(email)} is not an email address`);
 }
 
+/** The longest id or name a request may give (Temporal's limit.maxIDLength): workflow ids, types, task queues, request ids and the like. */
+export const MAX_ID_LENGTH = 1000;
+
 /**
  * Size limits of a namespace's description and data: Temporal's namespace handler caps
  * neither, but every namespace task carries the whole record to each cluster and every
  * cache holds it. Description and values take maxIDLength (1,000, as ids and names in
  * the engine), keys a namespace name's 255.
  */
-export const NAMESPACE_LIMITS = { description: 1000, dataEntries: 64, dataKey: 255, dataValue: 1000 } as const;
+export const NAMESPACE_LIMITS = { description: MAX_ID_LENGTH, dataEntries: 64, dataKey: 255, dataValue: MAX_ID_LENGTH } as const;
 
 /** Description: at most 1,000 characters. */
 export function checkDescription(description: string): void {
