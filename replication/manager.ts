@@ -16,7 +16,7 @@ export interface RemoteCluster {
 
 /** What a stream tells the manager about its connection. */
 export interface StreamReport {
-  /** A round trip to the remote succeeded. */
+  /** A round succeeded: the remote answered and what it sent is applied. */
   ok(): void;
   /** A round trip failed; the stream will retry. */
   failed(error: unknown): void;
@@ -67,24 +67,30 @@ export function createReplicationManager({ db, clients, streamsFor, log }: Repli
     };
     const abort = new AbortController();
     const entry: Running = { key: keyOf(row), abort, done: Promise.resolve(), state: "connecting" };
-    const failures = createFailureLog();
-    const report: StreamReport = {
-      ok: () => {
-        entry.state = "connected";
-        failures.succeeded();
-      },
-      failed: (e) => {
-        const msg = loggableError(e);
-        if (failures.isNew(msg)) log.warn("replication stream failed", { remote: remote.name, error: msg });
-        entry.state = `error: ${msg}`;
-      },
-    };
-    entry.done = Promise.all(streamsFor(remote).map((s) => loop(s, remote, abort.signal, report)));
+    entry.done = Promise.all(streamsFor(remote).map((s) => loop(s, remote, abort.signal, entry)));
     log.info("replication started", { remote: remote.name, address: remote.address });
     return entry;
   }
 
-  async function loop(stream: ReplicationStream, remote: RemoteCluster, signal: AbortSignal, report: StreamReport) {
+  /** Runs stream until signal aborts, restarting it after a failure; each failure is logged once, and the recovery. */
+  async function loop(stream: ReplicationStream, remote: RemoteCluster, signal: AbortSignal, entry: Running) {
+    const failures = createFailureLog();
+    let failingSince: number | undefined;
+    const report: StreamReport = {
+      ok: () => {
+        entry.state = "connected";
+        failures.succeeded();
+        if (failingSince === undefined) return;
+        log.info("replication stream recovered", { remote: remote.name, stream: stream.name, failedForMs: Math.round(performance.now() - failingSince) });
+        failingSince = undefined;
+      },
+      failed: (e) => {
+        const msg = loggableError(e);
+        if (failures.isNew(msg)) log.warn("replication stream failed", { remote: remote.name, stream: stream.name, error: msg });
+        failingSince ??= performance.now();
+        entry.state = `error: ${msg}`;
+      },
+    };
     let backoff = 100;
     while (!signal.aborted) {
       try {

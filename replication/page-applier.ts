@@ -153,9 +153,14 @@ export function createPageApplier(deps: PageApplierDeps) {
     for (const runId of new Set(done.grown)) deps.notifier.notify(runId);
   }
 
-  /** Counts and logs a failed apply (divergence, unknown namespace, ...) and returns the error to rethrow. */
+  /**
+   * Counts a failed apply and returns the error to rethrow. Logs it if it is the task's own
+   * (divergence, a bad event, ...): a failure that is not (this cluster's database down, the
+   * namespace not replicated yet) ends the stream, whose restarts log it once, not per retry.
+   */
   function failed(b: Batch, t: ReplicationTask | undefined, e: unknown, attempt?: number): unknown {
     metrics.inc("replication_tasks_failed", { remote_cluster: b.remote.name });
+    if (!isTaskFailure(e)) return e;
     log.warn("replication task failed; retrying", {
       remote: b.remote.name, shard: b.shardId, taskId: t ? Number(t.taskId) : undefined, workflowId: t?.workflowId, runId: t?.runId, attempt,
       error: loggableError(e),

@@ -320,10 +320,11 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
         metrics.set("replication_stream_received_tasks", labels, queued);
         wakeReader?.();
         wakeReader = undefined;
-        report.ok();
         const batches = joinPages(remote, got, acks, lag, signal);
+        if (batches.length) await applyPages(batches);
+        // After the apply: a stream whose every apply fails (this cluster's database down) is failing.
+        report.ok();
         if (!batches.length) continue;
-        await applyPages(batches);
         const now = Date.now();
         for (const { tasks, arrivedAt } of got) for (let i = 0; i < tasks; i++) metrics.observe("replication_apply_latency", labels, (now - arrivedAt) / 1000);
         applied(remote, batches, acks, lag);
@@ -404,7 +405,6 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     try {
       while (!signal.aborted && !(until !== undefined && performance.now() >= until)) {
         const res = await next;
-        report.ok();
         columns = res.readsCursorColumns;
         const pages = joinPages(remote, [res], acks, lag, signal);
         const after = new Map(acks);
@@ -424,6 +424,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
           }
         }
         if (!pages.length) {
+          report.ok();
           // Caught up: long-poll, which also tells the source the last applied pages.
           next = ask(acks, waitMs);
           continue;
@@ -435,6 +436,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
         // (the caught-up poll after it tells; a graceful failover waits for that).
         next = ask(after, behind > 0 ? 0 : prefetchWaitMs);
         await applyPages(pages);
+        report.ok();
         const applyS = (Date.now() - res.arrivedAt) / 1000;
         for (const b of pages) for (let i = 0; i < b.tasks.length; i++) metrics.observe("replication_apply_latency", labels, applyS);
         applied(remote, pages, acks, lag);

@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { fileURLToPath } from "node:url";
 import { and, eq } from "drizzle-orm";
 import type { HistoryApplier } from "../../replication/applier";
+import { createLogger } from "../../src/observability/log";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { replicationAckLevels, replicationDlq } from "../../src/persistence/schema";
@@ -56,6 +57,7 @@ for (const store of await testStores()) {
     let nsId: string;
     const poisoned = new Set<string>();
     const outage = new Map<string, number>();
+    const bLog: { msg: string; error?: string; stream?: string }[] = [];
     const run = (workflowId: string) => ({ workflowId, runId: "" });
     const dlqRows = () => b.server.database.db.select().from(replicationDlq).orderBy(replicationDlq.taskId);
     const inboundAck = async () => {
@@ -70,7 +72,13 @@ for (const store of await testStores()) {
     beforeAll(async () => {
       [a, b] = await startClusters(store, [
         { shards: 1 },
-        { shards: 1, serverOptions: { replication: { retry: { attempts: 3, backoffMs: 5 }, wrapApplier: faultyApplier(poisoned, outage) } } },
+        {
+          shards: 1,
+          serverOptions: {
+            replication: { retry: { attempts: 3, backoffMs: 5 }, wrapApplier: faultyApplier(poisoned, outage) },
+            log: createLogger({ write: (l) => bLog.push(JSON.parse(l)) }),
+          },
+        },
       ]);
       await connectAll([a, b]);
       nsId = await globalNamespace(a, b, NS);
@@ -157,6 +165,7 @@ for (const store of await testStores()) {
 
     test("DatabaseOutageIsNotTheTasksFault: applies failing on a lost connection past the retry budget are retried, never DLQ'd", async () => {
       outage.set("outage", 6);
+      bLog.length = 0;
       const wf = a.client(WorkflowService);
       await wf.startWorkflowExecution({ namespace: NS, workflowId: "outage", workflowType: "Pay", taskQueue: "q" });
       await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: run("outage"), signalName: "s1" });
@@ -165,6 +174,12 @@ for (const store of await testStores()) {
       expect((await outageRun(b)).map((e) => e.eventId)).toEqual([1, 2]);
       expect(outage.get("outage")).toBe(0);
       expect(await dlqRows()).toEqual([]);
+      // Six failed applies, each restarting the stream: one warning, then one line once it applies again.
+      const said = bLog.filter((l) => l.msg.startsWith("replication")).map(({ msg, stream, error }) => ({ msg, stream, error }));
+      expect(said).toEqual([
+        { msg: "replication stream failed", stream: "history", error: "read ECONNRESET" },
+        { msg: "replication stream recovered", stream: "history", error: undefined },
+      ]);
     });
   });
 }
