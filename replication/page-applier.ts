@@ -1,5 +1,5 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { loggableError } from "../src/errors";
+import { databaseBusy, loggableError } from "../src/errors";
 import type { ReplicationTask } from "../src/gen/tern/admin/v1/service_pb";
 import type { EventNotifier } from "../src/history/notifier";
 import type { Writer } from "../src/history/writer";
@@ -84,7 +84,11 @@ export function createPageApplier(deps: PageApplierDeps) {
     return { grown: [], held: 1 };
   }
 
-  /** Applies one task with retries and backoff; past the budget it goes to the DLQ. Transient failures rethrow. */
+  /**
+   * Applies one task with retries and backoff; past the budget it goes to the DLQ, unless this
+   * cluster's database is what refuses it (databaseBusy: a timeout, a read-only or full
+   * database), which is retried until it applies. Transient failures rethrow.
+   */
   async function applyOne(b: Batch, t: ReplicationTask, from: number): Promise<Applied> {
     let backoff = retry.backoffMs;
     for (let attempt = 1; ; attempt++) {
@@ -93,7 +97,7 @@ export function createPageApplier(deps: PageApplierDeps) {
       } catch (e) {
         failed(b, t, e, attempt);
         if (b.signal.aborted || !isTaskFailure(e)) throw e;
-        if (attempt >= retry.attempts) return deadLetter(b, t, from, attempt, e);
+        if (attempt >= retry.attempts && !databaseBusy(e)) return deadLetter(b, t, from, attempt, e);
         await sleep(backoff, b.signal);
         backoff = Math.min(backoff * 2, retry.maxBackoffMs);
       }
@@ -161,6 +165,8 @@ export function createPageApplier(deps: PageApplierDeps) {
   function failed(b: Batch, t: ReplicationTask | undefined, e: unknown, attempt?: number): unknown {
     metrics.inc("replication_tasks_failed", { remote_cluster: b.remote.name });
     if (!isTaskFailure(e)) return e;
+    // Past the budget only a busy database retries on: one attempt in 30 is logged.
+    if (attempt !== undefined && attempt > retry.attempts && attempt % 30 !== 0) return e;
     log.warn("replication task failed; retrying", {
       remote: b.remote.name, shard: b.shardId, taskId: t ? Number(t.taskId) : undefined, workflowId: t?.workflowId, runId: t?.runId, attempt,
       error: loggableError(e),

@@ -80,6 +80,24 @@ export function pgErrorOf(e: unknown): { code?: string; constraint?: string; mes
   return c ? { code: c.code as string, constraint: c.constraint ?? c.constraint_name, message: typeof c.message === "string" ? c.message : undefined } : {};
 }
 
+/**
+ * The database's error, if e says the database could not run the statement now through no
+ * fault of the statement: a statement or lock timeout (57014, 55P03: a lock held by another
+ * transaction, an operator's cancel), a serialization failure or deadlock past the writer's
+ * retries (40001, 40P01), a database that takes no writes (25006: a standby after a failover,
+ * or `default_transaction_read_only`), or one out of disk, memory or connections (class 53).
+ * The same statement may succeed later; what it wrote rolled back.
+ */
+export function databaseBusy(e: unknown): { code: string; message?: string } | undefined {
+  const { code, message } = pgErrorOf(e);
+  if (code && (BUSY_CODES.has(code) || code.startsWith(INSUFFICIENT_RESOURCES))) return { code, message };
+  return undefined;
+}
+
+const BUSY_CODES = new Set(["57014", "55P03", "40001", "40P01", "25006"]);
+/** PostgreSQL's class 53, "insufficient resources": disk full, out of memory, too many connections. */
+const INSUFFICIENT_RESOURCES = "53";
+
 /** An error's fields the checks above read. */
 interface ErrorFields {
   code?: unknown;

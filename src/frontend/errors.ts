@@ -1,5 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { connectionLost, loggableError, loggableStack, pgErrorOf, TernError, type ErrorKind } from "../errors";
+import { connectionLost, databaseBusy, loggableError, loggableStack, pgErrorOf, TernError, type ErrorKind } from "../errors";
 import type { Logger } from "../observability/log";
 
 /** The one table from domain error kinds to Connect codes. */
@@ -14,8 +14,10 @@ export const CODE_OF: Record<ErrorKind, Code> = {
 
 /**
  * Maps any error to a ConnectError for the caller. Domain errors keep their message; a lost
- * database connection is UNAVAILABLE; anything else is INTERNAL. Those two carry only the
- * request id (never SQL text or the database's address), and are logged.
+ * database connection, or a database that cannot run the request now (databaseBusy), is
+ * UNAVAILABLE; anything else is INTERNAL. Those carry the request id and are logged, never
+ * SQL text or the database's address (a busy database's answer names PostgreSQL's code and
+ * message).
  */
 export function toConnectError(e: unknown, requestId: string, log: Logger): ConnectError {
   if (e instanceof TernError) {
@@ -38,6 +40,14 @@ export function toConnectError(e: unknown, requestId: string, log: Logger): Conn
     // parameters or a stack: an outage logs it for every request.
     log.warn("database connection lost", { requestId, error: loggableError(e) });
     return new ConnectError(`the database connection was lost or refused (request id ${requestId}); retry`, Code.Unavailable);
+  }
+  const busy = databaseBusy(e);
+  if (busy) {
+    // Retryable: the write rolled back, and the same request may go through later. PostgreSQL's
+    // message for these names the condition ("canceling statement due to statement timeout",
+    // "cannot execute INSERT in a read-only transaction"), not the values.
+    log.warn("database could not run the request now", { requestId, error: loggableError(e) });
+    return new ConnectError(`the database could not run the request now (${busy.code}: ${busy.message ?? "no message"}; request id ${requestId}); retry`, Code.Unavailable);
   }
   log.error("internal error", { requestId, error: loggableStack(e) });
   return new ConnectError(`internal error (request id ${requestId})`, Code.Internal);

@@ -27,16 +27,21 @@ async function tern(x: TestCluster, ...args: string[]): Promise<{ code: number; 
 /**
  * Fault injection through the server's deps, on either apply path: applies of the poisoned
  * workflow ids throw; those of a workflow id in outage throw a lost database connection (as
- * drizzle wraps postgres.js's) that many times.
+ * drizzle wraps postgres.js's) that many times, and those of one in busy PostgreSQL's
+ * statement timeout.
  */
-function faultyApplier(poisoned: Set<string>, outage: Map<string, number>) {
+function faultyApplier(poisoned: Set<string>, outage: Map<string, number>, busy: Map<string, number>) {
   const check = (workflowId: string) => {
     if (poisoned.has(workflowId)) throw new Error(`injected fault for ${workflowId}`);
-    const left = outage.get(workflowId) ?? 0;
-    if (left <= 0) return;
-    outage.set(workflowId, left - 1);
-    const cause = Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET", syscall: "read" });
-    throw new Error("Failed query: insert into history_events ...", { cause });
+    for (const [faults, cause] of [
+      [outage, Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET", syscall: "read" })],
+      [busy, Object.assign(new Error("canceling statement due to statement timeout"), { code: "57014", severity: "ERROR" })],
+    ] as const) {
+      const left = faults.get(workflowId) ?? 0;
+      if (left <= 0) continue;
+      faults.set(workflowId, left - 1);
+      throw new Error("Failed query: insert into history_events ...", { cause });
+    }
   };
   return (inner: HistoryApplier): HistoryApplier => ({
     ...inner,
@@ -57,6 +62,7 @@ for (const store of await testStores()) {
     let nsId: string;
     const poisoned = new Set<string>();
     const outage = new Map<string, number>();
+    const busy = new Map<string, number>();
     const bLog: { msg: string; error?: string; stream?: string }[] = [];
     const run = (workflowId: string) => ({ workflowId, runId: "" });
     const dlqRows = () => b.server.database.db.select().from(replicationDlq).orderBy(replicationDlq.taskId);
@@ -75,7 +81,7 @@ for (const store of await testStores()) {
         {
           shards: 1,
           serverOptions: {
-            replication: { retry: { attempts: 3, backoffMs: 5 }, wrapApplier: faultyApplier(poisoned, outage) },
+            replication: { retry: { attempts: 3, backoffMs: 5 }, wrapApplier: faultyApplier(poisoned, outage, busy) },
             log: createLogger({ write: (l) => bLog.push(JSON.parse(l)) }),
           },
         },
@@ -180,6 +186,19 @@ for (const store of await testStores()) {
         { msg: "replication stream failed", stream: "history", error: "read ECONNRESET" },
         { msg: "replication stream recovered", stream: "history", error: undefined },
       ]);
+    });
+
+    test("BusyDatabaseIsNotTheTasksFault: applies that time out past the retry budget are retried task by task, never DLQ'd", async () => {
+      busy.set("busy", 8);
+      const wf = a.client(WorkflowService);
+      await wf.startWorkflowExecution({ namespace: NS, workflowId: "busy", workflowType: "Pay", taskQueue: "q" });
+      await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: run("busy"), signalName: "s1" });
+      const busyRun = async (x: TestCluster) => (await historiesOf(x, nsId)).filter((e) => e.workflowId === "busy");
+      await eventually(async () => expect(await busyRun(b)).toEqual(await busyRun(a)), { timeout: 20_000 });
+      expect((await busyRun(b)).map((e) => e.eventId)).toEqual([1, 2]);
+      expect(busy.get("busy")).toBe(0);
+      expect(await dlqRows()).toEqual([]);
+      expect(await inboundAck()).toBe(await sourceMaxTask());
     });
   });
 }
