@@ -169,17 +169,23 @@ for (const store of await testStores()) {
       expect(b.server.metrics.render()).toContain('replication_dlq_size{source_cluster="clusterA"} 0');
     });
 
-    test("DatabaseOutageIsNotTheTasksFault: applies failing on a lost connection past the retry budget are retried, never DLQ'd", async () => {
-      outage.set("outage", 6);
-      bLog.length = 0;
+    /** Starts and signals workflowId on A after faults.set(workflowId, n): B applies both events, its faults used up, and the DLQ stays empty. */
+    async function appliedDespite(faults: Map<string, number>, workflowId: string, n: number): Promise<void> {
+      faults.set(workflowId, n);
       const wf = a.client(WorkflowService);
-      await wf.startWorkflowExecution({ namespace: NS, workflowId: "outage", workflowType: "Pay", taskQueue: "q" });
-      await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: run("outage"), signalName: "s1" });
-      const outageRun = async (x: TestCluster) => (await historiesOf(x, nsId)).filter((e) => e.workflowId === "outage");
-      await eventually(async () => expect(await outageRun(b)).toEqual(await outageRun(a)), { timeout: 20_000 });
-      expect((await outageRun(b)).map((e) => e.eventId)).toEqual([1, 2]);
-      expect(outage.get("outage")).toBe(0);
+      await wf.startWorkflowExecution({ namespace: NS, workflowId, workflowType: "Pay", taskQueue: "q" });
+      await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: run(workflowId), signalName: "s1" });
+      const runOn = async (x: TestCluster) => (await historiesOf(x, nsId)).filter((e) => e.workflowId === workflowId);
+      await eventually(async () => expect(await runOn(b)).toEqual(await runOn(a)), { timeout: 20_000 });
+      expect((await runOn(b)).map((e) => e.eventId)).toEqual([1, 2]);
+      expect(faults.get(workflowId)).toBe(0);
       expect(await dlqRows()).toEqual([]);
+      expect(await inboundAck()).toBe(await sourceMaxTask());
+    }
+
+    test("DatabaseOutageIsNotTheTasksFault: applies failing on a lost connection past the retry budget are retried, never DLQ'd", async () => {
+      bLog.length = 0;
+      await appliedDespite(outage, "outage", 6);
       // Six failed applies, each restarting the stream: one warning, then one line once it applies again.
       const said = bLog.filter((l) => l.msg.startsWith("replication")).map(({ msg, stream, error }) => ({ msg, stream, error }));
       expect(said).toEqual([
@@ -189,16 +195,7 @@ for (const store of await testStores()) {
     });
 
     test("BusyDatabaseIsNotTheTasksFault: applies that time out past the retry budget are retried task by task, never DLQ'd", async () => {
-      busy.set("busy", 8);
-      const wf = a.client(WorkflowService);
-      await wf.startWorkflowExecution({ namespace: NS, workflowId: "busy", workflowType: "Pay", taskQueue: "q" });
-      await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: run("busy"), signalName: "s1" });
-      const busyRun = async (x: TestCluster) => (await historiesOf(x, nsId)).filter((e) => e.workflowId === "busy");
-      await eventually(async () => expect(await busyRun(b)).toEqual(await busyRun(a)), { timeout: 20_000 });
-      expect((await busyRun(b)).map((e) => e.eventId)).toEqual([1, 2]);
-      expect(busy.get("busy")).toBe(0);
-      expect(await dlqRows()).toEqual([]);
-      expect(await inboundAck()).toBe(await sourceMaxTask());
+      await appliedDespite(busy, "busy", 8);
     });
   });
 }
