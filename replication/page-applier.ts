@@ -8,7 +8,7 @@ import type { Metrics } from "../src/observability/metrics";
 import { advanceInboundAck } from "./ack-levels";
 import { isTaskFailure, type HistoryApplier } from "./applier";
 import type { ReplicationDlq } from "./dlq";
-import { sleep, type RemoteCluster } from "./manager";
+import { sleep, type RemoteCluster, type StreamReport } from "./manager";
 import { createPageTransactions, settleAll, type AckMove, type Applied } from "./page-transactions";
 import type { InboundProgress } from "./receiver";
 
@@ -51,6 +51,8 @@ export interface Batch {
   maxTaskId: number;
   tasks: ReplicationTask[];
   signal: AbortSignal;
+  /** The pulling stream's report to the manager: told of a task retried past its budget. */
+  report: StreamReport;
 }
 
 /** The move of b's shard's ack from..to by tasks (the last one's commit time is kept). */
@@ -97,7 +99,11 @@ export function createPageApplier(deps: PageApplierDeps) {
       } catch (e) {
         failed(b, t, e, attempt);
         if (b.signal.aborted || !isTaskFailure(e)) throw e;
-        if (attempt >= retry.attempts && !databaseBusy(e)) return deadLetter(b, t, from, attempt, e);
+        if (attempt >= retry.attempts) {
+          if (!databaseBusy(e)) return deadLetter(b, t, from, attempt, e);
+          // Not the task's fault: retried until it applies, the stream failing (logged once) meanwhile.
+          b.report.failed(e);
+        }
         await sleep(backoff, b.signal);
         backoff = Math.min(backoff * 2, retry.maxBackoffMs);
       }
@@ -165,8 +171,8 @@ export function createPageApplier(deps: PageApplierDeps) {
   function failed(b: Batch, t: ReplicationTask | undefined, e: unknown, attempt?: number): unknown {
     metrics.inc("replication_tasks_failed", { remote_cluster: b.remote.name });
     if (!isTaskFailure(e)) return e;
-    // Past the budget only a busy database retries on: one attempt in 30 is logged.
-    if (attempt !== undefined && attempt > retry.attempts && attempt % 30 !== 0) return e;
+    // Past the budget (only a busy database retries on) the stream's report logs it.
+    if (attempt !== undefined && attempt > retry.attempts) return e;
     log.warn("replication task failed; retrying", {
       remote: b.remote.name, shard: b.shardId, taskId: t ? Number(t.taskId) : undefined, workflowId: t?.workflowId, runId: t?.runId, attempt,
       error: loggableError(e),

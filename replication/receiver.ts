@@ -195,6 +195,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     acks: ReadonlyMap<number, number>,
     lag: (shardId: number, p: InboundProgress) => void,
     signal: AbortSignal,
+    report: StreamReport,
   ): Batch[] {
     const labels = { remote_cluster: remote.name };
     const pages = new Map<number, Batch>();
@@ -218,7 +219,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
           continue;
         }
         if (sp.tasks[0]?.createTime) p.oldestUnapplied = timestampDate(sp.tasks[0].createTime);
-        pages.set(sp.shardId, { remote, shardId: sp.shardId, from: ack, to, maxTaskId: p.maxTaskId, tasks: sp.tasks, signal });
+        pages.set(sp.shardId, { remote, shardId: sp.shardId, from: ack, to, maxTaskId: p.maxTaskId, tasks: sp.tasks, signal, report });
       }
     }
     return [...pages.values()];
@@ -320,7 +321,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
         metrics.set("replication_stream_received_tasks", labels, queued);
         wakeReader?.();
         wakeReader = undefined;
-        const batches = joinPages(remote, got, acks, lag, signal);
+        const batches = joinPages(remote, got, acks, lag, signal, report);
         if (batches.length) await applyPages(batches);
         // After the apply: a stream whose every apply fails (this cluster's database down) is failing.
         report.ok();
@@ -406,7 +407,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
       while (!signal.aborted && !(until !== undefined && performance.now() >= until)) {
         const res = await next;
         columns = res.readsCursorColumns;
-        const pages = joinPages(remote, [res], acks, lag, signal);
+        const pages = joinPages(remote, [res], acks, lag, signal, report);
         const after = new Map(acks);
         let behind = 0;
         for (const b of pages) {

@@ -50,11 +50,14 @@ function lostConnectionOf(e: unknown): ErrorFields | undefined {
 }
 
 /**
- * An error's message for a log line. For a lost connection, only the driver's code and message:
+ * An error's message for a log line. For a lost connection or a busy database (databaseBusy),
+ * only the driver's code and message:
  * drizzle's wrapper carries the whole statement and every bound parameter (user payloads), and
  * an outage logs it for every request.
  */
 export function loggableError(e: unknown): string {
+  const busy = databaseBusy(e);
+  if (busy) return `${busy.code}: ${busy.message ?? "no message"}`;
   const lost = lostConnectionOf(e);
   if (!lost) return withoutParameters((e as Error)?.message ?? String(e));
   const message = typeof lost.message === "string" ? lost.message : "connection lost";

@@ -195,7 +195,15 @@ for (const store of await testStores()) {
     });
 
     test("BusyDatabaseIsNotTheTasksFault: applies that time out past the retry budget are retried task by task, never DLQ'd", async () => {
+      bLog.length = 0;
       await appliedDespite(busy, "busy", 8);
+      // Each attempt within the budget is logged; past it the stream is failing (said once, with PostgreSQL's reason) until the task applies.
+      const said = bLog.filter((l) => l.msg.startsWith("replication"));
+      expect(said.filter((l) => l.msg === "replication task failed; retrying").length).toBeLessThanOrEqual(4);
+      expect(said.filter((l) => l.msg !== "replication task failed; retrying").map(({ msg, error }) => ({ msg, error }))).toEqual([
+        { msg: "replication stream failed", error: "57014: canceling statement due to statement timeout" },
+        { msg: "replication stream recovered", error: undefined },
+      ]);
     });
   });
 }
