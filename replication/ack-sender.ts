@@ -1,6 +1,7 @@
 import { loggableError } from "../src/errors";
 import type { Logger } from "../src/observability/log";
-import { createFailureLog, type RemoteCluster } from "./manager";
+import { createFailureLog } from "../src/observability/failure-log";
+import type { RemoteCluster } from "./manager";
 
 /** What a stream's ack sender needs. */
 export interface AckSenderDeps {

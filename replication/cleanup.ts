@@ -1,5 +1,4 @@
 import { eq, lt, lte } from "drizzle-orm";
-import { loggableError } from "../src/errors";
 import type { Logger } from "../src/observability/log";
 import { createPeriodic } from "../src/periodic";
 import type { Db } from "../src/persistence/database";
@@ -54,11 +53,12 @@ export function createReplicationCleanup({ db, log, intervalMs = 10_000, graceMs
   }
 
   const periodic = createPeriodic(runOnce, {
+    name: "replication task cleanup",
+    log,
     intervalMs,
     onDone: (n) => {
       if (n) log.debug("replication tasks cleaned up", { deleted: n });
     },
-    onError: (e) => log.warn("replication task cleanup failed", { error: loggableError(e) }),
   });
 
   return { runOnce, start: periodic.start, stop: periodic.stop };

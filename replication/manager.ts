@@ -1,6 +1,7 @@
 import { eq } from "drizzle-orm";
 import type { RemoteClientPool, RemoteClients } from "../src/cluster/remote-client";
 import { loggableError } from "../src/errors";
+import { createFailureLog } from "../src/observability/failure-log";
 import type { Logger } from "../src/observability/log";
 import type { Db } from "../src/persistence/database";
 import { clusterMetadata } from "../src/persistence/schema";
@@ -147,25 +148,6 @@ export function createReplicationManager({ db, clients, streamsFor, log }: Repli
 }
 
 export type ReplicationManager = ReturnType<typeof createReplicationManager>;
-
-/**
- * Which failures of a retried call to log: each once, not per retry, until a call succeeds.
- * Failures are told apart by message without the request id a remote's error names, which is
- * new on every retry.
- */
-export function createFailureLog() {
-  let last: string | undefined;
-  return {
-    /** Whether message is a failure other than the last one logged (and remembers it). */
-    isNew(message: string): boolean {
-      const key = message.replace(/ ?\(request id [^)]*\)/g, "");
-      const isNew = key !== last;
-      last = key;
-      return isNew;
-    },
-    succeeded: () => void (last = undefined),
-  };
-}
 
 const keyOf = (r: typeof clusterMetadata.$inferSelect) => `${r.rpcAddress}|${r.historyShardCount}|${r.clusterId}`;
 

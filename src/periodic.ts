@@ -1,19 +1,28 @@
+import { loggableError } from "./errors";
+import { createFailureLog } from "./observability/failure-log";
+import type { Logger } from "./observability/log";
+
 /**
  * A background pass run every intervalMs, counted from the end of the previous one, from
- * start() until stop(): a failing pass goes to onError and the next still runs. stop()
- * waits for a pass under way.
+ * start() until stop(): a failing pass is logged as "<name> failed" and the next still runs;
+ * a failure repeated pass after pass (a database outage) is logged once, and the first pass
+ * that works after it as "<name> recovered". stop() waits for a pass under way.
  */
-export function createPeriodic<T>(pass: () => Promise<T>, o: { intervalMs: number; onDone?: (result: T) => void; onError: (e: unknown) => void }) {
+export function createPeriodic<T>(pass: () => Promise<T>, o: { name: string; log: Logger; intervalMs: number; onDone?: (result: T) => void }) {
   let timer: ReturnType<typeof setTimeout> | undefined;
   let running: Promise<T> | undefined;
   let stopped = true;
+  const failures = createFailureLog();
 
   async function tick(): Promise<void> {
     try {
       running = pass();
-      o.onDone?.(await running);
+      const result = await running;
+      if (failures.succeeded()) o.log.info(`${o.name} recovered`);
+      o.onDone?.(result);
     } catch (e) {
-      o.onError(e);
+      const error = loggableError(e);
+      if (failures.isNew(error)) o.log.warn(`${o.name} failed`, { error });
     } finally {
       running = undefined;
       if (!stopped) timer = setTimeout(tick, o.intervalMs);

@@ -1,6 +1,7 @@
 import { and, asc, eq, gt, isNull, lte, or } from "drizzle-orm";
-import { connectionLost, loggableError } from "../errors";
+import { connectionLost, databaseBusy, loggableError } from "../errors";
 import type { NamespaceRegistry } from "../namespace/registry";
+import { createFailureLog } from "../observability/failure-log";
 import type { Logger } from "../observability/log";
 import type { Metrics } from "../observability/metrics";
 import { namespaces as namespaceRows, timerTasks } from "../persistence/schema";
@@ -44,6 +45,7 @@ export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
   let stopped = true;
   // A rescan asked for while a scan runs: run once more after it.
   let again = false;
+  const failures = createFailureLog();
 
   const arm = (at: number) => {
     if (stopped || at >= wakeAt) return;
@@ -99,10 +101,14 @@ export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
         again = false;
         try {
           await fireDue();
+          if (failures.succeeded()) log.info("timer queue scan recovered");
         } catch (e) {
-          // A database outage is retried here, and said once a second without the statement.
-          if (connectionLost(e)) log.warn("timer queue scan failed", { error: loggableError(e) });
-          else log.error("timer queue scan failed", { error: (e as Error).message });
+          // Retried a second later; each failure is said once, without the statement's parameters.
+          const error = loggableError(e);
+          if (failures.isNew(error)) {
+            if (connectionLost(e) || databaseBusy(e)) log.warn("timer queue scan failed", { error });
+            else log.error("timer queue scan failed", { error });
+          }
           arm(Date.now() + 1000);
         }
       } while (again && !stopped);

@@ -1,5 +1,4 @@
 import { sql } from "drizzle-orm";
-import { loggableError } from "../errors";
 import type { Logger } from "../observability/log";
 import { createPeriodic } from "../periodic";
 import type { Db } from "./database";
@@ -39,11 +38,12 @@ export function createPlannerStats({ db, log, intervalMs = 5_000, minChangedRows
   }
 
   const periodic = createPeriodic(runOnce, {
+    name: "gathering planner statistics",
+    log,
     intervalMs,
     onDone: (analyzed) => {
       if (analyzed.length) log.debug("planner statistics gathered", { tables: analyzed });
     },
-    onError: (e) => log.warn("gathering planner statistics failed", { error: loggableError(e) }),
   });
 
   return {

@@ -3,6 +3,8 @@ import { Code } from "@connectrpc/connect";
 import { toConnectError } from "../../src/frontend/errors";
 import { createTimerQueue, type TimerQueueDeps } from "../../src/history/timer-queue";
 import { createLogger } from "../../src/observability/log";
+import { createPeriodic } from "../../src/periodic";
+import { eventually } from "../support/eventually";
 
 /** A logger keeping its lines. */
 function capture() {
@@ -67,15 +69,61 @@ describe("toConnectError, any database error", () => {
   });
 });
 
+const lost = () => drizzled(Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET", syscall: "read" }));
+
+/** A drizzle db whose every query fails with failing() while it returns one, and answers no rows otherwise. */
+function flakyDb(failing: () => Error | undefined): unknown {
+  // Every query builder call returns the builder; awaiting it answers as the driver does.
+  const db: unknown = new Proxy(() => {}, {
+    get: (_, k) => (k === "then" ? (ok: (rows: unknown[]) => void, fail: (e: unknown) => void) => (failing() ? fail(failing()) : ok([])) : () => db),
+  });
+  return db;
+}
+
 describe("timer queue", () => {
   test("a scan failing on a lost connection is a warning with the driver's message, not an error with the statement", async () => {
     const { lines, log } = capture();
-    const lost = drizzled(Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET", syscall: "read" }));
-    // Every query builder call returns the builder; awaiting it fails as the driver does.
-    const db: unknown = new Proxy(() => {}, { get: (_, k) => (k === "then" ? (_ok: unknown, fail: (e: unknown) => void) => fail(lost) : () => db) });
-    const queue = createTimerQueue({ db, log, currentCluster: "a", now: () => new Date(), pollMs: 60_000 } as unknown as TimerQueueDeps);
+    const queue = createTimerQueue({ db: flakyDb(lost), log, currentCluster: "a", now: () => new Date(), pollMs: 60_000 } as unknown as TimerQueueDeps);
     queue.start(); // scans at once
     await queue.stop();
     expect(lines.map(({ level, msg, error }) => ({ level, msg, error }))).toEqual([{ level: "warn", msg: "timer queue scan failed", error: "read ECONNRESET" }]);
+  });
+
+  test("an outage's failed scans are said once, and the first scan after it", async () => {
+    const { lines, log } = capture();
+    let error: Error | undefined = lost();
+    const queue = createTimerQueue({ db: flakyDb(() => error), log, currentCluster: "a", now: () => new Date(), pollMs: 60_000 } as unknown as TimerQueueDeps);
+    queue.start();
+    for (let i = 0; i < 5; i++) await queue.rescan();
+    error = undefined;
+    await queue.rescan();
+    await queue.rescan();
+    await queue.stop();
+    expect(lines.map(({ level, msg }) => `${level} ${msg}`)).toEqual(["warn timer queue scan failed", "info timer queue scan recovered"]);
+  });
+});
+
+describe("a periodic pass", () => {
+  test("failing pass after pass is said once per failure, with the driver's message, and its recovery once", async () => {
+    const { lines, log } = capture();
+    const outcomes: (Error | undefined)[] = [lost(), lost(), lost(), new Error("relation does not exist"), undefined, undefined, lost()];
+    let passes = 0;
+    const periodic = createPeriodic(
+      async () => {
+        const e = outcomes[passes++];
+        if (e) throw e;
+        return passes;
+      },
+      { name: "replication task cleanup", log, intervalMs: 1 },
+    );
+    periodic.start();
+    await eventually(() => expect(passes).toBeGreaterThanOrEqual(outcomes.length), { timeout: 5_000, interval: 1 });
+    await periodic.stop();
+    expect(lines.slice(0, 4).map(({ level, msg, error }) => ({ level, msg, error }))).toEqual([
+      { level: "warn", msg: "replication task cleanup failed", error: "read ECONNRESET" },
+      { level: "warn", msg: "replication task cleanup failed", error: "relation does not exist" },
+      { level: "info", msg: "replication task cleanup recovered", error: undefined },
+      { level: "warn", msg: "replication task cleanup failed", error: "read ECONNRESET" },
+    ]);
   });
 });
