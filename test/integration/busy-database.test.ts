@@ -1,7 +1,11 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { Code, ConnectError } from "@connectrpc/connect";
 import postgres from "postgres";
+import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { replicationDlq } from "../../src/persistence/schema";
+import { connectAll, startClusters } from "../failover/mesh";
+import { expectSameHistories, globalNamespace } from "../replication/support";
 import { eventually } from "../support/eventually";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
@@ -69,6 +73,45 @@ if ((await testStores()).includes("postgres")) {
       await setForServer("default_transaction_read_only", undefined);
       await eventually(async () => expect(await answer("r-ro")).toBe("ok"), { timeout: 10_000, interval: 50 });
       expect(await signalRequestIds()).toEqual(["r-lock", "r-ro"]);
+    });
+  });
+
+  // A passive cluster whose database cannot run its applies for a while (another transaction
+  // holds the tables past the lock timeout; a read-only database fails the DLQ's writes too)
+  // holds them, sends none to the DLQ, says why in its status, and catches up after.
+  describe("a passive cluster's PostgreSQL busy for a while", () => {
+    let a: TestCluster, b: TestCluster;
+    let admin: postgres.Sql;
+    beforeAll(async () => {
+      [a, b] = await startClusters("postgres", [{}, { serverOptions: { replication: { retry: { attempts: 2, backoffMs: 5 } } } }]);
+      await connectAll([a, b]);
+      admin = postgres(b.dataLocation, { max: 2, onnotice: () => {} });
+    });
+    afterAll(async () => {
+      await admin.end({ timeout: 1 });
+      await Promise.all([a.destroy(), b.destroy()]);
+    });
+
+    test("AppliesWaitForItAndNothingGoesToTheDlq", async () => {
+      const nsId = await globalNamespace(a, b, "busy");
+      const bName = new URL(b.dataLocation).pathname.slice(1);
+      await admin.unsafe(`alter database ${bName} set lock_timeout = '100ms'`);
+      await admin`select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()`;
+      const holder = await admin.reserve();
+      const connection = async () => (await b.client(AdminService).getReplicationStatus({})).remotes.find((r) => r.clusterName === a.name)!.connectionState;
+      try {
+        await holder`begin`;
+        await holder`lock table executions, history_events in access exclusive mode`;
+        const wf = a.client(WorkflowService);
+        for (let i = 0; i < 10; i++) await wf.startWorkflowExecution({ namespace: "busy", workflowId: `w-${i}`, workflowType: "t", taskQueue: "q" });
+        await eventually(async () => expect(await connection()).toBe("error: 55P03: canceling statement due to lock timeout"), { timeout: 20_000, interval: 50 });
+      } finally {
+        await holder`rollback`;
+        holder.release();
+      }
+      await eventually(async () => expect(await expectSameHistories(a, b, nsId)).toBe(10), { timeout: 20_000, interval: 100 });
+      expect(await b.server.database.db.select().from(replicationDlq)).toEqual([]);
+      await eventually(async () => expect(await connection()).toBe("connected"), { timeout: 10_000, interval: 50 });
     });
   });
 }
