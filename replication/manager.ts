@@ -19,7 +19,7 @@ export interface RemoteCluster {
 export interface StreamReport {
   /** A round succeeded: the remote answered and what it sent is applied. */
   ok(): void;
-  /** A round trip failed; the stream will retry. */
+  /** A round failed, or a task is retried past its budget (a busy database); the stream retries. */
   failed(error: unknown): void;
 }
 
