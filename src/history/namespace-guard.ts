@@ -14,15 +14,16 @@ const HANDOVER_LOCK_SEED = 7233;
 export const handoverLockKey = (namespaceId: string) => sql`hashtextextended(${namespaceId}, ${sql.raw(String(HANDOVER_LOCK_SEED))})`;
 
 /**
- * Takes a global namespace's barrier lock, shared, for the rest of the write's transaction
- * and checks the write still holds: active here, NORMAL, at the failover version it stamps.
- * A graceful failover's switch to HANDOVER takes the lock exclusively, so it waits for every
- * write holding it and every later write sees HANDOVER (across all processes on the
- * database). An advisory lock, not a row share lock: its queue is first come, first served,
- * so a steady stream of writes cannot starve the switch.
+ * Takes a namespace's barrier lock, shared, for the rest of the write's transaction and
+ * checks the write still holds: the namespace still there, active here, NORMAL, at the
+ * failover version it stamps. A graceful failover's switch to HANDOVER, and a delete, take
+ * the lock exclusively, so they wait for every write holding it and every later write sees
+ * HANDOVER, or no namespace (across all processes on the database). A local namespace too:
+ * else a write that read it before its delete commits its rows after the delete's, rows of
+ * no namespace. An advisory lock, not a row share lock: its queue is first come, first
+ * served, so a steady stream of writes cannot starve the switch.
  */
 export async function guardNamespace(tx: Tx, ns: NamespaceRecord, currentCluster: string): Promise<void> {
-  if (!ns.isGlobal) return;
   const row = await readNamespaceUnderBarrier(tx, ns);
   if (!row) throw new NamespaceChanged(`namespace ${ns.name} was deleted`);
   if (row.replicationState !== "NORMAL" || row.failoverVersion !== ns.failoverVersion || row.activeClusterName !== currentCluster) {
@@ -70,7 +71,7 @@ export function stillWritablePart(ns: NamespaceRecord, currentCluster: string): 
 // The function's lock key is handoverLockKey's: hashtextextended(id, HANDOVER_LOCK_SEED).
 const STILL_WRITABLE = "tern_namespace_still_writable($1, $2, $3)";
 
-/** Takes a namespace's barrier lock exclusively: for changes of its active cluster (see readNamespaceUnderBarrier). */
+/** Takes a namespace's barrier lock exclusively: for changes of its active cluster and its delete (see readNamespaceUnderBarrier). */
 export async function lockNamespaceBarrier(tx: Tx, namespaceId: string): Promise<void> {
   await tx.execute(sql`select pg_advisory_xact_lock(${handoverLockKey(namespaceId)})`);
 }

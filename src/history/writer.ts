@@ -257,7 +257,7 @@ export function createWriter(deps: WriterDeps) {
   ): Promise<unknown> {
     const task = taskOf(ns, w.key, w.first, w.events, w.history);
     const { text, params } = composite([
-      ...(ns.isGlobal ? [stillWritablePart(ns, deps.cluster.clusterName)] : []),
+      stillWritablePart(ns, deps.cluster.clusterName),
       ...w.checks,
       w.row,
       insertEventsPart(w.key, w.first, ns.failoverVersion, w.time, w.events, w.after),

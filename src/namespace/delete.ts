@@ -1,14 +1,15 @@
 import { eq } from "drizzle-orm";
 import { failedPrecondition } from "../errors";
+import { lockNamespaceBarrier } from "../history/namespace-guard";
 import type { Db } from "../persistence/database";
 import { executions, historyBranchEvents, historyBranches, historyEvents, namespaces, replicationTasks, requestIds, timerTasks } from "../persistence/schema";
 import type { NamespaceRegistry } from "./registry";
 
 /**
  * Deletes a namespace with every execution, event and task it holds, in one transaction, on
- * this cluster only. A global namespace that lists this cluster is deleted on its active
- * cluster only: a passive member would go on receiving its replication tasks, and apply none
- * of them, nor any task behind them in their shards.
+ * this cluster only, after the writes in flight to it. A global namespace that lists this
+ * cluster is deleted on its active cluster only: a passive member would go on receiving its
+ * replication tasks, and apply none of them, nor any task behind them in their shards.
  */
 export async function deleteNamespace(db: Db, registry: NamespaceRegistry, name: string, here: string): Promise<{ executions: number }> {
   const ns = await registry.describe({ name });
@@ -18,6 +19,9 @@ export async function deleteNamespace(db: Db, registry: NamespaceRegistry, name:
     );
   }
   const deleted = await db.transaction(async (tx) => {
+    // Waits for the writes that hold the namespace's barrier (guardNamespace) to commit, so
+    // their rows are deleted here; a write after it finds no namespace and writes nothing.
+    await lockNamespaceBarrier(tx, ns.id);
     const runs = await tx.delete(executions).where(eq(executions.namespaceId, ns.id)).returning({ runId: executions.runId });
     await tx.delete(historyEvents).where(eq(historyEvents.namespaceId, ns.id));
     await tx.delete(historyBranchEvents).where(eq(historyBranchEvents.namespaceId, ns.id));
