@@ -30,9 +30,6 @@ export function createRemoteClusters({ db, current, clients, onChanged, describe
       if (disabled) return disabled;
     }
     const remote = await describeRemote(frontendAddress);
-    const rows = await db.select().from(clusterMetadata);
-    const broken = connectionRule(current, remote, rows);
-    if (broken) throw failedPrecondition(`cannot connect cluster ${remote.clusterName} at ${frontendAddress}: ${broken}`);
     const values = {
       clusterName: remote.clusterName,
       clusterId: remote.clusterId,
@@ -45,11 +42,19 @@ export function createRemoteClusters({ db, current, clients, onChanged, describe
       enableConnection,
       updatedAt: new Date(),
     };
-    const [row] = await db
-      .insert(clusterMetadata)
-      .values(values)
-      .onConflictDoUpdate({ target: clusterMetadata.clusterName, set: values, where: eq(clusterMetadata.isCurrent, false) })
-      .returning();
+    const row = await db.transaction(async (tx) => {
+      // One upsert at a time (the current cluster's row is the lock): the rules compare the
+      // remote with every cluster known, and another upsert may be adding one.
+      await tx.select({ name: clusterMetadata.clusterName }).from(clusterMetadata).where(eq(clusterMetadata.isCurrent, true)).for("update");
+      const broken = connectionRule(current, remote, await tx.select().from(clusterMetadata));
+      if (broken) throw failedPrecondition(`cannot connect cluster ${remote.clusterName} at ${frontendAddress}: ${broken}`);
+      const [row] = await tx
+        .insert(clusterMetadata)
+        .values(values)
+        .onConflictDoUpdate({ target: clusterMetadata.clusterName, set: values, where: eq(clusterMetadata.isCurrent, false) })
+        .returning();
+      return row;
+    });
     if (!row) throw alreadyExists(`cluster ${remote.clusterName} is this cluster`);
     await onChanged();
     return row;
