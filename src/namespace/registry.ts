@@ -171,6 +171,8 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
   async function insert(values: typeof namespaces.$inferInsert): Promise<NamespaceRecord> {
     try {
       const row = await db.transaction(async (tx) => {
+        // A remove of a listed cluster, racing, waits and then refuses, or this finds it gone.
+        if (values.isGlobal) await clusters.hold(tx, values.clusters!);
         const [row] = await tx.insert(namespaces).values(values).returning();
         if (row!.isGlobal) await appendNamespaceTask(tx, row!, []);
         return row!;
@@ -201,6 +203,7 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
       const changes = applyUpdate(base, input, known);
       const next = promoted ? { ...promoted, ...changes } : changes;
       if (!next) return { saved: row, activated: false };
+      if (next.clusters) await clusters.hold(tx, next.clusters);
       // Ordered against writes and conflict resolution, which read the namespace under the barrier.
       if (row.isGlobal || promoted) await lockNamespaceBarrier(tx, row.id);
       const [saved] = await tx
