@@ -116,8 +116,9 @@ export function createHistoryEngine(deps: EngineDeps) {
       // The run's row as this write leaves it, kept once it committed.
       let left: ExecutionRow | undefined;
       const result = oneTrip ?? await writer.transactPipelined(operation, async (tx, commit) => {
-        // With BEGIN: the run's row lock and the namespace check.
-        const [found] = await Promise.all([lockRun(tx, ns.id, ref.workflowId, ref.runId), writer.guard(tx, ns)]);
+        // With BEGIN: the namespace check, then the run's row lock (the barrier before any row
+        // lock, as a delete of the namespace takes them).
+        const [, found] = await Promise.all([writer.guard(tx, ns), lockRun(tx, ns.id, ref.workflowId, ref.runId)]);
         const run = requireOpen(found, ref);
         const change = build(run);
         // With COMMIT: the claim fails for a retry of a request that went through before, which
@@ -323,8 +324,8 @@ export function createHistoryEngine(deps: EngineDeps) {
       const key = runKey(ns.id, input.workflowId);
       let left: ExecutionRow | undefined;
       const result = await writer.transactPipelined(operation, async (tx, commit): Promise<{ runId: string; started: boolean; fireAt?: Date }> => {
-        // With BEGIN: the workflow's current run, locked, and the namespace check.
-        const [previous] = await Promise.all([lockRun(tx, ns.id, input.workflowId, ""), writer.guard(tx, ns)]);
+        // With BEGIN: the namespace check, then the workflow's current run, locked (as appendTo).
+        const [, previous] = await Promise.all([writer.guard(tx, ns), lockRun(tx, ns.id, input.workflowId, "")]);
         const open = previous?.status === "RUNNING";
         if (open && !input.signal) throw alreadyExists(`workflow execution ${input.workflowId} is already running (run ${previous.runId})`);
         const refusal = open ? undefined : reuseRefusal(input.reusePolicy, previous?.status);

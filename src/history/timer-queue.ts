@@ -125,6 +125,8 @@ export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
     // Timers fire only where the namespace is active; the new active fires them after a failover.
     if (ns && ns.isGlobal && ns.activeClusterName !== deps.currentCluster) return;
     const closed = await writer.transact("FireTimer", async (tx) => {
+      // The namespace's barrier before any row lock, as a delete of the namespace takes them.
+      if (ns) await writer.guard(tx, ns);
       const gone = await tx.delete(timerTasks).where(eq(timerTasks.id, task.id)).returning({ id: timerTasks.id });
       if (gone.length === 0 || !ns) return false; // another process fired it, or the namespace is gone
       const run = await lockRun(tx, task.namespaceId, task.workflowId, task.runId);
@@ -132,7 +134,7 @@ export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
       await writer.append(tx, ns, run, {
         status: "TIMED_OUT",
         events: [{ attributes: { case: "workflowExecutionTimedOutEventAttributes", value: { executionTimeoutMs: BigInt(run.executionTimeoutMs) } as never } }],
-      });
+      }, { guarded: true });
       return true;
     });
     if (closed) {

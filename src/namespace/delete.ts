@@ -19,8 +19,11 @@ export async function deleteNamespace(db: Db, registry: NamespaceRegistry, name:
     );
   }
   const deleted = await db.transaction(async (tx) => {
-    // Waits for the writes that hold the namespace's barrier (guardNamespace) to commit, so
-    // their rows are deleted here; a write after it finds no namespace and writes nothing.
+    // Its row, then its barrier, in the order an update takes them (registry.ts). The barrier
+    // waits for the writes that hold it (guardNamespace) to commit, so their rows are deleted
+    // here; a write after it finds no namespace and writes nothing.
+    const [row] = await tx.select({ id: namespaces.id }).from(namespaces).where(eq(namespaces.id, ns.id)).for("update");
+    if (!row) return 0; // deleted meanwhile, with its runs
     await lockNamespaceBarrier(tx, ns.id);
     const runs = await tx.delete(executions).where(eq(executions.namespaceId, ns.id)).returning({ runId: executions.runId });
     await tx.delete(historyEvents).where(eq(historyEvents.namespaceId, ns.id));

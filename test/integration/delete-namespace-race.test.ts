@@ -66,5 +66,25 @@ for (const store of await testStores()) {
         await rejects(wf.startWorkflowExecution({ namespace: name, workflowId: "after", ...T }), Code.NotFound, `namespace ${name} not found`);
       });
     }
+
+    test("TestDeleteNamespaceRacingUpdatesAndWrites: each call succeeds or is refused by name, none is INTERNAL (a deadlock)", async () => {
+      const wf = cluster.client(WorkflowService);
+      const op = cluster.client(OperatorService);
+      const answers = new Set<string>();
+      for (let i = 0; i < 8; i++) {
+        const name = `contended-${i}`;
+        await wf.registerNamespace({ namespace: name, isGlobalNamespace: true });
+        await wf.startWorkflowExecution({ namespace: name, workflowId: "w", ...T, workflowExecutionTimeout: { seconds: 3600n } });
+        const calls = [
+          ...[1, 2, 3].map((k) => wf.updateNamespace({ namespace: name, description: `d${k}` })),
+          ...[1, 2, 3].map(() => wf.signalWorkflowExecution({ namespace: name, workflowExecution: { workflowId: "w" }, signalName: "s" })),
+          wf.deprecateNamespace({ namespace: name }),
+          op.deleteNamespace({ namespace: name }),
+        ];
+        for (const r of await Promise.allSettled(calls)) answers.add(r.status === "fulfilled" ? "ok" : Code[(r.reason as { code: Code }).code]);
+        await rejects(wf.describeNamespace({ namespace: name }), Code.NotFound, "not found");
+      }
+      expect([...answers].filter((a) => a !== "ok" && a !== "NotFound")).toEqual([]);
+    });
   });
 }
