@@ -1,7 +1,7 @@
-import { and, eq, sql } from "drizzle-orm";
+import { and, eq } from "drizzle-orm";
 import type { ClusterDirectory } from "../src/cluster/directory";
 import { failedPrecondition, invalidArgument, unavailable } from "../src/errors";
-import { handoverLockKey } from "../src/history/namespace-guard";
+import { lockNamespaceBarrier } from "../src/history/namespace-guard";
 import type { EventNotifier } from "../src/history/notifier";
 import { createLongPolls } from "../src/long-polls";
 import { failoverTo, type NamespaceRecord, type NamespaceRegistry } from "../src/namespace/registry";
@@ -46,8 +46,11 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
 
   async function enterHandover(ns: NamespaceRecord): Promise<void> {
     // The exclusive barrier lock waits for every write that read NORMAL to commit (namespace-guard.ts).
+    // The namespace's row first, then the barrier, in the order an update takes them
+    // (registry.ts): taken the other way round, the two deadlocked.
     const [row] = await db.transaction(async (tx) => {
-      await tx.execute(sql`select pg_advisory_xact_lock(${handoverLockKey(ns.id)})`);
+      await tx.select({ id: namespaces.id }).from(namespaces).where(eq(namespaces.id, ns.id)).for("update");
+      await lockNamespaceBarrier(tx, ns.id);
       return tx
         .update(namespaces)
         .set({ replicationState: "HANDOVER", updatedAt: now() })
