@@ -307,7 +307,7 @@ export function createHistoryEngine(deps: EngineDeps) {
     return withWritable(input.namespace, (ns) => startIn(ns, input));
   }
 
-  async function startIn(ns: NamespaceRecord, input: StartInput): Promise<{ runId: string; started: boolean }> {
+  async function startIn(ns: NamespaceRecord, input: StartInput, attempt = 1): Promise<{ runId: string; started: boolean }> {
     if (ns.state === "DEPRECATED") throw failedPrecondition(`namespace ${ns.name} is deprecated: it takes no new workflows`);
     writer.checkBlob(payloadBytes(input.input, input.signal?.input), input.signal ? "SignalWithStartWorkflowExecution" : "StartWorkflowExecution", ns.name);
     const requestId = input.requestId || ulid();
@@ -362,7 +362,11 @@ export function createHistoryEngine(deps: EngineDeps) {
     } catch (e) {
       const pg = pgErrorOf(e);
       if (pg.code === "23505" && pg.constraint?.startsWith("executions")) {
-        throw alreadyExists(`workflow execution ${input.workflowId} is already running`);
+        if (!input.signal) throw alreadyExists(`workflow execution ${input.workflowId} is already running`);
+        // SignalWithStart lost the race to start the next run to another start: it signals
+        // that run, made again from a read.
+        if (attempt < 5) return startIn(ns, input, attempt + 1);
+        throw unavailable(`workflow execution ${input.workflowId} kept starting new runs during the signal-with-start; retry`);
       }
       throw e;
     }
