@@ -53,8 +53,9 @@ function fieldsOf(d: NamespaceDescription) {
 
 /**
  * Applies one namespace task in the caller's transaction, idempotent and gated by
- * version (DESIGN.md section 2): config only if its configVersion is newer, the active
- * cluster only if its failoverVersion is newer; created (same id) only where listed.
+ * version (DESIGN.md section 2): config only if its configVersion is newer (or the same and
+ * its failoverVersion newer), the active cluster only if its failoverVersion is newer;
+ * created (same id) only where listed.
  */
 export async function applyNamespaceTask(tx: Tx, currentCluster: string, d: NamespaceDescription, now: Date): Promise<AppliedNamespace> {
   const id = d.namespaceInfo?.id;
@@ -79,8 +80,11 @@ export async function applyNamespaceTask(tx: Tx, currentCluster: string, d: Name
       .returning();
     return { outcome: "created", record: created, activated: failover.activeClusterName === currentCluster, joined: config.configVersion > 0 };
   }
-  const takeConfig = config.configVersion > local.configVersion;
   const takeFailover = failover.failoverVersion > local.failoverVersion;
+  // At the same config version, the config written at the higher failover version: a forced
+  // failover and a change on the old active cluster, made apart, each reach the same config
+  // version, and taking neither left the clusters holding different configs for good.
+  const takeConfig = config.configVersion > local.configVersion || (config.configVersion === local.configVersion && takeFailover);
   if (!takeConfig && !takeFailover) return { outcome: "skipped", record: local, activated: false };
   // A change of the active cluster is ordered against writes and conflict resolution here.
   if (takeFailover) await lockNamespaceBarrier(tx, id);

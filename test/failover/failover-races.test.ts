@@ -2,9 +2,11 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { Code, ConnectError } from "@connectrpc/connect";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { setLink } from "../conflict/support";
+import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
-import { expectActiveOn, startOrdersPair } from "./mesh";
+import { describeOn, expectActiveOn, startOrdersPair } from "./mesh";
 
 setDefaultTimeout(90_000);
 
@@ -36,6 +38,24 @@ for (const store of await testStores()) {
         await expectActiveOn(to, "orders", to.name, version);
       }
       expect(outcomes.filter((o) => o !== "ok" && !o.startsWith("FailedPrecondition: namespace orders "))).toEqual([]);
+    });
+
+    test("TestForcedFailoverRacingAnUpdateOnTheOldActive: both clusters settle on the config written at the higher failover version", async () => {
+      await a.client(WorkflowService).registerNamespace({ namespace: "settings", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"], description: "registered" });
+      await expectActiveOn(b, "settings", "clusterA", 1n);
+      // Cut apart, A (still active as far as it knows) and B (taking over by force) each
+      // move the namespace to config version 1.
+      await setLink(a, b, false);
+      await a.client(WorkflowService).updateNamespace({ namespace: "settings", description: "changed on A" });
+      await b.client(WorkflowService).updateNamespace({ namespace: "settings", activeClusterName: "clusterB" });
+      await setLink(a, b, true);
+      const facts = async (x: TestCluster) => {
+        const ns = await describeOn(x, "settings");
+        return { description: ns.namespaceInfo!.description, configVersion: ns.configVersion, failoverVersion: ns.failoverVersion, active: ns.replicationConfig!.activeClusterName };
+      };
+      const settled = { description: "registered", configVersion: 1n, failoverVersion: 2n, active: "clusterB" };
+      await eventually(async () => expect(await facts(a)).toEqual(settled));
+      expect(await facts(b)).toEqual(settled);
     });
   });
 }
