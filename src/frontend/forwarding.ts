@@ -45,6 +45,19 @@ export function forwardOptions(ctx: HandlerContext, from: string) {
   return { headers: { [FORWARDED_HEADER]: from }, signal: ctx.signal, timeoutMs: ctx.timeoutMs() };
 }
 
+/**
+ * A forwarded call's answer from target that current is active: each names the other while
+ * a failover reaches them one after the other (the target handed over; current has not
+ * heard yet). Retryable: the failover lands here within moments. Undefined for any other.
+ */
+export function handedBack(e: unknown, namespace: string, target: string, current: string): Error | undefined {
+  if (!(e instanceof ConnectError) || e.code !== Code.FailedPrecondition) return undefined;
+  // The header from a tern that sends it; the message from one before it (and a failover's).
+  const active = e.metadata.get(ACTIVE_CLUSTER_HEADER) ?? (e.rawMessage === `namespace ${namespace} is active in cluster ${current}` ? current : undefined);
+  if (active !== current) return undefined;
+  return unavailable(`namespace ${namespace} is failing over: cluster ${target} says ${current} is active, and ${current} has not heard yet; retry`);
+}
+
 export interface ForwardingDeps {
   inner: Workflow;
   policy: RedirectionPolicy;
@@ -71,19 +84,6 @@ export function createForwardingWorkflowService({ inner, policy, namespaces, clu
     return ns.activeClusterName;
   }
 
-  /**
-   * The target's answer that this cluster is active: each names the other while a failover
-   * reaches them one after the other (the target handed over; this cluster has not heard
-   * yet). Retryable: the failover lands here within moments.
-   */
-  function handedBack(e: unknown, namespace: string, target: string): Error | undefined {
-    if (!(e instanceof ConnectError) || e.code !== Code.FailedPrecondition) return undefined;
-    // The header from a tern that sends it; the message from one before it.
-    const active = e.metadata.get(ACTIVE_CLUSTER_HEADER) ?? (e.rawMessage === `namespace ${namespace} is active in cluster ${current}` ? current : undefined);
-    if (active !== current) return undefined;
-    return unavailable(`namespace ${namespace} is failing over: cluster ${target} says ${current} is active, and ${current} has not heard yet; retry`);
-  }
-
   const wrapped: Record<string, unknown> = { ...inner };
   for (const name of policy === "all-apis-forwarding" ? ALL : SELECTED) {
     const local = inner[name] as (req: never, ctx: HandlerContext) => unknown;
@@ -102,7 +102,7 @@ export function createForwardingWorkflowService({ inner, policy, namespaces, clu
       const remote = (await frontendOf(clusters, clients, target)).workflow;
       const call = remote[name as keyof typeof remote] as (m: unknown, o: unknown) => Promise<unknown>;
       return call(message, forwardOptions(ctx, current)).catch((e) => {
-        throw handedBack(e, req.namespace, target) ?? peerUnreachable(e, target);
+        throw handedBack(e, req.namespace, target, current) ?? peerUnreachable(e, target);
       });
     };
   }

@@ -14,7 +14,7 @@ import { clampPage } from "../namespace/registry";
 import type { GracefulFailover } from "../../replication/failover";
 import { peerUnreachable, type RemoteClientPool } from "../cluster/remote-client";
 import { durationMs, namespaceToProto } from "./convert";
-import { FORWARDED_HEADER, forwardOptions, frontendOf } from "./forwarding";
+import { FORWARDED_HEADER, forwardOptions, frontendOf, handedBack } from "./forwarding";
 
 export interface OperatorHandlerDeps {
   db: Db;
@@ -95,7 +95,7 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
       if (ns.isGlobal && ns.activeClusterName !== current.clusterName && !ctx.requestHeader.get(FORWARDED_HEADER)) {
         const active = await frontendOf(clusters, deps.clients, ns.activeClusterName);
         return active.operator.failoverNamespace(r, forwardOptions(ctx, current.clusterName)).catch((e) => {
-          throw peerUnreachable(e, ns.activeClusterName);
+          throw handedBack(e, r.namespace, ns.activeClusterName, current.clusterName) ?? peerUnreachable(e, ns.activeClusterName);
         });
       }
       const res = await deps.failover.run(r.namespace, r.targetCluster, durationMs(r.timeout, "timeout", FAILOVER_TIMEOUT_MS));

@@ -6,6 +6,7 @@ import { setLink } from "../conflict/support";
 import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
+import { rejects } from "../support/rejects";
 import { describeOn, expectActiveOn, startOrdersPair } from "./mesh";
 
 setDefaultTimeout(90_000);
@@ -56,6 +57,23 @@ for (const store of await testStores()) {
       const settled = { description: "registered", configVersion: 1n, failoverVersion: 2n, active: "clusterB" };
       await eventually(async () => expect(await facts(a)).toEqual(settled));
       expect(await facts(b)).toEqual(settled);
+    });
+
+    test("TestGracefulFailoverAskedOfTheNewActiveBeforeItHeardIsRetryable: forwarded back, it is UNAVAILABLE, not a refusal", async () => {
+      await a.client(WorkflowService).registerNamespace({ namespace: "handed", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
+      await expectActiveOn(b, "handed", "clusterA", 1n);
+      // A makes B active; B has not heard yet, so it forwards a failover asked of it to A.
+      await setLink(a, b, false);
+      await a.client(WorkflowService).updateNamespace({ namespace: "handed", activeClusterName: "clusterB" });
+      await rejects(
+        b.client(OperatorService).failoverNamespace({ namespace: "handed", targetCluster: "clusterA" }),
+        Code.Unavailable,
+        "namespace handed is failing over: cluster clusterA says clusterB is active, and clusterB has not heard yet; retry",
+      );
+      await setLink(a, b, true);
+      await expectActiveOn(b, "handed", "clusterB", 2n);
+      const res = await b.client(OperatorService).failoverNamespace({ namespace: "handed", targetCluster: "clusterA" });
+      expect(res.namespace!.failoverVersion).toBe(101n);
     });
   });
 }
