@@ -149,10 +149,15 @@ export function createWriter(deps: WriterDeps) {
     if (bytes > limits.blobSizeLimitWarn) log.warn("large payload", { namespace: ns, operation: what, bytes });
   }
 
-  /** Rejects a write that would grow the run's history past the event count limit. */
-  function checkHistorySize(run: ExecutionRow, adding: number): void {
+  /**
+   * Rejects a write that would grow the run's history past the event count limit. A write that
+   * closes the run is taken past it: its one event is how a run at the limit ends (a terminate,
+   * its execution timeout, which would otherwise fail at every scan of the timer queue), and a
+   * closed run takes no more.
+   */
+  function checkHistorySize(run: ExecutionRow, adding: number, closing = false): void {
     const after = run.nextEventId - 1 + adding;
-    if (after > limits.historyCountLimitError) {
+    if (after > limits.historyCountLimitError && !closing) {
       throw failedPrecondition(
         `workflow ${run.workflowId} run ${run.runId} would have ${after} events, over the history limit of ${limits.historyCountLimitError}`,
       );
@@ -181,8 +186,9 @@ export function createWriter(deps: WriterDeps) {
     change: Append,
     opts: { guarded?: boolean; fromMemory?: boolean | { requestId?: string } } = {},
   ): Promise<{ firstEventId: number; row: ExecutionRow }> {
+    const closing = change.status !== undefined && change.status !== "RUNNING";
     // Not async: a refusal throws before any statement is issued (pipelined-tx.ts).
-    checkHistorySize(run, change.events.length);
+    checkHistorySize(run, change.events.length, closing);
     if (run.lastWriteVersion > ns.failoverVersion) {
       // The run holds a newer cluster's events (a forced failover this cluster has not
       // heard of yet): writing at a lower version would order this write before them.
@@ -194,7 +200,6 @@ export function createWriter(deps: WriterDeps) {
     const time = deps.now();
     const first = run.nextEventId;
     const key = { namespaceId: run.namespaceId, workflowId: run.workflowId, runId: run.runId };
-    const closing = change.status !== undefined && change.status !== "RUNNING";
     const next = first + change.events.length;
     const history = extendVersionHistory(run.versionHistory, next - 1, ns.failoverVersion);
     const state: Partial<ExecutionRow> = {

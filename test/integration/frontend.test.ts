@@ -1,7 +1,7 @@
 import { setDefaultTimeout, afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Code } from "@connectrpc/connect";
 import { create } from "@bufbuild/protobuf";
-import { PayloadsSchema, type WorkflowIdReusePolicy } from "../../src/gen/tern/common/v1/common_pb";
+import { PayloadsSchema, WorkflowExecutionStatus, type WorkflowIdReusePolicy } from "../../src/gen/tern/common/v1/common_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { rejects } from "../support/rejects";
@@ -77,6 +77,28 @@ describe("frontend limits, errors, health and metrics", () => {
       "would have 6 events, over the history limit of 5",
     );
     expect(logs.some((l) => l.includes("history size over warning limit"))).toBe(true);
+  });
+
+  test("a run at the history limit still closes: terminated, or timed out without holding up other runs' timeouts", async () => {
+    const fill = async (workflowId: string, timeoutSeconds?: bigint) => {
+      await wf.startWorkflowExecution({ namespace: "lim", workflowId, ...T, ...(timeoutSeconds && { workflowExecutionTimeout: { seconds: timeoutSeconds } }) });
+      for (let i = 0; i < 4; i++) await wf.signalWorkflowExecution({ namespace: "lim", workflowExecution: { workflowId }, signalName: "s" });
+    };
+    await fill("full-terminated");
+    await wf.terminateWorkflowExecution({ namespace: "lim", workflowExecution: { workflowId: "full-terminated" }, reason: "too long" });
+    const terminated = await wf.describeWorkflowExecution({ namespace: "lim", execution: { workflowId: "full-terminated" } });
+    expect([terminated.workflowExecutionInfo!.status, terminated.workflowExecutionInfo!.historyLength]).toEqual([WorkflowExecutionStatus.TERMINATED, 6n]);
+
+    // The full run's timeout is due first; the other's must not wait behind it.
+    await fill("full-timed-out", 1n);
+    await wf.startWorkflowExecution({ namespace: "lim", workflowId: "after-it", ...T, workflowExecutionTimeout: { seconds: 1n } });
+    await eventually(async () => {
+      for (const workflowId of ["full-timed-out", "after-it"]) {
+        const d = await wf.describeWorkflowExecution({ namespace: "lim", execution: { workflowId } });
+        expect(d.workflowExecutionInfo!.status).toBe(WorkflowExecutionStatus.TIMED_OUT);
+      }
+    }, { timeout: 5000 });
+    expect(logs.some((l) => l.includes("timer queue scan failed"))).toBe(false);
   });
 
   test("per-namespace rate limit: RESOURCE_EXHAUSTED with a retry hint, other namespaces unaffected", async () => {
