@@ -94,17 +94,20 @@ export function createOutboxTail({ currentCluster, maxBytes = 16 << 20, maxAgeMs
     /**
      * Up to `size` tasks after `after` for peer, and the last id they cover; undefined when
      * the task after `after` is not held or one of the run belongs to a namespace the peer
-     * was not in (the database page decides those).
+     * was not in (the database page decides those). Tasks stop once those taken hold
+     * maxBytes (estimated), the first always taken.
      */
-    page(shardId: number, after: number, size: number, peer: string): { tasks: TaskInit[]; last: number } | undefined {
+    page(shardId: number, after: number, size: number, peer: string, maxBytes = Infinity): { tasks: TaskInit[]; last: number } | undefined {
       evict();
       const shard = shards.get(shardId);
       if (!shard) return undefined;
       const tasks: TaskInit[] = [];
+      let taken = 0;
       let id = after + 1;
-      for (let e = shard.get(id); e && tasks.length < size; e = shard.get(++id)) {
+      for (let e = shard.get(id); e && tasks.length < size && taken < maxBytes; e = shard.get(++id)) {
         if (!e.task.clusters.includes(peer)) return undefined;
         tasks.push((e.proto ??= toProto(e.task)));
+        taken += e.bytes;
       }
       return tasks.length ? { tasks, last: id - 1 } : undefined;
     },
@@ -166,8 +169,13 @@ function toProto(t: CommittedTask): TaskInit {
 
 /** A cheap size estimate of a task: its strings and byte arrays, walked without serialising. */
 function estimateBytes(t: CommittedTask): number {
-  let n = 200 + t.workflowId.length + t.runId.length + t.versionHistory.length * 16;
-  for (const e of t.events) n += 64 + sizeOf(e.attributes.value, 0);
+  return 200 + t.workflowId.length + t.runId.length + t.versionHistory.length * 16 + estimateEventBytes(t.events);
+}
+
+/** A cheap size estimate of events (their attributes' strings and byte arrays), as a task carries them. */
+export function estimateEventBytes(events: readonly { attributes: EventAttributes }[]): number {
+  let n = 0;
+  for (const e of events) n += 64 + sizeOf(e.attributes.value, 0);
   return n;
 }
 

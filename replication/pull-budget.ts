@@ -33,3 +33,20 @@ export function withinBudget(sizes: readonly number[], dflt: number, budget = PU
   const total = asked.reduce((a, b) => a + b, 0);
   return total <= budget ? asked : asked.map((s) => Math.max(1, Math.floor((s * budget) / total)));
 }
+
+/**
+ * Most event bytes (their attributes as the source stores them, JSON) one answer carries past
+ * each shard's first task, shared among the shards read for it. Pages are counted in tasks
+ * above, and a task's events may each hold a payload up to limits.blobSizeLimitError: a
+ * catch-up of 200 signals of 1 MB in two shards was one 200 MB answer, which the source took
+ * minutes and 1.8 GB to build and the passive cluster over 8 GB to take, and never finished.
+ */
+export const ANSWER_BYTES = 4 << 20;
+
+/** The least share of ANSWER_BYTES a shard's page gets, however many shards are read. */
+export const MIN_SHARD_PAGE_BYTES = 256 << 10;
+
+/** Event bytes one shard's page may carry past its first task, when `shards` shards are read for one answer. */
+export function shardPageBytes(shards: number): number {
+  return Math.max(MIN_SHARD_PAGE_BYTES, Math.floor(ANSWER_BYTES / Math.max(shards, 1)));
+}

@@ -7,9 +7,10 @@ import { nextTurn } from "../src/next-turn";
 import { loadInboundAck } from "./ack-levels";
 import { createAckSender } from "./ack-sender";
 import { notServed } from "./not-served";
+import { estimateEventBytes } from "./outbox-tail";
 import type { RemoteCluster, ReplicationStream, StreamReport } from "./manager";
 import { createPageApplier, type Batch, type PageApplierDeps } from "./page-applier";
-import { MAX_SHARD_PAGE, PULL_BUDGET, shardPageSizes } from "./pull-budget";
+import { ANSWER_BYTES, MAX_SHARD_PAGE, PULL_BUDGET, shardPageSizes } from "./pull-budget";
 
 export interface HistoryReceiverDeps extends Omit<PageApplierDeps, "progressOf"> {
   db: Db;
@@ -262,10 +263,12 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     );
 
     // What came and is not applied yet, with when it came; the reader stops reading (so the
-    // source stops sending) while a shard page's worth waits: behind, one answer read ahead of
-    // the apply, as a pull had (reading on to a budget's worth held 40-60 MB more in catch-up).
-    const queue: { shards: ShardPage[]; tasks: number; arrivedAt: number }[] = [];
+    // source stops sending) while a shard page's worth waits, or an answer's bytes: behind, one
+    // answer read ahead of the apply, as a pull had (reading on to a budget's worth held 40-60
+    // MB more in catch-up; reading on to 1,000 tasks of large payloads, gigabytes).
+    const queue: { shards: ShardPage[]; tasks: number; bytes: number; arrivedAt: number }[] = [];
     let queued = 0;
+    let queuedBytes = 0;
     let heard = false;
     let ended: { error?: unknown } | undefined;
     let wakeApplier: (() => void) | undefined;
@@ -287,12 +290,17 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
           heard = true;
           lastHeard = performance.now();
           let tasks = 0;
-          for (const sp of res.shards) tasks += sp.tasks.length;
-          queue.push({ shards: res.shards, tasks, arrivedAt: Date.now() });
+          let bytes = 0;
+          for (const sp of res.shards) {
+            tasks += sp.tasks.length;
+            for (const t of sp.tasks) bytes += estimateEventBytes(t.events);
+          }
+          queue.push({ shards: res.shards, tasks, bytes, arrivedAt: Date.now() });
           queued += tasks;
+          queuedBytes += bytes;
           metrics.set("replication_stream_received_tasks", labels, queued);
           wakeApplier?.();
-          while (queued >= MAX_SHARD_PAGE && !s.aborted) await new Promise<void>((r) => (wakeReader = r));
+          while ((queued >= MAX_SHARD_PAGE || queuedBytes >= ANSWER_BYTES) && !s.aborted) await new Promise<void>((r) => (wakeReader = r));
         }
         ended = { error: s.aborted ? undefined : new Error(`cluster ${remote.name} ended its replication stream`) };
       } catch (e) {
@@ -318,6 +326,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
         while (n < queue.length && (n === 0 || take + queue[n]!.tasks <= PULL_BUDGET)) take += queue[n++]!.tasks;
         const got = queue.splice(0, n);
         queued -= take;
+        for (const g of got) queuedBytes -= g.bytes;
         metrics.set("replication_stream_received_tasks", labels, queued);
         wakeReader?.();
         wakeReader = undefined;

@@ -31,7 +31,7 @@ import { clusterMetadata, historyEvents, namespaces, replicationTasks, shards } 
 import { anyShardKey, createOutboundAckRecorder, shardKey } from "./ack-levels";
 import type { OutboxMarks } from "./outbox";
 import { taskToProto, type OutboxTail, type TaskInit } from "./outbox-tail";
-import { withinBudget } from "./pull-budget";
+import { shardPageBytes, withinBudget } from "./pull-budget";
 
 export interface ReplicationSenderDeps {
   db: Db;
@@ -92,9 +92,9 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
   const peerFresh = (peer: string) => Date.now() - (peerChecked.get(peer) ?? -Infinity) < recheckMs;
 
   /** A page from the outbox tail, if it holds the next tasks and the peer is fresh (peerFresh). */
-  function tailPage(shardId: number, after: number, size: number, peer: string, withEvents: boolean) {
+  function tailPage(shardId: number, after: number, size: number, peer: string, withEvents: boolean, bytes: number) {
     if (!outboxTail || !peer || !withEvents || !peerFresh(peer)) return undefined;
-    const page = outboxTail.page(shardId, after, size, peer);
+    const page = outboxTail.page(shardId, after, size, peer, bytes);
     return page && { tasks: page.tasks, max: Math.max(page.last, outboxMarks?.latest(shardId) ?? 0), last: page.last, source: "memory" };
   }
 
@@ -104,16 +104,20 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
    * committed counter is committed too, so nothing below `last` can still appear), and
    * the peer's connection row says whether it may pull at all.
    */
-  async function readPage(shardId: number, after: number, size: number, peer: string, withEvents: boolean) {
+  async function readPage(shardId: number, after: number, size: number, peer: string, withEvents: boolean, bytes: number) {
     const params: unknown[] = [shardId, after, size];
     if (peer) params.push(peer, JSON.stringify([peer]));
+    if (withEvents) params.push(bytes);
     const rows = await runStatement(db, pageText({ peer: Boolean(peer), withEvents }), params);
     const head = rows[0];
     if (!head) throw new Error(`shard ${shardId} does not exist`);
     checkPeer(peer, head.peer_enabled);
     const max = Number(head.page_max);
-    const found = rows.filter((r) => r.task_id !== null).map((r) => ({ task: tasksSql.fromRow(r), events: (r.page_events ?? null) as EventJson[] | null }));
-    const last = found.length === size ? found.at(-1)!.task.taskId : max;
+    const due = rows.filter((r) => r.task_id !== null);
+    // Within the byte budget (pageText): the tasks before it took less than bytes, stored and rendered.
+    const within = withEvents ? due.filter((r) => Number(r.packed_before) < bytes && Number(r.bytes_before) < bytes) : due;
+    const found = within.map((r) => ({ task: tasksSql.fromRow(r), events: (r.page_events ?? null) as EventJson[] | null }));
+    const last = found.length === size || within.length < due.length ? found.at(-1)!.task.taskId : max;
     const tasks = await Promise.all(found.map(async (r) => taskToProto(r.task, withEvents ? await eventsOf(db, r.task, r.events ?? []) : [])));
     return { tasks, max, last: Math.max(last, after), source: "database" };
   }
@@ -144,9 +148,10 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
    */
   async function readPages(cursors: { shardId: number; after: number; size: number }[], peer: string, withEvents: boolean): Promise<Page[]> {
     const maxOf = await shardMaxes(cursors.map((c) => c.shardId), peer);
+    const bytes = shardPageBytes(cursors.filter((c) => maxOf.get(c.shardId)! > c.after).length);
     return Promise.all(cursors.map((c): Page | Promise<Page> => {
       const max = maxOf.get(c.shardId)!;
-      return max <= c.after ? { tasks: [], max, last: c.after, source: "none" } : readPage(c.shardId, c.after, c.size, peer, withEvents);
+      return max <= c.after ? { tasks: [], max, last: c.after, source: "none" } : readPage(c.shardId, c.after, c.size, peer, withEvents, bytes);
     }));
   }
 
@@ -349,7 +354,13 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
           const c = cursors[i]!;
           const known = marksTrusted ? outboxMarks?.latest(c.shardId) : undefined;
           if (known !== undefined && c.after >= known) return { tasks: [], max: known, last: c.after, source: "none" };
-          return tailPage(c.shardId, c.after, c.size, peer, withEvents);
+          return undefined;
+        });
+        // The answer's bytes shared among the shards that may have tasks.
+        const bytes = shardPageBytes(pages.filter((p) => !p).length);
+        pages.forEach((p, k) => {
+          const c = cursors[looked[k]!]!;
+          if (!p) pages[k] = tailPage(c.shardId, c.after, c.size, peer, withEvents, bytes);
         });
         const unread: number[] = [];
         pages.forEach((p, k) => p || unread.push(k));
@@ -357,7 +368,7 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
         const unreadCursors = unread.map((k) => cursors[looked[k]!]!);
         const read = unread.length > MANY_SHARDS
           ? readPages(unreadCursors, peer, withEvents)
-          : Promise.all(unreadCursors.map((c) => readPage(c.shardId, c.after, c.size, peer, withEvents)));
+          : Promise.all(unreadCursors.map((c) => readPage(c.shardId, c.after, c.size, peer, withEvents, bytes)));
         const got = await read;
         unread.forEach((k, j) => (pages[k] = got[j]));
         const done = pages as Page[];
@@ -468,26 +479,44 @@ const countersText = textCache((peer: boolean) =>
 
 /**
  * The page statement of one shape: $1 shard, $2 after, $3 page size, then the peer's
- * name ($4) and the peer as a jsonb array ($5). Always one row at least: the counter
- * and the peer's flag, with null task columns when no task is due.
+ * name ($4) and the peer as a jsonb array ($5), then, with events, the page's byte budget
+ * ($6, or $4 without a peer). Always one row at least: the counter and the peer's flag, with
+ * null task columns when no task is due.
+ *
+ * With events, each task comes with how many bytes the tasks before it in the page take:
+ * packed_before, their events as stored (pg_column_size: compressed, read without
+ * detoasting them), and bytes_before, their events as rendered here. A task whose
+ * packed_before is within the budget has its events rendered; the reader keeps the tasks
+ * whose two counts are both within it (the first always), so a page of large events renders
+ * about the budget's worth, not a page size's, and sends no more than that and one task.
  */
 const pageText = textCache((shape: { peer: boolean; withEvents: boolean }) => {
   const t = (k: Parameters<typeof tasksSql.name>[0]) => `rt.${tasksSql.name(k)}`;
   const e = (k: Parameters<typeof eventsSql.name>[0]) => `ev.${eventsSql.name(k)}`;
-  const events = shape.withEvents
-    ? `(select json_agg(json_build_object('eventId', ${e("eventId")}, 'version', ${e("version")}, 'eventTime', ${e("eventTime")}, ` +
-      `'attributes', ${e("attributes")}) order by ${e("eventId")}) from ${eventsSql.table} ev ` +
-      `where ${e("namespaceId")} = ${t("namespaceId")} and ${e("workflowId")} = ${t("workflowId")} and ${e("runId")} = ${t("runId")} ` +
-      `and ${e("eventId")} >= ${t("firstEventId")} and ${e("eventId")} < ${t("nextEventId")} and ${e("version")} = ${t("version")})`
-    : "null";
+  const taskEvents = `from ${eventsSql.table} ev ` +
+    `where ${e("namespaceId")} = ${t("namespaceId")} and ${e("workflowId")} = ${t("workflowId")} and ${e("runId")} = ${t("runId")} ` +
+    `and ${e("eventId")} >= ${t("firstEventId")} and ${e("eventId")} < ${t("nextEventId")} and ${e("version")} = ${t("version")}`;
+  const events = `(select json_agg(json_build_object('eventId', ${e("eventId")}, 'version', ${e("version")}, 'eventTime', ${e("eventTime")}, ` +
+    `'attributes', ${e("attributes")}) order by ${e("eventId")}) ${taskEvents})`;
   const wanted = shape.peer
     ? ` and exists (select 1 from ${namespacesSql.table} ns where ns.${namespacesSql.name("id")} = ${t("namespaceId")} ` +
       `and ns.${namespacesSql.name("clusters")} @> $5::jsonb)`
     : "";
   const peerFlag = shape.peer ? peerFlagSql("$4") : "true";
-  return `with counter as (select ${shardsSql.name("nextTaskId")} - 1 as page_max from ${shardsSql.table} where ${shardsSql.name("shardId")} = $1) ` +
-    `select counter.page_max, ${peerFlag} as peer_enabled, page.* from counter left join lateral (` +
-    `select ${tasksSql.all("rt")}, ${events} as page_events ` +
+  const tasks = (extra: string) =>
+    `select ${tasksSql.all("rt")}, ${extra} ` +
     `from ${tasksSql.table} rt where ${t("shardId")} = $1 and ${t("taskId")} > $2 and ${t("taskId")} <= counter.page_max${wanted} ` +
-    `order by ${t("taskId")} limit $3) page on true`;
+    `order by ${t("taskId")} limit $3`;
+  const budget = shape.peer ? "$6" : "$4";
+  const before = (column: string) => `sum(rt.${column}) over (order by ${t("taskId")}) - rt.${column}`;
+  const page = shape.withEvents
+    ? `select rt.*, ${before("page_bytes")} as bytes_before from (` +
+      `select rt.*, coalesce(octet_length(rt.page_events::text), 0) as page_bytes from (` +
+      `select rt.*, case when rt.packed_before < ${budget} then ${events} end as page_events from (` +
+      `select rt.*, ${before("packed")} as packed_before from (` +
+      tasks(`(select coalesce(sum(pg_column_size(${e("attributes")})), 0) ${taskEvents}) as packed`) +
+      `) rt) rt) rt) rt order by ${t("taskId")}`
+    : tasks("null as page_events");
+  return `with counter as (select ${shardsSql.name("nextTaskId")} - 1 as page_max from ${shardsSql.table} where ${shardsSql.name("shardId")} = $1) ` +
+    `select counter.page_max, ${peerFlag} as peer_enabled, page.* from counter left join lateral (${page}) page on true`;
 }, (shape) => `${shape.peer}/${shape.withEvents}`);

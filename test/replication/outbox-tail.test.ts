@@ -37,6 +37,18 @@ describe("outbox tail", () => {
     expect(ids(tail.page(1, 2, 10, "clusterB"))).toEqual([3, 4]);
   });
 
+  test("StopsAPageOnceItsTasksHoldMaxBytes, the first task always served", () => {
+    const tail = createOutboxTail({ currentCluster: "clusterA" });
+    const signal = (taskId: number, bytes: number) => task(taskId, {
+      events: [{ attributes: { case: "workflowExecutionSignaledEventAttributes", value: { signalName: "s", input: { payloads: [{ metadata: {}, data: new Uint8Array(bytes) }] } } as never } }],
+    });
+    tail.committed([signal(1, 600_000), signal(2, 600_000), signal(3, 600_000)]);
+    expect(ids(tail.page(1, 0, 10, "clusterB", 1_000_000))).toEqual([1, 2]);
+    expect(tail.page(1, 0, 10, "clusterB", 1_000_000)?.last).toBe(2);
+    expect(ids(tail.page(1, 0, 10, "clusterB", 1))).toEqual([1]);
+    expect(ids(tail.page(1, 0, 10, "clusterB"))).toEqual([1, 2, 3]);
+  });
+
   test("LeavesATaskThePeerMayNotHaveToTheDatabase", () => {
     const tail = createOutboxTail({ currentCluster: "clusterA" });
     tail.committed([task(1), task(2, { clusters: ["clusterA", "clusterC"] })]);
