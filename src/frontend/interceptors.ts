@@ -1,6 +1,6 @@
-import { Code, createContextKey, type Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
 import { ulid } from "ulid";
-import { resourceExhausted } from "../errors";
+import { resourceExhausted, TernError } from "../errors";
 import type { Logger } from "../observability/log";
 import type { Metrics } from "../observability/metrics";
 import { toConnectError } from "./errors";
@@ -30,12 +30,16 @@ export function createFrontendInterceptor(deps: {
     log.info("rpc failed", { requestId, operation: labels.operation, namespace: labels.namespace || undefined, code: err.code, error: err.rawMessage });
     return err;
   };
-  /** A streamed answer's messages, an error among them mapped as a unary call's is (its latency is the stream's start). */
-  async function* mapped<T>(messages: AsyncIterable<T>, requestId: string, labels: { operation: string; namespace: string }) {
+  /**
+   * A streamed answer's messages, an error among them mapped as a unary call's is (its latency
+   * is the stream's start). A caller that closed the stream (a peer giving up a silent one)
+   * ends it with an AbortError that names nothing: CANCELED, not an INTERNAL error to log.
+   */
+  async function* mapped<T>(messages: AsyncIterable<T>, requestId: string, labels: { operation: string; namespace: string }, signal: AbortSignal) {
     try {
       yield* messages;
     } catch (e) {
-      throw failed(e, requestId, labels);
+      throw failed(signal.aborted && !(e instanceof TernError) && !(e instanceof ConnectError) ? callerLeft(e) : e, requestId, labels);
     }
   }
   return (next) => async (req) => {
@@ -54,11 +58,17 @@ export function createFrontendInterceptor(deps: {
       const res = await next(req);
       res.header.set("x-request-id", requestId);
       log.debug("rpc", { requestId, operation, namespace, ms: Math.round(performance.now() - started) });
-      return res.stream ? { ...res, message: mapped(res.message, requestId, labels) } : res;
+      return res.stream ? { ...res, message: mapped(res.message, requestId, labels, req.signal) } : res;
     } catch (e) {
       throw failed(e, requestId, labels);
     } finally {
       metrics.observe("service_latency", labels, (performance.now() - started) / 1000);
     }
   };
+}
+
+/** The error of a call its caller closed: CANCELED, saying so and why (e.g. "The connection was closed."). */
+function callerLeft(e: unknown): ConnectError {
+  const why = e instanceof Error && e.message ? `: ${e.message}` : "";
+  return new ConnectError(`the caller closed the call${why}`, Code.Canceled);
 }

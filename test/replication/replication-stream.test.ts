@@ -451,14 +451,16 @@ for (const store of await testStores()) {
     // While held, A's stream messages wait (as from a source whose connection went dead without a word).
     let held: Promise<void> | undefined;
     let release = () => {};
+    const aLog: { level: string; msg: string; code?: number; error?: string }[] = [];
     const bLog: { level: string; msg: string; error?: string }[] = [];
 
     beforeAll(async () => {
       const beforeStreamMessage = (signal: AbortSignal) =>
         held ? Promise.race([held, new Promise<void>((r) => signal.addEventListener("abort", () => r(), { once: true }))]) : Promise.resolve();
       const log = createLogger({ level: "info", write: (line) => bLog.push(JSON.parse(line)) });
+      const aLogger = createLogger({ level: "info", write: (line) => aLog.push(JSON.parse(line)) });
       ({ a, b, nsId } = await replicatingPair(store, [
-        { serverOptions: { replication: { beforeStreamMessage } } },
+        { serverOptions: { log: aLogger, replication: { beforeStreamMessage } } },
         { serverOptions: { log, replication: { waitMs: 200, silenceGraceMs: 300 } } },
       ]));
     });
@@ -480,6 +482,9 @@ for (const store of await testStores()) {
       await eventually(() => expect(counted(a, "service_requests", "StreamReplicationTasks")).toBeGreaterThanOrEqual(3), { timeout: 15_000 });
       expect(bLog.some((l) => l.msg === "replication stream failed" && String(l.error).includes("sent nothing on its replication stream for 500 ms"))).toBe(true);
       expect((await historiesOf(b, nsId)).some((e) => e.workflowId === "held")).toBe(false);
+      // A hears the call closed by its caller: CANCELED, not an INTERNAL error that names nothing.
+      expect(aLog.filter((l) => l.msg === "internal error")).toEqual([]);
+      expect(aLog.some((l) => l.msg === "rpc failed" && l.code === Code.Canceled && String(l.error).startsWith("the caller closed the call"))).toBe(true);
 
       release();
       await caughtUp(a, b, nsId);
