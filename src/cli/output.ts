@@ -46,6 +46,25 @@ export function listJson<Desc extends DescMessage>(key: string, schema: Desc, it
   return JSON.stringify({ [key]: items.map((m) => toJson(schema, m)) }, null, 2) + "\n";
 }
 
+/**
+ * listJson's text written an item at a time to out, for a list too large to hold whole or as
+ * one string (a history of large payloads: a 138 MB one took the CLI 5 GB as one string, and
+ * V8 refuses strings past about 512 MB).
+ */
+export function createListJsonWriter<Desc extends DescMessage>(out: Writer, key: string, schema: Desc) {
+  let written = 0;
+  return {
+    item(msg: MessageShape<Desc>): void {
+      // Indented as JSON.stringify indents an array item two levels down (JSON text holds no raw newline in a string).
+      const text = JSON.stringify(toJson(schema, msg), null, 2).replaceAll("\n", "\n    ");
+      out(`${written++ === 0 ? `{\n  ${JSON.stringify(key)}: [\n` : ",\n"}    ${text}`);
+    },
+    end(): void {
+      out(written === 0 ? `{\n  ${JSON.stringify(key)}: []\n}\n` : "\n  ]\n}\n");
+    },
+  };
+}
+
 /** One message as a single JSON line (NDJSON), for streaming output. */
 export function messageJsonLine<Desc extends DescMessage>(schema: Desc, msg: MessageShape<Desc>): string {
   return JSON.stringify(toJson(schema, msg)) + "\n";

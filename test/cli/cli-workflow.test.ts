@@ -183,6 +183,25 @@ describe("workflow show", () => {
     expect(JSON.parse(r.stdout).events.map((e: { eventId: string }) => e.eventId)).toEqual(["1", "2", "3", "4", "5", "6"]);
   });
 
+  test("-o json writes each page before fetching the next (a large history is never held whole)", async () => {
+    let written = "";
+    const writtenAtPage: string[] = [];
+    const r = await runCli(["workflow", "show", "-w", "w", "-o", "json"], {
+      onStdout: (t) => void (written += t),
+      workflow: {
+        getWorkflowExecutionHistory(req) {
+          const page = req.nextPageToken.length === 0 ? 0 : req.nextPageToken[0]!;
+          writtenAtPage.push(written);
+          return { history: { events: [event(page + 1)] }, nextPageToken: page < 1 ? new Uint8Array([page + 1]) : new Uint8Array(0), runId: "r1" };
+        },
+      },
+    });
+    expect(r.code).toBe(0);
+    expect(writtenAtPage[0]).toBe("");
+    expect(writtenAtPage[1]).toContain('"eventId": "1"');
+    expect(JSON.parse(r.stdout).events.map((e: { eventId: string }) => e.eventId)).toEqual(["1", "2"]);
+  });
+
   test("a running run: stops when a page comes back empty", async () => {
     let calls = 0;
     const r = await runCli(["workflow", "show", "-w", "w"], {

@@ -13,6 +13,8 @@ export interface Fakes {
   interactive?: boolean;
   answer?: string;
   adminDb?: AdminDbBackend;
+  /** Sees each chunk the CLI writes to stdout, as it writes it. */
+  onStdout?: (text: string) => void;
 }
 
 /** What one CLI run produced. */
@@ -38,7 +40,10 @@ export async function runCli(argv: string[], fakes: Fakes = {}): Promise<RunResu
         router.service(AdminService, fakes.admin ?? {});
       });
     },
-    stdout: (t) => void (stdout += t),
+    stdout: (t) => {
+      stdout += t;
+      fakes.onStdout?.(t);
+    },
     stderr: (t) => void (stderr += t),
     interactive: fakes.interactive ?? false,
     prompt: async () => fakes.answer ?? "",

@@ -8,7 +8,7 @@ import {
   WorkflowExecutionStatus,
 } from "../../src/gen/tern/common/v1/common_pb";
 import { eventDetails, eventTypeLabel, formatVersionHistory, statusLabel } from "../../src/cli/format-workflow";
-import { enumLabel, formatFixedRow, formatKeyValues, formatTable, formatTime, truncate } from "../../src/cli/output";
+import { createListJsonWriter, enumLabel, formatFixedRow, formatKeyValues, formatTable, formatTime, listJson, truncate } from "../../src/cli/output";
 import { encodeJsonPayload } from "../../src/cli/payload";
 
 describe("formatTable", () => {
@@ -21,6 +21,23 @@ describe("formatTable", () => {
   });
   test("an empty list prints only the header", () => {
     expect(formatTable(["A", "B"], [])).toBe("A  B\n");
+  });
+});
+
+describe("createListJsonWriter", () => {
+  test("writes listJson's text an item at a time", () => {
+    const events = [1, 2, 3].map((id) => create(HistoryEventSchema, {
+      eventId: BigInt(id), eventType: EventType.WORKFLOW_EXECUTION_SIGNALED,
+      attributes: { case: "workflowExecutionSignaledEventAttributes", value: { signalName: "s\nt", input: { payloads: [encodeJsonPayload('{"a": [1, {"b": 2}]}')] } } },
+    }));
+    for (const n of [0, 1, 3]) {
+      const chunks: string[] = [];
+      const list = createListJsonWriter((t) => chunks.push(t), "events", HistoryEventSchema);
+      for (const e of events.slice(0, n)) list.item(e);
+      expect(chunks.length).toBe(n);
+      list.end();
+      expect(chunks.join("")).toBe(listJson("events", HistoryEventSchema, events.slice(0, n)));
+    }
   });
 });
 

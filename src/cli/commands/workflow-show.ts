@@ -5,7 +5,7 @@ import type { CommandContext, LeafCommand } from "../command";
 import { ListHistoryBranchesResponseSchema, type ListHistoryBranchesResponse } from "../../gen/tern/admin/v1/service_pb";
 import { UsageError } from "../errors";
 import { eventHeaderLine, eventLine, eventTable, formatVersionHistory } from "../format-workflow";
-import { listJson, messageJson, messageJsonLine } from "../output";
+import { createListJsonWriter, messageJson, messageJsonLine } from "../output";
 import { executionArg, runIdFlag, workflowIdFlag, workflowNamespace, workflowNamespaceFlag } from "./common-flags";
 
 /** An empty long-poll answer faster than this means the server does not wait; back off. */
@@ -28,16 +28,22 @@ async function fetchPage(ctx: CommandContext, cursor: HistoryCursor, wait: boole
   return res;
 }
 
-/** Every event so far: pages until the token is empty (closed run) or a page is empty (caught up). */
-export async function readHistory(ctx: CommandContext, cursor: HistoryCursor): Promise<HistoryEvent[]> {
-  const events: HistoryEvent[] = [];
+/** Every event so far, a page at a time to onPage: until the token is empty (closed run) or a page is empty (caught up). */
+export async function readHistoryPages(ctx: CommandContext, cursor: HistoryCursor, onPage: (events: HistoryEvent[]) => void): Promise<void> {
   for (;;) {
     const res = await fetchPage(ctx, cursor, false);
     const page = res.history?.events ?? [];
-    events.push(...page);
-    if (res.nextPageToken.length === 0 || page.length === 0) return events;
+    onPage(page);
+    if (res.nextPageToken.length === 0 || page.length === 0) return;
     cursor.token = res.nextPageToken;
   }
+}
+
+/** Every event so far (readHistoryPages), in one list. */
+export async function readHistory(ctx: CommandContext, cursor: HistoryCursor): Promise<HistoryEvent[]> {
+  const events: HistoryEvent[] = [];
+  await readHistoryPages(ctx, cursor, (page) => events.push(...page));
+  return events;
 }
 
 function pause(ms: number, signal: AbortSignal): Promise<void> {
@@ -120,8 +126,11 @@ const show: LeafCommand = {
       return;
     }
     if (!getBoolean(args, "follow")) {
-      const events = await readHistory(ctx, cursor);
-      ctx.out(ctx.format === "json" ? listJson("events", HistoryEventSchema, events) : eventTable(events));
+      if (ctx.format === "table") return void ctx.out(eventTable(await readHistory(ctx, cursor)));
+      // A page at a time: a history of large payloads is gigabytes as JSON, past what one string holds.
+      const list = createListJsonWriter(ctx.out, "events", HistoryEventSchema);
+      await readHistoryPages(ctx, cursor, (page) => page.forEach((e) => list.item(e)));
+      list.end();
       return;
     }
     if (ctx.format === "table") ctx.out(eventHeaderLine());
