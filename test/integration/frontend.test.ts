@@ -80,24 +80,26 @@ describe("frontend limits, errors, health and metrics", () => {
   });
 
   test("a run at the history limit still closes: terminated, or timed out without holding up other runs' timeouts", async () => {
+    // A namespace of its own: the others' requests leave "lim" little of its rate limit.
+    await wf.registerNamespace({ namespace: "full" });
     const fill = async (workflowId: string, timeoutSeconds?: bigint) => {
-      await wf.startWorkflowExecution({ namespace: "lim", workflowId, ...T, ...(timeoutSeconds && { workflowExecutionTimeout: { seconds: timeoutSeconds } }) });
-      for (let i = 0; i < 4; i++) await wf.signalWorkflowExecution({ namespace: "lim", workflowExecution: { workflowId }, signalName: "s" });
+      await wf.startWorkflowExecution({ namespace: "full", workflowId, ...T, ...(timeoutSeconds && { workflowExecutionTimeout: { seconds: timeoutSeconds } }) });
+      for (let i = 0; i < 4; i++) await wf.signalWorkflowExecution({ namespace: "full", workflowExecution: { workflowId }, signalName: "s" });
     };
     await fill("full-terminated");
-    await wf.terminateWorkflowExecution({ namespace: "lim", workflowExecution: { workflowId: "full-terminated" }, reason: "too long" });
-    const terminated = await wf.describeWorkflowExecution({ namespace: "lim", execution: { workflowId: "full-terminated" } });
+    await wf.terminateWorkflowExecution({ namespace: "full", workflowExecution: { workflowId: "full-terminated" }, reason: "too long" });
+    const terminated = await wf.describeWorkflowExecution({ namespace: "full", execution: { workflowId: "full-terminated" } });
     expect([terminated.workflowExecutionInfo!.status, terminated.workflowExecutionInfo!.historyLength]).toEqual([WorkflowExecutionStatus.TERMINATED, 6n]);
 
     // The full run's timeout is due first; the other's must not wait behind it.
     await fill("full-timed-out", 1n);
-    await wf.startWorkflowExecution({ namespace: "lim", workflowId: "after-it", ...T, workflowExecutionTimeout: { seconds: 1n } });
+    await wf.startWorkflowExecution({ namespace: "full", workflowId: "after-it", ...T, workflowExecutionTimeout: { seconds: 1n } });
     await eventually(async () => {
       for (const workflowId of ["full-timed-out", "after-it"]) {
-        const d = await wf.describeWorkflowExecution({ namespace: "lim", execution: { workflowId } });
+        const d = await wf.describeWorkflowExecution({ namespace: "full", execution: { workflowId } });
         expect(d.workflowExecutionInfo!.status).toBe(WorkflowExecutionStatus.TIMED_OUT);
       }
-    }, { timeout: 5000 });
+    }, { timeout: 5000, interval: 200 });
     expect(logs.some((l) => l.includes("timer queue scan failed"))).toBe(false);
   });
 
