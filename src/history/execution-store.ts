@@ -1,4 +1,4 @@
-import { and, asc, eq, gte, lt } from "drizzle-orm";
+import { and, asc, eq, gte, lt, type SQL } from "drizzle-orm";
 import type { Db, Tx } from "../persistence/database";
 import { chunksOf, composite, paddedChunks, padRows, ROWS_PER_INSERT, runGuard, runStatement, tableCodec, textCache, valuesList, type StatementPart } from "../persistence/raw-statements";
 import { executions, historyEvents, requestIds, timerTasks, type VersionHistoryItem } from "../persistence/schema";
@@ -40,7 +40,7 @@ export async function readRunEvents(
   db: Db | Tx,
   run: { namespaceId: string; workflowId: string; runId: string },
   from: number,
-  { before, limit }: { before?: number; limit?: number } = {},
+  { before, limit }: { before?: number | SQL<number>; limit?: number } = {},
 ) {
   const query = db
     .select()

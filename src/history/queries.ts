@@ -6,7 +6,7 @@ import type { NamespaceRecord, NamespaceRegistry } from "../namespace/registry";
 import { clampPage } from "../namespace/registry";
 import type { Db } from "../persistence/database";
 import { decodeToken, encodeToken } from "../persistence/page-token";
-import { executions } from "../persistence/schema";
+import { executions, historyEvents } from "../persistence/schema";
 import { readRunEvents, type ExecutionRow } from "./execution-store";
 import { listen, type EventNotifier } from "./notifier";
 
@@ -81,7 +81,7 @@ export function createHistoryQueries({ db, namespaces, notifier, recheckMs = 100
       let listening = req.waitNewEvent && runId ? listenFor(runId) : undefined;
       try {
         const run = await findRun(ns, req.workflowId, runId);
-        const events = await readRunEvents(db, run, from, { limit: size });
+        const events = await readRunEvents(db, run, from, { limit: size, before: pageEnd(run, from, size) });
         const next = from + events.length;
         const more = next < run.nextEventId;
         const open = run.status === "RUNNING";
@@ -141,3 +141,22 @@ export function createHistoryQueries({ db, namespaces, notifier, recheckMs = 100
 export type HistoryQueries = ReturnType<typeof createHistoryQueries>;
 
 const escapeLike = (s: string) => s.replace(/[\\%_]/g, (c) => `\\${c}`);
+
+/**
+ * Most bytes of event attributes (as stored, JSON) a history page carries past its first
+ * event. Pages are counted in events (up to 1,000), and each event may hold a payload up to
+ * limits.blobSizeLimitError: a page of 100 signals of 1 MB was one 100 MB answer.
+ */
+export const HISTORY_PAGE_BYTES = 4 << 20;
+
+/**
+ * The event id a page of run's history from `from` (up to limit events) ends before, in SQL:
+ * past the event that brings the page's attributes to HISTORY_PAGE_BYTES (the first always
+ * goes); run's next event id when its events up to limit stay within.
+ */
+function pageEnd(run: ExecutionRow, from: number, limit: number) {
+  const e = historyEvents;
+  const size = sql`octet_length(${sql.identifier("attributes")}::text)`;
+  const page = sql`select ${sql.identifier("event_id")}, ${sql.identifier("attributes")} from ${e} where ${e.namespaceId} = ${run.namespaceId} and ${e.workflowId} = ${run.workflowId} and ${e.runId} = ${run.runId} and ${e.eventId} >= ${from} order by ${e.eventId} limit ${limit}`;
+  return sql<number>`coalesce((select max(p.event_id) + 1 from (select q.event_id, sum(${size}) over (order by q.event_id) - ${size} as bytes_before from (${page}) q) p where p.bytes_before < ${HISTORY_PAGE_BYTES}), ${run.nextEventId})`;
+}

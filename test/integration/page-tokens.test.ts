@@ -67,5 +67,25 @@ for (const store of await testStores()) {
       const more = await cluster.client(BackfillService).listExecutionsForReplication({ namespaceId, pageSize: 1, nextPageToken: runs.nextPageToken });
       expect([...runs.executions, ...more.executions].map((e) => e.workflowId).sort()).toEqual(["a", "b"]);
     });
+
+    test("TestAHistoryPageOfLargePayloadsStopsAtItsByteBudget, and the next token goes on from there", async () => {
+      const wf = cluster.client(WorkflowService);
+      await wf.startWorkflowExecution({ namespace: "p", workflowId: "large", ...T });
+      const data = new Uint8Array(1 << 20);
+      for (let at = 0; at < data.length; at += 65_536) crypto.getRandomValues(data.subarray(at, at + 65_536));
+      for (let i = 0; i < 6; i++) {
+        await wf.signalWorkflowExecution({ namespace: "p", workflowExecution: { workflowId: "large" }, signalName: `s${i}`, input: { payloads: [{ metadata: {}, data }] } });
+      }
+      const ids: bigint[] = [];
+      let nextPageToken: Uint8Array = new Uint8Array();
+      do {
+        const page = await wf.getWorkflowExecutionHistory({ namespace: "p", execution: { workflowId: "large" }, maximumPageSize: 1000, nextPageToken });
+        // 1 MiB is about 1.4 MB as stored JSON: three of them reach HISTORY_PAGE_BYTES (4 MiB).
+        expect(page.history!.events.length).toBeLessThanOrEqual(4);
+        ids.push(...page.history!.events.map((e) => e.eventId));
+        nextPageToken = page.nextPageToken;
+      } while (nextPageToken.length);
+      expect(ids).toEqual([1n, 2n, 3n, 4n, 5n, 6n, 7n]);
+    });
   });
 }
