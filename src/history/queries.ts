@@ -151,12 +151,16 @@ export const HISTORY_PAGE_BYTES = 4 << 20;
 
 /**
  * The event id a page of run's history from `from` (up to limit events) ends before, in SQL:
- * past the event that brings the page's attributes to HISTORY_PAGE_BYTES (the first always
- * goes); run's next event id when its events up to limit stay within.
+ * the page walks the run's events by id (they are consecutive, as the token's next id takes
+ * them to be) and ends after the event that brings their attributes to HISTORY_PAGE_BYTES, so
+ * only the events it sends are measured (the first always goes). run's next event id when
+ * there is nothing to walk.
  */
 function pageEnd(run: ExecutionRow, from: number, limit: number) {
-  const e = historyEvents;
-  const size = sql`octet_length(${sql.identifier("attributes")}::text)`;
-  const page = sql`select ${sql.identifier("event_id")}, ${sql.identifier("attributes")} from ${e} where ${e.namespaceId} = ${run.namespaceId} and ${e.workflowId} = ${run.workflowId} and ${e.runId} = ${run.runId} and ${e.eventId} >= ${from} order by ${e.eventId} limit ${limit}`;
-  return sql<number>`coalesce((select max(p.event_id) + 1 from (select q.event_id, sum(${size}) over (order by q.event_id) - ${size} as bytes_before from (${page}) q) p where p.bytes_before < ${HISTORY_PAGE_BYTES}), ${run.nextEventId})`;
+  const e = (column: string) => sql.raw(`e.${column}`);
+  const key = sql`${e("namespace_id")} = ${run.namespaceId} and ${e("workflow_id")} = ${run.workflowId} and ${e("run_id")} = ${run.runId}`;
+  const size = sql`octet_length(${e("attributes")}::text)::bigint`;
+  const first = sql`select ${e("event_id")}, ${size}, 1 from ${historyEvents} e where ${key} and ${e("event_id")} = ${from}`;
+  const next = sql`select ${e("event_id")}, walk.bytes + ${size}, walk.n + 1 from walk join ${historyEvents} e on ${key} and ${e("event_id")} = walk.event_id + 1 where walk.n < ${limit} and walk.bytes < ${HISTORY_PAGE_BYTES}`;
+  return sql<number>`coalesce((with recursive walk(event_id, bytes, n) as (${first} union all ${next}) select max(event_id) + 1 from walk), ${run.nextEventId})`;
 }
