@@ -1,7 +1,7 @@
 import { and, eq } from "drizzle-orm";
 import type { ClusterDirectory } from "../src/cluster/directory";
 import { failedPrecondition, invalidArgument, unavailable } from "../src/errors";
-import { lockNamespaceBarrier } from "../src/history/namespace-guard";
+import { lockNamespaceForChange } from "../src/history/namespace-guard";
 import type { EventNotifier } from "../src/history/notifier";
 import { createLongPolls } from "../src/long-polls";
 import { failoverTo, type NamespaceRecord, type NamespaceRegistry } from "../src/namespace/registry";
@@ -46,11 +46,8 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
 
   async function enterHandover(ns: NamespaceRecord): Promise<void> {
     // The exclusive barrier lock waits for every write that read NORMAL to commit (namespace-guard.ts).
-    // The namespace's row first, then the barrier, in the order an update takes them
-    // (registry.ts): taken the other way round, the two deadlocked.
     const [row] = await db.transaction(async (tx) => {
-      await tx.select({ id: namespaces.id }).from(namespaces).where(eq(namespaces.id, ns.id)).for("update");
-      await lockNamespaceBarrier(tx, ns.id);
+      await lockNamespaceForChange(tx, ns.id);
       return tx
         .update(namespaces)
         .set({ replicationState: "HANDOVER", updatedAt: now() })

@@ -1,4 +1,4 @@
-import { sql } from "drizzle-orm";
+import { eq, sql } from "drizzle-orm";
 import type { NamespaceRecord } from "../namespace/registry";
 import type { Tx } from "../persistence/database";
 import { runStatement, tableCodec, type StatementPart } from "../persistence/raw-statements";
@@ -74,4 +74,16 @@ const STILL_WRITABLE = "tern_namespace_still_writable($1, $2, $3)";
 /** Takes a namespace's barrier lock exclusively: for changes of its active cluster and its delete (see readNamespaceUnderBarrier). */
 export async function lockNamespaceBarrier(tx: Tx, namespaceId: string): Promise<void> {
   await tx.execute(sql`select pg_advisory_xact_lock(${handoverLockKey(namespaceId)})`);
+}
+
+/**
+ * Locks a namespace's row, then its barrier exclusively (lockNamespaceBarrier), in the order a
+ * namespace update takes them (registry.ts): taken the other way round, the two deadlocked.
+ * False, taking no barrier, when the namespace is gone.
+ */
+export async function lockNamespaceForChange(tx: Tx, namespaceId: string): Promise<boolean> {
+  const [row] = await tx.select({ id: namespaces.id }).from(namespaces).where(eq(namespaces.id, namespaceId)).for("update");
+  if (!row) return false;
+  await lockNamespaceBarrier(tx, namespaceId);
+  return true;
 }

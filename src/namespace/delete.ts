@@ -1,6 +1,6 @@
 import { eq } from "drizzle-orm";
 import { failedPrecondition } from "../errors";
-import { lockNamespaceBarrier } from "../history/namespace-guard";
+import { lockNamespaceForChange } from "../history/namespace-guard";
 import type { Db } from "../persistence/database";
 import { executions, historyBranchEvents, historyBranches, historyEvents, namespaces, replicationTasks, requestIds, timerTasks } from "../persistence/schema";
 import type { NamespaceRegistry } from "./registry";
@@ -19,12 +19,9 @@ export async function deleteNamespace(db: Db, registry: NamespaceRegistry, name:
     );
   }
   const deleted = await db.transaction(async (tx) => {
-    // Its row, then its barrier, in the order an update takes them (registry.ts). The barrier
-    // waits for the writes that hold it (guardNamespace) to commit, so their rows are deleted
-    // here; a write after it finds no namespace and writes nothing.
-    const [row] = await tx.select({ id: namespaces.id }).from(namespaces).where(eq(namespaces.id, ns.id)).for("update");
-    if (!row) return 0; // deleted meanwhile, with its runs
-    await lockNamespaceBarrier(tx, ns.id);
+    // The barrier waits for the writes that hold it (guardNamespace) to commit, so their rows
+    // are deleted here; a write after it finds no namespace and writes nothing.
+    if (!(await lockNamespaceForChange(tx, ns.id))) return 0; // deleted meanwhile, with its runs
     const runs = await tx.delete(executions).where(eq(executions.namespaceId, ns.id)).returning({ runId: executions.runId });
     await tx.delete(historyEvents).where(eq(historyEvents.namespaceId, ns.id));
     await tx.delete(historyBranchEvents).where(eq(historyBranchEvents.namespaceId, ns.id));
