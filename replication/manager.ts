@@ -76,19 +76,15 @@ export function createReplicationManager({ db, clients, streamsFor, log }: Repli
   /** Runs stream until signal aborts, restarting it after a failure; each failure is logged once, and the recovery. */
   async function loop(stream: ReplicationStream, remote: RemoteCluster, signal: AbortSignal, entry: Running) {
     const failures = createFailureLog();
-    let failingSince: number | undefined;
     const report: StreamReport = {
       ok: () => {
         entry.state = "connected";
-        failures.succeeded();
-        if (failingSince === undefined) return;
-        log.info("replication stream recovered", { remote: remote.name, stream: stream.name, failedForMs: Math.round(performance.now() - failingSince) });
-        failingSince = undefined;
+        const failedForMs = failures.succeeded();
+        if (failedForMs !== undefined) log.info("replication stream recovered", { remote: remote.name, stream: stream.name, failedForMs: Math.round(failedForMs) });
       },
       failed: (e) => {
         const msg = loggableError(e);
         if (failures.isNew(msg)) log.warn("replication stream failed", { remote: remote.name, stream: stream.name, error: msg });
-        failingSince ??= performance.now();
         entry.state = `error: ${msg}`;
       },
     };

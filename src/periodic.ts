@@ -18,7 +18,7 @@ export function createPeriodic<T>(pass: () => Promise<T>, o: { name: string; log
     try {
       running = pass();
       const result = await running;
-      if (failures.succeeded()) o.log.info(`${o.name} recovered`);
+      if (failures.succeeded() !== undefined) o.log.info(`${o.name} recovered`);
       o.onDone?.(result);
     } catch (e) {
       const error = loggableError(e);

@@ -101,7 +101,7 @@ export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
         again = false;
         try {
           await fireDue();
-          if (failures.succeeded()) log.info("timer queue scan recovered");
+          if (failures.succeeded() !== undefined) log.info("timer queue scan recovered");
         } catch (e) {
           // Retried a second later; each failure is said once, without the statement's parameters.
           const error = loggableError(e);

@@ -5,19 +5,21 @@
  */
 export function createFailureLog() {
   let last: string | undefined;
+  let failingSince: number | undefined;
   return {
     /** Whether message is a failure other than the last one logged (and remembers it). */
     isNew(message: string): boolean {
       const key = message.replace(/ ?\(request id [^)]*\)/g, "");
       const isNew = key !== last;
       last = key;
+      failingSince ??= performance.now();
       return isNew;
     },
-    /** A call succeeded; whether it ends failures (one was logged since the last success). */
-    succeeded(): boolean {
-      const failing = last !== undefined;
-      last = undefined;
-      return failing;
+    /** A call succeeded; when it ends failures, for how long (ms) they went on since the first. */
+    succeeded(): number | undefined {
+      const failedForMs = failingSince === undefined ? undefined : performance.now() - failingSince;
+      last = failingSince = undefined;
+      return failedForMs;
     },
   };
 }
