@@ -7,6 +7,7 @@ import { openDatabase } from "../../src/persistence/database";
 import { POSTGRES_BIN, startPrivatePostgres } from "../../bench/lib/private-postgres";
 import { startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
+import { createGate } from "../support/gate";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { addr, expectSameHistories, globalNamespace, historiesOf, lastTaskIds } from "./support";
@@ -47,15 +48,14 @@ async function crashAfterApplies(gated: boolean, protocol: "stream" | "pull" = "
   cleanups.push(() => pg.stop());
   const bUrl = pg.url("postgres");
   let real: (() => Promise<void>) | undefined;
-  let held: Promise<void> | undefined;
-  let release = () => {};
-  const durable = gated ? async () => (await held, await real!()) : async () => {};
+  const gate = createGate();
+  const durable = gated ? async () => (await gate.held, await real!()) : async () => {};
   // A that refuses the stream is pulled from (a source from before it).
   const aOptions = { shards: SHARDS, serverOptions: { replication: { serveStream: () => protocol === "stream" } } };
   const [a, b] = await startClusters("postgres", [aOptions, { shards: SHARDS, dataLocation: bUrl, serverOptions: { replication: { durable } } }]);
   cleanups.push(() => a.destroy(), () => b.destroy());
   // Run first (cleanups run last to first): a test failing with the flush held must not hold B's stop.
-  cleanups.push(async () => release());
+  cleanups.push(async () => gate.open());
   real = b.server.database.applies!.durable;
   await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
   const nsId = await globalNamespace(a, b, NS);
@@ -64,7 +64,7 @@ async function crashAfterApplies(gated: boolean, protocol: "stream" | "pull" = "
   const toldOf = () => outboundAcks(a.server.database.db, "clusterB");
   let acked = new Map<number, number>();
   for (const batch of ["first", "second", "third"]) {
-    if (batch === "third" && gated) held = new Promise((r) => (release = r));
+    if (batch === "third" && gated) gate.close();
     await write(a, batch, 4, 3);
     if (batch === "third" && gated) {
       // Applied, not durable. A pull stops at its next request, which waits for the flush to tell
@@ -82,7 +82,7 @@ async function crashAfterApplies(gated: boolean, protocol: "stream" | "pull" = "
 
   await pg.crash();
   // B's calls to its database fail from here: it can tell A nothing it applied after this.
-  release();
+  gate.open();
   await b.stop();
   const told = await toldOf();
   await pg.start();

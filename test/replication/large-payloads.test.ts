@@ -8,6 +8,7 @@ import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { parseCounter } from "../../bench/lib/prom-histogram";
 import { startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
+import { createGate } from "../support/gate";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { addr, globalNamespace, historiesOf } from "./support";
@@ -32,19 +33,18 @@ for (const store of await testStores()) {
   describe(`a backlog of large payloads on ${store}: pages and the reader's hold bounded by bytes, not only by tasks`, () => {
     let a: TestCluster, b: TestCluster;
     let nsId: string;
-    // While held, B's applies wait before their commit.
-    let held: Promise<void> | undefined;
-    let release = () => {};
+    // While the gate is closed, B's applies wait before their commit.
+    const gate = createGate();
 
     beforeAll(async () => {
-      const beforeCommit = (operation: string) => (operation === "ReplicateHistory" ? held : undefined);
+      const beforeCommit = (operation: string) => (operation === "ReplicateHistory" ? gate.held : undefined);
       [a, b] = await startClusters(store, [{ shards: 1 }, { shards: 1, serverOptions: { beforeCommit } }]);
       await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
       nsId = await globalNamespace(a, b, NS);
       await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
     });
     afterAll(async () => {
-      release();
+      gate.open();
       await Promise.all([a.destroy(), b.destroy()]);
     });
 
@@ -53,7 +53,7 @@ for (const store of await testStores()) {
       await wf.startWorkflowExecution({ namespace: NS, workflowId: "upload", workflowType: "T", taskQueue: "q" });
       await eventually(async () => expect((await historiesOf(b, nsId)).length).toBe(1));
 
-      held = new Promise((r) => (release = () => ((held = undefined), r())));
+      gate.close();
       for (let i = 0; i < SIGNALS; i++) {
         await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "upload" }, signalName: `part-${i}`, input: randomPayload(MiB) });
       }
@@ -78,7 +78,7 @@ for (const store of await testStores()) {
       expect(seen.length).toBeGreaterThanOrEqual(SIGNALS);
       expect(seen).toEqual(seen.map((_, i) => seen[0]! + BigInt(i)));
 
-      release();
+      gate.open();
       await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 30_000 });
       expect(receivedOf(b, "clusterA")).toBe(0);
     });

@@ -14,6 +14,7 @@ import { createLogger } from "../../src/observability/log";
 import { parseCounter } from "../../bench/lib/prom-histogram";
 import { startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
+import { createGate } from "../support/gate";
 import { rejects } from "../support/rejects";
 import type { TestCluster, TestClusterOptions } from "../support/server";
 import { testStores, type StoreKind } from "../support/stores";
@@ -347,20 +348,19 @@ for (const store of await testStores()) {
     describe(`a receiver on ${store} (${protocol}): the source hears of applies only once they are durable`, () => {
       let a: TestCluster, b: TestCluster;
       let nsId: string;
-      // While held, B's `durable` (on PostgreSQL, the WAL flush past its asynchronous applies) waits.
-      let held: Promise<void> | undefined;
-      let release = () => {};
+      // While the gate is closed, B's `durable` (on PostgreSQL, the WAL flush past its asynchronous applies) waits.
+      const gate = createGate();
       let durableCalls = 0;
 
       beforeAll(async () => {
-        const durable = () => (durableCalls++, held ?? Promise.resolve());
+        const durable = () => (durableCalls++, gate.held ?? Promise.resolve());
         ({ a, b, nsId } = await replicatingPair(store, [
           { serverOptions: { replication: { serveStream: () => protocol === "stream" } } },
           { serverOptions: { replication: { durable } } },
         ]));
       });
       afterAll(async () => {
-        release();
+        gate.open();
         await Promise.all([a.destroy(), b.destroy()]);
       });
 
@@ -379,7 +379,7 @@ for (const store of await testStores()) {
         await caughtUp(a, b, nsId);
         await eventually(async () => expect(await acksOnA()).toEqual(await maxesOnA()), { timeout: 15_000 });
 
-        held = new Promise((r) => (release = () => ((held = undefined), r())));
+        gate.close();
         const calls = durableCalls;
         const before = await acksOnA();
         for (let i = 0; i < 8; i++) await start(a, `h-${i}`);
@@ -396,7 +396,7 @@ for (const store of await testStores()) {
         await Bun.sleep(300);
         expect(await acksOnA()).toEqual(before);
 
-        release();
+        gate.open();
         await caughtUp(a, b, nsId);
         await eventually(async () => expect(await acksOnA()).toEqual(await maxesOnA()), { timeout: 15_000 });
         expect(await acksOnA()).not.toEqual(before);
@@ -407,16 +407,15 @@ for (const store of await testStores()) {
   describe(`a stream's reader on ${store}: stops reading while a shard page's worth waits for the apply`, () => {
     let a: TestCluster, b: TestCluster;
     let nsId: string;
-    // While held, B's applies wait before their commit.
-    let held: Promise<void> | undefined;
-    let release = () => {};
+    // While the gate is closed, B's applies wait before their commit.
+    const gate = createGate();
 
     beforeAll(async () => {
-      const beforeCommit = (operation: string) => (operation === "ReplicateHistory" ? held : undefined);
+      const beforeCommit = (operation: string) => (operation === "ReplicateHistory" ? gate.held : undefined);
       ({ a, b, nsId } = await replicatingPair(store, [{}, { serverOptions: { beforeCommit } }]));
     });
     afterAll(async () => {
-      release();
+      gate.open();
       await Promise.all([a.destroy(), b.destroy()]);
     });
 
@@ -425,7 +424,7 @@ for (const store of await testStores()) {
       for (const id of runs) await start(a, id);
       await caughtUp(a, b, nsId);
 
-      held = new Promise((r) => (release = () => ((held = undefined), r())));
+      gate.close();
       // 1,400 tasks, ten writers at a time: the first apply waits, the reader reads on to a page's worth.
       const wf = a.client(WorkflowService);
       const perRun = 140;
@@ -439,7 +438,7 @@ for (const store of await testStores()) {
       expect(received).toBeGreaterThanOrEqual(MAX_SHARD_PAGE);
       expect(received).toBeLessThan(MAX_SHARD_PAGE + 100);
 
-      release();
+      gate.open();
       await caughtUp(a, b, nsId, 30_000);
       expect(receivedOf(b, "clusterA")).toBe(0);
     });
@@ -448,15 +447,14 @@ for (const store of await testStores()) {
   describe(`a stream gone silent on ${store}: given up after the wait and its grace, and opened again`, () => {
     let a: TestCluster, b: TestCluster;
     let nsId: string;
-    // While held, A's stream messages wait (as from a source whose connection went dead without a word).
-    let held: Promise<void> | undefined;
-    let release = () => {};
+    // While the gate is closed, A's stream messages wait (as from a source whose connection went dead without a word).
+    const gate = createGate();
     const aLog: { level: string; msg: string; code?: number; error?: string }[] = [];
     const bLog: { level: string; msg: string; error?: string }[] = [];
 
     beforeAll(async () => {
       const beforeStreamMessage = (signal: AbortSignal) =>
-        held ? Promise.race([held, new Promise<void>((r) => signal.addEventListener("abort", () => r(), { once: true }))]) : Promise.resolve();
+        gate.held ? Promise.race([gate.held, new Promise<void>((r) => signal.addEventListener("abort", () => r(), { once: true }))]) : Promise.resolve();
       const log = createLogger({ level: "info", write: (line) => bLog.push(JSON.parse(line)) });
       const aLogger = createLogger({ level: "info", write: (line) => aLog.push(JSON.parse(line)) });
       ({ a, b, nsId } = await replicatingPair(store, [
@@ -465,7 +463,7 @@ for (const store of await testStores()) {
       ]));
     });
     afterAll(async () => {
-      release();
+      gate.open();
       await Promise.all([a.destroy(), b.destroy()]);
     });
 
@@ -476,7 +474,7 @@ for (const store of await testStores()) {
       await Bun.sleep(1_000);
       expect(counted(a, "service_requests", "StreamReplicationTasks")).toBe(1);
 
-      held = new Promise((r) => (release = () => (held = undefined, r())));
+      gate.close();
       await start(a, "held");
       // Nothing for 500 ms: B gives the call up and opens another, which is held too.
       await eventually(() => expect(counted(a, "service_requests", "StreamReplicationTasks")).toBeGreaterThanOrEqual(3), { timeout: 15_000 });
@@ -486,7 +484,7 @@ for (const store of await testStores()) {
       expect(aLog.filter((l) => l.msg === "internal error")).toEqual([]);
       expect(aLog.some((l) => l.msg === "rpc failed" && l.code === Code.Canceled && String(l.error).startsWith("the caller closed the call"))).toBe(true);
 
-      release();
+      gate.open();
       await caughtUp(a, b, nsId);
     });
   });
