@@ -59,7 +59,7 @@ export function loggableError(e: unknown): string {
   const busy = databaseBusy(e);
   if (busy) return `${busy.code}: ${busy.message ?? "no message"}`;
   const lost = lostConnectionOf(e);
-  if (!lost) return withoutParameters((e as Error)?.message ?? String(e));
+  if (!lost) return withReason(e, withoutParameters((e as Error)?.message ?? String(e)));
   const message = typeof lost.message === "string" ? lost.message : "connection lost";
   return typeof lost.code === "string" && !message.includes(lost.code) ? `${lost.code}: ${message}` : message;
 }
@@ -71,7 +71,13 @@ export function loggableError(e: unknown): string {
  */
 export function loggableStack(e: unknown): string {
   if (lostConnectionOf(e)) return loggableError(e);
-  return withoutParameters(String((e as Error)?.stack ?? e));
+  return withReason(e, withoutParameters(String((e as Error)?.stack ?? e)));
+}
+
+/** text led by the database's code and message where e wraps them (drizzle's message names only the statement). */
+function withReason(e: unknown, text: string): string {
+  const { code, message } = pgErrorOf(e);
+  return code && message && !text.includes(message) ? `${code}: ${message}\n${text}` : text;
 }
 
 /** text without drizzle's "params: ..." (up to the stack's first frame). */

@@ -53,13 +53,14 @@ describe("toConnectError, a database that cannot run the request now", () => {
 });
 
 describe("toConnectError, any database error", () => {
-  test("an internal error and a value refused are logged with the statement and stack, not the bound parameters", () => {
+  test("an internal error and a value refused are logged with the database's reason, the statement and stack, not the bound parameters", () => {
     const { lines, log } = capture();
     const broken = drizzled(Object.assign(new Error("relation does not exist"), { code: "42P01" }));
     expect(toConnectError(broken, "req-2", log).code).toBe(Code.Internal);
     const nul = drizzled(Object.assign(new Error("invalid byte sequence"), { code: "22021" }));
     expect(toConnectError(nul, "req-3", log).code).toBe(Code.InvalidArgument);
     expect(lines.map((l) => l.msg)).toEqual(["internal error", "request refused by the database's value checks"]);
+    expect(lines.map((l) => (l.error as string).split("\n")[0])).toEqual(["42P01: relation does not exist", "22021: invalid byte sequence"]);
     for (const { error } of lines) {
       expect(error).toContain('Failed query: insert into "history_events"');
       expect(error).toContain("params: (not logged)");
