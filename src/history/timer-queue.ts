@@ -46,6 +46,8 @@ export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
   // A rescan asked for while a scan runs: run once more after it.
   let again = false;
   const failures = createFailureLog();
+  // Timers whose own fire failed, by id: each logged once per distinct error until it fires.
+  let failing = new Map<string, string>();
 
   const arm = (at: number) => {
     if (stopped || at >= wakeAt) return;
@@ -63,6 +65,7 @@ export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
   /** Fires every due timer once, paging by (fire_at, id) so skipped ones are never re-read. */
   async function fireDue(): Promise<void> {
     const now = deps.now();
+    const stillFailing = new Map<string, string>();
     let after: { fireAt: Date; id: string } | undefined;
     for (;;) {
       const past = after ? or(gt(timerTasks.fireAt, after.fireAt), and(eq(timerTasks.fireAt, after.fireAt), gt(timerTasks.id, after.id))) : undefined;
@@ -75,10 +78,11 @@ export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
           .orderBy(asc(timerTasks.fireAt), asc(timerTasks.id))
           .limit(PAGE)
       ).map((r) => r.task);
-      for (const task of due) await fire(task);
+      for (const task of due) await fireOrSkip(task, stillFailing);
       if (due.length < PAGE) break;
       after = due.at(-1)!;
     }
+    failing = stillFailing;
     // Due timers fire() skipped wait for the next poll or rescan(), not a hot loop.
     const [next] = await db
       .select({ fireAt: timerTasks.fireAt })
@@ -118,6 +122,26 @@ export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
     } finally {
       running = undefined;
     }
+  }
+
+  /**
+   * Fires one timer. A failure of the database fails the scan (retried whole); a failure of this
+   * timer's own leaves it due for the next scan and lets the timers after it fire.
+   */
+  async function fireOrSkip(task: typeof timerTasks.$inferSelect, stillFailing: Map<string, string>): Promise<void> {
+    try {
+      await fire(task);
+    } catch (e) {
+      if (connectionLost(e) || databaseBusy(e)) throw e;
+      const error = loggableError(e);
+      stillFailing.set(task.id, error);
+      deps.metrics.inc("timer_fire_failed", {});
+      if (failing.get(task.id) !== error) {
+        log.error("timer failed to fire; retried at the next scan", { timerId: task.id, namespaceId: task.namespaceId, workflowId: task.workflowId, runId: task.runId, error });
+      }
+      return;
+    }
+    if (failing.has(task.id)) log.info("timer fired after failing", { timerId: task.id, workflowId: task.workflowId, runId: task.runId });
   }
 
   async function fire(task: typeof timerTasks.$inferSelect): Promise<void> {

@@ -47,6 +47,7 @@ const HELP: Record<string, [Family["type"], string]> = {
   workflow_success: ["counter", "Workflow runs completed"],
   workflow_failed: ["counter", "Workflow runs failed"],
   workflow_timeout: ["counter", "Workflow runs timed out"],
+  timer_fire_failed: ["counter", "Timer fires that failed for the timer's own reason (the timer stays due; later timers still fire)"],
   workflow_terminate: ["counter", "Workflow runs terminated"],
   workflow_cancel: ["counter", "Workflow cancel requests"],
   replication_latency: ["histogram", "Seconds from a history write's commit on the source to its apply here"],

@@ -7,6 +7,7 @@ import { sql } from "drizzle-orm";
 import { EventType, WorkflowExecutionStatus } from "../../src/gen/tern/common/v1/common_pb";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { createLogger } from "../../src/observability/log";
 import { openDatabase } from "../../src/persistence/database";
 import { eventually } from "../support/eventually";
 import { newDataLocation, startTestCluster } from "../support/server";
@@ -48,6 +49,35 @@ for (const store of await testStores()) {
       expect(await status("done")).toBe(WorkflowExecutionStatus.COMPLETED);
       const timers = await cluster.server.database.db.execute(sql`select count(*)::int as n from timer_tasks`);
       expect(JSON.stringify(timers)).toContain('"n":0');
+    });
+
+    test("a timer that fails to fire does not hold up the timers due after it, and fires once it can", async () => {
+      const logs: string[] = [];
+      const cluster = await startTestCluster({ store, serverOptions: { log: createLogger({ level: "info", write: (l) => logs.push(l) }) } });
+      cleanups.push(cluster.stop);
+      const wf = cluster.client(WorkflowService);
+      const { db } = cluster.server.database;
+      await wf.registerNamespace({ namespace: "poisoned" });
+      // A fault of this one run's own, as a bad row or a bug would give: its events cannot be written.
+      await db.execute(sql.raw(`create function refuse_poison() returns trigger language plpgsql as $$
+        begin if new.workflow_id = 'poison' and new.event_id > 1 then raise exception 'refused for the test'; end if; return new; end $$`));
+      await db.execute(sql.raw("create trigger refuse_poison before insert on history_events for each row execute function refuse_poison()"));
+      const status = async (id: string) =>
+        (await wf.describeWorkflowExecution({ namespace: "poisoned", execution: { workflowId: id } })).workflowExecutionInfo!.status;
+      await wf.startWorkflowExecution({ namespace: "poisoned", workflowId: "poison", ...T, workflowExecutionTimeout: durationFromMs(200) });
+      await wf.startWorkflowExecution({ namespace: "poisoned", workflowId: "behind-it", ...T, workflowExecutionTimeout: durationFromMs(400) });
+
+      await eventually(async () => expect(await status("behind-it")).toBe(WorkflowExecutionStatus.TIMED_OUT), { timeout: 5000 });
+      expect(await status("poison")).toBe(WorkflowExecutionStatus.RUNNING);
+      const failed = () => logs.filter((l) => l.includes("timer failed to fire"));
+      expect(failed()).toHaveLength(1);
+      expect(failed()[0]).toContain("refused for the test");
+      expect(failed()[0]).toContain('"workflowId":"poison"');
+
+      await db.execute(sql.raw("drop trigger refuse_poison on history_events"));
+      await eventually(async () => expect(await status("poison")).toBe(WorkflowExecutionStatus.TIMED_OUT), { timeout: 12_000, interval: 250 });
+      expect(failed()).toHaveLength(1); // once, not once per scan
+      expect(logs.some((l) => l.includes("timer fired after failing"))).toBe(true);
     });
 
     test("a global namespace's writes leave replication tasks in the same transaction as their events", async () => {
