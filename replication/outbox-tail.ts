@@ -169,7 +169,7 @@ function toProto(t: CommittedTask): TaskInit {
 
 /** A cheap size estimate of a task: its strings and byte arrays, walked without serialising. */
 function estimateBytes(t: CommittedTask): number {
-  return 200 + t.workflowId.length + t.runId.length + t.versionHistory.length * 16 + estimateEventBytes(t.events);
+  return 200 + t.workflowId.length + t.runId.length + t.versionHistory.length * 16 + t.eventBytes;
 }
 
 /** A cheap size estimate of events (their attributes' strings and byte arrays), as a task carries them. */

@@ -13,6 +13,8 @@ export interface ReplicationTaskInput {
   nextEventId: number;
   version: number;
   versionHistory: VersionHistoryItem[];
+  /** The events' estimated size (estimateEventBytes): a page read's byte budget counts it before rendering them. */
+  eventBytes: number;
 }
 
 /** Each shard's last task id (0 for a shard without tasks), by shard id in ascending order: the shard counter's next id less one. */
@@ -40,7 +42,7 @@ export function appendReplicationTask(tx: Tx, task: ReplicationTaskInput): Promi
 export function replicationTaskPart(task: ReplicationTaskInput, after?: string): StatementPart {
   const params = [
     task.shardId, task.namespaceId, task.workflowId, task.runId, task.firstEventId, task.nextEventId, task.version,
-    t.param("versionHistory", task.versionHistory),
+    t.param("versionHistory", task.versionHistory), task.eventBytes,
   ];
   return { ctes: appendCtes(after ?? ""), columns: APPEND_COLUMNS, params };
 }
@@ -58,8 +60,8 @@ const appendCtes = textCache((after: string): StatementPart["ctes"] => [
   ["next_task", `update ${s.table} set ${s.name("nextTaskId")} = ${s.name("nextTaskId")} + 1 where ${s.name("shardId")} = $1` +
     `${after ? ` and exists (select 1 from ${after})` : ""} returning ${s.name("nextTaskId")} - 1 as task_id`],
   ["task", `insert into ${t.table} (${t.name("shardId")}, ${t.name("taskId")}, ${t.name("namespaceId")}, ${t.name("workflowId")}, ${t.name("runId")}, ` +
-    `${t.name("firstEventId")}, ${t.name("nextEventId")}, ${t.name("version")}, ${t.name("versionHistory")}) ` +
-    `select $1, task_id, $2, $3, $4, $5, $6, $7, $8::jsonb from next_task ` +
+    `${t.name("firstEventId")}, ${t.name("nextEventId")}, ${t.name("version")}, ${t.name("versionHistory")}, ${t.name("eventBytes")}) ` +
+    `select $1, task_id, $2, $3, $4, $5, $6, $7, $8::jsonb, $9 from next_task ` +
     `returning ${t.name("taskId")} as task_id, ${t.name("createdAt")} as created_at`],
 ]);
 const APPEND_COLUMNS = [["task_id", "(select task_id from task)"], ["created_at", "(select created_at from task)"]] as const;

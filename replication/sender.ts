@@ -116,6 +116,7 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     const due = rows.filter((r) => r.task_id !== null);
     // Within the byte budget (pageText): the tasks before it took less than bytes, stored and rendered.
     const within = withEvents ? due.filter((r) => Number(r.packed_before) < bytes && Number(r.bytes_before) < bytes) : due;
+    if (withEvents) metrics?.inc("replication_page_bytes_read", {}, due.reduce((n, r) => n + Number(r.page_bytes), 0));
     const found = within.map((r) => ({ task: tasksSql.fromRow(r), events: (r.page_events ?? null) as EventJson[] | null }));
     const last = found.length === size || within.length < due.length ? found.at(-1)!.task.taskId : max;
     const tasks = await Promise.all(found.map(async (r) => taskToProto(r.task, withEvents ? await eventsOf(db, r.task, r.events ?? []) : [])));
@@ -484,15 +485,17 @@ const countersText = textCache((peer: boolean) =>
  * null task columns when no task is due.
  *
  * With events, each task comes with how many bytes the tasks before it in the page take:
- * packed_before, their events as stored (pg_column_size: compressed, read without
- * detoasting them), and bytes_before, their events as rendered here. A task whose
+ * packed_before, their events as the writer estimated them (the task's event_bytes, known
+ * before anything is read), and bytes_before, their events as rendered here. A task whose
  * packed_before is within the budget has its events rendered; the reader keeps the tasks
  * whose two counts are both within it (the first always), so a page of large events renders
  * about the budget's worth, not a page size's, and sends no more than that and one task.
- * Events that compress well (a repetitive payload of a megabyte stored in a few kilobytes)
- * are rendered here past the budget, up to a page size's, and only the budget's worth is
- * sent. A walk a task at a time that rendered only what it sent (e8b2e0b) cut the catch-up
- * of small tasks from about 4,000 to 844 events/s, and was reverted.
+ * A task written before event_bytes counts its events as stored (pg_column_size, read
+ * without detoasting them): events that compress well (a repetitive payload of a megabyte
+ * stored in a few kilobytes) were rendered past the budget, up to a page size's (hundreds of
+ * MB), when that was all there was to go by. A walk a task at a time that rendered only what
+ * it sent (e8b2e0b) cut the catch-up of small tasks from about 4,000 to 844 events/s, and was
+ * reverted.
  */
 const pageText = textCache((shape: { peer: boolean; withEvents: boolean }) => {
   const t = (k: Parameters<typeof tasksSql.name>[0]) => `rt.${tasksSql.name(k)}`;
@@ -518,7 +521,7 @@ const pageText = textCache((shape: { peer: boolean; withEvents: boolean }) => {
       `select rt.*, coalesce(octet_length(rt.page_events::text), 0) as page_bytes from (` +
       `select rt.*, case when rt.packed_before < ${budget} then ${events} end as page_events from (` +
       `select rt.*, ${before("packed")} as packed_before from (` +
-      tasks(`(select coalesce(sum(pg_column_size(${e("attributes")})), 0) ${taskEvents}) as packed`) +
+      tasks(`coalesce(${t("eventBytes")}, (select coalesce(sum(pg_column_size(${e("attributes")})), 0) ${taskEvents})) as packed`) +
       `) rt) rt) rt) rt order by ${t("taskId")}`
     : tasks("null as page_events");
   return `with counter as (select ${shardsSql.name("nextTaskId")} - 1 as page_max from ${shardsSql.table} where ${shardsSql.name("shardId")} = $1) ` +

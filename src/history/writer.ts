@@ -1,4 +1,5 @@
 import { anyShardKey, shardKey } from "../../replication/ack-levels";
+import { estimateEventBytes } from "../../replication/outbox-tail";
 import { appendReplicationTask, replicationTaskOf, replicationTaskPart, type OutboxMarks, type ReplicationTaskInput } from "../../replication/outbox";
 import type { CommittedTask, OutboxTail } from "../../replication/outbox-tail";
 import type { CurrentCluster } from "../cluster/bootstrap";
@@ -296,7 +297,7 @@ export function createWriter(deps: WriterDeps) {
     history: VersionHistoryItem[],
   ): ReplicationTaskInput | undefined {
     if (!isReplicated(ns)) return undefined;
-    return { ...key, firstEventId: first, nextEventId: first + events.length, version: ns.failoverVersion, versionHistory: history };
+    return { ...key, firstEventId: first, nextEventId: first + events.length, version: ns.failoverVersion, versionHistory: history, eventBytes: estimateEventBytes(events) };
   }
 
   /** Keeps a task tx wrote, for the outbox's marks, tail and notifier once tx commits. */

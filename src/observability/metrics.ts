@@ -58,6 +58,7 @@ const HELP: Record<string, [Family["type"], string]> = {
   replication_stream_received_tasks: ["gauge", "History replication tasks read from a remote's stream and not applied yet: its reader stops reading while a shard page's worth waits"],
   replication_tasks_applied: ["counter", "History replication tasks applied from a remote cluster"],
   replication_pages_applied: ["counter", "History replication pages applied, by path: one-trip (from rows kept in memory), pipelined (two round trips) or full (conflicts, gaps, held runs)"],
+  replication_page_bytes_read: ["counter", "Bytes of history events this cluster's replication page reads rendered from its database, sent or not"],
   replication_pages_sent: ["counter", "History replication pages sent to a pulling peer, by source: memory (the outbox tail) or database"],
   namespace_replication_task_ack_level: ["gauge", "Namespace replication task applied here, per remote cluster"],
   replication_tasks_failed: ["counter", "History replication task applies that failed (retried)"],

@@ -130,6 +130,11 @@ export const replicationTasks = pgTable(
     version: big("version").notNull(),
     versionHistory: jsonb("version_history").$type<VersionHistoryItem[]>().notNull(),
     createdAt: ts("created_at").notNull().defaultNow(),
+    /**
+     * The writer's estimate of the task's events' size (their strings and bytes): what a page
+     * read budgets by before rendering them. Null for tasks written before the column.
+     */
+    eventBytes: integer("event_bytes"),
   },
   (t) => [primaryKey({ columns: [t.shardId, t.taskId] })],
 );

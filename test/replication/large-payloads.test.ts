@@ -82,5 +82,32 @@ for (const store of await testStores()) {
       await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 30_000 });
       expect(receivedOf(b, "clusterA")).toBe(0);
     });
+
+    test("PayloadsThatCompressWell are read from the database about an answer's worth to a page, not a page size's", async () => {
+      // B pulls nothing meanwhile: every page read below is the operator's.
+      await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: false });
+      const wf = a.client(WorkflowService);
+      // A megabyte of zeros is stored in a few kilobytes: by what is stored, 24 of them fit one answer's budget many times over.
+      const zeros = create(PayloadsSchema, { payloads: [{ metadata: {}, data: new Uint8Array(MiB) }] });
+      for (let i = 0; i < 24; i++) {
+        await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "upload" }, signalName: `zeros-${i}`, input: zeros });
+      }
+      const admin = a.client(AdminService);
+      const rendered = () => parseCounter(a.server.metrics.render(), "replication_page_bytes_read");
+      let pages = 0;
+      for (let after = 0n; ;) {
+        const before = rendered();
+        const page = await admin.getReplicationTasks({ shardId: 1, afterTaskId: after, pageSize: 1000, includeEvents: true });
+        // Each zero megabyte renders as 1.4 MB of base64: a page renders its answer's budget and a task or two past it.
+        expect(rendered() - before).toBeLessThan(2 * ANSWER_BYTES);
+        if (page.lastTaskId === after) break;
+        after = page.lastTaskId;
+        pages++;
+      }
+      expect(pages).toBeGreaterThanOrEqual(5);
+
+      await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: true });
+      await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 60_000 });
+    });
   });
 }

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { toJson } from "@bufbuild/protobuf";
-import { createOutboxTail, type CommittedTask } from "../../replication/outbox-tail";
+import { createOutboxTail, estimateEventBytes, type CommittedTask } from "../../replication/outbox-tail";
 import { createReplicationSender } from "../../replication/sender";
 import { AdminService, ReplicationTaskSchema, type GetReplicationTasksResponse } from "../../src/gen/tern/admin/v1/service_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
@@ -14,12 +14,15 @@ import { addr } from "./support";
 
 setDefaultTimeout(60_000);
 
-const task = (taskId: number, o: Partial<CommittedTask> = {}): CommittedTask => ({
-  shardId: 1, taskId, namespaceId: "ns", workflowId: `w${taskId}`, runId: `r${taskId}`, firstEventId: 1, nextEventId: 2, version: 1,
-  versionHistory: [{ eventId: 1, version: 1 }], createdAt: new Date(0), clusters: ["clusterA", "clusterB"], eventTime: new Date(0),
-  events: [{ attributes: { case: "markerRecordedEventAttributes", value: { markerName: "m" } as never } }],
-  ...o,
-});
+const task = (taskId: number, o: Partial<CommittedTask> = {}): CommittedTask => {
+  const events = o.events ?? [{ attributes: { case: "markerRecordedEventAttributes", value: { markerName: "m" } as never } }];
+  return {
+    shardId: 1, taskId, namespaceId: "ns", workflowId: `w${taskId}`, runId: `r${taskId}`, firstEventId: 1, nextEventId: 2, version: 1,
+    versionHistory: [{ eventId: 1, version: 1 }], createdAt: new Date(0), clusters: ["clusterA", "clusterB"], eventTime: new Date(0),
+    events, eventBytes: estimateEventBytes(events),
+    ...o,
+  };
+};
 const ids = (page?: { tasks: { taskId?: bigint }[] }) => page?.tasks.map((t) => Number(t.taskId));
 
 describe("outbox tail", () => {

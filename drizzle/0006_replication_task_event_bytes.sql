@@ -1,0 +1,1 @@
+ALTER TABLE "replication_tasks" ADD COLUMN "event_bytes" integer;
