@@ -24,6 +24,12 @@ const Datastore = z.union([
       maxConnections: z.number().int().min(1).max(1000).optional(),
       /** How often tern checks its tables' planner statistics and analyzes those whose row count doubled or halved (persistence/planner-stats.ts); 0 never; default 5 s. */
       analyzeIntervalMs: z.number().int().min(0).optional(),
+      /**
+       * How long one of tern's statements waits for a lock another session holds before it fails
+       * (UNAVAILABLE to a client, retried by background work); 0 leaves PostgreSQL's own
+       * lock_timeout in force; default 10 s (DEFAULT_LOCK_TIMEOUT_MS).
+       */
+      lockTimeoutMs: z.number().int().min(0).optional(),
     }),
   }),
 ], { error: "must hold one of pglite: { dataDir: PATH } or postgres: { url: URL }" });

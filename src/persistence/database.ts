@@ -41,13 +41,18 @@ const DEFAULT_MAX_CONNECTIONS = 8;
 export interface OpenOptions {
   /** postgres.js pool size (default DEFAULT_MAX_CONNECTIONS). */
   maxConnections?: number;
+  /** PostgreSQL's lock_timeout for tern's sessions, ms (default DEFAULT_LOCK_TIMEOUT_MS; 0: PostgreSQL's own). */
+  lockTimeoutMs?: number;
   /** A PGlite data dir snapshot (tar from dumpDataDir) to start from, for tests. */
   loadDataDir?: Blob;
 }
 
 /** Opens the configured datastore; a PGlite dir is locked against a second process. */
 export async function openDatabase(store: DatastoreConfig, opts: OpenOptions = {}): Promise<Database> {
-  if ("postgres" in store) return openPostgres(store.postgres.url, { maxConnections: store.postgres.maxConnections, ...opts });
+  if ("postgres" in store) {
+    const { maxConnections, lockTimeoutMs } = store.postgres;
+    return openPostgres(store.postgres.url, { maxConnections, lockTimeoutMs, ...opts });
+  }
   return openPglite(store.pglite.dataDir, opts);
 }
 
@@ -94,6 +99,20 @@ export function hostParameter(url: string): { url: string; host?: string } {
   return { url: url.slice(0, q) + (rest ? `?${rest}` : ""), ...(host && { host }) };
 }
 
+/**
+ * How long a statement of tern's waits for a lock before PostgreSQL fails it (55P03, which
+ * clients get as UNAVAILABLE and background work retries). Without a bound, a transaction
+ * left open elsewhere (an operator's session idle in a transaction, a long DDL) held every
+ * write that needed its rows until it ended, and those writes held the pool's connections,
+ * so every other request of the cluster, replication's included, waited behind them.
+ */
+export const DEFAULT_LOCK_TIMEOUT_MS = 10_000;
+
+/** The startup parameter for lockTimeoutMs: none at 0, so PostgreSQL's own setting holds. */
+function sessionLockTimeout(ms = DEFAULT_LOCK_TIMEOUT_MS): { lock_timeout?: number } {
+  return ms > 0 ? { lock_timeout: ms } : {};
+}
+
 async function openPostgres(configured: string, opts: OpenOptions): Promise<Database> {
   requireMendedDriver();
   checkPostgresUrl(configured);
@@ -115,7 +134,7 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
     // How long a connection's startup may take (default 30 s). A startup that never got sent
     // (scripts/patch-dependencies.mjs mends the postgres.js defect that did it) waited this long.
     connect_timeout: 10,
-    connection: { application_name: "tern" },
+    connection: { application_name: "tern", ...sessionLockTimeout(opts.lockTimeoutMs) },
   };
   const client = postgres(url, options);
   try {
@@ -146,6 +165,7 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
     max: 2,
     connection: {
       application_name: "tern-apply",
+      ...sessionLockTimeout(opts.lockTimeoutMs),
       plan_cache_mode: "force_generic_plan",
       ...(!synchronousBecause && { synchronous_commit: "off" }),
     },

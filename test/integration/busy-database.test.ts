@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { sql } from "drizzle-orm";
 import postgres from "postgres";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
@@ -36,7 +37,8 @@ if ((await testStores()).includes("postgres")) {
     };
 
     beforeAll(async () => {
-      cluster = await startTestCluster({ store: "postgres" });
+      // The server's own lock timeout (persistence.datastore.postgres.lockTimeoutMs), short for the test.
+      cluster = await startTestCluster({ store: "postgres", lockTimeoutMs: 200 });
       admin = postgres(cluster.dataLocation, { max: 1, onnotice: () => {} });
       dbName = new URL(cluster.dataLocation).pathname.slice(1);
       const wf = cluster.client(WorkflowService);
@@ -49,12 +51,10 @@ if ((await testStores()).includes("postgres")) {
     });
 
     test("ALockTimeoutIsUnavailableAndTheRetryLandsOnce", async () => {
-      await setForServer("lock_timeout", "200ms");
       const holder = await admin.reserve();
       try {
         await holder`begin`;
         await holder`lock table executions, history_events in access exclusive mode`;
-        // The first answers after the termination may be the lost connections' own.
         await eventually(async () => expect(await answer("r-lock")).toStartWith("Unavailable: [unavailable] the database could not run the request now (55P03: "), { timeout: 10_000, interval: 50 });
         expect(await answer("r-lock")).toMatch(/\(55P03: canceling statement due to lock timeout; request id [^)]+\); retry$/);
       } finally {
@@ -64,7 +64,40 @@ if ((await testStores()).includes("postgres")) {
       expect(await answer("r-lock")).toBe("ok");
       expect(await answer("r-lock")).toBe("ok");
       expect(await signalRequestIds()).toEqual(["r-lock"]);
-      await setForServer("lock_timeout", undefined);
+    });
+
+    test("ATransactionLeftOpenElsewhereHoldsOnlyTheWritesThatNeedItsRows: not, through the pool, the whole cluster", async () => {
+      const wf = cluster.client(WorkflowService);
+      await wf.registerNamespace({ namespace: "elsewhere" });
+      const holder = await admin.reserve();
+      try {
+        // A session idle in a transaction that updated run w's row.
+        await holder`begin`;
+        await holder`update executions set workflow_id = workflow_id where workflow_id = 'w'`;
+        // More signals to w than the server has connections (8), none with a deadline of its own.
+        const calls = Array.from({ length: 12 }, (_, i) => answer(`r-held-${i}`));
+        const started = performance.now();
+        const answers = await Promise.all(calls);
+        expect(answers).toEqual(answers.map(() => expect.stringMatching(/^Unavailable: .*\(55P03: canceling statement due to lock timeout; request id /)));
+        // Meanwhile, the rows no one holds take writes, from a pool the held writes gave back.
+        const other = await wf.startWorkflowExecution({ namespace: "elsewhere", workflowId: "free", workflowType: "t", taskQueue: "q" }, { timeoutMs: 5000 });
+        expect(other.runId).not.toBe("");
+        expect(performance.now() - started).toBeLessThan(5000);
+      } finally {
+        await holder`rollback`;
+        holder.release();
+      }
+      expect(await answer("r-held-0")).toBe("ok");
+      expect((await signalRequestIds()).filter((id) => id.startsWith("r-held-"))).toEqual(["r-held-0"]);
+    });
+
+    test("ServerSessionsWaitTenSecondsForALockByDefault", async () => {
+      const defaults = await startTestCluster({ store: "postgres" });
+      try {
+        expect(JSON.stringify(await defaults.server.database.db.execute(sql`show lock_timeout`))).toBe('[{"lock_timeout":"10s"}]');
+      } finally {
+        await defaults.destroy();
+      }
     });
 
     test("AReadOnlyDatabaseIsUnavailableAndTheRetryLandsOnce", async () => {
@@ -72,7 +105,7 @@ if ((await testStores()).includes("postgres")) {
       await eventually(async () => expect(await answer("r-ro")).toMatch(/^Unavailable: .*\(25006: cannot execute [A-Z ]+ in a read-only transaction; request id [^)]+\); retry$/), { timeout: 10_000, interval: 50 });
       await setForServer("default_transaction_read_only", undefined);
       await eventually(async () => expect(await answer("r-ro")).toBe("ok"), { timeout: 10_000, interval: 50 });
-      expect(await signalRequestIds()).toEqual(["r-lock", "r-ro"]);
+      expect(await signalRequestIds()).toEqual(["r-lock", "r-held-0", "r-ro"]);
     });
   });
 
@@ -83,7 +116,7 @@ if ((await testStores()).includes("postgres")) {
     let a: TestCluster, b: TestCluster;
     let admin: postgres.Sql;
     beforeAll(async () => {
-      [a, b] = await startClusters("postgres", [{}, { serverOptions: { replication: { retry: { attempts: 2, backoffMs: 5 } } } }]);
+      [a, b] = await startClusters("postgres", [{}, { lockTimeoutMs: 100, serverOptions: { replication: { retry: { attempts: 2, backoffMs: 5 } } } }]);
       await connectAll([a, b]);
       admin = postgres(b.dataLocation, { max: 2, onnotice: () => {} });
     });
@@ -94,9 +127,6 @@ if ((await testStores()).includes("postgres")) {
 
     test("AppliesWaitForItAndNothingGoesToTheDlq", async () => {
       const nsId = await globalNamespace(a, b, "busy");
-      const bName = new URL(b.dataLocation).pathname.slice(1);
-      await admin.unsafe(`alter database ${bName} set lock_timeout = '100ms'`);
-      await admin`select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()`;
       const holder = await admin.reserve();
       const connection = async () => (await b.client(AdminService).getReplicationStatus({})).remotes.find((r) => r.clusterName === a.name)!.connectionState;
       try {

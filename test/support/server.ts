@@ -24,6 +24,8 @@ export interface TestClusterOptions {
   failoverVersionIncrement?: number;
   enableGlobalNamespace?: boolean;
   shards?: number;
+  /** persistence.datastore.postgres.lockTimeoutMs (PostgreSQL only; default: the server's). */
+  lockTimeoutMs?: number;
   /** Extra YAML merged over the generated config (top-level keys). */
   extraYaml?: string;
   /** Reuse this data location (restart tests): a PGlite dir or a PostgreSQL URL. */
@@ -49,7 +51,7 @@ export interface TestCluster {
 /** YAML for one test cluster. */
 export function testConfigYaml(o: TestClusterOptions & { dataLocation: string; port?: number }): string {
   const name = o.name ?? "active";
-  const store = o.store === "pglite" ? `pglite: { dataDir: "${o.dataLocation}" }` : `postgres: { url: "${o.dataLocation}", maxConnections: 8 }`;
+  const store = o.store === "pglite" ? `pglite: { dataDir: "${o.dataLocation}" }` : `postgres: { url: "${o.dataLocation}", maxConnections: 8${o.lockTimeoutMs === undefined ? "" : `, lockTimeoutMs: ${o.lockTimeoutMs}`} }`;
   return `
 clusterMetadata:
   enableGlobalNamespace: ${o.enableGlobalNamespace ?? true}
