@@ -3,6 +3,7 @@ import { ulid } from "ulid";
 import { resourceExhausted, TernError } from "../errors";
 import type { Logger } from "../observability/log";
 import type { Metrics } from "../observability/metrics";
+import { createRepeatLog } from "../observability/repeat-log";
 import { toConnectError } from "./errors";
 import type { createRateLimiter } from "./rate-limiter";
 
@@ -22,12 +23,14 @@ export function createFrontendInterceptor(deps: {
   limiter: ReturnType<typeof createRateLimiter>;
 }): Interceptor {
   const { metrics, log, limiter } = deps;
+  // Failures alike but for their request ids are logged once every 10 s, with how many they stood for.
+  const failures = createRepeatLog(log);
   /** The error as the caller gets it, counted and logged. */
   const failed = (e: unknown, requestId: string, labels: { operation: string; namespace: string }) => {
-    const err = toConnectError(e, requestId, log);
+    const err = toConnectError(e, requestId, failures);
     err.metadata.set("x-request-id", requestId);
     metrics.inc("service_errors", { ...labels, code: Code[err.code] ?? String(err.code) });
-    log.info("rpc failed", { requestId, operation: labels.operation, namespace: labels.namespace || undefined, code: err.code, error: err.rawMessage });
+    failures.info("rpc failed", { requestId, operation: labels.operation, namespace: labels.namespace || undefined, code: err.code, error: err.rawMessage });
     return err;
   };
   /**

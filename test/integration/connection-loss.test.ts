@@ -5,6 +5,7 @@ import postgres from "postgres";
 import { sql } from "drizzle-orm";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { connectionLost } from "../../src/errors";
+import { createLogger } from "../../src/observability/log";
 import { openDatabase, type Database } from "../../src/persistence/database";
 import { connectAll, startClusters } from "../failover/mesh";
 import { expectSameHistories, globalNamespace } from "../replication/support";
@@ -222,8 +223,10 @@ if ((await testStores()).includes("postgres")) {
     let proxy: TcpProxy;
     let cluster: TestCluster;
     let close: () => Promise<void>;
+    const logs: { level: string; msg: string; repeated?: number }[] = [];
     beforeAll(async () => {
-      ({ cluster, proxy, close } = await startProxiedCluster());
+      const log = createLogger({ level: "info", write: (l) => logs.push(JSON.parse(l)) });
+      ({ cluster, proxy, close } = await startProxiedCluster({ log }));
       await cluster.client(WorkflowService).registerNamespace({ namespace: "outage" });
     });
     afterAll(() => close?.());
@@ -270,6 +273,7 @@ if ((await testStores()).includes("postgres")) {
     test("ManyWaitingWritesFailTogether: 64 writes queued for a connection are all answered UNAVAILABLE within about the backoff", async () => {
       const wf = cluster.client(WorkflowService);
       await wf.startWorkflowExecution({ namespace: "outage", workflowId: "many", ...T });
+      const logged = logs.length;
       proxy.refuse(true);
       proxy.cut();
       try {
@@ -283,6 +287,10 @@ if ((await testStores()).includes("postgres")) {
         }));
         expect([...new Set(answers.map((a) => a.code))]).toEqual(["Unavailable"]);
         expect(Math.max(...answers.map((a) => a.ms))).toBeLessThan(2_500);
+        // Failures alike but for their request ids: a line or two each, not one per request.
+        const lines = (msg: string) => logs.slice(logged).filter((l) => l.msg === msg).length;
+        expect(lines("database connection lost")).toBeLessThanOrEqual(4);
+        expect(lines("rpc failed")).toBeLessThanOrEqual(4);
       } finally {
         proxy.refuse(false);
       }

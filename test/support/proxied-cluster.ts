@@ -1,12 +1,12 @@
 import { createTestDatabase } from "./postgres";
-import { startTestCluster, type TestCluster } from "./server";
+import { startTestCluster, type TestCluster, type TestClusterOptions } from "./server";
 import { startTcpProxyFor, type TcpProxy } from "./tcp-proxy";
 
 /** A server on a fresh PostgreSQL database reached through a TCP proxy the test controls (refuse, cut, hold). */
-export async function startProxiedCluster(): Promise<{ cluster: TestCluster; proxy: TcpProxy; close(): Promise<void> }> {
+export async function startProxiedCluster(serverOptions?: TestClusterOptions["serverOptions"]): Promise<{ cluster: TestCluster; proxy: TcpProxy; close(): Promise<void> }> {
   const database = await createTestDatabase();
   const { proxy, url } = await startTcpProxyFor(database.url);
-  const cluster = await startTestCluster({ store: "postgres", dataLocation: url });
+  const cluster = await startTestCluster({ store: "postgres", dataLocation: url, serverOptions });
   return {
     cluster,
     proxy,

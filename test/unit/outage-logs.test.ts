@@ -4,6 +4,7 @@ import { toConnectError } from "../../src/frontend/errors";
 import { createTimerQueue, type TimerQueueDeps } from "../../src/history/timer-queue";
 import { createLogger } from "../../src/observability/log";
 import { createPeriodic } from "../../src/periodic";
+import { createRepeatLog } from "../../src/observability/repeat-log";
 import { eventually } from "../support/eventually";
 
 /** A logger keeping its lines. */
@@ -126,5 +127,24 @@ describe("a periodic pass", () => {
       { level: "info", msg: "replication task cleanup recovered", error: undefined },
       { level: "warn", msg: "replication task cleanup failed", error: "read ECONNRESET" },
     ]);
+  });
+});
+
+describe("createRepeatLog", () => {
+  test("a line alike but for its request id is written once a window, the next saying how many it stood for; the rest go to debug", () => {
+    const { lines, log } = capture();
+    let now = 0;
+    const repeats = createRepeatLog(log, { windowMs: 10_000, now: () => now });
+    const lost = (id: string) => repeats.warn("database connection lost", { requestId: id, error: `read ECONNRESET (request id ${id})` });
+    lost("r1");
+    now = 5_000;
+    lost("r2");
+    lost("r3");
+    repeats.warn("database connection lost", { requestId: "r4", error: "connect ECONNREFUSED" }); // another failure: its own line
+    now = 10_000;
+    lost("r5");
+    const written = lines.filter((l) => l.level !== "debug").map(({ requestId, repeated }) => ({ requestId, repeated }));
+    expect(written).toEqual([{ requestId: "r1", repeated: undefined }, { requestId: "r4", repeated: undefined }, { requestId: "r5", repeated: 2 }]);
+    expect(lines.filter((l) => l.level === "debug").map((l) => [l.requestId, l.repeatOf])).toEqual([["r2", "warn"], ["r3", "warn"]]);
   });
 });
