@@ -1,7 +1,7 @@
 import { describe, expect, test } from "bun:test";
-import { create, toJson } from "@bufbuild/protobuf";
-import { HistoryEventSchema, PayloadsSchema } from "../../src/gen/tern/common/v1/common_pb";
-import { attributesToJson, type EventAttributes } from "../../src/history/events";
+import { create, fromJson, toJson, type JsonObject } from "@bufbuild/protobuf";
+import { HistoryEventSchema, PayloadsSchema, WorkflowExecutionSignaledEventAttributesSchema } from "../../src/gen/tern/common/v1/common_pb";
+import { attributesToJson, eventFromRow, type EventAttributes } from "../../src/history/events";
 
 /** n bytes of noise (base64 of every byte value, so an encoder's table is checked whole). */
 function noise(n: number): Uint8Array {
@@ -13,8 +13,12 @@ function noise(n: number): Uint8Array {
 /** A signal whose payloads hold the given data and metadata sizes. */
 function signal(...sizes: [data: number, metadata: number][]): EventAttributes {
   const input = create(PayloadsSchema, { payloads: sizes.map(([d, m]) => ({ metadata: { encoding: noise(m), small: noise(3) }, data: noise(d) })) });
-  return { case: "workflowExecutionSignaledEventAttributes", value: { signalName: "s", input } as never };
+  return { case: "workflowExecutionSignaledEventAttributes", value: create(WorkflowExecutionSignaledEventAttributesSchema, { signalName: "s".repeat(sizes.length * 3000), input }) };
 }
+
+/** A stored row of attributes, as the database gives it back (JSON text parsed). */
+const row = (attributes: EventAttributes) => ({ eventId: 2, version: 1, eventTime: new Date(0), attributes: JSON.parse(JSON.stringify(attributesToJson(attributes))) });
+const readByProtobufEs = (json: unknown) => fromJson(HistoryEventSchema, json as JsonObject, { ignoreUnknownFields: true }).attributes;
 
 const byProtobufEs = (attributes: EventAttributes) => toJson(HistoryEventSchema, create(HistoryEventSchema, { attributes }));
 
@@ -30,17 +34,27 @@ describe("attributesToJson", () => {
     const before = structuredClone(attributes);
     expect(attributesToJson(attributes)).toEqual(byProtobufEs(attributes) as never);
     expect(attributes).toEqual(before);
+    // Read back: the attributes written, and the row's JSON as it was.
+    const stored = row(attributes);
+    const json = structuredClone(stored.attributes);
+    expect(eventFromRow(stored).attributes).toEqual(readByProtobufEs(json));
+    expect(eventFromRow(stored).attributes).toEqual(attributes);
+    expect(stored.attributes).toEqual(json);
   });
 
-  test("without Uint8Array's toBase64 (Node 20), through btoa, the same", () => {
-    const native = Object.getOwnPropertyDescriptor(Uint8Array.prototype, "toBase64");
+  test("without Uint8Array's toBase64 and fromBase64 (Node 20), through btoa and atob, the same", () => {
+    const toBase64 = Object.getOwnPropertyDescriptor(Uint8Array.prototype, "toBase64");
+    const fromBase64 = Object.getOwnPropertyDescriptor(Uint8Array, "fromBase64");
     Reflect.deleteProperty(Uint8Array.prototype, "toBase64");
+    Reflect.deleteProperty(Uint8Array, "fromBase64");
     try {
-      expect("toBase64" in new Uint8Array(1)).toBe(false);
+      expect("toBase64" in new Uint8Array(1) || "fromBase64" in Uint8Array).toBe(false);
       const attributes = signal([70_001, 4096], [65_536, 0]);
       expect(attributesToJson(attributes)).toEqual(byProtobufEs(attributes) as never);
+      expect(eventFromRow(row(attributes)).attributes).toEqual(attributes);
     } finally {
-      if (native) Object.defineProperty(Uint8Array.prototype, "toBase64", native);
+      if (toBase64) Object.defineProperty(Uint8Array.prototype, "toBase64", toBase64);
+      if (fromBase64) Object.defineProperty(Uint8Array, "fromBase64", fromBase64);
     }
   });
 });
