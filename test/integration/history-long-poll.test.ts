@@ -52,5 +52,38 @@ for (const store of await testStores()) {
       // Not the 10 s re-read.
       expect(at).toBeLessThan(3_000);
     });
+
+    test("FiftyFollowersOfOneRunShareTheirReads: a commit costs a read or two, not two per follower", async () => {
+      const wf = a.client(WorkflowService);
+      await wf.registerNamespace({ namespace: "followed" });
+      const { runId } = await wf.startWorkflowExecution({ namespace: "followed", workflowId: "w", workflowType: "t", taskQueue: "q" });
+      const db = a.server.database.db;
+      const wake = createEventNotifier();
+      const reads = { on: true, ms: 0, held: 0 }; // counts every select, holds none
+      const queries = createHistoryQueries({
+        db: holdingReads(db, reads),
+        namespaces: createNamespaceRegistry({ db, clusters: createClusterDirectory(db, a.server.cluster) }),
+        notifier: wake,
+        recheckMs: 10_000,
+      });
+      const read = (token: Uint8Array, waitMs: number) =>
+        queries.getHistory({ namespace: "followed", workflowId: "w", runId: "", pageSize: 100, token, waitNewEvent: true, waitMs });
+      const { nextPageToken } = await read(new Uint8Array(), 0);
+      const initial = reads.held;
+      const polls = Array.from({ length: 50 }, () => read(nextPageToken, 15_000));
+      // All 50 have read (nothing new) and wait.
+      await eventually(async () => {
+        const seen = reads.held;
+        expect(seen).toBeGreaterThan(initial);
+        await Bun.sleep(100);
+        expect(reads.held).toBe(seen);
+      });
+      const before = reads.held;
+      await wf.signalWorkflowExecution({ namespace: "followed", workflowExecution: { workflowId: "w" }, signalName: "paid" });
+      wake.notify(runId);
+      const pages = await Promise.all(polls);
+      expect(pages.map((p) => p.events.map((e) => Number(e.eventId)))).toEqual(pages.map(() => [2]));
+      expect(reads.held - before).toBeLessThanOrEqual(4);
+    });
   });
 }
