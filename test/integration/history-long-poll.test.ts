@@ -6,7 +6,7 @@ import { createHistoryQueries } from "../../src/history/queries";
 import { createNamespaceRegistry } from "../../src/namespace/registry";
 import { historyEvents } from "../../src/persistence/schema";
 import { eventually } from "../support/eventually";
-import { holdingReads } from "../support/holding-reads";
+import { holdingReads, type Hold } from "../support/holding-reads";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 
@@ -20,22 +20,28 @@ for (const store of await testStores()) {
     });
     afterAll(() => a.destroy());
 
-    test("AnEventCommittedWhileThePollReadsTheHistoryWakesIt (no wait for the re-read)", async () => {
+    /** Run w in a new namespace, and its history's long polls through queries of their own over db's reads held as hold says. */
+    async function followedRun(namespace: string, hold: Hold, holds?: (table: unknown) => boolean) {
       const wf = a.client(WorkflowService);
-      await wf.registerNamespace({ namespace: "orders" });
-      const { runId } = await wf.startWorkflowExecution({ namespace: "orders", workflowId: "w", workflowType: "t", taskQueue: "q" });
+      await wf.registerNamespace({ namespace });
+      const { runId } = await wf.startWorkflowExecution({ namespace, workflowId: "w", workflowType: "t", taskQueue: "q" });
       const db = a.server.database.db;
       const wake = createEventNotifier();
-      const hold = { on: false, ms: 400, held: 0 };
-      // Only the events read is held: the last read before the poll decides to wait.
       const queries = createHistoryQueries({
-        db: holdingReads(db, hold, (table) => table === historyEvents),
+        db: holdingReads(db, hold, holds),
         namespaces: createNamespaceRegistry({ db, clusters: createClusterDirectory(db, a.server.cluster) }),
         notifier: wake,
         recheckMs: 10_000,
       });
       const read = (token: Uint8Array, waitMs: number) =>
-        queries.getHistory({ namespace: "orders", workflowId: "w", runId: "", pageSize: 100, token, waitNewEvent: true, waitMs });
+        queries.getHistory({ namespace, workflowId: "w", runId: "", pageSize: 100, token, waitNewEvent: true, waitMs });
+      return { wf, runId, wake, read };
+    }
+
+    test("AnEventCommittedWhileThePollReadsTheHistoryWakesIt (no wait for the re-read)", async () => {
+      const hold = { on: false, ms: 400, held: 0 };
+      // Only the events read is held: the last read before the poll decides to wait.
+      const { wf, runId, wake, read } = await followedRun("orders", hold, (table) => table === historyEvents);
       const first = await read(new Uint8Array(), 0);
       expect(first.events.map((e) => Number(e.eventId))).toEqual([1]);
 
@@ -54,20 +60,8 @@ for (const store of await testStores()) {
     });
 
     test("FiftyFollowersOfOneRunShareTheirReads: a commit costs a read or two, not two per follower", async () => {
-      const wf = a.client(WorkflowService);
-      await wf.registerNamespace({ namespace: "followed" });
-      const { runId } = await wf.startWorkflowExecution({ namespace: "followed", workflowId: "w", workflowType: "t", taskQueue: "q" });
-      const db = a.server.database.db;
-      const wake = createEventNotifier();
       const reads = { on: true, ms: 0, held: 0 }; // counts every select, holds none
-      const queries = createHistoryQueries({
-        db: holdingReads(db, reads),
-        namespaces: createNamespaceRegistry({ db, clusters: createClusterDirectory(db, a.server.cluster) }),
-        notifier: wake,
-        recheckMs: 10_000,
-      });
-      const read = (token: Uint8Array, waitMs: number) =>
-        queries.getHistory({ namespace: "followed", workflowId: "w", runId: "", pageSize: 100, token, waitNewEvent: true, waitMs });
+      const { wf, runId, wake, read } = await followedRun("followed", reads);
       const { nextPageToken } = await read(new Uint8Array(), 0);
       const initial = reads.held;
       const polls = Array.from({ length: 50 }, () => read(nextPageToken, 15_000));
