@@ -1,5 +1,5 @@
 import { and, asc, eq, gt, isNull, lte, or } from "drizzle-orm";
-import { connectionLost, databaseBusy, loggableError } from "../errors";
+import { connectionLost, databaseBusy, loggableError, TernError } from "../errors";
 import type { NamespaceRegistry } from "../namespace/registry";
 import { createFailureLog } from "../observability/failure-log";
 import type { Logger } from "../observability/log";
@@ -145,7 +145,12 @@ export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
   }
 
   async function fire(task: typeof timerTasks.$inferSelect): Promise<void> {
-    const ns = await deps.namespaces.getById(task.namespaceId).catch(() => undefined);
+    // Only a namespace found gone drops its timers; a failed read fails the fire (else a
+    // connection lost at this read deleted the timer below, and the run never timed out).
+    const ns = await deps.namespaces.getById(task.namespaceId).catch((e) => {
+      if (e instanceof TernError && e.kind === "not_found") return undefined;
+      throw e;
+    });
     // Timers fire only where the namespace is active; the new active fires them after a failover.
     if (ns && ns.isGlobal && ns.activeClusterName !== deps.currentCluster) return;
     const closed = await writer.transact("FireTimer", async (tx) => {

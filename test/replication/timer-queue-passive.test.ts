@@ -74,5 +74,34 @@ for (const store of await testStores()) {
       const states = await db.select({ status: executions.status }).from(executions).where(eq(executions.namespaceId, ns!.id));
       expect(states.map((s) => s.status)).toEqual(["TIMED_OUT", "TIMED_OUT", "TIMED_OUT"]);
     });
+
+    test("ATimerWhoseNamespaceCouldNotBeReadIsKept: a lost connection is not a namespace gone", async () => {
+      const db = c.server.database.db;
+      await c.client(WorkflowService).registerNamespace({ namespace: "blip" });
+      const { runId } = await c.client(WorkflowService).startWorkflowExecution({
+        namespace: "blip", workflowId: "w", workflowType: "T", taskQueue: "q", workflowExecutionTimeout: create(DurationSchema, { seconds: 3600n }),
+      });
+      await db.update(timerTasks).set({ fireAt: new Date(Date.now() - 1000) }).where(eq(timerTasks.runId, runId));
+      // The namespace read fails once, as on a connection PostgreSQL just ended; the statements after it go through.
+      let failures = 1;
+      const own = registry();
+      const blinking = { ...own, getById: (id: string) => (failures-- > 0 ? Promise.reject(Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET" })) : own.getById(id)) };
+      const log = createLogger({ level: "error" });
+      const writer = createWriter({ db, cluster: c.server.cluster, limits: c.config.limits, metrics: createMetrics(), log, now: () => new Date() });
+      const blinkingQueue = createTimerQueue({
+        db, writer, namespaces: blinking, notifier: createEventNotifier(), metrics: createMetrics(), log,
+        currentCluster: "clusterT", now: () => new Date(), pollMs: 60_000,
+      });
+      try {
+        blinkingQueue.start();
+        await blinkingQueue.rescan();
+        await blinkingQueue.rescan();
+      } finally {
+        await blinkingQueue.stop();
+      }
+      const [run] = await db.select({ status: executions.status }).from(executions).where(eq(executions.runId, runId));
+      expect(run!.status).toBe("TIMED_OUT");
+      expect(await db.$count(timerTasks, eq(timerTasks.runId, runId))).toBe(0);
+    });
   });
 }
