@@ -7,7 +7,7 @@ import type { Writer } from "../src/history/writer";
 import type { NamespaceRecord, NamespaceRegistry } from "../src/namespace/registry";
 import type { Logger } from "../src/observability/log";
 import type { Db } from "../src/persistence/database";
-import { TernError } from "../src/errors";
+import { loggableError, TernError } from "../src/errors";
 import { encodeToken } from "../src/persistence/page-token";
 import { executions } from "../src/persistence/schema";
 import { HistoryDivergenceError, type HistoryApplier, type IncomingTask } from "./applier";
@@ -165,7 +165,7 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
           if (signal.aborted) return;
           // The namespace was deleted here: nothing left to fill.
           const gone = e instanceof TernError && e.kind === "not_found";
-          await recordBackfillError(db, job, (e as Error)?.message ?? String(e), now(), gone).catch(() => {});
+          await recordBackfillError(db, job, loggableError(e), now(), gone).catch(() => {});
           if (!gone) throw e;
         }
       }

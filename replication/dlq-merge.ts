@@ -1,7 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { and, eq, sql } from "drizzle-orm";
 import type { RemoteClientPool, RemoteClients } from "../src/cluster/remote-client";
-import { notFound } from "../src/errors";
+import { loggableError, notFound } from "../src/errors";
 import { MergeReplicationDlqResponseSchema, type MergeReplicationDlqResponse, type ReplicationDlqEntry } from "../src/gen/tern/admin/v1/service_pb";
 import { runKeyText } from "../src/history/branch-store";
 import type { EventNotifier } from "../src/history/notifier";
@@ -76,7 +76,7 @@ export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, lo
         await mergeOne(e, await sources.get(e.sourceCluster)!, signal);
         merged++;
       } catch (err) {
-        const error = ((err as Error)?.message ?? String(err)).slice(0, 2000);
+        const error = loggableError(err).slice(0, 2000);
         stuck.set(run, error);
         await db.update(replicationDlq).set({ attempts: sql`${replicationDlq.attempts} + 1`, lastError: error }).where(keyOf(e));
         failed.push(entryOf({ ...e, attempts: e.attempts + 1, lastError: error }));

@@ -73,7 +73,8 @@ export function createPageApplier(deps: PageApplierDeps) {
 
   /** Stores t in the DLQ in the transaction that moves the ack from..t past it. */
   async function deadLetter(b: Batch, t: ReplicationTask, from: number, attempts: number, e: unknown): Promise<Applied> {
-    const error = (e as Error)?.message ?? String(e);
+    // PostgreSQL's reason and the statement, never its parameters (the task's payloads).
+    const error = loggableError(e);
     await writer.transact("ReplicateHistoryDlq", (tx) =>
       settleAll([
         dlq.add(tx, b.remote.name, t, attempts, error),

@@ -32,7 +32,12 @@ async function tern(x: TestCluster, ...args: string[]): Promise<{ code: number; 
  */
 function faultyApplier(poisoned: Set<string>, outage: Map<string, number>, busy: Map<string, number>) {
   const check = (workflowId: string) => {
-    if (poisoned.has(workflowId)) throw new Error(`injected fault for ${workflowId}`);
+    if (poisoned.has(workflowId)) {
+      if (workflowId !== "worse") throw new Error(`injected fault for ${workflowId}`);
+      // As drizzle wraps PostgreSQL's refusal: the statement and its parameters (a caller's payload) in the message.
+      const cause = Object.assign(new Error(`injected fault for ${workflowId}: new row violates check constraint`), { code: "23514", severity: "ERROR" });
+      throw new Error("Failed query: insert into history_events ...\nparams: secret-card-4111", { cause });
+    }
     for (const [faults, cause] of [
       [outage, Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET", syscall: "read" })],
       [busy, Object.assign(new Error("canceling statement due to statement timeout"), { code: "57014", severity: "ERROR" })],
@@ -152,6 +157,9 @@ for (const store of await testStores()) {
       expect(stillFails.merged).toBe(0n);
       expect(stillFails.failed.map((e) => [e.workflowId, e.lastError.includes("injected fault")])).toEqual([["worse", true], ["worse", false]]);
       expect((await dlqRows())[0]!.attempts).toBe(4);
+      // Stored and logged with PostgreSQL's reason, never the statement's parameters.
+      expect((await dlqRows())[0]!.lastError).toStartWith("23514: injected fault for worse: new row violates check constraint\n");
+      expect(JSON.stringify([(await dlqRows()).map((r) => r.lastError), stillFails.failed.map((e) => e.lastError), bLog])).not.toContain("secret-card");
 
       const refused = await tern(b, "replication", "dlq", "purge");
       expect(refused.code).toBe(2);
