@@ -58,14 +58,18 @@ export function loadConfig(path: string, env: Env = {}): Config {
   return parseConfig(text, env, path);
 }
 
-/** The config path: `--config PATH` wins over TERN_CONFIG, then config/development.yaml. */
+/**
+ * The config path: `--config PATH` wins over TERN_CONFIG, then config/development.yaml. Any other
+ * argument is refused: a misspelt `--confg b.yaml` would otherwise start the development cluster
+ * on its default port and data dir, not the one meant.
+ */
 export function resolveConfigPath(argv: readonly string[], env: Env): string {
   const i = argv.findIndex((a) => a === "--config" || a.startsWith("--config="));
-  if (i >= 0) {
-    const arg = argv[i]!;
-    const value = arg.includes("=") ? arg.slice(arg.indexOf("=") + 1) : argv[i + 1];
-    if (!value) throw new ConfigError("--config needs a path");
-    return value;
-  }
-  return env.TERN_CONFIG ?? "config/development.yaml";
+  const arg = argv[i];
+  const value = arg === undefined ? undefined : arg.includes("=") ? arg.slice(arg.indexOf("=") + 1) : argv[i + 1];
+  const rest = arg === undefined ? argv : argv.filter((_, j) => j !== i && (arg.includes("=") || j !== i + 1));
+  if (rest.length) throw new ConfigError(`unknown argument ${JSON.stringify(rest[0])}: the server takes only --config PATH (or TERN_CONFIG)`);
+  if (arg === undefined) return env.TERN_CONFIG ?? "config/development.yaml";
+  if (!value) throw new ConfigError("--config needs a path");
+  return value;
 }

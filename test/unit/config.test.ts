@@ -98,4 +98,11 @@ describe("config", () => {
     expect(resolveConfigPath([], {})).toBe("config/development.yaml");
     expect(() => resolveConfigPath(["--config"], {})).toThrow("--config needs a path");
   });
+
+  test("the server refuses an argument it does not know (a misspelt --config would start the default cluster)", () => {
+    expect(() => resolveConfigPath(["--confg", "b.yaml"], {})).toThrow('unknown argument "--confg": the server takes only --config PATH (or TERN_CONFIG)');
+    expect(() => resolveConfigPath(["b.yaml"], { TERN_CONFIG: "a.yaml" })).toThrow('unknown argument "b.yaml"');
+    expect(() => resolveConfigPath(["--config", "a.yaml", "--port", "1"], {})).toThrow('unknown argument "--port"');
+    expect(() => resolveConfigPath(["--config=a.yaml", "extra"], {})).toThrow('unknown argument "extra"');
+  });
 });
