@@ -28,6 +28,12 @@ describe("replication dlq", () => {
     expect(empty.stdout).toBe("The replication DLQ is empty\n");
   });
 
+  test("a --shard past int32 is a usage error naming the flag, not an internal encoding error", async () => {
+    const r = await runCli(["replication", "dlq", "list", "--shard", "99999999999"], { admin: { listReplicationDlq: () => ({}) } });
+    expect(r.code).toBe(2);
+    expect(r.stderr.split("\n")[0]).toBe('error: --shard must be at most 2147483647, got "99999999999"');
+  });
+
   test("merge reports what still fails and exits 1; a clean merge exits 0", async () => {
     let seen: MergeReplicationDlqRequest | undefined;
     const r = await runCli(["replication", "dlq", "merge", "--shard", "2"], {

@@ -123,6 +123,14 @@ describe("workflow writes on one execution", () => {
     expect(bad.code).toBe(2);
   });
 
+  test("an --expected-next-event-id past int64 is a usage error naming the flag, not an internal encoding error", async () => {
+    const r = await runCli(["workflow", "marker", "-w", "w", "--name", "m", "--expected-next-event-id", "99999999999999999999"], {
+      workflow: { recordMarker: () => ({ eventId: 5n }) },
+    });
+    expect(r.code).toBe(2);
+    expect(r.stderr.split("\n")[0]).toBe('error: --expected-next-event-id must be an integer of at most 9223372036854775807, got "99999999999999999999"');
+  });
+
   test("terminate requires --reason", async () => {
     const r = await runCli(["workflow", "terminate", "-w", "w"]);
     expect(r.code).toBe(2);

@@ -83,21 +83,28 @@ export function requestIdArg(args: ParsedArgs): string {
   return getString(args, "request-id") || crypto.randomUUID();
 }
 
+/** The largest int32 and int64: a flag's value past its field's type failed the request's encoding, reported as internal. */
+export const INT32_MAX = 2 ** 31 - 1;
+const INT64_MAX = 2n ** 63n - 1n;
+
 /** Parses an integer flag (int64 as bigint); throws UsageError naming the flag. */
 export function bigintArg(args: ParsedArgs, name: string): bigint | undefined {
   const text = getString(args, name);
   if (text === undefined) return undefined;
   if (!/^-?\d+$/.test(text)) throw new UsageError(`--${name} must be an integer, got "${text}"`);
-  return BigInt(text);
+  const n = BigInt(text);
+  if (n > INT64_MAX || n < -INT64_MAX - 1n) throw new UsageError(`--${name} must be an integer of at most ${INT64_MAX}, got "${text}"`);
+  return n;
 }
 
-/** Parses a positive integer flag; throws UsageError naming the flag. */
-export function positiveIntArg(args: ParsedArgs, name: string): number | undefined {
+/** Parses a positive integer flag up to max (an int32 field's: INT32_MAX); throws UsageError naming the flag. */
+export function positiveIntArg(args: ParsedArgs, name: string, max = Number.MAX_SAFE_INTEGER): number | undefined {
   const text = getString(args, name);
   if (text === undefined) return undefined;
   const n = Number(text);
   if (!/^\d+$/.test(text) || !Number.isSafeInteger(n) || n <= 0) {
     throw new UsageError(`--${name} must be a positive integer, got "${text}"`);
   }
+  if (n > max) throw new UsageError(`--${name} must be at most ${max}, got "${text}"`);
   return n;
 }

@@ -9,7 +9,7 @@ import type { CommandContext, GroupCommand, LeafCommand } from "../command";
 import { UsageError } from "../errors";
 import { formatTable, formatTime, listJson, messageJson } from "../output";
 import { collectPages } from "../paging";
-import { positiveIntArg } from "./common-flags";
+import { INT32_MAX, positiveIntArg } from "./common-flags";
 
 const filterFlags = [
   { name: "source-cluster", kind: "string", valueName: "CLUSTER", description: "Only entries from this source cluster" },
@@ -17,7 +17,7 @@ const filterFlags = [
 ] as const;
 
 function filterOf(args: ParsedArgs): { sourceCluster: string; shardId: number } {
-  return { sourceCluster: getString(args, "source-cluster") ?? "", shardId: positiveIntArg(args, "shard") ?? 0 };
+  return { sourceCluster: getString(args, "source-cluster") ?? "", shardId: positiveIntArg(args, "shard", INT32_MAX) ?? 0 };
 }
 
 /** The DLQ table: one row per entry. */
