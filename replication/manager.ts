@@ -1,6 +1,7 @@
 import { eq } from "drizzle-orm";
 import type { RemoteClientPool, RemoteClients } from "../src/cluster/remote-client";
 import { loggableError } from "../src/errors";
+import { fetchFailureReason } from "../src/fetch-failure";
 import { createFailureLog } from "../src/observability/failure-log";
 import type { Logger } from "../src/observability/log";
 import type { Db } from "../src/persistence/database";
@@ -83,7 +84,7 @@ export function createReplicationManager({ db, clients, streamsFor, log }: Repli
         if (failedForMs !== undefined) log.info("replication stream recovered", { remote: remote.name, stream: stream.name, failedForMs: Math.round(failedForMs) });
       },
       failed: (e) => {
-        const msg = loggableError(e);
+        const msg = fetchFailureReason(e) ?? loggableError(e);
         if (failures.isNew(msg)) log.warn("replication stream failed", { remote: remote.name, stream: stream.name, error: msg });
         entry.state = `error: ${msg}`;
       },

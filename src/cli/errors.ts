@@ -1,5 +1,6 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { codeToString } from "@connectrpc/connect/protocol-connect";
+import { fetchFailureReason } from "../fetch-failure";
 
 /** A mistake on the command line: exit code 2 and a hint to --help. */
 export class UsageError extends Error {
@@ -13,26 +14,6 @@ export class CliError extends Error {
 
 /** Exit codes: 0 ok, 1 failure, 2 usage, 130 interrupted (Ctrl-C). */
 export const ExitCode = { ok: 0, failure: 1, usage: 2, interrupted: 130 } as const;
-
-const networkReasons: Record<string, string> = {
-  ECONNREFUSED: "connection refused",
-  ConnectionRefused: "connection refused",
-  ENOTFOUND: "host not found",
-  EAI_AGAIN: "host not found",
-  ECONNRESET: "connection reset",
-  ConnectionClosed: "connection closed",
-  ETIMEDOUT: "connection timed out",
-  EHOSTUNREACH: "host unreachable",
-  ENETUNREACH: "network unreachable",
-};
-
-/** The errno-like code of a fetch failure wrapped in a ConnectError, if any. */
-function networkCode(err: ConnectError): string | undefined {
-  if (err.code !== Code.Unknown && err.code !== Code.Unavailable) return undefined;
-  const cause = err.cause as { code?: unknown; cause?: { code?: unknown } } | undefined;
-  const code = cause?.code ?? cause?.cause?.code;
-  return typeof code === "string" && code in networkReasons ? code : undefined;
-}
 
 /**
  * Why the answer at --address is not tern's: a reply that is not HTTP/1.1 (the native gRPC
@@ -49,10 +30,10 @@ function notTernReason(err: ConnectError): string | undefined {
 /** The one stderr line for an error, e.g. `error: not_found: namespace orders not found`. */
 export function formatError(err: unknown, address: string): string {
   if (err instanceof ConnectError) {
-    const net = networkCode(err);
-    if (net) return `error: cannot reach tern at ${address} (${networkReasons[net]})`;
     const notTern = notTernReason(err);
     if (notTern) return `error: ${address} is not tern's Connect port (${notTern}); --address takes services.frontend.rpc.port, not the gRPC port`;
+    const net = fetchFailureReason(err);
+    if (net) return `error: cannot reach tern at ${address} (${net})`;
     return `error: ${codeToString(err.code)}: ${firstLine(err.rawMessage) || "(no message)"}`;
   }
   if (err instanceof Error) {

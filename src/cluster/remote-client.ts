@@ -1,6 +1,7 @@
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
 import { unavailable } from "../errors";
+import { fetchFailureReason } from "../fetch-failure";
 import { BackfillService } from "../gen/tern/admin/v1/backfill_pb";
 import { AdminService } from "../gen/tern/admin/v1/service_pb";
 import { OperatorService } from "../gen/tern/operator/v1/service_pb";
@@ -27,7 +28,12 @@ export function frontendUrl(address: string): string {
  * callers retry; the peer's own answers pass unchanged.
  */
 export function peerUnreachable(e: unknown, cluster: string): unknown {
-  return e instanceof ConnectError && e.code === Code.Unknown ? unavailable(`cannot reach cluster ${cluster}: ${e.rawMessage}; retry`) : e;
+  return e instanceof ConnectError && e.code === Code.Unknown ? unavailable(`cannot reach cluster ${cluster}: ${peerFailureText(e)}; retry`) : e;
+}
+
+/** Why a call to a peer failed, for an operator: plain words for a fetch that got no answer, else the error's own message. */
+export function peerFailureText(e: unknown): string {
+  return fetchFailureReason(e) ?? (e instanceof ConnectError ? e.rawMessage : (e as Error)?.message ?? String(e));
 }
 
 /** Why address is neither host:port nor an http(s) URL with a host; undefined when it is one. */

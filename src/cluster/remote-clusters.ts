@@ -1,10 +1,9 @@
 import { and, eq, sql } from "drizzle-orm";
-import { ConnectError } from "@connectrpc/connect";
 import { alreadyExists, failedPrecondition, invalidArgument, notFound, unavailable } from "../errors";
 import type { Db } from "../persistence/database";
 import { clusterMetadata, namespaces, replicationAckLevels } from "../persistence/schema";
 import type { CurrentCluster } from "./bootstrap";
-import { frontendAddressProblem, frontendUrl, type RemoteClientPool } from "./remote-client";
+import { frontendAddressProblem, frontendUrl, peerFailureText, type RemoteClientPool } from "./remote-client";
 
 export type ClusterRow = typeof clusterMetadata.$inferSelect;
 
@@ -82,8 +81,7 @@ export function createRemoteClusters({ db, current, clients, onChanged, describe
       if (!res.cluster) throw new Error("empty answer");
       return res.cluster;
     } catch (e) {
-      const why = e instanceof ConnectError ? e.rawMessage : (e as Error).message;
-      throw unavailable(`cannot reach a tern cluster at ${baseUrl}: ${why}`);
+      throw unavailable(`cannot reach a tern cluster at ${baseUrl}: ${peerFailureText(e)}`);
     }
   }
 

@@ -48,7 +48,9 @@ for (const store of await testStores()) {
     test("upsert refuses a remote that breaks a rule, naming it", async () => {
       const op = a.client(OperatorService);
       await rejects(op.addOrUpdateRemoteCluster({ frontendAddress: addr(a) }), Code.FailedPrecondition, "it has this cluster's name (clusterA)");
-      await rejects(op.addOrUpdateRemoteCluster({ frontendAddress: "127.0.0.1:1" }), Code.Unavailable, "cannot reach a tern cluster at http://127.0.0.1:1");
+      const refused = await rejects(op.addOrUpdateRemoteCluster({ frontendAddress: "127.0.0.1:1" }), Code.Unavailable, "cannot reach a tern cluster at http://127.0.0.1:1");
+      // In plain words, not Bun's fetch advice ("Is the computer able to access the url?").
+      expect(refused.rawMessage).toBe("cannot reach a tern cluster at http://127.0.0.1:1: connection refused");
       await rejects(op.addOrUpdateRemoteCluster({ frontendAddress: "" }), Code.InvalidArgument, "frontend address is required");
       // A malformed address is the caller's mistake, not a cluster out of reach (retryable).
       for (const bad of ["127.0.0.1:99999", "[::1", "a b:1", "http://"]) {
