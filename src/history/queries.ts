@@ -102,6 +102,9 @@ export function createHistoryQueries({ db, namespaces, notifier, recheckMs = 100
     const ns = await readableNamespace(req.namespace);
     const size = clampPage(req.pageSize);
     const pos = req.token.length ? decodeToken(req.token, HISTORY_TOKEN) : undefined;
+    // The token names its run; one of another run would page through that run's events,
+    // answered as if they were the requested run's.
+    if (pos && req.runId && pos.runId !== req.runId) throw invalidArgument(`next_page_token is for run ${pos.runId}, not the requested run ${req.runId}`);
     const runId = pos?.runId ?? req.runId;
     const from = pos?.next ?? 1;
     const deadline = Date.now() + req.waitMs;

@@ -54,6 +54,23 @@ for (const store of await testStores()) {
       }
     });
 
+    test("TestAHistoryTokenOfAnotherRunIsInvalidArgumentNotThatRunsEvents", async () => {
+      const wf = cluster.client(WorkflowService);
+      await wf.registerNamespace({ namespace: "runs" }); // its runs stay out of the listings below
+      const run = (runId = "") => ({ namespace: "runs", execution: { workflowId: "two-runs", runId } });
+      const old = await wf.startWorkflowExecution({ namespace: "runs", workflowId: "two-runs", ...T });
+      await wf.terminateWorkflowExecution({ namespace: "runs", workflowExecution: { workflowId: "two-runs" }, reason: "r" });
+      const current = await wf.startWorkflowExecution({ namespace: "runs", workflowId: "two-runs", ...T });
+      await wf.signalWorkflowExecution({ namespace: "runs", workflowExecution: { workflowId: "two-runs" }, signalName: "s" });
+      const page = await wf.getWorkflowExecutionHistory({ ...run(current.runId), maximumPageSize: 1 });
+      expect(page.nextPageToken.length).toBeGreaterThan(0);
+      // Before: the old run's page 2 was the current run's signal, answered with the current run's id.
+      await rejects(wf.getWorkflowExecutionHistory({ ...run(old.runId), nextPageToken: page.nextPageToken }), Code.InvalidArgument,
+        `next_page_token is for run ${current.runId}, not the requested run ${old.runId}`);
+      const next = await wf.getWorkflowExecutionHistory({ ...run(current.runId), nextPageToken: page.nextPageToken });
+      expect(next.history!.events.map((e) => e.eventId)).toEqual([2n]);
+    });
+
     test("TestTokensTheServerWroteStillPage", async () => {
       const wf = cluster.client(WorkflowService);
       await wf.startWorkflowExecution({ namespace: "p", workflowId: "b", ...T });
