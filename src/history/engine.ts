@@ -13,9 +13,10 @@ import type { Tx } from "../persistence/database";
 import type { StatementPart } from "../persistence/raw-statements";
 import { payloadBytes } from "./events";
 import { NamespaceChanged } from "./namespace-guard";
-import { claimRequestOrFail, claimRequestPart, findRequest, insertEvents, insertExecution, insertExecutionPart, insertTimer, insertTimerPart, lockRun, NEW_RUN, noRunPart, RunExistsError, type ExecutionRow, type NewEvent } from "./execution-store";
+import { claimRequestOrFail, claimRequestPart, insertEvents, insertExecution, insertExecutionPart, insertTimer, insertTimerPart, lockRun, NEW_RUN, noRunPart, RunExistsError, type ExecutionRow, type NewEvent } from "./execution-store";
 import type { EventNotifier } from "./notifier";
 import { createRecentRows, insertedRow } from "./recent-rows";
+import { firstResultOf } from "./request-reuse";
 import { reuseRefusal } from "./reuse-policy";
 import { shardFor } from "./shard";
 import type { Append, Writer, WriterDeps } from "./writer";
@@ -140,7 +141,7 @@ export function createHistoryEngine(deps: EngineDeps) {
         runs.forget(key);
         // A retry answers with the first attempt's result, whatever this attempt ran into
         // (the run closed since, a marker's expected id moved on, a duplicate claim).
-        const first = ref.requestId ? await findRequest(deps.db as never, ns.id, ref.workflowId, ref.requestId) : undefined;
+        const first = ref.requestId ? await firstResultOf(deps.db as never, operation, { namespaceId: ns.id, workflowId: ref.workflowId, requestId: ref.requestId }) : undefined;
         if (!first) throw e;
         return { runId: first.runId, eventId: first.eventId, appended: false };
       });
@@ -348,7 +349,7 @@ export function createHistoryEngine(deps: EngineDeps) {
         runs.forget(key);
         // A retry answers with the first attempt's result, whatever this attempt ran into
         // (the run started by it is open, or closed since and refuses reuse, a duplicate claim).
-        const first = await findRequest(deps.db as never, ns.id, input.workflowId, requestId);
+        const first = await firstResultOf(deps.db as never, operation, { namespaceId: ns.id, workflowId: input.workflowId, requestId });
         if (!first) throw e;
         return { runId: first.runId, started: false };
       });

@@ -89,6 +89,25 @@ for (const store of await testStores()) {
       ]);
     });
 
+    test("a request id reused by another kind of request is refused, not answered with the first request's result", async () => {
+      const { runId } = await wf.startWorkflowExecution({ namespace: ns, workflowId: "reuse", ...T, requestId: "reuse-start" });
+      const run = { namespace: ns, workflowExecution: { workflowId: "reuse" } };
+      const signalled = await wf.signalWorkflowExecution({ ...run, signalName: "s", requestId: "reuse-sig" });
+      // Before: the signal answered event 1 (the start), the marker event 2 (the signal) and the
+      // terminate OK, none of them written, the run still open.
+      await rejects(wf.signalWorkflowExecution({ ...run, signalName: "s", requestId: "reuse-start" }), Code.InvalidArgument,
+        `request id "reuse-start" was already used on workflow reuse by another kind of request (event 1 of run ${runId} is WORKFLOW_EXECUTION_STARTED)`);
+      await rejects(wf.recordMarker({ ...run, markerName: "m", requestId: "reuse-sig" }), Code.InvalidArgument, 'request id "reuse-sig" was already used');
+      await rejects(wf.terminateWorkflowExecution({ ...run, reason: "r", requestId: "reuse-sig" }), Code.InvalidArgument, 'request id "reuse-sig" was already used');
+      await rejects(wf.startWorkflowExecution({ namespace: ns, workflowId: "reuse", ...T, requestId: "reuse-sig" }), Code.InvalidArgument, 'request id "reuse-sig" was already used');
+      // A retry of the same kind still answers with the first result.
+      expect(await wf.signalWorkflowExecution({ ...run, signalName: "s", requestId: "reuse-sig" })).toMatchObject({ eventId: signalled.eventId });
+      expect((await history("reuse")).map((e) => e.eventType)).toEqual([EventType.WORKFLOW_EXECUTION_STARTED, EventType.WORKFLOW_EXECUTION_SIGNALED]);
+      await wf.terminateWorkflowExecution({ ...run, reason: "r", requestId: "reuse-end" });
+      await rejects(wf.startWorkflowExecution({ namespace: ns, workflowId: "reuse", ...T, requestId: "reuse-end", workflowIdReusePolicy: WorkflowIdReusePolicy.ALLOW_DUPLICATE }),
+        Code.InvalidArgument, 'request id "reuse-end" was already used');
+    });
+
     test("at most one open run per workflowId, even under concurrent starts", async () => {
       const results = await Promise.allSettled(
         Array.from({ length: 10 }, () => wf.startWorkflowExecution({ namespace: ns, workflowId: "race", ...T })),
