@@ -35,7 +35,7 @@ import { createDeadlineInterceptor } from "./frontend/deadline";
 import { createFrontendInterceptor } from "./frontend/interceptors";
 import { createOperatorHandler } from "./frontend/operator-handler";
 import { createRateLimiter } from "./frontend/rate-limiter";
-import { createRoutes } from "./frontend/routes";
+import { createRoutes, SERVED_SERVICES } from "./frontend/routes";
 import { createServingProbe } from "./frontend/serving-probe";
 import { createWorkflowHandler } from "./frontend/workflow-handler";
 import { createHistoryEngine } from "./history/engine";
@@ -263,7 +263,7 @@ function wireRoutes({ config, opts, log, now, cluster }: Base, core: Core, repl:
       opts.replication,
     ),
     backfill: createBackfillHandler({ db, namespaces, clusters, now, wake: repl.backfill.wake }),
-    health: createHealthHandler(isServing),
+    health: createHealthHandler(isServing, SERVED_SERVICES),
   });
 }
 

@@ -1,15 +1,27 @@
-import type { ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb";
 
-/** grpc.health.v1.Health: SERVING while the server runs and its database answers. */
-export function createHealthHandler(isServing: () => Promise<boolean>): ServiceImpl<typeof Health> {
+/**
+ * grpc.health.v1.Health: SERVING while the server runs and its database answers, for the server
+ * ("") and each service it serves (services: their full names). Another name is NOT_FOUND
+ * (Check) or SERVICE_UNKNOWN (Watch), as the health protocol says: a probe with a misspelt
+ * service name must fail, not pass whatever the server's state.
+ */
+export function createHealthHandler(isServing: () => Promise<boolean>, services: readonly string[]): ServiceImpl<typeof Health> {
+  const known = new Set(["", ...services]);
   const status = async () =>
     (await isServing()) ? HealthCheckResponse_ServingStatus.SERVING : HealthCheckResponse_ServingStatus.NOT_SERVING;
   return {
-    async check() {
+    async check(req) {
+      if (!known.has(req.service)) throw new ConnectError(`unknown service ${JSON.stringify(req.service)}`, Code.NotFound);
       return { status: await status() };
     },
-    async *watch(_req, ctx) {
+    async *watch(req, ctx) {
+      if (!known.has(req.service)) {
+        yield { status: HealthCheckResponse_ServingStatus.SERVICE_UNKNOWN };
+        await new Promise((r) => ctx.signal.addEventListener("abort", r, { once: true }));
+        return;
+      }
       let last: HealthCheckResponse_ServingStatus | undefined;
       while (!ctx.signal.aborted) {
         const now = await status();

@@ -14,6 +14,9 @@ export interface Services {
   health: ServiceImpl<typeof Health>;
 }
 
+/** The full names of the services createRoutes registers (Health answers for each). */
+export const SERVED_SERVICES: readonly string[] = [WorkflowService, OperatorService, AdminService, BackfillService, Health].map((s) => s.typeName);
+
 /** Registers every service on a router (used by the HTTP/1.1 app and the gRPC server alike). */
 export function createRoutes(services: Services): (router: ConnectRouter) => void {
   return (router) => {

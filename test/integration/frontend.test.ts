@@ -2,6 +2,7 @@ import { setDefaultTimeout, afterAll, beforeAll, describe, expect, test } from "
 import { Code } from "@connectrpc/connect";
 import { create } from "@bufbuild/protobuf";
 import { PayloadsSchema, WorkflowExecutionStatus, type WorkflowIdReusePolicy } from "../../src/gen/tern/common/v1/common_pb";
+import { Health, HealthCheckResponse_ServingStatus } from "../../src/gen/grpc/health/v1/health_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { rejects } from "../support/rejects";
@@ -156,6 +157,21 @@ describe("frontend limits, errors, health and metrics", () => {
       Code.InvalidArgument,
       "expected next event id 9223372036854775807 is out of range",
     );
+  });
+
+  test("Health/Check answers for the server and each service it serves; an unknown service is NOT_FOUND, not SERVING", async () => {
+    const health = cluster.client(Health);
+    for (const service of ["", "tern.workflow.v1.WorkflowService", "tern.admin.v1.AdminService", "grpc.health.v1.Health"]) {
+      expect((await health.check({ service })).status).toBe(HealthCheckResponse_ServingStatus.SERVING);
+    }
+    // Before: SERVING, so a probe with a misspelt service name passed whatever the server's state.
+    await rejects(health.check({ service: "tern.workflow.v1.WorkfowService" }), Code.NotFound, 'unknown service "tern.workflow.v1.WorkfowService"');
+    const watch = new AbortController();
+    for await (const r of health.watch({ service: "nope" }, { signal: watch.signal })) {
+      expect(r.status).toBe(HealthCheckResponse_ServingStatus.SERVICE_UNKNOWN);
+      watch.abort();
+      break;
+    }
   });
 
   test("GET /health and /metrics", async () => {
