@@ -23,13 +23,15 @@ const Datastore = z.union([
       url: z.string().min(1),
       maxConnections: z.number().int().min(1).max(1000).optional(),
       /** How often tern checks its tables' planner statistics and analyzes those whose row count doubled or halved (persistence/planner-stats.ts); 0 never; default 5 s. */
-      analyzeIntervalMs: z.number().int().min(0).optional(),
+      // At most the longest a timer waits (2^31 - 1 ms): a longer one fires after 1 ms, and the
+      // check ran back to back, about 200 transactions a second on an idle server.
+      analyzeIntervalMs: z.number().int().min(0).max(2 ** 31 - 1).optional(),
       /**
        * How long one of tern's statements waits for a lock another session holds before it fails
        * (UNAVAILABLE to a client, retried by background work); 0 leaves PostgreSQL's own
-       * lock_timeout in force; default 10 s (DEFAULT_LOCK_TIMEOUT_MS).
+       * lock_timeout in force; default 10 s (DEFAULT_LOCK_TIMEOUT_MS). PostgreSQL takes up to 2^31 - 1 ms.
        */
-      lockTimeoutMs: z.number().int().min(0).optional(),
+      lockTimeoutMs: z.number().int().min(0).max(2 ** 31 - 1).optional(),
     }),
   }),
 ], { error: "must hold one of pglite: { dataDir: PATH } or postgres: { url: URL }" });
@@ -58,7 +60,9 @@ const RateLimit = z.strictObject({
 });
 
 const Limits = z.strictObject({
-  blobSizeLimitError: z.number().int().positive().default(2 * 1024 * 1024),
+  // At most 1 GiB: a request is read up to twice this plus 1 MiB, and Connect takes no read
+  // limit past 4 GiB - 1 (the server failed at its listener, the database already migrated).
+  blobSizeLimitError: z.number().int().positive().max(2 ** 30).default(2 * 1024 * 1024),
   blobSizeLimitWarn: z.number().int().positive().default(512 * 1024),
   historyCountLimitError: z.number().int().positive().default(51_200),
   historyCountLimitWarn: z.number().int().positive().default(10_240),

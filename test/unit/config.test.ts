@@ -91,6 +91,16 @@ describe("config", () => {
     expect(() => parseConfig(base(good), { TERN_LOG_LEVEL: "loud" })).toThrow("TERN_LOG_LEVEL");
   });
 
+  test("settings past what the server can use are refused at parse, before anything is opened", () => {
+    // A blob limit past 1 GiB made a read limit Connect refuses: the start failed after migrating.
+    fails(base(good, "limits: { blobSizeLimitError: 9007199254740991 }"), "limits.blobSizeLimitError: Too big: expected number to be <=1073741824");
+    expect(parseConfig(base(good, "limits: { blobSizeLimitError: 1073741824 }")).limits.blobSizeLimitError).toBe(2 ** 30);
+    // A timer past 2^31 - 1 ms fires after 1 ms: the check ran back to back.
+    const pg = (ms: number) => base(good, `persistence: { datastore: { postgres: { url: "postgres://u@h/db", analyzeIntervalMs: ${ms} } } }`);
+    fails(pg(3_000_000_000), "persistence.datastore.postgres.analyzeIntervalMs: Too big: expected number to be <=2147483647");
+    expect(parseConfig(pg(2 ** 31 - 1)).persistence.datastore).toMatchObject({ postgres: { analyzeIntervalMs: 2 ** 31 - 1 } });
+  });
+
   test("config path: --config wins over TERN_CONFIG, then the default", () => {
     expect(resolveConfigPath(["--config", "a.yaml"], { TERN_CONFIG: "b.yaml" })).toBe("a.yaml");
     expect(resolveConfigPath(["--config=c.yaml"], {})).toBe("c.yaml");
