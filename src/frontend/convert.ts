@@ -69,13 +69,16 @@ export function statusFromProto(status: WorkflowExecutionStatus): string | undef
 /** The longest span a request may give (100 years): every time it leads to stays a storable timestamp. */
 const MAX_DURATION_SECONDS = 100n * 365n * 24n * 3600n;
 
-/** A Duration in whole milliseconds (undefined: fallback); negative spans and spans over 100 years are refused. */
+/**
+ * A Duration in whole milliseconds (undefined: fallback), a fraction of one rounded up: a
+ * positive span under 1 ms read as 0, and an execution timeout of 0 is none (a run asked to
+ * time out after 0.5 ms never did). Negative spans and spans over 100 years are refused.
+ */
 export function durationMs(d: Duration | undefined, what: string, fallback = 0): number {
   if (!d) return fallback;
   if (d.seconds > MAX_DURATION_SECONDS) throw invalidArgument(`${what} must be at most 100 years`);
-  const ms = Number(d.seconds) * 1000 + Math.floor(d.nanos / 1e6);
-  if (ms < 0) throw invalidArgument(`${what} must not be negative`);
-  return ms;
+  if (d.seconds < 0n || (d.seconds === 0n && d.nanos < 0)) throw invalidArgument(`${what} must not be negative`);
+  return Number(d.seconds) * 1000 + Math.ceil(d.nanos / 1e6);
 }
 
 /**

@@ -108,6 +108,15 @@ for (const store of await testStores()) {
         Code.InvalidArgument, 'request id "reuse-end" was already used');
     });
 
+    test("an execution timeout under 1 ms is 1 ms, not none", async () => {
+      // Before: 0.5 ms was read as 0, no timeout: the run stayed open for good.
+      await wf.startWorkflowExecution({ namespace: ns, workflowId: "tiny-timeout", ...T, workflowExecutionTimeout: { seconds: 0n, nanos: 500_000 } });
+      const info = (await wf.describeWorkflowExecution({ namespace: ns, execution: { workflowId: "tiny-timeout" } })).workflowExecutionInfo!;
+      expect(info.workflowExecutionTimeout).toMatchObject({ seconds: 0n, nanos: 1_000_000 });
+      await rejects(wf.startWorkflowExecution({ namespace: ns, workflowId: "negative", ...T, workflowExecutionTimeout: { seconds: 0n, nanos: -500_000 } }),
+        Code.InvalidArgument, "workflow execution timeout must not be negative");
+    });
+
     test("at most one open run per workflowId, even under concurrent starts", async () => {
       const results = await Promise.allSettled(
         Array.from({ length: 10 }, () => wf.startWorkflowExecution({ namespace: ns, workflowId: "race", ...T })),
