@@ -8,10 +8,10 @@ import {
 } from "../gen/tern/common/v1/common_pb";
 import { NamespaceNotActiveError, alreadyExists, connectionLost, failedPrecondition, invalidArgument, notFound, pgErrorOf, unavailable } from "../errors";
 import type { NamespaceRecord, NamespaceRegistry } from "../namespace/registry";
-import { MAX_ID_LENGTH } from "../namespace/validate";
 import type { Tx } from "../persistence/database";
 import type { StatementPart } from "../persistence/raw-statements";
 import { payloadBytes } from "./events";
+import { checkIdLengths, checkKeyBytes, textBytes } from "./id-limits";
 import { NamespaceChanged } from "./namespace-guard";
 import { claimRequestOrFail, claimRequestPart, insertEvents, insertExecution, insertExecutionPart, insertTimer, insertTimerPart, lockRun, NEW_RUN, noRunPart, RunExistsError, type ExecutionRow, type NewEvent } from "./execution-store";
 import type { EventNotifier } from "./notifier";
@@ -109,7 +109,8 @@ export function createHistoryEngine(deps: EngineDeps) {
     payloadSize = 0,
   ): Promise<{ runId: string; eventId: number; appended: boolean }> {
     if (!ref.workflowId) throw invalidArgument("workflow id is required");
-    checkIdLengths(["request id", ref.requestId], ["identity", ref.identity]);
+    checkIdLengths(["identity", ref.identity]);
+    checkKeyBytes(["request id", ref.requestId]);
     return withWritable(ref.namespace, async (ns) => {
       writer.checkBlob(payloadSize, operation, ns.name);
       const key = runKey(ns.id, ref.workflowId);
@@ -431,30 +432,6 @@ function signalEvent(name: string, input: Payloads | undefined, identity?: strin
   };
 }
 
-/**
- * Each [what, value] no longer than MAX_ID_LENGTH bytes of UTF-8, as Temporal counts it: ids
- * are keys of PostgreSQL indexes, whose rows hold at most 2,704 bytes, and 1,000 characters of
- * CJK (3,000 bytes) failed the insert as an internal error. A value of at most a third of the
- * limit in UTF-16 units cannot be over it, so most are not counted.
- */
-function checkIdLengths(...fields: [string, string | undefined][]): void {
-  for (const [what, value] of fields) {
-    if (!value || value.length <= MAX_ID_LENGTH / 3) continue;
-    const bytes = textBytes(value);
-    if (bytes > MAX_ID_LENGTH) throw invalidArgument(`${what} is longer than ${MAX_ID_LENGTH} bytes (UTF-8: ${bytes})`);
-  }
-}
-
-/** A text's size in UTF-8 bytes, counted toward the blob limit with the payloads it goes with. */
-function textBytes(...texts: (string | undefined)[]): number {
-  let n = 0;
-  for (const t of texts) for (let i = 0; t && i < t.length; i++) {
-    const c = t.charCodeAt(i);
-    n += c < 0x80 ? 1 : c < 0x800 ? 2 : c >= 0xd800 && c < 0xdc00 ? (i++, 4) : 3;
-  }
-  return n;
-}
-
 function validateStart(input: StartInput): void {
   if (!input.workflowId) throw invalidArgument("workflow id is required");
   if (!input.workflowType) throw invalidArgument("workflow type is required");
@@ -462,6 +439,6 @@ function validateStart(input: StartInput): void {
   if (input.executionTimeoutMs < 0) throw invalidArgument("execution timeout must not be negative");
   if (input.signal && !input.signal.name) throw invalidArgument("signal name is required");
   if (WorkflowIdReusePolicy[input.reusePolicy] === undefined) throw invalidArgument(`unknown workflow id reuse policy ${input.reusePolicy}`);
-  checkIdLengths(["workflow id", input.workflowId], ["workflow type", input.workflowType], ["task queue", input.taskQueue],
-    ["request id", input.requestId], ["identity", input.identity], ["signal name", input.signal?.name]);
+  checkIdLengths(["workflow type", input.workflowType], ["task queue", input.taskQueue], ["identity", input.identity], ["signal name", input.signal?.name]);
+  checkKeyBytes(["workflow id", input.workflowId], ["request id", input.requestId]);
 }

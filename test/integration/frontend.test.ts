@@ -52,7 +52,7 @@ describe("frontend limits, errors, health and metrics", () => {
     );
   });
 
-  test("ids are counted in UTF-8 bytes: 1,000 CJK characters are INVALID_ARGUMENT, not an index row too large (INTERNAL)", async () => {
+  test("workflow ids and request ids are counted in UTF-8 bytes: 1,000 CJK characters are INVALID_ARGUMENT, not an index row too large (INTERNAL)", async () => {
     // PostgreSQL's index rows hold at most 2,704 bytes (after compression: so characters that do
     // not repeat); 1,000 CJK characters are 3,000.
     const cjk = (n: number) => Array.from({ length: n }, (_, i) => String.fromCharCode(0x4e00 + ((i * 7919) % 20000))).join("");
@@ -63,16 +63,16 @@ describe("frontend limits, errors, health and metrics", () => {
     expect(longest.started).toBe(true);
   });
 
-  test("ids and names over 1000 bytes are rejected; reasons and failure messages count toward the blob limit", async () => {
+  test("ids and names over 1000 characters are rejected; reasons and failure messages count toward the blob limit", async () => {
     const long = "x".repeat(1001);
-    await rejects(wf.startWorkflowExecution({ namespace: "lim", workflowId: "ids", ...T, taskQueue: long }), Code.InvalidArgument, "task queue is longer than 1000 bytes");
-    await rejects(wf.startWorkflowExecution({ namespace: "lim", workflowId: "ids", ...T, identity: long }), Code.InvalidArgument, "identity is longer than 1000 bytes");
+    await rejects(wf.startWorkflowExecution({ namespace: "lim", workflowId: "ids", ...T, taskQueue: long }), Code.InvalidArgument, "task queue is longer than 1000 characters");
+    await rejects(wf.startWorkflowExecution({ namespace: "lim", workflowId: "ids", ...T, identity: long }), Code.InvalidArgument, "identity is longer than 1000 characters");
     await rejects(wf.startWorkflowExecution({ namespace: "lim", workflowId: "ids", ...T, workflowIdReusePolicy: 99 as WorkflowIdReusePolicy }), Code.InvalidArgument, "unknown workflow id reuse policy 99");
     await wf.startWorkflowExecution({ namespace: "lim", workflowId: "ids", ...T });
     const run = { workflowId: "ids" };
-    await rejects(wf.signalWorkflowExecution({ namespace: "lim", workflowExecution: run, signalName: long }), Code.InvalidArgument, "signal name is longer than 1000 bytes");
+    await rejects(wf.signalWorkflowExecution({ namespace: "lim", workflowExecution: run, signalName: long }), Code.InvalidArgument, "signal name is longer than 1000 characters");
     await rejects(wf.signalWorkflowExecution({ namespace: "lim", workflowExecution: run, signalName: "s", requestId: long }), Code.InvalidArgument, "request id is longer than 1000 bytes");
-    await rejects(wf.recordMarker({ namespace: "lim", workflowExecution: run, markerName: long }), Code.InvalidArgument, "marker name is longer than 1000 bytes");
+    await rejects(wf.recordMarker({ namespace: "lim", workflowExecution: run, markerName: long }), Code.InvalidArgument, "marker name is longer than 1000 characters");
     await rejects(wf.terminateWorkflowExecution({ namespace: "lim", workflowExecution: run, reason: "é".repeat(2049) }), Code.InvalidArgument, "payload of 4098 bytes exceeds the limit of 4096 bytes");
     await rejects(wf.failWorkflowExecution({ namespace: "lim", workflowExecution: run, failure: { message: "m".repeat(4097) } }), Code.InvalidArgument, "payload of 4097 bytes exceeds the limit");
     // Nothing was written: the run is still open, with its one start event.
