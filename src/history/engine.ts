@@ -109,7 +109,8 @@ export function createHistoryEngine(deps: EngineDeps) {
     payloadSize = 0,
   ): Promise<{ runId: string; eventId: number; appended: boolean }> {
     if (!ref.workflowId) throw invalidArgument("workflow id is required");
-    checkIdLengths(["identity", ref.identity]);
+    // The run's ids before its lookup: a not-found answer (and its log line) quotes them.
+    checkIdLengths(["workflow id", ref.workflowId], ["run id", ref.runId], ["identity", ref.identity]);
     checkKeyBytes(["request id", ref.requestId]);
     return withWritable(ref.namespace, async (ns) => {
       writer.checkBlob(payloadSize, operation, ns.name);

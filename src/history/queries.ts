@@ -9,6 +9,7 @@ import type { Db } from "../persistence/database";
 import { decodeToken, encodeToken } from "../persistence/page-token";
 import { executions, historyEvents } from "../persistence/schema";
 import { readRunEvents, type ExecutionRow } from "./execution-store";
+import { checkIdLengths } from "./id-limits";
 import { listen, type EventNotifier } from "./notifier";
 
 /** GetWorkflowExecutionHistory's token: the run and the next event id. */
@@ -73,6 +74,8 @@ export function createHistoryQueries({ db, namespaces, notifier, recheckMs = 100
 
   async function findRun(ns: NamespaceRecord, workflowId: string, runId: string): Promise<ExecutionRow> {
     if (!workflowId) throw invalidArgument("workflow id is required");
+    // Before the lookup: a not-found answer (and its log line) quotes them.
+    checkIdLengths(["workflow id", workflowId], ["run id", runId]);
     const key = and(eq(executions.namespaceId, ns.id), eq(executions.workflowId, workflowId));
     const [row] = await db
       .select()

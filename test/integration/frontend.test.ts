@@ -63,6 +63,17 @@ describe("frontend limits, errors, health and metrics", () => {
     expect(longest.started).toBe(true);
   });
 
+  test("a huge workflow or run id on a read or a write to a run is INVALID_ARGUMENT, not a NOT_FOUND that quotes it whole", async () => {
+    // Before: a 100,000-character id came back whole in the NOT_FOUND message (and in its log line).
+    const huge = "w".repeat(100_000);
+    const at = { namespace: "lim", execution: { workflowId: huge } };
+    await rejects(wf.describeWorkflowExecution(at), Code.InvalidArgument, "workflow id is longer than 1000 characters");
+    await rejects(wf.getWorkflowExecutionHistory(at), Code.InvalidArgument, "workflow id is longer than 1000 characters");
+    await rejects(wf.signalWorkflowExecution({ namespace: "lim", workflowExecution: { workflowId: huge }, signalName: "s" }), Code.InvalidArgument, "workflow id is longer than 1000 characters");
+    await rejects(wf.describeWorkflowExecution({ namespace: "lim", execution: { workflowId: "w", runId: huge } }), Code.InvalidArgument, "run id is longer than 1000 characters");
+    await rejects(wf.terminateWorkflowExecution({ namespace: "lim", workflowExecution: { workflowId: "w", runId: huge }, reason: "r" }), Code.InvalidArgument, "run id is longer than 1000 characters");
+  });
+
   test("ids and names over 1000 characters are rejected; reasons and failure messages count toward the blob limit", async () => {
     const long = "x".repeat(1001);
     await rejects(wf.startWorkflowExecution({ namespace: "lim", workflowId: "ids", ...T, taskQueue: long }), Code.InvalidArgument, "task queue is longer than 1000 characters");
