@@ -322,7 +322,7 @@ function wire(
   const routes = wireRoutes(base, core, repl, isServing);
   const limiter = createRateLimiter(config.limits.hostRps, config.limits.namespaceRps);
   // The deadline innermost: a call past its deadline is still counted, logged and mapped.
-  const interceptors = [createFrontendInterceptor({ metrics: core.metrics, log, limiter }), createDeadlineInterceptor()];
+  const interceptors = [createFrontendInterceptor({ metrics: core.metrics, log, limiter, knownNamespace: core.namespaces.known }), createDeadlineInterceptor()];
   // Room for a maximal payload plus the rest of the request.
   const readMaxBytes = config.limits.blobSizeLimitError * 2 + 1024 * 1024;
   const app = createApp({ routes, interceptors, metrics: core.metrics, isServing, readMaxBytes });

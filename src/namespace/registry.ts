@@ -54,6 +54,8 @@ export interface NamespaceRegistry {
   getById(id: string): Promise<NamespaceRecord>;
   /** Drops cached entries (after deletes or changes made elsewhere). */
   invalidate(record?: NamespaceRecord): void;
+  /** Whether name is a namespace this registry has read or learnt (no read): not one a client made up. */
+  known(name: string): boolean;
 }
 
 export interface NamespaceRegistryDeps {
@@ -349,6 +351,7 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
       return fresh(byId.get(id)) ?? load(eq(namespaces.id, id), `with id ${id}`);
     },
     invalidate: forget,
+    known: (name) => byName.has(name),
   };
 }
 

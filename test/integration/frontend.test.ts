@@ -196,6 +196,21 @@ describe("frontend limits, errors, health and metrics", () => {
     }
   });
 
+  test("a namespace name a client made up is no metric series of its own (_unknown_), however many or long", async () => {
+    // Before: each name sent once was a series (and a rate-limit bucket) for good: 300 misspelt
+    // names added 500 KB to /metrics, one 1 MB name 19 MB.
+    const made = ["typo-1", "typo-2", "typo-3", "x".repeat(100_000)];
+    for (const namespace of made) await rejects(wf.describeNamespace({ namespace }), namespace.length > 255 ? Code.InvalidArgument : Code.NotFound, "namespace");
+    await wf.describeNamespace({ namespace: "lim" });
+    const metrics = await (await fetch(`${cluster.url}/metrics`)).text();
+    expect(metrics).not.toContain("typo-");
+    expect(metrics).not.toContain("x".repeat(1000));
+    expect(metrics).toMatch(/service_requests\{operation="DescribeNamespace",namespace="_unknown_"\} [4-9]/);
+    expect(metrics).toMatch(/service_errors\{operation="DescribeNamespace",namespace="_unknown_",code="NotFound"\} [3-9]/);
+    expect(metrics).toMatch(/service_requests\{operation="DescribeNamespace",namespace="lim"\} \d+/);
+    expect(metrics.length).toBeLessThan(200_000);
+  });
+
   test("GET /health and /metrics", async () => {
     const health = await fetch(`${cluster.url}/health`);
     expect(health.status).toBe(200);
