@@ -92,5 +92,18 @@ export function exactNumber(v: bigint, what: string): number {
   return Number(v);
 }
 
-/** A Timestamp as a Date, or undefined. */
-export const dateOf = (t: Timestamp | undefined) => (t ? timestampDate(t) : undefined);
+/** The seconds of 0001-01-01 and 9999-12-31T23:59:59Z, the range of a valid protobuf Timestamp. */
+const TIMESTAMP_SECONDS = { min: -62_135_596_800n, max: 253_402_300_799n };
+
+/**
+ * A Timestamp as a Date, or undefined; one outside a Timestamp's range (0001 to 9999) is refused.
+ * The JSON form checks the range, the binary one does not: 10^15 seconds made an Invalid Date,
+ * whose toISOString threw in the query builder, an INTERNAL error.
+ */
+export function dateOf(t: Timestamp | undefined, what: string): Date | undefined {
+  if (!t) return undefined;
+  if (t.seconds < TIMESTAMP_SECONDS.min || t.seconds > TIMESTAMP_SECONDS.max || t.nanos < 0 || t.nanos > 999_999_999) {
+    throw invalidArgument(`${what} must be a time from 0001-01-01 to 9999-12-31 (seconds ${t.seconds}, nanos ${t.nanos})`);
+  }
+  return timestampDate(t);
+}

@@ -147,8 +147,8 @@ export function createWorkflowHandler({ namespaces, engine, queries }: WorkflowH
         status: statusFromProto(r.status),
         workflowType: r.workflowType || undefined,
         workflowIdPrefix: r.workflowIdPrefix || undefined,
-        startTimeMin: dateOf(r.startTimeMin),
-        startTimeMax: dateOf(r.startTimeMax),
+        startTimeMin: dateOf(r.startTimeMin, "start_time_min"),
+        startTimeMax: dateOf(r.startTimeMax, "start_time_max"),
       });
       return { executions: page.items.map(executionToProto), nextPageToken: page.nextPageToken };
     },

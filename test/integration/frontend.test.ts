@@ -1,5 +1,6 @@
 import { setDefaultTimeout, afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { Code } from "@connectrpc/connect";
+import { Code, createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-web";
 import { create } from "@bufbuild/protobuf";
 import { PayloadsSchema, WorkflowExecutionStatus, type WorkflowIdReusePolicy } from "../../src/gen/tern/common/v1/common_pb";
 import { Health, HealthCheckResponse_ServingStatus } from "../../src/gen/grpc/health/v1/health_pb";
@@ -209,6 +210,17 @@ describe("frontend limits, errors, health and metrics", () => {
     expect(metrics).toMatch(/service_errors\{operation="DescribeNamespace",namespace="_unknown_",code="NotFound"\} [3-9]/);
     expect(metrics).toMatch(/service_requests\{operation="DescribeNamespace",namespace="lim"\} \d+/);
     expect(metrics.length).toBeLessThan(200_000);
+  });
+
+  test("a binary request's Timestamp outside 0001..9999 is INVALID_ARGUMENT, not an Invalid Date (INTERNAL)", async () => {
+    // JSON checks a Timestamp's range; the binary form does not, and 10^15 seconds reached the query builder.
+    const binary = createClient(WorkflowService, createConnectTransport({ baseUrl: cluster.url, useBinaryFormat: true }));
+    for (const seconds of [10n ** 15n, -(10n ** 15n)]) {
+      await rejects(binary.listWorkflowExecutions({ namespace: "lim", startTimeMin: { seconds, nanos: 0 } }), Code.InvalidArgument,
+        `start_time_min must be a time from 0001-01-01 to 9999-12-31 (seconds ${seconds}, nanos 0)`);
+    }
+    await rejects(binary.listWorkflowExecutions({ namespace: "lim", startTimeMax: { seconds: 0n, nanos: -1 } }), Code.InvalidArgument, "start_time_max must be a time");
+    expect((await binary.listWorkflowExecutions({ namespace: "lim", startTimeMin: { seconds: 0n, nanos: 0 } })).executions.length).toBeGreaterThan(0);
   });
 
   test("GET /health and /metrics", async () => {
