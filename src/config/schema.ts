@@ -22,9 +22,12 @@ const Datastore = z.union([
     postgres: z.strictObject({
       url: z.string().min(1),
       maxConnections: z.number().int().min(1).max(1000).optional(),
-      /** How often tern checks its tables' planner statistics and analyzes those whose row count doubled or halved (persistence/planner-stats.ts); 0 never; default 5 s. */
-      // At most the longest a timer waits (2^31 - 1 ms): a longer one fires after 1 ms, and the
-      // check ran back to back, about 200 transactions a second on an idle server.
+      /**
+       * How often tern checks its tables' planner statistics and analyzes those whose row count
+       * doubled or halved (persistence/planner-stats.ts); 0 never; default 5 s. At most the
+       * longest a timer waits (2^31 - 1 ms): a longer one fired after 1 ms, and the check ran
+       * back to back, about 200 transactions a second on an idle server.
+       */
       analyzeIntervalMs: z.number().int().min(0).max(2 ** 31 - 1).optional(),
       /**
        * How long one of tern's statements waits for a lock another session holds before it fails
