@@ -130,7 +130,7 @@ export interface TernServer {
 export async function createTernServer(config: Config, opts: ServerOptions): Promise<TernServer> {
   const log = opts.log ?? createLogger({ level: config.log.level, fields: { cluster: config.clusterMetadata.currentClusterName } });
   const now = opts.now ?? (() => new Date());
-  const database = await openDatabase(config.persistence.datastore, opts.database);
+  const database = await openDatabase(config.persistence.datastore, { log, ...opts.database });
   try {
     const applied = await migrateSchema(database, opts.migrationsFolder);
     if (applied.length) log.info("applied migrations", { migrations: applied });

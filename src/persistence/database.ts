@@ -3,7 +3,9 @@ import { drizzle as drizzlePostgres } from "drizzle-orm/postgres-js";
 import postgres from "postgres";
 import type { DatastoreConfig } from "../config/schema";
 import { requireMendedDriver } from "./driver-mends";
+import type { Logger } from "../observability/log";
 import { acquireDataDirLock, checkDataDir, type DataDirLock } from "./lock";
+import { prepareFirstStart } from "./pglite-first-start";
 import { createPipelinedTransactions, type PipelinedTransactions } from "./pipelined-tx";
 import * as schema from "./schema";
 
@@ -45,6 +47,8 @@ export interface OpenOptions {
   lockTimeoutMs?: number;
   /** A PGlite data dir snapshot (tar from dumpDataDir) to start from, for tests. */
   loadDataDir?: Blob;
+  /** Told of what opening did to the data (a half-made PGlite database made again). */
+  log?: Logger;
 }
 
 /** Opens the configured datastore; a PGlite dir is locked against a second process. */
@@ -63,9 +67,14 @@ async function openPglite(dataDir: string, opts: OpenOptions): Promise<Database>
   try {
     // Imported here: a server on PostgreSQL never loads PGlite (2.3 MB less resident after start; 60-90 ms of import).
     const [{ PGlite }, { drizzle: drizzlePglite }] = await Promise.all([import("@electric-sql/pglite"), import("drizzle-orm/pglite")]);
+    const firstStart = inMemory ? undefined : prepareFirstStart(dataDir);
+    if (firstStart?.removed.length) {
+      opts.log?.warn("the PGlite database's first start was interrupted before it was made whole; making it again", { dataDir, removed: firstStart.removed });
+    }
     const client = await PGlite.create(inMemory ? undefined : dataDir, { loadDataDir: opts.loadDataDir }).catch((e: Error) => {
       throw new Error(`PGlite could not open its data directory ${dataDir} (persistence.datastore.pglite.dataDir): ${e.message}`);
     });
+    firstStart?.done();
     const db = drizzlePglite(client, { schema }) as unknown as Db;
     return {
       db,

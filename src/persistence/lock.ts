@@ -1,5 +1,6 @@
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, unlinkSync, writeSync } from "node:fs";
 import { join } from "node:path";
+import { FIRST_START_MARKER } from "./pglite-first-start";
 
 /** A held lock on a PGlite data dir. */
 export interface DataDirLock {
@@ -107,6 +108,8 @@ export function checkDataDir(dataDir: string): void {
     if (code === "ENOTDIR") throw new Error(`${what} is not a directory`);
     throw new Error(`${what} cannot be read: ${(e as Error).message}`);
   }
+  // A first start cut short (pglite-first-start.ts): tern's own half-made database, made again.
+  if (entries.includes(FIRST_START_MARKER)) return;
   const others = entries.filter((f) => f !== "tern.lock" && !isDataDir(join(dataDir, f)));
   if (others.length && !others.includes("PG_VERSION")) {
     throw new Error(`${what} holds files but no database (no PG_VERSION): give an empty directory, or one tern created`);
