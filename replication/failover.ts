@@ -1,4 +1,4 @@
-import { and, eq } from "drizzle-orm";
+import { and, eq, sql } from "drizzle-orm";
 import type { ClusterDirectory } from "../src/cluster/directory";
 import { failedPrecondition, invalidArgument, unavailable } from "../src/errors";
 import { lockNamespaceForChange } from "../src/history/namespace-guard";
@@ -24,7 +24,15 @@ export interface GracefulFailoverDeps {
   now?: () => Date;
   /** Longest wait between two reads of the target's acks (an ack saved by another process wakes nobody here). */
   recheckMs?: number;
+  /** Holds a lock other server processes on the database see (Database.withSessionLock) while fn runs. */
+  withSessionLock?: <T>(key: string, fn: () => Promise<T>, taken: () => Error) => Promise<T>;
 }
+
+/**
+ * The lock a graceful failover holds while its namespace is in HANDOVER: a server starting on
+ * the same database leaves that HANDOVER alone (resetAbandonedHandovers).
+ */
+const handoverOwnerKey = (namespaceId: string) => `tern-handover-owner:${namespaceId}`;
 
 /** Where the target had to be before the switch: per local shard, and in the namespace queue. */
 export interface HandoverPoint {
@@ -39,7 +47,8 @@ export interface HandoverPoint {
  * namespace leaves HANDOVER before this returns.
  */
 export function createGracefulFailover(deps: GracefulFailoverDeps) {
-  const { db, log, now = () => new Date(), recheckMs = 200 } = deps;
+  const { db, log, now = () => new Date(), recheckMs = 200, withSessionLock = (_key, fn) => fn() } = deps;
+  const inHandover = (name: string) => failedPrecondition(`namespace ${name} changed or is already in a graceful failover; retry`);
   const current = deps.clusters.current();
   // A stopping server abandons the failovers still waiting, while its database is open to leave HANDOVER.
   const running = createLongPolls(() => unavailable(`cluster ${current.clusterName} is shutting down: no graceful failover starts here now; retry on a running server`));
@@ -55,7 +64,7 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
         .returning({ id: namespaces.id });
     });
     deps.namespaces.invalidate(ns);
-    if (!row) throw failedPrecondition(`namespace ${ns.name} changed or is already in a graceful failover; retry`);
+    if (!row) throw inHandover(ns.name);
   }
 
   async function leaveHandover(ns: NamespaceRecord, why: string): Promise<void> {
@@ -140,18 +149,20 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
     if (targetInfo.enableConnection === false) {
       throw failedPrecondition(`replication with cluster ${target} is disabled on ${current.clusterName} (enable_connection is false), so it cannot catch up: enable the connection first, or fail over forced`);
     }
-    await enterHandover(ns);
-    let switched: NamespaceRecord | undefined;
-    try {
-      const point = await handoverPoint();
-      log.info("graceful failover: handover point recorded", { namespace: name, target, shards: Object.fromEntries(point.shards), namespaceTaskId: point.namespaceTaskId });
-      await waitCaughtUp(ns, target, point, timeoutMs, signal);
-      switched = await switchActive(ns, target, targetInfo.initialFailoverVersion);
-      log.info("graceful failover done", { namespace: name, target, failoverVersion: switched.failoverVersion });
-      return { namespace: switched, handover: point };
-    } finally {
-      if (!switched) await leaveHandover(ns, "timed out or failed").catch((e) => log.error("cannot leave HANDOVER", { namespace: name, error: String(e) }));
-    }
+    return withSessionLock(handoverOwnerKey(ns.id), async () => {
+      await enterHandover(ns);
+      let switched: NamespaceRecord | undefined;
+      try {
+        const point = await handoverPoint();
+        log.info("graceful failover: handover point recorded", { namespace: name, target, shards: Object.fromEntries(point.shards), namespaceTaskId: point.namespaceTaskId });
+        await waitCaughtUp(ns, target, point, timeoutMs, signal);
+        switched = await switchActive(ns, target, targetInfo.initialFailoverVersion);
+        log.info("graceful failover done", { namespace: name, target, failoverVersion: switched.failoverVersion });
+        return { namespace: switched, handover: point };
+      } finally {
+        if (!switched) await leaveHandover(ns, "timed out or failed").catch((e) => log.error("cannot leave HANDOVER", { namespace: name, error: String(e) }));
+      }
+    }, () => inHandover(name));
   }
 
   return {
@@ -163,12 +174,17 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
 
 export type GracefulFailover = ReturnType<typeof createGracefulFailover>;
 
-/** At startup: a HANDOVER found here was left by a crashed failover; put it back to NORMAL. */
+/**
+ * At startup: a HANDOVER whose failover's lock nobody holds was left by a crashed failover; put
+ * it back to NORMAL. One whose lock is held belongs to a failover another server process on the
+ * same database runs now: reset, it would let writes through during that handover, and the
+ * failover then end with "changed during the graceful failover".
+ */
 export async function resetAbandonedHandovers(db: Db, log: Logger): Promise<string[]> {
   const rows = await db
     .update(namespaces)
     .set({ replicationState: "NORMAL", updatedAt: new Date() })
-    .where(eq(namespaces.replicationState, "HANDOVER"))
+    .where(and(eq(namespaces.replicationState, "HANDOVER"), sql`pg_try_advisory_xact_lock(hashtextextended(${handoverOwnerKey("")} || ${namespaces.id}, 0))`))
     .returning({ name: namespaces.name });
   for (const r of rows) log.warn("namespace was left in HANDOVER by an interrupted graceful failover; reset to NORMAL", { namespace: r.name });
   return rows.map((r) => r.name);

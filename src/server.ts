@@ -217,6 +217,7 @@ function wireReplication({ opts, log, now, cluster, database }: Base, core: Core
   });
   const failover = createGracefulFailover({
     db, namespaces, clusters: core.clusters, notifier, log, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY),
+    withSessionLock: database.withSessionLock,
   });
   const sender = createReplicationSender({
     db, cluster, notifier, metrics, outboxMarks: core.outboxMarks, outboxTail: core.outboxTail, recheckMs: opts.replication?.senderRecheckMs,

@@ -34,6 +34,13 @@ export interface Database {
   };
   /** Runs fn holding a cluster-wide lock (migrations), on PostgreSQL an advisory lock. */
   withExclusiveLock<T>(fn: (db: Db) => Promise<T>): Promise<T>;
+  /**
+   * Runs fn holding the advisory lock hashtextextended(key, 0) on a connection of its own
+   * (PostgreSQL): other server processes on the database see it taken until fn ends or this
+   * process dies. Rejects with taken() when another session holds it. PGlite is one
+   * process's database: fn alone.
+   */
+  withSessionLock<T>(key: string, fn: () => Promise<T>, taken: () => Error): Promise<T>;
   close(): Promise<void>;
 }
 
@@ -80,6 +87,7 @@ async function openPglite(dataDir: string, opts: OpenOptions): Promise<Database>
       db,
       kind: "pglite",
       withExclusiveLock: (fn) => fn(db),
+      withSessionLock: (_key, fn) => fn(),
       async close() {
         await client.close();
         lock?.release();
@@ -198,6 +206,16 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
         return await fn(db);
       } finally {
         await locker.end({ timeout: 1 });
+      }
+    },
+    async withSessionLock(key, fn, taken) {
+      const holder = postgres(url, { ...(host && { host }), max: 1, onnotice: () => {}, connection: { application_name: "tern-lock" } });
+      try {
+        const [row] = await holder`select pg_try_advisory_lock(hashtextextended(${key}, 0)) as held`;
+        if (!row?.held) throw taken();
+        return await fn();
+      } finally {
+        await holder.end({ timeout: 1 });
       }
     },
     close: async () => {

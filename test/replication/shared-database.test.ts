@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { Code } from "@connectrpc/connect";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
+import { ReplicationState } from "../../src/gen/tern/workflow/v1/namespace_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { startClusters } from "../failover/mesh";
@@ -61,6 +62,29 @@ for (const store of (await testStores()).filter((s) => s === "postgres")) {
         await a2.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: true });
         await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: true });
       }
+    });
+
+    test("AHandoverOutlivesTheOtherServersRestart: a server starting on the database leaves a HANDOVER alone while another server's failover runs it", async () => {
+      await globalNamespace(a, b, "handover");
+      const state = async (x: TestCluster) => (await x.client(WorkflowService).describeNamespace({ namespace: "handover" })).namespace!.replicationConfig!.state;
+      const start = (workflowId: string) => a.client(WorkflowService).startWorkflowExecution({ namespace: "handover", workflowId, workflowType: "T", taskQueue: "q" });
+      // B stops pulling and lags behind a write: a's failover waits in HANDOVER.
+      await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: false });
+      await start("before");
+      const failover = a.client(OperatorService).failoverNamespace({ namespace: "handover", targetCluster: "clusterB", timeout: { seconds: 30n } });
+      try {
+        await eventually(async () => expect(await state(a)).toBe(ReplicationState.HANDOVER));
+        // The other server restarts (a deploy, a crash): its start resets only HANDOVERs no failover holds.
+        await a2.stop();
+        a2 = await startTestCluster({ store, name: "clusterA", initialFailoverVersion: 1, shards: 1, dataLocation: a.dataLocation });
+        expect(await state(a2)).toBe(ReplicationState.HANDOVER);
+        // Writes still wait out the handover (then a retryable UNAVAILABLE), not through it.
+        await rejects(start("during"), Code.Unavailable, "namespace handover is in handover");
+      } finally {
+        await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: true });
+      }
+      const res = await failover;
+      expect(res.namespace!.replicationConfig!.activeClusterName).toBe("clusterB");
     });
   });
 }
