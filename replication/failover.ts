@@ -1,6 +1,6 @@
 import { and, eq, sql } from "drizzle-orm";
 import type { ClusterDirectory } from "../src/cluster/directory";
-import { failedPrecondition, invalidArgument, unavailable } from "../src/errors";
+import { failedPrecondition, invalidArgument, loggableError, unavailable } from "../src/errors";
 import { lockNamespaceForChange } from "../src/history/namespace-guard";
 import type { EventNotifier } from "../src/history/notifier";
 import { createLongPolls } from "../src/long-polls";
@@ -10,6 +10,7 @@ import type { Db } from "../src/persistence/database";
 import { namespaces } from "../src/persistence/schema";
 import { listenForAckChange, outboundAcks } from "./ack-levels";
 import { appendNamespaceTask, namespaceQueueMax, readAckLevel } from "./namespace-queue";
+import { sleep } from "./manager";
 import { lastTaskIds } from "./outbox";
 
 export interface GracefulFailoverDeps {
@@ -67,8 +68,23 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
     if (!row) throw inHandover(ns.name);
   }
 
-  async function leaveHandover(ns: NamespaceRecord, why: string): Promise<void> {
-    await db.update(namespaces).set({ replicationState: "NORMAL", updatedAt: now() }).where(and(eq(namespaces.id, ns.id), eq(namespaces.replicationState, "HANDOVER")));
+  /**
+   * Back to NORMAL, retried until it lands: a failover that failed because the database went
+   * away would otherwise leave HANDOVER behind (every write waiting, then refused; every new
+   * failover refused) until a restart. Gives up only once the server stops (the signal): its
+   * next start resets it.
+   */
+  async function leaveHandover(ns: NamespaceRecord, why: string, signal: AbortSignal): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await db.update(namespaces).set({ replicationState: "NORMAL", updatedAt: now() }).where(and(eq(namespaces.id, ns.id), eq(namespaces.replicationState, "HANDOVER")));
+        break;
+      } catch (e) {
+        if (signal.aborted) throw e;
+        if (attempt === 0) log.error("cannot leave HANDOVER yet; retrying until the database takes it", { namespace: ns.name, error: loggableError(e) });
+        await sleep(Math.min(100 * 2 ** attempt, 1_000), signal);
+      }
+    }
     deps.namespaces.invalidate(ns);
     log.warn("graceful failover abandoned; namespace back to NORMAL", { namespace: ns.name, reason: why });
   }
@@ -160,7 +176,9 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
         log.info("graceful failover done", { namespace: name, target, failoverVersion: switched.failoverVersion });
         return { namespace: switched, handover: point };
       } finally {
-        if (!switched) await leaveHandover(ns, "timed out or failed").catch((e) => log.error("cannot leave HANDOVER", { namespace: name, error: String(e) }));
+        if (!switched) {
+          await leaveHandover(ns, "timed out or failed", signal).catch((e) => log.error("cannot leave HANDOVER; the next start resets it", { namespace: name, error: loggableError(e) }));
+        }
       }
     }, () => inHandover(name));
   }

@@ -226,7 +226,7 @@ if ((await testStores()).includes("postgres")) {
     const logs: { level: string; msg: string; repeated?: number }[] = [];
     beforeAll(async () => {
       const log = createLogger({ level: "info", write: (l) => logs.push(JSON.parse(l)) });
-      ({ cluster, proxy, close } = await startProxiedCluster({ log }));
+      ({ cluster, proxy, close } = await startProxiedCluster({ serverOptions: { log } }));
       await cluster.client(WorkflowService).registerNamespace({ namespace: "outage" });
     });
     afterAll(() => close?.());

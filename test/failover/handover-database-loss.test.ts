@@ -1,0 +1,58 @@
+import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { Code } from "@connectrpc/connect";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
+import { ReplicationState } from "../../src/gen/tern/workflow/v1/namespace_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { eventually } from "../support/eventually";
+import { startProxiedCluster } from "../support/proxied-cluster";
+import { rejects } from "../support/rejects";
+import { startTestCluster, type TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+import { addr, describeOn, expectActiveOn } from "./mesh";
+
+setDefaultTimeout(90_000);
+
+const cleanups: (() => Promise<unknown>)[] = [];
+afterAll(async () => {
+  for (const c of cleanups.reverse()) await c().catch(() => {});
+});
+
+const state = async (x: TestCluster) => (await describeOn(x, "orders")).replicationConfig!.state;
+const failover = (x: TestCluster, seconds: number) =>
+  x.client(OperatorService).failoverNamespace({ namespace: "orders", targetCluster: "clusterB", timeout: { seconds: BigInt(seconds) } });
+
+// A's PostgreSQL behind a proxy the test cuts: PostgreSQL only.
+describe.if((await testStores()).includes("postgres"))("a graceful failover whose database goes away", () => {
+  test("TestHandoverLeftOnceTheDatabaseIsBack: a failover that failed with the database gone leaves HANDOVER when it returns, without a restart", async () => {
+    const proxied = await startProxiedCluster({ name: "clusterA", initialFailoverVersion: 1 });
+    cleanups.push(proxied.close);
+    const a = proxied.cluster;
+    const b = await startTestCluster({ store: "postgres", name: "clusterB", initialFailoverVersion: 2 });
+    cleanups.push(() => b.destroy());
+    await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
+    await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
+    await a.client(WorkflowService).registerNamespace({ namespace: "orders", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
+    await eventually(() => describeOn(b, "orders"));
+    // B stops pulling and lags behind a write: the failover waits in HANDOVER.
+    await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: false });
+    await a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "before", workflowType: "t", taskQueue: "q" });
+    const failing = failover(a, 30);
+    await eventually(async () => expect(await state(a)).toBe(ReplicationState.HANDOVER));
+    // An outage of A's PostgreSQL: the wait's next read fails, and so does leaving HANDOVER at first.
+    proxied.proxy.refuse(true);
+    proxied.proxy.cut();
+    const answered = failing.then(() => undefined, (e: Error) => e);
+    await Bun.sleep(1_500); // the outage lasts past the failover's first attempts to leave HANDOVER
+    proxied.proxy.refuse(false);
+    const e = await answered;
+    expect(e?.message).toContain("retry");
+    // Back to NORMAL with the database: writes go through, and the failover can be run again.
+    await eventually(async () => expect(await state(a)).toBe(ReplicationState.NORMAL), { timeout: 10_000 });
+    await a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "after", workflowType: "t", taskQueue: "q" });
+    await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: true });
+    await failover(a, 20);
+    await expectActiveOn(b, "orders", "clusterB", 2n);
+    const start = a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "x", workflowType: "t", taskQueue: "q" });
+    await rejects(start, Code.FailedPrecondition, "clusterB");
+  });
+});
