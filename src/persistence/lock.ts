@@ -1,4 +1,4 @@
-import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, unlinkSync, writeSync } from "node:fs";
+import { closeSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { FIRST_START_MARKER } from "./pglite-first-start";
 
@@ -57,38 +57,93 @@ function ownerRuns(owner: number, identity: string | undefined): boolean {
 export function acquireDataDirLock(dataDir: string): DataDirLock {
   mkdirSync(dataDir, { recursive: true });
   const path = join(dataDir, "tern.lock");
-  for (let attempt = 0; attempt < 3; attempt++) {
-    try {
-      const fd = openSync(path, "wx");
-      const { identity } = startOf(process.pid);
-      writeSync(fd, identity ? `${process.pid} ${identity}` : String(process.pid));
-      closeSync(fd);
-      let released = false;
-      return {
-        path,
-        release() {
-          if (released) return;
-          released = true;
-          try {
-            if (readFileSync(path, "utf8").trim().split(" ")[0] === String(process.pid)) unlinkSync(path);
-          } catch {}
-        },
-      };
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+  const { identity } = startOf(process.pid);
+  const mine = identity ? `${process.pid} ${identity}` : String(process.pid);
+  // Written whole under a name of this process's own, then linked into place (which fails if a
+  // lock is there): created empty and written after, it was read empty by a process starting at
+  // the same time, taken for stale, and both went on to open the database.
+  const draft = `${path}.${process.pid}`;
+  writeFileSync(draft, mine);
+  try {
+    for (let attempt = 0; attempt < 5; attempt++) {
+      if (place(draft, path, mine)) return heldLock(path);
+      let held: string;
+      try {
+        held = readFileSync(path, "utf8");
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === "ENOENT") continue; // released meanwhile
+        throw e;
+      }
       // "pid", or "pid identity" (startOf): a pid alone may have been given to another process
       // since (after a reboot, say), or be a zombie's.
-      const [pid, identity] = readFileSync(path, "utf8").trim().split(" ");
+      const [pid, ownerIdentity] = held.trim().split(" ");
       const owner = Number.parseInt(pid!, 10);
-      if (ownerRuns(owner, identity)) {
+      if (ownerRuns(owner, ownerIdentity)) {
         throw new DataDirLockedError(`data dir ${dataDir} is in use by process ${owner} (lock ${path})`);
       }
-      try {
-        unlinkSync(path); // stale: its owner is gone
-      } catch {}
+      takeOverStale(path, held);
     }
+  } finally {
+    try {
+      unlinkSync(draft);
+    } catch {}
   }
   throw new DataDirLockedError(`could not lock data dir ${dataDir}`);
+}
+
+/** Puts the lock in place unless one is there (false). */
+function place(draft: string, path: string, mine: string): boolean {
+  try {
+    linkSync(draft, path);
+    return true;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "EEXIST") return false;
+    if (code !== "EPERM" && code !== "ENOTSUP" && code !== "EOPNOTSUPP" && code !== "ENOSYS") throw e;
+  }
+  // A filesystem without hard links: created exclusively, written at once.
+  try {
+    const fd = openSync(path, "wx");
+    writeSync(fd, mine);
+    closeSync(fd);
+    return true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "EEXIST") return false;
+    throw e;
+  }
+}
+
+/**
+ * Moves the stale lock (its text read as stale) aside. Another process starting now may have
+ * taken it over since the read and put its own in place: that one is put back, not removed.
+ */
+function takeOverStale(path: string, stale: string): void {
+  const aside = `${path}.stale.${process.pid}`;
+  try {
+    renameSync(path, aside);
+  } catch {
+    return; // gone already: taken over by another process, or released
+  }
+  try {
+    if (readFileSync(aside, "utf8") !== stale) linkSync(aside, path);
+  } catch {}
+  try {
+    unlinkSync(aside);
+  } catch {}
+}
+
+function heldLock(path: string): DataDirLock {
+  let released = false;
+  return {
+    path,
+    release() {
+      if (released) return;
+      released = true;
+      try {
+        if (readFileSync(path, "utf8").trim().split(" ")[0] === String(process.pid)) unlinkSync(path);
+      } catch {}
+    },
+  };
 }
 
 /**
@@ -110,7 +165,8 @@ export function checkDataDir(dataDir: string): void {
   }
   // A first start cut short (pglite-first-start.ts): tern's own half-made database, made again.
   if (entries.includes(FIRST_START_MARKER)) return;
-  const others = entries.filter((f) => f !== "tern.lock" && !isDataDir(join(dataDir, f)));
+  // tern.*: the lock, its drafts (acquireDataDirLock) and the first start's marker are tern's own.
+  const others = entries.filter((f) => !f.startsWith("tern.") && !isDataDir(join(dataDir, f)));
   if (others.length && !others.includes("PG_VERSION")) {
     throw new Error(`${what} holds files but no database (no PG_VERSION): give an empty directory, or one tern created`);
   }

@@ -3,6 +3,7 @@ import { Code } from "@connectrpc/connect";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { sql } from "drizzle-orm";
 import { EventType, WorkflowExecutionStatus } from "../../src/gen/tern/common/v1/common_pb";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
@@ -186,6 +187,23 @@ describe("PGlite data dir lock", () => {
       await (await startTestCluster({ store: "pglite", dataLocation: data.location })).stop();
     } finally {
       parent.kill();
+    }
+  });
+
+  test("TestProcessesStartingAtOnceOnOneDir: one holds the lock, on a new dir and on a stale lock alike", async () => {
+    const data = await newDataLocation("pglite");
+    cleanups.push(data.remove);
+    const contender = fileURLToPath(new URL("../support/lock-contender.ts", import.meta.url));
+    for (let round = 0; round < 16; round++) {
+      const dir = join(data.location, `r${round}`);
+      mkdirSync(dir);
+      // Half the rounds after a crash (a lock whose owner is gone), half after a clean stop (none).
+      if (round % 2) writeFileSync(join(dir, "tern.lock"), "999999999");
+      const at = Date.now() + 700;
+      const said = await Promise.all(
+        [0, 1, 2].map((_) => new Response(Bun.spawn([process.execPath, contender, dir, String(at)], { stdout: "pipe" }).stdout).text()),
+      );
+      expect({ round, held: said.filter((s) => s.trim() === "held").length }).toEqual({ round, held: 1 });
     }
   });
 
