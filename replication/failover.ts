@@ -202,7 +202,9 @@ export async function resetAbandonedHandovers(db: Db, log: Logger): Promise<stri
   const rows = await db
     .update(namespaces)
     .set({ replicationState: "NORMAL", updatedAt: new Date() })
-    .where(and(eq(namespaces.replicationState, "HANDOVER"), sql`pg_try_advisory_xact_lock(hashtextextended(${handoverOwnerKey("")} || ${namespaces.id}, 0))`))
+    // CASE: the lock is tried on HANDOVER rows only, never once per namespace (each would stay
+    // in PostgreSQL's shared lock table until commit).
+    .where(and(eq(namespaces.replicationState, "HANDOVER"), sql`case when ${namespaces.replicationState} = 'HANDOVER' then pg_try_advisory_xact_lock(hashtextextended(${handoverOwnerKey("")} || ${namespaces.id}, 0)) else false end`))
     .returning({ name: namespaces.name });
   for (const r of rows) log.warn("namespace was left in HANDOVER by an interrupted graceful failover; reset to NORMAL", { namespace: r.name });
   return rows.map((r) => r.name);

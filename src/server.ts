@@ -49,6 +49,7 @@ import { startLoopDelaySampler } from "./observability/loop-delay";
 import { createMetrics, type Metrics } from "./observability/metrics";
 import { openDatabase, type Database, type OpenOptions } from "./persistence/database";
 import { migrateSchema } from "./persistence/migrate";
+import { createPeriodic } from "./periodic";
 
 export const VERSION = "0.1.0";
 
@@ -230,6 +231,13 @@ function wireReplication({ opts, log, now, cluster, database }: Base, core: Core
     clients, applier, dlq, manager, backfill, sweep, sender, failover,
     remotes: createRemoteClusters({ db, current: cluster, clients, onChanged }),
     cleanup: createReplicationCleanup({ db, log }),
+    // A server of this cluster that died mid-failover (another process on the PostgreSQL database)
+    // leaves its HANDOVER to the others: reset once its failover's lock is free (resetAbandonedHandovers).
+    handoverReset: createPeriodic(() => resetAbandonedHandovers(db, log), {
+      name: "abandoned handover reset", log, intervalMs: 2_000, onDone: (reset) => {
+        if (reset.length) namespaces.invalidate();
+      },
+    }),
     namespaceSender: createNamespaceSender({ db, wake: notifier }),
     status: createReplicationStatus({
       db, cluster, connectionState: (name) => manager.connectionState(name), inboundProgress: historyReceiver.progress,
@@ -334,6 +342,8 @@ function wire(
   const loopDelay = startLoopDelaySampler(core.metrics);
   core.timers.start();
   repl.cleanup.start();
+  // PGlite is one process's database: its own failovers hold no lock the reset could see.
+  if (database.kind === "postgres") repl.handoverReset.start();
   plannerStats?.start();
   void repl.dlq.refreshGauge().catch((e) => log.warn("reading the replication DLQ size failed", { error: loggableError(e) }));
   void repl.manager.start();
@@ -352,6 +362,7 @@ function wire(
       await repl.sweep.stop();
       await repl.manager.stop();
       await repl.cleanup.stop();
+      await repl.handoverReset.stop();
       await plannerStats?.stop();
       await endLongPolls(); // before the database closes under them
       await core.timers.stop();

@@ -209,7 +209,10 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
       }
     },
     async withSessionLock(key, fn, taken) {
-      const holder = postgres(url, { ...(host && { host }), max: 1, onnotice: () => {}, connection: { application_name: "tern-lock" } });
+      // Keepalives: if this host dies, PostgreSQL ends the session (and frees the lock) within
+      // about 20 s, not the system's default 2 hours, for the other servers to take over.
+      const connection = { application_name: "tern-lock", tcp_keepalives_idle: 10, tcp_keepalives_interval: 5, tcp_keepalives_count: 2 };
+      const holder = postgres(url, { ...(host && { host }), max: 1, onnotice: () => {}, connection });
       try {
         const [row] = await holder`select pg_try_advisory_lock(hashtextextended(${key}, 0)) as held`;
         if (!row?.held) throw taken();

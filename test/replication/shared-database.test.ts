@@ -1,9 +1,11 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { Code } from "@connectrpc/connect";
+import { eq } from "drizzle-orm";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { ReplicationState } from "../../src/gen/tern/workflow/v1/namespace_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { namespaces } from "../../src/persistence/schema";
 import { startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
 import { startTestCluster, type TestCluster } from "../support/server";
@@ -85,6 +87,16 @@ for (const store of (await testStores()).filter((s) => s === "postgres")) {
       }
       const res = await failover;
       expect(res.namespace!.replicationConfig!.activeClusterName).toBe("clusterB");
+    });
+
+    test("AHandoverWhoseServerDiedIsResetByTheOthers: a HANDOVER no failover holds goes back to NORMAL within seconds, no restart needed", async () => {
+      await globalNamespace(a, b, "orphaned");
+      // As if the server running its failover died: HANDOVER in the database, its lock free.
+      const set = await a.server.database.db.update(namespaces).set({ replicationState: "HANDOVER" }).where(eq(namespaces.name, "orphaned")).returning();
+      expect(set.length).toBe(1);
+      const state = async (x: TestCluster) => (await x.client(WorkflowService).describeNamespace({ namespace: "orphaned" })).namespace!.replicationConfig!.state;
+      await eventually(async () => expect(await state(a2)).toBe(ReplicationState.NORMAL), { timeout: 10_000 });
+      await a.client(WorkflowService).startWorkflowExecution({ namespace: "orphaned", workflowId: "after", workflowType: "T", taskQueue: "q" });
     });
   });
 }
