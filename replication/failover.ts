@@ -29,9 +29,12 @@ export interface GracefulFailoverDeps {
   withSessionLock?: <T>(key: string, fn: () => Promise<T>, taken: () => Error) => Promise<T>;
 }
 
+/** How long a failed failover keeps trying to leave HANDOVER before it answers. */
+const LEAVE_RETRY_MS = 10_000;
+
 /**
- * The lock a graceful failover holds while its namespace is in HANDOVER: a server starting on
- * the same database leaves that HANDOVER alone (resetAbandonedHandovers).
+ * The lock a graceful failover holds while its namespace is in HANDOVER: the resets of abandoned
+ * HANDOVERs (resetAbandonedHandovers, at start and every 2 s on PostgreSQL) leave that one alone.
  */
 const handoverOwnerKey = (namespaceId: string) => `tern-handover-owner:${namespaceId}`;
 
@@ -69,19 +72,21 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
   }
 
   /**
-   * Back to NORMAL, retried until it lands: a failover that failed because the database went
+   * Back to NORMAL, retried while the database is away: a failover that failed because it went
    * away would otherwise leave HANDOVER behind (every write waiting, then refused; every new
-   * failover refused) until a restart. Gives up only once the server stops (the signal): its
-   * next start resets it.
+   * failover refused) until a restart. Gives up after LEAVE_RETRY_MS, not to keep its caller
+   * waiting out a long outage (on PostgreSQL the periodic resetAbandonedHandovers then does it,
+   * its lock being free), or once the server stops (its next start does).
    */
   async function leaveHandover(ns: NamespaceRecord, why: string, signal: AbortSignal): Promise<void> {
+    const until = Date.now() + LEAVE_RETRY_MS;
     for (let attempt = 0; ; attempt++) {
       try {
         await db.update(namespaces).set({ replicationState: "NORMAL", updatedAt: now() }).where(and(eq(namespaces.id, ns.id), eq(namespaces.replicationState, "HANDOVER")));
         break;
       } catch (e) {
-        if (signal.aborted) throw e;
-        if (attempt === 0) log.error("cannot leave HANDOVER yet; retrying until the database takes it", { namespace: ns.name, error: loggableError(e) });
+        if (signal.aborted || Date.now() >= until) throw e;
+        if (attempt === 0) log.error("cannot leave HANDOVER yet; retrying", { namespace: ns.name, error: loggableError(e) });
         await sleep(Math.min(100 * 2 ** attempt, 1_000), signal);
       }
     }
@@ -177,7 +182,7 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
         return { namespace: switched, handover: point };
       } finally {
         if (!switched) {
-          await leaveHandover(ns, "timed out or failed", signal).catch((e) => log.error("cannot leave HANDOVER; the next start resets it", { namespace: name, error: loggableError(e) }));
+          await leaveHandover(ns, "timed out or failed", signal).catch((e) => log.error("cannot leave HANDOVER; it is reset once the database is back (PostgreSQL) or at the next start", { namespace: name, error: loggableError(e) }));
         }
       }
     }, () => inHandover(name));
