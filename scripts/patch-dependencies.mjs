@@ -57,6 +57,16 @@
 //    the 64th of 64 waiting writes was answered after about 8 s (6.3 s in the test). Mended by
 //    failing every queued query when a connection closes before it opened: the caller hears
 //    at once (UNAVAILABLE), and the next query opens a connection again.
+// 10. A query on a reservation whose connection closed (porsager/postgres#1208). A close
+//    (pg_terminate_backend, a restart) ends the reservation in the pool (onclose: the
+//    connection is closed, and reconnected at once for a queued query), but its holder may
+//    still send on it: execute() then writes to the null socket, and the Sync it writes after
+//    catching that TypeError is flushed from a setImmediate, where the TypeError is thrown
+//    again, uncaught (which ends a Bun or Node process), the query never answered; or, once
+//    the pool has reconnected the connection for someone else, into that other session.
+//    release() likewise put such a connection back among the open ones. Mended by the
+//    reservation keeping its own mark (c.reserved, which the close clears): a query after it
+//    fails as CONNECTION_CLOSED, and release() leaves the connection to the pool.
 //
 // and one for speed, not a defect upstream would call one (src/index.js and src/queue.js):
 //

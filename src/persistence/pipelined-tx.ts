@@ -17,12 +17,12 @@ import type { Db, Tx } from "./database";
  * in JavaScript after it).
  *
  * A connection PostgreSQL ended (a restart, a failover, an operator's terminate) fails the
- * transaction, and nothing more is sent on it, not even ROLLBACK: postgres.js would throw
- * from a timer, outside any promise, on a query issued to a reserved connection after it
- * closed, which ends the process (porsager/postgres#1208). Nor is it handed back to the
- * pool, which reconnects it. That is known from a statement of the transaction failing, so
- * fn must not wait on anything but its own statements (none of tern's does): a connection
- * that closed while none was in flight would go unnoticed until the next one is sent.
+ * transaction, and nothing more is sent on it, not even ROLLBACK. Nor is it handed back to
+ * the pool, which reconnects it. That is known from a statement of the transaction failing;
+ * one that closed while none was in flight fails the next statement sent as CONNECTION_CLOSED
+ * (postgres.js threw from a timer there, outside any promise, which ends the process, and
+ * could write into the session the pool had reconnected the connection for:
+ * porsager/postgres#1208, mend 10 of scripts/patch-dependencies.mjs).
  */
 export interface PipelinedTransactions {
   run<T>(fn: (tx: Tx, commit: () => void) => Promise<T>, beforeCommit?: () => Promise<void> | void): Promise<T>;

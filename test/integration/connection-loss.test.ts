@@ -7,6 +7,7 @@ import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { connectionLost } from "../../src/errors";
 import { createLogger } from "../../src/observability/log";
 import { openDatabase, type Database } from "../../src/persistence/database";
+import { runStatement } from "../../src/persistence/raw-statements";
 import { connectAll, startClusters } from "../failover/mesh";
 import { expectSameHistories, globalNamespace } from "../replication/support";
 import { eventually } from "../support/eventually";
@@ -159,6 +160,34 @@ if ((await testStores()).includes("postgres")) {
         expect(connections).toBeLessThan(5);
       } finally {
         closer.close();
+      }
+    });
+
+    // postgres 3.4.9 sent a reservation's next query to its connection after PostgreSQL had
+    // ended it: a TypeError thrown from a timer, uncaught (which ends the process), and the
+    // query never answered (mended at install, porsager/postgres#1208).
+    test("AStatementAfterTheTransactionsConnectionEndedFailsAsLost: no uncaught error, no hang", async () => {
+      const uncaught: unknown[] = [];
+      const keep = (e: unknown) => void uncaught.push(e);
+      process.on("uncaughtException", keep);
+      try {
+        for (let round = 0; round < 3; round++) {
+          const outcome = await opened.pipelined!.run(async (tx) => {
+            const [{ pid }] = (await runStatement(tx, "select pg_backend_pid() as pid", [])) as [{ pid: number }];
+            await admin`select pg_terminate_backend(${pid})`;
+            await eventually(async () => expect((await admin`select 1 from pg_stat_activity where pid = ${pid}`).length).toBe(0), { timeout: 10_000, interval: 10 });
+            await Bun.sleep(20); // the close reaches the driver
+            // Nothing of the transaction is in flight as its connection goes: the next statement finds it gone.
+            return runStatement(tx, `select $1::text as padded`, ["x".repeat(2000)]).then(() => "answered", (e) => (connectionLost(e) ? "lost" : String(e)));
+          }).catch((e) => (connectionLost(e) ? "lost" : String(e)));
+          expect(outcome).toBe("lost");
+        }
+        await Bun.sleep(50); // a throw from a timer would come by now
+        expect(uncaught).toEqual([]);
+        // The pool serves on: the connection is reconnected, not lost to it.
+        expect(await Promise.all(Array.from({ length: 16 }, () => opened.db.execute(sql`select 1`).then(() => "ok")))).toEqual(Array(16).fill("ok"));
+      } finally {
+        process.off("uncaughtException", keep);
       }
     });
 
