@@ -32,16 +32,15 @@ type EventRow = typeof historyEvents.$inferSelect;
 
 /** The stored form of attributes: protobuf JSON holding the one oneof key. */
 export function attributesToJson(attributes: EventAttributes): Record<string, unknown> {
-  const large = swapLargeBytes(attributes.value);
-  let json: Record<string, unknown>;
-  try {
-    json = toJson(HistoryEventSchema, create(HistoryEventSchema, { attributes })) as Record<string, unknown>;
-  } finally {
-    for (const l of large) l.restore();
-  }
+  const large = standAside(attributes.value, (v): v is Uint8Array => v instanceof Uint8Array && v.byteLength >= LARGE_BYTES, (marker) => marker);
+  const json = whileAside(large, () => toJson(HistoryEventSchema, create(HistoryEventSchema, { attributes })) as Record<string, unknown>);
   if (large.length > 0) {
-    const byMarker = new Map(large.map((l) => [l.marker, l.bytes]));
-    putBase64(json, byMarker);
+    // Each marker's bytes, as base64, where toJson wrote the marker.
+    const byMarker = new Map(large.map((l) => [l.marker, l.value]));
+    eachLeaf(json, (o, k, v) => {
+      const bytes = typeof v === "string" ? byMarker.get(v) : undefined;
+      if (bytes) o[k] = toBase64(bytes);
+    });
   }
   return json;
 }
@@ -53,43 +52,8 @@ export function attributesToJson(attributes: EventAttributes): Record<string, un
  */
 const LARGE_BYTES = 4096;
 
-/**
- * Replaces each large bytes field under value with a marker of its own (a random 18 bytes, so
- * no payload of a caller's can be taken for one), to be put back with restore().
- */
-function swapLargeBytes(value: unknown): { marker: string; bytes: Uint8Array; restore(): void }[] {
-  const found: { marker: string; bytes: Uint8Array; restore(): void }[] = [];
-  // for...in, not Object.entries: this runs for every event written, and allocates nothing.
-  const visit = (o: Record<string, unknown>, depth: number) => {
-    if (depth > 32) return;
-    for (const k in o) {
-      const v = o[k];
-      if (v instanceof Uint8Array) {
-        if (v.byteLength < LARGE_BYTES) continue;
-        const stand = crypto.getRandomValues(new Uint8Array(18));
-        o[k] = stand;
-        found.push({ marker: toBase64(stand), bytes: v, restore: () => void (o[k] = v) });
-      } else if (typeof v === "object" && v !== null) {
-        visit(v as Record<string, unknown>, depth + 1);
-      }
-    }
-  };
-  if (typeof value === "object" && value !== null) visit(value as Record<string, unknown>, 0);
-  return found;
-}
-
-/** Puts each marker's bytes, as base64, where toJson wrote the marker. */
-function putBase64(json: Record<string, unknown>, byMarker: Map<string, Uint8Array>): void {
-  for (const k in json) {
-    const v = json[k];
-    if (typeof v === "string") {
-      const bytes = byMarker.get(v);
-      if (bytes) json[k] = toBase64(bytes);
-    } else if (typeof v === "object" && v !== null) {
-      putBase64(v as Record<string, unknown>, byMarker);
-    }
-  }
-}
+/** base64 this long or longer is decoded by eventFromJson itself: LARGE_BYTES' worth. */
+const LARGE_BASE64 = Math.ceil(LARGE_BYTES / 3) * 4;
 
 /**
  * A HistoryEvent from its stored attributes JSON. Long strings (base64 of 4 KiB or more, or
@@ -98,53 +62,69 @@ function putBase64(json: Record<string, unknown>, byMarker: Map<string, Uint8Arr
  * holding a marker's bytes gets the string's bytes, and a string field the string.
  */
 function eventFromJson(json: JsonObject): HistoryEvent {
-  const long: { marker: string; text: string; restore(): void }[] = [];
-  const visit = (o: Record<string, unknown>, depth: number) => {
-    if (depth > 32) return;
-    for (const k in o) {
-      const v = o[k];
-      if (typeof v === "string") {
-        if (v.length < LARGE_BASE64) continue;
-        const marker = toBase64(crypto.getRandomValues(new Uint8Array(18)));
-        o[k] = marker;
-        long.push({ marker, text: v, restore: () => void (o[k] = v) });
-      } else if (typeof v === "object" && v !== null) {
-        visit(v as Record<string, unknown>, depth + 1);
-      }
-    }
-  };
-  visit(json, 0);
-  let event: HistoryEvent;
-  try {
-    event = fromJson(HistoryEventSchema, json, { ignoreUnknownFields: true });
-  } finally {
-    for (const l of long) l.restore();
-  }
-  if (long.length > 0) putLong(event.attributes.value, new Map(long.map((l) => [l.marker, l.text])));
-  return event;
-}
-
-/** base64 this long or longer is decoded by eventFromJson itself: LARGE_BYTES' worth. */
-const LARGE_BASE64 = Math.ceil(LARGE_BYTES / 3) * 4;
-
-/** Puts each marker's text where fromJson read the marker: decoded in a bytes field, as it is in a string field. */
-function putLong(value: unknown, byMarker: Map<string, string>): void {
-  const visit = (o: Record<string, unknown>, depth: number) => {
-    if (depth > 32) return;
-    for (const k in o) {
-      const v = o[k];
+  const long = standAside(json, (v): v is string => typeof v === "string" && v.length >= LARGE_BASE64, (marker) => toBase64(marker));
+  const event = whileAside(long, () => fromJson(HistoryEventSchema, json, { ignoreUnknownFields: true }));
+  if (long.length > 0) {
+    const byMarker = new Map(long.map((l) => [l.marker, l.value]));
+    eachLeaf(event.attributes.value, (o, k, v) => {
       if (v instanceof Uint8Array) {
-        const text = v.byteLength === 18 ? byMarker.get(toBase64(v)) : undefined;
+        const text = v.byteLength === MARKER_BYTES ? byMarker.get(toBase64(v)) : undefined;
         if (text !== undefined) o[k] = fromBase64(text);
       } else if (typeof v === "string") {
         const text = byMarker.get(v);
         if (text !== undefined) o[k] = text;
-      } else if (typeof v === "object" && v !== null) {
-        visit(v as Record<string, unknown>, depth + 1);
       }
-    }
-  };
-  if (typeof value === "object" && value !== null) visit(value as Record<string, unknown>, 0);
+    });
+  }
+  return event;
+}
+
+/** A marker's size: random bytes enough that no caller's value can be taken for one. */
+const MARKER_BYTES = 18;
+
+/** A field stood aside behind a marker (its base64) while protobuf-es works on the rest. */
+interface StoodAside<T> {
+  marker: string;
+  value: T;
+  restore(): void;
+}
+
+/**
+ * Stands each leaf under root that pick takes aside: the field holds stand(marker) until
+ * restore(), marker being MARKER_BYTES random bytes of its own.
+ */
+function standAside<T>(root: unknown, pick: (v: unknown) => v is T, stand: (marker: Uint8Array) => unknown): StoodAside<T>[] {
+  const aside: StoodAside<T>[] = [];
+  eachLeaf(root, (o, k, v) => {
+    if (!pick(v)) return;
+    const marker = crypto.getRandomValues(new Uint8Array(MARKER_BYTES));
+    o[k] = stand(marker);
+    aside.push({ marker: toBase64(marker), value: v, restore: () => void (o[k] = v) });
+  });
+  return aside;
+}
+
+/** fn's result, the fields stood aside put back whatever it does. */
+function whileAside<R>(aside: StoodAside<unknown>[], fn: () => R): R {
+  try {
+    return fn();
+  } finally {
+    for (const a of aside) a.restore();
+  }
+}
+
+/**
+ * Calls leaf for each field under root that is no object or array (a Uint8Array is a leaf), down
+ * to depth 32. for...in, not Object.entries: this runs for every event, and allocates nothing.
+ */
+function eachLeaf(root: unknown, leaf: (o: Record<string, unknown>, k: string, v: unknown) => void, depth = 0): void {
+  if (typeof root !== "object" || root === null || depth > 32) return;
+  const o = root as Record<string, unknown>;
+  for (const k in o) {
+    const v = o[k];
+    if (typeof v === "object" && v !== null && !(v instanceof Uint8Array)) eachLeaf(v, leaf, depth + 1);
+    else leaf(o, k, v);
+  }
 }
 
 /** Bytes from standard base64 (protobuf JSON's; protobuf-es also reads the URL alphabet and no padding). */
