@@ -9,7 +9,7 @@ export function createFailureLog() {
   return {
     /** Whether message is a failure other than the last one logged (and remembers it). */
     isNew(message: string): boolean {
-      const key = message.replace(/ ?\(request id [^)]*\)/g, "");
+      const key = withoutRequestIds(message);
       const isNew = key !== last;
       last = key;
       failingSince ??= performance.now();
@@ -22,4 +22,12 @@ export function createFailureLog() {
       return failedForMs;
     },
   };
+}
+
+/**
+ * text with each request id it names left out ("request id X" becomes "request id"): a remote's
+ * error, or an answer to a client, names one new on every request, though the failure is the same.
+ */
+export function withoutRequestIds(text: string): string {
+  return text.replace(/request id [^)";]+/g, "request id");
 }

@@ -1,3 +1,4 @@
+import { withoutRequestIds } from "./failure-log";
 import type { Logger } from "./log";
 
 /** Most distinct lines remembered; past it the oldest are forgotten (their next line is written). */
@@ -41,5 +42,5 @@ export function createRepeatLog(log: Logger, opts: { windowMs?: number; now?: ()
 /** A line's identity: its level, message and fields, without request ids (new on every request). */
 function keyOf(level: string, msg: string, fields: Record<string, unknown> = {}): string {
   const { requestId: _, ...rest } = fields;
-  return `${level}\u0000${msg}\u0000${JSON.stringify(rest).replace(/request id [0-9A-Za-z-]+/g, "request id")}`;
+  return `${level}\u0000${msg}\u0000${withoutRequestIds(JSON.stringify(rest))}`;
 }
