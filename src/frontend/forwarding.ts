@@ -58,6 +58,45 @@ export function handedBack(e: unknown, namespace: string, target: string, curren
   return unavailable(`namespace ${namespace} is failing over: cluster ${target} says ${current} is active, and ${current} has not heard yet; retry`);
 }
 
+/**
+ * The cluster a forwarded call's refusal names as active instead (the header, or the message
+ * of a tern before it and of a failover's refusal); undefined for any other answer.
+ */
+function redirectedTo(e: unknown, namespace: string): string | undefined {
+  if (!(e instanceof ConnectError) || e.code !== Code.FailedPrecondition) return undefined;
+  const prefix = `namespace ${namespace} is active in cluster `;
+  return e.metadata.get(ACTIVE_CLUSTER_HEADER) ?? (e.rawMessage.startsWith(prefix) ? e.rawMessage.slice(prefix.length) : undefined);
+}
+
+/**
+ * Calls the frontend of target, the cluster current names active for namespace, and follows a
+ * refusal that names another (with three or more clusters, target may have handed over to a
+ * third that current has not heard of: its write would fail where a retry lands). Each cluster
+ * is tried once; a refusal naming current, or one already tried, is retryable UNAVAILABLE.
+ */
+export async function callActive<T>(
+  { clusters, clients }: Pick<ForwardingDeps, "clusters" | "clients">,
+  namespace: string,
+  target: string,
+  call: (remote: RemoteClients) => Promise<T>,
+): Promise<T> {
+  const current = clusters.current().clusterName;
+  const tried = new Set([current]);
+  for (let hop = target; ; ) {
+    tried.add(hop);
+    try {
+      return await call(await frontendOf(clusters, clients, hop));
+    } catch (e) {
+      const back = handedBack(e, namespace, hop, current);
+      if (back) throw back;
+      const next = redirectedTo(e, namespace);
+      if (next === undefined) throw peerUnreachable(e, hop);
+      if (tried.has(next)) throw unavailable(`namespace ${namespace} is failing over: cluster ${hop} says ${next} is active, which has not heard yet; retry`);
+      hop = next;
+    }
+  }
+}
+
 export interface ForwardingDeps {
   inner: Workflow;
   policy: RedirectionPolicy;
@@ -99,10 +138,9 @@ export function createForwardingWorkflowService({ inner, policy, namespaces, clu
         }
       }
       const message = "requestId" in req && !req.requestId ? { ...req, requestId: ulid() } : req;
-      const remote = (await frontendOf(clusters, clients, target)).workflow;
-      const call = remote[name as keyof typeof remote] as (m: unknown, o: unknown) => Promise<unknown>;
-      return call(message, forwardOptions(ctx, current)).catch((e) => {
-        throw handedBack(e, req.namespace, target, current) ?? peerUnreachable(e, target);
+      return callActive({ clusters, clients }, req.namespace, target, ({ workflow }) => {
+        const call = workflow[name as keyof typeof workflow] as (m: unknown, o: unknown) => Promise<unknown>;
+        return call.call(workflow, message, forwardOptions(ctx, current));
       });
     };
   }

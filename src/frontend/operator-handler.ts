@@ -12,9 +12,9 @@ import { decodeToken, encodeToken, NAME_TOKEN } from "../persistence/page-token"
 import type { RemoteClusters } from "../cluster/remote-clusters";
 import { clampPage } from "../namespace/registry";
 import type { GracefulFailover } from "../../replication/failover";
-import { peerUnreachable, type RemoteClientPool } from "../cluster/remote-client";
+import type { RemoteClientPool } from "../cluster/remote-client";
 import { durationMs, namespaceToProto } from "./convert";
-import { FORWARDED_HEADER, forwardOptions, frontendOf, handedBack } from "./forwarding";
+import { callActive, FORWARDED_HEADER, forwardOptions } from "./forwarding";
 
 export interface OperatorHandlerDeps {
   db: Db;
@@ -93,10 +93,8 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
     async failoverNamespace(r, ctx) {
       const ns = await namespaces.describe({ name: r.namespace });
       if (ns.isGlobal && ns.activeClusterName !== current.clusterName && !ctx.requestHeader.get(FORWARDED_HEADER)) {
-        const active = await frontendOf(clusters, deps.clients, ns.activeClusterName);
-        return active.operator.failoverNamespace(r, forwardOptions(ctx, current.clusterName)).catch((e) => {
-          throw handedBack(e, r.namespace, ns.activeClusterName, current.clusterName) ?? peerUnreachable(e, ns.activeClusterName);
-        });
+        return callActive({ clusters, clients: deps.clients }, r.namespace, ns.activeClusterName, ({ operator }) =>
+          operator.failoverNamespace(r, forwardOptions(ctx, current.clusterName)));
       }
       const res = await deps.failover.run(r.namespace, r.targetCluster, durationMs(r.timeout, "timeout", FAILOVER_TIMEOUT_MS));
       const ids = [...res.handover.shards].map(([shard, id]) => [shard, BigInt(id)] as const);

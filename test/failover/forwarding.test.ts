@@ -111,6 +111,33 @@ for (const store of await testStores()) {
       }
     });
 
+    test("TestAWriteForwardedToAClusterThatHandedOverToAThirdIsForwardedThere: three clusters, one still names the old active", async () => {
+      // clusterC still names B active (it has not heard that B handed over to A): B refuses the
+      // forwarded write naming A, and C follows to A rather than failing a write a retry would land.
+      const onC = selected.server.database.db;
+      // The test before left A's cache naming C for a moment.
+      await eventually(() => a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "w3", workflowType: "t", taskQueue: "q", requestId: "start-w3" }));
+      await eventually(() => noop.client(WorkflowService).describeWorkflowExecution({ namespace: "orders", execution: run("w3") }));
+      await onC.update(namespaces).set({ activeClusterName: "clusterB" }).where(eq(namespaces.name, "orders"));
+      try {
+        await eventuallyOn(selected, "orders", (ns) => expect(ns.replicationConfig!.activeClusterName).toBe("clusterB"));
+        const res = await selected.client(WorkflowService).signalWorkflowExecution({
+          namespace: "orders", workflowExecution: run("w3"), signalName: "via-b", requestId: "third-1",
+        });
+        const onA = await a.client(WorkflowService).getWorkflowExecutionHistory({ namespace: "orders", execution: run("w3") });
+        expect(onA.history!.events.at(-1)!.eventId).toBe(res.eventId);
+        // A graceful failover asked of C goes the same way: B names A, and A answers.
+        await rejects(
+          selected.client(OperatorService).failoverNamespace({ namespace: "orders", targetCluster: "clusterA" }),
+          Code.FailedPrecondition,
+          "namespace orders is already active in cluster clusterA",
+        );
+      } finally {
+        await onC.update(namespaces).set({ activeClusterName: "clusterA" }).where(eq(namespaces.name, "orders"));
+        await eventuallyOn(selected, "orders", (ns) => expect(ns.replicationConfig!.activeClusterName).toBe("clusterA"));
+      }
+    });
+
     test("TestForwardingToAnActiveClusterThatIsDownIsUnavailable (last: it stops A)", async () => {
       await a.stop();
       await rejects(
