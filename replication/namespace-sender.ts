@@ -67,6 +67,9 @@ export function createNamespaceSender({ db, wake, pollMs = 1000 }: NamespaceSend
     }
     // Read the max first: ids commit in order, so every task up to it is visible below.
     const max = await waitPast(after, r.waitTimeoutMs, signal);
+    // Again after the wait: a poll open when the connection was disabled would otherwise
+    // carry the changes made since (history pages check at every read too).
+    if (r.clusterName) await refuseDisabled(r.clusterName);
     const t = namespaceReplicationTasks;
     const listed = (key: string) => sql`(${t.namespace}->${key}) @> ${JSON.stringify([r.clusterName])}::jsonb`;
     const rows = await db

@@ -2,13 +2,14 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { Code } from "@connectrpc/connect";
 import { eq } from "drizzle-orm";
 import { NamespaceState, ReplicationState } from "../../src/gen/tern/workflow/v1/namespace_pb";
+import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { namespaces } from "../../src/persistence/schema";
 import { rejects } from "../support/rejects";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
-import { connectAll, describeOn, eventuallyOn, startClusters } from "./mesh";
+import { addr, connectAll, describeOn, eventuallyOn, startClusters } from "./mesh";
 
 setDefaultTimeout(90_000);
 
@@ -94,6 +95,24 @@ for (const store of await testStores()) {
       await a.client(WorkflowService).updateNamespace({ namespace: "late", clusters: ["clusterA", "clusterB", "clusterC"] });
       await eventuallyOn(c, "late", (ns) => expect(ns.replicationConfig!.clusters).toEqual(["clusterA", "clusterB", "clusterC"]));
       await eventuallyOn(b, "late", (ns) => expect(ns.replicationConfig!.clusters).toContain("clusterC"));
+    });
+
+    test("TestDisablingAConnectionEndsAnOpenNamespacePoll: a namespace change made after it is not served to the peer", async () => {
+      // B's poll on A was open when A disabled B: a change committed then must wait for the
+      // connection to be enabled again, as history pages do, not ride out on that poll.
+      const admin = a.client(AdminService);
+      const { maxTaskId } = await admin.getNamespaceReplicationTasks({ afterTaskId: 0n, clusterName: "clusterB", pageSize: 1, waitTimeoutMs: 0 });
+      const poll = admin.getNamespaceReplicationTasks({ afterTaskId: maxTaskId, clusterName: "clusterB", pageSize: 100, waitTimeoutMs: 15_000 });
+      const op = a.client(OperatorService);
+      await op.addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: false });
+      try {
+        await a.client(WorkflowService).registerNamespace({ namespace: "while-disabled", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
+        await rejects(poll, Code.Unavailable, "replication to cluster clusterB is disabled here");
+        expect(describeOn(b, "while-disabled")).rejects.toThrow("not found");
+      } finally {
+        await op.addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: true });
+      }
+      await eventuallyOn(b, "while-disabled", () => {});
     });
 
     test("TestNamespaceQueueResumesAfterReceiverRestart", async () => {
