@@ -25,6 +25,8 @@ export interface GracefulFailoverDeps {
   now?: () => Date;
   /** Longest wait between two reads of the target's acks (an ack saved by another process wakes nobody here). */
   recheckMs?: number;
+  /** Why the target can never catch up, as it says itself (createFailoverTargetCheck), or undefined. */
+  targetProblem?: (target: string) => Promise<string | undefined>;
   /** Holds a lock other server processes on the database see (Database.withSessionLock) while fn runs. */
   withSessionLock?: <T>(key: string, fn: () => Promise<T>, taken: () => Error) => Promise<T>;
 }
@@ -170,6 +172,8 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
     if (targetInfo.enableConnection === false) {
       throw failedPrecondition(`replication with cluster ${target} is disabled on ${current.clusterName} (enable_connection is false), so it cannot catch up: enable the connection first, or fail over forced`);
     }
+    const problem = await deps.targetProblem?.(target);
+    if (problem) throw failedPrecondition(`${problem}, so it cannot catch up: fix that there first, or fail over forced; ${name} stays active in ${current.clusterName}`);
     return withSessionLock(handoverOwnerKey(ns.id), async () => {
       await enterHandover(ns);
       let switched: NamespaceRecord | undefined;

@@ -13,6 +13,7 @@ import { createReplicationVerifier } from "../replication/verification";
 import { createBackfillReceiver } from "../replication/backfill-receiver";
 import { createReplicationCleanup } from "../replication/cleanup";
 import { createGracefulFailover, resetAbandonedHandovers } from "../replication/failover";
+import { createFailoverTargetCheck } from "../replication/failover-target";
 import { createReplicationManager } from "../replication/manager";
 import { createPlannerStats } from "./persistence/planner-stats";
 import { createNamespaceReceiver } from "../replication/namespace-receiver";
@@ -218,7 +219,7 @@ function wireReplication({ opts, log, now, cluster, database }: Base, core: Core
   });
   const failover = createGracefulFailover({
     db, namespaces, clusters: core.clusters, notifier, log, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY),
-    withSessionLock: database.withSessionLock,
+    withSessionLock: database.withSessionLock, targetProblem: createFailoverTargetCheck({ clusters: core.clusters, clients }),
   });
   const sender = createReplicationSender({
     db, cluster, notifier, metrics, outboxMarks: core.outboxMarks, outboxTail: core.outboxTail, recheckMs: opts.replication?.senderRecheckMs,

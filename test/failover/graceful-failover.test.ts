@@ -9,7 +9,7 @@ import { eq } from "drizzle-orm";
 import { namespaces } from "../../src/persistence/schema";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
-import { addr, describeOn, expectActiveOn, startOrdersPair } from "./mesh";
+import { ackGate, addr, describeOn, expectActiveOn, startClusters, startOrdersPair } from "./mesh";
 
 setDefaultTimeout(90_000);
 
@@ -24,10 +24,11 @@ const setConnection = (x: TestCluster, to: TestCluster, enabled: boolean) =>
 for (const store of await testStores()) {
   describe(`graceful failover on ${store}`, () => {
     let a: TestCluster, b: TestCluster;
+    const acks = ackGate(); // B's acks to A, held by the tests whose failover must wait
     beforeAll(async () => {
-      [a, b] = await startOrdersPair(store);
+      [a, b] = await startOrdersPair(store, [{}, acks.options]);
     });
-    afterAll(() => Promise.all([a, b].map((x) => x.destroy())));
+    afterAll(() => (acks.gate.open(), Promise.all([a, b].map((x) => x.destroy()))));
 
     test("TestGracefulFailoverSwitchesWhenTargetCaughtUp", async () => {
       const res = await failover(a, "clusterB");
@@ -72,9 +73,25 @@ for (const store of await testStores()) {
       }
     });
 
-    test("TestGracefulFailoverTimesOutAndReturnsToNormal", async () => {
-      // B stops pulling (its side of the connection disabled): A cannot tell, and waits out the timeout.
+    test("TestGracefulFailoverToATargetThatDisabledItsSideIsRefusedAtOnce: A asks B, before HANDOVER", async () => {
+      // B stops pulling (its side of the connection disabled): it would never catch up, and
+      // writes on A would wait in HANDOVER for the whole timeout.
       await setConnection(b, a, false);
+      try {
+        await start(a, "unshipped-disabled");
+        const asked = performance.now();
+        await rejects(failover(a, "clusterB", 10), Code.FailedPrecondition, "replication with cluster clusterA is disabled on clusterB (enable_connection is false there), so it cannot catch up");
+        expect(performance.now() - asked).toBeLessThan(5_000);
+        expect(await state(a)).toBe(ReplicationState.NORMAL);
+        expect((await describeOn(a, "orders")).replicationConfig!.activeClusterName).toBe("clusterA");
+      } finally {
+        await setConnection(b, a, true);
+      }
+    });
+
+    test("TestGracefulFailoverTimesOutAndReturnsToNormal", async () => {
+      // B holds its acks: its connections enabled, A waits out the timeout.
+      acks.gate.close();
       try {
         await start(a, "unshipped");
         const err = await rejects(failover(a, "clusterB", 1), Code.Unavailable, "graceful failover of namespace orders to clusterB timed out");
@@ -84,12 +101,12 @@ for (const store of await testStores()) {
         expect((await describeOn(a, "orders")).replicationConfig!.activeClusterName).toBe("clusterA");
         await start(a, "after-timeout"); // writes go on
       } finally {
-        await setConnection(b, a, true);
+        acks.gate.open();
       }
     });
 
     test("TestWritesDuringHandoverWaitForItToEnd", async () => {
-      await setConnection(b, a, false); // B stops pulling: the handover waits
+      acks.gate.close(); // B holds its acks: the handover waits
       try {
         await start(a, "before-wait");
         const failing = failover(a, "clusterB", 2).catch((e) => e);
@@ -101,12 +118,12 @@ for (const store of await testStores()) {
         expect(await failing).toBeInstanceOf(Error);
         expect(await state(a)).toBe(ReplicationState.NORMAL);
       } finally {
-        await setConnection(b, a, true);
+        acks.gate.open();
       }
     });
 
     test("TestWritesDuringLongHandoverGetUnavailable", async () => {
-      await setConnection(b, a, false); // B stops pulling: the handover waits
+      acks.gate.close(); // B holds its acks: the handover waits
       try {
         await start(a, "before-long");
         const failing = failover(a, "clusterB", 8).catch((e) => e);
@@ -114,7 +131,7 @@ for (const store of await testStores()) {
         await rejects(start(a, "refused-during-handover"), Code.Unavailable, "namespace orders is in handover");
         await failing;
       } finally {
-        await setConnection(b, a, true);
+        acks.gate.open();
       }
     });
 
@@ -133,6 +150,23 @@ for (const store of await testStores()) {
       } finally {
         await restarted.stop();
       }
+    });
+  });
+
+  describe(`graceful failover to a cluster connected one way only, on ${store}`, () => {
+    let a: TestCluster, b: TestCluster;
+    beforeAll(async () => {
+      [a, b] = await startClusters(store, [{}, {}]);
+      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) }); // and not B to A
+    });
+    afterAll(() => Promise.all([a, b].map((x) => x.destroy())));
+
+    test("TestGracefulFailoverToAClusterThatDoesNotKnowThisOneIsRefusedAtOnce: it pulls nothing from here", async () => {
+      await a.client(WorkflowService).registerNamespace({ namespace: "orders", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
+      const asked = performance.now();
+      await rejects(failover(a, "clusterB", 10), Code.FailedPrecondition, "cluster clusterB does not know cluster clusterA: connect it there with cluster upsert, so it cannot catch up");
+      expect(performance.now() - asked).toBeLessThan(5_000);
+      expect(await state(a)).toBe(ReplicationState.NORMAL);
     });
   });
 }

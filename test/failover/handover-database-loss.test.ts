@@ -8,7 +8,7 @@ import { startProxiedCluster } from "../support/proxied-cluster";
 import { rejects } from "../support/rejects";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
-import { addr, describeOn, expectActiveOn } from "./mesh";
+import { ackGate, addr, describeOn, expectActiveOn } from "./mesh";
 
 setDefaultTimeout(90_000);
 
@@ -27,14 +27,15 @@ describe.if((await testStores()).includes("postgres"))("a graceful failover whos
     const proxied = await startProxiedCluster({ name: "clusterA", initialFailoverVersion: 1 });
     cleanups.push(proxied.close);
     const a = proxied.cluster;
-    const b = await startTestCluster({ store: "postgres", name: "clusterB", initialFailoverVersion: 2 });
-    cleanups.push(() => b.destroy());
+    const acks = ackGate();
+    const b = await startTestCluster({ store: "postgres", name: "clusterB", initialFailoverVersion: 2, ...acks.options });
+    cleanups.push(() => (acks.gate.open(), b.destroy()));
     await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
     await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
     await a.client(WorkflowService).registerNamespace({ namespace: "orders", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
     await eventually(() => describeOn(b, "orders"));
-    // B stops pulling and lags behind a write: the failover waits in HANDOVER.
-    await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: false });
+    // B holds its acks and lags behind a write: the failover waits in HANDOVER.
+    acks.gate.close();
     await a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "before", workflowType: "t", taskQueue: "q" });
     const failing = failover(a, 30);
     await eventually(async () => expect(await state(a)).toBe(ReplicationState.HANDOVER));
@@ -49,7 +50,7 @@ describe.if((await testStores()).includes("postgres"))("a graceful failover whos
     // Back to NORMAL with the database: writes go through, and the failover can be run again.
     await eventually(async () => expect(await state(a)).toBe(ReplicationState.NORMAL), { timeout: 10_000 });
     await a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "after", workflowType: "t", taskQueue: "q" });
-    await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: true });
+    acks.gate.open();
     await failover(a, 20);
     await expectActiveOn(b, "orders", "clusterB", 2n);
     const start = a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "x", workflowType: "t", taskQueue: "q" });

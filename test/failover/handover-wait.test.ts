@@ -16,7 +16,7 @@ import { rejects } from "../support/rejects";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { lastTaskIds } from "../replication/support";
-import { addr, startOrdersPair } from "./mesh";
+import { ackGate, addr, startOrdersPair } from "./mesh";
 
 setDefaultTimeout(60_000);
 
@@ -62,14 +62,16 @@ for (const store of await testStores()) {
 
   describe(`a stopping server and a graceful failover still waiting for its target, on ${store}`, () => {
     let a: TestCluster, b: TestCluster;
+    const acks = ackGate();
     beforeAll(async () => {
-      [a, b] = await startOrdersPair(store);
+      [a, b] = await startOrdersPair(store, [{}, acks.options]);
     });
+    afterAll(() => acks.gate.open());
     afterAll(() => Promise.all([a, b].map((x) => x.destroy())));
 
     test("TheFailoverIsAbandonedBeforeTheDatabaseCloses: back to NORMAL, the caller told why", async () => {
-      // B pulls no more: the failover waits for acks that do not come.
-      await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: false });
+      // B holds its acks: the failover waits for acks that do not come.
+      acks.gate.close();
       await a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "w", workflowType: "t", taskQueue: "q" });
       const op = a.client(OperatorService);
       const state = async () => (await a.server.database.db.select().from(namespaces).where(eq(namespaces.name, "orders")))[0]!.replicationState;

@@ -2,6 +2,7 @@ import { expect } from "bun:test";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { eventually } from "../support/eventually";
+import { createGate } from "../support/gate";
 import { startTestCluster, type TestCluster, type TestClusterOptions } from "../support/server";
 import type { StoreKind } from "../support/stores";
 
@@ -45,9 +46,20 @@ export function expectActiveOn(x: TestCluster, namespace: string, active: string
   });
 }
 
+/**
+ * A gate on a cluster's acks to its sources: closed, it goes on applying but tells no source of
+ * it, as a cluster that stopped pulling (a graceful failover towards it waits) while its
+ * connections stay enabled. Start the cluster with `options`; tests close and open `gate`.
+ */
+export function ackGate() {
+  const gate = createGate();
+  const options: Partial<TestClusterOptions> = { serverOptions: { replication: { durable: () => gate.held ?? Promise.resolve() } } };
+  return { gate, options };
+}
+
 /** clusterA and clusterB on store, connected, with global namespace "orders" (active in A) known to both. */
-export async function startOrdersPair(store: StoreKind): Promise<[TestCluster, TestCluster]> {
-  const [a, b] = await startClusters(store, [{}, {}]);
+export async function startOrdersPair(store: StoreKind, options: [Partial<TestClusterOptions>, Partial<TestClusterOptions>] = [{}, {}]): Promise<[TestCluster, TestCluster]> {
+  const [a, b] = await startClusters(store, options);
   await connectAll([a, b]);
   await a.client(WorkflowService).registerNamespace({ namespace: "orders", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
   await eventuallyOn(b, "orders", () => {});

@@ -6,7 +6,7 @@ import { ReplicationState } from "../../src/gen/tern/workflow/v1/namespace_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { namespaces } from "../../src/persistence/schema";
-import { startClusters } from "../failover/mesh";
+import { ackGate, startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { rejects } from "../support/rejects";
@@ -19,13 +19,15 @@ setDefaultTimeout(60_000);
 for (const store of (await testStores()).filter((s) => s === "postgres")) {
   describe(`two servers of one cluster on one ${store} database`, () => {
     let a: TestCluster, a2: TestCluster, b: TestCluster;
+    const acks = ackGate(); // B's acks to A, held where a failover must wait
 
     beforeAll(async () => {
-      [a, b] = await startClusters(store, [{ shards: 1 }, { shards: 1 }]);
+      [a, b] = await startClusters(store, [{ shards: 1 }, { shards: 1, ...acks.options }]);
       a2 = await startTestCluster({ store, name: "clusterA", initialFailoverVersion: 1, shards: 1, dataLocation: a.dataLocation });
       await connectBothWays(a, b);
     });
     afterAll(async () => {
+      acks.gate.open();
       await a2.stop();
       await Promise.all([a.destroy(), b.destroy()]);
     });
@@ -70,8 +72,8 @@ for (const store of (await testStores()).filter((s) => s === "postgres")) {
       await globalNamespace(a, b, "handover");
       const state = async (x: TestCluster) => (await x.client(WorkflowService).describeNamespace({ namespace: "handover" })).namespace!.replicationConfig!.state;
       const start = (workflowId: string) => a.client(WorkflowService).startWorkflowExecution({ namespace: "handover", workflowId, workflowType: "T", taskQueue: "q" });
-      // B stops pulling and lags behind a write: a's failover waits in HANDOVER.
-      await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: false });
+      // B holds its acks and lags behind a write: a's failover waits in HANDOVER.
+      acks.gate.close();
       await start("before");
       const failover = a.client(OperatorService).failoverNamespace({ namespace: "handover", targetCluster: "clusterB", timeout: { seconds: 30n } });
       try {
@@ -83,7 +85,7 @@ for (const store of (await testStores()).filter((s) => s === "postgres")) {
         // Writes still wait out the handover (then a retryable UNAVAILABLE), not through it.
         await rejects(start("during"), Code.Unavailable, "namespace handover is in handover");
       } finally {
-        await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: true });
+        acks.gate.open();
       }
       const res = await failover;
       expect(res.namespace!.replicationConfig!.activeClusterName).toBe("clusterB");
