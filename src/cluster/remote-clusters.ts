@@ -28,7 +28,10 @@ export function createRemoteClusters({ db, current, clients, onChanged, describe
       const disabled = await disableKnown(frontendAddress);
       if (disabled) return disabled;
     }
-    const remote = await describeRemote(frontendAddress);
+    const remote = await describeRemote(frontendAddress).catch(async (e) => {
+      if (enableConnection) throw e;
+      throw unavailable(`${(e as Error).message}; ${await notKnownAt(frontendAddress)}`);
+    });
     const values = {
       clusterName: remote.clusterName,
       clusterId: remote.clusterId,
@@ -72,6 +75,13 @@ export function createRemoteClusters({ db, current, clients, onChanged, describe
     if (!row) return undefined;
     await onChanged();
     return row;
+  }
+
+  /** For a disable that found no remote at address and no answer there: the addresses the remotes are known at. */
+  async function notKnownAt(address: string): Promise<string> {
+    const rows = await db.select().from(clusterMetadata).where(eq(clusterMetadata.isCurrent, false)).orderBy(clusterMetadata.clusterName);
+    const known = rows.length ? rows.map((r) => `${r.clusterName} at ${r.rpcAddress}`).join(", ") : "none is connected";
+    return `no remote cluster of ${current.clusterName} is known at ${address.trim()}, and one that is down is disabled by the address it is known at (${known})`;
   }
 
   async function describeRemote(address: string) {

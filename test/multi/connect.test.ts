@@ -85,6 +85,11 @@ for (const store of await testStores()) {
     test("a known remote that is down can be disabled; enabling it, or disabling one not known, needs its answer (last: it stops B)", async () => {
       const op = c.client(OperatorService); // C connected to B in the test before last
       await b.stop();
+      // Another spelling of its address is no remote known here: the answer says how C knows B.
+      const other = addr(b).replace("127.0.0.1", "localhost");
+      const e = await rejects(op.addOrUpdateRemoteCluster({ frontendAddress: other, enableRemoteClusterConnection: false }), Code.Unavailable, `cannot reach a tern cluster at http://${other}`);
+      expect(e.rawMessage).toContain(`no remote cluster of clusterC is known at ${other}, and one that is down is disabled by the address it is known at (clusterB at ${addr(b)})`);
+      expect((await op.describeCluster({ clusterName: "clusterB" })).cluster!.enableConnection).toBe(true);
       const off = await op.addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: false });
       expect(off.cluster).toMatchObject({ clusterName: "clusterB", enableConnection: false });
       expect((await op.describeCluster({ clusterName: "clusterB" })).cluster!.enableConnection).toBe(false);
