@@ -31,9 +31,16 @@ export interface ReplicationVerifierDeps {
 
 type Page = Pick<GetExecutionChecksumsResponse, "executions" | "nextPageToken">;
 type Diff = Omit<ExecutionDifference, "$typeName">;
+/** A run and how many of its first events a prefix checksum covers. */
+type Prefix = Pick<ExecutionChecksum, "workflowId" | "runId" | "eventCount">;
 
 /** Checksum pages are large: the walk over 1,000s of executions takes few round trips. */
 const PAGE = 1000;
+
+/** Most runs one GetExecutionChecksums call takes prefixes of. */
+const MAX_PREFIXES = 1000;
+
+const keyOf = (x: { workflowId: string; runId: string }) => `${x.workflowId}\u0000${x.runId}`;
 
 /**
  * Checks that two clusters hold the same histories (DESIGN.md section 8): each cluster
@@ -41,17 +48,16 @@ const PAGE = 1000;
  * its own with a remote's.
  */
 export function createReplicationVerifier({ db, cluster, clients }: ReplicationVerifierDeps) {
-  /** AdminService.GetExecutionChecksums: one page, by (workflow id, run id). */
-  async function checksums(req: Pick<GetExecutionChecksumsRequest, "namespace" | "pageSize" | "nextPageToken">): Promise<GetExecutionChecksumsResponse> {
+  /** AdminService.GetExecutionChecksums: one page, by (workflow id, run id); or the prefixes asked for. */
+  async function checksums(req: Pick<GetExecutionChecksumsRequest, "namespace" | "pageSize" | "nextPageToken"> & { prefixes?: Prefix[] }): Promise<GetExecutionChecksumsResponse> {
     if (!req.namespace) throw invalidArgument("namespace is required");
     const [ns] = await db.select({ id: namespaces.id }).from(namespaces).where(eq(namespaces.name, req.namespace));
     if (!ns) throw notFound(`namespace ${req.namespace} not found`);
+    if (req.prefixes?.length) return prefixChecksums(ns.id, req.prefixes);
     const pageSize = Math.min(Math.max(req.pageSize || PAGE, 1), 5000);
     const after = req.nextPageToken.length ? decodeToken(req.nextPageToken, RUN_TOKEN) : undefined;
     const e = executions;
     const h = historyEvents;
-    // jsonb renders canonically (sorted keys, fixed spacing), so equal attributes give equal text on both clusters.
-    const digestOf = sql<string>`md5(coalesce(string_agg(${h.eventId}::text || ':' || ${h.version}::text || ':' || ${h.eventType} || ':' || ${h.attributes}::text, '|' order by ${h.eventId}), ''))`;
     const rows = await db
       .select({ workflowId: e.workflowId, runId: e.runId, eventCount: sql<number>`count(${h.eventId})`.mapWith(Number), checksum: digestOf })
       .from(e)
@@ -65,6 +71,21 @@ export function createReplicationVerifier({ db, cluster, clients }: ReplicationV
     return create(GetExecutionChecksumsResponseSchema, {
       executions: page.map((r) => ({ workflowId: r.workflowId, runId: r.runId, eventCount: BigInt(r.eventCount), checksum: r.checksum })),
       nextPageToken: rows.length > pageSize && last ? encodeToken({ w: last.workflowId, r: last.runId }) : new Uint8Array(0),
+    });
+  }
+
+  /** The checksums of the runs asked for over their first eventCount events, as checksums() renders them. */
+  async function prefixChecksums(namespaceId: string, prefixes: Prefix[]): Promise<GetExecutionChecksumsResponse> {
+    if (prefixes.length > MAX_PREFIXES) throw invalidArgument(`at most ${MAX_PREFIXES} prefixes a call, not ${prefixes.length}`);
+    const wanted = JSON.stringify(prefixes.map((p) => ({ w: p.workflowId, r: p.runId, n: Number(p.eventCount) })));
+    const h = historyEvents;
+    const rows = await db
+      .select({ workflowId: sql<string>`wanted.w`, runId: sql<string>`wanted.r`, eventCount: sql<number>`count(${h.eventId})`.mapWith(Number), checksum: digestOf })
+      .from(sql`jsonb_to_recordset(${wanted}::jsonb) as wanted(w text, r text, n bigint)`)
+      .innerJoin(h, and(eq(h.namespaceId, namespaceId), sql`${h.workflowId} = wanted.w and ${h.runId} = wanted.r and ${h.eventId} <= wanted.n`))
+      .groupBy(sql`wanted.w`, sql`wanted.r`);
+    return create(GetExecutionChecksumsResponseSchema, {
+      executions: rows.map((r) => ({ workflowId: r.workflowId, runId: r.runId, eventCount: BigInt(r.eventCount), checksum: r.checksum })),
     });
   }
 
@@ -83,12 +104,33 @@ export function createReplicationVerifier({ db, cluster, clients }: ReplicationV
         throw peerUnreachable(e, req.cluster);
       }),
     ]);
+    const { missing, extra, diverging } = compareChecksums(local, theirs);
+    // The runs whose longer side is `longer`, at the shorter side's length.
+    const prefixesOf = (longer: "local" | "remote"): Prefix[] => {
+      const shorter = longer === "local" ? "remote" : "local";
+      return diverging.filter((d) => d[longer]!.eventCount > d[shorter]!.eventCount).map((d) => ({ workflowId: d.workflowId, runId: d.runId, eventCount: d[shorter]!.eventCount }));
+    };
+    const [localPrefixes, remotePrefixes] = await Promise.all([
+      inChunks(prefixesOf("local"), (chunk) => checksums({ namespace: req.namespace, pageSize: 0, nextPageToken: new Uint8Array(0), prefixes: chunk })),
+      // A remote from before prefixes answers a page instead: its entries match none asked for.
+      inChunks(prefixesOf("remote"), (chunk) => remote.getExecutionChecksums({ namespace: req.namespace, prefixes: chunk }, { signal, timeoutMs: 60_000 })).catch((e) => {
+        throw peerUnreachable(e, req.cluster);
+      }),
+    ]);
+    const behind = diverging.filter((d) => {
+      const shorter = d.local!.eventCount < d.remote!.eventCount ? d.local! : d.remote!;
+      const prefix = (shorter === d.remote ? localPrefixes : remotePrefixes).get(keyOf(d));
+      return prefix !== undefined && prefix.eventCount === shorter.eventCount && prefix.checksum === shorter.checksum;
+    });
     return create(VerifyReplicationResponseSchema, {
       clusterName: cluster.clusterName,
       remoteCluster: req.cluster,
       localExecutions: BigInt(local.size),
       remoteExecutions: BigInt(theirs.size),
-      ...compareChecksums(local, theirs),
+      missing,
+      extra,
+      diverging: diverging.filter((d) => !behind.includes(d)),
+      behind,
     });
   }
 
@@ -97,15 +139,28 @@ export function createReplicationVerifier({ db, cluster, clients }: ReplicationV
 
 export type ReplicationVerifier = ReturnType<typeof createReplicationVerifier>;
 
+// jsonb renders canonically (sorted keys, fixed spacing), so equal attributes give equal text on both clusters.
+const h = historyEvents;
+const digestOf = sql<string>`md5(coalesce(string_agg(${h.eventId}::text || ':' || ${h.version}::text || ':' || ${h.eventType} || ':' || ${h.attributes}::text, '|' order by ${h.eventId}), ''))`;
+
 /** Every page's checksums, by "workflowId/runId". */
 async function collect(fetchPage: (token: Uint8Array) => Promise<Page>): Promise<Map<string, ExecutionChecksum>> {
   const all = new Map<string, ExecutionChecksum>();
   let token = new Uint8Array(0);
   do {
     const page = await fetchPage(token);
-    for (const x of page.executions) all.set(`${x.workflowId}\u0000${x.runId}`, x);
+    for (const x of page.executions) all.set(keyOf(x), x);
     token = new Uint8Array(page.nextPageToken);
   } while (token.length);
+  return all;
+}
+
+/** The prefix checksums of runs, MAX_PREFIXES a call, by "workflowId/runId". */
+async function inChunks(runs: Prefix[], fetch: (chunk: Prefix[]) => Promise<Pick<GetExecutionChecksumsResponse, "executions">>): Promise<Map<string, ExecutionChecksum>> {
+  const all = new Map<string, ExecutionChecksum>();
+  for (let i = 0; i < runs.length; i += MAX_PREFIXES) {
+    for (const x of (await fetch(runs.slice(i, i + MAX_PREFIXES))).executions) all.set(keyOf(x), x);
+  }
   return all;
 }
 

@@ -78,7 +78,7 @@ export async function replicationDiff(x: TestCluster, y: TestCluster, namespace:
   const res = await x.client(AdminService).verifyReplication({ namespace, cluster: y.name });
   const line = (kind: string) => (d: { workflowId: string; runId: string; local?: { eventCount: bigint }; remote?: { eventCount: bigint } }) =>
     `${x.name} vs ${y.name}: ${kind} ${d.workflowId}/${d.runId} (${d.local?.eventCount ?? "-"} events here, ${d.remote?.eventCount ?? "-"} there)`;
-  return [...res.missing.map(line("missing")), ...res.extra.map(line("extra")), ...res.diverging.map(line("diverging"))];
+  return [...res.missing.map(line("missing")), ...res.extra.map(line("extra")), ...res.diverging.map(line("diverging")), ...res.behind.map(line("behind"))];
 }
 
 /** Expects verifyReplication to find no difference between any two of the clusters. */

@@ -71,10 +71,14 @@ for (const store of await testStores()) {
       expect([cli.code, cli.err.trim()]).toEqual([1, "error: not_found: namespace only-a is not on cluster clusterB (is it one of the namespace's clusters?): namespace only-a not found"]);
     });
 
-    test("DivergedClusterFails: a lost event, a lost execution and a stray one are reported, exit 1", async () => {
+    test("DivergedClusterFails: a changed event, a lost last event, a lost execution and a stray one are reported, exit 1", async () => {
       const db = b.server.database.db;
       const run = (workflowId: string) => and(eq(historyEvents.namespaceId, nsId), eq(historyEvents.workflowId, workflowId));
-      await db.delete(historyEvents).where(and(run("entry-0001"), eq(historyEvents.eventId, 2)));
+      // entry-0001's event 2 differs; B lacks entry-0003's last event (its history the start of A's: behind, as when it lags).
+      await db.update(historyEvents).set({ version: 99 }).where(and(run("entry-0001"), eq(historyEvents.eventId, 2)));
+      await a.client(WorkflowService).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "entry-0003", runId: "" }, signalName: "late" });
+      await eventually(async () => expect((await b.client(WorkflowService).describeWorkflowExecution({ namespace: NS, execution: { workflowId: "entry-0003" } })).nextEventId).toBe(3n));
+      await db.delete(historyEvents).where(and(run("entry-0003"), eq(historyEvents.eventId, 2)));
       await db.delete(executions).where(and(eq(executions.namespaceId, nsId), eq(executions.workflowId, "entry-0100")));
       const [stray] = await db.select().from(executions).where(and(eq(executions.namespaceId, nsId), eq(executions.workflowId, "entry-0200")));
       await db.insert(executions).values({ ...stray!, workflowId: "stray", status: "COMPLETED" });
@@ -84,12 +88,18 @@ for (const store of await testStores()) {
       const report = JSON.parse(cli.out);
       expect(report.missing.map((d: { workflowId: string }) => d.workflowId)).toEqual(["entry-0100"]);
       expect(report.extra.map((d: { workflowId: string }) => d.workflowId)).toEqual(["stray"]);
-      expect(report.diverging.map((d: { workflowId: string; local: { eventCount: string }; remote: { eventCount: string } }) =>
-        [d.workflowId, d.local.eventCount, d.remote.eventCount])).toEqual([["entry-0001", "2", "1"]]);
+      const counts = (d: { workflowId: string; local: { eventCount: string }; remote: { eventCount: string } }) => [d.workflowId, d.local.eventCount, d.remote.eventCount];
+      expect(report.diverging.map(counts)).toEqual([["entry-0001", "2", "2"]]);
+      expect(report.behind.map(counts)).toEqual([["entry-0003", "2", "1"]]);
       const table = await tern(a, "replication", "verify", "-n", NS, "--cluster", "clusterB");
       expect(table.code).toBe(1);
-      expect(table.out).toContain("1 missing, 1 extra, 1 diverging");
-      expect(table.out).toMatch(/^diverging +entry-0001 +\S+ +2 events \w+ +1 events \w+$/m);
+      expect(table.out).toContain("1 missing, 1 extra, 1 diverging, 1 behind (one history the start of the other's)");
+      expect(table.out).toMatch(/^diverging +entry-0001 +\S+ +2 events \w+ +2 events \w+$/m);
+      expect(table.out).toMatch(/^behind +entry-0003 +\S+ +2 events \w+ +1 events \w+$/m);
+      // Asked of B, the longer side is the remote's: B's prefix is asked of A.
+      const fromB = await b.client(AdminService).verifyReplication({ namespace: NS, cluster: "clusterA" });
+      expect(fromB.behind.map((d) => [d.workflowId, d.local!.eventCount, d.remote!.eventCount])).toEqual([["entry-0003", 1n, 2n]]);
+      expect(fromB.diverging.map((d) => d.workflowId)).toEqual(["entry-0001"]);
     });
   });
 }

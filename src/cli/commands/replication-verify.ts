@@ -10,18 +10,23 @@ function diffRow(kind: string, d: ExecutionDifference): string[] {
 
 /** The verification report: a summary line, then one row per difference. */
 export function verifyReport(res: VerifyReplicationResponse): string {
-  const n = res.missing.length + res.extra.length + res.diverging.length;
+  const n = differences(res);
+  const counts = `${res.missing.length} missing, ${res.extra.length} extra, ${res.diverging.length} diverging`;
   const head =
     `${res.clusterName}: ${res.localExecutions} executions, ${res.remoteCluster}: ${res.remoteExecutions} executions; ` +
-    (n === 0 ? "histories are identical\n" : `${res.missing.length} missing, ${res.extra.length} extra, ${res.diverging.length} diverging\n`);
+    (n === 0 ? "histories are identical\n" : res.behind.length ? `${counts}, ${res.behind.length} behind (one history the start of the other's)\n` : `${counts}\n`);
   if (n === 0) return head;
   const rows = [
     ...res.missing.map((d) => diffRow("missing", d)),
     ...res.extra.map((d) => diffRow("extra", d)),
     ...res.diverging.map((d) => diffRow("diverging", d)),
+    ...res.behind.map((d) => diffRow("behind", d)),
   ];
   return head + formatTable(["DIFFERENCE", "WORKFLOW ID", "RUN ID", res.clusterName || "LOCAL", res.remoteCluster || "REMOTE"], rows);
 }
+
+/** How many executions differ, in any way. */
+const differences = (res: VerifyReplicationResponse) => res.missing.length + res.extra.length + res.diverging.length + res.behind.length;
 
 /** `tern replication verify`. */
 export const verifyCommand: LeafCommand = {
@@ -31,7 +36,9 @@ export const verifyCommand: LeafCommand = {
   details: [
     "Compares event counts and a checksum over event ids, versions, types and attributes of",
     "every execution (closed runs included). missing: only on this cluster; extra: only on the",
-    "remote; diverging: on both but different. Exits 1 on any difference, 0 when identical.",
+    "remote; diverging: on both but different; behind: on both, one side's history the start of",
+    "the other's (replication not caught up yet while writes go on; if it stays once replication",
+    "has caught up, events were lost on the shorter side). Exits 1 on any difference, 0 when identical.",
     "With -o json, prints the VerifyReplicationResponse as protobuf JSON.",
   ].join("\n"),
   flags: [
@@ -42,6 +49,6 @@ export const verifyCommand: LeafCommand = {
     const req = { namespace: requireString(args, "namespace"), cluster: requireString(args, "cluster") };
     const res = await ctx.admin().verifyReplication(req, { signal: ctx.signal, timeoutMs: 600_000 });
     ctx.out(ctx.format === "json" ? messageJson(VerifyReplicationResponseSchema, res) : verifyReport(res));
-    return res.missing.length + res.extra.length + res.diverging.length ? 1 : 0;
+    return differences(res) ? 1 : 0;
   },
 };
