@@ -25,6 +25,8 @@ export interface GracefulFailoverDeps {
   now?: () => Date;
   /** Longest wait between two reads of the target's acks (an ack saved by another process wakes nobody here). */
   recheckMs?: number;
+  /** This cluster's connection to a remote as `replication status` shows it ("connected", "error: ..."), for a timeout's answer. */
+  connectionState?: (cluster: string) => string;
   /** Why the target can never catch up, as it says itself (createFailoverTargetCheck), or undefined. */
   targetProblem?: (target: string) => Promise<string | undefined>;
   /** Holds a lock other server processes on the database see (Database.withSessionLock) while fn runs. */
@@ -126,8 +128,11 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
           );
         }
         if (deadline - Date.now() <= 0) {
+          // Why it lagged, when this cluster can tell: the target down, or refusing.
+          const connection = deps.connectionState?.(target);
+          const why = connection?.startsWith("error: ") ? ` (the connection to ${target}: ${connection.slice(7)})` : "";
           throw unavailable(
-            `graceful failover of namespace ${ns.name} to ${target} timed out after ${timeoutMs}ms: ${behind}; ` +
+            `graceful failover of namespace ${ns.name} to ${target} timed out after ${timeoutMs}ms: ${behind}${why}; ` +
               `${ns.name} stays active in ${current.clusterName} (replication state NORMAL); retry once ${target} has caught up`,
           );
         }

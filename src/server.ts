@@ -220,6 +220,7 @@ function wireReplication({ opts, log, now, cluster, database }: Base, core: Core
   const failover = createGracefulFailover({
     db, namespaces, clusters: core.clusters, notifier, log, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY),
     withSessionLock: database.withSessionLock, targetProblem: createFailoverTargetCheck({ clusters: core.clusters, clients }),
+    connectionState: (name) => manager.connectionState(name),
   });
   const sender = createReplicationSender({
     db, cluster, notifier, metrics, outboxMarks: core.outboxMarks, outboxTail: core.outboxTail, recheckMs: opts.replication?.senderRecheckMs,

@@ -153,6 +153,23 @@ for (const store of await testStores()) {
     });
   });
 
+  describe(`graceful failover to a cluster that is down, on ${store}`, () => {
+    let a: TestCluster, b: TestCluster;
+    beforeAll(async () => {
+      [a, b] = await startOrdersPair(store);
+    });
+    afterAll(() => Promise.all([a, b].map((x) => x.destroy())));
+
+    test("TestGracefulFailoverToAClusterThatIsDownSaysSoWhenItTimesOut", async () => {
+      await b.stop();
+      await start(a, "unshipped-down");
+      await eventually(async () => expect((await a.client(OperatorService).describeCluster({ clusterName: "clusterB" })).cluster!.connectionState).toStartWith("error: "));
+      const err = await rejects(failover(a, "clusterB", 1), Code.Unavailable, "graceful failover of namespace orders to clusterB timed out");
+      expect(err.rawMessage).toMatch(/acked history shard \d+ up to task \d+ of \d+ \(the connection to clusterB: connection refused\); orders stays active in clusterA/);
+      expect(await state(a)).toBe(ReplicationState.NORMAL);
+    });
+  });
+
   describe(`graceful failover to a cluster connected one way only, on ${store}`, () => {
     let a: TestCluster, b: TestCluster;
     beforeAll(async () => {
