@@ -199,7 +199,7 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
       const [row] = await tx.select().from(namespaces).where(eq(namespaces.name, input.name)).for("update");
       if (!row) throw namespaceNotFound(input.name);
       const forcedFailover = !!input.activeClusterName && input.activeClusterName !== row.activeClusterName;
-      if (!forcedFailover) requireConfigWriter(row, "update");
+      if (!forcedFailover) requireConfigWriter(row, "update", input.activeClusterName);
       const promoted = input.promote && !row.isGlobal ? promotion() : undefined;
       const base = promoted ? { ...row, ...promoted } : row;
       const changes = applyUpdate(base, input, known);
@@ -287,9 +287,13 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
    * leave it (it is not listed) or race the active cluster's at the same config version, and
    * each cluster would keep its own.
    */
-  function requireConfigWriter(row: NamespaceRecord, what: string): void {
+  function requireConfigWriter(row: NamespaceRecord, what: string, askedActive?: string): void {
     const here = clusters.current().clusterName;
     if (row.isGlobal && row.activeClusterName !== here) {
+      // A forced failover to the cluster active already: not a failover, and not to be taken here.
+      if (askedActive === row.activeClusterName) {
+        throw failedPrecondition(`namespace ${row.name} is already active in cluster ${row.activeClusterName}: a forced failover needs another of its clusters (${row.clusters.join(", ")}); other changes are made on ${row.activeClusterName}`);
+      }
       throw failedPrecondition(`namespace ${row.name} is global and active in cluster ${row.activeClusterName}: ${what} it there (on ${here} only a forced failover, a new active cluster, is taken)`);
     }
   }

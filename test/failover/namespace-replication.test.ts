@@ -58,6 +58,8 @@ for (const store of await testStores()) {
       // Two clusters changing it at once would each keep their own at the same config version.
       await rejects(onB.updateNamespace({ namespace: "owned", description: "fromB" }), Code.FailedPrecondition, "namespace owned is global and active in cluster clusterA: update it there (on clusterB only a forced failover, a new active cluster, is taken)");
       await rejects(onB.deprecateNamespace({ namespace: "owned" }), Code.FailedPrecondition, "deprecate it there");
+      // A forced failover to the cluster active already is no failover: B says so.
+      await rejects(onB.updateNamespace({ namespace: "owned", activeClusterName: "clusterA" }), Code.FailedPrecondition, "namespace owned is already active in cluster clusterA: a forced failover needs another of its clusters (clusterA, clusterB, clusterC)");
       // B would go on receiving its tasks and apply none of them, nor any behind them.
       await rejects(b.client(OperatorService).deleteNamespace({ namespace: "owned" }), Code.FailedPrecondition, "delete it on clusterA, or take clusterB out of its clusters there first");
       expect((await describeOn(b, "owned")).namespaceInfo!.description).toBe("v1");
