@@ -105,22 +105,12 @@ export function createReplicationVerifier({ db, cluster, clients }: ReplicationV
       }),
     ]);
     const { missing, extra, diverging } = compareChecksums(local, theirs);
-    // The runs whose longer side is `longer`, at the shorter side's length.
-    const prefixesOf = (longer: "local" | "remote"): Prefix[] => {
-      const shorter = longer === "local" ? "remote" : "local";
-      return diverging.filter((d) => d[longer]!.eventCount > d[shorter]!.eventCount).map((d) => ({ workflowId: d.workflowId, runId: d.runId, eventCount: d[shorter]!.eventCount }));
-    };
-    const [localPrefixes, remotePrefixes] = await Promise.all([
-      inChunks(prefixesOf("local"), (chunk) => checksums({ namespace: req.namespace, pageSize: 0, nextPageToken: new Uint8Array(0), prefixes: chunk })),
+    const behind = await behindOf(diverging, {
+      local: (chunk) => checksums({ namespace: req.namespace, pageSize: 0, nextPageToken: new Uint8Array(0), prefixes: chunk }),
       // A remote from before prefixes answers a page instead: its entries match none asked for.
-      inChunks(prefixesOf("remote"), (chunk) => remote.getExecutionChecksums({ namespace: req.namespace, prefixes: chunk }, { signal, timeoutMs: 60_000 })).catch((e) => {
+      remote: (chunk) => remote.getExecutionChecksums({ namespace: req.namespace, prefixes: chunk }, { signal, timeoutMs: 60_000 }).catch((e) => {
         throw peerUnreachable(e, req.cluster);
       }),
-    ]);
-    const behind = diverging.filter((d) => {
-      const shorter = d.local!.eventCount < d.remote!.eventCount ? d.local! : d.remote!;
-      const prefix = (shorter === d.remote ? localPrefixes : remotePrefixes).get(keyOf(d));
-      return prefix !== undefined && prefix.eventCount === shorter.eventCount && prefix.checksum === shorter.checksum;
     });
     return create(VerifyReplicationResponseSchema, {
       clusterName: cluster.clusterName,
@@ -155,8 +145,28 @@ async function collect(fetchPage: (token: Uint8Array) => Promise<Page>): Promise
   return all;
 }
 
+type PrefixFetch = (chunk: Prefix[]) => Promise<Pick<GetExecutionChecksumsResponse, "executions">>;
+
+/**
+ * The diverging runs whose shorter history is the start of the longer one: the longer side's
+ * checksum over the shorter side's event count (asked of that side) equals the shorter's.
+ */
+async function behindOf(diverging: Diff[], fetchFrom: { local: PrefixFetch; remote: PrefixFetch }): Promise<Diff[]> {
+  const shorterOf = (d: Diff) => (d.local!.eventCount < d.remote!.eventCount ? "local" : "remote");
+  const askOf = (longer: "local" | "remote") =>
+    diverging.filter((d) => d.local!.eventCount !== d.remote!.eventCount && shorterOf(d) !== longer)
+      .map((d): Prefix => ({ workflowId: d.workflowId, runId: d.runId, eventCount: d[shorterOf(d)]!.eventCount }));
+  const [ofLocal, ofRemote] = await Promise.all([inChunks(askOf("local"), fetchFrom.local), inChunks(askOf("remote"), fetchFrom.remote)]);
+  return diverging.filter((d) => {
+    if (d.local!.eventCount === d.remote!.eventCount) return false;
+    const shorter = d[shorterOf(d)]!;
+    const prefix = (shorterOf(d) === "remote" ? ofLocal : ofRemote).get(keyOf(d));
+    return prefix !== undefined && prefix.eventCount === shorter.eventCount && prefix.checksum === shorter.checksum;
+  });
+}
+
 /** The prefix checksums of runs, MAX_PREFIXES a call, by "workflowId/runId". */
-async function inChunks(runs: Prefix[], fetch: (chunk: Prefix[]) => Promise<Pick<GetExecutionChecksumsResponse, "executions">>): Promise<Map<string, ExecutionChecksum>> {
+async function inChunks(runs: Prefix[], fetch: PrefixFetch): Promise<Map<string, ExecutionChecksum>> {
   const all = new Map<string, ExecutionChecksum>();
   for (let i = 0; i < runs.length; i += MAX_PREFIXES) {
     for (const x of (await fetch(runs.slice(i, i + MAX_PREFIXES))).executions) all.set(keyOf(x), x);
