@@ -1,6 +1,6 @@
 import { and, eq, ne, sql } from "drizzle-orm";
 import type { Db, Tx } from "../src/persistence/database";
-import { backfillJobs } from "../src/persistence/schema";
+import { backfillJobs, namespaces } from "../src/persistence/schema";
 
 export type BackfillJob = typeof backfillJobs.$inferSelect;
 
@@ -21,6 +21,18 @@ const where = (k: Key) => and(eq(backfillJobs.namespaceId, k.namespaceId), eq(ba
 export async function startBackfillJob(tx: Tx, k: Key, now: Date): Promise<void> {
   const fresh = { status: "RUNNING", cursor: null, total: 0, done: 0, lastError: null, startedAt: now, updatedAt: now };
   await tx.insert(backfillJobs).values({ ...k, ...fresh }).onConflictDoUpdate({ target: [backfillJobs.namespaceId, backfillJobs.sourceCluster], set: fresh });
+}
+
+/**
+ * In the transaction that first connects remote: a backfill from it of each global namespace
+ * that lists both clusters. They were members of it unconnected (the namespace came through a
+ * third cluster), and what remote wrote meanwhile is not in its replication queue any more
+ * (cleaned up once the clusters connected to it had acked it): replication alone never brings it.
+ */
+export async function startBackfillsFrom(tx: Tx, remote: string, here: string, now: Date): Promise<void> {
+  const lists = (name: string) => sql`${namespaces.clusters} @> ${JSON.stringify([name])}::jsonb`;
+  const rows = await tx.select({ id: namespaces.id }).from(namespaces).where(and(eq(namespaces.isGlobal, true), lists(here), lists(remote)));
+  for (const r of rows) await startBackfillJob(tx, { namespaceId: r.id, sourceCluster: remote }, now);
 }
 
 /** The unfinished jobs pulling from source. */

@@ -5,9 +5,10 @@ import {
   GetReplicationStatusResponseSchema,
   type GetReplicationStatusResponse,
   type ShardReplicationStatus,
+  type UnconnectedNamespaceMember,
 } from "../src/gen/tern/admin/v1/service_pb";
 import type { Db } from "../src/persistence/database";
-import { clusterMetadata, replicationAckLevels, replicationTasks } from "../src/persistence/schema";
+import { clusterMetadata, namespaces, replicationAckLevels, replicationTasks } from "../src/persistence/schema";
 import { lastTaskIds } from "./outbox";
 import type { InboundProgress } from "./receiver";
 
@@ -25,6 +26,7 @@ export interface ReplicationStatusDeps {
 
 type AckRow = typeof replicationAckLevels.$inferSelect;
 type ShardStatus = Omit<ShardReplicationStatus, "$typeName">;
+type UnconnectedMember = Omit<UnconnectedNamespaceMember, "$typeName">;
 
 /** AdminService.GetReplicationStatus: positions and lag per remote cluster, both directions. */
 export function createReplicationStatus({ db, cluster, connectionState, inboundProgress, dlqSizes, now = Date.now }: ReplicationStatusDeps) {
@@ -61,6 +63,19 @@ export function createReplicationStatus({ db, cluster, connectionState, inboundP
     });
   }
 
+  /** The members of the global namespaces listing this cluster that are no remote of it. */
+  async function unconnected(remotes: Set<string>): Promise<UnconnectedMember[]> {
+    const n = namespaces;
+    const rows = await db
+      .select({ name: n.name, clusters: n.clusters, active: n.activeClusterName })
+      .from(n)
+      .where(and(eq(n.isGlobal, true), sql`${n.clusters} @> ${JSON.stringify([cluster.clusterName])}::jsonb`))
+      .orderBy(asc(n.name));
+    return rows.flatMap((r) =>
+      (r.clusters as string[]).filter((c) => c !== cluster.clusterName && !remotes.has(c)).map((c) => ({ namespace: r.name, clusterName: c, active: r.active === c })),
+    );
+  }
+
   async function get(): Promise<GetReplicationStatusResponse> {
     const [remotes, acks, maxima, dlq] = await Promise.all([
       db.select().from(clusterMetadata).where(eq(clusterMetadata.isCurrent, false)).orderBy(asc(clusterMetadata.clusterName)),
@@ -83,7 +98,8 @@ export function createReplicationStatus({ db, cluster, connectionState, inboundP
         dlqSize: BigInt(dlq.get(remote.clusterName) ?? 0),
       });
     }
-    return create(GetReplicationStatusResponseSchema, { clusterName: cluster.clusterName, remotes: out });
+    const missing = await unconnected(new Set(remotes.map((r) => r.clusterName)));
+    return create(GetReplicationStatusResponseSchema, { clusterName: cluster.clusterName, remotes: out, unconnected: missing });
   }
 
   return { get };

@@ -14,6 +14,7 @@ import { createBackfillReceiver } from "../replication/backfill-receiver";
 import { createReplicationCleanup } from "../replication/cleanup";
 import { createGracefulFailover, resetAbandonedHandovers } from "../replication/failover";
 import { createFailoverTargetCheck } from "../replication/failover-target";
+import { startBackfillsFrom } from "../replication/backfill-jobs";
 import { createReplicationManager } from "../replication/manager";
 import { createPlannerStats } from "./persistence/planner-stats";
 import { createNamespaceReceiver } from "../replication/namespace-receiver";
@@ -231,7 +232,10 @@ function wireReplication({ opts, log, now, cluster, database }: Base, core: Core
   };
   return {
     clients, applier, dlq, manager, backfill, sweep, sender, failover,
-    remotes: createRemoteClusters({ db, current: cluster, clients, onChanged }),
+    remotes: createRemoteClusters({
+      db, current: cluster, clients, onChanged,
+      onConnected: (tx, remote) => startBackfillsFrom(tx, remote, cluster.clusterName, now()),
+    }),
     cleanup: createReplicationCleanup({ db, log }),
     // A server of this cluster that died mid-failover (another process on the PostgreSQL database)
     // leaves its HANDOVER to the others: reset once its failover's lock is free (resetAbandonedHandovers).

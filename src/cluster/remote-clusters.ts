@@ -1,6 +1,6 @@
 import { and, eq, sql } from "drizzle-orm";
 import { alreadyExists, failedPrecondition, invalidArgument, notFound, unavailable } from "../errors";
-import type { Db } from "../persistence/database";
+import type { Db, Tx } from "../persistence/database";
 import { clusterMetadata, namespaces, replicationAckLevels } from "../persistence/schema";
 import type { CurrentCluster } from "./bootstrap";
 import { frontendAddressProblem, frontendUrl, peerFailureText, type RemoteClientPool } from "./remote-client";
@@ -13,11 +13,13 @@ export interface RemoteClustersDeps {
   clients: RemoteClientPool;
   /** Called after every change, so replication reacts at once (no refresh delay). */
   onChanged: () => Promise<void> | void;
+  /** In the transaction that connects a remote not known before (its first upsert, or one after a remove). */
+  onConnected?: (tx: Tx, remote: string) => Promise<void>;
   describeTimeoutMs?: number;
 }
 
 /** Connecting and disconnecting remote clusters (the admin API behind `cluster upsert`). */
-export function createRemoteClusters({ db, current, clients, onChanged, describeTimeoutMs = 5000 }: RemoteClustersDeps) {
+export function createRemoteClusters({ db, current, clients, onChanged, onConnected, describeTimeoutMs = 5000 }: RemoteClustersDeps) {
   /** Describes the remote, checks the connection rules, and stores what it answered. */
   async function upsert(frontendAddress: string, enableConnection = true): Promise<ClusterRow> {
     if (!frontendAddress.trim()) throw invalidArgument("frontend address is required");
@@ -48,13 +50,15 @@ export function createRemoteClusters({ db, current, clients, onChanged, describe
       // One upsert at a time (the current cluster's row is the lock): the rules compare the
       // remote with every cluster known, and another upsert may be adding one.
       await tx.select({ name: clusterMetadata.clusterName }).from(clusterMetadata).where(eq(clusterMetadata.isCurrent, true)).for("update");
-      const broken = connectionRule(current, remote, await tx.select().from(clusterMetadata));
+      const known = await tx.select().from(clusterMetadata);
+      const broken = connectionRule(current, remote, known);
       if (broken) throw failedPrecondition(`cannot connect cluster ${remote.clusterName} at ${frontendAddress}: ${broken}`);
       const [row] = await tx
         .insert(clusterMetadata)
         .values(values)
         .onConflictDoUpdate({ target: clusterMetadata.clusterName, set: values, where: eq(clusterMetadata.isCurrent, false) })
         .returning();
+      if (row && !known.some((k) => k.clusterName === row.clusterName)) await onConnected?.(tx, row.clusterName);
       return row;
     });
     if (!row) throw alreadyExists(`cluster ${remote.clusterName} is this cluster`);

@@ -52,9 +52,21 @@ export function replicationStatusTable(res: GetReplicationStatusResponse): strin
     ...remote.outbound.map((s) => shardRow(remote, "outbound", s)),
   ]);
   const title = `Cluster ${res.clusterName || "(unnamed)"}`;
-  if (rows.length === 0) return `${title}: no remote clusters (connect one with 'tern operator cluster upsert')\n`;
+  const warnings = unconnectedLines(res);
+  if (rows.length === 0) return `${title}: no remote clusters (connect one with 'tern operator cluster upsert')\n${warnings}`;
   const dlq = res.remotes.map((r) => `${r.clusterName} ${r.dlqSize}`).join(", ");
-  return `${title}\n${formatTable(headers, rows)}DLQ (tasks per source): ${dlq}\n`;
+  return `${title}\n${formatTable(headers, rows)}DLQ (tasks per source): ${dlq}\n${warnings}`;
+}
+
+/** One warning line per namespace member not connected here: nothing of that namespace replicates between them. */
+function unconnectedLines(res: GetReplicationStatusResponse): string {
+  const here = res.clusterName;
+  return res.unconnected
+    .map((u) =>
+      `WARNING: namespace ${u.namespace} lists ${u.clusterName}, which is not connected to ${here}: nothing of ${u.namespace} replicates between them` +
+      (u.active ? ` (it is active in ${u.clusterName}: its writes do not reach ${here})` : "") +
+      `; connect them both ways ('tern operator cluster upsert' on each)\n`)
+    .join("");
 }
 
 const status: LeafCommand = {
@@ -67,7 +79,9 @@ const status: LeafCommand = {
     'with shard "ns" is namespace replication.',
     "outbound rows: what the remote acked of this cluster's tasks, per local shard.",
     "LAG (TASKS) is MAX TASK ID minus ACKED TASK ID; LAG (MS) is the delay the server measures.",
-    "The last line counts the tasks from each remote held in the DLQ ('tern replication dlq list').",
+    "The DLQ line counts the tasks from each remote held in the DLQ ('tern replication dlq list').",
+    "A WARNING line follows for each cluster a global namespace here lists that is not connected",
+    "to this one: nothing of that namespace replicates between the two.",
     "With -o json, prints the GetReplicationStatusResponse as protobuf JSON.",
   ].join("\n"),
   flags: [],
