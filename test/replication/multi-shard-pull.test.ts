@@ -460,6 +460,9 @@ for (const store of await testStores()) {
         { shards: SHARDS, serverOptions: { replication: { pageSize: 1 } } },
       ]);
       await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
+      // B knows A, its connection off, before it holds the namespace: connecting a remote it did
+      // not know would backfill the namespaces listing both, around the pulls this test holds.
+      await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: false });
       nsId = await globalNamespace(a, b, NS);
     });
     afterAll(async () => {
@@ -474,7 +477,7 @@ for (const store of await testStores()) {
       for (const id of ys) await start(a, id);
       const xs = idsByShard(nsId, "x").get(x)!;
       await start(a, xs);
-      // B connects after the writes: its first round answers at once.
+      // B's connection on after the writes: its first round answers at once.
       await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
       // x's task arrives in the second round, while y's second call is held and dropped.
       await eventually(async () => expect((await historiesOf(b, nsId)).some((r) => r.workflowId === xs)).toBe(true), { timeout: 15_000 });
