@@ -2,39 +2,66 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
 import type { ClusterDirectory } from "../src/cluster/directory";
 import type { RemoteClientPool } from "../src/cluster/remote-client";
+import type { ClusterInfo } from "../src/gen/tern/operator/v1/service_pb";
 import { notServed } from "./not-served";
 
 export interface FailoverTargetCheckDeps {
   clusters: ClusterDirectory;
   clients: RemoteClientPool;
-  /** Longest wait for the target's answer; past it the failover goes on as if it had none. */
+  /** Longest wait for each answer; past it the failover goes on as if it had none. */
   timeoutMs?: number;
 }
 
+/** How `asked` sees cluster `name`: its row, "unknown" (NOT_FOUND), or undefined when it did not answer. */
+type Seen = ClusterInfo | "unknown" | undefined;
+
 /**
- * Why a graceful failover's target can never catch up with this cluster, as the target itself
- * says (its side of the connection disabled, or this cluster unknown there or known with another
- * id: it pulls nothing from here), or undefined: it can, or it did not answer (a target that is
- * down may come back within the failover's timeout). Asked before HANDOVER, so a failover that
- * could only time out holds no write for its timeout.
+ * Why a graceful failover to target would leave a cluster without what target writes, as the
+ * clusters themselves say, or undefined. Target pulls nothing from here when its side of the
+ * connection is disabled, or it does not know this cluster (or knows another of its name): it can
+ * never catch up. Another member of the namespace takes nothing from target when either of the
+ * two does not know the other (a mesh with a link missing). A cluster that does not answer, or a
+ * connection disabled elsewhere (paused, it catches up once enabled), is no reason. Asked before
+ * HANDOVER, so a failover that could only time out holds no write for its timeout.
  */
 export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000 }: FailoverTargetCheckDeps) {
   const current: CurrentCluster = clusters.current();
-  return async function targetProblem(target: string): Promise<string | undefined> {
-    const row = (await clusters.list()).find((c) => c.clusterName === target && !c.isCurrent);
-    if (!row) return undefined;
-    const here = current.clusterName;
+  const here = current.clusterName;
+
+  async function seenBy(address: string, name: string): Promise<Seen> {
     try {
-      const { cluster } = await clients.get(row.rpcAddress).operator.describeCluster({ clusterName: here }, { timeoutMs });
-      if (!cluster) return undefined;
-      if (cluster.clusterId && cluster.clusterId !== current.clusterId) {
-        return `cluster ${target} knows another ${here} (id ${cluster.clusterId}; this one is ${current.clusterId}): connect this one there with cluster upsert`;
-      }
-      if (!cluster.enableConnection) return `replication with cluster ${here} is disabled on ${target} (enable_connection is false there)`;
-      return undefined;
+      return (await clients.get(address).operator.describeCluster({ clusterName: name }, { timeoutMs })).cluster;
     } catch (e) {
-      if (e instanceof ConnectError && e.code === Code.NotFound && !notServed(e)) return `cluster ${target} does not know cluster ${here}: connect it there with cluster upsert`;
-      return undefined;
+      return e instanceof ConnectError && e.code === Code.NotFound && !notServed(e) ? "unknown" : undefined;
     }
+  }
+
+  /** What target says of this cluster. */
+  function targetSide(target: string, seen: Seen): string | undefined {
+    if (seen === "unknown") return `cluster ${target} does not know cluster ${here}: connect it there with cluster upsert, so it cannot catch up`;
+    if (!seen) return undefined;
+    if (seen.clusterId && seen.clusterId !== current.clusterId) {
+      return `cluster ${target} knows another ${here} (id ${seen.clusterId}; this one is ${current.clusterId}): connect this one there with cluster upsert, so it cannot catch up`;
+    }
+    if (!seen.enableConnection) return `replication with cluster ${here} is disabled on ${target} (enable_connection is false there), so it cannot catch up`;
+    return undefined;
+  }
+
+  return async function targetProblem(target: string, members: string[] = []): Promise<string | undefined> {
+    const known = new Map((await clusters.list()).filter((c) => !c.isCurrent).map((c) => [c.clusterName, c.rpcAddress]));
+    const targetAddress = known.get(target);
+    if (!targetAddress) return undefined;
+    const others = members.filter((m) => m !== here && m !== target);
+    const [mine, ...links] = await Promise.all([
+      seenBy(targetAddress, here),
+      ...others.map(async (m) => {
+        const address = known.get(m);
+        const [byTarget, byMember] = await Promise.all([seenBy(targetAddress, m), address ? seenBy(address, target) : undefined]);
+        if (byTarget === "unknown") return `cluster ${target} does not know cluster ${m}, one of the namespace's clusters, so ${m} would take nothing ${target} writes: connect them both ways`;
+        if (byMember === "unknown") return `cluster ${m}, one of the namespace's clusters, does not know cluster ${target}, so it would take nothing ${target} writes: connect them both ways`;
+        return undefined;
+      }),
+    ]);
+    return targetSide(target, mine) ?? links.find((l) => l !== undefined);
   };
 }

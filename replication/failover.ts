@@ -27,8 +27,8 @@ export interface GracefulFailoverDeps {
   recheckMs?: number;
   /** This cluster's connection to a remote as `replication status` shows it ("connected", "error: ..."), for a timeout's answer. */
   connectionState?: (cluster: string) => string;
-  /** Why the target can never catch up, as it says itself (createFailoverTargetCheck), or undefined. */
-  targetProblem?: (target: string) => Promise<string | undefined>;
+  /** Why a failover to target would leave a cluster without its writes, as the clusters say (createFailoverTargetCheck), or undefined. */
+  targetProblem?: (target: string, members: string[]) => Promise<string | undefined>;
   /** Holds a lock other server processes on the database see (Database.withSessionLock) while fn runs. */
   withSessionLock?: <T>(key: string, fn: () => Promise<T>, taken: () => Error) => Promise<T>;
 }
@@ -177,8 +177,8 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
     if (targetInfo.enableConnection === false) {
       throw failedPrecondition(`replication with cluster ${target} is disabled on ${current.clusterName} (enable_connection is false), so it cannot catch up: enable the connection first, or fail over forced`);
     }
-    const problem = await deps.targetProblem?.(target);
-    if (problem) throw failedPrecondition(`${problem}, so it cannot catch up: fix that there first, or fail over forced; ${name} stays active in ${current.clusterName}`);
+    const problem = await deps.targetProblem?.(target, ns.clusters);
+    if (problem) throw failedPrecondition(`${problem}; fix that first, or fail over forced; ${name} stays active in ${current.clusterName}`);
     return withSessionLock(handoverOwnerKey(ns.id), async () => {
       await enterHandover(ns);
       let switched: NamespaceRecord | undefined;

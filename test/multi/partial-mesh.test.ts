@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { fileURLToPath } from "node:url";
+import { Code } from "@connectrpc/connect";
 import { createReplicationCleanup } from "../../replication/cleanup";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { replicationTasks } from "../../src/persistence/schema";
@@ -7,6 +8,7 @@ import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { addr, eventuallyOn, expectActiveOn, startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
+import { rejects } from "../support/rejects";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 
@@ -35,10 +37,16 @@ for (const store of await testStores()) {
     });
     afterAll(() => Promise.all([a, b, c].map((x) => x.destroy())));
 
-    test("TestReplicationStatusNamesTheMembersNotConnectedHere: C's status said all was well while nothing of B's reached it", async () => {
+    test("TestReplicationStatusNamesTheMembersNotConnectedHere, and a graceful failover that would leave one without the new active's writes is refused", async () => {
       expect(await unconnected(a)).toEqual([]);
       expect(await unconnected(b)).toEqual([["orders", "clusterC", false]]);
       expect(await unconnected(c)).toEqual([["orders", "clusterB", false]]);
+      // A graceful failover to B is refused at once: C would take nothing B writes.
+      await rejects(
+        a.client(OperatorService).failoverNamespace({ namespace: "orders", targetCluster: "clusterB" }),
+        Code.FailedPrecondition,
+        "cluster clusterB does not know cluster clusterC, one of the namespace's clusters, so clusterC would take nothing clusterB writes: connect them both ways; fix that first, or fail over forced; orders stays active in clusterA",
+      );
       // Active in B (forced, on A): what B writes now cannot reach C, and C's status says so.
       await a.client(WorkflowService).updateNamespace({ namespace: "orders", activeClusterName: "clusterB" });
       await expectActiveOn(c, "orders", "clusterB", 2n);
