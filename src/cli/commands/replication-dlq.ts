@@ -10,6 +10,7 @@ import { UsageError } from "../errors";
 import { formatTable, formatTime, listJson, messageJson } from "../output";
 import { collectPages } from "../paging";
 import { INT32_MAX, positiveIntArg } from "./common-flags";
+import { LONG_RUN_MS } from "../deadline";
 
 const filterFlags = [
   { name: "source-cluster", kind: "string", valueName: "CLUSTER", description: "Only entries from this source cluster" },
@@ -56,7 +57,7 @@ const merge: LeafCommand = {
   details: "Exits 1 when some entries still fail (they are listed with this attempt's error).",
   flags: [...filterFlags],
   async run(ctx, args) {
-    const res = await ctx.admin().mergeReplicationDlq(filterOf(args), { signal: ctx.signal, timeoutMs: 600_000 });
+    const res = await ctx.admin().mergeReplicationDlq(filterOf(args), { signal: ctx.signal, timeoutMs: ctx.deadlineMs(LONG_RUN_MS) });
     if (ctx.format === "json") ctx.out(messageJson(MergeReplicationDlqResponseSchema, res));
     else {
       ctx.out(`Merged ${res.merged} DLQ entries; ${res.failed.length} still fail\n`);
