@@ -12,6 +12,7 @@ import { listenForAckChange, outboundAcks } from "./ack-levels";
 import { appendNamespaceTask, namespaceQueueMax, readAckLevel } from "./namespace-queue";
 import { sleep } from "./manager";
 import { lastTaskIds } from "./outbox";
+import { shown } from "../src/shown";
 
 export interface GracefulFailoverDeps {
   db: Db;
@@ -162,7 +163,7 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
     if (!target) throw invalidArgument("target cluster is required");
     const ns = await deps.namespaces.describe({ name });
     if (!ns.isGlobal) throw failedPrecondition(`namespace ${name} is local: only global namespaces fail over`);
-    if (!ns.clusters.includes(target)) throw invalidArgument(`cluster ${target} is not one of namespace ${name}'s clusters (${ns.clusters.join(", ")})`);
+    if (!ns.clusters.includes(target)) throw invalidArgument(`cluster ${shown(target)} is not one of namespace ${name}'s clusters (${ns.clusters.join(", ")})`);
     if (ns.activeClusterName === target) throw failedPrecondition(`namespace ${name} is already active in cluster ${target}`);
     if (ns.activeClusterName !== current.clusterName) throw failedPrecondition(`namespace ${name} is active in cluster ${ns.activeClusterName}`);
     const targetInfo = await deps.clusters.require(target);

@@ -4,6 +4,7 @@ import type { Db } from "../persistence/database";
 import { clusterMetadata, namespaces, replicationAckLevels } from "../persistence/schema";
 import type { CurrentCluster } from "./bootstrap";
 import { frontendAddressProblem, frontendUrl, peerFailureText, type RemoteClientPool } from "./remote-client";
+import { shown } from "../shown";
 
 export type ClusterRow = typeof clusterMetadata.$inferSelect;
 
@@ -22,7 +23,7 @@ export function createRemoteClusters({ db, current, clients, onChanged, describe
   async function upsert(frontendAddress: string, enableConnection = true): Promise<ClusterRow> {
     if (!frontendAddress.trim()) throw invalidArgument("frontend address is required");
     const problem = frontendAddressProblem(frontendAddress);
-    if (problem) throw invalidArgument(`frontend address ${JSON.stringify(frontendAddress)} ${problem}`);
+    if (problem) throw invalidArgument(`frontend address ${shown(frontendAddress, { quote: true })} ${problem}`);
     if (!enableConnection) {
       // Disabling a known remote needs no answer from it: it may be down, which is often why.
       const disabled = await disableKnown(frontendAddress);
@@ -46,7 +47,7 @@ export function createRemoteClusters({ db, current, clients, onChanged, describe
       // remote with every cluster known, and another upsert may be adding one.
       await tx.select({ name: clusterMetadata.clusterName }).from(clusterMetadata).where(eq(clusterMetadata.isCurrent, true)).for("update");
       const broken = connectionRule(current, remote, await tx.select().from(clusterMetadata));
-      if (broken) throw failedPrecondition(`cannot connect cluster ${remote.clusterName} at ${frontendAddress}: ${broken}`);
+      if (broken) throw failedPrecondition(`cannot connect cluster ${remote.clusterName} at ${shown(frontendAddress)}: ${broken}`);
       const [row] = await tx
         .insert(clusterMetadata)
         .values(values)
@@ -81,17 +82,17 @@ export function createRemoteClusters({ db, current, clients, onChanged, describe
       if (!res.cluster) throw new Error("empty answer");
       return res.cluster;
     } catch (e) {
-      throw unavailable(`cannot reach a tern cluster at ${baseUrl}: ${peerFailureText(e)}`);
+      throw unavailable(`cannot reach a tern cluster at ${shown(baseUrl)}: ${peerFailureText(e)}`);
     }
   }
 
   /** Disconnects a remote; refused while a namespace lists both clusters. */
   async function remove(name: string): Promise<void> {
     if (!name) throw invalidArgument("cluster name is required");
-    if (name === current.clusterName) throw invalidArgument(`${name} is this cluster; it cannot be removed`);
+    if (name === current.clusterName) throw invalidArgument(`${shown(name)} is this cluster; it cannot be removed`);
     await db.transaction(async (tx) => {
       const [row] = await tx.select().from(clusterMetadata).where(eq(clusterMetadata.clusterName, name)).for("update");
-      if (!row) throw notFound(`cluster ${name} is not known to cluster ${current.clusterName}`);
+      if (!row) throw notFound(`cluster ${shown(name)} is not known to cluster ${current.clusterName}`);
       const users = await tx
         .select({ name: namespaces.name })
         .from(namespaces)
