@@ -26,7 +26,7 @@ describe("the CLI's deadline", () => {
     expect([near(seen[0], 30_000), near(seen[1], 120_000), seen[2]]).toEqual([true, true, undefined]);
   });
 
-  test("a graceful failover gets its --timeout (or the server's 10s) on top; a follow its long poll's 20s; verify 10 minutes", async () => {
+  test("a graceful failover gets its --timeout (or the server's 10s) on top; a follow its long poll's 20s; verify and a namespace delete 10 minutes", async () => {
     const { seen, record } = recorder();
     const operator = { failoverNamespace: (_: unknown, ctx: HandlerContext) => (record(ctx), { namespace: orders }) };
     expect((await runCli(["operator", "namespace", "failover", "-n", "orders", "--to", "clusterB", "--timeout", "2m"], { operator })).code).toBe(0);
@@ -41,7 +41,9 @@ describe("the CLI's deadline", () => {
     expect((await runCli(["workflow", "show", "-w", "w1", "--follow", "--rpc-timeout", "5s"], { workflow })).code).toBe(0);
     const admin = { verifyReplication: (_: unknown, ctx: HandlerContext) => (record(ctx), {}) };
     expect((await runCli(["replication", "verify", "-n", "orders", "--cluster", "clusterB"], { admin })).code).toBe(0);
-    expect([near(seen[0], 150_000), near(seen[1], 40_000), near(seen[2], 25_000), waitTimeout, near(seen[3], 630_000)]).toEqual([true, true, true, 20n, true]);
+    const deleting = { deleteNamespace: (_: unknown, ctx: HandlerContext) => (record(ctx), { deletedNamespace: "orders" }) };
+    expect((await runCli(["operator", "namespace", "delete", "-n", "orders", "--yes"], { operator: deleting })).code).toBe(0);
+    expect([near(seen[0], 150_000), near(seen[1], 40_000), near(seen[2], 25_000), waitTimeout, near(seen[3], 630_000), near(seen[4], 630_000)]).toEqual([true, true, true, 20n, true, true]);
   });
 
   test("a call not answered within it ends with exit 1 and a line naming the address and the deadline", async () => {

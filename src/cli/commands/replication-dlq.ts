@@ -6,11 +6,11 @@ import {
 } from "../../gen/tern/admin/v1/service_pb";
 import { getBoolean, getString, type ParsedArgs } from "../args";
 import type { CommandContext, GroupCommand, LeafCommand } from "../command";
+import { LONG_RUN_MS } from "../deadline";
 import { UsageError } from "../errors";
 import { formatTable, formatTime, listJson, messageJson } from "../output";
 import { collectPages } from "../paging";
 import { INT32_MAX, positiveIntArg } from "./common-flags";
-import { LONG_RUN_MS } from "../deadline";
 
 const filterFlags = [
   { name: "source-cluster", kind: "string", valueName: "CLUSTER", description: "Only entries from this source cluster" },
@@ -82,7 +82,7 @@ const purge: LeafCommand = {
     const filter = filterOf(args);
     const what = `the replication DLQ${filter.sourceCluster ? ` of ${filter.sourceCluster}` : ""}${filter.shardId ? ` shard ${filter.shardId}` : ""}`;
     if (!getBoolean(args, "yes")) await confirmPurge(ctx, what);
-    const res = await ctx.admin().purgeReplicationDlq(filter, { signal: ctx.signal });
+    const res = await ctx.admin().purgeReplicationDlq(filter, { signal: ctx.signal, timeoutMs: ctx.deadlineMs(LONG_RUN_MS) });
     ctx.out(ctx.format === "json" ? messageJson(PurgeReplicationDlqResponseSchema, res) : `Purged ${res.purged} DLQ entries\n`);
   },
 };
