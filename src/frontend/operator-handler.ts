@@ -12,9 +12,9 @@ import { decodeToken, encodeToken, NAME_TOKEN } from "../persistence/page-token"
 import type { RemoteClusters } from "../cluster/remote-clusters";
 import { clampPage } from "../namespace/registry";
 import type { GracefulFailover } from "../../replication/failover";
-import { peerUnreachable, type RemoteClientPool } from "../cluster/remote-client";
+import type { RemoteClientPool } from "../cluster/remote-client";
 import { durationMs, namespaceToProto } from "./convert";
-import { FORWARDED_HEADER, forwardOptions, frontendOf, handedBack } from "./forwarding";
+import { FORWARD_TIMEOUT_MS, FORWARDED_HEADER, forward, frontendOf } from "./forwarding";
 
 export interface OperatorHandlerDeps {
   db: Db;
@@ -28,6 +28,8 @@ export interface OperatorHandlerDeps {
   failover: GracefulFailover;
   /** Clients of remote frontends: a failover asked of a passive cluster goes to the active one. */
   clients: RemoteClientPool;
+  /** FORWARD_TIMEOUT_MS unless set (tests). */
+  forwardTimeoutMs?: number;
 }
 
 const FAILOVER_TIMEOUT_MS = 10_000;
@@ -92,13 +94,16 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
     },
     async failoverNamespace(r, ctx) {
       const ns = await namespaces.describe({ name: r.namespace });
+      const timeoutMs = durationMs(r.timeout, "timeout", FAILOVER_TIMEOUT_MS);
       if (ns.isGlobal && ns.activeClusterName !== current.clusterName && !ctx.requestHeader.get(FORWARDED_HEADER)) {
-        const active = await frontendOf(clusters, deps.clients, ns.activeClusterName);
-        return active.operator.failoverNamespace(r, forwardOptions(ctx, current.clusterName)).catch((e) => {
-          throw handedBack(e, r.namespace, ns.activeClusterName, current.clusterName) ?? peerUnreachable(e, ns.activeClusterName);
-        });
+        const target = ns.activeClusterName;
+        const active = await frontendOf(clusters, deps.clients, target);
+        // The failover may take its timeout there, and leaving HANDOVER after it a few seconds more.
+        const limitMs = timeoutMs + (deps.forwardTimeoutMs ?? FORWARD_TIMEOUT_MS);
+        const to = { current: current.clusterName, target, namespace: r.namespace, what: "FailoverNamespace", limitMs };
+        return forward(ctx, to, (options) => active.operator.failoverNamespace(r, options));
       }
-      const res = await deps.failover.run(r.namespace, r.targetCluster, durationMs(r.timeout, "timeout", FAILOVER_TIMEOUT_MS));
+      const res = await deps.failover.run(r.namespace, r.targetCluster, timeoutMs);
       const ids = [...res.handover.shards].map(([shard, id]) => [shard, BigInt(id)] as const);
       return { namespace: namespaceToProto(res.namespace), handoverTaskIds: Object.fromEntries(ids) };
     },

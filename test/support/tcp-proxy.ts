@@ -13,6 +13,13 @@ export interface TcpProxy {
    * every packet; off passes on what was held, in order.
    */
   hold(on: boolean): void;
+  /**
+   * While on, the proxy stops reading what one side sends ("toServer": the clients' bytes,
+   * "toClient": the server's), so the sender's socket buffers fill and its writes back up, as
+   * with a reader that is frozen (SIGSTOP) or a receive window that stays shut; the other
+   * direction flows. Off reads on.
+   */
+  stall(direction: "toServer" | "toClient", on: boolean): void;
   close(): Promise<void>;
 }
 
@@ -32,6 +39,9 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
   let refusing = false;
   // Writes held back while holding, in arrival order.
   let held: (() => void)[] | undefined;
+  // The sockets whose bytes are not read, by the direction they send in.
+  const stalled = { toServer: false, toClient: false };
+  const senders = { toServer: new Set<Socket>(), toClient: new Set<Socket>() };
   /** Passes from's bytes and end on to to, or keeps them back while holding. */
   const forward = (from: Socket, to: Socket) => {
     from.on("data", (chunk) => (held ? held.push(() => to.write(chunk)) : to.write(chunk)));
@@ -50,6 +60,11 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
     const upstream = connect(target.port, target.host);
     track(client);
     track(upstream);
+    for (const [direction, s] of [["toServer", client], ["toClient", upstream]] as const) {
+      senders[direction].add(s);
+      s.on("close", () => senders[direction].delete(s));
+      if (stalled[direction]) s.pause();
+    }
     forward(client, upstream);
     forward(upstream, client);
     client.on("close", () => upstream.destroy());
@@ -65,6 +80,10 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
       const writes = held;
       held = on ? (held ?? []) : undefined;
       if (!on) writes?.forEach((write) => write());
+    },
+    stall: (direction, on) => {
+      stalled[direction] = on;
+      senders[direction].forEach((s) => (on ? s.pause() : s.resume()));
     },
     close: () => {
       sockets.forEach((s) => s.destroy());
