@@ -1,0 +1,105 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { create } from "@bufbuild/protobuf";
+import { outboundAcks } from "../../replication/ack-levels";
+import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
+import { PayloadsSchema } from "../../src/gen/tern/common/v1/common_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { createLogger } from "../../src/observability/log";
+import { eventually } from "../support/eventually";
+import { startLinkedPair } from "../support/linked-pair";
+import type { TestCluster, TestClusterOptions } from "../support/server";
+import { testStores, type StoreKind } from "../support/stores";
+import type { TcpProxy } from "../support/tcp-proxy";
+import { expectSameHistories, historiesOf, lastTaskIds } from "./support";
+
+setDefaultTimeout(90_000);
+
+const NS = "orders";
+type Line = { level: string; msg: string; error?: string };
+
+/** A pair whose B reaches A through a proxy (startLinkedPair), for a describe; B's log lines kept. */
+function useLinkedPair(store: StoreKind, options: [Partial<TestClusterOptions>, Partial<TestClusterOptions>]) {
+  const pair = {} as { a: TestCluster; b: TestCluster; link: TcpProxy; nsId: string; bLog: Line[]; close(): Promise<void> };
+  beforeAll(async () => {
+    const bLog: Line[] = [];
+    const log = createLogger({ level: "info", write: (line) => bLog.push(JSON.parse(line)) });
+    const [a, b] = options;
+    Object.assign(pair, { bLog }, await startLinkedPair(store, [a, { ...b, serverOptions: { log, ...b.serverOptions } }]));
+  });
+  afterAll(() => pair.close());
+  return pair;
+}
+
+const start = (x: TestCluster, workflowId: string) => x.client(WorkflowService).startWorkflowExecution({ namespace: NS, workflowId, workflowType: "T", taskQueue: "q" });
+/** x's replication status of its one remote. */
+const statusOf = async (x: TestCluster) => (await x.client(AdminService).getReplicationStatus({})).remotes[0]!;
+/** How many of its tasks x's remote has not acked, over all shards. */
+const outboundLag = async (x: TestCluster) => (await statusOf(x)).outbound.reduce((n, s) => n + Number(s.lagTasks), 0);
+/** Each shard's last task on a, and what b acked of it there. */
+const ackedAll = async (a: TestCluster) => {
+  const [max, acks] = await Promise.all([lastTaskIds(a), outboundAcks(a.server.database.db, "clusterB")]);
+  expect([...max].map(([shard]) => acks.get(shard) ?? 0)).toEqual([...max.values()]);
+};
+
+for (const store of await testStores()) {
+  describe(`a replication link that drops packets, on ${store}`, () => {
+    // B hears from A at least every 300 ms; A is overdue at 2.3 s and given up at 5.3 s of silence.
+    const pair = useLinkedPair(store, [{}, { serverOptions: { replication: { waitMs: 300, silenceGraceMs: 5_000 } } }]);
+
+    test("TestABlackHoledLinkShowsAsOverdueThenFailedOnB, and B catches up exactly once when it returns", async () => {
+      const { a, b, link, nsId } = pair;
+      await start(a, "before");
+      await eventually(() => expectSameHistories(a, b, nsId));
+      await eventually(async () => expect((await statusOf(b)).connectionState).toBe("connected"));
+
+      link.hold(true);
+      try {
+        for (let i = 0; i < 5; i++) await start(a, `held-${i}`);
+        // B says so before it gives the stream up, not "connected" until then.
+        await eventually(
+          async () => expect((await statusOf(b)).connectionState).toBe("error: cluster clusterA has sent nothing on its replication stream for 2300 ms (it sends at least every 300 ms)"),
+          { timeout: 10_000 },
+        );
+        await eventually(async () => expect((await statusOf(b)).connectionState).toContain("sent nothing on its replication stream for 5300 ms"), { timeout: 10_000 });
+        // A knows B is behind.
+        expect(await outboundLag(a)).toBeGreaterThan(0);
+        expect((await historiesOf(b, nsId)).some((e) => e.workflowId.startsWith("held-"))).toBe(false);
+      } finally {
+        link.hold(false);
+      }
+      await eventually(() => expectSameHistories(a, b, nsId), { timeout: 15_000 });
+      await eventually(async () => expect((await statusOf(b)).connectionState).toBe("connected"));
+      await eventually(() => ackedAll(a));
+      expect((await statusOf(b)).dlqSize).toBe(0n);
+    });
+  });
+
+  describe(`a replication link that drops what B sends, on ${store}`, () => {
+    // B's acks are given up after 2 s without an answer (the grace of a silent stream).
+    const pair = useLinkedPair(store, [{}, { serverOptions: { replication: { waitMs: 300, silenceGraceMs: 2_000 } } }]);
+
+    test("TestAcksThatDoNotReachTheSourceShowAsTheConnectionsErrorOnB, while B applies what comes", async () => {
+      const { a, b, link, nsId } = pair;
+      await start(a, "before");
+      await eventually(() => expectSameHistories(a, b, nsId));
+
+      // A's messages reach B; nothing B sends reaches A.
+      link.stall("toServer", true);
+      try {
+        for (let i = 0; i < 5; i++) await start(a, `unacked-${i}`);
+        await eventually(() => expectSameHistories(a, b, nsId));
+        await eventually(
+          async () => expect((await statusOf(b)).connectionState).toBe(
+            "error: acks to cluster clusterA failed, so it does not hear what was applied: [deadline_exceeded] the operation timed out",
+          ),
+          { timeout: 10_000 },
+        );
+        expect(await outboundLag(a)).toBeGreaterThan(0);
+      } finally {
+        link.stall("toServer", false);
+      }
+      await eventually(() => ackedAll(a), { timeout: 15_000 });
+      await eventually(async () => expect((await statusOf(b)).connectionState).toBe("connected"));
+    });
+  });
+}
