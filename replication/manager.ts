@@ -2,7 +2,7 @@ import { eq } from "drizzle-orm";
 import type { RemoteClientPool, RemoteClients } from "../src/cluster/remote-client";
 import { loggableError } from "../src/errors";
 import { fetchFailureReason } from "../src/fetch-failure";
-import { createFailureLog } from "../src/observability/failure-log";
+import { createFlapLog } from "../src/observability/failure-log";
 import type { Logger } from "../src/observability/log";
 import type { Db } from "../src/persistence/database";
 import { clusterMetadata } from "../src/persistence/schema";
@@ -78,16 +78,18 @@ export function createReplicationManager({ db, clients, streamsFor, log }: Repli
 
   /** Runs stream until signal aborts, restarting it after a failure; each failure is logged once, and the recovery. */
   async function loop(stream: ReplicationStream, remote: RemoteCluster, signal: AbortSignal, entry: Running) {
-    const failures = createFailureLog();
+    // A link that fails and recovers every second is said once per 10 s, not twice a second.
+    const failures = createFlapLog();
     const report: StreamReport = {
       ok: () => {
         entry.states.set(stream.name, "connected");
-        const failedForMs = failures.succeeded();
+        const failedForMs = failures.recovered();
         if (failedForMs !== undefined) log.info("replication stream recovered", { remote: remote.name, stream: stream.name, failedForMs: Math.round(failedForMs) });
       },
       failed: (e) => {
         const msg = fetchFailureReason(e) ?? loggableError(e);
-        if (failures.isNew(msg)) log.warn("replication stream failed", { remote: remote.name, stream: stream.name, error: msg });
+        const write = failures.failed(msg);
+        if (write) log.warn("replication stream failed", { remote: remote.name, stream: stream.name, error: msg, ...(write.repeated && { repeated: write.repeated }) });
         entry.states.set(stream.name, `error: ${msg}`);
       },
     };
