@@ -74,6 +74,32 @@ for (const store of await testStores()) {
       expect(await signalsOnA("w")).toEqual([first!, second!]);
     });
 
+    test("TestAGracefulFailoverOnTheActiveClusterWhileTheLinkIsBlackHoledTimesOutToNormalAndLosesNoWrite", async () => {
+      const wf = a.client(WorkflowService);
+      const signal = (signalName: string) => wf.signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "w" }, signalName });
+      link.hold(true);
+      try {
+        await signal("unshipped");
+        const asked = performance.now();
+        const failing = a.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterB", timeout: { seconds: 1n } });
+        // A write during the handover waits it out and lands once the failover gave up.
+        const during = signal("during-handover");
+        await rejects(within(10_000, failing), Code.Unavailable, `graceful failover of namespace ${NS} to clusterB timed out after 1000ms`);
+        expect(performance.now() - asked).toBeLessThan(3_000);
+        await during;
+        const onA = await describeOn(a, NS);
+        expect([onA.replicationConfig!.activeClusterName, onA.replicationConfig!.state]).toEqual(["clusterA", ReplicationState.NORMAL]);
+      } finally {
+        link.hold(false);
+      }
+      // Both writes reach B once the link is back.
+      await eventually(async () => {
+        const h = await b.client(WorkflowService).getWorkflowExecutionHistory({ namespace: NS, execution: { workflowId: "w" } });
+        expect(h.history!.events.map((e) => e.eventId)).toEqual((await a.client(WorkflowService).getWorkflowExecutionHistory({ namespace: NS, execution: { workflowId: "w" } })).history!.events.map((e) => e.eventId));
+      }, { timeout: 15_000 });
+      expect((await signalsOnA("w")).length).toBe(4);
+    });
+
     test("TestAFailoverAskedOfThePassiveClusterOverABlackHoledLinkAnswersInBoundedTimeAndLeavesNoHandover", async () => {
       const failover = () => b.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterB", timeout: { seconds: 1n } });
       link.hold(true);
