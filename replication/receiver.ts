@@ -332,8 +332,9 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     })();
 
     const acker = createAckSender({
+      remote, clusterName: cluster.clusterName, shardIds, acks, signal: s, durable, ackIntervalMs,
       // An ack the source does not answer within the grace a silent stream gets is given up too.
-      remote, clusterName: cluster.clusterName, shardIds, acks, signal: s, durable, ackIntervalMs, timeoutMs: silenceGraceMs,
+      timeoutMs: silenceGraceMs,
       failed: (e) => report.failed((ackFailure = new Error(`acks to cluster ${remote.name} failed, so it does not hear what was applied: ${fetchFailureReason(e) ?? loggableError(e)}`))),
       sent: () => {
         if (!ackFailure) return;
