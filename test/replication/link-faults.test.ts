@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { create } from "@bufbuild/protobuf";
 import { outboundAcks } from "../../replication/ack-levels";
+import type { HistoryApplier } from "../../replication/applier";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { replicationDlq } from "../../src/persistence/schema";
 import { PayloadsSchema } from "../../src/gen/tern/common/v1/common_pb";
@@ -163,6 +164,45 @@ for (const store of await testStores()) {
         link.stall("toClient", false);
       }
       await eventually(() => expectSameHistories(a, b, nsId), { timeout: 60_000, interval: 200 });
+    });
+  });
+
+  describe(`a gap repair whose source the link cuts off, on ${store}`, () => {
+    // B's applier sees run "gap"'s signal arrive without its event, as after a lost task, and
+    // repairs it from A's raw history; the test's hook runs before each such fetch.
+    let beforeGapFetch = () => {};
+    let gapFetches = 0;
+    const withGap = (inner: HistoryApplier): HistoryApplier => ({
+      ...inner,
+      planApply: (ns, task, reads) => (task.workflowId === "gap" ? undefined : inner.planApply(ns, task, reads)),
+      applyTask(tx, ns, task, fetchRaw) {
+        const lost = task.workflowId === "gap" && task.firstEventId === 2 ? { ...task, firstEventId: 3, events: task.events.filter((e) => e.eventId !== 2n) } : task;
+        return inner.applyTask(tx, ns, lost, (...args) => (gapFetches++, beforeGapFetch(), fetchRaw(...args)));
+      },
+    });
+    // A task is retried twice before it goes to the DLQ.
+    const pair = useLinkedPair(store, [{}, { serverOptions: { replication: { wrapApplier: withGap, retry: { attempts: 2, backoffMs: 10 } } } }]);
+
+    test("TestAGapRepairThatCannotReachTheSourceRetriesUntilItCan, and sends nothing to the DLQ", async () => {
+      const { a, b, link, nsId } = pair;
+      await start(a, "gap");
+      await eventually(() => expectSameHistories(a, b, nsId));
+      // The link goes down (connections reset, new ones refused, as with A restarting) as B fetches the gap.
+      beforeGapFetch = () => {
+        beforeGapFetch = () => {};
+        link.refuse(true);
+        link.cut();
+      };
+      try {
+        await a.client(WorkflowService).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "gap" }, signalName: "s" });
+        await eventually(() => expect(gapFetches).toBeGreaterThanOrEqual(1));
+        // B tries the link again and again: past the task's retry budget, were it the task's fault.
+        await eventually(() => expect(link.refused).toBeGreaterThanOrEqual(3), { timeout: 15_000 });
+      } finally {
+        link.refuse(false);
+      }
+      await eventually(() => expectSameHistories(a, b, nsId), { timeout: 15_000 });
+      expect(await b.server.database.db.select().from(replicationDlq)).toEqual([]);
     });
   });
 }

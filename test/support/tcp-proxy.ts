@@ -7,6 +7,8 @@ export interface TcpProxy {
   cut(): void;
   /** While on, every connection is reset as it arrives, as when the server is down: with cut(), an outage. */
   refuse(on: boolean): void;
+  /** How many connections refuse() has reset so far. */
+  readonly refused: number;
   /**
    * While on, bytes are taken in both ways but none is passed on, and new connections are
    * accepted but never answered, as with a frozen server (SIGSTOP) or a network that holds
@@ -37,6 +39,7 @@ export async function startTcpProxyFor(databaseUrl: string): Promise<{ proxy: Tc
 export async function startTcpProxy(target: { host: string; port: number }): Promise<TcpProxy> {
   const sockets = new Set<Socket>();
   let refusing = false;
+  let refused = 0;
   // Writes held back while holding, in arrival order.
   let held: (() => void)[] | undefined;
   // The sockets whose bytes are not read, by the direction they send in.
@@ -54,6 +57,7 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
   };
   const server = createServer((client) => {
     if (refusing) {
+      refused++;
       client.on("error", () => {});
       return reset(client);
     }
@@ -76,6 +80,9 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
     port,
     cut: () => sockets.forEach(reset),
     refuse: (on) => void (refusing = on),
+    get refused() {
+      return refused;
+    },
     hold: (on) => {
       const writes = held;
       held = on ? (held ?? []) : undefined;
