@@ -162,14 +162,18 @@ describe("createFlapLog", () => {
     const recover = () => {
       if (flaps.recovered() !== undefined) said.push("recovered");
     };
+    /** A cut at each second from..to (excluded), failing twice (a retry) and recovering 300 ms later. */
+    const cutEverySecond = (from: number, to: number) => {
+      for (let s = from; s < to; s++) {
+        now = s * 1_000;
+        fail("connection reset");
+        fail("connection reset");
+        now += 300;
+        recover();
+      }
+    };
     // Cut every second: the first cut and its recovery are said, the next eight are not.
-    for (let s = 0; s < 9; s++) {
-      now = s * 1_000;
-      fail("connection reset");
-      fail("connection reset"); // its retry
-      now += 300;
-      recover();
-    }
+    cutEverySecond(0, 9);
     // Another failure is said at once.
     now = 9_500;
     fail("the database system is shutting down");
@@ -183,12 +187,7 @@ describe("createFlapLog", () => {
     fail("connection reset");
     now = 9_900;
     recover();
-    for (let s = 10; s < 20; s++) {
-      now = s * 1_000;
-      fail("connection reset");
-      now += 300;
-      recover();
-    }
+    cutEverySecond(10, 20);
     now = 20_000;
     fail("connection reset");
     recover();
