@@ -7,6 +7,7 @@ import type { RedirectionPolicy } from "../config/schema";
 import { ACTIVE_CLUSTER_HEADER, NamespaceNotActiveError, unavailable } from "../errors";
 import type { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
 import type { NamespaceRegistry } from "../namespace/registry";
+import { shown } from "../shown";
 import { historyWaitMs } from "./workflow-handler";
 
 /** Marks a forwarded call; a call carrying it is never forwarded again (no loops). */
@@ -79,8 +80,11 @@ export async function forward<T>(ctx: HandlerContext, to: ForwardTarget, call: (
     return await call(options);
   } catch (e) {
     if (ours && e instanceof ConnectError && e.code === Code.DeadlineExceeded) {
-      const retry = to.requestId ? `it may still be applied there: retry with the same request id (${to.requestId})` : "retry";
-      throw unavailable(`cluster ${to.target}, where namespace ${to.namespace} is active, did not answer the forwarded ${to.what} within ${to.limitMs} ms; ${retry}`);
+      const what = `the forwarded ${to.what} within ${to.limitMs} ms`;
+      throw unavailable(
+        `cluster ${to.target}, where namespace ${to.namespace} is active, did not answer ` +
+          (to.requestId ? `${what} (request id ${shown(to.requestId)}); it may still be applied there: retry with the same request id` : `${what}; retry`),
+      );
     }
     throw handedBack(e, to.namespace, to.target, to.current) ?? peerUnreachable(e, to.target);
   }

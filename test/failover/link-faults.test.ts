@@ -58,8 +58,8 @@ for (const store of await testStores()) {
         await rejects(
           within(10_000, signal("sig-1")),
           Code.Unavailable,
-          `cluster clusterA, where namespace ${NS} is active, did not answer the forwarded SignalWorkflowExecution within ${FORWARD_MS} ms; ` +
-            "it may still be applied there: retry with the same request id (sig-1)",
+          `cluster clusterA, where namespace ${NS} is active, did not answer the forwarded SignalWorkflowExecution within ${FORWARD_MS} ms ` +
+            "(request id sig-1); it may still be applied there: retry with the same request id",
         );
         expect(performance.now() - forwarded).toBeLessThan(FORWARD_MS + 2_000);
         // It was: A applied both and answered into the held link.
