@@ -1,6 +1,3 @@
-import { loggableError } from "../src/errors";
-import type { Logger } from "../src/observability/log";
-import { createFailureLog } from "../src/observability/failure-log";
 import type { RemoteCluster } from "./manager";
 
 /** What a stream's ack sender needs. */
@@ -14,9 +11,14 @@ export interface AckSenderDeps {
   signal: AbortSignal;
   /** Makes the applies committed so far durable, before the source is told of them. */
   durable: () => Promise<void>;
-  log: Logger;
+  /** A call failed (the next goes after a backoff): the receiver's stream reports it, once per kind of failure. */
+  failed: (error: unknown) => void;
+  /** A call went through. */
+  sent: () => void;
   /** Least time between two calls. */
   ackIntervalMs: number;
+  /** How long a call waits for the source's answer. */
+  timeoutMs: number;
   /** Longest wait after failed calls (the wait doubles per failure, from 100 ms). */
   maxRetryMs?: number;
 }
@@ -28,18 +30,15 @@ export interface AckSenderDeps {
  * ackIntervalMs. What moves meanwhile goes with the next call; a failed call's, too, after a
  * backoff, since an outage of either database fails every call until it ends.
  */
-export function createAckSender({ remote, clusterName, shardIds, acks, signal, durable, log, ackIntervalMs, maxRetryMs = 5_000 }: AckSenderDeps) {
+export function createAckSender({ remote, clusterName, shardIds, acks, signal, durable, failed, sent, ackIntervalMs, timeoutMs, maxRetryMs = 5_000 }: AckSenderDeps) {
   const told = new Map(acks);
   let timer: ReturnType<typeof setTimeout> | undefined;
   let acking = false;
   let sentAt = -Infinity;
   let interval = ackIntervalMs;
-  const failures = createFailureLog();
-  const failed = (e: unknown) => {
+  const backOff = (e: unknown) => {
     interval = Math.min(Math.max(interval * 2, 100), Math.max(maxRetryMs, ackIntervalMs));
-    if (signal.aborted) return;
-    const error = loggableError(e);
-    if (failures.isNew(error)) log.warn("sending replication acks failed; they go with the next", { remote: remote.name, error });
+    if (!signal.aborted) failed(e);
   };
   const send = () => {
     timer = undefined;
@@ -49,12 +48,12 @@ export function createAckSender({ remote, clusterName, shardIds, acks, signal, d
     acking = true;
     sentAt = performance.now();
     durable()
-      .then(() => remote.clients.admin.ackReplicationTasks({ clusterName, shardIds: moved, ackedTaskIds: values.map(BigInt) }, { signal, timeoutMs: 15_000 }))
+      .then(() => remote.clients.admin.ackReplicationTasks({ clusterName, shardIds: moved, ackedTaskIds: values.map(BigInt) }, { signal, timeoutMs }))
       .then(() => {
         moved.forEach((id, i) => told.set(id, values[i]!));
         interval = ackIntervalMs;
-        failures.succeeded();
-      }, failed)
+        sent();
+      }, backOff)
       .finally(() => {
         acking = false;
         schedule();

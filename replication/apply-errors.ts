@@ -29,9 +29,16 @@ export class RetryableReplicationError extends Error {
  */
 export function isTaskFailure(e: unknown): boolean {
   if (e instanceof RetryableReplicationError || connectionLost(e)) return false;
-  if (e instanceof ConnectError) return ![Code.Unavailable, Code.DeadlineExceeded, Code.Canceled, Code.ResourceExhausted, Code.Aborted].includes(e.code);
-  return true;
+  return !(e instanceof ConnectError && SOURCE_UNREACHABLE.includes(e.code));
 }
+
+/**
+ * The codes of a call to the source (a gap repair's raw history) that say nothing of the task.
+ * Unknown is connect's code for a call that got no answer (a connection reset or refused: a
+ * tern never answers it); counted against the task, a link down for 3 s sent the task to the
+ * DLQ, and every later task of its run behind it, until an operator merged them.
+ */
+const SOURCE_UNREACHABLE = [Code.Unknown, Code.Unavailable, Code.DeadlineExceeded, Code.Canceled, Code.ResourceExhausted, Code.Aborted];
 
 /** Two branches that conflict resolution cannot order (they end at the same failover version). */
 export class HistoryDivergenceError extends Error {

@@ -13,6 +13,7 @@ import { readRunEvents } from "../src/history/execution-store";
 import type { Db } from "../src/persistence/database";
 import { executions, namespaces } from "../src/persistence/schema";
 import { lastEventIdOf, versionHistoryToProto } from "./version-history";
+import { shown } from "../src/shown";
 
 /**
  * AdminService.ListHistoryBranches: every branch of a run, the current one first, each
@@ -21,7 +22,7 @@ import { lastEventIdOf, versionHistoryToProto } from "./version-history";
 export async function listHistoryBranches(db: Db, req: ListHistoryBranchesRequest): Promise<ListHistoryBranchesResponse> {
   if (!req.namespace || !req.workflowId) throw invalidArgument("namespace and workflow id are required");
   const [ns] = await db.select({ id: namespaces.id }).from(namespaces).where(eq(namespaces.name, req.namespace));
-  if (!ns) throw notFound(`namespace ${req.namespace} not found`);
+  if (!ns) throw notFound(`namespace ${shown(req.namespace)} not found`);
   const e = executions;
   const [run] = await db
     .select()
@@ -29,7 +30,7 @@ export async function listHistoryBranches(db: Db, req: ListHistoryBranchesReques
     .where(and(eq(e.namespaceId, ns.id), eq(e.workflowId, req.workflowId), req.runId ? eq(e.runId, req.runId) : undefined))
     .orderBy(desc(e.startTime), desc(e.runId))
     .limit(1);
-  if (!run) throw notFound(`workflow execution ${req.workflowId}${req.runId ? ` run ${req.runId}` : ""} not found in namespace ${req.namespace}`);
+  if (!run) throw notFound(`workflow execution ${shown(req.workflowId)}${req.runId ? ` run ${shown(req.runId)}` : ""} not found in namespace ${req.namespace}`);
   const others = await loadBranches(db, run);
   const branches: MessageInitShape<typeof HistoryBranchSchema>[] = [
     { branchId: 0, current: true, forkEventId: 0n, versionHistory: versionHistoryToProto(run.versionHistory), events: await readRunEvents(db, run, 1) },

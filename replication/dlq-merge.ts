@@ -13,6 +13,7 @@ import type { HistoryApplier, IncomingTask } from "./applier";
 import { entryOf, HELD_BEHIND, type DlqFilter, type DlqRow, type ReplicationDlq } from "./dlq";
 import { rawFetcher } from "./page-transactions";
 import { versionHistoryFromProto } from "./version-history";
+import { shown } from "../src/shown";
 
 export interface DlqMergeDeps {
   db: Db;
@@ -33,7 +34,7 @@ export interface DlqMergeDeps {
 export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, log }: DlqMergeDeps) {
   async function sourceClients(name: string): Promise<RemoteClients> {
     const [row] = await db.select().from(clusterMetadata).where(and(eq(clusterMetadata.clusterName, name), eq(clusterMetadata.isCurrent, false)));
-    if (!row) throw notFound(`source cluster ${name} is not a remote cluster of this one`);
+    if (!row) throw notFound(`source cluster ${shown(name)} is not a remote cluster of this one`);
     return clients.get(row.rpcAddress);
   }
 

@@ -17,6 +17,7 @@ import type { Db, Tx } from "../src/persistence/database";
 import { runStatement, tableCodec, type StatementPart } from "../src/persistence/raw-statements";
 import { decodeToken, encodeToken } from "../src/persistence/page-token";
 import { clusterMetadata, replicationDlq } from "../src/persistence/schema";
+import { shown } from "../src/shown";
 
 /** ListReplicationDlq's token: the last entry's source cluster, shard and task id. */
 const DLQ_TOKEN = z.object({ s: z.string(), h: z.number().int(), t: z.number().int() });
@@ -100,7 +101,7 @@ export function createReplicationDlq({ db, metrics }: ReplicationDlqDeps) {
   async function refuseUnknownSource(filter: DlqFilter): Promise<void> {
     if (!filter.sourceCluster) return;
     const [row] = await db.select({ name: clusterMetadata.clusterName }).from(clusterMetadata).where(eq(clusterMetadata.clusterName, filter.sourceCluster));
-    if (!row) throw notFound(`cluster ${filter.sourceCluster} is not known here: it has no DLQ entries and is no remote cluster of this one`);
+    if (!row) throw notFound(`cluster ${shown(filter.sourceCluster)} is not known here: it has no DLQ entries and is no remote cluster of this one`);
   }
 
   /** Entries per source cluster. */

@@ -8,7 +8,7 @@ import { notServed } from "./not-served";
 export interface FailoverTargetCheckDeps {
   clusters: ClusterDirectory;
   clients: RemoteClientPool;
-  /** Longest wait for each answer; past it the failover goes on as if it had none. */
+  /** Longest wait for each answer (a quarter of the failover's timeout if less); past it the failover goes on as if it had none. */
   timeoutMs?: number;
 }
 
@@ -28,9 +28,9 @@ export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000
   const current: CurrentCluster = clusters.current();
   const here = current.clusterName;
 
-  async function seenBy(address: string, name: string): Promise<Seen> {
+  async function seenBy(address: string, name: string, waitMs: number): Promise<Seen> {
     try {
-      return (await clients.get(address).operator.describeCluster({ clusterName: name }, { timeoutMs })).cluster;
+      return (await clients.get(address).operator.describeCluster({ clusterName: name }, { timeoutMs: waitMs })).cluster;
     } catch (e) {
       return e instanceof ConnectError && e.code === Code.NotFound && !notServed(e) ? "unknown" : undefined;
     }
@@ -47,16 +47,18 @@ export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000
     return undefined;
   }
 
-  return async function targetProblem(target: string, members: string[] = []): Promise<string | undefined> {
+  return async function targetProblem(target: string, members: string[] = [], failoverTimeoutMs = Infinity): Promise<string | undefined> {
+    // Within the failover's own timeout: a target behind a link that drops packets is waited for once.
+    const waitMs = Math.max(1, Math.min(timeoutMs, Math.floor(failoverTimeoutMs / 4)));
     const known = new Map((await clusters.list()).filter((c) => !c.isCurrent).map((c) => [c.clusterName, c.rpcAddress]));
     const targetAddress = known.get(target);
     if (!targetAddress) return undefined;
     const others = members.filter((m) => m !== here && m !== target);
     const [mine, ...links] = await Promise.all([
-      seenBy(targetAddress, here),
+      seenBy(targetAddress, here, waitMs),
       ...others.map(async (m) => {
         const address = known.get(m);
-        const [byTarget, byMember] = await Promise.all([seenBy(targetAddress, m), address ? seenBy(address, target) : undefined]);
+        const [byTarget, byMember] = await Promise.all([seenBy(targetAddress, m, waitMs), address ? seenBy(address, target, waitMs) : undefined]);
         if (byTarget === "unknown") return `cluster ${target} does not know cluster ${m}, one of the namespace's clusters, so ${m} would take nothing ${target} writes: connect them both ways`;
         if (byMember === "unknown") return `cluster ${m}, one of the namespace's clusters, does not know cluster ${target}, so it would take nothing ${target} writes: connect them both ways`;
         return undefined;

@@ -12,6 +12,7 @@ import { listenForAckChange, outboundAcks } from "./ack-levels";
 import { appendNamespaceTask, namespaceQueueMax, readAckLevel } from "./namespace-queue";
 import { sleep } from "./manager";
 import { lastTaskIds } from "./outbox";
+import { shown } from "../src/shown";
 
 export interface GracefulFailoverDeps {
   db: Db;
@@ -28,7 +29,7 @@ export interface GracefulFailoverDeps {
   /** This cluster's connection to a remote as `replication status` shows it ("connected", "error: ..."), for a timeout's answer. */
   connectionState?: (cluster: string) => string;
   /** Why a failover to target would leave a cluster without its writes, as the clusters say (createFailoverTargetCheck), or undefined. */
-  targetProblem?: (target: string, members: string[]) => Promise<string | undefined>;
+  targetProblem?: (target: string, members: string[], failoverTimeoutMs: number) => Promise<string | undefined>;
   /** Holds a lock other server processes on the database see (Database.withSessionLock) while fn runs. */
   withSessionLock?: <T>(key: string, fn: () => Promise<T>, taken: () => Error) => Promise<T>;
 }
@@ -169,7 +170,7 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
     if (!target) throw invalidArgument("target cluster is required");
     const ns = await deps.namespaces.describe({ name });
     if (!ns.isGlobal) throw failedPrecondition(`namespace ${name} is local: only global namespaces fail over`);
-    if (!ns.clusters.includes(target)) throw invalidArgument(`cluster ${target} is not one of namespace ${name}'s clusters (${ns.clusters.join(", ")})`);
+    if (!ns.clusters.includes(target)) throw invalidArgument(`cluster ${shown(target)} is not one of namespace ${name}'s clusters (${ns.clusters.join(", ")})`);
     if (ns.activeClusterName === target) throw failedPrecondition(`namespace ${name} is already active in cluster ${target}`);
     if (ns.activeClusterName !== current.clusterName) throw failedPrecondition(`namespace ${name} is active in cluster ${ns.activeClusterName}`);
     const targetInfo = await deps.clusters.require(target);
@@ -177,7 +178,7 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
     if (targetInfo.enableConnection === false) {
       throw failedPrecondition(`replication with cluster ${target} is disabled on ${current.clusterName} (enable_connection is false), so it cannot catch up: enable the connection first, or fail over forced`);
     }
-    const problem = await deps.targetProblem?.(target, ns.clusters);
+    const problem = await deps.targetProblem?.(target, ns.clusters, timeoutMs);
     if (problem) throw failedPrecondition(`${problem}; fix that first, or fail over forced; ${name} stays active in ${current.clusterName}`);
     return withSessionLock(handoverOwnerKey(ns.id), async () => {
       await enterHandover(ns);

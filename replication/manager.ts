@@ -2,7 +2,7 @@ import { eq } from "drizzle-orm";
 import type { RemoteClientPool, RemoteClients } from "../src/cluster/remote-client";
 import { loggableError } from "../src/errors";
 import { fetchFailureReason } from "../src/fetch-failure";
-import { createFailureLog } from "../src/observability/failure-log";
+import { createFlapLog } from "../src/observability/failure-log";
 import type { Logger } from "../src/observability/log";
 import type { Db } from "../src/persistence/database";
 import { clusterMetadata } from "../src/persistence/schema";
@@ -45,7 +45,8 @@ interface Running {
   key: string;
   abort: AbortController;
   done: Promise<unknown>;
-  state: string;
+  /** Each stream's state by its name: "connecting" until it reports, then "connected" or "error: ...". */
+  states: Map<string, string>;
 }
 
 /**
@@ -68,25 +69,28 @@ export function createReplicationManager({ db, clients, streamsFor, log }: Repli
       clients: clients.get(row.rpcAddress),
     };
     const abort = new AbortController();
-    const entry: Running = { key: keyOf(row), abort, done: Promise.resolve(), state: "connecting" };
-    entry.done = Promise.all(streamsFor(remote).map((s) => loop(s, remote, abort.signal, entry)));
+    const streams = streamsFor(remote);
+    const entry: Running = { key: keyOf(row), abort, done: Promise.resolve(), states: new Map(streams.map((s) => [s.name, "connecting"])) };
+    entry.done = Promise.all(streams.map((s) => loop(s, remote, abort.signal, entry)));
     log.info("replication started", { remote: remote.name, address: remote.address });
     return entry;
   }
 
   /** Runs stream until signal aborts, restarting it after a failure; each failure is logged once, and the recovery. */
   async function loop(stream: ReplicationStream, remote: RemoteCluster, signal: AbortSignal, entry: Running) {
-    const failures = createFailureLog();
+    // A link that fails and recovers every second is said once per 10 s, not twice a second.
+    const failures = createFlapLog();
     const report: StreamReport = {
       ok: () => {
-        entry.state = "connected";
-        const failedForMs = failures.succeeded();
+        entry.states.set(stream.name, "connected");
+        const failedForMs = failures.recovered();
         if (failedForMs !== undefined) log.info("replication stream recovered", { remote: remote.name, stream: stream.name, failedForMs: Math.round(failedForMs) });
       },
       failed: (e) => {
         const msg = fetchFailureReason(e) ?? loggableError(e);
-        if (failures.isNew(msg)) log.warn("replication stream failed", { remote: remote.name, stream: stream.name, error: msg });
-        entry.state = `error: ${msg}`;
+        const write = failures.failed(msg);
+        if (write) log.warn("replication stream failed", { remote: remote.name, stream: stream.name, error: msg, ...(write.repeated && { repeated: write.repeated }) });
+        entry.states.set(stream.name, `error: ${msg}`);
       },
     };
     let backoff = 100;
@@ -128,10 +132,22 @@ export function createReplicationManager({ db, clients, streamsFor, log }: Repli
       refreshing = refreshing.then(reload, reload);
       return refreshing;
     },
-    /** "connected", "connecting", "disabled", "error: ..." or "unknown". */
+    /**
+     * "connected", "connecting", "disabled", "error: ..." or "unknown": a remote is in error while
+     * any of its streams is (the first failing one's error), connected once one reported a
+     * success and none fails. A stream that succeeds (namespaces' long poll) does not hide
+     * another that fails (history).
+     */
     connectionState(name: string): string {
       if (disabled.has(name)) return "disabled";
-      return running.get(name)?.state ?? "unknown";
+      const states = running.get(name)?.states;
+      if (!states) return "unknown";
+      let connected = false;
+      for (const state of states.values()) {
+        if (state.startsWith("error: ")) return state;
+        connected ||= state === "connected";
+      }
+      return connected ? "connected" : "connecting";
     },
     async stop(): Promise<void> {
       stopped = true;

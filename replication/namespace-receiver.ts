@@ -1,4 +1,5 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { NamespaceReplicationTask } from "../src/gen/tern/admin/v1/service_pb";
 import type { NamespaceRecord, NamespaceRegistry } from "../src/namespace/registry";
 import type { Metrics } from "../src/observability/metrics";
@@ -54,10 +55,15 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
     // The first pull answers at once, so a (re)connection shows as connected without waiting out a long poll.
     let wait = 0;
     while (!signal.aborted) {
+      const timeoutMs = waitTimeoutMs + 10_000;
       const res = await remote.clients.admin.getNamespaceReplicationTasks(
         { afterTaskId: BigInt(ack), clusterName: currentCluster, waitTimeoutMs: wait, pageSize: 100 },
-        { signal, timeoutMs: waitTimeoutMs + 10_000 },
-      );
+        { signal, timeoutMs },
+      ).catch((e) => {
+        // Connect's own words name no call and no cluster: "the operation timed out".
+        if (ConnectError.from(e).code !== Code.DeadlineExceeded || signal.aborted) throw e;
+        throw new Error(`cluster ${remote.name} did not answer a namespace replication poll within ${timeoutMs} ms`);
+      });
       report.ok();
       wait = waitTimeoutMs;
       const max = Number(res.maxTaskId);

@@ -12,6 +12,7 @@ import { readRunEvents } from "../src/history/execution-store";
 import type { Db } from "../src/persistence/database";
 import { executions } from "../src/persistence/schema";
 import { versionHistoryFromProto, versionHistoryToProto } from "./version-history";
+import { shown } from "../src/shown";
 
 /**
  * AdminService.GetWorkflowExecutionRawHistory: the events of one run by event id range
@@ -25,7 +26,7 @@ export async function readRawHistory(db: Db, req: GetWorkflowExecutionRawHistory
     eq(executions.runId, req.runId),
   );
   const [run] = await db.select().from(executions).where(key);
-  if (!run) throw notFound(`workflow execution ${req.workflowId} run ${req.runId} not found in namespace id ${req.namespaceId}`);
+  if (!run) throw notFound(`workflow execution ${shown(req.workflowId)} run ${shown(req.runId)} not found in namespace id ${shown(req.namespaceId)}`);
   const first = exactNumber(req.firstEventId, "first_event_id") || 1;
   const next = exactNumber(req.nextEventId, "next_event_id") || run.nextEventId;
   const wanted = req.versionHistory ? versionHistoryFromProto(req.versionHistory.items) : undefined;

@@ -3,6 +3,8 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
 import type { ShardPage } from "../src/gen/tern/admin/v1/service_pb";
 import type { Db } from "../src/persistence/database";
+import { loggableError } from "../src/errors";
+import { fetchFailureReason } from "../src/fetch-failure";
 import { nextTurn } from "../src/next-turn";
 import { loadInboundAck } from "./ack-levels";
 import { createAckSender } from "./ack-sender";
@@ -11,6 +13,9 @@ import { estimateEventBytes } from "./outbox-tail";
 import type { RemoteCluster, ReplicationStream, StreamReport } from "./manager";
 import { createPageApplier, type Batch, type PageApplierDeps } from "./page-applier";
 import { ANSWER_BYTES, MAX_SHARD_PAGE, PULL_BUDGET, shardPageSizes } from "./pull-budget";
+
+/** How long past the wait a stream's message may be late before its state says the source owes it (at most silenceGraceMs). */
+const OVERDUE_SLACK_MS = 2_000;
 
 export interface HistoryReceiverDeps extends Omit<PageApplierDeps, "progressOf"> {
   db: Db;
@@ -275,20 +280,37 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     let wakeReader: (() => void) | undefined;
     const wakeBoth = () => (wakeApplier?.(), wakeReader?.());
     s.addEventListener("abort", wakeBoth, { once: true });
+    // What the stream's state says until it ends, whatever the applies meanwhile: acks the source
+    // does not take (it hears of no apply; its cleanup and graceful failovers wait), and a source
+    // that owes a message (one comes at least every waitMs) and sent none.
+    let ackFailure: Error | undefined;
+    let overdue: Error | undefined;
+    const settled = () => {
+      const trouble = ackFailure ?? overdue;
+      if (trouble) report.failed(trouble);
+      else report.ok();
+    };
+    // Overdue a little past the wait: the source's message after it may take a read of its database.
+    const overdueMs = waitMs + Math.min(silenceGraceMs, OVERDUE_SLACK_MS);
     const silentMs = waitMs + silenceGraceMs;
     let lastHeard = performance.now();
     const watch = () => {
-      const left = lastHeard + silentMs - performance.now();
-      if (left > 0) watchdog = setTimeout(watch, left);
-      else local.abort(new Error(`cluster ${remote.name} sent nothing on its replication stream for ${silentMs} ms`));
+      const quiet = performance.now() - lastHeard;
+      if (quiet >= silentMs) return local.abort(new Error(`cluster ${remote.name} sent nothing on its replication stream for ${silentMs} ms`));
+      // Only a stream that was heard: one never heard keeps the state it opened with (connecting, or the last call's error).
+      if (quiet >= overdueMs && heard && !overdue) {
+        report.failed((overdue = new Error(`cluster ${remote.name} has sent nothing on its replication stream for ${overdueMs} ms (it sends at least every ${waitMs} ms)`)));
+      }
+      watchdog = setTimeout(watch, lastHeard + (quiet < overdueMs ? overdueMs : silentMs) - performance.now());
     };
-    let watchdog = setTimeout(watch, silentMs);
+    let watchdog = setTimeout(watch, overdueMs);
     const reading = (async () => {
       try {
         for await (const res of call) {
           if (!heard && streamRefusedAt.delete(remote.name)) log.info("remote cluster serves StreamReplicationTasks now; taking its tasks on one stream", { remote: remote.name });
           heard = true;
           lastHeard = performance.now();
+          overdue = undefined;
           let tasks = 0;
           let bytes = 0;
           for (const sp of res.shards) {
@@ -309,7 +331,17 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
       wakeApplier?.();
     })();
 
-    const acker = createAckSender({ remote, clusterName: cluster.clusterName, shardIds, acks, signal: s, durable, log, ackIntervalMs });
+    const acker = createAckSender({
+      remote, clusterName: cluster.clusterName, shardIds, acks, signal: s, durable, ackIntervalMs,
+      // An ack the source does not answer within the grace a silent stream gets is given up too.
+      timeoutMs: silenceGraceMs,
+      failed: (e) => report.failed((ackFailure = new Error(`acks to cluster ${remote.name} failed, so it does not hear what was applied: ${fetchFailureReason(e) ?? loggableError(e)}`))),
+      sent: () => {
+        if (!ackFailure) return;
+        ackFailure = undefined;
+        settled();
+      },
+    });
 
     try {
       while (!signal.aborted) {
@@ -333,7 +365,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
         const batches = joinPages(remote, got, acks, lag, signal, report);
         if (batches.length) await applyPages(batches);
         // After the apply: a stream whose every apply fails (this cluster's database down) is failing.
-        report.ok();
+        settled();
         if (!batches.length) continue;
         const now = Date.now();
         for (const { tasks, arrivedAt } of got) for (let i = 0; i < tasks; i++) metrics.observe("replication_apply_latency", labels, (now - arrivedAt) / 1000);

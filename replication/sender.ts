@@ -32,6 +32,7 @@ import { anyShardKey, createOutboundAckRecorder, shardKey } from "./ack-levels";
 import type { OutboxMarks } from "./outbox";
 import { taskToProto, type OutboxTail, type TaskInit } from "./outbox-tail";
 import { shardPageBytes, withinBudget } from "./pull-budget";
+import { shown } from "../src/shown";
 
 export interface ReplicationSenderDeps {
   db: Db;
@@ -136,8 +137,8 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
   /** A disabled connection pauses both ways: refused here too, on every read of a long poll. */
   function checkPeer(peer: string, enabled: unknown): void {
     if (!peer) return;
-    if (enabled === null || enabled === undefined) throw failedPrecondition(`cluster ${peer} is not connected to ${cluster.clusterName}; add it there with cluster upsert`);
-    if (!enabled) throw failedPrecondition(`replication with cluster ${peer} is disabled on ${cluster.clusterName}`);
+    if (enabled === null || enabled === undefined) throw failedPrecondition(`cluster ${shown(peer)} is not connected to ${cluster.clusterName}; add it there with cluster upsert`);
+    if (!enabled) throw failedPrecondition(`replication with cluster ${shown(peer)} is disabled on ${cluster.clusterName}`);
     peerChecked.set(peer, Date.now());
   }
 

@@ -19,6 +19,7 @@ import {
 import type { Db } from "../src/persistence/database";
 import { decodeToken, encodeToken } from "../src/persistence/page-token";
 import { clusterMetadata, executions, historyEvents, namespaces } from "../src/persistence/schema";
+import { shown } from "../src/shown";
 
 /** GetExecutionChecksums' token: the last run's workflow id and run id. */
 const RUN_TOKEN = z.object({ w: z.string(), r: z.string() });
@@ -52,7 +53,7 @@ export function createReplicationVerifier({ db, cluster, clients }: ReplicationV
   async function checksums(req: Pick<GetExecutionChecksumsRequest, "namespace" | "pageSize" | "nextPageToken"> & { prefixes?: Prefix[] }): Promise<GetExecutionChecksumsResponse> {
     if (!req.namespace) throw invalidArgument("namespace is required");
     const [ns] = await db.select({ id: namespaces.id }).from(namespaces).where(eq(namespaces.name, req.namespace));
-    if (!ns) throw notFound(`namespace ${req.namespace} not found`);
+    if (!ns) throw notFound(`namespace ${shown(req.namespace)} not found`);
     if (req.prefixes?.length) return prefixChecksums(ns.id, req.prefixes);
     const pageSize = Math.min(Math.max(req.pageSize || PAGE, 1), 5000);
     const after = req.nextPageToken.length ? decodeToken(req.nextPageToken, RUN_TOKEN) : undefined;
@@ -92,9 +93,9 @@ export function createReplicationVerifier({ db, cluster, clients }: ReplicationV
   /** AdminService.VerifyReplication: this cluster's checksums against req.cluster's. */
   async function verify(req: VerifyReplicationRequest, signal?: AbortSignal): Promise<VerifyReplicationResponse> {
     if (!req.cluster) throw invalidArgument("cluster is required");
-    if (req.cluster === cluster.clusterName) throw invalidArgument(`${req.cluster} is this cluster: name a remote cluster`);
+    if (req.cluster === cluster.clusterName) throw invalidArgument(`${shown(req.cluster)} is this cluster: name a remote cluster`);
     const [row] = await db.select().from(clusterMetadata).where(eq(clusterMetadata.clusterName, req.cluster));
-    if (!row) throw notFound(`cluster ${req.cluster} is not a remote cluster of ${cluster.clusterName}`);
+    if (!row) throw notFound(`cluster ${shown(req.cluster)} is not a remote cluster of ${cluster.clusterName}`);
     const remote = clients.get(row.rpcAddress).admin;
     const [local, theirs] = await Promise.all([
       collect((token) => checksums({ namespace: req.namespace, pageSize: PAGE, nextPageToken: token })),

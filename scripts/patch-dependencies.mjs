@@ -79,6 +79,17 @@
 //    on A and 0.90x on B (bench/README.md, 2026-12-04, with the runs that disagree). Every
 //    connection still opens when the load needs it, and postgres.js still retires each after
 //    its max_lifetime.
+//
+// and in @connectrpc/connect 2.1.2 (dist/esm/protocol/serialization.js and its cjs build):
+//
+// 11. A request body that is no protobuf message answered INTERNAL. A handler decodes a binary
+//    request before any interceptor runs, and a failure there is `[internal] parse binary:
+//    premature EOF`, where a JSON body connect-es cannot decode is INVALID_ARGUMENT: a
+//    client's bad bytes read as the server's defect, and tern's frontend, which never sees
+//    the call, cannot map it. Mended by answering INVALID_ARGUMENT for the request's decode
+//    only, naming the message ("cannot decode message tern.workflow.v1.X from binary: ...",
+//    as the JSON one says it): the same serialization decodes a client's answers (a peer's
+//    bad answer stays INTERNAL), and an error of a handler is not touched.
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";

@@ -63,6 +63,8 @@ export interface ServerOptions {
   /** Test hook inside every history write transaction, just before commit. */
   beforeCommit?: (operation: string) => Promise<void> | void;
   database?: OpenOptions;
+  /** How long a call forwarded to the active cluster waits for its answer past its own work (default FORWARD_TIMEOUT_MS, 30 s). */
+  forwardTimeoutMs?: number;
   /** Replication knobs and fault injection (tests). */
   replication?: {
     /** Retry budget of a failing history task before it goes to the DLQ. */
@@ -261,12 +263,12 @@ function wireRoutes({ config, opts, log, now, cluster }: Base, core: Core, repl:
   return createRoutes({
     workflow: createForwardingWorkflowService({
       inner: createWorkflowHandler({ namespaces, engine, queries }),
-      policy: config.dcRedirectionPolicy.policy, namespaces, clusters, clients,
+      policy: config.dcRedirectionPolicy.policy, namespaces, clusters, clients, timeoutMs: opts.forwardTimeoutMs,
     }),
     operator: createOperatorHandler({
       db, clusters, namespaces, remotes: repl.remotes, version: VERSION, clients,
       connectionState: (name) => manager.connectionState(name),
-      failover: repl.failover,
+      failover: repl.failover, forwardTimeoutMs: opts.forwardTimeoutMs,
     }),
     admin: withPullHooks(
       createAdminHandler({

@@ -8,6 +8,7 @@ import type { AdminDbBackend } from "./admin-db-backend";
 import { findFlag, getBoolean, getString, isBooleanWord, isFlagToken, parseArgs, splitFlagToken } from "./args";
 import { type Command, type CommandContext, GLOBAL_FLAGS, type LeafCommand } from "./command";
 import { rootCommand } from "./commands/root";
+import { parseRpcTimeout, withDeadline } from "./deadline";
 import { CliError, ExitCode, formatError, isAbort, UsageError, usageHint } from "./errors";
 import { renderHelp } from "./help";
 import type { OutputFormat, Writer } from "./output";
@@ -103,7 +104,8 @@ export function createCli(deps: CliDeps): Cli {
         const leaf = resolved.command;
         const args = parseArgs(resolved.rest, [...GLOBAL_FLAGS, ...leaf.flags]);
         address = normalizeAddress(getString(args, "address") ?? DEFAULT_ADDRESS);
-        const ctx = buildContext(deps, address, parseFormat(getString(args, "output")));
+        const rpcTimeoutMs = parseRpcTimeout(getString(args, "rpc-timeout"));
+        const ctx = buildContext(deps, address, parseFormat(getString(args, "output")), rpcTimeoutMs);
         checkPositionals(leaf, args.positionals);
         return (await leaf.run(ctx, args)) ?? ExitCode.ok;
       } catch (err) {
@@ -141,11 +143,11 @@ function checkPositionals(leaf: LeafCommand, positionals: readonly string[]): vo
   if (positionals.length > max) throw new UsageError(`unexpected argument "${positionals[max]}"`);
 }
 
-function buildContext(deps: CliDeps, address: string, format: OutputFormat): CommandContext {
+function buildContext(deps: CliDeps, address: string, format: OutputFormat, rpcTimeoutMs: number): CommandContext {
   let transport: Transport | undefined;
   const clients = new Map<unknown, unknown>();
   const client = <S extends typeof WorkflowService | typeof OperatorService | typeof AdminService | typeof BackfillService>(service: S): Client<S> => {
-    transport ??= deps.createTransport(address);
+    transport ??= withDeadline(deps.createTransport(address), address, rpcTimeoutMs);
     if (!clients.has(service)) clients.set(service, createClient(service, transport));
     return clients.get(service) as Client<S>;
   };
@@ -159,6 +161,7 @@ function buildContext(deps: CliDeps, address: string, format: OutputFormat): Com
     out: deps.stdout,
     err: deps.stderr,
     signal: deps.signal ?? new AbortController().signal,
+    deadlineMs: (waitMs) => (rpcTimeoutMs === 0 ? 0 : rpcTimeoutMs + waitMs),
     interactive: deps.interactive ?? false,
     prompt: deps.prompt ?? (() => Promise.reject(new CliError("no terminal to ask for confirmation"))),
     adminDb: deps.loadAdminDb ?? (() => Promise.reject(new CliError("database commands are not available here"))),

@@ -26,6 +26,8 @@ export interface CommandContext {
   err: Writer;
   /** Aborted on Ctrl-C; pass to every RPC. */
   signal: AbortSignal;
+  /** The timeoutMs of a call the server holds for waitMs on purpose: --rpc-timeout on top (0: none). */
+  deadlineMs(waitMs: number): number;
   /** True when a person can answer a prompt. */
   interactive: boolean;
   /** Asks a question on the terminal and returns the answer line. */
@@ -70,6 +72,13 @@ export const GLOBAL_FLAGS: FlagSpec[] = [
     valueName: "HOST:PORT|URL",
     description: "Frontend address of the tern cluster",
     defaultText: "127.0.0.1:7233",
+  },
+  {
+    name: "rpc-timeout",
+    kind: "string",
+    valueName: "DURATION",
+    description: "How long a call may go unanswered (0: no limit); a failover's or follow's wait comes on top",
+    defaultText: "30s",
   },
   { name: "output", alias: "o", kind: "string", valueName: "FORMAT", description: "Output format: table or json", defaultText: "table" },
   { name: "help", alias: "h", kind: "boolean", description: "Show help for the command" },

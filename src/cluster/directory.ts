@@ -3,6 +3,7 @@ import { notFound } from "../errors";
 import type { Db, Tx } from "../persistence/database";
 import { clusterMetadata } from "../persistence/schema";
 import type { CurrentCluster } from "./bootstrap";
+import { shown } from "../shown";
 
 /** Known clusters: this one plus, later, connected remotes. */
 export interface ClusterDirectory {
@@ -24,7 +25,7 @@ export function createClusterDirectory(db: Db, current: CurrentCluster): Cluster
     async require(name) {
       if (name === current.clusterName) return current;
       const [row] = await db.select().from(clusterMetadata).where(eq(clusterMetadata.clusterName, name));
-      if (!row) throw notFound(`cluster ${name} is not known to cluster ${current.clusterName}`);
+      if (!row) throw notFound(`cluster ${shown(name)} is not known to cluster ${current.clusterName}`);
       return row;
     },
     list: () => db.select().from(clusterMetadata).orderBy(clusterMetadata.clusterName),
@@ -33,7 +34,7 @@ export function createClusterDirectory(db: Db, current: CurrentCluster): Cluster
       if (!remotes.length) return;
       const rows = await tx.select({ name: clusterMetadata.clusterName }).from(clusterMetadata).where(inArray(clusterMetadata.clusterName, remotes)).for("share");
       const gone = remotes.find((n) => !rows.some((r) => r.name === n));
-      if (gone) throw notFound(`cluster ${gone} is not known to cluster ${current.clusterName}`);
+      if (gone) throw notFound(`cluster ${shown(gone)} is not known to cluster ${current.clusterName}`);
     },
   };
 }

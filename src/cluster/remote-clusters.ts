@@ -4,6 +4,7 @@ import type { Db, Tx } from "../persistence/database";
 import { clusterMetadata, namespaces, replicationAckLevels } from "../persistence/schema";
 import type { CurrentCluster } from "./bootstrap";
 import { frontendAddressProblem, frontendUrl, peerFailureText, type RemoteClientPool } from "./remote-client";
+import { shown } from "../shown";
 
 export type ClusterRow = typeof clusterMetadata.$inferSelect;
 
@@ -24,7 +25,7 @@ export function createRemoteClusters({ db, current, clients, onChanged, onConnec
   async function upsert(frontendAddress: string, enableConnection = true): Promise<ClusterRow> {
     if (!frontendAddress.trim()) throw invalidArgument("frontend address is required");
     const problem = frontendAddressProblem(frontendAddress);
-    if (problem) throw invalidArgument(`frontend address ${JSON.stringify(frontendAddress)} ${problem}`);
+    if (problem) throw invalidArgument(`frontend address ${shown(frontendAddress, { quote: true })} ${problem}`);
     if (!enableConnection) {
       // Disabling a known remote needs no answer from it: it may be down, which is often why.
       const disabled = await disableKnown(frontendAddress);
@@ -52,7 +53,7 @@ export function createRemoteClusters({ db, current, clients, onChanged, onConnec
       await tx.select({ name: clusterMetadata.clusterName }).from(clusterMetadata).where(eq(clusterMetadata.isCurrent, true)).for("update");
       const known = await tx.select().from(clusterMetadata);
       const broken = connectionRule(current, remote, known);
-      if (broken) throw failedPrecondition(`cannot connect cluster ${remote.clusterName} at ${frontendAddress}: ${broken}`);
+      if (broken) throw failedPrecondition(`cannot connect cluster ${remote.clusterName} at ${shown(frontendAddress)}: ${broken}`);
       const [row] = await tx
         .insert(clusterMetadata)
         .values(values)
@@ -85,7 +86,7 @@ export function createRemoteClusters({ db, current, clients, onChanged, onConnec
   async function notKnownAt(address: string): Promise<string> {
     const rows = await db.select().from(clusterMetadata).where(eq(clusterMetadata.isCurrent, false)).orderBy(clusterMetadata.clusterName);
     const known = rows.length ? rows.map((r) => `${r.clusterName} at ${r.rpcAddress}`).join(", ") : "none is connected";
-    return `no remote cluster of ${current.clusterName} is known at ${address.trim()}, and one that is down is disabled by the address it is known at (${known})`;
+    return `no remote cluster of ${current.clusterName} is known at ${shown(address.trim())}, and one that is down is disabled by the address it is known at (${known})`;
   }
 
   async function describeRemote(address: string) {
@@ -95,17 +96,17 @@ export function createRemoteClusters({ db, current, clients, onChanged, onConnec
       if (!res.cluster) throw new Error("empty answer");
       return res.cluster;
     } catch (e) {
-      throw unavailable(`cannot reach a tern cluster at ${baseUrl}: ${peerFailureText(e)}`);
+      throw unavailable(`cannot reach a tern cluster at ${shown(baseUrl)}: ${peerFailureText(e)}`);
     }
   }
 
   /** Disconnects a remote; refused while a namespace lists both clusters. */
   async function remove(name: string): Promise<void> {
     if (!name) throw invalidArgument("cluster name is required");
-    if (name === current.clusterName) throw invalidArgument(`${name} is this cluster; it cannot be removed`);
+    if (name === current.clusterName) throw invalidArgument(`${shown(name)} is this cluster; it cannot be removed`);
     await db.transaction(async (tx) => {
       const [row] = await tx.select().from(clusterMetadata).where(eq(clusterMetadata.clusterName, name)).for("update");
-      if (!row) throw notFound(`cluster ${name} is not known to cluster ${current.clusterName}`);
+      if (!row) throw notFound(`cluster ${shown(name)} is not known to cluster ${current.clusterName}`);
       const users = await tx
         .select({ name: namespaces.name })
         .from(namespaces)

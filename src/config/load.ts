@@ -4,6 +4,7 @@ import type { z } from "zod";
 import type { Env } from "./env";
 import { Config, LogLevel } from "./schema";
 import { checkClusterRules } from "./validate";
+import { shown } from "../shown";
 
 /** A config that cannot be used; the message is one line naming the key and the rule. */
 export class ConfigError extends Error {
@@ -68,7 +69,7 @@ export function resolveConfigPath(argv: readonly string[], env: Env): string {
   const arg = argv[i];
   const value = arg === undefined ? undefined : arg.includes("=") ? arg.slice(arg.indexOf("=") + 1) : argv[i + 1];
   const rest = arg === undefined ? argv : argv.filter((_, j) => j !== i && (arg.includes("=") || j !== i + 1));
-  if (rest.length) throw new ConfigError(`unknown argument ${JSON.stringify(rest[0])}: the server takes only --config PATH (or TERN_CONFIG)`);
+  if (rest.length) throw new ConfigError(`unknown argument ${shown(rest[0]!, { quote: true })}: the server takes only --config PATH (or TERN_CONFIG)`);
   if (arg === undefined) return env.TERN_CONFIG ?? "config/development.yaml";
   if (!value) throw new ConfigError("--config needs a path");
   return value;

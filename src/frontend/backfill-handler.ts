@@ -7,6 +7,7 @@ import { backfillJobsOf, startBackfillJob } from "../../replication/backfill-job
 import type { ClusterDirectory } from "../cluster/directory";
 import { failedPrecondition, invalidArgument } from "../errors";
 import { listExecutionsForReplication } from "../../replication/backfill-sender";
+import { shown } from "../shown";
 
 export interface BackfillHandlerDeps {
   db: Db;
@@ -28,10 +29,10 @@ export function createBackfillHandler({ db, namespaces, clusters, now, wake }: B
       if (!ns.isGlobal) throw failedPrecondition(`namespace ${ns.name} is not global: there is nothing to backfill from another cluster`);
       if (source === here) throw invalidArgument(`cluster ${here} cannot backfill namespace ${ns.name} from itself; name the source with --from`);
       for (const c of [here, source]) {
-        if (!ns.clusters.includes(c)) throw failedPrecondition(`namespace ${ns.name} does not list cluster ${c} (its clusters: ${ns.clusters.join(", ")})`);
+        if (!ns.clusters.includes(c)) throw failedPrecondition(`namespace ${ns.name} does not list cluster ${shown(c)} (its clusters: ${ns.clusters.join(", ")})`);
       }
       const remote = (await clusters.list()).find((c) => c.clusterName === source && !c.isCurrent);
-      if (!remote) throw failedPrecondition(`cluster ${source} is not connected to ${here}; add it with cluster upsert first`);
+      if (!remote) throw failedPrecondition(`cluster ${shown(source)} is not connected to ${here}; add it with cluster upsert first`);
       await db.transaction((tx) => startBackfillJob(tx, { namespaceId: ns.id, sourceCluster: source }, now()));
       wake();
       return { namespace: ns.name, sourceCluster: source };

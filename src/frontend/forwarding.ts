@@ -1,4 +1,5 @@
-import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type CallOptions, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import type { Duration } from "@bufbuild/protobuf/wkt";
 import { ulid } from "ulid";
 import type { ClusterDirectory } from "../cluster/directory";
 import { peerUnreachable, type RemoteClientPool, type RemoteClients } from "../cluster/remote-client";
@@ -6,6 +7,8 @@ import type { RedirectionPolicy } from "../config/schema";
 import { ACTIVE_CLUSTER_HEADER, NamespaceNotActiveError, unavailable } from "../errors";
 import type { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
 import type { NamespaceRegistry } from "../namespace/registry";
+import { shown } from "../shown";
+import { historyWaitMs } from "./workflow-handler";
 
 /** Marks a forwarded call; a call carrying it is never forwarded again (no loops). */
 export const FORWARDED_HEADER = "x-tern-forwarded-from";
@@ -40,9 +43,51 @@ export async function frontendOf(clusters: ClusterDirectory, pool: RemoteClientP
   return pool.get(row.rpcAddress);
 }
 
-/** Call options of a forwarded call: the marker header, and the caller's deadline and cancellation. */
-export function forwardOptions(ctx: HandlerContext, from: string) {
-  return { headers: { [FORWARDED_HEADER]: from }, signal: ctx.signal, timeoutMs: ctx.timeoutMs() };
+/**
+ * How long a forwarded call waits for the active cluster's answer, past the time its own work may
+ * take there (a long poll's wait, a failover's timeout), when its caller set no earlier deadline.
+ * Without a bound, a call over a link that drops packets waited as long as TCP kept the
+ * connection: minutes, and on a kept-alive connection whose packets vanish, until the kernel
+ * gives up on it.
+ */
+export const FORWARD_TIMEOUT_MS = 30_000;
+
+/** Where a call goes and what it is, for forward(). */
+export interface ForwardTarget {
+  /** This cluster, named in the marker header. */
+  current: string;
+  target: string;
+  namespace: string;
+  /** The call, for the error when no answer comes: "SignalWorkflowExecution". */
+  what: string;
+  /** The longest wait for the answer, unless the caller's deadline comes first. */
+  limitMs: number;
+  /** The forwarded request's id: a retry with it is applied once. */
+  requestId?: string;
+}
+
+/**
+ * Makes a call to the active cluster (call, given its options: the marker header, the caller's
+ * cancellation, the earlier of its deadline and limitMs) and answers its failures as the caller
+ * should see them: handedBack, an answer that did not come by limitMs (UNAVAILABLE; the call may
+ * have reached the target, so the message names the request id to retry with), peerUnreachable.
+ */
+export async function forward<T>(ctx: HandlerContext, to: ForwardTarget, call: (options: CallOptions) => Promise<T>): Promise<T> {
+  const callerMs = ctx.timeoutMs();
+  const ours = callerMs === undefined || to.limitMs < callerMs;
+  const options = { headers: { [FORWARDED_HEADER]: to.current }, signal: ctx.signal, timeoutMs: ours ? to.limitMs : callerMs };
+  try {
+    return await call(options);
+  } catch (e) {
+    if (ours && e instanceof ConnectError && e.code === Code.DeadlineExceeded) {
+      const what = `the forwarded ${to.what} within ${to.limitMs} ms`;
+      throw unavailable(
+        `cluster ${to.target}, where namespace ${to.namespace} is active, did not answer ` +
+          (to.requestId ? `${what} (request id ${shown(to.requestId)}); it may still be applied there: retry with the same request id` : `${what}; retry`),
+      );
+    }
+    throw handedBack(e, to.namespace, to.target, to.current) ?? peerUnreachable(e, to.target);
+  }
 }
 
 /**
@@ -69,30 +114,29 @@ function redirectedTo(e: unknown, namespace: string): string | undefined {
 }
 
 /**
- * Calls the frontend of target, the cluster current names active for namespace, and follows a
- * refusal that names another (with three or more clusters, target may have handed over to a
- * third that current has not heard of: its write would fail where a retry lands). Each cluster
- * is tried once; a refusal naming current, or one already tried, is retryable UNAVAILABLE.
+ * forward() to target, the cluster this one names active for the namespace, following a refusal
+ * that names another (with three or more clusters, target may have handed over to a third this
+ * one has not heard of: its write would fail where a retry lands). Each cluster is tried once;
+ * a refusal naming this cluster (handedBack), or one already tried, is retryable UNAVAILABLE.
  */
 export async function callActive<T>(
   { clusters, clients }: Pick<ForwardingDeps, "clusters" | "clients">,
-  namespace: string,
-  target: string,
-  call: (remote: RemoteClients) => Promise<T>,
+  ctx: HandlerContext,
+  to: Omit<ForwardTarget, "current">,
+  call: (remote: RemoteClients, options: CallOptions) => Promise<T>,
 ): Promise<T> {
   const current = clusters.current().clusterName;
   const tried = new Set([current]);
-  for (let hop = target; ; ) {
-    tried.add(hop);
+  for (let target = to.target; ; ) {
+    tried.add(target);
+    const remote = await frontendOf(clusters, clients, target);
     try {
-      return await call(await frontendOf(clusters, clients, hop));
+      return await forward(ctx, { ...to, current, target }, (options) => call(remote, options));
     } catch (e) {
-      const back = handedBack(e, namespace, hop, current);
-      if (back) throw back;
-      const next = redirectedTo(e, namespace);
-      if (next === undefined) throw peerUnreachable(e, hop);
-      if (tried.has(next)) throw unavailable(`namespace ${namespace} is failing over: cluster ${hop} says ${next} is active, which has not heard yet; retry`);
-      hop = next;
+      const next = redirectedTo(e, to.namespace);
+      if (next === undefined) throw e;
+      if (tried.has(next)) throw unavailable(`namespace ${to.namespace} is failing over: cluster ${target} says ${next} is active, which has not heard yet; retry`);
+      target = next;
     }
   }
 }
@@ -103,6 +147,8 @@ export interface ForwardingDeps {
   namespaces: NamespaceRegistry;
   clusters: ClusterDirectory;
   clients: RemoteClientPool;
+  /** FORWARD_TIMEOUT_MS unless set (tests). */
+  timeoutMs?: number;
 }
 
 /**
@@ -111,7 +157,7 @@ export interface ForwardingDeps {
  * request keeps its requestId (one is made first when empty, so retrying the forwarded
  * call stays idempotent); the remote's error codes come back unchanged.
  */
-export function createForwardingWorkflowService({ inner, policy, namespaces, clusters, clients }: ForwardingDeps): Workflow {
+export function createForwardingWorkflowService({ inner, policy, namespaces, clusters, clients, timeoutMs = FORWARD_TIMEOUT_MS }: ForwardingDeps): Workflow {
   if (policy === "noop") return inner;
   const current = clusters.current().clusterName;
 
@@ -138,9 +184,13 @@ export function createForwardingWorkflowService({ inner, policy, namespaces, clu
         }
       }
       const message = "requestId" in req && !req.requestId ? { ...req, requestId: ulid() } : req;
-      return callActive({ clusters, clients }, req.namespace, target, ({ workflow }) => {
-        const call = workflow[name as keyof typeof workflow] as (m: unknown, o: unknown) => Promise<unknown>;
-        return call.call(workflow, message, forwardOptions(ctx, current));
+      // A history long poll's answer may take its wait.
+      const history = req as { waitNewEvent?: boolean; waitTimeout?: Duration };
+      const limitMs = name === "getWorkflowExecutionHistory" && history.waitNewEvent ? historyWaitMs(history.waitTimeout) + timeoutMs : timeoutMs;
+      const what = name.charAt(0).toUpperCase() + name.slice(1);
+      return callActive({ clusters, clients }, ctx, { target, namespace: req.namespace, what, limitMs, requestId: message.requestId }, ({ workflow }, options) => {
+        const call = workflow[name as keyof typeof workflow] as (m: unknown, o: CallOptions) => Promise<unknown>;
+        return call.call(workflow, message, options);
       });
     };
   }

@@ -1,5 +1,6 @@
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb";
+import { shown } from "../shown";
 
 /**
  * grpc.health.v1.Health: SERVING while the server runs and its database answers, for the server
@@ -13,7 +14,7 @@ export function createHealthHandler(isServing: () => Promise<boolean>, services:
     (await isServing()) ? HealthCheckResponse_ServingStatus.SERVING : HealthCheckResponse_ServingStatus.NOT_SERVING;
   return {
     async check(req) {
-      if (!known.has(req.service)) throw new ConnectError(`unknown service ${JSON.stringify(req.service)}`, Code.NotFound);
+      if (!known.has(req.service)) throw new ConnectError(`unknown service ${shown(req.service, { quote: true })}`, Code.NotFound);
       return { status: await status() };
     },
     async *watch(req, ctx) {

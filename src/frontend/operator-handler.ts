@@ -14,7 +14,7 @@ import { clampPage } from "../namespace/registry";
 import type { GracefulFailover } from "../../replication/failover";
 import type { RemoteClientPool } from "../cluster/remote-client";
 import { durationMs, namespaceToProto } from "./convert";
-import { callActive, FORWARDED_HEADER, forwardOptions } from "./forwarding";
+import { callActive, FORWARD_TIMEOUT_MS, FORWARDED_HEADER } from "./forwarding";
 
 export interface OperatorHandlerDeps {
   db: Db;
@@ -28,6 +28,8 @@ export interface OperatorHandlerDeps {
   failover: GracefulFailover;
   /** Clients of remote frontends: a failover asked of a passive cluster goes to the active one. */
   clients: RemoteClientPool;
+  /** FORWARD_TIMEOUT_MS unless set (tests). */
+  forwardTimeoutMs?: number;
 }
 
 const FAILOVER_TIMEOUT_MS = 10_000;
@@ -92,11 +94,14 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
     },
     async failoverNamespace(r, ctx) {
       const ns = await namespaces.describe({ name: r.namespace });
+      const timeoutMs = durationMs(r.timeout, "timeout", FAILOVER_TIMEOUT_MS);
       if (ns.isGlobal && ns.activeClusterName !== current.clusterName && !ctx.requestHeader.get(FORWARDED_HEADER)) {
-        return callActive({ clusters, clients: deps.clients }, r.namespace, ns.activeClusterName, ({ operator }) =>
-          operator.failoverNamespace(r, forwardOptions(ctx, current.clusterName)));
+        // The failover may take its timeout there, and leaving HANDOVER after it a few seconds more.
+        const limitMs = timeoutMs + (deps.forwardTimeoutMs ?? FORWARD_TIMEOUT_MS);
+        const to = { target: ns.activeClusterName, namespace: r.namespace, what: "FailoverNamespace", limitMs };
+        return callActive({ clusters, clients: deps.clients }, ctx, to, ({ operator }, options) => operator.failoverNamespace(r, options));
       }
-      const res = await deps.failover.run(r.namespace, r.targetCluster, durationMs(r.timeout, "timeout", FAILOVER_TIMEOUT_MS));
+      const res = await deps.failover.run(r.namespace, r.targetCluster, timeoutMs);
       const ids = [...res.handover.shards].map(([shard, id]) => [shard, BigInt(id)] as const);
       return { namespace: namespaceToProto(res.namespace), handoverTaskIds: Object.fromEntries(ids) };
     },

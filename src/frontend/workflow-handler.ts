@@ -21,6 +21,9 @@ export interface WorkflowHandlerDeps {
 const LONG_POLL_DEFAULT_MS = 20_000;
 const LONG_POLL_MAX_MS = 60_000;
 
+/** How long a GetWorkflowExecutionHistory long poll waits for a new event, given its wait_timeout. */
+export const historyWaitMs = (waitTimeout: Duration | undefined) => Math.min(durationMs(waitTimeout, "wait timeout", LONG_POLL_DEFAULT_MS), LONG_POLL_MAX_MS);
+
 const ref = (namespace: string, e: { workflowId: string; runId: string } | undefined, requestId: string, identity = ""): RunRef => ({
   namespace,
   workflowId: e?.workflowId ?? "",
@@ -129,7 +132,7 @@ export function createWorkflowHandler({ namespaces, engine, queries }: WorkflowH
       };
     },
     async getWorkflowExecutionHistory(r, ctx) {
-      const waitMs = Math.min(durationMs(r.waitTimeout, "wait timeout", LONG_POLL_DEFAULT_MS), LONG_POLL_MAX_MS);
+      const waitMs = historyWaitMs(r.waitTimeout);
       const page = await queries.getHistory({
         namespace: r.namespace,
         workflowId: r.execution?.workflowId ?? "",

@@ -11,9 +11,10 @@ import { executions, historyEvents } from "../persistence/schema";
 import { readRunEvents, type ExecutionRow } from "./execution-store";
 import { checkIdLengths } from "./id-limits";
 import { listen, type EventNotifier } from "./notifier";
+import { shown } from "../shown";
 
-/** GetWorkflowExecutionHistory's token: the run and the next event id. */
-const HISTORY_TOKEN = z.object({ runId: z.string(), next: z.number().int().min(1) });
+/** GetWorkflowExecutionHistory's token: the run, the next event id and the workflow (absent from tokens written before it). */
+const HISTORY_TOKEN = z.object({ runId: z.string(), next: z.number().int().min(1), workflowId: z.string().optional() });
 /** ListWorkflowExecutions' token: the last run's start time and id. */
 const LIST_TOKEN = z.object({ t: z.string(), r: z.string() });
 
@@ -106,8 +107,12 @@ export function createHistoryQueries({ db, namespaces, notifier, recheckMs = 100
     const size = clampPage(req.pageSize);
     const pos = req.token.length ? decodeToken(req.token, HISTORY_TOKEN) : undefined;
     // The token names its run; one of another run would page through that run's events,
-    // answered as if they were the requested run's.
-    if (pos && req.runId && pos.runId !== req.runId) throw invalidArgument(`next_page_token is for run ${pos.runId}, not the requested run ${req.runId}`);
+    // answered as if they were the requested run's. One of another workflow was looked up as
+    // a run of this one: NOT_FOUND, naming a run the caller never asked for.
+    if (pos?.workflowId !== undefined && pos.workflowId !== req.workflowId) {
+      throw invalidArgument(`next_page_token is for workflow ${shown(pos.workflowId)}, not the requested workflow ${shown(req.workflowId)}`);
+    }
+    if (pos && req.runId && pos.runId !== req.runId) throw invalidArgument(`next_page_token is for run ${shown(pos.runId)}, not the requested run ${shown(req.runId)}`);
     const runId = pos?.runId ?? req.runId;
     const from = pos?.next ?? 1;
     const deadline = Date.now() + req.waitMs;
@@ -126,7 +131,7 @@ export function createHistoryQueries({ db, namespaces, notifier, recheckMs = 100
         const more = next < run.nextEventId;
         const open = run.status === "RUNNING";
         const keepToken = more || (req.waitNewEvent && open);
-        const page = { events, runId: run.runId, nextPageToken: keepToken ? encodeToken({ runId: run.runId, next }) : new Uint8Array() };
+        const page = { events, runId: run.runId, nextPageToken: keepToken ? encodeToken({ runId: run.runId, next, workflowId: run.workflowId }) : new Uint8Array() };
         const left = deadline - Date.now();
         if (events.length > 0 || !req.waitNewEvent || !open || left <= 0 || req.signal?.aborted) return page;
         listening ??= listenFor(run.runId);

@@ -3,6 +3,7 @@ import { invalidArgument } from "../errors";
 import type { Tx } from "../persistence/database";
 import { historyEvents } from "../persistence/schema";
 import { findRequest } from "./execution-store";
+import { shown } from "../shown";
 
 /**
  * The event types a write of each operation leaves where its request id points. A request
@@ -34,7 +35,7 @@ export async function firstResultOf(db: Tx, operation: string, key: { namespaceI
     .where(and(eq(historyEvents.namespaceId, key.namespaceId), eq(historyEvents.workflowId, key.workflowId), eq(historyEvents.runId, first.runId), eq(historyEvents.eventId, first.eventId)));
   if (event && !kinds.includes(event.eventType)) {
     throw invalidArgument(
-      `request id ${JSON.stringify(key.requestId)} was already used on workflow ${key.workflowId} by another kind of request ` +
+      `request id ${shown(key.requestId, { quote: true })} was already used on workflow ${key.workflowId} by another kind of request ` +
         `(event ${first.eventId} of run ${first.runId} is ${event.eventType}); give each request a request id of its own`,
     );
   }

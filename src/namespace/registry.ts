@@ -9,6 +9,7 @@ import type { Db, Tx } from "../persistence/database";
 import { namespaces, type FailoverHistoryEntry } from "../persistence/schema";
 import { decodeToken, encodeToken, NAME_TOKEN } from "../persistence/page-token";
 import { checkDataCount, checkDataEntries, checkDescription, checkNamespaceName, checkOwnerEmail, checkRetentionSeconds } from "./validate";
+import { shown } from "../shown";
 
 export type NamespaceRecord = typeof namespaces.$inferSelect;
 
@@ -17,7 +18,7 @@ const FAILOVER_HISTORY_LIMIT = 10;
 /** Most names the not-found cache holds. */
 const MAX_MISSING = 10_000;
 /** The one answer for a namespace that is not there, whether read or remembered missing. */
-const namespaceNotFound = (what: string) => notFound(`namespace ${what} not found`);
+const namespaceNotFound = (what: string) => notFound(`namespace ${shown(what)} not found`);
 
 export interface RegisterInput {
   name: string;
@@ -143,7 +144,7 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
       }
       active = input.activeClusterName || current.clusterName;
       members = dedupe(input.clusters?.length ? input.clusters : [active]);
-      if (!members.includes(active)) throw invalidArgument(`active cluster ${active} must be one of the namespace's clusters`);
+      if (!members.includes(active)) throw invalidArgument(`active cluster ${shown(active)} must be one of the namespace's clusters`);
       const activeInfo = await clusters.require(active);
       for (const c of members) await clusters.require(c);
       failoverVersion = nextFailoverVersion(activeInfo.initialFailoverVersion, 0, current.failoverVersionIncrement);
@@ -273,7 +274,7 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
       if (!sameSet(members, row.clusters)) next.clusters = members;
     }
     const active = input.activeClusterName || row.activeClusterName;
-    if (!members.includes(active)) throw invalidArgument(`active cluster ${active} must be one of the namespace's clusters`);
+    if (!members.includes(active)) throw invalidArgument(`active cluster ${shown(active)} must be one of the namespace's clusters`);
     if (wantsActive) {
       if (row.replicationState === "HANDOVER") throw failedPrecondition(`namespace ${row.name} is in a graceful failover (HANDOVER)`);
       Object.assign(next, failoverTo(row, active, known.get(active)!, clusters.current().failoverVersionIncrement, now()));

@@ -1,4 +1,5 @@
 import { invalidArgument } from "../errors";
+import { shown } from "../shown";
 
 const NAME = /^[A-Za-z0-9._-]{1,255}$/;
 
@@ -6,7 +7,7 @@ const NAME = /^[A-Za-z0-9._-]{1,255}$/;
 export function checkNamespaceName(name: string): void {
   if (!name) throw invalidArgument("namespace is required");
   if (!NAME.test(name)) {
-    throw invalidArgument(`namespace name ${JSON.stringify(name.slice(0, 300))} must be 1-255 characters of [A-Za-z0-9._-]`);
+    throw invalidArgument(`namespace name ${shown(name, { quote: true })} must be 1-255 characters of [A-Za-z0-9._-]`);
   }
 }
 
@@ -21,7 +22,7 @@ const EMAIL = /^[^\s@]+@[^\s@]+$/;
 
 /** Owner email, when given, must look like one. */
 export function checkOwnerEmail(email: string): void {
-  if (email && !EMAIL.test(email)) throw invalidArgument(`owner email ${JSON.stringify(email)} is not an email address`);
+  if (email && !EMAIL.test(email)) throw invalidArgument(`owner email ${shown(email, { quote: true })} is not an email address`);
 }
 
 /** The longest id or name a request may give (Temporal's limit.maxIDLength): workflow ids, types, task queues, request ids and the like. */
@@ -45,9 +46,9 @@ export function checkDescription(description: string): void {
 export function checkDataEntries(entries: [string, string][]): void {
   const { dataKey, dataValue } = NAMESPACE_LIMITS;
   for (const [key, value] of entries) {
-    const shown = JSON.stringify(key.length > 40 ? `${key.slice(0, 40)}…` : key);
-    if (key.length > dataKey) throw invalidArgument(`data key ${shown} is longer than ${dataKey} characters (${key.length})`);
-    if (value.length > dataValue) throw invalidArgument(`data value of key ${shown} is longer than ${dataValue} characters (${value.length})`);
+    const quoted = shown(key, { quote: true, max: 40 });
+    if (key.length > dataKey) throw invalidArgument(`data key ${quoted} is longer than ${dataKey} characters`);
+    if (value.length > dataValue) throw invalidArgument(`data value of key ${quoted} is longer than ${dataValue} characters (${value.length})`);
   }
 }
 

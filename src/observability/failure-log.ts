@@ -31,3 +31,51 @@ export function createFailureLog() {
 export function withoutRequestIds(text: string): string {
   return text.replace(/request id [^)";]+/g, "request id");
 }
+
+/** Most failures a flap log remembers; past it the oldest are forgotten (their next line is written). */
+const MAX_FLAPPING = 16;
+
+/**
+ * Which failures and recoveries of a retried call to log, for a call that may fail and recover
+ * again and again (a replication stream over a link cut every second): each failure once until a
+ * call succeeds (createFailureLog) and its recovery, but each failure once per windowMs. A failure
+ * left out in its window is written once it lasts past it; the next line of that failure says how
+ * many were left out before it (`repeated`), each of which recovered, unlogged too.
+ */
+export function createFlapLog({ windowMs = 10_000, now = () => performance.now() }: { windowMs?: number; now?: () => number } = {}) {
+  const failures = createFailureLog();
+  /** Per failure (by message, request ids aside): when it was last written, and how many of it were left out since. */
+  const written = new Map<string, { at: number; leftOut: number }>();
+  /** The failure going on now, when it was left out. */
+  let pending: string | undefined;
+  return {
+    /** Whether to write this failure now, and how many of it were left out before; undefined: not now. */
+    failed(message: string): { repeated: number } | undefined {
+      const key = withoutRequestIds(message);
+      const at = now();
+      const last = written.get(key);
+      const recent = last !== undefined && at - last.at < windowMs;
+      if (failures.isNew(message)) {
+        pending = recent ? key : undefined;
+        if (pending) return undefined;
+      } else if (pending === undefined || recent) {
+        // Written already, or left out and still in its window.
+        return undefined;
+      }
+      pending = undefined;
+      written.delete(key); // set again last: the map's order is the order lines were written
+      written.set(key, { at, leftOut: 0 });
+      if (written.size > MAX_FLAPPING) written.delete(written.keys().next().value!);
+      return { repeated: last?.leftOut ?? 0 };
+    },
+    /** A call succeeded: for how long (ms) failures went on, if they did and their failure was written. */
+    recovered(): number | undefined {
+      const failedForMs = failures.succeeded();
+      if (failedForMs === undefined || pending === undefined) return failedForMs;
+      const left = written.get(pending);
+      if (left) left.leftOut++;
+      pending = undefined;
+      return undefined;
+    },
+  };
+}

@@ -40,6 +40,21 @@ test("an --address that is not tern's Connect port is named as such: an HTTP/2-o
   }
 });
 
+test("a server that takes the connection and never answers (a frozen process) ends at the deadline, named, exit 1", async () => {
+  const frozen = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  try {
+    const began = Date.now();
+    const r = await tern(`127.0.0.1:${frozen.port}`, "--rpc-timeout", "500ms", "operator", "cluster", "describe");
+    expect([r.code, r.err.trim()]).toEqual([1, `error: tern at http://127.0.0.1:${frozen.port} did not answer within 500ms (the call's deadline; --rpc-timeout sets it, 0 for none)`]);
+    // A graceful failover's deadline is its --timeout and the call's: 1.5 s.
+    const failover = await tern(`127.0.0.1:${frozen.port}`, "--rpc-timeout", "500ms", "operator", "namespace", "failover", "-n", "orders", "--to", "clusterB", "--timeout", "1s");
+    expect([failover.code, failover.err.trim()]).toEqual([1, `error: tern at http://127.0.0.1:${frozen.port} did not answer within 1s500ms (the call's deadline; --rpc-timeout sets it, 0 for none)`]);
+    expect(Date.now() - began).toBeLessThan(15_000);
+  } finally {
+    frozen.stop(true);
+  }
+});
+
 for (const store of await testStores()) {
   describe(`tern CLI against a real server on ${store}`, () => {
     let cluster: TestCluster;

@@ -223,6 +223,17 @@ describe("frontend limits, errors, health and metrics", () => {
     expect((await binary.listWorkflowExecutions({ namespace: "lim", startTimeMin: { seconds: 0n, nanos: 0 } })).executions.length).toBeGreaterThan(0);
   });
 
+  test("a binary request body that is no protobuf message is INVALID_ARGUMENT, not INTERNAL, and logs no internal error", async () => {
+    const before = logs.length;
+    const res = await fetch(`${cluster.url}/tern.workflow.v1.WorkflowService/StartWorkflowExecution`, {
+      method: "POST",
+      headers: { "content-type": "application/proto" },
+      body: new Uint8Array([0x0a, 0x05, 0x6c, 0x69]),
+    });
+    expect([res.status, await res.json()]).toEqual([400, { code: "invalid_argument", message: "cannot decode message tern.workflow.v1.StartWorkflowExecutionRequest from binary: premature EOF" }]);
+    expect(logs.slice(before).filter((l) => l.includes('"level":"error"'))).toEqual([]);
+  });
+
   test("GET /health and /metrics", async () => {
     const health = await fetch(`${cluster.url}/health`);
     expect(health.status).toBe(200);

@@ -76,7 +76,7 @@ for (const store of await testStores()) {
       expect(Object.keys(big.namespace!.namespaceInfo!.data).length).toBe(64);
       await rejects(wf.registerNamespace({ namespace: "big2", description: "d".repeat(1001) }), Code.InvalidArgument, "description is longer than 1000 characters (1001)");
       await rejects(wf.registerNamespace({ namespace: "big2", data: { ...full, k64: "v" } }), Code.InvalidArgument, "data would hold 65 entries; at most 64");
-      await rejects(wf.registerNamespace({ namespace: "big2", data: { ["k".repeat(256)]: "v" } }), Code.InvalidArgument, "is longer than 255 characters (256)");
+      await rejects(wf.registerNamespace({ namespace: "big2", data: { ["k".repeat(256)]: "v" } }), Code.InvalidArgument, `data key "${"k".repeat(40)}…" (256 characters) is longer than 255 characters`);
       await rejects(wf.registerNamespace({ namespace: "big2", data: { team: "v".repeat(1001) } }), Code.InvalidArgument, 'data value of key "team" is longer than 1000 characters (1001)');
       await rejects(wf.describeNamespace({ namespace: "big2" }), Code.NotFound, "not found");
 

@@ -71,6 +71,25 @@ for (const store of await testStores()) {
       expect(next.history!.events.map((e) => e.eventId)).toEqual([2n]);
     });
 
+    test("TestAHistoryTokenOfAnotherWorkflowIsInvalidArgumentNotNotFound", async () => {
+      const wf = cluster.client(WorkflowService);
+      await wf.registerNamespace({ namespace: "workflows" });
+      const other = await wf.startWorkflowExecution({ namespace: "workflows", workflowId: "other", ...T });
+      await wf.signalWorkflowExecution({ namespace: "workflows", workflowExecution: { workflowId: "other" }, signalName: "s" });
+      await wf.startWorkflowExecution({ namespace: "workflows", workflowId: "mine", ...T });
+      const page = await wf.getWorkflowExecutionHistory({ namespace: "workflows", execution: { workflowId: "other" }, maximumPageSize: 1 });
+      expect([page.runId, page.nextPageToken.length > 0]).toEqual([other.runId, true]);
+      // Before: NOT_FOUND, 'workflow execution mine run <other's run> not found in namespace workflows'.
+      for (const runId of ["", other.runId]) {
+        await rejects(wf.getWorkflowExecutionHistory({ namespace: "workflows", execution: { workflowId: "mine", runId }, nextPageToken: page.nextPageToken }), Code.InvalidArgument,
+          "next_page_token is for workflow other, not the requested workflow mine");
+      }
+      // A token written before tokens named their workflow still pages its run.
+      const legacy = token({ runId: other.runId, next: 2 });
+      const next = await wf.getWorkflowExecutionHistory({ namespace: "workflows", execution: { workflowId: "other" }, nextPageToken: legacy });
+      expect(next.history!.events.map((e) => e.eventId)).toEqual([2n]);
+    });
+
     test("TestTokensTheServerWroteStillPage", async () => {
       const wf = cluster.client(WorkflowService);
       await wf.startWorkflowExecution({ namespace: "p", workflowId: "b", ...T });

@@ -7,12 +7,21 @@ export interface TcpProxy {
   cut(): void;
   /** While on, every connection is reset as it arrives, as when the server is down: with cut(), an outage. */
   refuse(on: boolean): void;
+  /** How many connections refuse() has reset so far. */
+  readonly refused: number;
   /**
    * While on, bytes are taken in both ways but none is passed on, and new connections are
    * accepted but never answered, as with a frozen server (SIGSTOP) or a network that holds
    * every packet; off passes on what was held, in order.
    */
   hold(on: boolean): void;
+  /**
+   * While on, the proxy stops reading what one side sends ("toServer": the clients' bytes,
+   * "toClient": the server's), so the sender's socket buffers fill and its writes back up, as
+   * with a reader that is frozen (SIGSTOP) or a receive window that stays shut; the other
+   * direction flows. Off reads on.
+   */
+  stall(direction: "toServer" | "toClient", on: boolean): void;
   close(): Promise<void>;
 }
 
@@ -30,8 +39,12 @@ export async function startTcpProxyFor(databaseUrl: string): Promise<{ proxy: Tc
 export async function startTcpProxy(target: { host: string; port: number }): Promise<TcpProxy> {
   const sockets = new Set<Socket>();
   let refusing = false;
+  let refused = 0;
   // Writes held back while holding, in arrival order.
   let held: (() => void)[] | undefined;
+  // The sockets whose bytes are not read, by the direction they send in.
+  const stalled = { toServer: false, toClient: false };
+  const senders = { toServer: new Set<Socket>(), toClient: new Set<Socket>() };
   /** Passes from's bytes and end on to to, or keeps them back while holding. */
   const forward = (from: Socket, to: Socket) => {
     from.on("data", (chunk) => (held ? held.push(() => to.write(chunk)) : to.write(chunk)));
@@ -44,12 +57,18 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
   };
   const server = createServer((client) => {
     if (refusing) {
+      refused++;
       client.on("error", () => {});
       return reset(client);
     }
     const upstream = connect(target.port, target.host);
     track(client);
     track(upstream);
+    for (const [direction, s] of [["toServer", client], ["toClient", upstream]] as const) {
+      senders[direction].add(s);
+      s.on("close", () => senders[direction].delete(s));
+      if (stalled[direction]) s.pause();
+    }
     forward(client, upstream);
     forward(upstream, client);
     client.on("close", () => upstream.destroy());
@@ -61,10 +80,17 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
     port,
     cut: () => sockets.forEach(reset),
     refuse: (on) => void (refusing = on),
+    get refused() {
+      return refused;
+    },
     hold: (on) => {
       const writes = held;
       held = on ? (held ?? []) : undefined;
       if (!on) writes?.forEach((write) => write());
+    },
+    stall: (direction, on) => {
+      stalled[direction] = on;
+      senders[direction].forEach((s) => (on ? s.pause() : s.resume()));
     },
     close: () => {
       sockets.forEach((s) => s.destroy());

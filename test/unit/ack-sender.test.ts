@@ -1,12 +1,12 @@
 import { describe, expect, test } from "bun:test";
 import { createAckSender } from "../../replication/ack-sender";
 import type { RemoteCluster } from "../../replication/manager";
-import { createLogger } from "../../src/observability/log";
 import { eventually } from "../support/eventually";
 
 describe("ack sender", () => {
-  test("while acks cannot be made durable (this cluster's database shutting down) it backs off and logs the failure once", async () => {
-    const lines: { msg: string }[] = [];
+  test("while acks cannot be made durable (this cluster's database shutting down) it backs off, reporting each failure, then that they went", async () => {
+    const failures: string[] = [];
+    let sent = 0;
     let calls = 0;
     let durable: () => Promise<void> = () => {
       calls++;
@@ -18,7 +18,7 @@ describe("ack sender", () => {
     const abort = new AbortController();
     const sender = createAckSender({
       remote: remote as unknown as RemoteCluster, clusterName: "clusterB", shardIds: [1], acks, signal: abort.signal,
-      durable: () => durable(), log: createLogger({ write: (l) => lines.push(JSON.parse(l)) }), ackIntervalMs: 10, maxRetryMs: 200,
+      durable: () => durable(), failed: (e) => failures.push((e as Error).message), sent: () => sent++, ackIntervalMs: 10, timeoutMs: 1_000, maxRetryMs: 200,
     });
     acks.set(1, 7);
     sender.schedule();
@@ -26,11 +26,14 @@ describe("ack sender", () => {
     // Every 10 ms that would be about 60 calls; doubling from 100 ms to 200 ms, at most 4.
     expect(calls).toBeGreaterThanOrEqual(2);
     expect(calls).toBeLessThanOrEqual(5);
-    expect(lines.map((l) => l.msg)).toEqual(["sending replication acks failed; they go with the next"]);
+    expect(failures.length).toBe(calls);
+    expect(new Set(failures)).toEqual(new Set(["the database system is shutting down"]));
+    expect(sent).toBe(0);
 
     // The database back: the held acks go with the next call.
     durable = () => Promise.resolve();
     await eventually(() => expect(acked).toEqual([[7n]]), { timeout: 2_000 });
+    expect(sent).toBe(1);
     abort.abort();
     sender.stop();
   });

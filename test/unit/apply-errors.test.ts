@@ -25,6 +25,7 @@ describe("isTaskFailure", () => {
   test.each([
     ["a retryable replication error", new RetryableReplicationError("namespace not replicated yet"), false],
     ["an unreachable source", new ConnectError("unavailable", Code.Unavailable), false],
+    ["a source call that got no answer (its connection reset or refused: connect's Unknown)", new ConnectError("ECONNRESET: The socket connection was closed unexpectedly", Code.Unknown), false],
     ["a constraint violation", drizzled(driver("duplicate key value", { code: "23505", severity: "ERROR" })), true],
     ["a bug in the applier", new TypeError("cannot read properties of undefined"), true],
     ["an internal error from the source", new ConnectError("internal", Code.Internal), true],

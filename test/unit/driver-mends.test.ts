@@ -30,13 +30,13 @@ describe("the server's check of postgres.js's mends (src/persistence/driver-mend
   });
 
   test("NamesAMendUndone, in any build", () => {
-    const reserve = mends.packages[0]!.mends["index.js"][1]!;
+    const reserve = mends.packages[0]!.mends["index.js"]![1]!;
     const pkg = copyWith("one-undone", (p) => rewrite(join(p, "cjs/src/index.js"), `${reserve.to}${mends.mark}\n`, reserve.from));
     expect(driverMendsMissing(pkg)).toBe("postgres 3.4.9 lacks tern's mends in cjs/src/index.js (mend 7: in reserve())");
   });
 
   test("NamesOneOfTwoPlacesUndone", () => {
-    const timer = mends.packages[0]!.mends["connection.js"][0]!;
+    const timer = mends.packages[0]!.mends["connection.js"]![0]!;
     expect(timer.count).toBe(2);
     const pkg = copyWith("half-undone", (p) => rewrite(join(p, "src/connection.js"), `${timer.to}${mends.mark}\n`, timer.from));
     expect(driverMendsMissing(pkg)).toBe("postgres 3.4.9 lacks tern's mends in src/connection.js (mend 1: in terminate() and in closed())");

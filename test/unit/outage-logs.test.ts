@@ -5,6 +5,7 @@ import { createTimerQueue, type TimerQueueDeps } from "../../src/history/timer-q
 import { createLogger } from "../../src/observability/log";
 import { createPeriodic } from "../../src/periodic";
 import { createRepeatLog } from "../../src/observability/repeat-log";
+import { createFlapLog } from "../../src/observability/failure-log";
 import { eventually } from "../support/eventually";
 
 /** A logger keeping its lines. */
@@ -146,5 +147,63 @@ describe("createRepeatLog", () => {
     const written = lines.filter((l) => l.level !== "debug").map(({ requestId, repeated }) => ({ requestId, repeated }));
     expect(written).toEqual([{ requestId: "r1", repeated: undefined }, { requestId: "r4", repeated: undefined }, { requestId: "r5", repeated: 2 }]);
     expect(lines.filter((l) => l.level === "debug").map((l) => [l.requestId, l.repeatOf])).toEqual([["r2", "warn"], ["r3", "warn"]]);
+  });
+});
+
+describe("createFlapLog", () => {
+  test("a call failing and recovering again and again is said once a window, the next line saying how many were left out; one that then stays down is said", () => {
+    let now = 0;
+    const flaps = createFlapLog({ windowMs: 10_000, now: () => now });
+    const said: string[] = [];
+    const fail = (message: string) => {
+      const write = flaps.failed(message);
+      if (write) said.push(`failed ${message}${write.repeated ? ` (repeated ${write.repeated})` : ""}`);
+    };
+    const recover = () => {
+      if (flaps.recovered() !== undefined) said.push("recovered");
+    };
+    /** A cut at each second from..to (excluded), failing twice (a retry) and recovering 300 ms later. */
+    const cutEverySecond = (from: number, to: number) => {
+      for (let s = from; s < to; s++) {
+        now = s * 1_000;
+        fail("connection reset");
+        fail("connection reset");
+        now += 300;
+        recover();
+      }
+    };
+    // Cut every second: the first cut and its recovery are said, the next eight are not.
+    cutEverySecond(0, 9);
+    // Another failure is said at once.
+    now = 9_500;
+    fail("the database system is shutting down");
+    now = 9_600;
+    recover();
+    expect(said).toEqual(["failed connection reset", "recovered", "failed the database system is shutting down", "recovered"]);
+
+    // Another failure between does not open the window again; the cuts left out are counted in the next line said of them.
+    said.length = 0;
+    now = 9_700;
+    fail("connection reset");
+    now = 9_900;
+    recover();
+    cutEverySecond(10, 20);
+    now = 20_000;
+    fail("connection reset");
+    recover();
+    expect(said).toEqual(["failed connection reset (repeated 9)", "recovered", "failed connection reset (repeated 9)", "recovered"]);
+
+    // Left out in the window, and down past it: said at the first retry after it, and then its recovery.
+    said.length = 0;
+    now = 21_000;
+    fail("connection reset");
+    now = 29_000;
+    fail("connection reset");
+    expect(said).toEqual([]);
+    now = 30_000;
+    fail("connection reset");
+    fail("connection reset");
+    recover();
+    expect(said).toEqual(["failed connection reset", "recovered"]);
   });
 });

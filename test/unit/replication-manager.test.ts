@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { createReplicationManager, type ReplicationManagerDeps, type ReplicationStream } from "../../replication/manager";
+import { createReplicationManager, type ReplicationManagerDeps, type ReplicationStream, type StreamReport } from "../../replication/manager";
 import { createLogger } from "../../src/observability/log";
 import { eventually } from "../support/eventually";
 
@@ -40,5 +40,33 @@ describe("replication manager", () => {
       "[unavailable] the database connection was lost or refused (request id r1); retry",
       "another failure",
     ]);
+  });
+});
+
+describe("a remote's connection state", () => {
+  test("is a failing stream's error while another stream of the remote succeeds, and connected once none fails", async () => {
+    const reports = new Map<string, StreamReport>();
+    const stream = (name: string): ReplicationStream => ({
+      name,
+      async run(_remote, signal, report) {
+        reports.set(name, report);
+        await new Promise((r) => signal.addEventListener("abort", r, { once: true }));
+      },
+    });
+    const manager = createReplicationManager({
+      db, clients: { get: () => ({}) }, streamsFor: () => [stream("namespace"), stream("history"), stream("backfill")], log: createLogger({ write: () => {} }),
+    } as unknown as ReplicationManagerDeps);
+    await manager.start();
+    await eventually(() => expect(reports.size).toBe(3));
+    expect(manager.connectionState("clusterA")).toBe("connecting");
+
+    reports.get("history")!.failed(new Error("cluster clusterA sent nothing"));
+    // The namespace poll that comes back after (each 20 s) does not make the remote connected.
+    reports.get("namespace")!.ok();
+    expect(manager.connectionState("clusterA")).toBe("error: cluster clusterA sent nothing");
+    reports.get("history")!.ok();
+    // A stream that never reported (backfill, idle) leaves the state to the others.
+    expect(manager.connectionState("clusterA")).toBe("connected");
+    await manager.stop();
   });
 });

@@ -1,6 +1,7 @@
 import { FailoverNamespaceResponseSchema } from "../../gen/tern/operator/v1/service_pb";
 import { getString, requireString } from "../args";
 import type { LeafCommand } from "../command";
+import { FAILOVER_WAIT_MS, millisOf } from "../deadline";
 import { parseDuration } from "../duration";
 import { messageJson } from "../output";
 import { namespaceArg, namespaceFlag } from "./common-flags";
@@ -31,7 +32,9 @@ export const failoverCommand: LeafCommand = {
     const targetCluster = requireString(args, "to");
     const timeoutText = getString(args, "timeout");
     const timeout = timeoutText === undefined ? undefined : parseDuration(timeoutText, "timeout");
-    const res = await ctx.operator().failoverNamespace({ namespace, targetCluster, timeout }, { signal: ctx.signal });
+    // The call waits for the catch-up on purpose; its deadline comes on top of that wait.
+    const timeoutMs = ctx.deadlineMs(timeout ? millisOf(timeout) : FAILOVER_WAIT_MS);
+    const res = await ctx.operator().failoverNamespace({ namespace, targetCluster, timeout }, { signal: ctx.signal, timeoutMs });
     if (ctx.format === "json") return ctx.out(messageJson(FailoverNamespaceResponseSchema, res));
     const ns = res.namespace;
     const active = ns?.replicationConfig?.activeClusterName ?? targetCluster;

@@ -1,6 +1,7 @@
 import { VerifyReplicationResponseSchema, type ExecutionDifference, type VerifyReplicationResponse } from "../../gen/tern/admin/v1/service_pb";
 import { requireString } from "../args";
 import type { LeafCommand } from "../command";
+import { LONG_RUN_MS } from "../deadline";
 import { formatTable, messageJson } from "../output";
 
 function diffRow(kind: string, d: ExecutionDifference): string[] {
@@ -47,7 +48,7 @@ export const verifyCommand: LeafCommand = {
   ],
   async run(ctx, args) {
     const req = { namespace: requireString(args, "namespace"), cluster: requireString(args, "cluster") };
-    const res = await ctx.admin().verifyReplication(req, { signal: ctx.signal, timeoutMs: 600_000 });
+    const res = await ctx.admin().verifyReplication(req, { signal: ctx.signal, timeoutMs: ctx.deadlineMs(LONG_RUN_MS) });
     ctx.out(ctx.format === "json" ? messageJson(VerifyReplicationResponseSchema, res) : verifyReport(res));
     return differences(res) ? 1 : 0;
   },

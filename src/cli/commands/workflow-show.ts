@@ -1,8 +1,11 @@
+import { create } from "@bufbuild/protobuf";
+import { DurationSchema } from "@bufbuild/protobuf/wkt";
 import { HistoryEventSchema, type HistoryEvent, type WorkflowExecution } from "../../gen/tern/common/v1/common_pb";
 import type { GetWorkflowExecutionHistoryResponse } from "../../gen/tern/workflow/v1/service_pb";
 import { getBoolean } from "../args";
 import type { CommandContext, LeafCommand } from "../command";
 import { ListHistoryBranchesResponseSchema, type ListHistoryBranchesResponse } from "../../gen/tern/admin/v1/service_pb";
+import { FOLLOW_WAIT_MS } from "../deadline";
 import { UsageError } from "../errors";
 import { eventHeaderLine, eventLine, eventTable, formatVersionHistory } from "../format-workflow";
 import { createListJsonWriter, messageJson, messageJsonLine } from "../output";
@@ -11,6 +14,7 @@ import { executionArg, runIdFlag, workflowIdFlag, workflowNamespace, workflowNam
 /** An empty long-poll answer faster than this means the server does not wait; back off. */
 const FAST_EMPTY_MS = 200;
 const BACKOFF_MS = 500;
+const FOLLOW_WAIT = create(DurationSchema, { seconds: BigInt(FOLLOW_WAIT_MS / 1000) });
 
 interface HistoryCursor {
   namespace: string;
@@ -21,8 +25,9 @@ interface HistoryCursor {
 /** Fetches one page and pins the run id the server resolved, so later pages stay on that run. */
 async function fetchPage(ctx: CommandContext, cursor: HistoryCursor, wait: boolean): Promise<GetWorkflowExecutionHistoryResponse> {
   const res = await ctx.workflow().getWorkflowExecutionHistory(
-    { namespace: cursor.namespace, execution: cursor.execution, nextPageToken: cursor.token, waitNewEvent: wait },
-    { signal: ctx.signal },
+    // A long poll's hold is asked for, so that its deadline comes on top of it.
+    { namespace: cursor.namespace, execution: cursor.execution, nextPageToken: cursor.token, waitNewEvent: wait, waitTimeout: wait ? FOLLOW_WAIT : undefined },
+    wait ? { signal: ctx.signal, timeoutMs: ctx.deadlineMs(FOLLOW_WAIT_MS) } : { signal: ctx.signal },
   );
   if (!cursor.execution.runId && res.runId) cursor.execution = { ...cursor.execution, runId: res.runId };
   return res;

@@ -1,0 +1,127 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { Code } from "@connectrpc/connect";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
+import { ReplicationState } from "../../src/gen/tern/workflow/v1/namespace_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { eventually } from "../support/eventually";
+import { startLinkedPair } from "../support/linked-pair";
+import { rejects } from "../support/rejects";
+import type { TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+import type { TcpProxy } from "../support/tcp-proxy";
+import { describeOn, expectActiveOn } from "./mesh";
+
+setDefaultTimeout(90_000);
+
+const NS = "orders";
+/** How long B's forwarded calls wait for A past their own work (the server's default is 30 s). */
+const FORWARD_MS = 1_000;
+
+/** p, or a failure once it has not settled within ms: a call that hangs fails the test, not its timeout. */
+function within<T>(ms: number, p: Promise<T>): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms)));
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
+}
+
+for (const store of await testStores()) {
+  describe(`calls between clusters over a link that drops packets, on ${store}`, () => {
+    let a: TestCluster, b: TestCluster;
+    let link: TcpProxy;
+    let close: () => Promise<void>;
+    const signalsOnA = async (workflowId: string) => {
+      const h = await a.client(WorkflowService).getWorkflowExecutionHistory({ namespace: NS, execution: { workflowId } });
+      return h.history!.events.filter((e) => e.attributes.case === "workflowExecutionSignaledEventAttributes").map((e) => e.eventId);
+    };
+
+    beforeAll(async () => {
+      ({ a, b, link, close } = await startLinkedPair(store, [{}, {
+        extraYaml: "dcRedirectionPolicy: { policy: selected-apis-forwarding }",
+        serverOptions: { forwardTimeoutMs: FORWARD_MS },
+      }]));
+      await a.client(WorkflowService).startWorkflowExecution({ namespace: NS, workflowId: "w", workflowType: "T", taskQueue: "q" });
+    });
+    afterAll(() => close());
+
+    test("TestAForwardedSignalWhoseAnswerTheLinkHoldsIsUnavailableInBoundedTimeAndItsRetryWritesOnce", async () => {
+      const signal = (requestId: string, timeoutMs?: number) =>
+        b.client(WorkflowService).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "w" }, signalName: "paid", requestId }, { timeoutMs });
+      // A takes B's requests, but its answers go nowhere (a route lost one way).
+      link.stall("toClient", true);
+      try {
+        // The caller's deadline first, when it has one...
+        const asked = performance.now();
+        await rejects(within(5_000, signal("sig-0", 300)), Code.DeadlineExceeded, "");
+        expect(performance.now() - asked).toBeLessThan(2_000);
+        // ...else B's own bound: retryable, naming the cluster and the request id to retry with.
+        const forwarded = performance.now();
+        await rejects(
+          within(10_000, signal("sig-1")),
+          Code.Unavailable,
+          `cluster clusterA, where namespace ${NS} is active, did not answer the forwarded SignalWorkflowExecution within ${FORWARD_MS} ms ` +
+            "(request id sig-1); it may still be applied there: retry with the same request id",
+        );
+        expect(performance.now() - forwarded).toBeLessThan(FORWARD_MS + 2_000);
+        // It was: A applied both and answered into the held link.
+        await eventually(async () => expect(await signalsOnA("w")).toHaveLength(2));
+      } finally {
+        link.stall("toClient", false);
+      }
+      const [first, second] = await signalsOnA("w");
+      // The retries once the link is back get the first results, and write nothing.
+      expect((await signal("sig-0")).eventId).toBe(first!);
+      expect((await signal("sig-1")).eventId).toBe(second!);
+      expect(await signalsOnA("w")).toEqual([first!, second!]);
+    });
+
+    test("TestAGracefulFailoverOnTheActiveClusterWhileTheLinkIsBlackHoledTimesOutToNormalAndLosesNoWrite", async () => {
+      const wf = a.client(WorkflowService);
+      const signal = (signalName: string) => wf.signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "w" }, signalName });
+      link.hold(true);
+      try {
+        await signal("unshipped");
+        const asked = performance.now();
+        const failing = a.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterB", timeout: { seconds: 1n } });
+        // A write during the handover waits it out and lands once the failover gave up.
+        const during = signal("during-handover");
+        await rejects(within(10_000, failing), Code.Unavailable, `graceful failover of namespace ${NS} to clusterB timed out after 1000ms`);
+        expect(performance.now() - asked).toBeLessThan(3_000);
+        await during;
+        const onA = await describeOn(a, NS);
+        expect([onA.replicationConfig!.activeClusterName, onA.replicationConfig!.state]).toEqual(["clusterA", ReplicationState.NORMAL]);
+      } finally {
+        link.hold(false);
+      }
+      // Both writes reach B once the link is back.
+      await eventually(async () => {
+        const h = await b.client(WorkflowService).getWorkflowExecutionHistory({ namespace: NS, execution: { workflowId: "w" } });
+        expect(h.history!.events.map((e) => e.eventId)).toEqual((await a.client(WorkflowService).getWorkflowExecutionHistory({ namespace: NS, execution: { workflowId: "w" } })).history!.events.map((e) => e.eventId));
+      }, { timeout: 15_000 });
+      expect((await signalsOnA("w")).length).toBe(4);
+    });
+
+    test("TestAFailoverAskedOfThePassiveClusterOverABlackHoledLinkAnswersInBoundedTimeAndLeavesNoHandover", async () => {
+      const failover = () => b.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterB", timeout: { seconds: 1n } });
+      link.hold(true);
+      try {
+        const asked = performance.now();
+        await rejects(
+          within(10_000, failover()),
+          Code.Unavailable,
+          `cluster clusterA, where namespace ${NS} is active, did not answer the forwarded FailoverNamespace within ${1_000 + FORWARD_MS} ms; retry`,
+        );
+        expect(performance.now() - asked).toBeLessThan(1_000 + FORWARD_MS + 2_000);
+        // A never heard of it: still active, NORMAL, and taking writes.
+        const onA = await describeOn(a, NS);
+        expect([onA.replicationConfig!.activeClusterName, onA.replicationConfig!.state]).toEqual(["clusterA", ReplicationState.NORMAL]);
+        await a.client(WorkflowService).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "w" }, signalName: "during" });
+      } finally {
+        link.hold(false);
+      }
+      // Retried once the link is back, it goes through, and both clusters agree.
+      await eventually(() => failover(), { timeout: 15_000, interval: 200 });
+      await expectActiveOn(a, NS, "clusterB", 2n);
+      await expectActiveOn(b, NS, "clusterB", 2n);
+    });
+  });
+}

@@ -1,0 +1,208 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { create } from "@bufbuild/protobuf";
+import { outboundAcks } from "../../replication/ack-levels";
+import type { HistoryApplier } from "../../replication/applier";
+import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
+import { replicationDlq } from "../../src/persistence/schema";
+import { PayloadsSchema } from "../../src/gen/tern/common/v1/common_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { createLogger } from "../../src/observability/log";
+import { eventually } from "../support/eventually";
+import { startLinkedPair } from "../support/linked-pair";
+import type { TestCluster, TestClusterOptions } from "../support/server";
+import { testStores, type StoreKind } from "../support/stores";
+import type { TcpProxy } from "../support/tcp-proxy";
+import { expectSameHistories, historiesOf, lastTaskIds } from "./support";
+
+setDefaultTimeout(90_000);
+
+const NS = "orders";
+type Line = { level: string; msg: string; error?: string };
+
+/** A pair whose B reaches A through a proxy (startLinkedPair), for a describe; B's log lines kept. */
+function useLinkedPair(store: StoreKind, options: [Partial<TestClusterOptions>, Partial<TestClusterOptions>]) {
+  const pair = {} as { a: TestCluster; b: TestCluster; link: TcpProxy; nsId: string; bLog: Line[]; close(): Promise<void> };
+  beforeAll(async () => {
+    const bLog: Line[] = [];
+    const log = createLogger({ level: "info", write: (line) => bLog.push(JSON.parse(line)) });
+    const [a, b] = options;
+    Object.assign(pair, { bLog }, await startLinkedPair(store, [a, { ...b, serverOptions: { log, ...b.serverOptions } }]));
+  });
+  afterAll(() => pair.close());
+  return pair;
+}
+
+const start = (x: TestCluster, workflowId: string) => x.client(WorkflowService).startWorkflowExecution({ namespace: NS, workflowId, workflowType: "T", taskQueue: "q" });
+/** x's replication status of its one remote. */
+const statusOf = async (x: TestCluster) => (await x.client(AdminService).getReplicationStatus({})).remotes[0]!;
+/** How many of its tasks x's remote has not acked, over all shards. */
+const outboundLag = async (x: TestCluster) => (await statusOf(x)).outbound.reduce((n, s) => n + Number(s.lagTasks), 0);
+/** Each shard's last task on a, and what b acked of it there. */
+const ackedAll = async (a: TestCluster) => {
+  const [max, acks] = await Promise.all([lastTaskIds(a), outboundAcks(a.server.database.db, "clusterB")]);
+  expect([...max].map(([shard]) => acks.get(shard) ?? 0)).toEqual([...max.values()]);
+};
+
+for (const store of await testStores()) {
+  describe(`a replication link that drops packets, on ${store}`, () => {
+    // B hears from A at least every 300 ms; A is overdue at 2.3 s and given up at 5.3 s of silence.
+    const pair = useLinkedPair(store, [{}, { serverOptions: { replication: { waitMs: 300, silenceGraceMs: 5_000 } } }]);
+
+    test("TestABlackHoledLinkShowsAsOverdueThenFailedOnB, and B catches up exactly once when it returns", async () => {
+      const { a, b, link, nsId } = pair;
+      await start(a, "before");
+      await eventually(() => expectSameHistories(a, b, nsId));
+      await eventually(async () => expect((await statusOf(b)).connectionState).toBe("connected"));
+
+      link.hold(true);
+      try {
+        for (let i = 0; i < 5; i++) await start(a, `held-${i}`);
+        // B says so before it gives the stream up, not "connected" until then.
+        await eventually(
+          async () => expect((await statusOf(b)).connectionState).toBe("error: cluster clusterA has sent nothing on its replication stream for 2300 ms (it sends at least every 300 ms)"),
+          { timeout: 10_000 },
+        );
+        await eventually(async () => expect((await statusOf(b)).connectionState).toContain("sent nothing on its replication stream for 5300 ms"), { timeout: 10_000 });
+        // A knows B is behind.
+        expect(await outboundLag(a)).toBeGreaterThan(0);
+        expect((await historiesOf(b, nsId)).some((e) => e.workflowId.startsWith("held-"))).toBe(false);
+      } finally {
+        link.hold(false);
+      }
+      await eventually(() => expectSameHistories(a, b, nsId), { timeout: 15_000 });
+      await eventually(async () => expect((await statusOf(b)).connectionState).toBe("connected"));
+      await eventually(() => ackedAll(a));
+      expect((await statusOf(b)).dlqSize).toBe(0n);
+    });
+  });
+
+  describe(`a replication link that drops what B sends, on ${store}`, () => {
+    // B's acks are given up after 2 s without an answer (the grace of a silent stream).
+    const pair = useLinkedPair(store, [{}, { serverOptions: { replication: { waitMs: 300, silenceGraceMs: 2_000 } } }]);
+
+    test("TestAcksThatDoNotReachTheSourceShowAsTheConnectionsErrorOnB, while B applies what comes", async () => {
+      const { a, b, link, nsId } = pair;
+      await start(a, "before");
+      await eventually(() => expectSameHistories(a, b, nsId));
+
+      // A's messages reach B; nothing B sends reaches A.
+      link.stall("toServer", true);
+      try {
+        for (let i = 0; i < 5; i++) await start(a, `unacked-${i}`);
+        await eventually(() => expectSameHistories(a, b, nsId));
+        await eventually(
+          async () => expect((await statusOf(b)).connectionState).toBe(
+            "error: acks to cluster clusterA failed, so it does not hear what was applied: [deadline_exceeded] the operation timed out",
+          ),
+          { timeout: 10_000 },
+        );
+        expect(await outboundLag(a)).toBeGreaterThan(0);
+      } finally {
+        link.stall("toServer", false);
+      }
+      await eventually(() => ackedAll(a), { timeout: 15_000 });
+      await eventually(async () => expect((await statusOf(b)).connectionState).toBe("connected"));
+    });
+  });
+
+  describe(`a replication link cut again and again, on ${store}`, () => {
+    const pair = useLinkedPair(store, [{}, {}]);
+
+    test("TestEveryWriteAReachesBExactlyOnceThroughCutsEvery200Ms, with no DLQ entry and a few log lines", async () => {
+      const { a, b, link, nsId, bLog } = pair;
+      const wf = a.client(WorkflowService);
+      for (let i = 0; i < 8; i++) await start(a, `c-${i}`);
+      let acked = 0;
+      let writing = true;
+      const writers = Array.from({ length: 4 }, async (_, k) => {
+        for (let i = 0; writing; i++) {
+          await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: `c-${(k + i) % 8}` }, signalName: "s", requestId: `c-${k}-${i}` });
+          acked++;
+        }
+      });
+      let cuts = 0;
+      const cutter = setInterval(() => (link.cut(), cuts++), 200);
+      try {
+        await eventually(() => expect(cuts).toBeGreaterThanOrEqual(25), { timeout: 20_000 });
+      } finally {
+        clearInterval(cutter);
+        writing = false;
+        await Promise.all(writers);
+      }
+      await eventually(() => expectSameHistories(a, b, nsId), { timeout: 30_000, interval: 100 });
+      const signals = (await historiesOf(a, nsId)).filter((e) => e.eventType === "WORKFLOW_EXECUTION_SIGNALED");
+      expect(signals.length).toBe(acked);
+      expect(await b.server.database.db.select().from(replicationDlq)).toEqual([]);
+      await eventually(() => ackedAll(a));
+      // About 25 failures and recoveries per stream: said once each (per 10 s), not one line per cut.
+      const said = (msg: string) => bLog.filter((l) => l.msg === msg).length;
+      expect(said("replication stream failed")).toBeLessThanOrEqual(4);
+      expect(said("replication stream recovered")).toBeLessThanOrEqual(4);
+    });
+  });
+
+  describe(`a replication link whose receiving end stops reading, on ${store}`, () => {
+    let produced = 0;
+    const pair = useLinkedPair(store, [{ serverOptions: { replication: { beforeStreamMessage: async () => void produced++ } } }, {}]);
+
+    test("TestASourceWhosePeerStopsReadingProducesNoMoreThanTheLinkHolds, and the peer catches up once it reads", async () => {
+      const { a, b, link, nsId } = pair;
+      const wf = a.client(WorkflowService);
+      await start(a, "big");
+      await eventually(() => expectSameHistories(a, b, nsId));
+      const data = new Uint8Array(256 << 10);
+      for (let at = 0; at < data.length; at += 65_536) crypto.getRandomValues(data.subarray(at, at + 65_536));
+      const input = create(PayloadsSchema, { payloads: [{ metadata: {}, data }] });
+
+      link.stall("toClient", true);
+      const before = produced;
+      try {
+        // 25 MB, a message a commit: the stream's messages wait for the link (about 17 of them here), not in A's memory.
+        for (let i = 0; i < 100; i++) await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "big" }, signalName: `part-${i}`, input });
+        expect(produced - before).toBeLessThan(50);
+      } finally {
+        link.stall("toClient", false);
+      }
+      await eventually(() => expectSameHistories(a, b, nsId), { timeout: 60_000, interval: 200 });
+    });
+  });
+
+  describe(`a gap repair whose source the link cuts off, on ${store}`, () => {
+    // B's applier sees run "gap"'s signal arrive without its event, as after a lost task, and
+    // repairs it from A's raw history; the test's hook runs before each such fetch.
+    let beforeGapFetch = () => {};
+    let gapFetches = 0;
+    const withGap = (inner: HistoryApplier): HistoryApplier => ({
+      ...inner,
+      planApply: (ns, task, reads) => (task.workflowId === "gap" ? undefined : inner.planApply(ns, task, reads)),
+      applyTask(tx, ns, task, fetchRaw) {
+        const lost = task.workflowId === "gap" && task.firstEventId === 2 ? { ...task, firstEventId: 3, events: task.events.filter((e) => e.eventId !== 2n) } : task;
+        return inner.applyTask(tx, ns, lost, (...args) => (gapFetches++, beforeGapFetch(), fetchRaw(...args)));
+      },
+    });
+    // A task is retried twice before it goes to the DLQ.
+    const pair = useLinkedPair(store, [{}, { serverOptions: { replication: { wrapApplier: withGap, retry: { attempts: 2, backoffMs: 10 } } } }]);
+
+    test("TestAGapRepairThatCannotReachTheSourceRetriesUntilItCan, and sends nothing to the DLQ", async () => {
+      const { a, b, link, nsId } = pair;
+      await start(a, "gap");
+      await eventually(() => expectSameHistories(a, b, nsId));
+      // The link goes down (connections reset, new ones refused, as with A restarting) as B fetches the gap.
+      beforeGapFetch = () => {
+        beforeGapFetch = () => {};
+        link.refuse(true);
+        link.cut();
+      };
+      try {
+        await a.client(WorkflowService).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "gap" }, signalName: "s" });
+        await eventually(() => expect(gapFetches).toBeGreaterThanOrEqual(1));
+        // B tries the link again and again: past the task's retry budget, were it the task's fault.
+        await eventually(() => expect(link.refused).toBeGreaterThanOrEqual(3), { timeout: 15_000 });
+      } finally {
+        link.refuse(false);
+      }
+      await eventually(() => expectSameHistories(a, b, nsId), { timeout: 15_000 });
+      expect(await b.server.database.db.select().from(replicationDlq)).toEqual([]);
+    });
+  });
+}
