@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { argsOrExit, benchPostgresOrExit, createCleanups } from "./lib/bench-process";
 import { runPaced, type PacedResult } from "./lib/paced-load";
 import { eventCount, memoryOf, registerGlobalNamespace, startClusterPair, type BenchCluster } from "./lib/replication-clusters";
-import { measureFlow, type PhaseContext } from "./lib/replication-phases";
+import { drain, measureFlow, type PhaseContext } from "./lib/replication-phases";
 import { formatGoals } from "./lib/replication-report";
 import { SIGNALS_PER_RUN, writeOp } from "./lib/replication-workload";
 import { writeJsonReport } from "./lib/report";
@@ -78,12 +78,7 @@ async function fillRunCaches(ctx: PhaseContext): Promise<{ runs: number; seconds
       for (let k = next++; k < args.fillRuns; k = next++) await start(client, k * (SIGNALS_PER_RUN + 1));
     }),
   );
-  const written = await eventCount(ctx.a);
-  const deadline = performance.now() + 120_000;
-  while ((await eventCount(ctx.b)) < written) {
-    if (performance.now() > deadline) throw new Error(`B had not applied the ${args.fillRuns} runs started to fill the caches within 120 s`);
-    await Bun.sleep(100);
-  }
+  await drain(ctx);
   return { runs: args.fillRuns, seconds: (performance.now() - t0) / 1000 };
 }
 
