@@ -1,6 +1,7 @@
 import { and, eq, ne, sql } from "drizzle-orm";
 import type { Db, Tx } from "../src/persistence/database";
 import { backfillJobs, namespaces } from "../src/persistence/schema";
+import { listsClusters } from "../src/namespace/lists-clusters";
 
 export type BackfillJob = typeof backfillJobs.$inferSelect;
 
@@ -30,8 +31,7 @@ export async function startBackfillJob(tx: Tx, k: Key, now: Date): Promise<void>
  * (cleaned up once the clusters connected to it had acked it): replication alone never brings it.
  */
 export async function startBackfillsFrom(tx: Tx, remote: string, here: string, now: Date): Promise<void> {
-  const lists = (name: string) => sql`${namespaces.clusters} @> ${JSON.stringify([name])}::jsonb`;
-  const rows = await tx.select({ id: namespaces.id }).from(namespaces).where(and(eq(namespaces.isGlobal, true), lists(here), lists(remote)));
+  const rows = await tx.select({ id: namespaces.id }).from(namespaces).where(and(eq(namespaces.isGlobal, true), listsClusters(here, remote)));
   for (const r of rows) await startBackfillJob(tx, { namespaceId: r.id, sourceCluster: remote }, now);
 }
 

@@ -10,6 +10,7 @@ import {
 import type { Db } from "../src/persistence/database";
 import { clusterMetadata, namespaces, replicationAckLevels, replicationTasks } from "../src/persistence/schema";
 import { lastTaskIds } from "./outbox";
+import { listsClusters } from "../src/namespace/lists-clusters";
 import type { InboundProgress } from "./receiver";
 
 export interface ReplicationStatusDeps {
@@ -69,7 +70,7 @@ export function createReplicationStatus({ db, cluster, connectionState, inboundP
     const rows = await db
       .select({ name: n.name, clusters: n.clusters, active: n.activeClusterName })
       .from(n)
-      .where(and(eq(n.isGlobal, true), sql`${n.clusters} @> ${JSON.stringify([cluster.clusterName])}::jsonb`))
+      .where(and(eq(n.isGlobal, true), listsClusters(cluster.clusterName)))
       .orderBy(asc(n.name));
     return rows.flatMap((r) =>
       (r.clusters as string[]).filter((c) => c !== cluster.clusterName && !remotes.has(c)).map((c) => ({ namespace: r.name, clusterName: c, active: r.active === c })),

@@ -1,10 +1,11 @@
-import { and, eq, sql } from "drizzle-orm";
+import { and, eq } from "drizzle-orm";
 import { alreadyExists, failedPrecondition, invalidArgument, notFound, unavailable } from "../errors";
 import type { Db, Tx } from "../persistence/database";
 import { clusterMetadata, namespaces, replicationAckLevels } from "../persistence/schema";
 import type { CurrentCluster } from "./bootstrap";
 import { frontendAddressProblem, frontendUrl, peerFailureText, type RemoteClientPool } from "./remote-client";
 import { shown } from "../shown";
+import { listsClusters } from "../namespace/lists-clusters";
 
 export type ClusterRow = typeof clusterMetadata.$inferSelect;
 
@@ -110,7 +111,7 @@ export function createRemoteClusters({ db, current, clients, onChanged, onConnec
       const users = await tx
         .select({ name: namespaces.name })
         .from(namespaces)
-        .where(sql`${namespaces.clusters} @> ${JSON.stringify([name])}::jsonb and ${namespaces.clusters} @> ${JSON.stringify([current.clusterName])}::jsonb`)
+        .where(listsClusters(name, current.clusterName))
         .limit(5);
       if (users.length) {
         throw failedPrecondition(
