@@ -6,6 +6,8 @@ export interface Env {
   TERN_DATABASE_URL?: string;
   /** Overrides log.level. */
   TERN_LOG_LEVEL?: string;
+  /** A duration (30s, 2m) that overrides persistence.datastore.postgres.connectWaitMs. */
+  TERN_DATABASE_WAIT?: string;
 }
 
 /** Reads tern's variables from the environment of whichever runtime runs us. */
@@ -17,5 +19,6 @@ export function readEnv(): Env {
     TERN_CONFIG: pick("TERN_CONFIG"),
     TERN_DATABASE_URL: pick("TERN_DATABASE_URL"),
     TERN_LOG_LEVEL: pick("TERN_LOG_LEVEL"),
+    TERN_DATABASE_WAIT: pick("TERN_DATABASE_WAIT"),
   };
 }

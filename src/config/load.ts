@@ -5,6 +5,7 @@ import type { Env } from "./env";
 import { Config, LogLevel } from "./schema";
 import { checkClusterRules } from "./validate";
 import { shown } from "../shown";
+import { parseDurationNanos } from "../cli/duration";
 
 /** A config that cannot be used; the message is one line naming the key and the rule. */
 export class ConfigError extends Error {
@@ -32,6 +33,7 @@ export function parseConfig(text: string, env: Env = {}, source = "config"): Con
     if (!level.success) throw new ConfigError(`TERN_LOG_LEVEL: must be one of debug, info, warn, error`);
     config.log.level = level.data;
   }
+  if (env.TERN_DATABASE_WAIT) setDatabaseWait(config, parseWait(env.TERN_DATABASE_WAIT, "TERN_DATABASE_WAIT"), "TERN_DATABASE_WAIT");
   const broken = checkClusterRules(config);
   if (broken) throw new ConfigError(`${source}: ${broken}`);
   return config;
@@ -59,18 +61,67 @@ export function loadConfig(path: string, env: Env = {}): Config {
   return parseConfig(text, env, path);
 }
 
+/** What the server's command line and environment say. */
+export interface ServerArgs {
+  configPath: string;
+  /** --wait-for-database, ms: overrides the config's connectWaitMs and TERN_DATABASE_WAIT. */
+  databaseWaitMs?: number;
+}
+
+/** The server's flags, each as `--flag VALUE` or `--flag=VALUE`. */
+const SERVER_FLAGS = ["--config", "--wait-for-database"] as const;
+
 /**
- * The config path: `--config PATH` wins over TERN_CONFIG, then config/development.yaml. Any other
- * argument is refused: a misspelt `--confg b.yaml` would otherwise start the development cluster
- * on its default port and data dir, not the one meant.
+ * The server's arguments: `--config PATH` (wins over TERN_CONFIG, then config/development.yaml)
+ * and `--wait-for-database DURATION`. Any other argument is refused: a misspelt
+ * `--confg b.yaml` would otherwise start the development cluster on its default port and data
+ * dir, not the one meant.
  */
+export function parseServerArgs(argv: readonly string[], env: Env): ServerArgs {
+  const given = new Map<string, string>();
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    const flag = SERVER_FLAGS.find((f) => arg === f || arg.startsWith(`${f}=`));
+    if (!flag) throw new ConfigError(`unknown argument ${shown(arg, { quote: true })}: the server takes only --config PATH (or TERN_CONFIG) and --wait-for-database DURATION (or TERN_DATABASE_WAIT)`);
+    const value = arg === flag ? argv[++i] : arg.slice(flag.length + 1);
+    if (!value) throw new ConfigError(flag === "--config" ? "--config needs a path" : `${flag} needs a duration (e.g. 30s, 2m)`);
+    given.set(flag, value);
+  }
+  const wait = given.get("--wait-for-database");
+  return {
+    configPath: given.get("--config") ?? env.TERN_CONFIG ?? "config/development.yaml",
+    ...(wait !== undefined && { databaseWaitMs: parseWait(wait, "--wait-for-database") }),
+  };
+}
+
+/** The config path of parseServerArgs, for commands that take only --config. */
 export function resolveConfigPath(argv: readonly string[], env: Env): string {
-  const i = argv.findIndex((a) => a === "--config" || a.startsWith("--config="));
-  const arg = argv[i];
-  const value = arg === undefined ? undefined : arg.includes("=") ? arg.slice(arg.indexOf("=") + 1) : argv[i + 1];
-  const rest = arg === undefined ? argv : argv.filter((_, j) => j !== i && (arg.includes("=") || j !== i + 1));
-  if (rest.length) throw new ConfigError(`unknown argument ${shown(rest[0]!, { quote: true })}: the server takes only --config PATH (or TERN_CONFIG)`);
-  if (arg === undefined) return env.TERN_CONFIG ?? "config/development.yaml";
-  if (!value) throw new ConfigError("--config needs a path");
-  return value;
+  return parseServerArgs(argv, env).configPath;
+}
+
+/** Reads the config the server's arguments and environment name, with their overrides. */
+export function loadServerConfig(argv: readonly string[], env: Env): Config {
+  const args = parseServerArgs(argv, env);
+  const config = loadConfig(args.configPath, env);
+  if (args.databaseWaitMs !== undefined) setDatabaseWait(config, args.databaseWaitMs, "--wait-for-database");
+  return config;
+}
+
+/** A wait given as a duration (`30s`, `2m`, `0`), in ms, within what a timer can wait. */
+function parseWait(text: string, source: string): number {
+  let ms: number;
+  try {
+    ms = Number(parseDurationNanos(text, "wait-for-database") / 1_000_000n);
+  } catch {
+    throw new ConfigError(`${source}: invalid duration ${shown(text, { quote: true })} (use e.g. 30s, 2m, 500ms; 0 for none)`);
+  }
+  if (ms > 2 ** 31 - 1) throw new ConfigError(`${source}: ${text} is longer than the longest wait, 2147483647 ms (about 24 days)`);
+  return ms;
+}
+
+/** Sets connectWaitMs; a PGlite datastore has no server to wait for, and says so. */
+function setDatabaseWait(config: Config, ms: number, source: string): void {
+  const store = config.persistence.datastore;
+  if (!("postgres" in store)) throw new ConfigError(`${source}: the datastore is PGlite (persistence.datastore.pglite), which has no database server to wait for`);
+  store.postgres.connectWaitMs = ms;
 }

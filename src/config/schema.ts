@@ -35,6 +35,12 @@ const Datastore = z.union([
        * lock_timeout in force; default 10 s (DEFAULT_LOCK_TIMEOUT_MS). PostgreSQL takes up to 2^31 - 1 ms.
        */
       lockTimeoutMs: z.number().int().min(0).max(2 ** 31 - 1).optional(),
+      /**
+       * How long a start waits for PostgreSQL to accept connections (still starting, as in a
+       * docker-compose or systemd boot), retrying with a growing delay; 0 (the default) fails at
+       * the first refusal. `--wait-for-database` and TERN_DATABASE_WAIT set it too.
+       */
+      connectWaitMs: z.number().int().min(0).max(2 ** 31 - 1).optional(),
     }),
   }),
 ], { error: "must hold one of pglite: { dataDir: PATH } or postgres: { url: URL }" });

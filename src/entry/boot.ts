@@ -2,7 +2,7 @@
  * What every runtime entry shares: load config, create the server, bind listeners,
  * stop cleanly on SIGTERM/SIGINT. Entries only say how to serve `fetch` on HTTP/1.1.
  */
-import { ConfigError, loadConfig, resolveConfigPath } from "../config/load";
+import { ConfigError, loadServerConfig } from "../config/load";
 import { readEnv } from "../config/env";
 import { listenGrpc } from "../frontend/grpc-server";
 import { createTernServer, type TernServer } from "../server";
@@ -58,7 +58,7 @@ export async function runEntry(opts: EntryOptions): Promise<void> {
 
 async function boot({ runtime, entryUrl, serveHttp }: EntryOptions): Promise<{ tern: TernServer; listeners: Listener[] }> {
   const env = readEnv();
-  const config = loadConfig(resolveConfigPath(process.argv.slice(2), env), env);
+  const config = loadServerConfig(process.argv.slice(2), env);
   const addresses = listenAddressesOf(config);
   // Before the database is opened: a start that cannot bind migrates nothing and pins no identity.
   await checkListenAddresses(addresses);

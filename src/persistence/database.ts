@@ -2,6 +2,7 @@ import type { PgDatabase, PgQueryResultHKT } from "drizzle-orm/pg-core";
 import { drizzle as drizzlePostgres } from "drizzle-orm/postgres-js";
 import postgres from "postgres";
 import type { DatastoreConfig } from "../config/schema";
+import { connectWithin } from "./connect-wait";
 import { requireMendedDriver } from "./driver-mends";
 import type { Logger } from "../observability/log";
 import { acquireDataDirLock, checkDataDir, type DataDirLock } from "./lock";
@@ -52,6 +53,8 @@ export interface OpenOptions {
   maxConnections?: number;
   /** PostgreSQL's lock_timeout for tern's sessions, ms (default DEFAULT_LOCK_TIMEOUT_MS; 0: PostgreSQL's own). */
   lockTimeoutMs?: number;
+  /** How long a start waits for PostgreSQL to accept connections, ms (default 0: it fails at the first refusal). */
+  connectWaitMs?: number;
   /** A PGlite data dir snapshot (tar from dumpDataDir) to start from, for tests. */
   loadDataDir?: Blob;
   /** Told of what opening did to the data (a half-made PGlite database made again). */
@@ -61,8 +64,8 @@ export interface OpenOptions {
 /** Opens the configured datastore; a PGlite dir is locked against a second process. */
 export async function openDatabase(store: DatastoreConfig, opts: OpenOptions = {}): Promise<Database> {
   if ("postgres" in store) {
-    const { maxConnections, lockTimeoutMs } = store.postgres;
-    return openPostgres(store.postgres.url, { maxConnections, lockTimeoutMs, ...opts });
+    const { maxConnections, lockTimeoutMs, connectWaitMs } = store.postgres;
+    return openPostgres(store.postgres.url, { maxConnections, lockTimeoutMs, connectWaitMs, ...opts });
   }
   return openPglite(store.pglite.dataDir, opts);
 }
@@ -153,13 +156,22 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
     connect_timeout: 10,
     connection: { application_name: "tern", ...sessionLockTimeout(opts.lockTimeoutMs) },
   };
-  const client = postgres(url, options);
-  try {
-    await client`select 1`;
-  } catch (e) {
-    await client.end({ timeout: 1 });
-    throw new Error(`cannot connect to PostgreSQL at ${redactUrl(configured)}: ${(e as Error).message}`);
-  }
+  // A client per attempt: postgres.js's own reconnects back off by its shared retry count.
+  const connect = async () => {
+    const client = postgres(url, options);
+    try {
+      await client`select 1`;
+      return client;
+    } catch (e) {
+      await client.end({ timeout: 1 });
+      throw e;
+    }
+  };
+  const target = redactUrl(configured);
+  const wait = { waitMs: opts.connectWaitMs ?? 0, setting: "persistence.datastore.postgres.connectWaitMs", log: opts.log, target };
+  const client = await connectWithin(connect, wait).catch((e: Error) => {
+    throw new Error(`cannot connect to PostgreSQL at ${target}: ${e.message}`);
+  });
   // A commit that wrote WAL, on a connection whose commits wait for their flush: the WAL is one
   // stream, so every commit before it is flushed too. (A transaction that only takes an xid,
   // `select txid_current()`, writes no WAL and commits without flushing.) A role may have been

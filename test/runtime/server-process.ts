@@ -26,18 +26,41 @@ export interface ServerProcess {
   destroy(): Promise<void>;
 }
 
-/**
- * Starts `cmd --config <temp config>` and waits for its started line and GET /health 200.
- * sharedPort: grpcPort equal to port, so HTTP/1.1 and gRPC share one listener.
- */
-export async function startServerProcess(
+/** How startServerProcess starts its server. */
+export interface ServerProcessOptions {
+  /** How long to wait for the started line and /health 200. */
+  timeout?: number;
+  /** grpcPort equal to port, so HTTP/1.1 and gRPC share one listener. */
+  sharedPort?: boolean;
+  /** A PostgreSQL database to use, in place of a fresh PGlite dir (left as it is at destroy). */
+  databaseUrl?: string;
+  /** Arguments after `--config PATH`. */
+  args?: string[];
+}
+
+/** Starts `cmd --config <temp config>` and waits for its started line and GET /health 200. */
+export async function startServerProcess(cmd: string[], opts: ServerProcessOptions = {}): Promise<ServerProcess> {
+  return (await spawnServerProcess(cmd, opts)).ready;
+}
+
+/** A server process as it starts: what it wrote so far, its exit, and the server once it serves. */
+export interface StartingServerProcess {
+  output(): string;
+  /** Resolves to the exit code when the process ends. */
+  exited: Promise<number>;
+  /** The server once it serves; rejects (the process stopped, the data removed) if it did not start within the timeout. */
+  ready: Promise<ServerProcess>;
+}
+
+/** Spawns `cmd --config <temp config>` without waiting for it (see startServerProcess). */
+export async function spawnServerProcess(
   cmd: string[],
-  { timeout = 30_000, sharedPort = false }: { timeout?: number; sharedPort?: boolean } = {},
-): Promise<ServerProcess> {
+  { timeout = 30_000, sharedPort = false, databaseUrl, args = [] }: ServerProcessOptions = {},
+): Promise<StartingServerProcess> {
   const data = await newDataLocation("pglite");
   const configPath = join(data.location, "tern.yaml");
-  writeFileSync(configPath, configYaml(join(data.location, "db"), sharedPort));
-  const child = Bun.spawn([...cmd, "--config", configPath], {
+  writeFileSync(configPath, configYaml(databaseUrl ?? join(data.location, "db"), sharedPort, databaseUrl ? "postgres" : "pglite"));
+  const child = Bun.spawn([...cmd, "--config", configPath, ...args], {
     cwd: repoRoot,
     env: { ...process.env, TERN_LOG_LEVEL: "info", NO_COLOR: "1" },
     stdout: "pipe",
@@ -66,28 +89,33 @@ export async function startServerProcess(
       await data.remove();
     },
   };
-  try {
-    const started = await eventually(
-      () => {
-        if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}`);
-        const line = text.split("\n").find((l) => l.includes(`"msg":"tern server started"`));
-        if (!line) throw new Error("no started line yet");
-        return JSON.parse(line) as { httpPort: number; grpcPort?: number };
-      },
-      { timeout, interval: 50 },
-    );
-    const httpUrl = `http://127.0.0.1:${started.httpPort}`;
-    await eventually(async () => {
-      const res = await fetch(`${httpUrl}/health`);
-      if (res.status !== 200) throw new Error(`/health ${res.status}`);
-    });
-    const grpcUrl = started.grpcPort ? `http://127.0.0.1:${started.grpcPort}` : undefined;
-    return { ...proc, httpUrl, grpcUrl };
-  } catch (e) {
-    const out = text;
-    await proc.destroy();
-    throw new Error(`${cmd.join(" ")} did not start: ${(e as Error).message}\n--- output ---\n${out}`);
-  }
+  const ready = async () => {
+    try {
+      const started = await eventually(
+        () => {
+          if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}`);
+          const line = text.split("\n").find((l) => l.includes(`"msg":"tern server started"`));
+          if (!line) throw new Error("no started line yet");
+          return JSON.parse(line) as { httpPort: number; grpcPort?: number };
+        },
+        { timeout, interval: 50 },
+      );
+      const httpUrl = `http://127.0.0.1:${started.httpPort}`;
+      await eventually(async () => {
+        const res = await fetch(`${httpUrl}/health`);
+        if (res.status !== 200) throw new Error(`/health ${res.status}`);
+      });
+      const grpcUrl = started.grpcPort ? `http://127.0.0.1:${started.grpcPort}` : undefined;
+      return { ...proc, httpUrl, grpcUrl };
+    } catch (e) {
+      const out = text;
+      await proc.destroy();
+      throw new Error(`${cmd.join(" ")} did not start: ${(e as Error).message}\n--- output ---\n${out}`);
+    }
+  };
+  const serving = ready();
+  serving.catch(() => {}); // awaited by the caller, maybe after the process exited
+  return { output: proc.output, exited: child.exited, ready: serving };
 }
 
 /** True when the PGlite data dir lock was released. */
@@ -95,8 +123,8 @@ export function lockReleased(dataDir: string): boolean {
   return !existsSync(join(dataDir, "tern.lock"));
 }
 
-function configYaml(dataDir: string, sharedPort: boolean): string {
-  const yaml = testConfigYaml({ store: "pglite", dataLocation: dataDir });
+function configYaml(dataLocation: string, sharedPort: boolean, store: "pglite" | "postgres"): string {
+  const yaml = testConfigYaml({ store, dataLocation });
   if (!sharedPort) return yaml;
   const rpc = "rpc: { bindOnIP: 127.0.0.1, port: 0 }";
   if (!yaml.includes(rpc)) throw new Error("testConfigYaml changed: update configYaml in server-process.ts");

@@ -36,7 +36,8 @@ export async function startTcpProxyFor(databaseUrl: string): Promise<{ proxy: Tc
   return { proxy, url: url.toString() };
 }
 
-export async function startTcpProxy(target: { host: string; port: number }): Promise<TcpProxy> {
+/** A proxy to target, listening on 127.0.0.1:listenPort (default: a free port). */
+export async function startTcpProxy(target: { host: string; port: number }, { listenPort = 0 }: { listenPort?: number } = {}): Promise<TcpProxy> {
   const sockets = new Set<Socket>();
   let refusing = false;
   let refused = 0;
@@ -74,7 +75,10 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
     client.on("close", () => upstream.destroy());
     upstream.on("close", () => client.destroy());
   });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(listenPort, "127.0.0.1", () => resolve());
+  });
   const { port } = server.address() as { port: number };
   return {
     port,

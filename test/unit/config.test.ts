@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
-import { ConfigError, parseConfig, resolveConfigPath } from "../../src/config/load";
+import { ConfigError, parseConfig, parseServerArgs, resolveConfigPath } from "../../src/config/load";
 
 const base = (meta: string, rest = "") => `
 clusterMetadata:
@@ -110,9 +110,25 @@ describe("config", () => {
   });
 
   test("the server refuses an argument it does not know (a misspelt --config would start the default cluster)", () => {
-    expect(() => resolveConfigPath(["--confg", "b.yaml"], {})).toThrow('unknown argument "--confg": the server takes only --config PATH (or TERN_CONFIG)');
+    expect(() => resolveConfigPath(["--confg", "b.yaml"], {})).toThrow('unknown argument "--confg": the server takes only --config PATH (or TERN_CONFIG) and --wait-for-database DURATION (or TERN_DATABASE_WAIT)');
     expect(() => resolveConfigPath(["b.yaml"], { TERN_CONFIG: "a.yaml" })).toThrow('unknown argument "b.yaml"');
     expect(() => resolveConfigPath(["--config", "a.yaml", "--port", "1"], {})).toThrow('unknown argument "--port"');
     expect(() => resolveConfigPath(["--config=a.yaml", "extra"], {})).toThrow('unknown argument "extra"');
+  });
+
+  test("--wait-for-database DURATION, TERN_DATABASE_WAIT and connectWaitMs: how long a start waits for PostgreSQL", () => {
+    expect(parseServerArgs(["--wait-for-database", "2m", "--config", "a.yaml"], {})).toEqual({ configPath: "a.yaml", databaseWaitMs: 120_000 });
+    expect(parseServerArgs(["--wait-for-database=1.5s"], {})).toEqual({ configPath: "config/development.yaml", databaseWaitMs: 1500 });
+    expect(parseServerArgs([], {})).toEqual({ configPath: "config/development.yaml" });
+    expect(() => parseServerArgs(["--wait-for-database"], {})).toThrow("--wait-for-database needs a duration (e.g. 30s, 2m)");
+    expect(() => parseServerArgs(["--wait-for-database", "soon"], {})).toThrow('--wait-for-database: invalid duration "soon" (use e.g. 30s, 2m, 500ms; 0 for none)');
+    expect(() => parseServerArgs(["--wait-for-database", "30d"], {})).toThrow("--wait-for-database: 30d is longer than the longest wait, 2147483647 ms (about 24 days)");
+    const pg = base(good, `persistence: { datastore: { postgres: { url: "postgres://u@h/db", connectWaitMs: 5000 } } }`);
+    expect(parseConfig(pg).persistence.datastore).toMatchObject({ postgres: { connectWaitMs: 5000 } });
+    expect(parseConfig(pg, { TERN_DATABASE_WAIT: "45s" }).persistence.datastore).toMatchObject({ postgres: { connectWaitMs: 45_000 } });
+    // TERN_DATABASE_URL replaces the datastore; the wait applies to it.
+    expect(parseConfig(base(good), { TERN_DATABASE_URL: "postgres://u@h/db", TERN_DATABASE_WAIT: "0" }).persistence.datastore).toEqual({ postgres: { url: "postgres://u@h/db", connectWaitMs: 0 } });
+    expect(() => parseConfig(base(good), { TERN_DATABASE_WAIT: "10s" })).toThrow("TERN_DATABASE_WAIT: the datastore is PGlite (persistence.datastore.pglite), which has no database server to wait for");
+    fails(base(good, `persistence: { datastore: { postgres: { url: "postgres://u@h/db", connectWaitMs: -1 } } }`), "persistence.datastore.postgres.connectWaitMs");
   });
 });

@@ -1,0 +1,72 @@
+import { connectionLost, pgErrorOf } from "../errors";
+import type { Logger } from "../observability/log";
+
+/** What connectWithin needs: how long to go on, and where to say that it waits. */
+export interface ConnectWait {
+  /** How long to keep trying, ms; 0 fails at the first refusal (the default). */
+  waitMs: number;
+  /** The setting that asked for the wait, named in the log lines. */
+  setting: string;
+  log?: Logger;
+  /** The database, as log lines and the error name it (no password). */
+  target: string;
+  /** Test hooks. */
+  now?: () => number;
+  sleep?: (ms: number) => Promise<void>;
+}
+
+/** The first retry's delay; each next one doubles, up to MAX_DELAY_MS. */
+const FIRST_DELAY_MS = 100;
+const MAX_DELAY_MS = 2_000;
+/** A wait is said when it starts, then once per this long. */
+const SAY_EVERY_MS = 10_000;
+
+/**
+ * Runs attempt until it succeeds; while the database cannot be reached yet (nothing listens,
+ * the host does not resolve, PostgreSQL still starting) and waitMs is not over, tries again
+ * with a growing delay. A refusal that waiting cannot mend (a wrong password, no such
+ * database) fails at once; when the time is up, the last attempt's error, saying how long it tried.
+ */
+export async function connectWithin<T>(attempt: () => Promise<T>, wait: ConnectWait): Promise<T> {
+  const now = wait.now ?? (() => performance.now());
+  const sleep = wait.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
+  const started = now();
+  let delay = FIRST_DELAY_MS;
+  let attempts = 0;
+  let saidAt: number | undefined;
+  for (;;) {
+    attempts++;
+    try {
+      const result = await attempt();
+      if (saidAt !== undefined) wait.log?.info("database reachable", { database: wait.target, waitedMs: Math.round(now() - started), attempts });
+      return result;
+    } catch (e) {
+      const waited = now() - started;
+      if (!notUpYet(e)) throw e;
+      if (waited >= wait.waitMs) {
+        if (attempts === 1) throw e;
+        throw new Error(`${(e as Error).message} (${attempts} attempts in ${Math.round(waited)} ms; ${wait.setting} is ${wait.waitMs} ms)`, { cause: e });
+      }
+      if (saidAt === undefined || now() - saidAt >= SAY_EVERY_MS) {
+        saidAt = now();
+        wait.log?.warn("waiting for the database", {
+          database: wait.target, error: (e as Error).message, waitedMs: Math.round(waited), attempts, waitMs: wait.waitMs, setting: wait.setting,
+        });
+      }
+    }
+    // The last attempt at the deadline, not a delay's length before it.
+    await sleep(Math.min(delay, wait.waitMs - (now() - started)));
+    delay = Math.min(delay * 2, MAX_DELAY_MS);
+  }
+}
+
+/**
+ * Whether a failed connection may succeed later: the connection could not be made or was
+ * ended (connectionLost), but not a refusal of who asked or for what: authorization (class 28)
+ * and an unknown database (3D000) fail the same way however long one waits.
+ */
+function notUpYet(e: unknown): boolean {
+  const { code } = pgErrorOf(e);
+  if (code && (code.startsWith("28") || code === "3D000")) return false;
+  return connectionLost(e);
+}

@@ -1,0 +1,95 @@
+/**
+ * A server started before its PostgreSQL accepts connections (a docker-compose or systemd
+ * boot): by default it exits at once with a clear error; with --wait-for-database it retries
+ * until PostgreSQL answers, then serves, or exits with that error when the time is up. Real
+ * server processes, on Bun and on the Node entry; "PostgreSQL" is a TCP proxy to the test's
+ * started on a port where nothing listened before.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { spawnSync } from "node:child_process";
+import { createServer } from "node:net";
+import { buildRuntimes } from "../../scripts/build-runtimes";
+import { eventually } from "../support/eventually";
+import { testEnv } from "../support/env";
+import { createTestDatabase } from "../support/postgres";
+import { testStores } from "../support/stores";
+import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy";
+import { spawnServerProcess, type ServerProcess } from "./server-process";
+
+const nodeVersion = spawnSync("node", ["--version"], { encoding: "utf8" }).stdout?.trim();
+const entries = [
+  { name: "bun", cmd: [process.execPath, "src/main.ts"], present: true },
+  { name: `node ${nodeVersion ?? "(absent)"}`, cmd: ["node", "dist/node/tern.mjs"], present: !!nodeVersion },
+];
+
+/** A port nothing listens on (free a moment ago). */
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as { port: number };
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+describe.if((await testStores()).includes("postgres"))("a server whose PostgreSQL is not up yet", () => {
+  let target: { url: string; drop(): Promise<void> };
+  let port: number;
+  /** The test database's URL at `port`, where nothing listens until a test starts the proxy. */
+  let urlAtPort: string;
+  let proxy: TcpProxy | undefined;
+  let server: ServerProcess | undefined;
+
+  beforeAll(async () => {
+    await buildRuntimes();
+    target = await createTestDatabase();
+  }, 30_000);
+  afterAll(() => target.drop());
+  afterEach(async () => {
+    await server?.destroy();
+    await proxy?.close();
+    server = proxy = undefined;
+  });
+
+  const atFreePort = async () => {
+    port = await freePort();
+    const url = new URL(target.url);
+    url.host = `127.0.0.1:${port}`;
+    urlAtPort = url.toString();
+  };
+
+  for (const entry of entries) {
+    describe(`(${entry.name} entry)`, () => {
+      test.skipIf(!entry.present)("WaitsWithWaitForDatabase, and serves once PostgreSQL listens", async () => {
+        await atFreePort();
+        const starting = await spawnServerProcess(entry.cmd, { databaseUrl: urlAtPort, args: ["--wait-for-database", "60s"] });
+        // It tried, was refused, and said it waits (once: the next line is due 10 s later).
+        await eventually(() => expect(starting.output()).toContain(`"msg":"waiting for the database"`), { timeout: 20_000 });
+        const upstream = new URL(testEnv.postgresUrl);
+        proxy = await startTcpProxy({ host: upstream.hostname, port: Number(upstream.port || 5432) }, { listenPort: port });
+        server = await starting.ready;
+        expect(await (await fetch(`${server.httpUrl}/health`)).json()).toEqual({ status: "SERVING" });
+        const output = server.output();
+        expect(output.split("\n").filter((l) => l.includes(`"msg":"waiting for the database"`))).toHaveLength(1);
+        expect(output).toContain(`"msg":"database reachable"`);
+        expect(await server.stop("SIGTERM")).toBe(0);
+      }, 60_000);
+
+      test.skipIf(!entry.present)("ExitsAtOnceWithoutIt, naming the database and the refusal", async () => {
+        await atFreePort();
+        const starting = await spawnServerProcess(entry.cmd, { databaseUrl: urlAtPort });
+        expect(await starting.exited).toBe(1);
+        expect(starting.output()).toContain(`tern server failed to start: cannot connect to PostgreSQL at ${urlAtPort}: connect ECONNREFUSED 127.0.0.1:${port}\n`);
+        expect(starting.output()).not.toContain("waiting for the database");
+      }, 30_000);
+
+      test.skipIf(!entry.present)("ExitsWithTheSameErrorWhenTheWaitIsOver, saying how long it tried", async () => {
+        await atFreePort();
+        const starting = await spawnServerProcess(entry.cmd, { databaseUrl: urlAtPort, args: ["--wait-for-database=1s"] });
+        expect(await starting.exited).toBe(1);
+        expect(starting.output()).toMatch(
+          new RegExp(`tern server failed to start: cannot connect to PostgreSQL at ${urlAtPort.replace(/[.?]/g, "\\$&")}: connect ECONNREFUSED 127\\.0\\.0\\.1:${port} \\(\\d+ attempts in \\d+ ms; persistence\\.datastore\\.postgres\\.connectWaitMs is 1000 ms\\)\n`),
+        );
+      }, 30_000);
+    });
+  }
+});
