@@ -34,7 +34,9 @@ import { createApp } from "./frontend/app";
 import { createHealthHandler } from "./frontend/health-handler";
 import { createForwardingWorkflowService } from "./frontend/forwarding";
 import { createDeadlineInterceptor } from "./frontend/deadline";
+import { createCallFailures } from "./frontend/call-failures";
 import { createFrontendInterceptor } from "./frontend/interceptors";
+import { watchRefusals } from "./frontend/refused-calls";
 import { createOperatorHandler } from "./frontend/operator-handler";
 import { createRateLimiter } from "./frontend/rate-limiter";
 import { createRoutes, SERVED_SERVICES } from "./frontend/routes";
@@ -336,10 +338,12 @@ function wire(
   let closed = false;
   const probe = createServingProbe({ ping: () => core.db.execute(sql`select 1`) });
   const isServing = async () => !closed && (await probe());
-  const routes = wireRoutes(base, core, repl, isServing);
+  const failures = createCallFailures({ metrics: core.metrics, log });
+  // Calls connect refuses before the interceptors below (a body that is no message) are counted and logged too.
+  const routes = watchRefusals(wireRoutes(base, core, repl, isServing), { metrics: core.metrics, failures });
   const limiter = createRateLimiter(config.limits.hostRps, config.limits.namespaceRps);
   // The deadline innermost: a call past its deadline is still counted, logged and mapped.
-  const interceptors = [createFrontendInterceptor({ metrics: core.metrics, log, limiter, knownNamespace: core.namespaces.known }), createDeadlineInterceptor()];
+  const interceptors = [createFrontendInterceptor({ metrics: core.metrics, log, failures, limiter, knownNamespace: core.namespaces.known }), createDeadlineInterceptor()];
   // Room for a maximal payload plus the rest of the request.
   const readMaxBytes = config.limits.blobSizeLimitError * 2 + 1024 * 1024;
   const app = createApp({ routes, interceptors, metrics: core.metrics, isServing, readMaxBytes });

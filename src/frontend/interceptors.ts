@@ -3,8 +3,8 @@ import { ulid } from "ulid";
 import { resourceExhausted, TernError } from "../errors";
 import type { Logger } from "../observability/log";
 import type { Metrics } from "../observability/metrics";
-import { createRepeatLog } from "../observability/repeat-log";
-import { toConnectError } from "./errors";
+import type { CallFailures } from "./call-failures";
+import { callRecordKey } from "./refused-calls";
 import type { createRateLimiter } from "./rate-limiter";
 
 /** The request id of the call being handled (x-request-id, or a new ULID). */
@@ -23,11 +23,13 @@ export const UNKNOWN_NAMESPACE = "_unknown_";
 export function createFrontendInterceptor(deps: {
   metrics: Metrics;
   log: Logger;
+  /** Counts and logs failed calls, alike with the calls connect refuses before this interceptor. */
+  failures: CallFailures;
   limiter: ReturnType<typeof createRateLimiter>;
   /** Whether a namespace name is one the registry has read or learnt (no read of its own). */
   knownNamespace: (name: string) => boolean;
 }): Interceptor {
-  const { metrics, log, limiter, knownNamespace } = deps;
+  const { metrics, log, failures, limiter, knownNamespace } = deps;
   /**
    * A request's namespace as its metric label, log field and rate-limit bucket: a name a client
    * made up is UNKNOWN_NAMESPACE. Every name sent once was a series of its own for good, and a
@@ -36,16 +38,7 @@ export function createFrontendInterceptor(deps: {
    * namespace's first request after a start, before anything looked it up, is UNKNOWN_NAMESPACE too.
    */
   const labelOf = (ns: string | undefined) => (!ns ? "" : knownNamespace(ns) ? ns : UNKNOWN_NAMESPACE);
-  // Failures alike but for their request ids are logged once every 10 s, with how many they stood for.
-  const failures = createRepeatLog(log);
-  /** The error as the caller gets it, counted and logged. */
-  const failed = (e: unknown, requestId: string, labels: { operation: string; namespace: string }) => {
-    const err = toConnectError(e, requestId, failures);
-    err.metadata.set("x-request-id", requestId);
-    metrics.inc("service_errors", { ...labels, code: Code[err.code] ?? String(err.code) });
-    failures.info("rpc failed", { requestId, operation: labels.operation, namespace: labels.namespace || undefined, code: err.code, error: err.rawMessage });
-    return err;
-  };
+  const failed = failures.failed;
   /**
    * A streamed answer's messages, an error among them mapped as a unary call's is (its latency
    * is the stream's start). A caller that closed the stream (a peer giving up a silent one)
@@ -59,7 +52,10 @@ export function createFrontendInterceptor(deps: {
     }
   }
   return (next) => async (req) => {
-    const requestId = req.header.get("x-request-id") || ulid();
+    // The id watchRefusals gave the call (the caller's x-request-id, or a new one), which also marks it seen here.
+    const call = req.contextValues.get(callRecordKey);
+    if (call) call.intercepted = true;
+    const requestId = call?.requestId || req.header.get("x-request-id") || ulid();
     req.contextValues.set(requestIdKey, requestId);
     const operation = req.method.name;
     const namespace = req.stream ? "" : labelOf(namespaceOf(req.message));

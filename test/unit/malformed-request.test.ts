@@ -1,10 +1,10 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { connect } from "node:http2";
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import { createApp } from "../../src/frontend/app";
 import { listenGrpc } from "../../src/frontend/grpc-server";
 import { Health, HealthCheckResponse_ServingStatus } from "../../src/gen/grpc/health/v1/health_pb";
 import { createMetrics } from "../../src/observability/metrics";
+import { frame, rawGrpcCall } from "../support/raw-grpc";
 
 // connect-es 2.1.2 answers a binary request body it cannot decode with INTERNAL ("parse binary:
 // ..."), before any interceptor runs, where a JSON one is INVALID_ARGUMENT; mend 11 of
@@ -25,14 +25,6 @@ const PATH = "/grpc.health.v1.Health/Check";
 const TRUNCATED = new Uint8Array([0x0a, 0x05, 0x61]);
 const BOOM = new Uint8Array([0x0a, 0x04, ...new TextEncoder().encode("boom")]);
 const MESSAGE = "cannot decode message grpc.health.v1.HealthCheckRequest from binary: premature EOF";
-
-/** A gRPC length-prefixed frame around a message. */
-function frame(message: Uint8Array): Uint8Array {
-  const out = new Uint8Array(5 + message.length);
-  new DataView(out.buffer).setUint32(1, message.length);
-  out.set(message, 5);
-  return out;
-}
 
 describe("a request body that is no protobuf message is the caller's mistake (INVALID_ARGUMENT), in every protocol", () => {
   const app = createApp({ routes, interceptors: [], metrics: createMetrics(), isServing: async () => true, readMaxBytes: 1 << 20 });
@@ -65,21 +57,11 @@ describe("a request body that is no protobuf message is the caller's mistake (IN
     });
     afterAll(() => grpc.close(0));
 
-    /** grpc-status and grpc-message of one call, from the trailers or a trailers-only answer. */
-    const call = (message: Uint8Array) =>
-      new Promise<{ status?: string; message?: string }>((resolve, reject) => {
-        const session = connect(`http://127.0.0.1:${grpc.port}`);
-        session.on("error", reject);
-        const req = session.request({ ":method": "POST", ":path": PATH, "content-type": "application/grpc", te: "trailers" });
-        let status: { status?: string; message?: string } = {};
-        const take = (h: Record<string, unknown>) => h["grpc-status"] !== undefined && (status = { status: String(h["grpc-status"]), message: decodeURIComponent(String(h["grpc-message"] ?? "")) });
-        req.on("response", take);
-        req.on("trailers", take);
-        req.on("data", () => {});
-        req.on("end", () => (session.close(), resolve(status)));
-        req.on("error", reject);
-        req.end(frame(message));
-      });
+    /** grpc-status and grpc-message of one call. */
+    const call = async (message: Uint8Array) => {
+      const { status, message: text } = await rawGrpcCall(`http://127.0.0.1:${grpc.port}`, PATH, frame(message));
+      return { status, message: text };
+    };
 
     test("grpc-status 3 naming the message; a real internal error stays 13", async () => {
       expect(await call(TRUNCATED)).toEqual({ status: "3", message: MESSAGE });

@@ -1,0 +1,79 @@
+import { Code, ConnectError, createContextKey, createContextValues, type ConnectRouter } from "@connectrpc/connect";
+// Among connect's private exports: fine under package.json's exact version pin, as connect asks.
+import { createAsyncIterable, readAllBytes, type UniversalHandler, type UniversalServerRequest, type UniversalServerResponse } from "@connectrpc/connect/protocol";
+import { codeFromHttpStatus, errorFromJsonBytes } from "@connectrpc/connect/protocol-connect";
+import { findTrailerError } from "@connectrpc/connect/protocol-grpc";
+import { trailerParse } from "@connectrpc/connect/protocol-grpc-web";
+import { ulid } from "ulid";
+import type { Metrics } from "../observability/metrics";
+import type { CallFailures } from "./call-failures";
+
+/** One call as watchRefusals sees it: its request id, and whether tern's interceptors ran for it. */
+export interface CallRecord {
+  requestId: string;
+  intercepted: boolean;
+}
+
+/** The CallRecord of the call being handled, set by watchRefusals, marked by the frontend interceptor. */
+export const callRecordKey = createContextKey<CallRecord | undefined>(undefined, { description: "tern call record" });
+
+/**
+ * routes with each handler watched for the calls connect answers before any interceptor runs:
+ * a unary request whose body is no protobuf message (binary or JSON), a bad compression or
+ * timeout header. Those left no log line, metric or request id. Each now gets a request id (the
+ * caller's x-request-id, or a new one: the interceptor takes the same for the calls it sees), sent
+ * back in the x-request-id header, and is counted (service_requests, service_errors,
+ * service_latency) and logged, rate-limited, as the interceptor does a failed call.
+ */
+export function watchRefusals(
+  routes: (router: ConnectRouter) => void,
+  { metrics, failures }: { metrics: Metrics; failures: CallFailures },
+): (router: ConnectRouter) => void {
+  const watch = (handler: UniversalHandler): UniversalHandler => {
+    const watched = async (req: UniversalServerRequest): Promise<UniversalServerResponse> => {
+      const started = performance.now();
+      const call: CallRecord = { requestId: req.header.get("x-request-id") || ulid(), intercepted: false };
+      const res = await handler({ ...req, contextValues: (req.contextValues ?? createContextValues()).set(callRecordKey, call) });
+      if (call.intercepted) return res;
+      const labels = { operation: handler.method.name, namespace: "" };
+      const { response, error } = await refusalOf(res);
+      response.header = new Headers(response.header);
+      response.header.set("x-request-id", call.requestId);
+      metrics.inc("service_requests", labels);
+      failures.refused(error, call.requestId, labels);
+      metrics.observe("service_latency", labels, (performance.now() - started) / 1000);
+      return response;
+    };
+    return Object.assign(watched, handler);
+  };
+  return (router) => {
+    routes(router);
+    router.handlers.forEach((h, i) => (router.handlers[i] = watch(h)));
+  };
+}
+
+/**
+ * The error connect answered a call with, read from its answer in whichever protocol: a gRPC
+ * trailer, a gRPC-web trailer frame (the whole body, as nothing ran), a Connect JSON error, or
+ * a bare HTTP status (a method or content type connect does not take). The answer is returned
+ * whole, its body read into one chunk where it had to be read.
+ */
+async function refusalOf(res: UniversalServerResponse): Promise<{ response: UniversalServerResponse; error: ConnectError }> {
+  const bare = new ConnectError(`HTTP ${res.status}`, codeFromHttpStatus(res.status));
+  const trailerError = res.trailer && findTrailerError(res.trailer);
+  if (trailerError) return { response: { ...res }, error: trailerError };
+  if (!res.body) return { response: { ...res }, error: bare };
+  const body = await readAllBytes(res.body, Number.POSITIVE_INFINITY);
+  const response = { ...res, body: createAsyncIterable([body]) };
+  const type = new Headers(res.header).get("content-type") ?? "";
+  try {
+    if (type.startsWith("application/grpc-web")) {
+      // One frame: a flags byte (the trailer's is 0x80), its length, the trailer's text.
+      const trailer = trailerParse(body.subarray(5, 5 + new DataView(body.buffer, body.byteOffset).getUint32(1)));
+      return { response, error: findTrailerError(trailer) ?? bare };
+    }
+    return { response, error: errorFromJsonBytes(body, undefined, bare) };
+  } catch {
+    return { response, error: new ConnectError(`HTTP ${res.status}, an answer tern could not read`, Code.Unknown) };
+  }
+}
