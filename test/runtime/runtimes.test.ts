@@ -6,38 +6,22 @@ import { afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { createClient, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { createConnectTransport } from "@connectrpc/connect-web";
-import { spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
-import { join } from "node:path";
 import { buildRuntimes } from "../../scripts/build-runtimes";
 import { Health, HealthCheckResponse_ServingStatus } from "../../src/gen/grpc/health/v1/health_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
-import { lockReleased, repoRoot, startServerProcess, type ServerProcess } from "./server-process";
+import { lockReleased, serverEntries, startServerProcess, type ServerProcess } from "./server-process";
 
 const inCI = process.env.CI === "true";
 
-/**
- * The deno binary from the npm package (or one on PATH), if any. The real binary, not
- * the node wrapper (bin.cjs, used when install scripts did not run): the wrapper would
- * not pass SIGTERM on.
- */
-function findDeno(): string | undefined {
-  const paths = ["node_modules/deno/deno", `node_modules/@deno/${process.platform}-${process.arch}-glibc/deno`];
-  const local = paths.map((p) => join(repoRoot, p)).find((p) => existsSync(p));
-  const candidate = local ?? "deno";
-  return spawnSync(candidate, ["--version"]).status === 0 ? candidate : undefined;
-}
-
-const deno = findDeno();
-const nodeVersion = spawnSync("node", ["--version"], { encoding: "utf8" }).stdout?.trim();
+const [, node, deno] = serverEntries();
 // Node serves gRPC on the HTTP port (grpcPort = port), Deno on its own port: both modes run off Bun.
 const runtimes = [
-  { name: `node ${nodeVersion ?? "(absent)"}`, cmd: ["node", "dist/node/tern.mjs"], present: !!nodeVersion, sharedPort: true },
-  { name: "deno", cmd: [deno ?? "deno", "run", "-A", "dist/deno/tern.mjs"], present: !!deno, sharedPort: false },
+  { ...node!, sharedPort: true },
+  { ...deno!, sharedPort: false },
 ];
 
-if (!deno && !inCI) console.warn("\n!!! deno not installed (npm i): the Deno runtime test is SKIPPED !!!\n");
+if (!deno!.present && !inCI) console.warn("\n!!! deno not installed (npm i): the Deno runtime test is SKIPPED !!!\n");
 
 beforeAll(async () => {
   await buildRuntimes();

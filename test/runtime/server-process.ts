@@ -3,6 +3,7 @@
  * PGlite dir. Ports come from the "tern server started" log line, so no port is
  * guessed and none can be taken in between.
  */
+import { spawnSync } from "node:child_process";
 import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -10,6 +11,34 @@ import { eventually } from "../support/eventually";
 import { newDataLocation, testConfigYaml } from "../support/server";
 
 export const repoRoot = fileURLToPath(new URL("../..", import.meta.url));
+
+/**
+ * The deno binary from the npm package (or one on PATH), if any. The real binary, not
+ * the node wrapper (bin.cjs, used when install scripts did not run): the wrapper would
+ * not pass SIGTERM on.
+ */
+export function findDeno(): string | undefined {
+  const paths = ["node_modules/deno/deno", `node_modules/@deno/${process.platform}-${process.arch}-glibc/deno`];
+  const local = paths.map((p) => join(repoRoot, p)).find((p) => existsSync(p));
+  const candidate = local ?? "deno";
+  return spawnSync(candidate, ["--version"]).status === 0 ? candidate : undefined;
+}
+
+/** `node --version`, or undefined where there is no node. */
+export const nodeVersion = spawnSync("node", ["--version"], { encoding: "utf8" }).stdout?.trim() || undefined;
+
+/**
+ * The commands of the three entries: Bun's from source, Node's and Deno's from the bundles
+ * scripts/build-runtimes.ts writes (buildRuntimes first); present where the runtime runs here.
+ */
+export function serverEntries(): { name: string; cmd: string[]; present: boolean }[] {
+  const deno = findDeno();
+  return [
+    { name: "bun", cmd: [process.execPath, "src/main.ts"], present: true },
+    { name: `node ${nodeVersion ?? "(absent)"}`, cmd: ["node", "dist/node/tern.mjs"], present: !!nodeVersion },
+    { name: "deno", cmd: [deno ?? "deno", "run", "-A", "dist/deno/tern.mjs"], present: !!deno },
+  ];
+}
 
 /** A running server process. */
 export interface ServerProcess {
@@ -36,6 +65,8 @@ export interface ServerProcessOptions {
   databaseUrl?: string;
   /** Arguments after `--config PATH`. */
   args?: string[];
+  /** Variables over the test's environment. */
+  env?: Record<string, string>;
 }
 
 /** Starts `cmd --config <temp config>` and waits for its started line and GET /health 200. */
@@ -55,14 +86,14 @@ export interface StartingServerProcess {
 /** Spawns `cmd --config <temp config>` without waiting for it (see startServerProcess). */
 export async function spawnServerProcess(
   cmd: string[],
-  { timeout = 30_000, sharedPort = false, databaseUrl, args = [] }: ServerProcessOptions = {},
+  { timeout = 30_000, sharedPort = false, databaseUrl, args = [], env = {} }: ServerProcessOptions = {},
 ): Promise<StartingServerProcess> {
   const data = await newDataLocation("pglite");
   const configPath = join(data.location, "tern.yaml");
   writeFileSync(configPath, configYaml(databaseUrl ?? join(data.location, "db"), sharedPort, databaseUrl ? "postgres" : "pglite"));
   const child = Bun.spawn([...cmd, "--config", configPath, ...args], {
     cwd: repoRoot,
-    env: { ...process.env, TERN_LOG_LEVEL: "info", NO_COLOR: "1" },
+    env: { ...process.env, TERN_LOG_LEVEL: "info", NO_COLOR: "1", ...env },
     stdout: "pipe",
     stderr: "pipe",
   });

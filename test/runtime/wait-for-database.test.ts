@@ -1,12 +1,12 @@
 /**
  * A server started before its PostgreSQL accepts connections (a docker-compose or systemd
- * boot): by default it exits at once with a clear error; with --wait-for-database it retries
- * until PostgreSQL answers, then serves, or exits with that error when the time is up. Real
- * server processes, on Bun and on the Node entry; "PostgreSQL" is a TCP proxy to the test's
- * started on a port where nothing listened before.
+ * boot): by default it exits at once with a clear error; with --wait-for-database (or
+ * TERN_DATABASE_WAIT) it retries until PostgreSQL answers, then serves, or exits with that
+ * error when the time is up. Real server processes of each entry (Bun, Node, Deno: one boot,
+ * src/entry/boot.ts, so the same arguments, variables and signals); "PostgreSQL" is a TCP proxy
+ * to the test's, started on a port where nothing listened before.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
-import { spawnSync } from "node:child_process";
 import { createServer } from "node:net";
 import { buildRuntimes } from "../../scripts/build-runtimes";
 import { eventually } from "../support/eventually";
@@ -14,13 +14,9 @@ import { testEnv } from "../support/env";
 import { createTestDatabase } from "../support/postgres";
 import { testStores } from "../support/stores";
 import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy";
-import { spawnServerProcess, type ServerProcess } from "./server-process";
+import { serverEntries, spawnServerProcess, type ServerProcess } from "./server-process";
 
-const nodeVersion = spawnSync("node", ["--version"], { encoding: "utf8" }).stdout?.trim();
-const entries = [
-  { name: "bun", cmd: [process.execPath, "src/main.ts"], present: true },
-  { name: `node ${nodeVersion ?? "(absent)"}`, cmd: ["node", "dist/node/tern.mjs"], present: !!nodeVersion },
-];
+const entries = serverEntries();
 
 /** A port nothing listens on (free a moment ago). */
 async function freePort(): Promise<number> {
@@ -71,7 +67,9 @@ describe.if((await testStores()).includes("postgres"))("a server whose PostgreSQ
         const output = server.output();
         expect(output.split("\n").filter((l) => l.includes(`"msg":"waiting for the database"`))).toHaveLength(1);
         expect(output).toContain(`"msg":"database reachable"`);
-        expect(await server.stop("SIGTERM")).toBe(0);
+        // Ctrl-C in a terminal stops it as SIGTERM does.
+        expect(await server.stop("SIGINT")).toBe(0);
+        expect(server.output()).toContain(`"msg":"stopped","cluster":"active","signal":"SIGINT"`);
       }, 60_000);
 
       test.skipIf(!entry.present)("ExitsAtOnceWithoutIt, naming the database and the refusal", async () => {
@@ -82,9 +80,9 @@ describe.if((await testStores()).includes("postgres"))("a server whose PostgreSQ
         expect(starting.output()).not.toContain("waiting for the database");
       }, 30_000);
 
-      test.skipIf(!entry.present)("ExitsWithTheSameErrorWhenTheWaitIsOver, saying how long it tried", async () => {
+      test.skipIf(!entry.present)("ExitsWithTheSameErrorWhenTheWaitIsOver (TERN_DATABASE_WAIT), saying how long it tried", async () => {
         await atFreePort();
-        const starting = await spawnServerProcess(entry.cmd, { databaseUrl: urlAtPort, args: ["--wait-for-database=1s"] });
+        const starting = await spawnServerProcess(entry.cmd, { databaseUrl: urlAtPort, env: { TERN_DATABASE_WAIT: "1s" } });
         expect(await starting.exited).toBe(1);
         expect(starting.output()).toMatch(
           new RegExp(`tern server failed to start: cannot connect to PostgreSQL at ${urlAtPort.replace(/[.?]/g, "\\$&")}: connect ECONNREFUSED 127\\.0\\.0\\.1:${port} \\(\\d+ attempts in \\d+ ms; persistence\\.datastore\\.postgres\\.connectWaitMs is 1000 ms\\)\n`),
