@@ -53,6 +53,15 @@ describe.if((await testStores()).includes("postgres"))("a server whose PostgreSQ
     urlAtPort = url.toString();
   };
 
+  test("FailsAtOnceWhereWaitingCannotHelp: a database that does not exist, however long the wait", async () => {
+    const url = new URL(target.url);
+    url.pathname = "/tern_no_such_database";
+    const starting = await spawnServerProcess(entries[0]!.cmd, { databaseUrl: url.toString(), args: ["--wait-for-database", "10m"] });
+    expect(await starting.exited).toBe(1);
+    expect(starting.output()).toContain(`cannot connect to PostgreSQL at ${url}: database "tern_no_such_database" does not exist\n`);
+    expect(starting.output()).not.toContain("waiting for the database");
+  }, 30_000);
+
   for (const entry of entries) {
     describe(`(${entry.name} entry)`, () => {
       test.skipIf(!entry.present)("WaitsWithWaitForDatabase, and serves once PostgreSQL listens", async () => {
