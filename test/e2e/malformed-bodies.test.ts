@@ -77,7 +77,10 @@ describe("a request body that is no message, refused before tern's handlers", ()
       ids.push(res.headers.get("x-request-id"));
     }
     expect(new Set(ids).size).toBe(20);
-    expect(refusedLines().length).toBe(before);
+    // None, unless the binary one's 10 s ran out meanwhile (a slow machine): then one, saying how many it stood for.
+    const added = refusedLines().slice(before);
+    expect(added.length).toBeLessThanOrEqual(1);
+    if (added.length) expect(added[0]!.repeated).toBeGreaterThan(0);
     expect(await counter("service_errors", `operation="StartWorkflowExecution",namespace="",code="InvalidArgument"`)).toBe(24);
   });
 });
