@@ -37,7 +37,7 @@ describe.if((await testStores()).includes("postgres"))("a server whose PostgreSQ
 
   beforeAll(async () => {
     await buildRuntimes();
-    target = await createTestDatabase();
+    target = await createTestDatabase("tern_wait");
   }, 30_000);
   afterAll(() => target.drop());
   afterEach(async () => {
