@@ -1,6 +1,6 @@
 /**
  * A tern server in a child process (any runtime), on ephemeral ports over a fresh
- * PGlite dir. Ports come from the "tern server started" log line, so no port is
+ * PGlite dir or a given PostgreSQL database. Ports come from the "tern server started" log line, so no port is
  * guessed and none can be taken in between.
  */
 import { spawnSync } from "node:child_process";
@@ -17,7 +17,7 @@ export const repoRoot = fileURLToPath(new URL("../..", import.meta.url));
  * the node wrapper (bin.cjs, used when install scripts did not run): the wrapper would
  * not pass SIGTERM on.
  */
-export function findDeno(): string | undefined {
+function findDeno(): string | undefined {
   const paths = ["node_modules/deno/deno", `node_modules/@deno/${process.platform}-${process.arch}-glibc/deno`];
   const local = paths.map((p) => join(repoRoot, p)).find((p) => existsSync(p));
   const candidate = local ?? "deno";
