@@ -6,6 +6,7 @@ import type { EventNotifier } from "../src/history/notifier";
 import { createLongPolls } from "../src/long-polls";
 import { failoverTo, type NamespaceRecord, type NamespaceRegistry } from "../src/namespace/registry";
 import type { Logger } from "../src/observability/log";
+import { transaction } from "../src/persistence/call-signal";
 import type { Db } from "../src/persistence/database";
 import { namespaces } from "../src/persistence/schema";
 import { listenForAckChange, outboundAcks } from "./ack-levels";
@@ -62,16 +63,16 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
   // A stopping server abandons the failovers still waiting, while its database is open to leave HANDOVER.
   const running = createLongPolls(() => unavailable(`cluster ${current.clusterName} is shutting down: no graceful failover starts here now; retry on a running server`));
 
-  async function enterHandover(ns: NamespaceRecord): Promise<void> {
+  async function enterHandover(ns: NamespaceRecord, call?: AbortSignal): Promise<void> {
     // The exclusive barrier lock waits for every write that read NORMAL to commit (namespace-guard.ts).
-    const [row] = await db.transaction(async (tx) => {
+    const [row] = await transaction(db, async (tx) => {
       await lockNamespaceForChange(tx, ns.id);
       return tx
         .update(namespaces)
         .set({ replicationState: "HANDOVER", updatedAt: now() })
         .where(and(eq(namespaces.id, ns.id), eq(namespaces.replicationState, "NORMAL"), eq(namespaces.failoverVersion, ns.failoverVersion), eq(namespaces.activeClusterName, current.clusterName)))
         .returning({ id: namespaces.id });
-    });
+    }, call);
     deps.namespaces.invalidate(ns);
     if (!row) throw inHandover(ns.name);
   }
@@ -115,13 +116,16 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
     return undefined;
   }
 
-  async function waitCaughtUp(ns: NamespaceRecord, target: string, point: HandoverPoint, timeoutMs: number, signal: AbortSignal): Promise<void> {
+  async function waitCaughtUp(ns: NamespaceRecord, target: string, point: HandoverPoint, timeoutMs: number, stopping: AbortSignal, call?: AbortSignal): Promise<void> {
     const deadline = Date.now() + timeoutMs;
+    const signal = call ? AbortSignal.any([stopping, call]) : stopping;
     for (;;) {
       const changed = listenForAckChange(deps.notifier, target, Math.min(Math.max(deadline - Date.now(), 0), recheckMs), signal);
       try {
         const behind = await lag(target, point);
         if (!behind) return;
+        // The caller's deadline passed (or it left): it has its answer; the failover ends without a switch.
+        call?.throwIfAborted();
         if (signal.aborted) {
           throw unavailable(
             `cluster ${current.clusterName} is shutting down: graceful failover of namespace ${ns.name} to ${target} abandoned (${behind}); ` +
@@ -145,8 +149,8 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
   }
 
   /** The switch: active = target at the next failover version, NORMAL, with its namespace task, in one transaction. */
-  async function switchActive(ns: NamespaceRecord, target: string, targetInitial: number): Promise<NamespaceRecord> {
-    const saved = await db.transaction(async (tx) => {
+  async function switchActive(ns: NamespaceRecord, target: string, targetInitial: number, call?: AbortSignal): Promise<NamespaceRecord> {
+    const saved = await transaction(db, async (tx) => {
       const [row] = await tx.select().from(namespaces).where(eq(namespaces.id, ns.id)).for("update");
       if (!row || row.replicationState !== "HANDOVER" || row.failoverVersion !== ns.failoverVersion) {
         throw failedPrecondition(`namespace ${ns.name} changed during the graceful failover (now active in ${row?.activeClusterName} at version ${row?.failoverVersion}); nothing was switched`);
@@ -159,14 +163,19 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
         .returning();
       await appendNamespaceTask(tx, saved!, row.clusters);
       return saved!;
-    });
+    }, call);
     deps.namespaces.invalidate(saved);
     deps.onReplicated?.();
     return saved;
   }
 
-  /** Fails namespace over to target gracefully; must run on the namespace's active cluster. */
-  async function failover(name: string, target: string, timeoutMs: number, signal: AbortSignal): Promise<{ namespace: NamespaceRecord; handover: HandoverPoint }> {
+  /**
+   * Fails namespace over to target gracefully; must run on the namespace's active cluster.
+   * stopping: the server's stop; call: the caller's signal (persistence/call-signal.ts), once
+   * fired no HANDOVER is entered nor switch made, and the wait for the target ends. Leaving
+   * HANDOVER does not heed the call: it must happen whatever the caller does.
+   */
+  async function failover(name: string, target: string, timeoutMs: number, stopping: AbortSignal, call?: AbortSignal): Promise<{ namespace: NamespaceRecord; handover: HandoverPoint }> {
     if (!target) throw invalidArgument("target cluster is required");
     const ns = await deps.namespaces.describe({ name });
     if (!ns.isGlobal) throw failedPrecondition(`namespace ${name} is local: only global namespaces fail over`);
@@ -181,25 +190,26 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
     const problem = await deps.targetProblem?.(target, ns.clusters, timeoutMs);
     if (problem) throw failedPrecondition(`${problem}; fix that first, or fail over forced; ${name} stays active in ${current.clusterName}`);
     return withSessionLock(handoverOwnerKey(ns.id), async () => {
-      await enterHandover(ns);
+      await enterHandover(ns, call);
       let switched: NamespaceRecord | undefined;
       try {
         const point = await handoverPoint();
         log.info("graceful failover: handover point recorded", { namespace: name, target, shards: Object.fromEntries(point.shards), namespaceTaskId: point.namespaceTaskId });
-        await waitCaughtUp(ns, target, point, timeoutMs, signal);
-        switched = await switchActive(ns, target, targetInfo.initialFailoverVersion);
+        await waitCaughtUp(ns, target, point, timeoutMs, stopping, call);
+        switched = await switchActive(ns, target, targetInfo.initialFailoverVersion, call);
         log.info("graceful failover done", { namespace: name, target, failoverVersion: switched.failoverVersion });
         return { namespace: switched, handover: point };
       } finally {
         if (!switched) {
-          await leaveHandover(ns, "timed out or failed", signal).catch((e) => log.error("cannot leave HANDOVER; it is reset once the database is back (PostgreSQL) or at the next start", { namespace: name, error: loggableError(e) }));
+          await leaveHandover(ns, "timed out or failed", stopping).catch((e) => log.error("cannot leave HANDOVER; it is reset once the database is back (PostgreSQL) or at the next start", { namespace: name, error: loggableError(e) }));
         }
       }
     }, () => inHandover(name));
   }
 
   return {
-    run: (name: string, target: string, timeoutMs: number) => running.run(undefined, (signal) => failover(name, target, timeoutMs, signal)),
+    /** call: the caller's signal (see failover). */
+    run: (name: string, target: string, timeoutMs: number, call?: AbortSignal) => running.run(undefined, (stopping) => failover(name, target, timeoutMs, stopping, call)),
     /** Abandons the failovers waiting for their target (each leaves HANDOVER and answers UNAVAILABLE) and refuses new ones. */
     stop: () => running.end(),
   };

@@ -1,5 +1,6 @@
 import { and, eq } from "drizzle-orm";
 import { alreadyExists, failedPrecondition, invalidArgument, notFound, unavailable } from "../errors";
+import { transaction } from "../persistence/call-signal";
 import type { Db, Tx } from "../persistence/database";
 import { clusterMetadata, namespaces, replicationAckLevels } from "../persistence/schema";
 import type { CurrentCluster } from "./bootstrap";
@@ -22,8 +23,8 @@ export interface RemoteClustersDeps {
 
 /** Connecting and disconnecting remote clusters (the admin API behind `cluster upsert`). */
 export function createRemoteClusters({ db, current, clients, onChanged, onConnected, describeTimeoutMs = 5000 }: RemoteClustersDeps) {
-  /** Describes the remote, checks the connection rules, and stores what it answered. */
-  async function upsert(frontendAddress: string, enableConnection = true): Promise<ClusterRow> {
+  /** Describes the remote, checks the connection rules, and stores what it answered; not once signal (the call's, persistence/call-signal.ts) fired. */
+  async function upsert(frontendAddress: string, enableConnection = true, signal?: AbortSignal): Promise<ClusterRow> {
     if (!frontendAddress.trim()) throw invalidArgument("frontend address is required");
     const problem = frontendAddressProblem(frontendAddress);
     if (problem) throw invalidArgument(`frontend address ${shown(frontendAddress, { quote: true })} ${problem}`);
@@ -48,7 +49,7 @@ export function createRemoteClusters({ db, current, clients, onChanged, onConnec
       enableConnection,
       updatedAt: new Date(),
     };
-    const row = await db.transaction(async (tx) => {
+    const row = await transaction(db, async (tx) => {
       // One upsert at a time (the current cluster's row is the lock): the rules compare the
       // remote with every cluster known, and another upsert may be adding one.
       await tx.select({ name: clusterMetadata.clusterName }).from(clusterMetadata).where(eq(clusterMetadata.isCurrent, true)).for("update");
@@ -62,7 +63,7 @@ export function createRemoteClusters({ db, current, clients, onChanged, onConnec
         .returning();
       if (row && !known.some((k) => k.clusterName === row.clusterName)) await onConnected?.(tx, row.clusterName);
       return row;
-    });
+    }, signal);
     if (!row) throw alreadyExists(`cluster ${remote.clusterName} is this cluster`);
     await onChanged();
     return row;
@@ -101,11 +102,11 @@ export function createRemoteClusters({ db, current, clients, onChanged, onConnec
     }
   }
 
-  /** Disconnects a remote; refused while a namespace lists both clusters. */
-  async function remove(name: string): Promise<void> {
+  /** Disconnects a remote; refused while a namespace lists both clusters; not once signal (the call's) fired. */
+  async function remove(name: string, signal?: AbortSignal): Promise<void> {
     if (!name) throw invalidArgument("cluster name is required");
     if (name === current.clusterName) throw invalidArgument(`${shown(name)} is this cluster; it cannot be removed`);
-    await db.transaction(async (tx) => {
+    await transaction(db, async (tx) => {
       const [row] = await tx.select().from(clusterMetadata).where(eq(clusterMetadata.clusterName, name)).for("update");
       if (!row) throw notFound(`cluster ${shown(name)} is not known to cluster ${current.clusterName}`);
       const users = await tx
@@ -120,7 +121,7 @@ export function createRemoteClusters({ db, current, clients, onChanged, onConnec
       }
       await tx.delete(replicationAckLevels).where(eq(replicationAckLevels.remoteCluster, name));
       await tx.delete(clusterMetadata).where(and(eq(clusterMetadata.clusterName, name), eq(clusterMetadata.isCurrent, false)));
-    });
+    }, signal);
     await onChanged();
   }
 

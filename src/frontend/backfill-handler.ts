@@ -2,6 +2,7 @@ import type { ServiceImpl } from "@connectrpc/connect";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { BackfillService } from "../gen/tern/admin/v1/backfill_pb";
 import type { NamespaceRegistry } from "../namespace/registry";
+import { transaction } from "../persistence/call-signal";
 import type { Db } from "../persistence/database";
 import { backfillJobsOf, startBackfillJob } from "../../replication/backfill-jobs";
 import type { ClusterDirectory } from "../cluster/directory";
@@ -22,7 +23,7 @@ export interface BackfillHandlerDeps {
 export function createBackfillHandler({ db, namespaces, clusters, now, wake }: BackfillHandlerDeps): ServiceImpl<typeof BackfillService> {
   return {
     listExecutionsForReplication: (r) => listExecutionsForReplication(db, r),
-    async startBackfill(r) {
+    async startBackfill(r, { signal }) {
       const ns = await namespaces.describe({ name: r.namespace });
       const here = clusters.current().clusterName;
       const source = r.sourceCluster || ns.activeClusterName;
@@ -33,7 +34,7 @@ export function createBackfillHandler({ db, namespaces, clusters, now, wake }: B
       }
       const remote = (await clusters.list()).find((c) => c.clusterName === source && !c.isCurrent);
       if (!remote) throw failedPrecondition(`cluster ${shown(source)} is not connected to ${here}; add it with cluster upsert first`);
-      await db.transaction((tx) => startBackfillJob(tx, { namespaceId: ns.id, sourceCluster: source }, now()));
+      await transaction(db, (tx) => startBackfillJob(tx, { namespaceId: ns.id, sourceCluster: source }, now()), signal);
       wake();
       return { namespace: ns.name, sourceCluster: source };
     },

@@ -72,7 +72,9 @@ export function createFrontendInterceptor(deps: {
       log.debug("rpc", { requestId, operation, namespace: namespace || undefined, ms: Math.round(performance.now() - started) });
       return res.stream ? { ...res, message: mapped(res.message, requestId, labels, req.signal) } : res;
     } catch (e) {
-      throw failed(e, requestId, labels);
+      // Work the call's signal ended (persistence/call-signal.ts) rejects with its reason: a
+      // deadline's is DEADLINE_EXCEEDED already; a caller that left is CANCELED, not INTERNAL.
+      throw failed(req.signal.aborted && e === req.signal.reason && !(e instanceof ConnectError) ? callerLeft(e) : e, requestId, labels);
     } finally {
       metrics.observe("service_latency", labels, (performance.now() - started) / 1000);
     }

@@ -80,16 +80,16 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
         nextPageToken: rows.length > size ? encodeToken({ name: page.at(-1)!.clusterName }) : new Uint8Array(),
       };
     },
-    async deleteNamespace(r) {
-      const { executions } = await deleteNamespace(db, namespaces, r.namespace, current.clusterName);
+    async deleteNamespace(r, { signal }) {
+      const { executions } = await deleteNamespace(db, namespaces, r.namespace, current.clusterName, signal);
       return { deletedNamespace: r.namespace, deletedExecutions: BigInt(executions) };
     },
-    async addOrUpdateRemoteCluster(r) {
-      const row = await remotes.upsert(r.frontendAddress, r.enableRemoteClusterConnection ?? true);
+    async addOrUpdateRemoteCluster(r, { signal }) {
+      const row = await remotes.upsert(r.frontendAddress, r.enableRemoteClusterConnection ?? true, signal);
       return { cluster: toProto(row) };
     },
-    async removeRemoteCluster(r) {
-      await remotes.remove(r.clusterName);
+    async removeRemoteCluster(r, { signal }) {
+      await remotes.remove(r.clusterName, signal);
       return {};
     },
     async failoverNamespace(r, ctx) {
@@ -101,7 +101,7 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
         const to = { target: ns.activeClusterName, namespace: r.namespace, what: "FailoverNamespace", limitMs };
         return callActive({ clusters, clients: deps.clients }, ctx, to, ({ operator }, options) => operator.failoverNamespace(r, options));
       }
-      const res = await deps.failover.run(r.namespace, r.targetCluster, timeoutMs);
+      const res = await deps.failover.run(r.namespace, r.targetCluster, timeoutMs, ctx.signal);
       const ids = [...res.handover.shards].map(([shard, id]) => [shard, BigInt(id)] as const);
       return { namespace: namespaceToProto(res.namespace), handoverTaskIds: Object.fromEntries(ids) };
     },

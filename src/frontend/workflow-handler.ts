@@ -24,19 +24,20 @@ const LONG_POLL_MAX_MS = 60_000;
 /** How long a GetWorkflowExecutionHistory long poll waits for a new event, given its wait_timeout. */
 export const historyWaitMs = (waitTimeout: Duration | undefined) => Math.min(durationMs(waitTimeout, "wait timeout", LONG_POLL_DEFAULT_MS), LONG_POLL_MAX_MS);
 
-const ref = (namespace: string, e: { workflowId: string; runId: string } | undefined, requestId: string, identity = ""): RunRef => ({
+const ref = (namespace: string, e: { workflowId: string; runId: string } | undefined, requestId: string, callSignal: AbortSignal, identity = ""): RunRef => ({
   namespace,
   workflowId: e?.workflowId ?? "",
   runId: e?.runId ?? "",
   requestId,
   identity,
+  callSignal,
 });
 
 /** A requested retention in seconds; undefined keeps the default (register) or the current one (update). */
 const retentionSecondsOf = (d: Duration | undefined) => (d ? durationMs(d, "retention") / 1000 : undefined);
 
 /** The start fields shared by Start and SignalWithStart. */
-function startInput(r: StartWorkflowExecutionRequest | SignalWithStartWorkflowExecutionRequest): StartInput {
+function startInput(r: StartWorkflowExecutionRequest | SignalWithStartWorkflowExecutionRequest, callSignal: AbortSignal): StartInput {
   return {
     namespace: r.namespace,
     workflowId: r.workflowId,
@@ -47,13 +48,14 @@ function startInput(r: StartWorkflowExecutionRequest | SignalWithStartWorkflowEx
     requestId: r.requestId,
     reusePolicy: r.workflowIdReusePolicy,
     identity: r.identity,
+    callSignal,
   };
 }
 
 /** WorkflowService: convert proto to input, call a verb, convert back. */
 export function createWorkflowHandler({ namespaces, engine, queries }: WorkflowHandlerDeps): ServiceImpl<typeof WorkflowService> {
   return {
-    async registerNamespace(r) {
+    async registerNamespace(r, { signal }) {
       const ns = await namespaces.register({
         name: r.namespace,
         description: r.description,
@@ -63,6 +65,7 @@ export function createWorkflowHandler({ namespaces, engine, queries }: WorkflowH
         isGlobal: r.isGlobalNamespace,
         clusters: r.clusters,
         activeClusterName: r.activeClusterName,
+        signal,
       });
       return { namespace: namespaceToProto(ns) };
     },
@@ -73,7 +76,7 @@ export function createWorkflowHandler({ namespaces, engine, queries }: WorkflowH
       const page = await namespaces.list(r.pageSize, r.nextPageToken);
       return { namespaces: page.items.map(namespaceToProto), nextPageToken: page.nextPageToken };
     },
-    async updateNamespace(r) {
+    async updateNamespace(r, { signal }) {
       const ns = await namespaces.update({
         name: r.namespace,
         description: r.description,
@@ -83,42 +86,43 @@ export function createWorkflowHandler({ namespaces, engine, queries }: WorkflowH
         clusters: r.clusters,
         activeClusterName: r.activeClusterName,
         promote: r.promoteNamespace,
+        signal,
       });
       return { namespace: namespaceToProto(ns) };
     },
-    async deprecateNamespace(r) {
-      return { namespace: namespaceToProto(await namespaces.deprecate(r.namespace)) };
+    async deprecateNamespace(r, { signal }) {
+      return { namespace: namespaceToProto(await namespaces.deprecate(r.namespace, signal)) };
     },
-    async startWorkflowExecution(r) {
-      return engine.start(startInput(r));
+    async startWorkflowExecution(r, { signal }) {
+      return engine.start(startInput(r, signal));
     },
-    async signalWorkflowExecution(r) {
-      const res = await engine.signal(ref(r.namespace, r.workflowExecution, r.requestId, r.identity), r.signalName, r.input);
+    async signalWorkflowExecution(r, { signal }) {
+      const res = await engine.signal(ref(r.namespace, r.workflowExecution, r.requestId, signal, r.identity), r.signalName, r.input);
       return { runId: res.runId, eventId: BigInt(res.eventId) };
     },
-    async signalWithStartWorkflowExecution(r) {
+    async signalWithStartWorkflowExecution(r, { signal }) {
       if (!r.signalName) throw invalidArgument("signal name is required");
-      return engine.start({ ...startInput(r), signal: { name: r.signalName, input: r.signalInput } });
+      return engine.start({ ...startInput(r, signal), signal: { name: r.signalName, input: r.signalInput } });
     },
-    async requestCancelWorkflowExecution(r) {
-      await engine.requestCancel(ref(r.namespace, r.workflowExecution, r.requestId, r.identity), r.reason);
+    async requestCancelWorkflowExecution(r, { signal }) {
+      await engine.requestCancel(ref(r.namespace, r.workflowExecution, r.requestId, signal, r.identity), r.reason);
       return {};
     },
-    async terminateWorkflowExecution(r) {
-      await engine.terminate(ref(r.namespace, r.workflowExecution, r.requestId, r.identity), r.reason, r.details);
+    async terminateWorkflowExecution(r, { signal }) {
+      await engine.terminate(ref(r.namespace, r.workflowExecution, r.requestId, signal, r.identity), r.reason, r.details);
       return {};
     },
-    async completeWorkflowExecution(r) {
-      await engine.complete(ref(r.namespace, r.workflowExecution, r.requestId), r.result);
+    async completeWorkflowExecution(r, { signal }) {
+      await engine.complete(ref(r.namespace, r.workflowExecution, r.requestId, signal), r.result);
       return {};
     },
-    async failWorkflowExecution(r) {
-      await engine.fail(ref(r.namespace, r.workflowExecution, r.requestId), r.failure);
+    async failWorkflowExecution(r, { signal }) {
+      await engine.fail(ref(r.namespace, r.workflowExecution, r.requestId, signal), r.failure);
       return {};
     },
-    async recordMarker(r) {
+    async recordMarker(r, { signal }) {
       const expected = r.expectedNextEventId === undefined ? undefined : exactNumber(r.expectedNextEventId, "expected next event id");
-      const res = await engine.recordMarker(ref(r.namespace, r.workflowExecution, r.requestId), r.markerName, r.details, expected);
+      const res = await engine.recordMarker(ref(r.namespace, r.workflowExecution, r.requestId, signal), r.markerName, r.details, expected);
       return { eventId: BigInt(res.eventId) };
     },
     async describeWorkflowExecution(r) {

@@ -20,6 +20,7 @@ import { firstResultOf } from "./request-reuse";
 import { reuseRefusal } from "./reuse-policy";
 import { shardFor } from "./shard";
 import type { Append, Writer, WriterDeps } from "./writer";
+import { sleep } from "../../replication/manager";
 
 /** A run addressed by the caller: runId empty means the workflow's current run. */
 export interface RunRef {
@@ -28,6 +29,8 @@ export interface RunRef {
   runId: string;
   requestId?: string;
   identity?: string;
+  /** The call's signal (persistence/call-signal.ts): once it fired, the write does not commit. */
+  callSignal?: AbortSignal;
 }
 
 export interface StartInput {
@@ -42,6 +45,8 @@ export interface StartInput {
   identity?: string;
   /** SignalWithStart: a signal written right after the started event. */
   signal?: { name: string; input?: Payloads };
+  /** The call's signal (persistence/call-signal.ts): once it fired, the write does not commit. */
+  callSignal?: AbortSignal;
 }
 
 export interface EngineDeps extends WriterDeps {
@@ -75,8 +80,8 @@ export function createHistoryEngine(deps: EngineDeps) {
   const runs = createRecentRows(ENGINE_RUN_CACHE_ROWS);
   const runKey = (namespaceId: string, workflowId: string) => `${namespaceId}/${workflowId}`;
 
-  /** The namespace, if this cluster may write to it now; waits out a HANDOVER until deadline. */
-  async function writableNamespace(name: string, deadline = 0): Promise<NamespaceRecord> {
+  /** The namespace, if this cluster may write to it now; waits out a HANDOVER until deadline, or until the call's signal fires. */
+  async function writableNamespace(name: string, deadline = 0, signal?: AbortSignal): Promise<NamespaceRecord> {
     for (let fresh = false; ; fresh = true) {
       const ns = fresh ? await namespaces.describe({ name }) : await namespaces.getByName(name);
       if (ns.state === "DELETED") throw notFound(`namespace ${name} not found`);
@@ -85,15 +90,16 @@ export function createHistoryEngine(deps: EngineDeps) {
       }
       if (ns.replicationState !== "HANDOVER") return ns;
       if (Date.now() >= deadline) throw unavailable(`namespace ${name} is in handover (a graceful failover is in progress); retry`);
-      await new Promise((r) => setTimeout(r, 50));
+      await sleep(50, signal);
+      signal?.throwIfAborted();
     }
   }
 
   /** Runs a write against the namespace, again with a fresh read when it changed under the write (failover). */
-  async function withWritable<T>(name: string, write: (ns: NamespaceRecord) => Promise<T>): Promise<T> {
+  async function withWritable<T>(name: string, write: (ns: NamespaceRecord) => Promise<T>, signal?: AbortSignal): Promise<T> {
     const deadline = Date.now() + handoverWaitMs;
     for (;;) {
-      const ns = await writableNamespace(name, deadline);
+      const ns = await writableNamespace(name, deadline, signal);
       try {
         return await write(ns);
       } catch (e) {
@@ -141,7 +147,7 @@ export function createHistoryEngine(deps: EngineDeps) {
         // addressed by id or not.
         left = written.row;
         return { runId: run.runId, eventId: written.firstEventId, appended: true, status: change.status };
-      }).catch(async (e) => {
+      }, ref.callSignal).catch(async (e) => {
         left = undefined;
         runs.forget(key);
         // A retry answers with the first attempt's result, whatever this attempt ran into
@@ -157,7 +163,7 @@ export function createHistoryEngine(deps: EngineDeps) {
       }
       if ("status" in result && result.status) countClose(result.status as string, ns.name);
       return result;
-    });
+    }, ref.callSignal);
   }
 
   /**
@@ -187,12 +193,12 @@ export function createHistoryEngine(deps: EngineDeps) {
       // The namespace check and the request id's claim go in the write's one statement.
       const written = await writer.transactOneStatement(operation, (tx) =>
         writer.append(tx, ns, run, change, { fromMemory: { requestId: ref.requestId || undefined } }),
-      );
+      ref.callSignal);
       runs.put(key, written.row);
       return { runId: run.runId, eventId: written.firstEventId, appended: true, status: change.status };
     } catch (e) {
       runs.forget(key);
-      if (connectionLost(e)) throw e;
+      if (connectionLost(e) || ref.callSignal?.aborted) throw e;
       return undefined;
     }
   }
@@ -219,7 +225,7 @@ export function createHistoryEngine(deps: EngineDeps) {
     if (known) {
       const { signal } = input;
       if (!signal) return undefined;
-      const ref = { namespace: input.namespace, workflowId: input.workflowId, runId: "", requestId };
+      const ref = { namespace: input.namespace, workflowId: input.workflowId, runId: "", requestId, callSignal: input.callSignal };
       const signalled = await appendInOneTrip(operation, ns, ref, () => ({ events: [signalEvent(signal.name, signal.input, input.identity, requestId)] }));
       return signalled && { runId: signalled.runId, started: false };
     }
@@ -228,11 +234,11 @@ export function createHistoryEngine(deps: EngineDeps) {
         // One statement (writer.oneStatement): the namespace check, the id has no run, the claim, the run.
         const checks = [noRunPart(ns.id, input.workflowId), claimRequestPart({ namespaceId: ns.id, workflowId: input.workflowId, requestId, runId, eventId: 1 })];
         return insertRun(tx, ns, { ...input, requestId }, runId, undefined, checks);
-      });
+      }, input.callSignal);
       runs.put(key, written.row);
       return { runId, started: true, fireAt: written.fireAt };
     } catch (e) {
-      if (connectionLost(e)) throw e;
+      if (connectionLost(e) || input.callSignal?.aborted) throw e;
       return undefined;
     }
   }
@@ -310,7 +316,7 @@ export function createHistoryEngine(deps: EngineDeps) {
   /** Starts a run, or, with signal set and a run open, signals it (SignalWithStart). */
   async function start(input: StartInput): Promise<{ runId: string; started: boolean }> {
     validateStart(input);
-    return withWritable(input.namespace, (ns) => startIn(ns, input));
+    return withWritable(input.namespace, (ns) => startIn(ns, input), input.callSignal);
   }
 
   async function startIn(ns: NamespaceRecord, input: StartInput, attempt = 1): Promise<{ runId: string; started: boolean }> {
@@ -349,7 +355,7 @@ export function createHistoryEngine(deps: EngineDeps) {
         const [, w] = await Promise.all([claim, written]);
         left = w.row;
         return open ? { runId: previous.runId, started: false } : { runId, started: true, fireAt: (w as { fireAt?: Date }).fireAt };
-      }).catch(async (e) => {
+      }, input.callSignal).catch(async (e) => {
         left = undefined;
         runs.forget(key);
         // A retry answers with the first attempt's result, whatever this attempt ran into

@@ -8,6 +8,7 @@ import { failedPrecondition, invalidArgument, pgErrorOf, unavailable } from "../
 import type { NamespaceRecord } from "../namespace/registry";
 import type { Logger } from "../observability/log";
 import type { Metrics } from "../observability/metrics";
+import { transaction } from "../persistence/call-signal";
 import type { Db, Tx } from "../persistence/database";
 import { singleStatement, type PipelinedTransactions } from "../persistence/pipelined-tx";
 import { composite, runGuard, type StatementPart } from "../persistence/raw-statements";
@@ -57,15 +58,23 @@ export function createWriter(deps: WriterDeps) {
   // woken, once it commits.
   const txTasks = new WeakMap<Tx, CommittedTask[]>();
 
-  /** Runs fn in a transaction, retrying serialization failures, with persistence metrics. */
-  function transact<T>(operation: string, fn: (tx: Tx) => Promise<T>): Promise<T> {
+  /**
+   * Runs fn in a transaction, retrying serialization failures, with persistence metrics. With
+   * signal (a call's, call-signal.ts), it does not commit once the signal fired, nor do the
+   * other transact functions.
+   */
+  function transact<T>(operation: string, fn: (tx: Tx) => Promise<T>, signal?: AbortSignal): Promise<T> {
     return withRetries(operation, (done) =>
-      db.transaction(async (tx) => {
-        const r = await fn(tx);
-        await deps.beforeCommit?.(operation);
-        done(tx);
-        return r;
-      }),
+      transaction(
+        db,
+        async (tx) => {
+          const r = await fn(tx);
+          await deps.beforeCommit?.(operation);
+          done(tx);
+          return r;
+        },
+        signal,
+      ),
     );
   }
 
@@ -74,9 +83,9 @@ export function createWriter(deps: WriterDeps) {
    * PostgreSQL BEGIN travels with the first reads and COMMIT with the writes, once fn calls
    * commit(); on PGlite it is an ordinary transaction and commit() does nothing.
    */
-  function transactPipelined<T>(operation: string, fn: (tx: Tx, commit: () => void) => Promise<T>): Promise<T> {
+  function transactPipelined<T>(operation: string, fn: (tx: Tx, commit: () => void) => Promise<T>, signal?: AbortSignal): Promise<T> {
     const pipelined = deps.pipelined;
-    if (!pipelined) return transact(operation, (tx) => fn(tx, () => {}));
+    if (!pipelined) return transact(operation, (tx) => fn(tx, () => {}), signal);
     const hook = deps.beforeCommit && (() => deps.beforeCommit!(operation));
     return withRetries(operation, (done) =>
       pipelined.run(async (tx, commit) => {
@@ -86,7 +95,7 @@ export function createWriter(deps: WriterDeps) {
         });
         done(tx);
         return r;
-      }, hook),
+      }, hook, signal),
     );
   }
 
@@ -96,22 +105,24 @@ export function createWriter(deps: WriterDeps) {
    * PostgreSQL one Sync and one answer on the socket, where each statement of a transaction
    * costs one; a second statement is refused (singleStatement). On PGlite, and with the
    * beforeCommit test hook (a statement alone has no moment before its commit), in a
-   * transaction as transactPipelined.
+   * transaction as transactPipelined. With signal, on a connection held for it
+   * (PipelinedTransactions.alone), where the signal can cancel it.
    */
-  function transactOneStatement<T>(operation: string, fn: (tx: Tx) => Promise<T>): Promise<T> {
-    if (!deps.pipelined || deps.beforeCommit) {
+  function transactOneStatement<T>(operation: string, fn: (tx: Tx) => Promise<T>, signal?: AbortSignal): Promise<T> {
+    const pipelined = deps.pipelined;
+    if (!pipelined || deps.beforeCommit) {
       return transactPipelined(operation, (tx, commit) => {
         const r = fn(tx);
         commit();
         return r;
-      });
+      }, signal);
     }
-    return withRetries(operation, async (done) => {
-      const alone = singleStatement(deps.oneStatementDb ?? db);
-      const r = await fn(alone);
-      done(alone);
+    const written = (done: (tx: Tx) => void) => async (tx: Tx) => {
+      const r = await fn(tx);
+      done(tx);
       return r;
-    });
+    };
+    return withRetries(operation, (done) => (signal ? pipelined.alone(written(done), signal) : written(done)(singleStatement(deps.oneStatementDb ?? db))));
   }
 
   /** Runs one transaction attempt after another while they fail with a serialization failure or deadlock. */

@@ -1,6 +1,7 @@
 import { eq } from "drizzle-orm";
 import { failedPrecondition } from "../errors";
 import { lockNamespaceForChange } from "../history/namespace-guard";
+import { transaction } from "../persistence/call-signal";
 import type { Db } from "../persistence/database";
 import { executions, historyBranchEvents, historyBranches, historyEvents, namespaces, replicationTasks, requestIds, timerTasks } from "../persistence/schema";
 import type { NamespaceRegistry } from "./registry";
@@ -11,14 +12,15 @@ import type { NamespaceRegistry } from "./registry";
  * cluster is deleted on its active cluster only: a passive member would go on receiving its
  * replication tasks, and apply none of them, nor any task behind them in their shards.
  */
-export async function deleteNamespace(db: Db, registry: NamespaceRegistry, name: string, here: string): Promise<{ executions: number }> {
+export async function deleteNamespace(db: Db, registry: NamespaceRegistry, name: string, here: string, signal?: AbortSignal): Promise<{ executions: number }> {
   const ns = await registry.describe({ name });
   if (ns.isGlobal && ns.clusters.includes(here) && ns.activeClusterName !== here) {
     throw failedPrecondition(
       `namespace ${name} is global and active in cluster ${ns.activeClusterName}, and ${here} is one of its clusters: delete it on ${ns.activeClusterName}, or take ${here} out of its clusters there first`,
     );
   }
-  const deleted = await db.transaction(async (tx) => {
+  // signal: the call's; once it fired, the delete does not commit (persistence/call-signal.ts).
+  const deleted = await transaction(db, async (tx) => {
     // The barrier waits for the writes that hold it (guardNamespace) to commit, so their rows
     // are deleted here; a write after it finds no namespace and writes nothing.
     if (!(await lockNamespaceForChange(tx, ns.id))) return 0; // deleted meanwhile, with its runs
@@ -31,7 +33,7 @@ export async function deleteNamespace(db: Db, registry: NamespaceRegistry, name:
     await tx.delete(replicationTasks).where(eq(replicationTasks.namespaceId, ns.id));
     await tx.delete(namespaces).where(eq(namespaces.id, ns.id));
     return runs.length;
-  });
+  }, signal);
   registry.invalidate(ns);
   return { executions: deleted };
 }

@@ -5,6 +5,7 @@ import { nextFailoverVersion } from "../cluster/metadata";
 import { lockNamespaceBarrier } from "../history/namespace-guard";
 import type { ClusterDirectory } from "../cluster/directory";
 import { alreadyExists, failedPrecondition, invalidArgument, notFound, pgErrorOf } from "../errors";
+import { transaction } from "../persistence/call-signal";
 import type { Db, Tx } from "../persistence/database";
 import { namespaces, type FailoverHistoryEntry } from "../persistence/schema";
 import { decodeToken, encodeToken, NAME_TOKEN } from "../persistence/page-token";
@@ -29,6 +30,8 @@ export interface RegisterInput {
   isGlobal?: boolean;
   clusters?: string[];
   activeClusterName?: string;
+  /** The call's signal (persistence/call-signal.ts): once it fired, the change does not commit. */
+  signal?: AbortSignal;
 }
 
 export interface UpdateInput {
@@ -41,6 +44,8 @@ export interface UpdateInput {
   activeClusterName?: string;
   /** Makes a local namespace global, active here (a no-op on a global one). */
   promote?: boolean;
+  /** The call's signal (persistence/call-signal.ts): once it fired, the change does not commit. */
+  signal?: AbortSignal;
 }
 
 /** Namespace verbs plus a lookup cache that every write here invalidates. */
@@ -49,7 +54,8 @@ export interface NamespaceRegistry {
   describe(ref: { name?: string; id?: string }): Promise<NamespaceRecord>;
   list(pageSize: number, token: Uint8Array): Promise<{ items: NamespaceRecord[]; nextPageToken: Uint8Array }>;
   update(input: UpdateInput): Promise<NamespaceRecord>;
-  deprecate(name: string): Promise<NamespaceRecord>;
+  /** signal: the call's (persistence/call-signal.ts). */
+  deprecate(name: string, signal?: AbortSignal): Promise<NamespaceRecord>;
   /** Cached lookup by name; NOT_FOUND when absent (a name found missing stays so for missTtlMs, unless registered or invalidated here). */
   getByName(name: string): Promise<NamespaceRecord>;
   getById(id: string): Promise<NamespaceRecord>;
@@ -154,7 +160,7 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
         throw invalidArgument("a local namespace lives only in the current cluster; register it global (is_global_namespace; tern: --global) to list other clusters");
       }
     }
-    return insert({
+    return insert(input.signal, {
       id: ulid(),
       name: input.name,
       state: "REGISTERED",
@@ -171,15 +177,15 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
   }
 
   /** Inserts a new namespace; a global one leaves its replication task in the same transaction. */
-  async function insert(values: typeof namespaces.$inferInsert): Promise<NamespaceRecord> {
+  async function insert(signal: AbortSignal | undefined, values: typeof namespaces.$inferInsert): Promise<NamespaceRecord> {
     try {
-      const row = await db.transaction(async (tx) => {
+      const row = await transaction(db, async (tx) => {
         // A remove of a listed cluster, racing, waits and then refuses, or this finds it gone.
         if (values.isGlobal) await clusters.hold(tx, values.clusters!);
         const [row] = await tx.insert(namespaces).values(values).returning();
         if (row!.isGlobal) await appendNamespaceTask(tx, row!, []);
         return row!;
-      });
+      }, signal);
       if (row.isGlobal) deps.onReplicated?.();
       return remember(row);
     } catch (e) {
@@ -196,7 +202,7 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
     // An empty value removes its key: a key too long to set may still be dropped.
     checkDataEntries(Object.entries(input.data ?? {}).filter(([, v]) => v !== ""));
     const known = await knownClusters(input);
-    const updated = await db.transaction(async (tx) => {
+    const updated = await transaction(db, async (tx) => {
       const [row] = await tx.select().from(namespaces).where(eq(namespaces.name, input.name)).for("update");
       if (!row) throw namespaceNotFound(input.name);
       const forcedFailover = !!input.activeClusterName && input.activeClusterName !== row.activeClusterName;
@@ -217,7 +223,7 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
       if (!saved) throw failedPrecondition(`namespace ${input.name} changed concurrently; retry`);
       if (saved.isGlobal) await appendNamespaceTask(tx, saved, row.clusters);
       return { saved, activated: saved.activeClusterName !== row.activeClusterName && saved.activeClusterName === clusters.current().clusterName };
-    });
+    }, input.signal);
     forget(updated.saved);
     remember(updated.saved);
     if (updated.saved.isGlobal) deps.onReplicated?.();
@@ -299,9 +305,9 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
     }
   }
 
-  async function setState(name: string, state: string, what: string): Promise<NamespaceRecord> {
+  async function setState(name: string, state: string, what: string, signal?: AbortSignal): Promise<NamespaceRecord> {
     checkNamespaceName(name);
-    const row = await db.transaction(async (tx) => {
+    const row = await transaction(db, async (tx) => {
       const [found] = await tx.select().from(namespaces).where(eq(namespaces.name, name)).for("update");
       if (!found) throw namespaceNotFound(name);
       requireConfigWriter(found, what);
@@ -313,7 +319,7 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
         .returning()) as [NamespaceRecord];
       if (row.isGlobal) await appendNamespaceTask(tx, row, row.clusters);
       return row;
-    });
+    }, signal);
     forget(row);
     if (row.isGlobal) deps.onReplicated?.();
     return remember(row);
@@ -322,7 +328,7 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
   return {
     register,
     update,
-    deprecate: (name) => setState(name, "DEPRECATED", "deprecate"),
+    deprecate: (name, signal) => setState(name, "DEPRECATED", "deprecate", signal),
     async describe({ name, id }) {
       if (name) {
         checkNamespaceName(name);

@@ -1,5 +1,6 @@
 import type { Sql } from "postgres";
 import { connectionLost } from "../errors";
+import { createQueryCanceller } from "./call-signal";
 import type { Db, Tx } from "./database";
 
 /**
@@ -23,15 +24,28 @@ import type { Db, Tx } from "./database";
  * (postgres.js threw from a timer there, outside any promise, which ends the process, and
  * could write into the session the pool had reconnected the connection for:
  * porsager/postgres#1208, mend 10 of scripts/patch-dependencies.mjs).
+ *
+ * A call's signal (call-signal.ts): once it fired, COMMIT is not sent, and the statement of fn's
+ * PostgreSQL runs then is cancelled (a COMMIT already queued behind it then rolls the
+ * transaction back); the run rejects with the signal's reason.
  */
 export interface PipelinedTransactions {
-  run<T>(fn: (tx: Tx, commit: () => void) => Promise<T>, beforeCommit?: () => Promise<void> | void): Promise<T>;
+  run<T>(fn: (tx: Tx, commit: () => void) => Promise<T>, beforeCommit?: () => Promise<void> | void, signal?: AbortSignal): Promise<T>;
+  /**
+   * singleStatement for a call's work: fn's one statement on a connection held for it alone,
+   * not sent once signal fired, and cancelled if it runs when it fires (a statement PostgreSQL
+   * runs as a transaction of its own has no COMMIT to withhold). Held, so that the cancel
+   * request reaches that statement or nothing, never the connection's next user in the pool.
+   */
+  alone<T>(fn: (tx: Tx) => Promise<T>, signal: AbortSignal): Promise<T>;
 }
 
 export function createPipelinedTransactions(client: Sql): PipelinedTransactions {
   return {
-    async run(fn, beforeCommit) {
+    async run(fn, beforeCommit, signal) {
+      signal?.throwIfAborted();
       const c = await client.reserve();
+      const canceller = createQueryCanceller(signal);
       // Set, before anyone awaiting a statement hears of it, once one failed with the connection;
       // gone then fails every statement still pending: postgres.js leaves those it holds back
       // on a busy reserved connection (behind a first statement's Parse) pending forever.
@@ -41,14 +55,17 @@ export function createPipelinedTransactions(client: Sql): PipelinedTransactions 
       gone.catch(() => {});
       // Each statement is handed to the connection when issued, so the connection sends
       // them in issue order; a rejection nobody awaits (after an earlier failure) is expected.
-      const issue = (text: string, params: unknown[] = []) => {
-        if (lost) {
+      // ours: a statement of fn's, which the signal cancels (not BEGIN, COMMIT or ROLLBACK).
+      const issue = (text: string, params: unknown[] = [], ours = false) => {
+        const refusal = lost ?? (ours && signal?.aborted ? signal.reason : undefined);
+        if (refusal) {
           // Awaited by fn, or not at all (a COMMIT after the loss).
-          const refused = Promise.reject(lost);
+          const refused = Promise.reject(refusal);
           refused.catch(() => {});
           return refused;
         }
-        const q = c.unsafe(text, params as never[], { prepare: true }).execute();
+        const query = c.unsafe(text, params as never[], { prepare: true });
+        const q = (ours ? canceller.track(query) : query).execute();
         q.catch((e: unknown) => {
           if (lost || !connectionLost(e)) return;
           lost = e as Error;
@@ -62,11 +79,14 @@ export function createPipelinedTransactions(client: Sql): PipelinedTransactions 
       let committed: ReturnType<typeof issue> | undefined;
       let refused: Error | undefined;
       // With a test hook before commit, COMMIT waits for fn and the hook.
-      const commit = () => void (beforeCommit || refused ? undefined : (committed ??= issue("commit")));
+      const commit = () => {
+        if (signal?.aborted) refused ??= signal.reason as Error;
+        if (!beforeCommit && !refused) committed ??= issue("commit");
+      };
       const tx = {
         _: {
           session: {
-            prepareQuery: (q: { sql: string; params: unknown[] }) => ({ execute: () => issue(q.sql, q.params) }),
+            prepareQuery: (q: { sql: string; params: unknown[] }) => ({ execute: () => issue(q.sql, q.params, true) }),
             refuse: (e: Error) => void (refused ??= e),
           },
         },
@@ -77,6 +97,7 @@ export function createPipelinedTransactions(client: Sql): PipelinedTransactions 
         if (refused) throw refused;
         if (!committed) {
           await beforeCommit?.();
+          signal?.throwIfAborted();
           committed = issue("commit");
         }
         const done = await committed;
@@ -88,12 +109,52 @@ export function createPipelinedTransactions(client: Sql): PipelinedTransactions 
         // transaction and the COMMIT rolled it back (or, for a check in JavaScript that
         // should have run before commit(), committed it: see above).
         if (!lost) await (committed ?? issue("rollback")).catch(() => {});
+        // A statement the signal cancelled fails as PostgreSQL's 57014: the call ended, say so.
+        signal?.throwIfAborted();
         throw e;
       } finally {
+        await canceller.stop();
         // A lost connection is the pool's again already (closed; it reconnects it on demand).
         if (!lost) c.release();
       }
     },
+    async alone(fn, signal) {
+      signal.throwIfAborted();
+      const c = await client.reserve();
+      const canceller = createQueryCanceller(signal);
+      const once = oneStatementOnly();
+      const tx = {
+        _: {
+          session: {
+            prepareQuery: (q: { sql: string; params: unknown[] }) => ({
+              execute: () => {
+                once();
+                return canceller.track(c.unsafe(q.sql, q.params as never[], { prepare: true })).execute();
+              },
+            }),
+          },
+        },
+      } as unknown as Tx;
+      try {
+        return await fn(tx);
+      } catch (e) {
+        // A statement the signal cancelled fails as PostgreSQL's 57014: the call ended, say so.
+        signal.throwIfAborted();
+        throw e;
+      } finally {
+        await canceller.stop();
+        c.release();
+      }
+    },
+  };
+}
+
+/** Throws from its second call on: a single statement's write issued a second, which would commit apart from the first. */
+function oneStatementOnly(): () => void {
+  let used = false;
+  return () => {
+    if (used) throw new Error("a single statement's write issued a second statement: it would not be atomic with the first");
+    used = true;
   };
 }
 
@@ -104,13 +165,12 @@ export function createPipelinedTransactions(client: Sql): PipelinedTransactions 
  */
 export function singleStatement(db: Db): Tx {
   const session = db._.session;
-  let used = false;
+  const once = oneStatementOnly();
   return {
     _: {
       session: {
         prepareQuery: (...args: Parameters<typeof session.prepareQuery>) => {
-          if (used) throw new Error("a single statement's write issued a second statement: it would not be atomic with the first");
-          used = true;
+          once();
           return session.prepareQuery(...args);
         },
       },

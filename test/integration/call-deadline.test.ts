@@ -1,0 +1,91 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { Code } from "@connectrpc/connect";
+import postgres from "postgres";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { eventually } from "../support/eventually";
+import { rejects } from "../support/rejects";
+import { startTestCluster, type TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+
+setDefaultTimeout(60_000);
+
+const T = { workflowType: "t", taskQueue: "q" };
+
+// A call whose work waits (here for a row another session holds locked) past the call's
+// deadline: the client gets DEADLINE_EXCEEDED, the wait ends with the call, not at the lock
+// timeout, and the write never lands, even once the lock is free.
+if ((await testStores()).includes("postgres")) {
+  describe("a call past its deadline on PostgreSQL", () => {
+    let cluster: TestCluster;
+    let admin: postgres.Sql;
+    beforeAll(async () => {
+      cluster = await startTestCluster({ store: "postgres" });
+      admin = postgres(cluster.dataLocation, { max: 2, onnotice: () => {} });
+    });
+    afterAll(async () => {
+      await admin.end({ timeout: 1 });
+      await cluster.destroy();
+    });
+
+    /** The server's sessions (application_name tern...) that are waiting for a lock, or in a statement or transaction at all. */
+    const serverSessions = async () => {
+      const [row] = await admin`
+        select count(*) filter (where wait_event_type = 'Lock')::int as waiting, count(*) filter (where state <> 'idle')::int as busy
+        from pg_stat_activity where datname = current_database() and application_name in ('tern', 'tern-apply')`;
+      return row as { waiting: number; busy: number };
+    };
+
+    /** Runs fn while another session holds the rows `lock` selects for update; then waits until the server's sessions are idle. */
+    async function whileLocked(lock: string, fn: () => Promise<void>): Promise<void> {
+      const holder = await admin.reserve();
+      try {
+        await holder`begin`;
+        await holder.unsafe(lock);
+        await fn();
+        // The server's statement gave up its wait with the call: long before the lock timeout (10 s).
+        await eventually(async () => expect((await serverSessions()).waiting).toBe(0), { timeout: 3000 });
+      } finally {
+        await holder`rollback`;
+        holder.release();
+      }
+      await eventually(async () => expect((await serverSessions()).busy).toBe(0));
+    }
+
+    test("TestDeleteNamespacePastItsDeadline: the client got DEADLINE_EXCEEDED, and the namespace and its runs are still there", async () => {
+      const wf = cluster.client(WorkflowService);
+      await wf.registerNamespace({ namespace: "kept" });
+      await wf.startWorkflowExecution({ namespace: "kept", workflowId: "w", ...T });
+      await whileLocked("select * from namespaces where name = 'kept' for update", async () => {
+        // The deadline header alone: the server's deadline ends the call, not a timer of the client's.
+        const res = await fetch(`${cluster.url}/tern.operator.v1.OperatorService/DeleteNamespace`, {
+          method: "POST",
+          headers: { "content-type": "application/json", "connect-protocol-version": "1", "connect-timeout-ms": "300" },
+          body: JSON.stringify({ namespace: "kept" }),
+        });
+        expect(((await res.json()) as { code: string }).code).toBe("deadline_exceeded");
+      });
+      const { namespace } = await wf.describeNamespace({ namespace: "kept" });
+      expect(namespace?.namespaceInfo?.name).toBe("kept");
+      const { history } = await wf.getWorkflowExecutionHistory({ namespace: "kept", execution: { workflowId: "w" } });
+      expect(history!.events.length).toBe(1);
+    });
+
+    test("TestSignalPastItsDeadline: neither the one-statement write nor the one from a read lands after the client got DEADLINE_EXCEEDED", async () => {
+      const wf = cluster.client(WorkflowService);
+      await wf.registerNamespace({ namespace: "signals", isGlobalNamespace: true });
+      await wf.startWorkflowExecution({ namespace: "signals", workflowId: "w", ...T });
+      const signal = (requestId: string, timeoutMs?: number) =>
+        wf.signalWorkflowExecution({ namespace: "signals", workflowExecution: { workflowId: "w" }, signalName: "s", requestId }, { timeoutMs });
+      await whileLocked("select * from executions where workflow_id = 'w' for update", async () => {
+        // The first from the run's row this server kept (one statement), the second from a read (a transaction).
+        await rejects(signal("late-1", 300), Code.DeadlineExceeded, "");
+        await rejects(signal("late-2", 300), Code.DeadlineExceeded, "");
+      });
+      await signal("on-time");
+      const { history } = await wf.getWorkflowExecutionHistory({ namespace: "signals", execution: { workflowId: "w" } });
+      const signalled = history!.events.flatMap((e) => (e.attributes.case === "workflowExecutionSignaledEventAttributes" ? [e.attributes.value.requestId] : []));
+      expect(signalled).toEqual(["on-time"]);
+    });
+  });
+}
