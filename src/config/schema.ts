@@ -36,6 +36,12 @@ const Datastore = z.union([
        */
       lockTimeoutMs: z.number().int().min(0).max(2 ** 31 - 1).optional(),
       /**
+       * How long one of tern's statements may run (its lock waits included) before PostgreSQL
+       * cancels it (UNAVAILABLE to a client, naming this setting); 0, the default, leaves
+       * PostgreSQL's own statement_timeout in force. Migrations never take it.
+       */
+      statementTimeoutMs: z.number().int().min(0).max(2 ** 31 - 1).optional(),
+      /**
        * How long a start waits for PostgreSQL to accept connections (still starting, as in a
        * docker-compose or systemd boot), retrying with a growing delay; 0 (the default) fails at
        * the first refusal. `--wait-for-database` and TERN_DATABASE_WAIT set it too.

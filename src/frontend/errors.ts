@@ -47,10 +47,16 @@ export function toConnectError(e: unknown, requestId: string, log: Logger): Conn
     // message for these names the condition ("canceling statement due to statement timeout",
     // "cannot execute INSERT in a read-only transaction"), not the values.
     log.warn("database could not run the request now", { requestId, error: loggableError(e) });
-    return new ConnectError(`the database could not run the request now (${busy.code}: ${busy.message ?? "no message"}; request id ${requestId}); retry`, Code.Unavailable);
+    return new ConnectError(`the database could not run the request now (${busy.code}: ${busy.message ?? "no message"}${settingOf(busy)}; request id ${requestId}); retry`, Code.Unavailable);
   }
   log.error("internal error", { requestId, error: loggableStack(e) });
   return new ConnectError(`internal error (request id ${requestId})`, Code.Internal);
+}
+
+/** For a statement timeout, the settings that set it: an operator's cap, not a fault of the request. */
+function settingOf(busy: { code: string; message?: string }): string {
+  if (busy.code !== "57014" || !busy.message?.includes("statement timeout")) return "";
+  return ", over persistence.datastore.postgres.statementTimeoutMs (or PostgreSQL's statement_timeout where that is 0)";
 }
 
 /** PostgreSQL's class 22, "data exception": a value that does not fit its column or type. */

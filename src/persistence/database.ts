@@ -55,6 +55,8 @@ export interface OpenOptions {
   lockTimeoutMs?: number;
   /** How long a start waits for PostgreSQL to accept connections, ms (default 0: it fails at the first refusal). */
   connectWaitMs?: number;
+  /** PostgreSQL's statement_timeout for tern's sessions but migrations', ms (default 0: PostgreSQL's own). */
+  statementTimeoutMs?: number;
   /** A PGlite data dir snapshot (tar from dumpDataDir) to start from, for tests. */
   loadDataDir?: Blob;
   /** Told of what opening did to the data (a half-made PGlite database made again). */
@@ -64,8 +66,8 @@ export interface OpenOptions {
 /** Opens the configured datastore; a PGlite dir is locked against a second process. */
 export async function openDatabase(store: DatastoreConfig, opts: OpenOptions = {}): Promise<Database> {
   if ("postgres" in store) {
-    const { maxConnections, lockTimeoutMs, connectWaitMs } = store.postgres;
-    return openPostgres(store.postgres.url, { maxConnections, lockTimeoutMs, connectWaitMs, ...opts });
+    const { maxConnections, lockTimeoutMs, statementTimeoutMs, connectWaitMs } = store.postgres;
+    return openPostgres(store.postgres.url, { maxConnections, lockTimeoutMs, statementTimeoutMs, connectWaitMs, ...opts });
   }
   return openPglite(store.pglite.dataDir, opts);
 }
@@ -128,9 +130,16 @@ export function hostParameter(url: string): { url: string; host?: string } {
  */
 export const DEFAULT_LOCK_TIMEOUT_MS = 10_000;
 
-/** The startup parameter for lockTimeoutMs: none at 0, so PostgreSQL's own setting holds. */
-function sessionLockTimeout(ms = DEFAULT_LOCK_TIMEOUT_MS): { lock_timeout?: number } {
-  return ms > 0 ? { lock_timeout: ms } : {};
+/**
+ * The startup parameters for lockTimeoutMs and statementTimeoutMs: none for one at 0, so
+ * PostgreSQL's own setting holds. No statement timeout by default: some of tern's statements
+ * legitimately run long on a large database (a namespace delete's DELETE of all its events,
+ * ANALYZE of a large table, a replication verify's checksums), and none waits on purpose (long
+ * polls wait in the server, not in a statement).
+ */
+function sessionTimeouts(opts: OpenOptions): { lock_timeout?: number; statement_timeout?: number } {
+  const { lockTimeoutMs = DEFAULT_LOCK_TIMEOUT_MS, statementTimeoutMs = 0 } = opts;
+  return { ...(lockTimeoutMs > 0 && { lock_timeout: lockTimeoutMs }), ...(statementTimeoutMs > 0 && { statement_timeout: statementTimeoutMs }) };
 }
 
 async function openPostgres(configured: string, opts: OpenOptions): Promise<Database> {
@@ -154,7 +163,7 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
     // How long a connection's startup may take (default 30 s). A startup that never got sent
     // (scripts/patch-dependencies.mjs mends the postgres.js defect that did it) waited this long.
     connect_timeout: 10,
-    connection: { application_name: "tern", ...sessionLockTimeout(opts.lockTimeoutMs) },
+    connection: { application_name: "tern", ...sessionTimeouts(opts) },
   };
   // A client per attempt: postgres.js's own reconnects back off by its shared retry count.
   const connect = async () => {
@@ -194,7 +203,7 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
     max: 2,
     connection: {
       application_name: "tern-apply",
-      ...sessionLockTimeout(opts.lockTimeoutMs),
+      ...sessionTimeouts(opts),
       plan_cache_mode: "force_generic_plan",
       ...(!synchronousBecause && { synchronous_commit: "off" }),
     },
@@ -211,11 +220,17 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
       synchronousBecause,
     },
     async withExclusiveLock(fn) {
-      // A session advisory lock on a connection of its own excludes other processes.
-      const locker = postgres(url, { ...(host && { host }), max: 1, onnotice: () => {} });
+      // A session advisory lock on a connection of its own excludes other processes; fn (the
+      // migrations) runs on that session, waiting for the lock as long as the one before takes.
+      const locker = postgres(url, { ...(host && { host }), max: 1, onnotice: () => {}, connection: { application_name: "tern-migrate" } });
       try {
         await locker`select pg_advisory_lock(727376)`;
-        return await fn(db);
+        // The lock timeout as on every session of tern's: a migration's ALTER TABLE waiting for
+        // its lock would queue every statement on the table behind it. No statement timeout: a
+        // migration (an index built on a large table) takes what it takes.
+        const { lock_timeout } = sessionTimeouts({ ...opts, statementTimeoutMs: 0 });
+        if (lock_timeout) await locker`select set_config('lock_timeout', ${`${lock_timeout}ms`}, false)`;
+        return await fn(drizzlePostgres(locker, { schema }) as unknown as Db);
       } finally {
         await locker.end({ timeout: 1 });
       }

@@ -8,7 +8,11 @@ import { replicationDlq } from "../../src/persistence/schema";
 import { connectAll, startClusters } from "../failover/mesh";
 import { expectSameHistories, globalNamespace } from "../replication/support";
 import { eventually } from "../support/eventually";
-import { startTestCluster, type TestCluster } from "../support/server";
+import { openDatabase } from "../../src/persistence/database";
+import { migrateSchema, rowsOf } from "../../src/persistence/migrate";
+import { createTestDatabase } from "../support/postgres";
+import { rejects } from "../support/rejects";
+import { migrationsFolder, startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 
 setDefaultTimeout(60_000);
@@ -142,6 +146,61 @@ if ((await testStores()).includes("postgres")) {
       await eventually(async () => expect(await expectSameHistories(a, b, nsId)).toBe(10), { timeout: 20_000, interval: 100 });
       expect(await b.server.database.db.select().from(replicationDlq)).toEqual([]);
       await eventually(async () => expect(await connection()).toBe("connected"), { timeout: 10_000, interval: 50 });
+    });
+  });
+}
+
+// persistence.datastore.postgres.statementTimeoutMs: a statement of tern's that runs past it
+// (here its wait for a row another session holds, which PostgreSQL counts as the statement's
+// time, with no lock timeout of tern's) fails with an UNAVAILABLE naming the setting, the write
+// rolled back, and the server goes on serving; migrations never take it.
+if ((await testStores()).includes("postgres")) {
+  describe("a statement past the statement timeout", () => {
+    let cluster: TestCluster;
+    let admin: postgres.Sql;
+    beforeAll(async () => {
+      cluster = await startTestCluster({ store: "postgres", lockTimeoutMs: 0, statementTimeoutMs: 300 });
+      admin = postgres(cluster.dataLocation, { max: 1, onnotice: () => {} });
+      const wf = cluster.client(WorkflowService);
+      await wf.registerNamespace({ namespace: "slow" });
+      await wf.startWorkflowExecution({ namespace: "slow", workflowId: "w", workflowType: "t", taskQueue: "q" });
+    });
+    afterAll(async () => {
+      await admin.end({ timeout: 1 });
+      await cluster.destroy();
+    });
+    const signal = (requestId: string) =>
+      cluster.client(WorkflowService).signalWorkflowExecution({ namespace: "slow", workflowExecution: { workflowId: "w" }, signalName: "s", requestId });
+
+    test("TestStatementTimeout: the write fails naming the setting, and the server stays healthy", async () => {
+      const holder = await admin.reserve();
+      try {
+        await holder`begin`;
+        await holder`select * from executions where workflow_id = 'w' for update`;
+        await rejects(signal("r-slow"), Code.Unavailable, "(57014: canceling statement due to statement timeout, over persistence.datastore.postgres.statementTimeoutMs (or PostgreSQL's statement_timeout where that is 0); request id ");
+      } finally {
+        await holder`rollback`;
+        holder.release();
+      }
+      expect(await fetch(`${cluster.url}/health`).then((r) => r.json())).toEqual({ status: "SERVING" });
+      await signal("r-slow");
+      const { history } = await cluster.client(WorkflowService).getWorkflowExecutionHistory({ namespace: "slow", execution: { workflowId: "w" } });
+      expect(history!.events.flatMap((e) => (e.attributes.case === "workflowExecutionSignaledEventAttributes" ? [e.attributes.value.requestId] : []))).toEqual(["r-slow"]);
+    });
+
+    test("TestMigrationsTakeNoStatementTimeout: tern admin db migrate's session runs a statement past it", async () => {
+      const fresh = await createTestDatabase();
+      const database = await openDatabase({ postgres: { url: fresh.url } }, { statementTimeoutMs: 50 });
+      try {
+        const [server] = rowsOf(await database.db.execute(sql`show statement_timeout`));
+        expect(server).toEqual({ statement_timeout: "50ms" });
+        const slept = await database.withExclusiveLock(async (db) => rowsOf(await db.execute(sql`select current_setting('lock_timeout') as lock_timeout, current_setting('statement_timeout') as statement_timeout from pg_sleep(0.2)`)));
+        expect(slept).toEqual([{ lock_timeout: "10s", statement_timeout: "0" }]);
+        expect((await migrateSchema(database, migrationsFolder)).length).toBeGreaterThan(0);
+      } finally {
+        await database.close();
+        await fresh.drop();
+      }
     });
   });
 }

@@ -26,6 +26,8 @@ export interface TestClusterOptions {
   shards?: number;
   /** persistence.datastore.postgres.lockTimeoutMs (PostgreSQL only; default: the server's). */
   lockTimeoutMs?: number;
+  /** persistence.datastore.postgres.statementTimeoutMs (PostgreSQL only; default: the server's). */
+  statementTimeoutMs?: number;
   /** Extra YAML merged over the generated config (top-level keys). */
   extraYaml?: string;
   /** Reuse this data location (restart tests): a PGlite dir or a PostgreSQL URL. */
@@ -51,7 +53,8 @@ export interface TestCluster {
 /** YAML for one test cluster. */
 export function testConfigYaml(o: TestClusterOptions & { dataLocation: string; port?: number }): string {
   const name = o.name ?? "active";
-  const store = o.store === "pglite" ? `pglite: { dataDir: "${o.dataLocation}" }` : `postgres: { url: "${o.dataLocation}", maxConnections: 8${o.lockTimeoutMs === undefined ? "" : `, lockTimeoutMs: ${o.lockTimeoutMs}`} }`;
+  const timeouts = [o.lockTimeoutMs === undefined ? "" : `, lockTimeoutMs: ${o.lockTimeoutMs}`, o.statementTimeoutMs === undefined ? "" : `, statementTimeoutMs: ${o.statementTimeoutMs}`].join("");
+  const store = o.store === "pglite" ? `pglite: { dataDir: "${o.dataLocation}" }` : `postgres: { url: "${o.dataLocation}", maxConnections: 8${timeouts} }`;
   return `
 clusterMetadata:
   enableGlobalNamespace: ${o.enableGlobalNamespace ?? true}
