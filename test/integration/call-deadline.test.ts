@@ -12,6 +12,56 @@ setDefaultTimeout(60_000);
 
 const T = { workflowType: "t", taskQueue: "q" };
 
+/** A call as a Connect JSON POST with the deadline header alone: the server's deadline ends it, not a timer of the client's. */
+const callWithDeadline = async (url: string, method: string, body: unknown, deadlineMs: number) => {
+  const res = await fetch(`${url}/${method}`, {
+    method: "POST",
+    headers: { "content-type": "application/json", "connect-protocol-version": "1", "connect-timeout-ms": String(deadlineMs) },
+    body: JSON.stringify(body),
+  });
+  return ((await res.json()) as { code?: string }).code ?? "ok";
+};
+
+// The embedded database has no other session to hold a lock: a signal's commit is held by the
+// server's test hook until after the call's deadline, then let go; it rolls back.
+describe("a call past its deadline on PGlite", () => {
+  let cluster: TestCluster;
+  let held: { entered: () => void; release: Promise<void> } | undefined;
+  beforeAll(async () => {
+    cluster = await startTestCluster({
+      store: "pglite",
+      serverOptions: {
+        beforeCommit: (operation) => {
+          if (operation !== "SignalWorkflowExecution" || !held) return;
+          held.entered();
+          return held.release;
+        },
+      },
+    });
+  });
+  afterAll(() => cluster.destroy());
+
+  test("TestSignalHeldPastItsDeadline: the client got DEADLINE_EXCEEDED and the signal did not land", async () => {
+    const wf = cluster.client(WorkflowService);
+    await wf.registerNamespace({ namespace: "held" });
+    await wf.startWorkflowExecution({ namespace: "held", workflowId: "w", ...T });
+    let entered!: () => void;
+    let release!: () => void;
+    const inHook = new Promise<void>((r) => (entered = r));
+    held = { entered, release: new Promise<void>((r) => (release = r)) };
+    const late = callWithDeadline(cluster.url, "tern.workflow.v1.WorkflowService/SignalWorkflowExecution", { namespace: "held", workflowExecution: { workflowId: "w" }, signalName: "s", requestId: "late" }, 300);
+    await inHook;
+    expect(await late).toBe("deadline_exceeded");
+    held = undefined;
+    release();
+    // PGlite runs one transaction at a time: this one's waits for the held one to end.
+    await wf.signalWorkflowExecution({ namespace: "held", workflowExecution: { workflowId: "w" }, signalName: "s", requestId: "on-time" });
+    const { history } = await wf.getWorkflowExecutionHistory({ namespace: "held", execution: { workflowId: "w" } });
+    const signalled = history!.events.flatMap((e) => (e.attributes.case === "workflowExecutionSignaledEventAttributes" ? [e.attributes.value.requestId] : []));
+    expect(signalled).toEqual(["on-time"]);
+  });
+});
+
 // A call whose work waits (here for a row another session holds locked) past the call's
 // deadline: the client gets DEADLINE_EXCEEDED, the wait ends with the call, not at the lock
 // timeout, and the write never lands, even once the lock is free.
@@ -57,13 +107,7 @@ if ((await testStores()).includes("postgres")) {
       await wf.registerNamespace({ namespace: "kept" });
       await wf.startWorkflowExecution({ namespace: "kept", workflowId: "w", ...T });
       await whileLocked("select * from namespaces where name = 'kept' for update", async () => {
-        // The deadline header alone: the server's deadline ends the call, not a timer of the client's.
-        const res = await fetch(`${cluster.url}/tern.operator.v1.OperatorService/DeleteNamespace`, {
-          method: "POST",
-          headers: { "content-type": "application/json", "connect-protocol-version": "1", "connect-timeout-ms": "300" },
-          body: JSON.stringify({ namespace: "kept" }),
-        });
-        expect(((await res.json()) as { code: string }).code).toBe("deadline_exceeded");
+        expect(await callWithDeadline(cluster.url, "tern.operator.v1.OperatorService/DeleteNamespace", { namespace: "kept" }, 300)).toBe("deadline_exceeded");
       });
       const { namespace } = await wf.describeNamespace({ namespace: "kept" });
       expect(namespace?.namespaceInfo?.name).toBe("kept");
