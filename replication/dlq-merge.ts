@@ -54,7 +54,7 @@ export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, lo
       const n = await applier.applyTask(tx, namespaces.get(e.namespaceId)!, task, fetchRaw);
       await tx.delete(replicationDlq).where(keyOf(e));
       return n;
-    });
+    }, signal);
     if (grown > 0) notifier.notify(e.runId);
   }
 
@@ -77,6 +77,8 @@ export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, lo
         await mergeOne(e, await sources.get(e.sourceCluster)!, signal);
         merged++;
       } catch (err) {
+        // The caller's deadline passed or it left: the entries not merged yet did not fail, they were not tried.
+        signal?.throwIfAborted();
         const error = loggableError(err).slice(0, 2000);
         stuck.set(run, error);
         await db.update(replicationDlq).set({ attempts: sql`${replicationDlq.attempts} + 1`, lastError: error }).where(keyOf(e));

@@ -13,6 +13,7 @@ import {
 } from "../src/gen/tern/admin/v1/service_pb";
 import { runKeyText } from "../src/history/branch-store";
 import type { Metrics } from "../src/observability/metrics";
+import { transaction } from "../src/persistence/call-signal";
 import type { Db, Tx } from "../src/persistence/database";
 import { runStatement, tableCodec, type StatementPart } from "../src/persistence/raw-statements";
 import { decodeToken, encodeToken } from "../src/persistence/page-token";
@@ -90,8 +91,9 @@ export function createReplicationDlq({ db, metrics }: ReplicationDlqDeps) {
   const all = (filter: DlqFilter) =>
     db.select().from(replicationDlq).where(where(filter)).orderBy(asc(replicationDlq.sourceCluster), asc(replicationDlq.shardId), asc(replicationDlq.taskId));
 
-  async function purge(filter: DlqFilter): Promise<number> {
-    const rows = await db.delete(replicationDlq).where(where(filter)).returning({ taskId: replicationDlq.taskId });
+  /** Deletes the entries filter matches; not once signal (the call's, persistence/call-signal.ts) fired. */
+  async function purge(filter: DlqFilter, signal?: AbortSignal): Promise<number> {
+    const rows = await transaction(db, (tx) => tx.delete(replicationDlq).where(where(filter)).returning({ taskId: replicationDlq.taskId }), signal);
     if (!rows.length) await refuseUnknownSource(filter);
     await refreshGauge();
     return rows.length;

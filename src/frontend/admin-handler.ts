@@ -36,7 +36,7 @@ export function createAdminHandler({ db, sender, status, namespaceSender, dlq, d
     getReplicationStatus: () => status.get(),
     listReplicationDlq: (r) => dlq.list(r),
     mergeReplicationDlq: (r, ctx) => dlqMerge.merge(r, ctx.signal),
-    purgeReplicationDlq: async (r) => ({ purged: BigInt(await dlq.purge(r)) }),
+    purgeReplicationDlq: async (r, ctx) => ({ purged: BigInt(await dlq.purge(r, ctx.signal)) }),
     getExecutionChecksums: (r) => verifier.checksums(r),
     verifyReplication: (r, ctx) => verifier.verify(r, ctx.signal),
     listHistoryBranches: (r) => listHistoryBranches(db, r),
