@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { Code } from "@connectrpc/connect";
 import { eq } from "drizzle-orm";
-import { ackKey, saveOutboundAcks } from "../../replication/ack-levels";
+import { ackKey, outboundAcks, saveOutboundAcks } from "../../replication/ack-levels";
 import { createGracefulFailover } from "../../replication/failover";
 import { advanceAckLevel, namespaceQueueMax } from "../../replication/namespace-queue";
 import { createClusterDirectory } from "../../src/cluster/directory";
@@ -84,6 +84,34 @@ for (const store of await testStores()) {
       await rejects(failing, Code.Unavailable, "cluster clusterA is shutting down: graceful failover of namespace orders to clusterB abandoned");
       expect(await state()).toBe("NORMAL");
       await rejects(op.failoverNamespace({ namespace: "orders", targetCluster: "clusterB" }), Code.Unavailable, "no graceful failover starts here now");
+    });
+  });
+
+  describe(`a graceful failover past its caller's deadline, on ${store}`, () => {
+    let a: TestCluster, b: TestCluster;
+    const acks = ackGate();
+    beforeAll(async () => {
+      [a, b] = await startOrdersPair(store, [{}, acks.options]);
+    });
+    afterAll(() => acks.gate.open());
+    afterAll(() => Promise.all([a, b].map((x) => x.destroy())));
+
+    test("TestFailoverPastItsDeadline: back to NORMAL at the deadline, and no switch once the target caught up", async () => {
+      // B holds its acks: the failover waits for acks that do not come before the call's deadline.
+      acks.gate.close();
+      await a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "w", workflowType: "t", taskQueue: "q" });
+      const row = async () => (await a.server.database.db.select().from(namespaces).where(eq(namespaces.name, "orders")))[0]!;
+      const failing = a.client(OperatorService).failoverNamespace({ namespace: "orders", targetCluster: "clusterB", timeout: { seconds: 60n } }, { timeoutMs: 1000 });
+      await rejects(failing, Code.DeadlineExceeded, "");
+      // Not at the failover's own 60 s timeout.
+      await eventually(async () => expect((await row()).replicationState).toBe("NORMAL"), { timeout: 5000 });
+      acks.gate.open();
+      const last = await lastTaskIds(a);
+      await eventually(async () => {
+        const acked = await outboundAcks(a.server.database.db, "clusterB");
+        for (const [shard, id] of last) expect(Number(acked.get(shard) ?? 0)).toBeGreaterThanOrEqual(id);
+      }, { timeout: 20_000 });
+      expect(await row()).toMatchObject({ replicationState: "NORMAL", activeClusterName: "clusterA" });
     });
   });
 }
