@@ -191,9 +191,11 @@ export function createHistoryEngine(deps: EngineDeps) {
       const change = build(run);
       if (!change) return undefined;
       // The namespace check and the request id's claim go in the write's one statement.
-      const written = await writer.transactOneStatement(operation, (tx) =>
-        writer.append(tx, ns, run, change, { fromMemory: { requestId: ref.requestId || undefined } }),
-      ref.callSignal);
+      const written = await writer.transactOneStatement(
+        operation,
+        (tx) => writer.append(tx, ns, run, change, { fromMemory: { requestId: ref.requestId || undefined } }),
+        ref.callSignal,
+      );
       runs.put(key, written.row);
       return { runId: run.runId, eventId: written.firstEventId, appended: true, status: change.status };
     } catch (e) {
