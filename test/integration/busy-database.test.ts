@@ -8,7 +8,7 @@ import { replicationDlq } from "../../src/persistence/schema";
 import { connectAll, startClusters } from "../failover/mesh";
 import { expectSameHistories, globalNamespace } from "../replication/support";
 import { eventually } from "../support/eventually";
-import { openDatabase } from "../../src/persistence/database";
+import { openDatabase, type Database } from "../../src/persistence/database";
 import { migrateSchema, rowsOf } from "../../src/persistence/migrate";
 import { createTestDatabase } from "../support/postgres";
 import { rejects } from "../support/rejects";
@@ -190,15 +190,16 @@ if ((await testStores()).includes("postgres")) {
 
     test("TestMigrationsTakeNoStatementTimeout: tern admin db migrate's session runs a statement past it", async () => {
       const fresh = await createTestDatabase();
-      const database = await openDatabase({ postgres: { url: fresh.url } }, { statementTimeoutMs: 50 });
+      let database: Database | undefined;
       try {
+        database = await openDatabase({ postgres: { url: fresh.url } }, { statementTimeoutMs: 50 });
         const [server] = rowsOf(await database.db.execute(sql`show statement_timeout`));
         expect(server).toEqual({ statement_timeout: "50ms" });
         const slept = await database.withExclusiveLock(async (db) => rowsOf(await db.execute(sql`select current_setting('lock_timeout') as lock_timeout, current_setting('statement_timeout') as statement_timeout from pg_sleep(0.2)`)));
         expect(slept).toEqual([{ lock_timeout: "10s", statement_timeout: "0" }]);
         expect((await migrateSchema(database, migrationsFolder)).length).toBeGreaterThan(0);
       } finally {
-        await database.close();
+        await database?.close().catch(() => {});
         await fresh.drop();
       }
     });
