@@ -99,6 +99,11 @@ describe("config", () => {
     const pg = (ms: number) => base(good, `persistence: { datastore: { postgres: { url: "postgres://u@h/db", analyzeIntervalMs: ${ms} } } }`);
     fails(pg(3_000_000_000), "persistence.datastore.postgres.analyzeIntervalMs: Too big: expected number to be <=2147483647");
     expect(parseConfig(pg(2 ** 31 - 1)).persistence.datastore).toMatchObject({ postgres: { analyzeIntervalMs: 2 ** 31 - 1 } });
+    // PostgreSQL takes a statement_timeout of at most 2^31 - 1 ms; none below 0.
+    const statementTimeout = (ms: number) => base(good, `persistence: { datastore: { postgres: { url: "postgres://u@h/db", statementTimeoutMs: ${ms} } } }`);
+    fails(statementTimeout(-1), "persistence.datastore.postgres.statementTimeoutMs: Too small: expected number to be >=0");
+    fails(statementTimeout(2 ** 31), "persistence.datastore.postgres.statementTimeoutMs: Too big: expected number to be <=2147483647");
+    expect(parseConfig(statementTimeout(60_000)).persistence.datastore).toMatchObject({ postgres: { statementTimeoutMs: 60_000 } });
   });
 
   test("config path: --config wins over TERN_CONFIG, then the default", () => {
