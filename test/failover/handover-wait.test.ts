@@ -14,7 +14,7 @@ import { eventually } from "../support/eventually";
 import { holdingReads } from "../support/holding-reads";
 import { rejects } from "../support/rejects";
 import type { TestCluster } from "../support/server";
-import { testStores } from "../support/stores";
+import { testStores, type StoreKind } from "../support/stores";
 import { lastTaskIds } from "../replication/support";
 import { ackGate, addr, startOrdersPair } from "./mesh";
 
@@ -61,20 +61,15 @@ for (const store of await testStores()) {
   });
 
   describe(`a stopping server and a graceful failover still waiting for its target, on ${store}`, () => {
-    let a: TestCluster, b: TestCluster;
-    const acks = ackGate();
-    beforeAll(async () => {
-      [a, b] = await startOrdersPair(store, [{}, acks.options]);
-    });
-    afterAll(() => acks.gate.open());
-    afterAll(() => Promise.all([a, b].map((x) => x.destroy())));
+    const { pair, gate } = ackGatedPair(store);
 
     test("TheFailoverIsAbandonedBeforeTheDatabaseCloses: back to NORMAL, the caller told why", async () => {
+      const { a } = pair;
       // B holds its acks: the failover waits for acks that do not come.
-      acks.gate.close();
+      gate.close();
       await a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "w", workflowType: "t", taskQueue: "q" });
       const op = a.client(OperatorService);
-      const state = async () => (await a.server.database.db.select().from(namespaces).where(eq(namespaces.name, "orders")))[0]!.replicationState;
+      const state = async () => (await ordersRow(a)).replicationState;
       const failing = op.failoverNamespace({ namespace: "orders", targetCluster: "clusterB", timeout: { seconds: 60n } });
       failing.catch(() => {});
       await eventually(async () => expect(await state()).toBe("HANDOVER"));
@@ -88,30 +83,42 @@ for (const store of await testStores()) {
   });
 
   describe(`a graceful failover past its caller's deadline, on ${store}`, () => {
-    let a: TestCluster, b: TestCluster;
-    const acks = ackGate();
-    beforeAll(async () => {
-      [a, b] = await startOrdersPair(store, [{}, acks.options]);
-    });
-    afterAll(() => acks.gate.open());
-    afterAll(() => Promise.all([a, b].map((x) => x.destroy())));
+    const { pair, gate } = ackGatedPair(store);
 
     test("TestFailoverPastItsDeadline: back to NORMAL at the deadline, and no switch once the target caught up", async () => {
+      const { a } = pair;
       // B holds its acks: the failover waits for acks that do not come before the call's deadline.
-      acks.gate.close();
+      gate.close();
       await a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "w", workflowType: "t", taskQueue: "q" });
-      const row = async () => (await a.server.database.db.select().from(namespaces).where(eq(namespaces.name, "orders")))[0]!;
       const failing = a.client(OperatorService).failoverNamespace({ namespace: "orders", targetCluster: "clusterB", timeout: { seconds: 60n } }, { timeoutMs: 1000 });
       await rejects(failing, Code.DeadlineExceeded, "");
       // Not at the failover's own 60 s timeout.
-      await eventually(async () => expect((await row()).replicationState).toBe("NORMAL"), { timeout: 5000 });
-      acks.gate.open();
+      await eventually(async () => expect((await ordersRow(a)).replicationState).toBe("NORMAL"), { timeout: 5000 });
+      gate.open();
       const last = await lastTaskIds(a);
       await eventually(async () => {
         const acked = await outboundAcks(a.server.database.db, "clusterB");
         for (const [shard, id] of last) expect(Number(acked.get(shard) ?? 0)).toBeGreaterThanOrEqual(id);
       }, { timeout: 20_000 });
-      expect(await row()).toMatchObject({ replicationState: "NORMAL", activeClusterName: "clusterA" });
+      expect(await ordersRow(a)).toMatchObject({ replicationState: "NORMAL", activeClusterName: "clusterA" });
     });
   });
 }
+
+/**
+ * For one describe: clusterA and clusterB on store (startOrdersPair), B's acks behind a gate the
+ * tests close; after, the gate opened and both destroyed. pair is filled once beforeAll ran.
+ */
+function ackGatedPair(store: StoreKind) {
+  const acks = ackGate();
+  const pair = {} as { a: TestCluster; b: TestCluster };
+  beforeAll(async () => {
+    [pair.a, pair.b] = await startOrdersPair(store, [{}, acks.options]);
+  });
+  afterAll(() => acks.gate.open());
+  afterAll(() => Promise.all([pair.a, pair.b].map((x) => x.destroy())));
+  return { pair, gate: acks.gate };
+}
+
+/** Namespace orders' row on cluster c. */
+const ordersRow = async (c: TestCluster) => (await c.server.database.db.select().from(namespaces).where(eq(namespaces.name, "orders")))[0]!;
