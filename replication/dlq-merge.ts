@@ -11,6 +11,7 @@ import type { Db } from "../src/persistence/database";
 import { clusterMetadata, replicationDlq } from "../src/persistence/schema";
 import type { HistoryApplier, IncomingTask } from "./applier";
 import { entryOf, HELD_BEHIND, type DlqFilter, type DlqRow, type ReplicationDlq } from "./dlq";
+import { fetchOutside } from "./gap-fetch";
 import { rawFetcher } from "./page-transactions";
 import { versionHistoryFromProto } from "./version-history";
 import { shown } from "../src/shown";
@@ -49,12 +50,13 @@ export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, lo
       versionHistory: versionHistoryFromProto(res.versionHistory?.items), events: res.events,
     };
     const namespaces = await applier.namespacesOf([task]);
-    const fetchRaw = rawFetcher(e.sourceCluster, source, log, signal);
-    const grown = await writer.transact("MergeReplicationDlq", async (tx) => {
-      const n = await applier.applyTask(tx, namespaces.get(e.namespaceId)!, task, fetchRaw);
-      await tx.delete(replicationDlq).where(keyOf(e));
-      return n;
-    }, signal);
+    const grown = await fetchOutside(rawFetcher(e.sourceCluster, source, log, signal), (fetchRaw) =>
+      writer.transact("MergeReplicationDlq", async (tx) => {
+        const n = await applier.applyTask(tx, namespaces.get(e.namespaceId)!, task, fetchRaw);
+        await tx.delete(replicationDlq).where(keyOf(e));
+        return n;
+      }, signal),
+    );
     if (grown > 0) notifier.notify(e.runId);
   }
 

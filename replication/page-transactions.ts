@@ -10,6 +10,7 @@ import { composite, runStatement } from "../src/persistence/raw-statements";
 import { advanceInboundAck, advanceInboundAckPart } from "./ack-levels";
 import type { HistoryApplier, IncomingTask, PlannedApply, RawHistoryFetcher } from "./applier";
 import { HELD_BEHIND, noneHeldPart, type ReplicationDlq } from "./dlq";
+import { fetchOutside } from "./gap-fetch";
 import type { RemoteCluster } from "./manager";
 import { createRunCache } from "./run-cache";
 import { mergeRunTasks } from "./task-merge";
@@ -202,9 +203,9 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
   /**
    * Applies tasks in an ordinary transaction: tasks of a run that already has a DLQ entry
    * from this shard go to the DLQ too, so the run never gets a gap (the merge re-applies
-   * them in order); conflicts are resolved and gaps fetched from the source. Workflows
-   * apply side by side, their statements pipelined on the transaction's connection; a
-   * workflow's tasks in order.
+   * them in order); conflicts are resolved and gaps fetched from the source (outside the
+   * transaction: fetchOutside). Workflows apply side by side, their statements pipelined on
+   * the transaction's connection; a workflow's tasks in order.
    */
   async function applyInFull(
     remote: RemoteCluster,
@@ -213,34 +214,35 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
     namespaces: Map<string, NamespaceRecord>,
     moves: AckMove[],
   ): Promise<Applied> {
-    const fetchRaw = rawFetcher(remote.name, remote.clients, log, signal);
-    return writer.transact("ReplicateHistory", async (tx) => {
-      const held = tasks.length ? await dlq.heldRuns(tx, remote.name, moves.map((m) => m.shardId)) : new Set<string>();
-      const done: Applied = { grown: [], held: 0 };
-      let failed = false;
-      const apply = async (workflowTasks: ReplicationTask[]) => {
-        try {
-          for (const t of workflowTasks.filter((t) => held.has(runKeyText(t)))) {
-            if (failed) return; // the transaction rolls back: issue nothing more on it
-            await dlq.add(tx, remote.name, t, 0, HELD_BEHIND);
-            done.held++;
+    return fetchOutside(rawFetcher(remote.name, remote.clients, log, signal), (fetchRaw) =>
+      writer.transact("ReplicateHistory", async (tx) => {
+        const held = tasks.length ? await dlq.heldRuns(tx, remote.name, moves.map((m) => m.shardId)) : new Set<string>();
+        const done: Applied = { grown: [], held: 0 };
+        let failed = false;
+        const apply = async (workflowTasks: ReplicationTask[]) => {
+          try {
+            for (const t of workflowTasks.filter((t) => held.has(runKeyText(t)))) {
+              if (failed) return; // the transaction rolls back: issue nothing more on it
+              await dlq.add(tx, remote.name, t, 0, HELD_BEHIND);
+              done.held++;
+            }
+            // Held runs are held whole, so the others apply apart from them, in order, merged per run.
+            for (const t of mergeRunTasks(workflowTasks.filter((t) => !held.has(runKeyText(t))).map(incoming))) {
+              if (failed) return;
+              if ((await applier.applyTask(tx, namespaces.get(t.namespaceId)!, t, fetchRaw)) > 0) done.grown.push(t.runId);
+            }
+          } catch (e) {
+            failed = true;
+            throw e;
           }
-          // Held runs are held whole, so the others apply apart from them, in order, merged per run.
-          for (const t of mergeRunTasks(workflowTasks.filter((t) => !held.has(runKeyText(t))).map(incoming))) {
-            if (failed) return;
-            if ((await applier.applyTask(tx, namespaces.get(t.namespaceId)!, t, fetchRaw)) > 0) done.grown.push(t.runId);
-          }
-        } catch (e) {
-          failed = true;
-          throw e;
-        }
-      };
-      // Pipelined: the acks move with the apply, and a failure of any rolls back all.
-      // Everything settles before the callback returns: no statement may reach the
-      // connection after the rollback, when it serves another transaction.
-      await settleAll([...byWorkflow(tasks).map(apply), ...moves.map((m) => advanceInboundAck(tx, remote.name, m.shardId, m))]);
-      return done;
-    });
+        };
+        // Pipelined: the acks move with the apply, and a failure of any rolls back all.
+        // Everything settles before the callback returns: no statement may reach the
+        // connection after the rollback, when it serves another transaction.
+        await settleAll([...byWorkflow(tasks).map(apply), ...moves.map((m) => advanceInboundAck(tx, remote.name, m.shardId, m))]);
+        return done;
+      }),
+    );
   }
 
   return { applyAll };

@@ -1,9 +1,10 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { create } from "@bufbuild/protobuf";
+import { eq } from "drizzle-orm";
 import { outboundAcks } from "../../replication/ack-levels";
 import type { HistoryApplier } from "../../replication/applier";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
-import { replicationDlq } from "../../src/persistence/schema";
+import { executions, replicationDlq } from "../../src/persistence/schema";
 import { PayloadsSchema } from "../../src/gen/tern/common/v1/common_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { createLogger } from "../../src/observability/log";
@@ -42,6 +43,33 @@ const ackedAll = async (a: TestCluster) => {
   const [max, acks] = await Promise.all([lastTaskIds(a), outboundAcks(a.server.database.db, "clusterB")]);
   expect([...max].map(([shard]) => acks.get(shard) ?? 0)).toEqual([...max.values()]);
 };
+
+/**
+ * An applier for B that sees run "gap"'s signal (event 2) arrive without its event, as after a
+ * lost task, and repairs it from A's raw history; before runs as the apply asks for the gap.
+ */
+function gapInRun() {
+  const gap = {
+    before: () => {},
+    fetches: 0,
+    wrap: (inner: HistoryApplier): HistoryApplier => ({
+      ...inner,
+      planApply: (ns, task, reads) => (task.workflowId === "gap" ? undefined : inner.planApply(ns, task, reads)),
+      applyTask(tx, ns, task, fetchRaw) {
+        const lost = task.workflowId === "gap" && task.firstEventId === 2 ? { ...task, firstEventId: 3, events: task.events.filter((e) => e.eventId !== 2n) } : task;
+        return inner.applyTask(tx, ns, lost, (...args) => (gap.fetches++, gap.before(), fetchRaw(...args)));
+      },
+    }),
+  };
+  return gap;
+}
+
+/** Locks workflowId's run row on x in a transaction of its own, failing at once if another holds it (or within 1 s if it waits). */
+async function lockRunNow(x: TestCluster, workflowId: string): Promise<void> {
+  const locked = x.server.database.db.transaction((tx) => tx.select().from(executions).where(eq(executions.workflowId, workflowId)).for("update", { noWait: true }));
+  const late = new Promise((_, reject) => setTimeout(() => reject(new Error(`the run ${workflowId} could not be locked within 1 s`)), 1_000));
+  await Promise.race([locked, late]);
+}
 
 for (const store of await testStores()) {
   describe(`a replication link that drops packets, on ${store}`, () => {
@@ -168,40 +196,55 @@ for (const store of await testStores()) {
   });
 
   describe(`a gap repair whose source the link cuts off, on ${store}`, () => {
-    // B's applier sees run "gap"'s signal arrive without its event, as after a lost task, and
-    // repairs it from A's raw history; the test's hook runs before each such fetch.
-    let beforeGapFetch = () => {};
-    let gapFetches = 0;
-    const withGap = (inner: HistoryApplier): HistoryApplier => ({
-      ...inner,
-      planApply: (ns, task, reads) => (task.workflowId === "gap" ? undefined : inner.planApply(ns, task, reads)),
-      applyTask(tx, ns, task, fetchRaw) {
-        const lost = task.workflowId === "gap" && task.firstEventId === 2 ? { ...task, firstEventId: 3, events: task.events.filter((e) => e.eventId !== 2n) } : task;
-        return inner.applyTask(tx, ns, lost, (...args) => (gapFetches++, beforeGapFetch(), fetchRaw(...args)));
-      },
-    });
+    const gap = gapInRun();
     // A task is retried twice before it goes to the DLQ.
-    const pair = useLinkedPair(store, [{}, { serverOptions: { replication: { wrapApplier: withGap, retry: { attempts: 2, backoffMs: 10 } } } }]);
+    const pair = useLinkedPair(store, [{}, { serverOptions: { replication: { wrapApplier: gap.wrap, retry: { attempts: 2, backoffMs: 10 } } } }]);
 
     test("TestAGapRepairThatCannotReachTheSourceRetriesUntilItCan, and sends nothing to the DLQ", async () => {
       const { a, b, link, nsId } = pair;
       await start(a, "gap");
       await eventually(() => expectSameHistories(a, b, nsId));
       // The link goes down (connections reset, new ones refused, as with A restarting) as B fetches the gap.
-      beforeGapFetch = () => {
-        beforeGapFetch = () => {};
+      gap.before = () => {
+        gap.before = () => {};
         link.refuse(true);
         link.cut();
       };
       try {
         await a.client(WorkflowService).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "gap" }, signalName: "s" });
-        await eventually(() => expect(gapFetches).toBeGreaterThanOrEqual(1));
+        await eventually(() => expect(gap.fetches).toBeGreaterThanOrEqual(1));
         // B tries the link again and again: past the task's retry budget, were it the task's fault.
         await eventually(() => expect(link.refused).toBeGreaterThanOrEqual(3), { timeout: 15_000 });
       } finally {
         link.refuse(false);
       }
       await eventually(() => expectSameHistories(a, b, nsId), { timeout: 15_000 });
+      expect(await b.server.database.db.select().from(replicationDlq)).toEqual([]);
+    });
+  });
+  describe(`a gap repair whose source the link black-holes, on ${store}`, () => {
+    const gap = gapInRun();
+    const pair = useLinkedPair(store, [{}, { serverOptions: { replication: { wrapApplier: gap.wrap } } }]);
+
+    test("TestAGapRepairWaitingOnABlackHoledLinkHoldsNoTransactionOnB, and B applies it once the link returns", async () => {
+      const { a, b, link, nsId } = pair;
+      await start(a, "gap");
+      await eventually(() => expectSameHistories(a, b, nsId));
+      // The link drops every packet as B comes to fetch the gap: the fetch waits (up to its 30 s timeout).
+      gap.before = () => {
+        gap.before = () => {};
+        link.hold(true);
+      };
+      try {
+        await a.client(WorkflowService).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "gap" }, signalName: "s" });
+        await eventually(() => expect(gap.fetches).toBeGreaterThanOrEqual(1));
+        // Meanwhile B's apply holds neither the run's row nor (on PGlite, one transaction at a time) the database.
+        await eventually(() => lockRunNow(b, "gap"), { timeout: 5_000 });
+        expect((await historiesOf(b, nsId)).filter((e) => e.workflowId === "gap").map((e) => e.eventId)).toEqual([1]);
+      } finally {
+        link.hold(false);
+      }
+      await eventually(() => expectSameHistories(a, b, nsId), { timeout: 40_000 });
       expect(await b.server.database.db.select().from(replicationDlq)).toEqual([]);
     });
   });
