@@ -66,7 +66,9 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
   const prefetchWaitMs = Math.min(waitMs, deps.prefetchWaitMs ?? 50);
   const reprobeMs = deps.reprobeMs ?? 60_000;
   const ackIntervalMs = deps.ackIntervalMs ?? 50;
-  const silenceGraceMs = deps.silenceGraceMs ?? 15_000;
+  // A silent stream is given up 3 s after its state says the source is overdue (OVERDUE_SLACK_MS),
+  // not 13 s after: with 15 s, 25 s of a black-holed link passed before the stream was opened again.
+  const silenceGraceMs = deps.silenceGraceMs ?? 5_000;
   const durable = deps.durable ?? (() => Promise.resolve());
   /** When each remote last refused StreamReplicationTasks, and PullReplicationTasks (terns before them). */
   const streamRefusedAt = new Map<string, number>();

@@ -93,7 +93,7 @@ export interface ServerOptions {
     reprobeMs?: number;
     /** How long this cluster's streams and long polls ask a source to wait for news (default 10 s). */
     waitMs?: number;
-    /** How long past waitMs a stream may stay silent before it is given up and opened again (default 15 s). */
+    /** How long past waitMs a stream may stay silent before it is given up and opened again (default 5 s). */
     silenceGraceMs?: number;
     /** Awaited by this source before each StreamReplicationTasks message goes out: holds a peer's stream (tests). */
     beforeStreamMessage?: (signal: AbortSignal) => Promise<void>;

@@ -73,8 +73,8 @@ async function lockRunNow(x: TestCluster, workflowId: string): Promise<void> {
 
 for (const store of await testStores()) {
   describe(`a replication link that drops packets, on ${store}`, () => {
-    // B hears from A at least every 300 ms; A is overdue at 2.3 s and given up at 5.3 s of silence.
-    const pair = useLinkedPair(store, [{}, { serverOptions: { replication: { waitMs: 300, silenceGraceMs: 5_000 } } }]);
+    // B hears from A at least every 300 ms; A is overdue at 2.3 s and given up at 5.3 s of silence (the default grace).
+    const pair = useLinkedPair(store, [{}, { serverOptions: { replication: { waitMs: 300 } } }]);
 
     test("TestABlackHoledLinkShowsAsOverdueThenFailedOnB, and B catches up exactly once when it returns", async () => {
       const { a, b, link, nsId } = pair;
