@@ -80,8 +80,11 @@ export function createReplicationManager({ db, clients, streamsFor, log }: Repli
   async function loop(stream: ReplicationStream, remote: RemoteCluster, signal: AbortSignal, entry: Running) {
     // A link that fails and recovers every second is said once per 10 s, not twice a second.
     const failures = createFlapLog();
+    let backoff = 100;
     const report: StreamReport = {
       ok: () => {
+        // A stream ends by throwing, however long it was well: the next failure is retried soon again.
+        backoff = 100;
         entry.states.set(stream.name, "connected");
         const failedForMs = failures.recovered();
         if (failedForMs !== undefined) log.info("replication stream recovered", { remote: remote.name, stream: stream.name, failedForMs: Math.round(failedForMs) });
@@ -93,7 +96,6 @@ export function createReplicationManager({ db, clients, streamsFor, log }: Repli
         entry.states.set(stream.name, `error: ${msg}`);
       },
     };
-    let backoff = 100;
     while (!signal.aborted) {
       try {
         await stream.run(remote, signal, report);

@@ -43,6 +43,33 @@ describe("replication manager", () => {
   });
 });
 
+describe("a stream's restarts", () => {
+  test("come 100 ms after a failure of a stream that was well, however many failures before had grown the backoff", async () => {
+    const runsAt: number[] = [];
+    let fail = (_e: Error) => {};
+    const stream: ReplicationStream = {
+      name: "history",
+      async run(_remote, signal, report) {
+        runsAt.push(performance.now());
+        // Five failures grow the backoff to 1 s; the sixth run is well until the test ends it.
+        if (runsAt.length <= 5) throw new Error("connection refused");
+        report.ok();
+        await new Promise((_, reject) => ((fail = reject), signal.addEventListener("abort", () => reject(new Error("stopped")), { once: true })));
+      },
+    };
+    const manager = createReplicationManager({
+      db, clients: { get: () => ({}) }, streamsFor: () => [stream], log: createLogger({ write: () => {} }),
+    } as unknown as ReplicationManagerDeps);
+    await manager.start();
+    await eventually(() => expect(runsAt.length).toBe(6), { timeout: 5_000 });
+    const failedAt = performance.now();
+    fail(new Error("connection reset"));
+    await eventually(() => expect(runsAt.length).toBe(7));
+    await manager.stop();
+    expect(runsAt[6]! - failedAt).toBeLessThan(500);
+  });
+});
+
 describe("a remote's connection state", () => {
   test("is a failing stream's error while another stream of the remote succeeds, and connected once none fails", async () => {
     const reports = new Map<string, StreamReport>();
