@@ -75,6 +75,13 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
   const pullRefusedAt = new Map<string, number>();
   /** Per remote, per shard id (no key string to build for each of hundreds of shards per pull). */
   const progress = new Map<string, Map<number, InboundProgress>>();
+  /** When each remote's last stream message or pull answer came (epoch ms): what progress knows of its tasks is as of then. */
+  const heardAt = new Map<string, number>();
+  const hear = (remote: string) => {
+    const at = Date.now();
+    heardAt.set(remote, at);
+    return at;
+  };
 
   function progressOf(remote: string, shardId: number): InboundProgress {
     let shards = progress.get(remote);
@@ -312,6 +319,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
           if (!heard && streamRefusedAt.delete(remote.name)) log.info("remote cluster serves StreamReplicationTasks now; taking its tasks on one stream", { remote: remote.name });
           heard = true;
           lastHeard = performance.now();
+          hear(remote.name);
           overdue = undefined;
           let tasks = 0;
           let bytes = 0;
@@ -438,7 +446,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     };
     const ask = (after: Map<number, number>, wait: number) => {
       const asked = cursors(after);
-      const res = tell(asked).then(() => fetch(asked, wait)).then((pulled) => ({ ...pulled, asked, arrivedAt: Date.now() }));
+      const res = tell(asked).then(() => fetch(asked, wait)).then((pulled) => ({ ...pulled, asked, arrivedAt: hear(remote.name) }));
       // Awaited by the loop, unless it stops first (aborted, or an apply failed): then nobody needs the answer.
       res.catch(() => {});
       return res;
@@ -497,6 +505,15 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     },
     /** What this process last saw of remote's shard, if it pulled it. */
     progress: (remote: string, shardId: number): InboundProgress | undefined => progress.get(remote)?.get(shardId),
+    /**
+     * When this process last heard from remote, and whether that is longer ago than the source
+     * goes between messages and its slack (the stream's state says it is overdue then): its
+     * tasks since are not seen, so the inbound lag is unknown.
+     */
+    heard(remote: string): { at?: Date; stale: boolean } {
+      const at = heardAt.get(remote);
+      return { at: at === undefined ? undefined : new Date(at), stale: at === undefined || Date.now() - at > waitMs + OVERDUE_SLACK_MS };
+    },
   };
 }
 

@@ -1,4 +1,5 @@
 import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { and, asc, eq, gt, sql } from "drizzle-orm";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
 import {
@@ -20,6 +21,8 @@ export interface ReplicationStatusDeps {
   connectionState: (remote: string) => string;
   /** What this process's receiver last saw of a remote shard. */
   inboundProgress: (remote: string, shardId: number) => InboundProgress | undefined;
+  /** When the receiver last heard from a remote, and whether that is too long ago to know its lag (receiver.ts). */
+  inboundHeard: (remote: string) => { at?: Date; stale: boolean };
   /** DLQ entries per source cluster. */
   dlqSizes: () => Promise<Map<string, number>>;
   now?: () => number;
@@ -30,7 +33,7 @@ type ShardStatus = Omit<ShardReplicationStatus, "$typeName">;
 type UnconnectedMember = Omit<UnconnectedNamespaceMember, "$typeName">;
 
 /** AdminService.GetReplicationStatus: positions and lag per remote cluster, both directions. */
-export function createReplicationStatus({ db, cluster, connectionState, inboundProgress, dlqSizes, now = Date.now }: ReplicationStatusDeps) {
+export function createReplicationStatus({ db, cluster, connectionState, inboundProgress, inboundHeard, dlqSizes, now = Date.now }: ReplicationStatusDeps) {
   /** What this cluster applied of the remote's shards. */
   function inbound(remote: typeof clusterMetadata.$inferSelect, acks: AckRow[]): ShardStatus[] {
     return Array.from({ length: remote.historyShardCount }, (_, i) => {
@@ -88,6 +91,8 @@ export function createReplicationStatus({ db, cluster, connectionState, inboundP
     for (const remote of remotes) {
       const mine = acks.filter((a) => a.remoteCluster === remote.clusterName);
       const ns = mine.find((a) => a.direction === "inbound" && a.queue === "namespace");
+      // A source not heard from lately (the link down) may have written tasks this cluster cannot see.
+      const heard = inboundHeard(remote.clusterName);
       out.push({
         clusterName: remote.clusterName,
         connectionState: connectionState(remote.clusterName),
@@ -97,6 +102,8 @@ export function createReplicationStatus({ db, cluster, connectionState, inboundP
         namespaceMaxTaskId: BigInt(ns?.maxTaskId ?? 0),
         namespaceAckedTaskId: BigInt(ns?.ackLevel ?? 0),
         dlqSize: BigInt(dlq.get(remote.clusterName) ?? 0),
+        inboundHeardAt: heard.at && timestampFromDate(heard.at),
+        inboundLagUnknown: heard.stale,
       });
     }
     const missing = await unconnected(new Set(remotes.map((r) => r.clusterName)));

@@ -251,6 +251,7 @@ function wireReplication({ opts, log, now, cluster, database }: Base, core: Core
     namespaceSender: createNamespaceSender({ db, wake: notifier }),
     status: createReplicationStatus({
       db, cluster, connectionState: (name) => manager.connectionState(name), inboundProgress: historyReceiver.progress,
+      inboundHeard: historyReceiver.heard,
       dlqSizes: dlq.sizes,
     }),
   };

@@ -47,6 +47,18 @@ describe("replication status", () => {
     expect(lines[4]).toMatch(/^clusterB +outbound +1 +42 +40 +2 +150 +connected$/);
   });
 
+  test("a remote not heard from lately: its inbound lag is unknown, since when it was last heard", async () => {
+    const unheard = create(GetReplicationStatusResponseSchema, {
+      ...status,
+      remotes: [{ ...status.remotes[0]!, inboundLagUnknown: true, inboundHeardAt: timestampFromDate(new Date(Date.now() - 40_000)) }],
+    });
+    const r = await runCli(["replication", "status"], { admin: { getReplicationStatus: () => unheard } });
+    const lines = r.stdout.trimEnd().split("\n");
+    expect(lines[2]).toMatch(/^clusterB +inbound +1 +10 +10 +unknown +unknown +connected$/);
+    expect(lines[4]).toMatch(/^clusterB +outbound +1 +42 +40 +2 +150 +connected$/);
+    expect(lines[6]).toMatch(/^NOTE: clusterA has heard nothing from clusterB since \S+Z \(40 s ago\): its inbound lag is unknown \(/);
+  });
+
   test("-o json is the protobuf JSON of the response", async () => {
     const r = await runCli(["replication", "status", "-o", "json"], { admin: { getReplicationStatus: () => status } });
     const json = JSON.parse(r.stdout);

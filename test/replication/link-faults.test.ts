@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { create } from "@bufbuild/protobuf";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { eq } from "drizzle-orm";
 import { outboundAcks } from "../../replication/ack-levels";
 import type { HistoryApplier } from "../../replication/applier";
@@ -91,8 +92,11 @@ for (const store of await testStores()) {
           { timeout: 10_000 },
         );
         await eventually(async () => expect((await statusOf(b)).connectionState).toContain("sent nothing on its replication stream for 5300 ms"), { timeout: 10_000 });
-        // A knows B is behind.
+        // A knows B is behind; B cannot see what A wrote, so its inbound lag is unknown (as of when it last heard A), not 0.
         expect(await outboundLag(a)).toBeGreaterThan(0);
+        const unheard = await statusOf(b);
+        expect(unheard.inboundLagUnknown).toBe(true);
+        expect(Date.now() - timestampDate(unheard.inboundHeardAt!).getTime()).toBeGreaterThanOrEqual(5_000);
         expect((await historiesOf(b, nsId)).some((e) => e.workflowId.startsWith("held-"))).toBe(false);
       } finally {
         link.hold(false);
@@ -101,6 +105,7 @@ for (const store of await testStores()) {
       await eventually(async () => expect((await statusOf(b)).connectionState).toBe("connected"));
       await eventually(() => ackedAll(a));
       expect((await statusOf(b)).dlqSize).toBe(0n);
+      expect((await statusOf(b)).inboundLagUnknown).toBe(false);
     });
   });
 

@@ -1,3 +1,4 @@
+import { timestampDate } from "@bufbuild/protobuf/wkt";
 import {
   GetReplicationStatusResponseSchema,
   type GetReplicationStatusResponse,
@@ -16,16 +17,32 @@ function connectionOf(remote: RemoteClusterReplicationStatus): string {
 }
 
 function shardRow(remote: RemoteClusterReplicationStatus, direction: string, s: ShardReplicationStatus): string[] {
+  // Inbound, from a remote not heard from lately: what it wrote since is not seen here.
+  const unknown = direction === "inbound" && remote.inboundLagUnknown;
   return [
     remote.clusterName,
     direction,
     String(s.shardId),
     String(s.maxTaskId),
     String(s.ackedTaskId),
-    String(s.lagTasks),
-    String(s.lagMs),
+    unknown ? "unknown" : String(s.lagTasks),
+    unknown ? "unknown" : String(s.lagMs),
     connectionOf(remote),
   ];
+}
+
+/** A line for each remote whose inbound lag is unknown: since when, and where to read it. */
+function unheardLines(res: GetReplicationStatusResponse, now: number): string {
+  return res.remotes
+    .filter((r) => r.inboundLagUnknown)
+    .map((r) => {
+      const since = r.inboundHeardAt
+        ? `since ${timestampDate(r.inboundHeardAt).toISOString()} (${Math.max(0, Math.round((now - timestampDate(r.inboundHeardAt).getTime()) / 1000))} s ago)`
+        : "since this server started";
+      return `NOTE: ${res.clusterName} has heard nothing from ${r.clusterName} ${since}: its inbound lag is unknown ` +
+        `(the MAX TASK ID shown is as of then; tasks ${r.clusterName} wrote since are not seen here: its own outbound rows show them)\n`;
+    })
+    .join("");
 }
 
 /** Namespace replication as one more inbound row, shard "ns". */
@@ -44,7 +61,7 @@ function namespaceRow(remote: RemoteClusterReplicationStatus): string[] {
 }
 
 /** The status table: one row per remote cluster, direction and shard. */
-export function replicationStatusTable(res: GetReplicationStatusResponse): string {
+export function replicationStatusTable(res: GetReplicationStatusResponse, now = Date.now()): string {
   const headers = ["REMOTE", "DIRECTION", "SHARD", "MAX TASK ID", "ACKED TASK ID", "LAG (TASKS)", "LAG (MS)", "CONNECTION"];
   const rows = res.remotes.flatMap((remote) => [
     ...remote.inbound.map((s) => shardRow(remote, "inbound", s)),
@@ -55,7 +72,7 @@ export function replicationStatusTable(res: GetReplicationStatusResponse): strin
   const warnings = unconnectedLines(res);
   if (rows.length === 0) return `${title}: no remote clusters (connect one with 'tern operator cluster upsert')\n${warnings}`;
   const dlq = res.remotes.map((r) => `${r.clusterName} ${r.dlqSize}`).join(", ");
-  return `${title}\n${formatTable(headers, rows)}DLQ (tasks per source): ${dlq}\n${warnings}`;
+  return `${title}\n${formatTable(headers, rows)}DLQ (tasks per source): ${dlq}\n${unheardLines(res, now)}${warnings}`;
 }
 
 /** One warning line per namespace member not connected here: nothing of that namespace replicates between them. */
@@ -79,6 +96,8 @@ const status: LeafCommand = {
     'with shard "ns" is namespace replication.',
     "outbound rows: what the remote acked of this cluster's tasks, per local shard.",
     "LAG (TASKS) is MAX TASK ID minus ACKED TASK ID; LAG (MS) is the delay the server measures.",
+    "An inbound lag is 'unknown' while the remote has not been heard from lately (it sends at",
+    "least every 10 s): what it wrote since is not seen; a NOTE line says since when.",
     "The DLQ line counts the tasks from each remote held in the DLQ ('tern replication dlq list').",
     "A WARNING line follows for each cluster a global namespace here lists that is not connected",
     "to this one: nothing of that namespace replicates between the two.",
