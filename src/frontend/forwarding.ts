@@ -2,12 +2,13 @@ import { Code, ConnectError, type CallOptions, type HandlerContext, type Service
 import type { Duration } from "@bufbuild/protobuf/wkt";
 import { ulid } from "ulid";
 import type { ClusterDirectory } from "../cluster/directory";
-import { peerUnreachable, type RemoteClientPool, type RemoteClients } from "../cluster/remote-client";
+import { peerFailureText, type RemoteClientPool, type RemoteClients } from "../cluster/remote-client";
 import type { RedirectionPolicy } from "../config/schema";
 import { ACTIVE_CLUSTER_HEADER, NamespaceNotActiveError, unavailable } from "../errors";
 import type { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
 import type { NamespaceRegistry } from "../namespace/registry";
 import { shown } from "../shown";
+import { requestIdKey } from "./interceptors";
 import { historyWaitMs } from "./workflow-handler";
 
 /** Marks a forwarded call; a call carrying it is never forwarded again (no loops). */
@@ -36,11 +37,20 @@ const ALL: MethodName[] = [
   "listWorkflowExecutions",
 ];
 
-/** The frontend clients of a connected cluster, by name. */
-export async function frontendOf(clusters: ClusterDirectory, pool: RemoteClientPool, name: string): Promise<RemoteClients> {
+/** The frontend clients of a connected cluster, by name; retry: how the refusal ends (retryText). */
+async function frontendOf(clusters: ClusterDirectory, pool: RemoteClientPool, name: string, retry: string): Promise<RemoteClients> {
   const row = (await clusters.list()).find((c) => c.clusterName === name && !c.isCurrent);
-  if (!row) throw unavailable(`cannot forward to cluster ${name}: it is not connected to ${clusters.current().clusterName}`);
+  if (!row) throw unavailable(`cannot forward to cluster ${name}: it is not connected to ${clusters.current().clusterName}${retry}`);
   return pool.get(row.rpcAddress);
+}
+
+/**
+ * How a forwarding failure ends: the request id to find it by, a write's own (the forwarding
+ * cluster made one up if the caller gave none; a retry with it is applied once, whether or not
+ * the failed call reached the target), else the call's (in this cluster's log of the failure).
+ */
+function retryText(ctx: HandlerContext, requestId: string | undefined): string {
+  return requestId ? ` (request id ${shown(requestId)}); retry with the same request id` : ` (request id ${ctx.values.get(requestIdKey)}); retry`;
 }
 
 /**
@@ -69,8 +79,9 @@ export interface ForwardTarget {
 /**
  * Makes a call to the active cluster (call, given its options: the marker header, the caller's
  * cancellation, the earlier of its deadline and limitMs) and answers its failures as the caller
- * should see them: handedBack, an answer that did not come by limitMs (UNAVAILABLE; the call may
- * have reached the target, so the message names the request id to retry with), peerUnreachable.
+ * should see them: handedBack, an answer that did not come by limitMs or none at all (a connection
+ * reset or refused), UNAVAILABLE naming the request id to retry with (retryText): the call may
+ * have reached the target.
  */
 export async function forward<T>(ctx: HandlerContext, to: ForwardTarget, call: (options: CallOptions) => Promise<T>): Promise<T> {
   const callerMs = ctx.timeoutMs();
@@ -83,10 +94,13 @@ export async function forward<T>(ctx: HandlerContext, to: ForwardTarget, call: (
       const what = `the forwarded ${to.what} within ${to.limitMs} ms`;
       throw unavailable(
         `cluster ${to.target}, where namespace ${to.namespace} is active, did not answer ` +
-          (to.requestId ? `${what} (request id ${shown(to.requestId)}); it may still be applied there: retry with the same request id` : `${what}; retry`),
+          (to.requestId ? `${what} (request id ${shown(to.requestId)}); it may still be applied there: retry with the same request id` : `${what}${retryText(ctx, undefined)}`),
       );
     }
-    throw handedBack(e, to.namespace, to.target, to.current) ?? peerUnreachable(e, to.target);
+    const retry = retryText(ctx, to.requestId);
+    // A connection reset may come after the target applied the call: the retry must carry its request id.
+    if (e instanceof ConnectError && e.code === Code.Unknown) throw unavailable(`cannot reach cluster ${to.target}: ${peerFailureText(e)}${retry}`);
+    throw handedBack(e, to, retry) ?? e;
   }
 }
 
@@ -95,12 +109,12 @@ export async function forward<T>(ctx: HandlerContext, to: ForwardTarget, call: (
  * a failover reaches them one after the other (the target handed over; current has not
  * heard yet). Retryable: the failover lands here within moments. Undefined for any other.
  */
-export function handedBack(e: unknown, namespace: string, target: string, current: string): Error | undefined {
+function handedBack(e: unknown, { namespace, target, current }: ForwardTarget, retry: string): Error | undefined {
   if (!(e instanceof ConnectError) || e.code !== Code.FailedPrecondition) return undefined;
   // The header from a tern that sends it; the message from one before it (and a failover's).
   const active = e.metadata.get(ACTIVE_CLUSTER_HEADER) ?? (e.rawMessage === `namespace ${namespace} is active in cluster ${current}` ? current : undefined);
   if (active !== current) return undefined;
-  return unavailable(`namespace ${namespace} is failing over: cluster ${target} says ${current} is active, and ${current} has not heard yet; retry`);
+  return unavailable(`namespace ${namespace} is failing over: cluster ${target} says ${current} is active, and ${current} has not heard yet${retry}`);
 }
 
 /**
@@ -126,16 +140,17 @@ export async function callActive<T>(
   call: (remote: RemoteClients, options: CallOptions) => Promise<T>,
 ): Promise<T> {
   const current = clusters.current().clusterName;
+  const retry = retryText(ctx, to.requestId);
   const tried = new Set([current]);
   for (let target = to.target; ; ) {
     tried.add(target);
-    const remote = await frontendOf(clusters, clients, target);
+    const remote = await frontendOf(clusters, clients, target, retry);
     try {
       return await forward(ctx, { ...to, current, target }, (options) => call(remote, options));
     } catch (e) {
       const next = redirectedTo(e, to.namespace);
       if (next === undefined) throw e;
-      if (tried.has(next)) throw unavailable(`namespace ${to.namespace} is failing over: cluster ${target} says ${next} is active, which has not heard yet; retry`);
+      if (tried.has(next)) throw unavailable(`namespace ${to.namespace} is failing over: cluster ${target} says ${next} is active, which has not heard yet${retry}`);
       target = next;
     }
   }

@@ -68,7 +68,7 @@ for (const store of await testStores()) {
       await rejects(
         b.client(OperatorService).failoverNamespace({ namespace: "handed", targetCluster: "clusterA" }),
         Code.Unavailable,
-        "namespace handed is failing over: cluster clusterA says clusterB is active, and clusterB has not heard yet; retry",
+        "namespace handed is failing over: cluster clusterA says clusterB is active, and clusterB has not heard yet (request id ",
       );
       await setLink(a, b, true);
       await expectActiveOn(b, "handed", "clusterB", 2n);

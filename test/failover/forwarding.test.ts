@@ -104,7 +104,7 @@ for (const store of await testStores()) {
         await rejects(
           selected.client(WorkflowService).signalWorkflowExecution({ namespace: "orders", workflowExecution: run("w1"), signalName: "in-between" }),
           Code.Unavailable,
-          "namespace orders is failing over: cluster clusterA says clusterC is active, and clusterC has not heard yet; retry",
+          "namespace orders is failing over: cluster clusterA says clusterC is active, and clusterC has not heard yet (request id ",
         );
       } finally {
         await onA.update(namespaces).set({ activeClusterName: "clusterA" }).where(eq(namespaces.name, "orders"));

@@ -1,8 +1,9 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { Code } from "@connectrpc/connect";
+import { Code, type ConnectError } from "@connectrpc/connect";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { ReplicationState } from "../../src/gen/tern/workflow/v1/namespace_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { createLogger } from "../../src/observability/log";
 import { eventually } from "../support/eventually";
 import { startLinkedPair } from "../support/linked-pair";
 import { rejects } from "../support/rejects";
@@ -29,6 +30,7 @@ for (const store of await testStores()) {
     let a: TestCluster, b: TestCluster;
     let link: TcpProxy;
     let close: () => Promise<void>;
+    const bLog: { msg: string; requestId?: string; error?: string }[] = [];
     const signalsOnA = async (workflowId: string) => {
       const h = await a.client(WorkflowService).getWorkflowExecutionHistory({ namespace: NS, execution: { workflowId } });
       return h.history!.events.filter((e) => e.attributes.case === "workflowExecutionSignaledEventAttributes").map((e) => e.eventId);
@@ -37,7 +39,7 @@ for (const store of await testStores()) {
     beforeAll(async () => {
       ({ a, b, link, close } = await startLinkedPair(store, [{}, {
         extraYaml: "dcRedirectionPolicy: { policy: selected-apis-forwarding }",
-        serverOptions: { forwardTimeoutMs: FORWARD_MS },
+        serverOptions: { forwardTimeoutMs: FORWARD_MS, log: createLogger({ level: "info", write: (line) => bLog.push(JSON.parse(line)) }) },
       }]));
       await a.client(WorkflowService).startWorkflowExecution({ namespace: NS, workflowId: "w", workflowType: "T", taskQueue: "q" });
     });
@@ -100,6 +102,29 @@ for (const store of await testStores()) {
       expect((await signalsOnA("w")).length).toBe(4);
     });
 
+    test("TestAForwardedSignalWhoseConnectionIsResetNamesTheRequestIdBMadeUp, in its log too, and its retry with it writes once", async () => {
+      const before = await signalsOnA("w");
+      const signal = (requestId?: string) => b.client(WorkflowService).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "w" }, signalName: "reset", requestId });
+      // A applies the signal (no request id given: B makes one up) and its answer is held; then the connection is reset.
+      link.stall("toClient", true);
+      let failed: ConnectError;
+      try {
+        const asked = signal();
+        await eventually(async () => expect(await signalsOnA("w")).toHaveLength(before.length + 1));
+        link.cut();
+        failed = await rejects(within(10_000, asked), Code.Unavailable, "cannot reach cluster clusterA: ");
+      } finally {
+        link.stall("toClient", false);
+      }
+      const requestId = /\(request id (\S+)\); retry with the same request id$/.exec(failed.rawMessage)?.[1];
+      expect(requestId).toBeDefined();
+      expect(bLog.some((l) => l.msg === "rpc failed" && l.error?.includes(`request id ${requestId}`))).toBe(true);
+      // The retry with it gets the first result and writes nothing.
+      const applied = (await signalsOnA("w")).at(-1)!;
+      expect((await signal(requestId)).eventId).toBe(applied);
+      expect(await signalsOnA("w")).toEqual([...before, applied]);
+    });
+
     test("TestAFailoverAskedOfThePassiveClusterOverABlackHoledLinkAnswersInBoundedTimeAndLeavesNoHandover", async () => {
       const failover = () => b.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterB", timeout: { seconds: 1n } });
       link.hold(true);
@@ -108,7 +133,7 @@ for (const store of await testStores()) {
         await rejects(
           within(10_000, failover()),
           Code.Unavailable,
-          `cluster clusterA, where namespace ${NS} is active, did not answer the forwarded FailoverNamespace within ${1_000 + FORWARD_MS} ms; retry`,
+          `cluster clusterA, where namespace ${NS} is active, did not answer the forwarded FailoverNamespace within ${1_000 + FORWARD_MS} ms (request id `,
         );
         expect(performance.now() - asked).toBeLessThan(1_000 + FORWARD_MS + 2_000);
         // A never heard of it: still active, NORMAL, and taking writes.
@@ -123,5 +148,6 @@ for (const store of await testStores()) {
       await expectActiveOn(a, NS, "clusterB", 2n);
       await expectActiveOn(b, NS, "clusterB", 2n);
     });
+
   });
 }
