@@ -47,11 +47,14 @@ const ackedAll = async (a: TestCluster) => {
 
 /**
  * An applier for B that sees run "gap"'s signal (event 2) arrive without its event, as after a
- * lost task, and repairs it from A's raw history; before runs as the apply asks for the gap.
+ * lost task, and repairs it from A's raw history; onFetch's fault runs as the apply first asks for the gap.
  */
 function gapInRun() {
   const gap = {
     before: () => {},
+    onFetch(fault: () => void) {
+      gap.before = () => ((gap.before = () => {}), fault());
+    },
     fetches: 0,
     wrap: (inner: HistoryApplier): HistoryApplier => ({
       ...inner,
@@ -210,11 +213,7 @@ for (const store of await testStores()) {
       await start(a, "gap");
       await eventually(() => expectSameHistories(a, b, nsId));
       // The link goes down (connections reset, new ones refused, as with A restarting) as B fetches the gap.
-      gap.before = () => {
-        gap.before = () => {};
-        link.refuse(true);
-        link.cut();
-      };
+      gap.onFetch(() => (link.refuse(true), link.cut()));
       try {
         await a.client(WorkflowService).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "gap" }, signalName: "s" });
         await eventually(() => expect(gap.fetches).toBeGreaterThanOrEqual(1));
@@ -227,6 +226,7 @@ for (const store of await testStores()) {
       expect(await b.server.database.db.select().from(replicationDlq)).toEqual([]);
     });
   });
+
   describe(`a gap repair whose source the link black-holes, on ${store}`, () => {
     const gap = gapInRun();
     const pair = useLinkedPair(store, [{}, { serverOptions: { replication: { wrapApplier: gap.wrap } } }]);
@@ -236,10 +236,7 @@ for (const store of await testStores()) {
       await start(a, "gap");
       await eventually(() => expectSameHistories(a, b, nsId));
       // The link drops every packet as B comes to fetch the gap: the fetch waits (up to its 30 s timeout).
-      gap.before = () => {
-        gap.before = () => {};
-        link.hold(true);
-      };
+      gap.onFetch(() => link.hold(true));
       try {
         await a.client(WorkflowService).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "gap" }, signalName: "s" });
         await eventually(() => expect(gap.fetches).toBeGreaterThanOrEqual(1));
