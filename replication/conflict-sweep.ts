@@ -7,7 +7,7 @@ import type { Logger } from "../src/observability/log";
 import type { Db } from "../src/persistence/database";
 import { executions, historyBranches } from "../src/persistence/schema";
 import type { HistoryApplier } from "./applier";
-import { sleep } from "./manager";
+import { sleep } from "../src/sleep";
 
 export interface ConflictSweepDeps {
   db: Db;

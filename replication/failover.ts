@@ -11,7 +11,7 @@ import type { Db } from "../src/persistence/database";
 import { namespaces } from "../src/persistence/schema";
 import { listenForAckChange, outboundAcks } from "./ack-levels";
 import { appendNamespaceTask, namespaceQueueMax, readAckLevel } from "./namespace-queue";
-import { sleep } from "./manager";
+import { sleep } from "../src/sleep";
 import { lastTaskIds } from "./outbox";
 import { shown } from "../src/shown";
 

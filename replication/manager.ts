@@ -6,6 +6,7 @@ import { createFlapLog } from "../src/observability/failure-log";
 import type { Logger } from "../src/observability/log";
 import type { Db } from "../src/persistence/database";
 import { clusterMetadata } from "../src/persistence/schema";
+import { sleep } from "../src/sleep";
 
 /** A connected remote cluster as the replication streams see it. */
 export interface RemoteCluster {
@@ -165,17 +166,3 @@ export function createReplicationManager({ db, clients, streamsFor, log }: Repli
 export type ReplicationManager = ReturnType<typeof createReplicationManager>;
 
 const keyOf = (r: typeof clusterMetadata.$inferSelect) => `${r.rpcAddress}|${r.historyShardCount}|${r.clusterId}`;
-
-/** Resolves after ms, or at once when signal aborts. */
-export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal?.aborted) return resolve();
-    const t = setTimeout(done, ms);
-    function done() {
-      clearTimeout(t);
-      signal?.removeEventListener("abort", done);
-      resolve();
-    }
-    signal?.addEventListener("abort", done);
-  });
-}

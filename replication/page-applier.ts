@@ -8,7 +8,8 @@ import type { Metrics } from "../src/observability/metrics";
 import { advanceInboundAck } from "./ack-levels";
 import { isTaskFailure, type HistoryApplier } from "./applier";
 import type { ReplicationDlq } from "./dlq";
-import { sleep, type RemoteCluster, type StreamReport } from "./manager";
+import { sleep } from "../src/sleep";
+import type { RemoteCluster, StreamReport } from "./manager";
 import { createPageTransactions, settleAll, type AckMove, type Applied } from "./page-transactions";
 import type { InboundProgress } from "./receiver";
 

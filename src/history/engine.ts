@@ -20,7 +20,7 @@ import { firstResultOf } from "./request-reuse";
 import { reuseRefusal } from "./reuse-policy";
 import { shardFor } from "./shard";
 import type { Append, Writer, WriterDeps } from "./writer";
-import { sleep } from "../../replication/manager";
+import { sleep } from "../sleep";
 
 /** A run addressed by the caller: runId empty means the workflow's current run. */
 export interface RunRef {
