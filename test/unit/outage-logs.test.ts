@@ -32,18 +32,20 @@ describe("toConnectError", () => {
 });
 
 describe("toConnectError, a database that cannot run the request now", () => {
+  // A statement timeout also names the setting that caps it: an operator's choice, not the request's fault.
+  const statementTimeoutSetting = ", over persistence.datastore.postgres.statementTimeoutMs (or PostgreSQL's statement_timeout where that is 0)";
   test.each([
-    ["57014", "canceling statement due to statement timeout"],
-    ["55P03", "canceling statement due to lock timeout"],
-    ["40P01", "deadlock detected"],
-    ["40001", "could not serialize access due to concurrent update"],
-    ["25006", "cannot execute INSERT in a read-only transaction"],
-    ["53100", 'could not extend file "base/16384/16400": No space left on device'],
-  ])("%s is UNAVAILABLE naming PostgreSQL's reason, logged as a warning without the parameters", (code, message) => {
+    ["57014", "canceling statement due to statement timeout", statementTimeoutSetting],
+    ["55P03", "canceling statement due to lock timeout", ""],
+    ["40P01", "deadlock detected", ""],
+    ["40001", "could not serialize access due to concurrent update", ""],
+    ["25006", "cannot execute INSERT in a read-only transaction", ""],
+    ["53100", 'could not extend file "base/16384/16400": No space left on device', ""],
+  ])("%s is UNAVAILABLE naming PostgreSQL's reason, logged as a warning without the parameters", (code, message, setting) => {
     const { lines, log } = capture();
     const err = toConnectError(drizzled(Object.assign(new Error(message), { code, severity: "ERROR" })), "req-4", log);
     expect(err.code).toBe(Code.Unavailable);
-    expect(err.rawMessage).toBe(`the database could not run the request now (${code}: ${message}; request id req-4); retry`);
+    expect(err.rawMessage).toBe(`the database could not run the request now (${code}: ${message}${setting}; request id req-4); retry`);
     expect(lines.map(({ level, msg }) => ({ level, msg }))).toEqual([{ level: "warn", msg: "database could not run the request now" }]);
     expect(JSON.stringify(lines)).not.toContain("secret-signal-input");
   });
