@@ -20,6 +20,8 @@ export interface NamespaceReceiverDeps {
   onActivated?: (ns: NamespaceRecord) => void;
   /** A backfill job was committed (wakes the backfill streams). */
   onBackfillStarted?: () => void;
+  /** Awaited before each task is applied (tests: holds this cluster's view of a namespace change). */
+  beforeApply?: () => Promise<void>;
   /** How long the sender may hold one poll open. */
   waitTimeoutMs?: number;
   now?: () => Date;
@@ -34,6 +36,7 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
   const { db, currentCluster, log, waitTimeoutMs = 20_000, now = () => new Date() } = deps;
 
   async function apply(key: AckKey, task: NamespaceReplicationTask, maxTaskId: number): Promise<void> {
+    await deps.beforeApply?.();
     const result = await db.transaction(async (tx) => {
       const r = await applyNamespaceTask(tx, currentCluster, task.namespace!, now());
       const source = r.record?.activeClusterName;

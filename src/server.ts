@@ -105,6 +105,8 @@ export interface ServerOptions {
     beforeShardPage?: (shardId: number, signal: AbortSignal) => Promise<void>;
     /** In place of the database's `applies.durable`: what the receiver awaits before it tells a source of its applies (tests). */
     durable?: () => Promise<void>;
+    /** Awaited before each replicated namespace change is applied: holds this cluster's view of a failover (tests). */
+    beforeNamespaceApply?: () => Promise<void>;
   };
 }
 
@@ -214,6 +216,7 @@ function wireReplication({ opts, log, now, cluster, database }: Base, core: Core
   const backfill = createBackfillReceiver({ db, applier, namespaces, writer, notifier, log, now });
   const namespaceReceiver = createNamespaceReceiver({
     db, currentCluster: cluster.clusterName, namespaces, log, metrics, now, onActivated, onBackfillStarted: backfill.wake,
+    beforeApply: opts.replication?.beforeNamespaceApply,
   });
   // Becoming active: settle the conflicts resolved while this cluster was passive.
   const sweep = createConflictSweep({ db, cluster, namespaces, writer, applier, log });

@@ -15,6 +15,7 @@ import type { GracefulFailover } from "../../replication/failover";
 import type { RemoteClientPool } from "../cluster/remote-client";
 import { durationMs, namespaceToProto } from "./convert";
 import { callActive, FORWARD_TIMEOUT_MS, FORWARDED_HEADER } from "./forwarding";
+import { sleep } from "../sleep";
 
 export interface OperatorHandlerDeps {
   db: Db;
@@ -33,6 +34,8 @@ export interface OperatorHandlerDeps {
 }
 
 const FAILOVER_TIMEOUT_MS = 10_000;
+/** The longest a forwarded failover to this cluster waits for the switch to replicate here before it answers anyway. */
+const SWITCH_HEARD_WAIT_MS = 5_000;
 
 function clusterToProto(
   row: typeof clusterMetadata.$inferSelect,
@@ -63,6 +66,13 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
   const { db, clusters, namespaces, remotes, version, connectionState } = deps;
   const current = clusters.current();
   const toProto = (row: typeof clusterMetadata.$inferSelect) => clusterToProto(row, current, version, connectionState);
+
+  /** Waits until this cluster's namespace is at version or past it (active here), up to SWITCH_HEARD_WAIT_MS or the call's end. */
+  async function heardOfSwitch(name: string, version: number, signal: AbortSignal): Promise<void> {
+    const until = Date.now() + SWITCH_HEARD_WAIT_MS;
+    while ((await namespaces.describe({ name })).failoverVersion < version && Date.now() < until && !signal.aborted) await sleep(20, signal);
+  }
+
   return {
     async describeCluster(r) {
       const name = r.clusterName || current.clusterName;
@@ -99,7 +109,12 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
         // The failover may take its timeout there, and leaving HANDOVER after it a few seconds more.
         const limitMs = timeoutMs + (deps.forwardTimeoutMs ?? FORWARD_TIMEOUT_MS);
         const to = { target: ns.activeClusterName, namespace: r.namespace, what: "FailoverNamespace", limitMs };
-        return callActive({ clusters, clients: deps.clients }, ctx, to, ({ operator }, options) => operator.failoverNamespace(r, options));
+        const res = await callActive({ clusters, clients: deps.clients }, ctx, to, ({ operator }, options) => operator.failoverNamespace(r, options));
+        // Asked here to fail over to here: answered once this cluster has the switch (namespace
+        // replication brings it a few ms after the active answers), so a write sent here next is
+        // taken here rather than refused as if the old active still were.
+        if (r.targetCluster === current.clusterName) await heardOfSwitch(r.namespace, Number(res.namespace?.failoverVersion ?? 0), ctx.signal);
+        return res;
       }
       const res = await deps.failover.run(r.namespace, r.targetCluster, timeoutMs, ctx.signal);
       const ids = [...res.handover.shards].map(([shard, id]) => [shard, BigInt(id)] as const);

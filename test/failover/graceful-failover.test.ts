@@ -9,6 +9,7 @@ import { eq } from "drizzle-orm";
 import { namespaces } from "../../src/persistence/schema";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
+import { createGate } from "../support/gate";
 import { ackGate, addr, describeOn, expectActiveOn, startClusters, startOrdersPair } from "./mesh";
 
 setDefaultTimeout(90_000);
@@ -25,10 +26,12 @@ for (const store of await testStores()) {
   describe(`graceful failover on ${store}`, () => {
     let a: TestCluster, b: TestCluster;
     const acks = ackGate(); // B's acks to A, held by the tests whose failover must wait
+    const aNamespaceChanges = createGate(); // A's view of replicated namespace changes, held by one test
     beforeAll(async () => {
-      [a, b] = await startOrdersPair(store, [{}, acks.options]);
+      const aOptions = { serverOptions: { replication: { beforeNamespaceApply: () => aNamespaceChanges.held ?? Promise.resolve() } } };
+      [a, b] = await startOrdersPair(store, [aOptions, acks.options]);
     });
-    afterAll(() => (acks.gate.open(), Promise.all([a, b].map((x) => x.destroy()))));
+    afterAll(() => (acks.gate.open(), aNamespaceChanges.open(), Promise.all([a, b].map((x) => x.destroy()))));
 
     test("TestGracefulFailoverSwitchesWhenTargetCaughtUp", async () => {
       const res = await failover(a, "clusterB");
@@ -37,11 +40,25 @@ for (const store of await testStores()) {
       await expectActiveOn(b, "orders", "clusterB", 2n);
     });
 
-    test("TestGracefulFailoverAskedOfPassiveIsForwardedToActive", async () => {
-      const res = await failover(a, "clusterA"); // a is passive now: B runs it
+    test("TestGracefulFailoverAskedOfPassiveIsForwardedToActive, and answers once the asker has the switch", async () => {
+      // The switch reaches A through namespace replication, held here until A's answer is seen to wait for it.
+      aNamespaceChanges.close();
+      let answered = false;
+      const asked = failover(a, "clusterA").finally(() => (answered = true)); // a is passive now: B runs it
+      try {
+        await expectActiveOn(b, "orders", "clusterA", 101n);
+        expect((await describeOn(a, "orders")).replicationConfig!.activeClusterName).toBe("clusterB");
+        // B has answered A by now; A's answer waits for A's own view (before: it answered at once).
+        await new Promise((r) => setTimeout(r, 1_000));
+        expect(answered).toBe(false);
+      } finally {
+        aNamespaceChanges.open();
+      }
+      const res = await asked;
       expect(res.namespace!.failoverVersion).toBe(101n);
-      await expectActiveOn(a, "orders", "clusterA", 101n);
-      await expectActiveOn(b, "orders", "clusterA", 101n);
+      // At once, no waiting: the cluster that answered takes writes as the active one.
+      expect((await describeOn(a, "orders")).replicationConfig!.activeClusterName).toBe("clusterA");
+      await start(a, "right-after-the-answer");
     });
 
     // Needs history replication (replication/sender.ts + receiver.ts): B must ack A's history tasks.
