@@ -7,7 +7,7 @@ import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
  * connect-es aborts the handler context's signal at the deadline but still awaits the handler,
  * so a call waiting on a frozen database answered only when the database did, however short
  * its deadline. The handler's writes heed the same signal and do not commit after it
- * (persistence/call-signal.ts), but a COMMIT already sent may still land: the outcome is then
+ * (persistence/call-signal.ts), but a COMMIT already sent (a one-statement write is its own) may still land: the outcome is then
  * unknown to the client, which retries with the same request id, and writes are idempotent by
  * request id. Streams (replication streams, Health/Watch) are left
  * alone: they end on their signal themselves.

@@ -105,8 +105,11 @@ export function createWriter(deps: WriterDeps) {
    * PostgreSQL one Sync and one answer on the socket, where each statement of a transaction
    * costs one; a second statement is refused (singleStatement). On PGlite, and with the
    * beforeCommit test hook (a statement alone has no moment before its commit), in a
-   * transaction as transactPipelined. With signal, on a connection held for it
-   * (PipelinedTransactions.alone), where the signal can cancel it.
+   * transaction as transactPipelined. With signal, not sent once it fired; once sent, the
+   * statement is its own COMMIT, which a signal cannot take back (as a COMMIT already sent):
+   * it is not cancelled, since a cancel needs the statement on a connection held for it, and
+   * holding one per write cost about a fifth of the writes at saturation (bench/README.md,
+   * 2026-12-06). A lock wait still ends at the lock timeout.
    */
   function transactOneStatement<T>(operation: string, fn: (tx: Tx) => Promise<T>, signal?: AbortSignal): Promise<T> {
     const pipelined = deps.pipelined;
@@ -122,7 +125,10 @@ export function createWriter(deps: WriterDeps) {
       done(tx);
       return r;
     };
-    return withRetries(operation, (done) => (signal ? pipelined.alone(written(done), signal) : written(done)(singleStatement(deps.oneStatementDb ?? db))));
+    return withRetries(operation, (done) => {
+      signal?.throwIfAborted();
+      return written(done)(singleStatement(deps.oneStatementDb ?? db));
+    });
   }
 
   /** Runs one transaction attempt after another while they fail with a serialization failure or deadlock. */

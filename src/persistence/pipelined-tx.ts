@@ -31,13 +31,6 @@ import type { Db, Tx } from "./database";
  */
 export interface PipelinedTransactions {
   run<T>(fn: (tx: Tx, commit: () => void) => Promise<T>, beforeCommit?: () => Promise<void> | void, signal?: AbortSignal): Promise<T>;
-  /**
-   * singleStatement for a call's work: fn's one statement on a connection held for it alone,
-   * not sent once signal fired, and cancelled if it runs when it fires (a statement PostgreSQL
-   * runs as a transaction of its own has no COMMIT to withhold). Held, so that the cancel
-   * request reaches that statement or nothing, never the connection's next user in the pool.
-   */
-  alone<T>(fn: (tx: Tx) => Promise<T>, signal: AbortSignal): Promise<T>;
 }
 
 export function createPipelinedTransactions(client: Sql): PipelinedTransactions {
@@ -116,34 +109,6 @@ export function createPipelinedTransactions(client: Sql): PipelinedTransactions 
         await canceller.stop();
         // A lost connection is the pool's again already (closed; it reconnects it on demand).
         if (!lost) c.release();
-      }
-    },
-    async alone(fn, signal) {
-      signal.throwIfAborted();
-      const c = await client.reserve();
-      const canceller = createQueryCanceller(signal);
-      const once = oneStatementOnly();
-      const tx = {
-        _: {
-          session: {
-            prepareQuery: (q: { sql: string; params: unknown[] }) => ({
-              execute: () => {
-                once();
-                return canceller.track(c.unsafe(q.sql, q.params as never[], { prepare: true })).execute();
-              },
-            }),
-          },
-        },
-      } as unknown as Tx;
-      try {
-        return await fn(tx);
-      } catch (e) {
-        // A statement the signal cancelled fails as PostgreSQL's 57014: the call ended, say so.
-        signal.throwIfAborted();
-        throw e;
-      } finally {
-        await canceller.stop();
-        c.release();
       }
     },
   };

@@ -115,21 +115,34 @@ if ((await testStores()).includes("postgres")) {
       expect(history!.events.length).toBe(1);
     });
 
-    test("TestSignalPastItsDeadline: neither the one-statement write nor the one from a read lands after the client got DEADLINE_EXCEEDED", async () => {
+    test("TestOneStatementSignalPastItsDeadline: sent before the deadline, it is its own COMMIT: it lands once the lock is free, once, and its retry with the same request id finds it", async () => {
       const wf = cluster.client(WorkflowService);
       await wf.registerNamespace({ namespace: "signals", isGlobalNamespace: true });
       await wf.startWorkflowExecution({ namespace: "signals", workflowId: "w", ...T });
       const signal = (requestId: string, timeoutMs?: number) =>
         wf.signalWorkflowExecution({ namespace: "signals", workflowExecution: { workflowId: "w" }, signalName: "s", requestId }, { timeoutMs });
-      await whileLocked("select * from executions where workflow_id = 'w' for update", async () => {
-        // The first from the run's row this server kept (one statement), the second from a read (a transaction).
-        await rejects(signal("late-1", 300), Code.DeadlineExceeded, "");
-        await rejects(signal("late-2", 300), Code.DeadlineExceeded, "");
-      });
-      await signal("on-time");
-      const { history } = await wf.getWorkflowExecutionHistory({ namespace: "signals", execution: { workflowId: "w" } });
-      const signalled = history!.events.flatMap((e) => (e.attributes.case === "workflowExecutionSignaledEventAttributes" ? [e.attributes.value.requestId] : []));
-      expect(signalled).toEqual(["on-time"]);
+      const holder = await admin.reserve();
+      try {
+        await holder`begin`;
+        await holder.unsafe("select * from executions where workflow_id = 'w' for update");
+        // From the run's row this server kept: one statement, sent at once, waiting for the lock.
+        await rejects(signal("late", 300), Code.DeadlineExceeded, "");
+        // Not cancelled, a second after the deadline: that would need a connection held for each
+        // write (writer.ts, transactOneStatement). The window is the assertion.
+        await new Promise((r) => setTimeout(r, 1_000));
+        expect((await serverSessions()).waiting).toBe(1);
+      } finally {
+        await holder`rollback`;
+        holder.release();
+      }
+      const signalled = async () => {
+        const { history } = await wf.getWorkflowExecutionHistory({ namespace: "signals", execution: { workflowId: "w" } });
+        return history!.events.flatMap((e) => (e.attributes.case === "workflowExecutionSignaledEventAttributes" ? [e.attributes.value.requestId] : []));
+      };
+      // It landed once the lock was free, though its caller had DEADLINE_EXCEEDED.
+      await eventually(async () => expect(await signalled()).toEqual(["late"]));
+      await signal("late"); // the client's retry after DEADLINE_EXCEEDED, with the same request id: found, not written again
+      expect(await signalled()).toEqual(["late"]);
     });
   });
 }
