@@ -1,4 +1,4 @@
-import { closeSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, rmdirSync, statSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { FIRST_START_MARKER } from "./pglite-first-start";
 
@@ -65,7 +65,8 @@ export function acquireDataDirLock(dataDir: string): DataDirLock {
   const draft = `${path}.${process.pid}`;
   writeFileSync(draft, mine);
   try {
-    for (let attempt = 0; attempt < 5; attempt++) {
+    // Each attempt that meets another process's takeover waits 10 ms: about 2 s in all.
+    for (let attempt = 0; attempt < 200; attempt++) {
       if (place(draft, path, mine)) return heldLock(path);
       let held: string;
       try {
@@ -113,23 +114,43 @@ function place(draft: string, path: string, mine: string): boolean {
   }
 }
 
+/** How long a takeover's mark may stand before another process counts it as left by a crash mid-takeover. */
+const TAKEOVER_MARK_STALE_MS = 5_000;
+
 /**
- * Moves the stale lock (its text read as stale) aside. Another process starting now may have
- * taken it over since the read and put its own in place: that one is put back, not removed.
+ * Removes the stale lock (its text read as stale), under a mark only one process at a time
+ * makes (a directory, created exclusively): under it no other process removes the lock, and
+ * none can place one while a lock is there, so the lock read again under it is the one removed.
+ * Moved aside and put back when it had changed, as before, three processes starting on one
+ * stale lock could both hold it: one placed its own in the moment another's was aside. A
+ * process that finds the mark made waits a moment and tries again (the caller's loop).
  */
 function takeOverStale(path: string, stale: string): void {
-  const aside = `${path}.stale.${process.pid}`;
+  const mark = `${path}.takeover`;
   try {
-    renameSync(path, aside);
-  } catch {
-    return; // gone already: taken over by another process, or released
+    mkdirSync(mark);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+    try {
+      if (Date.now() - statSync(mark).mtimeMs > TAKEOVER_MARK_STALE_MS) rmdirSync(mark);
+    } catch {} // removed meanwhile
+    pause(10);
+    return;
   }
   try {
-    if (readFileSync(aside, "utf8") !== stale) linkSync(aside, path);
-  } catch {}
-  try {
-    unlinkSync(aside);
-  } catch {}
+    if (readFileSync(path, "utf8") === stale) unlinkSync(path);
+  } catch {
+    // gone already: released
+  } finally {
+    try {
+      rmdirSync(mark);
+    } catch {}
+  }
+}
+
+/** Blocks this thread for ms (the lock is taken synchronously, at start). */
+function pause(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
 function heldLock(path: string): DataDirLock {
