@@ -1,5 +1,6 @@
 import { connectionLost, pgErrorOf } from "../errors";
 import type { Logger } from "../observability/log";
+import { sleep } from "../sleep";
 
 /** What connectWithin needs: how long to go on, and where to say that it waits. */
 export interface ConnectWait {
@@ -29,7 +30,7 @@ const SAY_EVERY_MS = 10_000;
  */
 export async function connectWithin<T>(attempt: () => Promise<T>, wait: ConnectWait): Promise<T> {
   const now = wait.now ?? (() => performance.now());
-  const sleep = wait.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
+  const pause = wait.sleep ?? sleep;
   const started = now();
   let delay = FIRST_DELAY_MS;
   let attempts = 0;
@@ -55,7 +56,7 @@ export async function connectWithin<T>(attempt: () => Promise<T>, wait: ConnectW
       }
     }
     // The last attempt at the deadline, not a delay's length before it.
-    await sleep(Math.min(delay, wait.waitMs - (now() - started)));
+    await pause(Math.min(delay, wait.waitMs - (now() - started)));
     delay = Math.min(delay * 2, MAX_DELAY_MS);
   }
 }
