@@ -3,6 +3,8 @@
  * Connect and gRPC calls under Node and Deno, and stop cleanly on SIGTERM.
  */
 import { afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, rmSync } from "node:fs";
+import { join } from "node:path";
 import { createClient, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { createConnectTransport } from "@connectrpc/connect-web";
@@ -10,7 +12,7 @@ import { buildRuntimes } from "../../scripts/build-runtimes";
 import { Health, HealthCheckResponse_ServingStatus } from "../../src/gen/grpc/health/v1/health_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
-import { lockReleased, serverEntries, startServerProcess, type ServerProcess } from "./server-process";
+import { lockReleased, repoRoot, serverEntries, startServerProcess, type ServerProcess } from "./server-process";
 
 const inCI = process.env.CI === "true";
 
@@ -55,6 +57,18 @@ for (const runtime of runtimes) {
     }, 40_000);
   });
 }
+
+// Last in the file: it removes the bundles the tests above run.
+test.skipIf(!node!.present)("npm run start:node builds the bundle first, so it never runs a stale or missing dist/", async () => {
+  rmSync(join(repoRoot, "dist"), { recursive: true, force: true });
+  const server = await startServerProcess(["npm", "run", "--silent", "start:node", "--"], { timeout: 60_000 });
+  try {
+    await exerciseConnect(createConnectTransport({ baseUrl: server.httpUrl }));
+    expect(existsSync(join(repoRoot, "dist/node/tern.mjs"))).toBe(true);
+  } finally {
+    await server.destroy();
+  }
+}, 90_000);
 
 /** DescribeCluster, RegisterNamespace, StartWorkflowExecution, DescribeWorkflowExecution. */
 async function exerciseConnect(transport: Transport): Promise<void> {
