@@ -146,3 +146,36 @@ describe("operator namespace", () => {
     expect(r.stdout).toBe("");
   });
 });
+
+describe("operator namespace failover, asked of a cluster that has not heard of the switch", () => {
+  const switched = create(NamespaceDescriptionSchema, {
+    namespaceInfo: { name: "orders", id: "id-orders", state: 1 },
+    isGlobalNamespace: true,
+    failoverVersion: 102n,
+    replicationConfig: { activeClusterName: "clusterB", clusters: ["clusterA", "clusterB"] },
+  });
+  const argv = ["--address", "http://b:7233", "operator", "namespace", "failover", "-n", "orders", "--to", "clusterB"];
+
+  test("prints a NOTE when the cluster asked still sees the old active after the answer", async () => {
+    const r = await runCli(argv, {
+      operator: { failoverNamespace: () => ({ namespace: switched }) },
+      workflow: { describeNamespace: () => ({ namespace: ns("orders", 2n) }) },
+    });
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe("Namespace orders is active in clusterB (failover version 102)\n");
+    expect(r.stderr).toBe(
+      "NOTE: the cluster at http://b:7233 still sees orders active in clusterA: it has not heard of the switch yet " +
+        "(is its link to clusterA down?); writes sent to it follow that view until it hears.\n",
+    );
+  });
+
+  test("prints none once it has heard, and none when the describe fails", async () => {
+    const heard = await runCli(argv, {
+      operator: { failoverNamespace: () => ({ namespace: switched }) },
+      workflow: { describeNamespace: () => ({ namespace: switched }) },
+    });
+    expect([heard.code, heard.stderr]).toEqual([0, ""]);
+    const failed = await runCli(argv, { operator: { failoverNamespace: () => ({ namespace: switched }) } });
+    expect([failed.code, failed.stdout, failed.stderr]).toEqual([0, "Namespace orders is active in clusterB (failover version 102)\n", ""]);
+  });
+});

@@ -1,6 +1,6 @@
 import { FailoverNamespaceResponseSchema } from "../../gen/tern/operator/v1/service_pb";
 import { getString, requireString } from "../args";
-import type { LeafCommand } from "../command";
+import type { CommandContext, LeafCommand } from "../command";
 import { FAILOVER_WAIT_MS, millisOf } from "../deadline";
 import { parseDuration } from "../duration";
 import { messageJson } from "../output";
@@ -39,5 +39,19 @@ export const failoverCommand: LeafCommand = {
     const ns = res.namespace;
     const active = ns?.replicationConfig?.activeClusterName ?? targetCluster;
     ctx.out(`Namespace ${namespace} is active in ${active} (failover version ${ns?.failoverVersion ?? 0n})\n`);
+    ctx.err(await staleViewNote(ctx, namespace, active));
   },
 };
+
+/**
+ * A NOTE when the cluster asked still sees another cluster active: asked to fail over to
+ * itself, it answers once it has heard of the switch or after 5 s (its link to the old active
+ * cut right after the switch); until it hears, writes sent to it follow its old view. Best
+ * effort: nothing when the describe fails.
+ */
+async function staleViewNote(ctx: CommandContext, namespace: string, active: string): Promise<string> {
+  const res = await ctx.workflow().describeNamespace({ namespace }, { signal: ctx.signal }).catch(() => undefined);
+  const seen = res?.namespace?.replicationConfig?.activeClusterName;
+  if (!seen || seen === active) return "";
+  return `NOTE: the cluster at ${ctx.address} still sees ${namespace} active in ${seen}: it has not heard of the switch yet (is its link to ${seen} down?); writes sent to it follow that view until it hears.\n`;
+}
