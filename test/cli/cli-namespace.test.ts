@@ -165,7 +165,7 @@ describe("operator namespace failover, asked of a cluster that has not heard of 
     expect(r.stdout).toBe("Namespace orders is active in clusterB (failover version 102)\n");
     expect(r.stderr).toBe(
       "NOTE: the cluster at http://b:7233 still sees orders active in clusterA: it has not heard of the switch yet " +
-        "(is its link to clusterA down?); writes sent to it follow that view until it hears.\n",
+        "(namespace replication brings it; if this lasts, check its link to clusterA), and writes sent to it follow that view until it hears.\n",
     );
   });
 

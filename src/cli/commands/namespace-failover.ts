@@ -53,5 +53,5 @@ async function staleViewNote(ctx: CommandContext, namespace: string, active: str
   const res = await ctx.workflow().describeNamespace({ namespace }, { signal: ctx.signal }).catch(() => undefined);
   const seen = res?.namespace?.replicationConfig?.activeClusterName;
   if (!seen || seen === active) return "";
-  return `NOTE: the cluster at ${ctx.address} still sees ${namespace} active in ${seen}: it has not heard of the switch yet (is its link to ${seen} down?); writes sent to it follow that view until it hears.\n`;
+  return `NOTE: the cluster at ${ctx.address} still sees ${namespace} active in ${seen}: it has not heard of the switch yet (namespace replication brings it; if this lasts, check its link to ${seen}), and writes sent to it follow that view until it hears.\n`;
 }
