@@ -12,6 +12,7 @@ import { buildRuntimes } from "../../scripts/build-runtimes";
 import { Health, HealthCheckResponse_ServingStatus } from "../../src/gen/grpc/health/v1/health_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { eventually } from "../support/eventually";
 import { lockReleased, repoRoot, serverEntries, startServerProcess, type ServerProcess } from "./server-process";
 
 const inCI = process.env.CI === "true";
@@ -65,6 +66,10 @@ test.skipIf(!node!.present)("npm run start:node builds the bundle first, so it n
   try {
     await exerciseConnect(createConnectTransport({ baseUrl: server.httpUrl }));
     expect(existsSync(join(repoRoot, "dist/node/tern.mjs"))).toBe(true);
+    // SIGTERM to npm (as systemd or docker stop sends it) reaches the server: it stops cleanly.
+    await server.stop("SIGTERM");
+    await eventually(() => expect(server.output()).toContain(`"msg":"stopped"`), { timeout: 15_000 });
+    expect(lockReleased(server.dataDir)).toBe(true);
   } finally {
     await server.destroy();
   }
