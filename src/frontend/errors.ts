@@ -53,10 +53,16 @@ export function toConnectError(e: unknown, requestId: string, log: Logger): Conn
   return new ConnectError(`internal error (request id ${requestId})`, Code.Internal);
 }
 
-/** For a statement timeout, the settings that set it: an operator's cap, not a fault of the request. */
+/** For a statement or lock timeout, the settings that set it: an operator's cap, not a fault of the request. */
 function settingOf(busy: { code: string; message?: string }): string {
-  if (busy.code !== "57014" || !busy.message?.includes("statement timeout")) return "";
-  return ", over persistence.datastore.postgres.statementTimeoutMs (or PostgreSQL's statement_timeout where that is 0)";
+  if (busy.code === "57014" && busy.message?.includes("statement timeout")) {
+    return ", over persistence.datastore.postgres.statementTimeoutMs (or PostgreSQL's statement_timeout where that is 0)";
+  }
+  // 55P03 also answers a NOWAIT lock refused at once; only the timeout's message names a setting.
+  if (busy.code === "55P03" && busy.message?.includes("lock timeout")) {
+    return ", over persistence.datastore.postgres.lockTimeoutMs (or PostgreSQL's lock_timeout where that is 0)";
+  }
+  return "";
 }
 
 /** PostgreSQL's class 22, "data exception": a value that does not fit its column or type. */

@@ -60,7 +60,8 @@ if ((await testStores()).includes("postgres")) {
         await holder`begin`;
         await holder`lock table executions, history_events in access exclusive mode`;
         await eventually(async () => expect(await answer("r-lock")).toStartWith("Unavailable: [unavailable] the database could not run the request now (55P03: "), { timeout: 10_000, interval: 50 });
-        expect(await answer("r-lock")).toMatch(/\(55P03: canceling statement due to lock timeout; request id [^)]+\); retry$/);
+        // Named with the setting that set the wait, as a statement timeout is (TestStatementTimeout).
+        expect(await answer("r-lock")).toMatch(/\(55P03: canceling statement due to lock timeout, over persistence\.datastore\.postgres\.lockTimeoutMs \(or PostgreSQL's lock_timeout where that is 0\); request id [^)]+\); retry$/);
       } finally {
         await holder`rollback`;
         holder.release();
@@ -82,7 +83,7 @@ if ((await testStores()).includes("postgres")) {
         const calls = Array.from({ length: 12 }, (_, i) => answer(`r-held-${i}`));
         const started = performance.now();
         const answers = await Promise.all(calls);
-        expect(answers).toEqual(answers.map(() => expect.stringMatching(/^Unavailable: .*\(55P03: canceling statement due to lock timeout; request id /)));
+        expect(answers).toEqual(answers.map(() => expect.stringMatching(/^Unavailable: .*\(55P03: canceling statement due to lock timeout, over persistence\.datastore\.postgres\.lockTimeoutMs .*; request id /)));
         // Meanwhile, the rows no one holds take writes, from a pool the held writes gave back.
         const other = await wf.startWorkflowExecution({ namespace: "elsewhere", workflowId: "free", workflowType: "t", taskQueue: "q" }, { timeoutMs: 5000 });
         expect(other.runId).not.toBe("");

@@ -32,11 +32,14 @@ describe("toConnectError", () => {
 });
 
 describe("toConnectError, a database that cannot run the request now", () => {
-  // A statement timeout also names the setting that caps it: an operator's choice, not the request's fault.
+  // A statement or lock timeout also names the setting that caps it: an operator's choice, not the request's fault.
   const statementTimeoutSetting = ", over persistence.datastore.postgres.statementTimeoutMs (or PostgreSQL's statement_timeout where that is 0)";
+  const lockTimeoutSetting = ", over persistence.datastore.postgres.lockTimeoutMs (or PostgreSQL's lock_timeout where that is 0)";
   test.each([
     ["57014", "canceling statement due to statement timeout", statementTimeoutSetting],
-    ["55P03", "canceling statement due to lock timeout", ""],
+    ["55P03", "canceling statement due to lock timeout", lockTimeoutSetting],
+    // A NOWAIT lock refused at once: the same code, but no timeout of tern's settings ran out.
+    ["55P03", 'could not obtain lock on row in relation "executions"', ""],
     ["40P01", "deadlock detected", ""],
     ["40001", "could not serialize access due to concurrent update", ""],
     ["25006", "cannot execute INSERT in a read-only transaction", ""],
