@@ -36,7 +36,7 @@ import { createForwardingWorkflowService } from "./frontend/forwarding";
 import { createDeadlineInterceptor } from "./frontend/deadline";
 import { createCallFailures } from "./frontend/call-failures";
 import { createFrontendInterceptor } from "./frontend/interceptors";
-import { watchRefusals } from "./frontend/refused-calls";
+import { createRefuseUnserved, watchRefusals, type RefuseUnserved } from "./frontend/refused-calls";
 import { createOperatorHandler } from "./frontend/operator-handler";
 import { createRateLimiter } from "./frontend/rate-limiter";
 import { createRoutes, SERVED_SERVICES } from "./frontend/routes";
@@ -124,6 +124,8 @@ export interface TernServer {
   routes: (router: ConnectRouter) => void;
   /** The interceptors every listener must use. */
   interceptors: Interceptor[];
+  /** Counts and logs a call to a procedure no route serves, for listeners of their own (native gRPC); returns its request id. */
+  refuseUnserved: RefuseUnserved;
   /**
    * Ends the open long polls (peers' replication pulls, history waits): each answers at
    * once with what it has, and new ones are refused as unavailable. Graceful failovers
@@ -345,12 +347,14 @@ function wire(
   const failures = createCallFailures({ metrics: core.metrics, log });
   // Calls connect refuses before the interceptors below (a body that is no message) are counted and logged too.
   const routes = watchRefusals(wireRoutes(base, core, repl, isServing), { metrics: core.metrics, failures });
+  // And calls of a procedure no route serves, on every listener.
+  const refuseUnserved = createRefuseUnserved({ metrics: core.metrics, failures });
   const limiter = createRateLimiter(config.limits.hostRps, config.limits.namespaceRps);
   // The deadline innermost: a call past its deadline is still counted, logged and mapped.
   const interceptors = [createFrontendInterceptor({ metrics: core.metrics, log, failures, limiter, knownNamespace: core.namespaces.known }), createDeadlineInterceptor()];
   // Room for a maximal payload plus the rest of the request.
   const readMaxBytes = config.limits.blobSizeLimitError * 2 + 1024 * 1024;
-  const app = createApp({ routes, interceptors, metrics: core.metrics, isServing, readMaxBytes });
+  const app = createApp({ routes, interceptors, metrics: core.metrics, refuseUnserved, isServing, readMaxBytes });
   const store = config.persistence.datastore;
   const plannerStats = "postgres" in store
     ? createPlannerStats({ db: core.db, log, intervalMs: store.postgres.analyzeIntervalMs })
@@ -369,6 +373,7 @@ function wire(
   };
   return {
     config, cluster, database, metrics: core.metrics, log, app, routes, interceptors,
+    refuseUnserved,
     fetch: (req) => app.fetch(req),
     endLongPolls,
     async close() {

@@ -74,8 +74,8 @@ async function boot({ runtime, entryUrl, serveHttp }: EntryOptions): Promise<{ t
       listeners.push(http);
     } else {
       listeners.push((http = await bindListener(httpAt, () => serveHttp(tern.fetch, httpAt.host, httpAt.port))));
-      const { routes, interceptors } = tern;
-      const listen = () => listenGrpc({ routes, interceptors, host: grpcAt.host, port: grpcAt.port, readMaxBytes });
+      const { routes, interceptors, refuseUnserved } = tern;
+      const listen = () => listenGrpc({ routes, interceptors, refuseUnserved, host: grpcAt.host, port: grpcAt.port, readMaxBytes });
       listeners.push((grpc = await bindListener(grpcAt, listen)));
     }
     tern.log.info("tern server started", {

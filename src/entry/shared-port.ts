@@ -5,6 +5,7 @@
  */
 import { getRequestListener } from "@hono/node-server";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { unservedFallback } from "../frontend/grpc-server";
 import { createServer as createHttp1Server } from "node:http";
 import { createServer as createHttp2Server, type ServerHttp2Session } from "node:http2";
 import { createServer as createTcpServer, type Socket } from "node:net";
@@ -19,14 +20,14 @@ const FIRST_BYTES_TIMEOUT_MS = 30_000;
 
 /** Listens on host:port for HTTP/1.1 (tern.fetch) and h2c (the connect routes). */
 export async function listenSharedPort(
-  tern: Pick<TernServer, "fetch" | "routes" | "interceptors">,
+  tern: Pick<TernServer, "fetch" | "routes" | "interceptors" | "refuseUnserved">,
   { host, port, readMaxBytes }: { host: string; port: number; readMaxBytes: number },
 ): Promise<Listener> {
   // overrideGlobalObjects would swap the global Response for node-server's own, which
   // breaks Bun.serve (or any other fetch server) in the same process.
   const http1 = createHttp1Server(getRequestListener((req) => tern.fetch(req), { overrideGlobalObjects: false }));
   http1.requestTimeout = 0; // long polls
-  const http2 = createHttp2Server(connectNodeAdapter({ routes: tern.routes, interceptors: tern.interceptors, readMaxBytes }));
+  const http2 = createHttp2Server(connectNodeAdapter({ routes: tern.routes, interceptors: tern.interceptors, readMaxBytes, fallback: unservedFallback(tern.refuseUnserved) }));
   const sessions = new Set<ServerHttp2Session>();
   http2.on("session", (s) => {
     sessions.add(s);

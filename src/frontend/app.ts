@@ -3,11 +3,14 @@ import { createConnectRouter, type ConnectRouter, type Interceptor } from "@conn
 import { createAsyncIterable, createFetchHandler, readAllBytes, type UniversalServerResponse } from "@connectrpc/connect/protocol";
 import { Hono } from "hono";
 import type { Metrics } from "../observability/metrics";
+import { rpcPath, type RefuseUnserved } from "./refused-calls";
 
 export interface AppDeps {
   routes: (router: ConnectRouter) => void;
   interceptors: Interceptor[];
   metrics: Metrics;
+  /** Refuses a call to a procedure this build does not serve, counted and logged as refused calls are. */
+  refuseUnserved: RefuseUnserved;
   /** True while the server can serve (database reachable). */
   isServing: () => Promise<boolean>;
   /** Largest request body accepted, bytes. */
@@ -15,7 +18,7 @@ export interface AppDeps {
 }
 
 /** The HTTP app: Connect, gRPC-web and JSON at each RPC path, plus /health and /metrics. */
-export function createApp({ routes, interceptors, metrics, isServing, readMaxBytes }: AppDeps): Hono {
+export function createApp({ routes, interceptors, metrics, refuseUnserved, isServing, readMaxBytes }: AppDeps): Hono {
   const router = createConnectRouter({ interceptors, readMaxBytes });
   routes(router);
   const app = new Hono();
@@ -41,21 +44,13 @@ export function createApp({ routes, interceptors, metrics, isServing, readMaxByt
     (await isServing()) ? c.json({ status: "SERVING" }) : c.json({ status: "NOT_SERVING" }, 503),
   );
   app.get("/metrics", (c) => c.text(metrics.render(), 200, { "content-type": "text/plain; version=0.0.4" }));
-  app.notFound((c) =>
-    rpcPath(c.req.method, c.req.path)
-      ? c.json({ code: "unimplemented", message: `procedure ${c.req.path.slice(1)} is not served by this tern version` }, 404)
-      : c.json({ code: "not_found", message: `no route for ${c.req.method} ${c.req.path}` }, 404),
-  );
+  app.notFound((c) => {
+    if (!rpcPath(c.req.method, c.req.path)) return c.json({ code: "not_found", message: `no route for ${c.req.method} ${c.req.path}` }, 404);
+    // Still HTTP 404 with code unimplemented (a peer reads it as an older tern), now with a request id, counted and logged.
+    const { requestId, error } = refuseUnserved(c.req.path, c.req.header("x-request-id"));
+    return c.json({ code: "unimplemented", message: error.rawMessage }, 404, { "x-request-id": requestId });
+  });
   return app;
-}
-
-/**
- * True for a request to a procedure this build does not serve: any POST, or a path shaped as
- * /package.Service/Method. Connect's answer to such a call is code unimplemented (how a newer
- * peer detects an older one) on HTTP 404, which gRPC and gRPC-web clients read as UNIMPLEMENTED too.
- */
-function rpcPath(method: string, path: string): boolean {
-  return method === "POST" || /^\/[\w.]+\.\w+\/\w+$/.test(path);
 }
 
 /**

@@ -1,11 +1,13 @@
-import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { connectNodeAdapter, type ConnectNodeAdapterOptions } from "@connectrpc/connect-node";
 import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
 import { createServer, type Http2Server, type ServerHttp2Session } from "node:http2";
+import { rpcPath, type RefuseUnserved } from "./refused-calls";
 
 /** Options of the native gRPC listener. */
 export interface GrpcListenOptions {
   routes: (router: ConnectRouter) => void;
   interceptors: Interceptor[];
+  refuseUnserved: RefuseUnserved;
   host: string;
   port: number;
   readMaxBytes: number;
@@ -13,7 +15,7 @@ export interface GrpcListenOptions {
 
 /** Native gRPC (and Connect over HTTP/2) on a cleartext HTTP/2 (h2c) listener. */
 export async function listenGrpc(opts: GrpcListenOptions): Promise<{ port: number; close(graceMs?: number): Promise<void> }> {
-  const handler = connectNodeAdapter({ routes: opts.routes, interceptors: opts.interceptors, readMaxBytes: opts.readMaxBytes });
+  const handler = connectNodeAdapter({ routes: opts.routes, interceptors: opts.interceptors, readMaxBytes: opts.readMaxBytes, fallback: unservedFallback(opts.refuseUnserved) });
   const server: Http2Server = createServer(handler);
   // server.close() only stops accepting: open sessions (clients keep them for reuse) would hold it.
   const sessions = new Set<ServerHttp2Session>();
@@ -38,5 +40,20 @@ export async function listenGrpc(opts: GrpcListenOptions): Promise<{ port: numbe
       await closed;
       clearTimeout(timer);
     },
+  };
+}
+
+/**
+ * connect-node's answer to a path no route serves, HTTP 404 without a body (gRPC clients read
+ * it as UNIMPLEMENTED), with a procedure's call given a request id, counted and logged, as the
+ * HTTP/1.1 app does one (app.ts).
+ */
+export function unservedFallback(refuse: RefuseUnserved): NonNullable<ConnectNodeAdapterOptions["fallback"]> {
+  return (req, res) => {
+    const path = (req.url ?? "/").split("?")[0]!;
+    const callerId = req.headers["x-request-id"];
+    const headers = rpcPath(req.method, path) ? { "x-request-id": refuse(path, typeof callerId === "string" ? callerId : undefined).requestId } : {};
+    res.writeHead(404, headers);
+    res.end();
   };
 }

@@ -6,6 +6,7 @@ import { findTrailerError } from "@connectrpc/connect/protocol-grpc";
 import { trailerParse } from "@connectrpc/connect/protocol-grpc-web";
 import { ulid } from "ulid";
 import type { Metrics } from "../observability/metrics";
+import { shown } from "../shown";
 import type { CallFailures } from "./call-failures";
 
 /** One call as watchRefusals sees it: its request id, and whether tern's interceptors ran for it. */
@@ -50,6 +51,37 @@ export function watchRefusals(
     routes(router);
     router.handlers.forEach((h, i) => (router.handlers[i] = watch(h)));
   };
+}
+
+/** The labels of a call to a procedure this build does not serve: one series for all, as a caller may send any path (the log line names it). */
+export const UNSERVED_LABELS = { operation: "_unknown_", namespace: "" };
+
+/** Refuses a call to the procedure at path: its request id (the caller's, or a new one) and the error it is answered. */
+export type RefuseUnserved = (path: string, callerRequestId: string | null | undefined) => { requestId: string; error: ConnectError };
+
+/**
+ * How a call to a procedure this build does not serve (a newer peer's, or a path made up),
+ * which no handler sees, is refused on every listener: given a request id and counted and
+ * logged as a refused call, under UNSERVED_LABELS.
+ */
+export function createRefuseUnserved({ metrics, failures }: { metrics: Metrics; failures: CallFailures }): RefuseUnserved {
+  return (path, callerRequestId) => {
+    const requestId = callerRequestId || ulid();
+    const error = new ConnectError(`procedure ${shown(path.replace(/^\//, ""))} is not served by this tern version`, Code.Unimplemented);
+    metrics.inc("service_requests", UNSERVED_LABELS);
+    failures.refused(error, requestId, UNSERVED_LABELS);
+    metrics.observe("service_latency", UNSERVED_LABELS, 0);
+    return { requestId, error };
+  };
+}
+
+/**
+ * True for a request to a procedure this build does not serve: any POST, or a path shaped as
+ * /package.Service/Method. Connect's answer to such a call is code unimplemented (how a newer
+ * peer detects an older one) on HTTP 404, which gRPC and gRPC-web clients read as UNIMPLEMENTED too.
+ */
+export function rpcPath(method: string | undefined, path: string): boolean {
+  return method === "POST" || /^\/[\w.]+\.\w+\/\w+$/.test(path);
 }
 
 /**

@@ -2,7 +2,8 @@
  * A request whose body is no protobuf message is refused by connect (INVALID_ARGUMENT) before
  * tern's interceptors run. An operator still sees it: the answer names a request id
  * (x-request-id), the server logs it with that id (once per 10 s for calls alike) and counts it
- * in service_requests and service_errors. A real server process, each protocol it serves.
+ * in service_requests and service_errors. A real server process, each protocol it serves. So is
+ * a call to a procedure this build does not serve, answered by no handler at all.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { frame, rawGrpcCall } from "../support/raw-grpc";
@@ -82,5 +83,29 @@ describe("a request body that is no message, refused before tern's handlers", ()
     expect(added.length).toBeLessThanOrEqual(1);
     if (added.length) expect(added[0]!.repeated).toBeGreaterThan(0);
     expect(await counter("service_errors", `operation="StartWorkflowExecution",namespace="",code="InvalidArgument"`)).toBe(24);
+  });
+
+  test("ACallOfAProcedureThisBuildDoesNotServe: still HTTP 404 unimplemented, now with a request id, counted and logged", async () => {
+    const unknown = "/tern.workflow.v1.WorkflowService/StartWorkflowExecutionFromTheFuture";
+    const message = `procedure ${unknown.slice(1)} is not served by this tern version`;
+    const labels = `operation="_unknown_",namespace=""`;
+    // Connect: the answer a newer peer reads as an older tern's, unchanged.
+    const res = await fetch(`${server.httpUrl}${unknown}`, { method: "POST", headers: { "content-type": "application/json", "x-request-id": "caller-unknown-1" }, body: "{}" });
+    expect([res.status, await res.json(), res.headers.get("x-request-id")]).toEqual([404, { code: "unimplemented", message }, "caller-unknown-1"]);
+    const line = await eventually(() => {
+      const found = refusedLines().filter((l) => l.requestId === "caller-unknown-1");
+      expect(found).toHaveLength(1);
+      return found[0]!;
+    });
+    expect([line.level, line.operation, line.code, line.error]).toEqual(["info", "_unknown_", 12, message]);
+    // Native gRPC, on its own port: HTTP 404 (UNIMPLEMENTED to a gRPC client) with the server's own id.
+    const grpc = await rawGrpcCall(server.grpcUrl!, unknown, frame(new Uint8Array()));
+    expect(grpc.headers[":status"]).toBe(404);
+    expect(grpc.headers["x-request-id"]).toMatch(ULID);
+    expect(await counter("service_requests", labels)).toBe(2);
+    expect(await counter("service_errors", `${labels},code="Unimplemented"`)).toBe(2);
+    // A path that is no procedure is left as it was: no id, not counted.
+    expect((await fetch(`${server.httpUrl}/nope`)).headers.get("x-request-id")).toBeNull();
+    expect(await counter("service_requests", labels)).toBe(2);
   });
 });

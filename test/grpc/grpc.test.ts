@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { Health, HealthCheckResponse_ServingStatus } from "../../src/gen/grpc/health/v1/health_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { lockReleased, repoRoot, startServerProcess, type ServerProcess } from "../runtime/server-process";
+import { frame, rawGrpcCall } from "../support/raw-grpc";
 
 const bunMain = [process.execPath, "src/main.ts"];
 
@@ -84,6 +85,16 @@ describe("bun src/main.ts with gRPC sharing the HTTP/1.1 port (grpcPort = port)"
     expect(ns.namespace?.namespaceInfo?.name).toBe("grpc-shared");
     expect((await fetch(`${server.httpUrl}/health`)).status).toBe(200);
   }, 30_000);
+
+  test("a procedure this build does not serve: HTTP 404 with a request id, counted, on either protocol of the port", async () => {
+    const unknown = "/tern.workflow.v1.WorkflowService/NotYetInvented";
+    const grpc = await rawGrpcCall(server.grpcUrl!, unknown, frame(new Uint8Array()), { "x-request-id": "shared-grpc-1" });
+    expect([grpc.headers[":status"], grpc.headers["x-request-id"]]).toEqual([404, "shared-grpc-1"]);
+    const http1 = await fetch(`${server.httpUrl}${unknown}`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+    expect([http1.status, ((await http1.json()) as { code: string }).code]).toEqual([404, "unimplemented"]);
+    expect(http1.headers.get("x-request-id")).toMatch(/^[0-9A-Z]{26}$/);
+    expect(await (await fetch(`${server.httpUrl}/metrics`)).text()).toContain(`service_errors{operation="_unknown_",namespace="",code="Unimplemented"} 2\n`);
+  });
 
   test("stops on SIGINT: exit 0 and data dir lock released", async () => {
     expect(await server.stop("SIGINT")).toBe(0);

@@ -81,8 +81,8 @@ if ((await testStores()).includes("postgres")) {
     });
 
     test("AUnaryCallPastItsGrpcTimeoutAnswersDeadlineExceeded", async () => {
-      const { routes, interceptors } = cluster.server;
-      const grpc = await listenGrpc({ routes, interceptors, host: "127.0.0.1", port: 0, readMaxBytes: 1 << 20 });
+      const { routes, interceptors, refuseUnserved } = cluster.server;
+      const grpc = await listenGrpc({ routes, interceptors, refuseUnserved, host: "127.0.0.1", port: 0, readMaxBytes: 1 << 20 });
       try {
         const wf = createClient(WorkflowService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${grpc.port}` }));
         await wf.describeNamespace({ namespace: START.namespace });

@@ -3,12 +3,15 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-web";
 import { createApp } from "../../src/frontend/app";
+import { createCallFailures } from "../../src/frontend/call-failures";
+import { createRefuseUnserved } from "../../src/frontend/refused-calls";
 import { Health, HealthCheckRequestSchema, HealthCheckResponse_ServingStatus } from "../../src/gen/grpc/health/v1/health_pb";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
+import { createLogger } from "../../src/observability/log";
 import { createMetrics } from "../../src/observability/metrics";
 
 /** The app with a Health service that refuses service "bad" and says which service it was asked about in a header. */
-function app(readMaxBytes = 1 << 20) {
+function app(readMaxBytes = 1 << 20, { metrics = createMetrics(), log = createLogger({ write: () => {} }) } = {}) {
   return createApp({
     routes: (r) =>
       r.service(Health, {
@@ -20,7 +23,8 @@ function app(readMaxBytes = 1 << 20) {
         async *watch() {},
       }),
     interceptors: [],
-    metrics: createMetrics(),
+    metrics,
+    refuseUnserved: createRefuseUnserved({ metrics, failures: createCallFailures({ metrics, log }) }),
     isServing: async () => true,
     readMaxBytes,
   });
@@ -95,6 +99,32 @@ describe("a procedure this build does not serve (a newer peer's), as Connect ans
     const res = await app().fetch(new Request("http://tern.test/tern.admin.v1.AdminService/PullReplicationTasks", { method: "POST", headers: { "content-type": "application/json" }, body: "{}" }));
     expect([res.status, res.headers.get("content-type")]).toEqual([404, "application/json"]);
     expect(await res.json()).toEqual({ code: "unimplemented", message: "procedure tern.admin.v1.AdminService/PullReplicationTasks is not served by this tern version" });
+  });
+
+  test("AnUnknownProcedureGetsARequestIdAndIsCountedAndLoggedAsARefusedCall; a path that is no procedure is not", async () => {
+    const metrics = createMetrics();
+    const lines: Record<string, unknown>[] = [];
+    const served = app(1 << 20, { metrics, log: createLogger({ write: (l) => lines.push(JSON.parse(l)) }) });
+    const call = (path: string, header: Record<string, string> = {}) =>
+      served.fetch(new Request(`http://tern.test${path}`, { method: "POST", headers: { "content-type": "application/json", ...header }, body: "{}" }));
+    const mine = await call("/tern.admin.v1.AdminService/PullReplicationTasks", { "x-request-id": "caller-1" });
+    expect([mine.status, mine.headers.get("x-request-id"), ((await mine.json()) as { code: string }).code]).toEqual([404, "caller-1", "unimplemented"]);
+    const theirs = await call("/tern.admin.v1.AdminService/PullReplicationTasks");
+    expect(theirs.headers.get("x-request-id")).toMatch(/^[0-9A-Z]{26}$/);
+    // A made-up path's name is shown as any client input (at most 300 characters), in the answer and the log.
+    const long = await call(`/${"x".repeat(400)}.S/M`);
+    expect(((await long.json()) as { message: string }).message).toBe(`procedure "${"x".repeat(300)}…" (404 characters) is not served by this tern version`);
+    expect((await served.fetch(new Request("http://tern.test/nope"))).headers.get("x-request-id")).toBeNull();
+    // One series for every unknown procedure, as a caller may make up any number of them.
+    const rendered = metrics.render();
+    expect(rendered).toContain(`service_requests{operation="_unknown_",namespace=""} 3`);
+    expect(rendered).toContain(`service_errors{operation="_unknown_",namespace="",code="Unimplemented"} 3`);
+    // The second call alike is left out of the log for 10 s, as refused calls alike are.
+    expect(lines.map((l) => [l.msg, l.requestId, l.operation, l.code])).toEqual([
+      ["rpc refused before its handler", "caller-1", "_unknown_", Code.Unimplemented],
+      ["rpc refused before its handler", expect.any(String), "_unknown_", Code.Unimplemented],
+    ]);
+    expect(lines[0]!.error).toBe("procedure tern.admin.v1.AdminService/PullReplicationTasks is not served by this tern version");
   });
 
   test("APathThatIsNoProcedureIsStillNotFound", async () => {

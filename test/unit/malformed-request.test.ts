@@ -1,6 +1,9 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import { createApp } from "../../src/frontend/app";
+import { createCallFailures } from "../../src/frontend/call-failures";
+import { createRefuseUnserved } from "../../src/frontend/refused-calls";
+import { createLogger } from "../../src/observability/log";
 import { listenGrpc } from "../../src/frontend/grpc-server";
 import { Health, HealthCheckResponse_ServingStatus } from "../../src/gen/grpc/health/v1/health_pb";
 import { createMetrics } from "../../src/observability/metrics";
@@ -27,7 +30,9 @@ const BOOM = new Uint8Array([0x0a, 0x04, ...new TextEncoder().encode("boom")]);
 const MESSAGE = "cannot decode message grpc.health.v1.HealthCheckRequest from binary: premature EOF";
 
 describe("a request body that is no protobuf message is the caller's mistake (INVALID_ARGUMENT), in every protocol", () => {
-  const app = createApp({ routes, interceptors: [], metrics: createMetrics(), isServing: async () => true, readMaxBytes: 1 << 20 });
+  const metrics = createMetrics();
+  const refuseUnserved = createRefuseUnserved({ metrics, failures: createCallFailures({ metrics, log: createLogger({ write: () => {} }) }) });
+  const app = createApp({ routes, interceptors: [], metrics, refuseUnserved, isServing: async () => true, readMaxBytes: 1 << 20 });
   const post = (type: string, body: Uint8Array) =>
     app.fetch(new Request(`http://tern.test${PATH}`, { method: "POST", headers: { "content-type": type, "content-length": String(body.length) }, body: body as Uint8Array<ArrayBuffer> }));
 
@@ -53,7 +58,7 @@ describe("a request body that is no protobuf message is the caller's mistake (IN
   describe("native gRPC (h2c)", () => {
     let grpc: Awaited<ReturnType<typeof listenGrpc>>;
     beforeAll(async () => {
-      grpc = await listenGrpc({ routes, interceptors: [], host: "127.0.0.1", port: 0, readMaxBytes: 1 << 20 });
+      grpc = await listenGrpc({ routes, interceptors: [], refuseUnserved, host: "127.0.0.1", port: 0, readMaxBytes: 1 << 20 });
     });
     afterAll(() => grpc.close(0));
 
