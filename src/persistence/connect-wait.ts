@@ -21,14 +21,18 @@ const FIRST_DELAY_MS = 100;
 const MAX_DELAY_MS = 2_000;
 /** A wait is said when it starts, then once per this long. */
 const SAY_EVERY_MS = 10_000;
+/** The least time an attempt is given, however little of the wait is left. */
+const MIN_ATTEMPT_MS = 1_000;
 
 /**
  * Runs attempt until it succeeds; while the database cannot be reached yet (nothing listens,
  * the host does not resolve, PostgreSQL still starting) and waitMs is not over, tries again
  * with a growing delay. A refusal that waiting cannot mend (a wrong password, no such
  * database) fails at once; when the time is up, the last attempt's error, saying how long it tried.
+ * While waiting, attempt is told how long it may take (the wait's time left, at least
+ * MIN_ATTEMPT_MS), so that one attempt does not carry the wait past its end; without a wait, nothing.
  */
-export async function connectWithin<T>(attempt: () => Promise<T>, wait: ConnectWait): Promise<T> {
+export async function connectWithin<T>(attempt: (withinMs?: number) => Promise<T>, wait: ConnectWait): Promise<T> {
   const now = wait.now ?? (() => performance.now());
   const pause = wait.sleep ?? sleep;
   const started = now();
@@ -38,15 +42,15 @@ export async function connectWithin<T>(attempt: () => Promise<T>, wait: ConnectW
   for (;;) {
     attempts++;
     try {
-      const result = await attempt();
+      const result = await attempt(wait.waitMs > 0 ? Math.max(wait.waitMs - (now() - started), MIN_ATTEMPT_MS) : undefined);
       if (saidAt !== undefined) wait.log?.info("database reachable", { database: wait.target, waitedMs: Math.round(now() - started), attempts });
       return result;
     } catch (e) {
       const waited = now() - started;
       if (!notUpYet(e)) throw e;
       if (waited >= wait.waitMs) {
-        if (attempts === 1) throw e;
-        throw new Error(`${(e as Error).message} (${attempts} attempts in ${Math.round(waited)} ms; ${wait.setting} is ${wait.waitMs} ms)`, { cause: e });
+        if (wait.waitMs <= 0) throw e;
+        throw new Error(`${(e as Error).message} (${attempts} attempt${attempts === 1 ? "" : "s"} in ${Math.round(waited)} ms; ${wait.setting} is ${wait.waitMs} ms)`, { cause: e });
       }
       if (saidAt === undefined || now() - saidAt >= SAY_EVERY_MS) {
         saidAt = now();

@@ -45,6 +45,9 @@ export interface Database {
   close(): Promise<void>;
 }
 
+/** How long a connection's startup may take, s (postgres.js's connect_timeout). */
+const CONNECT_TIMEOUT_S = 10;
+
 /** Connections a server opens to PostgreSQL at most, unless `persistence.datastore.postgres.maxConnections` says otherwise. */
 const DEFAULT_MAX_CONNECTIONS = 8;
 
@@ -162,18 +165,30 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
     backoff: reconnectDelaySeconds,
     // How long a connection's startup may take (default 30 s). A startup that never got sent
     // (scripts/patch-dependencies.mjs mends the postgres.js defect that did it) waited this long.
-    connect_timeout: 10,
+    connect_timeout: CONNECT_TIMEOUT_S,
     connection: { application_name: "tern", ...sessionTimeouts(opts) },
   };
   // A client per attempt: postgres.js's own reconnects back off by its shared retry count.
-  const connect = async () => {
+  // An attempt within a wait that has less than the connect timeout left gives up when it runs
+  // out: a black-holed address otherwise ended a 5 s wait 10 s late. Not by a shorter
+  // connect_timeout: the client that connects is the pool for good, and keeps the 10 s.
+  const connect = async (withinMs?: number) => {
     const client = postgres(url, options);
+    let timedOut: Error | undefined;
+    const timer = withinMs !== undefined && withinMs < CONNECT_TIMEOUT_S * 1000
+      ? setTimeout(() => {
+        timedOut = Object.assign(new Error(`no connection within ${Math.round(withinMs)} ms, the wait's time left`), { code: "CONNECT_TIMEOUT" });
+        void client.end({ timeout: 0 }); // fails the select below at once
+      }, withinMs)
+      : undefined;
     try {
       await client`select 1`;
       return client;
     } catch (e) {
       await client.end({ timeout: 1 });
-      throw e;
+      throw timedOut ?? e;
+    } finally {
+      clearTimeout(timer);
     }
   };
   const target = redactUrl(configured);

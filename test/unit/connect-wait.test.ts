@@ -1,6 +1,8 @@
 import { describe, expect, test } from "bun:test";
 import { createLogger } from "../../src/observability/log";
 import { connectWithin } from "../../src/persistence/connect-wait";
+import { openDatabase } from "../../src/persistence/database";
+import { createServer, type AddressInfo, type Socket } from "node:net";
 
 /** postgres.js's error when nothing listens, as the driver shapes it (a failed system call). */
 const refused = () => Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:5432"), { code: "ECONNREFUSED", syscall: "connect" });
@@ -9,16 +11,19 @@ const refused = () => Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:54
 async function run(attempt: (at: number) => unknown, waitMs: number) {
   let clock = 0;
   const attemptsAt: number[] = [];
+  /** The time each attempt was given. */
+  const withins: (number | undefined)[] = [];
   const lines: Record<string, unknown>[] = [];
   const log = createLogger({ level: "debug", write: (l) => lines.push(JSON.parse(l)) });
   const result = connectWithin(
-    async () => {
+    async (withinMs) => {
       attemptsAt.push(clock);
+      withins.push(withinMs);
       return attempt(clock);
     },
     { waitMs, setting: "persistence.datastore.postgres.connectWaitMs", log, target: "postgres://h/db", now: () => clock, sleep: async (ms) => void (clock += ms) },
   );
-  return { outcome: await result.then((value) => ({ value }), (error: Error) => ({ error })), attemptsAt, lines };
+  return { outcome: await result.then((value) => ({ value }), (error: Error) => ({ error })), attemptsAt, withins, lines };
 }
 
 describe("waiting for PostgreSQL at start", () => {
@@ -32,6 +37,15 @@ describe("waiting for PostgreSQL at start", () => {
     expect(waits.map((l) => l.waitedMs)).toEqual([0, 11_100, 21_100, 31_100]);
     expect(waits.every((l) => l.level === "warn" && l.error === "connect ECONNREFUSED 127.0.0.1:5432")).toBe(true);
     expect(lines).toHaveLength(4);
+  });
+
+  test("EachAttemptIsGivenTheWaitsTimeLeft, at least a second; without a wait, nothing", async () => {
+    const { attemptsAt, withins } = await run(() => { throw refused(); }, 3_000);
+    expect(attemptsAt.slice(0, 4)).toEqual([0, 100, 300, 700]);
+    expect(withins.slice(0, 4)).toEqual([3_000, 2_900, 2_700, 2_300]);
+    expect(attemptsAt.at(-1)).toBe(3_000);
+    expect(withins.at(-1)).toBe(1_000);
+    expect((await run(() => { throw refused(); }, 0)).withins).toEqual([undefined]);
   });
 
   test("SaysWhenTheDatabaseAnswers", async () => {
@@ -55,4 +69,27 @@ describe("waiting for PostgreSQL at start", () => {
     const { outcome, attemptsAt } = await run(() => { throw refused(); }, 0);
     expect([attemptsAt, (outcome as { error: Error }).error.message]).toEqual([[0], "connect ECONNREFUSED 127.0.0.1:5432"]);
   });
+});
+
+describe("waiting for a PostgreSQL address that never answers (a black hole)", () => {
+  test("TheWaitEndsNearItsDeadline, not an attempt's 10 s connect timeout after it", async () => {
+    // Takes connections and never answers the startup: each attempt runs to its connect timeout.
+    const sockets = new Set<Socket>();
+    const hole = createServer((socket) => (sockets.add(socket), socket.on("error", () => {})));
+    await new Promise<void>((resolve) => hole.listen(0, "127.0.0.1", resolve));
+    const { port } = hole.address() as AddressInfo;
+    const started = performance.now();
+    try {
+      const opened = openDatabase({ postgres: { url: `postgres://tern@127.0.0.1:${port}/tern` } }, { connectWaitMs: 3_000 });
+      const error = await opened.then(async (db) => (await db.close(), new Error("connected")), (e: Error) => e);
+      const tookMs = performance.now() - started;
+      expect(error.message).toStartWith(`cannot connect to PostgreSQL at postgres://tern@127.0.0.1:${port}/tern: no connection within 3000 ms, the wait's time left (1 attempt in `);
+      expect(error.message).toEndWith(" ms; persistence.datastore.postgres.connectWaitMs is 3000 ms)");
+      expect(tookMs).toBeGreaterThanOrEqual(2_900);
+      expect(tookMs).toBeLessThan(5_000);
+    } finally {
+      sockets.forEach((s) => s.destroy());
+      await new Promise((resolve) => hole.close(resolve));
+    }
+  }, 20_000);
 });
