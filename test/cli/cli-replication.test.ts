@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { create } from "@bufbuild/protobuf";
+import { create, fromJson } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { GetReplicationStatusResponseSchema } from "../../src/gen/tern/admin/v1/service_pb";
@@ -64,6 +64,34 @@ describe("replication status", () => {
     const json = JSON.parse(r.stdout);
     expect(json.clusterName).toBe("clusterA");
     expect(json.remotes[0].outbound[0]).toEqual({ shardId: 1, maxTaskId: "42", ackedTaskId: "40", lagTasks: "2", lagMs: "150" });
+  });
+
+  test("-o json: a remote not heard from lately has its inbound lag null, not its last known numbers", async () => {
+    const heardAt = timestampFromDate(new Date(Date.now() - 40_000));
+    const remote = {
+      clusterName: "clusterB",
+      connectionState: "connected",
+      enableConnection: true,
+      inbound: [{ shardId: 1, maxTaskId: 10n, ackedTaskId: 7n, lagTasks: 3n, lagMs: 900n }, { shardId: 2, maxTaskId: 5n, ackedTaskId: 5n }],
+      outbound: [{ shardId: 1, maxTaskId: 42n, ackedTaskId: 40n, lagTasks: 2n, lagMs: 150n }],
+    };
+    const unheard = create(GetReplicationStatusResponseSchema, { clusterName: "clusterA", remotes: [{ ...remote, inboundLagUnknown: true, inboundHeardAt: heardAt }] });
+    const r = await runCli(["replication", "status", "-o", "json"], { admin: { getReplicationStatus: () => unheard } });
+    const json = JSON.parse(r.stdout);
+    expect(json.remotes[0].inboundLagUnknown).toBe(true);
+    // A lag of 0 (omitted) would read as caught up: null, as the 3 last heard.
+    expect(json.remotes[0].inbound).toEqual([
+      { shardId: 1, maxTaskId: "10", ackedTaskId: "7", lagTasks: null, lagMs: null },
+      { shardId: 2, maxTaskId: "5", ackedTaskId: "5", lagTasks: null, lagMs: null },
+    ]);
+    // The outbound rows are this cluster's own knowledge: as they were.
+    expect(json.remotes[0].outbound[0]).toEqual({ shardId: 1, maxTaskId: "42", ackedTaskId: "40", lagTasks: "2", lagMs: "150" });
+    // Still protobuf JSON of the response: null reads as unset.
+    expect(fromJson(GetReplicationStatusResponseSchema, json).remotes[0]!.inbound[0]!.lagTasks).toBe(0n);
+    // A remote heard from lately keeps its numbers.
+    const heard = create(GetReplicationStatusResponseSchema, { clusterName: "clusterA", remotes: [remote] });
+    const current = JSON.parse((await runCli(["replication", "status", "-o", "json"], { admin: { getReplicationStatus: () => heard } })).stdout);
+    expect(current.remotes[0].inbound[0]).toEqual({ shardId: 1, maxTaskId: "10", ackedTaskId: "7", lagTasks: "3", lagMs: "900" });
   });
 
   test("no remotes: says how to connect one; a disabled remote reads disabled", async () => {

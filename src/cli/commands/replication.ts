@@ -1,3 +1,4 @@
+import { toJson } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import {
   GetReplicationStatusResponseSchema,
@@ -6,7 +7,7 @@ import {
   type ShardReplicationStatus,
 } from "../../gen/tern/admin/v1/service_pb";
 import type { GroupCommand, LeafCommand } from "../command";
-import { formatTable, messageJson } from "../output";
+import { formatTable } from "../output";
 import { dlqCommand } from "./replication-dlq";
 import { verifyCommand } from "./replication-verify";
 
@@ -43,6 +44,20 @@ function unheardLines(res: GetReplicationStatusResponse, now: number): string {
         `(the MAX TASK ID shown is as of then; tasks ${r.clusterName} wrote since are not seen here: its own outbound rows show them)\n`;
     })
     .join("");
+}
+
+/**
+ * The response as protobuf JSON, but with lagTasks and lagMs null in the inbound rows of a
+ * remote whose inbound lag is unknown: the numbers kept are as of inboundHeardAt, and a script
+ * reading only lagTasks took them for current (a lag of 0, omitted, for caught up). Protobuf
+ * JSON readers take null as unset, so the text still parses as a GetReplicationStatusResponse.
+ */
+export function replicationStatusJson(res: GetReplicationStatusResponse): string {
+  const json = toJson(GetReplicationStatusResponseSchema, res) as { remotes?: { inboundLagUnknown?: boolean; inbound?: object[] }[] };
+  for (const remote of json.remotes ?? []) {
+    if (remote.inboundLagUnknown) for (const row of remote.inbound ?? []) Object.assign(row, { lagTasks: null, lagMs: null });
+  }
+  return JSON.stringify(json, null, 2) + "\n";
 }
 
 /** Namespace replication as one more inbound row, shard "ns". */
@@ -101,12 +116,13 @@ const status: LeafCommand = {
     "The DLQ line counts the tasks from each remote held in the DLQ ('tern replication dlq list').",
     "A WARNING line follows for each cluster a global namespace here lists that is not connected",
     "to this one: nothing of that namespace replicates between the two.",
-    "With -o json, prints the GetReplicationStatusResponse as protobuf JSON.",
+    "With -o json, prints the GetReplicationStatusResponse as protobuf JSON; an unknown inbound",
+    "lag (inboundLagUnknown) is lagTasks and lagMs null in that remote's inbound rows.",
   ].join("\n"),
   flags: [],
   async run(ctx) {
     const res = await ctx.admin().getReplicationStatus({}, { signal: ctx.signal });
-    ctx.out(ctx.format === "json" ? messageJson(GetReplicationStatusResponseSchema, res) : replicationStatusTable(res));
+    ctx.out(ctx.format === "json" ? replicationStatusJson(res) : replicationStatusTable(res));
   },
 };
 
