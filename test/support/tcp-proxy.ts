@@ -22,6 +22,8 @@ export interface TcpProxy {
    * direction flows. Off reads on.
    */
   stall(direction: "toServer" | "toClient", on: boolean): void;
+  /** New connections go to this target from now on (a server restarted on another port); open ones stay. */
+  retarget(target: { host: string; port: number }): void;
   close(): Promise<void>;
 }
 
@@ -37,7 +39,8 @@ export async function startTcpProxyFor(databaseUrl: string): Promise<{ proxy: Tc
 }
 
 /** A proxy to target, listening on 127.0.0.1:listenPort (default: a free port). */
-export async function startTcpProxy(target: { host: string; port: number }, { listenPort = 0 }: { listenPort?: number } = {}): Promise<TcpProxy> {
+export async function startTcpProxy(initialTarget: { host: string; port: number }, { listenPort = 0 }: { listenPort?: number } = {}): Promise<TcpProxy> {
+  let target = initialTarget;
   const sockets = new Set<Socket>();
   let refusing = false;
   let refused = 0;
@@ -96,6 +99,7 @@ export async function startTcpProxy(target: { host: string; port: number }, { li
       stalled[direction] = on;
       senders[direction].forEach((s) => (on ? s.pause() : s.resume()));
     },
+    retarget: (next) => void (target = next),
     close: () => {
       sockets.forEach((s) => s.destroy());
       return new Promise((resolve) => server.close(() => resolve()));
