@@ -6,5 +6,11 @@ export const testEnv = {
   postgresChecked: process.env.TERN_TEST_POSTGRES === "1",
   /** Seed of the randomized conflict test (test/conflict/randomized.test.ts), to replay a failure. */
   seed: process.env.TERN_SEED,
+  /** Seed of the failover soak (test/failover/chaos.test.ts), to replay a run. */
+  chaosSeed: process.env.TERN_CHAOS_SEED,
+  /** Chaos steps of the failover soak (default: a run of about 2 minutes for the suite). */
+  chaosSteps: process.env.TERN_CHAOS_STEPS,
+  /** The failover soak's restarts crash the server (its database connections reset) rather than stop it. */
+  chaosCrash: process.env.TERN_CHAOS_CRASH === "1",
   requirePostgres: process.env.CI === "true" || process.env.TERN_TEST_REQUIRE_POSTGRES === "1",
 };
