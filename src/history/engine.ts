@@ -200,7 +200,10 @@ export function createHistoryEngine(deps: EngineDeps) {
       return { runId: run.runId, eventId: written.firstEventId, appended: true, status: change.status };
     } catch (e) {
       runs.forget(key);
-      if (connectionLost(e) || ref.callSignal?.aborted) throw e;
+      if (connectionLost(e)) throw e;
+      // A check failed inside the statement (the kept row stale, the claim taken): nothing was
+      // written. Past the call's signal the answer is the signal's, not that error's (INTERNAL).
+      ref.callSignal?.throwIfAborted();
       return undefined;
     }
   }
@@ -240,7 +243,9 @@ export function createHistoryEngine(deps: EngineDeps) {
       runs.put(key, written.row);
       return { runId, started: true, fireAt: written.fireAt };
     } catch (e) {
-      if (connectionLost(e) || input.callSignal?.aborted) throw e;
+      if (connectionLost(e)) throw e;
+      // As in appendInOneTrip: a failed check wrote nothing; past the signal, the signal answers.
+      input.callSignal?.throwIfAborted();
       return undefined;
     }
   }

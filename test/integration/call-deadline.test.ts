@@ -3,6 +3,7 @@ import { Code } from "@connectrpc/connect";
 import postgres from "postgres";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { createLogger } from "../../src/observability/log";
 import { eventually } from "../support/eventually";
 import { rejects } from "../support/rejects";
 import { startTestCluster, type TestCluster } from "../support/server";
@@ -69,8 +70,9 @@ if ((await testStores()).includes("postgres")) {
   describe("a call past its deadline on PostgreSQL", () => {
     let cluster: TestCluster;
     let admin: postgres.Sql;
+    const logged: { level: string; msg: string; requestId?: string; error?: string }[] = [];
     beforeAll(async () => {
-      cluster = await startTestCluster({ store: "postgres" });
+      cluster = await startTestCluster({ store: "postgres", serverOptions: { log: createLogger({ level: "info", write: (line) => logged.push(JSON.parse(line)) }) } });
       admin = postgres(cluster.dataLocation, { max: 2, onnotice: () => {} });
     });
     afterAll(async () => {
@@ -142,6 +144,39 @@ if ((await testStores()).includes("postgres")) {
       // It landed once the lock was free, though its caller had DEADLINE_EXCEEDED.
       await eventually(async () => expect(await signalled()).toEqual(["late"]));
       await signal("late"); // the client's retry after DEADLINE_EXCEEDED, with the same request id: found, not written again
+      expect(await signalled()).toEqual(["late"]);
+    });
+
+    // Found by the failover soak (test/failover/chaos.test.ts) under load: a replication apply
+    // had written the run in between, and the server logged an ERROR "internal error" (a
+    // StaleRunError) for a call whose client had its DEADLINE_EXCEEDED long before.
+    test("TestOneStatementSignalFindingItsRunChangedPastItsDeadline: no internal error, nothing written, and its retry lands once", async () => {
+      const wf = cluster.client(WorkflowService);
+      await wf.registerNamespace({ namespace: "stale", isGlobalNamespace: true });
+      await wf.startWorkflowExecution({ namespace: "stale", workflowId: "w", ...T });
+      const signal = (requestId: string, timeoutMs?: number) =>
+        wf.signalWorkflowExecution({ namespace: "stale", workflowExecution: { workflowId: "w" }, signalName: "s", requestId }, { timeoutMs });
+      const holder = await admin.reserve();
+      try {
+        await holder`begin`;
+        // Another writer of the run (a replication apply, another server on this database): its row moves on under the lock.
+        await holder`update executions set db_version = db_version + 1 where workflow_id = 'w' and namespace_id = (select id from namespaces where name = 'stale')`;
+        // From the row this server kept: one statement, sent at once, waiting for the lock.
+        await rejects(signal("late", 300), Code.DeadlineExceeded, "");
+        await eventually(async () => expect((await serverSessions()).waiting).toBe(1));
+        await holder`commit`;
+      } finally {
+        holder.release();
+      }
+      // Its statement found the row changed once the lock was free, after the deadline.
+      await eventually(async () => expect((await serverSessions()).busy).toBe(0));
+      expect(logged.filter((l) => l.level === "error").map((l) => `${l.msg}: ${l.error?.split("\n")[0]}`)).toEqual([]);
+      const signalled = async () => {
+        const { history } = await wf.getWorkflowExecutionHistory({ namespace: "stale", execution: { workflowId: "w" } });
+        return history!.events.flatMap((e) => (e.attributes.case === "workflowExecutionSignaledEventAttributes" ? [e.attributes.value.requestId] : []));
+      };
+      expect(await signalled()).toEqual([]);
+      await signal("late"); // the client's retry after DEADLINE_EXCEEDED, with the same request id
       expect(await signalled()).toEqual(["late"]);
     });
   });
