@@ -9,7 +9,7 @@ import { eventually } from "../support/eventually";
 import { createTestDatabase, postgresReachable } from "../support/postgres";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { startTcpProxy, startTcpProxyFor, type TcpProxy } from "../support/tcp-proxy";
-import { violations, snapshot, type Forced } from "./chaos-checks";
+import { currentRun, requestIdOf, snapshot, violations, type Forced } from "./chaos-checks";
 import { startLoad, type Load } from "./chaos-load";
 import { addr, describeOn } from "./mesh";
 
@@ -180,7 +180,15 @@ describe.skipIf(!(await postgresReachable()))(`failover soak on postgres (seed $
     for (const workflowId of load.started) {
       await active.client(WorkflowService).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId }, signalName: "probe", requestId: `probe-${SEED}-${workflowId}` });
     }
-    await eventually(() => expectNoDifference(clusters, NS), { timeout: 30_000, interval: 250 });
+    await eventually(async () => {
+      await expectNoDifference(clusters, NS);
+      for (const x of clusters) {
+        for (const workflowId of load.started) {
+          const { events } = await currentRun(x, NS, workflowId);
+          expect(`${x.name} ${workflowId}: ${events.filter((e) => requestIdOf(e) === `probe-${SEED}-${workflowId}`).length}`).toBe(`${x.name} ${workflowId}: 1`);
+        }
+      }
+    }, { timeout: 30_000, interval: 250 });
     expect(load.unexpected).toEqual([]);
   });
 });
