@@ -15,11 +15,11 @@ import { addr, describeOn } from "./mesh";
 
 setDefaultTimeout(300_000);
 
-/** Replay a run with TERN_CHAOS_SEED=<the seed it printed>; TERN_CHAOS_STEPS=200 soaks longer. */
+/** Replay a run with TERN_CHAOS_SEED=<the seed it printed>; TERN_CHAOS_STEPS=200 soaks longer; TERN_CHAOS_CLUSTERS=3 adds clusterC. */
 const SEED = Number(testEnv.chaosSeed ?? 20261206) >>> 0;
 const STEPS = Number(testEnv.chaosSteps ?? 30);
 const NS = "orders";
-const CLUSTERS = 2;
+const CLUSTERS = Number(testEnv.chaosClusters ?? 2);
 const MAX_RESTARTS = 3;
 
 interface Step {
@@ -28,7 +28,7 @@ interface Step {
   outcome: string;
 }
 
-describe.skipIf(!(await postgresReachable()))(`failover soak on postgres (seed ${SEED}, ${STEPS} steps)`, () => {
+describe.skipIf(!(await postgresReachable()))(`failover soak on postgres (${CLUSTERS} clusters, seed ${SEED}, ${STEPS} steps)`, () => {
   // The steps' own stream: the writers draw from another, so a seed replays the same steps whatever the writes' timing.
   const rng = mulberry32(SEED);
   const pick = <V>(xs: V[]): V => xs[Math.floor(rng() * xs.length)]!;

@@ -10,6 +10,8 @@ export const testEnv = {
   chaosSeed: process.env.TERN_CHAOS_SEED,
   /** Chaos steps of the failover soak (default: a run of about 2 minutes for the suite). */
   chaosSteps: process.env.TERN_CHAOS_STEPS,
+  /** How many clusters the failover soak runs (default 2, at most 3). */
+  chaosClusters: process.env.TERN_CHAOS_CLUSTERS,
   /** The failover soak's restarts crash the server (its database connections reset) rather than stop it. */
   chaosCrash: process.env.TERN_CHAOS_CRASH === "1",
   requirePostgres: process.env.CI === "true" || process.env.TERN_TEST_REQUIRE_POSTGRES === "1",
