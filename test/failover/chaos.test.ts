@@ -134,7 +134,7 @@ describe.skipIf(!(await postgresReachable()))(`failover soak on postgres (${CLUS
     await Promise.all(databases.map((d) => d.drop()));
   });
 
-  test("TestManyFailoversMixedWithLinkCutsAndCrashesLoseNoAcknowledgedWrite", async () => {
+  test("TestManyFailoversMixedWithLinkCutsAndRestartsLoseNoAcknowledgedWrite", async () => {
     load = startLoad({ namespace: NS, clusters: () => clusters, clients: 4, workflowsPerClient: 2, seed: SEED, rng: mulberry32(SEED ^ 0x5eed), strayRate: 0.25 });
     let restarts = 0;
     for (let n = 0; n < STEPS; n++) {
