@@ -67,6 +67,13 @@
 //    release() likewise put such a connection back among the open ones. Mended by the
 //    reservation keeping its own mark (c.reserved, which the close clears): a query after it
 //    fails as CONNECTION_CLOSED, and release() leaves the connection to the pool.
+// 12. A cancel request's promise dropped (src/query.js; no upstream report found). A query's
+//    cancel() opens a connection that carries the cancel request to PostgreSQL, in a promise
+//    that settles when PostgreSQL has taken it (resolve) or could not be reached (reject), and
+//    answers null: the caller cannot wait for the request to arrive (tern gives a connection
+//    back to the pool only after its cancels arrived, so a late one cannot reach the next
+//    transaction on it), and a cancel that cannot reach PostgreSQL (a reset, an outage) is an
+//    unhandled rejection, which ends a Bun or Node process. Mended by answering that promise.
 //
 // and one for speed, not a defect upstream would call one (src/index.js and src/queue.js):
 //
