@@ -1,5 +1,4 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
 import type { ExecutionForReplication } from "../src/gen/tern/admin/v1/backfill_pb";
 import { and, eq, inArray } from "drizzle-orm";
 import type { EventNotifier } from "../src/history/notifier";
@@ -13,7 +12,9 @@ import { executions } from "../src/persistence/schema";
 import { HistoryDivergenceError, type HistoryApplier, type IncomingTask } from "./applier";
 import { pendingBackfillJobs, recordBackfillError, recordBackfillPage, type BackfillCursor, type BackfillJob } from "./backfill-jobs";
 import type { RemoteCluster, ReplicationStream, StreamReport } from "./manager";
-import { versionHistoryFromProto } from "./version-history";
+import { fetchOutside } from "./gap-fetch";
+import { rawFetcher, RAW_HISTORY_PAGE_BYTES } from "./page-transactions";
+import { versionHistoryFromProto, versionHistoryUpTo } from "./version-history";
 
 export interface BackfillReceiverDeps {
   db: Db;
@@ -28,6 +29,8 @@ export interface BackfillReceiverDeps {
   pageSize?: number;
   /** Runs fetched and applied at once. */
   concurrency?: number;
+  /** Most bytes of events one raw history answer brings (default RAW_HISTORY_PAGE_BYTES). */
+  historyPageBytes?: number;
   /** How long an idle stream waits before looking for jobs again (wake() cuts it short). */
   idleMs?: number;
 }
@@ -35,13 +38,13 @@ export interface BackfillReceiverDeps {
 /**
  * The receiving side of backfill (its counterpart is backfill-sender.ts): one stream per
  * remote runs the unfinished jobs whose source is that remote. Each page of the source's
- * runs is applied through the normal history applier (one transaction per run, so the
- * same rules and locks as replication apply: present runs are skipped, shorter ones
- * extended) and then the job's cursor moves, so a restart resumes at the page it was on.
+ * runs is applied through the normal history applier (one transaction per page of a run's
+ * events, so the same rules and locks as replication apply: present runs are skipped, shorter
+ * ones extended) and then the job's cursor moves, so a restart resumes at the page it was on.
  * It stops with the connection (the manager aborts it) and resumes when re-enabled.
  */
 export function createBackfillReceiver(deps: BackfillReceiverDeps) {
-  const { db, applier, writer, log, now = () => new Date(), pageSize = 200, concurrency = 8, idleMs = 30_000 } = deps;
+  const { db, applier, writer, log, now = () => new Date(), pageSize = 200, concurrency = 8, idleMs = 30_000, historyPageBytes = RAW_HISTORY_PAGE_BYTES } = deps;
   let generation = 0;
   const waiters = new Set<() => void>();
 
@@ -65,50 +68,63 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
     });
   }
 
-  /** The listed runs this cluster lacks or holds fewer events of. */
-  async function lacking(ns: NamespaceRecord, page: ExecutionForReplication[]): Promise<ExecutionForReplication[]> {
+  /** The listed runs this cluster lacks or holds fewer events of, each with the first event id it lacks. */
+  async function lacking(ns: NamespaceRecord, page: ExecutionForReplication[]): Promise<{ run: ExecutionForReplication; from: number }[]> {
     if (page.length === 0) return [];
     const local = await db
       .select({ runId: executions.runId, nextEventId: executions.nextEventId })
       .from(executions)
       .where(and(eq(executions.namespaceId, ns.id), inArray(executions.runId, page.map((e) => e.runId))));
     const have = new Map(local.map((r) => [r.runId, r.nextEventId]));
-    return page.filter((e) => (have.get(e.runId) ?? 0) < Number(e.nextEventId));
+    return page.filter((e) => (have.get(e.runId) ?? 0) < Number(e.nextEventId)).map((run) => ({ run, from: Math.max(have.get(run.runId) ?? 1, 1) }));
   }
 
-  /** Fetches one run's history and applies it; returns the divergence message when it conflicts. */
-  async function applyRun(remote: RemoteCluster, ns: NamespaceRecord, e: ExecutionForReplication, signal: AbortSignal): Promise<string | undefined> {
+  /**
+   * Fetches one run's history a page at a time (at most historyPageBytes of events each) and
+   * applies each page as replication would a task of those events, with the version history up
+   * to its last; returns the divergence message when it conflicts. A gap (the run grew here
+   * meanwhile on another branch) is fetched from the source outside the apply's transaction.
+   */
+  async function applyRun(remote: RemoteCluster, ns: NamespaceRecord, { run: e, from }: { run: ExecutionForReplication; from: number }, signal: AbortSignal): Promise<string | undefined> {
     const ref = { namespaceId: ns.id, workflowId: e.workflowId, runId: e.runId };
-    const raw = await remote.clients.admin.getWorkflowExecutionRawHistory(ref, { signal, timeoutMs: 30_000 }).catch((err) => {
-      // Deleted on the source since it was listed (retention): nothing to bring.
-      if (err instanceof ConnectError && err.code === Code.NotFound) return undefined;
-      throw err;
-    });
-    if (!raw) return undefined;
-    const task: IncomingTask = {
-      ...ref,
-      firstEventId: 1,
-      nextEventId: Number(raw.nextEventId),
-      versionHistory: versionHistoryFromProto(raw.versionHistory?.items),
-      events: raw.events,
-    };
-    const noGap = async (): Promise<HistoryEvent[]> => {
-      throw new Error(`backfill of ${e.workflowId} run ${e.runId} found a gap in a full history`);
-    };
+    const fetchRaw = rawFetcher(remote.name, remote.clients, log, signal);
+    let added = 0;
     try {
-      const added = await writer.transact("BackfillHistory", (tx) => applier.applyTask(tx, ns, task, noGap));
-      if (added > 0) deps.notifier.notify(e.runId);
+      // From the first event this cluster lacks: a run half brought by a stopped backfill, or
+      // by replication, is not fetched again from its start.
+      for (let first = from, next = Infinity; first < next; ) {
+        const raw = await remote.clients.admin.getWorkflowExecutionRawHistory(
+          { ...ref, firstEventId: BigInt(first), maximumPageBytes: BigInt(historyPageBytes) },
+          { signal, timeoutMs: 30_000 },
+        );
+        next = Number(raw.nextEventId);
+        const last = Number(raw.events.at(-1)?.eventId ?? first - 1);
+        if (last < first) break;
+        const task: IncomingTask = {
+          ...ref,
+          firstEventId: first,
+          nextEventId: last + 1,
+          versionHistory: versionHistoryUpTo(versionHistoryFromProto(raw.versionHistory?.items), last),
+          events: raw.events,
+        };
+        added += await fetchOutside(fetchRaw, (fetch) => writer.transact("BackfillHistory", (tx) => applier.applyTask(tx, ns, task, fetch)));
+        first = last + 1;
+      }
       return undefined;
     } catch (err) {
+      // Deleted on the source since it was listed (retention): nothing (more) to bring.
+      if (err instanceof ConnectError && err.code === Code.NotFound) return undefined;
       // A divergent run is conflict resolution's business; it must not stall the other runs.
       if (!(err instanceof HistoryDivergenceError)) throw err;
       log.warn("backfill skipped a divergent run", { remote: remote.name, workflowId: e.workflowId, runId: e.runId, error: err.message });
       return err.message;
+    } finally {
+      if (added > 0) deps.notifier.notify(e.runId);
     }
   }
 
   /** Applies runs with at most `concurrency` in flight; the first failure rejects. */
-  async function applyPage(remote: RemoteCluster, ns: NamespaceRecord, runs: ExecutionForReplication[], signal: AbortSignal): Promise<string[]> {
+  async function applyPage(remote: RemoteCluster, ns: NamespaceRecord, runs: { run: ExecutionForReplication; from: number }[], signal: AbortSignal): Promise<string[]> {
     const problems: string[] = [];
     let next = 0;
     const worker = async () => {

@@ -9,6 +9,7 @@ import type { NamespaceRecord } from "../src/namespace/registry";
 import { composite, runStatement } from "../src/persistence/raw-statements";
 import { advanceInboundAck, advanceInboundAckPart } from "./ack-levels";
 import type { HistoryApplier, IncomingTask, PlannedApply, RawHistoryFetcher } from "./applier";
+import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
 import { HELD_BEHIND, noneHeldPart, type ReplicationDlq } from "./dlq";
 import { fetchOutside } from "./gap-fetch";
 import type { RemoteCluster } from "./manager";
@@ -248,22 +249,35 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
   return { applyAll };
 }
 
-/** Gap repair (and DLQ merge) through the source's GetWorkflowExecutionRawHistory. */
+/**
+ * Most bytes of events one GetWorkflowExecutionRawHistory answer brings to this cluster's gap
+ * repairs and backfills (a source caps it there too, HISTORY_PAGE_BYTES): a source from
+ * before the cap sends the whole range at once.
+ */
+export const RAW_HISTORY_PAGE_BYTES = 4 << 20;
+
+/** Gap repair (and DLQ merge) through the source's GetWorkflowExecutionRawHistory, a page at a time. */
 export function rawFetcher(source: string, clients: RemoteClients, log: Logger, signal?: AbortSignal): RawHistoryFetcher {
   return async (task, first, next) => {
     log.info("repairing history gap from source", { remote: source, workflowId: task.workflowId, runId: task.runId, first, next });
-    const res = await clients.admin.getWorkflowExecutionRawHistory(
-      {
-        namespaceId: task.namespaceId, workflowId: task.workflowId, runId: task.runId, firstEventId: BigInt(first), nextEventId: BigInt(next),
-        // The task's branch, which need not be the source's current one any more.
-        versionHistory: versionHistoryToProto(task.versionHistory),
-      },
-      { signal, timeoutMs: 30_000 },
-    );
-    if (res.events.length !== next - first || Number(res.events[0]?.eventId) !== first) {
-      throw new Error(`source ${source} returned ${res.events.length} events for ${task.workflowId} run ${task.runId} [${first}, ${next})`);
+    const events: HistoryEvent[] = [];
+    while (first + events.length < next) {
+      const from = first + events.length;
+      const res = await clients.admin.getWorkflowExecutionRawHistory(
+        {
+          namespaceId: task.namespaceId, workflowId: task.workflowId, runId: task.runId, firstEventId: BigInt(from), nextEventId: BigInt(next),
+          // The task's branch, which need not be the source's current one any more.
+          versionHistory: versionHistoryToProto(task.versionHistory),
+          maximumPageBytes: BigInt(RAW_HISTORY_PAGE_BYTES),
+        },
+        { signal, timeoutMs: 30_000 },
+      );
+      if (!res.events.length || res.events.length > next - from || Number(res.events[0]?.eventId) !== from) {
+        throw new Error(`source ${source} returned ${res.events.length} events for ${task.workflowId} run ${task.runId} [${from}, ${next})`);
+      }
+      events.push(...res.events);
     }
-    return res.events;
+    return events;
   };
 }
 

@@ -12,6 +12,13 @@ export function versionAt(history: VersionHistoryItem[], eventId: number): numbe
   return history.find((item) => item.eventId >= eventId)?.version;
 }
 
+/** The history of events up to eventId only: a page of a longer history, as a task of those events carries it. */
+export function versionHistoryUpTo(history: VersionHistoryItem[], eventId: number): VersionHistoryItem[] {
+  const upTo = history.filter((item) => item.eventId < eventId);
+  const version = versionAt(history, eventId);
+  return version === undefined ? upTo : [...upTo, { eventId, version }];
+}
+
 /**
  * The first event id, up to the shorter history's end, at which the two histories
  * disagree on the version (DESIGN.md section 4, divergence after a forced failover),

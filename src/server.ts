@@ -99,6 +99,8 @@ export interface ServerOptions {
     beforeStreamMessage?: (signal: AbortSignal) => Promise<void>;
     /** How often the sender re-reads a peer's shards for commits of other processes (default 1 s; tests make it long to see wakes alone). */
     senderRecheckMs?: number;
+    /** Most bytes of events per raw history answer this cluster's backfills ask a source for (default 4 MiB). */
+    historyPageBytes?: number;
     /** Tasks per shard page this cluster asks its remotes for (default 200). */
     pageSize?: number;
     /** Awaited by each AdminService.GetReplicationTasks call before it reads: holds a shard's per-shard pulls (tests). */
@@ -215,7 +217,7 @@ function wireReplication({ opts, log, now, cluster, database }: Base, core: Core
     waitMs: opts.replication?.waitMs, silenceGraceMs: opts.replication?.silenceGraceMs,
     durable: opts.replication?.durable ?? database.applies?.durable,
   });
-  const backfill = createBackfillReceiver({ db, applier, namespaces, writer, notifier, log, now });
+  const backfill = createBackfillReceiver({ db, applier, namespaces, writer, notifier, log, now, historyPageBytes: opts.replication?.historyPageBytes });
   const namespaceReceiver = createNamespaceReceiver({
     db, currentCluster: cluster.clusterName, namespaces, log, metrics, now, onActivated, onBackfillStarted: backfill.wake,
     beforeApply: opts.replication?.beforeNamespaceApply,

@@ -197,21 +197,22 @@ export const HISTORY_PAGE_BYTES = 4 << 20;
 /**
  * The event id a page of run's history from `from` (up to limit events) ends before, in SQL:
  * after the event that brings the page's attributes to HISTORY_PAGE_BYTES (the first always
- * goes), or at limit; run's next event id when there is nothing to read. The page is measured
+ * goes), or at limit; run's next event id when there is nothing to read. Raw history pages
+ * (raw-history.ts) pass a budget of their own. The page is measured
  * in chunks of 1, 2, 4, ... events by id (they are consecutive, as the token's next id takes
  * them to be) until one reaches the budget, then event by event within that chunk: a page of
  * large events measures about twice what it sends, not a page size's (100 events of 1 MB:
  * 80 s a read), and one of small events takes ten steps, not one per event (a walk event by
  * event made a page of 1,000 small events 2.7x as slow to read).
  */
-function pageEnd(run: ExecutionRow, from: number, limit: number) {
+export function pageEnd(run: ExecutionRow, from: number, limit: number, budget: number = HISTORY_PAGE_BYTES) {
   const e = (column: string) => sql.raw(`e.${column}`);
   const key = sql`${e("namespace_id")} = ${run.namespaceId} and ${e("workflow_id")} = ${run.workflowId} and ${e("run_id")} = ${run.runId}`;
   const size = sql`octet_length(${e("attributes")}::text)::bigint`;
   const chunk = sql`select max(${e("event_id")}) as last, coalesce(sum(${size}), 0)::bigint as bytes from ${historyEvents} e where ${key} and ${e("event_id")} > walk.last and ${e("event_id")} <= walk.last + walk.step and ${e("event_id")} < ${from + limit}`;
-  const walk = sql`walk(last, bytes, step, k) as (select ${from - 1}::bigint, 0::bigint, 1::bigint, 0 union all select c.last, walk.bytes + c.bytes, walk.step * 2, walk.k + 1 from walk cross join lateral (${chunk}) c where walk.bytes < ${HISTORY_PAGE_BYTES} and c.last is not null)`;
+  const walk = sql`walk(last, bytes, step, k) as (select ${from - 1}::bigint, 0::bigint, 1::bigint, 0 union all select c.last, walk.bytes + c.bytes, walk.step * 2, walk.k + 1 from walk cross join lateral (${chunk}) c where walk.bytes < ${budget} and c.last is not null)`;
   const through = sql`select ${e("event_id")} as event_id, prev.bytes + sum(${size}) over (order by ${e("event_id")}) as through from ${historyEvents} e where ${key} and ${e("event_id")} > prev.last and ${e("event_id")} <= fin.last`;
-  const crossing = sql`select min(q.event_id) + 1 from (${through}) q where q.through >= ${HISTORY_PAGE_BYTES}`;
+  const crossing = sql`select min(q.event_id) + 1 from (${through}) q where q.through >= ${budget}`;
   const steps = sql`fin as (select * from walk order by k desc limit 1), prev as (select * from walk where k = (select k - 1 from fin))`;
-  return sql<number>`(with recursive ${walk}, ${steps} select case when fin.k = 0 then ${run.nextEventId} when fin.bytes < ${HISTORY_PAGE_BYTES} then fin.last + 1 else (${crossing}) end from fin left join prev on true)`;
+  return sql<number>`(with recursive ${walk}, ${steps} select case when fin.k = 0 then ${run.nextEventId} when fin.bytes < ${budget} then fin.last + 1 else (${crossing}) end from fin left join prev on true)`;
 }
