@@ -1,7 +1,7 @@
 import { z } from "zod";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { and, asc, eq, sql } from "drizzle-orm";
+import { eq, sql, type SQL } from "drizzle-orm";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
 import { peerUnreachable, type RemoteClientPool } from "../src/cluster/remote-client";
 import { invalidArgument, notFound } from "../src/errors";
@@ -18,8 +18,10 @@ import {
 } from "../src/gen/tern/admin/v1/service_pb";
 import type { Db } from "../src/persistence/database";
 import { decodeToken, encodeToken } from "../src/persistence/page-token";
-import { clusterMetadata, executions, historyEvents, namespaces } from "../src/persistence/schema";
+import { rowsOf } from "../src/persistence/migrate";
+import { clusterMetadata, executions, historyEvents as h, namespaces } from "../src/persistence/schema";
 import { shown } from "../src/shown";
+import { digestUnless, pagedDigest, renderedBytes, SQL_DIGEST_BYTES } from "./run-digest";
 
 /** GetExecutionChecksums' token: the last run's workflow id and run id. */
 const RUN_TOKEN = z.object({ w: z.string(), r: z.string() });
@@ -28,6 +30,8 @@ export interface ReplicationVerifierDeps {
   db: Db;
   cluster: CurrentCluster;
   clients: RemoteClientPool;
+  /** Runs with more bytes of attributes than this are digested a page of events at a time (default SQL_DIGEST_BYTES). */
+  sqlDigestBytes?: number;
 }
 
 type Page = Pick<GetExecutionChecksumsResponse, "executions" | "nextPageToken">;
@@ -37,6 +41,13 @@ type Prefix = Pick<ExecutionChecksum, "workflowId" | "runId" | "eventCount">;
 
 /** Checksum pages are large: the walk over 1,000s of executions takes few round trips. */
 const PAGE = 1000;
+
+/**
+ * How long a peer's GetExecutionChecksums answer is waited for: a page's time grows with its
+ * runs' sizes (one run of 1.1 GB of events took 50 s, past the 60 s this was with another),
+ * so as long as the CLI waits for the whole verify.
+ */
+const CHECKSUMS_TIMEOUT_MS = 10 * 60_000;
 
 /** Most runs one GetExecutionChecksums call takes prefixes of. */
 const MAX_PREFIXES = 1000;
@@ -48,7 +59,7 @@ const keyOf = (x: { workflowId: string; runId: string }) => `${x.workflowId}\u00
  * serves a checksum per execution, closed runs included, and the cluster asked compares
  * its own with a remote's.
  */
-export function createReplicationVerifier({ db, cluster, clients }: ReplicationVerifierDeps) {
+export function createReplicationVerifier({ db, cluster, clients, sqlDigestBytes = SQL_DIGEST_BYTES }: ReplicationVerifierDeps) {
   /** AdminService.GetExecutionChecksums: one page, by (workflow id, run id); or the prefixes asked for. */
   async function checksums(req: Pick<GetExecutionChecksumsRequest, "namespace" | "pageSize" | "nextPageToken"> & { prefixes?: Prefix[] }): Promise<GetExecutionChecksumsResponse> {
     if (!req.namespace) throw invalidArgument("namespace is required");
@@ -58,19 +69,15 @@ export function createReplicationVerifier({ db, cluster, clients }: ReplicationV
     const pageSize = Math.min(Math.max(req.pageSize || PAGE, 1), 5000);
     const after = req.nextPageToken.length ? decodeToken(req.nextPageToken, RUN_TOKEN) : undefined;
     const e = executions;
-    const h = historyEvents;
-    const rows = await db
-      .select({ workflowId: e.workflowId, runId: e.runId, eventCount: sql<number>`count(${h.eventId})`.mapWith(Number), checksum: digestOf })
-      .from(e)
-      .leftJoin(h, and(eq(h.namespaceId, e.namespaceId), eq(h.workflowId, e.workflowId), eq(h.runId, e.runId)))
-      .where(and(eq(e.namespaceId, ns.id), after ? sql`(${e.workflowId}, ${e.runId}) > (${after.w}, ${after.r})` : undefined))
-      .groupBy(e.workflowId, e.runId)
-      .orderBy(asc(e.workflowId), asc(e.runId))
-      .limit(pageSize + 1);
+    const rows = await checksumRows(ns.id, sql`
+      select ${e.workflowId} as w, ${e.runId} as r, null::bigint as n, count(${h.eventId})::int as event_count, ${renderedBytes} as bytes
+      from ${e} left join ${h} on ${h.namespaceId} = ${e.namespaceId} and ${h.workflowId} = ${e.workflowId} and ${h.runId} = ${e.runId}
+      where ${e.namespaceId} = ${ns.id} ${after ? sql`and (${e.workflowId}, ${e.runId}) > (${after.w}, ${after.r})` : sql``}
+      group by ${e.workflowId}, ${e.runId} order by ${e.workflowId}, ${e.runId} limit ${pageSize + 1}`, pageSize);
     const page = rows.slice(0, pageSize);
     const last = page.at(-1);
     return create(GetExecutionChecksumsResponseSchema, {
-      executions: page.map((r) => ({ workflowId: r.workflowId, runId: r.runId, eventCount: BigInt(r.eventCount), checksum: r.checksum })),
+      executions: page,
       nextPageToken: rows.length > pageSize && last ? encodeToken({ w: last.workflowId, r: last.runId }) : new Uint8Array(0),
     });
   }
@@ -79,15 +86,31 @@ export function createReplicationVerifier({ db, cluster, clients }: ReplicationV
   async function prefixChecksums(namespaceId: string, prefixes: Prefix[]): Promise<GetExecutionChecksumsResponse> {
     if (prefixes.length > MAX_PREFIXES) throw invalidArgument(`at most ${MAX_PREFIXES} prefixes a call, not ${prefixes.length}`);
     const wanted = JSON.stringify(prefixes.map((p) => ({ w: p.workflowId, r: p.runId, n: Number(p.eventCount) })));
-    const h = historyEvents;
-    const rows = await db
-      .select({ workflowId: sql<string>`wanted.w`, runId: sql<string>`wanted.r`, eventCount: sql<number>`count(${h.eventId})`.mapWith(Number), checksum: digestOf })
-      .from(sql`jsonb_to_recordset(${wanted}::jsonb) as wanted(w text, r text, n bigint)`)
-      .innerJoin(h, and(eq(h.namespaceId, namespaceId), sql`${h.workflowId} = wanted.w and ${h.runId} = wanted.r and ${h.eventId} <= wanted.n`))
-      .groupBy(sql`wanted.w`, sql`wanted.r`);
-    return create(GetExecutionChecksumsResponseSchema, {
-      executions: rows.map((r) => ({ workflowId: r.workflowId, runId: r.runId, eventCount: BigInt(r.eventCount), checksum: r.checksum })),
-    });
+    const rows = await checksumRows(namespaceId, sql`
+      select wanted.w, wanted.r, wanted.n, count(${h.eventId})::int as event_count, ${renderedBytes} as bytes
+      from jsonb_to_recordset(${wanted}::jsonb) as wanted(w text, r text, n bigint)
+      join ${h} on ${h.namespaceId} = ${namespaceId} and ${h.workflowId} = wanted.w and ${h.runId} = wanted.r and ${h.eventId} <= wanted.n
+      group by wanted.w, wanted.r, wanted.n`);
+    return create(GetExecutionChecksumsResponseSchema, { executions: rows });
+  }
+
+  /**
+   * The checksums of the runs `runs` selects (w, r, n: the last event id counted or null,
+   * event_count, bytes), in its order: in SQL for runs up to sqlDigestBytes of attributes,
+   * here a page of events at a time for larger ones, among the first `upTo` rows (the rest
+   * only say that more follow).
+   */
+  async function checksumRows(namespaceId: string, runs: SQL, upTo = Infinity) {
+    const rows = rowsOf(await db.execute(sql`
+      select s.w, s.r, s.n, s.event_count, ${digestUnless(sql`s.bytes`, sqlDigestBytes, { namespaceId, workflowId: sql`s.w`, runId: sql`s.r` }, sql`coalesce(s.n, ${h.eventId})`)} as checksum
+      from (${runs}) s order by s.w, s.r`)) as { w: string; r: string; n: string | number | null; event_count: number; checksum: string | null }[];
+    const out: { workflowId: string; runId: string; eventCount: bigint; checksum: string }[] = [];
+    for (const [i, row] of rows.entries()) {
+      const run = { namespaceId, workflowId: row.w, runId: row.r };
+      const checksum = row.checksum ?? (i < upTo ? await pagedDigest(db, run, row.n === null ? undefined : Number(row.n)) : "");
+      out.push({ workflowId: row.w, runId: row.r, eventCount: BigInt(row.event_count), checksum });
+    }
+    return out;
   }
 
   /** AdminService.VerifyReplication: this cluster's checksums against req.cluster's. */
@@ -99,7 +122,7 @@ export function createReplicationVerifier({ db, cluster, clients }: ReplicationV
     const remote = clients.get(row.rpcAddress).admin;
     const [local, theirs] = await Promise.all([
       collect((token) => checksums({ namespace: req.namespace, pageSize: PAGE, nextPageToken: token })),
-      collect((token) => remote.getExecutionChecksums({ namespace: req.namespace, pageSize: PAGE, nextPageToken: token }, { signal, timeoutMs: 60_000 })).catch((e) => {
+      collect((token) => remote.getExecutionChecksums({ namespace: req.namespace, pageSize: PAGE, nextPageToken: token }, { signal, timeoutMs: CHECKSUMS_TIMEOUT_MS })).catch((e) => {
         // The remote's NOT_FOUND is of its copy: say whose it is.
         if (e instanceof ConnectError && e.code === Code.NotFound) throw notFound(`namespace ${req.namespace} is not on cluster ${req.cluster} (is it one of the namespace's clusters?): ${e.rawMessage}`);
         throw peerUnreachable(e, req.cluster);
@@ -109,7 +132,7 @@ export function createReplicationVerifier({ db, cluster, clients }: ReplicationV
     const behind = await behindOf(diverging, {
       local: (chunk) => checksums({ namespace: req.namespace, pageSize: 0, nextPageToken: new Uint8Array(0), prefixes: chunk }),
       // A remote from before prefixes answers a page instead: its entries match none asked for.
-      remote: (chunk) => remote.getExecutionChecksums({ namespace: req.namespace, prefixes: chunk }, { signal, timeoutMs: 60_000 }).catch((e) => {
+      remote: (chunk) => remote.getExecutionChecksums({ namespace: req.namespace, prefixes: chunk }, { signal, timeoutMs: CHECKSUMS_TIMEOUT_MS }).catch((e) => {
         throw peerUnreachable(e, req.cluster);
       }),
     });
@@ -129,10 +152,6 @@ export function createReplicationVerifier({ db, cluster, clients }: ReplicationV
 }
 
 export type ReplicationVerifier = ReturnType<typeof createReplicationVerifier>;
-
-// jsonb renders canonically (sorted keys, fixed spacing), so equal attributes give equal text on both clusters.
-const h = historyEvents;
-const digestOf = sql<string>`md5(coalesce(string_agg(${h.eventId}::text || ':' || ${h.version}::text || ':' || ${h.eventType} || ':' || ${h.attributes}::text, '|' order by ${h.eventId}), ''))`;
 
 /** Every page's checksums, by "workflowId/runId". */
 async function collect(fetchPage: (token: Uint8Array) => Promise<Page>): Promise<Map<string, ExecutionChecksum>> {
