@@ -97,13 +97,15 @@ describe.skipIf(!(await postgresReachable()))(`failover soak on postgres (${CLUS
   }
 
   /**
-   * A restart on the same database: the server stops, or with TERN_CHAOS_CRASH=1 it crashes
-   * (its connections to PostgreSQL reset under it first), then a new server starts.
+   * A restart on the same database: the server stops, or crashes (its connections to
+   * PostgreSQL reset under it first), half of the time each, every time with
+   * TERN_CHAOS_CRASH=1 (0: never); then a new server starts.
    */
   async function restart(): Promise<string> {
     const i = Math.floor(rng() * CLUSTERS);
     const db = dbProxies[i]!.proxy;
-    if (testEnv.chaosCrash) {
+    const crash = testEnv.chaosCrash ?? rng() < 0.5;
+    if (crash) {
       db.refuse(true);
       db.cut();
     }
@@ -111,7 +113,7 @@ describe.skipIf(!(await postgresReachable()))(`failover soak on postgres (${CLUS
     db.refuse(false);
     clusters[i] = await start(i);
     for (let j = 0; j < CLUSTERS; j++) if (j !== i) links[j]![i]!.retarget(frontend(clusters[i]!));
-    return `${testEnv.chaosCrash ? "crash" : "restart"} ${names[i]} (${stopped})`;
+    return `${crash ? "crash" : "restart"} ${names[i]} (${stopped})`;
   }
 
   beforeAll(async () => {

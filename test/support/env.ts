@@ -12,7 +12,7 @@ export const testEnv = {
   chaosSteps: process.env.TERN_CHAOS_STEPS,
   /** How many clusters the failover soak runs (default 2, at most 3). */
   chaosClusters: process.env.TERN_CHAOS_CLUSTERS,
-  /** The failover soak's restarts crash the server (its database connections reset) rather than stop it. */
-  chaosCrash: process.env.TERN_CHAOS_CRASH === "1",
+  /** Whether the failover soak's restarts crash the server (its database connections reset) rather than stop it: "1" all, "0" none, unset half. */
+  chaosCrash: process.env.TERN_CHAOS_CRASH === undefined ? undefined : process.env.TERN_CHAOS_CRASH === "1",
   requirePostgres: process.env.CI === "true" || process.env.TERN_TEST_REQUIRE_POSTGRES === "1",
 };
