@@ -14,5 +14,7 @@ export const testEnv = {
   chaosClusters: process.env.TERN_CHAOS_CLUSTERS,
   /** Whether the failover soak's restarts crash the server (its database connections reset) rather than stop it: "1" all, "0" none, unset half. */
   chaosCrash: process.env.TERN_CHAOS_CRASH === undefined ? undefined : process.env.TERN_CHAOS_CRASH === "1",
+  /** Runs the tests that write gigabytes (test/replication/verify-large-run.test.ts): "1". */
+  largeTests: process.env.TERN_TEST_LARGE === "1",
   requirePostgres: process.env.CI === "true" || process.env.TERN_TEST_REQUIRE_POSTGRES === "1",
 };
