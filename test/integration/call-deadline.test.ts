@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { Code } from "@connectrpc/connect";
+import { Code, type Client } from "@connectrpc/connect";
 import postgres from "postgres";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
@@ -12,6 +12,20 @@ import { testStores } from "../support/stores";
 setDefaultTimeout(60_000);
 
 const T = { workflowType: "t", taskQueue: "q" };
+
+/** Registers namespace with one run "w": signal(requestId, timeoutMs?) signals it, signalled() lists its signals' request ids in order. */
+async function runToSignal(wf: Client<typeof WorkflowService>, namespace: string, isGlobalNamespace = false) {
+  await wf.registerNamespace({ namespace, isGlobalNamespace });
+  await wf.startWorkflowExecution({ namespace, workflowId: "w", ...T });
+  return {
+    signal: (requestId: string, timeoutMs?: number) =>
+      wf.signalWorkflowExecution({ namespace, workflowExecution: { workflowId: "w" }, signalName: "s", requestId }, { timeoutMs }),
+    async signalled() {
+      const { history } = await wf.getWorkflowExecutionHistory({ namespace, execution: { workflowId: "w" } });
+      return history!.events.flatMap((e) => (e.attributes.case === "workflowExecutionSignaledEventAttributes" ? [e.attributes.value.requestId] : []));
+    },
+  };
+}
 
 /** A call as a Connect JSON POST with the deadline header alone: the server's deadline ends it, not a timer of the client's. */
 const callWithDeadline = async (url: string, method: string, body: unknown, deadlineMs: number) => {
@@ -43,9 +57,7 @@ describe("a call past its deadline on PGlite", () => {
   afterAll(() => cluster.destroy());
 
   test("TestSignalHeldPastItsDeadline: the client got DEADLINE_EXCEEDED and the signal did not land", async () => {
-    const wf = cluster.client(WorkflowService);
-    await wf.registerNamespace({ namespace: "held" });
-    await wf.startWorkflowExecution({ namespace: "held", workflowId: "w", ...T });
+    const { signal, signalled } = await runToSignal(cluster.client(WorkflowService), "held");
     let entered!: () => void;
     let release!: () => void;
     const inHook = new Promise<void>((r) => (entered = r));
@@ -56,10 +68,8 @@ describe("a call past its deadline on PGlite", () => {
     held = undefined;
     release();
     // PGlite runs one transaction at a time: this one's waits for the held one to end.
-    await wf.signalWorkflowExecution({ namespace: "held", workflowExecution: { workflowId: "w" }, signalName: "s", requestId: "on-time" });
-    const { history } = await wf.getWorkflowExecutionHistory({ namespace: "held", execution: { workflowId: "w" } });
-    const signalled = history!.events.flatMap((e) => (e.attributes.case === "workflowExecutionSignaledEventAttributes" ? [e.attributes.value.requestId] : []));
-    expect(signalled).toEqual(["on-time"]);
+    await signal("on-time");
+    expect(await signalled()).toEqual(["on-time"]);
   });
 });
 
@@ -118,11 +128,7 @@ if ((await testStores()).includes("postgres")) {
     });
 
     test("TestOneStatementSignalPastItsDeadline: sent before the deadline, it is its own COMMIT: it lands once the lock is free, once, and its retry with the same request id finds it", async () => {
-      const wf = cluster.client(WorkflowService);
-      await wf.registerNamespace({ namespace: "signals", isGlobalNamespace: true });
-      await wf.startWorkflowExecution({ namespace: "signals", workflowId: "w", ...T });
-      const signal = (requestId: string, timeoutMs?: number) =>
-        wf.signalWorkflowExecution({ namespace: "signals", workflowExecution: { workflowId: "w" }, signalName: "s", requestId }, { timeoutMs });
+      const { signal, signalled } = await runToSignal(cluster.client(WorkflowService), "signals", true);
       const holder = await admin.reserve();
       try {
         await holder`begin`;
@@ -137,10 +143,6 @@ if ((await testStores()).includes("postgres")) {
         await holder`rollback`;
         holder.release();
       }
-      const signalled = async () => {
-        const { history } = await wf.getWorkflowExecutionHistory({ namespace: "signals", execution: { workflowId: "w" } });
-        return history!.events.flatMap((e) => (e.attributes.case === "workflowExecutionSignaledEventAttributes" ? [e.attributes.value.requestId] : []));
-      };
       // It landed once the lock was free, though its caller had DEADLINE_EXCEEDED.
       await eventually(async () => expect(await signalled()).toEqual(["late"]));
       await signal("late"); // the client's retry after DEADLINE_EXCEEDED, with the same request id: found, not written again
@@ -151,11 +153,7 @@ if ((await testStores()).includes("postgres")) {
     // had written the run in between, and the server logged an ERROR "internal error" (a
     // StaleRunError) for a call whose client had its DEADLINE_EXCEEDED long before.
     test("TestOneStatementSignalFindingItsRunChangedPastItsDeadline: no internal error, nothing written, and its retry lands once", async () => {
-      const wf = cluster.client(WorkflowService);
-      await wf.registerNamespace({ namespace: "stale", isGlobalNamespace: true });
-      await wf.startWorkflowExecution({ namespace: "stale", workflowId: "w", ...T });
-      const signal = (requestId: string, timeoutMs?: number) =>
-        wf.signalWorkflowExecution({ namespace: "stale", workflowExecution: { workflowId: "w" }, signalName: "s", requestId }, { timeoutMs });
+      const { signal, signalled } = await runToSignal(cluster.client(WorkflowService), "stale", true);
       const holder = await admin.reserve();
       try {
         await holder`begin`;
@@ -171,10 +169,6 @@ if ((await testStores()).includes("postgres")) {
       // Its statement found the row changed once the lock was free, after the deadline.
       await eventually(async () => expect((await serverSessions()).busy).toBe(0));
       expect(logged.filter((l) => l.level === "error").map((l) => `${l.msg}: ${l.error?.split("\n")[0]}`)).toEqual([]);
-      const signalled = async () => {
-        const { history } = await wf.getWorkflowExecutionHistory({ namespace: "stale", execution: { workflowId: "w" } });
-        return history!.events.flatMap((e) => (e.attributes.case === "workflowExecutionSignaledEventAttributes" ? [e.attributes.value.requestId] : []));
-      };
       expect(await signalled()).toEqual([]);
       await signal("late"); // the client's retry after DEADLINE_EXCEEDED, with the same request id
       expect(await signalled()).toEqual(["late"]);
