@@ -97,6 +97,20 @@
 //    only, naming the message ("cannot decode message tern.workflow.v1.X from binary: ...",
 //    as the JSON one says it): the same serialization decodes a client's answers (a peer's
 //    bad answer stays INTERNAL), and an error of a handler is not touched.
+//
+// and in @bufbuild/protobuf 2.13.0 (dist/esm/wire/base64-encoding.js and its commonjs build),
+// for speed:
+//
+// 13. Base64 a character at a time. Connect's JSON codec writes and reads every bytes field
+//    (a payload's data) through base64Encode and base64Decode, which build the string by
+//    appending one character at a time and read it one character at a time. A JSON history
+//    page of 3 MiB of payloads held a server's event loop for 2.2-3.3 s (a loaded machine),
+//    and a megabyte signal sent as JSON for tens of ms. Mended by using the runtime's own
+//    Uint8Array.prototype.toBase64 and Uint8Array.fromBase64 where it has them (Bun; not
+//    Node 20, which keeps the loop): the same page then held it 0.38-0.97 s. A string the
+//    native decoder refuses (the URL alphabet, inner padding) still goes through the loop,
+//    which protobuf JSON allows. Upstream made the same change (bufbuild/protobuf-es#1477,
+//    after 2.13.0), in releases whose code generator needs Node 22.
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";

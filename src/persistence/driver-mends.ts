@@ -12,7 +12,17 @@ import mends from "../../scripts/dependency-mends.json";
  * by default the one `import "postgres"` loads.
  */
 export function driverMendsMissing(dir: string | undefined = installedDir("postgres")): string | undefined {
-  const pkg = mends.packages.find((p) => p.name === "postgres")!;
+  return mendsMissing("postgres", dir);
+}
+
+/**
+ * What is wrong with the installed package name against its mends in scripts/dependency-mends.json,
+ * or undefined when it carries every one. dir is the package's directory, by default the one a bare
+ * import of name loads.
+ */
+export function mendsMissing(name: string, dir: string | undefined = installedDir(name)): string | undefined {
+  const pkg = mends.packages.find((p) => p.name === name);
+  if (!pkg) throw new Error(`scripts/dependency-mends.json has no mends for ${name}`);
   // A runtime that cannot say where the package is (import.meta.resolve) is not checked.
   if (!dir) return undefined;
   const { version } = JSON.parse(readFileSync(join(dir, "package.json"), "utf8")) as { version: string };
