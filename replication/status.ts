@@ -101,6 +101,7 @@ export function createReplicationStatus({ db, cluster, connectionState, inboundP
         outbound: await outbound(remote.clusterName, mine, maxima),
         namespaceMaxTaskId: BigInt(ns?.maxTaskId ?? 0),
         namespaceAckedTaskId: BigInt(ns?.ackLevel ?? 0),
+        namespaceLagTasks: BigInt(Math.max(0, (ns?.maxTaskId ?? 0) - (ns?.ackLevel ?? 0))),
         dlqSize: BigInt(dlq.get(remote.clusterName) ?? 0),
         inboundHeardAt: heard.at && timestampFromDate(heard.at),
         inboundLagUnknown: heard.stale,

@@ -55,6 +55,8 @@ describe("replication status", () => {
     const r = await runCli(["replication", "status"], { admin: { getReplicationStatus: () => unheard } });
     const lines = r.stdout.trimEnd().split("\n");
     expect(lines[2]).toMatch(/^clusterB +inbound +1 +10 +10 +unknown +unknown +connected$/);
+    // Namespace replication comes from the same remote: its lag is as unknown.
+    expect(lines[3]).toMatch(/^clusterB +inbound +ns +3 +3 +unknown +connected$/);
     expect(lines[4]).toMatch(/^clusterB +outbound +1 +42 +40 +2 +150 +connected$/);
     expect(lines[6]).toMatch(/^NOTE: clusterA has heard nothing from clusterB since \S+Z \(40 s ago\): its inbound lag is unknown \(/);
   });
@@ -74,6 +76,9 @@ describe("replication status", () => {
       enableConnection: true,
       inbound: [{ shardId: 1, maxTaskId: 10n, ackedTaskId: 7n, lagTasks: 3n, lagMs: 900n }, { shardId: 2, maxTaskId: 5n, ackedTaskId: 5n }],
       outbound: [{ shardId: 1, maxTaskId: 42n, ackedTaskId: 40n, lagTasks: 2n, lagMs: 150n }],
+      namespaceMaxTaskId: 4n,
+      namespaceAckedTaskId: 3n,
+      namespaceLagTasks: 1n,
     };
     const unheard = create(GetReplicationStatusResponseSchema, { clusterName: "clusterA", remotes: [{ ...remote, inboundLagUnknown: true, inboundHeardAt: heardAt }] });
     const r = await runCli(["replication", "status", "-o", "json"], { admin: { getReplicationStatus: () => unheard } });
@@ -84,6 +89,8 @@ describe("replication status", () => {
       { shardId: 1, maxTaskId: "10", ackedTaskId: "7", lagTasks: null, lagMs: null },
       { shardId: 2, maxTaskId: "5", ackedTaskId: "5", lagTasks: null, lagMs: null },
     ]);
+    expect(json.remotes[0].namespaceLagTasks).toBeNull();
+    expect(json.remotes[0].namespaceMaxTaskId).toBe("4");
     // The outbound rows are this cluster's own knowledge: as they were.
     expect(json.remotes[0].outbound[0]).toEqual({ shardId: 1, maxTaskId: "42", ackedTaskId: "40", lagTasks: "2", lagMs: "150" });
     // Still protobuf JSON of the response: null reads as unset.
@@ -92,6 +99,7 @@ describe("replication status", () => {
     const heard = create(GetReplicationStatusResponseSchema, { clusterName: "clusterA", remotes: [remote] });
     const current = JSON.parse((await runCli(["replication", "status", "-o", "json"], { admin: { getReplicationStatus: () => heard } })).stdout);
     expect(current.remotes[0].inbound[0]).toEqual({ shardId: 1, maxTaskId: "10", ackedTaskId: "7", lagTasks: "3", lagMs: "900" });
+    expect(current.remotes[0].namespaceLagTasks).toBe("1");
   });
 
   test("no remotes: says how to connect one; a disabled remote reads disabled", async () => {

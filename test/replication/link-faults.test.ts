@@ -9,6 +9,8 @@ import { executions, replicationDlq } from "../../src/persistence/schema";
 import { PayloadsSchema } from "../../src/gen/tern/common/v1/common_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { createLogger } from "../../src/observability/log";
+import { eventuallyOn } from "../failover/mesh";
+import { runCli } from "../cli/harness";
 import { eventually } from "../support/eventually";
 import { startLinkedPair } from "../support/linked-pair";
 import type { TestCluster, TestClusterOptions } from "../support/server";
@@ -109,6 +111,44 @@ for (const store of await testStores()) {
       await eventually(() => ackedAll(a));
       expect((await statusOf(b)).dlqSize).toBe(0n);
       expect((await statusOf(b)).inboundLagUnknown).toBe(false);
+    });
+  });
+
+  describe(`a replication link cut off, on ${store}`, () => {
+    // B hears from A at least every 300 ms: A's inbound lag is unknown on B 2.3 s after it last did.
+    const pair = useLinkedPair(store, [{}, { serverOptions: { replication: { waitMs: 300 } } }]);
+
+    test("TestNamespaceReplicationLagOfASourceCutOffIsUnknownOnBLikeItsShards, and known again once the link returns", async () => {
+      const { a, b, link } = pair;
+      await a.client(WorkflowService).updateNamespace({ namespace: NS, description: "v1" });
+      await eventuallyOn(b, NS, (ns) => expect(ns.namespaceInfo!.description).toBe("v1"));
+      await eventually(async () => expect((await statusOf(b)).inboundLagUnknown).toBe(false));
+      const heard = await statusOf(b);
+
+      link.refuse(true);
+      link.cut();
+      try {
+        // A namespace task B cannot see: B's own numbers still say it applied all it knows of.
+        await a.client(WorkflowService).updateNamespace({ namespace: NS, description: "v2" });
+        await eventually(async () => expect((await statusOf(b)).inboundLagUnknown).toBe(true), { timeout: 10_000 });
+        const res = await b.client(AdminService).getReplicationStatus({});
+        expect(res.remotes[0]!.namespaceAckedTaskId).toBe(heard.namespaceAckedTaskId);
+        const text = (await runCli(["replication", "status"], { admin: { getReplicationStatus: () => res } })).stdout;
+        expect(text).toMatch(/^clusterA +inbound +ns +\d+ +\d+ +unknown +error: /m);
+        expect(text).toMatch(/^clusterA +inbound +1 +\d+ +\d+ +unknown +unknown +error: /m);
+        const json = JSON.parse((await runCli(["replication", "status", "-o", "json"], { admin: { getReplicationStatus: () => res } })).stdout);
+        expect(json.remotes[0].namespaceLagTasks).toBeNull();
+        expect(json.remotes[0].inbound[0].lagTasks).toBeNull();
+      } finally {
+        link.refuse(false);
+      }
+      await eventuallyOn(b, NS, (ns) => expect(ns.namespaceInfo!.description).toBe("v2"), 20_000);
+      await eventually(async () => {
+        const res = await b.client(AdminService).getReplicationStatus({});
+        expect(res.remotes[0]!.inboundLagUnknown).toBe(false);
+        const text = (await runCli(["replication", "status"], { admin: { getReplicationStatus: () => res } })).stdout;
+        expect(text).toMatch(/^clusterA +inbound +ns +(\d+) +\1 +0 +connected$/m);
+      }, { timeout: 20_000 });
     });
   });
 

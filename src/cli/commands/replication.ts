@@ -48,19 +48,23 @@ function unheardLines(res: GetReplicationStatusResponse, now: number): string {
 
 /**
  * The response as protobuf JSON, but with lagTasks and lagMs null in the inbound rows of a
- * remote whose inbound lag is unknown: the numbers kept are as of inboundHeardAt, and a script
- * reading only lagTasks took them for current (a lag of 0, omitted, for caught up). Protobuf
- * JSON readers take null as unset, so the text still parses as a GetReplicationStatusResponse.
+ * remote whose inbound lag is unknown, and namespaceLagTasks null: the numbers kept are as of
+ * inboundHeardAt, and a script reading only lagTasks took them for current (a lag of 0, omitted,
+ * for caught up). Protobuf JSON readers take null as unset, so the text still parses as a
+ * GetReplicationStatusResponse.
  */
 export function replicationStatusJson(res: GetReplicationStatusResponse): string {
-  const json = toJson(GetReplicationStatusResponseSchema, res) as { remotes?: { inboundLagUnknown?: boolean; inbound?: object[] }[] };
+  type Remote = { inboundLagUnknown?: boolean; inbound?: object[]; namespaceLagTasks?: string | null };
+  const json = toJson(GetReplicationStatusResponseSchema, res) as { remotes?: Remote[] };
   for (const remote of json.remotes ?? []) {
-    if (remote.inboundLagUnknown) for (const row of remote.inbound ?? []) Object.assign(row, { lagTasks: null, lagMs: null });
+    if (!remote.inboundLagUnknown) continue;
+    for (const row of remote.inbound ?? []) Object.assign(row, { lagTasks: null, lagMs: null });
+    remote.namespaceLagTasks = null;
   }
   return JSON.stringify(json, null, 2) + "\n";
 }
 
-/** Namespace replication as one more inbound row, shard "ns". */
+/** Namespace replication as one more inbound row, shard "ns": unknown with the others (its tasks come on the same link). */
 function namespaceRow(remote: RemoteClusterReplicationStatus): string[] {
   const lag = remote.namespaceMaxTaskId - remote.namespaceAckedTaskId;
   return [
@@ -69,7 +73,7 @@ function namespaceRow(remote: RemoteClusterReplicationStatus): string[] {
     "ns",
     String(remote.namespaceMaxTaskId),
     String(remote.namespaceAckedTaskId),
-    String(lag > 0n ? lag : 0n),
+    remote.inboundLagUnknown ? "unknown" : String(lag > 0n ? lag : 0n),
     "",
     connectionOf(remote),
   ];
@@ -111,13 +115,15 @@ const status: LeafCommand = {
     'with shard "ns" is namespace replication.',
     "outbound rows: what the remote acked of this cluster's tasks, per local shard.",
     "LAG (TASKS) is MAX TASK ID minus ACKED TASK ID; LAG (MS) is the delay the server measures.",
-    "An inbound lag is 'unknown' while the remote has not been heard from lately (it sends at",
-    "least every 10 s): what it wrote since is not seen; a NOTE line says since when.",
+    "An inbound lag (the ns row's too) is 'unknown' while the remote has not been heard from",
+    "lately (it sends at least every 10 s): what it wrote since is not seen; a NOTE line says",
+    "since when.",
     "The DLQ line counts the tasks from each remote held in the DLQ ('tern replication dlq list').",
     "A WARNING line follows for each cluster a global namespace here lists that is not connected",
     "to this one: nothing of that namespace replicates between the two.",
     "With -o json, prints the GetReplicationStatusResponse as protobuf JSON; an unknown inbound",
-    "lag (inboundLagUnknown) is lagTasks and lagMs null in that remote's inbound rows.",
+    "lag (inboundLagUnknown) is lagTasks and lagMs null in that remote's inbound rows, and",
+    "namespaceLagTasks null.",
   ].join("\n"),
   flags: [],
   async run(ctx) {
