@@ -47,7 +47,7 @@ import { createEventNotifier } from "./history/notifier";
 import { createHistoryQueries } from "./history/queries";
 import { createTimerQueue } from "./history/timer-queue";
 import { createWriter } from "./history/writer";
-import { createNamespaceRegistry, type NamespaceRecord } from "./namespace/registry";
+import { createNamespaceRegistry, type NamespaceRecord, type NamespaceRegistry } from "./namespace/registry";
 import { createLogger, type Logger } from "./observability/log";
 import { startLoopDelaySampler } from "./observability/loop-delay";
 import { createMetrics, type Metrics } from "./observability/metrics";
@@ -65,6 +65,8 @@ export interface ServerOptions {
   /** Test hook inside every history write transaction, just before commit. */
   beforeCommit?: (operation: string) => Promise<void> | void;
   database?: OpenOptions;
+  /** Wraps the namespace registry, e.g. to count its reads (tests). */
+  wrapNamespaces?: (registry: NamespaceRegistry) => NamespaceRegistry;
   /** How long a call forwarded to the active cluster waits for its answer past its own work (default FORWARD_TIMEOUT_MS, 30 s). */
   forwardTimeoutMs?: number;
   /** Replication knobs and fault injection (tests). */
@@ -136,6 +138,8 @@ export interface TernServer {
    * grace period out on them.
    */
   endLongPolls(): Promise<void>;
+  /** How many hooks wait on a namespace becoming active here (tests: calls that ended leave none behind). */
+  activatedHookCount(): number;
   close(): Promise<void>;
 }
 
@@ -172,14 +176,17 @@ function wireCore({ config, opts, log, now, database, cluster }: Base) {
   const clusters = createClusterDirectory(db, cluster);
   const notifier = createEventNotifier();
   // Becoming active (a failover here or replicated from a peer): due timers fire here now.
-  const activatedHooks: ((ns: NamespaceRecord) => void)[] = [];
+  // A Set: a hook may unsubscribe itself as it is called (operator-handler's wait for a switch).
+  const activatedHooks = new Set<(ns: NamespaceRecord) => void>();
   const onActivated = (ns: NamespaceRecord) => {
     void timers.rescan();
     for (const hook of activatedHooks) hook(ns);
   };
-  const namespaces = createNamespaceRegistry({
+  const whenActivated = (hook: (ns: NamespaceRecord) => void) => (activatedHooks.add(hook), () => void activatedHooks.delete(hook));
+  const registry = createNamespaceRegistry({
     db, clusters, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY), onActivated,
   });
+  const namespaces = opts.wrapNamespaces?.(registry) ?? registry;
   // Task ids committed per shard: the writer records them, the sender's long polls read them.
   const outboxMarks = createOutboxMarks();
   // The tasks committed here lately, with their events: a caught-up peer is sent them without a read back.
@@ -201,7 +208,7 @@ function wireCore({ config, opts, log, now, database, cluster }: Base) {
     onTimerCreated: (at) => timers.scheduled(at),
   });
   const queries = createHistoryQueries({ db, namespaces, notifier });
-  return { db, metrics, clusters, notifier, outboxMarks, outboxTail, onActivated, activatedHooks, namespaces, writer, applyWriter, timers, engine, queries };
+  return { db, metrics, clusters, notifier, outboxMarks, outboxTail, onActivated, activatedHooks, whenActivated, namespaces, writer, applyWriter, timers, engine, queries };
 }
 
 type Core = ReturnType<typeof wireCore>;
@@ -224,7 +231,7 @@ function wireReplication({ opts, log, now, cluster, database }: Base, core: Core
   });
   // Becoming active: settle the conflicts resolved while this cluster was passive.
   const sweep = createConflictSweep({ db, cluster, namespaces, writer, applier, log });
-  activatedHooks.push((ns) => sweep.trigger(ns.id));
+  activatedHooks.add((ns) => sweep.trigger(ns.id));
   const manager = createReplicationManager({
     db, clients, log,
     streamsFor: (remote) => [namespaceReceiver, ...historyReceiver.streamsFor(remote), backfill.stream],
@@ -278,7 +285,7 @@ function wireRoutes({ config, opts, log, now, cluster }: Base, core: Core, repl:
     operator: createOperatorHandler({
       db, clusters, namespaces, remotes: repl.remotes, version: VERSION, clients,
       connectionState: (name) => manager.connectionState(name),
-      failover: repl.failover, forwardTimeoutMs: opts.forwardTimeoutMs,
+      failover: repl.failover, forwardTimeoutMs: opts.forwardTimeoutMs, whenActivated: core.whenActivated,
     }),
     admin: withPullHooks(
       createAdminHandler({
@@ -378,6 +385,7 @@ function wire(
     refuseUnserved,
     fetch: (req) => app.fetch(req),
     endLongPolls,
+    activatedHookCount: () => core.activatedHooks.size,
     async close() {
       if (closed) return;
       closed = true;

@@ -5,7 +5,7 @@ import type { CurrentCluster } from "../cluster/bootstrap";
 import type { ClusterDirectory } from "../cluster/directory";
 import { OperatorService, ClusterInfoSchema, type ClusterInfo } from "../gen/tern/operator/v1/service_pb";
 import { deleteNamespace } from "../namespace/delete";
-import type { NamespaceRegistry } from "../namespace/registry";
+import type { NamespaceRecord, NamespaceRegistry } from "../namespace/registry";
 import type { Db } from "../persistence/database";
 import type { clusterMetadata } from "../persistence/schema";
 import { decodeToken, encodeToken, NAME_TOKEN } from "../persistence/page-token";
@@ -15,7 +15,6 @@ import type { GracefulFailover } from "../../replication/failover";
 import type { RemoteClientPool } from "../cluster/remote-client";
 import { durationMs, namespaceToProto } from "./convert";
 import { callActive, FORWARD_TIMEOUT_MS, FORWARDED_HEADER } from "./forwarding";
-import { sleep } from "../sleep";
 
 export interface OperatorHandlerDeps {
   db: Db;
@@ -31,6 +30,8 @@ export interface OperatorHandlerDeps {
   clients: RemoteClientPool;
   /** FORWARD_TIMEOUT_MS unless set (tests). */
   forwardTimeoutMs?: number;
+  /** Subscribes hook to namespaces becoming active in this cluster (server.ts activatedHooks); returns its unsubscribe. */
+  whenActivated: (hook: (ns: NamespaceRecord) => void) => () => void;
 }
 
 const FAILOVER_TIMEOUT_MS = 10_000;
@@ -67,10 +68,30 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
   const current = clusters.current();
   const toProto = (row: typeof clusterMetadata.$inferSelect) => clusterToProto(row, current, version, connectionState);
 
-  /** Waits until this cluster's namespace is at version or past it (active here), up to SWITCH_HEARD_WAIT_MS or the call's end. */
+  /**
+   * Waits until this cluster's namespace is at version or past it (active here), up to
+   * SWITCH_HEARD_WAIT_MS or the call's end: woken as the switch makes it active here, not by
+   * reading it again and again. (Servers sharing one PostgreSQL database: when another of them
+   * applies the switch first, this one's receiver skips it and wakes nothing; the bound answers.)
+   */
   async function heardOfSwitch(name: string, version: number, signal: AbortSignal): Promise<void> {
-    const until = Date.now() + SWITCH_HEARD_WAIT_MS;
-    while ((await namespaces.describe({ name })).failoverVersion < version && Date.now() < until && !signal.aborted) await sleep(20, signal);
+    if (signal.aborted) return;
+    let done!: () => void;
+    const heard = new Promise<void>((resolve) => (done = resolve));
+    // Subscribed before the read: a switch applied between the two is heard, not waited out.
+    const unsubscribe = deps.whenActivated((ns) => {
+      if (ns.name === name && ns.failoverVersion >= version) done();
+    });
+    const timer = setTimeout(done, SWITCH_HEARD_WAIT_MS);
+    signal.addEventListener("abort", done);
+    try {
+      if ((await namespaces.describe({ name })).failoverVersion >= version) return;
+      await heard;
+    } finally {
+      unsubscribe();
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+    }
   }
 
   return {

@@ -10,7 +10,8 @@ import { namespaces } from "../../src/persistence/schema";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { createGate } from "../support/gate";
-import { ackGate, addr, describeOn, expectActiveOn, startClusters, startOrdersPair } from "./mesh";
+import type { NamespaceRegistry } from "../../src/namespace/registry";
+import { ackGate, addr, describeOn, eventuallyOn, expectActiveOn, startClusters, startOrdersPair } from "./mesh";
 
 setDefaultTimeout(90_000);
 
@@ -167,6 +168,71 @@ for (const store of await testStores()) {
       } finally {
         await restarted.stop();
       }
+    });
+  });
+
+  describe(`graceful failover asked of the target while passive, on ${store}`, () => {
+    let a: TestCluster, b: TestCluster;
+    const aNamespaceChanges = createGate(); // A's view of replicated namespace changes
+    const aReads = { orders: 0 }; // A's reads of namespace orders from its database (registry.describe)
+    beforeAll(async () => {
+      const countReads = (r: NamespaceRegistry): NamespaceRegistry => ({ ...r, describe: (ref) => (ref.name === "orders" && aReads.orders++, r.describe(ref)) });
+      const aOptions = { serverOptions: { wrapNamespaces: countReads, replication: { beforeNamespaceApply: () => aNamespaceChanges.held ?? Promise.resolve() } } };
+      [a, b] = await startOrdersPair(store, [aOptions, {}]);
+    });
+    afterAll(() => (aNamespaceChanges.open(), Promise.all([a, b].map((x) => x.destroy()))));
+
+    /** A is active: B takes the namespace (A runs this failover), and has it. */
+    const bTakesIt = async () => {
+      const away = await failover(a, "clusterB");
+      await expectActiveOn(b, "orders", "clusterB", away.namespace!.failoverVersion);
+    };
+
+    test("TestAFailoverToTheAskerWaitsForTheSwitchToActivateItThere, not reading its namespace over and over, and leaves no hook behind", async () => {
+      const hooks = a.server.activatedHookCount();
+      for (let i = 0; i < 6; i++) {
+        await bTakesIt();
+        const held = i === 0;
+        if (held) aNamespaceChanges.close();
+        const readsBefore = aReads.orders;
+        const asked = failover(a, "clusterA"); // A is passive: B runs it
+        if (held) {
+          try {
+            await eventuallyOn(b, "orders", (ns) => expect(ns.replicationConfig!.activeClusterName).toBe("clusterA"));
+            // B has answered A; A waits for the switch. Its reads: the call's own and one look at the
+            // switch before it waits (before: one every 20 ms, about 25 in this half second).
+            await new Promise((r) => setTimeout(r, 500));
+            expect(aReads.orders - readsBefore).toBeLessThanOrEqual(2);
+            expect(a.server.activatedHookCount()).toBe(hooks + 1);
+          } finally {
+            aNamespaceChanges.open();
+          }
+        }
+        const opened = performance.now();
+        const res = await asked;
+        // Answered as the switch activates A, well within the 5 s the wait is bounded by.
+        if (held) expect(performance.now() - opened).toBeLessThan(1_000);
+        expect((await describeOn(a, "orders")).failoverVersion).toBe(res.namespace!.failoverVersion);
+        expect(a.server.activatedHookCount()).toBe(hooks);
+      }
+    });
+
+    test("TestACallerThatGivesUpWhileTheAskerWaitsForTheSwitchLeavesNoHookBehind", async () => {
+      const hooks = a.server.activatedHookCount();
+      await bTakesIt();
+      aNamespaceChanges.close();
+      const caller = new AbortController();
+      try {
+        const asked = a.client(OperatorService).failoverNamespace({ namespace: "orders", targetCluster: "clusterA", timeout: { seconds: 10n } }, { signal: caller.signal });
+        await eventuallyOn(b, "orders", (ns) => expect(ns.replicationConfig!.activeClusterName).toBe("clusterA"));
+        await eventually(() => expect(a.server.activatedHookCount()).toBe(hooks + 1));
+        caller.abort();
+        await rejects(asked, Code.Canceled, "");
+        await eventually(() => expect(a.server.activatedHookCount()).toBe(hooks), { timeout: 2_000 });
+      } finally {
+        aNamespaceChanges.open();
+      }
+      await eventuallyOn(a, "orders", (ns) => expect(ns.replicationConfig!.activeClusterName).toBe("clusterA"));
     });
   });
 
