@@ -11,7 +11,7 @@ import { advanceInboundAck, advanceInboundAckPart } from "./ack-levels";
 import type { HistoryApplier, IncomingTask, PlannedApply, RawHistoryFetcher } from "./applier";
 import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
 import { HELD_BEHIND, noneHeldPart, type ReplicationDlq } from "./dlq";
-import { fetchOutside } from "./gap-fetch";
+import { fetchOutside, lacksRawHistory } from "./gap-fetch";
 import type { RemoteCluster } from "./manager";
 import { createRunCache } from "./run-cache";
 import { mergeRunTasks } from "./task-merge";
@@ -205,8 +205,8 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
    * Applies tasks in an ordinary transaction: tasks of a run that already has a DLQ entry
    * from this shard go to the DLQ too, so the run never gets a gap (the merge re-applies
    * them in order); conflicts are resolved and gaps fetched from the source (outside the
-   * transaction: fetchOutside). Workflows apply side by side, their statements pipelined on
-   * the transaction's connection; a workflow's tasks in order.
+   * transaction: fetchOutside, all the gaps an attempt finds in one round). Workflows apply side
+   * by side, their statements pipelined on the transaction's connection; a workflow's tasks in order.
    */
   async function applyInFull(
     remote: RemoteCluster,
@@ -228,14 +228,31 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
               done.held++;
             }
             // Held runs are held whole, so the others apply apart from them, in order, merged per run.
-            for (const t of mergeRunTasks(workflowTasks.filter((t) => !held.has(runKeyText(t))).map(incoming))) {
-              if (failed) return;
-              if ((await applier.applyTask(tx, namespaces.get(t.namespaceId)!, t, fetchRaw)) > 0) done.grown.push(t.runId);
-            }
+            await applyRuns(mergeRunTasks(workflowTasks.filter((t) => !held.has(runKeyText(t))).map(incoming)));
           } catch (e) {
-            failed = true;
+            // A range a run lacks rolls the transaction back too, but only once the other workflows
+            // have found theirs: fetchOutside fetches them all in one round.
+            if (!lacksRawHistory(e)) failed = true;
             throw e;
           }
+        };
+        /**
+         * A workflow's tasks in order. Past a range one lacks the rest still apply (their writes roll
+         * back with the attempt) so that the attempt finds the ranges they lack too.
+         */
+        const applyRuns = async (merged: IncomingTask[]) => {
+          let lacking: unknown;
+          for (const t of merged) {
+            if (failed) return;
+            try {
+              if ((await applier.applyTask(tx, namespaces.get(t.namespaceId)!, t, fetchRaw)) > 0) done.grown.push(t.runId);
+            } catch (e) {
+              // After a lacking range the run is short of events: a later task's other failure says nothing.
+              if (!lacksRawHistory(e)) throw lacking ?? e;
+              lacking ??= e;
+            }
+          }
+          if (lacking) throw lacking;
         };
         // Pipelined: the acks move with the apply, and a failure of any rolls back all.
         // Everything settles before the callback returns: no statement may reach the

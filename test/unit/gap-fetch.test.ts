@@ -58,4 +58,52 @@ describe("a gap repair's fetch (fetchOutside)", () => {
     const refused = new Error("cannot reach cluster clusterA");
     await expect(fetchOutside(() => Promise.reject(refused), (fetch) => fetch(task, 2, 4))).rejects.toBe(refused);
   });
+
+  test("an attempt that lacks several ranges (a page's runs, each with a gap) fetches them all before it tries again, once each", async () => {
+    const { calls, fetchRaw } = source(() => false);
+    const runs = ["r1", "r2", "r3"].map((runId) => ({ ...task, runId }));
+    const log: string[] = [];
+    let tries = 0;
+    const got = await fetchOutside(fetchRaw, async (fetch) => {
+      tries++;
+      log.push(`try ${tries} after ${calls.length} fetches`);
+      // As a page's apply does: every run asks for its gap (lacksRawHistory) before the attempt fails.
+      const results = await Promise.allSettled(runs.map((t) => fetch(t, 2, 5)));
+      const lacked = results.find((r) => r.status === "rejected");
+      if (lacked) throw (lacked as PromiseRejectedResult).reason;
+      return results.map((r) => (r as PromiseFulfilledResult<{ eventId: bigint }[]>).value.map((e) => Number(e.eventId)));
+    });
+    expect(got).toEqual([[2, 3, 4], [2, 3, 4], [2, 3, 4]]);
+    expect(tries).toBe(2);
+    expect(log).toEqual(["try 1 after 0 fetches", "try 2 after 3 fetches"]);
+    expect(calls.map((c) => [c.first, c.next])).toEqual([[2, 5], [2, 5], [2, 5]]);
+  });
+
+  test("a range a wider one of the same run and branch covers is served from it, not fetched again", async () => {
+    const { calls, fetchRaw } = source(() => false);
+    const later = { ...task, firstEventId: 9, nextEventId: 10, versionHistory: [{ eventId: 9, version: 1 }] };
+    let tries = 0;
+    const got = await fetchOutside(fetchRaw, async (fetch) => {
+      tries++;
+      // The run's first task lacks [2, 5); its next one, past the first one's events, lacks up to 9.
+      const results = await Promise.allSettled([fetch(task, 2, 5), fetch(later, 2, 9)]);
+      const lacked = results.find((r) => r.status === "rejected");
+      if (lacked) throw (lacked as PromiseRejectedResult).reason;
+      return (results[0] as PromiseFulfilledResult<{ eventId: bigint }[]>).value.map((e) => Number(e.eventId));
+    });
+    expect(got).toEqual([2, 3, 4]);
+    expect(tries).toBe(2);
+    expect(calls.map((c) => [c.first, c.next])).toEqual([[2, 9]]);
+    // On another branch from event 3 (a version the fetched events do not have), it is fetched.
+    const other = { ...task, runId: "r", versionHistory: [{ eventId: 2, version: 1 }, { eventId: 5, version: 2 }] };
+    const seen: number[][] = [];
+    await fetchOutside(fetchRaw, async (fetch) => {
+      const results = await Promise.allSettled([fetch(later, 2, 9), fetch(other, 2, 5)]);
+      const lacked = results.find((r) => r.status === "rejected");
+      if (lacked) throw (lacked as PromiseRejectedResult).reason;
+      seen.push(...results.map((r) => (r as PromiseFulfilledResult<{ eventId: bigint }[]>).value.map((e) => Number(e.eventId))));
+    });
+    expect(calls.map((c) => [c.first, c.next])).toEqual([[2, 9], [2, 9], [2, 5]]);
+    expect(seen).toEqual([[2, 3, 4, 5, 6, 7, 8], [2, 3, 4]]);
+  });
 });
