@@ -75,7 +75,8 @@ export async function fetchOutside<T>(fetchRaw: RawHistoryFetcher, apply: (fetch
       // A range another one covers (a later task of the run asked from the same event) is not fetched twice.
       const wanted = lacking.filter((r, i) => !lacking.some((o, j) => j !== i && covers(o, r) && (!covers(r, o) || j < i)));
       const events = await inTurns(wanted, FETCHES_AT_ONCE, (r) => fetchRaw(r.task, r.first, r.next));
-      wanted.forEach((r, i) => fetched.push({ ...r, events: events[i]! }));
+      // Held as far as the events go (not as far as asked): a short answer is asked for again, not served short.
+      wanted.forEach((r, i) => fetched.push({ ...r, next: r.first + events[i]!.length, events: events[i]! }));
     }
   }
 }
