@@ -37,6 +37,8 @@ export interface OperatorHandlerDeps {
 const FAILOVER_TIMEOUT_MS = 10_000;
 /** The longest a forwarded failover to this cluster waits for the switch to replicate here before it answers anyway. */
 const SWITCH_HEARD_WAIT_MS = 5_000;
+/** How often that wait reads the namespace again, for a switch another server on the same database applied. */
+const SWITCH_RECHECK_MS = 1_000;
 
 function clusterToProto(
   row: typeof clusterMetadata.$inferSelect,
@@ -71,8 +73,9 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
   /**
    * Waits until this cluster's namespace is at version or past it (active here), up to
    * SWITCH_HEARD_WAIT_MS or the call's end: woken as the switch makes it active here, not by
-   * reading it again and again. (Servers sharing one PostgreSQL database: when another of them
-   * applies the switch first, this one's receiver skips it and wakes nothing; the bound answers.)
+   * reading it every few ms. Servers sharing one PostgreSQL database: when another of them
+   * applies the switch first, this one's receiver skips it and wakes nothing, so the namespace
+   * is read again every SWITCH_RECHECK_MS too.
    */
   async function heardOfSwitch(name: string, version: number, signal: AbortSignal): Promise<void> {
     if (signal.aborted) return;
@@ -83,6 +86,9 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
       if (ns.name === name && ns.failoverVersion >= version) done();
     });
     const timer = setTimeout(done, SWITCH_HEARD_WAIT_MS);
+    const recheck = setInterval(() => {
+      namespaces.describe({ name }).then((ns) => ns.failoverVersion >= version && done(), () => {});
+    }, SWITCH_RECHECK_MS);
     signal.addEventListener("abort", done);
     try {
       if ((await namespaces.describe({ name })).failoverVersion >= version) return;
@@ -90,6 +96,7 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
     } finally {
       unsubscribe();
       clearTimeout(timer);
+      clearInterval(recheck);
       signal.removeEventListener("abort", done);
     }
   }
