@@ -21,7 +21,7 @@ import { decodeToken, encodeToken } from "../src/persistence/page-token";
 import { rowsOf } from "../src/persistence/migrate";
 import { clusterMetadata, executions, historyEvents as h, namespaces } from "../src/persistence/schema";
 import { shown } from "../src/shown";
-import { digestUnless, pagedDigest, renderedBytes, SQL_DIGEST_BYTES } from "./run-digest";
+import { digestUnless, pagedDigest, renderedBytesBound, SQL_DIGEST_BYTES } from "./run-digest";
 
 /** GetExecutionChecksums' token: the last run's workflow id and run id. */
 const RUN_TOKEN = z.object({ w: z.string(), r: z.string() });
@@ -70,7 +70,7 @@ export function createReplicationVerifier({ db, cluster, clients, sqlDigestBytes
     const after = req.nextPageToken.length ? decodeToken(req.nextPageToken, RUN_TOKEN) : undefined;
     const e = executions;
     const rows = await checksumRows(ns.id, sql`
-      select ${e.workflowId} as w, ${e.runId} as r, null::bigint as n, count(${h.eventId})::int as event_count, ${renderedBytes} as bytes
+      select ${e.workflowId} as w, ${e.runId} as r, null::bigint as n, count(${h.eventId})::int as event_count, ${renderedBytesBound} as bytes
       from ${e} left join ${h} on ${h.namespaceId} = ${e.namespaceId} and ${h.workflowId} = ${e.workflowId} and ${h.runId} = ${e.runId}
       where ${e.namespaceId} = ${ns.id} ${after ? sql`and (${e.workflowId}, ${e.runId}) > (${after.w}, ${after.r})` : sql``}
       group by ${e.workflowId}, ${e.runId} order by ${e.workflowId}, ${e.runId} limit ${pageSize + 1}`, pageSize);
@@ -87,7 +87,7 @@ export function createReplicationVerifier({ db, cluster, clients, sqlDigestBytes
     if (prefixes.length > MAX_PREFIXES) throw invalidArgument(`at most ${MAX_PREFIXES} prefixes a call, not ${prefixes.length}`);
     const wanted = JSON.stringify(prefixes.map((p) => ({ w: p.workflowId, r: p.runId, n: Number(p.eventCount) })));
     const rows = await checksumRows(namespaceId, sql`
-      select wanted.w, wanted.r, wanted.n, count(${h.eventId})::int as event_count, ${renderedBytes} as bytes
+      select wanted.w, wanted.r, wanted.n, count(${h.eventId})::int as event_count, ${renderedBytesBound} as bytes
       from jsonb_to_recordset(${wanted}::jsonb) as wanted(w text, r text, n bigint)
       join ${h} on ${h.namespaceId} = ${namespaceId} and ${h.workflowId} = wanted.w and ${h.runId} = wanted.r and ${h.eventId} <= wanted.n
       group by wanted.w, wanted.r, wanted.n`);
