@@ -1,8 +1,9 @@
-import { createHash } from "node:crypto";
+import { z } from "zod";
 import { sql, type SQL } from "drizzle-orm";
 import type { Db } from "../src/persistence/database";
 import { rowsOf } from "../src/persistence/migrate";
 import { historyEvents as h } from "../src/persistence/schema";
+import { createMd5 } from "./md5";
 
 /**
  * One event's part of a run's checksum. jsonb renders canonically (sorted keys, fixed
@@ -48,14 +49,26 @@ export const SQL_DIGEST_BYTES = 256 << 20;
 /** About how many bytes of event text one page of pagedDigest reads. */
 const PAGE_BYTES = 8 << 20;
 
+/** How far a pagedDigest got: the last event id digested and the digest so far (a tail of 63 bytes at most). */
+export const PagedDigestProgress = z.object({
+  after: z.number().int().positive(),
+  md5: z.object({ words: z.tuple([z.number().int(), z.number().int(), z.number().int(), z.number().int()]), tail: z.string().max(84).regex(/^[A-Za-z0-9+/]*={0,2}$/), length: z.number().int().nonnegative() }),
+});
+export type PagedDigestProgress = z.infer<typeof PagedDigestProgress>;
+
 /**
  * digestOf of one run's events up to event id upTo (all without it), computed here from
  * pages of events read in order: the same MD5 over the same text, so it matches a peer's
- * digestOf, in memory bounded by a page.
+ * digestOf, in memory bounded by a page. Taken up from `from` if given; past `until` (a
+ * Date.now() time), after at least one page, it stops and says how far it got instead.
  */
-export async function pagedDigest(db: Db, run: { namespaceId: string; workflowId: string; runId: string }, upTo?: number): Promise<string> {
-  const md5 = createHash("md5");
-  let after = 0;
+export async function pagedDigest(
+  db: Db,
+  run: { namespaceId: string; workflowId: string; runId: string },
+  { upTo, from, until = Infinity }: { upTo?: number; from?: PagedDigestProgress; until?: number } = {},
+): Promise<{ checksum: string } | { progress: PagedDigestProgress }> {
+  const md5 = createMd5(from?.md5);
+  let after = from?.after ?? 0;
   let limit = 8;
   for (;;) {
     const rows = rowsOf(
@@ -71,7 +84,8 @@ export async function pagedDigest(db: Db, run: { namespaceId: string; workflowId
       after = Number(r.id);
       bytes += r.text.length;
     }
-    if (rows.length < limit) return md5.digest("hex");
+    if (rows.length < limit) return { checksum: md5.hex() };
+    if (Date.now() >= until) return { progress: { after, md5: md5.state() } };
     // The next page sized by this one's events, so pages of large and of small events both hold about PAGE_BYTES.
     limit = Math.min(Math.max(Math.floor((PAGE_BYTES * rows.length) / Math.max(bytes, 1)), 1), 1000);
   }

@@ -21,10 +21,16 @@ import { decodeToken, encodeToken } from "../src/persistence/page-token";
 import { rowsOf } from "../src/persistence/migrate";
 import { clusterMetadata, executions, historyEvents as h, namespaces } from "../src/persistence/schema";
 import { shown } from "../src/shown";
-import { digestUnless, pagedDigest, renderedBytesBound, SQL_DIGEST_BYTES } from "./run-digest";
+import { digestUnless, pagedDigest, PagedDigestProgress, renderedBytesBound, SQL_DIGEST_BYTES } from "./run-digest";
 
-/** GetExecutionChecksums' token: the last run's workflow id and run id. */
-const RUN_TOKEN = z.object({ w: z.string(), r: z.string() });
+/** How far the digest of a run (by workflow id and run id) got when a page stopped in it. */
+const RunProgress = PagedDigestProgress.extend({ w: z.string(), r: z.string() });
+type RunProgress = z.infer<typeof RunProgress>;
+
+/** GetExecutionChecksums' token: the last run's workflow id and run id, and the next run's progress if a page stopped in it. */
+const RUN_TOKEN = z.object({ w: z.string(), r: z.string(), p: RunProgress.optional() });
+
+type ChecksumRow = { w: string; r: string; n: string | number | null; event_count: number; taken: boolean; checksum: string | null };
 
 export interface ReplicationVerifierDeps {
   db: Db;
@@ -32,6 +38,8 @@ export interface ReplicationVerifierDeps {
   clients: RemoteClientPool;
   /** Runs with more bytes of attributes than this are digested a page of events at a time (default SQL_DIGEST_BYTES). */
   sqlDigestBytes?: number;
+  /** How long a page of checksums digests large runs before it answers with what it has (default PAGE_WORK_MS). */
+  pageWorkMs?: number;
 }
 
 type Page = Pick<GetExecutionChecksumsResponse, "executions" | "nextPageToken">;
@@ -43,9 +51,16 @@ type Prefix = Pick<ExecutionChecksum, "workflowId" | "runId" | "eventCount">;
 const PAGE = 1000;
 
 /**
- * How long a peer's GetExecutionChecksums answer is waited for: a page's time grows with its
- * runs' sizes (one run of 1.1 GB of events took 50 s, past the 60 s this was with another),
- * so as long as the CLI waits for the whole verify.
+ * How long a page of checksums works on runs digested a page of events at a time before it
+ * answers with the runs done and a token carrying the digest of the unfinished one: a run of
+ * several GB takes longer than any wait for one answer (1.1 GB took 50-130 s here).
+ */
+const PAGE_WORK_MS = 30_000;
+
+/**
+ * How long a peer's GetExecutionChecksums answer is waited for. A page of this build answers
+ * within about PAGE_WORK_MS; a peer of an older build digests a page's runs whole, however
+ * large (one run of 1.1 GB took 50 s, past the 60 s this was), so as long as the CLI waits.
  */
 const CHECKSUMS_TIMEOUT_MS = 10 * 60_000;
 
@@ -59,7 +74,7 @@ const keyOf = (x: { workflowId: string; runId: string }) => `${x.workflowId}\u00
  * serves a checksum per execution, closed runs included, and the cluster asked compares
  * its own with a remote's.
  */
-export function createReplicationVerifier({ db, cluster, clients, sqlDigestBytes = SQL_DIGEST_BYTES }: ReplicationVerifierDeps) {
+export function createReplicationVerifier({ db, cluster, clients, sqlDigestBytes = SQL_DIGEST_BYTES, pageWorkMs = PAGE_WORK_MS }: ReplicationVerifierDeps) {
   /** AdminService.GetExecutionChecksums: one page, by (workflow id, run id); or the prefixes asked for. */
   async function checksums(req: Pick<GetExecutionChecksumsRequest, "namespace" | "pageSize" | "nextPageToken"> & { prefixes?: Prefix[] }): Promise<GetExecutionChecksumsResponse> {
     if (!req.namespace) throw invalidArgument("namespace is required");
@@ -69,48 +84,66 @@ export function createReplicationVerifier({ db, cluster, clients, sqlDigestBytes
     const pageSize = Math.min(Math.max(req.pageSize || PAGE, 1), 5000);
     const after = req.nextPageToken.length ? decodeToken(req.nextPageToken, RUN_TOKEN) : undefined;
     const e = executions;
-    const rows = await checksumRows(ns.id, sql`
+    const { out, more, stopped } = await checksumRows(ns.id, sql`
       select ${e.workflowId} as w, ${e.runId} as r, null::bigint as n, count(${h.eventId})::int as event_count, ${renderedBytesBound} as bytes
       from ${e} left join ${h} on ${h.namespaceId} = ${e.namespaceId} and ${h.workflowId} = ${e.workflowId} and ${h.runId} = ${e.runId}
       where ${e.namespaceId} = ${ns.id} ${after ? sql`and (${e.workflowId}, ${e.runId}) > (${after.w}, ${after.r})` : sql``}
-      group by ${e.workflowId}, ${e.runId} order by ${e.workflowId}, ${e.runId} limit ${pageSize + 1}`, pageSize);
-    const page = rows.slice(0, pageSize);
-    const last = page.at(-1);
-    return create(GetExecutionChecksumsResponseSchema, {
-      executions: page,
-      nextPageToken: rows.length > pageSize && last ? encodeToken({ w: last.workflowId, r: last.runId }) : new Uint8Array(0),
-    });
+      group by ${e.workflowId}, ${e.runId} order by ${e.workflowId}, ${e.runId} limit ${pageSize + 1}`, { size: pageSize, until: Date.now() + pageWorkMs, resume: after?.p });
+    const last = out.at(-1);
+    // A run left unfinished: the token names the last run answered (where a server of an older
+    // build, sharing this database, takes up from) and how far the unfinished one got.
+    const done = last ? { w: last.workflowId, r: last.runId } : { w: after?.w ?? "", r: after?.r ?? "" };
+    const token = stopped ? encodeToken({ ...done, p: stopped }) : more && last ? encodeToken(done) : new Uint8Array(0);
+    return create(GetExecutionChecksumsResponseSchema, { executions: out, nextPageToken: token });
   }
 
   /** The checksums of the runs asked for over their first eventCount events, as checksums() renders them. */
   async function prefixChecksums(namespaceId: string, prefixes: Prefix[]): Promise<GetExecutionChecksumsResponse> {
     if (prefixes.length > MAX_PREFIXES) throw invalidArgument(`at most ${MAX_PREFIXES} prefixes a call, not ${prefixes.length}`);
     const wanted = JSON.stringify(prefixes.map((p) => ({ w: p.workflowId, r: p.runId, n: Number(p.eventCount) })));
-    const rows = await checksumRows(namespaceId, sql`
+    const { out } = await checksumRows(namespaceId, sql`
       select wanted.w, wanted.r, wanted.n, count(${h.eventId})::int as event_count, ${renderedBytesBound} as bytes
       from jsonb_to_recordset(${wanted}::jsonb) as wanted(w text, r text, n bigint)
       join ${h} on ${h.namespaceId} = ${namespaceId} and ${h.workflowId} = wanted.w and ${h.runId} = wanted.r and ${h.eventId} <= wanted.n
       group by wanted.w, wanted.r, wanted.n`);
-    return create(GetExecutionChecksumsResponseSchema, { executions: rows });
+    return create(GetExecutionChecksumsResponseSchema, { executions: out });
   }
 
   /**
    * The checksums of the runs `runs` selects (w, r, n: the last event id counted or null,
    * event_count, bytes), in its order: in SQL for runs up to sqlDigestBytes of attributes,
-   * here a page of events at a time for larger ones, among the first `upTo` rows (the rest
-   * only say that more follow).
+   * here a page of events at a time for larger ones. For a page, the first `size` runs at
+   * most, those digested in SQL up to about sqlDigestBytes in all, and past `until` no more
+   * (`stopped`: how far the run left unfinished got; `more`: runs left out follow).
    */
-  async function checksumRows(namespaceId: string, runs: SQL, upTo = Infinity) {
+  async function checksumRows(namespaceId: string, runs: SQL, page?: { size: number; until: number; resume?: RunProgress }) {
     const rows = rowsOf(await db.execute(sql`
-      select s.w, s.r, s.n, s.event_count, ${digestUnless(sql`s.bytes`, sqlDigestBytes, { namespaceId, workflowId: sql`s.w`, runId: sql`s.r` }, sql`coalesce(s.n, ${h.eventId})`)} as checksum
-      from (${runs}) s order by s.w, s.r`)) as { w: string; r: string; n: string | number | null; event_count: number; checksum: string | null }[];
+      select s.w, s.r, s.n, s.event_count, s.taken, case when s.taken then ${digestUnless(sql`s.bytes`, sqlDigestBytes, { namespaceId, workflowId: sql`s.w`, runId: sql`s.r` }, sql`coalesce(s.n, ${h.eventId})`)} end as checksum
+      from (select q.*, ${page ? taken(page.size) : sql`true`} as taken from (${runs}) q) s order by s.w, s.r`)) as ChecksumRow[];
     const out: { workflowId: string; runId: string; eventCount: bigint; checksum: string }[] = [];
-    for (const [i, row] of rows.entries()) {
-      const run = { namespaceId, workflowId: row.w, runId: row.r };
-      const checksum = row.checksum ?? (i < upTo ? await pagedDigest(db, run, row.n === null ? undefined : Number(row.n)) : "");
+    for (const row of rows) {
+      if (!row.taken) return { out, more: true };
+      let checksum = row.checksum;
+      if (checksum === null) {
+        const from = page?.resume?.w === row.w && page.resume.r === row.r ? page.resume : undefined;
+        const run = { namespaceId, workflowId: row.w, runId: row.r };
+        const digest = await pagedDigest(db, run, { ...(row.n !== null && { upTo: Number(row.n) }), ...(from && { from }), ...(page && { until: page.until }) });
+        if ("progress" in digest) return { out, more: true, stopped: { w: row.w, r: row.r, ...digest.progress } };
+        checksum = digest.checksum;
+      }
       out.push({ workflowId: row.w, runId: row.r, eventCount: BigInt(row.event_count), checksum });
     }
-    return out;
+    return { out, more: false };
+  }
+
+  /**
+   * Whether a page takes a run: among its first `size`, and the runs before it digested in SQL
+   * hold up to sqlDigestBytes (so one page's statement renders about that much at most).
+   */
+  function taken(size: number): SQL {
+    const inSql = sql`case when q.bytes <= ${sqlDigestBytes} then q.bytes else 0 end`;
+    return sql`(row_number() over (order by q.w, q.r) <= ${size}
+      and coalesce(sum(${inSql}) over (order by q.w, q.r rows between unbounded preceding and 1 preceding), 0) <= ${sqlDigestBytes})`;
   }
 
   /** AdminService.VerifyReplication: this cluster's checksums against req.cluster's. */

@@ -1,10 +1,14 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
+import { sql } from "drizzle-orm";
+import { renderedBytesBound } from "../../replication/run-digest";
 import { createReplicationVerifier } from "../../replication/verification";
 import { createRemoteClientPool } from "../../src/cluster/remote-client";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { rowsOf } from "../../src/persistence/migrate";
+import { historyEvents as h } from "../../src/persistence/schema";
 import { json } from "../support/payload";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testEnv } from "../support/env";
@@ -50,6 +54,54 @@ for (const store of await testStores()) {
       const [c, d] = await Promise.all([inSql.checksums(prefixes), inPages.checksums(prefixes)]);
       expect(rows(d)).toEqual(rows(c));
       expect(new Set(rows(c).map((r) => r.split("/")[2])).size).toBe(5); // "none" has one prefix, the others two
+    });
+
+    /** Every page of a walk, and how many calls it took. */
+    async function walk(v: ReturnType<typeof createReplicationVerifier>, from: Uint8Array = new Uint8Array(0)) {
+      let token = from;
+      let calls = 0;
+      const found: string[] = [];
+      const pages: string[][] = [];
+      do {
+        const page = await v.checksums({ namespace: NS, pageSize: 1000, nextPageToken: token });
+        found.push(...page.executions.map((e) => `${e.workflowId}/${e.eventCount}/${e.checksum}`));
+        pages.push(page.executions.map((e) => e.workflowId));
+        token = page.nextPageToken;
+        calls++;
+      } while (token.length && calls < 1000);
+      return { found, calls, pages };
+    }
+
+    test("TestALargeRunIsDigestedOverSeveralCalls: a page answers when its time is up, its token carrying the digest so far", async () => {
+      const deps = { db: x.server.database.db, cluster: x.server.cluster, clients: createRemoteClientPool() };
+      const whole = await walk(createReplicationVerifier(deps));
+      expect(whole.calls).toBe(1);
+      // No time for large runs: each call digests one page of events of one run (8 events, then about 8 MB's worth).
+      const stepwise = await walk(createReplicationVerifier({ ...deps, sqlDigestBytes: 0, pageWorkMs: 0 }));
+      expect(stepwise.found).toEqual(whole.found);
+      expect(stepwise.calls).toBeGreaterThan(3);
+      // A server of an older build sharing the database takes such a token as a plain one: it
+      // ignores the run's progress (here, dropped) and digests that run whole.
+      const first = await createReplicationVerifier({ ...deps, sqlDigestBytes: 0, pageWorkMs: 0 }).checksums({ namespace: NS, pageSize: 1000, nextPageToken: new Uint8Array(0) });
+      const { p, ...plain } = JSON.parse(new TextDecoder().decode(first.nextPageToken));
+      expect([first.executions.length, p.w, plain]).toEqual([0, "many", { w: "", r: "" }]);
+      const rest = await walk(createReplicationVerifier(deps), new TextEncoder().encode(JSON.stringify(plain)));
+      expect(rest.found).toEqual(whole.found);
+      // A token whose digest state could not have been written by a server is refused.
+      const forged = new TextEncoder().encode(JSON.stringify({ ...plain, p: { ...p, md5: { ...p.md5, tail: btoa("x".repeat(64)) } } }));
+      expect(createReplicationVerifier(deps).checksums({ namespace: NS, pageSize: 1000, nextPageToken: forged })).rejects.toThrow("next_page_token is not valid");
+    });
+
+    test("TestAPageDigestsAboutSqlDigestBytesInSql: the runs after it wait for the next page", async () => {
+      const db = x.server.database.db;
+      const bounds = rowsOf(await db.execute(sql`select ${h.workflowId} as w, ${renderedBytesBound}::float8 as bound from ${h} group by ${h.workflowId} order by 1`)) as { w: string; bound: number }[];
+      expect(bounds.map((b) => b.w)).toEqual(["many", "none", "some"]);
+      // All three digested in SQL, but "many" and "none" already hold the limit: "some" waits.
+      const limit = bounds[0]!.bound;
+      expect(limit).toBeLessThan(bounds[0]!.bound + bounds[1]!.bound);
+      const pages = await walk(createReplicationVerifier({ db, cluster: x.server.cluster, clients: createRemoteClientPool(), sqlDigestBytes: limit }));
+      expect(pages.pages).toEqual([["many", "none"], ["some"]]);
+      expect(pages.found).toEqual((await walk(createReplicationVerifier({ db, cluster: x.server.cluster, clients: createRemoteClientPool() }))).found);
     });
   });
 }
