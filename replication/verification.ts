@@ -76,7 +76,7 @@ const keyOf = (x: { workflowId: string; runId: string }) => `${x.workflowId}\u00
  */
 export function createReplicationVerifier({ db, cluster, clients, sqlDigestBytes = SQL_DIGEST_BYTES, pageWorkMs = PAGE_WORK_MS }: ReplicationVerifierDeps) {
   /** AdminService.GetExecutionChecksums: one page, by (workflow id, run id); or the prefixes asked for. */
-  async function checksums(req: Pick<GetExecutionChecksumsRequest, "namespace" | "pageSize" | "nextPageToken"> & { prefixes?: Prefix[] }): Promise<GetExecutionChecksumsResponse> {
+  async function checksums(req: Pick<GetExecutionChecksumsRequest, "namespace" | "pageSize" | "nextPageToken"> & { prefixes?: Prefix[] }, signal?: AbortSignal): Promise<GetExecutionChecksumsResponse> {
     if (!req.namespace) throw invalidArgument("namespace is required");
     const [ns] = await db.select({ id: namespaces.id }).from(namespaces).where(eq(namespaces.name, req.namespace));
     if (!ns) throw notFound(`namespace ${shown(req.namespace)} not found`);
@@ -88,7 +88,7 @@ export function createReplicationVerifier({ db, cluster, clients, sqlDigestBytes
       select ${e.workflowId} as w, ${e.runId} as r, null::bigint as n, count(${h.eventId})::int as event_count, ${renderedBytesBound} as bytes
       from ${e} left join ${h} on ${h.namespaceId} = ${e.namespaceId} and ${h.workflowId} = ${e.workflowId} and ${h.runId} = ${e.runId}
       where ${e.namespaceId} = ${ns.id} ${after ? sql`and (${e.workflowId}, ${e.runId}) > (${after.w}, ${after.r})` : sql``}
-      group by ${e.workflowId}, ${e.runId} order by ${e.workflowId}, ${e.runId} limit ${pageSize + 1}`, { size: pageSize, until: Date.now() + pageWorkMs, resume: after?.p });
+      group by ${e.workflowId}, ${e.runId} order by ${e.workflowId}, ${e.runId} limit ${pageSize + 1}`, { size: pageSize, until: Date.now() + pageWorkMs, resume: after?.p, signal });
     const last = out.at(-1);
     // A run left unfinished: the token names the last run answered (where a server of an older
     // build, sharing this database, takes up from) and how far the unfinished one got.
@@ -116,7 +116,7 @@ export function createReplicationVerifier({ db, cluster, clients, sqlDigestBytes
    * most, those digested in SQL up to about sqlDigestBytes in all, and past `until` no more
    * (`stopped`: how far the run left unfinished got; `more`: runs left out follow).
    */
-  async function checksumRows(namespaceId: string, runs: SQL, page?: { size: number; until: number; resume?: RunProgress }) {
+  async function checksumRows(namespaceId: string, runs: SQL, page?: { size: number; until: number; resume?: RunProgress; signal?: AbortSignal | undefined }) {
     const rows = rowsOf(await db.execute(sql`
       select s.w, s.r, s.n, s.event_count, s.taken, case when s.taken then ${digestUnless(sql`s.bytes`, sqlDigestBytes, { namespaceId, workflowId: sql`s.w`, runId: sql`s.r` }, sql`coalesce(s.n, ${h.eventId})`)} end as checksum
       from (select q.*, ${page ? taken(page.size) : sql`true`} as taken from (${runs}) q) s order by s.w, s.r`)) as ChecksumRow[];
@@ -125,6 +125,7 @@ export function createReplicationVerifier({ db, cluster, clients, sqlDigestBytes
       if (!row.taken) return { out, more: true };
       let checksum = row.checksum;
       if (checksum === null) {
+        page?.signal?.throwIfAborted();
         const from = page?.resume?.w === row.w && page.resume.r === row.r ? page.resume : undefined;
         const run = { namespaceId, workflowId: row.w, runId: row.r };
         const digest = await pagedDigest(db, run, { ...(row.n !== null && { upTo: Number(row.n) }), ...(from && { from }), ...(page && { until: page.until }) });
@@ -153,9 +154,9 @@ export function createReplicationVerifier({ db, cluster, clients, sqlDigestBytes
     const [row] = await db.select().from(clusterMetadata).where(eq(clusterMetadata.clusterName, req.cluster));
     if (!row) throw notFound(`cluster ${shown(req.cluster)} is not a remote cluster of ${cluster.clusterName}`);
     const remote = clients.get(row.rpcAddress).admin;
-    const [local, theirs] = await Promise.all([
-      collect((token) => checksums({ namespace: req.namespace, pageSize: PAGE, nextPageToken: token })),
-      collect((token) => remote.getExecutionChecksums({ namespace: req.namespace, pageSize: PAGE, nextPageToken: token }, { signal, timeoutMs: CHECKSUMS_TIMEOUT_MS })).catch((e) => {
+    const [local, theirs] = await bothOrNeither(signal, (walk) => [
+      collect((token) => checksums({ namespace: req.namespace, pageSize: PAGE, nextPageToken: token }, walk), walk),
+      collect((token) => remote.getExecutionChecksums({ namespace: req.namespace, pageSize: PAGE, nextPageToken: token }, { signal: walk, timeoutMs: CHECKSUMS_TIMEOUT_MS }), walk).catch((e) => {
         // The remote's NOT_FOUND is of its copy: say whose it is.
         if (e instanceof ConnectError && e.code === Code.NotFound) throw notFound(`namespace ${req.namespace} is not on cluster ${req.cluster} (is it one of the namespace's clusters?): ${e.rawMessage}`);
         throw peerUnreachable(e, req.cluster);
@@ -186,16 +187,36 @@ export function createReplicationVerifier({ db, cluster, clients, sqlDigestBytes
 
 export type ReplicationVerifier = ReturnType<typeof createReplicationVerifier>;
 
-/** Every page's checksums, by "workflowId/runId". */
-async function collect(fetchPage: (token: Uint8Array) => Promise<Page>): Promise<Map<string, ExecutionChecksum>> {
+/** Every page's checksums, by "workflowId/runId"; no page more once signal aborts. */
+async function collect(fetchPage: (token: Uint8Array) => Promise<Page>, signal?: AbortSignal): Promise<Map<string, ExecutionChecksum>> {
   const all = new Map<string, ExecutionChecksum>();
   let token = new Uint8Array(0);
   do {
+    signal?.throwIfAborted();
     const page = await fetchPage(token);
     for (const x of page.executions) all.set(keyOf(x), x);
     token = new Uint8Array(page.nextPageToken);
   } while (token.length);
   return all;
+}
+
+/**
+ * Both walks' results; or, once one fails or signal aborts, the other stopped too (the signal
+ * start gives them aborts) and waited for, then the first failure. This cluster's own walk went
+ * on through every page of the namespace after a peer's failure had been answered.
+ */
+async function bothOrNeither<A, B>(signal: AbortSignal | undefined, start: (walk: AbortSignal) => [Promise<A>, Promise<B>]): Promise<[A, B]> {
+  const failed = new AbortController();
+  let first: { error: unknown } | undefined;
+  const stopOthers = (error: unknown): never => {
+    first ??= { error };
+    failed.abort();
+    throw error;
+  };
+  const [a, b] = start(signal ? AbortSignal.any([signal, failed.signal]) : failed.signal).map((p) => p.catch(stopOthers)) as [Promise<A>, Promise<B>];
+  const [ra, rb] = await Promise.allSettled([a, b]);
+  if (first) throw first.error;
+  return [(ra as PromiseFulfilledResult<A>).value, (rb as PromiseFulfilledResult<B>).value];
 }
 
 type PrefixFetch = (chunk: Prefix[]) => Promise<Pick<GetExecutionChecksumsResponse, "executions">>;

@@ -1,7 +1,11 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { fileURLToPath } from "node:url";
-import { and, eq } from "drizzle-orm";
-import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
+import { create } from "@bufbuild/protobuf";
+import { and, eq, sql } from "drizzle-orm";
+import { createReplicationVerifier } from "../../replication/verification";
+import { createRemoteClientPool } from "../../src/cluster/remote-client";
+import { AdminService, VerifyReplicationRequestSchema } from "../../src/gen/tern/admin/v1/service_pb";
+import type { Db } from "../../src/persistence/database";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { executions, historyEvents } from "../../src/persistence/schema";
 import { connectAll, startClusters } from "../failover/mesh";
@@ -63,6 +67,24 @@ for (const store of await testStores()) {
       expect([pages, new Set(seen).size]).toEqual([3, COUNT + 1]);
       const cli = await tern(a, "replication", "verify", "--namespace", NS, "--cluster", "clusterB");
       expect([cli.code, cli.out]).toEqual([0, `clusterA: ${COUNT + 1} executions, clusterB: ${COUNT + 1} executions; histories are identical\n`]);
+    });
+
+    test("AnAbandonedVerifyStopsReadingHere: once it has answered, it reads no more of this cluster's checksums", async () => {
+      const db = a.server.database.db;
+      let queries = 0;
+      const caller = new AbortController();
+      // The caller gives up after a few of this cluster's statements: the remote's answer is
+      // abandoned at once, and this cluster's walk (every run digested a page of events at a time) ends too.
+      const counted = new Proxy(db, {
+        get: (target, key, receiver) =>
+          key === "execute" ? (...args: Parameters<Db["execute"]>) => (++queries === 5 && caller.abort(), target.execute(...args)) : Reflect.get(target, key, receiver),
+      });
+      const verifier = createReplicationVerifier({ db: counted, cluster: a.server.cluster, clients: createRemoteClientPool(), sqlDigestBytes: 0, pageWorkMs: 0 });
+      const answered = await verifier.verify(create(VerifyReplicationRequestSchema, { namespace: NS, cluster: "clusterB" }), caller.signal).then(() => -1, () => queries);
+      expect(answered).toBeGreaterThanOrEqual(5);
+      // Five statements of ours on the same database after the answer: a walk left going would have run some of its own.
+      for (let i = 0; i < 5; i++) await db.execute(sql`select 1`);
+      expect(queries).toBe(answered);
     });
 
     test("ANamespaceTheRemoteDoesNotHaveIsSaidToBeMissingThere, not here", async () => {
