@@ -5,7 +5,7 @@ import { LONG_RUN_MS } from "../deadline";
 import { formatTable, messageJson } from "../output";
 
 function diffRow(kind: string, d: ExecutionDifference): string[] {
-  const side = (c: ExecutionDifference["local"]) => (c ? `${c.eventCount} events ${c.checksum.slice(0, 12)}` : "absent");
+  const side = (c: ExecutionDifference["local"]) => (c ? `${c.eventCount} event${c.eventCount === 1n ? "" : "s"} ${c.checksum.slice(0, 12)}` : "absent");
   return [kind, d.workflowId, d.runId, side(d.local), side(d.remote)];
 }
 
