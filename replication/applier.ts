@@ -6,7 +6,7 @@ import type { Writer } from "../src/history/writer";
 import type { Logger } from "../src/observability/log";
 import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
 import { deleteTimers, insertExecution, insertRunsEventRows, insertRunsEventRowsPart, insertRunsRequestIds, insertRunsRequestIdsPart, insertTimer, lockRun, type EventColumns, type ExecutionRow } from "../src/history/execution-store";
-import { lockRunKeys, lockRuns, saveRuns, saveRunsPart } from "../src/history/run-batches";
+import { lockCurrentRuns, lockRunKeys, lockRuns, saveRuns, saveRunsPart, workflowKeyText } from "../src/history/run-batches";
 import { shardFor } from "../src/history/shard";
 import type { NamespaceRecord, NamespaceRegistry } from "../src/namespace/registry";
 import type { Tx } from "../src/persistence/database";
@@ -80,14 +80,15 @@ export function createHistoryApplier({ cluster, namespaces, writer, log }: Histo
   /**
    * For an apply in two round trips (the receiver's pipelined page): issues at once, without
    * waiting, the locks and reads applying the tasks (of distinct runs) needs, as applyTask
-   * takes them but in two statements for the whole page, and for a task that may start its
-   * run, the workflow's current run (a rival open run).
+   * takes them but in two statements for the whole page, and for the tasks that may start
+   * their run, their workflows' current runs (a rival open run) in a third.
    */
   function readForApply(tx: Tx, tasks: { ns: NamespaceRecord; task: IncomingTask }[]): Promise<RunReads[]> {
     const keys: RunKey[] = tasks.map(({ ns, task }) => ({ namespaceId: ns.id, workflowId: task.workflowId, runId: task.runId }));
-    const currents = tasks.map(({ ns, task }) => (task.firstEventId === 1 ? lockRun(tx, ns.id, task.workflowId, "") : undefined));
-    return Promise.all([lockRunKeys(tx, keys), lockRuns(tx, keys), Promise.all(currents)]).then(([, runs, current]) =>
-      keys.map((k, i) => ({ run: runs.get(runKeyText(k)), current: current[i] })),
+    const starts = keys.filter((_, i) => tasks[i]!.task.firstEventId === 1);
+    const currents = starts.length ? lockCurrentRuns(tx, starts) : Promise.resolve(new Map<string, ExecutionRow>());
+    return Promise.all([lockRunKeys(tx, keys), lockRuns(tx, keys), currents]).then(([, runs, current]) =>
+      keys.map((k, i) => ({ run: runs.get(runKeyText(k)), current: tasks[i]!.task.firstEventId === 1 ? current.get(workflowKeyText(k)) : undefined })),
     );
   }
 

@@ -15,10 +15,14 @@ const timersSql = tableCodec(timerTasks);
 const runKeyWhere = (first: number) =>
   `${executionsSql.name("namespaceId")} = $${first} and ${executionsSql.name("workflowId")} = $${first + 1} and ${executionsSql.name("runId")} = $${first + 2}`;
 
+/** Which of a workflow's runs is its current one: the open run, else the one started last. */
+export const CURRENT_RUN_ORDER =
+  `(${executionsSql.name("status")} = 'RUNNING') desc, ${executionsSql.name("startTime")} desc, ${executionsSql.name("runId")} desc`;
+
 const lockRunText = textCache((byRunId: boolean) =>
   `select ${executionsSql.all()} from ${executionsSql.table} where ${executionsSql.name("namespaceId")} = $1 and ${executionsSql.name("workflowId")} = $2` +
   (byRunId ? ` and ${executionsSql.name("runId")} = $3` : "") +
-  ` order by (${executionsSql.name("status")} = 'RUNNING') desc, ${executionsSql.name("startTime")} desc, ${executionsSql.name("runId")} desc limit 1 for update`);
+  ` order by ${CURRENT_RUN_ORDER} limit 1 for update`);
 
 /** A start sent in one round trip met a run of its workflow id: it is made again from a read. */
 export class RunExistsError extends Error {

@@ -2,7 +2,7 @@ import type { Tx } from "../persistence/database";
 import { composite, PADDED_CHUNK, paddedChunks, paddedRows, padRows, runGuard, runStatement, tableCodec, textCache, valuesList, type StatementPart } from "../persistence/raw-statements";
 import { executions } from "../persistence/schema";
 import { runKeyText } from "./branch-store";
-import type { ExecutionRow, RunKey } from "./execution-store";
+import { CURRENT_RUN_ORDER, type ExecutionRow, type RunKey } from "./execution-store";
 
 /**
  * Statements that act on many runs at once, for a replicated page: its cost on both sides
@@ -56,6 +56,34 @@ export async function lockRuns(tx: Tx, keys: RunKey[]): Promise<Map<string, Exec
   return new Map(found.flat().map((r) => {
     const run = executionsSql.fromRow(r);
     return [runKeyText(run), run];
+  }));
+}
+
+/** A workflow's key, whose current run lockCurrentRuns finds. */
+export type WorkflowKey = { namespaceId: string; workflowId: string };
+
+/** A workflow's key as one string, a map key (a namespace id holds no "/"). */
+export const workflowKeyText = (key: WorkflowKey) => `${key.namespaceId}/${key.workflowId}`;
+
+// Workflows in key order, each one's current run locked in turn, as lockRun(tx, ns, wf, "") locks it.
+const lockCurrentRunsText = textCache((rows: number) =>
+  `select c.* from (select distinct ns, wf from (values ${valuesList(rows, 2, ["text", "text"])}) as v(ns, wf) where ns is not null order by ns, wf) as w ` +
+  `cross join lateral (select ${executionsSql.all()} from ${executionsSql.table} where ${executionsSql.name("namespaceId")} = w.ns ` +
+  `and ${executionsSql.name("workflowId")} = w.wf order by ${CURRENT_RUN_ORDER} limit 1 for update) as c`);
+
+/**
+ * Each workflow's current run (lockRun with no run id), locked for the transaction, by
+ * workflowKeyText; a workflow without runs is absent. One statement per 1,024 workflows: a
+ * catch-up page of 4,000 new runs read each one's workflow in a statement of its own, 5 s of
+ * a 10 s apply on a loaded 2-core machine.
+ */
+export async function lockCurrentRuns(tx: Tx, workflows: WorkflowKey[]): Promise<Map<string, ExecutionRow>> {
+  const distinct = [...new Map(workflows.map((w) => [workflowKeyText(w), w])).values()];
+  const found = await Promise.all(paddedChunks(distinct).map(({ chunk, rows }) =>
+    runStatement(tx, lockCurrentRunsText(rows), padRows(chunk.flatMap((w) => [w.namespaceId, w.workflowId]), rows, 2))));
+  return new Map(found.flat().map((r) => {
+    const run = executionsSql.fromRow(r);
+    return [workflowKeyText(run), run];
   }));
 }
 

@@ -83,6 +83,37 @@ for (const store of await testStores()) {
       namespaceId: NS, workflowId: `wf-${i}`, runId: `run-${i}`, firstEventId: 2, nextEventId: 3, versionHistory: [{ eventId: 2, version: 1 }], events: [signal(i)],
     });
 
+    const started = (i: string) => eventFromRow({
+      eventId: 1, version: 1, eventTime: new Date(Date.UTC(2026, 0, 1, 2)),
+      attributes: { workflowExecutionStartedEventAttributes: { workflowType: "T", taskQueue: "q", requestId: `start-${i}`, identity: "" } },
+    });
+    const startTask = (workflowId: string, runId: string) => ({
+      namespaceId: NS, workflowId, runId, firstEventId: 1, nextEventId: 2, versionHistory: [{ eventId: 1, version: 1 }], events: [started(runId)],
+    });
+
+    test("APageOfNewRunsReadsTheirWorkflowsTogether: 1,100 starts find their workflows' current runs in statements of 1,024, not one each", async () => {
+      // wf-1's open run-1 rivals a new run of it; wf-closed's current run is the one started last.
+      await opened.database.db.transaction((tx) => Promise.all([
+        insertExecution(tx, { ...run(9000), workflowId: "wf-closed", runId: "old", status: "COMPLETED", startTime: new Date(Date.UTC(2026, 0, 1)) }),
+        insertExecution(tx, { ...run(9001), workflowId: "wf-closed", runId: "new", status: "COMPLETED", startTime: new Date(Date.UTC(2026, 0, 2)) }),
+      ]));
+      const fresh = Array.from({ length: 1097 }, (_, i) => startTask(`wf-start-${i}`, `run-start-${i}`));
+      const tasks = [startTask("wf-1", "run-1b"), startTask("wf-closed", "next"), startTask("wf-1", "run-1"), ...fresh];
+      const { texts, reads } = await opened.database.db.transaction(async (tx) => {
+        const c = counting(tx);
+        const reads = await applier.readForApply(c.tx, tasks.map((task) => ({ ns, task })));
+        return { texts: c.texts, reads };
+      });
+      // The key locks in one statement; the runs' rows and the workflows' current runs in two each.
+      expect(texts).toHaveLength(5);
+      expect([reads[0]!.run, reads[0]!.current]).toEqual([undefined, await rowOf(1)]);
+      expect(applier.planApply(ns, tasks[0]!, reads[0]!)).toBeUndefined();
+      expect([reads[1]!.run, reads[1]!.current?.runId]).toEqual([undefined, "new"]);
+      expect(applier.planApply(ns, tasks[1]!, reads[1]!)?.events).toBe(1);
+      expect([reads[2]!.run, reads[2]!.current]).toEqual([await rowOf(1), await rowOf(1)]);
+      expect(reads.slice(3).every((r) => r.run === undefined && r.current === undefined)).toBe(true);
+    });
+
     test("APageOfRunsWritesInThreeStatements: signals to four runs apply as the runs' states, events and request ids", async () => {
       await opened.database.db.transaction((tx) => Promise.all([5, 6, 7, 8].map((i) => insertExecution(tx, run(i)))));
       const tasks = [5, 6, 7, 8].map(signalTask);

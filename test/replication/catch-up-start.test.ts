@@ -1,0 +1,73 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { count, eq } from "drizzle-orm";
+import type { HistoryApplier } from "../../replication/applier";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import type { Tx } from "../../src/persistence/database";
+import { executions } from "../../src/persistence/schema";
+import { startClusters } from "../failover/mesh";
+import { eventually } from "../support/eventually";
+import type { TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+import { addr, connectBothWays, expectSameHistories, globalNamespace } from "./support";
+
+setDefaultTimeout(60_000);
+
+const NS = "orders";
+/** New runs started on A while B's connection is off: a catch-up page of starts when it comes back. */
+const RUNS = 600;
+
+/** tx counting the statements issued on it (every statement of readForApply goes through prepareQuery). */
+function counting(tx: Tx) {
+  let statements = 0;
+  const session = tx._.session;
+  const wrapped = { _: { session: { prepareQuery: (...a: Parameters<typeof session.prepareQuery>) => (statements++, session.prepareQuery(...a)) } } };
+  return { tx: wrapped as unknown as Tx, statements: () => statements };
+}
+
+for (const store of await testStores()) {
+  describe(`catch-up of new runs on ${store}`, () => {
+    let a: TestCluster, b: TestCluster;
+    let nsId: string;
+    /** Each read B's applier made for a page applied in two round trips: its tasks and the statements it took. */
+    const reads: { tasks: number; statements: number }[] = [];
+    const wrapApplier = (applier: HistoryApplier): HistoryApplier => ({
+      ...applier,
+      readForApply: (tx, tasks) => {
+        const c = counting(tx);
+        return applier.readForApply(c.tx, tasks).then((found) => (reads.push({ tasks: tasks.length, statements: c.statements() }), found));
+      },
+    });
+
+    beforeAll(async () => {
+      [a, b] = await startClusters(store, [{}, { serverOptions: { replication: { wrapApplier } } }]);
+      await connectBothWays(a, b);
+      nsId = await globalNamespace(a, b, NS);
+    });
+    afterAll(() => Promise.all([a.destroy(), b.destroy()]));
+
+    test("CatchUpOfNewRunsReadsItsPageTogether: B back after 600 starts reads each page's runs and workflows in a few statements, not one per run", async () => {
+      const wf = a.client(WorkflowService);
+      const op = b.client(OperatorService);
+      await op.addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: false });
+      let next = 0;
+      const starter = async () => {
+        for (let i = next++; i < RUNS; i = next++) await wf.startWorkflowExecution({ namespace: NS, workflowId: `new-${i}`, workflowType: "T", taskQueue: "q" });
+      };
+      await Promise.all(Array.from({ length: 16 }, starter));
+      const runsOnB = async () => (await b.server.database.db.select({ n: count() }).from(executions).where(eq(executions.namespaceId, nsId)))[0]!.n;
+      expect(await runsOnB()).toBe(0);
+
+      await op.addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: true });
+      await eventually(() => expect(runsOnB()).resolves.toBe(RUNS), { timeout: 30_000 });
+      await expectSameHistories(a, b, nsId);
+
+      // B's first page after the pause is read afresh (two round trips): the key locks, then the
+      // runs' rows and their workflows' current runs, each in a statement per 1,024 runs. With a
+      // statement per start, B's first apply came 2.5x later here (6.5 s against 2.9 s on
+      // PGlite, 2.5 s against 1.0 s on PostgreSQL), and 4,000 starts read for 5 s.
+      expect(reads.length).toBeGreaterThan(0);
+      for (const r of reads) expect(r.statements).toBeLessThanOrEqual(1 + 2 * Math.ceil(r.tasks / 1024));
+    });
+  });
+}
