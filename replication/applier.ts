@@ -5,7 +5,7 @@ import { lockRunKey, runKeyText, storedEvent, type RunKey } from "../src/history
 import type { Writer } from "../src/history/writer";
 import type { Logger } from "../src/observability/log";
 import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
-import { deleteTimers, insertExecution, insertRunsEventRows, insertRunsEventRowsPart, insertRunsRequestIds, insertRunsRequestIdsPart, insertTimer, lockRun, type EventColumns, type ExecutionRow } from "../src/history/execution-store";
+import { deleteTimers, insertExecutions, insertRunsEventRows, insertRunsEventRowsPart, insertRunsRequestIds, insertRunsRequestIdsPart, insertTimer, lockRun, type EventColumns, type ExecutionRow, type NewExecutionRow } from "../src/history/execution-store";
 import { lockCurrentRuns, lockRunKeys, lockRuns, saveRuns, saveRunsPart, workflowKeyText } from "../src/history/run-batches";
 import { shardFor } from "../src/history/shard";
 import type { NamespaceRecord, NamespaceRegistry } from "../src/namespace/registry";
@@ -164,7 +164,7 @@ export interface PlannedApply {
 /** What applying events to one run writes. */
 export interface RunWrites {
   /** A new run's row. */
-  insert?: typeof executions.$inferInsert;
+  insert?: NewExecutionRow;
   /** An existing run's state: prev as read (its db_version), next as the events leave it. */
   save?: { prev: ExecutionRow; next: RunState };
   events: (EventColumns & { key: RunKey })[];
@@ -181,7 +181,7 @@ export interface RunWrites {
 function writeAll(tx: Tx, writes: RunWrites[]): Promise<unknown> {
   // Pipelined, in this order: new runs' rows, saved states, events, request ids, timers.
   return Promise.all([
-    ...writes.flatMap((w) => (w.insert ? [insertExecution(tx, w.insert)] : [])),
+    insertExecutions(tx, writes.flatMap((w) => (w.insert ? [w.insert] : []))),
     saveRuns(tx, writes.flatMap((w) => (w.save ? [w.save] : []))),
     insertRunsEventRows(tx, writes.flatMap((w) => w.events)),
     insertRunsRequestIds(tx, writes.flatMap((w) => w.requestIds)),

@@ -114,6 +114,26 @@ for (const store of await testStores()) {
       expect(reads.slice(3).every((r) => r.run === undefined && r.current === undefined)).toBe(true);
     });
 
+    test("APageOfNewRunsWritesTheirRowsTogether: 1,100 starts insert their runs, events and request ids in statements of 1,024, not a run each", async () => {
+      const tasks = Array.from({ length: 1100 }, (_, i) => startTask(`wf-new-${i}`, `run-new-${i}`));
+      const texts = await opened.database.db.transaction(async (tx) => {
+        const reads = await applier.readForApply(tx, tasks.map((task) => ({ ns, task })));
+        const c = counting(tx);
+        await applier.writeAll(c.tx, tasks.map((t, i) => applier.planApply(ns, t, reads[i]!)!.write!));
+        return c.texts;
+      });
+      expect(texts).toHaveLength(6);
+      const rows = await opened.database.db.select().from(executions).where(eq(executions.namespaceId, NS));
+      const made = rows.filter((r) => r.workflowId.startsWith("wf-new-"));
+      expect(made).toHaveLength(1100);
+      expect(made.find((r) => r.runId === "run-new-7")).toMatchObject({
+        workflowId: "wf-new-7", workflowType: "T", taskQueue: "q", status: "RUNNING", closeTime: null, cancelRequested: false, executionTimeoutMs: 0,
+        nextEventId: 2, lastWriteVersion: 1, versionHistory: [{ eventId: 1, version: 1 }], dbVersion: 1, startTime: new Date(Date.UTC(2026, 0, 1, 2)),
+      });
+      const ids = await opened.database.db.select().from(requestIds).where(eq(requestIds.requestId, "start-run-new-7"));
+      expect(ids.map((r) => [r.runId, r.eventId])).toEqual([["run-new-7", 1]]);
+    });
+
     test("APageOfRunsWritesInThreeStatements: signals to four runs apply as the runs' states, events and request ids", async () => {
       await opened.database.db.transaction((tx) => Promise.all([5, 6, 7, 8].map((i) => insertExecution(tx, run(i)))));
       const tasks = [5, 6, 7, 8].map(signalTask);

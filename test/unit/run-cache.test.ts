@@ -19,7 +19,7 @@ const saved = (prev: ExecutionRow, nextEventId: number): RunWrites => {
 };
 /** A committed apply that created run i. */
 const inserted = (i: number): RunWrites => {
-  const { dbVersion: _d, closeTime: _c, cancelRequested: _x, ...insert } = row(i);
+  const { dbVersion: _d, ...insert } = row(i);
   return { insert, events: [], requestIds: [] };
 };
 
