@@ -62,8 +62,9 @@ export async function recordBackfillPage(
     .set({
       cursor: page.cursor as Record<string, unknown> | null,
       done,
-      // The source keeps growing while we page: the final total is what was walked.
-      total: page.finished ? done : Math.max(page.total, done),
+      // The source keeps growing while we page: the final total is what was walked. It counts its
+      // runs for the first page only (later pages say 0), so the job keeps the count it has.
+      total: page.finished ? done : Math.max(page.total, job.total, done),
       status: page.finished ? "DONE" : "RUNNING",
       lastError: page.lastError ?? job.lastError,
       updatedAt: now,

@@ -83,7 +83,8 @@ export type ListExecutionsForReplicationResponse = Message<"tern.admin.v1.ListEx
   nextPageToken: Uint8Array;
 
   /**
-   * Runs of the namespace on the source when this page was read.
+   * Runs of the namespace on the source when the first page was read (the page without a
+   * token); 0 on later pages, since counting them reads every run of the namespace.
    *
    * @generated from field: int64 total = 3;
    */
