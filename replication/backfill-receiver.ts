@@ -14,7 +14,7 @@ import { pendingBackfillJobs, recordBackfillError, recordBackfillPage, type Back
 import type { RemoteCluster, ReplicationStream, StreamReport } from "./manager";
 import { fetchOutside } from "./gap-fetch";
 import { rawFetcher, RAW_HISTORY_PAGE_BYTES } from "./page-transactions";
-import { versionHistoryFromProto, versionHistoryUpTo } from "./version-history";
+import { firstDivergence, versionHistoryFromProto, versionHistoryUpTo } from "./version-history";
 
 export interface BackfillReceiverDeps {
   db: Db;
@@ -68,15 +68,29 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
     });
   }
 
-  /** The listed runs this cluster lacks or holds fewer events of, each with the first event id it lacks. */
+  /**
+   * The listed runs this cluster lacks, holds fewer events of, or holds on a branch that
+   * diverged from the source's (a split brain: both wrote the run at the same event ids, and
+   * the one holding more events may be the one whose branch loses), each with the first
+   * event id to fetch: where this cluster's copy ends, or where it diverges, so conflict
+   * resolution gets the source's branch from the fork a page at a time.
+   */
   async function lacking(ns: NamespaceRecord, page: ExecutionForReplication[]): Promise<{ run: ExecutionForReplication; from: number }[]> {
     if (page.length === 0) return [];
     const local = await db
-      .select({ runId: executions.runId, nextEventId: executions.nextEventId })
+      .select({ runId: executions.runId, nextEventId: executions.nextEventId, versionHistory: executions.versionHistory })
       .from(executions)
       .where(and(eq(executions.namespaceId, ns.id), inArray(executions.runId, page.map((e) => e.runId))));
-    const have = new Map(local.map((r) => [r.runId, r.nextEventId]));
-    return page.filter((e) => (have.get(e.runId) ?? 0) < Number(e.nextEventId)).map((run) => ({ run, from: Math.max(have.get(run.runId) ?? 1, 1) }));
+    const have = new Map(local.map((r) => [r.runId, r]));
+    return page.flatMap((run) => {
+      const held = have.get(run.runId);
+      if (!held) return [{ run, from: 1 }];
+      // A source from before version histories were listed sends none: only shorter copies are known then.
+      const source = versionHistoryFromProto(run.versionHistory?.items);
+      const fork = source.length ? firstDivergence(held.versionHistory, source) : undefined;
+      if (fork !== undefined) return [{ run, from: fork }];
+      return held.nextEventId < Number(run.nextEventId) ? [{ run, from: Math.max(held.nextEventId, 1) }] : [];
+    });
   }
 
   /**
