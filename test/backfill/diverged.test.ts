@@ -1,5 +1,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { equals } from "@bufbuild/protobuf";
+import { equals, type DescService } from "@bufbuild/protobuf";
+import { createClient, type Client } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-web";
 import { sql } from "drizzle-orm";
 import { parseCounter } from "../../bench/lib/prom-histogram";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
@@ -50,12 +52,20 @@ const SIGNALLED = [...Object.keys(RUNS), LONG_LOSING];
 /** Every run of NS. */
 const ALL = [...SIGNALLED, CLOSED_EQUAL, LONG];
 
+/**
+ * A client of x in the binary format: these histories hold megabytes of payloads, which the
+ * JSON format encodes byte by byte in base64 on the same event loop as both servers.
+ */
+function binary<S extends DescService>(x: TestCluster, service: S): Client<S> {
+  return createClient(service, createConnectTransport({ baseUrl: x.url, useBinaryFormat: true }));
+}
+
 /** A run's whole current branch on x, every page of it (a page stops at 4 MiB of events). */
 async function historyOf(x: TestCluster, namespace: string, workflowId: string, runId = ""): Promise<HistoryEvent[]> {
   const events: HistoryEvent[] = [];
   let nextPageToken: Uint8Array = new Uint8Array();
   do {
-    const res = await x.client(WorkflowService).getWorkflowExecutionHistory({ namespace, execution: { workflowId, runId }, maximumPageSize: 1000, nextPageToken });
+    const res = await binary(x, WorkflowService).getWorkflowExecutionHistory({ namespace, execution: { workflowId, runId }, maximumPageSize: 1000, nextPageToken });
     events.push(...res.history!.events);
     nextPageToken = res.nextPageToken;
   } while (nextPageToken.length);
@@ -194,13 +204,13 @@ for (const store of await testStores()) {
       }, { timeout: 20_000 });
       // Every branch A wrote is kept on B, completes included.
       for (const id of ALL) {
-        const res = await b.client(AdminService).listHistoryBranches({ namespace: NS, workflowId: id });
+        const res = await binary(b, AdminService).listHistoryBranches({ namespace: NS, workflowId: id });
         const lost = res.branches.find((br) => !br.current && br.events.some((e) => e.eventId > BigInt(FORK) && e.version === 1n));
         expect([id, lost?.forkEventId]).toEqual([id, BigInt(FORK)]);
       }
       expect((await wf(b).describeWorkflowExecution({ namespace: NS, execution: { workflowId: LONG } })).workflowExecutionInfo!.historyLength).toBe(BigInt(FORK + LONG_SIGNALS));
       // A's large branch came a page at a time and is kept whole, each event once.
-      const kept = (await b.client(AdminService).listHistoryBranches({ namespace: NS, workflowId: LONG_LOSING })).branches.find((br) => !br.current)!;
+      const kept = (await binary(b, AdminService).listHistoryBranches({ namespace: NS, workflowId: LONG_LOSING })).branches.find((br) => !br.current)!;
       expect(kept.events.slice(FORK).map((e) => [Number(e.eventId), Number(e.version)])).toEqual(Array.from({ length: LOSING_SIGNALS }, (_, i) => [FORK + 1 + i, 1]));
     });
 
