@@ -8,13 +8,20 @@ import type { Logger } from "../src/observability/log";
 import type { Db } from "../src/persistence/database";
 import { loggableError, TernError } from "../src/errors";
 import { encodeToken } from "../src/persistence/page-token";
-import { executions } from "../src/persistence/schema";
+import { executions, type VersionHistoryItem } from "../src/persistence/schema";
+import { loadBranches, type RunKey } from "../src/history/branch-store";
 import { HistoryDivergenceError, type HistoryApplier, type IncomingTask } from "./applier";
 import { pendingBackfillJobs, recordBackfillError, recordBackfillPage, type BackfillCursor, type BackfillJob } from "./backfill-jobs";
 import type { RemoteCluster, ReplicationStream, StreamReport } from "./manager";
 import { fetchOutside } from "./gap-fetch";
 import { rawFetcher, RAW_HISTORY_PAGE_BYTES } from "./page-transactions";
-import { firstDivergence, versionHistoryFromProto, versionHistoryUpTo } from "./version-history";
+import { firstDivergence, lastEventIdOf, versionHistoryFromProto, versionHistoryToProto, versionHistoryUpTo } from "./version-history";
+
+/** A listed run to fetch: its current branch from `from` (undefined: held here), then the kept branches this cluster lacks. */
+interface RunToFill {
+  run: ExecutionForReplication;
+  from?: number;
+}
 
 export interface BackfillReceiverDeps {
   db: Db;
@@ -73,9 +80,10 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
    * diverged from the source's (a split brain: both wrote the run at the same event ids, and
    * the one holding more events may be the one whose branch loses), each with the first
    * event id to fetch: where this cluster's copy ends, or where it diverges, so conflict
-   * resolution gets the source's branch from the fork a page at a time.
+   * resolution gets the source's branch from the fork a page at a time. Runs with kept
+   * branches on the source come too (from undefined when the current branch is held).
    */
-  async function lacking(ns: NamespaceRecord, page: ExecutionForReplication[]): Promise<{ run: ExecutionForReplication; from: number }[]> {
+  async function lacking(ns: NamespaceRecord, page: ExecutionForReplication[]): Promise<RunToFill[]> {
     if (page.length === 0) return [];
     const local = await db
       .select({ runId: executions.runId, nextEventId: executions.nextEventId, versionHistory: executions.versionHistory })
@@ -84,34 +92,50 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
     const have = new Map(local.map((r) => [r.runId, r]));
     return page.flatMap((run) => {
       const held = have.get(run.runId);
-      if (!held) return [{ run, from: 1 }];
       // A source from before version histories were listed sends none: only shorter copies are known then.
       const source = versionHistoryFromProto(run.versionHistory?.items);
-      const fork = source.length ? firstDivergence(held.versionHistory, source) : undefined;
-      if (fork !== undefined) return [{ run, from: fork }];
-      return held.nextEventId < Number(run.nextEventId) ? [{ run, from: Math.max(held.nextEventId, 1) }] : [];
+      const fork = held && source.length ? firstDivergence(held.versionHistory, source) : undefined;
+      const from = !held ? 1 : fork ?? (held.nextEventId < Number(run.nextEventId) ? Math.max(held.nextEventId, 1) : undefined);
+      return from !== undefined || run.keptBranches.length ? [{ run, from }] : [];
     });
+  }
+
+  /**
+   * Where to fetch a kept branch of the source from: its first event that differs from this
+   * cluster's current branch; undefined when this cluster holds it already (on its current
+   * branch or a kept one of its own) or lacks the run.
+   */
+  async function keptBranchFrom(ref: RunKey, branch: VersionHistoryItem[]): Promise<number | undefined> {
+    const [run] = await db.select({ versionHistory: executions.versionHistory }).from(executions).where(and(
+      eq(executions.namespaceId, ref.namespaceId), eq(executions.workflowId, ref.workflowId), eq(executions.runId, ref.runId),
+    ));
+    if (!run) return undefined;
+    const holds = (history: VersionHistoryItem[]) => firstDivergence(history, branch) === undefined && lastEventIdOf(history) >= lastEventIdOf(branch);
+    if (holds(run.versionHistory) || (await loadBranches(db, ref)).some((b) => holds(b.versionHistory))) return undefined;
+    return firstDivergence(run.versionHistory, branch) ?? lastEventIdOf(run.versionHistory) + 1;
   }
 
   /**
    * Fetches one run's history a page at a time (at most historyPageBytes of events each) and
    * applies each page as replication would a task of those events, with the version history up
-   * to its last; returns the divergence message when it conflicts. A gap (the run grew here
-   * meanwhile on another branch) is fetched from the source outside the apply's transaction.
+   * to its last: its current branch from `from`, then each kept branch this cluster lacks (a
+   * losing branch: kept here too, and its signals re-applied where the namespace is active).
+   * Returns the divergence message when it conflicts. A gap (the run grew here meanwhile on
+   * another branch) is fetched from the source outside the apply's transaction.
    */
-  async function applyRun(remote: RemoteCluster, ns: NamespaceRecord, { run: e, from }: { run: ExecutionForReplication; from: number }, signal: AbortSignal): Promise<string | undefined> {
+  async function applyRun(remote: RemoteCluster, ns: NamespaceRecord, { run: e, from }: RunToFill, signal: AbortSignal): Promise<string | undefined> {
     const ref = { namespaceId: ns.id, workflowId: e.workflowId, runId: e.runId };
     const fetchRaw = rawFetcher(remote.name, remote.clients, log, signal);
     let added = 0;
-    try {
-      // From the first event this cluster lacks: a run half brought by a stopped backfill, or
-      // by replication, is not fetched again from its start.
-      for (let first = from, next = Infinity; first < next; ) {
+    /** Brings events from `first` of the source's current branch, or of `branch`, a page at a time. */
+    const bring = async (start: number, branch?: VersionHistoryItem[]) => {
+      const end = branch ? { nextEventId: BigInt(lastEventIdOf(branch) + 1), versionHistory: versionHistoryToProto(branch) } : {};
+      for (let first = start, next = Infinity; first < next; ) {
         const raw = await remote.clients.admin.getWorkflowExecutionRawHistory(
-          { ...ref, firstEventId: BigInt(first), maximumPageBytes: BigInt(historyPageBytes) },
+          { ...ref, ...end, firstEventId: BigInt(first), maximumPageBytes: BigInt(historyPageBytes) },
           { signal, timeoutMs: 30_000 },
         );
-        next = Number(raw.nextEventId);
+        next = branch ? lastEventIdOf(branch) + 1 : Number(raw.nextEventId);
         const last = Number(raw.events.at(-1)?.eventId ?? first - 1);
         if (last < first) break;
         const task: IncomingTask = {
@@ -123,6 +147,16 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
         };
         added += await fetchOutside(fetchRaw, (fetch) => writer.transact("BackfillHistory", (tx) => applier.applyTask(tx, ns, task, fetch)));
         first = last + 1;
+      }
+    };
+    try {
+      // From the first event this cluster lacks: a run half brought by a stopped backfill, or
+      // by replication, is not fetched again from its start.
+      if (from !== undefined) await bring(from);
+      for (const kept of e.keptBranches) {
+        const branch = versionHistoryFromProto(kept.items);
+        const start = await keptBranchFrom(ref, branch);
+        if (start !== undefined) await bring(start, branch);
       }
       return undefined;
     } catch (err) {
@@ -138,7 +172,7 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
   }
 
   /** Applies runs with at most `concurrency` in flight; the first failure rejects. */
-  async function applyPage(remote: RemoteCluster, ns: NamespaceRecord, runs: { run: ExecutionForReplication; from: number }[], signal: AbortSignal): Promise<string[]> {
+  async function applyPage(remote: RemoteCluster, ns: NamespaceRecord, runs: RunToFill[], signal: AbortSignal): Promise<string[]> {
     const problems: string[] = [];
     let next = 0;
     const worker = async () => {

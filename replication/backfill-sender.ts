@@ -1,6 +1,6 @@
 import { z } from "zod";
 import { create } from "@bufbuild/protobuf";
-import { and, asc, count, eq, gt, or } from "drizzle-orm";
+import { and, asc, count, eq, gt, inArray, or } from "drizzle-orm";
 import { invalidArgument } from "../src/errors";
 import {
   ListExecutionsForReplicationResponseSchema,
@@ -9,7 +9,7 @@ import {
 } from "../src/gen/tern/admin/v1/backfill_pb";
 import type { Db } from "../src/persistence/database";
 import { decodeToken, encodeToken } from "../src/persistence/page-token";
-import { executions } from "../src/persistence/schema";
+import { executions, historyBranches, type VersionHistoryItem } from "../src/persistence/schema";
 import type { BackfillCursor } from "./backfill-jobs";
 import { versionHistoryToProto } from "./version-history";
 
@@ -20,7 +20,8 @@ const CURSOR_TOKEN: z.ZodType<BackfillCursor> = z.object({ workflowId: z.string(
  * BackfillService.ListExecutionsForReplication, the source side of backfill (its
  * counterpart is backfill-receiver.ts): every run of a namespace, open or closed, in
  * (workflowId, runId) order, with its next event id and version history so the receiver
- * fetches only what it lacks, and the runs whose history diverged from its own.
+ * fetches only what it lacks, and the runs whose history diverged from its own, and the
+ * version histories of its kept (losing) branches, which the receiver fetches if it lacks them.
  */
 export async function listExecutionsForReplication(db: Db, req: ListExecutionsForReplicationRequest): Promise<ListExecutionsForReplicationResponse> {
   if (!req.namespaceId) throw invalidArgument("namespace id is required");
@@ -42,12 +43,28 @@ export async function listExecutionsForReplication(db: Db, req: ListExecutionsFo
     after ? [{ n: 0 }] : db.select({ n: count() }).from(executions).where(inNamespace),
   ]);
   const page = rows.slice(0, size);
+  const kept = await keptBranchesOf(db, req.namespaceId, page.map((r) => r.runId));
   const last = page.at(-1);
   return create(ListExecutionsForReplicationResponseSchema, {
     executions: page.map((r) => ({
       workflowId: r.workflowId, runId: r.runId, nextEventId: BigInt(r.nextEventId), versionHistory: versionHistoryToProto(r.versionHistory),
+      keptBranches: (kept.get(r.runId) ?? []).map(versionHistoryToProto),
     })),
     nextPageToken: rows.length > size && last ? encodeToken({ workflowId: last.workflowId, runId: last.runId }) : new Uint8Array(),
     total: BigInt(total?.n ?? 0),
   });
+}
+
+/** The version histories of the non-current branches of runs of a namespace, by run id. */
+async function keptBranchesOf(db: Db, namespaceId: string, runIds: string[]): Promise<Map<string, VersionHistoryItem[][]>> {
+  const byRun = new Map<string, VersionHistoryItem[][]>();
+  if (!runIds.length) return byRun;
+  const b = historyBranches;
+  const rows = await db
+    .select({ runId: b.runId, versionHistory: b.versionHistory })
+    .from(b)
+    .where(and(eq(b.namespaceId, namespaceId), inArray(b.runId, runIds)))
+    .orderBy(asc(b.runId), asc(b.branchId));
+  for (const r of rows) byRun.set(r.runId, [...(byRun.get(r.runId) ?? []), r.versionHistory]);
+  return byRun;
 }

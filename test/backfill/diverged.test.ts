@@ -21,6 +21,8 @@ setDefaultTimeout(180_000);
 const NS = "split";
 /** A namespace whose run only B writes during the split: A holds a prefix of it. */
 const PREFIX_NS = "prefix";
+/** A namespace whose losing side (A) takes the winner's branches before the winner takes its. */
+const LOSER_FIRST_NS = "loser-first";
 /** Events every run holds before the split: started, one signal. */
 const FORK = 2;
 /** About 1 MB of payload: a few fill a 4 MiB raw history page (RAW_HISTORY_PAGE_BYTES). */
@@ -123,7 +125,7 @@ for (const store of await testStores()) {
     beforeAll(async () => {
       [a, b] = await startClusters(store, [{}, {}]);
       await connectAll([a, b]);
-      for (const ns of [NS, PREFIX_NS]) {
+      for (const ns of [NS, PREFIX_NS, LOSER_FIRST_NS]) {
         await wf(a).registerNamespace({ namespace: ns, isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
         await expectActiveOn(b, ns, "clusterA", 1n);
       }
@@ -132,14 +134,17 @@ for (const store of await testStores()) {
         await signal(a, NS, id, "before", id);
       }
       // The prefix run is more than a page long before the split: B gets it all through replication.
+      await wf(a).startWorkflowExecution({ namespace: LOSER_FIRST_NS, workflowId: "loser-first", ...T });
+      await signal(a, LOSER_FIRST_NS, "loser-first", "before", "loser-first");
       prefixRun = (await wf(a).startWorkflowExecution({ namespace: PREFIX_NS, workflowId: "grown-on-b", ...T })).runId;
       for (let i = 0; i < 5; i++) await signal(a, PREFIX_NS, "grown-on-b", `big-${i}`, BIG);
       await eventually(() => expectNoDifference([a, b], NS), { timeout: 30_000 });
       await eventually(() => expectNoDifference([a, b], PREFIX_NS), { timeout: 30_000 });
+      await eventually(() => expectNoDifference([a, b], LOSER_FIRST_NS), { timeout: 30_000 });
 
       // The link is cut; B is forced active while A still believes it is.
       await setLink(a, b, false);
-      for (const ns of [NS, PREFIX_NS]) {
+      for (const ns of [NS, PREFIX_NS, LOSER_FIRST_NS]) {
         expect((await wf(b).updateNamespace({ namespace: ns, activeClusterName: "clusterB" })).namespace!.failoverVersion).toBe(2n);
         expect((await describeOn(a, ns)).replicationConfig!.activeClusterName).toBe("clusterA");
       }
@@ -153,6 +158,8 @@ for (const store of await testStores()) {
       for (let i = 0; i < LOSING_SIGNALS; i++) await signal(a, NS, LONG_LOSING, `a-big-${i}`, BIG);
       await signal(b, NS, LONG_LOSING, "b-split", LONG_LOSING);
       await signal(b, PREFIX_NS, "grown-on-b", "b-split", "grown-on-b");
+      await signal(a, LOSER_FIRST_NS, "loser-first", "a-split", "loser-first");
+      await signal(b, LOSER_FIRST_NS, "loser-first", "b-split", "loser-first");
 
       // The split's replication tasks are lost on both sides (as when a remote was removed and
       // its tasks cleaned up): only a backfill can bring what the other side wrote. A restart
@@ -246,6 +253,29 @@ for (const store of await testStores()) {
       }
       const long = signalCounts(await historyOf(a, NS, LONG));
       for (let i = 0; i < LONG_SIGNALS; i++) expect(long.get(signalKey(`b-big-${i}`, BIG))).toBe(1);
+    });
+
+    test("TestSignalsOfTheLosingBranchReachTheWinnerWhenTheLoserConvergedFirst", async () => {
+      // A takes B's branch first: its own, with the signal it acknowledged, is now a kept branch.
+      expect((await tern(a, "operator", "namespace", "backfill", LOSER_FIRST_NS, "--from", "clusterB")).code).toBe(0);
+      await backfillDone(a, LOSER_FIRST_NS, "clusterB");
+      expect((await historyOf(a, LOSER_FIRST_NS, "loser-first")).map((e) => Number(e.version))).toEqual([1, 1, 2]);
+      // B (active) must still get A's losing branch, and re-apply its signal once.
+      expect((await tern(b, "operator", "namespace", "backfill", LOSER_FIRST_NS, "--from", "clusterA")).code).toBe(0);
+      await backfillDone(b, LOSER_FIRST_NS, "clusterA");
+      await eventually(async () => {
+        const wrong: string[] = [];
+        for (const x of [a, b]) {
+          const counts = signalCounts(await historyOf(x, LOSER_FIRST_NS, "loser-first"));
+          for (const key of acked.get("loser-first")!) if (counts.get(key) !== 1) wrong.push(`${x.name}: ${key} appears ${counts.get(key) ?? 0} times`);
+          wrong.push(...(await versionBreachesOn(x, LOSER_FIRST_NS, "loser-first")));
+        }
+        expect(wrong).toEqual([]);
+        await expectNoDifference([a, b], LOSER_FIRST_NS);
+      }, { timeout: 20_000 }).catch(async (e) => {
+        const branches = [...(await branchLines(a, LOSER_FIRST_NS, "loser-first")), ...(await branchLines(b, LOSER_FIRST_NS, "loser-first"))];
+        throw new Error(`${(e as Error).message}\n${branches.join("\n")}`);
+      });
     });
   });
 }
