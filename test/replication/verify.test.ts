@@ -117,7 +117,7 @@ for (const store of await testStores()) {
       expect(table.code).toBe(1);
       expect(table.out).toContain("1 missing, 1 extra, 1 diverging, 1 behind (one history the start of the other's)");
       expect(table.out).toMatch(/^diverging +entry-0001 +\S+ +2 events \w+ +2 events \w+$/m);
-      expect(table.out).toMatch(/^behind +entry-0003 +\S+ +2 events \w+ +1 events \w+$/m);
+      expect(table.out).toMatch(/^behind +entry-0003 +\S+ +2 events \w+ +1 event \w+$/m);
       // Asked of B, the longer side is the remote's: B's prefix is asked of A.
       const fromB = await b.client(AdminService).verifyReplication({ namespace: NS, cluster: "clusterA" });
       expect(fromB.behind.map((d) => [d.workflowId, d.local!.eventCount, d.remote!.eventCount])).toEqual([["entry-0003", 1n, 2n]]);
