@@ -42,6 +42,13 @@ describe("the server's check of postgres.js's mends (src/persistence/driver-mend
     expect(driverMendsMissing(pkg)).toBe("postgres 3.4.9 lacks tern's mends in src/connection.js (mend 1: in terminate() and in closed())");
   });
 
+  // npm runs the script after every install: on a tree it mended already it must change nothing
+  // and succeed (a mend whose text stays in the mended file failed the second \`npm install\`).
+  test("ThePatchScriptRunsAgainOnAMendedTreeAndChangesNothing", () => {
+    const run = Bun.spawnSync(["node", "scripts/patch-dependencies.mjs"], { cwd: join(dirname(fileURLToPath(import.meta.url)), "../.."), stderr: "pipe", stdout: "pipe" });
+    expect({ code: run.exitCode, out: `${run.stdout.toString()}${run.stderr.toString()}` }).toEqual({ code: 0, out: "" });
+  });
+
   test("RefusesAnotherVersion", () => {
     const pkg = copyWith("bumped", (p) => rewrite(join(p, "package.json"), '"version": "3.4.9"', '"version": "3.4.10"'));
     expect(driverMendsMissing(pkg)).toBe("postgres 3.4.10 is installed; tern's mends are for 3.4.9");
