@@ -13,6 +13,7 @@ import { loadBranches, type RunKey } from "../src/history/branch-store";
 import { HistoryDivergenceError, type HistoryApplier, type IncomingTask } from "./applier";
 import { pendingBackfillJobs, recordBackfillError, recordBackfillPage, type BackfillCursor, type BackfillJob } from "./backfill-jobs";
 import type { RemoteCluster, ReplicationStream, StreamReport } from "./manager";
+import { inTurns } from "../src/in-turns";
 import { fetchOutside } from "./gap-fetch";
 import { rawFetcher, RAW_HISTORY_PAGE_BYTES } from "./page-transactions";
 import { firstDivergence, lastEventIdOf, versionHistoryFromProto, versionHistoryToProto, versionHistoryUpTo } from "./version-history";
@@ -173,17 +174,9 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
 
   /** Applies runs with at most `concurrency` in flight; the first failure rejects. */
   async function applyPage(remote: RemoteCluster, ns: NamespaceRecord, runs: RunToFill[], signal: AbortSignal): Promise<string[]> {
-    const problems: string[] = [];
-    let next = 0;
-    const worker = async () => {
-      while (next < runs.length && !signal.aborted) {
-        const problem = await applyRun(remote, ns, runs[next++]!, signal);
-        if (problem) problems.push(problem);
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(concurrency, runs.length) }, worker));
+    const problems = await inTurns(runs, concurrency, (run) => applyRun(remote, ns, run, signal), signal);
     if (signal.aborted) throw new Error("backfill stopped");
-    return problems;
+    return problems.filter((p): p is string => p !== undefined);
   }
 
   async function runJob(remote: RemoteCluster, start: BackfillJob, signal: AbortSignal, report: StreamReport): Promise<void> {

@@ -1,6 +1,7 @@
 import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
 import { runKeyText } from "../src/history/branch-store";
 import type { IncomingTask, RawHistoryFetcher } from "./apply-errors";
+import { inTurns } from "../src/in-turns";
 import { firstDivergence, lastEventIdOf } from "./version-history";
 
 /** Thrown by fetchOutside's fetcher inside the apply: rolls it back so the events are fetched outside the transaction. */
@@ -24,20 +25,6 @@ type Range = { task: IncomingTask; first: number; next: number };
 
 /** Raw history calls a round makes at once: a page of a thousand runs with gaps does not open a thousand calls to the source. */
 const FETCHES_AT_ONCE = 8;
-
-/** fn of each item, at most n at a time, in items' order; fails as the first that fails does. */
-async function inTurns<T, R>(items: T[], n: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const out: R[] = new Array(items.length);
-  let at = 0;
-  const worker = async () => {
-    while (at < items.length) {
-      const i = at++;
-      out[i] = await fn(items[i]!);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(n, items.length) }, worker));
-  return out;
-}
 
 /** Whether events [r.first, r.next) of r's branch are those of held's (the same run, versions agreeing through r.next - 1). */
 function covers(held: Range, r: Range): boolean {
