@@ -142,6 +142,17 @@ const fail = (message) => {
   failed = true;
 };
 
+// A mend whose text still holds what it replaces would be found still to mend by the next
+// install, which then fails (mend 13's first version did): refused before anything is changed.
+for (const p of packages) {
+  for (const [name, mends] of Object.entries(p.mends)) {
+    for (const m of mends) {
+      if (occurrences(`${m.to}${MARK}\n${m.keep ?? ""}`, m.from)) fail(`${p.name}/${name}: mend ${JSON.stringify(m.where)} keeps the text it replaces (${JSON.stringify(m.from)}), so every later install would find it still to mend`);
+    }
+  }
+}
+if (failed) process.exit(1);
+
 for (const p of packages) {
   const dir = join(root, "node_modules", p.name);
   if (!existsSync(join(dir, "package.json"))) {

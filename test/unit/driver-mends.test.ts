@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -47,6 +47,36 @@ describe("the server's check of postgres.js's mends (src/persistence/driver-mend
   test("ThePatchScriptRunsAgainOnAMendedTreeAndChangesNothing", () => {
     const run = Bun.spawnSync(["node", "scripts/patch-dependencies.mjs"], { cwd: join(dirname(fileURLToPath(import.meta.url)), "../.."), stderr: "pipe", stdout: "pipe" });
     expect({ code: run.exitCode, out: `${run.stdout.toString()}${run.stderr.toString()}` }).toEqual({ code: 0, out: "" });
+  });
+
+  // The script itself refuses such a mend before it changes any file: a scratch tree of its own
+  // (the script finds node_modules and its JSON next to itself).
+  test("ThePatchScriptRefusesAMendThatKeepsWhatItReplaces", () => {
+    const root = join(dir, "scratch-root");
+    const repo = join(dirname(fileURLToPath(import.meta.url)), "../..");
+    cpSync(join(repo, "scripts/patch-dependencies.mjs"), join(root, "scripts/patch-dependencies.mjs"));
+    const lib = join(root, "node_modules/lib");
+    mkdirSync(lib, { recursive: true });
+    writeFileSync(join(lib, "package.json"), JSON.stringify({ name: "lib", version: "1.0.0" }));
+    writeFileSync(join(lib, "a.js"), "function f() {\n  return 1;\n}\n");
+    const write = (to: string) =>
+      writeFileSync(join(root, "scripts/dependency-mends.json"), JSON.stringify({ mark: mends.mark, packages: [{ name: "lib", version: "1.0.0", builds: ["."], mends: { "a.js": [{ where: "1: f", from: "function f() {\n", to, count: 1 }] } }] }));
+    const run = () => {
+      const r = Bun.spawnSync(["node", "scripts/patch-dependencies.mjs"], { cwd: root, stderr: "pipe", stdout: "pipe" });
+      return { code: r.exitCode, out: `${r.stdout.toString()}${r.stderr.toString()}`, text: readFileSync(join(lib, "a.js"), "utf8") };
+    };
+    // Keeps the replaced line, as mend 13's first version did: refused, the file untouched.
+    write("function f() {\n  if (globalThis.x) return 2;");
+    expect(run()).toEqual({
+      code: 1,
+      out: `patch-dependencies: lib/a.js: mend "1: f" keeps the text it replaces ("function f() {\\n"), so every later install would find it still to mend\n`,
+      text: "function f() {\n  return 1;\n}\n",
+    });
+    // The same mend written on the line it replaces: applied once, and a second run changes nothing.
+    write("function f() { if (globalThis.x) return 2;");
+    const mended = `function f() { if (globalThis.x) return 2;${mends.mark}\n  return 1;\n}\n`;
+    expect(run()).toEqual({ code: 0, out: "patch-dependencies: mended lib/./a.js\n", text: mended });
+    expect(run()).toEqual({ code: 0, out: "", text: mended });
   });
 
   test("RefusesAnotherVersion", () => {
