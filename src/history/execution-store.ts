@@ -293,12 +293,46 @@ export function insertTimer(tx: Tx, row: typeof timerTasks.$inferInsert): Promis
   return timersSql.insert(tx, row);
 }
 
+/** A timer task with every column given: what insertTimers takes. */
+export type TimerRow = typeof timerTasks.$inferSelect;
+
+const TIMER_COLUMNS = Object.keys(getTableColumns(timerTasks)) as (keyof TimerRow)[];
+const insertTimersText = paddedInsertText(timersSql, TIMER_COLUMNS);
+
+/**
+ * Inserts timer tasks of any number (a replicated page's new runs'), one statement per 1,024:
+ * a catch-up page of 4,000 starts with a timeout took a statement per run.
+ */
+export function insertTimers(tx: Tx, rows: TimerRow[]): Promise<unknown> {
+  return paddedInsert(tx, rows, TIMER_COLUMNS.length, insertTimersText, (r) => TIMER_COLUMNS.map((k) => timersSql.param(k, r[k])));
+}
+
 const deleteTimersText =
   `delete from ${timersSql.table} where ${timersSql.name("namespaceId")} = $1 and ${timersSql.name("workflowId")} = $2 and ${timersSql.name("runId")} = $3`;
 
 /** Removes the run's pending timers (the run closed). */
 export function deleteTimers(tx: Tx, key: { namespaceId: string; workflowId: string; runId: string }): Promise<unknown> {
   return runStatement(tx, deleteTimersText, [key.namespaceId, key.workflowId, key.runId]);
+}
+
+// The runs in key order, each one's timers locked in turn (by id) through the index by run, then
+// deleted. Written for paddedRows(n) runs: the null rows after the n are passed over.
+const deleteRunsTimersText = textCache((rows: number) =>
+  `delete from ${timersSql.table} where ${timersSql.name("id")} in (select t.id from (select distinct ns, wf, run from ` +
+  `(values ${valuesList(rows, 3, ["text", "text", "text"])}) as v(ns, wf, run) where ns is not null order by ns, wf, run) as k ` +
+  `cross join lateral (select ${timersSql.name("id")} as id from ${timersSql.table} where ${timersSql.name("namespaceId")} = k.ns ` +
+  `and ${timersSql.name("workflowId")} = k.wf and ${timersSql.name("runId")} = k.run order by ${timersSql.name("id")} for update) as t)`);
+
+/**
+ * deleteTimers for the runs of any number (a replicated page's that close), one statement per
+ * 1,024: a catch-up page of 4,000 closes took a statement per run. Each statement locks the
+ * runs' timers in key order, as lockCurrentRuns locks runs, and finds them through the index by
+ * run (a semi join on the keys read every timer). The caller holds the runs' locks already
+ * (lockRunKeys, lockRuns): a run's row lock comes before its timers', as in deleteTimersPart.
+ */
+export function deleteRunsTimers(tx: Tx, keys: RunKey[]): Promise<unknown> {
+  return Promise.all(paddedChunks(keys).map(({ chunk, rows }) =>
+    runStatement(tx, deleteRunsTimersText(rows), padRows(chunk.flatMap((k) => [k.namespaceId, k.workflowId, k.runId]), rows, 3))));
 }
 
 /**

@@ -1,5 +1,5 @@
 import { beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { and, eq } from "drizzle-orm";
+import { and, eq, like } from "drizzle-orm";
 import { createHistoryApplier } from "../../replication/applier";
 import type { CurrentCluster } from "../../src/cluster/bootstrap";
 import { eventFromRow } from "../../src/history/events";
@@ -8,7 +8,7 @@ import { lockRunKeys, lockRuns, saveRuns } from "../../src/history/run-batches";
 import type { NamespaceRecord, NamespaceRegistry } from "../../src/namespace/registry";
 import { createLogger } from "../../src/observability/log";
 import type { Tx } from "../../src/persistence/database";
-import { executions, historyEvents, requestIds } from "../../src/persistence/schema";
+import { executions, historyEvents, requestIds, timerTasks } from "../../src/persistence/schema";
 import { useTestDatabase } from "../support/server";
 import { testStores } from "../support/stores";
 
@@ -83,12 +83,12 @@ for (const store of await testStores()) {
       namespaceId: NS, workflowId: `wf-${i}`, runId: `run-${i}`, firstEventId: 2, nextEventId: 3, versionHistory: [{ eventId: 2, version: 1 }], events: [signal(i)],
     });
 
-    const started = (i: string) => eventFromRow({
+    const started = (i: string, executionTimeoutMs = 0) => eventFromRow({
       eventId: 1, version: 1, eventTime: new Date(Date.UTC(2026, 0, 1, 2)),
-      attributes: { workflowExecutionStartedEventAttributes: { workflowType: "T", taskQueue: "q", requestId: `start-${i}`, identity: "" } },
+      attributes: { workflowExecutionStartedEventAttributes: { workflowType: "T", taskQueue: "q", requestId: `start-${i}`, identity: "", executionTimeoutMs: String(executionTimeoutMs) } },
     });
-    const startTask = (workflowId: string, runId: string) => ({
-      namespaceId: NS, workflowId, runId, firstEventId: 1, nextEventId: 2, versionHistory: [{ eventId: 1, version: 1 }], events: [started(runId)],
+    const startTask = (workflowId: string, runId: string, executionTimeoutMs = 0) => ({
+      namespaceId: NS, workflowId, runId, firstEventId: 1, nextEventId: 2, versionHistory: [{ eventId: 1, version: 1 }], events: [started(runId, executionTimeoutMs)],
     });
 
     test("APageOfNewRunsReadsTheirWorkflowsTogether: 1,100 starts find their workflows' current runs in statements of 1,024, not one each", async () => {
@@ -132,6 +132,57 @@ for (const store of await testStores()) {
       });
       const ids = await opened.database.db.select().from(requestIds).where(eq(requestIds.requestId, "start-run-new-7"));
       expect(ids.map((r) => [r.runId, r.eventId])).toEqual([["run-new-7", 1]]);
+    });
+
+    const timedStart = (i: number) => startTask(`wf-timed-${i}`, `run-timed-${i}`, 3_600_000 + i);
+    const timerStatements = (texts: string[]) => texts.filter((t) => t.includes(`"timer_tasks"`));
+
+    test("APageOfNewRunsWritesTheirTimersTogether: 1,100 starts with a timeout insert their timers in statements of 1,024, not one each", async () => {
+      const tasks = Array.from({ length: 1100 }, (_, i) => timedStart(i));
+      const texts = await opened.database.db.transaction(async (tx) => {
+        const reads = await applier.readForApply(tx, tasks.map((task) => ({ ns, task })));
+        const c = counting(tx);
+        await applier.writeAll(c.tx, tasks.map((t, i) => applier.planApply(ns, t, reads[i]!)!.write!));
+        return c.texts;
+      });
+      // Rows, events and request ids as without timers, and the timers in two statements.
+      expect(timerStatements(texts)).toHaveLength(2);
+      expect(texts).toHaveLength(8);
+      const timers = await opened.database.db.select().from(timerTasks).where(like(timerTasks.workflowId, "wf-timed-%"));
+      const start = Date.UTC(2026, 0, 1, 2);
+      expect(timers.map((t) => [t.workflowId, t.runId, t.kind, t.fireAt.getTime(), t.version, t.shardId]).sort()).toEqual(
+        tasks.map((_, i) => [`wf-timed-${i}`, `run-timed-${i}`, "WORKFLOW_TIMEOUT", start + 3_600_000 + i, 1, 1]).sort(),
+      );
+      expect(new Set(timers.map((t) => t.id)).size).toBe(1100);
+    });
+
+    test("APageOfClosingRunsClearsTheirTimersTogether: 1,100 runs that complete delete their timers in statements of 1,024, and only theirs", async () => {
+      const closing = Array.from({ length: 1100 }, (_, i) => 3000 + i);
+      const timer = (i: number, n: number) => ({
+        id: `timer-${i}-${n}`, shardId: 1, fireAt: new Date(Date.UTC(2026, 0, 2)), kind: "WORKFLOW_TIMEOUT", namespaceId: NS, workflowId: `wf-${i}`, runId: `run-${i}`, version: 1,
+      });
+      // Two timers per closing run; wf-5000 stays open, and another run of wf-3000 keeps its own.
+      await opened.database.db.transaction(async (tx) => {
+        await Promise.all([...closing, 5000].map((i) => insertExecution(tx, run(i))));
+        await tx.insert(timerTasks).values([...closing.flatMap((i) => [timer(i, 0), timer(i, 1)]), timer(5000, 0), { ...timer(3000, 9), runId: "run-other" }]);
+      });
+      const completed = (i: number) => ({
+        ...signalTask(i),
+        events: [eventFromRow({ eventId: 2, version: 1, eventTime: new Date(Date.UTC(2026, 0, 1, 3)), attributes: { workflowExecutionCompletedEventAttributes: {} } })],
+      });
+      const tasks = closing.map(completed);
+      const texts = await opened.database.db.transaction(async (tx) => {
+        const reads = await applier.readForApply(tx, tasks.map((task) => ({ ns, task })));
+        const c = counting(tx);
+        await applier.writeAll(c.tx, tasks.map((t, i) => applier.planApply(ns, t, reads[i]!)!.write!));
+        return c.texts;
+      });
+      // The states and events in two statements each (no request ids), the timers' deletes in two.
+      expect(timerStatements(texts)).toHaveLength(2);
+      expect(texts).toHaveLength(6);
+      const left = await opened.database.db.select().from(timerTasks).where(eq(timerTasks.namespaceId, NS));
+      expect(left.filter((t) => /^timer-(3|4|5)/.test(t.id)).map((t) => t.id).sort()).toEqual(["timer-3000-9", "timer-5000-0"]);
+      expect((await rowOf(3000)).status).toBe("COMPLETED");
     });
 
     test("APageOfRunsWritesInThreeStatements: signals to four runs apply as the runs' states, events and request ids", async () => {
