@@ -44,14 +44,14 @@ const REAPPLIED = new Set(["workflowExecutionSignaledEventAttributes", "workflow
  */
 export function createConflictResolver({ cluster, writer, log, writeEvents }: ConflictResolverDeps) {
   /**
-   * The incoming branch's events after `lca`: the ones this cluster holds (on any branch),
+   * The incoming branch's events after `after`: the ones this cluster holds (on any branch),
    * then the rest from the source, then the task's own.
    */
-  async function incomingBranch(tx: Tx, run: ExecutionRow, task: IncomingTask, lca: number, fetchRaw: RawHistoryFetcher): Promise<HistoryEvent[]> {
-    const own = task.events.filter((e) => Number(e.eventId) > lca);
+  async function incomingBranch(tx: Tx, run: ExecutionRow, task: IncomingTask, after: number, fetchRaw: RawHistoryFetcher): Promise<HistoryEvent[]> {
+    const own = task.events.filter((e) => Number(e.eventId) > after);
     const from = own.length ? Number(own[0]!.eventId) : task.nextEventId;
-    const held = from > lca + 1 ? await readEventsOf(tx, run, task.versionHistory, lca + 1, from) : [];
-    const gapFrom = lca + 1 + held.length;
+    const held = from > after + 1 ? await readEventsOf(tx, run, task.versionHistory, after + 1, from) : [];
+    const gapFrom = after + 1 + held.length;
     const fetched = gapFrom < from ? await fetchRaw(task, gapFrom, from) : [];
     return [...held, ...fetched, ...own];
   }
@@ -73,10 +73,12 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
           `local ${JSON.stringify(local)}, incoming ${JSON.stringify(incoming)}`,
       );
     }
-    const branch = await incomingBranch(tx, run, task, lca, fetchRaw);
     if (lastVersionOf(incoming) < lastVersionOf(local)) {
       // The local branch stays current; the incoming one is kept, and its requests re-applied.
-      const fresh = branch.filter((e) => Number(e.eventId) > heldTo);
+      // Only the events after what is kept already are read: a branch that comes a page at a
+      // time is not read back from its fork at every page (its kept events were re-applied
+      // when they came, in the transaction that kept them).
+      const fresh = await incomingBranch(tx, run, task, heldTo, fetchRaw);
       if (known) {
         await Promise.all([
           insertBranchEvents(tx, run, known.branchId, fresh),
@@ -92,6 +94,7 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
       return 0;
     }
     // The incoming branch wins: the local events after the fork become a non-current branch.
+    const branch = await incomingBranch(tx, run, task, lca, fetchRaw);
     const losing = await readRunEvents(tx, run, lca + 1);
     if (known) await dropBranch(tx, run, known.branchId);
     await keepBranch(tx, run, lca, local, losing);
@@ -199,13 +202,30 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
     return a?.case === "workflowExecutionTerminatedEventAttributes" && a.value.reason.startsWith(VERSION_CONFLICT);
   }
 
-  /** The request ids of the signals and cancel requests on a run's current branch. */
+  /** The request ids of the signals and cancel requests on a run's current branch, read whole. */
   async function requestsOn(tx: Tx, run: ExecutionRow): Promise<Set<string>> {
     const rows = await tx
       .select()
       .from(historyEvents)
       .where(and(runOf(historyEvents, run), inArray(historyEvents.eventType, ["WORKFLOW_EXECUTION_SIGNALED", "WORKFLOW_EXECUTION_CANCEL_REQUESTED"])));
     return new Set(rows.map((r) => requestIdOf(eventFromRow(r))).filter(Boolean));
+  }
+
+  /**
+   * Of keys (requestKey of lost requests), the ones the run's current branch holds already,
+   * read for those keys only: a branch re-applied a page at a time does not read back at each
+   * page every signal re-applied before it. A request id is found in request_ids; one recorded
+   * for another run of the workflow (its first holder) may be on this run too, and is looked
+   * for in the run's whole branch.
+   */
+  async function presentOf(tx: Tx, run: ExecutionRow, keys: string[]): Promise<Set<string>> {
+    const r = requestIds;
+    const recorded = (await Promise.all(chunksOf(keys, ROWS_PER_INSERT).map((chunk) => tx
+      .select({ requestId: r.requestId, runId: r.runId })
+      .from(r)
+      .where(and(eq(r.namespaceId, run.namespaceId), eq(r.workflowId, run.workflowId), inArray(r.requestId, chunk)))))).flat();
+    if (recorded.some((row) => row.runId !== run.runId)) return requestsOn(tx, run);
+    return new Set(recorded.map((row) => row.requestId));
   }
 
   /**
@@ -230,12 +250,12 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
       });
       return;
     }
-    const present = await requestsOn(tx, run);
+    const present = await presentOf(tx, run, candidates.map((e) => requestKey(key.runId, e)));
     const events: NewEvent[] = [];
     const ids: { requestId: string; eventId: number }[] = [];
     let cancel = run.cancelRequested;
     for (const e of candidates) {
-      const requestId = requestIdOf(e) || `reapply:${key.runId}:${e.eventId}:${e.version}`;
+      const requestId = requestKey(key.runId, e);
       if (present.has(requestId)) continue;
       const isCancel = e.attributes.case === "workflowExecutionCancelRequestedEventAttributes";
       if (isCancel && cancel) continue;
@@ -291,3 +311,6 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
 export type ConflictResolver = ReturnType<typeof createConflictResolver>;
 
 const branchKey = (k: RunKey, branchId: number) => and(runOf(historyBranches, k), eq(historyBranches.branchId, branchId));
+
+/** What identifies a request wherever it is re-applied: its request id, or one made of its run id, event id and version. */
+const requestKey = (runId: string, e: HistoryEvent) => requestIdOf(e) || `reapply:${runId}:${e.eventId}:${e.version}`;

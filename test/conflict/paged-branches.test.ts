@@ -1,0 +1,142 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import type { HistoryApplier, IncomingTask, RawHistoryFetcher } from "../../replication/applier";
+import { versionHistoryFromProto, versionHistoryToProto, versionHistoryUpTo } from "../../replication/version-history";
+import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import type { NamespaceRecord, NamespaceRegistry } from "../../src/namespace/registry";
+import type { Tx } from "../../src/persistence/database";
+import type { VersionHistoryItem } from "../../src/persistence/schema";
+import { connectAll, describeOn, expectActiveOn, startClusters } from "../failover/mesh";
+import { eventually } from "../support/eventually";
+import type { TestCluster, TestClusterOptions } from "../support/server";
+import { testStores } from "../support/stores";
+import { historyOf, setLink } from "./support";
+
+setDefaultTimeout(120_000);
+
+const NS = "paged";
+/** Events every run holds before the split: started, one signal. */
+const FORK = 2;
+/** A's signals on "long-losing" during the split, brought to B PAGES pages of PAGE_EVENTS. */
+const PAGES = 10;
+const PAGE_EVENTS = 10;
+
+/** A cluster's history applier and namespace registry, taken from its server as it wires them. */
+interface Inside {
+  applier?: HistoryApplier;
+  namespaces?: NamespaceRegistry;
+}
+
+const inside = (x: Inside): Partial<TestClusterOptions> => ({
+  serverOptions: {
+    wrapNamespaces: (r) => (x.namespaces = r),
+    replication: { wrapApplier: (a) => (x.applier = a) },
+  },
+});
+
+/**
+ * tx, counting the rows its selects of history events (current or kept branches) and of
+ * request ids return: every statement goes through the session's prepareQuery (drizzle's
+ * builders and raw ones).
+ */
+function countingEventReads(tx: Tx) {
+  let rows = 0;
+  const reads = /^\s*select\b[\s\S]*\bfrom\s+"(history_events|history_branch_events|request_ids)"/i;
+  const session = tx._.session;
+  const wrapped = new Proxy(session, {
+    get(target, p, receiver) {
+      if (p !== "prepareQuery") return Reflect.get(target, p, receiver);
+      return (...args: Parameters<typeof session.prepareQuery>) => {
+        const prepared = target.prepareQuery(...args);
+        if (!reads.test(args[0].sql)) return prepared;
+        const execute = prepared.execute.bind(prepared);
+        prepared.execute = (async (...a: Parameters<typeof execute>) => {
+          const result = await execute(...a);
+          rows += Array.isArray(result) ? result.length : ((result as { rows?: unknown[] }).rows?.length ?? 0);
+          return result;
+        }) as typeof prepared.execute;
+        return prepared;
+      };
+    },
+  });
+  const counted = new Proxy(tx, {
+    get(target, p, receiver) {
+      if (p === "session") return wrapped;
+      if (p === "_") return { ...target._, session: wrapped };
+      return Reflect.get(target, p, receiver);
+    },
+  });
+  return { tx: counted as Tx, rows: () => rows };
+}
+
+for (const store of await testStores()) {
+  describe(`branches brought a page at a time, on ${store}`, () => {
+    const ia: Inside = {};
+    const ib: Inside = {};
+    let a: TestCluster, b: TestCluster;
+    const wf = (x: TestCluster) => x.client(WorkflowService);
+    const signal = (x: TestCluster, workflowId: string, name: string, requestId = `${x.name}-${name}`) =>
+      wf(x).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId }, signalName: name, requestId });
+    const runIds = new Map<string, string>();
+
+    /**
+     * Brings events [first, next) of a run's branch (current when `branch` is unset) from source
+     * to receiver's applier, `perPage` events a task, each applied in a transaction of its own as
+     * backfill does (backfill-receiver.ts); returns the history event rows each apply read.
+     */
+    async function bring(source: TestCluster, receiver: TestCluster, r: Inside, workflowId: string, first: number, next: number, perPage: number, branch?: VersionHistoryItem[]): Promise<number[]> {
+      const ns: NamespaceRecord = await r.namespaces!.getByName(NS);
+      const ref = { namespaceId: ns.id, workflowId, runId: runIds.get(workflowId)! };
+      const raw = (from: number, before: number) => source.client(AdminService).getWorkflowExecutionRawHistory({
+        ...ref, firstEventId: BigInt(from), nextEventId: BigInt(before), ...(branch ? { versionHistory: versionHistoryToProto(branch) } : {}),
+      });
+      const fetchRaw: RawHistoryFetcher = async (_task, from, before) => (await raw(from, before)).events;
+      const reads: number[] = [];
+      for (let from = first; from < next; from += perPage) {
+        const page = await raw(from, Math.min(from + perPage, next));
+        const last = Number(page.events.at(-1)!.eventId);
+        const task: IncomingTask = {
+          ...ref, firstEventId: from, nextEventId: last + 1, events: page.events,
+          versionHistory: versionHistoryUpTo(versionHistoryFromProto(page.versionHistory?.items), last),
+        };
+        reads.push(await receiver.server.database.db.transaction(async (tx) => {
+          const counted = countingEventReads(tx);
+          await r.applier!.applyTask(counted.tx, ns, task, fetchRaw);
+          return counted.rows();
+        }));
+      }
+      return reads;
+    }
+
+    beforeAll(async () => {
+      [a, b] = await startClusters(store, [inside(ia), inside(ib)]);
+      await connectAll([a, b]);
+      await wf(a).registerNamespace({ namespace: NS, isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
+      await expectActiveOn(b, NS, "clusterA", 1n);
+      for (const id of ["long-losing"]) {
+        runIds.set(id, (await wf(a).startWorkflowExecution({ namespace: NS, workflowId: id, workflowType: "T", taskQueue: "q", requestId: `start-${id}` })).runId);
+        await signal(a, id, `${id}-before`);
+        await eventually(async () => expect((await historyOf(b, NS, id)).length).toBe(FORK));
+      }
+      // Cut off, B is forced active (version 2) while A still believes it is (version 1).
+      await setLink(a, b, false);
+      await wf(b).updateNamespace({ namespace: NS, activeClusterName: "clusterB" });
+      expect((await describeOn(a, NS)).failoverVersion).toBe(1n);
+      for (let i = 0; i < PAGES * PAGE_EVENTS; i++) await signal(a, "long-losing", `a-${i}`);
+      await signal(b, "long-losing", "b-0");
+    });
+    afterAll(() => Promise.all([a, b].map((x) => x?.destroy())));
+
+    test("TestALosingBranchOfManyPagesIsReadOncePageByPage", async () => {
+      const losing = [{ eventId: FORK + PAGES * PAGE_EVENTS, version: 1 }];
+      const reads = await bring(a, b, ib, "long-losing", FORK + 1, FORK + PAGES * PAGE_EVENTS + 1, PAGE_EVENTS, losing);
+      // B (active, version 2) keeps A's branch and re-applies its signals, each once.
+      const names = (await historyOf(b, NS, "long-losing")).flatMap((e) => (e.attributes.case === "workflowExecutionSignaledEventAttributes" ? [e.attributes.value.signalName] : []));
+      expect(names).toEqual(["long-losing-before", "b-0", ...Array.from({ length: PAGES * PAGE_EVENTS }, (_, i) => `a-${i}`)]);
+      const kept = (await b.client(AdminService).listHistoryBranches({ namespace: NS, workflowId: "long-losing" })).branches.find((br) => !br.current)!;
+      expect(kept.events.slice(FORK).map((e) => Number(e.eventId))).toEqual(Array.from({ length: PAGES * PAGE_EVENTS }, (_, i) => FORK + 1 + i));
+      // Each page reads about its own events, not the branch kept before it.
+      expect(Math.max(...reads)).toBeLessThanOrEqual(2 * PAGE_EVENTS);
+    });
+  });
+}
