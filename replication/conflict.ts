@@ -190,7 +190,7 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
       status: "TERMINATED",
     });
     log.warn("terminated a run that lost a conflict with another open run", { workflowId: zombie.workflowId, runId: zombie.runId, winner: winnerKey.runId });
-    await reapply(tx, ns, winnerKey, await readRunEvents(tx, zombie, 1));
+    await reapply(tx, ns, winnerKey, await readRunEvents(tx, zombie, 1), zombie.runId);
   }
 
   /** Whether run was closed because another run of its workflow won a conflict. */
@@ -202,13 +202,13 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
     return a?.case === "workflowExecutionTerminatedEventAttributes" && a.value.reason.startsWith(VERSION_CONFLICT);
   }
 
-  /** The request ids of the signals and cancel requests on a run's current branch, read whole. */
+  /** The request keys (requestKey) of the signals and cancel requests on a run's current branch, read whole. */
   async function requestsOn(tx: Tx, run: ExecutionRow): Promise<Set<string>> {
     const rows = await tx
       .select()
       .from(historyEvents)
       .where(and(runOf(historyEvents, run), inArray(historyEvents.eventType, ["WORKFLOW_EXECUTION_SIGNALED", "WORKFLOW_EXECUTION_CANCEL_REQUESTED"])));
-    return new Set(rows.map((r) => requestIdOf(eventFromRow(r))).filter(Boolean));
+    return new Set(rows.map((r) => requestKey(run.runId, eventFromRow(r))));
   }
 
   /**
@@ -216,7 +216,8 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
    * read for those keys only: a branch re-applied a page at a time does not read back at each
    * page every signal re-applied before it. A request id is found in request_ids; one recorded
    * for another run of the workflow (its first holder) may be on this run too, and is looked
-   * for in the run's whole branch.
+   * for in the run's whole branch. A request without a request id is on the branch when the
+   * branch holds its original event (same run, event id and version).
    */
   async function presentOf(tx: Tx, run: ExecutionRow, keys: string[]): Promise<Set<string>> {
     const r = requestIds;
@@ -225,16 +226,26 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
       .from(r)
       .where(and(eq(r.namespaceId, run.namespaceId), eq(r.workflowId, run.workflowId), inArray(r.requestId, chunk)))))).flat();
     if (recorded.some((row) => row.runId !== run.runId)) return requestsOn(tx, run);
-    return new Set(recorded.map((row) => row.requestId));
+    const present = new Set(recorded.map((row) => row.requestId));
+    const origins = new Map(keys.flatMap((k) => {
+      const o = originOf(k);
+      return o && o.runId === run.runId ? [[o.eventId, { key: k, version: o.version }] as const] : [];
+    }));
+    const h = historyEvents;
+    for (const chunk of chunksOf([...origins.keys()], ROWS_PER_INSERT)) {
+      const rows = await tx.select({ eventId: h.eventId, version: h.version }).from(h).where(and(runOf(h, run), inArray(h.eventId, chunk)));
+      for (const row of rows) if (origins.get(row.eventId)?.version === row.version) present.add(origins.get(row.eventId)!.key);
+    }
+    return present;
   }
 
   /**
    * On the namespace's active cluster, appends the signals and cancel requests of lost
-   * events that the current branch lacks (by request id). Elsewhere nothing: the active
-   * cluster does it when the lost branch reaches it. Requests of a run retired by a
-   * version conflict go to the workflow's run that won.
+   * events that the current branch lacks (by requestKey; `origin` is the run the lost events
+   * were written to). Elsewhere nothing: the active cluster does it when the lost branch
+   * reaches it. Requests of a run retired by a version conflict go to the workflow's run that won.
    */
-  async function reapply(tx: Tx, cached: NamespaceRecord, key: RunKey, lost: HistoryEvent[]): Promise<void> {
+  async function reapply(tx: Tx, cached: NamespaceRecord, key: RunKey, lost: HistoryEvent[], origin = key.runId): Promise<void> {
     const candidates = lost.filter((e) => e.attributes.case && REAPPLIED.has(e.attributes.case));
     if (!candidates.length || !cached.isGlobal) return;
     // Read now, not from the cache: a namespace activated here after this apply read it would
@@ -250,12 +261,12 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
       });
       return;
     }
-    const present = await presentOf(tx, run, candidates.map((e) => requestKey(key.runId, e)));
+    const present = await presentOf(tx, run, candidates.map((e) => requestKey(origin, e)));
     const events: NewEvent[] = [];
     const ids: { requestId: string; eventId: number }[] = [];
     let cancel = run.cancelRequested;
     for (const e of candidates) {
-      const requestId = requestKey(key.runId, e);
+      const requestId = requestKey(origin, e);
       if (present.has(requestId)) continue;
       const isCancel = e.attributes.case === "workflowExecutionCancelRequestedEventAttributes";
       if (isCancel && cancel) continue;
@@ -312,5 +323,20 @@ export type ConflictResolver = ReturnType<typeof createConflictResolver>;
 
 const branchKey = (k: RunKey, branchId: number) => and(runOf(historyBranches, k), eq(historyBranches.branchId, branchId));
 
-/** What identifies a request wherever it is re-applied: its request id, or one made of its run id, event id and version. */
-const requestKey = (runId: string, e: HistoryEvent) => requestIdOf(e) || `reapply:${runId}:${e.eventId}:${e.version}`;
+/**
+ * What identifies a request wherever it is re-applied: its request id, or for one sent without
+ * (the API allows it) its original event, `reapply:` run id, event id and version. A re-applied
+ * copy carries that key as its request id, so it is known again on any branch and cluster, and
+ * the original event itself is known by it on the branch that holds it.
+ */
+function requestKey(runId: string, e: HistoryEvent): string {
+  return requestIdOf(e) || `${ORIGIN}${runId}:${e.eventId}:${e.version}`;
+}
+
+const ORIGIN = "reapply:";
+
+/** The original event a requestKey without a request id names, or undefined for a request id. */
+function originOf(key: string): { runId: string; eventId: number; version: number } | undefined {
+  const m = key.startsWith(ORIGIN) ? /^(.*):(\d+):(\d+)$/.exec(key.slice(ORIGIN.length)) : null;
+  return m ? { runId: m[1]!, eventId: Number(m[2]), version: Number(m[3]) } : undefined;
+}

@@ -113,7 +113,7 @@ for (const store of await testStores()) {
       await connectAll([a, b]);
       await wf(a).registerNamespace({ namespace: NS, isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
       await expectActiveOn(b, NS, "clusterA", 1n);
-      for (const id of ["long-losing"]) {
+      for (const id of ["long-losing", "no-request-id"]) {
         runIds.set(id, (await wf(a).startWorkflowExecution({ namespace: NS, workflowId: id, workflowType: "T", taskQueue: "q", requestId: `start-${id}` })).runId);
         await signal(a, id, `${id}-before`);
         await eventually(async () => expect((await historyOf(b, NS, id)).length).toBe(FORK));
@@ -124,6 +124,16 @@ for (const store of await testStores()) {
       expect((await describeOn(a, NS)).failoverVersion).toBe(1n);
       for (let i = 0; i < PAGES * PAGE_EVENTS; i++) await signal(a, "long-losing", `a-${i}`);
       await signal(b, "long-losing", "b-0");
+      // "no-request-id": B's branch starts below A's and ends above it. B signals it at version 2
+      // without request ids; A is forced away and back (version 101) and signals it; B too
+      // (version 102), and signals it again.
+      for (let i = 0; i < 3; i++) await signal(b, "no-request-id", `b-${i}`, "");
+      for (const active of ["clusterB", "clusterA"]) await wf(a).updateNamespace({ namespace: NS, activeClusterName: active });
+      expect((await describeOn(a, NS)).failoverVersion).toBe(101n);
+      await signal(a, "no-request-id", "a-0");
+      for (const active of ["clusterA", "clusterB"]) await wf(b).updateNamespace({ namespace: NS, activeClusterName: active });
+      expect((await describeOn(b, NS)).failoverVersion).toBe(102n);
+      await signal(b, "no-request-id", "b-high");
     });
     afterAll(() => Promise.all([a, b].map((x) => x?.destroy())));
 
@@ -137,6 +147,28 @@ for (const store of await testStores()) {
       expect(kept.events.slice(FORK).map((e) => Number(e.eventId))).toEqual(Array.from({ length: PAGES * PAGE_EVENTS }, (_, i) => FORK + 1 + i));
       // Each page reads about its own events, not the branch kept before it.
       expect(Math.max(...reads)).toBeLessThanOrEqual(2 * PAGE_EVENTS);
+    });
+
+    /** The names of the signals on x's current branch of a run, in order. */
+    const signalNames = async (x: TestCluster, workflowId: string) =>
+      (await historyOf(x, NS, workflowId)).flatMap((e) => (e.attributes.case === "workflowExecutionSignaledEventAttributes" ? [e.attributes.value.signalName] : []));
+
+    test("TestASignalWithoutRequestIdIsReappliedOnceWhenItsBranchFirstLostThenWon", async () => {
+      const id = "no-request-id";
+      // A, active at 101 and not told of B's 102, gets the first page of B's branch (its events
+      // at version 2): it loses to A's, is kept, and A re-applies its signals after its own.
+      await bring(b, a, ia, id, FORK + 1, FORK + 4, 3);
+      expect(await signalNames(a, id)).toEqual([`${id}-before`, "a-0", "b-0", "b-1", "b-2"]);
+      // B (active at 102) gets A's branch, which lost there: only A's own signal is new to it.
+      // A's re-applied copies of B's signals are B's own signals, sent without request ids.
+      await bring(a, b, ib, id, FORK + 1, FORK + 5, 4);
+      expect(await signalNames(b, id)).toEqual([`${id}-before`, "b-0", "b-1", "b-2", "b-high", "a-0"]);
+      // Joined again, both converge on B's branch, each signal once.
+      await setLink(a, b, true);
+      await eventually(async () => {
+        expect(await signalNames(a, id)).toEqual(await signalNames(b, id));
+        expect(await signalNames(a, id)).toEqual([`${id}-before`, "b-0", "b-1", "b-2", "b-high", "a-0"]);
+      }, { timeout: 30_000 });
     });
   });
 }
