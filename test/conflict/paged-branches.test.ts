@@ -1,11 +1,10 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import type { HistoryApplier, IncomingTask, RawHistoryFetcher } from "../../replication/applier";
-import { versionHistoryFromProto, versionHistoryToProto, versionHistoryUpTo } from "../../replication/version-history";
+import { versionHistoryFromProto, versionHistoryUpTo } from "../../replication/version-history";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import type { NamespaceRecord, NamespaceRegistry } from "../../src/namespace/registry";
 import type { Tx } from "../../src/persistence/database";
-import type { VersionHistoryItem } from "../../src/persistence/schema";
 import { connectAll, describeOn, expectActiveOn, startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
 import type { TestCluster, TestClusterOptions } from "../support/server";
@@ -69,6 +68,11 @@ function countingEventReads(tx: Tx) {
   return { tx: counted as Tx, rows: () => rows };
 }
 
+/**
+ * A split brain whose branches the test brings from one cluster to the other a page at a time,
+ * through each cluster's own history applier and database, as backfill does (DESIGN.md section 4):
+ * a long branch that loses, and one whose first page loses and whose last wins.
+ */
 for (const store of await testStores()) {
   describe(`branches brought a page at a time, on ${store}`, () => {
     const ia: Inside = {};
@@ -80,16 +84,15 @@ for (const store of await testStores()) {
     const runIds = new Map<string, string>();
 
     /**
-     * Brings events [first, next) of a run's branch (current when `branch` is unset) from source
-     * to receiver's applier, `perPage` events a task, each applied in a transaction of its own as
-     * backfill does (backfill-receiver.ts); returns the history event rows each apply read.
+     * Brings events [first, next) of a run's current branch on source to receiver's applier,
+     * `perPage` events a task, each applied in a transaction of its own as backfill does
+     * (backfill-receiver.ts); returns the rows of events and request ids each apply read.
      */
-    async function bring(source: TestCluster, receiver: TestCluster, r: Inside, workflowId: string, first: number, next: number, perPage: number, branch?: VersionHistoryItem[]): Promise<number[]> {
+    async function bring(source: TestCluster, receiver: TestCluster, r: Inside, workflowId: string, first: number, next: number, perPage: number): Promise<number[]> {
       const ns: NamespaceRecord = await r.namespaces!.getByName(NS);
       const ref = { namespaceId: ns.id, workflowId, runId: runIds.get(workflowId)! };
-      const raw = (from: number, before: number) => source.client(AdminService).getWorkflowExecutionRawHistory({
-        ...ref, firstEventId: BigInt(from), nextEventId: BigInt(before), ...(branch ? { versionHistory: versionHistoryToProto(branch) } : {}),
-      });
+      const raw = (from: number, before: number) =>
+        source.client(AdminService).getWorkflowExecutionRawHistory({ ...ref, firstEventId: BigInt(from), nextEventId: BigInt(before) });
       const fetchRaw: RawHistoryFetcher = async (_task, from, before) => (await raw(from, before)).events;
       const reads: number[] = [];
       for (let from = first; from < next; from += perPage) {
@@ -137,21 +140,19 @@ for (const store of await testStores()) {
     });
     afterAll(() => Promise.all([a, b].map((x) => x?.destroy())));
 
+    /** The names of the signals on x's current branch of a run, in order. */
+    const signalNames = async (x: TestCluster, workflowId: string) =>
+      (await historyOf(x, NS, workflowId)).flatMap((e) => (e.attributes.case === "workflowExecutionSignaledEventAttributes" ? [e.attributes.value.signalName] : []));
+
     test("TestALosingBranchOfManyPagesIsReadOncePageByPage", async () => {
-      const losing = [{ eventId: FORK + PAGES * PAGE_EVENTS, version: 1 }];
-      const reads = await bring(a, b, ib, "long-losing", FORK + 1, FORK + PAGES * PAGE_EVENTS + 1, PAGE_EVENTS, losing);
-      // B (active, version 2) keeps A's branch and re-applies its signals, each once.
-      const names = (await historyOf(b, NS, "long-losing")).flatMap((e) => (e.attributes.case === "workflowExecutionSignaledEventAttributes" ? [e.attributes.value.signalName] : []));
-      expect(names).toEqual(["long-losing-before", "b-0", ...Array.from({ length: PAGES * PAGE_EVENTS }, (_, i) => `a-${i}`)]);
+      const reads = await bring(a, b, ib, "long-losing", FORK + 1, FORK + PAGES * PAGE_EVENTS + 1, PAGE_EVENTS);
+      // B (active) keeps A's branch (version 1) and re-applies its signals, each once.
+      expect(await signalNames(b, "long-losing")).toEqual(["long-losing-before", "b-0", ...Array.from({ length: PAGES * PAGE_EVENTS }, (_, i) => `a-${i}`)]);
       const kept = (await b.client(AdminService).listHistoryBranches({ namespace: NS, workflowId: "long-losing" })).branches.find((br) => !br.current)!;
       expect(kept.events.slice(FORK).map((e) => Number(e.eventId))).toEqual(Array.from({ length: PAGES * PAGE_EVENTS }, (_, i) => FORK + 1 + i));
       // Each page reads about its own events, not the branch kept before it.
       expect(Math.max(...reads)).toBeLessThanOrEqual(2 * PAGE_EVENTS);
     });
-
-    /** The names of the signals on x's current branch of a run, in order. */
-    const signalNames = async (x: TestCluster, workflowId: string) =>
-      (await historyOf(x, NS, workflowId)).flatMap((e) => (e.attributes.case === "workflowExecutionSignaledEventAttributes" ? [e.attributes.value.signalName] : []));
 
     test("TestASignalWithoutRequestIdIsReappliedOnceWhenItsBranchFirstLostThenWon", async () => {
       const id = "no-request-id";
