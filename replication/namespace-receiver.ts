@@ -7,6 +7,7 @@ import type { Logger } from "../src/observability/log";
 import type { Db } from "../src/persistence/database";
 import type { RemoteCluster, ReplicationStream } from "./manager";
 import { startBackfillJob } from "./backfill-jobs";
+import { createInboundHeard, type Heard } from "./inbound-heard";
 import { applyNamespaceTask } from "./namespace-applier";
 import { advanceAckLevel, readAckLevel, type AckKey } from "./namespace-queue";
 
@@ -24,6 +25,8 @@ export interface NamespaceReceiverDeps {
   beforeApply?: () => Promise<void>;
   /** How long the sender may hold one poll open. */
   waitTimeoutMs?: number;
+  /** How long polls may fail before what was last heard is stale: history replication's (receiver.ts heard). */
+  staleAfterMs?: number;
   now?: () => Date;
 }
 
@@ -32,8 +35,10 @@ export interface NamespaceReceiverDeps {
  * from the persisted inbound ack and applies each task with its ack in one transaction,
  * so a restart of either side resumes with no gap and no duplicate.
  */
-export function createNamespaceReceiver(deps: NamespaceReceiverDeps): ReplicationStream {
+export function createNamespaceReceiver(deps: NamespaceReceiverDeps): ReplicationStream & { heard(remote: string): Heard } {
   const { db, currentCluster, log, waitTimeoutMs = 20_000, now = () => new Date() } = deps;
+  /** When each remote last answered a poll, and why its polls fail since: the ns row's max task id is as of then. */
+  const inboundHeard = createInboundHeard({ everyMs: waitTimeoutMs, staleAfterMs: deps.staleAfterMs });
 
   async function apply(key: AckKey, task: NamespaceReplicationTask, maxTaskId: number): Promise<void> {
     await deps.beforeApply?.();
@@ -63,10 +68,15 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
         { afterTaskId: BigInt(ack), clusterName: currentCluster, waitTimeoutMs: wait, pageSize: 100 },
         { signal, timeoutMs },
       ).catch((e) => {
+        if (signal.aborted) throw e;
         // Connect's own words name no call and no cluster: "the operation timed out".
-        if (ConnectError.from(e).code !== Code.DeadlineExceeded || signal.aborted) throw e;
-        throw new Error(`cluster ${remote.name} did not answer a namespace replication poll within ${timeoutMs} ms`);
+        const failure = ConnectError.from(e).code === Code.DeadlineExceeded
+          ? new Error(`cluster ${remote.name} did not answer a namespace replication poll within ${timeoutMs} ms`)
+          : e;
+        inboundHeard.failed(remote.name, failure);
+        throw failure;
       });
+      inboundHeard.heard(remote.name);
       report.ok();
       wait = waitTimeoutMs;
       const max = Number(res.maxTaskId);
@@ -85,5 +95,5 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
     }
   }
 
-  return { name: "namespace", run };
+  return { name: "namespace", run, heard: inboundHeard.of };
 }

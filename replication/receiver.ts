@@ -8,14 +8,13 @@ import { fetchFailureReason } from "../src/fetch-failure";
 import { nextTurn } from "../src/next-turn";
 import { loadInboundAck } from "./ack-levels";
 import { createAckSender } from "./ack-sender";
+import { createInboundHeard, OVERDUE_SLACK_MS, type Heard } from "./inbound-heard";
 import { notServed } from "./not-served";
 import { estimateEventBytes } from "./outbox-tail";
 import type { RemoteCluster, ReplicationStream, StreamReport } from "./manager";
 import { createPageApplier, type Batch, type PageApplierDeps } from "./page-applier";
 import { ANSWER_BYTES, MAX_SHARD_PAGE, PULL_BUDGET, shardPageSizes } from "./pull-budget";
 
-/** How long past the wait a stream's message may be late before its state says the source owes it (at most silenceGraceMs). */
-const OVERDUE_SLACK_MS = 2_000;
 
 export interface HistoryReceiverDeps extends Omit<PageApplierDeps, "progressOf"> {
   db: Db;
@@ -75,12 +74,11 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
   const pullRefusedAt = new Map<string, number>();
   /** Per remote, per shard id (no key string to build for each of hundreds of shards per pull). */
   const progress = new Map<string, Map<number, InboundProgress>>();
-  /** When each remote's last stream message or pull answer came (epoch ms): what progress knows of its tasks is as of then. */
-  const heardAt = new Map<string, number>();
+  /** When each remote's last stream message or pull answer came: what progress knows of its tasks is as of then. */
+  const inboundHeard = createInboundHeard({ everyMs: waitMs });
   const hear = (remote: string) => {
-    const at = Date.now();
-    heardAt.set(remote, at);
-    return at;
+    inboundHeard.heard(remote);
+    return Date.now();
   };
 
   function progressOf(remote: string, shardId: number): InboundProgress {
@@ -510,10 +508,9 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
      * goes between messages and its slack (the stream's state says it is overdue then): its
      * tasks since are not seen, so the inbound lag is unknown.
      */
-    heard(remote: string): { at?: Date; stale: boolean } {
-      const at = heardAt.get(remote);
-      return { at: at === undefined ? undefined : new Date(at), stale: at === undefined || Date.now() - at > waitMs + OVERDUE_SLACK_MS };
-    },
+    heard: (remote: string): Heard => inboundHeard.of(remote),
+    /** How long unheard before a remote's inbound lag is unknown: namespace replication's polls may fail that long too. */
+    staleAfterMs: inboundHeard.staleAfterMs,
   };
 }
 

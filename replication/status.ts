@@ -12,6 +12,7 @@ import type { Db } from "../src/persistence/database";
 import { clusterMetadata, namespaces, replicationAckLevels, replicationTasks } from "../src/persistence/schema";
 import { lastTaskIds } from "./outbox";
 import { listsClusters } from "../src/namespace/lists-clusters";
+import type { Heard } from "./inbound-heard";
 import type { InboundProgress } from "./receiver";
 
 export interface ReplicationStatusDeps {
@@ -21,8 +22,10 @@ export interface ReplicationStatusDeps {
   connectionState: (remote: string) => string;
   /** What this process's receiver last saw of a remote shard. */
   inboundProgress: (remote: string, shardId: number) => InboundProgress | undefined;
-  /** When the receiver last heard from a remote, and whether that is too long ago to know its lag (receiver.ts). */
-  inboundHeard: (remote: string) => { at?: Date; stale: boolean };
+  /** When the history receiver last heard from a remote, and whether that is too long ago to know its lag (receiver.ts). */
+  inboundHeard: (remote: string) => Heard;
+  /** The same of namespace replication's polls, with why they fail (namespace-receiver.ts). */
+  namespaceHeard: (remote: string) => Heard;
   /** DLQ entries per source cluster. */
   dlqSizes: () => Promise<Map<string, number>>;
   now?: () => number;
@@ -33,7 +36,8 @@ type ShardStatus = Omit<ShardReplicationStatus, "$typeName">;
 type UnconnectedMember = Omit<UnconnectedNamespaceMember, "$typeName">;
 
 /** AdminService.GetReplicationStatus: positions and lag per remote cluster, both directions. */
-export function createReplicationStatus({ db, cluster, connectionState, inboundProgress, inboundHeard, dlqSizes, now = Date.now }: ReplicationStatusDeps) {
+export function createReplicationStatus(deps: ReplicationStatusDeps) {
+  const { db, cluster, connectionState, inboundProgress, inboundHeard, namespaceHeard, dlqSizes, now = Date.now } = deps;
   /** What this cluster applied of the remote's shards. */
   function inbound(remote: typeof clusterMetadata.$inferSelect, acks: AckRow[]): ShardStatus[] {
     return Array.from({ length: remote.historyShardCount }, (_, i) => {
@@ -91,8 +95,10 @@ export function createReplicationStatus({ db, cluster, connectionState, inboundP
     for (const remote of remotes) {
       const mine = acks.filter((a) => a.remoteCluster === remote.clusterName);
       const ns = mine.find((a) => a.direction === "inbound" && a.queue === "namespace");
-      // A source not heard from lately (the link down) may have written tasks this cluster cannot see.
+      // A source not heard from lately (the link down) may have written tasks this cluster cannot see;
+      // its namespace tasks too, or those alone when only its namespace polls fail.
       const heard = inboundHeard(remote.clusterName);
+      const nsHeard = namespaceHeard(remote.clusterName);
       out.push({
         clusterName: remote.clusterName,
         connectionState: connectionState(remote.clusterName),
@@ -105,6 +111,9 @@ export function createReplicationStatus({ db, cluster, connectionState, inboundP
         dlqSize: BigInt(dlq.get(remote.clusterName) ?? 0),
         inboundHeardAt: heard.at && timestampFromDate(heard.at),
         inboundLagUnknown: heard.stale,
+        namespaceHeardAt: nsHeard.at && timestampFromDate(nsHeard.at),
+        namespaceLagUnknown: heard.stale || nsHeard.stale,
+        namespaceError: nsHeard.error ?? "",
       });
     }
     const missing = await unconnected(new Set(remotes.map((r) => r.clusterName)));

@@ -227,7 +227,7 @@ function wireReplication({ opts, log, now, cluster, database }: Base, core: Core
   const backfill = createBackfillReceiver({ db, applier, namespaces, writer, notifier, log, now, historyPageBytes: opts.replication?.historyPageBytes });
   const namespaceReceiver = createNamespaceReceiver({
     db, currentCluster: cluster.clusterName, namespaces, log, metrics, now, onActivated, onBackfillStarted: backfill.wake,
-    beforeApply: opts.replication?.beforeNamespaceApply,
+    beforeApply: opts.replication?.beforeNamespaceApply, staleAfterMs: historyReceiver.staleAfterMs,
   });
   // Becoming active: settle the conflicts resolved while this cluster was passive.
   const sweep = createConflictSweep({ db, cluster, namespaces, writer, applier, log });
@@ -265,7 +265,7 @@ function wireReplication({ opts, log, now, cluster, database }: Base, core: Core
     namespaceSender: createNamespaceSender({ db, wake: notifier }),
     status: createReplicationStatus({
       db, cluster, connectionState: (name) => manager.connectionState(name), inboundProgress: historyReceiver.progress,
-      inboundHeard: historyReceiver.heard,
+      inboundHeard: historyReceiver.heard, namespaceHeard: namespaceReceiver.heard,
       dlqSizes: dlq.sizes,
     }),
   };

@@ -9,10 +9,10 @@ import { executions, replicationDlq } from "../../src/persistence/schema";
 import { PayloadsSchema } from "../../src/gen/tern/common/v1/common_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { createLogger } from "../../src/observability/log";
-import { eventuallyOn } from "../failover/mesh";
+import { describeOn, eventuallyOn } from "../failover/mesh";
 import { runCli } from "../cli/harness";
 import { eventually } from "../support/eventually";
-import { startLinkedPair } from "../support/linked-pair";
+import { startHttpLinkedPair, startLinkedPair } from "../support/linked-pair";
 import type { TestCluster, TestClusterOptions } from "../support/server";
 import { testStores, type StoreKind } from "../support/stores";
 import type { TcpProxy } from "../support/tcp-proxy";
@@ -148,6 +148,54 @@ for (const store of await testStores()) {
         expect(res.remotes[0]!.inboundLagUnknown).toBe(false);
         const text = (await runCli(["replication", "status"], { admin: { getReplicationStatus: () => res } })).stdout;
         expect(text).toMatch(/^clusterA +inbound +ns +(\d+) +\1 +0 +connected$/m);
+      }, { timeout: 20_000 });
+    });
+  });
+
+  describe(`a link whose route to the source's namespace queue fails while history passes, on ${store}`, () => {
+    // B hears A's history stream at least every 300 ms: its inbound lag would be unknown 2.3 s after it last did.
+    const pair = {} as Awaited<ReturnType<typeof startHttpLinkedPair>>;
+    beforeAll(async () => Object.assign(pair, await startHttpLinkedPair(store, [{}, { serverOptions: { replication: { waitMs: 300 } } }])));
+    afterAll(() => pair.close());
+
+    test("TestNamespaceLagIsUnknownOnBWhileItsPollsOfAFailAndHistoryFlows, with the polls' error, and known again once they answer", async () => {
+      const { a, b, link, nsId } = pair;
+      await a.client(WorkflowService).updateNamespace({ namespace: NS, description: "v1" });
+      await eventuallyOn(b, NS, (ns) => expect(ns.namespaceInfo!.description).toBe("v1"));
+      await eventually(async () => expect((await statusOf(b)).namespaceLagUnknown).toBe(false));
+
+      link.failPaths((path) => path.endsWith("/GetNamespaceReplicationTasks"));
+      try {
+        // A namespace change B cannot see, and a write B does see.
+        await a.client(WorkflowService).updateNamespace({ namespace: NS, description: "v2" });
+        await start(a, "while-namespaces-fail");
+        await eventually(() => expectSameHistories(a, b, nsId));
+        await eventually(async () => expect((await statusOf(b)).namespaceLagUnknown).toBe(true), { timeout: 10_000 });
+        const res = await b.client(AdminService).getReplicationStatus({});
+        const remote = res.remotes[0]!;
+        expect(remote.inboundLagUnknown).toBe(false);
+        expect(remote.namespaceError).toBe("[unavailable] HTTP 502");
+        expect(Date.now() - timestampDate(remote.namespaceHeardAt!).getTime()).toBeGreaterThanOrEqual(2_300);
+        expect((await describeOn(b, NS)).namespaceInfo!.description).toBe("v1");
+        const text = (await runCli(["replication", "status"], { admin: { getReplicationStatus: () => res } })).stdout;
+        expect(text).toMatch(/^clusterA +inbound +ns +\d+ +\d+ +unknown +error: /m);
+        expect(text).toMatch(/^clusterA +inbound +1 +\d+ +\d+ +\d+ +\d+ +error: /m);
+        expect(text).toContain("NOTE: clusterB's namespace replication from clusterA has had no answer since ");
+        expect(text).toContain("[unavailable] HTTP 502; its ns lag is unknown");
+        const json = JSON.parse((await runCli(["replication", "status", "-o", "json"], { admin: { getReplicationStatus: () => res } })).stdout);
+        expect(json.remotes[0].namespaceLagTasks).toBeNull();
+        expect(json.remotes[0].inbound[0].lagTasks).not.toBeNull();
+      } finally {
+        link.failPaths(undefined);
+      }
+      await eventuallyOn(b, NS, (ns) => expect(ns.namespaceInfo!.description).toBe("v2"), 20_000);
+      await eventually(async () => {
+        const res = await b.client(AdminService).getReplicationStatus({});
+        expect(res.remotes[0]!.namespaceLagUnknown).toBe(false);
+        expect(res.remotes[0]!.namespaceError).toBe("");
+        const text = (await runCli(["replication", "status"], { admin: { getReplicationStatus: () => res } })).stdout;
+        expect(text).toMatch(/^clusterA +inbound +ns +(\d+) +\1 +0 +connected$/m);
+        expect(text).not.toContain("NOTE");
       }, { timeout: 20_000 });
     });
   });

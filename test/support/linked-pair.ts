@@ -3,6 +3,7 @@ import { addr, startClusters } from "../failover/mesh";
 import { globalNamespace } from "../replication/support";
 import type { TestCluster, TestClusterOptions } from "./server";
 import type { StoreKind } from "./stores";
+import { startHttpProxy, type HttpProxy } from "./http-proxy";
 import { startTcpProxy, type TcpProxy } from "./tcp-proxy";
 
 /**
@@ -18,10 +19,7 @@ export async function startLinkedPair(
   const [a, b] = await startClusters(store, options);
   const [host, port] = addr(a).split(":");
   const link = await startTcpProxy({ host: host!, port: Number(port) });
-  // A knows B first, then the namespace, then B knows A: B's streams start with the namespace in place.
-  await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
-  const nsId = await globalNamespace(a, b, namespace);
-  await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: `127.0.0.1:${link.port}` });
+  const nsId = await connectThrough(a, b, link.port, namespace);
   return {
     a, b, link, nsId,
     async close() {
@@ -32,4 +30,31 @@ export async function startLinkedPair(
       await link.close();
     },
   };
+}
+
+/** As startLinkedPair, but B reaches A through an HTTP proxy that can fail chosen paths (one endpoint of A down for B). */
+export async function startHttpLinkedPair(
+  store: StoreKind,
+  options: [Partial<TestClusterOptions>, Partial<TestClusterOptions>],
+  namespace = "orders",
+): Promise<{ a: TestCluster; b: TestCluster; link: HttpProxy; nsId: string; close(): Promise<void> }> {
+  const [a, b] = await startClusters(store, options);
+  const link = startHttpProxy(addr(a));
+  const nsId = await connectThrough(a, b, link.port, namespace);
+  return {
+    a, b, link, nsId,
+    async close() {
+      link.failPaths(undefined);
+      await Promise.all([a.destroy(), b.destroy()]);
+      await link.close();
+    },
+  };
+}
+
+/** A knows B first, then the namespace, then B knows A at the proxy's port: B's streams start with the namespace in place. */
+async function connectThrough(a: TestCluster, b: TestCluster, linkPort: number, namespace: string): Promise<string> {
+  await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
+  const nsId = await globalNamespace(a, b, namespace);
+  await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: `127.0.0.1:${linkPort}` });
+  return nsId;
 }

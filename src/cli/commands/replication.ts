@@ -1,5 +1,5 @@
 import { toJson } from "@bufbuild/protobuf";
-import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import {
   GetReplicationStatusResponseSchema,
   type GetReplicationStatusResponse,
@@ -32,16 +32,28 @@ function shardRow(remote: RemoteClusterReplicationStatus, direction: string, s: 
   ];
 }
 
-/** A line for each remote whose inbound lag is unknown: since when, and where to read it. */
+/** Since when, as a NOTE line says it: the time and how long ago, or since the server started. */
+function sinceText(heardAt: Timestamp | undefined, now: number): string {
+  if (!heardAt) return "since this server started";
+  const at = timestampDate(heardAt);
+  return `since ${at.toISOString()} (${Math.max(0, Math.round((now - at.getTime()) / 1000))} s ago)`;
+}
+
+/** Whether the ns row's lag is unknown: the remote unheard, or its namespace polls failing (a server before namespaceLagUnknown: the first only). */
+const namespaceLagUnknown = (r: RemoteClusterReplicationStatus) => r.inboundLagUnknown || r.namespaceLagUnknown;
+
+/** A line for each remote whose inbound lag is unknown, or only its namespace lag: since when, why, and where to read it. */
 function unheardLines(res: GetReplicationStatusResponse, now: number): string {
   return res.remotes
-    .filter((r) => r.inboundLagUnknown)
     .map((r) => {
-      const since = r.inboundHeardAt
-        ? `since ${timestampDate(r.inboundHeardAt).toISOString()} (${Math.max(0, Math.round((now - timestampDate(r.inboundHeardAt).getTime()) / 1000))} s ago)`
-        : "since this server started";
-      return `NOTE: ${res.clusterName} has heard nothing from ${r.clusterName} ${since}: its inbound lag is unknown ` +
-        `(the MAX TASK ID shown is as of then; tasks ${r.clusterName} wrote since are not seen here: its own outbound rows show them)\n`;
+      if (r.inboundLagUnknown) {
+        return `NOTE: ${res.clusterName} has heard nothing from ${r.clusterName} ${sinceText(r.inboundHeardAt, now)}: its inbound lag is unknown ` +
+          `(the MAX TASK ID shown is as of then; tasks ${r.clusterName} wrote since are not seen here: its own outbound rows show them)\n`;
+      }
+      if (!r.namespaceLagUnknown) return "";
+      const why = r.namespaceError ? `: ${r.namespaceError}` : "";
+      return `NOTE: ${res.clusterName}'s namespace replication from ${r.clusterName} has had no answer ${sinceText(r.namespaceHeardAt, now)}${why}; ` +
+        `its ns lag is unknown (the MAX TASK ID shown is as of then; namespace changes ${r.clusterName} made since are not seen here)\n`;
     })
     .join("");
 }
@@ -54,17 +66,16 @@ function unheardLines(res: GetReplicationStatusResponse, now: number): string {
  * GetReplicationStatusResponse.
  */
 export function replicationStatusJson(res: GetReplicationStatusResponse): string {
-  type Remote = { inboundLagUnknown?: boolean; inbound?: object[]; namespaceLagTasks?: string | null };
+  type Remote = { inbound?: object[]; namespaceLagTasks?: string | null };
   const json = toJson(GetReplicationStatusResponseSchema, res) as { remotes?: Remote[] };
-  for (const remote of json.remotes ?? []) {
-    if (!remote.inboundLagUnknown) continue;
-    for (const row of remote.inbound ?? []) Object.assign(row, { lagTasks: null, lagMs: null });
-    remote.namespaceLagTasks = null;
+  for (const [i, remote] of (json.remotes ?? []).entries()) {
+    if (res.remotes[i]!.inboundLagUnknown) for (const row of remote.inbound ?? []) Object.assign(row, { lagTasks: null, lagMs: null });
+    if (namespaceLagUnknown(res.remotes[i]!)) remote.namespaceLagTasks = null;
   }
   return JSON.stringify(json, null, 2) + "\n";
 }
 
-/** Namespace replication as one more inbound row, shard "ns": unknown with the others (its tasks come on the same link). */
+/** Namespace replication as one more inbound row, shard "ns": unknown with the others (its tasks come on the same link), or alone when its polls fail. */
 function namespaceRow(remote: RemoteClusterReplicationStatus): string[] {
   const lag = remote.namespaceMaxTaskId - remote.namespaceAckedTaskId;
   return [
@@ -73,7 +84,7 @@ function namespaceRow(remote: RemoteClusterReplicationStatus): string[] {
     "ns",
     String(remote.namespaceMaxTaskId),
     String(remote.namespaceAckedTaskId),
-    remote.inboundLagUnknown ? "unknown" : String(lag > 0n ? lag : 0n),
+    namespaceLagUnknown(remote) ? "unknown" : String(lag > 0n ? lag : 0n),
     "",
     connectionOf(remote),
   ];
@@ -117,13 +128,14 @@ const status: LeafCommand = {
     "LAG (TASKS) is MAX TASK ID minus ACKED TASK ID; LAG (MS) is the delay the server measures.",
     "An inbound lag (the ns row's too) is 'unknown' while the remote has not been heard from",
     "lately (it sends at least every 10 s): what it wrote since is not seen; a NOTE line says",
-    "since when.",
+    "since when. The ns row's lag is 'unknown' too while the polls of the remote's namespace",
+    "queue fail (its history may still come): a NOTE line says since when and why.",
     "The DLQ line counts the tasks from each remote held in the DLQ ('tern replication dlq list').",
     "A WARNING line follows for each cluster a global namespace here lists that is not connected",
     "to this one: nothing of that namespace replicates between the two.",
     "With -o json, prints the GetReplicationStatusResponse as protobuf JSON; an unknown inbound",
     "lag (inboundLagUnknown) is lagTasks and lagMs null in that remote's inbound rows, and",
-    "namespaceLagTasks null.",
+    "namespaceLagTasks null (also while namespaceLagUnknown; namespaceError says why).",
   ].join("\n"),
   flags: [],
   async run(ctx) {

@@ -1,0 +1,40 @@
+import { describe, expect, test } from "bun:test";
+import { ConnectError, Code } from "@connectrpc/connect";
+import { createInboundHeard } from "../../replication/inbound-heard";
+
+/** A log on a clock the test moves: history's (a message every 10 s) or namespace replication's (a 20 s long poll, failing polls stale at history's 12 s). */
+function heardOn(kind: "history" | "namespace") {
+  let t = 1_000_000;
+  const log = createInboundHeard(kind === "history" ? { everyMs: 10_000, now: () => t } : { everyMs: 20_000, staleAfterMs: 12_000, now: () => t });
+  return { log, pass: (ms: number) => void (t += ms) };
+}
+
+const unavailable = new ConnectError("HTTP 502", Code.Unavailable);
+
+describe("inbound heard", () => {
+  test.each([
+    // [stream, quiet ms after the last answer, a poll failed since, stale]
+    ["history", 0, false, false],
+    ["history", 12_000, false, false],
+    ["history", 12_001, false, true],
+    ["namespace", 12_001, false, false], // a quiet long poll: nothing to send
+    ["namespace", 22_001, false, true], // past the 20 s the source answers within
+    ["namespace", 11_000, true, false],
+    ["namespace", 12_001, true, true],
+  ] as const)("%s, %i ms quiet, failing %p: stale %p", (kind, quietMs, failing, stale) => {
+    const { log, pass } = heardOn(kind);
+    log.heard("clusterA");
+    pass(quietMs);
+    if (failing) log.failed("clusterA", unavailable);
+    expect(log.of("clusterA").stale).toBe(stale);
+  });
+
+  test("a remote never answered is stale, with why its calls fail; an answer clears the error", () => {
+    const { log } = heardOn("namespace");
+    expect(log.of("clusterA")).toEqual({ stale: true, error: undefined });
+    log.failed("clusterA", unavailable);
+    expect(log.of("clusterA")).toEqual({ stale: true, error: "[unavailable] HTTP 502" });
+    log.heard("clusterA");
+    expect(log.of("clusterA")).toMatchObject({ stale: false, error: undefined });
+  });
+});
