@@ -19,6 +19,8 @@ export interface NamespaceReceiverDeps {
   metrics?: Metrics;
   /** A replicated change made this cluster active for ns (timers due there must fire now). */
   onActivated?: (ns: NamespaceRecord) => void;
+  /** A replicated change was saved here (an activation too). */
+  onChanged?: (ns: NamespaceRecord) => void;
   /** A backfill job was committed (wakes the backfill streams). */
   onBackfillStarted?: () => void;
   /** Awaited before each task is applied (tests: holds this cluster's view of a namespace change). */
@@ -53,6 +55,7 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
     if (result.outcome === "skipped") return;
     deps.namespaces.invalidate(result.record);
     log.info("namespace replicated", { remote: key.remote, namespace: result.record?.name, outcome: result.outcome, taskId: Number(task.taskId) });
+    deps.onChanged?.(result.record!);
     if (result.activated) deps.onActivated?.(result.record!);
     if (result.joined) deps.onBackfillStarted?.();
   }

@@ -138,8 +138,8 @@ export interface TernServer {
    * grace period out on them.
    */
   endLongPolls(): Promise<void>;
-  /** How many hooks wait on a namespace becoming active here (tests: calls that ended leave none behind). */
-  activatedHookCount(): number;
+  /** How many hooks wait on namespace changes here (tests: calls that ended leave none behind). */
+  changedHookCount(): number;
   close(): Promise<void>;
 }
 
@@ -182,9 +182,15 @@ function wireCore({ config, opts, log, now, database, cluster }: Base) {
     void timers.rescan();
     for (const hook of activatedHooks) hook(ns);
   };
-  const whenActivated = (hook: (ns: NamespaceRecord) => void) => (activatedHooks.add(hook), () => void activatedHooks.delete(hook));
+  // Every namespace change saved here, replicated or made here: a forwarded failover's wait for its
+  // switch reads them (operator-handler.ts), as one that overtook it. A Set for the same reason.
+  const changedHooks = new Set<(ns: NamespaceRecord) => void>();
+  const onChanged = (ns: NamespaceRecord) => {
+    for (const hook of changedHooks) hook(ns);
+  };
+  const whenChanged = (hook: (ns: NamespaceRecord) => void) => (changedHooks.add(hook), () => void changedHooks.delete(hook));
   const registry = createNamespaceRegistry({
-    db, clusters, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY), onActivated,
+    db, clusters, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY), onActivated, onChanged,
   });
   const namespaces = opts.wrapNamespaces?.(registry) ?? registry;
   // Task ids committed per shard: the writer records them, the sender's long polls read them.
@@ -208,7 +214,7 @@ function wireCore({ config, opts, log, now, database, cluster }: Base) {
     onTimerCreated: (at) => timers.scheduled(at),
   });
   const queries = createHistoryQueries({ db, namespaces, notifier });
-  return { db, metrics, clusters, notifier, outboxMarks, outboxTail, onActivated, activatedHooks, whenActivated, namespaces, writer, applyWriter, timers, engine, queries };
+  return { db, metrics, clusters, notifier, outboxMarks, outboxTail, onActivated, activatedHooks, onChanged, changedHooks, whenChanged, namespaces, writer, applyWriter, timers, engine, queries };
 }
 
 type Core = ReturnType<typeof wireCore>;
@@ -226,7 +232,7 @@ function wireReplication({ opts, log, now, cluster, database }: Base, core: Core
   });
   const backfill = createBackfillReceiver({ db, applier, namespaces, writer, notifier, log, now, historyPageBytes: opts.replication?.historyPageBytes });
   const namespaceReceiver = createNamespaceReceiver({
-    db, currentCluster: cluster.clusterName, namespaces, log, metrics, now, onActivated, onBackfillStarted: backfill.wake,
+    db, currentCluster: cluster.clusterName, namespaces, log, metrics, now, onActivated, onChanged: core.onChanged, onBackfillStarted: backfill.wake,
     beforeApply: opts.replication?.beforeNamespaceApply, staleAfterMs: historyReceiver.staleAfterMs,
   });
   // Becoming active: settle the conflicts resolved while this cluster was passive.
@@ -285,7 +291,7 @@ function wireRoutes({ config, opts, log, now, cluster }: Base, core: Core, repl:
     operator: createOperatorHandler({
       db, clusters, namespaces, remotes: repl.remotes, version: VERSION, clients,
       connectionState: (name) => manager.connectionState(name),
-      failover: repl.failover, forwardTimeoutMs: opts.forwardTimeoutMs, whenActivated: core.whenActivated,
+      failover: repl.failover, forwardTimeoutMs: opts.forwardTimeoutMs, whenChanged: core.whenChanged,
     }),
     admin: withPullHooks(
       createAdminHandler({
@@ -385,7 +391,7 @@ function wire(
     refuseUnserved,
     fetch: (req) => app.fetch(req),
     endLongPolls,
-    activatedHookCount: () => core.activatedHooks.size,
+    changedHookCount: () => core.changedHooks.size,
     async close() {
       if (closed) return;
       closed = true;

@@ -4,6 +4,7 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { CurrentCluster } from "../cluster/bootstrap";
 import type { ClusterDirectory } from "../cluster/directory";
 import { OperatorService, ClusterInfoSchema, type ClusterInfo } from "../gen/tern/operator/v1/service_pb";
+import { failedPrecondition } from "../errors";
 import { deleteNamespace } from "../namespace/delete";
 import type { NamespaceRecord, NamespaceRegistry } from "../namespace/registry";
 import type { Db } from "../persistence/database";
@@ -30,8 +31,8 @@ export interface OperatorHandlerDeps {
   clients: RemoteClientPool;
   /** FORWARD_TIMEOUT_MS unless set (tests). */
   forwardTimeoutMs?: number;
-  /** Subscribes hook to namespaces becoming active in this cluster (server.ts activatedHooks); returns its unsubscribe. */
-  whenActivated: (hook: (ns: NamespaceRecord) => void) => () => void;
+  /** Subscribes hook to the namespace changes saved in this cluster (server.ts changedHooks); returns its unsubscribe. */
+  whenChanged: (hook: (ns: NamespaceRecord) => void) => () => void;
 }
 
 const FAILOVER_TIMEOUT_MS = 10_000;
@@ -71,33 +72,34 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
   const toProto = (row: typeof clusterMetadata.$inferSelect) => clusterToProto(row, current, version, connectionState);
 
   /**
-   * Waits until this cluster's namespace is at version or past it (active here), up to
-   * SWITCH_HEARD_WAIT_MS or the call's end: woken as the switch makes it active here, not by
-   * reading it every few ms. Servers sharing one PostgreSQL database: when another of them
-   * applies the switch first, this one's receiver skips it and wakes nothing, so the namespace
-   * is read again every SWITCH_RECHECK_MS too.
+   * Waits until this cluster's namespace is at version or past it, up to SWITCH_HEARD_WAIT_MS or
+   * the call's end, and returns it as seen then (undefined if not seen): woken as a change to it
+   * is saved here (the switch, or a later failover that overtook it), not by reading it every
+   * few ms. Servers sharing one PostgreSQL database: when another of them applies the change
+   * first, this one's receiver skips it and wakes nothing, so the namespace is read again every
+   * SWITCH_RECHECK_MS too.
    */
-  async function heardOfSwitch(name: string, version: number, signal: AbortSignal): Promise<void> {
-    if (signal.aborted) return;
-    let done!: () => void;
-    const heard = new Promise<void>((resolve) => (done = resolve));
-    // Subscribed before the read: a switch applied between the two is heard, not waited out.
-    const unsubscribe = deps.whenActivated((ns) => {
-      if (ns.name === name && ns.failoverVersion >= version) done();
-    });
+  async function heardOfSwitch(name: string, version: number, signal: AbortSignal): Promise<NamespaceRecord | undefined> {
+    if (signal.aborted) return undefined;
+    let done!: (ns?: NamespaceRecord) => void;
+    const heard = new Promise<NamespaceRecord | undefined>((resolve) => (done = resolve));
+    const reached = (ns: NamespaceRecord) => {
+      if (ns.name === name && ns.failoverVersion >= version) done(ns);
+    };
+    // Subscribed before the read: a change saved between the two is heard, not waited out.
+    const unsubscribe = deps.whenChanged(reached);
     const timer = setTimeout(done, SWITCH_HEARD_WAIT_MS);
-    const recheck = setInterval(() => {
-      namespaces.describe({ name }).then((ns) => ns.failoverVersion >= version && done(), () => {});
-    }, SWITCH_RECHECK_MS);
-    signal.addEventListener("abort", done);
+    const recheck = setInterval(() => void namespaces.describe({ name }).then(reached, () => {}), SWITCH_RECHECK_MS);
+    const aborted = () => done();
+    signal.addEventListener("abort", aborted);
     try {
-      if ((await namespaces.describe({ name })).failoverVersion >= version) return;
-      await heard;
+      const here = await namespaces.describe({ name });
+      return here.failoverVersion >= version ? here : await heard;
     } finally {
       unsubscribe();
       clearTimeout(timer);
       clearInterval(recheck);
-      signal.removeEventListener("abort", done);
+      signal.removeEventListener("abort", aborted);
     }
   }
 
@@ -141,7 +143,16 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
         // Asked here to fail over to here: answered once this cluster has the switch (namespace
         // replication brings it a few ms after the active answers), so a write sent here next is
         // taken here rather than refused as if the old active still were.
-        if (r.targetCluster === current.clusterName) await heardOfSwitch(r.namespace, Number(res.namespace?.failoverVersion ?? 0), ctx.signal);
+        if (r.targetCluster !== current.clusterName) return res;
+        const version = Number(res.namespace?.failoverVersion ?? 0);
+        const seen = await heardOfSwitch(r.namespace, version, ctx.signal);
+        // A later failover elsewhere reached this cluster first: what was asked for is undone already.
+        if (seen && seen.activeClusterName !== current.clusterName) {
+          throw failedPrecondition(
+            `graceful failover of namespace ${r.namespace} to ${current.clusterName} (version ${version}) was overtaken by a later failover to ` +
+              `${seen.activeClusterName} (version ${seen.failoverVersion}) before ${current.clusterName} heard of it: ${r.namespace} is active in ${seen.activeClusterName}`,
+          );
+        }
         return res;
       }
       const res = await deps.failover.run(r.namespace, r.targetCluster, timeoutMs, ctx.signal);

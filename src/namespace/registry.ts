@@ -77,6 +77,8 @@ export interface NamespaceRegistryDeps {
   onReplicated?: () => void;
   /** A change made this cluster active for ns (the timer queue fires what became due). */
   onActivated?: (ns: NamespaceRecord) => void;
+  /** An update saved ns (an activation too). */
+  onChanged?: (ns: NamespaceRecord) => void;
 }
 
 /** Creates the namespace registry over the namespaces table. */
@@ -211,7 +213,7 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
       const base = promoted ? { ...row, ...promoted } : row;
       const changes = applyUpdate(base, input, known);
       const next = promoted ? { ...promoted, ...changes } : changes;
-      if (!next) return { saved: row, activated: false };
+      if (!next) return { saved: row, changed: false, activated: false };
       if (next.clusters) await clusters.hold(tx, next.clusters);
       // Ordered against writes and conflict resolution, which read the namespace under the barrier.
       if (row.isGlobal || promoted) await lockNamespaceBarrier(tx, row.id);
@@ -222,11 +224,12 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
         .returning();
       if (!saved) throw failedPrecondition(`namespace ${input.name} changed concurrently; retry`);
       if (saved.isGlobal) await appendNamespaceTask(tx, saved, row.clusters);
-      return { saved, activated: saved.activeClusterName !== row.activeClusterName && saved.activeClusterName === clusters.current().clusterName };
+      return { saved, changed: true, activated: saved.activeClusterName !== row.activeClusterName && saved.activeClusterName === clusters.current().clusterName };
     }, input.signal);
     forget(updated.saved);
     remember(updated.saved);
     if (updated.saved.isGlobal) deps.onReplicated?.();
+    if (updated.changed) deps.onChanged?.(updated.saved);
     if (updated.activated) deps.onActivated?.(updated.saved);
     return updated.saved;
   }

@@ -7,7 +7,9 @@ import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { rejects } from "../support/rejects";
-import { describeOn, expectActiveOn, startOrdersPair } from "./mesh";
+import { readAckLevel, namespaceQueueMax } from "../../replication/namespace-queue";
+import { startHttpProxy, type HttpProxy } from "../support/http-proxy";
+import { addr, describeOn, eventuallyOn, expectActiveOn, startClusters, startOrdersPair } from "./mesh";
 
 setDefaultTimeout(90_000);
 
@@ -74,6 +76,52 @@ for (const store of await testStores()) {
       await expectActiveOn(b, "handed", "clusterB", 2n);
       const res = await b.client(OperatorService).failoverNamespace({ namespace: "handed", targetCluster: "clusterA" });
       expect(res.namespace!.failoverVersion).toBe(101n);
+    });
+  });
+
+  // B reaches A through an HTTP proxy (its namespace polls can be failed there alone); every other pair directly.
+  describe(`a forwarded graceful failover overtaken before the asker heard of it, three clusters on ${store}`, () => {
+    let a: TestCluster, b: TestCluster, c: TestCluster, link: HttpProxy;
+    beforeAll(async () => {
+      [a, b, c] = await startClusters(store, [{}, {}, {}]);
+      link = startHttpProxy(addr(a));
+      for (const [x, y] of [[a, b], [a, c], [b, c], [c, a], [c, b]] as const) await x.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(y) });
+      await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: `127.0.0.1:${link.port}` });
+      await a.client(WorkflowService).registerNamespace({ namespace: "orders", isGlobalNamespace: true, clusters: ["clusterA", "clusterB", "clusterC"] });
+      for (const x of [b, c]) await eventuallyOn(x, "orders", () => {});
+    });
+    afterAll(async () => {
+      link.failPaths(undefined);
+      await Promise.all([a, b, c].map((x) => x.destroy()));
+      await link.close();
+    });
+
+    test("TestForwardedFailoverOvertakenBeforeTheAskerHeardAnswersAsItHearsTheLaterOne, naming the cluster that took over", async () => {
+      // B acked all of A's namespace queue (the failover's handover point) before its polls of A fail.
+      const bAck = () => readAckLevel(a.server.database.db, { remote: "clusterB", direction: "outbound", queue: "namespace", shardId: 0 });
+      await eventually(async () => expect(await bAck()).toBe(await namespaceQueueMax(a.server.database.db)));
+      link.failPaths((path) => path.endsWith("/GetNamespaceReplicationTasks"));
+      let answeredAt = 0;
+      const asked = b.client(OperatorService).failoverNamespace({ namespace: "orders", targetCluster: "clusterB", timeout: { seconds: 10n } })
+        .finally(() => (answeredAt = performance.now()));
+      // A switches to B (forwarded to it by B); C hears it, B cannot. C then takes the namespace by force, and B hears that.
+      await expectActiveOn(a, "orders", "clusterB", 2n);
+      await expectActiveOn(c, "orders", "clusterB", 2n);
+      await c.client(WorkflowService).updateNamespace({ namespace: "orders", activeClusterName: "clusterC" });
+      const overtaken = performance.now();
+      await rejects(
+        asked,
+        Code.FailedPrecondition,
+        "graceful failover of namespace orders to clusterB (version 2) was overtaken by a later failover to clusterC (version 3) before clusterB heard of it: orders is active in clusterC",
+      );
+      // As B applies C's change (before: at B's next read of the namespace, up to 1 s later, with A's answer: active in B).
+      expect(answeredAt - overtaken).toBeLessThan(1_000);
+      const here = await describeOn(b, "orders");
+      expect([here.replicationConfig!.activeClusterName, here.failoverVersion]).toEqual(["clusterC", 3n]);
+      link.failPaths(undefined);
+      // A's switch, reaching B late, changes nothing there.
+      await eventually(async () => expect(await bAck()).toBe(await namespaceQueueMax(a.server.database.db)));
+      expect((await describeOn(b, "orders")).replicationConfig!.activeClusterName).toBe("clusterC");
     });
   });
 }

@@ -189,7 +189,7 @@ for (const store of await testStores()) {
     };
 
     test("TestAFailoverToTheAskerWaitsForTheSwitchToActivateItThere, not reading its namespace over and over, and leaves no hook behind", async () => {
-      const hooks = a.server.activatedHookCount();
+      const hooks = a.server.changedHookCount();
       for (let i = 0; i < 6; i++) {
         await bTakesIt();
         const held = i === 0;
@@ -203,7 +203,7 @@ for (const store of await testStores()) {
             // switch before it waits (before: one every 20 ms, about 25 in this half second).
             await new Promise((r) => setTimeout(r, 500));
             expect(aReads.orders - readsBefore).toBeLessThanOrEqual(2);
-            expect(a.server.activatedHookCount()).toBe(hooks + 1);
+            expect(a.server.changedHookCount()).toBe(hooks + 1);
           } finally {
             aNamespaceChanges.open();
           }
@@ -213,22 +213,22 @@ for (const store of await testStores()) {
         // Answered as the switch activates A, well within the 5 s the wait is bounded by.
         if (held) expect(performance.now() - opened).toBeLessThan(1_000);
         expect((await describeOn(a, "orders")).failoverVersion).toBe(res.namespace!.failoverVersion);
-        expect(a.server.activatedHookCount()).toBe(hooks);
+        expect(a.server.changedHookCount()).toBe(hooks);
       }
     });
 
     test("TestACallerThatGivesUpWhileTheAskerWaitsForTheSwitchLeavesNoHookBehind", async () => {
-      const hooks = a.server.activatedHookCount();
+      const hooks = a.server.changedHookCount();
       await bTakesIt();
       aNamespaceChanges.close();
       const caller = new AbortController();
       try {
         const asked = a.client(OperatorService).failoverNamespace({ namespace: "orders", targetCluster: "clusterA", timeout: { seconds: 10n } }, { signal: caller.signal });
         await eventuallyOn(b, "orders", (ns) => expect(ns.replicationConfig!.activeClusterName).toBe("clusterA"));
-        await eventually(() => expect(a.server.activatedHookCount()).toBe(hooks + 1));
+        await eventually(() => expect(a.server.changedHookCount()).toBe(hooks + 1));
         caller.abort();
         await rejects(asked, Code.Canceled, "");
-        await eventually(() => expect(a.server.activatedHookCount()).toBe(hooks), { timeout: 2_000 });
+        await eventually(() => expect(a.server.changedHookCount()).toBe(hooks), { timeout: 2_000 });
       } finally {
         aNamespaceChanges.open();
       }
