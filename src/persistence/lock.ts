@@ -1,4 +1,5 @@
-import { closeSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, rmdirSync, statSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, rmdirSync, statSync, unlinkSync, utimesSync, writeFileSync, writeSync } from "node:fs";
+import { hostname } from "node:os";
 import { join } from "node:path";
 import { FIRST_START_MARKER } from "./pglite-first-start";
 
@@ -41,24 +42,60 @@ function startOf(pid: number): { alive: boolean; identity?: string } {
   return { alive: fields[0] !== "Z", identity: `${boot}/${fields[19]}` };
 }
 
-/** Whether the lock's owner (its file's "pid identity") still runs: the same process, not a later one given its pid. */
-function ownerRuns(owner: number, identity: string | undefined): boolean {
-  if (!Number.isFinite(owner) || owner === process.pid) return false;
+/**
+ * This process's host as its lock names it: the machine's, or the container's (each container
+ * has a host name and a pid space of its own; processes on two hosts sharing a data dir, on a
+ * shared volume, cannot see each other's pids).
+ */
+const HOST = encodeURIComponent(hostname()) || "-";
+
+/** How often a held lock's file is touched, so that processes on other hosts can tell it is held. */
+const RENEW_MS = 5_000;
+
+/**
+ * How long after its last touch a lock taken on another host counts as left by a process that is
+ * gone. A process that holds one touches it every RENEW_MS.
+ */
+export const FOREIGN_LOCK_LEASE_MS = 30_000;
+
+/**
+ * Whether the lock's owner (its file's "pid identity host") still runs: on this host, the same
+ * process, not a later one given its pid; on another, one that touched the lock within
+ * FOREIGN_LOCK_LEASE_MS (its pid means nothing here: a process of another container may have
+ * this very pid, pid 1 in both, say). Undefined when it does not run, or else why it is taken for
+ * running.
+ */
+function ownerRuns(owner: number, identity: string | undefined, host: string | undefined, lock: string): string | undefined {
+  if (host !== undefined && host !== HOST) {
+    let age: number;
+    try {
+      age = Date.now() - statSync(lock).mtimeMs;
+    } catch {
+      return undefined; // released meanwhile
+    }
+    if (age >= FOREIGN_LOCK_LEASE_MS) return undefined;
+    return `is in use by process ${owner} on host ${decodeURIComponent(host)} (lock ${lock}, renewed ${Math.max(0, Math.round(age / 1000))} s ago; ` +
+      `a lock from another host is taken over once ${FOREIGN_LOCK_LEASE_MS / 1000} s pass without renewal)`;
+  }
+  if (!Number.isFinite(owner) || owner === process.pid) return undefined;
   const now = startOf(owner);
-  if (!now.alive) return false;
-  return identity === undefined || now.identity === undefined || identity === now.identity;
+  if (!now.alive) return undefined;
+  const same = identity === undefined || identity === "-" || now.identity === undefined || identity === now.identity;
+  return same ? `is in use by process ${owner} (lock ${lock})` : undefined;
 }
 
 /**
  * PGlite takes no lock of its own: two processes on one dir corrupt it. The lock is a
  * file holding the owner's pid (and, on Linux, what tells it from a later process with the
- * same pid), created exclusively; a lock whose owner is gone is stale and taken over.
+ * same pid) and host, created exclusively; a lock whose owner is gone is stale and taken over.
+ * An owner on another host (a container sharing the dir through a volume) is taken for gone
+ * once its lock has not been touched for FOREIGN_LOCK_LEASE_MS.
  */
 export function acquireDataDirLock(dataDir: string): DataDirLock {
   mkdirSync(dataDir, { recursive: true });
   const path = join(dataDir, "tern.lock");
   const { identity } = startOf(process.pid);
-  const mine = identity ? `${process.pid} ${identity}` : String(process.pid);
+  const mine = `${process.pid} ${identity ?? "-"} ${HOST}`;
   // Written whole under a name of this process's own, then linked into place (which fails if a
   // lock is there): created empty and written after, it was read empty by a process starting at
   // the same time, taken for stale, and both went on to open the database.
@@ -67,7 +104,7 @@ export function acquireDataDirLock(dataDir: string): DataDirLock {
   try {
     // Each attempt that meets another process's takeover waits 10 ms: about 2 s in all.
     for (let attempt = 0; attempt < 200; attempt++) {
-      if (place(draft, path, mine)) return heldLock(path);
+      if (place(draft, path, mine)) return heldLock(path, mine);
       let held: string;
       try {
         held = readFileSync(path, "utf8");
@@ -75,13 +112,13 @@ export function acquireDataDirLock(dataDir: string): DataDirLock {
         if ((e as NodeJS.ErrnoException).code === "ENOENT") continue; // released meanwhile
         throw e;
       }
-      // "pid", or "pid identity" (startOf): a pid alone may have been given to another process
-      // since (after a reboot, say), or be a zombie's.
-      const [pid, ownerIdentity] = held.trim().split(" ");
+      // "pid identity host" ("-" for an identity /proc cannot give), or from earlier builds "pid
+      // identity" or "pid": a pid alone may have been given to another process since (after a
+      // reboot, say), or be a zombie's.
+      const [pid, ownerIdentity, ownerHost] = held.trim().split(" ");
       const owner = Number.parseInt(pid!, 10);
-      if (ownerRuns(owner, ownerIdentity)) {
-        throw new DataDirLockedError(`data dir ${dataDir} is in use by process ${owner} (lock ${path})`);
-      }
+      const running = ownerRuns(owner, ownerIdentity, ownerHost, path);
+      if (running) throw new DataDirLockedError(`data dir ${dataDir} ${running}`);
       takeOverStale(path, held);
     }
   } finally {
@@ -153,15 +190,25 @@ function pause(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
-function heldLock(path: string): DataDirLock {
+function heldLock(path: string, mine: string): DataDirLock {
   let released = false;
+  // Touched while held, for processes on other hosts (ownerRuns); a timer that keeps no process alive.
+  const renew = setInterval(() => {
+    try {
+      const now = new Date();
+      utimesSync(path, now, now);
+    } catch {} // released, or the directory gone: nothing to renew
+  }, RENEW_MS);
+  (renew as { unref?: () => void }).unref?.();
   return {
     path,
     release() {
       if (released) return;
       released = true;
+      clearInterval(renew);
       try {
-        if (readFileSync(path, "utf8").trim().split(" ")[0] === String(process.pid)) unlinkSync(path);
+        // Its own lock only: a process of another container may have the same pid.
+        if (readFileSync(path, "utf8") === mine) unlinkSync(path);
       } catch {}
     },
   };

@@ -1,7 +1,8 @@
 import { setDefaultTimeout, afterAll, describe, expect, test } from "bun:test";
 import { Code } from "@connectrpc/connect";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, utimesSync, writeFileSync } from "node:fs";
+import { hostname } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { sql } from "drizzle-orm";
@@ -187,6 +188,44 @@ describe("PGlite data dir lock", () => {
       await (await startTestCluster({ store: "pglite", dataLocation: data.location })).stop();
     } finally {
       parent.kill();
+    }
+  });
+
+  // Two containers sharing a data dir through a volume: neither sees the other's processes, and
+  // both may be pid 1. A lock from another host was taken for this process's own leftover (same
+  // pid) or for a dead process's (a pid not running here), and both opened the database.
+  test("TestALockFromAnotherHostHoldsWhileItIsRenewed: even with this process's pid; taken over once it is not", async () => {
+    const data = await newDataLocation("pglite");
+    cleanups.push(data.remove);
+    const lock = join(data.location, "tern.lock");
+    await (await startTestCluster({ store: "pglite", dataLocation: data.location })).stop();
+    writeFileSync(lock, `${process.pid} 00000000-0000-0000-0000-000000000000/1 other-container`);
+    const e = await startTestCluster({ store: "pglite", dataLocation: data.location }).then(async (x) => (await x.stop(), undefined), (err) => err as Error);
+    expect(e?.message).toContain(`is in use by process ${process.pid} on host other-container (lock ${lock}, renewed 0 s ago; a lock from another host is taken over once 30 s pass without renewal)`);
+    expect(readFileSync(lock, "utf8")).toContain("other-container");
+    // Its holder gone: 30 s without renewal.
+    const old = new Date(Date.now() - 31_000);
+    utimesSync(lock, old, old);
+    const c = await startTestCluster({ store: "pglite", dataLocation: data.location });
+    try {
+      expect(readFileSync(lock, "utf8")).toBe(`${process.pid} ${readFileSync(lock, "utf8").split(" ")[1]} ${hostname()}`);
+    } finally {
+      await c.stop();
+    }
+    expect(existsSync(lock)).toBe(false);
+  });
+
+  test("TestAHeldLockIsRenewed, so that processes on other hosts see it held", async () => {
+    const data = await newDataLocation("pglite");
+    cleanups.push(data.remove);
+    const lock = join(data.location, "tern.lock");
+    const c = await startTestCluster({ store: "pglite", dataLocation: data.location });
+    try {
+      const old = new Date(Date.now() - 60_000);
+      utimesSync(lock, old, old);
+      await eventually(() => expect(Date.now() - statSync(lock).mtimeMs).toBeLessThan(10_000), { timeout: 15_000 });
+    } finally {
+      await c.stop();
     }
   });
 
