@@ -47,10 +47,20 @@ export function lockRunKeysPart(keys: RunKey[]): StatementPart | undefined {
   return { ctes: [], columns: [["run_keys_locked", lockKeysColumn(rows)]], params: padRows(keys.map(runKeyText), rows, 1) };
 }
 
+// The runs in key order, each one's row locked in turn through the primary key, as lockRun locks
+// it. Written for paddedRows(n) runs: the null rows after the n are passed over.
 const lockRunsText = textCache((rows: number) =>
-  `select ${executionsSql.all()} from ${executionsSql.table} where (${keyList()}) in (values ${valuesList(rows, KEY.length)}) order by ${keyList()} for update`);
+  `select r.* from (select distinct ns, wf, run from (values ${valuesList(rows, KEY.length, ["text", "text", "text"])}) as v(ns, wf, run) ` +
+  `where ns is not null order by ns, wf, run) as k cross join lateral (select ${executionsSql.all()} from ${executionsSql.table} ` +
+  `where ${executionsSql.name("namespaceId")} = k.ns and ${executionsSql.name("workflowId")} = k.wf and ${executionsSql.name("runId")} = k.run for update) as r`);
 
-/** The rows of the runs that exist among keys, locked for the transaction, by runKeyText; one statement (per 1,024 keys). */
+/**
+ * The rows of the runs that exist among keys, locked for the transaction, by runKeyText; one
+ * statement (per 1,024 keys). Each key is looked up on its own, as lockCurrentRuns does: a semi
+ * join of executions on the keys (`where (key) in (values ...)`) was planned, for a full
+ * statement, as a read of every run up to some 150,000 of them (1,024 index lookups cost the
+ * planner more), so its cost grew with the table instead of the keys.
+ */
 export async function lockRuns(tx: Tx, keys: RunKey[]): Promise<Map<string, ExecutionRow>> {
   const found = await Promise.all(paddedChunks(keys).map(({ chunk, rows }) => runStatement(tx, lockRunsText(rows), padRows(keyParams(chunk), rows, KEY.length))));
   return new Map(found.flat().map((r) => {

@@ -1,5 +1,5 @@
 import { beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { and, eq, like } from "drizzle-orm";
+import { and, eq, like, sql } from "drizzle-orm";
 import { createHistoryApplier } from "../../replication/applier";
 import type { CurrentCluster } from "../../src/cluster/bootstrap";
 import { eventFromRow } from "../../src/history/events";
@@ -8,18 +8,39 @@ import { lockRunKeys, lockRuns, saveRuns } from "../../src/history/run-batches";
 import type { NamespaceRecord, NamespaceRegistry } from "../../src/namespace/registry";
 import { createLogger } from "../../src/observability/log";
 import type { Tx } from "../../src/persistence/database";
+import { runStatement } from "../../src/persistence/raw-statements";
 import { executions, historyEvents, requestIds, timerTasks } from "../../src/persistence/schema";
 import { useTestDatabase } from "../support/server";
 import { testStores } from "../support/stores";
 
 setDefaultTimeout(60_000);
 
-/** tx, counting the statements issued on it and keeping their texts (every statement here goes through prepareQuery). */
+/** tx, counting the statements issued on it and keeping their texts and parameters (every statement here goes through prepareQuery). */
 function counting(tx: Tx) {
   const texts: string[] = [];
+  const params: unknown[][] = [];
   const session = tx._.session;
-  const wrapped = { _: { session: { prepareQuery: (...a: Parameters<typeof session.prepareQuery>) => (texts.push(a[0].sql), session.prepareQuery(...a)) } } };
-  return { tx: wrapped as unknown as Tx, statements: () => texts.length, texts };
+  const wrapped = { _: { session: { prepareQuery: (...a: Parameters<typeof session.prepareQuery>) => (texts.push(a[0].sql), params.push(a[0].params), session.prepareQuery(...a)) } } };
+  return { tx: wrapped as unknown as Tx, statements: () => texts.length, texts, params };
+}
+
+type PlanNode = { "Node Type": string; "Relation Name"?: string; "Index Name"?: string; Plans?: PlanNode[] };
+const planNodes = (node: PlanNode): PlanNode[] => [node, ...(node.Plans ?? []).flatMap(planNodes)];
+const literal = (p: unknown) => (p === null ? "null" : `'${String(p).replaceAll("'", "''")}'`);
+
+/**
+ * How PostgreSQL reads executions for the statement text with params, as a prepared statement
+ * (postgres.js prepares every one) planned for these params (custom) or for any (generic, which
+ * it keeps after five executions when that costs no more): each scan of executions, by index.
+ */
+async function executionsScans(tx: Tx, text: string, params: unknown[], mode: "force_custom_plan" | "force_generic_plan"): Promise<string[]> {
+  await runStatement(tx, `set local plan_cache_mode = ${mode}`, []);
+  await runStatement(tx, `prepare planned as ${text}`, []);
+  const [row] = await runStatement(tx, `explain (format json) execute planned(${params.map(literal).join(", ")})`, []);
+  await runStatement(tx, "deallocate planned", []);
+  const plan = row!["QUERY PLAN"];
+  const [{ Plan }] = (typeof plan === "string" ? JSON.parse(plan) : plan) as [{ Plan: PlanNode }];
+  return planNodes(Plan).filter((n) => n["Relation Name"] === "executions").map((n) => `${n["Node Type"]} ${n["Index Name"] ?? ""}`.trim());
 }
 
 const NS = "ns-1";
@@ -244,6 +265,25 @@ for (const store of await testStores()) {
       const ids = await opened.database.db.select().from(requestIds).where(eq(requestIds.namespaceId, NS));
       expect(events.filter((e) => all.includes(Number(e.workflowId.slice(3)))).map((e) => e.workflowId).sort()).toEqual(all.map((i) => `wf-${i}`).sort());
       expect(ids.filter((r) => all.includes(Number(r.workflowId.slice(3)))).map((r) => r.requestId).sort()).toEqual(all.map((i) => `req-${i}`).sort());
+    });
+
+    test("LockingAPageOfRunsReadsOnlyTheirRows: 1,024 runs among 20,000 are found through the primary key, in the plan kept for any keys too", async () => {
+      // Made by one statement: runs of a namespace of their own, then statistics as autovacuum keeps them.
+      await opened.database.db.execute(sql.raw(
+        `insert into executions (namespace_id, workflow_id, run_id, shard_id, workflow_type, task_queue, status, start_time, next_event_id, last_write_version, version_history) ` +
+        `select 'ns-many', 'wf-' || i, 'run-' || i, 1, 'T', 'q', 'RUNNING', now(), 2, 1, '[{"eventId": 1, "version": 1}]' from generate_series(1, 20000) as i`));
+      await opened.database.db.execute(sql.raw("analyze executions"));
+      const keys = Array.from({ length: 1024 }, (_, i) => ({ namespaceId: "ns-many", workflowId: `wf-${i * 19 + 1}`, runId: `run-${i * 19 + 1}` }));
+      await opened.database.db.transaction(async (tx) => {
+        const c = counting(tx);
+        const found = await lockRuns(c.tx, keys);
+        expect(found.size).toBe(1024);
+        expect(c.statements()).toBe(1);
+        // A semi join on the keys read all 20,000 (a Seq Scan): 1,024 lookups cost the planner more, up to some 150,000 runs.
+        for (const mode of ["force_custom_plan", "force_generic_plan"] as const) {
+          expect(await executionsScans(tx, c.texts[0]!, c.params[0]!, mode)).toEqual(["Index Scan executions_namespace_id_workflow_id_run_id_pk"]);
+        }
+      });
     });
   });
 }
