@@ -154,11 +154,14 @@ export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
     // Timers fire only where the namespace is active; the new active fires them after a failover.
     if (ns && ns.isGlobal && ns.activeClusterName !== deps.currentCluster) return;
     const closed = await writer.transact("FireTimer", async (tx) => {
-      // The namespace's barrier before any row lock, as a delete of the namespace takes them.
+      // The namespace's barrier before any row lock, as a delete of the namespace takes them;
+      // then the run's row before its timer's, as a write that closes the run takes them (it
+      // deletes the run's timers): the timer's first, a fire and a close of one run each held
+      // the lock the other waited for, until PostgreSQL ended one of them a second later.
       if (ns) await writer.guard(tx, ns);
+      const run = ns ? await lockRun(tx, task.namespaceId, task.workflowId, task.runId) : undefined;
       const gone = await tx.delete(timerTasks).where(eq(timerTasks.id, task.id)).returning({ id: timerTasks.id });
       if (gone.length === 0 || !ns) return false; // another process fired it, or the namespace is gone
-      const run = await lockRun(tx, task.namespaceId, task.workflowId, task.runId);
       if (!run || run.status !== "RUNNING") return false;
       await writer.append(tx, ns, run, {
         status: "TIMED_OUT",
