@@ -6,11 +6,9 @@ import type { CurrentCluster } from "../src/cluster/bootstrap";
 import { peerUnreachable, type RemoteClientPool } from "../src/cluster/remote-client";
 import { invalidArgument, notFound } from "../src/errors";
 import {
-  ExecutionChecksumSchema,
   GetExecutionChecksumsResponseSchema,
   VerifyReplicationResponseSchema,
   type ExecutionChecksum,
-  type ExecutionDifference,
   type GetExecutionChecksumsRequest,
   type GetExecutionChecksumsResponse,
   type VerifyReplicationRequest,
@@ -22,13 +20,18 @@ import { rowsOf } from "../src/persistence/migrate";
 import { clusterMetadata, executions, historyEvents as h, namespaces } from "../src/persistence/schema";
 import { shown } from "../src/shown";
 import { digestUnless, pagedDigest, PagedDigestProgress, renderedBytesBound, SQL_DIGEST_BYTES } from "./run-digest";
+import { behindOf, compareChecksums, MAX_PREFIXES, type Prefix, type PrefixFetch } from "./verify-compare";
+import { carried, carryOf, FIRST_PAGE, keyOf, nextSideToken, sideToken, splitAtFrontier, VerifyToken, type RunChecksum } from "./verify-page";
 
-/** How far the digest of a run (by workflow id and run id) got when a page stopped in it. */
-const RunProgress = PagedDigestProgress.extend({ w: z.string(), r: z.string() });
+/** How far the digest of a run (by workflow id and run id; a prefix's event count too) got when a page stopped in it. */
+const RunProgress = PagedDigestProgress.extend({ w: z.string(), r: z.string(), n: z.number().int().optional() });
 type RunProgress = z.infer<typeof RunProgress>;
 
 /** GetExecutionChecksums' token: the last run's workflow id and run id, and the next run's progress if a page stopped in it. */
 const RUN_TOKEN = z.object({ w: z.string(), r: z.string(), p: RunProgress.optional() });
+
+/** The token of an answer for prefixes: the last prefix answered (run and event count), and the next one's progress if the answer stopped in it. */
+const PREFIX_TOKEN = RUN_TOKEN.extend({ n: z.number().int().nonnegative() });
 
 type ChecksumRow = { w: string; r: string; n: string | number | null; event_count: number; taken: boolean; checksum: string | null };
 
@@ -43,9 +46,6 @@ export interface ReplicationVerifierDeps {
 }
 
 type Page = Pick<GetExecutionChecksumsResponse, "executions" | "nextPageToken">;
-type Diff = Omit<ExecutionDifference, "$typeName">;
-/** A run and how many of its first events a prefix checksum covers. */
-type Prefix = Pick<ExecutionChecksum, "workflowId" | "runId" | "eventCount">;
 
 /** Checksum pages are large: the walk over 1,000s of executions takes few round trips. */
 const PAGE = 1000;
@@ -64,10 +64,6 @@ const PAGE_WORK_MS = 30_000;
  */
 const CHECKSUMS_TIMEOUT_MS = 10 * 60_000;
 
-/** Most runs one GetExecutionChecksums call takes prefixes of. */
-const MAX_PREFIXES = 1000;
-
-const keyOf = (x: { workflowId: string; runId: string }) => `${x.workflowId}\u0000${x.runId}`;
 
 /**
  * Checks that two clusters hold the same histories (DESIGN.md section 8): each cluster
@@ -80,7 +76,7 @@ export function createReplicationVerifier({ db, cluster, clients, sqlDigestBytes
     if (!req.namespace) throw invalidArgument("namespace is required");
     const [ns] = await db.select({ id: namespaces.id }).from(namespaces).where(eq(namespaces.name, req.namespace));
     if (!ns) throw notFound(`namespace ${shown(req.namespace)} not found`);
-    if (req.prefixes?.length) return prefixChecksums(ns.id, req.prefixes);
+    if (req.prefixes?.length) return prefixChecksums(ns.id, { ...req, prefixes: req.prefixes }, signal);
     const pageSize = Math.min(Math.max(req.pageSize || PAGE, 1), 5000);
     const after = req.nextPageToken.length ? decodeToken(req.nextPageToken, RUN_TOKEN) : undefined;
     const e = executions;
@@ -97,16 +93,27 @@ export function createReplicationVerifier({ db, cluster, clients, sqlDigestBytes
     return create(GetExecutionChecksumsResponseSchema, { executions: out, nextPageToken: token });
   }
 
-  /** The checksums of the runs asked for over their first eventCount events, as checksums() renders them. */
-  async function prefixChecksums(namespaceId: string, prefixes: Prefix[]): Promise<GetExecutionChecksumsResponse> {
-    if (prefixes.length > MAX_PREFIXES) throw invalidArgument(`at most ${MAX_PREFIXES} prefixes a call, not ${prefixes.length}`);
-    const wanted = JSON.stringify(prefixes.map((p) => ({ w: p.workflowId, r: p.runId, n: Number(p.eventCount) })));
-    const { out } = await checksumRows(namespaceId, sql`
+  /**
+   * The checksums of the runs asked for over their first eventCount events, as checksums()
+   * renders them. Asked with a page size, bounded like a page (at most that many, digesting
+   * large runs for pageWorkMs), in (workflow id, run id, event count) order, with a token to ask
+   * the same prefixes again with: the prefix of a run of several GB takes longer than any wait
+   * for one answer. Without one (callers from before), all of them, however long that takes.
+   */
+  async function prefixChecksums(namespaceId: string, req: { prefixes: Prefix[]; pageSize: number; nextPageToken: Uint8Array }, signal?: AbortSignal): Promise<GetExecutionChecksumsResponse> {
+    if (req.prefixes.length > MAX_PREFIXES) throw invalidArgument(`at most ${MAX_PREFIXES} prefixes a call, not ${req.prefixes.length}`);
+    const paged = req.pageSize > 0;
+    const after = paged && req.nextPageToken.length ? decodeToken(req.nextPageToken, PREFIX_TOKEN) : undefined;
+    const wanted = JSON.stringify(req.prefixes.map((p) => ({ w: p.workflowId, r: p.runId, n: Number(p.eventCount) })));
+    const { out, more, stopped, last } = await checksumRows(namespaceId, sql`
       select wanted.w, wanted.r, wanted.n, count(${h.eventId})::int as event_count, ${renderedBytesBound} as bytes
       from jsonb_to_recordset(${wanted}::jsonb) as wanted(w text, r text, n bigint)
       join ${h} on ${h.namespaceId} = ${namespaceId} and ${h.workflowId} = wanted.w and ${h.runId} = wanted.r and ${h.eventId} <= wanted.n
-      group by wanted.w, wanted.r, wanted.n`);
-    return create(GetExecutionChecksumsResponseSchema, { executions: out });
+      ${after ? sql`where (wanted.w, wanted.r, wanted.n) > (${after.w}, ${after.r}, ${after.n})` : sql``}
+      group by wanted.w, wanted.r, wanted.n`, paged ? { size: Math.min(req.pageSize, MAX_PREFIXES), until: Date.now() + pageWorkMs, resume: after?.p, signal } : undefined);
+    const done = last ?? { w: after?.w ?? "", r: after?.r ?? "", n: after?.n ?? 0 };
+    const token = stopped ? encodeToken({ ...done, p: stopped }) : more ? encodeToken(done) : new Uint8Array(0);
+    return create(GetExecutionChecksumsResponseSchema, { executions: out, nextPageToken: token });
   }
 
   /**
@@ -119,22 +126,26 @@ export function createReplicationVerifier({ db, cluster, clients, sqlDigestBytes
   async function checksumRows(namespaceId: string, runs: SQL, page?: { size: number; until: number; resume?: RunProgress; signal?: AbortSignal | undefined }) {
     const rows = rowsOf(await db.execute(sql`
       select s.w, s.r, s.n, s.event_count, s.taken, case when s.taken then ${digestUnless(sql`s.bytes`, sqlDigestBytes, { namespaceId, workflowId: sql`s.w`, runId: sql`s.r` }, sql`coalesce(s.n, ${h.eventId})`)} end as checksum
-      from (select q.*, ${page ? taken(page.size) : sql`true`} as taken from (${runs}) q) s order by s.w, s.r`)) as ChecksumRow[];
-    const out: { workflowId: string; runId: string; eventCount: bigint; checksum: string }[] = [];
+      from (select q.*, ${page ? taken(page.size) : sql`true`} as taken from (${runs}) q) s order by s.w, s.r, s.n`)) as ChecksumRow[];
+    const out: RunChecksum[] = [];
+    /** The last row answered: its run and, for a prefix, event count. */
+    let last: { w: string; r: string; n: number } | undefined;
     for (const row of rows) {
-      if (!row.taken) return { out, more: true };
+      if (!row.taken) return { out, more: true, last };
+      const n = row.n === null ? undefined : Number(row.n);
       let checksum = row.checksum;
       if (checksum === null) {
         page?.signal?.throwIfAborted();
-        const from = page?.resume?.w === row.w && page.resume.r === row.r ? page.resume : undefined;
+        const from = page?.resume?.w === row.w && page.resume.r === row.r && page.resume.n === n ? page.resume : undefined;
         const run = { namespaceId, workflowId: row.w, runId: row.r };
-        const digest = await pagedDigest(db, run, { ...(row.n !== null && { upTo: Number(row.n) }), ...(from && { from }), ...(page && { until: page.until }) });
-        if ("progress" in digest) return { out, more: true, stopped: { w: row.w, r: row.r, ...digest.progress } };
+        const digest = await pagedDigest(db, run, { ...(n !== undefined && { upTo: n }), ...(from && { from }), ...(page && { until: page.until }) });
+        if ("progress" in digest) return { out, more: true, last, stopped: { w: row.w, r: row.r, ...(n !== undefined && { n }), ...digest.progress } };
         checksum = digest.checksum;
       }
       out.push({ workflowId: row.w, runId: row.r, eventCount: BigInt(row.event_count), checksum });
+      last = { w: row.w, r: row.r, n: n ?? 0 };
     }
-    return { out, more: false };
+    return { out, more: false, last };
   }
 
   /**
@@ -143,32 +154,33 @@ export function createReplicationVerifier({ db, cluster, clients, sqlDigestBytes
    */
   function taken(size: number): SQL {
     const inSql = sql`case when q.bytes <= ${sqlDigestBytes} then q.bytes else 0 end`;
-    return sql`(row_number() over (order by q.w, q.r) <= ${size}
-      and coalesce(sum(${inSql}) over (order by q.w, q.r rows between unbounded preceding and 1 preceding), 0) <= ${sqlDigestBytes})`;
+    return sql`(row_number() over (order by q.w, q.r, q.n) <= ${size}
+      and coalesce(sum(${inSql}) over (order by q.w, q.r, q.n rows between unbounded preceding and 1 preceding), 0) <= ${sqlDigestBytes})`;
   }
 
-  /** AdminService.VerifyReplication: this cluster's checksums against req.cluster's. */
+  /** AdminService.VerifyReplication: this cluster's checksums against req.cluster's; a page of them when asked with a page size. */
   async function verify(req: VerifyReplicationRequest, signal?: AbortSignal): Promise<VerifyReplicationResponse> {
     if (!req.cluster) throw invalidArgument("cluster is required");
     if (req.cluster === cluster.clusterName) throw invalidArgument(`${shown(req.cluster)} is this cluster: name a remote cluster`);
     const [row] = await db.select().from(clusterMetadata).where(eq(clusterMetadata.clusterName, req.cluster));
     if (!row) throw notFound(`cluster ${shown(req.cluster)} is not a remote cluster of ${cluster.clusterName}`);
-    const remote = clients.get(row.rpcAddress).admin;
-    const [local, theirs] = await bothOrNeither(signal, (walk) => [
-      collect((token) => checksums({ namespace: req.namespace, pageSize: PAGE, nextPageToken: token }, walk), walk),
-      collect((token) => remote.getExecutionChecksums({ namespace: req.namespace, pageSize: PAGE, nextPageToken: token }, { signal: walk, timeoutMs: CHECKSUMS_TIMEOUT_MS }), walk).catch((e) => {
+    const admin = clients.get(row.rpcAddress).admin;
+    const peer: Peer = {
+      page: (token, walk) => admin.getExecutionChecksums({ namespace: req.namespace, pageSize: pageOf(req), nextPageToken: token }, { signal: walk, timeoutMs: CHECKSUMS_TIMEOUT_MS }).catch((e) => {
         // The remote's NOT_FOUND is of its copy: say whose it is.
         if (e instanceof ConnectError && e.code === Code.NotFound) throw notFound(`namespace ${req.namespace} is not on cluster ${req.cluster} (is it one of the namespace's clusters?): ${e.rawMessage}`);
         throw peerUnreachable(e, req.cluster);
       }),
-    ]);
-    const { missing, extra, diverging } = compareChecksums(local, theirs);
-    const behind = await behindOf(diverging, {
-      local: (chunk) => checksums({ namespace: req.namespace, pageSize: 0, nextPageToken: new Uint8Array(0), prefixes: chunk }),
-      // A remote from before prefixes answers a page instead: its entries match none asked for.
-      remote: (chunk) => remote.getExecutionChecksums({ namespace: req.namespace, prefixes: chunk }, { signal, timeoutMs: CHECKSUMS_TIMEOUT_MS }).catch((e) => {
+      // A remote from before paged prefixes answers them all at once; one from before prefixes, a page of the namespace instead.
+      prefixes: (chunk, token) => admin.getExecutionChecksums({ namespace: req.namespace, pageSize: MAX_PREFIXES, nextPageToken: token, prefixes: chunk }, { signal, timeoutMs: CHECKSUMS_TIMEOUT_MS }).catch((e) => {
         throw peerUnreachable(e, req.cluster);
       }),
+    };
+    const { local, theirs, nextPageToken } = req.pageSize > 0 ? await comparedPage(req, peer, signal) : await wholeWalks(req, peer, signal);
+    const { missing, extra, diverging } = compareChecksums(local, theirs);
+    const behind = await behindOf(diverging, {
+      local: (chunk, token) => checksums({ namespace: req.namespace, pageSize: MAX_PREFIXES, nextPageToken: token, prefixes: chunk }, signal),
+      remote: peer.prefixes,
     });
     return create(VerifyReplicationResponseSchema, {
       clusterName: cluster.clusterName,
@@ -179,7 +191,46 @@ export function createReplicationVerifier({ db, cluster, clients, sqlDigestBytes
       extra,
       diverging: diverging.filter((d) => !behind.includes(d)),
       behind,
+      nextPageToken,
     });
+  }
+
+  /** Both sides' walks through the whole namespace (a caller from before pages). */
+  async function wholeWalks(req: VerifyReplicationRequest, peer: Peer, signal?: AbortSignal) {
+    const [local, theirs] = await bothOrNeither(signal, (walk) => [
+      collect((token) => checksums({ namespace: req.namespace, pageSize: PAGE, nextPageToken: token }, walk), walk),
+      collect((token) => peer.page(token, walk), walk),
+    ]);
+    return { local, theirs, nextPageToken: new Uint8Array(0) };
+  }
+
+  /**
+   * One page of the comparison: the next page of each side whose walk is not ahead, and of the
+   * runs both sides have given, those up to the frontier both walks have passed (the rest wait
+   * in the token). Each call's work is that of one page a side, so a namespace of any size is
+   * verified page after page, each within its deadline.
+   */
+  async function comparedPage(req: VerifyReplicationRequest, peer: Peer, signal?: AbortSignal) {
+    const t = req.nextPageToken.length ? decodeToken(req.nextPageToken, VerifyToken) : FIRST_PAGE;
+    const [mine, theirs] = await bothOrNeither(signal, (walk) => [
+      t.l !== null && t.c?.side !== "local" ? checksums({ namespace: req.namespace, pageSize: pageOf(req), nextPageToken: sideToken(t.l) }, walk) : Promise.resolve(undefined),
+      t.r !== null && t.c?.side !== "remote" ? peer.page(sideToken(t.r), walk) : Promise.resolve(undefined),
+    ]);
+    const next = { l: mine ? nextSideToken(mine.nextPageToken) : t.l, r: theirs ? nextSideToken(theirs.nextPageToken) : t.r };
+    const local = { runs: [...carried(t, "local"), ...(mine?.executions ?? [])], done: next.l === null };
+    const remote = { runs: [...carried(t, "remote"), ...(theirs?.executions ?? [])], done: next.r === null };
+    const previous = t.f && { workflowId: t.f[0], runId: t.f[1] };
+    const rank = await ranks([...local.runs, ...remote.runs, ...(previous ? [previous] : [])]);
+    const split = splitAtFrontier((x) => rank.get(keyOf(x))!, previous, local, remote);
+    const token: VerifyToken = { ...next, ...(split.frontier && { f: [split.frontier.workflowId, split.frontier.runId] }), c: carryOf(split.carry) };
+    return { local: byKey(split.local), theirs: byKey(split.remote), nextPageToken: split.done ? new Uint8Array(0) : encodeToken(token) };
+  }
+
+  /** Each run's place in this database's order of (workflow id, run id), the order of each side's pages. */
+  async function ranks(runs: { workflowId: string; runId: string }[]): Promise<Map<string, number>> {
+    const keys = JSON.stringify(runs.map((x) => ({ w: x.workflowId, r: x.runId })));
+    const rows = rowsOf(await db.execute(sql`select distinct k.w, k.r from jsonb_to_recordset(${keys}::jsonb) as k(w text, r text) order by k.w, k.r`)) as { w: string; r: string }[];
+    return new Map(rows.map((k, i) => [keyOf({ workflowId: k.w, runId: k.r }), i]));
   }
 
   return { checksums, verify };
@@ -187,9 +238,20 @@ export function createReplicationVerifier({ db, cluster, clients, sqlDigestBytes
 
 export type ReplicationVerifier = ReturnType<typeof createReplicationVerifier>;
 
+/** The remote's answers: a page of checksums, or prefixes. */
+interface Peer {
+  page(token: Uint8Array, walk: AbortSignal): Promise<Page>;
+  prefixes: PrefixFetch;
+}
+
+/** Runs of checksums per page a verify asks each side for. */
+const pageOf = (req: VerifyReplicationRequest) => (req.pageSize > 0 ? Math.min(req.pageSize, 5000) : PAGE);
+
+const byKey = (runs: RunChecksum[]) => new Map(runs.map((x) => [keyOf(x), x]));
+
 /** Every page's checksums, by "workflowId/runId"; no page more once signal aborts. */
-async function collect(fetchPage: (token: Uint8Array) => Promise<Page>, signal?: AbortSignal): Promise<Map<string, ExecutionChecksum>> {
-  const all = new Map<string, ExecutionChecksum>();
+async function collect(fetchPage: (token: Uint8Array) => Promise<Page>, signal?: AbortSignal): Promise<Map<string, RunChecksum>> {
+  const all = new Map<string, RunChecksum>();
   let token = new Uint8Array(0);
   do {
     signal?.throwIfAborted();
@@ -219,48 +281,3 @@ async function bothOrNeither<A, B>(signal: AbortSignal | undefined, start: (walk
   return [(ra as PromiseFulfilledResult<A>).value, (rb as PromiseFulfilledResult<B>).value];
 }
 
-type PrefixFetch = (chunk: Prefix[]) => Promise<Pick<GetExecutionChecksumsResponse, "executions">>;
-
-/**
- * The diverging runs whose shorter history is the start of the longer one: the longer side's
- * checksum over the shorter side's event count (asked of that side) equals the shorter's.
- */
-async function behindOf(diverging: Diff[], fetchFrom: { local: PrefixFetch; remote: PrefixFetch }): Promise<Diff[]> {
-  const shorterOf = (d: Diff) => (d.local!.eventCount < d.remote!.eventCount ? "local" : "remote");
-  const askOf = (longer: "local" | "remote") =>
-    diverging.filter((d) => d.local!.eventCount !== d.remote!.eventCount && shorterOf(d) !== longer)
-      .map((d): Prefix => ({ workflowId: d.workflowId, runId: d.runId, eventCount: d[shorterOf(d)]!.eventCount }));
-  const [ofLocal, ofRemote] = await Promise.all([inChunks(askOf("local"), fetchFrom.local), inChunks(askOf("remote"), fetchFrom.remote)]);
-  return diverging.filter((d) => {
-    if (d.local!.eventCount === d.remote!.eventCount) return false;
-    const shorter = d[shorterOf(d)]!;
-    const prefix = (shorterOf(d) === "remote" ? ofLocal : ofRemote).get(keyOf(d));
-    return prefix !== undefined && prefix.eventCount === shorter.eventCount && prefix.checksum === shorter.checksum;
-  });
-}
-
-/** The prefix checksums of runs, MAX_PREFIXES a call, by "workflowId/runId". */
-async function inChunks(runs: Prefix[], fetch: PrefixFetch): Promise<Map<string, ExecutionChecksum>> {
-  const all = new Map<string, ExecutionChecksum>();
-  for (let i = 0; i < runs.length; i += MAX_PREFIXES) {
-    for (const x of (await fetch(runs.slice(i, i + MAX_PREFIXES))).executions) all.set(keyOf(x), x);
-  }
-  return all;
-}
-
-/** Missing (local only), extra (remote only) and diverging executions. */
-export function compareChecksums(local: Map<string, ExecutionChecksum>, remote: Map<string, ExecutionChecksum>) {
-  const missing: Diff[] = [];
-  const extra: Diff[] = [];
-  const diverging: Diff[] = [];
-  const diff = (x: ExecutionChecksum, l?: ExecutionChecksum, r?: ExecutionChecksum): Diff => ({
-    workflowId: x.workflowId, runId: x.runId, local: l && create(ExecutionChecksumSchema, l), remote: r && create(ExecutionChecksumSchema, r),
-  });
-  for (const [k, l] of local) {
-    const r = remote.get(k);
-    if (!r) missing.push(diff(l, l));
-    else if (r.eventCount !== l.eventCount || r.checksum !== l.checksum) diverging.push(diff(l, l, r));
-  }
-  for (const [k, r] of remote) if (!local.has(k)) extra.push(diff(r, undefined, r));
-  return { missing, extra, diverging };
-}

@@ -9,7 +9,7 @@ import { createHistoryApplier, type HistoryApplier } from "../replication/applie
 import { createConflictSweep } from "../replication/conflict-sweep";
 import { createReplicationDlq } from "../replication/dlq";
 import { createDlqMerge } from "../replication/dlq-merge";
-import { createReplicationVerifier } from "../replication/verification";
+import { createReplicationVerifier, type ReplicationVerifierDeps } from "../replication/verification";
 import { createBackfillReceiver } from "../replication/backfill-receiver";
 import { createReplicationCleanup } from "../replication/cleanup";
 import { createGracefulFailover, resetAbandonedHandovers } from "../replication/failover";
@@ -111,6 +111,8 @@ export interface ServerOptions {
     durable?: () => Promise<void>;
     /** Awaited before each replicated namespace change is applied: holds this cluster's view of a failover (tests). */
     beforeNamespaceApply?: () => Promise<void>;
+    /** Verify's budgets (tests make them small, so that a moderate run takes several calls). */
+    verify?: Pick<ReplicationVerifierDeps, "sqlDigestBytes" | "pageWorkMs">;
   };
 }
 
@@ -298,7 +300,7 @@ function wireRoutes({ config, opts, log, now, cluster }: Base, core: Core, repl:
         db, cluster, sender: repl.sender, status: repl.status, dlq,
         namespaceSender: repl.namespaceSender,
         dlqMerge: createDlqMerge({ db, dlq, applier, writer: core.writer, clients, notifier, log }),
-        verifier: createReplicationVerifier({ db, cluster, clients }),
+        verifier: createReplicationVerifier({ db, cluster, clients, ...opts.replication?.verify }),
       }),
       opts.replication,
     ),

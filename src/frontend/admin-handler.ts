@@ -37,7 +37,7 @@ export function createAdminHandler({ db, sender, status, namespaceSender, dlq, d
     listReplicationDlq: (r) => dlq.list(r),
     mergeReplicationDlq: (r, ctx) => dlqMerge.merge(r, ctx.signal),
     purgeReplicationDlq: async (r, ctx) => ({ purged: BigInt(await dlq.purge(r, ctx.signal)) }),
-    getExecutionChecksums: (r) => verifier.checksums(r),
+    getExecutionChecksums: (r, ctx) => verifier.checksums(r, ctx.signal),
     verifyReplication: (r, ctx) => verifier.verify(r, ctx.signal),
     listHistoryBranches: (r) => listHistoryBranches(db, r),
   };

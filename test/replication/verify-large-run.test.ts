@@ -1,11 +1,12 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
-import { sql } from "drizzle-orm";
+import { create, fromBinary } from "@bufbuild/protobuf";
+import { and, eq, gt, sql } from "drizzle-orm";
 import { renderedBytesBound } from "../../replication/run-digest";
 import { createReplicationVerifier } from "../../replication/verification";
 import { createRemoteClientPool } from "../../src/cluster/remote-client";
-import { AdminService, type ExecutionChecksum } from "../../src/gen/tern/admin/v1/service_pb";
+import { AdminService, GetExecutionChecksumsRequestSchema, VerifyReplicationRequestSchema, type ExecutionChecksum } from "../../src/gen/tern/admin/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { rowsOf } from "../../src/persistence/migrate";
 import { historyEvents as h } from "../../src/persistence/schema";
@@ -13,6 +14,9 @@ import { json } from "../support/payload";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testEnv } from "../support/env";
 import { testStores } from "../support/stores";
+import { eventually } from "../support/eventually";
+import { connectAll, startClusters } from "../failover/mesh";
+import { expectSameHistories, globalNamespace } from "./support";
 
 setDefaultTimeout(300_000);
 
@@ -92,6 +96,29 @@ for (const store of await testStores()) {
       expect(createReplicationVerifier(deps).checksums({ namespace: NS, pageSize: 1000, nextPageToken: forged })).rejects.toThrow("next_page_token is not valid");
     });
 
+    test("TestAPrefixIsDigestedOverSeveralCalls: an answer for prefixes answers when its time is up, its token carrying the digest so far", async () => {
+      const deps = { db: x.server.database.db, cluster: x.server.cluster, clients: createRemoteClientPool() };
+      const rows = (r: { executions: ExecutionChecksum[] }) => r.executions.map((e) => `${e.workflowId}/${e.eventCount}/${e.checksum}`);
+      const prefixes = runs.flatMap((r) => [r, { ...r, eventCount: r.eventCount / 2n + 1n }]);
+      const whole = await createReplicationVerifier(deps).checksums({ namespace: NS, pageSize: 0, nextPageToken: new Uint8Array(0), prefixes });
+      // No time for large runs: each call digests one page of events of one prefix.
+      const stepwise = createReplicationVerifier({ ...deps, sqlDigestBytes: 0, pageWorkMs: 0 });
+      const found: string[] = [];
+      let token: Uint8Array = new Uint8Array(0);
+      let calls = 0;
+      do {
+        const res = await stepwise.checksums({ namespace: NS, pageSize: 1000, nextPageToken: token, prefixes });
+        found.push(...rows(res));
+        token = res.nextPageToken;
+        calls++;
+      } while (token.length && calls < 1000);
+      expect(found.sort()).toEqual(rows(whole).sort());
+      expect(calls).toBeGreaterThan(3);
+      // A caller from before (no page size) gets every prefix in one answer, however long it takes.
+      const old = await stepwise.checksums({ namespace: NS, pageSize: 0, nextPageToken: new Uint8Array(0), prefixes });
+      expect([rows(old).sort(), old.nextPageToken.length]).toEqual([rows(whole).sort(), 0]);
+    });
+
     test("TestAPageDigestsAboutSqlDigestBytesInSql: the runs after it wait for the next page", async () => {
       const db = x.server.database.db;
       const bounds = rowsOf(await db.execute(sql`select ${h.workflowId} as w, ${renderedBytesBound}::float8 as bound from ${h} group by ${h.workflowId} order by 1`)) as { w: string; bound: number }[];
@@ -102,6 +129,52 @@ for (const store of await testStores()) {
       const pages = await walk(createReplicationVerifier({ db, cluster: x.server.cluster, clients: createRemoteClientPool(), sqlDigestBytes: limit }));
       expect(pages.pages).toEqual([["many", "none"], ["some"]]);
       expect(pages.found).toEqual((await walk(createReplicationVerifier({ db, cluster: x.server.cluster, clients: createRemoteClientPool() }))).found);
+    });
+  });
+}
+
+// Prefixes digested over several calls on both sides still tell a history that is the start of
+// the other's (behind) from one that is not (diverging).
+for (const store of await testStores()) {
+  describe(`verify on ${store}: prefixes digested over several calls`, () => {
+    let a: TestCluster, b: TestCluster;
+    let nsId: string;
+    const PREFIXED = "prefixed";
+    beforeAll(async () => {
+      // B digests large runs (every run here) for no time at all per call, as A's verifier below does.
+      [a, b] = await startClusters(store, [{}, { serverOptions: { replication: { verify: { sqlDigestBytes: 0, pageWorkMs: 0 } } } }]);
+      await connectAll([a, b]);
+      nsId = await globalNamespace(a, b, PREFIXED);
+      const wf = a.client(WorkflowService);
+      for (const workflowId of ["behind-here", "behind-there", "forked-here", "forked-there"]) {
+        await wf.startWorkflowExecution({ namespace: PREFIXED, workflowId, ...T });
+        for (let i = 0; i < 20; i++) await wf.signalWorkflowExecution({ namespace: PREFIXED, workflowExecution: { workflowId }, signalName: `s${i}`, input: json({ i }) });
+      }
+      await eventually(() => expectSameHistories(a, b, nsId), { timeout: 60_000 });
+    });
+    afterAll(() => Promise.all([a?.destroy(), b?.destroy()]));
+
+    test("TestAPrefixOverSeveralCallsIsBehindAndAWrongOneDiverging: on this cluster and on the remote", async () => {
+      const run = (workflowId: string) => and(eq(h.namespaceId, nsId), eq(h.workflowId, workflowId));
+      // The shorter side lost events 13-21; on the forked runs it also wrote event 5 otherwise.
+      for (const [x, here] of [[a, "here"], [b, "there"]] as const) {
+        await x.server.database.db.delete(h).where(and(run(`behind-${here}`), gt(h.eventId, 12)));
+        await x.server.database.db.delete(h).where(and(run(`forked-${here}`), gt(h.eventId, 12)));
+        await x.server.database.db.update(h).set({ version: 99 }).where(and(run(`forked-${here}`), eq(h.eventId, 5)));
+      }
+      // A's verifier, which digests no longer than B per call; the prefix calls it makes to B counted.
+      let remotePrefixCalls = 0;
+      const counting = (async (input: RequestInfo | URL, init?: RequestInit) => {
+        if (String(input).endsWith("/GetExecutionChecksums") && fromBinary(GetExecutionChecksumsRequestSchema, init!.body as Uint8Array).prefixes.length) remotePrefixCalls++;
+        return fetch(input, init);
+      }) as typeof fetch;
+      const verifier = createReplicationVerifier({ db: a.server.database.db, cluster: a.server.cluster, clients: createRemoteClientPool(counting), sqlDigestBytes: 0, pageWorkMs: 0 });
+      const res = await verifier.verify(create(VerifyReplicationRequestSchema, { namespace: PREFIXED, cluster: "clusterB" }));
+      const counts = (d: { workflowId: string; local?: { eventCount: bigint }; remote?: { eventCount: bigint } }) => [d.workflowId, d.local!.eventCount, d.remote!.eventCount];
+      expect(res.behind.map(counts)).toEqual([["behind-here", 12n, 21n], ["behind-there", 21n, 12n]]);
+      expect(res.diverging.map(counts)).toEqual([["forked-here", 12n, 21n], ["forked-there", 21n, 12n]]);
+      // B's prefixes of its two longer runs (24 events), 8 events a call at first.
+      expect(remotePrefixCalls).toBeGreaterThan(2);
     });
   });
 }
