@@ -8,7 +8,7 @@ import type { AdminDbBackend } from "./admin-db-backend";
 import { findFlag, getBoolean, getString, isBooleanWord, isFlagToken, parseArgs, splitFlagToken } from "./args";
 import { type Command, type CommandContext, GLOBAL_FLAGS, type LeafCommand } from "./command";
 import { rootCommand } from "./commands/root";
-import { parseRpcTimeout, withDeadline } from "./deadline";
+import { LONG_RUN_MS, parseRpcTimeout, withDeadline } from "./deadline";
 import { CliError, ExitCode, formatError, isAbort, UsageError, usageHint } from "./errors";
 import { renderHelp } from "./help";
 import type { OutputFormat, Writer } from "./output";
@@ -29,6 +29,8 @@ export interface CliDeps {
   loadAdminDb?(): Promise<AdminDbBackend>;
   /** The command tree (tests may pass a smaller one). */
   root?: Command;
+  /** The wait on top of --rpc-timeout of a call that works through a namespace or a DLQ (default LONG_RUN_MS; tests shorten it). */
+  longRunMs?: number;
 }
 
 /** The CLI as a function of argv to exit code. */
@@ -162,6 +164,7 @@ function buildContext(deps: CliDeps, address: string, format: OutputFormat, rpcT
     err: deps.stderr,
     signal: deps.signal ?? new AbortController().signal,
     deadlineMs: (waitMs) => (rpcTimeoutMs === 0 ? 0 : rpcTimeoutMs + waitMs),
+    longRunMs: deps.longRunMs ?? LONG_RUN_MS,
     interactive: deps.interactive ?? false,
     prompt: deps.prompt ?? (() => Promise.reject(new CliError("no terminal to ask for confirmation"))),
     adminDb: deps.loadAdminDb ?? (() => Promise.reject(new CliError("database commands are not available here"))),

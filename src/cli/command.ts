@@ -28,6 +28,8 @@ export interface CommandContext {
   signal: AbortSignal;
   /** The timeoutMs of a call the server holds for waitMs on purpose: --rpc-timeout on top (0: none). */
   deadlineMs(waitMs: number): number;
+  /** The wait of a call that works through a whole namespace or DLQ, or a page of a verify (LONG_RUN_MS). */
+  longRunMs: number;
   /** True when a person can answer a prompt. */
   interactive: boolean;
   /** Asks a question on the terminal and returns the answer line. */

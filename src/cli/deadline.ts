@@ -13,7 +13,11 @@ export const DEFAULT_RPC_TIMEOUT_MS = 30_000;
 /** The server's hold of a history long poll the CLI asks for (`workflow show --follow`). */
 export const FOLLOW_WAIT_MS = 20_000;
 
-/** The work a verify, a namespace delete or a DLQ merge or purge may do (a whole namespace, a whole DLQ) before its deadline. */
+/**
+ * The work a namespace delete or a DLQ merge or purge may do (a whole namespace, a whole DLQ)
+ * before its deadline; and each page of a verify (a page of checksums from a peer of an older
+ * build digests its runs whole, and the server waits that long for it).
+ */
 export const LONG_RUN_MS = 600_000;
 
 /** The server's wait for a graceful failover's catch-up when --timeout is not given. */

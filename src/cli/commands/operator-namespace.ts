@@ -10,7 +10,6 @@ import {
 } from "../../gen/tern/workflow/v1/namespace_pb";
 import { type FlagSpec, getBoolean, getString, getStrings, parseKeyValues, type ParsedArgs } from "../args";
 import type { CommandContext, GroupCommand, LeafCommand } from "../command";
-import { LONG_RUN_MS } from "../deadline";
 import { parseDuration } from "../duration";
 import { CliError, UsageError } from "../errors";
 import { describeNamespace, namespaceSummary, namespaceTable } from "../format-namespace";
@@ -213,7 +212,7 @@ const remove: LeafCommand = {
     const namespace = namespaceArg(args);
     if (!getBoolean(args, "yes")) await confirmDelete(ctx, namespace);
     // One transaction deletes every run and event of the namespace: minutes for a large one.
-    const res = await ctx.operator().deleteNamespace({ namespace }, { signal: ctx.signal, timeoutMs: ctx.deadlineMs(LONG_RUN_MS) });
+    const res = await ctx.operator().deleteNamespace({ namespace }, { signal: ctx.signal, timeoutMs: ctx.deadlineMs(ctx.longRunMs) });
     if (ctx.format === "json") return ctx.out(messageJson(DeleteNamespaceResponseSchema, res));
     ctx.out(`Deleted namespace ${res.deletedNamespace || namespace} (${res.deletedExecutions} workflow executions)\n`);
   },

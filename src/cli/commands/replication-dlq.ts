@@ -6,7 +6,6 @@ import {
 } from "../../gen/tern/admin/v1/service_pb";
 import { getBoolean, getString, type ParsedArgs } from "../args";
 import type { CommandContext, GroupCommand, LeafCommand } from "../command";
-import { LONG_RUN_MS } from "../deadline";
 import { UsageError } from "../errors";
 import { formatTable, formatTime, listJson, messageJson } from "../output";
 import { collectPages } from "../paging";
@@ -57,7 +56,7 @@ const merge: LeafCommand = {
   details: "Exits 1 when some entries still fail (they are listed with this attempt's error).",
   flags: [...filterFlags],
   async run(ctx, args) {
-    const res = await ctx.admin().mergeReplicationDlq(filterOf(args), { signal: ctx.signal, timeoutMs: ctx.deadlineMs(LONG_RUN_MS) });
+    const res = await ctx.admin().mergeReplicationDlq(filterOf(args), { signal: ctx.signal, timeoutMs: ctx.deadlineMs(ctx.longRunMs) });
     if (ctx.format === "json") ctx.out(messageJson(MergeReplicationDlqResponseSchema, res));
     else {
       ctx.out(`Merged ${res.merged} DLQ entries; ${res.failed.length} still fail\n`);
@@ -82,7 +81,7 @@ const purge: LeafCommand = {
     const filter = filterOf(args);
     const what = `the replication DLQ${filter.sourceCluster ? ` of ${filter.sourceCluster}` : ""}${filter.shardId ? ` shard ${filter.shardId}` : ""}`;
     if (!getBoolean(args, "yes")) await confirmPurge(ctx, what);
-    const res = await ctx.admin().purgeReplicationDlq(filter, { signal: ctx.signal, timeoutMs: ctx.deadlineMs(LONG_RUN_MS) });
+    const res = await ctx.admin().purgeReplicationDlq(filter, { signal: ctx.signal, timeoutMs: ctx.deadlineMs(ctx.longRunMs) });
     ctx.out(ctx.format === "json" ? messageJson(PurgeReplicationDlqResponseSchema, res) : `Purged ${res.purged} DLQ entries\n`);
   },
 };

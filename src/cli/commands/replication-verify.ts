@@ -1,7 +1,7 @@
+import { create } from "@bufbuild/protobuf";
 import { VerifyReplicationResponseSchema, type ExecutionDifference, type VerifyReplicationResponse } from "../../gen/tern/admin/v1/service_pb";
 import { requireString } from "../args";
 import type { LeafCommand } from "../command";
-import { LONG_RUN_MS } from "../deadline";
 import { formatTable, messageJson } from "../output";
 
 function diffRow(kind: string, d: ExecutionDifference): string[] {
@@ -47,9 +47,30 @@ export const verifyCommand: LeafCommand = {
     { name: "cluster", kind: "string", valueName: "CLUSTER", description: "Remote cluster to compare with (required)" },
   ],
   async run(ctx, args) {
-    const req = { namespace: requireString(args, "namespace"), cluster: requireString(args, "cluster") };
-    const res = await ctx.admin().verifyReplication(req, { signal: ctx.signal, timeoutMs: ctx.deadlineMs(LONG_RUN_MS) });
+    const req = { namespace: requireString(args, "namespace"), cluster: requireString(args, "cluster"), pageSize: PAGE };
+    // Page after page, each call with its own deadline: a namespace of many runs takes longer
+    // than any one wait. A server from before pages answers the whole namespace at once.
+    let res = await ctx.admin().verifyReplication(req, { signal: ctx.signal, timeoutMs: ctx.deadlineMs(ctx.longRunMs) });
+    for (let token = res.nextPageToken; token.length; token = res.nextPageToken) {
+      res = addPage(res, await ctx.admin().verifyReplication({ ...req, nextPageToken: token }, { signal: ctx.signal, timeoutMs: ctx.deadlineMs(ctx.longRunMs) }));
+    }
     ctx.out(ctx.format === "json" ? messageJson(VerifyReplicationResponseSchema, res) : verifyReport(res));
     return differences(res) ? 1 : 0;
   },
 };
+
+/** Runs of each side a verify page compares. */
+const PAGE = 1000;
+
+/** The verification so far with the next page's counts and differences added; its token the next page's. */
+function addPage(so: VerifyReplicationResponse, page: VerifyReplicationResponse): VerifyReplicationResponse {
+  return create(VerifyReplicationResponseSchema, {
+    ...page,
+    localExecutions: so.localExecutions + page.localExecutions,
+    remoteExecutions: so.remoteExecutions + page.remoteExecutions,
+    missing: [...so.missing, ...page.missing],
+    extra: [...so.extra, ...page.extra],
+    diverging: [...so.diverging, ...page.diverging],
+    behind: [...so.behind, ...page.behind],
+  });
+}
