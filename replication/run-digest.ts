@@ -1,9 +1,11 @@
 import { z } from "zod";
-import { sql, type SQL } from "drizzle-orm";
+import { and, eq, sql, type SQL } from "drizzle-orm";
 import type { Db } from "../src/persistence/database";
+import { unavailable } from "../src/errors";
 import { rowsOf } from "../src/persistence/migrate";
-import { historyEvents as h } from "../src/persistence/schema";
+import { executions, historyEvents as h, type VersionHistoryItem } from "../src/persistence/schema";
 import { createMd5 } from "./md5";
+import { firstDivergence, lastEventIdOf, versionHistoryUpTo } from "./version-history";
 
 /**
  * One event's part of a run's checksum. jsonb renders canonically (sorted keys, fixed
@@ -49,23 +51,63 @@ export const SQL_DIGEST_BYTES = 256 << 20;
 /** About how many bytes of event text one page of pagedDigest reads. */
 const PAGE_BYTES = 8 << 20;
 
-/** How far a pagedDigest got: the last event id digested and the digest so far (a tail of 63 bytes at most). */
+/**
+ * How far a pagedDigest got: the last event id digested, the digest so far (a tail of 63 bytes
+ * at most) and the run's version history up to it (absent from a server of an older build).
+ */
 export const PagedDigestProgress = z.object({
   after: z.number().int().positive(),
   md5: z.object({ words: z.tuple([z.number().int(), z.number().int(), z.number().int(), z.number().int()]), tail: z.string().max(84).regex(/^[A-Za-z0-9+/]*={0,2}$/), length: z.number().int().nonnegative() }),
+  vh: z.array(z.object({ eventId: z.number().int().positive(), version: z.number().int().nonnegative() })).max(10_000).optional(),
 });
 export type PagedDigestProgress = z.infer<typeof PagedDigestProgress>;
+
+/** How many times one call starts a run's digest over because the run was rewritten meanwhile. */
+const REWRITES = 3;
 
 /**
  * digestOf of one run's events up to event id upTo (all without it), computed here from
  * pages of events read in order: the same MD5 over the same text, so it matches a peer's
  * digestOf, in memory bounded by a page. Taken up from `from` if given; past `until` (a
  * Date.now() time), after at least one page, it stops and says how far it got instead.
+ * The pages are statements of their own, calls apart: a conflict settled meanwhile rewrites
+ * the run from its fork on, and a digest of the old branch's start and the new one's end
+ * matches neither cluster (the run showed diverging). So the run's version history when the
+ * digest began (kept in the progress) is compared with the one when it answers: where they
+ * part within the events digested, the digest starts over.
  */
 export async function pagedDigest(
   db: Db,
   run: { namespaceId: string; workflowId: string; runId: string },
   { upTo, from, until = Infinity }: { upTo?: number; from?: PagedDigestProgress; until?: number } = {},
+): Promise<{ checksum: string } | { progress: PagedDigestProgress }> {
+  for (let rewrites = 0; ; rewrites++) {
+    // A token of an older build says nothing of the history its digest began with: it is not checked.
+    const began = from ? from.vh : await versionHistoryOf(db, run);
+    const result = await digestPages(db, run, { upTo, from, until });
+    const now = await versionHistoryOf(db, run);
+    const after = "progress" in result ? result.progress.after : (upTo ?? Infinity);
+    if (!began || !now || !rewritten(began, now, after)) {
+      return "progress" in result && now ? { progress: { ...result.progress, vh: versionHistoryUpTo(now, result.progress.after) } } : result;
+    }
+    if (rewrites === REWRITES) throw unavailable(`the history of run ${run.workflowId}/${run.runId} was rewritten ${REWRITES + 1} times while it was digested (a conflict being settled): verify again`);
+    from = undefined;
+  }
+}
+
+/** Whether the run's events up to `after` may differ between two of its version histories (appends do not count). */
+function rewritten(before: VersionHistoryItem[], now: VersionHistoryItem[], after: number): boolean {
+  const fork = firstDivergence(before, now);
+  if (fork !== undefined) return fork <= after;
+  // Cut shorter within the events digested.
+  return lastEventIdOf(now) < Math.min(lastEventIdOf(before), after);
+}
+
+/** pagedDigest's pages. */
+async function digestPages(
+  db: Db,
+  run: { namespaceId: string; workflowId: string; runId: string },
+  { upTo, from, until }: { upTo: number | undefined; from: PagedDigestProgress | undefined; until: number },
 ): Promise<{ checksum: string } | { progress: PagedDigestProgress }> {
   const md5 = createMd5(from?.md5);
   let after = from?.after ?? 0;
@@ -89,6 +131,13 @@ export async function pagedDigest(
     // The next page sized by this one's events, so pages of large and of small events both hold about PAGE_BYTES.
     limit = Math.min(Math.max(Math.floor((PAGE_BYTES * rows.length) / Math.max(bytes, 1)), 1), 1000);
   }
+}
+
+/** The run's version history now (undefined without an execution row). */
+async function versionHistoryOf(db: Db, run: { namespaceId: string; workflowId: string; runId: string }): Promise<VersionHistoryItem[] | undefined> {
+  const [row] = await db.select({ vh: executions.versionHistory }).from(executions)
+    .where(and(eq(executions.namespaceId, run.namespaceId), eq(executions.workflowId, run.workflowId), eq(executions.runId, run.runId)));
+  return row?.vh;
 }
 
 /**

@@ -9,7 +9,7 @@ import { createRemoteClientPool } from "../../src/cluster/remote-client";
 import { AdminService, GetExecutionChecksumsRequestSchema, VerifyReplicationRequestSchema, type ExecutionChecksum } from "../../src/gen/tern/admin/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { rowsOf } from "../../src/persistence/migrate";
-import { historyEvents as h } from "../../src/persistence/schema";
+import { executions, historyEvents as h } from "../../src/persistence/schema";
 import { json } from "../support/payload";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testEnv } from "../support/env";
@@ -94,6 +94,27 @@ for (const store of await testStores()) {
       // A token whose digest state could not have been written by a server is refused.
       const forged = new TextEncoder().encode(JSON.stringify({ ...plain, p: { ...p, md5: { ...p.md5, tail: btoa("x".repeat(64)) } } }));
       expect(createReplicationVerifier(deps).checksums({ namespace: NS, pageSize: 1000, nextPageToken: forged })).rejects.toThrow("next_page_token is not valid");
+    });
+
+    test("TestARunRewrittenBetweenTwoCallsIsDigestedAnew: a conflict settled between two pages leaves no digest of two branches", async () => {
+      const db = x.server.database.db;
+      const deps = { db, cluster: x.server.cluster, clients: createRemoteClientPool() };
+      const stepwise = createReplicationVerifier({ ...deps, sqlDigestBytes: 0, pageWorkMs: 0 });
+      const first = await stepwise.checksums({ namespace: NS, pageSize: 1000, nextPageToken: new Uint8Array(0) });
+      const { p } = JSON.parse(new TextDecoder().decode(first.nextPageToken));
+      expect([p.w, p.after]).toEqual(["many", 8]);
+      // As a conflict settled on a branch forked at event 5 does: events 5 on at a higher version, and the run's version history.
+      const [row] = await db.select({ vh: executions.versionHistory }).from(executions).where(eq(executions.workflowId, "many"));
+      const version = row!.vh[0]!.version;
+      try {
+        await db.update(h).set({ version: version + 5 }).where(and(eq(h.workflowId, "many"), gt(h.eventId, 4)));
+        await db.update(executions).set({ versionHistory: [{ eventId: 4, version }, { eventId: 41, version: version + 5 }] }).where(eq(executions.workflowId, "many"));
+        const rest = await walk(stepwise, first.nextPageToken);
+        expect(rest.found).toEqual((await walk(createReplicationVerifier(deps))).found);
+      } finally {
+        await db.update(h).set({ version }).where(eq(h.workflowId, "many"));
+        await db.update(executions).set({ versionHistory: row!.vh }).where(eq(executions.workflowId, "many"));
+      }
     });
 
     test("TestAPrefixIsDigestedOverSeveralCalls: an answer for prefixes answers when its time is up, its token carrying the digest so far", async () => {
