@@ -21,7 +21,7 @@ import { clusterMetadata, executions, historyEvents as h, namespaces } from "../
 import { shown } from "../src/shown";
 import { digestUnless, pagedDigest, PagedDigestProgress, renderedBytesBound, SQL_DIGEST_BYTES } from "./run-digest";
 import { behindOf, compareChecksums, MAX_PREFIXES, type Prefix, type PrefixFetch } from "./verify-compare";
-import { carried, carryOf, FIRST_PAGE, keyOf, nextSideToken, sideToken, splitAtFrontier, VerifyToken, type RunChecksum } from "./verify-page";
+import { carried, carryOf, diffOf, FIRST_PAGE, keyOf, nextSideToken, pendingOf, sideToken, splitAtFrontier, VerifyToken, walkOf, WALKS_DONE, type RunChecksum } from "./verify-page";
 
 /** How far the digest of a run (by workflow id and run id; a prefix's event count too) got when a page stopped in it. */
 const RunProgress = PagedDigestProgress.extend({ w: z.string(), r: z.string(), n: z.number().int().optional() });
@@ -176,22 +176,28 @@ export function createReplicationVerifier({ db, cluster, clients, sqlDigestBytes
         throw peerUnreachable(e, req.cluster);
       }),
     };
-    const { local, theirs, nextPageToken } = req.pageSize > 0 ? await comparedPage(req, peer, signal) : await wholeWalks(req, peer, signal);
-    const { missing, extra, diverging } = compareChecksums(local, theirs);
-    const behind = await behindOf(diverging, {
-      local: (chunk, token) => checksums({ namespace: req.namespace, pageSize: MAX_PREFIXES, nextPageToken: token, prefixes: chunk }, signal),
+    const prefixes = {
+      local: (chunk: Prefix[], token: Uint8Array) => checksums({ namespace: req.namespace, pageSize: MAX_PREFIXES, nextPageToken: token, prefixes: chunk }, signal),
       remote: peer.prefixes,
-    });
+    };
+    const t = req.pageSize > 0 && req.nextPageToken.length ? decodeToken(req.nextPageToken, VerifyToken) : FIRST_PAGE;
+    // The page before left runs undecided (behind or diverging): this page decides more of them, and walks no further.
+    const { local, theirs, walk } = t.b ? { local: new Map(), theirs: new Map(), walk: walkOf(t) } : req.pageSize > 0 ? await comparedPage(req, t, peer, signal) : await wholeWalks(req, peer, signal);
+    const compared = compareChecksums(local, theirs);
+    const { behind, diverging, pending } = t.b
+      ? await behindOf(t.b.d.map(diffOf), prefixes, { until: Date.now() + pageWorkMs, resume: { local: sideToken(t.b.l), remote: sideToken(t.b.r) } })
+      : await behindOf(compared.diverging, prefixes, { until: req.pageSize > 0 ? Date.now() + pageWorkMs : Infinity });
+    const next = walk || pending ? { ...(walk ?? WALKS_DONE), b: pending && pendingOf(pending) } : undefined;
     return create(VerifyReplicationResponseSchema, {
       clusterName: cluster.clusterName,
       remoteCluster: req.cluster,
       localExecutions: BigInt(local.size),
       remoteExecutions: BigInt(theirs.size),
-      missing,
-      extra,
-      diverging: diverging.filter((d) => !behind.includes(d)),
+      missing: compared.missing,
+      extra: compared.extra,
+      diverging,
       behind,
-      nextPageToken,
+      nextPageToken: next ? encodeToken(next) : new Uint8Array(0),
     });
   }
 
@@ -201,7 +207,7 @@ export function createReplicationVerifier({ db, cluster, clients, sqlDigestBytes
       collect((token) => checksums({ namespace: req.namespace, pageSize: PAGE, nextPageToken: token }, walk), walk),
       collect((token) => peer.page(token, walk), walk),
     ]);
-    return { local, theirs, nextPageToken: new Uint8Array(0) };
+    return { local, theirs, walk: undefined };
   }
 
   /**
@@ -210,8 +216,7 @@ export function createReplicationVerifier({ db, cluster, clients, sqlDigestBytes
    * in the token). Each call's work is that of one page a side, so a namespace of any size is
    * verified page after page, each within its deadline.
    */
-  async function comparedPage(req: VerifyReplicationRequest, peer: Peer, signal?: AbortSignal) {
-    const t = req.nextPageToken.length ? decodeToken(req.nextPageToken, VerifyToken) : FIRST_PAGE;
+  async function comparedPage(req: VerifyReplicationRequest, t: VerifyToken, peer: Peer, signal?: AbortSignal) {
     const [mine, theirs] = await bothOrNeither(signal, (walk) => [
       t.l !== null && t.c?.side !== "local" ? checksums({ namespace: req.namespace, pageSize: pageOf(req), nextPageToken: sideToken(t.l) }, walk) : Promise.resolve(undefined),
       t.r !== null && t.c?.side !== "remote" ? peer.page(sideToken(t.r), walk) : Promise.resolve(undefined),
@@ -223,7 +228,7 @@ export function createReplicationVerifier({ db, cluster, clients, sqlDigestBytes
     const rank = await ranks([...local.runs, ...remote.runs, ...(previous ? [previous] : [])]);
     const split = splitAtFrontier((x) => rank.get(keyOf(x))!, previous, local, remote);
     const token: VerifyToken = { ...next, ...(split.frontier && { f: [split.frontier.workflowId, split.frontier.runId] }), c: carryOf(split.carry) };
-    return { local: byKey(split.local), theirs: byKey(split.remote), nextPageToken: split.done ? new Uint8Array(0) : encodeToken(token) };
+    return { local: byKey(split.local), theirs: byKey(split.remote), walk: split.done ? undefined : token };
   }
 
   /** Each run's place in this database's order of (workflow id, run id), the order of each side's pages. */

@@ -1,7 +1,9 @@
 import { z } from "zod";
 import { base64Decode, base64Encode } from "@bufbuild/protobuf/wire";
+import { create } from "@bufbuild/protobuf";
 import { failedPrecondition } from "../src/errors";
-import type { ExecutionChecksum } from "../src/gen/tern/admin/v1/service_pb";
+import { ExecutionChecksumSchema, type ExecutionChecksum } from "../src/gen/tern/admin/v1/service_pb";
+import type { BehindPending, Diff } from "./verify-compare";
 
 /** A run's checksum as the pages of both sides give it. */
 export type RunChecksum = Pick<ExecutionChecksum, "workflowId" | "runId" | "eventCount" | "checksum">;
@@ -10,6 +12,9 @@ export type RunChecksum = Pick<ExecutionChecksum, "workflowId" | "runId" | "even
 type RunKey = Pick<ExecutionChecksum, "workflowId" | "runId">;
 
 export const keyOf = (x: RunKey) => `${x.workflowId}\u0000${x.runId}`;
+
+/** An event count in a token. */
+const COUNT = z.string().regex(/^\d{1,19}$/);
 
 /**
  * VerifyReplication's page token: each side's GetExecutionChecksums token (base64; null once
@@ -22,13 +27,39 @@ export const VerifyToken = z.object({
   f: z.tuple([z.string(), z.string()]).optional(),
   c: z.object({
     side: z.enum(["local", "remote"]),
-    runs: z.array(z.tuple([z.string(), z.string(), z.string().regex(/^\d{1,19}$/), z.string()])).max(5000),
+    runs: z.array(z.tuple([z.string(), z.string(), COUNT, z.string()])).max(5000),
+  }).optional(),
+  /** The runs a page's behind check left undecided ([workflow id, run id, local count and checksum, remote's]), and each side's prefix token. */
+  b: z.object({
+    d: z.array(z.tuple([z.string(), z.string(), COUNT, z.string(), COUNT, z.string()])).min(1).max(10_000),
+    l: z.string(),
+    r: z.string(),
   }).optional(),
 });
 export type VerifyToken = z.infer<typeof VerifyToken>;
 
 /** The walks' state before the first page. */
 export const FIRST_PAGE: VerifyToken = { l: "", r: "" };
+
+/** The walks' state once both are done. */
+export const WALKS_DONE: VerifyToken = { l: null, r: null };
+
+/** A token's walks, without its undecided runs: undefined once both walks are done. */
+export const walkOf = ({ b: _, ...walk }: VerifyToken): VerifyToken | undefined => (walk.l === null && walk.r === null ? undefined : walk);
+
+/** An undecided difference from its place in the token. */
+export function diffOf([workflowId, runId, ln, lc, rn, rc]: NonNullable<VerifyToken["b"]>["d"][number]): Diff {
+  return { workflowId, runId, local: create(ExecutionChecksumSchema, { workflowId, runId, eventCount: BigInt(ln), checksum: lc }), remote: create(ExecutionChecksumSchema, { workflowId, runId, eventCount: BigInt(rn), checksum: rc }) };
+}
+
+/** The undecided differences and tokens in the token's form. */
+export function pendingOf(p: BehindPending): VerifyToken["b"] {
+  return {
+    d: p.diffs.map((d) => [d.workflowId, d.runId, String(d.local!.eventCount), d.local!.checksum, String(d.remote!.eventCount), d.remote!.checksum]),
+    l: base64Encode(p.tokens.local),
+    r: base64Encode(p.tokens.remote),
+  };
+}
 
 /** A side's walk: its runs in hand (carried and this page's) and whether it has given its last. */
 export interface SideWalk {

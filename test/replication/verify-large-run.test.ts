@@ -196,6 +196,20 @@ for (const store of await testStores()) {
       expect(res.diverging.map(counts)).toEqual([["forked-here", 12n, 21n], ["forked-there", 21n, 12n]]);
       // B's prefixes of its two longer runs (24 events), 8 events a call at first.
       expect(remotePrefixCalls).toBeGreaterThan(2);
+      // Asked a page at a time, each page's behind check stops when its time is up: the runs it left
+      // undecided are decided by the pages after it, which walk no further.
+      const paged = { behind: [] as unknown[], diverging: [] as unknown[], decidingOnly: 0 };
+      let token: Uint8Array = new Uint8Array(0);
+      let calls = 0;
+      do {
+        const page = await verifier.verify(create(VerifyReplicationRequestSchema, { namespace: PREFIXED, cluster: "clusterB", pageSize: 1000, nextPageToken: token }));
+        paged.behind.push(...page.behind.map(counts));
+        paged.diverging.push(...page.diverging.map(counts));
+        if (page.localExecutions + page.remoteExecutions === 0n && page.behind.length + page.diverging.length > 0) paged.decidingOnly++;
+        token = page.nextPageToken;
+      } while (token.length && ++calls < 100);
+      expect([paged.behind.sort(), paged.diverging.sort()]).toEqual([res.behind.map(counts).sort(), res.diverging.map(counts).sort()]);
+      expect(paged.decidingOnly).toBeGreaterThan(0);
     });
   });
 }
