@@ -198,6 +198,7 @@ export function createReplicationVerifier({ db, cluster, clients, sqlDigestBytes
       diverging,
       behind,
       nextPageToken: next ? encodeToken(next) : new Uint8Array(0),
+      paged: req.pageSize > 0,
     });
   }
 

@@ -5,6 +5,7 @@ import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { startClusters } from "../failover/mesh";
 import { addr, expectSameHistories, globalNamespace } from "../replication/support";
+import { runCli } from "./harness";
 import { eventually } from "../support/eventually";
 import { json } from "../support/payload";
 import type { TestCluster } from "../support/server";
@@ -98,5 +99,31 @@ describe("tern replication verify against real clusters, through a slow link", (
     const r = await tern(a, "replication", "verify", "-n", NS, "--cluster", "clusterB", "--rpc-timeout", "2s");
     expect([r.code, r.out, r.err]).toEqual([1, "", `error: tern at ${a.url} did not answer within 2s (the call's deadline; --rpc-timeout sets it, 0 for none)\n`]);
     expect(r.calls).toBe(1);
+  });
+});
+
+describe("tern replication verify's pages", () => {
+  const run = (workflowId: string, eventCount: bigint) => ({ workflowId, runId: "r", local: { workflowId, runId: "r", eventCount, checksum: "aaaa" }, remote: { workflowId, runId: "r", eventCount, checksum: "bbbb" } });
+
+  test("PagesAddUp: counts and differences of every page, -o json without a token", async () => {
+    const asked: { pageSize: number; token: string }[] = [];
+    const verifyReplication = (req: { pageSize: number; nextPageToken: Uint8Array }) => {
+      asked.push({ pageSize: req.pageSize, token: new TextDecoder().decode(req.nextPageToken) });
+      const first = req.nextPageToken.length === 0;
+      return { clusterName: "clusterA", remoteCluster: "clusterB", localExecutions: first ? 1000n : 5n, remoteExecutions: first ? 999n : 5n, diverging: [run(first ? "w1" : "w2", 2n)], nextPageToken: first ? new TextEncoder().encode("next") : new Uint8Array(0), paged: true };
+    };
+    const r = await runCli(["replication", "verify", "-n", "orders", "--cluster", "clusterB", "-o", "json"], { admin: { verifyReplication } });
+    expect(asked).toEqual([{ pageSize: 1000, token: "" }, { pageSize: 1000, token: "next" }]);
+    const out = JSON.parse(r.stdout);
+    expect([r.code, out.localExecutions, out.remoteExecutions, out.diverging.map((d: { workflowId: string }) => d.workflowId), out.nextPageToken, out.paged]).toEqual([1, "1005", "1004", ["w1", "w2"], undefined, undefined]);
+  });
+
+  test("AWholeAnswerStandsAlone: a server from before pages, asked for a later page, answers the whole namespace", async () => {
+    const verifyReplication = (req: { nextPageToken: Uint8Array }) =>
+      req.nextPageToken.length === 0
+        ? { clusterName: "clusterA", remoteCluster: "clusterB", localExecutions: 1000n, remoteExecutions: 1000n, diverging: [run("w1", 2n)], nextPageToken: new TextEncoder().encode("next"), paged: true }
+        : { clusterName: "clusterA", remoteCluster: "clusterB", localExecutions: 1005n, remoteExecutions: 1005n, diverging: [run("w1", 2n)] };
+    const r = await runCli(["replication", "verify", "-n", "orders", "--cluster", "clusterB"], { admin: { verifyReplication } });
+    expect([r.code, r.stdout.split("\n")[0]]).toEqual([1, "clusterA: 1005 executions, clusterB: 1005 executions; 0 missing, 0 extra, 1 diverging"]);
   });
 });

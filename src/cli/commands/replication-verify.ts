@@ -54,6 +54,8 @@ export const verifyCommand: LeafCommand = {
     for (let token = res.nextPageToken; token.length; token = res.nextPageToken) {
       res = addPage(res, await ctx.admin().verifyReplication({ ...req, nextPageToken: token }, { signal: ctx.signal, timeoutMs: ctx.deadlineMs(ctx.longRunMs) }));
     }
+    // The whole verification, not a page of it.
+    res = create(VerifyReplicationResponseSchema, { ...res, paged: false });
     ctx.out(ctx.format === "json" ? messageJson(VerifyReplicationResponseSchema, res) : verifyReport(res));
     return differences(res) ? 1 : 0;
   },
@@ -62,8 +64,13 @@ export const verifyCommand: LeafCommand = {
 /** Runs of each side a verify page compares. */
 const PAGE = 1000;
 
-/** The verification so far with the next page's counts and differences added; its token the next page's. */
+/**
+ * The verification so far with the next page's counts and differences added; its token the next
+ * page's. A whole namespace's answer (from a server of an older build sharing the cluster's
+ * database, which ignores the page asked for) stands alone.
+ */
 function addPage(so: VerifyReplicationResponse, page: VerifyReplicationResponse): VerifyReplicationResponse {
+  if (!page.paged) return page;
   return create(VerifyReplicationResponseSchema, {
     ...page,
     localExecutions: so.localExecutions + page.localExecutions,
