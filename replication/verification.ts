@@ -182,7 +182,8 @@ export function createReplicationVerifier({ db, cluster, clients, sqlDigestBytes
     };
     const t = req.pageSize > 0 && req.nextPageToken.length ? decodeToken(req.nextPageToken, VerifyToken) : FIRST_PAGE;
     // The page before left runs undecided (behind or diverging): this page decides more of them, and walks no further.
-    const { local, theirs, walk } = t.b ? { local: new Map(), theirs: new Map(), walk: walkOf(t) } : req.pageSize > 0 ? await comparedPage(req, t, peer, signal) : await wholeWalks(req, peer, signal);
+    const undecidedOnly = t.b && { local: new Map<string, RunChecksum>(), theirs: new Map<string, RunChecksum>(), walk: walkOf(t) };
+    const { local, theirs, walk } = undecidedOnly || (req.pageSize > 0 ? await comparedPage(req, t, peer, signal) : await wholeWalks(req, peer, signal));
     const compared = compareChecksums(local, theirs);
     const { behind, diverging, pending } = t.b
       ? await behindOf(t.b.d.map(diffOf), prefixes, { until: Date.now() + pageWorkMs, resume: { local: sideToken(t.b.l), remote: sideToken(t.b.r) } })

@@ -26,7 +26,7 @@ describe("the CLI's deadline", () => {
     expect([near(seen[0], 30_000), near(seen[1], 120_000), seen[2]]).toEqual([true, true, undefined]);
   });
 
-  test("a graceful failover gets its --timeout (or the server's 10s) on top; a follow its long poll's 20s; verify and a namespace delete 10 minutes", async () => {
+  test("a graceful failover gets its --timeout (or the server's 10s) on top; a follow its long poll's 20s; each page of a verify and a namespace delete 10 minutes", async () => {
     const { seen, record } = recorder();
     const operator = { failoverNamespace: (_: unknown, ctx: HandlerContext) => (record(ctx), { namespace: orders }) };
     expect((await runCli(["operator", "namespace", "failover", "-n", "orders", "--to", "clusterB", "--timeout", "2m"], { operator })).code).toBe(0);
