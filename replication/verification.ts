@@ -186,7 +186,7 @@ export function createReplicationVerifier({ db, cluster, clients, sqlDigestBytes
     const { local, theirs, walk } = undecidedOnly || (req.pageSize > 0 ? await comparedPage(req, t, peer, signal) : await wholeWalks(req, peer, signal));
     const compared = compareChecksums(local, theirs);
     const { behind, diverging, pending } = t.b
-      ? await behindOf(t.b.d.map(diffOf), prefixes, { until: Date.now() + pageWorkMs, resume: { local: sideToken(t.b.l), remote: sideToken(t.b.r) } })
+      ? await behindOf(t.b.d.map(diffOf), prefixes, { until: Date.now() + pageWorkMs, resume: { local: { token: sideToken(t.b.l), first: t.b.ln }, remote: { token: sideToken(t.b.r), first: t.b.rn } } })
       : await behindOf(compared.diverging, prefixes, { until: req.pageSize > 0 ? Date.now() + pageWorkMs : Infinity });
     const next = walk || pending ? { ...(walk ?? WALKS_DONE), b: pending && pendingOf(pending) } : undefined;
     return create(VerifyReplicationResponseSchema, {

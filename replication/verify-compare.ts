@@ -12,10 +12,20 @@ export const MAX_PREFIXES = 1000;
 /** One call for prefixes: the chunk asked for, and the token of the call before (empty at first). */
 export type PrefixFetch = (chunk: Prefix[], token: Uint8Array) => Promise<Pick<GetExecutionChecksumsResponse, "executions" | "nextPageToken">>;
 
-/** Where a page's behind check stopped: the differences still undecided, and each side's token for its prefixes of them. */
+/**
+ * Where a side's prefix calls stopped: the token of the chunk of prefixes it was in and how many
+ * of that chunk's runs are still to answer (0: between chunks). The chunk asked again must be
+ * those runs only: the token resumes past the last prefix answered, in the peer's order.
+ */
+export interface PrefixResume {
+  token: Uint8Array;
+  first: number;
+}
+
+/** Where a page's behind check stopped: the differences still undecided (each side's unfinished chunk's first), and where each side's prefixes stopped. */
 export interface BehindPending {
   diffs: Diff[];
-  tokens: { local: Uint8Array; remote: Uint8Array };
+  resume: { local: PrefixResume; remote: PrefixResume };
 }
 
 /**
@@ -27,7 +37,7 @@ export interface BehindPending {
 export async function behindOf(
   diverging: Diff[],
   fetchFrom: { local: PrefixFetch; remote: PrefixFetch },
-  { until = Infinity, resume }: { until?: number; resume?: BehindPending["tokens"] } = {},
+  { until = Infinity, resume }: { until?: number; resume?: BehindPending["resume"] } = {},
 ): Promise<{ behind: Diff[]; diverging: Diff[]; pending?: BehindPending }> {
   const shorterOf = (d: Diff) => (d.local!.eventCount < d.remote!.eventCount ? "local" : "remote");
   const askOf = (longer: "local" | "remote") =>
@@ -38,7 +48,6 @@ export async function behindOf(
     inChunks(askOf("remote"), fetchFrom.remote, until, resume?.remote),
   ]);
   const out: { behind: Diff[]; diverging: Diff[]; pending?: BehindPending } = { behind: [], diverging: [] };
-  const undecided: Diff[] = [];
   for (const d of diverging) {
     if (d.local!.eventCount === d.remote!.eventCount) {
       out.diverging.push(d);
@@ -48,35 +57,38 @@ export async function behindOf(
     const of = shorterOf(d) === "remote" ? ofLocal : ofRemote;
     const prefix = of.answers.get(keyOf(d));
     if (prefix) out[prefix.eventCount === shorter.eventCount && prefix.checksum === shorter.checksum ? "behind" : "diverging"].push(d);
-    else if (of.unasked.has(keyOf(d))) undecided.push(d);
     // Asked, and no prefix came: the longer side holds none of its events up to there.
-    else out.diverging.push(d);
+    else if (!of.unasked.includes(keyOf(d))) out.diverging.push(d);
   }
-  if (undecided.length) out.pending = { diffs: undecided, tokens: { local: ofLocal.token, remote: ofRemote.token } };
+  // In each side's order of asking, so the side's first chunk next time is its unfinished one.
+  const byKey = new Map(diverging.map((d) => [keyOf(d), d]));
+  const undecided = [...ofRemote.unasked, ...ofLocal.unasked].map((k) => byKey.get(k)!);
+  if (undecided.length) out.pending = { diffs: undecided, resume: { local: ofLocal.resume, remote: ofRemote.resume } };
   return out;
 }
 
 /**
- * The prefix checksums of runs, MAX_PREFIXES a call, by "workflowId/runId"; `unasked`: the runs
- * of the chunks not finished by `until` (checked between calls), `token` to take the first of
- * those chunks up with. A side answers a chunk over several calls when digesting it takes longer
- * than a page's work (each call's token carries how far it got). A peer from before prefixes
- * answers a page of the namespace instead, whose runs were not asked for or are longer than
- * asked: its token is not followed (it would walk the whole namespace) and those runs stay
- * diverging.
+ * The prefix checksums of runs, MAX_PREFIXES a call (the first chunk as `resume` says), by
+ * "workflowId/runId"; `unasked`: the runs of the chunks not finished by `until` (checked between
+ * calls), in order, and where to resume them. A side answers a chunk over several calls when
+ * digesting it takes longer than a page's work (each call's token carries how far it got). A
+ * peer from before prefixes answers a page of the namespace instead, whose runs were not asked
+ * for or are longer than asked: its token is not followed (it would walk the whole namespace)
+ * and those runs stay diverging.
  */
-async function inChunks(runs: Prefix[], fetch: PrefixFetch, until: number, resume: Uint8Array = new Uint8Array(0)) {
+async function inChunks(runs: Prefix[], fetch: PrefixFetch, until: number, resume: PrefixResume = { token: new Uint8Array(0), first: 0 }) {
   const answers = new Map<string, ExecutionChecksum>();
-  let token = resume;
+  let token = resume.token;
   let calls = 0;
-  for (let i = 0; i < runs.length; i += MAX_PREFIXES) {
-    const chunk = runs.slice(i, i + MAX_PREFIXES);
+  for (let i = 0, size = resume.first || MAX_PREFIXES; i < runs.length; i += size, size = MAX_PREFIXES) {
+    const chunk = runs.slice(i, i + size);
     const asked = new Map(chunk.map((p) => [keyOf(p), p.eventCount]));
     do {
       if (calls > 0 && Date.now() >= until) {
         // Out of time: this chunk's runs not answered yet, and the chunks after it, wait.
-        const unasked = new Set(runs.slice(i).map(keyOf).filter((k) => !answers.has(k)));
-        return { answers, unasked, token };
+        const left = chunk.map(keyOf).filter((k) => !answers.has(k));
+        const unasked = [...left, ...runs.slice(i + size).map(keyOf)];
+        return { answers, unasked, resume: { token, first: token.length ? left.length : 0 } };
       }
       const res = await fetch(chunk, token);
       calls++;
@@ -85,7 +97,7 @@ async function inChunks(runs: Prefix[], fetch: PrefixFetch, until: number, resum
       token = prefixes ? new Uint8Array(res.nextPageToken) : new Uint8Array(0);
     } while (token.length);
   }
-  return { answers, unasked: new Set<string>(), token: new Uint8Array(0) };
+  return { answers, unasked: [] as string[], resume: { token: new Uint8Array(0), first: 0 } };
 }
 
 /** Missing (local only), extra (remote only) and diverging executions. */

@@ -34,6 +34,9 @@ export const VerifyToken = z.object({
     d: z.array(z.tuple([z.string(), z.string(), COUNT, z.string(), COUNT, z.string()])).min(1).max(10_000),
     l: z.string(),
     r: z.string(),
+    /** How many runs each side's unfinished chunk has left. */
+    ln: z.number().int().nonnegative(),
+    rn: z.number().int().nonnegative(),
   }).optional(),
 });
 export type VerifyToken = z.infer<typeof VerifyToken>;
@@ -56,8 +59,10 @@ export function diffOf([workflowId, runId, ln, lc, rn, rc]: NonNullable<VerifyTo
 export function pendingOf(p: BehindPending): VerifyToken["b"] {
   return {
     d: p.diffs.map((d) => [d.workflowId, d.runId, String(d.local!.eventCount), d.local!.checksum, String(d.remote!.eventCount), d.remote!.checksum]),
-    l: base64Encode(p.tokens.local),
-    r: base64Encode(p.tokens.remote),
+    l: base64Encode(p.resume.local.token),
+    r: base64Encode(p.resume.remote.token),
+    ln: p.resume.local.first,
+    rn: p.resume.remote.first,
   };
 }
 
