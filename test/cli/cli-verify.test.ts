@@ -7,6 +7,7 @@ import { startClusters } from "../failover/mesh";
 import { addr, expectSameHistories, globalNamespace } from "../replication/support";
 import { runCli } from "./harness";
 import { eventually } from "../support/eventually";
+import { startHttpProxy, type HttpProxy } from "../support/http-proxy";
 import { json } from "../support/payload";
 import type { TestCluster } from "../support/server";
 
@@ -15,35 +16,6 @@ setDefaultTimeout(120_000);
 const NS = "ledger";
 /** Runs of 12 events: with no time for large runs, each page of B's checksums finishes about one. */
 const RUNS = 12;
-
-/**
- * A link to B that holds each page of checksums for `delayMs` before it forwards it: a remote
- * whose pages each take that long, as a slow link or a loaded peer makes them.
- */
-function slowLinkTo(target: TestCluster) {
-  const link = { delayMs: 0, pages: 0 };
-  const server = Bun.serve({
-    hostname: "127.0.0.1",
-    port: 0,
-    idleTimeout: 0,
-    async fetch(req) {
-      const url = new URL(req.url);
-      if (url.pathname.endsWith("/GetExecutionChecksums")) {
-        link.pages++;
-        await new Promise((r) => setTimeout(r, link.delayMs));
-      }
-      const headers = new Headers(req.headers);
-      headers.delete("host");
-      headers.delete("accept-encoding");
-      const res = await fetch(target.url + url.pathname + url.search, { method: req.method, headers, body: req.body, signal: req.signal, duplex: "half" } as RequestInit);
-      const out = new Headers(res.headers);
-      out.delete("content-encoding");
-      out.delete("content-length");
-      return new Response(res.body, { status: res.status, headers: out });
-    },
-  });
-  return { link, address: `127.0.0.1:${server.port}`, stop: () => server.stop(true) };
-}
 
 /** The CLI in process against a real server, its long-running calls given no wait on top of --rpc-timeout. */
 async function tern(x: TestCluster, ...argv: string[]) {
@@ -63,14 +35,16 @@ async function tern(x: TestCluster, ...argv: string[]) {
 
 describe("tern replication verify against real clusters, through a slow link", () => {
   let a: TestCluster, b: TestCluster;
-  let link: ReturnType<typeof slowLinkTo>;
+  let link: HttpProxy;
+  /** A's pages of B's checksums held this long on their way, as over a slow link or from a loaded peer. */
+  const slowPages = (ms: number) => link.delayPaths((path) => path.endsWith("/GetExecutionChecksums"), ms);
 
   beforeAll(async () => {
     // B digests its runs for no time per page: a page of B's checksums finishes about one run.
     [a, b] = await startClusters("pglite", [{}, { serverOptions: { replication: { verify: { sqlDigestBytes: 0, pageWorkMs: 0 } } } }]);
-    link = slowLinkTo(b);
+    link = startHttpProxy(addr(b));
     // A reaches B through the link; B reaches A directly.
-    await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: link.address });
+    await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: `127.0.0.1:${link.port}` });
     await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
     const nsId = await globalNamespace(a, b, NS);
     const wf = a.client(WorkflowService);
@@ -82,12 +56,12 @@ describe("tern replication verify against real clusters, through a slow link", (
     await eventually(() => expectSameHistories(a, b, nsId), { timeout: 60_000 });
   });
   afterAll(async () => {
-    await link?.stop();
+    await link?.close();
     await Promise.all([a?.destroy(), b?.destroy()]);
   });
 
   test("AVerifyLongerThanTheDeadlineSucceedsPageByPage: --rpc-timeout bounds each page, not the whole verify", async () => {
-    link.link.delayMs = 300;
+    slowPages(300);
     const r = await tern(a, "replication", "verify", "-n", NS, "--cluster", "clusterB", "--rpc-timeout", "2s");
     expect([r.code, r.err, r.out]).toEqual([0, "", `clusterA: ${RUNS} executions, clusterB: ${RUNS} executions; histories are identical\n`]);
     expect(r.calls).toBeGreaterThan(RUNS / 2);
@@ -95,7 +69,7 @@ describe("tern replication verify against real clusters, through a slow link", (
   });
 
   test("APageLongerThanTheDeadlineFails: with the line naming the address and the deadline", async () => {
-    link.link.delayMs = 3_000;
+    slowPages(3_000);
     const r = await tern(a, "replication", "verify", "-n", NS, "--cluster", "clusterB", "--rpc-timeout", "2s");
     expect([r.code, r.out, r.err]).toEqual([1, "", `error: tern at ${a.url} did not answer within 2s (the call's deadline; --rpc-timeout sets it, 0 for none)\n`]);
     expect(r.calls).toBe(1);

@@ -8,6 +8,13 @@ export interface HttpProxy {
   failPaths(matches: ((path: string) => boolean) | undefined): void;
   /** How many requests failPaths has answered 502 so far. */
   readonly failed: number;
+  /**
+   * While set, requests whose path `matches` are held `ms` before they are passed on, as over a
+   * slow link or to a loaded server; undefined passes all at once again.
+   */
+  delayPaths(matches: ((path: string) => boolean) | undefined, ms?: number): void;
+  /** How many requests delayPaths has held so far. */
+  readonly delayed: number;
   close(): Promise<void>;
 }
 
@@ -17,6 +24,8 @@ const HOP_BY_HOP = ["connection", "keep-alive", "transfer-encoding", "host", "co
 export function startHttpProxy(target: string): HttpProxy {
   let matches: ((path: string) => boolean) | undefined;
   let failed = 0;
+  let delay: { matches: (path: string) => boolean; ms: number } | undefined;
+  let delayed = 0;
   /** Requests waiting for their upstream answer, by path: failPaths ends those it matches. */
   const waiting = new Map<AbortController, string>();
   const badGateway = () => (failed++, new Response("502 Bad Gateway: upstream route down\n", { status: 502, headers: { "content-type": "text/plain" } }));
@@ -28,6 +37,10 @@ export function startHttpProxy(target: string): HttpProxy {
     async fetch(req) {
       const url = new URL(req.url);
       if (matches?.(url.pathname)) return badGateway();
+      if (delay?.matches(url.pathname)) {
+        delayed++;
+        await new Promise((r) => setTimeout(r, delay!.ms));
+      }
       const headers = new Headers(req.headers);
       for (const h of HOP_BY_HOP) headers.delete(h);
       const abort = new AbortController();
@@ -57,6 +70,12 @@ export function startHttpProxy(target: string): HttpProxy {
     },
     get failed() {
       return failed;
+    },
+    delayPaths(next, ms = 0) {
+      delay = next && { matches: next, ms };
+    },
+    get delayed() {
+      return delayed;
     },
     close: () => server.stop(true),
   };
