@@ -75,7 +75,7 @@ export function resolveCommand(root: Command, argv: readonly string[]): Resolved
       const child = command.commands.find((c) => c.name === token);
       if (!child) {
         const where = ["tern", ...path].join(" ");
-        return { command, path, rest: [], help, unknown: `unknown command "${token}" for "${where}"` };
+        return { command, path, rest: [], help, unknown: strayFlagBefore(argv[i - 1]) ?? `unknown command "${token}" for "${where}"` };
       }
       command = child;
       path.push(token);
@@ -84,6 +84,17 @@ export function resolveCommand(root: Command, argv: readonly string[]): Resolved
     }
   }
   return { command, path, rest, help };
+}
+
+/**
+ * When the word that named no command follows a flag that is not global (`tern -adress HOST
+ * operator ...`), that flag is the mistake: the word is its value.
+ */
+function strayFlagBefore(previous: string | undefined): string | undefined {
+  if (previous === undefined || !isFlagToken(previous) || previous.includes("=")) return undefined;
+  if (findFlag(GLOBAL_FLAGS, previous)) return undefined;
+  const globals = GLOBAL_FLAGS.map((f) => `--${f.name}`).join(", ");
+  return `unknown flag ${previous} before the command (the flags taken there are ${globals}; a command's own flags go after it)`;
 }
 
 /** Creates the CLI over its dependencies. */

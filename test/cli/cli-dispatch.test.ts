@@ -47,6 +47,17 @@ describe("dispatch and global flags", () => {
     expect(extra.stderr).toContain('unexpected argument "stray"');
   });
 
+  test("a misspelt global flag before the command is named, not its value taken for a command", async () => {
+    // The runbook's tctl spelling is `tern -address HOST admin cluster ...`.
+    const r = await runCli(["-adress", "127.0.0.1:8233", "admin", "cluster", "list"], { operator: cluster });
+    expect(r.code).toBe(2);
+    expect(r.addresses).toEqual([]);
+    expect(r.stderr).toBe(
+      "error: unknown flag -adress before the command (the flags taken there are --address, --rpc-timeout, --output, --help; a command's own flags go after it)\n" +
+        "(run 'tern --help' for usage)\n",
+    );
+  });
+
   test("a bare group prints its help", async () => {
     const r = await runCli(["workflow"]);
     expect(r.code).toBe(0);
