@@ -52,6 +52,9 @@ async function waitActive(demo: DemoRunner, on: ClusterProcess, active: string):
   });
 }
 
+/** A first start makes its PGlite database: a few seconds on a quiet machine, over 30 s on a busy 2-core one. */
+const START_TIMEOUT_MS = 120_000;
+
 async function startClusters(demo: DemoRunner): Promise<[ClusterProcess, ClusterProcess]> {
   demo.step("Start two clusters");
   const dir = mkdtempSync(join(tmpdir(), "tern-demo-"));
@@ -60,7 +63,7 @@ async function startClusters(demo: DemoRunner): Promise<[ClusterProcess, Cluster
   demo.say("clusterA: initialFailoverVersion 1; clusterB: 2; failoverVersionIncrement 100; enableGlobalNamespace: true;");
   demo.say("dcRedirectionPolicy: selected-apis-forwarding (writes to the standby are forwarded to the active cluster).");
   const start = (name: string, initialFailoverVersion: number) =>
-    startClusterProcess({ name, initialFailoverVersion, dir }).then((c) => (demo.own({ cluster: c }), c));
+    startClusterProcess({ name, initialFailoverVersion, dir, startTimeoutMs: START_TIMEOUT_MS }).then((c) => (demo.own({ cluster: c }), c));
   const [a, b] = await Promise.all([start("clusterA", 1), start("clusterB", 2)]);
   for (const c of [a, b]) demo.say(`${c.name} is up at ${c.address}: bun src/main.ts --config ${c.configPath}`);
   return [a, b];

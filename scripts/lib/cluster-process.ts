@@ -119,11 +119,13 @@ async function waitHealthy(address: string, exited: () => boolean, timeoutMs: nu
       if (res.status === 200) return;
       last = `/health answered ${res.status}`;
     } catch (e) {
-      last = (e as Error).message;
+      // Bun's text for a refused connection ("Is the computer able to access the url?") speaks to fetch's caller.
+      const code = (e as { code?: unknown }).code;
+      last = code === "ConnectionRefused" || code === "ECONNREFUSED" ? `nothing listens on ${address} yet` : (e as Error).message;
     }
     await Bun.sleep(100);
   }
-  throw new Error(`no healthy answer within ${timeoutMs} ms (${last})`);
+  throw new Error(`no healthy answer within ${timeoutMs} ms (${last}; the process is still running)`);
 }
 
 /** Writes the config, starts the server and resolves once GET /health answers 200. */

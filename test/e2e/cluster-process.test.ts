@@ -1,0 +1,19 @@
+import { afterAll, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { startClusterProcess } from "../../scripts/lib/cluster-process";
+
+const dir = mkdtempSync(join(tmpdir(), "tern-cluster-process-"));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+test("TestAServerStillStartingWhenTheWaitEndsIsSaidSoInPlainWords (bun run demo on a busy machine)", async () => {
+  // 50 ms: the process has not opened its port yet.
+  const started = startClusterProcess({ name: "clusterA", initialFailoverVersion: 1, dir, startTimeoutMs: 50 });
+  const err = (await started.then(
+    () => expect.unreachable("the server answered within 50 ms"),
+    (e: Error) => e,
+  )) as Error;
+  expect(err.message).toMatch(/^clusterA did not start: no healthy answer within 50 ms \(nothing listens on 127\.0\.0\.1:\d+ yet; the process is still running\)/);
+  expect(err.message).not.toContain("Is the computer able to access the url?");
+});
