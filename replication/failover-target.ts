@@ -3,6 +3,7 @@ import type { CurrentCluster } from "../src/cluster/bootstrap";
 import type { ClusterDirectory } from "../src/cluster/directory";
 import type { RemoteClientPool } from "../src/cluster/remote-client";
 import type { ClusterInfo } from "../src/gen/tern/operator/v1/service_pb";
+import { fetchFailureReason } from "../src/fetch-failure";
 import { notServed } from "./not-served";
 
 export interface FailoverTargetCheckDeps {
@@ -12,16 +13,24 @@ export interface FailoverTargetCheckDeps {
   timeoutMs?: number;
 }
 
-/** How `asked` sees cluster `name`: its row, "unknown" (NOT_FOUND), or undefined when it did not answer. */
-type Seen = ClusterInfo | "unknown" | undefined;
+/**
+ * How `asked` sees cluster `name`: its row, "unknown" (NOT_FOUND), `{ down }` when nothing took
+ * the connection (refused, or its host not found), or undefined when it did not answer.
+ */
+type Seen = ClusterInfo | "unknown" | { down: string } | undefined;
+
+/** Nothing runs at the address now: a failover would make active a cluster that takes no writes. */
+const DOWN = new Set(["connection refused", "host not found"]);
 
 /**
  * Why a graceful failover to target would leave a cluster without what target writes, as the
  * clusters themselves say, or undefined. Target pulls nothing from here when its side of the
  * connection is disabled, or it does not know this cluster (or knows another of its name): it can
  * never catch up. Another member of the namespace takes nothing from target when either of the
- * two does not know the other (a mesh with a link missing). A cluster that does not answer, or a
- * connection disabled elsewhere (paused, it catches up once enabled), is no reason. Asked before
+ * two does not know the other (a mesh with a link missing). A target that refuses the connection
+ * is down: made active, it would take no writes, though it acked everything before it went. A
+ * cluster that does not answer (a link that drops packets), or a member other than the target
+ * that is down, or a connection disabled elsewhere (paused, it catches up once enabled), is no reason. Asked before
  * HANDOVER, so a failover that could only time out holds no write for its timeout.
  */
 export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000 }: FailoverTargetCheckDeps) {
@@ -32,14 +41,17 @@ export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000
     try {
       return (await clients.get(address).operator.describeCluster({ clusterName: name }, { timeoutMs: waitMs })).cluster;
     } catch (e) {
-      return e instanceof ConnectError && e.code === Code.NotFound && !notServed(e) ? "unknown" : undefined;
+      if (e instanceof ConnectError && e.code === Code.NotFound && !notServed(e)) return "unknown";
+      const reason = fetchFailureReason(e);
+      return reason && DOWN.has(reason) ? { down: reason } : undefined;
     }
   }
 
   /** What target says of this cluster. */
-  function targetSide(target: string, seen: Seen): string | undefined {
+  function targetSide(target: string, address: string, seen: Seen): string | undefined {
     if (seen === "unknown") return `cluster ${target} does not know cluster ${here}: connect it there with cluster upsert, so it cannot catch up`;
     if (!seen) return undefined;
+    if ("down" in seen) return `cluster ${target} cannot be reached at ${address} (${seen.down}): made active now, it would take no writes`;
     if (seen.clusterId && seen.clusterId !== current.clusterId) {
       return `cluster ${target} knows another ${here} (id ${seen.clusterId}; this one is ${current.clusterId}): connect this one there with cluster upsert, so it cannot catch up`;
     }
@@ -64,6 +76,6 @@ export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000
         return undefined;
       }),
     ]);
-    return targetSide(target, mine) ?? links.find((l) => l !== undefined);
+    return targetSide(target, targetAddress, mine) ?? links.find((l) => l !== undefined);
   };
 }
