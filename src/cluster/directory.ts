@@ -18,6 +18,13 @@ export interface ClusterDirectory {
   hold(tx: Tx, names: string[]): Promise<void>;
 }
 
+/** NOT_FOUND for a cluster name this cluster does not know, naming those it knows (a typo's fix is among them). */
+export async function unknownCluster(db: Db | Tx, current: CurrentCluster, name: string): Promise<Error> {
+  const known = await db.select({ name: clusterMetadata.clusterName }).from(clusterMetadata).orderBy(clusterMetadata.clusterName);
+  const names = known.length ? known.map((k) => k.name).join(", ") : current.clusterName;
+  return notFound(`cluster ${shown(name)} is not known to cluster ${current.clusterName} (known: ${names})`);
+}
+
 /** Reads cluster rows from cluster_metadata; the current cluster is fixed at boot. */
 export function createClusterDirectory(db: Db, current: CurrentCluster): ClusterDirectory {
   return {
@@ -25,7 +32,7 @@ export function createClusterDirectory(db: Db, current: CurrentCluster): Cluster
     async require(name) {
       if (name === current.clusterName) return current;
       const [row] = await db.select().from(clusterMetadata).where(eq(clusterMetadata.clusterName, name));
-      if (!row) throw notFound(`cluster ${shown(name)} is not known to cluster ${current.clusterName}`);
+      if (!row) throw await unknownCluster(db, current, name);
       return row;
     },
     list: () => db.select().from(clusterMetadata).orderBy(clusterMetadata.clusterName),
@@ -34,7 +41,7 @@ export function createClusterDirectory(db: Db, current: CurrentCluster): Cluster
       if (!remotes.length) return;
       const rows = await tx.select({ name: clusterMetadata.clusterName }).from(clusterMetadata).where(inArray(clusterMetadata.clusterName, remotes)).for("share");
       const gone = remotes.find((n) => !rows.some((r) => r.name === n));
-      if (gone) throw notFound(`cluster ${shown(gone)} is not known to cluster ${current.clusterName}`);
+      if (gone) throw await unknownCluster(tx, current, gone);
     },
   };
 }

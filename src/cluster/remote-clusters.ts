@@ -1,9 +1,10 @@
 import { and, eq } from "drizzle-orm";
-import { alreadyExists, failedPrecondition, invalidArgument, notFound, unavailable } from "../errors";
+import { alreadyExists, failedPrecondition, invalidArgument, unavailable } from "../errors";
 import { transaction } from "../persistence/call-signal";
 import type { Db, Tx } from "../persistence/database";
 import { clusterMetadata, namespaces, replicationAckLevels } from "../persistence/schema";
 import type { CurrentCluster } from "./bootstrap";
+import { unknownCluster } from "./directory";
 import { frontendAddressProblem, frontendUrl, peerFailureText, type RemoteClientPool } from "./remote-client";
 import { shown } from "../shown";
 import { listsClusters } from "../namespace/lists-clusters";
@@ -108,7 +109,7 @@ export function createRemoteClusters({ db, current, clients, onChanged, onConnec
     if (name === current.clusterName) throw invalidArgument(`${shown(name)} is this cluster; it cannot be removed`);
     await transaction(db, async (tx) => {
       const [row] = await tx.select().from(clusterMetadata).where(eq(clusterMetadata.clusterName, name)).for("update");
-      if (!row) throw notFound(`cluster ${shown(name)} is not known to cluster ${current.clusterName}`);
+      if (!row) throw await unknownCluster(tx, current, name);
       const users = await tx
         .select({ name: namespaces.name })
         .from(namespaces)

@@ -91,6 +91,6 @@ describe("seed runbook: multi-cluster replication set-up with tctl commands", ()
     expect(await remoteRow(b, "clusterA")).toBeUndefined();
     const again = await runTern(shellWords(RUNBOOK.deleteFromA.replace(":7233", `:${a.port}`)).slice(1));
     expect(again.code).toBe(1);
-    expect(again.stderr).toBe("error: not_found: cluster clusterB is not known to cluster clusterA\n");
+    expect(again.stderr).toBe("error: not_found: cluster clusterB is not known to cluster clusterA (known: clusterA)\n");
   });
 });

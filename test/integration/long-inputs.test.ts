@@ -33,10 +33,10 @@ describe("an error quoting a client's input shows a long one shortened (a prefix
     const wf = cluster.client(WorkflowService);
     const admin = cluster.client(AdminService);
     const before = logs.length;
-    expect(await failure(op.describeCluster({ clusterName: big }))).toEqual({ code: "NotFound", message: `cluster ${bigShown} is not known to cluster active` });
-    expect(await failure(op.removeRemoteCluster({ clusterName: big }))).toEqual({ code: "NotFound", message: `cluster ${bigShown} is not known to cluster active` });
+    expect(await failure(op.describeCluster({ clusterName: big }))).toEqual({ code: "NotFound", message: `cluster ${bigShown} is not known to cluster active (known: active)` });
+    expect(await failure(op.removeRemoteCluster({ clusterName: big }))).toEqual({ code: "NotFound", message: `cluster ${bigShown} is not known to cluster active (known: active)` });
     expect(await failure(op.failoverNamespace({ namespace: "g", targetCluster: big }))).toEqual({ code: "InvalidArgument", message: `cluster ${bigShown} is not one of namespace g's clusters (active)` });
-    expect(await failure(wf.updateNamespace({ namespace: "g", activeClusterName: big }))).toEqual({ code: "NotFound", message: `cluster ${bigShown} is not known to cluster active` });
+    expect(await failure(wf.updateNamespace({ namespace: "g", activeClusterName: big }))).toEqual({ code: "NotFound", message: `cluster ${bigShown} is not known to cluster active (known: active)` });
     expect(await failure(wf.registerNamespace({ namespace: "e", ownerEmail: big }))).toEqual({ code: "InvalidArgument", message: `owner email ${bigShown} is not an email address` });
     expect(await failure(admin.verifyReplication({ namespace: "g", cluster: big }))).toEqual({ code: "NotFound", message: `cluster ${bigShown} is not a remote cluster of active` });
     expect(await failure(admin.listReplicationDlq({ sourceCluster: big, pageSize: 10 }))).toMatchObject({ code: "NotFound", message: expect.stringContaining(`cluster ${bigShown} is not known here`) });
@@ -48,7 +48,7 @@ describe("an error quoting a client's input shows a long one shortened (a prefix
 
   test("short inputs read as before", async () => {
     const op = cluster.client(OperatorService);
-    expect(await failure(op.describeCluster({ clusterName: "clusterZ" }))).toEqual({ code: "NotFound", message: "cluster clusterZ is not known to cluster active" });
+    expect(await failure(op.describeCluster({ clusterName: "clusterZ" }))).toEqual({ code: "NotFound", message: "cluster clusterZ is not known to cluster active (known: active)" });
     expect(await failure(cluster.client(Health).check({ service: "nope" }))).toEqual({ code: "NotFound", message: 'unknown service "nope"' });
     expect(await failure(cluster.client(WorkflowService).registerNamespace({ namespace: "e", ownerEmail: "nobody" }))).toEqual({ code: "InvalidArgument", message: 'owner email "nobody" is not an email address' });
   });
