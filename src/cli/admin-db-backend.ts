@@ -11,7 +11,8 @@ export interface AdminDbBackend {
   loadConfig(path: string, env: Env): Config;
   openDatabase(store: DatastoreConfig): Promise<Database>;
   migrateSchema(database: Database, migrationsFolder: string): Promise<string[]>;
-  schemaStatus(database: Database, migrationsFolder: string): Promise<SchemaStatus>;
+  /** Without a database (none made yet): every migration pending. */
+  schemaStatus(database: Database | undefined, migrationsFolder: string): Promise<SchemaStatus>;
   /** A database URL without its password, for messages. */
   redactUrl(url: string): string;
   /** The repo's drizzle/ folder. */

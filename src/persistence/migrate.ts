@@ -19,11 +19,11 @@ export interface SchemaStatus {
   unknownApplied: number;
 }
 
-/** Reads which migrations in folder are applied to the database. */
-export async function schemaStatus(database: Database, migrationsFolder: string): Promise<SchemaStatus> {
+/** Reads which migrations in folder are applied to the database (none without one). */
+export async function schemaStatus(database: Database | undefined, migrationsFolder: string): Promise<SchemaStatus> {
   const files = readMigrationFiles({ migrationsFolder });
   const known = readTags(migrationsFolder);
-  const rows = await appliedMillis(database.db);
+  const rows = database ? await appliedMillis(database.db) : [];
   const appliedSet = new Set(rows);
   const applied: string[] = [];
   const pending: string[] = [];

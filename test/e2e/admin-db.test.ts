@@ -1,5 +1,5 @@
 import { setDefaultTimeout, expect, test } from "bun:test";
-import { writeFileSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { newDataLocation, testConfigYaml } from "../support/server";
@@ -29,6 +29,13 @@ for (const store of await testStores()) {
       expect(s0.applied).toEqual([]);
       expect(s0.pending.length).toBeGreaterThanOrEqual(2);
       expect(s0.pending[0]).toBe("0000_init");
+      if (store === "pglite") {
+        // A look makes no database: the path may be mistyped.
+        expect(existsSync(join(data.location, "db"))).toBe(false);
+        const text = await tern("admin", "db", "status", ...target);
+        expect(text.out).toContain("No database there yet (a server's first start, or 'tern admin db migrate', makes it); is the path right?\n");
+        expect(existsSync(join(data.location, "db"))).toBe(false);
+      }
       const migrate = await tern("admin", "db", "migrate", ...target, "-o", "json");
       expect(migrate.code).toBe(0);
       expect(JSON.parse(migrate.out).applied).toEqual(s0.pending);

@@ -1,3 +1,5 @@
+import { existsSync } from "node:fs";
+import { join } from "node:path";
 import type { DatastoreConfig } from "../../config/schema";
 import type { Database } from "../../persistence/database";
 import type { AdminDbBackend } from "../admin-db-backend";
@@ -45,7 +47,10 @@ async function withDatabase<T>(
   fn: (backend: AdminDbBackend, database: Database, where: string) => Promise<T>,
 ): Promise<T> {
   const backend = await ctx.adminDb();
-  const store = datastoreFromArgs(backend, args);
+  return openAndRun(backend, datastoreFromArgs(backend, args), fn);
+}
+
+async function openAndRun<T>(backend: AdminDbBackend, store: DatastoreConfig, fn: (backend: AdminDbBackend, database: Database, where: string) => Promise<T>): Promise<T> {
   const database = await backend.openDatabase(store);
   try {
     return await fn(backend, database, describeStore(backend, store));
@@ -80,12 +85,17 @@ const status: LeafCommand = {
     "unknownApplied > 0 means the database schema is newer than this tern build: it exits 1.",
   flags: dbFlags,
   async run(ctx, args) {
-    await withDatabase(ctx, args, async (backend, database, where) => {
+    const backend = await ctx.adminDb();
+    const store = datastoreFromArgs(backend, args);
+    // Opening a PGlite dir makes a database there: a look at a mistyped path must not.
+    const absent = "pglite" in store && !existsSync(join(store.pglite.dataDir, "PG_VERSION"));
+    const show = async (database: Database | undefined, where: string) => {
       const s = await backend.schemaStatus(database, backend.migrationsFolder);
       if (ctx.format === "json") ctx.out(JSON.stringify({ datastore: where, ...s }, null, 2) + "\n");
       else {
         const pending = new Set(s.pending);
         ctx.out(`Datastore: ${where}\n`);
+        if (absent) ctx.out("No database there yet (a server's first start, or 'tern admin db migrate', makes it); is the path right?\n");
         ctx.out(formatTable(["MIGRATION", "STATE"], s.known.map((tag) => [tag, pending.has(tag) ? "pending" : "applied"])));
         if (s.unknownApplied === 0) ctx.out(s.pending.length === 0 ? "Schema up to date\n" : `${s.pending.length} pending: run 'tern admin db migrate'\n`);
       }
@@ -93,7 +103,9 @@ const status: LeafCommand = {
       if (s.unknownApplied > 0) {
         throw new CliError(`the database schema is newer than this tern build (${s.unknownApplied} applied migration(s) unknown to it): upgrade tern`);
       }
-    });
+    };
+    if (absent) await show(undefined, describeStore(backend, store));
+    else await openAndRun(backend, store, (_, database, where) => show(database, where));
   },
 };
 
