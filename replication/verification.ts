@@ -163,7 +163,11 @@ export function createReplicationVerifier({ db, cluster, clients, sqlDigestBytes
     if (!req.cluster) throw invalidArgument("cluster is required");
     if (req.cluster === cluster.clusterName) throw invalidArgument(`${shown(req.cluster)} is this cluster: name a remote cluster`);
     const [row] = await db.select().from(clusterMetadata).where(eq(clusterMetadata.clusterName, req.cluster));
-    if (!row) throw notFound(`cluster ${shown(req.cluster)} is not a remote cluster of ${cluster.clusterName}`);
+    if (!row) {
+      const remotes = await db.select({ name: clusterMetadata.clusterName }).from(clusterMetadata).where(eq(clusterMetadata.isCurrent, false)).orderBy(clusterMetadata.clusterName);
+      const known = remotes.length ? `its remote clusters: ${remotes.map((r) => r.name).join(", ")}` : "it has no remote cluster";
+      throw notFound(`cluster ${shown(req.cluster)} is not a remote cluster of ${cluster.clusterName} (${known})`);
+    }
     const admin = clients.get(row.rpcAddress).admin;
     const peer: Peer = {
       page: (token, walk) => admin.getExecutionChecksums({ namespace: req.namespace, pageSize: pageOf(req), nextPageToken: token }, { signal: walk, timeoutMs: CHECKSUMS_TIMEOUT_MS }).catch((e) => {

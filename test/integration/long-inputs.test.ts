@@ -38,7 +38,7 @@ describe("an error quoting a client's input shows a long one shortened (a prefix
     expect(await failure(op.failoverNamespace({ namespace: "g", targetCluster: big }))).toEqual({ code: "InvalidArgument", message: `cluster ${bigShown} is not one of namespace g's clusters (active)` });
     expect(await failure(wf.updateNamespace({ namespace: "g", activeClusterName: big }))).toEqual({ code: "NotFound", message: `cluster ${bigShown} is not known to cluster active (known: active)` });
     expect(await failure(wf.registerNamespace({ namespace: "e", ownerEmail: big }))).toEqual({ code: "InvalidArgument", message: `owner email ${bigShown} is not an email address` });
-    expect(await failure(admin.verifyReplication({ namespace: "g", cluster: big }))).toEqual({ code: "NotFound", message: `cluster ${bigShown} is not a remote cluster of active` });
+    expect(await failure(admin.verifyReplication({ namespace: "g", cluster: big }))).toEqual({ code: "NotFound", message: `cluster ${bigShown} is not a remote cluster of active (it has no remote cluster)` });
     expect(await failure(admin.listReplicationDlq({ sourceCluster: big, pageSize: 10 }))).toMatchObject({ code: "NotFound", message: expect.stringContaining(`cluster ${bigShown} is not known here`) });
     expect(await failure(cluster.client(Health).check({ service: big }))).toEqual({ code: "NotFound", message: `unknown service ${bigShown}` });
     const upsert = await failure(op.addOrUpdateRemoteCluster({ frontendAddress: big }));

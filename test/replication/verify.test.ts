@@ -93,6 +93,11 @@ for (const store of await testStores()) {
       expect([cli.code, cli.err.trim()]).toEqual([1, "error: not_found: namespace only-a is not on cluster clusterB (is it one of the namespace's clusters?): namespace only-a not found"]);
     });
 
+    test("AMisspeltRemoteIsRefusedNamingTheRemotes", async () => {
+      const cli = await tern(a, "replication", "verify", "-n", NS, "--cluster", "clusterb");
+      expect([cli.code, cli.err.trim()]).toEqual([1, "error: not_found: cluster clusterb is not a remote cluster of clusterA (its remote clusters: clusterB)"]);
+    });
+
     test("DivergedClusterFails: a changed event, a lost last event, a lost execution and a stray one are reported, exit 1", async () => {
       const db = b.server.database.db;
       const run = (workflowId: string) => and(eq(historyEvents.namespaceId, nsId), eq(historyEvents.workflowId, workflowId));
