@@ -135,14 +135,18 @@ for (const store of await testStores()) {
       expect(reads.slice(3).every((r) => r.run === undefined && r.current === undefined)).toBe(true);
     });
 
-    test("APageOfNewRunsWritesTheirRowsTogether: 1,100 starts insert their runs, events and request ids in statements of 1,024, not a run each", async () => {
-      const tasks = Array.from({ length: 1100 }, (_, i) => startTask(`wf-new-${i}`, `run-new-${i}`));
-      const texts = await opened.database.db.transaction(async (tx) => {
+    /** The texts of the statements writeAll issues for tasks' applies (read first, outside the count). */
+    const statementsOfWriteAll = (tasks: Parameters<typeof applier.planApply>[1][]) =>
+      opened.database.db.transaction(async (tx) => {
         const reads = await applier.readForApply(tx, tasks.map((task) => ({ ns, task })));
         const c = counting(tx);
         await applier.writeAll(c.tx, tasks.map((t, i) => applier.planApply(ns, t, reads[i]!)!.write!));
         return c.texts;
       });
+
+    test("APageOfNewRunsWritesTheirRowsTogether: 1,100 starts insert their runs, events and request ids in statements of 1,024, not a run each", async () => {
+      const tasks = Array.from({ length: 1100 }, (_, i) => startTask(`wf-new-${i}`, `run-new-${i}`));
+      const texts = await statementsOfWriteAll(tasks);
       expect(texts).toHaveLength(6);
       const rows = await opened.database.db.select().from(executions).where(eq(executions.namespaceId, NS));
       const made = rows.filter((r) => r.workflowId.startsWith("wf-new-"));
@@ -160,12 +164,7 @@ for (const store of await testStores()) {
 
     test("APageOfNewRunsWritesTheirTimersTogether: 1,100 starts with a timeout insert their timers in statements of 1,024, not one each", async () => {
       const tasks = Array.from({ length: 1100 }, (_, i) => timedStart(i));
-      const texts = await opened.database.db.transaction(async (tx) => {
-        const reads = await applier.readForApply(tx, tasks.map((task) => ({ ns, task })));
-        const c = counting(tx);
-        await applier.writeAll(c.tx, tasks.map((t, i) => applier.planApply(ns, t, reads[i]!)!.write!));
-        return c.texts;
-      });
+      const texts = await statementsOfWriteAll(tasks);
       // Rows, events and request ids as without timers, and the timers in two statements.
       expect(timerStatements(texts)).toHaveLength(2);
       expect(texts).toHaveLength(8);
@@ -192,12 +191,7 @@ for (const store of await testStores()) {
         events: [eventFromRow({ eventId: 2, version: 1, eventTime: new Date(Date.UTC(2026, 0, 1, 3)), attributes: { workflowExecutionCompletedEventAttributes: {} } })],
       });
       const tasks = closing.map(completed);
-      const texts = await opened.database.db.transaction(async (tx) => {
-        const reads = await applier.readForApply(tx, tasks.map((task) => ({ ns, task })));
-        const c = counting(tx);
-        await applier.writeAll(c.tx, tasks.map((t, i) => applier.planApply(ns, t, reads[i]!)!.write!));
-        return c.texts;
-      });
+      const texts = await statementsOfWriteAll(tasks);
       // The states and events in two statements each (no request ids), the timers' deletes in two.
       expect(timerStatements(texts)).toHaveLength(2);
       expect(texts).toHaveLength(6);
