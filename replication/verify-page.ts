@@ -5,6 +5,9 @@ import { failedPrecondition } from "../src/errors";
 import { ExecutionChecksumSchema, type ExecutionChecksum } from "../src/gen/tern/admin/v1/service_pb";
 import type { BehindPending, Diff } from "./verify-compare";
 
+/** What a page that cannot line the two sides' runs up says (the CLI then verifies in one call). */
+export const ORDER_DIFFERS = "checksums come in another order than this cluster's";
+
 /** A run's checksum as the pages of both sides give it. */
 export type RunChecksum = Pick<ExecutionChecksum, "workflowId" | "runId" | "eventCount" | "checksum">;
 
@@ -98,7 +101,7 @@ export function splitAtFrontier(rank: (x: RunKey) => number, previous: RunKey | 
   for (const [side, walk] of [["local", local], ["remote", remote]] as const) {
     let last = floor;
     for (const x of walk.runs) {
-      if (rank(x) <= last) throw failedPrecondition(`the ${side} cluster's checksums come in another order than this cluster's (do their databases' collations differ?); a VerifyReplication without page_size compares the whole namespace in one call`);
+      if (rank(x) <= last) throw failedPrecondition(`the ${side} cluster's ${ORDER_DIFFERS} (do their databases' collations differ?); a VerifyReplication without page_size compares the whole namespace in one call`);
       last = rank(x);
     }
   }

@@ -1,5 +1,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
+import { ORDER_DIFFERS } from "../../replication/verify-page";
 import { createCli } from "../../src/cli/cli";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
@@ -90,6 +92,31 @@ describe("tern replication verify's pages", () => {
     expect(asked).toEqual([{ pageSize: 1000, token: "" }, { pageSize: 1000, token: "next" }]);
     const out = JSON.parse(r.stdout);
     expect([r.code, out.localExecutions, out.remoteExecutions, out.diverging.map((d: { workflowId: string }) => d.workflowId), out.nextPageToken, out.paged]).toEqual([1, "1005", "1004", ["w1", "w2"], undefined, undefined]);
+  });
+
+  // Two clusters whose databases sort workflow ids differently (PostgreSQL's en_US.UTF-8 and
+  // PGlite's C, say) cannot line their pages up; the whole namespace in one call still compares them.
+  test("ClustersThatOrderRunsDifferentlyAreVerifiedInOneCall, with a NOTE saying why", async () => {
+    const asked: number[] = [];
+    const verifyReplication = (req: { pageSize: number }) => {
+      asked.push(req.pageSize);
+      if (req.pageSize > 0) {
+        throw new ConnectError(`the remote cluster's ${ORDER_DIFFERS} (do their databases' collations differ?); a VerifyReplication without page_size compares the whole namespace in one call`, Code.FailedPrecondition);
+      }
+      return { clusterName: "clusterA", remoteCluster: "clusterB", localExecutions: 7n, remoteExecutions: 7n };
+    };
+    const r = await runCli(["replication", "verify", "-n", "orders", "--cluster", "clusterB"], { admin: { verifyReplication } });
+    expect({ asked, code: r.code, out: r.stdout, err: r.stderr }).toEqual({
+      asked: [1000, 0],
+      code: 0,
+      out: "clusterA: 7 executions, clusterB: 7 executions; histories are identical\n",
+      err: `NOTE: the remote cluster's ${ORDER_DIFFERS} (do their databases' collations differ?): verifying the whole namespace in one call instead\n`,
+    });
+    // Any other refusal of a page is the verify's answer.
+    const refused = await runCli(["replication", "verify", "-n", "orders", "--cluster", "clusterB"], {
+      admin: { verifyReplication: () => { throw new ConnectError("namespace orders is not global", Code.FailedPrecondition); } },
+    });
+    expect([refused.code, refused.stderr]).toEqual([1, "error: failed_precondition: namespace orders is not global\n"]);
   });
 
   test("AWholeAnswerStandsAlone: a server from before pages, asked for a later page, answers the whole namespace", async () => {

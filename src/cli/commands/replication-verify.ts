@@ -1,5 +1,7 @@
 import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { VerifyReplicationResponseSchema, type ExecutionDifference, type VerifyReplicationResponse } from "../../gen/tern/admin/v1/service_pb";
+import { ORDER_DIFFERS } from "../../../replication/verify-page";
 import { requireString } from "../args";
 import type { LeafCommand } from "../command";
 import { formatTable, messageJson } from "../output";
@@ -48,11 +50,20 @@ export const verifyCommand: LeafCommand = {
   ],
   async run(ctx, args) {
     const req = { namespace: requireString(args, "namespace"), cluster: requireString(args, "cluster"), pageSize: PAGE };
-    // Page after page, each call with its own deadline: a namespace of many runs takes longer
-    // than any one wait. A server from before pages answers the whole namespace at once.
-    let res = await ctx.admin().verifyReplication(req, { signal: ctx.signal, timeoutMs: ctx.deadlineMs(ctx.longRunMs) });
-    for (let token = res.nextPageToken; token.length; token = res.nextPageToken) {
-      res = addPage(res, await ctx.admin().verifyReplication({ ...req, nextPageToken: token }, { signal: ctx.signal, timeoutMs: ctx.deadlineMs(ctx.longRunMs) }));
+    const call = (more: { nextPageToken?: Uint8Array; pageSize?: number } = {}) =>
+      ctx.admin().verifyReplication({ ...req, ...more }, { signal: ctx.signal, timeoutMs: ctx.deadlineMs(ctx.longRunMs) });
+    let res: VerifyReplicationResponse;
+    try {
+      // Page after page, each call with its own deadline: a namespace of many runs takes longer
+      // than any one wait. A server from before pages answers the whole namespace at once.
+      res = await call();
+      for (let token = res.nextPageToken; token.length; token = res.nextPageToken) res = addPage(res, await call({ nextPageToken: token }));
+    } catch (e) {
+      // The two clusters' databases order workflow ids differently (their collations): pages
+      // cannot be lined up, and the whole namespace in one call still compares them, as before pages.
+      if (!(e instanceof ConnectError && e.code === Code.FailedPrecondition && e.rawMessage.includes(ORDER_DIFFERS))) throw e;
+      ctx.err(`NOTE: ${e.rawMessage.split(";")[0]}: verifying the whole namespace in one call instead\n`);
+      res = await call({ pageSize: 0 });
     }
     // The whole verification, not a page of it.
     res = create(VerifyReplicationResponseSchema, { ...res, paged: false });
