@@ -10,7 +10,7 @@ import { transaction } from "../src/persistence/call-signal";
 import type { Db } from "../src/persistence/database";
 import { namespaces } from "../src/persistence/schema";
 import { listenForAckChange, outboundAcks } from "./ack-levels";
-import { appendNamespaceTask, namespaceQueueMax, readAckLevel } from "./namespace-queue";
+import { appendNamespaceTask, namespaceQueueMax, readAck } from "./namespace-queue";
 import { sleep } from "../src/sleep";
 import { lastTaskIds } from "./outbox";
 import { shown } from "../src/shown";
@@ -63,18 +63,28 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
   // A stopping server abandons the failovers still waiting, while its database is open to leave HANDOVER.
   const running = createLongPolls(() => unavailable(`cluster ${current.clusterName} is shutting down: no graceful failover starts here now; retry on a running server`));
 
+  /**
+   * HANDOVER, with the handover's mark in the namespace queue: the namespace as it stands (the
+   * target skips it, having it already). The target acks past the mark only by polling this
+   * queue after it was made and coming back for more, so the switch waits for proof that the
+   * target hears this queue now: its history acked, a target whose namespace polls fail would
+   * otherwise never hear the switch and both clusters refuse the namespace's writes.
+   */
   async function enterHandover(ns: NamespaceRecord, call?: AbortSignal): Promise<void> {
     // The exclusive barrier lock waits for every write that read NORMAL to commit (namespace-guard.ts).
-    const [row] = await transaction(db, async (tx) => {
+    const marked = await transaction(db, async (tx) => {
       await lockNamespaceForChange(tx, ns.id);
-      return tx
+      const [row] = await tx
         .update(namespaces)
         .set({ replicationState: "HANDOVER", updatedAt: now() })
         .where(and(eq(namespaces.id, ns.id), eq(namespaces.replicationState, "NORMAL"), eq(namespaces.failoverVersion, ns.failoverVersion), eq(namespaces.activeClusterName, current.clusterName)))
-        .returning({ id: namespaces.id });
+        .returning();
+      if (row) await appendNamespaceTask(tx, row, row.clusters);
+      return row !== undefined;
     }, call);
     deps.namespaces.invalidate(ns);
-    if (!row) throw inHandover(ns.name);
+    if (!marked) throw inHandover(ns.name);
+    deps.onReplicated?.();
   }
 
   /**
@@ -111,8 +121,11 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
       const acked = Number(acks.get(shardId) ?? 0);
       if (acked < max) return `cluster ${target} acked history shard ${shardId} up to task ${acked} of ${max}`;
     }
-    const nsAck = await readAckLevel(db, { remote: target, direction: "outbound", queue: "namespace", shardId: 0 });
-    if (nsAck < point.namespaceTaskId) return `cluster ${target} acked the namespace queue up to task ${nsAck} of ${point.namespaceTaskId}`;
+    const ns = await readAck(db, { remote: target, direction: "outbound", queue: "namespace", shardId: 0 });
+    if (ns.ackLevel < point.namespaceTaskId) {
+      const since = ns.updatedAt ? `since ${ns.updatedAt.toISOString()}` : "ever";
+      return `cluster ${target} has not polled ${current.clusterName}'s namespace queue ${since} (acked up to task ${ns.ackLevel} of ${point.namespaceTaskId}), so it would not hear the switch`;
+    }
     return undefined;
   }
 

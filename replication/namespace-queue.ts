@@ -54,8 +54,16 @@ export interface AckKey {
 
 /** Reads one replication position (0 when never recorded). */
 export async function readAckLevel(db: Db | Tx, k: AckKey): Promise<number> {
+  return (await readAck(db, k)).ackLevel;
+}
+
+/**
+ * One replication position and when it was last written (unset when never): an outbound
+ * namespace position is written at every poll the remote makes here (namespace-sender.ts).
+ */
+export async function readAck(db: Db | Tx, k: AckKey): Promise<{ ackLevel: number; updatedAt?: Date }> {
   const [row] = await db
-    .select({ ackLevel: replicationAckLevels.ackLevel })
+    .select({ ackLevel: replicationAckLevels.ackLevel, updatedAt: replicationAckLevels.updatedAt })
     .from(replicationAckLevels)
     .where(
       and(
@@ -65,7 +73,7 @@ export async function readAckLevel(db: Db | Tx, k: AckKey): Promise<number> {
         eq(replicationAckLevels.shardId, k.shardId),
       ),
     );
-  return row ? Number(row.ackLevel) : 0;
+  return row ? { ackLevel: Number(row.ackLevel), updatedAt: row.updatedAt } : { ackLevel: 0 };
 }
 
 /** Moves a replication position forward only: a late or repeated writer never moves it back. */

@@ -1,6 +1,7 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { NamespaceReplicationTask } from "../src/gen/tern/admin/v1/service_pb";
+import type { NamespaceDescription } from "../src/gen/tern/workflow/v1/namespace_pb";
 import type { NamespaceRecord, NamespaceRegistry } from "../src/namespace/registry";
 import type { Metrics } from "../src/observability/metrics";
 import type { Logger } from "../src/observability/log";
@@ -23,8 +24,8 @@ export interface NamespaceReceiverDeps {
   onChanged?: (ns: NamespaceRecord) => void;
   /** A backfill job was committed (wakes the backfill streams). */
   onBackfillStarted?: () => void;
-  /** Awaited before each task is applied (tests: holds this cluster's view of a namespace change). */
-  beforeApply?: () => Promise<void>;
+  /** Awaited before each task is applied, with the namespace it carries (tests: holds this cluster's view of a namespace change). */
+  beforeApply?: (ns: NamespaceDescription) => Promise<void>;
   /** How long the sender may hold one poll open. */
   waitTimeoutMs?: number;
   /** How long polls may fail before what was last heard is stale: history replication's (receiver.ts heard). */
@@ -43,7 +44,7 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
   const inboundHeard = createInboundHeard({ everyMs: waitTimeoutMs, staleAfterMs: deps.staleAfterMs });
 
   async function apply(key: AckKey, task: NamespaceReplicationTask, maxTaskId: number): Promise<void> {
-    await deps.beforeApply?.();
+    await deps.beforeApply?.(task.namespace!);
     const result = await db.transaction(async (tx) => {
       const r = await applyNamespaceTask(tx, currentCluster, task.namespace!, now());
       const source = r.record?.activeClusterName;

@@ -28,6 +28,7 @@ import { createReplicationStatus } from "../replication/status";
 import type { Config } from "./config/schema";
 import { loggableError } from "./errors";
 import { AdminService } from "./gen/tern/admin/v1/service_pb";
+import type { NamespaceDescription } from "./gen/tern/workflow/v1/namespace_pb";
 import { createAdminHandler } from "./frontend/admin-handler";
 import { createBackfillHandler } from "./frontend/backfill-handler";
 import { createApp } from "./frontend/app";
@@ -109,8 +110,8 @@ export interface ServerOptions {
     beforeShardPage?: (shardId: number, signal: AbortSignal) => Promise<void>;
     /** In place of the database's `applies.durable`: what the receiver awaits before it tells a source of its applies (tests). */
     durable?: () => Promise<void>;
-    /** Awaited before each replicated namespace change is applied: holds this cluster's view of a failover (tests). */
-    beforeNamespaceApply?: () => Promise<void>;
+    /** Awaited before each replicated namespace change (the namespace it carries) is applied: holds this cluster's view of a failover (tests). */
+    beforeNamespaceApply?: (ns: NamespaceDescription) => Promise<void>;
     /** Verify's budgets (tests make them small, so that a moderate run takes several calls). */
     verify?: Pick<ReplicationVerifierDeps, "sqlDigestBytes" | "pageWorkMs">;
   };

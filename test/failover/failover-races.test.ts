@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
+import { ReplicationState } from "../../src/gen/tern/workflow/v1/namespace_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { setLink } from "../conflict/support";
 import { eventually } from "../support/eventually";
@@ -9,7 +10,7 @@ import { testStores } from "../support/stores";
 import { rejects } from "../support/rejects";
 import { readAckLevel, namespaceQueueMax } from "../../replication/namespace-queue";
 import { startHttpProxy, type HttpProxy } from "../support/http-proxy";
-import { addr, describeOn, eventuallyOn, expectActiveOn, startClusters, startOrdersPair } from "./mesh";
+import { ackGate, addr, describeOn, eventuallyOn, expectActiveOn, startClusters, startOrdersPair } from "./mesh";
 
 setDefaultTimeout(90_000);
 
@@ -82,8 +83,9 @@ for (const store of await testStores()) {
   // B reaches A through an HTTP proxy (its namespace polls can be failed there alone); every other pair directly.
   describe(`a forwarded graceful failover overtaken before the asker heard of it, three clusters on ${store}`, () => {
     let a: TestCluster, b: TestCluster, c: TestCluster, link: HttpProxy;
+    const bAcks = ackGate(); // B's history acks, held so that A's failover waits after B acked its mark
     beforeAll(async () => {
-      [a, b, c] = await startClusters(store, [{}, {}, {}]);
+      [a, b, c] = await startClusters(store, [{}, bAcks.options, {}]);
       link = startHttpProxy(addr(a));
       for (const [x, y] of [[a, b], [a, c], [b, c], [c, a], [c, b]] as const) await x.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(y) });
       await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: `127.0.0.1:${link.port}` });
@@ -91,20 +93,26 @@ for (const store of await testStores()) {
       for (const x of [b, c]) await eventuallyOn(x, "orders", () => {});
     });
     afterAll(async () => {
+      bAcks.gate.open();
       link.failPaths(undefined);
       await Promise.all([a, b, c].map((x) => x.destroy()));
       await link.close();
     });
 
     test("TestForwardedFailoverOvertakenBeforeTheAskerHeardAnswersAsItHearsTheLaterOne, naming the cluster that took over", async () => {
-      // B acked all of A's namespace queue (the failover's handover point) before its polls of A fail.
       const bAck = () => readAckLevel(a.server.database.db, { remote: "clusterB", direction: "outbound", queue: "namespace", shardId: 0 });
-      await eventually(async () => expect(await bAck()).toBe(await namespaceQueueMax(a.server.database.db)));
-      link.failPaths((path) => path.endsWith("/GetNamespaceReplicationTasks"));
+      // A write B applies but does not ack yet: A's failover (forwarded to it by B) waits for that ack.
+      bAcks.gate.close();
+      await a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "unacked", workflowType: "t", taskQueue: "q" });
       let answeredAt = 0;
       const asked = b.client(OperatorService).failoverNamespace({ namespace: "orders", targetCluster: "clusterB", timeout: { seconds: 10n } })
         .finally(() => (answeredAt = performance.now()));
-      // A switches to B (forwarded to it by B); C hears it, B cannot. C then takes the namespace by force, and B hears that.
+      // B acks the handover's mark in A's namespace queue (it hears that queue), then its polls of A fail.
+      await eventuallyOn(a, "orders", (ns) => expect(ns.replicationConfig!.state).toBe(ReplicationState.HANDOVER));
+      await eventually(async () => expect(await bAck()).toBe(await namespaceQueueMax(a.server.database.db)));
+      link.failPaths((path) => path.endsWith("/GetNamespaceReplicationTasks"));
+      bAcks.gate.open();
+      // A switches to B; C hears it, B cannot. C then takes the namespace by force, and B hears that.
       await expectActiveOn(a, "orders", "clusterB", 2n);
       await expectActiveOn(c, "orders", "clusterB", 2n);
       await c.client(WorkflowService).updateNamespace({ namespace: "orders", activeClusterName: "clusterC" });

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { Code } from "@connectrpc/connect";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
-import { ReplicationState } from "../../src/gen/tern/workflow/v1/namespace_pb";
+import { ReplicationState, type NamespaceDescription } from "../../src/gen/tern/workflow/v1/namespace_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { eventually } from "../support/eventually";
 import { rejects } from "../support/rejects";
@@ -23,13 +23,21 @@ const state = async (x: TestCluster) => (await describeOn(x, "orders")).replicat
 const setConnection = (x: TestCluster, to: TestCluster, enabled: boolean) =>
   x.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(to), enableRemoteClusterConnection: enabled });
 
+/**
+ * A hook that holds, while gate is closed, the replicated changes making cluster active, and only
+ * those: a failover's switch is held there; the handover's mark in the namespace queue (which the
+ * failover waits for the target to ack) passes.
+ */
+const holdSwitchesTo = (cluster: string, gate: ReturnType<typeof createGate>) => (ns: NamespaceDescription) =>
+  (ns.replicationConfig?.activeClusterName === cluster ? gate.held : undefined) ?? Promise.resolve();
+
 for (const store of await testStores()) {
   describe(`graceful failover on ${store}`, () => {
     let a: TestCluster, b: TestCluster;
     const acks = ackGate(); // B's acks to A, held by the tests whose failover must wait
     const aNamespaceChanges = createGate(); // A's view of replicated namespace changes, held by one test
     beforeAll(async () => {
-      const aOptions = { serverOptions: { replication: { beforeNamespaceApply: () => aNamespaceChanges.held ?? Promise.resolve() } } };
+      const aOptions = { serverOptions: { replication: { beforeNamespaceApply: holdSwitchesTo("clusterA", aNamespaceChanges) } } };
       [a, b] = await startOrdersPair(store, [aOptions, acks.options]);
     });
     afterAll(() => (acks.gate.open(), aNamespaceChanges.open(), Promise.all([a, b].map((x) => x.destroy()))));
@@ -177,7 +185,7 @@ for (const store of await testStores()) {
     const aReads = { orders: 0 }; // A's reads of namespace orders from its database (registry.describe)
     beforeAll(async () => {
       const countReads = (r: NamespaceRegistry): NamespaceRegistry => ({ ...r, describe: (ref) => (ref.name === "orders" && aReads.orders++, r.describe(ref)) });
-      const aOptions = { serverOptions: { wrapNamespaces: countReads, replication: { beforeNamespaceApply: () => aNamespaceChanges.held ?? Promise.resolve() } } };
+      const aOptions = { serverOptions: { wrapNamespaces: countReads, replication: { beforeNamespaceApply: holdSwitchesTo("clusterA", aNamespaceChanges) } } };
       [a, b] = await startOrdersPair(store, [aOptions, {}]);
     });
     afterAll(() => (aNamespaceChanges.open(), Promise.all([a, b].map((x) => x.destroy()))));

@@ -1,0 +1,59 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { Code } from "@connectrpc/connect";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
+import { ReplicationState } from "../../src/gen/tern/workflow/v1/namespace_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { expectSameHistories } from "../replication/support";
+import { eventually } from "../support/eventually";
+import { startHttpLinkedPair } from "../support/linked-pair";
+import { rejects } from "../support/rejects";
+import type { TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+import { describeOn, eventuallyOn, expectActiveOn } from "./mesh";
+
+setDefaultTimeout(90_000);
+
+const NS = "orders";
+const failover = (x: TestCluster, target: string, seconds: number) =>
+  x.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: target, timeout: { seconds: BigInt(seconds) } });
+const start = (x: TestCluster, workflowId: string) => x.client(WorkflowService).startWorkflowExecution({ namespace: NS, workflowId, workflowType: "T", taskQueue: "q" });
+
+for (const store of await testStores()) {
+  describe(`graceful failover to a cluster whose namespace polls fail while its history flows, on ${store}`, () => {
+    const pair = {} as Awaited<ReturnType<typeof startHttpLinkedPair>>;
+    beforeAll(async () => Object.assign(pair, await startHttpLinkedPair(store, [{}, {}])));
+    afterAll(() => pair.close());
+
+    test("TestGracefulFailoverToAClusterThatDoesNotHearTheNamespaceQueueIsRefusedAndWritesGoOnInTheSource", async () => {
+      const { a, b, link, nsId } = pair;
+      await a.client(WorkflowService).updateNamespace({ namespace: NS, description: "v1" });
+      await eventuallyOn(b, NS, (ns) => expect(ns.namespaceInfo!.description).toBe("v1"));
+
+      // A proxy passes B's history stream from A and fails its polls of A's namespace queue.
+      link.failPaths((path) => path.endsWith("/GetNamespaceReplicationTasks"));
+      try {
+        await start(a, "before-failover");
+        await eventually(() => expectSameHistories(a, b, nsId));
+        const err = await rejects(failover(a, "clusterB", 2), Code.Unavailable, "graceful failover of namespace orders to clusterB timed out after 2000ms: ");
+        expect(err.rawMessage).toMatch(/cluster clusterB has not polled clusterA's namespace queue since \d{4}-\d\d-\d\dT[\d:.]+Z \(acked up to task \d+ of \d+\), so it would not hear the switch/);
+        expect(err.rawMessage).toContain("orders stays active in clusterA (replication state NORMAL)");
+        // Before: A answered success and saw B active, B still saw A active: both refused writes until B's polls came back.
+        for (const x of [a, b]) {
+          const ns = await describeOn(x, NS);
+          expect(ns.replicationConfig).toMatchObject({ activeClusterName: "clusterA", state: ReplicationState.NORMAL });
+          expect(ns.failoverVersion).toBe(1n);
+        }
+        await start(a, "after-refusal");
+        await eventually(() => expectSameHistories(a, b, nsId));
+      } finally {
+        link.failPaths(undefined);
+      }
+
+      // B hears the namespace queue again: the same failover goes through.
+      const res = await failover(a, "clusterB", 10);
+      expect(res.namespace!.replicationConfig!.activeClusterName).toBe("clusterB");
+      await expectActiveOn(b, NS, "clusterB", res.namespace!.failoverVersion);
+      await start(b, "after-failover");
+    });
+  });
+}
