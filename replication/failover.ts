@@ -11,6 +11,7 @@ import type { Db } from "../src/persistence/database";
 import { namespaces } from "../src/persistence/schema";
 import { listenForAckChange, outboundAcks } from "./ack-levels";
 import { appendNamespaceTask, namespaceQueueMax, readAck } from "./namespace-queue";
+import { MAX_WAIT_MS } from "./namespace-sender";
 import { sleep } from "../src/sleep";
 import { lastTaskIds } from "./outbox";
 import { shown } from "../src/shown";
@@ -31,9 +32,18 @@ export interface GracefulFailoverDeps {
   connectionState?: (cluster: string) => string;
   /** Why a failover to target would leave a cluster without its writes, as the clusters say (createFailoverTargetCheck), or undefined. */
   targetProblem?: (target: string, members: string[], failoverTimeoutMs: number) => Promise<string | undefined>;
+  /** How long after the target's last poll of the namespace queue a failover to it is refused at once (default NAMESPACE_POLLS_LATE_MS). */
+  namespacePollsLateMs?: number;
   /** Holds a lock other server processes on the database see (Database.withSessionLock) while fn runs. */
   withSessionLock?: <T>(key: string, fn: () => Promise<T>, taken: () => Error) => Promise<T>;
 }
+
+/**
+ * A target whose last poll of the namespace queue is older than this does not hear it (one that
+ * does polls at least every MAX_WAIT_MS, its poll held open that long at most): a failover to it
+ * is refused before HANDOVER, not held there for its timeout.
+ */
+export const NAMESPACE_POLLS_LATE_MS = MAX_WAIT_MS + 10_000;
 
 /** How long a failed failover keeps trying to leave HANDOVER before it answers. */
 const LEAVE_RETRY_MS = 10_000;
@@ -57,7 +67,7 @@ export interface HandoverPoint {
  * namespace leaves HANDOVER before this returns.
  */
 export function createGracefulFailover(deps: GracefulFailoverDeps) {
-  const { db, log, now = () => new Date(), recheckMs = 200, withSessionLock = (_key, fn) => fn() } = deps;
+  const { db, log, now = () => new Date(), recheckMs = 200, namespacePollsLateMs = NAMESPACE_POLLS_LATE_MS, withSessionLock = (_key, fn) => fn() } = deps;
   const inHandover = (name: string) => failedPrecondition(`namespace ${name} changed or is already in a graceful failover; retry`);
   const current = deps.clusters.current();
   // A stopping server abandons the failovers still waiting, while its database is open to leave HANDOVER.
@@ -112,6 +122,16 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
 
   async function handoverPoint(): Promise<HandoverPoint> {
     return { shards: await lastTaskIds(db), namespaceTaskId: await namespaceQueueMax(db) };
+  }
+
+  /** Why target is known not to hear this cluster's namespace queue (so neither the switch), before HANDOVER; or undefined. */
+  async function namespacePollsProblem(target: string): Promise<string | undefined> {
+    const ns = await readAck(db, { remote: target, direction: "outbound", queue: "namespace", shardId: 0 });
+    if (!ns.updatedAt) return `cluster ${target} has never polled ${current.clusterName}'s namespace queue, so it would not hear the switch`;
+    // The clock the sender stamps polls with (advanceAckLevel), not the injectable now.
+    const lateMs = Date.now() - ns.updatedAt.getTime();
+    if (lateMs <= namespacePollsLateMs) return undefined;
+    return `cluster ${target} has not polled ${current.clusterName}'s namespace queue since ${ns.updatedAt.toISOString()} (${Math.round(lateMs / 1000)} s ago), so it would not hear the switch`;
   }
 
   /** What the target still lacks, or undefined once it acked the whole handover point. */
@@ -200,7 +220,8 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
     if (targetInfo.enableConnection === false) {
       throw failedPrecondition(`replication with cluster ${target} is disabled on ${current.clusterName} (enable_connection is false), so it cannot catch up: enable the connection first, or fail over forced`);
     }
-    const problem = await deps.targetProblem?.(target, ns.clusters, timeoutMs);
+    // What the clusters say first: a target that does not know this one has never polled it either.
+    const problem = (await deps.targetProblem?.(target, ns.clusters, timeoutMs)) ?? (await namespacePollsProblem(target));
     if (problem) throw failedPrecondition(`${problem}; fix that first, or fail over forced; ${name} stays active in ${current.clusterName}`);
     return withSessionLock(handoverOwnerKey(ns.id), async () => {
       await enterHandover(ns, call);

@@ -14,7 +14,8 @@ import { advanceAckLevel, namespaceQueueMax, type StoredNamespace } from "./name
 /** Notifier key the registry wakes after committing a namespace task. */
 export const NAMESPACE_QUEUE_KEY = "namespace-queue";
 
-const MAX_WAIT_MS = 30_000;
+/** The longest a poll is held open: a receiver that hears this queue polls at least this often. */
+export const MAX_WAIT_MS = 30_000;
 
 export interface NamespaceSenderDeps {
   db: Db;

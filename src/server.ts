@@ -100,6 +100,10 @@ export interface ServerOptions {
     silenceGraceMs?: number;
     /** Awaited by this source before each StreamReplicationTasks message goes out: holds a peer's stream (tests). */
     beforeStreamMessage?: (signal: AbortSignal) => Promise<void>;
+    /** How long this cluster's polls of a source's namespace queue ask it to wait for news (default 20 s). */
+    namespaceWaitMs?: number;
+    /** How long after a peer's last poll of the namespace queue a graceful failover to it is refused at once (default 40 s). */
+    namespacePollsLateMs?: number;
     /** How often the sender re-reads a peer's shards for commits of other processes (default 1 s; tests make it long to see wakes alone). */
     senderRecheckMs?: number;
     /** Most bytes of events per raw history answer this cluster's backfills ask a source for (default 4 MiB). */
@@ -236,7 +240,7 @@ function wireReplication({ opts, log, now, cluster, database }: Base, core: Core
   const backfill = createBackfillReceiver({ db, applier, namespaces, writer, notifier, log, now, historyPageBytes: opts.replication?.historyPageBytes });
   const namespaceReceiver = createNamespaceReceiver({
     db, currentCluster: cluster.clusterName, namespaces, log, metrics, now, onActivated, onChanged: core.onChanged, onBackfillStarted: backfill.wake,
-    beforeApply: opts.replication?.beforeNamespaceApply, staleAfterMs: historyReceiver.staleAfterMs,
+    beforeApply: opts.replication?.beforeNamespaceApply, staleAfterMs: historyReceiver.staleAfterMs, waitTimeoutMs: opts.replication?.namespaceWaitMs,
   });
   // Becoming active: settle the conflicts resolved while this cluster was passive.
   const sweep = createConflictSweep({ db, cluster, namespaces, writer, applier, log });
@@ -248,7 +252,7 @@ function wireReplication({ opts, log, now, cluster, database }: Base, core: Core
   const failover = createGracefulFailover({
     db, namespaces, clusters: core.clusters, notifier, log, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY),
     withSessionLock: database.withSessionLock, targetProblem: createFailoverTargetCheck({ clusters: core.clusters, clients }),
-    connectionState: (name) => manager.connectionState(name),
+    connectionState: (name) => manager.connectionState(name), namespacePollsLateMs: opts.replication?.namespacePollsLateMs,
   });
   const sender = createReplicationSender({
     db, cluster, notifier, metrics, outboxMarks: core.outboxMarks, outboxTail: core.outboxTail, recheckMs: opts.replication?.senderRecheckMs,

@@ -3,6 +3,7 @@ import { Code } from "@connectrpc/connect";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { ReplicationState } from "../../src/gen/tern/workflow/v1/namespace_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { readAck } from "../../replication/namespace-queue";
 import { expectSameHistories } from "../replication/support";
 import { eventually } from "../support/eventually";
 import { startHttpLinkedPair } from "../support/linked-pair";
@@ -54,6 +55,42 @@ for (const store of await testStores()) {
       expect(res.namespace!.replicationConfig!.activeClusterName).toBe("clusterB");
       await expectActiveOn(b, NS, "clusterB", res.namespace!.failoverVersion);
       await start(b, "after-failover");
+    });
+  });
+}
+
+for (const store of await testStores()) {
+  describe(`graceful failover to a cluster that has not polled the namespace queue for long, on ${store}`, () => {
+    // B polls A's namespace queue every 300 ms while it hears it; A takes 2 s without a poll as not hearing.
+    const pair = {} as Awaited<ReturnType<typeof startHttpLinkedPair>>;
+    beforeAll(async () => Object.assign(pair, await startHttpLinkedPair(store, [
+      { serverOptions: { replication: { namespacePollsLateMs: 2_000 } } },
+      { serverOptions: { replication: { namespaceWaitMs: 300 } } },
+    ])));
+    afterAll(() => pair.close());
+
+    test("TestGracefulFailoverToAClusterWhoseNamespacePollsStoppedLongAgoIsRefusedAtOnce, before HANDOVER", async () => {
+      const { a, b, link, nsId } = pair;
+      const lastPoll = async () => (await readAck(a.server.database.db, { remote: "clusterB", direction: "outbound", queue: "namespace", shardId: 0 })).updatedAt!;
+      await eventuallyOn(b, NS, () => {});
+      link.failPaths((path) => path.endsWith("/GetNamespaceReplicationTasks"));
+      try {
+        await start(a, "unheard-namespace");
+        await eventually(() => expectSameHistories(a, b, nsId));
+        await eventually(async () => expect(Date.now() - (await lastPoll()).getTime()).toBeGreaterThan(2_500), { timeout: 10_000 });
+        const asked = performance.now();
+        const err = await rejects(failover(a, "clusterB", 10), Code.FailedPrecondition, "cluster clusterB has not polled clusterA's namespace queue since ");
+        // At once: no HANDOVER held A's writes for the failover's 10 s (before: UNAVAILABLE once they passed).
+        expect(performance.now() - asked).toBeLessThan(2_000);
+        expect(err.rawMessage).toMatch(/ s ago\), so it would not hear the switch; fix that first, or fail over forced; orders stays active in clusterA$/);
+        expect((await describeOn(a, NS)).replicationConfig).toMatchObject({ activeClusterName: "clusterA", state: ReplicationState.NORMAL });
+        await start(a, "after-refusal");
+      } finally {
+        link.failPaths(undefined);
+      }
+      await eventually(async () => expect(Date.now() - (await lastPoll()).getTime()).toBeLessThan(1_000));
+      const res = await failover(a, "clusterB", 10);
+      await expectActiveOn(b, NS, "clusterB", res.namespace!.failoverVersion);
     });
   });
 }
