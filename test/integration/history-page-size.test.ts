@@ -8,6 +8,7 @@ import { pageEnd } from "../../src/history/queries";
 import type { ExecutionRow } from "../../src/history/execution-store";
 import { rowsOf } from "../../src/persistence/migrate";
 import { startTestCluster, type TestCluster } from "../support/server";
+import { toastBlocksFetched } from "../support/toast";
 import { testStores } from "../support/stores";
 
 setDefaultTimeout(120_000);
@@ -43,10 +44,11 @@ for (const store of await testStores()) {
     });
     afterAll(() => x?.destroy());
 
-    const eventIdsOfPages = async (run: ExecutionRow) => {
+    /** The event ids of each page of run's history, pages ending at budget's bytes (pageEnd's default unless given). */
+    const eventIdsOfPages = async (run: ExecutionRow, budget?: number) => {
       const pages: number[][] = [];
       for (let from = 1; from < run.nextEventId; ) {
-        const events = await readRunEvents(x.server.database.db, run, from, { limit: 1000, before: pageEnd(run, from, 1000) });
+        const events = await readRunEvents(x.server.database.db, run, from, { limit: 1000, before: pageEnd(run, from, 1000, budget) });
         pages.push(events.map((e) => Number(e.eventId)));
         from += events.length;
       }
@@ -55,18 +57,10 @@ for (const store of await testStores()) {
 
     test("TestAPageReadsEachStoredBlockOnce: its measure reads no uncompressed event's data", async () => {
       const db = x.server.database.db;
-      const [sizes] = rowsOf(await db.execute(sql`select reltoastrelid::regclass::text as toast,
-        (pg_relation_size(reltoastrelid) / current_setting('block_size')::int)::int as blocks from pg_class where oid = 'history_events'::regclass`)) as { toast: string; blocks: number }[];
       const run = runs.get("random")!;
-      // In one transaction, so this backend's own counts say what the page read.
-      const { fetched, events } = await db.transaction(async (tx) => {
-        const count = async () => (rowsOf(await tx.execute(sql`select pg_stat_get_xact_blocks_fetched(${sizes!.toast}::regclass)::int as n`)) as { n: number }[])[0]!.n;
-        const before = await count();
-        const events = await readRunEvents(tx, run, 1, { limit: 1000, before: pageEnd(run, 1, 1000) });
-        return { fetched: (await count()) - before, events: events.length };
-      });
+      const { result: events, fetched } = await toastBlocksFetched(db, (tx) => readRunEvents(tx, run, 1, { limit: 1000, before: pageEnd(run, 1, 1000) }));
       // The whole run in one page (0.8 MB of payloads, under the 4 MiB budget).
-      expect(events).toBe(13);
+      expect(events).toHaveLength(13);
       // The signals' blocks (the zeros' run, compressed, takes a few more of the table's): each
       // read once for the page. Measured by rendering, each was read once more: 2x.
       const stored = (rowsOf(await db.execute(sql`select sum(pg_column_size(attributes))::bigint as bytes from history_events where workflow_id = 'random'`)) as { bytes: string }[])[0]!;
@@ -87,16 +81,9 @@ for (const store of await testStores()) {
     });
 
     test("TestAPageOfUncompressedPayloadsStopsAtItsBudget", async () => {
-      const run = runs.get("random")!;
-      const pages: number[][] = [];
-      for (let from = 1; from < run.nextEventId; ) {
-        // A budget of 150 KB: 48 KiB payloads are 64 KiB of base64, so a page ends with the third
-        // signal from its start, which crosses it.
-        const events = await readRunEvents(x.server.database.db, run, from, { limit: 1000, before: pageEnd(run, from, 1000, 150_000) });
-        pages.push(events.map((e) => Number(e.eventId)));
-        from += events.length;
-      }
-      expect(pages).toEqual([[1, 2, 3, 4], [5, 6, 7], [8, 9, 10], [11, 12, 13]]);
+      // A budget of 150 KB: 48 KiB payloads are 64 KiB of base64, so a page ends with the third
+      // signal from its start, which crosses it.
+      expect(await eventIdsOfPages(runs.get("random")!, 150_000)).toEqual([[1, 2, 3, 4], [5, 6, 7], [8, 9, 10], [11, 12, 13]]);
     });
   });
 }

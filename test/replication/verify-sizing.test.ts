@@ -11,6 +11,7 @@ import { rowsOf } from "../../src/persistence/migrate";
 import { historyEvents as h } from "../../src/persistence/schema";
 import { json } from "../support/payload";
 import { startTestCluster, type TestCluster } from "../support/server";
+import { historyToast, toastBlocksFetched } from "../support/toast";
 import { testStores } from "../support/stores";
 
 setDefaultTimeout(120_000);
@@ -44,18 +45,11 @@ for (const store of await testStores()) {
 
     test("TestChecksumsReadEachEventOnce: choosing SQL or pages reads no event's stored text", async () => {
       const db = x.server.database.db;
-      const [sizes] = rowsOf(await db.execute(sql`select reltoastrelid::regclass::text as toast,
-        (pg_relation_size(reltoastrelid) / current_setting('block_size')::int)::int as blocks from pg_class where oid = 'history_events'::regclass`)) as { toast: string; blocks: number }[];
-      const { toast, blocks } = sizes!;
+      const { blocks } = await historyToast(db);
       expect(blocks).toBeGreaterThan(50); // the signals' events, out of line
-      // In one transaction, so this backend's own counts say what the checksums read.
-      const fetched = await db.transaction(async (tx) => {
-        const count = async () => (rowsOf(await tx.execute(sql`select pg_stat_get_xact_blocks_fetched(${toast}::regclass)::int as n`)) as { n: number }[])[0]!.n;
-        const before = await count();
-        await createReplicationVerifier({ db: tx as unknown as Db, cluster: x.server.cluster, clients: createRemoteClientPool() })
-          .checksums({ namespace: NS, pageSize: 10, nextPageToken: new Uint8Array(0) });
-        return (await count()) - before;
-      });
+      const { fetched } = await toastBlocksFetched(db, (tx) =>
+        createReplicationVerifier({ db: tx as unknown as Db, cluster: x.server.cluster, clients: createRemoteClientPool() })
+          .checksums({ namespace: NS, pageSize: 10, nextPageToken: new Uint8Array(0) }));
       // Each stored block read once, for the digest, not once more to size the run.
       // (A block holds several events' chunks, and a block is counted again when a run's read
       // comes back to it: a few more than the blocks.)
