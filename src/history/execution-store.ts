@@ -1,6 +1,6 @@
 import { and, asc, eq, getTableColumns, gte, lt, type SQL } from "drizzle-orm";
 import type { Db, Tx } from "../persistence/database";
-import { chunksOf, composite, paddedChunks, padRows, ROWS_PER_INSERT, runGuard, runStatement, tableCodec, textCache, valuesList, type StatementPart } from "../persistence/raw-statements";
+import { chunksOf, composite, keysInOrder, paddedChunks, padRows, ROWS_PER_INSERT, runGuard, runStatement, tableCodec, textCache, valuesList, type StatementPart } from "../persistence/raw-statements";
 import { executions, historyEvents, requestIds, timerTasks, type VersionHistoryItem } from "../persistence/schema";
 import { attributesToJson, eventFromRow, eventTypeOf, type EventAttributes } from "./events";
 
@@ -318,8 +318,7 @@ export function deleteTimers(tx: Tx, key: { namespaceId: string; workflowId: str
 // The runs in key order, each one's timers locked in turn (by id) through the index by run, then
 // deleted. Written for paddedRows(n) runs: the null rows after the n are passed over.
 const deleteRunsTimersText = textCache((rows: number) =>
-  `delete from ${timersSql.table} where ${timersSql.name("id")} in (select t.id from (select distinct ns, wf, run from ` +
-  `(values ${valuesList(rows, 3, ["text", "text", "text"])}) as v(ns, wf, run) where ns is not null order by ns, wf, run) as k ` +
+  `delete from ${timersSql.table} where ${timersSql.name("id")} in (select t.id from ${keysInOrder(rows, ["ns", "wf", "run"], "k")} ` +
   `cross join lateral (select ${timersSql.name("id")} as id from ${timersSql.table} where ${timersSql.name("namespaceId")} = k.ns ` +
   `and ${timersSql.name("workflowId")} = k.wf and ${timersSql.name("runId")} = k.run order by ${timersSql.name("id")} for update) as t)`);
 

@@ -1,5 +1,5 @@
 import type { Tx } from "../persistence/database";
-import { composite, PADDED_CHUNK, paddedChunks, paddedRows, padRows, runGuard, runStatement, tableCodec, textCache, valuesList, type StatementPart } from "../persistence/raw-statements";
+import { composite, keysInOrder, PADDED_CHUNK, paddedChunks, paddedRows, padRows, runGuard, runStatement, tableCodec, textCache, valuesList, type StatementPart } from "../persistence/raw-statements";
 import { executions } from "../persistence/schema";
 import { runKeyText } from "./branch-store";
 import { CURRENT_RUN_ORDER, type ExecutionRow, type RunKey } from "./execution-store";
@@ -50,8 +50,7 @@ export function lockRunKeysPart(keys: RunKey[]): StatementPart | undefined {
 // The runs in key order, each one's row locked in turn through the primary key, as lockRun locks
 // it. Written for paddedRows(n) runs: the null rows after the n are passed over.
 const lockRunsText = textCache((rows: number) =>
-  `select r.* from (select distinct ns, wf, run from (values ${valuesList(rows, KEY.length, ["text", "text", "text"])}) as v(ns, wf, run) ` +
-  `where ns is not null order by ns, wf, run) as k cross join lateral (select ${executionsSql.all()} from ${executionsSql.table} ` +
+  `select r.* from ${keysInOrder(rows, ["ns", "wf", "run"], "k")} cross join lateral (select ${executionsSql.all()} from ${executionsSql.table} ` +
   `where ${executionsSql.name("namespaceId")} = k.ns and ${executionsSql.name("workflowId")} = k.wf and ${executionsSql.name("runId")} = k.run for update) as r`);
 
 /**
@@ -77,8 +76,7 @@ export const workflowKeyText = (key: WorkflowKey) => `${key.namespaceId}/${key.w
 
 // Workflows in key order, each one's current run locked in turn, as lockRun(tx, ns, wf, "") locks it.
 const lockCurrentRunsText = textCache((rows: number) =>
-  `select c.* from (select distinct ns, wf from (values ${valuesList(rows, 2, ["text", "text"])}) as v(ns, wf) where ns is not null order by ns, wf) as w ` +
-  `cross join lateral (select ${executionsSql.all()} from ${executionsSql.table} where ${executionsSql.name("namespaceId")} = w.ns ` +
+  `select c.* from ${keysInOrder(rows, ["ns", "wf"], "w")} cross join lateral (select ${executionsSql.all()} from ${executionsSql.table} where ${executionsSql.name("namespaceId")} = w.ns ` +
   `and ${executionsSql.name("workflowId")} = w.wf order by ${CURRENT_RUN_ORDER} limit 1 for update) as c`);
 
 /**

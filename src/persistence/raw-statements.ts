@@ -171,6 +171,18 @@ export function valuesList(rows: number, width: number, types?: readonly string[
 }
 
 /**
+ * The keys of a padded list of text keys (valuesList of rows rows, one column per name), each
+ * once and in key order, the null padding passed over: a subquery `(...) as alias` to join
+ * each key's rows to laterally, so that rows are locked in key order and found through the
+ * index by key (a semi join on the list was planned as a read of the whole table).
+ */
+export function keysInOrder(rows: number, names: readonly string[], alias: string): string {
+  const columns = names.join(", ");
+  return `(select distinct ${columns} from (values ${valuesList(rows, names.length, names.map(() => "text"))}) as v(${columns}) ` +
+    `where ${names[0]} is not null order by ${columns}) as ${alias}`;
+}
+
+/**
  * The rows a statement over many rows is written for: n rounded up to a power of two, the
  * rest null rows the statement passes over (padRows). A text per row count had the
  * connections of a busy receiver preparing a new statement for most pages (a round trip,
