@@ -9,7 +9,7 @@ import type { Db } from "../src/persistence/database";
 import { loggableError, TernError } from "../src/errors";
 import { encodeToken } from "../src/persistence/page-token";
 import { executions, type VersionHistoryItem } from "../src/persistence/schema";
-import { loadBranches, type RunKey } from "../src/history/branch-store";
+import { loadBranches, versionHistoryOf, type RunKey } from "../src/history/branch-store";
 import { HistoryDivergenceError, type HistoryApplier, type IncomingTask } from "./applier";
 import { pendingBackfillJobs, recordBackfillError, recordBackfillPage, type BackfillCursor, type BackfillJob } from "./backfill-jobs";
 import type { RemoteCluster, ReplicationStream, StreamReport } from "./manager";
@@ -107,13 +107,11 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
    * branch or a kept one of its own) or lacks the run.
    */
   async function keptBranchFrom(ref: RunKey, branch: VersionHistoryItem[]): Promise<number | undefined> {
-    const [run] = await db.select({ versionHistory: executions.versionHistory }).from(executions).where(and(
-      eq(executions.namespaceId, ref.namespaceId), eq(executions.workflowId, ref.workflowId), eq(executions.runId, ref.runId),
-    ));
-    if (!run) return undefined;
+    const current = await versionHistoryOf(db, ref);
+    if (!current) return undefined;
     const holds = (history: VersionHistoryItem[]) => firstDivergence(history, branch) === undefined && lastEventIdOf(history) >= lastEventIdOf(branch);
-    if (holds(run.versionHistory) || (await loadBranches(db, ref)).some((b) => holds(b.versionHistory))) return undefined;
-    return firstDivergence(run.versionHistory, branch) ?? lastEventIdOf(run.versionHistory) + 1;
+    if (holds(current) || (await loadBranches(db, ref)).some((b) => holds(b.versionHistory))) return undefined;
+    return firstDivergence(current, branch) ?? lastEventIdOf(current) + 1;
   }
 
   /**

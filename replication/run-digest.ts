@@ -1,9 +1,10 @@
 import { z } from "zod";
-import { and, eq, sql, type SQL } from "drizzle-orm";
+import { sql, type SQL } from "drizzle-orm";
 import type { Db } from "../src/persistence/database";
 import { unavailable } from "../src/errors";
 import { rowsOf } from "../src/persistence/migrate";
-import { executions, historyEvents as h, type VersionHistoryItem } from "../src/persistence/schema";
+import { versionHistoryOf } from "../src/history/branch-store";
+import { historyEvents as h, type VersionHistoryItem } from "../src/persistence/schema";
 import { createMd5 } from "./md5";
 import { firstDivergence, lastEventIdOf, versionHistoryUpTo } from "./version-history";
 
@@ -133,12 +134,6 @@ async function digestPages(
   }
 }
 
-/** The run's version history now (undefined without an execution row). */
-async function versionHistoryOf(db: Db, run: { namespaceId: string; workflowId: string; runId: string }): Promise<VersionHistoryItem[] | undefined> {
-  const [row] = await db.select({ vh: executions.versionHistory }).from(executions)
-    .where(and(eq(executions.namespaceId, run.namespaceId), eq(executions.workflowId, run.workflowId), eq(executions.runId, run.runId)));
-  return row?.vh;
-}
 
 /**
  * A scalar subquery for the checksum of the run `key` names (in an outer query), over its

@@ -3,7 +3,7 @@ import { eventTime } from "../../replication/run-state";
 import { versionAt } from "../../replication/version-history";
 import { EventType, type HistoryEvent } from "../gen/tern/common/v1/common_pb";
 import type { Db, Tx } from "../persistence/database";
-import { historyBranchEvents, historyBranches, historyEvents, type VersionHistoryItem } from "../persistence/schema";
+import { executions, historyBranchEvents, historyBranches, historyEvents, type VersionHistoryItem } from "../persistence/schema";
 import { chunksOf, ROWS_PER_INSERT, runStatement } from "../persistence/raw-statements";
 import { attributesToJson, eventFromRow, eventTypeOf } from "./events";
 import type { EventColumns, RunKey } from "./execution-store";
@@ -13,8 +13,14 @@ export type { RunKey };
 export type BranchRow = typeof historyBranches.$inferSelect;
 
 /** The rows of one run in a table keyed by run. */
-export const runOf = (t: typeof historyBranches | typeof historyBranchEvents | typeof historyEvents, k: RunKey) =>
+export const runOf = (t: typeof executions | typeof historyBranches | typeof historyBranchEvents | typeof historyEvents, k: RunKey) =>
   and(eq(t.namespaceId, k.namespaceId), eq(t.workflowId, k.workflowId), eq(t.runId, k.runId));
+
+/** The run's version history now (undefined without an execution row), read without a lock. */
+export async function versionHistoryOf(db: Db | Tx, k: RunKey): Promise<VersionHistoryItem[] | undefined> {
+  const [row] = await db.select({ vh: executions.versionHistory }).from(executions).where(runOf(executions, k));
+  return row?.vh;
+}
 
 /** The stored columns of a replicated event, as its writer wrote it (own version and time). */
 export function storedEvent(e: HistoryEvent): EventColumns {
