@@ -15,7 +15,6 @@ import type { RemoteCluster, ReplicationStream, StreamReport } from "./manager";
 import { createPageApplier, type Batch, type PageApplierDeps } from "./page-applier";
 import { ANSWER_BYTES, MAX_SHARD_PAGE, PULL_BUDGET, shardPageSizes } from "./pull-budget";
 
-
 export interface HistoryReceiverDeps extends Omit<PageApplierDeps, "progressOf"> {
   db: Db;
   cluster: CurrentCluster;
