@@ -183,14 +183,15 @@ function wireCore({ config, opts, log, now, database, cluster }: Base) {
   const clusters = createClusterDirectory(db, cluster);
   const notifier = createEventNotifier();
   // Becoming active (a failover here or replicated from a peer): due timers fire here now.
-  // A Set: a hook may unsubscribe itself as it is called (operator-handler's wait for a switch).
+  // Hooks of what is wired later (the conflict sweep, wireReplication).
   const activatedHooks = new Set<(ns: NamespaceRecord) => void>();
   const onActivated = (ns: NamespaceRecord) => {
     void timers.rescan();
     for (const hook of activatedHooks) hook(ns);
   };
   // Every namespace change saved here, replicated or made here: a forwarded failover's wait for its
-  // switch reads them (operator-handler.ts), as one that overtook it. A Set for the same reason.
+  // switch reads them (operator-handler.ts), as one that overtook it. A Set: a hook may
+  // unsubscribe itself as it is called.
   const changedHooks = new Set<(ns: NamespaceRecord) => void>();
   const onChanged = (ns: NamespaceRecord) => {
     for (const hook of changedHooks) hook(ns);
