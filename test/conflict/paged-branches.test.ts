@@ -1,15 +1,11 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import type { HistoryApplier, IncomingTask, RawHistoryFetcher } from "../../replication/applier";
-import { versionHistoryFromProto, versionHistoryUpTo } from "../../replication/version-history";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
-import type { NamespaceRecord, NamespaceRegistry } from "../../src/namespace/registry";
-import type { Tx } from "../../src/persistence/database";
 import { connectAll, describeOn, expectActiveOn, startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
-import type { TestCluster, TestClusterOptions } from "../support/server";
+import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
-import { historyOf, setLink } from "./support";
+import { bringBranch, historyOf, inside, setLink, type Inside } from "./support";
 
 setDefaultTimeout(120_000);
 
@@ -19,54 +15,6 @@ const FORK = 2;
 /** A's signals on "long-losing" during the split, brought to B PAGES pages of PAGE_EVENTS. */
 const PAGES = 10;
 const PAGE_EVENTS = 10;
-
-/** A cluster's history applier and namespace registry, taken from its server as it wires them. */
-interface Inside {
-  applier?: HistoryApplier;
-  namespaces?: NamespaceRegistry;
-}
-
-const inside = (x: Inside): Partial<TestClusterOptions> => ({
-  serverOptions: {
-    wrapNamespaces: (r) => (x.namespaces = r),
-    replication: { wrapApplier: (a) => (x.applier = a) },
-  },
-});
-
-/**
- * tx, counting the rows its selects of history events (current or kept branches) and of
- * request ids return: every statement goes through the session's prepareQuery (drizzle's
- * builders and raw ones).
- */
-function countingEventReads(tx: Tx) {
-  let rows = 0;
-  const reads = /^\s*select\b[\s\S]*\bfrom\s+"(history_events|history_branch_events|request_ids)"/i;
-  const session = tx._.session;
-  const wrapped = new Proxy(session, {
-    get(target, p, receiver) {
-      if (p !== "prepareQuery") return Reflect.get(target, p, receiver);
-      return (...args: Parameters<typeof session.prepareQuery>) => {
-        const prepared = target.prepareQuery(...args);
-        if (!reads.test(args[0].sql)) return prepared;
-        const execute = prepared.execute.bind(prepared);
-        prepared.execute = (async (...a: Parameters<typeof execute>) => {
-          const result = await execute(...a);
-          rows += Array.isArray(result) ? result.length : ((result as { rows?: unknown[] }).rows?.length ?? 0);
-          return result;
-        }) as typeof prepared.execute;
-        return prepared;
-      };
-    },
-  });
-  const counted = new Proxy(tx, {
-    get(target, p, receiver) {
-      if (p === "session") return wrapped;
-      if (p === "_") return { ...target._, session: wrapped };
-      return Reflect.get(target, p, receiver);
-    },
-  });
-  return { tx: counted as Tx, rows: () => rows };
-}
 
 /**
  * A split brain whose branches the test brings from one cluster to the other a page at a time,
@@ -83,32 +31,9 @@ for (const store of await testStores()) {
       wf(x).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId }, signalName: name, requestId });
     const runIds = new Map<string, string>();
 
-    /**
-     * Brings events [first, next) of a run's current branch on source to receiver's applier,
-     * `perPage` events a task, each applied in a transaction of its own as backfill does
-     * (backfill-receiver.ts); returns the rows of events and request ids each apply read.
-     */
+    /** Brings events [first, next) of a run's current branch on source to receiver, perPage a task (bringBranch). */
     async function bring(source: TestCluster, receiver: TestCluster, r: Inside, workflowId: string, first: number, next: number, perPage: number): Promise<number[]> {
-      const ns: NamespaceRecord = await r.namespaces!.getByName(NS);
-      const ref = { namespaceId: ns.id, workflowId, runId: runIds.get(workflowId)! };
-      const raw = (from: number, before: number) =>
-        source.client(AdminService).getWorkflowExecutionRawHistory({ ...ref, firstEventId: BigInt(from), nextEventId: BigInt(before) });
-      const fetchRaw: RawHistoryFetcher = async (_task, from, before) => (await raw(from, before)).events;
-      const reads: number[] = [];
-      for (let from = first; from < next; from += perPage) {
-        const page = await raw(from, Math.min(from + perPage, next));
-        const last = Number(page.events.at(-1)!.eventId);
-        const task: IncomingTask = {
-          ...ref, firstEventId: from, nextEventId: last + 1, events: page.events,
-          versionHistory: versionHistoryUpTo(versionHistoryFromProto(page.versionHistory?.items), last),
-        };
-        reads.push(await receiver.server.database.db.transaction(async (tx) => {
-          const counted = countingEventReads(tx);
-          await r.applier!.applyTask(counted.tx, ns, task, fetchRaw);
-          return counted.rows();
-        }));
-      }
-      return reads;
+      return bringBranch(source, receiver, r, NS, { workflowId, runId: runIds.get(workflowId)! }, first, next, perPage);
     }
 
     beforeAll(async () => {

@@ -1,11 +1,15 @@
 import { expect } from "bun:test";
+import type { HistoryApplier, IncomingTask, RawHistoryFetcher } from "../../replication/applier";
+import { versionHistoryFromProto, versionHistoryUpTo } from "../../replication/version-history";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import type { HistoryEvent, VersionHistory } from "../../src/gen/tern/common/v1/common_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import type { NamespaceRecord, NamespaceRegistry } from "../../src/namespace/registry";
+import type { Tx } from "../../src/persistence/database";
 import { addr } from "../failover/mesh";
 import { unjson } from "../support/payload";
-import type { TestCluster } from "../support/server";
+import type { TestCluster, TestClusterOptions } from "../support/server";
 
 /** Enables or disables replication between x and y on both ends (pauses both ways, keeps positions). */
 export async function setLink(x: TestCluster, y: TestCluster, enabled: boolean): Promise<void> {
@@ -96,9 +100,9 @@ export async function dlqLines(x: TestCluster): Promise<string[]> {
   return res.entries.map((e) => `${x.name} DLQ from ${e.sourceCluster}: ${e.workflowId} [${e.firstEventId}, ${e.nextEventId}) v${e.version}: ${e.lastError}`);
 }
 
-/** Every branch of a run on x, one line each: version history and the signals it holds (for failure messages). */
-export async function branchLines(x: TestCluster, namespace: string, workflowId: string): Promise<string[]> {
-  const res = await x.client(AdminService).listHistoryBranches({ namespace, workflowId });
+/** Every branch of a run on x (the workflow's latest when runId is empty), one line each: version history and the signals it holds (for failure messages). */
+export async function branchLines(x: TestCluster, namespace: string, workflowId: string, runId = ""): Promise<string[]> {
+  const res = await x.client(AdminService).listHistoryBranches({ namespace, workflowId, runId });
   return res.branches.map((br) => {
     const items = (br.versionHistory?.items ?? []).map((i) => `${i.eventId}@${i.version}`).join(" ");
     const signals = br.events.flatMap((e) => (e.attributes.case === "workflowExecutionSignaledEventAttributes" ? [`${e.eventId}:${e.attributes.value.signalName}@${e.version}`] : []));
@@ -116,4 +120,84 @@ export function mulberry32(seed: number): () => number {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
+}
+
+/** A cluster's history applier and namespace registry, taken from its server as it wires them. */
+export interface Inside {
+  applier?: HistoryApplier;
+  namespaces?: NamespaceRegistry;
+}
+
+/** Options that start a cluster filling x with its applier and namespace registry. */
+export const inside = (x: Inside): Partial<TestClusterOptions> => ({
+  serverOptions: {
+    wrapNamespaces: (r) => (x.namespaces = r),
+    replication: { wrapApplier: (a) => (x.applier = a) },
+  },
+});
+
+/**
+ * tx, counting the rows its selects of history events (current or kept branches) and of
+ * request ids return: every statement goes through the session's prepareQuery (drizzle's
+ * builders and raw ones).
+ */
+export function countingEventReads(tx: Tx) {
+  let rows = 0;
+  const reads = /^\s*select\b[\s\S]*\bfrom\s+"(history_events|history_branch_events|request_ids)"/i;
+  const session = tx._.session;
+  const wrapped = new Proxy(session, {
+    get(target, p, receiver) {
+      if (p !== "prepareQuery") return Reflect.get(target, p, receiver);
+      return (...args: Parameters<typeof session.prepareQuery>) => {
+        const prepared = target.prepareQuery(...args);
+        if (!reads.test(args[0].sql)) return prepared;
+        const execute = prepared.execute.bind(prepared);
+        prepared.execute = (async (...a: Parameters<typeof execute>) => {
+          const result = await execute(...a);
+          rows += Array.isArray(result) ? result.length : ((result as { rows?: unknown[] }).rows?.length ?? 0);
+          return result;
+        }) as typeof prepared.execute;
+        return prepared;
+      };
+    },
+  });
+  const counted = new Proxy(tx, {
+    get(target, p, receiver) {
+      if (p === "session") return wrapped;
+      if (p === "_") return { ...target._, session: wrapped };
+      return Reflect.get(target, p, receiver);
+    },
+  });
+  return { tx: counted as Tx, rows: () => rows };
+}
+
+/**
+ * Brings events [first, next) of a run's current branch on source to receiver's applier,
+ * `perPage` events a task, each applied in a transaction of its own as backfill does
+ * (backfill-receiver.ts); returns the rows of events and request ids each apply read.
+ */
+export async function bringBranch(
+  source: TestCluster, receiver: TestCluster, r: Inside, namespace: string, run: { workflowId: string; runId: string },
+  first: number, next: number, perPage: number,
+): Promise<number[]> {
+  const ns: NamespaceRecord = await r.namespaces!.getByName(namespace);
+  const ref = { namespaceId: ns.id, ...run };
+  const raw = (from: number, before: number) =>
+    source.client(AdminService).getWorkflowExecutionRawHistory({ ...ref, firstEventId: BigInt(from), nextEventId: BigInt(before) });
+  const fetchRaw: RawHistoryFetcher = async (_task, from, before) => (await raw(from, before)).events;
+  const reads: number[] = [];
+  for (let from = first; from < next; from += perPage) {
+    const page = await raw(from, Math.min(from + perPage, next));
+    const last = Number(page.events.at(-1)!.eventId);
+    const task: IncomingTask = {
+      ...ref, firstEventId: from, nextEventId: last + 1, events: page.events,
+      versionHistory: versionHistoryUpTo(versionHistoryFromProto(page.versionHistory?.items), last),
+    };
+    reads.push(await receiver.server.database.db.transaction(async (tx) => {
+      const counted = countingEventReads(tx);
+      await r.applier!.applyTask(counted.tx, ns, task, fetchRaw);
+      return counted.rows();
+    }));
+  }
+  return reads;
 }
