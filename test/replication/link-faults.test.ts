@@ -287,7 +287,12 @@ for (const store of await testStores()) {
       } finally {
         link.stall("toClient", false);
       }
-      await eventually(() => expectSameHistories(a, b, nsId), { timeout: 60_000, interval: 200 });
+      // Waits on B's run row, not on whole histories: reading 25 MB from both stores at each
+      // poll took the (single, on PGlite) thread from the catch-up it waits for.
+      const nextEventId = async (x: TestCluster) => (await x.server.database.db.select({ n: executions.nextEventId }).from(executions).where(eq(executions.workflowId, "big")))[0]?.n;
+      const last = await nextEventId(a);
+      await eventually(async () => expect(await nextEventId(b)).toBe(last), { timeout: 60_000, interval: 200 });
+      await expectSameHistories(a, b, nsId);
     });
   });
 
