@@ -11,6 +11,7 @@ import type { Tx } from "../../src/persistence/database";
 import { runStatement } from "../../src/persistence/raw-statements";
 import { executions, historyEvents, requestIds, timerTasks } from "../../src/persistence/schema";
 import { useTestDatabase } from "../support/server";
+import { eventually } from "../support/eventually";
 import { testStores } from "../support/stores";
 
 setDefaultTimeout(60_000);
@@ -91,6 +92,39 @@ for (const store of await testStores()) {
       await expect(saving).rejects.toThrow("one or more of 2 executions changed since they were read");
       expect(await rowOf(1)).toEqual(one!);
     });
+
+    // Two transactions at once: PostgreSQL's (PGlite is one session).
+    if (store === "postgres") {
+      test("ASaveWaitingOnAnotherRefusesTheRunItMovedOn: a run saved and committed while the save waited for its row fails the save; rolled back, the save goes through", async () => {
+        const db = opened.database.db;
+        await db.transaction((tx) => Promise.all([20, 21].map((i) => insertExecution(tx, run(i)))));
+        const waiting = async () => (await runStatement(db, "select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'", []))[0]!.n;
+        const undone = new Error("rolled back");
+        /** saveRuns of runs 20 and 21 as read now, issued while another transaction that saved run 20 waits, then commits or rolls back. */
+        const saveWhileSaved = async (end: "commit" | "rollback") => {
+          const read = await Promise.all([20, 21].map(rowOf));
+          let saving!: Promise<unknown>;
+          await db.transaction(async (tx) => {
+            await saveRuns(tx, [{ prev: read[0]!, next: { nextEventId: 50 } }]);
+            saving = db.transaction((other) => saveRuns(other, read.map((prev) => ({ prev, next: { nextEventId: 60 } }))));
+            saving.catch(() => {});
+            await eventually(async () => expect(await waiting()).toBe(1));
+            if (end === "rollback") throw undone;
+          }).catch((e) => {
+            if (e !== undone) throw e;
+          });
+          return { read, saving };
+        };
+
+        const committed = await saveWhileSaved("commit");
+        await expect(committed.saving).rejects.toThrow("one or more of 2 executions changed since they were read");
+        expect([await rowOf(20), await rowOf(21)]).toEqual([{ ...committed.read[0]!, nextEventId: 50, dbVersion: committed.read[0]!.dbVersion + 1 }, committed.read[1]!]);
+
+        const rolledBack = await saveWhileSaved("rollback");
+        await rolledBack.saving;
+        expect([await rowOf(20), await rowOf(21)]).toEqual(rolledBack.read.map((r) => ({ ...r, nextEventId: 60, dbVersion: r.dbVersion + 1 })));
+      });
+    }
 
     const applier = createHistoryApplier({
       cluster: { clusterName: "b", historyShardCount: 1 } as CurrentCluster, namespaces: {} as NamespaceRegistry, writer: {} as never, log: createLogger({ level: "error" }),
@@ -261,12 +295,17 @@ for (const store of await testStores()) {
       expect(ids.filter((r) => all.includes(Number(r.workflowId.slice(3)))).map((r) => r.requestId).sort()).toEqual(all.map((i) => `req-${i}`).sort());
     });
 
-    test("LockingAPageOfRunsReadsOnlyTheirRows: 1,024 runs among 20,000 are found through the primary key, in the plan kept for any keys too", async () => {
-      // Made by one statement: runs of a namespace of their own, then statistics as autovacuum keeps them.
+    let many: Promise<unknown> | undefined;
+    /** 20,000 runs of a namespace of their own, made once by one statement, then statistics as autovacuum keeps them. */
+    const manyRuns = () => (many ??= (async () => {
       await opened.database.db.execute(sql.raw(
         `insert into executions (namespace_id, workflow_id, run_id, shard_id, workflow_type, task_queue, status, start_time, next_event_id, last_write_version, version_history) ` +
         `select 'ns-many', 'wf-' || i, 'run-' || i, 1, 'T', 'q', 'RUNNING', now(), 2, 1, '[{"eventId": 1, "version": 1}]' from generate_series(1, 20000) as i`));
       await opened.database.db.execute(sql.raw("analyze executions"));
+    })());
+
+    test("LockingAPageOfRunsReadsOnlyTheirRows: 1,024 runs among 20,000 are found through the primary key, in the plan kept for any keys too", async () => {
+      await manyRuns();
       const keys = Array.from({ length: 1024 }, (_, i) => ({ namespaceId: "ns-many", workflowId: `wf-${i * 19 + 1}`, runId: `run-${i * 19 + 1}` }));
       await opened.database.db.transaction(async (tx) => {
         const c = counting(tx);
@@ -278,6 +317,24 @@ for (const store of await testStores()) {
           expect(await executionsScans(tx, c.texts[0]!, c.params[0]!, mode)).toEqual(["Index Scan executions_namespace_id_workflow_id_run_id_pk"]);
         }
       });
+    });
+
+    test("SavingAPageOfRunsReadsOnlyTheirRows: 1,000 runs among 20,000 are saved by the rows their keys find through the primary key, in the plan kept for any keys too", async () => {
+      await manyRuns();
+      const keys = Array.from({ length: 1000 }, (_, i) => ({ namespaceId: "ns-many", workflowId: `wf-${i * 17 + 3}`, runId: `run-${i * 17 + 3}` }));
+      const prev = await opened.database.db.transaction((tx) => lockRuns(tx, keys));
+      const next = (r: ExecutionRow) => ({ nextEventId: r.nextEventId + 1, versionHistory: [...r.versionHistory, { eventId: r.nextEventId, version: 1 }] });
+      await opened.database.db.transaction(async (tx) => {
+        const c = counting(tx);
+        await saveRuns(c.tx, [...prev.values()].map((r) => ({ prev: r, next: next(r) })));
+        expect(c.statements()).toBe(1);
+        // A join of executions on the saves read all 20,000 (a Seq Scan), as lockRuns' semi join did.
+        for (const mode of ["force_custom_plan", "force_generic_plan"] as const) {
+          expect(await executionsScans(tx, c.texts[0]!, c.params[0]!, mode)).toEqual(["ModifyTable", "Index Scan executions_namespace_id_workflow_id_run_id_pk", "Tid Scan"]);
+        }
+      });
+      const saved = await opened.database.db.transaction((tx) => lockRuns(tx, keys));
+      expect([...saved.values()]).toEqual([...prev.values()].map((r) => ({ ...r, ...next(r), dbVersion: r.dbVersion + 1 })));
     });
   });
 }
