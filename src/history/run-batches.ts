@@ -101,21 +101,29 @@ export class StaleRunError extends Error {
 }
 
 type RunField = keyof ExecutionRow & string;
-// The rows to save are fetched by ctid (a Tid Scan), each one's found by its key through the
-// primary key (a subquery per key, as lockRuns looks keys up): a join of executions on the
-// values list was planned, below some 150,000 runs, as a read of every run (1,024 index lookups
-// cost the planner more), and an update cannot join its own table laterally. The ctids are of
-// the rows as the statement's snapshot sees them. A row updated since (every update moves its
-// db_version on) is not saved, as with the join: PostgreSQL checks the conditions again on its
-// newest version, whose db_version and ctid are not those, and the statement fails.
+
+/** Most padded rows a save joins executions on: the planner looks so few keys up through the primary key in any table of more than a few thousand runs. */
+const JOINED_SAVES = 16;
+
+// More rows to save are fetched by ctid (a Tid Scan), each one's found by its key through the
+// primary key (a subquery per key, as lockRuns looks keys up): the join was planned, for 1,000
+// saves below some 150,000 runs, as a read of every run (1,024 index lookups cost the planner
+// more), and an update cannot join its own table laterally. Where the join is planned as index
+// lookups anyway, the ctids cost more (a save's planning on PGlite, where the writer saves one
+// run a statement; a second fetch of each row). The ctids are of the rows as the statement's
+// snapshot sees them. A row updated since (every update moves its db_version on) is not saved,
+// as with the join: PostgreSQL checks the conditions again on its newest version, whose
+// db_version and ctid are not those, and the statement fails.
 const saveRunsCte = textCache(({ fields, rows }: { fields: RunField[]; rows: number }) => {
   const columns: RunField[] = [...KEY, "dbVersion", ...fields];
   const v = (c: RunField) => `v.${executionsSql.name(c)}`;
   const set = [...fields.map((c) => `${executionsSql.name(c)} = ${v(c)}`), `${executionsSql.name("dbVersion")} = ${v("dbVersion")} + 1`];
+  const values = `(values ${valuesList(rows, columns.length, columns.map(executionsSql.sqlType))})`;
+  const names = columns.map(executionsSql.name).join(", ");
+  const conditions = `(${keyList("e")}) = (${KEY.map(v).join(", ")}) and e.${executionsSql.name("dbVersion")} = ${v("dbVersion")}`;
+  if (rows <= JOINED_SAVES) return `update ${executionsSql.table} as e set ${set.join(", ")} from ${values} as v(${names}) where ${conditions} returning 1`;
   const tids = `array(select (select x.ctid from ${executionsSql.table} as x where (${keyList("x")}) = (${keyList("k")})) from v as k)`;
-  return `with v(${columns.map(executionsSql.name).join(", ")}) as (values ${valuesList(rows, columns.length, columns.map(executionsSql.sqlType))}) ` +
-    `update ${executionsSql.table} as e set ${set.join(", ")} from v where e.ctid = any(${tids}) ` +
-    `and (${keyList("e")}) = (${KEY.map(v).join(", ")}) and e.${executionsSql.name("dbVersion")} = ${v("dbVersion")} returning 1`;
+  return `with v(${names}) as ${values} update ${executionsSql.table} as e set ${set.join(", ")} from v where e.ctid = any(${tids}) and ${conditions} returning 1`;
 }, ({ fields, rows }) => `${fields.join(",")}/${rows}`);
 
 /**

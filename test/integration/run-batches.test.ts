@@ -85,24 +85,30 @@ for (const store of await testStores()) {
       for (const [i, r] of prev.entries()) expect(await rowOf(i + 1)).toEqual({ ...r, ...next(r, i), dbVersion: r.dbVersion + 1 });
     });
 
-    test("SaveRunsRefusesAStaleRun: one run written since it was read fails the statement, and nothing is saved", async () => {
-      const [one, two] = await Promise.all([1, 2].map(rowOf));
-      const stale = { ...two!, dbVersion: two!.dbVersion - 1 };
-      const saving = opened.database.db.transaction((tx) => saveRuns(tx, [one!, stale].map((prev) => ({ prev, next: { nextEventId: 99 } }))));
-      await expect(saving).rejects.toThrow("one or more of 2 executions changed since they were read");
-      expect(await rowOf(1)).toEqual(one!);
+    test("SaveRunsRefusesAStaleRun: one run written since it was read fails the statement of 2 runs or of 20, and nothing is saved", async () => {
+      const more = Array.from({ length: 18 }, (_, i) => 40 + i);
+      await opened.database.db.transaction((tx) => Promise.all(more.map((i) => insertExecution(tx, run(i)))));
+      // 2 runs: the join of executions on the saves; 20 (padded to 32): their rows by ctid.
+      for (const page of [[1, 2], [1, 2, ...more]]) {
+        const read = await Promise.all(page.map(rowOf));
+        const saves = read.map((prev, i) => ({ prev: i === 1 ? { ...prev, dbVersion: prev.dbVersion - 1 } : prev, next: { nextEventId: 99 } }));
+        const saving = opened.database.db.transaction((tx) => saveRuns(tx, saves));
+        await expect(saving).rejects.toThrow(`one or more of ${page.length} executions changed since they were read`);
+        expect(await Promise.all(page.map(rowOf))).toEqual(read);
+      }
     });
 
     // Two transactions at once: PostgreSQL's (PGlite is one session).
     if (store === "postgres") {
-      test("ASaveWaitingOnAnotherRefusesTheRunItMovedOn: a run saved and committed while the save waited for its row fails the save; rolled back, the save goes through", async () => {
+      test("ASaveWaitingOnAnotherRefusesTheRunItMovedOn: a run saved and committed while a save of 2 runs or of 20 waited for its row fails the save; rolled back, the save goes through", async () => {
         const db = opened.database.db;
-        await db.transaction((tx) => Promise.all([20, 21].map((i) => insertExecution(tx, run(i)))));
+        const ids = Array.from({ length: 20 }, (_, i) => 20 + i);
+        await db.transaction((tx) => Promise.all(ids.map((i) => insertExecution(tx, run(i)))));
         const waiting = async () => (await runStatement(db, "select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'", []))[0]!.n;
         const undone = new Error("rolled back");
-        /** saveRuns of runs 20 and 21 as read now, issued while another transaction that saved run 20 waits, then commits or rolls back. */
-        const saveWhileSaved = async (end: "commit" | "rollback") => {
-          const read = await Promise.all([20, 21].map(rowOf));
+        /** saveRuns of count runs as read now, issued while another transaction that saved the first waits, then commits or rolls back. */
+        const saveWhileSaved = async (count: number, end: "commit" | "rollback") => {
+          const read = await Promise.all(ids.slice(0, count).map(rowOf));
           let saving!: Promise<unknown>;
           await db.transaction(async (tx) => {
             await saveRuns(tx, [{ prev: read[0]!, next: { nextEventId: 50 } }]);
@@ -116,13 +122,17 @@ for (const store of await testStores()) {
           return { read, saving };
         };
 
-        const committed = await saveWhileSaved("commit");
-        await expect(committed.saving).rejects.toThrow("one or more of 2 executions changed since they were read");
-        expect([await rowOf(20), await rowOf(21)]).toEqual([{ ...committed.read[0]!, nextEventId: 50, dbVersion: committed.read[0]!.dbVersion + 1 }, committed.read[1]!]);
+        // 2 runs: the join of executions on the saves; 20 (padded to 32): their rows by ctid.
+        for (const count of [2, 20]) {
+          const committed = await saveWhileSaved(count, "commit");
+          await expect(committed.saving).rejects.toThrow(`one or more of ${count} executions changed since they were read`);
+          const [first, ...rest] = committed.read;
+          expect(await Promise.all(ids.slice(0, count).map(rowOf))).toEqual([{ ...first!, nextEventId: 50, dbVersion: first!.dbVersion + 1 }, ...rest]);
 
-        const rolledBack = await saveWhileSaved("rollback");
-        await rolledBack.saving;
-        expect([await rowOf(20), await rowOf(21)]).toEqual(rolledBack.read.map((r) => ({ ...r, nextEventId: 60, dbVersion: r.dbVersion + 1 })));
+          const rolledBack = await saveWhileSaved(count, "rollback");
+          await rolledBack.saving;
+          expect(await Promise.all(ids.slice(0, count).map(rowOf))).toEqual(rolledBack.read.map((r) => ({ ...r, nextEventId: 60, dbVersion: r.dbVersion + 1 })));
+        }
       });
     }
 
