@@ -94,14 +94,15 @@ export interface ServerOptions {
     serveStream?: () => boolean;
     /** How long a source that refused PullReplicationTasks is pulled shard by shard before the call is tried again. */
     reprobeMs?: number;
-    /** How long this cluster's streams and long polls ask a source to wait for news (default 10 s). */
+    /**
+     * How long this cluster's streams and long polls ask a source to wait for news: its history
+     * streams' (default 10 s) and its polls of a source's namespace queue (default 20 s).
+     */
     waitMs?: number;
     /** How long past waitMs a stream may stay silent before it is given up and opened again (default 5 s). */
     silenceGraceMs?: number;
     /** Awaited by this source before each StreamReplicationTasks message goes out: holds a peer's stream (tests). */
     beforeStreamMessage?: (signal: AbortSignal) => Promise<void>;
-    /** How long this cluster's polls of a source's namespace queue ask it to wait for news (default 20 s). */
-    namespaceWaitMs?: number;
     /** How long after a peer's last poll of the namespace queue a graceful failover to it is refused at once (default 40 s). */
     namespacePollsLateMs?: number;
     /** How often the sender re-reads a peer's shards for commits of other processes (default 1 s; tests make it long to see wakes alone). */
@@ -241,7 +242,7 @@ function wireReplication({ opts, log, now, cluster, database }: Base, core: Core
   const backfill = createBackfillReceiver({ db, applier, namespaces, writer, notifier, log, now, historyPageBytes: opts.replication?.historyPageBytes });
   const namespaceReceiver = createNamespaceReceiver({
     db, currentCluster: cluster.clusterName, namespaces, log, metrics, now, onActivated, onChanged: core.onChanged, onBackfillStarted: backfill.wake,
-    beforeApply: opts.replication?.beforeNamespaceApply, staleAfterMs: historyReceiver.staleAfterMs, waitTimeoutMs: opts.replication?.namespaceWaitMs,
+    beforeApply: opts.replication?.beforeNamespaceApply, staleAfterMs: historyReceiver.staleAfterMs, waitTimeoutMs: opts.replication?.waitMs,
   });
   // Becoming active: settle the conflicts resolved while this cluster was passive.
   const sweep = createConflictSweep({ db, cluster, namespaces, writer, applier, log });

@@ -65,13 +65,23 @@ for (const store of await testStores()) {
     const pair = {} as Awaited<ReturnType<typeof startHttpLinkedPair>>;
     beforeAll(async () => Object.assign(pair, await startHttpLinkedPair(store, [
       { serverOptions: { replication: { namespacePollsLateMs: 2_000 } } },
-      { serverOptions: { replication: { namespaceWaitMs: 300 } } },
+      { serverOptions: { replication: { waitMs: 300 } } },
     ])));
     afterAll(() => pair.close());
+    const lastPoll = async () => (await readAck(pair.a.server.database.db, { remote: "clusterB", direction: "outbound", queue: "namespace", shardId: 0 })).updatedAt!;
+
+    test("TestAClusterPollsTheNamespaceQueueAtItsConfiguredWait (B's waitMs, not the receiver's own 20 s)", async () => {
+      await eventuallyOn(pair.b, NS, () => {});
+      // A records each of B's polls: three new ones in 3 s (before: one at most, each held 20 s).
+      const seen = new Set<number>([(await lastPoll()).getTime()]);
+      await eventually(async () => {
+        seen.add((await lastPoll()).getTime());
+        expect(seen.size).toBeGreaterThan(3);
+      }, { timeout: 3_000, interval: 50 });
+    });
 
     test("TestGracefulFailoverToAClusterWhoseNamespacePollsStoppedLongAgoIsRefusedAtOnce, before HANDOVER", async () => {
       const { a, b, link, nsId } = pair;
-      const lastPoll = async () => (await readAck(a.server.database.db, { remote: "clusterB", direction: "outbound", queue: "namespace", shardId: 0 })).updatedAt!;
       await eventuallyOn(b, NS, () => {});
       link.failPaths((path) => path.endsWith("/GetNamespaceReplicationTasks"));
       try {
