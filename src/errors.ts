@@ -134,7 +134,10 @@ export class NamespaceNotActiveError extends TernError {
   constructor(
     readonly namespace: string,
     readonly activeCluster: string,
+    /** The active cluster's frontend address, where this cluster knows it: its client can send the write there. */
+    readonly activeAddress?: string,
   ) {
-    super("failed_precondition", `namespace ${namespace} is active in cluster ${activeCluster}`, { [ACTIVE_CLUSTER_HEADER]: activeCluster });
+    const at = activeAddress ? `, whose frontend is at ${activeAddress}` : "";
+    super("failed_precondition", `namespace ${namespace} is active in cluster ${activeCluster}${at}`, { [ACTIVE_CLUSTER_HEADER]: activeCluster });
   }
 }

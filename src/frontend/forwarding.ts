@@ -170,10 +170,38 @@ export interface ForwardingDeps {
  * Wraps the WorkflowService (DESIGN.md section 5): a call on a global namespace that is
  * active elsewhere goes to the active cluster's frontend when the policy covers it. The
  * request keeps its requestId (one is made first when empty, so retrying the forwarded
- * call stays idempotent); the remote's error codes come back unchanged.
+ * call stays idempotent); the remote's error codes come back unchanged. A call it does not
+ * cover is refused naming the active cluster and its frontend address.
  */
-export function createForwardingWorkflowService({ inner, policy, namespaces, clusters, clients, timeoutMs = FORWARD_TIMEOUT_MS }: ForwardingDeps): Workflow {
-  if (policy === "noop") return inner;
+export function createForwardingWorkflowService(deps: ForwardingDeps): Workflow {
+  return withActiveAddress(deps.policy === "noop" ? deps.inner : forwarding(deps), deps.clusters);
+}
+
+/**
+ * service with each refusal of a call for a namespace active elsewhere (one the policy does not
+ * forward) naming the active cluster's frontend address, where this cluster's metadata has it:
+ * a client cannot act on a cluster's name alone.
+ */
+function withActiveAddress(service: Workflow, clusters: ClusterDirectory): Workflow {
+  const wrapped: Record<string, unknown> = { ...service };
+  for (const name of ALL) {
+    const method = service[name] as (req: never, ctx: HandlerContext) => unknown;
+    wrapped[name] = async (req: never, ctx: HandlerContext) => {
+      try {
+        return await method.call(service, req, ctx);
+      } catch (e) {
+        if (!(e instanceof NamespaceNotActiveError) || e.activeAddress) throw e;
+        const rows = await clusters.list().catch(() => []);
+        const address = rows.find((c) => c.clusterName === e.activeCluster && !c.isCurrent)?.rpcAddress;
+        throw address ? new NamespaceNotActiveError(e.namespace, e.activeCluster, address) : e;
+      }
+    };
+  }
+  return wrapped as Workflow;
+}
+
+/** inner with the calls the policy covers forwarded to the active cluster. */
+function forwarding({ inner, policy, namespaces, clusters, clients, timeoutMs = FORWARD_TIMEOUT_MS }: ForwardingDeps): Workflow {
   const current = clusters.current().clusterName;
 
   /** The active cluster to forward to, or undefined to serve here. */

@@ -8,7 +8,7 @@ import { eventually } from "../support/eventually";
 import { rejects } from "../support/rejects";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
-import { connectAll, eventuallyOn, startClusters } from "./mesh";
+import { addr, connectAll, eventuallyOn, startClusters } from "./mesh";
 
 setDefaultTimeout(90_000);
 
@@ -29,12 +29,14 @@ for (const store of await testStores()) {
     });
     afterAll(() => Promise.all([a, noop, selected, all].map((x) => x.destroy())));
 
-    test("TestSignalOnPassiveRefusedUnderNoop", async () => {
-      await rejects(
+    test("TestSignalOnPassiveRefusedUnderNoop, naming the active cluster's frontend address", async () => {
+      const err = await rejects(
         noop.client(WorkflowService).signalWorkflowExecution({ namespace: "orders", workflowExecution: run("w1"), signalName: "s" }),
         Code.FailedPrecondition,
         "namespace orders is active in cluster clusterA",
       );
+      // The address B knows A at (its cluster metadata): where the client can send the write.
+      expect(err.rawMessage).toBe(`namespace orders is active in cluster clusterA, whose frontend is at ${addr(a)}`);
     });
 
     test("TestSignalOnPassiveForwardedUnderSelectedApisAndRetryIsIdempotent", async () => {
@@ -66,7 +68,7 @@ for (const store of await testStores()) {
       await rejects(
         selected.client(WorkflowService).recordMarker({ namespace: "orders", workflowExecution: run("w1"), markerName: "m" }),
         Code.FailedPrecondition,
-        "active in cluster clusterA",
+        `active in cluster clusterA, whose frontend is at ${addr(a)}`,
       );
       const marker = await all.client(WorkflowService).recordMarker({ namespace: "orders", workflowExecution: run("w1"), markerName: "m" });
       expect(marker.eventId).toBe(4n);
