@@ -1,3 +1,6 @@
+import { ConnectError } from "@connectrpc/connect";
+import { codeToString } from "@connectrpc/connect/protocol-connect";
+
 /** Domain errors; frontend/errors.ts maps each kind to one Connect code. */
 export type ErrorKind =
   | "not_found"
@@ -53,12 +56,15 @@ function lostConnectionOf(e: unknown): ErrorFields | undefined {
  * An error's message for a log line. For a lost connection or a busy database (databaseBusy),
  * only the driver's code and message:
  * drizzle's wrapper carries the whole statement and every bound parameter (user payloads), and
- * an outage logs it for every request.
+ * an outage logs it for every request. A peer's answer reads as the CLI prints an error,
+ * `failed_precondition: ...` (connect's message leads with the code in brackets: a replication
+ * status showed `error: [failed_precondition] replication with cluster ...`).
  */
 export function loggableError(e: unknown): string {
   const busy = databaseBusy(e);
   if (busy) return `${busy.code}: ${busy.message ?? "no message"}`;
   const lost = lostConnectionOf(e);
+  if (!lost && e instanceof ConnectError) return `${codeToString(e.code)}: ${e.rawMessage}`;
   if (!lost) return withReason(e, withoutParameters((e as Error)?.message ?? String(e)));
   const message = typeof lost.message === "string" ? lost.message : "connection lost";
   return typeof lost.code === "string" && !message.includes(lost.code) ? `${lost.code}: ${message}` : message;

@@ -64,21 +64,21 @@ describe("replication status", () => {
   test("namespace polls failing while history is heard: the ns row alone is unknown, with since when and why", async () => {
     const remote = {
       ...status.remotes[0]!,
-      connectionState: "error: [unavailable] HTTP 502",
+      connectionState: "error: unavailable: HTTP 502",
       namespaceLagTasks: 0n,
       namespaceLagUnknown: true,
       namespaceHeardAt: timestampFromDate(new Date(Date.now() - 30_000)),
-      namespaceError: "[unavailable] HTTP 502",
+      namespaceError: "unavailable: HTTP 502",
     };
     const failing = create(GetReplicationStatusResponseSchema, { ...status, remotes: [remote] });
     const r = await runCli(["replication", "status"], { admin: { getReplicationStatus: () => failing } });
     const lines = r.stdout.trimEnd().split("\n");
     expect(lines[2]).toMatch(/^clusterB +inbound +1 +10 +10 +0 +0 +error: /);
     expect(lines[3]).toMatch(/^clusterB +inbound +ns +3 +3 +unknown +error: /);
-    expect(lines[6]).toMatch(/^NOTE: clusterA's namespace replication from clusterB has had no answer since \S+Z \(30 s ago\): \[unavailable\] HTTP 502; its ns lag is unknown \(/);
+    expect(lines[6]).toMatch(/^NOTE: clusterA's namespace replication from clusterB has had no answer since \S+Z \(30 s ago\): unavailable: HTTP 502; its ns lag is unknown \(/);
     const json = JSON.parse((await runCli(["replication", "status", "-o", "json"], { admin: { getReplicationStatus: () => failing } })).stdout);
     expect(json.remotes[0].namespaceLagTasks).toBeNull();
-    expect(json.remotes[0].namespaceError).toBe("[unavailable] HTTP 502");
+    expect(json.remotes[0].namespaceError).toBe("unavailable: HTTP 502");
     expect(json.remotes[0].inbound[0].lagTasks).toBeUndefined(); // 0, omitted: known, not null
   });
 

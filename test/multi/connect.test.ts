@@ -2,6 +2,7 @@ import { setDefaultTimeout, afterAll, beforeAll, describe, expect, test } from "
 import { Code } from "@connectrpc/connect";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { eventually } from "../support/eventually";
 import { rejects } from "../support/rejects";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
@@ -43,6 +44,18 @@ for (const store of await testStores()) {
       expect((await op.describeCluster({ clusterName: "clusterB" })).cluster!.connectionState).toBe("disabled");
       const on = await op.addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: true });
       expect(on.cluster!.enableConnection).toBe(true);
+    });
+
+    test("a connection disabled on one side only: the other's state says why as the CLI prints an error, not connect's [code] text", async () => {
+      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: false });
+      try {
+        await eventually(async () => {
+          const onB = (await b.client(OperatorService).describeCluster({ clusterName: "clusterA" })).cluster!;
+          expect(onB.connectionState).toBe("error: failed_precondition: replication with cluster clusterB is disabled on clusterA");
+        });
+      } finally {
+        await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: true });
+      }
     });
 
     test("upsert refuses a remote that breaks a rule, naming it", async () => {

@@ -33,7 +33,7 @@ describe("inbound heard", () => {
     const { log } = heardOn("namespace");
     expect(log.of("clusterA")).toEqual({ stale: true, error: undefined });
     log.failed("clusterA", unavailable);
-    expect(log.of("clusterA")).toEqual({ stale: true, error: "[unavailable] HTTP 502" });
+    expect(log.of("clusterA")).toEqual({ stale: true, error: "unavailable: HTTP 502" });
     log.heard("clusterA");
     expect(log.of("clusterA")).toMatchObject({ stale: false, error: undefined });
   });

@@ -37,7 +37,7 @@ describe("replication manager", () => {
     await eventually(() => expect(errors).toEqual([]), { timeout: 5_000 });
     await manager.stop();
     expect(lines.filter((l) => l.msg === "replication stream failed").map((l) => l.error)).toEqual([
-      "[unavailable] the database connection was lost or refused (request id r1); retry",
+      "unavailable: the database connection was lost or refused (request id r1); retry",
       "another failure",
     ]);
   });
