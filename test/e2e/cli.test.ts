@@ -1,5 +1,7 @@
 import { setDefaultTimeout, afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { fileURLToPath } from "node:url";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { addr as addressOf, connectAll, eventuallyOn, startClusters } from "../failover/mesh";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 
@@ -130,6 +132,33 @@ for (const store of await testStores()) {
       const d = JSON.parse(await ok("operator", "cluster", "describe", "-o", "json"));
       expect(d.cluster.clusterName).toBe("clusterA");
       expect(await ok("operator", "cluster", "list")).toContain("clusterA");
+    });
+  });
+}
+
+for (const store of await testStores()) {
+  describe(`tern CLI writing through a passive cluster whose active cluster is down, on ${store}`, () => {
+    let a: TestCluster, b: TestCluster;
+    beforeAll(async () => {
+      [a, b] = await startClusters(store, [{}, { extraYaml: "dcRedirectionPolicy: { policy: selected-apis-forwarding }" }]);
+      await connectAll([a, b]);
+      await a.client(WorkflowService).registerNamespace({ namespace: "orders", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
+      await eventuallyOn(b, "orders", () => {});
+      await a.stop();
+    });
+    afterAll(() => Promise.all([a.destroy(), b.destroy()]));
+
+    test("the refusal names the write's request id, the CLI's own UUID, as the README shows it", async () => {
+      const r = await tern(addressOf(b), "workflow", "signal", "-n", "orders", "-w", "order-1", "--name", "paid");
+      const refusal = /^error: unavailable: cannot reach cluster clusterA: connection refused \(request id ([^)]+)\); retry with the same request id\n$/;
+      expect(r.code).toBe(1);
+      expect(r.err).toMatch(refusal);
+      expect(refusal.exec(r.err)![1]).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+      // The README's examples of a forwarded write's refusal show an id of that form (they showed a ULID, 01J...).
+      const readme = (await Bun.file(`${root}/README.md`).text()).replace(/\s+/g, " ");
+      const shown = [...readme.matchAll(/\(request id ([^)]+)\); (?:it may still be applied there: )?retry with the same request id/g)].map((m) => m[1]!);
+      expect(shown.length).toBeGreaterThan(0);
+      for (const id of shown) expect(id).toMatch(/^[0-9a-f]{8}-/);
     });
   });
 }
