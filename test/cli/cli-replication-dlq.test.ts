@@ -42,6 +42,8 @@ describe("replication dlq", () => {
     expect(seen!.shardId).toBe(2);
     expect(r.code).toBe(1);
     expect(r.stdout).toStartWith("Merged 3 DLQ entries; 1 still fail\n");
+    const one = await runCli(["replication", "dlq", "merge"], { admin: { mergeReplicationDlq: () => ({ merged: 1n }) } });
+    expect([one.code, one.stdout]).toEqual([0, "Merged 1 DLQ entry; 0 still fail\n"]);
     const ok = await runCli(["replication", "dlq", "merge", "-o", "json"], { admin: { mergeReplicationDlq: () => ({ merged: 2n }) } });
     expect([ok.code, JSON.parse(ok.stdout)]).toEqual([0, { merged: "2" }]);
   });
@@ -57,8 +59,8 @@ describe("replication dlq", () => {
     expect([asked.code, asked.stdout]).toEqual([0, "Purged 4 DLQ entries\n"]);
     expect(calls.map((c) => c.sourceCluster)).toEqual(["clusterA"]);
     calls = [];
-    const yes = await runCli(["replication", "dlq", "purge", "--yes"], { admin });
-    expect(yes.code).toBe(0);
+    const yes = await runCli(["replication", "dlq", "purge", "--yes"], { admin: { purgeReplicationDlq: (req: PurgeReplicationDlqRequest) => (calls.push(req), { purged: 1n }) } });
+    expect([yes.code, yes.stdout]).toEqual([0, "Purged 1 DLQ entry\n"]);
     expect(calls).toHaveLength(1);
   });
 });

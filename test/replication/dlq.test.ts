@@ -159,6 +159,13 @@ for (const store of await testStores()) {
       expect((await dlqRows())[0]!.attempts).toBe(4);
       // Stored and logged with PostgreSQL's reason, never the statement's parameters.
       expect((await dlqRows())[0]!.lastError).toStartWith("23514: injected fault for worse: new row violates check constraint\n");
+      // The README's list: LAST ERROR is that reason, not the failed statement after it (-o json has it whole).
+      const listed = await tern(b, "replication", "dlq", "list", "--source-cluster", "clusterA");
+      expect(listed.out.split("\n")[1]).toMatch(/^clusterA +1 +\d+ +worse +\S+ +\[1, 2\) +4 +\S+ +23514: injected fault for worse: new row violates check constraint$/);
+      expect(JSON.parse((await tern(b, "replication", "dlq", "list", "-o", "json")).out).entries[0].lastError).toContain("Failed query: insert into history_events");
+      // A filter that matches none of them: that part is empty, not the DLQ.
+      const none = await tern(b, "replication", "dlq", "list", "--source-cluster", "clusterA", "--shard", "2");
+      expect([none.code, none.out]).toEqual([0, "The replication DLQ of clusterA shard 2 is empty\n"]);
       expect(JSON.stringify([(await dlqRows()).map((r) => r.lastError), stillFails.failed.map((e) => e.lastError), bLog])).not.toContain("secret-card");
 
       const refused = await tern(b, "replication", "dlq", "purge");

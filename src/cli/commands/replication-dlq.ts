@@ -20,15 +20,29 @@ function filterOf(args: ParsedArgs): { sourceCluster: string; shardId: number } 
   return { sourceCluster: getString(args, "source-cluster") ?? "", shardId: positiveIntArg(args, "shard", INT32_MAX) ?? 0 };
 }
 
-/** The DLQ table: one row per entry. */
-export function dlqTable(entries: readonly ReplicationDlqEntry[]): string {
-  if (entries.length === 0) return "The replication DLQ is empty\n";
+/** "the replication DLQ" as filter narrows it: "the replication DLQ of clusterA shard 3". */
+function dlqNamed({ sourceCluster, shardId }: { sourceCluster: string; shardId: number }): string {
+  return `the replication DLQ${sourceCluster ? ` of ${sourceCluster}` : ""}${shardId ? ` shard ${shardId}` : ""}`;
+}
+
+/** "1 DLQ entry", "3 DLQ entries". */
+const entriesCount = (n: bigint) => `${n} DLQ ${n === 1n ? "entry" : "entries"}`;
+
+/**
+ * The DLQ table: one row per entry, its LAST ERROR the stored error's first line, the reason
+ * (a failed statement's text follows it: -o json has it whole); filter names what is empty.
+ */
+export function dlqTable(entries: readonly ReplicationDlqEntry[], filter = { sourceCluster: "", shardId: 0 }): string {
+  if (entries.length === 0) {
+    const named = dlqNamed(filter);
+    return `${named.charAt(0).toUpperCase()}${named.slice(1)} is empty\n`;
+  }
   const headers = ["SOURCE", "SHARD", "TASK ID", "WORKFLOW ID", "RUN ID", "EVENTS", "ATTEMPTS", "CREATED", "LAST ERROR"];
   return formatTable(
     headers,
     entries.map((e) => [
       e.sourceCluster, String(e.shardId), String(e.taskId), e.workflowId, e.runId, `[${e.firstEventId}, ${e.nextEventId})`,
-      String(e.attempts), formatTime(e.createTime), e.lastError,
+      String(e.attempts), formatTime(e.createTime), e.lastError.split("\n")[0]!,
     ]),
   );
 }
@@ -45,7 +59,7 @@ const list: LeafCommand = {
       const res = await ctx.admin().listReplicationDlq({ ...filter, pageSize: 500, nextPageToken }, { signal: ctx.signal });
       return { items: res.entries, nextPageToken: res.nextPageToken };
     });
-    ctx.out(ctx.format === "json" ? listJson("entries", ReplicationDlqEntrySchema, entries) : dlqTable(entries));
+    ctx.out(ctx.format === "json" ? listJson("entries", ReplicationDlqEntrySchema, entries) : dlqTable(entries, filter));
   },
 };
 
@@ -59,7 +73,7 @@ const merge: LeafCommand = {
     const res = await ctx.admin().mergeReplicationDlq(filterOf(args), { signal: ctx.signal, timeoutMs: ctx.deadlineMs(ctx.longRunMs) });
     if (ctx.format === "json") ctx.out(messageJson(MergeReplicationDlqResponseSchema, res));
     else {
-      ctx.out(`Merged ${res.merged} DLQ entries; ${res.failed.length} still fail\n`);
+      ctx.out(`Merged ${entriesCount(res.merged)}; ${res.failed.length} still fail\n`);
       if (res.failed.length) ctx.out(dlqTable(res.failed));
     }
     return res.failed.length ? 1 : 0;
@@ -79,10 +93,10 @@ const purge: LeafCommand = {
   flags: [...filterFlags, { name: "yes", alias: "y", kind: "boolean", description: "Do not ask for confirmation" }],
   async run(ctx, args) {
     const filter = filterOf(args);
-    const what = `the replication DLQ${filter.sourceCluster ? ` of ${filter.sourceCluster}` : ""}${filter.shardId ? ` shard ${filter.shardId}` : ""}`;
+    const what = dlqNamed(filter);
     if (!getBoolean(args, "yes")) await confirmPurge(ctx, what);
     const res = await ctx.admin().purgeReplicationDlq(filter, { signal: ctx.signal, timeoutMs: ctx.deadlineMs(ctx.longRunMs) });
-    ctx.out(ctx.format === "json" ? messageJson(PurgeReplicationDlqResponseSchema, res) : `Purged ${res.purged} DLQ entries\n`);
+    ctx.out(ctx.format === "json" ? messageJson(PurgeReplicationDlqResponseSchema, res) : `Purged ${entriesCount(res.purged)}\n`);
   },
 };
 
