@@ -50,3 +50,17 @@ export const MIN_SHARD_PAGE_BYTES = 256 << 10;
 export function shardPageBytes(shards: number): number {
   return Math.max(MIN_SHARD_PAGE_BYTES, Math.floor(ANSWER_BYTES / Math.max(shards, 1)));
 }
+
+/**
+ * The most tasks a stream's first page of a shard carries (less when the peer asked less): each
+ * later page of the shard may be twice the one before while the shard is behind, up to what the
+ * peer asked (nextStreamPage). A stream opened on a backlog (a peer back after a pause) sent
+ * 1,000 tasks of each shard at once: 4,000 for four shards, read, encoded, decoded and applied
+ * (on cold statements) before anything else moved, about 2.5 s before the peer's first apply.
+ */
+export const FIRST_STREAM_PAGE = 64;
+
+/** A stream's next page size of a shard after a page of `size`: doubled, up to `asked`, while the page left the shard behind. */
+export function nextStreamPage(size: number, asked: number, behind: boolean): number {
+  return behind ? Math.min(asked, size * 2) : size;
+}

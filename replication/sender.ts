@@ -31,7 +31,7 @@ import { clusterMetadata, historyEvents, namespaces, replicationTasks, shards } 
 import { anyShardKey, createOutboundAckRecorder, shardKey } from "./ack-levels";
 import type { OutboxMarks } from "./outbox";
 import { taskToProto, type OutboxTail, type TaskInit } from "./outbox-tail";
-import { shardPageBytes, withinBudget } from "./pull-budget";
+import { FIRST_STREAM_PAGE, nextStreamPage, shardPageBytes, withinBudget } from "./pull-budget";
 import { shown } from "../src/shown";
 
 export interface ReplicationSenderDeps {
@@ -202,6 +202,10 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     if (!peer) throw invalidArgument("cluster_name is required: StreamReplicationTasks serves a pulling cluster");
     if (!req.cursors) throw invalidArgument("cursors are required: where each shard's stream starts");
     const cursors = pullCursors(cursorsOfColumns(req.cursors, "cursors"), 0);
+    // Each shard's pages start small and grow while it is behind (nextStreamPage), so the first
+    // message after a pause comes and applies at once, and the larger ones follow it.
+    const asked = cursors.map((c) => c.size);
+    for (const c of cursors) c.size = Math.min(c.size, FIRST_STREAM_PAGE);
     const linked = polls.link(signal);
     const watch = streamWatch(cursors);
     countStreams(peer, 1);
@@ -211,7 +215,11 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
         const { looked, pages } = await polls.run(linked, (s) => servePages({ peer, withEvents: true, waitMs, cursors, recordAcks: first, settle: true, watch }, s));
         if (signal.aborted) return;
         const shards = shardPages(cursors, looked, pages, true);
-        pages.forEach((p, k) => (cursors[looked[k]!]!.after = p.last));
+        pages.forEach((p, k) => {
+          const c = cursors[looked[k]!]!;
+          c.after = p.last;
+          c.size = nextStreamPage(c.size, asked[looked[k]!]!, p.last < p.max);
+        });
         yield create(StreamReplicationTasksResponseSchema, { shards });
       }
     } finally {

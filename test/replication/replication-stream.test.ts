@@ -3,7 +3,7 @@ import { create } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { outboundAcks } from "../../replication/ack-levels";
 import { createOutboxMarks } from "../../replication/outbox";
-import { MAX_SHARD_PAGE } from "../../replication/pull-budget";
+import { FIRST_STREAM_PAGE, MAX_SHARD_PAGE } from "../../replication/pull-budget";
 import { createReplicationSender } from "../../replication/sender";
 import { AdminService, StreamReplicationTasksRequestSchema, type StreamReplicationTasksResponse } from "../../src/gen/tern/admin/v1/service_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
@@ -217,6 +217,41 @@ for (const store of await testStores()) {
       await rejects(first({ clusterName: "clusterB", cursors: { shardIds: [1, 2], afterTaskIds: [0n], ackedTaskIds: [0n] } }), Code.InvalidArgument, "cursors needs one entry per shard");
       await rejects(first({ clusterName: "clusterB", cursors: { shardIds: [1, 1], afterTaskIds: [0n, 0n], ackedTaskIds: [0n, 0n] } }), Code.InvalidArgument, "shard 1 is asked for twice");
       await rejects(first({ clusterName: "clusterZ", cursors: { shardIds: [1], afterTaskIds: [0n], ackedTaskIds: [0n] } }), Code.FailedPrecondition, "cluster clusterZ is not connected");
+    });
+
+    test("StartsABacklogSmallAndGrowsIt: a shard 300 tasks behind comes 64 tasks first, then twice that each page, in order and none skipped", async () => {
+      const wf = a.client(WorkflowService);
+      const { runId } = await start(a, "backlog");
+      for (let i = 0; i < 300; i++) await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "backlog", runId }, signalName: `s${i}` });
+      const shardId = shardFor(nsId, "backlog", SHARDS);
+      const max = BigInt((await lastTaskIds(a)).get(shardId)!);
+      const stop = new AbortController();
+      // The peer asks a catch-up page of each shard, as a receiver does.
+      const it = admin()
+        .streamReplicationTasks(
+          { clusterName: "clusterB", cursors: { shardIds, afterTaskIds: shardIds.map(() => 0n), ackedTaskIds: shardIds.map(() => 0n), pageSizes: shardIds.map(() => MAX_SHARD_PAGE) }, waitTimeoutMs: 10_000 },
+          { signal: stop.signal },
+        )[Symbol.asyncIterator]();
+      try {
+        const pages: { tasks: bigint[]; last: bigint }[] = [];
+        while (pages.at(-1)?.last !== max) {
+          const { value } = await it.next();
+          const page = (value as StreamReplicationTasksResponse).shards.find((p) => p.shardId === shardId);
+          if (page) pages.push({ tasks: page.tasks.map((t) => t.taskId), last: page.lastTaskId });
+        }
+        // The first message is a small one's, to come and apply at once; the pages after it grow.
+        expect(pages.slice(0, 2).map((p) => p.tasks.length)).toEqual([FIRST_STREAM_PAGE, 2 * FIRST_STREAM_PAGE]);
+        for (const p of pages.slice(2, -1)) expect(p.tasks.length).toBeGreaterThan(2 * FIRST_STREAM_PAGE);
+        // Each page goes on after the one before, up to the shard's last task: its tasks in order, each once.
+        const sent = pages.flatMap((p) => p.tasks);
+        expect(sent).toEqual([...sent].sort((x, y) => (x < y ? -1 : 1)));
+        expect(new Set(sent).size).toBe(sent.length);
+        expect(sent.at(-1)).toBe(max);
+        expect(sent.length).toBeGreaterThanOrEqual(301);
+        pages.slice(1).forEach((p, i) => expect(p.tasks[0]!).toBeGreaterThan(pages[i]!.last));
+      } finally {
+        stop.abort();
+      }
     });
   });
 

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { MAX_SHARD_PAGE, PULL_BUDGET, shardPageSizes, withinBudget } from "../../replication/pull-budget";
+import { FIRST_STREAM_PAGE, MAX_SHARD_PAGE, PULL_BUDGET, nextStreamPage, shardPageSizes, withinBudget } from "../../replication/pull-budget";
 
 const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
 
@@ -35,5 +35,13 @@ describe("a pull's tasks across its shards", () => {
     expect(new Set(scaled)).toEqual(new Set([16]));
     expect(withinBudget([0, 50, 5_000], 300)).toEqual([300, 50, MAX_SHARD_PAGE]);
     expect(withinBudget([0], 0)).toEqual([100]);
+  });
+
+  test("AStreamsPagesOfAShardGrowWhileItIsBehind: 64, 128, ... up to what the peer asked; a page that caught up keeps its size", () => {
+    const sizes = [FIRST_STREAM_PAGE];
+    while (sizes.length < 6) sizes.push(nextStreamPage(sizes.at(-1)!, MAX_SHARD_PAGE, true));
+    expect(sizes).toEqual([64, 128, 256, 512, 1000, 1000]);
+    expect(nextStreamPage(128, MAX_SHARD_PAGE, false)).toBe(128);
+    expect(nextStreamPage(16, 16, true)).toBe(16);
   });
 });
