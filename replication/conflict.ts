@@ -77,43 +77,52 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
       // The local branch stays current; the incoming one is kept, and its requests re-applied.
       // Only the events after what is kept already are read: a branch that comes a page at a
       // time is not read back from its fork at every page (its kept events were re-applied
-      // when they came, in the transaction that kept them).
+      // when they came, in the transaction that kept them, or are left to settle).
       const fresh = await incomingBranch(tx, run, task, heldTo, fetchRaw);
+      const reapplied = await reapply(tx, ns, run, fresh);
+      // Settled through the branch's end when these and all kept before them are on the current branch.
+      const settled = known ? known.reappliedThrough : lca;
+      const reappliedThrough = reapplied && settled >= heldTo ? lastEventIdOf(incoming) : settled;
       if (known) {
         await Promise.all([
           insertBranchEvents(tx, run, known.branchId, fresh),
-          tx.update(historyBranches).set({ versionHistory: incoming }).where(branchKey(run, known.branchId)),
+          tx.update(historyBranches).set({ versionHistory: incoming, reappliedThrough }).where(branchKey(run, known.branchId)),
         ]);
       } else {
-        await keepBranch(tx, run, lca, incoming, fresh);
+        await keepBranch(tx, run, lca, incoming, fresh, reappliedThrough);
       }
       log.warn("replicated branch lost a conflict and is kept as a non-current branch", {
         workflowId: run.workflowId, runId: run.runId, forkEventId: lca, local, incoming,
       });
-      await reapply(tx, ns, run, fresh);
       return 0;
     }
     // The incoming branch wins: the local events after the fork become a non-current branch.
     const branch = await incomingBranch(tx, run, task, lca, fetchRaw);
     const losing = await readRunEvents(tx, run, lca + 1);
     if (known) await dropBranch(tx, run, known.branchId);
-    await keepBranch(tx, run, lca, local, losing);
+    const kept = await keepBranch(tx, run, lca, local, losing, lca);
     const rival = await switchTo(tx, run, lca, branch);
     if (rival) await (rival.loses ? retire(tx, ns, run, rival.run) : retire(tx, ns, rival.run, run));
     log.warn("replicated branch won a conflict and is now current", {
       workflowId: run.workflowId, runId: run.runId, forkEventId: lca, local, incoming,
     });
-    await reapply(tx, ns, run, losing);
+    if (await reapply(tx, ns, run, losing)) await markReapplied(tx, run, kept, lastEventIdOf(local));
     return branch.length;
   }
 
-  /** Stores events after lca of a non-current branch. */
-  async function keepBranch(tx: Tx, key: RunKey, lca: number, history: VersionHistoryItem[], events: HistoryEvent[]): Promise<void> {
+  /** Stores events after lca of a non-current branch, whose requests are on the current branch up to reappliedThrough; returns its branch id. */
+  async function keepBranch(tx: Tx, key: RunKey, lca: number, history: VersionHistoryItem[], events: HistoryEvent[], reappliedThrough: number): Promise<number> {
     const branchId = await nextBranchId(tx, key);
     await Promise.all([
-      tx.insert(historyBranches).values({ ...key, branchId, forkEventId: lca, versionHistory: history }),
+      tx.insert(historyBranches).values({ ...key, branchId, forkEventId: lca, versionHistory: history, reappliedThrough }),
       insertBranchEvents(tx, key, branchId, events),
     ]);
+    return branchId;
+  }
+
+  /** Records that a kept branch's requests up to `through` are on the run's current branch: settle reads only past it. */
+  async function markReapplied(tx: Tx, key: RunKey, branchId: number, through: number): Promise<void> {
+    await tx.update(historyBranches).set({ reappliedThrough: through }).where(branchKey(key, branchId));
   }
 
   async function dropBranch(tx: Tx, key: RunKey, branchId: number): Promise<void> {
@@ -244,14 +253,15 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
    * events that the current branch lacks (by requestKey; `origin` is the run the lost events
    * were written to). Elsewhere nothing: the active cluster does it when the lost branch
    * reaches it. Requests of a run retired by a version conflict go to the workflow's run that won.
+   * Returns whether the lost requests are all on the current branch now (false when left).
    */
-  async function reapply(tx: Tx, cached: NamespaceRecord, key: RunKey, lost: HistoryEvent[], origin = key.runId): Promise<void> {
+  async function reapply(tx: Tx, cached: NamespaceRecord, key: RunKey, lost: HistoryEvent[], origin = key.runId): Promise<boolean> {
     const candidates = lost.filter((e) => e.attributes.case && REAPPLIED.has(e.attributes.case));
-    if (!candidates.length || !cached.isGlobal) return;
+    if (!candidates.length || !cached.isGlobal) return true;
     // Read now, not from the cache: a namespace activated here after this apply read it would
     // otherwise be missed both here and by the activation's sweep (conflict-sweep.ts).
     const ns = await readNamespaceUnderBarrier(tx, cached);
-    if (!ns || ns.activeClusterName !== cluster.clusterName) return;
+    if (!ns || ns.activeClusterName !== cluster.clusterName) return false;
     let run = await lockRun(tx, key.namespaceId, key.workflowId, key.runId);
     if (run && run.status !== "RUNNING" && (await retiredByConflict(tx, run))) run = await lockRun(tx, key.namespaceId, key.workflowId, "");
     if (!run || run.status !== "RUNNING") {
@@ -259,7 +269,7 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
       log.warn("lost signals and cancel requests not re-applied: the run is closed on the current branch", {
         workflowId: key.workflowId, runId: key.runId, events: candidates.map((e) => Number(e.eventId)),
       });
-      return;
+      return false;
     }
     const present = await presentOf(tx, run, candidates.map((e) => requestKey(origin, e)));
     const events: NewEvent[] = [];
@@ -275,7 +285,7 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
       ids.push({ requestId, eventId: run.nextEventId + events.length });
       events.push({ attributes: { case: e.attributes.case, value: { ...e.attributes.value, requestId } } as NewEvent["attributes"] });
     }
-    if (!events.length) return;
+    if (!events.length) return true;
     await writeAsActive(tx, ns, run, { events, ...(cancel && !run.cancelRequested ? { cancelRequested: true } : {}) });
     const target = { namespaceId: run.namespaceId, workflowId: run.workflowId, runId: run.runId };
     // A client retrying one of these requests is answered with the re-applied event.
@@ -284,6 +294,7 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
       .values(chunk.map((r) => ({ ...target, ...r })))
       .onConflictDoUpdate({ target: [requestIds.namespaceId, requestIds.workflowId, requestIds.requestId], set: { runId: run.runId, eventId: sql`excluded.event_id` } })));
     log.info("re-applied lost signals and cancel requests", { workflowId: run.workflowId, runId: run.runId, events: ids });
+    return true;
   }
 
   /** A write of the active cluster from inside an apply; refused writes are retried, not dead-lettered. */
@@ -301,7 +312,9 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
    * What the active cluster owes a run after conflicts it may not have been active for:
    * a ZOMBIE run is retired, and the requests on every kept branch that the current one
    * lacks are re-applied (by request id, so repeating this is harmless). Run when a
-   * namespace becomes active here and at start.
+   * namespace becomes active here and at start. Of a kept branch only the events past what
+   * is on the current branch already (reappliedThrough) are read: a long branch is not read
+   * again at every activation.
    */
   async function settle(tx: Tx, ns: NamespaceRecord, key: RunKey): Promise<void> {
     await lockRunKey(tx, key);
@@ -312,7 +325,10 @@ export function createConflictResolver({ cluster, writer, log, writeEvents }: Co
       await retire(tx, ns, key, current && current.runId !== key.runId ? current : key);
     }
     for (const b of await loadBranches(tx, key)) {
-      await reapply(tx, ns, key, await readBranchEvents(tx, key, b.branchId, b.forkEventId + 1, lastEventIdOf(b.versionHistory) + 1));
+      const last = lastEventIdOf(b.versionHistory);
+      const from = Math.max(b.forkEventId, b.reappliedThrough) + 1;
+      if (from > last) continue;
+      if (await reapply(tx, ns, key, await readBranchEvents(tx, key, b.branchId, from, last + 1))) await markReapplied(tx, key, b.branchId, last);
     }
   }
 

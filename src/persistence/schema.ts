@@ -252,6 +252,12 @@ export const historyBranches = pgTable(
     forkEventId: big("fork_event_id").notNull(),
     versionHistory: jsonb("version_history").$type<VersionHistoryItem[]>().notNull(),
     createdAt: ts("created_at").notNull().defaultNow(),
+    /**
+     * The branch's requests (signals, cancel requests) up to this event id are on the run's
+     * current branch: re-applied, or found there, by this cluster while active. Settling a
+     * run reads only the branch's events after it (0: none yet, read from the fork).
+     */
+    reappliedThrough: big("reapplied_through").notNull().default(0),
   },
   (t) => [primaryKey({ columns: [t.namespaceId, t.workflowId, t.runId, t.branchId] })],
 );

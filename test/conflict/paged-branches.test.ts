@@ -5,7 +5,8 @@ import { connectAll, describeOn, expectActiveOn, startClusters } from "../failov
 import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
-import { bringBranch, historyOf, inside, setLink, type Inside } from "./support";
+import type { NamespaceRecord } from "../../src/namespace/registry";
+import { bringBranch, countingEventReads, historyOf, inside, setLink, type Inside } from "./support";
 
 setDefaultTimeout(120_000);
 
@@ -77,6 +78,24 @@ for (const store of await testStores()) {
       expect(kept.events.slice(FORK).map((e) => Number(e.eventId))).toEqual(Array.from({ length: PAGES * PAGE_EVENTS }, (_, i) => FORK + 1 + i));
       // Each page reads about its own events, not the branch kept before it.
       expect(Math.max(...reads)).toBeLessThanOrEqual(2 * PAGE_EVENTS);
+    });
+
+    test("TestSettlingAKeptBranchWhoseRequestsWereReappliedReadsNoneOfItsEvents", async () => {
+      // Once the branch brought above is kept and its signals re-applied (B was active), settling
+      // the run (each activation and start of B sweeps it) has nothing to read of it again.
+      const ns: NamespaceRecord = await ib.namespaces!.getByName(NS);
+      const key = { namespaceId: ns.id, workflowId: "long-losing", runId: runIds.get("long-losing")! };
+      const before = await signalNames(b, "long-losing");
+      expect(before.length).toBe(2 + PAGES * PAGE_EVENTS);
+      const started = performance.now();
+      const read = await b.server.database.db.transaction(async (tx) => {
+        const counted = countingEventReads(tx);
+        await ib.applier!.settle(counted.tx, ns, key);
+        return counted.rows();
+      });
+      console.log(`settle of a kept branch of ${PAGES * PAGE_EVENTS} events: ${read} rows read, ${(performance.now() - started).toFixed(1)} ms`);
+      expect(read).toBe(0);
+      expect(await signalNames(b, "long-losing")).toEqual(before);
     });
 
     test("TestASignalWithoutRequestIdIsReappliedOnceWhenItsBranchFirstLostThenWon", async () => {

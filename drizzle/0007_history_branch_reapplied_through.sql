@@ -1,0 +1,1 @@
+ALTER TABLE "history_branches" ADD COLUMN "reapplied_through" bigint DEFAULT 0 NOT NULL;
