@@ -1,4 +1,4 @@
-import { and, eq } from "drizzle-orm";
+import { and, eq, sql } from "drizzle-orm";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
 import { loggableError } from "../src/errors";
 import type { Writer } from "../src/history/writer";
@@ -30,12 +30,18 @@ export function createConflictSweep({ db, cluster, namespaces, writer, applier, 
   const stopping = new AbortController();
   let queue: Promise<void> = Promise.resolve();
 
-  /** The runs of a namespace (all namespaces when undefined) with kept branches or in ZOMBIE state. */
+  /**
+   * The runs of a namespace (all namespaces when undefined) with kept branches whose requests
+   * are not all on the current branch yet, or in ZOMBIE state: runs settled before are not
+   * visited again at every activation.
+   */
   async function runsToSettle(namespaceId?: string) {
+    const b = historyBranches;
+    const unsettled = sql`${b.reappliedThrough} < (${b.versionHistory} -> -1 ->> 'eventId')::bigint`;
     const [branched, zombies] = await Promise.all([
-      db.selectDistinct({ namespaceId: historyBranches.namespaceId, workflowId: historyBranches.workflowId, runId: historyBranches.runId })
-        .from(historyBranches)
-        .where(namespaceId ? eq(historyBranches.namespaceId, namespaceId) : undefined),
+      db.selectDistinct({ namespaceId: b.namespaceId, workflowId: b.workflowId, runId: b.runId })
+        .from(b)
+        .where(and(unsettled, namespaceId ? eq(b.namespaceId, namespaceId) : undefined)),
       db.select({ namespaceId: executions.namespaceId, workflowId: executions.workflowId, runId: executions.runId })
         .from(executions)
         .where(and(eq(executions.status, "ZOMBIE"), namespaceId ? eq(executions.namespaceId, namespaceId) : undefined)),
@@ -68,9 +74,10 @@ export function createConflictSweep({ db, cluster, namespaces, writer, applier, 
   }
 
   return {
-    /** Sweeps a namespace (every namespace when none is given) after the sweeps already asked for. */
-    trigger(namespaceId?: string): void {
+    /** Sweeps a namespace (every namespace when none is given) after the sweeps already asked for; settles when it is done. */
+    trigger(namespaceId?: string): Promise<void> {
       queue = queue.then(() => sweep(namespaceId));
+      return queue;
     },
     async stop(): Promise<void> {
       stopping.abort();
