@@ -40,9 +40,9 @@ export async function readRawHistory(db: Db, req: GetWorkflowExecutionRawHistory
   const budget = Math.min(exactNumber(req.maximumPageBytes, "maximum_page_bytes"), HISTORY_PAGE_BYTES);
   const paged = budget > 0 && next > first;
   if (!wanted) return answer(run, await readRunEvents(db, run, first, { before: paged ? pageEnd(run, first, next - first, budget) : next }));
-  // Another branch's page is measured on the current branch's events of the same ids; past the
-  // current branch's end the rest comes whole.
-  const [end] = paged ? await db.select({ id: sql<number>`${pageEnd(run, first, next - first, budget)}`.mapWith(Number) }).from(executions).where(key) : [];
+  // Another branch's page is measured on every branch's events of its ids: on the current
+  // branch's alone, a branch kept past the current one's end came whole past it.
+  const [end] = paged ? await db.select({ id: sql<number>`${pageEnd(run, first, next - first, budget, { branches: true })}`.mapWith(Number) }).from(executions).where(key) : [];
   return answer(run, await readEventsOf(db, run, wanted, first, end && end.id > first ? Math.min(end.id, next) : next), wanted);
 }
 

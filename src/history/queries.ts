@@ -7,7 +7,7 @@ import type { NamespaceRecord, NamespaceRegistry } from "../namespace/registry";
 import { clampPage } from "../namespace/registry";
 import type { Db } from "../persistence/database";
 import { decodeToken, encodeToken } from "../persistence/page-token";
-import { executions, historyEvents } from "../persistence/schema";
+import { executions, historyBranchEvents, historyEvents } from "../persistence/schema";
 import { readRunEvents, type ExecutionRow } from "./execution-store";
 import { checkIdLengths } from "./id-limits";
 import { listen, type EventNotifier } from "./notifier";
@@ -211,14 +211,20 @@ export const HISTORY_PAGE_BYTES = 4 << 20;
  * every event read each large payload from TOAST and wrote it out as text, twice, before the
  * page's own read: 138 of a 3 MiB page's 210 ms. A stored jsonb string is its text without
  * quotes and escapes; a large event is its payloads' base64, which has neither.
+ *
+ * branches: the run's non-current branches' events are measured too (a page of another branch
+ * than the current one, raw-history.ts): an id held by several branches counts once for each,
+ * so such a page may end early, never late.
  */
-export function pageEnd(run: ExecutionRow, from: number, limit: number, budget: number = HISTORY_PAGE_BYTES) {
+export function pageEnd(run: ExecutionRow, from: number, limit: number, budget: number = HISTORY_PAGE_BYTES, { branches = false } = {}) {
   const e = (column: string) => sql.raw(`e.${column}`);
+  const columns = sql.raw("namespace_id, workflow_id, run_id, event_id, attributes");
+  const events = branches ? sql`(select ${columns} from ${historyEvents} union all select ${columns} from ${historyBranchEvents})` : historyEvents;
   const key = sql`${e("namespace_id")} = ${run.namespaceId} and ${e("workflow_id")} = ${run.workflowId} and ${e("run_id")} = ${run.runId}`;
   const size = sql`(case when pg_column_compression(${e("attributes")}) is null then pg_column_size(${e("attributes")}) else octet_length(${e("attributes")}::text) end)::bigint`;
-  const chunk = sql`select max(${e("event_id")}) as last, coalesce(sum(${size}), 0)::bigint as bytes from ${historyEvents} e where ${key} and ${e("event_id")} > walk.last and ${e("event_id")} <= walk.last + walk.step and ${e("event_id")} < ${from + limit}`;
+  const chunk = sql`select max(${e("event_id")}) as last, coalesce(sum(${size}), 0)::bigint as bytes from ${events} e where ${key} and ${e("event_id")} > walk.last and ${e("event_id")} <= walk.last + walk.step and ${e("event_id")} < ${from + limit}`;
   const walk = sql`walk(last, bytes, step, k) as (select ${from - 1}::bigint, 0::bigint, 1::bigint, 0 union all select c.last, walk.bytes + c.bytes, walk.step * 2, walk.k + 1 from walk cross join lateral (${chunk}) c where walk.bytes < ${budget} and c.last is not null)`;
-  const through = sql`select ${e("event_id")} as event_id, prev.bytes + sum(${size}) over (order by ${e("event_id")}) as through from ${historyEvents} e where ${key} and ${e("event_id")} > prev.last and ${e("event_id")} <= fin.last`;
+  const through = sql`select ${e("event_id")} as event_id, prev.bytes + sum(${size}) over (order by ${e("event_id")}) as through from ${events} e where ${key} and ${e("event_id")} > prev.last and ${e("event_id")} <= fin.last`;
   const crossing = sql`select min(q.event_id) + 1 from (${through}) q where q.through >= ${budget}`;
   const steps = sql`fin as (select * from walk order by k desc limit 1), prev as (select * from walk where k = (select k - 1 from fin))`;
   return sql<number>`(with recursive ${walk}, ${steps} select case when fin.k = 0 then ${run.nextEventId} when fin.bytes < ${budget} then fin.last + 1 else (${crossing}) end from fin left join prev on true)`;

@@ -2,6 +2,8 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
 import { sql } from "drizzle-orm";
+import { versionHistoryToProto } from "../../replication/version-history";
+import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { readRunEvents } from "../../src/history/execution-store";
 import { pageEnd } from "../../src/history/queries";
@@ -84,6 +86,32 @@ for (const store of await testStores()) {
       // A budget of 150 KB: 48 KiB payloads are 64 KiB of base64, so a page ends with the third
       // signal from its start, which crosses it.
       expect(await eventIdsOfPages(runs.get("random")!, 150_000)).toEqual([[1, 2, 3, 4], [5, 6, 7], [8, 9, 10], [11, 12, 13]]);
+    });
+
+    test("TestARawHistoryPageOfABranchKeptPastTheCurrentOnesEndStopsAtItsBudget", async () => {
+      const db = x.server.database.db;
+      // Run "kept" holds its start alone on its current branch and, kept as its branch 1 (as a
+      // conflict it won would have left it), the 12 signals of "random" written at version 2.
+      const { runId } = await x.client(WorkflowService).startWorkflowExecution({ namespace: NS, workflowId: "kept", ...T });
+      const [start] = rowsOf(await db.execute(sql`select version::int as version from history_events where workflow_id = 'kept'`)) as { version: number }[];
+      const branch = [{ eventId: 1, version: start!.version }, { eventId: 13, version: 2 }];
+      await db.execute(sql`insert into history_branches (namespace_id, workflow_id, run_id, branch_id, fork_event_id, version_history)
+        values (${namespaceId}, 'kept', ${runId}, 1, 1, ${JSON.stringify(branch)}::jsonb)`);
+      await db.execute(sql`insert into history_branch_events (namespace_id, workflow_id, run_id, branch_id, event_id, version, event_time, event_type, attributes)
+        select namespace_id, 'kept', ${runId}, 1, event_id, 2, event_time, event_type, attributes from history_events where workflow_id = 'random' and event_id > 1`);
+      const admin = x.client(AdminService);
+      const pages: number[][] = [];
+      for (let first = 2; first < 14; ) {
+        const res = await admin.getWorkflowExecutionRawHistory({
+          namespaceId, workflowId: "kept", runId, firstEventId: BigInt(first), nextEventId: 14n, maximumPageBytes: 150_000n, versionHistory: versionHistoryToProto(branch),
+        });
+        pages.push(res.events.map((e) => Number(e.eventId)));
+        expect(res.events.every((e) => e.version === 2n)).toBe(true);
+        first = Number(res.events.at(-1)?.eventId ?? 13n) + 1;
+      }
+      // As the current branch's pages of the same events: measured only on the current branch's
+      // events, everything past its end (event 1) came in one answer of 0.8 MB.
+      expect(pages).toEqual([[2, 3, 4], [5, 6, 7], [8, 9, 10], [11, 12, 13]]);
     });
   });
 }
