@@ -1,7 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { and, eq, sql } from "drizzle-orm";
 import type { RemoteClientPool, RemoteClients } from "../src/cluster/remote-client";
-import { loggableError, notFound } from "../src/errors";
+import { errorReason, loggableError, notFound } from "../src/errors";
 import { MergeReplicationDlqResponseSchema, type MergeReplicationDlqResponse, type ReplicationDlqEntry } from "../src/gen/tern/admin/v1/service_pb";
 import { runKeyText } from "../src/history/branch-store";
 import type { EventNotifier } from "../src/history/notifier";
@@ -81,11 +81,12 @@ export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, lo
       } catch (err) {
         // The caller's deadline passed or it left: the entries not merged yet did not fail, they were not tried.
         signal?.throwIfAborted();
-        const error = loggableError(err).slice(0, 2000);
+        // As the receiver stores it (page-applier.ts): the reason, never the statement or its values.
+        const error = errorReason(err);
         stuck.set(run, error);
         await db.update(replicationDlq).set({ attempts: sql`${replicationDlq.attempts} + 1`, lastError: error }).where(keyOf(e));
         failed.push(entryOf({ ...e, attempts: e.attempts + 1, lastError: error }));
-        log.warn("DLQ entry still fails", { source: e.sourceCluster, shard: e.shardId, taskId: e.taskId, workflowId: e.workflowId, error });
+        log.warn("DLQ entry still fails", { source: e.sourceCluster, shard: e.shardId, taskId: e.taskId, workflowId: e.workflowId, error: loggableError(err) });
       }
     }
     await dlq.refreshGauge();

@@ -47,14 +47,14 @@ export const HELD_BEHIND = "held: an earlier task of this run is in the DLQ (mer
 export function createReplicationDlq({ db, metrics }: ReplicationDlqDeps) {
   const seenSources = new Set<string>();
 
-  /** Stores a task inside the transaction that acks it. */
+  /** Stores a task inside the transaction that acks it; error is errorReason's text (or HELD_BEHIND). */
   async function add(tx: Tx, source: string, t: ReplicationTask, attempts: number, error: string): Promise<void> {
     await tx
       .insert(replicationDlq)
       .values({
         sourceCluster: source, shardId: t.shardId, taskId: Number(t.taskId), namespaceId: t.namespaceId, workflowId: t.workflowId,
         runId: t.runId, firstEventId: Number(t.firstEventId), nextEventId: Number(t.nextEventId), version: Number(t.version),
-        attempts, lastError: error.slice(0, 2000),
+        attempts, lastError: error,
       })
       .onConflictDoNothing();
   }

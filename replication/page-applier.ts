@@ -1,5 +1,5 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { databaseBusy, loggableError } from "../src/errors";
+import { databaseBusy, errorReason, loggableError } from "../src/errors";
 import type { ReplicationTask } from "../src/gen/tern/admin/v1/service_pb";
 import type { EventNotifier } from "../src/history/notifier";
 import type { Writer } from "../src/history/writer";
@@ -74,16 +74,16 @@ export function createPageApplier(deps: PageApplierDeps) {
 
   /** Stores t in the DLQ in the transaction that moves the ack from..t past it. */
   async function deadLetter(b: Batch, t: ReplicationTask, from: number, attempts: number, e: unknown): Promise<Applied> {
-    // PostgreSQL's reason and the statement, never its parameters (the task's payloads).
-    const error = loggableError(e);
+    // Stored: PostgreSQL's reason only, as a merge that fails again stores it (dlq-merge.ts); a
+    // row's values in the statement can be payloads. Logged: the statement too, never its parameters.
     await writer.transact("ReplicateHistoryDlq", (tx) =>
       settleAll([
-        dlq.add(tx, b.remote.name, t, attempts, error),
+        dlq.add(tx, b.remote.name, t, attempts, errorReason(e)),
         advanceInboundAck(tx, b.remote.name, b.shardId, { from, to: Number(t.taskId), maxTaskId: b.maxTaskId }),
       ]),
     );
     log.error("replication task moved to the DLQ", {
-      remote: b.remote.name, shard: b.shardId, taskId: Number(t.taskId), workflowId: t.workflowId, runId: t.runId, attempts, error,
+      remote: b.remote.name, shard: b.shardId, taskId: Number(t.taskId), workflowId: t.workflowId, runId: t.runId, attempts, error: loggableError(e),
     });
     return { grown: [], held: 1 };
   }

@@ -71,6 +71,18 @@ export function loggableError(e: unknown): string {
 }
 
 /**
+ * An error's reason for a record an operator reads (a DLQ entry's last error): the database's
+ * code and message where it refused a statement, else loggableError's text without the failed
+ * statement (drizzle's "Failed query: ..." names it, and a row's values can be user payloads);
+ * at most max characters.
+ */
+export function errorReason(e: unknown, max = 2000): string {
+  const { code, message } = pgErrorOf(e);
+  const text = code && message ? `${code}: ${message}` : loggableError(e).replace(/(^|\n)Failed query: [\s\S]*/, "");
+  return (text || "a database statement failed").slice(0, max);
+}
+
+/**
  * An error's stack for a log line (its message where it has none), without the bound
  * parameters drizzle's message lists after the statement: they are user payloads (a signal's
  * input, a memo). A lost connection as loggableError says it.
