@@ -183,18 +183,20 @@ export function createForwardingWorkflowService(deps: ForwardingDeps): Workflow 
  * a client cannot act on a cluster's name alone.
  */
 function withActiveAddress(service: Workflow, clusters: ClusterDirectory): Workflow {
+  /** The refusal e with the active cluster's address, if it is one and this cluster knows the address; else e. */
+  async function withAddress(e: unknown): Promise<never> {
+    if (!(e instanceof NamespaceNotActiveError) || e.activeAddress) throw e;
+    const rows = await clusters.list().catch(() => []);
+    const address = rows.find((c) => c.clusterName === e.activeCluster && !c.isCurrent)?.rpcAddress;
+    throw address ? new NamespaceNotActiveError(e.namespace, e.activeCluster, address) : e;
+  }
   const wrapped: Record<string, unknown> = { ...service };
   for (const name of ALL) {
     const method = service[name] as (req: never, ctx: HandlerContext) => unknown;
-    wrapped[name] = async (req: never, ctx: HandlerContext) => {
-      try {
-        return await method.call(service, req, ctx);
-      } catch (e) {
-        if (!(e instanceof NamespaceNotActiveError) || e.activeAddress) throw e;
-        const rows = await clusters.list().catch(() => []);
-        const address = rows.find((c) => c.clusterName === e.activeCluster && !c.isCurrent)?.rpcAddress;
-        throw address ? new NamespaceNotActiveError(e.namespace, e.activeCluster, address) : e;
-      }
+    // Every write passes here: an answer costs no async frame of its own, only a failure is looked at.
+    wrapped[name] = (req: never, ctx: HandlerContext) => {
+      const answer = method.call(service, req, ctx);
+      return answer instanceof Promise ? answer.catch(withAddress) : answer;
     };
   }
   return wrapped as Workflow;
