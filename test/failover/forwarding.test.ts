@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { Code } from "@connectrpc/connect";
 import { eq } from "drizzle-orm";
+import { ACTIVE_CLUSTER_HEADER } from "../../src/errors";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { namespaces } from "../../src/persistence/schema";
@@ -37,6 +38,24 @@ for (const store of await testStores()) {
       );
       // The address B knows A at (its cluster metadata): where the client can send the write.
       expect(err.rawMessage).toBe(`namespace orders is active in cluster clusterA, whose frontend is at ${addr(a)}`);
+    });
+
+    test("TestSignalOnPassiveRefusedUnderNoopWhenTheActiveClusterIsUnknownHere: names it without an address", async () => {
+      // B's namespace row names an active cluster B has no cluster metadata for (no rpc address).
+      const db = noop.server.database.db;
+      await db.update(namespaces).set({ activeClusterName: "clusterE" }).where(eq(namespaces.name, "orders"));
+      try {
+        await noop.client(WorkflowService).describeNamespace({ namespace: "orders" }); // caches "active in E"
+        const err = await rejects(
+          noop.client(WorkflowService).signalWorkflowExecution({ namespace: "orders", workflowExecution: run("w1"), signalName: "s" }),
+          Code.FailedPrecondition,
+          "namespace orders is active in cluster clusterE",
+        );
+        expect([err.rawMessage, err.metadata.get(ACTIVE_CLUSTER_HEADER)]).toEqual(["namespace orders is active in cluster clusterE", "clusterE"]);
+      } finally {
+        await db.update(namespaces).set({ activeClusterName: "clusterA" }).where(eq(namespaces.name, "orders"));
+        await noop.client(WorkflowService).describeNamespace({ namespace: "orders" });
+      }
     });
 
     test("TestSignalOnPassiveForwardedUnderSelectedApisAndRetryIsIdempotent", async () => {
