@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { fileURLToPath } from "node:url";
-import { and, eq } from "drizzle-orm";
+import { and, eq, sql } from "drizzle-orm";
 import type { HistoryApplier } from "../../replication/applier";
 import { createLogger } from "../../src/observability/log";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
@@ -186,6 +186,23 @@ for (const store of await testStores()) {
       expect(purged.out).toBe("Purged 2 DLQ entries\n");
       expect(await dlqRows()).toEqual([]);
       expect(b.server.metrics.render()).toContain('replication_dlq_size{source_cluster="clusterA"} 0');
+    });
+
+    test("ARealRefusalIsStoredAsItsReason: a check constraint on B's executions; the receiver and a merge that fails again store PostgreSQL's code and message, no statement", async () => {
+      const onB = b.server.database.db;
+      await onB.execute(sql`alter table executions add constraint refuse_checked check (workflow_id <> 'checked')`);
+      try {
+        await a.client(WorkflowService).startWorkflowExecution({ namespace: NS, workflowId: "checked", workflowType: "Pay", taskQueue: "q" });
+        await eventually(async () => expect(await dlqRows()).toHaveLength(1), { timeout: 20_000 });
+        const reason = '23514: new row for relation "executions" violates check constraint "refuse_checked"';
+        expect((await dlqRows())[0]!.lastError).toBe(reason);
+        const stillFails = await b.client(AdminService).mergeReplicationDlq({});
+        // Before: the merge stored the reason, then "Failed query: insert into executions ..." with the row's values.
+        expect([stillFails.failed.map((e) => e.lastError), (await dlqRows()).map((r) => [r.attempts, r.lastError])]).toEqual([[reason], [[4, reason]]]);
+      } finally {
+        await onB.execute(sql`alter table executions drop constraint refuse_checked`);
+        await b.client(AdminService).purgeReplicationDlq({});
+      }
     });
 
     /** Starts and signals workflowId on A after faults.set(workflowId, n): B applies both events, its faults used up, and the DLQ stays empty. */
