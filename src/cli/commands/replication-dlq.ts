@@ -30,7 +30,8 @@ const entriesCount = (n: bigint) => `${n} DLQ ${n === 1n ? "entry" : "entries"}`
 
 /**
  * The DLQ table: one row per entry, its LAST ERROR the stored error's first line, the reason
- * (a failed statement's text follows it: -o json has it whole); filter names what is empty.
+ * (an entry stored by an older build carries the failed statement after it: -o json has it
+ * whole); filter names what is empty.
  */
 export function dlqTable(entries: readonly ReplicationDlqEntry[], filter = { sourceCluster: "", shardId: 0 }): string {
   if (entries.length === 0) {
