@@ -52,15 +52,21 @@ export function shardPageBytes(shards: number): number {
 }
 
 /**
- * The most tasks a stream's first page of a shard carries (less when the peer asked less): each
- * later page of the shard may be twice the one before while the shard is behind, up to what the
- * peer asked (nextStreamPage). A stream opened on a backlog (a peer back after a pause) sent
- * 1,000 tasks of each shard at once: 4,000 for four shards, read, encoded, decoded and applied
- * (on cold statements) before anything else moved, about 2.5 s before the peer's first apply.
+ * The most tasks a stream's first page of a backlog of a shard carries (less when the peer asked
+ * less): each later page of the shard may be twice the one before while the shard is behind, up
+ * to what the peer asked, and a page that catches the shard up starts it over (nextStreamPage).
+ * A stream opened on a backlog (a peer back after a pause) sent 1,000 tasks of each shard at
+ * once: 4,000 for four shards, read, encoded, decoded and applied (on cold statements) before
+ * anything else moved, about 2.5 s before the peer's first apply; so did a stream that had
+ * grown its pages once, at each backlog after (a burst, the peer's apply stalled).
  */
 export const FIRST_STREAM_PAGE = 64;
 
-/** A stream's next page size of a shard after a page of `size`: doubled, up to `asked`, while the page left the shard behind. */
+/**
+ * A stream's next page size of a shard after a page of `size`: doubled, up to `asked`, while the
+ * page left the shard behind; FIRST_STREAM_PAGE (at most `asked`) once it caught up, which
+ * costs nothing there: a caught-up shard's page holds only what committed since, far fewer.
+ */
 export function nextStreamPage(size: number, asked: number, behind: boolean): number {
-  return behind ? Math.min(asked, size * 2) : size;
+  return Math.min(asked, behind ? size * 2 : FIRST_STREAM_PAGE);
 }

@@ -253,6 +253,47 @@ for (const store of await testStores()) {
         stop.abort();
       }
     });
+    test("StartsEachBacklogSmall: a stream that grew its pages and caught up starts the next backlog of the shard at 64 tasks again", async () => {
+      const wf = a.client(WorkflowService);
+      const { runId } = await start(a, "rebacklog");
+      const shardId = shardFor(nsId, "rebacklog", SHARDS);
+      const signal = async (n: number) => {
+        for (let i = 0; i < n; i++) await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "rebacklog", runId }, signalName: `s${i}` });
+        return BigInt((await lastTaskIds(a)).get(shardId)!);
+      };
+      const from = await lastTaskIds(a);
+      const max = await signal(300);
+      // A sender of its own, read by hand: a backlog builds while its stream waits to be read, as
+      // when the peer's apply stalls (a server's stream would send each commit as it came).
+      const sender = createReplicationSender({ db: a.server.database.db, cluster: a.server.cluster, notifier: createEventNotifier() });
+      const after = shardIds.map((id) => BigInt(from.get(id) ?? 0));
+      const req = create(StreamReplicationTasksRequestSchema, {
+        clusterName: "clusterB", cursors: { shardIds, afterTaskIds: after, ackedTaskIds: after, pageSizes: shardIds.map(() => MAX_SHARD_PAGE) }, waitTimeoutMs: 10_000,
+      });
+      const s = sender.streamReplicationTasks(req, new AbortController().signal);
+      /** The shard's page sizes until its page ends at `to`. */
+      const pagesUntil = async (to: bigint) => {
+        const sizes: number[] = [];
+        for (let last = -1n; last !== to; ) {
+          const { value } = await s.next();
+          const page = (value as StreamReplicationTasksResponse).shards.find((p) => p.shardId === shardId);
+          if (page) (sizes.push(page.tasks.length), (last = page.lastTaskId));
+        }
+        return sizes;
+      };
+      try {
+        const grown = await pagesUntil(max);
+        // 64, 128, then the 108 left in a page of 256: the pages grew.
+        expect(grown).toEqual([FIRST_STREAM_PAGE, 2 * FIRST_STREAM_PAGE, 300 - 3 * FIRST_STREAM_PAGE]);
+        // Caught up; the next backlog comes 64 tasks first again, not a page of the size it had grown to.
+        const again = await pagesUntil(await signal(300));
+        expect(again.slice(0, 2)).toEqual([FIRST_STREAM_PAGE, 2 * FIRST_STREAM_PAGE]);
+        expect(again.reduce((x, y) => x + y, 0)).toBe(300);
+      } finally {
+        await s.return(undefined);
+        await sender.stop();
+      }
+    });
   });
 
   describe(`a stream of many shards on ${store}: each answer looks at the shards that moved and those not finished`, () => {

@@ -37,11 +37,14 @@ describe("a pull's tasks across its shards", () => {
     expect(withinBudget([0], 0)).toEqual([100]);
   });
 
-  test("AStreamsPagesOfAShardGrowWhileItIsBehind: 64, 128, ... up to what the peer asked; a page that caught up keeps its size", () => {
+  test("AStreamsPagesOfAShardGrowWhileItIsBehind: 64, 128, ... up to what the peer asked; a page that caught up starts over at 64", () => {
     const sizes = [FIRST_STREAM_PAGE];
     while (sizes.length < 6) sizes.push(nextStreamPage(sizes.at(-1)!, MAX_SHARD_PAGE, true));
     expect(sizes).toEqual([64, 128, 256, 512, 1000, 1000]);
-    expect(nextStreamPage(128, MAX_SHARD_PAGE, false)).toBe(128);
+    expect(nextStreamPage(MAX_SHARD_PAGE, MAX_SHARD_PAGE, false)).toBe(FIRST_STREAM_PAGE);
+    expect(nextStreamPage(128, MAX_SHARD_PAGE, false)).toBe(FIRST_STREAM_PAGE);
+    expect(nextStreamPage(FIRST_STREAM_PAGE, MAX_SHARD_PAGE, false)).toBe(FIRST_STREAM_PAGE);
     expect(nextStreamPage(16, 16, true)).toBe(16);
+    expect(nextStreamPage(16, 16, false)).toBe(16);
   });
 });
