@@ -13,7 +13,7 @@ import { notServed } from "./not-served";
 import { estimateEventBytes } from "./outbox-tail";
 import type { RemoteCluster, ReplicationStream, StreamReport } from "./manager";
 import { createPageApplier, type Batch, type PageApplierDeps } from "./page-applier";
-import { ANSWER_BYTES, MAX_SHARD_PAGE, PULL_BUDGET, shardPageSizes } from "./pull-budget";
+import { ANSWER_BYTES, FIRST_STREAM_PAGE, MAX_SHARD_PAGE, nextStreamPage, PULL_BUDGET, shardPageSizes } from "./pull-budget";
 
 export interface HistoryReceiverDeps extends Omit<PageApplierDeps, "progressOf"> {
   db: Db;
@@ -399,10 +399,13 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     // A call still out when the loop ends is not needed any more.
     const local = new AbortController();
     const signal = AbortSignal.any([outer, local.signal]);
-    // Each shard's page by its backlog as last heard, the pull within PULL_BUDGET tasks (pull-budget.ts).
+    // Each shard's page by its backlog as last heard, the pull within PULL_BUDGET tasks (pull-budget.ts),
+    // and as a stream's pages (sender.ts) at most `ramp`: 64 tasks at first and once the shard caught
+    // up, twice that at each answer that left it behind, so a backlog's first pull comes and applies at once.
+    const ramp = new Map(shardIds.map((id) => [id, FIRST_STREAM_PAGE]));
     const cursors = (after: Map<number, number>): Cursor[] => {
       const sizes = shardPageSizes(shardIds.map((id) => progressOf(remote.name, id).maxTaskId - after.get(id)!), pageSize, catchUpPageSize);
-      return shardIds.map((id, i) => ({ shardId: id, after: after.get(id)!, acked: acks.get(id)!, size: sizes[i]! }));
+      return shardIds.map((id, i) => ({ shardId: id, after: after.get(id)!, acked: acks.get(id)!, size: Math.min(sizes[i]!, ramp.get(id)!) }));
     };
     // Whether the source's last answer said it reads cursor columns: the first request of a
     // stream (and so the first after a source is replaced by an older one) sends ShardCursors.
@@ -456,6 +459,9 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
         const res = await next;
         columns = res.readsCursorColumns;
         const pages = joinPages(remote, [res], acks, lag, signal, report);
+        // A shard a sparse answer left out is caught up.
+        const behindOf = new Map(res.shards.map((sp) => [sp.shardId, sp.lastTaskId < sp.maxTaskId]));
+        for (const c of res.asked) ramp.set(c.shardId, nextStreamPage(ramp.get(c.shardId)!, catchUpPageSize, behindOf.get(c.shardId) ?? false));
         const after = new Map(acks);
         let behind = 0;
         for (const b of pages) {

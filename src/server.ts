@@ -27,7 +27,7 @@ import { createOutboxTail } from "../replication/outbox-tail";
 import { createReplicationStatus } from "../replication/status";
 import type { Config } from "./config/schema";
 import { loggableError } from "./errors";
-import { AdminService } from "./gen/tern/admin/v1/service_pb";
+import { AdminService, type PullReplicationTasksRequest } from "./gen/tern/admin/v1/service_pb";
 import type { NamespaceDescription } from "./gen/tern/workflow/v1/namespace_pb";
 import { createAdminHandler } from "./frontend/admin-handler";
 import { createBackfillHandler } from "./frontend/backfill-handler";
@@ -113,6 +113,8 @@ export interface ServerOptions {
     pageSize?: number;
     /** Awaited by each AdminService.GetReplicationTasks call before it reads: holds a shard's per-shard pulls (tests). */
     beforeShardPage?: (shardId: number, signal: AbortSignal) => Promise<void>;
+    /** Awaited by each AdminService.PullReplicationTasks call, with its request, before it reads: shows a peer's pulls (tests). */
+    beforePull?: (req: PullReplicationTasksRequest, signal: AbortSignal) => Promise<void>;
     /** In place of the database's `applies.durable`: what the receiver awaits before it tells a source of its applies (tests). */
     durable?: () => Promise<void>;
     /** Awaited before each replicated namespace change (the namespace it carries) is applied: holds this cluster's view of a failover (tests). */
@@ -321,13 +323,14 @@ function wireRoutes({ config, opts, log, now, cluster }: Base, core: Core, repl:
  * (not_found "no route for ...") while servePull says false, and as a tern before cursor columns while
  * serveCursorColumns says false; StreamReplicationTasks answers Unimplemented while
  * serveStream says false, and always with either of the others set, and each of its messages
- * waits for beforeStreamMessage; GetReplicationTasks waits for beforeShardPage.
+ * waits for beforeStreamMessage; GetReplicationTasks waits for beforeShardPage, and
+ * PullReplicationTasks for beforePull.
  */
 function withPullHooks(
   admin: ServiceImpl<typeof AdminService>,
-  hooks: Pick<NonNullable<ServerOptions["replication"]>, "servePull" | "serveCursorColumns" | "serveStream" | "beforeStreamMessage" | "beforeShardPage"> = {},
+  hooks: Pick<NonNullable<ServerOptions["replication"]>, "servePull" | "serveCursorColumns" | "serveStream" | "beforeStreamMessage" | "beforeShardPage" | "beforePull"> = {},
 ): ServiceImpl<typeof AdminService> {
-  const { servePull, serveCursorColumns, serveStream, beforeStreamMessage, beforeShardPage } = hooks;
+  const { servePull, serveCursorColumns, serveStream, beforeStreamMessage, beforeShardPage, beforePull } = hooks;
   return {
     ...admin,
     ...((servePull || serveCursorColumns || serveStream || beforeStreamMessage) && {
@@ -339,10 +342,11 @@ function withPullHooks(
         }
       },
     }),
-    ...((servePull || serveCursorColumns) && {
+    ...((servePull || serveCursorColumns || beforePull) && {
       async pullReplicationTasks(r, ctx) {
         // What a Connect client reads from a tern before the call: its 404 for an unknown path.
         if (servePull && !servePull()) throw new ConnectError(`no route for POST /${AdminService.typeName}/PullReplicationTasks`, Code.NotFound);
+        await beforePull?.(r, ctx.signal);
         if (!serveCursorColumns || serveCursorColumns(r.cursorColumns !== undefined)) return admin.pullReplicationTasks(r, ctx);
         const res = await admin.pullReplicationTasks({ ...r, cursorColumns: undefined }, ctx);
         return { ...res, readsCursorColumns: false };

@@ -3,9 +3,10 @@ import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { and, eq } from "drizzle-orm";
 import { anyShardKey, outboundAcks } from "../../replication/ack-levels";
+import { FIRST_STREAM_PAGE } from "../../replication/pull-budget";
 import { createReplicationSender } from "../../replication/sender";
 import type { HistoryApplier } from "../../replication/applier";
-import { AdminService, PullReplicationTasksRequestSchema } from "../../src/gen/tern/admin/v1/service_pb";
+import { AdminService, PullReplicationTasksRequestSchema, type PullReplicationTasksRequest } from "../../src/gen/tern/admin/v1/service_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { createEventNotifier } from "../../src/history/notifier";
@@ -18,7 +19,7 @@ import { eventually } from "../support/eventually";
 import { rejects } from "../support/rejects";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
-import { addr, globalNamespace, historiesOf } from "./support";
+import { addr, globalNamespace, historiesOf, lastTaskIds } from "./support";
 
 setDefaultTimeout(90_000);
 
@@ -489,6 +490,48 @@ for (const store of await testStores()) {
       release();
       await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 15_000 });
       await eventually(() => expect(lagOf(y)).toBe(0), { timeout: 15_000 });
+    });
+  });
+
+  describe(`pulling a backlog from a source without the stream on ${store}: small pulls first, as a stream's pages`, () => {
+    let a: TestCluster, b: TestCluster;
+    let nsId: string;
+    /** Each of B's pulls of A: where it asked the hot shard's page to start, and how many tasks. */
+    const pulls: { after: bigint; size: number }[] = [];
+    let hot = 0;
+    const recordPull = async (req: PullReplicationTasksRequest) => {
+      const cols = req.cursorColumns;
+      const i = cols ? cols.shardIds.indexOf(hot) : req.shards.findIndex((c) => c.shardId === hot);
+      if (i >= 0) pulls.push(cols ? { after: cols.afterTaskIds[i]!, size: cols.pageSizes[i]! } : { after: req.shards[i]!.afterTaskId, size: req.shards[i]!.pageSize });
+    };
+
+    beforeAll(async () => {
+      [a, b] = await startClusters(store, [
+        { shards: SHARDS, serverOptions: { replication: { serveStream: () => false, beforePull: recordPull } } },
+        { shards: SHARDS },
+      ]);
+      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
+      nsId = await globalNamespace(a, b, NS);
+    });
+    afterAll(() => Promise.all([a.destroy(), b.destroy()]));
+
+    test("StartsABacklogSmallAndGrowsIt: a shard 300 tasks behind is asked 64 tasks first, then 128, and 64 again once caught up", async () => {
+      const wf = a.client(WorkflowService);
+      const { runId } = await start(a, "hot");
+      for (let i = 0; i < 300; i++) await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "hot", runId }, signalName: `s${i}` });
+      hot = shardFor(nsId, "hot", SHARDS);
+      const max = BigInt((await lastTaskIds(a)).get(hot)!);
+      await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
+      await eventually(async () => expect(await historiesOf(b, nsId)).toEqual(await historiesOf(a, nsId)), { timeout: 20_000 });
+      // The pull after the last page (its prefetch, or the long poll after it) asks from the shard's end.
+      await eventually(() => expect(pulls.some((p) => p.after === max)).toBe(true), { timeout: 15_000 });
+      // The first pull a small one, to come and apply at once (200 before, the receiver's page size);
+      // the next twice that, then the 109 left in one page.
+      expect(pulls.slice(0, 2).map((p) => p.size)).toEqual([FIRST_STREAM_PAGE, 2 * FIRST_STREAM_PAGE]);
+      expect(pulls.slice(0, 3).map((p) => p.after)).toEqual([0n, BigInt(FIRST_STREAM_PAGE), BigInt(3 * FIRST_STREAM_PAGE)]);
+      expect(pulls[2]!.size).toBeGreaterThan(2 * FIRST_STREAM_PAGE);
+      // Caught up: the next backlog starts small again.
+      expect(pulls.find((p) => p.after === max)!.size).toBe(FIRST_STREAM_PAGE);
     });
   });
 }
