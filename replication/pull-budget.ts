@@ -58,7 +58,8 @@ export function shardPageBytes(shards: number): number {
  * A stream opened on a backlog (a peer back after a pause) sent 1,000 tasks of each shard at
  * once: 4,000 for four shards, read, encoded, decoded and applied (on cold statements) before
  * anything else moved, about 2.5 s before the peer's first apply; so did a stream that had
- * grown its pages once, at each backlog after (a burst, the peer's apply stalled).
+ * grown its pages once, at each backlog after (a burst, the peer's apply stalled). A receiver
+ * pulling a source without the stream sizes its pulls the same way (receiver.ts).
  */
 export const FIRST_STREAM_PAGE = 64;
 
