@@ -102,28 +102,23 @@ export class StaleRunError extends Error {
 
 type RunField = keyof ExecutionRow & string;
 
-/** Most padded rows a save joins executions on: the planner looks so few keys up through the primary key in any table of more than a few thousand runs. */
-const JOINED_SAVES = 16;
-
-// More rows to save are fetched by ctid (a Tid Scan), each one's found by its key through the
-// primary key (a subquery per key, as lockRuns looks keys up): the join was planned, for 1,000
-// saves below some 150,000 runs, as a read of every run (1,024 index lookups cost the planner
-// more), and an update cannot join its own table laterally. Where the join is planned as index
-// lookups anyway, the ctids cost more (a save's planning on PGlite, where the writer saves one
-// run a statement; a second fetch of each row). The ctids are of the rows as the statement's
-// snapshot sees them. A row updated since (every update moves its db_version on) is not saved,
-// as with the join: PostgreSQL checks the conditions again on its newest version, whose
-// db_version and ctid are not those, and the statement fails.
+// The saves are joined to executions as a nested loop, each run's row found through the primary
+// key by its key (as lockRuns looks keys up) and updated where it was found. Planned on the
+// number of saves, the join read every run below some 150,000 of them for 1,000 saves (1,024
+// index lookups cost the planner more than a Seq Scan and a hash join); the range on db_version,
+// which every saved run's is in and the padding's null is not, is estimated (a VALUES list has
+// no statistics) to keep 0.5% of the saves, which the planner looks up through the index in any
+// table of more than a few hundred runs. A run updated since the statement's snapshot (every
+// update moves its db_version on) is not saved: PostgreSQL checks the conditions again on its
+// newest version, whose db_version is not the one read, and the statement fails.
 const saveRunsCte = textCache(({ fields, rows }: { fields: RunField[]; rows: number }) => {
   const columns: RunField[] = [...KEY, "dbVersion", ...fields];
   const v = (c: RunField) => `v.${executionsSql.name(c)}`;
   const set = [...fields.map((c) => `${executionsSql.name(c)} = ${v(c)}`), `${executionsSql.name("dbVersion")} = ${v("dbVersion")} + 1`];
   const values = `(values ${valuesList(rows, columns.length, columns.map(executionsSql.sqlType))})`;
-  const names = columns.map(executionsSql.name).join(", ");
   const conditions = `(${keyList("e")}) = (${KEY.map(v).join(", ")}) and e.${executionsSql.name("dbVersion")} = ${v("dbVersion")}`;
-  if (rows <= JOINED_SAVES) return `update ${executionsSql.table} as e set ${set.join(", ")} from ${values} as v(${names}) where ${conditions} returning 1`;
-  const tids = `array(select (select x.ctid from ${executionsSql.table} as x where (${keyList("x")}) = (${keyList("k")})) from v as k)`;
-  return `with v(${names}) as ${values} update ${executionsSql.table} as e set ${set.join(", ")} from v where e.ctid = any(${tids}) and ${conditions} returning 1`;
+  const fewSaves = `${v("dbVersion")} > 0 and ${v("dbVersion")} < ${2n ** 63n - 1n}`;
+  return `update ${executionsSql.table} as e set ${set.join(", ")} from ${values} as v(${columns.map(executionsSql.name).join(", ")}) where ${conditions} and ${fewSaves} returning 1`;
 }, ({ fields, rows }) => `${fields.join(",")}/${rows}`);
 
 /**
