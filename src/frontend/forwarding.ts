@@ -37,9 +37,14 @@ const ALL: MethodName[] = [
   "listWorkflowExecutions",
 ];
 
+/** A connected (remote) cluster's metadata row, by name; undefined for this cluster or one not connected. */
+async function remoteOf(clusters: ClusterDirectory, name: string) {
+  return (await clusters.list()).find((c) => c.clusterName === name && !c.isCurrent);
+}
+
 /** The frontend clients of a connected cluster, by name; retry: how the refusal ends (retryText). */
 async function frontendOf(clusters: ClusterDirectory, pool: RemoteClientPool, name: string, retry: string): Promise<RemoteClients> {
-  const row = (await clusters.list()).find((c) => c.clusterName === name && !c.isCurrent);
+  const row = await remoteOf(clusters, name);
   if (!row) throw unavailable(`cannot forward to cluster ${name}: it is not connected to ${clusters.current().clusterName}${retry}`);
   return pool.get(row.rpcAddress);
 }
@@ -186,8 +191,7 @@ function withActiveAddress(service: Workflow, clusters: ClusterDirectory): Workf
   /** The refusal e with the active cluster's address, if it is one and this cluster knows the address; else e. */
   async function withAddress(e: unknown): Promise<never> {
     if (!(e instanceof NamespaceNotActiveError) || e.activeAddress) throw e;
-    const rows = await clusters.list().catch(() => []);
-    const address = rows.find((c) => c.clusterName === e.activeCluster && !c.isCurrent)?.rpcAddress;
+    const address = (await remoteOf(clusters, e.activeCluster).catch(() => undefined))?.rpcAddress;
     throw address ? new NamespaceNotActiveError(e.namespace, e.activeCluster, address) : e;
   }
   const wrapped: Record<string, unknown> = { ...service };
