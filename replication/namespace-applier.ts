@@ -55,9 +55,10 @@ function fieldsOf(d: NamespaceDescription) {
  * Applies one namespace task in the caller's transaction, idempotent and gated by
  * version (DESIGN.md section 2): config only if its configVersion is newer (or the same and
  * its failoverVersion newer), the active cluster only if its failoverVersion is newer;
- * created (same id) only where listed.
+ * created (same id) only where listed. joinsHere: the source says the change adds this
+ * cluster to the namespace's clusters (NamespaceReplicationTask.joins_asking_cluster).
  */
-export async function applyNamespaceTask(tx: Tx, currentCluster: string, d: NamespaceDescription, now: Date): Promise<AppliedNamespace> {
+export async function applyNamespaceTask(tx: Tx, currentCluster: string, d: NamespaceDescription, now: Date, joinsHere = false): Promise<AppliedNamespace> {
   const id = d.namespaceInfo?.id;
   if (!id || !d.isGlobalNamespace) return { outcome: "skipped", activated: false };
   const { config, failover } = fieldsOf(d);
@@ -95,6 +96,8 @@ export async function applyNamespaceTask(tx: Tx, currentCluster: string, d: Name
     .returning();
   if (!saved) throw new Error(`namespace ${local.name} changed while a replicated change was applied; will retry`);
   const activated = takeFailover && failover.activeClusterName === currentCluster && local.activeClusterName !== currentCluster;
-  const joined = takeConfig && !local.clusters.includes(currentCluster) && config.clusters.includes(currentCluster);
+  // A copy that still lists this cluster may have missed it leaving: taken out and removed
+  // while down, it kept its copy, and the source cleaned up the tasks of what it missed since.
+  const joined = takeConfig && config.clusters.includes(currentCluster) && (!local.clusters.includes(currentCluster) || joinsHere);
   return { outcome: "updated", record: saved, activated, joined };
 }

@@ -46,7 +46,7 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
   async function apply(key: AckKey, task: NamespaceReplicationTask, maxTaskId: number): Promise<void> {
     await deps.beforeApply?.(task.namespace!);
     const result = await db.transaction(async (tx) => {
-      const r = await applyNamespaceTask(tx, currentCluster, task.namespace!, now());
+      const r = await applyNamespaceTask(tx, currentCluster, task.namespace!, now(), task.joinsAskingCluster);
       const source = r.record?.activeClusterName;
       // Executions from before this cluster joined: backfilled from the active cluster, recorded with the join.
       if (r.joined && source && source !== currentCluster) await startBackfillJob(tx, { namespaceId: r.record!.id, sourceCluster: source }, now());

@@ -81,11 +81,15 @@ export function createNamespaceSender({ db, wake, pollMs = 1000 }: NamespaceSend
       .limit(size);
     const last = rows.length === size ? Number(rows.at(-1)!.taskId) : Math.max(max, after);
     return {
-      tasks: rows.map((row) => ({
-        taskId: BigInt(row.taskId),
-        namespace: namespaceToProto(recordOf(row.namespace as StoredNamespace)),
-        createTime: timestampFromDate(row.createdAt),
-      })),
+      tasks: rows.map((row) => {
+        const stored = row.namespace as StoredNamespace;
+        return {
+          taskId: BigInt(row.taskId),
+          namespace: namespaceToProto(recordOf(stored)),
+          createTime: timestampFromDate(row.createdAt),
+          joinsAskingCluster: joins(stored, r.clusterName),
+        };
+      }),
       maxTaskId: BigInt(max),
       lastTaskId: BigInt(last),
     };
@@ -99,6 +103,11 @@ export function createNamespaceSender({ db, wake, pollMs = 1000 }: NamespaceSend
 }
 
 export type NamespaceSender = ReturnType<typeof createNamespaceSender>;
+
+/** Whether the change stored adds cluster to the namespace's clusters. */
+function joins(s: StoredNamespace, cluster: string): boolean {
+  return !!cluster && s.clusters.includes(cluster) && !s.previousClusters.includes(cluster);
+}
 
 function recordOf(s: StoredNamespace) {
   const { previousClusters: _, ...rest } = s;

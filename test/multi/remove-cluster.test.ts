@@ -1,0 +1,61 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { Code } from "@connectrpc/connect";
+import { createReplicationCleanup } from "../../replication/cleanup";
+import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { replicationTasks } from "../../src/persistence/schema";
+import { backfillDone, T } from "../backfill/support";
+import { addr, eventuallyOn, startOrdersPair } from "../failover/mesh";
+import { eventually } from "../support/eventually";
+import { rejects } from "../support/rejects";
+import { startTestCluster, type TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+
+setDefaultTimeout(120_000);
+
+for (const store of await testStores()) {
+  describe(`removing a cluster that is down on ${store}`, () => {
+    let a: TestCluster, b: TestCluster;
+    let back: TestCluster | undefined;
+    beforeAll(async () => {
+      [a, b] = await startOrdersPair(store);
+    });
+    afterAll(async () => {
+      await Promise.all([a.destroy(), back?.destroy()]);
+      await b.destroy();
+    });
+
+    test("TestRemovedWhileDownThenReAddedConverges: a cluster taken out of a namespace and removed while down is backfilled when added back", async () => {
+      const wf = a.client(WorkflowService);
+      const op = a.client(OperatorService);
+      for (let i = 0; i < 3; i++) await wf.startWorkflowExecution({ namespace: "orders", workflowId: `before-${i}`, ...T });
+      await eventually(async () => expect((await a.client(AdminService).verifyReplication({ namespace: "orders", cluster: "clusterB" })).missing).toEqual([]));
+      await b.stop();
+      // B is down: A's writes wait in its queue for B.
+      for (let i = 0; i < 5; i++) await wf.startWorkflowExecution({ namespace: "orders", workflowId: `while-down-${i}`, ...T });
+      await wf.signalWorkflowExecution({ namespace: "orders", workflowExecution: { workflowId: "before-0" }, signalName: "late" });
+      await rejects(op.removeRemoteCluster({ clusterName: "clusterB" }), Code.FailedPrecondition, "still listed by namespace(s) orders");
+      await wf.updateNamespace({ namespace: "orders", clusters: ["clusterA"] });
+      await op.removeRemoteCluster({ clusterName: "clusterB" });
+      await rejects(wf.updateNamespace({ namespace: "orders", activeClusterName: "clusterB" }), Code.NotFound, "cluster clusterB is not known to cluster clusterA");
+      // With no remote left, the cleanup drops the queue after its grace: what B had not taken is gone.
+      await createReplicationCleanup({ db: a.server.database.db, log: a.server.log, graceMs: 0, now: () => new Date(Date.now() + 1000) }).runOnce();
+      expect(await a.server.database.db.$count(replicationTasks)).toBe(0);
+      await wf.startWorkflowExecution({ namespace: "orders", workflowId: "while-out", ...T });
+
+      // B comes back on its data, still holding orders as listing it, and is added back.
+      back = await startTestCluster({ store, name: "clusterB", initialFailoverVersion: 2, dataLocation: b.dataLocation });
+      await op.addOrUpdateRemoteCluster({ frontendAddress: addr(back) });
+      await wf.updateNamespace({ namespace: "orders", clusters: ["clusterA", "clusterB"] });
+      await eventuallyOn(back, "orders", (ns) => expect(ns.configVersion).toBe(2n));
+      await backfillDone(back, "orders", "clusterA", 30_000);
+      const res = await eventually(async () => {
+        const r = await a.client(AdminService).verifyReplication({ namespace: "orders", cluster: "clusterB" });
+        expect([r.missing, r.extra, r.diverging, r.behind]).toEqual([[], [], [], []]);
+        return r;
+      }, { timeout: 20_000 });
+      expect([res.localExecutions, res.remoteExecutions]).toEqual([9n, 9n]);
+    });
+  });
+}
