@@ -1,5 +1,6 @@
 import { eq, lt, lte } from "drizzle-orm";
 import type { Logger } from "../src/observability/log";
+import type { Metrics } from "../src/observability/metrics";
 import { createPeriodic } from "../src/periodic";
 import type { Db } from "../src/persistence/database";
 import { runStatement, tableCodec } from "../src/persistence/raw-statements";
@@ -12,25 +13,47 @@ export interface ReplicationCleanupDeps {
   /** With no remote cluster, tasks older than this are deleted (a remote added later repairs through raw history). */
   graceMs?: number;
   now?: () => Date;
+  /** Gets replication_outbound_tasks_lag per remote and shard at every pass. */
+  metrics?: Metrics;
 }
 
 /**
  * Deletes history and namespace replication tasks every known remote acked: per shard, at or below
  * the minimum outbound ack over all remotes, enabled or not (a disabled connection keeps
- * its position, so its tasks stay).
+ * its position, so its tasks stay). Each pass also shows each remote's backlog here as a gauge: a
+ * remote that is down reports no lag of its own, and its tasks pile up on this side.
  */
-export function createReplicationCleanup({ db, log, intervalMs = 10_000, graceMs = 60_000, now = () => new Date() }: ReplicationCleanupDeps) {
+export function createReplicationCleanup({ db, log, intervalMs = 10_000, graceMs = 60_000, now = () => new Date(), metrics }: ReplicationCleanupDeps) {
+  /** The remotes whose backlog the gauge shows: one removed since is set to 0 once. */
+  const gauged = new Map<string, number[]>();
+
+  function showBacklog(remotes: string[], maxima: Map<number, number>, ackOf: (remote: string, shardId: number) => number) {
+    if (!metrics) return;
+    for (const [remote, shardIds] of gauged) {
+      if (remotes.includes(remote)) continue;
+      for (const shardId of shardIds) metrics.set("replication_outbound_tasks_lag", { remote_cluster: remote, shard: String(shardId) }, 0);
+      gauged.delete(remote);
+    }
+    for (const remote of remotes) {
+      for (const [shardId, max] of maxima) {
+        metrics.set("replication_outbound_tasks_lag", { remote_cluster: remote, shard: String(shardId) }, Math.max(0, max - ackOf(remote, shardId)));
+      }
+      gauged.set(remote, [...maxima.keys()]);
+    }
+  }
+
   /** One pass; returns how many tasks it deleted. */
   async function runOnce(): Promise<number> {
     const remotes = await db.select({ name: clusterMetadata.clusterName }).from(clusterMetadata).where(eq(clusterMetadata.isCurrent, false));
     if (remotes.length === 0) {
+      showBacklog([], new Map(), () => 0);
       const before = new Date(now().getTime() - graceMs);
       const gone = await db.delete(replicationTasks).where(lt(replicationTasks.createdAt, before)).returning({ id: replicationTasks.taskId });
       await db.delete(namespaceReplicationTasks).where(lt(namespaceReplicationTasks.createdAt, before));
       return gone.length;
     }
     const [shardRows, acks] = await Promise.all([
-      db.select({ shardId: shards.shardId }).from(shards),
+      db.select({ shardId: shards.shardId, next: shards.nextTaskId }).from(shards),
       db
         .select()
         .from(replicationAckLevels)
@@ -38,6 +61,7 @@ export function createReplicationCleanup({ db, log, intervalMs = 10_000, graceMs
     ]);
     const ackByKey = new Map(acks.map((a) => [`${a.queue}/${a.remoteCluster}/${a.shardId}`, a.ackLevel]));
     const ackOf = (queue: string, remote: string, shardId: number) => ackByKey.get(`${queue}/${remote}/${shardId}`) ?? 0;
+    showBacklog(remotes.map((r) => r.name), new Map(shardRows.map((s) => [s.shardId, Number(s.next) - 1])), (remote, shardId) => ackOf("history", remote, shardId));
     const nsMin = Math.min(...remotes.map((r) => ackOf("namespace", r.name, 0)));
     if (nsMin > 0) await db.delete(namespaceReplicationTasks).where(lte(namespaceReplicationTasks.taskId, nsMin));
     // Per shard, the least ack of every remote (one without an ack row for the shard has acked

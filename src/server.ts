@@ -271,7 +271,7 @@ function wireReplication({ opts, log, now, cluster, database }: Base, core: Core
       db, current: cluster, clients, onChanged,
       onConnected: (tx, remote) => startBackfillsFrom(tx, remote, cluster.clusterName, now()),
     }),
-    cleanup: createReplicationCleanup({ db, log }),
+    cleanup: createReplicationCleanup({ db, log, metrics }),
     // A server of this cluster that died mid-failover (another process on the PostgreSQL database)
     // leaves its HANDOVER to the others: reset once its failover's lock is free (resetAbandonedHandovers).
     handoverReset: createPeriodic(() => resetAbandonedHandovers(db, log), {

@@ -54,6 +54,7 @@ const HELP: Record<string, [Family["type"], string]> = {
   replication_fetch_latency: ["histogram", "Seconds from a history write on the source to its page arriving here: the source's commit and answer, and the network"],
   replication_apply_latency: ["histogram", "Seconds from a history page arriving here to its apply: the wait for the apply before it, then its own"],
   replication_tasks_lag: ["gauge", "History replication tasks of a remote shard not yet applied here"],
+  replication_outbound_tasks_lag: ["gauge", "History replication tasks of a shard here that a remote cluster has not acked yet (kept for it); set by the task cleanup, every 10 s"],
   replication_streams_served: ["gauge", "StreamReplicationTasks calls this cluster is serving, per pulling peer"],
   replication_stream_received_tasks: ["gauge", "History replication tasks read from a remote's stream and not applied yet: its reader stops reading while a shard page's worth waits"],
   replication_tasks_applied: ["counter", "History replication tasks applied from a remote cluster"],

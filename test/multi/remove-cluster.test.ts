@@ -14,6 +14,13 @@ import { testStores } from "../support/stores";
 
 setDefaultTimeout(120_000);
 
+/** x's replication_outbound_tasks_lag series for remote, read from /metrics: how many, and their sum. */
+async function outboundLag(x: TestCluster, remote: string): Promise<[number, number]> {
+  const text = await (await fetch(`${x.url}/metrics`)).text();
+  const values = [...text.matchAll(/^replication_outbound_tasks_lag\{([^}]*)\} (\S+)$/gm)].filter((m) => m[1]!.includes(`remote_cluster="${remote}"`)).map((m) => Number(m[2]));
+  return [values.length, values.reduce((n, v) => n + v, 0)];
+}
+
 for (const store of await testStores()) {
   describe(`removing a cluster that is down on ${store}`, () => {
     let a: TestCluster, b: TestCluster;
@@ -35,13 +42,21 @@ for (const store of await testStores()) {
       // B is down: A's writes wait in its queue for B.
       for (let i = 0; i < 5; i++) await wf.startWorkflowExecution({ namespace: "orders", workflowId: `while-down-${i}`, ...T });
       await wf.signalWorkflowExecution({ namespace: "orders", workflowExecution: { workflowId: "before-0" }, signalName: "late" });
+      // The backlog kept for B shows in A's metrics (B, down, reports no lag), as in replication status.
+      const cleanup = createReplicationCleanup({ db: a.server.database.db, log: a.server.log, graceMs: 0, now: () => new Date(Date.now() + 1000), metrics: a.server.metrics });
+      await cleanup.runOnce();
+      const status = await a.client(AdminService).getReplicationStatus({});
+      const kept = status.remotes[0]!.outbound.reduce((n, s) => n + Number(s.lagTasks), 0);
+      expect(kept).toBeGreaterThanOrEqual(6);
+      expect(await outboundLag(a, "clusterB")).toEqual([4, kept]);
       await rejects(op.removeRemoteCluster({ clusterName: "clusterB" }), Code.FailedPrecondition, "still listed by namespace(s) orders");
       await wf.updateNamespace({ namespace: "orders", clusters: ["clusterA"] });
       await op.removeRemoteCluster({ clusterName: "clusterB" });
       await rejects(wf.updateNamespace({ namespace: "orders", activeClusterName: "clusterB" }), Code.NotFound, "cluster clusterB is not known to cluster clusterA");
       // With no remote left, the cleanup drops the queue after its grace: what B had not taken is gone.
-      await createReplicationCleanup({ db: a.server.database.db, log: a.server.log, graceMs: 0, now: () => new Date(Date.now() + 1000) }).runOnce();
+      await cleanup.runOnce();
       expect(await a.server.database.db.$count(replicationTasks)).toBe(0);
+      expect(await outboundLag(a, "clusterB")).toEqual([4, 0]);
       await wf.startWorkflowExecution({ namespace: "orders", workflowId: "while-out", ...T });
 
       // B comes back on its data, still holding orders as listing it, and is added back.
