@@ -1,6 +1,6 @@
 import { and, eq, sql } from "drizzle-orm";
 import type { Db, Tx } from "../src/persistence/database";
-import { namespaceReplicationTasks, queueCounters, replicationAckLevels, type namespaces } from "../src/persistence/schema";
+import { namespaceReplicationTasks, namespaces, queueCounters, replicationAckLevels } from "../src/persistence/schema";
 
 type NamespaceRow = typeof namespaces.$inferSelect;
 
@@ -36,6 +36,19 @@ export async function appendNamespaceTask(tx: Tx, ns: NamespaceRow, previousClus
   };
   await tx.insert(namespaceReplicationTasks).values({ taskId, namespaceId: ns.id, namespace: stored });
   return taskId;
+}
+
+/**
+ * In the transaction that connects remote (its first upsert, or one after a remove): each global
+ * namespace active here queued again as it stands, for remote too. A cluster removed while it
+ * was down kept its copies, and the tasks that took it out of their clusters were cleaned up
+ * once the remaining remotes acked them: without this its copies stayed as they were, listing
+ * it, and a forced failover to it there was taken, then spread as the config of the higher
+ * failover version. Receivers that hold the namespace as it stands skip it (same config version).
+ */
+export async function resendNamespacesTo(tx: Tx, remote: string, here: string): Promise<void> {
+  const rows = await tx.select().from(namespaces).where(and(eq(namespaces.isGlobal, true), eq(namespaces.activeClusterName, here)));
+  for (const ns of rows) await appendNamespaceTask(tx, ns, ns.clusters.includes(remote) ? ns.clusters : [...ns.clusters, remote]);
 }
 
 /** The highest committed namespace task id (0 when none). */

@@ -19,6 +19,7 @@ import { createReplicationManager } from "../replication/manager";
 import { createPlannerStats } from "./persistence/planner-stats";
 import { createNamespaceReceiver } from "../replication/namespace-receiver";
 import { createNamespaceSender, NAMESPACE_QUEUE_KEY } from "../replication/namespace-sender";
+import { resendNamespacesTo } from "../replication/namespace-queue";
 import type { RetryPolicy } from "../replication/page-applier";
 import { createHistoryReceiver } from "../replication/receiver";
 import { createReplicationSender } from "../replication/sender";
@@ -263,13 +264,18 @@ function wireReplication({ opts, log, now, cluster, database }: Base, core: Core
   });
   const onChanged = () => {
     sender.forgetPeers();
+    // A remote connected now may have been sent namespaces again (resendNamespacesTo).
+    notifier.notify(NAMESPACE_QUEUE_KEY);
     return manager.refresh();
   };
   return {
     clients, applier, dlq, manager, backfill, sweep, sender, failover,
     remotes: createRemoteClusters({
       db, current: cluster, clients, onChanged,
-      onConnected: (tx, remote) => startBackfillsFrom(tx, remote, cluster.clusterName, now()),
+      onConnected: async (tx, remote) => {
+        await startBackfillsFrom(tx, remote, cluster.clusterName, now());
+        await resendNamespacesTo(tx, remote, cluster.clusterName);
+      },
     }),
     cleanup: createReplicationCleanup({ db, log, metrics }),
     // A server of this cluster that died mid-failover (another process on the PostgreSQL database)

@@ -36,6 +36,8 @@ for (const store of await testStores()) {
     test("TestRemovedWhileDownThenReAddedConverges: a cluster taken out of a namespace and removed while down is backfilled when added back", async () => {
       const wf = a.client(WorkflowService);
       const op = a.client(OperatorService);
+      await wf.registerNamespace({ namespace: "retired", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
+      await eventuallyOn(b, "retired", () => {});
       for (let i = 0; i < 3; i++) await wf.startWorkflowExecution({ namespace: "orders", workflowId: `before-${i}`, ...T });
       await eventually(async () => expect((await a.client(AdminService).verifyReplication({ namespace: "orders", cluster: "clusterB" })).missing).toEqual([]));
       await b.stop();
@@ -51,6 +53,7 @@ for (const store of await testStores()) {
       expect(await outboundLag(a, "clusterB")).toEqual([4, kept]);
       await rejects(op.removeRemoteCluster({ clusterName: "clusterB" }), Code.FailedPrecondition, "still listed by namespace(s) orders");
       await wf.updateNamespace({ namespace: "orders", clusters: ["clusterA"] });
+      await wf.updateNamespace({ namespace: "retired", clusters: ["clusterA"] });
       await op.removeRemoteCluster({ clusterName: "clusterB" });
       await rejects(wf.updateNamespace({ namespace: "orders", activeClusterName: "clusterB" }), Code.NotFound, "cluster clusterB is not known to cluster clusterA");
       // With no remote left, the cleanup drops the queue after its grace: what B had not taken is gone.
@@ -71,6 +74,9 @@ for (const store of await testStores()) {
         return r;
       }, { timeout: 20_000 });
       expect([res.localExecutions, res.remoteExecutions]).toEqual([9n, 9n]);
+      // B is not added back to "retired": connected again, it learns it is out, and refuses to take it over.
+      await eventuallyOn(back, "retired", (ns) => expect(ns.replicationConfig!.clusters).toEqual(["clusterA"]));
+      await rejects(back.client(WorkflowService).updateNamespace({ namespace: "retired", activeClusterName: "clusterB" }), Code.InvalidArgument, "must be one of the namespace's clusters");
     });
   });
 }
