@@ -4,10 +4,12 @@ import { createReplicationCleanup } from "../../replication/cleanup";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
-import { replicationTasks } from "../../src/persistence/schema";
+import type { NamespaceDescription } from "../../src/gen/tern/workflow/v1/namespace_pb";
+import { namespaceReplicationTasks, replicationTasks } from "../../src/persistence/schema";
 import { backfillDone, T } from "../backfill/support";
-import { addr, eventuallyOn, startOrdersPair } from "../failover/mesh";
+import { addr, connectAll, eventuallyOn, startClusters, startOrdersPair } from "../failover/mesh";
 import { eventually } from "../support/eventually";
+import { createGate } from "../support/gate";
 import { rejects } from "../support/rejects";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
@@ -77,6 +79,56 @@ for (const store of await testStores()) {
       // B is not added back to "retired": connected again, it learns it is out, and refuses to take it over.
       await eventuallyOn(back, "retired", (ns) => expect(ns.replicationConfig!.clusters).toEqual(["clusterA"]));
       await rejects(back.client(WorkflowService).updateNamespace({ namespace: "retired", activeClusterName: "clusterB" }), Code.InvalidArgument, "must be one of the namespace's clusters");
+    });
+  });
+}
+
+for (const store of await testStores()) {
+  describe(`re-adding a removed cluster through two clusters on ${store}`, () => {
+    let a: TestCluster, b: TestCluster, c: TestCluster;
+    let back: TestCluster | undefined;
+    const gate = createGate();
+    beforeAll(async () => {
+      [a, b, c] = await startClusters(store, [{}, {}, {}]);
+      await connectAll([a, b, c]);
+    });
+    afterAll(async () => {
+      gate.open();
+      await Promise.all([a.destroy(), c.destroy(), back?.destroy()]);
+      await b.destroy();
+    });
+
+    test("TestReAddedByAnotherClusterBeforeItHearsItLeft: B takes its re-add from A before C's word that it was out, and still backfills", async () => {
+      await a.client(WorkflowService).registerNamespace({ namespace: "n", isGlobalNamespace: true, clusters: ["clusterA", "clusterB", "clusterC"], activeClusterName: "clusterC" });
+      for (const x of [b, c]) await eventuallyOn(x, "n", () => {});
+      await c.client(WorkflowService).startWorkflowExecution({ namespace: "n", workflowId: "before", ...T });
+      await eventually(async () => expect((await c.client(AdminService).verifyReplication({ namespace: "n", cluster: "clusterB" })).missing).toEqual([]));
+      await b.stop();
+      await c.client(WorkflowService).startWorkflowExecution({ namespace: "n", workflowId: "while-down", ...T });
+      await c.client(WorkflowService).updateNamespace({ namespace: "n", clusters: ["clusterA", "clusterC"] });
+      await eventuallyOn(a, "n", (ns) => expect(ns.replicationConfig!.clusters).toEqual(["clusterA", "clusterC"]));
+      for (const x of [a, c]) await x.client(OperatorService).removeRemoteCluster({ clusterName: "clusterB" });
+      // Once A acked it all, C's queues hold nothing for B: the task taking it out of n is gone.
+      await eventually(async () => {
+        await createReplicationCleanup({ db: c.server.database.db, log: c.server.log }).runOnce();
+        expect([await c.server.database.db.$count(replicationTasks), await c.server.database.db.$count(namespaceReplicationTasks)]).toEqual([0, 0]);
+      });
+
+      // B back, holding its old copy of n (config version 0, listing it); what C sends it again
+      // on connecting (n as it stands) is held until it applied A's re-add.
+      gate.close();
+      const beforeNamespaceApply = (ns: NamespaceDescription) => (ns.namespaceInfo?.name === "n" && ns.configVersion === 1n ? (gate.held ?? Promise.resolve()) : Promise.resolve());
+      back = await startTestCluster({ store, name: "clusterB", initialFailoverVersion: 2, dataLocation: b.dataLocation, serverOptions: { replication: { beforeNamespaceApply } } });
+      for (const x of [c, a]) await x.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(back) });
+      await a.client(WorkflowService).updateNamespace({ namespace: "n", activeClusterName: "clusterA" });
+      await a.client(WorkflowService).updateNamespace({ namespace: "n", clusters: ["clusterA", "clusterB", "clusterC"] });
+      await eventuallyOn(back, "n", (ns) => expect(ns.configVersion).toBe(3n));
+      gate.open();
+      await backfillDone(back, "n", "clusterA", 30_000);
+      await eventually(async () => {
+        const r = await a.client(AdminService).verifyReplication({ namespace: "n", cluster: "clusterB" });
+        expect([r.localExecutions, r.missing, r.behind, r.diverging]).toEqual([2n, [], [], []]);
+      }, { timeout: 20_000 });
     });
   });
 }
