@@ -27,7 +27,7 @@ export function parseConfig(text: string, env: Env = {}, source = "config"): Con
     throw new ConfigError(`${source}: ${key}: ${issue.message}`);
   }
   const config = result.data;
-  if (env.TERN_DATABASE_URL) config.persistence.datastore = { postgres: { url: env.TERN_DATABASE_URL } };
+  if (env.TERN_DATABASE_URL) overrideDatabaseUrl(config, env.TERN_DATABASE_URL);
   if (env.TERN_LOG_LEVEL) {
     const level = LogLevel.safeParse(env.TERN_LOG_LEVEL);
     if (!level.success) throw new ConfigError(`TERN_LOG_LEVEL: must be one of debug, info, warn, error`);
@@ -37,6 +37,16 @@ export function parseConfig(text: string, env: Env = {}, source = "config"): Con
   const broken = checkClusterRules(config);
   if (broken) throw new ConfigError(`${source}: ${broken}`);
   return config;
+}
+
+/**
+ * TERN_DATABASE_URL in place of the file's datastore. Only the URL: a postgres block's other
+ * settings (maxConnections, the timeouts, connectWaitMs) stay, so a URL kept out of the file
+ * (a secret) does not silently drop the file's tuning with it.
+ */
+function overrideDatabaseUrl(config: Config, url: string): void {
+  const store = config.persistence.datastore;
+  config.persistence.datastore = { postgres: { ...("postgres" in store && store.postgres), url } };
 }
 
 /**

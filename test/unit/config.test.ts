@@ -91,6 +91,13 @@ describe("config", () => {
     expect(() => parseConfig(base(good), { TERN_LOG_LEVEL: "loud" })).toThrow("TERN_LOG_LEVEL");
   });
 
+  test("TERN_DATABASE_URL over a postgres block replaces its url only: the file's pool size and timeouts stay", () => {
+    const file = base(good, `persistence: { datastore: { postgres: { url: "postgres://u@file/db", maxConnections: 32, lockTimeoutMs: 0, statementTimeoutMs: 60000, connectWaitMs: 5000 } } }`);
+    expect(parseConfig(file, { TERN_DATABASE_URL: "postgres://u@env/db" }).persistence.datastore).toEqual({
+      postgres: { url: "postgres://u@env/db", maxConnections: 32, lockTimeoutMs: 0, statementTimeoutMs: 60000, connectWaitMs: 5000 },
+    });
+  });
+
   test("settings past what the server can use are refused at parse, before anything is opened", () => {
     // A blob limit past 1 GiB made a read limit Connect refuses: the start failed after migrating.
     fails(base(good, "limits: { blobSizeLimitError: 9007199254740991 }"), "limits.blobSizeLimitError: Too big: expected number to be <=1073741824");
