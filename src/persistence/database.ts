@@ -112,16 +112,34 @@ async function openPglite(dataDir: string, opts: OpenOptions): Promise<Database>
  * socket directory (`postgres://tern@localhost/tern?host=/var/run/postgresql`) or a host
  * name, which overrides the URL's. postgres.js reads a host only from the URL's authority or
  * its host option, and would send the parameter to the server as a setting, which refuses it.
+ * An IPv6 address (`postgres://tern@[::1]:5432/tern`, or as the parameter) goes as a list of
+ * one host with its port: postgres.js splits a host string at each colon (for `host:port`
+ * lists), and looked up `[` as a host name.
  */
-export function hostParameter(url: string): { url: string; host?: string } {
+export function hostParameter(url: string): { url: string; host?: string | string[]; port?: number[] } {
   const q = url.indexOf("?");
-  if (q < 0) return { url };
-  const params = new URLSearchParams(url.slice(q + 1));
-  const host = params.get("host");
-  if (host === null) return { url };
+  const params = new URLSearchParams(q < 0 ? "" : url.slice(q + 1));
+  const named = params.get("host");
   params.delete("host");
-  const rest = params.toString();
-  return { url: url.slice(0, q) + (rest ? `?${rest}` : ""), ...(host && { host }) };
+  const rest = named === null ? url : url.slice(0, q) + (params.size ? `?${params}` : "");
+  const host = named || bracketedHost(rest);
+  if (!host) return { url: rest };
+  if (!host.includes(":")) return { url: rest, host };
+  return { url: rest, host: [host], port: [Number(parsedUrl(rest)?.port || 5432)] };
+}
+
+/** The URL's IPv6 host without its brackets, or undefined. */
+function bracketedHost(url: string): string | undefined {
+  const hostname = parsedUrl(url)?.hostname ?? "";
+  return hostname.startsWith("[") ? hostname.slice(1, -1) : undefined;
+}
+
+function parsedUrl(url: string): URL | undefined {
+  try {
+    return new URL(url);
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -148,9 +166,11 @@ function sessionTimeouts(opts: OpenOptions): { lock_timeout?: number; statement_
 async function openPostgres(configured: string, opts: OpenOptions): Promise<Database> {
   requireMendedDriver();
   checkPostgresUrl(configured);
-  const { url, host } = hostParameter(configured);
+  const { url, ...listed } = hostParameter(configured);
+  // postgres.js takes host and port lists (its multi-host form), which its types do not say.
+  const at = listed as { host?: string; port?: number };
   const options = {
-    ...(host && { host }),
+    ...at,
     // Eight by default. With 32, at 250-500 writes/s, A's PostgreSQL spent 1.4x the CPU per
     // write and the replication lag p99 was 1.5-1.9x as long, with no more writes at
     // saturation (bench/README.md). Likely, not proven: postgres.js handed out its idle
@@ -237,7 +257,7 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
     async withExclusiveLock(fn) {
       // A session advisory lock on a connection of its own excludes other processes; fn (the
       // migrations) runs on that session, waiting for the lock as long as the one before takes.
-      const locker = postgres(url, { ...(host && { host }), max: 1, onnotice: () => {}, connection: { application_name: "tern-migrate" } });
+      const locker = postgres(url, { ...at, max: 1, onnotice: () => {}, connection: { application_name: "tern-migrate" } });
       try {
         await locker`select pg_advisory_lock(727376)`;
         // The lock timeout as on every session of tern's: a migration's ALTER TABLE waiting for
@@ -254,7 +274,7 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
       // Keepalives: if this host dies, PostgreSQL ends the session (and frees the lock) within
       // about 20 s, not the system's default 2 hours, for the other servers to take over.
       const connection = { application_name: "tern-lock", tcp_keepalives_idle: 10, tcp_keepalives_interval: 5, tcp_keepalives_count: 2 };
-      const holder = postgres(url, { ...(host && { host }), max: 1, onnotice: () => {}, connection });
+      const holder = postgres(url, { ...at, max: 1, onnotice: () => {}, connection });
       try {
         const [row] = await holder`select pg_try_advisory_lock(hashtextextended(${key}, 0)) as held`;
         if (!row?.held) throw taken();

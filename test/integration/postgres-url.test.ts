@@ -6,6 +6,7 @@ import { runStatement } from "../../src/persistence/raw-statements";
 import { testEnv } from "../support/env";
 import { createTestDatabase } from "../support/postgres";
 import { testStores } from "../support/stores";
+import { startTcpProxy } from "../support/tcp-proxy";
 
 describe("a PostgreSQL URL's libpq-style host parameter", () => {
   test("BecomesTheSocketDirectory and leaves the URL's other parameters", () => {
@@ -21,6 +22,14 @@ describe("a PostgreSQL URL's libpq-style host parameter", () => {
     expect(hostParameter("postgres://tern@localhost/tern?host=db.internal")).toEqual({ url: "postgres://tern@localhost/tern", host: "db.internal" });
     // An empty parameter leaves the URL's host.
     expect(hostParameter("postgres://tern@localhost/tern?host=")).toEqual({ url: "postgres://tern@localhost/tern" });
+  });
+});
+
+describe("a PostgreSQL URL's IPv6 host", () => {
+  test("GoesToPostgresJsAsAOneHostListWithItsPort (a host string is split at each colon)", () => {
+    expect(hostParameter("postgres://tern@[::1]:5433/tern")).toEqual({ url: "postgres://tern@[::1]:5433/tern", host: ["::1"], port: [5433] });
+    expect(hostParameter("postgres://tern@[fd00::7]/tern?sslmode=disable")).toEqual({ url: "postgres://tern@[fd00::7]/tern?sslmode=disable", host: ["fd00::7"], port: [5432] });
+    expect(hostParameter("postgres://tern@localhost:5433/tern?host=::1")).toEqual({ url: "postgres://tern@localhost:5433/tern", host: ["::1"], port: [5433] });
   });
 });
 
@@ -70,6 +79,26 @@ describe.if((await testStores()).includes("postgres"))("opening PostgreSQL throu
     // postgres.js answers execute with the rows themselves.
     const rows = (await database.db.execute(sql`select client_addr is null as unix from pg_stat_activity where pid = pg_backend_pid()`)) as unknown as { unix: boolean }[];
     expect(rows.map((r) => r.unix)).toEqual([true]);
+  });
+});
+
+describe.if((await testStores()).includes("postgres"))("opening PostgreSQL at an IPv6 address", () => {
+  test("ConnectsToTheAddress, where the host was looked up as \"[\" (getaddrinfo ENOTFOUND [)", async () => {
+    const target = await createTestDatabase();
+    const postgresAt = new URL(target.url);
+    // PostgreSQL here may listen on IPv4 only: a proxy on ::1 in front of it.
+    const proxy = await startTcpProxy({ host: postgresAt.hostname, port: Number(postgresAt.port || 5432) }, { listenHost: "::1" });
+    let database: Database | undefined;
+    try {
+      postgresAt.host = `[::1]:${proxy.port}`;
+      database = await openDatabase({ postgres: { url: postgresAt.toString() } });
+      const rows = (await database.db.execute(sql`select current_database() as name`)) as unknown as { name: string }[];
+      expect(rows[0]!.name).toBe(new URL(target.url).pathname.slice(1));
+    } finally {
+      await database?.close();
+      await proxy.close();
+      await target.drop();
+    }
   });
 });
 

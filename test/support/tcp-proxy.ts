@@ -38,8 +38,11 @@ export async function startTcpProxyFor(databaseUrl: string): Promise<{ proxy: Tc
   return { proxy, url: url.toString() };
 }
 
-/** A proxy to target, listening on 127.0.0.1:listenPort (default: a free port). */
-export async function startTcpProxy(initialTarget: { host: string; port: number }, { listenPort = 0 }: { listenPort?: number } = {}): Promise<TcpProxy> {
+/** A proxy to target, listening on listenHost (default 127.0.0.1):listenPort (default: a free port). */
+export async function startTcpProxy(
+  initialTarget: { host: string; port: number },
+  { listenPort = 0, listenHost = "127.0.0.1" }: { listenPort?: number; listenHost?: string } = {},
+): Promise<TcpProxy> {
   let target = initialTarget;
   const sockets = new Set<Socket>();
   let refusing = false;
@@ -80,7 +83,7 @@ export async function startTcpProxy(initialTarget: { host: string; port: number 
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
-    server.listen(listenPort, "127.0.0.1", () => resolve());
+    server.listen(listenPort, listenHost, () => resolve());
   });
   const { port } = server.address() as { port: number };
   return {
