@@ -18,13 +18,15 @@ export function parseConfig(text: string, env: Env = {}, source = "config"): Con
   try {
     raw = parseYaml(text);
   } catch (e) {
-    throw new ConfigError(`${source}: not valid YAML: ${(e as Error).message.split("\n")[0]}`);
+    // The first line names the line and column; the excerpt after it does not fit on one line.
+    throw new ConfigError(`${source}: not valid YAML: ${(e as Error).message.split("\n")[0]!.replace(/:$/, "")}`);
   }
-  const result = Config.safeParse(raw ?? {});
+  if (raw === null || raw === undefined) throw new ConfigError(`${source}: the file is empty; it needs at least clusterMetadata (README, "Configuration")`);
+  const result = Config.safeParse(raw, { error: issueMessage });
   if (!result.success) {
     const issue = reported(result.error.issues[0]!);
-    const key = issue.path.map(String).join(".") || "(root)";
-    throw new ConfigError(`${source}: ${key}: ${issue.message}`);
+    const path = issue.code === "unrecognized_keys" ? [...issue.path, issue.keys[0]!] : issue.path;
+    throw new ConfigError(`${source}: ${path.map(String).join(".") || "(root)"}: ${issue.message}`);
   }
   const config = result.data;
   if (env.TERN_DATABASE_URL) overrideDatabaseUrl(config, env.TERN_DATABASE_URL);
@@ -50,15 +52,42 @@ function overrideDatabaseUrl(config: Config, url: string): void {
 }
 
 /**
+ * Zod's words where they do not say what to write: a key left out ("expected object, received
+ * undefined") is required, one given nothing has no value; a key the schema lacks (a typo,
+ * `persistance`) is listed with the keys its place takes. Others keep zod's message (undefined).
+ */
+function issueMessage(issue: z.core.$ZodRawIssue): string | undefined {
+  if (issue.code === "invalid_type" && issue.input === undefined) return `is required (${issue.expected})`;
+  // `persistence:` with every line under it commented out.
+  if (issue.code === "invalid_type" && issue.input === null) return `has no value (expected ${issue.expected})`;
+  if (issue.code === "unrecognized_keys") {
+    const shape = (issue.inst as z.core.$ZodObject | undefined)?._zod.def.shape ?? {};
+    return `unknown key; the keys here are ${Object.keys(shape).join(", ")}`;
+  }
+  return undefined;
+}
+
+/**
  * The issue to name. Where no form of a union matched (the datastore), the form the config
  * chose when its key is there and something inside it is wrong (`pglite.dataDir` missing,
  * say), else the union's own message, which lists the forms.
  */
-function reported(issue: z.core.$ZodIssue): { path: PropertyKey[]; message: string } {
+function reported(issue: z.core.$ZodIssue): z.core.$ZodIssue {
   if (issue.code !== "invalid_union") return issue;
   const inside = issue.errors.flat().find((i) => i.path.length >= 2);
-  return inside ? { path: [...issue.path, ...inside.path], message: inside.message } : issue;
+  return inside ? { ...inside, path: [...issue.path, ...inside.path] } : issue;
 }
+
+/** The config path when neither --config nor TERN_CONFIG names one. */
+const DEFAULT_CONFIG_PATH = "config/development.yaml";
+
+/** Why a config file could not be read, in words; the code follows them. */
+const READ_FAILURES: Record<string, string> = {
+  ENOENT: "no such file",
+  EACCES: "permission denied",
+  EISDIR: "it is a directory",
+  ENOTDIR: "a directory on its path is a file",
+};
 
 /** Reads and validates the config file at path. */
 export function loadConfig(path: string, env: Env = {}): Config {
@@ -66,7 +95,11 @@ export function loadConfig(path: string, env: Env = {}): Config {
   try {
     text = readFileSync(path, "utf8");
   } catch (e) {
-    throw new ConfigError(`cannot read config file ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    const code = (e as NodeJS.ErrnoException).code;
+    const why = code ? `${READ_FAILURES[code] ?? (e as Error).message} (${code})` : (e as Error).message;
+    // Which setting chose the path: a server started from another directory finds no default there.
+    const from = env.TERN_CONFIG === path ? "TERN_CONFIG" : path === DEFAULT_CONFIG_PATH ? "the default; --config PATH or TERN_CONFIG names another" : "--config";
+    throw new ConfigError(`cannot read config file ${path} (${from}): ${why}`);
   }
   return parseConfig(text, env, path);
 }
@@ -99,7 +132,7 @@ export function parseServerArgs(argv: readonly string[], env: Env): ServerArgs {
   }
   const wait = given.get("--wait-for-database");
   return {
-    configPath: given.get("--config") ?? env.TERN_CONFIG ?? "config/development.yaml",
+    configPath: given.get("--config") ?? env.TERN_CONFIG ?? DEFAULT_CONFIG_PATH,
     ...(wait !== undefined && { databaseWaitMs: parseWait(wait, "--wait-for-database") }),
   };
 }

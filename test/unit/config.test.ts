@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
-import { ConfigError, parseConfig, parseServerArgs, resolveConfigPath } from "../../src/config/load";
+import { ConfigError, loadConfig, parseConfig, parseServerArgs, resolveConfigPath } from "../../src/config/load";
 
 const base = (meta: string, rest = "") => `
 clusterMetadata:
@@ -13,7 +13,7 @@ const good = `  enableGlobalNamespace: true
   clusterInformation:
     clusterA: { enabled: true, initialFailoverVersion: 1, rpcAddress: "127.0.0.1:7233" }`;
 
-const fails = (yaml: string, message: string) => {
+const fails = (yaml: string, message: string | RegExp) => {
   expect(() => parseConfig(yaml)).toThrow(ConfigError);
   expect(() => parseConfig(yaml)).toThrow(message);
 };
@@ -66,11 +66,32 @@ describe("config", () => {
     fails("log: { level: info }", "clusterMetadata");
   });
 
+  test("what to write instead: a key left out is required, a typo'd key is named with the keys its place takes, an empty file says so", () => {
+    fails(base(good.replace("masterClusterName", "masterClustername")), "config: clusterMetadata.masterClusterName: is required (string)");
+    fails(base(good, "limits: { hostRps: { rps: 10 } }"), "config: limits.hostRps.burst: is required (number)");
+    fails(base(good, "persistance: { numHistoryShards: 8 }"),
+      "config: persistance: unknown key; the keys here are clusterMetadata, persistence, services, dcRedirectionPolicy, limits, log");
+    fails(base(good, "log: { levl: debug }"), "config: log.levl: unknown key; the keys here are level");
+    fails(base(good, "persistence:\n  # numHistoryShards: 8"), "config: persistence: has no value (expected object)");
+    fails("", "config: the file is empty; it needs at least clusterMetadata");
+    fails("# all commented out\n", "config: the file is empty; it needs at least clusterMetadata");
+    // The line and column, without the excerpt's colon.
+    fails(base(good, "log:\n  level: [info,\n x: 1"), /^config: not valid YAML: .* at line \d+, column \d+$/);
+  });
+
+  test("a config file that cannot be read is named with the setting that chose it and why, in words", () => {
+    const missing = "/tmp/tern-no-such-dir/tern.yaml";
+    expect(() => loadConfig(missing, { TERN_CONFIG: missing })).toThrow(`cannot read config file ${missing} (TERN_CONFIG): no such file (ENOENT)`);
+    expect(() => loadConfig(missing, {})).toThrow(`cannot read config file ${missing} (--config): no such file (ENOENT)`);
+    expect(() => loadConfig("test", {})).toThrow("cannot read config file test (--config): it is a directory (EISDIR)");
+    expect(() => loadConfig("config/development.yaml/x", {})).toThrow("(--config): a directory on its path is a file (ENOTDIR)");
+  });
+
   test("a datastore matching neither form names the key inside the chosen one, or lists the forms", () => {
     const store = (yaml: string) => base(good, `persistence:\n  datastore:\n${yaml}`);
-    fails(store("    pglite: { datadir: ./d }"), "config: persistence.datastore.pglite.dataDir: Invalid input: expected string, received undefined");
+    fails(store("    pglite: { datadir: ./d }"), "config: persistence.datastore.pglite.dataDir: is required (string)");
     fails(store("    pglite: { dataDir: 42 }"), "config: persistence.datastore.pglite.dataDir: Invalid input: expected string, received number");
-    fails(store("    postgres: { uri: postgres://h/db }"), "config: persistence.datastore.postgres.url: Invalid input");
+    fails(store("    postgres: { uri: postgres://h/db }"), "config: persistence.datastore.postgres.url: is required (string)");
     const forms = "persistence.datastore: must hold one of pglite: { dataDir: PATH } or postgres: { url: URL }";
     fails(store("    sqlite: { dataDir: ./d }"), forms);
     fails(store("    pglite: { dataDir: ./d }\n    postgres: { url: postgres://h/db }"), forms);
