@@ -92,7 +92,7 @@ function ownerRuns(owner: number, identity: string | undefined, host: string | u
  * once its lock has not been touched for FOREIGN_LOCK_LEASE_MS.
  */
 export function acquireDataDirLock(dataDir: string): DataDirLock {
-  mkdirSync(dataDir, { recursive: true });
+  writable(dataDir, "cannot be created", () => mkdirSync(dataDir, { recursive: true }));
   const path = join(dataDir, "tern.lock");
   const { identity } = startOf(process.pid);
   const mine = `${process.pid} ${identity ?? "-"} ${HOST}`;
@@ -100,7 +100,7 @@ export function acquireDataDirLock(dataDir: string): DataDirLock {
   // lock is there): created empty and written after, it was read empty by a process starting at
   // the same time, taken for stale, and both went on to open the database.
   const draft = `${path}.${process.pid}`;
-  writeFileSync(draft, mine);
+  writable(dataDir, "cannot be written", () => writeFileSync(draft, mine));
   try {
     // Each attempt that meets another process's takeover waits 10 ms: about 2 s in all.
     for (let attempt = 0; attempt < 200; attempt++) {
@@ -127,6 +127,23 @@ export function acquireDataDirLock(dataDir: string): DataDirLock {
     } catch {}
   }
   throw new DataDirLockedError(`could not lock data dir ${dataDir}`);
+}
+
+/** The data dir as messages name it: the path and the setting that chose it. */
+function dataDirSetting(dataDir: string): string {
+  return `the PGlite data directory ${dataDir} (persistence.datastore.pglite.dataDir)`;
+}
+
+/**
+ * Runs a step that creates or writes the data dir; its failure (a read-only or another user's
+ * directory, a path under /proc) names the setting, not only the system call.
+ */
+function writable(dataDir: string, what: string, step: () => void): void {
+  try {
+    step();
+  } catch (e) {
+    throw new Error(`${dataDirSetting(dataDir)} ${what}: ${(e as Error).message}`, { cause: e });
+  }
 }
 
 /** Puts the lock in place unless one is there (false). */
@@ -221,7 +238,7 @@ function heldLock(path: string, mine: string): DataDirLock {
  * it are not someone else's files (the shipped configs put ./data/cluster-a in ./data).
  */
 export function checkDataDir(dataDir: string): void {
-  const what = `the PGlite data directory ${dataDir} (persistence.datastore.pglite.dataDir)`;
+  const what = dataDirSetting(dataDir);
   let entries: string[];
   try {
     entries = readdirSync(dataDir);

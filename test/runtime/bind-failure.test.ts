@@ -13,7 +13,7 @@ import postgres from "postgres";
 import { createTestDatabase } from "../support/postgres";
 import { testConfigYaml } from "../support/server";
 import { testStores } from "../support/stores";
-import { repoRoot } from "./server-process";
+import { runServerToExit } from "./server-process";
 
 /** Listens on 127.0.0.1 on an ephemeral port: the port a server is then told to use. */
 async function holdPort(): Promise<{ port: number; release(): Promise<void> }> {
@@ -25,23 +25,6 @@ async function holdPort(): Promise<{ port: number; release(): Promise<void> }> {
   const address = server.address();
   if (typeof address !== "object" || !address) throw new Error("no port assigned");
   return { port: address.port, release: () => new Promise((resolve) => server.close(() => resolve())) };
-}
-
-/** Runs `bun src/main.ts --config <yaml>` to its exit; resolves to the exit code and all it printed. */
-async function runServer(configPath: string): Promise<{ code: number | null; output: string }> {
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith("TERN_")) env[k] = v;
-  const child = Bun.spawn([process.execPath, "src/main.ts", "--config", configPath], {
-    cwd: repoRoot,
-    env: { ...env, NO_COLOR: "1" },
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  // A server that binds would serve on: it must not, so it is killed after a while.
-  const timer = setTimeout(() => child.kill("SIGKILL"), 30_000);
-  const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
-  clearTimeout(timer);
-  return { code, output: stdout + stderr };
 }
 
 /** The test config with its rpc block replaced by rpc. */
@@ -76,7 +59,7 @@ for (const store of await testStores()) {
       const configPath = join(dir, `${name}.yaml`);
       writeFileSync(configPath, configWithRpc(store, dataLocation, rpc));
       try {
-        const { code, output } = await runServer(configPath);
+        const { code, output } = await runServerToExit(["--config", configPath]);
         expect({ code, output }).toMatchObject({ code: 1 });
         if (db) expect(await tablesIn(db.url)).toEqual([]);
         else expect(existsSync(dataLocation)).toBe(false);

@@ -149,6 +149,25 @@ export async function spawnServerProcess(
   return { output: proc.output, exited: child.exited, ready: serving };
 }
 
+/**
+ * Runs `bun src/main.ts ARGS` to its exit, for a start that must fail: the test's TERN_
+ * variables left out, env's put in. A server that starts would serve on: it is killed after 30 s.
+ */
+export async function runServerToExit(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; output: string }> {
+  const inherited: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith("TERN_")) inherited[k] = v;
+  const child = Bun.spawn([process.execPath, "src/main.ts", ...args], {
+    cwd: repoRoot,
+    env: { ...inherited, NO_COLOR: "1", ...env },
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const timer = setTimeout(() => child.kill("SIGKILL"), 30_000);
+  const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
+  clearTimeout(timer);
+  return { code, output: stdout + stderr };
+}
+
 /** True when the PGlite data dir lock was released. */
 export function lockReleased(dataDir: string): boolean {
   return !existsSync(join(dataDir, "tern.lock"));
