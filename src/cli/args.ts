@@ -98,6 +98,10 @@ export function parseArgs(argv: readonly string[], specs: readonly FlagSpec[]): 
     if (value === undefined) {
       if (i + 1 >= argv.length) throw new UsageError(`${flag} needs a value`);
       value = argv[++i]!;
+      // `-n --retention 1d`: the value left out, the next flag taken for it and its own value stray.
+      if (isFlagToken(value) && findFlag(specs, splitFlagToken(value).flag)) {
+        throw new UsageError(`${flag} needs a value (the next word, ${value}, is a flag; for a value that starts with -, write ${flag}=VALUE)`);
+      }
     }
     const list = spec.repeated ? (parsed.values.get(spec.name) ?? []) : [];
     list.push(value);

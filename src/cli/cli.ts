@@ -65,7 +65,9 @@ export function resolveCommand(root: Command, argv: readonly string[]): Resolved
     if (isFlagToken(token)) {
       const spec = findFlag(GLOBAL_FLAGS, splitFlagToken(token).flag);
       const next = token.includes("=") ? undefined : argv[i + 1];
-      const takesNext = next !== undefined && (spec?.kind === "string" || (spec?.kind === "boolean" && isBooleanWord(next)));
+      // A string flag does not take another global flag for its value: parseArgs says the value is missing.
+      const nextIsGlobal = next !== undefined && isFlagToken(next) && findFlag(GLOBAL_FLAGS, splitFlagToken(next).flag) !== undefined;
+      const takesNext = next !== undefined && ((spec?.kind === "string" && !nextIsGlobal) || (spec?.kind === "boolean" && isBooleanWord(next)));
       const tokens = takesNext ? [token, argv[++i]!] : [token];
       if (spec?.name === "help") help = getBoolean(parseArgs(tokens, GLOBAL_FLAGS), "help");
       else rest.push(...tokens);
@@ -75,7 +77,8 @@ export function resolveCommand(root: Command, argv: readonly string[]): Resolved
       const child = command.commands.find((c) => c.name === token);
       if (!child) {
         const where = ["tern", ...path].join(" ");
-        return { command, path, rest: [], help, unknown: strayFlagBefore(argv[i - 1]) ?? `unknown command "${token}" for "${where}"` };
+        const unknown = strayFlagBefore(argv[i - 1]) ?? commandTakenAsValue(command, argv[i - 2], argv[i - 1]) ?? `unknown command "${token}" for "${where}"`;
+        return { command, path, rest: [], help, unknown };
       }
       command = child;
       path.push(token);
@@ -95,6 +98,16 @@ function strayFlagBefore(previous: string | undefined): string | undefined {
   if (findFlag(GLOBAL_FLAGS, previous)) return undefined;
   const globals = GLOBAL_FLAGS.map((f) => `--${f.name}`).join(", ");
   return `unknown flag ${previous} before the command (the flags taken there are ${globals}; a command's own flags go after it)`;
+}
+
+/**
+ * When the word that named no command follows a global flag's value that is a command of the
+ * group (`tern --address operator cluster ...`), the flag's value was left out.
+ */
+function commandTakenAsValue(group: Command, flag: string | undefined, value: string | undefined): string | undefined {
+  if (group.kind !== "group" || flag === undefined || !isFlagToken(flag) || flag.includes("=")) return undefined;
+  if (findFlag(GLOBAL_FLAGS, flag)?.kind !== "string" || !group.commands.some((c) => c.name === value)) return undefined;
+  return `${flag} needs a value (it took the command "${value}" for one)`;
 }
 
 /** Creates the CLI over its dependencies. */

@@ -54,11 +54,12 @@ describe("parseArgs", () => {
   });
 
   test("tctl spellings: underscores for dashes and one dash before a long name", () => {
-    const a = parseArgs(["-address", "--frontend_address", "localhost:8233", "--enable_connection", "false"], [
+    const a = parseArgs(["-address", "localhost:7233", "--frontend_address", "localhost:8233", "--enable_connection", "false"], [
       ...specs,
       { name: "address", kind: "string", description: "" },
     ]);
-    expect(getString(a, "address")).toBe("--frontend_address");
+    expect(getString(a, "address")).toBe("localhost:7233");
+    expect(getString(a, "frontend-address")).toBe("localhost:8233");
     const b = parseArgs(["--frontend_address=localhost:8233", "--enable_connection", "false", "-namespace", "x"], specs);
     expect(getString(b, "frontend-address")).toBe("localhost:8233");
     expect(getBoolean(b, "enable-connection")).toBe(false);
@@ -81,6 +82,16 @@ describe("parseArgs", () => {
     expect(() => parseArgs(["--nope"], specs)).toThrow("unknown flag --nope");
     expect(() => parseArgs(["-z"], specs)).toThrow("unknown flag -z");
     expect(() => parseArgs(["--namespace"], specs)).toThrow("--namespace needs a value");
+  });
+
+  test("a value left out before the next flag is named, not the flag taken for the value", () => {
+    // Was: namespace "--reason", and "why" a stray positional.
+    expect(() => parseArgs(["-n", "--reason", "why"], specs)).toThrow("-n needs a value (the next word, --reason, is a flag; for a value that starts with -, write -n=VALUE)");
+    expect(() => parseArgs(["--namespace", "-o=json"], specs)).toThrow("--namespace needs a value (the next word, -o=json, is a flag");
+    // A word that only looks like a flag is a value; so is one given with =.
+    expect(getString(parseArgs(["--reason", "--not-a-flag"], specs), "reason")).toBe("--not-a-flag");
+    expect(getString(parseArgs(["--reason=--global"], specs), "reason")).toBe("--global");
+    expect(getString(parseArgs(["-n", "-1"], specs), "namespace")).toBe("-1");
   });
 
   test("requireString rejects missing and empty values", () => {

@@ -58,6 +58,15 @@ describe("dispatch and global flags", () => {
     );
   });
 
+  test("a global flag's value left out is named, not the command or flag after it taken for the value", async () => {
+    const command = await runCli(["--address", "operator", "cluster", "describe"], { operator: cluster });
+    expect([command.code, command.addresses]).toEqual([2, []]);
+    expect(command.stderr).toBe(`error: --address needs a value (it took the command "operator" for one)\n(run 'tern --help' for usage)\n`);
+    const flag = await runCli(["--address", "-o", "json", "operator", "cluster", "describe"], { operator: cluster });
+    expect([flag.code, flag.addresses]).toEqual([2, []]);
+    expect(flag.stderr).toStartWith("error: --address needs a value (the next word, -o, is a flag; for a value that starts with -, write --address=VALUE)\n");
+  });
+
   test("a bare group prints its help", async () => {
     const r = await runCli(["workflow"]);
     expect(r.code).toBe(0);
