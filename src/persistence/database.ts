@@ -316,4 +316,13 @@ function checkPostgresUrl(url: string): void {
     throw new Error(`${setting} is not a valid URL (a port over 65535, say): ${JSON.stringify(url.replace(/:[^:@/]*@/, ":***@").replace(/password=[^&]*/g, "password=***"))}`);
   }
   if (scheme !== "postgres:" && scheme !== "postgresql:") throw new Error(`${setting} must start with postgres:// or postgresql://, not ${scheme}//`);
+  // postgres.js takes any other word for TLS with the certificate checked: a typo (`requre`,
+  // `disabel`) failed later as "Client network socket disconnected before secure TLS connection".
+  const sslmode = new URL(url).searchParams.get("sslmode");
+  if (sslmode !== null && !SSL_MODES.includes(sslmode)) {
+    throw new Error(`${setting} has sslmode=${sslmode}, which is none of ${SSL_MODES.join(", ")}`);
+  }
 }
+
+/** libpq's sslmode values, which postgres.js takes too. */
+const SSL_MODES = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"];

@@ -40,6 +40,8 @@ describe("a PostgreSQL URL that cannot be one, and a password in messages", () =
     await expect(open("garbage")).rejects.toThrow(`${setting} is not a valid URL (a port over 65535, say): "garbage"`);
     await expect(open("postgres://u:s3cret@h:99999/x?password=s3cret")).rejects.toThrow(`is not a valid URL (a port over 65535, say): "postgres://u:***@h:99999/x?password=***"`);
     await expect(open("mysql://u@h/x")).rejects.toThrow(`${setting} must start with postgres:// or postgresql://, not mysql://`);
+    // Was taken for TLS with the certificate checked, and failed at the connection (here: refused).
+    await expect(open("postgres://u@127.0.0.1:1/x?sslmode=requre")).rejects.toThrow(`${setting} has sslmode=requre, which is none of disable, allow, prefer, require, verify-ca, verify-full`);
   });
 
   test("HidesAPasswordGivenAsAParameterToo", () => {
