@@ -62,6 +62,9 @@ const Rpc = z.strictObject({
     .string()
     .min(1, "must be an IP address; to listen on every interface, 0.0.0.0 (or ::)")
     .refine((ip) => !/^[\d.]+$/.test(ip) || /^((25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(25[0-5]|2[0-4]\d|1?\d?\d)$/.test(ip), "must be an IP address such as 127.0.0.1 or 0.0.0.0")
+    // `[::1]` and `127.0.0.1:7233` were looked up as host names: "the host name does not resolve".
+    .refine((ip) => !/^\[|\]$/.test(ip), "takes an IPv6 address without brackets, e.g. :: or ::1")
+    .refine((ip) => !/^[^:]*:\d+$/.test(ip), "takes the address alone; the port goes in services.frontend.rpc.port")
     .default("127.0.0.1"),
   port: z.number().int().min(0).max(65535).default(7233),
   /** Native gRPC (h2c) port. Omitted: port + 1. Equal to port: both on one port (HTTP/2 preface sniffed). */

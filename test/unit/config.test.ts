@@ -102,7 +102,11 @@ describe("config", () => {
     fails(bind("999.1.1.1"), "config: services.frontend.rpc.bindOnIP: must be an IP address such as 127.0.0.1 or 0.0.0.0");
     fails(bind("10.0.0"), "services.frontend.rpc.bindOnIP: must be an IP address");
     fails(bind(""), "services.frontend.rpc.bindOnIP: must be an IP address; to listen on every interface, 0.0.0.0 (or ::)");
-    for (const ok of ["0.0.0.0", "10.1.255.7", "::", "localhost"]) expect(parseConfig(bind(ok)).services.frontend.rpc.bindOnIP).toBe(ok);
+    // Were looked up as host names at the start: "cannot listen on [[::1]]:7233 ... the host name does not resolve".
+    fails(bind("[::1]"), "services.frontend.rpc.bindOnIP: takes an IPv6 address without brackets, e.g. :: or ::1");
+    fails(bind("127.0.0.1:7233"), "services.frontend.rpc.bindOnIP: takes the address alone; the port goes in services.frontend.rpc.port");
+    fails(bind("localhost:7233"), "the port goes in services.frontend.rpc.port");
+    for (const ok of ["0.0.0.0", "10.1.255.7", "::", "::1", "fe80::1", "localhost"]) expect(parseConfig(bind(ok)).services.frontend.rpc.bindOnIP).toBe(ok);
   });
 
   test("TERN_DATABASE_URL overrides the datastore; TERN_LOG_LEVEL the level", () => {
