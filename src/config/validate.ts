@@ -8,6 +8,10 @@ export function checkClusterRules(config: Config): string | undefined {
   if (!info[meta.currentClusterName]) {
     return `clusterMetadata.currentClusterName ${meta.currentClusterName} must be a key of clusterMetadata.clusterInformation`;
   }
+  // Read for no cluster: the current one serves whatever it says, peers are connected at run time.
+  if (!info[meta.currentClusterName]!.enabled) {
+    return `clusterMetadata.clusterInformation.${meta.currentClusterName}.enabled is false, but ${meta.currentClusterName} is this cluster (currentClusterName), which cannot be disabled; to stop replicating with a peer, tern admin cluster upsert-remote-cluster --frontend_address HOST:PORT --enable_connection false`;
+  }
   const seen = new Map<number, string>();
   for (const [name, cluster] of Object.entries(info)) {
     const key = `clusterMetadata.clusterInformation.${name}.initialFailoverVersion`;

@@ -52,6 +52,11 @@ describe("config", () => {
     expect(parseConfig(base(ok)).clusterMetadata.clusterInformation.clusterA!.initialFailoverVersion).toBe(0);
   });
 
+  test("the current cluster cannot be disabled (enabled: false was read by nothing, and the cluster served on)", () => {
+    fails(base(good.replace("enabled: true", "enabled: false")),
+      "config: clusterMetadata.clusterInformation.clusterA.enabled is false, but clusterA is this cluster (currentClusterName), which cannot be disabled; to stop replicating with a peer, tern admin cluster upsert-remote-cluster --frontend_address HOST:PORT --enable_connection false");
+  });
+
   test("distinct initial versions; current cluster listed", () => {
     const two = good + `\n    clusterB: { enabled: true, initialFailoverVersion: 1, rpcAddress: "x:1" }`;
     fails(base(two), "clusterMetadata.clusterInformation.clusterB.initialFailoverVersion must differ from clusterA's (1)");
