@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { sql } from "drizzle-orm";
 import { readMigrationFiles } from "drizzle-orm/migrator";
 import { migrate as migratePostgres } from "drizzle-orm/postgres-js/migrator";
+import { errorReason } from "../errors";
 import type { Database, Db } from "./database";
 
 /** Where the applied-migration journal lives (drizzle's default). */
@@ -38,8 +39,14 @@ export async function migrateSchema(database: Database, migrationsFolder: string
     const before = await schemaStatus({ ...database, db }, migrationsFolder);
     if (before.unknownApplied > 0) throw new SchemaTooNewError(before.unknownApplied);
     if (before.pending.length === 0) return [];
-    if (database.kind === "pglite") await (await import("drizzle-orm/pglite/migrator")).migrate(db as never, { migrationsFolder });
-    else await migratePostgres(db as never, { migrationsFolder });
+    try {
+      if (database.kind === "pglite") await (await import("drizzle-orm/pglite/migrator")).migrate(db as never, { migrationsFolder });
+      else await migratePostgres(db as never, { migrationsFolder });
+    } catch (e) {
+      // drizzle's message names the statement only ("Failed query: CREATE SCHEMA ..."): the reason
+      // (a role that may not create, a lock timeout) is the database's.
+      throw new Error(`migrating the database failed: ${errorReason(e)}`, { cause: e });
+    }
     return before.pending;
   });
 }

@@ -2,6 +2,10 @@ import { setDefaultTimeout, expect, test } from "bun:test";
 import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import postgres from "postgres";
+import { ulid } from "ulid";
+import { testEnv } from "../support/env";
+import { createTestDatabase } from "../support/postgres";
 import { newDataLocation, testConfigYaml } from "../support/server";
 import { testStores } from "../support/stores";
 
@@ -48,3 +52,27 @@ for (const store of await testStores()) {
     }
   });
 }
+
+test.if((await testStores()).includes("postgres"))("admin db migrate by a role that may not create says the database's reason, and makes nothing", async () => {
+  const target = await createTestDatabase();
+  const role = `tern_test_role_${ulid().toLowerCase()}`;
+  const server = postgres(testEnv.postgresUrl, { max: 1, onnotice: () => {} });
+  try {
+    await server.unsafe(`create role ${role} login`);
+    const url = new URL(target.url);
+    url.username = role;
+    const r = await tern("admin", "db", "migrate", "--database-url", url.toString());
+    // Was `error: Failed query: CREATE SCHEMA IF NOT EXISTS "drizzle"`, the reason left out.
+    expect([r.code, r.err]).toEqual([1, `error: migrating the database failed: 42501: permission denied for database ${url.pathname.slice(1)}\n`]);
+    const inDb = postgres(target.url, { max: 1, onnotice: () => {} });
+    try {
+      expect((await inDb`select nspname from pg_namespace where nspname = 'drizzle'`).length).toBe(0);
+    } finally {
+      await inDb.end({ timeout: 1 });
+    }
+  } finally {
+    await target.drop();
+    await server.unsafe(`drop role if exists ${role}`);
+    await server.end({ timeout: 1 });
+  }
+});
