@@ -126,4 +126,11 @@ describe("normalizeAddress", () => {
     expect(() => normalizeAddress("h:notaport")).toThrow(UsageError);
     expect(() => normalizeAddress("")).toThrow(UsageError);
   });
+  test("says what is wrong with an IPv6 address without brackets and a port past 65535", () => {
+    expect(() => normalizeAddress("::1")).toThrow('--address: "::1" is not host:port or a URL (an IPv6 address goes in brackets: [::1]:7233)');
+    expect(() => normalizeAddress("fd00::7:8233")).toThrow("(an IPv6 address goes in brackets: [::1]:7233)");
+    expect(() => normalizeAddress("127.0.0.1:72333")).toThrow('--address: "127.0.0.1:72333" is not host:port or a URL (port 72333 is past 65535)');
+    expect(() => normalizeAddress("http://h:99999/")).toThrow("(port 99999 is past 65535)");
+    expect(() => normalizeAddress("h:notaport")).toThrow('--address: "h:notaport" is not host:port or a URL');
+  });
 });
