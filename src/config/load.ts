@@ -128,6 +128,8 @@ export function parseServerArgs(argv: readonly string[], env: Env): ServerArgs {
     if (!flag) throw new ConfigError(`unknown argument ${shown(arg, { quote: true })}: the server takes only --config PATH (or TERN_CONFIG) and --wait-for-database DURATION (or TERN_DATABASE_WAIT)`);
     const value = arg === flag ? argv[++i] : arg.slice(flag.length + 1);
     if (!value) throw new ConfigError(flag === "--config" ? "--config needs a path" : `${flag} needs a duration (e.g. 30s, 2m)`);
+    // `--config a.yaml ... --config b.yaml` (a line edited in place): which one was meant is not ours to guess.
+    if (given.has(flag)) throw new ConfigError(`${flag} given twice (${shown(given.get(flag)!, { quote: true })} and ${shown(value, { quote: true })}): give it once`);
     given.set(flag, value);
   }
   const wait = given.get("--wait-for-database");

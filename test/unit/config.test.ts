@@ -156,6 +156,9 @@ describe("config", () => {
     expect(() => resolveConfigPath(["b.yaml"], { TERN_CONFIG: "a.yaml" })).toThrow('unknown argument "b.yaml"');
     expect(() => resolveConfigPath(["--config", "a.yaml", "--port", "1"], {})).toThrow('unknown argument "--port"');
     expect(() => resolveConfigPath(["--config=a.yaml", "extra"], {})).toThrow('unknown argument "extra"');
+    // Was: the last one, silently.
+    expect(() => resolveConfigPath(["--config", "a.yaml", "--config=b.yaml"], {})).toThrow('--config given twice ("a.yaml" and "b.yaml"): give it once');
+    expect(() => parseServerArgs(["--wait-for-database", "1m", "--wait-for-database", "2m"], {})).toThrow("--wait-for-database given twice");
   });
 
   test("--wait-for-database DURATION, TERN_DATABASE_WAIT and connectWaitMs: how long a start waits for PostgreSQL", () => {
