@@ -214,7 +214,7 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
   const target = redactUrl(configured);
   const wait = { waitMs: opts.connectWaitMs ?? 0, setting: "persistence.datastore.postgres.connectWaitMs", log: opts.log, target };
   const client = await connectWithin(connect, wait).catch((e: Error) => {
-    throw new Error(`cannot connect to PostgreSQL at ${target}: ${e.message}`);
+    throw new Error(`cannot connect to PostgreSQL at ${target}: ${e.message}${tlsRefusedHint(e)}`);
   });
   // A commit that wrote WAL, on a connection whose commits wait for their flush: the WAL is one
   // stream, so every commit before it is flushed too. (A transaction that only takes an xid,
@@ -322,6 +322,16 @@ function checkPostgresUrl(url: string): void {
   if (sslmode !== null && !SSL_MODES.includes(sslmode)) {
     throw new Error(`${setting} has sslmode=${sslmode}, which is none of ${SSL_MODES.join(", ")}`);
   }
+}
+
+/**
+ * Where a connection asked for TLS (sslmode require or verify-*) ended in its handshake, the
+ * likely reason: postgres.js goes on to TLS after the server said it takes none, where libpq
+ * says "server does not support SSL, but SSL was required".
+ */
+function tlsRefusedHint(e: Error): string {
+  if (!/before secure TLS connection was established/.test(e.message)) return "";
+  return " (the connection ended as TLS began: does the server take SSL? The URL's sslmode asks for it; prefer falls back to a plain connection)";
 }
 
 /** libpq's sslmode values, which postgres.js takes too. */

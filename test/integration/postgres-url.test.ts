@@ -33,6 +33,31 @@ describe("a PostgreSQL URL's IPv6 host", () => {
   });
 });
 
+describe("a PostgreSQL URL whose sslmode asks for TLS of a server that takes none", () => {
+  test("SaysWhyTheConnectionEndedAsTLSBegan", async () => {
+    // As PostgreSQL with ssl off: "N" to the SSLRequest; the TLS hello that follows it is no startup, and the connection ends.
+    const plain = Bun.listen<boolean>({
+      hostname: "127.0.0.1",
+      port: 0,
+      socket: {
+        data(socket) {
+          if (socket.data) socket.end();
+          else socket.write("N");
+          socket.data = true;
+        },
+      },
+    });
+    try {
+      const open = openDatabase({ postgres: { url: `postgres://u@127.0.0.1:${plain.port}/x?sslmode=require` } });
+      await expect(open).rejects.toThrow(
+        "before secure TLS connection was established (the connection ended as TLS began: does the server take SSL? The URL's sslmode asks for it; prefer falls back to a plain connection)",
+      );
+    } finally {
+      plain.stop(true);
+    }
+  });
+});
+
 describe("a PostgreSQL URL that cannot be one, and a password in messages", () => {
   test("RefusesWhatIsNotAPostgresUrl, naming the setting, before connecting", async () => {
     const open = (url: string) => openDatabase({ postgres: { url } });
