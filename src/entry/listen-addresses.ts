@@ -4,7 +4,8 @@
  * bind must not migrate a database or save a cluster identity from a config about to be
  * corrected.
  */
-import { createServer } from "node:net";
+import { lookup } from "node:dns/promises";
+import { createServer, isIP } from "node:net";
 import type { Config } from "../config/schema";
 
 const RPC = "services.frontend.rpc";
@@ -49,15 +50,13 @@ export function listenAddressesOf(config: Config): ListenAddresses {
 
 /**
  * Binds each address briefly and lets it go; throws a ListenError for the first that
- * cannot be bound. Port 0 is skipped: an ephemeral port is always found. Another process
+ * cannot be bound. Port 0 too: an ephemeral port is always found, but bindOnIP may not be
+ * this machine's or resolve (that bind failed after the database was made). Another process
  * can still take a port between this check and the real bind; that bind then fails as
  * cleanly (bindListener), only after the database is opened.
  */
 export async function checkListenAddresses({ http, grpc }: ListenAddresses): Promise<void> {
-  for (const address of grpc ? [http, grpc] : [http]) {
-    if (address.port === 0) continue;
-    await bindListener(address, () => probe(address));
-  }
+  for (const address of grpc ? [http, grpc] : [http]) await bindListener(address, () => probe(address));
 }
 
 /** Runs listen (a listener's bind), turning its bind error into a ListenError naming address. */
@@ -70,7 +69,9 @@ export async function bindListener<T>(address: ListenAddress, listen: () => Prom
 }
 
 /** Listens on the address with node:net and closes at once. */
-function probe({ host, port }: ListenAddress): Promise<void> {
+async function probe({ host, port }: ListenAddress): Promise<void> {
+  // Bun's listen says only "Failed to listen at HOST" of a name that does not resolve; the lookup says ENOTFOUND.
+  if (isIP(host) === 0) await lookup(host);
   return new Promise((resolve, reject) => {
     const server = createServer();
     server.once("error", reject);
@@ -89,6 +90,7 @@ export function describeBindError({ host, port, portSetting }: ListenAddress, e:
     case "EINVAL": // Deno's node:net reports an address that is not the machine's so
       return `${at} (${RPC}.bindOnIP): the address is not this machine's${code}`;
     case "ENOTFOUND":
+    case "EAI_AGAIN": // no name server answered
       return `${at} (${RPC}.bindOnIP): the host name does not resolve${code}`;
     case "ERR_SOCKET_BAD_PORT":
       return `${at} (${portSetting}): the port is out of range${code}`;

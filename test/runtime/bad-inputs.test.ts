@@ -37,6 +37,20 @@ describe("a start with a mistyped input", () => {
     expect(existsSync(dataDir)).toBe(false);
   });
 
+  test("TestABindOnIPThatDoesNotResolveIsRefusedBeforeTheDataDirIsMade, on an ephemeral port too", async () => {
+    const dataDir = join(dir, "unresolved", "db");
+    const path = join(dir, "unresolved.yaml");
+    const yaml = testConfigYaml({ store: "pglite", dataLocation: dataDir });
+    expect(yaml).toContain("bindOnIP: 127.0.0.1, port: 0");
+    writeFileSync(path, yaml.replace("bindOnIP: 127.0.0.1, port: 0", "bindOnIP: tern-no-such-host.invalid, port: 0"));
+    const r = await runServerToExit(["--config", path]);
+    // Was: PGlite made and migrated, then "Failed to listen at tern-no-such-host.invalid".
+    expect(r.code).toBe(1);
+    // EAI_AGAIN where no name server answers.
+    expect(r.output.trim()).toMatch(/^tern server failed to start: cannot listen on tern-no-such-host\.invalid:0 \(services\.frontend\.rpc\.bindOnIP\): the host name does not resolve \((ENOTFOUND|EAI_AGAIN)\)$/);
+    expect(existsSync(dataDir)).toBe(false);
+  });
+
   // /proc takes no new directory, whoever runs the test (a read-only directory does not stop root).
   test.if(process.platform === "linux")("TestAPGliteDataDirThatCannotBeMadeIsNamedAsTheSetting", async () => {
     const dataDir = `/proc/tern-bad-inputs-${process.pid}/db`;
