@@ -81,6 +81,9 @@ export interface ForwardTarget {
   requestId?: string;
 }
 
+/** The longest a timer waits (2^31 - 1 ms, about 24.8 days); a longer one fires after 1 ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /**
  * Makes a call to the active cluster (call, given its options: the marker header, the caller's
  * cancellation, the earlier of its deadline and limitMs) and answers its failures as the caller
@@ -91,7 +94,9 @@ export interface ForwardTarget {
 export async function forward<T>(ctx: HandlerContext, to: ForwardTarget, call: (options: CallOptions) => Promise<T>): Promise<T> {
   const callerMs = ctx.timeoutMs();
   const ours = callerMs === undefined || to.limitMs < callerMs;
-  const options = { headers: { [FORWARDED_HEADER]: to.current }, signal: ctx.signal, timeoutMs: ours ? to.limitMs : callerMs };
+  const timeoutMs = ours ? to.limitMs : callerMs;
+  // A deadline past a timer's reach (a failover's --timeout of 30 days) is none: its timer fired at once.
+  const options = { headers: { [FORWARDED_HEADER]: to.current }, signal: ctx.signal, timeoutMs: timeoutMs !== undefined && timeoutMs > MAX_TIMER_MS ? undefined : timeoutMs };
   try {
     return await call(options);
   } catch (e) {

@@ -242,6 +242,12 @@ for (const store of await testStores()) {
       }
       await eventuallyOn(a, "orders", (ns) => expect(ns.replicationConfig!.activeClusterName).toBe("clusterA"));
     });
+
+    test("TestGracefulFailoverForwardedWithATimeoutPastATimersReach (30 days) waits as for none, not 1 ms", async () => {
+      // B passive: it forwards to A, its forward's deadline the timeout and more, past 2^31 - 1 ms.
+      const res = await failover(b, "clusterB", 30 * 86_400);
+      expect(res.namespace!.replicationConfig).toMatchObject({ activeClusterName: "clusterB", state: ReplicationState.NORMAL });
+    });
   });
 
   describe(`graceful failover to a cluster that is down, on ${store}`, () => {
