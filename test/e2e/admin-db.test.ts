@@ -76,3 +76,9 @@ test.if((await testStores()).includes("postgres"))("admin db migrate by a role t
     await server.end({ timeout: 1 });
   }
 });
+
+test("admin db with both --config and --database-url is refused: which database was meant is not said", async () => {
+  // Was: the URL, the config file unread.
+  const r = await tern("admin", "db", "migrate", "--config", "config/development.yaml", "--database-url", "postgres://u@127.0.0.1:1/x");
+  expect([r.code, r.err]).toEqual([2, "error: give --config or --database-url, not both (--database-url takes the place of the config's datastore)\n(run 'tern admin db migrate --help' for usage)\n"]);
+});

@@ -26,12 +26,14 @@ const dbFlags: FlagSpec[] = [
 /** The datastore the flags name: --database-url, else the config file's (with env overrides). */
 export function datastoreFromArgs(backend: AdminDbBackend, args: ParsedArgs): DatastoreConfig {
   const url = getString(args, "database-url");
+  const config = getString(args, "config");
+  // Both: one of them is a mistake, and which database was meant is not ours to guess.
+  if (url !== undefined && config !== undefined) throw new UsageError("give --config or --database-url, not both (--database-url takes the place of the config's datastore)");
   if (url !== undefined) {
     if (!/^postgres(ql)?:\/\//.test(url)) throw new UsageError("--database-url must be a postgres:// or postgresql:// URL");
     return { postgres: { url } };
   }
   const env = backend.readEnv();
-  const config = getString(args, "config");
   const path = backend.resolveConfigPath(config === undefined ? [] : ["--config", config], env);
   return backend.loadConfig(path, env).persistence.datastore;
 }
