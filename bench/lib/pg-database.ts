@@ -1,5 +1,5 @@
 import postgres from "postgres";
-import { redactUrl } from "../../src/persistence/database";
+import { redactUrl } from "../../src/persistence/postgres-url";
 
 /** A database created for one bench run. */
 export interface TempDatabase {

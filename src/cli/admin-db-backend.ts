@@ -29,11 +29,12 @@ export function defaultMigrationsFolder(): string {
  * drivers (PGlite's WebAssembly is slow to start).
  */
 export async function loadAdminDbBackend(): Promise<AdminDbBackend> {
-  const [env, load, database, migrate] = await Promise.all([
+  const [env, load, database, migrate, postgresUrl] = await Promise.all([
     import("../config/env"),
     import("../config/load"),
     import("../persistence/database"),
     import("../persistence/migrate"),
+    import("../persistence/postgres-url"),
   ]);
   return {
     readEnv: env.readEnv,
@@ -42,7 +43,7 @@ export async function loadAdminDbBackend(): Promise<AdminDbBackend> {
     openDatabase: (store) => database.openDatabase(store, { maxConnections: 2 }),
     migrateSchema: migrate.migrateSchema,
     schemaStatus: migrate.schemaStatus,
-    redactUrl: database.redactUrl,
+    redactUrl: postgresUrl.redactUrl,
     migrationsFolder: defaultMigrationsFolder(),
   };
 }

@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { sql } from "drizzle-orm";
 import postgres from "postgres";
-import { openDatabase, hostParameter, redactUrl, type Database } from "../../src/persistence/database";
+import { openDatabase, type Database } from "../../src/persistence/database";
+import { hostParameter, redactUrl } from "../../src/persistence/postgres-url";
 import { runStatement } from "../../src/persistence/raw-statements";
 import { testEnv } from "../support/env";
 import { createTestDatabase } from "../support/postgres";
