@@ -124,7 +124,12 @@ function handedBack(e: unknown, { namespace, target, current }: ForwardTarget, r
   // The header from a tern that sends it; the message from one before it (and a failover's).
   const active = e.metadata.get(ACTIVE_CLUSTER_HEADER) ?? (e.rawMessage === `namespace ${namespace} is active in cluster ${current}` ? current : undefined);
   if (active !== current) return undefined;
-  return unavailable(`namespace ${namespace} is failing over: cluster ${target} says ${current} is active, and ${current} has not heard yet${retry}`);
+  return failingOver(namespace, target, current, retry);
+}
+
+/** The retryable answer to a call that target refused naming active, which has not heard of the failover yet. */
+function failingOver(namespace: string, target: string, active: string, retry: string): Error {
+  return unavailable(`namespace ${namespace} is failing over: cluster ${target} says ${active} is active, and ${active} has not heard yet${retry}`);
 }
 
 /**
@@ -193,9 +198,16 @@ export function createForwardingWorkflowService(deps: ForwardingDeps): Workflow 
  * a client cannot act on a cluster's name alone.
  */
 function withActiveAddress(service: Workflow, clusters: ClusterDirectory): Workflow {
-  /** The refusal e with the active cluster's address, if it is one and this cluster knows the address; else e. */
-  async function withAddress(e: unknown): Promise<never> {
-    if (!(e instanceof NamespaceNotActiveError) || e.activeAddress) throw e;
+  const current = clusters.current().clusterName;
+  /**
+   * The refusal e with the active cluster's address, if it is one and this cluster knows the
+   * address; else e. A refusal of a call forwarded from the cluster it names is handedBack's
+   * UNAVAILABLE here already: a tern from before handedBack passes the answer on as it comes.
+   */
+  async function withAddress(e: unknown, req: { requestId?: string }, ctx: HandlerContext): Promise<never> {
+    if (!(e instanceof NamespaceNotActiveError)) throw e;
+    if (ctx.requestHeader.get(FORWARDED_HEADER) === e.activeCluster) throw failingOver(e.namespace, current, e.activeCluster, retryText(ctx, req.requestId));
+    if (e.activeAddress) throw e;
     const address = (await remoteOf(clusters, e.activeCluster).catch(() => undefined))?.rpcAddress;
     throw address ? new NamespaceNotActiveError(e.namespace, e.activeCluster, address) : e;
   }
@@ -205,7 +217,7 @@ function withActiveAddress(service: Workflow, clusters: ClusterDirectory): Workf
     // Every write passes here: an answer costs no async frame of its own, only a failure is looked at.
     wrapped[name] = (req: never, ctx: HandlerContext) => {
       const answer = method.call(service, req, ctx);
-      return answer instanceof Promise ? answer.catch(withAddress) : answer;
+      return answer instanceof Promise ? answer.catch((e: unknown) => withAddress(e, req, ctx)) : answer;
     };
   }
   return wrapped as Workflow;

@@ -132,6 +132,31 @@ for (const store of await testStores()) {
       }
     });
 
+    test("TestAWriteForwardedByAnOlderTernFromTheClusterNowActiveIsUnavailable: it passes the refusal on as it comes", async () => {
+      // A tern from before 2026-12-05 forwards with the marker header and hands its caller the
+      // target's answer unchanged; A, handed over to C, answers such a write from C itself.
+      const onA = a.server.database.db;
+      await onA.update(namespaces).set({ activeClusterName: "clusterC" }).where(eq(namespaces.name, "orders"));
+      try {
+        await a.client(WorkflowService).describeNamespace({ namespace: "orders" }); // caches "active in C"
+        const write = { namespace: "orders", workflowExecution: run("w1"), signalName: "from-old-c", requestId: "old-c-1" };
+        await rejects(
+          a.client(WorkflowService).signalWorkflowExecution(write, { headers: { "x-tern-forwarded-from": "clusterC" } }),
+          Code.Unavailable,
+          "namespace orders is failing over: cluster clusterA says clusterC is active, and clusterC has not heard yet (request id old-c-1); retry with the same request id",
+        );
+        // Forwarded from another cluster, it is the refusal naming C, as before.
+        await rejects(
+          a.client(WorkflowService).signalWorkflowExecution(write, { headers: { "x-tern-forwarded-from": "clusterD" } }),
+          Code.FailedPrecondition,
+          "namespace orders is active in cluster clusterC",
+        );
+      } finally {
+        await onA.update(namespaces).set({ activeClusterName: "clusterA" }).where(eq(namespaces.name, "orders"));
+        await a.client(WorkflowService).describeNamespace({ namespace: "orders" });
+      }
+    });
+
     test("TestAWriteForwardedToAClusterThatHandedOverToAThirdIsForwardedThere: three clusters, one still names the old active", async () => {
       // clusterC still names B active (it has not heard that B handed over to A): B refuses the
       // forwarded write naming A, and C follows to A rather than failing a write a retry would land.
