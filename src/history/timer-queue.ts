@@ -7,6 +7,7 @@ import type { Metrics } from "../observability/metrics";
 import { namespaces as namespaceRows, timerTasks } from "../persistence/schema";
 import type { Db } from "../persistence/database";
 import { lockRun } from "./execution-store";
+import { NamespaceChanged } from "./namespace-guard";
 import type { EventNotifier } from "./notifier";
 import type { Writer } from "./writer";
 
@@ -133,6 +134,9 @@ export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
       await fire(task);
     } catch (e) {
       if (connectionLost(e) || databaseBusy(e)) throw e;
+      // The namespace moved on under the fire (a graceful failover's HANDOVER, a failover, a
+      // delete): no fault of the timer's. It stays due, for the cluster active once that settles.
+      if (e instanceof NamespaceChanged) return;
       const error = loggableError(e);
       stillFailing.set(task.id, error);
       deps.metrics.inc("timer_fire_failed", {});

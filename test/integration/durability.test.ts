@@ -82,6 +82,30 @@ for (const store of await testStores()) {
       expect(logs.some((l) => l.includes("timer fired after failing"))).toBe(true);
     });
 
+    test("a timer due while its namespace is in HANDOVER is no failure: it waits quietly and fires once the handover ends", async () => {
+      const logs: string[] = [];
+      const cluster = await startTestCluster({ store, serverOptions: { log: createLogger({ level: "info", write: (l) => logs.push(l) }) } });
+      cleanups.push(cluster.stop);
+      const wf = cluster.client(WorkflowService);
+      const { db } = cluster.server.database;
+      await wf.registerNamespace({ namespace: "handing", isGlobalNamespace: true });
+      await wf.registerNamespace({ namespace: "steady" });
+      const status = async (namespace: string, id: string) =>
+        (await wf.describeWorkflowExecution({ namespace, execution: { workflowId: id } })).workflowExecutionInfo!.status;
+      await wf.startWorkflowExecution({ namespace: "handing", workflowId: "held", ...T, workflowExecutionTimeout: durationFromMs(200) });
+      await wf.startWorkflowExecution({ namespace: "steady", workflowId: "after-it", ...T, workflowExecutionTimeout: durationFromMs(600) });
+      // A graceful failover's HANDOVER, as its switch leaves the row until the target acked.
+      await db.execute(sql`update namespaces set replication_state = 'HANDOVER' where name = 'handing'`);
+
+      // The scans that fire after-it tried held first (due earlier).
+      await eventually(async () => expect(await status("steady", "after-it")).toBe(WorkflowExecutionStatus.TIMED_OUT), { timeout: 5000 });
+      expect(await status("handing", "held")).toBe(WorkflowExecutionStatus.RUNNING);
+      expect(logs.filter((l) => l.includes("timer failed to fire"))).toEqual([]);
+
+      await db.execute(sql`update namespaces set replication_state = 'NORMAL' where name = 'handing'`);
+      await eventually(async () => expect(await status("handing", "held")).toBe(WorkflowExecutionStatus.TIMED_OUT), { timeout: 12_000, interval: 250 });
+    });
+
     test("a global namespace's writes leave replication tasks in the same transaction as their events", async () => {
       let failNext = false;
       const cluster = await startTestCluster({
