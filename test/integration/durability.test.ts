@@ -26,6 +26,14 @@ afterAll(async () => {
 
 for (const store of await testStores()) {
   describe(`durability on ${store}`, () => {
+    /** A cluster whose log lines the test reads, with its workflow client and database. */
+    async function startLogging() {
+      const logs: string[] = [];
+      const cluster = await startTestCluster({ store, serverOptions: { log: createLogger({ level: "info", write: (l) => logs.push(l) }) } });
+      cleanups.push(cluster.stop);
+      return { logs, wf: cluster.client(WorkflowService), db: cluster.server.database.db };
+    }
+
     test("an execution timeout fires through the timer queue, also after a restart", async () => {
       const data = await newDataLocation(store);
       cleanups.push(data.remove);
@@ -54,11 +62,7 @@ for (const store of await testStores()) {
     });
 
     test("a timer that fails to fire does not hold up the timers due after it, and fires once it can", async () => {
-      const logs: string[] = [];
-      const cluster = await startTestCluster({ store, serverOptions: { log: createLogger({ level: "info", write: (l) => logs.push(l) }) } });
-      cleanups.push(cluster.stop);
-      const wf = cluster.client(WorkflowService);
-      const { db } = cluster.server.database;
+      const { logs, wf, db } = await startLogging();
       await wf.registerNamespace({ namespace: "poisoned" });
       // A fault of this one run's own, as a bad row or a bug would give: its events cannot be written.
       await db.execute(sql.raw(`create function refuse_poison() returns trigger language plpgsql as $$
@@ -83,11 +87,7 @@ for (const store of await testStores()) {
     });
 
     test("a timer due while its namespace is in HANDOVER is no failure: it waits quietly and fires once the handover ends", async () => {
-      const logs: string[] = [];
-      const cluster = await startTestCluster({ store, serverOptions: { log: createLogger({ level: "info", write: (l) => logs.push(l) }) } });
-      cleanups.push(cluster.stop);
-      const wf = cluster.client(WorkflowService);
-      const { db } = cluster.server.database;
+      const { logs, wf, db } = await startLogging();
       await wf.registerNamespace({ namespace: "handing", isGlobalNamespace: true });
       await wf.registerNamespace({ namespace: "steady" });
       const status = async (namespace: string, id: string) =>
