@@ -2,10 +2,11 @@ import { and, asc, eq, gt, lte, or, sql } from "drizzle-orm";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { GetNamespaceReplicationTasksRequest, GetNamespaceReplicationTasksResponseSchema } from "../src/gen/tern/admin/v1/service_pb";
-import { unavailable } from "../src/errors";
+import { failedPrecondition, unavailable } from "../src/errors";
 import { exactNumber, namespaceToProto } from "../src/frontend/convert";
 import { createLongPolls } from "../src/long-polls";
 import { listen, type EventNotifier } from "../src/history/notifier";
+import { shown } from "../src/shown";
 import type { Db } from "../src/persistence/database";
 import { clusterMetadata, namespaceReplicationTasks } from "../src/persistence/schema";
 import { ackKey } from "./ack-levels";
@@ -19,6 +20,8 @@ export const MAX_WAIT_MS = 30_000;
 
 export interface NamespaceSenderDeps {
   db: Db;
+  /** This cluster's name, for the refusal of a peer whose connection is disabled here. */
+  currentCluster: string;
   /** Woken (key NAMESPACE_QUEUE_KEY) when a namespace task commits here; notified with ackKey(peer) on acks. */
   wake: EventNotifier;
   /** Re-reads the queue this often while long-polling, for tasks committed by other processes. */
@@ -32,7 +35,7 @@ type Response = MessageInitShape<typeof GetNamespaceReplicationTasksResponseSche
  * namespace receivers (replication/namespace-receiver.ts): long poll, filtered to the
  * receiver's namespaces, and the request's after_task_id recorded as its outbound ack.
  */
-export function createNamespaceSender({ db, wake, pollMs = 1000 }: NamespaceSenderDeps) {
+export function createNamespaceSender({ db, currentCluster, wake, pollMs = 1000 }: NamespaceSenderDeps) {
   const polls = createLongPolls(() => unavailable("this server is shutting down; retry"));
   /** Waits until a task past after exists, the wait ends, or signal aborts; returns the queue's max. */
   async function waitPast(after: number, waitMs: number, signal: AbortSignal): Promise<number> {
@@ -54,7 +57,8 @@ export function createNamespaceSender({ db, wake, pollMs = 1000 }: NamespaceSend
 
   async function refuseDisabled(clusterName: string): Promise<void> {
     const [row] = await db.select({ enabled: clusterMetadata.enableConnection }).from(clusterMetadata).where(eq(clusterMetadata.clusterName, clusterName));
-    if (row && !row.enabled) throw unavailable(`replication to cluster ${clusterName} is disabled here (enable_connection is false)`);
+    // As the history stream refuses it (sender.ts), so a peer's connection state says the same whichever of its streams reports first.
+    if (row && !row.enabled) throw failedPrecondition(`replication with cluster ${shown(clusterName)} is disabled on ${currentCluster}`);
   }
 
   async function serve(r: GetNamespaceReplicationTasksRequest, signal: AbortSignal): Promise<Response> {

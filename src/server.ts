@@ -285,7 +285,7 @@ function wireReplication({ opts, log, now, cluster, database }: Base, core: Core
         if (reset.length) namespaces.invalidate();
       },
     }),
-    namespaceSender: createNamespaceSender({ db, wake: notifier }),
+    namespaceSender: createNamespaceSender({ db, currentCluster: cluster.clusterName, wake: notifier }),
     status: createReplicationStatus({
       db, cluster, connectionState: (name) => manager.connectionState(name), inboundProgress: historyReceiver.progress,
       inboundHeard: historyReceiver.heard, namespaceHeard: namespaceReceiver.heard,

@@ -109,7 +109,7 @@ for (const store of await testStores()) {
       await op.addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: false });
       try {
         await a.client(WorkflowService).registerNamespace({ namespace: "while-disabled", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
-        await rejects(poll, Code.Unavailable, "replication to cluster clusterB is disabled here");
+        await rejects(poll, Code.FailedPrecondition, "replication with cluster clusterB is disabled on clusterA");
         expect(describeOn(b, "while-disabled")).rejects.toThrow("not found");
       } finally {
         await op.addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: true });

@@ -22,7 +22,7 @@ for (const store of await testStores()) {
     test("ATaskCommittedWhileThePollReadsTheQueueWakesIt (no wait for the re-read)", async () => {
       const wake = createEventNotifier();
       const hold = { on: false, ms: 400, held: 0 };
-      const sender = createNamespaceSender({ db: holdingReads(a.server.database.db, hold), wake, pollMs: 10_000 });
+      const sender = createNamespaceSender({ db: holdingReads(a.server.database.db, hold), currentCluster: a.name, wake, pollMs: 10_000 });
       const wf = a.client(WorkflowService);
       await wf.registerNamespace({ namespace: "first", isGlobalNamespace: true, clusters: ["clusterA"] });
       const req = (after: bigint, waitTimeoutMs: number) => create(GetNamespaceReplicationTasksRequestSchema, { afterTaskId: after, waitTimeoutMs, pageSize: 10 });
