@@ -10,6 +10,9 @@ export type ErrorKind =
   | "resource_exhausted"
   | "unavailable";
 
+/** A typed detail of an error's answer (google.rpc.Status details): a message's schema and value. */
+export type ErrorDetail = NonNullable<ConstructorParameters<typeof ConnectError>[3]>[number];
+
 /** An error whose message is safe to show to the caller. */
 export class TernError extends Error {
   override name = "TernError";
@@ -18,6 +21,8 @@ export class TernError extends Error {
     message: string,
     /** Extra response headers, e.g. retry hints. */
     readonly headers: Record<string, string> = {},
+    /** Typed details for clients that read them, as Temporal's (errordetails). */
+    readonly details: ErrorDetail[] = [],
   ) {
     super(message);
   }

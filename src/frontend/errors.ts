@@ -21,7 +21,7 @@ export const CODE_OF: Record<ErrorKind, Code> = {
  */
 export function toConnectError(e: unknown, requestId: string, log: Logger): ConnectError {
   if (e instanceof TernError) {
-    return new ConnectError(e.message, CODE_OF[e.kind], new Headers(e.headers));
+    return new ConnectError(e.message, CODE_OF[e.kind], new Headers(e.headers), e.details);
   }
   if (e instanceof ConnectError) {
     // Errors connect raised itself (bad request encoding, deadline, a forwarded call): safe to pass.

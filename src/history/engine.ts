@@ -11,6 +11,7 @@ import type { NamespaceRecord, NamespaceRegistry } from "../namespace/registry";
 import type { Tx } from "../persistence/database";
 import type { StatementPart } from "../persistence/raw-statements";
 import { payloadBytes } from "./events";
+import { alreadyStarted, currentRun, StartRefused } from "./already-started";
 import { checkIdLengths, checkKeyBytes, textBytes } from "./id-limits";
 import { NamespaceChanged } from "./namespace-guard";
 import { claimRequestOrFail, claimRequestPart, insertEvents, insertExecution, insertExecutionPart, insertTimer, insertTimerPart, lockRun, NEW_RUN, noRunPart, RunExistsError, type ExecutionRow, type NewEvent } from "./execution-store";
@@ -346,9 +347,9 @@ export function createHistoryEngine(deps: EngineDeps) {
         // With BEGIN: the namespace check, then the workflow's current run, locked (as appendTo).
         const [, previous] = await Promise.all([writer.guard(tx, ns), lockRun(tx, ns.id, input.workflowId, "")]);
         const open = previous?.status === "RUNNING";
-        if (open && !input.signal) throw alreadyExists(`workflow execution ${input.workflowId} is already running (run ${previous.runId})`);
+        if (open && !input.signal) throw new StartRefused(previous, "is already running");
         const refusal = open ? undefined : reuseRefusal(input.reusePolicy, previous?.status);
-        if (refusal) throw alreadyExists(`workflow execution ${input.workflowId} cannot start: ${refusal}`);
+        if (refusal) throw new StartRefused(previous!, `cannot start: ${refusal}`);
         // With COMMIT: the request id records where this request's first event went; its claim
         // fails for a retry of a request that went through before, which rolls the write back
         // (the catch below answers with the first).
@@ -379,9 +380,15 @@ export function createHistoryEngine(deps: EngineDeps) {
       notifier.notify(result.runId);
       return { runId: result.runId, started: result.started };
     } catch (e) {
+      // Answered once the write's transaction is over: the answer reads the run's first event.
+      if (e instanceof StartRefused) throw await alreadyStarted(deps.db, e.run, e.why);
       const pg = pgErrorOf(e);
       if (pg.code === "23505" && pg.constraint?.startsWith("executions")) {
-        if (!input.signal) throw alreadyExists(`workflow execution ${input.workflowId} is already running`);
+        if (!input.signal) {
+          // Another start won the race: named as a start that found it running would name it.
+          const winner = await currentRun(deps.db, ns.id, input.workflowId);
+          throw winner ? await alreadyStarted(deps.db, winner, "is already running") : alreadyExists(`workflow execution ${input.workflowId} is already running`);
+        }
         // SignalWithStart lost the race to start the next run to another start: it signals
         // that run, made again from a read.
         if (attempt < 5) return startIn(ns, input, attempt + 1);

@@ -2,6 +2,7 @@ import { setDefaultTimeout, afterAll, beforeAll, describe, expect, test } from "
 import { Code } from "@connectrpc/connect";
 import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { EventType, WorkflowExecutionStatus, WorkflowIdReusePolicy } from "../../src/gen/tern/common/v1/common_pb";
+import { WorkflowExecutionAlreadyStartedFailureSchema } from "../../src/gen/tern/errordetails/v1/message_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { json, unjson } from "../support/payload";
 import { startTestCluster, type TestCluster } from "../support/server";
@@ -148,6 +149,28 @@ for (const store of await testStores()) {
       await start("reuse-no", WorkflowIdReusePolicy.REJECT_DUPLICATE);
       await close("reuse-no", "fail");
       await rejects(start("reuse-no", WorkflowIdReusePolicy.REJECT_DUPLICATE), Code.AlreadyExists, "reject-duplicate");
+    });
+
+    test("TestAlreadyStartedNamesTheCurrentRun: every ALREADY_EXISTS of a start carries the run in its message and a WorkflowExecutionAlreadyStartedFailure detail", async () => {
+      const start = (p: WorkflowIdReusePolicy, requestId = "") =>
+        wf.startWorkflowExecution({ namespace: ns, workflowId: "named", ...T, workflowIdReusePolicy: p, requestId });
+      const refusedWith = async (call: Promise<unknown>, text: string, run: { runId: string; startRequestId: string }) => {
+        const e = await rejects(call, Code.AlreadyExists, `${text} (run ${run.runId})`);
+        expect(e.findDetails(WorkflowExecutionAlreadyStartedFailureSchema)).toMatchObject([run]);
+      };
+      const first = await start(WorkflowIdReusePolicy.ALLOW_DUPLICATE, "named-1");
+      await refusedWith(start(WorkflowIdReusePolicy.ALLOW_DUPLICATE), "is already running", { runId: first.runId, startRequestId: "named-1" });
+      await wf.completeWorkflowExecution({ namespace: ns, workflowExecution: { workflowId: "named" } });
+      // Before: the reuse policy's refusals named no run, and none had a detail.
+      await refusedWith(start(WorkflowIdReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY), "previous run ended COMPLETED", { runId: first.runId, startRequestId: "named-1" });
+      await refusedWith(start(WorkflowIdReusePolicy.REJECT_DUPLICATE), "reject-duplicate and a run with this id already exists", { runId: first.runId, startRequestId: "named-1" });
+      const sws = wf.signalWithStartWorkflowExecution({ namespace: ns, workflowId: "named", ...T, signalName: "s", workflowIdReusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE });
+      await refusedWith(sws, "reject-duplicate and a run with this id already exists", { runId: first.runId, startRequestId: "named-1" });
+      // Starts racing: each loser names the winner, whichever path refused it.
+      const calls = await Promise.allSettled(Array.from({ length: 10 }, (_, i) => start(WorkflowIdReusePolicy.ALLOW_DUPLICATE, `named-race-${i}`)));
+      const won = calls.flatMap((c, i) => (c.status === "fulfilled" ? [{ runId: c.value.runId, startRequestId: `named-race-${i}` }] : []));
+      expect(won).toHaveLength(1);
+      for (const c of calls) if (c.status === "rejected") await refusedWith(Promise.reject(c.reason), "is already running", won[0]!);
     });
 
     test("signal-with-start starts once, then signals the open run", async () => {
