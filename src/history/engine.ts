@@ -17,7 +17,7 @@ import { NamespaceChanged } from "./namespace-guard";
 import { claimRequestOrFail, claimRequestPart, insertEvents, insertExecution, insertExecutionPart, insertTimer, insertTimerPart, lockRun, NEW_RUN, noRunPart, RunExistsError, type ExecutionRow, type NewEvent } from "./execution-store";
 import type { EventNotifier } from "./notifier";
 import { createRecentRows, insertedRow } from "./recent-rows";
-import { firstResultOf } from "./request-reuse";
+import { firstResultOf, NO_EVENT } from "./request-reuse";
 import { reuseRefusal } from "./reuse-policy";
 import { shardFor } from "./shard";
 import type { Append, Writer, WriterDeps } from "./writer";
@@ -138,7 +138,7 @@ export function createHistoryEngine(deps: EngineDeps) {
         // rolls the write back; the catch below answers with where it went (a retry is rare, a
         // lookup per write is not).
         const claim = ref.requestId
-          ? claimRequestOrFail(tx, { namespaceId: ns.id, workflowId: run.workflowId, requestId: ref.requestId, runId: run.runId, eventId: run.nextEventId })
+          ? claimRequestOrFail(tx, { namespaceId: ns.id, workflowId: run.workflowId, requestId: ref.requestId, runId: run.runId, eventId: change ? run.nextEventId : NO_EVENT })
           : undefined;
         const appended = change ? writer.append(tx, ns, run, change, { guarded: true }) : undefined;
         commit();

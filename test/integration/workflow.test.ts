@@ -109,6 +109,26 @@ for (const store of await testStores()) {
         Code.InvalidArgument, 'request id "reuse-end" was already used');
     });
 
+    test("TestNoSignalIsAnsweredAsWrittenFromAStartsOrANoOpCancelsRequestId: both are refused, not answered with the first request's result", async () => {
+      const { runId } = await wf.startWorkflowExecution({ namespace: ns, workflowId: "quiet", ...T, requestId: "quiet-start" });
+      const run = { namespace: ns, workflowExecution: { workflowId: "quiet" } };
+      // Before: signal-with-start answered the start's run and wrote no signal.
+      await rejects(wf.signalWithStartWorkflowExecution({ namespace: ns, workflowId: "quiet", ...T, signalName: "s", requestId: "quiet-start" }),
+        Code.InvalidArgument, `request id "quiet-start" was already used on workflow quiet by another kind of request (it started run ${runId} without a signal)`);
+      await wf.requestCancelWorkflowExecution({ ...run, requestId: "quiet-cancel-1" });
+      await wf.requestCancelWorkflowExecution({ ...run, requestId: "quiet-cancel-2" }); // already requested: writes nothing
+      await wf.requestCancelWorkflowExecution({ ...run, requestId: "quiet-cancel-2" }); // its retry still answers
+      // Before: the signal answered event 3, an event no request wrote, and wrote none.
+      await rejects(wf.signalWorkflowExecution({ ...run, signalName: "s", requestId: "quiet-cancel-2" }),
+        Code.InvalidArgument, `request id "quiet-cancel-2" was already used on workflow quiet by another kind of request (it wrote no event on run ${runId})`);
+      // A signal-with-start's own retry, of the run it started, still answers with it.
+      const sws = { namespace: ns, workflowId: "quiet-sws", ...T, signalName: "s", requestId: "quiet-sws-1" };
+      const started = await wf.signalWithStartWorkflowExecution(sws);
+      expect(await wf.signalWithStartWorkflowExecution(sws)).toMatchObject({ runId: started.runId, started: false });
+      expect((await history("quiet")).map((e) => e.eventType)).toEqual([EventType.WORKFLOW_EXECUTION_STARTED, EventType.WORKFLOW_EXECUTION_CANCEL_REQUESTED]);
+      expect((await history("quiet-sws")).map((e) => e.eventType)).toEqual([EventType.WORKFLOW_EXECUTION_STARTED, EventType.WORKFLOW_EXECUTION_SIGNALED]);
+    });
+
     test("an execution timeout under 1 ms is 1 ms, not none", async () => {
       // Before: 0.5 ms was read as 0, no timeout: the run stayed open for good.
       await wf.startWorkflowExecution({ namespace: ns, workflowId: "tiny-timeout", ...T, workflowExecutionTimeout: { seconds: 0n, nanos: 500_000 } });
