@@ -463,6 +463,9 @@ function validateStart(input: StartInput): void {
   if (input.executionTimeoutMs < 0) throw invalidArgument("execution timeout must not be negative");
   if (input.signal && !input.signal.name) throw invalidArgument("signal name is required");
   if (WorkflowIdReusePolicy[input.reusePolicy] === undefined) throw invalidArgument(`unknown workflow id reuse policy ${input.reusePolicy}`);
+  if (input.reusePolicy === WorkflowIdReusePolicy.TERMINATE_IF_RUNNING) {
+    throw invalidArgument("workflow id reuse policy terminate-if-running is not served: terminate the open run, then start");
+  }
   checkIdLengths(["workflow type", input.workflowType], ["task queue", input.taskQueue], ["identity", input.identity], ["signal name", input.signal?.name]);
   checkKeyBytes(["workflow id", input.workflowId], ["request id", input.requestId]);
 }

@@ -193,6 +193,21 @@ for (const store of await testStores()) {
       for (const c of calls) if (c.status === "rejected") await refusedWith(Promise.reject(c.reason), "is already running", won[0]!);
     });
 
+    test("TestTerminateIfRunningIsRefusedInJsonAsInBinary: not read as the default policy", async () => {
+      const body = (method: string, extra: object) =>
+        fetch(`${cluster.url}/tern.workflow.v1.WorkflowService/${method}`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ namespace: ns, workflowId: "tir", ...T, workflowIdReusePolicy: "WORKFLOW_ID_REUSE_POLICY_TERMINATE_IF_RUNNING", ...extra }),
+        }).then(async (r) => ({ status: r.status, ...(await r.json()) }));
+      const refusal = { status: 400, code: "invalid_argument", message: "workflow id reuse policy terminate-if-running is not served: terminate the open run, then start" };
+      // Before: JSON's enum name was unknown to the proto, dropped, and the run started.
+      expect(await body("StartWorkflowExecution", {})).toMatchObject(refusal);
+      expect(await body("SignalWithStartWorkflowExecution", { signalName: "s" })).toMatchObject(refusal);
+      await rejects(wf.startWorkflowExecution({ namespace: ns, workflowId: "tir", ...T, workflowIdReusePolicy: WorkflowIdReusePolicy.TERMINATE_IF_RUNNING }), Code.InvalidArgument, refusal.message);
+      await rejects(wf.describeWorkflowExecution({ namespace: ns, execution: { workflowId: "tir" } }), Code.NotFound, "workflow execution tir not found");
+    });
+
     test("signal-with-start starts once, then signals the open run", async () => {
       const req = { namespace: ns, workflowId: "sws", ...T, signalName: "hello", signalInput: json(1) };
       const a = await wf.signalWithStartWorkflowExecution(req);
