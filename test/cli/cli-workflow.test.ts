@@ -167,6 +167,11 @@ describe("workflow list", () => {
     expect(JSON.parse(r.stdout).executions.length).toBe(3);
   });
 
+  test("--start-before says its time is included, as the server's start_time_max includes it", async () => {
+    // Before: "Only started before", while a run started at that very time was listed.
+    expect((await runCli(["workflow", "list", "--help"])).stdout).toContain("--start-before TIME           Only started at or before this ISO-8601 time");
+  });
+
   test("bad --status and --start-before are usage errors", async () => {
     expect((await runCli(["workflow", "list", "--status", "sleeping"])).code).toBe(2);
     expect((await runCli(["workflow", "list", "--start-before", "yesterday-ish"])).code).toBe(2);

@@ -75,7 +75,7 @@ const list: LeafCommand = {
     { name: "type", kind: "string", valueName: "TYPE", description: "Only this workflow type" },
     { name: "workflow-id-prefix", kind: "string", valueName: "PREFIX", description: "Only workflow ids starting with PREFIX" },
     { name: "start-after", kind: "string", valueName: "TIME", description: "Only started at or after this ISO-8601 time" },
-    { name: "start-before", kind: "string", valueName: "TIME", description: "Only started before this ISO-8601 time" },
+    { name: "start-before", kind: "string", valueName: "TIME", description: "Only started at or before this ISO-8601 time" },
     { name: "limit", kind: "string", valueName: "N", description: "Stop after N executions (default: all)" },
   ],
   async run(ctx, args) {
