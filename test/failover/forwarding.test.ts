@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { Code } from "@connectrpc/connect";
 import { eq } from "drizzle-orm";
 import { ACTIVE_CLUSTER_HEADER } from "../../src/errors";
+import { WorkflowExecutionAlreadyStartedFailureSchema } from "../../src/gen/tern/errordetails/v1/message_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { namespaces } from "../../src/persistence/schema";
@@ -73,6 +74,10 @@ for (const store of await testStores()) {
       const started = await selected.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "w2", workflowType: "t", taskQueue: "q" });
       const onA = await a.client(WorkflowService).describeWorkflowExecution({ namespace: "orders", execution: run("w2") });
       expect(onA.workflowExecutionInfo!.execution!.runId).toBe(started.runId);
+      // A forwarded refusal keeps its detail: the run a client ported from Temporal looks for.
+      const again = await rejects(selected.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "w2", workflowType: "t", taskQueue: "q" }),
+        Code.AlreadyExists, `workflow execution w2 is already running (run ${started.runId})`);
+      expect(again.findDetails(WorkflowExecutionAlreadyStartedFailureSchema).map((d) => d.runId)).toEqual([started.runId]);
     });
 
     test("TestForwardedErrorsKeepTheirCodes", async () => {
