@@ -270,7 +270,10 @@ export function createHistoryEngine(deps: EngineDeps) {
     previous?: ExecutionRow,
     checks?: StatementPart[],
   ): Promise<{ fireAt?: Date; row: ExecutionRow }> {
-    const time = deps.now();
+    // After the previous run's start whatever the clock says (stepped back, or another server's
+    // behind the one that started it): the current run is the one started last (CURRENT_RUN_ORDER).
+    const now = deps.now();
+    const time = previous && now <= previous.startTime ? new Date(previous.startTime.getTime() + 1) : now;
     const shardId = shardFor(ns.id, input.workflowId, cluster.historyShardCount);
     const key = { namespaceId: ns.id, workflowId: input.workflowId, runId };
     const events: NewEvent[] = [

@@ -18,8 +18,10 @@ for (const store of await testStores()) {
     let cluster: TestCluster;
     let wf: ReturnType<typeof cluster.client<typeof WorkflowService>>;
     const ns = "wf";
+    // How far the server's clock is behind the real one (a clock stepped back, or another server's).
+    let clockBehindMs = 0;
     beforeAll(async () => {
-      cluster = await startTestCluster({ store });
+      cluster = await startTestCluster({ store, serverOptions: { now: () => new Date(Date.now() - clockBehindMs) } });
       wf = cluster.client(WorkflowService);
       await wf.registerNamespace({ namespace: ns });
     });
@@ -206,6 +208,28 @@ for (const store of await testStores()) {
       expect(await body("SignalWithStartWorkflowExecution", { signalName: "s" })).toMatchObject(refusal);
       await rejects(wf.startWorkflowExecution({ namespace: ns, workflowId: "tir", ...T, workflowIdReusePolicy: WorkflowIdReusePolicy.TERMINATE_IF_RUNNING }), Code.InvalidArgument, refusal.message);
       await rejects(wf.describeWorkflowExecution({ namespace: ns, execution: { workflowId: "tir" } }), Code.NotFound, "workflow execution tir not found");
+    });
+
+    test("TestANewRunStaysTheCurrentOneWhenTheClockStepsBack: the reuse policy and the next run's previous run are the latest run's", async () => {
+      const start = (p = WorkflowIdReusePolicy.ALLOW_DUPLICATE) => wf.startWorkflowExecution({ namespace: ns, workflowId: "clock", ...T, workflowIdReusePolicy: p });
+      const current = async () => (await wf.describeWorkflowExecution({ namespace: ns, execution: { workflowId: "clock" } })).workflowExecutionInfo!.execution!.runId;
+      await start();
+      await wf.failWorkflowExecution({ namespace: ns, workflowExecution: { workflowId: "clock" }, failure: { message: "x" } });
+      clockBehindMs = 60_000;
+      try {
+        const second = await start();
+        await wf.completeWorkflowExecution({ namespace: ns, workflowExecution: { workflowId: "clock" } });
+        // Before: the second run, started a minute "earlier", sorted behind the first: the first
+        // (FAILED) was the current run, and allow-duplicate-failed-only started a third run.
+        expect(await current()).toBe(second.runId);
+        await rejects(start(WorkflowIdReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY), Code.AlreadyExists, `previous run ended COMPLETED (run ${second.runId})`);
+        const third = await start();
+        const started = (await history("clock", third.runId))[0]!.attributes;
+        expect(started.case === "workflowExecutionStartedEventAttributes" && started.value.previousRunId).toBe(second.runId);
+        expect(await current()).toBe(third.runId);
+      } finally {
+        clockBehindMs = 0;
+      }
     });
 
     test("signal-with-start starts once, then signals the open run", async () => {
