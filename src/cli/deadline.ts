@@ -1,7 +1,7 @@
 import type { Duration } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type Transport } from "@connectrpc/connect";
 import { formatMillis, parseDurationNanos } from "./duration";
-import { CliError } from "./errors";
+import { CliError, UsageError } from "./errors";
 
 /**
  * How long a call may go unanswered by default: past any wait a plain call has on the server
@@ -23,7 +23,10 @@ export const LONG_RUN_MS = 600_000;
 /** The server's wait for a graceful failover's catch-up when --timeout is not given. */
 export const FAILOVER_WAIT_MS = 10_000;
 
-/** The longest a timer waits (2^31 - 1 ms, about 24.8 days); a deadline past it is none. */
+/**
+ * The longest a timer waits (2^31 - 1 ms, about 24.8 days): --rpc-timeout past it is refused;
+ * a call's wait on purpose (a failover's --timeout of 30 days) with it on top has no deadline.
+ */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** A Duration in whole milliseconds, rounded up. */
@@ -36,7 +39,10 @@ export function parseRpcTimeout(text: string | undefined): number {
   if (text === undefined) return DEFAULT_RPC_TIMEOUT_MS;
   const nanos = parseDurationNanos(text, "rpc-timeout");
   // A nonzero deadline under 1 ms would round to 0, which means none.
-  return nanos === 0n ? 0 : Math.max(1, Math.ceil(Number(nanos) / 1e6));
+  const ms = nanos === 0n ? 0 : Math.max(1, Math.ceil(Number(nanos) / 1e6));
+  // Taken as none before, silently: a timer cannot wait longer.
+  if (ms > MAX_TIMER_MS) throw new UsageError(`--rpc-timeout: ${text} is longer than the longest deadline, ${MAX_TIMER_MS} ms (about 24.8 days; 0 for none)`);
+  return ms;
 }
 
 /**

@@ -64,4 +64,13 @@ describe("the CLI's deadline", () => {
     expect(r.code).toBe(2);
     expect(r.stderr).toStartWith('error: --rpc-timeout: invalid duration "soon"');
   });
+
+  test("an --rpc-timeout past what a timer can wait (about 24.8 days) is a usage error naming the limit, not a call with no deadline", async () => {
+    const { seen, record } = recorder();
+    const operator = { describeCluster: (_: unknown, ctx: HandlerContext) => (record(ctx), { cluster: { clusterName: "clusterA" } }) };
+    const r = await runCli(["operator", "cluster", "describe", "--rpc-timeout", "30d"], { operator });
+    expect([r.code, r.stderr.split("\n")[0], seen]).toEqual([2, "error: --rpc-timeout: 30d is longer than the longest deadline, 2147483647 ms (about 24.8 days; 0 for none)", []]);
+    expect((await runCli(["operator", "cluster", "describe", "--rpc-timeout", "2147483647ms"], { operator })).code).toBe(0);
+    expect(near(seen[0], 2 ** 31 - 1)).toBe(true);
+  });
 });
