@@ -67,12 +67,25 @@ export type RefuseUnserved = (path: string, callerRequestId: string | null | und
 export function createRefuseUnserved({ metrics, failures }: { metrics: Metrics; failures: CallFailures }): RefuseUnserved {
   return (path, callerRequestId) => {
     const requestId = callerRequestId || ulid();
-    const error = new ConnectError(`procedure ${shown(path.replace(/^\//, ""))} is not served by this tern version`, Code.Unimplemented);
+    const error = new ConnectError(unservedMessage(path), Code.Unimplemented);
     metrics.inc("service_requests", UNSERVED_LABELS);
     failures.refused(error, requestId, UNSERVED_LABELS);
     metrics.observe("service_latency", UNSERVED_LABELS, 0);
     return { requestId, error };
   };
+}
+
+/**
+ * Why no procedure answers at path. A procedure's path under a prefix (`--address HOST:PORT/foo`
+ * sent straight to tern) is named as such: "not served by this tern version" blamed the server.
+ */
+function unservedMessage(path: string): string {
+  const prefixed = /^(\/.*?)(\/[\w.]+\.\w+\/\w+)$/.exec(path);
+  if (prefixed) {
+    const [, prefix, procedure] = prefixed;
+    return `no procedure at ${shown(path)}: tern serves its procedures at the root of its address (${shown(procedure!)}), not under ${shown(prefix!)}; a path in an address is for a proxy in front of tern that strips it`;
+  }
+  return `procedure ${shown(path.replace(/^\//, ""))} is not served by this tern version`;
 }
 
 /**

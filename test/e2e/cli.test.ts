@@ -133,6 +133,25 @@ for (const store of await testStores()) {
       expect(d.cluster.clusterName).toBe("clusterA");
       expect(await ok("operator", "cluster", "list")).toContain("clusterA");
     });
+
+    test("an --address with a path works behind a proxy that strips it; sent straight to tern, the answer names the path, not the tern version", async () => {
+      const proxy = Bun.serve({
+        hostname: "127.0.0.1", port: 0,
+        fetch: (req) => {
+          const url = new URL(req.url);
+          if (!url.pathname.startsWith("/tern/")) return new Response("no such route", { status: 404 });
+          return fetch(`${cluster.url}${url.pathname.slice("/tern".length)}`, { method: req.method, headers: req.headers, body: req.body });
+        },
+      });
+      try {
+        const proxied = await tern(`http://127.0.0.1:${proxy.port}/tern/`, "operator", "cluster", "describe", "-o", "json");
+        expect([proxied.code, JSON.parse(proxied.out).cluster.clusterName]).toEqual([0, "clusterA"]);
+        const straight = await tern(`${addr}/foo`, "operator", "cluster", "describe");
+        expect([straight.code, straight.err.trim()]).toEqual([1, "error: unimplemented: no procedure at /foo/tern.operator.v1.OperatorService/DescribeCluster: tern serves its procedures at the root of its address (/tern.operator.v1.OperatorService/DescribeCluster), not under /foo; a path in an address is for a proxy in front of tern that strips it"]);
+      } finally {
+        await proxy.stop(true);
+      }
+    });
   });
 }
 
