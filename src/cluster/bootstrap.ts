@@ -1,6 +1,7 @@
 import { eq, sql } from "drizzle-orm";
 import { ulid } from "ulid";
 import type { Config } from "../config/schema";
+import { hostPort } from "../host-port";
 import type { Db } from "../persistence/database";
 import { clusterMetadata, shards } from "../persistence/schema";
 
@@ -30,7 +31,7 @@ export async function bootstrapCluster(db: Db, config: Config): Promise<CurrentC
   const meta = config.clusterMetadata;
   const own = { ...meta.clusterInformation[meta.currentClusterName]! };
   const rpc = config.services.frontend.rpc;
-  if (!own.rpcAddress) own.rpcAddress = `${rpc.bindOnIP}:${rpc.port}`;
+  if (!own.rpcAddress) own.rpcAddress = hostPort(rpc.bindOnIP, rpc.port);
   const shardCount = config.persistence.numHistoryShards;
   const row = await db.transaction(async (tx) => {
     const [existing] = await tx.select().from(clusterMetadata).where(eq(clusterMetadata.isCurrent, true)).for("update");

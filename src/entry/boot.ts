@@ -4,6 +4,7 @@
  */
 import { ConfigError, loadServerConfig } from "../config/load";
 import { readEnv } from "../config/env";
+import { hostPort } from "../host-port";
 import { listenGrpc } from "../frontend/grpc-server";
 import { createTernServer, type TernServer } from "../server";
 import { bindListener, checkListenAddresses, listenAddressesOf } from "./listen-addresses";
@@ -81,7 +82,7 @@ async function boot({ runtime, entryUrl, serveHttp }: EntryOptions): Promise<{ t
     tern.log.info("tern server started", {
       runtime,
       clusterId: tern.cluster.clusterId,
-      address: `${httpAt.host}:${http.port}`,
+      address: hostPort(httpAt.host, http.port),
       httpPort: http.port,
       grpcPort: grpc.port,
       database: tern.database.kind,

@@ -7,6 +7,7 @@
 import { lookup } from "node:dns/promises";
 import { createServer, isIP } from "node:net";
 import type { Config } from "../config/schema";
+import { hostPort } from "../host-port";
 
 const RPC = "services.frontend.rpc";
 
@@ -81,7 +82,7 @@ async function probe({ host, port }: ListenAddress): Promise<void> {
 
 /** "cannot listen on HOST:PORT (SETTING): WHY (CODE)". */
 export function describeBindError({ host, port, portSetting }: ListenAddress, e: NodeJS.ErrnoException): string {
-  const at = `cannot listen on ${host.includes(":") ? `[${host}]` : host}:${port}`;
+  const at = `cannot listen on ${hostPort(host, port)}`;
   const code = e.code ? ` (${e.code})` : "";
   switch (e.code) {
     case "EADDRINUSE":
