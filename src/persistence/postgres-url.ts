@@ -64,6 +64,11 @@ export function checkPostgresUrl(url: string): void {
   // postgres.js takes any other word for TLS with the certificate checked: a typo (`requre`,
   // `disabel`) failed later as "Client network socket disconnected before secure TLS connection".
   const sslmode = new URL(url).searchParams.get("sslmode");
+  // libpq's allow tries a plain connection first and TLS only if that is refused; postgres.js
+  // takes it for TLS unchecked with no fallback, so a server without SSL failed as TLS began.
+  if (sslmode === "allow") {
+    throw new Error(`${setting} has sslmode=allow, which tern does not take: its driver goes straight to TLS there, with no plain connection first as libpq tries; use prefer (TLS where the server takes it, else plain), disable (plain) or require (TLS)`);
+  }
   if (sslmode !== null && !SSL_MODES.includes(sslmode)) {
     throw new Error(`${setting} has sslmode=${sslmode}, which is none of ${SSL_MODES.join(", ")}`);
   }
@@ -79,5 +84,5 @@ export function tlsRefusedHint(e: Error): string {
   return " (the connection ended as TLS began: does the server take SSL? The URL's sslmode asks for it; prefer falls back to a plain connection)";
 }
 
-/** libpq's sslmode values, which postgres.js takes too. */
-const SSL_MODES = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"];
+/** libpq's sslmode values tern takes (allow is refused above). */
+const SSL_MODES = ["disable", "prefer", "require", "verify-ca", "verify-full"];

@@ -67,7 +67,19 @@ describe("a PostgreSQL URL that cannot be one, and a password in messages", () =
     await expect(open("postgres://u:s3cret@h:99999/x?password=s3cret")).rejects.toThrow(`is not a valid URL (a port over 65535, say): "postgres://u:***@h:99999/x?password=***"`);
     await expect(open("mysql://u@h/x")).rejects.toThrow(`${setting} must start with postgres:// or postgresql://, not mysql://`);
     // Was taken for TLS with the certificate checked, and failed at the connection (here: refused).
-    await expect(open("postgres://u@127.0.0.1:1/x?sslmode=requre")).rejects.toThrow(`${setting} has sslmode=requre, which is none of disable, allow, prefer, require, verify-ca, verify-full`);
+    await expect(open("postgres://u@127.0.0.1:1/x?sslmode=requre")).rejects.toThrow(`${setting} has sslmode=requre, which is none of disable, prefer, require, verify-ca, verify-full`);
+  });
+
+  test("RefusesSslmodeAllow, which postgres.js takes for TLS with no plain connection first (libpq's meaning), saying what to use", async () => {
+    // As PostgreSQL with ssl off, which libpq's allow reaches by a plain connection: postgres.js went on to TLS and failed.
+    const plain = Bun.listen<boolean>({ hostname: "127.0.0.1", port: 0, socket: { data: (socket) => void socket.write("N") } });
+    try {
+      await expect(openDatabase({ postgres: { url: `postgres://u@127.0.0.1:${plain.port}/x?sslmode=allow` } })).rejects.toThrow(
+        "the PostgreSQL URL (persistence.datastore.postgres.url, or TERN_DATABASE_URL) has sslmode=allow, which tern does not take: its driver goes straight to TLS there, with no plain connection first as libpq tries; use prefer (TLS where the server takes it, else plain), disable (plain) or require (TLS)",
+      );
+    } finally {
+      plain.stop(true);
+    }
   });
 
   test("HidesAPasswordGivenAsAParameterToo", () => {
