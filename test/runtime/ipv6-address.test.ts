@@ -37,9 +37,8 @@ test("TestTheDefaultAddressOfAClusterBoundToIPv6IsBracketed, in the start log an
   const child = Bun.spawn([process.execPath, "src/main.ts", "--config", path], { cwd: repoRoot, env: { ...process.env, TERN_LOG_LEVEL: "info", NO_COLOR: "1" }, stdout: "pipe", stderr: "pipe" });
   let output = "";
   for (const stream of [child.stdout, child.stderr]) {
-    void (async () => {
-      for await (const chunk of stream.pipeThrough(new TextDecoderStream())) output += chunk;
-    })();
+    const decoder = new TextDecoder();
+    void stream.pipeTo(new WritableStream({ write: (chunk) => void (output += decoder.decode(chunk, { stream: true })) }));
   }
   try {
     const started = await eventually(() => {
