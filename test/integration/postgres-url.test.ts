@@ -34,20 +34,24 @@ describe("a PostgreSQL URL's IPv6 host", () => {
   });
 });
 
+/** As PostgreSQL with ssl off: "N" to the SSLRequest; the TLS hello that follows it is no startup, and the connection ends. */
+function serverWithoutSsl() {
+  return Bun.listen<boolean>({
+    hostname: "127.0.0.1",
+    port: 0,
+    socket: {
+      data(socket) {
+        if (socket.data) socket.end();
+        else socket.write("N");
+        socket.data = true;
+      },
+    },
+  });
+}
+
 describe("a PostgreSQL URL whose sslmode asks for TLS of a server that takes none", () => {
   test("SaysWhyTheConnectionEndedAsTLSBegan", async () => {
-    // As PostgreSQL with ssl off: "N" to the SSLRequest; the TLS hello that follows it is no startup, and the connection ends.
-    const plain = Bun.listen<boolean>({
-      hostname: "127.0.0.1",
-      port: 0,
-      socket: {
-        data(socket) {
-          if (socket.data) socket.end();
-          else socket.write("N");
-          socket.data = true;
-        },
-      },
-    });
+    const plain = serverWithoutSsl();
     try {
       const open = openDatabase({ postgres: { url: `postgres://u@127.0.0.1:${plain.port}/x?sslmode=require` } });
       await expect(open).rejects.toThrow(
@@ -71,8 +75,8 @@ describe("a PostgreSQL URL that cannot be one, and a password in messages", () =
   });
 
   test("RefusesSslmodeAllow, which postgres.js takes for TLS with no plain connection first (libpq's meaning), saying what to use", async () => {
-    // As PostgreSQL with ssl off, which libpq's allow reaches by a plain connection: postgres.js went on to TLS and failed.
-    const plain = Bun.listen<boolean>({ hostname: "127.0.0.1", port: 0, socket: { data: (socket) => void socket.write("N") } });
+    // Which libpq's allow reaches by a plain connection: postgres.js went on to TLS and failed as TLS began.
+    const plain = serverWithoutSsl();
     try {
       await expect(openDatabase({ postgres: { url: `postgres://u@127.0.0.1:${plain.port}/x?sslmode=allow` } })).rejects.toThrow(
         "the PostgreSQL URL (persistence.datastore.postgres.url, or TERN_DATABASE_URL) has sslmode=allow, which tern does not take: its driver goes straight to TLS there, with no plain connection first as libpq tries; use prefer (TLS where the server takes it, else plain), disable (plain) or require (TLS)",
