@@ -208,11 +208,17 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     for (const c of cursors) c.size = Math.min(c.size, FIRST_STREAM_PAGE);
     const linked = polls.link(signal);
     const watch = streamWatch(cursors);
-    countStreams(peer, 1);
+    let counted = false;
     try {
       for (let first = true; !signal.aborted; first = false) {
         const waitMs = first ? 0 : req.waitTimeoutMs;
         const { looked, pages } = await polls.run(linked, (s) => servePages({ peer, withEvents: true, waitMs, cursors, recordAcks: first, settle: true, watch }, s));
+        // Counted once its first page found the peer connected: a series per name a caller sends
+        // (each refused) grew /metrics without bound.
+        if (!counted && peerChecked.has(peer)) {
+          countStreams(peer, 1);
+          counted = true;
+        }
         if (signal.aborted) return;
         const shards = shardPages(cursors, looked, pages, true);
         pages.forEach((p, k) => {
@@ -224,7 +230,7 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
       }
     } finally {
       watch.close();
-      countStreams(peer, -1);
+      if (counted) countStreams(peer, -1);
     }
   }
 

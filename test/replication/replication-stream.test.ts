@@ -127,6 +127,17 @@ for (const store of await testStores()) {
       await eventually(() => expect(served()).toBe(0));
     });
 
+    test("CountsOnlyTheStreamsOfAConnectedPeer: a stream in any other name is refused and leaves no series in /metrics", async () => {
+      const names = ["clusterZ", "made-up-1", "made-up-2"];
+      for (const clusterName of names) {
+        const first = admin().streamReplicationTasks({ clusterName, cursors: { shardIds, afterTaskIds: shardIds.map(() => 0n), ackedTaskIds: shardIds.map(() => 0n) } })[Symbol.asyncIterator]().next();
+        await rejects(first, Code.FailedPrecondition, `cluster ${clusterName} is not connected`);
+      }
+      // Each had a series of its own (0 once refused), one per name a caller sends.
+      const series = a.server.metrics.render().split("\n").filter((l) => l.startsWith("replication_streams_served{"));
+      expect(series.filter((l) => names.some((n) => l.includes(`"${n}"`)))).toEqual([]);
+    });
+
     test("ClosesItsShardWatchOnceTheStreamEnds: aborted while it waits, or dropped by its reader", async () => {
       // A sender of its own on A's database, with marks the test holds: each stream it serves
       // watches them for the shards that move, and must stop once the stream is over (the
