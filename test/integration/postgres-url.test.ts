@@ -67,8 +67,14 @@ describe("a PostgreSQL URL that cannot be one, and a password in messages", () =
   test("RefusesWhatIsNotAPostgresUrl, naming the setting, before connecting", async () => {
     const open = (url: string) => openDatabase({ postgres: { url } });
     const setting = "the PostgreSQL URL (persistence.datastore.postgres.url, or TERN_DATABASE_URL)";
-    await expect(open("garbage")).rejects.toThrow(`${setting} is not a valid URL (a port over 65535, say): "garbage"`);
-    await expect(open("postgres://u:s3cret@h:99999/x?password=s3cret")).rejects.toThrow(`is not a valid URL (a port over 65535, say): "postgres://u:***@h:99999/x?password=***"`);
+    const invalid = `${setting} is not a valid URL (a port over 65535, or a / ? or # in the password not percent-encoded, say)`;
+    await expect(open("garbage")).rejects.toThrow(`${invalid}: "garbage"`);
+    await expect(open("postgres://u:s3cret@h:99999/x?password=s3cret")).rejects.toThrow(`${invalid}: "postgres://u:***@h:99999/x?password=***"`);
+    // A password with a URL's separators in it, not percent-encoded, breaks the URL: none of it is shown (all of it or its tail was).
+    for (const password of ["s3/cret", "s3?cret", "s3#cret", "s3:cret", "s3@cret"]) {
+      const refused = await open(`postgres://u:${password}@h:99999/x`).then(() => "", (e: Error) => e.message);
+      expect([refused.includes("s3"), refused.includes("cret"), refused.endsWith('"postgres://u:***@h:99999/x"')]).toEqual([false, false, true]);
+    }
     await expect(open("mysql://u@h/x")).rejects.toThrow(`${setting} must start with postgres:// or postgresql://, not mysql://`);
     // Was taken for TLS with the certificate checked, and failed at the connection (here: refused).
     await expect(open("postgres://u@127.0.0.1:1/x?sslmode=requre")).rejects.toThrow(`${setting} has sslmode=requre, which is none of disable, prefer, require, verify-ca, verify-full`);
