@@ -26,3 +26,15 @@ test("metrics render Prometheus text with labels and cumulative buckets", () => 
   expect(text).toContain('service_latency_bucket{operation="Start",namespace="x",le="+Inf"} 1');
   expect(text).toContain("# TYPE workflow_success counter");
 });
+
+test("README lists every metric family /metrics renders, with its type, and none it does not", async () => {
+  const readme = (await Bun.file(new URL("../../README.md", import.meta.url)).text()).replace(/\s+/g, " ");
+  const list = /Every family, its type and its labels (.*?)A `remote_cluster` is/.exec(readme)?.[1] ?? "";
+  // "`a`, `b` (counter: ...)": each name takes the type of the parenthesis after it.
+  const documented = new Map<string, string>();
+  for (const m of list.matchAll(/((?:`[a-z_]+`,? )+)\((counter|gauge|histogram)\b/g)) {
+    for (const name of m[1]!.matchAll(/`([a-z_]+)`/g)) documented.set(name[1]!, m[2]!);
+  }
+  const rendered = new Map([...createMetrics().render().matchAll(/^# TYPE (\w+) (\w+)$/gm)].map((m) => [m[1]!, m[2]!]));
+  expect(Object.fromEntries(documented)).toEqual(Object.fromEntries(rendered));
+});
