@@ -17,3 +17,16 @@ export function shown(input: string, { quote = false, max = SHOWN_MAX }: { quote
 function isHighSurrogate(code: number): boolean {
   return code >= 0xd800 && code <= 0xdbff;
 }
+
+/**
+ * A URL or address, parsed or not, without its password: all from the user's colon to the last
+ * @ is ***. A password with a raw / ? # (which break a URL) or @ was shown from there on by a
+ * parser's split; a path or query with an @ in it is hidden too, which a message can spare.
+ */
+export function withoutPassword(address: string): string {
+  const scheme = address.indexOf("://");
+  const start = scheme < 0 ? 0 : scheme + 3;
+  const at = address.lastIndexOf("@");
+  const colon = address.indexOf(":", start);
+  return colon >= 0 && colon < at ? `${address.slice(0, colon + 1)}***${address.slice(at)}` : address;
+}

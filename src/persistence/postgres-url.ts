@@ -3,6 +3,7 @@
  * what postgres.js reads (a libpq-style host parameter, an IPv6 host), and shown without its
  * password.
  */
+import { withoutPassword } from "../shown";
 
 /**
  * url for postgres.js, and the host its libpq-style `host` query parameter names: a Unix
@@ -51,19 +52,6 @@ export function redactUrl(url: string): string {
   }
 }
 
-/**
- * A URL that does not parse without its password: all after the user's colon up to the last @.
- * A password with a raw / ? # (a URL's own separators, which break it) or : was shown from
- * there on; a query value with an @ is hidden too, which a message can spare.
- */
-function redactUnparsed(url: string): string {
-  const start = url.indexOf("://") + 3;
-  const at = url.lastIndexOf("@");
-  const colon = url.indexOf(":", start);
-  const hidden = start >= 3 && colon >= 0 && colon < at ? `${url.slice(0, colon + 1)}***${url.slice(at)}` : url;
-  return hidden.replace(/password=[^&]*/g, "password=***");
-}
-
 /** Refuses, naming the setting, a datastore URL that is not a postgres:// or postgresql:// URL. */
 export function checkPostgresUrl(url: string): void {
   const setting = "the PostgreSQL URL (persistence.datastore.postgres.url, or TERN_DATABASE_URL)";
@@ -71,7 +59,7 @@ export function checkPostgresUrl(url: string): void {
   try {
     scheme = new URL(url).protocol;
   } catch {
-    throw new Error(`${setting} is not a valid URL (a port over 65535, or a / ? or # in the password not percent-encoded, say): ${JSON.stringify(redactUnparsed(url))}`);
+    throw new Error(`${setting} is not a valid URL (a port over 65535, or a / ? or # in the password not percent-encoded, say): ${JSON.stringify(withoutPassword(url).replace(/password=[^&]*/g, "password=***"))}`);
   }
   if (scheme !== "postgres:" && scheme !== "postgresql:") throw new Error(`${setting} must start with postgres:// or postgresql://, not ${scheme}//`);
   // postgres.js takes any other word for TLS with the certificate checked: a typo (`requre`,
