@@ -41,11 +41,15 @@ export function frontendAddressProblem(address: string): string | undefined {
   const a = address.trim();
   const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(a)?.[1];
   if (scheme && !/^https?$/i.test(scheme)) return `scheme ${scheme} is not supported (use host:port, or an http or https URL)`;
+  let url: URL;
   try {
-    if (!new URL(frontendUrl(a)).hostname) return "names no host";
+    url = new URL(frontendUrl(a));
   } catch {
     return "is not host:port or an http(s) URL (a port must be 0-65535)";
   }
+  if (!url.hostname) return "names no host";
+  // Bun's fetch sent them, Node's refuses them; kept, they showed in cluster list, errors and logs.
+  if (url.username || url.password) return "has a user or password in it: tern sends no credentials to a peer, and the address shows in cluster list and the logs";
   return undefined;
 }
 

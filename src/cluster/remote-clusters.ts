@@ -6,7 +6,7 @@ import { clusterMetadata, namespaces, replicationAckLevels } from "../persistenc
 import type { CurrentCluster } from "./bootstrap";
 import { unknownCluster } from "./directory";
 import { frontendAddressProblem, frontendUrl, peerFailureText, type RemoteClientPool } from "./remote-client";
-import { shown } from "../shown";
+import { shown, withoutPassword } from "../shown";
 import { listsClusters } from "../namespace/lists-clusters";
 
 export type ClusterRow = typeof clusterMetadata.$inferSelect;
@@ -28,7 +28,7 @@ export function createRemoteClusters({ db, current, clients, onChanged, onConnec
   async function upsert(frontendAddress: string, enableConnection = true, signal?: AbortSignal): Promise<ClusterRow> {
     if (!frontendAddress.trim()) throw invalidArgument("frontend address is required");
     const problem = frontendAddressProblem(frontendAddress);
-    if (problem) throw invalidArgument(`frontend address ${shown(frontendAddress, { quote: true })} ${problem}`);
+    if (problem) throw invalidArgument(`frontend address ${shown(withoutPassword(frontendAddress), { quote: true })} ${problem}`);
     if (!enableConnection) {
       // Disabling a known remote needs no answer from it: it may be down, which is often why.
       const disabled = await disableKnown(frontendAddress);
