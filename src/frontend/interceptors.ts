@@ -1,10 +1,9 @@
 import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
-import { ulid } from "ulid";
 import { resourceExhausted, TernError } from "../errors";
 import type { Logger } from "../observability/log";
 import type { Metrics } from "../observability/metrics";
 import type { CallFailures } from "./call-failures";
-import { callRecordKey } from "./refused-calls";
+import { callRecordKey, requestIdOf } from "./refused-calls";
 import type { createRateLimiter } from "./rate-limiter";
 
 /** The request id of the call being handled (x-request-id, or a new ULID). */
@@ -55,7 +54,7 @@ export function createFrontendInterceptor(deps: {
     // The id watchRefusals gave the call (the caller's x-request-id, or a new one), which also marks it seen here.
     const call = req.contextValues.get(callRecordKey);
     if (call) call.intercepted = true;
-    const requestId = call?.requestId || req.header.get("x-request-id") || ulid();
+    const requestId = call?.requestId || requestIdOf(req.header.get("x-request-id"));
     req.contextValues.set(requestIdKey, requestId);
     const operation = req.method.name;
     const namespace = req.stream ? "" : labelOf(namespaceOf(req.message));

@@ -15,6 +15,14 @@ export interface CallRecord {
   intercepted: boolean;
 }
 
+/** The longest x-request-id of a caller's that a call takes as its own: past it, its header and every log line of it carried the whole (up to the header limit, kilobytes). */
+export const MAX_CALLER_REQUEST_ID = 128;
+
+/** The request id of a call: the caller's x-request-id, where it has one of at most MAX_CALLER_REQUEST_ID characters, else a new ULID. */
+export function requestIdOf(callerId: string | null | undefined): string {
+  return callerId && callerId.length <= MAX_CALLER_REQUEST_ID ? callerId : ulid();
+}
+
 /** The CallRecord of the call being handled, set by watchRefusals, marked by the frontend interceptor. */
 export const callRecordKey = createContextKey<CallRecord | undefined>(undefined, { description: "tern call record" });
 
@@ -33,7 +41,7 @@ export function watchRefusals(
   const watch = (handler: UniversalHandler): UniversalHandler => {
     const watched = async (req: UniversalServerRequest): Promise<UniversalServerResponse> => {
       const started = performance.now();
-      const call: CallRecord = { requestId: req.header.get("x-request-id") || ulid(), intercepted: false };
+      const call: CallRecord = { requestId: requestIdOf(req.header.get("x-request-id")), intercepted: false };
       const res = await handler({ ...req, contextValues: (req.contextValues ?? createContextValues()).set(callRecordKey, call) });
       if (call.intercepted) return res;
       const labels = { operation: handler.method.name, namespace: "" };
@@ -66,7 +74,7 @@ export type RefuseUnserved = (path: string, callerRequestId: string | null | und
  */
 export function createRefuseUnserved({ metrics, failures }: { metrics: Metrics; failures: CallFailures }): RefuseUnserved {
   return (path, callerRequestId) => {
-    const requestId = callerRequestId || ulid();
+    const requestId = requestIdOf(callerRequestId);
     const error = new ConnectError(unservedMessage(path), Code.Unimplemented);
     metrics.inc("service_requests", UNSERVED_LABELS);
     failures.refused(error, requestId, UNSERVED_LABELS);

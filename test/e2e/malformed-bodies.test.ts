@@ -108,4 +108,23 @@ describe("a request body that is no message, refused before tern's handlers", ()
     expect((await fetch(`${server.httpUrl}/nope`)).headers.get("x-request-id")).toBeNull();
     expect(await counter("service_requests", labels)).toBe(2);
   });
+
+  test("ACallersRequestIdPast128CharactersIsNotTaken: a new one in its answer and log line, where the whole header was in both", async () => {
+    const describe = (requestId: string, namespace: string) =>
+      fetch(`${server.httpUrl}/tern.workflow.v1.WorkflowService/DescribeNamespace`, { method: "POST", headers: { "content-type": "application/json", "x-request-id": requestId }, body: JSON.stringify({ namespace }) });
+    const failedLine = (namespace: string) => eventually(() => {
+      const line = server.output().split("\n").find((l) => l.includes(`"msg":"rpc failed"`) && l.includes(`namespace ${namespace} not found`));
+      if (!line) throw new Error(`no line for ${namespace} yet`);
+      return JSON.parse(line) as Record<string, unknown>;
+    });
+    const taken = "c".repeat(128);
+    expect((await describe(taken, "long-id-1")).headers.get("x-request-id")).toBe(taken);
+    expect((await failedLine("long-id-1")).requestId).toBe(taken);
+    const long = await describe("c".repeat(6000), "long-id-2");
+    const made = long.headers.get("x-request-id");
+    expect([long.status, made]).toEqual([404, expect.stringMatching(ULID)]);
+    expect((await failedLine("long-id-2")).requestId).toBe(made);
+    // A call connect refuses before tern's handlers, too.
+    expect((await post("application/proto", TRUNCATED, { "x-request-id": "c".repeat(6000) })).headers.get("x-request-id")).toMatch(ULID);
+  });
 });
