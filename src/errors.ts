@@ -148,6 +148,13 @@ function causeChain(e: unknown): ErrorFields[] {
   return chain;
 }
 
+/**
+ * Why this build refuses a database: it holds count migrations this build does not know (a
+ * downgrade). One wording for a server's start, `tern admin db migrate` and `tern admin db status`.
+ */
+export const schemaTooNewMessage = (count: number): string =>
+  `the database schema is newer than this tern build: ${count} migration${count === 1 ? "" : "s"} applied to it ${count === 1 ? "is" : "are"} unknown to this build; upgrade tern`;
+
 /** The cluster a NamespaceNotActiveError names, as a response header: a forwarding cluster reads it. */
 export const ACTIVE_CLUSTER_HEADER = "x-tern-active-cluster";
 

@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { sql } from "drizzle-orm";
 import { readMigrationFiles } from "drizzle-orm/migrator";
 import { migrate as migratePostgres } from "drizzle-orm/postgres-js/migrator";
-import { errorReason } from "../errors";
+import { errorReason, schemaTooNewMessage } from "../errors";
 import type { Database, Db } from "./database";
 
 /** Where the applied-migration journal lives (drizzle's default). */
@@ -55,7 +55,7 @@ export async function migrateSchema(database: Database, migrationsFolder: string
 export class SchemaTooNewError extends Error {
   override name = "SchemaTooNewError";
   constructor(count: number) {
-    super(`database schema is newer than this tern build (${count} unknown migration(s) applied); upgrade tern`);
+    super(schemaTooNewMessage(count));
   }
 }
 

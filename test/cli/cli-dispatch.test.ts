@@ -115,7 +115,7 @@ describe("admin db", () => {
     test(`status on a schema newer than this build (a downgrade) says so and exits 1 (${format})`, async () => {
       const r = await runCli(["admin", "db", "status", "--config", "c.yaml", "-o", format], { adminDb: fakeBackend([], 1) });
       expect(r.code).toBe(1);
-      expect(r.stderr).toBe("error: the database schema is newer than this tern build (1 applied migration(s) unknown to it): upgrade tern\n");
+      expect(r.stderr).toBe("error: the database schema is newer than this tern build: 1 migration applied to it is unknown to this build; upgrade tern\n");
       expect(r.stdout).not.toContain("up to date");
     });
   }

@@ -5,6 +5,7 @@ import type { Database } from "../../persistence/database";
 import type { AdminDbBackend } from "../admin-db-backend";
 import { type FlagSpec, getString, type ParsedArgs } from "../args";
 import type { CommandContext, GroupCommand, LeafCommand } from "../command";
+import { schemaTooNewMessage } from "../../errors";
 import { CliError, UsageError } from "../errors";
 import { formatTable } from "../output";
 
@@ -103,7 +104,7 @@ const status: LeafCommand = {
       }
       // A downgrade: this build must not run against the schema, so a pre-upgrade check has to fail.
       if (s.unknownApplied > 0) {
-        throw new CliError(`the database schema is newer than this tern build (${s.unknownApplied} applied migration(s) unknown to it): upgrade tern`);
+        throw new CliError(schemaTooNewMessage(s.unknownApplied));
       }
     };
     if (absent) await show(undefined, describeStore(backend, store));
