@@ -1,6 +1,7 @@
 import type { Duration } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type Transport } from "@connectrpc/connect";
 import { formatMillis, parseDurationNanos } from "./duration";
+import { withoutPassword } from "../shown";
 import { CliError, UsageError } from "./errors";
 
 /**
@@ -63,7 +64,7 @@ export function withDeadline(transport: Transport, address: string, defaultMs: n
         // Ours, whether our timer fired or the server answered at the deadline we sent; a
         // DEADLINE_EXCEEDED the server gave earlier is its own (a remote's) and keeps its words.
         if (ms > 0 && e instanceof ConnectError && e.code === Code.DeadlineExceeded && Date.now() - began >= ms - 50) {
-          throw new CliError(`tern at ${address} did not answer within ${formatMillis(ms)} (the call's deadline; --rpc-timeout sets it, 0 for none)`);
+          throw new CliError(`tern at ${withoutPassword(address)} did not answer within ${formatMillis(ms)} (the call's deadline; --rpc-timeout sets it, 0 for none)`);
         }
         throw e;
       }

@@ -1,6 +1,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { codeToString } from "@connectrpc/connect/protocol-connect";
 import { fetchFailureReason } from "../fetch-failure";
+import { withoutPassword } from "../shown";
 
 /** A mistake on the command line: exit code 2 and a hint to --help. */
 export class UsageError extends Error {
@@ -28,7 +29,9 @@ function notTernReason(err: ConnectError): string | undefined {
 }
 
 /** The one stderr line for an error, e.g. `error: not_found: namespace orders not found`. */
-export function formatError(err: unknown, address: string): string {
+export function formatError(err: unknown, given: string): string {
+  // An --address with a user and password (a proxy's) is named without the password.
+  const address = withoutPassword(given);
   if (err instanceof ConnectError) {
     const notTern = notTernReason(err);
     if (notTern) return `error: ${address} is not tern's Connect port (${notTern}); --address takes services.frontend.rpc.port, not the gRPC port`;

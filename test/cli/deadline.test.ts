@@ -51,6 +51,8 @@ describe("the CLI's deadline", () => {
     expect([r.code, r.stderr]).toEqual([1, "error: tern at http://10.0.0.5:8233 did not answer within 300ms (the call's deadline; --rpc-timeout sets it, 0 for none)\n"]);
     const failover = await runCli(["operator", "namespace", "failover", "-n", "orders", "--to", "clusterB", "--timeout", "200ms", "--rpc-timeout", "100ms"], { operator: { failoverNamespace: never } });
     expect([failover.code, failover.stderr]).toEqual([1, "error: tern at http://127.0.0.1:7233 did not answer within 300ms (the call's deadline; --rpc-timeout sets it, 0 for none)\n"]);
+    const proxied = await runCli(["--address", "http://ops:s3cret@10.0.0.5:8233", "operator", "cluster", "describe", "--rpc-timeout", "300ms"], { operator: { describeCluster: never } });
+    expect([proxied.code, proxied.stderr]).toEqual([1, "error: tern at http://ops:***@10.0.0.5:8233 did not answer within 300ms (the call's deadline; --rpc-timeout sets it, 0 for none)\n"]);
   });
 
   test("a DEADLINE_EXCEEDED the server answers before the deadline keeps its own words", async () => {

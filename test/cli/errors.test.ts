@@ -28,6 +28,10 @@ describe("formatError", () => {
     expect(formatError(fetchFailure("ENOTFOUND"), "http://x:1")).toBe("error: cannot reach tern at http://x:1 (host not found)");
   });
 
+  test("an address with a password (a proxy's) is named without it", () => {
+    expect(formatError(fetchFailure("ECONNREFUSED"), "http://ops:s3cret@127.0.0.1:7233")).toBe("error: cannot reach tern at http://ops:***@127.0.0.1:7233 (connection refused)");
+  });
+
   test("a server-sent Unknown error is not mistaken for a network failure", () => {
     expect(formatError(new ConnectError("boom", Code.Unknown), address)).toBe("error: unknown: boom");
   });
