@@ -215,7 +215,10 @@ export function createWriter(deps: WriterDeps) {
           `above namespace ${ns.name}'s ${ns.failoverVersion} here: the namespace failed over elsewhere; retry`,
       );
     }
-    const time = deps.now();
+    // Not before the run's start, whatever the clock says (stepped back, or another server's
+    // behind): its events' times, and a close's, which a passive cluster takes from the event.
+    const now = deps.now();
+    const time = now < run.startTime ? run.startTime : now;
     const first = run.nextEventId;
     const key = { namespaceId: run.namespaceId, workflowId: run.workflowId, runId: run.runId };
     const next = first + change.events.length;

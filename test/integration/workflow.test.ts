@@ -1,6 +1,6 @@
 import { setDefaultTimeout, afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Code } from "@connectrpc/connect";
-import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { durationFromMs, timestampFromDate, timestampMs } from "@bufbuild/protobuf/wkt";
 import { EventType, WorkflowExecutionStatus, WorkflowIdReusePolicy } from "../../src/gen/tern/common/v1/common_pb";
 import { WorkflowExecutionAlreadyStartedFailureSchema } from "../../src/gen/tern/errordetails/v1/message_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
@@ -230,6 +230,23 @@ for (const store of await testStores()) {
       } finally {
         clockBehindMs = 0;
       }
+    });
+
+    test("TestACloseIsNotBeforeItsStartWhenTheClockStepsBack", async () => {
+      const { runId } = await wf.startWorkflowExecution({ namespace: ns, workflowId: "clock-close", ...T });
+      clockBehindMs = 60_000;
+      try {
+        await wf.completeWorkflowExecution({ namespace: ns, workflowExecution: { workflowId: "clock-close", runId } });
+      } finally {
+        clockBehindMs = 0;
+      }
+      const info = (await wf.describeWorkflowExecution({ namespace: ns, execution: { workflowId: "clock-close", runId } })).workflowExecutionInfo!;
+      // Before: the close a minute before the start. The close event carries the same time: a
+      // passive cluster takes the close time from it.
+      expect(timestampMs(info.closeTime!)).toBeGreaterThanOrEqual(timestampMs(info.startTime!));
+      const closed = (await history("clock-close", runId)).at(-1)!;
+      expect(closed.eventType).toBe(EventType.WORKFLOW_EXECUTION_COMPLETED);
+      expect(timestampMs(closed.eventTime!)).toBe(timestampMs(info.closeTime!));
     });
 
     test("signal-with-start starts once, then signals the open run", async () => {
