@@ -171,6 +171,8 @@ export function createPageApplier(deps: PageApplierDeps) {
    * namespace not replicated yet) ends the stream, whose restarts log it once, not per retry.
    */
   function failed(b: Batch, t: ReplicationTask | undefined, e: unknown, attempt?: number): unknown {
+    // The stream stopped (the server stopping): its apply was cancelled, no failure of the task.
+    if (b.signal.aborted) return e;
     metrics.inc("replication_tasks_failed", { remote_cluster: b.remote.name });
     if (!isTaskFailure(e)) return e;
     // Past the budget (only a busy database retries on) the stream's report logs it.

@@ -101,11 +101,14 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
     // A run left twice in the pages (it switched branches) takes the full path.
     const merged = mergedRuns(tasks);
     for (const [path, apply] of merged ? ([["one-trip", applyOneTrip], ["pipelined", applyPipelined]] as const) : []) {
-      const done = await apply(remote, merged!, namespaces, moves);
+      // A stream that stopped while a path failed tries no other: the server is stopping.
+      signal.throwIfAborted();
+      const done = await apply(remote, merged!, namespaces, moves, signal);
       if (!done) continue;
       metrics.inc("replication_pages_applied", { ...labels, path });
       return done;
     }
+    signal.throwIfAborted();
     metrics.inc("replication_pages_applied", { ...labels, path: "full" });
     // Conflicts, rivals and gaps change runs in ways the cache does not follow.
     runs.forget(tasks);
@@ -122,7 +125,7 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
    * ack moved. Undefined then, and when a run's row is not cached (or the last try for one of
    * the shards failed). merged: the pages' tasks merged per run.
    */
-  async function applyOneTrip(remote: RemoteCluster, merged: IncomingTask[], namespaces: Map<string, NamespaceRecord>, moves: AckMove[]): Promise<Applied | undefined> {
+  async function applyOneTrip(remote: RemoteCluster, merged: IncomingTask[], namespaces: Map<string, NamespaceRecord>, moves: AckMove[], signal: AbortSignal): Promise<Applied | undefined> {
     if (!moves.every((m) => oneTripShards.has(shardText(remote, m.shardId)))) return undefined;
     const plans: PlannedApply[] = [];
     for (const t of merged) {
@@ -147,7 +150,7 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
         // appliers' writes of a run), then the writes (applier.writeParts), in the order of
         // the pipelined path's statements.
         const { text, params } = composite([...checkParts, locks, ...parts]);
-        await writer.transactOneStatement("ReplicateHistory", (tx) => runStatement(tx, text, params));
+        await writer.transactOneStatement("ReplicateHistory", (tx) => runStatement(tx, text, params), signal);
       } else {
         // Three statements between BEGIN and COMMIT: the checks, the key locks, the writes.
         const checks = composite(checkParts);
@@ -155,7 +158,7 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
           const all = [runStatement(tx, checks.text, checks.params), lockRunKeys(tx, merged), applier.writeAll(tx, writes)];
           commit();
           await settleAll(all);
-        });
+        }, signal);
       }
     } catch {
       // The shards' next pages read first (and find out whether one trip may work again).
@@ -173,7 +176,7 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
    * writes, planned in between. Undefined, rolled back before any write, when the page needs
    * applyInFull: a held run, a divergence, a gap or a rival run. merged: as for applyOneTrip.
    */
-  async function applyPipelined(remote: RemoteCluster, merged: IncomingTask[], namespaces: Map<string, NamespaceRecord>, moves: AckMove[]): Promise<Applied | undefined> {
+  async function applyPipelined(remote: RemoteCluster, merged: IncomingTask[], namespaces: Map<string, NamespaceRecord>, moves: AckMove[], signal: AbortSignal): Promise<Applied | undefined> {
     try {
       const { done, writes, held } = await writer.transactPipelined("ReplicateHistory", async (tx, commit) => {
         // The acks first: each moves only from where its page starts (another process may apply
@@ -191,7 +194,7 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
         commit();
         await written;
         return { done: appliedOf(merged, plans), writes, held: heldRuns.size };
-      });
+      }, signal);
       runs.committed(writes);
       if (held === 0) for (const m of moves) oneTripShards.add(shardText(remote, m.shardId));
       return done;
@@ -259,7 +262,7 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
         // connection after the rollback, when it serves another transaction.
         await settleAll([...byWorkflow(tasks).map(apply), ...moves.map((m) => advanceInboundAck(tx, remote.name, m.shardId, m))]);
         return done;
-      }),
+      }, signal),
     );
   }
 

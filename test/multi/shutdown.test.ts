@@ -4,6 +4,7 @@ import { createConnectTransport } from "@connectrpc/connect-web";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import postgres from "postgres";
 import { runTern, startClusterProcess, type ClusterProcess } from "../../scripts/lib/cluster-process";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { eventually } from "../support/eventually";
@@ -65,6 +66,67 @@ for (const store of await testStores()) {
       expect(answered.history?.events ?? []).toEqual([]);
       const errors = readFileSync(a.logPath, "utf8").split("\n").filter((l) => /"level":"error"/.test(l));
       expect(errors).toEqual([]);
+    });
+  });
+}
+
+if ((await testStores()).includes("postgres")) {
+  describe("stopping a passive cluster whose replication apply waits for a lock, on postgres", () => {
+    const dir = mkdtempSync(join(tmpdir(), "tern-shutdown-apply-"));
+    const dbs: { url: string; drop(): Promise<void> }[] = [];
+    let a: ClusterProcess, b: ClusterProcess;
+    let held: postgres.ReservedSql | undefined;
+    let sql: postgres.Sql;
+    beforeAll(async () => {
+      dbs.push(await createTestDatabase(), await createTestDatabase());
+      sql = postgres(dbs[1]!.url, { max: 2, onnotice: () => {} });
+      [a, b] = await Promise.all([
+        startClusterProcess({ name: "clusterA", initialFailoverVersion: 1, dir, databaseUrl: dbs[0]!.url }),
+        startClusterProcess({ name: "clusterB", initialFailoverVersion: 2, dir, databaseUrl: dbs[1]!.url }),
+      ]);
+      for (const [x, y] of [[a, b], [b, a]] as const) {
+        expect((await runTern(["-address", x.address, "admin", "cluster", "upsert-remote-cluster", "--frontend_address", y.address])).code).toBe(0);
+      }
+    });
+    afterAll(async () => {
+      await held?.unsafe("rollback").catch(() => {});
+      held?.release();
+      await sql?.end({ timeout: 1 });
+      await Promise.all([a?.stop(), b?.stop()]);
+      for (const d of dbs) await d.drop();
+      rmSync(dir, { recursive: true, force: true });
+    });
+
+    test("SIGTERM cancels the blocked apply: B exits 0 well inside the grace, not after the lock timeout, and applies the task once restarted", async () => {
+      await client(a).registerNamespace({ namespace: "orders", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"], activeClusterName: "clusterA" });
+      await eventually(async () => expect((await sql`select count(*)::int as n from namespaces where name = 'orders'`)[0]!.n).toBe(1), { timeout: 20_000 });
+      // Another session holds a lock every event insert on B waits for (lockTimeoutMs: 10 s by default).
+      held = await sql.reserve();
+      await held.unsafe("begin");
+      await held.unsafe("lock table history_events in share mode");
+      await client(a).startWorkflowExecution({ namespace: "orders", workflowId: "w", workflowType: "t", taskQueue: "q" });
+      await eventually(async () => {
+        const [w] = await sql`select count(*)::int as n from pg_locks l join pg_class c on c.oid = l.relation where c.relname = 'history_events' and not l.granted`;
+        expect(w!.n).toBeGreaterThan(0);
+      }, { timeout: 20_000 });
+
+      const t0 = performance.now();
+      const code = await b.stop(30_000);
+      const stoppedMs = performance.now() - t0;
+      expect(code).toBe(0);
+      // Before, the stop waited for the apply to fail at the lock timeout (and then for the next path's try).
+      expect(stoppedMs).toBeLessThan(GRACE_MS * 0.6);
+      const warnings = readFileSync(b.logPath, "utf8").split("\n").filter((l) => /"level":"(warn|error)"/.test(l) && /replication task failed/.test(l));
+      expect(warnings).toEqual([]);
+
+      await held.unsafe("rollback");
+      held.release();
+      held = undefined;
+      b = await startClusterProcess({ name: "clusterB", initialFailoverVersion: 2, dir, databaseUrl: dbs[1]!.url, port: b.port });
+      await eventually(async () => {
+        const res = await client(b).getWorkflowExecutionHistory({ namespace: "orders", execution: { workflowId: "w" } });
+        expect(res.history!.events.map((e) => Number(e.eventId))).toEqual([1]);
+      }, { timeout: 20_000 });
     });
   });
 }
