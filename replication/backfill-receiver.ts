@@ -144,7 +144,8 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
           versionHistory: versionHistoryUpTo(versionHistoryFromProto(raw.versionHistory?.items), last),
           events: raw.events,
         };
-        added += await fetchOutside(fetchRaw, (fetch) => writer.transact("BackfillHistory", (tx) => applier.applyTask(tx, ns, task, fetch)));
+        // With the stream's signal: a stopping server cancels a page waiting for a lock rather than wait it out.
+        added += await fetchOutside(fetchRaw, (fetch) => writer.transact("BackfillHistory", (tx) => applier.applyTask(tx, ns, task, fetch), signal));
         first = last + 1;
       }
     };
