@@ -79,7 +79,11 @@ export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
           .orderBy(asc(timerTasks.fireAt), asc(timerTasks.id))
           .limit(PAGE)
       ).map((r) => r.task);
-      for (const task of due) await fireOrSkip(task, stillFailing);
+      for (const task of due) {
+        // A stopping server leaves the rest due, for its next start or another server on the database.
+        if (stopped) return;
+        await fireOrSkip(task, stillFailing);
+      }
       if (due.length < PAGE) break;
       after = due.at(-1)!;
     }

@@ -144,3 +144,52 @@ if ((await testStores()).includes("postgres")) {
     });
   });
 }
+
+if ((await testStores()).includes("postgres")) {
+  describe("stopping a server with a backlog of due timers, on postgres", () => {
+    const dir = mkdtempSync(join(tmpdir(), "tern-shutdown-timers-"));
+    let db: { url: string; drop(): Promise<void> };
+    let sql: postgres.Sql;
+    let a: ClusterProcess;
+    const startA = (port?: number) => startClusterProcess({ name: "clusterA", initialFailoverVersion: 1, dir, databaseUrl: db.url, port });
+    const due = async () => (await sql`select count(*)::int as n from timer_tasks`)[0]!.n as number;
+    beforeAll(async () => {
+      db = await createTestDatabase();
+      sql = postgres(db.url, { max: 1, onnotice: () => {} });
+      a = await startA();
+    });
+    afterAll(async () => {
+      await sql?.end({ timeout: 1 });
+      await a?.stop();
+      await db?.drop();
+      rmSync(dir, { recursive: true, force: true });
+    });
+
+    test("SIGTERM while due timers fire: exit 0 well inside the grace, the rest left due and fired by the next start", async () => {
+      const runs = 2_000;
+      await client(a).registerNamespace({ namespace: "orders" });
+      for (let i = 0; i < runs; i += 100) {
+        await Promise.all(Array.from({ length: 100 }, (_, k) => client(a).startWorkflowExecution({
+          namespace: "orders", workflowId: `t-${i + k}`, workflowType: "t", taskQueue: "q", workflowExecutionTimeout: { seconds: 3600n },
+        })));
+      }
+      // Their timeouts come due while the server is down (as after an outage): the next start fires them all.
+      expect(await a.stop()).toBe(0);
+      await sql`update timer_tasks set fire_at = now() - interval '1 second'`;
+      a = await startA(a.port);
+      await eventually(async () => expect(await due()).toBeLessThan(runs), { timeout: 20_000 });
+
+      const t0 = performance.now();
+      expect(await a.stop(60_000)).toBe(0);
+      const stoppedMs = performance.now() - t0;
+      // Before, the stop fired every due timer first (2,000: 4 to 10 s here), leaving none.
+      expect(await due()).toBeGreaterThan(0);
+      expect(stoppedMs).toBeLessThan(GRACE_MS * 0.6);
+
+      a = await startA(a.port);
+      await eventually(async () => expect(await due()).toBe(0), { timeout: 60_000 });
+      const [closed] = await sql`select count(*)::int as n from executions where status = 'TIMED_OUT'`;
+      expect(closed!.n).toBe(runs);
+    });
+  });
+}
