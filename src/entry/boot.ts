@@ -31,13 +31,22 @@ export interface EntryOptions {
 
 /** Boots tern under opts.runtime and serves until SIGTERM/SIGINT; then exits the process. */
 export async function runEntry(opts: EntryOptions): Promise<void> {
-  // Listen for signals first: one during startup stops tern once it is up, never mid-migration.
-  const stopSignal = nextStopSignal();
+  // Listen for signals first: one during startup stops tern once it is up, never mid-migration;
+  // but a wait for the database (--wait-for-database) ends at once, nothing being made yet.
+  const stopping = new AbortController();
+  const stopSignal = nextStopSignal().then((signal) => {
+    stopping.abort(new Error(`stopped by ${signal} while waiting for the database`));
+    return signal;
+  });
   let tern: TernServer;
   let listeners: Listener[];
   try {
-    ({ tern, listeners } = await boot(opts));
+    ({ tern, listeners } = await boot(opts, stopping.signal));
   } catch (e) {
+    if (stopping.signal.aborted && e === stopping.signal.reason) {
+      console.error(`tern server ${(e as Error).message}; it did not start`);
+      process.exit(0);
+    }
     console.error(e instanceof ConfigError ? e.message : `tern server failed to start: ${(e as Error).message}`);
     process.exit(1);
   }
@@ -57,13 +66,13 @@ export async function runEntry(opts: EntryOptions): Promise<void> {
   process.exit(0);
 }
 
-async function boot({ runtime, entryUrl, serveHttp }: EntryOptions): Promise<{ tern: TernServer; listeners: Listener[] }> {
+async function boot({ runtime, entryUrl, serveHttp }: EntryOptions, stopping: AbortSignal): Promise<{ tern: TernServer; listeners: Listener[] }> {
   const env = readEnv();
   const config = loadServerConfig(process.argv.slice(2), env);
   const addresses = listenAddressesOf(config);
   // Before the database is opened: a start that cannot bind migrates nothing and pins no identity.
   await checkListenAddresses(addresses);
-  const tern = await createTernServer(config, { migrationsFolder: findMigrationsFolder(entryUrl) });
+  const tern = await createTernServer(config, { migrationsFolder: findMigrationsFolder(entryUrl), database: { signal: stopping } });
   const listeners: Listener[] = [];
   try {
     const readMaxBytes = config.limits.blobSizeLimitError * 2 + 1024 * 1024;

@@ -11,9 +11,11 @@ export interface ConnectWait {
   log?: Logger;
   /** The database, as log lines and the error name it (no password). */
   target: string;
+  /** Ends the wait (a stop signal during the start): the attempt in flight and the pause, rejecting with its reason. */
+  signal?: AbortSignal;
   /** Test hooks. */
   now?: () => number;
-  sleep?: (ms: number) => Promise<void>;
+  sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
 }
 
 /** The first retry's delay; each next one doubles, up to MAX_DELAY_MS. */
@@ -46,6 +48,7 @@ export async function connectWithin<T>(attempt: (withinMs?: number) => Promise<T
       if (saidAt !== undefined) wait.log?.info("database reachable", { database: wait.target, waitedMs: Math.round(now() - started), attempts });
       return result;
     } catch (e) {
+      wait.signal?.throwIfAborted();
       const waited = now() - started;
       if (!notUpYet(e)) throw e;
       if (waited >= wait.waitMs) {
@@ -60,7 +63,8 @@ export async function connectWithin<T>(attempt: (withinMs?: number) => Promise<T
       }
     }
     // The last attempt at the deadline, not a delay's length before it.
-    await pause(Math.min(delay, wait.waitMs - (now() - started)));
+    await pause(Math.min(delay, wait.waitMs - (now() - started)), wait.signal);
+    wait.signal?.throwIfAborted();
     delay = Math.min(delay * 2, MAX_DELAY_MS);
   }
 }

@@ -65,6 +65,8 @@ export interface OpenOptions {
   loadDataDir?: Blob;
   /** Told of what opening did to the data (a half-made PGlite database made again). */
   log?: Logger;
+  /** Ends a wait for PostgreSQL (connectWaitMs) at once: the server was told to stop while it waited. */
+  signal?: AbortSignal;
 }
 
 /** Opens the configured datastore; a PGlite dir is locked against a second process. */
@@ -167,6 +169,8 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
         void client.end({ timeout: 0 }); // fails the select below at once
       }, withinMs)
       : undefined;
+    const stop = () => void client.end({ timeout: 0 });
+    opts.signal?.addEventListener("abort", stop);
     try {
       await client`select 1`;
       return client;
@@ -175,11 +179,13 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
       throw timedOut ?? e;
     } finally {
       clearTimeout(timer);
+      opts.signal?.removeEventListener("abort", stop);
     }
   };
   const target = redactUrl(configured);
-  const wait = { waitMs: opts.connectWaitMs ?? 0, setting: "persistence.datastore.postgres.connectWaitMs", log: opts.log, target };
+  const wait = { waitMs: opts.connectWaitMs ?? 0, setting: "persistence.datastore.postgres.connectWaitMs", log: opts.log, target, signal: opts.signal };
   const client = await connectWithin(connect, wait).catch((e: Error) => {
+    if (opts.signal?.aborted) throw e;
     throw new Error(`cannot connect to PostgreSQL at ${target}: ${e.message}${tlsRefusedHint(e)}`);
   });
   // A commit that wrote WAL, on a connection whose commits wait for their flush: the WAL is one

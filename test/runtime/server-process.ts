@@ -79,6 +79,8 @@ export interface StartingServerProcess {
   output(): string;
   /** Resolves to the exit code when the process ends. */
   exited: Promise<number>;
+  /** Sends the process signal (a stop while it starts). */
+  kill(signal: NodeJS.Signals): void;
   /** The server once it serves; rejects (the process stopped, the data removed) if it did not start within the timeout. */
   ready: Promise<ServerProcess>;
 }
@@ -146,7 +148,7 @@ export async function spawnServerProcess(
   };
   const serving = ready();
   serving.catch(() => {}); // awaited by the caller, maybe after the process exited
-  return { output: proc.output, exited: child.exited, ready: serving };
+  return { output: proc.output, exited: child.exited, kill: (signal) => child.kill(signal), ready: serving };
 }
 
 /**

@@ -81,6 +81,20 @@ describe.if((await testStores()).includes("postgres"))("a server whose PostgreSQ
         expect(server.output()).toContain(`"msg":"stopped","cluster":"active","signal":"SIGINT"`);
       }, 60_000);
 
+      test.skipIf(!entry.present)("StopsWaitingOnSIGTERM: exits 0 at once, not when the wait is over", async () => {
+        await atFreePort();
+        const starting = await spawnServerProcess(entry.cmd, { databaseUrl: urlAtPort, args: ["--wait-for-database", "10m"] });
+        await eventually(() => expect(starting.output()).toContain(`"msg":"waiting for the database"`), { timeout: 20_000 });
+        const t0 = performance.now();
+        starting.kill("SIGTERM");
+        // Before, the signal was kept for once the server was up: it waited on, the whole 10 minutes.
+        const code = await Promise.race([starting.exited, Bun.sleep(5_000).then(() => "still waiting")]);
+        if (code === "still waiting") starting.kill("SIGKILL");
+        expect(code).toBe(0);
+        expect(performance.now() - t0).toBeLessThan(2_000);
+        expect(starting.output()).toContain("tern server stopped by SIGTERM while waiting for the database; it did not start\n");
+      }, 30_000);
+
       test.skipIf(!entry.present)("ExitsAtOnceWithoutIt, naming the database and the refusal", async () => {
         await atFreePort();
         const starting = await spawnServerProcess(entry.cmd, { databaseUrl: urlAtPort });
