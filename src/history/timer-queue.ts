@@ -44,6 +44,8 @@ export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
   let wakeAt = Infinity;
   let running: Promise<void> | undefined;
   let stopped = true;
+  // Aborted at stop: a fire waiting for a lock is rolled back (its statement cancelled on PostgreSQL), its timer left due.
+  let stopping = new AbortController();
   // A rescan asked for while a scan runs: run once more after it.
   let again = false;
   const failures = createFailureLog();
@@ -137,6 +139,7 @@ export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
     try {
       await fire(task);
     } catch (e) {
+      if (stopping.signal.aborted) return;
       if (connectionLost(e) || databaseBusy(e)) throw e;
       // The namespace moved on under the fire (a graceful failover's HANDOVER, a failover, a
       // delete): no fault of the timer's. It stays due, for the cluster active once that settles.
@@ -176,7 +179,7 @@ export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
         events: [{ attributes: { case: "workflowExecutionTimedOutEventAttributes", value: { executionTimeoutMs: BigInt(run.executionTimeoutMs) } as never } }],
       }, { guarded: true });
       return true;
-    });
+    }, stopping.signal);
     if (closed) {
       deps.notifier.notify(task.runId);
       deps.metrics.inc("workflow_timeout", { namespace: ns!.name });
@@ -186,6 +189,7 @@ export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
   return {
     start() {
       stopped = false;
+      stopping = new AbortController();
       void scan();
     },
     scheduled(fireAt) {
@@ -194,6 +198,7 @@ export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
     rescan: () => scan(),
     async stop() {
       stopped = true;
+      stopping.abort();
       if (timer) clearTimeout(timer);
       await running;
     },

@@ -155,7 +155,7 @@ if ((await testStores()).includes("postgres")) {
     const due = async () => (await sql`select count(*)::int as n from timer_tasks`)[0]!.n as number;
     beforeAll(async () => {
       db = await createTestDatabase();
-      sql = postgres(db.url, { max: 1, onnotice: () => {} });
+      sql = postgres(db.url, { max: 2, onnotice: () => {} });
       a = await startA();
     });
     afterAll(async () => {
@@ -190,6 +190,34 @@ if ((await testStores()).includes("postgres")) {
       await eventually(async () => expect(await due()).toBe(0), { timeout: 60_000 });
       const [closed] = await sql`select count(*)::int as n from executions where status = 'TIMED_OUT'`;
       expect(closed!.n).toBe(runs);
+    });
+
+    test("SIGTERM while a timer's fire waits for a lock: exit 0 well inside the grace, the timer left due and fired by the next start", async () => {
+      await client(a).startWorkflowExecution({ namespace: "orders", workflowId: "late", workflowType: "t", taskQueue: "q", workflowExecutionTimeout: { seconds: 3600n } });
+      // Another session holds the run's row, which the fire locks first (lockTimeoutMs: 10 s by default).
+      const held = await sql.reserve();
+      try {
+        await held.unsafe("begin");
+        await held.unsafe("select 1 from executions where workflow_id = 'late' for update");
+        await sql`update timer_tasks set fire_at = now() - interval '1 second'`;
+        await eventually(async () => {
+          const [w] = await sql`select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and query ilike '%executions%for update%'`;
+          expect(w!.n).toBeGreaterThan(0);
+        }, { timeout: 20_000 });
+        const t0 = performance.now();
+        expect(await a.stop(60_000)).toBe(0);
+        // Before, the stop waited for the fire to fail at the lock timeout.
+        expect(performance.now() - t0).toBeLessThan(GRACE_MS * 0.6);
+        expect(readFileSync(a.logPath, "utf8")).not.toContain("timer failed to fire");
+      } finally {
+        await held.unsafe("rollback").catch(() => {});
+        held.release();
+      }
+      expect(await due()).toBe(1);
+      a = await startA(a.port);
+      await eventually(async () => expect(await due()).toBe(0), { timeout: 20_000 });
+      const [run] = await sql`select status from executions where workflow_id = 'late'`;
+      expect(run!.status).toBe("TIMED_OUT");
     });
   });
 }
