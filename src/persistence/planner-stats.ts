@@ -1,6 +1,7 @@
 import { sql } from "drizzle-orm";
 import type { Logger } from "../observability/log";
 import { createPeriodic } from "../periodic";
+import { transaction } from "./call-signal";
 import type { Db } from "./database";
 import { runStatement } from "./raw-statements";
 
@@ -26,12 +27,16 @@ export interface PlannerStatsDeps {
  * large event and request tables) are left to autovacuum: their plans have no such choice.
  */
 export function createPlannerStats({ db, log, intervalMs = 5_000, minChangedRows = 100, sizeFactor = 2 }: PlannerStatsDeps) {
-  /** One pass: analyzes the tables that changed enough; returns their names. */
-  async function runOnce(): Promise<string[]> {
+  /**
+   * One pass: analyzes the tables that changed enough; returns their names. stopping: the
+   * server's stop, which cancels an ANALYZE waiting for its lock (a session holding the table
+   * locked) rather than wait for the lock timeout, and analyzes no more tables.
+   */
+  async function runOnce(stopping?: AbortSignal): Promise<string[]> {
     const stale = await runStatement(db, STALE_TABLES_TEXT, [minChangedRows, sizeFactor]);
     const done: string[] = [];
     for (const { relname } of stale) {
-      await db.execute(sql`analyze ${sql.identifier(relname as string)}`);
+      await transaction(db, (tx) => tx.execute(sql`analyze ${sql.identifier(relname as string)}`), stopping);
       done.push(relname as string);
     }
     return done;
