@@ -52,6 +52,14 @@ export async function runEntry(opts: EntryOptions): Promise<void> {
   }
   const signal = await stopSignal;
   tern.log.info("stopping", { signal });
+  // Background work waiting on a database that stopped answering (no statement timeout by
+  // default) would hold the stop for good: past the limit the process exits as a crash would,
+  // every write being atomic with what it moved (the next start takes it again).
+  const limitMs = (opts.graceMs ?? 5_000) + STOP_LIMIT_PAST_GRACE_MS;
+  setTimeout(() => {
+    tern.log.error("did not stop in time; exiting without closing the database", { signal, limitMs });
+    process.exit(1);
+  }, limitMs).unref?.();
   try {
     // Long polls answer now, so the listeners drain without waiting the grace out on a peer's
     // pull; listeners next, so no request reaches a closed database; then the database (lock file).
@@ -104,6 +112,9 @@ async function boot({ runtime, entryUrl, serveHttp }: EntryOptions, stopping: Ab
     throw e;
   }
 }
+
+/** How long past the grace for open requests a stop may take before the process exits anyway. */
+const STOP_LIMIT_PAST_GRACE_MS = 10_000;
 
 /** Resolves with the first SIGTERM/SIGINT; a second one exits 1 at once. */
 function nextStopSignal(): Promise<string> {

@@ -10,6 +10,7 @@ import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { eventually } from "../support/eventually";
 import { createTestDatabase } from "../support/postgres";
 import { testStores } from "../support/stores";
+import { startTcpProxyFor, type TcpProxy } from "../support/tcp-proxy";
 
 setDefaultTimeout(120_000);
 
@@ -242,6 +243,45 @@ if ((await testStores()).includes("postgres")) {
       await eventually(async () => expect(await due()).toBe(0), { timeout: 20_000 });
       const [run] = await sql`select status from executions where workflow_id = 'late'`;
       expect(run!.status).toBe("TIMED_OUT");
+    });
+  });
+}
+
+if ((await testStores()).includes("postgres")) {
+  describe("stopping a server whose PostgreSQL stopped answering, on postgres", () => {
+    const dir = mkdtempSync(join(tmpdir(), "tern-shutdown-frozen-"));
+    let db: { url: string; drop(): Promise<void> };
+    let proxy: TcpProxy;
+    let a: ClusterProcess;
+    beforeAll(async () => {
+      db = await createTestDatabase();
+      const through = await startTcpProxyFor(db.url);
+      proxy = through.proxy;
+      a = await startClusterProcess({ name: "clusterA", initialFailoverVersion: 1, dir, databaseUrl: through.url });
+    });
+    afterAll(async () => {
+      proxy?.stall("toServer", false);
+      proxy?.stall("toClient", false);
+      await a?.crash();
+      await proxy?.close();
+      await db?.drop();
+      rmSync(dir, { recursive: true, force: true });
+    });
+
+    test("SIGTERM ends it within the grace and the stop limit, exit 1 saying so, where it waited for the database for good", async () => {
+      await client(a).registerNamespace({ namespace: "orders" });
+      await client(a).startWorkflowExecution({ namespace: "orders", workflowId: "w", workflowType: "t", taskQueue: "q" });
+      // A frozen database (or a link that drops its packets): nothing it is sent is answered.
+      proxy.stall("toServer", true);
+      proxy.stall("toClient", true);
+      const waiting = client(a).signalWorkflowExecution({ namespace: "orders", workflowExecution: { workflowId: "w" }, signalName: "s" }).catch((e) => e);
+      await Bun.sleep(300); // the signal reaches the server and waits on the database (nothing to observe from here)
+      const t0 = performance.now();
+      // Before, the stop waited on its background work's statements for ever (killed here after 30 s).
+      expect(await a.stop(30_000)).toBe(1);
+      expect(performance.now() - t0).toBeLessThan(GRACE_MS + 13_000);
+      expect(readFileSync(a.logPath, "utf8")).toContain(`"msg":"did not stop in time; exiting without closing the database"`);
+      expect(await waiting).toBeInstanceOf(Error);
     });
   });
 }
