@@ -2,6 +2,7 @@ import type { Duration } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type Transport } from "@connectrpc/connect";
 import { formatMillis, parseDurationNanos } from "./duration";
 import { withoutPassword } from "../shown";
+import { MAX_TIMER_MS } from "../sleep";
 import { CliError, UsageError } from "./errors";
 
 /**
@@ -24,11 +25,6 @@ export const LONG_RUN_MS = 600_000;
 /** The server's wait for a graceful failover's catch-up when --timeout is not given. */
 export const FAILOVER_WAIT_MS = 10_000;
 
-/**
- * The longest a timer waits (2^31 - 1 ms, about 24.8 days): --rpc-timeout past it is refused;
- * a call's wait on purpose (a failover's --timeout of 30 days) with it on top has no deadline.
- */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** A Duration in whole milliseconds, rounded up. */
 export function millisOf(d: Duration): number {

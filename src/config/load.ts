@@ -5,6 +5,7 @@ import type { Env } from "./env";
 import { Config, LogLevel } from "./schema";
 import { checkClusterRules } from "./validate";
 import { shown } from "../shown";
+import { MAX_TIMER_MS } from "../sleep";
 import { parseDurationNanos } from "../cli/duration";
 
 /** A config that cannot be used; the message is one line naming the key and the rule. */
@@ -160,7 +161,7 @@ function parseWait(text: string, source: string): number {
   } catch {
     throw new ConfigError(`${source}: invalid duration ${shown(text, { quote: true })} (use e.g. 30s, 2m, 500ms; 0 for none)`);
   }
-  if (ms > 2 ** 31 - 1) throw new ConfigError(`${source}: ${text} is longer than the longest wait, 2147483647 ms (about 24 days)`);
+  if (ms > MAX_TIMER_MS) throw new ConfigError(`${source}: ${text} is longer than the longest wait, 2147483647 ms (about 24 days)`);
   return ms;
 }
 

@@ -8,6 +8,7 @@ import { ACTIVE_CLUSTER_HEADER, NamespaceNotActiveError, unavailable } from "../
 import type { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
 import type { NamespaceRegistry } from "../namespace/registry";
 import { shown } from "../shown";
+import { MAX_TIMER_MS } from "../sleep";
 import { requestIdKey } from "./interceptors";
 import { historyWaitMs } from "./workflow-handler";
 
@@ -80,9 +81,6 @@ export interface ForwardTarget {
   /** The forwarded request's id: a retry with it is applied once. */
   requestId?: string;
 }
-
-/** The longest a timer waits (2^31 - 1 ms, about 24.8 days); a longer one fires after 1 ms. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /**
  * Makes a call to the active cluster (call, given its options: the marker header, the caller's
