@@ -2,14 +2,14 @@ import { and, asc, eq, gt, lte, or, sql } from "drizzle-orm";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { GetNamespaceReplicationTasksRequest, GetNamespaceReplicationTasksResponseSchema } from "../src/gen/tern/admin/v1/service_pb";
-import { failedPrecondition, unavailable } from "../src/errors";
+import { unavailable } from "../src/errors";
 import { exactNumber, namespaceToProto } from "../src/frontend/convert";
 import { createLongPolls } from "../src/long-polls";
 import { listen, type EventNotifier } from "../src/history/notifier";
-import { shown } from "../src/shown";
 import type { Db } from "../src/persistence/database";
 import { clusterMetadata, namespaceReplicationTasks } from "../src/persistence/schema";
 import { ackKey } from "./ack-levels";
+import { connectionDisabled } from "./sender";
 import { advanceAckLevel, namespaceQueueMax, type StoredNamespace } from "./namespace-queue";
 
 /** Notifier key the registry wakes after committing a namespace task. */
@@ -57,8 +57,7 @@ export function createNamespaceSender({ db, currentCluster, wake, pollMs = 1000 
 
   async function refuseDisabled(clusterName: string): Promise<void> {
     const [row] = await db.select({ enabled: clusterMetadata.enableConnection }).from(clusterMetadata).where(eq(clusterMetadata.clusterName, clusterName));
-    // As the history stream refuses it (sender.ts), so a peer's connection state says the same whichever of its streams reports first.
-    if (row && !row.enabled) throw failedPrecondition(`replication with cluster ${shown(clusterName)} is disabled on ${currentCluster}`);
+    if (row && !row.enabled) throw connectionDisabled(clusterName, currentCluster);
   }
 
   async function serve(r: GetNamespaceReplicationTasksRequest, signal: AbortSignal): Promise<Response> {

@@ -65,6 +65,15 @@ interface StreamWatch {
 type EventJson = { eventId: number; version: number; eventTime: string; attributes: Record<string, unknown> };
 
 /**
+ * The refusal of a peer whose connection this cluster (here) has disabled: a disabled connection
+ * pauses both ways. The history streams and the namespace queue (namespace-sender.ts) refuse it
+ * alike, so the peer's connection state says the same whichever of its streams reports first.
+ */
+export function connectionDisabled(peer: string, here: string): Error {
+  return failedPrecondition(`replication with cluster ${shown(peer)} is disabled on ${here}`);
+}
+
+/**
  * The sending side of history replication (its counterpart is receiver.ts): serves a
  * pulling peer its namespaces' tasks of one shard, long-polls for new ones, and records
  * the peer's acked_task_id (or, unset, its after_task_id) as its outbound ack.
@@ -138,7 +147,7 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
   function checkPeer(peer: string, enabled: unknown): void {
     if (!peer) return;
     if (enabled === null || enabled === undefined) throw failedPrecondition(`cluster ${shown(peer)} is not connected to ${cluster.clusterName}; add it there with cluster upsert`);
-    if (!enabled) throw failedPrecondition(`replication with cluster ${shown(peer)} is disabled on ${cluster.clusterName}`);
+    if (!enabled) throw connectionDisabled(peer, cluster.clusterName);
     peerChecked.set(peer, Date.now());
   }
 
