@@ -126,14 +126,24 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
     const ref = { namespaceId: ns.id, workflowId: e.workflowId, runId: e.runId };
     const fetchRaw = rawFetcher(remote.name, remote.clients, log, signal);
     let added = 0;
-    /** Brings events from `first` of the source's current branch, or of `branch`, a page at a time. */
-    const bring = async (start: number, branch?: VersionHistoryItem[]) => {
-      const end = branch ? { nextEventId: BigInt(lastEventIdOf(branch) + 1), versionHistory: versionHistoryToProto(branch) } : {};
-      for (let first = start, next = Infinity; first < next; ) {
+    /**
+     * Brings events from `start` of `kept`, or of the source's current branch, a page at a time.
+     * The pages after the first are of the first's branch even when the source switches its
+     * current branch meanwhile (this cluster's re-applied signals win there): the ids past
+     * `start` of its new current branch are another branch's, or none, and ended the job early.
+     */
+    const bring = async (start: number, kept?: VersionHistoryItem[]) => {
+      let branch = kept;
+      let next = kept ? lastEventIdOf(kept) + 1 : Infinity;
+      for (let first = start; first < next; ) {
+        const end = branch ? { nextEventId: BigInt(next), versionHistory: versionHistoryToProto(branch) } : {};
         const raw = await remote.clients.admin.getWorkflowExecutionRawHistory(
           { ...ref, ...end, firstEventId: BigInt(first), maximumPageBytes: BigInt(historyPageBytes) },
           { signal, timeoutMs: 30_000 },
         );
+        // A source that sends no version history is followed by its current branch's end.
+        const served = versionHistoryFromProto(raw.versionHistory?.items);
+        branch ??= served.length ? served : undefined;
         next = branch ? lastEventIdOf(branch) + 1 : Number(raw.nextEventId);
         const last = Number(raw.events.at(-1)?.eventId ?? first - 1);
         if (last < first) break;
@@ -141,7 +151,7 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
           ...ref,
           firstEventId: first,
           nextEventId: last + 1,
-          versionHistory: versionHistoryUpTo(versionHistoryFromProto(raw.versionHistory?.items), last),
+          versionHistory: versionHistoryUpTo(served, last),
           events: raw.events,
         };
         // With the stream's signal: a stopping server cancels a page waiting for a lock rather than wait it out.
