@@ -3,7 +3,7 @@ import { drizzle as drizzlePostgres } from "drizzle-orm/postgres-js";
 import postgres from "postgres";
 import type { DatastoreConfig } from "../config/schema";
 import { connectWithin } from "./connect-wait";
-import { checkPostgresUrl, hostParameter, redactUrl, tlsRefusedHint } from "./postgres-url";
+import { checkPostgresUrl, hostParameter, oneHost, redactUrl, tlsParameters, tlsRefusedHint, type TlsOption } from "./postgres-url";
 import { requireMendedDriver } from "./driver-mends";
 import type { Logger } from "../observability/log";
 import { acquireDataDirLock, checkDataDir, type DataDirLock } from "./lock";
@@ -134,9 +134,10 @@ function sessionTimeouts(opts: OpenOptions): { lock_timeout?: number; statement_
 async function openPostgres(configured: string, opts: OpenOptions): Promise<Database> {
   requireMendedDriver();
   checkPostgresUrl(configured);
-  const { url, ...listed } = hostParameter(configured);
+  const { url: hosted, ...listed } = hostParameter(configured);
+  const { url, ssl } = tlsParameters(hosted, oneHost(hosted, listed.host));
   // postgres.js takes host and port lists (its multi-host form), which its types do not say.
-  const at = listed as { host?: string; port?: number };
+  const at = { ...listed, ...(ssl && { ssl }) } as { host?: string; port?: number; ssl?: TlsOption };
   const options = {
     ...at,
     // Eight by default. With 32, at 250-500 writes/s, A's PostgreSQL spent 1.4x the CPU per

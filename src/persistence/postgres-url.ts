@@ -3,6 +3,8 @@
  * what postgres.js reads (a libpq-style host parameter, an IPv6 host), and shown without its
  * password.
  */
+import { readFileSync } from "node:fs";
+import { checkServerIdentity, type ConnectionOptions } from "node:tls";
 import { withoutPassword } from "../shown";
 
 /**
@@ -26,6 +28,12 @@ export function hostParameter(url: string): { url: string; host?: string | strin
   return { url: rest, host: [host], port: [Number(parsedUrl(rest)?.port || 5432)] };
 }
 
+/** The one host a URL (after hostParameter) connects to, or undefined for a list of them. */
+export function oneHost(url: string, named?: string | string[]): string | undefined {
+  const host = Array.isArray(named) ? (named.length === 1 ? named[0] : undefined) : named ?? parsedUrl(url)?.hostname;
+  return host && !host.includes(",") ? host : undefined;
+}
+
 /** The URL's IPv6 host without its brackets, or undefined. */
 function bracketedHost(url: string): string | undefined {
   const hostname = parsedUrl(url)?.hostname ?? "";
@@ -45,7 +53,7 @@ export function redactUrl(url: string): string {
   try {
     const u = new URL(url);
     if (u.password) u.password = "***";
-    if (u.searchParams.has("password")) u.searchParams.set("password", "***");
+    for (const secret of ["password", "sslpassword"]) if (u.searchParams.has(secret)) u.searchParams.set(secret, "***");
     return u.toString();
   } catch {
     return "(unparseable url)";
@@ -78,12 +86,73 @@ export function checkPostgresUrl(url: string): void {
 /**
  * Where a connection asked for TLS (sslmode require or verify-*) ended in its handshake, the
  * likely reason: postgres.js goes on to TLS after the server said it takes none, where libpq
- * says "server does not support SSL, but SSL was required".
+ * says "server does not support SSL, but SSL was required"; or a certificate signed by a CA
+ * of the operator's own, which the URL did not name.
  */
 export function tlsRefusedHint(e: Error): string {
+  if (/self.signed certificate|unable to get local issuer certificate|unable to verify the first certificate/i.test(e.message)) {
+    return " (no CA this system trusts signed the server's certificate: name the file of the CA that did with sslrootcert=/path/ca.pem in the URL)";
+  }
   if (!/before secure TLS connection was established/.test(e.message)) return "";
   return " (the connection ended as TLS began: does the server take SSL? The URL's sslmode asks for it; prefer falls back to a plain connection)";
 }
 
 /** libpq's sslmode values tern takes (allow is refused above). */
 const SSL_MODES = ["disable", "prefer", "require", "verify-ca", "verify-full"];
+
+/** libpq's parameters naming TLS files and the key's passphrase, which postgres.js does not read. */
+const TLS_PARAMETERS = ["sslrootcert", "sslcert", "sslkey", "sslpassword"];
+
+/** What postgres.js takes for TLS: its own sslmode words, or tls.connect's options. */
+export type TlsOption = "prefer" | "require" | ConnectionOptions;
+
+/**
+ * The TLS of a URL whose sslmode is verify-ca or verify-full, or that names certificate files
+ * (`sslrootcert`, `sslcert`, `sslkey`, `sslpassword`), as libpq makes it: the URL without those
+ * parameters, and the option postgres.js takes for them. postgres.js sent the files' parameters
+ * to the server as settings, which refused them ("unrecognized configuration parameter"), so a
+ * server whose certificate a private CA signed (a cloud provider's, say) could not be verified;
+ * and it checked the host name under verify-ca too, and an IP address host against "localhost"
+ * under verify-full. Files are read here: one that cannot be read fails the start, naming it.
+ * `host` is the one the connection goes to (identity checks need a single one).
+ */
+export function tlsParameters(url: string, host: string | undefined, read: (path: string) => Buffer = readFileSync): { url: string; ssl?: TlsOption } {
+  const q = url.indexOf("?");
+  if (q < 0) return { url };
+  const params = new URLSearchParams(url.slice(q + 1));
+  const files = Object.fromEntries(TLS_PARAMETERS.flatMap((k) => (params.has(k) ? [[k, params.get(k)!]] : []))) as Record<string, string>;
+  const named = params.get("sslmode");
+  if (!Object.keys(files).length && named !== "verify-ca" && named !== "verify-full") return { url };
+  for (const k of ["sslmode", ...TLS_PARAMETERS]) params.delete(k);
+  const rest = url.slice(0, q) + (params.size ? `?${params}` : "");
+  const setting = "the PostgreSQL URL";
+  const { sslrootcert: root, sslcert: cert, sslkey: key, sslpassword: passphrase } = files;
+  const mode = named ?? (root === "system" ? "verify-full" : undefined);
+  if (root === "system" && mode !== "verify-full") {
+    throw new Error(`${setting} has sslrootcert=system with sslmode=${mode}: the system's CAs are taken with verify-full only, as libpq does`);
+  }
+  if (mode === undefined || mode === "disable" || mode === "prefer") {
+    throw new Error(`${setting} names ${Object.keys(files).join(", ")} with ${mode === undefined ? "no sslmode" : `sslmode=${mode}`}: set sslmode=require, verify-ca or verify-full for TLS with them`);
+  }
+  if ((cert === undefined) !== (key === undefined)) throw new Error(`${setting} names ${cert === undefined ? "sslkey without sslcert" : "sslcert without sslkey"}: a client certificate needs both`);
+  const file = (name: string, path: string) => {
+    try {
+      return read(path);
+    } catch (e) {
+      throw new Error(`${setting}'s ${name} ${path} cannot be read: ${(e as Error).message}`);
+    }
+  };
+  // As libpq: require with a root certificate verifies the chain as verify-ca does.
+  const verify = mode === "verify-full" ? "full" : mode === "verify-ca" || root !== undefined ? "ca" : undefined;
+  if (verify === "full" && !host) throw new Error(`${setting} has sslmode=verify-full with more than one host or none: tern checks the certificate against one`);
+  return {
+    url: rest,
+    ssl: {
+      ...(root !== undefined && root !== "system" && { ca: file("sslrootcert", root) }),
+      ...(cert !== undefined && { cert: file("sslcert", cert), key: file("sslkey", key!) }),
+      ...(passphrase !== undefined && { passphrase }),
+      rejectUnauthorized: verify !== undefined,
+      ...(verify !== "full" ? { checkServerIdentity: () => undefined } : { checkServerIdentity: (_: string, c: Parameters<typeof checkServerIdentity>[1]) => checkServerIdentity(host!, c) }),
+    },
+  };
+}
