@@ -1,23 +1,18 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { sql } from "drizzle-orm";
 import type { HistoryApplier } from "../../replication/applier";
-import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import type { HistoryEvent } from "../../src/gen/tern/common/v1/common_pb";
-import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { backfillDone, tern } from "../backfill/support";
-import { connectAll, describeOn, expectActiveOn, startClusters } from "../failover/mesh";
+import { expectActiveOn, startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
-import { json } from "../support/payload";
 import { startTestCluster, type TestCluster, type TestClusterOptions } from "../support/server";
 import { testStores } from "../support/stores";
-import { branchLines, expectNoDifference, historyOf, setLink, signalCounts, signalKey } from "./support";
+import { branchLines, expectLosingBranchKept, setLink, signalNamesOf, splitOnOneRun } from "./support";
 
 setDefaultTimeout(180_000);
 
 const NS = "restarted";
 const WF = "long-losing";
-/** Events the run holds before the split: started, one signal. */
-const FORK = 2;
 /** A's signals during the split (its branch loses to B's). */
 const SIGNALS = 24;
 /** Each signal's payload: with PAGE_BYTES, a few events a raw history page. */
@@ -26,9 +21,6 @@ const PAYLOAD = "p".repeat(600);
 const PAGE_BYTES = 4_000;
 /** Pages of A's branch B commits before the stop. */
 const PAGES_BEFORE_STOP = 2;
-
-/** Comparable form of events (eventTime and all). */
-const plain = (events: HistoryEvent[]) => events.map((e) => JSON.stringify(e, (_k, v) => (typeof v === "bigint" ? String(v) : v)));
 
 /**
  * A stop of the receiving server in the middle of a branch that comes a page at a time (DESIGN.md
@@ -42,7 +34,6 @@ for (const store of await testStores()) {
     let a: TestCluster, b: TestCluster;
     /** Servers stopped for a restart: they own the data, removed once the restarted ones stop. */
     const stopped: TestCluster[] = [];
-    const wf = (x: TestCluster) => x.client(WorkflowService);
     /** A's current branch at the end of the split: what B must keep. */
     let aBranch: HistoryEvent[] = [];
 
@@ -85,28 +76,9 @@ for (const store of await testStores()) {
       return rows[0]!.n;
     }
 
-    const signalNames = async (x: TestCluster) =>
-      (await historyOf(x, NS, WF)).flatMap((e) => (e.attributes.case === "workflowExecutionSignaledEventAttributes" ? [e.attributes.value.signalName] : []));
-
     beforeAll(async () => {
       [a, b] = await startClusters(store, [{}, bOptions(holding)]);
-      await connectAll([a, b]);
-      await wf(a).registerNamespace({ namespace: NS, isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
-      await expectActiveOn(b, NS, "clusterA", 1n);
-      await wf(a).startWorkflowExecution({ namespace: NS, workflowId: WF, workflowType: "T", taskQueue: "q", requestId: "start" });
-      await wf(a).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: WF }, signalName: "before", requestId: "before" });
-      await eventually(async () => expect((await historyOf(b, NS, WF)).length).toBe(FORK));
-
-      // Cut off, B is forced active (version 2) while A still believes it is (version 1).
-      await setLink(a, b, false);
-      await wf(b).updateNamespace({ namespace: NS, activeClusterName: "clusterB" });
-      expect((await describeOn(a, NS)).failoverVersion).toBe(1n);
-      for (let i = 0; i < SIGNALS; i++) {
-        await wf(a).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: WF }, signalName: `a-${i}`, input: json(PAYLOAD), requestId: `a-${i}` });
-      }
-      await wf(b).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: WF }, signalName: "b-0", requestId: "b-0" });
-      aBranch = await historyOf(a, NS, WF);
-      expect(aBranch.length).toBe(FORK + SIGNALS);
+      ({ aBranch } = await splitOnOneRun(a, b, { namespace: NS, workflowId: WF, signals: SIGNALS, payload: PAYLOAD }));
 
       // The split's replication tasks are lost on both sides (a restart drops the ones the
       // servers held in memory): only B's backfill brings A's branch, a page at a time, while A
@@ -135,7 +107,7 @@ for (const store of await testStores()) {
         return n;
       }, { timeout: 30_000 });
       expect(kept, hold.pages.join(" ")).toBeLessThan(SIGNALS);
-      expect(await signalNames(b)).toEqual(["before", "b-0", ...Array.from({ length: kept }, (_, i) => `a-${i}`)]);
+      expect(await signalNamesOf(b, NS, WF)).toEqual(["before", "b-0", ...Array.from({ length: kept }, (_, i) => `a-${i}`)]);
 
       // B stops there, and comes back on its database without the refusals.
       await b.stop();
@@ -144,22 +116,9 @@ for (const store of await testStores()) {
       await setLink(a, b, true);
       await backfillDone(b, NS, "clusterA");
 
-      // A's branch is kept whole on B, each event once, as A wrote it.
       const context = async () => (await branchLines(b, NS, WF)).join("\n");
-      const branches = (await b.client(AdminService).listHistoryBranches({ namespace: NS, workflowId: WF })).branches;
-      const lost = branches.filter((br) => !br.current);
-      expect(lost.length, await context()).toBe(1);
-      expect(plain(lost[0]!.events)).toEqual(plain(aBranch));
-      // Each of A's acknowledged signals is on B's current branch once.
-      expect(await signalNames(b), await context()).toEqual(["before", "b-0", ...Array.from({ length: SIGNALS }, (_, i) => `a-${i}`)]);
-      const counts = signalCounts(await historyOf(b, NS, WF));
-      for (let i = 0; i < SIGNALS; i++) expect(counts.get(signalKey(`a-${i}`, PAYLOAD))).toBe(1);
-
-      // A converges on B's branch: both hold the same histories.
-      await eventually(async () => {
-        await expectNoDifference([a, b], NS);
-        expect(plain(await historyOf(a, NS, WF))).toEqual(plain(await historyOf(b, NS, WF)));
-      }, { timeout: 30_000 });
+      // A's branch is kept whole on B, each of its signals re-applied once; A converges on B's.
+      await expectLosingBranchKept(a, b, { namespace: NS, workflowId: WF, signals: SIGNALS, payload: PAYLOAD, aBranch }, context);
     });
   });
 }

@@ -4,14 +4,11 @@ import type { HistoryApplier, IncomingTask } from "../../replication/applier";
 import { versionHistoryFromProto } from "../../replication/version-history";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import type { HistoryEvent } from "../../src/gen/tern/common/v1/common_pb";
-import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { backfillDone, tern } from "../backfill/support";
-import { connectAll, describeOn, expectActiveOn, startClusters } from "../failover/mesh";
-import { eventually } from "../support/eventually";
-import { json } from "../support/payload";
+import { expectActiveOn, startClusters } from "../failover/mesh";
 import { startTestCluster, type TestCluster, type TestClusterOptions } from "../support/server";
 import { testStores } from "../support/stores";
-import { branchLines, expectNoDifference, historyOf, inside, setLink, signalCounts, signalKey, type Inside } from "./support";
+import { branchLines, expectLosingBranchKept, inside, setLink, splitOnOneRun, type Inside } from "./support";
 
 setDefaultTimeout(180_000);
 
@@ -26,9 +23,6 @@ const PAYLOAD = "p".repeat(600);
 /** Bytes of events B's backfill asks a page for: A's branch comes in several pages. */
 const PAGE_BYTES = 4_000;
 
-/** Comparable form of events (eventTime and all). */
-const plain = (events: HistoryEvent[]) => events.map((e) => JSON.stringify(e, (_k, v) => (typeof v === "bigint" ? String(v) : v)));
-
 /**
  * A source that switches its current branch in the middle of a backfill (DESIGN.md sections 4
  * and 6): B (active, version 2) backfills A's losing branch of WF (version 1) a page at a time,
@@ -42,7 +36,6 @@ for (const store of await testStores()) {
     let a: TestCluster, b: TestCluster;
     const ia: Inside = {};
     const stopped: TestCluster[] = [];
-    const wf = (x: TestCluster) => x.client(WorkflowService);
     /** A's current branch at the end of the split: what B must keep. */
     let aBranch: HistoryEvent[] = [];
     /** B's first event after the fork (its signal b-0, version 2), as a task for A's applier. */
@@ -78,28 +71,11 @@ for (const store of await testStores()) {
       return startTestCluster({ store, name: x.name, initialFailoverVersion, dataLocation: x.dataLocation, ...o });
     }
 
-    const signalNames = async (x: TestCluster) =>
-      (await historyOf(x, NS, WF)).flatMap((e) => (e.attributes.case === "workflowExecutionSignaledEventAttributes" ? [e.attributes.value.signalName] : []));
-
     beforeAll(async () => {
       [a, b] = await startClusters(store, [inside(ia), bOptions]);
-      await connectAll([a, b]);
-      await wf(a).registerNamespace({ namespace: NS, isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
-      await expectActiveOn(b, NS, "clusterA", 1n);
-      const { runId } = await wf(a).startWorkflowExecution({ namespace: NS, workflowId: WF, workflowType: "T", taskQueue: "q", requestId: "start" });
-      await wf(a).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: WF }, signalName: "before", requestId: "before" });
-      await eventually(async () => expect((await historyOf(b, NS, WF)).length).toBe(FORK));
-
-      // Cut off, B is forced active (version 2) while A still believes it is (version 1).
-      await setLink(a, b, false);
-      await wf(b).updateNamespace({ namespace: NS, activeClusterName: "clusterB" });
-      expect((await describeOn(a, NS)).failoverVersion).toBe(1n);
-      for (let i = 0; i < SIGNALS; i++) {
-        await wf(a).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: WF }, signalName: `a-${i}`, input: json(PAYLOAD), requestId: `a-${i}` });
-      }
-      await wf(b).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: WF }, signalName: "b-0", requestId: "b-0" });
-      aBranch = await historyOf(a, NS, WF);
-      expect(aBranch.length).toBe(FORK + SIGNALS);
+      const split = await splitOnOneRun(a, b, { namespace: NS, workflowId: WF, signals: SIGNALS, payload: PAYLOAD });
+      const runId = split.runId;
+      aBranch = split.aBranch;
       const namespaceId = (await ia.namespaces!.getByName(NS)).id;
       const first = FORK + 1;
       const raw = await b.client(AdminService).getWorkflowExecutionRawHistory({ namespaceId, workflowId: WF, runId, firstEventId: BigInt(first), nextEventId: BigInt(first + 1) });
@@ -128,21 +104,8 @@ for (const store of await testStores()) {
       expect(switchAt.switched).toBe(true);
       expect(switchAt.pages.length, await context()).toBeGreaterThan(2);
 
-      // A's branch is kept whole on B, each event once, as A wrote it.
-      const branches = (await b.client(AdminService).listHistoryBranches({ namespace: NS, workflowId: WF })).branches;
-      const lost = branches.filter((br) => !br.current);
-      expect(lost.length, await context()).toBe(1);
-      expect(plain(lost[0]!.events), await context()).toEqual(plain(aBranch));
-      // Each of A's acknowledged signals is on B's current branch once.
-      expect(await signalNames(b), await context()).toEqual(["before", "b-0", ...Array.from({ length: SIGNALS }, (_, i) => `a-${i}`)]);
-      const counts = signalCounts(await historyOf(b, NS, WF));
-      for (let i = 0; i < SIGNALS; i++) expect(counts.get(signalKey(`a-${i}`, PAYLOAD))).toBe(1);
-
-      // A converges on B's branch: both hold the same histories.
-      await eventually(async () => {
-        await expectNoDifference([a, b], NS);
-        expect(plain(await historyOf(a, NS, WF))).toEqual(plain(await historyOf(b, NS, WF)));
-      }, { timeout: 30_000 });
+      // A's branch is kept whole on B, each of its signals re-applied once; A converges on B's.
+      await expectLosingBranchKept(a, b, { namespace: NS, workflowId: WF, signals: SIGNALS, payload: PAYLOAD, aBranch }, context);
     });
   });
 }

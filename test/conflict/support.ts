@@ -7,8 +7,9 @@ import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import type { NamespaceRecord, NamespaceRegistry } from "../../src/namespace/registry";
 import type { Tx } from "../../src/persistence/database";
-import { addr } from "../failover/mesh";
-import { unjson } from "../support/payload";
+import { addr, connectAll, describeOn, expectActiveOn } from "../failover/mesh";
+import { eventually } from "../support/eventually";
+import { json, unjson } from "../support/payload";
 import type { TestCluster, TestClusterOptions } from "../support/server";
 
 /** Enables or disables replication between x and y on both ends (pauses both ways, keeps positions). */
@@ -200,4 +201,63 @@ export async function bringBranch(
     }));
   }
   return reads;
+}
+
+/**
+ * A split brain on one run, as backfill meets it (DESIGN.md sections 4 and 6): `namespace` on
+ * a (active, version 1) and b; `workflowId` started on a with one signal, "before", which b
+ * holds; then, cut off, b is forced active (version 2) while a still believes it is, a writes
+ * `signals` signals `a-i` of `payload` and b one, "b-0". The link stays off. Returns the run
+ * id and a's branch (the one that loses).
+ */
+export async function splitOnOneRun(
+  a: TestCluster, b: TestCluster, o: { namespace: string; workflowId: string; signals: number; payload: string },
+): Promise<{ runId: string; aBranch: HistoryEvent[] }> {
+  const { namespace, workflowId } = o;
+  const wf = (x: TestCluster) => x.client(WorkflowService);
+  const signal = (x: TestCluster, name: string, input?: string) =>
+    wf(x).signalWorkflowExecution({ namespace, workflowExecution: { workflowId }, signalName: name, requestId: name, ...(input !== undefined && { input: json(input) }) });
+  await connectAll([a, b]);
+  await wf(a).registerNamespace({ namespace, isGlobalNamespace: true, clusters: [a.name, b.name] });
+  await expectActiveOn(b, namespace, a.name, 1n);
+  const { runId } = await wf(a).startWorkflowExecution({ namespace, workflowId, workflowType: "T", taskQueue: "q", requestId: "start" });
+  await signal(a, "before");
+  await eventually(async () => expect((await historyOf(b, namespace, workflowId)).length).toBe(2));
+  await setLink(a, b, false);
+  await wf(b).updateNamespace({ namespace, activeClusterName: b.name });
+  expect((await describeOn(a, namespace)).failoverVersion).toBe(1n);
+  for (let i = 0; i < o.signals; i++) await signal(a, `a-${i}`, o.payload);
+  await signal(b, "b-0");
+  const aBranch = await historyOf(a, namespace, workflowId);
+  expect(aBranch.length).toBe(2 + o.signals);
+  return { runId, aBranch };
+}
+
+/** Comparable form of events (eventTime and all). */
+export const plainEvents = (events: HistoryEvent[]) => events.map((e) => JSON.stringify(e, (_k, v) => (typeof v === "bigint" ? String(v) : v)));
+
+/** The names of the signals on x's current branch of a run, in order. */
+export const signalNamesOf = async (x: TestCluster, namespace: string, workflowId: string) =>
+  (await historyOf(x, namespace, workflowId)).flatMap((e) => (e.attributes.case === "workflowExecutionSignaledEventAttributes" ? [e.attributes.value.signalName] : []));
+
+/**
+ * What b holds once a backfill brought a's losing branch of a splitOnOneRun: the branch kept
+ * whole, each event once as a wrote it; each of a's signals once on b's current branch, after
+ * b's own; and a converged on b's branch. `context` says what b holds, for a failure.
+ */
+export async function expectLosingBranchKept(
+  a: TestCluster, b: TestCluster, o: { namespace: string; workflowId: string; signals: number; payload: string; aBranch: HistoryEvent[] }, context: () => Promise<string>,
+): Promise<void> {
+  const { namespace, workflowId } = o;
+  const branches = (await b.client(AdminService).listHistoryBranches({ namespace, workflowId })).branches;
+  const lost = branches.filter((br) => !br.current);
+  expect(lost.length, await context()).toBe(1);
+  expect(plainEvents(lost[0]!.events), await context()).toEqual(plainEvents(o.aBranch));
+  expect(await signalNamesOf(b, namespace, workflowId), await context()).toEqual(["before", "b-0", ...Array.from({ length: o.signals }, (_, i) => `a-${i}`)]);
+  const counts = signalCounts(await historyOf(b, namespace, workflowId));
+  for (let i = 0; i < o.signals; i++) expect(counts.get(signalKey(`a-${i}`, o.payload))).toBe(1);
+  await eventually(async () => {
+    await expectNoDifference([a, b], namespace);
+    expect(plainEvents(await historyOf(a, namespace, workflowId))).toEqual(plainEvents(await historyOf(b, namespace, workflowId)));
+  }, { timeout: 30_000 });
 }
