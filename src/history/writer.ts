@@ -146,7 +146,6 @@ export function createWriter(deps: WriterDeps) {
           for (const shardId of new Set(written.map((t) => t.shardId))) deps.notifier?.notify(shardKey(shardId));
           if (written.length) deps.notifier?.notify(anyShardKey);
         }
-        metrics.observe("persistence_latency", { operation }, (performance.now() - started) / 1000);
         return result;
       } catch (e) {
         const { code, constraint } = pgErrorOf(e);
@@ -155,6 +154,9 @@ export function createWriter(deps: WriterDeps) {
         const retried = code === "23505" && constraint?.startsWith("request_ids");
         if (code && !retried) metrics.inc("persistence_errors", { operation });
         throw e;
+      } finally {
+        // Every attempt, failed ones too: a write that waited out the lock timeout took 10 s.
+        metrics.observe("persistence_latency", { operation }, (performance.now() - started) / 1000);
       }
     }
   }

@@ -88,6 +88,10 @@ for (const store of stores) {
       // A loser's claim went out before its run insert failed: the rollback took it too.
       const ids = await cluster.server.database.db.execute(sql`select request_id from request_ids where workflow_id = 'raced'`);
       expect(JSON.stringify(ids)).toBe(JSON.stringify(await cluster.server.database.db.execute(sql`select ${`race-${won[0]}`}::text as request_id`)));
+      // The losers' failed attempts took time too: persistence_latency counts every attempt.
+      const metrics = await (await fetch(`${cluster.url}/metrics`)).text();
+      const count = (family: string) => Number(metrics.match(new RegExp(`^${family}\\{operation="CreateWorkflowExecution"\\} (\\d+)$`, "m"))?.[1]);
+      expect(count("persistence_latency_count")).toBe(count("persistence_requests"));
     });
 
     test("TestARetriedStartAfterTheRunClosedAnswersWithTheFirstRun", async () => {
