@@ -18,7 +18,7 @@ import { claimRequestOrFail, claimRequestPart, insertEvents, insertExecution, in
 import type { EventNotifier } from "./notifier";
 import { createRecentRows, insertedRow } from "./recent-rows";
 import { firstResultOf, NO_EVENT } from "./request-reuse";
-import { reuseRefusal } from "./reuse-policy";
+import { onOpenRun, reuseRefusal, terminateForNewRun } from "./reuse-policy";
 import { shardFor } from "./shard";
 import type { Append, Writer, WriterDeps } from "./writer";
 import { sleep } from "../sleep";
@@ -214,9 +214,9 @@ export function createHistoryEngine(deps: EngineDeps) {
    * statement, a transaction of its own: the namespace's barrier lock and check, a check that
    * the id has no run at all, the request id claim, the run's row, its events, timer and outbox
    * task. For SignalWithStart on the run this process wrote last: the signal, if
-   * appendInOneTrip can write it. Undefined for a plain start of an id this process knows a
-   * run of, and when a check failed: the start is then made from a read, which gives every
-   * refusal and the reuse policy's answer.
+   * appendInOneTrip can write it. Undefined for a plain start, or a terminate-if-running one,
+   * of an id this process knows a run of, and when a check failed: the start is then made from
+   * a read, which gives every refusal and the reuse policy's answer.
    * A lost connection is not made again: its statement may have committed.
    */
   async function startInOneTrip(
@@ -230,7 +230,7 @@ export function createHistoryEngine(deps: EngineDeps) {
     const known = runs.get(key);
     if (known) {
       const { signal } = input;
-      if (!signal) return undefined;
+      if (!signal || onOpenRun(input.reusePolicy, true) !== "signal") return undefined;
       const ref = { namespace: input.namespace, workflowId: input.workflowId, runId: "", requestId, callSignal: input.callSignal };
       const signalled = await appendInOneTrip(operation, ns, ref, () => ({ events: [signalEvent(signal.name, signal.input, input.identity, requestId)] }));
       return signalled && { runId: signalled.runId, started: false };
@@ -346,28 +346,36 @@ export function createHistoryEngine(deps: EngineDeps) {
     try {
       const key = runKey(ns.id, input.workflowId);
       let left: ExecutionRow | undefined;
+      // The open run terminate-if-running terminated, once its transaction committed.
+      let terminated: string | undefined;
       const result = await writer.transactPipelined(operation, async (tx, commit): Promise<{ runId: string; started: boolean; fireAt?: Date }> => {
         // With BEGIN: the namespace check, then the workflow's current run, locked (as appendTo).
         const [, previous] = await Promise.all([writer.guard(tx, ns), lockRun(tx, ns.id, input.workflowId, "")]);
-        const open = previous?.status === "RUNNING";
-        if (open && !input.signal) throw new StartRefused(previous, "is already running");
+        const open = previous?.status === "RUNNING" ? previous : undefined;
+        const action = open ? onOpenRun(input.reusePolicy, Boolean(input.signal)) : "start";
+        if (action === "refuse") throw new StartRefused(previous!, "is already running");
         const refusal = open ? undefined : reuseRefusal(input.reusePolicy, previous?.status);
         if (refusal) throw new StartRefused(previous!, `cannot start: ${refusal}`);
         // With COMMIT: the request id records where this request's first event went; its claim
         // fails for a retry of a request that went through before, which rolls the write back
-        // (the catch below answers with the first).
-        const target = open ? { runId: previous.runId, eventId: previous.nextEventId } : { runId, eventId: 1 };
+        // (the catch below answers with the first, and a retry of a terminate-if-running start
+        // terminates nothing).
+        const signalled = action === "signal" ? open : undefined;
+        const target = signalled ? { runId: signalled.runId, eventId: signalled.nextEventId } : { runId, eventId: 1 };
         const claim = claimRequestOrFail(tx, { namespaceId: ns.id, workflowId: input.workflowId, requestId, ...target });
-        // SignalWithStart on an open run signals it.
-        const written = open
-          ? writer.append(tx, ns, previous, { events: [signalEvent(input.signal!.name, input.signal!.input, input.identity, requestId)] }, { guarded: true })
+        // SignalWithStart on an open run signals it; terminate-if-running terminates it, then
+        // starts the new run, in this transaction (the terminate's row first: one open run per id).
+        const closing = action === "terminate" ? writer.append(tx, ns, open!, terminateForNewRun(runId), { guarded: true }) : undefined;
+        const written = signalled
+          ? writer.append(tx, ns, signalled, { events: [signalEvent(input.signal!.name, input.signal!.input, input.identity, requestId)] }, { guarded: true })
           : insertRun(tx, ns, { ...input, requestId }, runId, previous);
         commit();
-        const [, w] = await Promise.all([claim, written]);
+        const [, w] = await Promise.all([claim, written, closing]);
         left = w.row;
-        return open ? { runId: previous.runId, started: false } : { runId, started: true, fireAt: (w as { fireAt?: Date }).fireAt };
+        terminated = closing && open!.runId;
+        return signalled ? { runId: signalled.runId, started: false } : { runId, started: true, fireAt: (w as { fireAt?: Date }).fireAt };
       }, input.callSignal).catch(async (e) => {
-        left = undefined;
+        left = terminated = undefined;
         runs.forget(key);
         // A retry answers with the first attempt's result, whatever this attempt ran into
         // (the run started by it is open, or closed since and refuses reuse, a duplicate claim).
@@ -375,6 +383,10 @@ export function createHistoryEngine(deps: EngineDeps) {
         if (!first) throw e;
         return { runId: first.runId, started: false };
       });
+      if (terminated) {
+        notifier.notify(terminated);
+        countClose("TERMINATED", ns.name);
+      }
       if (left) {
         runs.put(key, left);
         metrics.inc("history_writes", { operation, path: "read-first" });
@@ -387,15 +399,15 @@ export function createHistoryEngine(deps: EngineDeps) {
       if (e instanceof StartRefused) throw await alreadyStarted(deps.db, e.run, e.why);
       const pg = pgErrorOf(e);
       if (pg.code === "23505" && pg.constraint?.startsWith("executions")) {
-        if (!input.signal) {
+        if (onOpenRun(input.reusePolicy, Boolean(input.signal)) === "refuse") {
           // Another start won the race: named as a start that found it running would name it.
           const winner = await currentRun(deps.db, ns.id, input.workflowId);
           throw winner ? await alreadyStarted(deps.db, winner, "is already running") : alreadyExists(`workflow execution ${input.workflowId} is already running`);
         }
-        // SignalWithStart lost the race to start the next run to another start: it signals
-        // that run, made again from a read.
+        // SignalWithStart, or terminate-if-running, lost the race to start the next run to
+        // another start: it signals, or terminates, that run, made again from a read.
         if (attempt < 5) return startIn(ns, input, attempt + 1);
-        throw unavailable(`workflow execution ${input.workflowId} kept starting new runs during the signal-with-start; retry`);
+        throw unavailable(`workflow execution ${input.workflowId} kept starting new runs during the ${input.signal ? "signal-with-start" : "start"}; retry`);
       }
       throw e;
     }
@@ -466,9 +478,6 @@ function validateStart(input: StartInput): void {
   if (input.executionTimeoutMs < 0) throw invalidArgument("execution timeout must not be negative");
   if (input.signal && !input.signal.name) throw invalidArgument("signal name is required");
   if (WorkflowIdReusePolicy[input.reusePolicy] === undefined) throw invalidArgument(`unknown workflow id reuse policy ${input.reusePolicy}`);
-  if (input.reusePolicy === WorkflowIdReusePolicy.TERMINATE_IF_RUNNING) {
-    throw invalidArgument("workflow id reuse policy terminate-if-running is not served: terminate the open run, then start");
-  }
   checkIdLengths(["workflow type", input.workflowType], ["task queue", input.taskQueue], ["identity", input.identity], ["signal name", input.signal?.name]);
   checkKeyBytes(["workflow id", input.workflowId], ["request id", input.requestId]);
 }

@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { Code } from "@connectrpc/connect";
 import { eq } from "drizzle-orm";
 import { ACTIVE_CLUSTER_HEADER } from "../../src/errors";
+import { WorkflowIdReusePolicy } from "../../src/gen/tern/common/v1/common_pb";
 import { WorkflowExecutionAlreadyStartedFailureSchema } from "../../src/gen/tern/errordetails/v1/message_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
@@ -10,6 +11,7 @@ import { eventually } from "../support/eventually";
 import { rejects } from "../support/rejects";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
+import { expectTerminatedFor } from "../support/terminated-for";
 import { addr, connectAll, eventuallyOn, startClusters } from "./mesh";
 
 setDefaultTimeout(90_000);
@@ -78,6 +80,22 @@ for (const store of await testStores()) {
       const again = await rejects(selected.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "w2", workflowType: "t", taskQueue: "q" }),
         Code.AlreadyExists, `workflow execution w2 is already running (run ${started.runId})`);
       expect(again.findDetails(WorkflowExecutionAlreadyStartedFailureSchema).map((d) => d.runId)).toEqual([started.runId]);
+    });
+
+    test("TestTerminateIfRunningStartOnPassiveForwardedUnderSelectedApisAndRefusedUnderNoop", async () => {
+      const tir = { namespace: "orders", workflowType: "t", taskQueue: "q", workflowIdReusePolicy: WorkflowIdReusePolicy.TERMINATE_IF_RUNNING };
+      // Before: INVALID_ARGUMENT, "terminate-if-running is not served", wherever it was sent.
+      await rejects(noop.client(WorkflowService).startWorkflowExecution({ ...tir, workflowId: "w-tir" }), Code.FailedPrecondition, "namespace orders is active in cluster clusterA");
+      const wf = selected.client(WorkflowService);
+      const first = await wf.startWorkflowExecution({ ...tir, workflowId: "w-tir" });
+      const second = await wf.startWorkflowExecution({ ...tir, workflowId: "w-tir", requestId: "w-tir-2" });
+      await expectTerminatedFor(a, "orders", "w-tir", first.runId, second.runId);
+      // Its retry, forwarded again, answers its run and terminates nothing more.
+      expect(await wf.startWorkflowExecution({ ...tir, workflowId: "w-tir", requestId: "w-tir-2" })).toMatchObject({ runId: second.runId, started: false });
+      const third = await wf.signalWithStartWorkflowExecution({ ...tir, workflowId: "w-tir", signalName: "s" });
+      await expectTerminatedFor(a, "orders", "w-tir", second.runId, third.runId);
+      const onA = await a.client(WorkflowService).describeWorkflowExecution({ namespace: "orders", execution: run("w-tir") });
+      expect([onA.workflowExecutionInfo!.execution!.runId, onA.workflowExecutionInfo!.historyLength]).toEqual([third.runId, 2n]);
     });
 
     test("TestForwardedErrorsKeepTheirCodes", async () => {

@@ -195,21 +195,6 @@ for (const store of await testStores()) {
       for (const c of calls) if (c.status === "rejected") await refusedWith(Promise.reject(c.reason), "is already running", won[0]!);
     });
 
-    test("TestTerminateIfRunningIsRefusedInJsonAsInBinary: not read as the default policy", async () => {
-      const body = (method: string, extra: object) =>
-        fetch(`${cluster.url}/tern.workflow.v1.WorkflowService/${method}`, {
-          method: "POST",
-          headers: { "content-type": "application/json" },
-          body: JSON.stringify({ namespace: ns, workflowId: "tir", ...T, workflowIdReusePolicy: "WORKFLOW_ID_REUSE_POLICY_TERMINATE_IF_RUNNING", ...extra }),
-        }).then(async (r) => ({ status: r.status, ...(await r.json()) }));
-      const refusal = { status: 400, code: "invalid_argument", message: "workflow id reuse policy terminate-if-running is not served: terminate the open run, then start" };
-      // Before: JSON's enum name was unknown to the proto, dropped, and the run started.
-      expect(await body("StartWorkflowExecution", {})).toMatchObject(refusal);
-      expect(await body("SignalWithStartWorkflowExecution", { signalName: "s" })).toMatchObject(refusal);
-      await rejects(wf.startWorkflowExecution({ namespace: ns, workflowId: "tir", ...T, workflowIdReusePolicy: WorkflowIdReusePolicy.TERMINATE_IF_RUNNING }), Code.InvalidArgument, refusal.message);
-      await rejects(wf.describeWorkflowExecution({ namespace: ns, execution: { workflowId: "tir" } }), Code.NotFound, "workflow execution tir not found");
-    });
-
     test("TestANewRunStaysTheCurrentOneWhenTheClockStepsBack: the reuse policy and the next run's previous run are the latest run's", async () => {
       const start = (p = WorkflowIdReusePolicy.ALLOW_DUPLICATE) => wf.startWorkflowExecution({ namespace: ns, workflowId: "clock", ...T, workflowIdReusePolicy: p });
       const current = async () => (await wf.describeWorkflowExecution({ namespace: ns, execution: { workflowId: "clock" } })).workflowExecutionInfo!.execution!.runId;

@@ -596,8 +596,8 @@ export enum WorkflowIdReusePolicy {
   REJECT_DUPLICATE = 3,
 
   /**
-   * Temporal's, named here so that a JSON request naming it is refused (INVALID_ARGUMENT) as a
-   * binary one is, not read as UNSPECIFIED (an enum name the message lacks is ignored): not served.
+   * Temporal's: a start meeting an open run terminates it and starts the new run (SignalWithStart
+   * too); with no run open, allow-duplicate.
    *
    * @generated from enum value: WORKFLOW_ID_REUSE_POLICY_TERMINATE_IF_RUNNING = 4;
    */
