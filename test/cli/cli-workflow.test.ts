@@ -41,6 +41,17 @@ describe("workflow start", () => {
     expect(r.stdout).toMatch(/^RunId: +run-1$/m);
   });
 
+  test("--id-reuse-policy terminate-if-running, in kebab-case or Temporal's PascalCase, sends TERMINATE_IF_RUNNING", async () => {
+    for (const spelling of ["terminate-if-running", "TerminateIfRunning"]) {
+      let seen: StartWorkflowExecutionRequest | undefined;
+      // Before: a usage error, "--id-reuse-policy must be allow-duplicate, ...".
+      const r = await runCli(["workflow", "start", "-w", "w", "--type", "T", "--id-reuse-policy", spelling], {
+        workflow: { startWorkflowExecution: (req) => ((seen = req), { runId: "r", started: true }) },
+      });
+      expect([r.code, seen?.workflowIdReusePolicy]).toEqual([0, WorkflowIdReusePolicy.TERMINATE_IF_RUNNING]);
+    }
+  });
+
   test("defaults: namespace default, a fresh request id, no timeout; -o json prints the response", async () => {
     let seen: StartWorkflowExecutionRequest | undefined;
     const r = await runCli(["workflow", "start", "-w", "w", "--type", "T", "-o", "json"], {

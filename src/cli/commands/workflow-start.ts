@@ -22,6 +22,7 @@ const REUSE_POLICIES: Record<string, WorkflowIdReusePolicy> = {
   allowduplicate: WorkflowIdReusePolicy.ALLOW_DUPLICATE,
   allowduplicatefailedonly: WorkflowIdReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
   rejectduplicate: WorkflowIdReusePolicy.REJECT_DUPLICATE,
+  terminateifrunning: WorkflowIdReusePolicy.TERMINATE_IF_RUNNING,
 };
 
 /** Parses --id-reuse-policy; accepts kebab-case and Temporal's PascalCase spellings. */
@@ -30,7 +31,7 @@ export function parseReusePolicy(text: string | undefined): WorkflowIdReusePolic
   const policy = REUSE_POLICIES[text.toLowerCase().replace(/[^a-z]/g, "")];
   if (policy === undefined) {
     throw new UsageError(
-      `--id-reuse-policy must be allow-duplicate, allow-duplicate-failed-only or reject-duplicate, got "${text}"`,
+      `--id-reuse-policy must be allow-duplicate, allow-duplicate-failed-only, reject-duplicate or terminate-if-running, got "${text}"`,
     );
   }
   return policy;
@@ -49,7 +50,7 @@ export const startFlags: FlagSpec[] = [
     name: "id-reuse-policy",
     kind: "string",
     valueName: "POLICY",
-    description: "allow-duplicate, allow-duplicate-failed-only or reject-duplicate (default: server's)",
+    description: "allow-duplicate, allow-duplicate-failed-only, reject-duplicate or terminate-if-running (default: server's)",
   },
 ];
 
