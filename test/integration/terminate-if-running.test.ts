@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { Code } from "@connectrpc/connect";
+import { Code, createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-web";
 import { EventType, WorkflowExecutionStatus, WorkflowIdReusePolicy } from "../../src/gen/tern/common/v1/common_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { json, unjson } from "../support/payload";
@@ -114,7 +115,7 @@ for (const store of await testStores()) {
       expect(sws.started).toBe(true);
     });
 
-    test("TestTerminateIfRunningInJsonAsInBinary: Connect JSON names the policy", async () => {
+    test("TestTerminateIfRunningInJsonAsInBinary: Connect JSON names the policy, binary numbers it", async () => {
       const call = (method: string, extra: object) =>
         fetch(`${cluster.url}/tern.workflow.v1.WorkflowService/${method}`, {
           method: "POST",
@@ -130,6 +131,12 @@ for (const store of await testStores()) {
       expect(third).toMatchObject({ status: 200, started: true });
       await expectTerminatedFor(cluster, ns, "json", second.runId, third.runId);
       expect(await reads.types("json", third.runId)).toEqual(["WORKFLOW_EXECUTION_STARTED", "WORKFLOW_EXECUTION_SIGNALED"]);
+      // The test clients speak JSON: binary too.
+      const binary = createClient(WorkflowService, createConnectTransport({ baseUrl: cluster.url, useBinaryFormat: true }));
+      const fourth = await binary.startWorkflowExecution({ namespace: ns, workflowId: "json", ...T, workflowIdReusePolicy: TIR });
+      await expectTerminatedFor(cluster, ns, "json", third.runId, fourth.runId);
+      const fifth = await binary.signalWithStartWorkflowExecution({ namespace: ns, workflowId: "json", ...T, signalName: "s", workflowIdReusePolicy: TIR });
+      await expectTerminatedFor(cluster, ns, "json", fourth.runId, fifth.runId);
     });
 
     test("TestConcurrentTerminateIfRunningStartsLeaveOneOpenRun: each terminates the one before it", async () => {
