@@ -127,21 +127,23 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
     const fetchRaw = rawFetcher(remote.name, remote.clients, log, signal);
     let added = 0;
     /**
-     * Brings events from `start` of `kept`, or of the source's current branch, a page at a time.
-     * The pages after the first are of the first's branch even when the source switches its
-     * current branch meanwhile (this cluster's re-applied signals win there): the ids past
-     * `start` of its new current branch are another branch's, or none, and ended the job early.
+     * Brings events from `start` of `listed` (the branch the listing named, or a kept one), or
+     * of the source's current branch, a page at a time. The pages are of that branch even when
+     * the source switches its current branch meanwhile (this cluster's re-applied signals win
+     * there): the ids past `start` of its new current branch are another branch's, or none, and
+     * ended the job early, the listed branch left behind. What the source's branch gains after
+     * the listing comes by replication.
      */
-    const bring = async (start: number, kept?: VersionHistoryItem[]) => {
-      let branch = kept;
-      let next = kept ? lastEventIdOf(kept) + 1 : Infinity;
+    const bring = async (start: number, listed?: VersionHistoryItem[]) => {
+      let branch = listed?.length ? listed : undefined;
+      let next = branch ? lastEventIdOf(branch) + 1 : Infinity;
       for (let first = start; first < next; ) {
         const end = branch ? { nextEventId: BigInt(next), versionHistory: versionHistoryToProto(branch) } : {};
         const raw = await remote.clients.admin.getWorkflowExecutionRawHistory(
           { ...ref, ...end, firstEventId: BigInt(first), maximumPageBytes: BigInt(historyPageBytes) },
           { signal, timeoutMs: 30_000 },
         );
-        // A source that sends no version history is followed by its current branch's end.
+        // A source that lists and sends no version history is followed by its current branch's end.
         const served = versionHistoryFromProto(raw.versionHistory?.items);
         branch ??= served.length ? served : undefined;
         next = branch ? lastEventIdOf(branch) + 1 : Number(raw.nextEventId);
@@ -162,7 +164,7 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
     try {
       // From the first event this cluster lacks: a run half brought by a stopped backfill, or
       // by replication, is not fetched again from its start.
-      if (from !== undefined) await bring(from);
+      if (from !== undefined) await bring(from, versionHistoryFromProto(e.versionHistory?.items));
       for (const kept of e.keptBranches) {
         const branch = versionHistoryFromProto(kept.items);
         const start = await keptBranchFrom(ref, branch);

@@ -3,6 +3,7 @@ import { sql } from "drizzle-orm";
 import type { HistoryApplier, IncomingTask } from "../../replication/applier";
 import { versionHistoryFromProto } from "../../replication/version-history";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import type { HistoryEvent } from "../../src/gen/tern/common/v1/common_pb";
 import { backfillDone, tern } from "../backfill/support";
 import { expectActiveOn, startClusters } from "../failover/mesh";
@@ -23,16 +24,26 @@ const PAYLOAD = "p".repeat(600);
 /** Bytes of events B's backfill asks a page for: A's branch comes in several pages. */
 const PAGE_BYTES = 4_000;
 
+/** Runs A starts during the split, listed before WF: the backfill applies them first, 8 at a time. */
+const FILLERS = 8;
+
+/**
+ * Where in B's backfill A switches its current branch of WF: between two pages of it (B's first
+ * apply of a page of WF), or between the listing that named WF with A's branch and WF's first
+ * page (B's first apply of a filler: with FILLERS runs in flight, WF's fetch waits for one).
+ */
+const WINDOWS = { "between two pages": (workflowId: string) => workflowId === WF, "between the listing and the first page": (workflowId: string) => workflowId.startsWith("filler-") };
+
 /**
  * A source that switches its current branch in the middle of a backfill (DESIGN.md sections 4
  * and 6): B (active, version 2) backfills A's losing branch of WF (version 1) a page at a time,
- * and between two pages A takes B's branch, which wins, as its current one (B's events replicate
- * to A as B applies the pages). The pages after that are still A's branch, now kept on A: B ends
- * with it whole and each of its signals re-applied once, not with the pages it had before the
- * switch and the job marked done.
+ * and A takes B's branch, which wins, as its current one (B's events replicate to A as B applies
+ * the pages). The pages B fetches after that are still of the branch the listing named, now kept
+ * on A: B ends with it whole and each of its signals re-applied once, not with the pages it had
+ * before the switch (or none) and the job marked done.
  */
-for (const store of await testStores()) {
-  describe(`a backfill source that switches branches between two pages, on ${store}`, () => {
+for (const store of await testStores()) for (const [window, switchesOn] of Object.entries(WINDOWS)) {
+  describe(`a backfill source that switches branches ${window}, on ${store}`, () => {
     let a: TestCluster, b: TestCluster;
     const ia: Inside = {};
     const stopped: TestCluster[] = [];
@@ -42,22 +53,20 @@ for (const store of await testStores()) {
     let bFirst: IncomingTask;
 
     /**
-     * While on, B's first apply of a page of WF first gives A B's first event after the fork,
-     * through A's applier and database: A's current branch becomes B's (version 2 wins) after B
-     * fetched that page and before it fetches the next.
+     * While on, B's applies of the pages switchesOn names first wait for the switch, which the
+     * first of them starts: A is given B's first event after the fork, through A's applier and
+     * database, and its current branch becomes B's (version 2 wins), after B fetched that page
+     * and before it fetches the next of WF.
      */
-    const switchAt = { on: false, pages: [] as string[], switched: false };
+    const switchAt = { on: false, pages: [] as string[], switched: undefined as Promise<unknown> | undefined };
     const switching = (applier: HistoryApplier): HistoryApplier => ({
       ...applier,
       async applyTask(tx, ns, task, fetchRaw) {
-        if (switchAt.on && task.workflowId === WF) {
-          switchAt.pages.push(`[${task.firstEventId}, ${task.nextEventId})`);
-          if (!switchAt.switched) {
-            switchAt.switched = true;
-            const aNs = await ia.namespaces!.getByName(NS);
-            await a.server.database.db.transaction((atx) =>
-              ia.applier!.applyTask(atx, aNs, bFirst, () => Promise.reject(new Error("A lacks none of B's events before b-0"))));
-          }
+        if (switchAt.on && task.workflowId === WF) switchAt.pages.push(`[${task.firstEventId}, ${task.nextEventId})`);
+        if (switchAt.on && switchesOn(task.workflowId)) {
+          switchAt.switched ??= ia.namespaces!.getByName(NS).then((aNs) =>
+            a.server.database.db.transaction((atx) => ia.applier!.applyTask(atx, aNs, bFirst, () => Promise.reject(new Error("A lacks none of B's events before b-0")))));
+          await switchAt.switched;
         }
         return applier.applyTask(tx, ns, task, fetchRaw);
       },
@@ -76,6 +85,9 @@ for (const store of await testStores()) {
       const split = await splitOnOneRun(a, b, { namespace: NS, workflowId: WF, signals: SIGNALS, payload: PAYLOAD });
       const runId = split.runId;
       aBranch = split.aBranch;
+      for (let i = 0; i < FILLERS; i++) {
+        await a.client(WorkflowService).startWorkflowExecution({ namespace: NS, workflowId: `filler-${i}`, workflowType: "T", taskQueue: "q", requestId: `filler-${i}` });
+      }
       const namespaceId = (await ia.namespaces!.getByName(NS)).id;
       const first = FORK + 1;
       const raw = await b.client(AdminService).getWorkflowExecutionRawHistory({ namespaceId, workflowId: WF, runId, firstEventId: BigInt(first), nextEventId: BigInt(first + 1) });
@@ -96,13 +108,14 @@ for (const store of await testStores()) {
       for (const x of stopped) await x.destroy();
     });
 
-    test("TestABackfillWhoseSourceSwitchesBranchesBetweenPagesBringsTheWholeBranch", async () => {
+    test("TestABackfillWhoseSourceSwitchesBranchesMidwayBringsTheWholeListedBranch", async () => {
       switchAt.on = true;
       expect((await tern(b, "operator", "namespace", "backfill", NS, "--from", "clusterA")).code).toBe(0);
       await backfillDone(b, NS, "clusterA");
       const context = async () => `pages ${switchAt.pages.join(" ")}\n${(await branchLines(b, NS, WF)).join("\n")}`;
-      expect(switchAt.switched).toBe(true);
+      expect(switchAt.switched).toBeDefined();
       expect(switchAt.pages.length, await context()).toBeGreaterThan(2);
+      expect((await b.client(WorkflowService).listWorkflowExecutions({ namespace: NS, pageSize: 100 })).executions.length).toBe(FILLERS + 1);
 
       // A's branch is kept whole on B, each of its signals re-applied once; A converges on B's.
       await expectLosingBranchKept(a, b, { namespace: NS, workflowId: WF, signals: SIGNALS, payload: PAYLOAD, aBranch }, context);
