@@ -26,6 +26,8 @@ export class ClusterMismatchError extends Error {
 /**
  * On first start, persists the cluster's identity; on later starts, refuses a config
  * whose shard count, name, increment or initial version differs (they can never change).
+ * Servers starting at once on one database take turns: the first persists it, the others
+ * check their config against it.
  */
 export async function bootstrapCluster(db: Db, config: Config): Promise<CurrentCluster> {
   const meta = config.clusterMetadata;
@@ -34,6 +36,9 @@ export async function bootstrapCluster(db: Db, config: Config): Promise<CurrentC
   if (!own.rpcAddress) own.rpcAddress = hostPort(rpc.bindOnIP, rpc.port);
   const shardCount = config.persistence.numHistoryShards;
   const row = await db.transaction(async (tx) => {
+    // FOR UPDATE below locks no row on a new database: two first starts both inserted, the
+    // second failing on the primary key (or, with other names, two current clusters).
+    await tx.execute(sql`lock table ${clusterMetadata} in share row exclusive mode`);
     const [existing] = await tx.select().from(clusterMetadata).where(eq(clusterMetadata.isCurrent, true)).for("update");
     if (existing) {
       checkUnchanged(existing, meta.currentClusterName, shardCount, meta.failoverVersionIncrement, own.initialFailoverVersion);
