@@ -232,7 +232,10 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
       // migrations) runs on that session, waiting for the lock as long as the one before takes.
       const locker = postgres(url, { ...at, max: 1, onnotice: () => {}, connection: { application_name: "tern-migrate" } });
       try {
-        await locker`select pg_advisory_lock(727376)`;
+        // Set to none for this wait alone: the role's or database's lock_timeout or
+        // statement_timeout, which the session takes, ended it with `canceling statement due
+        // to lock timeout` while another server's migrations ran, and the start failed.
+        await locker.begin((s) => [s`select set_config('lock_timeout', '0', true), set_config('statement_timeout', '0', true)`, s`select pg_advisory_lock(727376)`]);
         // The lock timeout as on every session of tern's: a migration's ALTER TABLE waiting for
         // its lock would queue every statement on the table behind it. No statement timeout: a
         // migration (an index built on a large table) takes what it takes.
