@@ -97,6 +97,19 @@ export function loggableStack(e: unknown): string {
   return withReason(e, withoutParameters(String((e as Error)?.stack ?? e)));
 }
 
+/**
+ * e as a start that failed says it: a statement the database refused, as its code and reason.
+ * drizzle's message names only the statement and its parameters (`Failed query: select ... for
+ * update params: true` on a read-only database), and postgres.js's omits the code. An error of
+ * tern's that wraps the database's (`migrating the database failed: ...`) says it already.
+ */
+export function startFailure(e: unknown): unknown {
+  const { code, message } = pgErrorOf(e);
+  const own = (e as ErrorFields | undefined)?.code === code;
+  if (!code || !message || !(own || String((e as Error)?.message).startsWith("Failed query"))) return e;
+  return new Error(`the database refused a statement (${code}: ${message})`, { cause: e });
+}
+
 /** text led by the database's code and message where e wraps them (drizzle's message names only the statement). */
 function withReason(e: unknown, text: string): string {
   const { code, message } = pgErrorOf(e);

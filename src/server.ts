@@ -27,7 +27,7 @@ import { createOutboxMarks } from "../replication/outbox";
 import { createOutboxTail } from "../replication/outbox-tail";
 import { createReplicationStatus } from "../replication/status";
 import type { Config } from "./config/schema";
-import { loggableError } from "./errors";
+import { loggableError, startFailure } from "./errors";
 import { AdminService, type PullReplicationTasksRequest } from "./gen/tern/admin/v1/service_pb";
 import type { NamespaceDescription } from "./gen/tern/workflow/v1/namespace_pb";
 import { createAdminHandler } from "./frontend/admin-handler";
@@ -167,7 +167,7 @@ export async function createTernServer(config: Config, opts: ServerOptions): Pro
     return wire(config, opts, { log, now, database, cluster });
   } catch (e) {
     await database.close();
-    throw e;
+    throw startFailure(e);
   }
 }
 
