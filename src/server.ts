@@ -55,6 +55,7 @@ import { startLoopDelaySampler } from "./observability/loop-delay";
 import { createMetrics, type Metrics } from "./observability/metrics";
 import { openDatabase, type Database, type OpenOptions } from "./persistence/database";
 import { migrateSchema } from "./persistence/migrate";
+import { checkPrivileges } from "./persistence/privileges";
 import { createPeriodic } from "./periodic";
 
 export const VERSION = "0.1.0";
@@ -162,6 +163,7 @@ export async function createTernServer(config: Config, opts: ServerOptions): Pro
   try {
     const applied = await migrateSchema(database, opts.migrationsFolder);
     if (applied.length) log.info("applied migrations", { migrations: applied });
+    await checkPrivileges(database.db);
     const cluster = await bootstrapCluster(database.db, config);
     await resetAbandonedHandovers(database.db, log);
     return wire(config, opts, { log, now, database, cluster });

@@ -1,5 +1,7 @@
 import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import postgres from "postgres";
+import { ulid } from "ulid";
+import { testEnv } from "../support/env";
 import { newDataLocation, startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 
@@ -7,7 +9,7 @@ setDefaultTimeout(60_000);
 
 const removals: (() => Promise<unknown>)[] = [];
 afterAll(async () => {
-  for (const remove of removals.reverse()) await remove();
+  for (const remove of removals) await remove();
 });
 
 /** A new PostgreSQL database a server has started and stopped on (migrated, its identity persisted), and an admin session on it. */
@@ -18,6 +20,21 @@ async function startedDatabase(): Promise<{ location: string; dbName: string; ad
   const admin = postgres(location, { max: 1, onnotice: () => {} });
   removals.push(() => admin.end({ timeout: 1 }));
   return { location, dbName: new URL(location).pathname.slice(1), admin };
+}
+
+/** A login role of its own (dropped after the tests), and location as that role. */
+async function asNewRole(location: string): Promise<{ role: string; url: string }> {
+  const role = `tern_test_role_${ulid().toLowerCase()}`;
+  const server = postgres(testEnv.postgresUrl, { max: 1, onnotice: () => {} });
+  await server.unsafe(`create role ${role} login`);
+  // After the databases it was granted on are dropped (removals run in order).
+  removals.push(async () => {
+    await server.unsafe(`drop role if exists ${role}`);
+    await server.end({ timeout: 1 });
+  });
+  const url = new URL(location);
+  url.username = role;
+  return { role, url: url.toString() };
 }
 
 /** What a start on location says: "started", or its error's message. */
@@ -42,5 +59,22 @@ describe.if((await testStores()).includes("postgres"))("a start the database ref
     await admin.unsafe(`alter database ${dbName} set default_transaction_read_only = on`);
     const outcome = await startOutcome(location);
     expect(outcome).toMatch(/^the database refused a statement \(25006: cannot execute [A-Z ]+ in a read-only transaction\)$/);
+  });
+
+  test("TestStartByARoleLackingPrivilegesOnSomeTables: refused naming the tables and privileges, not started to fail requests INTERNAL", async () => {
+    const { location, dbName, admin } = await startedDatabase();
+    const { role, url } = await asNewRole(location);
+    // Granted tern's tables, but for one it may only read and one it may not delete from.
+    await admin.unsafe(`grant connect on database ${dbName} to ${role}; grant usage on schema public, drizzle to ${role}`);
+    await admin.unsafe(`grant select, insert, update, delete on all tables in schema public to ${role}; grant select on all tables in schema drizzle to ${role}`);
+    await admin.unsafe(`revoke insert, update, delete on history_events from ${role}; revoke delete on timer_tasks from ${role}`);
+    const outcome = await startOutcome(url);
+    expect(outcome).toBe(
+      `the database role ${role} lacks privileges tern needs on its tables: INSERT, UPDATE, DELETE on history_events; DELETE on timer_tasks; ` +
+        `grant them (GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ... TO ${role})`,
+    );
+    // Granted them, it starts.
+    await admin.unsafe(`grant insert, update, delete on history_events, timer_tasks to ${role}`);
+    expect(await startOutcome(url)).toBe("started");
   });
 });
