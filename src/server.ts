@@ -54,6 +54,7 @@ import { createLogger, type Logger } from "./observability/log";
 import { startLoopDelaySampler } from "./observability/loop-delay";
 import { createMetrics, type Metrics } from "./observability/metrics";
 import { openDatabase, type Database, type OpenOptions } from "./persistence/database";
+import { checkEncoding } from "./persistence/encoding";
 import { migrateSchema } from "./persistence/migrate";
 import { checkPrivileges } from "./persistence/privileges";
 import { createPeriodic } from "./periodic";
@@ -161,6 +162,7 @@ export async function createTernServer(config: Config, opts: ServerOptions): Pro
   const now = opts.now ?? (() => new Date());
   const database = await openDatabase(config.persistence.datastore, { log, ...opts.database });
   try {
+    await checkEncoding(database.db);
     const applied = await migrateSchema(database, opts.migrationsFolder);
     if (applied.length) log.info("applied migrations", { migrations: applied });
     await checkPrivileges(database.db);

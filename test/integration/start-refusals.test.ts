@@ -2,6 +2,7 @@ import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import postgres from "postgres";
 import { ulid } from "ulid";
 import { testEnv } from "../support/env";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { newDataLocation, startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 
@@ -35,6 +36,22 @@ async function asNewRole(location: string): Promise<{ role: string; url: string 
   const url = new URL(location);
   url.username = role;
   return { role, url: url.toString() };
+}
+
+/** A new database with this encoding (and the C locale, which every encoding takes), removed after the tests. */
+async function databaseEncoded(encoding: string): Promise<{ location: string; admin: postgres.Sql }> {
+  const name = `tern_test_${ulid().toLowerCase()}`;
+  const server = postgres(testEnv.postgresUrl, { max: 1, onnotice: () => {} });
+  await server.unsafe(`create database ${name} encoding '${encoding}' lc_collate 'C' lc_ctype 'C' template template0`);
+  const url = new URL(testEnv.postgresUrl);
+  url.pathname = `/${name}`;
+  const admin = postgres(url.toString(), { max: 1, onnotice: () => {} });
+  removals.push(async () => {
+    await admin.end({ timeout: 1 });
+    await server.unsafe(`drop database if exists ${name} with (force)`);
+    await server.end({ timeout: 1 });
+  });
+  return { location: url.toString(), admin };
 }
 
 /** What a start on location says: "started", or its error's message. */
@@ -76,5 +93,29 @@ describe.if((await testStores()).includes("postgres"))("a start the database ref
     // Granted them, it starts.
     await admin.unsafe(`grant insert, update, delete on history_events, timer_tasks to ${role}`);
     expect(await startOutcome(url)).toBe("started");
+  });
+
+  test("TestStartOnALatin1Database: refused naming the encoding, before anything is made in it", async () => {
+    // Where it started, text outside LATIN1 was refused, and a peer's replicated here went to the DLQ.
+    const { location, admin } = await databaseEncoded("LATIN1");
+    const outcome = await startOutcome(location);
+    expect(outcome).toMatch(/^the database tern_test_\w+ is encoded LATIN1, which cannot hold all the text tern stores .*; tern needs a UTF8 database \(CREATE DATABASE \.\.\. ENCODING 'UTF8' TEMPLATE template0\)$/);
+    expect((await admin`select to_regclass('cluster_metadata') as t`)[0]!.t).toBeNull();
+  });
+
+  test("TestStartOnASqlAsciiDatabase: starts, and keeps text outside ASCII as it was sent", async () => {
+    const { location } = await databaseEncoded("SQL_ASCII");
+    const c = await startTestCluster({ store: "postgres", dataLocation: location });
+    try {
+      const wf = c.client(WorkflowService);
+      await wf.registerNamespace({ namespace: "ns" });
+      await wf.startWorkflowExecution({ namespace: "ns", workflowId: "w-€-😀", workflowType: "t", taskQueue: "q" });
+      await wf.signalWorkflowExecution({ namespace: "ns", workflowExecution: { workflowId: "w-€-😀" }, signalName: "ñ-€" });
+      const { history } = await wf.getWorkflowExecutionHistory({ namespace: "ns", execution: { workflowId: "w-€-😀" } });
+      const signals = history!.events.flatMap((e) => (e.attributes.case === "workflowExecutionSignaledEventAttributes" ? [e.attributes.value.signalName] : []));
+      expect(signals).toEqual(["ñ-€"]);
+    } finally {
+      await c.stop();
+    }
   });
 });
