@@ -40,6 +40,11 @@ export function isTaskFailure(e: unknown): boolean {
  */
 const SOURCE_UNREACHABLE = [Code.Unknown, Code.Unavailable, Code.DeadlineExceeded, Code.Canceled, Code.ResourceExhausted, Code.Aborted];
 
+/** This cluster's database restarted since a stream's applies: those not flushed are gone, and the source must not hear of them. */
+export class AppliesLostError extends Error {
+  override name = "AppliesLostError";
+}
+
 /** Two branches that conflict resolution cannot order (they end at the same failover version). */
 export class HistoryDivergenceError extends Error {
   override name = "HistoryDivergenceError";

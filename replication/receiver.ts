@@ -8,6 +8,7 @@ import { fetchFailureReason } from "../src/fetch-failure";
 import { nextTurn } from "../src/next-turn";
 import { loadInboundAck } from "./ack-levels";
 import { createAckSender } from "./ack-sender";
+import { AppliesLostError } from "./apply-errors";
 import { createInboundHeard, OVERDUE_SLACK_MS, type Heard } from "./inbound-heard";
 import { notServed } from "./not-served";
 import { estimateEventBytes } from "./outbox-tail";
@@ -34,9 +35,10 @@ export interface HistoryReceiverDeps extends Omit<PageApplierDeps, "progressOf">
   /**
    * Makes every apply committed so far durable (on PostgreSQL the applies commit without
    * waiting for their WAL flush: database.ts). Awaited before a source is told what was applied,
-   * since it may then drop those tasks. Unset: an apply is durable once committed.
+   * since it may then drop those tasks. Unset: an apply is durable once committed. Resolves to
+   * what names the database's run (database.ts: PostgreSQL's start time), which a restart changes.
    */
-  durable?: () => Promise<void>;
+  durable?: () => Promise<unknown>;
 }
 
 /** What this process last saw of one remote shard, for status (not persisted). */
@@ -164,14 +166,21 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
   }
 
   /**
-   * remote's shard ids, their persisted inbound acks (also set as progress), and a setter of each
-   * shard's lag gauge. The acks are made durable first: they may be the last stream's applies,
-   * committed without their flush, and the first request tells them to the source.
+   * remote's shard ids, their persisted inbound acks (also set as progress), a setter of each
+   * shard's lag gauge, and `durable` for the stream's applies. The applies are made durable
+   * first: the acks read may be the last stream's applies, committed without their flush, and
+   * the first request tells them to the source. The stream's `durable` fails once the database
+   * restarted since (AppliesLostError): a flush on the restarted PostgreSQL went through, and the
+   * source was told of applies the restart took, which this side then never took again.
    */
   async function inbound(remote: RemoteCluster) {
     const shardIds = Array.from({ length: remote.shardCount }, (_, i) => i + 1);
+    const run = await durable();
     const acks = new Map(await Promise.all(shardIds.map(async (id) => [id, await loadInboundAck(db, remote.name, id)] as const)));
-    await durable();
+    const durableSince = async () => {
+      const now = await durable();
+      if (now !== run) throw new AppliesLostError(`this cluster's database restarted (started ${String(now)}, not ${String(run)}): the applies it had not flushed are gone; taking cluster ${remote.name}'s tasks again from the acks it holds`);
+    };
     for (const [id, ack] of acks) progressOf(remote.name, id).ackLevel = ack;
     // The lag gauge of each shard, set when it changes (an answer for 512 shards mostly changes none).
     const shown = new Map<number, number>();
@@ -181,7 +190,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
       shown.set(shardId, value);
       metrics.set("replication_tasks_lag", { remote_cluster: remote.name, shard: String(shardId) }, value);
     };
-    return { shardIds, acks, lag };
+    return { shardIds, acks, lag, durable: durableSince };
   }
 
   /** After an apply: each page's shard acked to its end, its progress and lag gauge to match. */
@@ -260,9 +269,11 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
    * and silenceGraceMs more (the source answers at least every waitMs) is given up.
    */
   async function stream(remote: RemoteCluster, signal: AbortSignal, report: StreamReport): Promise<"refused" | undefined> {
-    const { shardIds, acks, lag } = await inbound(remote);
+    const { shardIds, acks, lag, durable } = await inbound(remote);
     const local = new AbortController();
     const s = AbortSignal.any([signal, local.signal]);
+    // Set when the database restarted since the stream's applies: it ends, and the next starts from the acks the database holds.
+    let lost: AppliesLostError | undefined;
     const labels = { remote_cluster: remote.name };
     // A stream's pages go as fast as this side reads them, and a page holds what is there: every
     // shard asks a catch-up page (PULL_BUDGET shared among them), whatever its backlog now.
@@ -342,7 +353,10 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
       remote, clusterName: cluster.clusterName, shardIds, acks, signal: s, durable, ackIntervalMs,
       // An ack the source does not answer within the grace a silent stream gets is given up too.
       timeoutMs: silenceGraceMs,
-      failed: (e) => report.failed((ackFailure = new Error(`acks to cluster ${remote.name} failed, so it does not hear what was applied: ${fetchFailureReason(e) ?? loggableError(e)}`))),
+      failed: (e) => {
+        if (e instanceof AppliesLostError) return void (lost ??= e, local.abort(e));
+        report.failed((ackFailure = new Error(`acks to cluster ${remote.name} failed, so it does not hear what was applied: ${fetchFailureReason(e) ?? loggableError(e)}`)));
+      },
       sent: () => {
         if (!ackFailure) return;
         ackFailure = undefined;
@@ -387,7 +401,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
       await reading;
       metrics.set("replication_stream_received_tasks", labels, 0);
     }
-    const error = ended?.error;
+    const error = lost ?? ended?.error;
     if (signal.aborted || !error) return undefined;
     if (!heard && notServed(error)) return "refused";
     throw error;
@@ -395,7 +409,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
 
   /** Pulls and applies all of remote's shards until signal aborts (or, given `until`, the first round past it). */
   async function pull(remote: RemoteCluster, outer: AbortSignal, report: StreamReport, until?: number): Promise<void> {
-    const { shardIds, acks, lag } = await inbound(remote);
+    const { shardIds, acks, lag, durable } = await inbound(remote);
     // A call still out when the loop ends is not needed any more.
     const local = new AbortController();
     const signal = AbortSignal.any([outer, local.signal]);

@@ -119,7 +119,7 @@ export interface ServerOptions {
     /** Awaited by each AdminService.PullReplicationTasks call, with its request, before it reads: shows a peer's pulls (tests). */
     beforePull?: (req: PullReplicationTasksRequest, signal: AbortSignal) => Promise<void>;
     /** In place of the database's `applies.durable`: what the receiver awaits before it tells a source of its applies (tests). */
-    durable?: () => Promise<void>;
+    durable?: () => Promise<unknown>;
     /** Awaited before each replicated namespace change (the namespace it carries) is applied: holds this cluster's view of a failover (tests). */
     beforeNamespaceApply?: (ns: NamespaceDescription) => Promise<void>;
     /** Verify's budgets (tests make them small, so that a moderate run takes several calls). */

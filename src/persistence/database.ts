@@ -25,12 +25,13 @@ export interface Database {
    * PostgreSQL: connections of the replication applier's own, for its hand-written statements
    * (see openPostgres). Their commits do not wait for the WAL flush; `durable` makes every
    * apply committed before it durable, and the receiver calls it before it tells a source what
-   * was applied.
+   * was applied. It resolves to the PostgreSQL instance's start time: a flush on an instance
+   * that restarted since the applies makes durable only what the restart left of them.
    */
   applies?: {
     db: Db;
     pipelined: PipelinedTransactions;
-    durable(): Promise<void>;
+    durable(): Promise<unknown>;
     /** Set when the applies commit synchronously after all: why (the flush `durable` needs was refused). */
     synchronousBecause?: string;
   };
@@ -193,7 +194,7 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
   // stream, so every commit before it is flushed too. (A transaction that only takes an xid,
   // `select txid_current()`, writes no WAL and commits without flushing.) A role may have been
   // denied the function: then the applies commit synchronously, each waiting for its flush.
-  const flush = () => client`select pg_logical_emit_message(true, 'tern', 'applies durable')`;
+  const flush = () => client`select pg_logical_emit_message(true, 'tern', 'applies durable'), pg_postmaster_start_time()::text as started`;
   const synchronousBecause = await flush().then(() => undefined, (e: Error) => `pg_logical_emit_message failed: ${e.message}`);
   // The applier's statements on connections of their own (opened at its first page): B applies
   // one page at a time, and its some 40 apply texts (a page's shape, per power of two) were
@@ -224,7 +225,7 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
     applies: {
       db: drizzlePostgres(applyClient, { schema }) as unknown as Db,
       pipelined: createPipelinedTransactions(applyClient),
-      durable: synchronousBecause ? () => Promise.resolve() : async () => void (await flush()),
+      durable: synchronousBecause ? () => Promise.resolve() : async () => (await flush())[0]!.started as unknown,
       synchronousBecause,
     },
     async withExclusiveLock(fn) {

@@ -47,7 +47,7 @@ async function crashAfterApplies(gated: boolean, protocol: "stream" | "pull" = "
   const pg = await startPrivatePostgres({ wal_writer_delay: "10s" });
   cleanups.push(() => pg.stop());
   const bUrl = pg.url("postgres");
-  let real: (() => Promise<void>) | undefined;
+  let real: (() => Promise<unknown>) | undefined;
   const gate = createGate();
   const durable = gated ? async () => (await gate.held, await real!()) : async () => {};
   // A that refuses the stream is pulled from (a source from before it).
