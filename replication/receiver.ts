@@ -179,7 +179,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     const acks = new Map(await Promise.all(shardIds.map(async (id) => [id, await loadInboundAck(db, remote.name, id)] as const)));
     const durableSince = async () => {
       const now = await durable();
-      if (now !== run) throw new AppliesLostError(`this cluster's database restarted (started ${String(now)}, not ${String(run)}): the applies it had not flushed are gone; taking cluster ${remote.name}'s tasks again from the acks it holds`);
+      if (now !== run) throw new AppliesLostError(`this cluster's database restarted since the stream began (its run is ${String(now)}, was ${String(run)}): the applies it had not flushed are gone; taking cluster ${remote.name}'s tasks again from the acks it holds`);
     };
     for (const [id, ack] of acks) progressOf(remote.name, id).ackLevel = ack;
     // The lag gauge of each shard, set when it changes (an answer for 512 shards mostly changes none).

@@ -25,8 +25,8 @@ export interface Database {
    * PostgreSQL: connections of the replication applier's own, for its hand-written statements
    * (see openPostgres). Their commits do not wait for the WAL flush; `durable` makes every
    * apply committed before it durable, and the receiver calls it before it tells a source what
-   * was applied. It resolves to the PostgreSQL instance's start time: a flush on an instance
-   * that restarted since the applies makes durable only what the restart left of them.
+   * was applied. It resolves to what names the PostgreSQL instance's run (openPostgres): a flush
+   * on an instance that restarted since the applies makes durable only what the restart left.
    */
   applies?: {
     db: Db;
@@ -194,7 +194,11 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
   // stream, so every commit before it is flushed too. (A transaction that only takes an xid,
   // `select txid_current()`, writes no WAL and commits without flushing.) A role may have been
   // denied the function: then the applies commit synchronously, each waiting for its flush.
-  const flush = () => client`select pg_logical_emit_message(true, 'tern', 'applies durable'), pg_postmaster_start_time()::text as started`;
+  // It answers what names this run of PostgreSQL: its start time, and the time its statistics
+  // were last discarded, which a start over after one of its processes crashed does
+  // (restart_after_crash: the WAL buffers lost as in a restart, the start time kept). An
+  // operator's pg_stat_reset_shared('bgwriter') changes it too, harmlessly (a stream starts over).
+  const flush = () => client`select pg_logical_emit_message(true, 'tern', 'applies durable'), concat_ws(' ', pg_postmaster_start_time(), (select stats_reset from pg_stat_bgwriter)) as started`;
   const synchronousBecause = await flush().then(() => undefined, (e: Error) => `pg_logical_emit_message failed: ${e.message}`);
   // The applier's statements on connections of their own (opened at its first page): B applies
   // one page at a time, and its some 40 apply texts (a page's shape, per power of two) were

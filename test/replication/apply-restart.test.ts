@@ -1,5 +1,6 @@
 import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { existsSync } from "node:fs";
+import postgres from "postgres";
 import { inboundAckRows, outboundAcks } from "../../replication/ack-levels";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
@@ -29,6 +30,26 @@ async function write(a: TestCluster, prefix: string, runs: number): Promise<void
   }
 }
 
+/**
+ * Kills a backend of url's PostgreSQL (SIGKILL): the postmaster ends every other one and starts
+ * over (restart_after_crash), its WAL buffers lost as in a restart, its start time kept. Resolves
+ * once it takes connections again.
+ */
+async function crashBackend(url: string): Promise<void> {
+  const victim = postgres(url, { max: 1, onnotice: () => {} });
+  const [{ pid }] = (await victim`select pg_backend_pid() as pid`) as unknown as [{ pid: number }];
+  process.kill(pid, "SIGKILL");
+  await victim.end({ timeout: 0 });
+  await eventually(async () => {
+    const probe = postgres(url, { max: 1, onnotice: () => {}, connect_timeout: 2 });
+    try {
+      await probe`select 1`;
+    } finally {
+      await probe.end({ timeout: 0 });
+    }
+  }, { timeout: 20_000, interval: 100 });
+}
+
 /** Shards whose ack on A is past where B's database says B applied. */
 async function toldPastApplied(a: TestCluster, b: TestCluster): Promise<number[]> {
   const applied = new Map((await inboundAckRows(b.server.database.db)).filter((r) => r.remoteCluster === "clusterA" && r.queue === "history").map((r) => [r.shardId, r.ackLevel]));
@@ -44,13 +65,13 @@ if (!binaries) console.warn(`\n!!! no PostgreSQL binaries in ${POSTGRES_BIN}: th
  * own, with its WAL writer slowed to once in 10 s: an apply's commit, which does not wait for its
  * flush, stays in the WAL buffers until B's flush (`durable`) writes it out. B applies a batch of
  * A's writes while that flush is held (as when it waits out an outage of B's PostgreSQL); then
- * B's PostgreSQL crashes (`pg_ctl stop -m immediate`), taking those applies, and comes back, B
- * running on. B's flush then goes through, on the restarted PostgreSQL, which holds none of them.
+ * B's PostgreSQL crashes (`pg_ctl stop -m immediate`, or one of its backends killed, after which
+ * it starts over), taking those applies, and comes back, B running on. B's flush then goes through, on the restarted PostgreSQL, which holds none of them.
  * B takes A's tasks on a stream, whose acks go apart from its applies (ack-sender.ts); a pull,
  * whose next request carries them, failed at its next round on B's database during the outage.
  */
 describe.if(binaries && (await testStores()).includes("postgres"))("B's PostgreSQL restarted under a running B, its last applies not flushed", () => {
-  test("TestApplyRestart: A is never told of the applies the crash took, and B takes them from A again", async () => {
+  test.each(["restart", "backend crash"] as const)("TestApplyRestart (%s): A is never told of the applies the crash took, and B takes them from A again", async (crash) => {
     const pg = await startPrivatePostgres({ wal_writer_delay: "10s" });
     cleanups.push(() => pg.stop());
     let real: (() => Promise<unknown>) | undefined;
@@ -70,8 +91,10 @@ describe.if(binaries && (await testStores()).includes("postgres"))("B's PostgreS
     gate.close();
     await write(a, "second", 4);
     await eventually(async () => expect((await historiesOf(b, nsId)).some((e) => e.workflowId.startsWith("second-"))).toBe(true), { timeout: 20_000 });
-    await pg.crash();
-    await pg.start();
+    if (crash === "restart") {
+      await pg.crash();
+      await pg.start();
+    } else await crashBackend(pg.url("postgres"));
     gate.open();
 
     // B takes again what the crash took, and A was never told past what B's database holds.
