@@ -1,5 +1,6 @@
 import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { existsSync } from "node:fs";
+import postgres from "postgres";
 import { inboundAckRows, outboundAcks } from "../../replication/ack-levels";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
@@ -33,6 +34,31 @@ async function write(a: TestCluster, prefix: string, runs: number, signals: numb
 }
 
 /**
+ * A (on the test PostgreSQL) and B, on a PostgreSQL instance of its own whose WAL writer is
+ * slowed to once in 10 s (an apply's commit record stays in its WAL buffers until a synchronous
+ * commit on B writes it out), connected, with global namespace NS. gated: B's flush (its own
+ * `durable`) is held while gate is closed; else a no-op. B takes A's tasks on a stream, or, when
+ * A does not serve one (a source from before it), by pulls.
+ */
+async function gatedPair(gated: boolean, protocol: "stream" | "pull") {
+  const pg = await startPrivatePostgres({ wal_writer_delay: "10s" });
+  cleanups.push(() => pg.stop());
+  let real: (() => Promise<unknown>) | undefined;
+  const gate = createGate();
+  const durable = gated ? async () => (await gate.held, await real!()) : async () => {};
+  const aOptions = { shards: SHARDS, serverOptions: { replication: { serveStream: () => protocol === "stream" } } };
+  const [a, b] = await startClusters("postgres", [aOptions, { shards: SHARDS, dataLocation: pg.url("postgres"), serverOptions: { replication: { durable } } }]);
+  cleanups.push(() => a.destroy(), () => b.destroy());
+  // Run first (cleanups run last to first): a test failing with the flush held must not hold B's stop.
+  cleanups.push(async () => gate.open());
+  real = b.server.database.applies!.durable;
+  await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
+  const nsId = await globalNamespace(a, b, NS);
+  await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
+  return { pg, gate, a, b, nsId };
+}
+
+/**
  * A (on the test PostgreSQL) replicating to B, whose database is a PostgreSQL instance of its
  * own. B applies two batches of A's writes, A hearing of each in full, then a third; then B's
  * PostgreSQL crashes (`pg_ctl stop -m immediate`: what its WAL buffers held is gone) and
@@ -41,25 +67,10 @@ async function write(a: TestCluster, prefix: string, runs: number, signals: numb
  * - gated (B's own `durable`): the flush is held through the third batch, so what B applies of
  *   it is not durable and A is not told of it; the crash takes it.
  * - not gated (a no-op `durable`): A hears of the third batch as of the others.
- * B takes A's tasks on a stream, or, when A does not serve one, by pulls.
  */
 async function crashAfterApplies(gated: boolean, protocol: "stream" | "pull" = "stream") {
-  const pg = await startPrivatePostgres({ wal_writer_delay: "10s" });
-  cleanups.push(() => pg.stop());
+  const { pg, gate, a, b, nsId } = await gatedPair(gated, protocol);
   const bUrl = pg.url("postgres");
-  let real: (() => Promise<unknown>) | undefined;
-  const gate = createGate();
-  const durable = gated ? async () => (await gate.held, await real!()) : async () => {};
-  // A that refuses the stream is pulled from (a source from before it).
-  const aOptions = { shards: SHARDS, serverOptions: { replication: { serveStream: () => protocol === "stream" } } };
-  const [a, b] = await startClusters("postgres", [aOptions, { shards: SHARDS, dataLocation: bUrl, serverOptions: { replication: { durable } } }]);
-  cleanups.push(() => a.destroy(), () => b.destroy());
-  // Run first (cleanups run last to first): a test failing with the flush held must not hold B's stop.
-  cleanups.push(async () => gate.open());
-  real = b.server.database.applies!.durable;
-  await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
-  const nsId = await globalNamespace(a, b, NS);
-  await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
 
   const toldOf = () => outboundAcks(a.server.database.db, "clusterB");
   let acked = new Map<number, number>();
@@ -123,5 +134,60 @@ describe.if(binaries && (await testStores()).includes("postgres"))("a crash of B
     // A heard of every task; B's database lost the last of them in some shard.
     for (const [shardId, id] of last) if (id > 0) expect(told.get(shardId)).toBe(id);
     expect(toldPastRecovered(told, recovered).length).toBeGreaterThan(0);
+  });
+});
+
+/**
+ * Kills a backend of url's PostgreSQL (SIGKILL): the postmaster ends every other one and starts
+ * over (restart_after_crash), its WAL buffers lost as in a restart, its start time kept. Resolves
+ * once it takes connections again.
+ */
+async function crashBackend(url: string): Promise<void> {
+  const victim = postgres(url, { max: 1, onnotice: () => {} });
+  const [{ pid }] = (await victim`select pg_backend_pid() as pid`) as unknown as [{ pid: number }];
+  process.kill(pid, "SIGKILL");
+  await victim.end({ timeout: 0 });
+  await eventually(async () => {
+    const probe = postgres(url, { max: 1, onnotice: () => {}, connect_timeout: 2 });
+    try {
+      await probe`select 1`;
+    } finally {
+      await probe.end({ timeout: 0 });
+    }
+  }, { timeout: 20_000, interval: 100 });
+}
+
+/** Shards whose ack on A is past where B's database says B applied. */
+async function toldPastApplied(a: TestCluster, b: TestCluster): Promise<number[]> {
+  const applied = new Map((await inboundAckRows(b.server.database.db)).filter((r) => r.remoteCluster === "clusterA" && r.queue === "history").map((r) => [r.shardId, r.ackLevel]));
+  return toldPastRecovered(await outboundAcks(a.server.database.db, "clusterB"), applied);
+}
+
+/**
+ * As above, gated, but B runs on through the crash of its PostgreSQL (`pg_ctl stop -m immediate`
+ * and start, or one of its backends killed, after which it starts over), which takes the applies
+ * of the second batch: B's flush, held through them as when it waits out an outage of its
+ * PostgreSQL, then goes through on the restarted PostgreSQL, which holds none of them. B takes
+ * A's tasks on a stream, whose acks go apart from its applies (ack-sender.ts); a pull, whose next
+ * request carries them, failed at its next round on B's database during the outage.
+ */
+describe.if(binaries && (await testStores()).includes("postgres"))("B's PostgreSQL restarted under a running B, its last applies not flushed", () => {
+  test.each(["restart", "backend crash"] as const)("TestApplyRestart (%s): A is never told of the applies the crash took, and B takes them from A again", async (crash) => {
+    const { pg, gate, a, b, nsId } = await gatedPair(true, "stream");
+    await write(a, "first", 4, 2);
+    await eventually(() => expectSameHistories(a, b, nsId), { timeout: 20_000 });
+
+    gate.close();
+    await write(a, "second", 4, 2);
+    await eventually(async () => expect((await historiesOf(b, nsId)).some((e) => e.workflowId.startsWith("second-"))).toBe(true), { timeout: 20_000 });
+    if (crash === "restart") {
+      await pg.crash();
+      await pg.start();
+    } else await crashBackend(pg.url("postgres"));
+    gate.open();
+
+    // B takes again what the crash took, and A was never told past what B's database holds.
+    await eventually(() => expectSameHistories(a, b, nsId), { timeout: 30_000 });
+    expect(await toldPastApplied(a, b)).toEqual([]);
   });
 });
