@@ -36,7 +36,8 @@ export interface HistoryReceiverDeps extends Omit<PageApplierDeps, "progressOf">
    * Makes every apply committed so far durable (on PostgreSQL the applies commit without
    * waiting for their WAL flush: database.ts). Awaited before a source is told what was applied,
    * since it may then drop those tasks. Unset: an apply is durable once committed. Resolves to
-   * what names the database's run (database.ts: PostgreSQL's start time), which a restart changes.
+   * what names the database's run (database.ts: PostgreSQL's start time and its statistics' last
+   * discard), which a restart changes.
    */
   durable?: () => Promise<unknown>;
 }

@@ -18,9 +18,9 @@ const TABLES = Object.values(schema).flatMap((t) => (is(t, PgTable) ? [getTableN
 export async function checkPrivileges(db: Db): Promise<void> {
   const rows = rowsOf(await db.execute(sql`
     select t.name, p.privilege, current_user as role
-    from jsonb_array_elements_text(${JSON.stringify(TABLES)}::jsonb) t(name)
-    cross join jsonb_array_elements_text(${JSON.stringify(NEEDED)}::jsonb) p(privilege)
-    where not has_table_privilege(to_regclass(t.name), p.privilege)`)) as { name: string; privilege: string; role: string }[];
+    from jsonb_array_elements_text(${JSON.stringify(TABLES)}::jsonb) with ordinality t(name, i)
+    cross join jsonb_array_elements_text(${JSON.stringify(NEEDED)}::jsonb) with ordinality p(privilege, j)
+    where not has_table_privilege(to_regclass(t.name), p.privilege) order by t.i, p.j`)) as { name: string; privilege: string; role: string }[];
   if (rows.length === 0) return;
   const lacking = new Map<string, string[]>();
   for (const r of rows) lacking.set(r.name, [...(lacking.get(r.name) ?? []), r.privilege]);
