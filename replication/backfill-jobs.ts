@@ -1,4 +1,4 @@
-import { and, eq, ne, sql } from "drizzle-orm";
+import { and, eq, sql } from "drizzle-orm";
 import type { Db, Tx } from "../src/persistence/database";
 import { backfillJobs, namespaces } from "../src/persistence/schema";
 import { listsClusters } from "../src/namespace/lists-clusters";
@@ -35,9 +35,9 @@ export async function startBackfillsFrom(tx: Tx, remote: string, here: string, n
   for (const r of rows) await startBackfillJob(tx, { namespaceId: r.id, sourceCluster: remote }, now);
 }
 
-/** The unfinished jobs pulling from source. */
+/** The running jobs pulling from source (a FAILED one waits for an operator to start it again, not retried each round). */
 export function pendingBackfillJobs(db: Db, source: string): Promise<BackfillJob[]> {
-  return db.select().from(backfillJobs).where(and(eq(backfillJobs.sourceCluster, source), ne(backfillJobs.status, "DONE")));
+  return db.select().from(backfillJobs).where(and(eq(backfillJobs.sourceCluster, source), eq(backfillJobs.status, "RUNNING")));
 }
 
 /** Every job of a namespace, for status. */

@@ -6,7 +6,7 @@ import type { Writer } from "../src/history/writer";
 import type { NamespaceRecord, NamespaceRegistry } from "../src/namespace/registry";
 import type { Logger } from "../src/observability/log";
 import type { Db } from "../src/persistence/database";
-import { loggableError, TernError } from "../src/errors";
+import { loggableError, notFound, TernError } from "../src/errors";
 import { encodeToken } from "../src/persistence/page-token";
 import { executions, type VersionHistoryItem } from "../src/persistence/schema";
 import { loadBranches, versionHistoryOf, type RunKey } from "../src/history/branch-store";
@@ -199,7 +199,12 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
       const res = await remote.clients.backfill.listExecutionsForReplication(
         { namespaceId: ns.id, pageSize, nextPageToken: cursor ? encodeToken(cursor) : new Uint8Array() },
         { signal, timeoutMs: 30_000 },
-      );
+      ).catch((e: unknown) => {
+        if (e instanceof ConnectError && e.code === Code.NotFound) {
+          throw notFound(`cluster ${remote.name} does not hold namespace ${ns.name} (deleted there, or not replicated there yet); start the backfill again once it does`);
+        }
+        throw e;
+      });
       report.ok();
       const problems = await applyPage(remote, ns, await lacking(ns, res.executions), signal);
       const last = res.executions.at(-1);
@@ -231,10 +236,11 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
           await runJob(remote, job, signal, report);
         } catch (e) {
           if (signal.aborted) return;
-          // The namespace was deleted here: nothing left to fill.
+          // The namespace was deleted here, or the source lacks it: nothing to fill until an operator starts it again.
           const gone = e instanceof TernError && e.kind === "not_found";
           await recordBackfillError(db, job, loggableError(e), now(), gone).catch(() => {});
           if (!gone) throw e;
+          log.warn("backfill failed", { remote: remote.name, namespaceId: job.namespaceId, error: loggableError(e) });
         }
       }
       if (generation === seen) await idle(signal);

@@ -1,7 +1,7 @@
 import { z } from "zod";
 import { create } from "@bufbuild/protobuf";
 import { and, asc, count, eq, gt, inArray, or } from "drizzle-orm";
-import { invalidArgument } from "../src/errors";
+import { invalidArgument, notFound } from "../src/errors";
 import {
   ListExecutionsForReplicationResponseSchema,
   type ListExecutionsForReplicationRequest,
@@ -9,7 +9,8 @@ import {
 } from "../src/gen/tern/admin/v1/backfill_pb";
 import type { Db } from "../src/persistence/database";
 import { decodeToken, encodeToken } from "../src/persistence/page-token";
-import { executions, historyBranches, type VersionHistoryItem } from "../src/persistence/schema";
+import { executions, historyBranches, namespaces, type VersionHistoryItem } from "../src/persistence/schema";
+import { shown } from "../src/shown";
 import type { BackfillCursor } from "./backfill-jobs";
 import { versionHistoryToProto } from "./version-history";
 
@@ -43,6 +44,11 @@ export async function listExecutionsForReplication(db: Db, req: ListExecutionsFo
     after ? [{ n: 0 }] : db.select({ n: count() }).from(executions).where(inNamespace),
   ]);
   const page = rows.slice(0, size);
+  // An empty listing of a namespace this cluster does not hold (deleted here, or not replicated
+  // here yet) ended the receiver's job DONE with nothing brought.
+  if (!page.length && !(await db.select({ id: namespaces.id }).from(namespaces).where(eq(namespaces.id, req.namespaceId))).length) {
+    throw notFound(`namespace id ${shown(req.namespaceId)} not found`);
+  }
   const kept = await keptBranchesOf(db, req.namespaceId, page.map((r) => r.runId));
   const last = page.at(-1);
   return create(ListExecutionsForReplicationResponseSchema, {

@@ -1,0 +1,45 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { BackfillService } from "../../src/gen/tern/admin/v1/backfill_pb";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { eventually } from "../support/eventually";
+import type { TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+import { connectAll, expectActiveOn, startClusters } from "../failover/mesh";
+import { runsOf, seedExecutions, tern } from "./support";
+
+setDefaultTimeout(120_000);
+
+/** What an operator meets when a backfill cannot do its work: the job says so, and the others go on. */
+for (const store of await testStores()) {
+  describe(`backfill jobs that meet errors, on ${store}`, () => {
+    let a: TestCluster, b: TestCluster;
+    const wf = (x: TestCluster) => x.client(WorkflowService);
+    const jobOn = async (x: TestCluster, namespace: string) => (await x.client(BackfillService).getBackfillStatus({ namespace })).jobs[0];
+    beforeAll(async () => {
+      [a, b] = await startClusters(store, [{}, {}]);
+      await connectAll([a, b]);
+    });
+    afterAll(async () => {
+      await Promise.all([a, b].map((x) => x?.destroy()));
+    });
+
+    test("TestBackfillFromASourceThatLacksTheNamespaceFails", async () => {
+      await wf(a).registerNamespace({ namespace: "gone", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
+      await seedExecutions(a, "gone", 5);
+      await expectActiveOn(b, "gone", "clusterA", 1n);
+      await eventually(async () => expect((await runsOf(b, "gone")).length).toBe(6));
+      // Deleted on its active cluster only: B keeps it, and a backfill from A finds nothing there.
+      await a.client(OperatorService).deleteNamespace({ namespace: "gone" });
+      const started = await tern(b, "operator", "namespace", "backfill", "gone", "--from", "clusterA");
+      expect([started.code, started.out]).toEqual([0, "Backfill of namespace gone from clusterA started\n"]);
+      const job = await eventually(async () => {
+        const job = await jobOn(b, "gone");
+        expect(job?.status).toBe("FAILED");
+        return job!;
+      });
+      expect(job.lastError).toContain("cluster clusterA does not hold namespace gone");
+      expect((await tern(b, "operator", "namespace", "backfill-status", "gone")).out).toMatch(/clusterA\s+FAILED\s+0\/0 .*does not hold namespace gone/);
+    });
+  });
+}
