@@ -45,17 +45,24 @@ export function backfillJobsOf(db: Db, namespaceId: string): Promise<BackfillJob
   return db.select().from(backfillJobs).where(eq(backfillJobs.namespaceId, namespaceId)).orderBy(backfillJobs.sourceCluster);
 }
 
+/** The job as it stands now; undefined when there is none. */
+export async function backfillJob(db: Db, k: Key): Promise<BackfillJob | undefined> {
+  const [job] = await db.select().from(backfillJobs).where(where(k));
+  return job;
+}
+
 /**
  * Records a finished page: the cursor moves only after every run before it is applied,
  * so a restart redoes at most one page (idempotent). Compares the previous cursor so a
- * job restarted meanwhile (startBackfillJob) is not overwritten by a stale runner.
+ * job restarted meanwhile (startBackfillJob) is not overwritten by a stale runner: then
+ * it records nothing and returns undefined.
  */
 export async function recordBackfillPage(
   db: Db,
   job: BackfillJob,
   page: { cursor: BackfillCursor | null; applied: number; total: number; finished: boolean; lastError?: string },
   now: Date,
-): Promise<BackfillJob> {
+): Promise<BackfillJob | undefined> {
   const done = job.done + page.applied;
   const [saved] = await db
     .update(backfillJobs)
@@ -71,7 +78,6 @@ export async function recordBackfillPage(
     })
     .where(and(where(job), eq(backfillJobs.done, job.done), eq(backfillJobs.startedAt, job.startedAt)))
     .returning();
-  if (!saved) throw new Error(`backfill of namespace id ${job.namespaceId} from ${job.sourceCluster} changed underneath; restarting it`);
   return saved;
 }
 

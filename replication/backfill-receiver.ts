@@ -11,7 +11,7 @@ import { encodeToken } from "../src/persistence/page-token";
 import { executions, type VersionHistoryItem } from "../src/persistence/schema";
 import { loadBranches, versionHistoryOf, type RunKey } from "../src/history/branch-store";
 import { HistoryDivergenceError, type HistoryApplier, type IncomingTask } from "./applier";
-import { pendingBackfillJobs, recordBackfillError, recordBackfillPage, type BackfillCursor, type BackfillJob } from "./backfill-jobs";
+import { backfillJob, pendingBackfillJobs, recordBackfillError, recordBackfillPage, type BackfillCursor, type BackfillJob } from "./backfill-jobs";
 import type { RemoteCluster, ReplicationStream, StreamReport } from "./manager";
 import { inTurns } from "../src/in-turns";
 import { fetchOutside } from "./gap-fetch";
@@ -209,7 +209,7 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
       const problems = await applyPage(remote, ns, await lacking(ns, res.executions), signal);
       const last = res.executions.at(-1);
       const finished = res.nextPageToken.length === 0;
-      job = await recordBackfillPage(
+      const saved = await recordBackfillPage(
         db,
         job,
         {
@@ -221,6 +221,15 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
         },
         now(),
       );
+      if (!saved) {
+        // Started again meanwhile: go on with it as it stands. Failing here left this stale
+        // runner's complaint as the last error of the job, which then ended DONE with it.
+        const current = await backfillJob(db, job);
+        if (current?.status !== "RUNNING") return;
+        job = current;
+        continue;
+      }
+      job = saved;
       if (finished) {
         log.info("backfill done", { remote: remote.name, namespace: ns.name, runs: job.done });
         return;

@@ -1,4 +1,6 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import type { HistoryApplier } from "../../replication/applier";
+import { startBackfillJob } from "../../replication/backfill-jobs";
 import { BackfillService } from "../../src/gen/tern/admin/v1/backfill_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
@@ -6,7 +8,7 @@ import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { connectAll, expectActiveOn, startClusters } from "../failover/mesh";
-import { runsOf, seedExecutions, tern } from "./support";
+import { backfillDone, expectSameRuns, runsOf, seedExecutions, tern } from "./support";
 
 setDefaultTimeout(120_000);
 
@@ -15,9 +17,21 @@ for (const store of await testStores()) {
   describe(`backfill jobs that meet errors, on ${store}`, () => {
     let a: TestCluster, b: TestCluster;
     const wf = (x: TestCluster) => x.client(WorkflowService);
+    /** Once namespace is set, B's first apply of one of its runs starts its backfill again, in the apply's transaction. */
+    const startAgain = { namespace: "", done: false };
+    const applying = (applier: HistoryApplier): HistoryApplier => ({
+      ...applier,
+      async applyTask(tx, ns, task, fetchRaw) {
+        if (ns.name === startAgain.namespace && !startAgain.done) {
+          startAgain.done = true;
+          await startBackfillJob(tx, { namespaceId: ns.id, sourceCluster: "clusterA" }, new Date());
+        }
+        return applier.applyTask(tx, ns, task, fetchRaw);
+      },
+    });
     const jobOn = async (x: TestCluster, namespace: string) => (await x.client(BackfillService).getBackfillStatus({ namespace })).jobs[0];
     beforeAll(async () => {
-      [a, b] = await startClusters(store, [{}, {}]);
+      [a, b] = await startClusters(store, [{}, { serverOptions: { replication: { wrapApplier: applying } } }]);
       await connectAll([a, b]);
     });
     afterAll(async () => {
@@ -40,6 +54,19 @@ for (const store of await testStores()) {
       });
       expect(job.lastError).toContain("cluster clusterA does not hold namespace gone");
       expect((await tern(b, "operator", "namespace", "backfill-status", "gone")).out).toMatch(/clusterA\s+FAILED\s+0\/0 .*does not hold namespace gone/);
+    });
+
+    test("TestBackfillStartedAgainWhileRunningEndsDoneWithoutAnError", async () => {
+      await wf(a).registerNamespace({ namespace: "twice", isGlobalNamespace: true, clusters: ["clusterA"] });
+      await seedExecutions(a, "twice", 20);
+      // B joins: its job starts, and is started again while its first page is applied.
+      startAgain.namespace = "twice";
+      await wf(a).updateNamespace({ namespace: "twice", clusters: ["clusterA", "clusterB"] });
+      const job = await backfillDone(b, "twice", "clusterA");
+      expect(startAgain.done).toBe(true);
+      // The runner of the first start saw the job change underneath: no error of its own is left in the second's status.
+      expect([job.done, job.lastError]).toEqual([21n, ""]);
+      expect(await expectSameRuns(a, b, "twice", 1)).toBe(21);
     });
   });
 }

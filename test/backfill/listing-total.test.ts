@@ -44,7 +44,7 @@ for (const store of await testStores()) {
         job = await recordBackfillPage(db, job!, {
           cursor: { workflowId: last.workflowId, runId: last.runId }, applied: page.executions.length, total: Number(page.total), finished: page.nextPageToken.length === 0,
         }, new Date());
-        totals.push(job.total);
+        totals.push(job!.total);
       }
       expect(totals).toEqual([5, 5, 5]);
       expect([job!.status, job!.done]).toEqual(["DONE", 5]);
