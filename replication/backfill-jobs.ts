@@ -20,7 +20,7 @@ const where = (k: Key) => and(eq(backfillJobs.namespaceId, k.namespaceId), eq(ba
  * so a crash cannot lose it.
  */
 export async function startBackfillJob(tx: Tx, k: Key, now: Date): Promise<void> {
-  const fresh = { status: "RUNNING", cursor: null, total: 0, done: 0, lastError: null, startedAt: now, updatedAt: now };
+  const fresh = { status: "RUNNING", cursor: null, total: 0, done: 0, failed: 0, lastError: null, startedAt: now, updatedAt: now };
   await tx.insert(backfillJobs).values({ ...k, ...fresh }).onConflictDoUpdate({ target: [backfillJobs.namespaceId, backfillJobs.sourceCluster], set: fresh });
 }
 
@@ -60,10 +60,12 @@ export async function backfillJob(db: Db, k: Key): Promise<BackfillJob | undefin
 export async function recordBackfillPage(
   db: Db,
   job: BackfillJob,
-  page: { cursor: BackfillCursor | null; applied: number; total: number; finished: boolean; lastError?: string },
+  page: { cursor: BackfillCursor | null; applied: number; total: number; finished: boolean; lastError?: string; failed?: number },
   now: Date,
 ): Promise<BackfillJob | undefined> {
   const done = job.done + page.applied;
+  const failed = job.failed + (page.failed ?? 0);
+  const lastError = page.lastError ?? job.lastError;
   const [saved] = await db
     .update(backfillJobs)
     .set({
@@ -72,8 +74,9 @@ export async function recordBackfillPage(
       // The source keeps growing while we page: the final total is what was walked. It counts its
       // runs for the first page only (later pages say 0), so the job keeps the count it has.
       total: page.finished ? done : Math.max(page.total, job.total, done),
-      status: page.finished ? "DONE" : "RUNNING",
-      lastError: page.lastError ?? job.lastError,
+      failed,
+      status: !page.finished ? "RUNNING" : failed ? "FAILED" : "DONE",
+      lastError: page.finished && failed ? `${failed} of its runs could not be brought (start the backfill again to retry them); last error: ${lastError}` : lastError,
       updatedAt: now,
     })
     .where(and(where(job), eq(backfillJobs.done, job.done), eq(backfillJobs.startedAt, job.startedAt)))

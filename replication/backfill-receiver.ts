@@ -6,11 +6,11 @@ import type { Writer } from "../src/history/writer";
 import type { NamespaceRecord, NamespaceRegistry } from "../src/namespace/registry";
 import type { Logger } from "../src/observability/log";
 import type { Db } from "../src/persistence/database";
-import { loggableError, notFound, TernError } from "../src/errors";
+import { databaseBusy, loggableError, notFound, TernError } from "../src/errors";
 import { encodeToken } from "../src/persistence/page-token";
 import { executions, type VersionHistoryItem } from "../src/persistence/schema";
 import { loadBranches, versionHistoryOf, type RunKey } from "../src/history/branch-store";
-import { HistoryDivergenceError, type HistoryApplier, type IncomingTask } from "./applier";
+import { HistoryDivergenceError, isTaskFailure, type HistoryApplier, type IncomingTask } from "./applier";
 import { backfillJob, pendingBackfillJobs, recordBackfillError, recordBackfillPage, type BackfillCursor, type BackfillJob } from "./backfill-jobs";
 import type { RemoteCluster, ReplicationStream, StreamReport } from "./manager";
 import { inTurns } from "../src/in-turns";
@@ -22,6 +22,12 @@ import { firstDivergence, lastEventIdOf, versionHistoryFromProto, versionHistory
 interface RunToFill {
   run: ExecutionForReplication;
   from?: number;
+}
+
+/** Why a run was not brought whole: a divergence (conflict resolution's business), or a failure of the run's own (failed). */
+interface RunProblem {
+  message: string;
+  failed: boolean;
 }
 
 export interface BackfillReceiverDeps {
@@ -119,10 +125,10 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
    * applies each page as replication would a task of those events, with the version history up
    * to its last: its current branch from `from`, then each kept branch this cluster lacks (a
    * losing branch: kept here too, and its signals re-applied where the namespace is active).
-   * Returns the divergence message when it conflicts. A gap (the run grew here meanwhile on
-   * another branch) is fetched from the source outside the apply's transaction.
+   * Returns the problem when it conflicts, or fails of its own. A gap (the run grew here meanwhile
+   * on another branch) is fetched from the source outside the apply's transaction.
    */
-  async function applyRun(remote: RemoteCluster, ns: NamespaceRecord, { run: e, from }: RunToFill, signal: AbortSignal): Promise<string | undefined> {
+  async function applyRun(remote: RemoteCluster, ns: NamespaceRecord, { run: e, from }: RunToFill, signal: AbortSignal): Promise<RunProblem | undefined> {
     const ref = { namespaceId: ns.id, workflowId: e.workflowId, runId: e.runId };
     const fetchRaw = rawFetcher(remote.name, remote.clients, log, signal);
     let added = 0;
@@ -175,19 +181,26 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
       // Deleted on the source since it was listed (retention): nothing (more) to bring.
       if (err instanceof ConnectError && err.code === Code.NotFound) return undefined;
       // A divergent run is conflict resolution's business; it must not stall the other runs.
-      if (!(err instanceof HistoryDivergenceError)) throw err;
-      log.warn("backfill skipped a divergent run", { remote: remote.name, workflowId: e.workflowId, runId: e.runId, error: err.message });
-      return err.message;
+      if (err instanceof HistoryDivergenceError) {
+        log.warn("backfill skipped a divergent run", { remote: remote.name, workflowId: e.workflowId, runId: e.runId, error: err.message });
+        return { message: err.message, failed: false };
+      }
+      // Nor must a run whose answer or apply fails of its own: retried with its page, it held the
+      // job there for good. The job goes on and ends FAILED. The link's or this database's
+      // failures (unreachable, busy, stopping) stop the page, which is retried.
+      if (signal.aborted || !isTaskFailure(err) || databaseBusy(err)) throw err;
+      log.error("backfill could not bring a run", { remote: remote.name, workflowId: e.workflowId, runId: e.runId, error: loggableError(err) });
+      return { message: `run ${e.workflowId} ${e.runId} could not be brought: ${loggableError(err)}`, failed: true };
     } finally {
       if (added > 0) deps.notifier.notify(e.runId);
     }
   }
 
   /** Applies runs with at most `concurrency` in flight; the first failure rejects. */
-  async function applyPage(remote: RemoteCluster, ns: NamespaceRecord, runs: RunToFill[], signal: AbortSignal): Promise<string[]> {
+  async function applyPage(remote: RemoteCluster, ns: NamespaceRecord, runs: RunToFill[], signal: AbortSignal): Promise<RunProblem[]> {
     const problems = await inTurns(runs, concurrency, (run) => applyRun(remote, ns, run, signal), signal);
     if (signal.aborted) throw new Error("backfill stopped");
-    return problems.filter((p): p is string => p !== undefined);
+    return problems.filter((p): p is RunProblem => p !== undefined);
   }
 
   async function runJob(remote: RemoteCluster, start: BackfillJob, signal: AbortSignal, report: StreamReport): Promise<void> {
@@ -207,6 +220,7 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
       });
       report.ok();
       const problems = await applyPage(remote, ns, await lacking(ns, res.executions), signal);
+      const failures = problems.filter((p) => p.failed);
       const last = res.executions.at(-1);
       const finished = res.nextPageToken.length === 0;
       const saved = await recordBackfillPage(
@@ -217,7 +231,8 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
           applied: res.executions.length,
           total: Number(res.total),
           finished,
-          lastError: problems[0],
+          lastError: (failures[0] ?? problems[0])?.message,
+          failed: failures.length,
         },
         now(),
       );
@@ -231,7 +246,7 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
       }
       job = saved;
       if (finished) {
-        log.info("backfill done", { remote: remote.name, namespace: ns.name, runs: job.done });
+        log.info("backfill done", { remote: remote.name, namespace: ns.name, runs: job.done, failed: job.failed });
         return;
       }
     }

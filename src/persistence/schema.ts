@@ -229,6 +229,8 @@ export const backfillJobs = pgTable(
     cursor: jsonb("cursor").$type<Record<string, unknown>>(),
     total: big("total").notNull().default(0),
     done: big("done").notNull().default(0),
+    /** Runs it could not bring (a failure of the run's own): a job that walked the listing with any ends FAILED. */
+    failed: big("failed").notNull().default(0),
     lastError: text("last_error"),
     startedAt: ts("started_at").notNull().defaultNow(),
     updatedAt: ts("updated_at").notNull().defaultNow(),

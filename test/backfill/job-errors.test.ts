@@ -19,9 +19,12 @@ for (const store of await testStores()) {
     const wf = (x: TestCluster) => x.client(WorkflowService);
     /** Once namespace is set, B's first apply of one of its runs starts its backfill again, in the apply's transaction. */
     const startAgain = { namespace: "", done: false };
+    /** Workflow ids whose applies on B fail, as a run's own failure would. */
+    const refused = new Set<string>();
     const applying = (applier: HistoryApplier): HistoryApplier => ({
       ...applier,
       async applyTask(tx, ns, task, fetchRaw) {
+        if (refused.has(task.workflowId)) throw new Error(`injected: ${task.workflowId} cannot be applied`);
         if (ns.name === startAgain.namespace && !startAgain.done) {
           startAgain.done = true;
           await startBackfillJob(tx, { namespaceId: ns.id, sourceCluster: "clusterA" }, new Date());
@@ -67,6 +70,34 @@ for (const store of await testStores()) {
       // The runner of the first start saw the job change underneath: no error of its own is left in the second's status.
       expect([job.done, job.lastError]).toEqual([21n, ""]);
       expect(await expectSameRuns(a, b, "twice", 1)).toBe(21);
+    });
+
+    test("TestOneRunThatCannotBeBroughtFailsTheJobAfterTheOthers", async () => {
+      await wf(a).registerNamespace({ namespace: "badrun", isGlobalNamespace: true, clusters: ["clusterA"] });
+      // 253 runs: two pages of the source's listing, the bad run in the first.
+      await seedExecutions(a, "badrun", 250, "bad");
+      refused.add("bad-0010");
+      await wf(a).updateNamespace({ namespace: "badrun", clusters: ["clusterA", "clusterB"] });
+      const job = await eventually(async () => {
+        const job = await jobOn(b, "badrun");
+        expect(job?.status).toBe("FAILED");
+        return job!;
+      }, { timeout: 60_000 });
+      // Every other run came, and the job names the one that did not.
+      expect(job.done).toBe(253n);
+      expect(job.lastError).toContain("1 of its runs could not be brought");
+      expect(job.lastError).toContain("run bad-0010 ");
+      expect(job.lastError).toContain("injected: bad-0010 cannot be applied");
+      const onA = (await runsOf(a, "badrun")).filter((r) => r.workflow_id !== "bad-0010");
+      expect(await runsOf(b, "badrun")).toEqual(onA);
+      expect((await tern(b, "operator", "namespace", "backfill-status", "badrun")).out).toMatch(/clusterA\s+FAILED\s+253\/253 .*bad-0010/);
+
+      // Once the run can be applied, starting the job again brings it, and the job ends DONE.
+      refused.clear();
+      expect((await tern(b, "operator", "namespace", "backfill", "badrun")).code).toBe(0);
+      const again = await backfillDone(b, "badrun", "clusterA");
+      expect(again.lastError).toBe("");
+      expect(await expectSameRuns(a, b, "badrun", 1)).toBe(253);
     });
   });
 }

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { sql } from "drizzle-orm";
-import type { HistoryApplier } from "../../replication/applier";
+import { RetryableReplicationError, type HistoryApplier } from "../../replication/applier";
 import type { HistoryEvent } from "../../src/gen/tern/common/v1/common_pb";
 import { backfillDone, tern } from "../backfill/support";
 import { expectActiveOn, startClusters } from "../failover/mesh";
@@ -39,7 +39,8 @@ for (const store of await testStores()) {
 
     /**
      * Refuses B's applies of WF's pages past the first PAGES_BEFORE_STOP while on: each fails
-     * (its transaction rolls back), as a stop in the middle of it leaves it. A page is not held
+     * (its transaction rolls back), as a stop in the middle of it leaves it (not the run's fault:
+     * the page is retried, not the run given up). A page is not held
      * open instead: its transaction would hold up the rest of B (PGlite has one connection).
      */
     const hold = { on: false, refused: 0, pages: [] as string[] };
@@ -49,7 +50,7 @@ for (const store of await testStores()) {
         if (hold.on && task.workflowId === WF) {
           if (hold.pages.length >= PAGES_BEFORE_STOP) {
             hold.refused++;
-            throw new Error("the server stopped in the middle of this page");
+            throw new RetryableReplicationError("the server stopped in the middle of this page");
           }
           const added = await applier.applyTask(tx, ns, task, fetchRaw);
           hold.pages.push(`[${task.firstEventId}, ${task.nextEventId})`);

@@ -1,0 +1,1 @@
+ALTER TABLE "backfill_jobs" ADD COLUMN "failed" bigint DEFAULT 0 NOT NULL;
