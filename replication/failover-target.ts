@@ -30,7 +30,8 @@ const DOWN = new Set(["connection refused", "host not found"]);
  * two does not know the other (a mesh with a link missing). A target that refuses the connection
  * is down: made active, it would take no writes, though it acked everything before it went. A
  * cluster that does not answer (a link that drops packets), or a member other than the target
- * that is down, or a connection disabled elsewhere (paused, it catches up once enabled), is no reason. Asked before
+ * that is down, or a connection disabled elsewhere (paused, it catches up once enabled), is no reason. Nor
+ * does a target whose backfill of the namespace has not finished hold its runs. Asked before
  * HANDOVER, so a failover that could only time out holds no write for its timeout.
  */
 export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000 }: FailoverTargetCheckDeps) {
@@ -47,6 +48,18 @@ export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000
     }
   }
 
+  /**
+   * A backfill of namespace on target that has not finished (RUNNING, or FAILED): made active, it
+   * answered NOT_FOUND for runs it had not brought yet, and a start of one of their workflow ids
+   * made a second run, which won, and the run brought later was terminated as a zombie.
+   */
+  async function backfillProblem(target: string, address: string, namespace: string, waitMs: number): Promise<string | undefined> {
+    const jobs = await clients.get(address).backfill.getBackfillStatus({ namespace }, { timeoutMs: waitMs }).then((r) => r.jobs, () => []);
+    const job = jobs.find((j) => j.status !== "DONE");
+    if (!job) return undefined;
+    return `cluster ${target} has not finished backfilling namespace ${namespace} from ${job.sourceCluster} (${job.status}, ${job.done}/${job.total} runs; see backfill-status there): made active now, it would lack the runs it has not brought`;
+  }
+
   /** What target says of this cluster. */
   function targetSide(target: string, address: string, seen: Seen): string | undefined {
     if (seen === "unknown") return `cluster ${target} does not know cluster ${here}: connect it there with cluster upsert, so it cannot catch up`;
@@ -59,15 +72,16 @@ export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000
     return undefined;
   }
 
-  return async function targetProblem(target: string, members: string[] = [], failoverTimeoutMs = Infinity): Promise<string | undefined> {
+  return async function targetProblem(target: string, members: string[] = [], failoverTimeoutMs = Infinity, namespace?: string): Promise<string | undefined> {
     // Within the failover's own timeout: a target behind a link that drops packets is waited for once.
     const waitMs = Math.max(1, Math.min(timeoutMs, Math.floor(failoverTimeoutMs / 4)));
     const known = new Map((await clusters.list()).filter((c) => !c.isCurrent).map((c) => [c.clusterName, c.rpcAddress]));
     const targetAddress = known.get(target);
     if (!targetAddress) return undefined;
     const others = members.filter((m) => m !== here && m !== target);
-    const [mine, ...links] = await Promise.all([
+    const [mine, backfill, ...links] = await Promise.all([
       seenBy(targetAddress, here, waitMs),
+      namespace ? backfillProblem(target, targetAddress, namespace, waitMs) : undefined,
       ...others.map(async (m) => {
         const address = known.get(m);
         const [byTarget, byMember] = await Promise.all([seenBy(targetAddress, m, waitMs), address ? seenBy(address, target, waitMs) : undefined]);
@@ -76,6 +90,6 @@ export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000
         return undefined;
       }),
     ]);
-    return targetSide(target, targetAddress, mine) ?? links.find((l) => l !== undefined);
+    return targetSide(target, targetAddress, mine) ?? links.find((l) => l !== undefined) ?? backfill;
   };
 }

@@ -1,0 +1,72 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { RetryableReplicationError, type HistoryApplier } from "../../replication/applier";
+import { BackfillService } from "../../src/gen/tern/admin/v1/backfill_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { eventually } from "../support/eventually";
+import type { TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+import { connectAll, expectActiveOn, startClusters } from "../failover/mesh";
+import { backfillDone, expectSameRuns, runsOf, seedExecutions, T, tern } from "./support";
+
+setDefaultTimeout(120_000);
+
+const NS = "joining";
+
+/**
+ * A graceful failover to a cluster whose backfill of the namespace has not finished (DESIGN.md
+ * section 5: no acknowledged write is lost): made active, B answered NOT_FOUND for the runs it
+ * had not brought, and a start of one of their workflow ids there made a second run, which won,
+ * so the open run A had acknowledged was terminated as a zombie once the backfill brought it.
+ */
+for (const store of await testStores()) {
+  describe(`a graceful failover to a cluster still backfilling, on ${store}`, () => {
+    let a: TestCluster, b: TestCluster;
+    const wf = (x: TestCluster) => x.client(WorkflowService);
+    /** While on, B's applies of wf-0010 fail as a busy database's would: its backfill stays RUNNING at that page. */
+    const stuck = { on: true };
+    const applying = (applier: HistoryApplier): HistoryApplier => ({
+      ...applier,
+      async applyTask(tx, ns, task, fetchRaw) {
+        if (stuck.on && task.workflowId === "wf-0010") throw new RetryableReplicationError("injected: wf-0010 waits");
+        return applier.applyTask(tx, ns, task, fetchRaw);
+      },
+    });
+    beforeAll(async () => {
+      [a, b] = await startClusters(store, [{}, { serverOptions: { replication: { wrapApplier: applying } } }]);
+      await connectAll([a, b]);
+    });
+    afterAll(async () => {
+      await Promise.all([a, b].map((x) => x?.destroy()));
+    });
+
+    test("TestGracefulFailoverToAClusterStillBackfillingIsRefused", async () => {
+      // Runs written while the namespace was local: only a backfill brings them to B.
+      await wf(a).registerNamespace({ namespace: NS });
+      await seedExecutions(a, NS, 30);
+      expect((await tern(a, "operator", "namespace", "update", "-n", NS, "--promote-global")).code).toBe(0);
+      expect((await tern(a, "operator", "namespace", "update", "-n", NS, "--cluster", "clusterA", "--cluster", "clusterB")).code).toBe(0);
+      await expectActiveOn(b, NS, "clusterA", 1n);
+      await eventually(async () => {
+        const job = (await b.client(BackfillService).getBackfillStatus({ namespace: NS })).jobs[0];
+        expect([job?.status, job?.lastError]).toEqual(["RUNNING", expect.stringContaining("injected")]);
+      }, { timeout: 30_000 });
+      const open = (await runsOf(a, NS)).find((r) => r.workflow_id === "wf-0010")!;
+      expect(open.status).toBe("RUNNING");
+
+      const refused = await tern(a, "operator", "namespace", "failover", "-n", NS, "--to", "clusterB");
+      expect(refused.code).toBe(1);
+      expect(refused.err).toContain("cluster clusterB has not finished backfilling namespace joining from clusterA (RUNNING");
+      expect(refused.err).toContain("joining stays active in clusterA");
+      await expectActiveOn(a, NS, "clusterA", 1n);
+
+      // Once the backfill is done, the failover goes through, and the run A acknowledged is B's.
+      stuck.on = false;
+      await backfillDone(b, NS, "clusterA");
+      expect((await tern(a, "operator", "namespace", "failover", "-n", NS, "--to", "clusterB")).code).toBe(0);
+      await expectActiveOn(b, NS, "clusterB", 2n);
+      const again = wf(b).startWorkflowExecution({ namespace: NS, workflowId: "wf-0010", ...T });
+      await expect(again).rejects.toThrow(`already running (run ${open.run_id})`);
+      expect(await eventually(() => expectSameRuns(a, b, NS, 1))).toBe(31);
+    });
+  });
+}
