@@ -13,6 +13,8 @@ export interface BackfillCursor {
 
 type Key = { namespaceId: string; sourceCluster: string };
 const where = (k: Key) => and(eq(backfillJobs.namespaceId, k.namespaceId), eq(backfillJobs.sourceCluster, k.sourceCluster));
+/** The job as its runner last saw it: not restarted meanwhile (startBackfillJob), nor moved on. */
+const unchanged = (job: BackfillJob) => and(where(job), eq(backfillJobs.done, job.done), eq(backfillJobs.startedAt, job.startedAt));
 
 /**
  * Starts (or restarts from the beginning) a backfill of namespaceId from sourceCluster,
@@ -79,8 +81,18 @@ export async function recordBackfillPage(
       lastError: page.finished && failed ? `${failed} of its runs could not be brought (start the backfill again to retry them); last error: ${lastError}` : lastError,
       updatedAt: now,
     })
-    .where(and(where(job), eq(backfillJobs.done, job.done), eq(backfillJobs.startedAt, job.startedAt)))
+    .where(unchanged(job))
     .returning();
+  return saved;
+}
+
+/**
+ * The source's count of runs, as soon as its first page says it: a job held at its first page
+ * (a run there waiting for its source or this database) said 0/0 meanwhile. Undefined when the
+ * job changed underneath.
+ */
+export async function recordBackfillTotal(db: Db, job: BackfillJob, total: number, now: Date): Promise<BackfillJob | undefined> {
+  const [saved] = await db.update(backfillJobs).set({ total, updatedAt: now }).where(unchanged(job)).returning();
   return saved;
 }
 

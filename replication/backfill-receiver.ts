@@ -11,7 +11,7 @@ import { encodeToken } from "../src/persistence/page-token";
 import { executions, type VersionHistoryItem } from "../src/persistence/schema";
 import { loadBranches, versionHistoryOf, type RunKey } from "../src/history/branch-store";
 import { HistoryDivergenceError, isTaskFailure, type HistoryApplier, type IncomingTask } from "./applier";
-import { backfillJob, pendingBackfillJobs, recordBackfillError, recordBackfillPage, type BackfillCursor, type BackfillJob } from "./backfill-jobs";
+import { backfillJob, pendingBackfillJobs, recordBackfillError, recordBackfillTotal, recordBackfillPage, type BackfillCursor, type BackfillJob } from "./backfill-jobs";
 import type { RemoteCluster, ReplicationStream, StreamReport } from "./manager";
 import { inTurns } from "../src/in-turns";
 import { fetchOutside } from "./gap-fetch";
@@ -219,6 +219,7 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
         throw e;
       });
       report.ok();
+      if (Number(res.total) > job.total) job = (await recordBackfillTotal(db, job, Number(res.total), now())) ?? job;
       const problems = await applyPage(remote, ns, await lacking(ns, res.executions), signal);
       const failures = problems.filter((p) => p.failed);
       const last = res.executions.at(-1);
