@@ -4,7 +4,7 @@ import { BackfillService } from "../gen/tern/admin/v1/backfill_pb";
 import type { NamespaceRegistry } from "../namespace/registry";
 import { transaction } from "../persistence/call-signal";
 import type { Db } from "../persistence/database";
-import { backfillJobsOf, startBackfillJob } from "../../replication/backfill-jobs";
+import { backfillJobsOf, startBackfillJob, type BackfillJob } from "../../replication/backfill-jobs";
 import type { ClusterDirectory } from "../cluster/directory";
 import { failedPrecondition, invalidArgument } from "../errors";
 import { listExecutionsForReplication } from "../../replication/backfill-sender";
@@ -17,6 +17,18 @@ export interface BackfillHandlerDeps {
   now: () => Date;
   /** Tells the backfill streams a job was started. */
   wake: () => void;
+}
+
+/**
+ * Why a RUNNING job does not move, which its status said nothing of (RUNNING, its count
+ * standing still, no error): its source is not connected here, or the connection is disabled.
+ */
+function pausedBy(job: BackfillJob, remotes: Awaited<ReturnType<ClusterDirectory["list"]>>): string | undefined {
+  if (job.status !== "RUNNING") return undefined;
+  const remote = remotes.find((c) => c.clusterName === job.sourceCluster && !c.isCurrent);
+  if (!remote) return `paused: cluster ${job.sourceCluster} is not connected to this cluster (add it with cluster upsert)`;
+  if (!remote.enableConnection) return `paused: the connection to cluster ${job.sourceCluster} is disabled here (it goes on once enabled)`;
+  return undefined;
 }
 
 /** BackfillService: the source's run listing and the receiver's job status; logic in replication/backfill-*. */
@@ -40,7 +52,7 @@ export function createBackfillHandler({ db, namespaces, clusters, now, wake }: B
     },
     async getBackfillStatus(r) {
       const ns = await namespaces.describe({ name: r.namespace });
-      const jobs = await backfillJobsOf(db, ns.id);
+      const [jobs, remotes] = await Promise.all([backfillJobsOf(db, ns.id), clusters.list()]);
       return {
         namespace: ns.name,
         namespaceId: ns.id,
@@ -49,7 +61,7 @@ export function createBackfillHandler({ db, namespaces, clusters, now, wake }: B
           status: j.status,
           done: BigInt(j.done),
           total: BigInt(j.total),
-          lastError: j.lastError ?? "",
+          lastError: [pausedBy(j, remotes), j.lastError].filter(Boolean).join("; "),
           startedTime: timestampFromDate(j.startedAt),
           updatedTime: timestampFromDate(j.updatedAt),
         })),

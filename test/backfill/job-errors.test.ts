@@ -8,6 +8,7 @@ import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { connectAll, expectActiveOn, startClusters } from "../failover/mesh";
+import { setLink } from "../conflict/support";
 import { backfillDone, expectSameRuns, runsOf, seedExecutions, tern } from "./support";
 
 setDefaultTimeout(120_000);
@@ -72,10 +73,26 @@ for (const store of await testStores()) {
       expect(await expectSameRuns(a, b, "twice", 1)).toBe(21);
     });
 
+    test("TestBackfillStatusSaysAJobIsPausedByADisabledConnection", async () => {
+      await setLink(a, b, false);
+      try {
+        expect((await tern(b, "operator", "namespace", "backfill", "twice")).code).toBe(0);
+        const job = await jobOn(b, "twice");
+        expect([job?.status, job?.lastError]).toEqual(["RUNNING", "paused: the connection to cluster clusterA is disabled here (it goes on once enabled)"]);
+        expect((await tern(b, "operator", "namespace", "backfill-status", "twice")).out).toMatch(/clusterA\s+RUNNING\s+0\/0 .*paused: the connection to cluster clusterA is disabled here/);
+      } finally {
+        await setLink(a, b, true);
+      }
+      const done = await backfillDone(b, "twice", "clusterA");
+      expect([done.done, done.lastError]).toEqual([21n, ""]);
+    });
+
     test("TestOneRunThatCannotBeBroughtFailsTheJobAfterTheOthers", async () => {
-      await wf(a).registerNamespace({ namespace: "badrun", isGlobalNamespace: true, clusters: ["clusterA"] });
-      // 253 runs: two pages of the source's listing, the bad run in the first.
+      // 253 runs written while the namespace was local (only a backfill brings them): two pages of
+      // the source's listing, the bad run in the first.
+      await wf(a).registerNamespace({ namespace: "badrun" });
       await seedExecutions(a, "badrun", 250, "bad");
+      expect((await tern(a, "operator", "namespace", "update", "-n", "badrun", "--promote-global")).code).toBe(0);
       refused.add("bad-0010");
       await wf(a).updateNamespace({ namespace: "badrun", clusters: ["clusterA", "clusterB"] });
       const job = await eventually(async () => {
