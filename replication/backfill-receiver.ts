@@ -14,6 +14,7 @@ import { HistoryDivergenceError, isTaskFailure, type HistoryApplier, type Incomi
 import { backfillJob, pendingBackfillJobs, recordBackfillError, recordBackfillTotal, recordBackfillPage, type BackfillCursor, type BackfillJob } from "./backfill-jobs";
 import type { RemoteCluster, ReplicationStream, StreamReport } from "./manager";
 import { inTurns } from "../src/in-turns";
+import { sleep } from "../src/sleep";
 import { fetchOutside } from "./gap-fetch";
 import { rawFetcher, RAW_HISTORY_PAGE_BYTES } from "./page-transactions";
 import { firstDivergence, lastEventIdOf, versionHistoryFromProto, versionHistoryToProto, versionHistoryUpTo } from "./version-history";
@@ -23,6 +24,10 @@ interface RunToFill {
   run: ExecutionForReplication;
   from?: number;
 }
+
+/** Attempts at a run that fails of its own before the job goes on without it, RUN_RETRY_MS more apart each. */
+const RUN_ATTEMPTS = 3;
+const RUN_RETRY_MS = 200;
 
 /** Why a run was not brought whole: a divergence (conflict resolution's business), or a failure of the run's own (failed). */
 interface RunProblem {
@@ -167,30 +172,41 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
         first = last + 1;
       }
     };
-    try {
-      // From the first event this cluster lacks: a run half brought by a stopped backfill, or
-      // by replication, is not fetched again from its start.
+    /** From the first event this cluster lacks: a run half brought by a stopped backfill, or by replication, is not fetched again from its start. */
+    const fill = async () => {
       if (from !== undefined) await bring(from, versionHistoryFromProto(e.versionHistory?.items));
       for (const kept of e.keptBranches) {
         const branch = versionHistoryFromProto(kept.items);
         const start = await keptBranchFrom(ref, branch);
         if (start !== undefined) await bring(start, branch);
       }
-      return undefined;
-    } catch (err) {
-      // Deleted on the source since it was listed (retention): nothing (more) to bring.
-      if (err instanceof ConnectError && err.code === Code.NotFound) return undefined;
-      // A divergent run is conflict resolution's business; it must not stall the other runs.
-      if (err instanceof HistoryDivergenceError) {
-        log.warn("backfill skipped a divergent run", { remote: remote.name, workflowId: e.workflowId, runId: e.runId, error: err.message });
-        return { message: err.message, failed: false };
+    };
+    try {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await fill();
+          return undefined;
+        } catch (err) {
+          // Deleted on the source since it was listed (retention): nothing (more) to bring.
+          if (err instanceof ConnectError && err.code === Code.NotFound) return undefined;
+          // A divergent run is conflict resolution's business; it must not stall the other runs.
+          if (err instanceof HistoryDivergenceError) {
+            log.warn("backfill skipped a divergent run", { remote: remote.name, workflowId: e.workflowId, runId: e.runId, error: err.message });
+            return { message: err.message, failed: false };
+          }
+          // Nor must a run whose answer or apply fails of its own: retried with its page, it held
+          // the job there for good. Past a few attempts (a race with a conflict settled on either
+          // side fails one) the job goes on, to end FAILED. The link's or this database's failures
+          // (unreachable, busy, stopping) stop the page, which is retried.
+          if (signal.aborted || !isTaskFailure(err) || databaseBusy(err)) throw err;
+          if (attempt < RUN_ATTEMPTS) {
+            await sleep(RUN_RETRY_MS * attempt, signal);
+            continue;
+          }
+          log.error("backfill could not bring a run", { remote: remote.name, workflowId: e.workflowId, runId: e.runId, attempts: attempt, error: loggableError(err) });
+          return { message: `run ${e.workflowId} ${e.runId} could not be brought: ${loggableError(err)}`, failed: true };
+        }
       }
-      // Nor must a run whose answer or apply fails of its own: retried with its page, it held the
-      // job there for good. The job goes on and ends FAILED. The link's or this database's
-      // failures (unreachable, busy, stopping) stop the page, which is retried.
-      if (signal.aborted || !isTaskFailure(err) || databaseBusy(err)) throw err;
-      log.error("backfill could not bring a run", { remote: remote.name, workflowId: e.workflowId, runId: e.runId, error: loggableError(err) });
-      return { message: `run ${e.workflowId} ${e.runId} could not be brought: ${loggableError(err)}`, failed: true };
     } finally {
       if (added > 0) deps.notifier.notify(e.runId);
     }
