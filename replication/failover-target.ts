@@ -49,13 +49,15 @@ export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000
   }
 
   /**
-   * A backfill of namespace on target that has not finished (RUNNING, or FAILED): made active, it
-   * answered NOT_FOUND for runs it had not brought yet, and a start of one of their workflow ids
-   * made a second run, which won, and the run brought later was terminated as a zombie.
+   * A backfill of namespace on target from one of its members that has not finished (RUNNING, or
+   * FAILED): made active, it answered NOT_FOUND for runs it had not brought yet, and a start of one
+   * of their workflow ids made a second run, which won, and the run brought later was terminated
+   * as a zombie. A job from a cluster the namespace no longer lists is no reason: its source may be
+   * gone for good, and what it wrote is on the active cluster too.
    */
-  async function backfillProblem(target: string, address: string, namespace: string, waitMs: number): Promise<string | undefined> {
+  async function backfillProblem(target: string, address: string, namespace: string, members: string[], waitMs: number): Promise<string | undefined> {
     const jobs = await clients.get(address).backfill.getBackfillStatus({ namespace }, { timeoutMs: waitMs }).then((r) => r.jobs, () => []);
-    const job = jobs.find((j) => j.status !== "DONE");
+    const job = jobs.find((j) => j.status !== "DONE" && members.includes(j.sourceCluster));
     if (!job) return undefined;
     return `cluster ${target} has not finished backfilling namespace ${namespace} from ${job.sourceCluster} (${job.status}, ${job.done}/${job.total} runs; see backfill-status there): made active now, it would lack the runs it has not brought`;
   }
@@ -81,7 +83,7 @@ export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000
     const others = members.filter((m) => m !== here && m !== target);
     const [mine, backfill, ...links] = await Promise.all([
       seenBy(targetAddress, here, waitMs),
-      namespace ? backfillProblem(target, targetAddress, namespace, waitMs) : undefined,
+      namespace ? backfillProblem(target, targetAddress, namespace, members, waitMs) : undefined,
       ...others.map(async (m) => {
         const address = known.get(m);
         const [byTarget, byMember] = await Promise.all([seenBy(targetAddress, m, waitMs), address ? seenBy(address, target, waitMs) : undefined]);

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { RetryableReplicationError, type HistoryApplier } from "../../replication/applier";
+import { startBackfillJob } from "../../replication/backfill-jobs";
 import { BackfillService } from "../../src/gen/tern/admin/v1/backfill_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { eventually } from "../support/eventually";
@@ -60,9 +61,12 @@ for (const store of await testStores()) {
       expect(refused.err).toContain("joining stays active in clusterA");
       await expectActiveOn(a, NS, "clusterA", 1n);
 
-      // Once the backfill is done, the failover goes through, and the run A acknowledged is B's.
+      // Once the backfill is done, the failover goes through, and the run A acknowledged is B's. A
+      // job from a cluster the namespace does not list (taken out, and gone) holds it back no more.
       stuck.on = false;
       await backfillDone(b, NS, "clusterA");
+      const namespaceId = (await wf(b).describeNamespace({ namespace: NS })).namespace!.namespaceInfo!.id;
+      await b.server.database.db.transaction((tx) => startBackfillJob(tx, { namespaceId, sourceCluster: "clusterZ" }, new Date()));
       expect((await tern(a, "operator", "namespace", "failover", "-n", NS, "--to", "clusterB")).code).toBe(0);
       await expectActiveOn(b, NS, "clusterB", 2n);
       const again = wf(b).startWorkflowExecution({ namespace: NS, workflowId: "wf-0010", ...T });
