@@ -1,0 +1,161 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { EventType } from "../../src/gen/tern/common/v1/common_pb";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
+import { ReplicationState } from "../../src/gen/tern/workflow/v1/namespace_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { expectNoDifference, historyOf, setLink } from "../conflict/support";
+import { eventually } from "../support/eventually";
+import type { TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+import { connectAll, describeOn, expectActiveOn, startClusters } from "../failover/mesh";
+
+setDefaultTimeout(120_000);
+
+const NS = "orders";
+const T = { workflowType: "order", taskQueue: "q" };
+const wf = (x: TestCluster) => x.client(WorkflowService);
+
+/** signal name -> how many times the run's current history on x holds it. */
+async function signalsOn(x: TestCluster, workflowId: string): Promise<Map<string, number>> {
+  const seen = new Map<string, number>();
+  for (const e of await historyOf(x, NS, workflowId)) {
+    if (e.eventType !== EventType.WORKFLOW_EXECUTION_SIGNALED || e.attributes.case !== "workflowExecutionSignaledEventAttributes") continue;
+    const name = e.attributes.value.signalName;
+    seen.set(name, (seen.get(name) ?? 0) + 1);
+  }
+  return seen;
+}
+
+for (const store of await testStores()) {
+  describe(`three clusters fail over among themselves on ${store}`, () => {
+    let a: TestCluster, b: TestCluster, c: TestCluster;
+    beforeAll(async () => {
+      [a, b, c] = await startClusters(store, [{}, {}, {}]);
+      await connectAll([a, b, c]);
+      await wf(a).registerNamespace({ namespace: NS, isGlobalNamespace: true, clusters: ["clusterA", "clusterB", "clusterC"] });
+      await Promise.all([b, c].map((x) => expectActiveOn(x, NS, "clusterA", 1n)));
+    });
+    afterAll(() => Promise.all([a, b, c].map((x) => x?.destroy())));
+
+    test("TestGracefulFailoverWhileCIsCutOffThenCReturnsWithEveryEventOnce", async () => {
+      await wf(a).startWorkflowExecution({ namespace: NS, workflowId: "cut", ...T });
+      await wf(a).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "cut" }, signalName: "before", requestId: "before" });
+      await eventually(() => expectNoDifference([a, b, c], NS), { timeout: 20_000 });
+      await Promise.all([setLink(a, c, false), setLink(b, c, false)]);
+      await wf(a).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "cut" }, signalName: "a-while-cut", requestId: "a-while-cut" });
+      await wf(a).startWorkflowExecution({ namespace: NS, workflowId: "cut-new-on-a", ...T });
+      const res = await a.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterB", timeout: durationFromMs(10_000) });
+      expect(res.namespace!.failoverVersion).toBe(2n);
+      await expectActiveOn(b, NS, "clusterB", 2n); // asked of A, the answer may come before B heard of the switch
+      await wf(b).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "cut" }, signalName: "b-while-cut", requestId: "b-while-cut" });
+      await wf(b).startWorkflowExecution({ namespace: NS, workflowId: "cut-new-on-b", ...T });
+      expect((await describeOn(c, NS)).replicationConfig!.activeClusterName).toBe("clusterA");
+
+      await Promise.all([setLink(a, c, true), setLink(b, c, true)]);
+      await expectActiveOn(c, NS, "clusterB", 2n);
+      await eventually(() => expectNoDifference([a, b, c], NS), { timeout: 20_000 });
+      for (const x of [a, b, c]) {
+        expect([x.name, Object.fromEntries(await signalsOn(x, "cut"))]).toEqual([x.name, { before: 1, "a-while-cut": 1, "b-while-cut": 1 }]);
+        expect((await historyOf(x, NS, "cut")).map((e) => e.version)).toEqual([1n, 1n, 1n, 2n]);
+        expect(ReplicationState[(await describeOn(x, NS)).replicationConfig!.state]).toBe("NORMAL");
+      }
+      // C takes B's writes from now on, as the other passive cluster does.
+      await wf(b).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "cut-new-on-a" }, signalName: "after", requestId: "after" });
+      await eventually(async () => expect(Object.fromEntries(await signalsOn(c, "cut-new-on-a"))).toEqual({ after: 1 }));
+    });
+
+    test("TestFailoverChainABCAUnderWriteLoadLosesNoAcknowledgedWrite", async () => {
+      const ids = ["chain-0", "chain-1", "chain-2"];
+      // Active in B (the test before): the chain goes B -> C -> A -> B.
+      for (const id of ids) await wf(b).startWorkflowExecution({ namespace: NS, workflowId: id, ...T });
+      const acked: string[] = [];
+      let stop = false;
+      const unexpected: string[] = [];
+      const senders = ids.map(async (id) => {
+        for (let n = 0; !stop; n++) {
+          const name = `${id}#${n}`;
+          for (let landed = false; !landed && !stop;) {
+            for (const x of [a, b, c]) {
+              try {
+                await wf(x).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: id }, signalName: name, requestId: name });
+                acked.push(name);
+                landed = true;
+                break;
+              } catch (e) {
+                const code = (e as ConnectError).code;
+                if (code !== Code.FailedPrecondition && code !== Code.Unavailable) unexpected.push(`${x.name} ${name}: ${(e as Error).message}`);
+              }
+            }
+          }
+        }
+      });
+      const waitForWrites = async (more: number) => {
+        const at = acked.length;
+        await eventually(() => expect(acked.length).toBeGreaterThan(at + more), { timeout: 20_000 });
+      };
+      await waitForWrites(10);
+      for (const [from, to] of [[b, c], [c, a], [a, b]] as const) {
+        const res = await from.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: to.name, timeout: durationFromMs(15_000) });
+        expect(res.namespace!.replicationConfig!.activeClusterName).toBe(to.name);
+        await waitForWrites(10);
+      }
+      stop = true;
+      await Promise.all(senders);
+      expect(unexpected).toEqual([]);
+      await eventually(() => expectNoDifference([a, b, c], NS), { timeout: 30_000 });
+      for (const id of ids) {
+        for (const x of [a, b, c]) {
+          const seen = await signalsOn(x, id);
+          for (const name of acked.filter((n) => n.startsWith(`${id}#`))) expect(`${x.name} ${name} ${seen.get(name)}`).toBe(`${x.name} ${name} 1`);
+          for (const [name, count] of seen) expect(`${x.name} ${name} ${count}`).toBe(`${x.name} ${name} 1`);
+        }
+      }
+      for (const x of [a, b, c]) expect(ReplicationState[(await describeOn(x, NS)).replicationConfig!.state]).toBe("NORMAL");
+      const versions = await Promise.all([a, b, c].map(async (x) => (await describeOn(x, NS)).failoverVersion));
+      expect(new Set(versions).size).toBe(1);
+    });
+  });
+
+  describe(`a forced failover to a cluster cut off from the other two on ${store}`, () => {
+    let a: TestCluster, b: TestCluster, c: TestCluster;
+    beforeAll(async () => {
+      [a, b, c] = await startClusters(store, [{}, {}, {}]);
+      await connectAll([a, b, c]);
+      await wf(a).registerNamespace({ namespace: NS, isGlobalNamespace: true, clusters: ["clusterA", "clusterB", "clusterC"] });
+      await Promise.all([b, c].map((x) => expectActiveOn(x, NS, "clusterA", 1n)));
+    });
+    afterAll(() => Promise.all([a, b, c].map((x) => x?.destroy())));
+
+    test("TestForcedFailoverToTheIsolatedClusterWinsEverywhereAndTheMajoritysSignalsAreReappliedOnce", async () => {
+      for (const id of ["s-0", "s-1"]) {
+        await wf(a).startWorkflowExecution({ namespace: NS, workflowId: id, ...T });
+        await wf(a).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: id }, signalName: "before", requestId: `before-${id}` });
+      }
+      await eventually(() => expectNoDifference([a, b, c], NS), { timeout: 20_000 });
+      await Promise.all([setLink(a, c, false), setLink(b, c, false)]);
+      // A and B go on at version 1; C, alone, is forced active at version 3.
+      await wf(a).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "s-0" }, signalName: "a-split", requestId: "a-split-0" });
+      await wf(a).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "s-1" }, signalName: "a-split", requestId: "a-split-1" });
+      await wf(a).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "s-1" }, signalName: "a-split-more", requestId: "a-split-more-1" });
+      await eventually(async () => expect(Object.fromEntries(await signalsOn(b, "s-1"))).toEqual({ before: 1, "a-split": 1, "a-split-more": 1 }));
+      const forced = await wf(c).updateNamespace({ namespace: NS, activeClusterName: "clusterC" });
+      expect(forced.namespace!.failoverVersion).toBe(3n);
+      await wf(c).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "s-0" }, signalName: "c-split", requestId: "c-split-0" });
+      await wf(c).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "s-1" }, signalName: "c-split", requestId: "c-split-1" });
+
+      await Promise.all([setLink(a, c, true), setLink(b, c, true)]);
+      await Promise.all([a, b, c].map((x) => expectActiveOn(x, NS, "clusterC", 3n)));
+      await eventually(async () => {
+        await expectNoDifference([a, b, c], NS);
+        for (const x of [a, b, c]) {
+          expect([x.name, Object.fromEntries(await signalsOn(x, "s-0"))]).toEqual([x.name, { before: 1, "c-split": 1, "a-split": 1 }]);
+          expect([x.name, Object.fromEntries(await signalsOn(x, "s-1"))]).toEqual([x.name, { before: 1, "c-split": 1, "a-split": 1, "a-split-more": 1 }]);
+          const h = await historyOf(x, NS, "s-1");
+          expect([x.name, h.map((e) => e.version)]).toEqual([x.name, [1n, 1n, 3n, 3n, 3n]]);
+        }
+      }, { timeout: 30_000 });
+    });
+  });
+}
