@@ -10,7 +10,7 @@ import type { RemoteCluster, ReplicationStream } from "./manager";
 import { startBackfillJob } from "./backfill-jobs";
 import { createInboundHeard, type Heard } from "./inbound-heard";
 import { applyNamespaceTask } from "./namespace-applier";
-import { advanceAckLevel, readAckLevel, type AckKey } from "./namespace-queue";
+import { advanceAckLevel, appendNamespaceTask, readAckLevel, type AckKey } from "./namespace-queue";
 
 export interface NamespaceReceiverDeps {
   db: Db;
@@ -24,6 +24,8 @@ export interface NamespaceReceiverDeps {
   onChanged?: (ns: NamespaceRecord) => void;
   /** A backfill job was committed (wakes the backfill streams). */
   onBackfillStarted?: () => void;
+  /** A namespace task was committed to this cluster's own queue (wakes the namespace sender). */
+  onQueued?: () => void;
   /** Awaited before each task is applied, with the namespace it carries (tests: holds this cluster's view of a namespace change). */
   beforeApply?: (ns: NamespaceDescription) => Promise<void>;
   /** How long the sender may hold one poll open. */
@@ -50,6 +52,9 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
       const source = r.record?.activeClusterName;
       // Executions from before this cluster joined: backfilled from the active cluster, recorded with the join.
       if (r.joined && source && source !== currentCluster) await startBackfillJob(tx, { namespaceId: r.record!.id, sourceCluster: source }, now());
+      // Made active here by another cluster's change: queued here too, as it stands, so that a member
+      // that hears this cluster and not that one (cut off from it, or it gone since) learns it.
+      if (r.activated) await appendNamespaceTask(tx, r.record!, r.record!.clusters);
       await advanceAckLevel(tx, key, Number(task.taskId), maxTaskId, task.createTime ? timestampDate(task.createTime) : undefined);
       return r;
     });
@@ -57,7 +62,10 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
     deps.namespaces.invalidate(result.record);
     log.info("namespace replicated", { remote: key.remote, namespace: result.record?.name, outcome: result.outcome, taskId: Number(task.taskId) });
     deps.onChanged?.(result.record!);
-    if (result.activated) deps.onActivated?.(result.record!);
+    if (result.activated) {
+      deps.onQueued?.();
+      deps.onActivated?.(result.record!);
+    }
     if (result.joined) deps.onBackfillStarted?.();
   }
 

@@ -249,6 +249,7 @@ function wireReplication({ opts, log, now, cluster, database }: Base, core: Core
   const backfill = createBackfillReceiver({ db, applier, namespaces, writer, notifier, log, now, historyPageBytes: opts.replication?.historyPageBytes });
   const namespaceReceiver = createNamespaceReceiver({
     db, currentCluster: cluster.clusterName, namespaces, log, metrics, now, onActivated, onChanged: core.onChanged, onBackfillStarted: backfill.wake,
+    onQueued: () => notifier.notify(NAMESPACE_QUEUE_KEY),
     beforeApply: opts.replication?.beforeNamespaceApply, staleAfterMs: historyReceiver.staleAfterMs, waitTimeoutMs: opts.replication?.waitMs,
   });
   // Becoming active: settle the conflicts resolved while this cluster was passive.

@@ -158,4 +158,30 @@ for (const store of await testStores()) {
       }, { timeout: 30_000 });
     });
   });
+
+  describe(`a cluster cut off during a graceful failover that returns after the old active went away, on ${store}`, () => {
+    let a: TestCluster, b: TestCluster, c: TestCluster;
+    beforeAll(async () => {
+      [a, b, c] = await startClusters(store, [{}, {}, {}]);
+      await connectAll([a, b, c]);
+      await wf(a).registerNamespace({ namespace: NS, isGlobalNamespace: true, clusters: ["clusterA", "clusterB", "clusterC"] });
+      await Promise.all([b, c].map((x) => expectActiveOn(x, NS, "clusterA", 1n)));
+    });
+    afterAll(() => Promise.all([a, b, c].map((x) => x?.destroy())));
+
+    test("TestClusterBackAfterTheOldActiveWentAwayHearsTheSwitchFromTheNewActive", async () => {
+      await wf(a).startWorkflowExecution({ namespace: NS, workflowId: "gone", ...T });
+      await eventually(() => expectNoDifference([a, b, c], NS), { timeout: 20_000 });
+      await Promise.all([setLink(a, c, false), setLink(b, c, false)]);
+      await a.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterB", timeout: durationFromMs(10_000) });
+      await expectActiveOn(b, NS, "clusterB", 2n);
+      await wf(b).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "gone" }, signalName: "on-b", requestId: "on-b" });
+      // A goes away for good (its server down); C comes back to B alone.
+      await a.stop();
+      await setLink(b, c, true);
+      await eventually(async () => expect(Object.fromEntries(await signalsOn(c, "gone"))).toEqual({ "on-b": 1 }));
+      // C hears of the switch from B: it names B active, and its writes go there.
+      await expectActiveOn(c, NS, "clusterB", 2n);
+    });
+  });
 }
