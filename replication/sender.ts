@@ -339,7 +339,7 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
 
   /**
    * A page of each cursor's shard (at most its size), in cursor order, as soon as one has a
-   * task or the wait ends. peer (empty for an operator's read) gets only its namespaces'
+   * task, or passed over some (of namespaces not listing peer), or the wait ends. peer (empty for an operator's read) gets only its namespaces'
    * tasks, and each cursor's `acked` is recorded as its ack. With `watch` (a stream's), a
    * round between full reads looks only at the shards whose mark moved and those its last
    * round did not find caught up: the others are where the stream left them, and are not in
@@ -404,7 +404,10 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
         done.forEach((p, k) => outboxMarks?.advance(cursors[looked[k]!]!.shardId, p.max));
         watch?.looked(looked, done);
         const found = done.filter((p) => p.tasks.length);
-        if (found.length || !listening || signal.aborted) {
+        // Tasks passed over (of namespaces not listing the peer) are news too: answered, the peer
+        // acks past them now, not at the wait's end (a graceful failover to it waits for that ack).
+        const passed = done.some((p, k) => p.last > cursors[looked[k]!]!.after);
+        if (found.length || passed || !listening || signal.aborted) {
           if (peer) for (const p of found) metrics?.inc("replication_pages_sent", { remote_cluster: peer, source: p.source });
           return { looked, pages: done };
         }
