@@ -7,15 +7,17 @@ import { ReplicationState } from "../../src/gen/tern/workflow/v1/namespace_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { expectNoDifference, historyOf, setLink } from "../conflict/support";
 import { eventually } from "../support/eventually";
-import type { TestCluster } from "../support/server";
+import { startTestCluster, type TestCluster } from "../support/server";
+import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy";
 import { testStores } from "../support/stores";
-import { connectAll, describeOn, expectActiveOn, startClusters } from "../failover/mesh";
+import { addr, connectAll, describeOn, expectActiveOn, startClusters } from "../failover/mesh";
 
 setDefaultTimeout(120_000);
 
 const NS = "orders";
 const T = { workflowType: "order", taskQueue: "q" };
 const wf = (x: TestCluster) => x.client(WorkflowService);
+const frontendOf = (x: TestCluster) => ({ host: "127.0.0.1", port: Number(addr(x).split(":")[1]) });
 
 /** signal name -> how many times the run's current history on x holds it. */
 async function signalsOn(x: TestCluster, workflowId: string): Promise<Map<string, number>> {
@@ -182,6 +184,53 @@ for (const store of await testStores()) {
       await eventually(async () => expect(Object.fromEntries(await signalsOn(c, "gone"))).toEqual({ "on-b": 1 }));
       // C hears of the switch from B: it names B active, and its writes go there.
       await expectActiveOn(c, NS, "clusterB", 2n);
+    });
+  });
+
+  describe(`a cluster down during graceful failovers, on ${store}`, () => {
+    let a: TestCluster, b: TestCluster, c: TestCluster;
+    /** How A and B reach C: its address stays while C restarts on another port. */
+    let toC: TcpProxy;
+    beforeAll(async () => {
+      [a, b, c] = await startClusters(store, [{}, {}, {}]);
+      toC = await startTcpProxy(frontendOf(c));
+      for (const [x, y] of [[a, b], [b, a], [c, a], [c, b]] as const) await x.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(y) });
+      for (const x of [a, b]) await x.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: `127.0.0.1:${toC.port}` });
+      await wf(a).registerNamespace({ namespace: NS, isGlobalNamespace: true, clusters: ["clusterA", "clusterB", "clusterC"] });
+      await Promise.all([b, c].map((x) => expectActiveOn(x, NS, "clusterA", 1n)));
+    });
+    afterAll(async () => {
+      await Promise.all([a, b, c].map((x) => x?.destroy()));
+      await toC?.close();
+    });
+
+    test("TestClusterDownDuringFailoversABAndBAComesBackWithEveryEventOnce", async () => {
+      await wf(a).startWorkflowExecution({ namespace: NS, workflowId: "down", ...T });
+      await eventually(() => expectNoDifference([a, b, c], NS), { timeout: 20_000 });
+      await c.stop();
+      await wf(a).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "down" }, signalName: "a-1", requestId: "a-1" });
+      await a.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterB", timeout: durationFromMs(10_000) });
+      await expectActiveOn(b, NS, "clusterB", 2n);
+      await wf(b).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "down" }, signalName: "b-1", requestId: "b-1" });
+      await wf(b).startWorkflowExecution({ namespace: NS, workflowId: "down-b", ...T });
+      await b.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterA", timeout: durationFromMs(10_000) });
+      await expectActiveOn(a, NS, "clusterA", 101n);
+      await wf(a).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "down" }, signalName: "a-2", requestId: "a-2" });
+      // A failover to C while it is down (behind its proxy: each connection reset) fails, naming why, and changes nothing.
+      await expect(a.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterC", timeout: durationFromMs(1_000) }))
+        .rejects.toThrow(/\(the connection to clusterC: connection (reset|refused)\); orders stays active in clusterA/);
+
+      c = await startTestCluster({ store, name: "clusterC", initialFailoverVersion: 3, dataLocation: c.dataLocation });
+      toC.retarget(frontendOf(c));
+      await expectActiveOn(c, NS, "clusterA", 101n);
+      await eventually(async () => {
+        await expectNoDifference([a, b, c], NS);
+        expect(Object.fromEntries(await signalsOn(c, "down"))).toEqual({ "a-1": 1, "b-1": 1, "a-2": 1 });
+        expect((await historyOf(c, NS, "down")).map((e) => e.version)).toEqual([1n, 1n, 2n, 101n]);
+      }, { timeout: 20_000 });
+      // And C, caught up, can be made active gracefully.
+      await a.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterC", timeout: durationFromMs(10_000) });
+      await expectActiveOn(c, NS, "clusterC", 103n);
     });
   });
 }
