@@ -30,7 +30,8 @@ for (const store of await testStores()) {
   describe(`a global namespace over clusters not all connected to each other, on ${store}`, () => {
     let a: TestCluster, b: TestCluster, c: TestCluster;
     beforeAll(async () => {
-      [a, b, c] = await startClusters(store, [{}, {}, {}]);
+      // C forwards writes to the active cluster (dcRedirectionPolicy).
+      [a, b, c] = await startClusters(store, [{}, {}, { extraYaml: "dcRedirectionPolicy: { policy: selected-apis-forwarding }" }]);
       for (const [x, y] of [[a, b], [b, a], [a, c], [c, a]] as const) await x.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(y) });
       await a.client(WorkflowService).registerNamespace({ namespace: "orders", isGlobalNamespace: true, clusters: ["clusterA", "clusterB", "clusterC"] });
       for (const x of [b, c]) await eventuallyOn(x, "orders", () => {});
@@ -57,6 +58,22 @@ for (const store of await testStores()) {
         "WARNING: namespace orders lists clusterB, which is not connected to clusterC: nothing of orders replicates between them " +
           "(it is active in clusterB: its writes do not reach clusterC); connect them both ways ('tern operator cluster upsert' on each)\n",
       );
+    });
+
+    test("TestWriteForwardedByAMemberNotConnectedToTheActiveClusterIsRefusedAtOnceNamingIt", async () => {
+      // Active in B (the test before), which C does not know: nowhere to forward to, and no wait.
+      const started = Date.now();
+      await rejects(
+        c.client(WorkflowService).signalWorkflowExecution({ namespace: "orders", workflowExecution: { workflowId: "any" }, signalName: "s", requestId: "fwd-1" }),
+        Code.Unavailable,
+        "cannot forward to cluster clusterB: it is not connected to clusterC (request id fwd-1); retry with the same request id",
+      );
+      await rejects(
+        c.client(OperatorService).failoverNamespace({ namespace: "orders", targetCluster: "clusterA" }),
+        Code.Unavailable,
+        "cannot forward to cluster clusterB: it is not connected to clusterC",
+      );
+      expect(Date.now() - started).toBeLessThan(2_000);
     });
 
     test("TestConnectingTwoMembersLateBackfillsWhatOneWroteMeanwhile: its replication tasks were cleaned up once A had them", async () => {
