@@ -161,6 +161,48 @@ for (const store of await testStores()) {
     });
   });
 
+  describe(`each of three clusters active at once, cut off from the others, on ${store}`, () => {
+    let a: TestCluster, b: TestCluster, c: TestCluster;
+    beforeAll(async () => {
+      [a, b, c] = await startClusters(store, [{}, {}, {}]);
+      await connectAll([a, b, c]);
+      await wf(a).registerNamespace({ namespace: NS, isGlobalNamespace: true, clusters: ["clusterA", "clusterB", "clusterC"] });
+      await Promise.all([b, c].map((x) => expectActiveOn(x, NS, "clusterA", 1n)));
+    });
+    afterAll(() => Promise.all([a, b, c].map((x) => x?.destroy())));
+
+    test("TestThreeWaySplitConvergesOnTheHighestVersionAndReappliesBothLosingBranchesSignalsOnce", async () => {
+      for (const id of ["t-0", "t-1"]) await wf(a).startWorkflowExecution({ namespace: NS, workflowId: id, ...T });
+      await eventually(() => expectNoDifference([a, b, c], NS), { timeout: 20_000 });
+      await Promise.all([setLink(a, b, false), setLink(a, c, false), setLink(b, c, false)]);
+      await wf(b).updateNamespace({ namespace: NS, activeClusterName: "clusterB" });
+      await wf(c).updateNamespace({ namespace: NS, activeClusterName: "clusterC" });
+      // Every cluster writes the same runs at the same event ids, each at its own version.
+      for (const x of [a, b, c]) {
+        for (const id of ["t-0", "t-1"]) {
+          await wf(x).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: id }, signalName: `${x.name}-1`, requestId: `${x.name}-${id}-1` });
+        }
+      }
+      await wf(b).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "t-1" }, signalName: "clusterB-2", requestId: "clusterB-t-1-2" });
+      // The links heal one at a time: B's branch meets A's first, then C's meets both.
+      await setLink(a, b, true);
+      await expectActiveOn(a, NS, "clusterB", 2n);
+      await setLink(b, c, true);
+      await setLink(a, c, true);
+      await Promise.all([a, b, c].map((x) => expectActiveOn(x, NS, "clusterC", 3n)));
+      await eventually(async () => {
+        await expectNoDifference([a, b, c], NS);
+        for (const x of [a, b, c]) {
+          expect([x.name, Object.fromEntries(await signalsOn(x, "t-0"))]).toEqual([x.name, { "clusterA-1": 1, "clusterB-1": 1, "clusterC-1": 1 }]);
+          expect([x.name, Object.fromEntries(await signalsOn(x, "t-1"))]).toEqual([x.name, { "clusterA-1": 1, "clusterB-1": 1, "clusterB-2": 1, "clusterC-1": 1 }]);
+          const versions = (await historyOf(x, NS, "t-1")).map((e) => e.version);
+          expect([x.name, versions.slice(0, 2)]).toEqual([x.name, [1n, 3n]]);
+          expect([x.name, versions.every((v, i) => i === 0 || v >= versions[i - 1]!)]).toEqual([x.name, true]);
+        }
+      }, { timeout: 30_000 });
+    });
+  });
+
   describe(`a cluster cut off during a graceful failover that returns after the old active went away, on ${store}`, () => {
     let a: TestCluster, b: TestCluster, c: TestCluster;
     beforeAll(async () => {
