@@ -9,7 +9,7 @@ import { expectNoDifference, historyOf, setLink } from "../conflict/support";
 import { eventually } from "../support/eventually";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy";
-import { testStores } from "../support/stores";
+import { testStores, type StoreKind } from "../support/stores";
 import { addr, connectAll, describeOn, expectActiveOn, startClusters } from "../failover/mesh";
 
 setDefaultTimeout(120_000);
@@ -30,15 +30,24 @@ async function signalsOn(x: TestCluster, workflowId: string): Promise<Map<string
   return seen;
 }
 
+/** NS over clusterA, B and C, registered on A (active there), once B and C hold it. */
+async function registerOrders([a, b, c]: [TestCluster, TestCluster, TestCluster]): Promise<void> {
+  await wf(a).registerNamespace({ namespace: NS, isGlobalNamespace: true, clusters: ["clusterA", "clusterB", "clusterC"] });
+  await Promise.all([b, c].map((x) => expectActiveOn(x, NS, "clusterA", 1n)));
+}
+
+/** clusterA, B and C on store, connected both ways, with NS registered (registerOrders). */
+async function startOrdersMesh(store: StoreKind): Promise<[TestCluster, TestCluster, TestCluster]> {
+  const clusters = await startClusters(store, [{}, {}, {}]);
+  await connectAll(clusters);
+  await registerOrders(clusters);
+  return clusters;
+}
+
 for (const store of await testStores()) {
   describe(`three clusters fail over among themselves on ${store}`, () => {
     let a: TestCluster, b: TestCluster, c: TestCluster;
-    beforeAll(async () => {
-      [a, b, c] = await startClusters(store, [{}, {}, {}]);
-      await connectAll([a, b, c]);
-      await wf(a).registerNamespace({ namespace: NS, isGlobalNamespace: true, clusters: ["clusterA", "clusterB", "clusterC"] });
-      await Promise.all([b, c].map((x) => expectActiveOn(x, NS, "clusterA", 1n)));
-    });
+    beforeAll(async () => ([a, b, c] = await startOrdersMesh(store)));
     afterAll(() => Promise.all([a, b, c].map((x) => x?.destroy())));
 
     test("TestGracefulFailoverWhileCIsCutOffThenCReturnsWithEveryEventOnce", async () => {
@@ -122,12 +131,7 @@ for (const store of await testStores()) {
 
   describe(`a forced failover to a cluster cut off from the other two on ${store}`, () => {
     let a: TestCluster, b: TestCluster, c: TestCluster;
-    beforeAll(async () => {
-      [a, b, c] = await startClusters(store, [{}, {}, {}]);
-      await connectAll([a, b, c]);
-      await wf(a).registerNamespace({ namespace: NS, isGlobalNamespace: true, clusters: ["clusterA", "clusterB", "clusterC"] });
-      await Promise.all([b, c].map((x) => expectActiveOn(x, NS, "clusterA", 1n)));
-    });
+    beforeAll(async () => ([a, b, c] = await startOrdersMesh(store)));
     afterAll(() => Promise.all([a, b, c].map((x) => x?.destroy())));
 
     test("TestForcedFailoverToTheIsolatedClusterWinsEverywhereAndTheMajoritysSignalsAreReappliedOnce", async () => {
@@ -163,12 +167,7 @@ for (const store of await testStores()) {
 
   describe(`each of three clusters active at once, cut off from the others, on ${store}`, () => {
     let a: TestCluster, b: TestCluster, c: TestCluster;
-    beforeAll(async () => {
-      [a, b, c] = await startClusters(store, [{}, {}, {}]);
-      await connectAll([a, b, c]);
-      await wf(a).registerNamespace({ namespace: NS, isGlobalNamespace: true, clusters: ["clusterA", "clusterB", "clusterC"] });
-      await Promise.all([b, c].map((x) => expectActiveOn(x, NS, "clusterA", 1n)));
-    });
+    beforeAll(async () => ([a, b, c] = await startOrdersMesh(store)));
     afterAll(() => Promise.all([a, b, c].map((x) => x?.destroy())));
 
     test("TestThreeWaySplitConvergesOnTheHighestVersionAndReappliesBothLosingBranchesSignalsOnce", async () => {
@@ -205,12 +204,7 @@ for (const store of await testStores()) {
 
   describe(`a cluster cut off during a graceful failover that returns after the old active went away, on ${store}`, () => {
     let a: TestCluster, b: TestCluster, c: TestCluster;
-    beforeAll(async () => {
-      [a, b, c] = await startClusters(store, [{}, {}, {}]);
-      await connectAll([a, b, c]);
-      await wf(a).registerNamespace({ namespace: NS, isGlobalNamespace: true, clusters: ["clusterA", "clusterB", "clusterC"] });
-      await Promise.all([b, c].map((x) => expectActiveOn(x, NS, "clusterA", 1n)));
-    });
+    beforeAll(async () => ([a, b, c] = await startOrdersMesh(store)));
     afterAll(() => Promise.all([a, b, c].map((x) => x?.destroy())));
 
     test("TestClusterBackAfterTheOldActiveWentAwayHearsTheSwitchFromTheNewActive", async () => {
@@ -238,8 +232,7 @@ for (const store of await testStores()) {
       toC = await startTcpProxy(frontendOf(c));
       for (const [x, y] of [[a, b], [b, a], [c, a], [c, b]] as const) await x.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(y) });
       for (const x of [a, b]) await x.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: `127.0.0.1:${toC.port}` });
-      await wf(a).registerNamespace({ namespace: NS, isGlobalNamespace: true, clusters: ["clusterA", "clusterB", "clusterC"] });
-      await Promise.all([b, c].map((x) => expectActiveOn(x, NS, "clusterA", 1n)));
+      await registerOrders([a, b, c]);
     });
     afterAll(async () => {
       await Promise.all([a, b, c].map((x) => x?.destroy()));
