@@ -339,11 +339,12 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
 
   /**
    * A page of each cursor's shard (at most its size), in cursor order, as soon as one has a
-   * task, or passed over some (of namespaces not listing peer), or the wait ends. peer (empty for an operator's read) gets only its namespaces'
-   * tasks, and each cursor's `acked` is recorded as its ack. With `watch` (a stream's), a
-   * round between full reads looks only at the shards whose mark moved and those its last
-   * round did not find caught up: the others are where the stream left them, and are not in
-   * the answer (`looked` says which cursors the pages are of; every cursor without `watch`).
+   * task, or passed some over (of namespaces not listing peer), or the wait ends. peer (empty
+   * for an operator's read) gets only its namespaces' tasks, and each cursor's `acked` is
+   * recorded as its ack. With `watch` (a stream's), a round between full reads looks only at
+   * the shards whose mark moved and those its last round did not find caught up: the others
+   * are where the stream left them, and are not in the answer (`looked` says which cursors the
+   * pages are of; every cursor without `watch`).
    */
   async function servePages(
     ask: {
