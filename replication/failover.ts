@@ -10,6 +10,7 @@ import { transaction } from "../src/persistence/call-signal";
 import type { Db } from "../src/persistence/database";
 import { namespaces } from "../src/persistence/schema";
 import { listenForAckChange, outboundAcks } from "./ack-levels";
+import type { FailoverMembersCheck, MembersApplied } from "./failover-members";
 import { appendNamespaceTask, namespaceQueueMax, readAck } from "./namespace-queue";
 import { MAX_WAIT_MS } from "./namespace-sender";
 import { sleep } from "../src/sleep";
@@ -32,6 +33,8 @@ export interface GracefulFailoverDeps {
   connectionState?: (cluster: string) => string;
   /** Why a failover to target would leave a cluster without its writes, as the clusters say (createFailoverTargetCheck), or undefined. */
   targetProblem?: (target: string, members: string[], failoverTimeoutMs: number, namespace: string) => Promise<string | undefined>;
+  /** What the target must have applied of the namespace's other members (createFailoverMembersCheck). */
+  members?: FailoverMembersCheck;
   /** How long after the target's last poll of the namespace queue a failover to it is refused at once (default NAMESPACE_POLLS_LATE_MS). */
   namespacePollsLateMs?: number;
   /** Holds a lock other server processes on the database see (Database.withSessionLock) while fn runs. */
@@ -59,6 +62,8 @@ export interface HandoverPoint {
   /** Each shard's last task id, by shard id in ascending order. */
   shards: Map<number, number>;
   namespaceTaskId: number;
+  /** What this cluster had applied of the other members' shards: the target must have it too. */
+  members: MembersApplied;
 }
 
 /**
@@ -120,8 +125,9 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
     log.warn("graceful failover abandoned; namespace back to NORMAL", { namespace: ns.name, reason: why });
   }
 
-  async function handoverPoint(): Promise<HandoverPoint> {
-    return { shards: await lastTaskIds(db), namespaceTaskId: await namespaceQueueMax(db) };
+  async function handoverPoint(target: string, ns: NamespaceRecord): Promise<HandoverPoint> {
+    const members = (await deps.members?.appliedHere(target, ns.clusters)) ?? new Map();
+    return { shards: await lastTaskIds(db), namespaceTaskId: await namespaceQueueMax(db), members };
   }
 
   /** Why target is known not to hear this cluster's namespace queue (so neither the switch), before HANDOVER; or undefined. */
@@ -146,7 +152,7 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
       const since = ns.updatedAt ? `since ${ns.updatedAt.toISOString()}` : "ever";
       return `cluster ${target} has not polled ${current.clusterName}'s namespace queue ${since} (acked up to task ${ns.ackLevel} of ${point.namespaceTaskId}), so it would not hear the switch`;
     }
-    return undefined;
+    return deps.members?.targetLacks(target, point.members);
   }
 
   async function waitCaughtUp(ns: NamespaceRecord, target: string, point: HandoverPoint, timeoutMs: number, stopping: AbortSignal, call?: AbortSignal): Promise<void> {
@@ -227,7 +233,7 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
       await enterHandover(ns, call);
       let switched: NamespaceRecord | undefined;
       try {
-        const point = await handoverPoint();
+        const point = await handoverPoint(target, ns);
         log.info("graceful failover: handover point recorded", { namespace: name, target, shards: Object.fromEntries(point.shards), namespaceTaskId: point.namespaceTaskId });
         await waitCaughtUp(ns, target, point, timeoutMs, stopping, call);
         switched = await switchActive(ns, target, targetInfo.initialFailoverVersion, call);

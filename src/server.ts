@@ -20,6 +20,7 @@ import { createPlannerStats } from "./persistence/planner-stats";
 import { createNamespaceReceiver } from "../replication/namespace-receiver";
 import { createNamespaceSender, NAMESPACE_QUEUE_KEY } from "../replication/namespace-sender";
 import { resendNamespacesTo } from "../replication/namespace-queue";
+import { createFailoverMembersCheck } from "../replication/failover-members";
 import type { RetryPolicy } from "../replication/page-applier";
 import { createHistoryReceiver } from "../replication/receiver";
 import { createReplicationSender } from "../replication/sender";
@@ -262,6 +263,7 @@ function wireReplication({ opts, log, now, cluster, database }: Base, core: Core
   const failover = createGracefulFailover({
     db, namespaces, clusters: core.clusters, notifier, log, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY),
     withSessionLock: database.withSessionLock, targetProblem: createFailoverTargetCheck({ clusters: core.clusters, clients }),
+    members: createFailoverMembersCheck({ db, clusters: core.clusters, clients }),
     connectionState: (name) => manager.connectionState(name), namespacePollsLateMs: opts.replication?.namespacePollsLateMs,
   });
   const sender = createReplicationSender({

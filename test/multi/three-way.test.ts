@@ -7,6 +7,7 @@ import { ReplicationState } from "../../src/gen/tern/workflow/v1/namespace_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { expectNoDifference, historyOf, setLink } from "../conflict/support";
 import { eventually } from "../support/eventually";
+import { rejects } from "../support/rejects";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy";
 import { testStores, type StoreKind } from "../support/stores";
@@ -199,6 +200,37 @@ for (const store of await testStores()) {
           expect([x.name, versions.every((v, i) => i === 0 || v >= versions[i - 1]!)]).toEqual([x.name, true]);
         }
       }, { timeout: 30_000 });
+    });
+  });
+
+  describe(`graceful failovers to a cluster cut off from the one active before, on ${store}`, () => {
+    let a: TestCluster, b: TestCluster, c: TestCluster;
+    beforeAll(async () => ([a, b, c] = await startOrdersMesh(store)));
+    afterAll(() => Promise.all([a, b, c].map((x) => x?.destroy())));
+
+    test("TestGracefulFailoverWaitsUntilTheTargetHasWhatTheSourceTookFromAThirdCluster", async () => {
+      await wf(a).startWorkflowExecution({ namespace: NS, workflowId: "third", ...T });
+      await a.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterB", timeout: durationFromMs(10_000) });
+      await expectActiveOn(b, NS, "clusterB", 2n);
+      // A is cut off from B; B completes the run, C takes it from B, and B hands over to C.
+      await setLink(a, b, false);
+      await wf(b).completeWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "third" } });
+      await eventually(async () => expect((await historyOf(c, NS, "third")).map((e) => e.eventType)).toEqual([EventType.WORKFLOW_EXECUTION_STARTED, EventType.WORKFLOW_EXECUTION_COMPLETED]));
+      await b.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterC", timeout: durationFromMs(10_000) });
+      await expectActiveOn(c, NS, "clusterC", 3n);
+      // A has acked all C wrote, yet lacks B's completion, which reaches it only from B: not made active without it.
+      await expect(c.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterA", timeout: durationFromMs(1_500) }))
+        .rejects.toThrow(/cluster clusterA applied clusterB's history shard \d+ up to task 0, clusterC up to [1-9]\d*: what clusterB wrote reaches clusterA only from clusterB; orders stays active in clusterC/);
+      expect((await describeOn(a, NS)).replicationConfig!.activeClusterName).toBe("clusterC");
+      // Reconnected to B, A catches up and the failover goes through: the run stays completed.
+      await setLink(a, b, true);
+      await c.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterA", timeout: durationFromMs(10_000) });
+      await expectActiveOn(a, NS, "clusterA", 101n);
+      await rejects(
+        wf(a).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "third" }, signalName: "late", requestId: "late" }),
+        Code.FailedPrecondition, "is already closed",
+      );
+      await eventually(() => expectNoDifference([a, b, c], NS), { timeout: 20_000 });
     });
   });
 
