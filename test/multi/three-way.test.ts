@@ -259,6 +259,8 @@ for (const store of await testStores()) {
     let a: TestCluster, b: TestCluster, c: TestCluster;
     /** How A and B reach C: its address stays while C restarts on another port. */
     let toC: TcpProxy;
+    /** C as first started, which owns its data: removed at the end. */
+    let firstC: TestCluster | undefined;
     beforeAll(async () => {
       [a, b, c] = await startClusters(store, [{}, {}, {}]);
       toC = await startTcpProxy(frontendOf(c));
@@ -268,6 +270,7 @@ for (const store of await testStores()) {
     });
     afterAll(async () => {
       await Promise.all([a, b, c].map((x) => x?.destroy()));
+      await firstC?.destroy();
       await toC?.close();
     });
 
@@ -287,6 +290,7 @@ for (const store of await testStores()) {
       await expect(a.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterC", timeout: durationFromMs(1_000) }))
         .rejects.toThrow(/\(the connection to clusterC: connection (reset|refused)\); orders stays active in clusterA/);
 
+      firstC = c;
       c = await startTestCluster({ store, name: "clusterC", initialFailoverVersion: 3, dataLocation: c.dataLocation });
       toC.retarget(frontendOf(c));
       await expectActiveOn(c, NS, "clusterA", 101n);
