@@ -50,6 +50,8 @@ export const NAMESPACE_POLLS_LATE_MS = MAX_WAIT_MS + 10_000;
 
 /** How long a failed failover keeps trying to leave HANDOVER before it answers. */
 const LEAVE_RETRY_MS = 10_000;
+/** The longest a graceful failover's answer waits for the target to hear of the switch (the target asked waits as long: operator-handler.ts). */
+export const SWITCH_HEARD_WAIT_MS = 5_000;
 
 /**
  * The lock a graceful failover holds while its namespace is in HANDOVER: the resets of abandoned
@@ -188,8 +190,8 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
   }
 
   /** The switch: active = target at the next failover version, NORMAL, with its namespace task, in one transaction. */
-  async function switchActive(ns: NamespaceRecord, target: string, targetInitial: number, call?: AbortSignal): Promise<NamespaceRecord> {
-    const saved = await transaction(db, async (tx) => {
+  async function switchActive(ns: NamespaceRecord, target: string, targetInitial: number, call?: AbortSignal): Promise<{ namespace: NamespaceRecord; taskId: number }> {
+    const { saved, taskId } = await transaction(db, async (tx) => {
       const [row] = await tx.select().from(namespaces).where(eq(namespaces.id, ns.id)).for("update");
       if (!row || row.replicationState !== "HANDOVER" || row.failoverVersion !== ns.failoverVersion) {
         throw failedPrecondition(`namespace ${ns.name} changed during the graceful failover (now active in ${row?.activeClusterName} at version ${row?.failoverVersion}); nothing was switched`);
@@ -200,12 +202,38 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
         .set({ ...change, replicationState: "NORMAL", configVersion: row.configVersion + 1, updatedAt: now() })
         .where(and(eq(namespaces.id, row.id), eq(namespaces.configVersion, row.configVersion)))
         .returning();
-      await appendNamespaceTask(tx, saved!, row.clusters);
-      return saved!;
+      return { saved: saved!, taskId: await appendNamespaceTask(tx, saved!, row.clusters) };
     }, call);
     deps.namespaces.invalidate(saved);
     deps.onReplicated?.();
-    return saved;
+    return { namespace: saved, taskId };
+  }
+
+  /**
+   * Waits, up to SWITCH_HEARD_WAIT_MS, until target acked the switch's namespace task (its polls
+   * ask after what it applied): it has the switch, so a write sent to it next is taken there, as
+   * when the target itself is asked (operator-handler.ts). Before, the answer came as the switch
+   * committed here, and a write sent to the target next was refused as active in this cluster.
+   * Past the wait (its link cut right after the switch) the failover answers anyway, said in the log.
+   */
+  async function targetHeard(ns: NamespaceRecord, target: string, taskId: number, stopping: AbortSignal, call?: AbortSignal): Promise<void> {
+    const deadline = Date.now() + SWITCH_HEARD_WAIT_MS;
+    const signal = call ? AbortSignal.any([stopping, call]) : stopping;
+    for (;;) {
+      const changed = listenForAckChange(deps.notifier, target, Math.min(Math.max(deadline - Date.now(), 0), recheckMs), signal);
+      try {
+        const { ackLevel } = await readAck(db, { remote: target, direction: "outbound", queue: "namespace", shardId: 0 });
+        if (ackLevel >= taskId) return;
+        if (signal.aborted) return;
+        if (deadline - Date.now() <= 0) {
+          log.warn("graceful failover: the target has not heard of the switch yet", { namespace: ns.name, target, namespaceTaskId: taskId, acked: ackLevel });
+          return;
+        }
+        await changed.woke;
+      } finally {
+        changed.cancel();
+      }
+    }
   }
 
   /**
@@ -214,7 +242,7 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
    * fired no HANDOVER is entered nor switch made, and the wait for the target ends. Leaving
    * HANDOVER does not heed the call: it must happen whatever the caller does.
    */
-  async function failover(name: string, target: string, timeoutMs: number, stopping: AbortSignal, call?: AbortSignal): Promise<{ namespace: NamespaceRecord; handover: HandoverPoint }> {
+  async function failover(name: string, target: string, timeoutMs: number, stopping: AbortSignal, call?: AbortSignal, targetWaits = false): Promise<{ namespace: NamespaceRecord; handover: HandoverPoint }> {
     if (!target) throw invalidArgument("target cluster is required");
     const ns = await deps.namespaces.describe({ name });
     if (!ns.isGlobal) throw failedPrecondition(`namespace ${name} is local: only global namespaces fail over`);
@@ -236,8 +264,12 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
         const point = await handoverPoint(target, ns);
         log.info("graceful failover: handover point recorded", { namespace: name, target, shards: Object.fromEntries(point.shards), namespaceTaskId: point.namespaceTaskId });
         await waitCaughtUp(ns, target, point, timeoutMs, stopping, call);
-        switched = await switchActive(ns, target, targetInfo.initialFailoverVersion, call);
+        const { namespace, taskId } = await switchActive(ns, target, targetInfo.initialFailoverVersion, call);
+        switched = namespace;
         log.info("graceful failover done", { namespace: name, target, failoverVersion: switched.failoverVersion });
+        // Switched: whatever the wait meets (a database error), the failover is done. The target
+        // that asked (forwarded here) waits for its own view itself.
+        if (!targetWaits) await targetHeard(ns, target, taskId, stopping, call).catch((e) => log.warn("graceful failover: cannot tell whether the target heard of the switch", { namespace: name, target, error: loggableError(e) }));
         return { namespace: switched, handover: point };
       } finally {
         if (!switched) {
@@ -249,7 +281,9 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
 
   return {
     /** call: the caller's signal (see failover). */
-    run: (name: string, target: string, timeoutMs: number, call?: AbortSignal) => running.run(undefined, (stopping) => failover(name, target, timeoutMs, stopping, call)),
+    /** targetWaits: the target asked (the call forwarded from it), and waits to hear of the switch itself. */
+    run: (name: string, target: string, timeoutMs: number, call?: AbortSignal, targetWaits?: boolean) =>
+      running.run(undefined, (stopping) => failover(name, target, timeoutMs, stopping, call, targetWaits)),
     /** Abandons the failovers waiting for their target (each leaves HANDOVER and answers UNAVAILABLE) and refuses new ones. */
     stop: () => running.end(),
   };

@@ -12,7 +12,7 @@ import type { clusterMetadata } from "../persistence/schema";
 import { decodeToken, encodeToken, NAME_TOKEN } from "../persistence/page-token";
 import type { RemoteClusters } from "../cluster/remote-clusters";
 import { clampPage } from "../namespace/registry";
-import type { GracefulFailover } from "../../replication/failover";
+import { SWITCH_HEARD_WAIT_MS, type GracefulFailover } from "../../replication/failover";
 import type { RemoteClientPool } from "../cluster/remote-client";
 import { durationMs, namespaceToProto } from "./convert";
 import { callActive, FORWARD_TIMEOUT_MS, FORWARDED_HEADER } from "./forwarding";
@@ -36,8 +36,6 @@ export interface OperatorHandlerDeps {
 }
 
 const FAILOVER_TIMEOUT_MS = 10_000;
-/** The longest a forwarded failover to this cluster waits for the switch to replicate here before it answers anyway. */
-const SWITCH_HEARD_WAIT_MS = 5_000;
 /** How often that wait reads the namespace again, for a switch another server on the same database applied. */
 const SWITCH_RECHECK_MS = 1_000;
 
@@ -155,7 +153,8 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
         }
         return res;
       }
-      const res = await deps.failover.run(r.namespace, r.targetCluster, timeoutMs, ctx.signal);
+      // Answered once the target has the switch; a target that forwarded the call waits for it itself (above).
+      const res = await deps.failover.run(r.namespace, r.targetCluster, timeoutMs, ctx.signal, ctx.requestHeader.get(FORWARDED_HEADER) === r.targetCluster);
       const ids = [...res.handover.shards].map(([shard, id]) => [shard, BigInt(id)] as const);
       return { namespace: namespaceToProto(res.namespace), handoverTaskIds: Object.fromEntries(ids) };
     },

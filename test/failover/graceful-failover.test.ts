@@ -251,6 +251,37 @@ for (const store of await testStores()) {
     });
   });
 
+  describe(`graceful failover asked of the active cluster, on ${store}`, () => {
+    let a: TestCluster, b: TestCluster;
+    const bNamespaceChanges = createGate(); // B's view of replicated namespace changes, held by the test
+    beforeAll(async () => {
+      [a, b] = await startOrdersPair(store, [{}, { serverOptions: { replication: { beforeNamespaceApply: holdSwitchesTo("clusterB", bNamespaceChanges) } } }]);
+    });
+    afterAll(() => (bNamespaceChanges.open(), Promise.all([a, b].map((x) => x.destroy()))));
+
+    test("TestAFailoverAskedOfTheActiveAnswersOnceTheTargetHasTheSwitch: a write sent to the target next is taken there", async () => {
+      // The switch reaches B through namespace replication, held here until A's answer is seen to wait for it.
+      bNamespaceChanges.close();
+      let answered = false;
+      const asked = failover(a, "clusterB").finally(() => (answered = true));
+      try {
+        await expectActiveOn(a, "orders", "clusterB", 2n);
+        expect((await describeOn(b, "orders")).replicationConfig!.activeClusterName).toBe("clusterA");
+        // A has switched; its answer waits for B's own view (before: it answered at once, and a
+        // write sent to B next was refused as active in clusterA).
+        await new Promise((r) => setTimeout(r, 1_000));
+        expect(answered).toBe(false);
+      } finally {
+        bNamespaceChanges.open();
+      }
+      const res = await asked;
+      expect(res.namespace!.failoverVersion).toBe(2n);
+      // At once, no waiting: the target takes writes as the active one.
+      expect((await describeOn(b, "orders")).replicationConfig!.activeClusterName).toBe("clusterB");
+      await start(b, "right-after-the-answer");
+    });
+  });
+
   describe(`graceful failover to a cluster that is down, on ${store}`, () => {
     let a: TestCluster, b: TestCluster;
     beforeAll(async () => {
