@@ -30,7 +30,7 @@ for (const store of await testStores()) {
     async function startLogging() {
       const logs: string[] = [];
       const cluster = await startTestCluster({ store, serverOptions: { log: createLogger({ level: "info", write: (l) => logs.push(l) }) } });
-      cleanups.push(cluster.stop);
+      cleanups.push(cluster.destroy); // destroy: stop leaves its database (a PostgreSQL one, a PGlite dir) behind
       return { logs, wf: cluster.client(WorkflowService), db: cluster.server.database.db };
     }
 
