@@ -157,36 +157,42 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
     return deps.members?.targetLacks(target, point.members);
   }
 
-  async function waitCaughtUp(ns: NamespaceRecord, target: string, point: HandoverPoint, timeoutMs: number, stopping: AbortSignal, call?: AbortSignal): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    const signal = call ? AbortSignal.any([stopping, call]) : stopping;
+  /**
+   * Reads what target still lacks (behind) again at each of its acks (and every recheckMs) until
+   * it lacks nothing (undefined), signal fires or deadline passes: then what it lacked last.
+   */
+  async function untilAcked(target: string, deadline: number, signal: AbortSignal, behind: () => Promise<string | undefined>): Promise<string | undefined> {
     for (;;) {
       const changed = listenForAckChange(deps.notifier, target, Math.min(Math.max(deadline - Date.now(), 0), recheckMs), signal);
       try {
-        const behind = await lag(target, point);
-        if (!behind) return;
-        // The caller's deadline passed (or it left): it has its answer; the failover ends without a switch.
-        call?.throwIfAborted();
-        if (signal.aborted) {
-          throw unavailable(
-            `cluster ${current.clusterName} is shutting down: graceful failover of namespace ${ns.name} to ${target} abandoned (${behind}); ` +
-              `${ns.name} stays active in ${current.clusterName} (replication state NORMAL); retry on a running server`,
-          );
-        }
-        if (deadline - Date.now() <= 0) {
-          // Why it lagged, when this cluster can tell: the target down, or refusing.
-          const connection = deps.connectionState?.(target);
-          const why = connection?.startsWith("error: ") ? ` (the connection to ${target}: ${connection.slice(7)})` : "";
-          throw unavailable(
-            `graceful failover of namespace ${ns.name} to ${target} timed out after ${timeoutMs}ms: ${behind}${why}; ` +
-              `${ns.name} stays active in ${current.clusterName} (replication state NORMAL); retry once ${target} has caught up`,
-          );
-        }
+        const lacking = await behind();
+        if (!lacking || signal.aborted || deadline - Date.now() <= 0) return lacking;
         await changed.woke;
       } finally {
         changed.cancel();
       }
     }
+  }
+
+  async function waitCaughtUp(ns: NamespaceRecord, target: string, point: HandoverPoint, timeoutMs: number, stopping: AbortSignal, call?: AbortSignal): Promise<void> {
+    const signal = call ? AbortSignal.any([stopping, call]) : stopping;
+    const behind = await untilAcked(target, Date.now() + timeoutMs, signal, () => lag(target, point));
+    if (!behind) return;
+    // The caller's deadline passed (or it left): it has its answer; the failover ends without a switch.
+    call?.throwIfAborted();
+    if (signal.aborted) {
+      throw unavailable(
+        `cluster ${current.clusterName} is shutting down: graceful failover of namespace ${ns.name} to ${target} abandoned (${behind}); ` +
+          `${ns.name} stays active in ${current.clusterName} (replication state NORMAL); retry on a running server`,
+      );
+    }
+    // Why it lagged, when this cluster can tell: the target down, or refusing.
+    const connection = deps.connectionState?.(target);
+    const why = connection?.startsWith("error: ") ? ` (the connection to ${target}: ${connection.slice(7)})` : "";
+    throw unavailable(
+      `graceful failover of namespace ${ns.name} to ${target} timed out after ${timeoutMs}ms: ${behind}${why}; ` +
+        `${ns.name} stays active in ${current.clusterName} (replication state NORMAL); retry once ${target} has caught up`,
+    );
   }
 
   /** The switch: active = target at the next failover version, NORMAL, with its namespace task, in one transaction. */
@@ -217,23 +223,12 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
    * Past the wait (its link cut right after the switch) the failover answers anyway, said in the log.
    */
   async function targetHeard(ns: NamespaceRecord, target: string, taskId: number, stopping: AbortSignal, call?: AbortSignal): Promise<void> {
-    const deadline = Date.now() + SWITCH_HEARD_WAIT_MS;
     const signal = call ? AbortSignal.any([stopping, call]) : stopping;
-    for (;;) {
-      const changed = listenForAckChange(deps.notifier, target, Math.min(Math.max(deadline - Date.now(), 0), recheckMs), signal);
-      try {
-        const { ackLevel } = await readAck(db, { remote: target, direction: "outbound", queue: "namespace", shardId: 0 });
-        if (ackLevel >= taskId) return;
-        if (signal.aborted) return;
-        if (deadline - Date.now() <= 0) {
-          log.warn("graceful failover: the target has not heard of the switch yet", { namespace: ns.name, target, namespaceTaskId: taskId, acked: ackLevel });
-          return;
-        }
-        await changed.woke;
-      } finally {
-        changed.cancel();
-      }
-    }
+    const behind = await untilAcked(target, Date.now() + SWITCH_HEARD_WAIT_MS, signal, async () => {
+      const { ackLevel } = await readAck(db, { remote: target, direction: "outbound", queue: "namespace", shardId: 0 });
+      return ackLevel < taskId ? `acked up to namespace task ${ackLevel} of ${taskId}` : undefined;
+    });
+    if (behind && !signal.aborted) log.warn("graceful failover: the target has not heard of the switch yet", { namespace: ns.name, target, behind });
   }
 
   /**
