@@ -17,15 +17,22 @@ import { withoutPassword } from "../shown";
  * lists), and looked up `[` as a host name.
  */
 export function hostParameter(url: string): { url: string; host?: string | string[]; port?: number[] } {
-  const q = url.indexOf("?");
-  const params = new URLSearchParams(q < 0 ? "" : url.slice(q + 1));
-  const named = params.get("host");
-  params.delete("host");
-  const rest = named === null ? url : url.slice(0, q) + (params.size ? `?${params}` : "");
-  const host = named || bracketedHost(rest);
+  const { url: rest, taken } = takeParameters(url, ["host"]);
+  const host = taken.host || bracketedHost(rest);
   if (!host) return { url: rest };
   if (!host.includes(":")) return { url: rest, host };
   return { url: rest, host: [host], port: [Number(parsedUrl(rest)?.port || 5432)] };
+}
+
+/** The URL without its query parameters `names`, and the values it had of those present (the URL as it was when none is). */
+function takeParameters(url: string, names: string[]): { url: string; taken: Record<string, string> } {
+  const q = url.indexOf("?");
+  if (q < 0) return { url, taken: {} };
+  const params = new URLSearchParams(url.slice(q + 1));
+  const taken: Record<string, string> = Object.fromEntries(names.flatMap((k) => (params.has(k) ? [[k, params.get(k)!]] : [])));
+  if (!Object.keys(taken).length) return { url, taken };
+  for (const k of names) params.delete(k);
+  return { url: url.slice(0, q) + (params.size ? `?${params}` : ""), taken };
 }
 
 /** The one host a URL (after hostParameter) connects to, or undefined for a list of them. */
@@ -117,14 +124,9 @@ export type TlsOption = "prefer" | "require" | ConnectionOptions;
  * `host` is the one the connection goes to (identity checks need a single one).
  */
 export function tlsParameters(url: string, host: string | undefined, read: (path: string) => Buffer = readFileSync): { url: string; ssl?: TlsOption } {
-  const q = url.indexOf("?");
-  if (q < 0) return { url };
-  const params = new URLSearchParams(url.slice(q + 1));
-  const files = Object.fromEntries(TLS_PARAMETERS.flatMap((k) => (params.has(k) ? [[k, params.get(k)!]] : []))) as Record<string, string>;
-  const named = params.get("sslmode");
+  const { url: rest, taken } = takeParameters(url, ["sslmode", ...TLS_PARAMETERS]);
+  const { sslmode: named, ...files } = taken;
   if (!Object.keys(files).length && named !== "verify-ca" && named !== "verify-full") return { url };
-  for (const k of ["sslmode", ...TLS_PARAMETERS]) params.delete(k);
-  const rest = url.slice(0, q) + (params.size ? `?${params}` : "");
   const setting = "the PostgreSQL URL";
   const { sslrootcert: root, sslcert: cert, sslkey: key, sslpassword: passphrase } = files;
   const mode = named ?? (root === "system" ? "verify-full" : undefined);
