@@ -31,6 +31,29 @@ const setConnection = (x: TestCluster, to: TestCluster, enabled: boolean) =>
 const holdSwitchesTo = (cluster: string, gate: ReturnType<typeof createGate>) => (ns: NamespaceDescription) =>
   (ns.replicationConfig?.activeClusterName === cluster ? gate.held : undefined) ?? Promise.resolve();
 
+/**
+ * Asks `asked` to fail orders over to `to` while gate holds `to`'s view of the switch: no answer
+ * comes while `switcher` has switched (at version) and `to` has not heard of it (checked for 1 s);
+ * with the gate open, the answer comes, and `to` takes writes as the active one at once.
+ */
+async function expectAnswerWaitsForTheTarget(asked: TestCluster, switcher: TestCluster, to: TestCluster, gate: ReturnType<typeof createGate>, version: bigint): Promise<void> {
+  gate.close();
+  let answered = false;
+  const answer = failover(asked, to.name).finally(() => (answered = true));
+  try {
+    await expectActiveOn(switcher, "orders", to.name, version);
+    expect((await describeOn(to, "orders")).replicationConfig!.activeClusterName).toBe(switcher.name);
+    await new Promise((r) => setTimeout(r, 1_000));
+    expect(answered).toBe(false);
+  } finally {
+    gate.open();
+  }
+  const res = await answer;
+  expect(res.namespace!.failoverVersion).toBe(version);
+  expect((await describeOn(to, "orders")).replicationConfig!.activeClusterName).toBe(to.name);
+  await start(to, "right-after-the-answer");
+}
+
 for (const store of await testStores()) {
   describe(`graceful failover on ${store}`, () => {
     let a: TestCluster, b: TestCluster;
@@ -50,24 +73,9 @@ for (const store of await testStores()) {
     });
 
     test("TestGracefulFailoverAskedOfPassiveIsForwardedToActive, and answers once the asker has the switch", async () => {
-      // The switch reaches A through namespace replication, held here until A's answer is seen to wait for it.
-      aNamespaceChanges.close();
-      let answered = false;
-      const asked = failover(a, "clusterA").finally(() => (answered = true)); // a is passive now: B runs it
-      try {
-        await expectActiveOn(b, "orders", "clusterA", 101n);
-        expect((await describeOn(a, "orders")).replicationConfig!.activeClusterName).toBe("clusterB");
-        // B has answered A by now; A's answer waits for A's own view (before: it answered at once).
-        await new Promise((r) => setTimeout(r, 1_000));
-        expect(answered).toBe(false);
-      } finally {
-        aNamespaceChanges.open();
-      }
-      const res = await asked;
-      expect(res.namespace!.failoverVersion).toBe(101n);
-      // At once, no waiting: the cluster that answered takes writes as the active one.
-      expect((await describeOn(a, "orders")).replicationConfig!.activeClusterName).toBe("clusterA");
-      await start(a, "right-after-the-answer");
+      // a is passive now: B runs it. B has answered A once it switched; A's answer waits for A's
+      // own view (before: it answered at once).
+      await expectAnswerWaitsForTheTarget(a, b, a, aNamespaceChanges, 101n);
     });
 
     // Needs history replication (replication/sender.ts + receiver.ts): B must ack A's history tasks.
@@ -260,25 +268,9 @@ for (const store of await testStores()) {
     afterAll(() => (bNamespaceChanges.open(), Promise.all([a, b].map((x) => x.destroy()))));
 
     test("TestAFailoverAskedOfTheActiveAnswersOnceTheTargetHasTheSwitch: a write sent to the target next is taken there", async () => {
-      // The switch reaches B through namespace replication, held here until A's answer is seen to wait for it.
-      bNamespaceChanges.close();
-      let answered = false;
-      const asked = failover(a, "clusterB").finally(() => (answered = true));
-      try {
-        await expectActiveOn(a, "orders", "clusterB", 2n);
-        expect((await describeOn(b, "orders")).replicationConfig!.activeClusterName).toBe("clusterA");
-        // A has switched; its answer waits for B's own view (before: it answered at once, and a
-        // write sent to B next was refused as active in clusterA).
-        await new Promise((r) => setTimeout(r, 1_000));
-        expect(answered).toBe(false);
-      } finally {
-        bNamespaceChanges.open();
-      }
-      const res = await asked;
-      expect(res.namespace!.failoverVersion).toBe(2n);
-      // At once, no waiting: the target takes writes as the active one.
-      expect((await describeOn(b, "orders")).replicationConfig!.activeClusterName).toBe("clusterB");
-      await start(b, "right-after-the-answer");
+      // A has switched; its answer waits for B's own view (before: it answered at once, and a
+      // write sent to B next was refused as active in clusterA).
+      await expectAnswerWaitsForTheTarget(a, a, b, bNamespaceChanges, 2n);
     });
   });
 
