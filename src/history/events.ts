@@ -7,6 +7,7 @@ import {
   type Payloads,
 } from "../gen/tern/common/v1/common_pb";
 import type { historyEvents } from "../persistence/schema";
+import type { NewEvent } from "./execution-store";
 
 /** The attributes oneof of a HistoryEvent: which kind of event and its fields. */
 export type EventAttributes = HistoryEvent["attributes"];
@@ -164,4 +165,14 @@ export function payloadBytes(...all: (Payloads | undefined)[]): number {
     for (const v of Object.values(one.metadata)) n += v.byteLength;
   }
   return n;
+}
+
+/** The event a signal writes. */
+export function signalEvent(name: string, input: Payloads | undefined, identity?: string, requestId?: string): NewEvent {
+  return {
+    attributes: {
+      case: "workflowExecutionSignaledEventAttributes",
+      value: { signalName: name, input, identity: identity ?? "", requestId: requestId ?? "" } as never,
+    },
+  };
 }
