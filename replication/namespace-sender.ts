@@ -9,7 +9,7 @@ import { listen, type EventNotifier } from "../src/history/notifier";
 import type { Db } from "../src/persistence/database";
 import { clusterMetadata, namespaceReplicationTasks } from "../src/persistence/schema";
 import { ackKey } from "./ack-levels";
-import { connectionDisabled } from "./sender";
+import { connectionDisabled } from "./page-reader";
 import { advanceAckLevel, namespaceQueueMax, type StoredNamespace } from "./namespace-queue";
 
 /** Notifier key the registry wakes after committing a namespace task. */
