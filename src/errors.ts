@@ -179,8 +179,10 @@ export class NamespaceNotActiveError extends TernError {
     readonly activeCluster: string,
     /** The active cluster's frontend address, where this cluster knows it: its client can send the write there. */
     readonly activeAddress?: string,
+    /** Why this cluster does not forward the call there (frontend/forwarding.ts), said last. */
+    readonly why?: string,
   ) {
     const at = activeAddress ? `, whose frontend is at ${activeAddress}` : "";
-    super("failed_precondition", `namespace ${namespace} is active in cluster ${activeCluster}${at}`, { [ACTIVE_CLUSTER_HEADER]: activeCluster });
+    super("failed_precondition", `namespace ${namespace} is active in cluster ${activeCluster}${at}${why ? `; ${why}` : ""}`, { [ACTIVE_CLUSTER_HEADER]: activeCluster });
   }
 }

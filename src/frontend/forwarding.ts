@@ -43,10 +43,17 @@ async function remoteOf(clusters: ClusterDirectory, name: string) {
   return (await clusters.list()).find((c) => c.clusterName === name && !c.isCurrent);
 }
 
-/** The frontend clients of a connected cluster, by name; retry: how the refusal ends (retryText). */
-async function frontendOf(clusters: ClusterDirectory, pool: RemoteClientPool, name: string, retry: string): Promise<RemoteClients> {
+/**
+ * The frontend clients of name, the cluster active for namespace. Where this cluster cannot
+ * forward there, the call is refused as Temporal refuses one it cannot forward (NamespaceNotActive,
+ * FAILED_PRECONDITION), saying why: no retry helps until an operator connects the two.
+ */
+async function frontendOf(clusters: ClusterDirectory, pool: RemoteClientPool, namespace: string, name: string): Promise<RemoteClients> {
+  const here = clusters.current().clusterName;
   const row = await remoteOf(clusters, name);
-  if (!row) throw unavailable(`cannot forward to cluster ${name}: it is not connected to ${clusters.current().clusterName}${retry}`);
+  if (!row) {
+    throw new NamespaceNotActiveError(namespace, name, undefined, `${here} is not connected to ${name}, so it cannot forward the call there: send it to ${name}, or connect the two clusters (cluster upsert on each)`);
+  }
   return pool.get(row.rpcAddress);
 }
 
@@ -157,7 +164,7 @@ export async function callActive<T>(
   const tried = new Set([current]);
   for (let target = to.target; ; ) {
     tried.add(target);
-    const remote = await frontendOf(clusters, clients, target, retry);
+    const remote = await frontendOf(clusters, clients, to.namespace, target);
     try {
       return await forward(ctx, { ...to, current, target }, (options) => call(remote, options));
     } catch (e) {
@@ -207,7 +214,7 @@ function withActiveAddress(service: Workflow, clusters: ClusterDirectory): Workf
     if (ctx.requestHeader.get(FORWARDED_HEADER) === e.activeCluster) throw failingOver(e.namespace, current, e.activeCluster, retryText(ctx, req.requestId));
     if (e.activeAddress) throw e;
     const address = (await remoteOf(clusters, e.activeCluster).catch(() => undefined))?.rpcAddress;
-    throw address ? new NamespaceNotActiveError(e.namespace, e.activeCluster, address) : e;
+    throw address ? new NamespaceNotActiveError(e.namespace, e.activeCluster, address, e.why) : e;
   }
   const wrapped: Record<string, unknown> = { ...service };
   for (const name of ALL) {

@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { fileURLToPath } from "node:url";
 import { Code } from "@connectrpc/connect";
 import { createReplicationCleanup } from "../../replication/cleanup";
+import { ACTIVE_CLUSTER_HEADER } from "../../src/errors";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { replicationTasks } from "../../src/persistence/schema";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
@@ -60,19 +61,19 @@ for (const store of await testStores()) {
       );
     });
 
-    test("TestWriteForwardedByAMemberNotConnectedToTheActiveClusterIsRefusedAtOnceNamingIt", async () => {
+    test("TestWriteForwardedByAMemberNotConnectedToTheActiveClusterIsRefusedAtOnceNamingIt, not retryable: no retry helps until the two are connected", async () => {
       // Active in B (the test before), which C does not know: nowhere to forward to, and no wait.
+      // Before, a retryable UNAVAILABLE ("retry with the same request id"), as if a retry could land.
       const started = Date.now();
-      await rejects(
+      const refusal = "namespace orders is active in cluster clusterB; clusterC is not connected to clusterB, so it cannot forward the call there: " +
+        "send it to clusterB, or connect the two clusters (cluster upsert on each)";
+      const err = await rejects(
         c.client(WorkflowService).signalWorkflowExecution({ namespace: "orders", workflowExecution: { workflowId: "any" }, signalName: "s", requestId: "fwd-1" }),
-        Code.Unavailable,
-        "cannot forward to cluster clusterB: it is not connected to clusterC (request id fwd-1); retry with the same request id",
+        Code.FailedPrecondition,
+        refusal,
       );
-      await rejects(
-        c.client(OperatorService).failoverNamespace({ namespace: "orders", targetCluster: "clusterA" }),
-        Code.Unavailable,
-        "cannot forward to cluster clusterB: it is not connected to clusterC",
-      );
+      expect([err.rawMessage, err.metadata.get(ACTIVE_CLUSTER_HEADER)]).toEqual([refusal, "clusterB"]);
+      await rejects(c.client(OperatorService).failoverNamespace({ namespace: "orders", targetCluster: "clusterA" }), Code.FailedPrecondition, refusal);
       expect(Date.now() - started).toBeLessThan(2_000);
     });
 
