@@ -54,6 +54,11 @@ async function frontendOf(clusters: ClusterDirectory, pool: RemoteClientPool, na
   if (!row) {
     throw new NamespaceNotActiveError(namespace, name, undefined, `${here} is not connected to ${name}, so it cannot forward the call there: send it to ${name}, or connect the two clusters (cluster upsert on each)`);
   }
+  // Disabled by an operator (upsert-remote-cluster --enable-connection=false): nothing goes over it, forwarded calls neither.
+  if (!row.enableConnection) {
+    throw new NamespaceNotActiveError(namespace, name, row.rpcAddress, `${here}'s connection to ${name} is disabled (enable_connection is false), so it does not forward the call there: ` +
+      `send it to ${name}, or enable the connection (admin cluster upsert-remote-cluster --enable-connection=true)`);
+  }
   return pool.get(row.rpcAddress);
 }
 

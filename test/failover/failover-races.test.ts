@@ -65,15 +65,17 @@ for (const store of await testStores()) {
     test("TestGracefulFailoverAskedOfTheNewActiveBeforeItHeardIsRetryable: forwarded back, it is UNAVAILABLE, not a refusal", async () => {
       await a.client(WorkflowService).registerNamespace({ namespace: "handed", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
       await expectActiveOn(b, "handed", "clusterA", 1n);
-      // A makes B active; B has not heard yet, so it forwards a failover asked of it to A.
-      await setLink(a, b, false);
+      // A makes B active; B has not heard yet (A, its side disabled, serves B no pulls), so it
+      // forwards a failover asked of it to A. B's side stays enabled: it forwards nothing over a
+      // connection it has disabled.
+      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: false });
       await a.client(WorkflowService).updateNamespace({ namespace: "handed", activeClusterName: "clusterB" });
       await rejects(
         b.client(OperatorService).failoverNamespace({ namespace: "handed", targetCluster: "clusterA" }),
         Code.Unavailable,
         "namespace handed is failing over: cluster clusterA says clusterB is active, and clusterB has not heard yet (request id ",
       );
-      await setLink(a, b, true);
+      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
       await expectActiveOn(b, "handed", "clusterB", 2n);
       const res = await b.client(OperatorService).failoverNamespace({ namespace: "handed", targetCluster: "clusterA" });
       expect(res.namespace!.failoverVersion).toBe(101n);

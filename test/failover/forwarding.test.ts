@@ -207,6 +207,32 @@ for (const store of await testStores()) {
       }
     });
 
+    test("TestAWriteOnAPassiveClusterWhoseConnectionToTheActiveIsDisabledIsRefusedNotForwarded", async () => {
+      await a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "w-disabled", workflowType: "t", taskQueue: "q" });
+      const setConnection = (enabled: boolean) => selected.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: enabled });
+      await setConnection(false);
+      try {
+        // Before, C forwarded over the connection its operator had disabled, and A took the signal.
+        const refusal = `namespace orders is active in cluster clusterA, whose frontend is at ${addr(a)}; clusterC's connection to clusterA is disabled (enable_connection is false), ` +
+          "so it does not forward the call there: send it to clusterA, or enable the connection (admin cluster upsert-remote-cluster --enable-connection=true)";
+        const err = await rejects(
+          selected.client(WorkflowService).signalWorkflowExecution({ namespace: "orders", workflowExecution: run("w-disabled"), signalName: "s", requestId: "disabled-1" }),
+          Code.FailedPrecondition,
+          refusal,
+        );
+        expect([err.rawMessage, err.metadata.get(ACTIVE_CLUSTER_HEADER)]).toEqual([refusal, "clusterA"]);
+        await rejects(selected.client(OperatorService).failoverNamespace({ namespace: "orders", targetCluster: "clusterC" }), Code.FailedPrecondition, refusal);
+        const onA = await a.client(WorkflowService).describeWorkflowExecution({ namespace: "orders", execution: run("w-disabled") });
+        expect(onA.workflowExecutionInfo!.historyLength).toBe(1n);
+      } finally {
+        await setConnection(true);
+      }
+      // Enabled again, the write is forwarded.
+      await selected.client(WorkflowService).signalWorkflowExecution({ namespace: "orders", workflowExecution: run("w-disabled"), signalName: "s", requestId: "disabled-1" });
+      const onA = await a.client(WorkflowService).describeWorkflowExecution({ namespace: "orders", execution: run("w-disabled") });
+      expect(onA.workflowExecutionInfo!.historyLength).toBe(2n);
+    });
+
     test("TestForwardingToAnActiveClusterThatIsDownIsUnavailable (last: it stops A)", async () => {
       await a.stop();
       await rejects(
