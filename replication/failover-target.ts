@@ -15,12 +15,19 @@ export interface FailoverTargetCheckDeps {
 
 /**
  * How `asked` sees cluster `name`: its row, "unknown" (NOT_FOUND), `{ down }` when nothing took
- * the connection (refused, or its host not found), or undefined when it did not answer.
+ * the connection (refused, or its host not found) or what took it ended it unanswered twice (CUT),
+ * or undefined when it did not answer.
  */
 type Seen = ClusterInfo | "unknown" | { down: string } | undefined;
 
 /** Nothing runs at the address now: a failover would make active a cluster that takes no writes. */
 const DOWN = new Set(["connection refused", "host not found"]);
+/**
+ * Something takes the connection and ends it unanswered: a proxy or load balancer in front of a
+ * target that is down (TCP connects to it, then it resets). Down too when a second try, on a new
+ * connection, ends so: the first may have gone over a kept-alive connection the target closed.
+ */
+const CUT = new Set(["connection reset", "connection closed"]);
 
 /**
  * Why a graceful failover to target would leave a cluster without what target writes, as the
@@ -28,7 +35,8 @@ const DOWN = new Set(["connection refused", "host not found"]);
  * connection is disabled, or it does not know this cluster (or knows another of its name): it can
  * never catch up. Another member of the namespace takes nothing from target when either of the
  * two does not know the other (a mesh with a link missing). A target that refuses the connection
- * is down: made active, it would take no writes, though it acked everything before it went. A
+ * (or takes it and resets it, twice: a proxy in front of a target that is down) is down: made
+ * active, it would take no writes, though it acked everything before it went. A
  * cluster that does not answer (a link that drops packets), or a member other than the target
  * that is down, or a connection disabled elsewhere (paused, it catches up once enabled), is no reason. Nor
  * does a target whose backfill of the namespace has not finished hold its runs. Asked before
@@ -38,13 +46,19 @@ export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000
   const current: CurrentCluster = clusters.current();
   const here = current.clusterName;
 
-  async function seenBy(address: string, name: string, waitMs: number): Promise<Seen> {
+  async function seenBy(address: string, name: string, waitMs: number, again = false): Promise<Seen> {
+    const asked = Date.now();
     try {
       return (await clients.get(address).operator.describeCluster({ clusterName: name }, { timeoutMs: waitMs })).cluster;
     } catch (e) {
       if (e instanceof ConnectError && e.code === Code.NotFound && !notServed(e)) return "unknown";
       const reason = fetchFailureReason(e);
-      return reason && DOWN.has(reason) ? { down: reason } : undefined;
+      if (reason && DOWN.has(reason)) return { down: reason };
+      if (!reason || !CUT.has(reason)) return undefined;
+      // Before, a target behind a proxy was "no answer": HANDOVER held every write for the failover's timeout.
+      if (again) return { down: `${reason} on each of 2 tries: something takes the connection there, but no tern answers behind it` };
+      const left = waitMs - (Date.now() - asked);
+      return left > 0 ? seenBy(address, name, left, true) : undefined;
     }
   }
 

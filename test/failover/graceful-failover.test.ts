@@ -10,6 +10,7 @@ import { namespaces } from "../../src/persistence/schema";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { createGate } from "../support/gate";
+import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy";
 import type { NamespaceRegistry } from "../../src/namespace/registry";
 import { ackGate, addr, describeOn, eventuallyOn, expectActiveOn, startClusters, startOrdersPair } from "./mesh";
 
@@ -287,6 +288,41 @@ for (const store of await testStores()) {
       await b.stop();
       // Before, B's acks met the handover point and the switch made active a cluster that took no writes.
       const err = await rejects(failover(a, "clusterB", 10), Code.FailedPrecondition, `cluster clusterB cannot be reached at ${addr(b)} (connection refused): made active now, it would take no writes`);
+      expect(err.rawMessage).toEndWith("; fix that first, or fail over forced; orders stays active in clusterA");
+      expect((await describeOn(a, "orders")).replicationConfig).toMatchObject({ activeClusterName: "clusterA", state: ReplicationState.NORMAL });
+      await start(a, "after-the-refusal");
+    });
+  });
+
+  describe(`graceful failover to a cluster reached through a proxy, on ${store}`, () => {
+    let a: TestCluster, b: TestCluster, proxy: TcpProxy;
+    beforeAll(async () => {
+      [a, b] = await startClusters(store, [{}, {}]);
+      const [host, port] = addr(b).split(":");
+      // A knows B at the proxy (a load balancer in front of it); B knows A directly.
+      proxy = await startTcpProxy({ host: host!, port: Number(port) });
+      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: `127.0.0.1:${proxy.port}` });
+      await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
+      await a.client(WorkflowService).registerNamespace({ namespace: "orders", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
+      await eventuallyOn(b, "orders", () => {});
+    });
+    afterAll(async () => {
+      await Promise.all([a, b].map((x) => x.destroy()));
+      await proxy.close();
+    });
+
+    test("TestGracefulFailoverToAClusterDownBehindAProxyIsRefusedAtOnce, as one whose port is closed: the proxy takes the connection and resets it", async () => {
+      await start(a, "shipped-before-down");
+      await eventually(async () => expect((await b.client(WorkflowService).describeWorkflowExecution({ namespace: "orders", execution: { workflowId: "shipped-before-down" } })).lastWriteVersion).toBe(1n));
+      await b.stop();
+      // Before, a reset was "no answer": HANDOVER held A's writes for the whole timeout, which then failed.
+      const asked = performance.now();
+      const err = await rejects(
+        failover(a, "clusterB", 10),
+        Code.FailedPrecondition,
+        `cluster clusterB cannot be reached at 127.0.0.1:${proxy.port} (connection reset on each of 2 tries: something takes the connection there, but no tern answers behind it): made active now, it would take no writes`,
+      );
+      expect(performance.now() - asked).toBeLessThan(5_000);
       expect(err.rawMessage).toEndWith("; fix that first, or fail over forced; orders stays active in clusterA");
       expect((await describeOn(a, "orders")).replicationConfig).toMatchObject({ activeClusterName: "clusterA", state: ReplicationState.NORMAL });
       await start(a, "after-the-refusal");
