@@ -18,7 +18,7 @@ export interface FailoverTargetCheckDeps {
  * the connection (refused, or its host not found) or what took it ended it unanswered twice (CUT),
  * or undefined when it did not answer.
  */
-type Seen = ClusterInfo | "unknown" | { down: string } | undefined;
+export type Seen = ClusterInfo | "unknown" | { down: string } | undefined;
 
 /** Nothing runs at the address now: a failover would make active a cluster that takes no writes. */
 const DOWN = new Set(["connection refused", "host not found"]);
@@ -28,6 +28,37 @@ const DOWN = new Set(["connection refused", "host not found"]);
  * connection, ends so: the first may have gone over a kept-alive connection the target closed.
  */
 const CUT = new Set(["connection reset", "connection closed"]);
+
+/** How the cluster at address sees cluster name (Seen), asked for at most waitMs (twice as long where the first try was reset). */
+export async function seenBy(clients: RemoteClientPool, address: string, name: string, waitMs: number, again = false): Promise<Seen> {
+  const asked = Date.now();
+  try {
+    return (await clients.get(address).operator.describeCluster({ clusterName: name }, { timeoutMs: waitMs })).cluster;
+  } catch (e) {
+    if (e instanceof ConnectError && e.code === Code.NotFound && !notServed(e)) return "unknown";
+    const reason = fetchFailureReason(e);
+    if (reason && DOWN.has(reason)) return { down: reason };
+    if (!reason || !CUT.has(reason)) return undefined;
+    // Before, a target behind a proxy was "no answer": HANDOVER held every write for the failover's timeout.
+    if (again) return { down: `${reason} on each of 2 tries: something takes the connection there, but no tern answers behind it` };
+    const left = waitMs - (Date.now() - asked);
+    return left > 0 ? seenBy(clients, address, name, left, true) : undefined;
+  }
+}
+
+/**
+ * Why target, which sees this cluster (current) as seen says, never pulls from it (neither its
+ * histories nor its namespace changes) until an operator connects the two, or undefined: it does
+ * not know it, or knows another of its name. A side disabled there only pauses its pulls.
+ */
+export function neverPulls(current: CurrentCluster, target: string, seen: Seen): string | undefined {
+  const here = current.clusterName;
+  if (seen === "unknown") return `cluster ${target} does not know cluster ${here}: connect it there with cluster upsert`;
+  if (seen && "clusterId" in seen && seen.clusterId && seen.clusterId !== current.clusterId) {
+    return `cluster ${target} knows another ${here} (id ${seen.clusterId}; this one is ${current.clusterId}): connect this one there with cluster upsert`;
+  }
+  return undefined;
+}
 
 /**
  * Why a graceful failover to target would leave a cluster without what target writes, as the
@@ -46,22 +77,6 @@ export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000
   const current: CurrentCluster = clusters.current();
   const here = current.clusterName;
 
-  async function seenBy(address: string, name: string, waitMs: number, again = false): Promise<Seen> {
-    const asked = Date.now();
-    try {
-      return (await clients.get(address).operator.describeCluster({ clusterName: name }, { timeoutMs: waitMs })).cluster;
-    } catch (e) {
-      if (e instanceof ConnectError && e.code === Code.NotFound && !notServed(e)) return "unknown";
-      const reason = fetchFailureReason(e);
-      if (reason && DOWN.has(reason)) return { down: reason };
-      if (!reason || !CUT.has(reason)) return undefined;
-      // Before, a target behind a proxy was "no answer": HANDOVER held every write for the failover's timeout.
-      if (again) return { down: `${reason} on each of 2 tries: something takes the connection there, but no tern answers behind it` };
-      const left = waitMs - (Date.now() - asked);
-      return left > 0 ? seenBy(address, name, left, true) : undefined;
-    }
-  }
-
   /**
    * A backfill of namespace on target from one of its members that has not finished (RUNNING, or
    * FAILED): made active, it answered NOT_FOUND for runs it had not brought yet, and a start of one
@@ -78,14 +93,10 @@ export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000
 
   /** What target says of this cluster. */
   function targetSide(target: string, address: string, seen: Seen): string | undefined {
-    if (seen === "unknown") return `cluster ${target} does not know cluster ${here}: connect it there with cluster upsert, so it cannot catch up`;
-    if (!seen) return undefined;
-    if ("down" in seen) return `cluster ${target} cannot be reached at ${address} (${seen.down}): made active now, it would take no writes`;
-    if (seen.clusterId && seen.clusterId !== current.clusterId) {
-      return `cluster ${target} knows another ${here} (id ${seen.clusterId}; this one is ${current.clusterId}): connect this one there with cluster upsert, so it cannot catch up`;
-    }
-    if (!seen.enableConnection) return `replication with cluster ${here} is disabled on ${target} (enable_connection is false there), so it cannot catch up`;
-    return undefined;
+    if (seen && seen !== "unknown" && "down" in seen) return `cluster ${target} cannot be reached at ${address} (${seen.down}): made active now, it would take no writes`;
+    const paused = seen && seen !== "unknown" && !seen.enableConnection;
+    const why = neverPulls(current, target, seen) ?? (paused ? `replication with cluster ${here} is disabled on ${target} (enable_connection is false there)` : undefined);
+    return why && `${why}, so it cannot catch up`;
   }
 
   return async function targetProblem(target: string, members: string[] = [], failoverTimeoutMs = Infinity, namespace?: string): Promise<string | undefined> {
@@ -96,11 +107,11 @@ export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000
     if (!targetAddress) return undefined;
     const others = members.filter((m) => m !== here && m !== target);
     const [mine, backfill, ...links] = await Promise.all([
-      seenBy(targetAddress, here, waitMs),
+      seenBy(clients, targetAddress, here, waitMs),
       namespace ? backfillProblem(target, targetAddress, namespace, members, waitMs) : undefined,
       ...others.map(async (m) => {
         const address = known.get(m);
-        const [byTarget, byMember] = await Promise.all([seenBy(targetAddress, m, waitMs), address ? seenBy(address, target, waitMs) : undefined]);
+        const [byTarget, byMember] = await Promise.all([seenBy(clients, targetAddress, m, waitMs), address ? seenBy(clients, address, target, waitMs) : undefined]);
         if (byTarget === "unknown") return `cluster ${target} does not know cluster ${m}, one of the namespace's clusters, so ${m} would take nothing ${target} writes: connect them both ways`;
         if (byMember === "unknown") return `cluster ${m}, one of the namespace's clusters, does not know cluster ${target}, so it would take nothing ${target} writes: connect them both ways`;
         return undefined;

@@ -10,12 +10,15 @@ import type { HistoryQueries } from "../history/queries";
 import type { NamespaceRegistry } from "../namespace/registry";
 import { invalidArgument } from "../errors";
 import { dateOf, durationMs, exactNumber, executionToProto, namespaceToProto, statusFromProto } from "./convert";
+import type { ForcedFailoverCheck } from "../../replication/forced-failover-target";
 import { versionHistoryToProto } from "../../replication/version-history";
 
 export interface WorkflowHandlerDeps {
   namespaces: NamespaceRegistry;
   engine: HistoryEngine;
   queries: HistoryQueries;
+  /** Refuses a forced failover its target would never hear of (replication/forced-failover-target.ts). */
+  checkForcedFailover?: ForcedFailoverCheck;
 }
 
 const LONG_POLL_DEFAULT_MS = 20_000;
@@ -53,7 +56,7 @@ function startInput(r: StartWorkflowExecutionRequest | SignalWithStartWorkflowEx
 }
 
 /** WorkflowService: convert proto to input, call a verb, convert back. */
-export function createWorkflowHandler({ namespaces, engine, queries }: WorkflowHandlerDeps): ServiceImpl<typeof WorkflowService> {
+export function createWorkflowHandler({ namespaces, engine, queries, checkForcedFailover }: WorkflowHandlerDeps): ServiceImpl<typeof WorkflowService> {
   return {
     async registerNamespace(r, { signal }) {
       const ns = await namespaces.register({
@@ -77,6 +80,7 @@ export function createWorkflowHandler({ namespaces, engine, queries }: WorkflowH
       return { namespaces: page.items.map(namespaceToProto), nextPageToken: page.nextPageToken };
     },
     async updateNamespace(r, { signal }) {
+      await checkForcedFailover?.(r.namespace, r.activeClusterName, r.clusters);
       const ns = await namespaces.update({
         name: r.namespace,
         description: r.description,

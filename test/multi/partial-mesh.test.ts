@@ -7,7 +7,7 @@ import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { replicationTasks } from "../../src/persistence/schema";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
-import { addr, eventuallyOn, expectActiveOn, startClusters } from "../failover/mesh";
+import { addr, describeOn, eventuallyOn, expectActiveOn, startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
 import { rejects } from "../support/rejects";
 import type { TestCluster } from "../support/server";
@@ -97,6 +97,36 @@ for (const store of await testStores()) {
         const res = await b.client(AdminService).verifyReplication({ namespace: "orders", cluster: "clusterC" });
         expect([res.missing.length, res.extra.length, res.diverging.length, res.behind.length]).toEqual([0, 0, 0, 0]);
       }, { timeout: 15_000 });
+    });
+  });
+
+  // A-B and B-C connected both ways, A-C not; orders registered on B, active there.
+  describe(`a forced failover asked of a cluster its target does not pull from, on ${store}`, () => {
+    let a: TestCluster, b: TestCluster, c: TestCluster;
+    const activeEverywhere = async () => Promise.all([a, b, c].map(async (x) => (await describeOn(x, "orders")).replicationConfig!.activeClusterName));
+    beforeAll(async () => {
+      [a, b, c] = await startClusters(store, [{}, {}, {}]);
+      for (const [x, y] of [[a, b], [b, a], [b, c], [c, b]] as const) await x.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(y) });
+      await b.client(WorkflowService).registerNamespace({ namespace: "orders", isGlobalNamespace: true, clusters: ["clusterA", "clusterB", "clusterC"], activeClusterName: "clusterB" });
+      for (const x of [a, c]) await eventuallyOn(x, "orders", () => {});
+    });
+    afterAll(() => Promise.all([a, b, c].map((x) => x.destroy())));
+
+    test("TestForcedFailoverToAClusterThatWouldNeverHearOfItIsRefusedNamingTheMissingConnection, and made on a cluster it pulls from it reaches every one", async () => {
+      const force = (x: TestCluster) => x.client(WorkflowService).updateNamespace({ namespace: "orders", activeClusterName: "clusterC" });
+      const then = "so clusterC would never hear of a failover made on clusterA (the others would name it active, it another, and none would take the namespace's writes): " +
+        "make it on clusterC, or on a cluster clusterC pulls from, or connect clusterA and clusterC both ways first; orders stays active in clusterB";
+      // A does not know C (before: NOT_FOUND, "cluster clusterC is not known to cluster clusterA").
+      await rejects(force(a), Code.FailedPrecondition, `forced failover of namespace orders to clusterC refused: cluster clusterC is not connected to clusterA, ${then}`);
+      // A knows C, C does not know A. Before, A took it and B heard it from A; C never did, and named B active while A and B named C.
+      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(c) });
+      const err = await rejects(force(a), Code.FailedPrecondition, "forced failover of namespace orders to clusterC refused: ");
+      expect(err.rawMessage).toBe(`forced failover of namespace orders to clusterC refused: cluster clusterC does not know cluster clusterA: connect it there with cluster upsert, ${then}`);
+      expect(await activeEverywhere()).toEqual(["clusterB", "clusterB", "clusterB"]);
+      // Made on B, which C pulls from, it reaches C, and A through B.
+      await force(b);
+      for (const x of [a, b, c]) await expectActiveOn(x, "orders", "clusterC", 3n);
+      await c.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "on-c", workflowType: "t", taskQueue: "q" });
     });
   });
 }
