@@ -13,7 +13,7 @@ import type { HistoryApplier, IncomingTask } from "./applier";
 import { entryOf, HELD_BEHIND, type DlqFilter, type DlqRow, type ReplicationDlq } from "./dlq";
 import { fetchOutside } from "./gap-fetch";
 import { rawFetcher } from "./page-transactions";
-import { versionHistoryFromProto } from "./version-history";
+import { versionHistoryFromProto, versionHistoryToProto } from "./version-history";
 import { shown } from "../src/shown";
 
 export interface DlqMergeDeps {
@@ -39,16 +39,37 @@ export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, lo
     return clients.get(row.rpcAddress);
   }
 
-  /** Applies one entry and deletes it in one transaction. */
-  async function mergeOne(e: DlqRow, source: RemoteClients, signal?: AbortSignal): Promise<void> {
+  /**
+   * The entry's events from its source, of the task's branch: a conflict resolution there may
+   * have made another branch current since, whose events of the range are not the task's (they
+   * were merged as the task's, and the task's own never came). An entry stored before the DLQ
+   * kept the task's version history is merged from the source's current branch, as before.
+   */
+  async function fetchEntry(e: DlqRow, source: RemoteClients, signal?: AbortSignal): Promise<IncomingTask> {
+    const pinned = e.versionHistory?.length ? e.versionHistory : undefined;
     const res = await source.admin.getWorkflowExecutionRawHistory(
-      { namespaceId: e.namespaceId, workflowId: e.workflowId, runId: e.runId, firstEventId: BigInt(e.firstEventId), nextEventId: BigInt(e.nextEventId) },
+      {
+        namespaceId: e.namespaceId, workflowId: e.workflowId, runId: e.runId, firstEventId: BigInt(e.firstEventId), nextEventId: BigInt(e.nextEventId),
+        versionHistory: pinned && versionHistoryToProto(pinned),
+      },
       { signal, timeoutMs: 30_000 },
     );
-    const task: IncomingTask = {
+    // A source that no longer holds the whole range on the task's branch: the entry is kept (purge drops it), never merged short.
+    if (res.events.length !== e.nextEventId - e.firstEventId || Number(res.events[0]?.eventId) !== e.firstEventId) {
+      throw new Error(
+        `source ${e.sourceCluster} holds ${res.events.length} of events [${e.firstEventId}, ${e.nextEventId}) of ${e.workflowId} run ${e.runId}` +
+          `${pinned ? " on the task's branch" : ""}: the entry is kept; purge it to drop it`,
+      );
+    }
+    return {
       namespaceId: e.namespaceId, workflowId: e.workflowId, runId: e.runId, firstEventId: e.firstEventId, nextEventId: e.nextEventId,
-      versionHistory: versionHistoryFromProto(res.versionHistory?.items), events: res.events,
+      versionHistory: pinned ?? versionHistoryFromProto(res.versionHistory?.items), events: res.events,
     };
+  }
+
+  /** Applies one entry and deletes it in one transaction. */
+  async function mergeOne(e: DlqRow, source: RemoteClients, signal?: AbortSignal): Promise<void> {
+    const task = await fetchEntry(e, source, signal);
     const namespaces = await applier.namespacesOf([task]);
     const grown = await fetchOutside(rawFetcher(e.sourceCluster, source, log, signal), (fetchRaw) =>
       writer.transact("MergeReplicationDlq", async (tx) => {

@@ -19,6 +19,7 @@ import { runStatement, tableCodec, type StatementPart } from "../src/persistence
 import { decodeToken, encodeToken } from "../src/persistence/page-token";
 import { clusterMetadata, replicationDlq } from "../src/persistence/schema";
 import { shown } from "../src/shown";
+import { versionHistoryFromProto } from "./version-history";
 
 /** ListReplicationDlq's token: the last entry's source cluster, shard and task id. */
 const DLQ_TOKEN = z.object({ s: z.string(), h: z.number().int(), t: z.number().int() });
@@ -54,7 +55,7 @@ export function createReplicationDlq({ db, metrics }: ReplicationDlqDeps) {
       .values({
         sourceCluster: source, shardId: t.shardId, taskId: Number(t.taskId), namespaceId: t.namespaceId, workflowId: t.workflowId,
         runId: t.runId, firstEventId: Number(t.firstEventId), nextEventId: Number(t.nextEventId), version: Number(t.version),
-        attempts, lastError: error,
+        versionHistory: versionHistoryFromProto(t.versionHistory?.items), attempts, lastError: error,
       })
       .onConflictDoNothing();
   }

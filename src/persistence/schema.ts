@@ -210,6 +210,12 @@ export const replicationDlq = pgTable(
     firstEventId: big("first_event_id").notNull(),
     nextEventId: big("next_event_id").notNull(),
     version: big("version").notNull(),
+    /**
+     * The task's version history (its branch on the source): a merge fetches the events of that
+     * branch, which need not be the source's current one by then. Null for entries written before
+     * the column (merged from the source's current branch).
+     */
+    versionHistory: jsonb("version_history").$type<VersionHistoryItem[]>(),
     attempts: integer("attempts").notNull(),
     lastError: text("last_error").notNull(),
     createdAt: ts("created_at").notNull().defaultNow(),

@@ -1,0 +1,1 @@
+ALTER TABLE "replication_dlq" ADD COLUMN "version_history" jsonb;

@@ -1,0 +1,71 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { eq } from "drizzle-orm";
+import type { HistoryApplier } from "../../replication/applier";
+import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
+import type { HistoryEvent } from "../../src/gen/tern/common/v1/common_pb";
+import { replicationDlq } from "../../src/persistence/schema";
+import { startClusters } from "../failover/mesh";
+import { eventually } from "../support/eventually";
+import type { TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+import { branchLines, dlqLines, expectLosingBranchKept, setLink, signalNamesOf, splitOnOneRun } from "./support";
+
+setDefaultTimeout(120_000);
+
+const NS = "dlqswitch";
+const WF = "held-branch";
+/** A's signals during the split: its tasks of them go to B's DLQ, the first failing, the others held behind it. */
+const SIGNALS = 3;
+const PAYLOAD = "p";
+
+/**
+ * A DLQ entry whose source switched branches before the merge (DESIGN.md sections 4 and 6):
+ * A's tasks of its branch of WF (version 1) go to B's DLQ, B's applies of WF failing; B's
+ * branch (version 2) reaches A and wins there, A's is kept as a non-current branch. A merge on
+ * B fetches each entry's range of the task's branch, A's, not of A's current one (B's own
+ * events): B keeps A's branch and re-applies its signals, rather than deleting the entries as
+ * duplicates of what it holds and losing them.
+ */
+for (const store of await testStores()) {
+  describe(`a DLQ merge whose source switched branches, on ${store}`, () => {
+    let a: TestCluster, b: TestCluster;
+    let aBranch: HistoryEvent[] = [];
+    const poisoned = new Set<string>();
+    const check = (workflowId: string) => {
+      if (poisoned.has(workflowId)) throw new Error(`injected fault for ${workflowId}`);
+    };
+    const poisoning = (inner: HistoryApplier): HistoryApplier => ({
+      ...inner,
+      async applyTask(tx, ns, task, fetchRaw) {
+        check(task.workflowId);
+        return inner.applyTask(tx, ns, task, fetchRaw);
+      },
+      planApply(ns, task, reads) {
+        check(task.workflowId);
+        return inner.planApply(ns, task, reads);
+      },
+    });
+    const dlqOf = (x: TestCluster) => x.server.database.db.select().from(replicationDlq).where(eq(replicationDlq.workflowId, WF));
+
+    beforeAll(async () => {
+      [a, b] = await startClusters(store, [{}, { serverOptions: { replication: { retry: { attempts: 3, backoffMs: 5 }, wrapApplier: poisoning } } }]);
+      ({ aBranch } = await splitOnOneRun(a, b, { namespace: NS, workflowId: WF, signals: SIGNALS, payload: PAYLOAD }));
+      poisoned.add(WF);
+      await setLink(a, b, true);
+      // B's branch wins on A; A's tasks of its own are in B's DLQ.
+      await eventually(async () => {
+        expect(await signalNamesOf(a, NS, WF)).toEqual(["before", "b-0"]);
+        expect(await dlqOf(b)).toHaveLength(SIGNALS);
+      }, { timeout: 30_000 });
+    });
+    afterAll(() => Promise.all([a, b].map((x) => x?.destroy())));
+
+    test("TestADlqMergeWhoseSourceSwitchedBranchesBringsTheTasksBranch", async () => {
+      poisoned.delete(WF);
+      const context = async () => [...(await branchLines(b, NS, WF)), ...(await dlqLines(b))].join("\n");
+      const merged = await b.client(AdminService).mergeReplicationDlq({ sourceCluster: a.name });
+      expect([merged.merged, merged.failed.map((e) => e.lastError)], await context()).toEqual([BigInt(SIGNALS), []]);
+      await expectLosingBranchKept(a, b, { namespace: NS, workflowId: WF, signals: SIGNALS, payload: PAYLOAD, aBranch }, context);
+    });
+  });
+}
