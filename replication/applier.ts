@@ -112,13 +112,14 @@ export function createHistoryApplier({ cluster, namespaces, writer, log }: Histo
 
   /**
    * Creates the local copy of a run. When another run of the workflow is open here (both
-   * were started while the clusters were apart), the one last written at the higher
-   * failover version stays open and the other becomes a ZOMBIE (conflict.ts).
+   * were started while the clusters were apart, or the other's close is still to come: in
+   * the DLQ), the one that happens after the other (happensAfter) stays open and the other
+   * becomes a ZOMBIE (conflict.ts).
    */
   async function createRun(tx: Tx, ns: NamespaceRecord, key: RunKey, task: IncomingTask, events: HistoryEvent[]): Promise<void> {
     const { state, requestIds: ids } = applyEvents(initialRunState(events[0]!), events);
     const rival = state.status === "RUNNING" ? await conflicts.openRival(tx, key) : undefined;
-    const loses = rival !== undefined && lastVersionOf(task.versionHistory) <= rival.lastWriteVersion;
+    const loses = rival !== undefined && !happensAfter({ ...key, lastWriteVersion: lastVersionOf(task.versionHistory), startTime: state.startTime }, rival);
     if (rival && !loses) await conflicts.demote(tx, rival);
     if (loses) state.status = "ZOMBIE";
     await writeAll(tx, [newRunWrites(key, state, events, ids)]);
@@ -146,6 +147,20 @@ export function createHistoryApplier({ cluster, namespaces, writer, log }: Histo
 }
 
 export type HistoryApplier = ReturnType<typeof createHistoryApplier>;
+
+type RunOrder = Pick<ExecutionRow, "runId" | "lastWriteVersion" | "startTime">;
+
+/**
+ * Whether run `a` happens after run `b` of its workflow (Temporal's workflowHappensAfter): the
+ * one last written at the higher failover version; at one version, one cluster wrote both and
+ * closed the other before it started the later, which wins (the other's close may still be on
+ * its way here: held in the DLQ). Temporal orders those by task id; the start times stand in.
+ */
+export function happensAfter(a: RunOrder, b: RunOrder): boolean {
+  if (a.lastWriteVersion !== b.lastWriteVersion) return a.lastWriteVersion > b.lastWriteVersion;
+  const [at, bt] = [a.startTime.getTime(), b.startTime.getTime()];
+  return at !== bt ? at > bt : a.runId > b.runId;
+}
 
 /** What readForApply found of a task's run: the run, and for a task that may start it, the workflow's current run. */
 export interface RunReads {
