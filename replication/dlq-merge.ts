@@ -67,18 +67,22 @@ export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, lo
     };
   }
 
-  /** Applies one entry and deletes it in one transaction. */
-  async function mergeOne(e: DlqRow, source: RemoteClients, signal?: AbortSignal): Promise<void> {
+  /**
+   * Applies one entry and deletes it in one transaction; false when a purge deleted it since
+   * the merge listed it. The delete comes first: a purge that came before wins (the entry is
+   * not applied, as the purge said), and one after waits for this transaction.
+   */
+  async function mergeOne(e: DlqRow, source: RemoteClients, signal?: AbortSignal): Promise<boolean> {
     const task = await fetchEntry(e, source, signal);
     const namespaces = await applier.namespacesOf([task]);
     const grown = await fetchOutside(rawFetcher(e.sourceCluster, source, log, signal), (fetchRaw) =>
       writer.transact("MergeReplicationDlq", async (tx) => {
-        const n = await applier.applyTask(tx, namespaces.get(e.namespaceId)!, task, fetchRaw);
-        await tx.delete(replicationDlq).where(keyOf(e));
-        return n;
+        const [held] = await tx.delete(replicationDlq).where(keyOf(e)).returning({ taskId: replicationDlq.taskId });
+        return held ? applier.applyTask(tx, namespaces.get(e.namespaceId)!, task, fetchRaw) : undefined;
       }, signal),
     );
-    if (grown > 0) notifier.notify(e.runId);
+    if (grown) notifier.notify(e.runId);
+    return grown !== undefined;
   }
 
   async function merge(filter: DlqFilter, signal?: AbortSignal): Promise<MergeReplicationDlqResponse> {
@@ -97,16 +101,16 @@ export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, lo
       }
       try {
         if (!sources.has(e.sourceCluster)) sources.set(e.sourceCluster, sourceClients(e.sourceCluster));
-        await mergeOne(e, await sources.get(e.sourceCluster)!, signal);
-        merged++;
+        if (await mergeOne(e, await sources.get(e.sourceCluster)!, signal)) merged++;
       } catch (err) {
         // The caller's deadline passed or it left: the entries not merged yet did not fail, they were not tried.
         signal?.throwIfAborted();
         // As the receiver stores it (page-applier.ts): the reason, never the statement or its values.
         const error = errorReason(err);
         stuck.set(run, error);
-        await db.update(replicationDlq).set({ attempts: sql`${replicationDlq.attempts} + 1`, lastError: error }).where(keyOf(e));
-        failed.push(entryOf({ ...e, attempts: e.attempts + 1, lastError: error }));
+        const kept = await db.update(replicationDlq).set({ attempts: sql`${replicationDlq.attempts} + 1`, lastError: error }).where(keyOf(e)).returning({ taskId: replicationDlq.taskId });
+        // Purged meanwhile: gone, not failed.
+        if (kept.length) failed.push(entryOf({ ...e, attempts: e.attempts + 1, lastError: error }));
         log.warn("DLQ entry still fails", { source: e.sourceCluster, shard: e.shardId, taskId: e.taskId, workflowId: e.workflowId, error: loggableError(err) });
       }
     }

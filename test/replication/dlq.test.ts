@@ -24,13 +24,23 @@ async function tern(x: TestCluster, ...args: string[]): Promise<{ code: number; 
   return { code, out, err };
 }
 
+/** Once armed, holds the applies of workflowId (a merge's, before its transaction) until released: reached() resolves `held` and waits. */
+function mergeGate(workflowId: string) {
+  let release!: () => void;
+  let held!: () => void;
+  const released = new Promise<void>((r) => (release = r));
+  const heldNow = new Promise<void>((r) => (held = r));
+  return { workflowId, armed: false, held: heldNow, release, reached: () => (held(), released) };
+}
+type MergeGate = ReturnType<typeof mergeGate>;
+
 /**
  * Fault injection through the server's deps, on either apply path: applies of the poisoned
  * workflow ids throw; those of a workflow id in outage throw a lost database connection (as
  * drizzle wraps postgres.js's) that many times, and those of one in busy PostgreSQL's
  * statement timeout.
  */
-function faultyApplier(poisoned: Set<string>, outage: Map<string, number>, busy: Map<string, number>) {
+function faultyApplier(poisoned: Set<string>, outage: Map<string, number>, busy: Map<string, number>, gate: MergeGate) {
   const check = (workflowId: string) => {
     if (poisoned.has(workflowId)) {
       if (workflowId !== "worse") throw new Error(`injected fault for ${workflowId}`);
@@ -50,6 +60,10 @@ function faultyApplier(poisoned: Set<string>, outage: Map<string, number>, busy:
   };
   return (inner: HistoryApplier): HistoryApplier => ({
     ...inner,
+    async namespacesOf(tasks) {
+      if (gate.armed && tasks.some((t) => "workflowId" in t && t.workflowId === gate.workflowId)) await gate.reached();
+      return inner.namespacesOf(tasks);
+    },
     async applyTask(tx, ns, task, fetchRaw) {
       check(task.workflowId);
       return inner.applyTask(tx, ns, task, fetchRaw);
@@ -68,6 +82,7 @@ for (const store of await testStores()) {
     const poisoned = new Set<string>();
     const outage = new Map<string, number>();
     const busy = new Map<string, number>();
+    const gate = mergeGate("purged");
     const bLog: { msg: string; error?: string; stream?: string }[] = [];
     const run = (workflowId: string) => ({ workflowId, runId: "" });
     const dlqRows = () => b.server.database.db.select().from(replicationDlq).orderBy(replicationDlq.taskId);
@@ -86,7 +101,7 @@ for (const store of await testStores()) {
         {
           shards: 1,
           serverOptions: {
-            replication: { retry: { attempts: 3, backoffMs: 5 }, wrapApplier: faultyApplier(poisoned, outage, busy) },
+            replication: { retry: { attempts: 3, backoffMs: 5 }, wrapApplier: faultyApplier(poisoned, outage, busy, gate) },
             log: createLogger({ write: (l) => bLog.push(JSON.parse(l)) }),
           },
         },
@@ -240,6 +255,26 @@ for (const store of await testStores()) {
         { msg: "replication stream failed", error: "57014: canceling statement due to statement timeout" },
         { msg: "replication stream recovered", error: undefined },
       ]);
+    });
+
+    test("PurgeWhileMergeWins: entries purged after a merge listed them are not applied by it", async () => {
+      poisoned.add("purged");
+      await a.client(WorkflowService).startWorkflowExecution({ namespace: NS, workflowId: "purged", workflowType: "Pay", taskQueue: "q" });
+      await a.client(WorkflowService).signalWorkflowExecution({ namespace: NS, workflowExecution: run("purged"), signalName: "s1" });
+      await eventually(async () => expect(await dlqRows()).toHaveLength(2), { timeout: 20_000 });
+      poisoned.delete("purged");
+
+      // The merge listed both entries and fetched the first; the operator purges them meanwhile.
+      gate.armed = true;
+      const merging = b.client(AdminService).mergeReplicationDlq({});
+      await gate.held;
+      expect((await b.client(AdminService).purgeReplicationDlq({ sourceCluster: "clusterA" })).purged).toBe(2n);
+      gate.release();
+      const merged = await merging;
+      // Before: both applied (merged 2), the purge's "without applying" undone.
+      expect([merged.merged, merged.failed]).toEqual([0n, []]);
+      expect((await historiesOf(b, nsId)).filter((e) => e.workflowId === "purged")).toEqual([]);
+      expect(await dlqRows()).toEqual([]);
     });
   });
 }
