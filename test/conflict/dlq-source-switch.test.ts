@@ -3,7 +3,8 @@ import { eq } from "drizzle-orm";
 import type { HistoryApplier } from "../../replication/applier";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import type { HistoryEvent } from "../../src/gen/tern/common/v1/common_pb";
-import { replicationDlq } from "../../src/persistence/schema";
+import { HELD_BEHIND } from "../../replication/dlq";
+import { historyBranchEvents, historyBranches, replicationDlq } from "../../src/persistence/schema";
 import { startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
@@ -24,7 +25,8 @@ const PAYLOAD = "p";
  * branch (version 2) reaches A and wins there, A's is kept as a non-current branch. A merge on
  * B fetches each entry's range of the task's branch, A's, not of A's current one (B's own
  * events): B keeps A's branch and re-applies its signals, rather than deleting the entries as
- * duplicates of what it holds and losing them.
+ * duplicates of what it holds and losing them. A source that no longer holds the task's branch
+ * fails the entry, which is kept.
  */
 for (const store of await testStores()) {
   describe(`a DLQ merge whose source switched branches, on ${store}`, () => {
@@ -59,6 +61,30 @@ for (const store of await testStores()) {
       }, { timeout: 30_000 });
     });
     afterAll(() => Promise.all([a, b].map((x) => x?.destroy())));
+
+    /** Moves A's kept branches of WF to another workflow id and back: A holds the run but no longer the task's branch. */
+    const hideBranches = (hidden: boolean) => {
+      const [from, to] = hidden ? [WF, `${WF}-hidden`] : [`${WF}-hidden`, WF];
+      const db = a.server.database.db;
+      return Promise.all([historyBranches, historyBranchEvents].map((t) => db.update(t).set({ workflowId: to }).where(eq(t.workflowId, from))));
+    };
+
+    test("TestADlqEntryWhoseBranchTheSourceNoLongerHoldsIsKept", async () => {
+      poisoned.delete(WF);
+      await hideBranches(true);
+      try {
+        const res = await b.client(AdminService).mergeReplicationDlq({ sourceCluster: a.name });
+        expect(res.merged).toBe(0n);
+        expect(res.failed.map((e) => e.lastError)).toEqual([
+          expect.stringMatching(/^source clusterA holds 0 of events \[3, 4\) of held-branch run \S+ on the task's branch: the entry is kept; purge it to drop it$/),
+          HELD_BEHIND, HELD_BEHIND,
+        ]);
+        expect((await dlqOf(b)).map((r) => r.attempts).sort()).toEqual([0, 0, 4]);
+        expect(await signalNamesOf(b, NS, WF)).toEqual(["before", "b-0"]);
+      } finally {
+        await hideBranches(false);
+      }
+    });
 
     test("TestADlqMergeWhoseSourceSwitchedBranchesBringsTheTasksBranch", async () => {
       poisoned.delete(WF);
