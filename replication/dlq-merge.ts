@@ -85,33 +85,42 @@ export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, lo
     return grown !== undefined;
   }
 
+  /**
+   * Merges the entries filter matches, in task order, and then those that came meanwhile (a
+   * held run's tasks go on arriving: the last of them were left in the DLQ and the run held), up
+   * to MERGE_ROUNDS listings.
+   */
   async function merge(filter: DlqFilter, signal?: AbortSignal): Promise<MergeReplicationDlqResponse> {
-    const entries = await dlq.all(filter);
-    if (!entries.length) await dlq.refuseUnknownSource(filter);
     const stuck = new Map<string, string>();
     const sources = new Map<string, Promise<RemoteClients>>();
+    const tried = new Set<string>();
     const failed: ReplicationDlqEntry[] = [];
     let merged = 0;
-    for (const e of entries) {
-      const run = runKeyText(e);
-      const before = stuck.get(run);
-      if (before !== undefined) {
-        failed.push(entryOf({ ...e, lastError: HELD_BEHIND }));
-        continue;
-      }
-      try {
-        if (!sources.has(e.sourceCluster)) sources.set(e.sourceCluster, sourceClients(e.sourceCluster));
-        if (await mergeOne(e, await sources.get(e.sourceCluster)!, signal)) merged++;
-      } catch (err) {
-        // The caller's deadline passed or it left: the entries not merged yet did not fail, they were not tried.
-        signal?.throwIfAborted();
-        // As the receiver stores it (page-applier.ts): the reason, never the statement or its values.
-        const error = errorReason(err);
-        stuck.set(run, error);
-        const kept = await db.update(replicationDlq).set({ attempts: sql`${replicationDlq.attempts} + 1`, lastError: error }).where(keyOf(e)).returning({ taskId: replicationDlq.taskId });
-        // Purged meanwhile: gone, not failed.
-        if (kept.length) failed.push(entryOf({ ...e, attempts: e.attempts + 1, lastError: error }));
-        log.warn("DLQ entry still fails", { source: e.sourceCluster, shard: e.shardId, taskId: e.taskId, workflowId: e.workflowId, error: loggableError(err) });
+    for (let round = 0; round < MERGE_ROUNDS; round++) {
+      const entries = (await dlq.all(filter)).filter((e) => !tried.has(entryKeyText(e)));
+      if (!entries.length && round === 0) await dlq.refuseUnknownSource(filter);
+      if (!entries.length) break;
+      for (const e of entries) {
+        tried.add(entryKeyText(e));
+        const run = runKeyText(e);
+        if (stuck.has(run)) {
+          failed.push(entryOf({ ...e, lastError: HELD_BEHIND }));
+          continue;
+        }
+        try {
+          if (!sources.has(e.sourceCluster)) sources.set(e.sourceCluster, sourceClients(e.sourceCluster));
+          if (await mergeOne(e, await sources.get(e.sourceCluster)!, signal)) merged++;
+        } catch (err) {
+          // The caller's deadline passed or it left: the entries not merged yet did not fail, they were not tried.
+          signal?.throwIfAborted();
+          // As the receiver stores it (page-applier.ts): the reason, never the statement or its values.
+          const error = errorReason(err);
+          stuck.set(run, error);
+          const kept = await db.update(replicationDlq).set({ attempts: sql`${replicationDlq.attempts} + 1`, lastError: error }).where(keyOf(e)).returning({ taskId: replicationDlq.taskId });
+          // Purged meanwhile: gone, not failed.
+          if (kept.length) failed.push(entryOf({ ...e, attempts: e.attempts + 1, lastError: error }));
+          log.warn("DLQ entry still fails", { source: e.sourceCluster, shard: e.shardId, taskId: e.taskId, workflowId: e.workflowId, error: loggableError(err) });
+        }
       }
     }
     await dlq.refreshGauge();
@@ -123,6 +132,11 @@ export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, lo
 }
 
 export type DlqMerge = ReturnType<typeof createDlqMerge>;
+
+/** Listings of the DLQ a merge works through: a run that never stops getting tasks does not keep it going for ever. */
+const MERGE_ROUNDS = 10;
+
+const entryKeyText = (e: DlqRow) => `${e.sourceCluster}/${e.shardId}/${e.taskId}`;
 
 const keyOf = (e: DlqRow) =>
   and(eq(replicationDlq.sourceCluster, e.sourceCluster), eq(replicationDlq.shardId, e.shardId), eq(replicationDlq.taskId, e.taskId));

@@ -24,13 +24,13 @@ async function tern(x: TestCluster, ...args: string[]): Promise<{ code: number; 
   return { code, out, err };
 }
 
-/** Once armed, holds the applies of workflowId (a merge's, before its transaction) until released: reached() resolves `held` and waits. */
-function mergeGate(workflowId: string) {
+/** Holds the next apply of a workflow (a merge's, before its transaction; not the ones after it) until released: reached() resolves `held` and waits. */
+function mergeGate() {
   let release!: () => void;
   let held!: () => void;
   const released = new Promise<void>((r) => (release = r));
   const heldNow = new Promise<void>((r) => (held = r));
-  return { workflowId, armed: false, held: heldNow, release, reached: () => (held(), released) };
+  return { held: heldNow, release, reached: () => (held(), released) };
 }
 type MergeGate = ReturnType<typeof mergeGate>;
 
@@ -40,7 +40,7 @@ type MergeGate = ReturnType<typeof mergeGate>;
  * drizzle wraps postgres.js's) that many times, and those of one in busy PostgreSQL's
  * statement timeout.
  */
-function faultyApplier(poisoned: Set<string>, outage: Map<string, number>, busy: Map<string, number>, gate: MergeGate) {
+function faultyApplier(poisoned: Set<string>, outage: Map<string, number>, busy: Map<string, number>, gates: Map<string, MergeGate>) {
   const check = (workflowId: string) => {
     if (poisoned.has(workflowId)) {
       if (workflowId !== "worse") throw new Error(`injected fault for ${workflowId}`);
@@ -61,7 +61,12 @@ function faultyApplier(poisoned: Set<string>, outage: Map<string, number>, busy:
   return (inner: HistoryApplier): HistoryApplier => ({
     ...inner,
     async namespacesOf(tasks) {
-      if (gate.armed && tasks.some((t) => "workflowId" in t && t.workflowId === gate.workflowId)) await gate.reached();
+      const gated = tasks.flatMap((t) => ("workflowId" in t && typeof t.workflowId === "string" && gates.has(t.workflowId) ? [t.workflowId] : []));
+      const gate = gated[0] === undefined ? undefined : gates.get(gated[0]);
+      if (gate) {
+        gates.delete(gated[0]!);
+        await gate.reached();
+      }
       return inner.namespacesOf(tasks);
     },
     async applyTask(tx, ns, task, fetchRaw) {
@@ -82,7 +87,8 @@ for (const store of await testStores()) {
     const poisoned = new Set<string>();
     const outage = new Map<string, number>();
     const busy = new Map<string, number>();
-    const gate = mergeGate("purged");
+    /** Workflow id -> the gate its applies wait at (set just before a merge). */
+    const gates = new Map<string, MergeGate>();
     const bLog: { msg: string; error?: string; stream?: string }[] = [];
     const run = (workflowId: string) => ({ workflowId, runId: "" });
     const dlqRows = () => b.server.database.db.select().from(replicationDlq).orderBy(replicationDlq.taskId);
@@ -101,7 +107,7 @@ for (const store of await testStores()) {
         {
           shards: 1,
           serverOptions: {
-            replication: { retry: { attempts: 3, backoffMs: 5 }, wrapApplier: faultyApplier(poisoned, outage, busy, gate) },
+            replication: { retry: { attempts: 3, backoffMs: 5 }, wrapApplier: faultyApplier(poisoned, outage, busy, gates) },
             log: createLogger({ write: (l) => bLog.push(JSON.parse(l)) }),
           },
         },
@@ -265,7 +271,8 @@ for (const store of await testStores()) {
       poisoned.delete("purged");
 
       // The merge listed both entries and fetched the first; the operator purges them meanwhile.
-      gate.armed = true;
+      const gate = mergeGate();
+      gates.set("purged", gate);
       const merging = b.client(AdminService).mergeReplicationDlq({});
       await gate.held;
       expect((await b.client(AdminService).purgeReplicationDlq({ sourceCluster: "clusterA" })).purged).toBe(2n);
@@ -274,6 +281,33 @@ for (const store of await testStores()) {
       // Before: both applied (merged 2), the purge's "without applying" undone.
       expect([merged.merged, merged.failed]).toEqual([0n, []]);
       expect((await historiesOf(b, nsId)).filter((e) => e.workflowId === "purged")).toEqual([]);
+      expect(await dlqRows()).toEqual([]);
+    });
+
+    test("MergeTakesWhatArrivesMeanwhile: a held run's task that reaches the DLQ during the merge is merged too, and the run replicates again", async () => {
+      const wf = a.client(WorkflowService);
+      poisoned.add("meanwhile");
+      await wf.startWorkflowExecution({ namespace: NS, workflowId: "meanwhile", workflowType: "Pay", taskQueue: "q" });
+      await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: run("meanwhile"), signalName: "s1" });
+      await eventually(async () => expect(await dlqRows()).toHaveLength(2), { timeout: 20_000 });
+      poisoned.delete("meanwhile");
+
+      // The merge listed both entries; a signal's task arrives and is held behind them.
+      const gate = mergeGate();
+      gates.set("meanwhile", gate);
+      const merging = b.client(AdminService).mergeReplicationDlq({});
+      await gate.held;
+      await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: run("meanwhile"), signalName: "s2" });
+      await eventually(async () => expect(await dlqRows()).toHaveLength(3), { timeout: 20_000 });
+      gate.release();
+      const merged = await merging;
+      // Before: 2 merged, the third left in the DLQ and the run held behind it until another merge.
+      expect([merged.merged, merged.failed]).toEqual([3n, []]);
+      expect(await dlqRows()).toEqual([]);
+      await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: run("meanwhile"), signalName: "s3" });
+      const eventsOf = async (x: TestCluster) => (await historiesOf(x, nsId)).filter((e) => e.workflowId === "meanwhile");
+      await eventually(async () => expect(await eventsOf(b)).toEqual(await eventsOf(a)));
+      expect((await eventsOf(b)).map((e) => e.eventId)).toEqual([1, 2, 3, 4]);
       expect(await dlqRows()).toEqual([]);
     });
   });
