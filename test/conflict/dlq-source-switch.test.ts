@@ -1,6 +1,5 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { eq } from "drizzle-orm";
-import type { HistoryApplier } from "../../replication/applier";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import type { HistoryEvent } from "../../src/gen/tern/common/v1/common_pb";
 import { HELD_BEHIND } from "../../replication/dlq";
@@ -9,6 +8,7 @@ import { startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
+import { checkedApplier } from "../replication/support";
 import { branchLines, dlqLines, expectLosingBranchKept, setLink, signalNamesOf, splitOnOneRun } from "./support";
 
 setDefaultTimeout(120_000);
@@ -33,19 +33,8 @@ for (const store of await testStores()) {
     let a: TestCluster, b: TestCluster;
     let aBranch: HistoryEvent[] = [];
     const poisoned = new Set<string>();
-    const check = (workflowId: string) => {
+    const poisoning = checkedApplier(({ workflowId }) => {
       if (poisoned.has(workflowId)) throw new Error(`injected fault for ${workflowId}`);
-    };
-    const poisoning = (inner: HistoryApplier): HistoryApplier => ({
-      ...inner,
-      async applyTask(tx, ns, task, fetchRaw) {
-        check(task.workflowId);
-        return inner.applyTask(tx, ns, task, fetchRaw);
-      },
-      planApply(ns, task, reads) {
-        check(task.workflowId);
-        return inner.planApply(ns, task, reads);
-      },
     });
     const dlqOf = (x: TestCluster) => x.server.database.db.select().from(replicationDlq).where(eq(replicationDlq.workflowId, WF));
 

@@ -1,6 +1,5 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { eq } from "drizzle-orm";
-import type { HistoryApplier } from "../../replication/applier";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { executions, replicationDlq } from "../../src/persistence/schema";
@@ -8,7 +7,7 @@ import { connectAll, startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
-import { expectSameHistories, globalNamespace } from "./support";
+import { checkedApplier, expectSameHistories, globalNamespace } from "./support";
 
 setDefaultTimeout(90_000);
 
@@ -29,19 +28,8 @@ for (const store of await testStores()) {
     let a: TestCluster, b: TestCluster;
     let nsId = "";
     const poisonedRuns = new Set<string>();
-    const check = (runId: string) => {
+    const poisoning = checkedApplier(({ runId }) => {
       if (poisonedRuns.has(runId)) throw new Error(`injected fault for run ${runId}`);
-    };
-    const poisoning = (inner: HistoryApplier): HistoryApplier => ({
-      ...inner,
-      async applyTask(tx, ns, task, fetchRaw) {
-        check(task.runId);
-        return inner.applyTask(tx, ns, task, fetchRaw);
-      },
-      planApply(ns, task, reads) {
-        check(task.runId);
-        return inner.planApply(ns, task, reads);
-      },
     });
     const wf = (x: TestCluster) => x.client(WorkflowService);
     const statusesOn = async (x: TestCluster) =>

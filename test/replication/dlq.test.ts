@@ -10,7 +10,7 @@ import { connectAll, startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
-import { addr, expectSameHistories, globalNamespace, historiesOf } from "./support";
+import { addr, checkedApplier, expectSameHistories, globalNamespace, historiesOf } from "./support";
 
 setDefaultTimeout(90_000);
 
@@ -58,8 +58,9 @@ function faultyApplier(poisoned: Set<string>, outage: Map<string, number>, busy:
       throw new Error("Failed query: insert into history_events ...", { cause });
     }
   };
+  const checked = checkedApplier((task) => check(task.workflowId));
   return (inner: HistoryApplier): HistoryApplier => ({
-    ...inner,
+    ...checked(inner),
     async namespacesOf(tasks) {
       const gated = tasks.flatMap((t) => ("workflowId" in t && typeof t.workflowId === "string" && gates.has(t.workflowId) ? [t.workflowId] : []));
       const gate = gated[0] === undefined ? undefined : gates.get(gated[0]);
@@ -68,14 +69,6 @@ function faultyApplier(poisoned: Set<string>, outage: Map<string, number>, busy:
         await gate.reached();
       }
       return inner.namespacesOf(tasks);
-    },
-    async applyTask(tx, ns, task, fetchRaw) {
-      check(task.workflowId);
-      return inner.applyTask(tx, ns, task, fetchRaw);
-    },
-    planApply(ns, task, reads) {
-      check(task.workflowId);
-      return inner.planApply(ns, task, reads);
     },
   });
 }
@@ -263,12 +256,17 @@ for (const store of await testStores()) {
       ]);
     });
 
-    test("PurgeWhileMergeWins: entries purged after a merge listed them are not applied by it", async () => {
-      poisoned.add("purged");
-      await a.client(WorkflowService).startWorkflowExecution({ namespace: NS, workflowId: "purged", workflowType: "Pay", taskQueue: "q" });
-      await a.client(WorkflowService).signalWorkflowExecution({ namespace: NS, workflowExecution: run("purged"), signalName: "s1" });
+    /** Starts and signals workflowId on A while B's applies of it fail: B's DLQ holds its two tasks, then the fault is gone. */
+    async function twoEntriesOf(workflowId: string): Promise<void> {
+      poisoned.add(workflowId);
+      await a.client(WorkflowService).startWorkflowExecution({ namespace: NS, workflowId, workflowType: "Pay", taskQueue: "q" });
+      await a.client(WorkflowService).signalWorkflowExecution({ namespace: NS, workflowExecution: run(workflowId), signalName: "s1" });
       await eventually(async () => expect(await dlqRows()).toHaveLength(2), { timeout: 20_000 });
-      poisoned.delete("purged");
+      poisoned.delete(workflowId);
+    }
+
+    test("PurgeWhileMergeWins: entries purged after a merge listed them are not applied by it", async () => {
+      await twoEntriesOf("purged");
 
       // The merge listed both entries and fetched the first; the operator purges them meanwhile.
       const gate = mergeGate();
@@ -286,11 +284,7 @@ for (const store of await testStores()) {
 
     test("MergeTakesWhatArrivesMeanwhile: a held run's task that reaches the DLQ during the merge is merged too, and the run replicates again", async () => {
       const wf = a.client(WorkflowService);
-      poisoned.add("meanwhile");
-      await wf.startWorkflowExecution({ namespace: NS, workflowId: "meanwhile", workflowType: "Pay", taskQueue: "q" });
-      await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: run("meanwhile"), signalName: "s1" });
-      await eventually(async () => expect(await dlqRows()).toHaveLength(2), { timeout: 20_000 });
-      poisoned.delete("meanwhile");
+      await twoEntriesOf("meanwhile");
 
       // The merge listed both entries; a signal's task arrives and is held behind them.
       const gate = mergeGate();

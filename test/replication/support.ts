@@ -1,4 +1,5 @@
 import { expect } from "bun:test";
+import type { HistoryApplier, IncomingTask } from "../../replication/applier";
 import { asc, eq } from "drizzle-orm";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
@@ -56,3 +57,16 @@ export async function expectSameHistories(a: TestCluster, b: TestCluster, namesp
   expect(await executionsOf(b, namespaceId)).toEqual(await executionsOf(a, namespaceId));
   return ha.length;
 }
+
+/** An applier wrapper (serverOptions.replication.wrapApplier) that runs check before each apply, on either apply path: a fault injected by throwing. */
+export const checkedApplier = (check: (task: Pick<IncomingTask, "workflowId" | "runId">) => void) => (inner: HistoryApplier): HistoryApplier => ({
+  ...inner,
+  async applyTask(tx, ns, task, fetchRaw) {
+    check(task);
+    return inner.applyTask(tx, ns, task, fetchRaw);
+  },
+  planApply(ns, task, reads) {
+    check(task);
+    return inner.planApply(ns, task, reads);
+  },
+});
