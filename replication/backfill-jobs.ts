@@ -22,7 +22,7 @@ const unchanged = (job: BackfillJob) => and(where(job), eq(backfillJobs.done, jo
  * so a crash cannot lose it.
  */
 export async function startBackfillJob(tx: Tx, k: Key, now: Date): Promise<void> {
-  const fresh = { status: "RUNNING", cursor: null, total: 0, done: 0, failed: 0, lastError: null, startedAt: now, updatedAt: now };
+  const fresh = { status: "RUNNING", cursor: null, total: 0, done: 0, failed: 0, lastError: null, retryError: null, startedAt: now, updatedAt: now };
   await tx.insert(backfillJobs).values({ ...k, ...fresh }).onConflictDoUpdate({ target: [backfillJobs.namespaceId, backfillJobs.sourceCluster], set: fresh });
 }
 
@@ -79,6 +79,8 @@ export async function recordBackfillPage(
       failed,
       status: !page.finished ? "RUNNING" : failed ? "FAILED" : "DONE",
       lastError: page.finished && failed ? `${failed} of its runs could not be brought (start the backfill again to retry them); last error: ${lastError}` : lastError,
+      // The page went through: whatever held it is over. Kept, it was shown beside DONE as if current.
+      retryError: null,
       updatedAt: now,
     })
     .where(unchanged(job))
@@ -96,10 +98,13 @@ export async function recordBackfillTotal(db: Db, job: BackfillJob, total: numbe
   return saved;
 }
 
-/** Notes why the job cannot progress: it stays RUNNING and is retried, or ends FAILED when it never can. */
+/**
+ * Notes why the job cannot progress: it stays RUNNING and its page is retried (retryError, until
+ * a page is recorded), or ends FAILED when it never can (lastError).
+ */
 export async function recordBackfillError(db: Db, job: Key, error: string, now: Date, final = false): Promise<void> {
-  const status = final ? { status: "FAILED" } : {};
-  await db.update(backfillJobs).set({ lastError: error, updatedAt: now, ...status }).where(and(where(job), eq(backfillJobs.status, "RUNNING")));
+  const change = final ? { status: "FAILED", lastError: error, retryError: null } : { retryError: error };
+  await db.update(backfillJobs).set({ ...change, updatedAt: now }).where(and(where(job), eq(backfillJobs.status, "RUNNING")));
 }
 
 /** Counts of jobs by status (for metrics and tests). */

@@ -61,7 +61,7 @@ export function createBackfillHandler({ db, namespaces, clusters, now, wake }: B
           status: j.status,
           done: BigInt(j.done),
           total: BigInt(j.total),
-          lastError: [pausedBy(j, remotes), j.lastError].filter(Boolean).join("; "),
+          lastError: [pausedBy(j, remotes), j.retryError && `retrying: ${j.retryError}`, j.lastError].filter(Boolean).join("; "),
           startedTime: timestampFromDate(j.startedAt),
           updatedTime: timestampFromDate(j.updatedAt),
         })),

@@ -237,7 +237,10 @@ export const backfillJobs = pgTable(
     done: big("done").notNull().default(0),
     /** Runs it could not bring (a failure of the run's own): a job that walked the listing with any ends FAILED. */
     failed: big("failed").notNull().default(0),
+    /** The job's own problems: runs it could not bring or skipped, why it ended FAILED. */
     lastError: text("last_error"),
+    /** Why its current page failed (the source unreachable, this database busy), retried: cleared once a page is recorded. */
+    retryError: text("retry_error"),
     startedAt: ts("started_at").notNull().defaultNow(),
     updatedAt: ts("updated_at").notNull().defaultNow(),
   },

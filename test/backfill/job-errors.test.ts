@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import type { HistoryApplier } from "../../replication/applier";
+import { RetryableReplicationError, type HistoryApplier } from "../../replication/applier";
 import { startBackfillJob } from "../../replication/backfill-jobs";
 import { BackfillService } from "../../src/gen/tern/admin/v1/backfill_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
@@ -23,10 +23,13 @@ for (const store of await testStores()) {
     /** Workflow ids whose applies on B fail, as a run's own failure would; once: the first only. */
     const refused = new Set<string>();
     const refusedOnce = new Set<string>();
+    /** Workflow ids whose applies on B fail as a busy database's would (retried, not the run's fault). */
+    const waiting = new Set<string>();
     const applying = (applier: HistoryApplier): HistoryApplier => ({
       ...applier,
       async applyTask(tx, ns, task, fetchRaw) {
         if (refused.has(task.workflowId) || refusedOnce.delete(task.workflowId)) throw new Error(`injected: ${task.workflowId} cannot be applied`);
+        if (waiting.has(task.workflowId)) throw new RetryableReplicationError(`injected: ${task.workflowId} waits`);
         if (ns.name === startAgain.namespace && !startAgain.done) {
           startAgain.done = true;
           await startBackfillJob(tx, { namespaceId: ns.id, sourceCluster: "clusterA" }, new Date());
@@ -86,6 +89,24 @@ for (const store of await testStores()) {
       }
       const done = await backfillDone(b, "twice", "clusterA");
       expect([done.done, done.lastError]).toEqual([21n, ""]);
+    });
+
+    test("TestBackfillThatRecoveredFromAnErrorEndsDoneWithoutIt", async () => {
+      await wf(a).registerNamespace({ namespace: "recovers", isGlobalNamespace: true, clusters: ["clusterA"] });
+      await seedExecutions(a, "recovers", 20, "rec");
+      waiting.add("rec-0003");
+      await wf(a).updateNamespace({ namespace: "recovers", clusters: ["clusterA", "clusterB"] });
+      // Held at its page, the job says why, as an error it retries.
+      await eventually(async () => {
+        const job = await jobOn(b, "recovers");
+        expect([job?.status, job?.lastError]).toEqual(["RUNNING", "retrying: injected: rec-0003 waits"]);
+      });
+      waiting.clear();
+      // Once the page went through, the error is over: a DONE job showed it as its last error.
+      const job = await backfillDone(b, "recovers", "clusterA");
+      expect([job.done, job.lastError]).toEqual([21n, ""]);
+      expect((await tern(b, "operator", "namespace", "backfill-status", "recovers")).out).not.toContain("injected");
+      expect(await expectSameRuns(a, b, "recovers", 1)).toBe(21);
     });
 
     test("TestOneRunThatCannotBeBroughtFailsTheJobAfterTheOthers", async () => {

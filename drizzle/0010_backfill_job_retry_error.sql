@@ -1,0 +1,1 @@
+ALTER TABLE "backfill_jobs" ADD COLUMN "retry_error" text;
