@@ -13,8 +13,9 @@ export interface BackfillCursor {
 
 type Key = { namespaceId: string; sourceCluster: string };
 const where = (k: Key) => and(eq(backfillJobs.namespaceId, k.namespaceId), eq(backfillJobs.sourceCluster, k.sourceCluster));
-/** The job as its runner last saw it: not restarted meanwhile (startBackfillJob), nor moved on. */
-const unchanged = (job: BackfillJob) => and(where(job), eq(backfillJobs.done, job.done), eq(backfillJobs.startedAt, job.startedAt));
+/** The job as its runner last saw it: not restarted meanwhile (startBackfillJob), nor moved on, nor stopped (stopBackfillJobs). */
+const unchanged = (job: BackfillJob) =>
+  and(where(job), eq(backfillJobs.done, job.done), eq(backfillJobs.startedAt, job.startedAt), eq(backfillJobs.status, "RUNNING"));
 
 /**
  * Starts (or restarts from the beginning) a backfill of namespaceId from sourceCluster,
@@ -35,6 +36,18 @@ export async function startBackfillJob(tx: Tx, k: Key, now: Date): Promise<void>
 export async function startBackfillsFrom(tx: Tx, remote: string, here: string, now: Date): Promise<void> {
   const rows = await tx.select({ id: namespaces.id }).from(namespaces).where(and(eq(namespaces.isGlobal, true), listsClusters(here, remote)));
   for (const r of rows) await startBackfillJob(tx, { namespaceId: r.id, sourceCluster: remote }, now);
+}
+
+/**
+ * In the transaction that takes this cluster out of a namespace's clusters: its running backfills
+ * of it end STOPPED, saying why. They went on bringing runs of a namespace no longer replicated
+ * here; added back, the cluster starts one again (startBackfillJob).
+ */
+export async function stopBackfillJobs(tx: Tx, namespaceId: string, why: string, now: Date): Promise<void> {
+  await tx
+    .update(backfillJobs)
+    .set({ status: "STOPPED", lastError: why, retryError: null, updatedAt: now })
+    .where(and(eq(backfillJobs.namespaceId, namespaceId), eq(backfillJobs.status, "RUNNING")));
 }
 
 /** The running jobs pulling from source (a FAILED one waits for an operator to start it again, not retried each round). */

@@ -257,7 +257,10 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
         // Started again meanwhile: go on with it as it stands. Failing here left this stale
         // runner's complaint as the last error of the job, which then ended DONE with it.
         const current = await backfillJob(db, job);
-        if (current?.status !== "RUNNING") return;
+        if (current?.status !== "RUNNING") {
+          log.info("backfill stopped", { remote: remote.name, namespace: ns.name, status: current?.status, reason: current?.lastError });
+          return;
+        }
         job = current;
         continue;
       }

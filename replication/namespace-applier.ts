@@ -19,6 +19,8 @@ export interface AppliedNamespace {
    * version 0, got every write through replication).
    */
   joined?: boolean;
+  /** This cluster was taken out of the namespace's clusters (it keeps its copy). */
+  left?: boolean;
 }
 
 /** The replicated part of a namespace (never replicationState: HANDOVER is local). */
@@ -99,5 +101,6 @@ export async function applyNamespaceTask(tx: Tx, currentCluster: string, d: Name
   // A copy that still lists this cluster may have missed it leaving: taken out and removed
   // while down, it kept its copy, and the source cleaned up the tasks of what it missed since.
   const joined = takeConfig && config.clusters.includes(currentCluster) && (!local.clusters.includes(currentCluster) || joinsHere);
-  return { outcome: "updated", record: saved, activated, joined };
+  const left = takeConfig && !config.clusters.includes(currentCluster) && local.clusters.includes(currentCluster);
+  return { outcome: "updated", record: saved, activated, joined, left };
 }

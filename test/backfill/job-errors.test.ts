@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { RetryableReplicationError, type HistoryApplier } from "../../replication/applier";
-import { startBackfillJob } from "../../replication/backfill-jobs";
+import { startBackfillJob, stopBackfillJobs } from "../../replication/backfill-jobs";
+import { createLogger } from "../../src/observability/log";
 import { BackfillService } from "../../src/gen/tern/admin/v1/backfill_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
@@ -20,6 +21,9 @@ for (const store of await testStores()) {
     const wf = (x: TestCluster) => x.client(WorkflowService);
     /** Once namespace is set, B's first apply of one of its runs starts its backfill again, in the apply's transaction. */
     const startAgain = { namespace: "", done: false };
+    /** Once namespace is set, B's first apply of one of its runs stops its backfill, in the apply's transaction. */
+    const stopDuring = { namespace: "", done: false };
+    const bLog: { msg: string; namespace?: string }[] = [];
     /** Workflow ids whose applies on B fail, as a run's own failure would; once: the first only. */
     const refused = new Set<string>();
     const refusedOnce = new Set<string>();
@@ -34,12 +38,17 @@ for (const store of await testStores()) {
           startAgain.done = true;
           await startBackfillJob(tx, { namespaceId: ns.id, sourceCluster: "clusterA" }, new Date());
         }
+        if (ns.name === stopDuring.namespace && !stopDuring.done) {
+          stopDuring.done = true;
+          await stopBackfillJobs(tx, ns.id, "stopped: injected", new Date());
+        }
         return applier.applyTask(tx, ns, task, fetchRaw);
       },
     });
     const jobOn = async (x: TestCluster, namespace: string) => (await x.client(BackfillService).getBackfillStatus({ namespace })).jobs[0];
     beforeAll(async () => {
-      [a, b] = await startClusters(store, [{}, { serverOptions: { replication: { wrapApplier: applying } } }]);
+      const log = createLogger({ write: (l) => bLog.push(JSON.parse(l)) });
+      [a, b] = await startClusters(store, [{}, { serverOptions: { replication: { wrapApplier: applying }, log } }]);
       await connectAll([a, b]);
     });
     afterAll(async () => {
@@ -107,6 +116,46 @@ for (const store of await testStores()) {
       expect([job.done, job.lastError]).toEqual([21n, ""]);
       expect((await tern(b, "operator", "namespace", "backfill-status", "recovers")).out).not.toContain("injected");
       expect(await expectSameRuns(a, b, "recovers", 1)).toBe(21);
+    });
+
+    test("TestBackfillStopsWhenThisClusterIsTakenOutOfTheNamespace", async () => {
+      await wf(a).registerNamespace({ namespace: "leaves", isGlobalNamespace: true, clusters: ["clusterA"] });
+      await seedExecutions(a, "leaves", 20, "lv");
+      waiting.add("lv-0003");
+      await wf(a).updateNamespace({ namespace: "leaves", clusters: ["clusterA", "clusterB"] });
+      await eventually(async () => expect((await jobOn(b, "leaves"))?.lastError).toContain("injected: lv-0003 waits"));
+      // Taken out, B stops bringing runs of a namespace no longer replicated to it, and says why.
+      await wf(a).updateNamespace({ namespace: "leaves", clusters: ["clusterA"] });
+      const stopped = await eventually(async () => {
+        const job = await jobOn(b, "leaves");
+        expect(job?.status).toBe("STOPPED");
+        return job!;
+      });
+      expect([stopped.done, stopped.lastError]).toEqual([0n, "stopped: cluster clusterB was taken out of namespace leaves (its clusters now: clusterA); added back, it backfills it again"]);
+      expect((await tern(b, "operator", "namespace", "backfill-status", "leaves")).out).toMatch(/clusterA\s+STOPPED\s+0\/21 .*taken out of namespace leaves/);
+      // The page it was held at would go through now: the job is not taken up again.
+      waiting.clear();
+      expect((await tern(b, "operator", "namespace", "backfill", "recovers")).code).toBe(0);
+      await backfillDone(b, "recovers", "clusterA");
+      expect((await jobOn(b, "leaves"))?.status).toBe("STOPPED");
+
+      // Added back, B backfills the namespace again, from the start.
+      await wf(a).updateNamespace({ namespace: "leaves", clusters: ["clusterA", "clusterB"] });
+      const again = await backfillDone(b, "leaves", "clusterA");
+      expect([again.done, again.lastError]).toEqual([21n, ""]);
+      expect(await expectSameRuns(a, b, "leaves", 1)).toBe(21);
+    });
+
+    test("TestBackfillStoppedWhileItsPageIsAppliedStaysStopped", async () => {
+      await wf(a).registerNamespace({ namespace: "midpage", isGlobalNamespace: true, clusters: ["clusterA"] });
+      await seedExecutions(a, "midpage", 20, "mid");
+      stopDuring.namespace = "midpage";
+      await wf(a).updateNamespace({ namespace: "midpage", clusters: ["clusterA", "clusterB"] });
+      // Its page's runs are applied, and the page's record finds the job stopped: it ended DONE over it.
+      await eventually(() => expect(bLog.some((l) => l.namespace === "midpage" && ["backfill stopped", "backfill done"].includes(l.msg))).toBe(true));
+      expect(stopDuring.done).toBe(true);
+      const job = await jobOn(b, "midpage");
+      expect([job?.status, job?.lastError]).toEqual(["STOPPED", "stopped: injected"]);
     });
 
     test("TestOneRunThatCannotBeBroughtFailsTheJobAfterTheOthers", async () => {

@@ -36,7 +36,8 @@ export const backfillStatusCommand: LeafCommand = {
   details: [
     "When this cluster is added to a global namespace, executions that existed before are",
     "copied from the active cluster by a backfill job; this shows each job (per source",
-    "cluster) with its status (RUNNING, DONE, FAILED), runs done/total and times.",
+    "cluster) with its status (RUNNING, DONE, FAILED, STOPPED: this cluster was taken out of the",
+    "namespace), runs done/total and times.",
     'With -o json, prints the GetBackfillStatusResponse { "namespace", "namespaceId", "jobs" }.',
   ].join("\n"),
   positionals: "[NAMESPACE]",

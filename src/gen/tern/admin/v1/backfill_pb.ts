@@ -145,7 +145,7 @@ export type BackfillJob = Message<"tern.admin.v1.BackfillJob"> & {
   sourceCluster: string;
 
   /**
-   * RUNNING, DONE or FAILED.
+   * RUNNING, DONE, FAILED, or STOPPED (this cluster was taken out of the namespace's clusters).
    *
    * @generated from field: string status = 2;
    */
