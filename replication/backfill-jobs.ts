@@ -120,6 +120,28 @@ export async function recordBackfillError(db: Db, job: Key, error: string, now: 
   await db.update(backfillJobs).set({ ...change, updatedAt: now }).where(and(where(job), eq(backfillJobs.status, "RUNNING")));
 }
 
+/** How far a job is, as its row or GetBackfillStatus says. */
+export interface BackfillProgress {
+  sourceCluster: string;
+  status: string;
+  done: number | bigint;
+  total: number | bigint;
+}
+
+/**
+ * Why target, made active for namespace, would lack runs: a backfill of it from one of its members
+ * that has not finished (RUNNING, FAILED or STOPPED), or undefined. Made active, it answered
+ * NOT_FOUND for runs it had not brought yet, and a start of one of their workflow ids made a second
+ * run, which won, and the run brought later was terminated as a zombie. A job from a cluster the
+ * namespace no longer lists is no reason: its source may be gone for good, and what it wrote is on
+ * the active cluster too.
+ */
+export function unfinishedBackfill(target: string, namespace: string, jobs: BackfillProgress[], members: string[]): string | undefined {
+  const job = jobs.find((j) => j.status !== "DONE" && members.includes(j.sourceCluster));
+  if (!job) return undefined;
+  return `cluster ${target} has not finished backfilling namespace ${namespace} from ${job.sourceCluster} (${job.status}, ${job.done}/${job.total} runs; see backfill-status on ${target}): made active now, it would lack the runs it has not brought`;
+}
+
 /** Counts of jobs by status (for metrics and tests). */
 export async function countBackfillJobs(db: Db): Promise<Record<string, number>> {
   const rows = await db.select({ status: backfillJobs.status, n: sql<number>`count(*)::int` }).from(backfillJobs).groupBy(backfillJobs.status);

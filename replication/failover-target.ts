@@ -5,6 +5,12 @@ import type { RemoteClientPool } from "../src/cluster/remote-client";
 import type { ClusterInfo } from "../src/gen/tern/operator/v1/service_pb";
 import { fetchFailureReason } from "../src/fetch-failure";
 import { notServed } from "./not-served";
+import { unfinishedBackfill, type BackfillProgress } from "./backfill-jobs";
+
+/** The backfill jobs of namespace on the cluster at address, as it says; none when it does not answer within waitMs. */
+export function backfillJobsOn(clients: RemoteClientPool, address: string, namespace: string, waitMs: number): Promise<BackfillProgress[]> {
+  return clients.get(address).backfill.getBackfillStatus({ namespace }, { timeoutMs: waitMs }).then((r) => r.jobs, () => []);
+}
 
 export interface FailoverTargetCheckDeps {
   clusters: ClusterDirectory;
@@ -77,18 +83,9 @@ export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000
   const current: CurrentCluster = clusters.current();
   const here = current.clusterName;
 
-  /**
-   * A backfill of namespace on target from one of its members that has not finished (RUNNING, or
-   * FAILED): made active, it answered NOT_FOUND for runs it had not brought yet, and a start of one
-   * of their workflow ids made a second run, which won, and the run brought later was terminated
-   * as a zombie. A job from a cluster the namespace no longer lists is no reason: its source may be
-   * gone for good, and what it wrote is on the active cluster too.
-   */
+  /** A backfill of namespace on target that has not finished (unfinishedBackfill), as target says. */
   async function backfillProblem(target: string, address: string, namespace: string, members: string[], waitMs: number): Promise<string | undefined> {
-    const jobs = await clients.get(address).backfill.getBackfillStatus({ namespace }, { timeoutMs: waitMs }).then((r) => r.jobs, () => []);
-    const job = jobs.find((j) => j.status !== "DONE" && members.includes(j.sourceCluster));
-    if (!job) return undefined;
-    return `cluster ${target} has not finished backfilling namespace ${namespace} from ${job.sourceCluster} (${job.status}, ${job.done}/${job.total} runs; see backfill-status there): made active now, it would lack the runs it has not brought`;
+    return unfinishedBackfill(target, namespace, await backfillJobsOn(clients, address, namespace, waitMs), members);
   }
 
   /** What target says of this cluster. */

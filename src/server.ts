@@ -14,7 +14,7 @@ import { createBackfillReceiver } from "../replication/backfill-receiver";
 import { createReplicationCleanup } from "../replication/cleanup";
 import { createGracefulFailover, resetAbandonedHandovers } from "../replication/failover";
 import { createFailoverTargetCheck } from "../replication/failover-target";
-import { createForcedFailoverCheck } from "../replication/forced-failover-target";
+import { createForcedFailoverCheck } from "../replication/forced-failover-check";
 import { startBackfillsFrom } from "../replication/backfill-jobs";
 import { createReplicationManager } from "../replication/manager";
 import { createPlannerStats } from "./persistence/planner-stats";
@@ -310,7 +310,7 @@ function wireRoutes({ config, opts, log, now, cluster }: Base, core: Core, repl:
   const { clients, dlq, applier, manager } = repl;
   return createRoutes({
     workflow: createForwardingWorkflowService({
-      inner: createWorkflowHandler({ namespaces, engine, queries, checkForcedFailover: createForcedFailoverCheck({ namespaces, clusters, clients }) }),
+      inner: createWorkflowHandler({ namespaces, engine, queries, checkForcedFailover: createForcedFailoverCheck({ db, namespaces, clusters, clients }) }),
       policy: config.dcRedirectionPolicy.policy, namespaces, clusters, clients, timeoutMs: opts.forwardTimeoutMs,
     }),
     operator: createOperatorHandler({

@@ -10,14 +10,14 @@ import type { HistoryQueries } from "../history/queries";
 import type { NamespaceRegistry } from "../namespace/registry";
 import { invalidArgument } from "../errors";
 import { dateOf, durationMs, exactNumber, executionToProto, namespaceToProto, statusFromProto } from "./convert";
-import type { ForcedFailoverCheck } from "../../replication/forced-failover-target";
+import type { ForcedFailoverCheck } from "../../replication/forced-failover-check";
 import { versionHistoryToProto } from "../../replication/version-history";
 
 export interface WorkflowHandlerDeps {
   namespaces: NamespaceRegistry;
   engine: HistoryEngine;
   queries: HistoryQueries;
-  /** Refuses a forced failover its target would never hear of (replication/forced-failover-target.ts). */
+  /** Refuses a forced failover its target would never hear of, or one to a target still backfilling (replication/forced-failover-check.ts). */
   checkForcedFailover?: ForcedFailoverCheck;
 }
 
@@ -80,7 +80,7 @@ export function createWorkflowHandler({ namespaces, engine, queries, checkForced
       return { namespaces: page.items.map(namespaceToProto), nextPageToken: page.nextPageToken };
     },
     async updateNamespace(r, { signal }) {
-      await checkForcedFailover?.(r.namespace, r.activeClusterName, r.clusters);
+      await checkForcedFailover?.(r.namespace, r.activeClusterName, r.clusters, r.allowUnfinishedBackfill);
       const ns = await namespaces.update({
         name: r.namespace,
         description: r.description,

@@ -12,23 +12,25 @@ import { backfillDone, expectSameRuns, runsOf, seedExecutions, T, tern } from ".
 setDefaultTimeout(120_000);
 
 const NS = "joining";
+const FORCED = "forced";
 
 /**
- * A graceful failover to a cluster whose backfill of the namespace has not finished (DESIGN.md
- * section 5: no acknowledged write is lost): made active, B answered NOT_FOUND for the runs it
- * had not brought, and a start of one of their workflow ids there made a second run, which won,
- * so the open run A had acknowledged was terminated as a zombie once the backfill brought it.
+ * A failover to a cluster whose backfill of the namespace has not finished (DESIGN.md section 5:
+ * no acknowledged write is lost): made active, B answered NOT_FOUND for the runs it had not
+ * brought, and a start of one of their workflow ids there made a second run, which won, so the
+ * open run A had acknowledged was terminated as a zombie once the backfill brought it. Graceful,
+ * it is refused; forced, it is refused unless the operator allows it (the emergency path).
  */
 for (const store of await testStores()) {
-  describe(`a graceful failover to a cluster still backfilling, on ${store}`, () => {
+  describe(`a failover to a cluster still backfilling, on ${store}`, () => {
     let a: TestCluster, b: TestCluster;
     const wf = (x: TestCluster) => x.client(WorkflowService);
-    /** While on, B's applies of wf-0010 fail as a busy database's would: its backfill stays RUNNING at that page. */
-    const stuck = { on: true };
+    /** Namespaces whose wf-0010 B's applies fail as a busy database's would: its backfill stays RUNNING at that page. */
+    const stuck = new Set([NS, FORCED]);
     const applying = (applier: HistoryApplier): HistoryApplier => ({
       ...applier,
       async applyTask(tx, ns, task, fetchRaw) {
-        if (stuck.on && task.workflowId === "wf-0010") throw new RetryableReplicationError("injected: wf-0010 waits");
+        if (stuck.has(ns.name) && task.workflowId === "wf-0010") throw new RetryableReplicationError("injected: wf-0010 waits");
         return applier.applyTask(tx, ns, task, fetchRaw);
       },
     });
@@ -63,7 +65,7 @@ for (const store of await testStores()) {
 
       // Once the backfill is done, the failover goes through, and the run A acknowledged is B's. A
       // job from a cluster the namespace does not list (taken out, and gone) holds it back no more.
-      stuck.on = false;
+      stuck.delete(NS);
       await backfillDone(b, NS, "clusterA");
       const namespaceId = (await wf(b).describeNamespace({ namespace: NS })).namespace!.namespaceInfo!.id;
       await b.server.database.db.transaction((tx) => startBackfillJob(tx, { namespaceId, sourceCluster: "clusterZ" }, new Date()));
@@ -72,6 +74,41 @@ for (const store of await testStores()) {
       const again = wf(b).startWorkflowExecution({ namespace: NS, workflowId: "wf-0010", ...T });
       await expect(again).rejects.toThrow(`already running (run ${open.run_id})`);
       expect(await eventually(() => expectSameRuns(a, b, NS, 1))).toBe(31);
+    });
+
+    test("TestForcedFailoverToAClusterStillBackfillingIsRefusedUnlessAllowed", async () => {
+      await wf(a).registerNamespace({ namespace: FORCED });
+      await seedExecutions(a, FORCED, 30);
+      expect((await tern(a, "operator", "namespace", "update", "-n", FORCED, "--promote-global")).code).toBe(0);
+      expect((await tern(a, "operator", "namespace", "update", "-n", FORCED, "--cluster", "clusterA", "--cluster", "clusterB")).code).toBe(0);
+      await expectActiveOn(b, FORCED, "clusterA", 1n);
+      await eventually(async () => {
+        const job = (await b.client(BackfillService).getBackfillStatus({ namespace: FORCED })).jobs[0];
+        expect([job?.status, job?.total]).toEqual(["RUNNING", 31n]);
+      }, { timeout: 30_000 });
+
+      // Forced on B itself (A as if down), and on A (which asks B): each refuses, saying how far B is and how to force it anyway.
+      for (const asked of [b, a]) {
+        const refused = await tern(asked, "operator", "namespace", "update", "-n", FORCED, "--active-cluster", "clusterB");
+        expect(refused.code).toBe(1);
+        expect(refused.err).toContain("cluster clusterB has not finished backfilling namespace forced from clusterA (RUNNING, 0/31 runs; see backfill-status on clusterB)");
+        expect(refused.err).toContain("force the failover with --allow-unfinished-backfill");
+        expect(refused.err).toContain("namespace forced stays active in clusterA");
+      }
+      await expectActiveOn(a, FORCED, "clusterA", 1n);
+      await expectActiveOn(b, FORCED, "clusterA", 1n);
+      const alone = await tern(b, "operator", "namespace", "update", "-n", FORCED, "--allow-unfinished-backfill", "--description", "x");
+      expect([alone.code, alone.err]).toEqual([2, expect.stringContaining("--allow-unfinished-backfill goes with --active-cluster")]);
+
+      // Allowed, it is made: the emergency path stays open when the source is gone for good.
+      const forced = await tern(b, "operator", "namespace", "update", "-n", FORCED, "--active-cluster", "clusterB", "--allow-unfinished-backfill");
+      expect([forced.code, forced.err]).toEqual([0, ""]);
+      await expectActiveOn(b, FORCED, "clusterB", 2n);
+      await expectActiveOn(a, FORCED, "clusterB", 2n);
+      // The source still answering, the backfill goes on and brings what B lacked.
+      stuck.delete(FORCED);
+      await backfillDone(b, FORCED, "clusterA");
+      expect(await eventually(() => expectSameRuns(a, b, FORCED, 1))).toBe(31);
     });
   });
 }

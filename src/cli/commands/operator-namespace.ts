@@ -137,6 +137,8 @@ const updateFlags: FlagSpec[] = [
 
 /** The update the flags ask for; a usage error when they ask for none. */
 function updateRequest(namespace: string, args: ParsedArgs) {
+  const allowUnfinishedBackfill = getBoolean(args, "allow-unfinished-backfill");
+  if (allowUnfinishedBackfill && !getString(args, "active-cluster")) throw new UsageError("--allow-unfinished-backfill goes with --active-cluster (a forced failover)");
   const req = {
     namespace,
     description: getString(args, "description"),
@@ -146,6 +148,7 @@ function updateRequest(namespace: string, args: ParsedArgs) {
     clusters: getStrings(args, "cluster"),
     activeClusterName: getString(args, "active-cluster") ?? "",
     promoteNamespace: getBoolean(args, "promote-global"),
+    allowUnfinishedBackfill,
   };
   const asked = [req.description, req.ownerEmail, req.workflowExecutionRetentionPeriod].some((v) => v !== undefined) ||
     Object.keys(req.data).length > 0 || req.clusters.length > 0 || req.activeClusterName !== "" || req.promoteNamespace;
@@ -161,13 +164,19 @@ const update: LeafCommand = {
   details: [
     "--active-cluster switches the active cluster at once: a forced failover, with no handover",
     "and no wait for replication (for when the active cluster is down). While both clusters",
-    "are up, prefer 'tern operator namespace failover --to NAME'.",
+    "are up, prefer 'tern operator namespace failover --to NAME'. It is refused while the new",
+    "active cluster has not finished backfilling the namespace (backfill-status there): it",
+    "lacks the runs not brought yet. --allow-unfinished-backfill fails over anyway (their source",
+    "gone for good).",
     "--promote-global makes a local namespace global, active here; then add clusters with",
     "--cluster: their copies get the existing executions by backfill.",
   ].join("\n"),
   positionals: "[NAMESPACE]",
   maxPositionals: 1,
-  flags: [namespaceFlag, ...updateFlags],
+  flags: [
+    namespaceFlag, ...updateFlags,
+    { name: "allow-unfinished-backfill", kind: "boolean", description: "With --active-cluster: fail over though that cluster has not finished backfilling the namespace" },
+  ],
   async run(ctx, args) {
     const namespace = namespaceArg(args);
     const res = await ctx.workflow().updateNamespace(updateRequest(namespace, args), { signal: ctx.signal });
