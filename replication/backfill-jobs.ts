@@ -39,15 +39,23 @@ export async function startBackfillsFrom(tx: Tx, remote: string, here: string, n
 }
 
 /**
- * In the transaction that takes this cluster out of a namespace's clusters: its running backfills
- * of it end STOPPED, saying why. They went on bringing runs of a namespace no longer replicated
- * here; added back, the cluster starts one again (startBackfillJob).
+ * Ends the running backfills of a namespace, or from a source cluster, STOPPED, saying why: in the
+ * transaction that takes this cluster out of the namespace's clusters (they went on bringing runs
+ * of a namespace no longer replicated here; added back, the cluster starts one again), or that
+ * removes the source (they stood RUNNING for good, their status advising to connect it again).
  */
-export async function stopBackfillJobs(tx: Tx, namespaceId: string, why: string, now: Date): Promise<void> {
+export async function stopBackfillJobs(tx: Tx, of: { namespaceId: string } | { sourceCluster: string }, why: string, now: Date): Promise<void> {
+  const which = "namespaceId" in of ? eq(backfillJobs.namespaceId, of.namespaceId) : eq(backfillJobs.sourceCluster, of.sourceCluster);
   await tx
     .update(backfillJobs)
     .set({ status: "STOPPED", lastError: why, retryError: null, updatedAt: now })
-    .where(and(eq(backfillJobs.namespaceId, namespaceId), eq(backfillJobs.status, "RUNNING")));
+    .where(and(which, eq(backfillJobs.status, "RUNNING")));
+}
+
+/** In the transaction that removes remote: the running jobs from it end STOPPED (stopBackfillJobs), saying what to do instead. */
+export function stopBackfillsFrom(tx: Tx, remote: string, now: Date): Promise<void> {
+  const why = `stopped: its source cluster ${remote} was removed here (cluster remove); to bring what this cluster lacks, start a backfill from another of the namespace's clusters (backfill --from)`;
+  return stopBackfillJobs(tx, { sourceCluster: remote }, why, now);
 }
 
 /** The running jobs pulling from source (a FAILED one waits for an operator to start it again, not retried each round). */

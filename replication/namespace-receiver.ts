@@ -54,7 +54,7 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
       if (r.joined && source && source !== currentCluster) await startBackfillJob(tx, { namespaceId: r.record!.id, sourceCluster: source }, now());
       if (r.left) {
         const why = `stopped: cluster ${currentCluster} was taken out of namespace ${r.record!.name} (its clusters now: ${r.record!.clusters.join(", ")}); added back, it backfills it again`;
-        await stopBackfillJobs(tx, r.record!.id, why, now());
+        await stopBackfillJobs(tx, { namespaceId: r.record!.id }, why, now());
       }
       // Made active here by another cluster's change: queued here too, as it stands, so that a member
       // that hears this cluster and not that one (cut off from it, or it gone since) learns it.

@@ -15,7 +15,7 @@ import { createReplicationCleanup } from "../replication/cleanup";
 import { createGracefulFailover, resetAbandonedHandovers } from "../replication/failover";
 import { createFailoverTargetCheck } from "../replication/failover-target";
 import { createForcedFailoverCheck } from "../replication/forced-failover-check";
-import { startBackfillsFrom } from "../replication/backfill-jobs";
+import { startBackfillsFrom, stopBackfillsFrom } from "../replication/backfill-jobs";
 import { createReplicationManager } from "../replication/manager";
 import { createPlannerStats } from "./persistence/planner-stats";
 import { createNamespaceReceiver } from "../replication/namespace-receiver";
@@ -284,6 +284,7 @@ function wireReplication({ opts, log, now, cluster, database }: Base, core: Core
         await startBackfillsFrom(tx, remote, cluster.clusterName, now());
         await resendNamespacesTo(tx, remote, cluster.clusterName);
       },
+      onRemoved: (tx, remote) => stopBackfillsFrom(tx, remote, now()),
     }),
     cleanup: createReplicationCleanup({ db, log, metrics }),
     // A server of this cluster that died mid-failover (another process on the PostgreSQL database)

@@ -19,11 +19,13 @@ export interface RemoteClustersDeps {
   onChanged: () => Promise<void> | void;
   /** In the transaction that connects a remote not known before (its first upsert, or one after a remove). */
   onConnected?: (tx: Tx, remote: string) => Promise<void>;
+  /** In the transaction that removes a remote. */
+  onRemoved?: (tx: Tx, remote: string) => Promise<void>;
   describeTimeoutMs?: number;
 }
 
 /** Connecting and disconnecting remote clusters (the admin API behind `cluster upsert`). */
-export function createRemoteClusters({ db, current, clients, onChanged, onConnected, describeTimeoutMs = 5000 }: RemoteClustersDeps) {
+export function createRemoteClusters({ db, current, clients, onChanged, onConnected, onRemoved, describeTimeoutMs = 5000 }: RemoteClustersDeps) {
   /** Describes the remote, checks the connection rules, and stores what it answered; not once signal (the call's, persistence/call-signal.ts) fired. */
   async function upsert(frontendAddress: string, enableConnection = true, signal?: AbortSignal): Promise<ClusterRow> {
     if (!frontendAddress.trim()) throw invalidArgument("frontend address is required");
@@ -121,6 +123,7 @@ export function createRemoteClusters({ db, current, clients, onChanged, onConnec
         );
       }
       await tx.delete(replicationAckLevels).where(eq(replicationAckLevels.remoteCluster, name));
+      await onRemoved?.(tx, name);
       await tx.delete(clusterMetadata).where(and(eq(clusterMetadata.clusterName, name), eq(clusterMetadata.isCurrent, false)));
     }, signal);
     await onChanged();

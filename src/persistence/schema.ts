@@ -229,7 +229,7 @@ export const backfillJobs = pgTable(
   {
     namespaceId: text("namespace_id").notNull(),
     sourceCluster: text("source_cluster").notNull(),
-    /** RUNNING, DONE, FAILED, or STOPPED (this cluster was taken out of the namespace). */
+    /** RUNNING, DONE, FAILED, or STOPPED (this cluster was taken out of the namespace, or its source removed here). */
     status: text("status").notNull(),
     /** Position in the source's execution listing (opaque to the database). */
     cursor: jsonb("cursor").$type<Record<string, unknown>>(),

@@ -40,7 +40,7 @@ for (const store of await testStores()) {
         }
         if (ns.name === stopDuring.namespace && !stopDuring.done) {
           stopDuring.done = true;
-          await stopBackfillJobs(tx, ns.id, "stopped: injected", new Date());
+          await stopBackfillJobs(tx, { namespaceId: ns.id }, "stopped: injected", new Date());
         }
         return applier.applyTask(tx, ns, task, fetchRaw);
       },

@@ -37,7 +37,7 @@ export const backfillStatusCommand: LeafCommand = {
     "When this cluster is added to a global namespace, executions that existed before are",
     "copied from the active cluster by a backfill job; this shows each job (per source",
     "cluster) with its status (RUNNING, DONE, FAILED, STOPPED: this cluster was taken out of the",
-    "namespace), runs done/total and times.",
+    "namespace, or its source removed here), runs done/total and times.",
     'With -o json, prints the GetBackfillStatusResponse { "namespace", "namespaceId", "jobs" }.',
   ].join("\n"),
   positionals: "[NAMESPACE]",

@@ -145,7 +145,8 @@ export type BackfillJob = Message<"tern.admin.v1.BackfillJob"> & {
   sourceCluster: string;
 
   /**
-   * RUNNING, DONE, FAILED, or STOPPED (this cluster was taken out of the namespace's clusters).
+   * RUNNING, DONE, FAILED, or STOPPED (this cluster was taken out of the namespace's clusters,
+   * or its source removed here).
    *
    * @generated from field: string status = 2;
    */

@@ -1,0 +1,57 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { RetryableReplicationError, type HistoryApplier } from "../../replication/applier";
+import { BackfillService } from "../../src/gen/tern/admin/v1/backfill_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { eventually } from "../support/eventually";
+import type { TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+import { connectAll, expectActiveOn, startClusters } from "../failover/mesh";
+import { seedExecutions, tern } from "./support";
+
+setDefaultTimeout(120_000);
+
+const NS = "retired";
+
+/**
+ * A backfill whose source is retired (taken out of the namespace, then removed as a remote): it
+ * stood RUNNING for good, its status advising to connect the source again.
+ */
+for (const store of await testStores()) {
+  describe(`a backfill from a cluster removed as a remote, on ${store}`, () => {
+    let a: TestCluster, b: TestCluster;
+    /** B's applies of wf-0003 fail as a busy database's would: its backfill stays RUNNING at that page. */
+    const applying = (applier: HistoryApplier): HistoryApplier => ({
+      ...applier,
+      async applyTask(tx, ns, task, fetchRaw) {
+        if (task.workflowId === "wf-0003") throw new RetryableReplicationError("injected: wf-0003 waits");
+        return applier.applyTask(tx, ns, task, fetchRaw);
+      },
+    });
+    const jobOn = async (x: TestCluster) => (await x.client(BackfillService).getBackfillStatus({ namespace: NS })).jobs[0];
+    beforeAll(async () => {
+      [a, b] = await startClusters(store, [{}, { serverOptions: { replication: { wrapApplier: applying } } }]);
+      await connectAll([a, b]);
+    });
+    afterAll(async () => {
+      await Promise.all([a, b].map((x) => x?.destroy()));
+    });
+
+    test("TestBackfillFromARemovedClusterEndsStoppedSayingWhatToDo", async () => {
+      await a.client(WorkflowService).registerNamespace({ namespace: NS, isGlobalNamespace: true, clusters: ["clusterA"] });
+      await seedExecutions(a, NS, 10);
+      await a.client(WorkflowService).updateNamespace({ namespace: NS, clusters: ["clusterA", "clusterB"] });
+      await eventually(async () => expect((await jobOn(b))?.lastError).toContain("injected: wf-0003 waits"));
+      // A is retired: B made active (its loss taken), A taken out of the namespace, then removed on B.
+      expect((await tern(b, "operator", "namespace", "update", "-n", NS, "--active-cluster", "clusterB", "--allow-unfinished-backfill")).code).toBe(0);
+      await expectActiveOn(b, NS, "clusterB", 2n);
+      expect((await tern(b, "operator", "namespace", "update", "-n", NS, "--cluster", "clusterB")).code).toBe(0);
+      expect((await tern(b, "operator", "cluster", "remove", "--name", "clusterA")).code).toBe(0);
+      const job = await jobOn(b);
+      expect([job?.status, job?.lastError]).toEqual([
+        "STOPPED",
+        "stopped: its source cluster clusterA was removed here (cluster remove); to bring what this cluster lacks, start a backfill from another of the namespace's clusters (backfill --from)",
+      ]);
+      expect((await tern(b, "operator", "namespace", "backfill-status", NS)).out).not.toContain("add it with cluster upsert");
+    });
+  });
+}
