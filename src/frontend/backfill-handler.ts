@@ -52,6 +52,8 @@ export function createBackfillHandler({ db, namespaces, clusters, now, wake }: B
     },
     async getBackfillStatus(r) {
       const ns = await namespaces.describe({ name: r.namespace });
+      // Answered with no jobs, the CLI said every execution of it had come by replication.
+      if (!ns.isGlobal) throw failedPrecondition(`namespace ${ns.name} is local: it is not replicated, so nothing is backfilled into it (make it global with namespace update --promote-global)`);
       const [jobs, remotes] = await Promise.all([backfillJobsOf(db, ns.id), clusters.list()]);
       return {
         namespace: ns.name,

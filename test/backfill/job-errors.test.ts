@@ -158,6 +158,13 @@ for (const store of await testStores()) {
       expect([job?.status, job?.lastError]).toEqual(["STOPPED", "stopped: injected"]);
     });
 
+    test("TestBackfillStatusOfALocalNamespaceSaysItIsLocal", async () => {
+      await wf(a).registerNamespace({ namespace: "mine" });
+      const status = await tern(a, "operator", "namespace", "backfill-status", "mine");
+      // It said "no backfill (every execution arrived through replication)" of a namespace never replicated.
+      expect([status.code, status.out, status.err]).toEqual([1, "", expect.stringContaining("namespace mine is local: it is not replicated, so nothing is backfilled into it")]);
+    });
+
     test("TestOneRunThatCannotBeBroughtFailsTheJobAfterTheOthers", async () => {
       // A run refused once (as a race with a conflict being settled refuses one) is tried again.
       refusedOnce.add("bad-0001");

@@ -6,7 +6,7 @@ import { namespaceArg, namespaceFlag } from "./common-flags";
 
 /** One row per source cluster: status, progress, times. */
 export function backfillTable(res: GetBackfillStatusResponse): string {
-  if (res.jobs.length === 0) return `Namespace ${res.namespace}: no backfill (every execution arrived through replication)\n`;
+  if (res.jobs.length === 0) return `Namespace ${res.namespace}: no backfill into this cluster (its executions were written here or came by replication)\n`;
   const rows = res.jobs.map((j) => [
     j.sourceCluster,
     j.status,
