@@ -1,5 +1,4 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { RetryableReplicationError, type HistoryApplier } from "../../replication/applier";
 import { startBackfillJob } from "../../replication/backfill-jobs";
 import { BackfillService } from "../../src/gen/tern/admin/v1/backfill_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
@@ -7,7 +6,7 @@ import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { connectAll, expectActiveOn, startClusters } from "../failover/mesh";
-import { backfillDone, expectSameRuns, runsOf, seedExecutions, T, tern } from "./support";
+import { backfillDone, expectSameRuns, holdingApplies, runsOf, seedExecutions, T, tern } from "./support";
 
 setDefaultTimeout(120_000);
 
@@ -27,13 +26,19 @@ for (const store of await testStores()) {
     const wf = (x: TestCluster) => x.client(WorkflowService);
     /** Namespaces whose wf-0010 B's applies fail as a busy database's would: its backfill stays RUNNING at that page. */
     const stuck = new Set([NS, FORCED]);
-    const applying = (applier: HistoryApplier): HistoryApplier => ({
-      ...applier,
-      async applyTask(tx, ns, task, fetchRaw) {
-        if (stuck.has(ns.name) && task.workflowId === "wf-0010") throw new RetryableReplicationError("injected: wf-0010 waits");
-        return applier.applyTask(tx, ns, task, fetchRaw);
-      },
-    });
+    const applying = holdingApplies((namespace, workflowId) => stuck.has(namespace) && workflowId === "wf-0010");
+    /** namespace, its 31 runs written on A while it was local (only a backfill brings them), joined by B, whose backfill of it is held at wf-0010. */
+    async function joinedStuck(namespace: string): Promise<void> {
+      await wf(a).registerNamespace({ namespace });
+      await seedExecutions(a, namespace, 30);
+      expect((await tern(a, "operator", "namespace", "update", "-n", namespace, "--promote-global")).code).toBe(0);
+      expect((await tern(a, "operator", "namespace", "update", "-n", namespace, "--cluster", "clusterA", "--cluster", "clusterB")).code).toBe(0);
+      await expectActiveOn(b, namespace, "clusterA", 1n);
+      await eventually(async () => {
+        const job = (await b.client(BackfillService).getBackfillStatus({ namespace })).jobs[0];
+        expect([job?.status, job?.total, job?.lastError]).toEqual(["RUNNING", 31n, expect.stringContaining("injected")]);
+      }, { timeout: 30_000 });
+    }
     beforeAll(async () => {
       [a, b] = await startClusters(store, [{}, { serverOptions: { replication: { wrapApplier: applying } } }]);
       await connectAll([a, b]);
@@ -43,16 +48,7 @@ for (const store of await testStores()) {
     });
 
     test("TestGracefulFailoverToAClusterStillBackfillingIsRefused", async () => {
-      // Runs written while the namespace was local: only a backfill brings them to B.
-      await wf(a).registerNamespace({ namespace: NS });
-      await seedExecutions(a, NS, 30);
-      expect((await tern(a, "operator", "namespace", "update", "-n", NS, "--promote-global")).code).toBe(0);
-      expect((await tern(a, "operator", "namespace", "update", "-n", NS, "--cluster", "clusterA", "--cluster", "clusterB")).code).toBe(0);
-      await expectActiveOn(b, NS, "clusterA", 1n);
-      await eventually(async () => {
-        const job = (await b.client(BackfillService).getBackfillStatus({ namespace: NS })).jobs[0];
-        expect([job?.status, job?.lastError]).toEqual(["RUNNING", expect.stringContaining("injected")]);
-      }, { timeout: 30_000 });
+      await joinedStuck(NS);
       const open = (await runsOf(a, NS)).find((r) => r.workflow_id === "wf-0010")!;
       expect(open.status).toBe("RUNNING");
 
@@ -77,15 +73,7 @@ for (const store of await testStores()) {
     });
 
     test("TestForcedFailoverToAClusterStillBackfillingIsRefusedUnlessAllowed", async () => {
-      await wf(a).registerNamespace({ namespace: FORCED });
-      await seedExecutions(a, FORCED, 30);
-      expect((await tern(a, "operator", "namespace", "update", "-n", FORCED, "--promote-global")).code).toBe(0);
-      expect((await tern(a, "operator", "namespace", "update", "-n", FORCED, "--cluster", "clusterA", "--cluster", "clusterB")).code).toBe(0);
-      await expectActiveOn(b, FORCED, "clusterA", 1n);
-      await eventually(async () => {
-        const job = (await b.client(BackfillService).getBackfillStatus({ namespace: FORCED })).jobs[0];
-        expect([job?.status, job?.total]).toEqual(["RUNNING", 31n]);
-      }, { timeout: 30_000 });
+      await joinedStuck(FORCED);
 
       // Forced on B itself (A as if down), and on A (which asks B): each refuses, saying how far B is and how to force it anyway.
       for (const asked of [b, a]) {

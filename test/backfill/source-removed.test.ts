@@ -1,12 +1,11 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { RetryableReplicationError, type HistoryApplier } from "../../replication/applier";
 import { BackfillService } from "../../src/gen/tern/admin/v1/backfill_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { connectAll, expectActiveOn, startClusters } from "../failover/mesh";
-import { seedExecutions, tern } from "./support";
+import { holdingApplies, seedExecutions, tern } from "./support";
 
 setDefaultTimeout(120_000);
 
@@ -20,13 +19,7 @@ for (const store of await testStores()) {
   describe(`a backfill from a cluster removed as a remote, on ${store}`, () => {
     let a: TestCluster, b: TestCluster;
     /** B's applies of wf-0003 fail as a busy database's would: its backfill stays RUNNING at that page. */
-    const applying = (applier: HistoryApplier): HistoryApplier => ({
-      ...applier,
-      async applyTask(tx, ns, task, fetchRaw) {
-        if (task.workflowId === "wf-0003") throw new RetryableReplicationError("injected: wf-0003 waits");
-        return applier.applyTask(tx, ns, task, fetchRaw);
-      },
-    });
+    const applying = holdingApplies((_namespace, workflowId) => workflowId === "wf-0003");
     const jobOn = async (x: TestCluster) => (await x.client(BackfillService).getBackfillStatus({ namespace: NS })).jobs[0];
     beforeAll(async () => {
       [a, b] = await startClusters(store, [{}, { serverOptions: { replication: { wrapApplier: applying } } }]);

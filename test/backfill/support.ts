@@ -1,6 +1,7 @@
 import { expect } from "bun:test";
 import { createConnectTransport } from "@connectrpc/connect-web";
 import { sql } from "drizzle-orm";
+import { RetryableReplicationError, type HistoryApplier } from "../../replication/applier";
 import { createCli } from "../../src/cli/cli";
 import { BackfillService } from "../../src/gen/tern/admin/v1/backfill_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
@@ -91,4 +92,18 @@ export async function expectSameRuns(x: TestCluster, y: TestCluster, namespace: 
     expect(hy).toEqual(hx);
   }
   return onX.length;
+}
+
+/**
+ * A wrapApplier (serverOptions.replication) whose applies of the runs held(namespace, workflowId)
+ * names fail as a busy database's would: a backfill stays RUNNING at their page, saying so.
+ */
+export function holdingApplies(held: (namespace: string, workflowId: string) => boolean) {
+  return (applier: HistoryApplier): HistoryApplier => ({
+    ...applier,
+    async applyTask(tx, ns, task, fetchRaw) {
+      if (held(ns.name, task.workflowId)) throw new RetryableReplicationError(`injected: ${task.workflowId} waits`);
+      return applier.applyTask(tx, ns, task, fetchRaw);
+    },
+  });
 }
