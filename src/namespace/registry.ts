@@ -286,6 +286,13 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
     if (!members.includes(active)) throw invalidArgument(`active cluster ${shown(active)} must be one of the namespace's clusters`);
     if (wantsActive) {
       if (row.replicationState === "HANDOVER") throw failedPrecondition(`namespace ${row.name} is in a graceful failover (HANDOVER)`);
+      // A cluster joining backfills from the active cluster: made active as it joined, it held none of the runs and brought none.
+      if (!row.clusters.includes(active)) {
+        throw failedPrecondition(
+          `cluster ${active} is not one of namespace ${row.name}'s clusters yet (${row.clusters.join(", ")}): made active as it joins, it would hold none of its runs, ` +
+            `and bring none (a joining cluster backfills from the active one); add it first, wait for its backfill to be DONE (backfill-status there), then fail over`,
+        );
+      }
       Object.assign(next, failoverTo(row, active, known.get(active)!, clusters.current().failoverVersionIncrement, now()));
     }
     return Object.keys(next).length ? next : undefined;

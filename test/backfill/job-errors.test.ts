@@ -158,6 +158,24 @@ for (const store of await testStores()) {
       expect([job?.status, job?.lastError]).toEqual(["STOPPED", "stopped: injected"]);
     });
 
+    test("TestFailoverToAClusterJoiningInTheSameUpdateIsRefused", async () => {
+      await wf(a).registerNamespace({ namespace: "hasty", isGlobalNamespace: true, clusters: ["clusterA"] });
+      await seedExecutions(a, "hasty", 5, "h");
+      // Made active as it joined, B held none of the runs, and its join started no backfill (its source would be itself).
+      for (const allow of [[], ["--allow-unfinished-backfill"]]) {
+        const refused = await tern(a, "operator", "namespace", "update", "-n", "hasty", "--cluster", "clusterA", "--cluster", "clusterB", "--active-cluster", "clusterB", ...allow);
+        expect([refused.code, refused.err]).toEqual([1, expect.stringContaining("cluster clusterB is not one of namespace hasty's clusters yet (clusterA): made active as it joins")]);
+      }
+      const ns = (await wf(a).describeNamespace({ namespace: "hasty" })).namespace!;
+      expect([ns.replicationConfig!.activeClusterName, ns.replicationConfig!.clusters, ns.failoverVersion]).toEqual(["clusterA", ["clusterA"], 1n]);
+      // Added first, then failed over once its backfill is done, it holds every run.
+      await wf(a).updateNamespace({ namespace: "hasty", clusters: ["clusterA", "clusterB"] });
+      await backfillDone(b, "hasty", "clusterA");
+      expect((await tern(a, "operator", "namespace", "update", "-n", "hasty", "--active-cluster", "clusterB")).code).toBe(0);
+      await expectActiveOn(b, "hasty", "clusterB", 2n);
+      expect(await expectSameRuns(a, b, "hasty", 1)).toBe(6);
+    });
+
     test("TestBackfillStatusOfALocalNamespaceSaysItIsLocal", async () => {
       await wf(a).registerNamespace({ namespace: "mine" });
       const status = await tern(a, "operator", "namespace", "backfill-status", "mine");
