@@ -158,26 +158,33 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
     connect_timeout: CONNECT_TIMEOUT_S,
     connection: { application_name: "tern", ...sessionTimeouts(opts) },
   };
-  // A client per attempt: postgres.js's own reconnects back off by its shared retry count.
+  // Clients per attempt: postgres.js's own reconnects back off by its shared retry count.
   // An attempt within a wait that has less than the connect timeout left gives up when it runs
   // out: a black-holed address otherwise ended a 5 s wait 10 s late. Not by a shorter
   // connect_timeout: the client that connects is the pool for good, and keeps the 10 s.
+  // First a session as the role's settings leave it, for its idle_session_timeout (idleSessions).
   const connect = async (withinMs?: number) => {
-    const client = postgres(url, options);
+    const opened: postgres.Sql[] = [];
+    const open = (o: typeof options) => (opened.push(postgres(url, o)), opened.at(-1)!);
+    const stop = () => opened.forEach((c) => void c.end({ timeout: 0 })); // fails the select in flight at once
     let timedOut: Error | undefined;
     const timer = withinMs !== undefined && withinMs < CONNECT_TIMEOUT_S * 1000
       ? setTimeout(() => {
         timedOut = Object.assign(new Error(`no connection within ${Math.round(withinMs)} ms, the wait's time left`), { code: "CONNECT_TIMEOUT" });
-        void client.end({ timeout: 0 }); // fails the select below at once
+        stop();
       }, withinMs)
       : undefined;
-    const stop = () => void client.end({ timeout: 0 });
     opts.signal?.addEventListener("abort", stop);
     try {
+      const probe = open({ ...options, max: 1 });
+      const [row] = await probe`select (select setting::int from pg_settings where name = 'idle_session_timeout') as idle_ms`;
+      await probe.end({ timeout: 1 });
+      const idle = idleSessions(row?.idle_ms as number | null);
+      const client = open({ ...options, ...idle.pool, connection: { ...options.connection, ...idle.session } });
       await client`select 1`;
-      return client;
+      return { client, idle };
     } catch (e) {
-      await client.end({ timeout: 1 });
+      await Promise.all(opened.map((c) => c.end({ timeout: 1 })));
       throw timedOut ?? e;
     } finally {
       clearTimeout(timer);
@@ -186,7 +193,7 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
   };
   const target = redactUrl(configured);
   const wait = { waitMs: opts.connectWaitMs ?? 0, setting: "persistence.datastore.postgres.connectWaitMs", log: opts.log, target, signal: opts.signal };
-  const client = await connectWithin(connect, wait).catch((e: Error) => {
+  const { client, idle } = await connectWithin(connect, wait).catch((e: Error) => {
     if (opts.signal?.aborted) throw e;
     throw new Error(`cannot connect to PostgreSQL at ${target}: ${e.message}${tlsRefusedHint(e)}`);
   });
@@ -213,10 +220,12 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
   // side takes them again from its inbound acks.
   const applyClient = postgres(url, {
     ...options,
+    ...idle.pool,
     max: 2,
     connection: {
       application_name: "tern-apply",
       ...sessionTimeouts(opts),
+      ...idle.session,
       plan_cache_mode: "force_generic_plan",
       ...(!synchronousBecause && { synchronous_commit: "off" }),
     },
@@ -235,7 +244,7 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
     async withExclusiveLock(fn) {
       // A session advisory lock on a connection of its own excludes other processes; fn (the
       // migrations) runs on that session, waiting for the lock as long as the one before takes.
-      const locker = postgres(url, { ...at, max: 1, onnotice: () => {}, connection: { application_name: "tern-migrate" } });
+      const locker = postgres(url, { ...at, max: 1, onnotice: () => {}, connection: { application_name: "tern-migrate", ...idle.session } });
       try {
         // Set to none for this wait alone: the role's or database's lock_timeout or
         // statement_timeout, which the session takes, ended it with `canceling statement due
@@ -254,7 +263,7 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
     async withSessionLock(key, fn, taken) {
       // Keepalives: if this host dies, PostgreSQL ends the session (and frees the lock) within
       // about 20 s, not the system's default 2 hours, for the other servers to take over.
-      const connection = { application_name: "tern-lock", tcp_keepalives_idle: 10, tcp_keepalives_interval: 5, tcp_keepalives_count: 2 };
+      const connection = { application_name: "tern-lock", tcp_keepalives_idle: 10, tcp_keepalives_interval: 5, tcp_keepalives_count: 2, ...idle.session };
       const holder = postgres(url, { ...at, max: 1, onnotice: () => {}, connection });
       try {
         const [row] = await holder`select pg_try_advisory_lock(hashtextextended(${key}, 0)) as held`;
@@ -268,6 +277,20 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
       await Promise.all([client.end({ timeout: 5 }), applyClient.end({ timeout: 5 })]);
     },
   };
+}
+
+/**
+ * How tern's sessions meet the role's idle_session_timeout (idleMs; null where PostgreSQL, before
+ * 14, has none): each sets it to 0 for itself, and the pools close a connection idle that long
+ * themselves (postgres.js's idle_timeout). PostgreSQL closed them, and a statement sent as it
+ * did met a reset connection (a request failed, UNAVAILABLE, now and then); the pool closes a
+ * connection only while no statement is on it. The sessions that hold a lock (migrations', a
+ * failover's) lost it with their session, a failover's in its wait for the target.
+ */
+function idleSessions(idleMs: number | null): { pool: { idle_timeout?: number }; session: Record<string, string> } {
+  if (idleMs === null) return { pool: {}, session: {} };
+  // "0", not 0: postgres.js leaves a startup parameter that is falsy out.
+  return { pool: idleMs > 0 ? { idle_timeout: idleMs / 1000 } : {}, session: { idle_session_timeout: "0" } };
 }
 
 /** Seconds postgres.js waits before reconnecting after `retries` connections closed with an error (none once one connects). */
