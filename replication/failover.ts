@@ -1,6 +1,6 @@
 import { and, eq, sql } from "drizzle-orm";
 import type { ClusterDirectory } from "../src/cluster/directory";
-import { failedPrecondition, invalidArgument, loggableError, unavailable } from "../src/errors";
+import { connectionLost, failedPrecondition, invalidArgument, loggableError, unavailable } from "../src/errors";
 import { lockNamespaceForChange } from "../src/history/namespace-guard";
 import type { EventNotifier } from "../src/history/notifier";
 import { createLongPolls } from "../src/long-polls";
@@ -37,8 +37,8 @@ export interface GracefulFailoverDeps {
   members?: FailoverMembersCheck;
   /** How long after the target's last poll of the namespace queue a failover to it is refused at once (default NAMESPACE_POLLS_LATE_MS). */
   namespacePollsLateMs?: number;
-  /** Holds a lock other server processes on the database see (Database.withSessionLock) while fn runs. */
-  withSessionLock?: <T>(key: string, fn: () => Promise<T>, taken: () => Error) => Promise<T>;
+  /** Holds a lock other server processes on the database see (Database.withSessionLock) while fn runs; lost fires if it is lost. */
+  withSessionLock?: <T>(key: string, fn: (lost: AbortSignal) => Promise<T>, taken: () => Error) => Promise<T>;
 }
 
 /**
@@ -74,7 +74,7 @@ export interface HandoverPoint {
  * namespace leaves HANDOVER before this returns.
  */
 export function createGracefulFailover(deps: GracefulFailoverDeps) {
-  const { db, log, now = () => new Date(), recheckMs = 200, namespacePollsLateMs = NAMESPACE_POLLS_LATE_MS, withSessionLock = (_key, fn) => fn() } = deps;
+  const { db, log, now = () => new Date(), recheckMs = 200, namespacePollsLateMs = NAMESPACE_POLLS_LATE_MS, withSessionLock = (_key, fn) => fn(new AbortController().signal) } = deps;
   const inHandover = (name: string) => failedPrecondition(`namespace ${name} changed or is already in a graceful failover; retry`);
   const current = deps.clusters.current();
   // A stopping server abandons the failovers still waiting, while its database is open to leave HANDOVER.
@@ -174,12 +174,13 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
     }
   }
 
-  async function waitCaughtUp(ns: NamespaceRecord, target: string, point: HandoverPoint, timeoutMs: number, stopping: AbortSignal, call?: AbortSignal): Promise<void> {
-    const signal = call ? AbortSignal.any([stopping, call]) : stopping;
+  async function waitCaughtUp(ns: NamespaceRecord, target: string, point: HandoverPoint, timeoutMs: number, stopping: AbortSignal, lockLost: AbortSignal, call?: AbortSignal): Promise<void> {
+    const signal = AbortSignal.any([stopping, lockLost, ...(call ? [call] : [])]);
     const behind = await untilAcked(target, Date.now() + timeoutMs, signal, () => lag(target, point));
     if (!behind) return;
     // The caller's deadline passed (or it left): it has its answer; the failover ends without a switch.
     call?.throwIfAborted();
+    lockLost.throwIfAborted();
     if (signal.aborted) {
       throw unavailable(
         `cluster ${current.clusterName} is shutting down: graceful failover of namespace ${ns.name} to ${target} abandoned (${behind}); ` +
@@ -252,13 +253,15 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
     // What the clusters say first: a target that does not know this one has never polled it either.
     const problem = (await deps.targetProblem?.(target, ns.clusters, timeoutMs, name)) ?? (await namespacePollsProblem(target));
     if (problem) throw failedPrecondition(`${problem}; fix that first, or fail over forced; ${name} stays active in ${current.clusterName}`);
-    return withSessionLock(handoverOwnerKey(ns.id), async () => {
+    return withSessionLock(handoverOwnerKey(ns.id), async (lockLost) => {
       await enterHandover(ns, call);
       let switched: NamespaceRecord | undefined;
       try {
         const point = await handoverPoint(target, ns);
         log.info("graceful failover: handover point recorded", { namespace: name, target, shards: Object.fromEntries(point.shards), namespaceTaskId: point.namespaceTaskId });
-        await waitCaughtUp(ns, target, point, timeoutMs, stopping, call);
+        await waitCaughtUp(ns, target, point, timeoutMs, stopping, lockLost, call);
+        // Without its lock, a server of the cluster may put the namespace back to NORMAL at any time.
+        lockLost.throwIfAborted();
         const { namespace, taskId } = await switchActive(ns, target, targetInfo.initialFailoverVersion, call);
         switched = namespace;
         log.info("graceful failover done", { namespace: name, target, failoverVersion: switched.failoverVersion });
@@ -266,12 +269,32 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
         // that asked (forwarded here) waits for its own view itself.
         if (!targetWaits) await targetHeard(ns, target, taskId, stopping, call).catch((e) => log.warn("graceful failover: cannot tell whether the target heard of the switch", { namespace: name, target, error: loggableError(e) }));
         return { namespace: switched, handover: point };
-      } finally {
-        if (!switched) {
-          await leaveHandover(ns, "timed out or failed", stopping).catch((e) => log.error("cannot leave HANDOVER; it is reset once the database is back (PostgreSQL) or at the next start", { namespace: name, error: loggableError(e) }));
-        }
+      } catch (e) {
+        if (switched) throw e;
+        const left = await leaveHandover(ns, "timed out or failed", stopping).then(() => true, (e) => {
+          log.error("cannot leave HANDOVER; it is reset once the database is back (PostgreSQL) or at the next start", { namespace: name, error: loggableError(e) });
+          return false;
+        });
+        // A restart of PostgreSQL: the lock's session ended (whence "changed during the graceful
+        // failover" once a server of the cluster reset the HANDOVER), or a statement's connection.
+        if (lockLost.aborted || connectionLost(e)) throw await databaseLost(ns, target, left, lockLost.aborted ? lockLost.reason : e);
+        throw e;
       }
     }, () => inHandover(name));
+  }
+
+  /** The answer of a failover whose database connection was lost: what became of the namespace, as the database says it now. */
+  async function databaseLost(ns: NamespaceRecord, target: string, left: boolean, e: unknown): Promise<Error> {
+    const [row] = await db.select().from(namespaces).where(eq(namespaces.id, ns.id)).catch(() => []);
+    const back = `a server of cluster ${current.clusterName} puts a HANDOVER left behind back to NORMAL within about 2 s of the database's return`;
+    const state = !row
+      ? `what became of ${ns.name} cannot be read yet (namespace describe shows it): ${back}; then retry the failover`
+      : row.activeClusterName !== current.clusterName
+        ? `${ns.name} is active in ${row.activeClusterName} at version ${row.failoverVersion} now`
+        : row.replicationState === "HANDOVER" || !left
+          ? `nothing was switched: ${ns.name} stays active in ${current.clusterName}, still in HANDOVER: ${back}; then retry the failover`
+          : `nothing was switched: ${ns.name} stays active in ${current.clusterName} (replication state NORMAL); retry the failover`;
+    return unavailable(`the database connection was lost during the graceful failover of namespace ${ns.name} to ${target} (${loggableError(e)}); ${state}`);
   }
 
   return {

@@ -13,6 +13,8 @@ export interface PrivatePostgres {
   crash(): Promise<void>;
   /** Starts the instance again after `crash`, on the same port and data: it recovers from its WAL. */
   start(): Promise<void>;
+  /** Restarts the instance as an operator would (`pg_ctl restart -m fast`): its sessions are ended, and it is back when this resolves. */
+  restart(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -42,7 +44,7 @@ export async function startPrivatePostgres(settings: Record<string, string | num
   };
   const more = Object.entries(settings).map(([k, v]) => ` -c ${k}=${v}`).join("");
   const opts = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c wal_level=logical -c max_wal_senders=10 -c max_replication_slots=10 -c shared_buffers=128MB -c track_commit_timestamp=on${more}`;
-  const start = () => sh(`${POSTGRES_BIN}/pg_ctl -D ${dir}/data -l ${dir}/log -o '${opts}' -w start >/dev/null`);
+  const start = (how = "start") => sh(`${POSTGRES_BIN}/pg_ctl -D ${dir}/data -l ${dir}/log -o '${opts}' -m fast -w ${how} >/dev/null`);
   try {
     await sh(`${POSTGRES_BIN}/initdb -D ${dir}/data --auth=trust -U postgres >/dev/null`);
     started = true;
@@ -55,6 +57,7 @@ export async function startPrivatePostgres(settings: Record<string, string | num
     url: (db) => `postgres://postgres@127.0.0.1:${port}/${db}`,
     crash: async () => void (await halt()),
     start: async () => void (await start()),
+    restart: async () => void (await start("restart")),
     stop,
   };
 }

@@ -40,10 +40,11 @@ export interface Database {
   /**
    * Runs fn holding the advisory lock hashtextextended(key, 0) on a connection of its own
    * (PostgreSQL): other server processes on the database see it taken until fn ends or this
-   * process dies. Rejects with taken() when another session holds it. PGlite is one
-   * process's database: fn alone.
+   * process dies. Rejects with taken() when another session holds it. lost fires if that
+   * connection closes while fn runs (a restart of PostgreSQL, an operator's terminate): the
+   * lock is gone. PGlite is one process's database: fn alone, lost never fires.
    */
-  withSessionLock<T>(key: string, fn: () => Promise<T>, taken: () => Error): Promise<T>;
+  withSessionLock<T>(key: string, fn: (lost: AbortSignal) => Promise<T>, taken: () => Error): Promise<T>;
   close(): Promise<void>;
 }
 
@@ -99,7 +100,7 @@ async function openPglite(dataDir: string, opts: OpenOptions): Promise<Database>
       db,
       kind: "pglite",
       withExclusiveLock: (fn) => fn(db),
-      withSessionLock: (_key, fn) => fn(),
+      withSessionLock: (_key, fn) => fn(new AbortController().signal),
       async close() {
         await client.close();
         lock?.release();
@@ -264,11 +265,13 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
       // Keepalives: if this host dies, PostgreSQL ends the session (and frees the lock) within
       // about 20 s, not the system's default 2 hours, for the other servers to take over.
       const connection = { application_name: "tern-lock", tcp_keepalives_idle: 10, tcp_keepalives_interval: 5, tcp_keepalives_count: 2, ...idle.session };
-      const holder = postgres(url, { ...at, max: 1, onnotice: () => {}, connection });
+      const lost = new AbortController();
+      const onclose = () => lost.abort(new Error(`the session holding the lock ${key} ended: PostgreSQL restarted, or ended the session`));
+      const holder = postgres(url, { ...at, max: 1, onnotice: () => {}, connection, onclose });
       try {
         const [row] = await holder`select pg_try_advisory_lock(hashtextextended(${key}, 0)) as held`;
         if (!row?.held) throw taken();
-        return await fn();
+        return await fn(lost.signal);
       } finally {
         await holder.end({ timeout: 1 });
       }

@@ -1,5 +1,7 @@
 import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { Code } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
+import postgres from "postgres";
+import { startPrivatePostgres } from "../../bench/lib/private-postgres";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { ReplicationState } from "../../src/gen/tern/workflow/v1/namespace_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
@@ -55,5 +57,39 @@ describe.if((await testStores()).includes("postgres"))("a graceful failover whos
     await expectActiveOn(b, "orders", "clusterB", 2n);
     const start = a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "x", workflowType: "t", taskQueue: "q" });
     await rejects(start, Code.FailedPrecondition, "clusterB");
+  });
+
+  test("TestFailoverWhosePostgresRestarts: answered as a lost database connection, saying what became of the namespace, not as changed during the failover", async () => {
+    // A's PostgreSQL an instance of the test's own, to restart. The failover's lock session ended
+    // with the restart: a server of the cluster then reset the HANDOVER it no longer guarded,
+    // and the failover answered "changed during the graceful failover" once B caught up.
+    const pg = await startPrivatePostgres();
+    cleanups.push(pg.stop);
+    const admin = postgres(pg.url("postgres"), { max: 1, onnotice: () => {} });
+    await admin`create database tern_a`;
+    await admin.end({ timeout: 1 });
+    const a = await startTestCluster({ store: "postgres", name: "clusterA", initialFailoverVersion: 1, dataLocation: pg.url("tern_a") });
+    cleanups.push(() => a.stop());
+    const acks = ackGate();
+    const b = await startTestCluster({ store: "postgres", name: "clusterB", initialFailoverVersion: 2, ...acks.options });
+    cleanups.push(() => (acks.gate.open(), b.destroy()));
+    await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
+    await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
+    await a.client(WorkflowService).registerNamespace({ namespace: "orders", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
+    await eventually(() => describeOn(b, "orders"));
+    // B holds its acks and lags behind a write: the failover waits in HANDOVER.
+    acks.gate.close();
+    await a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "before", workflowType: "t", taskQueue: "q" });
+    const answered = failover(a, 30).then(() => undefined, (e: unknown) => ConnectError.from(e));
+    await eventually(async () => expect(await state(a)).toBe(ReplicationState.HANDOVER));
+    await pg.restart();
+    acks.gate.open(); // B catches up: the failover would switch now, were its lock still held
+    const e = await answered;
+    expect(e?.code).toBe(Code.Unavailable);
+    expect(e?.rawMessage).toMatch(/^the database connection was lost during the graceful failover of namespace orders to clusterB \(.+\); nothing was switched: orders stays active in clusterA/);
+    await eventually(async () => expect(await state(a)).toBe(ReplicationState.NORMAL), { timeout: 10_000 });
+    // Retried, it goes through.
+    await failover(a, 20);
+    await expectActiveOn(b, "orders", "clusterB", 2n);
   });
 });
