@@ -103,11 +103,28 @@ export function loggableStack(e: unknown): string {
  * update params: true` on a read-only database), and postgres.js's omits the code. An error of
  * tern's that wraps the database's (`migrating the database failed: ...`) says it already.
  */
-export function startFailure(e: unknown): unknown {
+export function startFailure(e: unknown, maxConnections: number): unknown {
   const { code, message } = pgErrorOf(e);
+  if (code === TOO_MANY_CONNECTIONS) return new Error(noConnectionSlot(message, maxConnections), { cause: e });
   const own = (e as ErrorFields | undefined)?.code === code;
   if (!code || !message || !(own || String((e as Error)?.message).startsWith("Failed query"))) return e;
   return new Error(`the database refused a statement (${code}: ${message})`, { cause: e });
+}
+
+/** PostgreSQL's "too many connections": past max_connections, into its reserved slots, or past a role's or database's CONNECTION LIMIT. */
+const TOO_MANY_CONNECTIONS = "53300";
+
+/**
+ * A start PostgreSQL refused a connection for want of a free slot, at the first connection or a
+ * later one of the start's (its migrations' lock), as that and what to do: it said `the database
+ * refused a statement (53300: ...)`, as a statement of tern's, or named only PostgreSQL's reason.
+ */
+function noConnectionSlot(message: string | undefined, maxConnections: number): string {
+  return `the PostgreSQL server has no free connection slot for tern (53300: ${message ?? "too many connections"}): a tern server opens up to ` +
+    `persistence.datastore.postgres.maxConnections (${maxConnections}) connections for its requests and 2 for replication applies, and one more at start ` +
+    `(migrations) and per graceful failover; PostgreSQL allows max_connections less its reserved_connections and superuser_reserved_connections ` +
+    `(for superusers only), and a role's or database's CONNECTION LIMIT. Raise the limit PostgreSQL names, end the sessions that hold its slots, ` +
+    `or lower maxConnections; then start again`;
 }
 
 /** text led by the database's code and message where e wraps them (drizzle's message names only the statement). */

@@ -55,7 +55,7 @@ import { createNamespaceRegistry, type NamespaceRecord, type NamespaceRegistry }
 import { createLogger, type Logger } from "./observability/log";
 import { startLoopDelaySampler } from "./observability/loop-delay";
 import { createMetrics, type Metrics } from "./observability/metrics";
-import { openDatabase, type Database, type OpenOptions } from "./persistence/database";
+import { DEFAULT_MAX_CONNECTIONS, openDatabase, type Database, type OpenOptions } from "./persistence/database";
 import { checkEncoding } from "./persistence/encoding";
 import { migrateSchema } from "./persistence/migrate";
 import { checkPrivileges } from "./persistence/privileges";
@@ -162,7 +162,11 @@ export interface TernServer {
 export async function createTernServer(config: Config, opts: ServerOptions): Promise<TernServer> {
   const log = opts.log ?? createLogger({ level: config.log.level, fields: { cluster: config.clusterMetadata.currentClusterName } });
   const now = opts.now ?? (() => new Date());
-  const database = await openDatabase(config.persistence.datastore, { log, ...opts.database });
+  const store = config.persistence.datastore;
+  const failure = (e: unknown) => startFailure(e, ("postgres" in store && store.postgres.maxConnections) || DEFAULT_MAX_CONNECTIONS);
+  const database = await openDatabase(store, { log, ...opts.database }).catch((e: unknown) => {
+    throw failure(e);
+  });
   try {
     await checkEncoding(database.db);
     const applied = await migrateSchema(database, opts.migrationsFolder);
@@ -173,7 +177,7 @@ export async function createTernServer(config: Config, opts: ServerOptions): Pro
     return wire(config, opts, { log, now, database, cluster });
   } catch (e) {
     await database.close();
-    throw startFailure(e);
+    throw failure(e);
   }
 }
 

@@ -52,7 +52,7 @@ export interface Database {
 const CONNECT_TIMEOUT_S = 10;
 
 /** Connections a server opens to PostgreSQL at most, unless `persistence.datastore.postgres.maxConnections` says otherwise. */
-const DEFAULT_MAX_CONNECTIONS = 8;
+export const DEFAULT_MAX_CONNECTIONS = 8;
 
 export interface OpenOptions {
   /** postgres.js pool size (default DEFAULT_MAX_CONNECTIONS). */
@@ -196,7 +196,7 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
   const wait = { waitMs: opts.connectWaitMs ?? 0, setting: "persistence.datastore.postgres.connectWaitMs", log: opts.log, target, signal: opts.signal };
   const { client, idle } = await connectWithin(connect, wait).catch((e: Error) => {
     if (opts.signal?.aborted) throw e;
-    throw new Error(`cannot connect to PostgreSQL at ${target}: ${e.message}${tlsRefusedHint(e)}`);
+    throw new Error(`cannot connect to PostgreSQL at ${target}: ${e.message}${tlsRefusedHint(e)}`, { cause: e });
   });
   // A commit that wrote WAL, on a connection whose commits wait for their flush: the WAL is one
   // stream, so every commit before it is flushed too. (A transaction that only takes an xid,

@@ -5,6 +5,7 @@ import { testEnv } from "../support/env";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { newDataLocation, startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
+import { startPrivatePostgres } from "../../bench/lib/private-postgres";
 
 setDefaultTimeout(60_000);
 
@@ -117,5 +118,34 @@ describe.if((await testStores()).includes("postgres"))("a start the database ref
     } finally {
       await c.stop();
     }
+  });
+
+  test("TestStartWithoutAFreeConnectionSlot: refused saying PostgreSQL has no connection slot free, and what to do", async () => {
+    // An instance of the test's own with 3 slots for roles that are not superusers.
+    const pg = await startPrivatePostgres({ max_connections: 6, superuser_reserved_connections: 3 });
+    removals.push(pg.stop);
+    const admin = postgres(pg.url("postgres"), { max: 1, onnotice: () => {} });
+    await admin.unsafe(`create role tern_pgx_role_slots login`);
+    await admin.unsafe(`create database tern_slots owner tern_pgx_role_slots`);
+    await admin.end({ timeout: 1 });
+    const url = new URL(pg.url("tern_slots"));
+    url.username = "tern_pgx_role_slots";
+    /** Sessions of the role that hold n of its slots. */
+    const holding = async (n: number) => {
+      const held = Array.from({ length: n }, () => postgres(url.toString(), { max: 1, onnotice: () => {} }));
+      await Promise.all(held.map((h) => h`select 1`));
+      return () => Promise.all(held.map((h) => h.end({ timeout: 1 })));
+    };
+    const refused = /^the PostgreSQL server has no free connection slot for tern \(53300: remaining connection slots are reserved for non-replication superuser connections\): a tern server opens up to persistence\.datastore\.postgres\.maxConnections \(8\) connections .* Raise the limit PostgreSQL names, end the sessions that hold its slots, or lower maxConnections; then start again$/;
+    // None free: its first connection is refused (it said only PostgreSQL's reason).
+    let release = await holding(3);
+    expect(await startOutcome(url.toString())).toMatch(refused);
+    await release();
+    // One free: its first connection is made, and its migrations' lock is refused (it said
+    // `the database refused a statement (53300: ...)`).
+    release = await holding(2);
+    expect(await startOutcome(url.toString())).toMatch(refused);
+    await release();
+    expect(await startOutcome(url.toString())).toBe("started");
   });
 });
