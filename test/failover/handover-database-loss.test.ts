@@ -8,7 +8,7 @@ import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { eventually } from "../support/eventually";
 import { startProxiedCluster } from "../support/proxied-cluster";
 import { rejects } from "../support/rejects";
-import { startTestCluster, type TestCluster } from "../support/server";
+import { newDataLocation, startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { ackGate, addr, describeOn, expectActiveOn } from "./mesh";
 
@@ -68,28 +68,51 @@ describe.if((await testStores()).includes("postgres"))("a graceful failover whos
     const admin = postgres(pg.url("postgres"), { max: 1, onnotice: () => {} });
     await admin`create database tern_a`;
     await admin.end({ timeout: 1 });
-    const a = await startTestCluster({ store: "postgres", name: "clusterA", initialFailoverVersion: 1, dataLocation: pg.url("tern_a") });
-    cleanups.push(() => a.stop());
-    const acks = ackGate();
-    const b = await startTestCluster({ store: "postgres", name: "clusterB", initialFailoverVersion: 2, ...acks.options });
-    cleanups.push(() => (acks.gate.open(), b.destroy()));
-    await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
-    await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
-    await a.client(WorkflowService).registerNamespace({ namespace: "orders", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
-    await eventually(() => describeOn(b, "orders"));
-    // B holds its acks and lags behind a write: the failover waits in HANDOVER.
-    acks.gate.close();
-    await a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "before", workflowType: "t", taskQueue: "q" });
-    const answered = failover(a, 30).then(() => undefined, (e: unknown) => ConnectError.from(e));
-    await eventually(async () => expect(await state(a)).toBe(ReplicationState.HANDOVER));
+    const waiting = await failoverWaitingInHandover(pg.url("tern_a"));
     await pg.restart();
-    acks.gate.open(); // B catches up: the failover would switch now, were its lock still held
-    const e = await answered;
-    expect(e?.code).toBe(Code.Unavailable);
-    expect(e?.rawMessage).toMatch(/^the database connection was lost during the graceful failover of namespace orders to clusterB \(.+\); nothing was switched: orders stays active in clusterA/);
-    await eventually(async () => expect(await state(a)).toBe(ReplicationState.NORMAL), { timeout: 10_000 });
-    // Retried, it goes through.
-    await failover(a, 20);
-    await expectActiveOn(b, "orders", "clusterB", 2n);
+    await expectAnsweredAsLost(waiting);
+  });
+
+  test("TestFailoverWhoseLockSessionEnds: answered as a lost database connection, not as changed during the failover", async () => {
+    // The lock's session alone ended (an operator's pg_terminate_backend): the rest of the pool
+    // serves on, and nothing but the lock tells the failover.
+    const a = await newDataLocation("postgres");
+    cleanups.push(a.remove);
+    const waiting = await failoverWaitingInHandover(a.location);
+    const admin = postgres(a.location, { max: 1, onnotice: () => {} });
+    cleanups.push(() => admin.end({ timeout: 1 }));
+    const [ended] = await admin`select count(pg_terminate_backend(pid))::int as n from pg_stat_activity where datname = current_database() and application_name = 'tern-lock'`;
+    expect(ended!.n).toBe(1);
+    await expectAnsweredAsLost(waiting);
   });
 });
+
+/** clusterA on the database at location, clusterB holding its acks, and A's failover of orders to B waiting in HANDOVER. */
+async function failoverWaitingInHandover(location: string) {
+  const a = await startTestCluster({ store: "postgres", name: "clusterA", initialFailoverVersion: 1, dataLocation: location });
+  cleanups.push(() => a.stop());
+  const acks = ackGate();
+  const b = await startTestCluster({ store: "postgres", name: "clusterB", initialFailoverVersion: 2, ...acks.options });
+  cleanups.push(() => (acks.gate.open(), b.destroy()));
+  await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
+  await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
+  await a.client(WorkflowService).registerNamespace({ namespace: "orders", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
+  await eventually(() => describeOn(b, "orders"));
+  // B holds its acks and lags behind a write: the failover waits in HANDOVER.
+  acks.gate.close();
+  await a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "before", workflowType: "t", taskQueue: "q" });
+  const answered = failover(a, 30).then(() => undefined, (e: unknown) => ConnectError.from(e));
+  await eventually(async () => expect(await state(a)).toBe(ReplicationState.HANDOVER));
+  return { a, b, acks, answered };
+}
+
+/** The waiting failover, its lock lost, answers so once B catches up; A goes back to NORMAL, and the failover retried goes through. */
+async function expectAnsweredAsLost({ a, b, acks, answered }: Awaited<ReturnType<typeof failoverWaitingInHandover>>): Promise<void> {
+  acks.gate.open(); // B catches up: the failover would switch now, were its lock still held
+  const e = await answered;
+  expect(e?.code).toBe(Code.Unavailable);
+  expect(e?.rawMessage).toMatch(/^the database connection was lost during the graceful failover of namespace orders to clusterB \(.+\); nothing was switched: orders stays active in clusterA/);
+  await eventually(async () => expect(await state(a)).toBe(ReplicationState.NORMAL), { timeout: 10_000 });
+  await failover(a, 20);
+  await expectActiveOn(b, "orders", "clusterB", 2n);
+}
