@@ -56,9 +56,7 @@ import { createLogger, type Logger } from "./observability/log";
 import { startLoopDelaySampler } from "./observability/loop-delay";
 import { createMetrics, type Metrics } from "./observability/metrics";
 import { DEFAULT_MAX_CONNECTIONS, openDatabase, type Database, type OpenOptions } from "./persistence/database";
-import { checkEncoding } from "./persistence/encoding";
-import { migrateSchema } from "./persistence/migrate";
-import { checkPrivileges } from "./persistence/privileges";
+import { migrateChecked } from "./persistence/checked-migrate";
 import { createPeriodic } from "./periodic";
 
 export const VERSION = "0.1.0";
@@ -168,10 +166,7 @@ export async function createTernServer(config: Config, opts: ServerOptions): Pro
     throw failure(e);
   });
   try {
-    await checkEncoding(database.db);
-    const applied = await migrateSchema(database, opts.migrationsFolder);
-    if (applied.length) log.info("applied migrations", { migrations: applied });
-    await checkPrivileges(database.db);
+    await migrateChecked(database, opts.migrationsFolder, (migrations) => log.info("applied migrations", { migrations }));
     const cluster = await bootstrapCluster(database.db, config);
     await resetAbandonedHandovers(database.db, log);
     return wire(config, opts, { log, now, database, cluster });

@@ -10,6 +10,7 @@ export interface AdminDbBackend {
   resolveConfigPath(argv: readonly string[], env: Env): string;
   loadConfig(path: string, env: Env): Config;
   openDatabase(store: DatastoreConfig): Promise<Database>;
+  /** Applies pending migrations with the checks a server's start makes (the database's encoding, the role's privileges). */
   migrateSchema(database: Database, migrationsFolder: string): Promise<string[]>;
   /** Without a database (none made yet): every migration pending. */
   schemaStatus(database: Database | undefined, migrationsFolder: string): Promise<SchemaStatus>;
@@ -29,11 +30,12 @@ export function defaultMigrationsFolder(): string {
  * drivers (PGlite's WebAssembly is slow to start).
  */
 export async function loadAdminDbBackend(): Promise<AdminDbBackend> {
-  const [env, load, database, migrate, postgresUrl] = await Promise.all([
+  const [env, load, database, migrate, checked, postgresUrl] = await Promise.all([
     import("../config/env"),
     import("../config/load"),
     import("../persistence/database"),
     import("../persistence/migrate"),
+    import("../persistence/checked-migrate"),
     import("../persistence/postgres-url"),
   ]);
   return {
@@ -41,7 +43,7 @@ export async function loadAdminDbBackend(): Promise<AdminDbBackend> {
     resolveConfigPath: load.resolveConfigPath,
     loadConfig: load.loadConfig,
     openDatabase: (store) => database.openDatabase(store, { maxConnections: 2 }),
-    migrateSchema: migrate.migrateSchema,
+    migrateSchema: (db, folder) => checked.migrateChecked(db, folder),
     schemaStatus: migrate.schemaStatus,
     redactUrl: postgresUrl.redactUrl,
     migrationsFolder: defaultMigrationsFolder(),

@@ -82,3 +82,45 @@ test("admin db with both --config and --database-url is refused: which database 
   const r = await tern("admin", "db", "migrate", "--config", "config/development.yaml", "--database-url", "postgres://u@127.0.0.1:1/x");
   expect([r.code, r.err]).toEqual([2, "error: give --config or --database-url, not both (--database-url takes the place of the config's datastore)\n(run 'tern admin db migrate --help' for usage)\n"]);
 });
+
+// The checks a server's start makes, made by the command too: it made tern's tables in a LATIN1
+// database, and said a database ready that its role could not write ("Schema already up to date").
+test.if((await testStores()).includes("postgres"))("admin db migrate on a LATIN1 database is refused naming the encoding, and makes nothing", async () => {
+  const target = await createTestDatabase("tern_test", "LATIN1");
+  try {
+    const r = await tern("admin", "db", "migrate", "--database-url", target.url);
+    expect(r.code).toBe(1);
+    expect(r.err).toMatch(/^error: the database tern_test_\w+ is encoded LATIN1, which cannot hold all the text tern stores .*; tern needs a UTF8 database \(CREATE DATABASE \.\.\. ENCODING 'UTF8' TEMPLATE template0\)\n$/);
+    const inDb = postgres(target.url, { max: 1, onnotice: () => {} });
+    try {
+      expect((await inDb`select nspname from pg_namespace where nspname = 'drizzle'`).length).toBe(0);
+    } finally {
+      await inDb.end({ timeout: 1 });
+    }
+  } finally {
+    await target.drop();
+  }
+});
+
+test.if((await testStores()).includes("postgres"))("admin db migrate by a role lacking privileges on some tables is refused naming them", async () => {
+  const target = await createTestDatabase();
+  const role = `tern_pgx_role_${ulid().toLowerCase()}`;
+  const server = postgres(testEnv.postgresUrl, { max: 1, onnotice: () => {} });
+  const inDb = postgres(target.url, { max: 1, onnotice: () => {} });
+  try {
+    expect((await tern("admin", "db", "migrate", "--database-url", target.url)).code).toBe(0);
+    await server.unsafe(`create role ${role} login`);
+    // Granted tern's tables, but one it may only read.
+    await inDb.unsafe(`grant usage on schema public, drizzle to ${role}; grant select on all tables in schema drizzle to ${role}`);
+    await inDb.unsafe(`grant select, insert, update, delete on all tables in schema public to ${role}; revoke insert, update, delete on history_events from ${role}`);
+    const url = new URL(target.url);
+    url.username = role;
+    const r = await tern("admin", "db", "migrate", "--database-url", url.toString());
+    expect([r.code, r.err]).toEqual([1, `error: the database role ${role} lacks privileges tern needs on its tables: INSERT, UPDATE, DELETE on history_events; grant them (GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ... TO ${role})\n`]);
+  } finally {
+    await inDb.end({ timeout: 1 });
+    await target.drop();
+    await server.unsafe(`drop role if exists ${role}`);
+    await server.end({ timeout: 1 });
+  }
+});

@@ -5,6 +5,7 @@ import { testEnv } from "../support/env";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { newDataLocation, startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
+import { createTestDatabase } from "../support/postgres";
 import { startPrivatePostgres } from "../../bench/lib/private-postgres";
 
 setDefaultTimeout(60_000);
@@ -39,20 +40,15 @@ async function asNewRole(location: string): Promise<{ role: string; url: string 
   return { role, url: url.toString() };
 }
 
-/** A new database with this encoding (and the C locale, which every encoding takes), removed after the tests. */
+/** A new database with this encoding, removed after the tests. */
 async function databaseEncoded(encoding: string): Promise<{ location: string; admin: postgres.Sql }> {
-  const name = `tern_test_${ulid().toLowerCase()}`;
-  const server = postgres(testEnv.postgresUrl, { max: 1, onnotice: () => {} });
-  await server.unsafe(`create database ${name} encoding '${encoding}' lc_collate 'C' lc_ctype 'C' template template0`);
-  const url = new URL(testEnv.postgresUrl);
-  url.pathname = `/${name}`;
-  const admin = postgres(url.toString(), { max: 1, onnotice: () => {} });
+  const database = await createTestDatabase("tern_test", encoding);
+  const admin = postgres(database.url, { max: 1, onnotice: () => {} });
   removals.push(async () => {
     await admin.end({ timeout: 1 });
-    await server.unsafe(`drop database if exists ${name} with (force)`);
-    await server.end({ timeout: 1 });
+    await database.drop();
   });
-  return { location: url.toString(), admin };
+  return { location: database.url, admin };
 }
 
 /** What a start on location says: "started", or its error's message. */

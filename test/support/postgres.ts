@@ -21,12 +21,12 @@ export function postgresReachable(): Promise<boolean> {
   return reachable;
 }
 
-/** A fresh, empty database for one test cluster; drop() removes it. */
-export async function createTestDatabase(prefix = "tern_test"): Promise<{ url: string; drop(): Promise<void> }> {
+/** A fresh, empty database for one test cluster (encoding: in it, with the C locale, which every encoding takes); drop() removes it. */
+export async function createTestDatabase(prefix = "tern_test", encoding?: string): Promise<{ url: string; drop(): Promise<void> }> {
   const name = `${prefix}_${ulid().toLowerCase()}`;
   const admin = postgres(testEnv.postgresUrl, { max: 1, onnotice: () => {} });
   try {
-    await admin.unsafe(`create database ${name}`);
+    await admin.unsafe(`create database ${name}${encoding ? ` encoding '${encoding}' lc_collate 'C' lc_ctype 'C' template template0` : ""}`);
   } finally {
     await admin.end({ timeout: 1 });
   }
