@@ -45,7 +45,14 @@ async function gatedPair(gated: boolean, protocol: "stream" | "pull") {
   cleanups.push(() => pg.stop());
   let real: (() => Promise<unknown>) | undefined;
   const gate = createGate();
-  const durable = gated ? async () => (await gate.held, await real!()) : async () => {};
+  // How many of B's flushes wait at the gate now.
+  let waiting = 0;
+  const held = async () => {
+    waiting++;
+    await gate.held;
+    waiting--;
+  };
+  const durable = gated ? async () => (await held(), await real!()) : async () => {};
   const aOptions = { shards: SHARDS, serverOptions: { replication: { serveStream: () => protocol === "stream" } } };
   const [a, b] = await startClusters("postgres", [aOptions, { shards: SHARDS, dataLocation: pg.url("postgres"), serverOptions: { replication: { durable } } }]);
   cleanups.push(() => a.destroy(), () => b.destroy());
@@ -55,7 +62,7 @@ async function gatedPair(gated: boolean, protocol: "stream" | "pull") {
   await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
   const nsId = await globalNamespace(a, b, NS);
   await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
-  return { pg, gate, a, b, nsId };
+  return { pg, gate, a, b, nsId, waiting: () => waiting };
 }
 
 /**
@@ -187,6 +194,31 @@ describe.if(binaries && (await testStores()).includes("postgres"))("B's PostgreS
     gate.open();
 
     // B takes again what the crash took, and A was never told past what B's database holds.
+    await eventually(() => expectSameHistories(a, b, nsId), { timeout: 30_000 });
+    expect(await toldPastApplied(a, b)).toEqual([]);
+  });
+
+  // The pull's variant of the above: B took A's tasks by pulls, caught up, its next request (which
+  // tells A of the applies) waiting for the held flush, and nothing of the pull's on B's database
+  // until it goes: the restart goes unseen but by the flush's answer, a run of PostgreSQL's other
+  // than the pull's first. (Pulling while the restart came, a pull fails at its next apply instead.)
+  test("TestApplyRestartUnderAWaitingPull: A is never told of the applies the restart took, and B takes them from A again", async () => {
+    const { pg, gate, a, b, nsId, waiting } = await gatedPair(true, "pull");
+    await write(a, "first", 4, 2);
+    await eventually(() => expectSameHistories(a, b, nsId), { timeout: 20_000 });
+
+    gate.close();
+    // One task, taken in one page: applied, not flushed, and the pull's next request waits for
+    // the flush to tell A of it (a pull applies nothing more meanwhile).
+    await write(a, "second", 1, 0);
+    await eventually(async () => {
+      expect((await historiesOf(b, nsId)).some((e) => e.workflowId === "second-0")).toBe(true);
+      expect(waiting()).toBe(1);
+    }, { timeout: 20_000 });
+    await pg.crash();
+    await pg.start();
+    gate.open();
+
     await eventually(() => expectSameHistories(a, b, nsId), { timeout: 30_000 });
     expect(await toldPastApplied(a, b)).toEqual([]);
   });
