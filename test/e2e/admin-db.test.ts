@@ -53,27 +53,42 @@ for (const store of await testStores()) {
   });
 }
 
-test.if((await testStores()).includes("postgres"))("admin db migrate by a role that may not create says the database's reason, and makes nothing", async () => {
-  const target = await createTestDatabase();
+/** Runs fn with a new login role (dropped after it) and url as that role. */
+async function asNewRole<T>(url: string, fn: (role: string, url: string) => Promise<T>): Promise<T> {
   const role = `tern_test_role_${ulid().toLowerCase()}`;
   const server = postgres(testEnv.postgresUrl, { max: 1, onnotice: () => {} });
   try {
     await server.unsafe(`create role ${role} login`);
-    const url = new URL(target.url);
-    url.username = role;
-    const r = await tern("admin", "db", "migrate", "--database-url", url.toString());
-    // Was `error: Failed query: CREATE SCHEMA IF NOT EXISTS "drizzle"`, the reason left out.
-    expect([r.code, r.err]).toEqual([1, `error: migrating the database failed: 42501: permission denied for database ${url.pathname.slice(1)}\n`]);
-    const inDb = postgres(target.url, { max: 1, onnotice: () => {} });
-    try {
-      expect((await inDb`select nspname from pg_namespace where nspname = 'drizzle'`).length).toBe(0);
-    } finally {
-      await inDb.end({ timeout: 1 });
-    }
+    const as = new URL(url);
+    as.username = role;
+    return await fn(role, as.toString());
   } finally {
-    await target.drop();
     await server.unsafe(`drop role if exists ${role}`);
     await server.end({ timeout: 1 });
+  }
+}
+
+/** Whether the database at url holds anything of tern's (drizzle's journal schema comes first). */
+async function madeAnything(url: string): Promise<boolean> {
+  const inDb = postgres(url, { max: 1, onnotice: () => {} });
+  try {
+    return (await inDb`select nspname from pg_namespace where nspname = 'drizzle'`).length > 0;
+  } finally {
+    await inDb.end({ timeout: 1 });
+  }
+}
+
+test.if((await testStores()).includes("postgres"))("admin db migrate by a role that may not create says the database's reason, and makes nothing", async () => {
+  const target = await createTestDatabase();
+  try {
+    await asNewRole(target.url, async (_role, url) => {
+      const r = await tern("admin", "db", "migrate", "--database-url", url);
+      // Was `error: Failed query: CREATE SCHEMA IF NOT EXISTS "drizzle"`, the reason left out.
+      expect([r.code, r.err]).toEqual([1, `error: migrating the database failed: 42501: permission denied for database ${new URL(url).pathname.slice(1)}\n`]);
+    });
+    expect(await madeAnything(target.url)).toBe(false);
+  } finally {
+    await target.drop();
   }
 });
 
@@ -91,12 +106,7 @@ test.if((await testStores()).includes("postgres"))("admin db migrate on a LATIN1
     const r = await tern("admin", "db", "migrate", "--database-url", target.url);
     expect(r.code).toBe(1);
     expect(r.err).toMatch(/^error: the database tern_test_\w+ is encoded LATIN1, which cannot hold all the text tern stores .*; tern needs a UTF8 database \(CREATE DATABASE \.\.\. ENCODING 'UTF8' TEMPLATE template0\)\n$/);
-    const inDb = postgres(target.url, { max: 1, onnotice: () => {} });
-    try {
-      expect((await inDb`select nspname from pg_namespace where nspname = 'drizzle'`).length).toBe(0);
-    } finally {
-      await inDb.end({ timeout: 1 });
-    }
+    expect(await madeAnything(target.url)).toBe(false);
   } finally {
     await target.drop();
   }
@@ -104,23 +114,22 @@ test.if((await testStores()).includes("postgres"))("admin db migrate on a LATIN1
 
 test.if((await testStores()).includes("postgres"))("admin db migrate by a role lacking privileges on some tables is refused naming them", async () => {
   const target = await createTestDatabase();
-  const role = `tern_pgx_role_${ulid().toLowerCase()}`;
-  const server = postgres(testEnv.postgresUrl, { max: 1, onnotice: () => {} });
   const inDb = postgres(target.url, { max: 1, onnotice: () => {} });
   try {
     expect((await tern("admin", "db", "migrate", "--database-url", target.url)).code).toBe(0);
-    await server.unsafe(`create role ${role} login`);
-    // Granted tern's tables, but one it may only read.
-    await inDb.unsafe(`grant usage on schema public, drizzle to ${role}; grant select on all tables in schema drizzle to ${role}`);
-    await inDb.unsafe(`grant select, insert, update, delete on all tables in schema public to ${role}; revoke insert, update, delete on history_events from ${role}`);
-    const url = new URL(target.url);
-    url.username = role;
-    const r = await tern("admin", "db", "migrate", "--database-url", url.toString());
-    expect([r.code, r.err]).toEqual([1, `error: the database role ${role} lacks privileges tern needs on its tables: INSERT, UPDATE, DELETE on history_events; grant them (GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ... TO ${role})\n`]);
+    await asNewRole(target.url, async (role, url) => {
+      try {
+        // Granted tern's tables, but one it may only read.
+        await inDb.unsafe(`grant usage on schema public, drizzle to ${role}; grant select on all tables in schema drizzle to ${role}`);
+        await inDb.unsafe(`grant select, insert, update, delete on all tables in schema public to ${role}; revoke insert, update, delete on history_events from ${role}`);
+        const r = await tern("admin", "db", "migrate", "--database-url", url);
+        expect([r.code, r.err]).toEqual([1, `error: the database role ${role} lacks privileges tern needs on its tables: INSERT, UPDATE, DELETE on history_events; grant them (GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ... TO ${role})\n`]);
+      } finally {
+        await inDb.unsafe(`drop owned by ${role}`); // its grants, for the role to be dropped
+      }
+    });
   } finally {
     await inDb.end({ timeout: 1 });
     await target.drop();
-    await server.unsafe(`drop role if exists ${role}`);
-    await server.end({ timeout: 1 });
   }
 });

@@ -8,7 +8,7 @@ import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { eventually } from "../support/eventually";
 import { startProxiedCluster } from "../support/proxied-cluster";
 import { rejects } from "../support/rejects";
-import { newDataLocation, startTestCluster, type TestCluster } from "../support/server";
+import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { ackGate, addr, describeOn, expectActiveOn } from "./mesh";
 
@@ -29,22 +29,10 @@ describe.if((await testStores()).includes("postgres"))("a graceful failover whos
     const proxied = await startProxiedCluster({ name: "clusterA", initialFailoverVersion: 1 });
     cleanups.push(proxied.close);
     const a = proxied.cluster;
-    const acks = ackGate();
-    const b = await startTestCluster({ store: "postgres", name: "clusterB", initialFailoverVersion: 2, ...acks.options });
-    cleanups.push(() => (acks.gate.open(), b.destroy()));
-    await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
-    await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a) });
-    await a.client(WorkflowService).registerNamespace({ namespace: "orders", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
-    await eventually(() => describeOn(b, "orders"));
-    // B holds its acks and lags behind a write: the failover waits in HANDOVER.
-    acks.gate.close();
-    await a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "before", workflowType: "t", taskQueue: "q" });
-    const failing = failover(a, 30);
-    await eventually(async () => expect(await state(a)).toBe(ReplicationState.HANDOVER));
+    const { b, acks, answered } = await failoverWaitingInHandover(a);
     // An outage of A's PostgreSQL: the wait's next read fails, and so does leaving HANDOVER at first.
     proxied.proxy.refuse(true);
     proxied.proxy.cut();
-    const answered = failing.then(() => undefined, (e: Error) => e);
     await Bun.sleep(1_500); // the outage lasts past the failover's first attempts to leave HANDOVER
     proxied.proxy.refuse(false);
     const e = await answered;
@@ -68,7 +56,9 @@ describe.if((await testStores()).includes("postgres"))("a graceful failover whos
     const admin = postgres(pg.url("postgres"), { max: 1, onnotice: () => {} });
     await admin`create database tern_a`;
     await admin.end({ timeout: 1 });
-    const waiting = await failoverWaitingInHandover(pg.url("tern_a"));
+    const a = await startTestCluster({ store: "postgres", name: "clusterA", initialFailoverVersion: 1, dataLocation: pg.url("tern_a") });
+    cleanups.push(() => a.stop());
+    const waiting = await failoverWaitingInHandover(a);
     await pg.restart();
     await expectAnsweredAsLost(waiting);
   });
@@ -76,10 +66,10 @@ describe.if((await testStores()).includes("postgres"))("a graceful failover whos
   test("TestFailoverWhoseLockSessionEnds: answered as a lost database connection, not as changed during the failover", async () => {
     // The lock's session alone ended (an operator's pg_terminate_backend): the rest of the pool
     // serves on, and nothing but the lock tells the failover.
-    const a = await newDataLocation("postgres");
-    cleanups.push(a.remove);
-    const waiting = await failoverWaitingInHandover(a.location);
-    const admin = postgres(a.location, { max: 1, onnotice: () => {} });
+    const a = await startTestCluster({ store: "postgres", name: "clusterA", initialFailoverVersion: 1 });
+    cleanups.push(() => a.destroy());
+    const waiting = await failoverWaitingInHandover(a);
+    const admin = postgres(a.dataLocation, { max: 1, onnotice: () => {} });
     cleanups.push(() => admin.end({ timeout: 1 }));
     const [ended] = await admin`select count(pg_terminate_backend(pid))::int as n from pg_stat_activity where datname = current_database() and application_name = 'tern-lock'`;
     expect(ended!.n).toBe(1);
@@ -87,10 +77,8 @@ describe.if((await testStores()).includes("postgres"))("a graceful failover whos
   });
 });
 
-/** clusterA on the database at location, clusterB holding its acks, and A's failover of orders to B waiting in HANDOVER. */
-async function failoverWaitingInHandover(location: string) {
-  const a = await startTestCluster({ store: "postgres", name: "clusterA", initialFailoverVersion: 1, dataLocation: location });
-  cleanups.push(() => a.stop());
+/** clusterB holding its acks, connected to clusterA a, and a's failover of orders to B waiting in HANDOVER. */
+async function failoverWaitingInHandover(a: TestCluster) {
   const acks = ackGate();
   const b = await startTestCluster({ store: "postgres", name: "clusterB", initialFailoverVersion: 2, ...acks.options });
   cleanups.push(() => (acks.gate.open(), b.destroy()));
