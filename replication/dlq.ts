@@ -12,6 +12,7 @@ import {
   type ReplicationTask,
 } from "../src/gen/tern/admin/v1/service_pb";
 import { runKeyText } from "../src/history/branch-store";
+import type { RunKey } from "../src/history/execution-store";
 import type { Metrics } from "../src/observability/metrics";
 import { transaction } from "../src/persistence/call-signal";
 import type { Db, Tx } from "../src/persistence/database";
@@ -25,6 +26,12 @@ import { versionHistoryFromProto } from "./version-history";
 const DLQ_TOKEN = z.object({ s: z.string(), h: z.number().int(), t: z.number().int() });
 
 export type DlqRow = typeof replicationDlq.$inferSelect;
+
+/** What heldRuns found: the runs asked about that are held, and whether the shards hold an entry of any run. */
+export interface HeldRuns {
+  runs: Set<string>;
+  any: boolean;
+}
 
 /** Which entries an operation covers: a source cluster and/or one of its shards, or all. */
 export interface DlqFilter {
@@ -60,11 +67,20 @@ export function createReplicationDlq({ db, metrics }: ReplicationDlqDeps) {
       .onConflictDoNothing();
   }
 
-  /** Runs ("namespaceId/workflowId/runId") of the source's shards with an entry: their later tasks go to the DLQ too. */
-  async function heldRuns(tx: Tx, source: string, shardIds: readonly number[]): Promise<Set<string>> {
+  /**
+   * Of runs, those ("namespaceId/workflowId/runId") with an entry from source's shards: their
+   * tasks go to the DLQ too. Their entries are locked (FOR SHARE). A read while a merge deletes
+   * a run's last entry waits for the merge's commit and finds it gone: read before, the task
+   * was held behind it and could commit after the merge's last listing, left behind and its
+   * run held. A merge that deletes one after the read waits for this transaction, and lists
+   * what it held. Nothing is locked when no entry is of runs (the usual page).
+   */
+  async function heldRuns(tx: Tx, source: string, shardIds: readonly number[], runs: readonly RunKey[]): Promise<HeldRuns> {
+    const keys = new Map(runs.map((r) => [runKeyText(r), [r.namespaceId, r.workflowId, r.runId]]));
     // Once per applied page: fixed text.
-    const rows = await runStatement(tx, HELD_RUNS_TEXT, [source, JSON.stringify(shardIds)]);
-    return new Set(rows.map((r) => runKeyText({ namespaceId: r.namespace_id as string, workflowId: r.workflow_id as string, runId: r.run_id as string })));
+    const rows = await runStatement(tx, HELD_RUNS_TEXT, [source, JSON.stringify(shardIds), JSON.stringify([...keys.values()])]);
+    const held = rows.flatMap((r) => (r.run_id === null ? [] : [runKeyText({ namespaceId: r.namespace_id as string, workflowId: r.workflow_id as string, runId: r.run_id as string })]));
+    return { runs: new Set(held), any: rows[0]?.any_held === true };
   }
 
   /** Entries matching filter, in (source, shard, task id) order after the page token. */
@@ -155,5 +171,9 @@ export function noneHeldPart(source: string, shardIds: readonly number[]): State
   return { ctes: [], columns: [["none_held", NONE_HELD]], params: [source, JSON.stringify(shardIds)] };
 }
 const HELD_RUNS_TEXT =
-  `select distinct ${dlqSql.name("namespaceId")} as namespace_id, ${dlqSql.name("workflowId")} as workflow_id, ${dlqSql.name("runId")} as run_id ` +
-  `from ${dlqSql.table} where ${dlqSql.name("sourceCluster")} = $1 and ${IN_SHARDS}`;
+  `select l.namespace_id, l.workflow_id, l.run_id, s.any_held ` +
+  `from (select exists (select 1 from ${dlqSql.table} where ${dlqSql.name("sourceCluster")} = $1 and ${IN_SHARDS}) as any_held) as s ` +
+  `left join (select ${dlqSql.name("namespaceId")} as namespace_id, ${dlqSql.name("workflowId")} as workflow_id, ${dlqSql.name("runId")} as run_id ` +
+  `from ${dlqSql.table} where ${dlqSql.name("sourceCluster")} = $1 and ${IN_SHARDS} ` +
+  `and (${dlqSql.name("namespaceId")}, ${dlqSql.name("workflowId")}, ${dlqSql.name("runId")}) in (select r->>0, r->>1, r->>2 from jsonb_array_elements($3::jsonb) as r) ` +
+  `for share) as l on true`;

@@ -10,7 +10,7 @@ import { composite, runStatement } from "../src/persistence/raw-statements";
 import { advanceInboundAck, advanceInboundAckPart } from "./ack-levels";
 import type { HistoryApplier, IncomingTask, PlannedApply, RawHistoryFetcher } from "./applier";
 import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
-import { HELD_BEHIND, noneHeldPart, type ReplicationDlq } from "./dlq";
+import { HELD_BEHIND, noneHeldPart, type HeldRuns, type ReplicationDlq } from "./dlq";
 import { fetchOutside, lacksRawHistory } from "./gap-fetch";
 import type { RemoteCluster } from "./manager";
 import { createRunCache } from "./run-cache";
@@ -36,6 +36,9 @@ export interface Applied {
 
 /** Where an apply moves one shard's inbound ack. */
 export type AckMove = Parameters<typeof advanceInboundAck>[3] & { shardId: number };
+
+/** heldRuns's answer for no tasks. */
+const NONE_HELD: HeldRuns = { runs: new Set(), any: false };
 
 /** Thrown inside applyPipelined when the page needs applyInFull: rolls the attempt back. */
 class NeedsFullApply extends Error {}
@@ -182,10 +185,10 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
         // The acks first: each moves only from where its page starts (another process may apply
         // the shard), and must fail before COMMIT goes out, not after.
         const acked = Promise.all(moves.map((m) => advanceInboundAck(tx, remote.name, m.shardId, m)));
-        const held = merged.length ? dlq.heldRuns(tx, remote.name, moves.map((m) => m.shardId)) : new Set<string>();
+        const held = merged.length ? dlq.heldRuns(tx, remote.name, moves.map((m) => m.shardId), merged) : NONE_HELD;
         const reads = applier.readForApply(tx, merged.map((task) => ({ ns: namespaces.get(task.namespaceId)!, task })));
         const [heldRuns, found] = await Promise.all([held, reads, acked]);
-        if (merged.some((t) => heldRuns.has(runKeyText(t)))) throw new NeedsFullApply();
+        if (heldRuns.runs.size) throw new NeedsFullApply();
         const planned = merged.map((t, i) => applier.planApply(namespaces.get(t.namespaceId)!, t, found[i]!));
         if (planned.some((p) => !p)) throw new NeedsFullApply();
         const plans = planned as PlannedApply[];
@@ -193,10 +196,10 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
         const written = applier.writeAll(tx, writes);
         commit();
         await written;
-        return { done: appliedOf(merged, plans), writes, held: heldRuns.size };
+        return { done: appliedOf(merged, plans), writes, held: heldRuns.any };
       }, signal);
       runs.committed(writes);
-      if (held === 0) for (const m of moves) oneTripShards.add(shardText(remote, m.shardId));
+      if (!held) for (const m of moves) oneTripShards.add(shardText(remote, m.shardId));
       return done;
     } catch (e) {
       if (e instanceof NeedsFullApply) return undefined;
@@ -220,7 +223,7 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
   ): Promise<Applied> {
     return fetchOutside(rawFetcher(remote.name, remote.clients, log, signal), (fetchRaw) =>
       writer.transact("ReplicateHistory", async (tx) => {
-        const held = tasks.length ? await dlq.heldRuns(tx, remote.name, moves.map((m) => m.shardId)) : new Set<string>();
+        const held = (tasks.length ? await dlq.heldRuns(tx, remote.name, moves.map((m) => m.shardId), tasks) : NONE_HELD).runs;
         const done: Applied = { grown: [], held: 0 };
         let failed = false;
         const apply = async (workflowTasks: ReplicationTask[]) => {

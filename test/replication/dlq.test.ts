@@ -5,12 +5,13 @@ import type { HistoryApplier } from "../../replication/applier";
 import { createLogger } from "../../src/observability/log";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { runStatement } from "../../src/persistence/raw-statements";
 import { replicationAckLevels, replicationDlq } from "../../src/persistence/schema";
 import { connectAll, startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
-import { addr, checkedApplier, expectSameHistories, globalNamespace, historiesOf } from "./support";
+import { addr, checkedApplier, expectSameHistories, globalNamespace, historiesOf, lastTaskIds } from "./support";
 
 setDefaultTimeout(90_000);
 
@@ -24,13 +25,17 @@ async function tern(x: TestCluster, ...args: string[]): Promise<{ code: number; 
   return { code, out, err };
 }
 
-/** Holds the next apply of a workflow (a merge's, before its transaction; not the ones after it) until released: reached() resolves `held` and waits. */
-function mergeGate() {
+/**
+ * Holds the next apply of a workflow (a merge's, not the ones after it) until released:
+ * reached() resolves `held` and waits. Before its transaction, or inside it (the merge's
+ * entry deleted, its apply to come).
+ */
+function mergeGate(inside = false) {
   let release!: () => void;
   let held!: () => void;
   const released = new Promise<void>((r) => (release = r));
   const heldNow = new Promise<void>((r) => (held = r));
-  return { held: heldNow, release, reached: () => (held(), released) };
+  return { inside, held: heldNow, release, reached: () => (held(), released) };
 }
 type MergeGate = ReturnType<typeof mergeGate>;
 
@@ -59,18 +64,28 @@ function faultyApplier(poisoned: Set<string>, outage: Map<string, number>, busy:
     }
   };
   const checked = checkedApplier((task) => check(task.workflowId));
-  return (inner: HistoryApplier): HistoryApplier => ({
-    ...checked(inner),
-    async namespacesOf(tasks) {
-      const gated = tasks.flatMap((t) => ("workflowId" in t && typeof t.workflowId === "string" && gates.has(t.workflowId) ? [t.workflowId] : []));
-      const gate = gated[0] === undefined ? undefined : gates.get(gated[0]);
-      if (gate) {
-        gates.delete(gated[0]!);
-        await gate.reached();
-      }
-      return inner.namespacesOf(tasks);
-    },
-  });
+  /** Waits at the gate of the first of workflowIds that has one at that point (inside a transaction or not). */
+  const passGate = async (workflowIds: unknown[], inside: boolean) => {
+    const gated = workflowIds.find((id) => typeof id === "string" && gates.get(id)?.inside === inside) as string | undefined;
+    const gate = gated === undefined ? undefined : gates.get(gated);
+    if (!gate) return;
+    gates.delete(gated!);
+    await gate.reached();
+  };
+  return (inner: HistoryApplier): HistoryApplier => {
+    const outer = checked(inner);
+    return {
+      ...outer,
+      async namespacesOf(tasks) {
+        await passGate(tasks.map((t) => ("workflowId" in t ? t.workflowId : undefined)), false);
+        return inner.namespacesOf(tasks);
+      },
+      async applyTask(tx, ns, task, fetchRaw) {
+        await passGate([task.workflowId], true);
+        return outer.applyTask(tx, ns, task, fetchRaw);
+      },
+    };
+  };
 }
 
 for (const store of await testStores()) {
@@ -303,6 +318,52 @@ for (const store of await testStores()) {
       await eventually(async () => expect(await eventsOf(b)).toEqual(await eventsOf(a)));
       expect((await eventsOf(b)).map((e) => e.eventId)).toEqual([1, 2, 3, 4]);
       expect(await dlqRows()).toEqual([]);
+    });
+
+    // PGlite runs one transaction at a time: the receiver cannot read the DLQ while a merge's transaction is open.
+    test.skipIf(store !== "postgres")("MergeOfARunsLastEntryLeavesNoneBehind: a task of the run read while the merge's delete is open is applied after it, not held", async () => {
+      const wf = a.client(WorkflowService);
+      const onB = b.server.database.db;
+      poisoned.add("last");
+      await wf.startWorkflowExecution({ namespace: NS, workflowId: "last", workflowType: "Pay", taskQueue: "q" });
+      await eventually(async () => expect(await dlqRows()).toHaveLength(1), { timeout: 20_000 });
+      poisoned.delete("last");
+      const [entry] = await dlqRows();
+
+      // The merge deleted the run's one entry; its transaction stays open, its apply to come.
+      const gate = mergeGate(true);
+      gates.set("last", gate);
+      const merging = b.client(AdminService).mergeReplicationDlq({});
+      await gate.held;
+      // A transaction of the test holds an entry of the signal's task id (A's next in its one shard), uncommitted: a
+      // receiver that holds the task waits for it to insert its own, and commits only once the merge has listed the DLQ.
+      const taskId = (await lastTaskIds(a)).get(1)! + 1;
+      let endBlocking!: () => void;
+      const blockingEnds = new Promise<void>((r) => (endBlocking = r));
+      const blocking = onB
+        .transaction(async (tx) => {
+          await tx.insert(replicationDlq).values({ ...entry!, taskId });
+          await blockingEnds;
+          tx.rollback();
+        })
+        .catch(() => {});
+      await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: run("last"), signalName: "s1" });
+      expect((await lastTaskIds(a)).get(1)).toBe(taskId);
+      // The receiver waits: on the merge's delete (it locks the entries it reads) or, before, on the test's entry.
+      const lockWaits = async () => (await runStatement(onB, "select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'", []))[0]!.n;
+      await eventually(async () => expect(await lockWaits()).toBe(1));
+      gate.release();
+      const merged = await merging;
+      endBlocking();
+      await blocking;
+
+      await eventually(async () => expect(await inboundAck()).toBe(await sourceMaxTask()), { timeout: 20_000 });
+      // Before: the signal's task held behind the entry the merge was deleting, left in the DLQ and the run held.
+      expect(await dlqRows()).toEqual([]);
+      expect([merged.merged, merged.failed]).toEqual([1n, []]);
+      const eventsOf = async (x: TestCluster) => (await historiesOf(x, nsId)).filter((e) => e.workflowId === "last");
+      expect((await eventsOf(b)).map((e) => e.eventId)).toEqual([1, 2]);
+      expect(await eventsOf(b)).toEqual(await eventsOf(a));
     });
   });
 }
