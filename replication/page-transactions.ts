@@ -175,8 +175,8 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
 
   /**
    * The usual page in two round trips (see pipelined-tx.ts): BEGIN goes out with the ack's
-   * move, the shard's held runs and every run's locks and reads; COMMIT right behind the
-   * writes, planned in between. Undefined, rolled back before any write, when the page needs
+   * move, which of the page's runs are held (their DLQ entries locked: dlq.ts heldRuns) and
+   * every run's locks and reads; COMMIT right behind the writes, planned in between. Undefined, rolled back before any write, when the page needs
    * applyInFull: a held run, a divergence, a gap or a rival run. merged: as for applyOneTrip.
    */
   async function applyPipelined(remote: RemoteCluster, merged: IncomingTask[], namespaces: Map<string, NamespaceRecord>, moves: AckMove[], signal: AbortSignal): Promise<Applied | undefined> {
