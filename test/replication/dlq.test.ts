@@ -1,9 +1,9 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { fileURLToPath } from "node:url";
 import { and, eq, sql } from "drizzle-orm";
-import type { HistoryApplier } from "../../replication/applier";
+import type { DlqRow } from "../../replication/dlq";
 import { createLogger } from "../../src/observability/log";
-import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
+import { AdminService, type MergeReplicationDlqResponse } from "../../src/gen/tern/admin/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { runStatement } from "../../src/persistence/raw-statements";
 import { replicationAckLevels, replicationDlq } from "../../src/persistence/schema";
@@ -11,7 +11,8 @@ import { connectAll, startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
-import { addr, checkedApplier, expectSameHistories, globalNamespace, historiesOf, lastTaskIds } from "./support";
+import { faultyApplier, mergeGate, type MergeGate } from "./dlq-faults";
+import { addr, expectSameHistories, globalNamespace, historiesOf, lastTaskIds } from "./support";
 
 setDefaultTimeout(90_000);
 
@@ -23,69 +24,6 @@ async function tern(x: TestCluster, ...args: string[]): Promise<{ code: number; 
   const child = Bun.spawn(["node", "bin/tern", "--address", addr(x), ...args], { cwd: root, stdout: "pipe", stderr: "pipe" });
   const [out, err, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
   return { code, out, err };
-}
-
-/**
- * Holds the next apply of a workflow (a merge's, not the ones after it) until released:
- * reached() resolves `held` and waits. Before its transaction, or inside it (the merge's
- * entry deleted, its apply to come).
- */
-function mergeGate(inside = false) {
-  let release!: () => void;
-  let held!: () => void;
-  const released = new Promise<void>((r) => (release = r));
-  const heldNow = new Promise<void>((r) => (held = r));
-  return { inside, held: heldNow, release, reached: () => (held(), released) };
-}
-type MergeGate = ReturnType<typeof mergeGate>;
-
-/**
- * Fault injection through the server's deps, on either apply path: applies of the poisoned
- * workflow ids throw; those of a workflow id in outage throw a lost database connection (as
- * drizzle wraps postgres.js's) that many times, and those of one in busy PostgreSQL's
- * statement timeout.
- */
-function faultyApplier(poisoned: Set<string>, outage: Map<string, number>, busy: Map<string, number>, gates: Map<string, MergeGate>) {
-  const check = (workflowId: string) => {
-    if (poisoned.has(workflowId)) {
-      if (workflowId !== "worse") throw new Error(`injected fault for ${workflowId}`);
-      // As drizzle wraps PostgreSQL's refusal: the statement and its parameters (a caller's payload) in the message.
-      const cause = Object.assign(new Error(`injected fault for ${workflowId}: new row violates check constraint`), { code: "23514", severity: "ERROR" });
-      throw new Error("Failed query: insert into history_events ...\nparams: secret-card-4111", { cause });
-    }
-    for (const [faults, cause] of [
-      [outage, Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET", syscall: "read" })],
-      [busy, Object.assign(new Error("canceling statement due to statement timeout"), { code: "57014", severity: "ERROR" })],
-    ] as const) {
-      const left = faults.get(workflowId) ?? 0;
-      if (left <= 0) continue;
-      faults.set(workflowId, left - 1);
-      throw new Error("Failed query: insert into history_events ...", { cause });
-    }
-  };
-  const checked = checkedApplier((task) => check(task.workflowId));
-  /** Waits at the gate of the first of workflowIds that has one at that point (inside a transaction or not). */
-  const passGate = async (workflowIds: unknown[], inside: boolean) => {
-    const gated = workflowIds.find((id) => typeof id === "string" && gates.get(id)?.inside === inside) as string | undefined;
-    const gate = gated === undefined ? undefined : gates.get(gated);
-    if (!gate) return;
-    gates.delete(gated!);
-    await gate.reached();
-  };
-  return (inner: HistoryApplier): HistoryApplier => {
-    const outer = checked(inner);
-    return {
-      ...outer,
-      async namespacesOf(tasks) {
-        await passGate(tasks.map((t) => ("workflowId" in t ? t.workflowId : undefined)), false);
-        return inner.namespacesOf(tasks);
-      },
-      async applyTask(tx, ns, task, fetchRaw) {
-        await passGate([task.workflowId], true);
-        return outer.applyTask(tx, ns, task, fetchRaw);
-      },
-    };
-  };
 }
 
 for (const store of await testStores()) {
@@ -320,50 +258,89 @@ for (const store of await testStores()) {
       expect(await dlqRows()).toEqual([]);
     });
 
+    const entriesOf = async (workflowId: string) => (await dlqRows()).filter((r) => r.workflowId === workflowId);
+
+    /** A run with one DLQ entry, its start's, the fault gone: the entry. */
+    async function oneEntryOf(workflowId: string): Promise<DlqRow> {
+      poisoned.add(workflowId);
+      await a.client(WorkflowService).startWorkflowExecution({ namespace: NS, workflowId, workflowType: "Pay", taskQueue: "q" });
+      await eventually(async () => expect(await entriesOf(workflowId)).toHaveLength(1), { timeout: 20_000 });
+      poisoned.delete(workflowId);
+      return (await entriesOf(workflowId))[0]!;
+    }
+
+    const lockWaits = async () =>
+      (await runStatement(b.server.database.db, "select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'", []))[0]!.n;
+
+    /**
+     * Signals entry's run on A while a transaction of the test holds an entry of the signal's task
+     * id (A's next in its one shard) on B, uncommitted: a receiver that holds the task waits for it
+     * to insert its own. The answer rolls that transaction back.
+     */
+    async function signalBehindAnEntryInTheWay(entry: DlqRow): Promise<() => Promise<void>> {
+      const taskId = (await lastTaskIds(a)).get(1)! + 1;
+      let end!: () => void;
+      const ends = new Promise<void>((r) => (end = r));
+      let placed!: () => void;
+      const inTheWay = new Promise<void>((r) => (placed = r));
+      const blocking = b.server.database.db
+        .transaction(async (tx) => {
+          await tx.insert(replicationDlq).values({ ...entry, taskId });
+          placed();
+          await ends;
+          tx.rollback();
+        })
+        .catch(() => {});
+      await inTheWay;
+      await a.client(WorkflowService).signalWorkflowExecution({ namespace: NS, workflowExecution: run(entry.workflowId), signalName: "s1" });
+      expect((await lastTaskIds(a)).get(1)).toBe(taskId);
+      return () => (end(), blocking);
+    }
+
+    /** Once merged: no entry is left, the ack is at A's last task, and B holds the run's two events as A does. */
+    async function leftNoneBehind(workflowId: string, merged: MergeReplicationDlqResponse, n: bigint): Promise<void> {
+      await eventually(async () => expect(await inboundAck()).toBe(await sourceMaxTask()), { timeout: 20_000 });
+      expect(await entriesOf(workflowId)).toEqual([]);
+      expect([merged.merged, merged.failed]).toEqual([n, []]);
+      const eventsOf = async (x: TestCluster) => (await historiesOf(x, nsId)).filter((e) => e.workflowId === workflowId);
+      expect((await eventsOf(b)).map((e) => e.eventId)).toEqual([1, 2]);
+      expect(await eventsOf(b)).toEqual(await eventsOf(a));
+    }
+
     // PGlite runs one transaction at a time: the receiver cannot read the DLQ while a merge's transaction is open.
     test.skipIf(store !== "postgres")("MergeOfARunsLastEntryLeavesNoneBehind: a task of the run read while the merge's delete is open is applied after it, not held", async () => {
-      const wf = a.client(WorkflowService);
-      const onB = b.server.database.db;
-      poisoned.add("last");
-      await wf.startWorkflowExecution({ namespace: NS, workflowId: "last", workflowType: "Pay", taskQueue: "q" });
-      await eventually(async () => expect(await dlqRows()).toHaveLength(1), { timeout: 20_000 });
-      poisoned.delete("last");
-      const [entry] = await dlqRows();
-
+      const entry = await oneEntryOf("last");
       // The merge deleted the run's one entry; its transaction stays open, its apply to come.
       const gate = mergeGate(true);
       gates.set("last", gate);
       const merging = b.client(AdminService).mergeReplicationDlq({});
       await gate.held;
-      // A transaction of the test holds an entry of the signal's task id (A's next in its one shard), uncommitted: a
-      // receiver that holds the task waits for it to insert its own, and commits only once the merge has listed the DLQ.
-      const taskId = (await lastTaskIds(a)).get(1)! + 1;
-      let endBlocking!: () => void;
-      const blockingEnds = new Promise<void>((r) => (endBlocking = r));
-      const blocking = onB
-        .transaction(async (tx) => {
-          await tx.insert(replicationDlq).values({ ...entry!, taskId });
-          await blockingEnds;
-          tx.rollback();
-        })
-        .catch(() => {});
-      await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: run("last"), signalName: "s1" });
-      expect((await lastTaskIds(a)).get(1)).toBe(taskId);
+      const rollBack = await signalBehindAnEntryInTheWay(entry);
       // The receiver waits: on the merge's delete (it locks the entries it reads) or, before, on the test's entry.
-      const lockWaits = async () => (await runStatement(onB, "select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'", []))[0]!.n;
       await eventually(async () => expect(await lockWaits()).toBe(1));
       gate.release();
       const merged = await merging;
-      endBlocking();
-      await blocking;
-
-      await eventually(async () => expect(await inboundAck()).toBe(await sourceMaxTask()), { timeout: 20_000 });
+      await rollBack();
       // Before: the signal's task held behind the entry the merge was deleting, left in the DLQ and the run held.
-      expect(await dlqRows()).toEqual([]);
-      expect([merged.merged, merged.failed]).toEqual([1n, []]);
-      const eventsOf = async (x: TestCluster) => (await historiesOf(x, nsId)).filter((e) => e.workflowId === "last");
-      expect((await eventsOf(b)).map((e) => e.eventId)).toEqual([1, 2]);
-      expect(await eventsOf(b)).toEqual(await eventsOf(a));
+      await leftNoneBehind("last", merged, 1n);
+    });
+
+    test.skipIf(store !== "postgres")("MergeOfAnEntryReadAsHeldWaitsForTheReceiver: it lists the task held behind it, committed after the merge's delete was due", async () => {
+      const entry = await oneEntryOf("read-first");
+      // The receiver read the run's entry and holds the signal's task behind it, not committed yet.
+      const rollBack = await signalBehindAnEntryInTheWay(entry);
+      await eventually(async () => expect(await lockWaits()).toBe(1));
+      const gate = mergeGate();
+      gates.set("read-first", gate);
+      let done = false;
+      const merging = b.client(AdminService).mergeReplicationDlq({}).finally(() => (done = true));
+      await gate.held;
+      gate.release();
+      // The merge's delete waits for the receiver (which locked the entry it read) or, before, merged the entry and ended.
+      await eventually(async () => expect(done || (await lockWaits()) === 2).toBe(true));
+      await rollBack();
+      // Before: merged 1, the held task committed after the merge's last listing and left in the DLQ.
+      await leftNoneBehind("read-first", await merging, 2n);
     });
   });
 }
