@@ -1,65 +1,34 @@
 import { sql } from "drizzle-orm";
 import type { Hono } from "hono";
-import { Code, ConnectError, type ConnectRouter, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
+import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
 import { bootstrapCluster, type CurrentCluster } from "./cluster/bootstrap";
-import { createClusterDirectory } from "./cluster/directory";
-import { createRemoteClientPool } from "./cluster/remote-client";
-import { createRemoteClusters } from "./cluster/remote-clusters";
-import { createHistoryApplier, type HistoryApplier } from "../replication/applier";
-import { createConflictSweep } from "../replication/conflict-sweep";
-import { createReplicationDlq } from "../replication/dlq";
-import { createDlqMerge } from "../replication/dlq-merge";
-import { createReplicationVerifier, type ReplicationVerifierDeps } from "../replication/verification";
-import { createBackfillReceiver } from "../replication/backfill-receiver";
-import { createReplicationCleanup } from "../replication/cleanup";
-import { createGracefulFailover, resetAbandonedHandovers } from "../replication/failover";
-import { createFailoverTargetCheck } from "../replication/failover-target";
-import { createForcedFailoverCheck } from "../replication/forced-failover-check";
-import { startBackfillsFrom, stopBackfillsFrom } from "../replication/backfill-jobs";
-import { createReplicationManager } from "../replication/manager";
+import type { HistoryApplier } from "../replication/applier";
+import type { ReplicationVerifierDeps } from "../replication/verification";
+import { resetAbandonedHandovers } from "../replication/failover";
 import { createPlannerStats } from "./persistence/planner-stats";
-import { createNamespaceReceiver } from "../replication/namespace-receiver";
-import { createNamespaceSender, NAMESPACE_QUEUE_KEY } from "../replication/namespace-sender";
-import { resendNamespacesTo } from "../replication/namespace-queue";
-import { createFailoverMembersCheck } from "../replication/failover-members";
 import type { RetryPolicy } from "../replication/page-applier";
-import { createHistoryReceiver } from "../replication/receiver";
-import { createReplicationSender } from "../replication/sender";
-import { createOutboxMarks } from "../replication/outbox";
-import { createOutboxTail } from "../replication/outbox-tail";
-import { createReplicationStatus } from "../replication/status";
 import type { Config } from "./config/schema";
 import { loggableError, startFailure } from "./errors";
-import { AdminService, type PullReplicationTasksRequest } from "./gen/tern/admin/v1/service_pb";
+import type { PullReplicationTasksRequest } from "./gen/tern/admin/v1/service_pb";
 import type { NamespaceDescription } from "./gen/tern/workflow/v1/namespace_pb";
-import { createAdminHandler } from "./frontend/admin-handler";
-import { createBackfillHandler } from "./frontend/backfill-handler";
 import { createApp } from "./frontend/app";
-import { createHealthHandler } from "./frontend/health-handler";
-import { createForwardingWorkflowService } from "./frontend/forwarding";
 import { createDeadlineInterceptor } from "./frontend/deadline";
 import { createCallFailures } from "./frontend/call-failures";
 import { createFrontendInterceptor } from "./frontend/interceptors";
 import { createRefuseUnserved, watchRefusals, type RefuseUnserved } from "./frontend/refused-calls";
-import { createOperatorHandler } from "./frontend/operator-handler";
 import { createRateLimiter } from "./frontend/rate-limiter";
-import { createRoutes, SERVED_SERVICES } from "./frontend/routes";
 import { createServingProbe } from "./frontend/serving-probe";
-import { createWorkflowHandler } from "./frontend/workflow-handler";
-import { createHistoryEngine } from "./history/engine";
-import { createEventNotifier } from "./history/notifier";
-import { createHistoryQueries } from "./history/queries";
-import { createTimerQueue } from "./history/timer-queue";
-import { createWriter } from "./history/writer";
-import { createNamespaceRegistry, type NamespaceRecord, type NamespaceRegistry } from "./namespace/registry";
+import type { NamespaceRegistry } from "./namespace/registry";
 import { createLogger, type Logger } from "./observability/log";
 import { startLoopDelaySampler } from "./observability/loop-delay";
-import { createMetrics, type Metrics } from "./observability/metrics";
+import type { Metrics } from "./observability/metrics";
 import { DEFAULT_MAX_CONNECTIONS, openDatabase, type Database, type OpenOptions } from "./persistence/database";
 import { migrateChecked } from "./persistence/checked-migrate";
-import { createPeriodic } from "./periodic";
+import { type Base, wireCore } from "./server-core";
+import { wireReplication } from "./server-replication";
+import { wireRoutes } from "./server-routes";
 
-export const VERSION = "0.1.0";
+export { VERSION } from "./version";
 
 export interface ServerOptions {
   /** The drizzle/ folder of migrations. */
@@ -174,205 +143,6 @@ export async function createTernServer(config: Config, opts: ServerOptions): Pro
     await database.close();
     throw failure(e);
   }
-}
-
-interface Base {
-  config: Config;
-  opts: ServerOptions;
-  log: Logger;
-  now: () => Date;
-  database: Database;
-  cluster: CurrentCluster;
-}
-
-/** One cluster's own parts: namespaces, history writes and reads, timers. */
-function wireCore({ config, opts, log, now, database, cluster }: Base) {
-  const { db } = database;
-  const metrics = createMetrics();
-  const clusters = createClusterDirectory(db, cluster);
-  const notifier = createEventNotifier();
-  // Becoming active (a failover here or replicated from a peer): due timers fire here now.
-  // Hooks of what is wired later (the conflict sweep, wireReplication).
-  const activatedHooks = new Set<(ns: NamespaceRecord) => void>();
-  const onActivated = (ns: NamespaceRecord) => {
-    void timers.rescan();
-    for (const hook of activatedHooks) hook(ns);
-  };
-  // Every namespace change saved here, replicated or made here: a forwarded failover's wait for its
-  // switch reads them (operator-handler.ts), as one that overtook it. A Set: a hook may
-  // unsubscribe itself as it is called.
-  const changedHooks = new Set<(ns: NamespaceRecord) => void>();
-  const onChanged = (ns: NamespaceRecord) => {
-    for (const hook of changedHooks) hook(ns);
-  };
-  const whenChanged = (hook: (ns: NamespaceRecord) => void) => (changedHooks.add(hook), () => void changedHooks.delete(hook));
-  const registry = createNamespaceRegistry({
-    db, clusters, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY), onActivated, onChanged,
-  });
-  const namespaces = opts.wrapNamespaces?.(registry) ?? registry;
-  // Task ids committed per shard: the writer records them, the sender's long polls read them.
-  const outboxMarks = createOutboxMarks();
-  // The tasks committed here lately, with their events: a caught-up peer is sent them without a read back.
-  const outboxTail = createOutboxTail({ currentCluster: cluster.clusterName });
-  const writerDeps = {
-    db, pipelined: database.pipelined, cluster, limits: config.limits, metrics, log, now, beforeCommit: opts.beforeCommit, notifier, outboxMarks, outboxTail,
-  };
-  const writer = createWriter(writerDeps);
-  // The replication receiver's page transactions, on the applier's own connections (database.ts).
-  const applyWriter = database.applies
-    ? createWriter({ ...writerDeps, pipelined: database.applies.pipelined, oneStatementDb: database.applies.db })
-    : writer;
-  if (database.applies?.synchronousBecause) {
-    log.warn("replication applies commit synchronously (each waits for its WAL flush)", { reason: database.applies.synchronousBecause });
-  }
-  const timers = createTimerQueue({ db, writer, namespaces, notifier, metrics, log, currentCluster: cluster.clusterName, now });
-  const engine = createHistoryEngine({
-    db, cluster, limits: config.limits, metrics, log, now, namespaces, notifier, writer,
-    onTimerCreated: (at) => timers.scheduled(at),
-  });
-  const queries = createHistoryQueries({ db, namespaces, notifier });
-  return { db, metrics, clusters, notifier, outboxMarks, outboxTail, onActivated, activatedHooks, onChanged, changedHooks, whenChanged, namespaces, writer, applyWriter, timers, engine, queries };
-}
-
-type Core = ReturnType<typeof wireCore>;
-
-/** Replication towards and from remote clusters (replication/). */
-function wireReplication({ opts, log, now, cluster, database }: Base, core: Core) {
-  const { db, metrics, notifier, namespaces, writer, onActivated, activatedHooks } = core;
-  const clients = createRemoteClientPool();
-  const baseApplier = createHistoryApplier({ cluster, namespaces, writer, log });
-  const applier = opts.replication?.wrapApplier?.(baseApplier) ?? baseApplier;
-  const dlq = createReplicationDlq({ db, metrics });
-  const historyReceiver = createHistoryReceiver({ db, cluster, writer: core.applyWriter, notifier, metrics, log, applier, dlq, retry: opts.replication?.retry, reprobeMs: opts.replication?.reprobeMs, pageSize: opts.replication?.pageSize,
-    waitMs: opts.replication?.waitMs, silenceGraceMs: opts.replication?.silenceGraceMs,
-    durable: opts.replication?.durable ?? database.applies?.durable,
-  });
-  const backfill = createBackfillReceiver({ db, applier, namespaces, writer, notifier, log, now, historyPageBytes: opts.replication?.historyPageBytes });
-  const namespaceReceiver = createNamespaceReceiver({
-    db, currentCluster: cluster.clusterName, namespaces, log, metrics, now, onActivated, onChanged: core.onChanged, onBackfillStarted: backfill.wake,
-    onQueued: () => notifier.notify(NAMESPACE_QUEUE_KEY),
-    beforeApply: opts.replication?.beforeNamespaceApply, staleAfterMs: historyReceiver.staleAfterMs, waitTimeoutMs: opts.replication?.waitMs,
-  });
-  // Becoming active: settle the conflicts resolved while this cluster was passive.
-  const sweep = createConflictSweep({ db, cluster, namespaces, writer, applier, log });
-  activatedHooks.add((ns) => sweep.trigger(ns.id));
-  const manager = createReplicationManager({
-    db, clients, log,
-    streamsFor: (remote) => [namespaceReceiver, ...historyReceiver.streamsFor(remote), backfill.stream],
-  });
-  const failover = createGracefulFailover({
-    db, namespaces, clusters: core.clusters, notifier, log, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY),
-    withSessionLock: database.withSessionLock, targetProblem: createFailoverTargetCheck({ clusters: core.clusters, clients }),
-    members: createFailoverMembersCheck({ db, clusters: core.clusters, clients }),
-    connectionState: (name) => manager.connectionState(name), namespacePollsLateMs: opts.replication?.namespacePollsLateMs,
-  });
-  const sender = createReplicationSender({
-    db, cluster, notifier, metrics, outboxMarks: core.outboxMarks, outboxTail: core.outboxTail, recheckMs: opts.replication?.senderRecheckMs,
-  });
-  const onChanged = () => {
-    sender.forgetPeers();
-    // A remote connected now may have been sent namespaces again (resendNamespacesTo).
-    notifier.notify(NAMESPACE_QUEUE_KEY);
-    return manager.refresh();
-  };
-  return {
-    clients, applier, dlq, manager, backfill, sweep, sender, failover,
-    remotes: createRemoteClusters({
-      db, current: cluster, clients, onChanged,
-      onConnected: async (tx, remote) => {
-        await startBackfillsFrom(tx, remote, cluster.clusterName, now());
-        await resendNamespacesTo(tx, remote, cluster.clusterName);
-      },
-      onRemoved: (tx, remote) => stopBackfillsFrom(tx, remote, now()),
-    }),
-    cleanup: createReplicationCleanup({ db, log, metrics }),
-    // A server of this cluster that died mid-failover (another process on the PostgreSQL database)
-    // leaves its HANDOVER to the others: reset once its failover's lock is free (resetAbandonedHandovers).
-    handoverReset: createPeriodic(() => resetAbandonedHandovers(db, log), {
-      name: "abandoned handover reset", log, intervalMs: 2_000, onDone: (reset) => {
-        if (reset.length) namespaces.invalidate();
-      },
-    }),
-    namespaceSender: createNamespaceSender({ db, currentCluster: cluster.clusterName, wake: notifier }),
-    status: createReplicationStatus({
-      db, cluster, connectionState: (name) => manager.connectionState(name), inboundProgress: historyReceiver.progress,
-      inboundHeard: historyReceiver.heard, namespaceHeard: namespaceReceiver.heard,
-      dlqSizes: dlq.sizes,
-    }),
-  };
-}
-
-type Replication = ReturnType<typeof wireReplication>;
-
-/** The RPC services, behind forwarding where the policy asks for it. */
-function wireRoutes({ config, opts, log, now, cluster }: Base, core: Core, repl: Replication, isServing: () => Promise<boolean>) {
-  const { db, clusters, namespaces, notifier, engine, queries } = core;
-  const { clients, dlq, applier, manager } = repl;
-  return createRoutes({
-    workflow: createForwardingWorkflowService({
-      inner: createWorkflowHandler({ namespaces, engine, queries, checkForcedFailover: createForcedFailoverCheck({ db, namespaces, clusters, clients }) }),
-      policy: config.dcRedirectionPolicy.policy, namespaces, clusters, clients, timeoutMs: opts.forwardTimeoutMs,
-    }),
-    operator: createOperatorHandler({
-      db, clusters, namespaces, remotes: repl.remotes, version: VERSION, clients,
-      connectionState: (name) => manager.connectionState(name),
-      failover: repl.failover, forwardTimeoutMs: opts.forwardTimeoutMs, whenChanged: core.whenChanged,
-    }),
-    admin: withPullHooks(
-      createAdminHandler({
-        db, cluster, sender: repl.sender, status: repl.status, dlq,
-        namespaceSender: repl.namespaceSender,
-        dlqMerge: createDlqMerge({ db, dlq, applier, writer: core.writer, clients, notifier, log }),
-        verifier: createReplicationVerifier({ db, cluster, clients, ...opts.replication?.verify }),
-      }),
-      opts.replication,
-    ),
-    backfill: createBackfillHandler({ db, namespaces, clusters, now, wake: repl.backfill.wake }),
-    health: createHealthHandler(isServing, SERVED_SERVICES),
-  });
-}
-
-/**
- * admin with the pull test hooks: PullReplicationTasks answers as a tern before it does
- * (not_found "no route for ...") while servePull says false, and as a tern before cursor columns while
- * serveCursorColumns says false; StreamReplicationTasks answers Unimplemented while
- * serveStream says false, and always with either of the others set, and each of its messages
- * waits for beforeStreamMessage; GetReplicationTasks waits for beforeShardPage, and
- * PullReplicationTasks for beforePull.
- */
-function withPullHooks(
-  admin: ServiceImpl<typeof AdminService>,
-  hooks: Pick<NonNullable<ServerOptions["replication"]>, "servePull" | "serveCursorColumns" | "serveStream" | "beforeStreamMessage" | "beforeShardPage" | "beforePull"> = {},
-): ServiceImpl<typeof AdminService> {
-  const { servePull, serveCursorColumns, serveStream, beforeStreamMessage, beforeShardPage, beforePull } = hooks;
-  return {
-    ...admin,
-    ...((servePull || serveCursorColumns || serveStream || beforeStreamMessage) && {
-      async *streamReplicationTasks(r, ctx) {
-        if (servePull || serveCursorColumns || (serveStream && !serveStream())) throw new ConnectError("StreamReplicationTasks is not served here", Code.Unimplemented);
-        for await (const message of admin.streamReplicationTasks(r, ctx)) {
-          await beforeStreamMessage?.(ctx.signal);
-          yield message;
-        }
-      },
-    }),
-    ...((servePull || serveCursorColumns || beforePull) && {
-      async pullReplicationTasks(r, ctx) {
-        // What a Connect client reads from a tern before the call: its 404 for an unknown path.
-        if (servePull && !servePull()) throw new ConnectError(`no route for POST /${AdminService.typeName}/PullReplicationTasks`, Code.NotFound);
-        await beforePull?.(r, ctx.signal);
-        if (!serveCursorColumns || serveCursorColumns(r.cursorColumns !== undefined)) return admin.pullReplicationTasks(r, ctx);
-        const res = await admin.pullReplicationTasks({ ...r, cursorColumns: undefined }, ctx);
-        return { ...res, readsCursorColumns: false };
-      },
-    }),
-    ...(beforeShardPage && {
-      async getReplicationTasks(r, ctx) {
-        await beforeShardPage(r.shardId, ctx.signal);
-        return admin.getReplicationTasks(r, ctx);
-      },
-    }),
-  };
 }
 
 function wire(

@@ -1,0 +1,89 @@
+import { createRemoteClientPool } from "./cluster/remote-client";
+import { createRemoteClusters } from "./cluster/remote-clusters";
+import { createHistoryApplier } from "../replication/applier";
+import { createConflictSweep } from "../replication/conflict-sweep";
+import { createReplicationDlq } from "../replication/dlq";
+import { createBackfillReceiver } from "../replication/backfill-receiver";
+import { createReplicationCleanup } from "../replication/cleanup";
+import { createGracefulFailover, resetAbandonedHandovers } from "../replication/failover";
+import { createFailoverTargetCheck } from "../replication/failover-target";
+import { startBackfillsFrom, stopBackfillsFrom } from "../replication/backfill-jobs";
+import { createReplicationManager } from "../replication/manager";
+import { createNamespaceReceiver } from "../replication/namespace-receiver";
+import { createNamespaceSender, NAMESPACE_QUEUE_KEY } from "../replication/namespace-sender";
+import { resendNamespacesTo } from "../replication/namespace-queue";
+import { createFailoverMembersCheck } from "../replication/failover-members";
+import { createHistoryReceiver } from "../replication/receiver";
+import { createReplicationSender } from "../replication/sender";
+import { createReplicationStatus } from "../replication/status";
+import { createPeriodic } from "./periodic";
+import type { Base, Core } from "./server-core";
+
+/** Replication towards and from remote clusters (replication/). */
+export function wireReplication({ opts, log, now, cluster, database }: Base, core: Core) {
+  const { db, metrics, notifier, namespaces, writer, onActivated, activatedHooks } = core;
+  const clients = createRemoteClientPool();
+  const baseApplier = createHistoryApplier({ cluster, namespaces, writer, log });
+  const applier = opts.replication?.wrapApplier?.(baseApplier) ?? baseApplier;
+  const dlq = createReplicationDlq({ db, metrics });
+  const historyReceiver = createHistoryReceiver({ db, cluster, writer: core.applyWriter, notifier, metrics, log, applier, dlq, retry: opts.replication?.retry, reprobeMs: opts.replication?.reprobeMs, pageSize: opts.replication?.pageSize,
+    waitMs: opts.replication?.waitMs, silenceGraceMs: opts.replication?.silenceGraceMs,
+    durable: opts.replication?.durable ?? database.applies?.durable,
+  });
+  const backfill = createBackfillReceiver({ db, applier, namespaces, writer, notifier, log, now, historyPageBytes: opts.replication?.historyPageBytes });
+  const namespaceReceiver = createNamespaceReceiver({
+    db, currentCluster: cluster.clusterName, namespaces, log, metrics, now, onActivated, onChanged: core.onChanged, onBackfillStarted: backfill.wake,
+    onQueued: () => notifier.notify(NAMESPACE_QUEUE_KEY),
+    beforeApply: opts.replication?.beforeNamespaceApply, staleAfterMs: historyReceiver.staleAfterMs, waitTimeoutMs: opts.replication?.waitMs,
+  });
+  // Becoming active: settle the conflicts resolved while this cluster was passive.
+  const sweep = createConflictSweep({ db, cluster, namespaces, writer, applier, log });
+  activatedHooks.add((ns) => sweep.trigger(ns.id));
+  const manager = createReplicationManager({
+    db, clients, log,
+    streamsFor: (remote) => [namespaceReceiver, ...historyReceiver.streamsFor(remote), backfill.stream],
+  });
+  const failover = createGracefulFailover({
+    db, namespaces, clusters: core.clusters, notifier, log, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY),
+    withSessionLock: database.withSessionLock, targetProblem: createFailoverTargetCheck({ clusters: core.clusters, clients }),
+    members: createFailoverMembersCheck({ db, clusters: core.clusters, clients }),
+    connectionState: (name) => manager.connectionState(name), namespacePollsLateMs: opts.replication?.namespacePollsLateMs,
+  });
+  const sender = createReplicationSender({
+    db, cluster, notifier, metrics, outboxMarks: core.outboxMarks, outboxTail: core.outboxTail, recheckMs: opts.replication?.senderRecheckMs,
+  });
+  const onChanged = () => {
+    sender.forgetPeers();
+    // A remote connected now may have been sent namespaces again (resendNamespacesTo).
+    notifier.notify(NAMESPACE_QUEUE_KEY);
+    return manager.refresh();
+  };
+  return {
+    clients, applier, dlq, manager, backfill, sweep, sender, failover,
+    remotes: createRemoteClusters({
+      db, current: cluster, clients, onChanged,
+      onConnected: async (tx, remote) => {
+        await startBackfillsFrom(tx, remote, cluster.clusterName, now());
+        await resendNamespacesTo(tx, remote, cluster.clusterName);
+      },
+      onRemoved: (tx, remote) => stopBackfillsFrom(tx, remote, now()),
+    }),
+    cleanup: createReplicationCleanup({ db, log, metrics }),
+    // A server of this cluster that died mid-failover (another process on the PostgreSQL database)
+    // leaves its HANDOVER to the others: reset once its failover's lock is free (resetAbandonedHandovers).
+    handoverReset: createPeriodic(() => resetAbandonedHandovers(db, log), {
+      name: "abandoned handover reset", log, intervalMs: 2_000, onDone: (reset) => {
+        if (reset.length) namespaces.invalidate();
+      },
+    }),
+    namespaceSender: createNamespaceSender({ db, currentCluster: cluster.clusterName, wake: notifier }),
+    status: createReplicationStatus({
+      db, cluster, connectionState: (name) => manager.connectionState(name), inboundProgress: historyReceiver.progress,
+      inboundHeard: historyReceiver.heard, namespaceHeard: namespaceReceiver.heard,
+      dlqSizes: dlq.sizes,
+    }),
+  };
+}
+
+/** What wireReplication made, for the routes and the server. */
+export type Replication = ReturnType<typeof wireReplication>;
