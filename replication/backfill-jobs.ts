@@ -28,6 +28,19 @@ export async function startBackfillJob(tx: Tx, k: Key, now: Date): Promise<void>
 }
 
 /**
+ * An operator's start of a backfill (StartBackfill), in the caller's transaction: the job it
+ * replaced as it stood (undefined: none), or, a RUNNING job left as it is since restart was not
+ * asked, that job as `running`. Started again unasked, a long job lost its progress.
+ */
+export async function startBackfillJobAsked(tx: Tx, k: Key, now: Date, restart: boolean): Promise<{ replaced?: BackfillJob; running?: BackfillJob }> {
+  // Locked: a runner's page recorded meanwhile would make the progress reported stale.
+  const [before] = await tx.select().from(backfillJobs).where(where(k)).for("update");
+  if (before?.status === "RUNNING" && !restart) return { running: before };
+  await startBackfillJob(tx, k, now);
+  return { replaced: before };
+}
+
+/**
  * In the transaction that first connects remote: a backfill from it of each global namespace
  * that lists both clusters. They were members of it unconnected (the namespace came through a
  * third cluster), and what remote wrote meanwhile is not in its replication queue any more

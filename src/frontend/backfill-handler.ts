@@ -4,7 +4,7 @@ import { BackfillService } from "../gen/tern/admin/v1/backfill_pb";
 import type { NamespaceRegistry } from "../namespace/registry";
 import { transaction } from "../persistence/call-signal";
 import type { Db } from "../persistence/database";
-import { backfillJobsOf, startBackfillJob, type BackfillJob } from "../../replication/backfill-jobs";
+import { backfillJobsOf, startBackfillJobAsked, type BackfillJob } from "../../replication/backfill-jobs";
 import type { ClusterDirectory } from "../cluster/directory";
 import { failedPrecondition, invalidArgument } from "../errors";
 import { listExecutionsForReplication } from "../../replication/backfill-sender";
@@ -19,16 +19,40 @@ export interface BackfillHandlerDeps {
   wake: () => void;
 }
 
+type Remotes = Awaited<ReturnType<ClusterDirectory["list"]>>;
+
 /**
  * Why a RUNNING job does not move, which its status said nothing of (RUNNING, its count
  * standing still, no error): its source is not connected here, or the connection is disabled.
  */
-function pausedBy(job: BackfillJob, remotes: Awaited<ReturnType<ClusterDirectory["list"]>>): string | undefined {
+function pausedBy(job: BackfillJob, remotes: Remotes): string | undefined {
   if (job.status !== "RUNNING") return undefined;
   const remote = remotes.find((c) => c.clusterName === job.sourceCluster && !c.isCurrent);
   if (!remote) return `paused: cluster ${job.sourceCluster} is not connected to this cluster (add it with cluster upsert)`;
   if (!remote.enableConnection) return `paused: the connection to cluster ${job.sourceCluster} is disabled here (it goes on once enabled)`;
   return undefined;
+}
+
+/** A job as GetBackfillStatus (and StartBackfill's replaced) shows it: LAST ERROR says why it waits, if it does. */
+function shownJob(j: BackfillJob, remotes: Remotes) {
+  return {
+    sourceCluster: j.sourceCluster,
+    status: j.status,
+    done: BigInt(j.done),
+    total: BigInt(j.total),
+    lastError: [pausedBy(j, remotes), j.retryError && `retrying: ${j.retryError}`, j.lastError].filter(Boolean).join("; "),
+    startedTime: timestampFromDate(j.startedAt),
+    updatedTime: timestampFromDate(j.updatedAt),
+  };
+}
+
+/** The refusal of a start of a RUNNING job: how far it is, that it goes on by itself, and how to start it again anyway. */
+function stillRunning(namespace: string, j: BackfillJob, remotes: Remotes) {
+  const { lastError } = shownJob(j, remotes);
+  return failedPrecondition(
+    `the backfill of namespace ${namespace} from ${j.sourceCluster} is RUNNING here already (${j.done}/${j.total} runs, started ${j.startedAt.toISOString()}` +
+      `${lastError ? `; ${lastError}` : ""}): it goes on by itself (see backfill-status); to start it again from the beginning, its progress lost, give --restart (restart)`,
+  );
 }
 
 /** BackfillService: the source's run listing and the receiver's job status; logic in replication/backfill-*. */
@@ -44,11 +68,13 @@ export function createBackfillHandler({ db, namespaces, clusters, now, wake }: B
       for (const c of [here, source]) {
         if (!ns.clusters.includes(c)) throw failedPrecondition(`namespace ${ns.name} does not list cluster ${shown(c)} (its clusters: ${ns.clusters.join(", ")})`);
       }
-      const remote = (await clusters.list()).find((c) => c.clusterName === source && !c.isCurrent);
-      if (!remote) throw failedPrecondition(`cluster ${shown(source)} is not connected to ${here}; add it with cluster upsert first`);
-      await transaction(db, (tx) => startBackfillJob(tx, { namespaceId: ns.id, sourceCluster: source }, now()), signal);
+      const remotes = await clusters.list();
+      if (!remotes.some((c) => c.clusterName === source && !c.isCurrent)) throw failedPrecondition(`cluster ${shown(source)} is not connected to ${here}; add it with cluster upsert first`);
+      const k = { namespaceId: ns.id, sourceCluster: source };
+      const { replaced, running } = await transaction(db, (tx) => startBackfillJobAsked(tx, k, now(), r.restart), signal);
+      if (running) throw stillRunning(ns.name, running, remotes);
       wake();
-      return { namespace: ns.name, sourceCluster: source };
+      return { namespace: ns.name, sourceCluster: source, replaced: replaced && shownJob(replaced, remotes) };
     },
     async getBackfillStatus(r) {
       const ns = await namespaces.describe({ name: r.namespace });
@@ -58,15 +84,7 @@ export function createBackfillHandler({ db, namespaces, clusters, now, wake }: B
       return {
         namespace: ns.name,
         namespaceId: ns.id,
-        jobs: jobs.map((j) => ({
-          sourceCluster: j.sourceCluster,
-          status: j.status,
-          done: BigInt(j.done),
-          total: BigInt(j.total),
-          lastError: [pausedBy(j, remotes), j.retryError && `retrying: ${j.retryError}`, j.lastError].filter(Boolean).join("; "),
-          startedTime: timestampFromDate(j.startedAt),
-          updatedTime: timestampFromDate(j.updatedAt),
-        })),
+        jobs: jobs.map((j) => shownJob(j, remotes)),
       };
     },
   };

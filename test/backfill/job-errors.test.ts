@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { RetryableReplicationError, type HistoryApplier } from "../../replication/applier";
 import { startBackfillJob, stopBackfillJobs } from "../../replication/backfill-jobs";
 import { createLogger } from "../../src/observability/log";
@@ -116,6 +117,38 @@ for (const store of await testStores()) {
       expect([job.done, job.lastError]).toEqual([21n, ""]);
       expect((await tern(b, "operator", "namespace", "backfill-status", "recovers")).out).not.toContain("injected");
       expect(await expectSameRuns(a, b, "recovers", 1)).toBe(21);
+    });
+
+    test("TestBackfillStartedWhileRunningIsRefusedUnlessRestarted", async () => {
+      await wf(a).registerNamespace({ namespace: "again", isGlobalNamespace: true, clusters: ["clusterA"] });
+      await seedExecutions(a, "again", 20, "ag");
+      waiting.add("ag-0003");
+      await wf(a).updateNamespace({ namespace: "again", clusters: ["clusterA", "clusterB"] });
+      const held = await eventually(async () => {
+        const job = await jobOn(b, "again");
+        expect([job?.status, job?.total, job?.lastError]).toEqual(["RUNNING", 21n, "retrying: injected: ag-0003 waits"]);
+        return job!;
+      });
+      const startedAt = timestampDate(held.startedTime!);
+      // Started again unasked, the job lost its progress: it is refused, saying how far the job is.
+      const refused = await tern(b, "operator", "namespace", "backfill", "again");
+      expect([refused.code, refused.out]).toEqual([1, ""]);
+      expect(refused.err).toContain(
+        `the backfill of namespace again from clusterA is RUNNING here already (0/21 runs, started ${startedAt.toISOString()}; retrying: injected: ag-0003 waits): ` +
+          "it goes on by itself (see backfill-status); to start it again from the beginning, its progress lost, give --restart",
+      );
+      expect((await jobOn(b, "again"))?.startedTime).toEqual(held.startedTime);
+      // Asked to, it starts again from the beginning, and says what it replaced.
+      const restarted = await tern(b, "operator", "namespace", "backfill", "again", "--restart");
+      expect([restarted.code, restarted.out]).toEqual([0, "Backfill of namespace again from clusterA started again from the beginning (it was RUNNING at 0/21 runs)\n"]);
+      expect(timestampDate((await jobOn(b, "again"))!.startedTime!).getTime()).toBeGreaterThan(startedAt.getTime());
+      waiting.delete("ag-0003");
+      await backfillDone(b, "again", "clusterA");
+      // A job that is over starts again without --restart.
+      const redone = await tern(b, "operator", "namespace", "backfill", "again");
+      expect([redone.code, redone.out]).toEqual([0, "Backfill of namespace again from clusterA started again from the beginning (it was DONE at 21/21 runs)\n"]);
+      await backfillDone(b, "again", "clusterA");
+      expect(await expectSameRuns(a, b, "again", 1)).toBe(21);
     });
 
     test("TestBackfillStopsWhenThisClusterIsTakenOutOfTheNamespace", async () => {

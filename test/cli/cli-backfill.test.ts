@@ -3,7 +3,7 @@ import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { type ConnectRouter, createRouterTransport } from "@connectrpc/connect";
 import { createCli } from "../../src/cli/cli";
-import { BackfillService } from "../../src/gen/tern/admin/v1/backfill_pb";
+import { BackfillService, type StartBackfillRequest } from "../../src/gen/tern/admin/v1/backfill_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { UpdateNamespaceResponseSchema, type UpdateNamespaceRequest } from "../../src/gen/tern/workflow/v1/namespace_pb";
 
@@ -13,7 +13,7 @@ async function run(argv: string[], router: (r: ConnectRouter) => void) {
   return { code: await cli.run(argv), out };
 }
 
-describe("tern operator namespace backfill-status / update --promote-global", () => {
+describe("tern operator namespace backfill / backfill-status / update --promote-global", () => {
   test("backfill-status prints one row per source with done/total", async () => {
     const at = timestampFromDate(new Date("2026-01-02T03:04:05Z"));
     const { code, out } = await run(["operator", "namespace", "backfill-status", "-n", "orders"], (r) =>
@@ -34,6 +34,24 @@ describe("tern operator namespace backfill-status / update --promote-global", ()
       r.service(BackfillService, { getBackfillStatus: (req) => ({ namespace: req.namespace, jobs: [] }) }),
     );
     expect(out).toBe("Namespace orders: no backfill into this cluster (its executions were written here or came by replication)\n");
+  });
+
+  test("backfill sends restart only with --restart, and says what the start replaced", async () => {
+    const seen: StartBackfillRequest[] = [];
+    const router = (r: ConnectRouter) =>
+      r.service(BackfillService, {
+        startBackfill: (req) => {
+          seen.push(req);
+          const replaced = req.restart ? { sourceCluster: "clusterA", status: "RUNNING", done: 200n, total: 1000n } : undefined;
+          return { namespace: req.namespace, sourceCluster: "clusterA", replaced };
+        },
+      });
+    expect(await run(["operator", "namespace", "backfill", "orders"], router)).toEqual({ code: 0, out: "Backfill of namespace orders from clusterA started\n" });
+    expect(await run(["operator", "namespace", "backfill", "orders", "--restart"], router)).toEqual({
+      code: 0,
+      out: "Backfill of namespace orders from clusterA started again from the beginning (it was RUNNING at 200/1000 runs)\n",
+    });
+    expect(seen.map((r) => r.restart)).toEqual([false, true]);
   });
 
   test("update --promote-global sends promote_namespace", async () => {

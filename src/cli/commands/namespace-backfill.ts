@@ -1,5 +1,5 @@
-import { GetBackfillStatusResponseSchema, StartBackfillResponseSchema, type GetBackfillStatusResponse } from "../../gen/tern/admin/v1/backfill_pb";
-import { getString } from "../args";
+import { GetBackfillStatusResponseSchema, StartBackfillResponseSchema, type GetBackfillStatusResponse, type StartBackfillResponse } from "../../gen/tern/admin/v1/backfill_pb";
+import { getBoolean, getString } from "../args";
 import type { CommandContext, LeafCommand } from "../command";
 import { formatTable, formatTime, messageJson } from "../output";
 import { namespaceArg, namespaceFlag } from "./common-flags";
@@ -50,24 +50,37 @@ export const backfillStatusCommand: LeafCommand = {
   },
 };
 
-/** `tern operator namespace backfill`: (re)starts copying a namespace's existing executions here. */
+/** What a start answers: started, or started again, from what. */
+function startedLine(res: StartBackfillResponse): string {
+  const was = res.replaced && ` again from the beginning (it was ${res.replaced.status} at ${res.replaced.done}/${res.replaced.total} runs)`;
+  return `Backfill of namespace ${res.namespace} from ${res.sourceCluster} started${was ?? ""}\n`;
+}
+
+/** `tern operator namespace backfill`: starts copying a namespace's existing executions here. */
 export const backfillStartCommand: LeafCommand = {
   kind: "leaf",
   name: "backfill",
   summary: "Copy a namespace's existing executions from another cluster to this one",
   details: [
-    "Starts (or restarts from the beginning) a backfill job on this cluster that copies every",
-    "execution of the namespace, open and closed, from the source cluster (the namespace's",
-    "active cluster unless --from names another). Joining a namespace starts one by itself;",
-    "use this for a cluster that joined before that, or to redo a FAILED job. Safe to repeat:",
-    "executions already here are skipped. Follow it with backfill-status.",
+    "Starts a backfill job on this cluster that copies every execution of the namespace, open",
+    "and closed, from the source cluster (the namespace's active cluster unless --from names",
+    "another), from the beginning. Joining a namespace starts one by itself; use this for a",
+    "cluster that joined before that, or to redo a FAILED job. Safe to repeat: executions",
+    "already here are skipped. A job that is RUNNING goes on and is not started again (refused,",
+    "saying how far it is) unless --restart, which starts it from the beginning, its progress",
+    "lost. Follow it with backfill-status.",
   ].join("\n"),
   positionals: "[NAMESPACE]",
   maxPositionals: 1,
-  flags: [namespaceFlag, { name: "from", kind: "string", valueName: "CLUSTER", description: "Source cluster (default: the active cluster)" }],
+  flags: [
+    namespaceFlag,
+    { name: "from", kind: "string", valueName: "CLUSTER", description: "Source cluster (default: the active cluster)" },
+    { name: "restart", kind: "boolean", description: "Start a RUNNING job again from the beginning, its progress lost" },
+  ],
   async run(ctx, args) {
     const namespace = namespaceArg(args);
-    const res = await ctx.backfill().startBackfill({ namespace, sourceCluster: getString(args, "from") ?? "" }, { signal: ctx.signal });
-    ctx.out(ctx.format === "json" ? messageJson(StartBackfillResponseSchema, res) : `Backfill of namespace ${res.namespace} from ${res.sourceCluster} started\n`);
+    const req = { namespace, sourceCluster: getString(args, "from") ?? "", restart: getBoolean(args, "restart") };
+    const res = await ctx.backfill().startBackfill(req, { signal: ctx.signal });
+    ctx.out(ctx.format === "json" ? messageJson(StartBackfillResponseSchema, res) : startedLine(res));
   },
 };

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tern/admin/v1/backfill.proto.
  */
 export const file_tern_admin_v1_backfill: GenFile = /*@__PURE__*/
-  fileDesc("Chx0ZXJuL2FkbWluL3YxL2JhY2tmaWxsLnByb3RvEg10ZXJuLmFkbWluLnYxImcKI0xpc3RFeGVjdXRpb25zRm9yUmVwbGljYXRpb25SZXF1ZXN0EhQKDG5hbWVzcGFjZV9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgMIsUBChdFeGVjdXRpb25Gb3JSZXBsaWNhdGlvbhITCgt3b3JrZmxvd19pZBgBIAEoCRIOCgZydW5faWQYAiABKAkSFQoNbmV4dF9ldmVudF9pZBgDIAEoAxI3Cg92ZXJzaW9uX2hpc3RvcnkYBCABKAsyHi50ZXJuLmNvbW1vbi52MS5WZXJzaW9uSGlzdG9yeRI1Cg1rZXB0X2JyYW5jaGVzGAUgAygLMh4udGVybi5jb21tb24udjEuVmVyc2lvbkhpc3RvcnkiigEKJExpc3RFeGVjdXRpb25zRm9yUmVwbGljYXRpb25SZXNwb25zZRI6CgpleGVjdXRpb25zGAEgAygLMiYudGVybi5hZG1pbi52MS5FeGVjdXRpb25Gb3JSZXBsaWNhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAwSDQoFdG90YWwYAyABKAMiLQoYR2V0QmFja2ZpbGxTdGF0dXNSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCSLKAQoLQmFja2ZpbGxKb2ISFgoOc291cmNlX2NsdXN0ZXIYASABKAkSDgoGc3RhdHVzGAIgASgJEgwKBGRvbmUYAyABKAMSDQoFdG90YWwYBCABKAMSEgoKbGFzdF9lcnJvchgFIAEoCRIwCgxzdGFydGVkX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDHVwZGF0ZWRfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAibgoZR2V0QmFja2ZpbGxTdGF0dXNSZXNwb25zZRIRCgluYW1lc3BhY2UYASABKAkSFAoMbmFtZXNwYWNlX2lkGAIgASgJEigKBGpvYnMYAyADKAsyGi50ZXJuLmFkbWluLnYxLkJhY2tmaWxsSm9iIkEKFFN0YXJ0QmFja2ZpbGxSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIWCg5zb3VyY2VfY2x1c3RlchgCIAEoCSJCChVTdGFydEJhY2tmaWxsUmVzcG9uc2USEQoJbmFtZXNwYWNlGAEgASgJEhYKDnNvdXJjZV9jbHVzdGVyGAIgASgJMt8CCg9CYWNrZmlsbFNlcnZpY2UShwEKHExpc3RFeGVjdXRpb25zRm9yUmVwbGljYXRpb24SMi50ZXJuLmFkbWluLnYxLkxpc3RFeGVjdXRpb25zRm9yUmVwbGljYXRpb25SZXF1ZXN0GjMudGVybi5hZG1pbi52MS5MaXN0RXhlY3V0aW9uc0ZvclJlcGxpY2F0aW9uUmVzcG9uc2USZgoRR2V0QmFja2ZpbGxTdGF0dXMSJy50ZXJuLmFkbWluLnYxLkdldEJhY2tmaWxsU3RhdHVzUmVxdWVzdBooLnRlcm4uYWRtaW4udjEuR2V0QmFja2ZpbGxTdGF0dXNSZXNwb25zZRJaCg1TdGFydEJhY2tmaWxsEiMudGVybi5hZG1pbi52MS5TdGFydEJhY2tmaWxsUmVxdWVzdBokLnRlcm4uYWRtaW4udjEuU3RhcnRCYWNrZmlsbFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_tern_common_v1_common]);
+  fileDesc("Chx0ZXJuL2FkbWluL3YxL2JhY2tmaWxsLnByb3RvEg10ZXJuLmFkbWluLnYxImcKI0xpc3RFeGVjdXRpb25zRm9yUmVwbGljYXRpb25SZXF1ZXN0EhQKDG5hbWVzcGFjZV9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgMIsUBChdFeGVjdXRpb25Gb3JSZXBsaWNhdGlvbhITCgt3b3JrZmxvd19pZBgBIAEoCRIOCgZydW5faWQYAiABKAkSFQoNbmV4dF9ldmVudF9pZBgDIAEoAxI3Cg92ZXJzaW9uX2hpc3RvcnkYBCABKAsyHi50ZXJuLmNvbW1vbi52MS5WZXJzaW9uSGlzdG9yeRI1Cg1rZXB0X2JyYW5jaGVzGAUgAygLMh4udGVybi5jb21tb24udjEuVmVyc2lvbkhpc3RvcnkiigEKJExpc3RFeGVjdXRpb25zRm9yUmVwbGljYXRpb25SZXNwb25zZRI6CgpleGVjdXRpb25zGAEgAygLMiYudGVybi5hZG1pbi52MS5FeGVjdXRpb25Gb3JSZXBsaWNhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAwSDQoFdG90YWwYAyABKAMiLQoYR2V0QmFja2ZpbGxTdGF0dXNSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCSLKAQoLQmFja2ZpbGxKb2ISFgoOc291cmNlX2NsdXN0ZXIYASABKAkSDgoGc3RhdHVzGAIgASgJEgwKBGRvbmUYAyABKAMSDQoFdG90YWwYBCABKAMSEgoKbGFzdF9lcnJvchgFIAEoCRIwCgxzdGFydGVkX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDHVwZGF0ZWRfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAibgoZR2V0QmFja2ZpbGxTdGF0dXNSZXNwb25zZRIRCgluYW1lc3BhY2UYASABKAkSFAoMbmFtZXNwYWNlX2lkGAIgASgJEigKBGpvYnMYAyADKAsyGi50ZXJuLmFkbWluLnYxLkJhY2tmaWxsSm9iIlIKFFN0YXJ0QmFja2ZpbGxSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIWCg5zb3VyY2VfY2x1c3RlchgCIAEoCRIPCgdyZXN0YXJ0GAMgASgIInAKFVN0YXJ0QmFja2ZpbGxSZXNwb25zZRIRCgluYW1lc3BhY2UYASABKAkSFgoOc291cmNlX2NsdXN0ZXIYAiABKAkSLAoIcmVwbGFjZWQYAyABKAsyGi50ZXJuLmFkbWluLnYxLkJhY2tmaWxsSm9iMt8CCg9CYWNrZmlsbFNlcnZpY2UShwEKHExpc3RFeGVjdXRpb25zRm9yUmVwbGljYXRpb24SMi50ZXJuLmFkbWluLnYxLkxpc3RFeGVjdXRpb25zRm9yUmVwbGljYXRpb25SZXF1ZXN0GjMudGVybi5hZG1pbi52MS5MaXN0RXhlY3V0aW9uc0ZvclJlcGxpY2F0aW9uUmVzcG9uc2USZgoRR2V0QmFja2ZpbGxTdGF0dXMSJy50ZXJuLmFkbWluLnYxLkdldEJhY2tmaWxsU3RhdHVzUmVxdWVzdBooLnRlcm4uYWRtaW4udjEuR2V0QmFja2ZpbGxTdGF0dXNSZXNwb25zZRJaCg1TdGFydEJhY2tmaWxsEiMudGVybi5hZG1pbi52MS5TdGFydEJhY2tmaWxsUmVxdWVzdBokLnRlcm4uYWRtaW4udjEuU3RhcnRCYWNrZmlsbFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_tern_common_v1_common]);
 
 /**
  * @generated from message tern.admin.v1.ListExecutionsForReplicationRequest
@@ -227,6 +227,13 @@ export type StartBackfillRequest = Message<"tern.admin.v1.StartBackfillRequest">
    * @generated from field: string source_cluster = 2;
    */
   sourceCluster: string;
+
+  /**
+   * Starts a RUNNING job again from the beginning, its progress lost (refused otherwise).
+   *
+   * @generated from field: bool restart = 3;
+   */
+  restart: boolean;
 };
 
 /**
@@ -249,6 +256,14 @@ export type StartBackfillResponse = Message<"tern.admin.v1.StartBackfillResponse
    * @generated from field: string source_cluster = 2;
    */
   sourceCluster: string;
+
+  /**
+   * The job this start replaced, as it stood then (DONE, FAILED, STOPPED, or RUNNING with
+   * restart); unset when there was none.
+   *
+   * @generated from field: tern.admin.v1.BackfillJob replaced = 3;
+   */
+  replaced?: BackfillJob | undefined;
 };
 
 /**
@@ -288,9 +303,10 @@ export const BackfillService: GenService<{
     output: typeof GetBackfillStatusResponseSchema;
   },
   /**
-   * On the receiver: (re)starts a backfill of the namespace from a source cluster, from
-   * the beginning (applies are idempotent). For clusters that joined a namespace before
-   * joining started backfills, or to redo one that FAILED.
+   * On the receiver: starts a backfill of the namespace from a source cluster, from the
+   * beginning (applies are idempotent). For clusters that joined a namespace before joining
+   * started backfills, or to redo one that FAILED. A job RUNNING already goes on: its start
+   * is refused (FAILED_PRECONDITION, saying how far it is) unless restart is set.
    *
    * @generated from rpc tern.admin.v1.BackfillService.StartBackfill
    */
