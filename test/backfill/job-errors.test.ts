@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { sql } from "drizzle-orm";
 import { RetryableReplicationError, type HistoryApplier } from "../../replication/applier";
 import { startBackfillJob, stopBackfillJobs } from "../../replication/backfill-jobs";
 import { createLogger } from "../../src/observability/log";
@@ -72,6 +73,27 @@ for (const store of await testStores()) {
       });
       expect(job.lastError).toContain("cluster clusterA does not hold namespace gone");
       expect((await tern(b, "operator", "namespace", "backfill-status", "gone")).out).toMatch(/clusterA\s+FAILED\s+0\/0 .*does not hold namespace gone/);
+    });
+
+    test("TestNamespaceDeletedAndCreatedAgainShowsNoJobsOfTheDeletedOne", async () => {
+      await wf(a).registerNamespace({ namespace: "reborn", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
+      await seedExecutions(a, "reborn", 5, "rb");
+      await expectActiveOn(b, "reborn", "clusterA", 1n);
+      const namespaceId = (await wf(b).describeNamespace({ namespace: "reborn" })).namespace!.namespaceInfo!.id;
+      // A job from another member, as one from a third cluster since removed would stand.
+      await b.server.database.db.transaction((tx) => startBackfillJob(tx, { namespaceId, sourceCluster: "clusterC" }, new Date()));
+      // Taken out of it, B may delete its copy, and its jobs go with it.
+      await wf(a).updateNamespace({ namespace: "reborn", clusters: ["clusterA"] });
+      await eventually(async () => expect((await b.client(BackfillService).getBackfillStatus({ namespace: "reborn" })).jobs.map((j) => j.status)).toEqual(["STOPPED"]));
+      await b.client(OperatorService).deleteNamespace({ namespace: "reborn" });
+      const left = await b.server.database.db.execute(sql`select source_cluster from backfill_jobs where namespace_id = ${namespaceId}`);
+      expect((left as { rows?: unknown[] }).rows ?? left).toEqual([]);
+      // Added back, B creates it again, of the same id: its status shows the new join's job alone.
+      await wf(a).updateNamespace({ namespace: "reborn", clusters: ["clusterA", "clusterB"] });
+      await backfillDone(b, "reborn", "clusterA");
+      const status = await tern(b, "operator", "namespace", "backfill-status", "reborn");
+      expect(status.out).toMatch(/^SOURCE .*\nclusterA\s+DONE\s+6\/6 .*\n$/);
+      expect(await expectSameRuns(a, b, "reborn", 1)).toBe(6);
     });
 
     test("TestBackfillStartedAgainWhileRunningEndsDoneWithoutAnError", async () => {
