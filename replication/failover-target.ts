@@ -12,6 +12,17 @@ export function backfillJobsOn(clients: RemoteClientPool, address: string, names
   return clients.get(address).backfill.getBackfillStatus({ namespace }, { timeoutMs: waitMs }).then((r) => r.jobs, () => []);
 }
 
+/** Why a graceful failover to a target is refused, and what the operator can do instead. */
+export interface TargetProblem {
+  why: string;
+  instead: string;
+}
+
+/** A problem the operator fixes, or goes around with a forced failover (undefined: none). */
+export function fixOrForce(why: string | undefined): TargetProblem | undefined {
+  return why === undefined ? undefined : { why, instead: "fix that first, or fail over forced" };
+}
+
 export interface FailoverTargetCheckDeps {
   clusters: ClusterDirectory;
   clients: RemoteClientPool;
@@ -96,7 +107,7 @@ export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000
     return why && `${why}, so it cannot catch up`;
   }
 
-  return async function targetProblem(target: string, members: string[] = [], failoverTimeoutMs = Infinity, namespace?: string): Promise<string | undefined> {
+  return async function targetProblem(target: string, members: string[] = [], failoverTimeoutMs = Infinity, namespace?: string): Promise<TargetProblem | undefined> {
     // Within the failover's own timeout: a target behind a link that drops packets is waited for once.
     const waitMs = Math.max(1, Math.min(timeoutMs, Math.floor(failoverTimeoutMs / 4)));
     const known = new Map((await clusters.list()).filter((c) => !c.isCurrent).map((c) => [c.clusterName, c.rpcAddress]));
@@ -114,6 +125,10 @@ export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000
         return undefined;
       }),
     ]);
-    return targetSide(target, targetAddress, mine) ?? links.find((l) => l !== undefined) ?? backfill;
+    const why = targetSide(target, targetAddress, mine) ?? links.find((l) => l !== undefined);
+    if (why || !backfill) return fixOrForce(why);
+    // A forced failover to it is refused too, unless the operator takes the loss (forced-failover-check.ts).
+    const forced = `operator namespace update -n ${namespace} --active-cluster ${target} --allow-unfinished-backfill`;
+    return { why: backfill, instead: `wait for its backfill to be DONE, or, if its source is gone for good, fail over forced taking the loss (${forced})` };
   };
 }

@@ -56,7 +56,11 @@ for (const store of await testStores()) {
       expect(refused.code).toBe(1);
       // Held at its first page, the job says how many runs it has to bring (it said 0/0).
       expect(refused.err).toContain("cluster clusterB has not finished backfilling namespace joining from clusterA (RUNNING, 0/31 runs");
-      expect(refused.err).toContain("joining stays active in clusterA");
+      // Its advice is what goes through: a forced failover to B is refused too, unless it takes the loss.
+      expect(refused.err).toContain(
+        "; wait for its backfill to be DONE, or, if its source is gone for good, fail over forced taking the loss " +
+          "(operator namespace update -n joining --active-cluster clusterB --allow-unfinished-backfill); joining stays active in clusterA",
+      );
       await expectActiveOn(a, NS, "clusterA", 1n);
 
       // Once the backfill is done, the failover goes through, and the run A acknowledged is B's. A
