@@ -54,6 +54,25 @@ describe("tern operator namespace backfill / backfill-status / update --promote-
     expect(seen.map((r) => r.restart)).toEqual([false, true]);
   });
 
+  test("namespace describe says why a backfill waits or ended, not only its count", async () => {
+    const jobs = [
+      { sourceCluster: "clusterA", status: "RUNNING", done: 0n, total: 21n, lastError: "paused: the connection to cluster clusterA is disabled here (it goes on once enabled)" },
+      { sourceCluster: "clusterC", status: "DONE", done: 5n, total: 5n, lastError: "" },
+    ];
+    const { code, out } = await run(["operator", "namespace", "describe", "orders"], (r) => {
+      r.service(WorkflowService, {
+        describeNamespace: () => ({
+          namespace: { namespaceInfo: { name: "orders", id: "id-orders", state: 1 }, isGlobalNamespace: true, replicationConfig: { activeClusterName: "clusterA", clusters: ["clusterA", "clusterB"] } },
+        }),
+      });
+      r.service(BackfillService, { getBackfillStatus: (req) => ({ namespace: req.namespace, jobs }) });
+    });
+    expect(code).toBe(0);
+    expect(out).toContain(
+      "Backfill from clusterA: RUNNING 0/21 (paused: the connection to cluster clusterA is disabled here (it goes on once enabled))\nBackfill from clusterC: DONE 5/5\n",
+    );
+  });
+
   test("update --promote-global sends promote_namespace", async () => {
     let seen: UpdateNamespaceRequest | undefined;
     const { code } = await run(["operator", "namespace", "update", "-n", "orders", "--promote-global"], (r) =>

@@ -18,11 +18,14 @@ export function backfillTable(res: GetBackfillStatusResponse): string {
   return formatTable(["SOURCE", "STATUS", "DONE/TOTAL", "STARTED", "UPDATED", "LAST ERROR"], rows);
 }
 
-/** Backfill lines for `namespace describe`; empty when there is none or the server cannot tell. */
+/**
+ * Backfill lines for `namespace describe`, with why a job waits or ended so (its LAST ERROR: a
+ * paused, FAILED or STOPPED job read as one at work); empty when there is none or the server cannot tell.
+ */
 export async function backfillLines(ctx: CommandContext, namespace: string): Promise<string> {
   try {
     const res = await ctx.backfill().getBackfillStatus({ namespace }, { signal: ctx.signal });
-    return res.jobs.map((j) => `Backfill from ${j.sourceCluster}: ${j.status} ${j.done}/${j.total}\n`).join("");
+    return res.jobs.map((j) => `Backfill from ${j.sourceCluster}: ${j.status} ${j.done}/${j.total}${j.lastError ? ` (${j.lastError})` : ""}\n`).join("");
   } catch {
     return "";
   }
