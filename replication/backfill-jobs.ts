@@ -1,4 +1,4 @@
-import { and, eq, sql } from "drizzle-orm";
+import { and, eq, ne, sql } from "drizzle-orm";
 import type { Db, Tx } from "../src/persistence/database";
 import { backfillJobs, namespaces } from "../src/persistence/schema";
 import { listsClusters } from "../src/namespace/lists-clusters";
@@ -25,6 +25,18 @@ const unchanged = (job: BackfillJob) =>
 export async function startBackfillJob(tx: Tx, k: Key, now: Date): Promise<void> {
   const fresh = { status: "RUNNING", cursor: null, total: 0, done: 0, failed: 0, lastError: null, retryError: null, startedAt: now, updatedAt: now };
   await tx.insert(backfillJobs).values({ ...k, ...fresh }).onConflictDoUpdate({ target: [backfillJobs.namespaceId, backfillJobs.sourceCluster], set: fresh });
+}
+
+/**
+ * In the transaction that makes this cluster join namespaceId: its backfill from source (the
+ * active cluster), and the jobs it left over from other sources dropped (STOPPED when it was
+ * taken out, or FAILED). Source holds every run they were to bring; kept, one from a cluster still
+ * listed stood unfinished for good, and every failover to this cluster was refused for it.
+ */
+export async function startJoinBackfill(tx: Tx, namespaceId: string, source: string, now: Date): Promise<void> {
+  const others = and(eq(backfillJobs.namespaceId, namespaceId), ne(backfillJobs.sourceCluster, source), ne(backfillJobs.status, "RUNNING"));
+  await tx.delete(backfillJobs).where(others);
+  await startBackfillJob(tx, { namespaceId, sourceCluster: source }, now);
 }
 
 /**

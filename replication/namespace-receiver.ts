@@ -7,7 +7,7 @@ import type { Metrics } from "../src/observability/metrics";
 import type { Logger } from "../src/observability/log";
 import type { Db } from "../src/persistence/database";
 import type { RemoteCluster, ReplicationStream } from "./manager";
-import { startBackfillJob, stopBackfillJobs } from "./backfill-jobs";
+import { startJoinBackfill, stopBackfillJobs } from "./backfill-jobs";
 import { createInboundHeard, type Heard } from "./inbound-heard";
 import { applyNamespaceTask } from "./namespace-applier";
 import { advanceAckLevel, appendNamespaceTask, readAckLevel, type AckKey } from "./namespace-queue";
@@ -51,7 +51,7 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
       const r = await applyNamespaceTask(tx, currentCluster, task.namespace!, now(), task.joinsAskingCluster);
       const source = r.record?.activeClusterName;
       // Executions from before this cluster joined: backfilled from the active cluster, recorded with the join.
-      if (r.joined && source && source !== currentCluster) await startBackfillJob(tx, { namespaceId: r.record!.id, sourceCluster: source }, now());
+      if (r.joined && source && source !== currentCluster) await startJoinBackfill(tx, r.record!.id, source, now());
       if (r.left) {
         const why = `stopped: cluster ${currentCluster} was taken out of namespace ${r.record!.name} (its clusters now: ${r.record!.clusters.join(", ")}); added back, it backfills it again`;
         await stopBackfillJobs(tx, { namespaceId: r.record!.id }, why, now());
