@@ -7,7 +7,7 @@ import { createLongPolls } from "../src/long-polls";
 import { failoverTo, type NamespaceRecord, type NamespaceRegistry } from "../src/namespace/registry";
 import type { Logger } from "../src/observability/log";
 import { transaction } from "../src/persistence/call-signal";
-import type { Db } from "../src/persistence/database";
+import type { Db, HeldLock } from "../src/persistence/database";
 import { namespaces } from "../src/persistence/schema";
 import { listenForAckChange, outboundAcks } from "./ack-levels";
 import type { FailoverMembersCheck, MembersApplied } from "./failover-members";
@@ -38,8 +38,8 @@ export interface GracefulFailoverDeps {
   members?: FailoverMembersCheck;
   /** How long after the target's last poll of the namespace queue a failover to it is refused at once (default NAMESPACE_POLLS_LATE_MS). */
   namespacePollsLateMs?: number;
-  /** Holds a lock other server processes on the database see (Database.withSessionLock) while fn runs; lost fires if it is lost. */
-  withSessionLock?: <T>(key: string, fn: (lost: AbortSignal) => Promise<T>, taken: () => Error) => Promise<T>;
+  /** Holds a lock other server processes on the database see (Database.withSessionLock) while fn runs. */
+  withSessionLock?: <T>(key: string, fn: (lock: HeldLock) => Promise<T>, taken: () => Error) => Promise<T>;
 }
 
 /**
@@ -75,7 +75,7 @@ export interface HandoverPoint {
  * namespace leaves HANDOVER before this returns.
  */
 export function createGracefulFailover(deps: GracefulFailoverDeps) {
-  const { db, log, now = () => new Date(), recheckMs = 200, namespacePollsLateMs = NAMESPACE_POLLS_LATE_MS, withSessionLock = (_key, fn) => fn(new AbortController().signal) } = deps;
+  const { db, log, now = () => new Date(), recheckMs = 200, namespacePollsLateMs = NAMESPACE_POLLS_LATE_MS, withSessionLock = (_key, fn) => fn({ lost: new AbortController().signal, check: async () => {} }) } = deps;
   const inHandover = (name: string) => failedPrecondition(`namespace ${name} changed or is already in a graceful failover; retry`);
   const current = deps.clusters.current();
   // A stopping server abandons the failovers still waiting, while its database is open to leave HANDOVER.
@@ -254,15 +254,17 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
     // What the clusters say first: a target that does not know this one has never polled it either.
     const problem = (await deps.targetProblem?.(target, ns.clusters, timeoutMs, name)) ?? fixOrForce(await namespacePollsProblem(target));
     if (problem) throw failedPrecondition(`${problem.why}; ${problem.instead}; ${name} stays active in ${current.clusterName}`);
-    return withSessionLock(handoverOwnerKey(ns.id), async (lockLost) => {
+    return withSessionLock(handoverOwnerKey(ns.id), async (lock) => {
+      const lockLost = lock.lost;
       await enterHandover(ns, call);
       let switched: NamespaceRecord | undefined;
       try {
         const point = await handoverPoint(target, ns);
         log.info("graceful failover: handover point recorded", { namespace: name, target, shards: Object.fromEntries(point.shards), namespaceTaskId: point.namespaceTaskId });
         await waitCaughtUp(ns, target, point, timeoutMs, stopping, lockLost, call);
-        // Without its lock, a server of the cluster may put the namespace back to NORMAL at any time.
-        lockLost.throwIfAborted();
+        // Without its lock, a server of the cluster may put the namespace back to NORMAL at any
+        // time: asked of the lock's session, not only from its close having come.
+        await lock.check();
         const { namespace, taskId } = await switchActive(ns, target, targetInfo.initialFailoverVersion, call);
         switched = namespace;
         log.info("graceful failover done", { namespace: name, target, failoverVersion: switched.failoverVersion });

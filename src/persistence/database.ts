@@ -16,6 +16,21 @@ export type Db = PgDatabase<PgQueryResultHKT, typeof schema>;
 export type Tx = Parameters<Parameters<Db["transaction"]>[0]>[0];
 
 /** An open datastore: the drizzle handle plus how to close it. */
+/**
+ * A lock withSessionLock holds. lost fires once its connection is seen closed (a restart of
+ * PostgreSQL, an operator's terminate): the lock is gone. That close reaches this process some
+ * time after it happened, so check() asks the lock's session itself, and throws lost's reason
+ * (firing it) where the session is not the one that took the lock: before an act the lock
+ * guards, a lost lock is then known for certain, not only once the close has come.
+ */
+export interface HeldLock {
+  lost: AbortSignal;
+  check(): Promise<void>;
+}
+
+/** The lock of a database only this process opens (PGlite): never lost. */
+const heldForGood = (): HeldLock => ({ lost: new AbortController().signal, check: async () => {} });
+
 export interface Database {
   db: Db;
   kind: "pglite" | "postgres";
@@ -40,11 +55,10 @@ export interface Database {
   /**
    * Runs fn holding the advisory lock hashtextextended(key, 0) on a connection of its own
    * (PostgreSQL): other server processes on the database see it taken until fn ends or this
-   * process dies. Rejects with taken() when another session holds it. lost fires if that
-   * connection closes while fn runs (a restart of PostgreSQL, an operator's terminate): the
-   * lock is gone. PGlite is one process's database: fn alone, lost never fires.
+   * process dies. Rejects with taken() when another session holds it. fn gets the lock as
+   * HeldLock. PGlite is one process's database: fn alone, the lock never lost.
    */
-  withSessionLock<T>(key: string, fn: (lost: AbortSignal) => Promise<T>, taken: () => Error): Promise<T>;
+  withSessionLock<T>(key: string, fn: (lock: HeldLock) => Promise<T>, taken: () => Error): Promise<T>;
   close(): Promise<void>;
 }
 
@@ -100,7 +114,7 @@ async function openPglite(dataDir: string, opts: OpenOptions): Promise<Database>
       db,
       kind: "pglite",
       withExclusiveLock: (fn) => fn(db),
-      withSessionLock: (_key, fn) => fn(new AbortController().signal),
+      withSessionLock: (_key, fn) => fn(heldForGood()),
       async close() {
         await client.close();
         lock?.release();
@@ -266,12 +280,20 @@ async function openPostgres(configured: string, opts: OpenOptions): Promise<Data
       // about 20 s, not the system's default 2 hours, for the other servers to take over.
       const connection = { application_name: "tern-lock", tcp_keepalives_idle: 10, tcp_keepalives_interval: 5, tcp_keepalives_count: 2, ...idle.session };
       const lost = new AbortController();
-      const onclose = () => lost.abort(new Error(`the session holding the lock ${key} ended: PostgreSQL restarted, or ended the session`));
+      const ended = (why: string) => !lost.signal.aborted && lost.abort(new Error(`the session holding the lock ${key} ended: ${why}`));
+      const onclose = () => ended("PostgreSQL restarted, or ended the session");
       const holder = postgres(url, { ...at, max: 1, onnotice: () => {}, connection, onclose });
       try {
-        const [row] = await holder`select pg_try_advisory_lock(hashtextextended(${key}, 0)) as held`;
+        const [row] = await holder`select pg_try_advisory_lock(hashtextextended(${key}, 0)) as held, pg_backend_pid() as pid`;
         if (!row?.held) throw taken();
-        return await fn(lost.signal);
+        const check = async () => {
+          lost.signal.throwIfAborted();
+          // The pool opens a new session for a statement once the lock's is gone: its pid tells.
+          const now = await holder`select pg_backend_pid() as pid`.then(([r]) => r?.pid, (e: Error) => `none (${e.message})`);
+          if (now !== row.pid) ended(`its session (pid ${row.pid}) is gone; the lock's connection now reaches ${now}`);
+          lost.signal.throwIfAborted();
+        };
+        return await fn({ lost: lost.signal, check });
       } finally {
         await holder.end({ timeout: 1 });
       }
