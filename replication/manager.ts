@@ -59,6 +59,7 @@ export function createReplicationManager({ db, clients, streamsFor, log }: Repli
   const running = new Map<string, Running>();
   const disabled = new Set<string>();
   let stopped = false;
+  const stopping = new AbortController();
   let refreshing: Promise<void> = Promise.resolve();
 
   function startRemote(row: typeof clusterMetadata.$inferSelect): Running {
@@ -127,9 +128,27 @@ export function createReplicationManager({ db, clients, streamsFor, log }: Repli
     for (const [name, row] of wanted) if (!running.has(name)) running.set(name, startRemote(row));
   }
 
+  /**
+   * reload() at start, again after a failure until it goes through or the manager stops. The
+   * server starts it without waiting: a read that failed there (the database out of connection
+   * slots, or gone a moment) was a rejection nobody handled, and no stream started until an
+   * operator changed a remote.
+   */
+  async function firstLoad(): Promise<void> {
+    for (let backoff = 100; !stopped; backoff = Math.min(backoff * 2, 2000)) {
+      try {
+        return await reload();
+      } catch (e) {
+        if (stopped) return;
+        log.warn("reading the remote clusters failed; replication starts once a read goes through", { error: loggableError(e), retryInMs: backoff });
+        await sleep(backoff, stopping.signal);
+      }
+    }
+  }
+
   return {
-    /** Starts streams for the enabled remotes. */
-    start: () => (refreshing = refreshing.then(reload)),
+    /** Starts streams for the enabled remotes, once they can be read. */
+    start: () => (refreshing = refreshing.then(firstLoad)),
     /** Re-reads remote clusters now and starts or stops streams to match. */
     refresh(): Promise<void> {
       refreshing = refreshing.then(reload, reload);
@@ -154,6 +173,7 @@ export function createReplicationManager({ db, clients, streamsFor, log }: Repli
     },
     async stop(): Promise<void> {
       stopped = true;
+      stopping.abort();
       await refreshing.catch(() => {});
       const all = [...running.values()];
       running.clear();

@@ -43,6 +43,52 @@ describe("replication manager", () => {
   });
 });
 
+describe("the manager's start", () => {
+  test("TestAFailedFirstReadOfTheRemotesIsRetried: the streams start once a read goes through, and start() does not reject", async () => {
+    // The database refuses the first two reads (out of connection slots at a server's start, say).
+    let reads = 0;
+    const flaky = {
+      select: () => ({ from: () => ({ where: async () => {
+        reads += 1;
+        if (reads <= 2) throw new Error("remaining connection slots are reserved for non-replication superuser connections");
+        return [remoteRow];
+      } }) }),
+    };
+    const lines: { msg: string }[] = [];
+    let runs = 0;
+    const stream: ReplicationStream = {
+      name: "history",
+      async run(_remote, signal) {
+        runs += 1;
+        await new Promise((r) => signal.addEventListener("abort", r, { once: true }));
+      },
+    };
+    const manager = createReplicationManager({
+      db: flaky, clients: { get: () => ({}) }, streamsFor: () => [stream], log: createLogger({ write: (l) => lines.push(JSON.parse(l)) }),
+    } as unknown as ReplicationManagerDeps);
+    await manager.start();
+    expect(reads).toBe(3);
+    await eventually(() => expect(runs).toBe(1));
+    expect(lines.filter((l) => l.msg.startsWith("reading the remote clusters failed"))).toHaveLength(2);
+    await manager.stop();
+  });
+
+  test("a manager stopped while its first read keeps failing ends its retries", async () => {
+    let reads = 0;
+    const down = { select: () => ({ from: () => ({ where: async () => { reads += 1; throw new Error("connect ECONNREFUSED"); } }) }) };
+    const manager = createReplicationManager({
+      db: down, clients: { get: () => ({}) }, streamsFor: () => [], log: createLogger({ write: () => {} }),
+    } as unknown as ReplicationManagerDeps);
+    const started = manager.start();
+    await eventually(() => expect(reads).toBeGreaterThan(1));
+    await manager.stop();
+    await started;
+    const after = reads;
+    await Bun.sleep(2_100); // past the longest backoff (2 s): no retry comes
+    expect(reads).toBe(after);
+  });
+});
+
 describe("a stream's restarts", () => {
   test("come 100 ms after a failure of a stream that was well, however many failures before had grown the backoff", async () => {
     const runsAt: number[] = [];
