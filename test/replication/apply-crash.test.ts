@@ -165,6 +165,13 @@ async function crashBackend(url: string): Promise<void> {
 }
 
 /** Shards whose ack on A is past where B's database says B applied. */
+/** Whether A was told of everything B applied of it: each shard's outbound ack on A at B's inbound ack. */
+async function toldAllApplied(a: TestCluster, b: TestCluster): Promise<boolean> {
+  const applied = (await inboundAckRows(b.server.database.db)).filter((r) => r.remoteCluster === "clusterA" && r.queue === "history");
+  const told = await outboundAcks(a.server.database.db, "clusterB");
+  return applied.length > 0 && applied.every((r) => told.get(r.shardId) === r.ackLevel);
+}
+
 async function toldPastApplied(a: TestCluster, b: TestCluster): Promise<number[]> {
   const applied = new Map((await inboundAckRows(b.server.database.db)).filter((r) => r.remoteCluster === "clusterA" && r.queue === "history").map((r) => [r.shardId, r.ackLevel]));
   return toldPastRecovered(await outboundAcks(a.server.database.db, "clusterB"), applied);
@@ -206,6 +213,9 @@ describe.if(binaries && (await testStores()).includes("postgres"))("B's PostgreS
     const { pg, gate, a, b, nsId, waiting } = await gatedPair(true, "pull");
     await write(a, "first", 4, 2);
     await eventually(() => expectSameHistories(a, b, nsId), { timeout: 20_000 });
+    // The pull's request after the first batch's last page tells A of it once its flush went
+    // through: closed before that, the gate held that request, and the second batch never came.
+    await eventually(async () => expect(await toldAllApplied(a, b)).toBe(true), { timeout: 20_000 });
 
     gate.close();
     // One task, taken in one page: applied, not flushed, and the pull's next request waits for
