@@ -1,5 +1,5 @@
 import type { RemoteClientPool } from "../src/cluster/remote-client";
-import type { ClusterDirectory } from "../src/cluster/directory";
+import { remoteOf, type ClusterDirectory } from "../src/cluster/directory";
 import { loggableError } from "../src/errors";
 import type { Db } from "../src/persistence/database";
 import { inboundAckRows } from "./ack-levels";
@@ -39,7 +39,7 @@ export function createFailoverMembersCheck({ db, clusters, clients, timeoutMs = 
   async function targetLacks(target: string, applied: MembersApplied): Promise<string | undefined> {
     if (!applied.size) return undefined;
     const here = clusters.current().clusterName;
-    const row = (await clusters.list()).find((c) => c.clusterName === target && !c.isCurrent);
+    const row = await remoteOf(clusters, target);
     if (!row) return undefined;
     let status;
     try {

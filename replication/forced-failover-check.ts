@@ -1,4 +1,4 @@
-import type { ClusterDirectory } from "../src/cluster/directory";
+import { remoteOf, type ClusterDirectory } from "../src/cluster/directory";
 import type { RemoteClientPool } from "../src/cluster/remote-client";
 import { failedPrecondition } from "../src/errors";
 import type { NamespaceRegistry } from "../src/namespace/registry";
@@ -50,7 +50,7 @@ export function createForcedFailoverCheck({ db, namespaces, clusters, clients, t
     const ns = await namespaces.describe({ name: namespace });
     // Not a failover, or not one the registry takes: its own answer says why.
     if (!ns.isGlobal || ns.activeClusterName === target || !(members.length ? members : ns.clusters).includes(target)) return;
-    const address = target === here ? undefined : (await clusters.list()).find((c) => c.clusterName === target && !c.isCurrent)?.rpcAddress;
+    const address = target === here ? undefined : (await remoteOf(clusters, target))?.rpcAddress;
     const [why, jobs] = await Promise.all([
       target === here ? undefined : unheard(target, address),
       allowUnfinishedBackfill ? [] : target === here ? backfillJobsOf(db, ns.id) : address ? backfillJobsOn(clients, address, namespace, timeoutMs) : [],

@@ -1,7 +1,7 @@
 import { Code, ConnectError, type CallOptions, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type { Duration } from "@bufbuild/protobuf/wkt";
 import { ulid } from "ulid";
-import type { ClusterDirectory } from "../cluster/directory";
+import { remoteOf, type ClusterDirectory } from "../cluster/directory";
 import { peerFailureText, type RemoteClientPool, type RemoteClients } from "../cluster/remote-client";
 import type { RedirectionPolicy } from "../config/schema";
 import { ACTIVE_CLUSTER_HEADER, NamespaceNotActiveError, unavailable } from "../errors";
@@ -37,11 +37,6 @@ const ALL: MethodName[] = [
   "getWorkflowExecutionHistory",
   "listWorkflowExecutions",
 ];
-
-/** A connected (remote) cluster's metadata row, by name; undefined for this cluster or one not connected. */
-async function remoteOf(clusters: ClusterDirectory, name: string) {
-  return (await clusters.list()).find((c) => c.clusterName === name && !c.isCurrent);
-}
 
 /**
  * The frontend clients of name, the cluster active for namespace. Where this cluster cannot
