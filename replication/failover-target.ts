@@ -99,12 +99,20 @@ export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000
     return unfinishedBackfill(target, namespace, await backfillJobsOn(clients, address, namespace, waitMs), members);
   }
 
-  /** What target says of this cluster. */
-  function targetSide(target: string, address: string, seen: Seen): string | undefined {
-    if (seen && seen !== "unknown" && "down" in seen) return `cluster ${target} cannot be reached at ${address} (${seen.down}): made active now, it would take no writes`;
+  /**
+   * What target says of this cluster, and what the operator can do instead: a forced failover
+   * made here goes around a connection paused on target (target hears of it once enabled), not
+   * around a target that is down (made active, it takes no writes either) or one that never pulls
+   * from here (forced-failover-check.ts refuses it: made on target, it is taken).
+   */
+  function targetSide(target: string, address: string, seen: Seen): TargetProblem | undefined {
+    if (seen && seen !== "unknown" && "down" in seen) {
+      return { why: `cluster ${target} cannot be reached at ${address} (${seen.down}): made active now, it would take no writes`, instead: `bring it back first (a forced failover to it would take no writes either)` };
+    }
+    const never = neverPulls(current, target, seen);
+    if (never) return { why: `${never}, so it cannot catch up`, instead: `fix that first, or fail over forced on ${target} itself (made on ${here}, ${target} would never hear of it)` };
     const paused = seen && seen !== "unknown" && !seen.enableConnection;
-    const why = neverPulls(current, target, seen) ?? (paused ? `replication with cluster ${here} is disabled on ${target} (enable_connection is false there)` : undefined);
-    return why && `${why}, so it cannot catch up`;
+    return fixOrForce(paused ? `replication with cluster ${here} is disabled on ${target} (enable_connection is false there), so it cannot catch up` : undefined);
   }
 
   return async function targetProblem(target: string, members: string[] = [], failoverTimeoutMs = Infinity, namespace?: string): Promise<TargetProblem | undefined> {
@@ -125,8 +133,12 @@ export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000
         return undefined;
       }),
     ]);
-    const why = targetSide(target, targetAddress, mine) ?? links.find((l) => l !== undefined);
-    if (why || !backfill) return fixOrForce(why);
+    const side = targetSide(target, targetAddress, mine);
+    if (side) return side;
+    // A forced failover would leave the member without target's writes too.
+    const link = links.find((l) => l !== undefined);
+    if (link) return { why: link, instead: "fix that first (a forced failover would leave it so too)" };
+    if (!backfill) return undefined;
     // A forced failover to it is refused too, unless the operator takes the loss (forced-failover-check.ts).
     const forced = `operator namespace update -n ${namespace} --active-cluster ${target} --allow-unfinished-backfill`;
     return { why: backfill, instead: `wait for its backfill to be DONE, or, if its source is gone for good, fail over forced taking the loss (${forced})` };

@@ -11,7 +11,7 @@ import type { Db, HeldLock } from "../src/persistence/database";
 import { namespaces } from "../src/persistence/schema";
 import { listenForAckChange, outboundAcks } from "./ack-levels";
 import type { FailoverMembersCheck, MembersApplied } from "./failover-members";
-import { fixOrForce, type TargetProblem } from "./failover-target";
+import type { TargetProblem } from "./failover-target";
 import { appendNamespaceTask, namespaceQueueMax, readAck } from "./namespace-queue";
 import { MAX_WAIT_MS } from "./namespace-sender";
 import { sleep } from "../src/sleep";
@@ -143,6 +143,11 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
     return `cluster ${target} has not polled ${current.clusterName}'s namespace queue since ${ns.updatedAt.toISOString()} (${Math.round(lateMs / 1000)} s ago), so it would not hear the switch`;
   }
 
+  /** A target not polling this cluster's namespace queue would not hear a forced failover made here either: made on target, it is taken. */
+  function unpolled(target: string, why: string | undefined): TargetProblem | undefined {
+    return why === undefined ? undefined : { why, instead: `fix that first, or fail over forced on ${target} itself (made on ${current.clusterName}, ${target} would not hear it either)` };
+  }
+
   /** What the target still lacks, or undefined once it acked the whole handover point. */
   async function lag(target: string, point: HandoverPoint): Promise<string | undefined> {
     const acks = await outboundAcks(db, target);
@@ -252,7 +257,7 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
       throw failedPrecondition(`replication with cluster ${target} is disabled on ${current.clusterName} (enable_connection is false), so it cannot catch up: enable the connection first, or fail over forced`);
     }
     // What the clusters say first: a target that does not know this one has never polled it either.
-    const problem = (await deps.targetProblem?.(target, ns.clusters, timeoutMs, name)) ?? fixOrForce(await namespacePollsProblem(target));
+    const problem = (await deps.targetProblem?.(target, ns.clusters, timeoutMs, name)) ?? unpolled(target, await namespacePollsProblem(target));
     if (problem) throw failedPrecondition(`${problem.why}; ${problem.instead}; ${name} stays active in ${current.clusterName}`);
     return withSessionLock(handoverOwnerKey(ns.id), async (lock) => {
       const lockLost = lock.lost;

@@ -288,7 +288,7 @@ for (const store of await testStores()) {
       await b.stop();
       // Before, B's acks met the handover point and the switch made active a cluster that took no writes.
       const err = await rejects(failover(a, "clusterB", 10), Code.FailedPrecondition, `cluster clusterB cannot be reached at ${addr(b)} (connection refused): made active now, it would take no writes`);
-      expect(err.rawMessage).toEndWith("; fix that first, or fail over forced; orders stays active in clusterA");
+      expect(err.rawMessage).toEndWith("; bring it back first (a forced failover to it would take no writes either); orders stays active in clusterA");
       expect((await describeOn(a, "orders")).replicationConfig).toMatchObject({ activeClusterName: "clusterA", state: ReplicationState.NORMAL });
       await start(a, "after-the-refusal");
     });
@@ -323,7 +323,7 @@ for (const store of await testStores()) {
         `cluster clusterB cannot be reached at 127.0.0.1:${proxy.port} (connection reset on each of 2 tries: something takes the connection there, but no tern answers behind it): made active now, it would take no writes`,
       );
       expect(performance.now() - asked).toBeLessThan(5_000);
-      expect(err.rawMessage).toEndWith("; fix that first, or fail over forced; orders stays active in clusterA");
+      expect(err.rawMessage).toEndWith("; bring it back first (a forced failover to it would take no writes either); orders stays active in clusterA");
       expect((await describeOn(a, "orders")).replicationConfig).toMatchObject({ activeClusterName: "clusterA", state: ReplicationState.NORMAL });
       await start(a, "after-the-refusal");
     });
@@ -340,7 +340,9 @@ for (const store of await testStores()) {
     test("TestGracefulFailoverToAClusterThatDoesNotKnowThisOneIsRefusedAtOnce: it pulls nothing from here", async () => {
       await a.client(WorkflowService).registerNamespace({ namespace: "orders", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
       const asked = performance.now();
-      await rejects(failover(a, "clusterB", 10), Code.FailedPrecondition, "cluster clusterB does not know cluster clusterA: connect it there with cluster upsert, so it cannot catch up");
+      const err = await rejects(failover(a, "clusterB", 10), Code.FailedPrecondition, "cluster clusterB does not know cluster clusterA: connect it there with cluster upsert, so it cannot catch up");
+      // Not "or fail over forced" alone: made on A, a forced failover is refused too (forced-failover-check.ts).
+      expect(err.rawMessage).toEndWith("; fix that first, or fail over forced on clusterB itself (made on clusterA, clusterB would never hear of it); orders stays active in clusterA");
       expect(performance.now() - asked).toBeLessThan(5_000);
       expect(await state(a)).toBe(ReplicationState.NORMAL);
     });

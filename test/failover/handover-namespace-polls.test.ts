@@ -95,7 +95,7 @@ for (const store of await testStores()) {
         const err = await rejects(failover(a, "clusterB", 10), Code.FailedPrecondition, "cluster clusterB has not polled clusterA's namespace queue since ");
         // At once: no HANDOVER held A's writes for the failover's 10 s (before: UNAVAILABLE once they passed).
         expect(performance.now() - asked).toBeLessThan(2_000);
-        expect(err.rawMessage).toMatch(/ s ago\), so it would not hear the switch; fix that first, or fail over forced; orders stays active in clusterA$/);
+        expect(err.rawMessage).toMatch(/ s ago\), so it would not hear the switch; fix that first, or fail over forced on clusterB itself \(made on clusterA, clusterB would not hear it either\); orders stays active in clusterA$/);
         expect((await describeOn(a, NS)).replicationConfig).toMatchObject({ activeClusterName: "clusterA", state: ReplicationState.NORMAL });
         await start(a, "after-refusal");
       } finally {

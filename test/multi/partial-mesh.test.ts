@@ -47,7 +47,7 @@ for (const store of await testStores()) {
       await rejects(
         a.client(OperatorService).failoverNamespace({ namespace: "orders", targetCluster: "clusterB" }),
         Code.FailedPrecondition,
-        "cluster clusterB does not know cluster clusterC, one of the namespace's clusters, so clusterC would take nothing clusterB writes: connect them both ways; fix that first, or fail over forced; orders stays active in clusterA",
+        "cluster clusterB does not know cluster clusterC, one of the namespace's clusters, so clusterC would take nothing clusterB writes: connect them both ways; fix that first (a forced failover would leave it so too); orders stays active in clusterA",
       );
       // Active in B (forced, on A): what B writes now cannot reach C, and C's status says so.
       await a.client(WorkflowService).updateNamespace({ namespace: "orders", activeClusterName: "clusterB" });
