@@ -5,11 +5,12 @@ import { errorReason, loggableError, notFound } from "../src/errors";
 import { MergeReplicationDlqResponseSchema, type MergeReplicationDlqResponse, type ReplicationDlqEntry } from "../src/gen/tern/admin/v1/service_pb";
 import { runKeyText } from "../src/history/branch-store";
 import type { EventNotifier } from "../src/history/notifier";
+import { readNamespaceUnderBarrier } from "../src/history/namespace-guard";
 import type { Writer } from "../src/history/writer";
 import type { Logger } from "../src/observability/log";
 import type { Db } from "../src/persistence/database";
 import { clusterMetadata, replicationDlq } from "../src/persistence/schema";
-import type { HistoryApplier, IncomingTask } from "./applier";
+import { RetryableReplicationError, type HistoryApplier, type IncomingTask } from "./applier";
 import { entryOf, HELD_BEHIND, type DlqFilter, type DlqRow, type ReplicationDlq } from "./dlq";
 import { fetchOutside } from "./gap-fetch";
 import { rawFetcher } from "./page-transactions";
@@ -74,11 +75,18 @@ export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, lo
    */
   async function mergeOne(e: DlqRow, source: RemoteClients, signal?: AbortSignal): Promise<boolean> {
     const task = await fetchEntry(e, source, signal);
-    const namespaces = await applier.namespacesOf([task]);
+    const namespaces = await applier.namespacesOf([task]).catch((err) => {
+      // The receiver retries such a task; a merge does not, and said "retrying" (the namespace deleted here since).
+      throw err instanceof RetryableReplicationError ? namespaceGone(e) : err;
+    });
     const grown = await fetchOutside(rawFetcher(e.sourceCluster, source, log, signal), (fetchRaw) =>
       writer.transact("MergeReplicationDlq", async (tx) => {
+        // Under the barrier a delete takes (namespace/delete.ts): one committed meanwhile took the entry
+        // with the namespace, and one after waits for this. Before, a delete in between left the runs applied here.
+        const ns = await readNamespaceUnderBarrier(tx, namespaces.get(e.namespaceId)!);
+        if (!ns) throw namespaceGone(e);
         const [held] = await tx.delete(replicationDlq).where(keyOf(e)).returning({ taskId: replicationDlq.taskId });
-        return held ? applier.applyTask(tx, namespaces.get(e.namespaceId)!, task, fetchRaw) : undefined;
+        return held ? applier.applyTask(tx, ns, task, fetchRaw) : undefined;
       }, signal),
     );
     if (grown) notifier.notify(e.runId);
@@ -135,6 +143,10 @@ export type DlqMerge = ReturnType<typeof createDlqMerge>;
 
 /** Listings of the DLQ a merge works through: a run that never stops getting tasks does not keep it going for ever. */
 const MERGE_ROUNDS = 10;
+
+/** Why an entry of a namespace this cluster no longer holds cannot be merged. */
+const namespaceGone = (e: DlqRow) =>
+  new Error(`namespace ${e.namespaceId} is not on this cluster (deleted here): there is nothing to merge the entry into; purge it to drop it`);
 
 const entryKeyText = (e: DlqRow) => `${e.sourceCluster}/${e.shardId}/${e.taskId}`;
 

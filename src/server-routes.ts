@@ -28,6 +28,7 @@ export function wireRoutes({ config, opts, log, now, cluster }: Base, core: Core
       db, clusters, namespaces, remotes: repl.remotes, version: VERSION, clients,
       connectionState: (name) => manager.connectionState(name),
       failover: repl.failover, forwardTimeoutMs: opts.forwardTimeoutMs, whenChanged: core.whenChanged,
+      refreshDlqGauge: () => dlq.refreshGauge(),
     }),
     admin: withPullHooks(
       createAdminHandler({

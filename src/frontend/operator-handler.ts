@@ -33,6 +33,8 @@ export interface OperatorHandlerDeps {
   forwardTimeoutMs?: number;
   /** Subscribes hook to the namespace changes saved in this cluster (server.ts changedHooks); returns its unsubscribe. */
   whenChanged: (hook: (ns: NamespaceRecord) => void) => () => void;
+  /** Sets replication_dlq_size again after a namespace delete took its entries (replication/dlq.ts). */
+  refreshDlqGauge: () => Promise<void>;
 }
 
 const FAILOVER_TIMEOUT_MS = 10_000;
@@ -120,6 +122,7 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
     },
     async deleteNamespace(r, { signal }) {
       const { executions } = await deleteNamespace(db, namespaces, r.namespace, current.clusterName, signal);
+      await deps.refreshDlqGauge();
       return { deletedNamespace: r.namespace, deletedExecutions: BigInt(executions) };
     },
     async addOrUpdateRemoteCluster(r, { signal }) {

@@ -3,11 +3,11 @@ import { failedPrecondition } from "../errors";
 import { lockNamespaceForChange } from "../history/namespace-guard";
 import { transaction } from "../persistence/call-signal";
 import type { Db } from "../persistence/database";
-import { backfillJobs, executions, historyBranchEvents, historyBranches, historyEvents, namespaces, replicationTasks, requestIds, timerTasks } from "../persistence/schema";
+import { backfillJobs, executions, historyBranchEvents, historyBranches, historyEvents, namespaces, replicationDlq, replicationTasks, requestIds, timerTasks } from "../persistence/schema";
 import type { NamespaceRegistry } from "./registry";
 
 /**
- * Deletes a namespace with every execution, event, task and backfill job it holds, in one transaction, on
+ * Deletes a namespace with every execution, event, task, DLQ entry and backfill job it holds, in one transaction, on
  * this cluster only, after the writes in flight to it. A global namespace that lists this
  * cluster is deleted on its active cluster only: a passive member would go on receiving its
  * replication tasks, and apply none of them, nor any task behind them in their shards.
@@ -33,6 +33,9 @@ export async function deleteNamespace(db: Db, registry: NamespaceRegistry, name:
     await tx.delete(replicationTasks).where(eq(replicationTasks.namespaceId, ns.id));
     // Left, a namespace of the same id (replication creates it again where it joins again) showed them as its own.
     await tx.delete(backfillJobs).where(eq(backfillJobs.namespaceId, ns.id));
+    // Left, they held the runs of a namespace created again of the same id, and `dlq list | merge` showed them
+    // (a merge: "not known yet; retrying"). A merge applying one holds the barrier (dlq-merge.ts): ordered with this.
+    await tx.delete(replicationDlq).where(eq(replicationDlq.namespaceId, ns.id));
     await tx.delete(namespaces).where(eq(namespaces.id, ns.id));
     return runs.length;
   }, signal);
