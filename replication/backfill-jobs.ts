@@ -1,4 +1,4 @@
-import { and, eq, ne, sql } from "drizzle-orm";
+import { and, eq, ne, notInArray, sql } from "drizzle-orm";
 import type { Db, Tx } from "../src/persistence/database";
 import { backfillJobs, namespaces } from "../src/persistence/schema";
 import { listsClusters } from "../src/namespace/lists-clusters";
@@ -69,8 +69,11 @@ export async function startBackfillsFrom(tx: Tx, remote: string, here: string, n
  * of a namespace no longer replicated here; added back, the cluster starts one again), or that
  * removes the source (they stood RUNNING for good, their status advising to connect it again).
  */
-export async function stopBackfillJobs(tx: Tx, of: { namespaceId: string } | { sourceCluster: string }, why: string, now: Date): Promise<void> {
-  const which = "namespaceId" in of ? eq(backfillJobs.namespaceId, of.namespaceId) : eq(backfillJobs.sourceCluster, of.sourceCluster);
+export async function stopBackfillJobs(tx: Tx, of: { namespaceId: string } | { sourceCluster: string } | Key, why: string, now: Date): Promise<void> {
+  const which = and(
+    "namespaceId" in of ? eq(backfillJobs.namespaceId, of.namespaceId) : undefined,
+    "sourceCluster" in of ? eq(backfillJobs.sourceCluster, of.sourceCluster) : undefined,
+  );
   await tx
     .update(backfillJobs)
     .set({ status: "STOPPED", lastError: why, retryError: null, updatedAt: now })
@@ -81,6 +84,22 @@ export async function stopBackfillJobs(tx: Tx, of: { namespaceId: string } | { s
 export function stopBackfillsFrom(tx: Tx, remote: string, now: Date): Promise<void> {
   const why = `stopped: its source cluster ${remote} was removed here (cluster remove); to bring what this cluster lacks, start a backfill from another of the namespace's clusters (backfill --from)`;
   return stopBackfillJobs(tx, { sourceCluster: remote }, why, now);
+}
+
+/**
+ * In the transaction that changes a namespace's clusters: its running jobs from a cluster it no
+ * longer lists end STOPPED (stopBackfillJobs), saying so. They went on fetching from a cluster
+ * that is no member (only its remove stopped them), and stood in the way of a failover here.
+ */
+export async function stopBackfillsOfNonMembers(tx: Tx, ns: { id: string; name: string; clusters: string[] }, now: Date): Promise<void> {
+  const jobs = await tx
+    .select({ source: backfillJobs.sourceCluster })
+    .from(backfillJobs)
+    .where(and(eq(backfillJobs.namespaceId, ns.id), eq(backfillJobs.status, "RUNNING"), notInArray(backfillJobs.sourceCluster, ns.clusters)));
+  for (const { source } of jobs) {
+    const why = `stopped: its source cluster ${source} was taken out of namespace ${ns.name} (its clusters now: ${ns.clusters.join(", ")}); to bring what this cluster lacks, start a backfill from one of them (backfill --from)`;
+    await stopBackfillJobs(tx, { namespaceId: ns.id, sourceCluster: source }, why, now);
+  }
 }
 
 /** The running jobs pulling from source (a FAILED one waits for an operator to start it again, not retried each round). */

@@ -7,7 +7,7 @@ import type { Metrics } from "../src/observability/metrics";
 import type { Logger } from "../src/observability/log";
 import type { Db } from "../src/persistence/database";
 import type { RemoteCluster, ReplicationStream } from "./manager";
-import { startJoinBackfill, stopBackfillJobs } from "./backfill-jobs";
+import { startJoinBackfill, stopBackfillJobs, stopBackfillsOfNonMembers } from "./backfill-jobs";
 import { createInboundHeard, type Heard } from "./inbound-heard";
 import { applyNamespaceTask } from "./namespace-applier";
 import { advanceAckLevel, appendNamespaceTask, readAckLevel, type AckKey } from "./namespace-queue";
@@ -55,7 +55,7 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
       if (r.left) {
         const why = `stopped: cluster ${currentCluster} was taken out of namespace ${r.record!.name} (its clusters now: ${r.record!.clusters.join(", ")}); added back, it backfills it again`;
         await stopBackfillJobs(tx, { namespaceId: r.record!.id }, why, now());
-      }
+      } else if (r.outcome === "updated") await stopBackfillsOfNonMembers(tx, r.record!, now());
       // Made active here by another cluster's change: queued here too, as it stands, so that a member
       // that hears this cluster and not that one (cut off from it, or it gone since) learns it.
       if (r.activated) await appendNamespaceTask(tx, r.record!, r.record!.clusters);

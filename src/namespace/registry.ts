@@ -1,5 +1,6 @@
 import { and, asc, eq, gt, sql } from "drizzle-orm";
 import { ulid } from "ulid";
+import { stopBackfillsOfNonMembers } from "../../replication/backfill-jobs";
 import { appendNamespaceTask } from "../../replication/namespace-queue";
 import { nextFailoverVersion } from "../cluster/metadata";
 import { lockNamespaceBarrier } from "../history/namespace-guard";
@@ -224,6 +225,7 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
         .returning();
       if (!saved) throw failedPrecondition(`namespace ${input.name} changed concurrently; retry`);
       if (saved.isGlobal) await appendNamespaceTask(tx, saved, row.clusters);
+      if (next.clusters) await stopBackfillsOfNonMembers(tx, saved, now());
       return { saved, changed: true, activated: saved.activeClusterName !== row.activeClusterName && saved.activeClusterName === clusters.current().clusterName };
     }, input.signal);
     forget(updated.saved);

@@ -13,7 +13,8 @@ const NS = "retired";
 
 /**
  * A backfill whose source is retired (taken out of the namespace, then removed as a remote): it
- * stood RUNNING for good, its status advising to connect the source again.
+ * stood RUNNING for good, its status advising to connect the source again; then it went on
+ * fetching from the source once taken out, until removed. It ends STOPPED as the source is taken out.
  */
 for (const store of await testStores()) {
   describe(`a backfill from a cluster removed as a remote, on ${store}`, () => {
@@ -38,12 +39,13 @@ for (const store of await testStores()) {
       expect((await tern(b, "operator", "namespace", "update", "-n", NS, "--active-cluster", "clusterB", "--allow-unfinished-backfill")).code).toBe(0);
       await expectActiveOn(b, NS, "clusterB", 2n);
       expect((await tern(b, "operator", "namespace", "update", "-n", NS, "--cluster", "clusterB")).code).toBe(0);
+      // Before: RUNNING, fetching from a cluster the namespace no longer lists, until A was removed as a remote.
+      const why = "stopped: its source cluster clusterA was taken out of namespace retired (its clusters now: clusterB); to bring what this cluster lacks, start a backfill from one of them (backfill --from)";
+      expect([(await jobOn(b))?.status, (await jobOn(b))?.lastError]).toEqual(["STOPPED", why]);
+      expect((await tern(b, "operator", "namespace", "backfill-status", NS)).out).toContain(why);
       expect((await tern(b, "operator", "cluster", "remove", "--name", "clusterA")).code).toBe(0);
       const job = await jobOn(b);
-      expect([job?.status, job?.lastError]).toEqual([
-        "STOPPED",
-        "stopped: its source cluster clusterA was removed here (cluster remove); to bring what this cluster lacks, start a backfill from another of the namespace's clusters (backfill --from)",
-      ]);
+      expect([job?.status, job?.lastError]).toEqual(["STOPPED", why]);
       expect((await tern(b, "operator", "namespace", "backfill-status", NS)).out).not.toContain("add it with cluster upsert");
     });
   });
