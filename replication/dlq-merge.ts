@@ -25,6 +25,8 @@ export interface DlqMergeDeps {
   clients: RemoteClientPool;
   notifier: EventNotifier;
   log: Logger;
+  /** How many times a merge lists the DLQ: MERGE_ROUNDS unless set (tests). */
+  rounds?: number;
 }
 
 /**
@@ -33,7 +35,7 @@ export interface DlqMergeDeps {
  * entry that applies is deleted in the same transaction; one that fails is kept, and so
  * are the later entries of its run, so a run is never applied out of order.
  */
-export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, log }: DlqMergeDeps) {
+export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, log, rounds = MERGE_ROUNDS }: DlqMergeDeps) {
   async function sourceClients(name: string): Promise<RemoteClients> {
     const [row] = await db.select().from(clusterMetadata).where(and(eq(clusterMetadata.clusterName, name), eq(clusterMetadata.isCurrent, false)));
     if (!row) throw notFound(`source cluster ${shown(name)} is not a remote cluster of this one`);
@@ -96,7 +98,9 @@ export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, lo
   /**
    * Merges the entries filter matches, in task order, and then those that came meanwhile (a
    * held run's tasks go on arriving: the last of them were left in the DLQ and the run held), up
-   * to MERGE_ROUNDS listings.
+   * to `rounds` listings. What came after the last is answered as failed (LEFT_FOR_NEXT_MERGE): the
+   * merge answered all merged before, and those runs stayed held, their later tasks going to the DLQ
+   * too, until an operator merged again.
    */
   async function merge(filter: DlqFilter, signal?: AbortSignal): Promise<MergeReplicationDlqResponse> {
     const stuck = new Map<string, string>();
@@ -104,10 +108,14 @@ export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, lo
     const tried = new Set<string>();
     const failed: ReplicationDlqEntry[] = [];
     let merged = 0;
-    for (let round = 0; round < MERGE_ROUNDS; round++) {
+    for (let round = 0; ; round++) {
       const entries = (await dlq.all(filter)).filter((e) => !tried.has(entryKeyText(e)));
       if (!entries.length && round === 0) await dlq.refuseUnknownSource(filter);
       if (!entries.length) break;
+      if (round === rounds) {
+        failed.push(...entries.map((e) => entryOf({ ...e, lastError: LEFT_FOR_NEXT_MERGE })));
+        break;
+      }
       for (const e of entries) {
         tried.add(entryKeyText(e));
         const run = runKeyText(e);
@@ -143,6 +151,9 @@ export type DlqMerge = ReturnType<typeof createDlqMerge>;
 
 /** Listings of the DLQ a merge works through: a run that never stops getting tasks does not keep it going for ever. */
 const MERGE_ROUNDS = 10;
+
+/** Why an entry that reached the DLQ after a merge's last listing was not merged by it. */
+export const LEFT_FOR_NEXT_MERGE = "not merged: it reached the DLQ after this merge's last listing (its run's tasks kept coming); its run stays held: merge again";
 
 /** Why an entry of a namespace this cluster no longer holds cannot be merged. */
 const namespaceGone = (e: DlqRow) =>

@@ -34,7 +34,7 @@ export function wireRoutes({ config, opts, log, now, cluster }: Base, core: Core
       createAdminHandler({
         db, cluster, sender: repl.sender, status: repl.status, dlq,
         namespaceSender: repl.namespaceSender,
-        dlqMerge: createDlqMerge({ db, dlq, applier, writer: core.writer, clients, notifier, log }),
+        dlqMerge: createDlqMerge({ db, dlq, applier, writer: core.writer, clients, notifier, log, rounds: opts.replication?.dlqMergeRounds }),
         verifier: createReplicationVerifier({ db, cluster, clients, ...opts.replication?.verify }),
       }),
       opts.replication,

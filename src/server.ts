@@ -93,6 +93,8 @@ export interface ServerOptions {
     beforeNamespaceApply?: (ns: NamespaceDescription) => Promise<void>;
     /** Verify's budgets (tests make them small, so that a moderate run takes several calls). */
     verify?: Pick<ReplicationVerifierDeps, "sqlDigestBytes" | "pageWorkMs">;
+    /** How many times a DLQ merge lists the DLQ (replication/dlq-merge.ts; tests make it 1). */
+    dlqMergeRounds?: number;
   };
 }
 
