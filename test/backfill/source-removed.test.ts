@@ -5,7 +5,7 @@ import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { connectAll, expectActiveOn, startClusters } from "../failover/mesh";
-import { holdingApplies, seedExecutions, tern } from "./support";
+import { holdingApplies, runsOf, seedExecutions, tern } from "./support";
 
 setDefaultTimeout(120_000);
 
@@ -47,6 +47,37 @@ for (const store of await testStores()) {
       const job = await jobOn(b);
       expect([job?.status, job?.lastError]).toEqual(["STOPPED", why]);
       expect((await tern(b, "operator", "namespace", "backfill-status", NS)).out).not.toContain("add it with cluster upsert");
+    });
+  });
+
+  describe(`a backfill from a cluster another cluster takes out of the namespace, on ${store}`, () => {
+    let a: TestCluster, b: TestCluster, c: TestCluster;
+    /** B's applies of wf-0003 wait: its backfills stay RUNNING at that page. */
+    const applying = holdingApplies((_namespace, workflowId) => workflowId === "wf-0003");
+    beforeAll(async () => {
+      [a, b, c] = await startClusters(store, [{}, { serverOptions: { replication: { wrapApplier: applying } } }, {}]);
+      await connectAll([a, b, c]);
+    });
+    afterAll(async () => {
+      await Promise.all([a, b, c].map((x) => x?.destroy()));
+    });
+
+    test("TestBackfillFromAClusterTakenOutOnTheActiveClusterEndsStopped", async () => {
+      const ns = "thinned";
+      await a.client(WorkflowService).registerNamespace({ namespace: ns, isGlobalNamespace: true, clusters: ["clusterA", "clusterC"] });
+      await seedExecutions(a, ns, 10);
+      await eventually(async () => expect((await runsOf(c, ns)).length).toBe((await runsOf(a, ns)).length));
+      await a.client(WorkflowService).updateNamespace({ namespace: ns, clusters: ["clusterA", "clusterB", "clusterC"] });
+      const jobsOn = async () => (await b.client(BackfillService).getBackfillStatus({ namespace: ns })).jobs.map((j) => [j.sourceCluster, j.status, j.lastError]);
+      await eventually(async () => expect((await jobsOn())[0]?.[2]).toContain("injected: wf-0003 waits"));
+      expect((await tern(b, "operator", "namespace", "backfill", ns, "--from", "clusterC")).code).toBe(0);
+      await eventually(async () => expect((await jobsOn())[1]?.[2]).toContain("injected: wf-0003 waits"));
+      // A takes C out; B hears it through namespace replication.
+      await a.client(WorkflowService).updateNamespace({ namespace: ns, clusters: ["clusterA", "clusterB"] });
+      const why = "stopped: its source cluster clusterC was taken out of namespace thinned (its clusters now: clusterA, clusterB); to bring what this cluster lacks, start a backfill from one of them (backfill --from)";
+      // Before: RUNNING, fetching from C for as long as C stayed a remote of B.
+      await eventually(async () => expect((await jobsOn())[1]).toEqual(["clusterC", "STOPPED", why]));
+      expect((await jobsOn())[0]?.slice(0, 2)).toEqual(["clusterA", "RUNNING"]);
     });
   });
 }
