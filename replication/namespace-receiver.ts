@@ -5,6 +5,7 @@ import type { NamespaceDescription } from "../src/gen/tern/workflow/v1/namespace
 import type { NamespaceRecord, NamespaceRegistry } from "../src/namespace/registry";
 import type { Metrics } from "../src/observability/metrics";
 import type { Logger } from "../src/observability/log";
+import { transaction } from "../src/persistence/call-signal";
 import type { Db } from "../src/persistence/database";
 import type { RemoteCluster, ReplicationStream } from "./manager";
 import { startJoinBackfill, stopBackfillJobs, stopBackfillsOfNonMembers } from "./backfill-jobs";
@@ -45,9 +46,10 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
   /** When each remote last answered a poll, and why its polls fail since: the ns row's max task id is as of then. */
   const inboundHeard = createInboundHeard({ everyMs: waitTimeoutMs, staleAfterMs: deps.staleAfterMs });
 
-  async function apply(key: AckKey, task: NamespaceReplicationTask, maxTaskId: number): Promise<void> {
+  /** Applies task with its ack; the stop (signal) rolls it back, cancelling a statement waiting for a lock, and the next start takes it again. */
+  async function apply(key: AckKey, task: NamespaceReplicationTask, maxTaskId: number, signal: AbortSignal): Promise<void> {
     await deps.beforeApply?.(task.namespace!);
-    const result = await db.transaction(async (tx) => {
+    const result = await transaction(db, async (tx) => {
       const r = await applyNamespaceTask(tx, currentCluster, task.namespace!, now(), task.joinsAskingCluster);
       const source = r.record?.activeClusterName;
       // Executions from before this cluster joined: backfilled from the active cluster, recorded with the join.
@@ -61,7 +63,7 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
       if (r.activated) await appendNamespaceTask(tx, r.record!, r.record!.clusters);
       await advanceAckLevel(tx, key, Number(task.taskId), maxTaskId, task.createTime ? timestampDate(task.createTime) : undefined);
       return r;
-    });
+    }, signal);
     if (result.outcome === "skipped") return;
     deps.namespaces.invalidate(result.record);
     log.info("namespace replicated", { remote: key.remote, namespace: result.record?.name, outcome: result.outcome, taskId: Number(task.taskId) });
@@ -98,13 +100,13 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
       const max = Number(res.maxTaskId);
       for (const task of res.tasks) {
         if (Number(task.taskId) <= ack) continue; // already applied (a repeated page)
-        await apply(key, task, max);
+        await apply(key, task, max, signal);
         ack = Number(task.taskId);
       }
       // Tasks for namespaces not listing this cluster were skipped by the sender: move past them.
       const last = Number(res.lastTaskId);
       if (last > ack) {
-        await advanceAckLevel(db, key, last, max);
+        await transaction(db, (tx) => advanceAckLevel(tx, key, last, max), signal);
         ack = last;
       }
       deps.metrics?.set("namespace_replication_task_ack_level", { remote_cluster: remote.name }, ack);

@@ -106,9 +106,9 @@ if ((await testStores()).includes("postgres")) {
       held?.release();
       held = undefined;
     }
-    /** Waits until one of B's writes waits for that lock, then stops B; resolves to how long the stop took. */
-    async function stopWhileWaiting(): Promise<number> {
-      await eventually(async () => {
+    /** Waits until one of B's writes waits for that lock (or, with waitedFor false, lets the caller say it waits), then stops B; resolves to how long the stop took. */
+    async function stopWhileWaiting(waitedFor = true): Promise<number> {
+      if (waitedFor) await eventually(async () => {
         const [w] = await sql`select count(*)::int as n from pg_locks l join pg_class c on c.oid = l.relation where c.relname = 'history_events' and not l.granted`;
         expect(w!.n).toBeGreaterThan(0);
       }, { timeout: 20_000 });
@@ -132,6 +132,23 @@ if ((await testStores()).includes("postgres")) {
       // Before, the stop waited for the apply to fail at the lock timeout (and then for the next path's try).
       expect(await stopWhileWaiting()).toBeLessThan(GRACE_MS * 0.6);
       await eventually(async () => expect(await historyOn(b, "orders", "w")).toEqual([1]), { timeout: 20_000 });
+    });
+
+    test("SIGTERM cancels a namespace task's apply waiting for the namespace's row lock: B exits 0 well inside the grace, and applies the change once restarted", async () => {
+      await client(a).registerNamespace({ namespace: "billing", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"], activeClusterName: "clusterA" });
+      await eventually(async () => expect((await sql`select count(*)::int as n from namespaces where name = 'billing'`)[0]!.n).toBe(1), { timeout: 20_000 });
+      // Another session holds billing's row on B, which the apply locks first (lockTimeoutMs: 10 s by default).
+      held = await sql.reserve();
+      await held.unsafe("begin");
+      await held.unsafe("select 1 from namespaces where name = 'billing' for update");
+      await client(a).updateNamespace({ namespace: "billing", description: "moved" });
+      await eventually(async () => {
+        const [w] = await sql`select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and query ilike '%namespaces%for update%'`;
+        expect(w!.n).toBeGreaterThan(0);
+      }, { timeout: 20_000 });
+      // Before, the stop waited for the apply to fail at the lock timeout.
+      expect(await stopWhileWaiting(false)).toBeLessThan(GRACE_MS * 0.6);
+      await eventually(async () => expect((await sql`select description from namespaces where name = 'billing'`)[0]!.description).toBe("moved"), { timeout: 20_000 });
     });
 
     test("SIGTERM cancels a backfill page waiting for the lock: B exits 0 well inside the grace, and the backfill completes once restarted", async () => {
