@@ -2,7 +2,8 @@ import { eq, lt, lte } from "drizzle-orm";
 import type { Logger } from "../src/observability/log";
 import type { Metrics } from "../src/observability/metrics";
 import { createPeriodic } from "../src/periodic";
-import type { Db } from "../src/persistence/database";
+import { transaction } from "../src/persistence/call-signal";
+import type { Db, Tx } from "../src/persistence/database";
 import { runStatement, tableCodec } from "../src/persistence/raw-statements";
 import { clusterMetadata, namespaceReplicationTasks, replicationAckLevels, replicationTasks, shards } from "../src/persistence/schema";
 
@@ -42,19 +43,26 @@ export function createReplicationCleanup({ db, log, intervalMs = 10_000, graceMs
     }
   }
 
-  /** One pass; returns how many tasks it deleted. */
-  async function runOnce(): Promise<number> {
-    const remotes = await db.select({ name: clusterMetadata.clusterName }).from(clusterMetadata).where(eq(clusterMetadata.isCurrent, false));
+  /**
+   * One pass, in one transaction; returns how many tasks it deleted. The stop (signal) rolls it
+   * back, cancelling a statement waiting for a lock, rather than wait out lockTimeoutMs.
+   */
+  function runOnce(signal?: AbortSignal): Promise<number> {
+    return transaction(db, pass, signal);
+  }
+
+  async function pass(tx: Tx): Promise<number> {
+    const remotes = await tx.select({ name: clusterMetadata.clusterName }).from(clusterMetadata).where(eq(clusterMetadata.isCurrent, false));
     if (remotes.length === 0) {
       showBacklog([], new Map(), () => 0);
       const before = new Date(now().getTime() - graceMs);
-      const gone = await db.delete(replicationTasks).where(lt(replicationTasks.createdAt, before)).returning({ id: replicationTasks.taskId });
-      await db.delete(namespaceReplicationTasks).where(lt(namespaceReplicationTasks.createdAt, before));
+      const gone = await tx.delete(replicationTasks).where(lt(replicationTasks.createdAt, before)).returning({ id: replicationTasks.taskId });
+      await tx.delete(namespaceReplicationTasks).where(lt(namespaceReplicationTasks.createdAt, before));
       return gone.length;
     }
     const [shardRows, acks] = await Promise.all([
-      db.select({ shardId: shards.shardId, next: shards.nextTaskId }).from(shards),
-      db
+      tx.select({ shardId: shards.shardId, next: shards.nextTaskId }).from(shards),
+      tx
         .select()
         .from(replicationAckLevels)
         .where(eq(replicationAckLevels.direction, "outbound")),
@@ -63,7 +71,7 @@ export function createReplicationCleanup({ db, log, intervalMs = 10_000, graceMs
     const ackOf = (queue: string, remote: string, shardId: number) => ackByKey.get(`${queue}/${remote}/${shardId}`) ?? 0;
     showBacklog(remotes.map((r) => r.name), new Map(shardRows.map((s) => [s.shardId, Number(s.next) - 1])), (remote, shardId) => ackOf("history", remote, shardId));
     const nsMin = Math.min(...remotes.map((r) => ackOf("namespace", r.name, 0)));
-    if (nsMin > 0) await db.delete(namespaceReplicationTasks).where(lte(namespaceReplicationTasks.taskId, nsMin));
+    if (nsMin > 0) await tx.delete(namespaceReplicationTasks).where(lte(namespaceReplicationTasks.taskId, nsMin));
     // Per shard, the least ack of every remote (one without an ack row for the shard has acked
     // nothing: it holds everything); every shard's acked tasks go in one statement, not one each.
     const least = new Map<number, number>();
@@ -72,7 +80,7 @@ export function createReplicationCleanup({ db, log, intervalMs = 10_000, graceMs
       if (min > 0) least.set(shardId, min);
     }
     if (!least.size) return 0;
-    const [row] = await runStatement(db, DELETE_ACKED_TEXT, [[...least.keys()], [...least.values()]]);
+    const [row] = await runStatement(tx, DELETE_ACKED_TEXT, [[...least.keys()], [...least.values()]]);
     return Number(row!.deleted);
   }
 
