@@ -58,7 +58,8 @@ export function createConflictSweep({ db, cluster, namespaces, writer, applier, 
           if (stopping.signal.aborted) return;
           const ns = await namespaces.getById(key.namespaceId);
           if (!ns.isGlobal || ns.activeClusterName !== cluster.clusterName) continue;
-          await writer.transact("SettleConflicts", (tx) => applier.settle(tx, ns, key));
+          // The stop rolls it back, cancelling a statement waiting for a lock (the run's row, say): the next start sweeps again.
+          await writer.transact("SettleConflicts", (tx) => applier.settle(tx, ns, key), stopping.signal);
           settled++;
         }
         if (settled) log.info("settled conflicts of runs with kept branches", { namespaceId, runs: settled });
