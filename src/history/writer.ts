@@ -8,7 +8,7 @@ import { failedPrecondition, invalidArgument, pgErrorOf, unavailable } from "../
 import type { NamespaceRecord } from "../namespace/registry";
 import type { Logger } from "../observability/log";
 import type { Metrics } from "../observability/metrics";
-import { transaction } from "../persistence/call-signal";
+import { createQueryCanceller, transaction } from "../persistence/call-signal";
 import type { Db, Tx } from "../persistence/database";
 import { singleStatement, type PipelinedTransactions } from "../persistence/pipelined-tx";
 import { composite, runGuard, type StatementPart } from "../persistence/raw-statements";
@@ -109,7 +109,8 @@ export function createWriter(deps: WriterDeps) {
    * statement is its own COMMIT, which a signal cannot take back (as a COMMIT already sent):
    * it is not cancelled, since a cancel needs the statement on a connection held for it, and
    * holding one per write cost about a fifth of the writes at saturation (bench/README.md,
-   * 2026-12-06). A lock wait still ends at the lock timeout.
+   * 2026-12-06). A lock wait still ends at the lock timeout. The applier's statements
+   * (oneStatementDb, connections of its own) are cancelled: see below.
    */
   function transactOneStatement<T>(operation: string, fn: (tx: Tx) => Promise<T>, signal?: AbortSignal): Promise<T> {
     const pipelined = deps.pipelined;
@@ -125,9 +126,25 @@ export function createWriter(deps: WriterDeps) {
       done(tx);
       return r;
     };
-    return withRetries(operation, (done) => {
+    // On the applier's own connections (oneStatementDb), the stop's signal cancels the statement
+    // in flight (one waiting for a lock): only the applier's statements run there, and a stop
+    // ends them all, so a cancel arriving after its statement ended (when the connection runs
+    // the next) fails at worst another apply, which is taken again. Requests' writes share the
+    // pool with every other request: theirs are not cancelled.
+    const cancels = deps.oneStatementDb !== undefined && signal !== undefined;
+    return withRetries(operation, async (done) => {
       signal?.throwIfAborted();
-      return written(done)(singleStatement(deps.oneStatementDb ?? db));
+      if (!cancels) return written(done)(singleStatement(deps.oneStatementDb ?? db));
+      const canceller = createQueryCanceller(signal);
+      try {
+        return await written(done)(singleStatement(deps.oneStatementDb!, canceller));
+      } catch (e) {
+        // A statement the signal cancelled fails as PostgreSQL's 57014: say it was stopped.
+        signal.throwIfAborted();
+        throw e;
+      } finally {
+        await canceller.stop();
+      }
     });
   }
 

@@ -1,6 +1,6 @@
 import type { Sql } from "postgres";
 import { connectionLost } from "../errors";
-import { createQueryCanceller } from "./call-signal";
+import { cancelThrough, createQueryCanceller, type QueryCanceller } from "./call-signal";
 import type { Db, Tx } from "./database";
 
 /**
@@ -127,8 +127,9 @@ function oneStatementOnly(): () => void {
  * db as a Tx for exactly one hand-written statement (runStatement), which PostgreSQL runs as
  * a transaction of its own: it commits when it succeeds and leaves nothing when it fails. A
  * second statement is refused before it is sent: it would commit apart from the first.
+ * With canceller, the statement is cancelled if its signal fires while PostgreSQL runs it.
  */
-export function singleStatement(db: Db): Tx {
+export function singleStatement(db: Db, canceller?: QueryCanceller): Tx {
   const session = db._.session;
   const once = oneStatementOnly();
   return {
@@ -136,7 +137,9 @@ export function singleStatement(db: Db): Tx {
       session: {
         prepareQuery: (...args: Parameters<typeof session.prepareQuery>) => {
           once();
-          return session.prepareQuery(...args);
+          const q = session.prepareQuery(...args);
+          if (canceller) cancelThrough(q as Parameters<typeof cancelThrough>[0], canceller);
+          return q;
         },
       },
     },

@@ -134,6 +134,29 @@ if ((await testStores()).includes("postgres")) {
       await eventually(async () => expect(await historyOn(b, "orders", "w")).toEqual([1]), { timeout: 20_000 });
     });
 
+    test("SIGTERM cancels a one-statement apply (a run B applied lately) waiting for the run's row lock: B exits 0 well inside the grace, and applies the page once restarted", async () => {
+      await client(a).registerNamespace({ namespace: "trips", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"], activeClusterName: "clusterA" });
+      await eventually(async () => expect((await sql`select count(*)::int as n from namespaces where name = 'trips'`)[0]!.n).toBe(1), { timeout: 20_000 });
+      await client(a).startWorkflowExecution({ namespace: "trips", workflowId: "trip", workflowType: "t", taskQueue: "q" });
+      const signal = () => client(a).signalWorkflowExecution({ namespace: "trips", workflowExecution: { workflowId: "trip" }, signalName: "s" });
+      // Applied in a transaction first; then, the shard's apply holding, the next page goes as one statement.
+      await signal();
+      await eventually(async () => expect(await historyOn(b, "trips", "trip")).toEqual([1, 2]), { timeout: 20_000 });
+      await signal();
+      await eventually(async () => expect(await historyOn(b, "trips", "trip")).toEqual([1, 2, 3]), { timeout: 20_000 });
+      held = await sql.reserve();
+      await held.unsafe("begin");
+      await held.unsafe("select 1 from executions where workflow_id = 'trip' for update");
+      await signal();
+      await eventually(async () => {
+        const [w] = await sql`select count(*)::int as n from pg_stat_activity where application_name = 'tern-apply' and wait_event_type = 'Lock'`;
+        expect(w!.n).toBeGreaterThan(0);
+      }, { timeout: 20_000 });
+      // Before, the stop waited for the statement to fail at the lock timeout.
+      expect(await stopWhileWaiting(false)).toBeLessThan(GRACE_MS * 0.6);
+      await eventually(async () => expect(await historyOn(b, "trips", "trip")).toEqual([1, 2, 3, 4]), { timeout: 20_000 });
+    });
+
     test("SIGTERM cancels a namespace task's apply waiting for the namespace's row lock: B exits 0 well inside the grace, and applies the change once restarted", async () => {
       await client(a).registerNamespace({ namespace: "billing", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"], activeClusterName: "clusterA" });
       await eventually(async () => expect((await sql`select count(*)::int as n from namespaces where name = 'billing'`)[0]!.n).toBe(1), { timeout: 20_000 });
