@@ -5,8 +5,8 @@ import { OperatorService } from "../gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
 import { DEFAULT_ADDRESS, normalizeAddress } from "./address";
 import type { AdminDbBackend } from "./admin-db-backend";
-import { findFlag, getBoolean, getString, isBooleanWord, isFlagToken, parseArgs, splitFlagToken } from "./args";
-import { type Command, type CommandContext, GLOBAL_FLAGS, type LeafCommand } from "./command";
+import { findFlag, getBoolean, getString, isBooleanWord, isFlagToken, type ParsedArgs, parseArgs, splitFlagToken } from "./args";
+import { type Command, type CommandContext, GLOBAL_FLAGS, type LeafCommand, SERVER_FLAGS } from "./command";
 import { rootCommand } from "./commands/root";
 import { LONG_RUN_MS, parseRpcTimeout, withDeadline } from "./deadline";
 import { CliError, ExitCode, formatError, isAbort, UsageError, usageHint } from "./errors";
@@ -129,6 +129,7 @@ export function createCli(deps: CliDeps): Cli {
         if (resolved.command.kind === "group") return runGroup(resolved, deps);
         const leaf = resolved.command;
         const args = parseArgs(resolved.rest, [...GLOBAL_FLAGS, ...leaf.flags]);
+        if (leaf.direct) refuseServerFlags(args, path);
         address = normalizeAddress(getString(args, "address") ?? DEFAULT_ADDRESS);
         const rpcTimeoutMs = parseRpcTimeout(getString(args, "rpc-timeout"));
         const ctx = buildContext(deps, address, parseFormat(getString(args, "output")), rpcTimeoutMs);
@@ -156,6 +157,13 @@ function report(err: unknown, deps: CliDeps, path: readonly string[], address: s
     return ExitCode.usage;
   }
   return ExitCode.failure;
+}
+
+/** A command that works on the database itself would silently ignore a server's address: `tern --address prod admin db migrate` must not migrate the local config's database. */
+function refuseServerFlags(args: ParsedArgs, path: readonly string[]): void {
+  const given = SERVER_FLAGS.find((name) => getString(args, name) !== undefined);
+  if (given === undefined) return;
+  throw new UsageError(`--${given} does not apply to 'tern ${path.join(" ")}': it works on the database itself, not through a server; name the database with --config or --database-url`);
 }
 
 function parseFormat(value: string | undefined): OutputFormat {

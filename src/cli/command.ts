@@ -51,6 +51,8 @@ export interface LeafCommand {
   positionals?: string;
   /** How many positionals are accepted (default 0). */
   maxPositionals?: number;
+  /** Set where the command works on the database itself, not through a server: --address and --rpc-timeout are refused. */
+  direct?: true;
   /** Runs the command; returns an exit code or nothing for 0. */
   run(ctx: CommandContext, args: ParsedArgs): Promise<number | void>;
 }
@@ -66,7 +68,7 @@ export interface GroupCommand {
 /** A node of the command tree. */
 export type Command = LeafCommand | GroupCommand;
 
-/** The flags every command accepts, anywhere on the line. */
+/** The flags every command accepts, anywhere on the line (a `direct` one refuses the server's two). */
 export const GLOBAL_FLAGS: FlagSpec[] = [
   {
     name: "address",
@@ -85,3 +87,11 @@ export const GLOBAL_FLAGS: FlagSpec[] = [
   { name: "output", alias: "o", kind: "string", valueName: "FORMAT", description: "Output format: table or json", defaultText: "table" },
   { name: "help", alias: "h", kind: "boolean", description: "Show help for the command" },
 ];
+
+/** The global flags a command takes: a `direct` one talks to no server. */
+export function globalFlagsOf(command: Command): FlagSpec[] {
+  return command.kind === "leaf" && command.direct ? GLOBAL_FLAGS.filter((f) => !SERVER_FLAGS.includes(f.name)) : GLOBAL_FLAGS;
+}
+
+/** The global flags that only say how to reach a server. */
+export const SERVER_FLAGS = ["address", "rpc-timeout"];

@@ -1,5 +1,5 @@
 import type { FlagSpec } from "./args";
-import { type Command, GLOBAL_FLAGS, type GroupCommand, type LeafCommand } from "./command";
+import { type Command, GLOBAL_FLAGS, globalFlagsOf, type GroupCommand, type LeafCommand } from "./command";
 
 /** Help text for any node of the command tree; path is the words after "tern". */
 export function renderHelp(command: Command, path: readonly string[]): string {
@@ -31,7 +31,7 @@ function renderLeafHelp(leaf: LeafCommand, path: readonly string[]): string {
   const usage = `  ${name}${leaf.positionals ? ` ${leaf.positionals}` : ""} [flags]`;
   const lines = [leaf.summary, "", "Usage:", usage];
   if (leaf.flags.length > 0) lines.push("", "Flags:", ...renderFlags(leaf.flags));
-  lines.push("", "Global flags:", ...renderFlags(GLOBAL_FLAGS));
+  lines.push("", "Global flags:", ...renderFlags(globalFlagsOf(leaf)));
   if (leaf.details) lines.push("", leaf.details.trimEnd());
   return lines.join("\n") + "\n";
 }

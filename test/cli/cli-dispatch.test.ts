@@ -120,6 +120,23 @@ describe("admin db", () => {
     });
   }
 
+  test("--address and --rpc-timeout are refused, not ignored: admin db works on the database the config names, not on a server's", async () => {
+    const log: string[] = [];
+    const address = await runCli(["--address", "prod:7233", "admin", "db", "migrate"], { adminDb: fakeBackend(log) });
+    expect([address.code, address.stderr]).toEqual([
+      2,
+      "error: --address does not apply to 'tern admin db migrate': it works on the database itself, not through a server; name the database with --config or --database-url\n" +
+        "(run 'tern admin db migrate --help' for usage)\n",
+    ]);
+    const timeout = await runCli(["admin", "db", "status", "--config", "c.yaml", "--rpc-timeout", "5s"], { adminDb: fakeBackend(log) });
+    expect([timeout.code, timeout.stderr.split("\n")[0]]).toEqual([2, "error: --rpc-timeout does not apply to 'tern admin db status': it works on the database itself, not through a server; name the database with --config or --database-url"]);
+    expect(log).toEqual([]);
+    const help = await runCli(["admin", "db", "migrate", "--help"]);
+    expect(help.stdout).toContain("--database-url URL");
+    expect(help.stdout).not.toContain("--address");
+    expect(help.stdout).not.toContain("--rpc-timeout");
+  });
+
   test("a non-postgres --database-url is a usage error", async () => {
     const r = await runCli(["admin", "db", "status", "--database-url", "mysql://x"], { adminDb: fakeBackend([]) });
     expect(r.code).toBe(2);

@@ -68,6 +68,7 @@ const migrate: LeafCommand = {
   summary: "Apply pending schema migrations (run before starting a new server version)",
   details: 'With -o json, prints { "datastore": "...", "applied": ["<tag>", ...] }.',
   flags: dbFlags,
+  direct: true,
   async run(ctx, args) {
     await withDatabase(ctx, args, async (backend, database, where) => {
       const applied = await backend.migrateSchema(database, backend.migrationsFolder);
@@ -87,6 +88,7 @@ const status: LeafCommand = {
     'With -o json, prints { "datastore", "known", "applied", "pending", "unknownApplied" }.\n' +
     "unknownApplied > 0 means the database schema is newer than this tern build: it exits 1.",
   flags: dbFlags,
+  direct: true,
   async run(ctx, args) {
     const backend = await ctx.adminDb();
     const store = datastoreFromArgs(backend, args);
