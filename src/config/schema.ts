@@ -71,11 +71,18 @@ const Rpc = z.strictObject({
   grpcPort: z.number().int().min(0).max(65535).optional(),
 });
 
-const RateLimit = z.strictObject({
-  /** Requests per second; 0 disables the limit. */
-  rps: z.number().min(0),
-  burst: z.number().int().min(1),
-});
+/** A token bucket; `{ rps: 0 }` alone disables it (a burst then means nothing: left out or 0 is taken). */
+const RateLimit = z
+  .strictObject({
+    /** Requests per second; 0 disables the limit. */
+    rps: z.number().min(0),
+    burst: z.number().int().min(0).optional(),
+  })
+  .refine((l) => l.rps === 0 || (l.burst ?? 0) >= 1, {
+    path: ["burst"],
+    message: "is required (number), at least 1, while rps is above 0 (rps 0 disables the limit)",
+  })
+  .transform((l) => ({ rps: l.rps, burst: l.burst ?? 0 }));
 
 const Limits = z.strictObject({
   // At most 1 GiB: a request is read up to twice this plus 1 MiB, and Connect takes no read

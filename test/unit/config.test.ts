@@ -63,6 +63,14 @@ describe("config", () => {
     fails(base(good.replace("currentClusterName: clusterA", "currentClusterName: nope")), "currentClusterName nope must be a key");
   });
 
+  test("a rate limit is disabled by rps 0 alone, as the README says: a burst is needed only while rps is above 0", () => {
+    const limits = (l: string) => parseConfig(base(good, `limits:\n${l}`)).limits;
+    expect(limits("  namespaceRps: { rps: 0, burst: 0 }").namespaceRps).toEqual({ rps: 0, burst: 0 });
+    expect(limits("  hostRps: { rps: 0 }").hostRps).toEqual({ rps: 0, burst: 0 });
+    expect(limits("  hostRps: { rps: 50, burst: 7 }").hostRps).toEqual({ rps: 50, burst: 7 });
+    fails(base(good, "limits:\n  hostRps: { rps: 5, burst: 0 }"), "config: limits.hostRps.burst: is required (number), at least 1, while rps is above 0 (rps 0 disables the limit)");
+  });
+
   test("type errors and unknown keys name the key", () => {
     fails(base(good, "persistence:\n  numHistoryShards: zero"), "persistence.numHistoryShards");
     fails(base(good, "persistence:\n  numHistoryShard: 4"), "persistence");
