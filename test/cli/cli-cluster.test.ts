@@ -116,6 +116,15 @@ describe("operator cluster", () => {
     expect(both.code).toBe(2);
   });
 
+  test("remove's usage says the cluster may be the argument: its help and its refusals", async () => {
+    const none = await runCli(["admin", "cluster", "remove-remote-cluster"]);
+    expect([none.code, none.stderr.split("\n")[0]]).toEqual([2, "error: --cluster is required (or give the cluster as the argument)"]);
+    const both = await runCli(["operator", "cluster", "remove", "clusterB", "--name", "clusterC"]);
+    expect(both.stderr.split("\n")[0]).toBe('error: cluster given twice ("clusterC" and "clusterB")');
+    const help = await runCli(["operator", "cluster", "remove", "--help"]);
+    expect(help.stdout).toMatch(/^ {6}--name NAME +Name of the remote cluster \(or give it as the argument\)$/m);
+  });
+
   test("list shows address, enable flag, connection state, initial version and shards", async () => {
     const disabledC = create(ClusterInfoSchema, { ...clusterB, clusterName: "clusterC", clusterId: "id-c", enableConnection: false, connectionState: "disabled", initialFailoverVersion: 3n });
     const r = await runCli(["operator", "cluster", "list"], {

@@ -58,14 +58,19 @@ export function workflowNamespace(args: ParsedArgs): string {
   return namespace ?? "default";
 }
 
+/** A name given by its flag or as the single positional (`what` names it in the refusal of both). */
+export function flagOrPositional(args: ParsedArgs, flag: string, what: string): string | undefined {
+  const given = getString(args, flag);
+  const positional = args.positionals[0];
+  if (given && positional && given !== positional) {
+    throw new UsageError(`${what} given twice ("${given}" and "${positional}")`);
+  }
+  return given || positional || undefined;
+}
+
 /** The namespace of a namespace command: -n or the single positional, required. */
 export function namespaceArg(args: ParsedArgs): string {
-  const flag = getString(args, "namespace");
-  const positional = args.positionals[0];
-  if (flag && positional && flag !== positional) {
-    throw new UsageError(`namespace given twice ("${flag}" and "${positional}")`);
-  }
-  const name = flag || positional;
+  const name = flagOrPositional(args, "namespace", "namespace");
   if (!name) throw new UsageError("--namespace is required");
   return name;
 }

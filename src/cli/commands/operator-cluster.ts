@@ -1,10 +1,9 @@
 import { ClusterInfoSchema, DescribeClusterResponseSchema } from "../../gen/tern/operator/v1/service_pb";
-import { getString } from "../args";
 import type { GroupCommand, LeafCommand } from "../command";
-import { UsageError } from "../errors";
 import { clusterTable, describeCluster } from "../format-cluster";
 import { listJson, messageJson } from "../output";
 import { collectPages } from "../paging";
+import { flagOrPositional } from "./common-flags";
 import { removeRemoteClusterCommand, upsertRemoteClusterCommand } from "./remote-cluster";
 
 const describe: LeafCommand = {
@@ -17,10 +16,8 @@ const describe: LeafCommand = {
     { name: "cluster", kind: "string", valueName: "NAME", description: "Cluster to describe (default: the one that answers)" },
   ],
   async run(ctx, args) {
-    const flag = getString(args, "cluster");
-    const positional = args.positionals[0];
-    if (flag && positional && flag !== positional) throw new UsageError("cluster given twice");
-    const res = await ctx.operator().describeCluster({ clusterName: flag ?? positional ?? "" }, { signal: ctx.signal });
+    const clusterName = flagOrPositional(args, "cluster", "cluster") ?? "";
+    const res = await ctx.operator().describeCluster({ clusterName }, { signal: ctx.signal });
     if (ctx.format === "json") return ctx.out(messageJson(DescribeClusterResponseSchema, res));
     if (res.cluster) ctx.out(describeCluster(res.cluster));
   },

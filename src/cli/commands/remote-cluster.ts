@@ -1,8 +1,9 @@
 import { AddOrUpdateRemoteClusterResponseSchema } from "../../gen/tern/operator/v1/service_pb";
-import { getBoolean, getString, hasFlag, requireString } from "../args";
+import { getBoolean, hasFlag, requireString } from "../args";
 import type { LeafCommand } from "../command";
 import { UsageError } from "../errors";
 import { upsertSummary } from "../format-cluster";
+import { flagOrPositional } from "./common-flags";
 import { messageJson } from "../output";
 
 const TCTL_NOTE = "Flag names may use underscores, as in tctl: --frontend_address, --enable_connection false.";
@@ -61,12 +62,10 @@ export function removeRemoteClusterCommand(name: string, flag: "name" | "cluster
     ].join("\n"),
     positionals: "[CLUSTER]",
     maxPositionals: 1,
-    flags: [{ name: flag, kind: "string", valueName: "NAME", description: "Name of the remote cluster (required)" }],
+    flags: [{ name: flag, kind: "string", valueName: "NAME", description: "Name of the remote cluster (or give it as the argument)" }],
     async run(ctx, args) {
-      const positional = args.positionals[0];
-      const given = getString(args, flag);
-      if (given && positional && given !== positional) throw new UsageError("cluster given twice");
-      const clusterName = positional ?? requireString(args, flag);
+      const clusterName = flagOrPositional(args, flag, "cluster");
+      if (!clusterName) throw new UsageError(`--${flag} is required (or give the cluster as the argument)`);
       await ctx.operator().removeRemoteCluster({ clusterName }, { signal: ctx.signal });
       ctx.out(ctx.format === "json" ? "{}\n" : `Removed remote cluster ${clusterName}\n`);
     },
