@@ -12,6 +12,7 @@ import { LONG_RUN_MS, parseRpcTimeout, withDeadline } from "./deadline";
 import { CliError, ExitCode, formatError, isAbort, UsageError, usageHint } from "./errors";
 import { renderHelp } from "./help";
 import type { OutputFormat, Writer } from "./output";
+import { VERSION } from "../version";
 
 /** Everything the CLI touches outside itself; main.ts wires the real ones, tests fakes. */
 export interface CliDeps {
@@ -118,6 +119,11 @@ export function createCli(deps: CliDeps): Cli {
       let path: string[] = [];
       let address = `http://${DEFAULT_ADDRESS}`;
       try {
+        // What a new user types first; the server's own is ServerVersion in `operator cluster describe`.
+        if (argv.length === 1 && argv[0] === "--version") {
+          deps.stdout(`tern ${VERSION}\n`);
+          return ExitCode.ok;
+        }
         const resolved = resolveCommand(root, argv);
         path = resolved.path;
         const unknown = resolved.unknown;

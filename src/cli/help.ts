@@ -21,7 +21,7 @@ function renderGroupHelp(group: GroupCommand, path: readonly string[]): string {
     "Global flags:",
     ...renderFlags(GLOBAL_FLAGS),
     "",
-    `Run '${name} <command> --help' for more about a command.`,
+    `Run '${name} <command> --help' for more about a command.${path.length === 0 ? " 'tern --version' prints this CLI's version." : ""}`,
   ];
   return lines.join("\n") + "\n";
 }

@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import type { AdminDbBackend } from "../../src/cli/admin-db-backend";
 import type { DatastoreConfig } from "../../src/config/schema";
+import { VERSION } from "../../src/version";
 import { runCli } from "./harness";
 
 const cluster = { describeCluster: () => ({ cluster: { clusterName: "clusterA", historyShardCount: 4 } }) };
@@ -65,6 +66,12 @@ describe("dispatch and global flags", () => {
     const flag = await runCli(["--address", "-o", "json", "operator", "cluster", "describe"], { operator: cluster });
     expect([flag.code, flag.addresses]).toEqual([2, []]);
     expect(flag.stderr).toStartWith("error: --address needs a value (the next word, -o, is a flag; for a value that starts with -, write --address=VALUE)\n");
+  });
+
+  test("tern --version prints the CLI's version, which the root help names (it was 'unknown flag --version (choose a subcommand first)')", async () => {
+    const r = await runCli(["--version"]);
+    expect([r.code, r.stdout, r.stderr]).toEqual([0, `tern ${VERSION}\n`, ""]);
+    expect((await runCli(["--help"])).stdout).toContain("'tern --version' prints this CLI's version.");
   });
 
   test("a bare group prints its help", async () => {
