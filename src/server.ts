@@ -23,6 +23,7 @@ import { createLogger, type Logger } from "./observability/log";
 import { startLoopDelaySampler } from "./observability/loop-delay";
 import type { Metrics } from "./observability/metrics";
 import { DEFAULT_MAX_CONNECTIONS, openDatabase, type Database, type OpenOptions } from "./persistence/database";
+import { redactUrl } from "./persistence/postgres-url";
 import { migrateChecked } from "./persistence/checked-migrate";
 import { type Base, wireCore } from "./server-core";
 import { wireReplication } from "./server-replication";
@@ -133,6 +134,8 @@ export async function createTernServer(config: Config, opts: ServerOptions): Pro
   const now = opts.now ?? (() => new Date());
   const store = config.persistence.datastore;
   const failure = (e: unknown) => startFailure(e, ("postgres" in store && store.postgres.maxConnections) || DEFAULT_MAX_CONNECTIONS);
+  // A first start on PGlite makes its database (seconds, more on a busy machine): say what it works on meanwhile.
+  log.info("opening the database", "postgres" in store ? { database: "postgres", url: redactUrl(store.postgres.url) } : { database: "pglite", dataDir: store.pglite.dataDir });
   const database = await openDatabase(store, { log, ...opts.database }).catch((e: unknown) => {
     throw failure(e);
   });

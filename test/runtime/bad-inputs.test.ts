@@ -20,6 +20,9 @@ describe("a start with a mistyped input", () => {
     return path;
   }
 
+  /** The output after the log line a start writes as it opens the database (it names the dir too). */
+  const afterOpening = (output: string) => output.trim().replace(/^\{[^\n]*"msg":"opening the database"[^\n]*\}\n/, "");
+
   test("TestAConfigPathThatIsNotThereIsNamedWithTheVariableThatGaveIt", async () => {
     const missing = join(dir, "no-such.yaml");
     const r = await runServerToExit([], { TERN_CONFIG: missing });
@@ -56,7 +59,7 @@ describe("a start with a mistyped input", () => {
     const dataDir = `/proc/tern-bad-inputs-${process.pid}/db`;
     const r = await runServerToExit(["--config", configFile("proc", dataDir)]);
     expect(r.code).toBe(1);
-    expect(r.output.trim()).toStartWith(`tern server failed to start: the PGlite data directory ${dataDir} (persistence.datastore.pglite.dataDir) cannot be created: ENOENT`);
+    expect(afterOpening(r.output)).toStartWith(`tern server failed to start: the PGlite data directory ${dataDir} (persistence.datastore.pglite.dataDir) cannot be created: ENOENT`);
   });
 
   test.if(process.platform === "linux" && process.getuid?.() !== 0)("TestAPGliteDataDirNotWritableIsNamedAsTheSetting, nothing left in it", async () => {
@@ -64,7 +67,7 @@ describe("a start with a mistyped input", () => {
     mkdirSync(dataDir, { mode: 0o555 });
     const r = await runServerToExit(["--config", configFile("read-only", dataDir)]);
     expect(r.code).toBe(1);
-    expect(r.output.trim()).toStartWith(`tern server failed to start: the PGlite data directory ${dataDir} (persistence.datastore.pglite.dataDir) cannot be written: EACCES`);
+    expect(afterOpening(r.output)).toStartWith(`tern server failed to start: the PGlite data directory ${dataDir} (persistence.datastore.pglite.dataDir) cannot be written: EACCES`);
     expect(readdirSync(dataDir)).toEqual([]);
   });
 });
