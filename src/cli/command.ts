@@ -88,9 +88,13 @@ export const GLOBAL_FLAGS: FlagSpec[] = [
   { name: "help", alias: "h", kind: "boolean", description: "Show help for the command" },
 ];
 
-/** The global flags a command takes: a `direct` one talks to no server. */
+/** The global flags a command takes: a `direct` one, or a group of only such, talks to no server. */
 export function globalFlagsOf(command: Command): FlagSpec[] {
-  return command.kind === "leaf" && command.direct ? GLOBAL_FLAGS.filter((f) => !SERVER_FLAGS.includes(f.name)) : GLOBAL_FLAGS;
+  return isDirect(command) ? GLOBAL_FLAGS.filter((f) => !SERVER_FLAGS.includes(f.name)) : GLOBAL_FLAGS;
+}
+
+function isDirect(command: Command): boolean {
+  return command.kind === "leaf" ? command.direct === true : command.commands.every(isDirect);
 }
 
 /** The global flags that only say how to reach a server. */

@@ -1,5 +1,5 @@
 import type { FlagSpec } from "./args";
-import { type Command, GLOBAL_FLAGS, globalFlagsOf, type GroupCommand, type LeafCommand } from "./command";
+import { type Command, globalFlagsOf, type GroupCommand, type LeafCommand } from "./command";
 
 /** Help text for any node of the command tree; path is the words after "tern". */
 export function renderHelp(command: Command, path: readonly string[]): string {
@@ -19,7 +19,7 @@ function renderGroupHelp(group: GroupCommand, path: readonly string[]): string {
     ...group.commands.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
     "",
     "Global flags:",
-    ...renderFlags(GLOBAL_FLAGS),
+    ...renderFlags(globalFlagsOf(group)),
     "",
     `Run '${name} <command> --help' for more about a command.${path.length === 0 ? " 'tern --version' prints this CLI's version." : ""}`,
   ];

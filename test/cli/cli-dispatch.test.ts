@@ -140,8 +140,11 @@ describe("admin db", () => {
     expect(log).toEqual([]);
     const help = await runCli(["admin", "db", "migrate", "--help"]);
     expect(help.stdout).toContain("--database-url URL");
-    expect(help.stdout).not.toContain("--address");
-    expect(help.stdout).not.toContain("--rpc-timeout");
+    for (const words of [["admin", "db", "migrate"], ["admin", "db"]]) {
+      const text = (await runCli([...words, "--help"])).stdout;
+      expect([text.includes("--address"), text.includes("--rpc-timeout"), text.includes("--output")]).toEqual([false, false, true]);
+    }
+    expect((await runCli(["admin", "--help"])).stdout).toContain("--address");
   });
 
   test("a non-postgres --database-url is a usage error", async () => {
