@@ -42,6 +42,9 @@ for (const store of await testStores()) {
         notifier: wake,
         log: a.server.log,
         recheckMs: 10_000,
+        // Its lock as a server's: without it, A's reset of abandoned HANDOVERs (every 2 s) found
+        // this failover's lock free and put the namespace back to NORMAL under it (CI, 2026-12-07).
+        withSessionLock: (key, fn, taken) => a.server.database.withSessionLock(key, fn, taken),
       });
       hold.on = true;
       const t0 = performance.now();
