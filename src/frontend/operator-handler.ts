@@ -14,6 +14,7 @@ import type { RemoteClusters } from "../cluster/remote-clusters";
 import { clampPage } from "../namespace/registry";
 import { SWITCH_HEARD_WAIT_MS, type GracefulFailover } from "../../replication/failover";
 import type { RemoteClientPool } from "../cluster/remote-client";
+import { createStaleCopyCheck } from "../../replication/stale-copy";
 import { durationMs, namespaceToProto } from "./convert";
 import { callActive, FORWARD_TIMEOUT_MS, FORWARDED_HEADER } from "./forwarding";
 
@@ -70,6 +71,7 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
   const { db, clusters, namespaces, remotes, version, connectionState } = deps;
   const current = clusters.current();
   const toProto = (row: typeof clusterMetadata.$inferSelect) => clusterToProto(row, current, version, connectionState);
+  const staleCopy = createStaleCopyCheck({ clusters, clients: deps.clients });
 
   /**
    * Waits until this cluster's namespace is at version or past it, up to SWITCH_HEARD_WAIT_MS or
@@ -121,7 +123,7 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
       };
     },
     async deleteNamespace(r, { signal }) {
-      const { executions } = await deleteNamespace(db, namespaces, r.namespace, current.clusterName, signal);
+      const { executions } = await deleteNamespace(db, namespaces, r.namespace, current.clusterName, { signal, activeHolds: staleCopy });
       await deps.refreshDlqGauge();
       return { deletedNamespace: r.namespace, deletedExecutions: BigInt(executions) };
     },

@@ -4,20 +4,29 @@ import { lockNamespaceForChange } from "../history/namespace-guard";
 import { transaction } from "../persistence/call-signal";
 import type { Db } from "../persistence/database";
 import { backfillJobs, executions, historyBranchEvents, historyBranches, historyEvents, namespaces, replicationDlq, replicationTasks, requestIds, timerTasks } from "../persistence/schema";
-import type { NamespaceRegistry } from "./registry";
+import type { ActiveHolds } from "../../replication/stale-copy";
+import type { NamespaceRecord, NamespaceRegistry } from "./registry";
+
+export interface DeleteNamespaceOptions {
+  signal?: AbortSignal;
+  /** Whether the active cluster a passive copy here names still holds its id (replication/stale-copy.ts). */
+  activeHolds: (ns: NamespaceRecord) => Promise<ActiveHolds>;
+}
 
 /**
  * Deletes a namespace with every execution, event, task, DLQ entry and backfill job it holds, in one transaction, on
  * this cluster only, after the writes in flight to it. A global namespace that lists this
  * cluster is deleted on its active cluster only: a passive member would go on receiving its
- * replication tasks, and apply none of them, nor any task behind them in their shards.
+ * replication tasks, and apply none of them, nor any task behind them in their shards. Except a
+ * stale copy, one its active cluster says it no longer holds: deleted there and registered again, the
+ * new one's create is held here until this copy is gone (replication/namespace-held.ts).
  */
-export async function deleteNamespace(db: Db, registry: NamespaceRegistry, name: string, here: string, signal?: AbortSignal): Promise<{ executions: number }> {
+export async function deleteNamespace(db: Db, registry: NamespaceRegistry, name: string, here: string, options: DeleteNamespaceOptions): Promise<{ executions: number }> {
+  const { signal } = options;
   const ns = await registry.describe({ name });
   if (ns.isGlobal && ns.clusters.includes(here) && ns.activeClusterName !== here) {
-    throw failedPrecondition(
-      `namespace ${name} is global and active in cluster ${ns.activeClusterName}, and ${here} is one of its clusters: delete it on ${ns.activeClusterName}, or take ${here} out of its clusters there first`,
-    );
+    const holds = await options.activeHolds(ns);
+    if (holds !== "gone") throw failedPrecondition(passiveDeleteRefused(ns, here, holds));
   }
   // signal: the call's; once it fired, the delete does not commit (persistence/call-signal.ts).
   const deleted = await transaction(db, async (tx) => {
@@ -41,4 +50,13 @@ export async function deleteNamespace(db: Db, registry: NamespaceRegistry, name:
   }, signal);
   registry.invalidate(ns);
   return { executions: deleted };
+}
+
+/** Why a passive member does not delete its copy, and what to do instead. */
+function passiveDeleteRefused(ns: NamespaceRecord, here: string, holds: Exclude<ActiveHolds, "gone">): string {
+  const active = ns.activeClusterName;
+  const instead = `delete it on ${active}, or take ${here} out of its clusters there first`;
+  if (holds === "holds") return `namespace ${ns.name} is global and active in cluster ${active}, which still holds it (id ${ns.id}), and ${here} is one of its clusters: ${instead}`;
+  return `namespace ${ns.name} is global and active in cluster ${active}, and ${here} is one of its clusters: ${instead} ` +
+    `(a copy ${active} no longer holds may be deleted here, but ${active} could not be asked: ${holds.unknown})`;
 }

@@ -1,0 +1,34 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import { remoteOf, type ClusterDirectory } from "../src/cluster/directory";
+import { peerFailureText, type RemoteClientPool } from "../src/cluster/remote-client";
+import type { NamespaceRecord } from "../src/namespace/registry";
+import { notServed } from "./not-served";
+
+/** Whether the active cluster a passive copy names still holds the copy's namespace id, or why that is not known. */
+export type ActiveHolds = "holds" | "gone" | { unknown: string };
+
+export interface StaleCopyCheckDeps {
+  clusters: ClusterDirectory;
+  clients: RemoteClientPool;
+  /** Longest wait for the active cluster's answer. */
+  timeoutMs?: number;
+}
+
+/**
+ * Asks the active cluster a copy here names whether it still holds that namespace id: a copy of a
+ * namespace deleted there stays here (a delete is local) and may hold the create of one registered
+ * again under its name (namespace-held.ts). Only "gone" lets a passive member delete its copy.
+ */
+export function createStaleCopyCheck({ clusters, clients, timeoutMs = 5_000 }: StaleCopyCheckDeps) {
+  return async (ns: NamespaceRecord): Promise<ActiveHolds> => {
+    const remote = await remoteOf(clusters, ns.activeClusterName);
+    if (!remote) return { unknown: `cluster ${ns.activeClusterName} is not connected here` };
+    try {
+      const res = await clients.get(remote.rpcAddress).workflow.describeNamespace({ id: ns.id }, { timeoutMs });
+      return res.namespace?.namespaceInfo?.id === ns.id ? "holds" : { unknown: `cluster ${ns.activeClusterName} answered with another namespace` };
+    } catch (e) {
+      if (e instanceof ConnectError && e.code === Code.NotFound && !notServed(e)) return "gone";
+      return { unknown: peerFailureText(e) };
+    }
+  };
+}
