@@ -9,7 +9,8 @@ type NamespaceRow = typeof namespaces.$inferSelect;
 
 /** What applying one namespace task did here. */
 export interface AppliedNamespace {
-  outcome: "created" | "updated" | "skipped";
+  /** collided: not created, a namespace of its name is here with another id (collidesWith). */
+  outcome: "created" | "updated" | "skipped" | "collided";
   record?: NamespaceRow;
   /** The task made this cluster the namespace's active cluster. */
   activated: boolean;
@@ -21,6 +22,8 @@ export interface AppliedNamespace {
   joined?: boolean;
   /** This cluster was taken out of the namespace's clusters (it keeps its copy). */
   left?: boolean;
+  /** The id of the namespace here of the name the task's namespace has (outcome collided). */
+  collidesWith?: string;
 }
 
 /** The replicated part of a namespace (never replicationState: HANDOVER is local). */
@@ -68,7 +71,8 @@ export async function applyNamespaceTask(tx: Tx, currentCluster: string, d: Name
   if (!local) {
     if (!config.clusters.includes(currentCluster)) return { outcome: "skipped", activated: false };
     const [clash] = await tx.select({ id: namespaces.id }).from(namespaces).where(eq(namespaces.name, config.name));
-    if (clash) throw new Error(`cannot create replicated namespace ${config.name} (id ${id}): a namespace of that name exists here with id ${clash.id}`);
+    // Temporal's ErrNameUUIDCollision: the caller holds the task (namespace-held.ts), never replaces the copy here.
+    if (clash) return { outcome: "collided", activated: false, collidesWith: clash.id };
     const [created] = await tx
       .insert(namespaces)
       .values({

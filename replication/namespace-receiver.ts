@@ -6,11 +6,12 @@ import type { NamespaceRecord, NamespaceRegistry } from "../src/namespace/regist
 import type { Metrics } from "../src/observability/metrics";
 import type { Logger } from "../src/observability/log";
 import { transaction } from "../src/persistence/call-signal";
-import type { Db } from "../src/persistence/database";
+import type { Db, Tx } from "../src/persistence/database";
 import type { RemoteCluster, ReplicationStream } from "./manager";
 import { startJoinBackfill, stopBackfillJobs, stopBackfillsOfNonMembers } from "./backfill-jobs";
 import { createInboundHeard, type Heard } from "./inbound-heard";
-import { applyNamespaceTask } from "./namespace-applier";
+import { applyNamespaceTask, type AppliedNamespace } from "./namespace-applier";
+import { firstHeld, heldNamespaceIds, holdTask, lockHeld, releaseHeld } from "./namespace-held";
 import { advanceAckLevel, appendNamespaceTask, readAckLevel, type AckKey } from "./namespace-queue";
 
 export interface NamespaceReceiverDeps {
@@ -41,32 +42,33 @@ export interface NamespaceReceiverDeps {
  * from the persisted inbound ack and applies each task with its ack in one transaction,
  * so a restart of either side resumes with no gap and no duplicate.
  */
-export function createNamespaceReceiver(deps: NamespaceReceiverDeps): ReplicationStream & { heard(remote: string): Heard } {
+export function createNamespaceReceiver(deps: NamespaceReceiverDeps): ReplicationStream & { heard(remote: string): Heard; retryHeld(signal?: AbortSignal): Promise<void> } {
   const { db, currentCluster, log, waitTimeoutMs = 20_000, now = () => new Date() } = deps;
   /** When each remote last answered a poll, and why its polls fail since: the ns row's max task id is as of then. */
   const inboundHeard = createInboundHeard({ everyMs: waitTimeoutMs, staleAfterMs: deps.staleAfterMs });
 
-  /** Applies task with its ack; the stop (signal) rolls it back, cancelling a statement waiting for a lock, and the next start takes it again. */
-  async function apply(key: AckKey, task: NamespaceReplicationTask, maxTaskId: number, signal: AbortSignal): Promise<void> {
-    await deps.beforeApply?.(task.namespace!);
-    const result = await transaction(db, async (tx) => {
-      const r = await applyNamespaceTask(tx, currentCluster, task.namespace!, now(), task.joinsAskingCluster);
-      const source = r.record?.activeClusterName;
-      // Executions from before this cluster joined: backfilled from the active cluster, recorded with the join.
-      if (r.joined && source && source !== currentCluster) await startJoinBackfill(tx, r.record!.id, source, now());
-      if (r.left) {
-        const why = `stopped: cluster ${currentCluster} was taken out of namespace ${r.record!.name} (its clusters now: ${r.record!.clusters.join(", ")}); added back, it backfills it again`;
-        await stopBackfillJobs(tx, { namespaceId: r.record!.id }, why, now());
-      } else if (r.outcome === "updated") await stopBackfillsOfNonMembers(tx, r.record!, now());
-      // Made active here by another cluster's change: queued here too, as it stands, so that a member
-      // that hears this cluster and not that one (cut off from it, or it gone since) learns it.
-      if (r.activated) await appendNamespaceTask(tx, r.record!, r.record!.clusters);
-      await advanceAckLevel(tx, key, Number(task.taskId), maxTaskId, task.createTime ? timestampDate(task.createTime) : undefined);
-      return r;
-    }, signal);
-    if (result.outcome === "skipped") return;
+  /** Applies task in tx, with what the change starts or stops here; a collided task is left to the caller. */
+  async function applyInTx(tx: Tx, task: NamespaceReplicationTask): Promise<AppliedNamespace> {
+    const r = await applyNamespaceTask(tx, currentCluster, task.namespace!, now(), task.joinsAskingCluster);
+    if (r.outcome === "collided" || r.outcome === "skipped") return r;
+    const source = r.record?.activeClusterName;
+    // Executions from before this cluster joined: backfilled from the active cluster, recorded with the join.
+    if (r.joined && source && source !== currentCluster) await startJoinBackfill(tx, r.record!.id, source, now());
+    if (r.left) {
+      const why = `stopped: cluster ${currentCluster} was taken out of namespace ${r.record!.name} (its clusters now: ${r.record!.clusters.join(", ")}); added back, it backfills it again`;
+      await stopBackfillJobs(tx, { namespaceId: r.record!.id }, why, now());
+    } else if (r.outcome === "updated") await stopBackfillsOfNonMembers(tx, r.record!, now());
+    // Made active here by another cluster's change: queued here too, as it stands, so that a member
+    // that hears this cluster and not that one (cut off from it, or it gone since) learns it.
+    if (r.activated) await appendNamespaceTask(tx, r.record!, r.record!.clusters);
+    return r;
+  }
+
+  /** After the commit of an applied task: the registry, the hooks and the log. */
+  function applied(remote: string, task: NamespaceReplicationTask, result: AppliedNamespace): void {
+    if (result.outcome === "skipped" || result.outcome === "collided") return;
     deps.namespaces.invalidate(result.record);
-    log.info("namespace replicated", { remote: key.remote, namespace: result.record?.name, outcome: result.outcome, taskId: Number(task.taskId) });
+    log.info("namespace replicated", { remote, namespace: result.record?.name, outcome: result.outcome, taskId: Number(task.taskId) });
     deps.onChanged?.(result.record!);
     if (result.activated) {
       deps.onQueued?.();
@@ -75,9 +77,51 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
     if (result.joined) deps.onBackfillStarted?.();
   }
 
+  /** Applies task with its ack; the stop (signal) rolls it back, cancelling a statement waiting for a lock, and the next start takes it again. */
+  async function apply(key: AckKey, task: NamespaceReplicationTask, maxTaskId: number, signal: AbortSignal): Promise<void> {
+    await deps.beforeApply?.(task.namespace!);
+    const info = task.namespace?.namespaceInfo;
+    const result = await transaction(db, async (tx) => {
+      // Behind a held task of its namespace: held too, never applied before it.
+      const first = info?.id ? await firstHeld(tx, key.remote, info.id) : undefined;
+      const r = first ? { outcome: "held" as const, collidesWith: first.localNamespaceId } : await applyInTx(tx, task);
+      if (r.outcome === "held" || r.outcome === "collided") await holdTask(tx, key.remote, task, r.collidesWith!);
+      await advanceAckLevel(tx, key, Number(task.taskId), maxTaskId, task.createTime ? timestampDate(task.createTime) : undefined);
+      return r;
+    }, signal);
+    if (result.outcome === "held") {
+      log.info("namespace replication task held behind an earlier one of its namespace", { remote: key.remote, namespace: info!.name, namespaceId: info!.id, taskId: Number(task.taskId) });
+    } else if (result.outcome === "collided") {
+      log.warn(collisionText(key.remote, info!.name, info!.id, result.collidesWith!), { remote: key.remote, taskId: Number(task.taskId) });
+    } else applied(key.remote, task, result);
+  }
+
+  /**
+   * Applies the held tasks of each namespace, in order, up to the first that still collides; each
+   * namespace's in one transaction with their release. Run at every poll, and after a namespace
+   * delete here (the copy in the way may be gone).
+   */
+  async function retryHeld(signal?: AbortSignal): Promise<void> {
+    for (const namespaceId of await heldNamespaceIds(db)) {
+      const done = await transaction(db, async (tx) => {
+        const out: { source: string; task: NamespaceReplicationTask; result: AppliedNamespace }[] = [];
+        for (const { source, task } of await lockHeld(tx, namespaceId)) {
+          const result = await applyInTx(tx, task);
+          if (result.outcome === "collided") break;
+          await releaseHeld(tx, source, task.taskId);
+          out.push({ source, task, result });
+        }
+        return out;
+      }, signal);
+      for (const { source, task, result } of done) applied(source, task, result);
+      if (done.length) log.info("held namespace replication tasks applied", { namespaceId, tasks: done.length });
+    }
+  }
+
   async function run(remote: RemoteCluster, signal: AbortSignal, report: { ok(): void }): Promise<void> {
     const key: AckKey = { remote: remote.name, direction: "inbound", queue: "namespace", shardId: 0 };
     let ack = await readAckLevel(db, key);
+    await retryHeld(signal);
     // The first pull answers at once, so a (re)connection shows as connected without waiting out a long poll.
     let wait = 0;
     while (!signal.aborted) {
@@ -110,8 +154,16 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
         ack = last;
       }
       deps.metrics?.set("namespace_replication_task_ack_level", { remote_cluster: remote.name }, ack);
+      await retryHeld(signal);
     }
   }
 
-  return { name: "namespace", run, heard: inboundHeard.of };
+  return { name: "namespace", run, heard: inboundHeard.of, retryHeld };
+}
+
+/** What the log says of a held create, with what the operator does about it. */
+export function collisionText(source: string, name: string, id: string, localId: string): string {
+  return `namespace replication task held: namespace ${name} (id ${id}) from ${source} is not created here, a namespace ${name} with another id (${localId}) is here; ` +
+    `its later changes wait behind it, the other namespaces' go on. If ${localId} is a stale copy (deleted on its active cluster), delete it here ` +
+    `('tern operator namespace delete ${name}'): the held changes then apply`;
 }

@@ -10,6 +10,7 @@ import {
 } from "../src/gen/tern/admin/v1/service_pb";
 import type { Db } from "../src/persistence/database";
 import { clusterMetadata, namespaces, replicationAckLevels, replicationTasks } from "../src/persistence/schema";
+import { heldSummary } from "./namespace-held";
 import { lastTaskIds } from "./outbox";
 import { listsClusters } from "../src/namespace/lists-clusters";
 import type { Heard } from "./inbound-heard";
@@ -117,7 +118,7 @@ export function createReplicationStatus(deps: ReplicationStatusDeps) {
       });
     }
     const missing = await unconnected(new Set(remotes.map((r) => r.clusterName)));
-    return create(GetReplicationStatusResponseSchema, { clusterName: cluster.clusterName, remotes: out, unconnected: missing });
+    return create(GetReplicationStatusResponseSchema, { clusterName: cluster.clusterName, remotes: out, unconnected: missing, heldNamespaces: await heldSummary(db) });
   }
 
   return { get };

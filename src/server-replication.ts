@@ -59,7 +59,7 @@ export function wireReplication({ opts, log, now, cluster, database }: Base, cor
     return manager.refresh();
   };
   return {
-    clients, applier, dlq, manager, backfill, sweep, sender, failover,
+    clients, applier, dlq, manager, backfill, sweep, sender, failover, namespaceReceiver,
     remotes: createRemoteClusters({
       db, current: cluster, clients, onChanged,
       onConnected: async (tx, remote) => {

@@ -14,6 +14,7 @@ import type { Base, Core } from "./server-core";
 import type { Replication } from "./server-replication";
 import type { ServerOptions } from "./server";
 import { VERSION } from "./version";
+import { loggableError } from "./errors";
 
 /** The RPC services, behind forwarding where the policy asks for it. */
 export function wireRoutes({ config, opts, log, now, cluster }: Base, core: Core, repl: Replication, isServing: () => Promise<boolean>) {
@@ -29,6 +30,7 @@ export function wireRoutes({ config, opts, log, now, cluster }: Base, core: Core
       connectionState: (name) => manager.connectionState(name),
       failover: repl.failover, forwardTimeoutMs: opts.forwardTimeoutMs, whenChanged: core.whenChanged,
       refreshDlqGauge: () => dlq.refreshGauge(),
+      onNamespaceDeleted: () => void repl.namespaceReceiver.retryHeld().catch((e) => log.warn("applying held namespace replication tasks failed; retried at the next poll", { error: loggableError(e) })),
     }),
     admin: withPullHooks(
       createAdminHandler({

@@ -36,6 +36,8 @@ export interface OperatorHandlerDeps {
   whenChanged: (hook: (ns: NamespaceRecord) => void) => () => void;
   /** Sets replication_dlq_size again after a namespace delete took its entries (replication/dlq.ts). */
   refreshDlqGauge: () => Promise<void>;
+  /** After a namespace delete here: held namespace replication tasks are tried again (namespace-receiver.ts retryHeld). */
+  onNamespaceDeleted?: () => void;
 }
 
 const FAILOVER_TIMEOUT_MS = 10_000;
@@ -125,6 +127,8 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
     async deleteNamespace(r, { signal }) {
       const { executions } = await deleteNamespace(db, namespaces, r.namespace, current.clusterName, { signal, activeHolds: staleCopy });
       await deps.refreshDlqGauge();
+      // The copy deleted may be what held a replicated namespace's create.
+      deps.onNamespaceDeleted?.();
       return { deletedNamespace: r.namespace, deletedExecutions: BigInt(executions) };
     },
     async addOrUpdateRemoteCluster(r, { signal }) {

@@ -172,6 +172,27 @@ export const namespaceReplicationTasks = pgTable("namespace_replication_tasks", 
 });
 
 /**
+ * Namespace replication tasks received and not applied: the create of a namespace whose name
+ * this cluster holds with another id, and every later task of that namespace id from the same
+ * source, in order (replication/namespace-held.ts). Applied, and deleted, once that copy is gone.
+ */
+export const heldNamespaceTasks = pgTable(
+  "held_namespace_tasks",
+  {
+    sourceCluster: text("source_cluster").notNull(),
+    taskId: big("task_id").notNull(),
+    namespaceId: text("namespace_id").notNull(),
+    namespaceName: text("namespace_name").notNull(),
+    /** The id of the namespace of that name here when the task was held. */
+    localNamespaceId: text("local_namespace_id").notNull(),
+    /** The NamespaceReplicationTask as protobuf JSON. */
+    task: jsonb("task").$type<Record<string, unknown>>().notNull(),
+    heldAt: ts("held_at").notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.sourceCluster, t.taskId] }), index("held_namespace_tasks_namespace_idx").on(t.namespaceId)],
+);
+
+/**
  * Replication positions, persisted on both sides. inbound: how far this cluster applied
  * a remote's queue; outbound: how far a remote acked this cluster's queue.
  */

@@ -33,6 +33,43 @@ for (const store of await testStores()) {
     const register = (name: string) =>
       a.client(WorkflowService).registerNamespace({ namespace: name, isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] }).then((r) => r.namespace!.namespaceInfo!.id);
 
+    test("TestACreateMeetingAStaleCopyIsHeldAndOtherNamespacesGoOn: shown in status, applied in order once the stale copy is deleted", async () => {
+      const oldId = await register("dup");
+      await eventuallyOn(b, "dup", (ns) => expect(ns.namespaceInfo!.id).toBe(oldId));
+      await a.client(OperatorService).deleteNamespace({ namespace: "dup" });
+      const newId = await register("dup");
+      await a.client(WorkflowService).updateNamespace({ namespace: "dup", description: "v2" });
+      // Before: B's namespace stream retried the create forever, and "other" never came.
+      await register("other");
+      await eventuallyOn(b, "other", () => {});
+      await a.client(WorkflowService).updateNamespace({ namespace: "dup", description: "v3" });
+      await register("after");
+      await eventuallyOn(b, "after", () => {});
+
+      // The new one's tasks are held, in order, and B keeps its copy of the old one.
+      const held = await b.client(AdminService).getReplicationStatus({});
+      expect(held.heldNamespaces.map((h) => [h.sourceCluster, h.namespace, h.namespaceId, h.localNamespaceId, h.tasks])).toEqual([["clusterA", "dup", newId, oldId, 3]]);
+      const table = replicationStatusTable(held);
+      expect(table).toContain(`WARNING: namespace dup (id ${newId}) from clusterA is not applied here: clusterB holds a namespace dup with another id (${oldId})`);
+      expect(table).toContain("tern operator namespace delete dup");
+      expect((await describeOn(b, "dup")).namespaceInfo!.id).toBe(oldId);
+
+      // Held across a restart of B.
+      await b.stop();
+      b = await startTestCluster({ store, name: "clusterB", initialFailoverVersion: 2, dataLocation: b.dataLocation });
+      expect((await b.client(AdminService).getReplicationStatus({})).heldNamespaces.map((h) => h.tasks)).toEqual([3]);
+
+      // A no longer holds the old id: its stale copy on B, a passive member, may be deleted, and the held tasks apply.
+      await b.client(OperatorService).deleteNamespace({ namespace: "dup" });
+      const ns = await eventuallyOn(b, "dup", (ns) => expect(ns.namespaceInfo!.id).toBe(newId));
+      expect(ns.namespaceInfo!.description).toBe("v3");
+      expect(ns.configVersion).toBe((await describeOn(a, "dup")).configVersion);
+      await eventually(async () => expect((await b.client(AdminService).getReplicationStatus({})).heldNamespaces).toEqual([]));
+      // Later changes of it come as ever.
+      await a.client(WorkflowService).updateNamespace({ namespace: "dup", description: "v4" });
+      await eventuallyOn(b, "dup", (ns) => expect(ns.namespaceInfo!.description).toBe("v4"));
+    });
+
     test("TestAStaleCopyIsDeletedOnAPassiveMember: its active cluster no longer holds its id", async () => {
       await register("gone");
       await eventuallyOn(b, "gone", () => {});

@@ -99,7 +99,7 @@ export function replicationStatusTable(res: GetReplicationStatusResponse, now = 
     ...remote.outbound.map((s) => shardRow(remote, "outbound", s)),
   ]);
   const title = `Cluster ${res.clusterName || "(unnamed)"}`;
-  const warnings = unconnectedLines(res);
+  const warnings = unconnectedLines(res) + heldLines(res);
   if (rows.length === 0) return `${title}: no remote clusters (connect one with 'tern operator cluster upsert')\n${warnings}`;
   const dlq = res.remotes.map((r) => `${r.clusterName} ${r.dlqSize}`).join(", ");
   return `${title}\n${formatTable(headers, rows)}DLQ (tasks per source): ${dlq}\n${unheardLines(res, now)}${warnings}`;
@@ -113,6 +113,17 @@ function unconnectedLines(res: GetReplicationStatusResponse): string {
       `WARNING: namespace ${u.namespace} lists ${u.clusterName}, which is not connected to ${here}: nothing of ${u.namespace} replicates between them` +
       (u.active ? ` (it is active in ${u.clusterName}: its writes do not reach ${here})` : "") +
       `; connect them both ways ('tern operator cluster upsert' on each)\n`)
+    .join("");
+}
+
+/** One warning line per namespace whose replicated tasks are held here, with what to do. */
+function heldLines(res: GetReplicationStatusResponse): string {
+  const here = res.clusterName;
+  return res.heldNamespaces
+    .map((h) =>
+      `WARNING: namespace ${h.namespace} (id ${h.namespaceId}) from ${h.sourceCluster} is not applied here: ${here} holds a namespace ${h.namespace} with another id (${h.localNamespaceId}); ` +
+      `${h.tasks} task(s) of it held since ${h.heldSince ? timestampDate(h.heldSince).toISOString() : "?"}, the other namespaces' go on. ` +
+      `If ${h.localNamespaceId} is a stale copy (deleted on its active cluster), delete it here ('tern operator namespace delete ${h.namespace}'): the held tasks then apply\n`)
     .join("");
 }
 
@@ -133,6 +144,9 @@ const status: LeafCommand = {
     "The DLQ line counts the tasks from each remote held in the DLQ ('tern replication dlq list').",
     "A WARNING line follows for each cluster a global namespace here lists that is not connected",
     "to this one: nothing of that namespace replicates between the two.",
+    "A WARNING line follows for each namespace whose replicated changes are held here: its name is",
+    "here with another id (a stale copy of one deleted on its active cluster and registered again);",
+    "delete that copy here and they apply.",
     "With -o json, prints the GetReplicationStatusResponse as protobuf JSON; an unknown inbound",
     "lag (inboundLagUnknown) is lagTasks and lagMs null in that remote's inbound rows, and",
     "namespaceLagTasks null (also while namespaceLagUnknown; namespaceError says why).",

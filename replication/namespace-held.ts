@@ -1,0 +1,86 @@
+import { fromJson, toJson, type JsonValue } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { and, asc, count, eq, min } from "drizzle-orm";
+import { NamespaceReplicationTaskSchema, type HeldNamespace, type NamespaceReplicationTask } from "../src/gen/tern/admin/v1/service_pb";
+import type { Db, Tx } from "../src/persistence/database";
+import { heldNamespaceTasks as held } from "../src/persistence/schema";
+
+/*
+ * Namespace replication tasks held instead of applied. A create whose name this cluster holds with
+ * another id (a namespace deleted on its active cluster and registered again there, while this
+ * cluster kept its copy: a delete is local) cannot be applied, and retried in place it stopped
+ * every namespace change behind it. Temporal answers ErrNameUUIDCollision and puts the task in
+ * its namespace DLQ; here it is held, with every later task of that namespace id from the same
+ * source, in order, and the others go on. The receiver applies what is held once the copy is gone
+ * (namespace-receiver.ts retryHeld): the copy is never replaced without an operator.
+ */
+
+/** The first held task of namespaceId from source: later tasks of it wait behind it. */
+export async function firstHeld(tx: Tx, source: string, namespaceId: string) {
+  const [row] = await tx
+    .select({ taskId: held.taskId, localNamespaceId: held.localNamespaceId })
+    .from(held)
+    .where(and(eq(held.sourceCluster, source), eq(held.namespaceId, namespaceId)))
+    .orderBy(asc(held.taskId))
+    .limit(1);
+  return row;
+}
+
+/** Holds task from source in the caller's transaction (the one that moves the ack past it); a repeat is a no-op. */
+export async function holdTask(tx: Tx, source: string, task: NamespaceReplicationTask, localNamespaceId: string): Promise<void> {
+  const info = task.namespace!.namespaceInfo!;
+  await tx
+    .insert(held)
+    .values({
+      sourceCluster: source,
+      taskId: Number(task.taskId),
+      namespaceId: info.id,
+      namespaceName: info.name,
+      localNamespaceId,
+      task: toJson(NamespaceReplicationTaskSchema, task) as Record<string, unknown>,
+    })
+    .onConflictDoNothing();
+}
+
+/** The namespace ids with held tasks, the longest held first. */
+export async function heldNamespaceIds(db: Db): Promise<string[]> {
+  const rows = await db.select({ id: held.namespaceId, since: min(held.heldAt) }).from(held).groupBy(held.namespaceId).orderBy(asc(min(held.heldAt)));
+  return rows.map((r) => r.id);
+}
+
+/** The held tasks of namespaceId, locked until tx ends, each source's in order. */
+export async function lockHeld(tx: Tx, namespaceId: string) {
+  const rows = await tx.select().from(held).where(eq(held.namespaceId, namespaceId)).orderBy(asc(held.sourceCluster), asc(held.taskId)).for("update");
+  return rows.map((r) => ({ source: r.sourceCluster, task: fromJson(NamespaceReplicationTaskSchema, r.task as JsonValue) }));
+}
+
+/** Drops one held task once it is applied, in the transaction that applied it. */
+export async function releaseHeld(tx: Tx, source: string, taskId: bigint): Promise<void> {
+  await tx.delete(held).where(and(eq(held.sourceCluster, source), eq(held.taskId, Number(taskId))));
+}
+
+/** What is held, per source and namespace id, for replication status. */
+export async function heldSummary(db: Db): Promise<Omit<HeldNamespace, "$typeName">[]> {
+  const rows = await db
+    .select({
+      source: held.sourceCluster,
+      id: held.namespaceId,
+      name: min(held.namespaceName),
+      localId: min(held.localNamespaceId),
+      first: min(held.taskId),
+      tasks: count(),
+      since: min(held.heldAt),
+    })
+    .from(held)
+    .groupBy(held.sourceCluster, held.namespaceId)
+    .orderBy(asc(min(held.heldAt)));
+  return rows.map((r) => ({
+    sourceCluster: r.source,
+    namespace: r.name ?? "",
+    namespaceId: r.id,
+    localNamespaceId: r.localId ?? "",
+    firstTaskId: BigInt(r.first ?? 0),
+    tasks: r.tasks,
+    heldSince: r.since ? timestampFromDate(r.since) : undefined,
+  }));
+}
