@@ -1,8 +1,10 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { Code } from "@connectrpc/connect";
+import { eq } from "drizzle-orm";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { namespaces } from "../../src/persistence/schema";
 import { replicationStatusTable } from "../../src/cli/commands/replication";
 import { connectAll, describeOn, eventuallyOn, startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
@@ -88,6 +90,19 @@ for (const store of await testStores()) {
         `namespace kept is global and active in cluster clusterA, which still holds it (id ${id}), and clusterB is one of its clusters: delete it on clusterA, or take clusterB out of its clusters there first`,
       );
       expect((await describeOn(b, "kept")).namespaceInfo!.id).toBe(id);
+    });
+
+    test("TestAPassiveCopyWhoseActiveClusterCannotBeAskedIsNotDeleted", async () => {
+      await register("asked");
+      await eventuallyOn(b, "asked", () => {});
+      // A copy naming an active cluster B is not connected to: B cannot tell whether it is stale.
+      await b.server.database.db.update(namespaces).set({ activeClusterName: "clusterZ", clusters: ["clusterZ", "clusterB"] }).where(eq(namespaces.name, "asked"));
+      await rejects(
+        b.client(OperatorService).deleteNamespace({ namespace: "asked" }),
+        Code.FailedPrecondition,
+        "delete it on clusterZ, or take clusterB out of its clusters there first (a copy clusterZ no longer holds may be deleted here, but clusterZ could not be asked: cluster clusterZ is not connected here)",
+      );
+      await describeOn(b, "asked");
     });
   });
 }
