@@ -115,15 +115,31 @@ export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000
     return fixOrForce(paused ? `replication with cluster ${here} is disabled on ${target} (enable_connection is false there), so it cannot catch up` : undefined);
   }
 
-  return async function targetProblem(target: string, members: string[] = [], failoverTimeoutMs = Infinity, namespace?: string): Promise<TargetProblem | undefined> {
+  /**
+   * Why target, holding a namespace of ns's name with another id (a stale copy of one deleted
+   * here and registered again), never applies ns's changes (replication/namespace-held.ts), or undefined.
+   */
+  async function otherCopy(target: string, address: string, ns: { name: string; id: string }, waitMs: number): Promise<string | undefined> {
+    const idThere = (ref: { id?: string; namespace?: string }) =>
+      clients.get(address).workflow.describeNamespace(ref, { timeoutMs: waitMs }).then((r) => r.namespace?.namespaceInfo?.id, (e) => (ConnectError.from(e).code === Code.NotFound && !notServed(e) ? "" : undefined));
+    // By id first: a target that holds it (nearly always) is asked nothing of its name.
+    if ((await idThere({ id: ns.id })) !== "") return undefined;
+    const there = await idThere({ namespace: ns.name });
+    if (!there || there === ns.id) return undefined;
+    return `cluster ${target} holds another namespace ${ns.name} (id ${there}; this one is ${ns.id}) and holds this one's changes back, so it would never hear of the switch`;
+  }
+
+  return async function targetProblem(target: string, members: string[] = [], failoverTimeoutMs = Infinity, ns?: { name: string; id: string }): Promise<TargetProblem | undefined> {
+    const namespace = ns?.name;
     // Within the failover's own timeout: a target behind a link that drops packets is waited for once.
     const waitMs = Math.max(1, Math.min(timeoutMs, Math.floor(failoverTimeoutMs / 4)));
     const known = new Map((await clusters.list()).filter((c) => !c.isCurrent).map((c) => [c.clusterName, c.rpcAddress]));
     const targetAddress = known.get(target);
     if (!targetAddress) return undefined;
     const others = members.filter((m) => m !== here && m !== target);
-    const [mine, backfill, ...links] = await Promise.all([
+    const [mine, stale, backfill, ...links] = await Promise.all([
       seenBy(clients, targetAddress, here, waitMs),
+      ns ? otherCopy(target, targetAddress, ns, waitMs) : undefined,
       namespace ? backfillProblem(target, targetAddress, namespace, members, waitMs) : undefined,
       ...others.map(async (m) => {
         const address = known.get(m);
@@ -135,6 +151,7 @@ export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000
     ]);
     const side = targetSide(target, targetAddress, mine);
     if (side) return side;
+    if (stale) return { why: stale, instead: `delete that copy on ${target} first ('tern operator namespace delete ${namespace}' there: it is stale), then fail over` };
     // A forced failover would leave the member without target's writes too.
     const link = links.find((l) => l !== undefined);
     if (link) return { why: link, instead: "fix that first (a forced failover would leave it so too)" };

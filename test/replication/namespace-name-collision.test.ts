@@ -55,6 +55,12 @@ for (const store of await testStores()) {
       expect(table).toContain(`WARNING: namespace dup (id ${newId}) from clusterA is not applied here: clusterB holds a namespace dup with another id (${oldId})`);
       expect(table).toContain("tern operator namespace delete dup");
       expect((await describeOn(b, "dup")).namespaceInfo!.id).toBe(oldId);
+      // Made active there, it would never hear of it: no cluster would take dup's writes.
+      await rejects(
+        a.client(OperatorService).failoverNamespace({ namespace: "dup", targetCluster: "clusterB" }),
+        Code.FailedPrecondition,
+        `cluster clusterB holds another namespace dup (id ${oldId}; this one is ${newId}) and holds this one's changes back, so it would never hear of the switch; delete that copy on clusterB first`,
+      );
 
       // Held across a restart of B.
       await b.stop();
