@@ -30,6 +30,7 @@ const OLD_LAST = "0008_backfill_job_failed_runs";
 const BACK_TO_OLD = [
   `alter table "replication_dlq" drop column "version_history"`,
   `alter table "backfill_jobs" drop column "retry_error"`,
+  `drop table "held_namespace_tasks"`,
 ];
 
 /** A copy of drizzle/ whose journal ends at OLD_LAST: the previous release's migrations. */
