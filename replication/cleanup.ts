@@ -25,21 +25,21 @@ export interface ReplicationCleanupDeps {
  * remote that is down reports no lag of its own, and its tasks pile up on this side.
  */
 export function createReplicationCleanup({ db, log, intervalMs = 10_000, graceMs = 60_000, now = () => new Date(), metrics }: ReplicationCleanupDeps) {
-  /** The remotes whose backlog the gauge shows: one removed since is set to 0 once. */
-  const gauged = new Map<string, number[]>();
+  /** The remotes whose backlog the gauge shows: one removed since has its series dropped. */
+  const gauged = new Set<string>();
 
   function showBacklog(remotes: string[], maxima: Map<number, number>, ackOf: (remote: string, shardId: number) => number) {
     if (!metrics) return;
-    for (const [remote, shardIds] of gauged) {
+    for (const remote of gauged) {
       if (remotes.includes(remote)) continue;
-      for (const shardId of shardIds) metrics.set("replication_outbound_tasks_lag", { remote_cluster: remote, shard: String(shardId) }, 0);
+      metrics.remove("replication_outbound_tasks_lag", { remote_cluster: remote });
       gauged.delete(remote);
     }
     for (const remote of remotes) {
       for (const [shardId, max] of maxima) {
         metrics.set("replication_outbound_tasks_lag", { remote_cluster: remote, shard: String(shardId) }, Math.max(0, max - ackOf(remote, shardId)));
       }
-      gauged.set(remote, [...maxima.keys()]);
+      gauged.add(remote);
     }
   }
 

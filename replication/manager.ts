@@ -40,6 +40,11 @@ export interface ReplicationManagerDeps {
   /** The streams to run for one enabled remote. */
   streamsFor: (remote: RemoteCluster) => ReplicationStream[];
   log: Logger;
+  /**
+   * A remote's streams stopped for good (disabled, or removed: `removed`), or a disabled one was
+   * removed: what is shown of its inbound side (metrics) is no longer current.
+   */
+  onStopped?: (name: string, removed: boolean) => void;
 }
 
 interface Running {
@@ -55,9 +60,11 @@ interface Running {
  * remote clusters change: refresh() is called by every change, so nothing waits for a
  * periodic reload.
  */
-export function createReplicationManager({ db, clients, streamsFor, log }: ReplicationManagerDeps) {
+export function createReplicationManager({ db, clients, streamsFor, log, onStopped }: ReplicationManagerDeps) {
   const running = new Map<string, Running>();
   const disabled = new Set<string>();
+  /** The remotes of the last reload, to tell one removed since. */
+  let known = new Set<string>();
   let stopped = false;
   const stopping = new AbortController();
   let refreshing: Promise<void> = Promise.resolve();
@@ -115,6 +122,7 @@ export function createReplicationManager({ db, clients, streamsFor, log }: Repli
     if (stopped) return;
     const rows = await db.select().from(clusterMetadata).where(eq(clusterMetadata.isCurrent, false));
     const wanted = new Map(rows.filter((r) => r.enableConnection).map((r) => [r.clusterName, r]));
+    const present = new Set(rows.map((r) => r.clusterName));
     disabled.clear();
     for (const r of rows) if (!r.enableConnection) disabled.add(r.clusterName);
     for (const [name, entry] of running) {
@@ -124,7 +132,10 @@ export function createReplicationManager({ db, clients, streamsFor, log }: Repli
       running.delete(name);
       await entry.done;
       log.info("replication stopped", { remote: name });
+      if (!row && present.has(name)) onStopped?.(name, false);
     }
+    for (const name of known) if (!present.has(name)) onStopped?.(name, true);
+    known = present;
     for (const [name, row] of wanted) if (!running.has(name)) running.set(name, startRemote(row));
   }
 

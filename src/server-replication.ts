@@ -17,6 +17,7 @@ import { createHistoryReceiver } from "../replication/receiver";
 import { createReplicationSender } from "../replication/sender";
 import { createReplicationStatus } from "../replication/status";
 import { createPeriodic } from "./periodic";
+import type { Metrics } from "./observability/metrics";
 import type { Base, Core } from "./server-core";
 
 /** Replication towards and from remote clusters (replication/). */
@@ -42,6 +43,7 @@ export function wireReplication({ opts, log, now, cluster, database }: Base, cor
   const manager = createReplicationManager({
     db, clients, log,
     streamsFor: (remote) => [namespaceReceiver, ...historyReceiver.streamsFor(remote), backfill.stream],
+    onStopped: (name, removed) => forgetRemoteGauges(metrics, name, removed),
   });
   const failover = createGracefulFailover({
     db, namespaces, clusters: core.clusters, notifier, log, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY),
@@ -87,3 +89,14 @@ export function wireReplication({ opts, log, now, cluster, database }: Base, cor
 
 /** What wireReplication made, for the routes and the server. */
 export type Replication = ReturnType<typeof wireReplication>;
+
+/**
+ * Drops the gauges of a remote whose streams stopped: its inbound lag is unknown once disabled
+ * (as `replication status` says), and nothing of a removed remote is current.
+ */
+function forgetRemoteGauges(metrics: Metrics, name: string, removed: boolean): void {
+  const remote = { remote_cluster: name };
+  metrics.remove("replication_tasks_lag", remote);
+  metrics.remove("replication_stream_received_tasks", remote);
+  if (removed) metrics.remove("namespace_replication_task_ack_level", remote);
+}

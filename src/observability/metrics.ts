@@ -33,6 +33,8 @@ export interface Metrics {
   inc(name: string, labels?: Labels, by?: number): void;
   set(name: string, labels: Labels, value: number): void;
   observe(name: string, labels: Labels, seconds: number): void;
+  /** Drops name's series whose labels include all of labels: a gauge of something gone (a removed remote) is no longer shown. */
+  remove(name: string, labels: Labels): void;
   render(): string;
 }
 
@@ -117,6 +119,11 @@ export function createMetrics(): Metrics {
       f.buckets.forEach((b, i) => {
         if (seconds <= b) s.buckets![i]! += 1;
       });
+    },
+    remove(name, labels) {
+      const f = families.get(name);
+      if (!f) return;
+      for (const [k, s] of f.series) if (Object.entries(labels).every(([l, v]) => s.labels[l] === v)) f.series.delete(k);
     },
     render() {
       const out: string[] = [];
