@@ -275,7 +275,10 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
   async function run(remote: RemoteCluster, signal: AbortSignal, report: StreamReport): Promise<void> {
     while (!signal.aborted) {
       const seen = generation;
-      for (const job of await pendingBackfillJobs(db, remote.name)) {
+      const jobs = await pendingBackfillJobs(db, remote.name);
+      // Nothing to fill: the stream is well, though it asks the remote nothing (a run's first page says so otherwise).
+      if (!jobs.length) report.idle();
+      for (const job of jobs) {
         try {
           await runJob(remote, job, signal, report);
         } catch (e) {

@@ -23,6 +23,11 @@ export interface StreamReport {
   ok(): void;
   /** A round failed, or a task is retried past its budget (a busy database); the stream retries. */
   failed(error: unknown): void;
+  /**
+   * A round went through with nothing to ask the remote (no backfill to run): a failure reported
+   * before (its database's) is over, and the stream counts neither way in the remote's state.
+   */
+  idle(): void;
 }
 
 /**
@@ -51,7 +56,7 @@ interface Running {
   key: string;
   abort: AbortController;
   done: Promise<unknown>;
-  /** Each stream's state by its name: "connecting" until it reports, then "connected" or "error: ...". */
+  /** Each stream's state by its name: "connecting" until it reports, then "connected", "idle" (nothing to ask) or "error: ...". */
   states: Map<string, string>;
 }
 
@@ -90,14 +95,16 @@ export function createReplicationManager({ db, clients, streamsFor, log, onStopp
     // A link that fails and recovers every second is said once per 10 s, not twice a second.
     const failures = createFlapLog();
     let backoff = 100;
+    const wentThrough = (state: string) => {
+      // A stream ends by throwing, however long it was well: the next failure is retried soon again.
+      backoff = 100;
+      entry.states.set(stream.name, state);
+      const failedForMs = failures.recovered();
+      if (failedForMs !== undefined) log.info("replication stream recovered", { remote: remote.name, stream: stream.name, failedForMs: Math.round(failedForMs) });
+    };
     const report: StreamReport = {
-      ok: () => {
-        // A stream ends by throwing, however long it was well: the next failure is retried soon again.
-        backoff = 100;
-        entry.states.set(stream.name, "connected");
-        const failedForMs = failures.recovered();
-        if (failedForMs !== undefined) log.info("replication stream recovered", { remote: remote.name, stream: stream.name, failedForMs: Math.round(failedForMs) });
-      },
+      ok: () => wentThrough("connected"),
+      idle: () => wentThrough("idle"),
       failed: (e) => {
         const msg = fetchFailureReason(e) ?? loggableError(e);
         const write = failures.failed(msg);

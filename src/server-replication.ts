@@ -31,7 +31,7 @@ export function wireReplication({ opts, log, now, cluster, database }: Base, cor
     waitMs: opts.replication?.waitMs, silenceGraceMs: opts.replication?.silenceGraceMs,
     durable: opts.replication?.durable ?? database.applies?.durable,
   });
-  const backfill = createBackfillReceiver({ db, applier, namespaces, writer, notifier, log, now, historyPageBytes: opts.replication?.historyPageBytes });
+  const backfill = createBackfillReceiver({ db, applier, namespaces, writer, notifier, log, now, historyPageBytes: opts.replication?.historyPageBytes, idleMs: opts.replication?.backfillIdleMs });
   const namespaceReceiver = createNamespaceReceiver({
     db, currentCluster: cluster.clusterName, namespaces, log, metrics, now, onActivated, onChanged: core.onChanged, onBackfillStarted: backfill.wake,
     onQueued: () => notifier.notify(NAMESPACE_QUEUE_KEY),

@@ -82,6 +82,8 @@ export interface ServerOptions {
     senderRecheckMs?: number;
     /** Most bytes of events per raw history answer this cluster's backfills ask a source for (default 4 MiB). */
     historyPageBytes?: number;
+    /** How long an idle backfill stream waits before it reads its jobs again (default 30 s). */
+    backfillIdleMs?: number;
     /** Tasks per shard page this cluster asks its remotes for (default 200). */
     pageSize?: number;
     /** Awaited by each AdminService.GetReplicationTasks call before it reads: holds a shard's per-shard pulls (tests). */
