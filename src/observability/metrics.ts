@@ -64,7 +64,7 @@ const HELP: Record<string, [Family["type"], string]> = {
   replication_page_bytes_read: ["counter", "Bytes of history events this cluster's replication page reads rendered from its database, sent or not"],
   replication_pages_sent: ["counter", "History replication pages sent to a pulling peer, by source: memory (the outbox tail) or database"],
   namespace_replication_task_ack_level: ["gauge", "Namespace replication task applied here, per remote cluster"],
-  replication_tasks_failed: ["counter", "History replication task applies that failed (retried)"],
+  replication_tasks_failed: ["counter", "History replication task apply attempts that failed, for any reason (this database, the task itself); each is retried, and a task failing for its own reason goes to the DLQ after 5"],
   replication_dlq_size: ["gauge", "History replication tasks in this cluster's DLQ, per source cluster"],
   process_event_loop_delay_seconds: ["histogram", "Seconds a timer of this process fired past its due time, sampled every 100 ms: how long work arriving here waited for the event loop"],
 };
