@@ -53,7 +53,9 @@ export const HELD_BEHIND = "held: an earlier task of this run is in the DLQ (mer
  * later tasks of the same run, held until a merge so a run never gets a gap.
  */
 export function createReplicationDlq({ db, metrics }: ReplicationDlqDeps) {
-  const seenSources = new Set<string>();
+  /** The sources replication_dlq_size shows, and the remote clusters as last read. */
+  let gauged = new Set<string>();
+  let remotes: string[] = [];
 
   /** Stores a task inside the transaction that acks it; error is errorReason's text (or HELD_BEHIND). */
   async function add(tx: Tx, source: string, t: ReplicationTask, attempts: number, error: string): Promise<void> {
@@ -129,12 +131,21 @@ export function createReplicationDlq({ db, metrics }: ReplicationDlqDeps) {
     return new Map(rows.map((r) => [r.source, Number(r.n)]));
   }
 
-  /** Sets replication_dlq_size per source cluster (0 for sources whose entries are gone). */
-  async function refreshGauge(sources: string[] = []): Promise<void> {
-    for (const s of sources) seenSources.add(s);
+  /**
+   * Sets replication_dlq_size for each remote cluster and each source with entries (0 for those
+   * with none), and drops it for a source that is neither any more (a removed remote). The
+   * remotes are read again only when asked (they changed), to keep the apply's refresh one read.
+   */
+  async function refreshGauge({ readRemotes = false } = {}): Promise<void> {
+    if (readRemotes) {
+      const rows = await db.select({ name: clusterMetadata.clusterName }).from(clusterMetadata).where(eq(clusterMetadata.isCurrent, false));
+      remotes = rows.map((r) => r.name);
+    }
     const now = await sizes();
-    for (const s of now.keys()) seenSources.add(s);
-    for (const s of seenSources) metrics.set("replication_dlq_size", { source_cluster: s }, now.get(s) ?? 0);
+    const sources = new Set([...remotes, ...now.keys()]);
+    for (const s of gauged) if (!sources.has(s)) metrics.remove("replication_dlq_size", { source_cluster: s });
+    for (const s of sources) metrics.set("replication_dlq_size", { source_cluster: s }, now.get(s) ?? 0);
+    gauged = sources;
   }
 
   return { add, heldRuns, list, all, purge, sizes, refreshGauge, refuseUnknownSource };

@@ -158,7 +158,7 @@ export function createPageApplier(deps: PageApplierDeps) {
   /** After tasks applied: the DLQ gauge, latency and count metrics, and history long polls of the runs that grew. */
   async function applied(remote: RemoteCluster, tasks: ReplicationTask[], done: Applied): Promise<void> {
     const labels = { remote_cluster: remote.name };
-    if (done.held) await dlq.refreshGauge([remote.name]);
+    if (done.held) await dlq.refreshGauge();
     const now = Date.now();
     for (const t of tasks) if (t.createTime) metrics.observe("replication_latency", labels, (now - timestampDate(t.createTime).getTime()) / 1000);
     metrics.inc("replication_tasks_applied", labels, tasks.length - done.held);

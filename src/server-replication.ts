@@ -16,6 +16,7 @@ import { createFailoverMembersCheck } from "../replication/failover-members";
 import { createHistoryReceiver } from "../replication/receiver";
 import { createReplicationSender } from "../replication/sender";
 import { createReplicationStatus } from "../replication/status";
+import { loggableError } from "./errors";
 import { createPeriodic } from "./periodic";
 import type { Metrics } from "./observability/metrics";
 import type { Base, Core } from "./server-core";
@@ -27,6 +28,8 @@ export function wireReplication({ opts, log, now, cluster, database }: Base, cor
   const baseApplier = createHistoryApplier({ cluster, namespaces, writer, log });
   const applier = opts.replication?.wrapApplier?.(baseApplier) ?? baseApplier;
   const dlq = createReplicationDlq({ db, metrics });
+  /** replication_dlq_size again: at the start, and when remotes come and go (each remote shows, 0 without entries). */
+  const refreshDlqGauge = () => void dlq.refreshGauge({ readRemotes: true }).catch((e) => log.warn("reading the replication DLQ size failed", { error: loggableError(e) }));
   const historyReceiver = createHistoryReceiver({ db, cluster, writer: core.applyWriter, notifier, metrics, log, applier, dlq, retry: opts.replication?.retry, reprobeMs: opts.replication?.reprobeMs, pageSize: opts.replication?.pageSize,
     waitMs: opts.replication?.waitMs, silenceGraceMs: opts.replication?.silenceGraceMs,
     durable: opts.replication?.durable ?? database.applies?.durable,
@@ -43,7 +46,10 @@ export function wireReplication({ opts, log, now, cluster, database }: Base, cor
   const manager = createReplicationManager({
     db, clients, log,
     streamsFor: (remote) => [namespaceReceiver, ...historyReceiver.streamsFor(remote), backfill.stream],
-    onStopped: (name, removed) => forgetRemoteGauges(metrics, name, removed),
+    onStopped: (name, removed) => {
+      forgetRemoteGauges(metrics, name, removed);
+      if (removed) refreshDlqGauge();
+    },
   });
   const failover = createGracefulFailover({
     db, namespaces, clusters: core.clusters, notifier, log, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY),
@@ -58,10 +64,11 @@ export function wireReplication({ opts, log, now, cluster, database }: Base, cor
     sender.forgetPeers();
     // A remote connected now may have been sent namespaces again (resendNamespacesTo).
     notifier.notify(NAMESPACE_QUEUE_KEY);
+    refreshDlqGauge();
     return manager.refresh();
   };
   return {
-    clients, applier, dlq, manager, backfill, sweep, sender, failover, namespaceReceiver,
+    refreshDlqGauge, clients, applier, dlq, manager, backfill, sweep, sender, failover, namespaceReceiver,
     remotes: createRemoteClusters({
       db, current: cluster, clients, onChanged,
       onConnected: async (tx, remote) => {

@@ -8,7 +8,7 @@ import { resetAbandonedHandovers } from "../replication/failover";
 import { createPlannerStats } from "./persistence/planner-stats";
 import type { RetryPolicy } from "../replication/page-applier";
 import type { Config } from "./config/schema";
-import { loggableError, startFailure } from "./errors";
+import { startFailure } from "./errors";
 import type { PullReplicationTasksRequest } from "./gen/tern/admin/v1/service_pb";
 import type { NamespaceDescription } from "./gen/tern/workflow/v1/namespace_pb";
 import { createApp } from "./frontend/app";
@@ -184,7 +184,7 @@ function wire(
   // PGlite is one process's database: its own failovers hold no lock the reset could see.
   if (database.kind === "postgres") repl.handoverReset.start();
   plannerStats?.start();
-  void repl.dlq.refreshGauge().catch((e) => log.warn("reading the replication DLQ size failed", { error: loggableError(e) }));
+  repl.refreshDlqGauge();
   void repl.manager.start();
   repl.sweep.trigger();
   const endLongPolls = async () => {

@@ -9,10 +9,10 @@ import { testStores } from "../support/stores";
 
 setDefaultTimeout(120_000);
 
-/** x's series of the gauge name for remote, read from /metrics. */
+/** x's series of the gauge name for remote (its remote_cluster or source_cluster), read from /metrics. */
 async function seriesOf(x: TestCluster, name: string, remote: string): Promise<number[]> {
   const text = await (await fetch(`${x.url}/metrics`)).text();
-  return [...text.matchAll(new RegExp(`^${name}\\{([^}]*)\\} (\\S+)$`, "gm"))].filter((m) => m[1]!.includes(`remote_cluster="${remote}"`)).map((m) => Number(m[2]));
+  return [...text.matchAll(new RegExp(`^${name}\\{([^}]*)\\} (\\S+)$`, "gm"))].filter((m) => m[1]!.includes(`_cluster="${remote}"`)).map((m) => Number(m[2]));
 }
 
 for (const store of await testStores()) {
@@ -34,6 +34,8 @@ for (const store of await testStores()) {
         expect(await seriesOf(a, "replication_tasks_lag", "clusterB")).toEqual([0]);
         expect(await seriesOf(a, "namespace_replication_task_ack_level", "clusterB")).toHaveLength(1);
       });
+      // The DLQ's size shows for each remote, entries or none.
+      expect(await seriesOf(a, "replication_dlq_size", "clusterB")).toEqual([0]);
       const op = a.client(OperatorService);
       await op.addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: false });
       // Paused: how far behind A is cannot be known from here (replication status says unknown).
@@ -51,7 +53,7 @@ for (const store of await testStores()) {
       await a.client(WorkflowService).updateNamespace({ namespace: "b-side", clusters: ["clusterA"] });
       await op.removeRemoteCluster({ clusterName: "clusterB" });
       await eventually(async () => {
-        for (const name of ["replication_tasks_lag", "replication_stream_received_tasks", "namespace_replication_task_ack_level"]) {
+        for (const name of ["replication_tasks_lag", "replication_stream_received_tasks", "namespace_replication_task_ack_level", "replication_dlq_size"]) {
           expect([name, await seriesOf(a, name, "clusterB")]).toEqual([name, []]);
         }
       });

@@ -81,7 +81,8 @@ for (const store of await testStores()) {
         ["bad", 1, 2, 3], ["bad", 2, 3, 0], ["bad", 3, 4, 0],
       ]);
       expect((await dlqRows())[0]!.lastError).toContain("injected fault for bad");
-      expect(b.server.metrics.render()).toContain('replication_dlq_size{source_cluster="clusterA"} 3');
+      // Set after the apply's commit: the ack can show first.
+      await eventually(() => expect(b.server.metrics.render()).toContain('replication_dlq_size{source_cluster="clusterA"} 3'));
       const status = (await b.client(AdminService).getReplicationStatus({})).remotes.find((r) => r.clusterName === "clusterA")!;
       expect(status.dlqSize).toBe(3n);
       expect((await tern(b, "replication", "status")).out).toContain("DLQ (tasks per source): clusterA 3");
