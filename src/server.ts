@@ -18,6 +18,7 @@ import { createFrontendInterceptor } from "./frontend/interceptors";
 import { createRefuseUnserved, watchRefusals, type RefuseUnserved } from "./frontend/refused-calls";
 import { createRateLimiter } from "./frontend/rate-limiter";
 import { createServingProbe } from "./frontend/serving-probe";
+import { createStopGate, type StopGate } from "./frontend/stop-gate";
 import type { NamespaceRegistry } from "./namespace/registry";
 import { createLogger, type Logger } from "./observability/log";
 import { startLoopDelaySampler } from "./observability/loop-delay";
@@ -118,6 +119,12 @@ export interface TernServer {
   /** Counts and logs a call to a procedure no route serves, for listeners of their own (native gRPC); returns its request id. */
   refuseUnserved: RefuseUnserved;
   /**
+   * The stop as callers see it (frontend/stop-gate.ts): a stopping entry drains (health
+   * NOT_SERVING, calls served), then refuses new calls, then waits for the calls in flight to
+   * settle before it closes its listeners.
+   */
+  stopGate: Pick<StopGate, "phase" | "drain" | "refuse" | "settled">;
+  /**
    * Ends the open long polls (peers' replication pulls, history waits): each answers at
    * once with what it has, and new ones are refused as unavailable. Graceful failovers
    * still waiting for their target are abandoned (back to NORMAL) and answer unavailable.
@@ -162,15 +169,16 @@ function wire(
   const repl = wireReplication(base, core);
   let closed = false;
   const probe = createServingProbe({ ping: () => core.db.execute(sql`select 1`) });
-  const isServing = async () => !closed && (await probe());
+  const gate = createStopGate();
+  const isServing = async () => !closed && gate.phase() === "serving" && (await probe());
   const failures = createCallFailures({ metrics: core.metrics, log });
   // Calls connect refuses before the interceptors below (a body that is no message) are counted and logged too.
   const routes = watchRefusals(wireRoutes(base, core, repl, isServing), { metrics: core.metrics, failures });
   // And calls of a procedure no route serves, on every listener.
   const refuseUnserved = createRefuseUnserved({ metrics: core.metrics, failures });
   const limiter = createRateLimiter(config.limits.hostRps, config.limits.namespaceRps);
-  // The deadline innermost: a call past its deadline is still counted, logged and mapped.
-  const interceptors = [createFrontendInterceptor({ metrics: core.metrics, log, failures, limiter, knownNamespace: core.namespaces.known }), createDeadlineInterceptor()];
+  // The deadline innermost: a call past its deadline is still counted, logged and mapped; so is one refused as the server stops.
+  const interceptors = [createFrontendInterceptor({ metrics: core.metrics, log, failures, limiter, knownNamespace: core.namespaces.known }), gate.interceptor, createDeadlineInterceptor()];
   // Room for a maximal payload plus the rest of the request.
   const readMaxBytes = config.limits.blobSizeLimitError * 2 + 1024 * 1024;
   const app = createApp({ routes, interceptors, metrics: core.metrics, refuseUnserved, isServing, readMaxBytes });
@@ -193,7 +201,8 @@ function wire(
   return {
     config, cluster, database, metrics: core.metrics, log, app, routes, interceptors,
     refuseUnserved,
-    fetch: (req) => app.fetch(req),
+    stopGate: gate,
+    fetch: gate.closing((req) => app.fetch(req)),
     endLongPolls,
     changedHookCount: () => core.changedHooks.size,
     async close() {

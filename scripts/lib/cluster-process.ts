@@ -27,6 +27,8 @@ export interface ClusterProcessOptions {
   databaseUrl?: string;
   /** log.level of the server; default info. */
   logLevel?: string;
+  /** services.frontend.shutdownDrainDuration (e.g. "3s"); default none (0). */
+  shutdownDrainDuration?: string;
   /** Top-level YAML appended to the config (keys the generated config does not set, e.g. `limits:`). */
   extraYaml?: string;
   /** Runtime flags before the script, e.g. ["--cpu-prof-md", "--cpu-prof-dir=DIR"] (profiling a bench). */
@@ -52,6 +54,8 @@ export interface ClusterProcess {
   tail(lines?: number, important?: boolean): string;
   /** SIGTERM, then SIGKILL if it has not exited within killAfterMs; resolves to the exit code. */
   stop(killAfterMs?: number): Promise<number | null>;
+  /** SIGTERM without waiting for the exit; stop() then waits for it, sending no second SIGTERM (which exits 1 at once). */
+  terminate(): void;
   /** SIGKILL at once: a crash, with no graceful shutdown. */
   crash(): Promise<void>;
 }
@@ -92,7 +96,7 @@ services:
     rpc:
       bindOnIP: 127.0.0.1
       port: ${o.port}
-      grpcPort: 0
+      grpcPort: 0${o.shutdownDrainDuration ? `\n    shutdownDrainDuration: "${o.shutdownDrainDuration}"` : ""}
 dcRedirectionPolicy:
   policy: selected-apis-forwarding
 log:
@@ -155,6 +159,7 @@ export async function startClusterProcess(o: ClusterProcessOptions): Promise<Clu
   };
   const pumped = Promise.all([pump(child.stdout), pump(child.stderr)]);
   const exited = () => child.exitCode !== null || child.signalCode !== null;
+  let terminated = false;
   const proc: ClusterProcess = {
     name: o.name,
     pid: child.pid,
@@ -172,8 +177,12 @@ export async function startClusterProcess(o: ClusterProcessOptions): Promise<Clu
       await child.exited;
       await pumped.catch(() => {});
     },
+    terminate() {
+      terminated = true;
+      child.kill("SIGTERM");
+    },
     async stop(killAfterMs = 10_000) {
-      if (!exited()) child.kill("SIGTERM");
+      if (!exited() && !terminated) child.kill("SIGTERM");
       const timer = setTimeout(() => child.kill("SIGKILL"), killAfterMs);
       const code = await child.exited;
       clearTimeout(timer);

@@ -1,4 +1,6 @@
 import { z } from "zod";
+import { parseDurationNanos } from "../cli/duration";
+import { MAX_TIMER_MS } from "../sleep";
 
 const ClusterInformation = z.strictObject({
   enabled: z.boolean().default(true),
@@ -71,6 +73,31 @@ const Rpc = z.strictObject({
   grpcPort: z.number().int().min(0).max(65535).optional(),
 });
 
+/**
+ * How long a stopping server answers health NOT_SERVING while still serving calls, before it
+ * refuses new ones: the time its load balancers take to see it unhealthy and stop sending (their
+ * check interval times their unhealthy threshold). A duration as Temporal writes one (`10s`,
+ * `500ms`, `0`), in ms once parsed; a bare number other than 0 is refused (seconds or ms?).
+ */
+const ShutdownDrainDuration = z.union([z.string(), z.number()]).transform((given, ctx) => {
+  if (given === 0) return 0;
+  const invalid = (message: string) => (ctx.addIssue({ code: "custom", message }), z.NEVER);
+  if (typeof given === "number") return invalid(`needs a unit: e.g. ${given}s or ${given}ms (0 for no drain)`);
+  let ms: number;
+  try {
+    ms = Number(parseDurationNanos(given) / 1_000_000n);
+  } catch {
+    return invalid(`invalid duration "${given}" (use e.g. 10s, 500ms, 1m; 0 for no drain)`);
+  }
+  return ms > MAX_TIMER_MS ? invalid(`${given} is longer than the longest wait, 2147483647 ms (about 24 days)`) : ms;
+});
+
+const Frontend = z.strictObject({
+  rpc: Rpc.default({ bindOnIP: "127.0.0.1", port: 7233 }),
+  /** ms; default 0: no drain, for a server no load balancer checks (a stop then only refuses new calls while those in flight finish). */
+  shutdownDrainDuration: ShutdownDrainDuration.default(0),
+});
+
 /** A token bucket; `{ rps: 0 }` alone disables it (a burst then means nothing: left out or 0 is taken). */
 const RateLimit = z
   .strictObject({
@@ -106,8 +133,8 @@ export const Config = z.strictObject({
   clusterMetadata: ClusterMetadata,
   persistence: Persistence.default({ numHistoryShards: 4, datastore: { pglite: { dataDir: "./data" } } }),
   services: z
-    .strictObject({ frontend: z.strictObject({ rpc: Rpc.default({ bindOnIP: "127.0.0.1", port: 7233 }) }) })
-    .default({ frontend: { rpc: { bindOnIP: "127.0.0.1", port: 7233 } } }),
+    .strictObject({ frontend: Frontend })
+    .default({ frontend: { rpc: { bindOnIP: "127.0.0.1", port: 7233 }, shutdownDrainDuration: 0 } }),
   dcRedirectionPolicy: z.strictObject({ policy: RedirectionPolicy.default("noop") }).default({ policy: "noop" }),
   limits: Limits.default(Limits.parse({})),
   log: z.strictObject({ level: LogLevel.default("info") }).default({ level: "info" }),

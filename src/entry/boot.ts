@@ -51,20 +51,19 @@ export async function runEntry(opts: EntryOptions): Promise<void> {
     process.exit(1);
   }
   const signal = await stopSignal;
-  tern.log.info("stopping", { signal });
+  const drainMs = tern.config.services.frontend.shutdownDrainDuration;
+  const graceMs = opts.graceMs ?? 5_000;
+  tern.log.info("stopping", { signal, drainMs });
   // Background work waiting on a database that stopped answering (no statement timeout by
   // default) would hold the stop for good: past the limit the process exits as a crash would,
   // every write being atomic with what it moved (the next start takes it again).
-  const limitMs = (opts.graceMs ?? 5_000) + STOP_LIMIT_PAST_GRACE_MS;
+  const limitMs = drainMs + graceMs + STOP_LIMIT_PAST_GRACE_MS;
   setTimeout(() => {
     tern.log.error("did not stop in time; exiting without closing the database", { signal, limitMs });
     process.exit(1);
   }, limitMs).unref?.();
   try {
-    // Long polls answer now, so the listeners drain without waiting the grace out on a peer's
-    // pull; listeners next, so no request reaches a closed database; then the database (lock file).
-    await tern.endLongPolls();
-    await Promise.allSettled(listeners.map((l) => l.close(opts.graceMs ?? 5_000)));
+    await stopListening(tern, listeners, drainMs, graceMs);
     await tern.close();
   } catch (e) {
     console.error(`tern server failed to stop cleanly: ${(e as Error).message}`);
@@ -72,6 +71,28 @@ export async function runEntry(opts: EntryOptions): Promise<void> {
   }
   tern.log.info("stopped", { signal });
   process.exit(0);
+}
+
+/**
+ * The listeners' part of a stop, so that no call sent meanwhile meets a reset connection: health
+ * NOT_SERVING while calls are still served for drainMs (services.frontend.shutdownDrainDuration:
+ * load balancers stop sending here), every HTTP/1.1 answer closing its connection; then new calls
+ * refused UNAVAILABLE and the long polls answered, while the calls in flight finish (up to
+ * graceMs); then the listeners close, with what is left of the grace for streams still open.
+ */
+async function stopListening(tern: TernServer, listeners: Listener[], drainMs: number, graceMs: number): Promise<void> {
+  tern.stopGate.drain();
+  if (drainMs > 0) {
+    await new Promise((resolve) => setTimeout(resolve, drainMs));
+    tern.log.info("drained; refusing new calls", { drainMs });
+  }
+  tern.stopGate.refuse();
+  const t0 = performance.now();
+  // Long polls answer now, so that neither wait below is held out on a peer's pull.
+  await tern.endLongPolls();
+  await tern.stopGate.settled(graceMs - (performance.now() - t0));
+  const left = Math.max(0, graceMs - (performance.now() - t0));
+  await Promise.allSettled(listeners.map((l) => l.close(left)));
 }
 
 async function boot({ runtime, entryUrl, serveHttp }: EntryOptions, stopping: AbortSignal): Promise<{ tern: TernServer; listeners: Listener[] }> {

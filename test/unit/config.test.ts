@@ -184,4 +184,14 @@ describe("config", () => {
     expect(() => parseConfig(base(good), { TERN_DATABASE_WAIT: "10s" })).toThrow("TERN_DATABASE_WAIT: the datastore is PGlite (persistence.datastore.pglite), which has no database server to wait for");
     fails(base(good, `persistence: { datastore: { postgres: { url: "postgres://u@h/db", connectWaitMs: -1 } } }`), "persistence.datastore.postgres.connectWaitMs");
   });
+
+  test("services.frontend.shutdownDrainDuration: a duration with its unit, 0 by default", () => {
+    const drain = (value: string) => parseConfig(base(good, `services: { frontend: { shutdownDrainDuration: ${value} } }`)).services.frontend.shutdownDrainDuration;
+    expect(parseConfig(base(good)).services.frontend.shutdownDrainDuration).toBe(0);
+    expect(parseConfig(base(good, "services: { frontend: { rpc: { port: 7300 } } }")).services.frontend).toEqual({ rpc: { bindOnIP: "127.0.0.1", port: 7300 }, shutdownDrainDuration: 0 });
+    expect([drain("10s"), drain('"1m30s"'), drain("500ms"), drain("0"), drain("0s")]).toEqual([10_000, 90_000, 500, 0, 0]);
+    fails(base(good, "services: { frontend: { shutdownDrainDuration: 10 } }"), "services.frontend.shutdownDrainDuration: needs a unit: e.g. 10s or 10ms (0 for no drain)");
+    fails(base(good, "services: { frontend: { shutdownDrainDuration: soon } }"), 'services.frontend.shutdownDrainDuration: invalid duration "soon" (use e.g. 10s, 500ms, 1m; 0 for no drain)');
+    fails(base(good, "services: { frontend: { shutdownDrainDuration: 30d } }"), "services.frontend.shutdownDrainDuration: 30d is longer than the longest wait");
+  });
 });
