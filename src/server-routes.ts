@@ -17,7 +17,7 @@ import { VERSION } from "./version";
 import { loggableError } from "./errors";
 
 /** The RPC services, behind forwarding where the policy asks for it. */
-export function wireRoutes({ config, opts, log, now, cluster }: Base, core: Core, repl: Replication, isServing: () => Promise<boolean>) {
+export function wireRoutes({ config, opts, log, now, cluster }: Base, core: Core, repl: Replication, health: { isServing: () => Promise<boolean>; stopped: AbortSignal }) {
   const { db, clusters, namespaces, notifier, engine, queries } = core;
   const { clients, dlq, applier, manager } = repl;
   return createRoutes({
@@ -42,7 +42,7 @@ export function wireRoutes({ config, opts, log, now, cluster }: Base, core: Core
       opts.replication,
     ),
     backfill: createBackfillHandler({ db, namespaces, clusters, now, wake: repl.backfill.wake }),
-    health: createHealthHandler(isServing, SERVED_SERVICES),
+    health: createHealthHandler(health.isServing, SERVED_SERVICES, health.stopped),
   });
 }
 

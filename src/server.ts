@@ -173,7 +173,7 @@ function wire(
   const isServing = async () => !closed && gate.phase() === "serving" && (await probe());
   const failures = createCallFailures({ metrics: core.metrics, log });
   // Calls connect refuses before the interceptors below (a body that is no message) are counted and logged too.
-  const routes = watchRefusals(wireRoutes(base, core, repl, isServing), { metrics: core.metrics, failures });
+  const routes = watchRefusals(wireRoutes(base, core, repl, { isServing, stopped: gate.refusing }), { metrics: core.metrics, failures });
   // And calls of a procedure no route serves, on every listener.
   const refuseUnserved = createRefuseUnserved({ metrics: core.metrics, failures });
   const limiter = createRateLimiter(config.limits.hostRps, config.limits.namespaceRps);

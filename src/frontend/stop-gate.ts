@@ -21,6 +21,8 @@ export interface StopGate {
   drain(): void;
   /** New calls refused (stoppingRefusal), Health's still answered. */
   refuse(): void;
+  /** Aborted by refuse: streams that would run on (health Watch) end with it. */
+  refusing: AbortSignal;
   /** Resolves true once no admitted call is being handled (a stream: until it started), false after timeoutMs. */
   settled(timeoutMs: number): Promise<boolean>;
   /** Counts calls in flight and refuses new ones; every listener's interceptors take it. */
@@ -38,6 +40,7 @@ export interface StopGate {
 export function createStopGate(): StopGate {
   let phase: StopPhase = "serving";
   let inFlight = 0;
+  const refusing = new AbortController();
   const waiters = new Set<() => void>();
   const left = () => {
     if (--inFlight === 0) for (const wake of waiters) wake();
@@ -61,7 +64,9 @@ export function createStopGate(): StopGate {
     },
     refuse() {
       phase = "refusing";
+      refusing.abort();
     },
+    refusing: refusing.signal,
     settled(timeoutMs) {
       if (inFlight === 0) return Promise.resolve(true);
       return new Promise((resolve) => {

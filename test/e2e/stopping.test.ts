@@ -150,5 +150,24 @@ if ((await testStores()).includes("postgres")) {
       expect(await b.stop(30_000)).toBe(0);
       agent.destroy();
     });
+
+    test("SIGTERM ends health Watch streams once new calls are refused, after telling them NOT_SERVING (one of an unknown service too): they do not hold the stop for the grace, cut at its end", async () => {
+      const c = await start("watched", "1s");
+      const grpcPort = logged(c, "tern server started")[0]!.grpcPort as number;
+      const http = createConnectTransport({ baseUrl: `http://${c.address}` });
+      const grpc = createGrpcTransport({ baseUrl: `http://127.0.0.1:${grpcPort}` });
+      const watchers = ([[http, ""], [grpc, ""], [http, "nope"]] as const).map(async ([transport, service]) => {
+        const seen: HealthCheckResponse_ServingStatus[] = [];
+        for await (const { status } of createClient(Health, transport).watch({ service })) seen.push(status);
+        return seen;
+      });
+      await eventually(async () => expect((await healthConnect(c).check({})).status).toBe(HealthCheckResponse_ServingStatus.SERVING), { timeout: 10_000 });
+      const t0 = performance.now();
+      c.terminate();
+      const { SERVING, NOT_SERVING, SERVICE_UNKNOWN } = HealthCheckResponse_ServingStatus;
+      expect(await Promise.all(watchers)).toEqual([[SERVING, NOT_SERVING], [SERVING, NOT_SERVING], [SERVICE_UNKNOWN]]);
+      expect(await c.stop(30_000)).toBe(0);
+      expect(performance.now() - t0).toBeLessThan(1_000 + GRACE_MS * 0.6);
+    });
   });
 }
