@@ -75,12 +75,13 @@ if ((await testStores()).includes("postgres")) {
 
     /** A server of clusterA (the database's cluster) in a directory of its own. */
     async function start(home: string, shutdownDrainDuration?: string): Promise<ClusterProcess> {
-      const p = await startClusterProcess({ name: "clusterA", initialFailoverVersion: 1, dir: join(dir, home), databaseUrl: db.url, shutdownDrainDuration });
+      // No lock timeout: a start held in flight (heldStart) waits as long as the test holds it.
+      const p = await startClusterProcess({ name: "clusterA", initialFailoverVersion: 1, dir: join(dir, home), databaseUrl: db.url, lockTimeoutMs: 0, shutdownDrainDuration });
       servers.push(p);
       return p;
     }
 
-    /** A workflow start on p held in flight: another session holds a lock its event insert waits for (lockTimeoutMs: 10 s). */
+    /** A workflow start on p held in flight: another session holds a lock its event insert waits for. */
     async function heldStart(p: ClusterProcess, namespace: string) {
       await connect(p).registerNamespace({ namespace });
       held = await sql.reserve();
@@ -96,7 +97,7 @@ if ((await testStores()).includes("postgres")) {
     }
 
     test("SIGTERM with shutdownDrainDuration: health NOT_SERVING at once while calls are still served (closing their connections); past the drain a new call gets UNAVAILABLE 'stopping' on HTTP/1.1 and native gRPC, the call in flight completes, then the listener closes", async () => {
-      const a = await start("drained", "3s");
+      const a = await start("drained", "6s");
       const grpcPort = logged(a, "tern server started")[0]!.grpcPort as number;
       const grpc = createGrpcTransport({ baseUrl: `http://127.0.0.1:${grpcPort}` });
       const { write } = await heldStart(a, "orders");
