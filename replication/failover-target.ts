@@ -6,6 +6,7 @@ import type { ClusterInfo } from "../src/gen/tern/operator/v1/service_pb";
 import { fetchFailureReason } from "../src/fetch-failure";
 import { notServed } from "./not-served";
 import { unfinishedBackfill, type BackfillProgress } from "./backfill-jobs";
+import { namespaceOn } from "./stale-copy";
 
 /** The backfill jobs of namespace on the cluster at address, as it says; none when it does not answer within waitMs. */
 export function backfillJobsOn(clients: RemoteClientPool, address: string, namespace: string, waitMs: number): Promise<BackfillProgress[]> {
@@ -120,8 +121,9 @@ export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000
    * here and registered again), never applies ns's changes (replication/namespace-held.ts), or undefined.
    */
   async function otherCopy(target: string, address: string, ns: { name: string; id: string }, waitMs: number): Promise<string | undefined> {
+    // "": it holds none; undefined: no answer.
     const idThere = (ref: { id?: string; namespace?: string }) =>
-      clients.get(address).workflow.describeNamespace(ref, { timeoutMs: waitMs }).then((r) => r.namespace?.namespaceInfo?.id, (e) => (ConnectError.from(e).code === Code.NotFound && !notServed(e) ? "" : undefined));
+      namespaceOn(clients, address, ref, waitMs).then((r) => (r === "not found" ? "" : r.id), () => undefined);
     // By id first: a target that holds it (nearly always) is asked nothing of its name.
     if ((await idThere({ id: ns.id })) !== "") return undefined;
     const there = await idThere({ namespace: ns.name });

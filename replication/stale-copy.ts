@@ -15,6 +15,20 @@ export interface StaleCopyCheckDeps {
 }
 
 /**
+ * The namespace ref names as the cluster at address holds it: its id (undefined if the answer
+ * names none), or "not found" where it answers NOT_FOUND of its own (not a proxy's or an older
+ * build's not-served answer). Rejects as the call does otherwise.
+ */
+export async function namespaceOn(clients: RemoteClientPool, address: string, ref: { id?: string; namespace?: string }, timeoutMs: number): Promise<{ id?: string } | "not found"> {
+  try {
+    return { id: (await clients.get(address).workflow.describeNamespace(ref, { timeoutMs })).namespace?.namespaceInfo?.id };
+  } catch (e) {
+    if (e instanceof ConnectError && e.code === Code.NotFound && !notServed(e)) return "not found";
+    throw e;
+  }
+}
+
+/**
  * Asks the active cluster a copy here names whether it still holds that namespace id: a copy of a
  * namespace deleted there stays here (a delete is local) and may hold the create of one registered
  * again under its name (namespace-held.ts). Only "gone" lets a passive member delete its copy.
@@ -24,10 +38,10 @@ export function createStaleCopyCheck({ clusters, clients, timeoutMs = 5_000 }: S
     const remote = await remoteOf(clusters, ns.activeClusterName);
     if (!remote) return { unknown: `cluster ${ns.activeClusterName} is not connected here` };
     try {
-      const res = await clients.get(remote.rpcAddress).workflow.describeNamespace({ id: ns.id }, { timeoutMs });
-      return res.namespace?.namespaceInfo?.id === ns.id ? "holds" : { unknown: `cluster ${ns.activeClusterName} answered with another namespace` };
+      const there = await namespaceOn(clients, remote.rpcAddress, { id: ns.id }, timeoutMs);
+      if (there === "not found") return "gone";
+      return there.id === ns.id ? "holds" : { unknown: `cluster ${ns.activeClusterName} answered with another namespace` };
     } catch (e) {
-      if (e instanceof ConnectError && e.code === Code.NotFound && !notServed(e)) return "gone";
       return { unknown: peerFailureText(e) };
     }
   };

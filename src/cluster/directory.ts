@@ -18,12 +18,12 @@ export interface ClusterDirectory {
   hold(tx: Tx, names: string[]): Promise<void>;
 }
 
-/** NOT_FOUND for a cluster name this cluster does not know, naming those it knows (a typo's fix is among them). */
 /** A connected (remote) cluster's metadata row, by name; undefined for this cluster or one not connected. */
 export async function remoteOf(clusters: ClusterDirectory, name: string) {
   return (await clusters.list()).find((c) => c.clusterName === name && !c.isCurrent);
 }
 
+/** NOT_FOUND for a cluster name this cluster does not know, naming those it knows (a typo's fix is among them). */
 export async function unknownCluster(db: Db | Tx, current: CurrentCluster, name: string): Promise<Error> {
   const known = await db.select({ name: clusterMetadata.clusterName }).from(clusterMetadata).orderBy(clusterMetadata.clusterName);
   const names = known.length ? known.map((k) => k.name).join(", ") : current.clusterName;
