@@ -59,6 +59,17 @@ export async function releaseHeld(tx: Tx, source: string, taskId: bigint): Promi
   await tx.delete(held).where(and(eq(held.sourceCluster, source), eq(held.taskId, Number(taskId))));
 }
 
+/**
+ * Drops the held tasks of namespaceId no newer (config version) than a change that took this
+ * cluster out of it: a member out of a namespace takes no change of it, and added back it is sent
+ * the namespace as it stands (namespace-sender.ts joinsAskingCluster). How many were dropped.
+ */
+export async function dropHeld(tx: Tx, namespaceId: string, configVersion: bigint): Promise<number> {
+  const moot = (await lockHeld(tx, namespaceId)).filter(({ task }) => task.namespace!.configVersion <= configVersion);
+  for (const { source, task } of moot) await releaseHeld(tx, source, task.taskId);
+  return moot.length;
+}
+
 /** What is held, per source and namespace id, for replication status. */
 export async function heldSummary(db: Db): Promise<Omit<HeldNamespace, "$typeName">[]> {
   const rows = await db

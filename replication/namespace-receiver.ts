@@ -11,7 +11,7 @@ import type { RemoteCluster, ReplicationStream } from "./manager";
 import { startJoinBackfill, stopBackfillJobs, stopBackfillsOfNonMembers } from "./backfill-jobs";
 import { createInboundHeard, type Heard } from "./inbound-heard";
 import { applyNamespaceTask, type AppliedNamespace } from "./namespace-applier";
-import { firstHeld, heldNamespaceIds, holdTask, lockHeld, releaseHeld } from "./namespace-held";
+import { dropHeld, firstHeld, heldNamespaceIds, holdTask, lockHeld, releaseHeld } from "./namespace-held";
 import { advanceAckLevel, appendNamespaceTask, readAckLevel, type AckKey } from "./namespace-queue";
 
 export interface NamespaceReceiverDeps {
@@ -81,7 +81,10 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
   async function apply(key: AckKey, task: NamespaceReplicationTask, maxTaskId: number, signal: AbortSignal): Promise<void> {
     await deps.beforeApply?.(task.namespace!);
     const info = task.namespace?.namespaceInfo;
+    let dropped = 0;
     const result = await transaction(db, async (tx) => {
+      // Taken out of its clusters: what was held of it is moot (skipped as any non-member's change).
+      dropped = info?.id && !task.namespace!.replicationConfig?.clusters.includes(currentCluster) ? await dropHeld(tx, info.id, task.namespace!.configVersion) : 0;
       // Behind a held task of its namespace: held too, never applied before it.
       const first = info?.id ? await firstHeld(tx, key.remote, info.id) : undefined;
       const r = first ? { outcome: "held" as const, collidesWith: first.localNamespaceId } : await applyInTx(tx, task);
@@ -89,6 +92,9 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
       await advanceAckLevel(tx, key, Number(task.taskId), maxTaskId, task.createTime ? timestampDate(task.createTime) : undefined);
       return r;
     }, signal);
+    if (dropped) {
+      log.info(`held namespace replication tasks dropped: cluster ${currentCluster} was taken out of namespace ${info!.name}`, { remote: key.remote, namespaceId: info!.id, tasks: dropped, taskId: Number(task.taskId) });
+    }
     if (result.outcome === "held") {
       log.info("namespace replication task held behind an earlier one of its namespace", { remote: key.remote, namespace: info!.name, namespaceId: info!.id, taskId: Number(task.taskId) });
     } else if (result.outcome === "collided") {

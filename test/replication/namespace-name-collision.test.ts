@@ -78,6 +78,29 @@ for (const store of await testStores()) {
       await eventuallyOn(b, "dup", (ns) => expect(ns.namespaceInfo!.description).toBe("v4"));
     });
 
+    test("TestAHoldingMemberTakenOutDropsItsHoldAndAddedBackConverges", async () => {
+      const oldId = await register("moot");
+      await eventuallyOn(b, "moot", () => {});
+      await a.client(OperatorService).deleteNamespace({ namespace: "moot" });
+      const newId = await register("moot");
+      const heldMoot = async () => (await b.client(AdminService).getReplicationStatus({})).heldNamespaces.filter((h) => h.namespace === "moot").map((h) => [h.namespaceId, h.tasks]);
+      await eventually(async () => expect(await heldMoot()).toEqual([[newId, 1]]));
+
+      // Out of moot's clusters, B takes no change of it: what it held is moot. Before: held for good, in status.
+      await a.client(WorkflowService).updateNamespace({ namespace: "moot", clusters: ["clusterA"] });
+      await eventually(async () => expect(await heldMoot()).toEqual([]));
+      expect((await describeOn(b, "moot")).namespaceInfo!.id).toBe(oldId);
+
+      // Added back: held again, as it stands, and applied once the stale copy is gone.
+      await a.client(WorkflowService).updateNamespace({ namespace: "moot", clusters: ["clusterA", "clusterB"], description: "back" });
+      await eventually(async () => expect(await heldMoot()).toEqual([[newId, 1]]));
+      await b.client(OperatorService).deleteNamespace({ namespace: "moot" });
+      const ns = await eventuallyOn(b, "moot", (ns) => expect(ns.namespaceInfo!.id).toBe(newId));
+      expect(ns.namespaceInfo!.description).toBe("back");
+      expect(ns.replicationConfig!.clusters).toEqual(["clusterA", "clusterB"]);
+      await eventually(async () => expect(await heldMoot()).toEqual([]));
+    });
+
     test("TestAStaleCopyIsDeletedOnAPassiveMember: its active cluster no longer holds its id", async () => {
       await register("gone");
       await eventuallyOn(b, "gone", () => {});
