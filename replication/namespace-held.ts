@@ -70,6 +70,16 @@ export async function dropHeld(tx: Tx, namespaceId: string, configVersion: bigin
   return moot.length;
 }
 
+/** The namespaces (at most limit) whose changes from source are held here: they list it, as a namespace here may. */
+export async function heldFrom(tx: Tx, source: string, limit = 5) {
+  return tx
+    .select({ name: min(held.namespaceName), id: held.namespaceId, localId: min(held.localNamespaceId) })
+    .from(held)
+    .where(eq(held.sourceCluster, source))
+    .groupBy(held.namespaceId)
+    .limit(limit);
+}
+
 /** What is held, per source and namespace id, for replication status. */
 export async function heldSummary(db: Db): Promise<Omit<HeldNamespace, "$typeName">[]> {
   const rows = await db

@@ -8,6 +8,7 @@ import { unknownCluster } from "./directory";
 import { frontendAddressProblem, frontendUrl, peerFailureText, type RemoteClientPool } from "./remote-client";
 import { shown, withoutPassword } from "../shown";
 import { listsClusters } from "../namespace/lists-clusters";
+import { heldFrom } from "../../replication/namespace-held";
 
 export type ClusterRow = typeof clusterMetadata.$inferSelect;
 
@@ -117,9 +118,11 @@ export function createRemoteClusters({ db, current, clients, onChanged, onConnec
         .from(namespaces)
         .where(listsClusters(name, current.clusterName))
         .limit(5);
-      if (users.length) {
+      // A namespace held here behind a stale copy of its name lists it too: removed, its held changes stayed for good.
+      const held = (await heldFrom(tx, name)).map((h) => `${h.name} (id ${h.id}, its changes from ${name} held here behind a namespace ${h.name} with another id, ${h.localId})`);
+      if (users.length || held.length) {
         throw failedPrecondition(
-          `cluster ${name} is still listed by namespace(s) ${users.map((u) => u.name).join(", ")}; remove it from their clusters first`,
+          `cluster ${name} is still listed by namespace(s) ${[...users.map((u) => u.name), ...held].join(", ")}; remove it from their clusters first`,
         );
       }
       await tx.delete(replicationAckLevels).where(eq(replicationAckLevels.remoteCluster, name));

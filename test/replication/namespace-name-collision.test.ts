@@ -135,3 +135,39 @@ for (const store of await testStores()) {
     });
   });
 }
+
+/** The source of held changes removed as a remote of the holding cluster. */
+for (const store of await testStores()) {
+  describe(`namespace name collision on ${store}: the source removed`, () => {
+    let a: TestCluster, b: TestCluster;
+    beforeAll(async () => {
+      [a, b] = await startClusters(store, [{}, {}]);
+      await connectAll([a, b]);
+    });
+    afterAll(async () => {
+      for (const x of [a, b]) await x?.destroy();
+    });
+
+    test("TestTheSourceOfHeldChangesIsNotRemovedWhileTheyAreHeld", async () => {
+      const wf = a.client(WorkflowService);
+      const oldId = (await wf.registerNamespace({ namespace: "solo", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] })).namespace!.namespaceInfo!.id;
+      // B taken out of it: its copy, kept, no longer lists it, so that copy alone does not keep A connected.
+      await wf.updateNamespace({ namespace: "solo", clusters: ["clusterA"] });
+      await eventuallyOn(b, "solo", (ns) => expect(ns.replicationConfig!.clusters).toEqual(["clusterA"]));
+      await a.client(OperatorService).deleteNamespace({ namespace: "solo" });
+      const newId = (await wf.registerNamespace({ namespace: "solo", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] })).namespace!.namespaceInfo!.id;
+      await eventually(async () => expect((await b.client(AdminService).getReplicationStatus({})).heldNamespaces.map((h) => h.namespaceId)).toEqual([newId]));
+
+      // Before: removed, and what was held from A stayed for good (applied later, a namespace listing a removed cluster).
+      await rejects(
+        b.client(OperatorService).removeRemoteCluster({ clusterName: "clusterA" }),
+        Code.FailedPrecondition,
+        `cluster clusterA is still listed by namespace(s) solo (id ${newId}, its changes from clusterA held here behind a namespace solo with another id, ${oldId}); remove it from their clusters first`,
+      );
+      // The way the runbook says: out of its clusters on its active cluster, B drops what it held, and A may go.
+      await wf.updateNamespace({ namespace: "solo", clusters: ["clusterA"] });
+      await eventually(async () => expect((await b.client(AdminService).getReplicationStatus({})).heldNamespaces).toEqual([]));
+      await b.client(OperatorService).removeRemoteCluster({ clusterName: "clusterA" });
+    });
+  });
+}
