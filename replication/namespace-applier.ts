@@ -70,7 +70,8 @@ export async function applyNamespaceTask(tx: Tx, currentCluster: string, d: Name
   const [local] = await tx.select().from(namespaces).where(eq(namespaces.id, id)).for("update");
   if (!local) {
     if (!config.clusters.includes(currentCluster)) return { outcome: "skipped", activated: false };
-    const [clash] = await tx.select({ id: namespaces.id }).from(namespaces).where(eq(namespaces.name, config.name));
+    // Shared lock: a delete of the copy in the way (delete.ts, for update) waits for the hold to commit, and its retry sees it.
+    const [clash] = await tx.select({ id: namespaces.id }).from(namespaces).where(eq(namespaces.name, config.name)).for("share");
     // Temporal's ErrNameUUIDCollision: the caller holds the task (namespace-held.ts), never replaces the copy here.
     if (clash) return { outcome: "collided", activated: false, collidesWith: clash.id };
     const [created] = await tx

@@ -32,6 +32,8 @@ export interface NamespaceReceiverDeps {
   beforeApply?: (ns: NamespaceDescription) => Promise<void>;
   /** How long the sender may hold one poll open. */
   waitTimeoutMs?: number;
+  /** How often held tasks are tried again without a namespace delete here to free a name (default 60 s): a delete by another build or behind the server's back. */
+  heldRetryMs?: number;
   /** How long polls may fail before what was last heard is stale: history replication's (receiver.ts heard). */
   staleAfterMs?: number;
   now?: () => Date;
@@ -43,7 +45,9 @@ export interface NamespaceReceiverDeps {
  * so a restart of either side resumes with no gap and no duplicate.
  */
 export function createNamespaceReceiver(deps: NamespaceReceiverDeps): ReplicationStream & { heard(remote: string): Heard; retryHeld(signal?: AbortSignal): Promise<void> } {
-  const { db, currentCluster, log, waitTimeoutMs = 20_000, now = () => new Date() } = deps;
+  const { db, currentCluster, log, waitTimeoutMs = 20_000, heldRetryMs = 60_000, now = () => new Date() } = deps;
+  /** When the polls next try the held tasks again (0: at the next); a delete here tries them at once. */
+  let heldRetryDue = 0;
   /** When each remote last answered a poll, and why its polls fail since: the ns row's max task id is as of then. */
   const inboundHeard = createInboundHeard({ everyMs: waitTimeoutMs, staleAfterMs: deps.staleAfterMs });
 
@@ -104,10 +108,21 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
 
   /**
    * Applies the held tasks of each namespace, in order, up to the first that still collides; each
-   * namespace's in one transaction with their release. Run at every poll, and after a namespace
-   * delete here (the copy in the way may be gone).
+   * namespace's in one transaction with their release. Run after a namespace delete here (the copy
+   * in the way may be gone: only a delete frees a name), at each stream's start, and every
+   * heldRetryMs; after a failure at the next poll. Not at every poll: a query or more each, for nothing.
    */
   async function retryHeld(signal?: AbortSignal): Promise<void> {
+    heldRetryDue = Date.now() + heldRetryMs;
+    try {
+      await retryEachHeld(signal);
+    } catch (e) {
+      heldRetryDue = 0;
+      throw e;
+    }
+  }
+
+  async function retryEachHeld(signal?: AbortSignal): Promise<void> {
     for (const namespaceId of await heldNamespaceIds(db)) {
       const done = await transaction(db, async (tx) => {
         const out: { source: string; task: NamespaceReplicationTask; result: AppliedNamespace }[] = [];
@@ -160,7 +175,7 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
         ack = last;
       }
       deps.metrics?.set("namespace_replication_task_ack_level", { remote_cluster: remote.name }, ack);
-      await retryHeld(signal);
+      if (Date.now() >= heldRetryDue) await retryHeld(signal);
     }
   }
 

@@ -39,6 +39,7 @@ export function wireReplication({ opts, log, now, cluster, database }: Base, cor
     db, currentCluster: cluster.clusterName, namespaces, log, metrics, now, onActivated, onChanged: core.onChanged, onBackfillStarted: backfill.wake,
     onQueued: () => notifier.notify(NAMESPACE_QUEUE_KEY),
     beforeApply: opts.replication?.beforeNamespaceApply, staleAfterMs: historyReceiver.staleAfterMs, waitTimeoutMs: opts.replication?.waitMs,
+    heldRetryMs: opts.replication?.heldRetryMs,
   });
   // Becoming active: settle the conflicts resolved while this cluster was passive.
   const sweep = createConflictSweep({ db, cluster, namespaces, writer, applier, log });

@@ -83,6 +83,8 @@ export interface ServerOptions {
     senderRecheckMs?: number;
     /** Most bytes of events per raw history answer this cluster's backfills ask a source for (default 4 MiB). */
     historyPageBytes?: number;
+    /** How often held namespace replication tasks are tried again without a namespace delete here (default 60 s). */
+    heldRetryMs?: number;
     /** How long an idle backfill stream waits before it reads its jobs again (default 30 s). */
     backfillIdleMs?: number;
     /** Tasks per shard page this cluster asks its remotes for (default 200). */

@@ -136,16 +136,43 @@ for (const store of await testStores()) {
   });
 }
 
-/** The source of held changes removed as a remote of the holding cluster. */
+/** How the holding cluster retries what it holds, and the removal of the source of held changes. */
 for (const store of await testStores()) {
-  describe(`namespace name collision on ${store}: the source removed`, () => {
+  describe(`namespace name collision on ${store}: retries and the source removed`, () => {
     let a: TestCluster, b: TestCluster;
     beforeAll(async () => {
-      [a, b] = await startClusters(store, [{}, {}]);
+      // B's periodic retry of held changes never comes within the test: what applies them is what it waits for.
+      [a, b] = await startClusters(store, [{}, { serverOptions: { replication: { heldRetryMs: 600_000 } } }]);
       await connectAll([a, b]);
     });
     afterAll(async () => {
       for (const x of [a, b]) await x?.destroy();
+    });
+
+    test("TestHeldChangesAreNotRetriedAtEveryPollButAtOnceAfterADeleteHere", async () => {
+      const wf = a.client(WorkflowService);
+      const register = (name: string) => wf.registerNamespace({ namespace: name, isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] }).then((r) => r.namespace!.namespaceInfo!.id);
+      await register("quiet");
+      await eventuallyOn(b, "quiet", () => {});
+      await a.client(OperatorService).deleteNamespace({ namespace: "quiet" });
+      const newId = await register("quiet");
+      const heldIds = async () => (await b.client(AdminService).getReplicationStatus({})).heldNamespaces.map((h) => h.namespaceId);
+      await eventually(async () => expect(await heldIds()).toEqual([newId]));
+      // The copy in the way gone behind the server's back (no namespace delete here): nothing changed that B was told of.
+      await b.server.database.db.delete(namespaces).where(eq(namespaces.name, "quiet"));
+      // Two polls of A's namespace queue answered and applied, each followed by what comes after it (B's loop is sequential).
+      for (const poke of ["poke1", "poke2"]) {
+        await register(poke);
+        await eventuallyOn(b, poke, () => {});
+      }
+      // Before: each poll tried every held namespace again (a transaction each), so the first poll applied it.
+      expect(await heldIds()).toEqual([newId]);
+      // A namespace delete here is what frees a name: held changes are tried at once after it.
+      await b.client(WorkflowService).registerNamespace({ namespace: "scratch" });
+      await b.client(OperatorService).deleteNamespace({ namespace: "scratch" });
+      await eventuallyOn(b, "quiet", (ns) => expect(ns.namespaceInfo!.id).toBe(newId));
+      await eventually(async () => expect(await heldIds()).toEqual([]));
+      for (const name of ["quiet", "poke1", "poke2"]) await wf.updateNamespace({ namespace: name, clusters: ["clusterA"] });
     });
 
     test("TestTheSourceOfHeldChangesIsNotRemovedWhileTheyAreHeld", async () => {
