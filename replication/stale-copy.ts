@@ -4,8 +4,8 @@ import { peerFailureText, type RemoteClientPool } from "../src/cluster/remote-cl
 import type { NamespaceRecord } from "../src/namespace/registry";
 import { notServed } from "./not-served";
 
-/** Whether the active cluster a passive copy names still holds the copy's namespace id, or why that is not known. */
-export type ActiveHolds = "holds" | "gone" | { unknown: string };
+/** Whether the active cluster a passive copy names still holds the copy's namespace id, or why that is not known; behind: another member says the copy missed a failover. */
+export type ActiveHolds = "holds" | "gone" | { unknown: string } | { behind: string };
 
 export interface StaleCopyCheckDeps {
   clusters: ClusterDirectory;
@@ -19,9 +19,10 @@ export interface StaleCopyCheckDeps {
  * names none), or "not found" where it answers NOT_FOUND of its own (not a proxy's or an older
  * build's not-served answer). Rejects as the call does otherwise.
  */
-export async function namespaceOn(clients: RemoteClientPool, address: string, ref: { id?: string; namespace?: string }, timeoutMs: number): Promise<{ id?: string } | "not found"> {
+export async function namespaceOn(clients: RemoteClientPool, address: string, ref: { id?: string; namespace?: string }, timeoutMs: number): Promise<{ id?: string; failoverVersion?: bigint; active?: string } | "not found"> {
   try {
-    return { id: (await clients.get(address).workflow.describeNamespace(ref, { timeoutMs })).namespace?.namespaceInfo?.id };
+    const ns = (await clients.get(address).workflow.describeNamespace(ref, { timeoutMs })).namespace;
+    return { id: ns?.namespaceInfo?.id, failoverVersion: ns?.failoverVersion, active: ns?.replicationConfig?.activeClusterName };
   } catch (e) {
     if (e instanceof ConnectError && e.code === Code.NotFound && !notServed(e)) return "not found";
     throw e;
@@ -34,12 +35,29 @@ export async function namespaceOn(clients: RemoteClientPool, address: string, re
  * again under its name (namespace-held.ts). Only "gone" lets a passive member delete its copy.
  */
 export function createStaleCopyCheck({ clusters, clients, timeoutMs = 5_000 }: StaleCopyCheckDeps) {
+  /**
+   * A copy that missed a failover names an active cluster that may have left the namespace since
+   * and deleted its copy: another member holding the id at a later failover version says so. A
+   * member that cannot be asked is passed over (a dead one would block the delete for good).
+   */
+  async function newerElsewhere(ns: NamespaceRecord): Promise<{ behind: string } | undefined> {
+    const others = (await clusters.list()).filter((c) => !c.isCurrent && c.clusterName !== ns.activeClusterName && ns.clusters.includes(c.clusterName));
+    const answers = await Promise.all(others.map((c) => namespaceOn(clients, c.rpcAddress, { id: ns.id }, timeoutMs).catch(() => "not found" as const)));
+    for (const [i, there] of answers.entries()) {
+      if (there === "not found" || there.id !== ns.id || (there.failoverVersion ?? 0n) <= BigInt(ns.failoverVersion)) continue;
+      return {
+        behind: `cluster ${others[i]!.clusterName} holds it (id ${ns.id}) at a later failover version (${there.failoverVersion}, active in ${there.active}) ` +
+          `than this copy's (${ns.failoverVersion}): this copy is behind, not stale`,
+      };
+    }
+  }
+
   return async (ns: NamespaceRecord): Promise<ActiveHolds> => {
     const remote = await remoteOf(clusters, ns.activeClusterName);
     if (!remote) return { unknown: `cluster ${ns.activeClusterName} is not connected here` };
     try {
       const there = await namespaceOn(clients, remote.rpcAddress, { id: ns.id }, timeoutMs);
-      if (there === "not found") return "gone";
+      if (there === "not found") return (await newerElsewhere(ns)) ?? "gone";
       return there.id === ns.id ? "holds" : { unknown: `cluster ${ns.activeClusterName} answered with another namespace` };
     } catch (e) {
       return { unknown: peerFailureText(e) };

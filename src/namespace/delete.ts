@@ -57,6 +57,10 @@ function passiveDeleteRefused(ns: NamespaceRecord, here: string, holds: Exclude<
   const active = ns.activeClusterName;
   const instead = `delete it on ${active}, or take ${here} out of its clusters there first`;
   if (holds === "holds") return `namespace ${ns.name} is global and active in cluster ${active}, which still holds it (id ${ns.id}), and ${here} is one of its clusters: ${instead}`;
+  if ("behind" in holds) {
+    return `namespace ${ns.name} is global, ${here} is one of its clusters, and ${active}, named active here, no longer holds it, but ${holds.behind}; ` +
+      `wait until ${here} hears of that failover, then delete it where it is active, or take ${here} out of its clusters there first`;
+  }
   return `namespace ${ns.name} is global and active in cluster ${active}, and ${here} is one of its clusters: ${instead} ` +
     `(a copy ${active} no longer holds may be deleted here, but ${active} could not be asked: ${holds.unknown})`;
 }

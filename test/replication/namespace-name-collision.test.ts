@@ -8,6 +8,7 @@ import { namespaces } from "../../src/persistence/schema";
 import { replicationStatusTable } from "../../src/cli/commands/replication";
 import { connectAll, describeOn, eventuallyOn, startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
+import { createGate } from "../support/gate";
 import { rejects } from "../support/rejects";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
@@ -195,6 +196,45 @@ for (const store of await testStores()) {
       await wf.updateNamespace({ namespace: "solo", clusters: ["clusterA"] });
       await eventually(async () => expect((await b.client(AdminService).getReplicationStatus({})).heldNamespaces).toEqual([]));
       await b.client(OperatorService).removeRemoteCluster({ clusterName: "clusterA" });
+    });
+  });
+}
+
+/** A passive copy behind its namespace's failover: the cluster it names active no longer holds the id, another member does. */
+for (const store of await testStores()) {
+  describe(`namespace name collision on ${store}: a copy behind, not stale`, () => {
+    let a: TestCluster, b: TestCluster, c: TestCluster;
+    const gate = createGate();
+    beforeAll(async () => {
+      // Closed, B applies no namespace change: it has not heard of the failover yet.
+      const beforeNamespaceApply = () => gate.held ?? Promise.resolve();
+      [a, b, c] = await startClusters(store, [{}, { serverOptions: { replication: { beforeNamespaceApply } } }, {}]);
+      await connectAll([a, b, c]);
+    });
+    afterAll(async () => {
+      gate.open();
+      for (const x of [a, b, c]) await x?.destroy();
+    });
+
+    test("TestACopyWhoseNamedActiveClusterLeftButAnotherMemberHoldsItIsNotDeleted", async () => {
+      const id = (await a.client(WorkflowService).registerNamespace({ namespace: "moved", isGlobalNamespace: true, clusters: ["clusterA", "clusterB", "clusterC"] })).namespace!.namespaceInfo!.id;
+      for (const x of [b, c]) await eventuallyOn(x, "moved", () => {});
+      gate.close();
+      // Forced over to C, A taken out there and its copy deleted on A: B, behind, still names A active.
+      await c.client(WorkflowService).updateNamespace({ namespace: "moved", activeClusterName: "clusterC" });
+      await c.client(WorkflowService).updateNamespace({ namespace: "moved", clusters: ["clusterB", "clusterC"] });
+      await eventuallyOn(a, "moved", (ns) => expect(ns.replicationConfig!.clusters).toEqual(["clusterB", "clusterC"]));
+      await a.client(OperatorService).deleteNamespace({ namespace: "moved" });
+      expect((await describeOn(b, "moved")).replicationConfig!.activeClusterName).toBe("clusterA");
+
+      // Before: A answered NOT_FOUND, and B deleted its copy of a namespace it is a member of, active in C.
+      await rejects(
+        b.client(OperatorService).deleteNamespace({ namespace: "moved" }),
+        Code.FailedPrecondition,
+        `cluster clusterC holds it (id ${id}) at a later failover version (3, active in clusterC) than this copy's (1): this copy is behind, not stale`,
+      );
+      gate.open();
+      await eventuallyOn(b, "moved", (ns) => expect(ns.replicationConfig!.activeClusterName).toBe("clusterC"));
     });
   });
 }
