@@ -5,10 +5,12 @@ import { lockRunKeys, lockRunKeysPart } from "../src/history/run-batches";
 import type { Writer } from "../src/history/writer";
 import type { Logger } from "../src/observability/log";
 import type { Metrics } from "../src/observability/metrics";
+import { holdNamespaces } from "../src/history/namespace-guard";
 import type { NamespaceRecord } from "../src/namespace/registry";
+import type { Tx } from "../src/persistence/database";
 import { composite, runStatement } from "../src/persistence/raw-statements";
 import { advanceInboundAck, advanceInboundAckPart } from "./ack-levels";
-import type { HistoryApplier, IncomingTask, PlannedApply, RawHistoryFetcher } from "./applier";
+import { RetryableReplicationError, type HistoryApplier, type IncomingTask, type PlannedApply, type RawHistoryFetcher } from "./applier";
 import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
 import { HELD_BEHIND, noneHeldPart, type HeldRuns, type ReplicationDlq } from "./dlq";
 import { fetchOutside, lacksRawHistory } from "./gap-fetch";
@@ -92,6 +94,14 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
   /** Remote shards ("remote/shard") whose last read found no DLQ entry and whose last one-trip apply held: applyOneTrip may try them. */
   const oneTripShards = new Set<string>();
   const shardText = (remote: RemoteCluster, shardId: number) => `${remote.name}/${shardId}`;
+  /**
+   * The barrier of the tasks' namespaces, taken first (before any row lock, as a delete takes them):
+   * a delete of one here waited for the apply and took its runs, or came before and the apply
+   * writes nothing. Before, a run applied while its namespace was deleted here committed after the
+   * delete, of no namespace. Two statements per transaction, not per task, sent with the others.
+   */
+  const holdAll = (tx: Tx, namespaces: Map<string, NamespaceRecord>) =>
+    namespaces.size ? holdNamespaces(tx, namespaces.keys(), () => new RetryableReplicationError("a namespace of the tasks was deleted here meanwhile; retrying")) : Promise.resolve();
 
   /**
    * Applies tasks (of remote's shards that moves name) and makes the moves in one
@@ -151,14 +161,15 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
         // One statement, a transaction of its own (PostgreSQL answers each statement on its
         // own): the acks' moves and the DLQ check, then the runs' key locks (which order
         // appliers' writes of a run), then the writes (applier.writeParts), in the order of
-        // the pipelined path's statements.
+        // the pipelined path's statements. No namespace barrier (holdAll): these only save runs
+        // that exist, and a delete taking one meanwhile fails saveRunsPart's db_version guard.
         const { text, params } = composite([...checkParts, locks, ...parts]);
         await writer.transactOneStatement("ReplicateHistory", (tx) => runStatement(tx, text, params), signal);
       } else {
         // Three statements between BEGIN and COMMIT: the checks, the key locks, the writes.
         const checks = composite(checkParts);
         await writer.transactPipelined("ReplicateHistory", async (tx, commit) => {
-          const all = [runStatement(tx, checks.text, checks.params), lockRunKeys(tx, merged), applier.writeAll(tx, writes)];
+          const all = [holdAll(tx, namespaces), runStatement(tx, checks.text, checks.params), lockRunKeys(tx, merged), applier.writeAll(tx, writes)];
           commit();
           await settleAll(all);
         }, signal);
@@ -182,12 +193,13 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
   async function applyPipelined(remote: RemoteCluster, merged: IncomingTask[], namespaces: Map<string, NamespaceRecord>, moves: AckMove[], signal: AbortSignal): Promise<Applied | undefined> {
     try {
       const { done, writes, held } = await writer.transactPipelined("ReplicateHistory", async (tx, commit) => {
+        const barrier = holdAll(tx, namespaces);
         // The acks first: each moves only from where its page starts (another process may apply
         // the shard), and must fail before COMMIT goes out, not after.
         const acked = Promise.all(moves.map((m) => advanceInboundAck(tx, remote.name, m.shardId, m)));
         const held = merged.length ? dlq.heldRuns(tx, remote.name, moves.map((m) => m.shardId), merged) : NONE_HELD;
         const reads = applier.readForApply(tx, merged.map((task) => ({ ns: namespaces.get(task.namespaceId)!, task })));
-        const [heldRuns, found] = await Promise.all([held, reads, acked]);
+        const [heldRuns, found] = await Promise.all([held, reads, acked, barrier]);
         if (heldRuns.runs.size) throw new NeedsFullApply();
         const planned = merged.map((t, i) => applier.planApply(namespaces.get(t.namespaceId)!, t, found[i]!));
         if (planned.some((p) => !p)) throw new NeedsFullApply();
@@ -223,6 +235,7 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
   ): Promise<Applied> {
     return fetchOutside(rawFetcher(remote.name, remote.clients, log, signal), (fetchRaw) =>
       writer.transact("ReplicateHistory", async (tx) => {
+        await holdAll(tx, namespaces);
         const held = (tasks.length ? await dlq.heldRuns(tx, remote.name, moves.map((m) => m.shardId), tasks) : NONE_HELD).runs;
         const done: Applied = { grown: [], held: 0 };
         let failed = false;

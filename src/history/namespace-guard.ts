@@ -1,7 +1,7 @@
 import { eq, sql } from "drizzle-orm";
 import type { NamespaceRecord } from "../namespace/registry";
 import type { Tx } from "../persistence/database";
-import { runStatement, tableCodec, type StatementPart } from "../persistence/raw-statements";
+import { runGuard, runStatement, tableCodec, type StatementPart } from "../persistence/raw-statements";
 import { namespaces } from "../persistence/schema";
 
 /** Thrown inside a write transaction when the namespace moved on since the write read it; the write is retried. */
@@ -70,6 +70,22 @@ export function stillWritablePart(ns: NamespaceRecord, currentCluster: string): 
 
 // The function's lock key is handoverLockKey's: hashtextextended(id, HANDOVER_LOCK_SEED).
 const STILL_WRITABLE = "tern_namespace_still_writable($1, $2, $3)";
+
+/**
+ * For a passive apply (replication's receiver): takes the barrier locks of namespaces, shared, for
+ * the rest of its transaction, then checks they are all still there, failing with gone() if not. A
+ * delete takes the lock exclusively (namespace/delete.ts), so it is ordered wholly before the apply
+ * (which then writes nothing) or after it (and takes the runs it wrote). Two statements issued at
+ * once, so no round trip of their own: the check's snapshot is taken once the locks are granted.
+ * In id order: a shared lock waits behind an exclusive one queued before it.
+ */
+export function holdNamespaces(tx: Tx, ids: Iterable<string>, gone: () => Error): Promise<unknown> {
+  const all = JSON.stringify([...new Set(ids)].sort());
+  return Promise.all([runStatement(tx, LOCK_ALL_SHARED_TEXT, [all]), runGuard(tx, ALL_PRESENT_TEXT, [all], gone)]);
+}
+
+const LOCK_ALL_SHARED_TEXT = `select pg_advisory_xact_lock_shared(hashtextextended(value, ${HANDOVER_LOCK_SEED})) from jsonb_array_elements_text($1::jsonb)`;
+const ALL_PRESENT_TEXT = `select 1 / (count(*) = jsonb_array_length($1::jsonb))::int as present from ${n.table} where ${n.name("id")} in (select jsonb_array_elements_text($1::jsonb))`;
 
 /** Takes a namespace's barrier lock exclusively: for changes of its active cluster and its delete (see readNamespaceUnderBarrier). */
 export async function lockNamespaceBarrier(tx: Tx, namespaceId: string): Promise<void> {

@@ -1,0 +1,106 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { eq } from "drizzle-orm";
+import { inboundAckRows } from "../../replication/ack-levels";
+import type { HistoryApplier } from "../../replication/applier";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { runStatement } from "../../src/persistence/raw-statements";
+import { executions, historyEvents } from "../../src/persistence/schema";
+import { connectAll, eventuallyOn, startClusters } from "../failover/mesh";
+import { eventually } from "../support/eventually";
+import type { TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+import { mergeGate, type MergeGate } from "./dlq-faults";
+import { globalNamespace, lastTaskIds } from "./support";
+
+setDefaultTimeout(60_000);
+
+/** Where an apply of a workflow waits: before its transaction, or inside it after its reads (pipelined path) or before its apply (full path). */
+type GateAt = "before" | "reads" | "apply";
+
+/** The applier with gates per workflow id, taken once each; a workflow in `full` takes the full path (its plan refused). */
+function gatedApplier(gates: Map<string, { at: GateAt; gate: MergeGate }>, full: Set<string>) {
+  const pass = async (workflowIds: string[], at: GateAt) => {
+    const id = workflowIds.find((w) => gates.get(w)?.at === at);
+    const g = id === undefined ? undefined : gates.get(id);
+    if (!g) return;
+    gates.delete(id!);
+    await g.gate.reached();
+  };
+  return (inner: HistoryApplier): HistoryApplier => ({
+    ...inner,
+    async namespacesOf(tasks) {
+      await pass(tasks.map((t) => ("workflowId" in t ? String(t.workflowId) : "")), "before");
+      return inner.namespacesOf(tasks);
+    },
+    async readForApply(tx, tasks) {
+      const found = await inner.readForApply(tx, tasks);
+      await pass(tasks.map((t) => t.task.workflowId), "reads");
+      return found;
+    },
+    planApply: (ns, task, reads) => (full.has(task.workflowId) ? undefined : inner.planApply(ns, task, reads)),
+    async applyTask(tx, ns, task, fetchRaw) {
+      await pass([task.workflowId], "apply");
+      return inner.applyTask(tx, ns, task, fetchRaw);
+    },
+  });
+}
+
+// PGlite runs one transaction at a time: the delete cannot start while the apply's is open.
+for (const store of (await testStores()).filter((s) => s === "postgres")) {
+  describe(`A namespace deleted on a cluster while it applies its replicated history, on ${store} (clusterA -> clusterB, one shard)`, () => {
+    let a: TestCluster, b: TestCluster;
+    const gates = new Map<string, { at: GateAt; gate: MergeGate }>();
+    const full = new Set<string>();
+
+    beforeAll(async () => {
+      [a, b] = await startClusters(store, [{ shards: 1 }, { shards: 1, serverOptions: { replication: { wrapApplier: gatedApplier(gates, full) } } }]);
+      await connectAll([a, b]);
+    });
+    afterAll(() => Promise.all([a.destroy(), b.destroy()]));
+
+    const lockWaits = async () =>
+      (await runStatement(b.server.database.db, "select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'", []))[0]!.n as number;
+
+    /**
+     * Starts workflowId on A in namespace name (of A and B), holds its apply on B before its
+     * transaction while A takes B out of the namespace and B hears it, then at `at`, inside
+     * the apply's transaction, and deletes the namespace on B meanwhile. What B holds of it after both.
+     */
+    async function deleteWhileApplying(name: string, workflowId: string, at: GateAt) {
+      const nsId = await globalNamespace(a, b, name);
+      const before = mergeGate();
+      const inside = mergeGate();
+      gates.set(workflowId, { at: "before", gate: before });
+      await a.client(WorkflowService).startWorkflowExecution({ namespace: name, workflowId, workflowType: "Pay", taskQueue: "q" });
+      const taskId = (await lastTaskIds(a)).get(1)!;
+      await before.held;
+      await a.client(WorkflowService).updateNamespace({ namespace: name, clusters: ["clusterA"] });
+      await eventuallyOn(b, name, (ns) => expect(ns.replicationConfig?.clusters).toEqual(["clusterA"]));
+      gates.set(workflowId, { at, gate: inside });
+      before.release();
+      await inside.held;
+      let settled = false;
+      const deleting = b.client(OperatorService).deleteNamespace({ namespace: name }).finally(() => (settled = true));
+      // Before: the delete did not wait for the apply (it had nothing of the run to take yet).
+      await eventually(async () => expect(settled || (await lockWaits()) === 1).toBe(true));
+      inside.release();
+      await deleting;
+      // The apply committed (the ack past its task): what it wrote is here or not for good.
+      await eventually(async () => expect((await inboundAckRows(b.server.database.db)).find((r) => r.remoteCluster === "clusterA" && r.queue === "history")?.ackLevel).toBeGreaterThanOrEqual(taskId));
+      const db = b.server.database.db;
+      return [await db.select().from(executions).where(eq(executions.namespaceId, nsId)), await db.select().from(historyEvents).where(eq(historyEvents.namespaceId, nsId))];
+    }
+
+    // First: the shard's first page takes the pipelined path (one trip only after one applied).
+    test("TestDeleteNamespaceWhileAPipelinedApplyCreatesARun: the delete waits for the apply and takes the run it created", async () => {
+      // Before: the run, created after the delete went past, was committed after it, of no namespace.
+      expect(await deleteWhileApplying("piped", "w1", "reads")).toEqual([[], []]);
+    });
+
+    test("TestDeleteNamespaceWhileAFullApplyCreatesARun: the delete waits for the apply and takes the run it created", async () => {
+      full.add("w2");
+      expect(await deleteWhileApplying("fully", "w2", "apply")).toEqual([[], []]);
+    });
+  });
+}
