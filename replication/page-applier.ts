@@ -40,7 +40,7 @@ export interface RetryPolicy {
 
 const add = (into: Applied, more: Applied) => {
   into.grown.push(...more.grown);
-  into.held += more.held;
+  into.held.push(...more.held);
 };
 
 /** One pulled page, ready to apply. */
@@ -85,7 +85,7 @@ export function createPageApplier(deps: PageApplierDeps) {
     log.error("replication task moved to the DLQ", {
       remote: b.remote.name, shard: b.shardId, taskId: Number(t.taskId), workflowId: t.workflowId, runId: t.runId, attempts, error: loggableError(e),
     });
-    return { grown: [], held: 1 };
+    return { grown: [], held: [t] };
   }
 
   /**
@@ -122,7 +122,7 @@ export function createPageApplier(deps: PageApplierDeps) {
       done = await applyAll(b.remote, b.signal, b.tasks, [moveOf(b, b.from, b.to, b.tasks)]);
     } catch (batchError) {
       if (b.signal.aborted || !isTaskFailure(batchError)) throw failed(b, b.tasks[0], batchError);
-      done = { grown: [], held: 0 };
+      done = { grown: [], held: [] };
       let at = b.from;
       for (const t of b.tasks) {
         add(done, await applyOne(b, t, at));
@@ -155,13 +155,19 @@ export function createPageApplier(deps: PageApplierDeps) {
     await applied(first.remote, tasks, done);
   }
 
-  /** After tasks applied: the DLQ gauge, latency and count metrics, and history long polls of the runs that grew. */
+  /**
+   * After tasks applied: the DLQ gauge, latency and count metrics of those applied (not those
+   * that went to the DLQ: counted as applied, they made the lag look fine while they waited
+   * there), and history long polls of the runs that grew.
+   */
   async function applied(remote: RemoteCluster, tasks: ReplicationTask[], done: Applied): Promise<void> {
     const labels = { remote_cluster: remote.name };
-    if (done.held) await dlq.refreshGauge();
+    if (done.held.length) await dlq.refreshGauge();
     const now = Date.now();
-    for (const t of tasks) if (t.createTime) metrics.observe("replication_latency", labels, (now - timestampDate(t.createTime).getTime()) / 1000);
-    metrics.inc("replication_tasks_applied", labels, tasks.length - done.held);
+    const held = new Set(done.held);
+    const landed = tasks.filter((t) => !held.has(t));
+    for (const t of landed) if (t.createTime) metrics.observe("replication_latency", labels, (now - timestampDate(t.createTime).getTime()) / 1000);
+    metrics.inc("replication_tasks_applied", labels, landed.length);
     for (const runId of new Set(done.grown)) deps.notifier.notify(runId);
   }
 

@@ -30,10 +30,10 @@ export interface PageTransactionsDeps {
   dlq: ReplicationDlq;
 }
 
-/** What an apply did: runs that grew, and tasks that went to the DLQ. */
+/** What an apply did: runs that grew, and tasks that went to the DLQ (not applied). */
 export interface Applied {
   grown: string[];
-  held: number;
+  held: ReplicationTask[];
 }
 
 /** Where an apply moves one shard's inbound ack. */
@@ -68,7 +68,7 @@ function attempt<T>(fn: () => T): T | undefined {
 
 /** What applying merged by plans (one each, in order) did: the runs that got events. */
 function appliedOf(merged: IncomingTask[], plans: PlannedApply[]): Applied {
-  return { grown: merged.filter((_, i) => plans[i]!.events > 0).map((t) => t.runId), held: 0 };
+  return { grown: merged.filter((_, i) => plans[i]!.events > 0).map((t) => t.runId), held: [] };
 }
 
 /** Tasks grouped by workflow, each group in task order. */
@@ -237,14 +237,14 @@ export function createPageTransactions(deps: PageTransactionsDeps) {
       writer.transact("ReplicateHistory", async (tx) => {
         await holdAll(tx, namespaces);
         const held = (tasks.length ? await dlq.heldRuns(tx, remote.name, moves.map((m) => m.shardId), tasks) : NONE_HELD).runs;
-        const done: Applied = { grown: [], held: 0 };
+        const done: Applied = { grown: [], held: [] };
         let failed = false;
         const apply = async (workflowTasks: ReplicationTask[]) => {
           try {
             for (const t of workflowTasks.filter((t) => held.has(runKeyText(t)))) {
               if (failed) return; // the transaction rolls back: issue nothing more on it
               await dlq.add(tx, remote.name, t, 0, HELD_BEHIND);
-              done.held++;
+              done.held.push(t);
             }
             // Held runs are held whole, so the others apply apart from them, in order, merged per run.
             await applyRuns(mergeRunTasks(workflowTasks.filter((t) => !held.has(runKeyText(t))).map(incoming)));

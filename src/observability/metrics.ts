@@ -52,7 +52,7 @@ const HELP: Record<string, [Family["type"], string]> = {
   timer_fire_failed: ["counter", "Timer fires that failed for the timer's own reason (the timer stays due; later timers still fire)"],
   workflow_terminate: ["counter", "Workflow runs terminated"],
   workflow_cancel: ["counter", "Workflow cancel requests"],
-  replication_latency: ["histogram", "Seconds from a history write's commit on the source to its apply here"],
+  replication_latency: ["histogram", "Seconds from a history write's commit on the source to its apply here (tasks applied, not those sent to the DLQ)"],
   replication_fetch_latency: ["histogram", "Seconds from a history write on the source to its page arriving here: the source's commit and answer, and the network"],
   replication_apply_latency: ["histogram", "Seconds from a history page arriving here to its apply: the wait for the apply before it, then its own"],
   replication_tasks_lag: ["gauge", "History replication tasks of a remote shard not yet applied here"],

@@ -6,6 +6,7 @@ import { createLogger } from "../../src/observability/log";
 import { AdminService, type MergeReplicationDlqResponse } from "../../src/gen/tern/admin/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { runStatement } from "../../src/persistence/raw-statements";
+import { parseHistogram } from "../../bench/lib/prom-histogram";
 import { replicationAckLevels, replicationDlq } from "../../src/persistence/schema";
 import { connectAll, startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
@@ -91,6 +92,12 @@ for (const store of await testStores()) {
       expect(listed.code).toBe(0);
       expect(JSON.parse(listed.out).entries.map((e: { workflowId: string; taskId: string }) => e.workflowId)).toEqual(["bad", "bad", "bad"]);
       expect((await tern(b, "replication", "dlq", "list")).out).toMatch(/^clusterA +1 +\d+ +bad +\S+ +\[1, 2\) +3 /m);
+      // Of the 7 tasks, the 4 applied: before, the lag histogram counted the 3 in the DLQ as applied too.
+      await eventually(() => {
+        const text = b.server.metrics.render();
+        const applied = Number(/^replication_tasks_applied\{remote_cluster="clusterA"\} (\d+)$/m.exec(text)?.[1]);
+        expect([parseHistogram(text, "replication_latency", { remote_cluster: "clusterA" })?.count, applied]).toEqual([4, 4]);
+      });
     });
 
     test("MergeBringsItLevel: after the fault is gone, merge applies the held run in order and verify finds no difference", async () => {
