@@ -28,8 +28,12 @@ export function wireReplication({ opts, log, now, cluster, database }: Base, cor
   const baseApplier = createHistoryApplier({ cluster, namespaces, writer, log });
   const applier = opts.replication?.wrapApplier?.(baseApplier) ?? baseApplier;
   const dlq = createReplicationDlq({ db, metrics });
-  /** replication_dlq_size again: at the start, and when remotes come and go (each remote shows, 0 without entries). */
-  const refreshDlqGauge = () => void dlq.refreshGauge({ readRemotes: true }).catch((e) => log.warn("reading the replication DLQ size failed", { error: loggableError(e) }));
+  /**
+   * replication_dlq_size again: at the start, when remotes come and go (each remote shows, 0 without
+   * entries), and after a namespace delete. Never rejects: a read that fails is logged.
+   */
+  const readDlqGauge = () => dlq.refreshGauge({ readRemotes: true }).catch((e) => log.warn("reading the replication DLQ size failed", { error: loggableError(e) }));
+  const refreshDlqGauge = () => void readDlqGauge();
   const historyReceiver = createHistoryReceiver({ db, cluster, writer: core.applyWriter, notifier, metrics, log, applier, dlq, retry: opts.replication?.retry, reprobeMs: opts.replication?.reprobeMs, pageSize: opts.replication?.pageSize,
     waitMs: opts.replication?.waitMs, silenceGraceMs: opts.replication?.silenceGraceMs,
     durable: opts.replication?.durable ?? database.applies?.durable,
@@ -69,7 +73,7 @@ export function wireReplication({ opts, log, now, cluster, database }: Base, cor
     return manager.refresh();
   };
   return {
-    refreshDlqGauge, clients, applier, dlq, manager, backfill, sweep, sender, failover, namespaceReceiver,
+    refreshDlqGauge, readDlqGauge, clients, applier, dlq, manager, backfill, sweep, sender, failover, namespaceReceiver,
     remotes: createRemoteClusters({
       db, current: cluster, clients, onChanged,
       onConnected: async (tx, remote) => {

@@ -29,7 +29,7 @@ export function wireRoutes({ config, opts, log, now, cluster }: Base, core: Core
       db, clusters, namespaces, remotes: repl.remotes, version: VERSION, clients,
       connectionState: (name) => manager.connectionState(name),
       failover: repl.failover, forwardTimeoutMs: opts.forwardTimeoutMs, whenChanged: core.whenChanged,
-      refreshDlqGauge: () => dlq.refreshGauge(),
+      refreshDlqGauge: repl.readDlqGauge,
       onNamespaceDeleted: () => void repl.namespaceReceiver.retryHeld().catch((e) => log.warn("applying held namespace replication tasks failed; retried at the next poll", { error: loggableError(e) })),
     }),
     admin: withPullHooks(

@@ -34,7 +34,10 @@ export interface OperatorHandlerDeps {
   forwardTimeoutMs?: number;
   /** Subscribes hook to the namespace changes saved in this cluster (server.ts changedHooks); returns its unsubscribe. */
   whenChanged: (hook: (ns: NamespaceRecord) => void) => () => void;
-  /** Sets replication_dlq_size again after a namespace delete took its entries (replication/dlq.ts). */
+  /**
+   * Sets replication_dlq_size again after a namespace delete took its entries (replication/dlq.ts).
+   * Never rejects: a read that fails is logged, and the gauge is right again at its next refresh.
+   */
   refreshDlqGauge: () => Promise<void>;
   /** After a namespace delete here: held namespace replication tasks are tried again (namespace-receiver.ts retryHeld). */
   onNamespaceDeleted?: () => void;
@@ -126,6 +129,7 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
     },
     async deleteNamespace(r, { signal }) {
       const { executions } = await deleteNamespace(db, namespaces, r.namespace, current.clusterName, { signal, activeHolds: staleCopy });
+      // The delete is made: a failed read of the gauge (a database blip) no longer answers it as failed.
       await deps.refreshDlqGauge();
       // The copy deleted may be what held a replicated namespace's create.
       deps.onNamespaceDeleted?.();

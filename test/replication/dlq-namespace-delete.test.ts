@@ -3,6 +3,7 @@ import { eq } from "drizzle-orm";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { createLogger } from "../../src/observability/log";
 import { runStatement } from "../../src/persistence/raw-statements";
 import { executions, historyEvents, replicationDlq } from "../../src/persistence/schema";
 import { connectAll, startClusters } from "../failover/mesh";
@@ -20,12 +21,21 @@ for (const store of await testStores()) {
     let a: TestCluster, b: TestCluster;
     const poisoned = new Set<string>();
     const gates = new Map<string, MergeGate>();
+    const bLog: { msg: string }[] = [];
+    const lockWaits = async () =>
+      (await runStatement(b.server.database.db, "select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'", []))[0]!.n;
     const entriesOf = (namespaceId: string) => b.server.database.db.select().from(replicationDlq).where(eq(replicationDlq.namespaceId, namespaceId));
 
     beforeAll(async () => {
       [a, b] = await startClusters(store, [
         { shards: 1 },
-        { shards: 1, serverOptions: { replication: { retry: { attempts: 2, backoffMs: 5 }, wrapApplier: faultyApplier(poisoned, new Map(), new Map(), gates) } } },
+        {
+          shards: 1,
+          serverOptions: {
+            replication: { retry: { attempts: 2, backoffMs: 5 }, wrapApplier: faultyApplier(poisoned, new Map(), new Map(), gates) },
+            log: createLogger({ write: (l) => bLog.push(JSON.parse(l)) }),
+          },
+        },
       ]);
       await connectAll([a, b]);
     });
@@ -73,8 +83,6 @@ for (const store of await testStores()) {
       const merging = b.client(AdminService).mergeReplicationDlq({});
       await gate.held;
       const deleting = b.client(OperatorService).deleteNamespace({ namespace: "racing" });
-      const lockWaits = async () =>
-        (await runStatement(b.server.database.db, "select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'", []))[0]!.n;
       await eventually(async () => expect(await lockWaits()).toBe(1));
       gate.release();
       expect((await merging).merged).toBe(1n);
@@ -83,6 +91,48 @@ for (const store of await testStores()) {
       const db = b.server.database.db;
       expect([await db.select().from(executions).where(eq(executions.namespaceId, nsId)), await db.select().from(historyEvents).where(eq(historyEvents.namespaceId, nsId))]).toEqual([[], []]);
       expect(await entriesOf(nsId)).toEqual([]);
+    });
+
+    /** Holds a transaction of B's pool open, holding what `hold` takes, until release() (done: it ended). */
+    function holding(hold: string, params: unknown[]) {
+      let release!: () => void;
+      let taken!: () => void;
+      const released = new Promise<void>((r) => (release = r));
+      const tookIt = new Promise<void>((r) => (taken = r));
+      const done = b.server.database.db.transaction(async (tx) => {
+        await runStatement(tx, hold, params);
+        taken();
+        await released;
+      });
+      return { taken: tookIt, release, done };
+    }
+
+    test.skipIf(store !== "postgres")("TestDeleteNamespaceAnswersOkWhenTheGaugeReadFails: the delete made, a failed read of replication_dlq_size after it is logged", async () => {
+      const nsId = await leftWithEntries("blip", "w3", 1);
+      // The delete held at its DLQ rows, then a table lock queued behind it, which the gauge's read after its commit waits for.
+      const row = holding("select 1 from replication_dlq where namespace_id = $1 for update", [nsId]);
+      let table: ReturnType<typeof holding> | undefined;
+      try {
+        await row.taken;
+        const deleting = b.client(OperatorService).deleteNamespace({ namespace: "blip" }).then((r) => r.deletedExecutions, (e: Error) => e.message);
+        await eventually(async () => expect(await lockWaits()).toBe(1));
+        table = holding("lock table replication_dlq in access exclusive mode", []);
+        await eventually(async () => expect(await lockWaits()).toBe(2));
+        row.release();
+        await table.taken;
+        // The blip: the gauge's read is cancelled.
+        const cancelled = async () =>
+          (await runStatement(b.server.database.db, `select pg_cancel_backend(pid) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like '%from "replication_dlq" group by%'`, [])).length;
+        await eventually(async () => expect(await cancelled()).toBe(1));
+        // Before: the delete, made, answered "canceling statement due to user request". (Its run was in the DLQ only.)
+        expect(await deleting).toBe(0n);
+      } finally {
+        row.release();
+        table?.release();
+        await Promise.all([row.done, table?.done]);
+      }
+      expect(await entriesOf(nsId)).toEqual([]);
+      expect(bLog.map((l) => l.msg)).toContain("reading the replication DLQ size failed");
     });
   });
 }
