@@ -1,6 +1,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { ExecutionForReplication } from "../src/gen/tern/admin/v1/backfill_pb";
 import { and, eq, inArray } from "drizzle-orm";
+import { holdNamespaces } from "../src/history/namespace-guard";
 import type { EventNotifier } from "../src/history/notifier";
 import type { Writer } from "../src/history/writer";
 import type { NamespaceRecord, NamespaceRegistry } from "../src/namespace/registry";
@@ -10,7 +11,7 @@ import { databaseBusy, loggableError, notFound, TernError } from "../src/errors"
 import { encodeToken } from "../src/persistence/page-token";
 import { executions, type VersionHistoryItem } from "../src/persistence/schema";
 import { loadBranches, versionHistoryOf, type RunKey } from "../src/history/branch-store";
-import { HistoryDivergenceError, isTaskFailure, type HistoryApplier, type IncomingTask } from "./applier";
+import { HistoryDivergenceError, isTaskFailure, RetryableReplicationError, type HistoryApplier, type IncomingTask } from "./applier";
 import { backfillJob, pendingBackfillJobs, recordBackfillError, recordBackfillTotal, recordBackfillPage, type BackfillCursor, type BackfillJob } from "./backfill-jobs";
 import type { RemoteCluster, ReplicationStream, StreamReport } from "./manager";
 import { inTurns } from "../src/in-turns";
@@ -168,7 +169,14 @@ export function createBackfillReceiver(deps: BackfillReceiverDeps) {
           events: raw.events,
         };
         // With the stream's signal: a stopping server cancels a page waiting for a lock rather than wait it out.
-        added += await fetchOutside(fetchRaw, (fetch) => writer.transact("BackfillHistory", (tx) => applier.applyTask(tx, ns, task, fetch), signal));
+        added += await fetchOutside(fetchRaw, (fetch) =>
+          writer.transact("BackfillHistory", async (tx) => {
+            // A delete of the namespace here is ordered with the page (holdNamespaces): before, a run brought
+            // while it was deleted was committed after the delete, of no namespace. One round trip per page.
+            await holdNamespaces(tx, [ns.id], () => new RetryableReplicationError(`namespace ${ns.name} was deleted here meanwhile`));
+            return applier.applyTask(tx, ns, task, fetch);
+          }, signal),
+        );
         first = last + 1;
       }
     };

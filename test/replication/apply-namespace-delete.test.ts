@@ -6,7 +6,8 @@ import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { runStatement } from "../../src/persistence/raw-statements";
 import { executions, historyEvents } from "../../src/persistence/schema";
-import { connectAll, eventuallyOn, startClusters } from "../failover/mesh";
+import { parseHistogram } from "../../bench/lib/prom-histogram";
+import { connectAll, describeOn, eventuallyOn, startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
@@ -101,6 +102,33 @@ for (const store of (await testStores()).filter((s) => s === "postgres")) {
     test("TestDeleteNamespaceWhileAFullApplyCreatesARun: the delete waits for the apply and takes the run it created", async () => {
       full.add("w2");
       expect(await deleteWhileApplying("fully", "w2", "apply")).toEqual([[], []]);
+    });
+
+    test("TestDeleteNamespaceWhileABackfillBringsARun: the delete waits for the backfill's page and takes the run it brought", async () => {
+      const name = "joined";
+      const wf = a.client(WorkflowService);
+      await wf.registerNamespace({ namespace: name, isGlobalNamespace: true, clusters: ["clusterA"] });
+      await wf.startWorkflowExecution({ namespace: name, workflowId: "w3", workflowType: "Pay", taskQueue: "q" });
+      const inside = mergeGate();
+      gates.set("w3", { at: "apply", gate: inside });
+      // B joins: its backfill from A brings w3, and its page's transaction waits at the gate.
+      await wf.updateNamespace({ namespace: name, clusters: ["clusterA", "clusterB"] });
+      await inside.held;
+      const nsId = (await describeOn(b, name)).namespaceInfo!.id;
+      await wf.updateNamespace({ namespace: name, clusters: ["clusterA"] });
+      await eventuallyOn(b, name, (ns) => expect(ns.replicationConfig?.clusters).toEqual(["clusterA"]));
+      let settled = false;
+      const deleting = b.client(OperatorService).deleteNamespace({ namespace: name }).finally(() => (settled = true));
+      await eventually(async () => expect(settled || (await lockWaits()) === 1).toBe(true));
+      const pages = () => parseHistogram(b.server.metrics.render(), "persistence_latency", { operation: "BackfillHistory" })?.count ?? 0;
+      const before = pages();
+      inside.release();
+      await deleting;
+      // The page's transaction ended: what it wrote is here or not for good.
+      await eventually(() => expect(pages()).toBeGreaterThan(before));
+      const db = b.server.database.db;
+      // Before: the run, brought after the delete went past, was committed after it, of no namespace.
+      expect([await db.select().from(executions).where(eq(executions.namespaceId, nsId)), await db.select().from(historyEvents).where(eq(historyEvents.namespaceId, nsId))]).toEqual([[], []]);
     });
   });
 }
