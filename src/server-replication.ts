@@ -38,6 +38,8 @@ export function wireReplication({ opts, log, now, cluster, database }: Base, cor
     waitMs: opts.replication?.waitMs, silenceGraceMs: opts.replication?.silenceGraceMs,
     durable: opts.replication?.durable ?? database.applies?.durable,
   });
+  // A source not heard from lately may have written tasks not seen here: no lag is claimed for it, as status says (status.ts).
+  metrics.unknownWhile("replication_tasks_lag", (labels) => historyReceiver.heard(labels.remote_cluster!).stale);
   const backfill = createBackfillReceiver({ db, applier, namespaces, writer, notifier, log, now, historyPageBytes: opts.replication?.historyPageBytes, idleMs: opts.replication?.backfillIdleMs });
   const namespaceReceiver = createNamespaceReceiver({
     db, currentCluster: cluster.clusterName, namespaces, log, metrics, now, onActivated, onChanged: core.onChanged, onBackfillStarted: backfill.wake,

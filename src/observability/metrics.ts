@@ -26,6 +26,8 @@ interface Family {
   /** Upper bounds of a histogram's buckets. */
   buckets: number[];
   series: Map<string, Series>;
+  /** Whether a series' value is unknown at the moment (not rendered). */
+  unknown?: (labels: Labels) => boolean;
 }
 
 /** Metrics registry; render() is the /metrics body. */
@@ -35,6 +37,11 @@ export interface Metrics {
   observe(name: string, labels: Labels, seconds: number): void;
   /** Drops name's series whose labels include all of labels: a gauge of something gone (a removed remote) is no longer shown. */
   remove(name: string, labels: Labels): void;
+  /**
+   * Leaves name's series out of render() while unknown(labels) holds, and shows them again with
+   * what was last set once it does not: a gauge of a remote not heard from claims no value.
+   */
+  unknownWhile(name: string, unknown: (labels: Labels) => boolean): void;
   render(): string;
 }
 
@@ -55,7 +62,7 @@ const HELP: Record<string, [Family["type"], string]> = {
   replication_latency: ["histogram", "Seconds from a history write's commit on the source to its apply here (tasks applied, not those sent to the DLQ)"],
   replication_fetch_latency: ["histogram", "Seconds from a history write on the source to its page arriving here: the source's commit and answer, and the network"],
   replication_apply_latency: ["histogram", "Seconds from a history page arriving here to its apply: the wait for the apply before it, then its own"],
-  replication_tasks_lag: ["gauge", "History replication tasks of a remote shard not yet applied here"],
+  replication_tasks_lag: ["gauge", "History replication tasks of a remote shard not yet applied here; absent while the remote's connection is disabled or it has not been heard from within its long-poll wait and 2 s (its inbound lag unknown in replication status)"],
   replication_outbound_tasks_lag: ["gauge", "History replication tasks of a shard here that a remote cluster has not acked yet (kept for it); set by the task cleanup, every 10 s"],
   replication_streams_served: ["gauge", "StreamReplicationTasks calls this cluster is serving, per pulling peer"],
   replication_stream_received_tasks: ["gauge", "History replication tasks read from a remote's stream and not applied yet: its reader stops reading while a shard page's worth waits"],
@@ -125,11 +132,15 @@ export function createMetrics(): Metrics {
       if (!f) return;
       for (const [k, s] of f.series) if (Object.entries(labels).every(([l, v]) => s.labels[l] === v)) f.series.delete(k);
     },
+    unknownWhile(name, unknown) {
+      family(name, "gauge").unknown = unknown;
+    },
     render() {
       const out: string[] = [];
       for (const f of families.values()) {
         out.push(`# HELP ${f.name} ${f.help}`, `# TYPE ${f.name} ${f.type}`);
         for (const s of f.series.values()) {
+          if (f.unknown?.(s.labels)) continue;
           if (f.type !== "histogram") {
             out.push(`${f.name}${fmt(s.labels)} ${s.value}`);
             continue;

@@ -1,10 +1,12 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { T } from "../backfill/support";
 import { addr, eventuallyOn, startOrdersPair } from "../failover/mesh";
 import { eventually } from "../support/eventually";
-import type { TestCluster } from "../support/server";
+import { startLinkedPair } from "../support/linked-pair";
+import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 
 setDefaultTimeout(120_000);
@@ -57,6 +59,43 @@ for (const store of await testStores()) {
           expect([name, await seriesOf(a, name, "clusterB")]).toEqual([name, []]);
         }
       });
+    });
+  });
+
+  describe(`a source that stops while its connection stays enabled, on ${store}`, () => {
+    // B hears from A at least every 300 ms: A's inbound lag is unknown on B 2.3 s after it last did.
+    let pair: Awaited<ReturnType<typeof startLinkedPair>>;
+    let restarted: TestCluster | undefined;
+    beforeAll(async () => {
+      pair = await startLinkedPair(store, [{}, { serverOptions: { replication: { waitMs: 300 } } }]);
+    });
+    afterAll(async () => {
+      await restarted?.stop();
+      await pair.close();
+    });
+
+    test("TestInboundLagOfAStoppedSourceIsNotShownWhileStatusSaysUnknown, and shown again once it is back", async () => {
+      const { a, b, link } = pair;
+      const unknown = async () => (await b.client(AdminService).getReplicationStatus({})).remotes[0]!.inboundLagUnknown;
+      await a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "w", ...T });
+      await eventually(async () => {
+        expect(await unknown()).toBe(false);
+        expect(await seriesOf(b, "replication_tasks_lag", "clusterA")).toEqual([0]);
+      });
+
+      await a.stop();
+      // Still enabled, the stream failing: status says B cannot know its lag, and the gauge claims none either.
+      await eventually(async () => expect(await unknown()).toBe(true), { timeout: 10_000 });
+      expect(await seriesOf(b, "replication_tasks_lag", "clusterA")).toEqual([]);
+
+      restarted = await startTestCluster({ store, name: "clusterA", initialFailoverVersion: 1, dataLocation: a.dataLocation });
+      const [host, port] = addr(restarted).split(":");
+      link.retarget({ host: host!, port: Number(port) });
+      await restarted.client(WorkflowService).signalWorkflowExecution({ namespace: "orders", workflowExecution: { workflowId: "w" }, signalName: "s" });
+      await eventually(async () => {
+        expect(await unknown()).toBe(false);
+        expect(await seriesOf(b, "replication_tasks_lag", "clusterA")).toEqual([0]);
+      }, { timeout: 10_000 });
     });
   });
 }
