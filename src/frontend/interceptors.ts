@@ -32,9 +32,10 @@ export function createFrontendInterceptor(deps: {
   /**
    * A request's namespace as its metric label, log field and rate-limit bucket: a name a client
    * made up is UNKNOWN_NAMESPACE. Every name sent once was a series of its own for good, and a
-   * bucket: 300 misspelt names added 500 KB to /metrics, one 1 MB name 19 MB. Decided before
-   * the call, without a read (a flood of made-up names meets the rate limit first): a
-   * namespace's first request after a start, before anything looked it up, is UNKNOWN_NAMESPACE too.
+   * bucket: 300 misspelt names added 500 KB to /metrics, one 1 MB name 19 MB. Decided without a
+   * read (a flood of made-up names meets the rate limit first): the bucket before the call, where
+   * a namespace's first request after a start, before anything looked it up, is UNKNOWN_NAMESPACE;
+   * the metrics' label of such a request once it is answered, when its handler has read the name.
    */
   const labelOf = (ns: string | undefined) => (!ns ? "" : knownNamespace(ns) ? ns : UNKNOWN_NAMESPACE);
   const failed = failures.failed;
@@ -57,10 +58,22 @@ export function createFrontendInterceptor(deps: {
     const requestId = call?.requestId || requestIdOf(req.header.get("x-request-id"));
     req.contextValues.set(requestIdKey, requestId);
     const operation = req.method.name;
-    const namespace = req.stream ? "" : labelOf(namespaceOf(req.message));
-    const labels = { operation, namespace };
+    const named = req.stream ? undefined : namespaceOf(req.message);
+    const namespace = labelOf(named);
+    let labels = { operation, namespace };
+    // A name not read yet (its register, its first call after a start) is counted once answered,
+    // by its name if the handler found it: before 2026-12-07 such a call was UNKNOWN_NAMESPACE's.
+    let pending = namespace === UNKNOWN_NAMESPACE;
+    if (!pending) metrics.inc("service_requests", labels);
+    const answered = () => {
+      if (pending) {
+        pending = false;
+        labels = { operation, namespace: labelOf(named) };
+        metrics.inc("service_requests", labels);
+      }
+      return labels;
+    };
     const started = performance.now();
-    metrics.inc("service_requests", labels);
     try {
       if (operation !== "Check" && operation !== "Watch") {
         const { waitMs, scope } = limiter.take(namespace || undefined);
@@ -68,12 +81,13 @@ export function createFrontendInterceptor(deps: {
       }
       const res = await next(req);
       res.header.set("x-request-id", requestId);
-      log.debug("rpc", { requestId, operation, namespace: namespace || undefined, ms: Math.round(performance.now() - started) });
+      answered();
+      log.debug("rpc", { requestId, operation, namespace: labels.namespace || undefined, ms: Math.round(performance.now() - started) });
       return res.stream ? { ...res, message: mapped(res.message, requestId, labels, req.signal) } : res;
     } catch (e) {
       // Work the call's signal ended (persistence/call-signal.ts) rejects with its reason: a
       // deadline's is DEADLINE_EXCEEDED already; a caller that left is CANCELED, not INTERNAL.
-      throw failed(req.signal.aborted && e === req.signal.reason && !(e instanceof ConnectError) ? callerLeft(e) : e, requestId, labels);
+      throw failed(req.signal.aborted && e === req.signal.reason && !(e instanceof ConnectError) ? callerLeft(e) : e, requestId, answered());
     } finally {
       metrics.observe("service_latency", labels, (performance.now() - started) / 1000);
     }

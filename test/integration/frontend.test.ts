@@ -215,6 +215,33 @@ describe("frontend limits, errors, health and metrics", () => {
     expect(metrics.length).toBeLessThan(200_000);
   });
 
+  test("a namespace's first calls are labelled with its name: its register, and its first call after a restart, failed or not", async () => {
+    // Before: the label was decided before the call, and a name the registry had not read yet was _unknown_.
+    const first = await startTestCluster({ store: "pglite" });
+    let restarted: TestCluster | undefined;
+    try {
+      await first.client(WorkflowService).registerNamespace({ namespace: "first-ns" });
+      const before = await (await fetch(`${first.url}/metrics`)).text();
+      expect(before).toContain(`service_requests{operation="RegisterNamespace",namespace="first-ns"} 1\n`);
+      await first.stop();
+      restarted = await startTestCluster({ store: "pglite", dataLocation: first.dataLocation });
+      const again = restarted.client(WorkflowService);
+      await rejects(again.describeWorkflowExecution({ namespace: "first-ns", execution: { workflowId: "none" } }), Code.NotFound, "none");
+      await again.describeNamespace({ namespace: "first-ns" });
+      await rejects(again.describeNamespace({ namespace: "made-up" }), Code.NotFound, "made-up");
+      const after = await (await fetch(`${restarted.url}/metrics`)).text();
+      expect(after).toContain(`service_requests{operation="DescribeWorkflowExecution",namespace="first-ns"} 1\n`);
+      expect(after).toContain(`service_errors{operation="DescribeWorkflowExecution",namespace="first-ns",code="NotFound"} 1\n`);
+      expect(after).toContain(`service_latency_count{operation="DescribeWorkflowExecution",namespace="first-ns"} 1\n`);
+      expect(after).toContain(`service_requests{operation="DescribeNamespace",namespace="first-ns"} 1\n`);
+      expect(after).toContain(`service_requests{operation="DescribeNamespace",namespace="_unknown_"} 1\n`);
+      expect(after).not.toContain("made-up");
+    } finally {
+      await restarted?.stop();
+      await first.destroy();
+    }
+  });
+
   test("a binary request's Timestamp outside 0001..9999 is INVALID_ARGUMENT, not an Invalid Date (INTERNAL)", async () => {
     // JSON checks a Timestamp's range; the binary form does not, and 10^15 seconds reached the query builder.
     const binary = createClient(WorkflowService, createConnectTransport({ baseUrl: cluster.url, useBinaryFormat: true }));
