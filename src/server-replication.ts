@@ -84,7 +84,7 @@ export function wireReplication({ opts, log, now, cluster, database }: Base, cor
       },
       onRemoved: (tx, remote) => stopBackfillsFrom(tx, remote, now()),
     }),
-    cleanup: createReplicationCleanup({ db, log, metrics }),
+    cleanup: createReplicationCleanup({ db, log, metrics, intervalMs: opts.replication?.cleanupIntervalMs }),
     // A server of this cluster that died mid-failover (another process on the PostgreSQL database)
     // leaves its HANDOVER to the others: reset once its failover's lock is free (resetAbandonedHandovers).
     handoverReset: createPeriodic(() => resetAbandonedHandovers(db, log), {

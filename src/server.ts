@@ -79,6 +79,8 @@ export interface ServerOptions {
     beforeStreamMessage?: (signal: AbortSignal) => Promise<void>;
     /** How long after a peer's last poll of the namespace queue a graceful failover to it is refused at once (default 40 s). */
     namespacePollsLateMs?: number;
+    /** How often the replication task cleanup runs (default 10 s; tests that run its passes themselves make it long). */
+    cleanupIntervalMs?: number;
     /** How often the sender re-reads a peer's shards for commits of other processes (default 1 s; tests make it long to see wakes alone). */
     senderRecheckMs?: number;
     /** Most bytes of events per raw history answer this cluster's backfills ask a source for (default 4 MiB). */
