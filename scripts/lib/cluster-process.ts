@@ -19,7 +19,7 @@ export interface ClusterProcessOptions {
   dir: string;
   failoverVersionIncrement?: number;
   shards?: number;
-  /** How long to wait for /health. */
+  /** How long to wait for /health (default 90 s: a PGlite process's first start took more than 30 s on a loaded host). */
   startTimeoutMs?: number;
   /** Listen on this port (a restart keeps its address); default: a free one. */
   port?: number;
@@ -195,7 +195,7 @@ export async function startClusterProcess(o: ClusterProcessOptions): Promise<Clu
     },
   };
   try {
-    await waitHealthy(address, exited, o.startTimeoutMs ?? 30_000);
+    await waitHealthy(address, exited, o.startTimeoutMs ?? 90_000);
     return proc;
   } catch (e) {
     const died = exited();
