@@ -15,7 +15,8 @@ import { executions, namespaces, timerTasks } from "../../src/persistence/schema
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 
-setDefaultTimeout(30_000);
+// beforeAll starts a PGlite server: one took more than 30 s on a loaded host (cleanup.test.ts, 2026-12-07).
+setDefaultTimeout(90_000);
 
 for (const store of await testStores()) {
   describe(`timer queue on a passive cluster (${store})`, () => {
