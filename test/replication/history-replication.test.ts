@@ -18,7 +18,8 @@ import { newDataLocation, startTestCluster, type TestCluster } from "../support/
 import { testStores } from "../support/stores";
 import { addr, connectBothWays, expectSameHistories, globalNamespace } from "./support";
 
-setDefaultTimeout(60_000);
+// beforeAll starts two PGlite servers at once: under CPU load that took more than 60 s (3 runs of 4, 2026-12-07).
+setDefaultTimeout(120_000);
 
 const NS = "orders";
 const hour = create(DurationSchema, { seconds: 3600n });
