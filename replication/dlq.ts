@@ -2,7 +2,7 @@ import { z } from "zod";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { and, asc, count, eq, gt, or, sql, type SQL } from "drizzle-orm";
-import { notFound } from "../src/errors";
+import { loggableError, notFound } from "../src/errors";
 import {
   ListReplicationDlqResponseSchema,
   ReplicationDlqEntrySchema,
@@ -13,6 +13,7 @@ import {
 } from "../src/gen/tern/admin/v1/service_pb";
 import { runKeyText } from "../src/history/branch-store";
 import type { RunKey } from "../src/history/execution-store";
+import type { Logger } from "../src/observability/log";
 import type { Metrics } from "../src/observability/metrics";
 import { transaction } from "../src/persistence/call-signal";
 import type { Db, Tx } from "../src/persistence/database";
@@ -42,6 +43,8 @@ export interface DlqFilter {
 export interface ReplicationDlqDeps {
   db: Db;
   metrics: Metrics;
+  /** Where a failed read of the gauge goes (refreshGauge never rejects). */
+  log: Logger;
 }
 
 /** Why a task whose run already has a DLQ entry is held back instead of applied out of order. */
@@ -52,7 +55,7 @@ export const HELD_BEHIND = "held: an earlier task of this run is in the DLQ (mer
  * budget, written in the apply transaction that moves the inbound ack past them, and the
  * later tasks of the same run, held until a merge so a run never gets a gap.
  */
-export function createReplicationDlq({ db, metrics }: ReplicationDlqDeps) {
+export function createReplicationDlq({ db, metrics, log }: ReplicationDlqDeps) {
   /** The sources replication_dlq_size shows, and the remote clusters as last read. */
   let gauged = new Set<string>();
   let remotes: string[] = [];
@@ -135,8 +138,15 @@ export function createReplicationDlq({ db, metrics }: ReplicationDlqDeps) {
    * Sets replication_dlq_size for each remote cluster and each source with entries (0 for those
    * with none), and drops it for a source that is neither any more (a removed remote). The
    * remotes are read again only when asked (they changed), to keep the apply's refresh one read.
+   * Never rejects: it runs after a commit (a task's move to the DLQ, a purge, a merge, a namespace's
+   * delete), which a failed read must not make look failed; it is logged, and the next refresh
+   * sets the gauge. Before 2026-12-07 a purge whose read failed answered UNAVAILABLE, made.
    */
-  async function refreshGauge({ readRemotes = false } = {}): Promise<void> {
+  function refreshGauge({ readRemotes = false } = {}): Promise<void> {
+    return readGauge(readRemotes).catch((e) => log.warn("reading the replication DLQ size failed", { error: loggableError(e) }));
+  }
+
+  async function readGauge(readRemotes: boolean): Promise<void> {
     if (readRemotes) {
       const rows = await db.select({ name: clusterMetadata.clusterName }).from(clusterMetadata).where(eq(clusterMetadata.isCurrent, false));
       remotes = rows.map((r) => r.name);

@@ -16,7 +16,6 @@ import { createFailoverMembersCheck } from "../replication/failover-members";
 import { createHistoryReceiver } from "../replication/receiver";
 import { createReplicationSender } from "../replication/sender";
 import { createReplicationStatus } from "../replication/status";
-import { loggableError } from "./errors";
 import { createPeriodic } from "./periodic";
 import type { Metrics } from "./observability/metrics";
 import type { Base, Core } from "./server-core";
@@ -27,12 +26,12 @@ export function wireReplication({ opts, log, now, cluster, database }: Base, cor
   const clients = createRemoteClientPool();
   const baseApplier = createHistoryApplier({ cluster, namespaces, writer, log });
   const applier = opts.replication?.wrapApplier?.(baseApplier) ?? baseApplier;
-  const dlq = createReplicationDlq({ db, metrics });
+  const dlq = createReplicationDlq({ db, metrics, log });
   /**
    * replication_dlq_size again: at the start, when remotes come and go (each remote shows, 0 without
-   * entries), and after a namespace delete. Never rejects: a read that fails is logged.
+   * entries), and after a namespace delete. Never rejects (refreshGauge): a read that fails is logged.
    */
-  const readDlqGauge = () => dlq.refreshGauge({ readRemotes: true }).catch((e) => log.warn("reading the replication DLQ size failed", { error: loggableError(e) }));
+  const readDlqGauge = () => dlq.refreshGauge({ readRemotes: true });
   const refreshDlqGauge = () => void readDlqGauge();
   const historyReceiver = createHistoryReceiver({ db, cluster, writer: core.applyWriter, notifier, metrics, log, applier, dlq, retry: opts.replication?.retry, reprobeMs: opts.replication?.reprobeMs, pageSize: opts.replication?.pageSize,
     waitMs: opts.replication?.waitMs, silenceGraceMs: opts.replication?.silenceGraceMs,
