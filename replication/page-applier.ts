@@ -2,6 +2,7 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { databaseBusy, errorReason, loggableError } from "../src/errors";
 import type { ReplicationTask } from "../src/gen/tern/admin/v1/service_pb";
 import type { EventNotifier } from "../src/history/notifier";
+import { namespaceHereUnderBarrier } from "../src/history/namespace-guard";
 import type { Writer } from "../src/history/writer";
 import type { Logger } from "../src/observability/log";
 import type { Metrics } from "../src/observability/metrics";
@@ -72,19 +73,26 @@ export function createPageApplier(deps: PageApplierDeps) {
   const retry: RetryPolicy = { attempts: 5, backoffMs: 200, maxBackoffMs: 2_000, ...deps.retry };
   const { applyAll } = createPageTransactions(deps);
 
-  /** Stores t in the DLQ in the transaction that moves the ack from..t past it. */
+  /**
+   * Stores t in the DLQ in the transaction that moves the ack from..t past it, under its namespace's
+   * barrier (shared), as an apply holds it: a delete of the namespace here (namespace/delete.ts) waits
+   * for this and takes the entry, or came first, and the ack moves past t with no entry (there is no
+   * namespace to merge it into). Before, an entry written while the delete ran was left, of no namespace.
+   */
   async function deadLetter(b: Batch, t: ReplicationTask, from: number, attempts: number, e: unknown): Promise<Applied> {
     // Stored: PostgreSQL's reason only, as a merge that fails again stores it (dlq-merge.ts); a
     // row's values in the statement can be payloads. Logged: the statement too, never its parameters.
-    await writer.transact("ReplicateHistoryDlq", (tx) =>
-      settleAll([
-        dlq.add(tx, b.remote.name, t, attempts, errorReason(e)),
-        advanceInboundAck(tx, b.remote.name, b.shardId, { from, to: Number(t.taskId), maxTaskId: b.maxTaskId }),
-      ]),
-    );
-    log.error("replication task moved to the DLQ", {
-      remote: b.remote.name, shard: b.shardId, taskId: Number(t.taskId), workflowId: t.workflowId, runId: t.runId, attempts, error: loggableError(e),
+    const stored = await writer.transact("ReplicateHistoryDlq", async (tx) => {
+      const here = namespaceHereUnderBarrier(tx, t.namespaceId);
+      const acked = advanceInboundAck(tx, b.remote.name, b.shardId, { from, to: Number(t.taskId), maxTaskId: b.maxTaskId });
+      await settleAll([here, acked]);
+      if (await here) await dlq.add(tx, b.remote.name, t, attempts, errorReason(e));
+      return here;
     });
+    const task = { remote: b.remote.name, shard: b.shardId, taskId: Number(t.taskId), namespaceId: t.namespaceId, workflowId: t.workflowId, runId: t.runId };
+    if (stored) log.error("replication task moved to the DLQ", { ...task, attempts, error: loggableError(e) });
+    else log.warn("replication task failed past its retries, its namespace deleted here meanwhile: acked, not moved to the DLQ", { ...task, attempts, error: loggableError(e) });
+    // Not applied either way: kept out of the applied tasks' metrics.
     return { grown: [], held: [t] };
   }
 

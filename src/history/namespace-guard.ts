@@ -1,7 +1,7 @@
 import { eq, sql } from "drizzle-orm";
 import type { NamespaceRecord } from "../namespace/registry";
 import type { Tx } from "../persistence/database";
-import { runGuard, runStatement, tableCodec, type StatementPart } from "../persistence/raw-statements";
+import { runGuard, runStatement, tableCodec, type DriverRow, type StatementPart } from "../persistence/raw-statements";
 import { namespaces } from "../persistence/schema";
 
 /** Thrown inside a write transaction when the namespace moved on since the write read it; the write is retried. */
@@ -37,14 +37,27 @@ export async function guardNamespace(tx: Tx, ns: NamespaceRecord, currentCluster
  * caller's transaction. Undefined if it was deleted.
  */
 export async function readNamespaceUnderBarrier(tx: Tx, ns: NamespaceRecord): Promise<NamespaceRecord | undefined> {
-  // Two statements, pipelined: the read's snapshot must be taken after the lock is granted.
-  const [, [row]] = await Promise.all([runStatement(tx, LOCK_SHARED_TEXT, [ns.id]), runStatement(tx, READ_TEXT, [ns.id])]);
+  const row = await rowUnderBarrier(tx, ns.id);
   return row && {
     ...ns,
     replicationState: row.replication_state as NamespaceRecord["replicationState"],
     failoverVersion: Number(row.failover_version),
     activeClusterName: row.active_cluster_name as string,
   };
+}
+
+/**
+ * Whether a namespace is still here, read under its barrier lock (shared) as readNamespaceUnderBarrier
+ * reads it: a delete is ordered wholly before the caller's transaction (false) or after it.
+ */
+export async function namespaceHereUnderBarrier(tx: Tx, namespaceId: string): Promise<boolean> {
+  return (await rowUnderBarrier(tx, namespaceId)) !== undefined;
+}
+
+async function rowUnderBarrier(tx: Tx, namespaceId: string): Promise<DriverRow | undefined> {
+  // Two statements, pipelined: the read's snapshot must be taken after the lock is granted.
+  const [, [row]] = await Promise.all([runStatement(tx, LOCK_SHARED_TEXT, [namespaceId]), runStatement(tx, READ_TEXT, [namespaceId])]);
+  return row;
 }
 
 const n = tableCodec(namespaces);

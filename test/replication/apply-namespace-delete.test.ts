@@ -4,27 +4,39 @@ import { inboundAckRows } from "../../replication/ack-levels";
 import type { HistoryApplier } from "../../replication/applier";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { createLogger } from "../../src/observability/log";
 import { runStatement } from "../../src/persistence/raw-statements";
-import { executions, historyEvents } from "../../src/persistence/schema";
+import { executions, historyEvents, replicationDlq } from "../../src/persistence/schema";
 import { parseHistogram } from "../../bench/lib/prom-histogram";
 import { connectAll, describeOn, eventuallyOn, startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
-import { mergeGate, type MergeGate } from "./dlq-faults";
-import { globalNamespace, lastTaskIds } from "./support";
+import { holdingOpen, mergeGate, type MergeGate } from "./dlq-faults";
+import { checkedApplier, globalNamespace, lastTaskIds } from "./support";
 
 setDefaultTimeout(60_000);
+
+/** What B logs of a task that failed past its retries while its namespace was deleted. */
+const DROPPED = "replication task failed past its retries, its namespace deleted here meanwhile: acked, not moved to the DLQ";
 
 /** Where an apply of a workflow waits: before its transaction, or inside it after its reads (pipelined path) or before its apply (full path). */
 type GateAt = "before" | "reads" | "apply";
 
-/** The applier with gates per workflow id, taken once each; a workflow in `full` takes the full path (its plan refused). */
-function gatedApplier(gates: Map<string, { at: GateAt; gate: MergeGate }>, full: Set<string>) {
+/** A gate of a workflow's apply: taken once, at its skip + 1st reach of `at`. */
+interface Gated {
+  at: GateAt;
+  gate: MergeGate;
+  skip?: number;
+}
+
+/** The applier with gates per workflow id; a workflow in `full` takes the full path (its plan refused). */
+function gatedApplier(gates: Map<string, Gated>, full: Set<string>) {
   const pass = async (workflowIds: string[], at: GateAt) => {
     const id = workflowIds.find((w) => gates.get(w)?.at === at);
     const g = id === undefined ? undefined : gates.get(id);
     if (!g) return;
+    if (g.skip) return void g.skip--;
     gates.delete(id!);
     await g.gate.reached();
   };
@@ -51,11 +63,17 @@ function gatedApplier(gates: Map<string, { at: GateAt; gate: MergeGate }>, full:
 for (const store of (await testStores()).filter((s) => s === "postgres")) {
   describe(`A namespace deleted on a cluster while it applies its replicated history, on ${store} (clusterA -> clusterB, one shard)`, () => {
     let a: TestCluster, b: TestCluster;
-    const gates = new Map<string, { at: GateAt; gate: MergeGate }>();
+    const gates = new Map<string, Gated>();
     const full = new Set<string>();
+    const poisoned = new Set<string>();
+    const bLog: { msg: string; namespaceId?: string }[] = [];
 
     beforeAll(async () => {
-      [a, b] = await startClusters(store, [{ shards: 1 }, { shards: 1, serverOptions: { replication: { wrapApplier: gatedApplier(gates, full) } } }]);
+      const faulty = checkedApplier((t) => {
+        if (poisoned.has(t.workflowId)) throw new Error(`injected fault for ${t.workflowId}`);
+      });
+      const replication = { retry: { attempts: 2, backoffMs: 5 }, wrapApplier: (inner: HistoryApplier) => gatedApplier(gates, full)(faulty(inner)) };
+      [a, b] = await startClusters(store, [{ shards: 1 }, { shards: 1, serverOptions: { replication, log: createLogger({ write: (l) => bLog.push(JSON.parse(l)) }) } }]);
       await connectAll([a, b]);
     });
     afterAll(() => Promise.all([a.destroy(), b.destroy()]));
@@ -102,6 +120,42 @@ for (const store of (await testStores()).filter((s) => s === "postgres")) {
     test("TestDeleteNamespaceWhileAFullApplyCreatesARun: the delete waits for the apply and takes the run it created", async () => {
       full.add("w2");
       expect(await deleteWhileApplying("fully", "w2", "apply")).toEqual([[], []]);
+    });
+
+    test("TestDeleteNamespaceWhileATaskGoesToTheDlq: the task's move to the DLQ waits for the delete, then acks it with no entry of the namespace gone", async () => {
+      const [name, workflowId] = ["dropped", "w4"];
+      const nsId = await globalNamespace(a, b, name);
+      poisoned.add(workflowId);
+      const [before, last] = [mergeGate(), mergeGate()];
+      gates.set(workflowId, { at: "before", gate: before });
+      await a.client(WorkflowService).startWorkflowExecution({ namespace: name, workflowId, workflowType: "Pay", taskQueue: "q" });
+      const taskId = (await lastTaskIds(a)).get(1)!;
+      await before.held;
+      await a.client(WorkflowService).updateNamespace({ namespace: name, clusters: ["clusterA"] });
+      await eventuallyOn(b, name, (ns) => expect(ns.replicationConfig?.clusters).toEqual(["clusterA"]));
+      // The page's apply and the task's first attempt fail; its last (retry.attempts: 2) is held after its reads.
+      gates.set(workflowId, { at: "reads", gate: last, skip: 2 });
+      before.release();
+      await last.held;
+      // The shard's ack, held once the last attempt rolls back: the move to the DLQ after it waits there,
+      // its entry written (before: no barrier) or its barrier waiting for the delete.
+      const ack = holdingOpen(b.server.database.db, "select 1 from replication_ack_levels where remote_cluster = 'clusterA' and direction = 'inbound' and queue = 'history' for update", []);
+      try {
+        await eventually(async () => expect(await lockWaits()).toBe(1));
+        const deleting = b.client(OperatorService).deleteNamespace({ namespace: name });
+        await eventually(async () => expect(await lockWaits()).toBe(2));
+        last.release();
+        await ack.taken;
+        await deleting;
+      } finally {
+        last.release();
+        ack.release();
+        await ack.done;
+      }
+      await eventually(async () => expect((await inboundAckRows(b.server.database.db)).find((r) => r.remoteCluster === "clusterA" && r.queue === "history")?.ackLevel).toBeGreaterThanOrEqual(taskId));
+      // Before: the entry, written while the delete ran, committed after it, of no namespace (a merge: "deleted here ...; purge it").
+      expect(await b.server.database.db.select().from(replicationDlq).where(eq(replicationDlq.namespaceId, nsId))).toEqual([]);
+      expect(bLog.filter((l) => l.namespaceId === nsId).map((l) => l.msg)).toEqual([DROPPED]);
     });
 
     test("TestDeleteNamespaceWhileABackfillBringsARun: the delete waits for the backfill's page and takes the run it brought", async () => {

@@ -1,4 +1,6 @@
 import type { HistoryApplier } from "../../replication/applier";
+import type { Db } from "../../src/persistence/database";
+import { runStatement } from "../../src/persistence/raw-statements";
 import { checkedApplier } from "./support";
 
 /**
@@ -14,6 +16,20 @@ export function mergeGate(inside = false) {
   return { inside, held: heldNow, release, reached: () => (held(), released) };
 }
 export type MergeGate = ReturnType<typeof mergeGate>;
+
+/** Holds a transaction of db's pool open, holding what the statement `hold` takes (taken: it has), until release() (done: it ended). */
+export function holdingOpen(db: Db, hold: string, params: unknown[]) {
+  let release!: () => void;
+  let taken!: () => void;
+  const released = new Promise<void>((r) => (release = r));
+  const tookIt = new Promise<void>((r) => (taken = r));
+  const done = db.transaction(async (tx) => {
+    await runStatement(tx, hold, params);
+    taken();
+    await released;
+  });
+  return { taken: tookIt, release, done };
+}
 
 /**
  * Fault injection through the server's deps, on either apply path: applies of the poisoned

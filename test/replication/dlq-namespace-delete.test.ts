@@ -10,7 +10,7 @@ import { connectAll, startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
-import { faultyApplier, mergeGate, type MergeGate } from "./dlq-faults";
+import { faultyApplier, holdingOpen, mergeGate, type MergeGate } from "./dlq-faults";
 import { globalNamespace } from "./support";
 
 setDefaultTimeout(90_000);
@@ -93,19 +93,8 @@ for (const store of await testStores()) {
       expect(await entriesOf(nsId)).toEqual([]);
     });
 
-    /** Holds a transaction of B's pool open, holding what `hold` takes, until release() (done: it ended). */
-    function holding(hold: string, params: unknown[]) {
-      let release!: () => void;
-      let taken!: () => void;
-      const released = new Promise<void>((r) => (release = r));
-      const tookIt = new Promise<void>((r) => (taken = r));
-      const done = b.server.database.db.transaction(async (tx) => {
-        await runStatement(tx, hold, params);
-        taken();
-        await released;
-      });
-      return { taken: tookIt, release, done };
-    }
+    /** Holds a transaction of B's pool open (holdingOpen). */
+    const holding = (hold: string, params: unknown[]) => holdingOpen(b.server.database.db, hold, params);
 
     test.skipIf(store !== "postgres")("TestDeleteNamespaceAnswersOkWhenTheGaugeReadFails: the delete made, a failed read of replication_dlq_size after it is logged", async () => {
       const nsId = await leftWithEntries("blip", "w3", 1);
