@@ -17,16 +17,19 @@ export interface Heard {
 export interface InboundHeardOptions {
   /** The source answers at least this often while the stream is well (its long poll's wait). */
   everyMs: number;
-  /** How old what was heard may be before it is stale, once the stream fails or the source is overdue. */
+  /**
+   * How old what was heard may be before it is stale once the stream's calls fail (the source
+   * being overdue makes it stale too). 0 (history's): as soon as a call fails.
+   */
   staleAfterMs?: number;
   now?: () => number;
 }
 
 /**
  * When each remote last answered on one inbound stream (history's, namespace replication's),
- * and how its calls have failed since. What was heard goes stale once it is older than
- * staleAfterMs and the stream is known to be failing: a call failed, or the source is past the
- * interval it promised and OVERDUE_SLACK_MS. A quiet long poll (nothing to send) is not a failure.
+ * and how its calls have failed since. What was heard goes stale once the source is past the
+ * interval it promised and OVERDUE_SLACK_MS, or once a call failed and it is older than
+ * staleAfterMs. A quiet long poll (nothing to send) is not a failure; the next answer clears one.
  */
 export function createInboundHeard({ everyMs, staleAfterMs = everyMs + OVERDUE_SLACK_MS, now = Date.now }: InboundHeardOptions) {
   const heardAt = new Map<string, number>();
@@ -48,7 +51,7 @@ export function createInboundHeard({ everyMs, staleAfterMs = everyMs + OVERDUE_S
       if (at === undefined) return { stale: true, error };
       const quietMs = now() - at;
       const overdue = quietMs > everyMs + OVERDUE_SLACK_MS;
-      return { at: new Date(at), stale: quietMs > staleAfterMs && (overdue || error !== undefined), error };
+      return { at: new Date(at), stale: overdue || (error !== undefined && quietMs >= staleAfterMs), error };
     },
   };
 }

@@ -20,7 +20,7 @@ export type Pulled = { shards: Pick<ShardPage, "shardId" | "tasks" | "maxTaskId"
  * or from a source before that call, GetReplicationTasks per shard.
  */
 export function createPullReceiver(deps: ReceiverPathDeps) {
-  const { cluster, log, metrics, pageSize, catchUpPageSize, waitMs, prefetchWaitMs, reprobeMs, hear, progressOf, inbound, joinPages, applied, applyPages } = deps;
+  const { cluster, log, metrics, pageSize, catchUpPageSize, waitMs, prefetchWaitMs, reprobeMs, hear, unheard, progressOf, inbound, joinPages, applied, applyPages } = deps;
   /** When each remote last refused PullReplicationTasks (terns before it). */
   const pullRefusedAt = new Map<string, number>();
 
@@ -141,7 +141,13 @@ export function createPullReceiver(deps: ReceiverPathDeps) {
     };
     const ask = (after: Map<number, number>, wait: number) => {
       const asked = cursors(after);
-      const res = tell(asked).then(() => fetch(asked, wait)).then((pulled) => ({ ...pulled, asked, arrivedAt: hear(remote.name) }));
+      const called = () =>
+        fetch(asked, wait).catch((e) => {
+          // Not a call this side stopped: the source's lag is unknown until it answers again.
+          if (!signal.aborted) unheard(remote.name, e);
+          throw e;
+        });
+      const res = tell(asked).then(called).then((pulled) => ({ ...pulled, asked, arrivedAt: hear(remote.name) }));
       // Awaited by the loop, unless it stops first (aborted, or an apply failed): then nobody needs the answer.
       res.catch(() => {});
       return res;

@@ -5,7 +5,7 @@ import type { Metrics } from "../src/observability/metrics";
 import type { Db } from "../src/persistence/database";
 import { loadInboundAck } from "./ack-levels";
 import { AppliesLostError } from "./apply-errors";
-import { createInboundHeard, type Heard } from "./inbound-heard";
+import { createInboundHeard, OVERDUE_SLACK_MS, type Heard } from "./inbound-heard";
 import type { RemoteCluster, ReplicationStream, StreamReport } from "./manager";
 import { createPageApplier, type Batch, type PageApplierDeps } from "./page-applier";
 import { createPullReceiver, type Pulled } from "./pull-receiver";
@@ -67,6 +67,8 @@ export interface ReceiverPathDeps {
   streamRefusedAt: Map<string, number>;
   /** Notes that remote was heard now, and returns the time. */
   hear: (remote: string) => number;
+  /** Notes that a call to remote failed (not this side's own abort): its lag is unknown until it answers again. */
+  unheard: (remote: string, error: unknown) => void;
   progressOf: (remote: string, shardId: number) => InboundProgress;
   inbound: (remote: RemoteCluster) => Promise<{ shardIds: number[]; acks: Map<number, number>; lag: Lag; durable: () => Promise<void> }>;
   applied: (remote: RemoteCluster, pages: Batch[], acks: Map<number, number>, lag: Lag) => void;
@@ -106,8 +108,13 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
   const streamRefusedAt = new Map<string, number>();
   /** Per remote, per shard id (no key string to build for each of hundreds of shards per pull). */
   const progress = new Map<string, Map<number, InboundProgress>>();
-  /** When each remote's last stream message or pull answer came: what progress knows of its tasks is as of then. */
-  const inboundHeard = createInboundHeard({ everyMs: waitMs });
+  /**
+   * When each remote's last stream message or pull answer came: what progress knows of its tasks is
+   * as of then. Stale as soon as a call fails (staleAfterMs 0): the source may write what is not seen
+   * here from then on. Before, a source refusing connections was unknown only once overdue, 12 s after
+   * it was last heard by default.
+   */
+  const inboundHeard = createInboundHeard({ everyMs: waitMs, staleAfterMs: 0 });
   const hear = (remote: string) => {
     inboundHeard.heard(remote);
     return Date.now();
@@ -206,7 +213,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
 
   const paths: ReceiverPathDeps = {
     cluster, metrics, log, pageSize, catchUpPageSize, waitMs, prefetchWaitMs, reprobeMs, ackIntervalMs, silenceGraceMs,
-    streamRefusedAt, hear, progressOf, inbound, applied, joinPages, applyPages,
+    streamRefusedAt, hear, unheard: inboundHeard.failed, progressOf, inbound, applied, joinPages, applyPages,
   };
   const { stream } = createStreamReceiver(paths);
   const { pull } = createPullReceiver(paths);
@@ -239,8 +246,8 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
      * tasks since are not seen, so the inbound lag is unknown.
      */
     heard: (remote: string): Heard => inboundHeard.of(remote),
-    /** How long unheard before a remote's inbound lag is unknown: namespace replication's polls may fail that long too. */
-    staleAfterMs: inboundHeard.staleAfterMs,
+    /** How long unheard before a remote's inbound lag is unknown (its source overdue): namespace replication's polls may fail that long. */
+    staleAfterMs: waitMs + OVERDUE_SLACK_MS,
   };
 }
 

@@ -23,7 +23,7 @@ export interface ReplicationStatusDeps {
   connectionState: (remote: string) => string;
   /** What this process's receiver last saw of a remote shard. */
   inboundProgress: (remote: string, shardId: number) => InboundProgress | undefined;
-  /** When the history receiver last heard from a remote, and whether that is too long ago to know its lag (receiver.ts). */
+  /** When the history receiver last heard from a remote, whether its lag is unknown (a call failed since, or it is overdue), and why its calls fail (receiver.ts). */
   inboundHeard: (remote: string) => Heard;
   /** The same of namespace replication's polls, with why they fail (namespace-receiver.ts). */
   namespaceHeard: (remote: string) => Heard;
@@ -115,6 +115,7 @@ export function createReplicationStatus(deps: ReplicationStatusDeps) {
         namespaceHeardAt: nsHeard.at && timestampFromDate(nsHeard.at),
         namespaceLagUnknown: heard.stale || nsHeard.stale,
         namespaceError: nsHeard.error ?? "",
+        inboundError: heard.error ?? "",
       });
     }
     const missing = await unconnected(new Set(remotes.map((r) => r.clusterName)));

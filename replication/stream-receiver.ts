@@ -16,7 +16,7 @@ import type { ReceiverPathDeps } from "./receiver";
  * StreamReplicationTasks): one open call per remote for all its shards.
  */
 export function createStreamReceiver(deps: ReceiverPathDeps) {
-  const { cluster, metrics, log, pageSize, catchUpPageSize, waitMs, ackIntervalMs, silenceGraceMs, streamRefusedAt, hear, inbound, joinPages, applied, applyPages } = deps;
+  const { cluster, metrics, log, pageSize, catchUpPageSize, waitMs, ackIntervalMs, silenceGraceMs, streamRefusedAt, hear, unheard, inbound, joinPages, applied, applyPages } = deps;
 
 
   /**
@@ -162,6 +162,8 @@ export function createStreamReceiver(deps: ReceiverPathDeps) {
     const error = lost ?? ended?.error;
     if (signal.aborted || !error) return undefined;
     if (!heard && notServed(error)) return "refused";
+    // The call failed (refused, reset, ended, silent): the source's lag is unknown from now on.
+    if (error !== lost) unheard(remote.name, error);
     throw error;
   }
 

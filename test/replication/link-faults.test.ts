@@ -152,6 +152,39 @@ for (const store of await testStores()) {
     });
   });
 
+  describe(`a source that refuses connections, heard at least every 30 s, on ${store}`, () => {
+    // Overdue only 32 s after B last heard A: the failing stream alone can say A's lag is unknown sooner.
+    const pair = useLinkedPair(store, [{}, { serverOptions: { replication: { waitMs: 30_000 } } }]);
+
+    test("TestASourceRefusingConnectionsIsUnknownOnBAsSoonAsItsStreamFails, with why, and known again at its next answer", async () => {
+      const { a, b, link } = pair;
+      const lagShown = () => /^replication_tasks_lag\{remote_cluster="clusterA"/m.test(b.server.metrics.render());
+      await start(a, "before-refused");
+      await eventually(async () => {
+        expect((await statusOf(b)).inboundLagUnknown).toBe(false);
+        expect(lagShown()).toBe(true);
+      });
+      link.refuse(true);
+      link.cut();
+      try {
+        // Before: unknown (and the gauge hidden) only once A was overdue, 32 s after B last heard it.
+        await eventually(async () => expect((await statusOf(b)).inboundLagUnknown).toBe(true), { timeout: 15_000 });
+        const res = await b.client(AdminService).getReplicationStatus({});
+        const why = res.remotes[0]!.inboundError;
+        expect(why).not.toBe("");
+        expect(lagShown()).toBe(false);
+        const text = (await runCli(["replication", "status"], { admin: { getReplicationStatus: () => res } })).stdout;
+        expect(text).toContain(`: ${why}; its inbound lag is unknown`);
+      } finally {
+        link.refuse(false);
+      }
+      await eventually(async () => {
+        expect(await statusOf(b)).toMatchObject({ inboundLagUnknown: false, inboundError: "" });
+        expect(lagShown()).toBe(true);
+      }, { timeout: 15_000 });
+    });
+  });
+
   describe(`a link whose route to the source's namespace queue fails while history passes, on ${store}`, () => {
     // B hears A's history stream at least every 300 ms: its inbound lag would be unknown 2.3 s after it last did.
     const pair = {} as Awaited<ReturnType<typeof startHttpLinkedPair>>;

@@ -2,10 +2,13 @@ import { describe, expect, test } from "bun:test";
 import { ConnectError, Code } from "@connectrpc/connect";
 import { createInboundHeard } from "../../replication/inbound-heard";
 
-/** A log on a clock the test moves: history's (a message every 10 s) or namespace replication's (a 20 s long poll, failing polls stale at history's 12 s). */
+/**
+ * A log on a clock the test moves: history's (a message every 10 s, stale once a call fails) or
+ * namespace replication's (a 20 s long poll, failing polls stale at history's 12 s).
+ */
 function heardOn(kind: "history" | "namespace") {
   let t = 1_000_000;
-  const log = createInboundHeard(kind === "history" ? { everyMs: 10_000, now: () => t } : { everyMs: 20_000, staleAfterMs: 12_000, now: () => t });
+  const log = createInboundHeard(kind === "history" ? { everyMs: 10_000, staleAfterMs: 0, now: () => t } : { everyMs: 20_000, staleAfterMs: 12_000, now: () => t });
   return { log, pass: (ms: number) => void (t += ms) };
 }
 
@@ -17,6 +20,7 @@ describe("inbound heard", () => {
     ["history", 0, false, false],
     ["history", 12_000, false, false],
     ["history", 12_001, false, true],
+    ["history", 0, true, true], // its call failed: what it wrote since is not seen
     ["namespace", 12_001, false, false], // a quiet long poll: nothing to send
     ["namespace", 22_001, false, true], // past the 20 s the source answers within
     ["namespace", 11_000, true, false],

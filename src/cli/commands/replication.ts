@@ -47,7 +47,8 @@ function unheardLines(res: GetReplicationStatusResponse, now: number): string {
   return res.remotes
     .map((r) => {
       if (r.inboundLagUnknown) {
-        return `NOTE: ${res.clusterName} has heard nothing from ${r.clusterName} ${sinceText(r.inboundHeardAt, now)}: its inbound lag is unknown ` +
+        const why = r.inboundError ? `: ${r.inboundError};` : ":";
+        return `NOTE: ${res.clusterName} has heard nothing from ${r.clusterName} ${sinceText(r.inboundHeardAt, now)}${why} its inbound lag is unknown ` +
           `(the MAX TASK ID shown is as of then; tasks ${r.clusterName} wrote since are not seen here: its own outbound rows show them)\n`;
       }
       if (!r.namespaceLagUnknown) return "";
