@@ -83,30 +83,43 @@ for (const store of (await testStores()).filter((s) => s === "postgres")) {
 
     /**
      * Starts workflowId on A in namespace name (of A and B), holds its apply on B before its
-     * transaction while A takes B out of the namespace and B hears it, then at `at`, inside
-     * the apply's transaction, and deletes the namespace on B meanwhile. What B holds of it after both.
+     * transaction while A takes B out of the namespace and B hears it, then lets it on to `inside`
+     * (whose gate it holds when this returns). The namespace's id and the task's.
      */
-    async function deleteWhileApplying(name: string, workflowId: string, at: GateAt) {
+    async function heldAfterLeaving(name: string, workflowId: string, inside: Gated) {
       const nsId = await globalNamespace(a, b, name);
       const before = mergeGate();
-      const inside = mergeGate();
       gates.set(workflowId, { at: "before", gate: before });
       await a.client(WorkflowService).startWorkflowExecution({ namespace: name, workflowId, workflowType: "Pay", taskQueue: "q" });
       const taskId = (await lastTaskIds(a)).get(1)!;
       await before.held;
       await a.client(WorkflowService).updateNamespace({ namespace: name, clusters: ["clusterA"] });
       await eventuallyOn(b, name, (ns) => expect(ns.replicationConfig?.clusters).toEqual(["clusterA"]));
-      gates.set(workflowId, { at, gate: inside });
+      gates.set(workflowId, inside);
       before.release();
-      await inside.held;
+      await inside.gate.held;
+      return { nsId, taskId };
+    }
+
+    /** Passes once B's ack of A's shard is past taskId: the apply (or the move to the DLQ) committed. */
+    const ackedPast = (taskId: number) =>
+      eventually(async () => expect((await inboundAckRows(b.server.database.db)).find((r) => r.remoteCluster === "clusterA" && r.queue === "history")?.ackLevel).toBeGreaterThanOrEqual(taskId));
+
+    /**
+     * As heldAfterLeaving, at `at` inside the apply's transaction, and deletes the namespace on B
+     * meanwhile. What B holds of it after both.
+     */
+    async function deleteWhileApplying(name: string, workflowId: string, at: GateAt) {
+      const inside = mergeGate();
+      const { nsId, taskId } = await heldAfterLeaving(name, workflowId, { at, gate: inside });
       let settled = false;
       const deleting = b.client(OperatorService).deleteNamespace({ namespace: name }).finally(() => (settled = true));
       // Before: the delete did not wait for the apply (it had nothing of the run to take yet).
       await eventually(async () => expect(settled || (await lockWaits()) === 1).toBe(true));
       inside.release();
       await deleting;
-      // The apply committed (the ack past its task): what it wrote is here or not for good.
-      await eventually(async () => expect((await inboundAckRows(b.server.database.db)).find((r) => r.remoteCluster === "clusterA" && r.queue === "history")?.ackLevel).toBeGreaterThanOrEqual(taskId));
+      // What it wrote is here or not for good.
+      await ackedPast(taskId);
       const db = b.server.database.db;
       return [await db.select().from(executions).where(eq(executions.namespaceId, nsId)), await db.select().from(historyEvents).where(eq(historyEvents.namespaceId, nsId))];
     }
@@ -124,19 +137,10 @@ for (const store of (await testStores()).filter((s) => s === "postgres")) {
 
     test("TestDeleteNamespaceWhileATaskGoesToTheDlq: the task's move to the DLQ waits for the delete, then acks it with no entry of the namespace gone", async () => {
       const [name, workflowId] = ["dropped", "w4"];
-      const nsId = await globalNamespace(a, b, name);
       poisoned.add(workflowId);
-      const [before, last] = [mergeGate(), mergeGate()];
-      gates.set(workflowId, { at: "before", gate: before });
-      await a.client(WorkflowService).startWorkflowExecution({ namespace: name, workflowId, workflowType: "Pay", taskQueue: "q" });
-      const taskId = (await lastTaskIds(a)).get(1)!;
-      await before.held;
-      await a.client(WorkflowService).updateNamespace({ namespace: name, clusters: ["clusterA"] });
-      await eventuallyOn(b, name, (ns) => expect(ns.replicationConfig?.clusters).toEqual(["clusterA"]));
+      const last = mergeGate();
       // The page's apply and the task's first attempt fail; its last (retry.attempts: 2) is held after its reads.
-      gates.set(workflowId, { at: "reads", gate: last, skip: 2 });
-      before.release();
-      await last.held;
+      const { nsId, taskId } = await heldAfterLeaving(name, workflowId, { at: "reads", gate: last, skip: 2 });
       // The shard's ack, held once the last attempt rolls back: the move to the DLQ after it waits there,
       // its entry written (before: no barrier) or its barrier waiting for the delete.
       const ack = holdingOpen(b.server.database.db, "select 1 from replication_ack_levels where remote_cluster = 'clusterA' and direction = 'inbound' and queue = 'history' for update", []);
@@ -152,7 +156,7 @@ for (const store of (await testStores()).filter((s) => s === "postgres")) {
         ack.release();
         await ack.done;
       }
-      await eventually(async () => expect((await inboundAckRows(b.server.database.db)).find((r) => r.remoteCluster === "clusterA" && r.queue === "history")?.ackLevel).toBeGreaterThanOrEqual(taskId));
+      await ackedPast(taskId);
       // Before: the entry, written while the delete ran, committed after it, of no namespace (a merge: "deleted here ...; purge it").
       expect(await b.server.database.db.select().from(replicationDlq).where(eq(replicationDlq.namespaceId, nsId))).toEqual([]);
       expect(bLog.filter((l) => l.namespaceId === nsId).map((l) => l.msg)).toEqual([DROPPED]);
