@@ -5,6 +5,7 @@ import type { NamespaceDescription } from "../src/gen/tern/workflow/v1/namespace
 import type { NamespaceRecord, NamespaceRegistry } from "../src/namespace/registry";
 import type { Metrics } from "../src/observability/metrics";
 import type { Logger } from "../src/observability/log";
+import { holdKnown } from "../src/cluster/directory";
 import { transaction } from "../src/persistence/call-signal";
 import type { Db, Tx } from "../src/persistence/database";
 import type { RemoteCluster, ReplicationStream } from "./manager";
@@ -87,6 +88,7 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
     const info = task.namespace?.namespaceInfo;
     let dropped = 0;
     const result = await transaction(db, async (tx) => {
+      await holdSourceAndListed(tx, key.remote, task);
       // Taken out of its clusters: what was held of it is moot (skipped as any non-member's change).
       dropped = info?.id && !task.namespace!.replicationConfig?.clusters.includes(currentCluster) ? await dropHeld(tx, info.id, task.namespace!.configVersion) : 0;
       // Behind a held task of its namespace: held too, never applied before it.
@@ -104,6 +106,17 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
     } else if (result.outcome === "collided") {
       log.warn(collisionText(key.remote, info!.name, info!.id, result.collidesWith!), { remote: key.remote, taskId: Number(task.taskId) });
     } else applied(key.remote, task, result);
+  }
+
+  /**
+   * Orders an apply (or hold) against a remove here of its source or of a cluster its namespace
+   * lists (remote-clusters.ts): a remove under way is waited for, and one after it sees what it
+   * wrote and is refused; a task from a source removed meanwhile is not taken.
+   */
+  async function holdSourceAndListed(tx: Tx, source: string, task: NamespaceReplicationTask): Promise<void> {
+    const listed = task.namespace?.replicationConfig?.clusters ?? [];
+    const known = await holdKnown(tx, [...new Set([source, ...listed])].filter((n) => n !== currentCluster));
+    if (!known.includes(source)) throw new Error(`cluster ${source} was removed here: its namespace replication task ${task.taskId} is not applied`);
   }
 
   /**

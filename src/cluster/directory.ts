@@ -30,6 +30,17 @@ export async function unknownCluster(db: Db | Tx, current: CurrentCluster, name:
   return notFound(`cluster ${shown(name)} is not known to cluster ${current.clusterName} (known: ${names})`);
 }
 
+/**
+ * Locks the rows of the clusters among names that are known here until tx ends, shared with any
+ * change but a remove (remote-clusters.ts takes the row for update): a remove of one waits for
+ * tx and then sees what it wrote, and tx, begun after the remove, finds it gone. The names found.
+ */
+export async function holdKnown(tx: Tx, names: string[]): Promise<string[]> {
+  if (!names.length) return [];
+  const rows = await tx.select({ name: clusterMetadata.clusterName }).from(clusterMetadata).where(inArray(clusterMetadata.clusterName, names)).for("key share");
+  return rows.map((r) => r.name);
+}
+
 /** Reads cluster rows from cluster_metadata; the current cluster is fixed at boot. */
 export function createClusterDirectory(db: Db, current: CurrentCluster): ClusterDirectory {
   return {
@@ -43,9 +54,8 @@ export function createClusterDirectory(db: Db, current: CurrentCluster): Cluster
     list: () => db.select().from(clusterMetadata).orderBy(clusterMetadata.clusterName),
     async hold(tx, names) {
       const remotes = names.filter((n) => n !== current.clusterName);
-      if (!remotes.length) return;
-      const rows = await tx.select({ name: clusterMetadata.clusterName }).from(clusterMetadata).where(inArray(clusterMetadata.clusterName, remotes)).for("share");
-      const gone = remotes.find((n) => !rows.some((r) => r.name === n));
+      const held = await holdKnown(tx, remotes);
+      const gone = remotes.find((n) => !held.includes(n));
       if (gone) throw await unknownCluster(tx, current, gone);
     },
   };

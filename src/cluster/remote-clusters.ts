@@ -119,6 +119,7 @@ export function createRemoteClusters({ db, current, clients, onChanged, onConnec
         .where(listsClusters(name, current.clusterName))
         .limit(5);
       // A namespace held here behind a stale copy of its name lists it too: removed, its held changes stayed for good.
+      // The receiver's apply or hold of a task from it holds this row (holdKnown): one under way is waited for above, and seen here.
       const held = (await heldFrom(tx, name)).map((h) => `${h.name} (id ${h.id}, its changes from ${name} held here behind a namespace ${h.name} with another id, ${h.localId})`);
       if (users.length || held.length) {
         throw failedPrecondition(

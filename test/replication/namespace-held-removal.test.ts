@@ -1,0 +1,102 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { Code } from "@connectrpc/connect";
+import postgres from "postgres";
+import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { connectAll, eventuallyOn, startClusters } from "../failover/mesh";
+import { eventually } from "../support/eventually";
+import { rejects } from "../support/rejects";
+import type { TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+
+setDefaultTimeout(90_000);
+
+/** Registers name on x, global, listing clusters; its id. */
+const register = (x: TestCluster, name: string, clusters: string[]) =>
+  x.client(WorkflowService).registerNamespace({ namespace: name, isGlobalNamespace: true, clusters }).then((r) => r.namespace!.namespaceInfo!.id);
+
+/** The namespace ids x holds changes of. */
+const heldOn = async (x: TestCluster) => (await x.client(AdminService).getReplicationStatus({})).heldNamespaces.map((h) => h.namespaceId);
+
+/**
+ * name on A, known to B, then B taken out of it and name deleted on A: B keeps a copy that lists A
+ * only (so it alone does not keep A connected); the old id.
+ */
+async function staleCopyOnB(a: TestCluster, b: TestCluster, name: string): Promise<string> {
+  const oldId = await register(a, name, ["clusterA", "clusterB"]);
+  await eventuallyOn(b, name, () => {});
+  await a.client(WorkflowService).updateNamespace({ namespace: name, clusters: ["clusterA"] });
+  await eventuallyOn(b, name, (ns) => expect(ns.replicationConfig!.clusters).toEqual(["clusterA"]));
+  await a.client(OperatorService).deleteNamespace({ namespace: name });
+  return oldId;
+}
+
+// The races are made by holding B's inbound ack row of A's namespace queue from a connection of
+// the test's own: B's apply (or hold) of A's task waits there, at the end of its transaction.
+if ((await testStores()).includes("postgres")) {
+  describe("removing a remote racing a namespace task from it on postgres (clusterA -> clusterB)", () => {
+    let a: TestCluster, b: TestCluster;
+    let sql: postgres.Sql;
+    beforeAll(async () => {
+      [a, b] = await startClusters("postgres", [{}, {}]);
+      await connectAll([a, b]);
+      sql = postgres(b.dataLocation, { max: 2, onnotice: () => {} });
+      // B's inbound ack of A's namespace queue exists, and no namespace lists both.
+      await register(a, "warm", ["clusterA", "clusterB"]);
+      await eventuallyOn(b, "warm", () => {});
+      await a.client(WorkflowService).updateNamespace({ namespace: "warm", clusters: ["clusterA"] });
+      await eventuallyOn(b, "warm", (ns) => expect(ns.replicationConfig!.clusters).toEqual(["clusterA"]));
+    });
+    afterAll(async () => {
+      await sql?.end({ timeout: 1 });
+      for (const x of [a, b]) await x?.destroy();
+    });
+
+    const waiters = async () => (await sql`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`)[0]!.n as number;
+
+    /** Runs change on A with B's apply of it held before its commit, and B's remove of A meanwhile; the remove's outcome. */
+    async function removeWhileApplying(change: () => Promise<unknown>): Promise<{ remove: Promise<unknown> }> {
+      const conn = await sql.reserve();
+      try {
+        await conn`begin`;
+        await conn`select 1 from replication_ack_levels where remote_cluster = 'clusterA' and direction = 'inbound' and queue = 'namespace' for update`;
+        await change();
+        await eventually(async () => expect(await waiters()).toBe(1), { timeout: 10_000 });
+        const remove = b.client(OperatorService).removeRemoteCluster({ clusterName: "clusterA" });
+        let settled = false;
+        remove.then(() => (settled = true), () => (settled = true));
+        // Either done (it did not wait for the apply) or waiting on a lock the apply holds.
+        await eventually(async () => expect(settled || (await waiters()) === 2).toBe(true), { timeout: 10_000 });
+        await conn`commit`;
+        return { remove };
+      } finally {
+        conn.release();
+      }
+    }
+
+    test("TestARemoveRacingAnApplyFromThatRemoteWaitsForItAndIsRefused: never a namespace listing a removed cluster", async () => {
+      const { remove } = await removeWhileApplying(() => register(a, "fresh", ["clusterA", "clusterB"]));
+      // Before: the remove checked before the create committed, and went through.
+      await rejects(remove, Code.FailedPrecondition, "cluster clusterA is still listed by namespace(s) fresh; remove it from their clusters first");
+      await eventuallyOn(b, "fresh", (ns) => expect(ns.replicationConfig!.clusters).toEqual(["clusterA", "clusterB"]));
+      await a.client(WorkflowService).updateNamespace({ namespace: "fresh", clusters: ["clusterA"] });
+      await eventuallyOn(b, "fresh", (ns) => expect(ns.replicationConfig!.clusters).toEqual(["clusterA"]));
+    });
+
+    test("TestARemoveRacingAHoldFromThatRemoteWaitsForItAndIsRefused: never held changes of a removed source", async () => {
+      const oldId = await staleCopyOnB(a, b, "solo");
+      let newId = "";
+      const { remove } = await removeWhileApplying(async () => (newId = await register(a, "solo", ["clusterA", "clusterB"])));
+      // Before: the remove checked before the hold committed, and went through.
+      await rejects(
+        remove,
+        Code.FailedPrecondition,
+        `cluster clusterA is still listed by namespace(s) solo (id ${newId}, its changes from clusterA held here behind a namespace solo with another id, ${oldId})`,
+      );
+      expect(await heldOn(b)).toEqual([newId]);
+      await a.client(WorkflowService).updateNamespace({ namespace: "solo", clusters: ["clusterA"] });
+      await eventually(async () => expect(await heldOn(b)).toEqual([]));
+    });
+  });
+}
