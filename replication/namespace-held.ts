@@ -70,14 +70,31 @@ export async function dropHeld(tx: Tx, namespaceId: string, configVersion: bigin
   return moot.length;
 }
 
-/** The namespaces (at most limit) whose changes from source are held here: they list it, as a namespace here may. */
-export async function heldFrom(tx: Tx, source: string, limit = 5) {
-  return tx
-    .select({ name: min(held.namespaceName), id: held.namespaceId, localId: min(held.localNamespaceId) })
-    .from(held)
-    .where(eq(held.sourceCluster, source))
-    .groupBy(held.namespaceId)
-    .limit(limit);
+/**
+ * The held namespaces (at most limit) that would list cluster once applied: changes held from it
+ * (a namespace active there), or whose newest held change lists it. Refusing its remove on them,
+ * as on a namespace here listing it, keeps a namespace listing a removed cluster from applying later.
+ */
+export async function heldListing(tx: Tx, cluster: string, limit = 5) {
+  const rows = await tx.select().from(held).orderBy(asc(held.namespaceId), asc(held.taskId));
+  const newest = new Map<string, { row: (typeof rows)[number]; ns: NamespaceReplicationTask["namespace"]; from: boolean }>();
+  for (const row of rows) {
+    const ns = fromJson(NamespaceReplicationTaskSchema, row.task as JsonValue).namespace;
+    const seen = newest.get(row.namespaceId);
+    const from = row.sourceCluster === cluster || !!seen?.from;
+    const later = !seen || newer(ns, seen.ns);
+    newest.set(row.namespaceId, later ? { row, ns, from } : { ...seen, from });
+  }
+  return [...newest.values()]
+    .filter(({ ns, from }) => from || ns?.replicationConfig?.clusters.includes(cluster))
+    .slice(0, limit)
+    .map(({ row, from }) => ({ name: row.namespaceName, id: row.namespaceId, localId: row.localNamespaceId, source: row.sourceCluster, from }));
+}
+
+/** Whether a is a later change than b: a higher config version, or the same at a higher failover version (namespace-applier.ts). */
+function newer(a: NamespaceReplicationTask["namespace"], b: NamespaceReplicationTask["namespace"]): boolean {
+  const [ca, cb] = [a?.configVersion ?? 0n, b?.configVersion ?? 0n];
+  return ca > cb || (ca === cb && (a?.failoverVersion ?? 0n) > (b?.failoverVersion ?? 0n));
 }
 
 /** What is held, per source and namespace id, for replication status. */

@@ -8,7 +8,7 @@ import { unknownCluster } from "./directory";
 import { frontendAddressProblem, frontendUrl, peerFailureText, type RemoteClientPool } from "./remote-client";
 import { shown, withoutPassword } from "../shown";
 import { listsClusters } from "../namespace/lists-clusters";
-import { heldFrom } from "../../replication/namespace-held";
+import { heldListing } from "../../replication/namespace-held";
 
 export type ClusterRow = typeof clusterMetadata.$inferSelect;
 
@@ -118,9 +118,12 @@ export function createRemoteClusters({ db, current, clients, onChanged, onConnec
         .from(namespaces)
         .where(listsClusters(name, current.clusterName))
         .limit(5);
-      // A namespace held here behind a stale copy of its name lists it too: removed, its held changes stayed for good.
-      // The receiver's apply or hold of a task from it holds this row (holdKnown): one under way is waited for above, and seen here.
-      const held = (await heldFrom(tx, name)).map((h) => `${h.name} (id ${h.id}, its changes from ${name} held here behind a namespace ${h.name} with another id, ${h.localId})`);
+      // A namespace held here behind a stale copy of its name lists it too: removed, its held changes stayed for good,
+      // and applied once the copy went they made a namespace listing a removed cluster. The receiver's apply or
+      // hold holds this row (holdKnown): one under way is waited for above, and seen here.
+      const held = (await heldListing(tx, name)).map(
+        (h) => `${h.name} (id ${h.id}, its changes from ${h.from ? name : `${h.source}, listing ${name},`} held here behind a namespace ${h.name} with another id, ${h.localId})`,
+      );
       if (users.length || held.length) {
         throw failedPrecondition(
           `cluster ${name} is still listed by namespace(s) ${[...users.map((u) => u.name), ...held].join(", ")}; remove it from their clusters first`,

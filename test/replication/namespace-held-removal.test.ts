@@ -100,3 +100,34 @@ if ((await testStores()).includes("postgres")) {
     });
   });
 }
+
+/** Held changes from one cluster naming another. */
+for (const store of await testStores()) {
+  describe(`namespace changes held on ${store}: another cluster listed`, () => {
+    let a: TestCluster, b: TestCluster, c: TestCluster;
+    beforeAll(async () => {
+      [a, b, c] = await startClusters(store, [{}, {}, {}]);
+      await connectAll([a, b, c]);
+    });
+    afterAll(async () => {
+      for (const x of [a, b, c]) await x?.destroy();
+    });
+
+    test("TestAClusterListedByHeldChangesFromAnotherIsNotRemoved: until taken out of their namespace", async () => {
+      const oldId = await staleCopyOnB(a, b, "trio");
+      const newId = await register(a, "trio", ["clusterA", "clusterB", "clusterC"]);
+      await eventually(async () => expect(await heldOn(b)).toEqual([newId]));
+
+      // Before: removed (no namespace here lists C, nothing held from C), and applied later the held create listed a removed cluster.
+      await rejects(
+        b.client(OperatorService).removeRemoteCluster({ clusterName: "clusterC" }),
+        Code.FailedPrecondition,
+        `cluster clusterC is still listed by namespace(s) trio (id ${newId}, its changes from clusterA, listing clusterC, held here behind a namespace trio with another id, ${oldId}); remove it from their clusters first`,
+      );
+      // Taken out of trio on its active cluster: held too, the newest held change no longer lists C.
+      await a.client(WorkflowService).updateNamespace({ namespace: "trio", clusters: ["clusterA", "clusterB"] });
+      await eventually(async () => expect((await b.client(AdminService).getReplicationStatus({})).heldNamespaces.map((h) => h.tasks)).toEqual([2]));
+      await b.client(OperatorService).removeRemoteCluster({ clusterName: "clusterC" });
+    });
+  });
+}
