@@ -97,6 +97,20 @@ function newer(a: NamespaceReplicationTask["namespace"], b: NamespaceReplication
   return ca > cb || (ca === cb && (a?.failoverVersion ?? 0n) > (b?.failoverVersion ?? 0n));
 }
 
+/**
+ * Why a forced failover of the namespace ns here is refused, or undefined: another namespace of its
+ * name is held here behind it (ns is the copy in its way, likely stale). Made active, ns would take
+ * writes here under a name the other one uses elsewhere, and its changes, sent on, would be held
+ * behind that one where it is (a collision there, whose way out reads "delete it": the real one).
+ */
+export async function heldBehindText(tx: Tx, ns: { id: string; name: string }): Promise<string | undefined> {
+  const [behind] = await tx.select({ id: held.namespaceId, source: held.sourceCluster }).from(held).where(eq(held.localNamespaceId, ns.id)).orderBy(asc(held.heldAt)).limit(1);
+  if (!behind) return undefined;
+  return `namespace ${ns.name} here (id ${ns.id}) is not the namespace ${ns.name} (id ${behind.id}) that ${behind.source} replicates, whose changes are held here behind this copy ` +
+    `(replication status): made active, this copy would take writes under a name that one uses. If this copy is stale (deleted on its active cluster), ` +
+    `delete it here ('tern operator namespace delete ${ns.name}'): the held changes then apply, and ${ns.name} may be failed over`;
+}
+
 /** What is held, per source and namespace id, for replication status. */
 export async function heldSummary(db: Db): Promise<Omit<HeldNamespace, "$typeName">[]> {
   const rows = await db

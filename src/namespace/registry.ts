@@ -1,6 +1,7 @@
 import { and, asc, eq, gt, sql } from "drizzle-orm";
 import { ulid } from "ulid";
 import { stopBackfillsOfNonMembers } from "../../replication/backfill-jobs";
+import { heldBehindText } from "../../replication/namespace-held";
 import { appendNamespaceTask } from "../../replication/namespace-queue";
 import { nextFailoverVersion } from "../cluster/metadata";
 import { lockNamespaceBarrier } from "../history/namespace-guard";
@@ -210,6 +211,8 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
       if (!row) throw namespaceNotFound(input.name);
       const forcedFailover = !!input.activeClusterName && input.activeClusterName !== row.activeClusterName;
       if (!forcedFailover) requireConfigWriter(row, "update", input.activeClusterName);
+      const behind = forcedFailover && row.isGlobal ? await heldBehindText(tx, row) : undefined;
+      if (behind) throw failedPrecondition(`no forced failover: ${behind}`);
       const promoted = input.promote && !row.isGlobal ? promotion() : undefined;
       const base = promoted ? { ...row, ...promoted } : row;
       const changes = applyUpdate(base, input, known);

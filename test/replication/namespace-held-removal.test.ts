@@ -4,7 +4,7 @@ import postgres from "postgres";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
-import { connectAll, eventuallyOn, startClusters } from "../failover/mesh";
+import { connectAll, describeOn, eventuallyOn, expectActiveOn, startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
 import { rejects } from "../support/rejects";
 import type { TestCluster } from "../support/server";
@@ -101,9 +101,9 @@ if ((await testStores()).includes("postgres")) {
   });
 }
 
-/** Held changes from one cluster naming another. */
+/** Held changes from one cluster naming another; a forced failover of the copy they are held behind. */
 for (const store of await testStores()) {
-  describe(`namespace changes held on ${store}: another cluster listed`, () => {
+  describe(`namespace changes held on ${store}: another cluster listed, and the copy in their way`, () => {
     let a: TestCluster, b: TestCluster, c: TestCluster;
     beforeAll(async () => {
       [a, b, c] = await startClusters(store, [{}, {}, {}]);
@@ -128,6 +128,33 @@ for (const store of await testStores()) {
       await a.client(WorkflowService).updateNamespace({ namespace: "trio", clusters: ["clusterA", "clusterB"] });
       await eventually(async () => expect((await b.client(AdminService).getReplicationStatus({})).heldNamespaces.map((h) => h.tasks)).toEqual([2]));
       await b.client(OperatorService).removeRemoteCluster({ clusterName: "clusterC" });
+    });
+
+    test("TestAForcedFailoverOfTheCopyHeldChangesWaitBehindIsRefused: the stale copy deleted, the real one fails over", async () => {
+      // Deleted on A, its active cluster, while B is a member: B's copy lists both.
+      const oldId = await register(a, "twin", ["clusterA", "clusterB"]);
+      await eventuallyOn(b, "twin", () => {});
+      await a.client(OperatorService).deleteNamespace({ namespace: "twin" });
+      const newId = await register(a, "twin", ["clusterA", "clusterB"]);
+      await eventually(async () => expect(await heldOn(b)).toContain(newId));
+
+      // Before: B made its stale copy active (version 2), taking writes under twin's name, and A held the copy's changes behind the real twin.
+      await rejects(
+        b.client(WorkflowService).updateNamespace({ namespace: "twin", activeClusterName: "clusterB" }),
+        Code.FailedPrecondition,
+        `no forced failover: namespace twin here (id ${oldId}) is not the namespace twin (id ${newId}) that clusterA replicates, whose changes are held here behind this copy ` +
+          `(replication status): made active, this copy would take writes under a name that one uses. If this copy is stale (deleted on its active cluster), ` +
+          `delete it here ('tern operator namespace delete twin'): the held changes then apply, and twin may be failed over`,
+      );
+      const copy = await describeOn(b, "twin");
+      expect([copy.namespaceInfo!.id, copy.replicationConfig!.activeClusterName]).toEqual([oldId, "clusterA"]);
+
+      // The way out: the stale copy deleted here, the real one applies and is failed over.
+      await b.client(OperatorService).deleteNamespace({ namespace: "twin" });
+      await eventuallyOn(b, "twin", (ns) => expect(ns.namespaceInfo!.id).toBe(newId));
+      await b.client(WorkflowService).updateNamespace({ namespace: "twin", activeClusterName: "clusterB" });
+      await expectActiveOn(a, "twin", "clusterB", 2n);
+      expect(await heldOn(a)).toEqual([]);
     });
   });
 }
