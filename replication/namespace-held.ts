@@ -76,7 +76,8 @@ export async function dropHeld(tx: Tx, namespaceId: string, configVersion: bigin
  * as on a namespace here listing it, keeps a namespace listing a removed cluster from applying later.
  */
 export async function heldListing(tx: Tx, cluster: string, limit = 5) {
-  const rows = await tx.select().from(held).orderBy(asc(held.namespaceId), asc(held.taskId));
+  // Shared: a retry applying held tasks (lockHeld) is waited for, and its namespaces are then applied.
+  const rows = await tx.select().from(held).orderBy(asc(held.namespaceId), asc(held.taskId)).for("share");
   const newest = new Map<string, { row: (typeof rows)[number]; ns: NamespaceReplicationTask["namespace"]; from: boolean }>();
   for (const row of rows) {
     const ns = fromJson(NamespaceReplicationTaskSchema, row.task as JsonValue).namespace;

@@ -113,17 +113,18 @@ export function createRemoteClusters({ db, current, clients, onChanged, onConnec
     await transaction(db, async (tx) => {
       const [row] = await tx.select().from(clusterMetadata).where(eq(clusterMetadata.clusterName, name)).for("update");
       if (!row) throw await unknownCluster(tx, current, name);
+      // A namespace held here behind a stale copy of its name lists it too: removed, its held changes stayed for good,
+      // and applied once the copy went they made a namespace listing a removed cluster. The receiver's apply or
+      // hold holds this row (holdKnown): one under way is waited for above, and seen here. Held read first, shared: a
+      // retry applying held tasks (moving them into namespaces) under way is waited for, and one done is seen below.
+      const held = (await heldListing(tx, name)).map(
+        (h) => `${h.name} (id ${h.id}, its changes from ${h.from ? name : `${h.source}, listing ${name},`} held here behind a namespace ${h.name} with another id, ${h.localId})`,
+      );
       const users = await tx
         .select({ name: namespaces.name })
         .from(namespaces)
         .where(listsClusters(name, current.clusterName))
         .limit(5);
-      // A namespace held here behind a stale copy of its name lists it too: removed, its held changes stayed for good,
-      // and applied once the copy went they made a namespace listing a removed cluster. The receiver's apply or
-      // hold holds this row (holdKnown): one under way is waited for above, and seen here.
-      const held = (await heldListing(tx, name)).map(
-        (h) => `${h.name} (id ${h.id}, its changes from ${h.from ? name : `${h.source}, listing ${name},`} held here behind a namespace ${h.name} with another id, ${h.localId})`,
-      );
       if (users.length || held.length) {
         throw failedPrecondition(
           `cluster ${name} is still listed by namespace(s) ${[...users.map((u) => u.name), ...held].join(", ")}; remove it from their clusters first`,

@@ -98,6 +98,33 @@ if ((await testStores()).includes("postgres")) {
       await a.client(WorkflowService).updateNamespace({ namespace: "solo", clusters: ["clusterA"] });
       await eventually(async () => expect(await heldOn(b)).toEqual([]));
     });
+
+    test("TestARemoveRacingTheApplyOfHeldChangesFromThatRemoteWaitsForItAndIsRefused: the stale copy deleted meanwhile", async () => {
+      await staleCopyOnB(a, b, "late");
+      const newId = await register(a, "late", ["clusterA", "clusterB"]);
+      await eventually(async () => expect(await heldOn(b)).toEqual([newId]));
+      // A row of the new id, uncommitted, holds B's retry of what it held at its create, after its lock of the held tasks.
+      const conn = await sql.reserve();
+      try {
+        await conn`begin`;
+        await conn`insert into namespaces (id, name, state, retention_seconds, is_global, active_cluster_name, clusters, config_version, failover_version) values (${newId}, 'late-shadow', 'REGISTERED', 1, true, 'clusterA', '["clusterA"]', 0, 1)`;
+        const deleted = b.client(OperatorService).deleteNamespace({ namespace: "late" });
+        await eventually(async () => expect(await waiters()).toBe(1), { timeout: 10_000 });
+        const remove = b.client(OperatorService).removeRemoteCluster({ clusterName: "clusterA" });
+        let settled = false;
+        remove.then(() => (settled = true), () => (settled = true));
+        await eventually(async () => expect(settled || (await waiters()) === 2).toBe(true), { timeout: 10_000 });
+        await conn`rollback`;
+        await deleted;
+        // Before: the remove read no namespace listing A, then no held task (the retry committed between), and went through.
+        await rejects(remove, Code.FailedPrecondition, "cluster clusterA is still listed by namespace(s) late; remove it from their clusters first");
+      } finally {
+        conn.release();
+      }
+      await eventuallyOn(b, "late", (ns) => expect(ns.namespaceInfo!.id).toBe(newId));
+      await a.client(WorkflowService).updateNamespace({ namespace: "late", clusters: ["clusterA"] });
+      await eventuallyOn(b, "late", (ns) => expect(ns.replicationConfig!.clusters).toEqual(["clusterA"]));
+    });
   });
 }
 
