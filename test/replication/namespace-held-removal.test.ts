@@ -55,25 +55,32 @@ if ((await testStores()).includes("postgres")) {
 
     const waiters = async () => (await sql`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`)[0]!.n as number;
 
-    /** Runs change on A with B's apply of it held before its commit, and B's remove of A meanwhile; the remove's outcome. */
-    async function removeWhileApplying(change: () => Promise<unknown>): Promise<{ remove: Promise<unknown> }> {
+    /**
+     * Takes lock on a connection of the test's own, runs change (what B then does waits on it), removes A
+     * on B meanwhile, and ends the lock (a rollback): the remove's outcome.
+     */
+    async function removeWhileHeld(lock: (conn: postgres.ReservedSql) => Promise<unknown>, change: () => Promise<unknown>): Promise<{ remove: Promise<unknown> }> {
       const conn = await sql.reserve();
       try {
         await conn`begin`;
-        await conn`select 1 from replication_ack_levels where remote_cluster = 'clusterA' and direction = 'inbound' and queue = 'namespace' for update`;
+        await lock(conn);
         await change();
         await eventually(async () => expect(await waiters()).toBe(1), { timeout: 10_000 });
         const remove = b.client(OperatorService).removeRemoteCluster({ clusterName: "clusterA" });
         let settled = false;
         remove.then(() => (settled = true), () => (settled = true));
-        // Either done (it did not wait for the apply) or waiting on a lock the apply holds.
+        // Either done (it did not wait for B's change) or waiting on a lock that change holds.
         await eventually(async () => expect(settled || (await waiters()) === 2).toBe(true), { timeout: 10_000 });
-        await conn`commit`;
+        await conn`rollback`;
         return { remove };
       } finally {
         conn.release();
       }
     }
+
+    /** B's apply (or hold) of change on A, held at its ack, before its commit, while A is removed on B. */
+    const removeWhileApplying = (change: () => Promise<unknown>) =>
+      removeWhileHeld((conn) => conn`select 1 from replication_ack_levels where remote_cluster = 'clusterA' and direction = 'inbound' and queue = 'namespace' for update`, change);
 
     test("TestARemoveRacingAnApplyFromThatRemoteWaitsForItAndIsRefused: never a namespace listing a removed cluster", async () => {
       const { remove } = await removeWhileApplying(() => register(a, "fresh", ["clusterA", "clusterB"]));
@@ -104,23 +111,12 @@ if ((await testStores()).includes("postgres")) {
       const newId = await register(a, "late", ["clusterA", "clusterB"]);
       await eventually(async () => expect(await heldOn(b)).toEqual([newId]));
       // A row of the new id, uncommitted, holds B's retry of what it held at its create, after its lock of the held tasks.
-      const conn = await sql.reserve();
-      try {
-        await conn`begin`;
-        await conn`insert into namespaces (id, name, state, retention_seconds, is_global, active_cluster_name, clusters, config_version, failover_version) values (${newId}, 'late-shadow', 'REGISTERED', 1, true, 'clusterA', '["clusterA"]', 0, 1)`;
-        const deleted = b.client(OperatorService).deleteNamespace({ namespace: "late" });
-        await eventually(async () => expect(await waiters()).toBe(1), { timeout: 10_000 });
-        const remove = b.client(OperatorService).removeRemoteCluster({ clusterName: "clusterA" });
-        let settled = false;
-        remove.then(() => (settled = true), () => (settled = true));
-        await eventually(async () => expect(settled || (await waiters()) === 2).toBe(true), { timeout: 10_000 });
-        await conn`rollback`;
-        await deleted;
-        // Before: the remove read no namespace listing A, then no held task (the retry committed between), and went through.
-        await rejects(remove, Code.FailedPrecondition, "cluster clusterA is still listed by namespace(s) late; remove it from their clusters first");
-      } finally {
-        conn.release();
-      }
+      const { remove } = await removeWhileHeld(
+        (conn) => conn`insert into namespaces (id, name, state, retention_seconds, is_global, active_cluster_name, clusters, config_version, failover_version) values (${newId}, 'late-shadow', 'REGISTERED', 1, true, 'clusterA', '["clusterA"]', 0, 1)`,
+        () => b.client(OperatorService).deleteNamespace({ namespace: "late" }),
+      );
+      // Before: the remove read no namespace listing A, then no held task (the retry committed between), and went through.
+      await rejects(remove, Code.FailedPrecondition, "cluster clusterA is still listed by namespace(s) late; remove it from their clusters first");
       await eventuallyOn(b, "late", (ns) => expect(ns.namespaceInfo!.id).toBe(newId));
       await a.client(WorkflowService).updateNamespace({ namespace: "late", clusters: ["clusterA"] });
       await eventuallyOn(b, "late", (ns) => expect(ns.replicationConfig!.clusters).toEqual(["clusterA"]));
