@@ -7,8 +7,9 @@ import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { connectAll, expectActiveOn, startClusters } from "../failover/mesh";
 import { backfillDone, expectSameRuns, holdingApplies, runsOf, seedExecutions, T, tern } from "./support";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(120_000);
+setDefaultTimeout(serverStartTimeout);
 
 const NS = "joining";
 const FORCED = "forced";

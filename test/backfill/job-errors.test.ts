@@ -13,8 +13,9 @@ import { testStores } from "../support/stores";
 import { connectAll, expectActiveOn, startClusters } from "../failover/mesh";
 import { setLink } from "../conflict/support";
 import { backfillDone, expectSameRuns, runsOf, seedExecutions, tern } from "./support";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(120_000);
+setDefaultTimeout(serverStartTimeout);
 
 /** What an operator meets when a backfill cannot do its work: the job says so, and the others go on. */
 for (const store of await testStores()) {

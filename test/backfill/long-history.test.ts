@@ -8,8 +8,9 @@ import { json } from "../support/payload";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { backfillDone, historyOf, T } from "./support";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(120_000);
+setDefaultTimeout(serverStartTimeout);
 
 const NS = "long";
 const SIGNALS = 40;

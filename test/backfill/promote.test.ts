@@ -3,8 +3,9 @@ import { Code } from "@connectrpc/connect";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { rejects } from "../support/rejects";
 import { startTestCluster, type TestCluster } from "../support/server";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(60_000);
+setDefaultTimeout(serverStartTimeout);
 
 describe("promote a local namespace to global", () => {
   let on: TestCluster, off: TestCluster;

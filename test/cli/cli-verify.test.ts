@@ -12,8 +12,9 @@ import { eventually } from "../support/eventually";
 import { startHttpProxy, type HttpProxy } from "../support/http-proxy";
 import { json } from "../support/payload";
 import type { TestCluster } from "../support/server";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(120_000);
+setDefaultTimeout(serverStartTimeout);
 
 const NS = "ledger";
 /** Runs of 12 events: with no time for large runs, each page of B's checksums finishes about one. */

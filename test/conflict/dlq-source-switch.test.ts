@@ -10,8 +10,9 @@ import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { checkedApplier } from "../replication/support";
 import { branchLines, dlqLines, expectLosingBranchKept, setLink, signalNamesOf, splitOnOneRun } from "./support";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(120_000);
+setDefaultTimeout(serverStartTimeout);
 
 const NS = "dlqswitch";
 const WF = "held-branch";

@@ -8,8 +8,9 @@ import { testStores } from "../support/stores";
 import { createConflictSweep } from "../../replication/conflict-sweep";
 import type { NamespaceRecord } from "../../src/namespace/registry";
 import { bringBranch, countingEventReads, historyOf, inside, setLink, type Inside } from "./support";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(120_000);
+setDefaultTimeout(serverStartTimeout);
 
 const NS = "paged";
 /** Events every run holds before the split: started, one signal. */

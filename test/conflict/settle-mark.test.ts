@@ -9,8 +9,9 @@ import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { bringBranch, branchLines, cancelRequestIds, dlqLines, expectNoDifference, historyOf, inside, setLink, type Inside } from "./support";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(120_000);
+setDefaultTimeout(serverStartTimeout);
 
 /** Events the run holds before B is cut off: started, one signal. */
 const FORK = 2;

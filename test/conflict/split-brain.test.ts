@@ -11,8 +11,9 @@ import { json } from "../support/payload";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { cancelRequestIds, dlqLines, expectNoDifference, historyOf, setLink, signalCounts, signalKey, versionBreachesOn } from "./support";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(120_000);
+setDefaultTimeout(serverStartTimeout);
 
 const NS = "orders";
 const T = { workflowType: "order", taskQueue: "q" };

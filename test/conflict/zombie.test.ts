@@ -7,8 +7,9 @@ import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { bringBranch, branchLines, expectNoDifference, historyOf, inside, setLink, type Inside } from "./support";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(120_000);
+setDefaultTimeout(serverStartTimeout);
 
 const NS = "zombies";
 const WF = "twice-started";

@@ -4,8 +4,9 @@ import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { addr as addressOf, connectAll, eventuallyOn, startClusters } from "../failover/mesh";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(60_000);
+setDefaultTimeout(serverStartTimeout);
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
 

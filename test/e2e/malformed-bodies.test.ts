@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { frame, rawGrpcCall } from "../support/raw-grpc";
 import { eventually } from "../support/eventually";
 import { startServerProcess, type ServerProcess } from "../runtime/server-process";
+import { serverStartTimeout } from "../support/timeouts";
 
 const PATH = "/tern.workflow.v1.WorkflowService/StartWorkflowExecution";
 /** Field 1 (namespace, a string) said to be 5 bytes long, with 2 after it. */
@@ -20,7 +21,7 @@ describe("a request body that is no message, refused before tern's handlers", ()
   let server: ServerProcess;
   beforeAll(async () => {
     server = await startServerProcess([process.execPath, "src/main.ts"]);
-  }, 40_000);
+  }, serverStartTimeout);
   afterAll(() => server.destroy());
 
   const post = (type: string, body: Uint8Array<ArrayBuffer> | string, header: Record<string, string> = {}) =>

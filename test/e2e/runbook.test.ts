@@ -9,9 +9,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type ClusterProcess, runTern, startClusterProcess, type TernResult } from "../../scripts/lib/cluster-process";
 import { eventually } from "../support/eventually";
+import { serverStartTimeout } from "../support/timeouts";
 
-// Two PGlite processes start in beforeAll: clusterB once took more than 30 s to answer /health on a loaded host.
-setDefaultTimeout(120_000);
+setDefaultTimeout(serverStartTimeout);
 
 /** The runbook's commands as the seed writes them. */
 const RUNBOOK = {

@@ -13,8 +13,9 @@ import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { eventually } from "../support/eventually";
 import { createTestDatabase } from "../support/postgres";
 import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(120_000);
+setDefaultTimeout(serverStartTimeout);
 
 /** The entry's grace for open requests after a stop signal (src/entry/boot.ts). */
 const GRACE_MS = 5_000;

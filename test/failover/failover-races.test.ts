@@ -11,8 +11,9 @@ import { rejects } from "../support/rejects";
 import { readAckLevel, namespaceQueueMax } from "../../replication/namespace-queue";
 import { startHttpProxy, type HttpProxy } from "../support/http-proxy";
 import { ackGate, addr, describeOn, eventuallyOn, expectActiveOn, startClusters, startOrdersPair } from "./mesh";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(90_000);
+setDefaultTimeout(serverStartTimeout);
 
 /** "ok", or the call's Connect code and message. */
 const outcome = (r: PromiseSettledResult<unknown>) =>

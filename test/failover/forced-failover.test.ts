@@ -6,8 +6,9 @@ import { rejects } from "../support/rejects";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { describeOn, expectActiveOn, startOrdersPair } from "./mesh";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(90_000);
+setDefaultTimeout(serverStartTimeout);
 
 const start = (x: TestCluster, workflowId: string) =>
   x.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId, workflowType: "order", taskQueue: "q" });

@@ -13,8 +13,9 @@ import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { expectTerminatedFor } from "../support/terminated-for";
 import { addr, connectAll, eventuallyOn, startClusters } from "./mesh";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(90_000);
+setDefaultTimeout(serverStartTimeout);
 
 const policy = (p: string) => ({ extraYaml: `dcRedirectionPolicy: { policy: ${p} }` });
 const run = (workflowId: string) => ({ workflowId, runId: "" });

@@ -13,8 +13,9 @@ import { createGate } from "../support/gate";
 import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy";
 import type { NamespaceRegistry } from "../../src/namespace/registry";
 import { ackGate, addr, describeOn, eventuallyOn, expectActiveOn, startClusters, startOrdersPair } from "./mesh";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(90_000);
+setDefaultTimeout(serverStartTimeout);
 
 const failover = (x: TestCluster, target: string, seconds = 10) =>
   x.client(OperatorService).failoverNamespace({ namespace: "orders", targetCluster: target, timeout: { seconds: BigInt(seconds) } });

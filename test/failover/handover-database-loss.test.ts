@@ -11,8 +11,9 @@ import { rejects } from "../support/rejects";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { ackGate, addr, describeOn, expectActiveOn } from "./mesh";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(90_000);
+setDefaultTimeout(serverStartTimeout);
 
 const cleanups: (() => Promise<unknown>)[] = [];
 afterAll(async () => {

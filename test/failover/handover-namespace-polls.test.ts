@@ -11,8 +11,9 @@ import { rejects } from "../support/rejects";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { describeOn, eventuallyOn, expectActiveOn } from "./mesh";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(90_000);
+setDefaultTimeout(serverStartTimeout);
 
 const NS = "orders";
 const failover = (x: TestCluster, target: string, seconds: number) =>

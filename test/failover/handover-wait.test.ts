@@ -17,8 +17,9 @@ import type { TestCluster } from "../support/server";
 import { testStores, type StoreKind } from "../support/stores";
 import { lastTaskIds } from "../replication/support";
 import { ackGate, addr, startOrdersPair } from "./mesh";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(60_000);
+setDefaultTimeout(serverStartTimeout);
 
 for (const store of await testStores()) {
   describe(`graceful failover's wait for the target on ${store}`, () => {

@@ -11,8 +11,9 @@ import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import type { TcpProxy } from "../support/tcp-proxy";
 import { describeOn, expectActiveOn } from "./mesh";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(90_000);
+setDefaultTimeout(serverStartTimeout);
 
 const NS = "orders";
 /** How long B's forwarded calls wait for A past their own work (the server's default is 30 s). */

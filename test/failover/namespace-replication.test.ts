@@ -10,8 +10,9 @@ import { rejects } from "../support/rejects";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { addr, connectAll, describeOn, eventuallyOn, startClusters } from "./mesh";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(90_000);
+setDefaultTimeout(serverStartTimeout);
 
 for (const store of await testStores()) {
   describe(`namespace replication on ${store}`, () => {

@@ -12,6 +12,7 @@ import { Health, HealthCheckResponse_ServingStatus } from "../../src/gen/grpc/he
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { lockReleased, repoRoot, startServerProcess, type ServerProcess } from "../runtime/server-process";
 import { frame, rawGrpcCall } from "../support/raw-grpc";
+import { serverStartTimeout } from "../support/timeouts";
 
 const bunMain = [process.execPath, "src/main.ts"];
 
@@ -54,7 +55,7 @@ describe("bun src/main.ts with a separate gRPC port", () => {
   let server: ServerProcess;
   beforeAll(async () => {
     server = await startServerProcess(bunMain);
-  }, 30_000);
+  }, serverStartTimeout);
   afterAll(() => server?.destroy());
 
   test("serves Health/Check and WorkflowService over h2c on grpcPort", async () => {
@@ -74,7 +75,7 @@ describe("bun src/main.ts with gRPC sharing the HTTP/1.1 port (grpcPort = port)"
   let server: ServerProcess;
   beforeAll(async () => {
     server = await startServerProcess(bunMain, { sharedPort: true });
-  }, 30_000);
+  }, serverStartTimeout);
   afterAll(() => server?.destroy());
 
   test("serves native gRPC and Connect over HTTP/1.1 on one port", async () => {

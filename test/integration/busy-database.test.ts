@@ -14,8 +14,9 @@ import { createTestDatabase } from "../support/postgres";
 import { rejects } from "../support/rejects";
 import { migrationsFolder, startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(60_000);
+setDefaultTimeout(serverStartTimeout);
 
 // A PostgreSQL that is up but cannot run a write now (another transaction holds a lock past the
 // lock timeout, a standby or read-only database after a failover): the write is a retryable

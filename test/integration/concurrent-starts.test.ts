@@ -3,8 +3,9 @@ import postgres from "postgres";
 import { eventually } from "../support/eventually";
 import { startTestCluster, newDataLocation, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(60_000);
+setDefaultTimeout(serverStartTimeout);
 
 const started: TestCluster[] = [];
 const removals: (() => Promise<void>)[] = [];

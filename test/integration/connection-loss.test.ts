@@ -16,8 +16,9 @@ import { startTestCluster, type TestCluster } from "../support/server";
 import { startProxiedCluster } from "../support/proxied-cluster";
 import type { TcpProxy } from "../support/tcp-proxy";
 import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(120_000);
+setDefaultTimeout(serverStartTimeout);
 
 const T = { workflowType: "t", taskQueue: "q" };
 

@@ -15,8 +15,9 @@ import { eventually } from "../support/eventually";
 import { newDataLocation, startTestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { rejects } from "../support/rejects";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(60_000);
+setDefaultTimeout(serverStartTimeout);
 
 const T = { workflowType: "t", taskQueue: "q" };
 const cleanups: (() => Promise<void>)[] = [];

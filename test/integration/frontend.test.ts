@@ -8,8 +8,9 @@ import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { rejects } from "../support/rejects";
 import { eventually } from "../support/eventually";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(60_000);
+setDefaultTimeout(serverStartTimeout);
 
 const T = { workflowType: "t", taskQueue: "q" };
 const bytes = (n: number) => create(PayloadsSchema, { payloads: [{ metadata: {}, data: new Uint8Array(n) }] });

@@ -9,8 +9,9 @@ import { startProxiedCluster } from "../support/proxied-cluster";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import type { TcpProxy } from "../support/tcp-proxy";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(30_000);
+setDefaultTimeout(serverStartTimeout);
 
 const START = { namespace: "frozen", workflowId: "w", workflowType: "t", taskQueue: "q" };
 

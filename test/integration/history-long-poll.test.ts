@@ -9,8 +9,9 @@ import { eventually } from "../support/eventually";
 import { holdingReads, type Hold } from "../support/holding-reads";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(60_000);
+setDefaultTimeout(serverStartTimeout);
 
 for (const store of await testStores()) {
   describe(`history long poll on ${store}`, () => {

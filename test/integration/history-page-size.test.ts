@@ -12,8 +12,9 @@ import { rowsOf } from "../../src/persistence/migrate";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { toastBlocksFetched } from "../support/toast";
 import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(120_000);
+setDefaultTimeout(serverStartTimeout);
 
 const NS = "paged";
 const T = { workflowType: "T", taskQueue: "q" };

@@ -8,8 +8,9 @@ import { testEnv } from "../support/env";
 import { createTestDatabase } from "../support/postgres";
 import { startTestCluster } from "../support/server";
 import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(120_000);
+setDefaultTimeout(serverStartTimeout);
 
 const removals: (() => Promise<unknown>)[] = [];
 afterAll(async () => {

@@ -8,8 +8,9 @@ import { eventually } from "../support/eventually";
 import { holdingReads } from "../support/holding-reads";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(60_000);
+setDefaultTimeout(serverStartTimeout);
 
 /** Expects the lookup to fail as a namespace that does not exist. */
 async function missing(lookup: Promise<NamespaceRecord>, name: string): Promise<void> {

@@ -9,8 +9,9 @@ import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { namespaces } from "../../src/persistence/schema";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(60_000);
+setDefaultTimeout(serverStartTimeout);
 
 
 for (const store of await testStores()) {

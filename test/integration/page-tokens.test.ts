@@ -7,8 +7,9 @@ import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { rejects } from "../support/rejects";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(60_000);
+setDefaultTimeout(serverStartTimeout);
 
 const T = { workflowType: "t", taskQueue: "q" };
 const token = (value: unknown) => new TextEncoder().encode(JSON.stringify(value));

@@ -6,8 +6,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { clusterConfigYaml, freePort, repoRoot, startClusterProcess, type ClusterProcess } from "../../scripts/lib/cluster-process";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(120_000);
+setDefaultTimeout(serverStartTimeout);
 
 const dir = mkdtempSync(join(tmpdir(), "tern-first-start-"));
 const running: ClusterProcess[] = [];

@@ -13,8 +13,9 @@ import { rejects } from "../support/rejects";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { startTcpProxyFor } from "../support/tcp-proxy";
 import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(60_000);
+setDefaultTimeout(serverStartTimeout);
 
 const T = { workflowType: "t", taskQueue: "q" };
 const stores = await testStores();

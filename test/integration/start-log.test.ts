@@ -1,7 +1,10 @@
-import { expect, test } from "bun:test";
+import { expect, setDefaultTimeout, test } from "bun:test";
 import { createLogger } from "../../src/observability/log";
 import { startTestCluster } from "../support/server";
 import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
+
+setDefaultTimeout(serverStartTimeout);
 
 for (const store of await testStores()) {
   test(`a start says which database it opens before it opens it (${store}): a first PGlite start was seconds of silence`, async () => {

@@ -7,8 +7,9 @@ import { newDataLocation, startTestCluster, type TestCluster } from "../support/
 import { testStores } from "../support/stores";
 import { createTestDatabase } from "../support/postgres";
 import { startPrivatePostgres } from "../../bench/lib/private-postgres";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(60_000);
+setDefaultTimeout(serverStartTimeout);
 
 const removals: (() => Promise<unknown>)[] = [];
 afterAll(async () => {

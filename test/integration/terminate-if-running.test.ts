@@ -8,8 +8,9 @@ import { rejects } from "../support/rejects";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { expectTerminatedFor } from "../support/terminated-for";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(60_000);
+setDefaultTimeout(serverStartTimeout);
 
 const T = { workflowType: "order", taskQueue: "q" };
 const TIR = WorkflowIdReusePolicy.TERMINATE_IF_RUNNING;

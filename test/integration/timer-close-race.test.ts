@@ -17,9 +17,9 @@ import { executions, historyEvents, timerTasks } from "../../src/persistence/sch
 import { eventually } from "../support/eventually";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
 
-// beforeAll starts a PGlite server: one took more than 30 s on a loaded host (cleanup.test.ts, 2026-12-07).
-setDefaultTimeout(90_000);
+setDefaultTimeout(serverStartTimeout);
 
 /**
  * tx, whose second statement on a run's row or a timer waits for gate: held() is called when it

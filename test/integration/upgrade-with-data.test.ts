@@ -17,8 +17,9 @@ import { eventually } from "../support/eventually";
 import { migrationsFolder, newDataLocation, startTestCluster, type TestCluster } from "../support/server";
 import type { StoreKind } from "../support/stores";
 import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(120_000);
+setDefaultTimeout(serverStartTimeout);
 
 /** The last migration of the previous release (0b9400b). */
 const OLD_LAST = "0008_backfill_job_failed_runs";

@@ -8,8 +8,9 @@ import { json, unjson } from "../support/payload";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { rejects } from "../support/rejects";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(60_000);
+setDefaultTimeout(serverStartTimeout);
 
 const T = { workflowType: "order", taskQueue: "q" };
 

@@ -6,8 +6,9 @@ import { eventually } from "../support/eventually";
 import { rejects } from "../support/rejects";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(60_000);
+setDefaultTimeout(serverStartTimeout);
 
 for (const store of await testStores()) {
   describe(`connecting clusters on ${store}`, () => {

@@ -8,8 +8,9 @@ import { eventually } from "../support/eventually";
 import { startLinkedPair } from "../support/linked-pair";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(120_000);
+setDefaultTimeout(serverStartTimeout);
 
 /** x's series of the gauge name for remote (its remote_cluster or source_cluster), read from /metrics. */
 async function seriesOf(x: TestCluster, name: string, remote: string): Promise<number[]> {

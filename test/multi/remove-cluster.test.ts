@@ -13,8 +13,9 @@ import { createGate } from "../support/gate";
 import { rejects } from "../support/rejects";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(120_000);
+setDefaultTimeout(serverStartTimeout);
 
 /** x's replication_outbound_tasks_lag series for remote, read from /metrics: how many, and their sum. */
 async function outboundLag(x: TestCluster, remote: string): Promise<[number, number]> {

@@ -11,8 +11,9 @@ import { eventually } from "../support/eventually";
 import { createTestDatabase } from "../support/postgres";
 import { testStores } from "../support/stores";
 import { startTcpProxyFor, type TcpProxy } from "../support/tcp-proxy";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(120_000);
+setDefaultTimeout(serverStartTimeout);
 
 /** The entry's grace for open requests after a stop signal (src/entry/boot.ts). */
 const GRACE_MS = 5_000;

@@ -9,8 +9,9 @@ import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { addr, connectAll, eventuallyOn, expectActiveOn, startClusters } from "../failover/mesh";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(120_000);
+setDefaultTimeout(serverStartTimeout);
 
 const T = { workflowType: "order", taskQueue: "q" };
 const wf = (x: TestCluster) => x.client(WorkflowService);

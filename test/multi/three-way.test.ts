@@ -12,8 +12,9 @@ import { startTestCluster, type TestCluster } from "../support/server";
 import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy";
 import { testStores, type StoreKind } from "../support/stores";
 import { addr, connectAll, describeOn, expectActiveOn, startClusters } from "../failover/mesh";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(120_000);
+setDefaultTimeout(serverStartTimeout);
 
 const NS = "orders";
 const T = { workflowType: "order", taskQueue: "q" };

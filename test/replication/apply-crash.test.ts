@@ -12,8 +12,9 @@ import { createGate } from "../support/gate";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { addr, expectSameHistories, globalNamespace, historiesOf, lastTaskIds } from "./support";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(120_000);
+setDefaultTimeout(serverStartTimeout);
 
 const SHARDS = 4;
 const NS = "orders";

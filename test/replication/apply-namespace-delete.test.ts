@@ -14,8 +14,9 @@ import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { holdingOpen, mergeGate, type MergeGate } from "./dlq-faults";
 import { checkedApplier, globalNamespace, lastTaskIds } from "./support";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(60_000);
+setDefaultTimeout(serverStartTimeout);
 
 /** What B logs of a task that failed past its retries while its namespace was deleted. */
 const DROPPED = "replication task failed past its retries, its namespace deleted here meanwhile: acked, not moved to the DLQ";

@@ -12,8 +12,9 @@ import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { addr, connectBothWays, expectSameHistories, globalNamespace } from "./support";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(60_000);
+setDefaultTimeout(serverStartTimeout);
 
 const NS = "orders";
 /** New runs started on A while B's connection is off: a catch-up page of starts when it comes back. */

@@ -4,9 +4,9 @@ import { createReplicationCleanup } from "../../replication/cleanup";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { clusterMetadata, namespaceReplicationTasks, replicationAckLevels, replicationTasks } from "../../src/persistence/schema";
 import { startTestCluster, type TestCluster } from "../support/server";
+import { serverStartTimeout } from "../support/timeouts";
 
-// A PGlite server start took more than 30 s on a loaded host (this file's, 2026-12-07).
-setDefaultTimeout(90_000);
+setDefaultTimeout(serverStartTimeout);
 
 describe("replication task cleanup without a peer pulling", () => {
   let c: TestCluster;

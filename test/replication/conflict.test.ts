@@ -8,8 +8,9 @@ import { tern } from "../backfill/support";
 import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(120_000);
+setDefaultTimeout(serverStartTimeout);
 
 const NS = "orders";
 const wf = (x: TestCluster) => x.client(WorkflowService);

@@ -6,8 +6,9 @@ import { eventually } from "../support/eventually";
 import { startProxiedCluster } from "../support/proxied-cluster";
 import { startTestCluster } from "../support/server";
 import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(90_000);
+setDefaultTimeout(serverStartTimeout);
 
 const cleanups: (() => Promise<unknown>)[] = [];
 afterAll(async () => {

@@ -9,8 +9,9 @@ import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { faultyApplier, mergeGate, type MergeGate } from "./dlq-faults";
 import { globalNamespace } from "./support";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(90_000);
+setDefaultTimeout(serverStartTimeout);
 
 const NS = "payments";
 

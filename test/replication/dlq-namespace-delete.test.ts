@@ -12,8 +12,9 @@ import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { faultyApplier, holdingOpen, mergeGate, type MergeGate } from "./dlq-faults";
 import { globalNamespace } from "./support";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(90_000);
+setDefaultTimeout(serverStartTimeout);
 
 /** A namespace deleted on a cluster it left, while that cluster's replication DLQ holds entries of it. */
 for (const store of await testStores()) {

@@ -8,8 +8,9 @@ import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { checkedApplier, expectSameHistories, globalNamespace } from "./support";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(90_000);
+setDefaultTimeout(serverStartTimeout);
 
 const NS = "restarts";
 const WF = "terminated-then-started";

@@ -14,8 +14,9 @@ import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { faultyApplier, mergeGate, type MergeGate } from "./dlq-faults";
 import { addr, expectSameHistories, globalNamespace, historiesOf, lastTaskIds } from "./support";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(90_000);
+setDefaultTimeout(serverStartTimeout);
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
 const NS = "payments";

@@ -7,8 +7,9 @@ import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { addr, connectBothWays, expectSameHistories, globalNamespace, historiesOf } from "./support";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(60_000);
+setDefaultTimeout(serverStartTimeout);
 
 const NS = "orders";
 const RUNS = ["gap-0", "gap-1", "gap-2"];

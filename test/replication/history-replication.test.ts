@@ -17,9 +17,9 @@ import { rejects } from "../support/rejects";
 import { newDataLocation, startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { addr, connectBothWays, expectSameHistories, globalNamespace } from "./support";
+import { serverStartTimeout } from "../support/timeouts";
 
-// beforeAll starts two PGlite servers at once: under CPU load that took more than 60 s (3 runs of 4, 2026-12-07).
-setDefaultTimeout(120_000);
+setDefaultTimeout(serverStartTimeout);
 
 const NS = "orders";
 const hour = create(DurationSchema, { seconds: 3600n });

@@ -12,8 +12,9 @@ import { createGate } from "../support/gate";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { addr, globalNamespace, historiesOf } from "./support";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(90_000);
+setDefaultTimeout(serverStartTimeout);
 
 const NS = "uploads";
 const MiB = 1 << 20;

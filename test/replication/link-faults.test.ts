@@ -17,8 +17,9 @@ import type { TestCluster, TestClusterOptions } from "../support/server";
 import { testStores, type StoreKind } from "../support/stores";
 import type { TcpProxy } from "../support/tcp-proxy";
 import { expectSameHistories, historiesOf, lastTaskIds } from "./support";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(90_000);
+setDefaultTimeout(serverStartTimeout);
 
 const NS = "orders";
 type Line = { level: string; msg: string; error?: string };

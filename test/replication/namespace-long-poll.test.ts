@@ -8,8 +8,9 @@ import { eventually } from "../support/eventually";
 import { holdingReads } from "../support/holding-reads";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(60_000);
+setDefaultTimeout(serverStartTimeout);
 
 for (const store of await testStores()) {
   describe(`namespace long poll on ${store}`, () => {

@@ -12,8 +12,9 @@ import { createGate } from "../support/gate";
 import { rejects } from "../support/rejects";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(90_000);
+setDefaultTimeout(serverStartTimeout);
 
 /**
  * A global namespace deleted on its active cluster and registered again there (a new id), while a

@@ -11,8 +11,9 @@ import { json } from "../support/payload";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { addr } from "./support";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(60_000);
+setDefaultTimeout(serverStartTimeout);
 
 const task = (taskId: number, o: Partial<CommittedTask> = {}): CommittedTask => {
   const events = o.events ?? [{ attributes: { case: "markerRecordedEventAttributes", value: { markerName: "m" } as never } }];

@@ -12,8 +12,9 @@ import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { addr, connectBothWays, expectSameHistories, globalNamespace } from "./support";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(60_000);
+setDefaultTimeout(serverStartTimeout);
 
 const NS = "orders";
 const hour = create(DurationSchema, { seconds: 3600n });

@@ -8,8 +8,9 @@ import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { addr } from "./support";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(60_000);
+setDefaultTimeout(serverStartTimeout);
 
 for (const store of await testStores()) {
   describe(`pipelined pull on ${store}: the source acks what the peer applied, not what it fetched`, () => {

@@ -19,8 +19,9 @@ import { rejects } from "../support/rejects";
 import type { TestCluster, TestClusterOptions } from "../support/server";
 import { testStores, type StoreKind } from "../support/stores";
 import { addr, globalNamespace, historiesOf, lastTaskIds } from "./support";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(90_000);
+setDefaultTimeout(serverStartTimeout);
 
 const SHARDS = 4;
 const NS = "orders";

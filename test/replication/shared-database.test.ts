@@ -12,8 +12,9 @@ import { startTestCluster, type TestCluster } from "../support/server";
 import { rejects } from "../support/rejects";
 import { testStores } from "../support/stores";
 import { addr, connectBothWays, expectSameHistories, globalNamespace } from "./support";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(60_000);
+setDefaultTimeout(serverStartTimeout);
 
 // PGlite is one process's database; PostgreSQL may serve several servers of one cluster.
 for (const store of (await testStores()).filter((s) => s === "postgres")) {

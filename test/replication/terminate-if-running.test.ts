@@ -9,8 +9,9 @@ import { testStores } from "../support/stores";
 import { expectTerminatedFor } from "../support/terminated-for";
 import { expectActiveOn, startOrdersPair } from "../failover/mesh";
 import { expectSameHistories } from "./support";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(90_000);
+setDefaultTimeout(serverStartTimeout);
 
 const T = { workflowType: "order", taskQueue: "q" };
 const TIR = WorkflowIdReusePolicy.TERMINATE_IF_RUNNING;

@@ -14,9 +14,9 @@ import { createMetrics } from "../../src/observability/metrics";
 import { executions, namespaces, timerTasks } from "../../src/persistence/schema";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
 
-// beforeAll starts a PGlite server: one took more than 30 s on a loaded host (cleanup.test.ts, 2026-12-07).
-setDefaultTimeout(90_000);
+setDefaultTimeout(serverStartTimeout);
 
 for (const store of await testStores()) {
   describe(`timer queue on a passive cluster (${store})`, () => {

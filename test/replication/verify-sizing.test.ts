@@ -13,8 +13,9 @@ import { json } from "../support/payload";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { historyToast, toastBlocksFetched } from "../support/toast";
 import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(120_000);
+setDefaultTimeout(serverStartTimeout);
 
 const NS = "sized";
 const T = { workflowType: "T", taskQueue: "q" };

@@ -14,8 +14,9 @@ import { json } from "../support/payload";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { addr, expectSameHistories, globalNamespace } from "./support";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(120_000);
+setDefaultTimeout(serverStartTimeout);
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
 const NS = "ledger";

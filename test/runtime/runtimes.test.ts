@@ -14,6 +14,7 @@ import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { eventually } from "../support/eventually";
 import { lockReleased, repoRoot, serverEntries, startServerProcess, type ServerProcess } from "./server-process";
+import { serverStartTimeout } from "../support/timeouts";
 
 const inCI = process.env.CI === "true";
 
@@ -55,7 +56,7 @@ for (const runtime of runtimes) {
       expect(await server.stop("SIGTERM")).toBe(0);
       expect(server.output()).toContain(`"msg":"stopped"`);
       expect(lockReleased(server.dataDir)).toBe(true);
-    }, 40_000);
+    }, serverStartTimeout);
   });
 }
 

@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { eventually } from "../support/eventually";
 import { newDataLocation, testConfigYaml } from "../support/server";
+import { processStartWait } from "../support/timeouts";
 
 export const repoRoot = fileURLToPath(new URL("../..", import.meta.url));
 
@@ -88,7 +89,7 @@ export interface StartingServerProcess {
 /** Spawns `cmd --config <temp config>` without waiting for it (see startServerProcess). */
 export async function spawnServerProcess(
   cmd: string[],
-  { timeout = 30_000, sharedPort = false, databaseUrl, args = [], env = {} }: ServerProcessOptions = {},
+  { timeout = processStartWait, sharedPort = false, databaseUrl, args = [], env = {} }: ServerProcessOptions = {},
 ): Promise<StartingServerProcess> {
   const data = await newDataLocation("pglite");
   const configPath = join(data.location, "tern.yaml");

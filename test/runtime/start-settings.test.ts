@@ -3,9 +3,9 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startClusterProcess } from "../../scripts/lib/cluster-process";
+import { serverStartTimeout } from "../support/timeouts";
 
-// Each test starts a PGlite process, whose start may take up to startClusterProcess's 90 s on a loaded host.
-setDefaultTimeout(120_000);
+setDefaultTimeout(serverStartTimeout);
 
 /** The environment of a running process, from /proc. */
 const environOf = (pid: number) => new Map(readFileSync(`/proc/${pid}/environ`, "utf8").split("\0").filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)]));

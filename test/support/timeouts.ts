@@ -1,0 +1,9 @@
+/**
+ * What a test file that starts servers (in process or as processes) gives its hooks and tests, by
+ * setDefaultTimeout or a hook's own timeout: on a loaded 2-core host one PGlite start took over
+ * 30 s (cleanup.test.ts), two started at once over 60 s (history-replication.test.ts), 2026-12-07.
+ */
+export const serverStartTimeout = 120_000;
+
+/** How long a server process is awaited (its started line, /health 200) unless told: as scripts/lib/cluster-process.ts. */
+export const processStartWait = 90_000;
