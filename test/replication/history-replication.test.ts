@@ -159,20 +159,42 @@ for (const store of await testStores()) {
     });
 
     test("CaughtUpLongPollWakesOnCommit: a poll past every task waits, and a commit on its shard answers it at once", async () => {
-      const wf = a.client(WorkflowService);
-      await wf.startWorkflowExecution({ namespace: NS, workflowId: "poll-1", workflowType: "Order", taskQueue: "q" });
-      const shardId = shardFor(nsId, "poll-1", 4);
-      const admin = a.client(AdminService);
-      const pull = (after: bigint, waitTimeoutMs: number) =>
-        admin.getReplicationTasks({ shardId, afterTaskId: after, pageSize: 10, includeEvents: true, clusterName: "clusterB", waitTimeoutMs });
-      const { maxTaskId } = await pull(0n, 0);
-      const waiting = pull(maxTaskId, 15_000).then((page) => ({ page, at: performance.now() }));
-      await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: run("poll-1"), signalName: "wake" });
-      const acked = performance.now();
-      const { page, at } = await waiting;
-      // Woken by the commit, not found by the sender's re-read a second into the poll.
-      expect(at - acked).toBeLessThan(500);
-      expect(page.tasks.map((t) => [t.workflowId, Number(t.firstEventId)])).toEqual([["poll-1", 2]]);
+      // A source of its own whose sender re-reads a caught-up shard once a minute, past the poll's
+      // 15 s wait: the task comes within the wait by the commit's wake alone. (clusterA re-reads
+      // each second: an answer within 500 ms of the signal's could be either, and the wake, on a
+      // loaded host, may take longer.) The signal commits once the poll has reached it.
+      let reachedC = () => {};
+      const polled = new Promise<void>((r) => (reachedC = r));
+      let armed = false;
+      const c = await startTestCluster({
+        store, name: "clusterC", initialFailoverVersion: 3, shards: 4,
+        serverOptions: {
+          replication: { senderRecheckMs: 60_000, beforeShardPage: async () => void (armed && reachedC()) },
+          beforeCommit: (operation) => (operation === "SignalWorkflowExecution" ? polled : undefined),
+        },
+      });
+      try {
+        await c.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b) });
+        const wf = c.client(WorkflowService);
+        await wf.registerNamespace({ namespace: "polled", isGlobalNamespace: true, clusters: ["clusterC", "clusterB"] });
+        const id = (await wf.describeNamespace({ namespace: "polled" })).namespace!.namespaceInfo!.id;
+        await wf.startWorkflowExecution({ namespace: "polled", workflowId: "poll-1", workflowType: "Order", taskQueue: "q" });
+        const shardId = shardFor(id, "poll-1", 4);
+        const admin = c.client(AdminService);
+        const pull = (after: bigint, waitTimeoutMs: number) =>
+          admin.getReplicationTasks({ shardId, afterTaskId: after, pageSize: 10, includeEvents: true, clusterName: "clusterB", waitTimeoutMs });
+        const { maxTaskId } = await pull(0n, 0);
+        armed = true;
+        const sent = performance.now();
+        const waiting = pull(maxTaskId, 15_000).then((page) => ({ page, at: performance.now() }));
+        await wf.signalWorkflowExecution({ namespace: "polled", workflowExecution: run("poll-1"), signalName: "wake" });
+        const { page, at } = await waiting;
+        expect(page.tasks.map((t) => [t.workflowId, Number(t.firstEventId)])).toEqual([["poll-1", 2]]);
+        // Well within the wait (it would have answered empty at its end).
+        expect(at - sent).toBeLessThan(7_500);
+      } finally {
+        await c.destroy();
+      }
     });
 
     test("PassiveRestartResumes: B stopped mid-stream comes back with no gap and no duplicate", async () => {
