@@ -104,11 +104,24 @@ for (const store of await testStores()) {
       const child = Bun.spawn(["node", "bin/tern", "--address", addr, "workflow", "show", "-n", "follow", "-w", "f", "--follow", "-o", "json"], {
         cwd: root, stdout: "pipe", stderr: "pipe",
       });
-      await new Promise((r) => setTimeout(r, 1500));
+      const reader = child.stdout.getReader();
+      const decoder = new TextDecoder();
+      let out = "";
+      const readOn = async (until: () => boolean) => {
+        while (!until()) {
+          const { value, done } = await reader.read();
+          if (done) return;
+          out += decoder.decode(value, { stream: true });
+        }
+      };
+      // Its first line (the history so far) is out: the follower runs, and what comes next it streams.
+      await readOn(() => out.includes("\n"));
+      expect(out.split("\n")).toHaveLength(2);
       await ok("workflow", "signal", "-n", "follow", "-w", "f", "--name", "late");
       await ok("workflow", "complete", "-n", "follow", "-w", "f", "--result", '"fine"');
+      await readOn(() => false);
       const code = await child.exited;
-      const lines = (await new Response(child.stdout).text()).trim().split("\n").map((l) => JSON.parse(l).eventType);
+      const lines = out.trim().split("\n").map((l) => JSON.parse(l).eventType);
       expect(code).toBe(0);
       expect(lines).toEqual([
         "EVENT_TYPE_WORKFLOW_EXECUTION_STARTED",
