@@ -147,10 +147,11 @@ for (const store of await testStores()) {
         await start(a, "before-wait");
         const failing = failover(a, "clusterB", 2).catch((e) => e);
         await eventually(async () => expect(await state(a)).toBe(ReplicationState.HANDOVER));
-        const started = Date.now();
         const res = await start(a, "during-handover");
         expect(res.runId).not.toBe("");
-        expect(Date.now() - started).toBeGreaterThan(200); // it waited for the handover to end
+        // It waited for the handover to end (at the failover's 2 s timeout): one let through
+        // would find it still on.
+        expect(await state(a)).toBe(ReplicationState.NORMAL);
         expect(await failing).toBeInstanceOf(Error);
         expect(await state(a)).toBe(ReplicationState.NORMAL);
       } finally {
@@ -234,7 +235,7 @@ for (const store of await testStores()) {
         const opened = performance.now();
         const res = await asked;
         // Answered as the switch activates A, well within the 5 s the wait is bounded by.
-        if (held) expect(performance.now() - opened).toBeLessThan(1_000);
+        if (held) expect(performance.now() - opened).toBeLessThan(2_500);
         expect((await describeOn(a, "orders")).failoverVersion).toBe(res.namespace!.failoverVersion);
         expect(a.server.changedHookCount()).toBe(hooks);
       }
