@@ -42,7 +42,8 @@ for (const store of await testStores()) {
         clusters: createClusterDirectory(db, a.server.cluster),
         notifier: wake,
         log: a.server.log,
-        recheckMs: 10_000,
+        // Past the failover's 20 s: only the wake can end its wait in a switch.
+        recheckMs: 60_000,
         // Its lock as a server's: without it, A's reset of abandoned HANDOVERs (every 2 s) found
         // this failover's lock free and put the namespace back to NORMAL under it (CI, 2026-12-07).
         withSessionLock: (key, fn, taken) => a.server.database.withSessionLock(key, fn, taken),
@@ -62,8 +63,9 @@ for (const store of await testStores()) {
       wake.notify(ackKey("clusterB"));
       const { r, at } = await running;
       expect(r.namespace.activeClusterName).toBe("clusterB");
-      // Not the 10 s re-read.
-      expect(at).toBeLessThan(3_000);
+      // Woken (the re-read is a minute away, past the failover's 20 s): at once, within half of it
+      // (the span holds the test's own reads and writes).
+      expect(at).toBeLessThan(10_000);
     });
   });
 
@@ -82,7 +84,8 @@ for (const store of await testStores()) {
       await eventually(async () => expect(await state()).toBe("HANDOVER"));
       const t0 = performance.now();
       await a.server.endLongPolls();
-      expect(performance.now() - t0).toBeLessThan(3_000);
+      // At once, not at the failover's 60 s.
+      expect(performance.now() - t0).toBeLessThan(10_000);
       await rejects(failing, Code.Unavailable, "cluster clusterA is shutting down: graceful failover of namespace orders to clusterB abandoned");
       expect(await state()).toBe("NORMAL");
       await rejects(op.failoverNamespace({ namespace: "orders", targetCluster: "clusterB" }), Code.Unavailable, "no graceful failover starts here now");
