@@ -125,8 +125,10 @@ for (const store of await testStores()) {
         Code.FailedPrecondition,
         "graceful failover of namespace orders to clusterB (version 2) was overtaken by a later failover to clusterC (version 3) before clusterB heard of it: orders is active in clusterC",
       );
-      // As B applies C's change (before: at B's next read of the namespace, up to 1 s later, with A's answer: active in B).
-      expect(answeredAt - overtaken).toBeLessThan(1_000);
+      // As B applies C's change (before: at B's next read of the namespace, up to 1 s later, with
+      // A's answer: active in B): the answer says so; the time only that it did not wait out the
+      // failover's 10 s, at half of it (C's change reaches B through its namespace poll of C).
+      expect(answeredAt - overtaken).toBeLessThan(5_000);
       const here = await describeOn(b, "orders");
       expect([here.replicationConfig!.activeClusterName, here.failoverVersion]).toEqual(["clusterC", 3n]);
       link.failPaths(undefined);
