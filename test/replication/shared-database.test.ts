@@ -56,13 +56,17 @@ for (const store of (await testStores()).filter((s) => s === "postgres")) {
       try {
         // Each round commits a task through a (its tail holds it) and asks a for it: sent from
         // memory until a's last database page that found clusterB enabled is a second old.
+        // Timed by the last pull still served, as it was asked: not by the rounds' own pace.
+        let servedAskedAt = disabled;
         await eventually(async () => {
           await a.client(WorkflowService).signalWorkflowExecution({ namespace: "shared", workflowExecution: { workflowId: "x0" }, signalName: "after-disable" });
+          const asked = performance.now();
           const page = pull(last);
+          page.then(() => (servedAskedAt = asked), () => {});
           last += 1n;
           await rejects(page, Code.FailedPrecondition, "replication with cluster clusterB is disabled on clusterA");
         }, { timeout: 10_000, interval: 50 });
-        expect(performance.now() - disabled).toBeLessThan(3_000);
+        expect(servedAskedAt - disabled).toBeLessThan(3_000);
       } finally {
         await a2.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: true });
         await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(a), enableRemoteClusterConnection: true });
