@@ -9,8 +9,9 @@ import { eventually } from "../support/eventually";
 import { rejects } from "../support/rejects";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
 
-setDefaultTimeout(90_000);
+setDefaultTimeout(serverStartTimeout);
 
 /** Registers name on x, global, listing clusters; its id. */
 const register = (x: TestCluster, name: string, clusters: string[]) =>
