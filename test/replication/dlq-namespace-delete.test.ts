@@ -97,60 +97,46 @@ for (const store of await testStores()) {
     /** Holds a transaction of B's pool open (holdingOpen). */
     const holding = (hold: string, params: unknown[]) => holdingOpen(b.server.database.db, hold, params);
 
-    test.skipIf(store !== "postgres")("TestDeleteNamespaceAnswersOkWhenTheGaugeReadFails: the delete made, a failed read of replication_dlq_size after it is logged", async () => {
-      const nsId = await leftWithEntries("blip", "w3", 1);
-      // The delete held at its DLQ rows, then a table lock queued behind it, which the gauge's read after its commit waits for.
+    /**
+     * Runs call (a delete or purge of nsId's entries) held at the entries' row, with a table lock
+     * queued behind it, so that replication_dlq_size's read after its commit waits; that read is
+     * cancelled (the blip). What call answered, or its error's message; checks the read was logged.
+     */
+    async function withTheGaugeReadCancelled<T>(nsId: string, call: () => Promise<T>): Promise<T | string> {
+      const logged = bLog.filter((l) => l.msg === "reading the replication DLQ size failed").length;
       const row = holding("select 1 from replication_dlq where namespace_id = $1 for update", [nsId]);
       let table: ReturnType<typeof holding> | undefined;
       try {
         await row.taken;
-        const deleting = b.client(OperatorService).deleteNamespace({ namespace: "blip" }).then((r) => r.deletedExecutions, (e: Error) => e.message);
+        const answer = call().catch((e: Error) => e.message);
         await eventually(async () => expect(await lockWaits()).toBe(1));
         table = holding("lock table replication_dlq in access exclusive mode", []);
         await eventually(async () => expect(await lockWaits()).toBe(2));
         row.release();
         await table.taken;
-        // The blip: the gauge's read is cancelled.
         const cancelled = async () =>
           (await runStatement(b.server.database.db, `select pg_cancel_backend(pid) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like '%from "replication_dlq" group by%'`, [])).length;
         await eventually(async () => expect(await cancelled()).toBe(1));
-        // Before: the delete, made, answered "canceling statement due to user request". (Its run was in the DLQ only.)
-        expect(await deleting).toBe(0n);
+        return await answer;
       } finally {
         row.release();
         table?.release();
         await Promise.all([row.done, table?.done]);
+        expect(await entriesOf(nsId)).toEqual([]);
+        expect(bLog.filter((l) => l.msg === "reading the replication DLQ size failed").length).toBe(logged + 1);
       }
-      expect(await entriesOf(nsId)).toEqual([]);
-      expect(bLog.map((l) => l.msg)).toContain("reading the replication DLQ size failed");
+    }
+
+    test.skipIf(store !== "postgres")("TestDeleteNamespaceAnswersOkWhenTheGaugeReadFails: the delete made, a failed read of replication_dlq_size after it is logged", async () => {
+      const nsId = await leftWithEntries("blip", "w3", 1);
+      // Before: the delete, made, answered "canceling statement due to user request". (Its run was in the DLQ only.)
+      expect(await withTheGaugeReadCancelled(nsId, () => b.client(OperatorService).deleteNamespace({ namespace: "blip" }).then((r) => r.deletedExecutions))).toBe(0n);
     });
 
     test.skipIf(store !== "postgres")("TestPurgeAnswersOkWhenTheGaugeReadFails: the entries purged, a failed read of replication_dlq_size after it is logged", async () => {
       const nsId = await leftWithEntries("purged", "w5", 1);
-      const logged = bLog.filter((l) => l.msg === "reading the replication DLQ size failed").length;
-      // As the delete's test: the purge held at the entry, a table lock queued behind it, the gauge's read after the commit waits for it.
-      const row = holding("select 1 from replication_dlq where namespace_id = $1 for update", [nsId]);
-      let table: ReturnType<typeof holding> | undefined;
-      try {
-        await row.taken;
-        const purging = b.client(AdminService).purgeReplicationDlq({ sourceCluster: "clusterA" }).then((r) => r.purged, (e: Error) => e.message);
-        await eventually(async () => expect(await lockWaits()).toBe(1));
-        table = holding("lock table replication_dlq in access exclusive mode", []);
-        await eventually(async () => expect(await lockWaits()).toBe(2));
-        row.release();
-        await table.taken;
-        const cancelled = async () =>
-          (await runStatement(b.server.database.db, `select pg_cancel_backend(pid) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like '%from "replication_dlq" group by%'`, [])).length;
-        await eventually(async () => expect(await cancelled()).toBe(1));
-        // Before: the purge, made, answered "canceling statement due to user request", and a retry found nothing to purge.
-        expect(await purging).toBe(1n);
-      } finally {
-        row.release();
-        table?.release();
-        await Promise.all([row.done, table?.done]);
-      }
-      expect(await entriesOf(nsId)).toEqual([]);
-      expect(bLog.filter((l) => l.msg === "reading the replication DLQ size failed").length).toBe(logged + 1);
+      // Before: the purge, made, answered "canceling statement due to user request", and a retry found nothing to purge.
+      expect(await withTheGaugeReadCancelled(nsId, () => b.client(AdminService).purgeReplicationDlq({ sourceCluster: "clusterA" }).then((r) => r.purged))).toBe(1n);
     });
   });
 }
