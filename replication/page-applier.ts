@@ -172,8 +172,9 @@ export function createPageApplier(deps: PageApplierDeps) {
     const labels = { remote_cluster: remote.name };
     if (done.held.length) await dlq.refreshGauge();
     const now = Date.now();
-    const held = new Set(done.held);
-    const landed = tasks.filter((t) => !held.has(t));
+    // A page with none held (nearly all): its tasks as they are, no set and no copy per page.
+    const held = done.held.length ? new Set(done.held) : undefined;
+    const landed = held ? tasks.filter((t) => !held.has(t)) : tasks;
     for (const t of landed) if (t.createTime) metrics.observe("replication_latency", labels, (now - timestampDate(t.createTime).getTime()) / 1000);
     metrics.inc("replication_tasks_applied", labels, landed.length);
     for (const runId of new Set(done.grown)) deps.notifier.notify(runId);
