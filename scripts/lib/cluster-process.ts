@@ -10,6 +10,9 @@ import { fileURLToPath } from "node:url";
 /** The repository root (where bin/tern and src/main.ts are). */
 export const repoRoot = fileURLToPath(new URL("../..", import.meta.url));
 
+/** How long a cluster process is awaited (/health 200) unless told: a PGlite process's first start took more than 30 s on a loaded host. */
+export const PROCESS_START_WAIT_MS = 90_000;
+
 /** What makes one cluster of a multi-cluster set-up different from the others. */
 export interface ClusterProcessOptions {
   /** clusterMetadata.currentClusterName, e.g. "clusterA". */
@@ -19,7 +22,7 @@ export interface ClusterProcessOptions {
   dir: string;
   failoverVersionIncrement?: number;
   shards?: number;
-  /** How long to wait for /health (default 90 s: a PGlite process's first start took more than 30 s on a loaded host). */
+  /** How long to wait for /health (default PROCESS_START_WAIT_MS). */
   startTimeoutMs?: number;
   /** Listen on this port (a restart keeps its address); default: a free one. */
   port?: number;
@@ -195,7 +198,7 @@ export async function startClusterProcess(o: ClusterProcessOptions): Promise<Clu
     },
   };
   try {
-    await waitHealthy(address, exited, o.startTimeoutMs ?? 90_000);
+    await waitHealthy(address, exited, o.startTimeoutMs ?? PROCESS_START_WAIT_MS);
     return proc;
   } catch (e) {
     const died = exited();

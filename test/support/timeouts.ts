@@ -1,3 +1,5 @@
+import { PROCESS_START_WAIT_MS } from "../../scripts/lib/cluster-process";
+
 /**
  * What a test file that starts servers (in process or as processes) gives its hooks and tests, by
  * setDefaultTimeout or a hook's own timeout: on a loaded 2-core host one PGlite start took over
@@ -5,5 +7,5 @@
  */
 export const serverStartTimeout = 120_000;
 
-/** How long a server process is awaited (its started line, /health 200) unless told: as scripts/lib/cluster-process.ts. */
-export const processStartWait = 90_000;
+/** How long a server process is awaited (its started line, /health 200) unless told: the demo's and runbook's cluster processes' wait. */
+export const processStartWait = PROCESS_START_WAIT_MS;
