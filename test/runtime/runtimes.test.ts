@@ -29,7 +29,7 @@ if (!deno!.present && !inCI) console.warn("\n!!! deno not installed (npm i): the
 
 beforeAll(async () => {
   await buildRuntimes();
-}, 30_000);
+}, serverStartTimeout);
 
 test("every runtime is installed (CI requires node and deno)", () => {
   const missing = runtimes.filter((r) => !r.present).map((r) => r.name);

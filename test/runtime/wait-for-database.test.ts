@@ -9,6 +9,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { createServer } from "node:net";
 import { buildRuntimes } from "../../scripts/build-runtimes";
+import { serverStartTimeout } from "../support/timeouts";
 import { eventually } from "../support/eventually";
 import { testEnv } from "../support/env";
 import { createTestDatabase } from "../support/postgres";
@@ -38,7 +39,7 @@ describe.if((await testStores()).includes("postgres"))("a server whose PostgreSQ
   beforeAll(async () => {
     await buildRuntimes();
     target = await createTestDatabase("tern_wait");
-  }, 30_000);
+  }, serverStartTimeout);
   afterAll(() => target.drop());
   afterEach(async () => {
     await server?.destroy();
