@@ -25,6 +25,12 @@ test("output into a pipe whose reader is gone ends quietly with 0 (tern ... | he
   expect(code).toBe(0);
 });
 
+test("npx bun run cli, the README's same-as-tern command, writes only the CLI's own words on stderr: no `$ bun src/cli/main.ts` line of Bun's", async () => {
+  const child = Bun.spawn(["npx", "bun", "run", "cli", "nosuch"], { cwd: root, stdout: "pipe", stderr: "pipe" });
+  const [out, err, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
+  expect([code, out, err]).toEqual([2, "", `error: unknown command "nosuch" for "tern"\n(run 'tern --help' for usage)\n`]);
+});
+
 test("an --address that is not tern's Connect port is named as such: an HTTP/2-only port, a server that answers 404", async () => {
   // What the native gRPC port (h2c, HTTP/2 only) answers an HTTP/1.1 request with: a SETTINGS frame, then GOAWAY.
   const h2 = Bun.listen({
