@@ -44,7 +44,7 @@ export interface ServerOptions {
   wrapNamespaces?: (registry: NamespaceRegistry) => NamespaceRegistry;
   /** How long a call forwarded to the active cluster waits for its answer past its own work (default FORWARD_TIMEOUT_MS, 30 s). */
   forwardTimeoutMs?: number;
-  /** Replication knobs and fault injection (tests). */
+  /** Replication knobs (over the config's replication block) and fault injection (tests). */
   replication?: {
     /** Retry budget of a failing history task before it goes to the DLQ. */
     retry?: Partial<RetryPolicy>;
@@ -156,7 +156,9 @@ export async function createTernServer(config: Config, opts: ServerOptions): Pro
     await migrateChecked(database, opts.migrationsFolder, (migrations) => log.info("applied migrations", { migrations }));
     const cluster = await bootstrapCluster(database.db, config);
     await resetAbandonedHandovers(database.db, log);
-    return wire(config, opts, { log, now, database, cluster });
+    // The file's replication timings (replication:), under what the code gives (tests' hooks and knobs).
+    const replication = { ...config.replication, ...opts.replication };
+    return wire(config, { ...opts, replication }, { log, now, database, cluster });
   } catch (e) {
     await database.close();
     throw failure(e);

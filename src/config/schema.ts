@@ -122,6 +122,34 @@ const Limits = z.strictObject({
   namespaceRps: RateLimit.default({ rps: 2400, burst: 4800 }),
 });
 
+/** A timer's period in ms: at least 100 (less loops the work back to back), at most the longest a timer waits. */
+const timerMs = () => z.number().int().min(100).max(MAX_TIMER_MS).optional();
+
+/**
+ * Replication timings an operator may tune (README, "replication"); left out, the server's
+ * defaults (src/server.ts, ServerOptions.replication). Test hooks stay code options.
+ */
+const Replication = z.strictObject({
+  /**
+   * How long this cluster's streams and long polls ask a source to wait for news (default 10 s
+   * for histories, 20 s for the namespace queue). At most 30 s: a source holds none longer
+   * (namespace-sender.ts MAX_WAIT_MS), and peers refuse a failover to a cluster not heard past it.
+   */
+  waitMs: z.number().int().min(100).max(30_000).optional(),
+  /** How long past waitMs a silent stream is kept before it is opened again (default 5 s). */
+  silenceGraceMs: z.number().int().min(100).max(600_000).optional(),
+  /** How often acked replication tasks are deleted and replication_outbound_tasks_lag is set (default 10 s). */
+  cleanupIntervalMs: timerMs(),
+  /** How often held namespace replication tasks are tried again without a namespace delete here (default 60 s). */
+  heldRetryMs: timerMs(),
+  /** How long an idle backfill stream waits before it reads its jobs again (default 30 s). */
+  backfillIdleMs: timerMs(),
+  /** Tasks per shard page asked of a remote (default 200); a source sends at most 1000. */
+  pageSize: z.number().int().min(1).max(1000).optional(),
+  /** Most bytes of events per raw history page a backfill asks for (default 4 MiB, which a source never exceeds). */
+  historyPageBytes: z.number().int().min(1).max(4 << 20).optional(),
+});
+
 export const LogLevel = z.enum(["debug", "info", "warn", "error"]);
 export type LogLevel = z.infer<typeof LogLevel>;
 
@@ -138,6 +166,7 @@ export const Config = z.strictObject({
   dcRedirectionPolicy: z.strictObject({ policy: RedirectionPolicy.default("noop") }).default({ policy: "noop" }),
   limits: Limits.default(Limits.parse({})),
   log: z.strictObject({ level: LogLevel.default("info") }).default({ level: "info" }),
+  replication: Replication.default({}),
 });
 export type Config = z.infer<typeof Config>;
 export type DatastoreConfig = Config["persistence"]["datastore"];

@@ -35,7 +35,7 @@ describe("a start with a mistyped input", () => {
     const r = await runServerToExit(["--config", path]);
     expect([r.code, r.output.trim()]).toEqual([
       1,
-      `${path}: persistance: unknown key; the keys here are clusterMetadata, persistence, services, dcRedirectionPolicy, limits, log`,
+      `${path}: persistance: unknown key; the keys here are clusterMetadata, persistence, services, dcRedirectionPolicy, limits, log, replication`,
     ]);
     expect(existsSync(dataDir)).toBe(false);
   });

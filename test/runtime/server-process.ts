@@ -68,6 +68,8 @@ export interface ServerProcessOptions {
   args?: string[];
   /** Variables over the test's environment. */
   env?: Record<string, string>;
+  /** YAML added to the config (top-level keys), as startTestCluster's extraYaml. */
+  extraYaml?: string;
 }
 
 /** Starts `cmd --config <temp config>` and waits for its started line and GET /health 200. */
@@ -89,11 +91,11 @@ export interface StartingServerProcess {
 /** Spawns `cmd --config <temp config>` without waiting for it (see startServerProcess). */
 export async function spawnServerProcess(
   cmd: string[],
-  { timeout = processStartWait, sharedPort = false, databaseUrl, args = [], env = {} }: ServerProcessOptions = {},
+  { timeout = processStartWait, sharedPort = false, databaseUrl, args = [], env = {}, extraYaml }: ServerProcessOptions = {},
 ): Promise<StartingServerProcess> {
   const data = await newDataLocation("pglite");
   const configPath = join(data.location, "tern.yaml");
-  writeFileSync(configPath, configYaml(databaseUrl ?? join(data.location, "db"), sharedPort, databaseUrl ? "postgres" : "pglite"));
+  writeFileSync(configPath, configYaml(databaseUrl ?? join(data.location, "db"), sharedPort, databaseUrl ? "postgres" : "pglite", extraYaml));
   const child = Bun.spawn([...cmd, "--config", configPath, ...args], {
     cwd: repoRoot,
     env: { ...process.env, TERN_LOG_LEVEL: "info", NO_COLOR: "1", ...env },
@@ -176,8 +178,8 @@ export function lockReleased(dataDir: string): boolean {
   return !existsSync(join(dataDir, "tern.lock"));
 }
 
-function configYaml(dataLocation: string, sharedPort: boolean, store: "pglite" | "postgres"): string {
-  const yaml = testConfigYaml({ store, dataLocation });
+function configYaml(dataLocation: string, sharedPort: boolean, store: "pglite" | "postgres", extraYaml?: string): string {
+  const yaml = testConfigYaml({ store, dataLocation, extraYaml });
   if (!sharedPort) return yaml;
   const rpc = "rpc: { bindOnIP: 127.0.0.1, port: 0 }";
   if (!yaml.includes(rpc)) throw new Error("testConfigYaml changed: update configYaml in server-process.ts");

@@ -83,7 +83,7 @@ describe("config", () => {
     fails(base(good.replace("masterClusterName", "masterClustername")), "config: clusterMetadata.masterClusterName: is required (string)");
     fails(base(good, "limits: { hostRps: { rps: 10 } }"), "config: limits.hostRps.burst: is required (number)");
     fails(base(good, "persistance: { numHistoryShards: 8 }"),
-      "config: persistance: unknown key; the keys here are clusterMetadata, persistence, services, dcRedirectionPolicy, limits, log");
+      "config: persistance: unknown key; the keys here are clusterMetadata, persistence, services, dcRedirectionPolicy, limits, log, replication");
     fails(base(good, "log: { levl: debug }"), "config: log.levl: unknown key; the keys here are level");
     fails(base(good, "persistence:\n  # numHistoryShards: 8"), "config: persistence: has no value (expected object)");
     fails("", "config: the file is empty; it needs at least clusterMetadata");
@@ -149,6 +149,30 @@ describe("config", () => {
     fails(statementTimeout(-1), "persistence.datastore.postgres.statementTimeoutMs: Too small: expected number to be >=0");
     fails(statementTimeout(2 ** 31), "persistence.datastore.postgres.statementTimeoutMs: Too big: expected number to be <=2147483647");
     expect(parseConfig(statementTimeout(60_000)).persistence.datastore).toMatchObject({ postgres: { statementTimeoutMs: 60_000 } });
+  });
+
+  test("replication: the timings an operator tunes, each bounded, none set by default (the server's own)", () => {
+    expect(parseConfig(base(good)).replication).toEqual({});
+    const set = "replication: { waitMs: 5000, silenceGraceMs: 2000, cleanupIntervalMs: 500, heldRetryMs: 300000, backfillIdleMs: 60000, pageSize: 1000, historyPageBytes: 1048576 }";
+    expect(parseConfig(base(good, set)).replication).toEqual({
+      waitMs: 5000, silenceGraceMs: 2000, cleanupIntervalMs: 500, heldRetryMs: 300_000, backfillIdleMs: 60_000, pageSize: 1000, historyPageBytes: 1 << 20,
+    });
+    const one = (key: string, value: unknown) => base(good, `replication: { ${key}: ${value} }`);
+    // A timer past 2^31 - 1 ms fires after 1 ms; one under 100 ms loops its work back to back.
+    fails(one("cleanupIntervalMs", 2 ** 31), "config: replication.cleanupIntervalMs: Too big: expected number to be <=2147483647");
+    expect(parseConfig(one("heldRetryMs", 2 ** 31 - 1)).replication.heldRetryMs).toBe(2 ** 31 - 1);
+    fails(one("heldRetryMs", 0), "config: replication.heldRetryMs: Too small: expected number to be >=100");
+    fails(one("backfillIdleMs", 1.5), "config: replication.backfillIdleMs: Invalid input: expected int, received number");
+    fails(one("cleanupIntervalMs", '"10s"'), "config: replication.cleanupIntervalMs: Invalid input: expected number, received string");
+    // A source holds a wait 30 s at most and sends 1000 tasks a page at most.
+    fails(one("waitMs", 60_000), "config: replication.waitMs: Too big: expected number to be <=30000");
+    fails(one("pageSize", 0), "config: replication.pageSize: Too small: expected number to be >=1");
+    fails(one("pageSize", 5000), "config: replication.pageSize: Too big: expected number to be <=1000");
+    fails(one("historyPageBytes", 8 << 20), "config: replication.historyPageBytes: Too big: expected number to be <=4194304");
+    fails(one("silenceGraceMs", -1), "config: replication.silenceGraceMs: Too small: expected number to be >=100");
+    // A typo, and a test hook, are refused as any unknown key is.
+    fails(one("cleanupIntervalMS", 500), /^config: replication.cleanupIntervalMS: unknown key; the keys here are waitMs, silenceGraceMs, cleanupIntervalMs, heldRetryMs, backfillIdleMs, pageSize, historyPageBytes$/);
+    fails(one("dlqMergeRounds", 1), "config: replication.dlqMergeRounds: unknown key");
   });
 
   test("config path: --config wins over TERN_CONFIG, then the default", () => {
