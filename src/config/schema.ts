@@ -131,6 +131,17 @@ const timerMs = () => z.number().int().min(100).max(MAX_TIMER_MS).optional();
  */
 const Replication = z.strictObject({
   /**
+   * A failing history task's retries before it goes to the DLQ (replication/page-applier.ts): the
+   * tasks of its shard behind it wait meanwhile, so attempts stay few.
+   */
+  retry: z.strictObject({
+    /** Attempts in all (default 5); the last failure sends the task to the DLQ. */
+    attempts: z.number().int().min(1).max(100).optional(),
+    /** The first wait between attempts (default 200 ms), doubled at each up to maxBackoffMs (default 2 s). */
+    backoffMs: z.number().int().min(0).max(MAX_TIMER_MS).optional(),
+    maxBackoffMs: z.number().int().min(0).max(MAX_TIMER_MS).optional(),
+  }).optional(),
+  /**
    * How long this cluster's streams and long polls ask a source to wait for news (default 10 s
    * for histories, 20 s for the namespace queue). At most 30 s: a source holds none longer
    * (namespace-sender.ts MAX_WAIT_MS), and peers refuse a failover to a cluster not heard past it.

@@ -153,9 +153,9 @@ describe("config", () => {
 
   test("replication: the timings an operator tunes, each bounded, none set by default (the server's own)", () => {
     expect(parseConfig(base(good)).replication).toEqual({});
-    const set = "replication: { waitMs: 5000, silenceGraceMs: 2000, cleanupIntervalMs: 500, heldRetryMs: 300000, backfillIdleMs: 60000, pageSize: 1000, historyPageBytes: 1048576 }";
+    const set = "replication: { retry: { attempts: 8 }, waitMs: 5000, silenceGraceMs: 2000, cleanupIntervalMs: 500, heldRetryMs: 300000, backfillIdleMs: 60000, pageSize: 1000, historyPageBytes: 1048576 }";
     expect(parseConfig(base(good, set)).replication).toEqual({
-      waitMs: 5000, silenceGraceMs: 2000, cleanupIntervalMs: 500, heldRetryMs: 300_000, backfillIdleMs: 60_000, pageSize: 1000, historyPageBytes: 1 << 20,
+      retry: { attempts: 8 }, waitMs: 5000, silenceGraceMs: 2000, cleanupIntervalMs: 500, heldRetryMs: 300_000, backfillIdleMs: 60_000, pageSize: 1000, historyPageBytes: 1 << 20,
     });
     const one = (key: string, value: unknown) => base(good, `replication: { ${key}: ${value} }`);
     // A timer past 2^31 - 1 ms fires after 1 ms; one under 100 ms loops its work back to back.
@@ -171,8 +171,14 @@ describe("config", () => {
     fails(one("historyPageBytes", 8 << 20), "config: replication.historyPageBytes: Too big: expected number to be <=4194304");
     fails(one("silenceGraceMs", -1), "config: replication.silenceGraceMs: Too small: expected number to be >=100");
     // A typo, and a test hook, are refused as any unknown key is.
-    fails(one("cleanupIntervalMS", 500), /^config: replication.cleanupIntervalMS: unknown key; the keys here are waitMs, silenceGraceMs, cleanupIntervalMs, heldRetryMs, backfillIdleMs, pageSize, historyPageBytes$/);
+    fails(one("cleanupIntervalMS", 500), /^config: replication.cleanupIntervalMS: unknown key; the keys here are retry, waitMs, silenceGraceMs, cleanupIntervalMs, heldRetryMs, backfillIdleMs, pageSize, historyPageBytes$/);
     fails(one("dlqMergeRounds", 1), "config: replication.dlqMergeRounds: unknown key");
+    // The retry budget of a failing task before the DLQ: attempts in all, then the backoff's first and longest wait.
+    expect(parseConfig(one("retry", "{ attempts: 10, backoffMs: 0, maxBackoffMs: 30000 }")).replication.retry).toEqual({ attempts: 10, backoffMs: 0, maxBackoffMs: 30_000 });
+    expect(parseConfig(one("retry", "{ attempts: 3 }")).replication.retry).toEqual({ attempts: 3 });
+    fails(one("retry", "{ attempts: 0 }"), "config: replication.retry.attempts: Too small: expected number to be >=1");
+    fails(one("retry", "{ maxBackoffMs: 2147483648 }"), "config: replication.retry.maxBackoffMs: Too big: expected number to be <=2147483647");
+    fails(one("retry", "{ attempt: 3 }"), "config: replication.retry.attempt: unknown key; the keys here are attempts, backoffMs, maxBackoffMs");
   });
 
   test("config path: --config wins over TERN_CONFIG, then the default", () => {
