@@ -3,6 +3,7 @@ import { resourceExhausted, TernError } from "../errors";
 import type { Logger } from "../observability/log";
 import type { Metrics } from "../observability/metrics";
 import type { CallFailures } from "./call-failures";
+import { refuseNulText } from "./nul-text";
 import { callRecordKey, requestIdOf } from "./refused-calls";
 import type { createRateLimiter } from "./rate-limiter";
 
@@ -18,7 +19,7 @@ const namespaceOf = (message: unknown): string | undefined => {
 /** The label of a namespace this server does not know, as Temporal's `_unknown_` tag. */
 export const UNKNOWN_NAMESPACE = "_unknown_";
 
-/** Request id, rate limits, metrics, logs and error mapping around every RPC. */
+/** Request id, rate limits, the refusal of NUL text, metrics, logs and error mapping around every RPC. */
 export function createFrontendInterceptor(deps: {
   metrics: Metrics;
   log: Logger;
@@ -79,6 +80,7 @@ export function createFrontendInterceptor(deps: {
         const { waitMs, scope } = limiter.take(namespace || undefined);
         if (waitMs > 0) throw resourceExhausted(`rate limit of ${scope} exceeded`, waitMs);
       }
+      if (!req.stream) refuseNulText(req.method.input, req.message);
       const res = await next(req);
       res.header.set("x-request-id", requestId);
       answered();

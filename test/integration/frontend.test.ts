@@ -177,9 +177,9 @@ describe("frontend limits, errors, health and metrics", () => {
     const { sql } = await import("drizzle-orm");
     const runs = async () => (await cluster.server.database.db.execute(sql`select count(*)::int as n from executions where workflow_id like 'nul%'`)) as unknown;
     const before = JSON.stringify(await runs());
-    // PostgreSQL stores no NUL in a text: its check answers, and the write rolls back.
-    await rejects(wf.startWorkflowExecution({ namespace: "lim", workflowId: "nul\u0000", ...T }), Code.InvalidArgument, "a value in the request cannot be stored: invalid byte sequence");
-    await rejects(wf.startWorkflowExecution({ namespace: "lim", workflowId: "nul", ...T, identity: "x\u0000" }), Code.InvalidArgument, "a value in the request cannot be stored");
+    // PostgreSQL stores no NUL in a text: refused before the handler, naming the field (nul-text.test.ts).
+    await rejects(wf.startWorkflowExecution({ namespace: "lim", workflowId: "nul\u0000", ...T }), Code.InvalidArgument, "workflow_id contains a NUL character");
+    await rejects(wf.startWorkflowExecution({ namespace: "lim", workflowId: "nul", ...T, identity: "x\u0000" }), Code.InvalidArgument, "identity contains a NUL character");
     expect(JSON.stringify(await runs())).toBe(before);
     await rejects(
       wf.startWorkflowExecution({ namespace: "lim", workflowId: "far", ...T, workflowExecutionTimeout: { seconds: 315_576_000_000n } }),

@@ -1,0 +1,63 @@
+import { ScalarType, type DescField, type DescMessage } from "@bufbuild/protobuf";
+import { invalidArgument } from "../errors";
+import { shown } from "../shown";
+
+/**
+ * Refuses a request with a NUL (U+0000) in any of its strings (a field, a list's item, a map's
+ * key or value, at any depth), naming the field. PostgreSQL stores no NUL in a text (22021) nor
+ * a \u0000 in a jsonb (22P05): every such value was refused by the database, as "a value in the
+ * request cannot be stored", naming no field; a lookup's (DescribeCluster, ListWorkflowExecutions)
+ * the same, and an AddOrUpdateRemoteCluster address with one was UNAVAILABLE ("cannot reach"),
+ * which a client retries for good.
+ */
+export function refuseNulText(desc: DescMessage, message: unknown): void {
+  const at = nulIn(desc, message, "");
+  if (at) throw invalidArgument(`${at} contains a NUL character (U+0000), which tern cannot store`);
+}
+
+/** The path of the first string holding a NUL in message (of type desc), or undefined. */
+function nulIn(desc: DescMessage, message: unknown, prefix: string): string | undefined {
+  if (typeof message !== "object" || message === null) return undefined;
+  const fields = message as Record<string, unknown>;
+  for (const field of desc.fields) {
+    const held = field.oneof ? (fields[field.oneof.localName] as { case?: string; value?: unknown } | undefined) : undefined;
+    if (field.oneof && held?.case !== field.localName) continue;
+    const value = field.oneof ? held?.value : fields[field.localName];
+    const at = nulInValue(field, value, `${prefix}${field.name}`);
+    if (at) return at;
+  }
+  return undefined;
+}
+
+function nulInValue(field: DescField, value: unknown, path: string): string | undefined {
+  if (value === undefined || value === null) return undefined;
+  switch (field.fieldKind) {
+    case "scalar":
+      return field.scalar === ScalarType.STRING && hasNul(value) ? path : undefined;
+    case "message":
+      // A wrapper (google.protobuf.StringValue) field holds its string unboxed.
+      return hasNul(value) ? path : nulIn(field.message, value, `${path}.`);
+    case "list":
+      return listNul(field, value as unknown[], path);
+    case "map":
+      for (const [key, item] of Object.entries(value as Record<string, unknown>)) {
+        if (hasNul(key)) return `${path} key ${shown(key, { quote: true })}`;
+        const at = field.mapKind === "message" ? nulIn(field.message, item, `${path}[${shown(key, { quote: true })}].`) : field.mapKind === "scalar" && field.scalar === ScalarType.STRING && hasNul(item) ? `${path}[${shown(key, { quote: true })}]` : undefined;
+        if (at) return at;
+      }
+      return undefined;
+    default:
+      return undefined;
+  }
+}
+
+function listNul(field: DescField & { fieldKind: "list" }, items: unknown[], path: string): string | undefined {
+  for (let i = 0; i < items.length; i++) {
+    const item = items[i];
+    const at = field.listKind === "message" ? (hasNul(item) ? `${path}[${i}]` : nulIn(field.message, item, `${path}[${i}].`)) : field.listKind === "scalar" && field.scalar === ScalarType.STRING && hasNul(item) ? `${path}[${i}]` : undefined;
+    if (at) return at;
+  }
+  return undefined;
+}
+
+const hasNul = (value: unknown): boolean => typeof value === "string" && value.includes("\u0000");
