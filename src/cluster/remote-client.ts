@@ -41,6 +41,10 @@ export function frontendAddressProblem(address: string): string | undefined {
   const a = address.trim();
   const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(a)?.[1];
   if (scheme && !/^https?$/i.test(scheme)) return `scheme ${scheme} is not supported (use host:port, or an http or https URL)`;
+  // The URL parser drops a tab or line break inside one (http://peer\t1:7233 reached peer1:7233)
+  // and fetch refused other controls: UNAVAILABLE ("cannot reach"), which a caller retries for good.
+  const control = /[\u0000-\u001f\u007f]/.exec(a)?.[0];
+  if (control) return `has a control character (U+${control.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")}) in it`;
   let url: URL;
   try {
     url = new URL(frontendUrl(a));

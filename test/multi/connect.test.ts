@@ -71,6 +71,10 @@ for (const store of await testStores()) {
         await rejects(op.addOrUpdateRemoteCluster({ frontendAddress: bad }), Code.InvalidArgument, `frontend address ${JSON.stringify(bad)} is not host:port or an http(s) URL`);
       }
       await rejects(op.addOrUpdateRemoteCluster({ frontendAddress: "ftp://127.0.0.1:7233" }), Code.InvalidArgument, "scheme ftp is not supported");
+      // Before: the URL parser dropped the tab (127.0.0.1:17, then UNAVAILABLE, retried for good) and fetch refused the others.
+      for (const [bad, code] of [["127.0.0.1:1\t7", "0009"], ["http://peer\nb:7233", "000A"], ["127.0.0.1\u007f:7233", "007F"]]) {
+        await rejects(op.addOrUpdateRemoteCluster({ frontendAddress: bad }), Code.InvalidArgument, `frontend address ${JSON.stringify(bad)} has a control character (U+${code}) in it`);
+      }
       // Credentials: Bun's fetch sent them, Node's refuses them; taken, the password showed in
       // cluster list, in the answer and in the 'rpc failed' log line. Neither the answer nor the list shows it now.
       for (const withPassword of [`http://tern:s3cret@${addr(b)}`, `tern:s3cret@${addr(b)}`, "http://tern:s3/cret@127.0.0.1:1"]) {
