@@ -17,9 +17,18 @@ export interface AppDeps {
   readMaxBytes: number;
 }
 
+/**
+ * How a JSON request is read: strictly, as the proto3 JSON mapping has it by default. connect's
+ * default ignored a field name or an enum value name it did not know: a misspelt
+ * "workflowIdReusePolicy" or "WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATES" started the run under
+ * the default policy, answering 200. tern's own clients and peers speak binary, where unknown
+ * fields are skipped as protobuf has them.
+ */
+export const REQUEST_JSON = { ignoreUnknownFields: false };
+
 /** The HTTP app: Connect, gRPC-web and JSON at each RPC path, plus /health and /metrics. */
 export function createApp({ routes, interceptors, metrics, refuseUnserved, isServing, readMaxBytes }: AppDeps): Hono {
-  const router = createConnectRouter({ interceptors, readMaxBytes });
+  const router = createConnectRouter({ interceptors, readMaxBytes, jsonOptions: REQUEST_JSON });
   routes(router);
   const app = new Hono();
   for (const handler of router.handlers) {

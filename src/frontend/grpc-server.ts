@@ -1,6 +1,7 @@
 import { connectNodeAdapter, type ConnectNodeAdapterOptions } from "@connectrpc/connect-node";
 import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
 import { createServer, type Http2Server, type ServerHttp2Session } from "node:http2";
+import { REQUEST_JSON } from "./app";
 import { rpcPath, type RefuseUnserved } from "./refused-calls";
 
 /** Options of the native gRPC listener. */
@@ -15,7 +16,7 @@ export interface GrpcListenOptions {
 
 /** Native gRPC (and Connect over HTTP/2) on a cleartext HTTP/2 (h2c) listener. */
 export async function listenGrpc(opts: GrpcListenOptions): Promise<{ port: number; close(graceMs?: number): Promise<void> }> {
-  const handler = connectNodeAdapter({ routes: opts.routes, interceptors: opts.interceptors, readMaxBytes: opts.readMaxBytes, fallback: unservedFallback(opts.refuseUnserved) });
+  const handler = connectNodeAdapter({ routes: opts.routes, interceptors: opts.interceptors, readMaxBytes: opts.readMaxBytes, jsonOptions: REQUEST_JSON, fallback: unservedFallback(opts.refuseUnserved) });
   const server: Http2Server = createServer(handler);
   // server.close() only stops accepting: open sessions (clients keep them for reuse) would hold it.
   const sessions = new Set<ServerHttp2Session>();
