@@ -33,16 +33,20 @@ function nulInValue(field: DescField, value: unknown, path: string): string | un
   if (value === undefined || value === null) return undefined;
   switch (field.fieldKind) {
     case "scalar":
-      return field.scalar === ScalarType.STRING && hasNul(value) ? path : undefined;
+      return nulInItem(field.scalar, undefined, value, path);
     case "message":
-      // A wrapper (google.protobuf.StringValue) field holds its string unboxed.
-      return hasNul(value) ? path : nulIn(field.message, value, `${path}.`);
-    case "list":
-      return listNul(field, value as unknown[], path);
+      return nulInItem(undefined, field.message, value, path);
+    case "list": {
+      const items = value as unknown[];
+      for (let i = 0; i < items.length; i++) {
+        const at = nulInItem(field.scalar, field.message, items[i], `${path}[${i}]`);
+        if (at) return at;
+      }
+      return undefined;
+    }
     case "map":
       for (const [key, item] of Object.entries(value as Record<string, unknown>)) {
-        if (hasNul(key)) return `${path} key ${shown(key, { quote: true })}`;
-        const at = field.mapKind === "message" ? nulIn(field.message, item, `${path}[${shown(key, { quote: true })}].`) : field.mapKind === "scalar" && field.scalar === ScalarType.STRING && hasNul(item) ? `${path}[${shown(key, { quote: true })}]` : undefined;
+        const at = hasNul(key) ? `${path} key ${shown(key, { quote: true })}` : nulInItem(field.scalar, field.message, item, `${path}[${shown(key, { quote: true })}]`);
         if (at) return at;
       }
       return undefined;
@@ -51,13 +55,10 @@ function nulInValue(field: DescField, value: unknown, path: string): string | un
   }
 }
 
-function listNul(field: DescField & { fieldKind: "list" }, items: unknown[], path: string): string | undefined {
-  for (let i = 0; i < items.length; i++) {
-    const item = items[i];
-    const at = field.listKind === "message" ? (hasNul(item) ? `${path}[${i}]` : nulIn(field.message, item, `${path}[${i}].`)) : field.listKind === "scalar" && field.scalar === ScalarType.STRING && hasNul(item) ? `${path}[${i}]` : undefined;
-    if (at) return at;
-  }
-  return undefined;
+/** A string (of a string field, or a wrapper message held unboxed as one) or a message's first NUL. */
+function nulInItem(scalar: ScalarType | undefined, message: DescMessage | undefined, item: unknown, path: string): string | undefined {
+  if (typeof item === "string") return (scalar === ScalarType.STRING || message) && hasNul(item) ? path : undefined;
+  return message ? nulIn(message, item, `${path}.`) : undefined;
 }
 
 const hasNul = (value: unknown): boolean => typeof value === "string" && value.includes("\u0000");
