@@ -146,6 +146,7 @@ export function createReplicationDlq({ db, metrics, log }: ReplicationDlqDeps) {
     return readGauge(readRemotes).catch((e) => log.warn("reading the replication DLQ size failed", { error: loggableError(e) }));
   }
 
+  /** What refreshGauge does, rejecting when the read fails (the periodic refresh logs a repeated failure once). */
   async function readGauge(readRemotes: boolean): Promise<void> {
     if (readRemotes) {
       const rows = await db.select({ name: clusterMetadata.clusterName }).from(clusterMetadata).where(eq(clusterMetadata.isCurrent, false));
@@ -158,7 +159,7 @@ export function createReplicationDlq({ db, metrics, log }: ReplicationDlqDeps) {
     gauged = sources;
   }
 
-  return { add, heldRuns, list, all, purge, sizes, refreshGauge, refuseUnknownSource };
+  return { add, heldRuns, list, all, purge, sizes, refreshGauge, readGauge, refuseUnknownSource };
 }
 
 export type ReplicationDlq = ReturnType<typeof createReplicationDlq>;

@@ -81,6 +81,8 @@ export interface ServerOptions {
     namespacePollsLateMs?: number;
     /** How often the replication task cleanup runs (default 10 s; tests that run its passes themselves make it long). */
     cleanupIntervalMs?: number;
+    /** How often replication_dlq_size is read again without an event that changes it (default 10 s). */
+    dlqGaugeIntervalMs?: number;
     /** How often the sender re-reads a peer's shards for commits of other processes (default 1 s; tests make it long to see wakes alone). */
     senderRecheckMs?: number;
     /** Most bytes of events per raw history answer this cluster's backfills ask a source for (default 4 MiB). */
@@ -199,6 +201,7 @@ function wire(
   if (database.kind === "postgres") repl.handoverReset.start();
   plannerStats?.start();
   repl.refreshDlqGauge();
+  repl.dlqGauge.start();
   void repl.manager.start();
   repl.sweep.trigger();
   const endLongPolls = async () => {
@@ -219,6 +222,7 @@ function wire(
       await repl.manager.stop();
       await repl.cleanup.stop();
       await repl.handoverReset.stop();
+      await repl.dlqGauge.stop();
       await plannerStats?.stop();
       await endLongPolls(); // before the database closes under them
       await core.timers.stop();

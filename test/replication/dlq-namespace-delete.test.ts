@@ -33,7 +33,8 @@ for (const store of await testStores()) {
         {
           shards: 1,
           serverOptions: {
-            replication: { retry: { attempts: 2, backoffMs: 5 }, wrapApplier: faultyApplier(poisoned, new Map(), new Map(), gates) },
+            // The periodic read of replication_dlq_size would also wait on the table lock withTheGaugeReadCancelled takes, and be cancelled with the read it is after.
+            replication: { retry: { attempts: 2, backoffMs: 5 }, wrapApplier: faultyApplier(poisoned, new Map(), new Map(), gates), dlqGaugeIntervalMs: 3_600_000 },
             log: createLogger({ write: (l) => bLog.push(JSON.parse(l)) }),
           },
         },
