@@ -8,9 +8,9 @@ import { notServed } from "./not-served";
 import { unfinishedBackfill, type BackfillProgress } from "./backfill-jobs";
 import { namespaceOn } from "./stale-copy";
 
-/** The backfill jobs of namespace on the cluster at address, as it says; none when it does not answer within waitMs. */
-export function backfillJobsOn(clients: RemoteClientPool, address: string, namespace: string, waitMs: number): Promise<BackfillProgress[]> {
-  return clients.get(address).backfill.getBackfillStatus({ namespace }, { timeoutMs: waitMs }).then((r) => r.jobs, () => []);
+/** The backfill jobs of namespace on the cluster at address, as it says; none when it does not answer within waitMs (or signal fired first). */
+export function backfillJobsOn(clients: RemoteClientPool, address: string, namespace: string, waitMs: number, signal?: AbortSignal): Promise<BackfillProgress[]> {
+  return clients.get(address).backfill.getBackfillStatus({ namespace }, { timeoutMs: waitMs, signal }).then((r) => r.jobs, () => []);
 }
 
 /** Why a graceful failover to a target is refused, and what the operator can do instead. */
@@ -47,12 +47,16 @@ const DOWN = new Set(["connection refused", "host not found"]);
  */
 const CUT = new Set(["connection reset", "connection closed"]);
 
-/** How the cluster at address sees cluster name (Seen), asked for at most waitMs (twice as long where the first try was reset). */
-export async function seenBy(clients: RemoteClientPool, address: string, name: string, waitMs: number, again = false): Promise<Seen> {
+/**
+ * How the cluster at address sees cluster name (Seen), asked for at most waitMs (twice as long where
+ * the first try was reset), or until signal (the asking call's) fires: undefined then.
+ */
+export async function seenBy(clients: RemoteClientPool, address: string, name: string, waitMs: number, { signal, again = false }: { signal?: AbortSignal; again?: boolean } = {}): Promise<Seen> {
   const asked = Date.now();
   try {
-    return (await clients.get(address).operator.describeCluster({ clusterName: name }, { timeoutMs: waitMs })).cluster;
+    return (await clients.get(address).operator.describeCluster({ clusterName: name }, { timeoutMs: waitMs, signal })).cluster;
   } catch (e) {
+    if (signal?.aborted) return undefined;
     if (e instanceof ConnectError && e.code === Code.NotFound && !notServed(e)) return "unknown";
     const reason = fetchFailureReason(e);
     if (reason && DOWN.has(reason)) return { down: reason };
@@ -60,7 +64,7 @@ export async function seenBy(clients: RemoteClientPool, address: string, name: s
     // Before, a target behind a proxy was "no answer": HANDOVER held every write for the failover's timeout.
     if (again) return { down: `${reason} on each of 2 tries: something takes the connection there, but no tern answers behind it` };
     const left = waitMs - (Date.now() - asked);
-    return left > 0 ? seenBy(clients, address, name, left, true) : undefined;
+    return left > 0 ? seenBy(clients, address, name, left, { signal, again: true }) : undefined;
   }
 }
 

@@ -35,26 +35,29 @@ export function createForcedFailoverCheck({ db, namespaces, clusters, clients, t
   const here = current.clusterName;
 
   /** Why target, at address (none: not connected here), would never hear of a change made here, or undefined. */
-  async function unheard(target: string, address: string | undefined): Promise<string | undefined> {
+  async function unheard(target: string, address: string | undefined, signal?: AbortSignal): Promise<string | undefined> {
     if (!address) return `cluster ${target} is not connected to ${here}`;
-    return neverPulls(current, target, await seenBy(clients, address, here, timeoutMs));
+    return neverPulls(current, target, await seenBy(clients, address, here, timeoutMs, { signal }));
   }
 
   /**
    * For an update of namespace naming target active (members: the clusters it sets, if any):
    * FAILED_PRECONDITION if it is a forced failover target would never hear of, or, unless
-   * allowUnfinishedBackfill, one to a target still backfilling the namespace.
+   * allowUnfinishedBackfill, one to a target still backfilling the namespace. signal (the call's)
+   * ends the asks of target: a client that cancelled or timed out leaves none running.
    */
-  return async function checkForcedFailover(namespace: string, target: string, members: string[], allowUnfinishedBackfill = false): Promise<void> {
+  return async function checkForcedFailover(namespace: string, target: string, members: string[], allowUnfinishedBackfill = false, signal?: AbortSignal): Promise<void> {
     if (!target) return;
     const ns = await namespaces.describe({ name: namespace });
     // Not a failover, or not one the registry takes: its own answer says why.
     if (!ns.isGlobal || ns.activeClusterName === target || !(members.length ? members : ns.clusters).includes(target)) return;
     const address = target === here ? undefined : (await remoteOf(clusters, target))?.rpcAddress;
     const [why, jobs] = await Promise.all([
-      target === here ? undefined : unheard(target, address),
-      allowUnfinishedBackfill ? [] : target === here ? backfillJobsOf(db, ns.id) : address ? backfillJobsOn(clients, address, namespace, timeoutMs) : [],
+      target === here ? undefined : unheard(target, address, signal),
+      allowUnfinishedBackfill ? [] : target === here ? backfillJobsOf(db, ns.id) : address ? backfillJobsOn(clients, address, namespace, timeoutMs, signal) : [],
     ]);
+    // The asks' "no answer" then is no answer of target's: the call is over.
+    signal?.throwIfAborted();
     if (why) {
       throw failedPrecondition(
         `forced failover of namespace ${namespace} to ${target} refused: ${why}, so ${target} would never hear of a failover made on ${here} ` +

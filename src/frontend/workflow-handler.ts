@@ -80,7 +80,7 @@ export function createWorkflowHandler({ namespaces, engine, queries, checkForced
       return { namespaces: page.items.map(namespaceToProto), nextPageToken: page.nextPageToken };
     },
     async updateNamespace(r, { signal }) {
-      await checkForcedFailover?.(r.namespace, r.activeClusterName, r.clusters, r.allowUnfinishedBackfill);
+      await checkForcedFailover?.(r.namespace, r.activeClusterName, r.clusters, r.allowUnfinishedBackfill, signal);
       const ns = await namespaces.update({
         name: r.namespace,
         description: r.description,
