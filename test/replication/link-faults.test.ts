@@ -153,18 +153,21 @@ for (const store of await testStores()) {
     });
   });
 
-  describe(`a source that refuses connections, heard at least every 30 s, on ${store}`, () => {
+  // The pull path: a source that refuses StreamReplicationTasks (a tern before it) is pulled, for reprobeMs (60 s) after each refusal.
+  for (const path of ["stream", "pull"] as const) describe(`a source that refuses connections, heard at least every 30 s, on its ${path} path, on ${store}`, () => {
     // Overdue only 32 s after B last heard A: the failing stream alone can say A's lag is unknown sooner.
-    const pair = useLinkedPair(store, [{}, { serverOptions: { replication: { waitMs: 30_000 } } }]);
+    const pair = useLinkedPair(store, [path === "pull" ? { serverOptions: { replication: { serveStream: () => false } } } : {}, { serverOptions: { replication: { waitMs: 30_000 } } }]);
 
-    test("TestASourceRefusingConnectionsIsUnknownOnBAsSoonAsItsStreamFails, with why, and known again at its next answer", async () => {
-      const { a, b, link } = pair;
+    test(`TestASourceRefusingConnectionsIsUnknownOnBAsSoonAsItsStreamFails on the ${path} path, with why, and known again at its next answer`, async () => {
+      const { a, b, link, bLog } = pair;
+      const pulling = () => bLog.some((l) => l.msg === "remote cluster does not serve StreamReplicationTasks (a tern before it); pulling its tasks a call at a time");
       const lagShown = () => /^replication_tasks_lag\{remote_cluster="clusterA"/m.test(b.server.metrics.render());
       await start(a, "before-refused");
       await eventually(async () => {
         expect((await statusOf(b)).inboundLagUnknown).toBe(false);
         expect(lagShown()).toBe(true);
       });
+      expect(pulling()).toBe(path === "pull");
       link.refuse(true);
       link.cut();
       try {
