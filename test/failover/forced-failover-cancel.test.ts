@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { createServer, type Server, type Socket } from "node:net";
+import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { clusterMetadata } from "../../src/persistence/schema";
 import { eventually } from "../support/eventually";
@@ -8,12 +8,11 @@ import { serverStartTimeout } from "../support/timeouts";
 
 setDefaultTimeout(serverStartTimeout);
 
-/** Where the silent target listens: it takes connections and never answers. */
-const SILENT_PORT = 17150;
-
 describe("a forced failover to a target that never answers, its call cancelled", () => {
   let c: TestCluster;
+  /** The silent target: it takes connections and never answers (on a port the system picks). */
   let silent: Server;
+  let silentPort: number;
   const open = new Set<Socket>();
 
   beforeAll(async () => {
@@ -22,12 +21,13 @@ describe("a forced failover to a target that never answers, its call cancelled",
       s.on("close", () => open.delete(s));
       s.on("error", () => {});
     });
-    await new Promise<void>((resolve) => silent.listen(SILENT_PORT, "127.0.0.1", resolve));
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    silentPort = (silent.address() as AddressInfo).port;
     c = await startTestCluster({ store: "pglite", name: "clusterC", initialFailoverVersion: 3 });
     const db = c.server.database.db;
     const [self] = await db.select().from(clusterMetadata);
     // Disabled: no stream of this cluster's connects to it, only the failover's asks.
-    await db.insert(clusterMetadata).values({ ...self!, clusterName: "clusterZ", clusterId: "z", isCurrent: false, initialFailoverVersion: 9, rpcAddress: `127.0.0.1:${SILENT_PORT}`, enableConnection: false });
+    await db.insert(clusterMetadata).values({ ...self!, clusterName: "clusterZ", clusterId: "z", isCurrent: false, initialFailoverVersion: 9, rpcAddress: `127.0.0.1:${silentPort}`, enableConnection: false });
     await c.client(WorkflowService).registerNamespace({ namespace: "orders", isGlobalNamespace: true, clusters: ["clusterC", "clusterZ"], activeClusterName: "clusterC" });
   });
   afterAll(async () => {
