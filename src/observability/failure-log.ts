@@ -1,24 +1,31 @@
+/** Most failures a failure log remembers since the last success; past it the oldest are forgotten (said again). */
+const MAX_REMEMBERED = 16;
+
 /**
  * Which failures of a retried call to log: each once, not per retry, until a call succeeds.
  * Failures are told apart by message without the request id a remote's error names, which is
- * new on every retry.
+ * new on every retry. Every failure since the last success is remembered, not only the last:
+ * a PostgreSQL that stays down fails a retry as `connect ECONNREFUSED` or `write
+ * CONNECTION_CLOSED` in turn, and was said at each change (a line a second for the outage).
  */
 export function createFailureLog() {
-  let last: string | undefined;
+  const said = new Set<string>();
   let failingSince: number | undefined;
   return {
-    /** Whether message is a failure other than the last one logged (and remembers it). */
+    /** Whether message is a failure not logged since the last success (and remembers it). */
     isNew(message: string): boolean {
       const key = withoutRequestIds(message);
-      const isNew = key !== last;
-      last = key;
       failingSince ??= performance.now();
-      return isNew;
+      if (said.has(key)) return false;
+      said.add(key);
+      if (said.size > MAX_REMEMBERED) said.delete(said.values().next().value!);
+      return true;
     },
     /** A call succeeded; when it ends failures, for how long (ms) they went on since the first. */
     succeeded(): number | undefined {
       const failedForMs = failingSince === undefined ? undefined : performance.now() - failingSince;
-      last = failingSince = undefined;
+      said.clear();
+      failingSince = undefined;
       return failedForMs;
     },
   };
@@ -32,8 +39,6 @@ export function withoutRequestIds(text: string): string {
   return text.replace(/request id [^)";]+/g, "request id");
 }
 
-/** Most failures a flap log remembers; past it the oldest are forgotten (their next line is written). */
-const MAX_FLAPPING = 16;
 
 /**
  * Which failures and recoveries of a retried call to log, for a call that may fail and recover
@@ -65,7 +70,7 @@ export function createFlapLog({ windowMs = 10_000, now = () => performance.now()
       pending = undefined;
       written.delete(key); // set again last: the map's order is the order lines were written
       written.set(key, { at, leftOut: 0 });
-      if (written.size > MAX_FLAPPING) written.delete(written.keys().next().value!);
+      if (written.size > MAX_REMEMBERED) written.delete(written.keys().next().value!);
       return { repeated: last?.leftOut ?? 0 };
     },
     /** A call succeeded: for how long (ms) failures went on, if they did and their failure was written. */

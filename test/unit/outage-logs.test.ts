@@ -79,6 +79,14 @@ describe("toConnectError, any database error", () => {
 
 const lost = () => drizzled(Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET", syscall: "read" }));
 
+/**
+ * A PostgreSQL that stays down, as postgres.js fails the retries in turn: a new connection
+ * refused, and a query queued on one that closed meanwhile.
+ */
+const downMessage = (i: number) => (i % 2 === 0 ? "connect ECONNREFUSED 127.0.0.1:5432" : "write CONNECTION_CLOSED 127.0.0.1:5432");
+const downForGood = (i: number) =>
+  drizzled(Object.assign(new Error(downMessage(i)), i % 2 === 0 ? { code: "ECONNREFUSED", syscall: "connect" } : { code: "CONNECTION_CLOSED" }));
+
 /** A drizzle db whose every query fails with failing() while it returns one, and answers no rows otherwise. */
 function flakyDb(failing: () => Error | undefined): unknown {
   // Every query builder call returns the builder; awaiting it answers as the driver does.
@@ -109,6 +117,24 @@ describe("timer queue", () => {
     await queue.stop();
     expect(lines.map(({ level, msg }) => `${level} ${msg}`)).toEqual(["warn timer queue scan failed", "info timer queue scan recovered"]);
   });
+
+  test("a database that stays down, failing scans with the driver's two messages in turn, is said once per message, not at each change", async () => {
+    const { lines, log } = capture();
+    let scans = 0;
+    let down = true;
+    const queue = createTimerQueue({ db: flakyDb(() => (down ? downForGood(scans) : undefined)), log, currentCluster: "a", now: () => new Date(), pollMs: 60_000 } as unknown as TimerQueueDeps);
+    queue.start();
+    for (; scans < 8; scans++) await queue.rescan();
+    down = false;
+    await queue.rescan();
+    await queue.stop();
+    // Said at every change before: a line a second (the scan's retry) for as long as the outage lasted.
+    expect(lines.map(({ level, msg, error }) => `${level} ${msg}${error ? `: ${error}` : ""}`)).toEqual([
+      "warn timer queue scan failed: connect ECONNREFUSED 127.0.0.1:5432",
+      "warn timer queue scan failed: write CONNECTION_CLOSED 127.0.0.1:5432",
+      "info timer queue scan recovered",
+    ]);
+  });
 });
 
 describe("a periodic pass", () => {
@@ -132,6 +158,27 @@ describe("a periodic pass", () => {
       { level: "warn", msg: "replication task cleanup failed", error: "relation does not exist" },
       { level: "info", msg: "replication task cleanup recovered", error: undefined },
       { level: "warn", msg: "replication task cleanup failed", error: "read ECONNRESET" },
+    ]);
+  });
+
+  test("a database that stays down, failing passes with the driver's two messages in turn, is said once per message, not at each change", async () => {
+    const { lines, log } = capture();
+    let passes = 0;
+    const periodic = createPeriodic(
+      async () => {
+        const i = passes++;
+        if (i < 8) throw downForGood(i);
+        return i;
+      },
+      { name: "gathering planner statistics", log, intervalMs: 1 },
+    );
+    periodic.start();
+    await eventually(() => expect(passes).toBeGreaterThan(8), { timeout: 5_000, interval: 1 });
+    await periodic.stop();
+    expect(lines.map(({ level, msg, error }) => `${level} ${msg}${error ? `: ${error}` : ""}`)).toEqual([
+      "warn gathering planner statistics failed: connect ECONNREFUSED 127.0.0.1:5432",
+      "warn gathering planner statistics failed: write CONNECTION_CLOSED 127.0.0.1:5432",
+      "info gathering planner statistics recovered",
     ]);
   });
 });
@@ -210,5 +257,15 @@ describe("createFlapLog", () => {
     fail("connection reset");
     recover();
     expect(said).toEqual(["failed connection reset", "recovered"]);
+  });
+
+  test("a stream whose database stays down, failing with the driver's two messages in turn, is said once per message, however long", () => {
+    let now = 0;
+    const flaps = createFlapLog({ windowMs: 10_000, now: () => now });
+    const said: string[] = [];
+    for (let i = 0; i < 60; i++, now += 1_000) {
+      if (flaps.failed(downMessage(i))) said.push(downMessage(i));
+    }
+    expect(said).toEqual([downMessage(0), downMessage(1)]);
   });
 });
