@@ -11,8 +11,11 @@ export interface AckSenderDeps {
   signal: AbortSignal;
   /** Makes the applies committed so far durable, before the source is told of them. */
   durable: () => Promise<void>;
-  /** A call failed (the next goes after a backoff): the receiver's stream reports it, once per kind of failure. */
-  failed: (error: unknown) => void;
+  /**
+   * A call failed (the next goes after a backoff): the receiver's stream reports it, once per kind
+   * of failure. ownDatabase: it failed making the applies durable, before the source was called.
+   */
+  failed: (error: unknown, ownDatabase: boolean) => void;
   /** A call went through. */
   sent: () => void;
   /** Least time between two calls. */
@@ -36,9 +39,24 @@ export function createAckSender({ remote, clusterName, shardIds, acks, signal, d
   let acking = false;
   let sentAt = -Infinity;
   let interval = ackIntervalMs;
-  const backOff = (e: unknown) => {
+  const backOff = (e: unknown, ownDatabase: boolean) => {
     interval = Math.min(Math.max(interval * 2, 100), Math.max(maxRetryMs, ackIntervalMs));
-    if (!signal.aborted) failed(e);
+    if (!signal.aborted) failed(e, ownDatabase);
+  };
+  const tell = async (moved: number[], values: number[]) => {
+    try {
+      await durable();
+    } catch (e) {
+      return backOff(e, true);
+    }
+    try {
+      await remote.clients.admin.ackReplicationTasks({ clusterName, shardIds: moved, ackedTaskIds: values.map(BigInt) }, { signal, timeoutMs });
+    } catch (e) {
+      return backOff(e, false);
+    }
+    moved.forEach((id, i) => told.set(id, values[i]!));
+    interval = ackIntervalMs;
+    sent();
   };
   const send = () => {
     timer = undefined;
@@ -47,17 +65,10 @@ export function createAckSender({ remote, clusterName, shardIds, acks, signal, d
     const values = moved.map((id) => acks.get(id)!);
     acking = true;
     sentAt = performance.now();
-    durable()
-      .then(() => remote.clients.admin.ackReplicationTasks({ clusterName, shardIds: moved, ackedTaskIds: values.map(BigInt) }, { signal, timeoutMs }))
-      .then(() => {
-        moved.forEach((id, i) => told.set(id, values[i]!));
-        interval = ackIntervalMs;
-        sent();
-      }, backOff)
-      .finally(() => {
-        acking = false;
-        schedule();
-      });
+    tell(moved, values).finally(() => {
+      acking = false;
+      schedule();
+    });
   };
   const schedule = () => {
     if (acking || timer || signal.aborted) return;

@@ -111,9 +111,11 @@ export function createStreamReceiver(deps: ReceiverPathDeps) {
       remote, clusterName: cluster.clusterName, shardIds, acks, signal: s, durable, ackIntervalMs,
       // An ack the source does not answer within the grace a silent stream gets is given up too.
       timeoutMs: silenceGraceMs,
-      failed: (e) => {
+      failed: (e, ownDatabase) => {
         if (e instanceof AppliesLostError) return void (lost ??= e, local.abort(e));
-        report.failed((ackFailure = new Error(`acks to cluster ${remote.name} failed, so it does not hear what was applied: ${fetchFailureReason(e) ?? loggableError(e)}`)));
+        // This cluster's database lost read as the source's fault ("acks to cluster A failed: read ECONNRESET").
+        const what = ownDatabase ? `this cluster's database could not make the applies durable, so cluster ${remote.name} is not told of them` : `acks to cluster ${remote.name} failed, so it does not hear what was applied`;
+        report.failed((ackFailure = new Error(`${what}: ${fetchFailureReason(e) ?? loggableError(e)}`)));
       },
       sent: () => {
         if (!ackFailure) return;

@@ -37,4 +37,29 @@ describe("ack sender", () => {
     abort.abort();
     sender.stop();
   });
+
+  test("a failure of this cluster's database (making the applies durable) is told from a call the source failed", async () => {
+    // The stream's state read "acks to cluster clusterA failed ...: read ECONNRESET" for its own database's crash.
+    const failures: { message: string; ownDatabase: boolean }[] = [];
+    let durableFails = true;
+    const remote = { name: "clusterA", clients: { admin: { ackReplicationTasks: async () => Promise.reject(new Error("deadline_exceeded")) } } };
+    const acks = new Map([[1, 0]]);
+    const abort = new AbortController();
+    const sender = createAckSender({
+      remote: remote as unknown as RemoteCluster, clusterName: "clusterB", shardIds: [1], acks, signal: abort.signal,
+      durable: async () => {
+        if (durableFails) throw Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET", syscall: "read" });
+      },
+      failed: (e, ownDatabase) => void failures.push({ message: (e as Error).message, ownDatabase }), sent: () => {}, ackIntervalMs: 10, timeoutMs: 1_000, maxRetryMs: 50,
+    });
+    acks.set(1, 7);
+    sender.schedule();
+    await eventually(() => expect(failures.length).toBeGreaterThan(0), { timeout: 2_000 });
+    durableFails = false;
+    await eventually(() => expect(failures.at(-1)!.message).toBe("deadline_exceeded"), { timeout: 2_000 });
+    abort.abort();
+    sender.stop();
+    expect(failures[0]).toEqual({ message: "read ECONNRESET", ownDatabase: true });
+    expect(failures.at(-1)).toEqual({ message: "deadline_exceeded", ownDatabase: false });
+  });
 });
