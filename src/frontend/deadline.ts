@@ -1,4 +1,10 @@
-import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
+
+/**
+ * What a call's DEADLINE_EXCEEDED says where its handler knows more than connect's "the operation
+ * timed out": a forwarded call names the cluster it waited on and the request id to retry with.
+ */
+export const deadlineTextKey = createContextKey<string | undefined>(undefined, { description: "tern deadline text" });
 
 /**
  * Answers a unary call at its deadline, not when its handler returns
@@ -18,12 +24,16 @@ export function createDeadlineInterceptor(): Interceptor {
     if (req.stream || !(req.header.has("connect-timeout-ms") || req.header.has("grpc-timeout"))) return next(req);
     const { signal } = req;
     const passed = () => ConnectError.from(signal.reason).code === Code.DeadlineExceeded;
-    if (signal.aborted && passed()) throw ConnectError.from(signal.reason);
+    const late = () => {
+      const text = req.contextValues.get(deadlineTextKey);
+      return text ? new ConnectError(text, Code.DeadlineExceeded) : ConnectError.from(signal.reason);
+    };
+    if (signal.aborted && passed()) throw late();
     let onAbort: (() => void) | undefined;
     // Only the deadline: a call its client left (a puller's long poll it no longer needs) or
     // that this server's stop ended is answered by its handler, which ends on the signal.
     const aborted = new Promise<never>((_, reject) => {
-      onAbort = () => passed() && reject(ConnectError.from(signal.reason));
+      onAbort = () => passed() && reject(late());
       signal.addEventListener("abort", onAbort, { once: true });
     });
     try {

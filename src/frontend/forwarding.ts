@@ -9,6 +9,7 @@ import type { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
 import type { NamespaceRegistry } from "../namespace/registry";
 import { shown } from "../shown";
 import { MAX_TIMER_MS } from "../sleep";
+import { deadlineTextKey } from "./deadline";
 import { requestIdKey } from "./interceptors";
 import { historyWaitMs } from "./workflow-handler";
 
@@ -66,6 +67,13 @@ function retryText(ctx: HandlerContext, requestId: string | undefined): string {
   return requestId ? ` (request id ${shown(requestId)}); retry with the same request id` : ` (request id ${ctx.values.get(requestIdKey)}); retry`;
 }
 
+/** Why a forwarded call failed when target gave no answer within ms: the call may have reached it. */
+function unansweredText(ctx: HandlerContext, to: ForwardTarget, ms: string): string {
+  const what = `the forwarded ${to.what} within ${ms}`;
+  return `cluster ${to.target}, where namespace ${to.namespace} is active, did not answer ` +
+    (to.requestId ? `${what} (request id ${shown(to.requestId)}); it may still be applied there: retry with the same request id` : `${what}${retryText(ctx, undefined)}`);
+}
+
 /**
  * How long a forwarded call waits for the active cluster's answer, past the time its own work may
  * take there (a long poll's wait, a failover's timeout), when its caller set no earlier deadline.
@@ -74,6 +82,9 @@ function retryText(ctx: HandlerContext, requestId: string | undefined): string {
  * gives up on it.
  */
 export const FORWARD_TIMEOUT_MS = 30_000;
+
+/** How long before the caller's deadline a forwarded call gives up (a tenth of it, if less), to answer in time. */
+const CALLER_MARGIN_MS = 200;
 
 /** Where a call goes and what it is, for forward(). */
 export interface ForwardTarget {
@@ -99,18 +110,22 @@ export interface ForwardTarget {
 export async function forward<T>(ctx: HandlerContext, to: ForwardTarget, call: (options: CallOptions) => Promise<T>): Promise<T> {
   const callerMs = ctx.timeoutMs();
   const ours = callerMs === undefined || to.limitMs < callerMs;
-  const timeoutMs = ours ? to.limitMs : callerMs;
+  // Given up a little before the caller's deadline, the call is answered with where it waited and
+  // the request id to retry with (one made up here the caller has no other way to learn), not
+  // with "the operation timed out", the caller's own timer or this server's at the deadline.
+  const timeoutMs = ours ? to.limitMs : Math.max(1, callerMs - Math.min(CALLER_MARGIN_MS, Math.floor(callerMs / 10)));
+  const late = ours ? undefined : unansweredText(ctx, to, `${callerMs} ms, the caller's deadline`);
+  // What this server answers at the deadline, should it come first (deadline.ts).
+  if (late) ctx.values.set(deadlineTextKey, late);
+  const headers = { [FORWARDED_HEADER]: to.current };
   // A deadline past a timer's reach (a failover's --timeout of 30 days) is none: its timer fired at once.
-  const options = { headers: { [FORWARDED_HEADER]: to.current }, signal: ctx.signal, timeoutMs: timeoutMs !== undefined && timeoutMs > MAX_TIMER_MS ? undefined : timeoutMs };
+  const options = { headers, signal: ctx.signal, timeoutMs: timeoutMs > MAX_TIMER_MS ? undefined : timeoutMs };
   try {
     return await call(options);
   } catch (e) {
-    if (ours && e instanceof ConnectError && e.code === Code.DeadlineExceeded) {
-      const what = `the forwarded ${to.what} within ${to.limitMs} ms`;
-      throw unavailable(
-        `cluster ${to.target}, where namespace ${to.namespace} is active, did not answer ` +
-          (to.requestId ? `${what} (request id ${shown(to.requestId)}); it may still be applied there: retry with the same request id` : `${what}${retryText(ctx, undefined)}`),
-      );
+    if (e instanceof ConnectError && e.code === Code.DeadlineExceeded) {
+      if (ours) throw unavailable(unansweredText(ctx, to, `${to.limitMs} ms`));
+      throw new ConnectError(late!, Code.DeadlineExceeded);
     }
     const retry = retryText(ctx, to.requestId);
     // A connection reset may come after the target applied the call: the retry must carry its request id.

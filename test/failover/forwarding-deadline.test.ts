@@ -1,0 +1,57 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import type { TestCluster } from "../support/server";
+import { serverStartTimeout } from "../support/timeouts";
+import { startOrdersPair } from "./mesh";
+
+setDefaultTimeout(serverStartTimeout);
+
+const run = (workflowId: string) => ({ workflowId, runId: "" });
+
+// Forwarding is the frontend's, whatever the store: PGlite alone.
+describe("a call forwarded to an active cluster that answers late, or fails it", () => {
+  let a: TestCluster, b: TestCluster;
+  /** Set: clusterA holds each signal's commit until it settles. */
+  let held: Promise<void> | undefined;
+  beforeAll(async () => {
+    [a, b] = await startOrdersPair("pglite", [
+      { serverOptions: { beforeCommit: (operation) => (operation === "SignalWorkflowExecution" ? held : undefined) } },
+      { extraYaml: "dcRedirectionPolicy: { policy: all-apis-forwarding }" },
+    ]);
+    await a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "w1", workflowType: "t", taskQueue: "q" });
+  });
+  afterAll(() => Promise.all([a, b].map((x) => x.destroy())));
+
+  test("TestAForwardedWriteAtTheCallersDeadlineNamesTheActiveClusterAndTheRequestIdToRetryWith", async () => {
+    let release!: () => void;
+    held = new Promise((resolve) => (release = resolve));
+    // A Connect JSON POST with the deadline header alone: B's answer, not a timer of the client's.
+    const signal = async (requestId: string) => {
+      const res = await fetch(`${b.url}/tern.workflow.v1.WorkflowService/SignalWorkflowExecution`, {
+        method: "POST",
+        headers: { "content-type": "application/json", "connect-protocol-version": "1", "connect-timeout-ms": "1000" },
+        body: JSON.stringify({ namespace: "orders", workflowExecution: run("w1"), signalName: "s", requestId }),
+      });
+      return (await res.json()) as { code?: string; message?: string };
+    };
+    try {
+      // Before: "the operation timed out", and the request id B made up for it was nowhere.
+      const err = await signal("");
+      expect(err.code).toBe("deadline_exceeded");
+      expect(err.message).toStartWith("cluster clusterA, where namespace orders is active, did not answer the forwarded SignalWorkflowExecution within ");
+      const made = /ms, the caller's deadline \(request id (\S+)\); it may still be applied there: retry with the same request id$/.exec(err.message!)?.[1];
+      expect(made).toBeDefined();
+      held = undefined;
+      release();
+      // The retry with it is applied once, whether or not the first reached A.
+      expect(await signal(made!)).toMatchObject({ eventId: expect.any(String) });
+      expect(await signal(made!)).toMatchObject({ eventId: expect.any(String) });
+      const { history } = await a.client(WorkflowService).getWorkflowExecutionHistory({ namespace: "orders", execution: run("w1") });
+      expect(history!.events.filter((e) => e.attributes.case === "workflowExecutionSignaledEventAttributes").length).toBe(1);
+    } finally {
+      held = undefined;
+      release();
+    }
+  });
+
+});
