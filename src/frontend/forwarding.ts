@@ -117,7 +117,8 @@ export async function forward<T>(ctx: HandlerContext, to: ForwardTarget, call: (
   const late = ours ? undefined : unansweredText(ctx, to, `${callerMs} ms, the caller's deadline`);
   // What this server answers at the deadline, should it come first (deadline.ts).
   if (late) ctx.values.set(deadlineTextKey, late);
-  const headers = { [FORWARDED_HEADER]: to.current };
+  // The caller's request id goes along: the active cluster logs the call under it too.
+  const headers = { [FORWARDED_HEADER]: to.current, "x-request-id": ctx.values.get(requestIdKey) };
   // A deadline past a timer's reach (a failover's --timeout of 30 days) is none: its timer fired at once.
   const options = { headers, signal: ctx.signal, timeoutMs: timeoutMs > MAX_TIMER_MS ? undefined : timeoutMs };
   try {

@@ -1,5 +1,9 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { Code } from "@connectrpc/connect";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { createLogger } from "../../src/observability/log";
+import { eventually } from "../support/eventually";
+import { rejects } from "../support/rejects";
 import type { TestCluster } from "../support/server";
 import { serverStartTimeout } from "../support/timeouts";
 import { startOrdersPair } from "./mesh";
@@ -11,11 +15,18 @@ const run = (workflowId: string) => ({ workflowId, runId: "" });
 // Forwarding is the frontend's, whatever the store: PGlite alone.
 describe("a call forwarded to an active cluster that answers late, or fails it", () => {
   let a: TestCluster, b: TestCluster;
+  /** clusterA's log lines. */
+  const logged: Record<string, unknown>[] = [];
   /** Set: clusterA holds each signal's commit until it settles. */
   let held: Promise<void> | undefined;
   beforeAll(async () => {
     [a, b] = await startOrdersPair("pglite", [
-      { serverOptions: { beforeCommit: (operation) => (operation === "SignalWorkflowExecution" ? held : undefined) } },
+      {
+        serverOptions: {
+          log: createLogger({ level: "info", write: (line) => logged.push(JSON.parse(line)) }),
+          beforeCommit: (operation) => (operation === "SignalWorkflowExecution" ? held : undefined),
+        },
+      },
       { extraYaml: "dcRedirectionPolicy: { policy: all-apis-forwarding }" },
     ]);
     await a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "w1", workflowType: "t", taskQueue: "q" });
@@ -54,4 +65,18 @@ describe("a call forwarded to an active cluster that answers late, or fails it",
     }
   });
 
+  test("TestAForwardedCallIsLoggedOnTheActiveClusterUnderTheCallersRequestId", async () => {
+    await rejects(
+      b.client(WorkflowService).signalWorkflowExecution({ namespace: "orders", workflowExecution: run("missing"), signalName: "s" }, { headers: { "x-request-id": "fwd-log-1" } }),
+      Code.NotFound,
+      "workflow execution missing not found",
+    );
+    // Before, A logged it under an id of its own, which nothing on B's side named.
+    const onA = await eventually(() => {
+      const line = logged.find((l) => l.msg === "rpc failed" && l.error === "workflow execution missing not found in namespace orders");
+      expect(line).toBeDefined();
+      return line!;
+    });
+    expect(onA.requestId).toBe("fwd-log-1");
+  });
 });
