@@ -29,8 +29,8 @@ export interface NamespaceReceiverDeps {
   onBackfillStarted?: () => void;
   /** A namespace task was committed to this cluster's own queue (wakes the namespace sender). */
   onQueued?: () => void;
-  /** Awaited before each task is applied, with the namespace it carries (tests: holds this cluster's view of a namespace change). */
-  beforeApply?: (ns: NamespaceDescription) => Promise<void>;
+  /** Awaited before each task is applied, with the namespace it carries and the stream's stop (tests: holds this cluster's view of a namespace change). */
+  beforeApply?: (ns: NamespaceDescription, signal: AbortSignal) => Promise<void>;
   /** How long the sender may hold one poll open. */
   waitTimeoutMs?: number;
   /** How often held tasks are tried again without a namespace delete here to free a name (default 60 s): a delete by another build or behind the server's back. */
@@ -84,7 +84,7 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
 
   /** Applies task with its ack; the stop (signal) rolls it back, cancelling a statement waiting for a lock, and the next start takes it again. */
   async function apply(key: AckKey, task: NamespaceReplicationTask, maxTaskId: number, signal: AbortSignal): Promise<void> {
-    await deps.beforeApply?.(task.namespace!);
+    await deps.beforeApply?.(task.namespace!, signal);
     const info = task.namespace?.namespaceInfo;
     let dropped = 0;
     const result = await transaction(db, async (tx) => {

@@ -99,8 +99,8 @@ export interface ServerOptions {
     beforePull?: (req: PullReplicationTasksRequest, signal: AbortSignal) => Promise<void>;
     /** In place of the database's `applies.durable`: what the receiver awaits before it tells a source of its applies (tests). */
     durable?: () => Promise<unknown>;
-    /** Awaited before each replicated namespace change (the namespace it carries) is applied: holds this cluster's view of a failover (tests). */
-    beforeNamespaceApply?: (ns: NamespaceDescription) => Promise<void>;
+    /** Awaited before each replicated namespace change (the namespace it carries) is applied: holds this cluster's view of a failover (tests); signal: the stream's stop. */
+    beforeNamespaceApply?: (ns: NamespaceDescription, signal: AbortSignal) => Promise<void>;
     /** Verify's budgets (tests make them small, so that a moderate run takes several calls). */
     verify?: Pick<ReplicationVerifierDeps, "sqlDigestBytes" | "pageWorkMs">;
     /** How many times a DLQ merge lists the DLQ (replication/dlq-merge.ts; tests make it 1). */

@@ -207,8 +207,10 @@ for (const store of await testStores()) {
     let a: TestCluster, b: TestCluster, c: TestCluster;
     const gate = createGate();
     beforeAll(async () => {
-      // Closed, B applies no namespace change: it has not heard of the failover yet.
-      const beforeNamespaceApply = () => gate.held ?? Promise.resolve();
+      // Closed, B applies no namespace change: it has not heard of the failover yet. A stream stopped meanwhile (its
+      // remote's connection disabled) goes on to its stop, which takes nothing.
+      const beforeNamespaceApply = (_ns: unknown, signal: AbortSignal) =>
+        gate.held && !signal.aborted ? Promise.race([gate.held, new Promise<void>((r) => signal.addEventListener("abort", () => r(), { once: true }))]) : Promise.resolve();
       [a, b, c] = await startClusters(store, [{}, { serverOptions: { replication: { beforeNamespaceApply } } }, {}]);
       await connectAll([a, b, c]);
     });
