@@ -4,8 +4,18 @@ import { peerFailureText, type RemoteClientPool } from "../src/cluster/remote-cl
 import type { NamespaceRecord } from "../src/namespace/registry";
 import { notServed } from "./not-served";
 
-/** Whether the active cluster a passive copy names still holds the copy's namespace id, or why that is not known; behind: another member says the copy missed a failover. */
-export type ActiveHolds = "holds" | "gone" | { unknown: string } | { behind: string };
+/**
+ * Whether the active cluster a passive copy names still holds the copy's namespace id, or why that is not known; behind: another
+ * member says the copy missed a failover; unasked: it no longer does, but the members named could not be asked whether they do.
+ */
+export type ActiveHolds = "holds" | "gone" | { unknown: string } | { behind: string } | { unasked: Unasked[] };
+
+/** A member that could not be asked: its name, the address it is known at here, and why. */
+export interface Unasked {
+  cluster: string;
+  address: string;
+  why: string;
+}
 
 export interface StaleCopyCheckDeps {
   clusters: ClusterDirectory;
@@ -38,18 +48,26 @@ export function createStaleCopyCheck({ clusters, clients, timeoutMs = 5_000 }: S
   /**
    * A copy that missed a failover names an active cluster that may have left the namespace since
    * and deleted its copy: another member holding the id at a later failover version says so. A
-   * member that cannot be asked is passed over (a dead one would block the delete for good).
+   * member that cannot be asked may be that one: the answer is then unknown, unless an operator
+   * disabled the connection to it (one gone for good would otherwise block the delete for good).
    */
-  async function newerElsewhere(ns: NamespaceRecord): Promise<{ behind: string } | undefined> {
+  async function newerElsewhere(ns: NamespaceRecord): Promise<{ behind: string } | { unasked: Unasked[] } | undefined> {
     const others = (await clusters.list()).filter((c) => !c.isCurrent && c.clusterName !== ns.activeClusterName && ns.clusters.includes(c.clusterName));
-    const answers = await Promise.all(others.map((c) => namespaceOn(clients, c.rpcAddress, { id: ns.id }, timeoutMs).catch(() => "not found" as const)));
+    const answers = await Promise.all(others.map((c) => namespaceOn(clients, c.rpcAddress, { id: ns.id }, timeoutMs).catch((e) => ({ failed: peerFailureText(e) }))));
+    const unasked: Unasked[] = [];
     for (const [i, there] of answers.entries()) {
+      const member = others[i]!;
+      if (there !== "not found" && "failed" in there) {
+        if (member.enableConnection) unasked.push({ cluster: member.clusterName, address: member.rpcAddress, why: there.failed });
+        continue;
+      }
       if (there === "not found" || there.id !== ns.id || (there.failoverVersion ?? 0n) <= BigInt(ns.failoverVersion)) continue;
       return {
-        behind: `cluster ${others[i]!.clusterName} holds it (id ${ns.id}) at a later failover version (${there.failoverVersion}, active in ${there.active}) ` +
+        behind: `cluster ${member.clusterName} holds it (id ${ns.id}) at a later failover version (${there.failoverVersion}, active in ${there.active}) ` +
           `than this copy's (${ns.failoverVersion}): this copy is behind, not stale`,
       };
     }
+    if (unasked.length) return { unasked };
   }
 
   return async (ns: NamespaceRecord): Promise<ActiveHolds> => {

@@ -61,6 +61,14 @@ function passiveDeleteRefused(ns: NamespaceRecord, here: string, holds: Exclude<
     return `namespace ${ns.name} is global, ${here} is one of its clusters, and ${active}, named active here, no longer holds it, but ${holds.behind}; ` +
       `wait until ${here} hears of that failover, then delete it where it is active, or take ${here} out of its clusters there first`;
   }
+  if ("unasked" in holds) {
+    const who = holds.unasked.map((u) => `cluster ${u.cluster} at ${u.address} (${u.why})`).join(", ");
+    const address = holds.unasked.length === 1 ? holds.unasked[0]!.address : "ADDRESS";
+    return `namespace ${ns.name} is global, ${here} is one of its clusters, and ${active}, named active here, no longer holds it, but ${who} could not be asked ` +
+      `whether it holds it at a later failover version (this copy then behind, not stale: deleted, it would be lost); delete it again once it answers, ` +
+      `or, if it is gone for good, disable the connection to it here ('tern operator cluster upsert --frontend-address ${address} --enable-connection=false'): ` +
+      `a member whose connection is disabled is not waited for`;
+  }
   return `namespace ${ns.name} is global and active in cluster ${active}, and ${here} is one of its clusters: ${instead} ` +
     `(a copy ${active} no longer holds may be deleted here, but ${active} could not be asked: ${holds.unknown})`;
 }

@@ -6,7 +6,7 @@ import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { namespaces } from "../../src/persistence/schema";
 import { replicationStatusTable } from "../../src/cli/commands/replication";
-import { connectAll, describeOn, eventuallyOn, startClusters } from "../failover/mesh";
+import { addr, connectAll, describeOn, eventuallyOn, startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
 import { createGate } from "../support/gate";
 import { rejects } from "../support/rejects";
@@ -238,6 +238,37 @@ for (const store of await testStores()) {
       );
       gate.open();
       await eventuallyOn(b, "moved", (ns) => expect(ns.replicationConfig!.activeClusterName).toBe("clusterC"));
+    });
+
+    // Last in this describe: C is stopped.
+    test("TestACopyWhoseNamedActiveClusterLeftIsNotDeletedWhileTheMemberHoldingItCannotBeAsked: until its connection is disabled", async () => {
+      const id = (await a.client(WorkflowService).registerNamespace({ namespace: "lost", isGlobalNamespace: true, clusters: ["clusterA", "clusterB", "clusterC"] })).namespace!.namespaceInfo!.id;
+      for (const x of [b, c]) await eventuallyOn(x, "lost", () => {});
+      gate.close();
+      // Forced over to C, A taken out and its copy deleted: only C holds lost, and B, behind, still names A active.
+      await c.client(WorkflowService).updateNamespace({ namespace: "lost", activeClusterName: "clusterC" });
+      await c.client(WorkflowService).updateNamespace({ namespace: "lost", clusters: ["clusterB", "clusterC"] });
+      await eventuallyOn(a, "lost", (ns) => expect(ns.replicationConfig!.clusters).toEqual(["clusterB", "clusterC"]));
+      await a.client(OperatorService).deleteNamespace({ namespace: "lost" });
+      await c.stop();
+
+      // Before: C, not answering, was passed over, and B deleted its copy of a namespace live on C.
+      const refused = await rejects(
+        b.client(OperatorService).deleteNamespace({ namespace: "lost" }),
+        Code.FailedPrecondition,
+        `namespace lost is global, clusterB is one of its clusters, and clusterA, named active here, no longer holds it, but cluster clusterC at ${addr(c)} (`,
+      );
+      expect(refused.rawMessage).toContain(
+        `) could not be asked whether it holds it at a later failover version (this copy then behind, not stale: deleted, it would be lost); delete it again once it answers, ` +
+          `or, if it is gone for good, disable the connection to it here ('tern operator cluster upsert --frontend-address ${addr(c)} --enable-connection=false')`,
+      );
+      const copy = await describeOn(b, "lost");
+      expect([copy.namespaceInfo!.id, copy.replicationConfig!.activeClusterName]).toEqual([id, "clusterA"]);
+
+      // The way out for a member gone for good: its connection disabled here, it is not waited for.
+      await b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(c), enableRemoteClusterConnection: false });
+      await b.client(OperatorService).deleteNamespace({ namespace: "lost" });
+      await expect(describeOn(b, "lost")).rejects.toThrow("not found");
     });
   });
 }
