@@ -12,6 +12,7 @@ import type { RemoteCluster, ReplicationStream } from "./manager";
 import { startJoinBackfill, stopBackfillJobs, stopBackfillsOfNonMembers } from "./backfill-jobs";
 import { createInboundHeard, type Heard } from "./inbound-heard";
 import { applyNamespaceTask, type AppliedNamespace } from "./namespace-applier";
+import { liveCopyWayOut } from "./held-way-out";
 import { dropHeld, firstHeld, heldNamespaceIds, holdTask, lockHeld, releaseHeld } from "./namespace-held";
 import { advanceAckLevel, appendNamespaceTask, readAckLevel, type AckKey } from "./namespace-queue";
 
@@ -104,7 +105,7 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
     if (result.outcome === "held") {
       log.info("namespace replication task held behind an earlier one of its namespace", { remote: key.remote, namespace: info!.name, namespaceId: info!.id, taskId: Number(task.taskId) });
     } else if (result.outcome === "collided") {
-      log.warn(collisionText(key.remote, info!.name, info!.id, result.collidesWith!), { remote: key.remote, taskId: Number(task.taskId) });
+      log.warn(collisionText(currentCluster, key.remote, info!.name, info!.id, result.collidesWith!), { remote: key.remote, taskId: Number(task.taskId) });
     } else applied(key.remote, task, result);
   }
 
@@ -196,8 +197,8 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
 }
 
 /** What the log says of a held create, with what the operator does about it. */
-export function collisionText(source: string, name: string, id: string, localId: string): string {
+export function collisionText(currentCluster: string, source: string, name: string, id: string, localId: string): string {
   return `namespace replication task held: namespace ${name} (id ${id}) from ${source} is not created here, a namespace ${name} with another id (${localId}) is here; ` +
     `its later changes wait behind it, the other namespaces' go on. If ${localId} is a stale copy (deleted on its active cluster), delete it here ` +
-    `('tern operator namespace delete ${name}'): the held changes then apply`;
+    `('tern operator namespace delete ${name}'): the held changes then apply. ${liveCopyWayOut(currentCluster, source, name, id, localId)}`;
 }

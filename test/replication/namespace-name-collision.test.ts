@@ -240,6 +240,39 @@ for (const store of await testStores()) {
       await eventuallyOn(b, "moved", (ns) => expect(ns.replicationConfig!.activeClusterName).toBe("clusterC"));
     });
 
+    test("TestAForcedFailoverBeforeTheNewNamespaceWasHeardHoldsItBehindALiveCopy: the warnings say how to keep either", async () => {
+      const register = () => a.client(WorkflowService).registerNamespace({ namespace: "pair", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] }).then((r) => r.namespace!.namespaceInfo!.id);
+      const oldId = await register();
+      await eventuallyOn(b, "pair", () => {});
+      gate.close();
+      await a.client(OperatorService).deleteNamespace({ namespace: "pair" });
+      const newId = await register();
+      // B, not having heard of the new one, makes its copy active: nothing is held behind it yet, so it may.
+      await b.client(WorkflowService).updateNamespace({ namespace: "pair", activeClusterName: "clusterB" });
+      gate.open();
+      const held = async (x: TestCluster) => (await x.client(AdminService).getReplicationStatus({})).heldNamespaces.filter((h) => h.namespace === "pair").map((h) => [h.sourceCluster, h.namespaceId, h.localNamespaceId]);
+      // Each is held behind the other where it is not active.
+      await eventually(async () => expect(await held(b)).toEqual([["clusterA", newId, oldId]]));
+      await eventually(async () => expect(await held(a)).toEqual([["clusterB", oldId, newId]]));
+      // Before: only "if it is a stale copy, delete it here", of a copy live here (on A: of the one registered again).
+      expect(replicationStatusTable(await b.client(AdminService).getReplicationStatus({}))).toContain(
+        `If ${oldId} is live here instead (active here, failed over before clusterB heard of ${newId}), these are two namespaces of one name: ` +
+          `to keep ${oldId}, take clusterB out of ${newId}'s clusters on clusterA (the held tasks are then dropped), then delete ${newId} there; ` +
+          `to keep ${newId}, take clusterA out of ${oldId}'s clusters here, then delete ${oldId} here ('tern operator namespace delete pair': what it took is lost), and the held tasks apply`,
+      );
+      expect(replicationStatusTable(await a.client(AdminService).getReplicationStatus({}))).toContain(
+        `If ${newId} is live here instead (active here, failed over before clusterA heard of ${oldId}), these are two namespaces of one name: ` +
+          `to keep ${newId}, take clusterA out of ${oldId}'s clusters on clusterB`,
+      );
+
+      // Keeping the new one, the way B's warning says.
+      await b.client(WorkflowService).updateNamespace({ namespace: "pair", clusters: ["clusterB"] });
+      await eventually(async () => expect(await held(a)).toEqual([]));
+      await b.client(OperatorService).deleteNamespace({ namespace: "pair" });
+      await eventuallyOn(b, "pair", (ns) => expect([ns.namespaceInfo!.id, ns.replicationConfig!.activeClusterName]).toEqual([newId, "clusterA"]));
+      await eventually(async () => expect(await held(b)).toEqual([]));
+    });
+
     // Last in this describe: C is stopped.
     test("TestACopyWhoseNamedActiveClusterLeftIsNotDeletedWhileTheMemberHoldingItCannotBeAsked: until its connection is disabled", async () => {
       const id = (await a.client(WorkflowService).registerNamespace({ namespace: "lost", isGlobalNamespace: true, clusters: ["clusterA", "clusterB", "clusterC"] })).namespace!.namespaceInfo!.id;

@@ -10,6 +10,7 @@ import type { GroupCommand, LeafCommand } from "../command";
 import { formatTable } from "../output";
 import { dlqCommand } from "./replication-dlq";
 import { verifyCommand } from "./replication-verify";
+import { liveCopyWayOut } from "../../../replication/held-way-out";
 
 /** The connection column: the live state, or "disabled" when enable_connection is off. */
 function connectionOf(remote: RemoteClusterReplicationStatus): string {
@@ -124,7 +125,8 @@ function heldLines(res: GetReplicationStatusResponse): string {
     .map((h) =>
       `WARNING: namespace ${h.namespace} (id ${h.namespaceId}) from ${h.sourceCluster} is not applied here: ${here} holds a namespace ${h.namespace} with another id (${h.localNamespaceId}); ` +
       `${h.tasks} task(s) of it held since ${h.heldSince ? timestampDate(h.heldSince).toISOString() : "?"}, the other namespaces' go on. ` +
-      `If ${h.localNamespaceId} is a stale copy (deleted on its active cluster), delete it here ('tern operator namespace delete ${h.namespace}'): the held tasks then apply\n`)
+      `If ${h.localNamespaceId} is a stale copy (deleted on its active cluster), delete it here ('tern operator namespace delete ${h.namespace}'): the held tasks then apply. ` +
+      `${liveCopyWayOut(here, h.sourceCluster, h.namespace, h.namespaceId, h.localNamespaceId)}\n`)
     .join("");
 }
 
