@@ -219,15 +219,21 @@ for (const store of await testStores()) {
       for (const x of [a, b, c]) await x?.destroy();
     });
 
-    test("TestACopyWhoseNamedActiveClusterLeftButAnotherMemberHoldsItIsNotDeleted", async () => {
-      const id = (await a.client(WorkflowService).registerNamespace({ namespace: "moved", isGlobalNamespace: true, clusters: ["clusterA", "clusterB", "clusterC"] })).namespace!.namespaceInfo!.id;
-      for (const x of [b, c]) await eventuallyOn(x, "moved", () => {});
+    /** name on A, B and C, forced over to C while B hears nothing (the gate left closed), A taken out there and its copy deleted on A; its id. */
+    async function behindOnB(name: string): Promise<string> {
+      const id = (await a.client(WorkflowService).registerNamespace({ namespace: name, isGlobalNamespace: true, clusters: ["clusterA", "clusterB", "clusterC"] })).namespace!.namespaceInfo!.id;
+      for (const x of [b, c]) await eventuallyOn(x, name, () => {});
       gate.close();
+      await c.client(WorkflowService).updateNamespace({ namespace: name, activeClusterName: "clusterC" });
+      await c.client(WorkflowService).updateNamespace({ namespace: name, clusters: ["clusterB", "clusterC"] });
+      await eventuallyOn(a, name, (ns) => expect(ns.replicationConfig!.clusters).toEqual(["clusterB", "clusterC"]));
+      await a.client(OperatorService).deleteNamespace({ namespace: name });
+      return id;
+    }
+
+    test("TestACopyWhoseNamedActiveClusterLeftButAnotherMemberHoldsItIsNotDeleted", async () => {
       // Forced over to C, A taken out there and its copy deleted on A: B, behind, still names A active.
-      await c.client(WorkflowService).updateNamespace({ namespace: "moved", activeClusterName: "clusterC" });
-      await c.client(WorkflowService).updateNamespace({ namespace: "moved", clusters: ["clusterB", "clusterC"] });
-      await eventuallyOn(a, "moved", (ns) => expect(ns.replicationConfig!.clusters).toEqual(["clusterB", "clusterC"]));
-      await a.client(OperatorService).deleteNamespace({ namespace: "moved" });
+      const id = await behindOnB("moved");
       expect((await describeOn(b, "moved")).replicationConfig!.activeClusterName).toBe("clusterA");
 
       // Before: A answered NOT_FOUND, and B deleted its copy of a namespace it is a member of, active in C.
@@ -275,14 +281,8 @@ for (const store of await testStores()) {
 
     // Last in this describe: C is stopped.
     test("TestACopyWhoseNamedActiveClusterLeftIsNotDeletedWhileTheMemberHoldingItCannotBeAsked: until its connection is disabled", async () => {
-      const id = (await a.client(WorkflowService).registerNamespace({ namespace: "lost", isGlobalNamespace: true, clusters: ["clusterA", "clusterB", "clusterC"] })).namespace!.namespaceInfo!.id;
-      for (const x of [b, c]) await eventuallyOn(x, "lost", () => {});
-      gate.close();
-      // Forced over to C, A taken out and its copy deleted: only C holds lost, and B, behind, still names A active.
-      await c.client(WorkflowService).updateNamespace({ namespace: "lost", activeClusterName: "clusterC" });
-      await c.client(WorkflowService).updateNamespace({ namespace: "lost", clusters: ["clusterB", "clusterC"] });
-      await eventuallyOn(a, "lost", (ns) => expect(ns.replicationConfig!.clusters).toEqual(["clusterB", "clusterC"]));
-      await a.client(OperatorService).deleteNamespace({ namespace: "lost" });
+      // Only C holds lost, and B, behind, still names A active.
+      const id = await behindOnB("lost");
       await c.stop();
 
       // Before: C, not answering, was passed over, and B deleted its copy of a namespace live on C.
