@@ -242,6 +242,11 @@ for (const store of await testStores()) {
         Code.FailedPrecondition,
         `cluster clusterC holds it (id ${id}) at a later failover version (3, active in clusterC) than this copy's (1): this copy is behind, not stale`,
       );
+      // Its connection disabled here, C is still asked (only one that does not answer is passed over).
+      const connect = (enableRemoteClusterConnection: boolean) => b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(c), enableRemoteClusterConnection });
+      await connect(false);
+      await rejects(b.client(OperatorService).deleteNamespace({ namespace: "moved" }), Code.FailedPrecondition, "this copy is behind, not stale");
+      await connect(true);
       gate.open();
       await eventuallyOn(b, "moved", (ns) => expect(ns.replicationConfig!.activeClusterName).toBe("clusterC"));
     });
