@@ -8,6 +8,7 @@ import { requireMendedDriver } from "./driver-mends";
 import type { Logger } from "../observability/log";
 import { acquireDataDirLock, checkDataDir, type DataDirLock } from "./lock";
 import { prepareFirstStart } from "./pglite-first-start";
+import { yieldTurns } from "./pglite-turns";
 import { createPipelinedTransactions, type PipelinedTransactions } from "./pipelined-tx";
 import * as schema from "./schema";
 
@@ -109,7 +110,7 @@ async function openPglite(dataDir: string, opts: OpenOptions): Promise<Database>
       throw new Error(`PGlite could not open its data directory ${dataDir} (persistence.datastore.pglite.dataDir): ${e.message}`);
     });
     firstStart?.done();
-    const db = drizzlePglite(client, { schema }) as unknown as Db;
+    const db = drizzlePglite(yieldTurns(client), { schema }) as unknown as Db;
     return {
       db,
       kind: "pglite",
