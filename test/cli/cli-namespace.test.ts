@@ -179,3 +179,26 @@ describe("operator namespace failover, asked of a cluster that has not heard of 
     expect([failed.code, failed.stdout, failed.stderr]).toEqual([0, "Namespace orders is active in clusterB (failover version 102)\n", ""]);
   });
 });
+
+describe("operator namespace failover whose server stops answering while it runs", () => {
+  const argv = ["--address", "http://a:7233", "operator", "namespace", "failover", "-n", "orders", "--to", "clusterB"];
+  /** connect-web's error for a fetch that failed with code (Bun's and Node's errno names). */
+  const fetchFailed = (code: string) => new ConnectError("fetch failed", Code.Unknown, undefined, undefined, Object.assign(new TypeError("fetch failed"), { code }));
+
+  // A server killed during the handover: the failover may have switched before it died (seen
+  // killing the active 100 ms past its handover point), yet "cannot reach tern" read as nothing done.
+  test("a connection cut mid-call says the outcome is unknown and where to look", async () => {
+    const r = await runCli(argv, { callsFail: fetchFailed("ECONNRESET") });
+    expect([r.code, r.stdout]).toEqual([1, ""]);
+    expect(r.stderr).toBe(
+      "error: the connection to tern at http://a:7233 was lost during the failover (connection reset): whether orders switched to clusterB is unknown; " +
+        "'tern operator namespace describe orders' on a running cluster of the namespace says where it is active " +
+        "(a HANDOVER left by a server that stopped is put back to NORMAL when it starts again)\n",
+    );
+  });
+
+  test("a refused connection (no failover started) is still only 'cannot reach'", async () => {
+    const r = await runCli(argv, { callsFail: fetchFailed("ECONNREFUSED") });
+    expect([r.code, r.stderr]).toEqual([1, "error: cannot reach tern at http://a:7233 (connection refused)\n"]);
+  });
+});

@@ -13,6 +13,8 @@ export interface Fakes {
   interactive?: boolean;
   answer?: string;
   adminDb?: AdminDbBackend;
+  /** What every call fails with, as a transport whose connection failed (connect-web's wrapper of a failed fetch). */
+  callsFail?: unknown;
   /** Sees each chunk the CLI writes to stdout, as it writes it. */
   onStdout?: (text: string) => void;
 }
@@ -34,6 +36,10 @@ export async function runCli(argv: string[], fakes: Fakes = {}): Promise<RunResu
   const cli = createCli({
     createTransport: (baseUrl) => {
       addresses.push(baseUrl);
+      if (fakes.callsFail !== undefined) {
+        const fail = () => Promise.reject(fakes.callsFail);
+        return { unary: fail, stream: fail };
+      }
       return createRouterTransport((router: ConnectRouter) => {
         router.service(WorkflowService, fakes.workflow ?? {});
         router.service(OperatorService, fakes.operator ?? {});

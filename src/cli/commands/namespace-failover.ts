@@ -1,7 +1,9 @@
 import { FailoverNamespaceResponseSchema } from "../../gen/tern/operator/v1/service_pb";
+import { fetchFailureReason } from "../../fetch-failure";
 import { getString, requireString } from "../args";
 import type { CommandContext, LeafCommand } from "../command";
 import { FAILOVER_WAIT_MS, millisOf } from "../deadline";
+import { CliError } from "../errors";
 import { parseDuration } from "../duration";
 import { messageJson } from "../output";
 import { namespaceArg, namespaceFlag } from "./common-flags";
@@ -34,7 +36,9 @@ export const failoverCommand: LeafCommand = {
     const timeout = timeoutText === undefined ? undefined : parseDuration(timeoutText, "timeout");
     // The call waits for the catch-up on purpose; its deadline comes on top of that wait.
     const timeoutMs = ctx.deadlineMs(timeout ? millisOf(timeout) : FAILOVER_WAIT_MS);
-    const res = await ctx.operator().failoverNamespace({ namespace, targetCluster, timeout }, { signal: ctx.signal, timeoutMs });
+    const res = await ctx.operator().failoverNamespace({ namespace, targetCluster, timeout }, { signal: ctx.signal, timeoutMs }).catch((e: unknown) => {
+      throw cutShort(e, ctx.address, namespace, targetCluster);
+    });
     if (ctx.format === "json") return ctx.out(messageJson(FailoverNamespaceResponseSchema, res));
     const ns = res.namespace;
     const active = ns?.replicationConfig?.activeClusterName ?? targetCluster;
@@ -54,4 +58,19 @@ async function staleViewNote(ctx: CommandContext, namespace: string, active: str
   const seen = res?.namespace?.replicationConfig?.activeClusterName;
   if (!seen || seen === active) return "";
   return `NOTE: the cluster at ${ctx.address} still sees ${namespace} active in ${seen}: it has not heard of the switch yet (namespace replication brings it; if this lasts, check its link to ${seen}), and writes sent to it follow that view until it hears.\n`;
+}
+
+/**
+ * A failover whose connection was cut once the server had it (the server killed or restarted
+ * while it ran) may have switched or not: "cannot reach tern" alone read as nothing done. Says
+ * so, and where to look. Any other failure is left as it is.
+ */
+function cutShort(e: unknown, address: string, namespace: string, target: string): unknown {
+  const reason = fetchFailureReason(e);
+  if (reason !== "connection reset" && reason !== "connection closed") return e;
+  return new CliError(
+    `the connection to tern at ${address} was lost during the failover (${reason}): whether ${namespace} switched to ${target} is unknown; ` +
+      `'tern operator namespace describe ${namespace}' on a running cluster of the namespace says where it is active ` +
+      "(a HANDOVER left by a server that stopped is put back to NORMAL when it starts again)",
+  );
 }
