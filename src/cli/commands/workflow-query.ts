@@ -1,4 +1,4 @@
-import { type Timestamp, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { WorkflowExecutionStatus } from "../../gen/tern/common/v1/common_pb";
 import {
   DescribeWorkflowExecutionResponseSchema,
@@ -10,6 +10,7 @@ import { UsageError } from "../errors";
 import { describeExecution, executionTable } from "../format-workflow";
 import { listJson, messageJson } from "../output";
 import { collectPages } from "../paging";
+import { parseTime } from "../time";
 import {
   executionArg,
   positiveIntArg,
@@ -44,10 +45,7 @@ export function parseStatus(text: string | undefined): WorkflowExecutionStatus {
 /** Parses an ISO-8601 time flag into a Timestamp. */
 export function parseTimeArg(args: ParsedArgs, name: string): Timestamp | undefined {
   const text = getString(args, name);
-  if (text === undefined) return undefined;
-  const millis = Date.parse(text);
-  if (Number.isNaN(millis)) throw new UsageError(`--${name} must be an ISO-8601 time (e.g. 2024-05-01T12:00:00Z), got "${text}"`);
-  return timestampFromDate(new Date(millis));
+  return text === undefined ? undefined : parseTime(text, name);
 }
 
 const describe: LeafCommand = {
@@ -74,8 +72,8 @@ const list: LeafCommand = {
     { name: "status", kind: "string", valueName: "STATUS", description: "running, completed, failed, canceled, terminated or timed-out" },
     { name: "type", kind: "string", valueName: "TYPE", description: "Only this workflow type" },
     { name: "workflow-id-prefix", kind: "string", valueName: "PREFIX", description: "Only workflow ids starting with PREFIX" },
-    { name: "start-after", kind: "string", valueName: "TIME", description: "Only started at or after this ISO-8601 time" },
-    { name: "start-before", kind: "string", valueName: "TIME", description: "Only started at or before this ISO-8601 time" },
+    { name: "start-after", kind: "string", valueName: "TIME", description: "Only started at or after this ISO-8601 time (UTC unless it names a zone)" },
+    { name: "start-before", kind: "string", valueName: "TIME", description: "Only started at or before this ISO-8601 time (UTC unless it names a zone)" },
     { name: "limit", kind: "string", valueName: "N", description: "Stop after N executions (default: all)" },
   ],
   async run(ctx, args) {

@@ -1,0 +1,38 @@
+import { create } from "@bufbuild/protobuf";
+import { type Timestamp, TimestampSchema } from "@bufbuild/protobuf/wkt";
+import { UsageError } from "./errors";
+
+// RFC 3339 (a space for the T allowed): a date, or a date and time with an optional zone.
+const ISO_TIME = /^(\d{4})-(\d{2})-(\d{2})(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?([Zz]|[+-]\d{2}:?\d{2})?)?$/;
+
+/**
+ * Parses an ISO-8601 time flag: `2024-05-01`, `2024-05-01T12:00:00Z`, `2024-05-01 12:00+02:00`;
+ * without a zone it is UTC, as the CLI prints times. Date.parse, which this replaces, took a
+ * zone-less time as the machine's local time (a date alone as UTC), `1` as 2001-01-01 and
+ * `2024-02-30` as March 1.
+ */
+export function parseTime(text: string, flag: string): Timestamp {
+  const bad = (why: string) =>
+    new UsageError(`--${flag} must be an ISO-8601 time (e.g. 2024-05-01T12:00:00Z, 2024-05-01; UTC unless a zone is given), got "${text}"${why}`);
+  const m = ISO_TIME.exec(text);
+  if (!m) throw bad("");
+  const [year, month, day, hour, minute, second] = [m[1], m[2], m[3], m[4], m[5], m[6]].map((p) => Number(p ?? 0)) as [number, number, number, number, number, number];
+  const daysInMonth = new Date(Date.UTC(year, month, 0)).getUTCDate();
+  if (month < 1 || month > 12 || day < 1 || day > daysInMonth) throw bad(`: ${m[1]}-${m[2]} has no day ${m[3]}`);
+  if (hour > 23 || minute > 59 || second > 59) throw bad(": past 23:59:59");
+  const offsetMinutes = zoneMinutes(m[8]);
+  if (offsetMinutes === undefined) throw bad(": the zone is past ±23:59");
+  const utc = Date.UTC(year, month - 1, day, hour, minute, second);
+  const seconds = BigInt(utc / 1000 - offsetMinutes * 60);
+  return create(TimestampSchema, { seconds, nanos: Number((m[7] ?? "").padEnd(9, "0")) });
+}
+
+/** Minutes east of UTC of `Z`, `+02:00`, `-0530` (0 when absent); undefined past ±23:59. */
+function zoneMinutes(zone: string | undefined): number | undefined {
+  if (zone === undefined || zone.toUpperCase() === "Z") return 0;
+  const digits = zone.slice(1).replace(":", "");
+  const hours = Number(digits.slice(0, 2));
+  const minutes = Number(digits.slice(2));
+  if (hours > 23 || minutes > 59) return undefined;
+  return (zone[0] === "-" ? -1 : 1) * (hours * 60 + minutes);
+}

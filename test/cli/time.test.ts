@@ -1,0 +1,39 @@
+import { describe, expect, test } from "bun:test";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { UsageError } from "../../src/cli/errors";
+import { parseTime } from "../../src/cli/time";
+
+describe("parseTime (workflow list --start-after / --start-before)", () => {
+  test.each([
+    ["2024-05-01T12:00:00Z", "2024-05-01T12:00:00.000Z"],
+    ["2024-05-01", "2024-05-01T00:00:00.000Z"],
+    // A zone-less time is UTC, as the CLI prints times, whatever the machine's zone (Date.parse took it as local time).
+    ["2024-05-01T12:00", "2024-05-01T12:00:00.000Z"],
+    ["2024-05-01 12:00:30", "2024-05-01T12:00:30.000Z"],
+    ["2024-05-01T12:00:00+02:00", "2024-05-01T10:00:00.000Z"],
+    ["2024-05-01T12:00:00-0530", "2024-05-01T17:30:00.000Z"],
+    ["2024-02-29T23:59:59.250z", "2024-02-29T23:59:59.250Z"],
+  ])("%s is %s", (text, iso) => {
+    expect(timestampDate(parseTime(text, "start-after")).toISOString()).toBe(iso);
+  });
+
+  test("fractions keep their nanoseconds", () => {
+    expect(parseTime("2024-05-01T00:00:00.123456789Z", "start-after").nanos).toBe(123_456_789);
+  });
+
+  test.each([
+    // Date.parse: 2001-01-01, 2000-01-01, March 1, local midnight of Dec 7.
+    ["1", ""],
+    ["0", ""],
+    ["2023-02-29", ": 2023-02 has no day 29"],
+    ["2024-13-01", ": 2024-13 has no day 01"],
+    ["Dec 7 2026", ""],
+    ["2024-05-01T24:00:00Z", ": past 23:59:59"],
+    ["2024-05-01T12:00:00+24:00", ": the zone is past ±23:59"],
+    ["yesterday", ""],
+  ])("%s is refused, naming the flag", (text, why) => {
+    expect(() => parseTime(text, "start-before")).toThrow(
+      new UsageError(`--start-before must be an ISO-8601 time (e.g. 2024-05-01T12:00:00Z, 2024-05-01; UTC unless a zone is given), got "${text}"${why}`),
+    );
+  });
+});
