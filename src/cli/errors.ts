@@ -18,13 +18,17 @@ export const ExitCode = { ok: 0, failure: 1, usage: 2, interrupted: 130 } as con
 
 /**
  * Why the answer at --address is not tern's: a reply that is not HTTP/1.1 (the native gRPC
- * port speaks HTTP/2 only) or a bare HTTP 404 (a tern answers an unknown path with a Connect
- * error of its own); undefined for anything else.
+ * port speaks HTTP/2 only), a bare HTTP 404 (a tern answers an unknown path with a Connect
+ * error of its own), a success that is not protobuf (a web page: tern answers the CLI's calls
+ * application/proto) or a redirect (tern sends none); undefined for anything else.
  */
 function notTernReason(err: ConnectError): string | undefined {
   const cause = err.cause as { code?: unknown } | undefined;
   if (err.code === Code.Unknown && (cause?.code === "Malformed_HTTP_Response" || err.rawMessage.startsWith("Malformed_HTTP_Response"))) return "its answer is not HTTP/1.1";
   if (err.code === Code.Unimplemented && /^HTTP 404\b/.test(err.rawMessage)) return "it answered HTTP 404";
+  const contentType = /^unsupported content type (.*)$/.exec(err.rawMessage)?.[1];
+  if (contentType !== undefined && (err.code === Code.Unknown || err.code === Code.Internal)) return `it answered ${contentType || "no content type"}, not Connect's application/proto`;
+  if (cause?.code === "UnexpectedRedirect") return "it answered with a redirect";
   return undefined;
 }
 

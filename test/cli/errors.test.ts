@@ -1,5 +1,7 @@
 import { describe, expect, test } from "bun:test";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-web";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { CliError, formatError, isAbort, UsageError, usageHint } from "../../src/cli/errors";
 
 const address = "http://127.0.0.1:7233";
@@ -50,5 +52,28 @@ describe("formatError", () => {
     expect(isAbort(new ConnectError("x", Code.Canceled))).toBe(true);
     expect(isAbort(new DOMException("aborted", "AbortError"))).toBe(true);
     expect(isAbort(new Error("x"))).toBe(false);
+  });
+
+  test("an HTTP server that is not tern (a web page, a JSON API, a redirect) is named as not tern's Connect port, not 'unknown: unsupported content type text/html' or Bun's 'UnexpectedRedirect ... pass `verbose: true`'", async () => {
+    const answers: Record<string, () => Response> = {
+      "/page": () => new Response("<html></html>", { headers: { "content-type": "text/html" } }),
+      "/api": () => new Response("{}", { headers: { "content-type": "application/json" } }),
+      "/moved": () => new Response(null, { status: 302, headers: { location: "https://elsewhere.example/" } }),
+    };
+    const web = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: (req) => answers[`/${new URL(req.url).pathname.split("/")[1]}`]!() });
+    try {
+      const said = async (path: string) => {
+        const baseUrl = `http://127.0.0.1:${web.port}${path}`;
+        const client = createClient(OperatorService, createConnectTransport({ baseUrl, useBinaryFormat: true }));
+        const err = await client.listClusters({}).then(() => undefined, (e: unknown) => e);
+        return formatError(err, baseUrl).replace(`http://127.0.0.1:${web.port}`, "ADDR");
+      };
+      const hint = "; --address takes services.frontend.rpc.port, not the gRPC port";
+      expect(await said("/page")).toBe(`error: ADDR/page is not tern's Connect port (it answered text/html, not Connect's application/proto)${hint}`);
+      expect(await said("/api")).toBe(`error: ADDR/api is not tern's Connect port (it answered application/json, not Connect's application/proto)${hint}`);
+      expect(await said("/moved")).toBe(`error: ADDR/moved is not tern's Connect port (it answered with a redirect)${hint}`);
+    } finally {
+      await web.stop(true);
+    }
   });
 });
