@@ -11,6 +11,7 @@ import { rootCommand } from "./commands/root";
 import { LONG_RUN_MS, parseRpcTimeout, withDeadline } from "./deadline";
 import { CliError, ExitCode, formatError, isAbort, UsageError, usageHint } from "./errors";
 import { renderHelp } from "./help";
+import { type ReadInput, readJsonSources } from "./json-source";
 import type { OutputFormat, Writer } from "./output";
 import { VERSION } from "../version";
 
@@ -26,6 +27,8 @@ export interface CliDeps {
   interactive?: boolean;
   /** Reads one answer line from the terminal. */
   prompt?(question: string): Promise<string>;
+  /** Reads standard input or a file, for a JSON flag's `-` or `@PATH`. */
+  readInput?: ReadInput;
   /** The database operations for `admin db`. */
   loadAdminDb?(): Promise<AdminDbBackend>;
   /** The command tree (tests may pass a smaller one). */
@@ -140,6 +143,7 @@ export function createCli(deps: CliDeps): Cli {
         const rpcTimeoutMs = parseRpcTimeout(getString(args, "rpc-timeout"));
         const ctx = buildContext(deps, address, parseFormat(getString(args, "output")), rpcTimeoutMs);
         checkPositionals(leaf, args.positionals);
+        await readJsonSources(args, leaf.flags, deps.readInput ?? (() => Promise.reject(new Error("no input to read here"))));
         return (await leaf.run(ctx, args)) ?? ExitCode.ok;
       } catch (err) {
         return report(err, deps, path, address);

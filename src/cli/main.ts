@@ -1,4 +1,5 @@
 // Composition root of the CLI: the only place that touches process, the terminal and the network stack.
+import { readFile } from "node:fs/promises";
 import { createInterface } from "node:readline/promises";
 import { createConnectTransport } from "@connectrpc/connect-web";
 import { loadAdminDbBackend } from "./admin-db-backend";
@@ -12,6 +13,14 @@ async function prompt(question: string): Promise<string> {
   } finally {
     rl.close();
   }
+}
+
+/** The text of standard input (a JSON flag's `-`) or of a file (`@PATH`). */
+async function readInput(source: "-" | { path: string }): Promise<string> {
+  if (source !== "-") return readFile(source.path, "utf8");
+  let text = "";
+  for await (const chunk of process.stdin.setEncoding("utf8")) text += chunk;
+  return text;
 }
 
 /** A Writer over a process stream; a reader that went away (`tern ... | head`) ends the CLI quietly. */
@@ -43,6 +52,7 @@ async function main(): Promise<number> {
     signal: interrupt.signal,
     interactive: Boolean(process.stdin.isTTY && process.stderr.isTTY),
     prompt,
+    readInput,
     loadAdminDb: loadAdminDbBackend,
   });
   return cli.run(process.argv.slice(2));

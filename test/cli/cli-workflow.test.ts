@@ -9,6 +9,7 @@ import {
 import type {
   GetWorkflowExecutionHistoryRequest,
   ListWorkflowExecutionsRequest,
+  SignalWithStartWorkflowExecutionRequest,
   StartWorkflowExecutionRequest,
 } from "../../src/gen/tern/workflow/v1/service_pb";
 import { runCli } from "./harness";
@@ -82,6 +83,26 @@ describe("workflow start", () => {
     expect(r.code).toBe(2);
     expect(called).toBe(false);
     expect(r.stderr).toContain("--input is not valid JSON");
+  });
+
+  test("a JSON flag reads - from standard input and @PATH from a file: a payload past the 128 KiB one argument may hold has no other way in", async () => {
+    const inputs: string[] = [];
+    const workflow = {
+      signalWithStartWorkflowExecution: (req: SignalWithStartWorkflowExecutionRequest) => {
+        inputs.push(text(req.input!.payloads[0]!.data), text(req.signalInput!.payloads[0]!.data));
+        return { runId: "r" };
+      },
+    };
+    const big = JSON.stringify({ big: "x".repeat(200_000) });
+    const fed = { "-": '{"from":"stdin"}\n', "/tmp/in.json": big };
+    const ok = await runCli(["workflow", "signal-with-start", "-w", "w", "--type", "T", "--name", "go", "--input", "@/tmp/in.json", "--signal-input", "-"], { workflow, inputs: fed });
+    expect([ok.code, ok.stderr]).toEqual([0, ""]);
+    expect(inputs).toEqual([big, '{"from":"stdin"}\n']);
+    const missing = await runCli(["workflow", "signal", "-w", "w", "--name", "go", "--input", "@/tmp/nope.json"], { workflow, inputs: fed });
+    expect([missing.code, missing.stdout, missing.stderr.split("\n")[0]]).toEqual([2, "", "error: --input @/tmp/nope.json: cannot read /tmp/nope.json: ENOENT: no such file or directory"]);
+    const twice = await runCli(["workflow", "signal-with-start", "-w", "w", "--type", "T", "--name", "go", "--input", "-", "--signal-input", "-"], { workflow, inputs: fed });
+    expect([twice.code, twice.stderr.split("\n")[0]]).toEqual([2, "error: --signal-input - and --input - both read standard input; give one of them @FILE"]);
+    expect(inputs).toHaveLength(2);
   });
 
   test("signal-with-start takes --signal-name and --signal-input", async () => {

@@ -15,6 +15,8 @@ export interface Fakes {
   adminDb?: AdminDbBackend;
   /** What every call fails with, as a transport whose connection failed (connect-web's wrapper of a failed fetch). */
   callsFail?: unknown;
+  /** What `-` (standard input) and `@PATH` read, by "-" or path; others fail as a missing file does. */
+  inputs?: Record<string, string>;
   /** Sees each chunk the CLI writes to stdout, as it writes it. */
   onStdout?: (text: string) => void;
 }
@@ -53,6 +55,12 @@ export async function runCli(argv: string[], fakes: Fakes = {}): Promise<RunResu
     stderr: (t) => void (stderr += t),
     interactive: fakes.interactive ?? false,
     prompt: async () => fakes.answer ?? "",
+    readInput: async (source) => {
+      const key = source === "-" ? "-" : source.path;
+      const text = fakes.inputs?.[key];
+      if (text === undefined) throw new Error(`ENOENT: no such file or directory, open '${key}'`);
+      return text;
+    },
     loadAdminDb: fakes.adminDb ? async () => fakes.adminDb! : undefined,
   });
   const code = await cli.run(argv);

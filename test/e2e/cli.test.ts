@@ -1,4 +1,7 @@
 import { setDefaultTimeout, afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { addr as addressOf, connectAll, eventuallyOn, startClusters } from "../failover/mesh";
@@ -45,6 +48,24 @@ test("an --address that is not tern's Connect port is named as such: an HTTP/2-o
     expect([other.code, other.err.trim()]).toEqual([1, `error: http://127.0.0.1:${web.port} is not tern's Connect port (it answered HTTP 404); --address takes services.frontend.rpc.port, not the gRPC port`]);
   } finally {
     h2.stop(true);
+    await web.stop(true);
+  }
+});
+
+test("--input - sends what the CLI's standard input holds, @PATH a file's text (they were sent as JSON text and refused, exit 2)", async () => {
+  const bodies: string[] = [];
+  const web = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: async (req) => (bodies.push(await req.text()), new Response("", { status: 404 })) });
+  const dir = mkdtempSync(join(tmpdir(), "tern-cli-input-"));
+  try {
+    writeFileSync(join(dir, "in.json"), '{"from":"file"}');
+    const args = ["node", "bin/tern", "--address", `127.0.0.1:${web.port}`, "workflow", "signal", "-w", "w", "--name", "go", "--input"];
+    const child = Bun.spawn([...args, "-"], { cwd: root, stdin: new TextEncoder().encode('{"from":"stdin"}'), stdout: "pipe", stderr: "pipe" });
+    expect([await child.exited, (await new Response(child.stderr).text()).split("\n")[0]]).toEqual([1, `error: http://127.0.0.1:${web.port} is not tern's Connect port (it answered HTTP 404); --address takes services.frontend.rpc.port, not the gRPC port`]);
+    const fromFile = Bun.spawn([...args, `@${join(dir, "in.json")}`], { cwd: root, stdout: "pipe", stderr: "pipe" });
+    expect(await fromFile.exited).toBe(1);
+    expect([bodies.length, bodies[0]?.includes('{"from":"stdin"}'), bodies[1]?.includes('{"from":"file"}')]).toEqual([2, true, true]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
     await web.stop(true);
   }
 });

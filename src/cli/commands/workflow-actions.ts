@@ -49,7 +49,7 @@ const signal: LeafCommand = {
   flags: [
     ...executionFlags,
     { name: "name", kind: "string", valueName: "NAME", description: "Signal name (required)" },
-    { name: "input", alias: "i", kind: "string", valueName: "JSON", description: "Signal input, as JSON text" },
+    { name: "input", alias: "i", kind: "string", valueName: "JSON", description: "Signal input, as JSON text, @FILE or - (standard input)" },
     requestIdFlag,
   ],
   async run(ctx, args) {
@@ -83,7 +83,7 @@ const terminate: LeafCommand = {
   flags: [
     ...executionFlags,
     { name: "reason", kind: "string", valueName: "TEXT", description: "Reason (required)" },
-    { name: "details", kind: "string", valueName: "JSON", description: "Details, as JSON text" },
+    { name: "details", kind: "string", valueName: "JSON", description: "Details, as JSON text, @FILE or - (standard input)" },
     requestIdFlag,
   ],
   async run(ctx, args) {
@@ -102,7 +102,7 @@ const complete: LeafCommand = {
   kind: "leaf",
   name: "complete",
   summary: "Complete a workflow execution with a result",
-  flags: [...executionFlags, { name: "result", kind: "string", valueName: "JSON", description: "Result, as JSON text" }, requestIdFlag],
+  flags: [...executionFlags, { name: "result", kind: "string", valueName: "JSON", description: "Result, as JSON text, @FILE or - (standard input)" }, requestIdFlag],
   async run(ctx, args) {
     const req = { ...target(args), result: jsonPayloads(getString(args, "result"), "result") };
     const res = await ctx.workflow().completeWorkflowExecution(req, { signal: ctx.signal });
@@ -137,7 +137,7 @@ const marker: LeafCommand = {
   flags: [
     ...executionFlags,
     { name: "name", kind: "string", valueName: "NAME", description: "Marker name (required)" },
-    { name: "details", kind: "string", valueName: "JSON", description: "Details, as JSON text" },
+    { name: "details", kind: "string", valueName: "JSON", description: "Details, as JSON text, @FILE or - (standard input)" },
     {
       name: "expected-next-event-id",
       kind: "string",

@@ -43,7 +43,7 @@ export const startFlags: FlagSpec[] = [
   workflowIdFlag,
   { name: "type", kind: "string", valueName: "TYPE", description: "Workflow type (required)" },
   { name: "task-queue", alias: "t", kind: "string", valueName: "QUEUE", description: "Task queue", defaultText: "default" },
-  { name: "input", alias: "i", kind: "string", valueName: "JSON", description: "Input, as JSON text" },
+  { name: "input", alias: "i", kind: "string", valueName: "JSON", description: "Input, as JSON text, @FILE or - (standard input)" },
   { name: "execution-timeout", kind: "string", valueName: "DURATION", description: "Execution timeout, e.g. 30s or 1h (default: none)" },
   requestIdFlag,
   {
@@ -104,7 +104,7 @@ const signalWithStart: LeafCommand = {
     ...startFlags,
     { name: "signal-name", kind: "string", valueName: "NAME", description: "Signal name (required; --name also works)" },
     { name: "name", kind: "string", valueName: "NAME", description: "Alias of --signal-name" },
-    { name: "signal-input", kind: "string", valueName: "JSON", description: "Signal input, as JSON text" },
+    { name: "signal-input", kind: "string", valueName: "JSON", description: "Signal input, as JSON text, @FILE or - (standard input)" },
   ],
   async run(ctx, args) {
     const fields = startFields(args);

@@ -1,0 +1,29 @@
+import type { FlagSpec, ParsedArgs } from "./args";
+import { UsageError } from "./errors";
+
+/** Reads the text of `-` (standard input) or a file path; main.ts gives the real one. */
+export type ReadInput = (source: "-" | { path: string }) => Promise<string>;
+
+/**
+ * Replaces each JSON flag's `-` with standard input and `@PATH` with the file's text, in place.
+ * Neither is JSON, so no JSON value is taken for one; a payload past the 128 KiB the kernel lets
+ * one argument hold (MAX_ARG_STRLEN) can only come this way.
+ */
+export async function readJsonSources(args: ParsedArgs, flags: readonly FlagSpec[], read: ReadInput): Promise<void> {
+  let stdinFlag: string | undefined;
+  for (const flag of flags.filter((f) => f.valueName === "JSON")) {
+    const values = args.values.get(flag.name);
+    if (!values) continue;
+    for (const [i, value] of values.entries()) {
+      if (value !== "-" && !value.startsWith("@")) continue;
+      if (value === "-") {
+        if (stdinFlag !== undefined) throw new UsageError(`--${flag.name} - and --${stdinFlag} - both read standard input; give one of them @FILE`);
+        stdinFlag = flag.name;
+      }
+      const source = value === "-" ? "-" : { path: value.slice(1) };
+      values[i] = await read(source).catch((e: unknown) => {
+        throw new UsageError(`--${flag.name} ${value}: cannot read ${value === "-" ? "standard input" : value.slice(1)}: ${(e as Error).message.replace(/, open '.*'$/, "")}`);
+      });
+    }
+  }
+}
