@@ -1,6 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { type Payload, PayloadSchema, type Payloads, PayloadsSchema } from "../gen/tern/common/v1/common_pb";
 import { UsageError } from "./errors";
+import { jsonErrorPosition } from "./json-position";
 
 /** The encoding the CLI writes and knows how to show as text. */
 export const JSON_ENCODING = "json/plain";
@@ -13,7 +14,9 @@ export function encodeJsonPayload(text: string, flag = "input"): Payload {
   try {
     JSON.parse(text);
   } catch (e) {
-    throw new UsageError(`--${flag} is not valid JSON: ${(e as Error).message}`);
+    const at = jsonErrorPosition(text);
+    const where = at ? ` at line ${at.line}, column ${at.column}` : "";
+    throw new UsageError(`--${flag} is not valid JSON${where}: ${(e as Error).message}`);
   }
   return create(PayloadSchema, {
     metadata: { encoding: utf8Encoder.encode(JSON_ENCODING) },

@@ -64,3 +64,25 @@ describe("decodePayload", () => {
     expect(decodePayloads(two)).toBe("[1, true]");
   });
 });
+
+describe("a refused JSON flag names where its first error is (Bun's JSON.parse message names no place)", () => {
+  test.each([
+    ['{"a": 1,\n  "b": }', "line 2, column 8"],
+    ['{"a": ', "line 1, column 7"],
+    ["", "line 1, column 1"],
+    ["[1, 2,]", "line 1, column 7"],
+    ['{"a" 1}', "line 1, column 6"],
+    ['"\\x"', "line 1, column 2"],
+    ["01", "line 1, column 2"],
+    ["1 2", "line 1, column 3"],
+    ['{"é😀": tru}', "line 1, column 8"],
+    ['{"a": "two\nlines"}', "line 1, column 11"],
+    ["-", "line 1, column 1"],
+  ])("%j: %s", (json, where) => {
+    expect(() => encodeJsonPayload(json, "input")).toThrow(`--input is not valid JSON at ${where}: JSON Parse error`);
+  });
+
+  test("text nested too deep to scan is refused without a place", () => {
+    expect(() => encodeJsonPayload("[".repeat(100_000), "input")).toThrow(/^--input is not valid JSON: /);
+  });
+});
