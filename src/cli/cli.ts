@@ -143,7 +143,7 @@ export function createCli(deps: CliDeps): Cli {
         const rpcTimeoutMs = parseRpcTimeout(getString(args, "rpc-timeout"));
         const ctx = buildContext(deps, address, parseFormat(getString(args, "output")), rpcTimeoutMs);
         checkPositionals(leaf, args.positionals);
-        await readJsonSources(args, leaf.flags, deps.readInput ?? (() => Promise.reject(new Error("no input to read here"))));
+        await readJsonSources(args, leaf.flags, deps.readInput ?? (() => Promise.reject(new Error("no input to read here"))), deps.signal ?? new AbortController().signal);
         return (await leaf.run(ctx, args)) ?? ExitCode.ok;
       } catch (err) {
         return report(err, deps, path, address);

@@ -4,6 +4,7 @@ import { createInterface } from "node:readline/promises";
 import { createConnectTransport } from "@connectrpc/connect-web";
 import { loadAdminDbBackend } from "./admin-db-backend";
 import { createCli } from "./cli";
+import { ExitCode } from "./errors";
 
 /** Asks one question on the terminal. */
 async function prompt(question: string): Promise<string> {
@@ -16,8 +17,10 @@ async function prompt(question: string): Promise<string> {
 }
 
 /** The text of standard input (a JSON flag's `-`) or of a file (`@PATH`). */
-async function readInput(source: "-" | { path: string }): Promise<string> {
-  if (source !== "-") return readFile(source.path, "utf8");
+async function readInput(source: "-" | { path: string }, signal: AbortSignal): Promise<string> {
+  if (source !== "-") return readFile(source.path, { encoding: "utf8", signal });
+  // An unfinished read of stdin would keep the process from exiting after Ctrl-C.
+  signal.addEventListener("abort", () => process.stdin.destroy(), { once: true });
   let text = "";
   for await (const chunk of process.stdin.setEncoding("utf8")) text += chunk;
   return text;
@@ -58,4 +61,7 @@ async function main(): Promise<number> {
   return cli.run(process.argv.slice(2));
 }
 
-process.exitCode = await main();
+const code = await main();
+// Interrupted, the CLI is done: a read that cannot be cancelled (an @FIFO no writer ends) must not hold the exit.
+if (code === ExitCode.interrupted) process.exit(code);
+process.exitCode = code;

@@ -105,6 +105,15 @@ describe("workflow start", () => {
     expect(inputs).toHaveLength(2);
   });
 
+  test("Ctrl-C while --input - waits on a standard input that never ends exits 130 at once (it waited for the input's end, then sent it)", async () => {
+    const interrupt = new AbortController();
+    let reads = 0;
+    const workflow = { signalWorkflowExecution: () => ({}) };
+    const readInput = () => (reads++, interrupt.abort(), new Promise<string>(() => {}));
+    const r = await runCli(["workflow", "signal", "-w", "w", "--name", "go", "--input", "-"], { workflow, readInput, signal: interrupt.signal });
+    expect([r.code, r.stdout, r.stderr, reads]).toEqual([130, "", "", 1]);
+  });
+
   test("signal-with-start takes --signal-name and --signal-input", async () => {
     let name = "";
     let input = "";

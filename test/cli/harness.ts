@@ -1,6 +1,7 @@
 import { type ConnectRouter, createRouterTransport, type ServiceImpl } from "@connectrpc/connect";
 import type { AdminDbBackend } from "../../src/cli/admin-db-backend";
 import { createCli } from "../../src/cli/cli";
+import type { ReadInput } from "../../src/cli/json-source";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
@@ -17,6 +18,10 @@ export interface Fakes {
   callsFail?: unknown;
   /** What `-` (standard input) and `@PATH` read, by "-" or path; others fail as a missing file does. */
   inputs?: Record<string, string>;
+  /** Reads input this way instead (a read that never ends). */
+  readInput?: ReadInput;
+  /** Ctrl-C. */
+  signal?: AbortSignal;
   /** Sees each chunk the CLI writes to stdout, as it writes it. */
   onStdout?: (text: string) => void;
 }
@@ -55,12 +60,13 @@ export async function runCli(argv: string[], fakes: Fakes = {}): Promise<RunResu
     stderr: (t) => void (stderr += t),
     interactive: fakes.interactive ?? false,
     prompt: async () => fakes.answer ?? "",
-    readInput: async (source) => {
+    signal: fakes.signal,
+    readInput: fakes.readInput ?? (async (source) => {
       const key = source === "-" ? "-" : source.path;
       const text = fakes.inputs?.[key];
       if (text === undefined) throw new Error(`ENOENT: no such file or directory, open '${key}'`);
       return text;
-    },
+    }),
     loadAdminDb: fakes.adminDb ? async () => fakes.adminDb! : undefined,
   });
   const code = await cli.run(argv);
