@@ -10,10 +10,10 @@ export type Writer = (text: string) => void;
 /** Aligned columns with a header row; cells are single-line (newlines become spaces). */
 export function formatTable(headers: readonly string[], rows: readonly (readonly string[])[]): string {
   const clean = rows.map((r) => headers.map((_, i) => oneLine(r[i] ?? "")));
-  const widths = headers.map((h, i) => Math.max(h.length, ...clean.map((r) => r[i]!.length)));
+  const widths = headers.map((h, i) => Math.max(displayWidth(h), ...clean.map((r) => displayWidth(r[i]!))));
   const line = (cells: readonly string[]) =>
     cells
-      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!)))
+      .map((c, i) => (i === cells.length - 1 ? c : padColumns(c, widths[i]!)))
       .join("  ")
       .trimEnd();
   return [line(headers), ...clean.map(line)].join("\n") + "\n";
@@ -23,7 +23,7 @@ export function formatTable(headers: readonly string[], rows: readonly (readonly
 export function formatFixedRow(cells: readonly string[], widths: readonly number[]): string {
   return (
     cells
-      .map((c, i) => (i < widths.length ? oneLine(c).padEnd(widths[i]!) : oneLine(c)))
+      .map((c, i) => (i < widths.length ? padColumns(oneLine(c), widths[i]!) : oneLine(c)))
       .join("  ")
       .trimEnd() + "\n"
   );
@@ -90,6 +90,21 @@ export function enumLabel(enumObject: Record<number, string>, value: number): st
 /** Shortens text to max characters, marking the cut with "…". */
 export function truncate(text: string, max: number): string {
   return text.length <= max ? text : text.slice(0, Math.max(0, max - 1)) + "…";
+}
+
+// Characters a terminal shows two columns wide (CJK, Hangul, fullwidth forms, emoji) or none (combining marks, joiners).
+const WIDE = /[\u1100-\u115f\u2e80-\u303e\u3041-\u33ff\u3400-\u4dbf\u4e00-\u9fff\ua000-\ua4cf\uac00-\ud7a3\uf900-\ufaff\ufe30-\ufe4f\uff00-\uff60\uffe0-\uffe6\u{20000}-\u{3fffd}]|\p{Extended_Pictographic}/u;
+const ZERO = /[\p{Mn}\p{Me}\u200b-\u200f\ufe00-\ufe0f]/u;
+
+/** The columns text takes in a terminal: padEnd counts UTF-16 units, so a column holding `名前` or `é` (e and a combining accent) lost its alignment. */
+export function displayWidth(text: string): number {
+  let width = 0;
+  for (const c of text) width += ZERO.test(c) ? 0 : WIDE.test(c) ? 2 : 1;
+  return width;
+}
+
+function padColumns(text: string, width: number): string {
+  return text + " ".repeat(Math.max(0, width - displayWidth(text)));
 }
 
 function oneLine(text: string): string {

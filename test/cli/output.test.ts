@@ -8,7 +8,7 @@ import {
   WorkflowExecutionStatus,
 } from "../../src/gen/tern/common/v1/common_pb";
 import { eventDetails, eventTypeLabel, formatVersionHistory, statusLabel } from "../../src/cli/format-workflow";
-import { createListJsonWriter, enumLabel, formatFixedRow, formatKeyValues, formatTable, formatTime, listJson, truncate } from "../../src/cli/output";
+import { createListJsonWriter, displayWidth, enumLabel, formatFixedRow, formatKeyValues, formatTable, formatTime, listJson, truncate } from "../../src/cli/output";
 import { encodeJsonPayload } from "../../src/cli/payload";
 
 describe("formatTable", () => {
@@ -98,5 +98,26 @@ describe("workflow formatting", () => {
       attributes: { case: "workflowExecutionSignaledEventAttributes", value: { signalName: "go" } },
     });
     expect(eventDetails(signaled)).toBe("name=go");
+  });
+});
+
+describe("columns hold names a terminal shows wider or narrower than their UTF-16 length", () => {
+  test("CJK and emoji take two columns, a combining accent none: the next column still lines up", () => {
+    const table = formatTable(["ID", "TYPE", "STATUS"], [["wf-😀", "Typ名前", "Running"], ["e\u0301x", "OrderFlow", "Running"], ["o-1", "T", "Running"]]);
+    expect(table.split("\n")).toEqual([
+      "ID     TYPE       STATUS",
+      "wf-😀  Typ名前    Running",
+      "e\u0301x     OrderFlow  Running",
+      "o-1    T          Running",
+      "",
+    ]);
+  });
+
+  test("a follow row pads to the same columns", () => {
+    expect(formatFixedRow(["名", "x"], [3])).toBe("名   x\n");
+  });
+
+  test("displayWidth", () => {
+    expect([displayWidth("abc"), displayWidth("名前"), displayWidth("😀"), displayWidth("e\u0301"), displayWidth("한국")]).toEqual([3, 4, 2, 1, 4]);
   });
 });
