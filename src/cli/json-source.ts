@@ -20,12 +20,15 @@ export async function readJsonSources(args: ParsedArgs, flags: readonly FlagSpec
         if (stdinFlag !== undefined) throw new UsageError(`--${flag.name} - and --${stdinFlag} - both read standard input; give one of them @FILE`);
         stdinFlag = flag.name;
       }
+      if (value === "@") throw new UsageError(`--${flag.name} @ names no file: write @PATH`);
       const source = value === "-" ? "-" : { path: value.slice(1) };
       const reading = read(source, signal).catch((e: unknown) => {
         throw new UsageError(`--${flag.name} ${value}: cannot read ${value === "-" ? "standard input" : value.slice(1)}: ${(e as Error).message.replace(/, open '.*'$/, "")}`);
       });
       // Ctrl-C while a terminal or a pipe that never ends is read: the CLI ends now, 130, not at the input's end.
       values[i] = await Promise.race([reading, interrupted(signal)]);
+      // Said as such, not as JSON's "Unexpected EOF": a pipe whose producer failed, or a file left empty.
+      if (values[i]!.trim() === "") throw new UsageError(`--${flag.name} ${value}: ${value === "-" ? "standard input" : value.slice(1)} is empty`);
     }
   }
 }

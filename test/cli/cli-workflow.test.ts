@@ -105,6 +105,17 @@ describe("workflow start", () => {
     expect(inputs).toHaveLength(2);
   });
 
+  test("an empty standard input or file, and an @ with no path, are named as such (they read as JSON's 'Unexpected EOF', or 'cannot read : ENOENT')", async () => {
+    const workflow = { signalWorkflowExecution: () => ({}) };
+    const said = async (value: string) => {
+      const r = await runCli(["workflow", "signal", "-w", "w", "--name", "go", "--input", value], { workflow, inputs: { "-": "", "/tmp/empty.json": "\n" } });
+      return [r.code, r.stderr.split("\n")[0]];
+    };
+    expect(await said("-")).toEqual([2, "error: --input -: standard input is empty"]);
+    expect(await said("@/tmp/empty.json")).toEqual([2, "error: --input @/tmp/empty.json: /tmp/empty.json is empty"]);
+    expect(await said("@")).toEqual([2, "error: --input @ names no file: write @PATH"]);
+  });
+
   test("Ctrl-C while --input - waits on a standard input that never ends exits 130 at once (it waited for the input's end, then sent it)", async () => {
     const interrupt = new AbortController();
     let reads = 0;
