@@ -11,6 +11,8 @@ const REASONS: Record<string, string> = {
   ETIMEDOUT: "connection timed out",
   EHOSTUNREACH: "host unreachable",
   ENETUNREACH: "network unreachable",
+  // An https:// address where the server speaks plain HTTP (tern itself does: TLS is a proxy's in front of it).
+  EPROTO: "its TLS handshake failed: nothing serves TLS there; tern itself serves http://",
   // The native gRPC port speaks HTTP/2 only.
   Malformed_HTTP_Response: "its answer is not HTTP/1.1 (a native gRPC port? tern's Connect port is services.frontend.rpc.port)",
 };

@@ -54,7 +54,7 @@ describe("formatError", () => {
     expect(isAbort(new Error("x"))).toBe(false);
   });
 
-  test("an HTTP server that is not tern (a web page, a JSON API, a redirect) is named as not tern's Connect port, not 'unknown: unsupported content type text/html' or Bun's 'UnexpectedRedirect ... pass `verbose: true`'", async () => {
+  test("an HTTP server that is not tern (a web page, a JSON API, a redirect) is named as not tern's Connect port, and an https:// address for a plain-HTTP port as such, not 'unknown: unsupported content type text/html' or Bun's 'UnexpectedRedirect ... pass `verbose: true`'", async () => {
     const answers: Record<string, () => Response> = {
       "/page": () => new Response("<html></html>", { headers: { "content-type": "text/html" } }),
       "/api": () => new Response("{}", { headers: { "content-type": "application/json" } }),
@@ -62,16 +62,18 @@ describe("formatError", () => {
     };
     const web = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: (req) => answers[`/${new URL(req.url).pathname.split("/")[1]}`]!() });
     try {
-      const said = async (path: string) => {
-        const baseUrl = `http://127.0.0.1:${web.port}${path}`;
+      const said = async (path: string, scheme = "http") => {
+        const baseUrl = `${scheme}://127.0.0.1:${web.port}${path}`;
         const client = createClient(OperatorService, createConnectTransport({ baseUrl, useBinaryFormat: true }));
         const err = await client.listClusters({}).then(() => undefined, (e: unknown) => e);
-        return formatError(err, baseUrl).replace(`http://127.0.0.1:${web.port}`, "ADDR");
+        return formatError(err, baseUrl).replace(`${scheme}://127.0.0.1:${web.port}`, "ADDR");
       };
       const hint = "; --address takes services.frontend.rpc.port, not the gRPC port";
       expect(await said("/page")).toBe(`error: ADDR/page is not tern's Connect port (it answered text/html, not Connect's application/proto)${hint}`);
       expect(await said("/api")).toBe(`error: ADDR/api is not tern's Connect port (it answered application/json, not Connect's application/proto)${hint}`);
       expect(await said("/moved")).toBe(`error: ADDR/moved is not tern's Connect port (it answered with a redirect)${hint}`);
+      // An https:// address for a port that speaks plain HTTP, as tern's own does: it said Bun's 'unknown: EPROTO: The TLS handshake failed. ...'.
+      expect(await said("/page", "https")).toBe("error: cannot reach tern at ADDR/page (its TLS handshake failed: nothing serves TLS there; tern itself serves http://)");
     } finally {
       await web.stop(true);
     }
