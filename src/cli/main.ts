@@ -27,22 +27,28 @@ async function readInput(source: "-" | { path: string }, signal: AbortSignal): P
 }
 
 /** A Writer over a process stream; a reader that went away (`tern ... | head`) ends the CLI quietly. */
-function writer(stream: NodeJS.WriteStream): (text: string) => void {
+function writer(stream: NodeJS.WriteStream, name: string): (text: string) => void {
+  const failed = (e: unknown) => writeFailed(e, name);
   // Node reports a closed pipe as an error event, Bun by throwing from write().
-  stream.on("error", readerGone);
+  stream.on("error", failed);
   return (text) => {
     try {
       stream.write(text);
     } catch (e) {
-      readerGone(e);
+      failed(e);
     }
   };
 }
 
-/** Exits 0 once nobody reads the output (EPIPE): what was asked for was taken. Other errors go on. */
-function readerGone(e: unknown): void {
-  if ((e as NodeJS.ErrnoException).code === "EPIPE") process.exit(0);
-  throw e;
+/**
+ * Exits 0 once nobody reads the output (EPIPE): what was asked for was taken. Any other failed
+ * write (a full disk, ENOSPC) exits 1 with one line, not a stack trace: the output is not whole.
+ */
+function writeFailed(e: unknown, name: string): void {
+  const err = e as NodeJS.ErrnoException;
+  if (err.code === "EPIPE") process.exit(0);
+  if (name !== "standard error") process.stderr.write(`error: cannot write ${name}: ${err.message}\n`, () => process.exit(ExitCode.failure));
+  else process.exit(ExitCode.failure);
 }
 
 async function main(): Promise<number> {
@@ -50,8 +56,8 @@ async function main(): Promise<number> {
   process.once("SIGINT", () => interrupt.abort());
   const cli = createCli({
     createTransport: (baseUrl) => createConnectTransport({ baseUrl, useBinaryFormat: true }),
-    stdout: writer(process.stdout),
-    stderr: writer(process.stderr),
+    stdout: writer(process.stdout, "standard output"),
+    stderr: writer(process.stderr, "standard error"),
     signal: interrupt.signal,
     interactive: Boolean(process.stdin.isTTY && process.stderr.isTTY),
     prompt,

@@ -1,5 +1,5 @@
 import { setDefaultTimeout, afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdtempSync, openSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -26,6 +26,17 @@ test("output into a pipe whose reader is gone ends quietly with 0 (tern ... | he
   const [err, code] = await Promise.all([new Response(child.stderr).text(), child.exited]);
   expect(err).toBe("");
   expect(code).toBe(0);
+});
+
+test.skipIf(!existsSync("/dev/full"))("output that cannot be written (a full disk) is one line on stderr and exit 1, not a stack trace", async () => {
+  const full = openSync("/dev/full", "w");
+  try {
+    const child = Bun.spawn(["node", "bin/tern", "--help"], { cwd: root, stdout: full, stderr: "pipe" });
+    const [err, code] = await Promise.all([new Response(child.stderr).text(), child.exited]);
+    expect([code, err]).toEqual([1, "error: cannot write standard output: ENOSPC: no space left on device, write\n"]);
+  } finally {
+    closeSync(full);
+  }
 });
 
 test("npx bun run cli, the README's same-as-tern command, writes only the CLI's own words on stderr: no `$ bun src/cli/main.ts` line of Bun's", async () => {
