@@ -1,5 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
 import {
   EventType,
   HistoryEventSchema,
@@ -114,6 +115,12 @@ describe("workflow start", () => {
     expect(await said("-")).toEqual([2, "error: --input -: standard input is empty"]);
     expect(await said("@/tmp/empty.json")).toEqual([2, "error: --input @/tmp/empty.json: /tmp/empty.json is empty"]);
     expect(await said("@")).toEqual([2, "error: --input @ names no file: write @PATH"]);
+  });
+
+  test("show --follow of a run that does not exist writes nothing on stdout, only the error (it wrote the table's header first)", async () => {
+    const workflow = { getWorkflowExecutionHistory: () => { throw new ConnectError("workflow execution nosuch not found in namespace default", Code.NotFound); } };
+    const r = await runCli(["workflow", "show", "-w", "nosuch", "--follow"], { workflow });
+    expect([r.code, r.stdout, r.stderr]).toEqual([1, "", "error: not_found: workflow execution nosuch not found in namespace default\n"]);
   });
 
   test("Ctrl-C while --input - waits on a standard input that never ends exits 130 at once (it waited for the input's end, then sent it)", async () => {

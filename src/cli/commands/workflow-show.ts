@@ -138,10 +138,13 @@ const show: LeafCommand = {
       list.end();
       return;
     }
-    if (ctx.format === "table") ctx.out(eventHeaderLine());
-    await followHistory(ctx, cursor, (event) =>
-      ctx.out(ctx.format === "json" ? messageJsonLine(HistoryEventSchema, event) : eventLine(event)),
-    );
+    // The header comes with the first event: a follow refused at once (no such run) printed it on stdout above its error.
+    let header = ctx.format === "table";
+    await followHistory(ctx, cursor, (event) => {
+      if (header) ctx.out(eventHeaderLine());
+      header = false;
+      ctx.out(ctx.format === "json" ? messageJsonLine(HistoryEventSchema, event) : eventLine(event));
+    });
   },
 };
 
