@@ -55,6 +55,17 @@ export function splitFlagToken(token: string): { flag: string; inline?: string }
   return eq < 0 ? { flag: token } : { flag: token.slice(0, eq), inline: token.slice(eq + 1) };
 }
 
+/**
+ * Rewrites a short flag with its value attached, as getopt allows (`-ojson`, `-nprod`), to the
+ * `-o=json` form; any other token is returned as is. A one-dash long name (`-address`) wins.
+ */
+export function attachShortValue(token: string, specs: readonly FlagSpec[]): string {
+  if (token.startsWith("--") || token.length < 3 || token[2] === "=" || !isFlagToken(token)) return token;
+  if (findFlag(specs, splitFlagToken(token).flag)) return token;
+  const spec = specs.find((s) => s.alias === token[1]);
+  return spec?.kind === "string" ? `-${token[1]}=${token.slice(2)}` : token;
+}
+
 /** True for tokens that look like flags; "-" alone and negative numbers are values. */
 export function isFlagToken(token: string): boolean {
   return token.startsWith("-") && token !== "-" && !/^-\d/.test(token);
@@ -69,14 +80,14 @@ function parseBoolean(flag: string, text: string): boolean {
 
 /**
  * Parses argv against specs. Supports `--flag value`, `--flag=value`, `-f value`,
- * `-f=value`, repeated flags, booleans (`--global`, `--global=false`, `--global false`;
+ * `-f=value`, `-fvalue`, repeated flags, booleans (`--global`, `--global=false`, `--global false`;
  * only a literal true/false is taken as the value) and `--` (everything after it is
  * positional). Unknown flags are usage errors.
  */
 export function parseArgs(argv: readonly string[], specs: readonly FlagSpec[]): ParsedArgs {
   const parsed: ParsedArgs = { values: new Map(), booleans: new Map(), positionals: [] };
   for (let i = 0; i < argv.length; i++) {
-    const token = argv[i]!;
+    const token = attachShortValue(argv[i]!, specs);
     if (token === "--") {
       parsed.positionals.push(...argv.slice(i + 1));
       break;

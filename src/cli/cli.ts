@@ -5,7 +5,7 @@ import { OperatorService } from "../gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
 import { DEFAULT_ADDRESS, normalizeAddress } from "./address";
 import type { AdminDbBackend } from "./admin-db-backend";
-import { findFlag, getBoolean, getString, isBooleanWord, isFlagToken, type ParsedArgs, parseArgs, splitFlagToken } from "./args";
+import { attachShortValue, findFlag, getBoolean, getString, isBooleanWord, isFlagToken, type ParsedArgs, parseArgs, splitFlagToken } from "./args";
 import { type Command, type CommandContext, GLOBAL_FLAGS, type LeafCommand, SERVER_FLAGS } from "./command";
 import { rootCommand } from "./commands/root";
 import { LONG_RUN_MS, parseRpcTimeout, withDeadline } from "./deadline";
@@ -61,7 +61,7 @@ export function resolveCommand(root: Command, argv: readonly string[]): Resolved
   const rest: string[] = [];
   let help = false;
   for (let i = 0; i < argv.length; i++) {
-    const token = argv[i]!;
+    const token = attachShortValue(argv[i]!, GLOBAL_FLAGS);
     if (token === "--") {
       rest.push(...argv.slice(i));
       break;
@@ -177,8 +177,10 @@ function refuseServerFlags(args: ParsedArgs, path: readonly string[]): void {
 }
 
 function parseFormat(value: string | undefined): OutputFormat {
-  if (value === undefined || value === "table") return "table";
-  if (value === "json") return "json";
+  // `-o JSON` is no other format: the names are matched in any case.
+  const name = value?.toLowerCase();
+  if (name === undefined || name === "table") return "table";
+  if (name === "json") return "json";
   throw new UsageError(`--output must be table or json, got "${value}"`);
 }
 

@@ -53,6 +53,14 @@ describe("parseArgs", () => {
     expect(a.positionals).toEqual(["no", "x"]);
   });
 
+  test("a short flag's value may be attached, as getopt allows; a one-dash long name still wins", () => {
+    const a = parseArgs(["-ojson", "-nprod=eu", "-namespace", "x"], specs);
+    expect(getString(a, "output")).toBe("json");
+    expect(getStrings(a, "namespace")).toEqual(["x"]);
+    expect(getString(parseArgs(["-nprod=eu"], specs), "namespace")).toBe("prod=eu");
+    expect(() => parseArgs(["-gx"], specs)).toThrow("unknown flag -gx");
+  });
+
   test("tctl spellings: underscores for dashes and one dash before a long name", () => {
     const a = parseArgs(["-address", "localhost:7233", "--frontend_address", "localhost:8233", "--enable_connection", "false"], [
       ...specs,

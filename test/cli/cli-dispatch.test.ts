@@ -16,6 +16,14 @@ describe("dispatch and global flags", () => {
     expect(after.addresses).toEqual(["http://h:1"]);
   });
 
+  test("-ojson (the value attached) before or after the command, and -o JSON in any case", async () => {
+    for (const argv of [["-ojson", "operator", "cluster", "describe"], ["operator", "cluster", "describe", "-o", "JSON"], ["operator", "-oJson", "cluster", "describe"]]) {
+      const r = await runCli(argv, { operator: cluster });
+      expect({ argv, code: r.code, stderr: r.stderr }).toEqual({ argv, code: 0, stderr: "" });
+      expect(JSON.parse(r.stdout).cluster.clusterName).toBe("clusterA");
+    }
+  });
+
   test("default address is 127.0.0.1:7233", async () => {
     const r = await runCli(["operator", "cluster", "describe"], { operator: cluster });
     expect(r.addresses).toEqual(["http://127.0.0.1:7233"]);
