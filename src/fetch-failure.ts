@@ -1,5 +1,9 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 
+/** A certificate this machine does not trust, and how to trust it: Bun reads NODE_EXTRA_CA_CERTS at start, as Node does. */
+const untrusted = (what: string, which: string) => `its TLS handshake failed: ${what}; to trust ${which}, name its PEM file in the environment variable NODE_EXTRA_CA_CERTS`;
+const unknownCa = untrusted("its certificate is signed by a CA this machine does not trust", "that CA");
+
 /** Plain words for the codes of a fetch that got no answer (Node's errno names, and Bun's). */
 const REASONS: Record<string, string> = {
   ECONNREFUSED: "connection refused",
@@ -13,6 +17,15 @@ const REASONS: Record<string, string> = {
   ENETUNREACH: "network unreachable",
   // An https:// address where the server speaks plain HTTP (tern itself does: TLS is a proxy's in front of it).
   EPROTO: "its TLS handshake failed: nothing serves TLS there; tern itself serves http://",
+  // A certificate that fails verification (Node's and Bun's codes), as Bun's raw text said it: 'unknown: self signed certificate'.
+  DEPTH_ZERO_SELF_SIGNED_CERT: untrusted("its certificate is self-signed", "it"),
+  SELF_SIGNED_CERT_IN_CHAIN: untrusted("its certificate's chain ends in a CA this machine does not trust", "that CA"),
+  UNABLE_TO_VERIFY_LEAF_SIGNATURE: unknownCa,
+  UNABLE_TO_GET_ISSUER_CERT: unknownCa,
+  UNABLE_TO_GET_ISSUER_CERT_LOCALLY: unknownCa,
+  CERT_HAS_EXPIRED: "its TLS handshake failed: its certificate has expired",
+  CERT_NOT_YET_VALID: "its TLS handshake failed: its certificate is not valid yet (is this machine's clock right?)",
+  ERR_TLS_CERT_ALTNAME_INVALID: "its TLS handshake failed: its certificate does not name the address's host",
   // The native gRPC port speaks HTTP/2 only.
   Malformed_HTTP_Response: "its answer is not HTTP/1.1 (a native gRPC port? tern's Connect port is services.frontend.rpc.port)",
 };

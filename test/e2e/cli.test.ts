@@ -63,6 +63,52 @@ test("an --address that is not tern's Connect port is named as such: an HTTP/2-o
   }
 });
 
+/** openssl in dir: a CA (ca.pem, itself a self-signed certificate), a leaf for localhost it signed, and one that expired in 2020. */
+function makeCertificates(dir: string): void {
+  const openssl = (...args: string[]) => {
+    const run = Bun.spawnSync(["openssl", ...args], { cwd: dir, stdout: "ignore", stderr: "pipe" });
+    if (run.exitCode !== 0) throw new Error(`openssl ${args[0]}: ${run.stderr.toString()}`);
+  };
+  writeFileSync(join(dir, "san.cnf"), "subjectAltName=DNS:localhost\n");
+  writeFileSync(join(dir, "index.txt"), "");
+  writeFileSync(join(dir, "serial"), "01\n");
+  writeFileSync(join(dir, "ca.cnf"), `[ca]\ndefault_ca=c\n[c]\ndatabase=${dir}/index.txt\nnew_certs_dir=${dir}\nserial=${dir}/serial\ndefault_md=sha256\npolicy=p\n[p]\ncommonName=supplied\n`);
+  openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=tern test CA");
+  openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=localhost");
+  openssl("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-set_serial", "2", "-days", "2", "-extfile", "san.cnf", "-out", "leaf.pem");
+  openssl("ca", "-batch", "-config", "ca.cnf", "-cert", "ca.pem", "-keyfile", "ca.key", "-in", "leaf.csr", "-startdate", "20200101000000Z", "-enddate", "20200102000000Z", "-extfile", "san.cnf", "-out", "expired.pem");
+}
+
+test.skipIf(!Bun.which("openssl"))("an https:// address whose certificate fails (self-signed, an unknown CA, expired, another host) is a connection that failed, naming what is wrong and NODE_EXTRA_CA_CERTS, not Bun's 'unknown: self signed certificate'", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "tern-cli-tls-"));
+  const servers: ReturnType<typeof Bun.serve>[] = [];
+  try {
+    makeCertificates(dir);
+    const serve = (cert: string, key: string) => {
+      const server = Bun.serve({ hostname: "127.0.0.1", port: 0, tls: { cert: Bun.file(join(dir, cert)), key: Bun.file(join(dir, key)) }, fetch: () => new Response("", { status: 404 }) });
+      servers.push(server);
+      return server.port;
+    };
+    const [selfSigned, leaf, expired] = [serve("ca.pem", "ca.key"), serve("leaf.pem", "leaf.key"), serve("expired.pem", "leaf.key")];
+    const said = async (address: string, env: Record<string, string> = {}) => {
+      const child = Bun.spawn(["node", "bin/tern", "--address", address, "operator", "cluster", "describe"], { cwd: root, env: { ...process.env, ...env }, stdout: "pipe", stderr: "pipe" });
+      const [err, code] = await Promise.all([new Response(child.stderr).text(), child.exited]);
+      return [code, err.trim()];
+    };
+    const trust = "name its PEM file in the environment variable NODE_EXTRA_CA_CERTS)";
+    expect(await said(`https://localhost:${selfSigned}`)).toEqual([1, `error: cannot reach tern at https://localhost:${selfSigned} (its TLS handshake failed: its certificate is self-signed; to trust it, ${trust}`]);
+    expect(await said(`https://localhost:${leaf}`)).toEqual([1, `error: cannot reach tern at https://localhost:${leaf} (its TLS handshake failed: its certificate is signed by a CA this machine does not trust; to trust that CA, ${trust}`]);
+    const withCa = { NODE_EXTRA_CA_CERTS: join(dir, "ca.pem") };
+    expect(await said(`https://localhost:${expired}`, withCa)).toEqual([1, `error: cannot reach tern at https://localhost:${expired} (its TLS handshake failed: its certificate has expired)`]);
+    expect(await said(`https://127.0.0.1:${leaf}`, withCa)).toEqual([1, `error: cannot reach tern at https://127.0.0.1:${leaf} (its TLS handshake failed: its certificate does not name the address's host)`]);
+    // The way the message gives works: with the CA trusted, the handshake passes and the answer is the server's own.
+    expect(await said(`https://localhost:${leaf}`, withCa)).toEqual([1, `error: https://localhost:${leaf} is not tern's Connect port (it answered HTTP 404); --address takes services.frontend.rpc.port, not the gRPC port`]);
+  } finally {
+    for (const server of servers) await server.stop(true);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test("--input - sends what the CLI's standard input holds, @PATH a file's text (they were sent as JSON text and refused, exit 2)", async () => {
   const bodies: string[] = [];
   const web = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: async (req) => (bodies.push(await req.text()), new Response("", { status: 404 })) });
