@@ -77,6 +77,11 @@ export function resolveCommand(root: Command, argv: readonly string[]): Resolved
       else rest.push(...tokens);
       continue;
     }
+    // `tern help workflow start`, as git and kubectl take it: the same as `tern workflow start --help`.
+    if (path.length === 0 && token === "help" && command.kind === "group" && !command.commands.some((c) => c.name === token)) {
+      help = true;
+      continue;
+    }
     if (command.kind === "group") {
       const child = command.commands.find((c) => c.name === token);
       if (!child) {

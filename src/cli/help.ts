@@ -21,7 +21,7 @@ function renderGroupHelp(group: GroupCommand, path: readonly string[]): string {
     "Global flags:",
     ...renderFlags(globalFlagsOf(group)),
     "",
-    `Run '${name} <command> --help' for more about a command.${path.length === 0 ? " 'tern --version' prints this CLI's version." : ""}`,
+    `Run '${name} <command> --help' for more about a command${path.length === 0 ? " (or 'tern help <command>'); 'tern --version' prints this CLI's version." : "."}`,
   ];
   return lines.join("\n") + "\n";
 }

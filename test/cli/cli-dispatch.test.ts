@@ -43,6 +43,17 @@ describe("dispatch and global flags", () => {
     expect(leaf.stdout).toContain('{ "events": [HistoryEvent, ...] }');
   });
 
+  test("tern help [COMMAND...] prints what tern [COMMAND...] --help does, as git help and kubectl help do", async () => {
+    for (const words of [[], ["operator", "namespace"], ["workflow", "show"]]) {
+      const viaFlag = await runCli([...words, "--help"]);
+      const viaHelp = await runCli(["help", ...words]);
+      expect({ words, code: viaHelp.code, stdout: viaHelp.stdout, stderr: viaHelp.stderr }).toEqual({ words, code: 0, stdout: viaFlag.stdout, stderr: "" });
+    }
+    expect((await runCli(["help"])).stdout).toContain("(or 'tern help <command>')");
+    const unknown = await runCli(["help", "launch"]);
+    expect([unknown.code, unknown.stderr]).toEqual([2, `error: unknown command "launch" for "tern"\n(run 'tern --help' for usage)\n`]);
+  });
+
   test("usage errors exit 2 with a hint to --help", async () => {
     const unknown = await runCli(["workflow", "launch"]);
     expect(unknown.code).toBe(2);
