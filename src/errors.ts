@@ -8,7 +8,9 @@ export type ErrorKind =
   | "invalid_argument"
   | "failed_precondition"
   | "resource_exhausted"
-  | "unavailable";
+  | "unavailable"
+  /** A peer's INTERNAL answer passed on (a forwarded call's): the peer logged it, not this cluster. */
+  | "internal";
 
 /** A typed detail of an error's answer (google.rpc.Status details): a message's schema and value. */
 export type ErrorDetail = NonNullable<ConstructorParameters<typeof ConnectError>[3]>[number];

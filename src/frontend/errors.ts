@@ -10,6 +10,7 @@ export const CODE_OF: Record<ErrorKind, Code> = {
   failed_precondition: Code.FailedPrecondition,
   resource_exhausted: Code.ResourceExhausted,
   unavailable: Code.Unavailable,
+  internal: Code.Internal,
 };
 
 /**

@@ -4,7 +4,7 @@ import { ulid } from "ulid";
 import { remoteOf, type ClusterDirectory } from "../cluster/directory";
 import { peerFailureText, type RemoteClientPool, type RemoteClients } from "../cluster/remote-client";
 import type { RedirectionPolicy } from "../config/schema";
-import { ACTIVE_CLUSTER_HEADER, NamespaceNotActiveError, unavailable } from "../errors";
+import { ACTIVE_CLUSTER_HEADER, NamespaceNotActiveError, TernError, unavailable } from "../errors";
 import type { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
 import type { NamespaceRegistry } from "../namespace/registry";
 import { shown } from "../shown";
@@ -131,6 +131,9 @@ export async function forward<T>(ctx: HandlerContext, to: ForwardTarget, call: (
     const retry = retryText(ctx, to.requestId);
     // A connection reset may come after the target applied the call: the retry must carry its request id.
     if (e instanceof ConnectError && e.code === Code.Unknown) throw unavailable(`cannot reach cluster ${to.target}: ${peerFailureText(e)}${retry}`);
+    // The active cluster's own failure, logged there with its stack under the request id it names:
+    // passed on as it answered, not as a failure of this cluster's (toConnectError's INTERNAL).
+    if (e instanceof ConnectError && e.code === Code.Internal) throw new TernError("internal", e.rawMessage);
     throw handedBack(e, to, retry) ?? e;
   }
 }

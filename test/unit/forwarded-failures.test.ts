@@ -1,0 +1,46 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { Code, ConnectError, createHandlerContext } from "@connectrpc/connect";
+import { createRemoteClientPool } from "../../src/cluster/remote-client";
+import { createCallFailures } from "../../src/frontend/call-failures";
+import { forward } from "../../src/frontend/forwarding";
+import { requestIdKey } from "../../src/frontend/interceptors";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { createLogger } from "../../src/observability/log";
+import { createMetrics } from "../../src/observability/metrics";
+
+/** A stand-in for the active cluster's address, answering every call with answer. */
+const serving = (answer: () => Response) => Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: answer });
+
+/** A forwarded signal to the server at address, failed as the forwarding cluster's caller gets it, with the lines it logged. */
+async function forwardedFailure(address: string): Promise<{ err: ConnectError; lines: { level: string; msg: string; error?: string }[] }> {
+  const lines: { level: string; msg: string; error?: string }[] = [];
+  const failures = createCallFailures({ metrics: createMetrics(), log: createLogger({ write: (l) => void lines.push(JSON.parse(l)) }) });
+  const method = WorkflowService.method.signalWorkflowExecution;
+  const ctx = createHandlerContext({ service: WorkflowService, method, protocolName: "connect", requestMethod: "POST", url: "http://127.0.0.1/" });
+  ctx.values.set(requestIdKey, "fwd-1");
+  const { workflow } = createRemoteClientPool().get(address);
+  const to = { current: "clusterB", target: "clusterA", namespace: "orders", what: "SignalWorkflowExecution", limitMs: 5_000, requestId: "sig-1" };
+  const e = await forward(ctx, to, (options) => workflow.signalWorkflowExecution({ namespace: "orders" }, options)).then(() => undefined, (e: unknown) => e);
+  const err = failures.failed(e, "fwd-1", { operation: "SignalWorkflowExecution", namespace: "orders" });
+  return { err, lines };
+}
+
+describe("a forwarded call's failure answered by the active cluster's address", () => {
+  let internal: ReturnType<typeof serving>;
+  beforeAll(() => {
+    // The active cluster's own INTERNAL answer, as a tern sends it (Connect's JSON error, HTTP 500).
+    internal = serving(() => Response.json({ code: "internal", message: "internal error (request id act-7)" }, { status: 500 }));
+  });
+  afterAll(() => {
+    internal.stop(true);
+  });
+
+  test("TestForwardedInternalErrorIsPassedOnAndNotLoggedAsThisClustersFailure", async () => {
+    const { err, lines } = await forwardedFailure(internal.url.host);
+    expect([err.code, err.rawMessage]).toEqual([Code.Internal, "internal error (request id act-7)"]);
+    // Logged as other forwarded failures are: one info line, no stack; the active cluster logged the fault.
+    expect(lines.map(({ level, msg, error }) => ({ level, msg, error }))).toEqual([
+      { level: "info", msg: "rpc failed", error: "internal error (request id act-7)" },
+    ]);
+  });
+});
