@@ -1,4 +1,5 @@
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { codeFromHttpStatus } from "@connectrpc/connect/protocol-connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
 import { unavailable } from "../errors";
 import { fetchFailureReason } from "../fetch-failure";
@@ -28,7 +29,41 @@ export function frontendUrl(address: string): string {
  * callers retry; the peer's own answers pass unchanged.
  */
 export function peerUnreachable(e: unknown, cluster: string): unknown {
-  return e instanceof ConnectError && e.code === Code.Unknown ? unavailable(`cannot reach cluster ${cluster}: ${peerFailureText(e)}; retry`) : e;
+  return e instanceof ConnectError && e.code === Code.Unknown ? unavailable(`${peerFailureSentence(e, cluster)}; retry`) : e;
+}
+
+/**
+ * What a peer's UNKNOWN failure says happened: "cannot reach cluster X: ..." for a call that got
+ * no answer, or what it answered where something in front of it (a proxy) answered in its place.
+ */
+export function peerFailureSentence(e: unknown, cluster: string): string {
+  const answer = (e as { cause?: unknown } | undefined)?.cause;
+  if (answer instanceof NotConnectAnswer) return `cluster ${cluster} answered, but not as a tern frontend: ${answer.message}`;
+  return `cannot reach cluster ${cluster}: ${peerFailureText(e)}`;
+}
+
+/** An error answer that is not Connect's (a proxy's bare HTTP 500 page): its status and a short excerpt. */
+export class NotConnectAnswer extends Error {
+  override name = "NotConnectAnswer";
+}
+
+/** The most of a non-Connect answer's body an error quotes. */
+const EXCERPT_CHARS = 120;
+
+/**
+ * fetchImpl, failing an error answer connect would read as UNKNOWN with only "HTTP 500" (no
+ * Connect body: a proxy's own page) as NotConnectAnswer naming the status and a short excerpt.
+ * Connect reads a thrown error as UNKNOWN too, so the code is the same; statuses it maps to
+ * other codes (404, 502, 503, ...) pass unchanged.
+ */
+function withAnswerExcerpts(fetchImpl: typeof fetch): typeof fetch {
+  return (async (input: RequestInfo | URL, init?: RequestInit) => {
+    const res = await fetchImpl(input, init);
+    if (res.ok || codeFromHttpStatus(res.status) !== Code.Unknown || res.headers.get("content-type")?.startsWith("application/json")) return res;
+    const body = (await res.text().catch(() => "")).replace(/\s+/g, " ").trim();
+    const excerpt = body.length > EXCERPT_CHARS ? `${body.slice(0, EXCERPT_CHARS)}...` : body;
+    throw new NotConnectAnswer(`HTTP ${res.status}${excerpt ? ` ${JSON.stringify(excerpt)}` : " with no body"}`);
+  }) as typeof fetch;
 }
 
 /** Why a call to a peer failed, for an operator: plain words for a fetch that got no answer, else the error's own message. */
@@ -65,7 +100,7 @@ export function createRemoteClientPool(fetchImpl: typeof fetch = globalThis.fetc
       const baseUrl = frontendUrl(address);
       let c = pool.get(baseUrl);
       if (!c) {
-        const transport = createConnectTransport({ baseUrl, useBinaryFormat: true, fetch: fetchImpl });
+        const transport = createConnectTransport({ baseUrl, useBinaryFormat: true, fetch: withAnswerExcerpts(fetchImpl) });
         c = {
           baseUrl,
           operator: createClient(OperatorService, transport),

@@ -2,7 +2,7 @@ import { Code, ConnectError, type CallOptions, type HandlerContext, type Service
 import type { Duration } from "@bufbuild/protobuf/wkt";
 import { ulid } from "ulid";
 import { remoteOf, type ClusterDirectory } from "../cluster/directory";
-import { peerFailureText, type RemoteClientPool, type RemoteClients } from "../cluster/remote-client";
+import { peerFailureSentence, type RemoteClientPool, type RemoteClients } from "../cluster/remote-client";
 import type { RedirectionPolicy } from "../config/schema";
 import { ACTIVE_CLUSTER_HEADER, NamespaceNotActiveError, TernError, unavailable } from "../errors";
 import type { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
@@ -130,7 +130,7 @@ export async function forward<T>(ctx: HandlerContext, to: ForwardTarget, call: (
     }
     const retry = retryText(ctx, to.requestId);
     // A connection reset may come after the target applied the call: the retry must carry its request id.
-    if (e instanceof ConnectError && e.code === Code.Unknown) throw unavailable(`cannot reach cluster ${to.target}: ${peerFailureText(e)}${retry}`);
+    if (e instanceof ConnectError && e.code === Code.Unknown) throw unavailable(`${peerFailureSentence(e, to.target)}${retry}`);
     // The active cluster's own failure, logged there with its stack under the request id it names:
     // passed on as it answered, not as a failure of this cluster's (toConnectError's INTERNAL).
     if (e instanceof ConnectError && e.code === Code.Internal) throw new TernError("internal", e.rawMessage);

@@ -26,13 +26,16 @@ async function forwardedFailure(address: string): Promise<{ err: ConnectError; l
 }
 
 describe("a forwarded call's failure answered by the active cluster's address", () => {
-  let internal: ReturnType<typeof serving>;
+  let internal: ReturnType<typeof serving>, proxy: ReturnType<typeof serving>;
   beforeAll(() => {
     // The active cluster's own INTERNAL answer, as a tern sends it (Connect's JSON error, HTTP 500).
     internal = serving(() => Response.json({ code: "internal", message: "internal error (request id act-7)" }, { status: 500 }));
+    // A proxy in front of the active cluster, answering its own page.
+    proxy = serving(() => new Response(`<html><body><h1>500 Internal Server Error</h1>${" padding".repeat(40)}</body></html>`, { status: 500, headers: { "content-type": "text/html" } }));
   });
   afterAll(() => {
     internal.stop(true);
+    proxy.stop(true);
   });
 
   test("TestForwardedInternalErrorIsPassedOnAndNotLoggedAsThisClustersFailure", async () => {
@@ -42,5 +45,15 @@ describe("a forwarded call's failure answered by the active cluster's address", 
     expect(lines.map(({ level, msg, error }) => ({ level, msg, error }))).toEqual([
       { level: "info", msg: "rpc failed", error: "internal error (request id act-7)" },
     ]);
+  });
+
+  test("TestForwardedCallAnsweredByAProxysBareHttp500SaysWhatItAnswered", async () => {
+    const { err } = await forwardedFailure(proxy.url.host);
+    expect(err.code).toBe(Code.Unavailable);
+    // Reached, and answered: its status and the start of its page, not "cannot reach cluster clusterA".
+    expect(err.rawMessage).toBe(
+      `cluster clusterA answered, but not as a tern frontend: HTTP 500 "<html><body><h1>500 Internal Server Error</h1>${" padding".repeat(9)} p..."` +
+        " (request id sig-1); retry with the same request id",
+    );
   });
 });
