@@ -84,10 +84,10 @@ export function wireReplication({ opts, log, now, cluster, database }: Base, cor
       onRemoved: (tx, remote) => stopBackfillsFrom(tx, remote, now()),
     }),
     cleanup: createReplicationCleanup({ db, log, metrics, intervalMs: opts.replication?.cleanupIntervalMs }),
-    // A server of this cluster that died mid-failover (another process on the PostgreSQL database)
-    // leaves its HANDOVER to the others: reset once its failover's lock is free (resetAbandonedHandovers).
     // A failed read of replication_dlq_size (refreshGauge) is mended here, not only by the next event that reads it.
     dlqGauge: createPeriodic(() => dlq.readGauge(true), { name: "reading the replication DLQ size", log, intervalMs: opts.replication?.dlqGaugeIntervalMs ?? 10_000 }),
+    // A server of this cluster that died mid-failover (another process on the PostgreSQL database)
+    // leaves its HANDOVER to the others: reset once its failover's lock is free (resetAbandonedHandovers).
     handoverReset: createPeriodic(() => resetAbandonedHandovers(db, log), {
       name: "abandoned handover reset", log, intervalMs: 2_000, onDone: (reset) => {
         if (reset.length) namespaces.invalidate();
