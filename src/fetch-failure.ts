@@ -15,8 +15,9 @@ const REASONS: Record<string, string> = {
   ETIMEDOUT: "connection timed out",
   EHOSTUNREACH: "host unreachable",
   ENETUNREACH: "network unreachable",
-  // An https:// address where the server speaks plain HTTP (tern itself does: TLS is a proxy's in front of it).
-  EPROTO: "its TLS handshake failed: nothing serves TLS there; tern itself serves http://",
+  // Most often an https:// address where the server speaks plain HTTP (tern itself does: TLS is a
+  // proxy's in front of it), but a TLS server this machine shares no protocol version or cipher with fails so too.
+  EPROTO: "its TLS handshake failed: does the server there speak TLS? tern itself serves http://",
   // A certificate that fails verification (Node's and Bun's codes), as Bun's raw text said it: 'unknown: self signed certificate'.
   DEPTH_ZERO_SELF_SIGNED_CERT: untrusted("its certificate is self-signed", "it"),
   SELF_SIGNED_CERT_IN_CHAIN: untrusted("its certificate's chain ends in a CA this machine does not trust", "that CA"),

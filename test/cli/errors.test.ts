@@ -73,7 +73,7 @@ describe("formatError", () => {
       expect(await said("/api")).toBe(`error: ADDR/api is not tern's Connect port (it answered application/json, not Connect's application/proto)${hint}`);
       expect(await said("/moved")).toBe(`error: ADDR/moved is not tern's Connect port (it answered with a redirect)${hint}`);
       // An https:// address for a port that speaks plain HTTP, as tern's own does: it said Bun's 'unknown: EPROTO: The TLS handshake failed. ...'.
-      expect(await said("/page", "https")).toBe("error: cannot reach tern at ADDR/page (its TLS handshake failed: nothing serves TLS there; tern itself serves http://)");
+      expect(await said("/page", "https")).toBe("error: cannot reach tern at ADDR/page (its TLS handshake failed: does the server there speak TLS? tern itself serves http://)");
     } finally {
       await web.stop(true);
     }
