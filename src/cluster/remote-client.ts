@@ -53,13 +53,15 @@ const EXCERPT_CHARS = 120;
 /**
  * fetchImpl, failing an error answer connect would read as UNKNOWN with only "HTTP 500" (no
  * Connect body: a proxy's own page) as NotConnectAnswer naming the status and a short excerpt.
- * Connect reads a thrown error as UNKNOWN too, so the code is the same; statuses it maps to
- * other codes (404, 502, 503, ...) pass unchanged.
+ * Connect reads a thrown error as UNKNOWN too, so the code is the same. A bare 400 too: connect
+ * reads it as INTERNAL, which forward() passes on as the active cluster's own logged failure.
+ * Statuses it maps to other codes (404, 502, 503, ...) pass unchanged.
  */
 function withAnswerExcerpts(fetchImpl: typeof fetch): typeof fetch {
   return (async (input: RequestInfo | URL, init?: RequestInit) => {
     const res = await fetchImpl(input, init);
-    if (res.ok || codeFromHttpStatus(res.status) !== Code.Unknown || res.headers.get("content-type")?.startsWith("application/json")) return res;
+    const code = codeFromHttpStatus(res.status);
+    if (res.ok || (code !== Code.Unknown && code !== Code.Internal) || res.headers.get("content-type")?.startsWith("application/json")) return res;
     const body = (await res.text().catch(() => "")).replace(/\s+/g, " ").trim();
     const excerpt = body.length > EXCERPT_CHARS ? `${body.slice(0, EXCERPT_CHARS)}...` : body;
     throw new NotConnectAnswer(`HTTP ${res.status}${excerpt ? ` ${JSON.stringify(excerpt)}` : " with no body"}`);

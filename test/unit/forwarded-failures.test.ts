@@ -26,16 +26,19 @@ async function forwardedFailure(address: string): Promise<{ err: ConnectError; l
 }
 
 describe("a forwarded call's failure answered by the active cluster's address", () => {
-  let internal: ReturnType<typeof serving>, proxy: ReturnType<typeof serving>;
+  let internal: ReturnType<typeof serving>, proxy: ReturnType<typeof serving>, proxy400: ReturnType<typeof serving>;
   beforeAll(() => {
     // The active cluster's own INTERNAL answer, as a tern sends it (Connect's JSON error, HTTP 500).
     internal = serving(() => Response.json({ code: "internal", message: "internal error (request id act-7)" }, { status: 500 }));
     // A proxy in front of the active cluster, answering its own page.
     proxy = serving(() => new Response(`<html><body><h1>500 Internal Server Error</h1>${" padding".repeat(40)}</body></html>`, { status: 500, headers: { "content-type": "text/html" } }));
+    // One refusing the request itself (nginx's "Request Header Or Cookie Too Large"): connect reads a bare 400 as INTERNAL.
+    proxy400 = serving(() => new Response("<html><body><h1>400 Bad Request</h1></body></html>", { status: 400, headers: { "content-type": "text/html" } }));
   });
   afterAll(() => {
     internal.stop(true);
     proxy.stop(true);
+    proxy400.stop(true);
   });
 
   test("TestForwardedInternalErrorIsPassedOnAndNotLoggedAsThisClustersFailure", async () => {
@@ -55,5 +58,15 @@ describe("a forwarded call's failure answered by the active cluster's address", 
       `cluster clusterA answered, but not as a tern frontend: HTTP 500 "<html><body><h1>500 Internal Server Error</h1>${" padding".repeat(9)} p..."` +
         " (request id sig-1); retry with the same request id",
     );
+  });
+
+  test("TestForwardedCallAnsweredByAProxysBareHttp400IsNotPassedOnAsTheActiveClustersInternalError", async () => {
+    const { err, lines } = await forwardedFailure(proxy400.url.host);
+    // It was the proxy's answer, not the active cluster's logged failure (no request id of its to look up).
+    expect([err.code, err.rawMessage]).toEqual([
+      Code.Unavailable,
+      'cluster clusterA answered, but not as a tern frontend: HTTP 400 "<html><body><h1>400 Bad Request</h1></body></html>" (request id sig-1); retry with the same request id',
+    ]);
+    expect(lines.map(({ level, msg }) => ({ level, msg }))).toEqual([{ level: "info", msg: "rpc failed" }]);
   });
 });
