@@ -135,6 +135,10 @@ export async function forward<T>(ctx: HandlerContext, to: ForwardTarget, call: (
     // passed on as it answered, not as a failure of this cluster's (toConnectError's INTERNAL).
     if (e instanceof ConnectError && e.code === Code.Internal) throw new TernError("internal", e.rawMessage);
     throw handedBack(e, to, retry) ?? e;
+  } finally {
+    // Answered (or failed in its own words): a deadline met by the handler's work after it (a
+    // failover's wait here to hear of the switch) is not this call's.
+    if (late) ctx.values.delete(deadlineTextKey);
   }
 }
 
