@@ -5,7 +5,7 @@ import { OperatorService } from "../gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
 import { DEFAULT_ADDRESS, normalizeAddress } from "./address";
 import type { AdminDbBackend } from "./admin-db-backend";
-import { attachShortValue, findFlag, getBoolean, getString, isBooleanWord, isFlagToken, type ParsedArgs, parseArgs, splitFlagToken } from "./args";
+import { attachShortValue, findFlag, type FlagSpec, getBoolean, getString, isBooleanWord, isFlagToken, type ParsedArgs, parseArgs, splitFlagToken } from "./args";
 import { type Command, type CommandContext, GLOBAL_FLAGS, type LeafCommand, SERVER_FLAGS } from "./command";
 import { rootCommand } from "./commands/root";
 import { LONG_RUN_MS, parseRpcTimeout, withDeadline } from "./deadline";
@@ -61,7 +61,8 @@ export function resolveCommand(root: Command, argv: readonly string[]): Resolved
   const rest: string[] = [];
   let help = false;
   for (let i = 0; i < argv.length; i++) {
-    const token = attachShortValue(argv[i]!, GLOBAL_FLAGS);
+    // The word after a command's own string flag is that flag's value (`--reason -oops`), which parseArgs takes as is.
+    const token = command.kind === "leaf" && takesValue(command.flags, argv[i - 1]) ? argv[i]! : attachShortValue(argv[i]!, GLOBAL_FLAGS);
     if (token === "--") {
       rest.push(...argv.slice(i));
       break;
@@ -96,6 +97,11 @@ export function resolveCommand(root: Command, argv: readonly string[]): Resolved
     }
   }
   return { command, path, rest, help };
+}
+
+/** True when previous is a flag of specs that takes the next word for its value (`--reason`, not `--reason=x`). */
+function takesValue(specs: readonly FlagSpec[], previous: string | undefined): boolean {
+  return previous !== undefined && isFlagToken(previous) && !previous.includes("=") && findFlag(specs, previous)?.kind === "string";
 }
 
 /**

@@ -24,6 +24,15 @@ describe("dispatch and global flags", () => {
     }
   });
 
+  test("a command's flag takes a value that starts with -o as is, not as -o with its value attached (--reason -oops)", async () => {
+    let message = "";
+    const r = await runCli(["workflow", "fail", "-w", "w", "--reason", "-oops"], {
+      workflow: { failWorkflowExecution: (req) => ((message = req.failure!.message), {}) },
+    });
+    expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: "" });
+    expect(message).toBe("-oops");
+  });
+
   test("default address is 127.0.0.1:7233", async () => {
     const r = await runCli(["operator", "cluster", "describe"], { operator: cluster });
     expect(r.addresses).toEqual(["http://127.0.0.1:7233"]);
