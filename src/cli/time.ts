@@ -17,14 +17,21 @@ export function parseTime(text: string, flag: string): Timestamp {
   const m = ISO_TIME.exec(text);
   if (!m) throw bad("");
   const [year, month, day, hour, minute, second] = [m[1], m[2], m[3], m[4], m[5], m[6]].map((p) => Number(p ?? 0)) as [number, number, number, number, number, number];
-  const daysInMonth = new Date(Date.UTC(year, month, 0)).getUTCDate();
+  const daysInMonth = new Date(utcMillis(year, month + 1, 0, 0, 0, 0)).getUTCDate();
   if (month < 1 || month > 12 || day < 1 || day > daysInMonth) throw bad(`: ${m[1]}-${m[2]} has no day ${m[3]}`);
   if (hour > 23 || minute > 59 || second > 59) throw bad(": past 23:59:59");
   const offsetMinutes = zoneMinutes(m[8]);
   if (offsetMinutes === undefined) throw bad(": the zone is past ±23:59");
-  const utc = Date.UTC(year, month - 1, day, hour, minute, second);
+  const utc = utcMillis(year, month, day, hour, minute, second);
   const seconds = BigInt(utc / 1000 - offsetMinutes * 60);
   return create(TimestampSchema, { seconds, nanos: Number((m[7] ?? "").padEnd(9, "0")) });
+}
+
+/** Date.UTC for a 1-based month, but of the year given: Date.UTC takes years 0 to 99 for 1900 to 1999. */
+function utcMillis(year: number, month: number, day: number, hour: number, minute: number, second: number): number {
+  const date = new Date(Date.UTC(2000, 0, 1, hour, minute, second));
+  date.setUTCFullYear(year, month - 1, day);
+  return date.getTime();
 }
 
 /** Minutes east of UTC of `Z`, `+02:00`, `-0530` (0 when absent); undefined past ±23:59. */

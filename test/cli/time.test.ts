@@ -13,6 +13,9 @@ describe("parseTime (workflow list --start-after / --start-before)", () => {
     ["2024-05-01T12:00:00+02:00", "2024-05-01T10:00:00.000Z"],
     ["2024-05-01T12:00:00-0530", "2024-05-01T17:30:00.000Z"],
     ["2024-02-29T23:59:59.250z", "2024-02-29T23:59:59.250Z"],
+    // Years 0 to 99 are those years (Date.UTC took them for 1900 to 1999), and year 0 is a leap year.
+    ["0050-01-01", "0050-01-01T00:00:00.000Z"],
+    ["0000-02-29", "0000-02-29T00:00:00.000Z"],
   ])("%s is %s", (text, iso) => {
     expect(timestampDate(parseTime(text, "start-after")).toISOString()).toBe(iso);
   });
