@@ -108,5 +108,9 @@ function padColumns(text: string, width: number): string {
 }
 
 function oneLine(text: string): string {
-  return text.replace(/\s*\n\s*/g, " ");
+  // A tab or another control character moves the terminal's cursor (a tab to its next stop, \r to the line's start), so padding could not line up after it: a tab is a space, the rest are written as \xHH.
+  return text
+    .replace(/\s*\n\s*/g, " ")
+    .replace(/\t/g, " ")
+    .replace(/\p{Cc}/gu, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
 }

@@ -113,6 +113,11 @@ describe("columns hold names a terminal shows wider or narrower than their UTF-1
     ]);
   });
 
+  test("a tab or a carriage return in a cell is no cursor move: the next column still lines up", () => {
+    const table = formatTable(["TYPE", "STATUS"], [["a\tb", "Running"], ["c\rd", "Running"], ["OrderFlow", "Running"]]);
+    expect(table.split("\n")).toEqual(["TYPE       STATUS", "a b        Running", "c\\x0dd     Running", "OrderFlow  Running", ""]);
+  });
+
   test("a follow row pads to the same columns", () => {
     expect(formatFixedRow(["名", "x"], [3])).toBe("名   x\n");
   });
