@@ -18,7 +18,8 @@ export function parseTime(text: string, flag: string): Timestamp {
   if (!m) throw bad("");
   const [year, month, day, hour, minute, second] = [m[1], m[2], m[3], m[4], m[5], m[6]].map((p) => Number(p ?? 0)) as [number, number, number, number, number, number];
   const daysInMonth = new Date(utcMillis(year, month + 1, 0, 0, 0, 0)).getUTCDate();
-  if (month < 1 || month > 12 || day < 1 || day > daysInMonth) throw bad(`: ${m[1]}-${m[2]} has no day ${m[3]}`);
+  if (month < 1 || month > 12) throw bad(`: there is no month ${m[2]}`);
+  if (day < 1 || day > daysInMonth) throw bad(`: ${m[1]}-${m[2]} has no day ${m[3]}`);
   if (hour > 23 || minute > 59 || second > 59) throw bad(": past 23:59:59");
   const offsetMinutes = zoneMinutes(m[8]);
   if (offsetMinutes === undefined) throw bad(": the zone is past ±23:59");

@@ -29,7 +29,7 @@ describe("parseTime (workflow list --start-after / --start-before)", () => {
     ["1", ""],
     ["0", ""],
     ["2023-02-29", ": 2023-02 has no day 29"],
-    ["2024-13-01", ": 2024-13 has no day 01"],
+    ["2024-13-01", ": there is no month 13"],
     ["Dec 7 2026", ""],
     ["2024-05-01T24:00:00Z", ": past 23:59:59"],
     ["2024-05-01T12:00:00+24:00", ": the zone is past ±23:59"],
