@@ -4,6 +4,7 @@ import type { z } from "zod";
 import type { Env } from "./env";
 import { Config, LogLevel } from "./schema";
 import { checkClusterRules } from "./validate";
+import { pastBound } from "./bounds";
 import { shown } from "../shown";
 import { MAX_TIMER_MS } from "../sleep";
 import { parseDurationNanos } from "../cli/duration";
@@ -25,7 +26,7 @@ export function parseConfig(text: string, env: Env = {}, source = "config"): Con
   if (raw === null || raw === undefined) throw new ConfigError(`${source}: the file is empty; it needs at least clusterMetadata (README, "Configuration")`);
   const result = Config.safeParse(raw, { error: issueMessage });
   if (!result.success) {
-    const issue = reported(result.error.issues[0]!);
+    const issue = reported(ownBound(result.error.issues));
     const path = issue.code === "unrecognized_keys" ? [...issue.path, issue.keys[0]!] : issue.path;
     throw new ConfigError(`${source}: ${path.map(String).join(".") || "(root)"}: ${issue.message}`);
   }
@@ -55,10 +56,18 @@ function overrideDatabaseUrl(config: Config, url: string): void {
 /**
  * Zod's words where they do not say what to write: a key left out ("expected object, received
  * undefined") is required, one given nothing has no value; a key the schema lacks (a typo,
- * `persistance`) is listed with the keys its place takes. Others keep zod's message (undefined).
+ * `persistance`) is listed with the keys its place takes; a number past a bound, or not whole where
+ * a whole one is wanted, is named with the bound (zod's "Too small: expected number to be >=1" named
+ * neither the value given nor what it is). Others keep zod's message (undefined).
  */
 function issueMessage(issue: z.core.$ZodRawIssue): string | undefined {
   if (issue.code === "invalid_type" && issue.input === undefined) return `is required (${issue.expected})`;
+  if ((issue.code === "too_small" || issue.code === "too_big") && typeof issue.input === "number") {
+    const upper = issue.code === "too_big";
+    return pastBound(issue.input, { bound: Number(upper ? issue.maximum : issue.minimum), upper, inclusive: issue.inclusive !== false });
+  }
+  if (issue.code === "too_small" && issue.origin === "string" && issue.input === "") return "is empty (expected a string of at least 1 character)";
+  if (issue.code === "invalid_type" && issue.expected === "int" && typeof issue.input === "number") return `${issue.input} is not a whole number`;
   // `persistence:` with every line under it commented out.
   if (issue.code === "invalid_type" && issue.input === null) return `has no value (expected ${issue.expected})`;
   if (issue.code === "unrecognized_keys") {
@@ -66,6 +75,17 @@ function issueMessage(issue: z.core.$ZodRawIssue): string | undefined {
     return `unknown key; the keys here are ${Object.keys(shape).join(", ")}`;
   }
   return undefined;
+}
+
+/** A bound zod checks on every integer, before the key's own: 1e21 for a key of at most 1000 was "above the most, 9007199254740991". */
+const safeRange = (i: z.core.$ZodIssue) => (i.code === "too_big" && i.maximum === Number.MAX_SAFE_INTEGER) || (i.code === "too_small" && i.minimum === -Number.MAX_SAFE_INTEGER);
+
+/** The first issue, or where that is the safe integer range, the key's own bound on the same side. */
+function ownBound(issues: z.core.$ZodIssue[]): z.core.$ZodIssue {
+  const first = issues[0]!;
+  if (!safeRange(first)) return first;
+  const at = first.path.join(".");
+  return issues.find((i) => i.code === first.code && !safeRange(i) && i.path.join(".") === at) ?? first;
 }
 
 /**

@@ -114,10 +114,10 @@ const RateLimit = z
 const Limits = z.strictObject({
   // At most 1 GiB: a request is read up to twice this plus 1 MiB, and Connect takes no read
   // limit past 4 GiB - 1 (the server failed at its listener, the database already migrated).
-  blobSizeLimitError: z.number().int().positive().max(2 ** 30).default(2 * 1024 * 1024),
-  blobSizeLimitWarn: z.number().int().positive().default(512 * 1024),
-  historyCountLimitError: z.number().int().positive().default(51_200),
-  historyCountLimitWarn: z.number().int().positive().default(10_240),
+  blobSizeLimitError: z.number().int().min(1).max(2 ** 30).default(2 * 1024 * 1024),
+  blobSizeLimitWarn: z.number().int().min(1).default(512 * 1024),
+  historyCountLimitError: z.number().int().min(1).default(51_200),
+  historyCountLimitWarn: z.number().int().min(1).default(10_240),
   hostRps: RateLimit.default({ rps: 2400, burst: 4800 }),
   namespaceRps: RateLimit.default({ rps: 2400, burst: 4800 }),
 });

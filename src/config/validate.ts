@@ -1,4 +1,5 @@
 import type { Config } from "./schema";
+import { pastBound } from "./bounds";
 
 /** Cross-field rules of clusterMetadata (DESIGN.md section 1); returns the first broken rule. */
 export function checkClusterRules(config: Config): string | undefined {
@@ -19,16 +20,18 @@ export function checkClusterRules(config: Config): string | undefined {
       return `${key} must be > 0 when clusterMetadata.enableGlobalNamespace is true`;
     }
     if (cluster.initialFailoverVersion >= inc) {
-      return `${key} must be < failoverVersionIncrement (${inc})`;
+      return `${key}: ${pastBound(cluster.initialFailoverVersion, { bound: `${inc} (failoverVersionIncrement)`, upper: true, inclusive: false })}`;
     }
     const other = seen.get(cluster.initialFailoverVersion);
     if (other) return `${key} must differ from ${other}'s (${cluster.initialFailoverVersion})`;
     seen.set(cluster.initialFailoverVersion, name);
   }
   const limits = config.limits;
-  if (limits.blobSizeLimitWarn > limits.blobSizeLimitError) return "limits.blobSizeLimitWarn must be <= limits.blobSizeLimitError";
-  if (limits.historyCountLimitWarn > limits.historyCountLimitError) {
-    return "limits.historyCountLimitWarn must be <= limits.historyCountLimitError";
-  }
-  return undefined;
+  return atMost("limits.blobSizeLimitWarn", limits.blobSizeLimitWarn, "limits.blobSizeLimitError", limits.blobSizeLimitError)
+    ?? atMost("limits.historyCountLimitWarn", limits.historyCountLimitWarn, "limits.historyCountLimitError", limits.historyCountLimitError);
+}
+
+/** key's value past the most the other key allows. */
+function atMost(key: string, value: number, mostKey: string, most: number): string | undefined {
+  return value > most ? `${key}: ${pastBound(value, { bound: `${most} (${mostKey})`, upper: true, inclusive: true })}` : undefined;
 }

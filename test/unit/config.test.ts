@@ -41,9 +41,25 @@ describe("config", () => {
     expect(b.clusterMetadata.clusterInformation.clusterB!.initialFailoverVersion).toBe(2);
   });
 
-  test("initialFailoverVersion must be below the increment, naming the key", () => {
+  test("initialFailoverVersion must be below the increment, naming the key and the value given", () => {
     fails(base(good.replace("initialFailoverVersion: 1", "initialFailoverVersion: 100")),
-      "clusterMetadata.clusterInformation.clusterA.initialFailoverVersion must be < failoverVersionIncrement (100)");
+      "config: clusterMetadata.clusterInformation.clusterA.initialFailoverVersion: 100 is not below 100 (failoverVersionIncrement)");
+  });
+
+  test("a value past a bound names the key, the value given and the bound, in one wording for every bounded key", () => {
+    // Before: zod's "Too small: expected number to be >=1", naming neither the value nor what it is.
+    fails(base(good, "persistence: { numHistoryShards: 0 }"), /^config: persistence.numHistoryShards: 0 is below the least, 1$/);
+    fails(base(good, "services: { frontend: { rpc: { port: 70000 } } }"), /^config: services.frontend.rpc.port: 70000 is above the most, 65535$/);
+    fails(base(good, "limits: { blobSizeLimitError: 0 }"), /^config: limits.blobSizeLimitError: 0 is below the least, 1$/);
+    fails(base(good, "limits: { hostRps: { rps: -5, burst: 1 } }"), /^config: limits.hostRps.rps: -5 is below the least, 0$/);
+    fails(base(good.replace("failoverVersionIncrement: 100", "failoverVersionIncrement: 1")), /^config: clusterMetadata.failoverVersionIncrement: 1 is below the least, 2$/);
+    // The key's own bound, not the safe integer range zod checks first.
+    fails(base(good, "replication: { pageSize: 1e21 }"), /^config: replication.pageSize: 1e\+21 is above the most, 1000$/);
+    fails(base(good, "persistence: { numHistoryShards: 2.5 }"), /^config: persistence.numHistoryShards: 2.5 is not a whole number$/);
+    fails(base(good.replace("masterClusterName: clusterA", 'masterClusterName: ""')), /^config: clusterMetadata.masterClusterName: is empty \(expected a string of at least 1 character\)$/);
+    // The rules across keys say it alike, naming the other key.
+    fails(base(good, "limits: { blobSizeLimitError: 4096, blobSizeLimitWarn: 8192 }"), /^config: limits.blobSizeLimitWarn: 8192 is above the most, 4096 \(limits.blobSizeLimitError\)$/);
+    fails(base(good, "limits: { historyCountLimitWarn: 60000 }"), /^config: limits.historyCountLimitWarn: 60000 is above the most, 51200 \(limits.historyCountLimitError\)$/);
   });
 
   test("initial version 0 only without global namespaces", () => {
@@ -138,16 +154,16 @@ describe("config", () => {
 
   test("settings past what the server can use are refused at parse, before anything is opened", () => {
     // A blob limit past 1 GiB made a read limit Connect refuses: the start failed after migrating.
-    fails(base(good, "limits: { blobSizeLimitError: 9007199254740991 }"), "limits.blobSizeLimitError: Too big: expected number to be <=1073741824");
+    fails(base(good, "limits: { blobSizeLimitError: 9007199254740991 }"), "limits.blobSizeLimitError: 9007199254740991 is above the most, 1073741824");
     expect(parseConfig(base(good, "limits: { blobSizeLimitError: 1073741824 }")).limits.blobSizeLimitError).toBe(2 ** 30);
     // A timer past 2^31 - 1 ms fires after 1 ms: the check ran back to back.
     const pg = (ms: number) => base(good, `persistence: { datastore: { postgres: { url: "postgres://u@h/db", analyzeIntervalMs: ${ms} } } }`);
-    fails(pg(3_000_000_000), "persistence.datastore.postgres.analyzeIntervalMs: Too big: expected number to be <=2147483647");
+    fails(pg(3_000_000_000), "persistence.datastore.postgres.analyzeIntervalMs: 3000000000 is above the most, 2147483647");
     expect(parseConfig(pg(2 ** 31 - 1)).persistence.datastore).toMatchObject({ postgres: { analyzeIntervalMs: 2 ** 31 - 1 } });
     // PostgreSQL takes a statement_timeout of at most 2^31 - 1 ms; none below 0.
     const statementTimeout = (ms: number) => base(good, `persistence: { datastore: { postgres: { url: "postgres://u@h/db", statementTimeoutMs: ${ms} } } }`);
-    fails(statementTimeout(-1), "persistence.datastore.postgres.statementTimeoutMs: Too small: expected number to be >=0");
-    fails(statementTimeout(2 ** 31), "persistence.datastore.postgres.statementTimeoutMs: Too big: expected number to be <=2147483647");
+    fails(statementTimeout(-1), "persistence.datastore.postgres.statementTimeoutMs: -1 is below the least, 0");
+    fails(statementTimeout(2 ** 31), "persistence.datastore.postgres.statementTimeoutMs: 2147483648 is above the most, 2147483647");
     expect(parseConfig(statementTimeout(60_000)).persistence.datastore).toMatchObject({ postgres: { statementTimeoutMs: 60_000 } });
   });
 
@@ -159,25 +175,25 @@ describe("config", () => {
     });
     const one = (key: string, value: unknown) => base(good, `replication: { ${key}: ${value} }`);
     // A timer past 2^31 - 1 ms fires after 1 ms; one under 100 ms loops its work back to back.
-    fails(one("cleanupIntervalMs", 2 ** 31), "config: replication.cleanupIntervalMs: Too big: expected number to be <=2147483647");
+    fails(one("cleanupIntervalMs", 2 ** 31), "config: replication.cleanupIntervalMs: 2147483648 is above the most, 2147483647");
     expect(parseConfig(one("heldRetryMs", 2 ** 31 - 1)).replication.heldRetryMs).toBe(2 ** 31 - 1);
-    fails(one("heldRetryMs", 0), "config: replication.heldRetryMs: Too small: expected number to be >=100");
-    fails(one("backfillIdleMs", 1.5), "config: replication.backfillIdleMs: Invalid input: expected int, received number");
+    fails(one("heldRetryMs", 0), "config: replication.heldRetryMs: 0 is below the least, 100");
+    fails(one("backfillIdleMs", 1.5), "config: replication.backfillIdleMs: 1.5 is not a whole number");
     fails(one("cleanupIntervalMs", '"10s"'), "config: replication.cleanupIntervalMs: Invalid input: expected number, received string");
     // A source holds a wait 30 s at most and sends 1000 tasks a page at most.
-    fails(one("waitMs", 60_000), "config: replication.waitMs: Too big: expected number to be <=30000");
-    fails(one("pageSize", 0), "config: replication.pageSize: Too small: expected number to be >=1");
-    fails(one("pageSize", 5000), "config: replication.pageSize: Too big: expected number to be <=1000");
-    fails(one("historyPageBytes", 8 << 20), "config: replication.historyPageBytes: Too big: expected number to be <=4194304");
-    fails(one("silenceGraceMs", -1), "config: replication.silenceGraceMs: Too small: expected number to be >=100");
+    fails(one("waitMs", 60_000), "config: replication.waitMs: 60000 is above the most, 30000");
+    fails(one("pageSize", 0), "config: replication.pageSize: 0 is below the least, 1");
+    fails(one("pageSize", 5000), "config: replication.pageSize: 5000 is above the most, 1000");
+    fails(one("historyPageBytes", 8 << 20), "config: replication.historyPageBytes: 8388608 is above the most, 4194304");
+    fails(one("silenceGraceMs", -1), "config: replication.silenceGraceMs: -1 is below the least, 100");
     // A typo, and a test hook, are refused as any unknown key is.
     fails(one("cleanupIntervalMS", 500), /^config: replication.cleanupIntervalMS: unknown key; the keys here are retry, waitMs, silenceGraceMs, cleanupIntervalMs, heldRetryMs, backfillIdleMs, pageSize, historyPageBytes$/);
     fails(one("dlqMergeRounds", 1), "config: replication.dlqMergeRounds: unknown key");
     // The retry budget of a failing task before the DLQ: attempts in all, then the backoff's first and longest wait.
     expect(parseConfig(one("retry", "{ attempts: 10, backoffMs: 0, maxBackoffMs: 30000 }")).replication.retry).toEqual({ attempts: 10, backoffMs: 0, maxBackoffMs: 30_000 });
     expect(parseConfig(one("retry", "{ attempts: 3 }")).replication.retry).toEqual({ attempts: 3 });
-    fails(one("retry", "{ attempts: 0 }"), "config: replication.retry.attempts: Too small: expected number to be >=1");
-    fails(one("retry", "{ maxBackoffMs: 2147483648 }"), "config: replication.retry.maxBackoffMs: Too big: expected number to be <=2147483647");
+    fails(one("retry", "{ attempts: 0 }"), "config: replication.retry.attempts: 0 is below the least, 1");
+    fails(one("retry", "{ maxBackoffMs: 2147483648 }"), "config: replication.retry.maxBackoffMs: 2147483648 is above the most, 2147483647");
     fails(one("retry", "{ attempt: 3 }"), "config: replication.retry.attempt: unknown key; the keys here are attempts, backoffMs, maxBackoffMs");
   });
 
