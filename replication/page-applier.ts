@@ -13,6 +13,7 @@ import { sleep } from "../src/sleep";
 import type { RemoteCluster, StreamReport } from "./manager";
 import { createPageTransactions, settleAll, type AckMove, type Applied } from "./page-transactions";
 import type { InboundProgress } from "./receiver";
+import { DEFAULT_RETRY_POLICY, type RetryPolicy } from "./retry-policy";
 
 /** What the receiver's page applier needs. */
 export interface PageApplierDeps {
@@ -31,13 +32,7 @@ export interface PageApplierDeps {
   progressOf: (remote: string, shardId: number) => InboundProgress;
 }
 
-/** How often and how patiently a failing task is retried before it goes to the DLQ. */
-export interface RetryPolicy {
-  /** Attempts in all (the last failure sends the task to the DLQ). */
-  attempts: number;
-  backoffMs: number;
-  maxBackoffMs: number;
-}
+export type { RetryPolicy };
 
 const add = (into: Applied, more: Applied) => {
   into.grown.push(...more.grown);
@@ -70,7 +65,7 @@ function moveOf(b: Batch, from: number, to: number, tasks: ReplicationTask[]): A
  */
 export function createPageApplier(deps: PageApplierDeps) {
   const { writer, metrics, log, dlq, progressOf } = deps;
-  const retry: RetryPolicy = { attempts: 5, backoffMs: 200, maxBackoffMs: 2_000, ...deps.retry };
+  const retry: RetryPolicy = { ...DEFAULT_RETRY_POLICY, ...deps.retry };
   const { applyAll } = createPageTransactions(deps);
 
   /**

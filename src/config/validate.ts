@@ -1,5 +1,6 @@
 import type { Config } from "./schema";
 import { pastBound } from "./bounds";
+import { DEFAULT_RETRY_POLICY } from "../../replication/retry-policy";
 
 /** Cross-field rules of clusterMetadata (DESIGN.md section 1); returns the first broken rule. */
 export function checkClusterRules(config: Config): string | undefined {
@@ -28,10 +29,26 @@ export function checkClusterRules(config: Config): string | undefined {
   }
   const limits = config.limits;
   return atMost("limits.blobSizeLimitWarn", limits.blobSizeLimitWarn, "limits.blobSizeLimitError", limits.blobSizeLimitError)
-    ?? atMost("limits.historyCountLimitWarn", limits.historyCountLimitWarn, "limits.historyCountLimitError", limits.historyCountLimitError);
+    ?? atMost("limits.historyCountLimitWarn", limits.historyCountLimitWarn, "limits.historyCountLimitError", limits.historyCountLimitError)
+    ?? checkRetry(config.replication.retry);
 }
 
-/** key's value past the most the other key allows. */
-function atMost(key: string, value: number, mostKey: string, most: number): string | undefined {
-  return value > most ? `${key}: ${pastBound(value, { bound: `${most} (${mostKey})`, upper: true, inclusive: true })}` : undefined;
+/** key's value past the most the other key allows (its value, or its default where left out). */
+function atMost(key: string, value: number, mostKey: string, most: number, defaulted = false): string | undefined {
+  return value > most ? `${key}: ${pastBound(value, { bound: `${most} (${mostKey}${defaulted ? ", by default" : ""})`, upper: true, inclusive: true })}` : undefined;
+}
+
+/**
+ * A first backoff above its maximum waited the first backoff once and the maximum after it (the
+ * doubling is capped there): refused, naming the default where one of the two is left out.
+ */
+function checkRetry(retry: Config["replication"]["retry"]): string | undefined {
+  if (!retry || (retry.backoffMs === undefined && retry.maxBackoffMs === undefined)) return undefined;
+  const { backoffMs = DEFAULT_RETRY_POLICY.backoffMs, maxBackoffMs = DEFAULT_RETRY_POLICY.maxBackoffMs } = retry;
+  if (backoffMs <= maxBackoffMs) return undefined;
+  const key = "replication.retry.";
+  // The key given is the one named; both given, the first backoff.
+  return retry.backoffMs !== undefined
+    ? atMost(`${key}backoffMs`, backoffMs, `${key}maxBackoffMs`, maxBackoffMs, retry.maxBackoffMs === undefined)
+    : `${key}maxBackoffMs: ${pastBound(maxBackoffMs, { bound: `${backoffMs} (${key}backoffMs, by default)`, upper: false, inclusive: true })}`;
 }

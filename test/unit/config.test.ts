@@ -197,6 +197,17 @@ describe("config", () => {
     fails(one("retry", "{ attempt: 3 }"), "config: replication.retry.attempt: unknown key; the keys here are attempts, backoffMs, maxBackoffMs");
   });
 
+  test("replication.retry: a first backoff above its maximum is refused, naming the default where one is left out", () => {
+    // Before: taken, and a failing task waited 5 s once, then 0.1 s at each attempt after.
+    const retry = (r: string) => base(good, `replication: { retry: ${r} }`);
+    fails(retry("{ backoffMs: 5000, maxBackoffMs: 100 }"), /^config: replication.retry.backoffMs: 5000 is above the most, 100 \(replication.retry.maxBackoffMs\)$/);
+    fails(retry("{ backoffMs: 5000 }"), /^config: replication.retry.backoffMs: 5000 is above the most, 2000 \(replication.retry.maxBackoffMs, by default\)$/);
+    fails(retry("{ maxBackoffMs: 100 }"), /^config: replication.retry.maxBackoffMs: 100 is below the least, 200 \(replication.retry.backoffMs, by default\)$/);
+    expect(parseConfig(retry("{ backoffMs: 100, maxBackoffMs: 100 }")).replication.retry).toEqual({ backoffMs: 100, maxBackoffMs: 100 });
+    expect(parseConfig(retry("{ backoffMs: 0, maxBackoffMs: 0 }")).replication.retry).toEqual({ backoffMs: 0, maxBackoffMs: 0 });
+    expect(parseConfig(retry("{ backoffMs: 2000 }")).replication.retry).toEqual({ backoffMs: 2000 });
+  });
+
   test("config path: --config wins over TERN_CONFIG, then the default", () => {
     expect(resolveConfigPath(["--config", "a.yaml"], { TERN_CONFIG: "b.yaml" })).toBe("a.yaml");
     expect(resolveConfigPath(["--config=c.yaml"], {})).toBe("c.yaml");
