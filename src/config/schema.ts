@@ -155,6 +155,8 @@ const Replication = z.strictObject({
   heldRetryMs: timerMs(),
   /** How long an idle backfill stream waits before it reads its jobs again (default 30 s). */
   backfillIdleMs: timerMs(),
+  /** How often replication_dlq_size is read again without an event that changes it (default 10 s): it mends a read that failed. */
+  dlqGaugeIntervalMs: timerMs(),
   /** Tasks per shard page asked of a remote (default 200); a source sends at most 1000. */
   pageSize: z.number().int().min(1).max(1000).optional(),
   /** Most bytes of events per raw history page a backfill asks for (default 4 MiB, which a source never exceeds). */

@@ -169,15 +169,18 @@ describe("config", () => {
 
   test("replication: the timings an operator tunes, each bounded, none set by default (the server's own)", () => {
     expect(parseConfig(base(good)).replication).toEqual({});
-    const set = "replication: { retry: { attempts: 8 }, waitMs: 5000, silenceGraceMs: 2000, cleanupIntervalMs: 500, heldRetryMs: 300000, backfillIdleMs: 60000, pageSize: 1000, historyPageBytes: 1048576 }";
+    const set = "replication: { retry: { attempts: 8 }, waitMs: 5000, silenceGraceMs: 2000, cleanupIntervalMs: 500, heldRetryMs: 300000, backfillIdleMs: 60000, dlqGaugeIntervalMs: 1000, pageSize: 1000, historyPageBytes: 1048576 }";
     expect(parseConfig(base(good, set)).replication).toEqual({
-      retry: { attempts: 8 }, waitMs: 5000, silenceGraceMs: 2000, cleanupIntervalMs: 500, heldRetryMs: 300_000, backfillIdleMs: 60_000, pageSize: 1000, historyPageBytes: 1 << 20,
+      retry: { attempts: 8 }, waitMs: 5000, silenceGraceMs: 2000, cleanupIntervalMs: 500, heldRetryMs: 300_000, backfillIdleMs: 60_000, dlqGaugeIntervalMs: 1000, pageSize: 1000, historyPageBytes: 1 << 20,
     });
     const one = (key: string, value: unknown) => base(good, `replication: { ${key}: ${value} }`);
     // A timer past 2^31 - 1 ms fires after 1 ms; one under 100 ms loops its work back to back.
     fails(one("cleanupIntervalMs", 2 ** 31), "config: replication.cleanupIntervalMs: 2147483648 is above the most, 2147483647");
     expect(parseConfig(one("heldRetryMs", 2 ** 31 - 1)).replication.heldRetryMs).toBe(2 ** 31 - 1);
     fails(one("heldRetryMs", 0), "config: replication.heldRetryMs: 0 is below the least, 100");
+    // Was a code option only (server-replication.ts): "unknown key".
+    fails(one("dlqGaugeIntervalMs", 50), "config: replication.dlqGaugeIntervalMs: 50 is below the least, 100");
+    fails(one("dlqGaugeIntervalMs", 2 ** 31), "config: replication.dlqGaugeIntervalMs: 2147483648 is above the most, 2147483647");
     fails(one("backfillIdleMs", 1.5), "config: replication.backfillIdleMs: 1.5 is not a whole number");
     fails(one("cleanupIntervalMs", '"10s"'), "config: replication.cleanupIntervalMs: Invalid input: expected number, received string");
     // A source holds a wait 30 s at most and sends 1000 tasks a page at most.
@@ -187,7 +190,7 @@ describe("config", () => {
     fails(one("historyPageBytes", 8 << 20), "config: replication.historyPageBytes: 8388608 is above the most, 4194304");
     fails(one("silenceGraceMs", -1), "config: replication.silenceGraceMs: -1 is below the least, 100");
     // A typo, and a test hook, are refused as any unknown key is.
-    fails(one("cleanupIntervalMS", 500), /^config: replication.cleanupIntervalMS: unknown key; the keys here are retry, waitMs, silenceGraceMs, cleanupIntervalMs, heldRetryMs, backfillIdleMs, pageSize, historyPageBytes$/);
+    fails(one("cleanupIntervalMS", 500), /^config: replication.cleanupIntervalMS: unknown key; the keys here are retry, waitMs, silenceGraceMs, cleanupIntervalMs, heldRetryMs, backfillIdleMs, dlqGaugeIntervalMs, pageSize, historyPageBytes$/);
     fails(one("dlqMergeRounds", 1), "config: replication.dlqMergeRounds: unknown key");
     // The retry budget of a failing task before the DLQ: attempts in all, then the backoff's first and longest wait.
     expect(parseConfig(one("retry", "{ attempts: 10, backoffMs: 0, maxBackoffMs: 30000 }")).replication.retry).toEqual({ attempts: 10, backoffMs: 0, maxBackoffMs: 30_000 });
