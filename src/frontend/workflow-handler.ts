@@ -126,6 +126,10 @@ export function createWorkflowHandler({ namespaces, engine, queries, checkForced
     },
     async recordMarker(r, { signal }) {
       const expected = r.expectedNextEventId === undefined ? undefined : exactNumber(r.expectedNextEventId, "expected next event id");
+      // Bad input, not a run that moved on: no run's next event id is below 1.
+      if (expected !== undefined && expected < 1) {
+        throw invalidArgument(`expected next event id ${expected} is not an event id: they begin at 1 (leave it out to write the marker whatever the run's next event id)`);
+      }
       const res = await engine.recordMarker(ref(r.namespace, r.workflowExecution, r.requestId, signal), r.markerName, r.details, expected);
       return { eventId: BigInt(res.eventId) };
     },

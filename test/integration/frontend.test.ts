@@ -197,6 +197,16 @@ describe("frontend limits, errors, health and metrics", () => {
       Code.InvalidArgument,
       "expected next event id 9223372036854775807 is out of range",
     );
+    // Event ids begin at 1: one below can never be a run's next (before: FAILED_PRECONDITION, "but the run's is 2", as if the run had moved on).
+    await wf.startWorkflowExecution({ namespace: "lim", workflowId: "marker-ids", ...T });
+    for (const id of [-1n, 0n]) {
+      await rejects(
+        wf.recordMarker({ namespace: "lim", workflowExecution: { workflowId: "marker-ids" }, markerName: "m", expectedNextEventId: id }),
+        Code.InvalidArgument,
+        `expected next event id ${id} is not an event id: they begin at 1 (leave it out to write the marker whatever the run's next event id)`,
+      );
+    }
+    expect((await wf.describeWorkflowExecution({ namespace: "lim", execution: { workflowId: "marker-ids" } })).nextEventId).toBe(2n);
   });
 
   test("Health/Check answers for the server and each service it serves; an unknown service is NOT_FOUND, not SERVING", async () => {
