@@ -35,8 +35,9 @@ export function createFrontendInterceptor(deps: {
    * made up is UNKNOWN_NAMESPACE. Every name sent once was a series of its own for good, and a
    * bucket: 300 misspelt names added 500 KB to /metrics, one 1 MB name 19 MB. Decided without a
    * read (a flood of made-up names meets the rate limit first): the bucket before the call, where
-   * a namespace's first request after a start, before anything looked it up, is UNKNOWN_NAMESPACE;
-   * the metrics' label of such a request once it is answered, when its handler has read the name.
+   * a namespace's first request after a start, before anything looked it up, is UNKNOWN_NAMESPACE
+   * (and settled on the namespace's own once answered: limiter.settle); the metrics' label of such
+   * a request once it is answered, when its handler has read the name.
    */
   const labelOf = (ns: string | undefined) => (!ns ? "" : knownNamespace(ns) ? ns : UNKNOWN_NAMESPACE);
   const failed = failures.failed;
@@ -65,12 +66,15 @@ export function createFrontendInterceptor(deps: {
     // A name not read yet (its register, its first call after a start) is counted once answered,
     // by its name if the handler found it: before 2026-12-07 such a call was UNKNOWN_NAMESPACE's.
     let pending = namespace === UNKNOWN_NAMESPACE;
+    /** Let through on UNKNOWN_NAMESPACE's bucket: settled on the namespace's own once the name is found. */
+    let borrowed = false;
     if (!pending) metrics.inc("service_requests", labels);
     const answered = () => {
       if (pending) {
         pending = false;
         labels = { operation, namespace: labelOf(named) };
         metrics.inc("service_requests", labels);
+        if (borrowed && labels.namespace !== UNKNOWN_NAMESPACE) limiter.settle(UNKNOWN_NAMESPACE, labels.namespace);
       }
       return labels;
     };
@@ -79,6 +83,7 @@ export function createFrontendInterceptor(deps: {
       if (operation !== "Check" && operation !== "Watch") {
         const { waitMs, scope } = limiter.take(namespace || undefined);
         if (waitMs > 0) throw resourceExhausted(`rate limit of ${scope} exceeded`, waitMs);
+        borrowed = namespace === UNKNOWN_NAMESPACE;
       }
       if (!req.stream) refuseNulText(req.method.input, req.message);
       const res = await next(req);
