@@ -94,6 +94,22 @@ export function frontendAddressProblem(address: string): string | undefined {
   return undefined;
 }
 
+/**
+ * The host name a base URL is looked up as where that is not the one written: a host beyond ASCII
+ * as its IDNA (punycode) name, `héllo` as `xn--hllo-bpa`, fullwidth letters as ASCII ones, an
+ * IPv4 address written in hex as dotted decimals. Undefined where it is the one written.
+ */
+export function lookedUpHost(baseUrl: string): string | undefined {
+  const written = /^https?:\/\/(\[[^\]]*\]|[^/:?#]*)/i.exec(baseUrl)?.[1]?.toLowerCase();
+  let host: string;
+  try {
+    host = new URL(baseUrl).hostname;
+  } catch {
+    return undefined;
+  }
+  return written === undefined || written === host ? undefined : host;
+}
+
 /** Creates clients for each address once and reuses them (web-standard fetch transport). */
 export function createRemoteClientPool(fetchImpl: typeof fetch = globalThis.fetch) {
   const pool = new Map<string, RemoteClients>();
