@@ -104,7 +104,7 @@ export function createRemoteClusters({ db, current, clients, onChanged, onConnec
     } catch (e) {
       // héllo:7233 is looked up as xn--hllo-bpa: an operator checking DNS for what failed needs that name.
       const asked = lookedUpHost(baseUrl);
-      throw unavailable(`cannot reach a tern cluster at ${shown(baseUrl)}${asked ? ` (its host looked up as ${asked})` : ""}: ${peerFailureText(e)}`);
+      throw unavailable(`cannot reach a tern cluster at ${shown(baseUrl)}${asked ? ` (its host looked up as ${shown(asked)})` : ""}: ${peerFailureText(e)}`);
     }
   }
 

@@ -18,6 +18,14 @@ describe("an address whose host is not ASCII", () => {
     expect([e?.kind, e?.message]).toEqual(["unavailable", "cannot reach a tern cluster at http://héllo.invalid:7233 (its host looked up as xn--hllo-bpa.invalid): host not found"]);
   });
 
+  test("a long host looked up as another is shown cut, as the address is", async () => {
+    const remotes = createRemoteClusters({ db: {} as Db, current: { clusterName: "clusterA" } as CurrentCluster, clients: createRemoteClientPool(), onChanged: () => {} });
+    // Fullwidth letters, looked up as ASCII ones: 408 characters of host.
+    const e = await remotes.upsert(`${"ｘ".repeat(400)}.invalid:7233`).then(() => undefined, (x: TernError) => x);
+    expect(e?.message).toContain(`(its host looked up as "${"x".repeat(300)}…" (408 characters)): `);
+    expect(e!.message.length).toBeLessThan(1000);
+  });
+
   test("the host looked up, where it is not the one written", () => {
     expect(frontendAddressProblem("héllo.example:7233")).toBeUndefined();
     expect(lookedUpHost("http://héllo.example:7233")).toBe("xn--hllo-bpa.example");
