@@ -37,9 +37,14 @@ export function peerUnreachable(e: unknown, cluster: string): unknown {
  * no answer, or what it answered where something in front of it (a proxy) answered in its place.
  */
 export function peerFailureSentence(e: unknown, cluster: string): string {
+  const answered = notTernAnswer(e);
+  return answered ? `cluster ${cluster} ${answered}` : `cannot reach cluster ${cluster}: ${peerFailureText(e)}`;
+}
+
+/** "answered, but not as a tern frontend: HTTP 500 ..." for a failure something in front of a peer answered (NotConnectAnswer); undefined for any other. */
+export function notTernAnswer(e: unknown): string | undefined {
   const answer = (e as { cause?: unknown } | undefined)?.cause;
-  if (answer instanceof NotConnectAnswer) return `cluster ${cluster} answered, but not as a tern frontend: ${answer.message}`;
-  return `cannot reach cluster ${cluster}: ${peerFailureText(e)}`;
+  return answer instanceof NotConnectAnswer ? `answered, but not as a tern frontend: ${answer.message}` : undefined;
 }
 
 /** An error answer that is not Connect's (a proxy's bare HTTP 500 page): its status and a short excerpt. */

@@ -5,7 +5,7 @@ import type { Db, Tx } from "../persistence/database";
 import { clusterMetadata, namespaces, replicationAckLevels } from "../persistence/schema";
 import type { CurrentCluster } from "./bootstrap";
 import { unknownCluster } from "./directory";
-import { frontendAddressProblem, frontendUrl, lookedUpHost, peerFailureText, type RemoteClientPool } from "./remote-client";
+import { frontendAddressProblem, frontendUrl, lookedUpHost, notTernAnswer, peerFailureText, type RemoteClientPool } from "./remote-client";
 import { shown, withoutPassword } from "../shown";
 import { listsClusters } from "../namespace/lists-clusters";
 import { heldListing } from "../../replication/namespace-held";
@@ -102,6 +102,9 @@ export function createRemoteClusters({ db, current, clients, onChanged, onConnec
       if (!res.cluster) throw new Error("empty answer");
       return res.cluster;
     } catch (e) {
+      // Reached, and answered by something else (a proxy's own 500 page): not "cannot reach".
+      const answered = notTernAnswer(e);
+      if (answered) throw unavailable(`${shown(baseUrl)} ${answered}`);
       // héllo:7233 is looked up as xn--hllo-bpa: an operator checking DNS for what failed needs that name.
       const asked = lookedUpHost(baseUrl);
       throw unavailable(`cannot reach a tern cluster at ${shown(baseUrl)}${asked ? ` (its host looked up as ${shown(asked)})` : ""}: ${peerFailureText(e)}`);

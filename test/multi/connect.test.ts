@@ -65,6 +65,14 @@ for (const store of await testStores()) {
       const refused = await rejects(op.addOrUpdateRemoteCluster({ frontendAddress: "127.0.0.1:1" }), Code.Unavailable, "cannot reach a tern cluster at http://127.0.0.1:1");
       // In plain words, not Bun's fetch advice ("Is the computer able to access the url?").
       expect(refused.rawMessage).toBe("cannot reach a tern cluster at http://127.0.0.1:1: connection refused");
+      // A proxy answering its own 500 page was reached: before, "cannot reach a tern cluster at ...: HTTP 500 ...".
+      const proxy = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response("<html><h1>500 Internal Server Error</h1></html>", { status: 500, headers: { "content-type": "text/html" } }) });
+      try {
+        const answered = await rejects(op.addOrUpdateRemoteCluster({ frontendAddress: proxy.url.host }), Code.Unavailable, `http://${proxy.url.host}`);
+        expect(answered.rawMessage).toBe(`http://${proxy.url.host} answered, but not as a tern frontend: HTTP 500 "<html><h1>500 Internal Server Error</h1></html>"`);
+      } finally {
+        proxy.stop(true);
+      }
       await rejects(op.addOrUpdateRemoteCluster({ frontendAddress: "" }), Code.InvalidArgument, "frontend address is required");
       // A malformed address is the caller's mistake, not a cluster out of reach (retryable).
       for (const bad of ["127.0.0.1:99999", "[::1", "a b:1", "http://"]) {
