@@ -6,6 +6,12 @@ import { Code, ConnectError, createContextKey, type Interceptor } from "@connect
  */
 export const deadlineTextKey = createContextKey<string | undefined>(undefined, { description: "tern deadline text" });
 
+/** How long before a caller's deadline a call answers (a tenth of it, at most 200 ms): for its answer to reach the caller in time. */
+const ANSWER_MARGIN_MS = 200;
+
+/** The time a call given callerMs until its caller's deadline has for its work, to answer in time. */
+export const answerWithinMs = (callerMs: number) => Math.max(1, callerMs - Math.min(ANSWER_MARGIN_MS, Math.floor(callerMs / 10)));
+
 /**
  * Answers a unary call at its deadline, not when its handler returns
  * (Connect's connect-timeout-ms, gRPC's grpc-timeout), with DEADLINE_EXCEEDED.

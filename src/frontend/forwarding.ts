@@ -1,5 +1,5 @@
 import { Code, ConnectError, type CallOptions, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import type { Duration } from "@bufbuild/protobuf/wkt";
+import { durationFromMs, type Duration } from "@bufbuild/protobuf/wkt";
 import { ulid } from "ulid";
 import { remoteOf, type ClusterDirectory } from "../cluster/directory";
 import { peerFailureSentence, type RemoteClientPool, type RemoteClients } from "../cluster/remote-client";
@@ -9,7 +9,7 @@ import type { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
 import type { NamespaceRegistry } from "../namespace/registry";
 import { shown } from "../shown";
 import { MAX_TIMER_MS } from "../sleep";
-import { deadlineTextKey } from "./deadline";
+import { answerWithinMs, deadlineTextKey } from "./deadline";
 import { requestIdKey } from "./interceptors";
 import { historyWaitMs } from "./workflow-handler";
 
@@ -83,9 +83,6 @@ function unansweredText(ctx: HandlerContext, to: ForwardTarget, ms: string): str
  */
 export const FORWARD_TIMEOUT_MS = 30_000;
 
-/** How long before the caller's deadline a forwarded call gives up (a tenth of it, if less), to answer in time. */
-const CALLER_MARGIN_MS = 200;
-
 /** Where a call goes and what it is, for forward(). */
 export interface ForwardTarget {
   /** This cluster, named in the marker header. */
@@ -113,7 +110,7 @@ export async function forward<T>(ctx: HandlerContext, to: ForwardTarget, call: (
   // Given up a little before the caller's deadline, the call is answered with where it waited and
   // the request id to retry with (one made up here the caller has no other way to learn), not
   // with "the operation timed out", the caller's own timer or this server's at the deadline.
-  const timeoutMs = ours ? to.limitMs : Math.max(1, callerMs - Math.min(CALLER_MARGIN_MS, Math.floor(callerMs / 10)));
+  const timeoutMs = ours ? to.limitMs : answerWithinMs(callerMs);
   const late = ours ? undefined : unansweredText(ctx, to, `${callerMs} ms, the caller's deadline`);
   // What this server answers at the deadline, should it come first (deadline.ts).
   if (late) ctx.values.set(deadlineTextKey, late);
@@ -251,6 +248,19 @@ function withActiveAddress(service: Workflow, clusters: ClusterDirectory): Workf
   return wrapped as Workflow;
 }
 
+/**
+ * A history long poll whose wait ends in time for the active cluster's page to come back by the
+ * forwarded call's own deadline (forward() gives up answerWithinMs of the caller's): its page,
+ * empty, as the active cluster answers the same call at its deadline, not DEADLINE_EXCEEDED from
+ * here. The active cluster fits the wait to the deadline it is sent too; a tern before 2026-12-07 did not.
+ */
+function fittedLongPoll<R extends { waitTimeout?: Duration }>(req: R, ctx: HandlerContext): R {
+  const callerMs = ctx.timeoutMs();
+  if (callerMs === undefined) return req;
+  const waitMs = answerWithinMs(answerWithinMs(callerMs));
+  return waitMs < historyWaitMs(req.waitTimeout) ? { ...req, waitTimeout: durationFromMs(waitMs) } : req;
+}
+
 /** inner with the calls the policy covers forwarded to the active cluster. */
 function forwarding({ inner, policy, namespaces, clusters, clients, timeoutMs = FORWARD_TIMEOUT_MS }: ForwardingDeps): Workflow {
   const current = clusters.current().clusterName;
@@ -277,10 +287,11 @@ function forwarding({ inner, policy, namespaces, clusters, clients, timeoutMs = 
           target = e.activeCluster;
         }
       }
-      const message = "requestId" in req && !req.requestId ? { ...req, requestId: ulid() } : req;
+      const history = req as typeof req & { waitNewEvent?: boolean; waitTimeout?: Duration };
+      const longPoll = name === "getWorkflowExecutionHistory" && history.waitNewEvent;
+      const message = longPoll ? fittedLongPoll(history, ctx) : "requestId" in req && !req.requestId ? { ...req, requestId: ulid() } : req;
       // A history long poll's answer may take its wait.
-      const history = req as { waitNewEvent?: boolean; waitTimeout?: Duration };
-      const limitMs = name === "getWorkflowExecutionHistory" && history.waitNewEvent ? historyWaitMs(history.waitTimeout) + timeoutMs : timeoutMs;
+      const limitMs = longPoll ? historyWaitMs(history.waitTimeout) + timeoutMs : timeoutMs;
       const what = name.charAt(0).toUpperCase() + name.slice(1);
       return callActive({ clusters, clients }, ctx, { target, namespace: req.namespace, what, limitMs, requestId: message.requestId }, ({ workflow }, options) => {
         const call = workflow[name as keyof typeof workflow] as (m: unknown, o: CallOptions) => Promise<unknown>;

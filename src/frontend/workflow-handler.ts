@@ -9,6 +9,7 @@ import type { HistoryEngine, RunRef, StartInput } from "../history/engine";
 import type { HistoryQueries } from "../history/queries";
 import type { NamespaceRegistry } from "../namespace/registry";
 import { invalidArgument } from "../errors";
+import { answerWithinMs } from "./deadline";
 import { dateOf, durationMs, exactNumber, executionToProto, namespaceToProto, statusFromProto } from "./convert";
 import type { ForcedFailoverCheck } from "../../replication/forced-failover-check";
 import { versionHistoryToProto } from "../../replication/version-history";
@@ -144,7 +145,10 @@ export function createWorkflowHandler({ namespaces, engine, queries, checkForced
       };
     },
     async getWorkflowExecutionHistory(r, ctx) {
-      const waitMs = historyWaitMs(r.waitTimeout);
+      // A long poll ends in time to answer its page by the caller's deadline (Temporal's history
+      // does so too): past it, the caller got DEADLINE_EXCEEDED for a wait that found nothing new.
+      const callerMs = ctx.timeoutMs();
+      const waitMs = Math.min(historyWaitMs(r.waitTimeout), callerMs === undefined ? Infinity : answerWithinMs(callerMs));
       const page = await queries.getHistory({
         namespace: r.namespace,
         workflowId: r.execution?.workflowId ?? "",

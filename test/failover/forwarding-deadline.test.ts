@@ -1,12 +1,13 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { Code } from "@connectrpc/connect";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { createLogger } from "../../src/observability/log";
 import { eventually } from "../support/eventually";
 import { rejects } from "../support/rejects";
 import type { TestCluster } from "../support/server";
 import { serverStartTimeout } from "../support/timeouts";
-import { startOrdersPair } from "./mesh";
+import { addr, startOrdersPair } from "./mesh";
 
 setDefaultTimeout(serverStartTimeout);
 
@@ -62,6 +63,47 @@ describe("a call forwarded to an active cluster that answers late, or fails it",
     } finally {
       held = undefined;
       release();
+    }
+  });
+
+  test("TestAForwardedHistoryLongPollWhoseDeadlineComesFirstAnswersAnEmptyPageAsTheActiveClusterDoes", async () => {
+    const { nextPageToken } = await a.client(WorkflowService).getWorkflowExecutionHistory({ namespace: "orders", execution: run("w1"), waitNewEvent: true, maximumPageSize: 1000 });
+    // A 20 s wait under a 1 s deadline, the deadline header alone: the server's answer, not a timer of the client's.
+    const poll = async (x: TestCluster) => {
+      const res = await fetch(`${x.url}/tern.workflow.v1.WorkflowService/GetWorkflowExecutionHistory`, {
+        method: "POST",
+        headers: { "content-type": "application/json", "connect-protocol-version": "1", "connect-timeout-ms": "1000" },
+        body: JSON.stringify({ namespace: "orders", execution: run("w1"), waitNewEvent: true, waitTimeout: "20s", nextPageToken: Buffer.from(nextPageToken).toString("base64") }),
+      });
+      return (await res.json()) as { code?: string; message?: string; history?: { events?: unknown[] }; nextPageToken?: string };
+    };
+    const expectEmptyPage = async (x: TestCluster) => {
+      const page = await poll(x);
+      expect([x.name, page.code, page.history?.events ?? []]).toEqual([x.name, undefined, []]);
+      expect(page.nextPageToken).toBe(Buffer.from(nextPageToken).toString("base64"));
+    };
+    // Before, both were DEADLINE_EXCEEDED, B's saying clusterA "did not answer" a call it was waiting on as asked.
+    await expectEmptyPage(a);
+    await expectEmptyPage(b);
+    // B asks A for a wait that fits: an active cluster that waits what it is asked whatever its
+    // deadline (a tern before 2026-12-07; here A behind a proxy that drops the deadline header) answers in time too.
+    const deadlineBlind = Bun.serve({
+      port: 0,
+      hostname: "127.0.0.1",
+      async fetch(req) {
+        const headers = new Headers(req.headers);
+        for (const h of ["connect-timeout-ms", "host", "content-length"]) headers.delete(h);
+        const url = new URL(req.url);
+        return fetch(`${a.url}${url.pathname}`, { method: req.method, headers, body: await req.arrayBuffer() });
+      },
+    });
+    const connectBToA = (address: string) => b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: address });
+    try {
+      await connectBToA(deadlineBlind.url.host);
+      await expectEmptyPage(b);
+    } finally {
+      await connectBToA(addr(a));
+      deadlineBlind.stop(true);
     }
   });
 
