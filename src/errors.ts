@@ -12,8 +12,8 @@ export type ErrorKind =
   /** A peer's INTERNAL answer passed on (a forwarded call's): the peer logged it, not this cluster. */
   | "internal";
 
-/** A typed detail of an error's answer (google.rpc.Status details): a message's schema and value. */
-export type ErrorDetail = NonNullable<ConstructorParameters<typeof ConnectError>[3]>[number];
+/** A detail of an error's answer (google.rpc.Status details): a message's schema and value, or a peer's as it came (type name and bytes). */
+export type ErrorDetail = ConnectError["details"][number];
 
 /** An error whose message is safe to show to the caller. */
 export class TernError extends Error {

@@ -22,7 +22,10 @@ export const CODE_OF: Record<ErrorKind, Code> = {
  */
 export function toConnectError(e: unknown, requestId: string, log: Logger): ConnectError {
   if (e instanceof TernError) {
-    return new ConnectError(e.message, CODE_OF[e.kind], new Headers(e.headers), e.details);
+    const err = new ConnectError(e.message, CODE_OF[e.kind], new Headers(e.headers));
+    // A peer's details (a forwarded call's answer) as they came: connect encodes them as it got them.
+    err.details.push(...e.details);
+    return err;
   }
   if (e instanceof ConnectError) {
     // Errors connect raised itself (bad request encoding, deadline, a forwarded call): safe to pass.

@@ -129,8 +129,10 @@ export async function forward<T>(ctx: HandlerContext, to: ForwardTarget, call: (
     // A connection reset may come after the target applied the call: the retry must carry its request id.
     if (e instanceof ConnectError && e.code === Code.Unknown) throw unavailable(`${peerFailureSentence(e, to.target)}${retry}`);
     // The active cluster's own failure, logged there with its stack under the request id it names:
-    // passed on as it answered, not as a failure of this cluster's (toConnectError's INTERNAL).
-    if (e instanceof ConnectError && e.code === Code.Internal) throw new TernError("internal", e.rawMessage);
+    // passed on as it answered, with its details, not as a failure of this cluster's (toConnectError's
+    // INTERNAL). Its headers stay behind, as Temporal's forwarding passes the status alone: its
+    // x-request-id is the one sent with the call, which this cluster's answer carries too.
+    if (e instanceof ConnectError && e.code === Code.Internal) throw new TernError("internal", e.rawMessage, {}, e.details);
     throw handedBack(e, to, retry) ?? e;
   } finally {
     // Answered (or failed in its own words): a deadline met by the handler's work after it (a

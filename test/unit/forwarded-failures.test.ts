@@ -1,9 +1,12 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Code, ConnectError, createHandlerContext } from "@connectrpc/connect";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { errorToJson } from "@connectrpc/connect/protocol-connect";
 import { createRemoteClientPool } from "../../src/cluster/remote-client";
 import { createCallFailures } from "../../src/frontend/call-failures";
 import { forward } from "../../src/frontend/forwarding";
 import { requestIdKey } from "../../src/frontend/interceptors";
+import { WorkflowExecutionAlreadyStartedFailureSchema } from "../../src/gen/tern/errordetails/v1/message_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { createLogger } from "../../src/observability/log";
 import { createMetrics } from "../../src/observability/metrics";
@@ -25,11 +28,23 @@ async function forwardedFailure(address: string): Promise<{ err: ConnectError; l
   return { err, lines };
 }
 
+/** A detail of an error answer: its type name and its bytes, base64 as Connect's JSON writes them (no padding). */
+const detail = {
+  type: WorkflowExecutionAlreadyStartedFailureSchema.typeName,
+  value: Buffer.from(toBinary(WorkflowExecutionAlreadyStartedFailureSchema, create(WorkflowExecutionAlreadyStartedFailureSchema, { runId: "run-9" }))).toString("base64").replace(/=+$/, ""),
+};
+
 describe("a forwarded call's failure answered by the active cluster's address", () => {
-  let internal: ReturnType<typeof serving>, proxy: ReturnType<typeof serving>, proxy400: ReturnType<typeof serving>;
+  let internal: ReturnType<typeof serving>, detailed: ReturnType<typeof serving>, proxy: ReturnType<typeof serving>, proxy400: ReturnType<typeof serving>;
   beforeAll(() => {
     // The active cluster's own INTERNAL answer, as a tern sends it (Connect's JSON error, HTTP 500).
     internal = serving(() => Response.json({ code: "internal", message: "internal error (request id act-7)" }, { status: 500 }));
+    // One with a detail, as a Temporal failure's: the type name and the message's bytes, base64.
+    detailed = serving(() => Response.json({
+      code: "internal",
+      message: "internal error (request id act-8)",
+      details: [detail],
+    }, { status: 500 }));
     // A proxy in front of the active cluster, answering its own page.
     proxy = serving(() => new Response(`<html><body><h1>500 Internal Server Error</h1>${" padding".repeat(40)}</body></html>`, { status: 500, headers: { "content-type": "text/html" } }));
     // One refusing the request itself (nginx's "Request Header Or Cookie Too Large"): connect reads a bare 400 as INTERNAL.
@@ -37,6 +52,7 @@ describe("a forwarded call's failure answered by the active cluster's address", 
   });
   afterAll(() => {
     internal.stop(true);
+    detailed.stop(true);
     proxy.stop(true);
     proxy400.stop(true);
   });
@@ -48,6 +64,15 @@ describe("a forwarded call's failure answered by the active cluster's address", 
     expect(lines.map(({ level, msg, error }) => ({ level, msg, error }))).toEqual([
       { level: "info", msg: "rpc failed", error: "internal error (request id act-7)" },
     ]);
+  });
+
+  test("TestForwardedInternalErrorKeepsItsDetails", async () => {
+    const { err } = await forwardedFailure(detailed.url.host);
+    expect([err.code, err.rawMessage]).toEqual([Code.Internal, "internal error (request id act-8)"]);
+    // Before, the detail was dropped: the caller's answer had none.
+    expect(err.findDetails(WorkflowExecutionAlreadyStartedFailureSchema).map((d) => d.runId)).toEqual(["run-9"]);
+    // And it goes on the wire as it came.
+    expect(errorToJson(err, undefined).details).toEqual([detail]);
   });
 
   test("TestForwardedCallAnsweredByAProxysBareHttp500SaysWhatItAnswered", async () => {
