@@ -83,6 +83,14 @@ function unansweredText(ctx: HandlerContext, to: ForwardTarget, ms: string): str
  */
 export const FORWARD_TIMEOUT_MS = 30_000;
 
+/**
+ * The caller's headers a forwarded call carries, the fixed set Temporal's frontend passes on
+ * (common/headers propagateHeaders): the client that made the call (its SDK's name and version,
+ * the server versions and features it supports) and who it made it for. No other: a caller's
+ * credentials and headers of its own stay with the cluster it sent them to.
+ */
+const CALLER_HEADERS = ["client-name", "client-version", "supported-server-versions", "supported-features", "caller-name", "caller-type", "call-initiation"];
+
 /** Where a call goes and what it is, for forward(). */
 export interface ForwardTarget {
   /** This cluster, named in the marker header. */
@@ -115,7 +123,11 @@ export async function forward<T>(ctx: HandlerContext, to: ForwardTarget, call: (
   // What this server answers at the deadline, should it come first (deadline.ts).
   if (late) ctx.values.set(deadlineTextKey, late);
   // The caller's request id goes along: the active cluster logs the call under it too.
-  const headers = { [FORWARDED_HEADER]: to.current, "x-request-id": ctx.values.get(requestIdKey) };
+  const headers = new Headers({ [FORWARDED_HEADER]: to.current, "x-request-id": ctx.values.get(requestIdKey) });
+  for (const name of CALLER_HEADERS) {
+    const value = ctx.requestHeader.get(name);
+    if (value !== null) headers.set(name, value);
+  }
   // A deadline past a timer's reach (a failover's --timeout of 30 days) is none: its timer fired at once.
   const options = { headers, signal: ctx.signal, timeoutMs: timeoutMs > MAX_TIMER_MS ? undefined : timeoutMs };
   try {

@@ -34,6 +34,29 @@ describe("a call forwarded to an active cluster that answers late, or fails it",
   });
   afterAll(() => Promise.all([a, b].map((x) => x.destroy())));
 
+  /** Runs calls with B reaching A through a proxy that hands edit each call's headers and path, then connects B to A again. */
+  async function throughProxyToA<T>(edit: (headers: Headers, path: string) => void, calls: () => Promise<T>): Promise<T> {
+    const proxy = Bun.serve({
+      port: 0,
+      hostname: "127.0.0.1",
+      async fetch(req) {
+        const headers = new Headers(req.headers);
+        for (const h of ["host", "content-length"]) headers.delete(h);
+        const path = new URL(req.url).pathname;
+        edit(headers, path);
+        return fetch(`${a.url}${path}`, { method: req.method, headers, body: await req.arrayBuffer() });
+      },
+    });
+    const connectBToA = (address: string) => b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: address });
+    try {
+      await connectBToA(proxy.url.host);
+      return await calls();
+    } finally {
+      await connectBToA(addr(a));
+      proxy.stop(true);
+    }
+  }
+
   test("TestAForwardedWriteAtTheCallersDeadlineNamesTheActiveClusterAndTheRequestIdToRetryWith", async () => {
     let release!: () => void;
     held = new Promise((resolve) => (release = resolve));
@@ -87,24 +110,17 @@ describe("a call forwarded to an active cluster that answers late, or fails it",
     await expectEmptyPage(b);
     // B asks A for a wait that fits: an active cluster that waits what it is asked whatever its
     // deadline (a tern before 2026-12-07; here A behind a proxy that drops the deadline header) answers in time too.
-    const deadlineBlind = Bun.serve({
-      port: 0,
-      hostname: "127.0.0.1",
-      async fetch(req) {
-        const headers = new Headers(req.headers);
-        for (const h of ["connect-timeout-ms", "host", "content-length"]) headers.delete(h);
-        const url = new URL(req.url);
-        return fetch(`${a.url}${url.pathname}`, { method: req.method, headers, body: await req.arrayBuffer() });
-      },
-    });
-    const connectBToA = (address: string) => b.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: address });
-    try {
-      await connectBToA(deadlineBlind.url.host);
-      await expectEmptyPage(b);
-    } finally {
-      await connectBToA(addr(a));
-      deadlineBlind.stop(true);
-    }
+    await throughProxyToA((headers) => headers.delete("connect-timeout-ms"), () => expectEmptyPage(b));
+  });
+
+  test("TestAForwardedCallCarriesTheCallersClientHeadersTemporalPassesOnAndNoOthers", async () => {
+    const seen: Headers[] = [];
+    const caller = { "client-name": "temporal-go", "client-version": "1.30.0", "supported-server-versions": ">=1.0.0 <2.0.0", "caller-name": "orders-svc", "caller-type": "api", "x-tenant": "t1", authorization: "Bearer s3cret" };
+    await throughProxyToA((headers, path) => path.endsWith("/SignalWorkflowExecution") && seen.push(headers), () =>
+      b.client(WorkflowService).signalWorkflowExecution({ namespace: "orders", workflowExecution: run("w1"), signalName: "with-headers" }, { headers: caller }));
+    const passed = ["client-name", "client-version", "supported-server-versions", "caller-name", "caller-type", "x-tenant", "authorization"].map((h) => seen[0]?.get(h));
+    // Before, none of them: the active cluster saw the call as one of no client's.
+    expect(passed).toEqual(["temporal-go", "1.30.0", ">=1.0.0 <2.0.0", "orders-svc", "api", null, null]);
   });
 
   test("TestAForwardedCallIsLoggedOnTheActiveClusterUnderTheCallersRequestId", async () => {
