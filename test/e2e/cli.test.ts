@@ -45,6 +45,13 @@ test("npx bun run cli, the README's same-as-tern command, writes only the CLI's 
   expect([code, out, err]).toEqual([2, "", `error: unknown command "nosuch" for "tern"\n(run 'tern --help' for usage)\n`]);
 });
 
+test("TERN_BUN naming no Bun fails, naming it, exit 1: it ran the Bun in node_modules instead, as if named", async () => {
+  const missing = join(tmpdir(), `tern-no-bun-${process.pid}`);
+  const child = Bun.spawn(["node", "bin/tern", "--version"], { cwd: root, env: { ...process.env, TERN_BUN: missing }, stdout: "pipe", stderr: "pipe" });
+  const [out, err, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
+  expect([code, out, err]).toEqual([1, "", `error: cannot run ${missing} (TERN_BUN): spawn ${missing} ENOENT\n`]);
+});
+
 test("an --address that is not tern's Connect port is named as such: an HTTP/2-only port, a server that answers 404", async () => {
   // What the native gRPC port (h2c, HTTP/2 only) answers an HTTP/1.1 request with: a SETTINGS frame, then GOAWAY.
   const h2 = Bun.listen({
