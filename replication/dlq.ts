@@ -2,7 +2,7 @@ import { z } from "zod";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { and, asc, count, eq, gt, or, sql, type SQL } from "drizzle-orm";
-import { loggableError, notFound } from "../src/errors";
+import { invalidArgument, loggableError, notFound } from "../src/errors";
 import {
   ListReplicationDlqResponseSchema,
   ReplicationDlqEntrySchema,
@@ -121,11 +121,14 @@ export function createReplicationDlq({ db, metrics, log }: ReplicationDlqDeps) {
     return rows.length;
   }
 
-  /** A source cluster named in a filter that found nothing must be one this cluster knows: a typo is not "empty". */
+  /** A source cluster named in a filter that found nothing must be a remote this cluster knows: a typo, or this cluster's own name, is not "empty". */
   async function refuseUnknownSource(filter: DlqFilter): Promise<void> {
     if (!filter.sourceCluster) return;
-    const [row] = await db.select({ name: clusterMetadata.clusterName }).from(clusterMetadata).where(eq(clusterMetadata.clusterName, filter.sourceCluster));
+    const [row] = await db.select({ isCurrent: clusterMetadata.isCurrent }).from(clusterMetadata).where(eq(clusterMetadata.clusterName, filter.sourceCluster));
     if (!row) throw notFound(`cluster ${shown(filter.sourceCluster)} is not known here: it has no DLQ entries and is no remote cluster of this one`);
+    if (row.isCurrent) {
+      throw invalidArgument(`cluster ${shown(filter.sourceCluster)} is this cluster: its DLQ holds tasks from its remote clusters; name one of them, or ask the cluster that received ${shown(filter.sourceCluster)}'s tasks`);
+    }
   }
 
   /** Entries per source cluster. */

@@ -157,6 +157,10 @@ for (const store of await testStores()) {
       expect([typo.code, typo.err.trim()]).toEqual([1, "error: not_found: cluster clusterAA is not known here: it has no DLQ entries and is no remote cluster of this one"]);
       expect((await tern(b, "replication", "dlq", "list", "--source-cluster", "clusterAA")).code).toBe(1);
       expect((await tern(b, "replication", "dlq", "merge", "--source-cluster", "clusterAA")).err.trim()).toStartWith("error: not_found: cluster clusterAA is not known here");
+      // Nor is this cluster's own name (asked on the source, as the README's example once was): it answered "Purged 0".
+      const own = await tern(b, "replication", "dlq", "purge", "--source-cluster", "clusterB", "--yes");
+      expect([own.code, own.err.trim()]).toEqual([1, "error: invalid_argument: cluster clusterB is this cluster: its DLQ holds tasks from its remote clusters; name one of them, or ask the cluster that received clusterB's tasks"]);
+      expect((await tern(b, "replication", "dlq", "list", "--source-cluster", "clusterB")).code).toBe(1);
       const purged = await tern(b, "replication", "dlq", "purge", "--source-cluster", "clusterA", "--yes");
       expect(purged.code).toBe(0);
       expect(purged.out).toBe("Purged 2 DLQ entries\n");
