@@ -155,6 +155,8 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
       shown.set(shardId, value);
       metrics.set("replication_tasks_lag", { remote_cluster: remote.name, shard: String(shardId) }, value);
     };
+    // Every shard has its series, not only those the source has answered for: one it never had a task in lags 0.
+    for (const id of shardIds) lag(id, progressOf(remote.name, id));
     return { shardIds, acks, lag, durable: durableSince };
   }
 
