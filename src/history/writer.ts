@@ -4,7 +4,7 @@ import { appendReplicationTask, replicationTaskOf, replicationTaskPart, type Out
 import type { CommittedTask, OutboxTail } from "../../replication/outbox-tail";
 import type { CurrentCluster } from "../cluster/bootstrap";
 import type { LimitsConfig } from "../config/schema";
-import { failedPrecondition, invalidArgument, pgErrorOf, unavailable } from "../errors";
+import { connectionLost, failedPrecondition, invalidArgument, pgErrorOf, unavailable } from "../errors";
 import type { NamespaceRecord } from "../namespace/registry";
 import type { Logger } from "../observability/log";
 import type { Metrics } from "../observability/metrics";
@@ -169,7 +169,9 @@ export function createWriter(deps: WriterDeps) {
         if ((code === "40001" || code === "40P01") && n < 5) continue;
         // A retried request's claim failing is an answer (the first write's), not a failure.
         const retried = code === "23505" && constraint?.startsWith("request_ids");
-        if (code && !retried) metrics.inc("persistence_errors", { operation });
+        // The database's own errors and a lost or refused connection (no SQLSTATE): an outage is
+        // the failure persistence_errors is watched for.
+        if ((code || connectionLost(e)) && !retried) metrics.inc("persistence_errors", { operation });
         throw e;
       } finally {
         // Every attempt, failed ones too: a write that waited out the lock timeout took 10 s.

@@ -326,6 +326,28 @@ if ((await testStores()).includes("postgres")) {
       }
       await eventually(() => wf.signalWorkflowExecution({ namespace: "outage", workflowExecution: { workflowId: "many" }, signalName: "s", requestId: "after" }), { timeout: 15_000 });
     });
+    test("TestPersistenceErrorsCountWritesThatLostTheDatabase: an outage shows in persistence_errors, not only in service_errors", async () => {
+      const wf = cluster.client(WorkflowService);
+      await wf.startWorkflowExecution({ namespace: "outage", workflowId: "counted", ...T });
+      const errors = async () => {
+        const text = await (await fetch(`${cluster.url}/metrics`)).text();
+        return Number(/^persistence_errors\{operation="SignalWorkflowExecution"\} (\S+)$/m.exec(text)?.[1] ?? 0);
+      };
+      const before = await errors();
+      proxy.refuse(true);
+      proxy.cut();
+      try {
+        // Before, only errors carrying a SQLSTATE counted: a lost or refused connection has none.
+        await eventually(async () => {
+          const code = await wf.signalWorkflowExecution({ namespace: "outage", workflowExecution: { workflowId: "counted" }, signalName: "s" })
+            .then(() => "acked", (e) => Code[ConnectError.from(e).code]);
+          expect(code).toBe("Unavailable");
+          expect(await errors()).toBeGreaterThan(before);
+        }, { timeout: 10_000 });
+      } finally {
+        proxy.refuse(false);
+      }
+    });
   });
 
   describe("PostgreSQL ending both clusters' connections during replication", () => {
