@@ -189,6 +189,8 @@ export function createReplicationManager({ db, clients, streamsFor, log, onStopp
       }
       return connected ? "connected" : "connecting";
     },
+    /** The remotes known at the last reload, enabled or not. */
+    remotes: (): string[] => [...known],
     async stop(): Promise<void> {
       stopped = true;
       stopping.abort();

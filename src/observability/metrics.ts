@@ -28,6 +28,8 @@ interface Family {
   series: Map<string, Series>;
   /** Whether a series' value is unknown at the moment (not rendered). */
   unknown?: (labels: Labels) => boolean;
+  /** The series as they stand, read at each render in place of those set (collect). */
+  read?: () => Series[];
 }
 
 /** Metrics registry; render() is the /metrics body. */
@@ -42,6 +44,8 @@ export interface Metrics {
    * what was last set once it does not: a gauge of a remote not heard from claims no value.
    */
   unknownWhile(name: string, unknown: (labels: Labels) => boolean): void;
+  /** name's series are read() at each render, not set: a gauge of state kept elsewhere (a remote's connection). */
+  collect(name: string, read: () => { labels: Labels; value: number }[]): void;
   render(): string;
 }
 
@@ -73,6 +77,7 @@ const HELP: Record<string, [Family["type"], string]> = {
   namespace_replication_task_ack_level: ["gauge", "Namespace replication task applied here, per remote cluster"],
   replication_tasks_failed: ["counter", "History replication task apply attempts that failed, for any reason (this database, the task itself); each is retried, and a task failing for its own reason goes to the DLQ after 5"],
   replication_dlq_size: ["gauge", "History replication tasks in this cluster's DLQ, per source cluster"],
+  replication_connection_state: ["gauge", "1 for the state of this cluster's connection to a remote cluster (connected, connecting, error, disabled), as the CONNECTION column of replication status; 0 for the other states"],
   process_event_loop_delay_seconds: ["histogram", "Seconds a timer of this process fired past its due time, sampled every 100 ms: how long work arriving here waited for the event loop"],
 };
 
@@ -135,11 +140,14 @@ export function createMetrics(): Metrics {
     unknownWhile(name, unknown) {
       family(name, "gauge").unknown = unknown;
     },
+    collect(name, read) {
+      family(name, "gauge").read = read;
+    },
     render() {
       const out: string[] = [];
       for (const f of families.values()) {
         out.push(`# HELP ${f.name} ${f.help}`, `# TYPE ${f.name} ${f.type}`);
-        for (const s of f.series.values()) {
+        for (const s of f.read?.() ?? f.series.values()) {
           if (f.unknown?.(s.labels)) continue;
           if (f.type !== "histogram") {
             out.push(`${f.name}${fmt(s.labels)} ${s.value}`);

@@ -18,6 +18,12 @@ async function seriesOf(x: TestCluster, name: string, remote: string): Promise<n
   return [...text.matchAll(new RegExp(`^${name}\\{([^}]*)\\} (\\S+)$`, "gm"))].filter((m) => m[1]!.includes(`_cluster="${remote}"`)).map((m) => Number(m[2]));
 }
 
+/** The states x's replication_connection_state shows at 1 for remote (one, as replication status shows it, while x knows remote). */
+async function connectionStateOf(x: TestCluster, remote: string): Promise<string[]> {
+  const text = await (await fetch(`${x.url}/metrics`)).text();
+  return [...text.matchAll(/^replication_connection_state\{remote_cluster="([^"]*)",state="([^"]*)"\} 1$/gm)].filter((m) => m[1] === remote).map((m) => m[2]!);
+}
+
 for (const store of await testStores()) {
   describe(`a remote's gauges on ${store}`, () => {
     let a: TestCluster, b: TestCluster;
@@ -39,12 +45,14 @@ for (const store of await testStores()) {
       });
       // The DLQ's size shows for each remote, entries or none.
       expect(await seriesOf(a, "replication_dlq_size", "clusterB")).toEqual([0]);
+      await eventually(async () => expect(await connectionStateOf(a, "clusterB")).toEqual(["connected"]));
       const op = a.client(OperatorService);
       await op.addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: false });
       // Paused: how far behind A is cannot be known from here (replication status says unknown).
       await eventually(async () => {
         expect(await seriesOf(a, "replication_tasks_lag", "clusterB")).toEqual([]);
         expect(await seriesOf(a, "replication_stream_received_tasks", "clusterB")).toEqual([]);
+        expect(await connectionStateOf(a, "clusterB")).toEqual(["disabled"]);
       });
       await op.addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: true });
       await b.client(WorkflowService).signalWorkflowExecution({ namespace: "b-side", workflowExecution: { workflowId: "w" }, signalName: "s" });
@@ -59,6 +67,7 @@ for (const store of await testStores()) {
         for (const name of ["replication_tasks_lag", "replication_stream_received_tasks", "namespace_replication_task_ack_level", "replication_dlq_size"]) {
           expect([name, await seriesOf(a, name, "clusterB")]).toEqual([name, []]);
         }
+        expect(await connectionStateOf(a, "clusterB")).toEqual([]);
       });
     });
   });
@@ -88,6 +97,11 @@ for (const store of await testStores()) {
       // Still enabled, the stream failing: status says B cannot know its lag, and the gauge claims none either.
       await eventually(async () => expect(await unknown()).toBe(true), { timeout: 10_000 });
       expect(await seriesOf(b, "replication_tasks_lag", "clusterA")).toEqual([]);
+      // Said in /metrics too, not only by a gauge gone missing (which an idle remote's lag may also be).
+      await eventually(async () => {
+        const connection = (await b.client(AdminService).getReplicationStatus({})).remotes[0]!.connectionState;
+        expect([connection.startsWith("error: "), await connectionStateOf(b, "clusterA")]).toEqual([true, ["error"]]);
+      });
 
       restarted = await startTestCluster({ store, name: "clusterA", initialFailoverVersion: 1, dataLocation: a.dataLocation });
       const [host, port] = addr(restarted).split(":");
@@ -96,6 +110,7 @@ for (const store of await testStores()) {
       await eventually(async () => {
         expect(await unknown()).toBe(false);
         expect(await seriesOf(b, "replication_tasks_lag", "clusterA")).toEqual([0, 0, 0, 0]);
+        expect(await connectionStateOf(b, "clusterA")).toEqual(["connected"]);
       }, { timeout: 10_000 });
     });
   });
