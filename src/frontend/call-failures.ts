@@ -1,4 +1,5 @@
 import { Code, type ConnectError } from "@connectrpc/connect";
+import { codeToString } from "@connectrpc/connect/protocol-connect";
 import type { Logger } from "../observability/log";
 import type { Metrics } from "../observability/metrics";
 import { createRepeatLog } from "../observability/repeat-log";
@@ -26,7 +27,8 @@ export function createCallFailures({ metrics, log }: { metrics: Metrics; log: Lo
   const failures = createRepeatLog(log);
   const note = (msg: string, err: ConnectError, requestId: string, labels: CallLabels) => {
     metrics.inc("service_errors", { ...labels, code: Code[err.code] ?? String(err.code) });
-    failures.info(msg, { requestId, operation: labels.operation, namespace: labels.namespace || undefined, code: err.code, error: err.rawMessage });
+    // The code by name, as the caller's answer and the CLI give it ("unavailable"), not its number.
+    failures.info(msg, { requestId, operation: labels.operation, namespace: labels.namespace || undefined, code: codeToString(err.code), error: err.rawMessage });
   };
   return {
     failed(e, requestId, labels) {

@@ -61,8 +61,8 @@ describe("a request body that is no message, refused before tern's handlers", ()
       return found;
     });
     expect(lines.map((l) => [l.requestId, l.operation, l.code, l.level])).toEqual([
-      [binaryId, "StartWorkflowExecution", 3, "info"],
-      ["caller-json-1", "StartWorkflowExecution", 3, "info"],
+      [binaryId, "StartWorkflowExecution", "invalid_argument", "info"],
+      ["caller-json-1", "StartWorkflowExecution", "invalid_argument", "info"],
     ]);
     expect(lines[0]!.error).toBe(MESSAGE);
     const labels = `operation="StartWorkflowExecution",namespace=""`;
@@ -98,7 +98,7 @@ describe("a request body that is no message, refused before tern's handlers", ()
       expect(found).toHaveLength(1);
       return found[0]!;
     });
-    expect([line.level, line.operation, line.code, line.error]).toEqual(["info", "_unknown_", 12, message]);
+    expect([line.level, line.operation, line.code, line.error]).toEqual(["info", "_unknown_", "unimplemented", message]);
     // Native gRPC, on its own port: HTTP 404 (UNIMPLEMENTED to a gRPC client) with the server's own id.
     const grpc = await rawGrpcCall(server.grpcUrl!, unknown, frame(new Uint8Array()));
     expect(grpc.headers[":status"]).toBe(404);

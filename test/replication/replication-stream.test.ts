@@ -545,7 +545,7 @@ for (const store of await testStores()) {
     let nsId: string;
     // While the gate is closed, A's stream messages wait (as from a source whose connection went dead without a word).
     const gate = createGate();
-    const aLog: { level: string; msg: string; code?: number; error?: string }[] = [];
+    const aLog: { level: string; msg: string; code?: string; error?: string }[] = [];
     const bLog: { level: string; msg: string; error?: string }[] = [];
 
     beforeAll(async () => {
@@ -580,7 +580,7 @@ for (const store of await testStores()) {
       expect((await historiesOf(b, nsId)).some((e) => e.workflowId === "held")).toBe(false);
       // A hears the call closed by its caller: CANCELED, not an INTERNAL error that names nothing.
       expect(aLog.filter((l) => l.msg === "internal error")).toEqual([]);
-      expect(aLog.some((l) => l.msg === "rpc failed" && l.code === Code.Canceled && String(l.error).startsWith("the caller closed the call"))).toBe(true);
+      expect(aLog.some((l) => l.msg === "rpc failed" && l.code === "canceled" && String(l.error).startsWith("the caller closed the call"))).toBe(true);
 
       gate.open();
       await caughtUp(a, b, nsId);
