@@ -3,13 +3,15 @@ import { type Timestamp, TimestampSchema } from "@bufbuild/protobuf/wkt";
 import { UsageError } from "./errors";
 
 // RFC 3339 (a space for the T allowed): a date, or a date and time with an optional zone.
-const ISO_TIME = /^(\d{4})-(\d{2})-(\d{2})(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?([Zz]|[+-]\d{2}:?\d{2})?)?$/;
+const ISO_TIME = /^(\d{4})-(\d{2})-(\d{2})(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?([Zz]|[+-]\d{2}:?\d{2})?)?$/;
 
 /**
  * Parses an ISO-8601 time flag: `2024-05-01`, `2024-05-01T12:00:00Z`, `2024-05-01 12:00+02:00`;
  * without a zone it is UTC, as the CLI prints times. Date.parse, which this replaces, took a
  * zone-less time as the machine's local time (a date alone as UTC), `1` as 2001-01-01 and
- * `2024-02-30` as March 1.
+ * `2024-02-30` as March 1. As RFC 3339 allows, a fraction may have any number of digits (those past
+ * nanoseconds, which a Timestamp holds, are dropped, as Go's time.Parse does) and a second may be 60,
+ * a leap second: a Timestamp has no room for one, so it is read as the minute's last nanosecond (:59.999999999).
  */
 export function parseTime(text: string, flag: string): Timestamp {
   const bad = (why: string) =>
@@ -20,12 +22,14 @@ export function parseTime(text: string, flag: string): Timestamp {
   const daysInMonth = new Date(utcMillis(year, month + 1, 0, 0, 0, 0)).getUTCDate();
   if (month < 1 || month > 12) throw bad(`: there is no month ${m[2]}`);
   if (day < 1 || day > daysInMonth) throw bad(`: ${m[1]}-${m[2]} has no day ${m[3]}`);
-  if (hour > 23 || minute > 59 || second > 59) throw bad(": past 23:59:59");
+  if (hour > 23 || minute > 59) throw bad(": past 23:59:59");
+  if (second > 60) throw bad(`: there is no second ${m[6]} (60 is a leap second's)`);
+  const leap = second === 60;
   const offsetMinutes = zoneMinutes(m[8]);
   if (offsetMinutes === undefined) throw bad(": the zone is past ±23:59");
-  const utc = utcMillis(year, month, day, hour, minute, second);
+  const utc = utcMillis(year, month, day, hour, minute, leap ? 59 : second);
   const seconds = BigInt(utc / 1000 - offsetMinutes * 60);
-  return create(TimestampSchema, { seconds, nanos: Number((m[7] ?? "").padEnd(9, "0")) });
+  return create(TimestampSchema, { seconds, nanos: leap ? 999_999_999 : Number((m[7] ?? "").slice(0, 9).padEnd(9, "0")) });
 }
 
 /** Date.UTC for a 1-based month, but of the year given: Date.UTC takes years 0 to 99 for 1900 to 1999. */

@@ -24,6 +24,13 @@ describe("parseTime (workflow list --start-after / --start-before)", () => {
     expect(parseTime("2024-05-01T00:00:00.123456789Z", "start-after").nanos).toBe(123_456_789);
   });
 
+  test("RFC 3339 allows a fraction of any length (past nanoseconds it is cut, as Go's time.Parse does) and a leap second, read as the minute's last nanosecond", () => {
+    // Both were refused with the generic message, which the text's form matched.
+    expect(parseTime("2024-05-01T00:00:00.1234567891234Z", "start-after")).toMatchObject({ seconds: 1714521600n, nanos: 123_456_789 });
+    expect(parseTime("2016-12-31T23:59:60Z", "start-after")).toMatchObject({ seconds: 1483228799n, nanos: 999_999_999 });
+    expect(parseTime("2016-12-31T15:59:60.5-08:00", "start-after")).toMatchObject({ seconds: 1483228799n, nanos: 999_999_999 });
+  });
+
   test.each([
     // Date.parse: 2001-01-01, 2000-01-01, March 1, local midnight of Dec 7.
     ["1", ""],
@@ -32,6 +39,7 @@ describe("parseTime (workflow list --start-after / --start-before)", () => {
     ["2024-13-01", ": there is no month 13"],
     ["Dec 7 2026", ""],
     ["2024-05-01T24:00:00Z", ": past 23:59:59"],
+    ["2024-05-01T12:00:61Z", ": there is no second 61 (60 is a leap second's)"],
     ["2024-05-01T12:00:00+24:00", ": the zone is past ±23:59"],
     ["yesterday", ""],
   ])("%s is refused, naming the flag", (text, why) => {
