@@ -106,6 +106,32 @@ describe("workflow start", () => {
     expect(inputs).toHaveLength(2);
   });
 
+  test("a file or standard input that starts with a UTF-8 byte-order mark (a Windows editor's) is read without it (refused at line 1, column 1)", async () => {
+    const inputs: string[] = [];
+    const workflow = { signalWorkflowExecution: (req: { input?: { payloads: { data: Uint8Array }[] } }) => (inputs.push(text(req.input!.payloads[0]!.data)), {}) };
+    const fed = { "-": '\uFEFF{"from":"stdin"}', "/tmp/bom.json": '\uFEFF{"from":"file"}\n' };
+    for (const value of ["-", "@/tmp/bom.json"]) {
+      const r = await runCli(["workflow", "signal", "-w", "w", "--name", "go", "--input", value], { workflow, inputs: fed });
+      expect({ value, code: r.code, stderr: r.stderr }).toEqual({ value, code: 0, stderr: "" });
+    }
+    expect(inputs).toEqual(['{"from":"stdin"}', '{"from":"file"}\n']);
+  });
+
+  test("two JSON flags that both read standard input, one as @/dev/stdin, are refused before either is read (the second read an empty input)", async () => {
+    let reads = 0;
+    const readInput = async () => (reads++, '{"a":1}');
+    const workflow = { signalWithStartWorkflowExecution: () => ({ runId: "r" }) };
+    const refused = async (...flags: string[]) => {
+      const r = await runCli(["workflow", "signal-with-start", "-w", "w", "--type", "T", "--name", "go", ...flags], { workflow, readInput });
+      return [r.code, r.stderr.split("\n")[0]];
+    };
+    expect(await refused("--input", "@/dev/stdin", "--signal-input", "-")).toEqual([2, "error: --signal-input - and --input @/dev/stdin both read standard input; give one of them @FILE"]);
+    expect(await refused("--input", "-", "--signal-input", "@/dev/fd/0")).toEqual([2, "error: --signal-input @/dev/fd/0 and --input - both read standard input; give one of them @FILE"]);
+    expect(await refused("--input", "@/proc/self/fd/0", "--signal-input", "@/dev/stdin")).toEqual([2, "error: --signal-input @/dev/stdin and --input @/proc/self/fd/0 both read standard input; give one of them @FILE"]);
+    expect(reads).toBe(0);
+    expect(await refused("--input", "@/dev/stdin", "--signal-input", "@/tmp/x.json")).toEqual([0, ""]);
+  });
+
   test("an empty standard input or file, and an @ with no path, are named as such (they read as JSON's 'Unexpected EOF', or 'cannot read : ENOENT')", async () => {
     const workflow = { signalWorkflowExecution: () => ({}) };
     const said = async (value: string) => {
