@@ -16,6 +16,8 @@ export interface FlagSpec {
   description: string;
   /** Shown in help as the default; the command applies it. */
   defaultText?: string;
+  /** The only values taken (in any case): `-ojson` is then this flag with its value, never another flag's value. */
+  choices?: readonly string[];
 }
 
 /** The result of parsing: flag values by long name, and the positionals in order. */
@@ -66,6 +68,15 @@ export function attachShortValue(token: string, specs: readonly FlagSpec[]): str
   return spec?.kind === "string" ? `-${token[1]}=${token.slice(2)}` : token;
 }
 
+/**
+ * True for a short flag with one of its choices attached (`-ojson`): the value left out before it
+ * (`-n -ojson`). Any other attached word (`--reason -oops`, `-w -order-1`) may be a value.
+ */
+function isChoiceAttached(token: string, specs: readonly FlagSpec[]): boolean {
+  const spec = specs.find((s) => s.alias === token[1]);
+  return token[0] === "-" && spec?.choices?.includes(token.slice(2).toLowerCase()) === true;
+}
+
 /** True for tokens that look like flags; "-" alone and negative numbers are values. */
 export function isFlagToken(token: string): boolean {
   return token.startsWith("-") && token !== "-" && !/^-\d/.test(token);
@@ -110,7 +121,7 @@ export function parseArgs(argv: readonly string[], specs: readonly FlagSpec[]): 
       if (i + 1 >= argv.length) throw new UsageError(`${flag} needs a value`);
       value = argv[++i]!;
       // `-n --retention 1d`: the value left out, the next flag taken for it and its own value stray.
-      if (isFlagToken(value) && findFlag(specs, splitFlagToken(value).flag)) {
+      if (isFlagToken(value) && (findFlag(specs, splitFlagToken(value).flag) || isChoiceAttached(value, specs))) {
         throw new UsageError(`${flag} needs a value (the next word, ${value}, is a flag; for a value that starts with -, write ${flag}=VALUE)`);
       }
     }

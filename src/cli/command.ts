@@ -84,7 +84,7 @@ export const GLOBAL_FLAGS: FlagSpec[] = [
     description: "How long a call may go unanswered (0: no limit); a failover's or follow's wait comes on top",
     defaultText: "30s",
   },
-  { name: "output", alias: "o", kind: "string", valueName: "FORMAT", description: "Output format: table or json", defaultText: "table" },
+  { name: "output", alias: "o", kind: "string", valueName: "FORMAT", description: "Output format: table or json", defaultText: "table", choices: ["table", "json"] },
   { name: "help", alias: "h", kind: "boolean", description: "Show help for the command" },
 ];
 

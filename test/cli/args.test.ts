@@ -15,7 +15,7 @@ const specs: FlagSpec[] = [
   { name: "namespace", alias: "n", kind: "string", description: "" },
   { name: "cluster", kind: "string", repeated: true, description: "" },
   { name: "global", kind: "boolean", description: "" },
-  { name: "output", alias: "o", kind: "string", description: "" },
+  { name: "output", alias: "o", kind: "string", description: "", choices: ["table", "json"] },
   { name: "reason", kind: "string", description: "" },
   { name: "frontend-address", kind: "string", description: "" },
   { name: "enable-connection", kind: "boolean", description: "" },
@@ -100,6 +100,16 @@ describe("parseArgs", () => {
     expect(getString(parseArgs(["--reason", "--not-a-flag"], specs), "reason")).toBe("--not-a-flag");
     expect(getString(parseArgs(["--reason=--global"], specs), "reason")).toBe("--global");
     expect(getString(parseArgs(["-n", "-1"], specs), "namespace")).toBe("-1");
+  });
+
+  test("a short flag with one of its choices attached (-ojson) is a flag, not the value left out before it", () => {
+    // Was: namespace "-ojson", and the output a table.
+    expect(() => parseArgs(["-n", "-ojson"], specs)).toThrow("-n needs a value (the next word, -ojson, is a flag; for a value that starts with -, write -n=VALUE)");
+    expect(() => parseArgs(["--reason", "-oTable"], specs)).toThrow("--reason needs a value (the next word, -oTable, is a flag");
+    expect(getString(parseArgs(["-n=-ojson"], specs), "namespace")).toBe("-ojson");
+    expect(getString(parseArgs(["--namespace=-ojson"], specs), "namespace")).toBe("-ojson");
+    // Any other attached word may be a value: -o takes no "ops".
+    expect(getString(parseArgs(["--reason", "-oops"], specs), "reason")).toBe("-oops");
   });
 
   test("requireString rejects missing and empty values", () => {

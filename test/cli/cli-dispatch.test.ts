@@ -33,6 +33,15 @@ describe("dispatch and global flags", () => {
     expect(message).toBe("-oops");
   });
 
+  test("-n -ojson, the namespace left out, is refused, not -ojson taken for the namespace; -n=-ojson names it", async () => {
+    const names: string[] = [];
+    const workflow = { describeNamespace: (req: { namespace: string }) => (names.push(req.namespace), {}) };
+    const r = await runCli(["operator", "namespace", "describe", "-n", "-ojson"], { workflow });
+    expect([r.code, r.stderr.split("\n")[0]]).toEqual([2, "error: -n needs a value (the next word, -ojson, is a flag; for a value that starts with -, write -n=VALUE)"]);
+    const given = await runCli(["operator", "namespace", "describe", "-n=-ojson", "-ojson"], { workflow });
+    expect([given.code, given.stderr, names]).toEqual([0, "", ["-ojson"]]);
+  });
+
   test("default address is 127.0.0.1:7233", async () => {
     const r = await runCli(["operator", "cluster", "describe"], { operator: cluster });
     expect(r.addresses).toEqual(["http://127.0.0.1:7233"]);
