@@ -5,6 +5,7 @@ import { createConnectTransport } from "@connectrpc/connect-web";
 import { loadAdminDbBackend } from "./admin-db-backend";
 import { createCli } from "./cli";
 import { ExitCode } from "./errors";
+import type { Writer } from "./output";
 
 /** Asks one question on the terminal. */
 async function prompt(question: string): Promise<string> {
@@ -26,48 +27,72 @@ async function readInput(source: "-" | { path: string }, signal: AbortSignal): P
   return text;
 }
 
-/** A Writer over a process stream; a reader that went away (`tern ... | head`) ends the CLI quietly. */
-function writer(stream: NodeJS.WriteStream, name: string): (text: string) => void {
-  const failed = (e: unknown) => writeFailed(e, name);
+/** A process stream as the CLI writes it. */
+interface ProcessOutput {
+  write: Writer;
+  /** Resolves once all that was written has left the process: a slow reader finds it in the pipe, whole. */
+  flushed(): Promise<void>;
+}
+
+/**
+ * A Writer over a process stream. Bun holds in the process what a pipe has no room for yet, and
+ * process.exit drops it: `flushed` waits for it. A reader that went away (`tern ... | head`) ends
+ * the CLI quietly; see writeFailed.
+ */
+function processOutput(stream: NodeJS.WriteStream, name: string, interrupted: AbortSignal): ProcessOutput {
+  let pending = false;
+  let gone = false;
+  const failed = (e: unknown) => {
+    // Nobody reads the errors (`2>&1 | true`): the CLI goes on, and its exit code still says how it went.
+    if ((e as NodeJS.ErrnoException).code === "EPIPE" && name === "standard error") gone = true;
+    else writeFailed(e, name, interrupted);
+  };
   // Node reports a closed pipe as an error event, Bun by throwing from write().
   stream.on("error", failed);
-  return (text) => {
-    try {
-      stream.write(text);
-    } catch (e) {
-      failed(e);
-    }
+  stream.on("drain", () => (pending = false));
+  return {
+    write: (text) => {
+      if (gone) return;
+      try {
+        // Bun's writableNeedDrain and writableLength say 0 while it holds data back; write's false does not lie.
+        if (!stream.write(text)) pending = true;
+      } catch (e) {
+        failed(e);
+      }
+    },
+    flushed: () => (pending ? new Promise((resolve) => stream.once("drain", resolve)) : Promise.resolve()),
   };
 }
 
 /**
- * Exits 0 once nobody reads the output (EPIPE): what was asked for was taken. Any other failed
- * write (a full disk, ENOSPC) exits 1 with one line, not a stack trace: the output is not whole.
+ * Exits once nobody reads the output (EPIPE): 0, what was asked for was taken, or 130 after Ctrl-C.
+ * Any other failed write (a full disk, ENOSPC) exits 1 with one line, not a stack trace: the output is not whole.
  */
-function writeFailed(e: unknown, name: string): void {
+function writeFailed(e: unknown, name: string, interrupted: AbortSignal): void {
   const err = e as NodeJS.ErrnoException;
-  if (err.code === "EPIPE") process.exit(0);
+  if (err.code === "EPIPE") process.exit(interrupted.aborted ? ExitCode.interrupted : ExitCode.ok);
   if (name !== "standard error") process.stderr.write(`error: cannot write ${name}: ${err.message}\n`, () => process.exit(ExitCode.failure));
   else process.exit(ExitCode.failure);
 }
 
-async function main(): Promise<number> {
-  const interrupt = new AbortController();
-  process.once("SIGINT", () => interrupt.abort());
-  const cli = createCli({
-    createTransport: (baseUrl) => createConnectTransport({ baseUrl, useBinaryFormat: true }),
-    stdout: writer(process.stdout, "standard output"),
-    stderr: writer(process.stderr, "standard error"),
-    signal: interrupt.signal,
-    interactive: Boolean(process.stdin.isTTY && process.stderr.isTTY),
-    prompt,
-    readInput,
-    loadAdminDb: loadAdminDbBackend,
-  });
-  return cli.run(process.argv.slice(2));
+const interrupt = new AbortController();
+process.once("SIGINT", () => interrupt.abort());
+const stdout = processOutput(process.stdout, "standard output", interrupt.signal);
+const cli = createCli({
+  createTransport: (baseUrl) => createConnectTransport({ baseUrl, useBinaryFormat: true }),
+  stdout: stdout.write,
+  stderr: processOutput(process.stderr, "standard error", interrupt.signal).write,
+  signal: interrupt.signal,
+  interactive: Boolean(process.stdin.isTTY && process.stderr.isTTY),
+  prompt,
+  readInput,
+  loadAdminDb: loadAdminDbBackend,
+});
+const code = await cli.run(process.argv.slice(2));
+if (code === ExitCode.interrupted) {
+  // What was written reaches a slow reader first; a second Ctrl-C ends the wait, as SIGINT's default.
+  await stdout.flushed();
+  // Interrupted, the CLI is done: a read that cannot be cancelled (an @FIFO no writer ends) must not hold the exit.
+  process.exit(code);
 }
-
-const code = await main();
-// Interrupted, the CLI is done: a read that cannot be cancelled (an @FIFO no writer ends) must not hold the exit.
-if (code === ExitCode.interrupted) process.exit(code);
 process.exitCode = code;

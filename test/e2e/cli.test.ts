@@ -28,6 +28,19 @@ test("output into a pipe whose reader is gone ends quietly with 0 (tern ... | he
   expect(code).toBe(0);
 });
 
+test("errors nobody reads (2>&1 | true) keep their exit code: a usage error is still 2, not the 0 of a reader gone", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "tern-cli-epipe-"));
+  try {
+    // A FIFO whose only reader is closed before tern starts: its first write to stderr fails with EPIPE, every time.
+    const script = `mkfifo f && exec 4<>f 6>f && exec 4<&- && node ${join(root, "bin/tern")} nosuch 2>&6`;
+    const child = Bun.spawn(["bash", "-c", script], { cwd: dir, stdout: "pipe", stderr: "pipe" });
+    const [err, code] = await Promise.all([new Response(child.stderr).text(), child.exited]);
+    expect([code, err]).toEqual([2, ""]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test.skipIf(!existsSync("/dev/full"))("output that cannot be written (a full disk) is one line on stderr and exit 1, not a stack trace", async () => {
   const full = openSync("/dev/full", "w");
   try {
@@ -219,6 +232,32 @@ for (const store of await testStores()) {
         "EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED",
         "EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED",
       ]);
+    });
+
+    test("Ctrl-C during show --follow exits 130 once a slow reader has all it printed (process.exit dropped what the pipe had no room for)", async () => {
+      await ok("operator", "namespace", "create", "-n", "slow");
+      const dir = mkdtempSync(join(tmpdir(), "tern-cli-slow-"));
+      try {
+        // Two events of 1.5 MB each, printed base64 in JSON: far more than a pipe holds.
+        writeFileSync(join(dir, "big.json"), JSON.stringify({ big: "x".repeat(1_500_000) }));
+        await ok("workflow", "start", "-n", "slow", "-w", "s", "--type", "T", "--input", `@${join(dir, "big.json")}`);
+        await ok("workflow", "signal", "-n", "slow", "-w", "s", "--name", "more", "--input", `@${join(dir, "big.json")}`);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+      // Bun itself, not bin/tern: Ctrl-C reaches the whole process group, and the launcher lets its child take it.
+      const child = Bun.spawn([process.execPath, "src/cli/main.ts", "--address", addr, "workflow", "show", "-n", "slow", "-w", "s", "--follow", "-o", "json"], {
+        cwd: root, stdout: "pipe", stderr: "pipe",
+      });
+      const reader = child.stdout.getReader();
+      const chunks: Uint8Array[] = [];
+      // Its first bytes are out: the history's one page is printed, and what the pipe has no room for waits in the process.
+      chunks.push((await reader.read()).value!);
+      child.kill("SIGINT");
+      for (let r = await reader.read(); !r.done; r = await reader.read()) chunks.push(r.value);
+      const lines = Buffer.concat(chunks).toString().trim().split("\n");
+      expect([await child.exited, await new Response(child.stderr).text()]).toEqual([130, ""]);
+      expect(lines.map((l) => JSON.parse(l).eventType)).toEqual(["EVENT_TYPE_WORKFLOW_EXECUTION_STARTED", "EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED"]);
     });
 
     test("errors print one line and exit non-zero", async () => {
