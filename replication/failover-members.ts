@@ -48,9 +48,10 @@ export function createFailoverMembersCheck({ db, clusters, clients, timeoutMs = 
       return `cluster ${target} did not say what it applied of the other members' shards (${loggableError(e)})`;
     }
     for (const [member, shards] of applied) {
-      const inbound = status.remotes.find((r) => r.clusterName === member)?.inbound ?? [];
+      // By shard: a find per shard took 0.4 s of the event loop per member at 16,384 shards.
+      const inbound = new Map((status.remotes.find((r) => r.clusterName === member)?.inbound ?? []).map((s) => [s.shardId, s.ackedTaskId]));
       for (const [shardId, mine] of shards) {
-        const theirs = Number(inbound.find((s) => s.shardId === shardId)?.ackedTaskId ?? 0);
+        const theirs = Number(inbound.get(shardId) ?? 0);
         if (theirs < mine) {
           return `cluster ${target} applied ${member}'s history shard ${shardId} up to task ${theirs}, ${here} up to ${mine}: ` +
             `what ${member} wrote reaches ${target} only from ${member}`;
