@@ -89,7 +89,9 @@ export function enumLabel(enumObject: Record<number, string>, value: number): st
 
 /** Shortens text to max characters, marking the cut with "…". */
 export function truncate(text: string, max: number): string {
-  return text.length <= max ? text : text.slice(0, Math.max(0, max - 1)) + "…";
+  // Joined anew: a slice shares the text it was cut from (JavaScriptCore), so a row kept to print
+  // later (show's table) kept a whole payload's text alive for its 100 characters.
+  return text.length <= max ? text : [...text.slice(0, Math.max(0, max - 1)), "…"].join("");
 }
 
 // Characters a terminal shows two columns wide (CJK, Hangul, fullwidth forms, emoji) or none (combining marks, joiners).

@@ -7,8 +7,8 @@ import type { CommandContext, LeafCommand } from "../command";
 import { ListHistoryBranchesResponseSchema, type ListHistoryBranchesResponse } from "../../gen/tern/admin/v1/service_pb";
 import { FOLLOW_WAIT_MS } from "../deadline";
 import { UsageError } from "../errors";
-import { eventHeaderLine, eventLine, eventTable, formatVersionHistory } from "../format-workflow";
-import { createListJsonWriter, messageJson, messageJsonLine } from "../output";
+import { EVENT_HEADERS, eventHeaderLine, eventLine, eventRow, eventTable, formatVersionHistory } from "../format-workflow";
+import { createListJsonWriter, formatTable, messageJson, messageJsonLine } from "../output";
 import { executionArg, runIdFlag, workflowIdFlag, workflowNamespace, workflowNamespaceFlag } from "./common-flags";
 
 /** An empty long-poll answer faster than this means the server does not wait; back off. */
@@ -44,11 +44,15 @@ export async function readHistoryPages(ctx: CommandContext, cursor: HistoryCurso
   }
 }
 
-/** Every event so far (readHistoryPages), in one list. */
-export async function readHistory(ctx: CommandContext, cursor: HistoryCursor): Promise<HistoryEvent[]> {
-  const events: HistoryEvent[] = [];
-  await readHistoryPages(ctx, cursor, (page) => events.push(...page));
-  return events;
+/**
+ * Every event so far (readHistoryPages) as the table's rows. The table needs them all before it
+ * prints (its column widths), but not the events: kept whole, a history of large payloads was
+ * held in the CLI, gigabytes, to print 100 characters of each.
+ */
+async function readHistoryRows(ctx: CommandContext, cursor: HistoryCursor): Promise<string[][]> {
+  const rows: string[][] = [];
+  await readHistoryPages(ctx, cursor, (page) => rows.push(...page.map(eventRow)));
+  return rows;
 }
 
 function pause(ms: number, signal: AbortSignal): Promise<void> {
@@ -131,7 +135,7 @@ const show: LeafCommand = {
       return;
     }
     if (!getBoolean(args, "follow")) {
-      if (ctx.format === "table") return void ctx.out(eventTable(await readHistory(ctx, cursor)));
+      if (ctx.format === "table") return void ctx.out(formatTable(EVENT_HEADERS, await readHistoryRows(ctx, cursor)));
       // A page at a time: a history of large payloads is gigabytes as JSON, past what one string holds.
       const list = createListJsonWriter(ctx.out, "events", HistoryEventSchema);
       await readHistoryPages(ctx, cursor, (page) => page.forEach((e) => list.item(e)));
