@@ -1,5 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { type Payload, PayloadSchema, type Payloads, PayloadsSchema } from "../gen/tern/common/v1/common_pb";
+import { toBase64 } from "../history/events";
 import { UsageError } from "./errors";
 import { jsonErrorPosition } from "./json-position";
 
@@ -55,10 +56,4 @@ export function decodePayloads(p: Payloads | undefined): string {
   if (!p || p.payloads.length === 0) return "";
   const parts = p.payloads.map(decodePayload);
   return parts.length === 1 ? parts[0]! : `[${parts.join(", ")}]`;
-}
-
-function toBase64(bytes: Uint8Array): string {
-  let binary = "";
-  for (const b of bytes) binary += String.fromCharCode(b);
-  return btoa(binary);
 }

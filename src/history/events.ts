@@ -138,8 +138,8 @@ function fromBase64(text: string): Uint8Array {
   return bytes;
 }
 
-/** Standard base64 with padding, as protobuf JSON writes bytes. */
-function toBase64(bytes: Uint8Array): string {
+/** Standard base64 with padding, as protobuf JSON writes bytes; native where the runtime has it. */
+export function toBase64(bytes: Uint8Array): string {
   const native = (bytes as Uint8Array & { toBase64?: () => string }).toBase64;
   if (native) return native.call(bytes);
   let binary = "";
