@@ -147,17 +147,16 @@ export async function saveOutboundAcks(db: Db, remoteCluster: string, acks: Read
   await runStatement(db, SAVE_OUTBOUND_TEXT, [remoteCluster, [...acks.keys()], [...acks.values()]]);
 }
 
-/** This cluster's applied position in remoteCluster's shard, creating the row at 0 on first use. */
-export async function loadInboundAck(db: Db, remoteCluster: string, shardId: number): Promise<number> {
-  await db
-    .insert(replicationAckLevels)
-    .values({ remoteCluster, direction: "inbound", queue: "history", shardId })
-    .onConflictDoNothing();
-  const [row] = await db
-    .select({ ackLevel: replicationAckLevels.ackLevel })
-    .from(replicationAckLevels)
-    .where(and(history(remoteCluster, "inbound"), eq(replicationAckLevels.shardId, shardId)));
-  return row!.ackLevel;
+/**
+ * This cluster's applied position in each of remoteCluster's shards, creating the rows at 0 on
+ * first use. In two statements: a statement per shard was two per shard at every stream's
+ * start (32,768 at 16,384 shards), queued on the pool ahead of every request meanwhile.
+ */
+export async function loadInboundAcks(db: Db, remoteCluster: string, shardIds: readonly number[]): Promise<Map<number, number>> {
+  await runStatement(db, CREATE_INBOUND_TEXT, [remoteCluster, [...shardIds]]);
+  const rows = await runStatement(db, LOAD_INBOUND_TEXT, [remoteCluster, [...shardIds]]);
+  const found = new Map(rows.map((r) => [Number(r.shard_id), Number(r.ack_level)]));
+  return new Map(shardIds.map((id) => [id, found.get(id)!]));
 }
 
 /** The inbound ack rows of every remote, for status. */
@@ -202,6 +201,12 @@ const SAVE_OUTBOUND_TEXT =
   `select $1, 'outbound', 'history', t.shard_id, t.ack_level from unnest($2::int[], $3::bigint[]) as t(shard_id, ack_level) ` +
   `on conflict (${acks.name("remoteCluster")}, ${acks.name("direction")}, ${acks.name("queue")}, ${acks.name("shardId")}) ` +
   `do update set ${acks.name("ackLevel")} = excluded.${acks.name("ackLevel")}, ${acks.name("updatedAt")} = now()`;
+const CREATE_INBOUND_TEXT =
+  `insert into ${acks.table} (${acks.name("remoteCluster")}, ${acks.name("direction")}, ${acks.name("queue")}, ${acks.name("shardId")}) ` +
+  `select $1, 'inbound', 'history', t.shard_id from unnest($2::int[]) as t(shard_id) on conflict do nothing`;
+const LOAD_INBOUND_TEXT =
+  `select ${acks.name("shardId")} as shard_id, ${acks.name("ackLevel")} as ack_level from ${acks.table} ` +
+  `where ${acks.name("remoteCluster")} = $1 and ${acks.name("direction")} = 'inbound' and ${acks.name("queue")} = 'history' and ${acks.name("shardId")} = any($2::int[])`;
 // Once per applied page: fixed text. A page without a commit time keeps the one stored.
 const ADVANCE_INBOUND_TEXT =
   `update ${acks.table} set ${acks.name("ackLevel")} = $1, ${acks.name("maxTaskId")} = $2, ` +

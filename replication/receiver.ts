@@ -3,7 +3,7 @@ import type { CurrentCluster } from "../src/cluster/bootstrap";
 import type { Logger } from "../src/observability/log";
 import type { Metrics } from "../src/observability/metrics";
 import type { Db } from "../src/persistence/database";
-import { loadInboundAck } from "./ack-levels";
+import { loadInboundAcks } from "./ack-levels";
 import { AppliesLostError } from "./apply-errors";
 import { createInboundHeard, OVERDUE_SLACK_MS, type Heard } from "./inbound-heard";
 import type { RemoteCluster, ReplicationStream, StreamReport } from "./manager";
@@ -141,7 +141,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
   async function inbound(remote: RemoteCluster) {
     const shardIds = Array.from({ length: remote.shardCount }, (_, i) => i + 1);
     const run = await durable();
-    const acks = new Map(await Promise.all(shardIds.map(async (id) => [id, await loadInboundAck(db, remote.name, id)] as const)));
+    const acks = await loadInboundAcks(db, remote.name, shardIds);
     const durableSince = async () => {
       const now = await durable();
       if (now !== run) throw new AppliesLostError(`this cluster's database restarted since the stream began (its run is ${String(now)}, was ${String(run)}): the applies it had not flushed are gone; taking cluster ${remote.name}'s tasks again from the acks it holds`);
