@@ -149,7 +149,9 @@ export function pgErrorOf(e: unknown): { code?: string; constraint?: string; mes
  * fault of the statement: a statement or lock timeout (57014, 55P03: a lock held by another
  * transaction, an operator's cancel), a serialization failure or deadlock past the writer's
  * retries (40001, 40P01), a database that takes no writes (25006: a standby after a failover,
- * or `default_transaction_read_only`), or one out of disk, memory or connections (class 53).
+ * or `default_transaction_read_only`), one out of disk, memory or connections (class 53), or
+ * a role that lacks a privilege on tern's tables (42501: revoked while the server runs; a start
+ * checks them, privileges.ts), which an operator's grant mends as a read-only database's reset does.
  * The same statement may succeed later; what it wrote rolled back.
  */
 export function databaseBusy(e: unknown): { code: string; message?: string } | undefined {
@@ -158,7 +160,9 @@ export function databaseBusy(e: unknown): { code: string; message?: string } | u
   return undefined;
 }
 
-const BUSY_CODES = new Set(["57014", "55P03", "40001", "40P01", "25006"]);
+/** PostgreSQL's "permission denied" for a table, schema or function. */
+export const INSUFFICIENT_PRIVILEGE = "42501";
+const BUSY_CODES = new Set(["57014", "55P03", "40001", "40P01", "25006", INSUFFICIENT_PRIVILEGE]);
 /** PostgreSQL's class 53, "insufficient resources": disk full, out of memory, too many connections. */
 const INSUFFICIENT_RESOURCES = "53";
 

@@ -1,5 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { connectionLost, databaseBusy, loggableError, loggableStack, pgErrorOf, TernError, type ErrorKind } from "../errors";
+import { connectionLost, databaseBusy, INSUFFICIENT_PRIVILEGE, loggableError, loggableStack, pgErrorOf, TernError, type ErrorKind } from "../errors";
 import type { Logger } from "../observability/log";
 
 /** The one table from domain error kinds to Connect codes. */
@@ -57,8 +57,9 @@ export function toConnectError(e: unknown, requestId: string, log: Logger): Conn
   return new ConnectError(`internal error (request id ${requestId})`, Code.Internal);
 }
 
-/** For a statement or lock timeout, the settings that set it: an operator's cap, not a fault of the request. */
+/** For a statement or lock timeout, the settings that set it; for a privilege refused, whose it is: an operator's doing, not a fault of the request. */
 function settingOf(busy: { code: string; message?: string }): string {
+  if (busy.code === INSUFFICIENT_PRIVILEGE) return ", a privilege tern's database role lacks";
   if (busy.code === "57014" && busy.message?.includes("statement timeout")) {
     return ", over persistence.datastore.postgres.statementTimeoutMs (or PostgreSQL's statement_timeout where that is 0)";
   }
