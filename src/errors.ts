@@ -52,6 +52,21 @@ export function connectionLost(e: unknown): boolean {
   return lostConnectionOf(e) !== undefined;
 }
 
+/**
+ * PostgreSQL's own reason for ending or refusing the connection e says was lost, as `code:
+ * message` (a FATAL: 53300 no free slot, 3D000 the database renamed or dropped, 57P01 ended by
+ * an operator); undefined for the driver's or a socket's error, whose message names the
+ * database's address.
+ */
+export function connectionLostReason(e: unknown): string | undefined {
+  const lost = lostConnectionOf(e);
+  const { code, message } = lost ?? {};
+  return typeof code === "string" && SQLSTATE.test(code) && typeof message === "string" ? `${code}: ${message}` : undefined;
+}
+
+/** A SQLSTATE: five digits or capital letters, as PostgreSQL's error codes are. */
+const SQLSTATE = /^[0-9A-Z]{5}$/;
+
 /** The error in e's cause chain that says the connection was lost (connectionLost), if any. */
 function lostConnectionOf(e: unknown): ErrorFields | undefined {
   return causeChain(e).find(({ code, severity, syscall }) =>
@@ -140,7 +155,7 @@ const withoutParameters = (text: string) => text.replace(/\nparams: [\s\S]*?(?=\
 
 /** The database error code, constraint and message of a failed statement, from either driver. */
 export function pgErrorOf(e: unknown): { code?: string; constraint?: string; message?: string } {
-  const c = causeChain(e).find((c) => typeof c.code === "string" && /^[0-9A-Z]{5}$/.test(c.code));
+  const c = causeChain(e).find((c) => typeof c.code === "string" && SQLSTATE.test(c.code));
   return c ? { code: c.code as string, constraint: c.constraint ?? c.constraint_name, message: typeof c.message === "string" ? c.message : undefined } : {};
 }
 

@@ -1,5 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { connectionLost, databaseBusy, INSUFFICIENT_PRIVILEGE, loggableError, loggableStack, pgErrorOf, TernError, type ErrorKind } from "../errors";
+import { connectionLost, connectionLostReason, databaseBusy, INSUFFICIENT_PRIVILEGE, loggableError, loggableStack, pgErrorOf, TernError, type ErrorKind } from "../errors";
 import type { Logger } from "../observability/log";
 
 /** The one table from domain error kinds to Connect codes. */
@@ -40,10 +40,12 @@ export function toConnectError(e: unknown, requestId: string, log: Logger): Conn
     return new ConnectError(`a value in the request cannot be stored: ${db.message ?? db.code}`, Code.InvalidArgument);
   }
   if (connectionLost(e)) {
-    // Retryable, and said without the database's address. Logged without the statement, its
-    // parameters or a stack: an outage logs it for every request.
+    // Retryable, and said without the database's address, but with PostgreSQL's reason where it
+    // gave one (no free slot, the database gone). Logged without the statement, its parameters
+    // or a stack: an outage logs it for every request.
     log.warn("database connection lost", { requestId, error: loggableError(e) });
-    return new ConnectError(`the database connection was lost or refused (request id ${requestId}); retry`, Code.Unavailable);
+    const reason = connectionLostReason(e);
+    return new ConnectError(`the database connection was lost or refused (${reason ? `${reason}; ` : ""}request id ${requestId}); retry`, Code.Unavailable);
   }
   const busy = databaseBusy(e);
   if (busy) {
