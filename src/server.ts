@@ -1,7 +1,6 @@
-import { sql } from "drizzle-orm";
 import type { Hono } from "hono";
 import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
-import { bootstrapCluster, type CurrentCluster } from "./cluster/bootstrap";
+import { bootstrapCluster, pingIdentity, type CurrentCluster } from "./cluster/bootstrap";
 import type { HistoryApplier } from "../replication/applier";
 import type { ReplicationVerifierDeps } from "../replication/verification";
 import { resetAbandonedHandovers } from "../replication/failover";
@@ -176,7 +175,7 @@ function wire(
   const core = wireCore(base);
   const repl = wireReplication(base, core);
   let closed = false;
-  const probe = createServingProbe({ ping: () => core.db.execute(sql`select 1`) });
+  const probe = createServingProbe({ ping: () => pingIdentity(core.db, cluster.clusterId) });
   const gate = createStopGate();
   const isServing = async () => !closed && gate.phase() === "serving" && (await probe());
   const failures = createCallFailures({ metrics: core.metrics, log });

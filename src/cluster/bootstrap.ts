@@ -1,4 +1,4 @@
-import { eq, sql } from "drizzle-orm";
+import { and, eq, sql } from "drizzle-orm";
 import { ulid } from "ulid";
 import type { Config } from "../config/schema";
 import { hostPort } from "../host-port";
@@ -103,4 +103,14 @@ function checkUnchanged(
   if (row.initialFailoverVersion !== initial) {
     refuse(`clusterMetadata.clusterInformation.${name}.initialFailoverVersion`, row.initialFailoverVersion, initial);
   }
+}
+
+/**
+ * Resolves when db holds this cluster's identity, else rejects: the health check's ping. A
+ * database dropped and made again empty under a running server (or another cluster's put in its
+ * place) answers `select 1`, and health said SERVING while every request failed there.
+ */
+export async function pingIdentity(db: Db, clusterId: string): Promise<void> {
+  const held = await db.select({ id: clusterMetadata.clusterId }).from(clusterMetadata).where(and(eq(clusterMetadata.isCurrent, true), eq(clusterMetadata.clusterId, clusterId)));
+  if (held.length === 0) throw new Error(`the database holds no cluster ${clusterId}`);
 }

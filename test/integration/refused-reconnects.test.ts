@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { Code } from "@connectrpc/connect";
+import { sql } from "drizzle-orm";
 import postgres from "postgres";
 import { startPrivatePostgres, type PrivatePostgres } from "../../bench/lib/private-postgres";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
@@ -17,6 +18,7 @@ const ROLE = "tern_server";
 // its role, its database or the server allows; the database renamed or dropped): the writes
 // meanwhile are a retryable UNAVAILABLE naming PostgreSQL's code and reason, which said only
 // "lost or refused", as for a database that does not answer; once a slot is free they land.
+// And one whose database is made again empty under it says so in its health.
 describe.if((await testStores()).includes("postgres"))("a running server's PostgreSQL refusing its connections", () => {
   // A PostgreSQL of the test's own: a role's connection limit binds only roles that are not superusers.
   let pg: PrivatePostgres;
@@ -49,5 +51,14 @@ describe.if((await testStores()).includes("postgres"))("a running server's Postg
     await eventually(() => signal("r"), { timeout: 10_000, interval: 50 });
     const { history } = await cluster.client(WorkflowService).getWorkflowExecutionHistory({ namespace: "ns", execution: { workflowId: "w" } });
     expect(history!.events.filter((e) => e.attributes.case === "workflowExecutionSignaledEventAttributes").length).toBe(1);
+  });
+
+  test("TestDatabaseMadeAgainEmptyUnderTheServer: /health NOT_SERVING, not SERVING while every request fails there", async () => {
+    // Dropped, then made again by a provisioning tool that saw it missing: it answers `select 1`, and holds no table of tern's.
+    await server.unsafe("drop database tern with (force)");
+    await server.unsafe(`create database tern owner ${ROLE}`);
+    await eventually(() => cluster.server.database.db.execute(sql`select 1`), { timeout: 10_000, interval: 50 });
+    const health = await fetch(`${cluster.url}/health`);
+    expect([health.status, await health.json()]).toEqual([503, { status: "NOT_SERVING" }]);
   });
 });
