@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { sql } from "drizzle-orm";
 import { readMigrationFiles } from "drizzle-orm/migrator";
 import { migrate as migratePostgres } from "drizzle-orm/postgres-js/migrator";
-import { errorReason, schemaTooNewMessage } from "../errors";
+import { errorReason, INSUFFICIENT_PRIVILEGE, pgErrorOf, schemaTooNewMessage } from "../errors";
 import type { Database, Db } from "./database";
 
 /** Where the applied-migration journal lives (drizzle's default). */
@@ -45,11 +45,18 @@ export async function migrateSchema(database: Database, migrationsFolder: string
     } catch (e) {
       // drizzle's message names the statement only ("Failed query: CREATE SCHEMA ..."): the reason
       // (a role that may not create, a lock timeout) is the database's.
-      throw new Error(`migrating the database failed: ${errorReason(e)}`, { cause: e });
+      throw new Error(`migrating the database failed: ${errorReason(e)}${pgErrorOf(e).code === INSUFFICIENT_PRIVILEGE ? MIGRATING_ROLE : ""}`, { cause: e });
     }
     return before.pending;
   });
 }
+
+/**
+ * What a role refused a migration's CREATE needs (PostgreSQL 15 gives PUBLIC no CREATE on schema
+ * public): the start said only `42501: permission denied for schema public`.
+ */
+const MIGRATING_ROLE = "; migrations need a role that may create in the database and in the schema tern's tables go in " +
+  "(GRANT CREATE ON DATABASE ... and GRANT CREATE ON SCHEMA public TO it), or apply them first with tern admin db migrate as the database's owner";
 
 /** The database holds migrations this build does not know. */
 export class SchemaTooNewError extends Error {

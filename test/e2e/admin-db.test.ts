@@ -68,6 +68,11 @@ async function asNewRole<T>(url: string, fn: (role: string, url: string) => Prom
   }
 }
 
+/** What a migration refused for want of CREATE adds to PostgreSQL's reason. */
+const MIGRATING_ROLE =
+  "; migrations need a role that may create in the database and in the schema tern's tables go in (GRANT CREATE ON DATABASE ... and GRANT CREATE ON SCHEMA public TO it), " +
+  "or apply them first with tern admin db migrate as the database's owner";
+
 /** Whether the database at url holds anything of tern's (drizzle's journal schema comes first). */
 async function madeAnything(url: string): Promise<boolean> {
   const inDb = postgres(url, { max: 1, onnotice: () => {} });
@@ -84,9 +89,30 @@ test.if((await testStores()).includes("postgres"))("admin db migrate by a role t
     await asNewRole(target.url, async (_role, url) => {
       const r = await tern("admin", "db", "migrate", "--database-url", url);
       // Was `error: Failed query: CREATE SCHEMA IF NOT EXISTS "drizzle"`, the reason left out.
-      expect([r.code, r.err]).toEqual([1, `error: migrating the database failed: 42501: permission denied for database ${new URL(url).pathname.slice(1)}\n`]);
+      expect([r.code, r.err]).toEqual([1, `error: migrating the database failed: 42501: permission denied for database ${new URL(url).pathname.slice(1)}${MIGRATING_ROLE}\n`]);
     });
     expect(await madeAnything(target.url)).toBe(false);
+  } finally {
+    await target.drop();
+  }
+});
+
+test.if((await testStores()).includes("postgres"))("admin db migrate by a role that may create a schema but not in schema public says what it needs", async () => {
+  // PostgreSQL 15 gives PUBLIC no CREATE on schema public: granted the database's CREATE only, the role makes drizzle's journal and stops there.
+  const target = await createTestDatabase();
+  try {
+    await asNewRole(target.url, async (role, url) => {
+      const owner = postgres(target.url, { max: 1, onnotice: () => {} });
+      try {
+        await owner.unsafe(`grant create on database ${new URL(url).pathname.slice(1)} to ${role}`);
+        const r = await tern("admin", "db", "migrate", "--database-url", url);
+        expect([r.code, r.err]).toEqual([1, `error: migrating the database failed: 42501: permission denied for schema public${MIGRATING_ROLE}\n`]);
+      } finally {
+        // What it made and was granted there, for the role to be dropped.
+        await owner.unsafe(`drop owned by ${role}`);
+        await owner.end({ timeout: 1 });
+      }
+    });
   } finally {
     await target.drop();
   }
