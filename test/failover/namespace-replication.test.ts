@@ -105,13 +105,19 @@ for (const store of await testStores()) {
       // connection to be enabled again, as history pages do, not ride out on that poll.
       const admin = a.client(AdminService);
       const { maxTaskId } = await admin.getNamespaceReplicationTasks({ afterTaskId: 0n, clusterName: "clusterB", pageSize: 1, waitTimeoutMs: 0 });
-      const poll = admin.getNamespaceReplicationTasks({ afterTaskId: maxTaskId, clusterName: "clusterB", pageSize: 100, waitTimeoutMs: 15_000 });
+      // Its answer is read from the start: the disable ends it at once, maybe while the register
+      // below is still on its way, and a rejection read only after would be unhandled meanwhile.
+      const poll = rejects(
+        admin.getNamespaceReplicationTasks({ afterTaskId: maxTaskId, clusterName: "clusterB", pageSize: 100, waitTimeoutMs: 15_000 }),
+        Code.FailedPrecondition,
+        "replication with cluster clusterB is disabled on clusterA",
+      );
       const op = a.client(OperatorService);
       await op.addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: false });
       try {
         await a.client(WorkflowService).registerNamespace({ namespace: "while-disabled", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
-        await rejects(poll, Code.FailedPrecondition, "replication with cluster clusterB is disabled on clusterA");
-        expect(describeOn(b, "while-disabled")).rejects.toThrow("not found");
+        await poll;
+        await expect(describeOn(b, "while-disabled")).rejects.toThrow("not found");
       } finally {
         await op.addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: true });
       }
