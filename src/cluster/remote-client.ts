@@ -2,6 +2,7 @@ import { Code, ConnectError, createClient, type Client } from "@connectrpc/conne
 import { codeFromHttpStatus } from "@connectrpc/connect/protocol-connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
 import { unavailable } from "../errors";
+import { abortableFetch } from "./abortable-fetch";
 import { fetchFailureReason } from "../fetch-failure";
 import { BackfillService } from "../gen/tern/admin/v1/backfill_pb";
 import { AdminService } from "../gen/tern/admin/v1/service_pb";
@@ -115,7 +116,7 @@ export function lookedUpHost(baseUrl: string): string | undefined {
   return written === undefined || written === host ? undefined : host;
 }
 
-/** Creates clients for each address once and reuses them (web-standard fetch transport). */
+/** Creates clients for each address once and reuses them (web-standard fetch transport, its calls ended by their signals: abortable-fetch.ts). */
 export function createRemoteClientPool(fetchImpl: typeof fetch = globalThis.fetch) {
   const pool = new Map<string, RemoteClients>();
   return {
@@ -123,7 +124,7 @@ export function createRemoteClientPool(fetchImpl: typeof fetch = globalThis.fetc
       const baseUrl = frontendUrl(address);
       let c = pool.get(baseUrl);
       if (!c) {
-        const transport = createConnectTransport({ baseUrl, useBinaryFormat: true, fetch: withAnswerExcerpts(fetchImpl) });
+        const transport = createConnectTransport({ baseUrl, useBinaryFormat: true, fetch: withAnswerExcerpts(abortableFetch(fetchImpl)) });
         c = {
           baseUrl,
           operator: createClient(OperatorService, transport),
