@@ -6,6 +6,7 @@
 import { serve } from "@hono/node-server";
 import type { Server } from "node:http";
 import { runEntry } from "./boot";
+import { closeWhenIdle } from "./idle-close";
 
 await runEntry({
   runtime: "node",
@@ -22,7 +23,7 @@ await runEntry({
       port: typeof address === "object" && address ? address.port : port,
       async close(graceMs) {
         const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-        server.closeIdleConnections();
+        closeWhenIdle(server);
         const timer = setTimeout(() => server.closeAllConnections(), graceMs);
         await closed;
         clearTimeout(timer);

@@ -12,6 +12,7 @@ import { createServer as createTcpServer, type Socket } from "node:net";
 import { Duplex } from "node:stream";
 import type { TernServer } from "../server";
 import type { Listener } from "./boot";
+import { closeWhenIdle } from "./idle-close";
 
 /** "PRI" never starts an HTTP/1 request line, so three bytes decide. */
 const PREFACE_HEAD = Buffer.from("PRI");
@@ -58,7 +59,7 @@ export async function listenSharedPort(
     async close(graceMs) {
       const closed = new Promise<void>((resolve) => tcp.close(() => resolve()));
       for (const s of sessions) s.close();
-      http1.closeIdleConnections();
+      closeWhenIdle(http1);
       const timer = setTimeout(() => sockets.forEach((s) => s.destroy()), graceMs);
       await closed;
       clearTimeout(timer);

@@ -18,6 +18,9 @@ import { serverStartTimeout } from "../support/timeouts";
 
 const inCI = process.env.CI === "true";
 
+/** The entry's grace for open requests after a stop signal (src/entry/boot.ts). */
+const GRACE_MS = 5_000;
+
 const [, node, deno] = serverEntries();
 // Node serves gRPC on the HTTP port (grpcPort = port), Deno on its own port: both modes run off Bun.
 const runtimes = [
@@ -45,7 +48,7 @@ for (const runtime of runtimes) {
     });
 
     const grpcOn = runtime.sharedPort ? "on the HTTP port" : "on grpcPort";
-    test.skipIf(!runtime.present)(`serves Connect, and native gRPC ${grpcOn}; SIGTERM releases the data dir`, async () => {
+    test.skipIf(!runtime.present)(`serves Connect, and native gRPC ${grpcOn}; SIGTERM stops it well inside the grace with an HTTP/1.1 Watch open, and releases the data dir`, async () => {
       server = await startServerProcess(runtime.cmd, { sharedPort: runtime.sharedPort });
       await exerciseConnect(createConnectTransport({ baseUrl: server.httpUrl }));
       expect(server.grpcUrl).toBeDefined();
@@ -53,7 +56,12 @@ for (const runtime of runtimes) {
       const grpc = createGrpcTransport({ baseUrl: server.grpcUrl! });
       const health = await createClient(Health, grpc).check({});
       expect(health.status).toBe(HealthCheckResponse_ServingStatus.SERVING);
+      // A Watch over HTTP/1.1 the stop ends: its connection, kept alive, does not hold the stop for the grace.
+      const watching = createClient(Health, createConnectTransport({ baseUrl: server.httpUrl })).watch({});
+      expect((await watching[Symbol.asyncIterator]().next()).value?.status).toBe(HealthCheckResponse_ServingStatus.SERVING);
+      const t0 = performance.now();
       expect(await server.stop("SIGTERM")).toBe(0);
+      expect(performance.now() - t0).toBeLessThan(GRACE_MS * 0.6);
       expect(server.output()).toContain(`"msg":"stopped"`);
       expect(lockReleased(server.dataDir)).toBe(true);
     }, serverStartTimeout);
