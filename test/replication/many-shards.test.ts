@@ -2,6 +2,7 @@ import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import { sql } from "drizzle-orm";
 import { inboundAckRows, loadInboundAcks } from "../../replication/ack-levels";
 import { createReplicationStatus } from "../../replication/status";
+import type { Db } from "../../src/persistence/database";
 import { clusterMetadata, replicationAckLevels } from "../../src/persistence/schema";
 import { serverStartTimeout } from "../support/timeouts";
 import { useTestDatabase } from "../support/server";
@@ -11,6 +12,18 @@ setDefaultTimeout(serverStartTimeout);
 
 /** The most history shards a cluster has (persistence.numHistoryShards). */
 const SHARDS = 16_384;
+
+/**
+ * The time a bound of fixedMs allows the work at SHARDS shards, widened on a host where one
+ * statement takes longer than usual (a loaded 2-core host): a quarter of SHARDS statements' time,
+ * each measured now on db beside the work. The per-shard work of before took a statement (or more)
+ * a shard, so it stays over that bound however slow the host.
+ */
+async function allowedMs(db: Db, fixedMs: number): Promise<number> {
+  const began = performance.now();
+  for (let i = 0; i < 100; i++) await db.execute(sql`select 1`);
+  return Math.max(fixedMs, (SHARDS / 4) * ((performance.now() - began) / 100));
+}
 
 for (const store of await testStores()) {
   describe(`replication of the most shards on ${store}`, () => {
@@ -42,6 +55,7 @@ for (const store of await testStores()) {
         namespaceHeard: () => ({ at: now, stale: false }),
         dlqSizes: async () => new Map(),
       });
+      const allowed = await allowedMs(db, 6_000);
       const began = performance.now();
       const res = await status.get();
       const tookMs = performance.now() - began;
@@ -51,7 +65,7 @@ for (const store of await testStores()) {
       expect(b!.inbound.at(-1)).toMatchObject({ shardId: SHARDS, maxTaskId: 10n, ackedTaskId: 7n, lagTasks: 3n });
       expect(b!.outbound.at(-1)).toMatchObject({ shardId: SHARDS, maxTaskId: 10n, ackedTaskId: 7n, lagTasks: 3n });
       // Fixed: about 0.5 s on a loaded 2-core host, most of it the reads; before, 13 s at best.
-      expect(tookMs).toBeLessThan(6_000);
+      expect(tookMs).toBeLessThan(allowed);
     });
 
     // Each stream's start reads its applied position in every shard of the source. Read a shard at
@@ -61,6 +75,7 @@ for (const store of await testStores()) {
       const { db } = opened.database;
       await db.insert(replicationAckLevels).values({ remoteCluster: "clusterA", direction: "inbound", queue: "history", shardId: 7, ackLevel: 42 });
       const shardIds = Array.from({ length: SHARDS }, (_, i) => i + 1);
+      const allowed = await allowedMs(db, 5_000);
       const began = performance.now();
       const acks = await loadInboundAcks(db, "clusterA", shardIds);
       const tookMs = performance.now() - began;
@@ -69,7 +84,7 @@ for (const store of await testStores()) {
       expect(acks.get(SHARDS)).toBe(0);
       expect((await inboundAckRows(db)).filter((r) => r.remoteCluster === "clusterA")).toHaveLength(SHARDS);
       // About 0.2 s on PostgreSQL, 0.6 s on PGlite; a shard at a time, 23 s and 17 s (a request meanwhile waited 11 s).
-      expect(tookMs).toBeLessThan(5_000);
+      expect(tookMs).toBeLessThan(allowed);
     });
   });
 }
