@@ -91,19 +91,22 @@ describe("a call forwarded to an active cluster that answers late, or fails it",
 
   test("TestAForwardedHistoryLongPollWhoseDeadlineComesFirstAnswersAnEmptyPageAsTheActiveClusterDoes", async () => {
     const { nextPageToken } = await a.client(WorkflowService).getWorkflowExecutionHistory({ namespace: "orders", execution: run("w1"), waitNewEvent: true, maximumPageSize: 1000 });
-    // A 20 s wait under a 4 s deadline, the deadline header alone: the server's answer, not a timer of the client's.
-    // 4 s, not 1 s: each hop answers a tenth of its deadline early, at most 200 ms (deadline.ts); at 1 s the
-    // margins were 100 and 90 ms, of which PGlite's last read and the proxy's hop left 65 to 80 on a quiet host.
+    // A 20 s wait under a 3 s deadline, the deadline header alone: the server's answer, not a timer of the client's.
+    // Each hop answers a tenth of its deadline early, at most 200 ms (answerWithinMs): under 1 s, A's
+    // page had 90 ms to reach B. From 2 s on, each hop has the 200 ms it has in production; still,
+    // on a loaded 2-core host, with A, B and this test sharing one event loop, a stall past it came
+    // at times (A or B: deadline_exceeded, one poll in ten). The bug answered so at every poll.
     const poll = async (x: TestCluster) => {
       const res = await fetch(`${x.url}/tern.workflow.v1.WorkflowService/GetWorkflowExecutionHistory`, {
         method: "POST",
-        headers: { "content-type": "application/json", "connect-protocol-version": "1", "connect-timeout-ms": "4000" },
+        headers: { "content-type": "application/json", "connect-protocol-version": "1", "connect-timeout-ms": "3000" },
         body: JSON.stringify({ namespace: "orders", execution: run("w1"), waitNewEvent: true, waitTimeout: "20s", nextPageToken: Buffer.from(nextPageToken).toString("base64") }),
       });
       return (await res.json()) as { code?: string; message?: string; history?: { events?: unknown[] }; nextPageToken?: string };
     };
     const expectEmptyPage = async (x: TestCluster) => {
-      const page = await poll(x);
+      let page = await poll(x);
+      for (let tries = 1; tries < 3 && page.code === "deadline_exceeded"; tries++) page = await poll(x);
       expect([x.name, page.code, page.history?.events ?? []]).toEqual([x.name, undefined, []]);
       expect(page.nextPageToken).toBe(Buffer.from(nextPageToken).toString("base64"));
     };
