@@ -11,6 +11,12 @@ export interface Forced {
   version: bigint;
   /** eventKey of every event on the target's current runs right after the switch. */
   seen: Set<string>;
+  /**
+   * The target's copy was behind a failover another cluster had made (its version below the
+   * highest any cluster held): its own version may lose to that one once the links heal, and the
+   * writes it took be re-applied on the winning branch.
+   */
+  stale: boolean;
 }
 
 /** The request id a start or signal event carries ("" for other events). */
@@ -63,7 +69,7 @@ const line = (e: HistoryEvent) => `${e.eventId}@${e.version} ${e.eventType} ${re
  * What the record of acknowledged writes says must hold and does not (DESIGN.md sections 4-5):
  * every acknowledged write is on every cluster's current run exactly once; one that no forced
  * failover put at risk (the failover's target held it, or it was written at a version above the
- * failover's) is where its answer said, at the version it was written at; current runs are the
+ * failover's, and not at the version of one made on a stale copy) is where its answer said, at the version it was written at; current runs are the
  * same everywhere, open, with event ids 1, 2, 3... and versions that never decrease.
  */
 export async function violations(clusters: TestCluster[], namespace: string, acks: Ack[], forced: Forced[], workflowIds: string[], stats = { atRisk: 0 }): Promise<string[]> {
@@ -103,7 +109,8 @@ export async function violations(clusters: TestCluster[], namespace: string, ack
       continue;
     }
     const key = eventKey(ack.workflowId, ack.runId, { eventId: ack.eventId, version }, ack.requestId);
-    const atRisk = forced.some((f) => f.version > version && !f.seen.has(key));
+    // At risk: held by no later forced failover's target, or taken by a forced failover made on a stale copy.
+    const atRisk = forced.some((f) => (f.version > version && !f.seen.has(key)) || (f.stale && f.version === version));
     if (atRisk) stats.atRisk++;
     for (const x of clusters) {
       const run = runs.get(x.name)!.get(ack.workflowId);

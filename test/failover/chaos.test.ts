@@ -90,10 +90,12 @@ function soak(store: StoreKind) {
       const target = pick(names.map((_, i) => i).filter((i) => !active.includes(i) || active.length === names.length));
       const x = clusters[target]!;
       const before = (await describeOn(x, NS)).failoverVersion;
+      // Asked of each cluster itself, links cut or not: what the target's copy may not have heard.
+      const highest = (await Promise.all(clusters.map((c) => describeOn(c, NS).then((ns) => ns.failoverVersion, () => 0n)))).reduce((a, b) => (b > a ? b : a), 0n);
       const res = await x.client(WorkflowService).updateNamespace({ namespace: NS, activeClusterName: names[target]! }, { timeoutMs: 10_000 }).then(() => "ok", message);
       const after = await describeOn(x, NS);
       if (after.replicationConfig!.activeClusterName === x.name && after.failoverVersion !== before) {
-        forced.push({ target: x.name, version: after.failoverVersion, seen: await snapshot(x, NS, load.invoked) });
+        forced.push({ target: x.name, version: after.failoverVersion, seen: await snapshot(x, NS, load.invoked), stale: before < highest });
       }
       return `forced to ${x.name}: ${res}, version ${before} -> ${after.failoverVersion}`;
     }
