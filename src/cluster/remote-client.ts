@@ -1,5 +1,5 @@
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
-import { codeFromHttpStatus } from "@connectrpc/connect/protocol-connect";
+import { codeFromHttpStatus, parseContentType } from "@connectrpc/connect/protocol-connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
 import { unavailable } from "../errors";
 import { abortableFetch } from "./abortable-fetch";
@@ -57,21 +57,45 @@ export class NotConnectAnswer extends Error {
 const EXCERPT_CHARS = 120;
 
 /**
- * fetchImpl, failing an error answer connect would read as UNKNOWN with only "HTTP 500" (no
- * Connect body: a proxy's own page) as NotConnectAnswer naming the status and a short excerpt.
- * Connect reads a thrown error as UNKNOWN too, so the code is the same. A bare 400 too: connect
- * reads it as INTERNAL, which forward() passes on as the active cluster's own logged failure.
- * Statuses it maps to other codes (404, 502, 503, ...) pass unchanged.
+ * fetchImpl, failing an answer that is not Connect's (a proxy's own page, a web server's: no
+ * Connect body or content type) with NotConnectAnswer naming the status and a short excerpt.
+ * Where connect would read it as UNKNOWN or INTERNAL (a bare 500 or 400, a 200 web page) the
+ * NotConnectAnswer is thrown, which connect reads as UNKNOWN too (a bare 400 it read as INTERNAL,
+ * which forward() passes on as the active cluster's own logged failure). A status connect maps
+ * to another code (404, 502, 503, ...) keeps that code and connect's message ("HTTP 502"), the
+ * NotConnectAnswer its cause: forwarding passes it on as before, and an upsert names what answered.
  */
 function withAnswerExcerpts(fetchImpl: typeof fetch): typeof fetch {
   return (async (input: RequestInfo | URL, init?: RequestInit) => {
     const res = await fetchImpl(input, init);
-    const code = codeFromHttpStatus(res.status);
-    if (res.ok || (code !== Code.Unknown && code !== Code.Internal) || res.headers.get("content-type")?.startsWith("application/json")) return res;
-    const body = (await res.text().catch(() => "")).replace(/\s+/g, " ").trim();
-    const excerpt = body.length > EXCERPT_CHARS ? `${body.slice(0, EXCERPT_CHARS)}...` : body;
-    throw new NotConnectAnswer(`HTTP ${res.status}${excerpt ? ` ${JSON.stringify(excerpt)}` : " with no body"}`);
+    const type = res.headers.get("content-type");
+    if (res.ok ? parseContentType(type) !== undefined : type?.startsWith("application/json")) return res;
+    const answer = new NotConnectAnswer(`HTTP ${res.status}${await excerptOf(res)}`);
+    const code = res.ok ? Code.Unknown : codeFromHttpStatus(res.status);
+    if (code === Code.Unknown || code === Code.Internal) throw answer;
+    throw new ConnectError(`HTTP ${res.status}`, code, res.headers, undefined, answer);
   }) as typeof fetch;
+}
+
+/** ' "<start of the body>..."', or " with no body"; read no further than the excerpt needs (a 200 at a wrong address may be a download). */
+async function excerptOf(res: Response): Promise<string> {
+  let body = "";
+  const reader = res.body?.getReader();
+  const decoder = new TextDecoder();
+  try {
+    while (reader && body.length <= EXCERPT_CHARS * 4) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      body += decoder.decode(value, { stream: true });
+    }
+  } catch {
+    // What was read is the excerpt.
+  } finally {
+    void reader?.cancel().catch(() => {});
+  }
+  body = body.replace(/\s+/g, " ").trim();
+  const excerpt = body.length > EXCERPT_CHARS ? `${body.slice(0, EXCERPT_CHARS)}...` : body;
+  return excerpt ? ` ${JSON.stringify(excerpt)}` : " with no body";
 }
 
 /** Why a call to a peer failed, for an operator: plain words for a fetch that got no answer, else the error's own message. */

@@ -36,6 +36,7 @@ const detail = {
 
 describe("a forwarded call's failure answered by the active cluster's address", () => {
   let internal: ReturnType<typeof serving>, detailed: ReturnType<typeof serving>, proxy: ReturnType<typeof serving>, proxy400: ReturnType<typeof serving>;
+  let gateway: ReturnType<typeof serving>, webPage: ReturnType<typeof serving>;
   beforeAll(() => {
     // The active cluster's own INTERNAL answer, as a tern sends it (Connect's JSON error, HTTP 500).
     internal = serving(() => Response.json({ code: "internal", message: "internal error (request id act-7)" }, { status: 500 }));
@@ -49,12 +50,17 @@ describe("a forwarded call's failure answered by the active cluster's address", 
     proxy = serving(() => new Response(`<html><body><h1>500 Internal Server Error</h1>${" padding".repeat(40)}</body></html>`, { status: 500, headers: { "content-type": "text/html" } }));
     // One refusing the request itself (nginx's "Request Header Or Cookie Too Large"): connect reads a bare 400 as INTERNAL.
     proxy400 = serving(() => new Response("<html><body><h1>400 Bad Request</h1></body></html>", { status: 400, headers: { "content-type": "text/html" } }));
+    // One whose upstream is down, and a web server at the address instead of a tern.
+    gateway = serving(() => new Response("<html><body><h1>502 Bad Gateway</h1></body></html>", { status: 502, headers: { "content-type": "text/html" } }));
+    webPage = serving(() => new Response("<html><body><h1>Welcome to nginx!</h1></body></html>", { headers: { "content-type": "text/html" } }));
   });
   afterAll(() => {
     internal.stop(true);
     detailed.stop(true);
     proxy.stop(true);
     proxy400.stop(true);
+    gateway.stop(true);
+    webPage.stop(true);
   });
 
   test("TestForwardedInternalErrorIsPassedOnAndNotLoggedAsThisClustersFailure", async () => {
@@ -93,5 +99,19 @@ describe("a forwarded call's failure answered by the active cluster's address", 
       'cluster clusterA answered, but not as a tern frontend: HTTP 400 "<html><body><h1>400 Bad Request</h1></body></html>" (request id sig-1); retry with the same request id',
     ]);
     expect(lines.map(({ level, msg }) => ({ level, msg }))).toEqual([{ level: "info", msg: "rpc failed" }]);
+  });
+
+  test("TestForwardedCallAnsweredByAProxysBareHttp502IsPassedOnUnderItsOwnCode", async () => {
+    const { err } = await forwardedFailure(gateway.url.host);
+    expect([err.code, err.rawMessage]).toEqual([Code.Unavailable, "HTTP 502"]);
+  });
+
+  test("TestForwardedCallAnsweredByAWebPageSaysWhatItAnswered", async () => {
+    const { err } = await forwardedFailure(webPage.url.host);
+    // Before: "cannot reach cluster clusterA: unsupported content type text/html", though it answered.
+    expect([err.code, err.rawMessage]).toEqual([
+      Code.Unavailable,
+      'cluster clusterA answered, but not as a tern frontend: HTTP 200 "<html><body><h1>Welcome to nginx!</h1></body></html>" (request id sig-1); retry with the same request id',
+    ]);
   });
 });
