@@ -7,8 +7,10 @@ import { notServed } from "./not-served";
 /**
  * Whether the active cluster a passive copy names still holds the copy's namespace id, or why that is not known; behind: another
  * member says the copy missed a failover; unasked: it no longer does, but the members named could not be asked whether they do.
+ * gone: it no longer does, nor does any member asked at a later failover version; it names the members not connected here,
+ * which no one asked (a mesh without their link here), for the delete's answer to say.
  */
-export type ActiveHolds = "holds" | "gone" | { unknown: string } | { behind: string } | { unasked: Unasked[] };
+export type ActiveHolds = "holds" | { gone: string[] } | { unknown: string } | { behind: string } | { unasked: Unasked[] };
 
 /** A member that could not be asked: its name, the address it is known at here, and why. */
 export interface Unasked {
@@ -42,7 +44,7 @@ export async function namespaceOn(clients: RemoteClientPool, address: string, re
 /**
  * Asks the active cluster a copy here names whether it still holds that namespace id: a copy of a
  * namespace deleted there stays here (a delete is local) and may hold the create of one registered
- * again under its name (namespace-held.ts). Only "gone" lets a passive member delete its copy.
+ * again under its name (namespace-held.ts). Only gone lets a passive member delete its copy.
  */
 export function createStaleCopyCheck({ clusters, clients, timeoutMs = 5_000 }: StaleCopyCheckDeps) {
   /**
@@ -50,9 +52,13 @@ export function createStaleCopyCheck({ clusters, clients, timeoutMs = 5_000 }: S
    * and deleted its copy: another member holding the id at a later failover version says so. A
    * member that cannot be asked may be that one: the answer is then unknown, unless an operator
    * disabled the connection to it (one gone for good would otherwise block the delete for good).
+   * A member not connected here has no address to ask at, and no connection to disable: passed
+   * over as a disabled one, and named in the answer (before, passed over unsaid).
    */
-  async function newerElsewhere(ns: NamespaceRecord): Promise<{ behind: string } | { unasked: Unasked[] } | undefined> {
-    const others = (await clusters.list()).filter((c) => !c.isCurrent && c.clusterName !== ns.activeClusterName && ns.clusters.includes(c.clusterName));
+  async function newerElsewhere(ns: NamespaceRecord): Promise<{ behind: string } | { unasked: Unasked[] } | { gone: string[] }> {
+    const known = await clusters.list();
+    const others = known.filter((c) => !c.isCurrent && c.clusterName !== ns.activeClusterName && ns.clusters.includes(c.clusterName));
+    const notConnected = ns.clusters.filter((name) => name !== ns.activeClusterName && !known.some((c) => c.clusterName === name));
     const answers = await Promise.all(others.map((c) => namespaceOn(clients, c.rpcAddress, { id: ns.id }, timeoutMs).catch((e) => ({ failed: peerFailureText(e) }))));
     const unasked: Unasked[] = [];
     for (const [i, there] of answers.entries()) {
@@ -67,7 +73,7 @@ export function createStaleCopyCheck({ clusters, clients, timeoutMs = 5_000 }: S
           `than this copy's (${ns.failoverVersion}): this copy is behind, not stale`,
       };
     }
-    if (unasked.length) return { unasked };
+    return unasked.length ? { unasked } : { gone: notConnected };
   }
 
   return async (ns: NamespaceRecord): Promise<ActiveHolds> => {
@@ -75,7 +81,7 @@ export function createStaleCopyCheck({ clusters, clients, timeoutMs = 5_000 }: S
     if (!remote) return { unknown: `cluster ${ns.activeClusterName} is not connected here` };
     try {
       const there = await namespaceOn(clients, remote.rpcAddress, { id: ns.id }, timeoutMs);
-      if (there === "not found") return (await newerElsewhere(ns)) ?? "gone";
+      if (there === "not found") return newerElsewhere(ns);
       return there.id === ns.id ? "holds" : { unknown: `cluster ${ns.activeClusterName} answered with another namespace` };
     } catch (e) {
       return { unknown: peerFailureText(e) };

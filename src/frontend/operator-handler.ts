@@ -128,12 +128,12 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
       };
     },
     async deleteNamespace(r, { signal }) {
-      const { executions } = await deleteNamespace(db, namespaces, r.namespace, current.clusterName, { signal, activeHolds: staleCopy });
+      const { executions, unasked } = await deleteNamespace(db, namespaces, r.namespace, current.clusterName, { signal, activeHolds: staleCopy });
       // The delete is made: a failed read of the gauge (a database blip) no longer answers it as failed.
       await deps.refreshDlqGauge();
       // The copy deleted may be what held a replicated namespace's create.
       deps.onNamespaceDeleted?.();
-      return { deletedNamespace: r.namespace, deletedExecutions: BigInt(executions) };
+      return { deletedNamespace: r.namespace, deletedExecutions: BigInt(executions), unaskedClusters: unasked };
     },
     async addOrUpdateRemoteCluster(r, { signal }) {
       const row = await remotes.upsert(r.frontendAddress, r.enableRemoteClusterConnection ?? true, signal);

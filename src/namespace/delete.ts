@@ -21,12 +21,14 @@ export interface DeleteNamespaceOptions {
  * stale copy, one its active cluster says it no longer holds: deleted there and registered again, the
  * new one's create is held here until this copy is gone (replication/namespace-held.ts).
  */
-export async function deleteNamespace(db: Db, registry: NamespaceRegistry, name: string, here: string, options: DeleteNamespaceOptions): Promise<{ executions: number }> {
+export async function deleteNamespace(db: Db, registry: NamespaceRegistry, name: string, here: string, options: DeleteNamespaceOptions): Promise<{ executions: number; unasked: string[] }> {
   const { signal } = options;
   const ns = await registry.describe({ name });
+  let unasked: string[] = [];
   if (ns.isGlobal && ns.clusters.includes(here) && ns.activeClusterName !== here) {
     const holds = await options.activeHolds(ns);
-    if (holds !== "gone") throw failedPrecondition(passiveDeleteRefused(ns, here, holds));
+    if (holds === "holds" || !("gone" in holds)) throw failedPrecondition(passiveDeleteRefused(ns, here, holds));
+    unasked = holds.gone;
   }
   // signal: the call's; once it fired, the delete does not commit (persistence/call-signal.ts).
   const deleted = await transaction(db, async (tx) => {
@@ -49,11 +51,11 @@ export async function deleteNamespace(db: Db, registry: NamespaceRegistry, name:
     return runs.length;
   }, signal);
   registry.invalidate(ns);
-  return { executions: deleted };
+  return { executions: deleted, unasked };
 }
 
 /** Why a passive member does not delete its copy, and what to do instead. */
-function passiveDeleteRefused(ns: NamespaceRecord, here: string, holds: Exclude<ActiveHolds, "gone">): string {
+function passiveDeleteRefused(ns: NamespaceRecord, here: string, holds: Exclude<ActiveHolds, { gone: string[] }>): string {
   const active = ns.activeClusterName;
   const instead = `delete it on ${active}, or take ${here} out of its clusters there first`;
   if (holds === "holds") return `namespace ${ns.name} is global and active in cluster ${active}, which still holds it (id ${ns.id}), and ${here} is one of its clusters: ${instead}`;

@@ -7,6 +7,7 @@ import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { namespaces } from "../../src/persistence/schema";
 import { replicationStatusTable } from "../../src/cli/commands/replication";
 import { addr, connectAll, describeOn, eventuallyOn, startClusters } from "../failover/mesh";
+import { tern } from "../backfill/support";
 import { eventually } from "../support/eventually";
 import { createGate } from "../support/gate";
 import { rejects } from "../support/rejects";
@@ -110,6 +111,22 @@ for (const store of await testStores()) {
       // Before: refused, "delete it on clusterA", where it was deleted already.
       await b.client(OperatorService).deleteNamespace({ namespace: "gone" });
       expect(describeOn(b, "gone")).rejects.toThrow("not found");
+    });
+
+    test("TestAStaleCopyDeletedWhileAMemberIsNotConnectedHereSaysItWasNotAsked", async () => {
+      await register("unlinked");
+      await eventuallyOn(b, "unlinked", () => {});
+      // A member B has no connection to (a mesh without the B-Y link): it may hold the namespace at a later failover version.
+      await b.server.database.db.update(namespaces).set({ clusters: ["clusterA", "clusterB", "clusterY"] }).where(eq(namespaces.name, "unlinked"));
+      await a.client(OperatorService).deleteNamespace({ namespace: "unlinked" });
+      // Before: deleted, clusterY passed over unsaid (only members connected here were asked).
+      const res = await tern(b, "operator", "namespace", "delete", "unlinked", "--yes");
+      expect([res.code, res.out]).toEqual([0, "Deleted namespace unlinked (0 workflow executions)\n"]);
+      expect(res.err).toBe(
+        "NOTE: cluster clusterY, listed in namespace unlinked's clusters but not connected to the cluster asked, was not asked whether it holds unlinked " +
+          "at a later failover version; if one does, this copy was behind, not stale ('tern operator namespace describe unlinked' there says where it is active)\n",
+      );
+      await expect(describeOn(b, "unlinked")).rejects.toThrow("not found");
     });
 
     test("TestAPassiveCopyItsActiveClusterStillHoldsIsNotDeleted", async () => {

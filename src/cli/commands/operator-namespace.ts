@@ -224,8 +224,21 @@ const remove: LeafCommand = {
     const res = await ctx.operator().deleteNamespace({ namespace }, { signal: ctx.signal, timeoutMs: ctx.deadlineMs(ctx.longRunMs) });
     if (ctx.format === "json") return ctx.out(messageJson(DeleteNamespaceResponseSchema, res));
     ctx.out(`Deleted namespace ${res.deletedNamespace || namespace} (${res.deletedExecutions} workflow executions)\n`);
+    if (res.unaskedClusters.length) ctx.err(unaskedNote(namespace, res.unaskedClusters));
   },
 };
+
+/**
+ * A NOTE for a stale copy deleted while members of its namespace were not asked whether they hold
+ * it at a later failover version (not connected to the cluster asked): the copy may have been
+ * behind, not stale, and the operator learns whom to check.
+ */
+function unaskedNote(namespace: string, clusters: string[]): string {
+  const names = clusters.map((c) => `cluster ${c}`).join(", ");
+  return `NOTE: ${names}, listed in namespace ${namespace}'s clusters but not connected to the cluster asked, ${clusters.length === 1 ? "was" : "were"} not asked ` +
+    `whether ${clusters.length === 1 ? "it holds" : "they hold"} ${namespace} at a later failover version; if one does, this copy was behind, not stale ` +
+    `('tern operator namespace describe ${namespace}' there says where it is active)\n`;
+}
 
 /** `tern operator namespace ...`. */
 export const operatorNamespaceCommand: GroupCommand = {
