@@ -65,6 +65,35 @@ export function createListJsonWriter<Desc extends DescMessage>(out: Writer, key:
   };
 }
 
+/**
+ * JSON text written a value at a time, indented as JSON.stringify(value, null, 2) indents it:
+ * open and close objects and arrays, and write values (keyed inside an object) between them.
+ */
+export function createJsonStream(out: Writer) {
+  const levels: { count: number }[] = [];
+  const indent = () => "  ".repeat(levels.length);
+  const start = (key: string | undefined) => {
+    const level = levels.at(-1);
+    if (level) out(level.count++ ? ",\n" : "\n");
+    out(`${indent()}${key === undefined ? "" : `${JSON.stringify(key)}: `}`);
+  };
+  return {
+    open(key: string | undefined, bracket: "{" | "[") {
+      start(key);
+      out(bracket);
+      levels.push({ count: 0 });
+    },
+    value(key: string | undefined, value: unknown) {
+      start(key);
+      out(JSON.stringify(value, null, 2).replaceAll("\n", `\n${indent()}`));
+    },
+    close(bracket: "}" | "]") {
+      const level = levels.pop()!;
+      out(level.count ? `\n${indent()}${bracket}` : bracket);
+    },
+  };
+}
+
 /** One message as a single JSON line (NDJSON), for streaming output. */
 export function messageJsonLine<Desc extends DescMessage>(schema: Desc, msg: MessageShape<Desc>): string {
   return JSON.stringify(toJson(schema, msg)) + "\n";

@@ -217,15 +217,27 @@ export const HISTORY_PAGE_BYTES = 4 << 20;
  * so such a page may end early, never late.
  */
 export function pageEnd(run: ExecutionRow, from: number, limit: number, budget: number = HISTORY_PAGE_BYTES, { branches = false } = {}) {
-  const e = (column: string) => sql.raw(`e.${column}`);
-  const columns = sql.raw("namespace_id, workflow_id, run_id, event_id, attributes");
-  const events = branches ? sql`(select ${columns} from ${historyEvents} union all select ${columns} from ${historyBranchEvents})` : historyEvents;
-  const key = sql`${e("namespace_id")} = ${run.namespaceId} and ${e("workflow_id")} = ${run.workflowId} and ${e("run_id")} = ${run.runId}`;
-  const size = sql`(case when pg_column_compression(${e("attributes")}) is null then pg_column_size(${e("attributes")}) else octet_length(${e("attributes")}::text) end)::bigint`;
+  const { e, events, key, size } = measured(run, branches);
   const chunk = sql`select max(${e("event_id")}) as last, coalesce(sum(${size}), 0)::bigint as bytes from ${events} e where ${key} and ${e("event_id")} > walk.last and ${e("event_id")} <= walk.last + walk.step and ${e("event_id")} < ${from + limit}`;
   const walk = sql`walk(last, bytes, step, k) as (select ${from - 1}::bigint, 0::bigint, 1::bigint, 0 union all select c.last, walk.bytes + c.bytes, walk.step * 2, walk.k + 1 from walk cross join lateral (${chunk}) c where walk.bytes < ${budget} and c.last is not null)`;
   const through = sql`select ${e("event_id")} as event_id, prev.bytes + sum(${size}) over (order by ${e("event_id")}) as through from ${events} e where ${key} and ${e("event_id")} > prev.last and ${e("event_id")} <= fin.last`;
   const crossing = sql`select min(q.event_id) + 1 from (${through}) q where q.through >= ${budget}`;
   const steps = sql`fin as (select * from walk order by k desc limit 1), prev as (select * from walk where k = (select k - 1 from fin))`;
   return sql<number>`(with recursive ${walk}, ${steps} select case when fin.k = 0 then ${run.nextEventId} when fin.bytes < ${budget} then fin.last + 1 else (${crossing}) end from fin left join prev on true)`;
+}
+
+/** What pageEnd measures, in SQL: the events (of e), the run's key over them, and an event's measure. */
+function measured(run: ExecutionRow, branches: boolean) {
+  const e = (column: string) => sql.raw(`e.${column}`);
+  const columns = sql.raw("namespace_id, workflow_id, run_id, event_id, attributes");
+  const events = branches ? sql`(select ${columns} from ${historyEvents} union all select ${columns} from ${historyBranchEvents})` : historyEvents;
+  const key = sql`${e("namespace_id")} = ${run.namespaceId} and ${e("workflow_id")} = ${run.workflowId} and ${e("run_id")} = ${run.runId}`;
+  const size = sql`(case when pg_column_compression(${e("attributes")}) is null then pg_column_size(${e("attributes")}) else octet_length(${e("attributes")}::text) end)::bigint`;
+  return { e, events, key, size };
+}
+
+/** The measure pageEnd gives events [from, before) of run, in SQL (branches: as pageEnd's). */
+export function rangeBytes(run: ExecutionRow, from: number, before: number, { branches = false } = {}) {
+  const { e, events, key, size } = measured(run, branches);
+  return sql<number>`(select coalesce(sum(${size}), 0)::bigint from ${events} e where ${key} and ${e("event_id")} >= ${from} and ${e("event_id")} < ${before})`;
 }

@@ -4,12 +4,12 @@ import { HistoryEventSchema, type HistoryEvent, type WorkflowExecution } from ".
 import type { GetWorkflowExecutionHistoryResponse } from "../../gen/tern/workflow/v1/service_pb";
 import { getBoolean } from "../args";
 import type { CommandContext, LeafCommand } from "../command";
-import { ListHistoryBranchesResponseSchema, type ListHistoryBranchesResponse } from "../../gen/tern/admin/v1/service_pb";
 import { FOLLOW_WAIT_MS } from "../deadline";
 import { UsageError } from "../errors";
-import { EVENT_HEADERS, eventHeaderLine, eventLine, eventRow, eventTable, formatVersionHistory } from "../format-workflow";
-import { createListJsonWriter, formatTable, messageJson, messageJsonLine } from "../output";
+import { EVENT_HEADERS, eventHeaderLine, eventLine, eventRow } from "../format-workflow";
+import { createListJsonWriter, formatTable, messageJsonLine } from "../output";
 import { executionArg, runIdFlag, workflowIdFlag, workflowNamespace, workflowNamespaceFlag } from "./common-flags";
+import { createBranchesJsonWriter, createBranchesTableWriter, writeBranchPages } from "./workflow-branches";
 
 /** An empty long-poll answer faster than this means the server does not wait; back off. */
 const FAST_EMPTY_MS = 200;
@@ -88,18 +88,6 @@ export async function followHistory(
   }
 }
 
-/** Each branch as a heading line and its event table, the current branch first. */
-export function branchesText(res: ListHistoryBranchesResponse): string {
-  return res.branches
-    .map((b) => {
-      const head = b.current
-        ? `current branch (run ${res.runId}): ${formatVersionHistory(b.versionHistory)}`
-        : `branch ${b.branchId}, lost a conflict, forked after event ${b.forkEventId}: ${formatVersionHistory(b.versionHistory)}`;
-      return `${head}\n${eventTable(b.events)}`;
-    })
-    .join("\n");
-}
-
 const show: LeafCommand = {
   kind: "leaf",
   name: "show",
@@ -110,7 +98,9 @@ const show: LeafCommand = {
     "with --follow -o json, prints one HistoryEvent JSON object per line (NDJSON).",
     "With --all-branches, prints every branch of the run's history: the current one, then",
     "each branch that lost a conflict after a forced failover (from event 1, with its fork",
-    "point and version history); -o json prints the ListHistoryBranchesResponse.",
+    "point and version history), a page of up to 1,000 events at a time, each branch printed",
+    "once its last page came; -o json prints the ListHistoryBranchesResponse, written as its",
+    "pages come.",
   ].join("\n"),
   flags: [
     workflowNamespaceFlag,
@@ -127,12 +117,8 @@ const show: LeafCommand = {
     };
     if (getBoolean(args, "all-branches")) {
       if (getBoolean(args, "follow")) throw new UsageError("--all-branches and --follow cannot be combined");
-      const res = await ctx.admin().listHistoryBranches(
-        { namespace: cursor.namespace, workflowId: cursor.execution.workflowId, runId: cursor.execution.runId },
-        { signal: ctx.signal },
-      );
-      ctx.out(ctx.format === "json" ? messageJson(ListHistoryBranchesResponseSchema, res) : branchesText(res));
-      return;
+      const writer = ctx.format === "json" ? createBranchesJsonWriter(ctx.out) : createBranchesTableWriter(ctx.out);
+      return writeBranchPages(ctx, { namespace: cursor.namespace, workflowId: cursor.execution.workflowId, runId: cursor.execution.runId }, writer);
     }
     if (!getBoolean(args, "follow")) {
       if (ctx.format === "table") return void ctx.out(formatTable(EVENT_HEADERS, await readHistoryRows(ctx, cursor)));
