@@ -4,6 +4,7 @@ import { sql } from "drizzle-orm";
 import { readMigrationFiles } from "drizzle-orm/migrator";
 import { migrate as migratePostgres } from "drizzle-orm/postgres-js/migrator";
 import { errorReason, INSUFFICIENT_PRIVILEGE, pgErrorOf, schemaTooNewMessage } from "../errors";
+import { blockedMigrationReason } from "./blocked-migration";
 import type { Database, Db } from "./database";
 
 /** Where the applied-migration journal lives (drizzle's default). */
@@ -39,13 +40,15 @@ export async function migrateSchema(database: Database, migrationsFolder: string
     const before = await schemaStatus({ ...database, db }, migrationsFolder);
     if (before.unknownApplied > 0) throw new SchemaTooNewError(before.unknownApplied);
     if (before.pending.length === 0) return [];
+    const files = readMigrationFiles({ migrationsFolder });
     try {
       if (database.kind === "pglite") await (await import("drizzle-orm/pglite/migrator")).migrate(db as never, { migrationsFolder });
       else await migratePostgres(db as never, { migrationsFolder });
     } catch (e) {
       // drizzle's message names the statement only ("Failed query: CREATE SCHEMA ..."): the reason
       // (a role that may not create, a lock timeout) is the database's.
-      throw new Error(`migrating the database failed: ${errorReason(e)}${pgErrorOf(e).code === INSUFFICIENT_PRIVILEGE ? MIGRATING_ROLE : ""}`, { cause: e });
+      const why = pgErrorOf(e).code === INSUFFICIENT_PRIVILEGE ? MIGRATING_ROLE : await blockedMigrationReason(db, e, files, before.known);
+      throw new Error(`migrating the database failed: ${errorReason(e)}${why}`, { cause: e });
     }
     return before.pending;
   });

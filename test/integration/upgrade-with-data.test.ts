@@ -1,6 +1,5 @@
 import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { sql } from "drizzle-orm";
 import { BackfillService } from "../../src/gen/tern/admin/v1/backfill_pb";
@@ -14,6 +13,7 @@ import { connectAll, describeOn, startClusters } from "../failover/mesh";
 import { faultyApplier } from "../replication/dlq-faults";
 import { addr, expectSameHistories, globalNamespace } from "../replication/support";
 import { eventually } from "../support/eventually";
+import { migrationsThrough } from "../support/migrations";
 import { migrationsFolder, newDataLocation, startTestCluster, type TestCluster } from "../support/server";
 import type { StoreKind } from "../support/stores";
 import { testStores } from "../support/stores";
@@ -33,17 +33,6 @@ const BACK_TO_OLD = [
   `alter table "backfill_jobs" drop column "retry_error"`,
   `drop table "held_namespace_tasks"`,
 ];
-
-/** A copy of drizzle/ whose journal ends at OLD_LAST: the previous release's migrations. */
-function oldMigrations(): { folder: string; remove(): void } {
-  const folder = mkdtempSync(join(tmpdir(), "tern-old-migrations-"));
-  cpSync(migrationsFolder, folder, { recursive: true });
-  const path = join(folder, "meta", "_journal.json");
-  const journal = JSON.parse(readFileSync(path, "utf8")) as { entries: { tag: string }[] };
-  const last = journal.entries.findIndex((e) => e.tag === OLD_LAST);
-  writeFileSync(path, JSON.stringify({ ...journal, entries: journal.entries.slice(0, last + 1) }));
-  return { folder, remove: () => rmSync(folder, { recursive: true, force: true }) };
-}
 
 const open = (store: StoreKind, location: string) => openDatabase(store === "postgres" ? { postgres: { url: location } } : { pglite: { dataDir: location } });
 
@@ -92,7 +81,7 @@ async function backToOldRelease(store: StoreKind, x: TestCluster, old: string[])
 
 for (const store of await testStores()) {
   describe(`upgrade from the previous release's schema (${OLD_LAST}) with data, on ${store}`, () => {
-    const migrations = oldMigrations();
+    const migrations = migrationsThrough(OLD_LAST);
     const clusters: TestCluster[] = [];
     afterAll(async () => {
       // The restarted ones first: the first of each owns the data.

@@ -1,0 +1,54 @@
+import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import postgres from "postgres";
+import { openDatabase } from "../../src/persistence/database";
+import { migrateSchema, schemaStatus } from "../../src/persistence/migrate";
+import { migrationsThrough } from "../support/migrations";
+import { migrationsFolder, newDataLocation } from "../support/server";
+import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
+
+setDefaultTimeout(serverStartTimeout);
+
+const removals: (() => Promise<void> | void)[] = [];
+afterAll(async () => {
+  for (const remove of removals.reverse()) await remove();
+});
+
+// An upgrade's migrations meeting a table another session holds (a pg_dump, an operator's open
+// transaction): the start fails at the lock timeout, and must say what to end and that the
+// database is as it was.
+describe.if((await testStores()).includes("postgres"))("a migration blocked by another session's lock", () => {
+  test("TestMigrationBlockedByAnotherSessionsLockNamesItsHolderAndAppliesNothing", async () => {
+    const { location, remove } = await newDataLocation("postgres");
+    removals.push(remove);
+    const old = migrationsThrough("0006_replication_task_event_bytes");
+    removals.push(old.remove);
+    const database = await openDatabase({ postgres: { url: location, lockTimeoutMs: 200 } });
+    removals.push(() => database.close());
+    await migrateSchema(database, old.folder);
+
+    // 0007 alters history_branches: a session reading it (as pg_dump does) holds it.
+    const admin = postgres(location, { max: 1, onnotice: () => {}, connection: { application_name: "upgrade-test-dump" } });
+    const holder = await admin.reserve();
+    let failure = "";
+    try {
+      await holder`begin`;
+      await holder`lock table history_branches in access share mode`;
+      const [row] = await holder`select pg_backend_pid() as pid`;
+      const pid = row?.pid as number;
+      failure = await migrateSchema(database, migrationsFolder).then(() => "migrated", (e) => String(e));
+      expect(failure).toContain("55P03: canceling statement due to lock timeout");
+      expect(failure).toContain("applying 0007_history_branch_reapplied_through");
+      expect(failure).toContain(`its table history_branches held by pid ${pid} (upgrade-test-dump, idle in transaction since `);
+      expect(failure).toContain("none of the pending migrations is applied");
+      expect((await schemaStatus(database, migrationsFolder)).pending[0]).toBe("0007_history_branch_reapplied_through");
+    } finally {
+      await holder`rollback`;
+      holder.release();
+      await admin.end({ timeout: 1 });
+    }
+    // The holder gone, the next start applies them all.
+    expect(await migrateSchema(database, migrationsFolder)).toContain("0007_history_branch_reapplied_through");
+    expect((await schemaStatus(database, migrationsFolder)).pending).toEqual([]);
+  });
+});
