@@ -1,7 +1,9 @@
 import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { sql } from "drizzle-orm";
 import postgres from "postgres";
 import { openDatabase } from "../../src/persistence/database";
-import { migrateSchema, schemaStatus } from "../../src/persistence/migrate";
+import { migrateSchema, rowsOf, schemaStatus } from "../../src/persistence/migrate";
+import { eventually } from "../support/eventually";
 import { migrationsThrough } from "../support/migrations";
 import { migrationsFolder, newDataLocation } from "../support/server";
 import { testStores } from "../support/stores";
@@ -49,6 +51,44 @@ describe.if((await testStores()).includes("postgres"))("a migration blocked by a
     }
     // The holder gone, the next start applies them all.
     expect(await migrateSchema(database, migrationsFolder)).toContain("0007_history_branch_reapplied_through");
+    expect((await schemaStatus(database, migrationsFolder)).pending).toEqual([]);
+  });
+
+  test("TestMigrationWhoseSessionDiesMidwayLeavesTheDatabaseAsItWasAndTheNextStartAppliesAll", async () => {
+    const { location, remove } = await newDataLocation("postgres");
+    removals.push(remove);
+    const old = migrationsThrough("0005_namespace_write_barrier");
+    removals.push(old.remove);
+    // No lock timeout: the migration waits at 0007 (0006 applied in its transaction) until its session is ended, as a killed server's is.
+    const database = await openDatabase({ postgres: { url: location, lockTimeoutMs: 0 } });
+    removals.push(() => database.close());
+    await migrateSchema(database, old.folder);
+
+    const admin = postgres(location, { max: 2, onnotice: () => {} });
+    const holder = await admin.reserve();
+    let failure: string | undefined;
+    try {
+      await holder`begin`;
+      await holder`lock table history_branches in access share mode`;
+      const migrating = migrateSchema(database, migrationsFolder).then(() => "migrated", (e) => String(e));
+      await eventually(async () => {
+        const [waiting] = await admin`select pid from pg_stat_activity where datname = current_database() and application_name = 'tern-migrate' and wait_event_type = 'Lock' and query like 'ALTER TABLE "history_branches"%'`;
+        expect(waiting).toBeDefined();
+        await admin`select pg_terminate_backend(${waiting!.pid as number})`;
+      }, { timeout: 15_000, interval: 50 });
+      failure = await migrating;
+    } finally {
+      await holder`rollback`;
+      holder.release();
+      await admin.end({ timeout: 1 });
+    }
+    expect(failure).toContain("migrating the database failed");
+    // 0006, applied before the session died, is not there: the migrations are one transaction.
+    const status = await schemaStatus(database, migrationsFolder);
+    expect(status.pending[0]).toBe("0006_replication_task_event_bytes");
+    const column = rowsOf(await database.db.execute(sql`select 1 from information_schema.columns where table_name = 'replication_tasks' and column_name = 'event_bytes'`));
+    expect(column).toEqual([]);
+    expect(await migrateSchema(database, migrationsFolder)).toEqual(status.pending);
     expect((await schemaStatus(database, migrationsFolder)).pending).toEqual([]);
   });
 });
