@@ -16,18 +16,24 @@ afterAll(async () => {
   for (const remove of removals.reverse()) await remove();
 });
 
+/** A new PostgreSQL database migrated through the migration tagged last, as an older build left it, opened with lockTimeoutMs. */
+async function databaseThrough(last: string, lockTimeoutMs: number) {
+  const { location, remove } = await newDataLocation("postgres");
+  removals.push(remove);
+  const old = migrationsThrough(last);
+  removals.push(old.remove);
+  const database = await openDatabase({ postgres: { url: location, lockTimeoutMs } });
+  removals.push(() => database.close());
+  await migrateSchema(database, old.folder);
+  return { location, database };
+}
+
 // An upgrade's migrations meeting a table another session holds (a pg_dump, an operator's open
 // transaction): the start fails at the lock timeout, and must say what to end and that the
 // database is as it was.
 describe.if((await testStores()).includes("postgres"))("a migration blocked by another session's lock", () => {
   test("TestMigrationBlockedByAnotherSessionsLockNamesItsHolderAndAppliesNothing", async () => {
-    const { location, remove } = await newDataLocation("postgres");
-    removals.push(remove);
-    const old = migrationsThrough("0006_replication_task_event_bytes");
-    removals.push(old.remove);
-    const database = await openDatabase({ postgres: { url: location, lockTimeoutMs: 200 } });
-    removals.push(() => database.close());
-    await migrateSchema(database, old.folder);
+    const { location, database } = await databaseThrough("0006_replication_task_event_bytes", 200);
 
     // 0007 alters history_branches: a session reading it (as pg_dump does) holds it.
     const admin = postgres(location, { max: 1, onnotice: () => {}, connection: { application_name: "upgrade-test-dump" } });
@@ -55,14 +61,8 @@ describe.if((await testStores()).includes("postgres"))("a migration blocked by a
   });
 
   test("TestMigrationWhoseSessionDiesMidwayLeavesTheDatabaseAsItWasAndTheNextStartAppliesAll", async () => {
-    const { location, remove } = await newDataLocation("postgres");
-    removals.push(remove);
-    const old = migrationsThrough("0005_namespace_write_barrier");
-    removals.push(old.remove);
     // No lock timeout: the migration waits at 0007 (0006 applied in its transaction) until its session is ended, as a killed server's is.
-    const database = await openDatabase({ postgres: { url: location, lockTimeoutMs: 0 } });
-    removals.push(() => database.close());
-    await migrateSchema(database, old.folder);
+    const { location, database } = await databaseThrough("0005_namespace_write_barrier", 0);
 
     const admin = postgres(location, { max: 2, onnotice: () => {} });
     const holder = await admin.reserve();
