@@ -205,4 +205,23 @@ export function createReplicationManager({ db, clients, streamsFor, log, onStopp
 
 export type ReplicationManager = ReturnType<typeof createReplicationManager>;
 
+/**
+ * The states replication_connection_state shows. `unknown`: a remote known here whose streams are
+ * not running for a moment (restarted after a change of its address, or being removed).
+ */
+export const CONNECTION_STATES = ["connected", "connecting", "error", "disabled", "unknown"];
+
+/**
+ * replication_connection_state's series: each remote's state as replication status shows it, one per
+ * state, exactly one of them 1. A state outside CONNECTION_STATES is `unknown`: while a remote's
+ * streams restarted, its series were all 0, and a scraper saw no state at all.
+ */
+export function connectionStateSeries(manager: Pick<ReplicationManager, "remotes" | "connectionState">): { labels: Record<string, string>; value: number }[] {
+  return manager.remotes().flatMap((remote) => {
+    const state = manager.connectionState(remote).replace(/^error: .*/s, "error");
+    const now = CONNECTION_STATES.includes(state) ? state : "unknown";
+    return CONNECTION_STATES.map((s) => ({ labels: { remote_cluster: remote, state: s }, value: s === now ? 1 : 0 }));
+  });
+}
+
 const keyOf = (r: typeof clusterMetadata.$inferSelect) => `${r.rpcAddress}|${r.historyShardCount}|${r.clusterId}`;

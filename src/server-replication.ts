@@ -8,7 +8,7 @@ import { createReplicationCleanup } from "../replication/cleanup";
 import { createGracefulFailover, resetAbandonedHandovers } from "../replication/failover";
 import { createFailoverTargetCheck } from "../replication/failover-target";
 import { startBackfillsFrom, stopBackfillsFrom } from "../replication/backfill-jobs";
-import { createReplicationManager, type ReplicationManager } from "../replication/manager";
+import { connectionStateSeries, createReplicationManager } from "../replication/manager";
 import { createNamespaceReceiver } from "../replication/namespace-receiver";
 import { createNamespaceSender, NAMESPACE_QUEUE_KEY } from "../replication/namespace-sender";
 import { resendNamespacesTo } from "../replication/namespace-queue";
@@ -57,7 +57,7 @@ export function wireReplication({ opts, log, now, cluster, database }: Base, cor
       if (removed) refreshDlqGauge();
     },
   });
-  metrics.collect("replication_connection_state", () => connectionStates(manager));
+  metrics.collect("replication_connection_state", () => connectionStateSeries(manager));
   const failover = createGracefulFailover({
     db, namespaces, clusters: core.clusters, notifier, log, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY),
     withSessionLock: database.withSessionLock, targetProblem: createFailoverTargetCheck({ clusters: core.clusters, clients }),
@@ -115,14 +115,4 @@ function forgetRemoteGauges(metrics: Metrics, name: string, removed: boolean): v
   metrics.remove("replication_tasks_lag", remote);
   metrics.remove("replication_stream_received_tasks", remote);
   if (removed) metrics.remove("namespace_replication_task_ack_level", remote);
-}
-
-const CONNECTION_STATES = ["connected", "connecting", "error", "disabled"];
-
-/** replication_connection_state's series: each remote's state as replication status shows it, one per state, 1 for the current one. */
-function connectionStates(manager: ReplicationManager): { labels: Record<string, string>; value: number }[] {
-  return manager.remotes().flatMap((remote) => {
-    const now = manager.connectionState(remote).replace(/^error: .*/s, "error");
-    return CONNECTION_STATES.map((state) => ({ labels: { remote_cluster: remote, state }, value: state === now ? 1 : 0 }));
-  });
 }

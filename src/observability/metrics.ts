@@ -77,7 +77,7 @@ const HELP: Record<string, [Family["type"], string]> = {
   namespace_replication_task_ack_level: ["gauge", "Namespace replication task applied here, per remote cluster"],
   replication_tasks_failed: ["counter", "History replication task apply attempts that failed, for any reason (this database, the task itself); each is retried, and a task failing for its own reason goes to the DLQ after 5"],
   replication_dlq_size: ["gauge", "History replication tasks in this cluster's DLQ, per source cluster"],
-  replication_connection_state: ["gauge", "1 for the state of this cluster's connection to a remote cluster (connected, connecting, error, disabled), as the CONNECTION column of replication status; 0 for the other states"],
+  replication_connection_state: ["gauge", "1 for the state of this cluster's connection to a remote cluster (connected, connecting, error, disabled, unknown: its streams restarting), as the CONNECTION column of replication status; 0 for the other states, so exactly one is 1"],
   process_event_loop_delay_seconds: ["histogram", "Seconds a timer of this process fired past its due time, sampled every 100 ms: how long work arriving here waited for the event loop"],
 };
 

@@ -1,8 +1,9 @@
 import { describe, expect, test } from "bun:test";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { createReplicationManager, type ReplicationManagerDeps, type ReplicationStream, type StreamReport } from "../../replication/manager";
+import { connectionStateSeries, createReplicationManager, type ReplicationManagerDeps, type ReplicationStream, type StreamReport } from "../../replication/manager";
 import { createLogger } from "../../src/observability/log";
 import { eventually } from "../support/eventually";
+import { createGate } from "../support/gate";
 
 /** The one remote cluster a fake database lists. */
 const remoteRow = {
@@ -140,6 +141,42 @@ describe("a remote's connection state", () => {
     reports.get("history")!.ok();
     // A stream that never reported (backfill, idle) leaves the state to the others.
     expect(manager.connectionState("clusterA")).toBe("connected");
+    await manager.stop();
+  });
+});
+
+describe("replication_connection_state", () => {
+  test("TestAConnectionStateShowsWhileARemotesStreamsRestart: exactly one state is 1 (unknown) while a moved remote's old stream ends, connected again once its new one answers", async () => {
+    // The remote's address changes: its stream is stopped and started again, the old one slow to end (its call in flight).
+    const row = { ...remoteRow };
+    const moving = { select: () => ({ from: () => ({ where: async () => [row] }) }) };
+    const ending = createGate();
+    let runs = 0;
+    const stream: ReplicationStream = {
+      name: "history",
+      async run(_remote, signal, report) {
+        runs += 1;
+        report.ok();
+        await new Promise((r) => signal.addEventListener("abort", r, { once: true }));
+        await ending.held;
+      },
+    };
+    const manager = createReplicationManager({
+      db: moving, clients: { get: () => ({}) }, streamsFor: () => [stream], log: createLogger({ write: () => {} }),
+    } as unknown as ReplicationManagerDeps);
+    const stateOne = () => connectionStateSeries(manager).filter((s) => s.value === 1).map((s) => s.labels.state);
+    await manager.start();
+    await eventually(() => expect(stateOne()).toEqual(["connected"]));
+
+    ending.close();
+    row.rpcAddress = "127.0.0.1:2";
+    const refreshed = manager.refresh();
+    await eventually(() => expect(manager.connectionState("clusterA")).toBe("unknown"));
+    expect(stateOne()).toEqual(["unknown"]);
+    expect(connectionStateSeries(manager)).toHaveLength(5);
+    ending.open();
+    await refreshed;
+    await eventually(() => expect([runs, stateOne()]).toEqual([2, ["connected"]]));
     await manager.stop();
   });
 });
