@@ -103,6 +103,10 @@ export function createReplicationStatus(deps: ReplicationStatusDeps) {
       // its namespace tasks too, or those alone when only its namespace polls fail.
       const heard = inboundHeard(remote.clusterName);
       const nsHeard = namespaceHeard(remote.clusterName);
+      // Paused: nothing is asked of it, so what it wrote since is not seen either (the last answer
+      // stayed fresh for up to 12 s, the lag shown as 0 meanwhile).
+      const unknown = heard.stale || !remote.enableConnection;
+      const why = remote.enableConnection ? undefined : `${cluster.clusterName}'s connection to ${remote.clusterName} is disabled`;
       out.push({
         clusterName: remote.clusterName,
         connectionState: connectionState(remote.clusterName),
@@ -114,11 +118,11 @@ export function createReplicationStatus(deps: ReplicationStatusDeps) {
         namespaceLagTasks: BigInt(Math.max(0, (ns?.maxTaskId ?? 0) - (ns?.ackLevel ?? 0))),
         dlqSize: BigInt(dlq.get(remote.clusterName) ?? 0),
         inboundHeardAt: heard.at && timestampFromDate(heard.at),
-        inboundLagUnknown: heard.stale,
+        inboundLagUnknown: unknown,
         namespaceHeardAt: nsHeard.at && timestampFromDate(nsHeard.at),
-        namespaceLagUnknown: heard.stale || nsHeard.stale,
-        namespaceError: nsHeard.error ?? "",
-        inboundError: heard.error ?? "",
+        namespaceLagUnknown: unknown || nsHeard.stale,
+        namespaceError: why ?? nsHeard.error ?? "",
+        inboundError: why ?? heard.error ?? "",
       });
     }
     const missing = await unconnected(new Set(remotes.map((r) => r.clusterName)));

@@ -48,6 +48,11 @@ for (const store of await testStores()) {
       await eventually(async () => expect(await connectionStateOf(a, "clusterB")).toEqual(["connected"]));
       const op = a.client(OperatorService);
       await op.addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: false });
+      // Paused, B's last answer a moment old: status claims no lag at once, not 0 for 12 s until that answer is overdue.
+      const paused = (await a.client(AdminService).getReplicationStatus({})).remotes.find((r) => r.clusterName === "clusterB")!;
+      expect([paused.inboundLagUnknown, paused.namespaceLagUnknown, paused.inboundError, paused.namespaceError]).toEqual([
+        true, true, "clusterA's connection to clusterB is disabled", "clusterA's connection to clusterB is disabled",
+      ]);
       // Paused: how far behind A is cannot be known from here (replication status says unknown).
       await eventually(async () => {
         expect(await seriesOf(a, "replication_tasks_lag", "clusterB")).toEqual([]);

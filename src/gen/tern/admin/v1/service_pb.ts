@@ -752,7 +752,8 @@ export type RemoteClusterReplicationStatus = Message<"tern.admin.v1.RemoteCluste
   /**
    * The history stream's call to the remote failed since it last answered (inbound_error), or
    * nothing was heard from it for longer than it goes between messages (it sends at least every
-   * 10 s; 2 s more, as for the connection's state), or never since this server started: the
+   * 10 s; 2 s more, as for the connection's state), or never since this server started, or the
+   * connection is disabled (enable_connection false; inbound_error and namespace_error say so): the
    * remote may have written tasks this cluster cannot see, so the inbound lag is unknown (the
    * rows' lag is what it was as of inbound_heard_at, at least; the remote's outbound rows say).
    * That holds for namespace replication too: namespace_lag_tasks is then as of inbound_heard_at.
