@@ -45,6 +45,14 @@ export interface InboundProgress {
   oldestUnapplied?: Date;
 }
 
+/**
+ * How long a shard's oldest task known unapplied here has waited since its commit on the source, in
+ * ms (0 with none unapplied): since is when to count from, its oldestUnapplied or what stands for it.
+ */
+export function inboundLagMs(p: Pick<InboundProgress, "maxTaskId" | "ackLevel">, since: Date | undefined, now: number): number {
+  return p.maxTaskId > p.ackLevel && since ? Math.max(0, now - since.getTime()) : 0;
+}
+
 /** A shard's lag gauge setter (inbound): set when the shard's lag changed. */
 export type Lag = (shardId: number, p: InboundProgress) => void;
 
@@ -242,6 +250,14 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     },
     /** What this process last saw of remote's shard, if it pulled it. */
     progress: (remote: string, shardId: number): InboundProgress | undefined => progress.get(remote)?.get(shardId),
+    /** The longest inboundLagMs of remote's shards as this process saw them; undefined before it took any. */
+    lagMs(remote: string, now = Date.now()): number | undefined {
+      const shards = progress.get(remote);
+      if (!shards) return undefined;
+      let most = 0;
+      for (const p of shards.values()) most = Math.max(most, inboundLagMs(p, p.oldestUnapplied, now));
+      return most;
+    },
     /**
      * When this process last heard from remote, and whether that is longer ago than the source
      * goes between messages and its slack (the stream's state says it is overdue then): its

@@ -14,7 +14,7 @@ import { heldSummary } from "./namespace-held";
 import { lastTaskIds } from "./outbox";
 import { listsClusters } from "../src/namespace/lists-clusters";
 import type { Heard } from "./inbound-heard";
-import type { InboundProgress } from "./receiver";
+import { inboundLagMs, type InboundProgress } from "./receiver";
 
 export interface ReplicationStatusDeps {
   db: Db;
@@ -48,10 +48,8 @@ export function createReplicationStatus(deps: ReplicationStatusDeps) {
       const seen = inboundProgress(remote.clusterName, shardId);
       const max = Math.max(seen?.maxTaskId ?? 0, row?.maxTaskId ?? 0);
       const acked = Math.max(seen?.ackLevel ?? 0, row?.ackLevel ?? 0);
-      const lag = Math.max(0, max - acked);
       const since = seen?.oldestUnapplied ?? row?.lastAppliedCreatedAt ?? undefined;
-      const lagMs = lag > 0 && since ? Math.max(0, now() - since.getTime()) : 0;
-      return shardStatus(shardId, max, acked, lag, lagMs);
+      return shardStatus(shardId, max, acked, Math.max(0, max - acked), inboundLagMs({ maxTaskId: max, ackLevel: acked }, since, now()));
     });
   }
 

@@ -58,6 +58,12 @@ export function wireReplication({ opts, log, now, cluster, database }: Base, cor
     },
   });
   metrics.collect("replication_connection_state", () => connectionStateSeries(manager));
+  // Read at each scrape: a task waiting to apply ages with nothing else changing. Not of a disabled remote, nor a stale one (as replication_tasks_lag).
+  metrics.collect("replication_lag_seconds", () => manager.remotes().flatMap((remote) => {
+    const ms = manager.connectionState(remote) === "disabled" ? undefined : historyReceiver.lagMs(remote);
+    return ms === undefined ? [] : [{ labels: { remote_cluster: remote }, value: ms / 1000 }];
+  }));
+  metrics.unknownWhile("replication_lag_seconds", (labels) => historyReceiver.heard(labels.remote_cluster!).stale);
   const failover = createGracefulFailover({
     db, namespaces, clusters: core.clusters, notifier, log, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY),
     withSessionLock: database.withSessionLock, targetProblem: createFailoverTargetCheck({ clusters: core.clusters, clients }),

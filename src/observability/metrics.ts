@@ -67,6 +67,7 @@ const HELP: Record<string, [Family["type"], string]> = {
   replication_fetch_latency: ["histogram", "Seconds from a history write on the source to its page arriving here: the source's commit and answer, and the network"],
   replication_apply_latency: ["histogram", "Seconds from a history page arriving here to its apply: the wait for the apply before it, then its own"],
   replication_tasks_lag: ["gauge", "History replication tasks of a remote shard not yet applied here; absent while the remote's connection is disabled, its stream's call failed since it last answered, or it has not been heard from within its long-poll wait and 2 s (its inbound lag unknown in replication status)"],
+  replication_lag_seconds: ["gauge", "Seconds the oldest history replication task of a remote not yet applied here has waited since its commit there, the longest of its shards (0 with none waiting): replication status's inbound LAG (MS), in seconds; absent while replication_tasks_lag is"],
   replication_outbound_tasks_lag: ["gauge", "History replication tasks of a shard here that a remote cluster has not acked yet (kept for it); set by the task cleanup, every 10 s"],
   replication_streams_served: ["gauge", "StreamReplicationTasks calls this cluster is serving, per pulling peer"],
   replication_stream_received_tasks: ["gauge", "History replication tasks read from a remote's stream and not applied yet: its reader stops reading while a shard page's worth waits"],

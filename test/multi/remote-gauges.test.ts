@@ -2,7 +2,9 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import type { HistoryApplier } from "../../replication/applier";
 import { T } from "../backfill/support";
+import { createGate } from "../support/gate";
 import { addr, eventuallyOn, startOrdersPair } from "../failover/mesh";
 import { eventually } from "../support/eventually";
 import { startLinkedPair } from "../support/linked-pair";
@@ -57,11 +59,15 @@ for (const store of await testStores()) {
       await eventually(async () => {
         expect(await seriesOf(a, "replication_tasks_lag", "clusterB")).toEqual([]);
         expect(await seriesOf(a, "replication_stream_received_tasks", "clusterB")).toEqual([]);
+        expect(await seriesOf(a, "replication_lag_seconds", "clusterB")).toEqual([]);
         expect(await connectionStateOf(a, "clusterB")).toEqual(["disabled"]);
       });
       await op.addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: true });
       await b.client(WorkflowService).signalWorkflowExecution({ namespace: "b-side", workflowExecution: { workflowId: "w" }, signalName: "s" });
-      await eventually(async () => expect(await seriesOf(a, "replication_tasks_lag", "clusterB")).toEqual([0, 0, 0, 0]));
+      await eventually(async () => {
+        expect(await seriesOf(a, "replication_tasks_lag", "clusterB")).toEqual([0, 0, 0, 0]);
+        expect(await seriesOf(a, "replication_lag_seconds", "clusterB")).toEqual([0]);
+      });
 
       // Removed: none of B's series stay at their last values.
       await a.client(WorkflowService).updateNamespace({ namespace: "orders", clusters: ["clusterA"] });
@@ -69,7 +75,7 @@ for (const store of await testStores()) {
       await a.client(WorkflowService).updateNamespace({ namespace: "b-side", clusters: ["clusterA"] });
       await op.removeRemoteCluster({ clusterName: "clusterB" });
       await eventually(async () => {
-        for (const name of ["replication_tasks_lag", "replication_stream_received_tasks", "namespace_replication_task_ack_level", "replication_dlq_size"]) {
+        for (const name of ["replication_tasks_lag", "replication_lag_seconds", "replication_stream_received_tasks", "namespace_replication_task_ack_level", "replication_dlq_size"]) {
           expect([name, await seriesOf(a, name, "clusterB")]).toEqual([name, []]);
         }
         expect(await connectionStateOf(a, "clusterB")).toEqual([]);
@@ -102,6 +108,7 @@ for (const store of await testStores()) {
       // Still enabled, the stream failing: status says B cannot know its lag, and the gauge claims none either.
       await eventually(async () => expect(await unknown()).toBe(true), { timeout: 10_000 });
       expect(await seriesOf(b, "replication_tasks_lag", "clusterA")).toEqual([]);
+      expect(await seriesOf(b, "replication_lag_seconds", "clusterA")).toEqual([]);
       // Said in /metrics too, not only by a gauge gone missing (which an idle remote's lag may also be).
       await eventually(async () => {
         const connection = (await b.client(AdminService).getReplicationStatus({})).remotes[0]!.connectionState;
@@ -117,6 +124,49 @@ for (const store of await testStores()) {
         expect(await seriesOf(b, "replication_tasks_lag", "clusterA")).toEqual([0, 0, 0, 0]);
         expect(await connectionStateOf(b, "clusterA")).toEqual(["connected"]);
       }, { timeout: 10_000 });
+    });
+  });
+
+  describe(`a remote's lag in seconds, on ${store}`, () => {
+    let a: TestCluster, b: TestCluster;
+    // B's applies of "held" wait (before their transaction) while the gate is closed: A's task of it waits on B, and ages.
+    const gate = createGate();
+    const holding = (applier: HistoryApplier): HistoryApplier => ({
+      ...applier,
+      async namespacesOf(tasks) {
+        if (tasks.some((t) => (t as { workflowId?: string }).workflowId === "held")) await gate.held;
+        return applier.namespacesOf(tasks);
+      },
+    });
+    beforeAll(async () => {
+      [a, b] = await startOrdersPair(store, [{}, { serverOptions: { replication: { wrapApplier: holding } } }]);
+    });
+    afterAll(async () => {
+      gate.open();
+      await Promise.all([a.destroy(), b.destroy()]);
+    });
+
+    test("TestReplicationLagSecondsIsTheAgeOfTheOldestTaskWaitingAsStatusShowsIt: it grows while the task waits, and is 0 once applied", async () => {
+      await a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "w", ...T });
+      await eventually(async () => expect(await seriesOf(b, "replication_lag_seconds", "clusterA")).toEqual([0]));
+
+      gate.close();
+      await a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "held", ...T });
+      let first = 0;
+      await eventually(async () => {
+        first = (await seriesOf(b, "replication_lag_seconds", "clusterA"))[0] ?? 0;
+        expect(first).toBeGreaterThan(0);
+      });
+      // Read at each scrape: it ages with nothing else changing, and says what status says (LAG (MS)).
+      await eventually(async () => {
+        const statusMs = (await b.client(AdminService).getReplicationStatus({})).remotes[0]!.inbound.reduce((most, s) => Math.max(most, Number(s.lagMs)), 0);
+        const [seconds] = await seriesOf(b, "replication_lag_seconds", "clusterA");
+        expect(seconds!).toBeGreaterThan(first + 0.5);
+        expect(Math.abs(seconds! * 1000 - statusMs)).toBeLessThan(500);
+      });
+
+      gate.open();
+      await eventually(async () => expect(await seriesOf(b, "replication_lag_seconds", "clusterA")).toEqual([0]));
     });
   });
 }
