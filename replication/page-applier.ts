@@ -13,7 +13,7 @@ import { sleep } from "../src/sleep";
 import type { RemoteCluster, StreamReport } from "./manager";
 import { createPageTransactions, settleAll, type AckMove, type Applied } from "./page-transactions";
 import type { InboundProgress } from "./receiver";
-import { DEFAULT_RETRY_POLICY, type RetryPolicy } from "./retry-policy";
+import { retryPolicy, type RetryPolicy } from "./retry-policy";
 
 /** What the receiver's page applier needs. */
 export interface PageApplierDeps {
@@ -65,7 +65,7 @@ function moveOf(b: Batch, from: number, to: number, tasks: ReplicationTask[]): A
  */
 export function createPageApplier(deps: PageApplierDeps) {
   const { writer, metrics, log, dlq, progressOf } = deps;
-  const retry: RetryPolicy = { ...DEFAULT_RETRY_POLICY, ...deps.retry };
+  const retry = retryPolicy(deps.retry);
   const { applyAll } = createPageTransactions(deps);
 
   /**

@@ -40,15 +40,12 @@ function atMost(key: string, value: number, mostKey: string, most: number, defau
 
 /**
  * A first backoff above its maximum waited the first backoff once and the maximum after it (the
- * doubling is capped there): refused, naming the default where one of the two is left out.
+ * doubling is capped there): refused, naming the default where the maximum is left out. A maximum
+ * given alone below the default first backoff caps that too (retry-policy.ts), so it is taken.
  */
 function checkRetry(retry: Config["replication"]["retry"]): string | undefined {
-  if (!retry || (retry.backoffMs === undefined && retry.maxBackoffMs === undefined)) return undefined;
-  const { backoffMs = DEFAULT_RETRY_POLICY.backoffMs, maxBackoffMs = DEFAULT_RETRY_POLICY.maxBackoffMs } = retry;
-  if (backoffMs <= maxBackoffMs) return undefined;
+  if (retry?.backoffMs === undefined) return undefined;
+  const defaulted = retry.maxBackoffMs === undefined;
   const key = "replication.retry.";
-  // The key given is the one named; both given, the first backoff.
-  return retry.backoffMs !== undefined
-    ? atMost(`${key}backoffMs`, backoffMs, `${key}maxBackoffMs`, maxBackoffMs, retry.maxBackoffMs === undefined)
-    : `${key}maxBackoffMs: ${pastBound(maxBackoffMs, { bound: `${backoffMs} (${key}backoffMs, by default)`, upper: false, inclusive: true })}`;
+  return atMost(`${key}backoffMs`, retry.backoffMs, `${key}maxBackoffMs`, retry.maxBackoffMs ?? DEFAULT_RETRY_POLICY.maxBackoffMs, defaulted);
 }

@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { ConfigError, loadConfig, parseConfig, parseServerArgs, resolveConfigPath } from "../../src/config/load";
+import { DEFAULT_RETRY_POLICY, retryPolicy } from "../../replication/retry-policy";
 
 const base = (meta: string, rest = "") => `
 clusterMetadata:
@@ -205,10 +206,21 @@ describe("config", () => {
     const retry = (r: string) => base(good, `replication: { retry: ${r} }`);
     fails(retry("{ backoffMs: 5000, maxBackoffMs: 100 }"), /^config: replication.retry.backoffMs: 5000 is above the most, 100 \(replication.retry.maxBackoffMs\)$/);
     fails(retry("{ backoffMs: 5000 }"), /^config: replication.retry.backoffMs: 5000 is above the most, 2000 \(replication.retry.maxBackoffMs, by default\)$/);
-    fails(retry("{ maxBackoffMs: 100 }"), /^config: replication.retry.maxBackoffMs: 100 is below the least, 200 \(replication.retry.backoffMs, by default\)$/);
     expect(parseConfig(retry("{ backoffMs: 100, maxBackoffMs: 100 }")).replication.retry).toEqual({ backoffMs: 100, maxBackoffMs: 100 });
     expect(parseConfig(retry("{ backoffMs: 0, maxBackoffMs: 0 }")).replication.retry).toEqual({ backoffMs: 0, maxBackoffMs: 0 });
     expect(parseConfig(retry("{ backoffMs: 2000 }")).replication.retry).toEqual({ backoffMs: 2000 });
+  });
+
+  test("replication.retry: a maxBackoffMs alone below the default first backoff caps that too", () => {
+    // Before: refused, naming the default backoffMs the user never wrote.
+    const given = parseConfig(base(good, "replication: { retry: { maxBackoffMs: 100 } }")).replication.retry;
+    expect(given).toEqual({ maxBackoffMs: 100 });
+    expect(retryPolicy(given)).toEqual({ attempts: 5, backoffMs: 100, maxBackoffMs: 100 });
+    expect(retryPolicy({ maxBackoffMs: 0 })).toEqual({ attempts: 5, backoffMs: 0, maxBackoffMs: 0 });
+    // Above the default first backoff, or with a first backoff given, each is as given.
+    expect(retryPolicy({ maxBackoffMs: 500 })).toEqual({ ...DEFAULT_RETRY_POLICY, maxBackoffMs: 500 });
+    expect(retryPolicy({ backoffMs: 50, maxBackoffMs: 100 })).toEqual({ attempts: 5, backoffMs: 50, maxBackoffMs: 100 });
+    expect(retryPolicy(undefined)).toEqual(DEFAULT_RETRY_POLICY);
   });
 
   test("config path: --config wins over TERN_CONFIG, then the default", () => {
