@@ -216,10 +216,16 @@ describe("workflow writes on one execution", () => {
     expect(r.stderr.split("\n")[0]).toBe('error: --expected-next-event-id must be an integer of at most 9223372036854775807, got "99999999999999999999"');
   });
 
-  test("terminate requires --reason", async () => {
-    const r = await runCli(["workflow", "terminate", "-w", "w"]);
-    expect(r.code).toBe(2);
-    expect(r.stderr).toContain("--reason is required");
+  test("terminate takes --reason or none, as Temporal's CLI does", async () => {
+    // Before: a usage error, "--reason is required".
+    const reasons: string[] = [];
+    const workflow = { terminateWorkflowExecution: (req: { reason: string }) => (reasons.push(req.reason), {}) };
+    const none = await runCli(["workflow", "terminate", "-w", "w"], { workflow });
+    expect(none.code).toBe(0);
+    expect(none.stdout).toBe("Terminated workflow w\n");
+    const given = await runCli(["workflow", "terminate", "-w", "w", "--reason", "done"], { workflow });
+    expect(given.code).toBe(0);
+    expect(reasons).toEqual(["", "done"]);
   });
 });
 

@@ -82,14 +82,15 @@ const terminate: LeafCommand = {
   summary: "Terminate a workflow execution",
   flags: [
     ...executionFlags,
-    { name: "reason", kind: "string", valueName: "TEXT", description: "Reason (required)" },
+    { name: "reason", kind: "string", valueName: "TEXT", description: "Reason (default: none)" },
     { name: "details", kind: "string", valueName: "JSON", description: "Details, as JSON text, @FILE or - (standard input)" },
     requestIdFlag,
   ],
   async run(ctx, args) {
     const req = {
       ...target(args),
-      reason: requireString(args, "reason"),
+      // Optional, as Temporal's: the server takes an empty reason.
+      reason: getString(args, "reason") ?? "",
       details: jsonPayloads(getString(args, "details"), "details"),
       identity: CLI_IDENTITY,
     };
