@@ -6,16 +6,17 @@ import { UsageError } from "./errors";
 const ISO_TIME = /^(\d{4})-(\d{2})-(\d{2})(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?([Zz]|[+-]\d{2}:?\d{2})?)?$/;
 
 /**
- * Parses an ISO-8601 time flag: `2024-05-01`, `2024-05-01T12:00:00Z`, `2024-05-01 12:00+02:00`;
+ * Parses an RFC 3339 time flag: `2024-05-01`, `2024-05-01T12:00:00Z`, `2024-05-01 12:00+02:00`;
  * without a zone it is UTC, as the CLI prints times. Date.parse, which this replaces, took a
  * zone-less time as the machine's local time (a date alone as UTC), `1` as 2001-01-01 and
  * `2024-02-30` as March 1. As RFC 3339 allows, a fraction may have any number of digits (those past
  * nanoseconds, which a Timestamp holds, are dropped, as Go's time.Parse does) and a second may be 60,
- * a leap second: a Timestamp has no room for one, so it is read as the minute's last nanosecond (:59.999999999).
+ * a leap second, only where one can fall: 23:59:60 UTC (the zone applied) on a month's last day. A
+ * Timestamp has no room for one, so it is read as the minute's last nanosecond (:59.999999999).
  */
 export function parseTime(text: string, flag: string): Timestamp {
   const bad = (why: string) =>
-    new UsageError(`--${flag} must be an ISO-8601 time (e.g. 2024-05-01T12:00:00Z, 2024-05-01; UTC unless a zone is given), got "${text}"${why}`);
+    new UsageError(`--${flag} must be an RFC 3339 time (e.g. 2024-05-01T12:00:00Z, 2024-05-01; UTC unless a zone is given), got "${text}"${why}`);
   const m = ISO_TIME.exec(text);
   if (!m) throw bad("");
   const [year, month, day, hour, minute, second] = [m[1], m[2], m[3], m[4], m[5], m[6]].map((p) => Number(p ?? 0)) as [number, number, number, number, number, number];
@@ -27,8 +28,10 @@ export function parseTime(text: string, flag: string): Timestamp {
   const leap = second === 60;
   const offsetMinutes = zoneMinutes(m[8]);
   if (offsetMinutes === undefined) throw bad(": the zone is past ±23:59");
-  const utc = utcMillis(year, month, day, hour, minute, leap ? 59 : second);
-  const seconds = BigInt(utc / 1000 - offsetMinutes * 60);
+  const utc = utcMillis(year, month, day, hour, minute, leap ? 59 : second) - offsetMinutes * 60_000;
+  // Before, :60 was taken at any minute, 12:00:60 read as 12:00:59.999999999.
+  if (leap && !endsUtcMonth(utc + 1000)) throw bad(": second 60 is a leap second's, which falls only at 23:59:60 UTC on a month's last day");
+  const seconds = BigInt(utc / 1000);
   return create(TimestampSchema, { seconds, nanos: leap ? 999_999_999 : Number((m[7] ?? "").slice(0, 9).padEnd(9, "0")) });
 }
 
@@ -37,6 +40,12 @@ function utcMillis(year: number, month: number, day: number, hour: number, minut
   const date = new Date(Date.UTC(2000, 0, 1, hour, minute, second));
   date.setUTCFullYear(year, month - 1, day);
   return date.getTime();
+}
+
+/** Whether the UTC time at ms is midnight beginning a month: the one a leap second can come before. */
+function endsUtcMonth(ms: number): boolean {
+  const next = new Date(ms);
+  return next.getUTCDate() === 1 && next.getUTCHours() === 0 && next.getUTCMinutes() === 0 && next.getUTCSeconds() === 0;
 }
 
 /** Minutes east of UTC of `Z`, `+02:00`, `-0530` (0 when absent); undefined past ±23:59. */

@@ -264,13 +264,13 @@ describe("workflow list", () => {
     expect((await runCli(["workflow", "list", "--start-after", "2024-05-01T12:00"], { workflow })).code).toBe(0);
     expect(seen[0]!.startTimeMin?.seconds).toBe(BigInt(Date.UTC(2024, 4, 1, 12) / 1000));
     const bad = await runCli(["workflow", "list", "--start-after", "2023-02-29"], { workflow });
-    expect([bad.code, bad.stdout, bad.stderr.split("\n")[0]]).toEqual([2, "", 'error: --start-after must be an ISO-8601 time (e.g. 2024-05-01T12:00:00Z, 2024-05-01; UTC unless a zone is given), got "2023-02-29": 2023-02 has no day 29']);
+    expect([bad.code, bad.stdout, bad.stderr.split("\n")[0]]).toEqual([2, "", 'error: --start-after must be an RFC 3339 time (e.g. 2024-05-01T12:00:00Z, 2024-05-01; UTC unless a zone is given), got "2023-02-29": 2023-02 has no day 29']);
     expect(seen).toHaveLength(1);
   });
 
   test("--start-before says its time is included, as the server's start_time_max includes it", async () => {
     // Before: "Only started before", while a run started at that very time was listed.
-    expect((await runCli(["workflow", "list", "--help"])).stdout).toContain("--start-before TIME           Only started at or before this ISO-8601 time (UTC unless it names a zone)");
+    expect((await runCli(["workflow", "list", "--help"])).stdout).toContain("--start-before TIME           Only started at or before this RFC 3339 time (UTC unless it names a zone)");
   });
 
   test("bad --status and --start-before are usage errors", async () => {

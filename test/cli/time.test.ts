@@ -29,6 +29,22 @@ describe("parseTime (workflow list --start-after / --start-before)", () => {
     expect(parseTime("2024-05-01T00:00:00.1234567891234Z", "start-after")).toMatchObject({ seconds: 1714521600n, nanos: 123_456_789 });
     expect(parseTime("2016-12-31T23:59:60Z", "start-after")).toMatchObject({ seconds: 1483228799n, nanos: 999_999_999 });
     expect(parseTime("2016-12-31T15:59:60.5-08:00", "start-after")).toMatchObject({ seconds: 1483228799n, nanos: 999_999_999 });
+    // A zone past midnight: 00:59:60+01:00 on the 1st is 23:59:60 UTC on the last day before it.
+    expect(parseTime("2017-01-01T00:59:60+01:00", "start-after")).toMatchObject({ seconds: 1483228799n, nanos: 999_999_999 });
+    expect(parseTime("2015-06-30T23:59:60Z", "start-after")).toMatchObject({ seconds: 1435708799n, nanos: 999_999_999 });
+  });
+
+  test.each([
+    // Before: each was read as the minute's last nanosecond.
+    "2024-05-01T12:00:60Z",
+    "2024-05-15T23:59:60Z",
+    "2016-12-31T23:59:60+01:00",
+    "2016-12-31T23:59:60-00:30",
+    "2016-12-31T23:58:60Z",
+  ])("a leap second where none can fall, %s, is refused", (text) => {
+    expect(() => parseTime(text, "start-after")).toThrow(
+      new UsageError(`--start-after must be an RFC 3339 time (e.g. 2024-05-01T12:00:00Z, 2024-05-01; UTC unless a zone is given), got "${text}": second 60 is a leap second's, which falls only at 23:59:60 UTC on a month's last day`),
+    );
   });
 
   test.each([
@@ -44,7 +60,7 @@ describe("parseTime (workflow list --start-after / --start-before)", () => {
     ["yesterday", ""],
   ])("%s is refused, naming the flag", (text, why) => {
     expect(() => parseTime(text, "start-before")).toThrow(
-      new UsageError(`--start-before must be an ISO-8601 time (e.g. 2024-05-01T12:00:00Z, 2024-05-01; UTC unless a zone is given), got "${text}"${why}`),
+      new UsageError(`--start-before must be an RFC 3339 time (e.g. 2024-05-01T12:00:00Z, 2024-05-01; UTC unless a zone is given), got "${text}"${why}`),
     );
   });
 });

@@ -42,7 +42,7 @@ export function parseStatus(text: string | undefined): WorkflowExecutionStatus {
   return status;
 }
 
-/** Parses an ISO-8601 time flag into a Timestamp. */
+/** Parses an RFC 3339 time flag into a Timestamp. */
 export function parseTimeArg(args: ParsedArgs, name: string): Timestamp | undefined {
   const text = getString(args, name);
   return text === undefined ? undefined : parseTime(text, name);
@@ -72,8 +72,8 @@ const list: LeafCommand = {
     { name: "status", kind: "string", valueName: "STATUS", description: "running, completed, failed, canceled, terminated or timed-out" },
     { name: "type", kind: "string", valueName: "TYPE", description: "Only this workflow type" },
     { name: "workflow-id-prefix", kind: "string", valueName: "PREFIX", description: "Only workflow ids starting with PREFIX" },
-    { name: "start-after", kind: "string", valueName: "TIME", description: "Only started at or after this ISO-8601 time (UTC unless it names a zone)" },
-    { name: "start-before", kind: "string", valueName: "TIME", description: "Only started at or before this ISO-8601 time (UTC unless it names a zone)" },
+    { name: "start-after", kind: "string", valueName: "TIME", description: "Only started at or after this RFC 3339 time (UTC unless it names a zone)" },
+    { name: "start-before", kind: "string", valueName: "TIME", description: "Only started at or before this RFC 3339 time (UTC unless it names a zone)" },
     { name: "limit", kind: "string", valueName: "N", description: "Stop after N executions (default: all)" },
   ],
   async run(ctx, args) {
