@@ -1,3 +1,4 @@
+import { resolve } from "node:path";
 import type { Hono } from "hono";
 import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
 import { bootstrapCluster, pingIdentity, type CurrentCluster } from "./cluster/bootstrap";
@@ -142,6 +143,16 @@ export interface TernServer {
   close(): Promise<void>;
 }
 
+/**
+ * What a start says of the database it opens: PostgreSQL's URL (no password), or PGlite's dataDir
+ * and, since a relative one is the start directory's, not the config file's, the absolute path.
+ */
+function openingFields(store: Config["persistence"]["datastore"]): Record<string, string> {
+  if ("postgres" in store) return { database: "postgres", url: redactUrl(store.postgres.url) };
+  const { dataDir } = store.pglite;
+  return dataDir.startsWith("memory://") ? { database: "pglite", dataDir } : { database: "pglite", dataDir, path: resolve(dataDir) };
+}
+
 /** Composition root: opens the datastore, migrates, and wires every component. */
 export async function createTernServer(config: Config, opts: ServerOptions): Promise<TernServer> {
   const log = opts.log ?? createLogger({ level: config.log.level, fields: { cluster: config.clusterMetadata.currentClusterName } });
@@ -149,7 +160,7 @@ export async function createTernServer(config: Config, opts: ServerOptions): Pro
   const store = config.persistence.datastore;
   const failure = (e: unknown) => startFailure(e, ("postgres" in store && store.postgres.maxConnections) || DEFAULT_MAX_CONNECTIONS);
   // A first start on PGlite makes its database (seconds, more on a busy machine): say what it works on meanwhile.
-  log.info("opening the database", "postgres" in store ? { database: "postgres", url: redactUrl(store.postgres.url) } : { database: "pglite", dataDir: store.pglite.dataDir });
+  log.info("opening the database", openingFields(store));
   const database = await openDatabase(store, { log, ...opts.database }).catch((e: unknown) => {
     throw failure(e);
   });

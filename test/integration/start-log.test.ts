@@ -1,4 +1,7 @@
 import { expect, setDefaultTimeout, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, relative } from "node:path";
 import { createLogger } from "../../src/observability/log";
 import { startTestCluster } from "../support/server";
 import { testStores } from "../support/stores";
@@ -18,7 +21,7 @@ for (const store of await testStores()) {
       const at = cluster.dataLocation;
       expect(opening).toEqual(
         store === "pglite"
-          ? { level: "info", msg: "opening the database", database: "pglite", dataDir: at }
+          ? { level: "info", msg: "opening the database", database: "pglite", dataDir: at, path: at }
           : { level: "info", msg: "opening the database", database: "postgres", url: at.replace(/:[^:@/]*@/, ":***@") },
       );
     } finally {
@@ -26,3 +29,20 @@ for (const store of await testStores()) {
     }
   });
 }
+
+test("a start on a relative PGlite dataDir logs the absolute path it opened: it is the start directory's, not the config file's", async () => {
+  // Before: only the dataDir as written, `./data`, which says nothing of where the server was started.
+  const lines: Record<string, unknown>[] = [];
+  const log = createLogger({ write: (line) => void lines.push(JSON.parse(line)) });
+  const parent = mkdtempSync(join(tmpdir(), "tern-start-log-"));
+  const absolute = join(parent, "db");
+  const dataDir = relative(process.cwd(), absolute);
+  const cluster = await startTestCluster({ store: "pglite", dataLocation: dataDir, serverOptions: { log } });
+  try {
+    const { time: _, ...opening } = lines[0]!;
+    expect(opening).toEqual({ level: "info", msg: "opening the database", database: "pglite", dataDir, path: absolute });
+  } finally {
+    await cluster.destroy();
+    rmSync(parent, { recursive: true, force: true });
+  }
+});
