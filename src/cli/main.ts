@@ -2,6 +2,7 @@
 import { readFile } from "node:fs/promises";
 import { createInterface } from "node:readline/promises";
 import { createConnectTransport } from "@connectrpc/connect-web";
+import { sleep } from "../sleep";
 import { loadAdminDbBackend } from "./admin-db-backend";
 import { createCli } from "./cli";
 import { ExitCode } from "./errors";
@@ -75,6 +76,12 @@ function writeFailed(e: unknown, name: string, interrupted: AbortSignal): void {
   else process.exit(ExitCode.failure);
 }
 
+/**
+ * How long an interrupted CLI waits for its pipe's reader to take what it printed: a reader alive
+ * but never reading (a pager stopped, a stuck script) held the exit until a second Ctrl-C.
+ */
+const INTERRUPTED_FLUSH_WAIT_MS = 3_000;
+
 const interrupt = new AbortController();
 process.once("SIGINT", () => interrupt.abort());
 const stdout = processOutput(process.stdout, "standard output", interrupt.signal);
@@ -90,8 +97,8 @@ const cli = createCli({
 });
 const code = await cli.run(process.argv.slice(2));
 if (code === ExitCode.interrupted) {
-  // What was written reaches a slow reader first; a second Ctrl-C ends the wait, as SIGINT's default.
-  await stdout.flushed();
+  // What was written reaches a slow reader first, for a few seconds at most; a second Ctrl-C ends the wait, as SIGINT's default.
+  await Promise.race([stdout.flushed(), sleep(INTERRUPTED_FLUSH_WAIT_MS)]);
   // Interrupted, the CLI is done: a read that cannot be cancelled (an @FIFO no writer ends) must not hold the exit.
   process.exit(code);
 }

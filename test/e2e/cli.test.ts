@@ -261,6 +261,32 @@ for (const store of await testStores()) {
       expect(lines.map((l) => JSON.parse(l).eventType)).toEqual(["EVENT_TYPE_WORKFLOW_EXECUTION_STARTED", "EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED"]);
     });
 
+    test("Ctrl-C with a pipe reader alive but never reading exits 130 within a few seconds, not at a second Ctrl-C", async () => {
+      await ok("operator", "namespace", "create", "-n", "stuck");
+      const dir = mkdtempSync(join(tmpdir(), "tern-cli-stuck-"));
+      try {
+        writeFileSync(join(dir, "big.json"), JSON.stringify({ big: "x".repeat(1_500_000) }));
+        await ok("workflow", "start", "-n", "stuck", "-w", "s", "--type", "T", "--input", `@${join(dir, "big.json")}`);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+      const child = Bun.spawn([process.execPath, "src/cli/main.ts", "--address", addr, "workflow", "show", "-n", "stuck", "-w", "s", "--follow", "-o", "json"], {
+        cwd: root, stdout: "pipe", stderr: "pipe",
+      });
+      try {
+        // The first bytes are out, the rest (2 MB of base64) waits for a pipe nobody reads again.
+        const reader = child.stdout.getReader();
+        expect((await reader.read()).done).toBe(false);
+        const interrupted = performance.now();
+        child.kill("SIGINT");
+        // Before: it waited for the reader until the test's timeout.
+        expect([await child.exited, await new Response(child.stderr).text()]).toEqual([130, ""]);
+        expect(performance.now() - interrupted).toBeGreaterThanOrEqual(2_900);
+      } finally {
+        child.kill("SIGKILL");
+      }
+    });
+
     test("errors print one line and exit non-zero", async () => {
       const missing = await tern(addr, "workflow", "describe", "-n", "nope", "-w", "x");
       expect(missing.code).toBe(1);
