@@ -1,4 +1,5 @@
 import { readFileSync } from "node:fs";
+import { isAbsolute, resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
 import type { z } from "zod";
 import type { Env } from "./env";
@@ -120,7 +121,9 @@ export function loadConfig(path: string, env: Env = {}): Config {
     const why = code ? `${READ_FAILURES[code] ?? (e as Error).message} (${code})` : (e as Error).message;
     // Which setting chose the path: a server started from another directory finds no default there.
     const from = env.TERN_CONFIG === path ? "TERN_CONFIG" : path === DEFAULT_CONFIG_PATH ? "the default; --config PATH or TERN_CONFIG names another" : "--config";
-    throw new ConfigError(`cannot read config file ${path} (${from}): ${why}`);
+    // A relative path is the start directory's: named whole, as a start elsewhere reads another file.
+    const whole = isAbsolute(path) ? "" : `; the start directory's: ${resolve(path)}`;
+    throw new ConfigError(`cannot read config file ${path} (${from}${whole}): ${why}`);
   }
   return parseConfig(text, env, path);
 }

@@ -1,5 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
 import { ConfigError, loadConfig, parseConfig, parseServerArgs, resolveConfigPath } from "../../src/config/load";
 import { DEFAULT_RETRY_POLICY, retryPolicy } from "../../replication/retry-policy";
 
@@ -113,8 +114,14 @@ describe("config", () => {
     const missing = "/tmp/tern-no-such-dir/tern.yaml";
     expect(() => loadConfig(missing, { TERN_CONFIG: missing })).toThrow(`cannot read config file ${missing} (TERN_CONFIG): no such file (ENOENT)`);
     expect(() => loadConfig(missing, {})).toThrow(`cannot read config file ${missing} (--config): no such file (ENOENT)`);
-    expect(() => loadConfig("test", {})).toThrow("cannot read config file test (--config): it is a directory (EISDIR)");
-    expect(() => loadConfig("config/development.yaml/x", {})).toThrow("(--config): a directory on its path is a file (ENOTDIR)");
+    expect(() => loadConfig("test", {})).toThrow(`cannot read config file test (--config; the start directory's: ${resolve("test")}): it is a directory (EISDIR)`);
+    expect(() => loadConfig("config/development.yaml/x", {})).toThrow("/config/development.yaml/x): a directory on its path is a file (ENOTDIR)");
+  });
+
+  test("a relative config path that cannot be read names where it was looked for: the start directory's, not the checkout's", () => {
+    // Before: `cannot read config file config/development.yaml (the default; ...)`, started from /, say, named no directory.
+    const at = resolve("no-such-dir/development.yaml");
+    expect(() => loadConfig("no-such-dir/development.yaml", {})).toThrow(`cannot read config file no-such-dir/development.yaml (--config; the start directory's: ${at}): no such file (ENOENT)`);
   });
 
   test("a datastore matching neither form names the key inside the chosen one, or lists the forms", () => {
