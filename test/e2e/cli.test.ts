@@ -235,21 +235,29 @@ for (const store of await testStores()) {
       ]);
     });
 
-    test("Ctrl-C during show --follow exits 130 once a slow reader has all it printed (process.exit dropped what the pipe had no room for)", async () => {
-      await ok("operator", "namespace", "create", "-n", "slow");
-      const dir = mkdtempSync(join(tmpdir(), "tern-cli-slow-"));
+    /**
+     * `workflow show --follow` of run s in a new namespace, its start and each of its signals with a
+     * 1.5 MB input: printed base64 in JSON, far more than a pipe holds.
+     */
+    const followBigRun = async (namespace: string, signals: number) => {
+      await ok("operator", "namespace", "create", "-n", namespace);
+      const dir = mkdtempSync(join(tmpdir(), "tern-cli-big-"));
       try {
-        // Two events of 1.5 MB each, printed base64 in JSON: far more than a pipe holds.
-        writeFileSync(join(dir, "big.json"), JSON.stringify({ big: "x".repeat(1_500_000) }));
-        await ok("workflow", "start", "-n", "slow", "-w", "s", "--type", "T", "--input", `@${join(dir, "big.json")}`);
-        await ok("workflow", "signal", "-n", "slow", "-w", "s", "--name", "more", "--input", `@${join(dir, "big.json")}`);
+        const big = join(dir, "big.json");
+        writeFileSync(big, JSON.stringify({ big: "x".repeat(1_500_000) }));
+        await ok("workflow", "start", "-n", namespace, "-w", "s", "--type", "T", "--input", `@${big}`);
+        for (let i = 0; i < signals; i++) await ok("workflow", "signal", "-n", namespace, "-w", "s", "--name", "more", "--input", `@${big}`);
       } finally {
         rmSync(dir, { recursive: true, force: true });
       }
       // Bun itself, not bin/tern: Ctrl-C reaches the whole process group, and the launcher lets its child take it.
-      const child = Bun.spawn([process.execPath, "src/cli/main.ts", "--address", addr, "workflow", "show", "-n", "slow", "-w", "s", "--follow", "-o", "json"], {
+      return Bun.spawn([process.execPath, "src/cli/main.ts", "--address", addr, "workflow", "show", "-n", namespace, "-w", "s", "--follow", "-o", "json"], {
         cwd: root, stdout: "pipe", stderr: "pipe",
       });
+    };
+
+    test("Ctrl-C during show --follow exits 130 once a slow reader has all it printed (process.exit dropped what the pipe had no room for)", async () => {
+      const child = await followBigRun("slow", 1);
       const reader = child.stdout.getReader();
       const chunks: Uint8Array[] = [];
       // Its first bytes are out: the history's one page is printed, and what the pipe has no room for waits in the process.
@@ -262,17 +270,7 @@ for (const store of await testStores()) {
     });
 
     test("Ctrl-C with a pipe reader alive but never reading exits 130 within a few seconds, not at a second Ctrl-C", async () => {
-      await ok("operator", "namespace", "create", "-n", "stuck");
-      const dir = mkdtempSync(join(tmpdir(), "tern-cli-stuck-"));
-      try {
-        writeFileSync(join(dir, "big.json"), JSON.stringify({ big: "x".repeat(1_500_000) }));
-        await ok("workflow", "start", "-n", "stuck", "-w", "s", "--type", "T", "--input", `@${join(dir, "big.json")}`);
-      } finally {
-        rmSync(dir, { recursive: true, force: true });
-      }
-      const child = Bun.spawn([process.execPath, "src/cli/main.ts", "--address", addr, "workflow", "show", "-n", "stuck", "-w", "s", "--follow", "-o", "json"], {
-        cwd: root, stdout: "pipe", stderr: "pipe",
-      });
+      const child = await followBigRun("stuck", 0);
       try {
         // The first bytes are out, the rest (2 MB of base64) waits for a pipe nobody reads again.
         const reader = child.stdout.getReader();
