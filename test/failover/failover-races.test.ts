@@ -7,7 +7,7 @@ import { setLink } from "../conflict/support";
 import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
-import { rejects } from "../support/rejects";
+import { awaitedLater, rejects } from "../support/rejects";
 import { readAckLevel, namespaceQueueMax } from "../../replication/namespace-queue";
 import { startHttpProxy, type HttpProxy } from "../support/http-proxy";
 import { ackGate, addr, describeOn, eventuallyOn, expectActiveOn, startClusters, startOrdersPair } from "./mesh";
@@ -108,8 +108,9 @@ for (const store of await testStores()) {
       bAcks.gate.close();
       await a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "unacked", workflowType: "t", taskQueue: "q" });
       let answeredAt = 0;
-      const asked = b.client(OperatorService).failoverNamespace({ namespace: "orders", targetCluster: "clusterB", timeout: { seconds: 10n } })
-        .finally(() => (answeredAt = performance.now()));
+      // Its answer, refused, may come before the test reads it (as B hears C's change, maybe before C answers the test).
+      const asked = awaitedLater(b.client(OperatorService).failoverNamespace({ namespace: "orders", targetCluster: "clusterB", timeout: { seconds: 10n } })
+        .finally(() => (answeredAt = performance.now())));
       // B acks the handover's mark in A's namespace queue (it hears that queue), then its polls of A fail.
       await eventuallyOn(a, "orders", (ns) => expect(ns.replicationConfig!.state).toBe(ReplicationState.HANDOVER));
       await eventually(async () => expect(await bAck()).toBe(await namespaceQueueMax(a.server.database.db)));
