@@ -14,6 +14,7 @@ import { migrateSchema } from "../../src/persistence/migrate";
 import { createTernServer, type ServerOptions, type TernServer } from "../../src/server";
 import { createTestDatabase } from "./postgres";
 import type { StoreKind } from "./stores";
+import { serverStartTimeout } from "./timeouts";
 
 export const migrationsFolder = fileURLToPath(new URL("../../drizzle", import.meta.url));
 
@@ -108,14 +109,15 @@ export async function newDataLocation(store: StoreKind): Promise<{ location: str
 
 /**
  * In a describe: a migrated database of the store, opened directly (no server) before its
- * tests and removed after them.
+ * tests and removed after them. Its hooks have a server start's time, whatever the file's
+ * default: a PGlite's open and migration took past 60 s on a loaded 2-core host.
  */
 export function useTestDatabase(store: StoreKind): { readonly database: Database } {
   let opened: Awaited<ReturnType<typeof openTestDatabase>> | undefined;
   beforeAll(async () => {
     opened = await openTestDatabase(store);
-  });
-  afterAll(() => opened?.close());
+  }, serverStartTimeout);
+  afterAll(() => opened?.close(), serverStartTimeout);
   return {
     get database() {
       if (!opened) throw new Error("the test database opens in beforeAll");
