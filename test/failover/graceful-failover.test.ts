@@ -4,7 +4,7 @@ import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { ReplicationState, type NamespaceDescription } from "../../src/gen/tern/workflow/v1/namespace_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { eventually } from "../support/eventually";
-import { rejects } from "../support/rejects";
+import { awaitedLater, rejects } from "../support/rejects";
 import { eq } from "drizzle-orm";
 import { namespaces } from "../../src/persistence/schema";
 import { startTestCluster, type TestCluster } from "../support/server";
@@ -41,7 +41,7 @@ const holdSwitchesTo = (cluster: string, gate: ReturnType<typeof createGate>) =>
 async function expectAnswerWaitsForTheTarget(asked: TestCluster, switcher: TestCluster, to: TestCluster, gate: ReturnType<typeof createGate>, version: bigint): Promise<void> {
   gate.close();
   let answered = false;
-  const answer = failover(asked, to.name).finally(() => (answered = true));
+  const answer = awaitedLater(failover(asked, to.name).finally(() => (answered = true)));
   try {
     await expectActiveOn(switcher, "orders", to.name, version);
     expect((await describeOn(to, "orders")).replicationConfig!.activeClusterName).toBe(switcher.name);

@@ -10,6 +10,7 @@ import { executions, historyEvents, replicationDlq } from "../../src/persistence
 import { parseHistogram } from "../../bench/lib/prom-histogram";
 import { connectAll, describeOn, eventuallyOn, startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
+import { awaitedLater } from "../support/rejects";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { holdingOpen, mergeGate, type MergeGate } from "./dlq-faults";
@@ -114,7 +115,7 @@ for (const store of (await testStores()).filter((s) => s === "postgres")) {
       const inside = mergeGate();
       const { nsId, taskId } = await heldAfterLeaving(name, workflowId, { at, gate: inside });
       let settled = false;
-      const deleting = b.client(OperatorService).deleteNamespace({ namespace: name }).finally(() => (settled = true));
+      const deleting = awaitedLater(b.client(OperatorService).deleteNamespace({ namespace: name }).finally(() => (settled = true)));
       // Before: the delete did not wait for the apply (it had nothing of the run to take yet).
       await eventually(async () => expect(settled || (await lockWaits()) === 1).toBe(true));
       inside.release();
@@ -177,7 +178,7 @@ for (const store of (await testStores()).filter((s) => s === "postgres")) {
       await wf.updateNamespace({ namespace: name, clusters: ["clusterA"] });
       await eventuallyOn(b, name, (ns) => expect(ns.replicationConfig?.clusters).toEqual(["clusterA"]));
       let settled = false;
-      const deleting = b.client(OperatorService).deleteNamespace({ namespace: name }).finally(() => (settled = true));
+      const deleting = awaitedLater(b.client(OperatorService).deleteNamespace({ namespace: name }).finally(() => (settled = true)));
       await eventually(async () => expect(settled || (await lockWaits()) === 1).toBe(true));
       const pages = () => parseHistogram(b.server.metrics.render(), "persistence_latency", { operation: "BackfillHistory" })?.count ?? 0;
       const before = pages();

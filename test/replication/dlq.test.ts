@@ -10,6 +10,7 @@ import { parseHistogram } from "../../bench/lib/prom-histogram";
 import { replicationAckLevels, replicationDlq } from "../../src/persistence/schema";
 import { connectAll, startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
+import { awaitedLater } from "../support/rejects";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { faultyApplier, mergeGate, type MergeGate } from "./dlq-faults";
@@ -346,7 +347,7 @@ for (const store of await testStores()) {
       const gate = mergeGate();
       gates.set("read-first", gate);
       let done = false;
-      const merging = b.client(AdminService).mergeReplicationDlq({}).finally(() => (done = true));
+      const merging = awaitedLater(b.client(AdminService).mergeReplicationDlq({}).finally(() => (done = true)));
       await gate.held;
       gate.release();
       // The merge's delete waits for the receiver (which locked the entry it read) or, before, merged the entry and ended.
