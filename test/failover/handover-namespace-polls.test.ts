@@ -94,8 +94,9 @@ for (const store of await testStores()) {
         await eventually(async () => expect(Date.now() - (await lastPoll())!.getTime()).toBeGreaterThan(2_500), { timeout: 10_000 });
         const asked = performance.now();
         const err = await rejects(failover(a, "clusterB", 10), Code.FailedPrecondition, "cluster clusterB has not polled clusterA's namespace queue since ");
-        // At once: no HANDOVER held A's writes for the failover's 10 s (before: UNAVAILABLE once they passed).
-        expect(performance.now() - asked).toBeLessThan(2_000);
+        // At once: no HANDOVER held A's writes for the failover's 10 s (before: UNAVAILABLE once they
+        // passed): bounded at half of them, which tells the two apart with a loaded host's room.
+        expect(performance.now() - asked).toBeLessThan(5_000);
         expect(err.rawMessage).toMatch(/ s ago\), so it would not hear the switch; fix that first, or fail over forced on clusterB itself \(made on clusterA, clusterB would not hear it either\); orders stays active in clusterA$/);
         expect((await describeOn(a, NS)).replicationConfig).toMatchObject({ activeClusterName: "clusterA", state: ReplicationState.NORMAL });
         await start(a, "after-refusal");
