@@ -87,14 +87,14 @@ for (const store of await testStores()) {
       await a.client(WorkflowService).registerNamespace({ namespace: "scratch" });
       await a.client(WorkflowService).registerNamespace({ namespace: "marker", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
       await eventuallyOn(b, "marker", () => {}); // queued after "scratch": B has seen past it
-      expect(describeOn(b, "scratch")).rejects.toThrow("not found");
-      expect(describeOn(c, "marker")).rejects.toThrow("not found");
+      await expect(describeOn(b, "scratch")).rejects.toThrow("not found");
+      await expect(describeOn(c, "marker")).rejects.toThrow("not found");
     });
 
     test("TestClusterAddedToTheListLaterGetsTheNamespace", async () => {
       await a.client(WorkflowService).registerNamespace({ namespace: "late", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
       await eventuallyOn(b, "late", () => {});
-      expect(describeOn(c, "late")).rejects.toThrow("not found");
+      await expect(describeOn(c, "late")).rejects.toThrow("not found");
       await a.client(WorkflowService).updateNamespace({ namespace: "late", clusters: ["clusterA", "clusterB", "clusterC"] });
       await eventuallyOn(c, "late", (ns) => expect(ns.replicationConfig!.clusters).toEqual(["clusterA", "clusterB", "clusterC"]));
       await eventuallyOn(b, "late", (ns) => expect(ns.replicationConfig!.clusters).toContain("clusterC"));

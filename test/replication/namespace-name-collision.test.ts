@@ -110,7 +110,7 @@ for (const store of await testStores()) {
       await a.client(OperatorService).deleteNamespace({ namespace: "gone" });
       // Before: refused, "delete it on clusterA", where it was deleted already.
       await b.client(OperatorService).deleteNamespace({ namespace: "gone" });
-      expect(describeOn(b, "gone")).rejects.toThrow("not found");
+      await expect(describeOn(b, "gone")).rejects.toThrow("not found");
     });
 
     test("TestAStaleCopyDeletedWhileAMemberIsNotConnectedHereSaysItWasNotAsked", async () => {

@@ -155,7 +155,7 @@ for (const store of await testStores()) {
       await op.addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: false });
       try {
         const pulled = admin.getReplicationTasks({ shardId: 1, afterTaskId: maxTaskId, clusterName: "clusterB", includeEvents: true });
-        expect(pulled).rejects.toThrow("replication with cluster clusterB is disabled on clusterA");
+        await expect(pulled).rejects.toThrow("replication with cluster clusterB is disabled on clusterA");
         await pulled.catch(() => {});
       } finally {
         await op.addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: true });

@@ -93,7 +93,7 @@ for (const store of await testStores()) {
       expect(rest.found).toEqual(whole.found);
       // A token whose digest state could not have been written by a server is refused.
       const forged = new TextEncoder().encode(JSON.stringify({ ...plain, p: { ...p, md5: { ...p.md5, tail: btoa("x".repeat(64)) } } }));
-      expect(createReplicationVerifier(deps).checksums({ namespace: NS, pageSize: 1000, nextPageToken: forged })).rejects.toThrow("next_page_token is not valid");
+      await expect(createReplicationVerifier(deps).checksums({ namespace: NS, pageSize: 1000, nextPageToken: forged })).rejects.toThrow("next_page_token is not valid");
     });
 
     test("TestARunRewrittenBetweenTwoCallsIsDigestedAnew: a conflict settled between two pages leaves no digest of two branches", async () => {
