@@ -14,6 +14,10 @@ export const testEnv = {
   chaosClusters: process.env.TERN_CHAOS_CLUSTERS,
   /** Whether the failover soak's restarts crash the server (its database connections reset) rather than stop it: "1" all, "0" none, unset half. */
   chaosCrash: process.env.TERN_CHAOS_CRASH === undefined ? undefined : process.env.TERN_CHAOS_CRASH === "1",
+  /** Seed of the kill -9 loop (test/e2e/crash-loop.test.ts), to replay a run. */
+  crashSeed: process.env.TERN_CRASH_SEED,
+  /** Kills the kill -9 loop makes per store (default 2). */
+  crashRounds: process.env.TERN_CRASH_ROUNDS,
   /** Runs the tests that write gigabytes (test/replication/verify-large-run.test.ts): "1". */
   largeTests: process.env.TERN_TEST_LARGE === "1",
   requirePostgres: process.env.CI === "true" || process.env.TERN_TEST_REQUIRE_POSTGRES === "1",
