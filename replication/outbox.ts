@@ -74,16 +74,26 @@ const APPEND_COLUMNS = [["task_id", "(select task_id from task)"], ["created_at"
  */
 export function createOutboxMarks() {
   const marks = new Map<number, number>();
+  /** The marks' sum, kept as they move: summary() is one number, however many shards. */
+  let total = 0;
   /** Each open watch's shards moved since it last took them. */
   const watches = new Set<Set<number>>();
   return {
     /** taskId 0: the shard has no task yet, which is known too (else such a shard was read at every poll). */
     advance(shardId: number, taskId: number): void {
-      if (taskId <= (marks.get(shardId) ?? -1)) return;
+      const was = marks.get(shardId);
+      if (taskId <= (was ?? -1)) return;
       marks.set(shardId, taskId);
+      total += taskId - (was ?? 0);
       for (const moved of watches) moved.add(shardId);
     },
     latest: (shardId: number): number | undefined => marks.get(shardId),
+    /**
+     * How many shards have a mark, and the marks' sum. Each mark is at most its shard's counter, so
+     * counters of as many shards adding up to the same sum are each at their mark: nothing has
+     * committed past any (page-reader.ts, marksHold).
+     */
+    summary: (): { shards: number; total: number } => ({ shards: marks.size, total }),
     /**
      * Collects the shards whose mark moves from now on, until closed: a stream of many shards
      * looks again only at those (and its own unfinished ones), not at every shard per message.

@@ -58,7 +58,7 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
   const polls = createLongPolls(() => unavailable(`cluster ${cluster.clusterName} is shutting down`));
   /** When a database page last found each peer connected and enabled: pages from memory rely on it for recheckMs. */
   const peerChecked = new Map<string, number>();
-  const { readPage, readPages, shardMaxes } = createPageReader({ db, cluster, metrics, peerChecked });
+  const { readPage, readPages, shardMaxes, marksHold } = createPageReader({ db, cluster, metrics, peerChecked });
   /** Streams open per peer, and their gauge. */
   const streamsServed = new Map<string, number>();
   const countStreams = (peer: string, by: 1 | -1) => {
@@ -282,9 +282,12 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
       const left = deadline - Date.now();
       const listening = left > 0 ? listenAny(notifier, keys, Math.min(left, recheckMs), signal) : undefined;
       try {
-        const full = Date.now() - (peer ? fullReadAt.get(peer) ?? -Infinity : ownFullRead) >= recheckMs;
+        let full = Date.now() - (peer ? fullReadAt.get(peer) ?? -Infinity : ownFullRead) >= recheckMs;
         if (full && peer) fullReadAt.set(peer, Date.now());
         else if (full) ownFullRead = Date.now();
+        // A peer's re-read finds first whether any counter moved past its mark (one row): if none
+        // did, the marks are as good as a read of every shard, and the round goes on from them.
+        if (full && peer && outboxMarks && (await marksHold(peer, outboxMarks.summary()))) full = false;
         // Past every commit known here (the usual caught-up peer): answered empty without a
         // read, but on a full read, and for a peer only while a read said lately that it may
         // pull (as pages from memory). An operator's read that does not wait still reads. The

@@ -179,6 +179,44 @@ for (const store of await testStores()) {
       }
     });
 
+    test("RereadsAnIdleStreamsShardsOnlyOnceACounterMoved: one row per re-read while idle, and a commit another process made still comes", async () => {
+      // A sender of its own on A's database, re-reading every 50 ms, whose marks and notifier
+      // hear nothing of A's commits: to it they are another process's. The statements it runs are
+      // noted: while idle, each re-read is one summing the counters, never a page or counter read
+      // of each shard (before: every shard's, at each re-read).
+      const ran: string[] = [];
+      const db = a.server.database.db;
+      const session = new Proxy(db._.session, {
+        get(target, key) {
+          const v = Reflect.get(target, key, target);
+          if (key !== "prepareQuery") return typeof v === "function" ? v.bind(target) : v;
+          return (q: { sql: string }, ...rest: unknown[]) => (ran.push(q.sql), v.call(target, q, ...rest));
+        },
+      });
+      const watched = Object.assign(Object.create(db), { _: { ...db._, session } }) as typeof db;
+      const sender = createReplicationSender({ db: watched, cluster: a.server.cluster, notifier: createEventNotifier(), outboxMarks: createOutboxMarks(), recheckMs: 50 });
+      const last = await lastTaskIds(a);
+      const after = shardIds.map((id) => BigInt(last.get(id) ?? 0));
+      const req = create(StreamReplicationTasksRequestSchema, { clusterName: "clusterB", cursors: { shardIds, afterTaskIds: after, ackedTaskIds: after }, waitTimeoutMs: 30_000 });
+      const s = sender.streamReplicationTasks(req, new AbortController().signal);
+      try {
+        await s.next();
+        const next = s.next();
+        const perShard = (sql: string) => sql.includes("page_max") && !sql.includes("shard_count");
+        const idleFrom = ran.length;
+        await eventually(() => expect(ran.slice(idleFrom).filter((sql) => sql.includes("shard_count")).length).toBeGreaterThanOrEqual(5));
+        expect(ran.slice(idleFrom).filter(perShard)).toEqual([]);
+
+        await start(a, "after-idle");
+        const got = await next;
+        const tasks = got.done ? [] : got.value.shards.flatMap((sp) => sp.tasks);
+        expect(tasks.map((t) => t.workflowId)).toEqual(["after-idle"]);
+      } finally {
+        await s.return(undefined);
+        await sender.stop();
+      }
+    });
+
     test("RecordsTheRequestsAcksOnce, and AckReplicationTasks's after", async () => {
       // The acks below stay within each shard's tasks (the source refuses one past them).
       for (let i = 0; ; i++) {
