@@ -5,6 +5,8 @@ import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { clusterMetadata, namespaceReplicationTasks, replicationAckLevels, replicationTasks } from "../../src/persistence/schema";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { serverStartTimeout } from "../support/timeouts";
+import { parseCounter } from "../../bench/lib/prom-histogram";
+import { createMetrics } from "../../src/observability/metrics";
 
 setDefaultTimeout(serverStartTimeout);
 
@@ -67,6 +69,33 @@ describe("replication task cleanup without a peer pulling", () => {
     for (const s of before.keys()) if (s !== one && s !== three) expect(after.get(s)).toEqual(before.get(s));
     await db.delete(replicationAckLevels).where(eq(replicationAckLevels.direction, "outbound"));
     for (const name of ["clusterY", "clusterZ"]) await db.delete(clusterMetadata).where(eq(clusterMetadata.clusterName, name));
+  });
+
+  test("APassAfterAnIdleOneStillDeletesWhatANewAckCovers, and shows a new task's backlog", async () => {
+    const db = c.server.database.db;
+    await c.client(WorkflowService).registerNamespace({ namespace: "i", isGlobalNamespace: true });
+    await c.client(WorkflowService).startWorkflowExecution({ namespace: "i", workflowId: "i-0", workflowType: "T", taskQueue: "q" });
+    const [self] = await db.select().from(clusterMetadata).where(eq(clusterMetadata.isCurrent, true));
+    await db.insert(clusterMetadata).values({ ...self!, clusterName: "clusterY", clusterId: "y", isCurrent: false, initialFailoverVersion: 8, enableConnection: false });
+    const metrics = createMetrics();
+    const lagOf = (shardId: number) => parseCounter(metrics.render(), "replication_outbound_tasks_lag", { remote_cluster: "clusterY", shard: String(shardId) });
+    const cleanup = createReplicationCleanup({ db, log: c.server.log, graceMs: 0, metrics });
+    const [task] = await db.select().from(replicationTasks).where(eq(replicationTasks.workflowId, "i-0"));
+    // Passes with nothing changed between them (the later ones end at their first read), then an ack.
+    for (let i = 0; i < 3; i++) expect(await cleanup.runOnce()).toBe(0);
+    expect(lagOf(task!.shardId)).toBe(task!.taskId);
+    await db.insert(replicationAckLevels).values({ remoteCluster: "clusterY", direction: "outbound", queue: "history", shardId: task!.shardId, ackLevel: task!.taskId });
+    expect(await cleanup.runOnce()).toBeGreaterThanOrEqual(1);
+    expect(await db.$count(replicationTasks, eq(replicationTasks.workflowId, "i-0"))).toBe(0);
+    expect(lagOf(task!.shardId)).toBe(0);
+    // Idle again, then a task: its backlog shows at the next pass.
+    expect(await cleanup.runOnce()).toBe(0);
+    await c.client(WorkflowService).startWorkflowExecution({ namespace: "i", workflowId: "i-1", workflowType: "T", taskQueue: "q" });
+    const [next] = await db.select().from(replicationTasks).where(eq(replicationTasks.workflowId, "i-1"));
+    expect(await cleanup.runOnce()).toBe(0);
+    expect(lagOf(next!.shardId)).toBeGreaterThanOrEqual(1);
+    await db.delete(replicationAckLevels).where(eq(replicationAckLevels.direction, "outbound"));
+    await db.delete(clusterMetadata).where(eq(clusterMetadata.clusterName, "clusterY"));
   });
 
   test("NamespaceTasksGoOnceEveryRemoteAckedThem", async () => {
