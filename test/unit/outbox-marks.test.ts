@@ -38,4 +38,15 @@ describe("outbox marks: the highest task id known committed per shard", () => {
     expect(watch.take()).toEqual([]);
     expect(other.take()).toEqual([4]);
   });
+
+  test("TheSummaryCountsTheMarkedShardsAndSumsTheirMarks, a mark that stays counted once", () => {
+    const marks = createOutboxMarks();
+    expect(marks.summary()).toEqual({ shards: 0, total: 0 });
+    marks.advance(1, 0);
+    marks.advance(2, 5);
+    marks.advance(2, 3); // below its mark: no change
+    marks.advance(2, 9);
+    marks.advance(3, 4);
+    expect(marks.summary()).toEqual({ shards: 3, total: 13 });
+  });
 });
