@@ -1,6 +1,6 @@
 import { z } from "zod";
 import { and, desc, eq, gte, like, lt, lte, or, sql } from "drizzle-orm";
-import { invalidArgument, notFound, unavailable } from "../errors";
+import { failedPrecondition, invalidArgument, notFound, unavailable } from "../errors";
 import { createLongPolls } from "../long-polls";
 import { nextTurn } from "../next-turn";
 import type { NamespaceRecord, NamespaceRegistry } from "../namespace/registry";
@@ -12,9 +12,15 @@ import { readRunEvents, type ExecutionRow } from "./execution-store";
 import { checkIdLengths } from "./id-limits";
 import { listen, type EventNotifier } from "./notifier";
 import { shown } from "../shown";
+import { versionAt } from "../../replication/version-history";
 
-/** GetWorkflowExecutionHistory's token: the run, the next event id and the workflow (absent from tokens written before it). */
-const HISTORY_TOKEN = z.object({ runId: z.string(), next: z.number().int().min(1), workflowId: z.string().optional() });
+/**
+ * GetWorkflowExecutionHistory's token: the run, the next event id, the workflow, and v, the
+ * version of the event before next: with its id, the branch the pages before it read (one
+ * version is one cluster's, so an event id and version name a branch's whole prefix, as
+ * Temporal's version history item does). workflowId and v are absent from tokens written before them.
+ */
+const HISTORY_TOKEN = z.object({ runId: z.string(), next: z.number().int().min(1), workflowId: z.string().optional(), v: z.number().int().optional() });
 /** ListWorkflowExecutions' token: the last run's start time and id. */
 const LIST_TOKEN = z.object({ t: z.string(), r: z.string() });
 
@@ -89,6 +95,21 @@ export function createHistoryQueries({ db, namespaces, notifier, recheckMs = 100
   }
 
   /**
+   * The run and up to size events of its current branch from `from`, as one branch: a commit
+   * between the two reads (a conflict's switch to another branch) answered the run of one branch
+   * with events of the other. Events the run's version history does not hold at their version
+   * (or not yet: appended since) read the run again, and, when it does not hold them either, the events.
+   */
+  async function readPage(ns: NamespaceRecord, workflowId: string, runId: string, from: number, size: number) {
+    const eventsOf = (run: ExecutionRow) => readRunEvents(db, run, from, { limit: size, before: pageEnd(run, from, size) });
+    let run = await findRun(ns, workflowId, runId);
+    const events = await eventsOf(run);
+    if (onBranch(run, events)) return { run, events };
+    run = await findRun(ns, workflowId, run.runId);
+    return { run, events: onBranch(run, events) ? events : await eventsOf(run) };
+  }
+
+  /**
    * One page of a run's history from the token's event id. Without waitNewEvent the
    * token is set only while more events exist now; with it, until the run is closed and
    * every event returned, and an empty page first waits up to waitMs for a new event.
@@ -122,16 +143,15 @@ export function createHistoryQueries({ db, namespaces, notifier, recheckMs = 100
       const listenFor = (key: string) => listen(notifier, key, Math.min(Math.max(deadline - Date.now(), 0), recheckMs), req.signal);
       let listening = req.waitNewEvent && runId ? listenFor(runId) : undefined;
       try {
-        const read = async () => {
-          const run = await findRun(ns, req.workflowId, runId);
-          return { run, events: await readRunEvents(db, run, from, { limit: size, before: pageEnd(run, from, size) }) };
-        };
+        const read = () => readPage(ns, req.workflowId, runId, from, size);
         const { run, events } = await (req.waitNewEvent ? followers.read(`${ns.id}\u0000${req.workflowId}\u0000${runId}\u0000${from}\u0000${size}`, read) : read());
+        if (pos?.v !== undefined && from > 1 && versionAt(run.versionHistory, from - 1) !== pos.v) throw branchChanged(run, from);
         const next = from + events.length;
         const more = next < run.nextEventId;
         const open = run.status === "RUNNING";
         const keepToken = more || (req.waitNewEvent && open);
-        const page = { events, runId: run.runId, nextPageToken: keepToken ? encodeToken({ runId: run.runId, next, workflowId: run.workflowId }) : new Uint8Array() };
+        const v = Number(events.at(-1)?.version ?? versionAt(run.versionHistory, next - 1) ?? 0);
+        const page = { events, runId: run.runId, nextPageToken: keepToken ? encodeToken({ runId: run.runId, next, workflowId: run.workflowId, v }) : new Uint8Array() };
         const left = deadline - Date.now();
         if (events.length > 0 || !req.waitNewEvent || !open || left <= 0 || req.signal?.aborted) return page;
         listening ??= listenFor(run.runId);
@@ -184,6 +204,17 @@ export function createHistoryQueries({ db, namespaces, notifier, recheckMs = 100
 }
 
 export type HistoryQueries = ReturnType<typeof createHistoryQueries>;
+
+/** Whether run's version history holds each of events at its version. */
+const onBranch = (run: ExecutionRow, events: { eventId: bigint; version: bigint }[]) =>
+  events.every((e) => versionAt(run.versionHistory, Number(e.eventId)) === Number(e.version));
+
+/** The refusal of a page whose token's branch is no longer run's current one (Temporal's CurrentBranchChanged). */
+const branchChanged = (run: ExecutionRow, from: number) =>
+  failedPrecondition(
+    `the history of workflow ${shown(run.workflowId)} run ${shown(run.runId)} changed branch while it was paged (a conflict was resolved after a forced failover): ` +
+      `event ${from - 1} of the branch the earlier pages read is no longer on the current branch; read the history again from the first page`,
+  );
 
 const escapeLike = (s: string) => s.replace(/[\\%_]/g, (c) => `\\${c}`);
 

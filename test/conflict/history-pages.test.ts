@@ -1,0 +1,78 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { Code } from "@connectrpc/connect";
+import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { encodeToken } from "../../src/persistence/page-token";
+import { startClusters } from "../failover/mesh";
+import { eventually } from "../support/eventually";
+import { awaitedLater, rejects } from "../support/rejects";
+import type { TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
+import { branchLines, setLink, splitOnOneRun } from "./support";
+
+setDefaultTimeout(serverStartTimeout);
+
+const NS = "history-pages";
+const WF = "w";
+const SIGNALS = 12;
+/** Events on A's branch before it loses: started, "before", A's signals. */
+const A_EVENTS = 2 + SIGNALS;
+
+/**
+ * A client reading a run's history a page at a time on A while conflict resolution switches the
+ * run's current branch (A's branch at version 1 loses to B's at version 2 when the link heals):
+ * the page after the switch was read from the new branch, its events after the fork mixed
+ * with the first page's, silently. It is refused now, as Temporal refuses CurrentBranchChanged.
+ */
+for (const store of await testStores()) {
+  describe(`a history paged across a conflict's branch switch, on ${store}`, () => {
+    let a: TestCluster, b: TestCluster;
+    const history = (x: TestCluster, req: { pageSize: number; token?: Uint8Array; wait?: boolean }) =>
+      x.client(WorkflowService).getWorkflowExecutionHistory({
+        namespace: NS, execution: { workflowId: WF }, maximumPageSize: req.pageSize, nextPageToken: req.token,
+        waitNewEvent: req.wait ?? false, ...(req.wait && { waitTimeout: { seconds: 50n } }),
+      });
+    let firstPage: Awaited<ReturnType<typeof history>>;
+    let tailPoll: Promise<unknown>;
+    let runId: string;
+
+    beforeAll(async () => {
+      [a, b] = await startClusters(store, [{}, {}]);
+      ({ runId } = await splitOnOneRun(a, b, { namespace: NS, workflowId: WF, signals: SIGNALS, payload: "x" }));
+      firstPage = await history(a, { pageSize: 5 });
+      expect(firstPage.history!.events.map((e) => e.version)).toEqual([1n, 1n, 1n, 1n, 1n]);
+      // A follower at the end of A's branch, waiting for event A_EVENTS + 1 when the switch comes.
+      const tail = await history(a, { pageSize: 1000, wait: true });
+      expect(tail.history!.events).toHaveLength(A_EVENTS);
+      tailPoll = awaitedLater(history(a, { pageSize: 1000, token: tail.nextPageToken, wait: true }));
+      await setLink(a, b, true);
+      await eventually(async () => {
+        const branches = (await a.client(AdminService).listHistoryBranches({ namespace: NS, workflowId: WF })).branches;
+        expect(branches.map((br) => br.current), (await branchLines(a, NS, WF)).join("\n")).toEqual([true, false]);
+      }, { timeout: 30_000 });
+    });
+    afterAll(() => Promise.all([a, b].map((x) => x?.destroy())));
+
+    test("TestAPageAfterTheRunSwitchedBranchIsRefusedNotMixed", async () => {
+      await rejects(history(a, { pageSize: 5, token: firstPage.nextPageToken }), Code.FailedPrecondition, "changed branch while it was paged");
+      // Read again from the first page, every event is the current branch's, B's from event 3 on.
+      const again = await history(a, { pageSize: 1000 });
+      expect(again.history!.events[2]!.version).toBe(2n);
+    });
+
+    test("TestALongPollWaitingWhenTheRunSwitchedBranchIsRefused", async () => {
+      await rejects(tailPoll, Code.FailedPrecondition, "read the history again from the first page");
+    });
+
+    test("TestATokenWithoutABranchStillPagesTheCurrentBranch", async () => {
+      // Tokens written before they carried the branch's version are read as before, unchecked.
+      const old = encodeToken({ runId, next: 2, workflowId: WF });
+      const page = await history(a, { pageSize: 1, token: old });
+      expect(page.history!.events.map((e) => [e.eventId, e.version])).toEqual([[2n, 1n]]);
+      // The next page's token names the current branch: it pages on, into B's events.
+      const next = await history(a, { pageSize: 1, token: page.nextPageToken });
+      expect(next.history!.events.map((e) => [e.eventId, e.version])).toEqual([[3n, 2n]]);
+    });
+  });
+}
