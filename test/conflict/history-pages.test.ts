@@ -3,6 +3,7 @@ import { Code } from "@connectrpc/connect";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { encodeToken } from "../../src/persistence/page-token";
+import { runCli, type Fakes } from "../cli/harness";
 import { startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
 import { awaitedLater, rejects } from "../support/rejects";
@@ -34,6 +35,7 @@ for (const store of await testStores()) {
         waitNewEvent: req.wait ?? false, ...(req.wait && { waitTimeout: { seconds: 50n } }),
       });
     let firstPage: Awaited<ReturnType<typeof history>>;
+    let tailPage: Awaited<ReturnType<typeof history>>;
     let tailPoll: Promise<unknown>;
     let runId: string;
 
@@ -43,13 +45,15 @@ for (const store of await testStores()) {
       firstPage = await history(a, { pageSize: 5 });
       expect(firstPage.history!.events.map((e) => e.version)).toEqual([1n, 1n, 1n, 1n, 1n]);
       // A follower at the end of A's branch, waiting for event A_EVENTS + 1 when the switch comes.
-      const tail = await history(a, { pageSize: 1000, wait: true });
-      expect(tail.history!.events).toHaveLength(A_EVENTS);
-      tailPoll = awaitedLater(history(a, { pageSize: 1000, token: tail.nextPageToken, wait: true }));
+      tailPage = await history(a, { pageSize: 1000, wait: true });
+      expect(tailPage.history!.events).toHaveLength(A_EVENTS);
+      tailPoll = awaitedLater(history(a, { pageSize: 1000, token: tailPage.nextPageToken, wait: true }));
       await setLink(a, b, true);
       await eventually(async () => {
         const branches = (await a.client(AdminService).listHistoryBranches({ namespace: NS, workflowId: WF })).branches;
         expect(branches.map((br) => br.current), (await branchLines(a, NS, WF)).join("\n")).toEqual([true, false]);
+        // B's branch whole: "b-0", then A's signals B re-applied; no later write changes it.
+        expect((await history(a, { pageSize: 1000 })).history!.events).toHaveLength(A_EVENTS + 1);
       }, { timeout: 30_000 });
     });
     afterAll(() => Promise.all([a, b].map((x) => x?.destroy())));
@@ -63,6 +67,35 @@ for (const store of await testStores()) {
 
     test("TestALongPollWaitingWhenTheRunSwitchedBranchIsRefused", async () => {
       await rejects(tailPoll, Code.FailedPrecondition, "read the history again from the first page");
+    });
+
+    /** The CLI's workflow service: A's, 5 events a page, whose first answer is `first` (read before the switch) when given. */
+    const cliWorkflow = (first?: typeof firstPage): Fakes["workflow"] => {
+      let calls = 0;
+      return {
+        getWorkflowExecutionHistory: async (req) =>
+          calls++ === 0 && first ? first : a.client(WorkflowService).getWorkflowExecutionHistory({ ...req, maximumPageSize: 5 }),
+      };
+    };
+
+    test("TestWorkflowShowReadsTheHistoryAgainWhenItsRunSwitchedBranchBetweenPages", async () => {
+      const show = ["workflow", "show", "-n", NS, "-w", WF];
+      const switched = await runCli(show, { workflow: cliWorkflow(firstPage) });
+      expect(switched.stderr).toBe("");
+      expect(switched.code).toBe(0);
+      // What it prints is the current branch alone, as a read begun after the switch prints it.
+      const after = await runCli(show, { workflow: cliWorkflow() });
+      expect(after.code).toBe(0);
+      expect(switched.stdout).toBe(after.stdout);
+    });
+
+    test("TestWorkflowShowFollowSaysTheRunSwitchedBranchAndExits1", async () => {
+      const res = await runCli(["workflow", "show", "-n", NS, "-w", WF, "--follow"], { workflow: cliWorkflow(tailPage) });
+      expect(res.code).toBe(1);
+      expect(res.stderr).toContain("failed_precondition");
+      expect(res.stderr).toContain("read the history again from the first page");
+      // A's events before the switch, printed as they came: the header and one line each.
+      expect(res.stdout.trimEnd().split("\n")).toHaveLength(1 + A_EVENTS);
     });
 
     test("TestATokenWithoutABranchStillPagesTheCurrentBranch", async () => {

@@ -1,5 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { DurationSchema } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { HistoryEventSchema, type HistoryEvent, type WorkflowExecution } from "../../gen/tern/common/v1/common_pb";
 import type { GetWorkflowExecutionHistoryResponse } from "../../gen/tern/workflow/v1/service_pb";
 import { getBoolean } from "../args";
@@ -15,6 +16,8 @@ import { createBranchesJsonWriter, createBranchesTableWriter, writeBranchPages }
 const FAST_EMPTY_MS = 200;
 const BACKOFF_MS = 500;
 const FOLLOW_WAIT = create(DurationSchema, { seconds: BigInt(FOLLOW_WAIT_MS / 1000) });
+/** Reads of a history the table makes when its run keeps switching branch between pages. */
+const BRANCH_SWITCH_READS = 3;
 
 interface HistoryCursor {
   namespace: string;
@@ -47,12 +50,21 @@ export async function readHistoryPages(ctx: CommandContext, cursor: HistoryCurso
 /**
  * Every event so far (readHistoryPages) as the table's rows. The table needs them all before it
  * prints (its column widths), but not the events: kept whole, a history of large payloads was
- * held in the CLI, gigabytes, to print 100 characters of each.
+ * held in the CLI, gigabytes, to print 100 characters of each. A page refused because the run
+ * switched branch since the first (a conflict was resolved) starts the read again from the
+ * first page, up to BRANCH_SWITCH_READS reads: nothing is printed yet.
  */
 async function readHistoryRows(ctx: CommandContext, cursor: HistoryCursor): Promise<string[][]> {
-  const rows: string[][] = [];
-  await readHistoryPages(ctx, cursor, (page) => rows.push(...page.map(eventRow)));
-  return rows;
+  for (let read = 1; ; read++) {
+    const rows: string[][] = [];
+    cursor.token = new Uint8Array(0);
+    try {
+      await readHistoryPages(ctx, cursor, (page) => rows.push(...page.map(eventRow)));
+      return rows;
+    } catch (err) {
+      if (read === BRANCH_SWITCH_READS || !(err instanceof ConnectError && err.code === Code.FailedPrecondition && cursor.token.length > 0)) throw err;
+    }
+  }
 }
 
 function pause(ms: number, signal: AbortSignal): Promise<void> {
