@@ -1,8 +1,14 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { eq } from "drizzle-orm";
 import { Code } from "@connectrpc/connect";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { createHistoryQueries } from "../../src/history/queries";
+import { createEventNotifier } from "../../src/history/notifier";
+import type { Db } from "../../src/persistence/database";
 import { encodeToken } from "../../src/persistence/page-token";
+import type { ExecutionRow } from "../../src/history/execution-store";
+import { executions } from "../../src/persistence/schema";
 import { runCli, type Fakes } from "../cli/harness";
 import { startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
@@ -10,7 +16,7 @@ import { awaitedLater, rejects } from "../support/rejects";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { serverStartTimeout } from "../support/timeouts";
-import { branchLines, setLink, splitOnOneRun } from "./support";
+import { branchLines, inside, setLink, splitOnOneRun, type Inside } from "./support";
 
 setDefaultTimeout(serverStartTimeout);
 
@@ -38,10 +44,14 @@ for (const store of await testStores()) {
     let tailPage: Awaited<ReturnType<typeof history>>;
     let tailPoll: Promise<unknown>;
     let runId: string;
+    /** A's run as it was before the switch. */
+    let before: ExecutionRow;
+    const ia: Inside = {};
 
     beforeAll(async () => {
-      [a, b] = await startClusters(store, [{}, {}]);
+      [a, b] = await startClusters(store, [inside(ia), {}]);
       ({ runId } = await splitOnOneRun(a, b, { namespace: NS, workflowId: WF, signals: SIGNALS, payload: "x" }));
+      before = (await a.server.database.db.select().from(executions).where(eq(executions.runId, runId)))[0]!;
       firstPage = await history(a, { pageSize: 5 });
       expect(firstPage.history!.events.map((e) => e.version)).toEqual([1n, 1n, 1n, 1n, 1n]);
       // A follower at the end of A's branch, waiting for event A_EVENTS + 1 when the switch comes.
@@ -67,6 +77,25 @@ for (const store of await testStores()) {
 
     test("TestALongPollWaitingWhenTheRunSwitchedBranchIsRefused", async () => {
       await rejects(tailPoll, Code.FailedPrecondition, "read the history again from the first page");
+    });
+
+    test("TestAPageWhoseRunWasReadBeforeTheSwitchAndItsEventsAfterIsRefused", async () => {
+      // A's database, whose first read of the run answers the run as it was before the switch:
+      // the switch committed between a page's read of the run and its read of the events.
+      const db = a.server.database.db;
+      let stale = true;
+      const once = { where: () => once, orderBy: () => once, limit: () => once, then: (ok: (rows: ExecutionRow[]) => unknown) => ok([before]) };
+      const racing = new Proxy(db, {
+        get: (target, p, receiver) => p !== "select" ? Reflect.get(target, p, receiver) : (...args: unknown[]) => {
+          const query = (target.select as (...a: unknown[]) => { from: (t: unknown) => unknown })(...args);
+          return { from: (t: unknown) => (t === executions && stale ? ((stale = false), once) : query.from(t)) };
+        },
+      }) as Db;
+      const queries = createHistoryQueries({ db: racing, namespaces: ia.namespaces!, notifier: createEventNotifier() });
+      const read = queries.getHistory({ namespace: NS, workflowId: WF, runId: "", pageSize: 5, token: firstPage.nextPageToken, waitNewEvent: false, waitMs: 0 });
+      const err = await read.then(() => undefined, (e: unknown) => e);
+      expect(stale).toBe(false);
+      expect(String(err)).toContain("changed branch while it was paged");
     });
 
     /** The CLI's workflow service: A's, 5 events a page, whose first answer is `first` (read before the switch) when given. */
