@@ -116,6 +116,10 @@ for (const store of await testStores()) {
       const after = await runCli(show, { workflow: cliWorkflow() });
       expect(after.code).toBe(0);
       expect(switched.stdout).toBe(after.stdout);
+      // -o json wrote the first page already: it exits 1 with the refusal, not with two branches' events.
+      const json = await runCli([...show, "-o", "json"], { workflow: cliWorkflow(firstPage) });
+      expect(json.code).toBe(1);
+      expect(json.stderr).toContain("read the history again from the first page");
     });
 
     test("TestWorkflowShowFollowSaysTheRunSwitchedBranchAndExits1", async () => {
