@@ -1,10 +1,30 @@
-import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError, createContextKey, type HandlerContext, type Interceptor, type UnaryResponse } from "@connectrpc/connect";
 
 /**
  * What a call's DEADLINE_EXCEEDED says where its handler knows more than connect's "the operation
  * timed out": a forwarded call names the cluster it waited on and the request id to retry with.
  */
 export const deadlineTextKey = createContextKey<string | undefined>(undefined, { description: "tern deadline text" });
+
+/**
+ * What a call answers at its deadline in place of DEADLINE_EXCEEDED where it has a truer answer: a
+ * history long poll's empty page (its wait ended with nothing new; poll again), as Temporal answers
+ * a long poll whose deadline comes. A write has none: its outcome is unknown at its deadline.
+ */
+export const deadlineAnswerKey = createContextKey<DeadlineAnswer | undefined>(undefined, { description: "tern deadline answer" });
+
+/** A deadline answer: the message, with the headers of the call it answers (connect sends the answer's, not the call's). */
+interface DeadlineAnswer {
+  message: Record<string, unknown>;
+  header: Headers;
+  trailer: Headers;
+}
+
+/** Has the call of ctx answer message at its deadline in place of DEADLINE_EXCEEDED; undefined, none. */
+export function answerAtDeadline(ctx: HandlerContext, message: Record<string, unknown> | undefined): void {
+  ctx.values.set(deadlineAnswerKey, message && { message, header: ctx.responseHeader, trailer: ctx.responseTrailer });
+}
 
 /** How long before a caller's deadline a call answers (a tenth of it, at most 200 ms): for its answer to reach the caller in time. */
 const ANSWER_MARGIN_MS = 200;
@@ -21,8 +41,8 @@ export const answerWithinMs = (callerMs: number) => Math.max(1, callerMs - Math.
  * its deadline. The handler's writes heed the same signal and do not commit after it
  * (persistence/call-signal.ts), but a COMMIT already sent (a one-statement write is its own) may still land: the outcome is then
  * unknown to the client, which retries with the same request id, and writes are idempotent by
- * request id. Streams (replication streams, Health/Watch) are left
- * alone: they end on their signal themselves.
+ * request id. A call with a deadlineAnswerKey answers that instead. Streams (replication streams,
+ * Health/Watch) are left alone: they end on their signal themselves.
  */
 export function createDeadlineInterceptor(): Interceptor {
   return (next) => async (req) => {
@@ -38,8 +58,13 @@ export function createDeadlineInterceptor(): Interceptor {
     let onAbort: (() => void) | undefined;
     // Only the deadline: a call its client left (a puller's long poll it no longer needs) or
     // that this server's stop ended is answered by its handler, which ends on the signal.
-    const aborted = new Promise<never>((_, reject) => {
-      onAbort = () => passed() && reject(late());
+    const aborted = new Promise<UnaryResponse>((resolve, reject) => {
+      onAbort = () => {
+        if (!passed()) return;
+        const answer = req.contextValues.get(deadlineAnswerKey);
+        if (!answer) return reject(late());
+        resolve({ stream: false, service: req.service, method: req.method, header: answer.header, trailer: answer.trailer, message: create(req.method.output, answer.message) });
+      };
       signal.addEventListener("abort", onAbort, { once: true });
     });
     try {

@@ -9,9 +9,9 @@ import type { WorkflowService } from "../gen/tern/workflow/v1/service_pb";
 import type { NamespaceRegistry } from "../namespace/registry";
 import { shown } from "../shown";
 import { MAX_TIMER_MS } from "../sleep";
-import { answerWithinMs, deadlineTextKey } from "./deadline";
+import { answerAtDeadline, answerWithinMs, deadlineAnswerKey, deadlineTextKey } from "./deadline";
 import { requestIdKey } from "./interceptors";
-import { historyWaitMs } from "./workflow-handler";
+import { expiredPollPage, historyWaitMs } from "./workflow-handler";
 
 /** Marks a forwarded call; a call carrying it is never forwarded again (no loops). */
 export const FORWARDED_HEADER = "x-tern-forwarded-from";
@@ -110,7 +110,8 @@ export interface ForwardTarget {
  * cancellation, the earlier of its deadline and limitMs) and answers its failures as the caller
  * should see them: handedBack, an answer that did not come by limitMs or none at all (a connection
  * reset or refused), UNAVAILABLE naming the request id to retry with (retryText): the call may
- * have reached the target.
+ * have reached the target. A call with an answer for its deadline (deadlineAnswerKey: a history
+ * long poll's empty page) gives that when the caller's deadline, less the margin, comes first.
  */
 export async function forward<T>(ctx: HandlerContext, to: ForwardTarget, call: (options: CallOptions) => Promise<T>): Promise<T> {
   const callerMs = ctx.timeoutMs();
@@ -135,6 +136,10 @@ export async function forward<T>(ctx: HandlerContext, to: ForwardTarget, call: (
   } catch (e) {
     if (e instanceof ConnectError && e.code === Code.DeadlineExceeded) {
       if (ours) throw unavailable(unansweredText(ctx, to, `${to.limitMs} ms`));
+      // The target's answer held past the margin its wait was fitted to (fittedLongPoll), a stall
+      // on its path or its own past its deadline: the caller's deadline has not come yet.
+      const answer = ctx.values.get(deadlineAnswerKey);
+      if (answer) return answer.message as T;
       throw new ConnectError(late!, Code.DeadlineExceeded);
     }
     const retry = retryText(ctx, to.requestId);
@@ -301,9 +306,11 @@ function forwarding({ inner, policy, namespaces, clusters, clients, timeoutMs = 
           target = e.activeCluster;
         }
       }
-      const history = req as typeof req & { waitNewEvent?: boolean; waitTimeout?: Duration };
+      const history = req as typeof req & { waitNewEvent?: boolean; waitTimeout?: Duration; nextPageToken?: Uint8Array };
       const longPoll = name === "getWorkflowExecutionHistory" && history.waitNewEvent;
       const message = longPoll ? fittedLongPoll(history, ctx) : "requestId" in req && !req.requestId ? { ...req, requestId: ulid() } : req;
+      // At the deadline, here or on the way, the page the active cluster answers when its wait ends.
+      if (longPoll && ctx.timeoutMs() !== undefined) answerAtDeadline(ctx, expiredPollPage({ waitNewEvent: true, nextPageToken: history.nextPageToken ?? new Uint8Array() }));
       // A history long poll's answer may take its wait.
       const limitMs = longPoll ? historyWaitMs(history.waitTimeout) + timeoutMs : timeoutMs;
       const what = name.charAt(0).toUpperCase() + name.slice(1);

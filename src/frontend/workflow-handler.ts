@@ -1,15 +1,18 @@
+import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { Duration } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
 import {
   WorkflowService,
+  type GetWorkflowExecutionHistoryRequest,
+  type GetWorkflowExecutionHistoryResponseSchema,
   type SignalWithStartWorkflowExecutionRequest,
   type StartWorkflowExecutionRequest,
 } from "../gen/tern/workflow/v1/service_pb";
 import type { HistoryEngine, RunRef, StartInput } from "../history/engine";
-import type { HistoryQueries } from "../history/queries";
+import { historyTokenRunId, type HistoryQueries } from "../history/queries";
 import type { NamespaceRegistry } from "../namespace/registry";
 import { invalidArgument } from "../errors";
-import { answerWithinMs } from "./deadline";
+import { answerAtDeadline, answerWithinMs } from "./deadline";
 import { dateOf, durationMs, exactNumber, executionToProto, namespaceToProto, statusFromProto } from "./convert";
 import type { ForcedFailoverCheck } from "../../replication/forced-failover-check";
 import { versionHistoryToProto } from "../../replication/version-history";
@@ -27,6 +30,17 @@ const LONG_POLL_MAX_MS = 60_000;
 
 /** How long a GetWorkflowExecutionHistory long poll waits for a new event, given its wait_timeout. */
 export const historyWaitMs = (waitTimeout: Duration | undefined) => Math.min(durationMs(waitTimeout, "wait timeout", LONG_POLL_DEFAULT_MS), LONG_POLL_MAX_MS);
+
+/**
+ * What a history long poll answers at its deadline (deadlineAnswerKey): the page its wait ends with
+ * when nothing new came, empty, with the request's own token to poll again from. None for a poll
+ * without a token: it reads from the first event, and a page without events or token says the
+ * history ends there; nor for a token that names no run (the read refuses it).
+ */
+export function expiredPollPage(r: Pick<GetWorkflowExecutionHistoryRequest, "waitNewEvent" | "nextPageToken">): MessageInitShape<typeof GetWorkflowExecutionHistoryResponseSchema> | undefined {
+  const runId = r.waitNewEvent && r.nextPageToken.length ? historyTokenRunId(r.nextPageToken) : undefined;
+  return runId === undefined ? undefined : { history: { events: [] }, nextPageToken: r.nextPageToken, runId };
+}
 
 const ref = (namespace: string, e: { workflowId: string; runId: string } | undefined, requestId: string, callSignal: AbortSignal, identity = ""): RunRef => ({
   namespace,
@@ -149,6 +163,8 @@ export function createWorkflowHandler({ namespaces, engine, queries, checkForced
       // does so too): past it, the caller got DEADLINE_EXCEEDED for a wait that found nothing new.
       const callerMs = ctx.timeoutMs();
       const waitMs = Math.min(historyWaitMs(r.waitTimeout), callerMs === undefined ? Infinity : answerWithinMs(callerMs));
+      // Past that margin (a stall of the database or of this process), the same page at the deadline.
+      if (callerMs !== undefined) answerAtDeadline(ctx, expiredPollPage(r));
       const page = await queries.getHistory({
         namespace: r.namespace,
         workflowId: r.execution?.workflowId ?? "",

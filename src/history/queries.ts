@@ -24,6 +24,15 @@ const HISTORY_TOKEN = z.object({ runId: z.string(), next: z.number().int().min(1
 /** ListWorkflowExecutions' token: the last run's start time and id. */
 const LIST_TOKEN = z.object({ t: z.string(), r: z.string() });
 
+/** The run a GetWorkflowExecutionHistory token names; undefined for a token that is not one (the read refuses it). */
+export function historyTokenRunId(token: Uint8Array): string | undefined {
+  try {
+    return decodeToken(token, HISTORY_TOKEN).runId;
+  } catch {
+    return undefined;
+  }
+}
+
 export interface ListFilter {
   status?: string;
   workflowType?: string;
