@@ -1,5 +1,4 @@
-import { loggableError } from "../src/errors";
-import { fetchFailureReason } from "../src/fetch-failure";
+import { remoteFailureText } from "../src/cluster/remote-client";
 
 /** How long past the interval it promised a source may be late before what it last said is taken as stale. */
 export const OVERDUE_SLACK_MS = 2_000;
@@ -41,9 +40,9 @@ export function createInboundHeard({ everyMs, staleAfterMs = everyMs + OVERDUE_S
       heardAt.set(remote, now());
       errors.delete(remote);
     },
-    /** A call to remote failed. */
+    /** A call to remote failed: unanswered, or answered with an error (said to be remote's). */
     failed(remote: string, error: unknown): void {
-      errors.set(remote, fetchFailureReason(error) ?? loggableError(error));
+      errors.set(remote, remoteFailureText(remote, error));
     },
     of(remote: string): Heard {
       const at = heardAt.get(remote);

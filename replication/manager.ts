@@ -1,7 +1,6 @@
 import { eq } from "drizzle-orm";
-import type { RemoteClientPool, RemoteClients } from "../src/cluster/remote-client";
+import { remoteFailureText, type RemoteClientPool, type RemoteClients } from "../src/cluster/remote-client";
 import { loggableError } from "../src/errors";
-import { fetchFailureReason } from "../src/fetch-failure";
 import { createFlapLog } from "../src/observability/failure-log";
 import type { Logger } from "../src/observability/log";
 import type { Db } from "../src/persistence/database";
@@ -106,7 +105,7 @@ export function createReplicationManager({ db, clients, streamsFor, log, onStopp
       ok: () => wentThrough("connected"),
       idle: () => wentThrough("idle"),
       failed: (e) => {
-        const msg = fetchFailureReason(e) ?? loggableError(e);
+        const msg = remoteFailureText(remote.name, e);
         const write = failures.failed(msg);
         if (write) log.warn("replication stream failed", { remote: remote.name, stream: stream.name, error: msg, ...(write.repeated && { repeated: write.repeated }) });
         entry.states.set(stream.name, `error: ${msg}`);

@@ -1,6 +1,5 @@
 import type { ShardPage } from "../src/gen/tern/admin/v1/service_pb";
-import { loggableError } from "../src/errors";
-import { fetchFailureReason } from "../src/fetch-failure";
+import { remoteFailureText } from "../src/cluster/remote-client";
 import { nextTurn } from "../src/next-turn";
 import { createAckSender } from "./ack-sender";
 import { AppliesLostError } from "./apply-errors";
@@ -115,7 +114,7 @@ export function createStreamReceiver(deps: ReceiverPathDeps) {
         if (e instanceof AppliesLostError) return void (lost ??= e, local.abort(e));
         // This cluster's database lost read as the source's fault ("acks to cluster A failed: read ECONNRESET").
         const what = ownDatabase ? `this cluster's database could not make the applies durable, so cluster ${remote.name} is not told of them` : `acks to cluster ${remote.name} failed, so it does not hear what was applied`;
-        report.failed((ackFailure = new Error(`${what}: ${fetchFailureReason(e) ?? loggableError(e)}`)));
+        report.failed((ackFailure = new Error(`${what}: ${remoteFailureText(remote.name, e)}`)));
       },
       sent: () => {
         if (!ackFailure) return;

@@ -1,7 +1,7 @@
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { codeFromHttpStatus, parseContentType } from "@connectrpc/connect/protocol-connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
-import { unavailable } from "../errors";
+import { loggableError, unavailable } from "../errors";
 import { abortableFetch } from "./abortable-fetch";
 import { fetchFailureReason } from "../fetch-failure";
 import { BackfillService } from "../gen/tern/admin/v1/backfill_pb";
@@ -46,6 +46,21 @@ export function peerFailureSentence(e: unknown, cluster: string): string {
 export function notTernAnswer(e: unknown): string | undefined {
   const answer = (e as { cause?: unknown } | undefined)?.cause;
   return answer instanceof NotConnectAnswer ? `answered, but not as a tern frontend: ${answer.message}` : undefined;
+}
+
+/**
+ * Why a call to cluster failed, for this cluster's status and log lines: plain words for a call
+ * that got no answer, the error's own text else, after "clusterB answered: " where the tern there
+ * answered it (its database down, say, which said bare read as this cluster's own).
+ */
+export function remoteFailureText(cluster: string, e: unknown): string {
+  const text = fetchFailureReason(e) ?? loggableError(e);
+  return ternAnswered(e) ? `${cluster} answered: ${text}` : text;
+}
+
+/** Whether e is an error a tern answered (each of its answers carries x-request-id), not the call's own (its timeout) nor a proxy's in its place. */
+function ternAnswered(e: unknown): boolean {
+  return e instanceof ConnectError && e.metadata.has("x-request-id") && notTernAnswer(e) === undefined;
 }
 
 /** An error answer that is not Connect's (a proxy's bare HTTP 500 page): its status and a short excerpt. */

@@ -52,7 +52,7 @@ for (const store of await testStores()) {
       try {
         await eventually(async () => {
           const onB = (await b.client(OperatorService).describeCluster({ clusterName: "clusterA" })).cluster!;
-          expect(onB.connectionState).toBe("error: failed_precondition: replication with cluster clusterB is disabled on clusterA");
+          expect(onB.connectionState).toBe("error: clusterA answered: failed_precondition: replication with cluster clusterB is disabled on clusterA");
         });
       } finally {
         await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(b), enableRemoteClusterConnection: true });

@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { ConnectError, Code } from "@connectrpc/connect";
 import { createInboundHeard } from "../../replication/inbound-heard";
+import { NotConnectAnswer } from "../../src/cluster/remote-client";
 
 /**
  * A log on a clock the test moves: history's (a message every 10 s, stale once a call fails) or
@@ -40,5 +41,19 @@ describe("inbound heard", () => {
     expect(log.of("clusterA")).toEqual({ stale: true, error: "unavailable: HTTP 502" });
     log.heard("clusterA");
     expect(log.of("clusterA")).toMatchObject({ stale: false, error: undefined });
+  });
+
+  test("an error the remote answered is said to be its answer; one of no answer, or a proxy's in its place, is not", () => {
+    const { log } = heardOn("history");
+    // As a tern answers (x-request-id on every answer): its database down, said bare, read as this cluster's own.
+    const own = new ConnectError("the database connection was lost or refused (request id r1); retry", Code.Unavailable, { "x-request-id": "r1" });
+    log.failed("clusterA", own);
+    expect(log.of("clusterA").error).toBe("clusterA answered: unavailable: the database connection was lost or refused (request id r1); retry");
+    const timedOut = new ConnectError("the operation timed out", Code.DeadlineExceeded);
+    log.failed("clusterA", timedOut);
+    expect(log.of("clusterA").error).toBe("deadline_exceeded: the operation timed out");
+    const proxys = new ConnectError("HTTP 502", Code.Unavailable, { "x-request-id": "p1" }, undefined, new NotConnectAnswer("HTTP 502 \"bad gateway\""));
+    log.failed("clusterA", proxys);
+    expect(log.of("clusterA").error).toBe("unavailable: HTTP 502");
   });
 });
