@@ -57,6 +57,16 @@ export function usageHint(commandPath: readonly string[]): string {
   return `(run '${["tern", ...commandPath].join(" ")} --help' for usage)`;
 }
 
+/**
+ * Why a call's connection was lost after the server had it (reset or closed: the server killed
+ * or restarted while it ran), when err says so; undefined for anything else, a refused
+ * connection (nothing started) included. What such a call did is not known from its answer.
+ */
+export function lostMidCall(err: unknown): string | undefined {
+  const reason = fetchFailureReason(err);
+  return reason === "connection reset" || reason === "connection closed" ? reason : undefined;
+}
+
 /** True when err comes from an aborted call (Ctrl-C). */
 export function isAbort(err: unknown): boolean {
   if (err instanceof ConnectError) return err.code === Code.Canceled;

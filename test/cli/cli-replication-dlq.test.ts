@@ -1,4 +1,5 @@
 import { describe, expect, test } from "bun:test";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { ListReplicationDlqRequest, MergeReplicationDlqRequest, PurgeReplicationDlqRequest } from "../../src/gen/tern/admin/v1/service_pb";
 import { runCli } from "./harness";
 
@@ -46,6 +47,20 @@ describe("replication dlq", () => {
     expect([one.code, one.stdout]).toEqual([0, "Merged 1 DLQ entry; 0 still fail\n"]);
     const ok = await runCli(["replication", "dlq", "merge", "-o", "json"], { admin: { mergeReplicationDlq: () => ({ merged: 2n }) } });
     expect([ok.code, JSON.parse(ok.stdout)]).toEqual([0, { merged: "2" }]);
+  });
+
+  // A server killed mid-merge: entries merged before it died stay merged, yet "cannot reach tern" read as nothing done.
+  test("a merge whose connection is cut says what merged stays merged and that running it again goes on", async () => {
+    const fetchFailed = (code: string) => new ConnectError("fetch failed", Code.Unknown, undefined, undefined, Object.assign(new TypeError("fetch failed"), { code }));
+    const cut = await runCli(["--address", "http://b:8233", "replication", "dlq", "merge"], { callsFail: fetchFailed("ECONNRESET") });
+    expect([cut.code, cut.stdout]).toEqual([1, ""]);
+    expect(cut.stderr).toBe(
+      "error: the connection to tern at http://b:8233 was lost during the DLQ merge (connection reset): entries merged so far stay merged " +
+        "(each leaves the DLQ in the transaction that applies it); run 'tern replication dlq merge' again once tern is back to merge the rest " +
+        "('tern replication dlq list' shows what is left)\n",
+    );
+    const refused = await runCli(["--address", "http://b:8233", "replication", "dlq", "merge"], { callsFail: fetchFailed("ECONNREFUSED") });
+    expect([refused.code, refused.stderr]).toEqual([1, "error: cannot reach tern at http://b:8233 (connection refused)\n"]);
   });
 
   test("purge needs --yes when not a TTY, asks a person, and sends the filter", async () => {

@@ -1,9 +1,8 @@
 import { FailoverNamespaceResponseSchema } from "../../gen/tern/operator/v1/service_pb";
-import { fetchFailureReason } from "../../fetch-failure";
 import { getString, requireString } from "../args";
 import type { CommandContext, LeafCommand } from "../command";
 import { FAILOVER_WAIT_MS, millisOf } from "../deadline";
-import { CliError } from "../errors";
+import { CliError, lostMidCall } from "../errors";
 import { parseDuration } from "../duration";
 import { messageJson } from "../output";
 import { namespaceArg, namespaceFlag } from "./common-flags";
@@ -66,8 +65,8 @@ async function staleViewNote(ctx: CommandContext, namespace: string, active: str
  * so, and where to look. Any other failure is left as it is.
  */
 function cutShort(e: unknown, address: string, namespace: string, target: string): unknown {
-  const reason = fetchFailureReason(e);
-  if (reason !== "connection reset" && reason !== "connection closed") return e;
+  const reason = lostMidCall(e);
+  if (!reason) return e;
   return new CliError(
     `the connection to tern at ${address} was lost during the failover (${reason}): whether ${namespace} switched to ${target} is unknown; ` +
       `'tern operator namespace describe ${namespace}' on a running cluster of the namespace says where it is active ` +

@@ -6,7 +6,7 @@ import {
 } from "../../gen/tern/admin/v1/service_pb";
 import { getBoolean, getString, type ParsedArgs } from "../args";
 import type { CommandContext, GroupCommand, LeafCommand } from "../command";
-import { UsageError } from "../errors";
+import { CliError, lostMidCall, UsageError } from "../errors";
 import { formatTable, formatTime, listJson, messageJson } from "../output";
 import { collectPages } from "../paging";
 import { INT32_MAX, positiveIntArg } from "./common-flags";
@@ -71,7 +71,9 @@ const merge: LeafCommand = {
   details: "Exits 1 when some entries still fail (they are listed with this attempt's error).",
   flags: [...filterFlags],
   async run(ctx, args) {
-    const res = await ctx.admin().mergeReplicationDlq(filterOf(args), { signal: ctx.signal, timeoutMs: ctx.deadlineMs(ctx.longRunMs) });
+    const res = await ctx.admin().mergeReplicationDlq(filterOf(args), { signal: ctx.signal, timeoutMs: ctx.deadlineMs(ctx.longRunMs) }).catch((e: unknown) => {
+      throw mergeCutShort(e, ctx.address);
+    });
     if (ctx.format === "json") ctx.out(messageJson(MergeReplicationDlqResponseSchema, res));
     else {
       ctx.out(`Merged ${entriesCount(res.merged)}; ${res.failed.length} still fail\n`);
@@ -80,6 +82,20 @@ const merge: LeafCommand = {
     return res.failed.length ? 1 : 0;
   },
 };
+
+/**
+ * A merge whose connection was cut once the server had it (the server killed or restarted while
+ * it ran) may have merged entries: "cannot reach tern" alone read as nothing done. Each entry
+ * is merged in the transaction that deletes it, so says what stands. Any other failure is left as it is.
+ */
+function mergeCutShort(e: unknown, address: string): unknown {
+  const reason = lostMidCall(e);
+  if (!reason) return e;
+  return new CliError(
+    `the connection to tern at ${address} was lost during the DLQ merge (${reason}): entries merged so far stay merged (each leaves the DLQ in the transaction that applies it); ` +
+      "run 'tern replication dlq merge' again once tern is back to merge the rest ('tern replication dlq list' shows what is left)",
+  );
+}
 
 async function confirmPurge(ctx: CommandContext, what: string): Promise<void> {
   if (!ctx.interactive) throw new UsageError(`refusing to purge ${what} without confirmation: pass --yes`);
