@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import { and, eq, inArray, sql } from "drizzle-orm";
+import { and, asc, eq, gt, inArray, sql } from "drizzle-orm";
 import type { RemoteClientPool, RemoteClients } from "../src/cluster/remote-client";
 import { errorReason, loggableError, notFound } from "../src/errors";
 import { MergeReplicationDlqResponseSchema, type MergeReplicationDlqResponse, type ReplicationDlqEntry } from "../src/gen/tern/admin/v1/service_pb";
@@ -9,7 +9,7 @@ import { readNamespaceUnderBarrier } from "../src/history/namespace-guard";
 import type { Writer } from "../src/history/writer";
 import type { HistoryEvent } from "../src/gen/tern/common/v1/common_pb";
 import type { Logger } from "../src/observability/log";
-import type { Db } from "../src/persistence/database";
+import type { Db, Tx } from "../src/persistence/database";
 import { clusterMetadata, replicationDlq, type VersionHistoryItem } from "../src/persistence/schema";
 import { RetryableReplicationError, type HistoryApplier, type IncomingTask } from "./applier";
 import { entryOf, HELD_BEHIND, type DlqFilter, type DlqRow, type ReplicationDlq } from "./dlq";
@@ -102,15 +102,17 @@ export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, lo
    * Applies entries (of one run, in task order) and deletes them in one transaction; returns how
    * many it merged: those a purge deleted since the merge listed them are not applied (the delete
    * comes first: a purge that came before wins, one after waits for this transaction), and the
-   * others apply without them, in order, merged per run (mergeRunTasks).
+   * others apply without them, in order, merged per run (mergeRunTasks). With chase (the run's
+   * last listed entries), the run's entries that came since the listing are merged too (chased).
    */
-  async function mergeEntries(entries: DlqRow[], source: RemoteClients, signal?: AbortSignal): Promise<number> {
+  async function mergeEntries(entries: DlqRow[], source: RemoteClients, signal?: AbortSignal, chase = false): Promise<number> {
     const first = entries[0]!;
     const tasks = await fetchEntries(entries, source, signal);
     const namespaces = await applier.namespacesOf([first]).catch((err) => {
       // The receiver retries such a task; a merge does not, and said "retrying" (the namespace deleted here since).
       throw err instanceof RetryableReplicationError ? namespaceGone(first) : err;
     });
+    let chases = chase ? MAX_CHASES : 0;
     const applied = await fetchOutside(rawFetcher(first.sourceCluster, source, log, signal), (fetchRaw) =>
       writer.transact("MergeReplicationDlq", async (tx) => {
         // Under the barrier a delete takes (namespace/delete.ts): one committed meanwhile took the entries
@@ -124,11 +126,36 @@ export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, lo
         const kept = new Set(held.map((h) => h.taskId));
         let grown = 0;
         for (const t of mergeRunTasks(tasks.filter((_, i) => kept.has(entries[i]!.taskId)))) grown += await applier.applyTask(tx, ns, t, fetchRaw);
-        return { merged: kept.size, grown };
+        const chased = kept.size === entries.length && chases-- > 0 ? await chaseRun(tx, entries.at(-1)!) : [];
+        if (chased.length) grown += await applier.applyTask(tx, ns, chasedTask(chased), fetchRaw);
+        return { merged: kept.size + chased.length, grown };
       }, signal),
     );
     if (applied.grown) notifier.notify(first.runId);
     return applied.merged;
+  }
+
+  /**
+   * The run's entries after last (held behind it since the merge listed them: its tasks go on
+   * arriving), deleted, when they follow on from last as one range; none otherwise (the next
+   * listing takes them). Locked first: a receiver's read of the run's entries (dlq.ts heldRuns)
+   * waits for this transaction and finds them gone, so the run's next task applies, not held.
+   * Their events come through the apply's gap repair (fetched outside the transaction, which is
+   * run again: fetchOutside), as far as the source's branch of the last one: no window is left
+   * between the listing and this transaction in which a task could be held behind the run again.
+   */
+  async function chaseRun(tx: Tx, last: DlqRow): Promise<DlqRow[]> {
+    const d = replicationDlq;
+    const later = await tx
+      .select()
+      .from(d)
+      .where(and(eq(d.sourceCluster, last.sourceCluster), eq(d.shardId, last.shardId), eq(d.namespaceId, last.namespaceId), eq(d.workflowId, last.workflowId), eq(d.runId, last.runId), gt(d.taskId, last.taskId)))
+      .orderBy(asc(d.taskId))
+      .for("update");
+    const ranges = rangesOf([last, ...later]);
+    if (!later.length || ranges.length !== 1) return [];
+    await tx.delete(d).where(and(eq(d.sourceCluster, last.sourceCluster), eq(d.shardId, last.shardId), inArray(d.taskId, later.map((e) => e.taskId))));
+    return later;
   }
 
   /**
@@ -196,7 +223,7 @@ export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, lo
           const source = sourceOf(batch[0]!.sourceCluster);
           if (!stuck.has(runKeyText(batch[0]!))) {
             try {
-              merged += await mergeEntries(batch, await source(), signal);
+              merged += await mergeEntries(batch, await source(), signal, i + MERGE_BATCH >= run.length);
               continue;
             } catch {
               signal?.throwIfAborted();
@@ -218,6 +245,18 @@ export type DlqMerge = ReturnType<typeof createDlqMerge>;
 
 /** Listings of the DLQ a merge works through: a run that never stops getting tasks does not keep it going for ever. */
 const MERGE_ROUNDS = 10;
+
+/** How many times a merge's transaction takes a run's entries that came since its listing (chaseRun) before it leaves them to the next listing. */
+const MAX_CHASES = 20;
+
+/** The task of chased entries (one range, in task order): their events come through the apply's gap repair, on the last one's branch. */
+const chasedTask = (chased: DlqRow[]): IncomingTask => {
+  const last = chased.at(-1)!;
+  return {
+    namespaceId: last.namespaceId, workflowId: last.workflowId, runId: last.runId, firstEventId: chased[0]!.firstEventId, nextEventId: last.nextEventId,
+    versionHistory: last.versionHistory!, events: [],
+  };
+};
 
 /** A run's entries one transaction of a merge takes at most (its events are held in memory meanwhile). */
 const MERGE_BATCH = 1000;
