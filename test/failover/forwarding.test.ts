@@ -12,7 +12,7 @@ import { rejects } from "../support/rejects";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { expectTerminatedFor } from "../support/terminated-for";
-import { addr, connectAll, eventuallyOn, startClusters } from "./mesh";
+import { addr, connectAll, eventuallyOn, startClustersInTurn } from "./mesh";
 import { serverStartTimeout } from "../support/timeouts";
 
 setDefaultTimeout(serverStartTimeout);
@@ -23,16 +23,17 @@ const run = (workflowId: string) => ({ workflowId, runId: "" });
 for (const store of await testStores()) {
   describe(`forwarding to the active cluster on ${store}`, () => {
     let a: TestCluster, noop: TestCluster, selected: TestCluster, all: TestCluster;
+    const started = startClustersInTurn(store, [{}, {}, policy("selected-apis-forwarding"), policy("all-apis-forwarding")]);
     beforeAll(async () => {
-      [a, noop, selected, all] = await startClusters(store, [{}, {}, policy("selected-apis-forwarding"), policy("all-apis-forwarding")]);
-      await connectAll([a, noop, selected, all]);
+      [a, noop, selected, all] = started as [TestCluster, TestCluster, TestCluster, TestCluster];
+      await connectAll(started);
       await a.client(WorkflowService).registerNamespace({
         namespace: "orders", isGlobalNamespace: true, clusters: ["clusterA", "clusterB", "clusterC", "clusterD"],
       });
       for (const x of [noop, selected, all]) await eventuallyOn(x, "orders", () => {});
       await a.client(WorkflowService).startWorkflowExecution({ namespace: "orders", workflowId: "w1", workflowType: "t", taskQueue: "q" });
     });
-    afterAll(() => Promise.all([a, noop, selected, all].map((x) => x.destroy())));
+    afterAll(() => Promise.all(started.map((x) => x.destroy())));
 
     test("TestSignalOnPassiveRefusedUnderNoop, naming the active cluster's frontend address", async () => {
       const err = await rejects(

@@ -1,20 +1,33 @@
-import { expect } from "bun:test";
+import { beforeAll, expect } from "bun:test";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { eventually } from "../support/eventually";
 import { createGate } from "../support/gate";
 import { startTestCluster, type TestCluster, type TestClusterOptions } from "../support/server";
 import type { StoreKind } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
 
 /** "host:port" of a test cluster's frontend. */
 export const addr = (x: TestCluster) => x.url.replace("http://", "");
 
 /** Starts clusterA (initial 1), clusterB (2), clusterC (3)... on store, each with its options. */
 export async function startClusters<N extends Partial<TestClusterOptions>[]>(store: StoreKind, options: [...N]): Promise<{ [K in keyof N]: TestCluster }> {
-  const started = await Promise.all(
-    options.map((o, i) => startTestCluster({ store, name: `cluster${"ABCDEFG"[i]}`, initialFailoverVersion: i + 1, ...o })),
-  );
+  const started = await Promise.all(options.map((o, i) => startTestCluster(nthCluster(store, o, i))));
   return started as { [K in keyof N]: TestCluster };
+}
+
+const nthCluster = (store: StoreKind, o: Partial<TestClusterOptions>, i: number): TestClusterOptions => ({ store, name: `cluster${"ABCDEFG"[i]}`, initialFailoverVersion: i + 1, ...o });
+
+/**
+ * As startClusters, one after another, each in a beforeAll hook of its own (serverStartTimeout
+ * each); call it in a describe. The returned list fills as the hooks run (destroy what it holds).
+ * Four PGlite clusters started at once in one hook passed its 120 s on a loaded 2-core host
+ * (forwarding.test.ts, 3 of 3 runs at load ~26), 2026-12-07.
+ */
+export function startClustersInTurn(store: StoreKind, options: Partial<TestClusterOptions>[]): TestCluster[] {
+  const started: TestCluster[] = [];
+  options.forEach((o, i) => beforeAll(async () => void started.push(await startTestCluster(nthCluster(store, o, i))), serverStartTimeout));
+  return started;
 }
 
 /** Connects every pair both ways (what `cluster upsert` does on each side). */
