@@ -11,13 +11,16 @@ import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import type { TcpProxy } from "../support/tcp-proxy";
 import { describeOn, expectActiveOn } from "./mesh";
-import { serverStartTimeout } from "../support/timeouts";
+import { answeredWithin, serverStartTimeout } from "../support/timeouts";
 
 setDefaultTimeout(serverStartTimeout);
 
 const NS = "orders";
-/** How long B's forwarded calls wait for A past their own work (the server's default is 30 s). */
-const FORWARD_MS = 1_000;
+/**
+ * How long B's forwarded calls wait for A past their own work (the server's default is 30 s). At
+ * 1 s, a loaded host passed it in a test that does not test it (A's apply seen, then the link cut).
+ */
+const FORWARD_MS = 5_000;
 
 /** p, or a failure once it has not settled within ms: a call that hangs fails the test, not its timeout. */
 function within<T>(ms: number, p: Promise<T>): Promise<T> {
@@ -58,18 +61,14 @@ for (const store of await testStores()) {
       link.stall("toClient", true);
       try {
         // The caller's deadline first, when it has one...
-        const asked = performance.now();
-        await rejects(within(5_000, signal("sig-0", 300)), Code.DeadlineExceeded, "");
-        expect(performance.now() - asked).toBeLessThan(2_000);
+        await rejects(within(answeredWithin(300), signal("sig-0", 300)), Code.DeadlineExceeded, "");
         // ...else B's own bound: retryable, naming the cluster and the request id to retry with.
-        const forwarded = performance.now();
         await rejects(
-          within(10_000, signal("sig-1")),
+          within(answeredWithin(FORWARD_MS), signal("sig-1")),
           Code.Unavailable,
           `cluster clusterA, where namespace ${NS} is active, did not answer the forwarded SignalWorkflowExecution within ${FORWARD_MS} ms ` +
             "(request id sig-1); it may still be applied there: retry with the same request id",
         );
-        expect(performance.now() - forwarded).toBeLessThan(FORWARD_MS + 2_000);
       } finally {
         link.stall("toClient", false);
       }
@@ -77,7 +76,7 @@ for (const store of await testStores()) {
       // (it came past its deadline, or never left B by then): A held sig-1 alone after 10 s in 1 of 2
       // runs. The retries once the link is back get what A applied, and write the rest, once.
       const applied = await signalsByRequestOnA("w");
-      // Each retried as its refusal says (UNAVAILABLE: B's 1 s bound can pass on a loaded host too).
+      // Each retried as its refusal says (UNAVAILABLE: B's bound can pass on a loaded host too).
       const retry = async (requestId: string) => (await eventually(() => signal(requestId), { timeout: 20_000 })).eventId;
       const retried = { "sig-0": await retry("sig-0"), "sig-1": await retry("sig-1") };
       expect(retried).toMatchObject(applied);
@@ -91,12 +90,10 @@ for (const store of await testStores()) {
       link.hold(true);
       try {
         await signal("unshipped");
-        const asked = performance.now();
         const failing = a.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterB", timeout: { seconds: 1n } });
         // A write during the handover waits it out and lands once the failover gave up.
         const during = signal("during-handover");
-        await rejects(within(10_000, failing), Code.Unavailable, `graceful failover of namespace ${NS} to clusterB timed out after 1000ms`);
-        expect(performance.now() - asked).toBeLessThan(3_000);
+        await rejects(within(answeredWithin(1_000), failing), Code.Unavailable, `graceful failover of namespace ${NS} to clusterB timed out after 1000ms`);
         await during;
         const onA = await describeOn(a, NS);
         expect([onA.replicationConfig!.activeClusterName, onA.replicationConfig!.state]).toEqual(["clusterA", ReplicationState.NORMAL]);
@@ -138,13 +135,11 @@ for (const store of await testStores()) {
       const failover = () => b.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterB", timeout: { seconds: 1n } });
       link.hold(true);
       try {
-        const asked = performance.now();
         await rejects(
-          within(10_000, failover()),
+          within(answeredWithin(1_000 + FORWARD_MS), failover()),
           Code.Unavailable,
           `cluster clusterA, where namespace ${NS} is active, did not answer the forwarded FailoverNamespace within ${1_000 + FORWARD_MS} ms (request id `,
         );
-        expect(performance.now() - asked).toBeLessThan(1_000 + FORWARD_MS + 2_000);
         // A never heard of it: still active, NORMAL, and taking writes.
         const onA = await describeOn(a, NS);
         expect([onA.replicationConfig!.activeClusterName, onA.replicationConfig!.state]).toEqual(["clusterA", ReplicationState.NORMAL]);
