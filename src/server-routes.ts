@@ -28,7 +28,7 @@ export function wireRoutes({ config, opts, log, now, cluster }: Base, core: Core
     operator: createOperatorHandler({
       db, clusters, namespaces, remotes: repl.remotes, version: VERSION, clients,
       connectionState: (name) => manager.connectionState(name),
-      failover: repl.failover, forwardTimeoutMs: opts.forwardTimeoutMs, whenChanged: core.whenChanged,
+      failover: repl.failover, forwardTimeoutMs: opts.forwardTimeoutMs, switchHeardWaitMs: opts.switchHeardWaitMs, whenChanged: core.whenChanged,
       refreshDlqGauge: repl.readDlqGauge,
       onNamespaceDeleted: () => void repl.namespaceReceiver.retryHeld().catch((e) => log.warn("applying held namespace replication tasks failed; retried at the next poll", { error: loggableError(e) })),
     }),

@@ -44,6 +44,8 @@ export interface ServerOptions {
   wrapNamespaces?: (registry: NamespaceRegistry) => NamespaceRegistry;
   /** How long a call forwarded to the active cluster waits for its answer past its own work (default FORWARD_TIMEOUT_MS, 30 s). */
   forwardTimeoutMs?: number;
+  /** How long a failover asked of its target waits there for the switch (default SWITCH_HEARD_WAIT_MS, 5 s). */
+  switchHeardWaitMs?: number;
   /** Replication knobs (over the config's replication block) and fault injection (tests). */
   replication?: {
     /** Retry budget of a failing history task before it goes to the DLQ. */

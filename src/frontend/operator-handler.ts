@@ -32,6 +32,8 @@ export interface OperatorHandlerDeps {
   clients: RemoteClientPool;
   /** FORWARD_TIMEOUT_MS unless set (tests). */
   forwardTimeoutMs?: number;
+  /** SWITCH_HEARD_WAIT_MS unless set (tests: a wait woken by the switch is told from one that ran out). */
+  switchHeardWaitMs?: number;
   /** Subscribes hook to the namespace changes saved in this cluster (server.ts changedHooks); returns its unsubscribe. */
   whenChanged: (hook: (ns: NamespaceRecord) => void) => () => void;
   /**
@@ -95,7 +97,7 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
     };
     // Subscribed before the read: a change saved between the two is heard, not waited out.
     const unsubscribe = deps.whenChanged(reached);
-    const timer = setTimeout(done, SWITCH_HEARD_WAIT_MS);
+    const timer = setTimeout(done, deps.switchHeardWaitMs ?? SWITCH_HEARD_WAIT_MS);
     const recheck = setInterval(() => void namespaces.describe({ name }).then(reached, () => {}), SWITCH_RECHECK_MS);
     const aborted = () => done();
     signal.addEventListener("abort", aborted);
