@@ -6,7 +6,7 @@ import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { createLogger } from "../../src/observability/log";
 import { runStatement } from "../../src/persistence/raw-statements";
-import { executions, historyEvents, replicationDlq } from "../../src/persistence/schema";
+import { backfillJobs, executions, historyEvents, replicationDlq } from "../../src/persistence/schema";
 import { parseHistogram } from "../../bench/lib/prom-histogram";
 import { connectAll, describeOn, eventuallyOn, startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
@@ -103,6 +103,19 @@ for (const store of (await testStores()).filter((s) => s === "postgres")) {
       return { nsId, taskId };
     }
 
+    /**
+     * Waits for held, a backfill page's gate, or fails naming B's backfill jobs: the wait hung the
+     * test to its 120 s once on a loaded host, saying nothing of where the backfill stood. Two of
+     * the backfill's idle waits (30 s, cut short by a job's start) is as long as it may take.
+     */
+    async function backfillReached(held: Promise<void>) {
+      let reached = false;
+      void held.then(() => (reached = true));
+      await eventually(async () => {
+        if (!reached) throw new Error(`B's backfill did not reach its page; B's backfill jobs: ${JSON.stringify(await b.server.database.db.select().from(backfillJobs))}`);
+      }, { timeout: 60_000, interval: 100 });
+    }
+
     /** Passes once B's ack of A's shard is past taskId: the apply (or the move to the DLQ) committed. */
     const ackedPast = (taskId: number) =>
       eventually(async () => expect((await inboundAckRows(b.server.database.db)).find((r) => r.remoteCluster === "clusterA" && r.queue === "history")?.ackLevel).toBeGreaterThanOrEqual(taskId));
@@ -173,7 +186,7 @@ for (const store of (await testStores()).filter((s) => s === "postgres")) {
       gates.set("w3", { at: "apply", gate: inside });
       // B joins: its backfill from A brings w3, and its page's transaction waits at the gate.
       await wf.updateNamespace({ namespace: name, clusters: ["clusterA", "clusterB"] });
-      await inside.held;
+      await backfillReached(inside.held);
       const nsId = (await describeOn(b, name)).namespaceInfo!.id;
       await wf.updateNamespace({ namespace: name, clusters: ["clusterA"] });
       await eventuallyOn(b, name, (ns) => expect(ns.replicationConfig?.clusters).toEqual(["clusterA"]));
