@@ -8,6 +8,8 @@ export interface TokenBucket {
   give(): void;
 }
 
+const TOKEN_EPSILON = 1e-9;
+
 /** Creates a token bucket; rps 0 means unlimited. */
 export function createTokenBucket(rps: number, burst: number): TokenBucket {
   let tokens = burst;
@@ -20,7 +22,9 @@ export function createTokenBucket(rps: number, burst: number): TokenBucket {
     take(now = performance.now()) {
       if (rps <= 0) return 0;
       refill(now);
-      if (tokens >= 1) {
+      // A refill's sum can fall short of a whole token by a rounding error ((t + 100) - t is
+      // 99.99999999999994 for some t), which would refuse a caller that waited the wait given.
+      if (tokens >= 1 - TOKEN_EPSILON) {
         tokens -= 1;
         return 0;
       }
