@@ -8,6 +8,7 @@ import { createBackfillHandler } from "./frontend/backfill-handler";
 import { createHealthHandler } from "./frontend/health-handler";
 import { createForwardingWorkflowService } from "./frontend/forwarding";
 import { createOperatorHandler } from "./frontend/operator-handler";
+import { createRedirectionOutcomes } from "./frontend/redirection-outcomes";
 import { createRoutes, SERVED_SERVICES } from "./frontend/routes";
 import { createWorkflowHandler } from "./frontend/workflow-handler";
 import type { Base, Core } from "./server-core";
@@ -20,13 +21,15 @@ import { loggableError } from "./errors";
 export function wireRoutes({ config, opts, log, now, cluster }: Base, core: Core, repl: Replication, health: { isServing: () => Promise<boolean>; stopped: AbortSignal }) {
   const { db, clusters, namespaces, notifier, engine, queries } = core;
   const { clients, dlq, applier, manager } = repl;
+  // Workflow calls and failovers forwarded to the active cluster, counted and logged alike.
+  const redirections = createRedirectionOutcomes({ metrics: core.metrics, log });
   return createRoutes({
     workflow: createForwardingWorkflowService({
       inner: createWorkflowHandler({ namespaces, engine, queries, checkForcedFailover: createForcedFailoverCheck({ db, namespaces, clusters, clients }) }),
-      policy: config.dcRedirectionPolicy.policy, namespaces, clusters, clients, timeoutMs: opts.forwardTimeoutMs,
+      policy: config.dcRedirectionPolicy.policy, namespaces, clusters, clients, redirections, timeoutMs: opts.forwardTimeoutMs,
     }),
     operator: createOperatorHandler({
-      db, clusters, namespaces, remotes: repl.remotes, version: VERSION, clients,
+      db, clusters, namespaces, remotes: repl.remotes, version: VERSION, clients, redirections,
       connectionState: (name) => manager.connectionState(name),
       failover: repl.failover, forwardTimeoutMs: opts.forwardTimeoutMs, switchHeardWaitMs: opts.switchHeardWaitMs, whenChanged: core.whenChanged,
       refreshDlqGauge: repl.readDlqGauge,

@@ -11,6 +11,7 @@ import { shown } from "../shown";
 import { MAX_TIMER_MS } from "../sleep";
 import { answerAtDeadline, answerWithinMs, deadlineAnswerKey, deadlineTextKey } from "./deadline";
 import { requestIdKey } from "./interceptors";
+import type { RedirectionOutcomes } from "./redirection-outcomes";
 import { expiredPollPage, historyWaitMs } from "./workflow-handler";
 
 /** Marks a forwarded call; a call carrying it is never forwarded again (no loops). */
@@ -193,7 +194,7 @@ function redirectedTo(e: unknown, namespace: string): string | undefined {
  * a refusal naming this cluster (handedBack), or one already tried, is retryable UNAVAILABLE.
  */
 export async function callActive<T>(
-  { clusters, clients }: Pick<ForwardingDeps, "clusters" | "clients">,
+  { clusters, clients, redirections }: Pick<ForwardingDeps, "clusters" | "clients" | "redirections">,
   ctx: HandlerContext,
   to: Omit<ForwardTarget, "current">,
   call: (remote: RemoteClients, options: CallOptions) => Promise<T>,
@@ -205,7 +206,8 @@ export async function callActive<T>(
     tried.add(target);
     const remote = await frontendOf(clusters, clients, to.namespace, target);
     try {
-      return await forward(ctx, { ...to, current, target }, (options) => call(remote, options));
+      const sent = { ...to, current, target };
+      return await forward(ctx, sent, (options) => redirections.observed(sent, ctx.values.get(requestIdKey), call(remote, options)));
     } catch (e) {
       const next = redirectedTo(e, to.namespace);
       if (next === undefined) throw e;
@@ -221,6 +223,8 @@ export interface ForwardingDeps {
   namespaces: NamespaceRegistry;
   clusters: ClusterDirectory;
   clients: RemoteClientPool;
+  /** Counts each forwarded call by target, and logs those never answered. */
+  redirections: RedirectionOutcomes;
   /** FORWARD_TIMEOUT_MS unless set (tests). */
   timeoutMs?: number;
 }
@@ -281,7 +285,7 @@ function fittedLongPoll<R extends { waitTimeout?: Duration }>(req: R, ctx: Handl
 }
 
 /** inner with the calls the policy covers forwarded to the active cluster. */
-function forwarding({ inner, policy, namespaces, clusters, clients, timeoutMs = FORWARD_TIMEOUT_MS }: ForwardingDeps): Workflow {
+function forwarding({ inner, policy, namespaces, clusters, clients, redirections, timeoutMs = FORWARD_TIMEOUT_MS }: ForwardingDeps): Workflow {
   const current = clusters.current().clusterName;
 
   /** The active cluster to forward to, or undefined to serve here. */
@@ -314,7 +318,7 @@ function forwarding({ inner, policy, namespaces, clusters, clients, timeoutMs = 
       // A history long poll's answer may take its wait.
       const limitMs = longPoll ? historyWaitMs(history.waitTimeout) + timeoutMs : timeoutMs;
       const what = name.charAt(0).toUpperCase() + name.slice(1);
-      return callActive({ clusters, clients }, ctx, { target, namespace: req.namespace, what, limitMs, requestId: message.requestId }, ({ workflow }, options) => {
+      return callActive({ clusters, clients, redirections }, ctx, { target, namespace: req.namespace, what, limitMs, requestId: message.requestId }, ({ workflow }, options) => {
         const call = workflow[name as keyof typeof workflow] as (m: unknown, o: CallOptions) => Promise<unknown>;
         return call.call(workflow, message, options);
       });

@@ -17,6 +17,7 @@ import type { RemoteClientPool } from "../cluster/remote-client";
 import { createStaleCopyCheck } from "../../replication/stale-copy";
 import { durationMs, namespaceToProto } from "./convert";
 import { callActive, FORWARD_TIMEOUT_MS, FORWARDED_HEADER } from "./forwarding";
+import type { RedirectionOutcomes } from "./redirection-outcomes";
 
 export interface OperatorHandlerDeps {
   db: Db;
@@ -30,6 +31,8 @@ export interface OperatorHandlerDeps {
   failover: GracefulFailover;
   /** Clients of remote frontends: a failover asked of a passive cluster goes to the active one. */
   clients: RemoteClientPool;
+  /** Counts each forwarded failover by target, and logs those never answered. */
+  redirections: RedirectionOutcomes;
   /** FORWARD_TIMEOUT_MS unless set (tests). */
   forwardTimeoutMs?: number;
   /** SWITCH_HEARD_WAIT_MS unless set (tests: a wait woken by the switch is told from one that ran out). */
@@ -152,7 +155,7 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
         // The failover may take its timeout there, and leaving HANDOVER after it a few seconds more.
         const limitMs = timeoutMs + (deps.forwardTimeoutMs ?? FORWARD_TIMEOUT_MS);
         const to = { target: ns.activeClusterName, namespace: r.namespace, what: "FailoverNamespace", limitMs };
-        const res = await callActive({ clusters, clients: deps.clients }, ctx, to, ({ operator }, options) => operator.failoverNamespace(r, options));
+        const res = await callActive({ clusters, clients: deps.clients, redirections: deps.redirections }, ctx, to, ({ operator }, options) => operator.failoverNamespace(r, options));
         // Asked here to fail over to here: answered once this cluster has the switch (namespace
         // replication brings it a few ms after the active answers), so a write sent here next is
         // taken here rather than refused as if the old active still were.

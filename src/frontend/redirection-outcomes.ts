@@ -1,0 +1,64 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import { codeToString } from "@connectrpc/connect/protocol-connect";
+import { notTernAnswer, peerFailureText } from "../cluster/remote-client";
+import { fetchFailureReason } from "../fetch-failure";
+import type { Logger } from "../observability/log";
+import type { Metrics } from "../observability/metrics";
+import { createRepeatLog } from "../observability/repeat-log";
+
+/** One call forwarded to a cluster: its operation ("SignalWorkflowExecution"), namespace and target. */
+export interface Redirected {
+  what: string;
+  namespace: string;
+  target: string;
+}
+
+/**
+ * Why a forwarded call failed, as client_redirection_errors' error_type: `timeout`, no answer by
+ * the caller's deadline or the forward's own bound; `unreachable`, none at all (a connection
+ * refused or reset, a host not found); `canceled`, its caller left; else the code the target (or
+ * something in front of it) answered, as Connect names it (`not_found`, `unavailable`, ...).
+ */
+export function redirectionErrorType(e: unknown): string {
+  const err = ConnectError.from(e);
+  if (err.code === Code.DeadlineExceeded) return "timeout";
+  if (err.code === Code.Canceled) return "canceled";
+  if (fetchFailureReason(err) !== undefined || (err.code === Code.Unknown && notTernAnswer(err) === undefined)) return "unreachable";
+  return codeToString(err.code);
+}
+
+/**
+ * Counts each call forwarded to the active cluster (client_redirection_requests, _errors and
+ * _latency, as Temporal's frontend redirection does, by target_cluster) and logs those the target
+ * never answered, `timeout` or `unreachable`: a line per target, operation and kind every
+ * windowMs, the next one saying how many it stood for (createRepeatLog). A history long poll's
+ * caller gets an empty page at its deadline either way (forwarding.ts), so these are what tells
+ * an operator that a remote takes connections and never answers.
+ */
+export function createRedirectionOutcomes({ metrics, log, windowMs }: { metrics: Metrics; log: Logger; windowMs?: number }) {
+  const unanswered = createRepeatLog(log, { windowMs });
+  return {
+    /** call's answer; its outcome counted for to, and logged under requestId (the forwarded call's) if none came. */
+    async observed<T>(to: Redirected, requestId: string, call: Promise<T>): Promise<T> {
+      const labels = { operation: to.what, namespace: to.namespace, target_cluster: to.target };
+      const started = performance.now();
+      metrics.inc("client_redirection_requests", labels);
+      try {
+        return await call;
+      } catch (e) {
+        const errorType = redirectionErrorType(e);
+        metrics.inc("client_redirection_errors", { ...labels, error_type: errorType });
+        if (errorType === "timeout") {
+          unanswered.warn("forwarded call timed out: the active cluster did not answer in time", { remote: to.target, operation: to.what, requestId });
+        } else if (errorType === "unreachable") {
+          unanswered.warn("forwarded call failed: cannot reach the active cluster", { remote: to.target, operation: to.what, reason: peerFailureText(e), requestId });
+        }
+        throw e;
+      } finally {
+        metrics.observe("client_redirection_latency", { operation: to.what, target_cluster: to.target }, (performance.now() - started) / 1000);
+      }
+    },
+  };
+}
+
+export type RedirectionOutcomes = ReturnType<typeof createRedirectionOutcomes>;
