@@ -192,6 +192,8 @@ function redirectedTo(e: unknown, namespace: string): string | undefined {
  * that names another (with three or more clusters, target may have handed over to a third this
  * one has not heard of: its write would fail where a retry lands). Each cluster is tried once;
  * a refusal naming this cluster (handedBack), or one already tried, is retryable UNAVAILABLE.
+ * Each try is counted by its target as it came back from there, before forward() makes an
+ * answer of it (a long poll's empty page at the deadline): redirections.
  */
 export async function callActive<T>(
   { clusters, clients, redirections }: Pick<ForwardingDeps, "clusters" | "clients" | "redirections">,

@@ -6,6 +6,7 @@ import { createRemoteClientPool } from "../../src/cluster/remote-client";
 import { createCallFailures } from "../../src/frontend/call-failures";
 import { forward } from "../../src/frontend/forwarding";
 import { requestIdKey } from "../../src/frontend/interceptors";
+import { createRedirectionOutcomes } from "../../src/frontend/redirection-outcomes";
 import { WorkflowExecutionAlreadyStartedFailureSchema } from "../../src/gen/tern/errordetails/v1/message_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { createLogger } from "../../src/observability/log";
@@ -104,6 +105,33 @@ describe("a forwarded call's failure answered by the active cluster's address", 
   test("TestForwardedCallAnsweredByAProxysBareHttp502IsPassedOnUnderItsOwnCode", async () => {
     const { err } = await forwardedFailure(gateway.url.host);
     expect([err.code, err.rawMessage]).toEqual([Code.Unavailable, "HTTP 502"]);
+  });
+
+  test("TestForwardedCallsAnsweredBySomethingInFrontOfTheActiveClusterAreCountedByWhatAnsweredNotAsUnreachable", async () => {
+    const metrics = createMetrics();
+    const lines: { msg: string; remote?: string; reason?: string }[] = [];
+    const redirections = createRedirectionOutcomes({ metrics, log: createLogger({ write: (l) => void lines.push(JSON.parse(l)) }) });
+    // A port nothing listens on: the connection refused.
+    const closed = serving(() => new Response());
+    const refusing = closed.url.host;
+    closed.stop(true);
+    for (const address of [internal.url.host, proxy.url.host, gateway.url.host, webPage.url.host, refusing]) {
+      const { workflow } = createRemoteClientPool().get(address);
+      await redirections.observed({ what: "SignalWorkflowExecution", namespace: "orders", target: address }, "fwd-1", workflow.signalWorkflowExecution({ namespace: "orders" })).catch(() => {});
+    }
+    const errorTypes = [...metrics.render().matchAll(/^client_redirection_errors\{.*target_cluster="([^"]+)",error_type="([^"]+)"\} 1$/gm)].map((m) => [m[1], m[2]]);
+    expect(Object.fromEntries(errorTypes)).toEqual({
+      [internal.url.host]: "internal",
+      // Reached, and answered by a proxy or a web server: what Connect makes of it, not "unreachable".
+      [proxy.url.host]: "unknown",
+      [gateway.url.host]: "unavailable",
+      [webPage.url.host]: "unknown",
+      [refusing]: "unreachable",
+    });
+    // Only the call that got no answer is logged as such.
+    expect(lines.map(({ msg, remote, reason }) => ({ msg, remote, reason }))).toEqual([
+      { msg: "forwarded call failed: cannot reach the active cluster", remote: refusing, reason: "connection refused" },
+    ]);
   });
 
   test("TestForwardedCallAnsweredByAWebPageSaysWhatItAnswered", async () => {
