@@ -37,7 +37,7 @@ for (const store of await testStores()) {
         // A look makes no database: the path may be mistyped.
         expect(existsSync(join(data.location, "db"))).toBe(false);
         const text = await tern("admin", "db", "status", ...target);
-        expect(text.out).toContain("No database there yet (a server's first start, or 'tern admin db migrate', makes it); is the path right?\n");
+        expect(text.out).toContain(`No database there yet (a server's first start, or 'tern admin db migrate ${target.join(" ")}', makes it); is the path right?\n`);
         expect(existsSync(join(data.location, "db"))).toBe(false);
       }
       const migrate = await tern("admin", "db", "migrate", ...target, "-o", "json");
@@ -118,6 +118,32 @@ test.if((await testStores()).includes("postgres"))("admin db migrate by a role t
         await owner.end({ timeout: 1 });
       }
     });
+  } finally {
+    await target.drop();
+  }
+});
+
+// Was: "12 pending: run 'tern admin db migrate'", which, copied as said, migrates the database of
+// config/development.yaml (or $TERN_CONFIG), not the one just looked at.
+test("admin db status names the migrate command for the database it looked at: its --config, or the same --database-url", async () => {
+  const data = await newDataLocation("pglite");
+  try {
+    const config = join(data.location, "tern.yaml");
+    writeFileSync(config, testConfigYaml({ store: "pglite", dataLocation: join(data.location, "db") }));
+    const text = await tern("admin", "db", "status", "--config", config);
+    expect(text.code).toBe(0);
+    expect(text.out).toContain(`No database there yet (a server's first start, or 'tern admin db migrate --config ${config}', makes it); is the path right?\n`);
+    expect(text.out.split("\n").at(-2)).toMatch(/^\d+ pending: run 'tern admin db migrate --config \S+'$/);
+    expect(text.out).toEndWith(` pending: run 'tern admin db migrate --config ${config}'\n`);
+  } finally {
+    await data.remove();
+  }
+  if (!(await testStores()).includes("postgres")) return;
+  const target = await createTestDatabase();
+  try {
+    const text = await tern("admin", "db", "status", "--database-url", target.url);
+    expect(text.code).toBe(0);
+    expect(text.out.split("\n").at(-2)).toMatch(/^\d+ pending: run 'tern admin db migrate' with the same --database-url$/);
   } finally {
     await target.drop();
   }

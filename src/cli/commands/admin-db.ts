@@ -39,6 +39,19 @@ export function datastoreFromArgs(backend: AdminDbBackend, args: ParsedArgs): Da
   return backend.loadConfig(path, env).persistence.datastore;
 }
 
+/**
+ * The migrate command for the datastore these flags named: a bare 'tern admin db migrate' reads
+ * config/development.yaml (or $TERN_CONFIG), another database than the one just looked at.
+ */
+function migrateCommandFor(args: ParsedArgs): string {
+  const config = getString(args, "config");
+  // A path a shell would split or expand is named by its flag, as the URL is.
+  if (config !== undefined) return /^[\w./@%+=:,-]+$/.test(config) ? `'tern admin db migrate --config ${config}'` : "'tern admin db migrate' with the same --config";
+  // The URL may hold a password, and the one shown above is masked: name the flag, not the URL.
+  if (getString(args, "database-url") !== undefined) return "'tern admin db migrate' with the same --database-url";
+  return "'tern admin db migrate'";
+}
+
 function describeStore(backend: AdminDbBackend, store: DatastoreConfig): string {
   return "postgres" in store ? `PostgreSQL ${backend.redactUrl(store.postgres.url)}` : `PGlite data dir ${store.pglite.dataDir}`;
 }
@@ -100,9 +113,9 @@ const status: LeafCommand = {
       else {
         const pending = new Set(s.pending);
         ctx.out(`Datastore: ${where}\n`);
-        if (absent) ctx.out("No database there yet (a server's first start, or 'tern admin db migrate', makes it); is the path right?\n");
+        if (absent) ctx.out(`No database there yet (a server's first start, or ${migrateCommandFor(args)}, makes it); is the path right?\n`);
         ctx.out(formatTable(["MIGRATION", "STATE"], s.known.map((tag) => [tag, pending.has(tag) ? "pending" : "applied"])));
-        if (s.unknownApplied === 0) ctx.out(s.pending.length === 0 ? "Schema up to date\n" : `${s.pending.length} pending: run 'tern admin db migrate'\n`);
+        if (s.unknownApplied === 0) ctx.out(s.pending.length === 0 ? "Schema up to date\n" : `${s.pending.length} pending: run ${migrateCommandFor(args)}\n`);
       }
       // A downgrade: this build must not run against the schema, so a pre-upgrade check has to fail.
       if (s.unknownApplied > 0) {
