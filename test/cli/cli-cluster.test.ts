@@ -156,8 +156,20 @@ describe("operator cluster", () => {
     expect(upsert.stdout).toContain("--frontend-address HOST:PORT");
     expect(upsert.stdout).toContain("--enable_connection false");
     const list = await runCli(["operator", "cluster", "list", "-h"]);
-    expect(list.stdout).toContain("CONNECTION (connected, connecting, disabled or error: ...)");
+    // Was: "(connected, connecting, disabled or error: ...)", while the list shows "current" for
+    // this cluster and "unknown" for a remote whose streams restart.
+    expect(list.stdout).toContain("CONNECTION (current for this cluster; for a remote connected, connecting, unknown (its\nstreams restarting), disabled or error: ...)");
     const group = await runCli(["admin", "cluster"]);
     expect(group.stdout).toMatch(/^ {2}remove-remote-cluster +Disconnect a remote cluster/m);
+  });
+
+  test("remove's --help says how to take the remote out of a namespace, not 'from --cluster', its own flag there", async () => {
+    // Was: "must drop the remote from --cluster first", which in remove-remote-cluster is the flag naming the remote.
+    for (const argv of [["admin", "cluster", "remove-remote-cluster", "--help"], ["operator", "cluster", "remove", "--help"]]) {
+      const r = await runCli(argv);
+      expect(r.code).toBe(0);
+      expect(r.stdout).not.toContain("from --cluster");
+      expect(r.stdout).toContain("take the remote out of its clusters\nfirst, on its active cluster ('tern operator namespace update -n NS --cluster ...', naming\nthe clusters it keeps).");
+    }
   });
 });

@@ -268,6 +268,14 @@ describe("workflow list", () => {
     expect(seen).toHaveLength(1);
   });
 
+  test("cancel's and terminate's --reason read alike: both optional, both say so", async () => {
+    // Was: cancel's "Reason", terminate's "Reason (default: none)", for the same optional flag.
+    for (const command of ["cancel", "terminate"]) {
+      const r = await runCli(["workflow", command, "--help"]);
+      expect(r.stdout).toMatch(/^ {6}--reason TEXT +Reason \(default: none\)$/m);
+    }
+  });
+
   test("--start-before says its time is included, as the server's start_time_max includes it", async () => {
     // Before: "Only started before", while a run started at that very time was listed.
     expect((await runCli(["workflow", "list", "--help"])).stdout).toContain("--start-before TIME           Only started at or before this RFC 3339 time (UTC unless it names a zone)");

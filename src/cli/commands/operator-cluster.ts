@@ -29,7 +29,8 @@ const list: LeafCommand = {
   summary: "List this cluster and the clusters connected to it",
   details: [
     "Columns: NAME, ID, ADDRESS, CURRENT (this cluster), ENABLED (enable_connection),",
-    "CONNECTION (connected, connecting, disabled or error: ...), INITIAL VERSION, SHARDS.",
+    "CONNECTION (current for this cluster; for a remote connected, connecting, unknown (its",
+    "streams restarting), disabled or error: ...), INITIAL VERSION, SHARDS.",
     'With -o json, prints { "clusters": [ClusterInfo, ...] } with every page merged.',
   ].join("\n"),
   flags: [],

@@ -57,7 +57,9 @@ export function removeRemoteClusterCommand(name: string, flag: "name" | "cluster
     summary: "Disconnect a remote cluster (refused while a namespace still lists it)",
     details: [
       "Removes the remote from this cluster only; run it on the other cluster too.",
-      "A namespace that lists both clusters must drop the remote from --cluster first.",
+      "Refused while a global namespace lists both clusters: take the remote out of its clusters",
+      "first, on its active cluster ('tern operator namespace update -n NS --cluster ...', naming",
+      "the clusters it keeps).",
       "With -o json, prints {}.",
     ].join("\n"),
     positionals: "[CLUSTER]",

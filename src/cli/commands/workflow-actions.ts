@@ -64,11 +64,14 @@ const signal: LeafCommand = {
   },
 };
 
+/** --reason of cancel and terminate: optional for both, as in Temporal's CLI (the server takes ""). */
+const reasonFlag: FlagSpec = { name: "reason", kind: "string", valueName: "TEXT", description: "Reason (default: none)" };
+
 const cancel: LeafCommand = {
   kind: "leaf",
   name: "cancel",
   summary: "Request cancellation of a workflow execution",
-  flags: [...executionFlags, { name: "reason", kind: "string", valueName: "TEXT", description: "Reason" }, requestIdFlag],
+  flags: [...executionFlags, reasonFlag, requestIdFlag],
   async run(ctx, args) {
     const req = { ...target(args), reason: getString(args, "reason") ?? "", identity: CLI_IDENTITY };
     const res = await ctx.workflow().requestCancelWorkflowExecution(req, { signal: ctx.signal });
@@ -82,7 +85,7 @@ const terminate: LeafCommand = {
   summary: "Terminate a workflow execution",
   flags: [
     ...executionFlags,
-    { name: "reason", kind: "string", valueName: "TEXT", description: "Reason (default: none)" },
+    reasonFlag,
     { name: "details", kind: "string", valueName: "JSON", description: "Details, as JSON text, @FILE or - (standard input)" },
     requestIdFlag,
   ],
