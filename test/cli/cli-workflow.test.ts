@@ -227,6 +227,14 @@ describe("workflow writes on one execution", () => {
     expect(given.code).toBe(0);
     expect(reasons).toEqual(["", "done"]);
   });
+
+  test("cancel's and terminate's --reason read alike: both optional, both say so", async () => {
+    // Was: cancel's "Reason", terminate's "Reason (default: none)", for the same optional flag.
+    for (const command of ["cancel", "terminate"]) {
+      const r = await runCli(["workflow", command, "--help"]);
+      expect(r.stdout).toMatch(/^ {6}--reason TEXT +Reason \(default: none\)$/m);
+    }
+  });
 });
 
 describe("workflow list", () => {
@@ -266,14 +274,6 @@ describe("workflow list", () => {
     const bad = await runCli(["workflow", "list", "--start-after", "2023-02-29"], { workflow });
     expect([bad.code, bad.stdout, bad.stderr.split("\n")[0]]).toEqual([2, "", 'error: --start-after must be an RFC 3339 time (e.g. 2024-05-01T12:00:00Z, 2024-05-01; UTC unless a zone is given), got "2023-02-29": 2023-02 has no day 29']);
     expect(seen).toHaveLength(1);
-  });
-
-  test("cancel's and terminate's --reason read alike: both optional, both say so", async () => {
-    // Was: cancel's "Reason", terminate's "Reason (default: none)", for the same optional flag.
-    for (const command of ["cancel", "terminate"]) {
-      const r = await runCli(["workflow", command, "--help"]);
-      expect(r.stdout).toMatch(/^ {6}--reason TEXT +Reason \(default: none\)$/m);
-    }
   });
 
   test("--start-before says its time is included, as the server's start_time_max includes it", async () => {
