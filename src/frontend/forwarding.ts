@@ -104,6 +104,8 @@ export interface ForwardTarget {
   limitMs: number;
   /** The forwarded request's id: a retry with it is applied once. */
   requestId?: string;
+  /** Said after the retry advice when the target gave no answer (down, cut off): what else to do. */
+  whenUnanswered?: string;
 }
 
 /**
@@ -136,7 +138,7 @@ export async function forward<T>(ctx: HandlerContext, to: ForwardTarget, call: (
     return await call(options);
   } catch (e) {
     if (e instanceof ConnectError && e.code === Code.DeadlineExceeded) {
-      if (ours) throw unavailable(unansweredText(ctx, to, `${to.limitMs} ms`));
+      if (ours) throw unavailable(`${unansweredText(ctx, to, `${to.limitMs} ms`)}${to.whenUnanswered ?? ""}`);
       // The target's answer held past the margin its wait was fitted to (fittedLongPoll), a stall
       // on its path or its own past its deadline: the caller's deadline has not come yet.
       const answer = ctx.values.get(deadlineAnswerKey);
@@ -145,7 +147,7 @@ export async function forward<T>(ctx: HandlerContext, to: ForwardTarget, call: (
     }
     const retry = retryText(ctx, to.requestId);
     // A connection reset may come after the target applied the call: the retry must carry its request id.
-    if (e instanceof ConnectError && e.code === Code.Unknown) throw unavailable(`${peerFailureSentence(e, to.target)}${retry}`);
+    if (e instanceof ConnectError && e.code === Code.Unknown) throw unavailable(`${peerFailureSentence(e, to.target)}${retry}${to.whenUnanswered ?? ""}`);
     // The active cluster's own failure, logged there with its stack under the request id it names:
     // passed on as it answered, with its details, not as a failure of this cluster's (toConnectError's
     // INTERNAL). Its headers stay behind, as Temporal's forwarding passes the status alone: its

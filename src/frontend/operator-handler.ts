@@ -154,7 +154,11 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
       if (ns.isGlobal && ns.activeClusterName !== current.clusterName && !ctx.requestHeader.get(FORWARDED_HEADER)) {
         // The failover may take its timeout there, and leaving HANDOVER after it a few seconds more.
         const limitMs = timeoutMs + (deps.forwardTimeoutMs ?? FORWARD_TIMEOUT_MS);
-        const to = { target: ns.activeClusterName, namespace: r.namespace, what: "FailoverNamespace", limitMs };
+        // A graceful failover needs the active cluster to hand over: one that is down never will.
+        const whenUnanswered =
+          `; if ${ns.activeClusterName} is down, no graceful failover can be made: fail over forced, asked of ${r.targetCluster} ` +
+          `(tern operator namespace update -n ${r.namespace} --active-cluster ${r.targetCluster})`;
+        const to = { target: ns.activeClusterName, namespace: r.namespace, what: "FailoverNamespace", limitMs, whenUnanswered };
         const res = await callActive({ clusters, clients: deps.clients, redirections: deps.redirections }, ctx, to, ({ operator }, options) => operator.failoverNamespace(r, options));
         // Asked here to fail over to here: answered once this cluster has the switch (namespace
         // replication brings it a few ms after the active answers), so a write sent here next is

@@ -135,10 +135,14 @@ for (const store of await testStores()) {
       const failover = () => b.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterB", timeout: { seconds: 1n } });
       link.hold(true);
       try {
-        await rejects(
+        const refused = await rejects(
           within(answeredWithin(1_000 + FORWARD_MS), failover()),
           Code.Unavailable,
           `cluster clusterA, where namespace ${NS} is active, did not answer the forwarded FailoverNamespace within ${1_000 + FORWARD_MS} ms (request id `,
+        );
+        // A retry does not mend an active cluster that is down: what to do then is said.
+        expect(refused.rawMessage).toEndWith(
+          `; retry; if clusterA is down, no graceful failover can be made: fail over forced, asked of clusterB (tern operator namespace update -n ${NS} --active-cluster clusterB)`,
         );
         // A never heard of it: still active, NORMAL, and taking writes.
         const onA = await describeOn(a, NS);
