@@ -13,6 +13,7 @@ import type { Db, Tx } from "../src/persistence/database";
 import { clusterMetadata, replicationDlq, type VersionHistoryItem } from "../src/persistence/schema";
 import { RetryableReplicationError, type HistoryApplier, type IncomingTask } from "./applier";
 import { entryOf, HELD_BEHIND, type DlqFilter, type DlqRow, type ReplicationDlq } from "./dlq";
+import { LEFT_FOR_NEXT_MERGE } from "./dlq-reasons";
 import { fetchOutside } from "./gap-fetch";
 import { RAW_HISTORY_PAGE_BYTES, rawFetcher } from "./page-transactions";
 import { mergeRunTasks } from "./task-merge";
@@ -29,6 +30,8 @@ export interface DlqMergeDeps {
   log: Logger;
   /** How many times a merge lists the DLQ: MERGE_ROUNDS unless set (tests). */
   rounds?: number;
+  /** How many runs of a merge's transaction take a run's entries that came since its listing: MAX_CHASES unless set (tests). */
+  chases?: number;
 }
 
 /**
@@ -37,7 +40,7 @@ export interface DlqMergeDeps {
  * entry that applies is deleted in the same transaction; one that fails is kept, and so
  * are the later entries of its run, so a run is never applied out of order.
  */
-export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, log, rounds = MERGE_ROUNDS }: DlqMergeDeps) {
+export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, log, rounds = MERGE_ROUNDS, chases: maxChases = MAX_CHASES }: DlqMergeDeps) {
   async function sourceClients(name: string): Promise<RemoteClients> {
     const [row] = await db.select().from(clusterMetadata).where(and(eq(clusterMetadata.clusterName, name), eq(clusterMetadata.isCurrent, false)));
     if (!row) throw notFound(`source cluster ${shown(name)} is not a remote cluster of this one`);
@@ -112,7 +115,7 @@ export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, lo
       // The receiver retries such a task; a merge does not, and said "retrying" (the namespace deleted here since).
       throw err instanceof RetryableReplicationError ? namespaceGone(first) : err;
     });
-    let chases = chase ? MAX_CHASES : 0;
+    let chases = chase ? maxChases : 0;
     const applied = await fetchOutside(rawFetcher(first.sourceCluster, source, log, signal), (fetchRaw) =>
       writer.transact("MergeReplicationDlq", async (tx) => {
         // Under the barrier a delete takes (namespace/delete.ts): one committed meanwhile took the entries
@@ -260,9 +263,6 @@ const chasedTask = (chased: DlqRow[]): IncomingTask => {
 
 /** A run's entries one transaction of a merge takes at most (its events are held in memory meanwhile). */
 const MERGE_BATCH = 1000;
-
-/** Why an entry that reached the DLQ after a merge's last listing was not merged by it. */
-export const LEFT_FOR_NEXT_MERGE = "not merged: it reached the DLQ after this merge's last listing (its run's tasks kept coming); its run stays held: merge again";
 
 /** Why an entry of a namespace this cluster no longer holds cannot be merged. */
 const namespaceGone = (e: DlqRow) =>

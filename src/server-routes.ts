@@ -39,7 +39,7 @@ export function wireRoutes({ config, opts, log, now, cluster }: Base, core: Core
       createAdminHandler({
         db, cluster, sender: repl.sender, status: repl.status, dlq,
         namespaceSender: repl.namespaceSender,
-        dlqMerge: createDlqMerge({ db, dlq, applier, writer: core.writer, clients, notifier, log, rounds: opts.replication?.dlqMergeRounds }),
+        dlqMerge: createDlqMerge({ db, dlq, applier, writer: core.writer, clients, notifier, log, rounds: opts.replication?.dlqMergeRounds, chases: opts.replication?.dlqMergeChases }),
         verifier: createReplicationVerifier({ db, cluster, clients, ...opts.replication?.verify }),
       }),
       opts.replication,

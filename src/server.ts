@@ -107,6 +107,8 @@ export interface ServerOptions {
     verify?: Pick<ReplicationVerifierDeps, "sqlDigestBytes" | "pageWorkMs">;
     /** How many times a DLQ merge lists the DLQ (replication/dlq-merge.ts; tests make it 1). */
     dlqMergeRounds?: number;
+    /** How many runs of a DLQ merge's transaction take a held run's entries that came since its listing (replication/dlq-merge.ts; tests make it 1). */
+    dlqMergeChases?: number;
   };
 }
 

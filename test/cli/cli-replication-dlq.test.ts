@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { ListReplicationDlqRequest, MergeReplicationDlqRequest, PurgeReplicationDlqRequest } from "../../src/gen/tern/admin/v1/service_pb";
+import { LEFT_FOR_NEXT_MERGE } from "../../replication/dlq-reasons";
 import { runCli } from "./harness";
 
 const entry = {
@@ -47,6 +48,18 @@ describe("replication dlq", () => {
     expect([one.code, one.stdout]).toEqual([0, "Merged 1 DLQ entry; 0 still fail\n"]);
     const ok = await runCli(["replication", "dlq", "merge", "-o", "json"], { admin: { mergeReplicationDlq: () => ({ merged: 2n }) } });
     expect([ok.code, JSON.parse(ok.stdout)]).toEqual([0, { merged: "2" }]);
+  });
+
+  test("a merge that leaves entries that came after its last listing says they remain, not fail, and to run merge again", async () => {
+    const late = { ...entry, firstEventId: 5n, nextEventId: 6n, taskId: 19n, attempts: 0, lastError: LEFT_FOR_NEXT_MERGE };
+    const r = await runCli(["replication", "dlq", "merge"], { admin: { mergeReplicationDlq: () => ({ merged: 4n, failed: [entry, late, { ...late, taskId: 20n }] }) } });
+    expect(r.code).toBe(1);
+    // Before: "Merged 4 DLQ entries; 3 still fail", the entries left counted as failures, "merge again" only at the end of their rows.
+    expect(r.stdout.split("\n")[0]).toBe(
+      "Merged 4 DLQ entries; 1 still fail; 2 DLQ entries left in the DLQ, not merged (they reached it after this merge's last listing, " +
+        "their runs' tasks still coming; those runs stay held): run 'tern replication dlq merge' again",
+    );
+    expect(r.stdout.trimEnd().split("\n")).toHaveLength(5);
   });
 
   // A server killed mid-merge: entries merged before it died stay merged, yet "cannot reach tern" read as nothing done.

@@ -1,12 +1,13 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { LEFT_FOR_NEXT_MERGE } from "../../replication/dlq-merge";
+import { LEFT_FOR_NEXT_MERGE } from "../../replication/dlq-reasons";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { replicationDlq } from "../../src/persistence/schema";
 import { connectAll, startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
 import type { TestCluster } from "../support/server";
-import { testStores } from "../support/stores";
+import { testStores, type StoreKind } from "../support/stores";
+import { runCli } from "../cli/harness";
 import { faultyApplier, mergeGate, type MergeGate } from "./dlq-faults";
 import { globalNamespace, historiesOf } from "./support";
 import { serverStartTimeout } from "../support/timeouts";
@@ -15,37 +16,58 @@ setDefaultTimeout(serverStartTimeout);
 
 const NS = "payments";
 
+/**
+ * clusterA -> clusterB (one shard each), B's applies of the poisoned workflow ids failing and its
+ * merges listing the DLQ once (chases: how many runs of a merge's transaction take a held run's
+ * later entries; the product's unless given).
+ */
+function mergePair(store: StoreKind, chases?: number) {
+  const pair = {
+    a: undefined as unknown as TestCluster,
+    b: undefined as unknown as TestCluster,
+    nsId: "",
+    gates: new Map<string, MergeGate>(),
+    dlqRows: () => pair.b.server.database.db.select().from(replicationDlq).orderBy(replicationDlq.taskId),
+    /** Starts and signals workflowId on A with its applies on B failing: its two tasks in B's DLQ, the fault gone. */
+    async heldRun(workflowId: string): Promise<void> {
+      const wf = pair.a.client(WorkflowService);
+      const before = (await pair.dlqRows()).length;
+      poisoned.add(workflowId);
+      await wf.startWorkflowExecution({ namespace: NS, workflowId, workflowType: "Pay", taskQueue: "q" });
+      await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId }, signalName: "s1" });
+      await eventually(async () => expect(await pair.dlqRows()).toHaveLength(before + 2), { timeout: 20_000 });
+      poisoned.delete(workflowId);
+    },
+  };
+  const poisoned = new Set<string>();
+  beforeAll(async () => {
+    const wrapApplier = faultyApplier(poisoned, new Map(), new Map(), pair.gates);
+    [pair.a, pair.b] = await startClusters(store, [
+      { shards: 1 },
+      { shards: 1, serverOptions: { replication: { retry: { attempts: 2, backoffMs: 5 }, wrapApplier, dlqMergeRounds: 1, dlqMergeChases: chases } } },
+    ]);
+    await connectAll([pair.a, pair.b]);
+    pair.nsId = await globalNamespace(pair.a, pair.b, NS);
+  });
+  afterAll(() => Promise.all([pair.a.destroy(), pair.b.destroy()]));
+  return pair;
+}
+
 /** Entries that come after a merge's last listing (B's merges list the DLQ once). */
 for (const store of await testStores()) {
   describe(`a DLQ merge out of listings on ${store} (clusterA -> clusterB, one shard)`, () => {
-    let a: TestCluster, b: TestCluster;
-    let nsId: string;
-    const poisoned = new Set<string>();
-    const gates = new Map<string, MergeGate>();
-    const dlqRows = () => b.server.database.db.select().from(replicationDlq).orderBy(replicationDlq.taskId);
-
-    beforeAll(async () => {
-      [a, b] = await startClusters(store, [
-        { shards: 1 },
-        {
-          shards: 1,
-          serverOptions: { replication: { retry: { attempts: 2, backoffMs: 5 }, wrapApplier: faultyApplier(poisoned, new Map(), new Map(), gates), dlqMergeRounds: 1 } },
-        },
-      ]);
-      await connectAll([a, b]);
-      nsId = await globalNamespace(a, b, NS);
-    });
-    afterAll(() => Promise.all([a.destroy(), b.destroy()]));
+    const pair = mergePair(store);
+    const { gates, dlqRows, heldRun } = pair;
 
     test("TestMergeTakesAHeldRunsLaterTasksInItsTransaction: a task held behind the run after the listing is merged with it, and the run is released", async () => {
-      const wf = a.client(WorkflowService);
+      const wf = pair.a.client(WorkflowService);
       const workflowExecution = { workflowId: "late" };
       await heldRun("late");
 
       // The merge listed both entries; a signal's task arrives and is held behind them.
       const gate = mergeGate();
       gates.set("late", gate);
-      const merging = b.client(AdminService).mergeReplicationDlq({});
+      const merging = pair.b.client(AdminService).mergeReplicationDlq({});
       await gate.held;
       await wf.signalWorkflowExecution({ namespace: NS, workflowExecution, signalName: "s2" });
       await eventually(async () => expect(await dlqRows()).toHaveLength(3), { timeout: 20_000 });
@@ -55,7 +77,7 @@ for (const store of await testStores()) {
       expect(await merging).toMatchObject({ merged: 3n, failed: [] });
       expect(await dlqRows()).toEqual([]);
       await wf.signalWorkflowExecution({ namespace: NS, workflowExecution, signalName: "s3" });
-      await eventually(async () => expect((await historiesOf(b, nsId)).filter((e) => e.workflowId === "late").map((e) => e.eventId)).toEqual([1, 2, 3, 4]));
+      await eventually(async () => expect((await historiesOf(pair.b, pair.nsId)).filter((e) => e.workflowId === "late").map((e) => e.eventId)).toEqual([1, 2, 3, 4]));
       expect(await dlqRows()).toEqual([]);
     });
 
@@ -63,7 +85,7 @@ for (const store of await testStores()) {
       await heldRun("first");
       const gate = mergeGate();
       gates.set("first", gate);
-      const merging = b.client(AdminService).mergeReplicationDlq({});
+      const merging = pair.b.client(AdminService).mergeReplicationDlq({});
       await gate.held;
       await heldRun("second");
       gate.release();
@@ -73,19 +95,42 @@ for (const store of await testStores()) {
         2n, [["second", 1n, LEFT_FOR_NEXT_MERGE], ["second", 2n, LEFT_FOR_NEXT_MERGE]],
       ]);
       expect((await dlqRows()).map((r) => r.workflowId)).toEqual(["second", "second"]);
-      expect(await b.client(AdminService).mergeReplicationDlq({})).toMatchObject({ merged: 2n, failed: [] });
+      expect(await pair.b.client(AdminService).mergeReplicationDlq({})).toMatchObject({ merged: 2n, failed: [] });
       expect(await dlqRows()).toEqual([]);
     });
 
-    /** Starts and signals workflowId on A with its applies on B failing: its two tasks in B's DLQ, the fault gone. */
-    async function heldRun(workflowId: string): Promise<void> {
-      const wf = a.client(WorkflowService);
-      const before = (await dlqRows()).length;
-      poisoned.add(workflowId);
-      await wf.startWorkflowExecution({ namespace: NS, workflowId, workflowType: "Pay", taskQueue: "q" });
-      await wf.signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId }, signalName: "s1" });
-      await eventually(async () => expect(await dlqRows()).toHaveLength(before + 2), { timeout: 20_000 });
-      poisoned.delete(workflowId);
-    }
+  });
+
+  describe(`a DLQ merge whose chase of a held run runs out on ${store} (one run of its transaction chases)`, () => {
+    const pair = mergePair(store, 1);
+    const { gates, dlqRows, heldRun } = pair;
+
+    test("TestAHeldRunWhoseTasksOutrunTheChaseIsLeftForTheNextMerge: the entry the chase gave up on is answered as remaining, the CLI says to merge again, and the next merge releases the run", async () => {
+      const wf = pair.a.client(WorkflowService);
+      const workflowExecution = { workflowId: "fast" };
+      await heldRun("fast");
+      const gate = mergeGate();
+      gates.set("fast", gate);
+      const merging = pair.b.client(AdminService).mergeReplicationDlq({});
+      await gate.held;
+      await wf.signalWorkflowExecution({ namespace: NS, workflowExecution, signalName: "s2" });
+      await eventually(async () => expect(await dlqRows()).toHaveLength(3), { timeout: 20_000 });
+      gate.release();
+      // The transaction's one chase took s2's entry and needed its events from A: run again, it had no chase left (as under
+      // writes that outrun 20 of them), and the merge had no listing left. The entry stays, its run held.
+      const merged = await merging;
+      expect([merged.merged, merged.failed.map((e) => [e.workflowId, e.firstEventId, e.lastError])]).toEqual([2n, [["fast", 3n, LEFT_FOR_NEXT_MERGE]]]);
+      expect((await dlqRows()).map((r) => r.firstEventId)).toEqual([3]);
+      const cli = await runCli(["replication", "dlq", "merge"], { admin: { mergeReplicationDlq: () => merged } });
+      expect(cli.code).toBe(1);
+      expect(cli.stdout.split("\n")[0]).toBe(
+        "Merged 2 DLQ entries; 0 still fail; 1 DLQ entry left in the DLQ, not merged (they reached it after this merge's last listing, " +
+          "their runs' tasks still coming; those runs stay held): run 'tern replication dlq merge' again",
+      );
+      expect(await pair.b.client(AdminService).mergeReplicationDlq({})).toMatchObject({ merged: 1n, failed: [] });
+      await wf.signalWorkflowExecution({ namespace: NS, workflowExecution, signalName: "s3" });
+      await eventually(async () => expect((await historiesOf(pair.b, pair.nsId)).filter((e) => e.workflowId === "fast").map((e) => e.eventId)).toEqual([1, 2, 3, 4]));
+      expect(await dlqRows()).toEqual([]);
+    });
   });
 }

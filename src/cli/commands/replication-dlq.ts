@@ -10,6 +10,7 @@ import { CliError, lostMidCall, UsageError } from "../errors";
 import { formatTable, formatTime, listJson, messageJson } from "../output";
 import { collectPages } from "../paging";
 import { INT32_MAX, positiveIntArg } from "./common-flags";
+import { LEFT_FOR_NEXT_MERGE } from "../../../replication/dlq-reasons";
 
 const filterFlags = [
   { name: "source-cluster", kind: "string", valueName: "CLUSTER", description: "Only entries from this source cluster" },
@@ -76,12 +77,27 @@ const merge: LeafCommand = {
     });
     if (ctx.format === "json") ctx.out(messageJson(MergeReplicationDlqResponseSchema, res));
     else {
-      ctx.out(`Merged ${entriesCount(res.merged)}; ${res.failed.length} still fail\n`);
+      ctx.out(mergeSummary(res.merged, res.failed));
       if (res.failed.length) ctx.out(dlqTable(res.failed));
     }
     return res.failed.length ? 1 : 0;
   },
 };
+
+/**
+ * The merge's first line. Entries that reached the DLQ after the merge's last listing did not
+ * fail: they are counted apart, with what to do. Before, "N still fail" counted them as failures,
+ * and only the end of each row's LAST ERROR (past 200 columns) said to merge again.
+ */
+function mergeSummary(merged: bigint, failed: readonly ReplicationDlqEntry[]): string {
+  const left = failed.filter((e) => e.lastError === LEFT_FOR_NEXT_MERGE).length;
+  const summary = `Merged ${entriesCount(merged)}; ${failed.length - left} still fail`;
+  if (!left) return `${summary}\n`;
+  return (
+    `${summary}; ${entriesCount(BigInt(left))} left in the DLQ, not merged (they reached it after this merge's last listing, their runs' tasks still coming; ` +
+    `those runs stay held): run 'tern replication dlq merge' again\n`
+  );
+}
 
 /**
  * A merge whose connection was cut once the server had it (the server killed or restarted while
