@@ -50,20 +50,21 @@ export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, lo
   /**
    * Events [first, next) of a run from its source, of the branch pinned (a task's: a conflict
    * resolution there may have made another branch current since, whose events of the range are
-   * not the task's), a page at a time. Without pinned (an entry stored before the DLQ kept the
-   * task's version history) the source's current branch, as before. A source that no longer
-   * holds the whole range on that branch fails: the entries are kept (purge drops them), never
-   * merged short.
+   * not the task's), a page at a time. Without pinned (entries stored before the DLQ kept the
+   * task's version history) the source's current branch as its first page finds it, the later
+   * pages asked on that branch: a range of such entries is of one branch, however long, even
+   * where the source's current branch changes between pages. A source that no longer holds the
+   * whole range on that branch fails: the entries are kept (purge drops them), never merged short.
    */
   async function fetchRange(e: DlqRow, first: number, next: number, pinned: VersionHistoryItem[] | undefined, source: RemoteClients, signal?: AbortSignal) {
     const events: HistoryEvent[] = [];
-    let history: VersionHistoryItem[] = pinned ?? [];
+    let branch = pinned;
     while (first + events.length < next) {
       const from = first + events.length;
       const res = await source.admin.getWorkflowExecutionRawHistory(
         {
           namespaceId: e.namespaceId, workflowId: e.workflowId, runId: e.runId, firstEventId: BigInt(from), nextEventId: BigInt(next),
-          versionHistory: pinned ? versionHistoryToProto(pinned) : undefined, maximumPageBytes: BigInt(RAW_HISTORY_PAGE_BYTES),
+          versionHistory: branch ? versionHistoryToProto(branch) : undefined, maximumPageBytes: BigInt(RAW_HISTORY_PAGE_BYTES),
         },
         { signal, timeoutMs: 30_000 },
       );
@@ -74,15 +75,17 @@ export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, lo
         );
       }
       events.push(...res.events);
-      if (!pinned) history = versionHistoryFromProto(res.versionHistory?.items);
+      branch ??= versionHistoryFromProto(res.versionHistory?.items);
     }
-    return { events, versionHistory: history };
+    return { events, versionHistory: branch ?? [] };
   }
 
   /**
    * The entries' tasks (of one run, in task order), fetched a range at a time: consecutive
    * entries whose events follow on and lie on the later one's branch come in one range, fetched
-   * on that branch (entries stored without a version history, each on its own).
+   * on that branch; consecutive entries stored without a version history whose events follow on,
+   * in one range of the source's current branch (fetched each on its own, a DLQ of such entries
+   * took a fetch per entry: each got the current branch's events of its range all the same).
    */
   async function fetchEntries(entries: DlqRow[], source: RemoteClients, signal?: AbortSignal): Promise<IncomingTask[]> {
     const tasks: IncomingTask[] = [];
@@ -156,7 +159,8 @@ export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, lo
       .orderBy(asc(d.taskId))
       .for("update");
     const ranges = rangesOf([last, ...later]);
-    if (!later.length || ranges.length !== 1) return [];
+    // Chased events come through gap repair on the last entry's branch: entries without one are left to the next listing.
+    if (!later.length || ranges.length !== 1 || !last.versionHistory?.length) return [];
     await tx.delete(d).where(and(eq(d.sourceCluster, last.sourceCluster), eq(d.shardId, last.shardId), inArray(d.taskId, later.map((e) => e.taskId))));
     return later;
   }
@@ -283,13 +287,17 @@ function byRun(entries: DlqRow[]): DlqRow[][] {
 /**
  * Consecutive entries (of one run, in task order) split where one range ends: an entry whose
  * events do not follow on from the one before, whose branch does not hold the one before's
- * events at their versions, or either stored without a version history.
+ * events at their versions, or one stored with a version history and the other without. Entries
+ * without one (stored before the DLQ kept it) were each merged from the source's current branch:
+ * a range of them is too, the same events at one fetch, one branch for all (not one per fetch).
  */
 function rangesOf(entries: DlqRow[]): DlqRow[][] {
   const ranges: DlqRow[][] = [];
   for (const e of entries) {
     const prev = ranges.at(-1)?.at(-1);
-    const follows = prev && prev.nextEventId === e.firstEventId && prev.versionHistory?.length && e.versionHistory?.length && onBranch(prev, e);
+    const pinned = (r: DlqRow) => Boolean(r.versionHistory?.length);
+    const sameBranch = prev && (pinned(prev) && pinned(e) ? onBranch(prev, e) : !pinned(prev) && !pinned(e));
+    const follows = prev && prev.nextEventId === e.firstEventId && sameBranch;
     if (follows) ranges.at(-1)!.push(e);
     else ranges.push([e]);
   }

@@ -80,6 +80,22 @@ for (const store of await testStores()) {
       expect(await dlqRows()).toEqual([]);
     });
 
+    test("TestEntriesStoredWithoutAVersionHistoryMergeAsRanges: 300 entries of the DLQ's older rows merge in order with a fetch per run, not one per entry", async () => {
+      const n = await heldRuns(["old-1", "old-2"], 150);
+      // As stored before the DLQ kept the task's version history (2026-12-06).
+      await b.server.database.db.update(replicationDlq).set({ versionHistory: null });
+      const before = rawHistoryCalls(a);
+      const merged = await b.client(AdminService).mergeReplicationDlq({});
+      expect([merged.merged, merged.failed]).toEqual([BigInt(n), []]);
+      expect(await dlqRows()).toEqual([]);
+      // One range per run, of the source's current branch. Before: a fetch per entry, 300.
+      expect(rawHistoryCalls(a) - before).toBeLessThanOrEqual(4);
+      await expectSameHistories(a, b, nsId);
+      await wf().signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "old-2" }, signalName: "after" });
+      await eventually(() => expectSameHistories(a, b, nsId));
+      expect(await dlqRows()).toEqual([]);
+    });
+
     test("TestAnEntryThatFailsInARangeIsKeptWithTheRest: the entries before it merge, it keeps its reason, those after it are held behind it", async () => {
       await heldRuns(["mid"], 6);
       failAt.set("mid", 4);
