@@ -130,6 +130,28 @@ describe("replication status", () => {
     const r = await runCli(["replication", "status"], { admin: { getReplicationStatus: () => off } });
     expect(r.stdout).toMatch(/^clusterB +inbound +ns +0 +0 +0 +disabled$/m);
   });
+
+  test("a remote the replication queue waits for: a NOTE names it, with the tasks kept for it and how to release them; one keeping up has none", async () => {
+    const shards = (lag: bigint, lagMs: bigint) => [1, 2, 3].map((shardId) => ({ shardId, maxTaskId: 500n, ackedTaskId: 500n - (shardId === 3 ? 0n : lag), lagTasks: shardId === 3 ? 0n : lag, lagMs: shardId === 3 ? 0n : lagMs }));
+    const res = create(GetReplicationStatusResponseSchema, {
+      clusterName: "clusterA",
+      remotes: [
+        { clusterName: "clusterB", connectionState: "connected", enableConnection: false, outbound: shards(400n, 3_600_000n) },
+        { clusterName: "clusterC", connectionState: "error: cannot reach cluster clusterC: connection refused", enableConnection: true, outbound: shards(7n, 20_000n) },
+        { clusterName: "clusterD", connectionState: "connected", enableConnection: true, outbound: shards(2n, 150n) },
+        { clusterName: "clusterE", connectionState: "connected", enableConnection: true, outbound: shards(90n, 75_000n) },
+      ],
+    });
+    const notes = (await runCli(["replication", "status"], { admin: { getReplicationStatus: () => res } })).stdout.split("\n").filter((l) => l.startsWith("NOTE:"));
+    // Before: no line; 3 outbound rows per remote said it a shard at a time, and nothing that cleanup waited on clusterB.
+    const release = (c: string) =>
+      `clusterA keeps those shards' tasks until it acks them. If ${c} is retired, take it out of its namespaces' clusters and remove it ('tern operator cluster remove --name ${c}'): the tasks kept for it alone go at the next cleanup`;
+    expect(notes).toEqual([
+      `NOTE: clusterB is 800 replication task(s) behind in 2 of 3 of clusterA's shard(s) (its connection is disabled here): ${release("clusterB")}`,
+      `NOTE: clusterC is 14 replication task(s) behind in 2 of 3 of clusterA's shard(s) (its connection: error: cannot reach cluster clusterC: connection refused): ${release("clusterC")}`,
+      `NOTE: clusterE is 180 replication task(s) behind in 2 of 3 of clusterA's shard(s) (its oldest unacked task is 75 s old): ${release("clusterE")}`,
+    ]);
+  });
 });
 
 describe("namespace failover", () => {

@@ -104,7 +104,32 @@ export function replicationStatusTable(res: GetReplicationStatusResponse, now = 
   const warnings = unconnectedLines(res) + heldLines(res);
   if (rows.length === 0) return `${title}: no remote clusters (connect one with 'tern operator cluster upsert')\n${warnings}`;
   const dlq = res.remotes.map((r) => `${r.clusterName} ${r.dlqSize}`).join(", ");
-  return `${title}\n${formatTable(headers, rows)}DLQ (tasks per source): ${dlq}\n${unheardLines(res, now)}${warnings}`;
+  return `${title}\n${formatTable(headers, rows)}DLQ (tasks per source): ${dlq}\n${unheardLines(res, now)}${heldBackLines(res)}${warnings}`;
+}
+
+/** How old a connected remote's oldest unacked task here is before a NOTE says the remote holds the queue back (one keeping up acks within a second or so). */
+const HELD_BACK_AFTER_MS = 60_000n;
+
+/**
+ * A line for each remote whose acks this cluster's replication queue waits for to clean up: its
+ * connection disabled or not well, or its oldest unacked task a minute old; with how many tasks
+ * wait in how many shards, and how to release them. The outbound rows said it a shard at a time
+ * (512 rows at 512 shards), and nothing said that the queue's cleanup waited on that remote.
+ */
+function heldBackLines(res: GetReplicationStatusResponse): string {
+  return res.remotes
+    .map((r) => {
+      const behind = r.outbound.filter((s) => s.lagTasks > 0n);
+      const oldest = behind.reduce((m, s) => (s.lagMs > m ? s.lagMs : m), 0n);
+      const state = connectionOf(r);
+      if (!behind.length || (state === "connected" && oldest < HELD_BACK_AFTER_MS)) return "";
+      const tasks = behind.reduce((n, s) => n + s.lagTasks, 0n);
+      const why = state === "connected" ? `its oldest unacked task is ${oldest / 1000n} s old` : state === "disabled" ? "its connection is disabled here" : `its connection: ${state}`;
+      return `NOTE: ${r.clusterName} is ${tasks} replication task(s) behind in ${behind.length} of ${r.outbound.length} of ${res.clusterName}'s shard(s) (${why}): ` +
+        `${res.clusterName} keeps those shards' tasks until it acks them. If ${r.clusterName} is retired, take it out of its namespaces' clusters and remove it ` +
+        `('tern operator cluster remove --name ${r.clusterName}'): the tasks kept for it alone go at the next cleanup\n`;
+    })
+    .join("");
 }
 
 /** One warning line per namespace member not connected here: nothing of that namespace replicates between them. */
@@ -145,6 +170,9 @@ const status: LeafCommand = {
     "since when. The ns row's lag is 'unknown' too while the polls of the remote's namespace",
     "queue fail (its history may still come): a NOTE line says since when and why.",
     "The DLQ line counts the tasks from each remote held in the DLQ ('tern replication dlq list').",
+    "A NOTE line says which remote the replication queue here keeps tasks for (its connection",
+    "disabled or not well, or its oldest unacked task a minute old), how many in how many shards:",
+    "they are cleaned up once it acks them, or once it is removed.",
     "A WARNING line follows for each cluster a global namespace here lists that is not connected",
     "to this one: nothing of that namespace replicates between the two.",
     "A WARNING line follows for each namespace whose replicated changes are held here: its name is",
