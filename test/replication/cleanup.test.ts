@@ -106,25 +106,31 @@ describe("replication task cleanup without a peer pulling", () => {
     await c.client(WorkflowService).registerNamespace({ namespace: "s", isGlobalNamespace: true });
     const [self] = await db.select().from(clusterMetadata).where(eq(clusterMetadata.isCurrent, true));
     await db.insert(clusterMetadata).values({ ...self!, clusterName: "clusterZ", clusterId: "z", isCurrent: false, initialFailoverVersion: 9, enableConnection: false });
-    // clusterZ acked everything written so far; then two runs start while its connection is disabled.
-    const counters = await db.select({ shardId: shards.shardId, next: shards.nextTaskId }).from(shards);
-    await db.insert(replicationAckLevels).values(counters.map((s) => ({ remoteCluster: "clusterZ", direction: "outbound", queue: "history", shardId: s.shardId, ackLevel: Number(s.next) - 1 })));
-    for (const workflowId of ["s-0", "s-1"]) await c.client(WorkflowService).startWorkflowExecution({ namespace: "s", workflowId, workflowType: "T", taskQueue: "q" });
-    const kept = await db.select({ shardId: replicationTasks.shardId }).from(replicationTasks).where(inArray(replicationTasks.workflowId, ["s-0", "s-1"]));
-    await createReplicationCleanup({ db, log: c.server.log, graceMs: 0 }).runOnce();
-    expect(await db.$count(replicationTasks, inArray(replicationTasks.workflowId, ["s-0", "s-1"]))).toBe(kept.length);
-    const status = await c.client(AdminService).getReplicationStatus({});
-    const notes = (await runCli(["replication", "status"], { admin: { getReplicationStatus: () => status } })).stdout.split("\n").filter((l) => l.startsWith("NOTE:") && l.includes("behind"));
-    // Before: no line; the queue's cleanup waited on clusterZ with nothing saying so but one outbound row per shard.
-    expect(notes).toEqual([
-      `NOTE: clusterZ is ${kept.length} replication task(s) behind in ${new Set(kept.map((k) => k.shardId)).size} of ${counters.length} of clusterC's shard(s) ` +
-        `(its connection is disabled here): clusterC keeps those shards' tasks until it acks them. If clusterZ is retired, take it out of its namespaces' clusters ` +
-        `and remove it ('tern operator cluster remove --name clusterZ'): the tasks kept for it alone go at the next cleanup`,
-    ]);
-    await c.client(OperatorService).removeRemoteCluster({ clusterName: "clusterZ" });
-    expect(await db.$count(replicationAckLevels, eq(replicationAckLevels.remoteCluster, "clusterZ"))).toBe(0);
-    expect(await createReplicationCleanup({ db, log: c.server.log, graceMs: 0, now: () => new Date(Date.now() + 1000) }).runOnce()).toBeGreaterThanOrEqual(kept.length);
-    expect(await db.$count(replicationTasks, inArray(replicationTasks.workflowId, ["s-0", "s-1"]))).toBe(0);
+    // A failure here must not leave clusterZ holding the queue for the next test.
+    try {
+      // clusterZ acked everything written so far; then two runs start while its connection is disabled.
+      const counters = await db.select({ shardId: shards.shardId, next: shards.nextTaskId }).from(shards);
+      await db.insert(replicationAckLevels).values(counters.map((s) => ({ remoteCluster: "clusterZ", direction: "outbound", queue: "history", shardId: s.shardId, ackLevel: Number(s.next) - 1 })));
+      for (const workflowId of ["s-0", "s-1"]) await c.client(WorkflowService).startWorkflowExecution({ namespace: "s", workflowId, workflowType: "T", taskQueue: "q" });
+      const kept = await db.select({ shardId: replicationTasks.shardId }).from(replicationTasks).where(inArray(replicationTasks.workflowId, ["s-0", "s-1"]));
+      await createReplicationCleanup({ db, log: c.server.log, graceMs: 0 }).runOnce();
+      expect(await db.$count(replicationTasks, inArray(replicationTasks.workflowId, ["s-0", "s-1"]))).toBe(kept.length);
+      const status = await c.client(AdminService).getReplicationStatus({});
+      const notes = (await runCli(["replication", "status"], { admin: { getReplicationStatus: () => status } })).stdout.split("\n").filter((l) => l.startsWith("NOTE:") && l.includes("behind"));
+      // Before: no line; the queue's cleanup waited on clusterZ with nothing saying so but one outbound row per shard.
+      expect(notes).toEqual([
+        `NOTE: clusterZ is ${kept.length} replication task(s) behind in ${new Set(kept.map((k) => k.shardId)).size} of ${counters.length} of clusterC's shard(s) ` +
+          `(its connection is disabled here): clusterC keeps those shards' tasks until it acks them. If clusterZ is retired, take it out of its namespaces' clusters ` +
+          `and remove it ('tern operator cluster remove --name clusterZ'): the tasks kept for it alone go at the next cleanup`,
+      ]);
+      await c.client(OperatorService).removeRemoteCluster({ clusterName: "clusterZ" });
+      expect(await db.$count(replicationAckLevels, eq(replicationAckLevels.remoteCluster, "clusterZ"))).toBe(0);
+      expect(await createReplicationCleanup({ db, log: c.server.log, graceMs: 0, now: () => new Date(Date.now() + 1000) }).runOnce()).toBeGreaterThanOrEqual(kept.length);
+      expect(await db.$count(replicationTasks, inArray(replicationTasks.workflowId, ["s-0", "s-1"]))).toBe(0);
+    } finally {
+      await db.delete(replicationAckLevels).where(eq(replicationAckLevels.remoteCluster, "clusterZ"));
+      await db.delete(clusterMetadata).where(eq(clusterMetadata.clusterName, "clusterZ"));
+    }
   });
 
   test("NamespaceTasksGoOnceEveryRemoteAckedThem", async () => {
