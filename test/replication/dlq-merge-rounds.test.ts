@@ -38,6 +38,18 @@ function mergePair(store: StoreKind, chases?: number) {
       await eventually(async () => expect(await pair.dlqRows()).toHaveLength(before + 2), { timeout: 20_000 });
       poisoned.delete(workflowId);
     },
+    /** Merges workflowId's two held entries while a signal's task arrives and is held behind them (after the merge listed them): the merge's answer. */
+    async mergeWithATaskArriving(workflowId: string) {
+      await pair.heldRun(workflowId);
+      const gate = mergeGate();
+      pair.gates.set(workflowId, gate);
+      const merging = pair.b.client(AdminService).mergeReplicationDlq({});
+      await gate.held;
+      await pair.a.client(WorkflowService).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId }, signalName: "s2" });
+      await eventually(async () => expect(await pair.dlqRows()).toHaveLength(3), { timeout: 20_000 });
+      gate.release();
+      return merging;
+    },
   };
   const poisoned = new Set<string>();
   beforeAll(async () => {
@@ -62,16 +74,7 @@ for (const store of await testStores()) {
     test("TestMergeTakesAHeldRunsLaterTasksInItsTransaction: a task held behind the run after the listing is merged with it, and the run is released", async () => {
       const wf = pair.a.client(WorkflowService);
       const workflowExecution = { workflowId: "late" };
-      await heldRun("late");
-
-      // The merge listed both entries; a signal's task arrives and is held behind them.
-      const gate = mergeGate();
-      gates.set("late", gate);
-      const merging = pair.b.client(AdminService).mergeReplicationDlq({});
-      await gate.held;
-      await wf.signalWorkflowExecution({ namespace: NS, workflowExecution, signalName: "s2" });
-      await eventually(async () => expect(await dlqRows()).toHaveLength(3), { timeout: 20_000 });
-      gate.release();
+      const merging = pair.mergeWithATaskArriving("late");
       // Before: merged 2, the third answered LEFT_FOR_NEXT_MERGE, left in the DLQ and the run held behind it (a run whose tasks
       // kept coming stayed held through every merge: on PostgreSQL, 14 and 10 entries left by two merges at 50 writes a second).
       expect(await merging).toMatchObject({ merged: 3n, failed: [] });
@@ -103,22 +106,14 @@ for (const store of await testStores()) {
 
   describe(`a DLQ merge whose chase of a held run runs out on ${store} (one run of its transaction chases)`, () => {
     const pair = mergePair(store, 1);
-    const { gates, dlqRows, heldRun } = pair;
+    const { dlqRows } = pair;
 
     test("TestAHeldRunWhoseTasksOutrunTheChaseIsLeftForTheNextMerge: the entry the chase gave up on is answered as remaining, the CLI says to merge again, and the next merge releases the run", async () => {
       const wf = pair.a.client(WorkflowService);
       const workflowExecution = { workflowId: "fast" };
-      await heldRun("fast");
-      const gate = mergeGate();
-      gates.set("fast", gate);
-      const merging = pair.b.client(AdminService).mergeReplicationDlq({});
-      await gate.held;
-      await wf.signalWorkflowExecution({ namespace: NS, workflowExecution, signalName: "s2" });
-      await eventually(async () => expect(await dlqRows()).toHaveLength(3), { timeout: 20_000 });
-      gate.release();
       // The transaction's one chase took s2's entry and needed its events from A: run again, it had no chase left (as under
       // writes that outrun 20 of them), and the merge had no listing left. The entry stays, its run held.
-      const merged = await merging;
+      const merged = await pair.mergeWithATaskArriving("fast");
       expect([merged.merged, merged.failed.map((e) => [e.workflowId, e.firstEventId, e.lastError])]).toEqual([2n, [["fast", 3n, LEFT_FOR_NEXT_MERGE]]]);
       expect((await dlqRows()).map((r) => r.firstEventId)).toEqual([3]);
       const cli = await runCli(["replication", "dlq", "merge"], { admin: { mergeReplicationDlq: () => merged } });
