@@ -13,7 +13,7 @@ import { loadBranches, readEventsOf } from "../src/history/branch-store";
 import { readRunEvents, type ExecutionRow } from "../src/history/execution-store";
 import { HISTORY_PAGE_BYTES, pageEnd, rangeBytes } from "../src/history/queries";
 import { clampPage } from "../src/namespace/registry";
-import type { Db } from "../src/persistence/database";
+import type { Db, Tx } from "../src/persistence/database";
 import { decodeToken, encodeToken } from "../src/persistence/page-token";
 import { executions, namespaces, type VersionHistoryItem } from "../src/persistence/schema";
 import { lastEventIdOf, versionAt, versionHistoryToProto } from "./version-history";
@@ -32,6 +32,9 @@ export interface AnswerBounds {
 }
 
 const DEFAULT_BOUNDS: AnswerBounds = { pageBytes: HISTORY_PAGE_BYTES, wholeEvents: WHOLE_ANSWER_EVENTS, wholeBytes: WHOLE_ANSWER_BYTES };
+
+/** A page's reads: one snapshot of the database (PGlite runs one transaction at a time). */
+const SNAPSHOT = { isolationLevel: "repeatable read", accessMode: "read only" } as const;
 
 /**
  * The token: the run, the branch (0: the current one) and its next event id, and the version of
@@ -64,9 +67,13 @@ export async function listHistoryBranches(db: Db, req: ListHistoryBranchesReques
   const pos = req.nextPageToken.length ? decodeToken(req.nextPageToken, BRANCHES_TOKEN) : undefined;
   if (pos && pos.workflowId !== req.workflowId) throw invalidArgument(`next_page_token is for workflow ${shown(pos.workflowId)}, not the requested workflow ${shown(req.workflowId)}`);
   if (pos && req.runId && pos.runId !== req.runId) throw invalidArgument(`next_page_token is for run ${shown(pos.runId)}, not the requested run ${shown(req.runId)}`);
-  const run = await findRun(db, req.namespace, req.workflowId, pos?.runId ?? req.runId);
   const paged = req.pageSize > 0 || pos !== undefined;
-  const page = await readPage(db, run, pos ?? { branch: 0, next: 1, v: 0 }, paged ? clampPage(req.pageSize) : wholeEvents, paged ? pageBytes : wholeBytes);
+  // One snapshot: the run, its branches and their events read apart could answer the run's
+  // old version history with the events of the branch a conflict switched it to in between.
+  const { run, page } = await db.transaction(async (tx) => {
+    const run = await findRun(tx, req.namespace, req.workflowId, pos?.runId ?? req.runId);
+    return { run, page: await readPage(tx, run, pos ?? { branch: 0, next: 1, v: 0 }, paged ? clampPage(req.pageSize) : wholeEvents, paged ? pageBytes : wholeBytes) };
+  }, SNAPSHOT);
   if (!paged && page.rest) {
     throw failedPrecondition(
       `the branches of workflow ${shown(req.workflowId)} run ${shown(run.runId)} hold more than one answer carries ` +
@@ -77,7 +84,7 @@ export async function listHistoryBranches(db: Db, req: ListHistoryBranchesReques
   return create(ListHistoryBranchesResponseSchema, { runId: run.runId, branches: page.segments, nextPageToken });
 }
 
-async function findRun(db: Db, namespace: string, workflowId: string, runId: string): Promise<ExecutionRow> {
+async function findRun(db: Db | Tx, namespace: string, workflowId: string, runId: string): Promise<ExecutionRow> {
   const [ns] = await db.select({ id: namespaces.id }).from(namespaces).where(eq(namespaces.name, namespace));
   if (!ns) throw notFound(`namespace ${shown(namespace)} not found`);
   const e = executions;
@@ -92,7 +99,7 @@ async function findRun(db: Db, namespace: string, workflowId: string, runId: str
 }
 
 /** The run's branches in the order they are listed: the current one (id 0), then the others by id. */
-async function branchesOf(db: Db, run: ExecutionRow): Promise<Branch[]> {
+async function branchesOf(db: Db | Tx, run: ExecutionRow): Promise<Branch[]> {
   const current: Branch = { id: 0, history: run.versionHistory, end: run.nextEventId, meta: { branchId: 0, current: true, forkEventId: 0n, versionHistory: versionHistoryToProto(run.versionHistory) } };
   const others = (await loadBranches(db, run)).map((b): Branch => ({
     id: b.branchId,
@@ -107,7 +114,7 @@ async function branchesOf(db: Db, run: ExecutionRow): Promise<Branch[]> {
  * The branches' events from pos on, up to limit events and budget bytes (the first event of each
  * branch the page holds always goes), a branch after another while both fit; rest: where the next page starts.
  */
-async function readPage(db: Db, run: ExecutionRow, pos: Position, limit: number, budget: number): Promise<{ segments: Segment[]; rest?: Position }> {
+async function readPage(db: Db | Tx, run: ExecutionRow, pos: Position, limit: number, budget: number): Promise<{ segments: Segment[]; rest?: Position }> {
   const branches = (await branchesOf(db, run)).filter((b) => b.id >= pos.branch);
   if (pos.next > 1 && (branches[0]?.id !== pos.branch || versionAt(branches[0].history, pos.next - 1) !== pos.v)) {
     throw failedPrecondition(`the branches of workflow ${shown(run.workflowId)} run ${shown(run.runId)} changed while they were paged (a conflict was resolved): list them again from the first page`);
@@ -130,7 +137,7 @@ async function readPage(db: Db, run: ExecutionRow, pos: Position, limit: number,
 }
 
 /** Events [from, before) of branch b, before where the page ends (pageEnd) within count events and budget. */
-async function readSegment(db: Db, run: ExecutionRow, b: Branch, from: number, count: number, budget: number) {
+async function readSegment(db: Db | Tx, run: ExecutionRow, b: Branch, from: number, count: number, budget: number) {
   if (count <= 0) return { events: [], before: from };
   const other = b.id !== 0;
   const end = await scalar(db, run, pageEnd(run, from, count, budget, { branches: other }));
@@ -140,7 +147,7 @@ async function readSegment(db: Db, run: ExecutionRow, b: Branch, from: number, c
 }
 
 /** A number computed in SQL (pageEnd's, rangeBytes') for run. */
-async function scalar(db: Db, run: ExecutionRow, value: SQL<number>): Promise<number> {
+async function scalar(db: Db | Tx, run: ExecutionRow, value: SQL<number>): Promise<number> {
   const key = and(eq(executions.namespaceId, run.namespaceId), eq(executions.workflowId, run.workflowId), eq(executions.runId, run.runId));
   const [row] = await db.select({ n: sql<number>`${value}`.mapWith(Number) }).from(executions).where(key);
   return row?.n ?? 0;

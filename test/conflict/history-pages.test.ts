@@ -1,14 +1,17 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { create } from "@bufbuild/protobuf";
 import { eq } from "drizzle-orm";
 import { Code } from "@connectrpc/connect";
-import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
+import { listHistoryBranches } from "../../replication/branches";
+import { AdminService, ListHistoryBranchesRequestSchema, type ListHistoryBranchesResponse } from "../../src/gen/tern/admin/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { createHistoryQueries } from "../../src/history/queries";
 import { createEventNotifier } from "../../src/history/notifier";
 import type { Db } from "../../src/persistence/database";
 import { encodeToken } from "../../src/persistence/page-token";
 import type { ExecutionRow } from "../../src/history/execution-store";
-import { executions } from "../../src/persistence/schema";
+import { executions, historyBranches } from "../../src/persistence/schema";
+import { loadBranches } from "../../src/history/branch-store";
 import { runCli, type Fakes } from "../cli/harness";
 import { startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
@@ -16,7 +19,7 @@ import { awaitedLater, rejects } from "../support/rejects";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { serverStartTimeout } from "../support/timeouts";
-import { branchLines, inside, setLink, splitOnOneRun, type Inside } from "./support";
+import { branchLines, inside, pausingDb, setLink, splitOnOneRun, type Inside } from "./support";
 
 setDefaultTimeout(serverStartTimeout);
 
@@ -47,6 +50,8 @@ for (const store of await testStores()) {
     /** A's run as it was before the switch. */
     let before: ExecutionRow;
     const ia: Inside = {};
+    /** A page of the run's branches whose reads the switch came between. */
+    let racedBranches: ListHistoryBranchesResponse;
 
     beforeAll(async () => {
       [a, b] = await startClusters(store, [inside(ia), {}]);
@@ -58,7 +63,18 @@ for (const store of await testStores()) {
       tailPage = await history(a, { pageSize: 1000, wait: true });
       expect(tailPage.history!.events).toHaveLength(A_EVENTS);
       tailPoll = awaitedLater(history(a, { pageSize: 1000, token: tailPage.nextPageToken, wait: true }));
-      await setLink(a, b, true);
+      // The link heals while a page of the run's branches is between its read of the run and of
+      // its branches: the switch commits there. PGlite runs one transaction at a time: with the
+      // page read in one, the heal and the switch wait for it instead.
+      let healing: Promise<void> | undefined;
+      const racing = pausingDb(a.server.database.db, historyBranches, async (inTransaction) => {
+        healing = awaitedLater(setLink(a, b, true));
+        if (store === "pglite" && inTransaction) return;
+        await healing;
+        await eventually(async () => expect(await loadBranches(a.server.database.db, before)).toHaveLength(1), { timeout: 30_000 });
+      });
+      racedBranches = await listHistoryBranches(racing, create(ListHistoryBranchesRequestSchema, { namespace: NS, workflowId: WF, pageSize: 1000 }));
+      await healing;
       await eventually(async () => {
         const branches = (await a.client(AdminService).listHistoryBranches({ namespace: NS, workflowId: WF })).branches;
         expect(branches.map((br) => br.current), (await branchLines(a, NS, WF)).join("\n")).toEqual([true, false]);
@@ -67,6 +83,14 @@ for (const store of await testStores()) {
       }, { timeout: 30_000 });
     });
     afterAll(() => Promise.all([a, b].map((x) => x?.destroy())));
+
+    test("TestABranchesPageReadAcrossTheSwitchIsOneSnapshot", () => {
+      // The run as it was before the switch, with its events then: A's branch alone, all at version 1.
+      expect(racedBranches.branches.map((br) => [br.branchId, br.current])).toEqual([[0, true]]);
+      const [current] = racedBranches.branches;
+      expect(current!.versionHistory!.items.map((i) => [i.eventId, i.version])).toEqual(before.versionHistory.map((i) => [BigInt(i.eventId), BigInt(i.version)]));
+      expect(current!.events.map((e) => e.version)).toEqual(Array.from({ length: A_EVENTS }, () => 1n));
+    });
 
     test("TestAPageAfterTheRunSwitchedBranchIsRefusedNotMixed", async () => {
       await rejects(history(a, { pageSize: 5, token: firstPage.nextPageToken }), Code.FailedPrecondition, "changed branch while it was paged");

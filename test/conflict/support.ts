@@ -6,7 +6,7 @@ import type { HistoryEvent, VersionHistory } from "../../src/gen/tern/common/v1/
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import type { NamespaceRecord, NamespaceRegistry } from "../../src/namespace/registry";
-import type { Tx } from "../../src/persistence/database";
+import type { Db, Tx } from "../../src/persistence/database";
 import { addr, connectAll, describeOn, expectActiveOn } from "../failover/mesh";
 import { eventually } from "../support/eventually";
 import { json, unjson } from "../support/payload";
@@ -260,4 +260,53 @@ export async function expectLosingBranchKept(
     await expectNoDifference([a, b], namespace);
     expect(plainEvents(await historyOf(a, namespace, workflowId))).toEqual(plainEvents(await historyOf(b, namespace, workflowId)));
   }, { timeout: 30_000 });
+}
+
+/**
+ * db, whose first select from `table` (on db or in a transaction of it) waits for pause before it
+ * runs: the moment between a read's statements where a test commits what races it. pause is told
+ * whether the select runs in a transaction.
+ */
+export function pausingDb(db: Db, table: object, pause: (inTransaction: boolean) => Promise<unknown>): Db {
+  let paused = false;
+  /** q, whose statement runs once until has resolved; its builder methods go on returning the wrapper. */
+  const after = (q: object, until: Promise<unknown>): object => {
+    const wrapper: object = new Proxy(q, {
+      get(target, p) {
+        const value = Reflect.get(target, p) as unknown;
+        if (p === "then") return (ok: (v: unknown) => unknown, fail: (e: unknown) => unknown) => until.then(() => (target as PromiseLike<unknown>).then(ok, fail), fail);
+        if (typeof value !== "function") return value;
+        return (...args: unknown[]) => {
+          const res = (value as (...a: unknown[]) => unknown).apply(target, args);
+          return res === target ? wrapper : res;
+        };
+      },
+    });
+    return wrapper;
+  };
+  const wrap = (target: object, inTransaction: boolean): object => new Proxy(target, {
+    get(t, p) {
+      const value = Reflect.get(t, p) as unknown;
+      if (typeof value !== "function") return value;
+      const fn = value as (...a: unknown[]) => unknown;
+      if (p === "transaction") return (body: (tx: object) => unknown, ...rest: unknown[]) => fn.call(t, (tx: object) => body(wrap(tx, true)), ...rest);
+      if (p !== "select") return fn.bind(t);
+      return (...args: unknown[]) => {
+        const query = fn.apply(t, args) as { from: (table: object, ...rest: unknown[]) => object };
+        return new Proxy(query, {
+          get(q, qp) {
+            const v = Reflect.get(q, qp) as unknown;
+            if (qp !== "from") return typeof v === "function" ? (v as (...a: unknown[]) => unknown).bind(q) : v;
+            return (from: object, ...rest: unknown[]) => {
+              const built = query.from(from, ...rest);
+              if (from !== table || paused) return built;
+              paused = true;
+              return after(built, pause(inTransaction));
+            };
+          },
+        });
+      };
+    },
+  });
+  return wrap(db, false) as Db;
 }
