@@ -12,15 +12,20 @@ import { readRunEvents, type ExecutionRow } from "./execution-store";
 import { checkIdLengths } from "./id-limits";
 import { listen, type EventNotifier } from "./notifier";
 import { shown } from "../shown";
-import { versionAt } from "../../replication/version-history";
+import { lastEventIdOf, versionAt } from "../../replication/version-history";
+import { loadBranches, readEventsOf, runOf } from "./branch-store";
 
 /**
  * GetWorkflowExecutionHistory's token: the run, the next event id, the workflow, and v, the
  * version of the event before next: with its id, the branch the pages before it read (one
  * version is one cluster's, so an event id and version name a branch's whole prefix, as
- * Temporal's version history item does). workflowId and v are absent from tokens written before them.
+ * Temporal's version history item does); b, that branch's id (0: the current one, else a kept
+ * one), which a plain page reads on along as Temporal reads its token's branch token.
+ * workflowId, v and b are absent from tokens written before them (no b: the current branch).
  */
-const HISTORY_TOKEN = z.object({ runId: z.string(), next: z.number().int().min(1), workflowId: z.string().optional(), v: z.number().int().optional() });
+const HISTORY_TOKEN = z.object({
+  runId: z.string(), next: z.number().int().min(1), workflowId: z.string().optional(), v: z.number().int().optional(), b: z.number().int().min(0).optional(),
+});
 /** ListWorkflowExecutions' token: the last run's start time and id. */
 const LIST_TOKEN = z.object({ t: z.string(), r: z.string() });
 
@@ -119,9 +124,32 @@ export function createHistoryQueries({ db, namespaces, notifier, recheckMs = 100
   }
 
   /**
+   * A plain page of the kept branch (a conflict's loser) that holds the token's position, the
+   * token's own branch first: the run switched away from the branch the earlier pages read, and
+   * they read on along it. Refused when no branch of the run holds it.
+   */
+  async function keptBranchPage(run: ExecutionRow, pos: { next: number; v: number; b?: number }, size: number) {
+    const holding = (await loadBranches(db, run)).filter((br) => versionAt(br.versionHistory, pos.next - 1) === pos.v);
+    const branch = holding.find((br) => br.branchId === pos.b) ?? holding[0];
+    if (!branch) throw branchChanged(run, pos.next);
+    const end = lastEventIdOf(branch.versionHistory) + 1;
+    const count = Math.max(Math.min(size, end - pos.next), 0);
+    const [row] = count > 0 ? await db.select({ id: sql<number>`${pageEnd(run, pos.next, count, HISTORY_PAGE_BYTES, { branches: true })}`.mapWith(Number) }).from(executions).where(runOf(executions, run)) : [];
+    const before = row && row.id > pos.next ? Math.min(row.id, pos.next + count) : pos.next + count;
+    const events = count > 0 ? await readEventsOf(db, run, branch.versionHistory, pos.next, before) : [];
+    const next = pos.next + events.length;
+    // A branch whose events this cluster does not all hold ends at the first it lacks, as ListHistoryBranches ends it.
+    const more = next === before && next < end;
+    const token = { runId: run.runId, next, workflowId: run.workflowId, v: Number(events.at(-1)?.version ?? pos.v), b: branch.branchId };
+    return { events, runId: run.runId, nextPageToken: more ? encodeToken(token) : new Uint8Array() };
+  }
+
+  /**
    * One page of a run's history from the token's event id. Without waitNewEvent the
    * token is set only while more events exist now; with it, until the run is closed and
    * every event returned, and an empty page first waits up to waitMs for a new event.
+   * A token whose branch the run switched away from reads on along it (keptBranchPage);
+   * a long poll there is refused.
    */
   async function readHistory(req: {
     namespace: string;
@@ -154,13 +182,17 @@ export function createHistoryQueries({ db, namespaces, notifier, recheckMs = 100
       try {
         const read = () => readPage(ns, req.workflowId, runId, from, size);
         const { run, events } = await (req.waitNewEvent ? followers.read(`${ns.id}\u0000${req.workflowId}\u0000${runId}\u0000${from}\u0000${size}`, read) : read());
-        if (pos?.v !== undefined && from > 1 && versionAt(run.versionHistory, from - 1) !== pos.v) throw branchChanged(run, from);
+        if (pos?.v !== undefined && from > 1 && versionAt(run.versionHistory, from - 1) !== pos.v) {
+          // A long poll follows the current branch, as Temporal's answers CurrentBranchChanged.
+          if (req.waitNewEvent) throw branchChanged(run, from);
+          return await keptBranchPage(run, { ...pos, v: pos.v }, size);
+        }
         const next = from + events.length;
         const more = next < run.nextEventId;
         const open = run.status === "RUNNING";
         const keepToken = more || (req.waitNewEvent && open);
         const v = Number(events.at(-1)?.version ?? versionAt(run.versionHistory, next - 1) ?? 0);
-        const page = { events, runId: run.runId, nextPageToken: keepToken ? encodeToken({ runId: run.runId, next, workflowId: run.workflowId, v }) : new Uint8Array() };
+        const page = { events, runId: run.runId, nextPageToken: keepToken ? encodeToken({ runId: run.runId, next, workflowId: run.workflowId, v, b: 0 }) : new Uint8Array() };
         const left = deadline - Date.now();
         if (events.length > 0 || !req.waitNewEvent || !open || left <= 0 || req.signal?.aborted) return page;
         listening ??= listenFor(run.runId);
@@ -218,7 +250,7 @@ export type HistoryQueries = ReturnType<typeof createHistoryQueries>;
 const onBranch = (run: ExecutionRow, events: { eventId: bigint; version: bigint }[]) =>
   events.every((e) => versionAt(run.versionHistory, Number(e.eventId)) === Number(e.version));
 
-/** The refusal of a page whose token's branch is no longer run's current one (Temporal's CurrentBranchChanged). */
+/** The refusal of a long poll whose token's branch is no longer run's current one (Temporal's CurrentBranchChanged), or a page's that no branch holds. */
 const branchChanged = (run: ExecutionRow, from: number) =>
   failedPrecondition(
     `the history of workflow ${shown(run.workflowId)} run ${shown(run.runId)} changed branch while it was paged (a conflict was resolved after a forced failover): ` +

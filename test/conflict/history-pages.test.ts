@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { create } from "@bufbuild/protobuf";
 import { eq } from "drizzle-orm";
-import { Code } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { listHistoryBranches } from "../../replication/branches";
 import { AdminService, ListHistoryBranchesRequestSchema, type ListHistoryBranchesResponse } from "../../src/gen/tern/admin/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
@@ -19,7 +19,7 @@ import { awaitedLater, rejects } from "../support/rejects";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { serverStartTimeout } from "../support/timeouts";
-import { branchLines, inside, pausingDb, setLink, splitOnOneRun, type Inside } from "./support";
+import { branchLines, inside, pausingDb, plainEvents, setLink, splitOnOneRun, type Inside } from "./support";
 
 setDefaultTimeout(serverStartTimeout);
 
@@ -92,8 +92,17 @@ for (const store of await testStores()) {
       expect(current!.events.map((e) => e.version)).toEqual(Array.from({ length: A_EVENTS }, () => 1n));
     });
 
-    test("TestAPageAfterTheRunSwitchedBranchIsRefusedNotMixed", async () => {
-      await rejects(history(a, { pageSize: 5, token: firstPage.nextPageToken }), Code.FailedPrecondition, "changed branch while it was paged");
+    /** A's branch as A keeps it since it lost: branch 1, from event 1. */
+    const keptBranch = async () => (await a.client(AdminService).listHistoryBranches({ namespace: NS, workflowId: WF })).branches.find((br) => br.branchId === 1)!;
+
+    test("TestAPageAfterTheRunSwitchedBranchReadsOnAlongItsBranch", async () => {
+      // As Temporal reads on along its token's branch token: A's branch, kept, to its end; not B's events.
+      const pages = [firstPage];
+      while (pages.at(-1)!.nextPageToken.length > 0 && pages.length < 10) pages.push(await history(a, { pageSize: 5, token: pages.at(-1)!.nextPageToken }));
+      expect(pages.map((p) => p.history!.events.length)).toEqual([5, 5, 4]);
+      expect(plainEvents(pages.flatMap((p) => p.history!.events))).toEqual(plainEvents((await keptBranch()).events));
+      // A long poll there follows the current branch only: refused, as Temporal answers CurrentBranchChanged.
+      await rejects(history(a, { pageSize: 5, token: pages[1]!.nextPageToken, wait: true }), Code.FailedPrecondition, "read the history again from the first page");
       // Read again from the first page, every event is the current branch's, B's from event 3 on.
       const again = await history(a, { pageSize: 1000 });
       expect(again.history!.events[2]!.version).toBe(2n);
@@ -103,7 +112,7 @@ for (const store of await testStores()) {
       await rejects(tailPoll, Code.FailedPrecondition, "read the history again from the first page");
     });
 
-    test("TestAPageWhoseRunWasReadBeforeTheSwitchAndItsEventsAfterIsRefused", async () => {
+    test("TestAPageWhoseRunWasReadBeforeTheSwitchAndItsEventsAfterReadsItsOwnBranch", async () => {
       // A's database, whose first read of the run answers the run as it was before the switch:
       // the switch committed between a page's read of the run and its read of the events.
       const db = a.server.database.db;
@@ -117,33 +126,48 @@ for (const store of await testStores()) {
       }) as Db;
       const queries = createHistoryQueries({ db: racing, namespaces: ia.namespaces!, notifier: createEventNotifier() });
       const read = queries.getHistory({ namespace: NS, workflowId: WF, runId: "", pageSize: 5, token: firstPage.nextPageToken, waitNewEvent: false, waitMs: 0 });
-      const err = await read.then(() => undefined, (e: unknown) => e);
+      const page = await read;
       expect(stale).toBe(false);
-      expect(String(err)).toContain("changed branch while it was paged");
+      expect(page.events.map((e) => [e.eventId, e.version])).toEqual([6n, 7n, 8n, 9n, 10n].map((id) => [id, 1n]));
     });
 
-    /** The CLI's workflow service: A's, 5 events a page, whose first answer is `first` (read before the switch) when given. */
-    const cliWorkflow = (first?: typeof firstPage): Fakes["workflow"] => {
+    /**
+     * The CLI's workflow service: A's, 5 events a page, whose first answer is `first` (read before
+     * the switch) when given, and whose second is refusedWith when given (a server from before
+     * pages read on along their branch).
+     */
+    const cliWorkflow = (first?: typeof firstPage, refusedWith?: ConnectError): Fakes["workflow"] => {
       let calls = 0;
       return {
-        getWorkflowExecutionHistory: async (req) =>
-          calls++ === 0 && first ? first : a.client(WorkflowService).getWorkflowExecutionHistory({ ...req, maximumPageSize: 5 }),
+        getWorkflowExecutionHistory: async (req) => {
+          calls++;
+          if (calls === 1 && first) return first;
+          if (calls === 2 && refusedWith) throw refusedWith;
+          return a.client(WorkflowService).getWorkflowExecutionHistory({ ...req, maximumPageSize: 5 });
+        },
       };
     };
 
-    test("TestWorkflowShowReadsTheHistoryAgainWhenItsRunSwitchedBranchBetweenPages", async () => {
+    test("TestWorkflowShowOfARunThatSwitchedBranchBetweenPagesPrintsTheBranchItBeganOn", async () => {
       const show = ["workflow", "show", "-n", NS, "-w", WF];
-      const switched = await runCli(show, { workflow: cliWorkflow(firstPage) });
-      expect(switched.stderr).toBe("");
-      expect(switched.code).toBe(0);
-      // What it prints is the current branch alone, as a read begun after the switch prints it.
-      const after = await runCli(show, { workflow: cliWorkflow() });
-      expect(after.code).toBe(0);
-      expect(switched.stdout).toBe(after.stdout);
+      // What a read begun before the switch prints is A's branch whole, as it stood then: one answer of its events.
+      const kept = await keptBranch();
+      const whole: Fakes["workflow"] = { getWorkflowExecutionHistory: async () => ({ ...firstPage, history: { ...firstPage.history!, events: kept.events }, nextPageToken: new Uint8Array() }) };
+      for (const format of [[], ["-o", "json"]]) {
+        const switched = await runCli([...show, ...format], { workflow: cliWorkflow(firstPage) });
+        expect(switched.stderr).toBe("");
+        expect(switched.code).toBe(0);
+        expect(switched.stdout).toBe((await runCli([...show, ...format], { workflow: whole })).stdout);
+      }
+      // A server that refuses the page (from before) gets the table read again from the first page: the current branch alone.
+      const refusal = new ConnectError("the history of workflow \"w\" changed branch while it was paged", Code.FailedPrecondition);
+      const again = await runCli(show, { workflow: cliWorkflow(firstPage, refusal) });
+      expect(again.code).toBe(0);
+      expect(again.stdout).toBe((await runCli(show, { workflow: cliWorkflow() })).stdout);
       // -o json wrote the first page already: it exits 1 with the refusal, not with two branches' events.
-      const json = await runCli([...show, "-o", "json"], { workflow: cliWorkflow(firstPage) });
+      const json = await runCli([...show, "-o", "json"], { workflow: cliWorkflow(firstPage, refusal) });
       expect(json.code).toBe(1);
-      expect(json.stderr).toContain("read the history again from the first page");
+      expect(json.stderr).toContain("changed branch while it was paged");
     });
 
     test("TestWorkflowShowFollowSaysTheRunSwitchedBranchAndExits1", async () => {

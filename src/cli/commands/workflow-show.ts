@@ -50,9 +50,10 @@ export async function readHistoryPages(ctx: CommandContext, cursor: HistoryCurso
 /**
  * Every event so far (readHistoryPages) as the table's rows. The table needs them all before it
  * prints (its column widths), but not the events: kept whole, a history of large payloads was
- * held in the CLI, gigabytes, to print 100 characters of each. A page refused because the run
- * switched branch since the first (a conflict was resolved) starts the read again from the
- * first page, up to BRANCH_SWITCH_READS reads: nothing is printed yet.
+ * held in the CLI, gigabytes, to print 100 characters of each. A server reads pages on along
+ * the branch the first was of; one from before refused a page whose run switched branch since
+ * (a conflict was resolved), which starts the read again from the first page, up to
+ * BRANCH_SWITCH_READS reads: nothing is printed yet.
  */
 async function readHistoryRows(ctx: CommandContext, cursor: HistoryCursor): Promise<string[][]> {
   for (let read = 1; ; read++) {
