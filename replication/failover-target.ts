@@ -13,6 +13,16 @@ export function backfillJobsOn(clients: RemoteClientPool, address: string, names
   return clients.get(address).backfill.getBackfillStatus({ namespace }, { timeoutMs: waitMs, signal }).then((r) => r.jobs, () => []);
 }
 
+/** The namespace a graceful failover hands over, as this cluster holds it. */
+export interface TargetNamespace {
+  name: string;
+  id: string;
+  failoverVersion?: number;
+}
+
+/** The namespace as target holds it (asked by id), "not found", or undefined: no answer. */
+type ById = Awaited<ReturnType<typeof namespaceOn>> | undefined;
+
 /** Why a graceful failover to a target is refused, and what the operator can do instead. */
 export interface TargetProblem {
   why: string;
@@ -124,18 +134,31 @@ export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000
    * Why target, holding a namespace of ns's name with another id (a stale copy of one deleted
    * here and registered again), never applies ns's changes (replication/namespace-held.ts), or undefined.
    */
-  async function otherCopy(target: string, address: string, ns: { name: string; id: string }, waitMs: number): Promise<string | undefined> {
-    // "": it holds none; undefined: no answer.
-    const idThere = (ref: { id?: string; namespace?: string }) =>
-      namespaceOn(clients, address, ref, waitMs).then((r) => (r === "not found" ? "" : r.id), () => undefined);
+  async function otherCopy(target: string, address: string, ns: TargetNamespace, byId: ById, waitMs: number): Promise<string | undefined> {
     // By id first: a target that holds it (nearly always) is asked nothing of its name.
-    if ((await idThere({ id: ns.id })) !== "") return undefined;
-    const there = await idThere({ namespace: ns.name });
+    if (byId !== "not found") return undefined;
+    // "": it holds none; undefined: no answer.
+    const there = await namespaceOn(clients, address, { namespace: ns.name }, waitMs).then((r) => (r === "not found" ? "" : r.id), () => undefined);
     if (!there || there === ns.id) return undefined;
     return `cluster ${target} holds another namespace ${ns.name} (id ${there}; this one is ${ns.id}) and holds this one's changes back, so it would never hear of the switch`;
   }
 
-  return async function targetProblem(target: string, members: string[] = [], failoverTimeoutMs = Infinity, ns?: { name: string; id: string }): Promise<TargetProblem | undefined> {
+  /**
+   * Why this cluster's copy of ns missed a failover target heard of (target holds it at a later
+   * failover version), or undefined. Before, the switch went on from the stale copy: its version,
+   * the next above this copy's, could top the one target held, and target's writes made active
+   * elsewhere at that one lost to this cluster's branch (chaos.test.ts, seed 1 on PostgreSQL).
+   */
+  function missedFailover(target: string, ns: TargetNamespace, there: ById): TargetProblem | undefined {
+    if (!there || there === "not found" || ns.failoverVersion === undefined || there.failoverVersion === undefined) return undefined;
+    if (there.failoverVersion <= BigInt(ns.failoverVersion)) return undefined;
+    return {
+      why: `cluster ${target} holds ${ns.name} at failover version ${there.failoverVersion} (active in ${there.active}), above ${ns.failoverVersion} here: this cluster missed a failover`,
+      instead: `let this cluster hear of it first (it then names the active cluster), or fail over forced`,
+    };
+  }
+
+  return async function targetProblem(target: string, members: string[] = [], failoverTimeoutMs = Infinity, ns?: TargetNamespace): Promise<TargetProblem | undefined> {
     const namespace = ns?.name;
     // Within the failover's own timeout: a target behind a link that drops packets is waited for once.
     const waitMs = Math.max(1, Math.min(timeoutMs, Math.floor(failoverTimeoutMs / 4)));
@@ -143,9 +166,10 @@ export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000
     const targetAddress = known.get(target);
     if (!targetAddress) return undefined;
     const others = members.filter((m) => m !== here && m !== target);
+    const byIdAsked: Promise<ById> = ns ? namespaceOn(clients, targetAddress, { id: ns.id }, waitMs).catch(() => undefined) : Promise.resolve(undefined);
     const [mine, stale, backfill, ...links] = await Promise.all([
       seenBy(clients, targetAddress, here, waitMs),
-      ns ? otherCopy(target, targetAddress, ns, waitMs) : undefined,
+      ns ? byIdAsked.then((byId) => otherCopy(target, targetAddress, ns, byId, waitMs)) : undefined,
       namespace ? backfillProblem(target, targetAddress, namespace, members, waitMs) : undefined,
       ...others.map(async (m) => {
         const address = known.get(m);
@@ -157,6 +181,8 @@ export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000
     ]);
     const side = targetSide(target, targetAddress, mine);
     if (side) return side;
+    const missed = ns && missedFailover(target, ns, await byIdAsked);
+    if (missed) return missed;
     if (stale) return { why: stale, instead: `delete that copy on ${target} first ('tern operator namespace delete ${namespace}' there: it is stale), then fail over` };
     // A forced failover would leave the member without target's writes too.
     const link = links.find((l) => l !== undefined);

@@ -11,7 +11,7 @@ import type { Db, HeldLock } from "../src/persistence/database";
 import { namespaces } from "../src/persistence/schema";
 import { listenForAckChange, outboundAcks } from "./ack-levels";
 import type { FailoverMembersCheck, MembersApplied } from "./failover-members";
-import type { TargetProblem } from "./failover-target";
+import type { TargetNamespace, TargetProblem } from "./failover-target";
 import { appendNamespaceTask, namespaceQueueMax, readAck } from "./namespace-queue";
 import { MAX_WAIT_MS } from "./namespace-sender";
 import { sleep } from "../src/sleep";
@@ -33,7 +33,7 @@ export interface GracefulFailoverDeps {
   /** This cluster's connection to a remote as `replication status` shows it ("connected", "error: ..."), for a timeout's answer. */
   connectionState?: (cluster: string) => string;
   /** Why a failover to target would leave a cluster without its writes, as the clusters say (createFailoverTargetCheck), or undefined. */
-  targetProblem?: (target: string, members: string[], failoverTimeoutMs: number, ns: { name: string; id: string }) => Promise<TargetProblem | undefined>;
+  targetProblem?: (target: string, members: string[], failoverTimeoutMs: number, ns: TargetNamespace) => Promise<TargetProblem | undefined>;
   /** What the target must have applied of the namespace's other members (createFailoverMembersCheck). */
   members?: FailoverMembersCheck;
   /** How long after the target's last poll of the namespace queue a failover to it is refused at once (default NAMESPACE_POLLS_LATE_MS). */
@@ -257,7 +257,7 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
       throw failedPrecondition(`replication with cluster ${target} is disabled on ${current.clusterName} (enable_connection is false), so it cannot catch up: enable the connection first, or fail over forced`);
     }
     // What the clusters say first: a target that does not know this one has never polled it either.
-    const problem = (await deps.targetProblem?.(target, ns.clusters, timeoutMs, { name, id: ns.id })) ?? unpolled(target, await namespacePollsProblem(target));
+    const problem = (await deps.targetProblem?.(target, ns.clusters, timeoutMs, { name, id: ns.id, failoverVersion: ns.failoverVersion })) ?? unpolled(target, await namespacePollsProblem(target));
     if (problem) throw failedPrecondition(`${problem.why}; ${problem.instead}; ${name} stays active in ${current.clusterName}`);
     return withSessionLock(handoverOwnerKey(ns.id), async (lock) => {
       const lockLost = lock.lost;

@@ -233,6 +233,27 @@ for (const store of await testStores()) {
       );
       await eventually(() => expectNoDifference([a, b, c], NS), { timeout: 20_000 });
     });
+
+    // TERN_CHAOS_SEED=1 (3 clusters, 40 steps) on PostgreSQL: a signal A took at its forced version was moved by C's switch to B.
+    test("TestGracefulFailoverFromACopyThatMissedAForcedFailoverIsRefused", async () => {
+      await a.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterC", timeout: durationFromMs(10_000) });
+      await Promise.all([a, b, c].map((x) => expectActiveOn(x, NS, "clusterC", 103n)));
+      // C, cut off from A, still thinks itself active at 103 while A is forced active at 201 and B hears of it.
+      await setLink(a, c, false);
+      const forced = await wf(a).updateNamespace({ namespace: NS, activeClusterName: "clusterA" });
+      expect(forced.namespace!.failoverVersion).toBe(201n);
+      await expectActiveOn(b, NS, "clusterA", 201n);
+      expect((await describeOn(c, NS)).failoverVersion).toBe(103n);
+      // Switched from C, B would take 202, above A's 201: A's writes at 201 would lose to C's branch.
+      await rejects(
+        c.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterB", timeout: durationFromMs(10_000) }),
+        Code.FailedPrecondition, "cluster clusterB holds orders at failover version 201 (active in clusterA), above 103 here: this cluster missed a failover",
+      );
+      expect(ReplicationState[(await describeOn(c, NS)).replicationConfig!.state]).toBe("NORMAL");
+      await expectActiveOn(b, NS, "clusterA", 201n);
+      await setLink(a, c, true);
+      await Promise.all([a, b, c].map((x) => expectActiveOn(x, NS, "clusterA", 201n)));
+    });
   });
 
   describe(`a cluster cut off during a graceful failover that returns after the old active went away, on ${store}`, () => {
