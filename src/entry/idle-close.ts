@@ -1,4 +1,5 @@
-import type { Server } from "node:http";
+import type { IncomingMessage, Server, ServerResponse } from "node:http";
+import type { Socket } from "node:net";
 
 /**
  * Closes server's HTTP/1.1 connections once idle, for a stop: those idle now at once, and those
@@ -10,4 +11,37 @@ export function closeWhenIdle(server: Server): void {
   // Read as each answer ends: the connection is then closed after 1 ms without a request.
   server.keepAliveTimeout = 1;
   server.closeIdleConnections();
+}
+
+/**
+ * closeWhenIdle for an HTTP/1.1 server that is handed its connections (emit("connection"),
+ * shared-port.ts) and never listens. Node tracks a server's connections only once it listens,
+ * so closeIdleConnections closed none of them there: a connection kept alive from an answer
+ * before the stop held Node's stop until its keep-alive timeout (5 s after that answer) or the
+ * grace. The closer returned closes the connections with no request in flight at once.
+ */
+export function idleCloser(server: Server): () => void {
+  const connections = new Set<Socket>();
+  // Requests of a connection being answered (more than one when the client pipelines them).
+  const answering = new Map<Socket, number>();
+  server.on("connection", (socket: Socket) => {
+    connections.add(socket);
+    socket.once("close", () => {
+      connections.delete(socket);
+      answering.delete(socket);
+    });
+  });
+  server.on("request", (req: IncomingMessage, res: ServerResponse) => {
+    const socket = req.socket;
+    answering.set(socket, (answering.get(socket) ?? 0) + 1);
+    res.once("close", () => {
+      const left = (answering.get(socket) ?? 1) - 1;
+      if (left > 0) answering.set(socket, left);
+      else answering.delete(socket);
+    });
+  });
+  return () => {
+    closeWhenIdle(server);
+    for (const socket of connections) if (!answering.has(socket)) socket.destroy();
+  };
 }

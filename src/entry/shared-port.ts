@@ -12,7 +12,7 @@ import { createServer as createTcpServer, type Socket } from "node:net";
 import { Duplex } from "node:stream";
 import type { TernServer } from "../server";
 import type { Listener } from "./boot";
-import { closeWhenIdle } from "./idle-close";
+import { idleCloser } from "./idle-close";
 
 /** "PRI" never starts an HTTP/1 request line, so three bytes decide. */
 const PREFACE_HEAD = Buffer.from("PRI");
@@ -28,6 +28,7 @@ export async function listenSharedPort(
   // breaks Bun.serve (or any other fetch server) in the same process.
   const http1 = createHttp1Server(getRequestListener((req) => tern.fetch(req), { overrideGlobalObjects: false }));
   http1.requestTimeout = 0; // long polls
+  const closeIdleHttp1 = idleCloser(http1);
   const http2 = createHttp2Server(connectNodeAdapter({ routes: tern.routes, interceptors: tern.interceptors, readMaxBytes, fallback: unservedFallback(tern.refuseUnserved) }));
   const sessions = new Set<ServerHttp2Session>();
   http2.on("session", (s) => {
@@ -59,7 +60,7 @@ export async function listenSharedPort(
     async close(graceMs) {
       const closed = new Promise<void>((resolve) => tcp.close(() => resolve()));
       for (const s of sessions) s.close();
-      closeWhenIdle(http1);
+      closeIdleHttp1();
       const timer = setTimeout(() => sockets.forEach((s) => s.destroy()), graceMs);
       await closed;
       clearTimeout(timer);

@@ -4,6 +4,7 @@
  */
 import { afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, rmSync } from "node:fs";
+import { Agent, get } from "node:http";
 import { join } from "node:path";
 import { createClient, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -65,6 +66,34 @@ for (const runtime of runtimes) {
       expect(server.output()).toContain(`"msg":"stopped"`);
       expect(lockReleased(server.dataDir)).toBe(true);
     }, serverStartTimeout);
+
+    test.skipIf(!runtime.present)(`SIGTERM with a gRPC Watch open ${grpcOn} and an HTTP/1.1 connection kept alive from an answer just before: exits well inside the grace`, async () => {
+      server = await startServerProcess(runtime.cmd, { sharedPort: runtime.sharedPort });
+      const watching = createClient(Health, createGrpcTransport({ baseUrl: server.grpcUrl! })).watch({});
+      expect((await watching[Symbol.asyncIterator]().next()).value?.status).toBe(HealthCheckResponse_ServingStatus.SERVING);
+      // Answered, then idle: the client keeps the connection for its next call.
+      const agent = new Agent({ keepAlive: true });
+      try {
+        expect(await statusOf(`${server.httpUrl}/health`, agent)).toBe(200);
+        const t0 = performance.now();
+        expect(await server.stop("SIGTERM")).toBe(0);
+        // Before, on Node's one port, the idle connection held the stop for its keep-alive timeout (5 s).
+        expect(performance.now() - t0).toBeLessThan(GRACE_MS * 0.6);
+      } finally {
+        agent.destroy();
+      }
+    }, serverStartTimeout);
+  });
+}
+
+/** The status of a GET of url through agent (node:http: the connection kept as the agent keeps it). */
+function statusOf(url: string, agent: Agent): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = get(url, { agent }, (res) => {
+      res.resume();
+      res.on("end", () => resolve(res.statusCode!));
+    });
+    req.on("error", reject);
   });
 }
 
