@@ -182,6 +182,11 @@ for (const store of (await testStores()).filter((s) => s === "postgres")) {
       const wf = a.client(WorkflowService);
       await wf.registerNamespace({ namespace: name, isGlobalNamespace: true, clusters: ["clusterA"] });
       await wf.startWorkflowExecution({ namespace: name, workflowId: "w3", workflowType: "Pay", taskQueue: "q" });
+      // B's pull passes w3's task over (not B's yet) before B joins. A pull that read it after the
+      // join was sent it (the page's read takes the namespace's clusters as they are then), and B's
+      // stream, once it had the namespace, could apply w3 before the backfill: the page then found
+      // w3 here and applied nothing, and the wait below never ended.
+      await ackedPast((await lastTaskIds(a)).get(1)!);
       const inside = mergeGate();
       gates.set("w3", { at: "apply", gate: inside });
       // B joins: its backfill from A brings w3, and its page's transaction waits at the gate.
