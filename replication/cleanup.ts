@@ -117,12 +117,18 @@ const shardRows = tableCodec(shards);
 const ackRows = tableCodec(replicationAckLevels);
 /**
  * What a pass depends on, in one row: the remotes' names (null with none), the shard counters'
- * sum (counters only grow), and the outbound acks' count, sum and latest update.
+ * sum (counters only grow), and the outbound acks' count, sum and the history acks' latest
+ * update (a history ack is set as the peer sends it, so it may go back). Not the namespace
+ * positions' update: the namespace sender writes it at each of a peer's polls (every 20 s),
+ * level unchanged, and each such write made the next pass read every shard and ack (at
+ * 16,384 shards most of an idle cluster's CPU). A namespace position only grows (advanceAckLevel),
+ * so the sum shows each move of it.
  */
 const STATE_TEXT =
   `select (select string_agg(${peers.name("clusterName")}, ',' order by ${peers.name("clusterName")}) from ${peers.table} where ${peers.name("isCurrent")} = false) as remotes, ` +
   `(select coalesce(sum(${shardRows.name("nextTaskId")}), 0)::text from ${shardRows.table}) as counters, ` +
-  `(select count(*)::text || '/' || coalesce(sum(${ackRows.name("ackLevel")}), 0)::text || '/' || coalesce(max(${ackRows.name("updatedAt")})::text, '') ` +
+  `(select count(*)::text || '/' || coalesce(sum(${ackRows.name("ackLevel")}), 0)::text || '/' || ` +
+  `coalesce(max(${ackRows.name("updatedAt")}) filter (where ${ackRows.name("queue")} = 'history')::text, '') ` +
   `from ${ackRows.table} where ${ackRows.name("direction")} = 'outbound') as acks`;
 /** Deletes each shard's tasks at or below its least ack ($1 shard ids, $2 acks); answers how many. */
 const DELETE_ACKED_TEXT =

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { eq, inArray } from "drizzle-orm";
 import { createReplicationCleanup } from "../../replication/cleanup";
+import { advanceAckLevel } from "../../replication/namespace-queue";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { clusterMetadata, namespaceReplicationTasks, replicationAckLevels, replicationTasks, shards } from "../../src/persistence/schema";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
@@ -130,6 +131,37 @@ describe("replication task cleanup without a peer pulling", () => {
     } finally {
       await db.delete(replicationAckLevels).where(eq(replicationAckLevels.remoteCluster, "clusterZ"));
       await db.delete(clusterMetadata).where(eq(clusterMetadata.clusterName, "clusterZ"));
+    }
+  });
+
+  test("APeersNamespacePollBetweenIdlePassesReadsNoShard", async () => {
+    const db = c.server.database.db;
+    await c.client(WorkflowService).registerNamespace({ namespace: "p", isGlobalNamespace: true });
+    await c.client(WorkflowService).startWorkflowExecution({ namespace: "p", workflowId: "p-0", workflowType: "T", taskQueue: "q" });
+    const [self] = await db.select().from(clusterMetadata).where(eq(clusterMetadata.isCurrent, true));
+    await db.insert(clusterMetadata).values({ ...self!, clusterName: "clusterY", clusterId: "y", isCurrent: false, initialFailoverVersion: 8, enableConnection: false });
+    const metrics = createMetrics();
+    const shown = () => metrics.render().includes('replication_outbound_tasks_lag{remote_cluster="clusterY"');
+    const cleanup = createReplicationCleanup({ db, log: c.server.log, graceMs: 0, metrics });
+    const poll = (at: number) => advanceAckLevel(db, { remote: "clusterY", direction: "outbound", queue: "namespace", shardId: 0 }, at, at);
+    // Y taken away however the test ends: the next test adds a clusterY of its own.
+    try {
+      await poll(1);
+      await cleanup.runOnce();
+      expect(shown()).toBe(true);
+      // The gauges taken away by hand: only a pass that reads every shard sets them again.
+      metrics.remove("replication_outbound_tasks_lag", { remote_cluster: "clusterY" });
+      // Y's next namespace poll, at the same position (the sender writes it at every poll).
+      await poll(1);
+      await cleanup.runOnce();
+      expect(shown()).toBe(false);
+      // Its position moved: the pass reads every shard and ack again.
+      await poll(2);
+      await cleanup.runOnce();
+      expect(shown()).toBe(true);
+    } finally {
+      await db.delete(replicationAckLevels).where(eq(replicationAckLevels.remoteCluster, "clusterY"));
+      await db.delete(clusterMetadata).where(eq(clusterMetadata.clusterName, "clusterY"));
     }
   });
 
