@@ -53,6 +53,9 @@ export function createPageReader({ db, cluster, metrics, peerChecked }: PageRead
    * committed counter is committed too, so nothing below `last` can still appear), and
    * the peer's connection row says whether it may pull at all.
    */
+  /** The snapshot (pg_current_snapshot) at which the marks last held, with the marks' summary then. */
+  let heldAt: { snapshot: string; shards: number; total: number } | undefined;
+
   async function readPage(shardId: number, after: number, size: number, peer: string, withEvents: boolean, bytes: number) {
     const params: unknown[] = [shardId, after, size];
     if (peer) params.push(peer, JSON.stringify([peer]));
@@ -87,12 +90,20 @@ export function createPageReader({ db, cluster, metrics, peerChecked }: PageRead
    * most its counter, so equal sums over as many shards mean none moved past its mark), in one
    * statement that returns one row, once peer is found allowed to pull. The sender's re-read each
    * recheckMs asks this first: an idle cluster of 16,384 shards read and mapped every counter
-   * twice a second (once per direction), about 5% of a CPU each, for nothing new.
+   * twice a second (once per direction), about 5% of a CPU each, for nothing new. The sum itself
+   * read every shard each second (16,384 rows per direction): it is left out while the database's
+   * snapshot is the one the marks last held at (MARKS_TEXT).
    */
   async function marksHold(peer: string, marks: { shards: number; total: number }): Promise<boolean> {
-    const [row] = await runStatement(db, MARKS_TEXT, [peer]);
+    const since = heldAt && heldAt.shards === marks.shards && heldAt.total === marks.total ? heldAt.snapshot : null;
+    const [row] = await runStatement(db, MARKS_TEXT, [peer, since]);
     checkPeer(peer, row!.peer_enabled);
-    return Number(row!.shard_count) === marks.shards && Number.isSafeInteger(marks.total) && String(row!.total) === String(marks.total);
+    // Not summed: the snapshot is the one the marks last held at, so nothing committed since.
+    if (row!.counters === null) return true;
+    const [count, total] = String(row!.counters).split("/");
+    const holds = Number(count) === marks.shards && Number.isSafeInteger(marks.total) && total === String(marks.total);
+    heldAt = holds ? { snapshot: String(row!.snapshot), ...marks } : undefined;
+    return holds;
   }
 
   /** A disabled connection pauses both ways: refused here too, on every read of a long poll. */
@@ -188,10 +199,19 @@ const countersText = textCache((peer: boolean) =>
   `select ${shardsSql.name("shardId")} as shard_id, ${shardsSql.name("nextTaskId")} - 1 as page_max, ${peer ? peerFlagSql("$2") : "true"} as peer_enabled ` +
   `from ${shardsSql.table} where ${shardsSql.name("shardId")} = any($1::int[])`);
 
-/** How many shards there are and their counters' sum (exact, as text), with the peer's flag (its name in $1). */
+/**
+ * The statement's snapshot, and how many shards there are and their counters' sum ("count/sum",
+ * exact), unless the snapshot is $2's; with the peer's flag (its name in $1). A snapshot
+ * (xmin:xmax:in-progress xids, of the whole PostgreSQL instance) stays the same only while no
+ * transaction that writes begins or ends: a counter moved by a commit since $2's changed it (an
+ * xid past its xmax, or one gone from its in-progress list). On an idle instance the sum is
+ * skipped; on one that other databases write to, it is summed as before. The CASE runs its
+ * subquery only when it is taken.
+ */
 const MARKS_TEXT =
-  `select count(*)::int as shard_count, coalesce(sum(${shardsSql.name("nextTaskId")} - 1), 0)::text as total, ${peerFlagSql("$1")} as peer_enabled ` +
-  `from ${shardsSql.table}`;
+  `select pg_current_snapshot()::text as snapshot, case when pg_current_snapshot()::text is distinct from $2::text then ` +
+  `(select count(*)::text || '/' || coalesce(sum(${shardsSql.name("nextTaskId")} - 1), 0)::text from ${shardsSql.table}) end as counters, ` +
+  `${peerFlagSql("$1")} as peer_enabled`;
 
 /**
  * The page statement of one shape: $1 shard, $2 after, $3 page size, then the peer's

@@ -70,3 +70,36 @@ export const checkedApplier = (check: (task: Pick<IncomingTask, "workflowId" | "
     return inner.planApply(ns, task, reads);
   },
 });
+
+/** A statement run through noted's db: its text, and its rows once it answered. */
+export type NotedStatement = { sql: string; rows?: Record<string, unknown>[] };
+
+/**
+ * db as it is, but each statement it runs by its session (runStatement's way), in a transaction
+ * too, noted in `ran` (in order) with its rows.
+ */
+export function notedStatements<D extends { _: { session: object } }>(db: D, ran: NotedStatement[] = []): { db: D; ran: NotedStatement[] } {
+  const session = new Proxy(db._.session, {
+    get(target, key) {
+      const v = Reflect.get(target, key, target);
+      if (key === "transaction") {
+        return (fn: (tx: D) => unknown, ...rest: unknown[]) => v.call(target, (tx: D) => fn(notedStatements(tx, ran).db), ...rest);
+      }
+      if (key !== "prepareQuery") return typeof v === "function" ? v.bind(target) : v;
+      return (q: { sql: string }, ...rest: unknown[]) => {
+        const noted: NotedStatement = { sql: q.sql };
+        ran.push(noted);
+        const prepared = v.call(target, q, ...rest);
+        const execute = prepared.execute.bind(prepared);
+        prepared.execute = async (...args: unknown[]) => {
+          const result = await execute(...args);
+          // postgres.js answers the rows, PGlite a result holding them.
+          noted.rows = (result as { rows?: Record<string, unknown>[] }).rows ?? (result as Record<string, unknown>[]);
+          return result;
+        };
+        return prepared;
+      };
+    },
+  });
+  return { db: Object.assign(Object.create(db), { _: { ...db._, session }, session }) as D, ran };
+}
