@@ -33,6 +33,8 @@ export function createReplicationCleanup({ db, log, intervalMs = 10_000, graceMs
    * idle cluster of 16,384 shards read every shard and ack and set every gauge each 10 s.
    */
   let cleaned: string | undefined;
+  /** The snapshot (pg_current_snapshot) at which cleaned was read. */
+  let cleanedAt: string | undefined;
 
   function showBacklog(remotes: string[], maxima: Map<number, number>, ackOf: (remote: string, shardId: number) => number) {
     if (!metrics) return;
@@ -55,12 +57,17 @@ export function createReplicationCleanup({ db, log, intervalMs = 10_000, graceMs
    */
   async function runOnce(signal?: AbortSignal): Promise<number> {
     let seen: string | undefined;
+    let seenAt: string | undefined;
     const n = await transaction(db, async (tx) => {
-      const [row] = await runStatement(tx, STATE_TEXT, []);
+      const [row] = await runStatement(tx, STATE_TEXT, [cleaned === undefined ? null : cleanedAt ?? null]);
+      seenAt = String(row!.snapshot);
+      // Nothing committed since the last pass read the same: it holds still (STATE_TEXT).
+      if (!row!.changed) return (seen = cleaned), 0;
       seen = row!.remotes === null ? undefined : `${String(row!.remotes)}|${String(row!.counters)}|${String(row!.acks)}`;
       return seen !== undefined && seen === cleaned ? 0 : pass(tx);
     }, signal);
     cleaned = seen;
+    cleanedAt = seenAt;
     return n;
   }
 
@@ -124,12 +131,23 @@ const ackRows = tableCodec(replicationAckLevels);
  * 16,384 shards most of an idle cluster's CPU). A namespace position only grows (advanceAckLevel),
  * so the sum shows each move of it.
  */
+const STATE_SUMS = [
+  ["remotes", `(select string_agg(${peers.name("clusterName")}, ',' order by ${peers.name("clusterName")}) from ${peers.table} where ${peers.name("isCurrent")} = false)`],
+  ["counters", `(select coalesce(sum(${shardRows.name("nextTaskId")}), 0)::text from ${shardRows.table})`],
+  ["acks", `(select count(*)::text || '/' || coalesce(sum(${ackRows.name("ackLevel")}), 0)::text || '/' || ` +
+    `coalesce(max(${ackRows.name("updatedAt")}) filter (where ${ackRows.name("queue")} = 'history')::text, '') ` +
+    `from ${ackRows.table} where ${ackRows.name("direction")} = 'outbound')`],
+] as const;
+/**
+ * STATE_SUMS, unless nothing committed since the snapshot in $1 (changed false, the sums null,
+ * each CASE running its subquery only when taken): a snapshot of the instance stays the same only
+ * while no transaction that writes begins or ends (page-reader.ts, MARKS_TEXT). On an idle
+ * instance a pass reads no shard and no ack.
+ */
+const CHANGED = `pg_current_snapshot()::text is distinct from $1::text`;
 const STATE_TEXT =
-  `select (select string_agg(${peers.name("clusterName")}, ',' order by ${peers.name("clusterName")}) from ${peers.table} where ${peers.name("isCurrent")} = false) as remotes, ` +
-  `(select coalesce(sum(${shardRows.name("nextTaskId")}), 0)::text from ${shardRows.table}) as counters, ` +
-  `(select count(*)::text || '/' || coalesce(sum(${ackRows.name("ackLevel")}), 0)::text || '/' || ` +
-  `coalesce(max(${ackRows.name("updatedAt")}) filter (where ${ackRows.name("queue")} = 'history')::text, '') ` +
-  `from ${ackRows.table} where ${ackRows.name("direction")} = 'outbound') as acks`;
+  `select pg_current_snapshot()::text as snapshot, ${CHANGED} as changed, ` +
+  STATE_SUMS.map(([name, sum]) => `case when ${CHANGED} then ${sum} end as ${name}`).join(", ");
 /** Deletes each shard's tasks at or below its least ack ($1 shard ids, $2 acks); answers how many. */
 const DELETE_ACKED_TEXT =
   `with gone as (delete from ${tasks.table} t using unnest($1::int[], $2::bigint[]) as m(shard_id, acked) ` +

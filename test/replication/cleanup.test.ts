@@ -9,6 +9,7 @@ import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { runCli } from "../cli/harness";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { serverStartTimeout } from "../support/timeouts";
+import { notedStatements } from "./support";
 import { parseCounter } from "../../bench/lib/prom-histogram";
 import { createMetrics } from "../../src/observability/metrics";
 
@@ -161,6 +162,36 @@ describe("replication task cleanup without a peer pulling", () => {
       expect(shown()).toBe(true);
     } finally {
       await db.delete(replicationAckLevels).where(eq(replicationAckLevels.remoteCluster, "clusterY"));
+      await db.delete(clusterMetadata).where(eq(clusterMetadata.clusterName, "clusterY"));
+    }
+  });
+
+  test("AnIdlePassReadsNoShardUntilSomethingCommits", async () => {
+    const noted = notedStatements(c.server.database.db);
+    const db = noted.db;
+    await c.client(WorkflowService).registerNamespace({ namespace: "q", isGlobalNamespace: true });
+    const [self] = await db.select().from(clusterMetadata).where(eq(clusterMetadata.isCurrent, true));
+    await db.insert(clusterMetadata).values({ ...self!, clusterName: "clusterY", clusterId: "y", isCurrent: false, initialFailoverVersion: 8, enableConnection: false });
+    const metrics = createMetrics();
+    const cleanup = createReplicationCleanup({ db, log: c.server.log, graceMs: 0, metrics });
+    try {
+      // PGlite's instance is this cluster's alone, and the server writes nothing while idle: once
+      // a pass found nothing to do, the next ones find the snapshot it read at (a pass now and then
+      // may see one of the server's own writes).
+      const summed: boolean[] = [];
+      for (let i = 0; i < 6 && !summed.slice(2).includes(false); i++) {
+        const from = noted.ran.length;
+        await cleanup.runOnce();
+        const [state] = noted.ran.slice(from).filter((r) => r.sql.includes("pg_current_snapshot"));
+        summed.push(state?.rows?.[0]?.changed !== false);
+      }
+      expect(summed.slice(2)).toContain(false);
+      // A commit after it: the next pass reads again, and shows the new task's backlog.
+      await c.client(WorkflowService).startWorkflowExecution({ namespace: "q", workflowId: "q-0", workflowType: "T", taskQueue: "q" });
+      const [task] = await db.select().from(replicationTasks).where(eq(replicationTasks.workflowId, "q-0"));
+      await cleanup.runOnce();
+      expect(parseCounter(metrics.render(), "replication_outbound_tasks_lag", { remote_cluster: "clusterY", shard: String(task!.shardId) })).toBe(task!.taskId);
+    } finally {
       await db.delete(clusterMetadata).where(eq(clusterMetadata.clusterName, "clusterY"));
     }
   });
