@@ -24,6 +24,16 @@ describe("replication task cleanup without a peer pulling", () => {
   });
   afterAll(() => c.destroy());
 
+  /** A global namespace `namespace` with a run, clusterY known here (its connection disabled), and a cleanup showing its backlog in metrics. */
+  async function runWithRemoteY(namespace: string, db = c.server.database.db) {
+    await c.client(WorkflowService).registerNamespace({ namespace, isGlobalNamespace: true });
+    await c.client(WorkflowService).startWorkflowExecution({ namespace, workflowId: `${namespace}-0`, workflowType: "T", taskQueue: "q" });
+    const [self] = await db.select().from(clusterMetadata).where(eq(clusterMetadata.isCurrent, true));
+    await db.insert(clusterMetadata).values({ ...self!, clusterName: "clusterY", clusterId: "y", isCurrent: false, initialFailoverVersion: 8, enableConnection: false });
+    const metrics = createMetrics();
+    return { db, metrics, cleanup: createReplicationCleanup({ db, log: c.server.log, graceMs: 0, metrics }) };
+  }
+
   test("RemoteWithoutAckHoldsTasks, NoRemoteDeletesAfterGrace", async () => {
     const db = c.server.database.db;
     await c.client(WorkflowService).registerNamespace({ namespace: "g", isGlobalNamespace: true });
@@ -77,14 +87,8 @@ describe("replication task cleanup without a peer pulling", () => {
   });
 
   test("APassAfterAnIdleOneStillDeletesWhatANewAckCovers, and shows a new task's backlog", async () => {
-    const db = c.server.database.db;
-    await c.client(WorkflowService).registerNamespace({ namespace: "i", isGlobalNamespace: true });
-    await c.client(WorkflowService).startWorkflowExecution({ namespace: "i", workflowId: "i-0", workflowType: "T", taskQueue: "q" });
-    const [self] = await db.select().from(clusterMetadata).where(eq(clusterMetadata.isCurrent, true));
-    await db.insert(clusterMetadata).values({ ...self!, clusterName: "clusterY", clusterId: "y", isCurrent: false, initialFailoverVersion: 8, enableConnection: false });
-    const metrics = createMetrics();
+    const { db, metrics, cleanup } = await runWithRemoteY("i");
     const lagOf = (shardId: number) => parseCounter(metrics.render(), "replication_outbound_tasks_lag", { remote_cluster: "clusterY", shard: String(shardId) });
-    const cleanup = createReplicationCleanup({ db, log: c.server.log, graceMs: 0, metrics });
     const [task] = await db.select().from(replicationTasks).where(eq(replicationTasks.workflowId, "i-0"));
     // Passes with nothing changed between them (the later ones end at their first read), then an ack.
     for (let i = 0; i < 3; i++) expect(await cleanup.runOnce()).toBe(0);
@@ -136,14 +140,8 @@ describe("replication task cleanup without a peer pulling", () => {
   });
 
   test("APeersNamespacePollBetweenIdlePassesReadsNoShard", async () => {
-    const db = c.server.database.db;
-    await c.client(WorkflowService).registerNamespace({ namespace: "p", isGlobalNamespace: true });
-    await c.client(WorkflowService).startWorkflowExecution({ namespace: "p", workflowId: "p-0", workflowType: "T", taskQueue: "q" });
-    const [self] = await db.select().from(clusterMetadata).where(eq(clusterMetadata.isCurrent, true));
-    await db.insert(clusterMetadata).values({ ...self!, clusterName: "clusterY", clusterId: "y", isCurrent: false, initialFailoverVersion: 8, enableConnection: false });
-    const metrics = createMetrics();
+    const { db, metrics, cleanup } = await runWithRemoteY("p");
     const shown = () => metrics.render().includes('replication_outbound_tasks_lag{remote_cluster="clusterY"');
-    const cleanup = createReplicationCleanup({ db, log: c.server.log, graceMs: 0, metrics });
     const poll = (at: number) => advanceAckLevel(db, { remote: "clusterY", direction: "outbound", queue: "namespace", shardId: 0 }, at, at);
     // Y taken away however the test ends: the next test adds a clusterY of its own.
     try {
@@ -168,12 +166,7 @@ describe("replication task cleanup without a peer pulling", () => {
 
   test("AnIdlePassReadsNoShardUntilSomethingCommits", async () => {
     const noted = notedStatements(c.server.database.db);
-    const db = noted.db;
-    await c.client(WorkflowService).registerNamespace({ namespace: "q", isGlobalNamespace: true });
-    const [self] = await db.select().from(clusterMetadata).where(eq(clusterMetadata.isCurrent, true));
-    await db.insert(clusterMetadata).values({ ...self!, clusterName: "clusterY", clusterId: "y", isCurrent: false, initialFailoverVersion: 8, enableConnection: false });
-    const metrics = createMetrics();
-    const cleanup = createReplicationCleanup({ db, log: c.server.log, graceMs: 0, metrics });
+    const { db, metrics, cleanup } = await runWithRemoteY("q", noted.db);
     try {
       // PGlite's instance is this cluster's alone, and the server writes nothing while idle: once
       // a pass found nothing to do, the next ones find the snapshot it read at (a pass now and then
@@ -187,8 +180,8 @@ describe("replication task cleanup without a peer pulling", () => {
       }
       expect(summed.slice(2)).toContain(false);
       // A commit after it: the next pass reads again, and shows the new task's backlog.
-      await c.client(WorkflowService).startWorkflowExecution({ namespace: "q", workflowId: "q-0", workflowType: "T", taskQueue: "q" });
-      const [task] = await db.select().from(replicationTasks).where(eq(replicationTasks.workflowId, "q-0"));
+      await c.client(WorkflowService).startWorkflowExecution({ namespace: "q", workflowId: "q-1", workflowType: "T", taskQueue: "q" });
+      const [task] = await db.select().from(replicationTasks).where(eq(replicationTasks.workflowId, "q-1"));
       await cleanup.runOnce();
       expect(parseCounter(metrics.render(), "replication_outbound_tasks_lag", { remote_cluster: "clusterY", shard: String(task!.shardId) })).toBe(task!.taskId);
     } finally {
