@@ -47,15 +47,15 @@ export interface PageReaderDeps {
  * also says whether the peer may pull.
  */
 export function createPageReader({ db, cluster, metrics, peerChecked }: PageReaderDeps) {
+  /** The snapshot (pg_current_snapshot) at which the marks last held, with the marks' summary then. */
+  let heldAt: { snapshot: string; shards: number; total: number } | undefined;
+
   /**
    * One page after `after` and how far it covers (tasks for other clusters are passed
    * over), in one statement: the shard counter bounds the page (every id at or below a
    * committed counter is committed too, so nothing below `last` can still appear), and
    * the peer's connection row says whether it may pull at all.
    */
-  /** The snapshot (pg_current_snapshot) at which the marks last held, with the marks' summary then. */
-  let heldAt: { snapshot: string; shards: number; total: number } | undefined;
-
   async function readPage(shardId: number, after: number, size: number, peer: string, withEvents: boolean, bytes: number) {
     const params: unknown[] = [shardId, after, size];
     if (peer) params.push(peer, JSON.stringify([peer]));
