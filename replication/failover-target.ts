@@ -42,6 +42,45 @@ export interface FailoverTargetCheckDeps {
 }
 
 /**
+ * Why this cluster's copy of ns missed a failover target heard of (target holds it at a later
+ * failover version), or undefined. Before, the switch went on from the stale copy: its version,
+ * the next above this copy's, could top the one target held, and target's writes made active
+ * elsewhere at that one lost to this cluster's branch (chaos.test.ts, seed 1 on PostgreSQL).
+ */
+function missedFailover(target: string, ns: TargetNamespace, there: ById): TargetProblem | undefined {
+  const later = laterThere(ns, there);
+  if (!later) return undefined;
+  return {
+    why: `cluster ${target} holds ${ns.name} at failover version ${later.failoverVersion} (active in ${later.active}), above ${ns.failoverVersion} here: this cluster missed a failover`,
+    instead: `let this cluster hear of it first (it then names the active cluster), or fail over forced`,
+  };
+}
+
+/** The namespace as target holds it, when at a failover version above ns's; otherwise undefined. */
+function laterThere(ns: TargetNamespace, there: ById): { failoverVersion: bigint; active?: string } | undefined {
+  if (!there || there === "not found" || ns.failoverVersion === undefined || there.failoverVersion === undefined) return undefined;
+  return there.failoverVersion > BigInt(ns.failoverVersion) ? { failoverVersion: there.failoverVersion, active: there.active } : undefined;
+}
+
+/** How long each question to a target waits: timeoutMs, or a quarter of the failover's timeout if less. */
+const waitFor = (timeoutMs: number, failoverTimeoutMs: number) => Math.max(1, Math.min(timeoutMs, Math.floor(failoverTimeoutMs / 4)));
+
+/**
+ * Asked again just before the switch: the failover version target holds ns at, when above the one
+ * the handover began from (a failover made elsewhere, forced, reached target during the wait), or
+ * undefined (also without an answer: target acked the handover just now). Before, the check ran
+ * once before HANDOVER, and the switch, its version computed from this cluster's copy, could top
+ * the forced one there: target took it, and writes acknowledged at the forced one lost their branch.
+ */
+export function createFailoverTargetRecheck({ clusters, clients, timeoutMs = 2_000 }: FailoverTargetCheckDeps) {
+  return async function targetMovedOn(target: string, ns: TargetNamespace, failoverTimeoutMs = Infinity): Promise<{ failoverVersion: bigint; active?: string } | undefined> {
+    const address = (await clusters.list()).find((c) => !c.isCurrent && c.clusterName === target)?.rpcAddress;
+    if (!address) return undefined;
+    return laterThere(ns, await namespaceOn(clients, address, { id: ns.id }, waitFor(timeoutMs, failoverTimeoutMs)).catch(() => undefined));
+  };
+}
+
+/**
  * How `asked` sees cluster `name`: its row, "unknown" (NOT_FOUND), `{ down }` when nothing took
  * the connection (refused, or its host not found) or what took it ended it unanswered twice (CUT),
  * or undefined when it did not answer.
@@ -143,25 +182,10 @@ export function createFailoverTargetCheck({ clusters, clients, timeoutMs = 2_000
     return `cluster ${target} holds another namespace ${ns.name} (id ${there}; this one is ${ns.id}) and holds this one's changes back, so it would never hear of the switch`;
   }
 
-  /**
-   * Why this cluster's copy of ns missed a failover target heard of (target holds it at a later
-   * failover version), or undefined. Before, the switch went on from the stale copy: its version,
-   * the next above this copy's, could top the one target held, and target's writes made active
-   * elsewhere at that one lost to this cluster's branch (chaos.test.ts, seed 1 on PostgreSQL).
-   */
-  function missedFailover(target: string, ns: TargetNamespace, there: ById): TargetProblem | undefined {
-    if (!there || there === "not found" || ns.failoverVersion === undefined || there.failoverVersion === undefined) return undefined;
-    if (there.failoverVersion <= BigInt(ns.failoverVersion)) return undefined;
-    return {
-      why: `cluster ${target} holds ${ns.name} at failover version ${there.failoverVersion} (active in ${there.active}), above ${ns.failoverVersion} here: this cluster missed a failover`,
-      instead: `let this cluster hear of it first (it then names the active cluster), or fail over forced`,
-    };
-  }
-
   return async function targetProblem(target: string, members: string[] = [], failoverTimeoutMs = Infinity, ns?: TargetNamespace): Promise<TargetProblem | undefined> {
     const namespace = ns?.name;
     // Within the failover's own timeout: a target behind a link that drops packets is waited for once.
-    const waitMs = Math.max(1, Math.min(timeoutMs, Math.floor(failoverTimeoutMs / 4)));
+    const waitMs = waitFor(timeoutMs, failoverTimeoutMs);
     const known = new Map((await clusters.list()).filter((c) => !c.isCurrent).map((c) => [c.clusterName, c.rpcAddress]));
     const targetAddress = known.get(target);
     if (!targetAddress) return undefined;

@@ -34,6 +34,8 @@ export interface GracefulFailoverDeps {
   connectionState?: (cluster: string) => string;
   /** Why a failover to target would leave a cluster without its writes, as the clusters say (createFailoverTargetCheck), or undefined. */
   targetProblem?: (target: string, members: string[], failoverTimeoutMs: number, ns: TargetNamespace) => Promise<TargetProblem | undefined>;
+  /** The failover version target holds the namespace at, when above ns's (a failover made elsewhere reached it): asked just before the switch (createFailoverTargetRecheck). */
+  targetMovedOn?: (target: string, ns: TargetNamespace, failoverTimeoutMs: number) => Promise<{ failoverVersion: bigint; active?: string } | undefined>;
   /** What the target must have applied of the namespace's other members (createFailoverMembersCheck). */
   members?: FailoverMembersCheck;
   /** How long after the target's last poll of the namespace queue a failover to it is refused at once (default NAMESPACE_POLLS_LATE_MS). */
@@ -202,6 +204,24 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
     );
   }
 
+  /**
+   * Refuses the switch when target holds the namespace at a failover version above the one the
+   * handover began from: a failover made elsewhere (forced, this cluster cut off from it) reached
+   * target during the wait. The switch's version, the next above this cluster's, may top that one
+   * (A at 1 to C: 3, over B's forced 2), and target would take it, its writes at the forced
+   * version then losing their branch. Temporal's handover switches regardless (the higher version
+   * wins); here the namespace stays where the forced failover put it, and HANDOVER ends (failover's catch).
+   */
+  async function refuseIfTargetMovedOn(ns: NamespaceRecord, target: string, timeoutMs: number): Promise<void> {
+    const there = await deps.targetMovedOn?.(target, { name: ns.name, id: ns.id, failoverVersion: ns.failoverVersion }, timeoutMs);
+    if (!there) return;
+    throw failedPrecondition(
+      `cluster ${target} heard of a later failover during the graceful failover of namespace ${ns.name}: it holds it at failover version ${there.failoverVersion} (active in ${there.active}), ` +
+        `above ${ns.failoverVersion}, the version the handover began from; nothing was switched, and ${ns.name} leaves HANDOVER here: ` +
+        `${current.clusterName} hears of that failover once connected to the cluster that made it`,
+    );
+  }
+
   /** The switch: active = target at the next failover version, NORMAL, with its namespace task, in one transaction. */
   async function switchActive(ns: NamespaceRecord, target: string, targetInitial: number, call?: AbortSignal): Promise<{ namespace: NamespaceRecord; taskId: number }> {
     const { saved, taskId } = await transaction(db, async (tx) => {
@@ -270,6 +290,7 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
         // Without its lock, a server of the cluster may put the namespace back to NORMAL at any
         // time: asked of the lock's session, not only from its close having come.
         await lock.check();
+        await refuseIfTargetMovedOn(ns, target, timeoutMs);
         const { namespace, taskId } = await switchActive(ns, target, targetInfo.initialFailoverVersion, call);
         switched = namespace;
         log.info("graceful failover done", { namespace: name, target, failoverVersion: switched.failoverVersion });

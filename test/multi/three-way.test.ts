@@ -7,11 +7,11 @@ import { ReplicationState } from "../../src/gen/tern/workflow/v1/namespace_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { expectNoDifference, historyOf, setLink } from "../conflict/support";
 import { eventually } from "../support/eventually";
-import { rejects } from "../support/rejects";
+import { awaitedLater, rejects } from "../support/rejects";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy";
 import { testStores, type StoreKind } from "../support/stores";
-import { addr, connectAll, describeOn, expectActiveOn, startClusters } from "../failover/mesh";
+import { ackGate, addr, connectAll, describeOn, eventuallyOn, expectActiveOn, startClusters } from "../failover/mesh";
 import { serverStartTimeout } from "../support/timeouts";
 
 setDefaultTimeout(serverStartTimeout);
@@ -253,6 +253,52 @@ for (const store of await testStores()) {
       await expectActiveOn(b, NS, "clusterA", 201n);
       await setLink(a, c, true);
       await Promise.all([a, b, c].map((x) => expectActiveOn(x, NS, "clusterA", 201n)));
+    });
+  });
+
+  describe(`a forced failover that reaches the target during a graceful failover's wait, on ${store}`, () => {
+    let a: TestCluster, b: TestCluster, c: TestCluster;
+    const cAcks = ackGate(); // C's acks, held so that A's failover to C waits while B is forced active
+    beforeAll(async () => {
+      [a, b, c] = await startClusters(store, [{}, {}, cAcks.options]);
+      await connectAll([a, b, c]);
+      await registerOrders([a, b, c]);
+    });
+    afterAll(async () => {
+      cAcks.gate.open();
+      await Promise.all([a, b, c].map((x) => x?.destroy()));
+    });
+
+    test("TestGracefulFailoverOvertakenAtItsTargetByAForcedFailoverIsAbandoned", async () => {
+      await wf(a).startWorkflowExecution({ namespace: NS, workflowId: "raced", ...T });
+      await eventually(() => expectNoDifference([a, b, c], NS), { timeout: 20_000 });
+      // A write C applies but does not ack: A's failover to C waits in HANDOVER.
+      cAcks.gate.close();
+      await wf(a).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "raced" }, signalName: "on-a", requestId: "on-a" });
+      await Promise.all([b, c].map((x) => eventually(async () => expect(Object.fromEntries(await signalsOn(x, "raced"))).toEqual({ "on-a": 1 }))));
+      const asked = awaitedLater(a.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterC", timeout: durationFromMs(20_000) }));
+      await eventuallyOn(a, NS, (ns) => expect(ns.replicationConfig!.state).toBe(ReplicationState.HANDOVER));
+      // B, cut off from A, is forced active at 2: C hears of it, A does not.
+      await setLink(a, b, false);
+      expect((await wf(b).updateNamespace({ namespace: NS, activeClusterName: "clusterB" })).namespace!.failoverVersion).toBe(2n);
+      await expectActiveOn(c, NS, "clusterB", 2n);
+      await wf(b).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "raced" }, signalName: "on-b", requestId: "on-b" });
+      await eventually(async () => expect(Object.fromEntries(await signalsOn(c, "raced"))).toEqual({ "on-a": 1, "on-b": 1 }));
+      // C acks A's handover now. Switched from A's 1, C would take 3, above B's 2: B's writes at 2 would lose their branch.
+      cAcks.gate.open();
+      await rejects(
+        asked,
+        Code.FailedPrecondition,
+        "cluster clusterC heard of a later failover during the graceful failover of namespace orders: it holds it at failover version 2 (active in clusterB), above 1",
+      );
+      expect(ReplicationState[(await describeOn(a, NS)).replicationConfig!.state]).toBe("NORMAL");
+      await expectActiveOn(c, NS, "clusterB", 2n);
+      await setLink(a, b, true);
+      await Promise.all([a, b, c].map((x) => expectActiveOn(x, NS, "clusterB", 2n)));
+      await eventually(() => expectNoDifference([a, b, c], NS), { timeout: 20_000 });
+      for (const x of [a, b, c]) {
+        expect([x.name, Object.fromEntries(await signalsOn(x, "raced")), (await historyOf(x, NS, "raced")).at(-1)!.version]).toEqual([x.name, { "on-a": 1, "on-b": 1 }, 2n]);
+      }
     });
   });
 
