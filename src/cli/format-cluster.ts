@@ -30,15 +30,19 @@ export function describeCluster(c: ClusterInfo): string {
   ]);
 }
 
-/** The cluster list table: this cluster and every remote with its connection. */
+/**
+ * The cluster list table: this cluster and every remote with its connection. Its booleans read
+ * true or false, as `temporal operator cluster list` prints IsConnectionEnabled (this cluster's
+ * own connection is enabled there too).
+ */
 export function clusterTable(list: readonly ClusterInfo[]): string {
   const headers = ["NAME", "ID", "ADDRESS", "CURRENT", "ENABLED", "CONNECTION", "INITIAL VERSION", "SHARDS"];
   const rows = list.map((c) => [
     c.clusterName,
     c.clusterId,
     c.rpcAddress,
-    c.isCurrentCluster ? "yes" : "",
-    c.isCurrentCluster ? "" : String(c.enableConnection),
+    String(c.isCurrentCluster),
+    String(c.enableConnection),
     truncate(connectionLabel(c), STATE_WIDTH),
     String(c.initialFailoverVersion),
     String(c.historyShardCount),

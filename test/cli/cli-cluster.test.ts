@@ -133,9 +133,22 @@ describe("operator cluster", () => {
     expect(r.code).toBe(0);
     const lines = r.stdout.trimEnd().split("\n");
     expect(lines[0]).toMatch(/^NAME +ID +ADDRESS +CURRENT +ENABLED +CONNECTION +INITIAL VERSION +SHARDS$/);
-    expect(lines[1]).toMatch(/^clusterA +id-a +127\.0\.0\.1:7233 +yes +current +1 +4$/);
-    expect(lines[2]).toMatch(/^clusterB +id-b +localhost:8233 +true +connected +2 +8$/);
-    expect(lines[3]).toMatch(/^clusterC +id-c +localhost:8233 +false +disabled +3 +8$/);
+    expect(lines[1]).toMatch(/^clusterA +id-a +127\.0\.0\.1:7233 +true +true +current +1 +4$/);
+    expect(lines[2]).toMatch(/^clusterB +id-b +localhost:8233 +false +true +connected +2 +8$/);
+    expect(lines[3]).toMatch(/^clusterC +id-c +localhost:8233 +false +false +disabled +3 +8$/);
+  });
+
+  test("list's CURRENT and ENABLED both read true or false, as temporal operator cluster list prints IsConnectionEnabled; -o json is unchanged", async () => {
+    // Was: CURRENT "yes" or blank beside ENABLED "true"/"false", and this cluster's ENABLED blank.
+    const fake = { operator: { listClusters: () => ({ clusters: [clusterA, clusterB] }) } };
+    const r = await runCli(["operator", "cluster", "list"], fake);
+    const cells = r.stdout.trimEnd().split("\n").slice(1).map((l) => l.split(/ {2,}/).slice(3, 5));
+    expect(cells).toEqual([["true", "true"], ["false", "true"]]);
+    const json = JSON.parse((await runCli(["operator", "cluster", "list", "-o", "json"], fake)).stdout);
+    expect(json.clusters.map((c: Record<string, unknown>) => [c.clusterName, c.isCurrentCluster, c.enableConnection])).toEqual([
+      ["clusterA", true, true],
+      ["clusterB", undefined, true],
+    ]);
   });
 
   test("describe of a remote shows its connection state", async () => {

@@ -68,8 +68,8 @@ describe("seed runbook: multi-cluster replication set-up with tctl commands", ()
     expect((await step(RUNBOOK.addAIntoB)).stdout).toContain(`Cluster clusterA at localhost:${a.port}: connection enabled`);
     // A's streams fail ("error: ... not connected") until B knows A too; the state turns
     // "connected" when a retried long poll first answers (about 10 s here).
-    const bRow = new RegExp(`^clusterB +\\S+ +localhost:${b.port} +true +connected +2 +4$`);
-    const aRow = new RegExp(`^clusterA +\\S+ +localhost:${a.port} +true +connected +1 +4$`);
+    const bRow = new RegExp(`^clusterB +\\S+ +localhost:${b.port} +false +true +connected +2 +4$`);
+    const aRow = new RegExp(`^clusterA +\\S+ +localhost:${a.port} +false +true +connected +1 +4$`);
     await eventually(async () => expect(await remoteRow(a, "clusterB")).toMatch(bRow), { timeout: 20_000, interval: 250 });
     await eventually(async () => expect(await remoteRow(b, "clusterA")).toMatch(aRow), { timeout: 20_000, interval: 250 });
     const described = await runTern(["-address", a.address, "operator", "cluster", "describe", "clusterB", "-o", "json"]);
@@ -81,8 +81,8 @@ describe("seed runbook: multi-cluster replication set-up with tctl commands", ()
   test("disable both connections: both read disabled", async () => {
     expect((await step(RUNBOOK.disableInA)).stdout).toContain("connection disabled");
     expect((await step(RUNBOOK.disableInB)).stdout).toContain("connection disabled");
-    expect(await remoteRow(a, "clusterB")).toMatch(/ false +disabled +2 +4$/);
-    expect(await remoteRow(b, "clusterA")).toMatch(/ false +disabled +1 +4$/);
+    expect(await remoteRow(a, "clusterB")).toMatch(/ false +false +disabled +2 +4$/);
+    expect(await remoteRow(b, "clusterA")).toMatch(/ false +false +disabled +1 +4$/);
   });
 
   test("delete both connections: each cluster lists only itself", async () => {

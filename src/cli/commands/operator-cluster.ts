@@ -28,7 +28,7 @@ const list: LeafCommand = {
   name: "list",
   summary: "List this cluster and the clusters connected to it",
   details: [
-    "Columns: NAME, ID, ADDRESS, CURRENT (this cluster), ENABLED (enable_connection),",
+    "Columns: NAME, ID, ADDRESS, CURRENT (true for this cluster), ENABLED (enable_connection),",
     "CONNECTION (current for this cluster; for a remote connected, connecting, unknown (its",
     "streams restarting), disabled or error: ...), INITIAL VERSION, SHARDS.",
     'With -o json, prints { "clusters": [ClusterInfo, ...] } with every page merged.',
