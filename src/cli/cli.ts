@@ -11,6 +11,7 @@ import { rootCommand } from "./commands/root";
 import { LONG_RUN_MS, parseRpcTimeout, withDeadline } from "./deadline";
 import { CliError, ExitCode, formatError, isAbort, UsageError, usageHint } from "./errors";
 import { renderHelp } from "./help";
+import { suggestNames } from "./suggest";
 import { type ReadInput, readJsonSources } from "./json-source";
 import type { OutputFormat, Writer } from "./output";
 import { VERSION } from "../version";
@@ -52,6 +53,8 @@ export interface Resolved {
   help: boolean;
   /** Set when a word names no subcommand. */
   unknown?: string;
+  /** With unknown: the subcommands that word may have meant (suggest.ts), nearest first. */
+  suggestions?: string[];
 }
 
 /** Walks argv down the command tree; global flags may appear anywhere. */
@@ -87,8 +90,11 @@ export function resolveCommand(root: Command, argv: readonly string[]): Resolved
       const child = command.commands.find((c) => c.name === token);
       if (!child) {
         const where = ["tern", ...path].join(" ");
-        const unknown = strayFlagBefore(argv[i - 1]) ?? commandTakenAsValue(command, argv[i - 2], argv[i - 1]) ?? `unknown command "${token}" for "${where}"`;
-        return { command, path, rest: [], help, unknown };
+        const mistake = strayFlagBefore(argv[i - 1]) ?? commandTakenAsValue(command, argv[i - 2], argv[i - 1]);
+        if (mistake) return { command, path, rest: [], help, unknown: mistake };
+        // `tern help ...` is taken at the top too, though no command of the tree.
+        const names = [...command.commands.map((c) => c.name), ...(path.length === 0 ? ["help"] : [])];
+        return { command, path, rest: [], help, unknown: `unknown command "${token}" for "${where}"`, suggestions: suggestNames(token, names) };
       }
       command = child;
       path.push(token);
@@ -145,7 +151,7 @@ export function createCli(deps: CliDeps): Cli {
           deps.stdout(renderHelp(resolved.command, path));
           return ExitCode.ok;
         }
-        if (unknown) throw new UsageError(unknown);
+        if (unknown) throw new UsageError(unknown, didYouMean(resolved.suggestions ?? []));
         if (resolved.command.kind === "group") return runGroup(resolved, deps);
         const leaf = resolved.command;
         const args = parseArgs(resolved.rest, [...GLOBAL_FLAGS, ...leaf.flags]);
@@ -163,6 +169,12 @@ export function createCli(deps: CliDeps): Cli {
   };
 }
 
+/** The lines under an unknown command's error naming the commands it may have meant, as the temporal CLI (cobra) prints them. */
+function didYouMean(names: readonly string[]): string | undefined {
+  if (names.length === 0) return undefined;
+  return `\nDid you mean ${names.length === 1 ? "this" : "one of these"}?\n${names.map((n) => `\t${n}\n`).join("")}\n`;
+}
+
 function runGroup(resolved: Resolved, deps: CliDeps): number {
   const stray = resolved.rest.find((t) => isFlagToken(t) && !findFlag(GLOBAL_FLAGS, splitFlagToken(t).flag));
   if (stray) throw new UsageError(`unknown flag ${splitFlagToken(stray).flag} (choose a subcommand first)`);
@@ -174,6 +186,7 @@ function report(err: unknown, deps: CliDeps, path: readonly string[], address: s
   if (isAbort(err) && deps.signal?.aborted) return ExitCode.interrupted;
   deps.stderr(formatError(err, address) + "\n");
   if (err instanceof UsageError) {
+    if (err.more) deps.stderr(err.more);
     deps.stderr(usageHint(path) + "\n");
     return ExitCode.usage;
   }

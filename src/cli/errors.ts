@@ -6,6 +6,10 @@ import { withoutPassword } from "../shown";
 /** A mistake on the command line: exit code 2 and a hint to --help. */
 export class UsageError extends Error {
   override name = "UsageError";
+  /** more: lines printed under the error line, before the hint (the commands a mistyped one may have meant). */
+  constructor(message: string, readonly more?: string) {
+    super(message);
+  }
 }
 
 /** A failure the user should read as-is: exit code 1, no stack. */

@@ -1,5 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import type { AdminDbBackend } from "../../src/cli/admin-db-backend";
+import { editDistance, suggestNames } from "../../src/cli/suggest";
 import type { DatastoreConfig } from "../../src/config/schema";
 import { VERSION } from "../../src/version";
 import { runCli } from "./harness";
@@ -83,6 +84,29 @@ describe("dispatch and global flags", () => {
     expect(output.code).toBe(2);
     const extra = await runCli(["workflow", "list", "stray"]);
     expect(extra.stderr).toContain('unexpected argument "stray"');
+  });
+
+  test("a mistyped command suggests the nearest command names (edit distance, or a name it begins), as git and the temporal CLI do", async () => {
+    // Was: `error: unknown command "strat" for "tern workflow"` and the hint, no suggestion.
+    const swapped = await runCli(["workflow", "strat", "-w", "w1"]);
+    expect([swapped.code, swapped.stdout]).toEqual([2, ""]);
+    expect(swapped.stderr).toBe(`error: unknown command "strat" for "tern workflow"\n\nDid you mean this?\n\tstart\n\n(run 'tern workflow --help' for usage)\n`);
+    const top = await runCli(["wokflow", "list"]);
+    expect(top.stderr).toBe(`error: unknown command "wokflow" for "tern"\n\nDid you mean this?\n\tworkflow\n\n(run 'tern --help' for usage)\n`);
+    // A word a name begins with, and `help`, which the top takes though it is no command of the tree.
+    expect((await runCli(["operator", "namespace", "desc"])).stderr).toContain("\nDid you mean this?\n\tdescribe\n");
+    expect((await runCli(["hlep"])).stderr).toContain("\nDid you mean this?\n\thelp\n");
+    // Several, in the group's order.
+    expect((await runCli(["workflow", "sig"])).stderr).toContain("\nDid you mean one of these?\n\tsignal-with-start\n\tsignal\n\n");
+    // Nothing near: the error and the hint alone.
+    expect((await runCli(["workflow", "launch"])).stderr).toBe(`error: unknown command "launch" for "tern workflow"\n(run 'tern workflow --help' for usage)\n`);
+  });
+
+  test("editDistance counts a swap of neighbours as one; suggestNames keeps those within 2, in any case", () => {
+    expect([editDistance("strat", "start"), editDistance("", "abc"), editDistance("kitten", "sitting"), editDistance("list", "list")]).toEqual([1, 3, 3, 0]);
+    expect(suggestNames("STRAT", ["signal", "start", "show"])).toEqual(["start"]);
+    expect(suggestNames("lst", ["list", "last", "describe"])).toEqual(["list", "last"]);
+    expect(suggestNames("zzz", ["list", "show"])).toEqual([]);
   });
 
   test("a misspelt global flag before the command is named, not its value taken for a command", async () => {
