@@ -4,18 +4,18 @@
  * PostgreSQL suites run when PostgreSQL is reachable; CI (CI=true) requires it.
  */
 import { spawn } from "node:child_process";
-import { postgresReachable } from "./support/postgres";
+import { postgresMissing, postgresReachable } from "./support/postgres";
 import { testEnv } from "./support/env";
 
 async function main(): Promise<number> {
   const pg = await postgresReachable();
   if (!pg && testEnv.requirePostgres) {
-    console.error(`PostgreSQL is not reachable at ${testEnv.postgresUrl}; CI requires it (see .ci/run).`);
+    console.error(`${postgresMissing()}; CI requires it (see .ci/run).`);
     console.log("0 passed, 1 failed");
     return 1;
   }
   if (!pg) {
-    console.warn(`\n!!! PostgreSQL not reachable at ${testEnv.postgresUrl}: PostgreSQL suites will be SKIPPED !!!\n`);
+    console.warn(`\n!!! ${postgresMissing()}: PostgreSQL suites will be SKIPPED !!!\n`);
   }
   const args = ["test", "--timeout", "60000", ...process.argv.slice(2)];
   const child = spawn(process.execPath, args, {

@@ -1,6 +1,6 @@
 /** Test settings from the environment (the test suite's one reader of process.env). */
 export const testEnv = {
-  /** Admin URL of the PostgreSQL the suites create databases on; unset or "off": PGlite only. */
+  /** Admin URL of the PostgreSQL the suites create databases on (unset: 127.0.0.1:5432); "off": PGlite only. */
   postgresUrl: process.env.TERN_TEST_POSTGRES_URL ?? "postgres://postgres@127.0.0.1:5432/postgres",
   /** Set by test/run.ts after it checked PostgreSQL is reachable. */
   postgresChecked: process.env.TERN_TEST_POSTGRES === "1",

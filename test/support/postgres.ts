@@ -21,6 +21,14 @@ export function postgresReachable(): Promise<boolean> {
   return reachable;
 }
 
+/**
+ * Why the PostgreSQL suites do not run, for the warnings of the runner and the suites: turned off
+ * on purpose (TERN_TEST_POSTGRES_URL=off), or not answering at its URL.
+ */
+export function postgresMissing(): string {
+  return testEnv.postgresUrl === "off" ? "PostgreSQL is turned off (TERN_TEST_POSTGRES_URL=off)" : `PostgreSQL is not reachable at ${testEnv.postgresUrl}`;
+}
+
 /** A fresh, empty database for one test cluster (encoding: in it, with the C locale, which every encoding takes); drop() removes it. */
 export async function createTestDatabase(prefix = "tern_test", encoding?: string): Promise<{ url: string; drop(): Promise<void> }> {
   const name = `${prefix}_${ulid().toLowerCase()}`;

@@ -1,4 +1,4 @@
-import { postgresReachable } from "./postgres";
+import { postgresMissing, postgresReachable } from "./postgres";
 import { testEnv } from "./env";
 
 export type StoreKind = "pglite" | "postgres";
@@ -9,10 +9,10 @@ export type StoreKind = "pglite" | "postgres";
  */
 export async function testStores(): Promise<StoreKind[]> {
   if (await postgresReachable()) return ["pglite", "postgres"];
-  if (testEnv.requirePostgres) throw new Error(`PostgreSQL is required (CI) but not reachable at ${testEnv.postgresUrl}`);
+  if (testEnv.requirePostgres) throw new Error(`${postgresMissing()}; CI requires it`);
   if (!warned) {
     warned = true;
-    console.warn(`\n!!! PostgreSQL not reachable at ${testEnv.postgresUrl}: PostgreSQL suites SKIPPED (PGlite only) !!!\n`);
+    console.warn(`\n!!! ${postgresMissing()}: PostgreSQL suites SKIPPED (PGlite only) !!!\n`);
   }
   return ["pglite"];
 }
