@@ -229,7 +229,7 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
       if (!row || row.replicationState !== "HANDOVER" || row.failoverVersion !== ns.failoverVersion) {
         throw failedPrecondition(`namespace ${ns.name} changed during the graceful failover (now active in ${row?.activeClusterName} at version ${row?.failoverVersion}); nothing was switched`);
       }
-      const change = failoverTo(row, target, targetInitial, current.failoverVersionIncrement, now());
+      const change = failoverTo(row, target, targetInitial, current.failoverVersionIncrement, now(), "graceful");
       const [saved] = await tx
         .update(namespaces)
         .set({ ...change, replicationState: "NORMAL", configVersion: row.configVersion + 1, updatedAt: now() })

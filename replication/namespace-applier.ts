@@ -50,6 +50,8 @@ function fieldsOf(d: NamespaceDescription) {
           version: Number(f.failoverVersion),
           from: f.fromCluster,
           to: f.toCluster,
+          // Left out, not false, when the source did not say (an entry from before it was kept).
+          ...(f.forced === undefined ? {} : { forced: f.forced }),
         }),
       ),
     },

@@ -45,9 +45,22 @@ export function failoverHistoryLines(history: readonly FailoverStatus[]): string
   const millis = (f: FailoverStatus) => (f.failoverTime ? timestampMs(f.failoverTime) : 0);
   const newestFirst = [...history].sort((x, y) => millis(y) - millis(x));
   const shown = newestFirst.slice(0, FAILOVERS_SHOWN);
-  const lines = shown.map((f) => `  ${formatTime(f.failoverTime)}  ${f.fromCluster || "?"} → ${f.toCluster} @${f.failoverVersion}\n`);
+  const lines = shown.map((f) => `  ${formatTime(f.failoverTime)}  ${f.fromCluster || "?"} → ${f.toCluster} @${f.failoverVersion}${howLabel(f)}\n`);
   const earlier = history.length - shown.length;
   return lines.join("") + (earlier > 0 ? `  (${earlier} earlier)\n` : "");
+}
+
+/** ` (forced)` or ` (graceful)`; nothing for an entry recorded before tern kept how (or by a server from before). */
+function howLabel(f: FailoverStatus): string {
+  if (f.forced === undefined) return "";
+  return f.forced ? " (forced)" : " (graceful)";
+}
+
+/** What an update that failed ns over says first: `Failed over namespace orders from clusterA to clusterB (forced)`. */
+export function failedOverLine(name: string, ns: NamespaceDescription | undefined): string {
+  const to = ns?.replicationConfig?.activeClusterName ?? "";
+  const from = ns?.failoverHistory.find((f) => f.failoverVersion === ns.failoverVersion)?.fromCluster;
+  return `Failed over namespace ${name}${from ? ` from ${from}` : ""} to ${to} (forced)`;
 }
 
 /** The namespace list table: NAME, ID, STATE, GLOBAL, ACTIVE, CLUSTERS, FAILOVER VERSION. */

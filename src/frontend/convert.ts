@@ -32,6 +32,7 @@ export function namespaceToProto(ns: NamespaceRecord): NamespaceDescription {
       failoverVersion: BigInt(f.version),
       fromCluster: f.from,
       toCluster: f.to,
+      forced: f.forced,
     })),
     createTime: timestampFromDate(ns.createdAt),
     updateTime: timestampFromDate(ns.updatedAt),

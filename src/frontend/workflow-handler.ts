@@ -96,7 +96,7 @@ export function createWorkflowHandler({ namespaces, engine, queries, checkForced
     },
     async updateNamespace(r, { signal }) {
       await checkForcedFailover?.(r.namespace, r.activeClusterName, r.clusters, r.allowUnfinishedBackfill, signal);
-      const ns = await namespaces.update({
+      const { namespace, failedOver } = await namespaces.update({
         name: r.namespace,
         description: r.description,
         ownerEmail: r.ownerEmail,
@@ -107,7 +107,7 @@ export function createWorkflowHandler({ namespaces, engine, queries, checkForced
         promote: r.promoteNamespace,
         signal,
       });
-      return { namespace: namespaceToProto(ns) };
+      return { namespace: namespaceToProto(namespace), failedOver };
     },
     async deprecateNamespace(r, { signal }) {
       return { namespace: namespaceToProto(await namespaces.deprecate(r.namespace, signal)) };

@@ -50,12 +50,18 @@ export interface UpdateInput {
   signal?: AbortSignal;
 }
 
+/** What an update did: the namespace as saved, and whether it failed it over (a new active cluster: a forced failover). */
+export interface UpdatedNamespace {
+  namespace: NamespaceRecord;
+  failedOver: boolean;
+}
+
 /** Namespace verbs plus a lookup cache that every write here invalidates. */
 export interface NamespaceRegistry {
   register(input: RegisterInput): Promise<NamespaceRecord>;
   describe(ref: { name?: string; id?: string }): Promise<NamespaceRecord>;
   list(pageSize: number, token: Uint8Array): Promise<{ items: NamespaceRecord[]; nextPageToken: Uint8Array }>;
-  update(input: UpdateInput): Promise<NamespaceRecord>;
+  update(input: UpdateInput): Promise<UpdatedNamespace>;
   /** signal: the call's (persistence/call-signal.ts). */
   deprecate(name: string, signal?: AbortSignal): Promise<NamespaceRecord>;
   /** Cached lookup by name; NOT_FOUND when absent (a name found missing stays so for missTtlMs, unless registered or invalidated here). */
@@ -198,7 +204,7 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
     }
   }
 
-  async function update(input: UpdateInput): Promise<NamespaceRecord> {
+  async function update(input: UpdateInput): Promise<UpdatedNamespace> {
     checkNamespaceName(input.name);
     if (input.ownerEmail !== undefined) checkOwnerEmail(input.ownerEmail);
     if (input.retentionSeconds !== undefined) checkRetentionSeconds(input.retentionSeconds);
@@ -217,7 +223,7 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
       const base = promoted ? { ...row, ...promoted } : row;
       const changes = applyUpdate(base, input, known);
       const next = promoted ? { ...promoted, ...changes } : changes;
-      if (!next) return { saved: row, changed: false, activated: false };
+      if (!next) return { saved: row, changed: false, activated: false, failedOver: false };
       if (next.clusters) await clusters.hold(tx, next.clusters);
       // Ordered against writes and conflict resolution, which read the namespace under the barrier.
       if (row.isGlobal || promoted) await lockNamespaceBarrier(tx, row.id);
@@ -229,14 +235,20 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
       if (!saved) throw failedPrecondition(`namespace ${input.name} changed concurrently; retry`);
       if (saved.isGlobal) await appendNamespaceTask(tx, saved, row.clusters);
       if (next.clusters) await stopBackfillsOfNonMembers(tx, saved, now());
-      return { saved, changed: true, activated: saved.activeClusterName !== row.activeClusterName && saved.activeClusterName === clusters.current().clusterName };
+      return {
+        saved,
+        changed: true,
+        activated: saved.activeClusterName !== row.activeClusterName && saved.activeClusterName === clusters.current().clusterName,
+        // applyUpdate names an active cluster only as it fails over to it (a promotion's is the current one).
+        failedOver: changes?.activeClusterName !== undefined,
+      };
     }, input.signal);
     forget(updated.saved);
     remember(updated.saved);
     if (updated.saved.isGlobal) deps.onReplicated?.();
     if (updated.changed) deps.onChanged?.(updated.saved);
     if (updated.activated) deps.onActivated?.(updated.saved);
-    return updated.saved;
+    return { namespace: updated.saved, failedOver: updated.failedOver };
   }
 
   /**
@@ -298,7 +310,7 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
             `and bring none (a joining cluster backfills from the active one); add it first, wait for its backfill to be DONE (backfill-status there), then fail over`,
         );
       }
-      Object.assign(next, failoverTo(row, active, known.get(active)!, clusters.current().failoverVersionIncrement, now()));
+      Object.assign(next, failoverTo(row, active, known.get(active)!, clusters.current().failoverVersionIncrement, now(), "forced"));
     }
     return Object.keys(next).length ? next : undefined;
   }
@@ -381,10 +393,10 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
   };
 }
 
-/** The columns a failover of row to target sets: next failover version and a bounded failover history. */
-export function failoverTo(row: NamespaceRecord, target: string, targetInitial: number, increment: number, time: Date) {
+/** The columns a failover of row to target sets: next failover version and a bounded failover history, which says how it was made. */
+export function failoverTo(row: NamespaceRecord, target: string, targetInitial: number, increment: number, time: Date, how: "forced" | "graceful") {
   const failoverVersion = nextFailoverVersion(targetInitial, row.failoverVersion, increment);
-  const entry: FailoverHistoryEntry = { time: time.toISOString(), version: failoverVersion, from: row.activeClusterName, to: target };
+  const entry: FailoverHistoryEntry = { time: time.toISOString(), version: failoverVersion, from: row.activeClusterName, to: target, forced: how === "forced" };
   return {
     activeClusterName: target,
     failoverVersion,

@@ -30,7 +30,8 @@ export const clusterMetadata = pgTable("cluster_metadata", {
   updatedAt: ts("updated_at").notNull().defaultNow(),
 });
 
-export type FailoverHistoryEntry = { time: string; version: number; from: string; to: string };
+/** One failover in a namespace's history; forced: true forced, false graceful, absent in entries from before it was kept (no migration: the column is JSON). */
+export type FailoverHistoryEntry = { time: string; version: number; from: string; to: string; forced?: boolean };
 
 export const namespaces = pgTable("namespaces", {
   id: text("id").primaryKey(),

@@ -229,6 +229,44 @@ describe("namespace failover", () => {
     );
   });
 
+  test("a forced failover says so, from and to whom; an update that failed nothing over says Updated", async () => {
+    // Was: 'Updated namespace orders (...)' either way.
+    const failedOver = orders("clusterA", 201n);
+    const forced = await runCli(["operator", "namespace", "update", "-n", "orders", "--active-cluster", "clusterA"], {
+      workflow: { updateNamespace: () => ({ namespace: failedOver, failedOver: true }) },
+    });
+    expect([forced.code, forced.stdout]).toEqual([
+      0,
+      "Failed over namespace orders from clusterB to clusterA (forced): global; active: clusterA; clusters: clusterA, clusterB; failover version: 201; config version: 0\n",
+    ]);
+    const plain = await runCli(["operator", "namespace", "update", "-n", "orders", "--active-cluster", "clusterA", "--description", "x"], {
+      workflow: { updateNamespace: () => ({ namespace: failedOver }) },
+    });
+    expect(plain.stdout).toBe("Updated namespace orders (global; active: clusterA; clusters: clusterA, clusterB; failover version: 201; config version: 0)\n");
+    const json = await runCli(["operator", "namespace", "update", "-n", "orders", "--active-cluster", "clusterA", "-o", "json"], {
+      workflow: { updateNamespace: () => ({ namespace: failedOver, failedOver: true }) },
+    });
+    expect(JSON.parse(json.stdout).failedOver).toBe(true);
+  });
+
+  test("the failover history says which failovers were forced and which graceful; nothing for one recorded before it was kept", async () => {
+    const ns = orders("clusterB", 302n);
+    ns.failoverHistory = [
+      { ...ns.failoverHistory[0]!, failoverTime: timestampFromDate(new Date("2025-01-03T00:00:00Z")), fromCluster: "clusterA", toCluster: "clusterB", failoverVersion: 302n, forced: true },
+      { ...ns.failoverHistory[1]!, forced: false },
+      ns.failoverHistory[0]!,
+    ];
+    const r = await runCli(["operator", "namespace", "describe", "orders"], { workflow: { describeNamespace: () => ({ namespace: ns }) } });
+    expect(r.stdout).toContain(
+      "FailoverHistory:\n" +
+        "  2025-01-03T00:00:00.000Z  clusterA → clusterB @302 (forced)\n" +
+        "  2025-01-02T03:09:00.000Z  clusterB → clusterA @201 (graceful)\n" +
+        "  2025-01-02T03:04:05.000Z  clusterA → clusterB @102\n",
+    );
+    const json = JSON.parse((await runCli(["operator", "namespace", "describe", "orders", "-o", "json"], { workflow: { describeNamespace: () => ({ namespace: ns }) } })).stdout);
+    expect(json.namespace.failoverHistory.map((f: { forced?: boolean }) => f.forced)).toEqual([true, false, undefined]);
+  });
+
   test("the forced failover (update --active-cluster) still works and help points to both", async () => {
     let active = "";
     const r = await runCli(["operator", "namespace", "update", "-n", "orders", "--active-cluster", "clusterA"], {

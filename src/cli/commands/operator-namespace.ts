@@ -12,7 +12,7 @@ import { type FlagSpec, getBoolean, getString, getStrings, parseKeyValues, type 
 import type { CommandContext, GroupCommand, LeafCommand } from "../command";
 import { parseDuration } from "../duration";
 import { CliError, UsageError } from "../errors";
-import { describeNamespace, namespaceSummary, namespaceTable } from "../format-namespace";
+import { describeNamespace, failedOverLine, namespaceSummary, namespaceTable } from "../format-namespace";
 import { listJson, messageJson } from "../output";
 import { collectPages } from "../paging";
 import { namespaceArg, namespaceFlag } from "./common-flags";
@@ -99,7 +99,8 @@ const describe: LeafCommand = {
   summary: "Describe a namespace",
   details: [
     "Shows the active cluster, failover version, replication state (Normal or Handover) and,",
-    "for a global namespace, its latest failovers as `time from → to @version`.",
+    "for a global namespace, its latest failovers as `time from → to @version (forced)` or",
+    "`(graceful)` (neither for one recorded before tern kept how it was made).",
     'With -o json, prints the DescribeNamespaceResponse { "namespace": NamespaceDescription }.',
   ].join("\n"),
   positionals: "[NAMESPACE]",
@@ -181,6 +182,7 @@ const update: LeafCommand = {
     const namespace = namespaceArg(args);
     const res = await ctx.workflow().updateNamespace(updateRequest(namespace, args), { signal: ctx.signal });
     if (ctx.format === "json") return ctx.out(messageJson(UpdateNamespaceResponseSchema, res));
+    if (res.failedOver) return ctx.out(`${failedOverLine(namespace, res.namespace)}: ${namespaceSummary(res.namespace)}\n`);
     ctx.out(`Updated namespace ${namespace} (${namespaceSummary(res.namespace)})\n`);
   },
 };
