@@ -42,8 +42,12 @@ await runEntry({
       port: server.port ?? port,
       async close(graceMs) {
         const graceful = server.stop(false);
+        // stop(false) waits for a connection that sent part of a request (it held the stop for the
+        // grace): once no request is being answered, what is left is such connections, cut.
+        const idle = setInterval(() => server.pendingRequests === 0 && void server.stop(true), 20);
         const timer = setTimeout(() => void server.stop(true), graceMs);
         await graceful;
+        clearInterval(idle);
         clearTimeout(timer);
       },
     };

@@ -14,11 +14,11 @@ export function closeWhenIdle(server: Server): void {
 }
 
 /**
- * closeWhenIdle for an HTTP/1.1 server that is handed its connections (emit("connection"),
- * shared-port.ts) and never listens. Node tracks a server's connections only once it listens,
- * so closeIdleConnections closed none of them there: a connection kept alive from an answer
- * before the stop held Node's stop until its keep-alive timeout (5 s after that answer) or the
- * grace. The closer returned closes the connections with no request in flight at once.
+ * closeWhenIdle that also closes, at once, every connection with no request being answered: one
+ * kept alive from an answer before the stop on a server handed its connections (emit("connection"),
+ * shared-port.ts), which Node does not track (it tracks them only once it listens), held Node's
+ * stop until its keep-alive timeout (5 s after that answer) or the grace; one that sent part of a
+ * request, which closeIdleConnections leaves, held it for the grace (node.ts).
  */
 export function idleCloser(server: Server): () => void {
   const connections = new Set<Socket>();

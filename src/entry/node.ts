@@ -6,7 +6,7 @@
 import { serve } from "@hono/node-server";
 import type { Server } from "node:http";
 import { runEntry } from "./boot";
-import { closeWhenIdle } from "./idle-close";
+import { idleCloser } from "./idle-close";
 
 await runEntry({
   runtime: "node",
@@ -18,12 +18,14 @@ await runEntry({
     });
     // Long polls: Node's default 5-minute requestTimeout must not cut them either.
     server.requestTimeout = 0;
+    // Node's closeIdleConnections leaves a connection that sent part of a request: it held the stop for the grace.
+    const closeIdle = idleCloser(server);
     const address = server.address();
     return {
       port: typeof address === "object" && address ? address.port : port,
       async close(graceMs) {
         const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-        closeWhenIdle(server);
+        closeIdle();
         const timer = setTimeout(() => server.closeAllConnections(), graceMs);
         await closed;
         clearTimeout(timer);

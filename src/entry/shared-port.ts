@@ -6,8 +6,9 @@
 import { getRequestListener } from "@hono/node-server";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { unservedFallback } from "../frontend/grpc-server";
+import { sessionCloser } from "../frontend/session-closer";
 import { createServer as createHttp1Server } from "node:http";
-import { createServer as createHttp2Server, type ServerHttp2Session } from "node:http2";
+import { createServer as createHttp2Server } from "node:http2";
 import { createServer as createTcpServer, type Socket } from "node:net";
 import { Duplex } from "node:stream";
 import type { TernServer } from "../server";
@@ -30,16 +31,19 @@ export async function listenSharedPort(
   http1.requestTimeout = 0; // long polls
   const closeIdleHttp1 = idleCloser(http1);
   const http2 = createHttp2Server(connectNodeAdapter({ routes: tern.routes, interceptors: tern.interceptors, readMaxBytes, fallback: unservedFallback(tern.refuseUnserved) }));
-  const sessions = new Set<ServerHttp2Session>();
-  http2.on("session", (s) => {
-    sessions.add(s);
-    s.once("close", () => sessions.delete(s));
-  });
+  const http2Connections = sessionCloser(http2);
   const sockets = new Set<Socket>();
+  // Connections that have not sent enough to be told apart yet: no server holds them.
+  const unrouted = new Set<Socket>();
   const tcp = createTcpServer((socket) => {
     sockets.add(socket);
-    socket.once("close", () => sockets.delete(socket));
+    unrouted.add(socket);
+    socket.once("close", () => {
+      sockets.delete(socket);
+      unrouted.delete(socket);
+    });
     route(socket, (isHttp2, head) => {
+      unrouted.delete(socket);
       if (isHttp2) http2.emit("connection", withHead(socket, head));
       else {
         socket.unshift(head);
@@ -59,8 +63,10 @@ export async function listenSharedPort(
     port: typeof address === "object" && address ? address.port : port,
     async close(graceMs) {
       const closed = new Promise<void>((resolve) => tcp.close(() => resolve()));
-      for (const s of sessions) s.close();
+      http2Connections.closeIdle();
       closeIdleHttp1();
+      // Before 2026-12-07 a connection that had sent nothing, or "P", held the stop for the grace.
+      for (const s of unrouted) s.destroy();
       const timer = setTimeout(() => sockets.forEach((s) => s.destroy()), graceMs);
       await closed;
       clearTimeout(timer);

@@ -1,8 +1,9 @@
 import { connectNodeAdapter, type ConnectNodeAdapterOptions } from "@connectrpc/connect-node";
 import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
-import { createServer, type Http2Server, type ServerHttp2Session } from "node:http2";
+import { createServer, type Http2Server } from "node:http2";
 import { REQUEST_JSON } from "./app";
 import { rpcPath, type RefuseUnserved } from "./refused-calls";
+import { sessionCloser } from "./session-closer";
 
 /** Options of the native gRPC listener. */
 export interface GrpcListenOptions {
@@ -18,12 +19,8 @@ export interface GrpcListenOptions {
 export async function listenGrpc(opts: GrpcListenOptions): Promise<{ port: number; close(graceMs?: number): Promise<void> }> {
   const handler = connectNodeAdapter({ routes: opts.routes, interceptors: opts.interceptors, readMaxBytes: opts.readMaxBytes, jsonOptions: REQUEST_JSON, fallback: unservedFallback(opts.refuseUnserved) });
   const server: Http2Server = createServer(handler);
-  // server.close() only stops accepting: open sessions (clients keep them for reuse) would hold it.
-  const sessions = new Set<ServerHttp2Session>();
-  server.on("session", (s) => {
-    sessions.add(s);
-    s.once("close", () => sessions.delete(s));
-  });
+  // server.close() only stops accepting: open connections (clients keep them for reuse) would hold it.
+  const connections = sessionCloser(server);
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(opts.port, opts.host, () => {
@@ -36,8 +33,8 @@ export async function listenGrpc(opts: GrpcListenOptions): Promise<{ port: numbe
     port: typeof address === "object" && address ? address.port : opts.port,
     async close(graceMs = 5_000) {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      for (const s of sessions) s.close(); // GOAWAY: in-flight streams finish, no new ones
-      const timer = setTimeout(() => sessions.forEach((s) => s.destroy()), graceMs);
+      connections.closeIdle(); // GOAWAY: in-flight streams finish, no new ones
+      const timer = setTimeout(() => connections.closeAll(), graceMs);
       await closed;
       clearTimeout(timer);
     },
