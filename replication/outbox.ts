@@ -1,6 +1,6 @@
 import { asc } from "drizzle-orm";
 import type { Db, Tx } from "../src/persistence/database";
-import { composite, runStatement, tableCodec, textCache, type DriverRow, type StatementPart } from "../src/persistence/raw-statements";
+import { composite, paddedChunks, padRows, runStatement, tableCodec, textCache, valuesList, type DriverRow, type StatementPart } from "../src/persistence/raw-statements";
 import { replicationTasks, shards, type VersionHistoryItem } from "../src/persistence/schema";
 
 /** What changed in one execution write, for the passive clusters (DESIGN.md section 3). */
@@ -54,6 +54,31 @@ export function replicationTaskOf(task: ReplicationTaskInput, row: DriverRow | u
   return { taskId, createdAt };
 }
 
+/**
+ * appendReplicationTask for several tasks, in a statement per shard (per 1,024 of its tasks),
+ * issued in shard order, so two writes of many shards take their shard rows in one order: a
+ * batch of fires took a statement per task. Each shard's tasks take consecutive ids, in the
+ * order given. Resolves to each task's id and time, in the order given.
+ */
+export function appendReplicationTasks(tx: Tx, tasks: ReplicationTaskInput[]): Promise<{ taskId: number; createdAt: Date }[]> {
+  const byShard = new Map<number, number[]>();
+  tasks.forEach((task, i) => {
+    if (!byShard.has(task.shardId)) byShard.set(task.shardId, []);
+    byShard.get(task.shardId)!.push(i);
+  });
+  const out: { taskId: number; createdAt: Date }[] = new Array(tasks.length);
+  const statements = [...byShard].sort(([a], [b]) => a - b).flatMap(([shardId, indexes]) => paddedChunks(indexes).map(({ chunk, rows }) => {
+    const params = [...padRows(chunk.flatMap((i, ord) => manyRowParams(ord, tasks[i]!)), rows, MANY_WIDTH), shardId, chunk.length];
+    return runStatement(tx, appendManyText(rows), params).then((found) => {
+      if (found.length !== chunk.length) throw new Error(`shard ${shardId} does not exist`);
+      // A shard's tasks took its ids in their order: the k-th lowest id is the k-th task's.
+      const written = found.map((row) => t.fromRow(row)).sort((a, b) => a.taskId - b.taskId);
+      written.forEach(({ taskId, createdAt }, ord) => (out[chunk[ord]!] = { taskId, createdAt }));
+    });
+  }));
+  return Promise.all(statements).then(() => out);
+}
+
 const t = tableCodec(replicationTasks);
 const s = tableCodec(shards);
 const appendCtes = textCache((after: string): StatementPart["ctes"] => [
@@ -65,6 +90,25 @@ const appendCtes = textCache((after: string): StatementPart["ctes"] => [
     `returning ${t.name("taskId")} as task_id, ${t.name("createdAt")} as created_at`],
 ]);
 const APPEND_COLUMNS = [["task_id", "(select task_id from task)"], ["created_at", "(select created_at from task)"]] as const;
+
+const MANY_COLUMNS = ["ord", "namespace_id", "workflow_id", "run_id", "first_event_id", "next_event_id", "version", "version_history", "event_bytes"] as const;
+const MANY_WIDTH = MANY_COLUMNS.length;
+const manyRowParams = (ord: number, task: ReplicationTaskInput) => [
+  ord, task.namespaceId, task.workflowId, task.runId, task.firstEventId, task.nextEventId, task.version, t.param("versionHistory", task.versionHistory), task.eventBytes,
+];
+// Written for paddedRows(n) tasks: the null rows after the n are passed over; then the shard and n.
+const appendManyText = textCache((rows: number) => {
+  const types = ["int", "text", "text", "text", "bigint", "bigint", "bigint", "jsonb", "int"];
+  const [shard, n] = [`$${rows * MANY_WIDTH + 1}::int`, `$${rows * MANY_WIDTH + 2}::bigint`];
+  const v = (c: (typeof MANY_COLUMNS)[number]) => `v.${c}`;
+  return `with next_task as (update ${s.table} set ${s.name("nextTaskId")} = ${s.name("nextTaskId")} + ${n} where ${s.name("shardId")} = ${shard} ` +
+    `returning ${s.name("nextTaskId")} - ${n} as first_id) ` +
+    `insert into ${t.table} (${t.name("shardId")}, ${t.name("taskId")}, ${t.name("namespaceId")}, ${t.name("workflowId")}, ${t.name("runId")}, ` +
+    `${t.name("firstEventId")}, ${t.name("nextEventId")}, ${t.name("version")}, ${t.name("versionHistory")}, ${t.name("eventBytes")}) ` +
+    `select ${shard}, first_id + ${v("ord")}, ${MANY_COLUMNS.slice(1).map(v).join(", ")} from next_task, ` +
+    `(values ${valuesList(rows, MANY_WIDTH, types)}) as v(${MANY_COLUMNS.join(", ")}) ` +
+    `where ${v("ord")} is not null returning ${t.name("taskId")} as task_id, ${t.name("createdAt")} as created_at`;
+});
 
 /**
  * The highest replication task id known committed per shard, in this process: from its

@@ -197,7 +197,8 @@ export function insertEvents(
   return insertEventRows(tx, key, eventRows(firstEventId, version, time, events)).then(() => after);
 }
 
-const eventRows = (firstEventId: number, version: number, time: Date, events: NewEvent[]): EventColumns[] =>
+/** The stored columns of new events numbered from firstEventId, at the write's version and time. */
+export const eventRows = (firstEventId: number, version: number, time: Date, events: NewEvent[]): EventColumns[] =>
   events.map((e, i) => ({
     eventId: firstEventId + i, version, eventTime: time, eventType: eventTypeName(e.attributes), attributes: attributesToJson(e.attributes),
   }));

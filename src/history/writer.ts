@@ -1,6 +1,6 @@
 import { anyShardKey, shardKey } from "../../replication/ack-levels";
 import { estimateEventBytes } from "../../replication/outbox-tail";
-import { appendReplicationTask, replicationTaskOf, replicationTaskPart, type OutboxMarks, type ReplicationTaskInput } from "../../replication/outbox";
+import { appendReplicationTask, appendReplicationTasks, replicationTaskOf, replicationTaskPart, type OutboxMarks, type ReplicationTaskInput } from "../../replication/outbox";
 import type { CommittedTask, OutboxTail } from "../../replication/outbox-tail";
 import type { CurrentCluster } from "../cluster/bootstrap";
 import type { LimitsConfig } from "../config/schema";
@@ -207,6 +207,41 @@ export function createWriter(deps: WriterDeps) {
   }
 
   /**
+   * What appending change to run at ns's failover version writes, planned without a statement:
+   * the first new event's id, the events' time, the version history and the run's state after
+   * them. Throws for a run that holds a newer cluster's events, or that the events would take
+   * past the history limit.
+   */
+  function appended(ns: NamespaceRecord, run: ExecutionRow, change: Append) {
+    const closing = change.status !== undefined && change.status !== "RUNNING";
+    checkHistorySize(run, change.events.length, closing);
+    if (run.lastWriteVersion > ns.failoverVersion) {
+      // The run holds a newer cluster's events (a forced failover this cluster has not
+      // heard of yet): writing at a lower version would order this write before them.
+      throw unavailable(
+        `workflow ${run.workflowId} run ${run.runId} has events at failover version ${run.lastWriteVersion}, ` +
+          `above namespace ${ns.name}'s ${ns.failoverVersion} here: the namespace failed over elsewhere; retry`,
+      );
+    }
+    // Not before the run's start, whatever the clock says (stepped back, or another server's
+    // behind): its events' times, and a close's, which a passive cluster takes from the event.
+    const now = deps.now();
+    const time = now < run.startTime ? run.startTime : now;
+    const first = run.nextEventId;
+    const next = first + change.events.length;
+    const history = extendVersionHistory(run.versionHistory, next - 1, ns.failoverVersion);
+    const state: Partial<ExecutionRow> = {
+      nextEventId: next,
+      lastWriteVersion: ns.failoverVersion,
+      versionHistory: history,
+      ...(change.status ? { status: change.status } : {}),
+      ...(closing ? { closeTime: time } : {}),
+      ...(change.cancelRequested ? { cancelRequested: true } : {}),
+    };
+    return { closing, time, first, history, state };
+  }
+
+  /**
    * Appends events to a locked open run, saves its state and writes the outbox task; guarded:
    * the caller ran guard in tx. Resolves to the first new event's id and the run's row as the
    * write leaves it.
@@ -225,33 +260,9 @@ export function createWriter(deps: WriterDeps) {
     change: Append,
     opts: { guarded?: boolean; fromMemory?: boolean | { requestId?: string } } = {},
   ): Promise<{ firstEventId: number; row: ExecutionRow }> {
-    const closing = change.status !== undefined && change.status !== "RUNNING";
     // Not async: a refusal throws before any statement is issued (pipelined-tx.ts).
-    checkHistorySize(run, change.events.length, closing);
-    if (run.lastWriteVersion > ns.failoverVersion) {
-      // The run holds a newer cluster's events (a forced failover this cluster has not
-      // heard of yet): writing at a lower version would order this write before them.
-      throw unavailable(
-        `workflow ${run.workflowId} run ${run.runId} has events at failover version ${run.lastWriteVersion}, ` +
-          `above namespace ${ns.name}'s ${ns.failoverVersion} here: the namespace failed over elsewhere; retry`,
-      );
-    }
-    // Not before the run's start, whatever the clock says (stepped back, or another server's
-    // behind): its events' times, and a close's, which a passive cluster takes from the event.
-    const now = deps.now();
-    const time = now < run.startTime ? run.startTime : now;
-    const first = run.nextEventId;
+    const { closing, time, first, history, state } = appended(ns, run, change);
     const key = { namespaceId: run.namespaceId, workflowId: run.workflowId, runId: run.runId };
-    const next = first + change.events.length;
-    const history = extendVersionHistory(run.versionHistory, next - 1, ns.failoverVersion);
-    const state: Partial<ExecutionRow> = {
-      nextEventId: next,
-      lastWriteVersion: ns.failoverVersion,
-      versionHistory: history,
-      ...(change.status ? { status: change.status } : {}),
-      ...(closing ? { closeTime: time } : {}),
-      ...(change.cancelRequested ? { cancelRequested: true } : {}),
-    };
     const done = () => ({ firstEventId: first, row: savedRow(run, state) });
     if (opts.fromMemory) {
       const requestId = typeof opts.fromMemory === "object" ? opts.fromMemory.requestId : undefined;
@@ -329,6 +340,17 @@ export function createWriter(deps: WriterDeps) {
     return appendReplicationTask(tx, task).then((written) => recordTask(tx, ns, task, time, events, written));
   }
 
+  /** outbox for writes of several runs, in a statement per shard (appendReplicationTasks). */
+  function outboxEach(
+    tx: Tx,
+    ns: NamespaceRecord,
+    writes: { key: { namespaceId: string; workflowId: string; runId: string; shardId: number }; first: number; events: NewEvent[]; time: Date; history: VersionHistoryItem[] }[],
+  ): Promise<unknown> {
+    if (!isReplicated(ns) || !writes.length) return Promise.resolve();
+    const tasks = writes.map((w) => taskOf(ns, w.key, w.first, w.events, w.history)!);
+    return appendReplicationTasks(tx, tasks).then((written) => written.forEach((w, i) => recordTask(tx, ns, tasks[i]!, writes[i]!.time, writes[i]!.events, w)));
+  }
+
   /** The replication task of events from first on, undefined when ns does not replicate. */
   function taskOf(
     ns: NamespaceRecord,
@@ -351,7 +373,7 @@ export function createWriter(deps: WriterDeps) {
   /** Checks, inside tx, that ns may still take this write here (see namespace-guard.ts). */
   const guard = (tx: Tx, ns: NamespaceRecord) => guardNamespace(tx, ns, deps.cluster.clusterName);
 
-  return { transact, transactPipelined, transactOneStatement, checkBlob, append, oneStatement, outbox, checkHistorySize, guard };
+  return { transact, transactPipelined, transactOneStatement, checkBlob, appended, append, oneStatement, outbox, outboxEach, checkHistorySize, guard };
 }
 
 export type Writer = ReturnType<typeof createWriter>;
