@@ -1,5 +1,12 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { create } from "@bufbuild/protobuf";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-web";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import postgres from "postgres";
+import { startClusterProcess, type ClusterProcess } from "../../scripts/lib/cluster-process";
 import { DurationSchema } from "@bufbuild/protobuf/wkt";
 import { eq, sql } from "drizzle-orm";
 import { createClusterDirectory } from "../../src/cluster/directory";
@@ -11,6 +18,8 @@ import { createNamespaceRegistry } from "../../src/namespace/registry";
 import { createLogger } from "../../src/observability/log";
 import { createMetrics } from "../../src/observability/metrics";
 import { namespaces, timerTasks } from "../../src/persistence/schema";
+import { eventually } from "../support/eventually";
+import { createTestDatabase } from "../support/postgres";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { serverStartTimeout } from "../support/timeouts";
@@ -149,5 +158,58 @@ for (const store of await testStores()) {
         expect(runs.filter((r) => !(r.status === "TIMED_OUT" && r.timeouts === 1 && r.tasks === 2 && r.timers === 0))).toEqual([]);
       });
     }
+  });
+}
+
+if ((await testStores()).includes("postgres")) {
+  describe("a server killed while it drains a backlog of due timers (postgres)", () => {
+    const dir = mkdtempSync(join(tmpdir(), "tern-timer-backlog-"));
+    let db: { url: string; drop(): Promise<void> };
+    let pg: postgres.Sql;
+    let a: ClusterProcess | undefined;
+    const startA = (port?: number) => startClusterProcess({ name: "clusterA", initialFailoverVersion: 1, dir, databaseUrl: db.url, port });
+    beforeAll(async () => {
+      db = await createTestDatabase();
+      pg = postgres(db.url, { max: 2, onnotice: () => {} });
+    });
+    afterAll(async () => {
+      await pg?.end({ timeout: 1 });
+      await a?.crash();
+      await db?.drop();
+      rmSync(dir, { recursive: true, force: true });
+    });
+
+    /** Runs not wholly fired (closed, one timeout event, its task, no timer) nor wholly due (open, no timeout, one task, its timer). */
+    const halfFired = async () => (await pg`
+      select count(*)::int as n from (select e.status,
+        (select count(*) from history_events h where h.run_id = e.run_id and h.event_type = 'WORKFLOW_EXECUTION_TIMED_OUT') as timeouts,
+        (select count(*) from replication_tasks r where r.run_id = e.run_id) as tasks,
+        (select count(*) from timer_tasks t where t.run_id = e.run_id) as timers
+      from executions e) as r
+      where not ((status = 'TIMED_OUT' and timeouts = 1 and tasks = 2 and timers = 0) or (status = 'RUNNING' and timeouts = 0 and tasks = 1 and timers = 1))`)[0]!.n as number;
+    const due = async () => (await pg`select count(*)::int as n from timer_tasks`)[0]!.n as number;
+
+    test("AServerKilledMidDrainLosesAndDoublesNoFire: every run wholly fired or wholly due, and the next start fires each due one once", async () => {
+      const runs = 2000;
+      a = await startA();
+      const wf = createClient(WorkflowService, createConnectTransport({ baseUrl: `http://${a.address}` }));
+      await wf.registerNamespace({ namespace: "orders", isGlobalNamespace: true });
+      for (let i = 0; i < runs; i += 100) {
+        await Promise.all(Array.from({ length: 100 }, (_, k) => wf.startWorkflowExecution({
+          namespace: "orders", workflowId: `t-${i + k}`, workflowType: "t", taskQueue: "q", workflowExecutionTimeout: create(DurationSchema, { seconds: 3600n }),
+        })));
+      }
+      expect(await a.stop()).toBe(0);
+      await pg`update timer_tasks set fire_at = now() - interval '1 second'`;
+      a = await startA(a.port);
+      await eventually(async () => expect(await due()).toBeLessThan(runs), { timeout: 20_000, interval: 5 });
+      await a.crash();
+      expect(await due()).toBeGreaterThan(0);
+      expect(await halfFired()).toBe(0);
+
+      a = await startA(a.port);
+      await eventually(async () => expect(await due()).toBe(0), { timeout: 60_000 });
+      expect(await halfFired()).toBe(0);
+    });
   });
 }
