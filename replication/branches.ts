@@ -9,9 +9,9 @@ import {
   type ListHistoryBranchesRequest,
   type ListHistoryBranchesResponse,
 } from "../src/gen/tern/admin/v1/service_pb";
-import { loadBranches, readEventsOf } from "../src/history/branch-store";
-import { readRunEvents, type ExecutionRow } from "../src/history/execution-store";
-import { HISTORY_PAGE_BYTES, pageEnd, rangeBytes } from "../src/history/queries";
+import { loadBranches } from "../src/history/branch-store";
+import type { ExecutionRow } from "../src/history/execution-store";
+import { HISTORY_PAGE_BYTES, rangeBytes, readBranchEvents } from "../src/history/queries";
 import { clampPage } from "../src/namespace/registry";
 import type { Db, Tx } from "../src/persistence/database";
 import { decodeToken, encodeToken } from "../src/persistence/page-token";
@@ -137,14 +137,8 @@ async function readPage(db: Db | Tx, run: ExecutionRow, pos: Position, limit: nu
 }
 
 /** Events [from, before) of branch b, before where the page ends (pageEnd) within count events and budget. */
-async function readSegment(db: Db | Tx, run: ExecutionRow, b: Branch, from: number, count: number, budget: number) {
-  if (count <= 0) return { events: [], before: from };
-  const other = b.id !== 0;
-  const end = await scalar(db, run, pageEnd(run, from, count, budget, { branches: other }));
-  const before = end > from ? Math.min(end, from + count) : from + count;
-  const events = other ? await readEventsOf(db, run, b.history, from, before) : await readRunEvents(db, run, from, { before });
-  return { events, before };
-}
+const readSegment = (db: Db | Tx, run: ExecutionRow, b: Branch, from: number, count: number, budget: number) =>
+  readBranchEvents(db, run, b.id !== 0 ? b.history : undefined, from, count, budget);
 
 /** A number computed in SQL (pageEnd's, rangeBytes') for run. */
 async function scalar(db: Db | Tx, run: ExecutionRow, value: SQL<number>): Promise<number> {

@@ -5,9 +5,9 @@ import { createLongPolls } from "../long-polls";
 import { nextTurn } from "../next-turn";
 import type { NamespaceRecord, NamespaceRegistry } from "../namespace/registry";
 import { clampPage } from "../namespace/registry";
-import type { Db } from "../persistence/database";
+import type { Db, Tx } from "../persistence/database";
 import { decodeToken, encodeToken } from "../persistence/page-token";
-import { executions, historyBranchEvents, historyEvents } from "../persistence/schema";
+import { executions, historyBranchEvents, historyEvents, type VersionHistoryItem } from "../persistence/schema";
 import { readRunEvents, type ExecutionRow } from "./execution-store";
 import { checkIdLengths } from "./id-limits";
 import { listen, type EventNotifier } from "./notifier";
@@ -134,9 +134,7 @@ export function createHistoryQueries({ db, namespaces, notifier, recheckMs = 100
     if (!branch) throw branchChanged(run, pos.next);
     const end = lastEventIdOf(branch.versionHistory) + 1;
     const count = Math.max(Math.min(size, end - pos.next), 0);
-    const [row] = count > 0 ? await db.select({ id: sql<number>`${pageEnd(run, pos.next, count, HISTORY_PAGE_BYTES, { branches: true })}`.mapWith(Number) }).from(executions).where(runOf(executions, run)) : [];
-    const before = row && row.id > pos.next ? Math.min(row.id, pos.next + count) : pos.next + count;
-    const events = count > 0 ? await readEventsOf(db, run, branch.versionHistory, pos.next, before) : [];
+    const { events, before } = await readBranchEvents(db, run, branch.versionHistory, pos.next, count, HISTORY_PAGE_BYTES);
     const next = pos.next + events.length;
     // A branch whose events this cluster does not all hold ends at the first it lacks, as ListHistoryBranches ends it.
     const more = next === before && next < end;
@@ -306,6 +304,20 @@ function measured(run: ExecutionRow, branches: boolean) {
   const key = sql`${e("namespace_id")} = ${run.namespaceId} and ${e("workflow_id")} = ${run.workflowId} and ${e("run_id")} = ${run.runId}`;
   const size = sql`(case when pg_column_compression(${e("attributes")}) is null then pg_column_size(${e("attributes")}) else octet_length(${e("attributes")}::text) end)::bigint`;
   return { e, events, key, size };
+}
+
+/**
+ * Events [from, before) of one of run's branches, before where a page ends (pageEnd) within
+ * count events and budget bytes: its current branch without history, else the kept branch of
+ * that version history. A history page along a kept branch and a ListHistoryBranches page read so.
+ */
+export async function readBranchEvents(db: Db | Tx, run: ExecutionRow, history: VersionHistoryItem[] | undefined, from: number, count: number, budget: number) {
+  if (count <= 0) return { events: [], before: from };
+  const [row] = await db.select({ end: sql<number>`${pageEnd(run, from, count, budget, { branches: history !== undefined })}`.mapWith(Number) }).from(executions).where(runOf(executions, run));
+  const end = row?.end ?? 0;
+  const before = end > from ? Math.min(end, from + count) : from + count;
+  const events = history ? await readEventsOf(db, run, history, from, before) : await readRunEvents(db, run, from, { before });
+  return { events, before };
 }
 
 /** The measure pageEnd gives events [from, before) of run, in SQL (branches: as pageEnd's). */
