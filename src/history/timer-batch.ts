@@ -21,9 +21,8 @@ export const timedOutEvent = (run: ExecutionRow): NewEvent => ({
  * namespace's barrier (shared, checked as a write checks it), the runs' rows (in key order, as
  * lockRuns takes them), the timers' rows; then the writes of the runs it closes, their
  * replication tasks last (a statement per shard, in shard order: two batches take the shard
- * rows in one order). A timer
- * gone by then (another process fired it, its run closed) does nothing; one whose run is gone
- * or closed is deleted. Any failure fails every fire of the batch (the caller fires them one
+ * rows in one order). A timer gone by then (another process fired it, its run closed) does
+ * nothing; one whose run is gone or closed is deleted. Any failure fails every fire of the batch (the caller fires them one
  * by one then): a run that holds a newer cluster's events (writer.appended), the namespace
  * moved on (NamespaceChanged). Resolves to the timers whose fire closed their run.
  */
