@@ -4,6 +4,7 @@ import { and, asc, eq, gt, sql } from "drizzle-orm";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
 import {
   GetReplicationStatusResponseSchema,
+  type ForwardedCalls,
   type GetReplicationStatusResponse,
   type ShardReplicationStatus,
   type UnconnectedNamespaceMember,
@@ -15,6 +16,7 @@ import { lastTaskIds } from "./outbox";
 import { listsClusters } from "../src/namespace/lists-clusters";
 import type { Heard } from "./inbound-heard";
 import { inboundLagMs, type InboundProgress } from "./receiver";
+import type { ForwardedCallsSummary } from "../src/frontend/redirection-outcomes";
 
 export interface ReplicationStatusDeps {
   db: Db;
@@ -27,6 +29,8 @@ export interface ReplicationStatusDeps {
   inboundHeard: (remote: string) => Heard;
   /** The same of namespace replication's polls, with why they fail (namespace-receiver.ts). */
   namespaceHeard: (remote: string) => Heard;
+  /** What became of the workflow calls this server forwarded to a remote lately (redirection-outcomes.ts). */
+  forwardedCalls: (remote: string) => ForwardedCallsSummary;
   /** DLQ entries per source cluster. */
   dlqSizes: () => Promise<Map<string, number>>;
   now?: () => number;
@@ -38,7 +42,7 @@ type UnconnectedMember = Omit<UnconnectedNamespaceMember, "$typeName">;
 
 /** AdminService.GetReplicationStatus: positions and lag per remote cluster, both directions. */
 export function createReplicationStatus(deps: ReplicationStatusDeps) {
-  const { db, cluster, connectionState, inboundProgress, inboundHeard, namespaceHeard, dlqSizes, now = Date.now } = deps;
+  const { db, cluster, connectionState, inboundProgress, inboundHeard, namespaceHeard, forwardedCalls, dlqSizes, now = Date.now } = deps;
   /** What this cluster applied of the remote's shards. */
   function inbound(remote: typeof clusterMetadata.$inferSelect, acks: AckRow[]): ShardStatus[] {
     const rows = historyAcksByShard(acks, "inbound");
@@ -121,6 +125,7 @@ export function createReplicationStatus(deps: ReplicationStatusDeps) {
         namespaceLagUnknown: unknown || nsHeard.stale,
         namespaceError: why ?? nsHeard.error ?? "",
         inboundError: why ?? heard.error ?? "",
+        forwardedCalls: forwardedCallsStatus(forwardedCalls(remote.clusterName)),
       });
     }
     const missing = await unconnected(new Set(remotes.map((r) => r.clusterName)));
@@ -139,6 +144,18 @@ export type ReplicationStatus = ReturnType<typeof createReplicationStatus>;
  */
 function historyAcksByShard(acks: AckRow[], direction: "inbound" | "outbound"): Map<number, AckRow> {
   return new Map(acks.filter((a) => a.direction === direction && a.queue === "history").map((a) => [a.shardId, a]));
+}
+
+/** recent() of the calls forwarded to a remote, as the status message has it. */
+function forwardedCallsStatus(f: ForwardedCallsSummary): Omit<ForwardedCalls, "$typeName"> {
+  return {
+    timeoutsLastMinute: f.timeouts,
+    unreachableLastMinute: f.unreachable,
+    lastUnansweredType: f.last?.type ?? "",
+    lastUnansweredError: f.last?.error ?? "",
+    lastUnansweredAt: f.last && timestampFromDate(new Date(f.last.at)),
+    lastAnsweredAt: f.answeredAt === undefined ? undefined : timestampFromDate(new Date(f.answeredAt)),
+  };
 }
 
 function shardStatus(shardId: number, max: number, acked: number, lag: number, lagMs: number): ShardStatus {

@@ -17,6 +17,7 @@ import { createHistoryReceiver } from "../replication/receiver";
 import { createReplicationSender } from "../replication/sender";
 import { createReplicationStatus } from "../replication/status";
 import { createPeriodic } from "./periodic";
+import { createRedirectionOutcomes } from "./frontend/redirection-outcomes";
 import type { Metrics } from "./observability/metrics";
 import type { Base, Core } from "./server-core";
 
@@ -24,6 +25,9 @@ import type { Base, Core } from "./server-core";
 export function wireReplication({ opts, log, now, cluster, database }: Base, core: Core) {
   const { db, metrics, notifier, namespaces, writer, onActivated, activatedHooks } = core;
   const clients = createRemoteClientPool();
+  // Workflow calls and failovers forwarded to the active cluster (server-routes.ts), counted and
+  // logged alike, and what became of them lately shown by replication status.
+  const redirections = createRedirectionOutcomes({ metrics, log });
   const baseApplier = createHistoryApplier({ cluster, namespaces, writer, log });
   const applier = opts.replication?.wrapApplier?.(baseApplier) ?? baseApplier;
   const dlq = createReplicationDlq({ db, metrics, log });
@@ -82,7 +86,7 @@ export function wireReplication({ opts, log, now, cluster, database }: Base, cor
     return manager.refresh();
   };
   return {
-    refreshDlqGauge, readDlqGauge, clients, applier, dlq, manager, backfill, sweep, sender, failover, namespaceReceiver,
+    refreshDlqGauge, readDlqGauge, clients, redirections, applier, dlq, manager, backfill, sweep, sender, failover, namespaceReceiver,
     remotes: createRemoteClusters({
       db, current: cluster, clients, onChanged,
       onConnected: async (tx, remote) => {
@@ -105,7 +109,7 @@ export function wireReplication({ opts, log, now, cluster, database }: Base, cor
     status: createReplicationStatus({
       db, cluster, connectionState: (name) => manager.connectionState(name), inboundProgress: historyReceiver.progress,
       inboundHeard: historyReceiver.heard, namespaceHeard: namespaceReceiver.heard,
-      dlqSizes: dlq.sizes,
+      forwardedCalls: redirections.recent, dlqSizes: dlq.sizes,
     }),
   };
 }

@@ -8,7 +8,6 @@ import { createBackfillHandler } from "./frontend/backfill-handler";
 import { createHealthHandler } from "./frontend/health-handler";
 import { createForwardingWorkflowService } from "./frontend/forwarding";
 import { createOperatorHandler } from "./frontend/operator-handler";
-import { createRedirectionOutcomes } from "./frontend/redirection-outcomes";
 import { createRoutes, SERVED_SERVICES } from "./frontend/routes";
 import { createWorkflowHandler } from "./frontend/workflow-handler";
 import type { Base, Core } from "./server-core";
@@ -20,9 +19,7 @@ import { loggableError } from "./errors";
 /** The RPC services, behind forwarding where the policy asks for it. */
 export function wireRoutes({ config, opts, log, now, cluster }: Base, core: Core, repl: Replication, health: { isServing: () => Promise<boolean>; stopped: AbortSignal }) {
   const { db, clusters, namespaces, notifier, engine, queries } = core;
-  const { clients, dlq, applier, manager } = repl;
-  // Workflow calls and failovers forwarded to the active cluster, counted and logged alike.
-  const redirections = createRedirectionOutcomes({ metrics: core.metrics, log });
+  const { clients, dlq, applier, manager, redirections } = repl;
   return createRoutes({
     workflow: createForwardingWorkflowService({
       inner: createWorkflowHandler({ namespaces, engine, queries, checkForcedFailover: createForcedFailoverCheck({ db, namespaces, clusters, clients }) }),

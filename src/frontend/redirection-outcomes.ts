@@ -35,8 +35,10 @@ export function redirectionErrorType(e: unknown): string {
  * caller gets an empty page at its deadline either way (forwarding.ts), so these are what tells
  * an operator that a remote takes connections and never answers.
  */
-export function createRedirectionOutcomes({ metrics, log, windowMs }: { metrics: Metrics; log: Logger; windowMs?: number }) {
+export function createRedirectionOutcomes({ metrics, log, windowMs, now = Date.now }: { metrics: Metrics; log: Logger; windowMs?: number; now?: () => number }) {
   const unanswered = createRepeatLog(log, { windowMs });
+  const recent = new Map<string, TargetRecord>();
+  const recordOf = (target: string) => recent.get(target) ?? recent.set(target, { unanswered: [] }).get(target)!;
   return {
     /** call's answer; its outcome counted for to, and logged under requestId (the forwarded call's) if none came. */
     async observed<T>(to: Redirected, requestId: string, call: Promise<T>): Promise<T> {
@@ -44,10 +46,13 @@ export function createRedirectionOutcomes({ metrics, log, windowMs }: { metrics:
       const started = performance.now();
       metrics.inc("client_redirection_requests", labels);
       try {
-        return await call;
+        const answer = await call;
+        recordOf(to.target).answeredAt = now();
+        return answer;
       } catch (e) {
         const errorType = redirectionErrorType(e);
         metrics.inc("client_redirection_errors", { ...labels, error_type: errorType });
+        noteOutcome(recordOf(to.target), errorType, e, now());
         if (errorType === "timeout") {
           unanswered.warn("forwarded call timed out: the active cluster did not answer in time", { remote: to.target, operation: to.what, requestId });
         } else if (errorType === "unreachable") {
@@ -58,7 +63,60 @@ export function createRedirectionOutcomes({ metrics, log, windowMs }: { metrics:
         metrics.observe("client_redirection_latency", { operation: to.what, target_cluster: to.target }, (performance.now() - started) / 1000);
       }
     },
+    /** What became of the calls forwarded to target in the last minute, for replication status. */
+    recent(target: string): ForwardedCallsSummary {
+      const r = recent.get(target);
+      if (!r) return { timeouts: 0, unreachable: 0 };
+      prune(r, now());
+      const timeouts = r.unanswered.filter((u) => u.type === "timeout").length;
+      return { timeouts, unreachable: r.unanswered.length - timeouts, last: r.last, answeredAt: r.answeredAt };
+    },
   };
+}
+
+/** A minute: how far back recent() counts the calls a target left unanswered. */
+const RECENT_MS = 60_000;
+/** The most unanswered calls kept per target: a flood past it counts as this many (the metric has them all). */
+const RECENT_MAX = 10_000;
+
+/** One call a target left unanswered: its error_type and why. */
+interface Unanswered {
+  type: "timeout" | "unreachable";
+  error: string;
+  at: number;
+}
+
+interface TargetRecord {
+  /** The unanswered calls of the last minute, oldest first. */
+  unanswered: Unanswered[];
+  last?: Unanswered;
+  answeredAt?: number;
+}
+
+/** The calls forwarded to one target lately: recent()'s answer. */
+export interface ForwardedCallsSummary {
+  timeouts: number;
+  unreachable: number;
+  last?: Unanswered;
+  answeredAt?: number;
+}
+
+/** record with a failed call's outcome: unanswered (timeout, unreachable) kept for a minute; any other code is the target's answer. */
+function noteOutcome(record: TargetRecord, errorType: string, e: unknown, at: number): void {
+  if (errorType === "canceled") return;
+  if (errorType !== "timeout" && errorType !== "unreachable") {
+    record.answeredAt = at;
+    return;
+  }
+  record.last = { type: errorType, error: peerFailureText(e), at };
+  record.unanswered.push(record.last);
+  if (record.unanswered.length > RECENT_MAX) record.unanswered.shift();
+  prune(record, at);
+}
+
+function prune(record: TargetRecord, at: number): void {
+  const from = record.unanswered.findIndex((u) => u.at > at - RECENT_MS);
+  record.unanswered.splice(0, from === -1 ? record.unanswered.length : from);
 }
 
 export type RedirectionOutcomes = ReturnType<typeof createRedirectionOutcomes>;

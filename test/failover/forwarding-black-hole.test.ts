@@ -4,7 +4,9 @@ import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { createLogger } from "../../src/observability/log";
 import { eventually } from "../support/eventually";
-import { startLinkedPair } from "../support/linked-pair";
+import { replicationStatusTable } from "../../src/cli/commands/replication";
+import { startHttpLinkedPair, startLinkedPair } from "../support/linked-pair";
+import type { HttpProxy } from "../support/http-proxy";
 import { awaitedLater, rejects } from "../support/rejects";
 import type { TestCluster } from "../support/server";
 import type { TcpProxy } from "../support/tcp-proxy";
@@ -91,6 +93,46 @@ describe("calls B forwards to an active cluster that takes connections and never
       expect(line).toMatchObject({ level: "warn", remote: "clusterA", operation: "SignalWorkflowExecution", reason: expect.stringMatching(/^connection (reset|closed|refused)$/) });
     } finally {
       link.refuse(false);
+    }
+  });
+});
+
+describe("calls B forwards to an active cluster whose replication stream is well and whose workflow calls hang", () => {
+  let a: TestCluster, b: TestCluster, link: HttpProxy, close: () => Promise<void>;
+  beforeAll(async () => {
+    ({ a, b, link, close } = await startHttpLinkedPair("pglite", [{}, {
+      extraYaml: "dcRedirectionPolicy: { policy: all-apis-forwarding }",
+      serverOptions: { forwardTimeoutMs: FORWARD_MS, replication: { waitMs: 300 } },
+    }]));
+    await a.client(WorkflowService).startWorkflowExecution({ namespace: NS, workflowId: "w1", workflowType: "t", taskQueue: "q" });
+  });
+  afterAll(async () => {
+    link?.delayPaths(undefined);
+    await close?.();
+  });
+
+  test("TestReplicationStatusOnBSaysTheActiveClusterLeavesForwardedCallsUnansweredThoughItsStreamIsConnected", async () => {
+    const status = async () => (await b.client(AdminService).getReplicationStatus({})).remotes[0]!;
+    // A answers one forwarded call first: when it last did is in the status.
+    await b.client(WorkflowService).signalWorkflowExecution({ namespace: NS, workflowExecution: run, signalName: "s", requestId: "sig-ok" });
+    await eventually(async () => expect((await status()).connectionState).toBe("connected"), { timeout: answeredWithin(2_300) });
+    // The proxy passes A's AdminService (the stream, namespace polls) and holds its WorkflowService calls past any deadline.
+    link.delayPaths((path) => path.includes("WorkflowService"), 60_000);
+    try {
+      const signals = [1, 2].map((i) => b.client(WorkflowService).signalWorkflowExecution({ namespace: NS, workflowExecution: run, signalName: "s", requestId: `sig-hang-${i}` }, atDeadline));
+      for (const signal of signals) await rejects(signal, Code.DeadlineExceeded, "cluster clusterA, where namespace orders is active, did not answer the forwarded SignalWorkflowExecution");
+      // A's stream is heard from all along (it sends every 300 ms): the connection reads connected.
+      const remote = await status();
+      expect(remote.connectionState).toBe("connected");
+      expect(remote.inboundLagUnknown).toBe(false);
+      const f = remote.forwardedCalls!;
+      expect({ timeouts: f.timeoutsLastMinute, unreachable: f.unreachableLastMinute, type: f.lastUnansweredType }).toEqual({ timeouts: 2, unreachable: 0, type: "timeout" });
+      expect(f.lastAnsweredAt && f.lastUnansweredAt && f.lastAnsweredAt.seconds <= f.lastUnansweredAt.seconds).toBe(true);
+      const text = replicationStatusTable(await b.client(AdminService).getReplicationStatus({}));
+      expect(text).toContain("NOTE: 2 call(s) clusterB forwarded to clusterA in the last minute went unanswered (2 timed out, 0 unreachable), the last at ");
+      expect(text).toMatch(/: timeout, [^;]+; it last answered one at \S+ \(\d+ s ago\)\. Calls forwarded to namespaces active in clusterA fail here while that lasts/);
+    } finally {
+      link.delayPaths(undefined);
     }
   });
 });

@@ -53,6 +53,7 @@ for (const store of await testStores()) {
         inboundProgress: () => undefined,
         inboundHeard: () => ({ at: now, stale: false }),
         namespaceHeard: () => ({ at: now, stale: false }),
+        forwardedCalls: () => ({ timeouts: 0, unreachable: 0 }),
         dlqSizes: async () => new Map(),
       });
       const allowed = await allowedMs(db, 6_000);

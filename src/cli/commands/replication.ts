@@ -33,11 +33,35 @@ function shardRow(remote: RemoteClusterReplicationStatus, direction: string, s: 
   ];
 }
 
+/** A time as a NOTE line says it: the time and how long ago. */
+function atText(t: Timestamp, now: number): string {
+  const at = timestampDate(t);
+  return `${at.toISOString()} (${Math.max(0, Math.round((now - at.getTime()) / 1000))} s ago)`;
+}
+
 /** Since when, as a NOTE line says it: the time and how long ago, or since the server started. */
 function sinceText(heardAt: Timestamp | undefined, now: number): string {
-  if (!heardAt) return "since this server started";
-  const at = timestampDate(heardAt);
-  return `since ${at.toISOString()} (${Math.max(0, Math.round((now - at.getTime()) / 1000))} s ago)`;
+  return heardAt ? `since ${atText(heardAt, now)}` : "since this server started";
+}
+
+/**
+ * A line for each remote that left calls forwarded to it unanswered in the last minute: how many
+ * of each kind, the last with why and when, and when it last answered one. Its replication stream
+ * may be well meanwhile (a frontend too loaded to answer, a proxy passing the stream and not
+ * unary calls): CONNECTION then reads connected, and only client_redirection_errors said it.
+ */
+function forwardedLines(res: GetReplicationStatusResponse, now: number): string {
+  return res.remotes
+    .map((r) => {
+      const f = r.forwardedCalls;
+      if (!f || f.timeoutsLastMinute + f.unreachableLastMinute === 0) return "";
+      const last = f.lastUnansweredAt ? `, the last at ${atText(f.lastUnansweredAt, now)}: ${f.lastUnansweredType}, ${f.lastUnansweredError}` : "";
+      const answered = f.lastAnsweredAt ? `it last answered one at ${atText(f.lastAnsweredAt, now)}` : "it has answered none since this server started";
+      return `NOTE: ${f.timeoutsLastMinute + f.unreachableLastMinute} call(s) ${res.clusterName} forwarded to ${r.clusterName} in the last minute went unanswered ` +
+        `(${f.timeoutsLastMinute} timed out, ${f.unreachableLastMinute} unreachable)${last}; ${answered}. Calls forwarded to namespaces active in ${r.clusterName} ` +
+        `fail here while that lasts, whatever its CONNECTION reads (the replication stream goes its own way): see client_redirection_errors\n`;
+    })
+    .join("");
 }
 
 /** Whether the ns row's lag is unknown: the remote unheard, or its namespace polls failing (a server before namespaceLagUnknown: the first only). */
@@ -104,7 +128,7 @@ export function replicationStatusTable(res: GetReplicationStatusResponse, now = 
   const warnings = unconnectedLines(res) + heldLines(res);
   if (rows.length === 0) return `${title}: no remote clusters (connect one with 'tern operator cluster upsert')\n${warnings}`;
   const dlq = res.remotes.map((r) => `${r.clusterName} ${r.dlqSize}`).join(", ");
-  return `${title}\n${formatTable(headers, rows)}DLQ (tasks per source): ${dlq}\n${unheardLines(res, now)}${heldBackLines(res)}${warnings}`;
+  return `${title}\n${formatTable(headers, rows)}DLQ (tasks per source): ${dlq}\n${unheardLines(res, now)}${forwardedLines(res, now)}${heldBackLines(res)}${warnings}`;
 }
 
 /** How old a connected remote's oldest unacked task here is before a NOTE says the remote holds the queue back (one keeping up acks within a second or so). */
@@ -169,6 +193,9 @@ const status: LeafCommand = {
     "lately (it sends at least every 10 s): what it wrote since is not seen; a NOTE line says",
     "since when. The ns row's lag is 'unknown' too while the polls of the remote's namespace",
     "queue fail (its history may still come): a NOTE line says since when and why.",
+    "A NOTE line says which remote left calls forwarded to it (dcRedirectionPolicy) unanswered in",
+    "the last minute, timed out or unreachable, and when it last answered one: its replication",
+    "stream, and so CONNECTION, may be well meanwhile.",
     "The DLQ line counts the tasks from each remote held in the DLQ ('tern replication dlq list').",
     "A NOTE line says which remote the replication queue here keeps tasks for (its connection",
     "disabled or not well, or its oldest unacked task a minute old), how many in how many shards:",
