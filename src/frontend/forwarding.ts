@@ -194,8 +194,9 @@ function redirectedTo(e: unknown, namespace: string): string | undefined {
  * that names another (with three or more clusters, target may have handed over to a third this
  * one has not heard of: its write would fail where a retry lands). Each cluster is tried once;
  * a refusal naming this cluster (handedBack), or one already tried, is retryable UNAVAILABLE.
- * Each try is counted by its target as it came back from there, before forward() makes an
- * answer of it (a long poll's empty page at the deadline): redirections.
+ * The call is counted once, by the target whose answer ends it (a refusal followed to another
+ * cluster is not counted), as it came back from there, before forward() makes an answer of it (a
+ * long poll's empty page at the deadline): redirections.
  */
 export async function callActive<T>(
   { clusters, clients, redirections }: Pick<ForwardingDeps, "clusters" | "clients" | "redirections">,
@@ -211,7 +212,12 @@ export async function callActive<T>(
     const remote = await frontendOf(clusters, clients, to.namespace, target);
     try {
       const sent = { ...to, current, target };
-      return await forward(ctx, sent, (options) => redirections.observed(sent, ctx.values.get(requestIdKey), call(remote, options)));
+      // A refusal naming a cluster not tried yet: the loop below follows it there, where the call is counted.
+      const followed = (e: unknown) => {
+        const next = redirectedTo(e, to.namespace);
+        return next !== undefined && !tried.has(next);
+      };
+      return await forward(ctx, sent, (options) => redirections.observed(sent, ctx.values.get(requestIdKey), call(remote, options), followed));
     } catch (e) {
       const next = redirectedTo(e, to.namespace);
       if (next === undefined) throw e;

@@ -40,16 +40,26 @@ export function createRedirectionOutcomes({ metrics, log, windowMs, now = Date.n
   const recent = new Map<string, TargetRecord>();
   const recordOf = (target: string) => recent.get(target) ?? recent.set(target, { unanswered: [] }).get(target)!;
   return {
-    /** call's answer; its outcome counted for to, and logged under requestId (the forwarded call's) if none came. */
-    async observed<T>(to: Redirected, requestId: string, call: Promise<T>): Promise<T> {
+    /**
+     * call's answer; its outcome counted for to, and logged under requestId (the forwarded call's)
+     * if none came. A refusal that handedOn says the caller follows to another cluster is not
+     * counted here (only remembered as an answer): the call is counted once, at the cluster that
+     * ends it, as Temporal's frontend counts a call it redirects once, by the last target tried.
+     */
+    async observed<T>(to: Redirected, requestId: string, call: Promise<T>, handedOn: (e: unknown) => boolean = () => false): Promise<T> {
       const labels = { operation: to.what, namespace: to.namespace, target_cluster: to.target };
       const started = performance.now();
-      metrics.inc("client_redirection_requests", labels);
+      let counted = true;
       try {
         const answer = await call;
         recordOf(to.target).answeredAt = now();
         return answer;
       } catch (e) {
+        if (handedOn(e)) {
+          counted = false;
+          recordOf(to.target).answeredAt = now();
+          throw e;
+        }
         const errorType = redirectionErrorType(e);
         metrics.inc("client_redirection_errors", { ...labels, error_type: errorType });
         noteOutcome(recordOf(to.target), errorType, e, now());
@@ -60,7 +70,10 @@ export function createRedirectionOutcomes({ metrics, log, windowMs, now = Date.n
         }
         throw e;
       } finally {
-        metrics.observe("client_redirection_latency", { operation: to.what, target_cluster: to.target }, (performance.now() - started) / 1000);
+        if (counted) {
+          metrics.inc("client_redirection_requests", labels);
+          metrics.observe("client_redirection_latency", { operation: to.what, target_cluster: to.target }, (performance.now() - started) / 1000);
+        }
       }
     },
     /** What became of the calls forwarded to target in the last minute, for replication status. */
