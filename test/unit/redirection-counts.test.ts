@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { createHandlerContext } from "@connectrpc/connect";
+import { Code, ConnectError, createHandlerContext } from "@connectrpc/connect";
 import { createRemoteClientPool } from "../../src/cluster/remote-client";
 import type { ClusterDirectory } from "../../src/cluster/directory";
 import { ACTIVE_CLUSTER_HEADER } from "../../src/errors";
@@ -48,5 +48,28 @@ describe("a call B forwards to A, which names C active instead (B has not heard 
     expect(seriesOf(text, "client_redirection_errors")).toEqual([]);
     // A answered (its refusal): status says it does not hang.
     expect(redirections.recent("clusterA")).toMatchObject({ timeouts: 0, unreachable: 0, answeredAt: expect.any(Number) });
+  });
+});
+
+describe("what replication status shows of the calls forwarded to a remote", () => {
+  test("TestTheCallsARemoteLeftUnansweredCountForAMinuteAndACallerThatLeftIsNoneOfThem", async () => {
+    let clock = 1_000_000;
+    const redirections = createRedirectionOutcomes({ metrics: createMetrics(), log: createLogger({ write: () => {} }), now: () => clock });
+    const to = { what: "SignalWorkflowExecution", namespace: "orders", target: "clusterA" };
+    const failing = (code: Code) => redirections.observed(to, "fwd-1", Promise.reject(new ConnectError("no answer", code))).catch(() => {});
+    await failing(Code.DeadlineExceeded);
+    clock += 30_000;
+    await failing(Code.DeadlineExceeded);
+    await failing(Code.Canceled);
+    expect(redirections.recent("clusterA")).toMatchObject({ timeouts: 2, unreachable: 0, last: { type: "timeout", at: clock }, answeredAt: undefined });
+    // An error the remote answered is an answer: it does not hang.
+    await failing(Code.NotFound);
+    expect(redirections.recent("clusterA").answeredAt).toBe(clock);
+    // The first a minute old: out of the count; the last stays named.
+    clock += 30_001;
+    expect(redirections.recent("clusterA")).toMatchObject({ timeouts: 1, last: { type: "timeout" } });
+    clock += 30_000;
+    expect(redirections.recent("clusterA")).toMatchObject({ timeouts: 0, unreachable: 0, last: { type: "timeout" } });
+    expect(redirections.recent("clusterC")).toEqual({ timeouts: 0, unreachable: 0 });
   });
 });
