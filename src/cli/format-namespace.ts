@@ -63,14 +63,18 @@ export function failedOverLine(name: string, ns: NamespaceDescription | undefine
   return `Failed over namespace ${name}${from ? ` from ${from}` : ""} to ${to} (forced)`;
 }
 
-/** The namespace list table: NAME, ID, STATE, GLOBAL, ACTIVE, CLUSTERS, FAILOVER VERSION. */
+/**
+ * The namespace list table: NAME, ID, STATE, GLOBAL, ACTIVE, CLUSTERS, FAILOVER VERSION. GLOBAL
+ * reads true or false, as describe's IsGlobalNamespace, -o json's isGlobalNamespace and the
+ * cluster list's booleans do.
+ */
 export function namespaceTable(list: readonly NamespaceDescription[]): string {
   const headers = ["NAME", "ID", "STATE", "GLOBAL", "ACTIVE", "CLUSTERS", "FAILOVER VERSION"];
   const rows = list.map((ns) => [
     ns.namespaceInfo?.name ?? "",
     ns.namespaceInfo?.id ?? "",
     enumLabel(NamespaceState, ns.namespaceInfo?.state ?? 0),
-    ns.isGlobalNamespace ? "yes" : "no",
+    String(ns.isGlobalNamespace),
     ns.replicationConfig?.activeClusterName ?? "",
     (ns.replicationConfig?.clusters ?? []).join(","),
     String(ns.failoverVersion),

@@ -79,7 +79,18 @@ describe("operator namespace", () => {
       workflow: { listNamespaces: () => ({ namespaces: [ns("orders")] }) },
     });
     expect(r.stdout.split("\n")[0]).toBe("NAME    ID         STATE       GLOBAL  ACTIVE    CLUSTERS           FAILOVER VERSION");
-    expect(r.stdout.split("\n")[1]).toMatch(/^orders +id-orders +Registered +yes +clusterA +clusterA,clusterB +1$/);
+    expect(r.stdout.split("\n")[1]).toMatch(/^orders +id-orders +Registered +true +clusterA +clusterA,clusterB +1$/);
+  });
+
+  test("GLOBAL reads true or false as describe, -o json and the cluster list do (was yes or no)", async () => {
+    const local = create(NamespaceDescriptionSchema, { namespaceInfo: { name: "scratch", id: "id-scratch", state: 1 } });
+    const fake = { listNamespaces: () => ({ namespaces: [ns("orders"), local] }), describeNamespace: () => ({ namespace: local }) };
+    const table = await runCli(["operator", "namespace", "list"], { workflow: fake });
+    expect(table.stdout.split("\n").slice(1, 3).map((l) => l.split(/ +/)[3])).toEqual(["true", "false"]);
+    const json = JSON.parse((await runCli(["-o", "json", "operator", "namespace", "list"], { workflow: fake })).stdout);
+    expect(json.namespaces.map((n: { isGlobalNamespace?: boolean }) => n.isGlobalNamespace ?? false)).toEqual([true, false]);
+    const described = await runCli(["operator", "namespace", "describe", "scratch"], { workflow: fake });
+    expect(described.stdout).toMatch(/^IsGlobalNamespace: +false$/m);
   });
 
   test("update leaves unset optional fields unset and fails over with --active-cluster", async () => {
