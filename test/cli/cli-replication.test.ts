@@ -249,6 +249,19 @@ describe("namespace failover", () => {
     expect(JSON.parse(json.stdout).failedOver).toBe(true);
   });
 
+  test("--active-cluster naming the cluster active already, alone, says so and that nothing changed (exit 0)", async () => {
+    // Was: 'Updated namespace orders (...)', though no failover was made and nothing changed.
+    const same = orders("clusterA", 201n);
+    const r = await runCli(["operator", "namespace", "update", "-n", "orders", "--active-cluster", "clusterA"], {
+      workflow: { updateNamespace: () => ({ namespace: same, failedOver: false }) },
+    });
+    expect([r.code, r.stdout, r.stderr]).toEqual([
+      0,
+      "Namespace orders is already active in clusterA: nothing changed (global; active: clusterA; clusters: clusterA, clusterB; failover version: 201; config version: 0)\n",
+      "",
+    ]);
+  });
+
   test("the failover history says which failovers were forced and which graceful; nothing for one recorded before it was kept", async () => {
     const ns = orders("clusterB", 302n);
     ns.failoverHistory = [

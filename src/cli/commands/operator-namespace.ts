@@ -6,6 +6,7 @@ import {
   DescribeNamespaceResponseSchema,
   NamespaceDescriptionSchema,
   RegisterNamespaceResponseSchema,
+  type UpdateNamespaceResponse,
   UpdateNamespaceResponseSchema,
 } from "../../gen/tern/workflow/v1/namespace_pb";
 import { type FlagSpec, getBoolean, getString, getStrings, parseKeyValues, type ParsedArgs } from "../args";
@@ -151,11 +152,25 @@ function updateRequest(namespace: string, args: ParsedArgs) {
     promoteNamespace: getBoolean(args, "promote-global"),
     allowUnfinishedBackfill,
   };
-  const asked = [req.description, req.ownerEmail, req.workflowExecutionRetentionPeriod].some((v) => v !== undefined) ||
-    Object.keys(req.data).length > 0 || req.clusters.length > 0 || req.activeClusterName !== "" || req.promoteNamespace;
   // Sent anyway, the server changes nothing and "Updated namespace" would say otherwise.
-  if (!asked) throw new UsageError(`nothing to update: give at least one of ${updateFlags.map((f) => `--${f.name}`).join(", ")}`);
+  if (!asksOtherThanActive(req) && req.activeClusterName === "") throw new UsageError(`nothing to update: give at least one of ${updateFlags.map((f) => `--${f.name}`).join(", ")}`);
   return req;
+}
+
+/** Whether an update asks for a change besides --active-cluster. */
+function asksOtherThanActive(req: ReturnType<typeof updateRequest>): boolean {
+  return [req.description, req.ownerEmail, req.workflowExecutionRetentionPeriod].some((v) => v !== undefined) ||
+    Object.keys(req.data).length > 0 || req.clusters.length > 0 || req.promoteNamespace;
+}
+
+/**
+ * `Namespace orders is already active in clusterA: nothing changed` for an update that asked only
+ * for the cluster active already (no failover, as Temporal makes none); undefined otherwise.
+ */
+function alreadyActiveLine(req: ReturnType<typeof updateRequest>, res: UpdateNamespaceResponse): string | undefined {
+  const active = res.namespace?.replicationConfig?.activeClusterName;
+  if (res.failedOver || asksOtherThanActive(req) || req.activeClusterName === "" || active !== req.activeClusterName) return undefined;
+  return `Namespace ${req.namespace} is already active in ${active}: nothing changed (${namespaceSummary(res.namespace)})\n`;
 }
 
 const update: LeafCommand = {
@@ -180,8 +195,11 @@ const update: LeafCommand = {
   ],
   async run(ctx, args) {
     const namespace = namespaceArg(args);
-    const res = await ctx.workflow().updateNamespace(updateRequest(namespace, args), { signal: ctx.signal });
+    const req = updateRequest(namespace, args);
+    const res = await ctx.workflow().updateNamespace(req, { signal: ctx.signal });
     if (ctx.format === "json") return ctx.out(messageJson(UpdateNamespaceResponseSchema, res));
+    const unchanged = alreadyActiveLine(req, res);
+    if (unchanged) return ctx.out(unchanged);
     if (res.failedOver) return ctx.out(`${failedOverLine(namespace, res.namespace)}: ${namespaceSummary(res.namespace)}\n`);
     ctx.out(`Updated namespace ${namespace} (${namespaceSummary(res.namespace)})\n`);
   },
