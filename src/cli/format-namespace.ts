@@ -56,11 +56,14 @@ function howLabel(f: FailoverStatus): string {
   return f.forced ? " (forced)" : " (graceful)";
 }
 
-/** What an update that failed ns over says first: `Failed over namespace orders from clusterA to clusterB (forced)`. */
-export function failedOverLine(name: string, ns: NamespaceDescription | undefined): string {
+/**
+ * What a failover says first, forced (update --active-cluster) or graceful (failover --to), as
+ * the failover history tells them apart: `Failed over namespace orders from clusterA to clusterB (forced)`.
+ */
+export function failedOverLine(name: string, ns: NamespaceDescription | undefined, how: "forced" | "graceful"): string {
   const to = ns?.replicationConfig?.activeClusterName ?? "";
   const from = ns?.failoverHistory.find((f) => f.failoverVersion === ns.failoverVersion)?.fromCluster;
-  return `Failed over namespace ${name}${from ? ` from ${from}` : ""} to ${to} (forced)`;
+  return `Failed over namespace ${name}${from ? ` from ${from}` : ""} to ${to} (${how})`;
 }
 
 /**

@@ -155,7 +155,7 @@ describe("replication status", () => {
 });
 
 describe("namespace failover", () => {
-  test("failover --to sends the target and timeout and prints the new active cluster", async () => {
+  test("failover --to sends the target and timeout and prints the failover, (graceful), as update prints (forced)", async () => {
     let seen: FailoverNamespaceRequest | undefined;
     const r = await runCli(["operator", "namespace", "failover", "--namespace", "orders", "--to", "clusterB", "--timeout", "30s"], {
       operator: { failoverNamespace: (req) => ((seen = req), { namespace: orders("clusterB", 102n), handoverTaskIds: { 1: 7n } }) },
@@ -164,7 +164,10 @@ describe("namespace failover", () => {
     expect(seen!.namespace).toBe("orders");
     expect(seen!.targetCluster).toBe("clusterB");
     expect(seen!.timeout?.seconds).toBe(30n);
-    expect(r.stdout).toBe("Namespace orders is active in clusterB (failover version 102)\n");
+    // Was: 'Namespace orders is active in clusterB (failover version 102)', with no (graceful) where a forced one says (forced).
+    expect(r.stdout).toBe(
+      "Failed over namespace orders from clusterA to clusterB (graceful): global; active: clusterB; clusters: clusterA, clusterB; failover version: 102; config version: 0\n",
+    );
   });
 
   test("without --timeout the server's default applies; -o json shows the handover task ids", async () => {

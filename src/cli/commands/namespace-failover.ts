@@ -4,6 +4,7 @@ import type { CommandContext, LeafCommand } from "../command";
 import { FAILOVER_WAIT_MS, millisOf } from "../deadline";
 import { CliError, lostMidCall } from "../errors";
 import { parseDuration } from "../duration";
+import { failedOverLine, namespaceSummary } from "../format-namespace";
 import { messageJson } from "../output";
 import { namespaceArg, namespaceFlag } from "./common-flags";
 
@@ -41,7 +42,7 @@ export const failoverCommand: LeafCommand = {
     if (ctx.format === "json") return ctx.out(messageJson(FailoverNamespaceResponseSchema, res));
     const ns = res.namespace;
     const active = ns?.replicationConfig?.activeClusterName ?? targetCluster;
-    ctx.out(`Namespace ${namespace} is active in ${active} (failover version ${ns?.failoverVersion ?? 0n})\n`);
+    ctx.out(`${failedOverLine(namespace, ns, "graceful")}: ${namespaceSummary(ns)}\n`);
     ctx.err(await staleViewNote(ctx, namespace, active));
   },
 };

@@ -200,7 +200,7 @@ const update: LeafCommand = {
     if (ctx.format === "json") return ctx.out(messageJson(UpdateNamespaceResponseSchema, res));
     const unchanged = alreadyActiveLine(req, res);
     if (unchanged) return ctx.out(unchanged);
-    if (res.failedOver) return ctx.out(`${failedOverLine(namespace, res.namespace)}: ${namespaceSummary(res.namespace)}\n`);
+    if (res.failedOver) return ctx.out(`${failedOverLine(namespace, res.namespace, "forced")}: ${namespaceSummary(res.namespace)}\n`);
     ctx.out(`Updated namespace ${namespace} (${namespaceSummary(res.namespace)})\n`);
   },
 };
