@@ -1,5 +1,6 @@
 import postgres from "postgres";
 import { ulid } from "ulid";
+import { redactUrl } from "../../src/persistence/postgres-url";
 import { testEnv } from "./env";
 
 let reachable: Promise<boolean> | undefined;
@@ -23,10 +24,10 @@ export function postgresReachable(): Promise<boolean> {
 
 /**
  * Why the PostgreSQL suites do not run, for the warnings of the runner and the suites: turned off
- * on purpose (TERN_TEST_POSTGRES_URL=off), or not answering at its URL.
+ * on purpose (TERN_TEST_POSTGRES_URL=off), or not answering at its URL, shown without its password.
  */
 export function postgresMissing(): string {
-  return testEnv.postgresUrl === "off" ? "PostgreSQL is turned off (TERN_TEST_POSTGRES_URL=off)" : `PostgreSQL is not reachable at ${testEnv.postgresUrl}`;
+  return testEnv.postgresUrl === "off" ? "PostgreSQL is turned off (TERN_TEST_POSTGRES_URL=off)" : `PostgreSQL is not reachable at ${redactUrl(testEnv.postgresUrl)}`;
 }
 
 /** A fresh, empty database for one test cluster (encoding: in it, with the C locale, which every encoding takes); drop() removes it. */
