@@ -235,7 +235,8 @@ function heldLock(path: string, mine: string): DataDirLock {
  * Refuses a PGlite data directory that is not a directory, or that holds files but no
  * database (no PG_VERSION, only perhaps tern's lock): PGlite would create its cluster among
  * someone else's files. Missing is fine: it is created. Other tern data directories inside
- * it are not someone else's files (the shipped configs put ./data/cluster-a in ./data).
+ * it are not someone else's files (the shipped configs put ./data/cluster-a in ./data before
+ * they took ./data-cluster-a).
  */
 export function checkDataDir(dataDir: string): void {
   const what = dataDirSetting(dataDir);

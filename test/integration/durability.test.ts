@@ -282,7 +282,7 @@ describe("PGlite data dir lock", () => {
     writeFileSync(join(notes, "todo.txt"), "mine");
     await expect(openDatabase({ pglite: { dataDir: notes } })).rejects.toThrow(`the PGlite data directory ${notes} (persistence.datastore.pglite.dataDir) holds files but no database`);
     expect(readdirSync(notes)).toEqual(["todo.txt"]);
-    // Another tern data dir inside is no stranger's file: the shipped configs nest ./data/cluster-a in ./data.
+    // Another tern data dir inside is no stranger's file: the shipped configs nested ./data/cluster-a in ./data (before ./data-cluster-a).
     const outer = join(data.location, "data");
     mkdirSync(join(outer, "cluster-a"), { recursive: true });
     writeFileSync(join(outer, "cluster-a", "PG_VERSION"), "17");

@@ -43,6 +43,17 @@ describe("config", () => {
     expect(b.clusterMetadata.clusterInformation.clusterB!.initialFailoverVersion).toBe(2);
   });
 
+  test("each shipped config has its own data dir, none inside another's (rm -rf data wipes the development cluster's only)", () => {
+    // Was: ./data/cluster-a, -b and -c inside development.yaml's ./data.
+    const dirs = ["development", "cluster-a", "cluster-b", "cluster-c"].map((f) => {
+      const store = parseConfig(readFileSync(`config/${f}.yaml`, "utf8"), {}, f).persistence.datastore;
+      return resolve("pglite" in store ? store.pglite.dataDir : "");
+    });
+    expect(dirs.map((d) => d.slice(resolve(".").length))).toEqual(["/data", "/data-cluster-a", "/data-cluster-b", "/data-cluster-c"]);
+    const nested = dirs.flatMap((inner) => dirs.filter((outer) => outer !== inner && inner.startsWith(`${outer}/`)).map((outer) => `${inner} in ${outer}`));
+    expect(nested).toEqual([]);
+  });
+
   test("initialFailoverVersion must be below the increment, naming the key and the value given", () => {
     fails(base(good.replace("initialFailoverVersion: 1", "initialFailoverVersion: 100")),
       "config: clusterMetadata.clusterInformation.clusterA.initialFailoverVersion: 100 is not below 100 (failoverVersionIncrement)");
