@@ -7,6 +7,7 @@ import { DEFAULT_ADDRESS, normalizeAddress } from "./address";
 import type { AdminDbBackend } from "./admin-db-backend";
 import { attachShortValue, findFlag, type FlagSpec, getBoolean, getString, isBooleanWord, isFlagToken, type ParsedArgs, parseArgs, splitFlagToken } from "./args";
 import { type Command, type CommandContext, GLOBAL_FLAGS, type LeafCommand, SERVER_FLAGS } from "./command";
+import { defaultNamespaceHint, workflowNamespaceFlag } from "./commands/common-flags";
 import { rootCommand } from "./commands/root";
 import { LONG_RUN_MS, parseRpcTimeout, withDeadline } from "./deadline";
 import { CliError, ExitCode, formatError, isAbort, UsageError, usageHint } from "./errors";
@@ -161,7 +162,11 @@ export function createCli(deps: CliDeps): Cli {
         const ctx = buildContext(deps, address, parseFormat(getString(args, "output")), rpcTimeoutMs);
         checkPositionals(leaf, args.positionals);
         await readJsonSources(args, leaf.flags, deps.readInput ?? (() => Promise.reject(new Error("no input to read here"))), deps.signal ?? new AbortController().signal);
-        return (await leaf.run(ctx, args)) ?? ExitCode.ok;
+        try {
+          return (await leaf.run(ctx, args)) ?? ExitCode.ok;
+        } catch (err) {
+          throw leaf.flags.includes(workflowNamespaceFlag) ? await defaultNamespaceHint(ctx, args, err) : err;
+        }
       } catch (err) {
         return report(err, deps, path, address);
       }

@@ -13,6 +13,7 @@ import type {
   SignalWithStartWorkflowExecutionRequest,
   StartWorkflowExecutionRequest,
 } from "../../src/gen/tern/workflow/v1/service_pb";
+import { NamespaceDescriptionSchema } from "../../src/gen/tern/workflow/v1/namespace_pb";
 import { runCli } from "./harness";
 
 const text = (b: Uint8Array) => new TextDecoder().decode(b);
@@ -22,6 +23,24 @@ function event(id: number, type = EventType.MARKER_RECORDED) {
 }
 
 describe("workflow start", () => {
+  test("without -n, the default namespace not found says -n/--namespace was left out and names the cluster's namespaces", async () => {
+    // Was: 'error: not_found: namespace default not found', nothing on how to choose another.
+    const missing = () => {
+      throw new ConnectError("namespace default not found", Code.NotFound);
+    };
+    const listed = (names: string[]) => () => ({ namespaces: names.map((name) => create(NamespaceDescriptionSchema, { namespaceInfo: { name } })) });
+    const hint = "error: not_found: namespace default not found (-n/--namespace was left out, so the namespace default was asked): choose one with -n/--namespace NS";
+    const some = await runCli(["workflow", "start", "-w", "w", "--type", "T"], { workflow: { startWorkflowExecution: missing, listNamespaces: listed(["orders", "payments"]) } });
+    expect([some.code, some.stdout, some.stderr]).toEqual([1, "", `${hint}; this cluster has orders, payments\n`]);
+    const none = await runCli(["workflow", "describe", "-w", "w"], { workflow: { describeWorkflowExecution: missing, listNamespaces: listed([]) } });
+    expect(none.stderr).toBe(`${hint}; this cluster has none yet ('tern operator namespace create -n NAME')\n`);
+    const unlisted = await runCli(["workflow", "start", "-w", "w", "--type", "T"], { workflow: { startWorkflowExecution: missing } });
+    expect(unlisted.stderr).toBe(`${hint}\n`);
+    // Asked for by name, the error is the server's.
+    const named = await runCli(["workflow", "start", "-n", "default", "-w", "w", "--type", "T"], { workflow: { startWorkflowExecution: missing, listNamespaces: listed(["orders"]) } });
+    expect(named.stderr).toBe("error: not_found: namespace default not found\n");
+  });
+
   test("sends every field the flags name", async () => {
     let seen: StartWorkflowExecutionRequest | undefined;
     const r = await runCli(

@@ -1,7 +1,9 @@
 import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { type WorkflowExecution, WorkflowExecutionSchema } from "../../gen/tern/common/v1/common_pb";
 import { type FlagSpec, getString, type ParsedArgs, requireString } from "../args";
-import { UsageError } from "../errors";
+import type { CommandContext } from "../command";
+import { CliError, UsageError } from "../errors";
 
 /** -n/--namespace for workflow commands, defaulting like the Temporal CLI. */
 export const workflowNamespaceFlag: FlagSpec = {
@@ -112,4 +114,24 @@ export function positiveIntArg(args: ParsedArgs, name: string, max = Number.MAX_
   }
   if (n > max) throw new UsageError(`--${name} must be at most ${max}, got "${text}"`);
   return n;
+}
+
+/** How many namespace names the hint for a missing default namespace lists. */
+const NAMESPACES_NAMED = 10;
+
+/**
+ * err, or, when it is the server's `namespace default not found` for a workflow command whose
+ * -n/--namespace was left out, the same error saying the default was taken and how to choose
+ * another, with the namespaces this cluster knows (one page; left out when the list fails).
+ * The temporal CLI too takes "default" when -n is left out.
+ */
+export async function defaultNamespaceHint(ctx: CommandContext, args: ParsedArgs, err: unknown): Promise<unknown> {
+  if (getString(args, "namespace") !== undefined || !(err instanceof ConnectError)) return err;
+  if (err.code !== Code.NotFound || err.rawMessage !== "namespace default not found") return err;
+  const list = await ctx.workflow().listNamespaces({ pageSize: NAMESPACES_NAMED + 1 }, { signal: ctx.signal }).catch(() => undefined);
+  const names = (list?.namespaces ?? []).map((n) => n.namespaceInfo?.name ?? "").filter((n) => n !== "");
+  const known = !list ? "" : names.length === 0
+    ? "; this cluster has none yet ('tern operator namespace create -n NAME')"
+    : `; this cluster has ${names.slice(0, NAMESPACES_NAMED).join(", ")}${names.length > NAMESPACES_NAMED || list.nextPageToken.length > 0 ? ", ..." : ""}`;
+  return new CliError(`not_found: namespace default not found (-n/--namespace was left out, so the namespace default was asked): choose one with -n/--namespace NS${known}`);
 }
