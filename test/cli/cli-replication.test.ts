@@ -43,8 +43,10 @@ describe("replication status", () => {
     expect(lines[0]).toBe("Cluster clusterA");
     expect(lines[1]).toMatch(/^REMOTE +DIRECTION +SHARD +MAX TASK ID +ACKED TASK ID +LAG \(TASKS\) +LAG \(MS\) +CONNECTION$/);
     expect(lines[2]).toMatch(/^clusterB +inbound +1 +10 +10 +0 +0 +connected$/);
-    expect(lines[3]).toMatch(/^clusterB +inbound +ns +3 +3 +0 +connected$/);
+    expect(lines[3]).toMatch(/^clusterB +inbound +ns +3 +3 +0 +- +connected$/);
     expect(lines[4]).toMatch(/^clusterB +outbound +1 +42 +40 +2 +150 +connected$/);
+    // Was: the ns row's LAG (MS) blank, unexplained.
+    expect(lines[5]).toBe("LAG (MS) -: not measured for namespace replication (shard ns), whose lag is counted in tasks only");
   });
 
   test("a remote not heard from lately: its inbound lag is unknown, since when it was last heard", async () => {
@@ -56,9 +58,9 @@ describe("replication status", () => {
     const lines = r.stdout.trimEnd().split("\n");
     expect(lines[2]).toMatch(/^clusterB +inbound +1 +10 +10 +unknown +unknown +connected$/);
     // Namespace replication comes from the same remote: its lag is as unknown.
-    expect(lines[3]).toMatch(/^clusterB +inbound +ns +3 +3 +unknown +connected$/);
+    expect(lines[3]).toMatch(/^clusterB +inbound +ns +3 +3 +unknown +- +connected$/);
     expect(lines[4]).toMatch(/^clusterB +outbound +1 +42 +40 +2 +150 +connected$/);
-    expect(lines[6]).toMatch(/^NOTE: clusterA has heard nothing from clusterB since \S+Z \(40 s ago\): its inbound lag is unknown \(/);
+    expect(lines[7]).toMatch(/^NOTE: clusterA has heard nothing from clusterB since \S+Z \(40 s ago\): its inbound lag is unknown \(/);
   });
 
   test("namespace polls failing while history is heard: the ns row alone is unknown, with since when and why", async () => {
@@ -74,8 +76,8 @@ describe("replication status", () => {
     const r = await runCli(["replication", "status"], { admin: { getReplicationStatus: () => failing } });
     const lines = r.stdout.trimEnd().split("\n");
     expect(lines[2]).toMatch(/^clusterB +inbound +1 +10 +10 +0 +0 +error: /);
-    expect(lines[3]).toMatch(/^clusterB +inbound +ns +3 +3 +unknown +error: /);
-    expect(lines[6]).toMatch(/^NOTE: clusterA's namespace replication from clusterB has had no answer since \S+Z \(30 s ago\): unavailable: HTTP 502; its ns lag is unknown \(/);
+    expect(lines[3]).toMatch(/^clusterB +inbound +ns +3 +3 +unknown +- +error: /);
+    expect(lines[7]).toMatch(/^NOTE: clusterA's namespace replication from clusterB has had no answer since \S+Z \(30 s ago\): unavailable: HTTP 502; its ns lag is unknown \(/);
     const json = JSON.parse((await runCli(["replication", "status", "-o", "json"], { admin: { getReplicationStatus: () => failing } })).stdout);
     expect(json.remotes[0].namespaceLagTasks).toBeNull();
     expect(json.remotes[0].namespaceError).toBe("unavailable: HTTP 502");
@@ -128,7 +130,7 @@ describe("replication status", () => {
     expect(none.stdout).toBe("Cluster clusterA: no remote clusters (connect one with 'tern operator cluster upsert')\n");
     const off = create(GetReplicationStatusResponseSchema, { clusterName: "clusterA", remotes: [{ clusterName: "clusterB", connectionState: "connected", enableConnection: false }] });
     const r = await runCli(["replication", "status"], { admin: { getReplicationStatus: () => off } });
-    expect(r.stdout).toMatch(/^clusterB +inbound +ns +0 +0 +0 +disabled$/m);
+    expect(r.stdout).toMatch(/^clusterB +inbound +ns +0 +0 +0 +- +disabled$/m);
   });
 
   test("a remote the replication queue waits for: a NOTE names it, with the tasks kept for it and how to release them; one keeping up has none", async () => {

@@ -135,7 +135,7 @@ for (const store of await testStores()) {
         const res = await b.client(AdminService).getReplicationStatus({});
         expect(res.remotes[0]!.namespaceAckedTaskId).toBe(heard.namespaceAckedTaskId);
         const text = (await runCli(["replication", "status"], { admin: { getReplicationStatus: () => res } })).stdout;
-        expect(text).toMatch(/^clusterA +inbound +ns +\d+ +\d+ +unknown +error: /m);
+        expect(text).toMatch(/^clusterA +inbound +ns +\d+ +\d+ +unknown +- +error: /m);
         expect(text).toMatch(/^clusterA +inbound +1 +\d+ +\d+ +unknown +unknown +error: /m);
         const json = JSON.parse((await runCli(["replication", "status", "-o", "json"], { admin: { getReplicationStatus: () => res } })).stdout);
         expect(json.remotes[0].namespaceLagTasks).toBeNull();
@@ -148,7 +148,7 @@ for (const store of await testStores()) {
         const res = await b.client(AdminService).getReplicationStatus({});
         expect(res.remotes[0]!.inboundLagUnknown).toBe(false);
         const text = (await runCli(["replication", "status"], { admin: { getReplicationStatus: () => res } })).stdout;
-        expect(text).toMatch(/^clusterA +inbound +ns +(\d+) +\1 +0 +connected$/m);
+        expect(text).toMatch(/^clusterA +inbound +ns +(\d+) +\1 +0 +- +connected$/m);
       }, { timeout: 20_000 });
     });
   });
@@ -215,7 +215,7 @@ for (const store of await testStores()) {
         expect(Date.now() - timestampDate(remote.namespaceHeardAt!).getTime()).toBeGreaterThanOrEqual(2_300);
         expect((await describeOn(b, NS)).namespaceInfo!.description).toBe("v1");
         const text = (await runCli(["replication", "status"], { admin: { getReplicationStatus: () => res } })).stdout;
-        expect(text).toMatch(/^clusterA +inbound +ns +\d+ +\d+ +unknown +error: /m);
+        expect(text).toMatch(/^clusterA +inbound +ns +\d+ +\d+ +unknown +- +error: /m);
         expect(text).toMatch(/^clusterA +inbound +1 +\d+ +\d+ +\d+ +\d+ +error: /m);
         expect(text).toContain("NOTE: clusterB's namespace replication from clusterA has had no answer since ");
         expect(text).toContain("unavailable: HTTP 502; its ns lag is unknown");
@@ -231,7 +231,7 @@ for (const store of await testStores()) {
         expect(res.remotes[0]!.namespaceLagUnknown).toBe(false);
         expect(res.remotes[0]!.namespaceError).toBe("");
         const text = (await runCli(["replication", "status"], { admin: { getReplicationStatus: () => res } })).stdout;
-        expect(text).toMatch(/^clusterA +inbound +ns +(\d+) +\1 +0 +connected$/m);
+        expect(text).toMatch(/^clusterA +inbound +ns +(\d+) +\1 +0 +- +connected$/m);
         expect(text).not.toContain("NOTE");
       }, { timeout: 20_000 });
     });

@@ -101,6 +101,10 @@ export function replicationStatusJson(res: GetReplicationStatusResponse): string
   return JSON.stringify(json, null, 2) + "\n";
 }
 
+/** The ns rows' LAG (MS): namespace replication's lag is counted in tasks only; the footnote under the table says so. */
+const NOT_MEASURED = "-";
+const NOT_MEASURED_NOTE = `LAG (MS) ${NOT_MEASURED}: not measured for namespace replication (shard ns), whose lag is counted in tasks only\n`;
+
 /** Namespace replication as one more inbound row, shard "ns": unknown with the others (its tasks come on the same link), or alone when its polls fail. */
 function namespaceRow(remote: RemoteClusterReplicationStatus): string[] {
   const lag = remote.namespaceMaxTaskId - remote.namespaceAckedTaskId;
@@ -111,7 +115,7 @@ function namespaceRow(remote: RemoteClusterReplicationStatus): string[] {
     String(remote.namespaceMaxTaskId),
     String(remote.namespaceAckedTaskId),
     namespaceLagUnknown(remote) ? "unknown" : String(lag > 0n ? lag : 0n),
-    "",
+    NOT_MEASURED,
     connectionOf(remote),
   ];
 }
@@ -128,7 +132,9 @@ export function replicationStatusTable(res: GetReplicationStatusResponse, now = 
   const warnings = unconnectedLines(res) + heldLines(res);
   if (rows.length === 0) return `${title}: no remote clusters (connect one with 'tern operator cluster upsert')\n${warnings}`;
   const dlq = res.remotes.map((r) => `${r.clusterName} ${r.dlqSize}`).join(", ");
-  return `${title}\n${formatTable(headers, rows)}DLQ (tasks per source): ${dlq}\n${unheardLines(res, now)}${forwardedLines(res, now)}${heldBackLines(res)}${warnings}`;
+  return `${title}
+${formatTable(headers, rows)}${NOT_MEASURED_NOTE}DLQ (tasks per source): ${dlq}
+${unheardLines(res, now)}${forwardedLines(res, now)}${heldBackLines(res)}${warnings}`;
 }
 
 /** How old a connected remote's oldest unacked task here is before a NOTE says the remote holds the queue back (one keeping up acks within a second or so). */
@@ -188,7 +194,8 @@ const status: LeafCommand = {
     "the highest task id the remote has, ACKED TASK ID what this cluster applied); the row",
     'with shard "ns" is namespace replication.',
     "outbound rows: what the remote acked of this cluster's tasks, per local shard.",
-    "LAG (TASKS) is MAX TASK ID minus ACKED TASK ID; LAG (MS) is the delay the server measures.",
+    "LAG (TASKS) is MAX TASK ID minus ACKED TASK ID; LAG (MS) is the delay the server measures",
+    "(none for the ns row, '-': namespace replication's lag is counted in tasks only).",
     "An inbound lag (the ns row's too) is 'unknown' while the remote has not been heard from",
     "lately (it sends at least every 10 s): what it wrote since is not seen; a NOTE line says",
     "since when. The ns row's lag is 'unknown' too while the polls of the remote's namespace",
