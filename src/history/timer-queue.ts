@@ -41,9 +41,9 @@ const PAGE = 500;
 /**
  * Timers fired in one transaction at most: a batch holds its runs' rows, and its shards' rows
  * from its replication tasks on, until it commits (PGlite: every other transaction), so a
- * client's write waits for one batch at most.
+ * client's write waits for one batch at most. README says it.
  */
-const BATCH = 50;
+export const TIMER_BATCH = 50;
 
 /** Creates the timer queue over the timer_tasks table. */
 export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
@@ -159,7 +159,7 @@ export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
         if (!byNamespace.has(t.namespaceId)) byNamespace.set(t.namespaceId, []);
         byNamespace.get(t.namespaceId)!.push(t);
       }
-      const batches = [...byNamespace.values()].flatMap((tasks) => chunksOf(tasks, BATCH));
+      const batches = [...byNamespace.values()].flatMap((tasks) => chunksOf(tasks, TIMER_BATCH));
       // One batch at a time: two at once on PostgreSQL fired a backlog 1.4x as fast, but the
       // clients' writes beside it took 3x as long (they wait for the batches' shard rows).
       for (const batch of batches) {

@@ -1,5 +1,6 @@
 import { expect, test } from "bun:test";
 import { createTokenBucket } from "../../src/frontend/rate-limiter";
+import { TIMER_BATCH } from "../../src/history/timer-queue";
 import { createMetrics } from "../../src/observability/metrics";
 
 test("token bucket allows a burst, then refuses with a retry hint, then refills", () => {
@@ -52,4 +53,10 @@ test("README lists every metric family /metrics renders, with its type, and none
   }
   const rendered = new Map([...createMetrics().render().matchAll(/^# TYPE (\w+) (\w+)$/gm)].map((m) => [m[1]!, m[2]!]));
   expect(Object.fromEntries(documented)).toEqual(Object.fromEntries(rendered));
+});
+
+// Was: README said only that timeouts fire from a durable queue, nothing of the batches a backlog drains in.
+test("README says due timers fire in batches, as many of one namespace per transaction as the timer queue takes", async () => {
+  const readme = (await Bun.file(new URL("../../README.md", import.meta.url)).text()).replace(/\s+/g, " ");
+  expect(readme).toContain(`due timers fire in batches, up to ${TIMER_BATCH} of one namespace in one transaction`);
 });
