@@ -1,9 +1,7 @@
 import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { renameSync } from "node:fs";
 import postgres from "postgres";
 import { runTern, startClusterProcess, type ClusterProcess, type ClusterProcessOptions, type TernResult } from "../../scripts/lib/cluster-process";
 import { EventType } from "../../src/gen/tern/common/v1/common_pb";
@@ -13,6 +11,7 @@ import { mulberry32 } from "../conflict/support";
 import { eventually } from "../support/eventually";
 import { testEnv } from "../support/env";
 import { createTestDatabase } from "../support/postgres";
+import { scratchDir } from "../support/scratch-dir";
 import { testStores } from "../support/stores";
 
 /** Replay a run with TERN_CRASH_SEED=<the seed it printed>; TERN_CRASH_ROUNDS=20 kills more often. */
@@ -95,13 +94,15 @@ async function dlqOf(p: ClusterProcess): Promise<unknown[]> {
 
 for (const store of await testStores()) {
   describe(`a cluster process killed (SIGKILL) at a random point on ${store} (seed ${SEED}, ${ROUNDS} rounds)`, () => {
-    const dir = mkdtempSync(join(tmpdir(), "crash-loop-"));
+    // Kept, with the servers' logs, when the test fails (a seed to replay): the line says where.
+    const scratch = scratchDir("crash-loop-");
+    const dir = scratch.dir;
     const dbs: { url: string; drop(): Promise<void> }[] = [];
     const running: ClusterProcess[] = [];
     afterAll(async () => {
       await Promise.all(running.map((p) => p.stop()));
       for (const d of dbs) await d.drop();
-      rmSync(dir, { recursive: true, force: true });
+      scratch.done();
     });
 
     test("TestKilledAtARandomPointKeepsEveryAcknowledgedWriteAndEndsEqualWithOneActiveCluster", async () => {
@@ -169,6 +170,8 @@ for (const store of await testStores()) {
             await eventually(() => expect(load.acked.length).toBeGreaterThanOrEqual(at), { timeout: 30_000 });
           }
           await clusters[victim]!.crash();
+          // The restart writes a new server.log: the killed process's is kept beside it.
+          renameSync(clusters[victim]!.logPath, clusters[victim]!.logPath.replace(/\.log$/, `.killed-round-${round}.log`));
           const down = await runTern(["--address", clusters[victim]!.address, "operator", "namespace", "describe", "-n", NS]);
           expect({ what, code: down.code, trace: /\n\s+at /.test(down.stderr) }).toEqual({ what, code: 1, trace: false });
           const said = await command;
@@ -202,6 +205,7 @@ for (const store of await testStores()) {
         expect(na.state).toBe("NORMAL");
       }, { timeout: 30_000 });
       console.log(`seed ${SEED}: ${ROUNDS} kills, ${load.acked.length} acknowledged writes, all there on both clusters`);
+      scratch.passed();
     });
   });
 }
