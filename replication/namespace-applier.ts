@@ -9,8 +9,11 @@ type NamespaceRow = typeof namespaces.$inferSelect;
 
 /** What applying one namespace task did here. */
 export interface AppliedNamespace {
-  /** collided: not created, a namespace of its name is here with another id (collidesWith). */
-  outcome: "created" | "updated" | "skipped" | "collided";
+  /**
+   * collided: not created, a namespace of its name is here with another id (collidesWith).
+   * refused: a graceful switch made from a failover version below the one held here (refusedSwitch).
+   */
+  outcome: "created" | "updated" | "skipped" | "collided" | "refused";
   record?: NamespaceRow;
   /** The task made this cluster the namespace's active cluster. */
   activated: boolean;
@@ -52,10 +55,42 @@ function fieldsOf(d: NamespaceDescription) {
           to: f.toCluster,
           // Left out, not false, when the source did not say (an entry from before it was kept).
           ...(f.forced === undefined ? {} : { forced: f.forced }),
+          ...(f.fromFailoverVersion === undefined ? {} : { fromVersion: Number(f.fromFailoverVersion) }),
         }),
       ),
     },
   };
+}
+
+/** The graceful switch the namespace's current failover is (newest history entry first), with the version it was made from; or undefined. */
+function currentSwitch(history: FailoverHistoryEntry[], failoverVersion: number): (FailoverHistoryEntry & { fromVersion: number }) | undefined {
+  const last = history[0];
+  return last && last.forced === false && last.version === failoverVersion && last.fromVersion !== undefined ? { ...last, fromVersion: last.fromVersion } : undefined;
+}
+
+/**
+ * A graceful switch made from a failover version below the one held here, heard from another
+ * cluster than its target: a failover made elsewhere (forced) reached this cluster after the
+ * switch's issuer last asked, and the switch, its version the next above the one it was made
+ * from, could top it (A at 1 to C: 3, over B's forced 2) and move B's writes at 2 off their
+ * branch. Refused; its target is the one that says whether it took it: from the target (its
+ * state once it took it) it is taken, the higher version winning as anywhere.
+ */
+function refusedSwitch(local: NamespaceRow, failover: ReturnType<typeof fieldsOf>["failover"], source: string | undefined): boolean {
+  const sw = currentSwitch(failover.failoverHistory, failover.failoverVersion);
+  return !!sw && source !== sw.to && local.failoverVersion > sw.fromVersion;
+}
+
+/**
+ * Whether the task is the refusal of the graceful switch held here, told by its target (refusedSwitch
+ * there re-queues what it holds): the target, which never took the switch, holds the namespace
+ * above the version it was made from and below its own. The switch held here is undone: the
+ * target's namespace is taken whole, its lower failover version too. No write was made at the
+ * switch's version: only its target would have, and it never took it.
+ */
+function refusalOfSwitchHere(local: NamespaceRow, failoverVersion: number, source: string | undefined): boolean {
+  const sw = currentSwitch(local.failoverHistory, local.failoverVersion);
+  return !!sw && source === sw.to && failoverVersion > sw.fromVersion && failoverVersion < local.failoverVersion;
 }
 
 /**
@@ -64,8 +99,9 @@ function fieldsOf(d: NamespaceDescription) {
  * its failoverVersion newer), the active cluster only if its failoverVersion is newer;
  * created (same id) only where listed. joinsHere: the source says the change adds this
  * cluster to the namespace's clusters (NamespaceReplicationTask.joins_asking_cluster).
+ * source: the cluster the task came from, for a graceful switch's (refusedSwitch, refusalOfSwitchHere).
  */
-export async function applyNamespaceTask(tx: Tx, currentCluster: string, d: NamespaceDescription, now: Date, joinsHere = false): Promise<AppliedNamespace> {
+export async function applyNamespaceTask(tx: Tx, currentCluster: string, d: NamespaceDescription, now: Date, joinsHere = false, source?: string): Promise<AppliedNamespace> {
   const id = d.namespaceInfo?.id;
   if (!id || !d.isGlobalNamespace) return { outcome: "skipped", activated: false };
   const { config, failover } = fieldsOf(d);
@@ -90,11 +126,13 @@ export async function applyNamespaceTask(tx: Tx, currentCluster: string, d: Name
       .returning();
     return { outcome: "created", record: created, activated: failover.activeClusterName === currentCluster, joined: config.configVersion > 0 };
   }
-  const takeFailover = failover.failoverVersion > local.failoverVersion;
+  const undone = refusalOfSwitchHere(local, failover.failoverVersion, source);
+  const takeFailover = failover.failoverVersion > local.failoverVersion || undone;
+  if (takeFailover && !undone && refusedSwitch(local, failover, source)) return { outcome: "refused", record: local, activated: false };
   // At the same config version, the config written at the higher failover version: a forced
   // failover and a change on the old active cluster, made apart, each reach the same config
   // version, and taking neither left the clusters holding different configs for good.
-  const takeConfig = config.configVersion > local.configVersion || (config.configVersion === local.configVersion && takeFailover);
+  const takeConfig = config.configVersion > local.configVersion || (config.configVersion === local.configVersion && takeFailover) || undone;
   if (!takeConfig && !takeFailover) return { outcome: "skipped", record: local, activated: false };
   // A change of the active cluster is ordered against writes and conflict resolution here.
   if (takeFailover) await lockNamespaceBarrier(tx, id);

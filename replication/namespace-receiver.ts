@@ -54,9 +54,11 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
   const inboundHeard = createInboundHeard({ everyMs: waitTimeoutMs, staleAfterMs: deps.staleAfterMs });
 
   /** Applies task in tx, with what the change starts or stops here; a collided task is left to the caller. */
-  async function applyInTx(tx: Tx, task: NamespaceReplicationTask): Promise<AppliedNamespace> {
-    const r = await applyNamespaceTask(tx, currentCluster, task.namespace!, now(), task.joinsAskingCluster);
-    if (r.outcome === "collided" || r.outcome === "skipped") return r;
+  async function applyInTx(tx: Tx, from: string, task: NamespaceReplicationTask): Promise<AppliedNamespace> {
+    const r = await applyNamespaceTask(tx, currentCluster, task.namespace!, now(), task.joinsAskingCluster, from);
+    // A switch to this cluster refused: what it holds queued, so the switch's issuer (and any member that took it) hears the refusal.
+    if (r.outcome === "refused" && task.namespace!.replicationConfig?.activeClusterName === currentCluster) await appendNamespaceTask(tx, r.record!, r.record!.clusters);
+    if (r.outcome === "collided" || r.outcome === "skipped" || r.outcome === "refused") return r;
     const source = r.record?.activeClusterName;
     // Executions from before this cluster joined: backfilled from the active cluster, recorded with the join.
     if (r.joined && source && source !== currentCluster) await startJoinBackfill(tx, r.record!.id, source, now());
@@ -72,7 +74,13 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
 
   /** After the commit of an applied task: the registry, the hooks and the log. */
   function applied(remote: string, task: NamespaceReplicationTask, result: AppliedNamespace): void {
-    if (result.outcome === "skipped" || result.outcome === "collided") return;
+    if (result.outcome === "refused") {
+      log.warn("graceful failover's switch refused: this cluster holds the namespace above the failover version it was made from (a failover made elsewhere reached it first)", {
+        remote, namespace: result.record?.name, failoverVersion: result.record?.failoverVersion, switchVersion: Number(task.namespace!.failoverVersion), taskId: Number(task.taskId),
+      });
+      deps.onQueued?.();
+    }
+    if (result.outcome === "skipped" || result.outcome === "collided" || result.outcome === "refused") return;
     deps.namespaces.invalidate(result.record);
     log.info("namespace replicated", { remote, namespace: result.record?.name, outcome: result.outcome, taskId: Number(task.taskId) });
     deps.onChanged?.(result.record!);
@@ -94,7 +102,7 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
       dropped = info?.id && !task.namespace!.replicationConfig?.clusters.includes(currentCluster) ? await dropHeld(tx, info.id, task.namespace!.configVersion) : 0;
       // Behind a held task of its namespace: held too, never applied before it.
       const first = info?.id ? await firstHeld(tx, key.remote, info.id) : undefined;
-      const r = first ? { outcome: "held" as const, collidesWith: first.localNamespaceId } : await applyInTx(tx, task);
+      const r = first ? { outcome: "held" as const, collidesWith: first.localNamespaceId } : await applyInTx(tx, key.remote, task);
       if (r.outcome === "held" || r.outcome === "collided") await holdTask(tx, key.remote, task, r.collidesWith!);
       await advanceAckLevel(tx, key, Number(task.taskId), maxTaskId, task.createTime ? timestampDate(task.createTime) : undefined);
       return r;
@@ -141,7 +149,7 @@ export function createNamespaceReceiver(deps: NamespaceReceiverDeps): Replicatio
       const done = await transaction(db, async (tx) => {
         const out: { source: string; task: NamespaceReplicationTask; result: AppliedNamespace }[] = [];
         for (const { source, task } of await lockHeld(tx, namespaceId)) {
-          const result = await applyInTx(tx, task);
+          const result = await applyInTx(tx, source, task);
           if (result.outcome === "collided") break;
           await releaseHeld(tx, source, task.taskId);
           out.push({ source, task, result });

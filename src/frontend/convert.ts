@@ -33,6 +33,7 @@ export function namespaceToProto(ns: NamespaceRecord): NamespaceDescription {
       fromCluster: f.from,
       toCluster: f.to,
       forced: f.forced,
+      fromFailoverVersion: f.fromVersion === undefined ? undefined : BigInt(f.fromVersion),
     })),
     createTime: timestampFromDate(ns.createdAt),
     updateTime: timestampFromDate(ns.updatedAt),

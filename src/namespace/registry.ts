@@ -396,7 +396,8 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
 /** The columns a failover of row to target sets: next failover version and a bounded failover history, which says how it was made. */
 export function failoverTo(row: NamespaceRecord, target: string, targetInitial: number, increment: number, time: Date, how: "forced" | "graceful") {
   const failoverVersion = nextFailoverVersion(targetInitial, row.failoverVersion, increment);
-  const entry: FailoverHistoryEntry = { time: time.toISOString(), version: failoverVersion, from: row.activeClusterName, to: target, forced: how === "forced" };
+  // A graceful switch names the version it was made from: members that moved past it refuse it (namespace-applier.ts).
+  const entry: FailoverHistoryEntry = { time: time.toISOString(), version: failoverVersion, from: row.activeClusterName, to: target, forced: how === "forced", ...(how === "graceful" ? { fromVersion: row.failoverVersion } : {}) };
   return {
     activeClusterName: target,
     failoverVersion,

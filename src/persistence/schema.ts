@@ -31,7 +31,7 @@ export const clusterMetadata = pgTable("cluster_metadata", {
 });
 
 /** One failover in a namespace's history; forced: true forced, false graceful, absent in entries from before it was kept (no migration: the column is JSON). */
-export type FailoverHistoryEntry = { time: string; version: number; from: string; to: string; forced?: boolean };
+export type FailoverHistoryEntry = { time: string; version: number; from: string; to: string; forced?: boolean; fromVersion?: number };
 
 export const namespaces = pgTable("namespaces", {
   id: text("id").primaryKey(),

@@ -3,10 +3,11 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { EventType } from "../../src/gen/tern/common/v1/common_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
-import { ReplicationState } from "../../src/gen/tern/workflow/v1/namespace_pb";
+import { ReplicationState, type NamespaceDescription } from "../../src/gen/tern/workflow/v1/namespace_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { expectNoDifference, historyOf, setLink } from "../conflict/support";
 import { eventually } from "../support/eventually";
+import { createGate } from "../support/gate";
 import { awaitedLater, rejects } from "../support/rejects";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy";
@@ -299,6 +300,53 @@ for (const store of await testStores()) {
       for (const x of [a, b, c]) {
         expect([x.name, Object.fromEntries(await signalsOn(x, "raced")), (await historyOf(x, NS, "raced")).at(-1)!.version]).toEqual([x.name, { "on-a": 1, "on-b": 1 }, 2n]);
       }
+    });
+  });
+
+  describe(`a forced failover that reaches the target after the switch's last check, on ${store}`, () => {
+    let a: TestCluster, b: TestCluster, c: TestCluster;
+    const cSwitches = createGate(); // C's apply of the changes that make it active, held: the switch reaches it late
+    beforeAll(async () => {
+      const beforeNamespaceApply = (ns: NamespaceDescription) => (ns.replicationConfig?.activeClusterName === "clusterC" ? cSwitches.held : undefined) ?? Promise.resolve();
+      [a, b, c] = await startClusters(store, [{}, {}, { serverOptions: { replication: { beforeNamespaceApply } } }]);
+      await connectAll([a, b, c]);
+      await registerOrders([a, b, c]);
+    });
+    afterAll(async () => {
+      cSwitches.open();
+      await Promise.all([a, b, c].map((x) => x?.destroy()));
+    });
+
+    test("TestGracefulSwitchOvertakenAtItsTargetAfterItsLastCheckIsRefusedThereAndUndoneAtItsIssuer", async () => {
+      await wf(a).startWorkflowExecution({ namespace: NS, workflowId: "late", ...T });
+      await wf(a).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "late" }, signalName: "on-a", requestId: "on-a" });
+      await eventually(() => expectNoDifference([a, b, c], NS), { timeout: 20_000 });
+      // B, cut off from A, never hears the switch from A. C checked at 1 twice, then A switches at 3.
+      await setLink(a, b, false);
+      cSwitches.close();
+      const asked = awaitedLater(a.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterC", timeout: durationFromMs(20_000) }));
+      await expectActiveOn(a, NS, "clusterC", 3n);
+      expect((await describeOn(c, NS)).failoverVersion).toBe(1n);
+      // Before C applies the switch, B is forced active at 2, C hears of it, and B acknowledges a write at 2.
+      expect((await wf(b).updateNamespace({ namespace: NS, activeClusterName: "clusterB" })).namespace!.failoverVersion).toBe(2n);
+      await expectActiveOn(c, NS, "clusterB", 2n);
+      await wf(b).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "late" }, signalName: "on-b", requestId: "on-b" });
+      await eventually(async () => expect(Object.fromEntries(await signalsOn(c, "late"))).toEqual({ "on-a": 1, "on-b": 1 }));
+      // Taken at C, the switch's 3 would top B's 2 there and then at B: B's write at 2 would lose its branch.
+      cSwitches.open();
+      await asked.catch(() => undefined);
+      await expectActiveOn(a, NS, "clusterB", 2n);
+      expect(ReplicationState[(await describeOn(a, NS)).replicationConfig!.state]).toBe("NORMAL");
+      await setLink(a, b, true);
+      await Promise.all([a, b, c].map((x) => expectActiveOn(x, NS, "clusterB", 2n)));
+      await wf(b).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "late" }, signalName: "after", requestId: "after" });
+      await eventually(async () => {
+        await expectNoDifference([a, b, c], NS);
+        for (const x of [a, b, c]) {
+          expect([x.name, Object.fromEntries(await signalsOn(x, "late")), (await historyOf(x, NS, "late")).map((e) => e.version)])
+            .toEqual([x.name, { "on-a": 1, "on-b": 1, after: 1 }, [1n, 1n, 2n, 2n]]);
+        }
+      }, { timeout: 20_000 });
     });
   });
 
