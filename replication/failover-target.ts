@@ -65,18 +65,24 @@ function laterThere(ns: TargetNamespace, there: ById): { failoverVersion: bigint
 /** How long each question to a target waits: timeoutMs, or a quarter of the failover's timeout if less. */
 const waitFor = (timeoutMs: number, failoverTimeoutMs: number) => Math.max(1, Math.min(timeoutMs, Math.floor(failoverTimeoutMs / 4)));
 
+/** What the target answered just before the switch: the later failover it holds the namespace at, or that it did not answer (why). */
+export type TargetMovedOn = { failoverVersion: bigint; active?: string } | { unanswered: string };
+
 /**
  * Asked again just before the switch: the failover version target holds ns at, when above the one
  * the handover began from (a failover made elsewhere, forced, reached target during the wait), or
- * undefined (also without an answer: target acked the handover just now). Before, the check ran
- * once before HANDOVER, and the switch, its version computed from this cluster's copy, could top
- * the forced one there: target took it, and writes acknowledged at the forced one lost their branch.
+ * undefined. Before, the check ran once before HANDOVER, and the switch, its version computed from
+ * this cluster's copy, could top the forced one there: target took it, and writes acknowledged at
+ * the forced one lost their branch. No answer in time is said (unanswered), not taken for "not
+ * moved on": the failover then refuses (failover.ts refuseIfTargetMovedOn).
  */
 export function createFailoverTargetRecheck({ clusters, clients, timeoutMs = 2_000 }: FailoverTargetCheckDeps) {
-  return async function targetMovedOn(target: string, ns: TargetNamespace, failoverTimeoutMs = Infinity): Promise<{ failoverVersion: bigint; active?: string } | undefined> {
+  return async function targetMovedOn(target: string, ns: TargetNamespace, failoverTimeoutMs = Infinity): Promise<TargetMovedOn | undefined> {
     const address = (await clusters.list()).find((c) => !c.isCurrent && c.clusterName === target)?.rpcAddress;
     if (!address) return undefined;
-    return laterThere(ns, await namespaceOn(clients, address, { id: ns.id }, waitFor(timeoutMs, failoverTimeoutMs)).catch(() => undefined));
+    const waitMs = waitFor(timeoutMs, failoverTimeoutMs);
+    const there = await namespaceOn(clients, address, { id: ns.id }, waitMs).catch((e: unknown) => ({ unanswered: `${ConnectError.from(e).message} (asked for ${waitMs} ms)` }));
+    return there !== "not found" && "unanswered" in there ? there : laterThere(ns, there);
   };
 }
 

@@ -11,7 +11,7 @@ import type { Db, HeldLock } from "../src/persistence/database";
 import { namespaces } from "../src/persistence/schema";
 import { listenForAckChange, outboundAcks } from "./ack-levels";
 import type { FailoverMembersCheck, MembersApplied } from "./failover-members";
-import type { TargetNamespace, TargetProblem } from "./failover-target";
+import type { TargetMovedOn, TargetNamespace, TargetProblem } from "./failover-target";
 import { appendNamespaceTask, namespaceQueueMax, readAck } from "./namespace-queue";
 import { MAX_WAIT_MS } from "./namespace-sender";
 import { sleep } from "../src/sleep";
@@ -35,7 +35,7 @@ export interface GracefulFailoverDeps {
   /** Why a failover to target would leave a cluster without its writes, as the clusters say (createFailoverTargetCheck), or undefined. */
   targetProblem?: (target: string, members: string[], failoverTimeoutMs: number, ns: TargetNamespace) => Promise<TargetProblem | undefined>;
   /** The failover version target holds the namespace at, when above ns's (a failover made elsewhere reached it): asked just before the switch (createFailoverTargetRecheck). */
-  targetMovedOn?: (target: string, ns: TargetNamespace, failoverTimeoutMs: number) => Promise<{ failoverVersion: bigint; active?: string } | undefined>;
+  targetMovedOn?: (target: string, ns: TargetNamespace, failoverTimeoutMs: number) => Promise<TargetMovedOn | undefined>;
   /** What the target must have applied of the namespace's other members (createFailoverMembersCheck). */
   members?: FailoverMembersCheck;
   /** How long after the target's last poll of the namespace queue a failover to it is refused at once (default NAMESPACE_POLLS_LATE_MS). */
@@ -211,10 +211,19 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
    * (A at 1 to C: 3, over B's forced 2), and target would take it, its writes at the forced
    * version then losing their branch. Temporal's handover switches regardless (the higher version
    * wins); here the namespace stays where the forced failover put it, and HANDOVER ends (failover's catch).
+   * A target that does not answer is refused too (fail closed): the switch would go out unchecked,
+   * and the failover answer that it switched while the target, holding a later failover, refuses it
+   * (namespace-applier.ts refusedSwitch). The namespace stays active here; the operator retries.
    */
   async function refuseIfTargetMovedOn(ns: NamespaceRecord, target: string, timeoutMs: number): Promise<void> {
     const there = await deps.targetMovedOn?.(target, { name: ns.name, id: ns.id, failoverVersion: ns.failoverVersion }, timeoutMs);
     if (!there) return;
+    if ("unanswered" in there) {
+      throw unavailable(
+        `cluster ${target} did not answer for namespace ${ns.name} just before the switch of its graceful failover (${there.unanswered}), so whether a later failover reached it is unknown; ` +
+          `nothing was switched: ${ns.name} stays active in ${current.clusterName} (replication state NORMAL); retry the failover`,
+      );
+    }
     throw failedPrecondition(
       `cluster ${target} heard of a later failover during the graceful failover of namespace ${ns.name}: it holds it at failover version ${there.failoverVersion} (active in ${there.active}), ` +
         `above ${ns.failoverVersion}, the version the handover began from; nothing was switched, and ${ns.name} leaves HANDOVER here: ` +

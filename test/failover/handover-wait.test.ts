@@ -3,6 +3,9 @@ import { Code } from "@connectrpc/connect";
 import { eq } from "drizzle-orm";
 import { ackKey, outboundAcks, saveOutboundAcks } from "../../replication/ack-levels";
 import { createGracefulFailover } from "../../replication/failover";
+import { createFailoverTargetRecheck } from "../../replication/failover-target";
+import { createRemoteClientPool } from "../../src/cluster/remote-client";
+import type { TernError } from "../../src/errors";
 import { advanceAckLevel, namespaceQueueMax } from "../../replication/namespace-queue";
 import { createClusterDirectory } from "../../src/cluster/directory";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
@@ -89,6 +92,31 @@ for (const store of await testStores()) {
       await rejects(failing, Code.Unavailable, "cluster clusterA is shutting down: graceful failover of namespace orders to clusterB abandoned");
       expect(await state()).toBe("NORMAL");
       await rejects(op.failoverNamespace({ namespace: "orders", targetCluster: "clusterB" }), Code.Unavailable, "no graceful failover starts here now");
+    });
+  });
+
+  describe(`a target that does not answer just before the switch, on ${store}`, () => {
+    let a: TestCluster, b: TestCluster;
+    beforeAll(async () => {
+      [a, b] = await startOrdersPair(store);
+    });
+    afterAll(() => Promise.all([a, b].map((x) => x.destroy())));
+
+    test("TestGracefulFailoverWhoseTargetDoesNotAnswerTheLastCheckSwitchesNothing", async () => {
+      const db = a.server.database.db;
+      const clusters = createClusterDirectory(db, a.server.cluster);
+      // B acks the handover as ever; only the question just before the switch goes unanswered.
+      const unanswered = ((_: unknown, init?: RequestInit) =>
+        new Promise<Response>((_, reject) => init?.signal?.addEventListener("abort", () => reject(init.signal!.reason)))) as typeof fetch;
+      const failover = createGracefulFailover({
+        db, clusters, notifier: createEventNotifier(), log: a.server.log,
+        namespaces: createNamespaceRegistry({ db, clusters }),
+        targetMovedOn: createFailoverTargetRecheck({ clusters, clients: createRemoteClientPool(unanswered), timeoutMs: 300 }),
+        withSessionLock: (key, fn, taken) => a.server.database.withSessionLock(key, fn, taken),
+      });
+      const refused = await failover.run("orders", "clusterB", 20_000, undefined, true).then(() => undefined, (e: TernError) => e);
+      expect([refused?.kind, refused?.message]).toEqual(["unavailable", expect.stringContaining("cluster clusterB did not answer for namespace orders just before the switch of its graceful failover")]);
+      expect(await ordersRow(a)).toMatchObject({ replicationState: "NORMAL", activeClusterName: "clusterA", failoverVersion: 1 });
     });
   });
 
