@@ -1,4 +1,4 @@
-import { and, eq } from "drizzle-orm";
+import { and, eq, gt } from "drizzle-orm";
 import { listen, type EventNotifier, type Listening } from "../src/history/notifier";
 import type { Db, Tx } from "../src/persistence/database";
 import { composite, runGuard, runStatement, tableCodec, type StatementPart } from "../src/persistence/raw-statements";
@@ -28,6 +28,15 @@ export async function outboundAcks(db: Db, remoteCluster: string): Promise<Map<n
     .from(replicationAckLevels)
     .where(history(remoteCluster, "outbound"));
   return new Map(rows.map((r) => [r.shardId, r.ackLevel]));
+}
+
+/** How far cleanup deleted this cluster's history tasks past remoteCluster's ack, per shard (cleanup.ts; absent: never). */
+export async function readCleanedMarks(db: Db, remoteCluster: string): Promise<Map<number, number>> {
+  const rows = await db
+    .select({ shardId: replicationAckLevels.shardId, through: replicationAckLevels.cleanedThrough })
+    .from(replicationAckLevels)
+    .where(and(history(remoteCluster, "outbound"), gt(replicationAckLevels.cleanedThrough, 0)));
+  return new Map(rows.map((r) => [r.shardId, r.through]));
 }
 
 /** Notifier key of a waiter that wants remoteCluster's outbound acks saved now, not after the debounce. */

@@ -12,7 +12,12 @@ type Cursor = { shardId: number; after: number; acked: number; size: number };
  * has no task, and its max and last task ids are at its cursor); `readsCursorColumns`: the
  * source takes the next request's cursors as columns.
  */
-export type Pulled = { shards: Pick<ShardPage, "shardId" | "tasks" | "maxTaskId" | "lastTaskId">[]; sparse: boolean; readsCursorColumns: boolean };
+/** A pull's answer; a shard's cleanedThroughTaskId is unset from GetReplicationTasks (sources from before any cleaned a peer's tasks). */
+export type Pulled = {
+  shards: (Pick<ShardPage, "shardId" | "tasks" | "maxTaskId" | "lastTaskId"> & Partial<Pick<ShardPage, "cleanedThroughTaskId">>)[];
+  sparse: boolean;
+  readsCursorColumns: boolean;
+};
 
 /**
  * The receiver's pull path (receiver.ts runs it for a source that refuses StreamReplicationTasks;
@@ -20,7 +25,7 @@ export type Pulled = { shards: Pick<ShardPage, "shardId" | "tasks" | "maxTaskId"
  * or from a source before that call, GetReplicationTasks per shard.
  */
 export function createPullReceiver(deps: ReceiverPathDeps) {
-  const { cluster, log, metrics, pageSize, catchUpPageSize, waitMs, prefetchWaitMs, reprobeMs, hear, unheard, progressOf, inbound, joinPages, applied, applyPages } = deps;
+  const { cluster, log, metrics, pageSize, catchUpPageSize, waitMs, prefetchWaitMs, reprobeMs, hear, unheard, progressOf, inbound, repairCleaned, joinPages, applied, applyPages } = deps;
   /** When each remote last refused PullReplicationTasks (terns before it). */
   const pullRefusedAt = new Map<string, number>();
 
@@ -159,6 +164,7 @@ export function createPullReceiver(deps: ReceiverPathDeps) {
       while (!signal.aborted && !(until !== undefined && performance.now() >= until)) {
         const res = await next;
         columns = res.readsCursorColumns;
+        await repairCleaned(remote, res.shards, acks);
         const pages = joinPages(remote, [res], acks, lag, signal, report);
         // A shard a sparse answer left out is caught up.
         const behindOf = new Map(res.shards.map((sp) => [sp.shardId, sp.lastTaskId < sp.maxTaskId]));

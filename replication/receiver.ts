@@ -3,7 +3,9 @@ import type { CurrentCluster } from "../src/cluster/bootstrap";
 import type { Logger } from "../src/observability/log";
 import type { Metrics } from "../src/observability/metrics";
 import type { Db } from "../src/persistence/database";
-import { loadInboundAcks } from "./ack-levels";
+import { advanceInboundAck, loadInboundAcks } from "./ack-levels";
+import { startBackfillsFrom } from "./backfill-jobs";
+import { transaction } from "../src/persistence/call-signal";
 import { AppliesLostError } from "./apply-errors";
 import { createInboundHeard, OVERDUE_SLACK_MS, type Heard } from "./inbound-heard";
 import type { RemoteCluster, ReplicationStream, StreamReport } from "./manager";
@@ -35,6 +37,9 @@ export interface HistoryReceiverDeps extends Omit<PageApplierDeps, "progressOf">
    * discard), which a restart changes.
    */
   durable?: () => Promise<unknown>;
+  /** Wakes the backfill receiver: a repair of tasks the source cleaned started jobs (repairCleaned). */
+  onBackfillStarted?: () => void;
+  now?: () => Date;
 }
 
 /** What this process last saw of one remote shard, for status (not persisted). */
@@ -80,6 +85,7 @@ export interface ReceiverPathDeps {
   progressOf: (remote: string, shardId: number) => InboundProgress;
   inbound: (remote: RemoteCluster) => Promise<{ shardIds: number[]; acks: Map<number, number>; lag: Lag; durable: () => Promise<void> }>;
   applied: (remote: RemoteCluster, pages: Batch[], acks: Map<number, number>, lag: Lag) => void;
+  repairCleaned: (remote: RemoteCluster, shards: Pulled["shards"], acks: Map<number, number>) => Promise<void>;
   joinPages: (
     remote: RemoteCluster,
     answers: readonly { shards: Pulled["shards"]; arrivedAt: number }[],
@@ -221,9 +227,35 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     return [...pages.values()];
   }
 
+  /**
+   * Shard pages whose cleaned_through is past this side's ack: the source deleted tasks this side
+   * never applied (it was disabled past the source's grace, cleanup.ts). One transaction starts a
+   * backfill from the source of every global namespace both list (applied runs are skipped, shorter
+   * ones extended: backfill-receiver.ts) and moves those shards' acks to it, so a crash loses
+   * neither: before it commits the source says it again, after it the jobs run.
+   */
+  async function repairCleaned(remote: RemoteCluster, shards: Pulled["shards"], acks: Map<number, number>): Promise<void> {
+    const moves = new Map<number, { from: number; to: number; maxTaskId: number }>();
+    for (const sp of shards) {
+      const from = acks.get(sp.shardId);
+      const to = Number(sp.cleanedThroughTaskId ?? 0);
+      if (from !== undefined && to > Math.max(from, moves.get(sp.shardId)?.to ?? 0)) moves.set(sp.shardId, { from, to, maxTaskId: Number(sp.maxTaskId) });
+    }
+    if (!moves.size) return;
+    await transaction(db, async (tx) => {
+      await startBackfillsFrom(tx, remote.name, cluster.clusterName, (deps.now ?? (() => new Date()))());
+      for (const [shardId, move] of moves) await advanceInboundAck(tx, remote.name, shardId, move);
+    });
+    for (const [shardId, { to }] of moves) acks.set(shardId, (progressOf(remote.name, shardId).ackLevel = to));
+    log.warn("the source deleted replication tasks this cluster had not applied (it was disabled past the source's grace); backfilling its namespaces from it", {
+      remote: remote.name, shards: [...moves.keys()].slice(0, 20), count: moves.size,
+    });
+    deps.onBackfillStarted?.();
+  }
+
   const paths: ReceiverPathDeps = {
     cluster, metrics, log, pageSize, catchUpPageSize, waitMs, prefetchWaitMs, reprobeMs, ackIntervalMs, silenceGraceMs,
-    streamRefusedAt, hear, unheard: inboundHeard.failed, progressOf, inbound, applied, joinPages, applyPages,
+    streamRefusedAt, hear, unheard: inboundHeard.failed, progressOf, inbound, applied, repairCleaned, joinPages, applyPages,
   };
   const { stream } = createStreamReceiver(paths);
   const { pull } = createPullReceiver(paths);

@@ -23,7 +23,7 @@ import type { Metrics } from "../src/observability/metrics";
 import type { Db } from "../src/persistence/database";
 import { createLongPolls } from "../src/long-polls";
 import { nextTurn } from "../src/next-turn";
-import { anyShardKey, createOutboundAckRecorder, shardKey } from "./ack-levels";
+import { anyShardKey, createOutboundAckRecorder, readCleanedMarks, shardKey } from "./ack-levels";
 import type { OutboxMarks } from "./outbox";
 import type { OutboxTail } from "./outbox-tail";
 import { createPageReader, MANY_SHARDS, streamWatch, type Page, type StreamWatch } from "./page-reader";
@@ -68,6 +68,21 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
   };
   /** When each peer's polls last read every shard they asked for (servePages). */
   const fullReadAt = new Map<string, number>();
+  /** Each peer's cleaned_through per shard (cleanup.ts) and when it was read. */
+  const cleanedOf = new Map<string, { at: number; marks: Map<number, number> }>();
+
+  /**
+   * How far cleanup deleted peer's tasks past its ack, per shard: read after a page found peer
+   * enabled (cleanup locks the row it skipped, so an enable seen means its marks are seen), at a
+   * stream's start and at most recheckMs old otherwise. A mark moves only while peer is disabled.
+   */
+  async function cleanedMarks(peer: string, fresh: boolean): Promise<Map<number, number>> {
+    const known = cleanedOf.get(peer);
+    if (known && !fresh && Date.now() - known.at < recheckMs) return known.marks;
+    const marks = await readCleanedMarks(db, peer);
+    cleanedOf.set(peer, { at: Date.now(), marks });
+    return marks;
+  }
 
   /**
    * Whether a database read said within recheckMs that peer may pull: answers from memory rely
@@ -112,7 +127,8 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     const sparse = req.cursorColumns !== undefined;
     return polls.run(signal, async (s) => {
       const { looked, pages } = await servePages({ peer, withEvents: true, waitMs: req.waitTimeoutMs, cursors }, s);
-      return create(PullReplicationTasksResponseSchema, { shards: shardPages(cursors, looked, pages, sparse), readsCursorColumns: true });
+      const cleaned = await cleanedMarks(peer, false);
+      return create(PullReplicationTasksResponseSchema, { shards: shardPages(cursors, looked, pages, sparse, cleaned), readsCursorColumns: true });
     });
   }
 
@@ -146,7 +162,7 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
           counted = true;
         }
         if (signal.aborted) return;
-        const shards = shardPages(cursors, looked, pages, true);
+        const shards = shardPages(cursors, looked, pages, true, await cleanedMarks(peer, first));
         pages.forEach((p, k) => {
           const c = cursors[looked[k]!]!;
           c.after = p.last;
@@ -230,12 +246,21 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     return asked.map((c, i) => ({ shardId: c.shardId, after: c.after, acked: Math.min(c.acked, c.after), size: sizes[i]! }));
   }
 
-  /** The pages (of cursors `looked`) as a pull answers them; sparse, only the shards with news (tasks, or a max or last past the cursor). */
-  function shardPages(cursors: readonly { shardId: number; after: number }[], looked: readonly number[], pages: Page[], sparse: boolean): MessageInitShape<typeof ShardPageSchema>[] {
+  /**
+   * The pages (of cursors `looked`) as a pull answers them; sparse, only the shards with news (tasks,
+   * or a max or last past the cursor, or tasks after the cursor cleaned: its cleaned_through).
+   */
+  function shardPages(
+    cursors: readonly { shardId: number; after: number }[], looked: readonly number[], pages: Page[], sparse: boolean, cleaned: ReadonlyMap<number, number>,
+  ): MessageInitShape<typeof ShardPageSchema>[] {
     const shards: MessageInitShape<typeof ShardPageSchema>[] = [];
     pages.forEach((p, k) => {
       const { shardId, after } = cursors[looked[k]!]!;
-      if (!sparse || p.tasks.length || p.max !== after || p.last !== after) shards.push({ shardId, tasks: p.tasks, maxTaskId: BigInt(p.max), lastTaskId: BigInt(p.last) });
+      const through = cleaned.get(shardId) ?? 0;
+      const cleanedThroughTaskId = BigInt(through > after ? through : 0);
+      if (!sparse || p.tasks.length || p.max !== after || p.last !== after || cleanedThroughTaskId) {
+        shards.push({ shardId, tasks: p.tasks, maxTaskId: BigInt(p.max), lastTaskId: BigInt(p.last), cleanedThroughTaskId });
+      }
     });
     return shards;
   }
@@ -347,8 +372,8 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     pullReplicationTasks,
     streamReplicationTasks,
     ackReplicationTasks,
-    /** Forgets which peers a database page found enabled: after this process changed a connection. */
-    forgetPeers: () => peerChecked.clear(),
+    /** Forgets which peers a database page found enabled, and their marks: after this process changed a connection. */
+    forgetPeers: () => (peerChecked.clear(), cleanedOf.clear()),
     /** Ends open long polls (they answer at once) and refuses new ones; resolves once none runs. */
     async stop(): Promise<void> {
       await polls.end();

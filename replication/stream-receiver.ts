@@ -15,7 +15,7 @@ import type { ReceiverPathDeps } from "./receiver";
  * StreamReplicationTasks): one open call per remote for all its shards.
  */
 export function createStreamReceiver(deps: ReceiverPathDeps) {
-  const { cluster, metrics, log, pageSize, catchUpPageSize, waitMs, ackIntervalMs, silenceGraceMs, streamRefusedAt, hear, unheard, inbound, joinPages, applied, applyPages } = deps;
+  const { cluster, metrics, log, pageSize, catchUpPageSize, waitMs, ackIntervalMs, silenceGraceMs, streamRefusedAt, hear, unheard, inbound, repairCleaned, joinPages, applied, applyPages } = deps;
 
 
   /**
@@ -142,6 +142,7 @@ export function createStreamReceiver(deps: ReceiverPathDeps) {
         metrics.set("replication_stream_received_tasks", labels, queued);
         wakeReader?.();
         wakeReader = undefined;
+        await repairCleaned(remote, got.flatMap((g) => g.shards), acks);
         const batches = joinPages(remote, got, acks, lag, signal, report);
         if (batches.length) await applyPages(batches);
         // After the apply: a stream whose every apply fails (this cluster's database down) is failing.

@@ -39,7 +39,7 @@ export function wireReplication({ opts, log, now, cluster, database }: Base, cor
   const refreshDlqGauge = () => void readDlqGauge();
   const historyReceiver = createHistoryReceiver({ db, cluster, writer: core.applyWriter, notifier, metrics, log, applier, dlq, retry: opts.replication?.retry, reprobeMs: opts.replication?.reprobeMs, pageSize: opts.replication?.pageSize,
     waitMs: opts.replication?.waitMs, silenceGraceMs: opts.replication?.silenceGraceMs,
-    durable: opts.replication?.durable ?? database.applies?.durable,
+    durable: opts.replication?.durable ?? database.applies?.durable, now, onBackfillStarted: () => backfill.wake(),
   });
   // A source not heard from lately may have written tasks not seen here: no lag is claimed for it, as status says (status.ts).
   metrics.unknownWhile("replication_tasks_lag", (labels) => historyReceiver.heard(labels.remote_cluster!).stale);
@@ -95,7 +95,9 @@ export function wireReplication({ opts, log, now, cluster, database }: Base, cor
       },
       onRemoved: (tx, remote) => stopBackfillsFrom(tx, remote, now()),
     }),
-    cleanup: createReplicationCleanup({ db, log, metrics, intervalMs: opts.replication?.cleanupIntervalMs }),
+    cleanup: createReplicationCleanup({
+      db, log, metrics, intervalMs: opts.replication?.cleanupIntervalMs, disabledGraceMs: opts.replication?.disabledRemoteGraceMs,
+    }),
     // A failed read of replication_dlq_size (refreshGauge) is mended here, not only by the next event that reads it.
     dlqGauge: createPeriodic(() => dlq.readGauge(true), { name: "reading the replication DLQ size", log, intervalMs: opts.replication?.dlqGaugeIntervalMs ?? 10_000 }),
     // A server of this cluster that died mid-failover (another process on the PostgreSQL database)

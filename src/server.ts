@@ -83,6 +83,8 @@ export interface ServerOptions {
     namespacePollsLateMs?: number;
     /** How often the replication task cleanup runs (default 10 s; tests that run its passes themselves make it long). */
     cleanupIntervalMs?: number;
+    /** How long a disabled remote holds the replication tasks it has not acked (default 1 h). */
+    disabledRemoteGraceMs?: number;
     /** How often replication_dlq_size is read again without an event that changes it (default 10 s). */
     dlqGaugeIntervalMs?: number;
     /** How often the sender re-reads a peer's shards for commits of other processes (default 1 s; tests make it long to see wakes alone). */

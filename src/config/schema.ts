@@ -151,6 +151,11 @@ const Replication = z.strictObject({
   silenceGraceMs: z.number().int().min(100).max(600_000).optional(),
   /** How often acked replication tasks are deleted and replication_outbound_tasks_lag is set (default 10 s). */
   cleanupIntervalMs: timerMs(),
+  /**
+   * How long a remote may stay disabled and still hold this cluster's replication tasks (default
+   * 1 h): past it the cleanup deletes them past its ack, and it repairs by backfill once enabled.
+   */
+  disabledRemoteGraceMs: timerMs(),
   /** How often held namespace replication tasks are tried again without a namespace delete here (default 60 s). */
   heldRetryMs: timerMs(),
   /** How long an idle backfill stream waits before it reads its jobs again (default 30 s). */

@@ -210,6 +210,11 @@ export const replicationAckLevels = pgTable(
     maxTaskId: big("max_task_id").notNull().default(0),
     /** Commit time on the source of the last applied task (inbound lag). */
     lastAppliedCreatedAt: ts("last_applied_created_at"),
+    /**
+     * Outbound: how far cleanup deleted this queue's tasks past the remote's ack while it was
+     * disabled past its grace (0: never). The sender tells the remote, which repairs by backfill.
+     */
+    cleanedThrough: big("cleaned_through").notNull().default(0),
     updatedAt: ts("updated_at").notNull().defaultNow(),
   },
   (t) => [primaryKey({ columns: [t.remoteCluster, t.direction, t.queue, t.shardId] })],

@@ -50,6 +50,32 @@ describe("replication task cleanup without a peer pulling", () => {
     expect(await db.$count(replicationTasks)).toBe(0);
   });
 
+  test("DisabledRemoteHoldsTasksWithinItsGraceAndIsSkippedPastIt, recording how far it was cleaned", async () => {
+    const db = c.server.database.db;
+    await c.client(WorkflowService).registerNamespace({ namespace: "d", isGlobalNamespace: true });
+    for (const workflowId of ["d-0", "d-1", "d-2"]) await c.client(WorkflowService).startWorkflowExecution({ namespace: "d", workflowId, workflowType: "T", taskQueue: "q" });
+    const [self] = await db.select().from(clusterMetadata).where(eq(clusterMetadata.isCurrent, true));
+    await db.insert(clusterMetadata).values({ ...self!, clusterName: "clusterZ", clusterId: "z", isCurrent: false, initialFailoverVersion: 9, enableConnection: false });
+    try {
+      const held = await db.select({ shardId: replicationTasks.shardId, taskId: replicationTasks.taskId }).from(replicationTasks);
+      expect(held.length).toBeGreaterThanOrEqual(3);
+      const cleanup = (at: number) => createReplicationCleanup({ db, log: c.server.log, graceMs: 0, disabledGraceMs: 60_000, now: () => new Date(at) });
+      // Disabled for less than its grace: clusterZ, which acked nothing, holds every task.
+      expect(await cleanup(Date.now() + 30_000).runOnce()).toBe(0);
+      expect(await db.$count(replicationTasks)).toBe(held.length);
+      // Past it: every task goes, and clusterZ's cleaned_through says how far in each shard.
+      expect(await cleanup(Date.now() + 61_000).runOnce()).toBe(held.length);
+      const lastOf = new Map<number, number>();
+      for (const t of held) lastOf.set(t.shardId, Math.max(lastOf.get(t.shardId) ?? 0, t.taskId));
+      const marks = await db.select({ shardId: replicationAckLevels.shardId, through: replicationAckLevels.cleanedThrough }).from(replicationAckLevels)
+        .where(eq(replicationAckLevels.remoteCluster, "clusterZ"));
+      expect(new Map(marks.filter((m) => lastOf.has(m.shardId)).map((m) => [m.shardId, m.through]))).toEqual(lastOf);
+    } finally {
+      await db.delete(replicationAckLevels).where(eq(replicationAckLevels.remoteCluster, "clusterZ"));
+      await db.delete(clusterMetadata).where(eq(clusterMetadata.clusterName, "clusterZ"));
+    }
+  });
+
   test("HistoryTasksGoPerShardAtTheLeastAckOfEveryRemote", async () => {
     const db = c.server.database.db;
     await c.client(WorkflowService).registerNamespace({ namespace: "h", isGlobalNamespace: true });

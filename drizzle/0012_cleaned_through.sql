@@ -1,0 +1,1 @@
+ALTER TABLE "replication_ack_levels" ADD COLUMN "cleaned_through" bigint DEFAULT 0 NOT NULL;
