@@ -126,6 +126,7 @@ export function createReplicationStatus(deps: ReplicationStatusDeps) {
         namespaceError: why ?? nsHeard.error ?? "",
         inboundError: why ?? heard.error ?? "",
         forwardedCalls: forwardedCallsStatus(forwardedCalls(remote.clusterName)),
+        cleanedPastShards: mine.filter((a) => a.direction === "outbound" && a.queue === "history" && a.cleanedThrough > a.ackLevel).length,
       });
     }
     const missing = await unconnected(new Set(remotes.map((r) => r.clusterName)));

@@ -70,6 +70,13 @@ describe("replication task cleanup without a peer pulling", () => {
       const marks = await db.select({ shardId: replicationAckLevels.shardId, through: replicationAckLevels.cleanedThrough }).from(replicationAckLevels)
         .where(eq(replicationAckLevels.remoteCluster, "clusterZ"));
       expect(new Map(marks.filter((m) => lastOf.has(m.shardId)).map((m) => [m.shardId, m.through]))).toEqual(lastOf);
+      const status = await c.client(AdminService).getReplicationStatus({});
+      const notes = (await runCli(["replication", "status"], { admin: { getReplicationStatus: () => status } })).stdout.split("\n").filter((l) => l.startsWith("NOTE: clusterZ was disabled"));
+      // Every shard with a task id clusterZ never acked: those emptied by an earlier pass too.
+      expect(notes).toEqual([
+        `NOTE: clusterZ was disabled past its grace (replication.disabledRemoteGraceMs): clusterC deleted the tasks it had not acked in ${marks.length} shard(s); ` +
+          "once enabled, it is told so and backfills the namespaces both list from clusterC",
+      ]);
     } finally {
       await db.delete(replicationAckLevels).where(eq(replicationAckLevels.remoteCluster, "clusterZ"));
       await db.delete(clusterMetadata).where(eq(clusterMetadata.clusterName, "clusterZ"));

@@ -209,7 +209,7 @@ describe("config", () => {
     fails(one("historyPageBytes", 8 << 20), "config: replication.historyPageBytes: 8388608 is above the most, 4194304");
     fails(one("silenceGraceMs", -1), "config: replication.silenceGraceMs: -1 is below the least, 100");
     // A typo, and a test hook, are refused as any unknown key is.
-    fails(one("cleanupIntervalMS", 500), /^config: replication.cleanupIntervalMS: unknown key; the keys here are retry, waitMs, silenceGraceMs, cleanupIntervalMs, heldRetryMs, backfillIdleMs, dlqGaugeIntervalMs, pageSize, historyPageBytes$/);
+    fails(one("cleanupIntervalMS", 500), /^config: replication.cleanupIntervalMS: unknown key; the keys here are retry, waitMs, silenceGraceMs, cleanupIntervalMs, disabledRemoteGraceMs, heldRetryMs, backfillIdleMs, dlqGaugeIntervalMs, pageSize, historyPageBytes$/);
     fails(one("dlqMergeRounds", 1), "config: replication.dlqMergeRounds: unknown key");
     // The retry budget of a failing task before the DLQ: attempts in all, then the backoff's first and longest wait.
     expect(parseConfig(one("retry", "{ attempts: 10, backoffMs: 0, maxBackoffMs: 30000 }")).replication.retry).toEqual({ attempts: 10, backoffMs: 0, maxBackoffMs: 30_000 });

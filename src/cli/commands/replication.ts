@@ -141,7 +141,8 @@ ${unheardLines(res, now)}${forwardedLines(res, now)}${heldBackLines(res)}${warni
 const HELD_BACK_AFTER_MS = 60_000n;
 
 /**
- * A line for each remote whose acks this cluster's replication queue waits for to clean up: its
+ * A line for each remote disabled past its grace whose tasks the cleanup deleted (it backfills once
+ * enabled), and for each remote whose acks this cluster's replication queue waits for to clean up: its
  * connection disabled or not well, or its oldest unacked task a minute old; with how many tasks
  * wait in how many shards, and how to release them. The outbound rows said it a shard at a time
  * (512 rows at 512 shards), and nothing said that the queue's cleanup waited on that remote.
@@ -152,12 +153,18 @@ function heldBackLines(res: GetReplicationStatusResponse): string {
       const behind = r.outbound.filter((s) => s.lagTasks > 0n);
       const oldest = behind.reduce((m, s) => (s.lagMs > m ? s.lagMs : m), 0n);
       const state = connectionOf(r);
-      if (!behind.length || (state === "connected" && oldest < HELD_BACK_AFTER_MS)) return "";
+      const skipped = r.cleanedPastShards
+        ? `NOTE: ${r.clusterName} was disabled past its grace (replication.disabledRemoteGraceMs): ${res.clusterName} deleted the tasks it had not acked in ` +
+          `${r.cleanedPastShards} shard(s); once enabled, it is told so and backfills the namespaces both list from ${res.clusterName}\n`
+        : "";
+      // Past its grace it holds no task here: what it lacks comes by backfill, not from the queue.
+      if (skipped && state === "disabled") return skipped;
+      if (!behind.length || (state === "connected" && oldest < HELD_BACK_AFTER_MS)) return skipped;
       const tasks = behind.reduce((n, s) => n + s.lagTasks, 0n);
       const why = state === "connected" ? `its oldest unacked task is ${oldest / 1000n} s old` : state === "disabled" ? "its connection is disabled here" : `its connection: ${state}`;
       return `NOTE: ${r.clusterName} is ${tasks} replication task(s) behind in ${behind.length} of ${r.outbound.length} of ${res.clusterName}'s shard(s) (${why}): ` +
         `${res.clusterName} keeps those shards' tasks until it acks them. If ${r.clusterName} is retired, take it out of its namespaces' clusters and remove it ` +
-        `('tern operator cluster remove --name ${r.clusterName}'): the tasks kept for it alone go at the next cleanup\n`;
+        `('tern operator cluster remove --name ${r.clusterName}'): the tasks kept for it alone go at the next cleanup\n` + skipped;
     })
     .join("");
 }
