@@ -20,7 +20,8 @@ beforeAll(async () => {
 }, serverStartTimeout);
 
 for (const runtime of serverEntries()) {
-  // Deno on one port resets a call before any stop (its node:net and node:http): left to its own port.
+  // Deno on one port resets a call before any stop (its node:net and node:http; ECONNRESET in 1 of
+  // 2 runs with it let in, 2026-12-07, cause not found): left to its own port.
   for (const sharedPort of runtime.name === "deno" ? [false] : [true, false]) {
     describe(`runtime ${runtime.name}, ${sharedPort ? "gRPC on the HTTP port" : "gRPC on its own port"}`, () => {
       let server: ServerProcess | undefined;
