@@ -1,4 +1,4 @@
-import { and, asc, eq, gt, isNull, lte, or } from "drizzle-orm";
+import { and, asc, eq, gt, isNull, lte, or, type SQL } from "drizzle-orm";
 import { connectionLost, databaseBusy, loggableError, TernError } from "../errors";
 import type { NamespaceRecord, NamespaceRegistry } from "../namespace/registry";
 import { createFailureLog } from "../observability/failure-log";
@@ -79,17 +79,12 @@ export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
     const now = deps.now();
     const stillFailing = new Map<string, string>();
     let after: { fireAt: Date; id: string } | undefined;
+    let next: TimerTask | undefined;
     for (;;) {
-      const past = after ? or(gt(timerTasks.fireAt, after.fireAt), and(eq(timerTasks.fireAt, after.fireAt), gt(timerTasks.id, after.id))) : undefined;
-      const due = (
-        await db
-          .select({ task: timerTasks })
-          .from(timerTasks)
-          .leftJoin(namespaceRows, eq(namespaceRows.id, timerTasks.namespaceId))
-          .where(and(lte(timerTasks.fireAt, now), firesHere, past))
-          .orderBy(asc(timerTasks.fireAt), asc(timerTasks.id))
-          .limit(PAGE)
-      ).map((r) => r.task);
+      const page = await duePage(now, after);
+      const due = page.filter((t) => t.fireAt <= now);
+      // Read with the page: a scan that finds nothing due (every pollMs when idle) is one statement.
+      next = page.find((t) => t.fireAt > now);
       await firePage(due, stillFailing);
       // A stopping server leaves the rest due, for its next start or another server on the database.
       if (stopped) return;
@@ -98,14 +93,18 @@ export function createTimerQueue(deps: TimerQueueDeps): TimerQueue {
     }
     failing = stillFailing;
     // Due timers fire() skipped wait for the next poll or rescan(), not a hot loop.
-    const [next] = await db
-      .select({ fireAt: timerTasks.fireAt })
-      .from(timerTasks)
-      .leftJoin(namespaceRows, eq(namespaceRows.id, timerTasks.namespaceId))
-      .where(and(gt(timerTasks.fireAt, now), firesHere))
-      .orderBy(asc(timerTasks.fireAt))
-      .limit(1);
     arm(Math.min(Date.now() + pollMs, next ? next.fireAt.getTime() : Infinity));
+  }
+
+  /** Up to PAGE timers due at now past after, and the first one not yet due, in one statement. */
+  async function duePage(now: Date, after: { fireAt: Date; id: string } | undefined): Promise<TimerTask[]> {
+    const past = after ? or(gt(timerTasks.fireAt, after.fireAt), and(eq(timerTasks.fireAt, after.fireAt), gt(timerTasks.id, after.id))) : undefined;
+    const rows = (where: SQL | undefined) => db.select({ task: timerTasks }).from(timerTasks).leftJoin(namespaceRows, eq(namespaceRows.id, timerTasks.namespaceId)).where(where);
+    const due = rows(and(lte(timerTasks.fireAt, now), firesHere, past)).orderBy(asc(timerTasks.fireAt), asc(timerTasks.id)).limit(PAGE);
+    const next = rows(and(gt(timerTasks.fireAt, now), firesHere)).orderBy(asc(timerTasks.fireAt)).limit(1);
+    // union all keeps no order: due ones are told apart by their fire_at, and sorted again.
+    const page = (await due.unionAll(next)).map((r) => r.task);
+    return page.sort((a, b) => a.fireAt.getTime() - b.fireAt.getTime() || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }
 
   async function scan(): Promise<void> {

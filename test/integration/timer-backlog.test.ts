@@ -19,10 +19,11 @@ import { createLogger } from "../../src/observability/log";
 import { createMetrics } from "../../src/observability/metrics";
 import { namespaces, timerTasks } from "../../src/persistence/schema";
 import { eventually } from "../support/eventually";
+import { notedStatements } from "../replication/support";
 import { createTestDatabase } from "../support/postgres";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
-import { serverStartTimeout } from "../support/timeouts";
+import { answeredWithin, serverStartTimeout } from "../support/timeouts";
 
 setDefaultTimeout(serverStartTimeout);
 
@@ -47,9 +48,11 @@ for (const store of await testStores()) {
       return ns!.id;
     }
 
-    /** A timer queue on the server's database, two hours ahead (the server's own leaves the timers alone); beforeCommit sees each FireTimer transaction. */
-    function queueAhead(beforeCommit: () => void) {
-      const db = c.server.database.db;
+    /**
+     * A timer queue on the server's database (or db: the same, its statements noted), two hours
+     * ahead (the server's own leaves the timers alone) unless aheadMs says; beforeCommit sees each FireTimer transaction.
+     */
+    function queueAhead(beforeCommit: () => void, { db = c.server.database.db, aheadMs = 7_200_000 } = {}) {
       const log = createLogger({ level: "error" });
       const writer = createWriter({
         db, pipelined: c.server.database.pipelined, cluster: c.server.cluster, limits: c.config.limits, metrics: createMetrics(), log, now: () => new Date(),
@@ -58,7 +61,7 @@ for (const store of await testStores()) {
       const names = createNamespaceRegistry({ db, clusters: createClusterDirectory(db, c.server.cluster), cacheTtlMs: 60_000 });
       return createTimerQueue({
         db, writer, namespaces: names, notifier: createEventNotifier(), metrics: createMetrics(), log,
-        currentCluster: "clusterB", now: () => new Date(Date.now() + 7_200_000), pollMs: 60_000,
+        currentCluster: "clusterB", now: () => new Date(Date.now() + aheadMs), pollMs: 60_000,
       });
     }
 
@@ -73,6 +76,26 @@ for (const store of await testStores()) {
     }
     /** A statement's rows, from either driver (PGlite answers with rows, postgres.js with the list). */
     const rowsOf = <T,>(result: unknown) => ((result as { rows?: T[] }).rows ?? result) as T[];
+
+    test("AnIdleScanIsOneStatement: a scan that finds nothing due reads once, and still wakes for the timer due next", async () => {
+      const wf = c.client(WorkflowService);
+      await wf.registerNamespace({ namespace: "idle-scan", isGlobalNamespace: true });
+      await wf.startWorkflowExecution({
+        namespace: "idle-scan", workflowId: "w", workflowType: "T", taskQueue: "q", workflowExecutionTimeout: create(DurationSchema, { seconds: 3n }),
+      });
+      const { db, ran } = notedStatements(c.server.database.db);
+      const queue = queueAhead(() => {}, { db, aheadMs: 0 });
+      queue.start();
+      // Two scans (start's, then the one rescan asks for while it runs), nothing due in either.
+      await queue.rescan();
+      try {
+        expect(ran.length).toBe(2);
+        // The run's timeout (3 s) was read with them: the queue scans then, not at its poll (60 s).
+        await eventually(() => expect(ran.length).toBeGreaterThan(2), { timeout: answeredWithin(3_000) });
+      } finally {
+        await queue.stop();
+      }
+    });
 
     test("ABacklogOfDueTimersFiresInFewTransactions: 240 due timers each close their run once, with its event and replication task, in batches", async () => {
       const id = await backlog("drain", 240);
