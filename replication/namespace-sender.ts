@@ -5,11 +5,12 @@ import type { GetNamespaceReplicationTasksRequest, GetNamespaceReplicationTasksR
 import { unavailable } from "../src/errors";
 import { exactNumber, namespaceToProto } from "../src/frontend/convert";
 import { createLongPolls } from "../src/long-polls";
-import { listen, type EventNotifier } from "../src/history/notifier";
+import { listen, type EventNotifier, type Listening } from "../src/history/notifier";
 import type { Db } from "../src/persistence/database";
 import { clusterMetadata, namespaceReplicationTasks } from "../src/persistence/schema";
 import { ackKey } from "./ack-levels";
 import { connectionDisabled } from "./page-reader";
+import type { NamespaceQueueWatch } from "./namespace-queue-watch";
 import { advanceAckLevel, namespaceQueueMax, type StoredNamespace } from "./namespace-queue";
 
 /** Notifier key the registry wakes after committing a namespace task. */
@@ -26,6 +27,8 @@ export interface NamespaceSenderDeps {
   wake: EventNotifier;
   /** Re-reads the queue this often while long-polling, for tasks committed by other processes. */
   pollMs?: number;
+  /** Another read's find of the queue's max: one since the last re-read that found nothing new spares it. */
+  watch?: NamespaceQueueWatch;
 }
 
 type Response = MessageInitShape<typeof GetNamespaceReplicationTasksResponseSchema>;
@@ -35,7 +38,7 @@ type Response = MessageInitShape<typeof GetNamespaceReplicationTasksResponseSche
  * namespace receivers (replication/namespace-receiver.ts): long poll, filtered to the
  * receiver's namespaces, and the request's after_task_id recorded as its outbound ack.
  */
-export function createNamespaceSender({ db, currentCluster, wake, pollMs = 1000 }: NamespaceSenderDeps) {
+export function createNamespaceSender({ db, currentCluster, wake, pollMs = 1000, watch }: NamespaceSenderDeps) {
   const polls = createLongPolls(() => unavailable("this server is shutting down; retry"));
   /** Waits until a task past after exists, the wait ends, or signal aborts; returns the queue's max. */
   async function waitPast(after: number, waitMs: number, signal: AbortSignal): Promise<number> {
@@ -44,14 +47,35 @@ export function createNamespaceSender({ db, currentCluster, wake, pollMs = 1000 
       // Listening before the read: a graceful failover's switch committed in between would
       // otherwise sleep until the next re-read.
       const left = deadline - Date.now();
-      const listening = left > 0 ? listen(wake, NAMESPACE_QUEUE_KEY, Math.min(left, pollMs), signal) : undefined;
+      const listening = left > 0 ? listen(wake, NAMESPACE_QUEUE_KEY, left, signal) : undefined;
       try {
+        const readAt = Date.now();
         const max = await namespaceQueueMax(db);
         if (max > after || !listening || signal.aborted) return max;
-        await listening.woke;
+        await recheckDue(listening, after, readAt);
       } finally {
         listening?.cancel();
       }
+    }
+  }
+
+  /**
+   * Resolves when listening wakes (a commit here, the watch's max moved, the wait's end) or a
+   * re-read is due: each pollMs, unless the watch has a read begun after the last one known
+   * (at first this poll's own, begun at readAt) that found nothing past after. A commit of
+   * another process then comes at the watch's next read (the history sender's, each
+   * recheckMs) or, its reads stopped, at this one's next tick: within two pollMs at most.
+   */
+  async function recheckDue(listening: Listening, after: number, readAt: number): Promise<void> {
+    let woke = false;
+    void listening.woke.then(() => (woke = true));
+    for (let known = readAt; ; ) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([listening.woke, new Promise((resolve) => (timer = setTimeout(resolve, pollMs)))]);
+      clearTimeout(timer);
+      const seen = woke ? undefined : watch?.seenAfter(known);
+      if (!seen || seen.max > after) return;
+      known = seen.at;
     }
   }
 

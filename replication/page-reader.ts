@@ -6,8 +6,10 @@ import { eventFromRow } from "../src/history/events";
 import type { Metrics } from "../src/observability/metrics";
 import type { Db } from "../src/persistence/database";
 import { runStatement, tableCodec, textCache } from "../src/persistence/raw-statements";
-import { clusterMetadata, historyEvents, namespaces, replicationTasks, shards } from "../src/persistence/schema";
+import { clusterMetadata, historyEvents, namespaces, queueCounters, replicationTasks, shards } from "../src/persistence/schema";
 import { shown } from "../src/shown";
+import { NAMESPACE_QUEUE } from "./namespace-queue";
+import type { NamespaceQueueWatch } from "./namespace-queue-watch";
 import type { OutboxMarks } from "./outbox";
 import { taskToProto, type TaskInit } from "./outbox-tail";
 import { shardPageBytes } from "./pull-budget";
@@ -39,6 +41,8 @@ export interface PageReaderDeps {
   metrics?: Metrics;
   /** When a database read last found each peer connected and enabled (set here, read by the sender). */
   peerChecked: Map<string, number>;
+  /** Told the namespace queue's max at each idle re-read (marksHold), for the namespace sender's polls. */
+  namespaceQueue?: NamespaceQueueWatch;
 }
 
 /**
@@ -46,7 +50,7 @@ export interface PageReaderDeps {
  * them): a shard's page with its events, and many shards' counters, each one statement that
  * also says whether the peer may pull.
  */
-export function createPageReader({ db, cluster, metrics, peerChecked }: PageReaderDeps) {
+export function createPageReader({ db, cluster, metrics, peerChecked, namespaceQueue }: PageReaderDeps) {
   /** The snapshot (pg_current_snapshot) at which the marks last held, with the marks' summary then. */
   let heldAt: { snapshot: string; shards: number; total: number } | undefined;
 
@@ -96,7 +100,9 @@ export function createPageReader({ db, cluster, metrics, peerChecked }: PageRead
    */
   async function marksHold(peer: string, marks: { shards: number; total: number }): Promise<boolean> {
     const since = heldAt && heldAt.shards === marks.shards && heldAt.total === marks.total ? heldAt.snapshot : null;
+    const startedAt = Date.now();
     const [row] = await runStatement(db, MARKS_TEXT, [peer, since]);
+    namespaceQueue?.seen(Number(row!.namespace_max ?? 0), startedAt);
     checkPeer(peer, row!.peer_enabled);
     // Not summed: the snapshot is the one the marks last held at, so nothing committed since.
     if (row!.counters === null) return true;
@@ -183,6 +189,7 @@ const eventsSql = tableCodec(historyEvents);
 const shardsSql = tableCodec(shards);
 const namespacesSql = tableCodec(namespaces);
 const peersSql = tableCodec(clusterMetadata);
+const countersSql = tableCodec(queueCounters);
 
 /**
  * More shards than this in a poll wait on any shard's commit (anyShardKey), and more than this
@@ -206,12 +213,14 @@ const countersText = textCache((peer: boolean) =>
  * transaction that writes begins or ends: a counter moved by a commit since $2's changed it (an
  * xid past its xmax, or one gone from its in-progress list). On an idle instance the sum is
  * skipped; on one that other databases write to, it is summed as before. The CASE runs its
- * subquery only when it is taken.
+ * subquery only when it is taken. With the namespace queue's max (NamespaceQueueWatch): one row
+ * by its key, read here so that the namespace sender's polls need not each second.
  */
 const MARKS_TEXT =
   `select pg_current_snapshot()::text as snapshot, case when pg_current_snapshot()::text is distinct from $2::text then ` +
   `(select count(*)::text || '/' || coalesce(sum(${shardsSql.name("nextTaskId")} - 1), 0)::text from ${shardsSql.table}) end as counters, ` +
-  `${peerFlagSql("$1")} as peer_enabled`;
+  `${peerFlagSql("$1")} as peer_enabled, ` +
+  `(select ${countersSql.name("nextId")} - 1 from ${countersSql.table} where ${countersSql.name("queue")} = '${NAMESPACE_QUEUE}') as namespace_max`;
 
 /**
  * The page statement of one shape: $1 shard, $2 after, $3 page size, then the peer's

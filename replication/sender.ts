@@ -26,6 +26,7 @@ import { nextTurn } from "../src/next-turn";
 import { anyShardKey, createOutboundAckRecorder, readCleanedMarks, shardKey } from "./ack-levels";
 import type { OutboxMarks } from "./outbox";
 import type { OutboxTail } from "./outbox-tail";
+import type { NamespaceQueueWatch } from "./namespace-queue-watch";
 import { createPageReader, MANY_SHARDS, streamWatch, type Page, type StreamWatch } from "./page-reader";
 import { FIRST_STREAM_PAGE, nextStreamPage, shardPageBytes, withinBudget } from "./pull-budget";
 
@@ -45,6 +46,8 @@ export interface ReplicationSenderDeps {
   /** Tasks this process committed lately, with their events: a peer's page from memory (see outbox-tail.ts). */
   outboxTail?: OutboxTail;
   metrics?: Metrics;
+  /** Told the namespace queue's max at each idle re-read (see namespace-queue-watch.ts). */
+  namespaceQueue?: NamespaceQueueWatch;
 }
 
 /**
@@ -53,12 +56,12 @@ export interface ReplicationSenderDeps {
  * the peer's acked_task_id (or, unset, its after_task_id) as its outbound ack.
  */
 export function createReplicationSender(deps: ReplicationSenderDeps) {
-  const { db, cluster, notifier, maxWaitMs = 20_000, recheckMs = 1000, ackSaveIntervalMs, outboxMarks, outboxTail, metrics } = deps;
+  const { db, cluster, notifier, maxWaitMs = 20_000, recheckMs = 1000, ackSaveIntervalMs, outboxMarks, outboxTail, metrics, namespaceQueue } = deps;
   const acks = createOutboundAckRecorder({ db, notifier, intervalMs: ackSaveIntervalMs });
   const polls = createLongPolls(() => unavailable(`cluster ${cluster.clusterName} is shutting down`));
   /** When a database page last found each peer connected and enabled: pages from memory rely on it for recheckMs. */
   const peerChecked = new Map<string, number>();
-  const { readPage, readPages, shardMaxes, marksHold } = createPageReader({ db, cluster, metrics, peerChecked });
+  const { readPage, readPages, shardMaxes, marksHold } = createPageReader({ db, cluster, metrics, peerChecked, namespaceQueue });
   /** Streams open per peer, and their gauge. */
   const streamsServed = new Map<string, number>();
   const countStreams = (peer: string, by: 1 | -1) => {

@@ -10,6 +10,7 @@ import { createFailoverTargetCheck, createFailoverTargetRecheck } from "../repli
 import { startBackfillsFrom, stopBackfillsFrom } from "../replication/backfill-jobs";
 import { connectionStateSeries, createReplicationManager } from "../replication/manager";
 import { createNamespaceReceiver } from "../replication/namespace-receiver";
+import { createNamespaceQueueWatch } from "../replication/namespace-queue-watch";
 import { createNamespaceSender, NAMESPACE_QUEUE_KEY } from "../replication/namespace-sender";
 import { resendNamespacesTo } from "../replication/namespace-queue";
 import { createFailoverMembersCheck } from "../replication/failover-members";
@@ -75,8 +76,10 @@ export function wireReplication({ opts, log, now, cluster, database }: Base, cor
     members: createFailoverMembersCheck({ db, clusters: core.clusters, clients }),
     connectionState: (name) => manager.connectionState(name), namespacePollsLateMs: opts.replication?.namespacePollsLateMs,
   });
+  // The history sender's idle re-reads read the namespace queue's max too, for the namespace sender's polls.
+  const namespaceQueue = createNamespaceQueueWatch(notifier, NAMESPACE_QUEUE_KEY);
   const sender = createReplicationSender({
-    db, cluster, notifier, metrics, outboxMarks: core.outboxMarks, outboxTail: core.outboxTail, recheckMs: opts.replication?.senderRecheckMs,
+    db, cluster, notifier, metrics, outboxMarks: core.outboxMarks, outboxTail: core.outboxTail, recheckMs: opts.replication?.senderRecheckMs, namespaceQueue,
   });
   const onChanged = () => {
     sender.forgetPeers();
@@ -107,7 +110,7 @@ export function wireReplication({ opts, log, now, cluster, database }: Base, cor
         if (reset.length) namespaces.invalidate();
       },
     }),
-    namespaceSender: createNamespaceSender({ db, currentCluster: cluster.clusterName, wake: notifier }),
+    namespaceSender: createNamespaceSender({ db, currentCluster: cluster.clusterName, wake: notifier, watch: namespaceQueue }),
     status: createReplicationStatus({
       db, cluster, connectionState: (name) => manager.connectionState(name), inboundProgress: historyReceiver.progress,
       inboundHeard: historyReceiver.heard, namespaceHeard: namespaceReceiver.heard,
