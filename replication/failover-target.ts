@@ -77,12 +77,22 @@ export type TargetMovedOn = { failoverVersion: bigint; active?: string } | { una
  * moved on": the failover then refuses (failover.ts refuseIfTargetMovedOn).
  */
 export function createFailoverTargetRecheck({ clusters, clients, timeoutMs = 2_000 }: FailoverTargetCheckDeps) {
+  const holds = createTargetHolds({ clusters, clients });
   return async function targetMovedOn(target: string, ns: TargetNamespace, failoverTimeoutMs = Infinity): Promise<TargetMovedOn | undefined> {
+    const there = await holds(target, ns.id, waitFor(timeoutMs, failoverTimeoutMs));
+    return there !== "not found" && there && "unanswered" in there ? there : laterThere(ns, there);
+  };
+}
+
+/** The namespace as target holds it, or that it did not answer within waitMs (why); undefined when target is not connected here. */
+export type TargetHolds = ById | { unanswered: string };
+
+/** Asks target for the namespace of id (TargetHolds): before the switch (createFailoverTargetRecheck), and after it, whether it took it (failover.ts confirmSwitch). */
+export function createTargetHolds({ clusters, clients }: Pick<FailoverTargetCheckDeps, "clusters" | "clients">) {
+  return async function targetHolds(target: string, id: string, waitMs: number): Promise<TargetHolds> {
     const address = (await clusters.list()).find((c) => !c.isCurrent && c.clusterName === target)?.rpcAddress;
     if (!address) return undefined;
-    const waitMs = waitFor(timeoutMs, failoverTimeoutMs);
-    const there = await namespaceOn(clients, address, { id: ns.id }, waitMs).catch((e: unknown) => ({ unanswered: `${ConnectError.from(e).message} (asked for ${waitMs} ms)` }));
-    return there !== "not found" && "unanswered" in there ? there : laterThere(ns, there);
+    return namespaceOn(clients, address, { id }, waitMs).catch((e: unknown) => ({ unanswered: `${ConnectError.from(e).message} (asked for ${waitMs} ms)` }));
   };
 }
 

@@ -1,6 +1,6 @@
 import { and, eq, sql } from "drizzle-orm";
 import type { ClusterDirectory } from "../src/cluster/directory";
-import { connectionLost, failedPrecondition, invalidArgument, loggableError, unavailable } from "../src/errors";
+import { TernError, connectionLost, failedPrecondition, invalidArgument, loggableError, unavailable } from "../src/errors";
 import { lockNamespaceForChange } from "../src/history/namespace-guard";
 import type { EventNotifier } from "../src/history/notifier";
 import { createLongPolls } from "../src/long-polls";
@@ -11,7 +11,7 @@ import type { Db, HeldLock } from "../src/persistence/database";
 import { namespaces } from "../src/persistence/schema";
 import { listenForAckChange, outboundAcks } from "./ack-levels";
 import type { FailoverMembersCheck, MembersApplied } from "./failover-members";
-import type { TargetMovedOn, TargetNamespace, TargetProblem } from "./failover-target";
+import type { TargetHolds, TargetMovedOn, TargetNamespace, TargetProblem } from "./failover-target";
 import { appendNamespaceTask, namespaceQueueMax, readAck } from "./namespace-queue";
 import { MAX_WAIT_MS } from "./namespace-sender";
 import { sleep } from "../src/sleep";
@@ -36,6 +36,8 @@ export interface GracefulFailoverDeps {
   targetProblem?: (target: string, members: string[], failoverTimeoutMs: number, ns: TargetNamespace) => Promise<TargetProblem | undefined>;
   /** The failover version target holds the namespace at, when above ns's (a failover made elsewhere reached it): asked just before the switch (createFailoverTargetRecheck). */
   targetMovedOn?: (target: string, ns: TargetNamespace, failoverTimeoutMs: number) => Promise<TargetMovedOn | undefined>;
+  /** The namespace of id as target holds it, asked once it acked the switch: whether it took it (createTargetHolds). */
+  targetHolds?: (target: string, id: string, waitMs: number) => Promise<TargetHolds>;
   /** What the target must have applied of the namespace's other members (createFailoverMembersCheck). */
   members?: FailoverMembersCheck;
   /** How long after the target's last poll of the namespace queue a failover to it is refused at once (default NAMESPACE_POLLS_LATE_MS). */
@@ -53,7 +55,7 @@ export const NAMESPACE_POLLS_LATE_MS = MAX_WAIT_MS + 10_000;
 
 /** How long a failed failover keeps trying to leave HANDOVER before it answers. */
 const LEAVE_RETRY_MS = 10_000;
-/** The longest a graceful failover's answer waits for the target to hear of the switch (the target asked waits as long: operator-handler.ts). */
+/** The least a graceful failover's answer waits for the target to confirm the switch (the target asked waits as long for it: operator-handler.ts). */
 export const SWITCH_HEARD_WAIT_MS = 5_000;
 
 /**
@@ -252,19 +254,31 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
   }
 
   /**
-   * Waits, up to SWITCH_HEARD_WAIT_MS, until target acked the switch's namespace task (its polls
-   * ask after what it applied): it has the switch, so a write sent to it next is taken there, as
-   * when the target itself is asked (operator-handler.ts). Before, the answer came as the switch
-   * committed here, and a write sent to the target next was refused as active in this cluster.
-   * Past the wait (its link cut right after the switch) the failover answers anyway, said in the log.
+   * Whether target took the switch: once it acked the switch's namespace task (it applied or
+   * refused it: namespace-applier.ts refusedSwitch), what it holds. Before, the failover answered
+   * ok at the ack, though the target refused a switch a failover made elsewhere had overtaken.
+   * Undefined: it holds the switch. Refused (or overtaken there): FAILED_PRECONDITION. Not known
+   * by the deadline (no ack, no answer): why, for the answer to say (the switch stands here).
    */
-  async function targetHeard(ns: NamespaceRecord, target: string, taskId: number, stopping: AbortSignal, call?: AbortSignal): Promise<void> {
+  async function confirmSwitch(switched: NamespaceRecord, target: string, taskId: number, deadline: number, stopping: AbortSignal, call?: AbortSignal): Promise<string | undefined> {
     const signal = call ? AbortSignal.any([stopping, call]) : stopping;
-    const behind = await untilAcked(target, Date.now() + SWITCH_HEARD_WAIT_MS, signal, async () => {
+    const behind = await untilAcked(target, deadline, signal, async () => {
       const { ackLevel } = await readAck(db, { remote: target, direction: "outbound", queue: "namespace", shardId: 0 });
-      return ackLevel < taskId ? `acked up to namespace task ${ackLevel} of ${taskId}` : undefined;
+      return ackLevel < taskId ? `${target} has acked namespace task ${ackLevel} of ${taskId} (the switch)` : undefined;
     });
-    if (behind && !signal.aborted) log.warn("graceful failover: the target has not heard of the switch yet", { namespace: ns.name, target, behind });
+    if (behind) return behind;
+    const there = await deps.targetHolds?.(target, switched.id, Math.min(Math.max(deadline - Date.now(), 1_000), SWITCH_HEARD_WAIT_MS));
+    if (!there) return undefined;
+    if (there === "not found" || "unanswered" in there || there.failoverVersion === undefined) {
+      return `${target} acked the switch but did not say what it holds (${there === "not found" ? "not found there" : "unanswered" in there ? there.unanswered : "no version"})`;
+    }
+    const v = BigInt(switched.failoverVersion);
+    if (there.failoverVersion === v && there.active === target) return undefined;
+    const what = there.failoverVersion < v ? `${target} refused the switch because a failover made elsewhere reached it first` : `a later failover overtook the switch at ${target}`;
+    throw failedPrecondition(
+      `graceful failover of namespace ${switched.name} to ${target}: the switch (version ${v}) was made on ${current.clusterName}, but ${what}; ` +
+        `${switched.name} is active in ${there.active} at version ${there.failoverVersion} now (${current.clusterName} takes that from ${target} once it hears it)`,
+    );
   }
 
   /**
@@ -273,7 +287,7 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
    * fired no HANDOVER is entered nor switch made, and the wait for the target ends. Leaving
    * HANDOVER does not heed the call: it must happen whatever the caller does.
    */
-  async function failover(name: string, target: string, timeoutMs: number, stopping: AbortSignal, call?: AbortSignal, targetWaits = false): Promise<{ namespace: NamespaceRecord; handover: HandoverPoint }> {
+  async function failover(name: string, target: string, timeoutMs: number, stopping: AbortSignal, call?: AbortSignal, targetWaits = false): Promise<{ namespace: NamespaceRecord; handover: HandoverPoint; unconfirmed?: string }> {
     if (!target) throw invalidArgument("target cluster is required");
     const ns = await deps.namespaces.describe({ name });
     if (!ns.isGlobal) throw failedPrecondition(`namespace ${name} is local: only global namespaces fail over`);
@@ -288,6 +302,8 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
     // What the clusters say first: a target that does not know this one has never polled it either.
     const problem = (await deps.targetProblem?.(target, ns.clusters, timeoutMs, { name, id: ns.id, failoverVersion: ns.failoverVersion })) ?? unpolled(target, await namespacePollsProblem(target));
     if (problem) throw failedPrecondition(`${problem.why}; ${problem.instead}; ${name} stays active in ${current.clusterName}`);
+    // The switch's confirmation waits within the failover's timeout, SWITCH_HEARD_WAIT_MS at least.
+    const confirmBy = Date.now() + timeoutMs;
     return withSessionLock(handoverOwnerKey(ns.id), async (lock) => {
       const lockLost = lock.lost;
       await enterHandover(ns, call);
@@ -303,10 +319,17 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
         const { namespace, taskId } = await switchActive(ns, target, targetInfo.initialFailoverVersion, call);
         switched = namespace;
         log.info("graceful failover done", { namespace: name, target, failoverVersion: switched.failoverVersion });
-        // Switched: whatever the wait meets (a database error), the failover is done. The target
-        // that asked (forwarded here) waits for its own view itself.
-        if (!targetWaits) await targetHeard(ns, target, taskId, stopping, call).catch((e) => log.warn("graceful failover: cannot tell whether the target heard of the switch", { namespace: name, target, error: loggableError(e) }));
-        return { namespace: switched, handover: point };
+        // Switched: past a database error the failover is done, unconfirmed. The target that asked
+        // (forwarded here) waits for its own view itself.
+        const switchedAt = Date.now();
+        const deadline = Math.max(confirmBy, switchedAt + SWITCH_HEARD_WAIT_MS);
+        const unconfirmed = targetWaits ? undefined : await confirmSwitch(switched, target, taskId, deadline, stopping, call).catch((e) => {
+          if (e instanceof TernError) throw e;
+          return `cannot tell whether ${target} took it (${loggableError(e)})`;
+        });
+        if (unconfirmed) log.warn("graceful failover: the target has not confirmed the switch", { namespace: name, target, unconfirmed });
+        else if (!targetWaits) log.info("graceful failover: the target took the switch", { namespace: name, target, confirmMs: Date.now() - switchedAt });
+        return { namespace: switched, handover: point, unconfirmed };
       } catch (e) {
         if (switched) throw e;
         const left = await leaveHandover(ns, "timed out or failed", stopping).then(() => true, (e) => {

@@ -6,7 +6,7 @@ import { createReplicationDlq } from "../replication/dlq";
 import { createBackfillReceiver } from "../replication/backfill-receiver";
 import { createReplicationCleanup } from "../replication/cleanup";
 import { createGracefulFailover, resetAbandonedHandovers } from "../replication/failover";
-import { createFailoverTargetCheck, createFailoverTargetRecheck } from "../replication/failover-target";
+import { createFailoverTargetCheck, createFailoverTargetRecheck, createTargetHolds } from "../replication/failover-target";
 import { startBackfillsFrom, stopBackfillsFrom } from "../replication/backfill-jobs";
 import { connectionStateSeries, createReplicationManager } from "../replication/manager";
 import { createNamespaceReceiver } from "../replication/namespace-receiver";
@@ -72,7 +72,7 @@ export function wireReplication({ opts, log, now, cluster, database }: Base, cor
   const failover = createGracefulFailover({
     db, namespaces, clusters: core.clusters, notifier, log, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY),
     withSessionLock: database.withSessionLock, targetProblem: createFailoverTargetCheck({ clusters: core.clusters, clients }),
-    targetMovedOn: createFailoverTargetRecheck({ clusters: core.clusters, clients }),
+    targetMovedOn: createFailoverTargetRecheck({ clusters: core.clusters, clients }), targetHolds: createTargetHolds({ clusters: core.clusters, clients }),
     members: createFailoverMembersCheck({ db, clusters: core.clusters, clients }),
     connectionState: (name) => manager.connectionState(name), namespacePollsLateMs: opts.replication?.namespacePollsLateMs,
   });

@@ -178,7 +178,7 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
       // Answered once the target has the switch; a target that forwarded the call waits for it itself (above).
       const res = await deps.failover.run(r.namespace, r.targetCluster, timeoutMs, ctx.signal, ctx.requestHeader.get(FORWARDED_HEADER) === r.targetCluster);
       const ids = [...res.handover.shards].map(([shard, id]) => [shard, BigInt(id)] as const);
-      return { namespace: namespaceToProto(res.namespace), handoverTaskIds: Object.fromEntries(ids) };
+      return { namespace: namespaceToProto(res.namespace), handoverTaskIds: Object.fromEntries(ids), unconfirmed: res.unconfirmed ?? "" };
     },
   };
 }

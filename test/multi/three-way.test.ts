@@ -61,8 +61,9 @@ for (const store of await testStores()) {
       await wf(a).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "cut" }, signalName: "a-while-cut", requestId: "a-while-cut" });
       await wf(a).startWorkflowExecution({ namespace: NS, workflowId: "cut-new-on-a", ...T });
       const res = await a.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterB", timeout: durationFromMs(10_000) });
-      expect(res.namespace!.failoverVersion).toBe(2n);
-      await expectActiveOn(b, NS, "clusterB", 2n); // asked of A, the answer may come before B heard of the switch
+      expect([res.namespace!.failoverVersion, res.unconfirmed]).toEqual([2n, ""]);
+      // Answered once B confirmed it took the switch: B holds it already.
+      expect([(await describeOn(b, NS)).replicationConfig!.activeClusterName, (await describeOn(b, NS)).failoverVersion]).toEqual(["clusterB", 2n]);
       await wf(b).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "cut" }, signalName: "b-while-cut", requestId: "b-while-cut" });
       await wf(b).startWorkflowExecution({ namespace: NS, workflowId: "cut-new-on-b", ...T });
       expect((await describeOn(c, NS)).replicationConfig!.activeClusterName).toBe("clusterA");
@@ -334,7 +335,13 @@ for (const store of await testStores()) {
       await eventually(async () => expect(Object.fromEntries(await signalsOn(c, "late"))).toEqual({ "on-a": 1, "on-b": 1 }));
       // Taken at C, the switch's 3 would top B's 2 there and then at B: B's write at 2 would lose its branch.
       cSwitches.open();
-      await asked.catch(() => undefined);
+      // The failover's answer says the switch did not take at C (before, it answered ok once C acked the task it refused).
+      await rejects(
+        asked,
+        Code.FailedPrecondition,
+        "graceful failover of namespace orders to clusterC: the switch (version 3) was made on clusterA, but clusterC refused the switch because a failover made elsewhere reached it first; " +
+          "orders is active in clusterB at version 2 now (clusterA takes that from clusterC once it hears it)",
+      );
       await expectActiveOn(a, NS, "clusterB", 2n);
       expect(ReplicationState[(await describeOn(a, NS)).replicationConfig!.state]).toBe("NORMAL");
       await setLink(a, b, true);
