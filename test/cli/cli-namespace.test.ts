@@ -181,6 +181,24 @@ describe("operator namespace failover, asked of a cluster that has not heard of 
     );
   });
 
+  test("prints that the target has not confirmed the switch when the server says so, not the view NOTE", async () => {
+    const r = await runCli(argv, {
+      operator: { failoverNamespace: () => ({ namespace: switched, unconfirmed: "clusterB has acked namespace task 4 of 5 (the switch)" }) },
+      workflow: { describeNamespace: () => ({ namespace: ns("orders", 2n) }) },
+    });
+    expect([r.code, r.stdout]).toEqual([0, graceful]);
+    expect(r.stderr).toBe(
+      "NOTE: switched on the cluster that was active, but not yet confirmed by clusterB (clusterB has acked namespace task 4 of 5 (the switch)): clusterB may still take the switch, " +
+        "or refuse it if a failover made elsewhere reached it first; 'tern operator namespace describe orders' on clusterB says where orders is active.\n",
+    );
+  });
+
+  test("prints the target's refusal of the switch as the error", async () => {
+    const refused = "graceful failover of namespace orders to clusterB: the switch (version 102) was made on clusterA, but clusterB refused the switch because a failover made elsewhere reached it first; orders is active in clusterC at version 3 now (clusterA takes that from clusterB once it hears it)";
+    const r = await runCli(argv, { operator: { failoverNamespace: () => { throw new ConnectError(refused, Code.FailedPrecondition); } } });
+    expect([r.code, r.stdout, r.stderr]).toEqual([1, "", `error: failed_precondition: ${refused}\n`]);
+  });
+
   test("prints none once it has heard, and none when the describe fails", async () => {
     const heard = await runCli(argv, {
       operator: { failoverNamespace: () => ({ namespace: switched }) },
