@@ -280,6 +280,25 @@ for (const store of await testStores()) {
       // write sent to B next was refused as active in clusterA).
       await expectAnswerWaitsForTheTarget(a, a, b, bNamespaceChanges, 2n);
     });
+
+    test("TestAFailoverWhoseTargetDoesNotConfirmTheSwitchInTimeAnswersSwitchedHereButUnconfirmed", async () => {
+      await expectActiveOn(b, "orders", "clusterB", 2n);
+      const back = await failover(b, "clusterA");
+      await expectActiveOn(a, "orders", "clusterA", back.namespace!.failoverVersion);
+      // B's view of the switch held past the answer's wait (the failover's 2 s, 5 s at least).
+      bNamespaceChanges.close();
+      try {
+        const res = await failover(a, "clusterB", 2);
+        // Switched on A, not an error (a retry would find it active in B there), but not a plain ok either.
+        expect(res.namespace!.replicationConfig!.activeClusterName).toBe("clusterB");
+        expect(res.unconfirmed).toContain("clusterB has acked namespace task ");
+        expect(res.unconfirmed).toContain(" (the switch)");
+        expect((await describeOn(b, "orders")).replicationConfig!.activeClusterName).toBe("clusterA");
+      } finally {
+        bNamespaceChanges.open();
+      }
+      await expectActiveOn(b, "orders", "clusterB", back.namespace!.failoverVersion + 1n);
+    });
   });
 
   describe(`graceful failover to a cluster that is down, on ${store}`, () => {
