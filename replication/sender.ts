@@ -77,11 +77,14 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
   /**
    * How far cleanup deleted peer's tasks past its ack, per shard: read after a page found peer
    * enabled (cleanup locks the row it skipped, so an enable seen means its marks are seen), at a
-   * stream's start and at most recheckMs old otherwise. A mark moves only while peer is disabled.
+   * stream's start, and after every database page since (a page read after a cleanup lacks what
+   * it deleted, and another process may have disabled and enabled peer within recheckMs: marks
+   * read before that page would not say so); at most recheckMs old otherwise. A mark moves only
+   * while peer is disabled.
    */
   async function cleanedMarks(peer: string, fresh: boolean): Promise<Map<number, number>> {
     const known = cleanedOf.get(peer);
-    if (known && !fresh && Date.now() - known.at < recheckMs) return known.marks;
+    if (known && !fresh && known.at > (peerChecked.get(peer) ?? 0) && Date.now() - known.at < recheckMs) return known.marks;
     const marks = await readCleanedMarks(db, peer);
     cleanedOf.set(peer, { at: Date.now(), marks });
     return marks;
