@@ -51,6 +51,7 @@ export function createPullReceiver(deps: ReceiverPathDeps) {
         // For a source that reads no per-shard size (one from before it): a uniform page within the budget.
         pageSize: Math.min(Math.max(...cursors.map((c) => c.size)), Math.max(1, Math.floor(PULL_BUDGET / cursors.length))),
         waitTimeoutMs: wait,
+        readsCleanedThrough: true,
       },
       { signal, timeoutMs: waitMs + 15_000 },
     );

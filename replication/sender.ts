@@ -27,6 +27,7 @@ import { anyShardKey, createOutboundAckRecorder, readCleanedMarks, shardKey } fr
 import type { OutboxMarks } from "./outbox";
 import type { OutboxTail } from "./outbox-tail";
 import type { NamespaceQueueWatch } from "./namespace-queue-watch";
+import { refuseUnreadMarks } from "./cleaned-refusal";
 import { createPageReader, MANY_SHARDS, streamWatch, type Page, type StreamWatch } from "./page-reader";
 import { FIRST_STREAM_PAGE, nextStreamPage, shardPageBytes, withinBudget } from "./pull-budget";
 
@@ -114,6 +115,8 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     const [size] = withinBudget([req.pageSize], 100);
     return polls.run(signal, async (s) => {
       const { pages: [page] } = await servePages({ ...ask, cursors: [{ shardId: req.shardId, after, acked, size: size! }] }, s);
+      // Its answer has no room for the cleaned mark.
+      if (ask.peer) refuseUnreadMarks(cluster.clusterName, ask.peer, [{ shardId: req.shardId, after }], await cleanedMarks(ask.peer, false));
       return create(GetReplicationTasksResponseSchema, { tasks: page!.tasks, maxTaskId: BigInt(page!.max), lastTaskId: BigInt(page!.last) });
     });
   }
@@ -134,6 +137,7 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
     return polls.run(signal, async (s) => {
       const { looked, pages } = await servePages({ peer, withEvents: true, waitMs: req.waitTimeoutMs, cursors }, s);
       const cleaned = await cleanedMarks(peer, false);
+      if (!req.readsCleanedThrough) refuseUnreadMarks(cluster.clusterName, peer, cursors, cleaned);
       return create(PullReplicationTasksResponseSchema, { shards: shardPages(cursors, looked, pages, sparse, cleaned), readsCursorColumns: true });
     });
   }
@@ -168,7 +172,9 @@ export function createReplicationSender(deps: ReplicationSenderDeps) {
           counted = true;
         }
         if (signal.aborted) return;
-        const shards = shardPages(cursors, looked, pages, true, await cleanedMarks(peer, first));
+        const cleaned = await cleanedMarks(peer, first);
+        if (!req.readsCleanedThrough) refuseUnreadMarks(cluster.clusterName, peer, cursors, cleaned);
+        const shards = shardPages(cursors, looked, pages, true, cleaned);
         pages.forEach((p, k) => {
           const c = cursors[looked[k]!]!;
           c.after = p.last;

@@ -37,7 +37,7 @@ export function createStreamReceiver(deps: ReceiverPathDeps) {
     const sizes = shardPageSizes(shardIds.map(() => Number.POSITIVE_INFINITY), pageSize, catchUpPageSize);
     const positions = shardIds.map((id) => BigInt(acks.get(id)!));
     const call = remote.clients.admin.streamReplicationTasks(
-      { clusterName: cluster.clusterName, cursors: { shardIds, afterTaskIds: positions, ackedTaskIds: positions, pageSizes: sizes }, waitTimeoutMs: waitMs },
+      { clusterName: cluster.clusterName, cursors: { shardIds, afterTaskIds: positions, ackedTaskIds: positions, pageSizes: sizes }, waitTimeoutMs: waitMs, readsCleanedThrough: true },
       { signal: s },
     );
 

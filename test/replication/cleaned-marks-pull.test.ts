@@ -1,11 +1,13 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { and, eq } from "drizzle-orm";
+import { Code } from "@connectrpc/connect";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { clusterMetadata, replicationAckLevels, replicationTasks } from "../../src/persistence/schema";
 import { startClusters } from "../failover/mesh";
 import { eventually } from "../support/eventually";
+import { rejects } from "../support/rejects";
 import type { TestCluster } from "../support/server";
 import { testStores } from "../support/stores";
 import { serverStartTimeout } from "../support/timeouts";
@@ -37,8 +39,10 @@ for (const store of await testStores()) {
     });
     afterAll(() => Promise.all([a.destroy(), b.destroy()]));
 
-    const pull = (after: bigint) =>
-      a.client(AdminService).pullReplicationTasks({ clusterName: b.name, pageSize: 100, shards: [{ shardId: 1, afterTaskId: after, ackedTaskId: after }] });
+    const pull = (after: bigint, readsCleanedThrough = true) => a.client(AdminService).pullReplicationTasks({
+      clusterName: b.name, pageSize: 100, shards: [{ shardId: 1, afterTaskId: after, ackedTaskId: after }], readsCleanedThrough,
+    });
+    let seen = 0n;
     const start = (workflowId: string) => a.client(WorkflowService).startWorkflowExecution({ namespace: NS, workflowId, workflowType: "T", taskQueue: "q" });
     const enableB = (enable: boolean) =>
       a.server.database.db.update(clusterMetadata).set({ enableConnection: enable, updatedAt: new Date() }).where(eq(clusterMetadata.clusterName, b.name));
@@ -46,7 +50,7 @@ for (const store of await testStores()) {
     test("TestADisableCleanupAndEnableByAnotherProcessWithinTheRecheckStillSaysTheMark", async () => {
       await start("w-1");
       const first = await pull(0n);
-      const seen = first.shards[0]!.lastTaskId;
+      seen = first.shards[0]!.lastTaskId;
       expect(seen).toBeGreaterThan(0n);
       // Acked through what it took; no mark yet.
       expect((await pull(seen)).shards[0]?.cleanedThroughTaskId ?? 0n).toBe(0n);
@@ -65,6 +69,22 @@ for (const store of await testStores()) {
         expect(page.tasks).toHaveLength(0);
         expect(page.cleanedThroughTaskId).toBe(BigInt(mark!.through));
       }, { timeout: 30_000 });
+    });
+
+    test("TestAPullerThatDoesNotReadTheMarkIsRefusedACursorBelowIt, naming the upgrade", async () => {
+      const admin = a.client(AdminService);
+      const why = `is below the replication tasks ${a.name} deleted while ${b.name} was disabled past its grace`;
+      // A tern before the mark: its pulls and streams do not say they read it.
+      await rejects(pull(seen, false), Code.FailedPrecondition, why);
+      const stream = admin.streamReplicationTasks({ clusterName: b.name, cursors: { shardIds: [1], afterTaskIds: [seen], ackedTaskIds: [seen], pageSizes: [] } });
+      await rejects((async () => { for await (const _ of stream) break; })(), Code.FailedPrecondition, `Upgrade ${b.name}`);
+      // GetReplicationTasks has no room for the mark.
+      await rejects(admin.getReplicationTasks({ shardId: 1, afterTaskId: seen, pageSize: 10, includeEvents: true, clusterName: b.name }), Code.FailedPrecondition, why);
+      // One that reads it is told the mark; a cursor at it is served as before, by every call.
+      expect((await pull(seen)).shards[0]!.cleanedThroughTaskId).toBeGreaterThan(seen);
+      const mark = (await pull(seen)).shards[0]!.cleanedThroughTaskId;
+      expect((await pull(mark, false)).shards[0]!.cleanedThroughTaskId).toBe(0n);
+      expect((await admin.getReplicationTasks({ shardId: 1, afterTaskId: mark, pageSize: 10, includeEvents: true, clusterName: b.name })).tasks).toHaveLength(0);
     });
   });
 }
