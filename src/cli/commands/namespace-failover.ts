@@ -20,7 +20,10 @@ export const failoverCommand: LeafCommand = {
     "--timeout, the namespace goes back to NORMAL on the current cluster and nothing changes.",
     "For a forced failover (the active cluster is down), use",
     "'tern operator namespace update -n NS --active-cluster NAME' on the target cluster.",
-    'With -o json, prints the FailoverNamespaceResponse { "namespace", "handoverTaskIds" }.',
+    "The answer waits for the target to confirm the switch; one it refused (a failover made",
+    "elsewhere reached it first) is an error saying where the namespace is active now, and one it",
+    "has not confirmed in time is printed with a NOTE saying so.",
+    'With -o json, prints the FailoverNamespaceResponse { "namespace", "handoverTaskIds", "unconfirmed" }.',
   ].join("\n"),
   positionals: "[NAMESPACE]",
   maxPositionals: 1,
@@ -43,9 +46,20 @@ export const failoverCommand: LeafCommand = {
     const ns = res.namespace;
     const active = ns?.replicationConfig?.activeClusterName ?? targetCluster;
     ctx.out(`${failedOverLine(namespace, ns, "graceful")}: ${namespaceSummary(ns)}\n`);
-    ctx.err(await staleViewNote(ctx, namespace, active));
+    ctx.err(res.unconfirmed ? unconfirmedNote(namespace, active, res.unconfirmed) : await staleViewNote(ctx, namespace, active));
   },
 };
+
+/**
+ * A NOTE when the server switched but its target did not confirm the switch in time
+ * (FailoverNamespaceResponse.unconfirmed, why): the target may still take it, or refuse it if a
+ * failover made elsewhere reached it first. The view NOTE is left out: the target's view is the
+ * one that counts then.
+ */
+function unconfirmedNote(namespace: string, target: string, why: string): string {
+  return `NOTE: switched on the cluster that was active, but not yet confirmed by ${target} (${why}): ${target} may still take the switch, ` +
+    `or refuse it if a failover made elsewhere reached it first; 'tern operator namespace describe ${namespace}' on ${target} says where ${namespace} is active.\n`;
+}
 
 /**
  * A NOTE when the cluster asked still sees another cluster active: asked to fail over to
