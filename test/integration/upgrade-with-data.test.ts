@@ -32,6 +32,7 @@ const BACK_TO_OLD = [
   `alter table "replication_dlq" drop column "version_history"`,
   `alter table "backfill_jobs" drop column "retry_error"`,
   `drop table "held_namespace_tasks"`,
+  `alter table "replication_ack_levels" drop column "cleaned_through"`,
 ];
 
 const open = (store: StoreKind, location: string) => openDatabase(store === "postgres" ? { postgres: { url: location } } : { pglite: { dataDir: location } });
