@@ -165,7 +165,7 @@ export function createPullReceiver(deps: ReceiverPathDeps) {
       while (!signal.aborted && !(until !== undefined && performance.now() >= until)) {
         const res = await next;
         columns = res.readsCursorColumns;
-        await repairCleaned(remote, res.shards, acks);
+        await repairCleaned(remote, [res], acks);
         const pages = joinPages(remote, [res], acks, lag, signal, report);
         // A shard a sparse answer left out is caught up.
         const behindOf = new Map(res.shards.map((sp) => [sp.shardId, sp.lastTaskId < sp.maxTaskId]));

@@ -85,7 +85,7 @@ export interface ReceiverPathDeps {
   progressOf: (remote: string, shardId: number) => InboundProgress;
   inbound: (remote: RemoteCluster) => Promise<{ shardIds: number[]; acks: Map<number, number>; lag: Lag; durable: () => Promise<void> }>;
   applied: (remote: RemoteCluster, pages: Batch[], acks: Map<number, number>, lag: Lag) => void;
-  repairCleaned: (remote: RemoteCluster, shards: Pulled["shards"], acks: Map<number, number>) => Promise<void>;
+  repairCleaned: (remote: RemoteCluster, answers: readonly { shards: Pulled["shards"] }[], acks: Map<number, number>) => Promise<void>;
   joinPages: (
     remote: RemoteCluster,
     answers: readonly { shards: Pulled["shards"]; arrivedAt: number }[],
@@ -234,9 +234,10 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
    * ones extended: backfill-receiver.ts) and moves those shards' acks to it, so a crash loses
    * neither: before it commits the source says it again, after it the jobs run.
    */
-  async function repairCleaned(remote: RemoteCluster, shards: Pulled["shards"], acks: Map<number, number>): Promise<void> {
+  async function repairCleaned(remote: RemoteCluster, answers: readonly { shards: Pulled["shards"] }[], acks: Map<number, number>): Promise<void> {
     const moves = new Map<number, { from: number; to: number; maxTaskId: number }>();
-    for (const sp of shards) {
+    // Each answer as it came, as joinPages takes them: no array of every shard made per batch for marks seldom there.
+    for (const { shards } of answers) for (const sp of shards) {
       const from = acks.get(sp.shardId);
       const to = Number(sp.cleanedThroughTaskId ?? 0);
       if (from !== undefined && to > Math.max(from, moves.get(sp.shardId)?.to ?? 0)) moves.set(sp.shardId, { from, to, maxTaskId: Number(sp.maxTaskId) });

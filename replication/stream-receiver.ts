@@ -142,7 +142,7 @@ export function createStreamReceiver(deps: ReceiverPathDeps) {
         metrics.set("replication_stream_received_tasks", labels, queued);
         wakeReader?.();
         wakeReader = undefined;
-        await repairCleaned(remote, got.flatMap((g) => g.shards), acks);
+        await repairCleaned(remote, got, acks);
         const batches = joinPages(remote, got, acks, lag, signal, report);
         if (batches.length) await applyPages(batches);
         // After the apply: a stream whose every apply fails (this cluster's database down) is failing.
