@@ -2,7 +2,7 @@ import { z } from "zod";
 import { sql, type SQL } from "drizzle-orm";
 import type { Db } from "../src/persistence/database";
 import { unavailable } from "../src/errors";
-import { rowsOf } from "../src/persistence/migrate";
+import { rowsOf } from "../src/persistence/raw-statements";
 import { versionHistoryOf } from "../src/history/branch-store";
 import { historyEvents as h, type VersionHistoryItem } from "../src/persistence/schema";
 import { createMd5 } from "./md5";

@@ -16,7 +16,7 @@ import {
 } from "../src/gen/tern/admin/v1/service_pb";
 import type { Db } from "../src/persistence/database";
 import { decodeToken, encodeToken } from "../src/persistence/page-token";
-import { rowsOf } from "../src/persistence/migrate";
+import { rowsOf } from "../src/persistence/raw-statements";
 import { clusterMetadata, executions, historyEvents as h, namespaces } from "../src/persistence/schema";
 import { shown } from "../src/shown";
 import { digestUnless, pagedDigest, PagedDigestProgress, renderedBytesBound, SQL_DIGEST_BYTES } from "./run-digest";

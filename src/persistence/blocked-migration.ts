@@ -2,7 +2,7 @@ import { sql } from "drizzle-orm";
 import type { MigrationMeta } from "drizzle-orm/migrator";
 import { pgErrorOf } from "../errors";
 import type { Db } from "./database";
-import { rowsOf } from "./migrate";
+import { rowsOf } from "./raw-statements";
 
 /**
  * What to tell of a migration that waited out the lock timeout (55P03): which migration and

@@ -1,6 +1,6 @@
 import { sql } from "drizzle-orm";
 import type { Db } from "./database";
-import { rowsOf } from "./migrate";
+import { rowsOf } from "./raw-statements";
 
 /**
  * Encodings tern's text keeps whole: UTF8, and SQL_ASCII, where PostgreSQL stores the bytes it

@@ -6,6 +6,7 @@ import { migrate as migratePostgres } from "drizzle-orm/postgres-js/migrator";
 import { errorReason, INSUFFICIENT_PRIVILEGE, pgErrorOf, schemaTooNewMessage } from "../errors";
 import { blockedMigrationReason } from "./blocked-migration";
 import type { Database, Db } from "./database";
+import { rowsOf } from "./raw-statements";
 
 /** Where the applied-migration journal lives (drizzle's default). */
 const JOURNAL = `"drizzle"."__drizzle_migrations"`;
@@ -74,12 +75,6 @@ async function appliedMillis(db: Db): Promise<number[]> {
   if (!rowsOf(exists)[0]?.ok) return [];
   const rows = rowsOf(await db.execute(sql.raw(`select created_at from ${JOURNAL} order by created_at`)));
   return rows.map((r) => Number(r.created_at));
-}
-
-/** Both drivers' execute results, as plain rows. */
-export function rowsOf(result: unknown): Record<string, unknown>[] {
-  const r = result as { rows?: Record<string, unknown>[] };
-  return Array.isArray(r.rows) ? r.rows : (result as Record<string, unknown>[]);
 }
 
 function readTags(folder: string): string[] {

@@ -1,7 +1,7 @@
 import { getTableName, is, sql } from "drizzle-orm";
 import { PgTable } from "drizzle-orm/pg-core";
 import type { Db } from "./database";
-import { rowsOf } from "./migrate";
+import { rowsOf } from "./raw-statements";
 import * as schema from "./schema";
 
 /** What tern's statements do to each of its tables. */

@@ -24,8 +24,13 @@ export async function runStatement(db: Db | Tx, text: string, params: unknown[])
     throw refused;
   }
   const result = await db._.session.prepareQuery({ sql: text, params }, undefined, "tern", false).execute();
-  // postgres.js returns the rows as the result, PGlite under rows.
-  return ((result as { rows?: DriverRow[] }).rows ?? (result as DriverRow[])) as DriverRow[];
+  return rowsOf(result);
+}
+
+/** Both drivers' execute results, as plain rows: postgres.js returns the rows as the result, PGlite under rows. */
+export function rowsOf(result: unknown): DriverRow[] {
+  const r = result as { rows?: DriverRow[] };
+  return Array.isArray(r.rows) ? r.rows : (result as DriverRow[]);
 }
 
 /** Most parameters postgres.js takes in one statement. */

@@ -8,7 +8,7 @@ import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { readRunEvents } from "../../src/history/execution-store";
 import { pageEnd } from "../../src/history/queries";
 import type { ExecutionRow } from "../../src/history/execution-store";
-import { rowsOf } from "../../src/persistence/migrate";
+import { rowsOf } from "../../src/persistence/raw-statements";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { toastBlocksFetched } from "../support/toast";
 import { testStores } from "../support/stores";

@@ -4,7 +4,7 @@ import { createConnectTransport } from "@connectrpc/connect-web";
 import { sql } from "drizzle-orm";
 import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
-import { rowsOf } from "../../src/persistence/migrate";
+import { rowsOf } from "../../src/persistence/raw-statements";
 import { rejects } from "../support/rejects";
 import { startTestCluster, type TestCluster } from "../support/server";
 import { serverStartTimeout } from "../support/timeouts";

@@ -8,7 +8,7 @@ import { createReplicationVerifier } from "../../replication/verification";
 import { createRemoteClientPool } from "../../src/cluster/remote-client";
 import { AdminService, GetExecutionChecksumsRequestSchema, VerifyReplicationRequestSchema, type ExecutionChecksum } from "../../src/gen/tern/admin/v1/service_pb";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
-import { rowsOf } from "../../src/persistence/migrate";
+import { rowsOf } from "../../src/persistence/raw-statements";
 import { executions, historyEvents as h } from "../../src/persistence/schema";
 import { json } from "../support/payload";
 import { startTestCluster, type TestCluster } from "../support/server";

@@ -7,7 +7,7 @@ import { renderedBytesBound } from "../../replication/run-digest";
 import { createRemoteClientPool } from "../../src/cluster/remote-client";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import type { Db } from "../../src/persistence/database";
-import { rowsOf } from "../../src/persistence/migrate";
+import { rowsOf } from "../../src/persistence/raw-statements";
 import { historyEvents as h } from "../../src/persistence/schema";
 import { json } from "../support/payload";
 import { startTestCluster, type TestCluster } from "../support/server";

@@ -1,6 +1,6 @@
 import { sql } from "drizzle-orm";
 import type { Db, Tx } from "../../src/persistence/database";
-import { rowsOf } from "../../src/persistence/migrate";
+import { rowsOf } from "../../src/persistence/raw-statements";
 
 /** history_events' TOAST table (where large attributes are stored out of line) and its size in blocks. */
 export async function historyToast(db: Db): Promise<{ toast: string; blocks: number }> {
