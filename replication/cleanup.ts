@@ -89,7 +89,7 @@ export function createReplicationCleanup({
     // Shared locks: an enable of a remote skipped here waits for this pass, so a sender that finds
     // the remote enabled finds its cleaned_through too.
     const remotes = await tx
-      .select({ name: clusterMetadata.clusterName, enabled: clusterMetadata.enableConnection, updatedAt: clusterMetadata.updatedAt })
+      .select({ name: clusterMetadata.clusterName, enabled: clusterMetadata.enableConnection, disabledAt: clusterMetadata.disabledAt, updatedAt: clusterMetadata.updatedAt })
       .from(clusterMetadata)
       .where(eq(clusterMetadata.isCurrent, false))
       .for("share");
@@ -101,11 +101,12 @@ export function createReplicationCleanup({
       await tx.delete(namespaceReplicationTasks).where(lt(namespaceReplicationTasks.createdAt, before));
       return gone.length;
     }
-    // A disabled remote's updatedAt is when it was last upserted: at or after the disable.
+    // The grace counts from the disable (an upsert that keeps the remote disabled keeps it); a row
+    // disabled by a direct write has only its updatedAt, at or after the disable.
     const skipped = new Set<string>();
     for (const r of remotes) {
       if (r.enabled) continue;
-      const passes = r.updatedAt.getTime() + disabledGraceMs;
+      const passes = (r.disabledAt ?? r.updatedAt).getTime() + disabledGraceMs;
       if (passes <= now().getTime()) skipped.add(r.name);
       else skipDueAt = Math.min(skipDueAt, passes);
     }
@@ -173,7 +174,7 @@ const ackRows = tableCodec(replicationAckLevels);
  */
 const STATE_SUMS = [
   // A disabled remote with when it was disabled: a disable or enable changes what a pass keeps.
-  ["remotes", `(select string_agg(${peers.name("clusterName")} || case when ${peers.name("enableConnection")} then '' else '@' || ${peers.name("updatedAt")}::text end, ',' ` +
+  ["remotes", `(select string_agg(${peers.name("clusterName")} || case when ${peers.name("enableConnection")} then '' else '@' || coalesce(${peers.name("disabledAt")}, ${peers.name("updatedAt")})::text end, ',' ` +
     `order by ${peers.name("clusterName")}) from ${peers.table} where ${peers.name("isCurrent")} = false)`],
   ["counters", `(select coalesce(sum(${shardRows.name("nextTaskId")}), 0)::text from ${shardRows.table})`],
   ["acks", `(select count(*)::text || '/' || coalesce(sum(${ackRows.name("ackLevel")}), 0)::text || '/' || ` +

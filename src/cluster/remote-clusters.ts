@@ -1,4 +1,4 @@
-import { and, eq } from "drizzle-orm";
+import { and, eq, sql, type SQL } from "drizzle-orm";
 import { alreadyExists, failedPrecondition, invalidArgument, unavailable } from "../errors";
 import { transaction } from "../persistence/call-signal";
 import type { Db, Tx } from "../persistence/database";
@@ -51,6 +51,7 @@ export function createRemoteClusters({ db, current, clients, onChanged, onConnec
       initialFailoverVersion: Number(remote.initialFailoverVersion),
       isGlobalNamespaceEnabled: remote.isGlobalNamespaceEnabled,
       enableConnection,
+      disabledAt: enableConnection ? null : new Date(),
       updatedAt: new Date(),
     };
     const row = await transaction(db, async (tx) => {
@@ -63,7 +64,7 @@ export function createRemoteClusters({ db, current, clients, onChanged, onConnec
       const [row] = await tx
         .insert(clusterMetadata)
         .values(values)
-        .onConflictDoUpdate({ target: clusterMetadata.clusterName, set: values, where: eq(clusterMetadata.isCurrent, false) })
+        .onConflictDoUpdate({ target: clusterMetadata.clusterName, set: { ...values, disabledAt: stillDisabledAt(values.disabledAt) }, where: eq(clusterMetadata.isCurrent, false) })
         .returning();
       if (row && !known.some((k) => k.clusterName === row.clusterName)) await onConnected?.(tx, row.clusterName);
       return row;
@@ -80,7 +81,7 @@ export function createRemoteClusters({ db, current, clients, onChanged, onConnec
     if (!known) return undefined;
     const [row] = await db
       .update(clusterMetadata)
-      .set({ enableConnection: false, updatedAt: new Date() })
+      .set({ enableConnection: false, disabledAt: stillDisabledAt(new Date()), updatedAt: new Date() })
       .where(and(eq(clusterMetadata.clusterName, known.clusterName), eq(clusterMetadata.isCurrent, false)))
       .returning();
     if (!row) return undefined;
@@ -178,4 +179,13 @@ export function connectionRule(
     return `cluster ${remote.clusterName} is known with id ${same.clusterId} but the remote has id ${remote.clusterId}; remove it first`;
   }
   return undefined;
+}
+
+/**
+ * A remote's disabledAt as an update sets it: null once enabled; disabled, when it was first
+ * disabled, not now (cleanup.ts counts the remote's grace from it: an upsert that kept it
+ * disabled restarted the grace, and a remote disabled for good but upserted within it held the queue).
+ */
+function stillDisabledAt(now: Date | null): SQL | null {
+  return now && sql`coalesce(${clusterMetadata.disabledAt}, ${now.toISOString()}::timestamptz)`;
 }

@@ -26,6 +26,8 @@ export const clusterMetadata = pgTable("cluster_metadata", {
   initialFailoverVersion: big("initial_failover_version").notNull(),
   isGlobalNamespaceEnabled: boolean("is_global_namespace_enabled").notNull(),
   enableConnection: boolean("enable_connection").notNull().default(true),
+  /** When the connection was disabled (null while enabled); an upsert that keeps it disabled keeps it. */
+  disabledAt: ts("disabled_at"),
   createdAt: ts("created_at").notNull().defaultNow(),
   updatedAt: ts("updated_at").notNull().defaultNow(),
 });

@@ -34,6 +34,7 @@ const BACK_TO_OLD = [
   `alter table "backfill_jobs" drop column "retry_error"`,
   `drop table "held_namespace_tasks"`,
   `alter table "replication_ack_levels" drop column "cleaned_through"`,
+  `alter table "cluster_metadata" drop column "disabled_at"`,
 ];
 
 const open = (store: StoreKind, location: string) => openDatabase(store === "postgres" ? { postgres: { url: location } } : { pglite: { dataDir: location } });

@@ -14,11 +14,12 @@ setDefaultTimeout(serverStartTimeout);
 
 const NS = "invoices";
 /**
- * Past the outbox tail's age limit (outbox-tail.ts, maxAgeMs 5 s): A's process holds the tasks it
- * committed that long, and serves a peer's page from them even after the cleanup deleted their
- * rows; enabled within it, B would get the runs from memory, repair or not.
+ * Counted from the disable, past the writes made then and the outbox tail's age limit after them
+ * (outbox-tail.ts, maxAgeMs 5 s): A's process holds the tasks it committed that long, and serves a
+ * peer's page from them even after the cleanup deleted their rows; enabled within it, B would get
+ * the runs from memory, repair or not.
  */
-const GRACE_MS = 5_500;
+const GRACE_MS = 8_000;
 
 /**
  * Runs started and closed while B was disabled past A's grace, and never written again: their
@@ -47,12 +48,13 @@ for (const store of await testStores()) {
       await eventually(() => expectSameHistories(a, b, nsId), { timeout: 30_000 });
 
       await connectionToB(false);
+      const disabledAt = Date.now();
       for (let i = 1; i <= 5; i++) {
         await wf().startWorkflowExecution({ namespace: NS, workflowId: `r-${i}`, workflowType: "T", taskQueue: "q" });
         await wf().completeWorkflowExecution({ namespace: NS, workflowExecution: run(i) });
       }
-      // Disabled again (its updatedAt now), the grace counts from after the last write.
-      await connectionToB(false);
+      // Else the grace ends while the tail may still hold them.
+      expect(Date.now() - disabledAt).toBeLessThan(GRACE_MS - 5_500);
       await eventually(async () => expect(await a.server.database.db.$count(replicationTasks)).toBe(0), { timeout: 30_000 });
       const marks = await a.server.database.db.select().from(replicationAckLevels)
         .where(and(eq(replicationAckLevels.remoteCluster, b.name), gt(replicationAckLevels.cleanedThrough, 0)));
