@@ -24,9 +24,9 @@ export async function unreachableReason(url: string): Promise<string | undefined
   }
 }
 
-/** Creates `tern_bench_<random>` on the server of adminUrl. */
-export async function createTempDatabase(adminUrl: string): Promise<TempDatabase> {
-  const name = `tern_bench_${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
+/** Creates `<prefix>_<random>` (default `tern_bench_<random>`) on the server of adminUrl. */
+export async function createTempDatabase(adminUrl: string, prefix = "tern_bench"): Promise<TempDatabase> {
+  const name = `${prefix}_${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
   const sql = admin(adminUrl);
   try {
     await sql.unsafe(`create database ${name}`);

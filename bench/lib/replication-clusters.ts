@@ -42,9 +42,11 @@ export async function startClusterPair(o: {
   root?: string;
   /** Variables set in both servers' environment. */
   env?: Record<string, string>;
+  /** Names of the databases: `<dbPrefix>_<random>` (default tern_bench). */
+  dbPrefix?: string;
 }): Promise<[BenchCluster, BenchCluster]> {
   const start = async (name: string, initialFailoverVersion: number): Promise<BenchCluster> => {
-    const db = await createTempDatabase(o.adminUrl);
+    const db = await createTempDatabase(o.adminUrl, o.dbPrefix);
     o.own(() => db.drop());
     const proc = await startClusterProcess({
       name, initialFailoverVersion, dir: o.dir, databaseUrl: db.url, shards: o.shards, logLevel: "info", extraYaml: EXTRA_YAML, startTimeoutMs: 60_000,
