@@ -27,6 +27,8 @@ export interface GracefulFailoverDeps {
   log: Logger;
   /** A namespace task committed (wakes the namespace sender). */
   onReplicated?: () => void;
+  /** A failover could not leave HANDOVER: the abandoned-handover reset takes it over (handover-reset.ts). */
+  onLeftInHandover?: () => void;
   now?: () => Date;
   /** Longest wait between two reads of the target's acks (an ack saved by another process wakes nobody here). */
   recheckMs?: number;
@@ -60,7 +62,7 @@ export const SWITCH_HEARD_WAIT_MS = 5_000;
 
 /**
  * The lock a graceful failover holds while its namespace is in HANDOVER: the resets of abandoned
- * HANDOVERs (resetAbandonedHandovers, at start and every 2 s on PostgreSQL) leave that one alone.
+ * HANDOVERs (resetAbandonedHandovers, at start and periodically on PostgreSQL: handover-reset.ts) leave that one alone.
  */
 const handoverOwnerKey = (namespaceId: string) => `tern-handover-owner:${namespaceId}`;
 
@@ -333,6 +335,7 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
       } catch (e) {
         if (switched) throw e;
         const left = await leaveHandover(ns, "timed out or failed", stopping).then(() => true, (e) => {
+          deps.onLeftInHandover?.();
           log.error("cannot leave HANDOVER; it is reset once the database is back (PostgreSQL) or at the next start", { namespace: name, error: loggableError(e) });
           return false;
         });

@@ -9,8 +9,12 @@ import type { Logger } from "./observability/log";
  * that works after it as "<name> recovered". stop() aborts the signal the pass was given and
  * waits for it to end.
  */
-export function createPeriodic<T>(pass: (stopping: AbortSignal) => Promise<T>, o: { name: string; log: Logger; intervalMs: number; onDone?: (result: T) => void }) {
+export function createPeriodic<T>(
+  pass: (stopping: AbortSignal) => Promise<T>, o: { name: string; log: Logger; intervalMs: number | (() => number); onDone?: (result: T) => void },
+) {
+  const interval = () => (typeof o.intervalMs === "number" ? o.intervalMs : o.intervalMs());
   let timer: ReturnType<typeof setTimeout> | undefined;
+  let dueAt = Infinity;
   let running: Promise<T> | undefined;
   let stopped = true;
   // Aborted at stop: a pass that heeds it ends rather than hold the stop (a statement waiting for a lock).
@@ -29,15 +33,26 @@ export function createPeriodic<T>(pass: (stopping: AbortSignal) => Promise<T>, o
       if (!stopping.signal.aborted && failures.isNew(error)) o.log.warn(`${o.name} failed`, { error });
     } finally {
       running = undefined;
-      if (!stopped) timer = setTimeout(tick, o.intervalMs);
+      if (!stopped) schedule(interval());
     }
+  }
+
+  function schedule(ms: number): void {
+    dueAt = Date.now() + ms;
+    timer = setTimeout(tick, ms);
   }
 
   return {
     start(): void {
       stopped = false;
       stopping = new AbortController();
-      timer = setTimeout(tick, o.intervalMs);
+      schedule(interval());
+    },
+    /** Brings the next pass forward to within ms; a pass running now schedules the next by intervalMs when it ends. */
+    soon(ms: number): void {
+      if (stopped || running || dueAt - Date.now() <= ms) return;
+      clearTimeout(timer);
+      schedule(ms);
     },
     async stop(): Promise<void> {
       stopped = true;

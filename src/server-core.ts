@@ -46,8 +46,11 @@ export function wireCore({ config, opts, log, now, database, cluster }: Base) {
     for (const hook of changedHooks) hook(ns);
   };
   const whenChanged = (hook: (ns: NamespaceRecord) => void) => (changedHooks.add(hook), () => void changedHooks.delete(hook));
+  // A namespace read in HANDOVER: the abandoned-handover reset (wireReplication) runs soon.
+  const handoverSeenHooks = new Set<() => void>();
   const registry = createNamespaceRegistry({
     db, clusters, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY), onActivated, onChanged,
+    onHandoverSeen: () => handoverSeenHooks.forEach((hook) => hook()),
   });
   const namespaces = opts.wrapNamespaces?.(registry) ?? registry;
   // Task ids committed per shard: the writer records them, the sender's long polls read them.
@@ -71,7 +74,7 @@ export function wireCore({ config, opts, log, now, database, cluster }: Base) {
     onTimerCreated: (at) => timers.scheduled(at),
   });
   const queries = createHistoryQueries({ db, namespaces, notifier });
-  return { db, metrics, clusters, notifier, outboxMarks, outboxTail, onActivated, activatedHooks, onChanged, changedHooks, whenChanged, namespaces, writer, applyWriter, timers, engine, queries };
+  return { db, metrics, clusters, notifier, outboxMarks, outboxTail, onActivated, activatedHooks, onChanged, changedHooks, handoverSeenHooks, whenChanged, namespaces, writer, applyWriter, timers, engine, queries };
 }
 
 /** What wireCore made, for the wiring after it. */

@@ -5,7 +5,8 @@ import { createConflictSweep } from "../replication/conflict-sweep";
 import { createReplicationDlq } from "../replication/dlq";
 import { createBackfillReceiver } from "../replication/backfill-receiver";
 import { createReplicationCleanup } from "../replication/cleanup";
-import { createGracefulFailover, resetAbandonedHandovers } from "../replication/failover";
+import { createGracefulFailover } from "../replication/failover";
+import { createHandoverReset } from "../replication/handover-reset";
 import { createFailoverTargetCheck, createFailoverTargetRecheck, createTargetHolds } from "../replication/failover-target";
 import { startBackfillsFrom, stopBackfillsFrom } from "../replication/backfill-jobs";
 import { connectionStateSeries, createReplicationManager } from "../replication/manager";
@@ -69,8 +70,13 @@ export function wireReplication({ opts, log, now, cluster, database }: Base, cor
     return ms === undefined ? [] : [{ labels: { remote_cluster: remote }, value: ms / 1000 }];
   }));
   metrics.unknownWhile("replication_lag_seconds", (labels) => historyReceiver.heard(labels.remote_cluster!).stale);
+  // A server of this cluster that died mid-failover (another process on the PostgreSQL database)
+  // leaves its HANDOVER to the others: reset once its failover's lock is free (resetAbandonedHandovers),
+  // soon once a namespace is read in HANDOVER here, and every handoverResetIdleMs otherwise.
+  const handoverReset = createHandoverReset({ db, log, onReset: () => namespaces.invalidate(), idleMs: opts.replication?.handoverResetIdleMs });
+  core.handoverSeenHooks.add(handoverReset.seen);
   const failover = createGracefulFailover({
-    db, namespaces, clusters: core.clusters, notifier, log, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY),
+    db, namespaces, clusters: core.clusters, notifier, log, now, onReplicated: () => notifier.notify(NAMESPACE_QUEUE_KEY), onLeftInHandover: handoverReset.seen,
     withSessionLock: database.withSessionLock, targetProblem: createFailoverTargetCheck({ clusters: core.clusters, clients }),
     targetMovedOn: createFailoverTargetRecheck({ clusters: core.clusters, clients }), targetHolds: createTargetHolds({ clusters: core.clusters, clients }),
     members: createFailoverMembersCheck({ db, clusters: core.clusters, clients }),
@@ -103,13 +109,7 @@ export function wireReplication({ opts, log, now, cluster, database }: Base, cor
     }),
     // A failed read of replication_dlq_size (refreshGauge) is mended here, not only by the next event that reads it.
     dlqGauge: createPeriodic(() => dlq.readGauge(true), { name: "reading the replication DLQ size", log, intervalMs: opts.replication?.dlqGaugeIntervalMs ?? 10_000 }),
-    // A server of this cluster that died mid-failover (another process on the PostgreSQL database)
-    // leaves its HANDOVER to the others: reset once its failover's lock is free (resetAbandonedHandovers).
-    handoverReset: createPeriodic(() => resetAbandonedHandovers(db, log), {
-      name: "abandoned handover reset", log, intervalMs: 2_000, onDone: (reset) => {
-        if (reset.length) namespaces.invalidate();
-      },
-    }),
+    handoverReset,
     namespaceSender: createNamespaceSender({ db, currentCluster: cluster.clusterName, wake: notifier, watch: namespaceQueue }),
     status: createReplicationStatus({
       db, cluster, connectionState: (name) => manager.connectionState(name), inboundProgress: historyReceiver.progress,

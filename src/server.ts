@@ -85,6 +85,8 @@ export interface ServerOptions {
     cleanupIntervalMs?: number;
     /** How long a disabled remote holds the replication tasks it has not acked (default 1 h). */
     disabledRemoteGraceMs?: number;
+    /** How often the abandoned-HANDOVER reset runs while no namespace was read in HANDOVER (default 30 s; handover-reset.ts). */
+    handoverResetIdleMs?: number;
     /** How often replication_dlq_size is read again without an event that changes it (default 10 s). */
     dlqGaugeIntervalMs?: number;
     /** How often the sender re-reads a peer's shards for commits of other processes (default 1 s; tests make it long to see wakes alone). */

@@ -87,6 +87,8 @@ export interface NamespaceRegistryDeps {
   onActivated?: (ns: NamespaceRecord) => void;
   /** An update saved ns (an activation too). */
   onChanged?: (ns: NamespaceRecord) => void;
+  /** A record read or saved here is in HANDOVER (the abandoned-handover reset runs soon: handover-reset.ts). */
+  onHandoverSeen?: (ns: NamespaceRecord) => void;
 }
 
 /** Creates the namespace registry over the namespaces table. */
@@ -104,6 +106,7 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
   /** Moves with every record learnt or dropped: a read that began before one does not record its miss. */
   let learnt = 0;
   const remember = (r: NamespaceRecord) => {
+    if (r.replicationState === "HANDOVER") deps.onHandoverSeen?.(r);
     const entry = { record: r, at: Date.now() };
     byName.set(r.name, entry);
     byId.set(r.id, entry);
