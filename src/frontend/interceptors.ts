@@ -5,7 +5,7 @@ import type { Metrics } from "../observability/metrics";
 import type { CallFailures } from "./call-failures";
 import { refuseNulText } from "./nul-text";
 import { callRecordKey, requestIdOf } from "./refused-calls";
-import type { createRateLimiter } from "./rate-limiter";
+import type { Borrow, createRateLimiter } from "./rate-limiter";
 
 /** The request id of the call being handled (x-request-id, or a new ULID). */
 export const requestIdKey = createContextKey<string>("", { description: "tern request id" });
@@ -67,23 +67,23 @@ export function createFrontendInterceptor(deps: {
     // by its name if the handler found it: before 2026-12-07 such a call was UNKNOWN_NAMESPACE's.
     let pending = namespace === UNKNOWN_NAMESPACE;
     /** Let through on UNKNOWN_NAMESPACE's bucket: settled on the namespace's own once the name is found. */
-    let borrowed = false;
+    let borrowed: Borrow | undefined;
     if (!pending) metrics.inc("service_requests", labels);
     const answered = () => {
       if (pending) {
         pending = false;
         labels = { operation, namespace: labelOf(named) };
         metrics.inc("service_requests", labels);
-        if (borrowed && labels.namespace !== UNKNOWN_NAMESPACE) limiter.settle(UNKNOWN_NAMESPACE, labels.namespace);
+        if (borrowed) limiter.settle(borrowed, labels.namespace !== UNKNOWN_NAMESPACE);
       }
       return labels;
     };
     const started = performance.now();
     try {
       if (operation !== "Check" && operation !== "Watch") {
-        const { waitMs, scope } = limiter.take(namespace || undefined);
+        const { waitMs, scope, borrow } = limiter.take(namespace || undefined, named);
         if (waitMs > 0) throw resourceExhausted(`rate limit of ${scope} exceeded`, waitMs);
-        borrowed = namespace === UNKNOWN_NAMESPACE;
+        borrowed = borrow;
       }
       if (!req.stream) refuseNulText(req.method.input, req.message);
       const res = await next(req);

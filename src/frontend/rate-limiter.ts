@@ -41,33 +41,65 @@ export function createTokenBucket(rps: number, burst: number): TokenBucket {
   };
 }
 
+/**
+ * A call let through on the bucket of names not read yet (from) for a name (name): settled on
+ * the name's own bucket once, at the call's answer or at the name's next call, whichever first.
+ */
+export interface Borrow {
+  readonly from: string;
+  readonly name: string;
+  settled: boolean;
+}
+
 /** Per-host and per-namespace limits: a request must get a token from both. */
 export function createRateLimiter(host: { rps: number; burst: number }, perNamespace: { rps: number; burst: number }) {
   const hostBucket = createTokenBucket(host.rps, host.burst);
   const buckets = new Map<string, TokenBucket>();
+  /** Borrows not settled yet, by the name they were for. */
+  const open = new Map<string, Set<Borrow>>();
   const bucketOf = (namespace: string) => {
     let b = buckets.get(namespace);
     if (!b) buckets.set(namespace, (b = createTokenBucket(perNamespace.rps, perNamespace.burst)));
     return b;
   };
+  const close = (b: Borrow, found: boolean) => {
+    const of = open.get(b.name);
+    of?.delete(b);
+    if (of?.size === 0) open.delete(b.name);
+    if (b.settled || !found) return;
+    b.settled = true;
+    buckets.get(b.from)?.give();
+    bucketOf(b.name).charge();
+  };
   return {
-    /** 0 when allowed; otherwise the retry hint in ms and which limit refused. */
-    take(namespace: string | undefined): { waitMs: number; scope?: string } {
+    /**
+     * 0 when allowed; otherwise the retry hint in ms and which limit refused. With named (the
+     * name a call gave, where namespace is the bucket of names not read yet), a call let through
+     * comes with its Borrow, to settle once answered.
+     */
+    take(namespace: string | undefined, named?: string): { waitMs: number; scope?: string; borrow?: Borrow } {
       if (namespace) {
+        // Calls of this name still in flight on another bucket are charged here first: a namespace's
+        // concurrent first calls after a start, answered after its next calls were let through on a
+        // full bucket of its own, took it below empty (3 more calls than its burst).
+        for (const b of open.get(namespace) ?? []) close(b, true);
         const wait = bucketOf(namespace).take();
         if (wait > 0) return { waitMs: wait, scope: `namespace ${namespace}` };
       }
       const wait = hostBucket.take();
-      return wait > 0 ? { waitMs: wait, scope: "host" } : { waitMs: 0 };
+      if (wait > 0) return { waitMs: wait, scope: "host" };
+      if (!namespace || !named || named === namespace) return { waitMs: 0 };
+      const borrow: Borrow = { from: namespace, name: named, settled: false };
+      open.set(named, (open.get(named) ?? new Set()).add(borrow));
+      return { waitMs: 0, borrow };
     },
     /**
-     * A call let through on the bucket of names not read yet (from) was for namespace, found
-     * since: its token goes back there and is charged to the namespace's own bucket, so that
-     * neither the namespace's limit nor the other names' share is spent by its first calls.
+     * A borrowed call answered: if its name was found, its token goes back to the bucket it came
+     * from and is charged to the namespace's own, so that neither the namespace's limit nor the
+     * other names' share is spent by its first calls (once: a later call of the name may have).
      */
-    settle(from: string, namespace: string): void {
-      buckets.get(from)?.give();
-      bucketOf(namespace).charge();
+    settle(borrow: Borrow, found: boolean): void {
+      close(borrow, found);
     },
   };
 }
