@@ -57,22 +57,33 @@ export function createReplicationStatus(deps: ReplicationStatusDeps) {
     });
   }
 
-  /** What the remote acked of this cluster's shards, with the age of its oldest unacked task. */
+  /**
+   * What the remote acked of this cluster's shards, with how many tasks past its ack the queue
+   * still holds and the age of the oldest. Not the last task id less the ack: tasks deleted
+   * before the remote acked them (the cleanup's, with no remote yet, or past a remote disabled
+   * beyond its grace) are never sent (it repairs them by backfill), and a remote that never
+   * acked was shown behind by every task the shard ever had.
+   */
   async function outbound(remote: string, acks: AckRow[], maxima: Map<number, number>): Promise<ShardStatus[]> {
     const t = replicationTasks;
     const a = replicationAckLevels;
     const oldest = await db
-      .select({ shardId: t.shardId, at: sql<number>`extract(epoch from min(${t.createdAt})) * 1000`.mapWith(Number) })
+      .select({
+        shardId: t.shardId,
+        at: sql<number>`extract(epoch from min(${t.createdAt})) * 1000`.mapWith(Number),
+        held: sql<number>`count(*)`.mapWith(Number),
+      })
       .from(t)
       .leftJoin(a, and(eq(a.remoteCluster, remote), eq(a.direction, "outbound"), eq(a.queue, "history"), eq(a.shardId, t.shardId)))
       .where(gt(t.taskId, sql`coalesce(${a.ackLevel}, 0)`))
       .groupBy(t.shardId);
     const rows = historyAcksByShard(acks, "outbound");
-    const oldestAt = new Map(oldest.map((o) => [o.shardId, o.at]));
+    const unacked = new Map(oldest.map((o) => [o.shardId, o]));
     return [...maxima].map(([shardId, max]) => {
       const acked = rows.get(shardId)?.ackLevel ?? 0;
-      const lag = Math.max(0, max - acked);
-      const at = oldestAt.get(shardId);
+      const at = unacked.get(shardId)?.at;
+      // At most the ids past the ack as the maxima read them: a task committed since is not counted.
+      const lag = Math.min(Math.max(0, max - acked), unacked.get(shardId)?.held ?? 0);
       return shardStatus(shardId, max, acked, lag, lag > 0 && at ? Math.max(0, Math.round(now() - at)) : 0);
     });
   }

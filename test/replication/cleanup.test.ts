@@ -50,6 +50,32 @@ describe("replication task cleanup without a peer pulling", () => {
     expect(await db.$count(replicationTasks)).toBe(0);
   });
 
+  // A remote that never acked was shown behind by every task a shard ever had, those the cleanup
+  // deleted before it was added (never sent to it: it repairs them by raw history) among them.
+  test("TestARemoteThatNeverAckedIsBehindByTheTasksTheQueueStillHolds", async () => {
+    const db = c.server.database.db;
+    const wf = c.client(WorkflowService);
+    await wf.registerNamespace({ namespace: "never-acked", isGlobalNamespace: true });
+    for (const workflowId of ["n-0", "n-1", "n-2"]) await wf.startWorkflowExecution({ namespace: "never-acked", workflowId, workflowType: "T", taskQueue: "q" });
+    // No remote yet: past the grace, the cleanup deletes them.
+    await createReplicationCleanup({ db, log: c.server.log, graceMs: 0, now: () => new Date(Date.now() + 1000) }).runOnce();
+    expect(await db.$count(replicationTasks)).toBe(0);
+    for (const workflowId of ["n-3", "n-4"]) await wf.startWorkflowExecution({ namespace: "never-acked", workflowId, workflowType: "T", taskQueue: "q" });
+    const [self] = await db.select().from(clusterMetadata).where(eq(clusterMetadata.isCurrent, true));
+    await db.insert(clusterMetadata).values({ ...self!, clusterName: "clusterW", clusterId: "w", isCurrent: false, initialFailoverVersion: 7, enableConnection: false });
+    try {
+      const { remotes } = await c.client(AdminService).getReplicationStatus({});
+      const w = remotes.find((r) => r.clusterName === "clusterW")!;
+      expect(w.outbound.every((s) => s.ackedTaskId === 0n)).toBe(true);
+      // Before: the shards' last task ids (5 or more: the runs of the tests before too).
+      expect(w.outbound.reduce((n, s) => n + s.lagTasks, 0n)).toBe(2n);
+      const held = await db.select({ shardId: replicationTasks.shardId }).from(replicationTasks);
+      for (const s of w.outbound) expect(s.lagTasks).toBe(BigInt(held.filter((t) => t.shardId === s.shardId).length));
+    } finally {
+      await db.delete(clusterMetadata).where(eq(clusterMetadata.clusterName, "clusterW"));
+    }
+  });
+
   test("DisabledRemoteHoldsTasksWithinItsGraceAndIsSkippedPastIt, recording how far it was cleaned", async () => {
     const db = c.server.database.db;
     await c.client(WorkflowService).registerNamespace({ namespace: "d", isGlobalNamespace: true });

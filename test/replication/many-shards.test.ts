@@ -40,6 +40,10 @@ for (const store of await testStores()) {
         failoverVersionIncrement: 100, initialFailoverVersion: 2, isGlobalNamespaceEnabled: true,
       });
       await db.execute(sql`insert into shards (shard_id, next_task_id) select s, 11 from generate_series(1, ${SHARDS}) s`);
+      // The tasks past the ack that the queue holds (the status counts those, not ids).
+      await db.execute(sql`
+        insert into replication_tasks (shard_id, task_id, namespace_id, workflow_id, run_id, first_event_id, next_event_id, version, version_history)
+        select s, t, 'ns', 'wf', 'run', 1, 2, 1, '[]'::jsonb from generate_series(1, ${SHARDS}) s cross join generate_series(8, 10) t`);
       await db.execute(sql`
         insert into replication_ack_levels (remote_cluster, direction, queue, shard_id, ack_level, max_task_id)
         select 'clusterB', d, 'history', s, 7, 10 from generate_series(1, ${SHARDS}) s cross join (values ('inbound'), ('outbound')) as v(d)`);
