@@ -28,8 +28,16 @@ export function createFrontendInterceptor(deps: {
   limiter: ReturnType<typeof createRateLimiter>;
   /** Whether a namespace name is one the registry has read or learnt (no read of its own). */
   knownNamespace: (name: string) => boolean;
+  /** Reads every namespace's name for knownNamespace, at most so often (registry.readNames): none, no second look. */
+  readNames?: () => Promise<void>;
 }): Interceptor {
-  const { metrics, log, failures, limiter, knownNamespace } = deps;
+  const { metrics, log, failures, limiter, knownNamespace, readNames } = deps;
+  /**
+   * Whether a call refused on UNKNOWN_NAMESPACE's bucket is of a real namespace after all, once
+   * the names are read: a flood of made-up names kept that bucket empty, and a real namespace's
+   * calls, none of them let through to be read, were refused as long as the flood went on.
+   */
+  const realAfterAll = async (named: string) => Boolean(readNames) && (await readNames!().then(() => knownNamespace(named), () => false));
   /**
    * A request's namespace as its metric label, log field and rate-limit bucket: a name a client
    * made up is UNKNOWN_NAMESPACE. Every name sent once was a series of its own for good, and a
@@ -81,7 +89,8 @@ export function createFrontendInterceptor(deps: {
     const started = performance.now();
     try {
       if (operation !== "Check" && operation !== "Watch") {
-        const { waitMs, scope, borrow } = limiter.take(namespace || undefined, named);
+        let { waitMs, scope, borrow } = limiter.take(namespace || undefined, named);
+        if (waitMs > 0 && namespace === UNKNOWN_NAMESPACE && named && (await realAfterAll(named))) ({ waitMs, scope, borrow } = limiter.take(named, named));
         if (waitMs > 0) throw resourceExhausted(`rate limit of ${scope} exceeded`, waitMs);
         borrowed = borrow;
       }

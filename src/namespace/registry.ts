@@ -69,8 +69,13 @@ export interface NamespaceRegistry {
   getById(id: string): Promise<NamespaceRecord>;
   /** Drops cached entries (after deletes or changes made elsewhere). */
   invalidate(record?: NamespaceRecord): void;
-  /** Whether name is a namespace this registry has read or learnt (no read): not one a client made up. */
+  /** Whether name is a namespace this registry has read or learnt (no read), or readNames found: not one a client made up. */
   known(name: string): boolean;
+  /**
+   * Reads every namespace's name for known(), at most once per missTtlMs (callers meanwhile share
+   * the read, or get none): what tells a namespace's first call after a start from made-up names.
+   */
+  readNames(): Promise<void>;
 }
 
 export interface NamespaceRegistryDeps {
@@ -105,6 +110,10 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
   const missing = new Map<string, number>();
   /** Moves with every record learnt or dropped: a read that began before one does not record its miss. */
   let learnt = 0;
+  /** Every namespace's name as readNames last found them (names only: a refused call's second look). */
+  let names = new Set<string>();
+  let namesReadAt = Number.NEGATIVE_INFINITY;
+  let namesReading: Promise<void> | undefined;
   const remember = (r: NamespaceRecord) => {
     if (r.replicationState === "HANDOVER") deps.onHandoverSeen?.(r);
     const entry = { record: r, at: Date.now() };
@@ -116,7 +125,8 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
   };
   const forget = (r?: NamespaceRecord) => {
     learnt++;
-    if (!r) return byName.clear(), byId.clear(), missing.clear();
+    if (!r) return byName.clear(), byId.clear(), missing.clear(), names.clear();
+    names.delete(r.name);
     byName.delete(r.name);
     byId.delete(r.id);
     missing.delete(r.name);
@@ -392,7 +402,21 @@ export function createNamespaceRegistry(deps: NamespaceRegistryDeps): NamespaceR
       return fresh(byId.get(id)) ?? load(eq(namespaces.id, id), `with id ${id}`);
     },
     invalidate: forget,
-    known: (name) => byName.has(name),
+    known: (name) => byName.has(name) || names.has(name),
+    readNames() {
+      if (namesReading || Date.now() - namesReadAt < missTtlMs) return namesReading ?? Promise.resolve();
+      namesReadAt = Date.now();
+      const readFrom = learnt;
+      namesReading = db
+        .select({ name: namespaces.name })
+        .from(namespaces)
+        .then((rows) => {
+          // A record dropped meanwhile (a delete here) may be among them: the next read has it right.
+          if (readFrom === learnt) names = new Set(rows.map((r) => r.name));
+        })
+        .finally(() => (namesReading = undefined));
+      return namesReading;
+    },
   };
 }
 

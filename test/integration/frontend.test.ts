@@ -1,5 +1,5 @@
 import { setDefaultTimeout, afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { Code, type ConnectError, createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
 import { create } from "@bufbuild/protobuf";
 import { PayloadsSchema, WorkflowExecutionStatus, type WorkflowIdReusePolicy } from "../../src/gen/tern/common/v1/common_pb";
@@ -153,6 +153,32 @@ describe("frontend limits, errors, health and metrics", () => {
       await client.describeNamespace({ namespace: "other" });
     } finally {
       await limited.destroy();
+    }
+  });
+
+  test("TestARealNamespacesFirstCallAfterAStartIsNotHeldBehindAFloodOfMadeUpNames", async () => {
+    const limits = "limits:\n  namespaceRps: { rps: 1, burst: 5 }";
+    const first = await startTestCluster({ store: "pglite", extraYaml: limits });
+    let restarted: TestCluster | undefined;
+    try {
+      await first.client(WorkflowService).registerNamespace({ namespace: "real" });
+      await first.stop();
+      restarted = await startTestCluster({ store: "pglite", dataLocation: first.dataLocation, extraYaml: limits });
+      const client = restarted.client(WorkflowService);
+      const codeOf = (namespace: string) => client.describeNamespace({ namespace }).then(() => "ok", (e: unknown) => ConnectError.from(e).rawMessage);
+      /** How many of n calls with made-up names were refused on the limit of names not read yet. */
+      const flood = async (n: number, round: number) => {
+        const answers = await Promise.all(Array.from({ length: n }, (_, i) => codeOf(`made-up-${round}-${i}`)));
+        return answers.filter((c) => c.startsWith("rate limit of namespace _unknown_ exceeded; retry after")).length;
+      };
+      // The made-up names meet the limit of names not read yet as before (a burst of 5)...
+      expect(await flood(20, 0)).toBeGreaterThanOrEqual(10);
+      // ...and the real one is told from them by a read of the names: before, refused as theirs while the flood lasted.
+      expect(await codeOf("real")).toBe("ok");
+      expect(await flood(20, 1)).toBeGreaterThanOrEqual(10);
+    } finally {
+      await restarted?.stop();
+      await first.destroy();
     }
   });
 

@@ -47,6 +47,22 @@ for (const store of await testStores()) {
       expect((await looking.getByName("typo-1")).name).toBe("typo-1");
     });
 
+    // What tells a namespace's first call after a start from a flood of made-up names (interceptors.ts):
+    // the flood's refusals ask for it, and it reads at most once per missTtlMs however many ask.
+    test("TestNamesAreReadAtMostOncePerMissTtl", async () => {
+      const looking = registry({ cacheTtlMs: 60_000, missTtlMs: 60_000 });
+      const quick = registry({ missTtlMs: 50 });
+      await Promise.all([looking.readNames(), quick.readNames()]);
+      await registry().register({ name: "named-later" });
+      await looking.readNames();
+      expect(looking.known("named-later")).toBe(false);
+      await eventually(async () => {
+        await quick.readNames();
+        expect(quick.known("named-later")).toBe(true);
+      });
+      expect(quick.known("never-named")).toBe(false);
+    });
+
     test("is read again once the miss is older than missTtlMs", async () => {
       const looking = registry({ cacheTtlMs: 60_000, missTtlMs: 200 });
       await missing(looking.getByName("typo-2"), "typo-2");
