@@ -276,11 +276,7 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
     }
     const v = BigInt(switched.failoverVersion);
     if (there.failoverVersion === v && there.active === target) return undefined;
-    const what = there.failoverVersion < v ? `${target} refused the switch because a failover made elsewhere reached it first` : `a later failover overtook the switch at ${target}`;
-    throw failedPrecondition(
-      `graceful failover of namespace ${switched.name} to ${target}: the switch (version ${v}) was made on ${current.clusterName}, but ${what}; ` +
-        `${switched.name} is active in ${there.active} at version ${there.failoverVersion} now (${current.clusterName} takes that from ${target} once it hears it)`,
-    );
+    throw switchNotTaken(switched.name, current.clusterName, target, v, { failoverVersion: there.failoverVersion, active: there.active });
   }
 
   /**
@@ -372,6 +368,19 @@ export function createGracefulFailover(deps: GracefulFailoverDeps) {
 }
 
 export type GracefulFailover = ReturnType<typeof createGracefulFailover>;
+
+/**
+ * The answer to a graceful switch (version v, made on issuer) that its target holds otherwise
+ * (there): refused there (below v: a failover made elsewhere reached it first) or overtaken (above
+ * v). The same whoever asked: the issuer (confirmSwitch) or the target, forwarded (operator-handler.ts).
+ */
+export function switchNotTaken(name: string, issuer: string, target: string, v: bigint, there: { failoverVersion: bigint; active?: string }): TernError {
+  const what = there.failoverVersion < v ? `${target} refused the switch because a failover made elsewhere reached it first` : `a later failover overtook the switch at ${target}`;
+  return failedPrecondition(
+    `graceful failover of namespace ${name} to ${target}: the switch (version ${v}) was made on ${issuer}, but ${what}; ` +
+      `${name} is active in ${there.active} at version ${there.failoverVersion} now (${issuer} takes that from ${target} once it hears it)`,
+  );
+}
 
 /**
  * At startup: a HANDOVER whose failover's lock nobody holds was left by a crashed failover; put

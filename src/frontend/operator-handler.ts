@@ -3,8 +3,9 @@ import type { ServiceImpl } from "@connectrpc/connect";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { CurrentCluster } from "../cluster/bootstrap";
 import type { ClusterDirectory } from "../cluster/directory";
-import { OperatorService, ClusterInfoSchema, type ClusterInfo } from "../gen/tern/operator/v1/service_pb";
-import { failedPrecondition } from "../errors";
+import { OperatorService, ClusterInfoSchema, type ClusterInfo, type FailoverNamespaceResponse } from "../gen/tern/operator/v1/service_pb";
+import { TernError, failedPrecondition, loggableError } from "../errors";
+import { MAX_TIMER_MS } from "../sleep";
 import { deleteNamespace } from "../namespace/delete";
 import type { NamespaceRecord, NamespaceRegistry } from "../namespace/registry";
 import type { Db } from "../persistence/database";
@@ -12,7 +13,7 @@ import type { clusterMetadata } from "../persistence/schema";
 import { decodeToken, encodeToken, NAME_TOKEN } from "../persistence/page-token";
 import type { RemoteClusters } from "../cluster/remote-clusters";
 import { clampPage } from "../namespace/registry";
-import { SWITCH_HEARD_WAIT_MS, type GracefulFailover } from "../../replication/failover";
+import { SWITCH_HEARD_WAIT_MS, switchNotTaken, type GracefulFailover } from "../../replication/failover";
 import type { RemoteClientPool } from "../cluster/remote-client";
 import { createStaleCopyCheck } from "../../replication/stale-copy";
 import { durationMs, namespaceToProto } from "./convert";
@@ -84,35 +85,74 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
   const staleCopy = createStaleCopyCheck({ clusters, clients: deps.clients });
 
   /**
-   * Waits until this cluster's namespace is at version or past it, up to SWITCH_HEARD_WAIT_MS or
-   * the call's end, and returns it as seen then (undefined if not seen): woken as a change to it
-   * is saved here (the switch, or a later failover that overtook it), not by reading it every
+   * Waits until this cluster's namespace is past failover version past, up to waitMs or the
+   * call's end, and returns it as seen then (undefined if not seen): woken as a change to it is
+   * saved here (the switch, or a failover made elsewhere that reached it first), not by reading it every
    * few ms. Servers sharing one PostgreSQL database: when another of them applies the change
    * first, this one's receiver skips it and wakes nothing, so the namespace is read again every
    * SWITCH_RECHECK_MS too.
    */
-  async function heardOfSwitch(name: string, version: number, signal: AbortSignal): Promise<NamespaceRecord | undefined> {
+  async function heardOfSwitch(name: string, past: number, waitMs: number, signal: AbortSignal): Promise<NamespaceRecord | undefined> {
     if (signal.aborted) return undefined;
     let done!: (ns?: NamespaceRecord) => void;
     const heard = new Promise<NamespaceRecord | undefined>((resolve) => (done = resolve));
     const reached = (ns: NamespaceRecord) => {
-      if (ns.name === name && ns.failoverVersion >= version) done(ns);
+      if (ns.name === name && ns.failoverVersion > past) done(ns);
     };
     // Subscribed before the read: a change saved between the two is heard, not waited out.
     const unsubscribe = deps.whenChanged(reached);
-    const timer = setTimeout(done, deps.switchHeardWaitMs ?? SWITCH_HEARD_WAIT_MS);
+    const timer = setTimeout(done, Math.min(waitMs, MAX_TIMER_MS));
     const recheck = setInterval(() => void namespaces.describe({ name }).then(reached, () => {}), SWITCH_RECHECK_MS);
     const aborted = () => done();
     signal.addEventListener("abort", aborted);
     try {
       const here = await namespaces.describe({ name });
-      return here.failoverVersion >= version ? here : await heard;
+      return here.failoverVersion > past ? here : await heard;
     } finally {
       unsubscribe();
       clearTimeout(timer);
       clearInterval(recheck);
       signal.removeEventListener("abort", aborted);
     }
+  }
+
+  /**
+   * The answer to a failover asked here to fail over to here, forwarded to the active cluster,
+   * which switched and left the switch's confirmation to this cluster (failover.ts targetWaits):
+   * given once this cluster's copy says what became of it, so a write sent here next is taken
+   * here rather than refused as if the old active still were, and with the answers the active
+   * cluster gives when asked itself (confirmSwitch). Past the switch's from-version, this copy
+   * has it (ok), or holds a failover made elsewhere that reached it first, below the switch (it
+   * refuses the switch: namespace-applier.ts refusedSwitch) or above it (overtaken):
+   * FAILED_PRECONDITION. Before, only the switch itself woke the wait: a refusal answered ok
+   * after 5 s. Not past it within waitMs: ok, unconfirmed.
+   */
+  async function confirmedHere(name: string, res: FailoverNamespaceResponse, waitMs: number, signal: AbortSignal): Promise<FailoverNamespaceResponse> {
+    const version = res.namespace?.failoverVersion ?? 0n;
+    const made = res.namespace?.failoverHistory[0];
+    const issuer = made?.fromCluster ?? "the active cluster";
+    // From an active cluster that does not say the from-version: only the switch is past it.
+    const from = made && made.forced === false && made.failoverVersion === version && made.fromFailoverVersion !== undefined ? made.fromFailoverVersion : version - 1n;
+    const seen = await heardOfSwitch(name, Number(from), waitMs, signal).catch((e: unknown) => {
+      if (e instanceof TernError) throw e;
+      res.unconfirmed = `cannot tell whether ${current.clusterName} took it (${loggableError(e)})`;
+      return undefined;
+    });
+    if (res.unconfirmed) return res;
+    if (!seen) {
+      res.unconfirmed = `${current.clusterName} has not heard of the switch from ${issuer} within ${waitMs} ms`;
+      return res;
+    }
+    const there = { failoverVersion: BigInt(seen.failoverVersion), active: seen.activeClusterName };
+    if (there.failoverVersion === version || (there.failoverVersion > version && seen.activeClusterName === current.clusterName)) return res;
+    if (there.failoverVersion > version) {
+      // Kept as it was said before the refusal was told apart (failover-races.test.ts).
+      throw failedPrecondition(
+        `graceful failover of namespace ${name} to ${current.clusterName} (version ${version}) was overtaken by a later failover to ` +
+          `${seen.activeClusterName} (version ${seen.failoverVersion}) before ${current.clusterName} heard of it: ${name} is active in ${seen.activeClusterName}`,
+      );
+    }
+    throw switchNotTaken(name, issuer, current.clusterName, version, there);
   }
 
   return {
@@ -149,6 +189,7 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
       return {};
     },
     async failoverNamespace(r, ctx) {
+      const askedAt = Date.now();
       const ns = await namespaces.describe({ name: r.namespace });
       const timeoutMs = durationMs(r.timeout, "timeout", FAILOVER_TIMEOUT_MS);
       if (ns.isGlobal && ns.activeClusterName !== current.clusterName && !ctx.requestHeader.get(FORWARDED_HEADER)) {
@@ -160,20 +201,8 @@ export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<ty
           `(tern operator namespace update -n ${r.namespace} --active-cluster ${r.targetCluster})`;
         const to = { target: ns.activeClusterName, namespace: r.namespace, what: "FailoverNamespace", limitMs, whenUnanswered };
         const res = await callActive({ clusters, clients: deps.clients, redirections: deps.redirections }, ctx, to, ({ operator }, options) => operator.failoverNamespace(r, options));
-        // Asked here to fail over to here: answered once this cluster has the switch (namespace
-        // replication brings it a few ms after the active answers), so a write sent here next is
-        // taken here rather than refused as if the old active still were.
         if (r.targetCluster !== current.clusterName) return res;
-        const version = Number(res.namespace?.failoverVersion ?? 0);
-        const seen = await heardOfSwitch(r.namespace, version, ctx.signal);
-        // A later failover elsewhere reached this cluster first: what was asked for is undone already.
-        if (seen && seen.activeClusterName !== current.clusterName) {
-          throw failedPrecondition(
-            `graceful failover of namespace ${r.namespace} to ${current.clusterName} (version ${version}) was overtaken by a later failover to ` +
-              `${seen.activeClusterName} (version ${seen.failoverVersion}) before ${current.clusterName} heard of it: ${r.namespace} is active in ${seen.activeClusterName}`,
-          );
-        }
-        return res;
+        return confirmedHere(r.namespace, res, Math.max(askedAt + timeoutMs - Date.now(), deps.switchHeardWaitMs ?? SWITCH_HEARD_WAIT_MS), ctx.signal);
       }
       // Answered once the target has the switch; a target that forwarded the call waits for it itself (above).
       const res = await deps.failover.run(r.namespace, r.targetCluster, timeoutMs, ctx.signal, ctx.requestHeader.get(FORWARDED_HEADER) === r.targetCluster);

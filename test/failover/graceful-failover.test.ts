@@ -299,6 +299,23 @@ for (const store of await testStores()) {
       }
       await expectActiveOn(b, "orders", "clusterB", back.namespace!.failoverVersion + 1n);
     });
+
+    test("TestAFailoverAskedOfItsTargetThatDoesNotHearTheSwitchInTimeAnswersUnconfirmed, as when asked of the active", async () => {
+      await expectActiveOn(b, "orders", "clusterB", 102n);
+      const back = await failover(b, "clusterA");
+      await expectActiveOn(a, "orders", "clusterA", back.namespace!.failoverVersion);
+      // B's view of the switch held past its wait for it (the failover's 2 s, 5 s at least): before, B answered a plain ok.
+      bNamespaceChanges.close();
+      try {
+        const res = await failover(b, "clusterB", 2); // B is passive: A runs it, B confirms it
+        expect(res.namespace!.replicationConfig!.activeClusterName).toBe("clusterB");
+        expect(res.unconfirmed).toContain("clusterB has not heard of the switch from clusterA within ");
+        expect((await describeOn(b, "orders")).replicationConfig!.activeClusterName).toBe("clusterA");
+      } finally {
+        bNamespaceChanges.open();
+      }
+      await expectActiveOn(b, "orders", "clusterB", back.namespace!.failoverVersion + 1n);
+    });
   });
 
   describe(`graceful failover to a cluster that is down, on ${store}`, () => {

@@ -47,6 +47,49 @@ async function startOrdersMesh(store: StoreKind): Promise<[TestCluster, TestClus
   return clusters;
 }
 
+/**
+ * A's graceful failover to C, asked of `asked`, whose switch (version 3) reaches C after B, cut off
+ * from A, was forced active at 2 and C heard of it (cSwitches holds C's view of the switch): the
+ * answer is C's refusal, and A takes B's 2 back from C.
+ */
+async function overtakenAfterTheLastCheck([a, b, c]: [TestCluster, TestCluster, TestCluster], asked: TestCluster, cSwitches: ReturnType<typeof createGate>): Promise<void> {
+  await wf(a).startWorkflowExecution({ namespace: NS, workflowId: "late", ...T });
+  await wf(a).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "late" }, signalName: "on-a", requestId: "on-a" });
+  await eventually(() => expectNoDifference([a, b, c], NS), { timeout: 20_000 });
+  // B, cut off from A, never hears the switch from A. C checked at 1 twice, then A switches at 3.
+  await setLink(a, b, false);
+  cSwitches.close();
+  const answer = awaitedLater(asked.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterC", timeout: durationFromMs(20_000) }));
+  await expectActiveOn(a, NS, "clusterC", 3n);
+  expect((await describeOn(c, NS)).failoverVersion).toBe(1n);
+  // Before C applies the switch, B is forced active at 2, C hears of it, and B acknowledges a write at 2.
+  expect((await wf(b).updateNamespace({ namespace: NS, activeClusterName: "clusterB" })).namespace!.failoverVersion).toBe(2n);
+  await expectActiveOn(c, NS, "clusterB", 2n);
+  await wf(b).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "late" }, signalName: "on-b", requestId: "on-b" });
+  await eventually(async () => expect(Object.fromEntries(await signalsOn(c, "late"))).toEqual({ "on-a": 1, "on-b": 1 }));
+  // Taken at C, the switch's 3 would top B's 2 there and then at B: B's write at 2 would lose its branch.
+  cSwitches.open();
+  // The failover's answer says the switch did not take at C (before, it answered ok once C acked the task it refused).
+  await rejects(
+    answer,
+    Code.FailedPrecondition,
+    "graceful failover of namespace orders to clusterC: the switch (version 3) was made on clusterA, but clusterC refused the switch because a failover made elsewhere reached it first; " +
+      "orders is active in clusterB at version 2 now (clusterA takes that from clusterC once it hears it)",
+  );
+  await expectActiveOn(a, NS, "clusterB", 2n);
+  expect(ReplicationState[(await describeOn(a, NS)).replicationConfig!.state]).toBe("NORMAL");
+  await setLink(a, b, true);
+  await Promise.all([a, b, c].map((x) => expectActiveOn(x, NS, "clusterB", 2n)));
+  await wf(b).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "late" }, signalName: "after", requestId: "after" });
+  await eventually(async () => {
+    await expectNoDifference([a, b, c], NS);
+    for (const x of [a, b, c]) {
+      expect([x.name, Object.fromEntries(await signalsOn(x, "late")), (await historyOf(x, NS, "late")).map((e) => e.version)])
+        .toEqual([x.name, { "on-a": 1, "on-b": 1, after: 1 }, [1n, 1n, 2n, 2n]]);
+    }
+  }, { timeout: 20_000 });
+}
+
 for (const store of await testStores()) {
   describe(`three clusters fail over among themselves on ${store}`, () => {
     let a: TestCluster, b: TestCluster, c: TestCluster;
@@ -304,58 +347,30 @@ for (const store of await testStores()) {
     });
   });
 
-  describe(`a forced failover that reaches the target after the switch's last check, on ${store}`, () => {
-    let a: TestCluster, b: TestCluster, c: TestCluster;
-    const cSwitches = createGate(); // C's apply of the changes that make it active, held: the switch reaches it late
-    beforeAll(async () => {
-      const beforeNamespaceApply = (ns: NamespaceDescription) => (ns.replicationConfig?.activeClusterName === "clusterC" ? cSwitches.held : undefined) ?? Promise.resolve();
-      [a, b, c] = await startClusters(store, [{}, {}, { serverOptions: { replication: { beforeNamespaceApply } } }]);
-      await connectAll([a, b, c]);
-      await registerOrders([a, b, c]);
-    });
-    afterAll(async () => {
-      cSwitches.open();
-      await Promise.all([a, b, c].map((x) => x?.destroy()));
-    });
+  for (const [askedOf, scenario] of [
+    ["clusterA", "TestGracefulSwitchOvertakenAtItsTargetAfterItsLastCheckIsRefusedThereAndUndoneAtItsIssuer"],
+    // Before, C forwarded the call to A, which left the confirmation to C, and C waited only for the switch: ok after 5 s.
+    ["clusterC", "TestGracefulSwitchAskedOfItsTargetAndOvertakenThereIsRefusedAsWhenAskedOfTheIssuer"],
+  ] as const) {
+    describe(`a forced failover that reaches the target after the switch's last check, asked of ${askedOf}, on ${store}`, () => {
+      let a: TestCluster, b: TestCluster, c: TestCluster;
+      const cSwitches = createGate(); // C's apply of the changes that make it active, held: the switch reaches it late
+      beforeAll(async () => {
+        const beforeNamespaceApply = (ns: NamespaceDescription) => (ns.replicationConfig?.activeClusterName === "clusterC" ? cSwitches.held : undefined) ?? Promise.resolve();
+        [a, b, c] = await startClusters(store, [{}, {}, { serverOptions: { replication: { beforeNamespaceApply } } }]);
+        await connectAll([a, b, c]);
+        await registerOrders([a, b, c]);
+      });
+      afterAll(async () => {
+        cSwitches.open();
+        await Promise.all([a, b, c].map((x) => x?.destroy()));
+      });
 
-    test("TestGracefulSwitchOvertakenAtItsTargetAfterItsLastCheckIsRefusedThereAndUndoneAtItsIssuer", async () => {
-      await wf(a).startWorkflowExecution({ namespace: NS, workflowId: "late", ...T });
-      await wf(a).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "late" }, signalName: "on-a", requestId: "on-a" });
-      await eventually(() => expectNoDifference([a, b, c], NS), { timeout: 20_000 });
-      // B, cut off from A, never hears the switch from A. C checked at 1 twice, then A switches at 3.
-      await setLink(a, b, false);
-      cSwitches.close();
-      const asked = awaitedLater(a.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterC", timeout: durationFromMs(20_000) }));
-      await expectActiveOn(a, NS, "clusterC", 3n);
-      expect((await describeOn(c, NS)).failoverVersion).toBe(1n);
-      // Before C applies the switch, B is forced active at 2, C hears of it, and B acknowledges a write at 2.
-      expect((await wf(b).updateNamespace({ namespace: NS, activeClusterName: "clusterB" })).namespace!.failoverVersion).toBe(2n);
-      await expectActiveOn(c, NS, "clusterB", 2n);
-      await wf(b).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "late" }, signalName: "on-b", requestId: "on-b" });
-      await eventually(async () => expect(Object.fromEntries(await signalsOn(c, "late"))).toEqual({ "on-a": 1, "on-b": 1 }));
-      // Taken at C, the switch's 3 would top B's 2 there and then at B: B's write at 2 would lose its branch.
-      cSwitches.open();
-      // The failover's answer says the switch did not take at C (before, it answered ok once C acked the task it refused).
-      await rejects(
-        asked,
-        Code.FailedPrecondition,
-        "graceful failover of namespace orders to clusterC: the switch (version 3) was made on clusterA, but clusterC refused the switch because a failover made elsewhere reached it first; " +
-          "orders is active in clusterB at version 2 now (clusterA takes that from clusterC once it hears it)",
-      );
-      await expectActiveOn(a, NS, "clusterB", 2n);
-      expect(ReplicationState[(await describeOn(a, NS)).replicationConfig!.state]).toBe("NORMAL");
-      await setLink(a, b, true);
-      await Promise.all([a, b, c].map((x) => expectActiveOn(x, NS, "clusterB", 2n)));
-      await wf(b).signalWorkflowExecution({ namespace: NS, workflowExecution: { workflowId: "late" }, signalName: "after", requestId: "after" });
-      await eventually(async () => {
-        await expectNoDifference([a, b, c], NS);
-        for (const x of [a, b, c]) {
-          expect([x.name, Object.fromEntries(await signalsOn(x, "late")), (await historyOf(x, NS, "late")).map((e) => e.version)])
-            .toEqual([x.name, { "on-a": 1, "on-b": 1, after: 1 }, [1n, 1n, 2n, 2n]]);
-        }
-      }, { timeout: 20_000 });
+      test(scenario, async () => {
+        await overtakenAfterTheLastCheck([a, b, c], askedOf === "clusterA" ? a : c, cSwitches);
+      });
     });
-  });
+  }
 
   describe(`a cluster cut off during a graceful failover that returns after the old active went away, on ${store}`, () => {
     let a: TestCluster, b: TestCluster, c: TestCluster;
