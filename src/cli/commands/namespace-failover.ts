@@ -62,10 +62,10 @@ function unconfirmedNote(namespace: string, target: string, why: string): string
 }
 
 /**
- * A NOTE when the cluster asked still sees another cluster active: asked to fail over to
- * itself, it answers once it has heard of the switch or after 5 s (its link to the old active
- * cut right after the switch); until it hears, writes sent to it follow its old view. Best
- * effort: nothing when the describe fails.
+ * A NOTE when the cluster asked still sees another cluster active: a third cluster (neither the
+ * old active nor the target) answers as the active one does, before it hears of the switch
+ * itself; until it hears, writes sent to it follow its old view. Best effort: nothing when the
+ * describe fails.
  */
 async function staleViewNote(ctx: CommandContext, namespace: string, active: string): Promise<string> {
   const res = await ctx.workflow().describeNamespace({ namespace }, { signal: ctx.signal }).catch(() => undefined);
