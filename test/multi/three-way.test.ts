@@ -372,6 +372,41 @@ for (const store of await testStores()) {
     });
   }
 
+  describe(`a graceful switch refused at its target while its issuer is cut off from it, on ${store}`, () => {
+    let a: TestCluster, b: TestCluster, c: TestCluster;
+    const cSwitches = createGate(); // C's apply of the changes that make it active, held until A is cut off from C
+    beforeAll(async () => {
+      const beforeNamespaceApply = (ns: NamespaceDescription) => (ns.replicationConfig?.activeClusterName === "clusterC" ? cSwitches.held : undefined) ?? Promise.resolve();
+      [a, b, c] = await startClusters(store, [{}, {}, { serverOptions: { replication: { beforeNamespaceApply } } }]);
+      await connectAll([a, b, c]);
+      await registerOrders([a, b, c]);
+    });
+    afterAll(async () => {
+      cSwitches.open();
+      await Promise.all([a, b, c].map((x) => x?.destroy()));
+    });
+
+    // No background asking at the issuer: the refusal reaches it by the way any answer of C's would (C's namespace queue).
+    test("TestUnconfirmedSwitchRefusedAtItsTargetIsUndoneAtItsIssuerOnceReconnected", async () => {
+      await setLink(a, b, false);
+      cSwitches.close();
+      const answer = awaitedLater(a.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterC", timeout: durationFromMs(2_000) }));
+      await expectActiveOn(a, NS, "clusterC", 3n);
+      expect((await wf(b).updateNamespace({ namespace: NS, activeClusterName: "clusterB" })).namespace!.failoverVersion).toBe(2n);
+      await expectActiveOn(c, NS, "clusterB", 2n);
+      // A cut off from C before C refuses the switch (on A's side: C's, disabled, would wait for its held apply), so A's answer cannot say what C did.
+      await a.client(OperatorService).addOrUpdateRemoteCluster({ frontendAddress: addr(c), enableRemoteClusterConnection: false });
+      cSwitches.open();
+      const res = await answer;
+      expect([res.namespace!.failoverVersion, res.unconfirmed]).toEqual([3n, expect.stringContaining("clusterC has acked namespace task ")]);
+      expect((await describeOn(a, NS)).replicationConfig!.activeClusterName).toBe("clusterC");
+      await setLink(a, c, true);
+      await expectActiveOn(a, NS, "clusterB", 2n);
+      await setLink(a, b, true);
+      await Promise.all([a, b, c].map((x) => expectActiveOn(x, NS, "clusterB", 2n)));
+    });
+  });
+
   describe(`a cluster cut off during a graceful failover that returns after the old active went away, on ${store}`, () => {
     let a: TestCluster, b: TestCluster, c: TestCluster;
     beforeAll(async () => ([a, b, c] = await startOrdersMesh(store)));
