@@ -90,6 +90,27 @@ async function overtakenAfterTheLastCheck([a, b, c]: [TestCluster, TestCluster, 
   }, { timeout: 20_000 });
 }
 
+/**
+ * For one describe: clusterA, B and C on store with NS registered (registerOrders), C's apply of
+ * the changes that make it active held while cSwitches is closed; after, the gate opened and all
+ * destroyed. mesh.abc is filled once beforeAll ran.
+ */
+function meshWithCSwitchesHeld(store: StoreKind) {
+  const cSwitches = createGate();
+  const mesh = {} as { abc: [TestCluster, TestCluster, TestCluster] };
+  beforeAll(async () => {
+    const beforeNamespaceApply = (ns: NamespaceDescription) => (ns.replicationConfig?.activeClusterName === "clusterC" ? cSwitches.held : undefined) ?? Promise.resolve();
+    mesh.abc = await startClusters(store, [{}, {}, { serverOptions: { replication: { beforeNamespaceApply } } }]) as [TestCluster, TestCluster, TestCluster];
+    await connectAll(mesh.abc);
+    await registerOrders(mesh.abc);
+  });
+  afterAll(async () => {
+    cSwitches.open();
+    await Promise.all((mesh.abc ?? []).map((x) => x?.destroy()));
+  });
+  return { mesh, cSwitches };
+}
+
 for (const store of await testStores()) {
   describe(`three clusters fail over among themselves on ${store}`, () => {
     let a: TestCluster, b: TestCluster, c: TestCluster;
@@ -353,41 +374,20 @@ for (const store of await testStores()) {
     ["clusterC", "TestGracefulSwitchAskedOfItsTargetAndOvertakenThereIsRefusedAsWhenAskedOfTheIssuer"],
   ] as const) {
     describe(`a forced failover that reaches the target after the switch's last check, asked of ${askedOf}, on ${store}`, () => {
-      let a: TestCluster, b: TestCluster, c: TestCluster;
-      const cSwitches = createGate(); // C's apply of the changes that make it active, held: the switch reaches it late
-      beforeAll(async () => {
-        const beforeNamespaceApply = (ns: NamespaceDescription) => (ns.replicationConfig?.activeClusterName === "clusterC" ? cSwitches.held : undefined) ?? Promise.resolve();
-        [a, b, c] = await startClusters(store, [{}, {}, { serverOptions: { replication: { beforeNamespaceApply } } }]);
-        await connectAll([a, b, c]);
-        await registerOrders([a, b, c]);
-      });
-      afterAll(async () => {
-        cSwitches.open();
-        await Promise.all([a, b, c].map((x) => x?.destroy()));
-      });
+      const { mesh, cSwitches } = meshWithCSwitchesHeld(store); // the switch reaches C late
 
       test(scenario, async () => {
-        await overtakenAfterTheLastCheck([a, b, c], askedOf === "clusterA" ? a : c, cSwitches);
+        await overtakenAfterTheLastCheck(mesh.abc, askedOf === "clusterA" ? mesh.abc[0] : mesh.abc[2], cSwitches);
       });
     });
   }
 
   describe(`a graceful switch refused at its target while its issuer is cut off from it, on ${store}`, () => {
-    let a: TestCluster, b: TestCluster, c: TestCluster;
-    const cSwitches = createGate(); // C's apply of the changes that make it active, held until A is cut off from C
-    beforeAll(async () => {
-      const beforeNamespaceApply = (ns: NamespaceDescription) => (ns.replicationConfig?.activeClusterName === "clusterC" ? cSwitches.held : undefined) ?? Promise.resolve();
-      [a, b, c] = await startClusters(store, [{}, {}, { serverOptions: { replication: { beforeNamespaceApply } } }]);
-      await connectAll([a, b, c]);
-      await registerOrders([a, b, c]);
-    });
-    afterAll(async () => {
-      cSwitches.open();
-      await Promise.all([a, b, c].map((x) => x?.destroy()));
-    });
+    const { mesh, cSwitches } = meshWithCSwitchesHeld(store); // held until A is cut off from C
 
     // No background asking at the issuer: the refusal reaches it by the way any answer of C's would (C's namespace queue).
     test("TestUnconfirmedSwitchRefusedAtItsTargetIsUndoneAtItsIssuerOnceReconnected", async () => {
+      const [a, b, c] = mesh.abc;
       await setLink(a, b, false);
       cSwitches.close();
       const answer = awaitedLater(a.client(OperatorService).failoverNamespace({ namespace: NS, targetCluster: "clusterC", timeout: durationFromMs(2_000) }));
