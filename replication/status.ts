@@ -4,7 +4,6 @@ import { and, asc, eq, gt, sql } from "drizzle-orm";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
 import {
   GetReplicationStatusResponseSchema,
-  type ForwardedCalls,
   type GetReplicationStatusResponse,
   type ShardReplicationStatus,
   type UnconnectedNamespaceMember,
@@ -16,7 +15,7 @@ import { lastTaskIds } from "./outbox";
 import { listsClusters } from "../src/namespace/lists-clusters";
 import type { Heard } from "./inbound-heard";
 import { inboundLagMs, type InboundProgress } from "./receiver";
-import type { ForwardedCallsSummary } from "../src/frontend/redirection-outcomes";
+import { forwardedCallsMessage, type ForwardedCallsSummary } from "../src/frontend/redirection-outcomes";
 
 export interface ReplicationStatusDeps {
   db: Db;
@@ -136,7 +135,7 @@ export function createReplicationStatus(deps: ReplicationStatusDeps) {
         namespaceLagUnknown: unknown || nsHeard.stale,
         namespaceError: why ?? nsHeard.error ?? "",
         inboundError: why ?? heard.error ?? "",
-        forwardedCalls: forwardedCallsStatus(forwardedCalls(remote.clusterName)),
+        forwardedCalls: forwardedCallsMessage(forwardedCalls(remote.clusterName)),
         cleanedPastShards: mine.filter((a) => a.direction === "outbound" && a.queue === "history" && a.cleanedThrough > a.ackLevel).length,
       });
     }
@@ -156,18 +155,6 @@ export type ReplicationStatus = ReturnType<typeof createReplicationStatus>;
  */
 function historyAcksByShard(acks: AckRow[], direction: "inbound" | "outbound"): Map<number, AckRow> {
   return new Map(acks.filter((a) => a.direction === direction && a.queue === "history").map((a) => [a.shardId, a]));
-}
-
-/** recent() of the calls forwarded to a remote, as the status message has it. */
-function forwardedCallsStatus(f: ForwardedCallsSummary): Omit<ForwardedCalls, "$typeName"> {
-  return {
-    timeoutsLastMinute: f.timeouts,
-    unreachableLastMinute: f.unreachable,
-    lastUnansweredType: f.last?.type ?? "",
-    lastUnansweredError: f.last?.error ?? "",
-    lastUnansweredAt: f.last && timestampFromDate(new Date(f.last.at)),
-    lastAnsweredAt: f.answeredAt === undefined ? undefined : timestampFromDate(new Date(f.answeredAt)),
-  };
 }
 
 function shardStatus(shardId: number, max: number, acked: number, lag: number, lagMs: number): ShardStatus {

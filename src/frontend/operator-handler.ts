@@ -18,7 +18,7 @@ import type { RemoteClientPool } from "../cluster/remote-client";
 import { createStaleCopyCheck } from "../../replication/stale-copy";
 import { durationMs, namespaceToProto } from "./convert";
 import { callActive, FORWARD_TIMEOUT_MS, FORWARDED_HEADER } from "./forwarding";
-import type { RedirectionOutcomes } from "./redirection-outcomes";
+import { forwardedCallsMessage, type RedirectionOutcomes } from "./redirection-outcomes";
 
 export interface OperatorHandlerDeps {
   db: Db;
@@ -58,6 +58,7 @@ function clusterToProto(
   current: CurrentCluster,
   version: string,
   connectionState: (name: string) => string,
+  redirections: RedirectionOutcomes,
 ): ClusterInfo {
   const isCurrent = row.clusterName === current.clusterName;
   return create(ClusterInfoSchema, {
@@ -74,6 +75,7 @@ function clusterToProto(
     serverVersion: isCurrent ? version : "",
     createTime: timestampFromDate(row.createdAt),
     connectionState: isCurrent ? "" : connectionState(row.clusterName),
+    forwardedCalls: isCurrent ? undefined : forwardedCallsMessage(redirections.recent(row.clusterName)),
   });
 }
 
@@ -81,7 +83,7 @@ function clusterToProto(
 export function createOperatorHandler(deps: OperatorHandlerDeps): ServiceImpl<typeof OperatorService> {
   const { db, clusters, namespaces, remotes, version, connectionState } = deps;
   const current = clusters.current();
-  const toProto = (row: typeof clusterMetadata.$inferSelect) => clusterToProto(row, current, version, connectionState);
+  const toProto = (row: typeof clusterMetadata.$inferSelect) => clusterToProto(row, current, version, connectionState, deps.redirections);
   const staleCopy = createStaleCopyCheck({ clusters, clients: deps.clients });
 
   /**

@@ -1,3 +1,5 @@
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { codeToString } from "@connectrpc/connect/protocol-connect";
 import { notTernAnswer, peerFailureText } from "../cluster/remote-client";
@@ -5,6 +7,7 @@ import { fetchFailureReason } from "../fetch-failure";
 import type { Logger } from "../observability/log";
 import type { Metrics } from "../observability/metrics";
 import { createRepeatLog } from "../observability/repeat-log";
+import { ForwardedCallsSchema, type ForwardedCalls } from "../gen/tern/common/v1/common_pb";
 
 /** One call forwarded to a cluster: its operation ("SignalWorkflowExecution"), namespace and target. */
 export interface Redirected {
@@ -112,6 +115,18 @@ export interface ForwardedCallsSummary {
   unreachable: number;
   last?: Unanswered;
   answeredAt?: number;
+}
+
+/** recent() of the calls forwarded to a remote, as replication status and the cluster list give it. */
+export function forwardedCallsMessage(f: ForwardedCallsSummary): ForwardedCalls {
+  return create(ForwardedCallsSchema, {
+    timeoutsLastMinute: f.timeouts,
+    unreachableLastMinute: f.unreachable,
+    lastUnansweredType: f.last?.type ?? "",
+    lastUnansweredError: f.last?.error ?? "",
+    lastUnansweredAt: f.last && timestampFromDate(new Date(f.last.at)),
+    lastAnsweredAt: f.answeredAt === undefined ? undefined : timestampFromDate(new Date(f.answeredAt)),
+  });
 }
 
 /** record with a failed call's outcome: unanswered (timeout, unreachable) kept for a minute; any other code is the target's answer. */

@@ -1,6 +1,8 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { Code } from "@connectrpc/connect";
 import { AdminService } from "../../src/gen/tern/admin/v1/service_pb";
+import { OperatorService } from "../../src/gen/tern/operator/v1/service_pb";
+import { clusterTable } from "../../src/cli/format-cluster";
 import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
 import { createLogger } from "../../src/observability/log";
 import { eventually } from "../support/eventually";
@@ -111,7 +113,7 @@ describe("calls B forwards to an active cluster whose replication stream is well
     await close?.();
   });
 
-  test("TestReplicationStatusOnBSaysTheActiveClusterLeavesForwardedCallsUnansweredThoughItsStreamIsConnected", async () => {
+  test("TestReplicationStatusAndClusterListOnBSayTheActiveClusterLeavesForwardedCallsUnansweredThoughItsStreamIsConnected", async () => {
     const status = async () => (await b.client(AdminService).getReplicationStatus({})).remotes[0]!;
     // A answers one forwarded call first: when it last did is in the status.
     await b.client(WorkflowService).signalWorkflowExecution({ namespace: NS, workflowExecution: run, signalName: "s", requestId: "sig-ok" });
@@ -131,6 +133,12 @@ describe("calls B forwards to an active cluster whose replication stream is well
       const text = replicationStatusTable(await b.client(AdminService).getReplicationStatus({}));
       expect(text).toContain("NOTE: 2 call(s) clusterB forwarded to clusterA in the last minute went unanswered (2 timed out, 0 unreachable), the last at ");
       expect(text).toMatch(/: timeout, [^;]+; it last answered one at \S+ \(\d+ s ago\)\. Calls forwarded to namespaces active in clusterA fail here while that lasts/);
+      // operator cluster list, where an operator checks a remote, says it under CONNECTION's connected.
+      const clusters = (await b.client(OperatorService).listClusters({})).clusters;
+      const listed = clusters.find((c) => c.clusterName === "clusterA")!;
+      expect({ state: listed.connectionState, timeouts: listed.forwardedCalls?.timeoutsLastMinute }).toEqual({ state: "connected", timeouts: 2 });
+      expect(clusters.find((c) => c.isCurrentCluster)!.forwardedCalls).toBeUndefined();
+      expect(clusterTable(clusters)).toMatch(/\bconnected\b[^\n]*\n(?:[^\n]*\n)*NOTE: 2 call\(s\) clusterB forwarded to clusterA in the last minute went unanswered \(2 timed out, 0 unreachable\)/);
     } finally {
       link.delayPaths(undefined);
     }

@@ -30,7 +30,9 @@ const list: LeafCommand = {
   details: [
     "Columns: NAME, ID, ADDRESS, CURRENT (true for this cluster), ENABLED (enable_connection),",
     "CONNECTION (current for this cluster; for a remote connected, connecting, unknown (its",
-    "streams restarting), disabled or error: ...), INITIAL VERSION, SHARDS.",
+    "streams restarting), disabled or error: ...), INITIAL VERSION, SHARDS. A NOTE follows for a",
+    "remote that left calls this server forwarded to it unanswered in the last minute: CONNECTION",
+    "reads the replication stream, which may be well while they fail (forwardedCalls in JSON).",
     'With -o json, prints { "clusters": [ClusterInfo, ...] } with every page merged.',
   ].join("\n"),
   flags: [],

@@ -8,6 +8,7 @@ import {
 } from "../../gen/tern/admin/v1/service_pb";
 import type { GroupCommand, LeafCommand } from "../command";
 import { formatTable } from "../output";
+import { atText, forwardedCallsNote } from "../format-cluster";
 import { dlqCommand } from "./replication-dlq";
 import { verifyCommand } from "./replication-verify";
 import { liveCopyWayOut } from "../../../replication/held-way-out";
@@ -33,35 +34,15 @@ function shardRow(remote: RemoteClusterReplicationStatus, direction: string, s: 
   ];
 }
 
-/** A time as a NOTE line says it: the time and how long ago. */
-function atText(t: Timestamp, now: number): string {
-  const at = timestampDate(t);
-  return `${at.toISOString()} (${Math.max(0, Math.round((now - at.getTime()) / 1000))} s ago)`;
-}
 
 /** Since when, as a NOTE line says it: the time and how long ago, or since the server started. */
 function sinceText(heardAt: Timestamp | undefined, now: number): string {
   return heardAt ? `since ${atText(heardAt, now)}` : "since this server started";
 }
 
-/**
- * A line for each remote that left calls forwarded to it unanswered in the last minute: how many
- * of each kind, the last with why and when, and when it last answered one. Its replication stream
- * may be well meanwhile (a frontend too loaded to answer, a proxy passing the stream and not
- * unary calls): CONNECTION then reads connected, and only client_redirection_errors said it.
- */
+/** A NOTE for each remote that left calls forwarded to it unanswered in the last minute (format-cluster.ts forwardedCallsNote). */
 function forwardedLines(res: GetReplicationStatusResponse, now: number): string {
-  return res.remotes
-    .map((r) => {
-      const f = r.forwardedCalls;
-      if (!f || f.timeoutsLastMinute + f.unreachableLastMinute === 0) return "";
-      const last = f.lastUnansweredAt ? `, the last at ${atText(f.lastUnansweredAt, now)}: ${f.lastUnansweredType}, ${f.lastUnansweredError}` : "";
-      const answered = f.lastAnsweredAt ? `it last answered one at ${atText(f.lastAnsweredAt, now)}` : "it has answered none since this server started";
-      return `NOTE: ${f.timeoutsLastMinute + f.unreachableLastMinute} call(s) ${res.clusterName} forwarded to ${r.clusterName} in the last minute went unanswered ` +
-        `(${f.timeoutsLastMinute} timed out, ${f.unreachableLastMinute} unreachable)${last}; ${answered}. Calls forwarded to namespaces active in ${r.clusterName} ` +
-        `fail here while that lasts, whatever its CONNECTION reads (the replication stream goes its own way): see client_redirection_errors\n`;
-    })
-    .join("");
+  return res.remotes.map((r) => forwardedCallsNote(res.clusterName, r.clusterName, r.forwardedCalls, now)).join("");
 }
 
 /** Whether the ns row's lag is unknown: the remote unheard, or its namespace polls failing (a server before namespaceLagUnknown: the first only). */
