@@ -247,7 +247,7 @@ export interface ForwardingDeps {
  * cover is refused naming the active cluster and its frontend address.
  */
 export function createForwardingWorkflowService(deps: ForwardingDeps): Workflow {
-  return withActiveAddress(deps.policy === "noop" ? deps.inner : forwarding(deps), deps.clusters);
+  return withActiveAddress(deps.policy === "noop" ? deps.inner : forwarding(deps), deps.clusters, deps.policy);
 }
 
 /**
@@ -255,30 +255,40 @@ export function createForwardingWorkflowService(deps: ForwardingDeps): Workflow 
  * forward) naming the active cluster's frontend address, where this cluster's metadata has it:
  * a client cannot act on a cluster's name alone.
  */
-function withActiveAddress(service: Workflow, clusters: ClusterDirectory): Workflow {
+function withActiveAddress(service: Workflow, clusters: ClusterDirectory, policy: ForwardingDeps["policy"]): Workflow {
   const current = clusters.current().clusterName;
   /**
    * The refusal e with the active cluster's address, if it is one and this cluster knows the
    * address; else e. A refusal of a call forwarded from the cluster it names is handedBack's
    * UNAVAILABLE here already: a tern from before handedBack passes the answer on as it comes.
    */
-  async function withAddress(e: unknown, req: { requestId?: string }, ctx: HandlerContext): Promise<never> {
+  async function withAddress(e: unknown, req: { requestId?: string }, ctx: HandlerContext, notForwarded?: string): Promise<never> {
     if (!(e instanceof NamespaceNotActiveError)) throw e;
-    if (ctx.requestHeader.get(FORWARDED_HEADER) === e.activeCluster) throw failingOver(e.namespace, current, e.activeCluster, retryText(ctx, req.requestId));
-    if (e.activeAddress) throw e;
-    const address = (await remoteOf(clusters, e.activeCluster).catch(() => undefined))?.rpcAddress;
-    throw address ? new NamespaceNotActiveError(e.namespace, e.activeCluster, address, e.why) : e;
+    const forwardedBy = ctx.requestHeader.get(FORWARDED_HEADER);
+    if (forwardedBy === e.activeCluster) throw failingOver(e.namespace, current, e.activeCluster, retryText(ctx, req.requestId));
+    const why = e.why ?? (forwardedBy || !notForwarded ? undefined : notForwardedWhy(current, e.activeCluster, notForwarded));
+    const address = e.activeAddress ?? (await remoteOf(clusters, e.activeCluster).catch(() => undefined))?.rpcAddress;
+    if (address === e.activeAddress && why === e.why) throw e;
+    throw new NamespaceNotActiveError(e.namespace, e.activeCluster, address, why);
   }
   const wrapped: Record<string, unknown> = { ...service };
   for (const name of ALL) {
     const method = service[name] as (req: never, ctx: HandlerContext) => unknown;
+    // A write the policy leaves out, refused: a caller who set forwarding up is told why this one was not forwarded.
+    const notForwarded = policy === "selected-apis-forwarding" && !SELECTED.includes(name) ? name.charAt(0).toUpperCase() + name.slice(1) : undefined;
     // Every write passes here: an answer costs no async frame of its own, only a failure is looked at.
     wrapped[name] = (req: never, ctx: HandlerContext) => {
       const answer = method.call(service, req, ctx);
-      return answer instanceof Promise ? answer.catch((e: unknown) => withAddress(e, req, ctx)) : answer;
+      return answer instanceof Promise ? answer.catch((e: unknown) => withAddress(e, req, ctx, notForwarded)) : answer;
     };
   }
   return wrapped as Workflow;
+}
+
+/** Why what (CompleteWorkflowExecution) was refused here rather than forwarded under selected-apis-forwarding. */
+function notForwardedWhy(here: string, active: string, what: string): string {
+  return `${here} forwards only start, signal, signal-with-start, cancel and terminate (dcRedirectionPolicy selected-apis-forwarding), not ${what}: ` +
+    `send it to ${active}, or set all-apis-forwarding here`;
 }
 
 /**

@@ -109,11 +109,14 @@ for (const store of await testStores()) {
     });
 
     test("TestCompleteNotForwardedUnderSelectedButForwardedUnderAllApis", async () => {
-      await rejects(
+      const refused = await rejects(
         selected.client(WorkflowService).recordMarker({ namespace: "orders", workflowExecution: run("w1"), markerName: "m" }),
         Code.FailedPrecondition,
         `active in cluster clusterA, whose frontend is at ${addr(a)}`,
       );
+      // Its caller set forwarding up: the refusal says why this call was not forwarded, and what to do.
+      expect(refused.rawMessage).toEndWith("; clusterC forwards only start, signal, signal-with-start, cancel and terminate " +
+        "(dcRedirectionPolicy selected-apis-forwarding), not RecordMarker: send it to clusterA, or set all-apis-forwarding here");
       const marker = await all.client(WorkflowService).recordMarker({ namespace: "orders", workflowExecution: run("w1"), markerName: "m" });
       expect(marker.eventId).toBe(4n);
       const described = await all.client(WorkflowService).describeWorkflowExecution({ namespace: "orders", execution: run("w1") });
