@@ -6,6 +6,7 @@ import { transaction } from "../src/persistence/call-signal";
 import type { Db, Tx } from "../src/persistence/database";
 import { runStatement, tableCodec } from "../src/persistence/raw-statements";
 import { clusterMetadata, namespaceReplicationTasks, replicationAckLevels, replicationTasks, shards } from "../src/persistence/schema";
+import { oldestHeld, tasksBehind } from "./outbound-lag";
 
 export interface ReplicationCleanupDeps {
   db: Db;
@@ -49,16 +50,24 @@ export function createReplicationCleanup({
   /** When the next disabled remote passes its grace: a pass is due then, whatever committed. */
   let skipDueAt = Number.POSITIVE_INFINITY;
 
-  function showBacklog(remotes: string[], maxima: Map<number, number>, ackOf: (remote: string, shardId: number) => number) {
+  /**
+   * Sets each remote's gauge per shard to the tasks it is behind as replication status counts them
+   * (outbound-lag.ts), once this pass's deletes are done. Only a shard some remote's ack is below
+   * the last task of has its oldest task looked up: a probe of the primary key each, not a count of
+   * the backlog (a remote down for hours leaves millions).
+   */
+  async function showBacklog(tx: Tx, remotes: string[], maxima: Map<number, number>, ackOf: (remote: string, shardId: number) => number) {
     if (!metrics) return;
     for (const remote of gauged) {
       if (remotes.includes(remote)) continue;
       metrics.remove("replication_outbound_tasks_lag", { remote_cluster: remote });
       gauged.delete(remote);
     }
+    const behind = [...maxima].filter(([shardId, max]) => remotes.some((r) => ackOf(r, shardId) < max)).map(([shardId]) => shardId);
+    const oldest = await oldestHeld(tx, behind);
     for (const remote of remotes) {
       for (const [shardId, max] of maxima) {
-        metrics.set("replication_outbound_tasks_lag", { remote_cluster: remote, shard: String(shardId) }, Math.max(0, max - ackOf(remote, shardId)));
+        metrics.set("replication_outbound_tasks_lag", { remote_cluster: remote, shard: String(shardId) }, tasksBehind(max, ackOf(remote, shardId), oldest.get(shardId)));
       }
       gauged.add(remote);
     }
@@ -95,7 +104,7 @@ export function createReplicationCleanup({
       .for("share");
     skipDueAt = Number.POSITIVE_INFINITY;
     if (remotes.length === 0) {
-      showBacklog([], new Map(), () => 0);
+      await showBacklog(tx, [], new Map(), () => 0);
       const before = new Date(now().getTime() - graceMs);
       const gone = await tx.delete(replicationTasks).where(lt(replicationTasks.createdAt, before)).returning({ id: replicationTasks.taskId });
       await tx.delete(namespaceReplicationTasks).where(lt(namespaceReplicationTasks.createdAt, before));
@@ -119,7 +128,6 @@ export function createReplicationCleanup({
     ]);
     const ackByKey = new Map(acks.map((a) => [`${a.queue}/${a.remoteCluster}/${a.shardId}`, a.ackLevel]));
     const ackOf = (queue: string, remote: string, shardId: number) => ackByKey.get(`${queue}/${remote}/${shardId}`) ?? 0;
-    showBacklog(remotes.map((r) => r.name), new Map(shardRows.map((s) => [s.shardId, Number(s.next) - 1])), (remote, shardId) => ackOf("history", remote, shardId));
     const nsMin = Math.min(...remotes.map((r) => ackOf("namespace", r.name, 0)));
     if (nsMin > 0) await tx.delete(namespaceReplicationTasks).where(lte(namespaceReplicationTasks.taskId, nsMin));
     // Per shard, the least ack of every remote held to (one without an ack row for the shard has
@@ -134,7 +142,14 @@ export function createReplicationCleanup({
       least.set(shardId, min);
       for (const remote of skipped) if (ackOf("history", remote, shardId) < min) marks.push({ remote, shardId, through: min });
     }
-    if (!least.size) return 0;
+    const deleted = least.size ? await deleteAcked(tx, least, marks) : 0;
+    const maxima = new Map(shardRows.map((s) => [s.shardId, Number(s.next) - 1]));
+    await showBacklog(tx, remotes.map((r) => r.name), maxima, (remote, shardId) => ackOf("history", remote, shardId));
+    return deleted;
+  }
+
+  /** Deletes each shard's tasks at or below its least ack, recording how far past their acks for the remotes skipped (marks). */
+  async function deleteAcked(tx: Tx, least: Map<number, number>, marks: { remote: string; shardId: number; through: number }[]): Promise<number> {
     if (marks.length) {
       await runStatement(tx, MARK_CLEANED_TEXT, [marks.map((m) => m.remote), marks.map((m) => m.shardId), marks.map((m) => m.through)]);
       log.info("replication tasks deleted past the acks of remotes disabled past their grace; enabled, they repair by backfill", {

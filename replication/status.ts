@@ -12,6 +12,7 @@ import type { Db } from "../src/persistence/database";
 import { clusterMetadata, namespaces, replicationAckLevels, replicationTasks } from "../src/persistence/schema";
 import { heldSummary } from "./namespace-held";
 import { lastTaskIds } from "./outbox";
+import { tasksBehind } from "./outbound-lag";
 import { listsClusters } from "../src/namespace/lists-clusters";
 import type { Heard } from "./inbound-heard";
 import { inboundLagMs, type InboundProgress } from "./receiver";
@@ -58,10 +59,7 @@ export function createReplicationStatus(deps: ReplicationStatusDeps) {
 
   /**
    * What the remote acked of this cluster's shards, with how many tasks past its ack the queue
-   * still holds and the age of the oldest. Not the last task id less the ack: tasks deleted
-   * before the remote acked them (the cleanup's, with no remote yet, or past a remote disabled
-   * beyond its grace) are never sent (it repairs them by backfill), and a remote that never
-   * acked was shown behind by every task the shard ever had.
+   * still holds (tasksBehind, as replication_outbound_tasks_lag counts them) and the age of the oldest.
    */
   async function outbound(remote: string, acks: AckRow[], maxima: Map<number, number>): Promise<ShardStatus[]> {
     const t = replicationTasks;
@@ -71,6 +69,7 @@ export function createReplicationStatus(deps: ReplicationStatusDeps) {
         shardId: t.shardId,
         at: sql<number>`extract(epoch from min(${t.createdAt})) * 1000`.mapWith(Number),
         held: sql<number>`count(*)`.mapWith(Number),
+        first: sql<number>`min(${t.taskId})`.mapWith(Number),
       })
       .from(t)
       .leftJoin(a, and(eq(a.remoteCluster, remote), eq(a.direction, "outbound"), eq(a.queue, "history"), eq(a.shardId, t.shardId)))
@@ -81,8 +80,9 @@ export function createReplicationStatus(deps: ReplicationStatusDeps) {
     return [...maxima].map(([shardId, max]) => {
       const acked = rows.get(shardId)?.ackLevel ?? 0;
       const at = unacked.get(shardId)?.at;
-      // At most the ids past the ack as the maxima read them: a task committed since is not counted.
-      const lag = Math.min(Math.max(0, max - acked), unacked.get(shardId)?.held ?? 0);
+      // At most the ids as the maxima read them (a task committed since is not counted), at most
+      // the tasks held (a namespace deleted here took its tasks, wherever they were in the queue).
+      const lag = Math.min(tasksBehind(max, acked, unacked.get(shardId)?.first), unacked.get(shardId)?.held ?? 0);
       return shardStatus(shardId, max, acked, lag, lag > 0 && at ? Math.max(0, Math.round(now() - at)) : 0);
     });
   }
