@@ -2,7 +2,7 @@
  * A tern cluster as a separate server process (`bun src/main.ts --config <yaml>`) on a
  * free port over a fresh PGlite dir. Shared by `bun run demo` and test/e2e/runbook.test.ts.
  */
-import { mkdirSync, writeFileSync, createWriteStream } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, renameSync, writeFileSync, createWriteStream } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -53,7 +53,7 @@ export interface ClusterProcess {
   address: string;
   port: number;
   configPath: string;
-  /** The server's log (JSON lines) on disk. */
+  /** This run's server log (JSON lines) on disk; the logs of earlier runs in the same dir are kept beside it (keepEarlierLog). */
   logPath: string;
   /** The last lines the server wrote (only warnings and errors when important), for error messages. */
   tail(lines?: number, important?: boolean): string;
@@ -138,6 +138,20 @@ async function waitHealthy(address: string, exited: () => boolean, timeoutMs: nu
   throw new Error(`no healthy answer within ${timeoutMs} ms (${last}; the process is still running)`);
 }
 
+/**
+ * Moves the log of an earlier run in home (a restart's: the run killed or stopped before it) to
+ * server.run-N.log, N counting the runs from 1, so that each run's log is kept: a restart wrote
+ * server.log afresh, and the log of the run it followed, the one a crash test wants, was gone.
+ */
+function keepEarlierLog(home: string): string | undefined {
+  const current = join(home, "server.log");
+  if (!existsSync(current)) return undefined;
+  const runs = readdirSync(home).filter((f) => /^server\.run-\d+\.log$/.test(f)).length;
+  const kept = join(home, `server.run-${runs + 1}.log`);
+  renameSync(current, kept);
+  return kept;
+}
+
 /** Writes the config, starts the server and resolves once GET /health answers 200. */
 export async function startClusterProcess(o: ClusterProcessOptions): Promise<ClusterProcess> {
   const home = join(o.dir, o.name);
@@ -147,6 +161,7 @@ export async function startClusterProcess(o: ClusterProcessOptions): Promise<Clu
   const configPath = join(home, "tern.yaml");
   const logPath = join(home, "server.log");
   writeFileSync(configPath, clusterConfigYaml({ ...o, port, dataDir: join(home, "data") }));
+  keepEarlierLog(home);
   const log = createWriteStream(logPath);
   let recent = "";
   const child = Bun.spawn([process.execPath, ...(o.runtimeArgs ?? []), "src/main.ts", "--config", configPath], {

@@ -1,7 +1,6 @@
 import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
-import { renameSync } from "node:fs";
 import postgres from "postgres";
 import { runTern, startClusterProcess, type ClusterProcess, type ClusterProcessOptions, type TernResult } from "../../scripts/lib/cluster-process";
 import { EventType } from "../../src/gen/tern/common/v1/common_pb";
@@ -169,9 +168,8 @@ for (const store of await testStores()) {
             const at = load.acked.length + Math.floor(rng() * 8);
             await eventually(() => expect(load.acked.length).toBeGreaterThanOrEqual(at), { timeout: 30_000 });
           }
+          // The restart keeps the killed process's log beside its own (server.run-N.log, scripts/lib/cluster-process.ts).
           await clusters[victim]!.crash();
-          // The restart writes a new server.log: the killed process's is kept beside it.
-          renameSync(clusters[victim]!.logPath, clusters[victim]!.logPath.replace(/\.log$/, `.killed-round-${round}.log`));
           const down = await runTern(["--address", clusters[victim]!.address, "operator", "namespace", "describe", "-n", NS]);
           expect({ what, code: down.code, trace: /\n\s+at /.test(down.stderr) }).toEqual({ what, code: 1, trace: false });
           const said = await command;
