@@ -6,6 +6,7 @@ import type { HistoryApplier } from "../replication/applier";
 import type { ReplicationVerifierDeps } from "../replication/verification";
 import { resetAbandonedHandovers } from "../replication/failover";
 import { createPlannerStats } from "./persistence/planner-stats";
+import { createPgliteCheckpoints } from "./persistence/pglite-checkpoints";
 import type { RetryPolicy } from "../replication/page-applier";
 import type { Config } from "./config/schema";
 import { startFailure } from "./errors";
@@ -40,6 +41,8 @@ export interface ServerOptions {
   /** Test hook inside every history write transaction, just before commit. */
   beforeCommit?: (operation: string) => Promise<void> | void;
   database?: OpenOptions;
+  /** When a PGlite database is checkpointed (persistence/pglite-checkpoints.ts; tests make it often). */
+  pgliteCheckpoints?: { walBytes?: number; intervalMs?: number };
   /** Wraps the namespace registry, e.g. to count its reads (tests). */
   wrapNamespaces?: (registry: NamespaceRegistry) => NamespaceRegistry;
   /** How long a call forwarded to the active cluster waits for its answer past its own work (default FORWARD_TIMEOUT_MS, 30 s). */
@@ -209,15 +212,16 @@ function wire(
   const readMaxBytes = config.limits.blobSizeLimitError * 2 + 1024 * 1024;
   const app = createApp({ routes, interceptors, metrics: core.metrics, refuseUnserved, isServing, readMaxBytes });
   const store = config.persistence.datastore;
-  const plannerStats = "postgres" in store
+  // The store's own upkeep: PostgreSQL's planner statistics; PGlite's checkpoints, which nothing else makes.
+  const storeUpkeep = "postgres" in store
     ? createPlannerStats({ db: core.db, log, intervalMs: store.postgres.analyzeIntervalMs })
-    : undefined;
+    : createPgliteCheckpoints({ db: core.db, log, ...opts.pgliteCheckpoints });
   const loopDelay = startLoopDelaySampler(core.metrics);
   core.timers.start();
   repl.cleanup.start();
   // PGlite is one process's database: its own failovers hold no lock the reset could see.
   if (database.kind === "postgres") repl.handoverReset.start();
-  plannerStats?.start();
+  storeUpkeep.start();
   repl.refreshDlqGauge();
   repl.dlqGauge.start();
   void repl.manager.start();
@@ -241,7 +245,7 @@ function wire(
       await repl.cleanup.stop();
       await repl.handoverReset.stop();
       await repl.dlqGauge.stop();
-      await plannerStats?.stop();
+      await storeUpkeep.stop();
       await endLongPolls(); // before the database closes under them
       await core.timers.stop();
       await database.close();
