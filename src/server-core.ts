@@ -8,6 +8,7 @@ import { createHistoryEngine } from "./history/engine";
 import { createEventNotifier } from "./history/notifier";
 import { createHistoryQueries } from "./history/queries";
 import { createTimerQueue } from "./history/timer-queue";
+import { createTurnTaking } from "./turn-taking";
 import { createWriter } from "./history/writer";
 import { createNamespaceRegistry, type NamespaceRecord } from "./namespace/registry";
 import type { Logger } from "./observability/log";
@@ -68,13 +69,15 @@ export function wireCore({ config, opts, log, now, database, cluster }: Base) {
   if (database.applies?.synchronousBecause) {
     log.warn("replication applies commit synchronously (each waits for its WAL flush)", { reason: database.applies.synchronousBecause });
   }
-  const timers = createTimerQueue({ db, writer, namespaces, notifier, metrics, log, currentCluster: cluster.clusterName, now });
+  // Clients' calls go before the timer queue's next batch (a drain's): turn-taking.ts.
+  const turns = createTurnTaking();
+  const timers = createTimerQueue({ db, writer, namespaces, notifier, metrics, log, currentCluster: cluster.clusterName, now, turns });
   const engine = createHistoryEngine({
     db, cluster, limits: config.limits, metrics, log, now, namespaces, notifier, writer,
     onTimerCreated: (at) => timers.scheduled(at),
   });
   const queries = createHistoryQueries({ db, namespaces, notifier });
-  return { db, metrics, clusters, notifier, outboxMarks, outboxTail, onActivated, activatedHooks, onChanged, changedHooks, handoverSeenHooks, whenChanged, namespaces, writer, applyWriter, timers, engine, queries };
+  return { db, metrics, clusters, notifier, outboxMarks, outboxTail, onActivated, activatedHooks, onChanged, changedHooks, handoverSeenHooks, whenChanged, namespaces, writer, applyWriter, turns, timers, engine, queries };
 }
 
 /** What wireCore made, for the wiring after it. */

@@ -19,6 +19,7 @@ import { createFrontendInterceptor } from "./frontend/interceptors";
 import { createRefuseUnserved, watchRefusals, type RefuseUnserved } from "./frontend/refused-calls";
 import { createRateLimiter } from "./frontend/rate-limiter";
 import { createServingProbe } from "./frontend/serving-probe";
+import { createClientTurnsInterceptor } from "./frontend/client-turns";
 import { createStopGate, type StopGate } from "./frontend/stop-gate";
 import type { NamespaceRegistry } from "./namespace/registry";
 import { createLogger, type Logger } from "./observability/log";
@@ -207,7 +208,12 @@ function wire(
   const refuseUnserved = createRefuseUnserved({ metrics: core.metrics, failures });
   const limiter = createRateLimiter(config.limits.hostRps, config.limits.namespaceRps);
   // The deadline innermost: a call past its deadline is still counted, logged and mapped; so is one refused as the server stops.
-  const interceptors = [createFrontendInterceptor({ metrics: core.metrics, log, failures, limiter, knownNamespace: core.namespaces.known, readNames: core.namespaces.readNames }), gate.interceptor, createDeadlineInterceptor()];
+  const interceptors = [
+    createFrontendInterceptor({ metrics: core.metrics, log, failures, limiter, knownNamespace: core.namespaces.known, readNames: core.namespaces.readNames }),
+    gate.interceptor,
+    createClientTurnsInterceptor(core.turns),
+    createDeadlineInterceptor(),
+  ];
   // Room for a maximal payload plus the rest of the request.
   const readMaxBytes = config.limits.blobSizeLimitError * 2 + 1024 * 1024;
   const app = createApp({ routes, interceptors, metrics: core.metrics, refuseUnserved, isServing, readMaxBytes });

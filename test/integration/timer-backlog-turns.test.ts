@@ -1,0 +1,56 @@
+import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { create } from "@bufbuild/protobuf";
+import { DurationSchema } from "@bufbuild/protobuf/wkt";
+import { WorkflowService } from "../../src/gen/tern/workflow/v1/service_pb";
+import { startTestCluster, type TestCluster } from "../support/server";
+import { testStores } from "../support/stores";
+import { serverStartTimeout } from "../support/timeouts";
+
+setDefaultTimeout(serverStartTimeout * 2);
+
+for (const store of await testStores()) {
+  describe(`clients' writes beside a draining backlog of due timers (${store})`, () => {
+    let c: TestCluster | undefined;
+    afterAll(() => c?.destroy());
+
+    test("AClientsWriteDuringADrainWaitsForOneBatchAtMost: each start is answered with at most one timer batch committed since it was sent", async () => {
+      const runs = 600;
+      // The servers' clock: two hours on once the backlog is written, so that its hour-long timeouts are all due at the restart.
+      let aheadMs = 0;
+      let batches = 0;
+      const serverOptions = {
+        now: () => new Date(Date.now() + aheadMs),
+        beforeCommit: (operation: string) => void (operation === "FireTimer" && batches++),
+      };
+      c = await startTestCluster({ store, name: "clusterA", serverOptions });
+      let wf = c.client(WorkflowService);
+      await wf.registerNamespace({ namespace: "orders", isGlobalNamespace: true });
+      for (let i = 0; i < runs; i += 50) {
+        await Promise.all(Array.from({ length: 50 }, (_, k) => wf.startWorkflowExecution({
+          namespace: "orders", workflowId: `t-${i + k}`, workflowType: "t", taskQueue: "q", workflowExecutionTimeout: create(DurationSchema, { seconds: 3600n }),
+        })));
+      }
+      await c.stop();
+      aheadMs = 7_200_000;
+      const first = c;
+      c = await startTestCluster({ store, name: "clusterA", dataLocation: c.dataLocation, serverOptions });
+      c.destroy = async () => {
+        await c!.stop();
+        await first.destroy();
+      };
+      wf = c.client(WorkflowService);
+      // Every batch of 50 but one is still to commit while the starts are answered.
+      const spans: number[] = [];
+      for (let i = 0; i < 6 && batches < runs / 50 - 1; i++) {
+        const before = batches;
+        await wf.startWorkflowExecution({ namespace: "orders", workflowId: `client-${i}`, workflowType: "t", taskQueue: "q" });
+        spans.push(batches - before);
+      }
+      expect(spans.length).toBeGreaterThanOrEqual(3);
+      // The batch under way when the start was sent, no more: before the turns, two or three (the
+      // request was read only once the next batch had begun, and waited for it too).
+      expect(spans.filter((n) => n > 1)).toEqual([]);
+      expect(batches).toBeLessThan(runs / 50);
+    });
+  });
+}
