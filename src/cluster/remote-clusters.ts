@@ -126,15 +126,16 @@ export function createRemoteClusters({ db, current, clients, onChanged, onConnec
       const held = (await heldListing(tx, name)).map(
         (h) => `${h.name} (id ${h.id}, its changes from ${h.from ? name : `${h.source}, listing ${name},`} held here behind a namespace ${h.name} with another id, ${h.localId})`,
       );
+      const where = listsClusters(name, current.clusterName);
       const users = await tx
-        .select({ name: namespaces.name })
+        .select({ name: namespaces.name, activeClusterName: namespaces.activeClusterName, clusters: namespaces.clusters })
         .from(namespaces)
-        .where(listsClusters(name, current.clusterName))
-        .limit(5);
+        .where(where)
+        .orderBy(namespaces.name)
+        .limit(LISTED_SHOWN);
       if (users.length || held.length) {
-        throw failedPrecondition(
-          `cluster ${name} is still listed by namespace(s) ${[...users.map((u) => u.name), ...held].join(", ")}; remove it from their clusters first`,
-        );
+        const [{ count }] = users.length < LISTED_SHOWN ? [{ count: users.length }] : await tx.select({ count: sql<number>`count(*)::int` }).from(namespaces).where(where);
+        throw failedPrecondition(stillListedText(name, users, held, count));
       }
       await tx.delete(replicationAckLevels).where(eq(replicationAckLevels.remoteCluster, name));
       await onRemoved?.(tx, name);
@@ -147,6 +148,23 @@ export function createRemoteClusters({ db, current, clients, onChanged, onConnec
 }
 
 export type RemoteClusters = ReturnType<typeof createRemoteClusters>;
+
+/** How many of the namespaces listing a cluster a refused remove names (and the command for each). */
+const LISTED_SHOWN = 3;
+
+/**
+ * Why a remove is refused: the namespaces listing the cluster (LISTED_SHOWN of count, then "and N more"), held
+ * changes listing it, and for each namespace shown the update to run on its active cluster, naming the clusters it keeps.
+ */
+function stillListedText(name: string, users: { name: string; activeClusterName: string; clusters: string[] }[], held: string[], count: number): string {
+  const more = count > users.length ? ` and ${count - users.length} more` : "";
+  const fixes = users.map((u) => {
+    const keeps = u.clusters.filter((c) => c !== name).map((c) => ` --cluster ${c}`).join("");
+    return `'tern operator namespace update -n ${u.name}${keeps}' on ${u.activeClusterName}`;
+  });
+  const how = fixes.length ? `, on each namespace's active cluster (${fixes.join("; ")}${more ? "; 'tern operator namespace list' shows the rest" : ""})` : "";
+  return `cluster ${name} is still listed by namespace(s) ${[...users.map((u) => u.name), ...held].join(", ")}${more}; remove it from their clusters first${how}`;
+}
 
 /** The first connection rule the remote breaks (DESIGN.md section 1), or undefined. */
 export function connectionRule(

@@ -108,8 +108,25 @@ for (const store of await testStores()) {
     test("remove is refused while a namespace lists both clusters", async () => {
       const op = a.client(OperatorService);
       await a.client(WorkflowService).registerNamespace({ namespace: "both", isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
-      await rejects(op.removeRemoteCluster({ clusterName: "clusterB" }), Code.FailedPrecondition, "still listed by namespace(s) both");
-      await a.client(WorkflowService).updateNamespace({ namespace: "both", clusters: ["clusterA"] });
+      await rejects(
+        op.removeRemoteCluster({ clusterName: "clusterB" }),
+        Code.FailedPrecondition,
+        "still listed by namespace(s) both; remove it from their clusters first, on each namespace's active cluster " +
+          "('tern operator namespace update -n both --cluster clusterA' on clusterA)",
+      );
+      // More than the refusal names: a few, then how many more and where to see them.
+      const others = ["both-2", "both-3", "both-4", "both-5"];
+      for (const namespace of others) {
+        await a.client(WorkflowService).registerNamespace({ namespace, isGlobalNamespace: true, clusters: ["clusterA", "clusterB"] });
+      }
+      await rejects(
+        op.removeRemoteCluster({ clusterName: "clusterB" }),
+        Code.FailedPrecondition,
+        "still listed by namespace(s) both, both-2, both-3 and 2 more; remove it from their clusters first, on each namespace's active cluster " +
+          "('tern operator namespace update -n both --cluster clusterA' on clusterA; 'tern operator namespace update -n both-2 --cluster clusterA' on clusterA; " +
+          "'tern operator namespace update -n both-3 --cluster clusterA' on clusterA; 'tern operator namespace list' shows the rest)",
+      );
+      for (const namespace of ["both", ...others]) await a.client(WorkflowService).updateNamespace({ namespace, clusters: ["clusterA"] });
       await op.removeRemoteCluster({ clusterName: "clusterB" });
       expect((await op.listClusters({})).clusters.map((x) => x.clusterName)).toEqual(["clusterA"]);
       await rejects(op.removeRemoteCluster({ clusterName: "clusterB" }), Code.NotFound, "cluster clusterB is not known");
