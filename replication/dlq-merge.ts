@@ -217,7 +217,7 @@ export function createDlqMerge({ db, dlq, applier, writer, clients, notifier, lo
     let merged = 0;
     for (let round = 0; ; round++) {
       const entries = (await dlq.all(filter)).filter((e) => !tried.has(entryKeyText(e)));
-      if (!entries.length && round === 0) await dlq.refuseUnknownSource(filter);
+      if (!entries.length && round === 0) await dlq.refuseBadFilter(filter);
       if (!entries.length) break;
       if (round === rounds) {
         failed.push(...entries.map((e) => entryOf({ ...e, lastError: LEFT_FOR_NEXT_MERGE })));

@@ -99,7 +99,7 @@ export function createReplicationDlq({ db, metrics, log }: ReplicationDlqDeps) {
       .where(and(where(req), after ? or(gt(d.sourceCluster, after.s), and(eq(d.sourceCluster, after.s), sql`(${d.shardId}, ${d.taskId}) > (${after.h}, ${after.t})`)) : undefined))
       .orderBy(asc(d.sourceCluster), asc(d.shardId), asc(d.taskId))
       .limit(pageSize + 1);
-    if (!rows.length && !after) await refuseUnknownSource(req);
+    if (!rows.length && !after) await refuseBadFilter(req);
     const more = rows.length > pageSize;
     const page = rows.slice(0, pageSize);
     const last = page.at(-1);
@@ -116,19 +116,29 @@ export function createReplicationDlq({ db, metrics, log }: ReplicationDlqDeps) {
   /** Deletes the entries filter matches; not once signal (the call's, persistence/call-signal.ts) fired. */
   async function purge(filter: DlqFilter, signal?: AbortSignal): Promise<number> {
     const rows = await transaction(db, (tx) => tx.delete(replicationDlq).where(where(filter)).returning({ taskId: replicationDlq.taskId }), signal);
-    if (!rows.length) await refuseUnknownSource(filter);
+    if (!rows.length) await refuseBadFilter(filter);
     await refreshGauge();
     return rows.length;
   }
 
-  /** A source cluster named in a filter that found nothing must be a remote this cluster knows: a typo, or this cluster's own name, is not "empty". */
-  async function refuseUnknownSource(filter: DlqFilter): Promise<void> {
-    if (!filter.sourceCluster) return;
-    const [row] = await db.select({ isCurrent: clusterMetadata.isCurrent }).from(clusterMetadata).where(eq(clusterMetadata.clusterName, filter.sourceCluster));
-    if (!row) throw notFound(`cluster ${shown(filter.sourceCluster)} is not known here: it has no DLQ entries and is no remote cluster of this one`);
-    if (row.isCurrent) {
-      throw invalidArgument(`cluster ${shown(filter.sourceCluster)} is this cluster: its DLQ holds tasks from its remote clusters; name one of them, or ask the cluster that received ${shown(filter.sourceCluster)}'s tasks`);
+  /**
+   * A filter that found nothing must name what could hold entries: a source cluster this cluster knows as a remote (a typo,
+   * or this cluster's own name, is not "empty"), and a shard within that source's shards (any remote's, with no source named).
+   */
+  async function refuseBadFilter(filter: DlqFilter): Promise<void> {
+    const rows = await db.select({ name: clusterMetadata.clusterName, isCurrent: clusterMetadata.isCurrent, shards: clusterMetadata.historyShardCount }).from(clusterMetadata);
+    const named = filter.sourceCluster ? rows.find((r) => r.name === filter.sourceCluster) : undefined;
+    if (filter.sourceCluster) {
+      if (!named) throw notFound(`cluster ${shown(filter.sourceCluster)} is not known here: it has no DLQ entries and is no remote cluster of this one`);
+      if (named.isCurrent) {
+        throw invalidArgument(`cluster ${shown(filter.sourceCluster)} is this cluster: its DLQ holds tasks from its remote clusters; name one of them, or ask the cluster that received ${shown(filter.sourceCluster)}'s tasks`);
+      }
     }
+    const sources = named ? [named] : rows.filter((r) => !r.isCurrent);
+    if (!filter.shardId || !sources.length || sources.some((r) => filter.shardId! <= r.shards)) return;
+    const ranges = sources.map((r) => `cluster ${r.name} has shards 1-${r.shards}`).join(", ");
+    const why = named ? ranges : `no remote cluster of this one has it (${ranges})`;
+    throw invalidArgument(`shard ${filter.shardId} is out of range: ${why}; a DLQ entry carries its source cluster's shard`);
   }
 
   /** Entries per source cluster. */
@@ -162,7 +172,7 @@ export function createReplicationDlq({ db, metrics, log }: ReplicationDlqDeps) {
     gauged = sources;
   }
 
-  return { add, heldRuns, list, all, purge, sizes, refreshGauge, readGauge, refuseUnknownSource };
+  return { add, heldRuns, list, all, purge, sizes, refreshGauge, readGauge, refuseBadFilter };
 }
 
 export type ReplicationDlq = ReturnType<typeof createReplicationDlq>;

@@ -144,9 +144,17 @@ for (const store of await testStores()) {
       const listed = await tern(b, "replication", "dlq", "list", "--source-cluster", "clusterA");
       expect(listed.out.split("\n")[1]).toMatch(/^clusterA +1 +\d+ +worse +\S+ +\[1, 2\) +4 +\S+ +23514: injected fault for worse: new row violates check constraint$/);
       expect(JSON.parse((await tern(b, "replication", "dlq", "list", "-o", "json")).out).entries[0].lastError).toBe(reason);
-      // A filter that matches none of them: that part is empty, not the DLQ.
+      // A shard the source has not (clusterA has one) is refused, not "empty", by every DLQ call, with or without the source.
       const none = await tern(b, "replication", "dlq", "list", "--source-cluster", "clusterA", "--shard", "2");
-      expect([none.code, none.out]).toEqual([0, "The replication DLQ of clusterA shard 2 is empty\n"]);
+      const outOfRange = "error: invalid_argument: shard 2 is out of range: cluster clusterA has shards 1-1; a DLQ entry carries its source cluster's shard";
+      expect([none.code, none.out, none.err.trim()]).toEqual([1, "", outOfRange]);
+      for (const verb of [["merge"], ["purge", "--yes"]]) {
+        expect((await tern(b, "replication", "dlq", ...verb, "--source-cluster", "clusterA", "--shard", "2")).err.trim()).toBe(outOfRange);
+      }
+      expect((await tern(b, "replication", "dlq", "list", "--shard", "99")).err.trim()).toBe(
+        "error: invalid_argument: shard 99 is out of range: no remote cluster of this one has it (cluster clusterA has shards 1-1); a DLQ entry carries its source cluster's shard",
+      );
+      expect(await dlqRows()).toHaveLength(2);
       expect(JSON.stringify([(await dlqRows()).map((r) => r.lastError), stillFails.failed.map((e) => e.lastError), bLog])).not.toContain("secret-card");
 
       const refused = await tern(b, "replication", "dlq", "purge");
