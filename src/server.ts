@@ -26,6 +26,7 @@ import { createLogger, type Logger } from "./observability/log";
 import { startLoopDelaySampler } from "./observability/loop-delay";
 import type { Metrics } from "./observability/metrics";
 import { DEFAULT_MAX_CONNECTIONS, openDatabase, type Database, type OpenOptions } from "./persistence/database";
+import { heldAtStart } from "./persistence/lock";
 import { redactUrl } from "./persistence/postgres-url";
 import { migrateChecked } from "./persistence/checked-migrate";
 import { type Base, wireCore } from "./server-core";
@@ -174,7 +175,7 @@ export async function createTernServer(config: Config, opts: ServerOptions): Pro
   // A first start on PGlite makes its database (seconds, more on a busy machine): say what it works on meanwhile.
   log.info("opening the database", openingFields(store));
   const database = await openDatabase(store, { log, ...opts.database }).catch((e: unknown) => {
-    throw failure(e);
+    throw failure(heldAtStart(e));
   });
   try {
     await migrateChecked(database, opts.migrationsFolder, (migrations) => log.info("applied migrations", { migrations }));

@@ -129,6 +129,19 @@ export function acquireDataDirLock(dataDir: string): DataDirLock {
   throw new DataDirLockedError(`could not lock data dir ${dataDir}`);
 }
 
+/**
+ * A server's start refused a held data dir (DataDirLockedError; e otherwise): what to do, with the setting and flag
+ * README names. The CLI's db commands say their own (cli/errors.ts).
+ */
+export function heldAtStart(e: unknown): unknown {
+  if (!(e instanceof DataDirLockedError)) return e;
+  return new DataDirLockedError(
+    `${e.message}; stop the tern server (or command) using it first, or give this server another data directory: ` +
+      "a copy of its config file with another persistence.datastore.pglite.dataDir (and ports), started with --config PATH",
+    { cause: e },
+  );
+}
+
 /** The data dir as messages name it: the path and the setting that chose it. */
 function dataDirSetting(dataDir: string): string {
   return `the PGlite data directory ${dataDir} (persistence.datastore.pglite.dataDir)`;

@@ -188,7 +188,11 @@ describe("PGlite data dir lock", () => {
     await c.stop();
     writeFileSync(join(data.location, "tern.lock"), String(process.ppid));
     const e = await startTestCluster({ store: "pglite", dataLocation: data.location }).then(async (x) => (await x.stop(), undefined), (err) => err as Error);
-    expect(e?.message).toContain(`is in use by process ${process.ppid}`);
+    // What to do, too: stop the holder, or start this one on another dir, with the setting and flag README names.
+    expect(e?.message).toBe(
+      `data dir ${data.location} is in use by process ${process.ppid} (lock ${join(data.location, "tern.lock")}); stop the tern server (or command) using it first, ` +
+        "or give this server another data directory: a copy of its config file with another persistence.datastore.pglite.dataDir (and ports), started with --config PATH",
+    );
     writeFileSync(join(data.location, "tern.lock"), "999999999"); // no such process: stale
     const again = await startTestCluster({ store: "pglite", dataLocation: data.location });
     await again.stop();
