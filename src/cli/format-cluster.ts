@@ -65,6 +65,11 @@ export function atText(t: Timestamp, now: number): string {
   return `${at.toISOString()} (${Math.max(0, Math.round((now - at.getTime()) / 1000))} s ago)`;
 }
 
+/** Whether a remote left calls forwarded to it unanswered in the last minute (forwardedCallsNote prints a NOTE). */
+export function leftUnanswered(f: ForwardedCalls | undefined): f is ForwardedCalls {
+  return !!f && f.timeoutsLastMinute + f.unreachableLastMinute > 0;
+}
+
 /**
  * A NOTE line when the remote `to` left calls `from` forwarded to it unanswered in the last
  * minute: how many of each kind, the last with why and when, and when it last answered one; ""
@@ -73,7 +78,7 @@ export function atText(t: Timestamp, now: number): string {
  * and client_redirection_errors say it.
  */
 export function forwardedCallsNote(from: string, to: string, f: ForwardedCalls | undefined, now: number): string {
-  if (!f || f.timeoutsLastMinute + f.unreachableLastMinute === 0) return "";
+  if (!leftUnanswered(f)) return "";
   const last = f.lastUnansweredAt ? `, the last at ${atText(f.lastUnansweredAt, now)}: ${f.lastUnansweredType}, ${f.lastUnansweredError}` : "";
   const answered = f.lastAnsweredAt ? `it last answered one at ${atText(f.lastAnsweredAt, now)}` : "it has answered none since this server started";
   return `NOTE: ${f.timeoutsLastMinute + f.unreachableLastMinute} call(s) ${from} forwarded to ${to} in the last minute went unanswered ` +

@@ -1,11 +1,13 @@
 import { describe, expect, test } from "bun:test";
 import { create } from "@bufbuild/protobuf";
+import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
   type AddOrUpdateRemoteClusterRequest,
   ClusterInfoSchema,
   type RemoveRemoteClusterRequest,
 } from "../../src/gen/tern/operator/v1/service_pb";
+import { ForwardedCallsSchema } from "../../src/gen/tern/common/v1/common_pb";
 import { runCli } from "./harness";
 
 const clusterA = create(ClusterInfoSchema, {
@@ -161,6 +163,26 @@ describe("operator cluster", () => {
     expect(r.stdout).toMatch(/^RpcAddress: +localhost:8233$/m);
     expect(r.stdout).toMatch(/^InitialFailoverVersion: +2$/m);
     expect(r.stdout).not.toContain("ServerVersion");
+  });
+
+  test("describe of a remote that left forwarded calls unanswered prints the NOTE list and replication status print", async () => {
+    const lastUnansweredAt = timestampFromDate(new Date(Date.now() - 3_000));
+    const forwardedCalls = create(ForwardedCallsSchema, { timeoutsLastMinute: 2, lastUnansweredType: "SignalWorkflowExecution", lastUnansweredError: "deadline exceeded", lastUnansweredAt });
+    const failing = create(ClusterInfoSchema, { ...clusterB, forwardedCalls });
+    const operator = { describeCluster: (req: { clusterName: string }) => ({ cluster: req.clusterName ? failing : clusterA }) };
+    const r = await runCli(["operator", "cluster", "describe", "clusterB"], { operator });
+    expect(r.stdout).toMatch(/^ConnectionState: +connected$/m);
+    // "(3 s ago)" as the CLI read its clock: any count of seconds, on a loaded host.
+    const note = (out: string) => out.slice(out.indexOf("NOTE")).replace(/\(\d+ s ago\)/, "(N s ago)");
+    expect(note(r.stdout)).toStartWith(
+      "NOTE: 2 call(s) clusterA forwarded to clusterB in the last minute went unanswered (2 timed out, 0 unreachable), the last at " +
+        `${timestampDate(lastUnansweredAt).toISOString()} (N s ago): SignalWorkflowExecution, deadline exceeded; it has answered none since this server started.`,
+    );
+    // The same line the list prints; none for a remote that answered them all, nor in JSON (forwardedCalls says it).
+    const listed = await runCli(["operator", "cluster", "list"], { operator: { listClusters: () => ({ clusters: [clusterA, failing] }) } });
+    expect(note(r.stdout)).toBe(note(listed.stdout));
+    expect((await runCli(["operator", "cluster", "describe", "clusterB"], { operator: { describeCluster: () => ({ cluster: clusterB }) } })).stdout).not.toContain("NOTE");
+    expect((await runCli(["operator", "cluster", "describe", "clusterB", "-o", "json"], { operator })).stdout).not.toContain("NOTE");
   });
 
   test("--help documents the tctl spelling and the columns", async () => {

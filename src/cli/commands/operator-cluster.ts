@@ -1,6 +1,6 @@
 import { ClusterInfoSchema, DescribeClusterResponseSchema } from "../../gen/tern/operator/v1/service_pb";
 import type { GroupCommand, LeafCommand } from "../command";
-import { clusterTable, describeCluster } from "../format-cluster";
+import { clusterTable, describeCluster, forwardedCallsNote, leftUnanswered } from "../format-cluster";
 import { listJson, messageJson } from "../output";
 import { collectPages } from "../paging";
 import { flagOrPositional } from "./common-flags";
@@ -10,6 +10,10 @@ const describe: LeafCommand = {
   kind: "leaf",
   name: "describe",
   summary: "Describe the cluster that answers (or a connected one)",
+  details: [
+    "For a remote, a NOTE follows when it left calls this server forwarded to it unanswered in the",
+    "last minute, as in 'operator cluster list' (forwardedCalls in JSON).",
+  ].join("\n"),
   positionals: "[CLUSTER]",
   maxPositionals: 1,
   flags: [
@@ -19,7 +23,12 @@ const describe: LeafCommand = {
     const clusterName = flagOrPositional(args, "cluster", "cluster") ?? "";
     const res = await ctx.operator().describeCluster({ clusterName }, { signal: ctx.signal });
     if (ctx.format === "json") return ctx.out(messageJson(DescribeClusterResponseSchema, res));
-    if (res.cluster) ctx.out(describeCluster(res.cluster));
+    const c = res.cluster;
+    if (!c) return;
+    // The NOTE names the cluster that forwarded them, the one answering: asked its name only when there is a NOTE.
+    const note = !c.isCurrentCluster && leftUnanswered(c.forwardedCalls);
+    const from = note ? (await ctx.operator().describeCluster({}, { signal: ctx.signal })).cluster?.clusterName || "this cluster" : "";
+    ctx.out(describeCluster(c) + (note ? forwardedCallsNote(from, c.clusterName, c.forwardedCalls, Date.now()) : ""));
   },
 };
 
