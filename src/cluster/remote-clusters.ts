@@ -1,4 +1,4 @@
-import { and, eq, sql, type SQL } from "drizzle-orm";
+import { and, count, eq, sql, type SQL } from "drizzle-orm";
 import { alreadyExists, failedPrecondition, invalidArgument, unavailable } from "../errors";
 import { transaction } from "../persistence/call-signal";
 import type { Db, Tx } from "../persistence/database";
@@ -134,8 +134,8 @@ export function createRemoteClusters({ db, current, clients, onChanged, onConnec
         .orderBy(namespaces.name)
         .limit(LISTED_SHOWN);
       if (users.length || held.length) {
-        const [{ count }] = users.length < LISTED_SHOWN ? [{ count: users.length }] : await tx.select({ count: sql<number>`count(*)::int` }).from(namespaces).where(where);
-        throw failedPrecondition(stillListedText(name, users, held, count));
+        const listing = users.length < LISTED_SHOWN ? users.length : (await tx.select({ n: count() }).from(namespaces).where(where))[0]!.n;
+        throw failedPrecondition(stillListedText(name, users, held, listing));
       }
       await tx.delete(replicationAckLevels).where(eq(replicationAckLevels.remoteCluster, name));
       await onRemoved?.(tx, name);
