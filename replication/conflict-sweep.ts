@@ -36,17 +36,9 @@ export function createConflictSweep({ db, cluster, namespaces, writer, applier, 
    * visited again at every activation.
    */
   async function runsToSettle(namespaceId?: string) {
-    const b = historyBranches;
-    const unsettled = sql`${b.reappliedThrough} < (${b.versionHistory} -> -1 ->> 'eventId')::bigint`;
-    const [branched, zombies] = await Promise.all([
-      db.selectDistinct({ namespaceId: b.namespaceId, workflowId: b.workflowId, runId: b.runId })
-        .from(b)
-        .where(and(unsettled, namespaceId ? eq(b.namespaceId, namespaceId) : undefined)),
-      db.select({ namespaceId: executions.namespaceId, workflowId: executions.workflowId, runId: executions.runId })
-        .from(executions)
-        .where(and(eq(executions.status, "ZOMBIE"), namespaceId ? eq(executions.namespaceId, namespaceId) : undefined)),
-    ]);
-    const unique = new Map([...branched, ...zombies].map((r) => [`${r.namespaceId}/${r.workflowId}/${r.runId}`, r]));
+    const { branched, zombies } = runsToSettleQueries(db, namespaceId);
+    const rows = (await Promise.all([branched, zombies])).flat();
+    const unique = new Map(rows.map((r) => [`${r.namespaceId}/${r.workflowId}/${r.runId}`, r]));
     return [...unique.values()];
   }
 
@@ -88,3 +80,18 @@ export function createConflictSweep({ db, cluster, namespaces, writer, applier, 
 }
 
 export type ConflictSweep = ReturnType<typeof createConflictSweep>;
+
+/** The sweep's two selects, unsent. */
+export function runsToSettleQueries(db: Db, namespaceId?: string) {
+  const b = historyBranches;
+  const unsettled = sql`${b.reappliedThrough} < (${b.versionHistory} -> -1 ->> 'eventId')::bigint`;
+  const ofNamespace = (column: typeof b.namespaceId | typeof executions.namespaceId) => namespaceId ? eq(column, namespaceId) : undefined;
+  return {
+    branched: db.selectDistinct({ namespaceId: b.namespaceId, workflowId: b.workflowId, runId: b.runId })
+      .from(b)
+      .where(and(unsettled, ofNamespace(b.namespaceId))),
+    zombies: db.select({ namespaceId: executions.namespaceId, workflowId: executions.workflowId, runId: executions.runId })
+      .from(executions)
+      .where(and(eq(executions.status, "ZOMBIE"), ofNamespace(executions.namespaceId))),
+  };
+}
