@@ -1,11 +1,11 @@
-import { and, eq, sql } from "drizzle-orm";
+import { and, eq } from "drizzle-orm";
 import type { CurrentCluster } from "../src/cluster/bootstrap";
 import { loggableError } from "../src/errors";
 import type { Writer } from "../src/history/writer";
 import type { NamespaceRegistry } from "../src/namespace/registry";
 import type { Logger } from "../src/observability/log";
 import type { Db } from "../src/persistence/database";
-import { executions, historyBranches } from "../src/persistence/schema";
+import { executions, historyBranches, isUnsettledBranch, isZombie } from "../src/persistence/schema";
 import type { HistoryApplier } from "./applier";
 import { sleep } from "../src/sleep";
 
@@ -81,17 +81,19 @@ export function createConflictSweep({ db, cluster, namespaces, writer, applier, 
 
 export type ConflictSweep = ReturnType<typeof createConflictSweep>;
 
-/** The sweep's two selects, unsent. */
+/**
+ * The sweep's two selects, unsent (their text is what the tests explain): each reads only its
+ * partial index (executions_zombie, history_branches_unsettled), not every run and branch.
+ */
 export function runsToSettleQueries(db: Db, namespaceId?: string) {
   const b = historyBranches;
-  const unsettled = sql`${b.reappliedThrough} < (${b.versionHistory} -> -1 ->> 'eventId')::bigint`;
   const ofNamespace = (column: typeof b.namespaceId | typeof executions.namespaceId) => namespaceId ? eq(column, namespaceId) : undefined;
   return {
     branched: db.selectDistinct({ namespaceId: b.namespaceId, workflowId: b.workflowId, runId: b.runId })
       .from(b)
-      .where(and(unsettled, ofNamespace(b.namespaceId))),
+      .where(and(isUnsettledBranch(b), ofNamespace(b.namespaceId))),
     zombies: db.select({ namespaceId: executions.namespaceId, workflowId: executions.workflowId, runId: executions.runId })
       .from(executions)
-      .where(and(eq(executions.status, "ZOMBIE"), ofNamespace(executions.namespaceId))),
+      .where(and(isZombie(executions.status), ofNamespace(executions.namespaceId))),
   };
 }

@@ -1,5 +1,6 @@
 import { sql } from "drizzle-orm";
 import {
+  type AnyPgColumn,
   bigint,
   boolean,
   index,
@@ -62,6 +63,18 @@ export const shards = pgTable("shards", {
 
 export type VersionHistoryItem = { eventId: number; version: number };
 
+/**
+ * A run in ZOMBIE state: the predicate of executions_zombie and of the conflict sweep's query
+ * (replication/conflict-sweep.ts). A literal, not a parameter: PostgreSQL uses a partial index
+ * only for a query whose predicate implies the index's, and a generic plan of a prepared
+ * statement knows no parameter's value.
+ */
+export const isZombie = (status: AnyPgColumn) => sql`${status} = 'ZOMBIE'`;
+
+/** A kept branch whose requests are not all on the run's current branch yet: history_branches_unsettled's predicate, and the sweep's. */
+export const isUnsettledBranch = (b: { reappliedThrough: AnyPgColumn; versionHistory: AnyPgColumn }) =>
+  sql`${b.reappliedThrough} < (${b.versionHistory} -> -1 ->> 'eventId')::bigint`;
+
 export const executions = pgTable(
   "executions",
   {
@@ -86,6 +99,8 @@ export const executions = pgTable(
     primaryKey({ columns: [t.namespaceId, t.workflowId, t.runId] }),
     uniqueIndex("executions_one_open_run").on(t.namespaceId, t.workflowId).where(sql`${t.status} = 'RUNNING'`),
     index("executions_ns_start").on(t.namespaceId, t.startTime),
+    // The conflict sweep at every start and activation: without it a scan of every run.
+    index("executions_zombie").on(t.namespaceId).where(isZombie(t.status)),
   ],
 );
 
@@ -299,7 +314,11 @@ export const historyBranches = pgTable(
      */
     reappliedThrough: big("reapplied_through").notNull().default(0),
   },
-  (t) => [primaryKey({ columns: [t.namespaceId, t.workflowId, t.runId, t.branchId] })],
+  (t) => [
+    primaryKey({ columns: [t.namespaceId, t.workflowId, t.runId, t.branchId] }),
+    // The conflict sweep at every start and activation: settled branches stay, and are not read.
+    index("history_branches_unsettled").on(t.namespaceId).where(isUnsettledBranch(t)),
+  ],
 );
 
 /** Events of non-current branches after their fork point (same columns as history_events). */

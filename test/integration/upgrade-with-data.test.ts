@@ -35,6 +35,8 @@ const BACK_TO_OLD = [
   `drop table "held_namespace_tasks"`,
   `alter table "replication_ack_levels" drop column "cleaned_through"`,
   `alter table "cluster_metadata" drop column "disabled_at"`,
+  `drop index "executions_zombie"`,
+  `drop index "history_branches_unsettled"`,
 ];
 
 const open = (store: StoreKind, location: string) => openDatabase(store === "postgres" ? { postgres: { url: location } } : { pglite: { dataDir: location } });

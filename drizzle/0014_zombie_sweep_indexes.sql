@@ -1,0 +1,2 @@
+CREATE INDEX "executions_zombie" ON "executions" USING btree ("namespace_id") WHERE "executions"."status" = 'ZOMBIE';--> statement-breakpoint
+CREATE INDEX "history_branches_unsettled" ON "history_branches" USING btree ("namespace_id") WHERE "history_branches"."reapplied_through" < ("history_branches"."version_history" -> -1 ->> 'eventId')::bigint;
