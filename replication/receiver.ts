@@ -46,16 +46,32 @@ export interface HistoryReceiverDeps extends Omit<PageApplierDeps, "progressOf">
 export interface InboundProgress {
   maxTaskId: number;
   ackLevel: number;
+  /**
+   * The id before the first the source sent from the ack: its page's first task less one, or the
+   * page's end with no task. The ids from the ack through it are not in its queue (cleaned before
+   * this cluster was added) or not for this cluster, and are never sent here.
+   */
+  sentAfter?: number;
   /** Commit time on the source of the oldest task known to be unapplied. */
   oldestUnapplied?: Date;
+}
+
+/**
+ * How many tasks of a shard the source will still send here: its max task id less the later of
+ * the ack and sentAfter. Not max less the ack: a source whose queue was cleaned before this cluster
+ * was added sends from past the hole, and the receiver read behind by every task the shard ever
+ * had until its first page applied. As the source's replication_outbound_tasks_lag (outbound-lag.ts).
+ */
+export function inboundTasksBehind(p: Pick<InboundProgress, "maxTaskId" | "ackLevel" | "sentAfter">): number {
+  return Math.max(0, p.maxTaskId - Math.max(p.ackLevel, p.sentAfter ?? 0));
 }
 
 /**
  * How long a shard's oldest task known unapplied here has waited since its commit on the source, in
  * ms (0 with none unapplied): since is when to count from, its oldestUnapplied or what stands for it.
  */
-export function inboundLagMs(p: Pick<InboundProgress, "maxTaskId" | "ackLevel">, since: Date | undefined, now: number): number {
-  return p.maxTaskId > p.ackLevel && since ? Math.max(0, now - since.getTime()) : 0;
+export function inboundLagMs(p: Pick<InboundProgress, "maxTaskId" | "ackLevel" | "sentAfter">, since: Date | undefined, now: number): number {
+  return inboundTasksBehind(p) > 0 && since ? Math.max(0, now - since.getTime()) : 0;
 }
 
 /** A shard's lag gauge setter (inbound): set when the shard's lag changed. */
@@ -164,7 +180,7 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
     // The lag gauge of each shard, set when it changes (an answer for 512 shards mostly changes none).
     const shown = new Map<number, number>();
     const lag = (shardId: number, p: InboundProgress) => {
-      const value = Math.max(0, p.maxTaskId - p.ackLevel);
+      const value = inboundTasksBehind(p);
       if (shown.get(shardId) === value) return;
       shown.set(shardId, value);
       metrics.set("replication_tasks_lag", { remote_cluster: remote.name, shard: String(shardId) }, value);
@@ -221,6 +237,9 @@ export function createHistoryReceiver(deps: HistoryReceiverDeps) {
           continue;
         }
         if (sp.tasks[0]?.createTime) p.oldestUnapplied = timestampDate(sp.tasks[0].createTime);
+        // A page from the ack: what it passed over is not to come (inboundTasksBehind), shown while it applies.
+        p.sentAfter = sp.tasks.length ? Number(sp.tasks[0]!.taskId) - 1 : to;
+        lag(sp.shardId, p);
         pages.set(sp.shardId, { remote, shardId: sp.shardId, from: ack, to, maxTaskId: p.maxTaskId, tasks: sp.tasks, signal, report });
       }
     }

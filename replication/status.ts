@@ -15,7 +15,7 @@ import { lastTaskIds } from "./outbox";
 import { tasksBehind } from "./outbound-lag";
 import { listsClusters } from "../src/namespace/lists-clusters";
 import type { Heard } from "./inbound-heard";
-import { inboundLagMs, type InboundProgress } from "./receiver";
+import { inboundLagMs, inboundTasksBehind, type InboundProgress } from "./receiver";
 import { forwardedCallsMessage, type ForwardedCallsSummary } from "../src/frontend/redirection-outcomes";
 
 export interface ReplicationStatusDeps {
@@ -53,7 +53,8 @@ export function createReplicationStatus(deps: ReplicationStatusDeps) {
       const max = Math.max(seen?.maxTaskId ?? 0, row?.maxTaskId ?? 0);
       const acked = Math.max(seen?.ackLevel ?? 0, row?.ackLevel ?? 0);
       const since = seen?.oldestUnapplied ?? row?.lastAppliedCreatedAt ?? undefined;
-      return shardStatus(shardId, max, acked, Math.max(0, max - acked), inboundLagMs({ maxTaskId: max, ackLevel: acked }, since, now()));
+      const p = { maxTaskId: max, ackLevel: acked, sentAfter: seen?.sentAfter };
+      return shardStatus(shardId, max, acked, inboundTasksBehind(p), inboundLagMs(p, since, now()));
     });
   }
 
