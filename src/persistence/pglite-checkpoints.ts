@@ -2,6 +2,7 @@ import { sql } from "drizzle-orm";
 import type { Logger } from "../observability/log";
 import { createPeriodic } from "../periodic";
 import type { Db } from "./database";
+import { rowsOf } from "./raw-statements";
 
 /** How much WAL a PGlite database may gather past its last checkpoint before tern asks for one. */
 export const PGLITE_CHECKPOINT_WAL_BYTES = 16 * 1024 * 1024;
@@ -11,8 +12,8 @@ export const PGLITE_CHECKPOINT_INTERVAL_MS = 10_000;
 
 /** Bytes of WAL written since the last checkpoint's redo point: what a start after a crash replays. */
 async function walPastCheckpoint(db: Db): Promise<number> {
-  const result = await db.execute(sql`select (pg_current_wal_lsn() - (select redo_lsn from pg_control_checkpoint()))::bigint::text as bytes`);
-  return Number((result as unknown as { rows: { bytes: string }[] }).rows[0]!.bytes);
+  const [row] = rowsOf(await db.execute(sql`select (pg_current_wal_lsn() - (select redo_lsn from pg_control_checkpoint()))::bigint::text as bytes`));
+  return Number(row!.bytes);
 }
 
 /**
