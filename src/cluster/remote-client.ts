@@ -136,7 +136,9 @@ export function frontendAddressProblem(address: string): string | undefined {
   if (!url.hostname) return "names no host";
   // A bare host went to port 80 (http://host), refused as "cannot reach": tctl's and the CLI's host:port has a port.
   if (!scheme && !/^(\[[^\]]*\]|[^/:?#\[]*):\d/.test(a)) {
-    return `names no port: give host:port (${url.hostname}:7233 for tern's default), or an http(s) URL, which is taken at its scheme's port`;
+    // The host again in the example only if it is one (a DNS name is 253 characters at most): a client's megabyte of it was quoted whole.
+    const example = `${url.hostname.length <= 253 ? url.hostname : "host"}:7233`;
+    return `names no port: give host:port (${example} for tern's default), or an http(s) URL, which is taken at its scheme's port`;
   }
   // Bun's fetch sent them, Node's refuses them; kept, they showed in cluster list, errors and logs.
   if (url.username || url.password) return "has a user or password in it: tern sends no credentials to a peer, and the address shows in cluster list and the logs";

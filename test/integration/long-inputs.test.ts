@@ -42,7 +42,11 @@ describe("an error quoting a client's input shows a long one shortened (a prefix
     expect(await failure(admin.verifyReplication({ namespace: "g", cluster: big }))).toEqual({ code: "NotFound", message: `cluster ${bigShown} is not a remote cluster of active (it has no remote cluster)` });
     expect(await failure(admin.listReplicationDlq({ sourceCluster: big, pageSize: 10 }))).toMatchObject({ code: "NotFound", message: expect.stringContaining(`cluster ${bigShown} is not known here`) });
     expect(await failure(cluster.client(Health).check({ service: big }))).toEqual({ code: "NotFound", message: `unknown service ${bigShown}` });
-    const upsert = await failure(op.addOrUpdateRemoteCluster({ frontendAddress: big }));
+    expect(await failure(op.addOrUpdateRemoteCluster({ frontendAddress: big }))).toEqual({
+      code: "InvalidArgument",
+      message: `frontend address ${bigShown} names no port: give host:port (host:7233 for tern's default), or an http(s) URL, which is taken at its scheme's port`,
+    });
+    const upsert = await failure(op.addOrUpdateRemoteCluster({ frontendAddress: `http://${big}` }));
     expect(upsert.message).toStartWith(`cannot reach a tern cluster at "http://${"x".repeat(293)}…" (1000007 characters): `);
     expect(Math.max(...logs.slice(before).map((l) => l.length))).toBeLessThan(1000);
   });
