@@ -12,6 +12,7 @@ import type { RemoteCluster, ReplicationStream, StreamReport } from "./manager";
 import { createPageApplier, type Batch, type PageApplierDeps } from "./page-applier";
 import { createPullReceiver, type Pulled } from "./pull-receiver";
 import { createStreamReceiver } from "./stream-receiver";
+import { tasksBehind } from "./outbound-lag";
 
 export interface HistoryReceiverDeps extends Omit<PageApplierDeps, "progressOf"> {
   db: Db;
@@ -63,7 +64,7 @@ export interface InboundProgress {
  * had until its first page applied. As the source's replication_outbound_tasks_lag (outbound-lag.ts).
  */
 export function inboundTasksBehind(p: Pick<InboundProgress, "maxTaskId" | "ackLevel" | "sentAfter">): number {
-  return Math.max(0, p.maxTaskId - Math.max(p.ackLevel, p.sentAfter ?? 0));
+  return tasksBehind(p.maxTaskId, p.ackLevel, (p.sentAfter ?? 0) + 1);
 }
 
 /**
